@@ -1,0 +1,187 @@
+//! rustls certificate verifiers for Meridian's mutual TLS.
+//!
+//! Owns `MeshClientVerifier` (server side: a client certificate is mandatory) and `MeshServerVerifier`
+//! (client side: the server name is ignored, the peer must instead pass the full `verify_leaf` check).
+//! Both verify handshake signatures with the ring provider's algorithms. They decide *who* a peer is,
+//! never *what* it may do: authorization by role belongs to the RPC layer.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
+};
+
+use crate::error::CertError;
+use crate::verify::{verify_leaf, CaTrust};
+
+/// Verifies client certificates of the mesh: mandatory, and only ours.
+#[derive(Debug)]
+pub(crate) struct MeshClientVerifier {
+    trust: CaTrust,
+    provider: Arc<CryptoProvider>,
+}
+
+impl MeshClientVerifier {
+    pub(crate) fn new(trust: CaTrust, provider: Arc<CryptoProvider>) -> Self {
+        MeshClientVerifier { trust, provider }
+    }
+}
+
+/// Verifies server certificates of the mesh by identity, not by host name.
+#[derive(Debug)]
+pub(crate) struct MeshServerVerifier {
+    trust: CaTrust,
+    provider: Arc<CryptoProvider>,
+}
+
+impl MeshServerVerifier {
+    pub(crate) fn new(trust: CaTrust, provider: Arc<CryptoProvider>) -> Self {
+        MeshServerVerifier { trust, provider }
+    }
+}
+
+/// Runs `verify_leaf` over a chain rustls hands us in two parts.
+fn verify_presented(
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    trust: &CaTrust,
+    now: UnixTime,
+    side: &'static str,
+) -> Result<(), rustls::Error> {
+    let mut chain = Vec::with_capacity(1 + intermediates.len());
+    chain.push(end_entity.clone());
+    chain.extend(intermediates.iter().cloned());
+    match verify_leaf(&chain, trust, now) {
+        Ok(identity) => {
+            tracing::trace!(peer = %identity, side, "peer certificate accepted");
+            Ok(())
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, side, "peer certificate refused");
+            Err(to_rustls_error(e))
+        }
+    }
+}
+
+/// Keeps our precise message inside `Other` (which callers can display or downcast to `CertError`).
+fn to_rustls_error(e: CertError) -> rustls::Error {
+    let certificate_error = match e {
+        CertError::Malformed(_) => CertificateError::BadEncoding,
+        other => CertificateError::Other(OtherError(Arc::new(other))),
+    };
+    rustls::Error::InvalidCertificate(certificate_error)
+}
+
+impl ClientCertVerifier for MeshClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.trust.subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        verify_presented(end_entity, intermediates, &self.trust, now, "client")?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+impl ServerCertVerifier for MeshServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        verify_presented(end_entity, intermediates, &self.trust, now, "server")?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+
+    fn root_hint_subjects(&self) -> Option<&[DistinguishedName]> {
+        Some(self.trust.subjects())
+    }
+}

@@ -1,0 +1,477 @@
+//! gRPC face of the admin API (package `meridian.v1`): the services of `admin.proto` as thin adapters over
+//! [`AdminService`], and the gate that admits each call under its method's policy before tonic sees it.
+//!
+//! The gate refuses methods missing from `routes::GRPC_METHODS` (deny by default) and authenticates with the
+//! `authorization: Bearer <token>` metadata, selecting the project with `x-meridian-project`, exactly like
+//! REST. Must never hold domain logic or map errors differently from REST.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use protocol::pb;
+use tonic::{Request, Response, Status};
+use tower::ServiceExt as _;
+
+use crate::node::{ClusterStatus, MemberStatus};
+use crate::state::{ApiKeyView, AuditRecord, Principal, PrincipalKind, ProjectView};
+
+use super::auth::{self, missing_scope, RequestScope};
+use super::error::ServiceError;
+use super::routes::{grpc_method, MatchedRoute};
+use super::service::{
+    AddMemberRequest, AdminService, AuditQuery, CreateBindingRequest, CreateKeyRequest, CreateProjectRequest,
+    CreateServiceAccountRequest, ListPage, PageParams, PutSecretRequest, RoleBindingView, SecretResource,
+};
+
+type GrpcResult<T> = Result<Response<T>, Status>;
+
+/// The admin gRPC services, all served by one value.
+#[derive(Clone)]
+pub(crate) struct GrpcAdmin {
+    service: AdminService,
+}
+
+/// Builds tonic's routes for every admin service, decoding messages up to `max_message_bytes`.
+pub(crate) fn routes(service: AdminService, max_message_bytes: usize) -> tonic::service::Routes {
+    use pb::audit_service_server::AuditServiceServer;
+    use pb::cluster_service_server::ClusterServiceServer;
+    use pb::key_service_server::KeyServiceServer;
+    use pb::principal_service_server::PrincipalServiceServer;
+    use pb::project_service_server::ProjectServiceServer;
+    use pb::role_binding_service_server::RoleBindingServiceServer;
+    use pb::secret_service_server::SecretServiceServer;
+
+    let admin = GrpcAdmin { service };
+    let n = max_message_bytes;
+    tonic::service::Routes::new(ProjectServiceServer::new(admin.clone()).max_decoding_message_size(n))
+        .add_service(PrincipalServiceServer::new(admin.clone()).max_decoding_message_size(n))
+        .add_service(KeyServiceServer::new(admin.clone()).max_decoding_message_size(n))
+        .add_service(RoleBindingServiceServer::new(admin.clone()).max_decoding_message_size(n))
+        .add_service(AuditServiceServer::new(admin.clone()).max_decoding_message_size(n))
+        .add_service(SecretServiceServer::new(admin.clone()).max_decoding_message_size(n))
+        .add_service(ClusterServiceServer::new(admin).max_decoding_message_size(n))
+}
+
+/// Admits gRPC calls under their method's policy, then hands them to tonic.
+#[derive(Clone)]
+pub(crate) struct GrpcGate {
+    service: AdminService,
+    routes: tonic::service::Routes,
+}
+
+impl GrpcGate {
+    pub(crate) fn new(service: AdminService, routes: tonic::service::Routes) -> Self {
+        GrpcGate { service, routes }
+    }
+}
+
+fn status_response(status: Status) -> http::Response<Body> {
+    status.into_http::<Body>()
+}
+
+impl tower::Service<http::Request<Body>> for GrpcGate {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+        let service = self.service.clone();
+        let routes = self.routes.clone();
+        Box::pin(async move {
+            let Some(method) = grpc_method(req.uri().path()) else {
+                return Ok(status_response(Status::unimplemented("no such method")));
+            };
+            let mut resp = match auth::admit(&service, req.headers(), method.op).await {
+                Ok(scope) => {
+                    if let Some(scope) = scope {
+                        req.extensions_mut().insert(scope);
+                    }
+                    match routes.oneshot(req).await {
+                        Ok(resp) => resp.map(Body::new),
+                        Err(never) => match never {},
+                    }
+                }
+                Err(e) => status_response(e.into_status()),
+            };
+            resp.extensions_mut().insert(MatchedRoute(method.path));
+            Ok(resp)
+        })
+    }
+}
+
+fn scope_of<T>(request: &Request<T>) -> Result<RequestScope, Status> {
+    request.extensions().get::<RequestScope>().cloned().ok_or_else(|| missing_scope().into_status())
+}
+
+fn answer<T, U>(result: Result<T, ServiceError>, convert: impl FnOnce(T) -> U) -> GrpcResult<U> {
+    result.map(|v| Response::new(convert(v))).map_err(ServiceError::into_status)
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+fn page(page_size: u32, page_token: String) -> PageParams {
+    PageParams { page_size: (page_size > 0).then_some(u64::from(page_size)), page_token: non_empty(page_token) }
+}
+
+// ---- conversions ----
+
+fn project(v: ProjectView) -> pb::Project {
+    pb::Project { id: v.id, name: v.name, description: v.description, created_at: v.created_at }
+}
+
+fn principal(p: Principal) -> pb::Principal {
+    let kind = match p.kind {
+        PrincipalKind::User => "user",
+        PrincipalKind::ServiceAccount => "service_account",
+    };
+    pb::Principal {
+        id: p.id,
+        kind: kind.to_owned(),
+        name: p.name,
+        project_id: p.project_id,
+        created_at: p.created_at,
+        disabled: p.disabled,
+    }
+}
+
+fn api_key(k: ApiKeyView) -> pb::ApiKey {
+    pb::ApiKey {
+        id: k.id,
+        prefix: k.prefix,
+        principal_id: k.principal_id,
+        project_id: k.project_id,
+        name: k.name,
+        last4: k.last4,
+        created_at: k.created_at,
+        expires_at: k.expires_at,
+        revoked_at: k.revoked_at,
+    }
+}
+
+fn binding(b: RoleBindingView) -> pb::RoleBinding {
+    pb::RoleBinding {
+        id: b.id,
+        principal_id: b.principal_id,
+        role: b.role.to_string(),
+        scope: b.scope,
+        created_at: b.created_at,
+    }
+}
+
+fn audit_record(r: AuditRecord) -> pb::AuditRecord {
+    let json = serde_json::to_string(&r).unwrap_or_default();
+    let outcome = match serde_json::to_value(r.outcome) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    };
+    pb::AuditRecord {
+        seq: r.seq,
+        at_ms: r.at_ms,
+        actor_principal_id: r.actor.principal_id.unwrap_or_default(),
+        actor_name: r.actor.name,
+        action: r.action,
+        project: r.project.unwrap_or_default(),
+        target: r.target,
+        outcome,
+        detail: r.detail,
+        prev_hash: r.prev_hash,
+        hash: r.hash,
+        json,
+    }
+}
+
+fn secret(s: SecretResource) -> pb::Secret {
+    let s = s.secret;
+    pb::Secret {
+        project_id: s.project_id,
+        name: s.name,
+        latest_version: s.latest_version,
+        versions: s
+            .versions
+            .into_iter()
+            .map(|v| pb::SecretVersion { version: v.version, created_at: v.created_at })
+            .collect(),
+        bindings: s.bindings,
+        created_at: s.created_at,
+        updated_at: s.updated_at,
+    }
+}
+
+fn member(m: MemberStatus) -> pb::ClusterMember {
+    pb::ClusterMember { id: m.id, name: m.name, raft_addr: m.raft_addr, admin_addr: m.admin_addr, voter: m.voter }
+}
+
+fn cluster_status(s: ClusterStatus) -> pb::ClusterStatusResponse {
+    pb::ClusterStatusResponse {
+        node_id: s.node_id,
+        name: s.name,
+        state: s.state,
+        leader: s.leader,
+        term: s.term,
+        applied_index: s.applied_index,
+        committed_index: s.committed_index,
+        members: s.members.into_iter().map(member).collect(),
+    }
+}
+
+fn list<T, U>(page: ListPage<T>, convert: impl FnMut(T) -> U) -> (Vec<U>, String) {
+    (page.items.into_iter().map(convert).collect(), page.next_page_token)
+}
+
+// ---- services ----
+
+#[tonic::async_trait]
+impl pb::project_service_server::ProjectService for GrpcAdmin {
+    async fn create_project(&self, request: Request<pb::CreateProjectRequest>) -> GrpcResult<pb::Project> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        let req = CreateProjectRequest { name: r.name, description: non_empty(r.description) };
+        answer(self.service.create_project(&scope, req).await, project)
+    }
+
+    async fn get_project(&self, request: Request<pb::GetProjectRequest>) -> GrpcResult<pb::Project> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        answer(self.service.get_project(&scope, &r.project).await, project)
+    }
+
+    async fn list_projects(&self, request: Request<pb::ListProjectsRequest>) -> GrpcResult<pb::ListProjectsResponse> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        answer(self.service.list_projects(&scope, &page(r.page_size, r.page_token)).await, |p| {
+            let (items, next_page_token) = list(p, project);
+            pb::ListProjectsResponse { items, next_page_token }
+        })
+    }
+
+    async fn delete_project(&self, request: Request<pb::DeleteProjectRequest>) -> GrpcResult<pb::DeleteProjectResponse> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        answer(self.service.delete_project(&scope, &r.project).await, |()| pb::DeleteProjectResponse {})
+    }
+}
+
+#[tonic::async_trait]
+impl pb::principal_service_server::PrincipalService for GrpcAdmin {
+    async fn list_principals(
+        &self,
+        request: Request<pb::ListPrincipalsRequest>,
+    ) -> GrpcResult<pb::ListPrincipalsResponse> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        answer(self.service.list_principals(&scope, &page(r.page_size, r.page_token)).await, |p| {
+            let (items, next_page_token) = list(p, principal);
+            pb::ListPrincipalsResponse { items, next_page_token }
+        })
+    }
+
+    async fn create_service_account(
+        &self,
+        request: Request<pb::CreateServiceAccountRequest>,
+    ) -> GrpcResult<pb::Principal> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        answer(self.service.create_service_account(&scope, CreateServiceAccountRequest { name: r.name }).await, principal)
+    }
+
+    async fn who_am_i(&self, request: Request<pb::WhoAmIRequest>) -> GrpcResult<pb::WhoAmIResponse> {
+        let scope = scope_of(&request)?;
+        answer(self.service.whoami(&scope).await, |w| pb::WhoAmIResponse {
+            key_id: w.key.id,
+            principal: Some(principal(w.principal)),
+            project: Some(project(w.project)),
+            bindings: w.bindings.into_iter().map(binding).collect(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::key_service_server::KeyService for GrpcAdmin {
+    async fn create_key(&self, request: Request<pb::CreateKeyRequest>) -> GrpcResult<pb::CreateKeyResponse> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        let req = CreateKeyRequest {
+            name: r.name,
+            role: non_empty(r.role),
+            expires_in_seconds: r.expires_in_seconds,
+            principal_id: non_empty(r.principal_id),
+        };
+        answer(self.service.create_key(&scope, req).await, |k| pb::CreateKeyResponse {
+            token: k.token,
+            key: Some(api_key(k.key)),
+            principal: Some(principal(k.principal)),
+        })
+    }
+
+    async fn get_key(&self, request: Request<pb::GetKeyRequest>) -> GrpcResult<pb::ApiKey> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        answer(self.service.get_key(&scope, &r.id).await, api_key)
+    }
+
+    async fn list_keys(&self, request: Request<pb::ListKeysRequest>) -> GrpcResult<pb::ListKeysResponse> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        answer(self.service.list_keys(&scope, &page(r.page_size, r.page_token)).await, |p| {
+            let (items, next_page_token) = list(p, api_key);
+            pb::ListKeysResponse { items, next_page_token }
+        })
+    }
+
+    async fn revoke_key(&self, request: Request<pb::RevokeKeyRequest>) -> GrpcResult<pb::ApiKey> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        answer(self.service.revoke_key(&scope, &r.id).await, api_key)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::role_binding_service_server::RoleBindingService for GrpcAdmin {
+    async fn create_role_binding(
+        &self,
+        request: Request<pb::CreateRoleBindingRequest>,
+    ) -> GrpcResult<pb::RoleBinding> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        let req = CreateBindingRequest { principal_id: r.principal_id, role: r.role, platform: r.platform };
+        answer(self.service.create_binding(&scope, req).await, binding)
+    }
+
+    async fn list_role_bindings(
+        &self,
+        request: Request<pb::ListRoleBindingsRequest>,
+    ) -> GrpcResult<pb::ListRoleBindingsResponse> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        answer(self.service.list_bindings(&scope, &page(r.page_size, r.page_token)).await, |p| {
+            let (items, next_page_token) = list(p, binding);
+            pb::ListRoleBindingsResponse { items, next_page_token }
+        })
+    }
+
+    async fn delete_role_binding(
+        &self,
+        request: Request<pb::DeleteRoleBindingRequest>,
+    ) -> GrpcResult<pb::DeleteRoleBindingResponse> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        answer(self.service.delete_binding(&scope, &r.id).await, |()| pb::DeleteRoleBindingResponse {})
+    }
+}
+
+#[tonic::async_trait]
+impl pb::audit_service_server::AuditService for GrpcAdmin {
+    async fn list_audit(&self, request: Request<pb::ListAuditRequest>) -> GrpcResult<pb::ListAuditResponse> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        let query = AuditQuery {
+            after_seq: Some(r.after_seq),
+            page_size: (r.page_size > 0).then_some(u64::from(r.page_size)),
+            page_token: None,
+        };
+        answer(self.service.list_audit(&scope, &query).await, |a| pb::ListAuditResponse {
+            items: a.items.into_iter().map(audit_record).collect(),
+            next_page_token: a.next_page_token,
+        })
+    }
+
+    async fn verify_audit(&self, request: Request<pb::VerifyAuditRequest>) -> GrpcResult<pb::VerifyAuditResponse> {
+        let scope = scope_of(&request)?;
+        answer(self.service.verify_audit(&scope).await, |v| pb::VerifyAuditResponse {
+            ok: v.ok,
+            records: v.records,
+            broken_at_seq: v.broken_at_seq,
+            error: v.error.unwrap_or_default(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::secret_service_server::SecretService for GrpcAdmin {
+    async fn put_secret(&self, request: Request<pb::PutSecretRequest>) -> GrpcResult<pb::Secret> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        let req = PutSecretRequest { name: r.name, value: r.value, bindings: r.bindings.map(|b| b.items) };
+        answer(self.service.put_secret(&scope, req).await, secret)
+    }
+
+    async fn get_secret(&self, request: Request<pb::GetSecretRequest>) -> GrpcResult<pb::Secret> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        answer(self.service.get_secret(&scope, &r.name).await, secret)
+    }
+
+    async fn list_secrets(&self, request: Request<pb::ListSecretsRequest>) -> GrpcResult<pb::ListSecretsResponse> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        answer(self.service.list_secrets(&scope, &page(r.page_size, r.page_token)).await, |p| {
+            let (items, next_page_token) = list(p, secret);
+            pb::ListSecretsResponse { items, next_page_token }
+        })
+    }
+
+    async fn delete_secret(&self, request: Request<pb::DeleteSecretRequest>) -> GrpcResult<pb::DeleteSecretResponse> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        answer(self.service.delete_secret(&scope, &r.name).await, |()| pb::DeleteSecretResponse {})
+    }
+
+    async fn rewrap_secrets(
+        &self,
+        request: Request<pb::RewrapSecretsRequest>,
+    ) -> GrpcResult<pb::RewrapSecretsResponse> {
+        let scope = scope_of(&request)?;
+        answer(self.service.rewrap_secrets(&scope).await, |r| pb::RewrapSecretsResponse {
+            projects: r.projects,
+            master_key_id: r.master_key_id,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cluster_service_server::ClusterService for GrpcAdmin {
+    async fn get_cluster_status(
+        &self,
+        request: Request<pb::GetClusterStatusRequest>,
+    ) -> GrpcResult<pb::ClusterStatusResponse> {
+        scope_of(&request)?;
+        Ok(Response::new(cluster_status(self.service.cluster_status())))
+    }
+
+    async fn list_cluster_members(
+        &self,
+        request: Request<pb::ListClusterMembersRequest>,
+    ) -> GrpcResult<pb::ListClusterMembersResponse> {
+        scope_of(&request)?;
+        let (items, next_page_token) = list(self.service.list_members(), member);
+        Ok(Response::new(pb::ListClusterMembersResponse { items, next_page_token }))
+    }
+
+    async fn add_cluster_member(
+        &self,
+        request: Request<pb::AddClusterMemberRequest>,
+    ) -> GrpcResult<pb::ClusterMember> {
+        scope_of(&request)?;
+        let r = request.into_inner();
+        let req = AddMemberRequest { id: r.id, name: r.name, raft_addr: r.raft_addr, admin_addr: r.admin_addr, voter: r.voter };
+        answer(self.service.add_member(req).await, member)
+    }
+
+    async fn remove_cluster_member(
+        &self,
+        request: Request<pb::RemoveClusterMemberRequest>,
+    ) -> GrpcResult<pb::RemoveClusterMemberResponse> {
+        scope_of(&request)?;
+        let r = request.into_inner();
+        answer(self.service.remove_member(r.id).await, |()| pb::RemoveClusterMemberResponse {})
+    }
+}

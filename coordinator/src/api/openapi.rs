@@ -1,0 +1,396 @@
+//! The OpenAPI 3.0 document of the REST API, generated from the route table: paths, methods, operation ids,
+//! summaries, parameters, request and response schemas, the bearer security scheme and the error schema.
+//!
+//! Must describe exactly the routes of `routes::ROUTES` (a test checks both directions) and never list a
+//! route the router does not serve.
+
+use std::sync::OnceLock;
+
+use serde_json::{json, Map, Value};
+
+use super::auth::{action_name, PROJECT_HEADER};
+use super::routes::{Policy, Route, ROUTES};
+
+/// The document, built once.
+pub(crate) fn document() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(|| build(ROUTES))
+}
+
+/// The document as JSON text.
+pub(crate) fn document_json() -> String {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| document().to_string()).clone()
+}
+
+/// The `{name}` parameters of a path template.
+fn path_params(path: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = path;
+    while let Some(start) = rest.find('{') {
+        let Some(len) = rest[start..].find('}') else { break };
+        out.push(&rest[start + 1..start + len]);
+        rest = &rest[start + len + 1..];
+    }
+    out
+}
+
+fn tag(path: &str) -> &str {
+    let trimmed = path.trim_start_matches("/v1/").trim_start_matches('/');
+    let first = trimmed.split(['/', ':', '.']).next().unwrap_or("");
+    if first.is_empty() {
+        "meta"
+    } else {
+        first
+    }
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn operation(route: &Route) -> Value {
+    let mut op = Map::new();
+    op.insert("operationId".into(), json!(route.op.name));
+    op.insert("summary".into(), json!(route.summary));
+    op.insert("tags".into(), json!([tag(route.path)]));
+
+    let mut params: Vec<Value> = path_params(route.path)
+        .into_iter()
+        .map(|p| json!({ "name": p, "in": "path", "required": true, "schema": { "type": "string" } }))
+        .collect();
+    params.extend(route.query.iter().map(|(name, description)| {
+        json!({ "name": name, "in": "query", "required": false, "description": description,
+                "schema": { "type": "string" } })
+    }));
+    if let Policy::Authenticated(action) = route.op.policy {
+        if !action.is_platform() {
+            params.push(json!({
+                "name": PROJECT_HEADER, "in": "header", "required": false,
+                "description": "Project (name or id) to act in; defaults to the key's own project.",
+                "schema": { "type": "string" }
+            }));
+        }
+    }
+    if !params.is_empty() {
+        op.insert("parameters".into(), Value::Array(params));
+    }
+    if let Some(request) = route.request {
+        op.insert(
+            "requestBody".into(),
+            json!({ "required": true, "content": { "application/json": { "schema": schema_ref(request) } } }),
+        );
+    }
+
+    let mut responses = Map::new();
+    let mut success = json!({ "description": "Success" });
+    match route.reply.schema {
+        Some(schema) => {
+            success["content"] = json!({ route.reply.media: { "schema": schema_ref(schema) } });
+        }
+        None if route.reply.status != 204 => {
+            success["content"] = json!({ route.reply.media: { "schema": { "type": "string" } } });
+        }
+        None => {}
+    }
+    responses.insert(route.reply.status.to_string(), success);
+    let error = json!({ "description": "Error", "content": { "application/json": { "schema": schema_ref("Error") } } });
+    responses.insert("default".into(), error);
+    op.insert("responses".into(), Value::Object(responses));
+
+    match route.op.policy {
+        Policy::Public => {
+            op.insert("security".into(), json!([]));
+        }
+        Policy::Authenticated(action) => {
+            op.insert("security".into(), json!([{ "bearer": [] }]));
+            op.insert("x-meridian-action".into(), json!(action_name(action)));
+        }
+    }
+    Value::Object(op)
+}
+
+fn build(routes: &[Route]) -> Value {
+    let mut paths = Map::new();
+    for route in routes {
+        let entry = paths.entry(route.path.to_owned()).or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(methods) = entry {
+            methods.insert(route.method.openapi().to_owned(), operation(route));
+        }
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Meridian admin API",
+            "version": "v1",
+            "description": "Projects, API keys, role bindings, the audit log, secrets and the coordinator \
+                            cluster. Errors are {\"error\": {\"code\", \"message\"}}.",
+        },
+        "security": [{ "bearer": [] }],
+        "paths": Value::Object(paths),
+        "components": {
+            "securitySchemes": {
+                "bearer": { "type": "http", "scheme": "bearer", "description": "An API key, mrd_<id>_<secret>." }
+            },
+            "schemas": schemas(),
+        },
+    })
+}
+
+fn string() -> Value {
+    json!({ "type": "string" })
+}
+
+fn integer() -> Value {
+    json!({ "type": "integer", "format": "int64", "minimum": 0 })
+}
+
+fn boolean() -> Value {
+    json!({ "type": "boolean" })
+}
+
+fn nullable(mut v: Value) -> Value {
+    v["nullable"] = json!(true);
+    v
+}
+
+fn array(items: Value) -> Value {
+    json!({ "type": "array", "items": items })
+}
+
+fn object(required: &[&str], props: &[(&str, Value)]) -> Value {
+    let properties: Map<String, Value> = props.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+    json!({ "type": "object", "required": required, "properties": properties })
+}
+
+fn list_of(item: &str) -> Value {
+    object(&["items", "next_page_token"], &[("items", array(schema_ref(item))), ("next_page_token", string())])
+}
+
+fn schemas() -> Value {
+    let project = object(
+        &["id", "name", "description", "created_at"],
+        &[("id", string()), ("name", string()), ("description", string()), ("created_at", integer())],
+    );
+    let principal = object(
+        &["id", "kind", "name", "project_id", "created_at", "disabled"],
+        &[
+            ("id", string()),
+            ("kind", json!({ "type": "string", "enum": ["user", "service_account"] })),
+            ("name", string()),
+            ("project_id", string()),
+            ("created_at", integer()),
+            ("disabled", boolean()),
+        ],
+    );
+    let key = object(
+        &["id", "prefix", "principal_id", "project_id", "name", "last4", "created_at"],
+        &[
+            ("id", string()),
+            ("prefix", string()),
+            ("principal_id", string()),
+            ("project_id", string()),
+            ("name", string()),
+            ("last4", string()),
+            ("created_at", integer()),
+            ("expires_at", nullable(integer())),
+            ("revoked_at", nullable(integer())),
+        ],
+    );
+    let role = json!({ "type": "string", "enum": ["viewer", "editor", "deployer", "project-admin", "platform-admin"] });
+    let binding = object(
+        &["id", "principal_id", "role", "scope", "created_at"],
+        &[
+            ("id", string()),
+            ("principal_id", string()),
+            ("role", role.clone()),
+            ("scope", string()),
+            ("project_id", nullable(string())),
+            ("created_at", integer()),
+        ],
+    );
+    let audit = object(
+        &["seq", "at_ms", "actor", "action", "target", "outcome", "detail", "prev_hash", "hash"],
+        &[
+            ("seq", integer()),
+            ("at_ms", integer()),
+            ("actor", object(&["name"], &[("principal_id", nullable(string())), ("name", string())])),
+            ("action", string()),
+            ("project", nullable(string())),
+            ("target", string()),
+            ("outcome", json!({ "type": "string", "enum": ["success", "refused", "denied"] })),
+            ("detail", string()),
+            ("prev_hash", string()),
+            ("hash", string()),
+        ],
+    );
+    let secret = object(
+        &["id", "project_id", "name", "latest_version", "versions", "bindings", "created_at", "updated_at"],
+        &[
+            ("id", string()),
+            ("project_id", string()),
+            ("name", string()),
+            ("latest_version", integer()),
+            ("versions", array(schema_ref("SecretVersion"))),
+            ("bindings", array(string())),
+            ("created_at", integer()),
+            ("updated_at", integer()),
+        ],
+    );
+    let member = object(
+        &["id", "name", "raft_addr", "admin_addr", "voter"],
+        &[
+            ("id", integer()),
+            ("name", string()),
+            ("raft_addr", string()),
+            ("admin_addr", string()),
+            ("voter", boolean()),
+        ],
+    );
+    json!({
+        "Error": object(&["error"], &[("error", object(&["code", "message"], &[("code", string()), ("message", string())]))]),
+        "Health": object(&["status"], &[("status", string())]),
+        "OpenApiDocument": { "type": "object" },
+        "Project": project,
+        "ProjectList": list_of("Project"),
+        "CreateProjectRequest": object(&["name"], &[
+            ("name", json!({ "type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$" })),
+            ("description", nullable(string())),
+        ]),
+        "Principal": principal,
+        "PrincipalList": list_of("Principal"),
+        "CreateServiceAccountRequest": object(&["name"], &[("name", string())]),
+        "ApiKey": key,
+        "ApiKeyList": list_of("ApiKey"),
+        "CreateKeyRequest": object(&["name"], &[
+            ("name", string()),
+            ("role", role.clone()),
+            ("expires_in_seconds", nullable(integer())),
+            ("principal_id", nullable(string())),
+        ]),
+        "CreatedKey": object(&["id", "token", "key", "principal"], &[
+            ("id", string()),
+            ("token", json!({ "type": "string", "description": "The bearer token; shown only once." })),
+            ("key", schema_ref("ApiKey")),
+            ("principal", schema_ref("Principal")),
+            ("binding", nullable(schema_ref("RoleBinding"))),
+        ]),
+        "RoleBinding": binding,
+        "RoleBindingList": list_of("RoleBinding"),
+        "CreateRoleBindingRequest": object(&["principal_id", "role"], &[
+            ("principal_id", string()),
+            ("role", role),
+            ("platform", boolean()),
+        ]),
+        "WhoAmI": object(&["principal", "key", "project", "bindings"], &[
+            ("principal", schema_ref("Principal")),
+            ("key", schema_ref("ApiKey")),
+            ("project", schema_ref("Project")),
+            ("bindings", array(schema_ref("RoleBinding"))),
+        ]),
+        "AuditRecord": audit,
+        "AuditList": object(&["items", "next_page_token"], &[
+            ("items", array(schema_ref("AuditRecord"))),
+            ("next_page_token", string()),
+            ("next_after_seq", nullable(integer())),
+        ]),
+        "AuditVerification": object(&["ok", "records"], &[
+            ("ok", boolean()),
+            ("records", integer()),
+            ("broken_at_seq", nullable(integer())),
+            ("error", nullable(string())),
+        ]),
+        "SecretVersion": object(&["version", "created_at"], &[("version", integer()), ("created_at", integer())]),
+        "Secret": secret,
+        "SecretList": list_of("Secret"),
+        "PutSecretRequest": object(&["name", "value"], &[
+            ("name", string()),
+            ("value", json!({ "type": "string", "writeOnly": true })),
+            ("bindings", nullable(array(string()))),
+        ]),
+        "RewrapResult": object(&["projects", "master_key_id"], &[("projects", integer()), ("master_key_id", string())]),
+        "ClusterMember": member,
+        "ClusterMemberList": list_of("ClusterMember"),
+        "AddClusterMemberRequest": object(&["id", "name", "raft_addr", "admin_addr"], &[
+            ("id", integer()),
+            ("name", string()),
+            ("raft_addr", string()),
+            ("admin_addr", string()),
+            ("voter", boolean()),
+        ]),
+        "ClusterStatus": object(&["node_id", "name", "state", "term", "applied_index", "members"], &[
+            ("node_id", integer()),
+            ("name", string()),
+            ("state", string()),
+            ("leader", nullable(integer())),
+            ("term", integer()),
+            ("applied_index", integer()),
+            ("committed_index", nullable(integer())),
+            ("members", array(schema_ref("ClusterMember"))),
+        ]),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    if k == "$ref" {
+                        if let Some(s) = v.as_str() {
+                            out.push(s.trim_start_matches("#/components/schemas/").to_owned());
+                        }
+                    } else {
+                        refs(v, out);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_route_is_in_the_document_and_nothing_else() {
+        let doc = document();
+        let paths = doc["paths"].as_object().expect("paths is an object");
+        let mut count = 0;
+        for route in ROUTES {
+            let op = &paths[route.path][route.method.openapi()];
+            assert_eq!(op["operationId"], json!(route.op.name), "{} {}", route.method.openapi(), route.path);
+            assert_eq!(op["summary"], json!(route.summary));
+            let public = op["security"].as_array().is_some_and(Vec::is_empty);
+            assert_eq!(public, route.op.policy == Policy::Public, "{}", route.path);
+            assert!(op["responses"]["default"].is_object());
+        }
+        for methods in paths.values() {
+            count += methods.as_object().map_or(0, Map::len);
+        }
+        assert_eq!(count, ROUTES.len());
+        assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    }
+
+    #[test]
+    fn every_referenced_schema_exists() {
+        let doc = document();
+        let mut names = Vec::new();
+        refs(doc, &mut names);
+        assert!(names.contains(&"Error".to_owned()));
+        for name in names {
+            assert!(doc["components"]["schemas"][&name].is_object(), "schema {name} is referenced but missing");
+        }
+    }
+
+    #[test]
+    fn path_parameters_are_declared() {
+        assert_eq!(path_params("/v1/keys/{id}:revoke"), vec!["id"]);
+        assert_eq!(path_params("/v1/projects"), Vec::<&str>::new());
+        let doc = document();
+        let params = &doc["paths"]["/v1/keys/{id}:revoke"]["post"]["parameters"];
+        assert_eq!(params[0]["name"], "id");
+        assert_eq!(params[0]["in"], "path");
+    }
+}

@@ -1,0 +1,890 @@
+//! The admin API's operations, in one place for REST and gRPC: validation, project-scoped reads, and the
+//! preparation of commands (time stamp, ids, tokens, ciphertexts) before they are proposed through
+//! [`Handle::write`].
+//!
+//! Everything non-deterministic about a mutation happens here, never in `apply`. Reads of a project's
+//! objects go through `RegistryState::project_scope`, so another project's object answers exactly like a
+//! missing one; when it does exist elsewhere the attempt is audited as `denied`. Must never return a token
+//! (except once, from key creation), a key hash, a secret value, a ciphertext or a data key.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rand::rngs::OsRng;
+use serde::{Deserialize, Serialize};
+
+use crate::authz::{self, Action, Caller, Role};
+use crate::crypto::{self, CryptoError, MasterKeyring, SecretAad};
+use crate::node::{ClusterStatus, Handle, MemberNode, MemberStatus, NodeId};
+use crate::state::{
+    self, ApiKeyView, AuditOutcome, AuditRecord, Command, KeyPrincipal, Op, Outcome, Page,
+    PageRequest, Principal, PrincipalKind, ProjectView, RoleBinding, Scope, SecretView, DEFAULT_PAGE_SIZE,
+};
+
+use super::auth::RequestScope;
+use super::error::{ErrorKind, ServiceError};
+use super::metrics::ApiMetrics;
+
+/// Largest secret value accepted (the registry caps sealed values at about 64 KiB).
+const MAX_SECRET_BYTES: usize = 64 * 1024;
+/// Attempts at a write that lost a race with a concurrent one (secret versions, data-key rotation).
+const RACE_ATTEMPTS: usize = 3;
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+// ---- requests ---------------------------------------------------------------------------------------------
+
+/// `page_size` and `page_token` of a listing.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct PageParams {
+    #[serde(default)]
+    pub(crate) page_size: Option<u64>,
+    #[serde(default)]
+    pub(crate) page_token: Option<String>,
+}
+
+impl PageParams {
+    fn request(&self) -> Result<PageRequest, ServiceError> {
+        Ok(PageRequest::new(self.page_size, self.page_token.as_deref())?)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateProjectRequest {
+    pub(crate) name: String,
+    #[serde(default)]
+    pub(crate) description: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateServiceAccountRequest {
+    pub(crate) name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateKeyRequest {
+    pub(crate) name: String,
+    /// Role bound to the key's principal in the project; required for a new service account.
+    #[serde(default)]
+    pub(crate) role: Option<String>,
+    #[serde(default)]
+    pub(crate) expires_in_seconds: Option<u64>,
+    /// An existing principal of the project; none creates a service account named after the key.
+    #[serde(default)]
+    pub(crate) principal_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateBindingRequest {
+    pub(crate) principal_id: String,
+    pub(crate) role: String,
+    /// Bind platform-wide instead of in the request's project.
+    #[serde(default)]
+    pub(crate) platform: bool,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PutSecretRequest {
+    pub(crate) name: String,
+    pub(crate) value: String,
+    /// Workload selectors; `None` keeps the current ones.
+    #[serde(default)]
+    pub(crate) bindings: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for PutSecretRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PutSecretRequest").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AddMemberRequest {
+    pub(crate) id: NodeId,
+    pub(crate) name: String,
+    pub(crate) raft_addr: String,
+    pub(crate) admin_addr: String,
+    #[serde(default = "default_true")]
+    pub(crate) voter: bool,
+}
+
+/// Query of `GET /v1/audit`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct AuditQuery {
+    #[serde(default)]
+    pub(crate) after_seq: Option<u64>,
+    #[serde(default)]
+    pub(crate) page_size: Option<u64>,
+    #[serde(default)]
+    pub(crate) page_token: Option<String>,
+}
+
+// ---- responses --------------------------------------------------------------------------------------------
+
+/// One page of a listing; `next_page_token` is empty on the last page.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ListPage<T> {
+    pub(crate) items: Vec<T>,
+    pub(crate) next_page_token: String,
+}
+
+impl<T> From<Page<T>> for ListPage<T> {
+    fn from(p: Page<T>) -> Self {
+        ListPage { items: p.items, next_page_token: p.next_page_token.unwrap_or_default() }
+    }
+}
+
+/// A role binding as callers see it; `scope` is `platform` or `project:<id>`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RoleBindingView {
+    pub(crate) id: String,
+    pub(crate) principal_id: String,
+    pub(crate) role: Role,
+    pub(crate) scope: String,
+    pub(crate) project_id: Option<String>,
+    pub(crate) created_at: u64,
+}
+
+impl From<&RoleBinding> for RoleBindingView {
+    fn from(b: &RoleBinding) -> Self {
+        RoleBindingView {
+            id: b.id.clone(),
+            principal_id: b.principal_id.clone(),
+            role: b.role,
+            scope: b.scope.to_string(),
+            project_id: b.scope.project_id().cloned(),
+            created_at: b.created_at,
+        }
+    }
+}
+
+/// A secret as callers see it, with its name as `id`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct SecretResource {
+    pub(crate) id: String,
+    #[serde(flatten)]
+    pub(crate) secret: SecretView,
+}
+
+impl From<SecretView> for SecretResource {
+    fn from(secret: SecretView) -> Self {
+        SecretResource { id: secret.name.clone(), secret }
+    }
+}
+
+/// A new key: the token (shown only here), the key, its principal and the binding made for it.
+#[derive(Clone, Serialize)]
+pub(crate) struct CreatedKey {
+    pub(crate) id: String,
+    pub(crate) token: String,
+    pub(crate) key: ApiKeyView,
+    pub(crate) principal: Principal,
+    pub(crate) binding: Option<RoleBindingView>,
+}
+
+impl std::fmt::Debug for CreatedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedKey").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct WhoAmI {
+    pub(crate) principal: Principal,
+    pub(crate) key: ApiKeyView,
+    /// The project this request acts in.
+    pub(crate) project: ProjectView,
+    pub(crate) bindings: Vec<RoleBindingView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct AuditList {
+    pub(crate) items: Vec<AuditRecord>,
+    /// The `seq` to continue after, as text; empty at the end.
+    pub(crate) next_page_token: String,
+    pub(crate) next_after_seq: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct AuditVerification {
+    pub(crate) ok: bool,
+    /// Records the caller can read (the whole log for platform readers).
+    pub(crate) records: u64,
+    pub(crate) broken_at_seq: Option<u64>,
+    pub(crate) error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RewrapResult {
+    pub(crate) projects: u64,
+    pub(crate) master_key_id: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Health {
+    pub(crate) status: &'static str,
+}
+
+// ---- validation -------------------------------------------------------------------------------------------
+
+fn lower_alnum(c: char) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit()
+}
+
+fn validate_project_name(name: &str) -> Result<(), ServiceError> {
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(lower_alnum) && name.len() <= 63 && chars.all(|c| lower_alnum(c) || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ServiceError::invalid("name", "must match [a-z0-9][a-z0-9-]{0,62}"))
+    }
+}
+
+fn validate_display_name(field: &str, name: &str) -> Result<(), ServiceError> {
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.len() <= 128
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '+' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ServiceError::invalid(field, "must match [A-Za-z0-9][A-Za-z0-9._@+-]{0,127}"))
+    }
+}
+
+fn validate_secret_name(name: &str) -> Result<(), ServiceError> {
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.len() <= 128
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ServiceError::invalid("name", "must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}"))
+    }
+}
+
+fn validate_description(description: &str) -> Result<(), ServiceError> {
+    if description.len() <= 1024 && !description.chars().any(|c| c.is_control() && c != '\n') {
+        Ok(())
+    } else {
+        Err(ServiceError::invalid("description", "at most 1024 characters, no control characters"))
+    }
+}
+
+/// `host:port` with a numeric port.
+fn validate_addr(field: &str, addr: &str) -> Result<(), ServiceError> {
+    let ok = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && host.len() <= 253 && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if ok {
+        Ok(())
+    } else {
+        Err(ServiceError::invalid(field, "must be host:port"))
+    }
+}
+
+fn parse_role(role: &str) -> Result<Role, ServiceError> {
+    role.parse::<Role>().map_err(|e| ServiceError::invalid("role", e))
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn crypto_error(e: CryptoError) -> ServiceError {
+    match e {
+        CryptoError::UnknownMasterKey(id) => ServiceError::new(
+            ErrorKind::FailedPrecondition,
+            format!("master key {id} is not in this coordinator's keyring"),
+        ),
+        CryptoError::Malformed(_) | CryptoError::Decrypt => {
+            ServiceError::internal("a stored data key could not be opened with the keyring")
+        }
+    }
+}
+
+// ---- the service ------------------------------------------------------------------------------------------
+
+struct Inner {
+    handle: Handle,
+    keyring: Arc<MasterKeyring>,
+    metrics: ApiMetrics,
+}
+
+/// The admin API's operations over one coordinator; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct AdminService {
+    inner: Arc<Inner>,
+}
+
+impl AdminService {
+    pub(crate) fn new(handle: Handle, keyring: Arc<MasterKeyring>) -> Self {
+        AdminService { inner: Arc::new(Inner { handle, keyring, metrics: ApiMetrics::default() }) }
+    }
+
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.inner.handle
+    }
+
+    pub(crate) fn metrics(&self) -> &ApiMetrics {
+        &self.inner.metrics
+    }
+
+    fn command(&self, scope: &RequestScope, op: Op) -> Command {
+        Command::new(now_ms(), scope.caller.actor(), op)
+    }
+
+    async fn write(&self, scope: &RequestScope, op: Op) -> Result<Outcome, ServiceError> {
+        Ok(self.inner.handle.write(self.command(scope, op)).await?)
+    }
+
+    /// Waits until the local replica reflects every write acknowledged before this call.
+    async fn consistent(&self) -> Result<(), ServiceError> {
+        Ok(self.inner.handle.linearizable_read().await?)
+    }
+
+    /// Appends a `denied` audit record. The caller's answer does not depend on it, so a failure to record
+    /// is logged rather than returned.
+    pub(crate) async fn record_denied(
+        &self,
+        caller: &Caller,
+        operation: &str,
+        project: Option<String>,
+        target: &str,
+        detail: &str,
+    ) {
+        let op = Op::RecordAudit {
+            action: operation.to_owned(),
+            project,
+            target: truncate(target, 256).to_owned(),
+            outcome: AuditOutcome::Denied,
+            detail: truncate(detail, 1024).to_owned(),
+        };
+        let cmd = Command::new(now_ms(), caller.actor(), op);
+        if let Err(e) = self.inner.handle.write(cmd).await {
+            tracing::warn!(error = %e, operation, principal = %caller.principal_id, "could not record a denied attempt");
+        }
+    }
+
+    /// The 404 for an object the caller cannot see; audited when it exists in another project.
+    async fn hidden(&self, scope: &RequestScope, kind: &str, id: &str, owner: Option<String>) -> ServiceError {
+        if let Some(owner) = owner {
+            let detail = format!("{kind} belongs to another project");
+            self.record_denied(&scope.caller, scope.operation, Some(owner), id, &detail).await;
+        }
+        ServiceError::not_found(kind, id)
+    }
+
+    /// Whether the caller holds `action` platform-wide.
+    fn platform_allows(&self, caller: &Caller, action: Action) -> bool {
+        self.inner.handle.read(|s| authz::authorize(s, &caller.principal_id, None, action).is_ok())
+    }
+
+    // ---- health and cluster ----
+
+    pub(crate) fn is_ready(&self) -> bool {
+        self.inner.handle.is_ready()
+    }
+
+    pub(crate) fn cluster_status(&self) -> ClusterStatus {
+        self.inner.handle.status()
+    }
+
+    pub(crate) fn list_members(&self) -> ListPage<MemberStatus> {
+        ListPage { items: self.inner.handle.status().members, next_page_token: String::new() }
+    }
+
+    pub(crate) async fn add_member(&self, req: AddMemberRequest) -> Result<MemberStatus, ServiceError> {
+        if req.id == 0 {
+            return Err(ServiceError::invalid("id", "must be a positive integer"));
+        }
+        if req.name.is_empty() || req.name.len() > 63 {
+            return Err(ServiceError::invalid("name", "must be 1-63 characters"));
+        }
+        validate_addr("raft_addr", &req.raft_addr)?;
+        validate_addr("admin_addr", &req.admin_addr)?;
+        let node = MemberNode { name: req.name.clone(), raft_addr: req.raft_addr.clone(), admin_addr: req.admin_addr.clone() };
+        self.inner.handle.add_member(req.id, node, req.voter).await?;
+        Ok(MemberStatus {
+            id: req.id,
+            name: req.name,
+            raft_addr: req.raft_addr,
+            admin_addr: req.admin_addr,
+            voter: req.voter,
+        })
+    }
+
+    pub(crate) async fn remove_member(&self, id: NodeId) -> Result<(), ServiceError> {
+        if !self.inner.handle.status().members.iter().any(|m| m.id == id) {
+            return Err(ServiceError::not_found("member", &id.to_string()));
+        }
+        Ok(self.inner.handle.remove_member(id).await?)
+    }
+
+    // ---- projects ----
+
+    pub(crate) async fn create_project(
+        &self,
+        scope: &RequestScope,
+        req: CreateProjectRequest,
+    ) -> Result<ProjectView, ServiceError> {
+        validate_project_name(&req.name)?;
+        let description = req.description.unwrap_or_default();
+        validate_description(&description)?;
+        let mut rng = OsRng;
+        let data_key = crypto::wrap_data_key(&self.inner.keyring, &crypto::new_data_key(&mut rng), &mut rng);
+        let op = Op::CreateProject { id: crypto::random_id("prj", &mut rng), name: req.name, description, data_key };
+        match self.write(scope, op).await? {
+            Outcome::Project { project } => Ok(project),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub(crate) async fn list_projects(
+        &self,
+        scope: &RequestScope,
+        page: &PageParams,
+    ) -> Result<ListPage<ProjectView>, ServiceError> {
+        let req = page.request()?;
+        self.consistent().await?;
+        let page = self.inner.handle.read(|s| {
+            let visible = s.projects_visible_to(&scope.caller.principal_id);
+            Page::from_sorted(visible.into_iter().map(|p| (p.id.clone(), p.view())), &req)
+        });
+        Ok(page.into())
+    }
+
+    /// A project by id or name, if the caller may read it (404 otherwise, audited when it exists).
+    pub(crate) async fn get_project(&self, scope: &RequestScope, project: &str) -> Result<ProjectView, ServiceError> {
+        self.consistent().await?;
+        let found = self.inner.handle.read(|s| {
+            s.project_by_id_or_name(project).map(|p| {
+                (p.view(), authz::authorize(s, &scope.caller.principal_id, Some(&p.id), Action::ReadProject))
+            })
+        });
+        match found {
+            None => Err(ServiceError::not_found("project", project)),
+            Some((view, Ok(()))) => Ok(view),
+            Some((view, Err(authz::Denied::Forbidden))) => {
+                self.record_denied(&scope.caller, scope.operation, Some(view.id.clone()), &view.id, "roles do not grant read-project")
+                    .await;
+                Err(ServiceError::forbidden("this operation needs read-project"))
+            }
+            Some((view, Err(_))) => Err(self.hidden(scope, "project", project, Some(view.id)).await),
+        }
+    }
+
+    pub(crate) async fn delete_project(&self, scope: &RequestScope, project: &str) -> Result<(), ServiceError> {
+        self.consistent().await?;
+        let id = self.inner.handle.read(|s| s.project_by_id_or_name(project).map(|p| p.id.clone()));
+        let id = id.ok_or_else(|| ServiceError::not_found("project", project))?;
+        match self.write(scope, Op::DeleteProject { id }).await {
+            Ok(_) => Ok(()),
+            // The domain names the id; callers asked by name or id, so answer in their words.
+            Err(e) if e.kind == ErrorKind::NotFound => Err(ServiceError::not_found("project", project)),
+            Err(e) => Err(e),
+        }
+    }
+
+    // ---- principals ----
+
+    pub(crate) async fn list_principals(
+        &self,
+        scope: &RequestScope,
+        page: &PageParams,
+    ) -> Result<ListPage<Principal>, ServiceError> {
+        let req = page.request()?;
+        self.consistent().await?;
+        Ok(self.inner.handle.read(|s| s.project_scope(&scope.project_id).principals(&req)).into())
+    }
+
+    pub(crate) async fn create_service_account(
+        &self,
+        scope: &RequestScope,
+        req: CreateServiceAccountRequest,
+    ) -> Result<Principal, ServiceError> {
+        validate_display_name("name", &req.name)?;
+        let op = Op::CreatePrincipal {
+            id: crypto::random_id("sa", &mut OsRng),
+            kind: PrincipalKind::ServiceAccount,
+            name: req.name,
+            project_id: scope.project_id.clone(),
+        };
+        match self.write(scope, op).await? {
+            Outcome::Principal { principal } => Ok(principal),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub(crate) async fn whoami(&self, scope: &RequestScope) -> Result<WhoAmI, ServiceError> {
+        self.consistent().await?;
+        let found = self.inner.handle.read(|s| {
+            let principal = s.principal(&scope.caller.principal_id)?.clone();
+            let key = s.key_by_id(&scope.caller.key_id)?.view();
+            let project = s.project(&scope.project_id)?.view();
+            let bindings = s.bindings_of(&principal.id).into_iter().map(RoleBindingView::from).collect();
+            Some(WhoAmI { principal, key, project, bindings })
+        });
+        // The key was found a moment ago during admission; it can only be gone if deleted in between.
+        found.ok_or_else(ServiceError::unauthenticated)
+    }
+
+    // ---- keys ----
+
+    pub(crate) async fn create_key(&self, scope: &RequestScope, req: CreateKeyRequest) -> Result<CreatedKey, ServiceError> {
+        validate_display_name("name", &req.name)?;
+        let role = req.role.as_deref().map(parse_role).transpose()?;
+        let at = now_ms();
+        let expires_at = match req.expires_in_seconds {
+            None => None,
+            Some(0) => return Err(ServiceError::invalid("expires_in_seconds", "must be positive")),
+            Some(secs) => Some(
+                secs.checked_mul(1000)
+                    .and_then(|ms| at.checked_add(ms))
+                    .ok_or_else(|| ServiceError::invalid("expires_in_seconds", "is too large"))?,
+            ),
+        };
+        let mut rng = OsRng;
+        let principal = match req.principal_id.as_deref().filter(|p| !p.is_empty()) {
+            Some(id) => {
+                let owner = self.inner.handle.read(|s| {
+                    let mine = s.project_scope(&scope.project_id).principal(id).is_some();
+                    (mine, s.principal(id).map(|p| p.project_id.clone()))
+                });
+                match owner {
+                    (true, _) => KeyPrincipal::Existing { principal_id: id.to_owned() },
+                    (false, owner) => return Err(self.hidden(scope, "principal", id, owner).await),
+                }
+            }
+            None => {
+                if role.is_none() {
+                    return Err(ServiceError::invalid("role", "is required when the key gets a new service account"));
+                }
+                KeyPrincipal::NewServiceAccount { principal_id: crypto::random_id("sa", &mut rng), name: req.name.clone() }
+            }
+        };
+        let token = crypto::generate_token(&mut rng);
+        let op = Op::CreateKey {
+            key_id: token.key_id.clone(),
+            name: req.name,
+            project_id: scope.project_id.clone(),
+            hash: token.hash.clone(),
+            last4: token.last4.clone(),
+            expires_at,
+            principal,
+            role,
+        };
+        let cmd = Command::new(at, scope.caller.actor(), op);
+        match self.inner.handle.write(cmd).await? {
+            Outcome::KeyCreated { key, principal, binding } => Ok(CreatedKey {
+                id: key.id.clone(),
+                token: token.token,
+                key,
+                principal,
+                binding: binding.as_ref().map(RoleBindingView::from),
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub(crate) async fn list_keys(&self, scope: &RequestScope, page: &PageParams) -> Result<ListPage<ApiKeyView>, ServiceError> {
+        let req = page.request()?;
+        self.consistent().await?;
+        Ok(self.inner.handle.read(|s| s.project_scope(&scope.project_id).keys(&req)).into())
+    }
+
+    /// The key if it is the project's; the owner project of a key hidden elsewhere.
+    fn find_key(&self, scope: &RequestScope, id: &str) -> Result<ApiKeyView, Option<String>> {
+        self.inner.handle.read(|s| match s.project_scope(&scope.project_id).key(id) {
+            Some(k) => Ok(k.view()),
+            None => Err(s.key_by_id(id).map(|k| k.project_id.clone())),
+        })
+    }
+
+    pub(crate) async fn get_key(&self, scope: &RequestScope, id: &str) -> Result<ApiKeyView, ServiceError> {
+        self.consistent().await?;
+        match self.find_key(scope, id) {
+            Ok(view) => Ok(view),
+            Err(owner) => Err(self.hidden(scope, "key", id, owner).await),
+        }
+    }
+
+    pub(crate) async fn revoke_key(&self, scope: &RequestScope, id: &str) -> Result<ApiKeyView, ServiceError> {
+        self.consistent().await?;
+        if let Err(owner) = self.find_key(scope, id) {
+            return Err(self.hidden(scope, "key", id, owner).await);
+        }
+        match self.write(scope, Op::RevokeKey { key_id: id.to_owned() }).await? {
+            Outcome::Key { key } => Ok(key),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    // ---- role bindings ----
+
+    pub(crate) async fn create_binding(
+        &self,
+        scope: &RequestScope,
+        req: CreateBindingRequest,
+    ) -> Result<RoleBindingView, ServiceError> {
+        let role = parse_role(&req.role)?;
+        let platform_admin = self.platform_allows(&scope.caller, Action::ManageBindings);
+        if req.platform && !platform_admin {
+            self.record_denied(&scope.caller, scope.operation, None, &req.principal_id, "platform binding needs platform-admin")
+                .await;
+            return Err(ServiceError::forbidden("platform-wide bindings need platform-admin"));
+        }
+        self.consistent().await?;
+        let visible = self.inner.handle.read(|s| {
+            let owner = s.principal(&req.principal_id).map(|p| p.project_id.clone());
+            let mine = owner.as_deref() == Some(scope.project_id.as_str());
+            (mine || (platform_admin && owner.is_some()), owner)
+        });
+        if let (false, owner) = visible {
+            return Err(self.hidden(scope, "principal", &req.principal_id, owner).await);
+        }
+        let binding_scope = if req.platform { Scope::Platform } else { Scope::Project(scope.project_id.clone()) };
+        let op = Op::BindRole { principal_id: req.principal_id, scope: binding_scope, role };
+        match self.write(scope, op).await? {
+            Outcome::Binding { binding } => Ok(RoleBindingView::from(&binding)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub(crate) async fn list_bindings(
+        &self,
+        scope: &RequestScope,
+        page: &PageParams,
+    ) -> Result<ListPage<RoleBindingView>, ServiceError> {
+        let req = page.request()?;
+        self.consistent().await?;
+        let page = self.inner.handle.read(|s| s.project_scope(&scope.project_id).bindings(&req));
+        Ok(page.map(|b| RoleBindingView::from(&b)).into())
+    }
+
+    pub(crate) async fn delete_binding(&self, scope: &RequestScope, id: &str) -> Result<(), ServiceError> {
+        self.consistent().await?;
+        let found = self.inner.handle.read(|s| {
+            if s.project_scope(&scope.project_id).binding(id).is_some() {
+                return Ok(());
+            }
+            match s.binding(id) {
+                Some(b) => Err(Some(b.scope.clone())),
+                None => Err(None),
+            }
+        });
+        match found {
+            Ok(()) => {}
+            Err(Some(Scope::Platform)) if self.platform_allows(&scope.caller, Action::ManageBindings) => {}
+            Err(Some(Scope::Platform)) => return Err(self.hidden(scope, "role binding", id, None).await),
+            Err(Some(Scope::Project(owner))) => return Err(self.hidden(scope, "role binding", id, Some(owner)).await),
+            Err(None) => return Err(ServiceError::not_found("role binding", id)),
+        }
+        self.write(scope, Op::UnbindRole { binding_id: id.to_owned() }).await.map(|_| ())
+    }
+
+    // ---- audit ----
+
+    pub(crate) async fn list_audit(&self, scope: &RequestScope, query: &AuditQuery) -> Result<AuditList, ServiceError> {
+        let from_token = match query.page_token.as_deref().filter(|t| !t.is_empty()) {
+            None => None,
+            Some(t) => Some(t.parse::<u64>().map_err(|_| ServiceError::invalid("page_token", "not a token from a previous page"))?),
+        };
+        let after = from_token.or(query.after_seq).unwrap_or(0);
+        let limit = match query.page_size {
+            None | Some(0) => DEFAULT_PAGE_SIZE,
+            Some(n) => usize::try_from(n).unwrap_or(state::MAX_PAGE_SIZE).min(state::MAX_PAGE_SIZE),
+        };
+        let platform = self.platform_allows(&scope.caller, Action::ReadAudit);
+        self.consistent().await?;
+        let page = self.inner.handle.read(|s| {
+            if platform {
+                s.audit_page(after, limit, None)
+            } else {
+                s.project_scope(&scope.project_id).audit(after, limit)
+            }
+        });
+        Ok(AuditList {
+            items: page.records,
+            next_page_token: page.next_after_seq.map(|n| n.to_string()).unwrap_or_default(),
+            next_after_seq: page.next_after_seq,
+        })
+    }
+
+    pub(crate) async fn verify_audit(&self, scope: &RequestScope) -> Result<AuditVerification, ServiceError> {
+        let platform = self.platform_allows(&scope.caller, Action::ReadAudit);
+        self.consistent().await?;
+        let (result, records) = self.inner.handle.read(|s| {
+            let all = s.audit_records();
+            let visible = if platform {
+                all.len()
+            } else {
+                all.iter().filter(|r| r.project.as_deref() == Some(scope.project_id.as_str())).count()
+            };
+            (state::verify_chain(all), visible as u64)
+        });
+        Ok(match result {
+            Ok(()) => AuditVerification { ok: true, records, broken_at_seq: None, error: None },
+            Err(e) => AuditVerification { ok: false, records, broken_at_seq: Some(e.seq), error: Some(e.to_string()) },
+        })
+    }
+
+    // ---- secrets ----
+
+    pub(crate) async fn put_secret(&self, scope: &RequestScope, req: PutSecretRequest) -> Result<SecretResource, ServiceError> {
+        validate_secret_name(&req.name)?;
+        if req.value.is_empty() {
+            return Err(ServiceError::invalid("value", "must not be empty"));
+        }
+        if req.value.len() > MAX_SECRET_BYTES {
+            return Err(ServiceError::invalid("value", format!("at most {MAX_SECRET_BYTES} bytes")));
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.consistent().await?;
+            let (wrapped, latest) = self.inner.handle.read(|s| {
+                let scoped = s.project_scope(&scope.project_id);
+                (scoped.data_key().cloned(), scoped.secret(&req.name).map_or(0, |x| x.latest_version()))
+            });
+            let wrapped = wrapped.ok_or_else(|| ServiceError::not_found("project", &scope.project_id))?;
+            let data_key = crypto::unwrap_data_key(&self.inner.keyring, &wrapped).map_err(crypto_error)?;
+            let version = latest + 1;
+            let aad = SecretAad { project_id: &scope.project_id, name: &req.name, version };
+            let sealed = crypto::encrypt_secret(&data_key, req.value.as_bytes(), aad, &mut OsRng);
+            let op = Op::PutSecret {
+                project_id: scope.project_id.clone(),
+                name: req.name.clone(),
+                version,
+                sealed,
+                bindings: req.bindings.clone(),
+            };
+            match self.write(scope, op).await {
+                Ok(Outcome::Secret { secret }) => return Ok(secret.into()),
+                Ok(other) => return Err(unexpected(other)),
+                // Another put took this version number first: seal again for the next one.
+                Err(e) if e.kind == ErrorKind::FailedPrecondition && attempt < RACE_ATTEMPTS => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub(crate) async fn list_secrets(
+        &self,
+        scope: &RequestScope,
+        page: &PageParams,
+    ) -> Result<ListPage<SecretResource>, ServiceError> {
+        let req = page.request()?;
+        self.consistent().await?;
+        let page = self.inner.handle.read(|s| s.project_scope(&scope.project_id).secrets(&req));
+        Ok(page.map(SecretResource::from).into())
+    }
+
+    pub(crate) async fn get_secret(&self, scope: &RequestScope, name: &str) -> Result<SecretResource, ServiceError> {
+        self.consistent().await?;
+        self.inner
+            .handle
+            .read(|s| s.project_scope(&scope.project_id).secret(name).map(|x| x.view().into()))
+            .ok_or_else(|| ServiceError::not_found("secret", name))
+    }
+
+    pub(crate) async fn delete_secret(&self, scope: &RequestScope, name: &str) -> Result<(), ServiceError> {
+        let op = Op::DeleteSecret { project_id: scope.project_id.clone(), name: name.to_owned() };
+        self.write(scope, op).await.map(|_| ())
+    }
+
+    pub(crate) async fn rewrap_secrets(&self, scope: &RequestScope) -> Result<RewrapResult, ServiceError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.consistent().await?;
+            let keys = self.inner.handle.read(|s| s.data_keys());
+            let rewrapped = crypto::rewrap_all(&self.inner.keyring, &keys, &mut OsRng).map_err(crypto_error)?;
+            match self.write(scope, Op::RewrapDataKeys { keys: rewrapped }).await {
+                Ok(Outcome::Rewrapped { projects }) => {
+                    return Ok(RewrapResult { projects, master_key_id: self.inner.keyring.current_id().to_owned() })
+                }
+                Ok(other) => return Err(unexpected(other)),
+                // A project was created or deleted in between: the set must be complete, so read it again.
+                Err(e) if e.kind == ErrorKind::FailedPrecondition && attempt < RACE_ATTEMPTS => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// An outcome that does not belong to the command that produced it: a bug between API and state.
+fn unexpected(outcome: Outcome) -> ServiceError {
+    tracing::error!(?outcome, "a command produced an outcome of another kind");
+    ServiceError::internal("the registry answered with an unexpected outcome")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_names() {
+        for good in ["a", "vision", "a-1", "0abc", &"a".repeat(63)] {
+            assert!(validate_project_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-a", "A", "a_b", "a b", "é", &"a".repeat(64)] {
+            let e = validate_project_name(bad).expect_err(bad);
+            assert_eq!(e.message, "name: must match [a-z0-9][a-z0-9-]{0,62}");
+        }
+    }
+
+    #[test]
+    fn addresses() {
+        assert!(validate_addr("raft_addr", "10.0.0.4:7170").is_ok());
+        assert!(validate_addr("raft_addr", "c1.example:7170").is_ok());
+        assert!(validate_addr("raft_addr", "[::1]:7170").is_ok());
+        for bad in ["", "host", ":7170", "host:0", "host:99999", "host:x"] {
+            assert!(validate_addr("raft_addr", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        assert_eq!(truncate("abc", 5), "abc");
+        assert_eq!(truncate("ééé", 3), "é");
+        assert_eq!(truncate("abcdef", 3), "abc");
+    }
+
+    #[test]
+    fn secret_requests_do_not_debug_print_values() {
+        let req = PutSecretRequest { name: "s3-key".into(), value: "hunter2".into(), bindings: None };
+        let text = format!("{req:?}");
+        assert!(text.contains("s3-key") && !text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn roles_parse_or_name_the_field() {
+        assert_eq!(parse_role("editor").ok(), Some(Role::Editor));
+        let e = parse_role("root").expect_err("unknown role");
+        assert!(e.message.starts_with("role: "), "{}", e.message);
+    }
+}

@@ -1,0 +1,611 @@
+//! Roles, actions and the permission check every admin-API route runs before it reads or proposes anything.
+//!
+//! Owns the role → actions table, bearer-token authentication against the local replica and
+//! [`authorize`]. Deny by default: an action not in a role's table is refused, and a principal with no binding
+//! in a project cannot tell that the project exists. Never mutates state and never sees a master key.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto;
+use crate::state::{Actor, KeyState, RegistryState, Scope};
+
+/// A role bound to a principal in a project (or platform-wide).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Reads the project's objects.
+    Viewer,
+    /// Viewer, plus writes experiments and pipelines.
+    Editor,
+    /// Viewer, plus writes serving (deployments, traffic).
+    Deployer,
+    /// Editor and deployer, plus keys, role bindings, secrets and the project's audit log.
+    ProjectAdmin,
+    /// Everything, everywhere (platform scope only).
+    PlatformAdmin,
+}
+
+impl Role {
+    /// Every role, least to most privileged.
+    pub const ALL: [Role; 5] = [
+        Role::Viewer,
+        Role::Editor,
+        Role::Deployer,
+        Role::ProjectAdmin,
+        Role::PlatformAdmin,
+    ];
+
+    /// The role's name as written in bindings and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Editor => "editor",
+            Role::Deployer => "deployer",
+            Role::ProjectAdmin => "project-admin",
+            Role::PlatformAdmin => "platform-admin",
+        }
+    }
+
+    /// Whether this role grants `action` (wherever it is bound).
+    pub fn allows(self, action: Action) -> bool {
+        use Action::*;
+        match self {
+            Role::Viewer => matches!(action, ReadProject),
+            Role::Editor => matches!(action, ReadProject | WriteExperiments),
+            Role::Deployer => matches!(action, ReadProject | WriteServing),
+            Role::ProjectAdmin => matches!(
+                action,
+                ReadProject
+                    | WriteExperiments
+                    | WriteServing
+                    | ManageKeys
+                    | ManageBindings
+                    | ManageSecrets
+                    | ReadAudit
+            ),
+            Role::PlatformAdmin => true,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A role name that is not one of ours.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role {0:?} (expected viewer, editor, deployer, project-admin or platform-admin)")]
+pub struct UnknownRole(pub String);
+
+impl FromStr for Role {
+    type Err = UnknownRole;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| UnknownRole(s.to_owned()))
+    }
+}
+
+/// Something a route does; every route declares one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Read a project's objects (experiments, jobs, deployments, key and secret metadata, bindings).
+    ReadProject,
+    /// Create or change experiments, runs, models and pipelines.
+    WriteExperiments,
+    /// Create or change deployments, revisions and traffic.
+    WriteServing,
+    /// Create and revoke the project's API keys.
+    ManageKeys,
+    /// Bind and unbind roles in the project.
+    ManageBindings,
+    /// Put and delete the project's secrets.
+    ManageSecrets,
+    /// Read the audit log (a project's, or all of it with no project).
+    ReadAudit,
+    /// Create projects.
+    CreateProject,
+    /// Delete projects.
+    DeleteProject,
+    /// Read cluster status (members, leader, term).
+    ClusterRead,
+    /// Add and remove coordinators.
+    ClusterMembership,
+    /// Re-wrap data keys under a new master key.
+    RotateMasterKey,
+}
+
+impl Action {
+    /// Every action.
+    pub const ALL: [Action; 12] = [
+        Action::ReadProject,
+        Action::WriteExperiments,
+        Action::WriteServing,
+        Action::ManageKeys,
+        Action::ManageBindings,
+        Action::ManageSecrets,
+        Action::ReadAudit,
+        Action::CreateProject,
+        Action::DeleteProject,
+        Action::ClusterRead,
+        Action::ClusterMembership,
+        Action::RotateMasterKey,
+    ];
+
+    /// Platform actions are granted only by platform-scoped bindings.
+    pub fn is_platform(self) -> bool {
+        matches!(
+            self,
+            Action::CreateProject
+                | Action::DeleteProject
+                | Action::ClusterRead
+                | Action::ClusterMembership
+                | Action::RotateMasterKey
+        )
+    }
+}
+
+/// Why [`authorize`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum Denied {
+    /// The principal is unknown or disabled (HTTP 401).
+    #[error("unauthenticated")]
+    Unauthenticated,
+    /// The project does not exist, or the principal has no binding that lets it see it (HTTP 404).
+    #[error("not found")]
+    NotFound,
+    /// The principal can see the project but its roles do not grant the action (HTTP 403).
+    #[error("permission denied")]
+    Forbidden,
+}
+
+/// Checks that `principal_id` may perform `action` in `project_id` (or platform-wide with `None`).
+///
+/// A platform-scoped binding applies in every project; platform actions need a platform-scoped binding
+/// whose role grants them. A principal with neither a binding in the project nor any platform binding
+/// gets [`Denied::NotFound`], exactly as if the project did not exist.
+pub fn authorize(
+    state: &RegistryState,
+    principal_id: &str,
+    project_id: Option<&str>,
+    action: Action,
+) -> Result<(), Denied> {
+    let principal = state
+        .principal(principal_id)
+        .ok_or(Denied::Unauthenticated)?;
+    if principal.disabled {
+        return Err(Denied::Unauthenticated);
+    }
+    let bindings = state.bindings_of(principal_id);
+    let platform: Vec<_> = bindings
+        .iter()
+        .filter(|b| b.scope == Scope::Platform)
+        .collect();
+    let Some(project_id) = project_id else {
+        // Platform-wide: only platform bindings count.
+        return if platform.iter().any(|b| b.role.allows(action)) {
+            Ok(())
+        } else {
+            Err(Denied::Forbidden)
+        };
+    };
+    if state.project(project_id).is_none() {
+        return Err(Denied::NotFound);
+    }
+    let in_project: Vec<_> = bindings
+        .iter()
+        .filter(|b| b.scope.project_id().is_some_and(|p| p == project_id))
+        .collect();
+    if platform.is_empty() && in_project.is_empty() {
+        return Err(Denied::NotFound);
+    }
+    let granted_by_platform = platform.iter().any(|b| b.role.allows(action));
+    let granted_in_project =
+        !action.is_platform() && in_project.iter().any(|b| b.role.allows(action));
+    if granted_by_platform || granted_in_project {
+        Ok(())
+    } else {
+        Err(Denied::Forbidden)
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub key_id: String,
+    pub principal_id: String,
+    pub principal_name: String,
+    /// The project the key belongs to (the default project for requests that name none).
+    pub project_id: String,
+}
+
+impl Caller {
+    /// The actor to stamp on commands this caller causes.
+    pub fn actor(&self) -> Actor {
+        Actor::principal(self.principal_id.clone(), self.principal_name.clone())
+    }
+}
+
+/// Why a bearer token was not accepted. The API answers 401 for all of them without saying which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthnError {
+    #[error("malformed token")]
+    Malformed,
+    #[error("unknown key")]
+    UnknownKey,
+    #[error("token does not match the key")]
+    Mismatch,
+    #[error("key revoked")]
+    Revoked,
+    #[error("key expired")]
+    Expired,
+    #[error("principal disabled")]
+    Disabled,
+}
+
+/// Authenticates a bearer token against the local replica: parses it, finds the key, compares the token's
+/// SHA-256 with the stored hash in constant time, and checks revocation, expiry at `now_ms` and the
+/// principal.
+pub fn authenticate(state: &RegistryState, token: &str, now_ms: u64) -> Result<Caller, AuthnError> {
+    let parsed = crypto::parse_token(token).map_err(|_| AuthnError::Malformed)?;
+    let key = state
+        .key_by_id(&parsed.key_id)
+        .ok_or(AuthnError::UnknownKey)?;
+    if !crypto::verify_token(token, &key.hash) {
+        return Err(AuthnError::Mismatch);
+    }
+    match key.state_at(now_ms) {
+        KeyState::Active => {}
+        KeyState::Revoked => return Err(AuthnError::Revoked),
+        KeyState::Expired => return Err(AuthnError::Expired),
+    }
+    let principal = state
+        .principal(&key.principal_id)
+        .ok_or(AuthnError::Disabled)?;
+    if principal.disabled {
+        return Err(AuthnError::Disabled);
+    }
+    Ok(Caller {
+        key_id: key.id.clone(),
+        principal_id: principal.id.clone(),
+        principal_name: principal.name.clone(),
+        project_id: key.project_id.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::state::{Command, KeyPrincipal, Op, WrappedKey};
+
+    const T0: u64 = 1_700_000_000_000;
+
+    /// The matrix as the product defines it, written out independently of `Role::allows`.
+    fn spec_allows(role: Role, action: Action) -> bool {
+        let allowed: &[&str] = match role {
+            Role::Viewer => &["read-project"],
+            Role::Editor => &["read-project", "write-experiments"],
+            Role::Deployer => &["read-project", "write-serving"],
+            Role::ProjectAdmin => &[
+                "read-project",
+                "write-experiments",
+                "write-serving",
+                "manage-keys",
+                "manage-bindings",
+                "manage-secrets",
+                "read-audit",
+            ],
+            Role::PlatformAdmin => &[
+                "read-project",
+                "write-experiments",
+                "write-serving",
+                "manage-keys",
+                "manage-bindings",
+                "manage-secrets",
+                "read-audit",
+                "create-project",
+                "delete-project",
+                "cluster-read",
+                "cluster-membership",
+                "rotate-master-key",
+            ],
+        };
+        let name = serde_json::to_value(action).expect("action serializes");
+        allowed.iter().any(|a| name == *a)
+    }
+
+    fn wk(tag: &str) -> WrappedKey {
+        WrappedKey {
+            master_key_id: "mk1".into(),
+            nonce_b64: "AAAA".into(),
+            ciphertext_b64: tag.into(),
+        }
+    }
+
+    fn apply(s: &mut RegistryState, op: Op) {
+        let index = s.applied_index + 1;
+        let out = s.apply(index, &Command::new(T0 + index, Actor::system(), op));
+        assert!(out.is_ok(), "{out:?}");
+    }
+
+    fn new_key(
+        s: &mut RegistryState,
+        key_id: &str,
+        project: &str,
+        principal: &str,
+        role: Option<Role>,
+    ) {
+        apply(
+            s,
+            Op::CreateKey {
+                key_id: key_id.into(),
+                name: key_id.into(),
+                project_id: project.into(),
+                hash: crypto::hash_token(key_id),
+                last4: "abcd".into(),
+                expires_at: None,
+                principal: KeyPrincipal::NewServiceAccount {
+                    principal_id: principal.into(),
+                    name: principal.into(),
+                },
+                role,
+            },
+        );
+    }
+
+    /// Projects A and B; for every role a principal bound in A and one bound platform-wide (where the role
+    /// allows it); a principal with no binding and a disabled one.
+    fn world() -> RegistryState {
+        let mut s = RegistryState::default();
+        apply(
+            &mut s,
+            Op::Bootstrap {
+                default_project_id: "prj_default".into(),
+                default_data_key: wk("d"),
+                admin_principal_id: "sa_root".into(),
+                admin_principal_name: "root".into(),
+                admin_key_id: "root".into(),
+                admin_key_hash: crypto::hash_token("root"),
+                admin_key_last4: "abcd".into(),
+            },
+        );
+        for (id, name) in [("prj_a", "aaa"), ("prj_b", "bbb")] {
+            apply(
+                &mut s,
+                Op::CreateProject {
+                    id: id.into(),
+                    name: name.into(),
+                    description: String::new(),
+                    data_key: wk(id),
+                },
+            );
+        }
+        for role in Role::ALL {
+            if role != Role::PlatformAdmin {
+                new_key(
+                    &mut s,
+                    &format!("p{}", role as u8),
+                    "prj_a",
+                    &format!("in_a_{role}"),
+                    Some(role),
+                );
+            }
+            let platform = format!("plat_{role}");
+            new_key(
+                &mut s,
+                &format!("g{}", role as u8),
+                "prj_default",
+                &platform,
+                None,
+            );
+            apply(
+                &mut s,
+                Op::BindRole {
+                    principal_id: platform,
+                    scope: Scope::Platform,
+                    role,
+                },
+            );
+        }
+        new_key(&mut s, "nobind", "prj_a", "no_binding", None);
+        new_key(&mut s, "off", "prj_a", "disabled", Some(Role::ProjectAdmin));
+        apply(
+            &mut s,
+            Op::SetPrincipalDisabled {
+                id: "disabled".into(),
+                disabled: true,
+            },
+        );
+        s
+    }
+
+    #[test]
+    fn role_table_matches_the_product_matrix() {
+        for role in Role::ALL {
+            for action in Action::ALL {
+                assert_eq!(
+                    role.allows(action),
+                    spec_allows(role, action),
+                    "{role} / {action:?}"
+                );
+            }
+        }
+        for action in Action::ALL {
+            if Role::Viewer.allows(action) {
+                assert!(
+                    Role::Editor.allows(action) && Role::Deployer.allows(action),
+                    "viewer ⊂ editor, deployer"
+                );
+            }
+            if Role::Editor.allows(action) || Role::Deployer.allows(action) {
+                assert!(
+                    Role::ProjectAdmin.allows(action),
+                    "project-admin ⊇ editor ∪ deployer"
+                );
+            }
+            assert!(Role::PlatformAdmin.allows(action));
+            if action.is_platform() {
+                assert!(Role::ALL
+                    .iter()
+                    .filter(|r| r.allows(action))
+                    .eq([Role::PlatformAdmin].iter()));
+            }
+        }
+    }
+
+    #[test]
+    fn authorize_matrix_is_exhaustive() {
+        let s = world();
+        let projects = [Some("prj_a"), Some("prj_b"), Some("prj_missing"), None];
+        let mut checked = 0;
+        for role in Role::ALL {
+            for action in Action::ALL {
+                for project in projects {
+                    // Bound in project A.
+                    if role != Role::PlatformAdmin {
+                        let expected = match project {
+                            Some("prj_a") if spec_allows(role, action) && !action.is_platform() => {
+                                Ok(())
+                            }
+                            Some("prj_a") | None => Err(Denied::Forbidden),
+                            Some(_) => Err(Denied::NotFound),
+                        };
+                        let got = authorize(&s, &format!("in_a_{role}"), project, action);
+                        assert_eq!(got, expected, "{role} in A, {action:?} on {project:?}");
+                        checked += 1;
+                    }
+                    // Bound platform-wide.
+                    let expected = match project {
+                        Some("prj_missing") => Err(Denied::NotFound),
+                        _ if spec_allows(role, action) => Ok(()),
+                        _ => Err(Denied::Forbidden),
+                    };
+                    let got = authorize(&s, &format!("plat_{role}"), project, action);
+                    assert_eq!(got, expected, "platform {role}, {action:?} on {project:?}");
+                    checked += 1;
+                }
+            }
+        }
+        for action in Action::ALL {
+            for project in projects {
+                let expected = if project.is_some() {
+                    Err(Denied::NotFound)
+                } else {
+                    Err(Denied::Forbidden)
+                };
+                assert_eq!(
+                    authorize(&s, "no_binding", project, action),
+                    expected,
+                    "{action:?} {project:?}"
+                );
+                assert_eq!(
+                    authorize(&s, "disabled", project, action),
+                    Err(Denied::Unauthenticated)
+                );
+                assert_eq!(
+                    authorize(&s, "nobody", project, action),
+                    Err(Denied::Unauthenticated)
+                );
+                checked += 3;
+            }
+        }
+        assert_eq!(checked, (4 + 5) * 12 * 4 + 3 * 12 * 4);
+    }
+
+    #[test]
+    fn roles_parse_print_and_serialize_in_kebab_case() {
+        for role in Role::ALL {
+            assert_eq!(role.to_string().parse::<Role>(), Ok(role));
+            let json = serde_json::to_string(&role).expect("role serializes");
+            assert_eq!(json, format!("\"{role}\""));
+        }
+        assert_eq!("project-admin".parse::<Role>(), Ok(Role::ProjectAdmin));
+        assert!("admin".parse::<Role>().is_err());
+        assert!("Viewer".parse::<Role>().is_err());
+        assert!(serde_json::from_str::<Role>("\"platform_admin\"").is_err());
+    }
+
+    #[test]
+    fn authenticate_checks_hash_state_and_principal() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut s = world();
+        let t = crypto::generate_token(&mut rng);
+        let op = |expires_at| Op::CreateKey {
+            key_id: t.key_id.clone(),
+            name: "ci".into(),
+            project_id: "prj_a".into(),
+            hash: t.hash.clone(),
+            last4: t.last4.clone(),
+            expires_at,
+            principal: KeyPrincipal::NewServiceAccount {
+                principal_id: "sa_ci".into(),
+                name: "ci".into(),
+            },
+            role: Some(Role::Editor),
+        };
+        apply(&mut s, op(Some(T0 + 1_000_000)));
+        let caller = authenticate(&s, &t.token, T0 + 10).expect("valid token");
+        assert_eq!(
+            (caller.principal_id.as_str(), caller.project_id.as_str()),
+            ("sa_ci", "prj_a")
+        );
+        assert_eq!(caller.actor(), Actor::principal("sa_ci", "ci"));
+        assert_eq!(
+            authenticate(&s, &t.token, T0 + 1_000_000),
+            Err(AuthnError::Expired)
+        );
+
+        let other = crypto::generate_token(&mut rng);
+        let forged = format!(
+            "mrd_{}_{}",
+            t.key_id,
+            other.token.rsplit('_').next().unwrap_or_default()
+        );
+        assert_eq!(authenticate(&s, &forged, T0), Err(AuthnError::Mismatch));
+        assert_eq!(
+            authenticate(&s, &other.token, T0),
+            Err(AuthnError::UnknownKey)
+        );
+        assert_eq!(
+            authenticate(&s, "Bearer nonsense", T0),
+            Err(AuthnError::Malformed)
+        );
+        assert_eq!(authenticate(&s, "", T0), Err(AuthnError::Malformed));
+
+        apply(
+            &mut s,
+            Op::SetPrincipalDisabled {
+                id: "sa_ci".into(),
+                disabled: true,
+            },
+        );
+        assert_eq!(authenticate(&s, &t.token, T0), Err(AuthnError::Disabled));
+        apply(
+            &mut s,
+            Op::SetPrincipalDisabled {
+                id: "sa_ci".into(),
+                disabled: false,
+            },
+        );
+        assert!(authenticate(&s, &t.token, T0).is_ok());
+        apply(
+            &mut s,
+            Op::RevokeKey {
+                key_id: t.key_id.clone(),
+            },
+        );
+        assert_eq!(authenticate(&s, &t.token, T0), Err(AuthnError::Revoked));
+    }
+}

@@ -1,0 +1,83 @@
+//! First start of a registry: the `default` project and the platform-admin key whose token the operator holds.
+//!
+//! The token is created (or read back) from a file before the bootstrap command is proposed, so a crash between
+//! the two is repaired by the next start with the same token. Only the token's hash enters the registry.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rand::rngs::OsRng;
+
+use crate::crypto::{self, MasterKeyring};
+use crate::node::{Handle, WriteError};
+use crate::state::{Actor, Command, Op};
+
+/// Why bootstrapping failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("admin token file {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("admin token file {path} does not hold a Meridian API key")]
+    BadToken { path: String },
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+/// Reads the admin token from `path`, or creates a new one there (mode 0600) if the file does not exist.
+pub fn read_or_create_token(path: &Path) -> Result<String, BootstrapError> {
+    let shown = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let token = text.trim().to_string();
+            crypto::parse_token(&token).map_err(|_| BootstrapError::BadToken { path: shown })?;
+            Ok(token)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let generated = crypto::generate_token(&mut OsRng);
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|source| BootstrapError::Io { path: shown.clone(), source })?;
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|source| BootstrapError::Io { path: shown.clone(), source })?;
+            f.write_all(format!("{}\n", generated.token).as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(|source| BootstrapError::Io { path: shown, source })?;
+            Ok(generated.token)
+        }
+        Err(source) => Err(BootstrapError::Io { path: shown, source }),
+    }
+}
+
+/// Proposes the bootstrap command for `token`; succeeds as well when the registry is already bootstrapped.
+pub async fn propose(handle: &Handle, keyring: &MasterKeyring, token: &str) -> Result<(), BootstrapError> {
+    if handle.read(|s| s.is_bootstrapped()) {
+        return Ok(());
+    }
+    let parsed = crypto::parse_token(token).map_err(|_| BootstrapError::BadToken { path: "<token>".into() })?;
+    let mut rng = OsRng;
+    let data_key = crypto::new_data_key(&mut rng);
+    let op = Op::Bootstrap {
+        default_project_id: crypto::random_id("prj", &mut rng),
+        default_data_key: crypto::wrap_data_key(keyring, &data_key, &mut rng),
+        admin_principal_id: crypto::random_id("sa", &mut rng),
+        admin_principal_name: "platform-admin".into(),
+        admin_key_id: parsed.key_id,
+        admin_key_hash: crypto::hash_token(token),
+        admin_key_last4: token.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect(),
+    };
+    match handle.write(Command::new(now_ms(), Actor::system(), op)).await {
+        Ok(_) => Ok(()),
+        Err(_) if handle.read(|s| s.is_bootstrapped()) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

@@ -1,0 +1,887 @@
+//! Key tokens, token hashing, the master keyring and envelope encryption of secrets.
+//!
+//! Runs where a request is prepared, never inside `apply`: randomness comes in as `&mut impl RngCore`, so
+//! tests can seed it. API tokens are `mrd_<key_id>_<secret>` and only their SHA-256 is stored; each project
+//! has a data key wrapped (AES-256-GCM) by a master key, and secret values are sealed (AES-256-GCM) under the
+//! data key with an AAD binding project, name and version. Never log or return key material or plaintext in
+//! errors, and never compare secrets with `==`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::state::{SealedValue, WrappedKey};
+
+/// Every API token starts with this.
+pub const TOKEN_PREFIX: &str = "mrd_";
+/// Length of a generated key id.
+const KEY_ID_LEN: usize = 12;
+/// Random bytes in a token's secret part.
+const TOKEN_SECRET_BYTES: usize = 32;
+/// base64url (no padding) length of the secret part.
+const TOKEN_SECRET_B64_LEN: usize = 43;
+/// Longest string `parse_token` looks at.
+const MAX_TOKEN_LEN: usize = 128;
+const NONCE_LEN: usize = 12;
+const ID_ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+
+// ---- ids and tokens ---------------------------------------------------------------------------------------
+
+/// `n` random characters of `[a-z0-9]`, without modulo bias.
+fn random_chars(rng: &mut impl RngCore, n: usize) -> String {
+    let mut out = String::with_capacity(n);
+    let mut buf = [0u8; 32];
+    while out.len() < n {
+        rng.fill_bytes(&mut buf);
+        for &b in &buf {
+            // 252 = 7 * 36: drop the last four byte values so every character is equally likely.
+            if b < 252 && out.len() < n {
+                out.push(char::from(ID_ALPHABET[usize::from(b % 36)]));
+            }
+        }
+    }
+    out
+}
+
+/// A new object id: `<prefix>_` and 16 random characters of `[a-z0-9]`, e.g. `prj_3kq9x0c2m4v7b1zd`.
+pub fn random_id(prefix: &str, rng: &mut impl RngCore) -> String {
+    format!("{prefix}_{}", random_chars(rng, 16))
+}
+
+/// A freshly generated API token. The token is shown to its owner once and never stored.
+#[derive(Clone)]
+pub struct GeneratedToken {
+    /// The full bearer token, `mrd_<key_id>_<secret>`.
+    pub token: String,
+    pub key_id: String,
+    /// Hex SHA-256 of `token`: what the registry stores.
+    pub hash: String,
+    /// The token's last four characters.
+    pub last4: String,
+}
+
+impl std::fmt::Debug for GeneratedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GeneratedToken")
+            .field("key_id", &self.key_id)
+            .field("last4", &self.last4)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Generates a token with a new key id and 32 random bytes of secret.
+pub fn generate_token(rng: &mut impl RngCore) -> GeneratedToken {
+    let key_id = random_chars(rng, KEY_ID_LEN);
+    let mut secret = [0u8; TOKEN_SECRET_BYTES];
+    rng.fill_bytes(&mut secret);
+    let token = format!("{TOKEN_PREFIX}{key_id}_{}", URL_SAFE_NO_PAD.encode(secret));
+    let hash = hash_token(&token);
+    let last4 = token[token.len() - 4..].to_owned();
+    GeneratedToken {
+        token,
+        key_id,
+        hash,
+        last4,
+    }
+}
+
+/// A token whose shape is valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedToken {
+    pub key_id: String,
+}
+
+/// Why a string is not a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token too long")]
+    TooLong,
+    #[error("token does not start with {TOKEN_PREFIX}")]
+    Prefix,
+    #[error("token has no key id")]
+    KeyId,
+    #[error("token secret is malformed")]
+    Secret,
+}
+
+/// Parses `mrd_<key_id>_<secret>`: key id of 1–32 `[A-Za-z0-9]`, secret exactly 32 bytes of canonical
+/// base64url without padding. Rejects anything else without panicking.
+pub fn parse_token(token: &str) -> Result<ParsedToken, TokenError> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(TokenError::TooLong);
+    }
+    let rest = token.strip_prefix(TOKEN_PREFIX).ok_or(TokenError::Prefix)?;
+    let (key_id, secret) = rest.split_once('_').ok_or(TokenError::KeyId)?;
+    if key_id.is_empty() || key_id.len() > 32 || !key_id.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
+        return Err(TokenError::KeyId);
+    }
+    if secret.len() != TOKEN_SECRET_B64_LEN {
+        return Err(TokenError::Secret);
+    }
+    match URL_SAFE_NO_PAD.decode(secret) {
+        Ok(bytes) if bytes.len() == TOKEN_SECRET_BYTES => Ok(ParsedToken {
+            key_id: key_id.to_owned(),
+        }),
+        _ => Err(TokenError::Secret),
+    }
+}
+
+/// Hex SHA-256 of a token.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Whether `token` hashes to `stored_hash` (hex SHA-256), compared in constant time.
+pub fn verify_token(token: &str, stored_hash: &str) -> bool {
+    let mut stored = [0u8; 32];
+    if hex::decode_to_slice(stored_hash, &mut stored).is_err() {
+        return false;
+    }
+    let actual: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    actual.ct_eq(&stored).into()
+}
+
+// ---- master keyring ---------------------------------------------------------------------------------------
+
+/// Why a keyring could not be loaded. Never carries key material.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringError {
+    #[error("reading master key file {path}: {message}")]
+    Io { path: String, message: String },
+    #[error("master key entry {entry}: {reason}")]
+    Entry { entry: usize, reason: String },
+    #[error("no master key given")]
+    Empty,
+    #[error("master key id {0} appears twice")]
+    Duplicate(String),
+}
+
+/// The master keys this coordinator knows; the current one wraps new data keys, the others still unwrap.
+///
+/// Keeping old and new keys in the ring while [`rewrap_data_key`] runs is what makes rotation work without
+/// downtime.
+#[derive(Clone)]
+pub struct MasterKeyring {
+    current: String,
+    keys: BTreeMap<String, [u8; 32]>,
+}
+
+impl std::fmt::Debug for MasterKeyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterKeyring")
+            .field("current", &self.current)
+            .field("ids", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+fn valid_master_key_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn decode_key_b64(b64: &str) -> Option<[u8; 32]> {
+    [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|engine| engine.decode(b64).ok())
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok())
+}
+
+impl MasterKeyring {
+    /// A ring from `(id, key)` entries; the last entry is current.
+    pub fn from_entries(
+        entries: impl IntoIterator<Item = (String, [u8; 32])>,
+    ) -> Result<Self, KeyringError> {
+        let mut keys = BTreeMap::new();
+        let mut current = None;
+        for (n, (id, key)) in entries.into_iter().enumerate() {
+            if !valid_master_key_id(&id) {
+                return Err(KeyringError::Entry {
+                    entry: n + 1,
+                    reason: "id must be 1-64 of [A-Za-z0-9_-]".into(),
+                });
+            }
+            if keys.insert(id.clone(), key).is_some() {
+                return Err(KeyringError::Duplicate(id));
+            }
+            current = Some(id);
+        }
+        let current = current.ok_or(KeyringError::Empty)?;
+        Ok(Self { current, keys })
+    }
+
+    /// Parses `id:base64key` lines; `#` starts a comment line, blank lines are skipped, the LAST key is
+    /// current. Errors name the line number, never its content.
+    pub fn parse(text: &str) -> Result<Self, KeyringError> {
+        let mut entries = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            entries.push(
+                parse_entry(line, None).map_err(|reason| KeyringError::Entry {
+                    entry: n + 1,
+                    reason,
+                })?,
+            );
+        }
+        Self::from_entries(entries)
+    }
+
+    /// Loads a key file (see [`MasterKeyring::parse`]). Warns when the file is readable by group or others.
+    pub fn load_file(path: &Path) -> Result<Self, KeyringError> {
+        let io = |e: std::io::Error| KeyringError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format_args!("{:o}", mode & 0o777),
+                    "master key file is accessible by group or others; chmod 600 it"
+                );
+            }
+        }
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        Self::parse(&text)
+    }
+
+    /// From an environment variable's value: a bare `base64key` (id `env`), or comma-separated
+    /// `id:base64key` pairs, the last current.
+    pub fn from_env_value(value: &str) -> Result<Self, KeyringError> {
+        let value = value.trim();
+        if value.is_empty() {
+            return Err(KeyringError::Empty);
+        }
+        let mut entries = Vec::new();
+        for (n, part) in value.split(',').enumerate() {
+            let default_id = (!value.contains(':')).then_some("env");
+            entries.push(parse_entry(part.trim(), default_id).map_err(|reason| {
+                KeyringError::Entry {
+                    entry: n + 1,
+                    reason,
+                }
+            })?);
+        }
+        Self::from_entries(entries)
+    }
+
+    /// A new `id:base64key` line for a key file (id `mk_` and 8 random characters).
+    pub fn generate_line(rng: &mut impl RngCore) -> String {
+        let mut key = [0u8; 32];
+        rng.fill_bytes(&mut key);
+        format!("mk_{}:{}", random_chars(rng, 8), STANDARD.encode(key))
+    }
+
+    /// The id of the key that wraps new data keys.
+    pub fn current_id(&self) -> &str {
+        &self.current
+    }
+
+    /// Every key id in the ring.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.keys().map(String::as_str)
+    }
+
+    /// Whether the ring holds key `id`.
+    pub fn contains(&self, id: &str) -> bool {
+        self.keys.contains_key(id)
+    }
+
+    fn current_key(&self) -> &[u8; 32] {
+        // Invariant: every constructor sets `current` to the id of an entry it inserted.
+        self.keys
+            .get(&self.current)
+            .expect("current master key is in the ring")
+    }
+}
+
+fn parse_entry(entry: &str, default_id: Option<&str>) -> Result<(String, [u8; 32]), String> {
+    let (id, b64) = match (entry.split_once(':'), default_id) {
+        (Some((id, b64)), _) => (id.trim(), b64.trim()),
+        (None, Some(id)) => (id, entry),
+        (None, None) => return Err("expected id:base64key".into()),
+    };
+    if !valid_master_key_id(id) {
+        return Err("id must be 1-64 of [A-Za-z0-9_-]".into());
+    }
+    let key = decode_key_b64(b64).ok_or_else(|| "key must be 32 bytes of base64".to_owned())?;
+    Ok((id.to_owned(), key))
+}
+
+// ---- envelope encryption ----------------------------------------------------------------------------------
+
+/// Why a wrapped key or sealed value could not be opened. Deliberately vague about the cause of a failed
+/// decryption (wrong key, tampering and wrong AAD look the same).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CryptoError {
+    #[error("master key {0} is not in the keyring")]
+    UnknownMasterKey(String),
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+    #[error("decryption failed")]
+    Decrypt,
+}
+
+/// A project's data key in the clear. Lives only while a request is prepared; never stored or logged.
+#[derive(Clone)]
+pub struct DataKey([u8; 32]);
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataKey(..)")
+    }
+}
+
+/// What a secret's ciphertext is bound to: decrypting under another project, name or version fails.
+#[derive(Debug, Clone, Copy)]
+pub struct SecretAad<'a> {
+    pub project_id: &'a str,
+    pub name: &'a str,
+    pub version: u32,
+}
+
+impl SecretAad<'_> {
+    /// Length-prefixed, so no two distinct triples encode alike.
+    fn to_bytes(self) -> Vec<u8> {
+        format!(
+            "meridian/secret/v1|{}:{}|{}:{}|{}",
+            self.project_id.len(),
+            self.project_id,
+            self.name.len(),
+            self.name,
+            self.version
+        )
+        .into_bytes()
+    }
+}
+
+fn wrap_aad(master_key_id: &str) -> Vec<u8> {
+    format!("meridian/data-key/v1|{master_key_id}").into_bytes()
+}
+
+fn seal(
+    key: &[u8; 32],
+    plaintext: &[u8],
+    aad: &[u8],
+    rng: &mut impl RngCore,
+) -> ([u8; NONCE_LEN], Vec<u8>) {
+    let mut nonce = [0u8; NONCE_LEN];
+    rng.fill_bytes(&mut nonce);
+    let cipher = Aes256Gcm::new(key.into());
+    // Invariant: AES-GCM encryption fails only for inputs beyond 64 GiB; callers pass data keys or secret
+    // values that the registry caps at 64 KiB.
+    let ciphertext = cipher
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
+        .expect("AES-GCM encrypts small inputs");
+    (nonce, ciphertext)
+}
+
+fn open(
+    key: &[u8; 32],
+    nonce_b64: &str,
+    ciphertext_b64: &str,
+    aad: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    let nonce = STANDARD
+        .decode(nonce_b64)
+        .map_err(|_| CryptoError::Malformed("nonce"))?;
+    if nonce.len() != NONCE_LEN {
+        return Err(CryptoError::Malformed("nonce"));
+    }
+    let ciphertext = STANDARD
+        .decode(ciphertext_b64)
+        .map_err(|_| CryptoError::Malformed("ciphertext"))?;
+    let cipher = Aes256Gcm::new(key.into());
+    cipher
+        .decrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: &ciphertext,
+                aad,
+            },
+        )
+        .map_err(|_| CryptoError::Decrypt)
+}
+
+/// A new random data key.
+pub fn new_data_key(rng: &mut impl RngCore) -> DataKey {
+    let mut key = [0u8; 32];
+    rng.fill_bytes(&mut key);
+    DataKey(key)
+}
+
+/// Wraps a data key with the ring's current master key.
+pub fn wrap_data_key(ring: &MasterKeyring, key: &DataKey, rng: &mut impl RngCore) -> WrappedKey {
+    let id = ring.current_id();
+    let (nonce, ciphertext) = seal(ring.current_key(), &key.0, &wrap_aad(id), rng);
+    WrappedKey {
+        master_key_id: id.to_owned(),
+        nonce_b64: STANDARD.encode(nonce),
+        ciphertext_b64: STANDARD.encode(ciphertext),
+    }
+}
+
+/// Unwraps a data key with whichever master key wrapped it.
+pub fn unwrap_data_key(ring: &MasterKeyring, wrapped: &WrappedKey) -> Result<DataKey, CryptoError> {
+    let master = ring
+        .keys
+        .get(&wrapped.master_key_id)
+        .ok_or_else(|| CryptoError::UnknownMasterKey(wrapped.master_key_id.clone()))?;
+    let plain = open(
+        master,
+        &wrapped.nonce_b64,
+        &wrapped.ciphertext_b64,
+        &wrap_aad(&wrapped.master_key_id),
+    )?;
+    <[u8; 32]>::try_from(plain.as_slice())
+        .map(DataKey)
+        .map_err(|_| CryptoError::Malformed("data key"))
+}
+
+/// Re-wraps a data key under the current master key (the data key itself, and so every secret, is unchanged).
+pub fn rewrap_data_key(
+    ring: &MasterKeyring,
+    wrapped: &WrappedKey,
+    rng: &mut impl RngCore,
+) -> Result<WrappedKey, CryptoError> {
+    let key = unwrap_data_key(ring, wrapped)?;
+    Ok(wrap_data_key(ring, &key, rng))
+}
+
+/// Re-wraps every project's data key (the payload of `Op::RewrapDataKeys`); fails if any cannot be opened.
+pub fn rewrap_all(
+    ring: &MasterKeyring,
+    keys: &BTreeMap<String, WrappedKey>,
+    rng: &mut impl RngCore,
+) -> Result<BTreeMap<String, WrappedKey>, CryptoError> {
+    keys.iter()
+        .map(|(project, wrapped)| Ok((project.clone(), rewrap_data_key(ring, wrapped, rng)?)))
+        .collect()
+}
+
+/// Seals a secret value under a project's data key, bound to `aad`.
+pub fn encrypt_secret(
+    key: &DataKey,
+    plaintext: &[u8],
+    aad: SecretAad<'_>,
+    rng: &mut impl RngCore,
+) -> SealedValue {
+    let (nonce, ciphertext) = seal(&key.0, plaintext, &aad.to_bytes(), rng);
+    SealedValue {
+        nonce_b64: STANDARD.encode(nonce),
+        ciphertext_b64: STANDARD.encode(ciphertext),
+    }
+}
+
+/// Opens a sealed secret value; fails on the wrong key, tampering or a different project/name/version.
+pub fn decrypt_secret(
+    key: &DataKey,
+    sealed: &SealedValue,
+    aad: SecretAad<'_>,
+) -> Result<Vec<u8>, CryptoError> {
+    open(
+        &key.0,
+        &sealed.nonce_b64,
+        &sealed.ciphertext_b64,
+        &aad.to_bytes(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    fn rng(seed: u64) -> StdRng {
+        StdRng::seed_from_u64(seed)
+    }
+
+    fn ring(entries: &[(&str, u8)]) -> MasterKeyring {
+        MasterKeyring::from_entries(entries.iter().map(|(id, b)| ((*id).to_owned(), [*b; 32])))
+            .expect("ring")
+    }
+
+    #[test]
+    fn tokens_round_trip_and_verify() {
+        let mut r = rng(1);
+        let t = generate_token(&mut r);
+        assert!(t.token.starts_with(&format!("mrd_{}_", t.key_id)));
+        assert_eq!(t.key_id.len(), KEY_ID_LEN);
+        assert_eq!(
+            t.token.len(),
+            TOKEN_PREFIX.len() + KEY_ID_LEN + 1 + TOKEN_SECRET_B64_LEN
+        );
+        assert!(t.token.ends_with(&t.last4) && t.last4.len() == 4);
+        assert_eq!(
+            parse_token(&t.token),
+            Ok(ParsedToken {
+                key_id: t.key_id.clone()
+            })
+        );
+        assert_eq!(t.hash, hash_token(&t.token));
+        assert_eq!(t.hash.len(), 64);
+        assert!(verify_token(&t.token, &t.hash));
+        assert!(!verify_token(&t.token, &hash_token("other")));
+        assert!(!verify_token(&t.token, "zz"));
+        assert!(!verify_token(&t.token, ""));
+        let mut flipped = t.token.clone().into_bytes();
+        let last = flipped.len() - 1;
+        flipped[last] = if flipped[last] == b'A' { b'B' } else { b'A' };
+        assert!(!verify_token(
+            &String::from_utf8(flipped).expect("ascii"),
+            &t.hash
+        ));
+        // Seeded generation is reproducible, fresh generation is not.
+        assert_eq!(generate_token(&mut rng(1)).token, t.token);
+        assert_ne!(generate_token(&mut r).token, t.token);
+        // Debug output never shows the token.
+        assert!(!format!("{t:?}").contains(&t.token));
+    }
+
+    #[test]
+    fn malformed_tokens_are_rejected() {
+        let good = generate_token(&mut rng(2)).token;
+        let secret = good
+            .rsplit_once('_')
+            .map(|(_, s)| s.to_owned())
+            .unwrap_or_default();
+        let cases = [
+            String::new(),
+            "mrd_".into(),
+            "mrd__".into(),
+            format!("mrd__{secret}"),
+            format!("mrd_abc{secret}"),
+            format!("mrx_abc_{secret}"),
+            format!("MRD_abc_{secret}"),
+            format!("mrd_ab-c_{secret}"),
+            format!("mrd_abc_{}", &secret[1..]),
+            format!("mrd_abc_{secret}A"),
+            format!("mrd_abc_{}=", &secret[..42]),
+            format!(
+                "mrd_abc_{}",
+                secret.replace(|c: char| c.is_ascii_alphanumeric(), "+")
+            ),
+            format!("mrd_{}_{secret}", "a".repeat(33)),
+            format!("mrd_é_{secret}"),
+            format!(" {good}"),
+            format!("{good}\n"),
+            "x".repeat(10_000),
+        ];
+        for c in &cases {
+            assert!(parse_token(c).is_err(), "accepted {c:?}");
+        }
+        // 43 base64 characters carry 258 bits for 256: the last character's two low bits must be zero, so
+        // one secret has exactly one spelling.
+        assert!(parse_token(&format!("mrd_abc_{}A", &secret[..42])).is_ok());
+        assert_eq!(
+            parse_token(&format!("mrd_abc_{}B", &secret[..42])),
+            Err(TokenError::Secret)
+        );
+    }
+
+    #[test]
+    fn token_parsing_survives_random_mutation() {
+        let mut r = rng(3);
+        let good = generate_token(&mut r).token;
+        let alphabet: Vec<char> = "mrd_-=+/AZaz09é\u{0}\u{202e} ".chars().collect();
+        for _ in 0..20_000 {
+            let mut chars: Vec<char> = good.chars().collect();
+            for _ in 0..r.gen_range(1..4) {
+                match r.gen_range(0..4) {
+                    0 if !chars.is_empty() => {
+                        let i = r.gen_range(0..chars.len());
+                        chars.remove(i);
+                    }
+                    1 => {
+                        let i = r.gen_range(0..=chars.len());
+                        chars.insert(i, alphabet[r.gen_range(0..alphabet.len())]);
+                    }
+                    2 if !chars.is_empty() => {
+                        let i = r.gen_range(0..chars.len());
+                        chars[i] = alphabet[r.gen_range(0..alphabet.len())];
+                    }
+                    _ => {
+                        let cut = r.gen_range(0..=chars.len());
+                        chars.truncate(cut);
+                    }
+                }
+            }
+            let s: String = chars.into_iter().collect();
+            if let Ok(p) = parse_token(&s) {
+                // Whatever is accepted has the exact shape.
+                assert!(
+                    s.starts_with(TOKEN_PREFIX)
+                        && p.key_id.bytes().all(|b| b.is_ascii_alphanumeric())
+                );
+                assert_eq!(
+                    s.len(),
+                    TOKEN_PREFIX.len() + p.key_id.len() + 1 + TOKEN_SECRET_B64_LEN
+                );
+                assert_eq!(verify_token(&s, &hash_token(&good)), s == good);
+            }
+        }
+        for _ in 0..5_000 {
+            let bytes: Vec<u8> = (0..r.gen_range(0..80)).map(|_| r.gen()).collect();
+            let _ = parse_token(&String::from_utf8_lossy(&bytes));
+        }
+    }
+
+    #[test]
+    fn random_ids_have_the_expected_shape() {
+        let mut r = rng(4);
+        let id = random_id("prj", &mut r);
+        assert_eq!(id.len(), 4 + 16);
+        assert!(id.starts_with("prj_") && id[4..].bytes().all(|b| ID_ALPHABET.contains(&b)));
+        assert_ne!(random_id("prj", &mut r), id);
+    }
+
+    #[test]
+    fn keyring_files_and_env_values_parse() {
+        let k1 = STANDARD.encode([1u8; 32]);
+        let k2 = STANDARD_NO_PAD.encode([2u8; 32]);
+        let text = format!("# master keys\n\nold:{k1}\n  # rotated 2026-01\nnew:{k2}\n");
+        let ring = MasterKeyring::parse(&text).expect("parses");
+        assert_eq!(ring.current_id(), "new");
+        assert_eq!(ring.ids().collect::<Vec<_>>(), ["new", "old"]);
+
+        let env = MasterKeyring::from_env_value(&k1).expect("bare key");
+        assert_eq!(env.current_id(), "env");
+        let env = MasterKeyring::from_env_value(&format!("a:{k1}, b:{k2}")).expect("pairs");
+        assert_eq!((env.current_id(), env.contains("a")), ("b", true));
+
+        assert!(matches!(
+            MasterKeyring::parse("# nothing\n"),
+            Err(KeyringError::Empty)
+        ));
+        assert!(matches!(
+            MasterKeyring::from_env_value("  "),
+            Err(KeyringError::Empty)
+        ));
+        assert!(matches!(
+            MasterKeyring::parse(&format!("a:{k1}\na:{k2}")),
+            Err(KeyringError::Duplicate(_))
+        ));
+        let short = STANDARD.encode([9u8; 16]);
+        let err = MasterKeyring::parse(&format!("a:{k1}\nb:{short}")).expect_err("16-byte key");
+        assert!(
+            matches!(err, KeyringError::Entry { entry: 2, .. }),
+            "{err:?}"
+        );
+        assert!(
+            !err.to_string().contains(&short),
+            "errors never echo key material"
+        );
+        assert!(
+            matches!(
+                MasterKeyring::parse(&k1),
+                Err(KeyringError::Entry { entry: 1, .. })
+            ),
+            "id required in files"
+        );
+        assert!(MasterKeyring::parse(&format!("bad id:{k1}")).is_err());
+        assert!(
+            MasterKeyring::from_env_value(&format!("{k1},{k2}")).is_err(),
+            "two bare keys share id env"
+        );
+        assert!(!format!("{ring:?}").contains(&k1));
+    }
+
+    #[test]
+    fn keyring_loads_from_a_file_and_generated_lines_parse() {
+        let mut r = rng(5);
+        let (l1, l2) = (
+            MasterKeyring::generate_line(&mut r),
+            MasterKeyring::generate_line(&mut r),
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("master.keys");
+        std::fs::write(&path, format!("{l1}\n{l2}\n")).expect("write");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+        let ring = MasterKeyring::load_file(&path).expect("loads");
+        let current = l2.split(':').next().expect("id");
+        assert_eq!(ring.current_id(), current);
+        assert!(current.starts_with("mk_") && ring.ids().count() == 2);
+        assert!(matches!(
+            MasterKeyring::load_file(&dir.path().join("missing")),
+            Err(KeyringError::Io { .. })
+        ));
+    }
+
+    #[test]
+    fn data_keys_wrap_and_unwrap() {
+        let mut r = rng(6);
+        let ring1 = ring(&[("k1", 1)]);
+        let key = new_data_key(&mut r);
+        let wrapped = wrap_data_key(&ring1, &key, &mut r);
+        assert_eq!(wrapped.master_key_id, "k1");
+        assert_eq!(unwrap_data_key(&ring1, &wrapped).map(|k| k.0), Ok(key.0));
+        assert_ne!(
+            wrap_data_key(&ring1, &key, &mut r),
+            wrapped,
+            "fresh nonce each time"
+        );
+
+        // Same id, different key material: refused.
+        assert_eq!(
+            unwrap_data_key(&ring(&[("k1", 9)]), &wrapped).map(|k| k.0),
+            Err(CryptoError::Decrypt)
+        );
+        assert_eq!(
+            unwrap_data_key(&ring(&[("k2", 1)]), &wrapped).map(|k| k.0),
+            Err(CryptoError::UnknownMasterKey("k1".into()))
+        );
+        // Relabelling the master key id breaks the AAD even when that id holds the same bytes.
+        let relabelled = WrappedKey {
+            master_key_id: "k2".into(),
+            ..wrapped.clone()
+        };
+        assert!(unwrap_data_key(&ring(&[("k1", 1), ("k2", 1)]), &relabelled).is_err());
+        let mut tampered = wrapped.clone();
+        let mut ct = STANDARD.decode(&tampered.ciphertext_b64).expect("b64");
+        ct[0] ^= 1;
+        tampered.ciphertext_b64 = STANDARD.encode(ct);
+        assert_eq!(
+            unwrap_data_key(&ring1, &tampered).map(|k| k.0),
+            Err(CryptoError::Decrypt)
+        );
+        let bad_nonce = WrappedKey {
+            nonce_b64: "AAAA".into(),
+            ..wrapped.clone()
+        };
+        assert_eq!(
+            unwrap_data_key(&ring1, &bad_nonce).map(|k| k.0),
+            Err(CryptoError::Malformed("nonce"))
+        );
+        let not_b64 = WrappedKey {
+            ciphertext_b64: "***".into(),
+            ..wrapped
+        };
+        assert_eq!(
+            unwrap_data_key(&ring1, &not_b64).map(|k| k.0),
+            Err(CryptoError::Malformed("ciphertext"))
+        );
+        assert_eq!(format!("{key:?}"), "DataKey(..)");
+    }
+
+    #[test]
+    fn secrets_seal_and_open_only_with_their_aad() {
+        let mut r = rng(7);
+        let key = new_data_key(&mut r);
+        let aad = SecretAad {
+            project_id: "prj_a",
+            name: "s3-key",
+            version: 3,
+        };
+        let sealed = encrypt_secret(&key, b"hunter2", aad, &mut r);
+        assert!(!sealed.ciphertext_b64.contains("hunter2"));
+        assert_eq!(
+            decrypt_secret(&key, &sealed, aad).as_deref(),
+            Ok(&b"hunter2"[..])
+        );
+        for wrong in [
+            SecretAad {
+                project_id: "prj_b",
+                ..aad
+            },
+            SecretAad {
+                name: "s3-key2",
+                ..aad
+            },
+            SecretAad { version: 2, ..aad },
+            // Length prefixes keep shifted boundaries apart.
+            SecretAad {
+                project_id: "prj_a|6:s3",
+                name: "-key",
+                ..aad
+            },
+        ] {
+            assert_eq!(
+                decrypt_secret(&key, &sealed, wrong),
+                Err(CryptoError::Decrypt),
+                "{wrong:?}"
+            );
+        }
+        assert_eq!(
+            decrypt_secret(&new_data_key(&mut r), &sealed, aad),
+            Err(CryptoError::Decrypt)
+        );
+        let mut ct = STANDARD.decode(&sealed.ciphertext_b64).expect("b64");
+        let last = ct.len() - 1;
+        ct[last] ^= 0x80;
+        let tampered = SealedValue {
+            ciphertext_b64: STANDARD.encode(ct),
+            ..sealed.clone()
+        };
+        assert_eq!(
+            decrypt_secret(&key, &tampered, aad),
+            Err(CryptoError::Decrypt)
+        );
+        let empty = encrypt_secret(&key, b"", aad, &mut r);
+        assert_eq!(decrypt_secret(&key, &empty, aad), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn rotation_keeps_secrets_readable() {
+        let mut r = rng(8);
+        let before = ring(&[("k1", 1)]);
+        let data_key = new_data_key(&mut r);
+        let wrapped = wrap_data_key(&before, &data_key, &mut r);
+        let aad = SecretAad {
+            project_id: "prj_a",
+            name: "db",
+            version: 1,
+        };
+        let sealed = encrypt_secret(&data_key, b"s3cret", aad, &mut r);
+
+        // During rotation both keys are in the ring; the new one is current.
+        let during = ring(&[("k1", 1), ("k2", 2)]);
+        assert_eq!(during.current_id(), "k2");
+        let keys: BTreeMap<String, WrappedKey> = [("prj_a".to_owned(), wrapped.clone())].into();
+        let rewrapped = rewrap_all(&during, &keys, &mut r).expect("rewraps");
+        let new_wrapped = &rewrapped["prj_a"];
+        assert_eq!(new_wrapped.master_key_id, "k2");
+
+        // Afterwards the old master key can go; the secret still opens.
+        let after = ring(&[("k2", 2)]);
+        let opened = unwrap_data_key(&after, new_wrapped).expect("unwraps with the new key");
+        assert_eq!(
+            decrypt_secret(&opened, &sealed, aad).as_deref(),
+            Ok(&b"s3cret"[..])
+        );
+        assert_eq!(
+            unwrap_data_key(&after, &wrapped).map(|k| k.0),
+            Err(CryptoError::UnknownMasterKey("k1".into()))
+        );
+        // A ring missing the old key cannot rewrap.
+        assert!(rewrap_all(&after, &keys, &mut r).is_err());
+    }
+}

@@ -1,0 +1,13 @@
+//! Meridian's coordinator: the Raft-replicated registry, its storage and network, and the admin API.
+
+pub mod api;
+pub mod authz;
+pub mod bootstrap;
+pub mod crypto;
+pub(crate) mod network;
+pub mod node;
+pub(crate) mod rpc_service;
+pub mod state;
+pub(crate) mod store;
+
+pub use node::{ClusterStatus, Coordinator, CoordinatorOptions, Handle, MemberNode, NodeId};

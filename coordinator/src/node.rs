@@ -1,0 +1,815 @@
+//! The running coordinator: Raft node, QUIC RPC server and the cheap [`Handle`] the admin API uses.
+//!
+//! `CoordinatorOptions` builds it, [`Coordinator::start`] spawns its tasks, [`Handle`] is cloned freely.
+//! This module owns leader routing: a follower forwards writes, read-index requests and membership changes
+//! to the leader over the QUIC mesh, and retries only when it knows nothing was proposed. It must never
+//! prepare or change a command (that happens before [`Handle::write`]) nor touch the disk itself (that is
+//! `store`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::{ChangeMembers, RaftMetrics, ServerState, SnapshotPolicy};
+use protocol::pb;
+use protocol::rpc::{Method, RpcClient, RpcError, RpcServer, StatusCode};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::network::NetworkFactory;
+use crate::rpc_service::CoordinatorService;
+use crate::state::{Command, CommandOutcome, DomainError, Outcome, RegistryState};
+use crate::store::{self, SharedState, StoreClosed};
+
+/// Raft node id.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// openraft's type configuration for the coordinator group.
+    pub(crate) TypeConfig:
+        D = Command,
+        R = CommandOutcome,
+        NodeId = NodeId,
+        Node = MemberNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// How a member is reached; stored in Raft membership.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MemberNode {
+    /// Human name, e.g. `c1`.
+    pub name: String,
+    /// QUIC address for Raft and coordinator RPCs, `host:port`.
+    pub raft_addr: String,
+    /// Admin API address, `host:port`.
+    pub admin_addr: String,
+}
+
+/// Raft timing, derived from the expected round-trip time between voters.
+#[derive(Debug, Clone, Copy)]
+pub struct RaftTimings {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        Self { heartbeat_ms: 50, election_min_ms: 300, election_max_ms: 600 }
+    }
+}
+
+/// Everything needed to start a coordinator.
+pub struct CoordinatorOptions {
+    pub node_id: NodeId,
+    pub name: String,
+    pub data_dir: PathBuf,
+    /// UDP address the QUIC RPC server binds.
+    pub raft_listen: SocketAddr,
+    /// This member as others should reach it.
+    pub advertise: MemberNode,
+    pub tls: certs::TlsIdentity,
+    pub timings: RaftTimings,
+    /// Take a snapshot (and purge the log) after this many applied entries.
+    pub snapshot_every: u64,
+    /// When the node has never been initialized: form a cluster with these voters (must include this node).
+    /// `None` leaves it waiting to be added by an existing cluster.
+    pub bootstrap: Option<BTreeMap<NodeId, MemberNode>>,
+}
+
+/// One member as the cluster-status view shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub name: String,
+    pub raft_addr: String,
+    pub admin_addr: String,
+    pub voter: bool,
+}
+
+/// The cluster as this node sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub node_id: NodeId,
+    pub name: String,
+    pub state: String,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub applied_index: u64,
+    pub committed_index: Option<u64>,
+    pub members: Vec<MemberStatus>,
+}
+
+/// Why a write did not commit (domain refusals are committed and come back as `Domain`).
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error("no leader is known; try again")]
+    NoLeader,
+    #[error("coordinator unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Why a linearizable read could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("no leader is known; try again")]
+    NoLeader,
+    #[error("coordinator unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Why a membership change failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    #[error("invalid membership change: {0}")]
+    Invalid(String),
+    #[error("no leader is known; try again")]
+    NoLeader,
+    #[error("coordinator unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Fatal start-up errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("network: {0}")]
+    Network(String),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// The raft instance of the coordinator group.
+pub(crate) type Raft = openraft::Raft<TypeConfig>;
+
+/// Log entries kept behind a snapshot, so a briefly lagging follower catches up from the log.
+const LOGS_KEPT_AFTER_SNAPSHOT: u64 = 16;
+/// Largest snapshot chunk sent in one InstallSnapshot call (it travels JSON-encoded, well under a frame).
+const SNAPSHOT_CHUNK_BYTES: usize = 512 * 1024;
+/// How long shutdown waits for the storage to be released by openraft's tasks.
+const STORE_RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The timeouts a node derives from its [`RaftTimings`].
+#[derive(Debug, Clone, Copy)]
+struct Deadlines {
+    /// How long a client request (write, linearizable read) may wait for a leader and an answer.
+    request: Duration,
+    /// How long a membership change may take, a new member's catch-up included.
+    membership: Duration,
+    /// How long one wait for a (new) leader lasts before the request is tried again.
+    leader_step: Duration,
+}
+
+impl Deadlines {
+    fn from_timings(t: &RaftTimings) -> Self {
+        let election = Duration::from_millis(t.election_max_ms.max(1));
+        Self {
+            request: (election * 10).clamp(Duration::from_secs(2), Duration::from_secs(30)),
+            membership: (election * 50).clamp(Duration::from_secs(10), Duration::from_secs(120)),
+            leader_step: election * 2,
+        }
+    }
+}
+
+/// Owns the coordinator's tasks.
+pub struct Coordinator {
+    handle: Handle,
+}
+
+/// Cheap handle to a running coordinator.
+#[derive(Clone)]
+pub struct Handle {
+    inner: Arc<NodeInner>,
+}
+
+struct NodeInner {
+    id: NodeId,
+    name: String,
+    raft: Raft,
+    state: SharedState,
+    committed: watch::Receiver<Option<u64>>,
+    client: RpcClient,
+    raft_addr: SocketAddr,
+    deadlines: Deadlines,
+    server_stop: CancellationToken,
+    server_task: Mutex<Option<JoinHandle<()>>>,
+    store_closed: Mutex<Option<StoreClosed>>,
+}
+
+/// Why [`Handle::wait_for`] or [`Handle::wait_for_log`] gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    /// The condition did not hold before the deadline; `last` describes the last status seen.
+    #[error("condition not met in time; last seen: {last}")]
+    Timeout { last: String },
+    /// Raft stopped while waiting.
+    #[error("raft stopped")]
+    Stopped,
+}
+
+/// This node's log and snapshot positions (`None`: nothing yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogStatus {
+    /// The last entry in the local log.
+    pub last_log_index: Option<u64>,
+    /// The last entry applied to the local state machine.
+    pub applied_index: Option<u64>,
+    /// The last entry covered by the local snapshot.
+    pub snapshot_index: Option<u64>,
+    /// The last entry removed from the local log (covered by the snapshot).
+    pub purged_index: Option<u64>,
+}
+
+/// A membership change as the leader carries it out.
+#[derive(Debug, Clone)]
+pub(crate) enum MemberChange {
+    Add { id: NodeId, node: MemberNode, voter: bool },
+    Remove { id: NodeId },
+}
+
+/// Why an operation that only the leader performs did not happen here.
+#[derive(Debug)]
+pub(crate) enum LeaderOnlyError {
+    /// This node is not the leader; nothing was proposed. Carries the leader when known.
+    NotLeader { leader_id: Option<NodeId>, leader_node: Option<MemberNode> },
+    /// The request itself is wrong.
+    Invalid(String),
+    /// Raft could not do it now (stopped, no quorum, timed out); it may or may not have happened.
+    Unavailable(String),
+}
+
+impl Coordinator {
+    /// Opens storage, starts Raft and the QUIC RPC server, bootstraps when asked.
+    ///
+    /// When `advertise.raft_addr` is empty or names port 0, the bound address is advertised instead; when
+    /// bootstrapping, this node's entry in the voter map is always the advertised one.
+    pub async fn start(opts: CoordinatorOptions) -> Result<(Coordinator, Handle), StartError> {
+        if let Some(members) = &opts.bootstrap {
+            if !members.contains_key(&opts.node_id) {
+                return Err(StartError::Raft(format!(
+                    "bootstrap voters {:?} do not include this node ({})",
+                    members.keys().collect::<Vec<_>>(),
+                    opts.node_id
+                )));
+            }
+        }
+        let config = raft_config(&opts.timings, opts.snapshot_every)?;
+
+        std::fs::create_dir_all(&opts.data_dir)
+            .map_err(|e| StartError::Storage(format!("creating {}: {e}", opts.data_dir.display())))?;
+        let (log_store, state_machine) = store::open(&opts.data_dir).map_err(|e| StartError::Storage(e.to_string()))?;
+        let state = state_machine.state();
+        let committed = log_store.committed();
+        let store_closed = log_store.closed_signal();
+
+        let client = RpcClient::new(&opts.tls).map_err(|e| StartError::Network(e.to_string()))?;
+        let network =
+            NetworkFactory::new(opts.node_id, client.clone(), Duration::from_millis(opts.timings.heartbeat_ms));
+        let raft = Raft::new(opts.node_id, Arc::new(config), network, log_store, state_machine)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+
+        let deadlines = Deadlines::from_timings(&opts.timings);
+        let service = Arc::new(CoordinatorService::new(opts.node_id, raft.clone(), deadlines.membership));
+        let server = match RpcServer::bind(opts.raft_listen, &opts.tls, service) {
+            Ok(server) => server,
+            Err(e) => {
+                stop_raft(&raft).await;
+                return Err(StartError::Network(e.to_string()));
+            }
+        };
+        let raft_addr = server.local_addr();
+        let server_stop = CancellationToken::new();
+        let server_task = tokio::spawn(server.run(server_stop.clone()));
+
+        let advertise = advertised(opts.advertise, raft_addr);
+        tracing::info!(node = opts.node_id, name = %opts.name, %raft_addr, "coordinator started");
+
+        let handle = Handle {
+            inner: Arc::new(NodeInner {
+                id: opts.node_id,
+                name: opts.name,
+                raft,
+                state,
+                committed,
+                client,
+                raft_addr,
+                deadlines,
+                server_stop,
+                server_task: Mutex::new(Some(server_task)),
+                store_closed: Mutex::new(Some(store_closed)),
+            }),
+        };
+
+        if let Some(mut members) = opts.bootstrap {
+            members.insert(opts.node_id, advertise);
+            if let Err(e) = handle.bootstrap(members).await {
+                handle.shutdown().await;
+                return Err(e);
+            }
+        }
+        Ok((Coordinator { handle: handle.clone() }, handle))
+    }
+
+    /// Another handle to this coordinator.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// Stops Raft and the RPC server (same as [`Handle::shutdown`]).
+    pub async fn shutdown(self) {
+        self.handle.shutdown().await;
+    }
+}
+
+/// openraft's configuration from our timings.
+fn raft_config(timings: &RaftTimings, snapshot_every: u64) -> Result<openraft::Config, StartError> {
+    let install_snapshot_ms = timings.election_max_ms.saturating_mul(4).max(2_000);
+    let config = openraft::Config {
+        cluster_name: "meridian".to_string(),
+        heartbeat_interval: timings.heartbeat_ms,
+        election_timeout_min: timings.election_min_ms,
+        election_timeout_max: timings.election_max_ms,
+        install_snapshot_timeout: install_snapshot_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every.max(1)),
+        max_in_snapshot_log_to_keep: LOGS_KEPT_AFTER_SNAPSHOT,
+        snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES as u64,
+        ..Default::default()
+    };
+    config.validate().map_err(|e| StartError::Raft(format!("raft timings: {e}")))
+}
+
+/// The member as others reach it: the bound address fills in an empty or port-0 advertised address.
+fn advertised(mut advertise: MemberNode, bound: SocketAddr) -> MemberNode {
+    let unset = advertise.raft_addr.is_empty()
+        || advertise.raft_addr.parse::<SocketAddr>().is_ok_and(|addr| addr.port() == 0);
+    if unset {
+        advertise.raft_addr = bound.to_string();
+    }
+    advertise
+}
+
+async fn stop_raft(raft: &Raft) {
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft did not stop cleanly");
+    }
+}
+
+fn log_status_from(m: &RaftMetrics<NodeId, MemberNode>) -> LogStatus {
+    LogStatus {
+        last_log_index: m.last_log_index,
+        applied_index: m.last_applied.map(|id| id.index),
+        snapshot_index: m.snapshot.map(|id| id.index),
+        purged_index: m.purged.map(|id| id.index),
+    }
+}
+
+fn server_state_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Learner => "learner",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Leader => "leader",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+impl Handle {
+    /// Proposes a prepared command; forwards it to the leader when this node is a follower.
+    ///
+    /// Retried only while it is certain that nothing was proposed (no leader known, or the node asked
+    /// turned out not to be the leader). A timeout or a transport failure after the command was handed over
+    /// is `Unavailable`: the command may still be applied.
+    pub async fn write(&self, cmd: Command) -> Result<Outcome, WriteError> {
+        let deadline = Instant::now() + self.inner.deadlines.request;
+        loop {
+            let proposed = tokio::time::timeout_at(deadline, self.inner.raft.client_write(cmd.clone())).await;
+            let forward = match proposed {
+                Err(_) => return Err(WriteError::Unavailable("write not confirmed in time; it may still apply".into())),
+                Ok(Ok(response)) => return response.data.map_err(WriteError::Domain),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => forward,
+                Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                    return Err(WriteError::Unavailable(e.to_string()))
+                }
+                Ok(Err(RaftError::Fatal(e))) => return Err(WriteError::Unavailable(e.to_string())),
+            };
+            if let Some(leader) = &forward.leader_node {
+                match self.forward_write(leader, &cmd, deadline).await {
+                    Err(LeaderOnlyError::NotLeader { .. }) => {}
+                    Ok(outcome) => return outcome.map_err(WriteError::Domain),
+                    Err(LeaderOnlyError::Invalid(m) | LeaderOnlyError::Unavailable(m)) => {
+                        return Err(WriteError::Unavailable(m))
+                    }
+                }
+            }
+            if !self.wait_for_other_leader(forward.leader_id, deadline).await {
+                return Err(WriteError::NoLeader);
+            }
+        }
+    }
+
+    async fn forward_write(
+        &self,
+        leader: &MemberNode,
+        cmd: &Command,
+        deadline: Instant,
+    ) -> Result<CommandOutcome, LeaderOnlyError> {
+        let command = serde_json::to_vec(cmd).map_err(|e| LeaderOnlyError::Invalid(format!("encoding command: {e}")))?;
+        let request = pb::ForwardWriteRequest { command: Bytes::from(command) };
+        let response: pb::ForwardWriteResponse =
+            self.call_leader(leader, Method::ForwardWrite, &request, deadline).await?;
+        serde_json::from_slice(&response.outcome)
+            .map_err(|e| LeaderOnlyError::Unavailable(format!("undecodable outcome from the leader: {e}")))
+    }
+
+    /// Calls a leader-only method on `leader`; a `FAILED_PRECONDITION` answer means it is not the leader.
+    async fn call_leader<Req, Resp>(
+        &self,
+        leader: &MemberNode,
+        method: Method,
+        request: &Req,
+        deadline: Instant,
+    ) -> Result<Resp, LeaderOnlyError>
+    where
+        Req: prost::Message,
+        Resp: prost::Message + Default,
+    {
+        let timeout = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        match self.inner.client.call_message(&leader.raft_addr, method, request, timeout).await {
+            Ok(response) => Ok(response),
+            Err(RpcError::Remote(status)) => Err(match status.code {
+                StatusCode::FailedPrecondition => LeaderOnlyError::NotLeader { leader_id: None, leader_node: None },
+                StatusCode::InvalidArgument => LeaderOnlyError::Invalid(status.message),
+                _ => LeaderOnlyError::Unavailable(format!("leader {}: {}", leader.name, status.message)),
+            }),
+            Err(e) => Err(LeaderOnlyError::Unavailable(format!("leader {} at {}: {e}", leader.name, leader.raft_addr))),
+        }
+    }
+
+    /// Waits (one step, at most until `deadline`) for a leader other than `stale`. False when the deadline
+    /// passed; true when it is worth trying again.
+    async fn wait_for_other_leader(&self, stale: Option<NodeId>, deadline: Instant) -> bool {
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        let step = (now + self.inner.deadlines.leader_step).min(deadline);
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if m.current_leader.is_some() && m.current_leader != stale {
+                    return true;
+                }
+            }
+            match tokio::time::timeout_at(step, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return false,
+                Err(_) => return Instant::now() < deadline,
+            }
+        }
+    }
+
+    /// Waits until this replica has applied everything committed before the call (read-index).
+    pub async fn linearizable_read(&self) -> Result<(), ReadError> {
+        let deadline = Instant::now() + self.inner.deadlines.request;
+        loop {
+            let asked = tokio::time::timeout_at(deadline, self.inner.raft.get_read_log_id()).await;
+            let forward = match asked {
+                Err(_) => return Err(ReadError::Unavailable("leadership not confirmed in time".into())),
+                Ok(Ok((read_log_id, _))) => {
+                    return self.wait_applied(read_log_id.map(|id| id.index), deadline).await;
+                }
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => forward,
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+                    return Err(ReadError::Unavailable(e.to_string()))
+                }
+                Ok(Err(RaftError::Fatal(e))) => return Err(ReadError::Unavailable(e.to_string())),
+            };
+            if let Some(leader) = &forward.leader_node {
+                let answer: Result<pb::ReadIndexResponse, _> =
+                    self.call_leader(leader, Method::ReadIndex, &pb::ReadIndexRequest {}, deadline).await;
+                match answer {
+                    Ok(response) => return self.wait_applied(Some(response.read_index), deadline).await,
+                    Err(LeaderOnlyError::NotLeader { .. }) => {}
+                    Err(LeaderOnlyError::Invalid(m) | LeaderOnlyError::Unavailable(m)) => {
+                        return Err(ReadError::Unavailable(m))
+                    }
+                }
+            }
+            if !self.wait_for_other_leader(forward.leader_id, deadline).await {
+                return Err(ReadError::NoLeader);
+            }
+        }
+    }
+
+    async fn wait_applied(&self, index: Option<u64>, deadline: Instant) -> Result<(), ReadError> {
+        let Some(index) = index else {
+            return Ok(());
+        };
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        self.inner
+            .raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map(|_| ())
+            .map_err(|e| ReadError::Unavailable(format!("replica did not apply index {index} in time: {e}")))
+    }
+
+    /// Reads the local replica's state.
+    pub fn read<R>(&self, f: impl FnOnce(&RegistryState) -> R) -> R {
+        // A poisoned lock means a reader panicked; readers never mutate, so the state is intact.
+        let state = self.inner.state.read().unwrap_or_else(PoisonError::into_inner);
+        f(&state)
+    }
+
+    /// The cluster as this node sees it.
+    pub fn status(&self) -> ClusterStatus {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        self.status_from(&m)
+    }
+
+    fn status_from(&self, m: &RaftMetrics<NodeId, MemberNode>) -> ClusterStatus {
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| MemberStatus {
+                id: *id,
+                name: node.name.clone(),
+                raft_addr: node.raft_addr.clone(),
+                admin_addr: node.admin_addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        ClusterStatus {
+            node_id: self.inner.id,
+            name: self.inner.name.clone(),
+            state: server_state_name(m.state).to_string(),
+            leader: m.current_leader,
+            term: m.current_term,
+            applied_index: m.last_applied.map_or(0, |id| id.index),
+            committed_index: *self.inner.committed.borrow(),
+            members,
+        }
+    }
+
+    /// True once a leader is known and this node has applied up to its committed index.
+    pub fn is_ready(&self) -> bool {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        let applied = m.last_applied.map(|id| id.index);
+        let committed = *self.inner.committed.borrow();
+        m.current_leader.is_some() && applied >= committed
+    }
+
+    /// Waits until `condition` holds for this node's status, re-checking on every Raft metrics change.
+    pub async fn wait_for(
+        &self,
+        condition: impl FnMut(&ClusterStatus) -> bool,
+        timeout: Duration,
+    ) -> Result<ClusterStatus, WaitError> {
+        self.wait_metrics(|m| self.status_from(m), condition, timeout).await
+    }
+
+    /// This node's log and snapshot positions.
+    pub fn log_status(&self) -> LogStatus {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        log_status_from(&m)
+    }
+
+    /// Waits until `condition` holds for this node's log status, re-checking on every Raft metrics change.
+    pub async fn wait_for_log(
+        &self,
+        condition: impl FnMut(&LogStatus) -> bool,
+        timeout: Duration,
+    ) -> Result<LogStatus, WaitError> {
+        self.wait_metrics(log_status_from, condition, timeout).await
+    }
+
+    async fn wait_metrics<T: std::fmt::Debug>(
+        &self,
+        view: impl Fn(&RaftMetrics<NodeId, MemberNode>) -> T,
+        mut condition: impl FnMut(&T) -> bool,
+        timeout: Duration,
+    ) -> Result<T, WaitError> {
+        let deadline = Instant::now() + timeout;
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            let seen = view(&metrics.borrow_and_update());
+            if condition(&seen) {
+                return Ok(seen);
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(WaitError::Stopped),
+                Err(_) => return Err(WaitError::Timeout { last: format!("{seen:?}") }),
+            }
+        }
+    }
+
+    /// This node's Raft id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The address the QUIC RPC server is bound to (with the real port when configured with port 0).
+    pub fn raft_addr(&self) -> SocketAddr {
+        self.inner.raft_addr
+    }
+
+    /// Adds a member (as learner, then voter when `voter`); forwarded to the leader.
+    pub async fn add_member(&self, id: NodeId, node: MemberNode, voter: bool) -> Result<(), MembershipError> {
+        self.change_members(MemberChange::Add { id, node, voter }).await
+    }
+
+    /// Removes a member from the voters and learners; forwarded to the leader.
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), MembershipError> {
+        self.change_members(MemberChange::Remove { id }).await
+    }
+
+    async fn change_members(&self, change: MemberChange) -> Result<(), MembershipError> {
+        let deadline = Instant::now() + self.inner.deadlines.membership;
+        loop {
+            let (leader_id, leader_node) = match change_membership_as_leader(&self.inner.raft, &change, deadline).await {
+                Ok(()) => return Ok(()),
+                Err(LeaderOnlyError::NotLeader { leader_id, leader_node }) => (leader_id, leader_node),
+                Err(LeaderOnlyError::Invalid(m)) => return Err(MembershipError::Invalid(m)),
+                Err(LeaderOnlyError::Unavailable(m)) => return Err(MembershipError::Unavailable(m)),
+            };
+            if let Some(leader) = &leader_node {
+                let request = membership_request(&change);
+                let answer: Result<pb::MembershipChangeResponse, _> =
+                    self.call_leader(leader, Method::ChangeMembership, &request, deadline).await;
+                match answer {
+                    Ok(_) => return Ok(()),
+                    Err(LeaderOnlyError::NotLeader { .. }) => {}
+                    Err(LeaderOnlyError::Invalid(m)) => return Err(MembershipError::Invalid(m)),
+                    Err(LeaderOnlyError::Unavailable(m)) => return Err(MembershipError::Unavailable(m)),
+                }
+            }
+            if !self.wait_for_other_leader(leader_id, deadline).await {
+                return Err(MembershipError::NoLeader);
+            }
+        }
+    }
+
+    /// Forms a new cluster from `members` unless this node was initialized before.
+    async fn bootstrap(&self, members: BTreeMap<NodeId, MemberNode>) -> Result<(), StartError> {
+        let raft = &self.inner.raft;
+        let initialized = raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?;
+        if initialized {
+            tracing::info!("raft state found on disk; not bootstrapping again");
+            return Ok(());
+        }
+        tracing::info!(voters = ?members.keys().collect::<Vec<_>>(), "bootstrapping the coordinator group");
+        match raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            // Another voter bootstrapped first and already replicated to us.
+            Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+                tracing::info!(reason = %e, "cluster already initialized");
+                Ok(())
+            }
+            Err(e) => Err(StartError::Raft(e.to_string())),
+        }
+    }
+
+    /// Stops Raft and the RPC server, and waits until the storage is released (so the same data directory
+    /// can be opened again).
+    pub async fn shutdown(&self) {
+        self.inner.server_stop.cancel();
+        stop_raft(&self.inner.raft).await;
+        let server_task = self.inner.server_task.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(task) = server_task {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "RPC server task failed");
+            }
+        }
+        let store_closed = self.inner.store_closed.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(closed) = store_closed {
+            if tokio::time::timeout(STORE_RELEASE_TIMEOUT, closed.wait()).await.is_err() {
+                tracing::warn!("raft storage still in use after shutdown");
+            }
+        }
+        tracing::info!(node = self.inner.id, "coordinator stopped");
+    }
+}
+
+/// The protobuf form of a membership change.
+pub(crate) fn membership_request(change: &MemberChange) -> pb::MembershipChangeRequest {
+    let change = match change {
+        MemberChange::Add { id, node, voter } => {
+            pb::membership_change_request::Change::Add(pb::AddMember {
+                id: *id,
+                name: node.name.clone(),
+                raft_addr: node.raft_addr.clone(),
+                admin_addr: node.admin_addr.clone(),
+                voter: *voter,
+            })
+        }
+        MemberChange::Remove { id } => pb::membership_change_request::Change::RemoveId(*id),
+    };
+    pb::MembershipChangeRequest { change: Some(change) }
+}
+
+/// Reads a membership change from its protobuf form.
+pub(crate) fn member_change_from(request: pb::MembershipChangeRequest) -> Option<MemberChange> {
+    Some(match request.change? {
+        pb::membership_change_request::Change::Add(add) => MemberChange::Add {
+            id: add.id,
+            node: MemberNode { name: add.name, raft_addr: add.raft_addr, admin_addr: add.admin_addr },
+            voter: add.voter,
+        },
+        pb::membership_change_request::Change::RemoveId(id) => MemberChange::Remove { id },
+    })
+}
+
+/// Carries out `change` when this node is the leader.
+///
+/// Adding: the member joins as a learner, the call waits (until `deadline`) for it to catch up, then makes
+/// it a voter when asked. Removing: the member leaves the voters and the node list.
+pub(crate) async fn change_membership_as_leader(
+    raft: &Raft,
+    change: &MemberChange,
+    deadline: Instant,
+) -> Result<(), LeaderOnlyError> {
+    match change {
+        MemberChange::Add { id, node, voter } => {
+            if node.raft_addr.is_empty() {
+                return Err(LeaderOnlyError::Invalid("a member needs a raft address".into()));
+            }
+            match tokio::time::timeout_at(deadline, raft.add_learner(*id, node.clone(), true)).await {
+                Ok(result) => result.map_err(client_write_error)?,
+                Err(_) => {
+                    return Err(LeaderOnlyError::Unavailable(format!(
+                        "member {id} was added as a learner but did not catch up in time"
+                    )))
+                }
+            };
+            if *voter {
+                let add = ChangeMembers::AddVoterIds(BTreeSet::from([*id]));
+                within(deadline, raft.change_membership(add, false)).await?.map_err(client_write_error)?;
+            }
+        }
+        MemberChange::Remove { id } => {
+            let (is_voter, is_member) = {
+                let metrics = raft.metrics();
+                let m = metrics.borrow();
+                let membership = m.membership_config.membership();
+                (membership.voter_ids().any(|v| v == *id), membership.get_node(id).is_some())
+            };
+            let change = if is_voter {
+                // `retain = false` also drops it from the node list, so it does not stay as a learner.
+                ChangeMembers::RemoveVoters(BTreeSet::from([*id]))
+            } else if is_member {
+                ChangeMembers::RemoveNodes(BTreeSet::from([*id]))
+            } else {
+                // Nothing to remove; still make sure this node is the leader that would have done it.
+                let leader = within(deadline, raft.get_read_log_id()).await?;
+                return match leader {
+                    Ok(_) => Ok(()),
+                    Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                        Err(LeaderOnlyError::NotLeader { leader_id: f.leader_id, leader_node: f.leader_node })
+                    }
+                    Err(e) => Err(LeaderOnlyError::Unavailable(e.to_string())),
+                };
+            };
+            within(deadline, raft.change_membership(change, false)).await?.map_err(client_write_error)?;
+        }
+    }
+    Ok(())
+}
+
+async fn within<T>(deadline: Instant, fut: impl std::future::Future<Output = T>) -> Result<T, LeaderOnlyError> {
+    tokio::time::timeout_at(deadline, fut)
+        .await
+        .map_err(|_| LeaderOnlyError::Unavailable("membership change not confirmed in time".into()))
+}
+
+fn client_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>>) -> LeaderOnlyError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            LeaderOnlyError::NotLeader { leader_id: f.leader_id, leader_node: f.leader_node }
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(e))) => {
+            LeaderOnlyError::Unavailable(e.to_string())
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => LeaderOnlyError::Invalid(e.to_string()),
+        RaftError::Fatal(e) => LeaderOnlyError::Unavailable(e.to_string()),
+    }
+}

@@ -1,0 +1,502 @@
+//! The registry's replicated state and its pure `apply`.
+//!
+//! Owns tenancy (projects, principals, API keys, role bindings), the hash-chained audit log and the
+//! envelope-encrypted secrets, plus the project-scoped read accessors every API route goes through.
+//!
+//! Everything here is deterministic: no clock reads, no randomness, no I/O, no hash-map iteration order.
+//! Times, ids, key hashes and ciphertexts arrive inside the [`Command`], stamped by the coordinator that
+//! prepared it. Two replicas that applied the same log hold byte-identical state
+//! ([`RegistryState::to_bytes`]). This module must never hold plaintext secrets or unwrapped keys.
+
+mod audit;
+mod paging;
+mod scope;
+mod secrets;
+mod tenancy;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::authz::Role;
+
+pub use audit::{
+    verify_chain, AuditChainError, AuditOutcome, AuditPage, AuditRecord, GENESIS_HASH,
+};
+pub use paging::{Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+pub use scope::ProjectScope;
+pub use secrets::{SealedValue, Secret, SecretVersion, SecretView, WrappedKey};
+pub use tenancy::{
+    ApiKey, ApiKeyView, KeyPrincipal, KeyState, Principal, PrincipalKind, Project, ProjectView,
+    RoleBinding, Scope, DEFAULT_PROJECT_NAME,
+};
+
+/// A typed change to global state, committed through Raft.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    /// Unix time in milliseconds, stamped before proposing.
+    pub at_ms: u64,
+    /// Who asked for it (recorded in the audit log).
+    pub actor: Actor,
+    /// What to do.
+    pub op: Op,
+}
+
+impl Command {
+    /// A command stamped at `at_ms` on behalf of `actor`.
+    pub fn new(at_ms: u64, actor: Actor, op: Op) -> Self {
+        Self { at_ms, actor, op }
+    }
+}
+
+/// Who issued a command: an authenticated principal, or the system itself (bootstrap, internal upkeep).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The principal's id; `None` for the system.
+    pub principal_id: Option<String>,
+    /// Display name (principal name, or `system`).
+    pub name: String,
+}
+
+impl Actor {
+    /// The system actor, used for bootstrap and internal commands.
+    pub fn system() -> Self {
+        Self {
+            principal_id: None,
+            name: "system".to_owned(),
+        }
+    }
+
+    /// An authenticated principal.
+    pub fn principal(id: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            principal_id: Some(id.into()),
+            name: name.into(),
+        }
+    }
+}
+
+/// The operations the registry knows. Every field is prepared by the proposing coordinator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// Does nothing; used to commit an entry in a new term. Not audited.
+    Noop,
+    /// First start: creates project `default`, a platform-admin service account and its key. Refused once
+    /// bootstrapped.
+    Bootstrap {
+        default_project_id: String,
+        default_data_key: WrappedKey,
+        admin_principal_id: String,
+        admin_principal_name: String,
+        admin_key_id: String,
+        /// Hex SHA-256 of the full admin token.
+        admin_key_hash: String,
+        admin_key_last4: String,
+    },
+    /// Creates a project with its (wrapped) data key.
+    CreateProject {
+        id: String,
+        name: String,
+        description: String,
+        data_key: WrappedKey,
+    },
+    /// Deletes a project that holds no active keys and no secrets; its principals, revoked keys and role
+    /// bindings go with it.
+    DeleteProject { id: String },
+    /// Creates a user or service account owned by a project.
+    CreatePrincipal {
+        id: String,
+        kind: PrincipalKind,
+        name: String,
+        project_id: String,
+    },
+    /// Disables or re-enables a principal (a disabled principal's keys stop working).
+    SetPrincipalDisabled { id: String, disabled: bool },
+    /// Creates an API key, optionally with a new service account, and binds `role` in the key's project.
+    CreateKey {
+        key_id: String,
+        name: String,
+        project_id: String,
+        /// Hex SHA-256 of the full token.
+        hash: String,
+        last4: String,
+        expires_at: Option<u64>,
+        principal: KeyPrincipal,
+        role: Option<Role>,
+    },
+    /// Revokes a key (at `at_ms`).
+    RevokeKey { key_id: String },
+    /// Grants `role` to a principal in `scope`.
+    BindRole {
+        principal_id: String,
+        scope: Scope,
+        role: Role,
+    },
+    /// Removes a role binding.
+    UnbindRole { binding_id: String },
+    /// Adds a version to a secret (creating it when `version` is 1). `version` must be the next version
+    /// number: it is bound into the ciphertext's AAD, so a concurrent put is refused rather than mislabelled.
+    PutSecret {
+        project_id: String,
+        name: String,
+        version: u32,
+        sealed: SealedValue,
+        /// New workload bindings; `None` keeps the current ones.
+        bindings: Option<Vec<String>>,
+    },
+    /// Deletes a secret and all its versions.
+    DeleteSecret { project_id: String, name: String },
+    /// Master-key rotation: replaces every project's wrapped data key. The map must name exactly the
+    /// current projects (all-or-nothing).
+    RewrapDataKeys { keys: BTreeMap<String, WrappedKey> },
+    /// Records an attempt the API refused before proposing anything (e.g. a denied cross-project read).
+    RecordAudit {
+        action: String,
+        project: Option<String>,
+        target: String,
+        outcome: AuditOutcome,
+        detail: String,
+    },
+}
+
+/// What a successfully applied command produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Nothing to report.
+    Done,
+    /// Bootstrap created these.
+    Bootstrapped {
+        project: ProjectView,
+        principal: Principal,
+        key: ApiKeyView,
+    },
+    /// A project was created.
+    Project { project: ProjectView },
+    /// A principal was created or changed.
+    Principal { principal: Principal },
+    /// A key was created, with its principal and the binding made for it (if any was requested).
+    KeyCreated {
+        key: ApiKeyView,
+        principal: Principal,
+        binding: Option<RoleBinding>,
+    },
+    /// A key changed (revoked).
+    Key { key: ApiKeyView },
+    /// A role binding was created.
+    Binding { binding: RoleBinding },
+    /// A secret version was written.
+    Secret { secret: SecretView },
+    /// The object is gone.
+    Deleted,
+    /// Data keys were re-wrapped for this many projects.
+    Rewrapped { projects: u64 },
+    /// An audit record was appended with this sequence number.
+    Audited { seq: u64 },
+}
+
+/// Why a committed command was refused by the domain (the entry is still committed; state is unchanged
+/// except for the `refused` audit record).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum DomainError {
+    /// The named object does not exist (or belongs to another project).
+    #[error("{kind} {id} not found")]
+    NotFound { kind: String, id: String },
+    /// An object with this name (or id) already exists.
+    #[error("{kind} {name} already exists")]
+    AlreadyExists { kind: String, name: String },
+    /// A field is malformed.
+    #[error("invalid {field}: {message}")]
+    Invalid { field: String, message: String },
+    /// The object is not in a state that allows this.
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+}
+
+impl DomainError {
+    pub(crate) fn not_found(kind: &str, id: &str) -> Self {
+        Self::NotFound {
+            kind: kind.to_owned(),
+            id: id.to_owned(),
+        }
+    }
+
+    pub(crate) fn exists(kind: &str, name: &str) -> Self {
+        Self::AlreadyExists {
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    pub(crate) fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The result of applying one command.
+pub type CommandOutcome = Result<Outcome, DomainError>;
+
+/// The whole replicated registry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RegistryState {
+    /// Index of the last applied log entry.
+    pub applied_index: u64,
+    pub(crate) default_project_id: Option<String>,
+    pub(crate) projects: BTreeMap<String, Project>,
+    pub(crate) principals: BTreeMap<String, Principal>,
+    pub(crate) keys: BTreeMap<String, ApiKey>,
+    pub(crate) bindings: BTreeMap<String, RoleBinding>,
+    /// project id → secret name → secret.
+    pub(crate) secrets: BTreeMap<String, BTreeMap<String, Secret>>,
+    pub(crate) audit: Vec<AuditRecord>,
+}
+
+/// What a successful mutation tells the audit log besides the command's subject.
+pub(crate) struct Applied {
+    pub(crate) outcome: Outcome,
+    pub(crate) detail: String,
+}
+
+impl Applied {
+    pub(crate) fn new(outcome: Outcome, detail: impl Into<String>) -> Self {
+        Self {
+            outcome,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The audit subject of an operation: action name, project and target.
+pub(crate) struct Subject {
+    pub(crate) action: String,
+    pub(crate) project: Option<String>,
+    pub(crate) target: String,
+}
+
+impl Op {
+    fn subject(&self) -> Subject {
+        let s = |action: &str, project: Option<&String>, target: &str| Subject {
+            action: action.to_owned(),
+            project: project.cloned(),
+            target: target.to_owned(),
+        };
+        match self {
+            Op::Noop => s("noop", None, ""),
+            Op::Bootstrap {
+                default_project_id,
+                admin_principal_id,
+                ..
+            } => s(
+                "system.bootstrap",
+                Some(default_project_id),
+                admin_principal_id,
+            ),
+            Op::CreateProject { id, name, .. } => s("project.create", Some(id), name),
+            Op::DeleteProject { id } => s("project.delete", Some(id), id),
+            Op::CreatePrincipal { id, project_id, .. } => {
+                s("principal.create", Some(project_id), id)
+            }
+            Op::SetPrincipalDisabled { id, disabled } => s(
+                if *disabled {
+                    "principal.disable"
+                } else {
+                    "principal.enable"
+                },
+                None,
+                id,
+            ),
+            Op::CreateKey {
+                key_id, project_id, ..
+            } => s("key.create", Some(project_id), key_id),
+            Op::RevokeKey { key_id } => s("key.revoke", None, key_id),
+            Op::BindRole {
+                principal_id,
+                scope,
+                ..
+            } => s("role.bind", scope.project_id(), principal_id),
+            Op::UnbindRole { binding_id } => s("role.unbind", None, binding_id),
+            Op::PutSecret {
+                project_id, name, ..
+            } => s("secret.put", Some(project_id), name),
+            Op::DeleteSecret { project_id, name } => s("secret.delete", Some(project_id), name),
+            Op::RewrapDataKeys { .. } => s("secret.rewrap", None, "data-keys"),
+            Op::RecordAudit {
+                action,
+                project,
+                target,
+                ..
+            } => s(action, project.as_ref(), target),
+        }
+    }
+}
+
+impl RegistryState {
+    /// Applies one committed command at log index `index`.
+    ///
+    /// Pure: the result depends only on `self` and `cmd`. A refused command leaves the state unchanged except
+    /// for its `refused` audit record.
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> CommandOutcome {
+        self.applied_index = index;
+        if matches!(cmd.op, Op::Noop) {
+            return Ok(Outcome::Done);
+        }
+        let mut subject = cmd.op.subject();
+        if let Op::RecordAudit {
+            outcome, detail, ..
+        } = &cmd.op
+        {
+            return match audit::validate_recorded(&subject, detail) {
+                Ok(()) => {
+                    let seq = self.append_audit(cmd, &subject, *outcome, detail.clone());
+                    Ok(Outcome::Audited { seq })
+                }
+                Err(e) => {
+                    let subject = Subject {
+                        action: "audit.record".to_owned(),
+                        project: None,
+                        target: String::new(),
+                    };
+                    self.append_audit(cmd, &subject, AuditOutcome::Refused, e.to_string());
+                    Err(e)
+                }
+            };
+        }
+        // Objects addressed by id alone are attributed to their project when it is known.
+        if subject.project.is_none() {
+            subject.project = self.project_of_target(&cmd.op);
+        }
+        match self.execute(cmd) {
+            Ok(applied) => {
+                self.append_audit(cmd, &subject, AuditOutcome::Success, applied.detail);
+                Ok(applied.outcome)
+            }
+            Err(e) => {
+                self.append_audit(cmd, &subject, AuditOutcome::Refused, e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    fn execute(&mut self, cmd: &Command) -> Result<Applied, DomainError> {
+        let at = cmd.at_ms;
+        match &cmd.op {
+            Op::Noop | Op::RecordAudit { .. } => Ok(Applied::new(Outcome::Done, "")),
+            Op::Bootstrap {
+                default_project_id,
+                default_data_key,
+                admin_principal_id,
+                admin_principal_name,
+                admin_key_id,
+                admin_key_hash,
+                admin_key_last4,
+            } => self.bootstrap(
+                at,
+                tenancy::BootstrapSpec {
+                    project_id: default_project_id,
+                    data_key: default_data_key,
+                    principal_id: admin_principal_id,
+                    principal_name: admin_principal_name,
+                    key_id: admin_key_id,
+                    key_hash: admin_key_hash,
+                    key_last4: admin_key_last4,
+                },
+            ),
+            Op::CreateProject {
+                id,
+                name,
+                description,
+                data_key,
+            } => self.create_project(at, id, name, description, data_key),
+            Op::DeleteProject { id } => self.delete_project(id),
+            Op::CreatePrincipal {
+                id,
+                kind,
+                name,
+                project_id,
+            } => self.create_principal(at, id, *kind, name, project_id),
+            Op::SetPrincipalDisabled { id, disabled } => {
+                self.set_principal_disabled(at, id, *disabled)
+            }
+            Op::CreateKey {
+                key_id,
+                name,
+                project_id,
+                hash,
+                last4,
+                expires_at,
+                principal,
+                role,
+            } => self.create_key(
+                at,
+                tenancy::KeySpec {
+                    key_id,
+                    name,
+                    project_id,
+                    hash,
+                    last4,
+                    expires_at: *expires_at,
+                    principal,
+                    role: *role,
+                },
+            ),
+            Op::RevokeKey { key_id } => self.revoke_key(at, key_id),
+            Op::BindRole {
+                principal_id,
+                scope,
+                role,
+            } => self.bind_role(at, principal_id, scope, *role),
+            Op::UnbindRole { binding_id } => self.unbind_role(at, binding_id),
+            Op::PutSecret {
+                project_id,
+                name,
+                version,
+                sealed,
+                bindings,
+            } => self.put_secret(at, project_id, name, *version, sealed, bindings.as_deref()),
+            Op::DeleteSecret { project_id, name } => self.delete_secret(project_id, name),
+            Op::RewrapDataKeys { keys } => self.rewrap_data_keys(keys),
+        }
+    }
+
+    fn project_of_target(&self, op: &Op) -> Option<String> {
+        match op {
+            Op::RevokeKey { key_id } => self.keys.get(key_id).map(|k| k.project_id.clone()),
+            Op::SetPrincipalDisabled { id, .. } => {
+                self.principals.get(id).map(|p| p.project_id.clone())
+            }
+            Op::UnbindRole { binding_id } => self
+                .bindings
+                .get(binding_id)
+                .and_then(|b| b.scope.project_id().cloned()),
+            _ => None,
+        }
+    }
+
+    /// Canonical serialization (used for snapshots and the byte-identical replica check).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Invariant: the state is plain data (strings, integers, BTreeMaps, Vecs) with string map keys, which
+        // serde_json always serializes.
+        serde_json::to_vec(self).expect("registry state serializes")
+    }
+
+    /// Restores state from [`RegistryState::to_bytes`] output.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// True once `Op::Bootstrap` has been applied.
+    pub fn is_bootstrapped(&self) -> bool {
+        self.default_project_id.is_some()
+    }
+
+    /// The id of project `default` (after bootstrap).
+    pub fn default_project_id(&self) -> Option<&str> {
+        self.default_project_id.as_deref()
+    }
+}

@@ -1,0 +1,306 @@
+//! Envelope-encrypted secrets as replicated records: wrapped project data keys and sealed secret versions.
+//!
+//! Owns the secret records, their version numbering and workload bindings, and master-key rotation of the
+//! wrapped data keys. Never holds plaintext or an unwrapped key: encryption happens in `crate::crypto`
+//! before a command is proposed. Caller-facing views never include ciphertext.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::tenancy::{validate_id, validate_wrapped_key};
+use super::{Applied, DomainError, Outcome, RegistryState};
+
+/// Largest accepted base64 ciphertext of one secret version (about 64 KiB of plaintext).
+pub(crate) const MAX_SEALED_B64: usize = 90_000;
+/// Versions kept per secret; older ones are dropped when a new one is added.
+pub(crate) const MAX_SECRET_VERSIONS: usize = 32;
+/// Workload bindings per secret.
+pub(crate) const MAX_SECRET_BINDINGS: usize = 64;
+
+/// A project's data key encrypted (AES-256-GCM) under the master key `master_key_id`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrappedKey {
+    pub master_key_id: String,
+    pub nonce_b64: String,
+    pub ciphertext_b64: String,
+}
+
+impl std::fmt::Debug for WrappedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WrappedKey")
+            .field("master_key_id", &self.master_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One secret value encrypted (AES-256-GCM) under its project's data key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedValue {
+    pub nonce_b64: String,
+    pub ciphertext_b64: String,
+}
+
+impl std::fmt::Debug for SealedValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedValue")
+            .field("ciphertext_len", &self.ciphertext_b64.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One version of a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretVersion {
+    pub version: u32,
+    pub sealed: SealedValue,
+    pub created_at: u64,
+}
+
+/// A named secret of a project.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Secret {
+    pub project_id: String,
+    pub name: String,
+    /// Oldest first; the last is the latest.
+    pub versions: Vec<SecretVersion>,
+    /// Workload selectors allowed to read it, e.g. `job:*`, `deployment:fraud-scorer` (sorted, unique).
+    pub bindings: Vec<String>,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// A secret as callers see it: names, versions, bindings and times, never ciphertext.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretView {
+    pub project_id: String,
+    pub name: String,
+    pub latest_version: u32,
+    pub versions: Vec<SecretVersionView>,
+    pub bindings: Vec<String>,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// A version as callers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretVersionView {
+    pub version: u32,
+    pub created_at: u64,
+}
+
+impl Secret {
+    /// The latest version number (0 when there is none, which a stored secret never has).
+    pub fn latest_version(&self) -> u32 {
+        self.versions.last().map_or(0, |v| v.version)
+    }
+
+    /// A version by number, or the latest with `None`.
+    pub fn version(&self, version: Option<u32>) -> Option<&SecretVersion> {
+        match version {
+            None => self.versions.last(),
+            Some(n) => self.versions.iter().find(|v| v.version == n),
+        }
+    }
+
+    /// The caller-facing view.
+    pub fn view(&self) -> SecretView {
+        SecretView {
+            project_id: self.project_id.clone(),
+            name: self.name.clone(),
+            latest_version: self.latest_version(),
+            versions: self
+                .versions
+                .iter()
+                .map(|v| SecretVersionView {
+                    version: v.version,
+                    created_at: v.created_at,
+                })
+                .collect(),
+            bindings: self.bindings.clone(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+/// Secret names: `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`.
+pub(crate) fn validate_secret_name(name: &str) -> Result<(), DomainError> {
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.len() <= 128
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(DomainError::invalid(
+            "name",
+            "must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}",
+        ))
+    }
+}
+
+/// Workload selectors: `kind:pattern`, kind `[a-z][a-z0-9-]*`, pattern of `[A-Za-z0-9*._/-]`, at most 128
+/// characters. Returns them sorted and de-duplicated.
+pub(crate) fn normalize_bindings(bindings: &[String]) -> Result<Vec<String>, DomainError> {
+    if bindings.len() > MAX_SECRET_BINDINGS {
+        return Err(DomainError::invalid(
+            "bindings",
+            format!("at most {MAX_SECRET_BINDINGS}"),
+        ));
+    }
+    let mut out = BTreeSet::new();
+    for b in bindings {
+        let valid = b.len() <= 128
+            && b.split_once(':').is_some_and(|(kind, pattern)| {
+                let mut k = kind.chars();
+                k.next().is_some_and(|c| c.is_ascii_lowercase())
+                    && k.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && !pattern.is_empty()
+                    && pattern.chars().all(|c| {
+                        c.is_ascii_alphanumeric() || matches!(c, '*' | '.' | '_' | '/' | '-')
+                    })
+            });
+        if !valid {
+            return Err(DomainError::invalid(
+                "bindings",
+                format!("{b:?} is not a workload selector like job:*"),
+            ));
+        }
+        out.insert(b.clone());
+    }
+    Ok(out.into_iter().collect())
+}
+
+fn validate_sealed(sealed: &SealedValue) -> Result<(), DomainError> {
+    if sealed.nonce_b64.is_empty() || sealed.nonce_b64.len() > 32 {
+        return Err(DomainError::invalid("sealed", "nonce missing or too long"));
+    }
+    if sealed.ciphertext_b64.is_empty() || sealed.ciphertext_b64.len() > MAX_SEALED_B64 {
+        return Err(DomainError::invalid(
+            "sealed",
+            "ciphertext missing or larger than 64 KiB",
+        ));
+    }
+    Ok(())
+}
+
+impl RegistryState {
+    pub(crate) fn put_secret(
+        &mut self,
+        at: u64,
+        project_id: &str,
+        name: &str,
+        version: u32,
+        sealed: &SealedValue,
+        bindings: Option<&[String]>,
+    ) -> Result<Applied, DomainError> {
+        if !self.projects.contains_key(project_id) {
+            return Err(DomainError::not_found("project", project_id));
+        }
+        validate_secret_name(name)?;
+        validate_sealed(sealed)?;
+        let bindings = bindings.map(normalize_bindings).transpose()?;
+        let existing = self.secrets.get(project_id).and_then(|s| s.get(name));
+        let expected = existing.map_or(1, |s| s.latest_version() + 1);
+        if version != expected {
+            return Err(DomainError::FailedPrecondition(format!(
+                "secret {name}: version {version} was prepared but the next version is {expected}; retry"
+            )));
+        }
+        let entry = self
+            .secrets
+            .entry(project_id.to_owned())
+            .or_default()
+            .entry(name.to_owned())
+            .or_insert_with(|| Secret {
+                project_id: project_id.to_owned(),
+                name: name.to_owned(),
+                versions: Vec::new(),
+                bindings: Vec::new(),
+                created_at: at,
+                updated_at: at,
+            });
+        entry.versions.push(SecretVersion {
+            version,
+            sealed: sealed.clone(),
+            created_at: at,
+        });
+        if entry.versions.len() > MAX_SECRET_VERSIONS {
+            let excess = entry.versions.len() - MAX_SECRET_VERSIONS;
+            entry.versions.drain(..excess);
+        }
+        if let Some(b) = bindings {
+            entry.bindings = b;
+        }
+        entry.updated_at = at;
+        let view = entry.view();
+        Ok(Applied::new(
+            Outcome::Secret { secret: view },
+            format!("version={version}"),
+        ))
+    }
+
+    pub(crate) fn delete_secret(
+        &mut self,
+        project_id: &str,
+        name: &str,
+    ) -> Result<Applied, DomainError> {
+        let Some(secrets) = self.secrets.get_mut(project_id) else {
+            return Err(DomainError::not_found("secret", name));
+        };
+        let Some(removed) = secrets.remove(name) else {
+            return Err(DomainError::not_found("secret", name));
+        };
+        if secrets.is_empty() {
+            self.secrets.remove(project_id);
+        }
+        Ok(Applied::new(
+            Outcome::Deleted,
+            format!("versions={}", removed.versions.len()),
+        ))
+    }
+
+    pub(crate) fn rewrap_data_keys(
+        &mut self,
+        keys: &BTreeMap<String, WrappedKey>,
+    ) -> Result<Applied, DomainError> {
+        let current: BTreeSet<&String> = self.projects.keys().collect();
+        let given: BTreeSet<&String> = keys.keys().collect();
+        if current != given {
+            return Err(DomainError::FailedPrecondition(
+                "the set of projects changed while the data keys were re-wrapped; retry".to_owned(),
+            ));
+        }
+        for (project_id, key) in keys {
+            validate_id("project_id", project_id)?;
+            validate_wrapped_key("keys", key)?;
+        }
+        let master_ids: BTreeSet<&str> = keys.values().map(|k| k.master_key_id.as_str()).collect();
+        for (project_id, key) in keys {
+            if let Some(project) = self.projects.get_mut(project_id) {
+                project.data_key = key.clone();
+            }
+        }
+        let ids: Vec<&str> = master_ids.into_iter().collect();
+        Ok(Applied::new(
+            Outcome::Rewrapped {
+                projects: keys.len() as u64,
+            },
+            format!("projects={} master_keys={}", keys.len(), ids.join(",")),
+        ))
+    }
+
+    /// A project's wrapped data key.
+    pub fn data_key(&self, project_id: &str) -> Option<&WrappedKey> {
+        self.projects.get(project_id).map(|p| &p.data_key)
+    }
+
+    /// Every project's wrapped data key, for master-key rotation.
+    pub fn data_keys(&self) -> BTreeMap<String, WrappedKey> {
+        self.projects
+            .iter()
+            .map(|(id, p)| (id.clone(), p.data_key.clone()))
+            .collect()
+    }
+}

@@ -1,0 +1,207 @@
+//! The state machine half of the Raft store: the in-memory [`RegistryState`] and its snapshots in sled.
+//!
+//! Owns applying committed entries (by handing each command to the pure `RegistryState::apply`), building,
+//! saving and installing snapshots, and loading the last snapshot at start-up; openraft then re-applies the
+//! committed log after it. It must never change a command or produce effects outside the registry state.
+
+use std::io::Cursor;
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
+};
+
+use super::{DbHold, StoreError};
+use crate::node::{MemberNode, NodeId, TypeConfig};
+use crate::state::{CommandOutcome, Outcome, RegistryState};
+
+const SNAPSHOT_TREE: &str = "raft_snapshot";
+const SNAPSHOT_META_KEY: &str = "meta";
+const SNAPSHOT_DATA_KEY: &str = "data";
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+/// The registry state shared between the state machine (writer) and the node's readers.
+pub(crate) type SharedState = Arc<RwLock<RegistryState>>;
+
+/// The state machine: registry state in memory, last snapshot on disk.
+pub(crate) struct StateMachineStore {
+    db: sled::Db,
+    snapshots: sled::Tree,
+    state: SharedState,
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: StoredMembership<NodeId, MemberNode>,
+    /// Keeps the database counted as open while this state machine lives.
+    hold: DbHold,
+}
+
+/// A stored snapshot as read back from disk.
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, MemberNode>,
+    data: Vec<u8>,
+}
+
+impl StateMachineStore {
+    pub(super) fn open(db: &sled::Db, hold: DbHold) -> Result<Self, StoreError> {
+        let snapshots = db.open_tree(SNAPSHOT_TREE)?;
+        let mut sm = Self {
+            db: db.clone(),
+            snapshots,
+            state: SharedState::default(),
+            last_applied: None,
+            last_membership: StoredMembership::default(),
+            hold,
+        };
+        if let Some(stored) = read_snapshot(&sm.snapshots).map_err(|e| StoreError::Corrupt(e.to_string()))? {
+            let state = RegistryState::from_bytes(&stored.data)
+                .map_err(|e| StoreError::Corrupt(format!("snapshot state: {e}")))?;
+            tracing::info!(snapshot = %stored.meta, "loaded raft snapshot");
+            sm.replace_state(state);
+            sm.last_applied = stored.meta.last_log_id;
+            sm.last_membership = stored.meta.last_membership;
+        }
+        Ok(sm)
+    }
+
+    /// The registry state this state machine applies to.
+    pub(crate) fn state(&self) -> SharedState {
+        self.state.clone()
+    }
+
+    fn replace_state(&self, state: RegistryState) {
+        // A poisoned lock means a reader panicked; the state itself is only ever replaced whole here.
+        let mut guard = self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *guard = state;
+    }
+}
+
+fn read_snapshot(tree: &sled::Tree) -> Result<Option<StoredSnapshot>, StorageIOError<NodeId>> {
+    let meta = tree.get(SNAPSHOT_META_KEY).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+    let data = tree.get(SNAPSHOT_DATA_KEY).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+    let (Some(meta), Some(data)) = (meta, data) else {
+        return Ok(None);
+    };
+    let meta: SnapshotMeta<NodeId, MemberNode> =
+        serde_json::from_slice(&meta).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+    Ok(Some(StoredSnapshot { meta, data: data.to_vec() }))
+}
+
+/// Saves a snapshot (meta and data atomically) and flushes it, so the log before it may be purged.
+async fn save_snapshot(
+    db: &sled::Db,
+    tree: &sled::Tree,
+    meta: &SnapshotMeta<NodeId, MemberNode>,
+    data: &[u8],
+) -> Result<(), StorageIOError<NodeId>> {
+    let signature = Some(meta.signature());
+    let meta_bytes = serde_json::to_vec(meta).map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+    let mut batch = sled::Batch::default();
+    batch.insert(SNAPSHOT_META_KEY, meta_bytes);
+    batch.insert(SNAPSHOT_DATA_KEY, data);
+    tree.apply_batch(batch).map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+    db.flush_async().await.map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
+    Ok(())
+}
+
+/// Builds a snapshot from a copy of the state taken when the builder was created.
+pub(crate) struct SnapshotBuilder {
+    db: sled::Db,
+    snapshots: sled::Tree,
+    data: Vec<u8>,
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: StoredMembership<NodeId, MemberNode>,
+    _hold: DbHold,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let seq = self.db.generate_id().map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let snapshot_id = match self.last_applied {
+            Some(log_id) => format!("{}-{}-{seq}", log_id.leader_id, log_id.index),
+            None => format!("none-{seq}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: self.last_applied,
+            last_membership: self.last_membership.clone(),
+            snapshot_id,
+        };
+        save_snapshot(&self.db, &self.snapshots, &meta, &self.data).await?;
+        tracing::info!(snapshot = %meta, bytes = self.data.len(), "built raft snapshot");
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(self.data.clone())) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, MemberNode>)> {
+        Ok((self.last_applied, self.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<CommandOutcome>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut outcomes = Vec::new();
+        // A poisoned lock means a reader panicked while holding it; readers never mutate, so the state is intact.
+        let mut state = self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for entry in entries {
+            self.last_applied = Some(entry.log_id);
+            let outcome = match entry.payload {
+                EntryPayload::Blank => Ok(Outcome::Done),
+                EntryPayload::Normal(cmd) => state.apply(entry.log_id.index, &cmd),
+                EntryPayload::Membership(membership) => {
+                    self.last_membership = StoredMembership::new(Some(entry.log_id), membership);
+                    Ok(Outcome::Done)
+                }
+            };
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        let data = {
+            let state = self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            state.to_bytes()
+        };
+        SnapshotBuilder {
+            db: self.db.clone(),
+            snapshots: self.snapshots.clone(),
+            data,
+            last_applied: self.last_applied,
+            last_membership: self.last_membership.clone(),
+            _hold: self.hold.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, MemberNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let data = snapshot.into_inner();
+        let state = RegistryState::from_bytes(&data)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        save_snapshot(&self.db, &self.snapshots, meta, &data).await?;
+        self.replace_state(state);
+        self.last_applied = meta.last_log_id;
+        self.last_membership = meta.last_membership.clone();
+        tracing::info!(snapshot = %meta, "installed raft snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        Ok(read_snapshot(&self.snapshots)?
+            .map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+    }
+}

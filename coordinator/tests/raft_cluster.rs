@@ -1,0 +1,400 @@
+//! Coordinator groups on loopback: real QUIC with mutual TLS from Meridian's own CA, real sled in temporary
+//! directories, openraft timing as configured. Every wait is on a condition with a deadline.
+//!
+//! The scenarios run one at a time (they share the machine's cores, and Raft timing suffers under load).
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use certs::{CertificateAuthority, Identity, LeafRequest, TlsIdentity};
+use coordinator::node::{RaftTimings, ReadError};
+use coordinator::state::{Actor, AuditOutcome, Command, Op, Outcome};
+use coordinator::{Coordinator, CoordinatorOptions, Handle, MemberNode, NodeId};
+use tempfile::TempDir;
+use tokio::sync::Mutex;
+
+const TRUST_DOMAIN: &str = "cluster.meridian.test";
+/// Generous: elections and catch-up on a loaded machine.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+static ONE_SCENARIO_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+fn timings() -> RaftTimings {
+    RaftTimings { heartbeat_ms: 100, election_min_ms: 800, election_max_ms: 1600 }
+}
+
+/// A free loopback UDP address (bound and released; nothing else on the machine races for it).
+fn free_addr() -> Result<SocketAddr> {
+    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok(socket.local_addr()?)
+}
+
+/// A write with a visible effect: an audit record whose target names the write.
+fn audit_write(target: &str) -> Command {
+    Command::new(
+        1_700_000_000_000,
+        Actor::system(),
+        Op::RecordAudit {
+            action: "test.write".to_string(),
+            project: None,
+            target: target.to_string(),
+            outcome: AuditOutcome::Denied,
+            detail: String::new(),
+        },
+    )
+}
+
+fn audit_targets(handle: &Handle) -> Vec<String> {
+    handle.read(|state| state.audit_records().iter().map(|r| r.target.clone()).collect())
+}
+
+struct Node {
+    dir: PathBuf,
+    member: MemberNode,
+    running: Option<(Coordinator, Handle)>,
+}
+
+struct Cluster {
+    ca: CertificateAuthority,
+    root: TempDir,
+    snapshot_every: u64,
+    nodes: BTreeMap<NodeId, Node>,
+}
+
+impl Cluster {
+    fn new(snapshot_every: u64) -> Result<Self> {
+        let ca = CertificateAuthority::generate(TRUST_DOMAIN, Duration::from_secs(3600))?;
+        Ok(Self { ca, root: tempfile::tempdir()?, snapshot_every, nodes: BTreeMap::new() })
+    }
+
+    /// Starts `ids` as the voters of a new group (every one bootstraps with the same voter map).
+    async fn bootstrap(snapshot_every: u64, ids: &[NodeId]) -> Result<Self> {
+        let mut cluster = Self::new(snapshot_every)?;
+        let mut voters = BTreeMap::new();
+        for &id in ids {
+            let member = MemberNode {
+                name: format!("c{id}"),
+                raft_addr: free_addr()?.to_string(),
+                admin_addr: "127.0.0.1:0".to_string(),
+            };
+            voters.insert(id, member.clone());
+            let dir = cluster.root.path().join(format!("c{id}"));
+            cluster.nodes.insert(id, Node { dir, member, running: None });
+        }
+        for &id in ids {
+            cluster.start(id, Some(voters.clone())).await?;
+        }
+        Ok(cluster)
+    }
+
+    fn tls(&self, name: &str) -> Result<TlsIdentity> {
+        let identity = Identity::coordinator(TRUST_DOMAIN, name)?;
+        let leaf = self.ca.issue(
+            &LeafRequest::new(identity, Duration::from_secs(3600)).with_ip_address(Ipv4Addr::LOCALHOST.into()),
+        )?;
+        Ok(TlsIdentity::from_pem(self.ca.cert_pem(), &leaf.cert_pem, &leaf.key_pem)?)
+    }
+
+    /// Adds a node that is not a member yet, listening on a port of its own choosing.
+    async fn start_new(&mut self, id: NodeId) -> Result<MemberNode> {
+        let member = MemberNode {
+            name: format!("c{id}"),
+            raft_addr: "127.0.0.1:0".to_string(),
+            admin_addr: "127.0.0.1:0".to_string(),
+        };
+        let dir = self.root.path().join(format!("c{id}"));
+        self.nodes.insert(id, Node { dir, member, running: None });
+        self.start(id, None).await?;
+        let handle = self.handle(id)?;
+        let node = self.nodes.get_mut(&id).ok_or_else(|| anyhow!("node {id} vanished"))?;
+        node.member.raft_addr = handle.raft_addr().to_string();
+        Ok(node.member.clone())
+    }
+
+    async fn start(&mut self, id: NodeId, bootstrap: Option<BTreeMap<NodeId, MemberNode>>) -> Result<()> {
+        let node = self.nodes.get(&id).ok_or_else(|| anyhow!("no node {id}"))?;
+        let listen: SocketAddr = node.member.raft_addr.parse()?;
+        let opts = CoordinatorOptions {
+            node_id: id,
+            name: node.member.name.clone(),
+            data_dir: node.dir.clone(),
+            raft_listen: listen,
+            advertise: node.member.clone(),
+            tls: self.tls(&node.member.name)?,
+            timings: timings(),
+            snapshot_every: self.snapshot_every,
+            bootstrap,
+        };
+        let running = Coordinator::start(opts).await.with_context(|| format!("starting node {id}"))?;
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.running = Some(running);
+        }
+        Ok(())
+    }
+
+    /// Shuts a node down and drops it; its data directory stays.
+    async fn stop(&mut self, id: NodeId) -> Result<()> {
+        let node = self.nodes.get_mut(&id).ok_or_else(|| anyhow!("no node {id}"))?;
+        let (coordinator, handle) = node.running.take().ok_or_else(|| anyhow!("node {id} is not running"))?;
+        drop(handle);
+        coordinator.shutdown().await;
+        Ok(())
+    }
+
+    fn handle(&self, id: NodeId) -> Result<Handle> {
+        let node = self.nodes.get(&id).ok_or_else(|| anyhow!("no node {id}"))?;
+        let (_, handle) = node.running.as_ref().ok_or_else(|| anyhow!("node {id} is not running"))?;
+        Ok(handle.clone())
+    }
+
+    fn running(&self) -> Vec<(NodeId, Handle)> {
+        self.nodes
+            .iter()
+            .filter_map(|(id, node)| node.running.as_ref().map(|(_, h)| (*id, h.clone())))
+            .collect()
+    }
+
+    /// Waits until every running node names the same leader, other than `not`, and returns it.
+    async fn agreed_leader(&self, not: Option<NodeId>) -> Result<NodeId> {
+        let nodes = self.running();
+        let (_, first) = nodes.first().ok_or_else(|| anyhow!("no node is running"))?;
+        let status = first
+            .wait_for(|s| s.leader.is_some() && s.leader != not && s.state != "candidate", DEADLINE)
+            .await?;
+        let leader = status.leader.ok_or_else(|| anyhow!("leader vanished"))?;
+        for (_, handle) in &nodes {
+            handle.wait_for(|s| s.leader == Some(leader), DEADLINE).await?;
+        }
+        Ok(leader)
+    }
+
+    /// Waits until every running node has applied at least what `id` has applied now.
+    async fn converge_on(&self, id: NodeId) -> Result<u64> {
+        let applied = self.handle(id)?.status().applied_index;
+        for (_, handle) in self.running() {
+            handle.wait_for(|s| s.applied_index >= applied, DEADLINE).await?;
+        }
+        Ok(applied)
+    }
+
+    async fn shutdown_all(&mut self) -> Result<()> {
+        let ids: Vec<NodeId> = self.running().into_iter().map(|(id, _)| id).collect();
+        for id in ids {
+            self.stop(id).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn write_audited(handle: &Handle, target: &str) -> Result<u64> {
+    match handle.write(audit_write(target)).await.with_context(|| format!("writing {target}"))? {
+        Outcome::Audited { seq } => Ok(seq),
+        other => bail!("unexpected outcome {other:?}"),
+    }
+}
+
+fn assert_has_all(handle: &Handle, targets: &[String]) -> Result<()> {
+    let seen = audit_targets(handle);
+    for target in targets {
+        ensure!(seen.contains(target), "node {} lacks acknowledged write {target}", handle.node_id());
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_voters_replicate_forward_and_survive_leader_loss() -> Result<()> {
+    let _one = ONE_SCENARIO_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::bootstrap(1_000, &[1, 2, 3]).await?;
+    let leader = cluster.agreed_leader(None).await?;
+
+    // A write through every member, followers forwarding to the leader.
+    let mut acknowledged = Vec::new();
+    for (id, handle) in cluster.running() {
+        let target = format!("through-{id}");
+        write_audited(&handle, &target).await?;
+        acknowledged.push(target);
+    }
+    cluster.converge_on(leader).await?;
+    for (_, handle) in cluster.running() {
+        assert_has_all(&handle, &acknowledged)?;
+    }
+    let statuses: Vec<_> = cluster.running().iter().map(|(_, h)| h.status()).collect();
+    for status in &statuses {
+        ensure!(status.members.len() == 3 && status.members.iter().all(|m| m.voter), "members: {status:?}");
+    }
+
+    // Lose the leader: a new one is elected, nothing acknowledged is lost, writes go on.
+    cluster.stop(leader).await?;
+    let new_leader = cluster.agreed_leader(Some(leader)).await?;
+    ensure!(new_leader != leader);
+    for (_, handle) in cluster.running() {
+        assert_has_all(&handle, &acknowledged)?;
+    }
+    for (id, handle) in cluster.running() {
+        let target = format!("after-loss-through-{id}");
+        write_audited(&handle, &target).await?;
+        acknowledged.push(target);
+    }
+    cluster.converge_on(new_leader).await?;
+    let survivors = cluster.running();
+    for (_, handle) in &survivors {
+        assert_has_all(handle, &acknowledged)?;
+    }
+    let bytes: Vec<Vec<u8>> = survivors.iter().map(|(_, h)| h.read(|s| s.to_bytes())).collect();
+    ensure!(bytes.windows(2).all(|w| w[0] == w[1]), "survivors hold different states");
+    cluster.shutdown_all().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stopped_member_catches_up_from_a_snapshot_after_purge() -> Result<()> {
+    let _one = ONE_SCENARIO_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::bootstrap(5, &[1, 2, 3]).await?;
+    let leader = cluster.agreed_leader(None).await?;
+    let leader_handle = cluster.handle(leader)?;
+    write_audited(&leader_handle, "before-stop").await?;
+    cluster.converge_on(leader).await?;
+
+    let follower = *cluster.nodes.keys().find(|id| **id != leader).ok_or_else(|| anyhow!("no follower"))?;
+    let follower_last = cluster
+        .handle(follower)?
+        .log_status()
+        .last_log_index
+        .ok_or_else(|| anyhow!("follower has an empty log"))?;
+    cluster.stop(follower).await?;
+
+    // Enough writes for several snapshots; the leader purges the entries the stopped member lacks.
+    let mut acknowledged = vec!["before-stop".to_string()];
+    for i in 0..40 {
+        let target = format!("while-down-{i}");
+        write_audited(&leader_handle, &target).await?;
+        acknowledged.push(target);
+    }
+    let purged = leader_handle
+        .wait_for_log(|l| l.purged_index.is_some_and(|p| p > follower_last + 1), DEADLINE)
+        .await
+        .context("leader never purged past the stopped member's log")?;
+
+    cluster.start(follower, None).await?;
+    let follower_handle = cluster.handle(follower)?;
+    let applied = cluster.converge_on(leader).await?;
+    let caught_up = follower_handle
+        .wait_for_log(|l| l.snapshot_index.is_some_and(|s| s > follower_last), DEADLINE)
+        .await
+        .context("restarted member holds no snapshot")?;
+    ensure!(
+        caught_up.snapshot_index >= purged.purged_index,
+        "member caught up without the snapshot covering the purged log: {caught_up:?} vs leader {purged:?}"
+    );
+    follower_handle.wait_for(|s| s.applied_index == applied, DEADLINE).await?;
+    assert_has_all(&follower_handle, &acknowledged)?;
+    ensure!(
+        follower_handle.read(|s| s.to_bytes()) == leader_handle.read(|s| s.to_bytes()),
+        "caught-up member's state differs from the leader's"
+    );
+    cluster.shutdown_all().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn single_node_restart_keeps_state() -> Result<()> {
+    let _one = ONE_SCENARIO_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::bootstrap(3, &[1]).await?;
+    cluster.agreed_leader(None).await?;
+    let handle = cluster.handle(1)?;
+    let mut acknowledged = Vec::new();
+    for i in 0..10 {
+        let target = format!("kept-{i}");
+        write_audited(&handle, &target).await?;
+        acknowledged.push(target);
+    }
+    // Snapshot and log both hold part of the state: the restart loads one and re-applies the other.
+    handle.wait_for_log(|l| l.snapshot_index.is_some(), DEADLINE).await?;
+    let before = handle.read(|s| s.to_bytes());
+    drop(handle);
+    cluster.stop(1).await?;
+
+    cluster.start(1, None).await?;
+    cluster.agreed_leader(None).await?;
+    let handle = cluster.handle(1)?;
+    handle.wait_for(|_| handle.is_ready(), DEADLINE).await?;
+    assert_has_all(&handle, &acknowledged)?;
+    ensure!(handle.read(|s| s.to_bytes()) == before, "state changed across the restart");
+    write_audited(&handle, "after-restart").await?;
+    assert_has_all(&handle, &["after-restart".to_string()])?;
+    cluster.shutdown_all().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fourth_member_is_added_as_voter_and_removed() -> Result<()> {
+    let _one = ONE_SCENARIO_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::bootstrap(1_000, &[1, 2, 3]).await?;
+    let leader = cluster.agreed_leader(None).await?;
+    write_audited(&cluster.handle(leader)?, "before-join").await?;
+
+    let joining = cluster.start_new(4).await?;
+    // Through a follower, so the change is forwarded to the leader.
+    let follower = *cluster.nodes.keys().find(|id| **id != leader && **id != 4).ok_or_else(|| anyhow!("no follower"))?;
+    cluster.handle(follower)?.add_member(4, joining.clone(), true).await?;
+
+    let leader_handle = cluster.handle(leader)?;
+    let status = leader_handle
+        .wait_for(|s| s.members.iter().any(|m| m.id == 4 && m.voter), DEADLINE)
+        .await?;
+    ensure!(status.members.iter().any(|m| m.id == 4 && m.raft_addr == joining.raft_addr));
+    let newcomer = cluster.handle(4)?;
+    newcomer.wait_for(|s| s.leader == Some(leader), DEADLINE).await?;
+    write_audited(&newcomer, "through-newcomer").await?;
+    cluster.converge_on(leader).await?;
+    assert_has_all(&newcomer, &["before-join".to_string(), "through-newcomer".to_string()])?;
+
+    newcomer.remove_member(4).await?;
+    for id in [1, 2, 3] {
+        cluster.handle(id)?.wait_for(|s| s.members.iter().all(|m| m.id != 4), DEADLINE).await?;
+    }
+    let status = leader_handle.status();
+    ensure!(status.members.len() == 3 && status.members.iter().all(|m| m.voter), "members: {status:?}");
+    drop(newcomer);
+    cluster.stop(4).await?;
+    write_audited(&leader_handle, "after-removal").await?;
+    cluster.shutdown_all().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn follower_linearizable_read_sees_the_write_acknowledged_before() -> Result<()> {
+    let _one = ONE_SCENARIO_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::bootstrap(1_000, &[1, 2, 3]).await?;
+    let leader = cluster.agreed_leader(None).await?;
+    let followers: Vec<Handle> =
+        cluster.running().into_iter().filter(|(id, _)| *id != leader).map(|(_, h)| h).collect();
+    let writer = cluster.handle(leader)?;
+    for i in 0..10 {
+        let target = format!("read-after-{i}");
+        write_audited(&writer, &target).await?;
+        for follower in &followers {
+            follower.linearizable_read().await?;
+            ensure!(
+                audit_targets(follower).contains(&target),
+                "follower {} read without write {target} after a linearizable read",
+                follower.node_id()
+            );
+        }
+    }
+    // A write forwarded by one follower is visible to a linearizable read on the other.
+    let (a, b) = (&followers[0], &followers[1]);
+    write_audited(a, "forwarded").await?;
+    b.linearizable_read().await?;
+    ensure!(audit_targets(b).contains(&"forwarded".to_string()));
+
+    // With no quorum the read is refused rather than served stale.
+    let survivors: Vec<NodeId> = followers.iter().map(|h| h.node_id()).collect();
+    cluster.stop(leader).await?;
+    cluster.stop(survivors[0]).await?;
+    let lonely = cluster.handle(survivors[1])?;
+    match lonely.linearizable_read().await {
+        Err(ReadError::NoLeader | ReadError::Unavailable(_)) => {}
+        Ok(()) => bail!("a linearizable read succeeded without a quorum"),
+    }
+    cluster.shutdown_all().await
+}

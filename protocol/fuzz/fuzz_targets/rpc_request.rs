@@ -1,0 +1,10 @@
+//! Fuzzes the decoding of every message a peer can send over the RPC layer (`RpcRequest`, `RaftPayload`,
+//! `ForwardWriteRequest`, agent messages, ...). Run with `cargo +nightly fuzz run rpc_request` from
+//! `protocol/`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    protocol::fuzzing::rpc_request(data);
+});

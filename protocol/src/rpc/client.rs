@@ -1,0 +1,269 @@
+//! The RPC client: one QUIC endpoint, one cached connection per peer address, one stream per call.
+//!
+//! Owns connecting (with a check of the server's certificate identity and role), the per-call timeout that
+//! covers connecting, sending and waiting, and the classification of failures into [`RpcError`]. It must
+//! never hand a caller an answer from a server whose identity it did not accept.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use certs::{Identity, Role, TlsIdentity};
+use tracing::debug;
+
+use super::envelope::{decode_response, encode_request};
+use super::transport::{self, SetupError, TransportSettings};
+use super::{encode_message, Method, RpcError, CLOSE_CLIENT_DONE, CLOSE_UNAUTHENTICATED};
+use crate::frame::{self, FrameError};
+
+/// Transport settings of every client connection.
+const CLIENT_TRANSPORT: TransportSettings = TransportSettings {
+    max_concurrent_streams: 0,
+    idle_timeout: Duration::from_secs(30),
+    keep_alive: Duration::from_secs(10),
+};
+
+/// Calls methods on other Meridian processes. Cheap to clone; clones share the endpoint and connections.
+#[derive(Clone)]
+pub struct RpcClient {
+    inner: Arc<ClientInner>,
+}
+
+struct ClientInner {
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+    trust_domain: String,
+    server_roles: Vec<Role>,
+    max_frame: usize,
+    /// One slot per address; the async lock makes concurrent first calls share one handshake.
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
+}
+
+#[derive(Clone)]
+struct Cached {
+    conn: quinn::Connection,
+    server: Identity,
+}
+
+impl Drop for ClientInner {
+    fn drop(&mut self) {
+        self.endpoint.close(CLOSE_CLIENT_DONE, b"client dropped");
+    }
+}
+
+impl RpcClient {
+    /// A client that talks only to coordinators. Must be called inside a tokio runtime.
+    pub fn new(tls: &TlsIdentity) -> Result<Self, SetupError> {
+        Self::with_server_roles(tls, &[Role::Coordinator])
+    }
+
+    /// A client that accepts servers whose identity has one of `server_roles`. Must be called inside a
+    /// tokio runtime.
+    pub fn with_server_roles(tls: &TlsIdentity, server_roles: &[Role]) -> Result<Self, SetupError> {
+        if server_roles.is_empty() {
+            return Err(SetupError::Config(
+                "a client must accept at least one server role".to_string(),
+            ));
+        }
+        let config = transport::client_config(tls, &CLIENT_TRANSPORT)?;
+        let endpoint = transport::client_endpoint()?;
+        Ok(RpcClient {
+            inner: Arc::new(ClientInner {
+                endpoint,
+                config,
+                trust_domain: tls.trust_domain().to_string(),
+                server_roles: server_roles.to_vec(),
+                max_frame: frame::DEFAULT_MAX_FRAME,
+                slots: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Calls `method` on the server at `addr` (`host:port`). `timeout` covers the whole call, connecting
+    /// included, and travels to the server as the call's deadline.
+    pub async fn call(
+        &self,
+        addr: &str,
+        method: Method,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, RpcError> {
+        match tokio::time::timeout(timeout, self.call_within(addr, method, body, timeout)).await {
+            Ok(result) => result,
+            Err(_) => Err(RpcError::Timeout),
+        }
+    }
+
+    /// Like [`call`](Self::call), with protobuf messages for the body and the answer.
+    pub async fn call_message<Req, Resp>(
+        &self,
+        addr: &str,
+        method: Method,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RpcError>
+    where
+        Req: prost::Message,
+        Resp: prost::Message + Default,
+    {
+        let body = self
+            .call(addr, method, encode_message(request), timeout)
+            .await?;
+        Resp::decode(body)
+            .map_err(|e| RpcError::Decode(format!("undecodable {} response: {e}", method.name())))
+    }
+
+    async fn call_within(
+        &self,
+        addr: &str,
+        method: Method,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, RpcError> {
+        let started = tokio::time::Instant::now();
+        let cached = self.connection(addr).await?;
+        // The server's deadline is what is left of the caller's time after connecting.
+        let remaining = timeout.saturating_sub(started.elapsed());
+        let request = encode_request(method, remaining, body);
+        if request.len() > self.inner.max_frame {
+            return Err(RpcError::Decode(format!(
+                "request of {} bytes exceeds the maximum frame of {} bytes",
+                request.len(),
+                self.inner.max_frame
+            )));
+        }
+        let result = self.exchange(&cached.conn, &request).await;
+        match result {
+            Err(RpcError::Transport(detail)) => match cached.conn.close_reason() {
+                // The connection died under the call; its reason says more (e.g. a refused certificate).
+                Some(reason) => Err(RpcError::from(reason)),
+                None => Err(RpcError::Transport(detail)),
+            },
+            other => other,
+        }
+    }
+
+    async fn exchange(&self, conn: &quinn::Connection, request: &[u8]) -> Result<Bytes, RpcError> {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        frame::write_frame(&mut send, request)
+            .await
+            .map_err(frame_error)?;
+        send.finish()
+            .map_err(|e| RpcError::Transport(format!("finishing the request: {e}")))?;
+        let payload = frame::read_frame(&mut recv, self.inner.max_frame)
+            .await
+            .map_err(frame_error)?
+            .ok_or_else(|| RpcError::Transport("stream closed without a response".to_string()))?;
+        decode_response(Bytes::from(payload))
+    }
+
+    /// The live connection to `addr`, connecting (or reconnecting) when there is none.
+    async fn connection(&self, addr: &str) -> Result<Cached, RpcError> {
+        let slot = {
+            let mut slots = self
+                .inner
+                .slots
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            slots.entry(addr.to_string()).or_default().clone()
+        };
+        let mut slot = slot.lock().await;
+        if let Some(cached) = slot.as_ref() {
+            if cached.conn.close_reason().is_none() {
+                return Ok(cached.clone());
+            }
+            debug!(%addr, "cached connection closed; reconnecting");
+        }
+        *slot = None;
+        let cached = self.connect(addr).await?;
+        *slot = Some(cached.clone());
+        Ok(cached)
+    }
+
+    async fn connect(&self, addr: &str) -> Result<Cached, RpcError> {
+        let (remote, server_name) = resolve(addr, &self.inner.endpoint).await?;
+        let connecting = self
+            .inner
+            .endpoint
+            .connect_with(self.inner.config.clone(), remote, &server_name)
+            .map_err(|e| RpcError::Transport(format!("connecting to {addr}: {e}")))?;
+        let conn = connecting.await?;
+        let server = match transport::peer_identity(&conn, &self.inner.trust_domain) {
+            Ok(server) => server,
+            Err(reason) => {
+                conn.close(CLOSE_UNAUTHENTICATED, b"server identity not accepted");
+                return Err(RpcError::Refused(format!(
+                    "server at {addr} has no acceptable identity: {reason}"
+                )));
+            }
+        };
+        let role = server.role();
+        if !self.inner.server_roles.contains(&role) {
+            conn.close(CLOSE_UNAUTHENTICATED, b"server role not accepted");
+            return Err(RpcError::Refused(format!(
+                "server at {addr} is {} (role {}), not one of the roles this client calls",
+                server.uri(),
+                role.as_str()
+            )));
+        }
+        debug!(%addr, server = %server.uri(), "connected");
+        Ok(Cached { conn, server })
+    }
+
+    /// The identity of the server at `addr`, connecting if needed. Bounded by `timeout`.
+    pub async fn server_identity(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<Identity, RpcError> {
+        match tokio::time::timeout(timeout, self.connection(addr)).await {
+            Ok(result) => result.map(|cached| cached.server),
+            Err(_) => Err(RpcError::Timeout),
+        }
+    }
+}
+
+fn frame_error(e: FrameError) -> RpcError {
+    match e {
+        FrameError::Io(io) => {
+            let Some(inner) = io.get_ref() else {
+                return RpcError::Transport(io.to_string());
+            };
+            if let Some(e) = inner.downcast_ref::<quinn::ReadError>() {
+                RpcError::from(e.clone())
+            } else if let Some(e) = inner.downcast_ref::<quinn::WriteError>() {
+                RpcError::from(e.clone())
+            } else {
+                RpcError::Transport(io.to_string())
+            }
+        }
+        FrameError::TooLarge { len, max } => RpcError::Decode(format!(
+            "response frame of {len} bytes exceeds the maximum of {max} bytes"
+        )),
+        FrameError::Truncated { expected, got } => RpcError::Transport(format!(
+            "response truncated: expected {expected} bytes, got {got}"
+        )),
+    }
+}
+
+/// Resolves `host:port` to an address the endpoint can reach, and the name to present in TLS.
+async fn resolve(addr: &str, endpoint: &quinn::Endpoint) -> Result<(SocketAddr, String), RpcError> {
+    let (host, _port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| RpcError::Transport(format!("address {addr:?} is not host:port")))?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let candidates = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| RpcError::Transport(format!("resolving {addr}: {e}")))?;
+    let local_is_v4 = endpoint.local_addr().is_ok_and(|a| a.is_ipv4());
+    let remote = candidates
+        .into_iter()
+        .find(|a| !local_is_v4 || a.is_ipv4())
+        .ok_or_else(|| RpcError::Transport(format!("{addr} resolves to no usable address")))?;
+    Ok((remote, host.to_string()))
+}

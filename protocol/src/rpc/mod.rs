@@ -1,0 +1,87 @@
+//! The RPC layer between Meridian processes: QUIC (quinn) with mutual TLS, one bidirectional stream per
+//! call.
+//!
+//! A call is one `RpcRequest` frame from the caller, who then finishes its send side, and one
+//! `RpcResponse` frame back. The callee identifies the caller from its certificate, checks the
+//! authorization table ([`authorize`]) and runs the [`RpcService`] under the call's deadline. This module
+//! owns the envelope, deadlines and authorization; it must never interpret a method's body, and nothing a
+//! peer sends may panic it, stall other streams or connections, or stop a server.
+
+mod client;
+mod envelope;
+mod method;
+mod server;
+mod status;
+mod transport;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use certs::Identity;
+use futures::future::BoxFuture;
+
+pub use client::RpcClient;
+pub(crate) use envelope::{decode_request, decode_response};
+pub use method::{allowed_roles, authorize, ensure_speaks_for_node, Method, UnknownMethod};
+pub use server::{RpcServer, ServerOptions};
+pub use status::{status_code_name, RpcError, RpcStatus, StatusCode};
+pub use transport::SetupError;
+
+/// The ALPN protocol of Meridian's QUIC RPC.
+pub const ALPN: &[u8] = b"meridian/1";
+
+/// Application close code: the server is shutting down.
+pub(crate) const CLOSE_SHUTDOWN: quinn::VarInt = quinn::VarInt::from_u32(0);
+/// Application close code: the peer's certificate does not carry an identity we accept.
+pub(crate) const CLOSE_UNAUTHENTICATED: quinn::VarInt = quinn::VarInt::from_u32(1);
+/// Application close code: the peer sent something that is not Meridian RPC.
+pub(crate) const CLOSE_PROTOCOL_VIOLATION: quinn::VarInt = quinn::VarInt::from_u32(2);
+/// Application close code: the client no longer needs the connection.
+pub(crate) const CLOSE_CLIENT_DONE: quinn::VarInt = quinn::VarInt::from_u32(3);
+
+/// Stream error code (`STOP_SENDING` / `RESET_STREAM`): the stream broke the framing rules.
+pub(crate) const STREAM_BAD_FRAME: quinn::VarInt = quinn::VarInt::from_u32(1);
+
+/// What a service knows about the call it is answering.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    /// The caller's identity, from its verified certificate.
+    pub peer: Identity,
+    /// The caller's address.
+    pub remote: SocketAddr,
+    /// When the caller stops waiting; the server drops the call at this instant.
+    pub deadline: tokio::time::Instant,
+}
+
+impl CallContext {
+    /// Checks that the caller is the agent of this node (see [`ensure_speaks_for_node`]).
+    pub fn ensure_speaks_for_node(
+        &self,
+        region: &str,
+        cluster: &str,
+        node: &str,
+    ) -> Result<(), RpcStatus> {
+        ensure_speaks_for_node(&self.peer, region, cluster, node)
+    }
+}
+
+/// The callee's side of every method. Called only after the caller was authorized for `method`; the
+/// returned future is dropped when the call's deadline passes.
+pub trait RpcService: Send + Sync + 'static {
+    fn call(
+        &self,
+        ctx: CallContext,
+        method: Method,
+        body: Bytes,
+    ) -> BoxFuture<'static, Result<Bytes, RpcStatus>>;
+}
+
+/// Decodes a method's message from a call body; failure is `INVALID_ARGUMENT`.
+pub fn decode_message<M: prost::Message + Default>(body: &[u8]) -> Result<M, RpcStatus> {
+    M::decode(body).map_err(RpcStatus::from)
+}
+
+/// Encodes a method's message as a call body.
+pub fn encode_message<M: prost::Message>(message: &M) -> Bytes {
+    Bytes::from(message.encode_to_vec())
+}

@@ -1,0 +1,204 @@
+//! The CLI's HTTP client for the admin API.
+//!
+//! Turns HTTP answers into [`ClientError`]s whose kind decides the process exit code, so scripts can tell
+//! "not found" from "no connection" without parsing text.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::cli::ClientArgs;
+
+/// What went wrong talking to the admin API; each kind maps to one exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("unauthenticated or forbidden: {0}")]
+    Denied(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ClientError {
+    /// The process exit code for this error (documented in `meridian --help`).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ClientError::Failed(_) => 1,
+            ClientError::Usage(_) | ClientError::Invalid(_) => 2,
+            ClientError::Denied(_) => 3,
+            ClientError::NotFound(_) => 4,
+            ClientError::Conflict(_) => 5,
+            ClientError::Unavailable(_) => 6,
+        }
+    }
+}
+
+/// A configured admin API client.
+pub struct ApiClient {
+    base: String,
+    token: Option<String>,
+    project: Option<String>,
+    http: reqwest::Client,
+}
+
+/// Where `meridian dev` leaves its admin token by default.
+const DEV_TOKEN_FILE: &str = ".meridian/admin.token";
+
+impl ApiClient {
+    /// Builds a client from the shared CLI options.
+    pub fn from_args(args: &ClientArgs) -> Result<Self, ClientError> {
+        let base = args.addr.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ClientError::Usage(format!(
+                "--addr/MERIDIAN_ADDR must start with http:// or https://, got {base:?}"
+            )));
+        }
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(5));
+        if base.starts_with("https://") {
+            let tls = match &args.cacert {
+                Some(path) => {
+                    let pem = read_file(path)?;
+                    certs::https_client_config(&pem)
+                        .map_err(|e| ClientError::Usage(format!("--cacert {}: {e}", path.display())))?
+                }
+                None => {
+                    return Err(ClientError::Usage(
+                        "an https:// admin API needs --cacert or MERIDIAN_CACERT (the CA that signed it)".into(),
+                    ))
+                }
+            };
+            builder = builder.use_preconfigured_tls(tls);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| ClientError::Failed(format!("building HTTP client: {e}")))?;
+        let token = match &args.token {
+            Some(t) => Some(t.trim().to_string()),
+            None => std::fs::read_to_string(DEV_TOKEN_FILE).ok().map(|t| t.trim().to_string()),
+        };
+        Ok(Self { base, token, project: args.project.clone(), http })
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        self.send(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Result<Value, ClientError> {
+        self.send(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<Value, ClientError> {
+        self.send(Method::DELETE, path, None).await
+    }
+
+    /// Follows `next_page_token` until the list is complete.
+    pub async fn list_all(&self, path: &str) -> Result<Vec<Value>, ClientError> {
+        let mut items = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let url = match &token {
+                Some(t) => format!("{path}{sep}page_size=1000&page_token={t}"),
+                None => format!("{path}{sep}page_size=1000"),
+            };
+            let page = self.get(&url).await?;
+            if let Some(arr) = page.get("items").and_then(Value::as_array) {
+                items.extend(arr.iter().cloned());
+            }
+            match page.get("next_page_token").and_then(Value::as_str) {
+                Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.request(method, &url);
+        match &self.token {
+            Some(t) => req = req.bearer_auth(t),
+            None => {
+                return Err(ClientError::Usage(
+                    "no API key: set MERIDIAN_TOKEN or --token (meridian dev writes one to .meridian/admin.token)"
+                        .into(),
+                ))
+            }
+        }
+        if let Some(p) = &self.project {
+            req = req.header("x-meridian-project", p);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| {
+            if e.is_connect() || e.is_timeout() {
+                ClientError::Unavailable(format!("{url}: {e}"))
+            } else {
+                ClientError::Failed(format!("{url}: {e}"))
+            }
+        })?;
+        let status = resp.status();
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| ClientError::Unavailable(format!("reading answer from {url}: {e}")))?;
+        let value: Value = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text.clone()))
+        };
+        if status.is_success() {
+            return Ok(value);
+        }
+        let message = value
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("HTTP {status}: {text}"));
+        Err(match status {
+            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNPROCESSABLE_ENTITY => {
+                ClientError::Invalid(message)
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ClientError::Denied(message),
+            StatusCode::NOT_FOUND => ClientError::NotFound(message),
+            StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED => ClientError::Conflict(message),
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => ClientError::Unavailable(message),
+            _ => ClientError::Failed(message),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<String, ClientError> {
+    std::fs::read_to_string(path).map_err(|e| ClientError::Usage(format!("{}: {e}", path.display())))
+}
+
+/// Percent-encodes one path segment (names are restricted server-side, but ids come from users too).
+pub fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Default path of the dev token, for messages.
+pub fn dev_token_path() -> PathBuf {
+    PathBuf::from(DEV_TOKEN_FILE)
+}

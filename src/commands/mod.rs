@@ -1,0 +1,50 @@
+//! What each CLI command does; `run` dispatches a parsed [`crate::cli::Cli`].
+
+mod admin;
+mod audit;
+mod certs;
+
+use clap::CommandFactory;
+
+use crate::cli::{Cli, Command};
+use crate::client::ClientError;
+
+/// Runs one command; the result's error decides the exit code.
+pub async fn run(cli: Cli) -> Result<(), CommandError> {
+    match cli.command {
+        Command::Dev(args) => crate::dev::run(args).await.map_err(CommandError::Fatal),
+        Command::Coordinator(args) => crate::server::run_from_file(&args.config).await.map_err(CommandError::Fatal),
+        Command::Agent(args) => agent::run_from_file(&args.config).await.map_err(|e| CommandError::Fatal(e.into())),
+        Command::Certs(cmd) => certs::run(cmd).map_err(CommandError::Fatal),
+        Command::Project(cmd) => admin::project(cmd).await.map_err(CommandError::Client),
+        Command::Key(cmd) => admin::key(cmd).await.map_err(CommandError::Client),
+        Command::Role(cmd) => admin::role(cmd).await.map_err(CommandError::Client),
+        Command::Secret(cmd) => admin::secret(cmd).await.map_err(CommandError::Client),
+        Command::Cluster(cmd) => admin::cluster(cmd).await.map_err(CommandError::Client),
+        Command::Audit(cmd) => audit::run(cmd).await.map_err(CommandError::Client),
+        Command::Whoami(c) => admin::whoami(c.client).await.map_err(CommandError::Client),
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "meridian", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+/// A command's failure.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{0:#}")]
+    Fatal(anyhow::Error),
+}
+
+impl CommandError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CommandError::Client(e) => e.exit_code(),
+            CommandError::Fatal(_) => 1,
+        }
+    }
+}

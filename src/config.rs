@@ -1,0 +1,324 @@
+//! Coordinator configuration: TOML file, then `MERIDIAN_*` environment variables, validated once.
+//!
+//! Every option has an environment name made of `MERIDIAN_` and its TOML path in upper case joined by `_`
+//! (`[raft] listen` → `MERIDIAN_RAFT_LISTEN`, `node_id` → `MERIDIAN_NODE_ID`). Members of the bootstrap group
+//! are a list and only come from the file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {name}: {message}")]
+    Env { name: String, message: String },
+    #[error("config field {field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+/// `meridian coordinator --config FILE`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// Raft node id, unique in the group.
+    pub node_id: u64,
+    /// Member name, e.g. `c1`.
+    pub name: String,
+    /// Directory for the Raft log, snapshots and state.
+    pub data_dir: PathBuf,
+    /// Region label shown in status.
+    #[serde(default = "default_region")]
+    pub region: String,
+    pub raft: RaftSection,
+    pub admin: AdminSection,
+    pub tls: TlsSection,
+    #[serde(default)]
+    pub secrets: SecretsSection,
+    #[serde(default)]
+    pub bootstrap: BootstrapSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaftSection {
+    /// UDP address the QUIC mesh listens on.
+    pub listen: SocketAddr,
+    /// Address other coordinators use to reach this one (default: `listen`).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_ms: u64,
+    #[serde(default = "default_election_min")]
+    pub election_min_ms: u64,
+    #[serde(default = "default_election_max")]
+    pub election_max_ms: u64,
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// TCP address of the admin API (REST + gRPC).
+    pub listen: SocketAddr,
+    /// Address clients use to reach it (default: `listen`).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Serve TLS (required outside loopback; production coordinators always use it).
+    #[serde(default = "yes")]
+    pub tls: bool,
+    #[serde(default = "default_body_limit")]
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsSection {
+    /// Master keyring file (`id:base64key` lines, last is current). `MERIDIAN_MASTER_KEY` is used when unset.
+    #[serde(default)]
+    pub master_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapSection {
+    /// Form the group from `members` if this node has never been initialized. Set on one node only.
+    #[serde(default)]
+    pub init: bool,
+    /// Where the bootstrap platform-admin token is written (mode 0600), or read from if it already exists.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
+    /// The initial voters.
+    #[serde(default)]
+    pub members: Vec<BootstrapMember>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapMember {
+    pub id: u64,
+    pub name: String,
+    pub raft_addr: String,
+    pub admin_addr: String,
+}
+
+fn default_region() -> String {
+    "default".into()
+}
+fn default_heartbeat() -> u64 {
+    50
+}
+fn default_election_min() -> u64 {
+    300
+}
+fn default_election_max() -> u64 {
+    600
+}
+fn default_snapshot_every() -> u64 {
+    10_000
+}
+fn default_body_limit() -> usize {
+    1 << 20
+}
+fn yes() -> bool {
+    true
+}
+
+/// Scalar options that the environment may set, as TOML paths.
+const ENV_KEYS: &[&str] = &[
+    "node_id",
+    "name",
+    "data_dir",
+    "region",
+    "raft.listen",
+    "raft.advertise",
+    "raft.heartbeat_ms",
+    "raft.election_min_ms",
+    "raft.election_max_ms",
+    "raft.snapshot_every",
+    "admin.listen",
+    "admin.advertise",
+    "admin.tls",
+    "admin.max_body_bytes",
+    "tls.ca",
+    "tls.cert",
+    "tls.key",
+    "secrets.master_key_file",
+    "bootstrap.init",
+    "bootstrap.admin_token_file",
+];
+
+/// The environment variable for a TOML path.
+pub fn env_name(path: &str) -> String {
+    format!("MERIDIAN_{}", path.replace('.', "_").to_uppercase())
+}
+
+impl CoordinatorConfig {
+    /// Reads the file, applies `MERIDIAN_*` overrides from `env`, validates.
+    pub fn load(path: &Path, env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(&text, path, env)
+    }
+
+    /// Parses TOML text with environment overrides.
+    pub fn parse(text: &str, path: &Path, env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let mut doc: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        for key in ENV_KEYS {
+            let name = env_name(key);
+            if let Some(raw) = env.get(&name) {
+                set_path(&mut doc, key, scalar(raw)).map_err(|message| ConfigError::Env { name, message })?;
+            }
+        }
+        let cfg: CoordinatorConfig = toml::Value::Table(doc)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: &str| ConfigError::Invalid { field: field.into(), message: message.into() };
+        if self.name.is_empty() {
+            return Err(invalid("name", "must not be empty"));
+        }
+        if self.raft.heartbeat_ms == 0 {
+            return Err(invalid("raft.heartbeat_ms", "must be positive"));
+        }
+        if self.raft.election_min_ms < 3 * self.raft.heartbeat_ms {
+            return Err(invalid("raft.election_min_ms", "must be at least 3 x raft.heartbeat_ms"));
+        }
+        if self.raft.election_max_ms <= self.raft.election_min_ms {
+            return Err(invalid("raft.election_max_ms", "must be greater than raft.election_min_ms"));
+        }
+        if !self.admin.tls && !self.admin.listen.ip().is_loopback() {
+            return Err(invalid("admin.tls", "plain HTTP is only allowed on a loopback address"));
+        }
+        if self.bootstrap.init {
+            if self.bootstrap.members.is_empty() {
+                return Err(invalid("bootstrap.members", "bootstrap.init needs the initial members"));
+            }
+            if !self.bootstrap.members.iter().any(|m| m.id == self.node_id) {
+                return Err(invalid("bootstrap.members", "must include this node's node_id"));
+            }
+            if ![1, 3, 5].contains(&self.bootstrap.members.len()) {
+                return Err(invalid("bootstrap.members", "a group has 1, 3 or 5 voters"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Raft address as advertised to other members.
+    pub fn raft_advertise(&self) -> String {
+        self.raft.advertise.clone().unwrap_or_else(|| self.raft.listen.to_string())
+    }
+
+    /// Admin API address as advertised to clients.
+    pub fn admin_advertise(&self) -> String {
+        self.admin.advertise.clone().unwrap_or_else(|| self.admin.listen.to_string())
+    }
+}
+
+/// Environment values are TOML scalars when they parse as one, strings otherwise.
+fn scalar(raw: &str) -> toml::Value {
+    if let Ok(i) = raw.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    match raw {
+        "true" => toml::Value::Boolean(true),
+        "false" => toml::Value::Boolean(false),
+        _ => toml::Value::String(raw.to_string()),
+    }
+}
+
+fn set_path(doc: &mut toml::Table, path: &str, value: toml::Value) -> Result<(), String> {
+    let mut parts: Vec<&str> = path.split('.').collect();
+    let last = parts.pop().ok_or_else(|| "empty path".to_string())?;
+    let mut table = doc;
+    for part in parts {
+        let entry = table.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry.as_table_mut().ok_or_else(|| format!("{part} is not a table"))?;
+    }
+    table.insert(last.to_string(), value);
+    Ok(())
+}
+
+/// The `MERIDIAN_*` variables of this process (for config overrides).
+pub fn process_env() -> BTreeMap<String, String> {
+    std::env::vars().filter(|(k, _)| k.starts_with("MERIDIAN_")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+node_id = 1
+name = "c1"
+data_dir = "/tmp/c1"
+[raft]
+listen = "127.0.0.1:7171"
+[admin]
+listen = "127.0.0.1:7071"
+[tls]
+ca = "ca.pem"
+cert = "c1.pem"
+key = "c1.key"
+[bootstrap]
+init = true
+members = [{ id = 1, name = "c1", raft_addr = "127.0.0.1:7171", admin_addr = "127.0.0.1:7071" }]
+"#;
+
+    #[test]
+    fn env_overrides_file() {
+        let mut env = BTreeMap::new();
+        env.insert("MERIDIAN_RAFT_HEARTBEAT_MS".to_string(), "20".to_string());
+        env.insert("MERIDIAN_NAME".to_string(), "c9".to_string());
+        let cfg = CoordinatorConfig::parse(SAMPLE, Path::new("t.toml"), &env).expect("valid");
+        assert_eq!(cfg.raft.heartbeat_ms, 20);
+        assert_eq!(cfg.name, "c9");
+        assert!(cfg.admin.tls, "TLS is the default");
+    }
+
+    #[test]
+    fn plain_http_outside_loopback_is_refused() {
+        let mut env = BTreeMap::new();
+        env.insert("MERIDIAN_ADMIN_LISTEN".to_string(), "0.0.0.0:7071".to_string());
+        env.insert("MERIDIAN_ADMIN_TLS".to_string(), "false".to_string());
+        let err = CoordinatorConfig::parse(SAMPLE, Path::new("t.toml"), &env).expect_err("refused");
+        assert!(err.to_string().contains("admin.tls"), "{err}");
+    }
+
+    #[test]
+    fn unknown_field_names_the_field() {
+        let text = format!("{SAMPLE}\n[extra]\nx = 1\n");
+        let err = CoordinatorConfig::parse(&text, Path::new("t.toml"), &BTreeMap::new()).expect_err("refused");
+        assert!(err.to_string().contains("extra"), "{err}");
+    }
+
+    #[test]
+    fn bad_group_size_is_refused() {
+        let text = SAMPLE.replace(
+            "members = [",
+            "members = [{ id = 2, name = \"c2\", raft_addr = \"x:1\", admin_addr = \"x:2\" }, ",
+        );
+        let err = CoordinatorConfig::parse(&text, Path::new("t.toml"), &BTreeMap::new()).expect_err("refused");
+        assert!(err.to_string().contains("1, 3 or 5"), "{err}");
+    }
+}
+

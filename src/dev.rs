@@ -1,0 +1,123 @@
+//! `meridian dev`: a single-node coordinator with an auto-generated dev CA, all state in one directory.
+//!
+//! Layout of the directory: `certs/` (dev CA, coordinator certificate), `master.keys` (secrets keyring),
+//! `coordinator/` (Raft log and snapshots), `admin.token` (mode 0600). Starting again on the same directory
+//! reuses all of it; only the short-lived coordinator certificate is re-issued.
+
+use std::path::Path;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::DevArgs;
+use crate::config::{
+    AdminSection, BootstrapMember, BootstrapSection, CoordinatorConfig, RaftSection, SecretsSection, TlsSection,
+};
+
+const DEV_TRUST_DOMAIN: &str = "dev.meridian.local";
+
+/// Runs dev mode until Ctrl-C.
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    if !args.admin_listen.ip().is_loopback() {
+        anyhow::bail!("--admin-listen: dev mode serves plain HTTP and only listens on loopback");
+    }
+    let cfg = prepare(&args)?;
+    let shutdown = CancellationToken::new();
+    let running = crate::server::start(&cfg, shutdown.clone()).await?;
+    tracing::info!(
+        admin = %running.admin_addr,
+        token_file = %args.data_dir.join("admin.token").display(),
+        "meridian dev is ready"
+    );
+    eprintln!(
+        "meridian dev: admin API on http://{} — token in {}",
+        running.admin_addr,
+        args.data_dir.join("admin.token").display()
+    );
+    crate::server::wait_for_signal().await?;
+    eprintln!("meridian dev: stopping");
+    running.stop(&shutdown).await;
+    Ok(())
+}
+
+/// Creates (or reuses) the dev directory's CA, certificate and keyring; returns the coordinator config.
+pub fn prepare(args: &DevArgs) -> anyhow::Result<CoordinatorConfig> {
+    let dir = &args.data_dir;
+    let certs_dir = dir.join("certs");
+    std::fs::create_dir_all(&certs_dir).with_context(|| format!("creating {}", certs_dir.display()))?;
+    restrict_dir(dir)?;
+
+    let ca_pem = certs_dir.join("ca.pem");
+    let ca_key = certs_dir.join("ca.key");
+    let ca = if ca_pem.exists() && ca_key.exists() {
+        certs::CertificateAuthority::load(&ca_pem, &ca_key).context("loading the dev CA")?
+    } else {
+        let ca = certs::CertificateAuthority::generate(DEV_TRUST_DOMAIN, std::time::Duration::from_secs(10 * 365 * 86400))
+            .context("generating the dev CA")?;
+        ca.write_to(&certs_dir).context("writing the dev CA")?;
+        ca
+    };
+    let identity = certs::Identity::coordinator(ca.trust_domain(), "dev").context("dev identity")?;
+    let mut req = certs::LeafRequest::new(identity, certs::DEFAULT_LEAF_LIFETIME);
+    req.dns_names = vec!["localhost".into()];
+    req.ip_addresses = vec![args.admin_listen.ip()];
+    let leaf = ca.issue(&req).context("issuing the dev coordinator certificate")?;
+    let cert = certs_dir.join("coordinator.pem");
+    let key = certs_dir.join("coordinator.key");
+    leaf.write(&cert, &key).context("writing the dev coordinator certificate")?;
+
+    let keyring = dir.join("master.keys");
+    if !keyring.exists() {
+        let line = coordinator::crypto::MasterKeyring::generate_line(&mut rand::rngs::OsRng);
+        write_private(&keyring, &format!("{line}\n"))?;
+    }
+
+    Ok(CoordinatorConfig {
+        node_id: 1,
+        name: "dev".into(),
+        data_dir: dir.join("coordinator"),
+        region: "local".into(),
+        raft: RaftSection {
+            listen: args.raft_listen,
+            advertise: None,
+            heartbeat_ms: 50,
+            election_min_ms: 300,
+            election_max_ms: 600,
+            snapshot_every: 10_000,
+        },
+        admin: AdminSection { listen: args.admin_listen, advertise: None, tls: false, max_body_bytes: 1 << 20 },
+        tls: TlsSection { ca: ca_pem, cert, key },
+        secrets: SecretsSection { master_key_file: Some(keyring) },
+        bootstrap: BootstrapSection {
+            init: true,
+            admin_token_file: Some(dir.join("admin.token")),
+            members: vec![BootstrapMember {
+                id: 1,
+                name: "dev".into(),
+                raft_addr: args.raft_listen.to_string(),
+                admin_addr: args.admin_listen.to_string(),
+            }],
+        },
+    })
+}
+
+fn restrict_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting {}", dir.display()))
+}
+
+/// Writes a file readable by its owner only.
+pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(contents.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! The `meridian` binary's library: command line, admin API client, process wiring for `dev` and
+//! `coordinator`.
+//!
+//! The domain lives in the `coordinator`, `agent`, `protocol` and `certs` crates; this crate only assembles
+//! processes and speaks to people.
+
+pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod config;
+pub mod dev;
+pub mod output;
+pub mod server;

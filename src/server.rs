@@ -1,0 +1,164 @@
+//! Wiring a coordinator process: storage + Raft + QUIC mesh + admin API, and the bootstrap admin token.
+//!
+//! Used by `meridian coordinator` (from a config file) and `meridian dev` (from a generated one).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio_util::sync::CancellationToken;
+
+use coordinator::api::{AdminApi, AdminApiOptions};
+use coordinator::crypto::MasterKeyring;
+use coordinator::node::{Coordinator, CoordinatorOptions, Handle, MemberNode, RaftTimings};
+
+use crate::config::CoordinatorConfig;
+
+/// A running coordinator process.
+pub struct RunningCoordinator {
+    pub handle: Handle,
+    pub admin_addr: std::net::SocketAddr,
+    api_task: tokio::task::JoinHandle<()>,
+    _coordinator: Coordinator,
+}
+
+impl RunningCoordinator {
+    /// Stops the admin API and Raft.
+    pub async fn stop(self, shutdown: &CancellationToken) {
+        shutdown.cancel();
+        let _ = self.api_task.await;
+        self.handle.shutdown().await;
+    }
+}
+
+/// Starts every part of a coordinator and, on the bootstrap node, makes sure the admin token exists.
+pub async fn start(cfg: &CoordinatorConfig, shutdown: CancellationToken) -> anyhow::Result<RunningCoordinator> {
+    certs::install_crypto_provider();
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let tls = certs::TlsIdentity::load(&certs::TlsPaths {
+        ca: cfg.tls.ca.clone(),
+        cert: cfg.tls.cert.clone(),
+        key: cfg.tls.key.clone(),
+    })
+    .context("loading TLS material")?;
+    let keyring = Arc::new(load_keyring(cfg)?);
+
+    let bootstrap = if cfg.bootstrap.init {
+        Some(
+            cfg.bootstrap
+                .members
+                .iter()
+                .map(|m| {
+                    (
+                        m.id,
+                        MemberNode {
+                            name: m.name.clone(),
+                            raft_addr: m.raft_addr.clone(),
+                            admin_addr: m.admin_addr.clone(),
+                        },
+                    )
+                })
+                .collect::<BTreeMap<_, _>>(),
+        )
+    } else {
+        None
+    };
+    let opts = CoordinatorOptions {
+        node_id: cfg.node_id,
+        name: cfg.name.clone(),
+        data_dir: cfg.data_dir.clone(),
+        raft_listen: cfg.raft.listen,
+        advertise: MemberNode {
+            name: cfg.name.clone(),
+            raft_addr: cfg.raft_advertise(),
+            admin_addr: cfg.admin_advertise(),
+        },
+        tls: tls.clone(),
+        timings: RaftTimings {
+            heartbeat_ms: cfg.raft.heartbeat_ms,
+            election_min_ms: cfg.raft.election_min_ms,
+            election_max_ms: cfg.raft.election_max_ms,
+        },
+        snapshot_every: cfg.raft.snapshot_every,
+        bootstrap,
+    };
+    let (coordinator, handle) = Coordinator::start(opts).await.context("starting coordinator")?;
+
+    let api = AdminApi::bind(AdminApiOptions {
+        listen: cfg.admin.listen,
+        tls: if cfg.admin.tls { Some(tls) } else { None },
+        handle: handle.clone(),
+        keyring: keyring.clone(),
+        max_body_bytes: cfg.admin.max_body_bytes,
+    })
+    .await
+    .context("binding admin API")?;
+    let admin_addr = api.local_addr();
+    let api_task = tokio::spawn(api.run(shutdown.clone()));
+
+    if cfg.bootstrap.init {
+        if let Some(path) = &cfg.bootstrap.admin_token_file {
+            ensure_bootstrapped(&handle, &keyring, path).await?;
+        }
+    }
+    Ok(RunningCoordinator { handle, admin_addr, api_task, _coordinator: coordinator })
+}
+
+fn load_keyring(cfg: &CoordinatorConfig) -> anyhow::Result<MasterKeyring> {
+    if let Some(path) = &cfg.secrets.master_key_file {
+        return MasterKeyring::load_file(path).with_context(|| format!("master keyring {}", path.display()));
+    }
+    match std::env::var("MERIDIAN_MASTER_KEY") {
+        Ok(v) => MasterKeyring::from_env_value(&v).context("MERIDIAN_MASTER_KEY"),
+        Err(_) => bail!("no master key: set secrets.master_key_file or MERIDIAN_MASTER_KEY"),
+    }
+}
+
+/// Waits for a leader, then commits the bootstrap (default project + platform-admin key) if it has not been.
+/// The token is written before it is proposed, so a crash in between is repaired by the next start.
+async fn ensure_bootstrapped(handle: &Handle, keyring: &MasterKeyring, token_file: &Path) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if handle.read(|s| s.is_bootstrapped()) {
+            return Ok(());
+        }
+        let token = coordinator::bootstrap::read_or_create_token(token_file)
+            .with_context(|| format!("admin token file {}", token_file.display()))?;
+        match coordinator::bootstrap::propose(handle, keyring, &token).await {
+            Ok(()) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "bootstrap not committed yet; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e).context("bootstrapping the registry"),
+        }
+    }
+}
+
+/// `meridian coordinator --config FILE`: runs until SIGINT or SIGTERM.
+pub async fn run_from_file(path: &Path) -> anyhow::Result<()> {
+    let cfg = CoordinatorConfig::load(path, &crate::config::process_env())?;
+    if !cfg.admin.tls {
+        tracing::warn!("admin API without TLS: only acceptable on loopback for local testing");
+    }
+    let shutdown = CancellationToken::new();
+    let running = start(&cfg, shutdown.clone()).await?;
+    tracing::info!(name = %cfg.name, admin = %running.admin_addr, raft = %cfg.raft.listen, "coordinator running");
+    wait_for_signal().await?;
+    tracing::info!("stopping");
+    running.stop(&shutdown).await;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

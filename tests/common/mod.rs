@@ -1,0 +1,79 @@
+//! Helpers shared by the process-level tests: ports, waiting on conditions, running the CLI.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// The `meridian` binary cargo built for these tests.
+pub fn meridian_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_meridian")
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+pub fn free_tcp_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A UDP port that was free a moment ago on 127.0.0.1.
+pub fn free_udp_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    s.local_addr().expect("local addr").port()
+}
+
+/// Polls `cond` until it returns `Some` or the deadline passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs the CLI with the given environment.
+pub fn cli(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(meridian_bin());
+    cmd.args(args);
+    cmd.env_remove("MERIDIAN_ADDR").env_remove("MERIDIAN_TOKEN").env_remove("MERIDIAN_CACERT");
+    cmd.env_remove("MERIDIAN_PROJECT");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run meridian")
+}
+
+/// Stdout of a successful CLI run parsed as JSON; panics with stderr otherwise.
+pub fn cli_json(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
+    let out = cli(args, env);
+    assert!(
+        out.status.success(),
+        "meridian {args:?} failed with {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("meridian {args:?} printed non-JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+    })
+}
+
+/// Reads a file, trimmed; `None` while it does not exist or is empty.
+pub fn read_trimmed(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// Status code of a plain-HTTP GET on loopback (`None` when the server is not answering yet).
+pub fn http_status(host_port: &str, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(host_port).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace().nth(1)?.parse().ok()
+}

@@ -1,0 +1,122 @@
+//! `meridian dev` as a real process: the quickstart tour through the CLI, Ctrl-C, and a restart on the same
+//! directory that keeps all state.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+struct DevProcess {
+    child: Child,
+    addr: String,
+}
+
+impl DevProcess {
+    fn start(dir: &std::path::Path, admin_port: u16, raft_port: u16) -> DevProcess {
+        let child = Command::new(meridian_bin())
+            .args(["dev", "--data-dir"])
+            .arg(dir)
+            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+            .args(["--raft-listen", &format!("127.0.0.1:{raft_port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start meridian dev");
+        let addr = format!("http://127.0.0.1:{admin_port}");
+        let host = format!("127.0.0.1:{admin_port}");
+        wait_for("dev to be ready", Duration::from_secs(60), || {
+            (http_status(&host, "/readyz") == Some(200)).then_some(())
+        });
+        // The bootstrap key is usable once its command has been applied.
+        let token_path = dir.join("admin.token");
+        wait_for("the bootstrap key to work", Duration::from_secs(30), || {
+            let token = read_trimmed(&token_path)?;
+            let env = [("MERIDIAN_ADDR", addr.as_str()), ("MERIDIAN_TOKEN", token.as_str())];
+            cli(&["whoami"], &env).status.success().then_some(())
+        });
+        DevProcess { child, addr }
+    }
+
+    /// Ctrl-C, then wait for a clean exit.
+    fn interrupt(mut self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-INT", &pid]).status().expect("send SIGINT");
+        assert!(sent.success());
+        let status = self.child.wait().expect("wait for dev");
+        assert!(status.success(), "meridian dev exited with {status:?} after Ctrl-C");
+    }
+}
+
+impl Drop for DevProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn dev_tour_and_restart_keeps_state() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("state");
+    let (admin_port, raft_port) = (free_tcp_port(), free_udp_port());
+    let dev = DevProcess::start(&dir, admin_port, raft_port);
+
+    // The bootstrap token is written with mode 0600.
+    let token_path = dir.join("admin.token");
+    let token = read_trimmed(&token_path).expect("admin token written");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&token_path).expect("stat").permissions());
+    assert_eq!(mode & 0o077, 0, "admin.token must not be readable by others (mode {mode:o})");
+
+    let admin = [("MERIDIAN_ADDR", dev.addr.as_str()), ("MERIDIAN_TOKEN", token.as_str())];
+    let status = cli_json(&["cluster", "status", "-o", "json"], &admin);
+    assert!(status["leader"].is_u64(), "single node leads: {status}");
+
+    let created = cli_json(&["project", "create", "vision", "-o", "json"], &admin);
+    assert_eq!(created["name"], "vision");
+    let project_id = created["id"].as_str().expect("project id").to_string();
+
+    // Duplicate name: conflict exit code.
+    let dup = cli(&["project", "create", "vision"], &admin);
+    assert_eq!(dup.status.code(), Some(5), "duplicate project: {}", String::from_utf8_lossy(&dup.stderr));
+
+    // A key for `vision` with role editor sees its project, and `default` is invisible to it.
+    let key = cli_json(&["key", "create", "ci", "--role", "editor", "--project", "vision", "-o", "json"], &admin);
+    let ci_token = key["token"].as_str().expect("token shown once").to_string();
+    let ci = [("MERIDIAN_ADDR", dev.addr.as_str()), ("MERIDIAN_TOKEN", ci_token.as_str())];
+    let listed = cli_json(&["project", "list", "-o", "json"], &ci);
+    let names: Vec<&str> = listed.as_array().expect("array").iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, vec!["vision"], "an editor of vision sees only vision");
+    let other = cli(&["project", "get", "default"], &ci);
+    assert_eq!(other.status.code(), Some(4), "another project is not found");
+
+    // Keys are listed without their secret.
+    let keys = cli_json(&["key", "list", "--project", "vision", "-o", "json"], &admin);
+    let text = keys.to_string();
+    assert!(!text.contains(&ci_token), "key listing leaks the token");
+
+    // Missing token / bad token: exit code 3.
+    let bad = cli(
+        &["project", "list"],
+        &[("MERIDIAN_ADDR", dev.addr.as_str()), ("MERIDIAN_TOKEN", "mrd_nope_nope")],
+    );
+    assert_eq!(bad.status.code(), Some(3));
+
+    let verified = cli_json(&["audit", "verify", "-o", "json"], &admin);
+    assert_eq!(verified["ok"], true, "{verified}");
+
+    dev.interrupt();
+
+    // Same directory, new process: the project and the keys are still there.
+    let dev = DevProcess::start(&dir, admin_port, raft_port);
+    let again = read_trimmed(&token_path).expect("token kept");
+    assert_eq!(again, token, "restart keeps the admin token");
+    let admin = [("MERIDIAN_ADDR", dev.addr.as_str()), ("MERIDIAN_TOKEN", token.as_str())];
+    let p = cli_json(&["project", "get", "vision", "-o", "json"], &admin);
+    assert_eq!(p["id"].as_str(), Some(project_id.as_str()));
+    let ci = [("MERIDIAN_ADDR", dev.addr.as_str()), ("MERIDIAN_TOKEN", ci_token.as_str())];
+    let listed = cli_json(&["project", "list", "-o", "json"], &ci);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "ci key still works after restart");
+    dev.interrupt();
+}
