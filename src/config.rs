@@ -320,5 +320,16 @@ members = [{ id = 1, name = "c1", raft_addr = "127.0.0.1:7171", admin_addr = "12
         let err = CoordinatorConfig::parse(&text, Path::new("t.toml"), &BTreeMap::new()).expect_err("refused");
         assert!(err.to_string().contains("1, 3 or 5"), "{err}");
     }
-}
 
+    #[test]
+    fn shipped_deploy_configs_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/config");
+        for name in ["c1.toml", "c2.toml", "c3.toml"] {
+            let cfg = CoordinatorConfig::load(&dir.join(name), &BTreeMap::new())
+                .unwrap_or_else(|e| panic!("deploy/config/{name}: {e}"));
+            assert!(cfg.admin.tls, "{name}: production coordinators serve TLS");
+            assert_eq!(cfg.bootstrap.members.len(), 3, "{name}");
+            assert_eq!(cfg.bootstrap.init, name == "c1.toml", "{name}: exactly one member bootstraps");
+        }
+    }
+}

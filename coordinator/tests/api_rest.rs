@@ -14,18 +14,27 @@ use api_common::{start, start_with, Setup};
 async fn projects_are_created_once_listed_in_pages_and_deleted() -> anyhow::Result<()> {
     let api = start().await?;
 
-    let created = api.post("/v1/projects").json(json!({ "name": "alpha", "description": "first" })).send().await?;
+    let created = api
+        .post("/v1/projects")
+        .json(json!({ "name": "alpha", "description": "first" }))
+        .send()
+        .await?;
     assert_eq!(created.status, 201, "{:?}", created.body);
     let alpha_id = created.str("/id");
     assert!(alpha_id.starts_with("prj_"), "{alpha_id}");
     assert_eq!(created.str("/name"), "alpha");
     assert_eq!(created.str("/description"), "first");
 
-    let dup = api.post("/v1/projects").json(json!({ "name": "alpha" })).send().await?;
+    let dup = api
+        .post("/v1/projects")
+        .json(json!({ "name": "alpha" }))
+        .send()
+        .await?;
     assert_eq!(dup.status, 409, "{:?}", dup.body);
     assert_eq!(dup.error_code(), "already_exists");
 
-    let mut expected: BTreeSet<String> = ["default", "alpha"].iter().map(|s| s.to_string()).collect();
+    let mut expected: BTreeSet<String> =
+        ["default", "alpha"].iter().map(|s| s.to_string()).collect();
     for i in 0..5 {
         let name = format!("p{i}");
         api.create_project(&name).await?;
@@ -36,7 +45,10 @@ async fn projects_are_created_once_listed_in_pages_and_deleted() -> anyhow::Resu
     let mut token = String::new();
     let mut pages = 0;
     loop {
-        let page = api.get(&format!("/v1/projects?page_size=2&page_token={token}")).send().await?;
+        let page = api
+            .get(&format!("/v1/projects?page_size=2&page_token={token}"))
+            .send()
+            .await?;
         assert_eq!(page.status, 200, "{:?}", page.body);
         let items = page.body["items"].as_array().context("items")?.clone();
         assert!(items.len() <= 2);
@@ -110,14 +122,28 @@ async fn keys_work_never_show_their_secret_and_stop_working_when_revoked() -> an
     assert_eq!(items.len(), 1);
     assert_eq!(items[0]["prefix"], json!(format!("mrd_{key_id}_")));
     assert_eq!(items[0]["last4"], json!(&token[token.len() - 4..]));
-    for body in [&list.body, &api.get(&format!("/v1/keys/{key_id}")).project("vision").send().await?.body] {
+    for body in [
+        &list.body,
+        &api.get(&format!("/v1/keys/{key_id}"))
+            .project("vision")
+            .send()
+            .await?
+            .body,
+    ] {
         let text = body.to_string();
-        assert!(!text.contains(&secret_part) && !text.contains(&hash), "secret leaked: {text}");
+        assert!(
+            !text.contains(&secret_part) && !text.contains(&hash),
+            "secret leaked: {text}"
+        );
         assert!(!text.contains("\"hash\""), "{text}");
     }
 
     // Revocation bites at once.
-    let revoked = api.post(&format!("/v1/keys/{key_id}:revoke")).project("vision").send().await?;
+    let revoked = api
+        .post(&format!("/v1/keys/{key_id}:revoke"))
+        .project("vision")
+        .send()
+        .await?;
     assert_eq!(revoked.status, 200, "{:?}", revoked.body);
     assert!(revoked.body["revoked_at"].as_u64().is_some());
     let after = api.get("/v1/whoami").token(&token).send().await?;
@@ -126,18 +152,44 @@ async fn keys_work_never_show_their_secret_and_stop_working_when_revoked() -> an
 
     // DELETE revokes too.
     let (token2, key2, _) = api.create_key("vision", "ci2", "viewer").await?;
-    assert_eq!(api.get("/v1/whoami").token(&token2).send().await?.status, 200);
-    let deleted = api.delete(&format!("/v1/keys/{key2}")).project("vision").send().await?;
+    assert_eq!(
+        api.get("/v1/whoami").token(&token2).send().await?.status,
+        200
+    );
+    let deleted = api
+        .delete(&format!("/v1/keys/{key2}"))
+        .project("vision")
+        .send()
+        .await?;
     assert_eq!(deleted.status, 200, "{:?}", deleted.body);
-    assert_eq!(api.get("/v1/whoami").token(&token2).send().await?.status, 401);
+    assert_eq!(
+        api.get("/v1/whoami").token(&token2).send().await?.status,
+        401
+    );
 
     // Unknown role, past expiry and a new service account without a role are refused by name.
-    let bad_role = api.post("/v1/keys").json(json!({ "name": "x", "role": "root" })).send().await?;
+    let bad_role = api
+        .post("/v1/keys")
+        .json(json!({ "name": "x", "role": "root" }))
+        .send()
+        .await?;
     assert_eq!(bad_role.status, 400);
-    assert!(bad_role.error_message().starts_with("role: "), "{}", bad_role.error_message());
-    let no_role = api.post("/v1/keys").json(json!({ "name": "x" })).send().await?;
+    assert!(
+        bad_role.error_message().starts_with("role: "),
+        "{}",
+        bad_role.error_message()
+    );
+    let no_role = api
+        .post("/v1/keys")
+        .json(json!({ "name": "x" }))
+        .send()
+        .await?;
     assert_eq!(no_role.status, 400);
-    assert!(no_role.error_message().starts_with("role: "), "{}", no_role.error_message());
+    assert!(
+        no_role.error_message().starts_with("role: "),
+        "{}",
+        no_role.error_message()
+    );
 
     api.stop().await;
     Ok(())
@@ -152,45 +204,115 @@ async fn other_projects_answer_like_missing_ones_and_attempts_are_audited() -> a
     let (_, key_b, _) = api.create_key("team-b", "worker-b", "editor").await?;
 
     // An object id of project B, read with project A's key.
-    let hidden = api.get(&format!("/v1/keys/{key_b}")).token(&token_a).send().await?;
-    let missing = api.get("/v1/keys/zzzzzzzzzzzz").token(&token_a).send().await?;
+    let hidden = api
+        .get(&format!("/v1/keys/{key_b}"))
+        .token(&token_a)
+        .send()
+        .await?;
+    let missing = api
+        .get("/v1/keys/zzzzzzzzzzzz")
+        .token(&token_a)
+        .send()
+        .await?;
     assert_eq!(hidden.status, 404);
     assert_eq!(missing.status, 404);
     let normalize = |v: &Value, id: &str| v.to_string().replace(id, "<id>");
-    assert_eq!(normalize(&hidden.body, &key_b), normalize(&missing.body, "zzzzzzzzzzzz"));
-    let revoke_hidden = api.post(&format!("/v1/keys/{key_b}:revoke")).token(&token_a).send().await?;
+    assert_eq!(
+        normalize(&hidden.body, &key_b),
+        normalize(&missing.body, "zzzzzzzzzzzz")
+    );
+    let revoke_hidden = api
+        .post(&format!("/v1/keys/{key_b}:revoke"))
+        .token(&token_a)
+        .send()
+        .await?;
     assert_eq!(revoke_hidden.status, 404);
 
     // Project B itself, selected by name and by id, answers like a project that does not exist.
-    let hidden_project = api.get("/v1/keys").token(&token_a).project("team-b").send().await?;
-    let missing_project = api.get("/v1/keys").token(&token_a).project("team-zz").send().await?;
+    let hidden_project = api
+        .get("/v1/keys")
+        .token(&token_a)
+        .project("team-b")
+        .send()
+        .await?;
+    let missing_project = api
+        .get("/v1/keys")
+        .token(&token_a)
+        .project("team-zz")
+        .send()
+        .await?;
     assert_eq!(hidden_project.status, 404);
     assert_eq!(missing_project.status, 404);
-    assert_eq!(normalize(&hidden_project.body, "team-b"), normalize(&missing_project.body, "team-zz"));
-    assert_eq!(api.get("/v1/keys").token(&token_a).project(&b_id).send().await?.status, 404);
-    let by_path = api.get("/v1/projects/team-b").token(&token_a).send().await?;
+    assert_eq!(
+        normalize(&hidden_project.body, "team-b"),
+        normalize(&missing_project.body, "team-zz")
+    );
+    assert_eq!(
+        api.get("/v1/keys")
+            .token(&token_a)
+            .project(&b_id)
+            .send()
+            .await?
+            .status,
+        404
+    );
+    let by_path = api
+        .get("/v1/projects/team-b")
+        .token(&token_a)
+        .send()
+        .await?;
     assert_eq!(by_path.status, 404);
-    assert_eq!(normalize(&by_path.body, "team-b"), normalize(&api.get("/v1/projects/team-zz").token(&token_a).send().await?.body, "team-zz"));
+    assert_eq!(
+        normalize(&by_path.body, "team-b"),
+        normalize(
+            &api.get("/v1/projects/team-zz")
+                .token(&token_a)
+                .send()
+                .await?
+                .body,
+            "team-zz"
+        )
+    );
     // Project A's own listing works and shows none of B's projects.
     let own = api.get("/v1/projects").token(&token_a).send().await?;
-    let names: Vec<&str> = own.body["items"].as_array().context("items")?.iter().filter_map(|p| p["name"].as_str()).collect();
+    let names: Vec<&str> = own.body["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
     assert_eq!(names, vec!["team-a"]);
 
     // The attempts are in the audit log, attributed to project B.
     let records = api.audit_all().await?;
     let denied = |action: &str, target: &str| {
         records.iter().any(|r| {
-            r["outcome"] == "denied" && r["action"] == action && r["target"] == target && r["project"] == json!(b_id)
+            r["outcome"] == "denied"
+                && r["action"] == action
+                && r["target"] == target
+                && r["project"] == json!(b_id)
         })
     };
-    assert!(denied("key.get", &key_b), "no denied key.get record in {records:#?}");
+    assert!(
+        denied("key.get", &key_b),
+        "no denied key.get record in {records:#?}"
+    );
     assert!(denied("key.revoke", &key_b), "no denied key.revoke record");
     assert!(denied("key.list", &b_id), "no denied key.list record");
-    assert!(denied("project.get", "team-b"), "no denied project.get record");
+    assert!(
+        denied("project.get", "team-b"),
+        "no denied project.get record"
+    );
     // Nothing was recorded against project A for its own successful reads.
-    assert!(!records.iter().any(|r| r["outcome"] == "denied" && r["project"] == json!(a_id)));
+    assert!(!records
+        .iter()
+        .any(|r| r["outcome"] == "denied" && r["project"] == json!(a_id)));
     // The key of B is untouched.
-    let b_key = api.get(&format!("/v1/keys/{key_b}")).project("team-b").send().await?;
+    let b_key = api
+        .get(&format!("/v1/keys/{key_b}"))
+        .project("team-b")
+        .send()
+        .await?;
     assert_eq!(b_key.status, 200);
     assert!(b_key.body["revoked_at"].is_null());
 
@@ -205,20 +327,42 @@ async fn roles_limit_what_a_key_can_do() -> anyhow::Result<()> {
     let (viewer, _, viewer_principal) = api.create_key("ops", "watcher", "viewer").await?;
     let (padmin, _, _) = api.create_key("ops", "lead", "project-admin").await?;
 
-    let refused = api.post("/v1/keys").token(&viewer).json(json!({ "name": "more", "role": "viewer" })).send().await?;
+    let refused = api
+        .post("/v1/keys")
+        .token(&viewer)
+        .json(json!({ "name": "more", "role": "viewer" }))
+        .send()
+        .await?;
     assert_eq!(refused.status, 403, "{:?}", refused.body);
     assert_eq!(refused.error_code(), "permission_denied");
     assert_eq!(api.get("/v1/keys").token(&viewer).send().await?.status, 200);
     assert_eq!(api.get("/metrics").token(&viewer).send().await?.status, 403);
-    assert_eq!(api.post("/v1/projects").token(&padmin).json(json!({ "name": "mine" })).send().await?.status, 403);
-    assert_eq!(api.get("/v1/audit").token(&viewer).send().await?.status, 403);
+    assert_eq!(
+        api.post("/v1/projects")
+            .token(&padmin)
+            .json(json!({ "name": "mine" }))
+            .send()
+            .await?
+            .status,
+        403
+    );
+    assert_eq!(
+        api.get("/v1/audit").token(&viewer).send().await?.status,
+        403
+    );
 
     let records = api.audit_all().await?;
-    assert!(records.iter().any(|r| r["outcome"] == "denied" && r["action"] == "key.create"
+    assert!(records.iter().any(|r| r["outcome"] == "denied"
+        && r["action"] == "key.create"
         && r["actor"]["principal_id"] == json!(viewer_principal)));
 
     // A project admin manages bindings in its project, but not platform-wide.
-    let sa = api.post("/v1/principals").token(&padmin).json(json!({ "name": "robot" })).send().await?;
+    let sa = api
+        .post("/v1/principals")
+        .token(&padmin)
+        .json(json!({ "name": "robot" }))
+        .send()
+        .await?;
     assert_eq!(sa.status, 201, "{:?}", sa.body);
     let sa_id = sa.str("/id");
     let bound = api
@@ -229,7 +373,12 @@ async fn roles_limit_what_a_key_can_do() -> anyhow::Result<()> {
         .await?;
     assert_eq!(bound.status, 201, "{:?}", bound.body);
     assert!(bound.str("/scope").starts_with("project:"));
-    let dup = api.post("/v1/role-bindings").token(&padmin).json(json!({ "principal_id": sa_id, "role": "deployer" })).send().await?;
+    let dup = api
+        .post("/v1/role-bindings")
+        .token(&padmin)
+        .json(json!({ "principal_id": sa_id, "role": "deployer" }))
+        .send()
+        .await?;
     assert_eq!(dup.status, 409);
     let platform = api
         .post("/v1/role-bindings")
@@ -239,12 +388,31 @@ async fn roles_limit_what_a_key_can_do() -> anyhow::Result<()> {
         .await?;
     assert_eq!(platform.status, 403);
     let listed = api.get("/v1/role-bindings").token(&padmin).send().await?;
-    assert!(listed.body["items"].as_array().context("items")?.iter().any(|b| b["id"] == bound.body["id"]));
+    assert!(listed.body["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .any(|b| b["id"] == bound.body["id"]));
     let principals = api.get("/v1/principals").token(&padmin).send().await?;
-    assert!(principals.body["items"].as_array().context("items")?.iter().any(|p| p["id"] == json!(sa_id)));
-    let unbound = api.delete(&format!("/v1/role-bindings/{}", bound.str("/id"))).token(&padmin).send().await?;
+    assert!(principals.body["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .any(|p| p["id"] == json!(sa_id)));
+    let unbound = api
+        .delete(&format!("/v1/role-bindings/{}", bound.str("/id")))
+        .token(&padmin)
+        .send()
+        .await?;
     assert_eq!(unbound.status, 204, "{:?}", unbound.body);
-    assert_eq!(api.delete(&format!("/v1/role-bindings/{}", bound.str("/id"))).token(&padmin).send().await?.status, 404);
+    assert_eq!(
+        api.delete(&format!("/v1/role-bindings/{}", bound.str("/id")))
+            .token(&padmin)
+            .send()
+            .await?
+            .status,
+        404
+    );
 
     api.stop().await;
     Ok(())
@@ -252,42 +420,112 @@ async fn roles_limit_what_a_key_can_do() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn bad_requests_get_json_errors_that_name_the_problem() -> anyhow::Result<()> {
-    let api = start_with(Setup { tls: false, max_body_bytes: 16 * 1024 }).await?;
+    let api = start_with(Setup {
+        tls: false,
+        max_body_bytes: 16 * 1024,
+    })
+    .await?;
 
-    let malformed = api.post("/v1/projects").raw("application/json", "{\"name\": ").send().await?;
-    assert_eq!((malformed.status, malformed.error_code()), (400, "malformed_json"), "{:?}", malformed.body);
+    let malformed = api
+        .post("/v1/projects")
+        .raw("application/json", "{\"name\": ")
+        .send()
+        .await?;
+    assert_eq!(
+        (malformed.status, malformed.error_code()),
+        (400, "malformed_json"),
+        "{:?}",
+        malformed.body
+    );
 
-    let unknown = api.post("/v1/projects").json(json!({ "name": "ok", "colour": "red" })).send().await?;
-    assert_eq!((unknown.status, unknown.error_code()), (400, "invalid_argument"));
-    assert!(unknown.error_message().contains("colour"), "{}", unknown.error_message());
+    let unknown = api
+        .post("/v1/projects")
+        .json(json!({ "name": "ok", "colour": "red" }))
+        .send()
+        .await?;
+    assert_eq!(
+        (unknown.status, unknown.error_code()),
+        (400, "invalid_argument")
+    );
+    assert!(
+        unknown.error_message().contains("colour"),
+        "{}",
+        unknown.error_message()
+    );
 
-    let wrong_type = api.post("/v1/projects").json(json!({ "name": 5 })).send().await?;
+    let wrong_type = api
+        .post("/v1/projects")
+        .json(json!({ "name": 5 }))
+        .send()
+        .await?;
     assert_eq!(wrong_type.status, 400);
-    assert!(wrong_type.error_message().starts_with("name: "), "{}", wrong_type.error_message());
+    assert!(
+        wrong_type.error_message().starts_with("name: "),
+        "{}",
+        wrong_type.error_message()
+    );
 
-    let bad_name = api.post("/v1/projects").json(json!({ "name": "Bad_Name" })).send().await?;
+    let bad_name = api
+        .post("/v1/projects")
+        .json(json!({ "name": "Bad_Name" }))
+        .send()
+        .await?;
     assert_eq!(bad_name.status, 400);
     assert_eq!(bad_name.error_code(), "invalid_argument");
-    assert_eq!(bad_name.error_message(), "name: must match [a-z0-9][a-z0-9-]{0,62}");
+    assert_eq!(
+        bad_name.error_message(),
+        "name: must match [a-z0-9][a-z0-9-]{0,62}"
+    );
 
-    let not_json = api.post("/v1/projects").raw("text/plain", "name=x").send().await?;
-    assert_eq!((not_json.status, not_json.error_code()), (415, "unsupported_media_type"));
+    let not_json = api
+        .post("/v1/projects")
+        .raw("text/plain", "name=x")
+        .send()
+        .await?;
+    assert_eq!(
+        (not_json.status, not_json.error_code()),
+        (415, "unsupported_media_type")
+    );
 
-    let huge = api.post("/v1/projects").json(json!({ "name": "big", "description": "x".repeat(64 * 1024) })).send().await?;
-    assert_eq!((huge.status, huge.error_code()), (413, "payload_too_large"), "{:?}", huge.body);
+    let huge = api
+        .post("/v1/projects")
+        .json(json!({ "name": "big", "description": "x".repeat(64 * 1024) }))
+        .send()
+        .await?;
+    assert_eq!(
+        (huge.status, huge.error_code()),
+        (413, "payload_too_large"),
+        "{:?}",
+        huge.body
+    );
     assert!(huge.content_type.starts_with("application/json"));
 
     let no_route = api.get("/v1/nothing-here").send().await?;
     assert_eq!((no_route.status, no_route.error_code()), (404, "not_found"));
-    let wrong_method = api.request(reqwest::Method::PUT, "/v1/projects").json(json!({})).send().await?;
-    assert_eq!((wrong_method.status, wrong_method.error_code()), (405, "method_not_allowed"));
+    let wrong_method = api
+        .request(reqwest::Method::PUT, "/v1/projects")
+        .json(json!({}))
+        .send()
+        .await?;
+    assert_eq!(
+        (wrong_method.status, wrong_method.error_code()),
+        (405, "method_not_allowed")
+    );
 
     let bad_size = api.get("/v1/projects?page_size=lots").send().await?;
     assert_eq!(bad_size.status, 400);
-    assert!(bad_size.error_message().contains("page_size"), "{}", bad_size.error_message());
+    assert!(
+        bad_size.error_message().contains("page_size"),
+        "{}",
+        bad_size.error_message()
+    );
     let bad_token = api.get("/v1/projects?page_token=%21%21").send().await?;
     assert_eq!(bad_token.status, 400);
-    assert!(bad_token.error_message().starts_with("page_token: "), "{}", bad_token.error_message());
+    assert!(
+        bad_token.error_message().starts_with("page_token: "),
+        "{}",
+        bad_token.error_message()
+    );
     let bad_member = api.delete("/v1/cluster/members/first").send().await?;
     assert_eq!(bad_member.status, 400, "{:?}", bad_member.body);
     let bad_addr = api
@@ -299,8 +537,22 @@ async fn bad_requests_get_json_errors_that_name_the_problem() -> anyhow::Result<
     assert!(bad_addr.error_message().starts_with("raft_addr: "));
 
     // None of these produced a server error, and every error body has the same shape.
-    for a in [&malformed, &unknown, &wrong_type, &bad_name, &not_json, &huge, &no_route, &wrong_method, &bad_size] {
-        assert!(a.body["error"]["code"].is_string() && a.body["error"]["message"].is_string(), "{:?}", a.body);
+    for a in [
+        &malformed,
+        &unknown,
+        &wrong_type,
+        &bad_name,
+        &not_json,
+        &huge,
+        &no_route,
+        &wrong_method,
+        &bad_size,
+    ] {
+        assert!(
+            a.body["error"]["code"].is_string() && a.body["error"]["message"].is_string(),
+            "{:?}",
+            a.body
+        );
     }
 
     api.stop().await;
@@ -313,7 +565,9 @@ fn concrete(path: &str) -> String {
     let mut rest = path;
     while let Some(start) = rest.find('{') {
         out.push_str(&rest[..start]);
-        let end = rest[start..].find('}').map_or(rest.len(), |e| start + e + 1);
+        let end = rest[start..]
+            .find('}')
+            .map_or(rest.len(), |e| start + e + 1);
         out.push_str("x1");
         rest = &rest[end..];
     }
@@ -328,7 +582,13 @@ async fn every_non_public_route_needs_a_valid_token() -> anyhow::Result<()> {
     assert_eq!(doc.status, 200);
     let paths = doc.body["paths"].as_object().context("paths")?;
     let (revoked, revoked_id, _) = api.create_key("default", "soon-gone", "viewer").await?;
-    assert_eq!(api.post(&format!("/v1/keys/{revoked_id}:revoke")).send().await?.status, 200);
+    assert_eq!(
+        api.post(&format!("/v1/keys/{revoked_id}:revoke"))
+            .send()
+            .await?
+            .status,
+        200
+    );
     let unknown = coordinator::crypto::generate_token(&mut rand::rngs::OsRng).token;
     let mut tampered = api.admin_token.clone();
     let last = tampered.pop().context("token")?;
@@ -346,14 +606,24 @@ async fn every_non_public_route_needs_a_valid_token() -> anyhow::Result<()> {
                 assert_ne!(bare.status, 401, "{method} {path} is public");
                 continue;
             }
-            for token in [None, Some("garbage"), Some(unknown.as_str()), Some(revoked.as_str()), Some(tampered.as_str())] {
+            for token in [
+                None,
+                Some("garbage"),
+                Some(unknown.as_str()),
+                Some(revoked.as_str()),
+                Some(tampered.as_str()),
+            ] {
                 let call = api.request(method.clone(), &url);
                 let call = match token {
                     Some(t) => call.token(t),
                     None => call.no_token(),
                 };
                 let a = call.send().await?;
-                assert_eq!(a.status, 401, "{method} {path} with {token:?}: {:?}", a.body);
+                assert_eq!(
+                    a.status, 401,
+                    "{method} {path} with {token:?}: {:?}",
+                    a.body
+                );
                 assert_eq!(a.error_code(), "unauthenticated");
                 // One message for every failure: nothing says which part was wrong.
                 let m = a.error_message().to_owned();
@@ -372,14 +642,23 @@ async fn the_audit_chain_verifies_and_tampering_is_detected() -> anyhow::Result<
     let api = start().await?;
     api.create_project("audited").await?;
     api.create_key("audited", "k", "viewer").await?;
-    let dup = api.post("/v1/projects").json(json!({ "name": "audited" })).send().await?;
+    let dup = api
+        .post("/v1/projects")
+        .json(json!({ "name": "audited" }))
+        .send()
+        .await?;
     assert_eq!(dup.status, 409);
 
     let raw = api.audit_all().await?;
     assert!(raw.len() >= 4, "{raw:#?}");
-    assert!(raw.iter().all(|r| r["hash"].as_str().is_some_and(|h| h.len() == 64)));
-    assert!(raw.iter().any(|r| r["action"] == "project.create" && r["outcome"] == "refused"));
-    let mut records: Vec<coordinator::state::AuditRecord> = serde_json::from_value(Value::Array(raw))?;
+    assert!(raw
+        .iter()
+        .all(|r| r["hash"].as_str().is_some_and(|h| h.len() == 64)));
+    assert!(raw
+        .iter()
+        .any(|r| r["action"] == "project.create" && r["outcome"] == "refused"));
+    let mut records: Vec<coordinator::state::AuditRecord> =
+        serde_json::from_value(Value::Array(raw))?;
     coordinator::state::verify_chain(&records)?;
 
     let server = api.get("/v1/audit/verify").send().await?;
@@ -406,7 +685,12 @@ async fn the_audit_chain_verifies_and_tampering_is_detected() -> anyhow::Result<
 
     // Paging by sequence number returns consecutive runs.
     let page = api.get("/v1/audit?after_seq=1&page_size=2").send().await?;
-    let seqs: Vec<u64> = page.body["items"].as_array().context("items")?.iter().filter_map(|r| r["seq"].as_u64()).collect();
+    let seqs: Vec<u64> = page.body["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .filter_map(|r| r["seq"].as_u64())
+        .collect();
     assert_eq!(seqs, vec![2, 3]);
     assert_eq!(page.str("/next_page_token"), "3");
 
@@ -437,17 +721,26 @@ async fn secret_values_never_come_back() -> anyhow::Result<()> {
         .await?;
     assert_eq!(second.status, 201, "{:?}", second.body);
     assert_eq!(second.body["latest_version"], json!(2));
-    assert_eq!(second.body["bindings"], json!(["deployment:fraud-scorer", "job:*"]));
+    assert_eq!(
+        second.body["bindings"],
+        json!(["deployment:fraud-scorer", "job:*"])
+    );
 
     let list = api.get("/v1/secrets").project("payments").send().await?;
-    let get = api.get("/v1/secrets/stripe-key").project("payments").send().await?;
+    let get = api
+        .get("/v1/secrets/stripe-key")
+        .project("payments")
+        .send()
+        .await?;
     assert_eq!(get.status, 200);
     assert_eq!(get.body["versions"].as_array().map(Vec::len), Some(2));
     let audit = api.get("/v1/audit?page_size=1000").send().await?;
 
     let (cipher1, wrapped) = api.handle.read(|s| {
         let scope = s.project_scope(&project_id);
-        let secret = scope.secret("stripe-key").map(|x| x.versions[0].sealed.ciphertext_b64.clone());
+        let secret = scope
+            .secret("stripe-key")
+            .map(|x| x.versions[0].sealed.ciphertext_b64.clone());
         (secret, scope.data_key().cloned())
     });
     let cipher1 = cipher1.context("stored secret")?;
@@ -455,13 +748,24 @@ async fn secret_values_never_come_back() -> anyhow::Result<()> {
         let text = body.to_string();
         assert!(!text.contains(value), "value leaked: {text}");
         assert!(!text.contains(&cipher1), "ciphertext leaked: {text}");
-        assert!(!text.contains("ciphertext") && !text.contains("sealed"), "{text}");
+        assert!(
+            !text.contains("ciphertext") && !text.contains("sealed"),
+            "{text}"
+        );
     }
 
     // What is stored opens with the project's data key, bound to its project, name and version.
-    let data_key = coordinator::crypto::unwrap_data_key(&api.keyring, &wrapped.context("data key")?)?;
-    let stored = api.handle.read(|s| s.project_scope(&project_id).secret("stripe-key").cloned()).context("secret")?;
-    let aad = coordinator::crypto::SecretAad { project_id: &project_id, name: "stripe-key", version: 1 };
+    let data_key =
+        coordinator::crypto::unwrap_data_key(&api.keyring, &wrapped.context("data key")?)?;
+    let stored = api
+        .handle
+        .read(|s| s.project_scope(&project_id).secret("stripe-key").cloned())
+        .context("secret")?;
+    let aad = coordinator::crypto::SecretAad {
+        project_id: &project_id,
+        name: "stripe-key",
+        version: 1,
+    };
     let plain = coordinator::crypto::decrypt_secret(&data_key, &stored.versions[0].sealed, aad)?;
     assert_eq!(plain, value.as_bytes());
 
@@ -477,10 +781,28 @@ async fn secret_values_never_come_back() -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(bad_binding.status, 400);
-    assert!(bad_binding.error_message().starts_with("bindings: "), "{}", bad_binding.error_message());
+    assert!(
+        bad_binding.error_message().starts_with("bindings: "),
+        "{}",
+        bad_binding.error_message()
+    );
 
-    assert_eq!(api.delete("/v1/secrets/stripe-key").project("payments").send().await?.status, 204);
-    assert_eq!(api.get("/v1/secrets/stripe-key").project("payments").send().await?.status, 404);
+    assert_eq!(
+        api.delete("/v1/secrets/stripe-key")
+            .project("payments")
+            .send()
+            .await?
+            .status,
+        204
+    );
+    assert_eq!(
+        api.get("/v1/secrets/stripe-key")
+            .project("payments")
+            .send()
+            .await?
+            .status,
+        404
+    );
     api.stop().await;
     Ok(())
 }
@@ -506,9 +828,16 @@ async fn health_readiness_metrics_and_cluster() -> anyhow::Result<()> {
     assert_eq!(metrics.status, 200);
     assert!(metrics.content_type.starts_with("text/plain"));
     let text = metrics.body.as_str().context("metrics text")?;
-    assert!(text.contains("meridian_api_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"} 1"), "{text}");
+    assert!(
+        text.contains(
+            "meridian_api_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"} 1"
+        ),
+        "{text}"
+    );
     assert!(text.contains("meridian_api_requests_total{route=\"/v1/cluster/members/{id}\",method=\"DELETE\",status=\"404\"} 1"));
-    assert!(text.contains("meridian_api_request_duration_seconds_bucket{route=\"/v1/cluster/status\",le=\"+Inf\"} 1"));
+    assert!(text.contains(
+        "meridian_api_request_duration_seconds_bucket{route=\"/v1/cluster/status\",le=\"+Inf\"} 1"
+    ));
     assert!(text.contains("meridian_raft_is_leader{node_id=\"1\"} 1"));
     assert!(text.contains("meridian_raft_term{node_id=\"1\"}"));
     assert!(text.contains("meridian_raft_applied_index{node_id=\"1\"}"));

@@ -171,13 +171,14 @@ impl Cluster {
         Ok(leader)
     }
 
-    /// Waits until every running node has applied at least what `id` has applied now.
+    /// Waits until every running node has applied the whole log of `id` as it is now (call it when every
+    /// write was acknowledged, so that log is committed). Returns that index.
     async fn converge_on(&self, id: NodeId) -> Result<u64> {
-        let applied = self.handle(id)?.status().applied_index;
+        let last = self.handle(id)?.log_status().last_log_index.ok_or_else(|| anyhow!("node {id} has no log"))?;
         for (_, handle) in self.running() {
-            handle.wait_for(|s| s.applied_index >= applied, DEADLINE).await?;
+            handle.wait_for(|s| s.applied_index >= last, DEADLINE).await?;
         }
-        Ok(applied)
+        Ok(last)
     }
 
     async fn shutdown_all(&mut self) -> Result<()> {

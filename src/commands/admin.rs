@@ -116,7 +116,7 @@ pub async fn secret(cmd: SecretCommand) -> Result<(), ClientError> {
         SecretCommand::List(c) => {
             let api = ApiClient::from_args(&c.client)?;
             let items = api.list_all("/v1/secrets").await?;
-            output::list(c.client.output, &items, &["name", "version", "bindings", "updated_at"]);
+            output::list(c.client.output, &items, &["name", "latest_version", "bindings", "updated_at"]);
         }
         SecretCommand::Delete { name, client } => {
             let api = ApiClient::from_args(&client)?;

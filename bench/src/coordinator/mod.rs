@@ -290,8 +290,8 @@ pub(crate) async fn run(args: CoordinatorArgs, command: String) -> anyhow::Resul
             failover_rounds: args.failover_rounds,
             probe_interval_ms: args.probe_interval_ms as f64,
             routing: "client i writes through member i mod 3 (followers forward to the leader), same for both".into(),
-            transport: "HTTPS (TLS 1.3, ECDSA P-256 certificates from Meridian's CA), HTTP/1.1 keep-alive, one \
-                        connection per client; etcd via its v3 JSON gateway, peers on mutual TLS"
+            transport: "HTTPS with server certificates from Meridian's CA, HTTP/1.1 keep-alive, one connection \
+                        per client; etcd through its v3 JSON gateway, etcd peers on mutual TLS"
                 .into(),
             meridian_version,
             etcd_version,

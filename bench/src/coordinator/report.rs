@@ -142,9 +142,9 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "- versions: {}; etcd {}",
-            s.meridian_version.as_deref().unwrap_or("meridian ?"),
-            s.etcd_version.as_deref().unwrap_or("?")
+            "- versions: {}; {}",
+            s.meridian_version.as_deref().unwrap_or("meridian: unknown"),
+            s.etcd_version.as_deref().unwrap_or("etcd: unknown")
         );
         let _ = writeln!(out, "- routing: {}; transport: {}", s.routing, s.transport);
         for sys in &self.systems {

@@ -9,7 +9,8 @@
 
 use http::{header, HeaderMap};
 
-use crate::authz::{self, Action, Caller, Denied};
+use crate::authz::{self, Action, AuthnError, Caller, Denied};
+use crate::state::RegistryState;
 
 use super::error::{ErrorKind, ServiceError};
 use super::routes::{Operation, Policy};
@@ -46,7 +47,10 @@ fn requested_project(headers: &HeaderMap) -> Result<Option<String>, ServiceError
         Some(v) => match v.to_str() {
             Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_owned())),
             Ok(_) => Ok(None),
-            Err(_) => Err(ServiceError::invalid(PROJECT_HEADER, "must be a project name or id")),
+            Err(_) => Err(ServiceError::invalid(
+                PROJECT_HEADER,
+                "must be a project name or id",
+            )),
         },
     }
 }
@@ -55,15 +59,82 @@ fn requested_project(headers: &HeaderMap) -> Result<Option<String>, ServiceError
 enum Verdict {
     Admitted(RequestScope),
     Unauthenticated,
+    /// The token names a key this replica does not know (yet).
+    UnknownKey,
     /// The named project does not exist: nothing to hide, nothing to audit.
     Missing(String),
     /// The project exists but the caller may not know it.
-    Hidden { caller: Caller, requested: String, project_id: String },
+    Hidden {
+        caller: Caller,
+        requested: String,
+        project_id: String,
+    },
     /// The caller lacks the action (in the project, or platform-wide with `project_id: None`).
-    Forbidden { caller: Caller, project_id: Option<String>, action: Action },
+    Forbidden {
+        caller: Caller,
+        project_id: Option<String>,
+        action: Action,
+    },
+}
+
+/// Decides a request from one consistent view of the local replica.
+fn judge(
+    state: &RegistryState,
+    token: &str,
+    now: u64,
+    requested: Option<&str>,
+    action: Action,
+    operation: &'static Operation,
+) -> Verdict {
+    let caller = match authz::authenticate(state, token, now) {
+        Ok(caller) => caller,
+        Err(AuthnError::UnknownKey) => return Verdict::UnknownKey,
+        Err(_) => return Verdict::Unauthenticated,
+    };
+    if action.is_platform() {
+        return match authz::authorize(state, &caller.principal_id, None, action) {
+            Ok(()) => Verdict::Admitted(RequestScope {
+                project_id: caller.project_id.clone(),
+                caller,
+                operation: operation.name,
+            }),
+            Err(Denied::Unauthenticated) => Verdict::Unauthenticated,
+            Err(Denied::NotFound | Denied::Forbidden) => Verdict::Forbidden {
+                caller,
+                project_id: None,
+                action,
+            },
+        };
+    }
+    let wanted = requested.map_or_else(|| caller.project_id.clone(), str::to_owned);
+    let Some(project_id) = state.project_by_id_or_name(&wanted).map(|p| p.id.clone()) else {
+        return Verdict::Missing(wanted);
+    };
+    match authz::authorize(state, &caller.principal_id, Some(&project_id), action) {
+        Ok(()) => Verdict::Admitted(RequestScope {
+            caller,
+            project_id,
+            operation: operation.name,
+        }),
+        Err(Denied::Unauthenticated) => Verdict::Unauthenticated,
+        Err(Denied::NotFound) => Verdict::Hidden {
+            caller,
+            requested: wanted,
+            project_id,
+        },
+        Err(Denied::Forbidden) => Verdict::Forbidden {
+            caller,
+            project_id: Some(project_id),
+            action,
+        },
+    }
 }
 
 /// Admits a request under `operation`'s policy, or says why not (writing the audit record for denials).
+///
+/// Keys and projects are looked up in the local replica, so a revocation bites here as soon as this
+/// coordinator applies it (within a heartbeat). When the key or the project is not found, the replica may
+/// simply be behind a write acknowledged elsewhere: it catches up once (read-index) and decides again.
 pub(crate) async fn admit(
     service: &AdminService,
     headers: &HeaderMap,
@@ -78,47 +149,48 @@ pub(crate) async fn admit(
     };
     let requested = requested_project(headers)?;
     let now = now_ms();
-    let verdict = service.handle().read(|state| {
-        let Ok(caller) = authz::authenticate(state, token, now) else {
-            return Verdict::Unauthenticated;
-        };
-        if action.is_platform() {
-            return match authz::authorize(state, &caller.principal_id, None, action) {
-                Ok(()) => Verdict::Admitted(RequestScope {
-                    project_id: caller.project_id.clone(),
-                    caller,
-                    operation: operation.name,
-                }),
-                Err(Denied::Unauthenticated) => Verdict::Unauthenticated,
-                Err(Denied::NotFound | Denied::Forbidden) => Verdict::Forbidden { caller, project_id: None, action },
-            };
-        }
-        let wanted = requested.clone().unwrap_or_else(|| caller.project_id.clone());
-        let Some(project_id) = state.project_by_id_or_name(&wanted).map(|p| p.id.clone()) else {
-            return Verdict::Missing(wanted);
-        };
-        match authz::authorize(state, &caller.principal_id, Some(&project_id), action) {
-            Ok(()) => Verdict::Admitted(RequestScope { caller, project_id, operation: operation.name }),
-            Err(Denied::Unauthenticated) => Verdict::Unauthenticated,
-            Err(Denied::NotFound) => Verdict::Hidden { caller, requested: wanted, project_id },
-            Err(Denied::Forbidden) => Verdict::Forbidden { caller, project_id: Some(project_id), action },
-        }
-    });
+    let decide =
+        |state: &RegistryState| judge(state, token, now, requested.as_deref(), action, operation);
+    let mut verdict = service.handle().read(decide);
+    if matches!(verdict, Verdict::UnknownKey | Verdict::Missing(_))
+        && service.handle().linearizable_read().await.is_ok()
+    {
+        verdict = service.handle().read(decide);
+    }
     match verdict {
         Verdict::Admitted(scope) => Ok(Some(scope)),
-        Verdict::Unauthenticated => Err(ServiceError::unauthenticated()),
+        Verdict::Unauthenticated | Verdict::UnknownKey => Err(ServiceError::unauthenticated()),
         Verdict::Missing(requested) => Err(ServiceError::not_found("project", &requested)),
-        Verdict::Hidden { caller, requested, project_id } => {
+        Verdict::Hidden {
+            caller,
+            requested,
+            project_id,
+        } => {
             service
-                .record_denied(&caller, operation.name, Some(project_id.clone()), &project_id, "no role in this project")
+                .record_denied(
+                    &caller,
+                    operation.name,
+                    Some(project_id.clone()),
+                    &project_id,
+                    "no role in this project",
+                )
                 .await;
             Err(ServiceError::not_found("project", &requested))
         }
-        Verdict::Forbidden { caller, project_id, action } => {
+        Verdict::Forbidden {
+            caller,
+            project_id,
+            action,
+        } => {
             let target = project_id.clone().unwrap_or_else(|| "platform".to_owned());
             let detail = format!("roles do not grant {}", action_name(action));
-            service.record_denied(&caller, operation.name, project_id, &target, &detail).await;
-            Err(ServiceError::forbidden(format_args!("this operation needs {}", action_name(action))))
+            service
+                .record_denied(&caller, operation.name, project_id, &target, &detail)
+                .await;
+            Err(ServiceError::forbidden(format_args!(
+                "this operation needs {}",
+                action_name(action)
+            )))
         }
     }
 }
@@ -133,7 +205,10 @@ pub(crate) fn action_name(action: Action) -> String {
 
 /// The error for an admitted request that reached a handler without its scope: a wiring bug.
 pub(crate) fn missing_scope() -> ServiceError {
-    ServiceError::new(ErrorKind::Internal, "request reached a handler without being admitted")
+    ServiceError::new(
+        ErrorKind::Internal,
+        "request reached a handler without being admitted",
+    )
 }
 
 #[cfg(test)]
@@ -153,19 +228,41 @@ mod tests {
 
     #[test]
     fn bearer_tokens_are_parsed_strictly() {
-        assert_eq!(bearer_token(&headers(&[("authorization", "Bearer mrd_a_b")])), Some("mrd_a_b"));
-        assert_eq!(bearer_token(&headers(&[("authorization", "bearer  mrd_a_b ")])), Some("mrd_a_b"));
-        assert_eq!(bearer_token(&headers(&[("authorization", "Basic abc")])), None);
+        assert_eq!(
+            bearer_token(&headers(&[("authorization", "Bearer mrd_a_b")])),
+            Some("mrd_a_b")
+        );
+        assert_eq!(
+            bearer_token(&headers(&[("authorization", "bearer  mrd_a_b ")])),
+            Some("mrd_a_b")
+        );
+        assert_eq!(
+            bearer_token(&headers(&[("authorization", "Basic abc")])),
+            None
+        );
         assert_eq!(bearer_token(&headers(&[("authorization", "Bearer")])), None);
-        assert_eq!(bearer_token(&headers(&[("authorization", "Bearer ")])), None);
+        assert_eq!(
+            bearer_token(&headers(&[("authorization", "Bearer ")])),
+            None
+        );
         assert_eq!(bearer_token(&headers(&[])), None);
     }
 
     #[test]
     fn project_header() {
         assert_eq!(requested_project(&headers(&[])).ok().flatten(), None);
-        assert_eq!(requested_project(&headers(&[(PROJECT_HEADER, " vision ")])).ok().flatten(), Some("vision".into()));
-        assert_eq!(requested_project(&headers(&[(PROJECT_HEADER, "")])).ok().flatten(), None);
+        assert_eq!(
+            requested_project(&headers(&[(PROJECT_HEADER, " vision ")]))
+                .ok()
+                .flatten(),
+            Some("vision".into())
+        );
+        assert_eq!(
+            requested_project(&headers(&[(PROJECT_HEADER, "")]))
+                .ok()
+                .flatten(),
+            None
+        );
     }
 
     #[test]

@@ -94,9 +94,9 @@ impl ErrorKind {
 
     pub(crate) fn grpc(self) -> tonic::Code {
         match self {
-            ErrorKind::InvalidArgument | ErrorKind::MalformedJson | ErrorKind::UnsupportedMediaType => {
-                tonic::Code::InvalidArgument
-            }
+            ErrorKind::InvalidArgument
+            | ErrorKind::MalformedJson
+            | ErrorKind::UnsupportedMediaType => tonic::Code::InvalidArgument,
             ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
             ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
             ErrorKind::NotFound => tonic::Code::NotFound,
@@ -137,11 +137,15 @@ pub(crate) struct ServiceError {
 }
 
 /// The one message every authentication failure carries, whatever was wrong.
-pub(crate) const UNAUTHENTICATED_MESSAGE: &str = "a valid API key is required (Authorization: Bearer <token>)";
+pub(crate) const UNAUTHENTICATED_MESSAGE: &str =
+    "a valid API key is required (Authorization: Bearer <token>)";
 
 impl ServiceError {
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
 
     /// A bad field: the message starts with the field's name.
@@ -159,7 +163,10 @@ impl ServiceError {
     }
 
     pub(crate) fn forbidden(what: impl std::fmt::Display) -> Self {
-        Self::new(ErrorKind::PermissionDenied, format!("permission denied: {what}"))
+        Self::new(
+            ErrorKind::PermissionDenied,
+            format!("permission denied: {what}"),
+        )
     }
 
     pub(crate) fn unavailable(message: impl Into<String>) -> Self {
@@ -185,11 +192,14 @@ impl From<DomainError> for ServiceError {
     fn from(e: DomainError) -> Self {
         match e {
             DomainError::NotFound { kind, id } => ServiceError::not_found(&kind, &id),
-            DomainError::AlreadyExists { kind, name } => {
-                ServiceError::new(ErrorKind::AlreadyExists, format!("{kind} {name} already exists"))
-            }
+            DomainError::AlreadyExists { kind, name } => ServiceError::new(
+                ErrorKind::AlreadyExists,
+                format!("{kind} {name} already exists"),
+            ),
             DomainError::Invalid { field, message } => ServiceError::invalid(&field, message),
-            DomainError::FailedPrecondition(m) => ServiceError::new(ErrorKind::FailedPrecondition, m),
+            DomainError::FailedPrecondition(m) => {
+                ServiceError::new(ErrorKind::FailedPrecondition, m)
+            }
         }
     }
 }
@@ -198,8 +208,12 @@ impl From<WriteError> for ServiceError {
     fn from(e: WriteError) -> Self {
         match e {
             WriteError::Domain(d) => d.into(),
-            WriteError::NoLeader => ServiceError::unavailable("no coordinator leader is known; try again"),
-            WriteError::Unavailable(m) => ServiceError::unavailable(format!("coordinator unavailable: {m}")),
+            WriteError::NoLeader => {
+                ServiceError::unavailable("no coordinator leader is known; try again")
+            }
+            WriteError::Unavailable(m) => {
+                ServiceError::unavailable(format!("coordinator unavailable: {m}"))
+            }
         }
     }
 }
@@ -207,8 +221,12 @@ impl From<WriteError> for ServiceError {
 impl From<ReadError> for ServiceError {
     fn from(e: ReadError) -> Self {
         match e {
-            ReadError::NoLeader => ServiceError::unavailable("no coordinator leader is known; try again"),
-            ReadError::Unavailable(m) => ServiceError::unavailable(format!("coordinator unavailable: {m}")),
+            ReadError::NoLeader => {
+                ServiceError::unavailable("no coordinator leader is known; try again")
+            }
+            ReadError::Unavailable(m) => {
+                ServiceError::unavailable(format!("coordinator unavailable: {m}"))
+            }
         }
     }
 }
@@ -217,8 +235,12 @@ impl From<MembershipError> for ServiceError {
     fn from(e: MembershipError) -> Self {
         match e {
             MembershipError::Invalid(m) => ServiceError::new(ErrorKind::FailedPrecondition, m),
-            MembershipError::NoLeader => ServiceError::unavailable("no coordinator leader is known; try again"),
-            MembershipError::Unavailable(m) => ServiceError::unavailable(format!("coordinator unavailable: {m}")),
+            MembershipError::NoLeader => {
+                ServiceError::unavailable("no coordinator leader is known; try again")
+            }
+            MembershipError::Unavailable(m) => {
+                ServiceError::unavailable(format!("coordinator unavailable: {m}"))
+            }
         }
     }
 }
@@ -248,27 +270,49 @@ mod tests {
     #[test]
     fn domain_errors_map_to_the_documented_statuses() {
         let cases = [
-            (DomainError::NotFound { kind: "key".into(), id: "k1".into() }, StatusCode::NOT_FOUND, "key k1 not found"),
             (
-                DomainError::AlreadyExists { kind: "project".into(), name: "p".into() },
+                DomainError::NotFound {
+                    kind: "key".into(),
+                    id: "k1".into(),
+                },
+                StatusCode::NOT_FOUND,
+                "key k1 not found",
+            ),
+            (
+                DomainError::AlreadyExists {
+                    kind: "project".into(),
+                    name: "p".into(),
+                },
                 StatusCode::CONFLICT,
                 "project p already exists",
             ),
             (
-                DomainError::Invalid { field: "name".into(), message: "must match x".into() },
+                DomainError::Invalid {
+                    field: "name".into(),
+                    message: "must match x".into(),
+                },
                 StatusCode::BAD_REQUEST,
                 "name: must match x",
             ),
-            (DomainError::FailedPrecondition("not empty".into()), StatusCode::PRECONDITION_FAILED, "not empty"),
+            (
+                DomainError::FailedPrecondition("not empty".into()),
+                StatusCode::PRECONDITION_FAILED,
+                "not empty",
+            ),
         ];
         for (domain, status, message) in cases {
             let e = ServiceError::from(domain);
             assert_eq!(e.kind.status(), status);
             assert_eq!(e.message, message);
         }
-        assert_eq!(ServiceError::from(WriteError::NoLeader).kind.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
-            ServiceError::from(WriteError::Unavailable("x".into())).kind.status(),
+            ServiceError::from(WriteError::NoLeader).kind.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            ServiceError::from(WriteError::Unavailable("x".into()))
+                .kind
+                .status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
     }

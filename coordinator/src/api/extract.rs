@@ -22,10 +22,18 @@ pub(crate) struct ApiQuery<T>(pub(crate) T);
 pub(crate) struct ApiPath<T>(pub(crate) T);
 
 fn is_json(headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
-    let mime = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
@@ -33,7 +41,8 @@ fn is_json(headers: &HeaderMap) -> bool {
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ServiceError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(json_error)?;
-    de.end().map_err(|e| ServiceError::new(ErrorKind::MalformedJson, format!("malformed JSON: {e}")))?;
+    de.end()
+        .map_err(|e| ServiceError::new(ErrorKind::MalformedJson, format!("malformed JSON: {e}")))?;
     Ok(value)
 }
 
@@ -51,9 +60,10 @@ fn json_error(err: serde_path_to_error::Error<serde_json::Error>) -> ServiceErro
         serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
             ServiceError::new(ErrorKind::MalformedJson, format!("malformed JSON: {inner}"))
         }
-        serde_json::error::Category::Io => {
-            ServiceError::new(ErrorKind::InvalidArgument, format!("reading the body: {inner}"))
-        }
+        serde_json::error::Category::Io => ServiceError::new(
+            ErrorKind::InvalidArgument,
+            format!("reading the body: {inner}"),
+        ),
     }
 }
 
@@ -73,9 +83,15 @@ where
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ServiceError::new(ErrorKind::PayloadTooLarge, "the request body is larger than the limit")
+                ServiceError::new(
+                    ErrorKind::PayloadTooLarge,
+                    "the request body is larger than the limit",
+                )
             } else {
-                ServiceError::new(ErrorKind::InvalidArgument, "the request body could not be read")
+                ServiceError::new(
+                    ErrorKind::InvalidArgument,
+                    "the request body could not be read",
+                )
             }
         })?;
         parse_json(&bytes).map(ApiJson)
@@ -100,7 +116,9 @@ where
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         Query::<T>::try_from_uri(&parts.uri)
             .map(|Query(v)| ApiQuery(v))
-            .map_err(|r| ServiceError::new(ErrorKind::InvalidArgument, strip_prefix(&r.body_text())))
+            .map_err(|r| {
+                ServiceError::new(ErrorKind::InvalidArgument, strip_prefix(&r.body_text()))
+            })
     }
 }
 
@@ -112,14 +130,17 @@ where
     type Rejection = ServiceError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Path::<T>::from_request_parts(parts, state).await.map(|Path(v)| ApiPath(v)).map_err(|r| {
-            if r.status().is_server_error() {
-                // Only reachable when a handler's parameters do not fit its route: a bug, not input.
-                ServiceError::internal("route parameters do not match the handler")
-            } else {
-                ServiceError::new(ErrorKind::InvalidArgument, strip_prefix(&r.body_text()))
-            }
-        })
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| ApiPath(v))
+            .map_err(|r| {
+                if r.status().is_server_error() {
+                    // Only reachable when a handler's parameters do not fit its route: a bug, not input.
+                    ServiceError::internal("route parameters do not match the handler")
+                } else {
+                    ServiceError::new(ErrorKind::InvalidArgument, strip_prefix(&r.body_text()))
+                }
+            })
     }
 }
 
@@ -138,7 +159,13 @@ mod tests {
 
     #[test]
     fn malformed_json_is_malformed() {
-        for bad in ["{", "{\"name\": }", "not json", "", "{\"name\":\"a\"} trailing"] {
+        for bad in [
+            "{",
+            "{\"name\": }",
+            "not json",
+            "",
+            "{\"name\":\"a\"} trailing",
+        ] {
             let e = parse_json::<Body>(bad.as_bytes()).expect_err(bad);
             assert_eq!(e.kind, ErrorKind::MalformedJson, "{bad}: {e}");
         }
@@ -153,7 +180,8 @@ mod tests {
         let e = parse_json::<Body>(br#"{"name": "a", "count": -1}"#).expect_err("negative");
         assert!(e.message.starts_with("count: "), "{}", e.message);
 
-        let e = parse_json::<Body>(br#"{"name": "a", "colour": "red"}"#).expect_err("unknown field");
+        let e =
+            parse_json::<Body>(br#"{"name": "a", "colour": "red"}"#).expect_err("unknown field");
         assert_eq!(e.kind, ErrorKind::InvalidArgument);
         assert!(e.message.contains("colour"), "{}", e.message);
 
@@ -165,16 +193,26 @@ mod tests {
     fn json_content_types() {
         let mut h = HeaderMap::new();
         assert!(!is_json(&h));
-        h.insert(header::CONTENT_TYPE, "application/json; charset=utf-8".parse().expect("static header"));
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/json; charset=utf-8"
+                .parse()
+                .expect("static header"),
+        );
         assert!(is_json(&h));
-        h.insert(header::CONTENT_TYPE, "text/plain".parse().expect("static header"));
+        h.insert(
+            header::CONTENT_TYPE,
+            "text/plain".parse().expect("static header"),
+        );
         assert!(!is_json(&h));
     }
 
     #[test]
     fn rejection_prefix_is_removed() {
         assert_eq!(
-            strip_prefix("Failed to deserialize query string: page_size: invalid digit found in string"),
+            strip_prefix(
+                "Failed to deserialize query string: page_size: invalid digit found in string"
+            ),
             "page_size: invalid digit found in string"
         );
         assert_eq!(strip_prefix("other"), "other");

@@ -22,8 +22,9 @@ use super::auth::{self, missing_scope, RequestScope};
 use super::error::ServiceError;
 use super::routes::{grpc_method, MatchedRoute};
 use super::service::{
-    AddMemberRequest, AdminService, AuditQuery, CreateBindingRequest, CreateKeyRequest, CreateProjectRequest,
-    CreateServiceAccountRequest, ListPage, PageParams, PutSecretRequest, RoleBindingView, SecretResource,
+    AddMemberRequest, AdminService, AuditQuery, CreateBindingRequest, CreateKeyRequest,
+    CreateProjectRequest, CreateServiceAccountRequest, ListPage, PageParams, PutSecretRequest,
+    RoleBindingView, SecretResource,
 };
 
 type GrpcResult<T> = Result<Response<T>, Status>;
@@ -46,13 +47,15 @@ pub(crate) fn routes(service: AdminService, max_message_bytes: usize) -> tonic::
 
     let admin = GrpcAdmin { service };
     let n = max_message_bytes;
-    tonic::service::Routes::new(ProjectServiceServer::new(admin.clone()).max_decoding_message_size(n))
-        .add_service(PrincipalServiceServer::new(admin.clone()).max_decoding_message_size(n))
-        .add_service(KeyServiceServer::new(admin.clone()).max_decoding_message_size(n))
-        .add_service(RoleBindingServiceServer::new(admin.clone()).max_decoding_message_size(n))
-        .add_service(AuditServiceServer::new(admin.clone()).max_decoding_message_size(n))
-        .add_service(SecretServiceServer::new(admin.clone()).max_decoding_message_size(n))
-        .add_service(ClusterServiceServer::new(admin).max_decoding_message_size(n))
+    tonic::service::Routes::new(
+        ProjectServiceServer::new(admin.clone()).max_decoding_message_size(n),
+    )
+    .add_service(PrincipalServiceServer::new(admin.clone()).max_decoding_message_size(n))
+    .add_service(KeyServiceServer::new(admin.clone()).max_decoding_message_size(n))
+    .add_service(RoleBindingServiceServer::new(admin.clone()).max_decoding_message_size(n))
+    .add_service(AuditServiceServer::new(admin.clone()).max_decoding_message_size(n))
+    .add_service(SecretServiceServer::new(admin.clone()).max_decoding_message_size(n))
+    .add_service(ClusterServiceServer::new(admin).max_decoding_message_size(n))
 }
 
 /// Admits gRPC calls under their method's policy, then hands them to tonic.
@@ -107,11 +110,17 @@ impl tower::Service<http::Request<Body>> for GrpcGate {
 }
 
 fn scope_of<T>(request: &Request<T>) -> Result<RequestScope, Status> {
-    request.extensions().get::<RequestScope>().cloned().ok_or_else(|| missing_scope().into_status())
+    request
+        .extensions()
+        .get::<RequestScope>()
+        .cloned()
+        .ok_or_else(|| missing_scope().into_status())
 }
 
 fn answer<T, U>(result: Result<T, ServiceError>, convert: impl FnOnce(T) -> U) -> GrpcResult<U> {
-    result.map(|v| Response::new(convert(v))).map_err(ServiceError::into_status)
+    result
+        .map(|v| Response::new(convert(v)))
+        .map_err(ServiceError::into_status)
 }
 
 fn non_empty(s: String) -> Option<String> {
@@ -119,13 +128,21 @@ fn non_empty(s: String) -> Option<String> {
 }
 
 fn page(page_size: u32, page_token: String) -> PageParams {
-    PageParams { page_size: (page_size > 0).then_some(u64::from(page_size)), page_token: non_empty(page_token) }
+    PageParams {
+        page_size: (page_size > 0).then_some(u64::from(page_size)),
+        page_token: non_empty(page_token),
+    }
 }
 
 // ---- conversions ----
 
 fn project(v: ProjectView) -> pb::Project {
-    pb::Project { id: v.id, name: v.name, description: v.description, created_at: v.created_at }
+    pb::Project {
+        id: v.id,
+        name: v.name,
+        description: v.description,
+        created_at: v.created_at,
+    }
 }
 
 fn principal(p: Principal) -> pb::Principal {
@@ -198,7 +215,10 @@ fn secret(s: SecretResource) -> pb::Secret {
         versions: s
             .versions
             .into_iter()
-            .map(|v| pb::SecretVersion { version: v.version, created_at: v.created_at })
+            .map(|v| pb::SecretVersion {
+                version: v.version,
+                created_at: v.created_at,
+            })
             .collect(),
         bindings: s.bindings,
         created_at: s.created_at,
@@ -207,7 +227,13 @@ fn secret(s: SecretResource) -> pb::Secret {
 }
 
 fn member(m: MemberStatus) -> pb::ClusterMember {
-    pb::ClusterMember { id: m.id, name: m.name, raft_addr: m.raft_addr, admin_addr: m.admin_addr, voter: m.voter }
+    pb::ClusterMember {
+        id: m.id,
+        name: m.name,
+        raft_addr: m.raft_addr,
+        admin_addr: m.admin_addr,
+        voter: m.voter,
+    }
 }
 
 fn cluster_status(s: ClusterStatus) -> pb::ClusterStatusResponse {
@@ -224,39 +250,68 @@ fn cluster_status(s: ClusterStatus) -> pb::ClusterStatusResponse {
 }
 
 fn list<T, U>(page: ListPage<T>, convert: impl FnMut(T) -> U) -> (Vec<U>, String) {
-    (page.items.into_iter().map(convert).collect(), page.next_page_token)
+    (
+        page.items.into_iter().map(convert).collect(),
+        page.next_page_token,
+    )
 }
 
 // ---- services ----
 
 #[tonic::async_trait]
 impl pb::project_service_server::ProjectService for GrpcAdmin {
-    async fn create_project(&self, request: Request<pb::CreateProjectRequest>) -> GrpcResult<pb::Project> {
+    async fn create_project(
+        &self,
+        request: Request<pb::CreateProjectRequest>,
+    ) -> GrpcResult<pb::Project> {
         let scope = scope_of(&request)?;
         let r = request.into_inner();
-        let req = CreateProjectRequest { name: r.name, description: non_empty(r.description) };
+        let req = CreateProjectRequest {
+            name: r.name,
+            description: non_empty(r.description),
+        };
         answer(self.service.create_project(&scope, req).await, project)
     }
 
-    async fn get_project(&self, request: Request<pb::GetProjectRequest>) -> GrpcResult<pb::Project> {
+    async fn get_project(
+        &self,
+        request: Request<pb::GetProjectRequest>,
+    ) -> GrpcResult<pb::Project> {
         let scope = scope_of(&request)?;
         let r = request.into_inner();
         answer(self.service.get_project(&scope, &r.project).await, project)
     }
 
-    async fn list_projects(&self, request: Request<pb::ListProjectsRequest>) -> GrpcResult<pb::ListProjectsResponse> {
+    async fn list_projects(
+        &self,
+        request: Request<pb::ListProjectsRequest>,
+    ) -> GrpcResult<pb::ListProjectsResponse> {
         let scope = scope_of(&request)?;
         let r = request.into_inner();
-        answer(self.service.list_projects(&scope, &page(r.page_size, r.page_token)).await, |p| {
-            let (items, next_page_token) = list(p, project);
-            pb::ListProjectsResponse { items, next_page_token }
-        })
+        answer(
+            self.service
+                .list_projects(&scope, &page(r.page_size, r.page_token))
+                .await,
+            |p| {
+                let (items, next_page_token) = list(p, project);
+                pb::ListProjectsResponse {
+                    items,
+                    next_page_token,
+                }
+            },
+        )
     }
 
-    async fn delete_project(&self, request: Request<pb::DeleteProjectRequest>) -> GrpcResult<pb::DeleteProjectResponse> {
+    async fn delete_project(
+        &self,
+        request: Request<pb::DeleteProjectRequest>,
+    ) -> GrpcResult<pb::DeleteProjectResponse> {
         let scope = scope_of(&request)?;
         let r = request.into_inner();
-        answer(self.service.delete_project(&scope, &r.project).await, |()| pb::DeleteProjectResponse {})
+        answer(
+            self.service.delete_project(&scope, &r.project).await,
+            |()| pb::DeleteProjectResponse {},
+        )
     }
 }
 
@@ -268,10 +323,18 @@ impl pb::principal_service_server::PrincipalService for GrpcAdmin {
     ) -> GrpcResult<pb::ListPrincipalsResponse> {
         let scope = scope_of(&request)?;
         let r = request.into_inner();
-        answer(self.service.list_principals(&scope, &page(r.page_size, r.page_token)).await, |p| {
-            let (items, next_page_token) = list(p, principal);
-            pb::ListPrincipalsResponse { items, next_page_token }
-        })
+        answer(
+            self.service
+                .list_principals(&scope, &page(r.page_size, r.page_token))
+                .await,
+            |p| {
+                let (items, next_page_token) = list(p, principal);
+                pb::ListPrincipalsResponse {
+                    items,
+                    next_page_token,
+                }
+            },
+        )
     }
 
     async fn create_service_account(
@@ -280,10 +343,18 @@ impl pb::principal_service_server::PrincipalService for GrpcAdmin {
     ) -> GrpcResult<pb::Principal> {
         let scope = scope_of(&request)?;
         let r = request.into_inner();
-        answer(self.service.create_service_account(&scope, CreateServiceAccountRequest { name: r.name }).await, principal)
+        answer(
+            self.service
+                .create_service_account(&scope, CreateServiceAccountRequest { name: r.name })
+                .await,
+            principal,
+        )
     }
 
-    async fn who_am_i(&self, request: Request<pb::WhoAmIRequest>) -> GrpcResult<pb::WhoAmIResponse> {
+    async fn who_am_i(
+        &self,
+        request: Request<pb::WhoAmIRequest>,
+    ) -> GrpcResult<pb::WhoAmIResponse> {
         let scope = scope_of(&request)?;
         answer(self.service.whoami(&scope).await, |w| pb::WhoAmIResponse {
             key_id: w.key.id,
@@ -296,7 +367,10 @@ impl pb::principal_service_server::PrincipalService for GrpcAdmin {
 
 #[tonic::async_trait]
 impl pb::key_service_server::KeyService for GrpcAdmin {
-    async fn create_key(&self, request: Request<pb::CreateKeyRequest>) -> GrpcResult<pb::CreateKeyResponse> {
+    async fn create_key(
+        &self,
+        request: Request<pb::CreateKeyRequest>,
+    ) -> GrpcResult<pb::CreateKeyResponse> {
         let scope = scope_of(&request)?;
         let r = request.into_inner();
         let req = CreateKeyRequest {
@@ -305,10 +379,12 @@ impl pb::key_service_server::KeyService for GrpcAdmin {
             expires_in_seconds: r.expires_in_seconds,
             principal_id: non_empty(r.principal_id),
         };
-        answer(self.service.create_key(&scope, req).await, |k| pb::CreateKeyResponse {
-            token: k.token,
-            key: Some(api_key(k.key)),
-            principal: Some(principal(k.principal)),
+        answer(self.service.create_key(&scope, req).await, |k| {
+            pb::CreateKeyResponse {
+                token: k.token,
+                key: Some(api_key(k.key)),
+                principal: Some(principal(k.principal)),
+            }
         })
     }
 
@@ -318,13 +394,24 @@ impl pb::key_service_server::KeyService for GrpcAdmin {
         answer(self.service.get_key(&scope, &r.id).await, api_key)
     }
 
-    async fn list_keys(&self, request: Request<pb::ListKeysRequest>) -> GrpcResult<pb::ListKeysResponse> {
+    async fn list_keys(
+        &self,
+        request: Request<pb::ListKeysRequest>,
+    ) -> GrpcResult<pb::ListKeysResponse> {
         let scope = scope_of(&request)?;
         let r = request.into_inner();
-        answer(self.service.list_keys(&scope, &page(r.page_size, r.page_token)).await, |p| {
-            let (items, next_page_token) = list(p, api_key);
-            pb::ListKeysResponse { items, next_page_token }
-        })
+        answer(
+            self.service
+                .list_keys(&scope, &page(r.page_size, r.page_token))
+                .await,
+            |p| {
+                let (items, next_page_token) = list(p, api_key);
+                pb::ListKeysResponse {
+                    items,
+                    next_page_token,
+                }
+            },
+        )
     }
 
     async fn revoke_key(&self, request: Request<pb::RevokeKeyRequest>) -> GrpcResult<pb::ApiKey> {
@@ -342,7 +429,11 @@ impl pb::role_binding_service_server::RoleBindingService for GrpcAdmin {
     ) -> GrpcResult<pb::RoleBinding> {
         let scope = scope_of(&request)?;
         let r = request.into_inner();
-        let req = CreateBindingRequest { principal_id: r.principal_id, role: r.role, platform: r.platform };
+        let req = CreateBindingRequest {
+            principal_id: r.principal_id,
+            role: r.role,
+            platform: r.platform,
+        };
         answer(self.service.create_binding(&scope, req).await, binding)
     }
 
@@ -352,10 +443,18 @@ impl pb::role_binding_service_server::RoleBindingService for GrpcAdmin {
     ) -> GrpcResult<pb::ListRoleBindingsResponse> {
         let scope = scope_of(&request)?;
         let r = request.into_inner();
-        answer(self.service.list_bindings(&scope, &page(r.page_size, r.page_token)).await, |p| {
-            let (items, next_page_token) = list(p, binding);
-            pb::ListRoleBindingsResponse { items, next_page_token }
-        })
+        answer(
+            self.service
+                .list_bindings(&scope, &page(r.page_size, r.page_token))
+                .await,
+            |p| {
+                let (items, next_page_token) = list(p, binding);
+                pb::ListRoleBindingsResponse {
+                    items,
+                    next_page_token,
+                }
+            },
+        )
     }
 
     async fn delete_role_binding(
@@ -364,13 +463,18 @@ impl pb::role_binding_service_server::RoleBindingService for GrpcAdmin {
     ) -> GrpcResult<pb::DeleteRoleBindingResponse> {
         let scope = scope_of(&request)?;
         let r = request.into_inner();
-        answer(self.service.delete_binding(&scope, &r.id).await, |()| pb::DeleteRoleBindingResponse {})
+        answer(self.service.delete_binding(&scope, &r.id).await, |()| {
+            pb::DeleteRoleBindingResponse {}
+        })
     }
 }
 
 #[tonic::async_trait]
 impl pb::audit_service_server::AuditService for GrpcAdmin {
-    async fn list_audit(&self, request: Request<pb::ListAuditRequest>) -> GrpcResult<pb::ListAuditResponse> {
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> GrpcResult<pb::ListAuditResponse> {
         let scope = scope_of(&request)?;
         let r = request.into_inner();
         let query = AuditQuery {
@@ -378,19 +482,26 @@ impl pb::audit_service_server::AuditService for GrpcAdmin {
             page_size: (r.page_size > 0).then_some(u64::from(r.page_size)),
             page_token: None,
         };
-        answer(self.service.list_audit(&scope, &query).await, |a| pb::ListAuditResponse {
-            items: a.items.into_iter().map(audit_record).collect(),
-            next_page_token: a.next_page_token,
+        answer(self.service.list_audit(&scope, &query).await, |a| {
+            pb::ListAuditResponse {
+                items: a.items.into_iter().map(audit_record).collect(),
+                next_page_token: a.next_page_token,
+            }
         })
     }
 
-    async fn verify_audit(&self, request: Request<pb::VerifyAuditRequest>) -> GrpcResult<pb::VerifyAuditResponse> {
+    async fn verify_audit(
+        &self,
+        request: Request<pb::VerifyAuditRequest>,
+    ) -> GrpcResult<pb::VerifyAuditResponse> {
         let scope = scope_of(&request)?;
-        answer(self.service.verify_audit(&scope).await, |v| pb::VerifyAuditResponse {
-            ok: v.ok,
-            records: v.records,
-            broken_at_seq: v.broken_at_seq,
-            error: v.error.unwrap_or_default(),
+        answer(self.service.verify_audit(&scope).await, |v| {
+            pb::VerifyAuditResponse {
+                ok: v.ok,
+                records: v.records,
+                broken_at_seq: v.broken_at_seq,
+                error: v.error.unwrap_or_default(),
+            }
         })
     }
 }
@@ -400,7 +511,11 @@ impl pb::secret_service_server::SecretService for GrpcAdmin {
     async fn put_secret(&self, request: Request<pb::PutSecretRequest>) -> GrpcResult<pb::Secret> {
         let scope = scope_of(&request)?;
         let r = request.into_inner();
-        let req = PutSecretRequest { name: r.name, value: r.value, bindings: r.bindings.map(|b| b.items) };
+        let req = PutSecretRequest {
+            name: r.name,
+            value: r.value,
+            bindings: r.bindings.map(|b| b.items),
+        };
         answer(self.service.put_secret(&scope, req).await, secret)
     }
 
@@ -410,19 +525,35 @@ impl pb::secret_service_server::SecretService for GrpcAdmin {
         answer(self.service.get_secret(&scope, &r.name).await, secret)
     }
 
-    async fn list_secrets(&self, request: Request<pb::ListSecretsRequest>) -> GrpcResult<pb::ListSecretsResponse> {
+    async fn list_secrets(
+        &self,
+        request: Request<pb::ListSecretsRequest>,
+    ) -> GrpcResult<pb::ListSecretsResponse> {
         let scope = scope_of(&request)?;
         let r = request.into_inner();
-        answer(self.service.list_secrets(&scope, &page(r.page_size, r.page_token)).await, |p| {
-            let (items, next_page_token) = list(p, secret);
-            pb::ListSecretsResponse { items, next_page_token }
-        })
+        answer(
+            self.service
+                .list_secrets(&scope, &page(r.page_size, r.page_token))
+                .await,
+            |p| {
+                let (items, next_page_token) = list(p, secret);
+                pb::ListSecretsResponse {
+                    items,
+                    next_page_token,
+                }
+            },
+        )
     }
 
-    async fn delete_secret(&self, request: Request<pb::DeleteSecretRequest>) -> GrpcResult<pb::DeleteSecretResponse> {
+    async fn delete_secret(
+        &self,
+        request: Request<pb::DeleteSecretRequest>,
+    ) -> GrpcResult<pb::DeleteSecretResponse> {
         let scope = scope_of(&request)?;
         let r = request.into_inner();
-        answer(self.service.delete_secret(&scope, &r.name).await, |()| pb::DeleteSecretResponse {})
+        answer(self.service.delete_secret(&scope, &r.name).await, |()| {
+            pb::DeleteSecretResponse {}
+        })
     }
 
     async fn rewrap_secrets(
@@ -430,9 +561,11 @@ impl pb::secret_service_server::SecretService for GrpcAdmin {
         request: Request<pb::RewrapSecretsRequest>,
     ) -> GrpcResult<pb::RewrapSecretsResponse> {
         let scope = scope_of(&request)?;
-        answer(self.service.rewrap_secrets(&scope).await, |r| pb::RewrapSecretsResponse {
-            projects: r.projects,
-            master_key_id: r.master_key_id,
+        answer(self.service.rewrap_secrets(&scope).await, |r| {
+            pb::RewrapSecretsResponse {
+                projects: r.projects,
+                master_key_id: r.master_key_id,
+            }
         })
     }
 }
@@ -453,7 +586,10 @@ impl pb::cluster_service_server::ClusterService for GrpcAdmin {
     ) -> GrpcResult<pb::ListClusterMembersResponse> {
         scope_of(&request)?;
         let (items, next_page_token) = list(self.service.list_members(), member);
-        Ok(Response::new(pb::ListClusterMembersResponse { items, next_page_token }))
+        Ok(Response::new(pb::ListClusterMembersResponse {
+            items,
+            next_page_token,
+        }))
     }
 
     async fn add_cluster_member(
@@ -462,7 +598,13 @@ impl pb::cluster_service_server::ClusterService for GrpcAdmin {
     ) -> GrpcResult<pb::ClusterMember> {
         scope_of(&request)?;
         let r = request.into_inner();
-        let req = AddMemberRequest { id: r.id, name: r.name, raft_addr: r.raft_addr, admin_addr: r.admin_addr, voter: r.voter };
+        let req = AddMemberRequest {
+            id: r.id,
+            name: r.name,
+            raft_addr: r.raft_addr,
+            admin_addr: r.admin_addr,
+            voter: r.voter,
+        };
         answer(self.service.add_member(req).await, member)
     }
 
@@ -472,6 +614,8 @@ impl pb::cluster_service_server::ClusterService for GrpcAdmin {
     ) -> GrpcResult<pb::RemoveClusterMemberResponse> {
         scope_of(&request)?;
         let r = request.into_inner();
-        answer(self.service.remove_member(r.id).await, |()| pb::RemoveClusterMemberResponse {})
+        answer(self.service.remove_member(r.id).await, |()| {
+            pb::RemoveClusterMemberResponse {}
+        })
     }
 }

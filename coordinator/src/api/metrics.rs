@@ -12,7 +12,9 @@ use std::time::Duration;
 use crate::node::ClusterStatus;
 
 /// Upper bounds (seconds) of the latency histogram's buckets.
-const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
 
 /// The label used for requests that matched no route.
 pub(crate) const UNMATCHED_ROUTE: &str = "unmatched";
@@ -53,7 +55,13 @@ pub(crate) fn method_label(method: &http::Method) -> &'static str {
 
 impl ApiMetrics {
     /// Records one finished request.
-    pub(crate) fn observe(&self, method: &'static str, route: &'static str, status: u16, elapsed: Duration) {
+    pub(crate) fn observe(
+        &self,
+        method: &'static str,
+        route: &'static str,
+        status: u16,
+        elapsed: Duration,
+    ) {
         let mut reg = match self.registry.lock() {
             Ok(g) => g,
             // A panic while holding the lock leaves plain counters behind; they are still usable.
@@ -62,7 +70,10 @@ impl ApiMetrics {
         *reg.requests.entry((route, method, status)).or_insert(0) += 1;
         let h = reg.latency.entry(route).or_default();
         let secs = elapsed.as_secs_f64();
-        let idx = BUCKETS.iter().position(|b| secs <= *b).unwrap_or(BUCKETS.len());
+        let idx = BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BUCKETS.len());
         h.buckets[idx] += 1;
         h.sum_seconds += secs;
         h.count += 1;
@@ -104,21 +115,45 @@ impl ApiMetrics {
                     "meridian_api_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
                     h.count
                 );
-                let _ = writeln!(out, "meridian_api_request_duration_seconds_sum{{route=\"{route}\"}} {}", h.sum_seconds);
-                let _ = writeln!(out, "meridian_api_request_duration_seconds_count{{route=\"{route}\"}} {}", h.count);
+                let _ = writeln!(
+                    out,
+                    "meridian_api_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+                    h.sum_seconds
+                );
+                let _ = writeln!(
+                    out,
+                    "meridian_api_request_duration_seconds_count{{route=\"{route}\"}} {}",
+                    h.count
+                );
             }
         }
         let is_leader = status.leader == Some(status.node_id);
         let gauges: [(&str, &str, u64); 5] = [
-            ("meridian_raft_term", "Current Raft term seen by this coordinator.", status.term),
-            ("meridian_raft_applied_index", "Last log index applied to the registry.", status.applied_index),
+            (
+                "meridian_raft_term",
+                "Current Raft term seen by this coordinator.",
+                status.term,
+            ),
+            (
+                "meridian_raft_applied_index",
+                "Last log index applied to the registry.",
+                status.applied_index,
+            ),
             (
                 "meridian_raft_committed_index",
                 "Last log index known committed (0 when unknown).",
                 status.committed_index.unwrap_or(0),
             ),
-            ("meridian_raft_leader_id", "Node id of the current leader (0 when none is known).", status.leader.unwrap_or(0)),
-            ("meridian_raft_is_leader", "1 when this coordinator is the leader.", u64::from(is_leader)),
+            (
+                "meridian_raft_leader_id",
+                "Node id of the current leader (0 when none is known).",
+                status.leader.unwrap_or(0),
+            ),
+            (
+                "meridian_raft_is_leader",
+                "1 when this coordinator is the leader.",
+                u64::from(is_leader),
+            ),
         ];
         for (name, help, value) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}");
@@ -131,7 +166,9 @@ impl ApiMetrics {
 
 /// Escapes a label value for the text format.
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -158,13 +195,27 @@ mod tests {
         m.observe("GET", "/v1/projects", 200, Duration::from_millis(30));
         m.observe("POST", "/v1/projects", 409, Duration::from_secs(20));
         let text = m.render(&status());
-        assert!(text.contains("meridian_api_requests_total{route=\"/v1/projects\",method=\"GET\",status=\"200\"} 2"));
-        assert!(text.contains("meridian_api_requests_total{route=\"/v1/projects\",method=\"POST\",status=\"409\"} 1"));
-        assert!(text.contains("meridian_api_request_duration_seconds_bucket{route=\"/v1/projects\",le=\"0.005\"} 1"));
-        assert!(text.contains("meridian_api_request_duration_seconds_bucket{route=\"/v1/projects\",le=\"0.05\"} 2"));
-        assert!(text.contains("meridian_api_request_duration_seconds_bucket{route=\"/v1/projects\",le=\"5\"} 2"));
-        assert!(text.contains("meridian_api_request_duration_seconds_bucket{route=\"/v1/projects\",le=\"+Inf\"} 3"));
-        assert!(text.contains("meridian_api_request_duration_seconds_count{route=\"/v1/projects\"} 3"));
+        assert!(text.contains(
+            "meridian_api_requests_total{route=\"/v1/projects\",method=\"GET\",status=\"200\"} 2"
+        ));
+        assert!(text.contains(
+            "meridian_api_requests_total{route=\"/v1/projects\",method=\"POST\",status=\"409\"} 1"
+        ));
+        assert!(text.contains(
+            "meridian_api_request_duration_seconds_bucket{route=\"/v1/projects\",le=\"0.005\"} 1"
+        ));
+        assert!(text.contains(
+            "meridian_api_request_duration_seconds_bucket{route=\"/v1/projects\",le=\"0.05\"} 2"
+        ));
+        assert!(text.contains(
+            "meridian_api_request_duration_seconds_bucket{route=\"/v1/projects\",le=\"5\"} 2"
+        ));
+        assert!(text.contains(
+            "meridian_api_request_duration_seconds_bucket{route=\"/v1/projects\",le=\"+Inf\"} 3"
+        ));
+        assert!(
+            text.contains("meridian_api_request_duration_seconds_count{route=\"/v1/projects\"} 3")
+        );
         assert!(text.contains("meridian_raft_term{node_id=\"1\"} 7"));
         assert!(text.contains("meridian_raft_applied_index{node_id=\"1\"} 42"));
         assert!(text.contains("meridian_raft_is_leader{node_id=\"1\"} 1"));

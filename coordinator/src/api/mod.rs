@@ -83,7 +83,10 @@ pub struct AdminApi {
 
 impl std::fmt::Debug for AdminApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminApi").field("local_addr", &self.local_addr).field("tls", &self.tls.is_some()).finish()
+        f.debug_struct("AdminApi")
+            .field("local_addr", &self.local_addr)
+            .field("tls", &self.tls.is_some())
+            .finish()
     }
 }
 
@@ -93,17 +96,35 @@ impl AdminApi {
         if opts.tls.is_none() && !opts.listen.ip().is_loopback() {
             return Err(ApiError::PlainHttpOffLoopback(opts.listen));
         }
-        let listener =
-            TcpListener::bind(opts.listen).await.map_err(|source| ApiError::Bind { addr: opts.listen, source })?;
-        let local_addr = listener.local_addr().map_err(|source| ApiError::Bind { addr: opts.listen, source })?;
-        let tls = opts.tls.map(|t| TlsAcceptor::from(t.tls_server_config(&[b"h2", b"http/1.1"])));
+        let listener = TcpListener::bind(opts.listen)
+            .await
+            .map_err(|source| ApiError::Bind {
+                addr: opts.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| ApiError::Bind {
+            addr: opts.listen,
+            source,
+        })?;
+        let tls = opts
+            .tls
+            .map(|t| TlsAcceptor::from(t.tls_server_config(&[b"h2", b"http/1.1"])));
         let max_body = opts.max_body_bytes.max(1);
         let service = AdminService::new(opts.handle, opts.keyring);
         let rest = routes::build_router(service.clone())
             .layer(DefaultBodyLimit::disable())
             .layer(RequestBodyLimitLayer::new(max_body));
         let grpc = GrpcGate::new(service.clone(), grpc::routes(service.clone(), max_body));
-        Ok(AdminApi { listener, local_addr, tls, app: AdminHttp { rest, grpc, service } })
+        Ok(AdminApi {
+            listener,
+            local_addr,
+            tls,
+            app: AdminHttp {
+                rest,
+                grpc,
+                service,
+            },
+        })
     }
 
     /// The address the listener is bound to.
@@ -128,7 +149,8 @@ impl AdminApi {
                     let tls = self.tls.clone();
                     let shutdown = shutdown.clone();
                     connections.spawn(
-                        serve_connection(stream, tls, app, shutdown).instrument(tracing::debug_span!("conn", %peer)),
+                        serve_connection(stream, tls, app, shutdown)
+                            .instrument(tracing::debug_span!("conn", %peer)),
                     );
                 }
                 Err(e) => {
@@ -143,7 +165,10 @@ impl AdminApi {
         }
         drop(self.listener);
         connections.close();
-        if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait()).await.is_err() {
+        if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("admin API connections did not drain in time; dropping them");
         }
         tracing::info!("admin API stopped");
@@ -151,7 +176,12 @@ impl AdminApi {
 }
 
 /// Serves one TCP connection (after its TLS handshake, when TLS is on) until it closes or shutdown.
-async fn serve_connection(stream: TcpStream, tls: Option<TlsAcceptor>, app: AdminHttp, shutdown: CancellationToken) {
+async fn serve_connection(
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    app: AdminHttp,
+    shutdown: CancellationToken,
+) {
     let _ = stream.set_nodelay(true);
     match tls {
         Some(acceptor) => {
@@ -171,7 +201,10 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     builder.http2().timer(TokioTimer::new());
     let conn = builder.serve_connection(io, TowerToHyperService::new(app));
     tokio::pin!(conn);
@@ -235,8 +268,13 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for AdminHttp {
                     Err(never) => match never {},
                 }
             };
-            let route = resp.extensions().get::<MatchedRoute>().map_or(metrics::UNMATCHED_ROUTE, |m| m.0);
-            app.service.metrics().observe(method, route, resp.status().as_u16(), started.elapsed());
+            let route = resp
+                .extensions()
+                .get::<MatchedRoute>()
+                .map_or(metrics::UNMATCHED_ROUTE, |m| m.0);
+            app.service
+                .metrics()
+                .observe(method, route, resp.status().as_u16(), started.elapsed());
             Ok(resp)
         })
     }
@@ -278,7 +316,10 @@ fn json_errors(resp: http::Response<Body>) -> http::Response<Body> {
         ErrorKind::MethodNotAllowed => "this route does not accept that method".to_owned(),
         ErrorKind::PayloadTooLarge => "the request body is larger than the limit".to_owned(),
         ErrorKind::NotFound => "no such route".to_owned(),
-        _ => status.canonical_reason().unwrap_or("request failed").to_owned(),
+        _ => status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_owned(),
     };
     let (parts, _) = resp.into_parts();
     let mut fresh = ServiceError::new(kind, message).into_response();
@@ -289,6 +330,9 @@ fn json_errors(resp: http::Response<Body>) -> http::Response<Body> {
         }
     }
     fresh.extensions_mut().extend(parts.extensions);
-    fresh.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    fresh.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     fresh
 }

@@ -28,7 +28,9 @@ fn path_params(path: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let mut rest = path;
     while let Some(start) = rest.find('{') {
-        let Some(len) = rest[start..].find('}') else { break };
+        let Some(len) = rest[start..].find('}') else {
+            break;
+        };
         out.push(&rest[start + 1..start + len]);
         rest = &rest[start + len + 1..];
     }
@@ -113,7 +115,9 @@ fn operation(route: &Route) -> Value {
 fn build(routes: &[Route]) -> Value {
     let mut paths = Map::new();
     for route in routes {
-        let entry = paths.entry(route.path.to_owned()).or_insert_with(|| Value::Object(Map::new()));
+        let entry = paths
+            .entry(route.path.to_owned())
+            .or_insert_with(|| Value::Object(Map::new()));
         if let Value::Object(methods) = entry {
             methods.insert(route.method.openapi().to_owned(), operation(route));
         }
@@ -159,24 +163,41 @@ fn array(items: Value) -> Value {
 }
 
 fn object(required: &[&str], props: &[(&str, Value)]) -> Value {
-    let properties: Map<String, Value> = props.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+    let properties: Map<String, Value> = props
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
     json!({ "type": "object", "required": required, "properties": properties })
 }
 
 fn list_of(item: &str) -> Value {
-    object(&["items", "next_page_token"], &[("items", array(schema_ref(item))), ("next_page_token", string())])
+    object(
+        &["items", "next_page_token"],
+        &[
+            ("items", array(schema_ref(item))),
+            ("next_page_token", string()),
+        ],
+    )
 }
 
 fn schemas() -> Value {
     let project = object(
         &["id", "name", "description", "created_at"],
-        &[("id", string()), ("name", string()), ("description", string()), ("created_at", integer())],
+        &[
+            ("id", string()),
+            ("name", string()),
+            ("description", string()),
+            ("created_at", integer()),
+        ],
     );
     let principal = object(
         &["id", "kind", "name", "project_id", "created_at", "disabled"],
         &[
             ("id", string()),
-            ("kind", json!({ "type": "string", "enum": ["user", "service_account"] })),
+            (
+                "kind",
+                json!({ "type": "string", "enum": ["user", "service_account"] }),
+            ),
             ("name", string()),
             ("project_id", string()),
             ("created_at", integer()),
@@ -184,7 +205,15 @@ fn schemas() -> Value {
         ],
     );
     let key = object(
-        &["id", "prefix", "principal_id", "project_id", "name", "last4", "created_at"],
+        &[
+            "id",
+            "prefix",
+            "principal_id",
+            "project_id",
+            "name",
+            "last4",
+            "created_at",
+        ],
         &[
             ("id", string()),
             ("prefix", string()),
@@ -210,22 +239,50 @@ fn schemas() -> Value {
         ],
     );
     let audit = object(
-        &["seq", "at_ms", "actor", "action", "target", "outcome", "detail", "prev_hash", "hash"],
+        &[
+            "seq",
+            "at_ms",
+            "actor",
+            "action",
+            "target",
+            "outcome",
+            "detail",
+            "prev_hash",
+            "hash",
+        ],
         &[
             ("seq", integer()),
             ("at_ms", integer()),
-            ("actor", object(&["name"], &[("principal_id", nullable(string())), ("name", string())])),
+            (
+                "actor",
+                object(
+                    &["name"],
+                    &[("principal_id", nullable(string())), ("name", string())],
+                ),
+            ),
             ("action", string()),
             ("project", nullable(string())),
             ("target", string()),
-            ("outcome", json!({ "type": "string", "enum": ["success", "refused", "denied"] })),
+            (
+                "outcome",
+                json!({ "type": "string", "enum": ["success", "refused", "denied"] }),
+            ),
             ("detail", string()),
             ("prev_hash", string()),
             ("hash", string()),
         ],
     );
     let secret = object(
-        &["id", "project_id", "name", "latest_version", "versions", "bindings", "created_at", "updated_at"],
+        &[
+            "id",
+            "project_id",
+            "name",
+            "latest_version",
+            "versions",
+            "bindings",
+            "created_at",
+            "updated_at",
+        ],
         &[
             ("id", string()),
             ("project_id", string()),
@@ -360,7 +417,13 @@ mod tests {
         let mut count = 0;
         for route in ROUTES {
             let op = &paths[route.path][route.method.openapi()];
-            assert_eq!(op["operationId"], json!(route.op.name), "{} {}", route.method.openapi(), route.path);
+            assert_eq!(
+                op["operationId"],
+                json!(route.op.name),
+                "{} {}",
+                route.method.openapi(),
+                route.path
+            );
             assert_eq!(op["summary"], json!(route.summary));
             let public = op["security"].as_array().is_some_and(Vec::is_empty);
             assert_eq!(public, route.op.policy == Policy::Public, "{}", route.path);
@@ -370,7 +433,10 @@ mod tests {
             count += methods.as_object().map_or(0, Map::len);
         }
         assert_eq!(count, ROUTES.len());
-        assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
     }
 
     #[test]
@@ -380,7 +446,10 @@ mod tests {
         refs(doc, &mut names);
         assert!(names.contains(&"Error".to_owned()));
         for name in names {
-            assert!(doc["components"]["schemas"][&name].is_object(), "schema {name} is referenced but missing");
+            assert!(
+                doc["components"]["schemas"][&name].is_object(),
+                "schema {name} is referenced but missing"
+            );
         }
     }
 

@@ -15,8 +15,8 @@ use super::error::{ErrorKind, ServiceError};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::openapi;
 use super::service::{
-    AddMemberRequest, AdminService, AuditQuery, CreateBindingRequest, CreateKeyRequest, CreateProjectRequest,
-    CreateServiceAccountRequest, Health, PageParams, PutSecretRequest,
+    AddMemberRequest, AdminService, AuditQuery, CreateBindingRequest, CreateKeyRequest,
+    CreateProjectRequest, CreateServiceAccountRequest, Health, PageParams, PutSecretRequest,
 };
 
 /// The admitted caller of an authenticated route.
@@ -26,7 +26,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Scoped {
     type Rejection = ServiceError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<RequestScope>().cloned().map(Scoped).ok_or_else(missing_scope)
+        parts
+            .extensions
+            .get::<RequestScope>()
+            .cloned()
+            .map(Scoped)
+            .ok_or_else(missing_scope)
     }
 }
 
@@ -47,28 +52,41 @@ pub(crate) async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-pub(crate) async fn readyz(State(service): State<AdminService>) -> Result<Json<Health>, ServiceError> {
+pub(crate) async fn readyz(
+    State(service): State<AdminService>,
+) -> Result<Json<Health>, ServiceError> {
     if service.is_ready() {
         Ok(Json(Health { status: "ready" }))
     } else {
-        Err(ServiceError::unavailable("not ready: no leader is known or this coordinator is still catching up"))
+        Err(ServiceError::unavailable(
+            "not ready: no leader is known or this coordinator is still catching up",
+        ))
     }
 }
 
 pub(crate) async fn openapi() -> Response {
     let mut resp = openapi::document_json().into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
 pub(crate) async fn metrics(State(service): State<AdminService>, _scope: Scoped) -> Response {
     let text = service.metrics().render(&service.cluster_status());
     let mut resp = text.into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
     resp
 }
 
-pub(crate) async fn whoami(State(service): State<AdminService>, Scoped(scope): Scoped) -> Answer<super::service::WhoAmI> {
+pub(crate) async fn whoami(
+    State(service): State<AdminService>,
+    Scoped(scope): Scoped,
+) -> Answer<super::service::WhoAmI> {
     service.whoami(&scope).await.map(Json)
 }
 
@@ -103,7 +121,10 @@ pub(crate) async fn delete_project(
     Scoped(scope): Scoped,
     ApiPath(project): ApiPath<String>,
 ) -> Empty {
-    service.delete_project(&scope, &project).await.map(|()| StatusCode::NO_CONTENT)
+    service
+        .delete_project(&scope, &project)
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
 }
 
 // ---- principals ----
@@ -121,7 +142,10 @@ pub(crate) async fn create_service_account(
     Scoped(scope): Scoped,
     ApiJson(req): ApiJson<CreateServiceAccountRequest>,
 ) -> Created<crate::state::Principal> {
-    service.create_service_account(&scope, req).await.map(created)
+    service
+        .create_service_account(&scope, req)
+        .await
+        .map(created)
 }
 
 // ---- keys ----
@@ -181,7 +205,10 @@ pub(crate) async fn delete_binding(
     Scoped(scope): Scoped,
     ApiPath(id): ApiPath<String>,
 ) -> Empty {
-    service.delete_binding(&scope, &id).await.map(|()| StatusCode::NO_CONTENT)
+    service
+        .delete_binding(&scope, &id)
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
 }
 
 // ---- audit ----
@@ -232,7 +259,10 @@ pub(crate) async fn delete_secret(
     Scoped(scope): Scoped,
     ApiPath(name): ApiPath<String>,
 ) -> Empty {
-    service.delete_secret(&scope, &name).await.map(|()| StatusCode::NO_CONTENT)
+    service
+        .delete_secret(&scope, &name)
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
 }
 
 pub(crate) async fn rewrap_secrets(
@@ -271,5 +301,8 @@ pub(crate) async fn remove_member(
     _scope: Scoped,
     ApiPath(id): ApiPath<u64>,
 ) -> Empty {
-    service.remove_member(id).await.map(|()| StatusCode::NO_CONTENT)
+    service
+        .remove_member(id)
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
 }

@@ -35,11 +35,17 @@ pub(crate) struct Operation {
 }
 
 const fn public(name: &'static str) -> Operation {
-    Operation { name, policy: Policy::Public }
+    Operation {
+        name,
+        policy: Policy::Public,
+    }
 }
 
 const fn needs(name: &'static str, action: Action) -> Operation {
-    Operation { name, policy: Policy::Authenticated(action) }
+    Operation {
+        name,
+        policy: Policy::Authenticated(action),
+    }
 }
 
 /// Every operation of the admin API.
@@ -124,16 +130,32 @@ pub(crate) struct Reply {
 }
 
 const fn ok(schema: &'static str) -> Reply {
-    Reply { status: 200, schema: Some(schema), media: "application/json" }
+    Reply {
+        status: 200,
+        schema: Some(schema),
+        media: "application/json",
+    }
 }
 
 const fn created(schema: &'static str) -> Reply {
-    Reply { status: 201, schema: Some(schema), media: "application/json" }
+    Reply {
+        status: 201,
+        schema: Some(schema),
+        media: "application/json",
+    }
 }
 
-const NO_CONTENT: Reply = Reply { status: 204, schema: None, media: "application/json" };
+const NO_CONTENT: Reply = Reply {
+    status: 204,
+    schema: None,
+    media: "application/json",
+};
 
-const TEXT: Reply = Reply { status: 200, schema: None, media: "text/plain; version=0.0.4" };
+const TEXT: Reply = Reply {
+    status: 200,
+    schema: None,
+    media: "text/plain; version=0.0.4",
+};
 
 /// Builds a route's method router for its method.
 type Endpoint = fn(MethodFilter) -> MethodRouter<AdminService>;
@@ -166,7 +188,10 @@ const PAGING: &[(&str, &str)] = &[
 const AUDIT_QUERY: &[(&str, &str)] = &[
     ("after_seq", "Return records with a larger sequence number."),
     ("page_size", "Records per page (default 100, at most 1000)."),
-    ("page_token", "The next_page_token of the previous page (same as after_seq)."),
+    (
+        "page_token",
+        "The next_page_token of the previous page (same as after_seq).",
+    ),
 ];
 
 /// Every REST route of the admin API.
@@ -486,31 +511,73 @@ const fn grpc(path: &'static str, op: &'static Operation) -> GrpcMethod {
 
 /// Every gRPC method of the admin API.
 pub(crate) static GRPC_METHODS: &[GrpcMethod] = &[
-    grpc("/meridian.v1.ProjectService/CreateProject", &op::PROJECT_CREATE),
+    grpc(
+        "/meridian.v1.ProjectService/CreateProject",
+        &op::PROJECT_CREATE,
+    ),
     grpc("/meridian.v1.ProjectService/GetProject", &op::PROJECT_GET),
-    grpc("/meridian.v1.ProjectService/ListProjects", &op::PROJECT_LIST),
-    grpc("/meridian.v1.ProjectService/DeleteProject", &op::PROJECT_DELETE),
-    grpc("/meridian.v1.PrincipalService/ListPrincipals", &op::PRINCIPAL_LIST),
-    grpc("/meridian.v1.PrincipalService/CreateServiceAccount", &op::PRINCIPAL_CREATE),
+    grpc(
+        "/meridian.v1.ProjectService/ListProjects",
+        &op::PROJECT_LIST,
+    ),
+    grpc(
+        "/meridian.v1.ProjectService/DeleteProject",
+        &op::PROJECT_DELETE,
+    ),
+    grpc(
+        "/meridian.v1.PrincipalService/ListPrincipals",
+        &op::PRINCIPAL_LIST,
+    ),
+    grpc(
+        "/meridian.v1.PrincipalService/CreateServiceAccount",
+        &op::PRINCIPAL_CREATE,
+    ),
     grpc("/meridian.v1.PrincipalService/WhoAmI", &op::WHOAMI),
     grpc("/meridian.v1.KeyService/CreateKey", &op::KEY_CREATE),
     grpc("/meridian.v1.KeyService/GetKey", &op::KEY_GET),
     grpc("/meridian.v1.KeyService/ListKeys", &op::KEY_LIST),
     grpc("/meridian.v1.KeyService/RevokeKey", &op::KEY_REVOKE),
-    grpc("/meridian.v1.RoleBindingService/CreateRoleBinding", &op::BINDING_CREATE),
-    grpc("/meridian.v1.RoleBindingService/ListRoleBindings", &op::BINDING_LIST),
-    grpc("/meridian.v1.RoleBindingService/DeleteRoleBinding", &op::BINDING_DELETE),
+    grpc(
+        "/meridian.v1.RoleBindingService/CreateRoleBinding",
+        &op::BINDING_CREATE,
+    ),
+    grpc(
+        "/meridian.v1.RoleBindingService/ListRoleBindings",
+        &op::BINDING_LIST,
+    ),
+    grpc(
+        "/meridian.v1.RoleBindingService/DeleteRoleBinding",
+        &op::BINDING_DELETE,
+    ),
     grpc("/meridian.v1.AuditService/ListAudit", &op::AUDIT_LIST),
     grpc("/meridian.v1.AuditService/VerifyAudit", &op::AUDIT_VERIFY),
     grpc("/meridian.v1.SecretService/PutSecret", &op::SECRET_PUT),
     grpc("/meridian.v1.SecretService/GetSecret", &op::SECRET_GET),
     grpc("/meridian.v1.SecretService/ListSecrets", &op::SECRET_LIST),
-    grpc("/meridian.v1.SecretService/DeleteSecret", &op::SECRET_DELETE),
-    grpc("/meridian.v1.SecretService/RewrapSecrets", &op::SECRET_REWRAP),
-    grpc("/meridian.v1.ClusterService/GetClusterStatus", &op::CLUSTER_STATUS),
-    grpc("/meridian.v1.ClusterService/ListClusterMembers", &op::MEMBER_LIST),
-    grpc("/meridian.v1.ClusterService/AddClusterMember", &op::MEMBER_ADD),
-    grpc("/meridian.v1.ClusterService/RemoveClusterMember", &op::MEMBER_REMOVE),
+    grpc(
+        "/meridian.v1.SecretService/DeleteSecret",
+        &op::SECRET_DELETE,
+    ),
+    grpc(
+        "/meridian.v1.SecretService/RewrapSecrets",
+        &op::SECRET_REWRAP,
+    ),
+    grpc(
+        "/meridian.v1.ClusterService/GetClusterStatus",
+        &op::CLUSTER_STATUS,
+    ),
+    grpc(
+        "/meridian.v1.ClusterService/ListClusterMembers",
+        &op::MEMBER_LIST,
+    ),
+    grpc(
+        "/meridian.v1.ClusterService/AddClusterMember",
+        &op::MEMBER_ADD,
+    ),
+    grpc(
+        "/meridian.v1.ClusterService/RemoveClusterMember",
+        &op::MEMBER_REMOVE,
+    ),
 ];
 
 /// The gRPC method at `path`, if the table has it.
@@ -556,7 +623,11 @@ pub(crate) fn rewrite_custom_method(path: &str) -> Option<String> {
 pub(crate) struct MatchedRoute(pub(crate) &'static str);
 
 /// Admits a request under its route's policy before the handler runs.
-async fn gate(State((service, route)): State<(AdminService, &'static Route)>, mut req: Request, next: Next) -> Response {
+async fn gate(
+    State((service, route)): State<(AdminService, &'static Route)>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let mut resp = match auth::admit(&service, req.headers(), route.op).await {
         Ok(scope) => {
             if let Some(scope) = scope {
@@ -574,8 +645,9 @@ async fn gate(State((service, route)): State<(AdminService, &'static Route)>, mu
 pub(crate) fn build_router(service: AdminService) -> Router {
     let mut router: Router<AdminService> = Router::new().without_v07_checks();
     for route in ROUTES {
-        let gated = (route.endpoint)(route.method.filter())
-            .route_layer(axum::middleware::from_fn_with_state((service.clone(), route), gate));
+        let gated = (route.endpoint)(route.method.filter()).route_layer(
+            axum::middleware::from_fn_with_state((service.clone(), route), gate),
+        );
         router = router.route(&router_path(route.path), gated);
     }
     router.fallback(rest::not_found).with_state(service)
@@ -602,7 +674,11 @@ mod tests {
                     route.path
                 ),
                 Policy::Authenticated(_) => {
-                    assert!(!PUBLIC.contains(&route.path), "{} must be public", route.path)
+                    assert!(
+                        !PUBLIC.contains(&route.path),
+                        "{} must be public",
+                        route.path
+                    )
                 }
             }
         }
@@ -616,14 +692,30 @@ mod tests {
         let mut seen = BTreeSet::new();
         let mut ops = BTreeSet::new();
         for route in ROUTES {
-            assert!(seen.insert((route.method.openapi(), route.path)), "duplicate route {}", route.path);
-            assert!(ops.insert(route.op.name), "operation {} is used by two routes", route.op.name);
+            assert!(
+                seen.insert((route.method.openapi(), route.path)),
+                "duplicate route {}",
+                route.path
+            );
+            assert!(
+                ops.insert(route.op.name),
+                "operation {} is used by two routes",
+                route.op.name
+            );
             assert!(route.path.starts_with('/'));
             assert!(!route.summary.is_empty());
             let takes_body = route.request.is_some();
-            assert!(!takes_body || route.method == HttpMethod::Post, "{} takes a body", route.path);
             assert!(
-                route.op.name.chars().all(|c| c.is_ascii_lowercase() || matches!(c, '.' | '-')),
+                !takes_body || route.method == HttpMethod::Post,
+                "{} takes a body",
+                route.path
+            );
+            assert!(
+                route
+                    .op
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || matches!(c, '.' | '-')),
                 "operation names are audit actions: {}",
                 route.op.name
             );
@@ -661,8 +753,14 @@ mod tests {
         assert_eq!(router_path("/v1/keys/{id}:revoke"), "/v1/keys/{id}/:revoke");
         assert_eq!(router_path("/v1/secrets:rewrap"), "/v1/secrets/:rewrap");
         assert_eq!(router_path("/v1/keys/{id}"), "/v1/keys/{id}");
-        assert_eq!(rewrite_custom_method("/v1/keys/abc:revoke").as_deref(), Some("/v1/keys/abc/:revoke"));
-        assert_eq!(rewrite_custom_method("/v1/secrets:rewrap").as_deref(), Some("/v1/secrets/:rewrap"));
+        assert_eq!(
+            rewrite_custom_method("/v1/keys/abc:revoke").as_deref(),
+            Some("/v1/keys/abc/:revoke")
+        );
+        assert_eq!(
+            rewrite_custom_method("/v1/secrets:rewrap").as_deref(),
+            Some("/v1/secrets/:rewrap")
+        );
         assert_eq!(rewrite_custom_method("/v1/keys/abc"), None);
         assert_eq!(rewrite_custom_method("/v1/keys/:revoke"), None);
         assert_eq!(rewrite_custom_method("/v1/keys/abc:"), None);

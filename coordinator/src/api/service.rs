@@ -18,7 +18,8 @@ use crate::crypto::{self, CryptoError, MasterKeyring, SecretAad};
 use crate::node::{ClusterStatus, Handle, MemberNode, MemberStatus, NodeId};
 use crate::state::{
     self, ApiKeyView, AuditOutcome, AuditRecord, Command, KeyPrincipal, Op, Outcome, Page,
-    PageRequest, Principal, PrincipalKind, ProjectView, RoleBinding, Scope, SecretView, DEFAULT_PAGE_SIZE,
+    PageRequest, Principal, PrincipalKind, ProjectView, RoleBinding, Scope, SecretView,
+    DEFAULT_PAGE_SIZE,
 };
 
 use super::auth::RequestScope;
@@ -32,7 +33,9 @@ const RACE_ATTEMPTS: usize = 3;
 
 /// Milliseconds since the Unix epoch, from the system clock.
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 // ---- requests ---------------------------------------------------------------------------------------------
@@ -48,7 +51,10 @@ pub(crate) struct PageParams {
 
 impl PageParams {
     fn request(&self) -> Result<PageRequest, ServiceError> {
-        Ok(PageRequest::new(self.page_size, self.page_token.as_deref())?)
+        Ok(PageRequest::new(
+            self.page_size,
+            self.page_token.as_deref(),
+        )?)
     }
 }
 
@@ -102,7 +108,9 @@ pub(crate) struct PutSecretRequest {
 
 impl std::fmt::Debug for PutSecretRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PutSecretRequest").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("PutSecretRequest")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -143,7 +151,10 @@ pub(crate) struct ListPage<T> {
 
 impl<T> From<Page<T>> for ListPage<T> {
     fn from(p: Page<T>) -> Self {
-        ListPage { items: p.items, next_page_token: p.next_page_token.unwrap_or_default() }
+        ListPage {
+            items: p.items,
+            next_page_token: p.next_page_token.unwrap_or_default(),
+        }
     }
 }
 
@@ -181,7 +192,10 @@ pub(crate) struct SecretResource {
 
 impl From<SecretView> for SecretResource {
     fn from(secret: SecretView) -> Self {
-        SecretResource { id: secret.name.clone(), secret }
+        SecretResource {
+            id: secret.name.clone(),
+            secret,
+        }
     }
 }
 
@@ -197,7 +211,9 @@ pub(crate) struct CreatedKey {
 
 impl std::fmt::Debug for CreatedKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CreatedKey").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("CreatedKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -246,11 +262,16 @@ fn lower_alnum(c: char) -> bool {
 
 fn validate_project_name(name: &str) -> Result<(), ServiceError> {
     let mut chars = name.chars();
-    let ok = chars.next().is_some_and(lower_alnum) && name.len() <= 63 && chars.all(|c| lower_alnum(c) || c == '-');
+    let ok = chars.next().is_some_and(lower_alnum)
+        && name.len() <= 63
+        && chars.all(|c| lower_alnum(c) || c == '-');
     if ok {
         Ok(())
     } else {
-        Err(ServiceError::invalid("name", "must match [a-z0-9][a-z0-9-]{0,62}"))
+        Err(ServiceError::invalid(
+            "name",
+            "must match [a-z0-9][a-z0-9-]{0,62}",
+        ))
     }
 }
 
@@ -262,7 +283,10 @@ fn validate_display_name(field: &str, name: &str) -> Result<(), ServiceError> {
     if ok {
         Ok(())
     } else {
-        Err(ServiceError::invalid(field, "must match [A-Za-z0-9][A-Za-z0-9._@+-]{0,127}"))
+        Err(ServiceError::invalid(
+            field,
+            "must match [A-Za-z0-9][A-Za-z0-9._@+-]{0,127}",
+        ))
     }
 }
 
@@ -274,7 +298,10 @@ fn validate_secret_name(name: &str) -> Result<(), ServiceError> {
     if ok {
         Ok(())
     } else {
-        Err(ServiceError::invalid("name", "must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}"))
+        Err(ServiceError::invalid(
+            "name",
+            "must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}",
+        ))
     }
 }
 
@@ -282,15 +309,18 @@ fn validate_description(description: &str) -> Result<(), ServiceError> {
     if description.len() <= 1024 && !description.chars().any(|c| c.is_control() && c != '\n') {
         Ok(())
     } else {
-        Err(ServiceError::invalid("description", "at most 1024 characters, no control characters"))
+        Err(ServiceError::invalid(
+            "description",
+            "at most 1024 characters, no control characters",
+        ))
     }
 }
 
 /// `host:port` with a numeric port.
 fn validate_addr(field: &str, addr: &str) -> Result<(), ServiceError> {
-    let ok = addr
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && host.len() <= 253 && port.parse::<u16>().is_ok_and(|p| p > 0));
+    let ok = addr.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && host.len() <= 253 && port.parse::<u16>().is_ok_and(|p| p > 0)
+    });
     if ok {
         Ok(())
     } else {
@@ -299,7 +329,8 @@ fn validate_addr(field: &str, addr: &str) -> Result<(), ServiceError> {
 }
 
 fn parse_role(role: &str) -> Result<Role, ServiceError> {
-    role.parse::<Role>().map_err(|e| ServiceError::invalid("role", e))
+    role.parse::<Role>()
+        .map_err(|e| ServiceError::invalid("role", e))
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary.
@@ -342,7 +373,13 @@ pub(crate) struct AdminService {
 
 impl AdminService {
     pub(crate) fn new(handle: Handle, keyring: Arc<MasterKeyring>) -> Self {
-        AdminService { inner: Arc::new(Inner { handle, keyring, metrics: ApiMetrics::default() }) }
+        AdminService {
+            inner: Arc::new(Inner {
+                handle,
+                keyring,
+                metrics: ApiMetrics::default(),
+            }),
+        }
     }
 
     pub(crate) fn handle(&self) -> &Handle {
@@ -390,17 +427,26 @@ impl AdminService {
     }
 
     /// The 404 for an object the caller cannot see; audited when it exists in another project.
-    async fn hidden(&self, scope: &RequestScope, kind: &str, id: &str, owner: Option<String>) -> ServiceError {
+    async fn hidden(
+        &self,
+        scope: &RequestScope,
+        kind: &str,
+        id: &str,
+        owner: Option<String>,
+    ) -> ServiceError {
         if let Some(owner) = owner {
             let detail = format!("{kind} belongs to another project");
-            self.record_denied(&scope.caller, scope.operation, Some(owner), id, &detail).await;
+            self.record_denied(&scope.caller, scope.operation, Some(owner), id, &detail)
+                .await;
         }
         ServiceError::not_found(kind, id)
     }
 
     /// Whether the caller holds `action` platform-wide.
     fn platform_allows(&self, caller: &Caller, action: Action) -> bool {
-        self.inner.handle.read(|s| authz::authorize(s, &caller.principal_id, None, action).is_ok())
+        self.inner
+            .handle
+            .read(|s| authz::authorize(s, &caller.principal_id, None, action).is_ok())
     }
 
     // ---- health and cluster ----
@@ -414,10 +460,16 @@ impl AdminService {
     }
 
     pub(crate) fn list_members(&self) -> ListPage<MemberStatus> {
-        ListPage { items: self.inner.handle.status().members, next_page_token: String::new() }
+        ListPage {
+            items: self.inner.handle.status().members,
+            next_page_token: String::new(),
+        }
     }
 
-    pub(crate) async fn add_member(&self, req: AddMemberRequest) -> Result<MemberStatus, ServiceError> {
+    pub(crate) async fn add_member(
+        &self,
+        req: AddMemberRequest,
+    ) -> Result<MemberStatus, ServiceError> {
         if req.id == 0 {
             return Err(ServiceError::invalid("id", "must be a positive integer"));
         }
@@ -426,8 +478,15 @@ impl AdminService {
         }
         validate_addr("raft_addr", &req.raft_addr)?;
         validate_addr("admin_addr", &req.admin_addr)?;
-        let node = MemberNode { name: req.name.clone(), raft_addr: req.raft_addr.clone(), admin_addr: req.admin_addr.clone() };
-        self.inner.handle.add_member(req.id, node, req.voter).await?;
+        let node = MemberNode {
+            name: req.name.clone(),
+            raft_addr: req.raft_addr.clone(),
+            admin_addr: req.admin_addr.clone(),
+        };
+        self.inner
+            .handle
+            .add_member(req.id, node, req.voter)
+            .await?;
         Ok(MemberStatus {
             id: req.id,
             name: req.name,
@@ -438,7 +497,14 @@ impl AdminService {
     }
 
     pub(crate) async fn remove_member(&self, id: NodeId) -> Result<(), ServiceError> {
-        if !self.inner.handle.status().members.iter().any(|m| m.id == id) {
+        if !self
+            .inner
+            .handle
+            .status()
+            .members
+            .iter()
+            .any(|m| m.id == id)
+        {
             return Err(ServiceError::not_found("member", &id.to_string()));
         }
         Ok(self.inner.handle.remove_member(id).await?)
@@ -455,8 +521,17 @@ impl AdminService {
         let description = req.description.unwrap_or_default();
         validate_description(&description)?;
         let mut rng = OsRng;
-        let data_key = crypto::wrap_data_key(&self.inner.keyring, &crypto::new_data_key(&mut rng), &mut rng);
-        let op = Op::CreateProject { id: crypto::random_id("prj", &mut rng), name: req.name, description, data_key };
+        let data_key = crypto::wrap_data_key(
+            &self.inner.keyring,
+            &crypto::new_data_key(&mut rng),
+            &mut rng,
+        );
+        let op = Op::CreateProject {
+            id: crypto::random_id("prj", &mut rng),
+            name: req.name,
+            description,
+            data_key,
+        };
         match self.write(scope, op).await? {
             Outcome::Project { project } => Ok(project),
             other => Err(unexpected(other)),
@@ -478,33 +553,62 @@ impl AdminService {
     }
 
     /// A project by id or name, if the caller may read it (404 otherwise, audited when it exists).
-    pub(crate) async fn get_project(&self, scope: &RequestScope, project: &str) -> Result<ProjectView, ServiceError> {
+    pub(crate) async fn get_project(
+        &self,
+        scope: &RequestScope,
+        project: &str,
+    ) -> Result<ProjectView, ServiceError> {
         self.consistent().await?;
         let found = self.inner.handle.read(|s| {
             s.project_by_id_or_name(project).map(|p| {
-                (p.view(), authz::authorize(s, &scope.caller.principal_id, Some(&p.id), Action::ReadProject))
+                (
+                    p.view(),
+                    authz::authorize(
+                        s,
+                        &scope.caller.principal_id,
+                        Some(&p.id),
+                        Action::ReadProject,
+                    ),
+                )
             })
         });
         match found {
             None => Err(ServiceError::not_found("project", project)),
             Some((view, Ok(()))) => Ok(view),
             Some((view, Err(authz::Denied::Forbidden))) => {
-                self.record_denied(&scope.caller, scope.operation, Some(view.id.clone()), &view.id, "roles do not grant read-project")
-                    .await;
+                self.record_denied(
+                    &scope.caller,
+                    scope.operation,
+                    Some(view.id.clone()),
+                    &view.id,
+                    "roles do not grant read-project",
+                )
+                .await;
                 Err(ServiceError::forbidden("this operation needs read-project"))
             }
-            Some((view, Err(_))) => Err(self.hidden(scope, "project", project, Some(view.id)).await),
+            Some((view, Err(_))) => {
+                Err(self.hidden(scope, "project", project, Some(view.id)).await)
+            }
         }
     }
 
-    pub(crate) async fn delete_project(&self, scope: &RequestScope, project: &str) -> Result<(), ServiceError> {
+    pub(crate) async fn delete_project(
+        &self,
+        scope: &RequestScope,
+        project: &str,
+    ) -> Result<(), ServiceError> {
         self.consistent().await?;
-        let id = self.inner.handle.read(|s| s.project_by_id_or_name(project).map(|p| p.id.clone()));
+        let id = self
+            .inner
+            .handle
+            .read(|s| s.project_by_id_or_name(project).map(|p| p.id.clone()));
         let id = id.ok_or_else(|| ServiceError::not_found("project", project))?;
         match self.write(scope, Op::DeleteProject { id }).await {
             Ok(_) => Ok(()),
             // The domain names the id; callers asked by name or id, so answer in their words.
-            Err(e) if e.kind == ErrorKind::NotFound => Err(ServiceError::not_found("project", project)),
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                Err(ServiceError::not_found("project", project))
+            }
             Err(e) => Err(e),
         }
     }
@@ -518,7 +622,11 @@ impl AdminService {
     ) -> Result<ListPage<Principal>, ServiceError> {
         let req = page.request()?;
         self.consistent().await?;
-        Ok(self.inner.handle.read(|s| s.project_scope(&scope.project_id).principals(&req)).into())
+        Ok(self
+            .inner
+            .handle
+            .read(|s| s.project_scope(&scope.project_id).principals(&req))
+            .into())
     }
 
     pub(crate) async fn create_service_account(
@@ -545,8 +653,17 @@ impl AdminService {
             let principal = s.principal(&scope.caller.principal_id)?.clone();
             let key = s.key_by_id(&scope.caller.key_id)?.view();
             let project = s.project(&scope.project_id)?.view();
-            let bindings = s.bindings_of(&principal.id).into_iter().map(RoleBindingView::from).collect();
-            Some(WhoAmI { principal, key, project, bindings })
+            let bindings = s
+                .bindings_of(&principal.id)
+                .into_iter()
+                .map(RoleBindingView::from)
+                .collect();
+            Some(WhoAmI {
+                principal,
+                key,
+                project,
+                bindings,
+            })
         });
         // The key was found a moment ago during admission; it can only be gone if deleted in between.
         found.ok_or_else(ServiceError::unauthenticated)
@@ -554,13 +671,22 @@ impl AdminService {
 
     // ---- keys ----
 
-    pub(crate) async fn create_key(&self, scope: &RequestScope, req: CreateKeyRequest) -> Result<CreatedKey, ServiceError> {
+    pub(crate) async fn create_key(
+        &self,
+        scope: &RequestScope,
+        req: CreateKeyRequest,
+    ) -> Result<CreatedKey, ServiceError> {
         validate_display_name("name", &req.name)?;
         let role = req.role.as_deref().map(parse_role).transpose()?;
         let at = now_ms();
         let expires_at = match req.expires_in_seconds {
             None => None,
-            Some(0) => return Err(ServiceError::invalid("expires_in_seconds", "must be positive")),
+            Some(0) => {
+                return Err(ServiceError::invalid(
+                    "expires_in_seconds",
+                    "must be positive",
+                ))
+            }
             Some(secs) => Some(
                 secs.checked_mul(1000)
                     .and_then(|ms| at.checked_add(ms))
@@ -575,15 +701,23 @@ impl AdminService {
                     (mine, s.principal(id).map(|p| p.project_id.clone()))
                 });
                 match owner {
-                    (true, _) => KeyPrincipal::Existing { principal_id: id.to_owned() },
+                    (true, _) => KeyPrincipal::Existing {
+                        principal_id: id.to_owned(),
+                    },
                     (false, owner) => return Err(self.hidden(scope, "principal", id, owner).await),
                 }
             }
             None => {
                 if role.is_none() {
-                    return Err(ServiceError::invalid("role", "is required when the key gets a new service account"));
+                    return Err(ServiceError::invalid(
+                        "role",
+                        "is required when the key gets a new service account",
+                    ));
                 }
-                KeyPrincipal::NewServiceAccount { principal_id: crypto::random_id("sa", &mut rng), name: req.name.clone() }
+                KeyPrincipal::NewServiceAccount {
+                    principal_id: crypto::random_id("sa", &mut rng),
+                    name: req.name.clone(),
+                }
             }
         };
         let token = crypto::generate_token(&mut rng);
@@ -599,7 +733,11 @@ impl AdminService {
         };
         let cmd = Command::new(at, scope.caller.actor(), op);
         match self.inner.handle.write(cmd).await? {
-            Outcome::KeyCreated { key, principal, binding } => Ok(CreatedKey {
+            Outcome::KeyCreated {
+                key,
+                principal,
+                binding,
+            } => Ok(CreatedKey {
                 id: key.id.clone(),
                 token: token.token,
                 key,
@@ -610,21 +748,35 @@ impl AdminService {
         }
     }
 
-    pub(crate) async fn list_keys(&self, scope: &RequestScope, page: &PageParams) -> Result<ListPage<ApiKeyView>, ServiceError> {
+    pub(crate) async fn list_keys(
+        &self,
+        scope: &RequestScope,
+        page: &PageParams,
+    ) -> Result<ListPage<ApiKeyView>, ServiceError> {
         let req = page.request()?;
         self.consistent().await?;
-        Ok(self.inner.handle.read(|s| s.project_scope(&scope.project_id).keys(&req)).into())
+        Ok(self
+            .inner
+            .handle
+            .read(|s| s.project_scope(&scope.project_id).keys(&req))
+            .into())
     }
 
     /// The key if it is the project's; the owner project of a key hidden elsewhere.
     fn find_key(&self, scope: &RequestScope, id: &str) -> Result<ApiKeyView, Option<String>> {
-        self.inner.handle.read(|s| match s.project_scope(&scope.project_id).key(id) {
-            Some(k) => Ok(k.view()),
-            None => Err(s.key_by_id(id).map(|k| k.project_id.clone())),
-        })
+        self.inner
+            .handle
+            .read(|s| match s.project_scope(&scope.project_id).key(id) {
+                Some(k) => Ok(k.view()),
+                None => Err(s.key_by_id(id).map(|k| k.project_id.clone())),
+            })
     }
 
-    pub(crate) async fn get_key(&self, scope: &RequestScope, id: &str) -> Result<ApiKeyView, ServiceError> {
+    pub(crate) async fn get_key(
+        &self,
+        scope: &RequestScope,
+        id: &str,
+    ) -> Result<ApiKeyView, ServiceError> {
         self.consistent().await?;
         match self.find_key(scope, id) {
             Ok(view) => Ok(view),
@@ -632,12 +784,24 @@ impl AdminService {
         }
     }
 
-    pub(crate) async fn revoke_key(&self, scope: &RequestScope, id: &str) -> Result<ApiKeyView, ServiceError> {
+    pub(crate) async fn revoke_key(
+        &self,
+        scope: &RequestScope,
+        id: &str,
+    ) -> Result<ApiKeyView, ServiceError> {
         self.consistent().await?;
         if let Err(owner) = self.find_key(scope, id) {
             return Err(self.hidden(scope, "key", id, owner).await);
         }
-        match self.write(scope, Op::RevokeKey { key_id: id.to_owned() }).await? {
+        match self
+            .write(
+                scope,
+                Op::RevokeKey {
+                    key_id: id.to_owned(),
+                },
+            )
+            .await?
+        {
             Outcome::Key { key } => Ok(key),
             other => Err(unexpected(other)),
         }
@@ -653,9 +817,17 @@ impl AdminService {
         let role = parse_role(&req.role)?;
         let platform_admin = self.platform_allows(&scope.caller, Action::ManageBindings);
         if req.platform && !platform_admin {
-            self.record_denied(&scope.caller, scope.operation, None, &req.principal_id, "platform binding needs platform-admin")
-                .await;
-            return Err(ServiceError::forbidden("platform-wide bindings need platform-admin"));
+            self.record_denied(
+                &scope.caller,
+                scope.operation,
+                None,
+                &req.principal_id,
+                "platform binding needs platform-admin",
+            )
+            .await;
+            return Err(ServiceError::forbidden(
+                "platform-wide bindings need platform-admin",
+            ));
         }
         self.consistent().await?;
         let visible = self.inner.handle.read(|s| {
@@ -664,10 +836,20 @@ impl AdminService {
             (mine || (platform_admin && owner.is_some()), owner)
         });
         if let (false, owner) = visible {
-            return Err(self.hidden(scope, "principal", &req.principal_id, owner).await);
+            return Err(self
+                .hidden(scope, "principal", &req.principal_id, owner)
+                .await);
         }
-        let binding_scope = if req.platform { Scope::Platform } else { Scope::Project(scope.project_id.clone()) };
-        let op = Op::BindRole { principal_id: req.principal_id, scope: binding_scope, role };
+        let binding_scope = if req.platform {
+            Scope::Platform
+        } else {
+            Scope::Project(scope.project_id.clone())
+        };
+        let op = Op::BindRole {
+            principal_id: req.principal_id,
+            scope: binding_scope,
+            role,
+        };
         match self.write(scope, op).await? {
             Outcome::Binding { binding } => Ok(RoleBindingView::from(&binding)),
             other => Err(unexpected(other)),
@@ -681,11 +863,18 @@ impl AdminService {
     ) -> Result<ListPage<RoleBindingView>, ServiceError> {
         let req = page.request()?;
         self.consistent().await?;
-        let page = self.inner.handle.read(|s| s.project_scope(&scope.project_id).bindings(&req));
+        let page = self
+            .inner
+            .handle
+            .read(|s| s.project_scope(&scope.project_id).bindings(&req));
         Ok(page.map(|b| RoleBindingView::from(&b)).into())
     }
 
-    pub(crate) async fn delete_binding(&self, scope: &RequestScope, id: &str) -> Result<(), ServiceError> {
+    pub(crate) async fn delete_binding(
+        &self,
+        scope: &RequestScope,
+        id: &str,
+    ) -> Result<(), ServiceError> {
         self.consistent().await?;
         let found = self.inner.handle.read(|s| {
             if s.project_scope(&scope.project_id).binding(id).is_some() {
@@ -698,25 +887,45 @@ impl AdminService {
         });
         match found {
             Ok(()) => {}
-            Err(Some(Scope::Platform)) if self.platform_allows(&scope.caller, Action::ManageBindings) => {}
-            Err(Some(Scope::Platform)) => return Err(self.hidden(scope, "role binding", id, None).await),
-            Err(Some(Scope::Project(owner))) => return Err(self.hidden(scope, "role binding", id, Some(owner)).await),
+            Err(Some(Scope::Platform))
+                if self.platform_allows(&scope.caller, Action::ManageBindings) => {}
+            Err(Some(Scope::Platform)) => {
+                return Err(self.hidden(scope, "role binding", id, None).await)
+            }
+            Err(Some(Scope::Project(owner))) => {
+                return Err(self.hidden(scope, "role binding", id, Some(owner)).await)
+            }
             Err(None) => return Err(ServiceError::not_found("role binding", id)),
         }
-        self.write(scope, Op::UnbindRole { binding_id: id.to_owned() }).await.map(|_| ())
+        self.write(
+            scope,
+            Op::UnbindRole {
+                binding_id: id.to_owned(),
+            },
+        )
+        .await
+        .map(|_| ())
     }
 
     // ---- audit ----
 
-    pub(crate) async fn list_audit(&self, scope: &RequestScope, query: &AuditQuery) -> Result<AuditList, ServiceError> {
+    pub(crate) async fn list_audit(
+        &self,
+        scope: &RequestScope,
+        query: &AuditQuery,
+    ) -> Result<AuditList, ServiceError> {
         let from_token = match query.page_token.as_deref().filter(|t| !t.is_empty()) {
             None => None,
-            Some(t) => Some(t.parse::<u64>().map_err(|_| ServiceError::invalid("page_token", "not a token from a previous page"))?),
+            Some(t) => Some(t.parse::<u64>().map_err(|_| {
+                ServiceError::invalid("page_token", "not a token from a previous page")
+            })?),
         };
         let after = from_token.or(query.after_seq).unwrap_or(0);
         let limit = match query.page_size {
             None | Some(0) => DEFAULT_PAGE_SIZE,
-            Some(n) => usize::try_from(n).unwrap_or(state::MAX_PAGE_SIZE).min(state::MAX_PAGE_SIZE),
+            Some(n) => usize::try_from(n)
+                .unwrap_or(state::MAX_PAGE_SIZE)
+                .min(state::MAX_PAGE_SIZE),
         };
         let platform = self.platform_allows(&scope.caller, Action::ReadAudit);
         self.consistent().await?;
@@ -729,12 +938,18 @@ impl AdminService {
         });
         Ok(AuditList {
             items: page.records,
-            next_page_token: page.next_after_seq.map(|n| n.to_string()).unwrap_or_default(),
+            next_page_token: page
+                .next_after_seq
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
             next_after_seq: page.next_after_seq,
         })
     }
 
-    pub(crate) async fn verify_audit(&self, scope: &RequestScope) -> Result<AuditVerification, ServiceError> {
+    pub(crate) async fn verify_audit(
+        &self,
+        scope: &RequestScope,
+    ) -> Result<AuditVerification, ServiceError> {
         let platform = self.platform_allows(&scope.caller, Action::ReadAudit);
         self.consistent().await?;
         let (result, records) = self.inner.handle.read(|s| {
@@ -742,25 +957,44 @@ impl AdminService {
             let visible = if platform {
                 all.len()
             } else {
-                all.iter().filter(|r| r.project.as_deref() == Some(scope.project_id.as_str())).count()
+                all.iter()
+                    .filter(|r| r.project.as_deref() == Some(scope.project_id.as_str()))
+                    .count()
             };
             (state::verify_chain(all), visible as u64)
         });
         Ok(match result {
-            Ok(()) => AuditVerification { ok: true, records, broken_at_seq: None, error: None },
-            Err(e) => AuditVerification { ok: false, records, broken_at_seq: Some(e.seq), error: Some(e.to_string()) },
+            Ok(()) => AuditVerification {
+                ok: true,
+                records,
+                broken_at_seq: None,
+                error: None,
+            },
+            Err(e) => AuditVerification {
+                ok: false,
+                records,
+                broken_at_seq: Some(e.seq),
+                error: Some(e.to_string()),
+            },
         })
     }
 
     // ---- secrets ----
 
-    pub(crate) async fn put_secret(&self, scope: &RequestScope, req: PutSecretRequest) -> Result<SecretResource, ServiceError> {
+    pub(crate) async fn put_secret(
+        &self,
+        scope: &RequestScope,
+        req: PutSecretRequest,
+    ) -> Result<SecretResource, ServiceError> {
         validate_secret_name(&req.name)?;
         if req.value.is_empty() {
             return Err(ServiceError::invalid("value", "must not be empty"));
         }
         if req.value.len() > MAX_SECRET_BYTES {
-            return Err(ServiceError::invalid("value", format!("at most {MAX_SECRET_BYTES} bytes")));
+            return Err(ServiceError::invalid(
+                "value",
+                format!("at most {MAX_SECRET_BYTES} bytes"),
+            ));
         }
         let mut attempt = 0;
         loop {
@@ -768,12 +1002,21 @@ impl AdminService {
             self.consistent().await?;
             let (wrapped, latest) = self.inner.handle.read(|s| {
                 let scoped = s.project_scope(&scope.project_id);
-                (scoped.data_key().cloned(), scoped.secret(&req.name).map_or(0, |x| x.latest_version()))
+                (
+                    scoped.data_key().cloned(),
+                    scoped.secret(&req.name).map_or(0, |x| x.latest_version()),
+                )
             });
-            let wrapped = wrapped.ok_or_else(|| ServiceError::not_found("project", &scope.project_id))?;
-            let data_key = crypto::unwrap_data_key(&self.inner.keyring, &wrapped).map_err(crypto_error)?;
+            let wrapped =
+                wrapped.ok_or_else(|| ServiceError::not_found("project", &scope.project_id))?;
+            let data_key =
+                crypto::unwrap_data_key(&self.inner.keyring, &wrapped).map_err(crypto_error)?;
             let version = latest + 1;
-            let aad = SecretAad { project_id: &scope.project_id, name: &req.name, version };
+            let aad = SecretAad {
+                project_id: &scope.project_id,
+                name: &req.name,
+                version,
+            };
             let sealed = crypto::encrypt_secret(&data_key, req.value.as_bytes(), aad, &mut OsRng);
             let op = Op::PutSecret {
                 project_id: scope.project_id.clone(),
@@ -786,7 +1029,9 @@ impl AdminService {
                 Ok(Outcome::Secret { secret }) => return Ok(secret.into()),
                 Ok(other) => return Err(unexpected(other)),
                 // Another put took this version number first: seal again for the next one.
-                Err(e) if e.kind == ErrorKind::FailedPrecondition && attempt < RACE_ATTEMPTS => continue,
+                Err(e) if e.kind == ErrorKind::FailedPrecondition && attempt < RACE_ATTEMPTS => {
+                    continue
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -799,37 +1044,67 @@ impl AdminService {
     ) -> Result<ListPage<SecretResource>, ServiceError> {
         let req = page.request()?;
         self.consistent().await?;
-        let page = self.inner.handle.read(|s| s.project_scope(&scope.project_id).secrets(&req));
+        let page = self
+            .inner
+            .handle
+            .read(|s| s.project_scope(&scope.project_id).secrets(&req));
         Ok(page.map(SecretResource::from).into())
     }
 
-    pub(crate) async fn get_secret(&self, scope: &RequestScope, name: &str) -> Result<SecretResource, ServiceError> {
+    pub(crate) async fn get_secret(
+        &self,
+        scope: &RequestScope,
+        name: &str,
+    ) -> Result<SecretResource, ServiceError> {
         self.consistent().await?;
         self.inner
             .handle
-            .read(|s| s.project_scope(&scope.project_id).secret(name).map(|x| x.view().into()))
+            .read(|s| {
+                s.project_scope(&scope.project_id)
+                    .secret(name)
+                    .map(|x| x.view().into())
+            })
             .ok_or_else(|| ServiceError::not_found("secret", name))
     }
 
-    pub(crate) async fn delete_secret(&self, scope: &RequestScope, name: &str) -> Result<(), ServiceError> {
-        let op = Op::DeleteSecret { project_id: scope.project_id.clone(), name: name.to_owned() };
+    pub(crate) async fn delete_secret(
+        &self,
+        scope: &RequestScope,
+        name: &str,
+    ) -> Result<(), ServiceError> {
+        let op = Op::DeleteSecret {
+            project_id: scope.project_id.clone(),
+            name: name.to_owned(),
+        };
         self.write(scope, op).await.map(|_| ())
     }
 
-    pub(crate) async fn rewrap_secrets(&self, scope: &RequestScope) -> Result<RewrapResult, ServiceError> {
+    pub(crate) async fn rewrap_secrets(
+        &self,
+        scope: &RequestScope,
+    ) -> Result<RewrapResult, ServiceError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             self.consistent().await?;
             let keys = self.inner.handle.read(|s| s.data_keys());
-            let rewrapped = crypto::rewrap_all(&self.inner.keyring, &keys, &mut OsRng).map_err(crypto_error)?;
-            match self.write(scope, Op::RewrapDataKeys { keys: rewrapped }).await {
+            let rewrapped =
+                crypto::rewrap_all(&self.inner.keyring, &keys, &mut OsRng).map_err(crypto_error)?;
+            match self
+                .write(scope, Op::RewrapDataKeys { keys: rewrapped })
+                .await
+            {
                 Ok(Outcome::Rewrapped { projects }) => {
-                    return Ok(RewrapResult { projects, master_key_id: self.inner.keyring.current_id().to_owned() })
+                    return Ok(RewrapResult {
+                        projects,
+                        master_key_id: self.inner.keyring.current_id().to_owned(),
+                    })
                 }
                 Ok(other) => return Err(unexpected(other)),
                 // A project was created or deleted in between: the set must be complete, so read it again.
-                Err(e) if e.kind == ErrorKind::FailedPrecondition && attempt < RACE_ATTEMPTS => continue,
+                Err(e) if e.kind == ErrorKind::FailedPrecondition && attempt < RACE_ATTEMPTS => {
+                    continue
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -876,9 +1151,16 @@ mod tests {
 
     #[test]
     fn secret_requests_do_not_debug_print_values() {
-        let req = PutSecretRequest { name: "s3-key".into(), value: "hunter2".into(), bindings: None };
+        let req = PutSecretRequest {
+            name: "s3-key".into(),
+            value: "hunter2".into(),
+            bindings: None,
+        };
         let text = format!("{req:?}");
-        assert!(text.contains("s3-key") && !text.contains("hunter2"), "{text}");
+        assert!(
+            text.contains("s3-key") && !text.contains("hunter2"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -41,7 +41,10 @@ pub struct Setup {
 
 impl Default for Setup {
     fn default() -> Self {
-        Setup { tls: false, max_body_bytes: 64 * 1024 }
+        Setup {
+            tls: false,
+            max_body_bytes: 64 * 1024,
+        }
     }
 }
 
@@ -61,7 +64,11 @@ pub async fn start_with(setup: Setup) -> anyhow::Result<TestApi> {
     )?;
     let tls = certs::TlsIdentity::from_pem(ca.cert_pem(), &leaf.cert_pem, &leaf.key_pem)?;
 
-    let member = MemberNode { name: "c1".into(), raft_addr: String::new(), admin_addr: String::new() };
+    let member = MemberNode {
+        name: "c1".into(),
+        raft_addr: String::new(),
+        admin_addr: String::new(),
+    };
     let (coordinator, handle) = Coordinator::start(CoordinatorOptions {
         node_id: 1,
         name: "c1".into(),
@@ -75,13 +82,18 @@ pub async fn start_with(setup: Setup) -> anyhow::Result<TestApi> {
     })
     .await
     .context("starting the coordinator")?;
-    handle.wait_for(|s| s.leader == Some(1), Duration::from_secs(30)).await.context("waiting for a leader")?;
+    handle
+        .wait_for(|s| s.leader == Some(1), Duration::from_secs(30))
+        .await
+        .context("waiting for a leader")?;
 
     let mut key = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut key);
     let keyring = Arc::new(MasterKeyring::from_entries([("mk1".to_owned(), key)])?);
     let admin_token = coordinator::crypto::generate_token(&mut rand::rngs::OsRng).token;
-    coordinator::bootstrap::propose(&handle, &keyring, &admin_token).await.context("bootstrapping")?;
+    coordinator::bootstrap::propose(&handle, &keyring, &admin_token)
+        .await
+        .context("bootstrapping")?;
 
     let api = AdminApi::bind(AdminApiOptions {
         listen: "127.0.0.1:0".parse()?,
@@ -130,15 +142,25 @@ pub struct Answer {
 
 impl Answer {
     pub fn error_code(&self) -> &str {
-        self.body.pointer("/error/code").and_then(Value::as_str).unwrap_or("")
+        self.body
+            .pointer("/error/code")
+            .and_then(Value::as_str)
+            .unwrap_or("")
     }
 
     pub fn error_message(&self) -> &str {
-        self.body.pointer("/error/message").and_then(Value::as_str).unwrap_or("")
+        self.body
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .unwrap_or("")
     }
 
     pub fn str(&self, pointer: &str) -> String {
-        self.body.pointer(pointer).and_then(Value::as_str).unwrap_or_default().to_owned()
+        self.body
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
     }
 }
 
@@ -190,23 +212,41 @@ impl<'a> Call<'a> {
         if let Some((ct, body)) = self.body {
             req = req.header("content-type", ct).body(body);
         }
-        let resp = req.send().await.with_context(|| format!("{} {url}", self.method))?;
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("{} {url}", self.method))?;
         let status = resp.status().as_u16();
-        let content_type =
-            resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
         let text = resp.text().await?;
         let body = if text.is_empty() {
             Value::Null
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
-        Ok(Answer { status, body, content_type })
+        Ok(Answer {
+            status,
+            body,
+            content_type,
+        })
     }
 }
 
 impl TestApi {
     fn call(&self, method: reqwest::Method, path: &str) -> Call<'_> {
-        Call { api: self, method, path: path.to_owned(), token: Some(self.admin_token.clone()), project: None, body: None }
+        Call {
+            api: self,
+            method,
+            path: path.to_owned(),
+            token: Some(self.admin_token.clone()),
+            project: None,
+            body: None,
+        }
     }
 
     /// A request with the admin token (override with `.token()` / `.no_token()`).
@@ -228,7 +268,11 @@ impl TestApi {
 
     /// Creates a project as platform admin; returns its id.
     pub async fn create_project(&self, name: &str) -> anyhow::Result<String> {
-        let a = self.post("/v1/projects").json(json!({ "name": name })).send().await?;
+        let a = self
+            .post("/v1/projects")
+            .json(json!({ "name": name }))
+            .send()
+            .await?;
         if a.status != 201 {
             bail!("creating project {name}: {} {}", a.status, a.body);
         }
@@ -236,8 +280,18 @@ impl TestApi {
     }
 
     /// Creates a key with `role` in `project` (as platform admin); returns (token, key id, principal id).
-    pub async fn create_key(&self, project: &str, name: &str, role: &str) -> anyhow::Result<(String, String, String)> {
-        let a = self.post("/v1/keys").project(project).json(json!({ "name": name, "role": role })).send().await?;
+    pub async fn create_key(
+        &self,
+        project: &str,
+        name: &str,
+        role: &str,
+    ) -> anyhow::Result<(String, String, String)> {
+        let a = self
+            .post("/v1/keys")
+            .project(project)
+            .json(json!({ "name": name, "role": role }))
+            .send()
+            .await?;
         if a.status != 201 {
             bail!("creating key {name}: {} {}", a.status, a.body);
         }
@@ -249,7 +303,10 @@ impl TestApi {
         let mut all = Vec::new();
         let mut after = 0u64;
         loop {
-            let a = self.get(&format!("/v1/audit?after_seq={after}&page_size=1000")).send().await?;
+            let a = self
+                .get(&format!("/v1/audit?after_seq={after}&page_size=1000"))
+                .send()
+                .await?;
             if a.status != 200 {
                 bail!("reading the audit log: {} {}", a.status, a.body);
             }
@@ -257,7 +314,10 @@ impl TestApi {
             if items.is_empty() {
                 return Ok(all);
             }
-            after = items.last().and_then(|r| r["seq"].as_u64()).context("record without seq")?;
+            after = items
+                .last()
+                .and_then(|r| r["seq"].as_u64())
+                .context("record without seq")?;
             all.extend(items);
         }
     }
