@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
+    Unreachable,
 };
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use openraft::RPCTypes;
 use protocol::pb;
@@ -30,6 +31,8 @@ use crate::node::{MemberNode, NodeId, TypeConfig};
 
 /// The longest pause between attempts to reach an unreachable peer.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Largest encoded Raft request: half a frame, leaving room for the envelope.
+const MAX_RAFT_PAYLOAD: usize = protocol::DEFAULT_MAX_FRAME / 2;
 /// How long a background connection warm-up may take.
 const WARM_UP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -43,7 +46,11 @@ pub(crate) struct NetworkFactory {
 
 impl NetworkFactory {
     pub(crate) fn new(node_id: NodeId, client: RpcClient, backoff_base: Duration) -> Self {
-        Self { node_id, client, backoff_base }
+        Self {
+            node_id,
+            client,
+            backoff_base,
+        }
     }
 }
 
@@ -99,23 +106,46 @@ impl PeerNetwork {
         Resp: DeserializeOwned,
         E: DeserializeOwned,
     {
-        let data = serde_json::to_vec(request).map_err(|e| CallFailure::Network(NetworkError::new(&e)))?;
-        let body = pb::RaftPayload { data: Bytes::from(data) };
-        let answer: pb::RaftPayload =
-            self.client.call_message(&self.node.raft_addr, method, &body, timeout).await.map_err(|e| match e {
+        let data = encode(request)?;
+        self.send(method, data, timeout).await
+    }
+
+    async fn send<Resp, E>(
+        &self,
+        method: Method,
+        data: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Result<Resp, E>, CallFailure>
+    where
+        Resp: DeserializeOwned,
+        E: DeserializeOwned,
+    {
+        let body = pb::RaftPayload {
+            data: Bytes::from(data),
+        };
+        let answer: pb::RaftPayload = self
+            .client
+            .call_message(&self.node.raft_addr, method, &body, timeout)
+            .await
+            .map_err(|e| match e {
                 RpcError::Timeout => CallFailure::Timeout(timeout),
-                RpcError::Transport(_) | RpcError::Refused(_) => CallFailure::Unreachable(Unreachable::new(&e)),
+                RpcError::Transport(_) | RpcError::Refused(_) => {
+                    CallFailure::Unreachable(Unreachable::new(&e))
+                }
                 RpcError::Remote(ref status)
                     if matches!(
                         status.code,
-                        StatusCode::Unavailable | StatusCode::PermissionDenied | StatusCode::Unauthenticated
+                        StatusCode::Unavailable
+                            | StatusCode::PermissionDenied
+                            | StatusCode::Unauthenticated
                     ) =>
                 {
                     CallFailure::Unreachable(Unreachable::new(&e))
                 }
                 other => CallFailure::Network(NetworkError::new(&other)),
             })?;
-        serde_json::from_slice(&answer.data).map_err(|e| CallFailure::Network(NetworkError::new(&e)))
+        serde_json::from_slice(&answer.data)
+            .map_err(|e| CallFailure::Network(NetworkError::new(&e)))
     }
 
     /// Turns the outcome of [`PeerNetwork::call`] into what openraft expects.
@@ -126,16 +156,25 @@ impl PeerNetwork {
     ) -> Result<Resp, RPCError<NodeId, MemberNode, RaftError<NodeId, E>>> {
         match result {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(remote)) => {
-                Err(RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), remote)))
-            }
+            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                remote,
+            ))),
             Err(CallFailure::Unreachable(e)) => Err(RPCError::Unreachable(e)),
             Err(CallFailure::Network(e)) => Err(RPCError::Network(e)),
-            Err(CallFailure::Timeout(timeout)) => {
-                Err(RPCError::Timeout(Timeout { action, id: self.node_id, target: self.target, timeout }))
-            }
+            Err(CallFailure::Timeout(timeout)) => Err(RPCError::Timeout(Timeout {
+                action,
+                id: self.node_id,
+                target: self.target,
+                timeout,
+            })),
         }
     }
+}
+
+fn encode<T: Serialize>(request: &T) -> Result<Vec<u8>, CallFailure> {
+    serde_json::to_vec(request).map_err(|e| CallFailure::Network(NetworkError::new(&e)))
 }
 
 impl RaftNetwork<TypeConfig> for PeerNetwork {
@@ -143,8 +182,23 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>> {
-        let result = self.call(Method::RaftAppendEntries, &rpc, option.hard_ttl()).await;
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>>
+    {
+        let data = match encode(&rpc) {
+            Ok(data) => data,
+            Err(e) => return self.rpc_result(RPCTypes::AppendEntries, Err(e)),
+        };
+        let entries = rpc.entries.len();
+        if data.len() > MAX_RAFT_PAYLOAD && entries > 1 {
+            // Ask openraft for fewer entries per call, in proportion to the overshoot.
+            let hint = (entries as u64).saturating_mul(MAX_RAFT_PAYLOAD as u64) / data.len() as u64;
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint.max(1)),
+            ));
+        }
+        let result = self
+            .send(Method::RaftAppendEntries, data, option.hard_ttl())
+            .await;
         self.rpc_result(RPCTypes::AppendEntries, result)
     }
 
@@ -156,7 +210,9 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, MemberNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        let result = self.call(Method::RaftInstallSnapshot, &rpc, option.hard_ttl()).await;
+        let result = self
+            .call(Method::RaftInstallSnapshot, &rpc, option.hard_ttl())
+            .await;
         self.rpc_result(RPCTypes::InstallSnapshot, result)
     }
 
@@ -171,6 +227,76 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
 
     fn backoff(&self) -> Backoff {
         let base = self.backoff_base.max(Duration::from_millis(1));
-        Backoff::new(std::iter::successors(Some(base), |d| Some((*d * 2).min(MAX_BACKOFF))))
+        Backoff::new(std::iter::successors(Some(base), |d| {
+            Some((*d * 2).min(MAX_BACKOFF))
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use certs::{CertificateAuthority, Identity, LeafRequest, TlsIdentity};
+    use openraft::error::RPCError;
+    use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+    use openraft::raft::AppendEntriesRequest;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+    use protocol::rpc::RpcClient;
+
+    use super::{NetworkFactory, MAX_RAFT_PAYLOAD};
+    use crate::node::{MemberNode, TypeConfig};
+    use crate::state::{Actor, AuditOutcome, Command, Op};
+
+    fn big_entry(index: u64, bytes: usize) -> Entry<TypeConfig> {
+        let op = Op::RecordAudit {
+            action: "test.big".to_string(),
+            project: None,
+            target: String::new(),
+            outcome: AuditOutcome::Denied,
+            detail: "x".repeat(bytes),
+        };
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::new(0, Actor::system(), op)),
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_append_asks_openraft_for_fewer_entries() -> anyhow::Result<()> {
+        let ca = CertificateAuthority::generate("net.meridian.test", Duration::from_secs(600))?;
+        let leaf = ca.issue(&LeafRequest::new(
+            Identity::coordinator("net.meridian.test", "c1")?,
+            Duration::from_secs(600),
+        ))?;
+        let tls = TlsIdentity::from_pem(ca.cert_pem(), &leaf.cert_pem, &leaf.key_pem)?;
+        let mut factory = NetworkFactory::new(1, RpcClient::new(&tls)?, Duration::from_millis(10));
+        // Nothing listens there: only a request that is refused before sending can answer quickly.
+        let node = MemberNode {
+            name: "c2".into(),
+            raft_addr: "127.0.0.1:9".into(),
+            admin_addr: String::new(),
+        };
+        let mut peer = factory.new_client(2, &node).await;
+
+        let entry_bytes = MAX_RAFT_PAYLOAD / 3;
+        let request = AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: (1..=4).map(|i| big_entry(i, entry_bytes)).collect(),
+        };
+        let option = RPCOption::new(Duration::from_secs(5));
+        match peer.append_entries(request, option).await {
+            Err(RPCError::PayloadTooLarge(too_large)) => {
+                let hint = too_large.entries_hint();
+                assert!(
+                    (1..4).contains(&hint),
+                    "hint {hint} must shrink the batch of 4"
+                );
+            }
+            other => panic!("expected PayloadTooLarge, got {other:?}"),
+        }
+        Ok(())
     }
 }

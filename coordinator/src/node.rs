@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::error::{
+    ChangeMembershipError, CheckIsLeaderError, ClientWriteError, InitializeError, RaftError,
+};
 use openraft::{ChangeMembers, RaftMetrics, ServerState, SnapshotPolicy};
 use protocol::pb;
 use protocol::rpc::{Method, RpcClient, RpcError, RpcServer, StatusCode};
@@ -64,7 +66,11 @@ pub struct RaftTimings {
 
 impl Default for RaftTimings {
     fn default() -> Self {
-        Self { heartbeat_ms: 50, election_min_ms: 300, election_max_ms: 600 }
+        Self {
+            heartbeat_ms: 50,
+            election_min_ms: 300,
+            election_max_ms: 600,
+        }
     }
 }
 
@@ -176,7 +182,7 @@ impl Deadlines {
     fn from_timings(t: &RaftTimings) -> Self {
         let election = Duration::from_millis(t.election_max_ms.max(1));
         Self {
-            request: (election * 10).clamp(Duration::from_secs(2), Duration::from_secs(30)),
+            request: (election * 5).clamp(Duration::from_secs(2), Duration::from_secs(30)),
             membership: (election * 50).clamp(Duration::from_secs(10), Duration::from_secs(120)),
             leader_step: election * 2,
         }
@@ -232,18 +238,38 @@ pub struct LogStatus {
     pub purged_index: Option<u64>,
 }
 
+/// How a call to the leader failed.
+#[derive(Debug)]
+enum ForwardError {
+    /// No leader received it (unreachable, or no longer the leader): safe to try again elsewhere.
+    NotDelivered(String),
+    /// The leader refused the request as malformed.
+    Invalid(String),
+    /// It was handed over but no answer came back: it may or may not have happened.
+    Failed(String),
+}
+
 /// A membership change as the leader carries it out.
 #[derive(Debug, Clone)]
 pub(crate) enum MemberChange {
-    Add { id: NodeId, node: MemberNode, voter: bool },
-    Remove { id: NodeId },
+    Add {
+        id: NodeId,
+        node: MemberNode,
+        voter: bool,
+    },
+    Remove {
+        id: NodeId,
+    },
 }
 
 /// Why an operation that only the leader performs did not happen here.
 #[derive(Debug)]
 pub(crate) enum LeaderOnlyError {
     /// This node is not the leader; nothing was proposed. Carries the leader when known.
-    NotLeader { leader_id: Option<NodeId>, leader_node: Option<MemberNode> },
+    NotLeader {
+        leader_id: Option<NodeId>,
+        leader_node: Option<MemberNode>,
+    },
     /// The request itself is wrong.
     Invalid(String),
     /// Raft could not do it now (stopped, no quorum, timed out); it may or may not have happened.
@@ -255,6 +281,7 @@ impl Coordinator {
     ///
     /// When `advertise.raft_addr` is empty or names port 0, the bound address is advertised instead; when
     /// bootstrapping, this node's entry in the voter map is always the advertised one.
+    #[tracing::instrument(skip_all, fields(node = opts.node_id, name = %opts.name))]
     pub async fn start(opts: CoordinatorOptions) -> Result<(Coordinator, Handle), StartError> {
         if let Some(members) = &opts.bootstrap {
             if !members.contains_key(&opts.node_id) {
@@ -267,22 +294,37 @@ impl Coordinator {
         }
         let config = raft_config(&opts.timings, opts.snapshot_every)?;
 
-        std::fs::create_dir_all(&opts.data_dir)
-            .map_err(|e| StartError::Storage(format!("creating {}: {e}", opts.data_dir.display())))?;
-        let (log_store, state_machine) = store::open(&opts.data_dir).map_err(|e| StartError::Storage(e.to_string()))?;
+        std::fs::create_dir_all(&opts.data_dir).map_err(|e| {
+            StartError::Storage(format!("creating {}: {e}", opts.data_dir.display()))
+        })?;
+        let (log_store, state_machine) =
+            store::open(&opts.data_dir).map_err(|e| StartError::Storage(e.to_string()))?;
         let state = state_machine.state();
         let committed = log_store.committed();
         let store_closed = log_store.closed_signal();
 
         let client = RpcClient::new(&opts.tls).map_err(|e| StartError::Network(e.to_string()))?;
-        let network =
-            NetworkFactory::new(opts.node_id, client.clone(), Duration::from_millis(opts.timings.heartbeat_ms));
-        let raft = Raft::new(opts.node_id, Arc::new(config), network, log_store, state_machine)
-            .await
-            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let network = NetworkFactory::new(
+            opts.node_id,
+            client.clone(),
+            Duration::from_millis(opts.timings.heartbeat_ms),
+        );
+        let raft = Raft::new(
+            opts.node_id,
+            Arc::new(config),
+            network,
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
 
         let deadlines = Deadlines::from_timings(&opts.timings);
-        let service = Arc::new(CoordinatorService::new(opts.node_id, raft.clone(), deadlines.membership));
+        let service = Arc::new(CoordinatorService::new(
+            opts.node_id,
+            raft.clone(),
+            deadlines.membership,
+        ));
         let server = match RpcServer::bind(opts.raft_listen, &opts.tls, service) {
             Ok(server) => server,
             Err(e) => {
@@ -320,7 +362,12 @@ impl Coordinator {
                 return Err(e);
             }
         }
-        Ok((Coordinator { handle: handle.clone() }, handle))
+        Ok((
+            Coordinator {
+                handle: handle.clone(),
+            },
+            handle,
+        ))
     }
 
     /// Another handle to this coordinator.
@@ -348,13 +395,18 @@ fn raft_config(timings: &RaftTimings, snapshot_every: u64) -> Result<openraft::C
         snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES as u64,
         ..Default::default()
     };
-    config.validate().map_err(|e| StartError::Raft(format!("raft timings: {e}")))
+    config
+        .validate()
+        .map_err(|e| StartError::Raft(format!("raft timings: {e}")))
 }
 
 /// The member as others reach it: the bound address fills in an empty or port-0 advertised address.
 fn advertised(mut advertise: MemberNode, bound: SocketAddr) -> MemberNode {
     let unset = advertise.raft_addr.is_empty()
-        || advertise.raft_addr.parse::<SocketAddr>().is_ok_and(|addr| addr.port() == 0);
+        || advertise
+            .raft_addr
+            .parse::<SocketAddr>()
+            .is_ok_and(|addr| addr.port() == 0);
     if unset {
         advertise.raft_addr = bound.to_string();
     }
@@ -389,15 +441,22 @@ fn server_state_name(state: ServerState) -> &'static str {
 impl Handle {
     /// Proposes a prepared command; forwards it to the leader when this node is a follower.
     ///
-    /// Retried only while it is certain that nothing was proposed (no leader known, or the node asked
-    /// turned out not to be the leader). A timeout or a transport failure after the command was handed over
-    /// is `Unavailable`: the command may still be applied.
+    /// Retried only while it is certain that nothing was proposed (no leader known, the leader could not be
+    /// reached, or the node asked turned out not to be the leader). A timeout or a failure after the command
+    /// was handed over is `Unavailable`: the command may still be applied.
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.inner.id))]
     pub async fn write(&self, cmd: Command) -> Result<Outcome, WriteError> {
         let deadline = Instant::now() + self.inner.deadlines.request;
+        let mut last_failure = None;
         loop {
-            let proposed = tokio::time::timeout_at(deadline, self.inner.raft.client_write(cmd.clone())).await;
+            let proposed =
+                tokio::time::timeout_at(deadline, self.inner.raft.client_write(cmd.clone())).await;
             let forward = match proposed {
-                Err(_) => return Err(WriteError::Unavailable("write not confirmed in time; it may still apply".into())),
+                Err(_) => {
+                    return Err(WriteError::Unavailable(
+                        "write not confirmed in time; it may still apply".into(),
+                    ))
+                }
                 Ok(Ok(response)) => return response.data.map_err(WriteError::Domain),
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => forward,
                 Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
@@ -407,15 +466,18 @@ impl Handle {
             };
             if let Some(leader) = &forward.leader_node {
                 match self.forward_write(leader, &cmd, deadline).await {
-                    Err(LeaderOnlyError::NotLeader { .. }) => {}
                     Ok(outcome) => return outcome.map_err(WriteError::Domain),
-                    Err(LeaderOnlyError::Invalid(m) | LeaderOnlyError::Unavailable(m)) => {
+                    Err(ForwardError::NotDelivered(m)) => last_failure = Some(m),
+                    Err(ForwardError::Invalid(m) | ForwardError::Failed(m)) => {
                         return Err(WriteError::Unavailable(m))
                     }
                 }
             }
-            if !self.wait_for_other_leader(forward.leader_id, deadline).await {
-                return Err(WriteError::NoLeader);
+            if !self
+                .wait_for_other_leader(forward.leader_id, deadline)
+                .await
+            {
+                return Err(last_failure.map_or(WriteError::NoLeader, WriteError::Unavailable));
             }
         }
     }
@@ -425,36 +487,72 @@ impl Handle {
         leader: &MemberNode,
         cmd: &Command,
         deadline: Instant,
-    ) -> Result<CommandOutcome, LeaderOnlyError> {
-        let command = serde_json::to_vec(cmd).map_err(|e| LeaderOnlyError::Invalid(format!("encoding command: {e}")))?;
-        let request = pb::ForwardWriteRequest { command: Bytes::from(command) };
-        let response: pb::ForwardWriteResponse =
-            self.call_leader(leader, Method::ForwardWrite, &request, deadline).await?;
+    ) -> Result<CommandOutcome, ForwardError> {
+        let command = serde_json::to_vec(cmd)
+            .map_err(|e| ForwardError::Invalid(format!("encoding command: {e}")))?;
+        let request = pb::ForwardWriteRequest {
+            command: Bytes::from(command),
+        };
+        let response: pb::ForwardWriteResponse = self
+            .call_leader(leader, Method::ForwardWrite, &request, deadline)
+            .await?;
         serde_json::from_slice(&response.outcome)
-            .map_err(|e| LeaderOnlyError::Unavailable(format!("undecodable outcome from the leader: {e}")))
+            .map_err(|e| ForwardError::Failed(format!("undecodable outcome from the leader: {e}")))
     }
 
-    /// Calls a leader-only method on `leader`; a `FAILED_PRECONDITION` answer means it is not the leader.
+    /// Calls a leader-only method on `leader`. The connection is made first, so a leader that cannot be
+    /// reached is known not to have received the request; a `FAILED_PRECONDITION` answer means it is not
+    /// the leader (and did nothing).
     async fn call_leader<Req, Resp>(
         &self,
         leader: &MemberNode,
         method: Method,
         request: &Req,
         deadline: Instant,
-    ) -> Result<Resp, LeaderOnlyError>
+    ) -> Result<Resp, ForwardError>
     where
         Req: prost::Message,
         Resp: prost::Message + Default,
     {
-        let timeout = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-        match self.inner.client.call_message(&leader.raft_addr, method, request, timeout).await {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(ForwardError::NotDelivered(
+                "deadline passed before reaching the leader".into(),
+            ));
+        }
+        let connect_timeout = remaining.min(self.inner.deadlines.leader_step);
+        if let Err(e) = self
+            .inner
+            .client
+            .server_identity(&leader.raft_addr, connect_timeout)
+            .await
+        {
+            return Err(ForwardError::NotDelivered(format!(
+                "leader {} at {} unreachable: {e}",
+                leader.name, leader.raft_addr
+            )));
+        }
+        let remaining = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        match self
+            .inner
+            .client
+            .call_message(&leader.raft_addr, method, request, remaining)
+            .await
+        {
             Ok(response) => Ok(response),
             Err(RpcError::Remote(status)) => Err(match status.code {
-                StatusCode::FailedPrecondition => LeaderOnlyError::NotLeader { leader_id: None, leader_node: None },
-                StatusCode::InvalidArgument => LeaderOnlyError::Invalid(status.message),
-                _ => LeaderOnlyError::Unavailable(format!("leader {}: {}", leader.name, status.message)),
+                StatusCode::FailedPrecondition => {
+                    ForwardError::NotDelivered(format!("{} is no longer the leader", leader.name))
+                }
+                StatusCode::InvalidArgument => ForwardError::Invalid(status.message),
+                _ => ForwardError::Failed(format!("leader {}: {}", leader.name, status.message)),
             }),
-            Err(e) => Err(LeaderOnlyError::Unavailable(format!("leader {} at {}: {e}", leader.name, leader.raft_addr))),
+            Err(e) => Err(ForwardError::Failed(format!(
+                "leader {} at {}: {e}",
+                leader.name, leader.raft_addr
+            ))),
         }
     }
 
@@ -483,34 +581,56 @@ impl Handle {
     }
 
     /// Waits until this replica has applied everything committed before the call (read-index).
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.inner.id))]
     pub async fn linearizable_read(&self) -> Result<(), ReadError> {
         let deadline = Instant::now() + self.inner.deadlines.request;
+        let mut last_failure = None;
         loop {
             let asked = tokio::time::timeout_at(deadline, self.inner.raft.get_read_log_id()).await;
             let forward = match asked {
-                Err(_) => return Err(ReadError::Unavailable("leadership not confirmed in time".into())),
-                Ok(Ok((read_log_id, _))) => {
-                    return self.wait_applied(read_log_id.map(|id| id.index), deadline).await;
+                Err(_) => {
+                    return Err(ReadError::Unavailable(
+                        "leadership not confirmed in time".into(),
+                    ))
                 }
-                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => forward,
+                Ok(Ok((read_log_id, _))) => {
+                    return self
+                        .wait_applied(read_log_id.map(|id| id.index), deadline)
+                        .await;
+                }
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
+                    forward
+                }
                 Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
                     return Err(ReadError::Unavailable(e.to_string()))
                 }
                 Ok(Err(RaftError::Fatal(e))) => return Err(ReadError::Unavailable(e.to_string())),
             };
             if let Some(leader) = &forward.leader_node {
-                let answer: Result<pb::ReadIndexResponse, _> =
-                    self.call_leader(leader, Method::ReadIndex, &pb::ReadIndexRequest {}, deadline).await;
+                let answer: Result<pb::ReadIndexResponse, _> = self
+                    .call_leader(
+                        leader,
+                        Method::ReadIndex,
+                        &pb::ReadIndexRequest {},
+                        deadline,
+                    )
+                    .await;
                 match answer {
-                    Ok(response) => return self.wait_applied(Some(response.read_index), deadline).await,
-                    Err(LeaderOnlyError::NotLeader { .. }) => {}
-                    Err(LeaderOnlyError::Invalid(m) | LeaderOnlyError::Unavailable(m)) => {
-                        return Err(ReadError::Unavailable(m))
+                    Ok(response) => {
+                        return self.wait_applied(Some(response.read_index), deadline).await
                     }
+                    // Asking for a read index changes nothing, so any failure may be retried.
+                    Err(ForwardError::NotDelivered(m) | ForwardError::Failed(m)) => {
+                        last_failure = Some(m)
+                    }
+                    Err(ForwardError::Invalid(m)) => return Err(ReadError::Unavailable(m)),
                 }
             }
-            if !self.wait_for_other_leader(forward.leader_id, deadline).await {
-                return Err(ReadError::NoLeader);
+            if !self
+                .wait_for_other_leader(forward.leader_id, deadline)
+                .await
+            {
+                return Err(last_failure.map_or(ReadError::NoLeader, ReadError::Unavailable));
             }
         }
     }
@@ -526,13 +646,19 @@ impl Handle {
             .applied_index_at_least(Some(index), "linearizable read")
             .await
             .map(|_| ())
-            .map_err(|e| ReadError::Unavailable(format!("replica did not apply index {index} in time: {e}")))
+            .map_err(|e| {
+                ReadError::Unavailable(format!("replica did not apply index {index} in time: {e}"))
+            })
     }
 
     /// Reads the local replica's state.
     pub fn read<R>(&self, f: impl FnOnce(&RegistryState) -> R) -> R {
         // A poisoned lock means a reader panicked; readers never mutate, so the state is intact.
-        let state = self.inner.state.read().unwrap_or_else(PoisonError::into_inner);
+        let state = self
+            .inner
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         f(&state)
     }
 
@@ -583,7 +709,8 @@ impl Handle {
         condition: impl FnMut(&ClusterStatus) -> bool,
         timeout: Duration,
     ) -> Result<ClusterStatus, WaitError> {
-        self.wait_metrics(|m| self.status_from(m), condition, timeout).await
+        self.wait_metrics(|m| self.status_from(m), condition, timeout)
+            .await
     }
 
     /// This node's log and snapshot positions.
@@ -618,7 +745,11 @@ impl Handle {
             match tokio::time::timeout_at(deadline, metrics.changed()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(WaitError::Stopped),
-                Err(_) => return Err(WaitError::Timeout { last: format!("{seen:?}") }),
+                Err(_) => {
+                    return Err(WaitError::Timeout {
+                        last: format!("{seen:?}"),
+                    })
+                }
             }
         }
     }
@@ -634,8 +765,14 @@ impl Handle {
     }
 
     /// Adds a member (as learner, then voter when `voter`); forwarded to the leader.
-    pub async fn add_member(&self, id: NodeId, node: MemberNode, voter: bool) -> Result<(), MembershipError> {
-        self.change_members(MemberChange::Add { id, node, voter }).await
+    pub async fn add_member(
+        &self,
+        id: NodeId,
+        node: MemberNode,
+        voter: bool,
+    ) -> Result<(), MembershipError> {
+        self.change_members(MemberChange::Add { id, node, voter })
+            .await
     }
 
     /// Removes a member from the voters and learners; forwarded to the leader.
@@ -643,28 +780,39 @@ impl Handle {
         self.change_members(MemberChange::Remove { id }).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.inner.id))]
     async fn change_members(&self, change: MemberChange) -> Result<(), MembershipError> {
         let deadline = Instant::now() + self.inner.deadlines.membership;
+        let mut last_failure = None;
         loop {
-            let (leader_id, leader_node) = match change_membership_as_leader(&self.inner.raft, &change, deadline).await {
-                Ok(()) => return Ok(()),
-                Err(LeaderOnlyError::NotLeader { leader_id, leader_node }) => (leader_id, leader_node),
-                Err(LeaderOnlyError::Invalid(m)) => return Err(MembershipError::Invalid(m)),
-                Err(LeaderOnlyError::Unavailable(m)) => return Err(MembershipError::Unavailable(m)),
-            };
+            let (leader_id, leader_node) =
+                match change_membership_as_leader(&self.inner.raft, &change, deadline).await {
+                    Ok(()) => return Ok(()),
+                    Err(LeaderOnlyError::NotLeader {
+                        leader_id,
+                        leader_node,
+                    }) => (leader_id, leader_node),
+                    Err(LeaderOnlyError::Invalid(m)) => return Err(MembershipError::Invalid(m)),
+                    Err(LeaderOnlyError::Unavailable(m)) => {
+                        return Err(MembershipError::Unavailable(m))
+                    }
+                };
             if let Some(leader) = &leader_node {
                 let request = membership_request(&change);
-                let answer: Result<pb::MembershipChangeResponse, _> =
-                    self.call_leader(leader, Method::ChangeMembership, &request, deadline).await;
+                let answer: Result<pb::MembershipChangeResponse, _> = self
+                    .call_leader(leader, Method::ChangeMembership, &request, deadline)
+                    .await;
                 match answer {
                     Ok(_) => return Ok(()),
-                    Err(LeaderOnlyError::NotLeader { .. }) => {}
-                    Err(LeaderOnlyError::Invalid(m)) => return Err(MembershipError::Invalid(m)),
-                    Err(LeaderOnlyError::Unavailable(m)) => return Err(MembershipError::Unavailable(m)),
+                    Err(ForwardError::NotDelivered(m)) => last_failure = Some(m),
+                    Err(ForwardError::Invalid(m)) => return Err(MembershipError::Invalid(m)),
+                    Err(ForwardError::Failed(m)) => return Err(MembershipError::Unavailable(m)),
                 }
             }
             if !self.wait_for_other_leader(leader_id, deadline).await {
-                return Err(MembershipError::NoLeader);
+                return Err(
+                    last_failure.map_or(MembershipError::NoLeader, MembershipError::Unavailable)
+                );
             }
         }
     }
@@ -672,7 +820,10 @@ impl Handle {
     /// Forms a new cluster from `members` unless this node was initialized before.
     async fn bootstrap(&self, members: BTreeMap<NodeId, MemberNode>) -> Result<(), StartError> {
         let raft = &self.inner.raft;
-        let initialized = raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?;
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
         if initialized {
             tracing::info!("raft state found on disk; not bootstrapping again");
             return Ok(());
@@ -694,15 +845,28 @@ impl Handle {
     pub async fn shutdown(&self) {
         self.inner.server_stop.cancel();
         stop_raft(&self.inner.raft).await;
-        let server_task = self.inner.server_task.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let server_task = self
+            .inner
+            .server_task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(task) = server_task {
             if let Err(e) = task.await {
                 tracing::warn!(error = %e, "RPC server task failed");
             }
         }
-        let store_closed = self.inner.store_closed.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let store_closed = self
+            .inner
+            .store_closed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(closed) = store_closed {
-            if tokio::time::timeout(STORE_RELEASE_TIMEOUT, closed.wait()).await.is_err() {
+            if tokio::time::timeout(STORE_RELEASE_TIMEOUT, closed.wait())
+                .await
+                .is_err()
+            {
                 tracing::warn!("raft storage still in use after shutdown");
             }
         }
@@ -724,7 +888,9 @@ pub(crate) fn membership_request(change: &MemberChange) -> pb::MembershipChangeR
         }
         MemberChange::Remove { id } => pb::membership_change_request::Change::RemoveId(*id),
     };
-    pb::MembershipChangeRequest { change: Some(change) }
+    pb::MembershipChangeRequest {
+        change: Some(change),
+    }
 }
 
 /// Reads a membership change from its protobuf form.
@@ -732,7 +898,11 @@ pub(crate) fn member_change_from(request: pb::MembershipChangeRequest) -> Option
     Some(match request.change? {
         pb::membership_change_request::Change::Add(add) => MemberChange::Add {
             id: add.id,
-            node: MemberNode { name: add.name, raft_addr: add.raft_addr, admin_addr: add.admin_addr },
+            node: MemberNode {
+                name: add.name,
+                raft_addr: add.raft_addr,
+                admin_addr: add.admin_addr,
+            },
             voter: add.voter,
         },
         pb::membership_change_request::Change::RemoveId(id) => MemberChange::Remove { id },
@@ -751,9 +921,12 @@ pub(crate) async fn change_membership_as_leader(
     match change {
         MemberChange::Add { id, node, voter } => {
             if node.raft_addr.is_empty() {
-                return Err(LeaderOnlyError::Invalid("a member needs a raft address".into()));
+                return Err(LeaderOnlyError::Invalid(
+                    "a member needs a raft address".into(),
+                ));
             }
-            match tokio::time::timeout_at(deadline, raft.add_learner(*id, node.clone(), true)).await {
+            match tokio::time::timeout_at(deadline, raft.add_learner(*id, node.clone(), true)).await
+            {
                 Ok(result) => result.map_err(client_write_error)?,
                 Err(_) => {
                     return Err(LeaderOnlyError::Unavailable(format!(
@@ -763,7 +936,9 @@ pub(crate) async fn change_membership_as_leader(
             };
             if *voter {
                 let add = ChangeMembers::AddVoterIds(BTreeSet::from([*id]));
-                within(deadline, raft.change_membership(add, false)).await?.map_err(client_write_error)?;
+                within(deadline, raft.change_membership(add, false))
+                    .await?
+                    .map_err(client_write_error)?;
             }
         }
         MemberChange::Remove { id } => {
@@ -771,7 +946,10 @@ pub(crate) async fn change_membership_as_leader(
                 let metrics = raft.metrics();
                 let m = metrics.borrow();
                 let membership = m.membership_config.membership();
-                (membership.voter_ids().any(|v| v == *id), membership.get_node(id).is_some())
+                (
+                    membership.voter_ids().any(|v| v == *id),
+                    membership.get_node(id).is_some(),
+                )
             };
             let change = if is_voter {
                 // `retain = false` also drops it from the node list, so it does not stay as a learner.
@@ -784,32 +962,45 @@ pub(crate) async fn change_membership_as_leader(
                 return match leader {
                     Ok(_) => Ok(()),
                     Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                        Err(LeaderOnlyError::NotLeader { leader_id: f.leader_id, leader_node: f.leader_node })
+                        Err(LeaderOnlyError::NotLeader {
+                            leader_id: f.leader_id,
+                            leader_node: f.leader_node,
+                        })
                     }
                     Err(e) => Err(LeaderOnlyError::Unavailable(e.to_string())),
                 };
             };
-            within(deadline, raft.change_membership(change, false)).await?.map_err(client_write_error)?;
+            within(deadline, raft.change_membership(change, false))
+                .await?
+                .map_err(client_write_error)?;
         }
     }
     Ok(())
 }
 
-async fn within<T>(deadline: Instant, fut: impl std::future::Future<Output = T>) -> Result<T, LeaderOnlyError> {
+async fn within<T>(
+    deadline: Instant,
+    fut: impl std::future::Future<Output = T>,
+) -> Result<T, LeaderOnlyError> {
     tokio::time::timeout_at(deadline, fut)
         .await
         .map_err(|_| LeaderOnlyError::Unavailable("membership change not confirmed in time".into()))
 }
 
-fn client_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>>) -> LeaderOnlyError {
+fn client_write_error(
+    e: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>>,
+) -> LeaderOnlyError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-            LeaderOnlyError::NotLeader { leader_id: f.leader_id, leader_node: f.leader_node }
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => LeaderOnlyError::NotLeader {
+            leader_id: f.leader_id,
+            leader_node: f.leader_node,
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::InProgress(e),
+        )) => LeaderOnlyError::Unavailable(e.to_string()),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            LeaderOnlyError::Invalid(e.to_string())
         }
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(e))) => {
-            LeaderOnlyError::Unavailable(e.to_string())
-        }
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => LeaderOnlyError::Invalid(e.to_string()),
         RaftError::Fatal(e) => LeaderOnlyError::Unavailable(e.to_string()),
     }
 }

@@ -30,12 +30,21 @@ pub(crate) struct CoordinatorService {
 
 impl CoordinatorService {
     pub(crate) fn new(node_id: NodeId, raft: Raft, membership_timeout: Duration) -> Self {
-        Self { node_id, raft, membership_timeout }
+        Self {
+            node_id,
+            raft,
+            membership_timeout,
+        }
     }
 }
 
 impl RpcService for CoordinatorService {
-    fn call(&self, ctx: CallContext, method: Method, body: Bytes) -> BoxFuture<'static, Result<Bytes, RpcStatus>> {
+    fn call(
+        &self,
+        ctx: CallContext,
+        method: Method,
+        body: Bytes,
+    ) -> BoxFuture<'static, Result<Bytes, RpcStatus>> {
         let raft = self.raft.clone();
         let node_id = self.node_id;
         let membership_deadline = ctx.deadline.min(Instant::now() + self.membership_timeout);
@@ -43,19 +52,30 @@ impl RpcService for CoordinatorService {
             match method {
                 Method::RaftAppendEntries => raft_call(&body, |req| raft.append_entries(req)).await,
                 Method::RaftVote => raft_call(&body, |req| raft.vote(req)).await,
-                Method::RaftInstallSnapshot => raft_call(&body, |req| raft.install_snapshot(req)).await,
+                Method::RaftInstallSnapshot => {
+                    raft_call(&body, |req| raft.install_snapshot(req)).await
+                }
                 Method::ForwardWrite => forward_write(&raft, &body).await,
                 Method::ReadIndex => read_index(&raft, node_id).await,
-                Method::ChangeMembership => change_membership(&raft, &body, membership_deadline).await,
-                Method::Ping => Ok(encode_message(&pb::PingResponse { identity: ctx.peer.uri() })),
-                other => Err(RpcStatus::unimplemented(format!("a coordinator does not serve {other}"))),
+                Method::ChangeMembership => {
+                    change_membership(&raft, &body, membership_deadline).await
+                }
+                Method::Ping => Ok(encode_message(&pb::PingResponse {
+                    identity: ctx.peer.uri(),
+                })),
+                other => Err(RpcStatus::unimplemented(format!(
+                    "a coordinator does not serve {other}"
+                ))),
             }
         })
     }
 }
 
 /// Decodes an openraft request from a `RaftPayload`, runs it, and answers openraft's whole `Result`.
-async fn raft_call<Req, Resp, E, Fut>(body: &[u8], run: impl FnOnce(Req) -> Fut) -> Result<Bytes, RpcStatus>
+async fn raft_call<Req, Resp, E, Fut>(
+    body: &[u8],
+    run: impl FnOnce(Req) -> Fut,
+) -> Result<Bytes, RpcStatus>
 where
     Req: DeserializeOwned,
     Resp: Serialize,
@@ -66,8 +86,11 @@ where
     let request: Req = serde_json::from_slice(&payload.data)
         .map_err(|e| RpcStatus::invalid_argument(format!("undecodable raft request: {e}")))?;
     let result = run(request).await;
-    let data = serde_json::to_vec(&result).map_err(|e| RpcStatus::internal(format!("encoding raft answer: {e}")))?;
-    Ok(encode_message(&pb::RaftPayload { data: Bytes::from(data) }))
+    let data = serde_json::to_vec(&result)
+        .map_err(|e| RpcStatus::internal(format!("encoding raft answer: {e}")))?;
+    Ok(encode_message(&pb::RaftPayload {
+        data: Bytes::from(data),
+    }))
 }
 
 fn not_leader() -> RpcStatus {
@@ -83,8 +106,11 @@ async fn forward_write(raft: &Raft, body: &[u8]) -> Result<Bytes, RpcStatus> {
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => return Err(not_leader()),
         Err(e) => return Err(RpcStatus::unavailable(e.to_string())),
     };
-    let outcome = serde_json::to_vec(&outcome).map_err(|e| RpcStatus::internal(format!("encoding outcome: {e}")))?;
-    Ok(encode_message(&pb::ForwardWriteResponse { outcome: Bytes::from(outcome) }))
+    let outcome = serde_json::to_vec(&outcome)
+        .map_err(|e| RpcStatus::internal(format!("encoding outcome: {e}")))?;
+    Ok(encode_message(&pb::ForwardWriteResponse {
+        outcome: Bytes::from(outcome),
+    }))
 }
 
 async fn read_index(raft: &Raft, node_id: NodeId) -> Result<Bytes, RpcStatus> {
@@ -98,10 +124,14 @@ async fn read_index(raft: &Raft, node_id: NodeId) -> Result<Bytes, RpcStatus> {
     }
 }
 
-async fn change_membership(raft: &Raft, body: &[u8], deadline: Instant) -> Result<Bytes, RpcStatus> {
+async fn change_membership(
+    raft: &Raft,
+    body: &[u8],
+    deadline: Instant,
+) -> Result<Bytes, RpcStatus> {
     let request: pb::MembershipChangeRequest = decode_message(body)?;
-    let change =
-        member_change_from(request).ok_or_else(|| RpcStatus::invalid_argument("membership change names no change"))?;
+    let change = member_change_from(request)
+        .ok_or_else(|| RpcStatus::invalid_argument("membership change names no change"))?;
     match change_membership_as_leader(raft, &change, deadline).await {
         Ok(()) => Ok(encode_message(&pb::MembershipChangeResponse {})),
         Err(LeaderOnlyError::NotLeader { .. }) => Err(not_leader()),

@@ -379,3 +379,34 @@ async fn grpc_and_rest_share_one_tls_listener() -> anyhow::Result<()> {
     api.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn shutdown_closes_open_connections_and_stops_accepting() -> anyhow::Result<()> {
+    let mut api = start().await?;
+    // An HTTP/2 connection (gRPC) and a kept-alive HTTP/1.1 connection are open when shutdown starts.
+    let ch = channel(api.addr).await?;
+    let mut projects = pb::project_service_client::ProjectServiceClient::new(ch);
+    projects
+        .list_projects(authed(
+            pb::ListProjectsRequest::default(),
+            &api.admin_token,
+            None,
+        )?)
+        .await?;
+    assert_eq!(api.get("/healthz").send().await?.status, 200);
+
+    api.stop_api(std::time::Duration::from_secs(15)).await?;
+
+    let after = api.http.get(format!("{}/healthz", api.base)).send().await;
+    assert!(after.is_err(), "the listener still answers: {after:?}");
+    let grpc_after = projects
+        .list_projects(authed(
+            pb::ListProjectsRequest::default(),
+            &api.admin_token,
+            None,
+        )?)
+        .await;
+    assert!(grpc_after.is_err());
+    api.stop().await;
+    Ok(())
+}

@@ -526,6 +526,15 @@ async fn bad_requests_get_json_errors_that_name_the_problem() -> anyhow::Result<
         "{}",
         bad_token.error_message()
     );
+    let empty_params = api.get("/v1/audit?after_seq=&page_size=").send().await?;
+    assert_eq!(empty_params.status, 200, "{:?}", empty_params.body);
+    let negative = api.get("/v1/audit?after_seq=-1").send().await?;
+    assert_eq!(negative.status, 400);
+    assert!(
+        negative.error_message().contains("after_seq"),
+        "{}",
+        negative.error_message()
+    );
     let bad_member = api.delete("/v1/cluster/members/first").send().await?;
     assert_eq!(bad_member.status, 400, "{:?}", bad_member.body);
     let bad_addr = api

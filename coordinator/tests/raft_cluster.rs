@@ -23,7 +23,11 @@ const DEADLINE: Duration = Duration::from_secs(30);
 static ONE_SCENARIO_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
 fn timings() -> RaftTimings {
-    RaftTimings { heartbeat_ms: 100, election_min_ms: 800, election_max_ms: 1600 }
+    RaftTimings {
+        heartbeat_ms: 100,
+        election_min_ms: 800,
+        election_max_ms: 1600,
+    }
 }
 
 /// A free loopback UDP address (bound and released; nothing else on the machine races for it).
@@ -48,7 +52,13 @@ fn audit_write(target: &str) -> Command {
 }
 
 fn audit_targets(handle: &Handle) -> Vec<String> {
-    handle.read(|state| state.audit_records().iter().map(|r| r.target.clone()).collect())
+    handle.read(|state| {
+        state
+            .audit_records()
+            .iter()
+            .map(|r| r.target.clone())
+            .collect()
+    })
 }
 
 struct Node {
@@ -67,7 +77,12 @@ struct Cluster {
 impl Cluster {
     fn new(snapshot_every: u64) -> Result<Self> {
         let ca = CertificateAuthority::generate(TRUST_DOMAIN, Duration::from_secs(3600))?;
-        Ok(Self { ca, root: tempfile::tempdir()?, snapshot_every, nodes: BTreeMap::new() })
+        Ok(Self {
+            ca,
+            root: tempfile::tempdir()?,
+            snapshot_every,
+            nodes: BTreeMap::new(),
+        })
     }
 
     /// Starts `ids` as the voters of a new group (every one bootstraps with the same voter map).
@@ -82,7 +97,14 @@ impl Cluster {
             };
             voters.insert(id, member.clone());
             let dir = cluster.root.path().join(format!("c{id}"));
-            cluster.nodes.insert(id, Node { dir, member, running: None });
+            cluster.nodes.insert(
+                id,
+                Node {
+                    dir,
+                    member,
+                    running: None,
+                },
+            );
         }
         for &id in ids {
             cluster.start(id, Some(voters.clone())).await?;
@@ -93,9 +115,14 @@ impl Cluster {
     fn tls(&self, name: &str) -> Result<TlsIdentity> {
         let identity = Identity::coordinator(TRUST_DOMAIN, name)?;
         let leaf = self.ca.issue(
-            &LeafRequest::new(identity, Duration::from_secs(3600)).with_ip_address(Ipv4Addr::LOCALHOST.into()),
+            &LeafRequest::new(identity, Duration::from_secs(3600))
+                .with_ip_address(Ipv4Addr::LOCALHOST.into()),
         )?;
-        Ok(TlsIdentity::from_pem(self.ca.cert_pem(), &leaf.cert_pem, &leaf.key_pem)?)
+        Ok(TlsIdentity::from_pem(
+            self.ca.cert_pem(),
+            &leaf.cert_pem,
+            &leaf.key_pem,
+        )?)
     }
 
     /// Adds a node that is not a member yet, listening on a port of its own choosing.
@@ -106,15 +133,29 @@ impl Cluster {
             admin_addr: "127.0.0.1:0".to_string(),
         };
         let dir = self.root.path().join(format!("c{id}"));
-        self.nodes.insert(id, Node { dir, member, running: None });
+        self.nodes.insert(
+            id,
+            Node {
+                dir,
+                member,
+                running: None,
+            },
+        );
         self.start(id, None).await?;
         let handle = self.handle(id)?;
-        let node = self.nodes.get_mut(&id).ok_or_else(|| anyhow!("node {id} vanished"))?;
+        let node = self
+            .nodes
+            .get_mut(&id)
+            .ok_or_else(|| anyhow!("node {id} vanished"))?;
         node.member.raft_addr = handle.raft_addr().to_string();
         Ok(node.member.clone())
     }
 
-    async fn start(&mut self, id: NodeId, bootstrap: Option<BTreeMap<NodeId, MemberNode>>) -> Result<()> {
+    async fn start(
+        &mut self,
+        id: NodeId,
+        bootstrap: Option<BTreeMap<NodeId, MemberNode>>,
+    ) -> Result<()> {
         let node = self.nodes.get(&id).ok_or_else(|| anyhow!("no node {id}"))?;
         let listen: SocketAddr = node.member.raft_addr.parse()?;
         let opts = CoordinatorOptions {
@@ -128,7 +169,9 @@ impl Cluster {
             snapshot_every: self.snapshot_every,
             bootstrap,
         };
-        let running = Coordinator::start(opts).await.with_context(|| format!("starting node {id}"))?;
+        let running = Coordinator::start(opts)
+            .await
+            .with_context(|| format!("starting node {id}"))?;
         if let Some(node) = self.nodes.get_mut(&id) {
             node.running = Some(running);
         }
@@ -137,8 +180,14 @@ impl Cluster {
 
     /// Shuts a node down and drops it; its data directory stays.
     async fn stop(&mut self, id: NodeId) -> Result<()> {
-        let node = self.nodes.get_mut(&id).ok_or_else(|| anyhow!("no node {id}"))?;
-        let (coordinator, handle) = node.running.take().ok_or_else(|| anyhow!("node {id} is not running"))?;
+        let node = self
+            .nodes
+            .get_mut(&id)
+            .ok_or_else(|| anyhow!("no node {id}"))?;
+        let (coordinator, handle) = node
+            .running
+            .take()
+            .ok_or_else(|| anyhow!("node {id} is not running"))?;
         drop(handle);
         coordinator.shutdown().await;
         Ok(())
@@ -146,7 +195,10 @@ impl Cluster {
 
     fn handle(&self, id: NodeId) -> Result<Handle> {
         let node = self.nodes.get(&id).ok_or_else(|| anyhow!("no node {id}"))?;
-        let (_, handle) = node.running.as_ref().ok_or_else(|| anyhow!("node {id} is not running"))?;
+        let (_, handle) = node
+            .running
+            .as_ref()
+            .ok_or_else(|| anyhow!("node {id} is not running"))?;
         Ok(handle.clone())
     }
 
@@ -162,11 +214,16 @@ impl Cluster {
         let nodes = self.running();
         let (_, first) = nodes.first().ok_or_else(|| anyhow!("no node is running"))?;
         let status = first
-            .wait_for(|s| s.leader.is_some() && s.leader != not && s.state != "candidate", DEADLINE)
+            .wait_for(
+                |s| s.leader.is_some() && s.leader != not && s.state != "candidate",
+                DEADLINE,
+            )
             .await?;
         let leader = status.leader.ok_or_else(|| anyhow!("leader vanished"))?;
         for (_, handle) in &nodes {
-            handle.wait_for(|s| s.leader == Some(leader), DEADLINE).await?;
+            handle
+                .wait_for(|s| s.leader == Some(leader), DEADLINE)
+                .await?;
         }
         Ok(leader)
     }
@@ -174,9 +231,15 @@ impl Cluster {
     /// Waits until every running node has applied the whole log of `id` as it is now (call it when every
     /// write was acknowledged, so that log is committed). Returns that index.
     async fn converge_on(&self, id: NodeId) -> Result<u64> {
-        let last = self.handle(id)?.log_status().last_log_index.ok_or_else(|| anyhow!("node {id} has no log"))?;
+        let last = self
+            .handle(id)?
+            .log_status()
+            .last_log_index
+            .ok_or_else(|| anyhow!("node {id} has no log"))?;
         for (_, handle) in self.running() {
-            handle.wait_for(|s| s.applied_index >= last, DEADLINE).await?;
+            handle
+                .wait_for(|s| s.applied_index >= last, DEADLINE)
+                .await?;
         }
         Ok(last)
     }
@@ -191,7 +254,11 @@ impl Cluster {
 }
 
 async fn write_audited(handle: &Handle, target: &str) -> Result<u64> {
-    match handle.write(audit_write(target)).await.with_context(|| format!("writing {target}"))? {
+    match handle
+        .write(audit_write(target))
+        .await
+        .with_context(|| format!("writing {target}"))?
+    {
         Outcome::Audited { seq } => Ok(seq),
         other => bail!("unexpected outcome {other:?}"),
     }
@@ -200,7 +267,11 @@ async fn write_audited(handle: &Handle, target: &str) -> Result<u64> {
 fn assert_has_all(handle: &Handle, targets: &[String]) -> Result<()> {
     let seen = audit_targets(handle);
     for target in targets {
-        ensure!(seen.contains(target), "node {} lacks acknowledged write {target}", handle.node_id());
+        ensure!(
+            seen.contains(target),
+            "node {} lacks acknowledged write {target}",
+            handle.node_id()
+        );
     }
     Ok(())
 }
@@ -224,7 +295,10 @@ async fn three_voters_replicate_forward_and_survive_leader_loss() -> Result<()> 
     }
     let statuses: Vec<_> = cluster.running().iter().map(|(_, h)| h.status()).collect();
     for status in &statuses {
-        ensure!(status.members.len() == 3 && status.members.iter().all(|m| m.voter), "members: {status:?}");
+        ensure!(
+            status.members.len() == 3 && status.members.iter().all(|m| m.voter),
+            "members: {status:?}"
+        );
     }
 
     // Lose the leader: a new one is elected, nothing acknowledged is lost, writes go on.
@@ -244,8 +318,14 @@ async fn three_voters_replicate_forward_and_survive_leader_loss() -> Result<()> 
     for (_, handle) in &survivors {
         assert_has_all(handle, &acknowledged)?;
     }
-    let bytes: Vec<Vec<u8>> = survivors.iter().map(|(_, h)| h.read(|s| s.to_bytes())).collect();
-    ensure!(bytes.windows(2).all(|w| w[0] == w[1]), "survivors hold different states");
+    let bytes: Vec<Vec<u8>> = survivors
+        .iter()
+        .map(|(_, h)| h.read(|s| s.to_bytes()))
+        .collect();
+    ensure!(
+        bytes.windows(2).all(|w| w[0] == w[1]),
+        "survivors hold different states"
+    );
     cluster.shutdown_all().await
 }
 
@@ -258,7 +338,11 @@ async fn stopped_member_catches_up_from_a_snapshot_after_purge() -> Result<()> {
     write_audited(&leader_handle, "before-stop").await?;
     cluster.converge_on(leader).await?;
 
-    let follower = *cluster.nodes.keys().find(|id| **id != leader).ok_or_else(|| anyhow!("no follower"))?;
+    let follower = *cluster
+        .nodes
+        .keys()
+        .find(|id| **id != leader)
+        .ok_or_else(|| anyhow!("no follower"))?;
     let follower_last = cluster
         .handle(follower)?
         .log_status()
@@ -274,7 +358,10 @@ async fn stopped_member_catches_up_from_a_snapshot_after_purge() -> Result<()> {
         acknowledged.push(target);
     }
     let purged = leader_handle
-        .wait_for_log(|l| l.purged_index.is_some_and(|p| p > follower_last + 1), DEADLINE)
+        .wait_for_log(
+            |l| l.purged_index.is_some_and(|p| p > follower_last + 1),
+            DEADLINE,
+        )
         .await
         .context("leader never purged past the stopped member's log")?;
 
@@ -282,14 +369,19 @@ async fn stopped_member_catches_up_from_a_snapshot_after_purge() -> Result<()> {
     let follower_handle = cluster.handle(follower)?;
     let applied = cluster.converge_on(leader).await?;
     let caught_up = follower_handle
-        .wait_for_log(|l| l.snapshot_index.is_some_and(|s| s > follower_last), DEADLINE)
+        .wait_for_log(
+            |l| l.snapshot_index.is_some_and(|s| s > follower_last),
+            DEADLINE,
+        )
         .await
         .context("restarted member holds no snapshot")?;
     ensure!(
         caught_up.snapshot_index >= purged.purged_index,
         "member caught up without the snapshot covering the purged log: {caught_up:?} vs leader {purged:?}"
     );
-    follower_handle.wait_for(|s| s.applied_index == applied, DEADLINE).await?;
+    follower_handle
+        .wait_for(|s| s.applied_index == applied, DEADLINE)
+        .await?;
     assert_has_all(&follower_handle, &acknowledged)?;
     ensure!(
         follower_handle.read(|s| s.to_bytes()) == leader_handle.read(|s| s.to_bytes()),
@@ -311,7 +403,9 @@ async fn single_node_restart_keeps_state() -> Result<()> {
         acknowledged.push(target);
     }
     // Snapshot and log both hold part of the state: the restart loads one and re-applies the other.
-    handle.wait_for_log(|l| l.snapshot_index.is_some(), DEADLINE).await?;
+    handle
+        .wait_for_log(|l| l.snapshot_index.is_some(), DEADLINE)
+        .await?;
     let before = handle.read(|s| s.to_bytes());
     drop(handle);
     cluster.stop(1).await?;
@@ -321,7 +415,10 @@ async fn single_node_restart_keeps_state() -> Result<()> {
     let handle = cluster.handle(1)?;
     handle.wait_for(|_| handle.is_ready(), DEADLINE).await?;
     assert_has_all(&handle, &acknowledged)?;
-    ensure!(handle.read(|s| s.to_bytes()) == before, "state changed across the restart");
+    ensure!(
+        handle.read(|s| s.to_bytes()) == before,
+        "state changed across the restart"
+    );
     write_audited(&handle, "after-restart").await?;
     assert_has_all(&handle, &["after-restart".to_string()])?;
     cluster.shutdown_all().await
@@ -336,26 +433,47 @@ async fn fourth_member_is_added_as_voter_and_removed() -> Result<()> {
 
     let joining = cluster.start_new(4).await?;
     // Through a follower, so the change is forwarded to the leader.
-    let follower = *cluster.nodes.keys().find(|id| **id != leader && **id != 4).ok_or_else(|| anyhow!("no follower"))?;
-    cluster.handle(follower)?.add_member(4, joining.clone(), true).await?;
+    let follower = *cluster
+        .nodes
+        .keys()
+        .find(|id| **id != leader && **id != 4)
+        .ok_or_else(|| anyhow!("no follower"))?;
+    cluster
+        .handle(follower)?
+        .add_member(4, joining.clone(), true)
+        .await?;
 
     let leader_handle = cluster.handle(leader)?;
     let status = leader_handle
         .wait_for(|s| s.members.iter().any(|m| m.id == 4 && m.voter), DEADLINE)
         .await?;
-    ensure!(status.members.iter().any(|m| m.id == 4 && m.raft_addr == joining.raft_addr));
+    ensure!(status
+        .members
+        .iter()
+        .any(|m| m.id == 4 && m.raft_addr == joining.raft_addr));
     let newcomer = cluster.handle(4)?;
-    newcomer.wait_for(|s| s.leader == Some(leader), DEADLINE).await?;
+    newcomer
+        .wait_for(|s| s.leader == Some(leader), DEADLINE)
+        .await?;
     write_audited(&newcomer, "through-newcomer").await?;
     cluster.converge_on(leader).await?;
-    assert_has_all(&newcomer, &["before-join".to_string(), "through-newcomer".to_string()])?;
+    assert_has_all(
+        &newcomer,
+        &["before-join".to_string(), "through-newcomer".to_string()],
+    )?;
 
     newcomer.remove_member(4).await?;
     for id in [1, 2, 3] {
-        cluster.handle(id)?.wait_for(|s| s.members.iter().all(|m| m.id != 4), DEADLINE).await?;
+        cluster
+            .handle(id)?
+            .wait_for(|s| s.members.iter().all(|m| m.id != 4), DEADLINE)
+            .await?;
     }
     let status = leader_handle.status();
-    ensure!(status.members.len() == 3 && status.members.iter().all(|m| m.voter), "members: {status:?}");
+    ensure!(
+        status.members.len() == 3 && status.members.iter().all(|m| m.voter),
+        "members: {status:?}"
+    );
     drop(newcomer);
     cluster.stop(4).await?;
     write_audited(&leader_handle, "after-removal").await?;
@@ -367,8 +485,12 @@ async fn follower_linearizable_read_sees_the_write_acknowledged_before() -> Resu
     let _one = ONE_SCENARIO_AT_A_TIME.lock().await;
     let mut cluster = Cluster::bootstrap(1_000, &[1, 2, 3]).await?;
     let leader = cluster.agreed_leader(None).await?;
-    let followers: Vec<Handle> =
-        cluster.running().into_iter().filter(|(id, _)| *id != leader).map(|(_, h)| h).collect();
+    let followers: Vec<Handle> = cluster
+        .running()
+        .into_iter()
+        .filter(|(id, _)| *id != leader)
+        .map(|(_, h)| h)
+        .collect();
     let writer = cluster.handle(leader)?;
     for i in 0..10 {
         let target = format!("read-after-{i}");

@@ -14,9 +14,6 @@ use support::{
     Pki, Server, TestService, CALL, TD,
 };
 
-/// The application close code the server uses for a peer that does not speak Meridian RPC.
-const CLOSE_PROTOCOL_VIOLATION: u32 = 2;
-
 async fn proper_client_still_served(pki: &Pki, server: &Server) {
     let client = RpcClient::new(&pki.coordinator("probe")).unwrap();
     client
@@ -45,10 +42,7 @@ async fn an_undecodable_request_closes_that_connection_only() {
     assert!(answer.is_err(), "garbage got an answer: {answer:?}");
     match tokio::time::timeout(CALL, conn.closed()).await.unwrap() {
         quinn::ConnectionError::ApplicationClosed(close) => {
-            assert_eq!(
-                close.error_code,
-                quinn::VarInt::from_u32(CLOSE_PROTOCOL_VIOLATION)
-            )
+            assert_eq!(close.error_code, protocol::rpc::CLOSE_PROTOCOL_VIOLATION)
         }
         other => panic!("expected an application close, got {other:?}"),
     }

@@ -49,6 +49,8 @@ pub(crate) struct RoundResult {
     pub(crate) new_leader: usize,
     /// From the kill to the first acknowledgement of a write sent after it.
     pub(crate) recovery_ms: f64,
+    /// From the restart of the killed member until it had applied everything the leader had.
+    pub(crate) catch_up_ms: f64,
 }
 
 /// All rounds of one system.
@@ -56,6 +58,8 @@ pub(crate) struct RoundResult {
 pub(crate) struct FailoverResult {
     pub(crate) rounds: Vec<RoundResult>,
     pub(crate) recovery: Option<Spread>,
+    /// How long restarted members took to catch up.
+    pub(crate) catch_up: Option<Spread>,
     pub(crate) acknowledged_writes: usize,
     pub(crate) lost_writes: usize,
     /// Up to ten of the lost keys.
@@ -98,6 +102,7 @@ pub(crate) async fn run<S: SystemUnderTest>(
             killed = result.killed,
             new_leader = result.new_leader,
             recovery_ms = format!("{:.1}", result.recovery_ms),
+            catch_up_ms = format!("{:.1}", result.catch_up_ms),
             "failover round done"
         );
         rounds.push(result);
@@ -109,12 +114,17 @@ pub(crate) async fn run<S: SystemUnderTest>(
         .unreadable(&control, reader, &acked_keys)
         .await
         .context("reading back acknowledged writes")?;
-    let mut recoveries: Vec<Duration> = rounds
-        .iter()
-        .map(|r| Duration::from_secs_f64(r.recovery_ms / 1000.0))
-        .collect();
+    let durations = |ms: fn(&RoundResult) -> f64| -> Vec<Duration> {
+        rounds
+            .iter()
+            .map(|r| Duration::from_secs_f64(ms(r) / 1000.0))
+            .collect()
+    };
+    let mut recoveries = durations(|r| r.recovery_ms);
+    let mut catch_ups = durations(|r| r.catch_up_ms);
     Ok(FailoverResult {
         recovery: stats::spread(&mut recoveries),
+        catch_up: stats::spread(&mut catch_ups),
         rounds,
         acknowledged_writes: acked_keys.len(),
         lost_writes: lost.len(),
@@ -198,14 +208,17 @@ async fn run_round<S: SystemUnderTest>(
     let survivors: Vec<usize> = all.iter().copied().filter(|&m| m != leader).collect();
     let new_leader =
         system::wait_for_leader(sut.as_ref(), control, &survivors, plan.recovery_timeout).await?;
-    sut.restart(leader).await?;
+    // Writes have stopped: this is everything the restarted member must catch up with.
     let target = sut.applied_index(control, new_leader).await?;
+    let restarted_at = Instant::now();
+    sut.restart(leader).await?;
     system::wait_applied(sut.as_ref(), control, leader, target, plan.catch_up_timeout).await?;
     let keys = std::mem::take(&mut *lock(&log.acked));
     let result = RoundResult {
         killed: leader,
         new_leader,
         recovery_ms: stats::millis(recovered_at - killed_at),
+        catch_up_ms: stats::millis(restarted_at.elapsed()),
     };
     Ok((result, keys))
 }

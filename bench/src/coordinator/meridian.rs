@@ -346,3 +346,97 @@ pub(crate) fn find_binary(explicit: Option<&Path>, workspace: &Path) -> Option<P
         .map(|d| d.join("meridian"))
         .find(|p| p.is_file())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::http::HttpSettings;
+    use super::super::system;
+    use super::*;
+
+    async fn wait_gone(pid: u32) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if process::cmdline(pid).is_none() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_real_coordinator_group_takes_writes_fails_over_and_dies_with_its_value() {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let Some(binary) = find_binary(None, &workspace).filter(|p| p.is_file()) else {
+            eprintln!(
+                "no meridian binary has been built; skipping the real coordinator group test"
+            );
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let options = MeridianOptions {
+            binary,
+            script: workspace.join("deploy/local-cluster.sh"),
+            dir: dir.path().join("cluster"),
+            port_offset: 800,
+        };
+        let cluster = MeridianCluster::start(options, Duration::from_secs(90))
+            .await
+            .unwrap();
+        let ca = std::fs::read(cluster.ca_dir().join("ca.pem")).unwrap();
+        let http = HttpSettings::new(&ca, Duration::from_secs(5)).unwrap();
+        let client = http.client().unwrap();
+        let all = [0, 1, 2];
+        let pids: Vec<u32> = all.iter().map(|&m| cluster.pid(m).unwrap()).collect();
+        system::wait_writable(&cluster, &client, &all, "t-ready", Duration::from_secs(60))
+            .await
+            .unwrap();
+
+        // The loss check finds a project that was never created, and only that one.
+        cluster.write(&client, 2, "t-known").await.unwrap();
+        let leader = system::wait_for_leader(&cluster, &client, &all, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let keys = ["t-known".to_string(), "t-never".to_string()];
+        assert_eq!(
+            cluster.unreadable(&client, leader, &keys).await.unwrap(),
+            vec!["t-never".to_string()]
+        );
+
+        // Killing the leader kills exactly that process; a survivor takes over and takes writes.
+        cluster.kill(leader).await.unwrap();
+        assert!(
+            wait_gone(pids[leader]).await,
+            "the killed coordinator is still running"
+        );
+        let survivors: Vec<usize> = all.iter().copied().filter(|&m| m != leader).collect();
+        for &m in &survivors {
+            assert!(
+                process::cmdline(pids[m]).is_some(),
+                "coordinator {m} died with the leader"
+            );
+        }
+        let new_leader =
+            system::wait_for_leader(&cluster, &client, &survivors, Duration::from_secs(30))
+                .await
+                .unwrap();
+        assert_ne!(new_leader, leader);
+        system::wait_writable(
+            &cluster,
+            &client,
+            &survivors,
+            "t-after",
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+
+        drop(cluster);
+        for &m in &survivors {
+            assert!(
+                wait_gone(pids[m]).await,
+                "coordinator {m} survived the drop"
+            );
+        }
+    }
+}

@@ -256,7 +256,7 @@ pub(crate) async fn run(args: CoordinatorArgs, command: String) -> anyhow::Resul
             before_kill: Duration::from_secs(1),
             after_recovery: Duration::from_millis(500),
             recovery_timeout: Duration::from_secs(30),
-            catch_up_timeout: Duration::from_secs(60),
+            catch_up_timeout: Duration::from_secs(120),
             key_prefix: format!("{run_id}-{tag}f"),
         };
         if let Some(m) = &meridian_side {

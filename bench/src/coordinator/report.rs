@@ -213,22 +213,24 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "| system | rounds | min ms | median ms | max ms | acknowledged writes | acknowledged writes lost |"
+            "| system | rounds | min ms | median ms | max ms | acknowledged writes | acknowledged writes lost \
+             | restarted member caught up, median s |"
         );
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
         for sys in &self.systems {
             let Some(f) = &sys.failover else { continue };
             let r = f.recovery;
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
                 sys.name,
                 f.rounds.len(),
                 num(r.map(|r| r.min_ms), 1),
                 num(r.map(|r| r.median_ms), 1),
                 num(r.map(|r| r.max_ms), 1),
                 f.acknowledged_writes,
-                f.lost_writes
+                f.lost_writes,
+                num(f.catch_up.map(|c| c.median_ms / 1000.0), 1),
             );
         }
         let fa = meridian
@@ -240,7 +242,7 @@ impl Report {
         if let (Some(a), Some(b)) = (fa, fb) {
             let _ = writeln!(
                 out,
-                "| **Meridian/etcd** | | {} | {} | {} | | |",
+                "| **Meridian/etcd** | | {} | {} | {} | | | |",
                 ratio(Some(a.min_ms), Some(b.min_ms)),
                 ratio(Some(a.median_ms), Some(b.median_ms)),
                 ratio(Some(a.max_ms), Some(b.max_ms)),
@@ -337,6 +339,11 @@ mod tests {
                 median_ms: median,
                 max_ms: median * 2.0,
             }),
+            catch_up: Some(Spread {
+                min_ms: 1000.0,
+                median_ms: 1500.0,
+                max_ms: 2000.0,
+            }),
             acknowledged_writes: 500,
             lost_writes: lost,
             lost_examples: (0..lost).map(|i| format!("k{i}")).collect(),
@@ -389,7 +396,11 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| **Meridian/etcd** | | 0.25× | 0.25× | 0.25× | | |"),
+            md.contains("| etcd | 0 | 800.0 | 1600.0 | 3200.0 | 500 | 2 | 1.5 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| **Meridian/etcd** | | 0.25× | 0.25× | 0.25× | | | |"),
             "{md}"
         );
         assert!(md.contains("Meridian: acknowledged writes lost: 0"), "{md}");

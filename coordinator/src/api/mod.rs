@@ -272,9 +272,19 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for AdminHttp {
                 .extensions()
                 .get::<MatchedRoute>()
                 .map_or(metrics::UNMATCHED_ROUTE, |m| m.0);
+            let elapsed = started.elapsed();
+            let status = resp.status().as_u16();
             app.service
                 .metrics()
-                .observe(method, route, resp.status().as_u16(), started.elapsed());
+                .observe(method, route, status, elapsed);
+            tracing::debug!(
+                method,
+                route,
+                status,
+                grpc,
+                elapsed_us = elapsed.as_micros() as u64,
+                "admin API request"
+            );
             Ok(resp)
         })
     }

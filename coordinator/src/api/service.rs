@@ -40,10 +40,21 @@ pub(crate) fn now_ms() -> u64 {
 
 // ---- requests ---------------------------------------------------------------------------------------------
 
+/// A query-string integer; an empty value (`page_size=`) counts as absent.
+fn query_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let raw: Option<String> = Option::deserialize(d)?;
+    match raw.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(t) => t.parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!("must be a non-negative integer, not {t:?}"))
+        }),
+    }
+}
+
 /// `page_size` and `page_token` of a listing.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub(crate) struct PageParams {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "query_u64")]
     pub(crate) page_size: Option<u64>,
     #[serde(default)]
     pub(crate) page_token: Option<String>,
@@ -132,9 +143,9 @@ pub(crate) struct AddMemberRequest {
 /// Query of `GET /v1/audit`.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub(crate) struct AuditQuery {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "query_u64")]
     pub(crate) after_seq: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "query_u64")]
     pub(crate) page_size: Option<u64>,
     #[serde(default)]
     pub(crate) page_token: Option<String>,

@@ -8,7 +8,9 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
+use openraft::{
+    Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote,
+};
 
 use tokio::sync::watch;
 
@@ -43,8 +45,9 @@ impl LogStore {
             committed: Arc::new(watch::channel(None).0),
             hold,
         };
-        let committed: Option<Option<LogId<NodeId>>> =
-            store.read_meta(COMMITTED_KEY).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let committed: Option<Option<LogId<NodeId>>> = store
+            .read_meta(COMMITTED_KEY)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         store.committed = Arc::new(watch::channel(committed.flatten().map(|id| id.index)).0);
         Ok(store)
     }
@@ -59,21 +62,35 @@ impl LogStore {
         self.hold.closed_signal()
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageIOError<NodeId>> {
+    fn read_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StorageIOError<NodeId>> {
         let Some(bytes) = self.meta.get(key).map_err(|e| StorageIOError::read(&e))? else {
             return Ok(None);
         };
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| StorageIOError::read(&e))
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StorageIOError::read(&e))
     }
 
-    fn write_meta<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<(), StorageIOError<NodeId>> {
+    fn write_meta<T: serde::Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StorageIOError<NodeId>> {
         let bytes = serde_json::to_vec(value).map_err(|e| StorageIOError::write(&e))?;
-        self.meta.insert(key, bytes).map_err(|e| StorageIOError::write(&e))?;
+        self.meta
+            .insert(key, bytes)
+            .map_err(|e| StorageIOError::write(&e))?;
         Ok(())
     }
 
     async fn flush(&self) -> Result<(), StorageIOError<NodeId>> {
-        self.db.flush_async().await.map_err(|e| StorageIOError::write(&e))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| StorageIOError::write(&e))?;
         Ok(())
     }
 
@@ -136,7 +153,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Some((_, bytes)) => Some(Self::decode_entry(&bytes)?.log_id),
             None => last_purged_log_id,
         };
-        Ok(LogState { last_purged_log_id, last_log_id })
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -145,16 +165,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
         let bytes = serde_json::to_vec(vote).map_err(|e| StorageIOError::write_vote(&e))?;
-        self.meta.insert(VOTE_KEY, bytes).map_err(|e| StorageIOError::write_vote(&e))?;
-        self.db.flush_async().await.map_err(|e| StorageIOError::write_vote(&e))?;
+        self.meta
+            .insert(VOTE_KEY, bytes)
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| StorageIOError::write_vote(&e))?;
         Ok(())
     }
 
     async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
-        let Some(bytes) = self.meta.get(VOTE_KEY).map_err(|e| StorageIOError::read_vote(&e))? else {
+        let Some(bytes) = self
+            .meta
+            .get(VOTE_KEY)
+            .map_err(|e| StorageIOError::read_vote(&e))?
+        else {
             return Ok(None);
         };
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| StorageIOError::read_vote(&e).into())
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StorageIOError::read_vote(&e).into())
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
@@ -166,7 +197,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
-        Ok(self.read_meta::<Option<LogId<NodeId>>>(COMMITTED_KEY)?.flatten())
+        Ok(self
+            .read_meta::<Option<LogId<NodeId>>>(COMMITTED_KEY)?
+            .flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
@@ -176,10 +209,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = sled::Batch::default();
         for entry in entries {
-            let bytes = serde_json::to_vec(&entry).map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
+            let bytes = serde_json::to_vec(&entry)
+                .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
             batch.insert(&index_key(entry.log_id.index), bytes);
         }
-        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         // Group commit: one flush for the whole batch; acknowledged means durable.
         let flushed = self.db.flush_async().await;
         match flushed {
@@ -202,7 +238,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let (key, _) = item.map_err(|e| StorageIOError::write_logs(&e))?;
             batch.remove(key);
         }
-        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         self.flush().await?;
         Ok(())
     }
@@ -216,7 +254,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let (key, _) = item.map_err(|e| StorageIOError::write_logs(&e))?;
             batch.remove(key);
         }
-        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         self.flush().await?;
         Ok(())
     }

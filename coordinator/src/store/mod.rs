@@ -78,7 +78,10 @@ mod tests {
     struct TempDirStore;
 
     impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for TempDirStore {
-        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<NodeId>> {
+        async fn build(
+            &self,
+        ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<NodeId>>
+        {
             let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(&e))?;
             let (log, sm) = open(dir.path()).map_err(|e| StorageIOError::write(&e))?;
             Ok((dir, log, sm))

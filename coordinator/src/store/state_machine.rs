@@ -9,8 +9,8 @@ use std::sync::{Arc, RwLock};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
-    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError,
-    StorageIOError, StoredMembership,
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership,
 };
 
 use super::{DbHold, StoreError};
@@ -54,7 +54,9 @@ impl StateMachineStore {
             last_membership: StoredMembership::default(),
             hold,
         };
-        if let Some(stored) = read_snapshot(&sm.snapshots).map_err(|e| StoreError::Corrupt(e.to_string()))? {
+        if let Some(stored) =
+            read_snapshot(&sm.snapshots).map_err(|e| StoreError::Corrupt(e.to_string()))?
+        {
             let state = RegistryState::from_bytes(&stored.data)
                 .map_err(|e| StoreError::Corrupt(format!("snapshot state: {e}")))?;
             tracing::info!(snapshot = %stored.meta, "loaded raft snapshot");
@@ -72,20 +74,30 @@ impl StateMachineStore {
 
     fn replace_state(&self, state: RegistryState) {
         // A poisoned lock means a reader panicked; the state itself is only ever replaced whole here.
-        let mut guard = self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut guard = self
+            .state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         *guard = state;
     }
 }
 
 fn read_snapshot(tree: &sled::Tree) -> Result<Option<StoredSnapshot>, StorageIOError<NodeId>> {
-    let meta = tree.get(SNAPSHOT_META_KEY).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-    let data = tree.get(SNAPSHOT_DATA_KEY).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+    let meta = tree
+        .get(SNAPSHOT_META_KEY)
+        .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+    let data = tree
+        .get(SNAPSHOT_DATA_KEY)
+        .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
     let (Some(meta), Some(data)) = (meta, data) else {
         return Ok(None);
     };
     let meta: SnapshotMeta<NodeId, MemberNode> =
         serde_json::from_slice(&meta).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-    Ok(Some(StoredSnapshot { meta, data: data.to_vec() }))
+    Ok(Some(StoredSnapshot {
+        meta,
+        data: data.to_vec(),
+    }))
 }
 
 /// Saves a snapshot (meta and data atomically) and flushes it, so the log before it may be purged.
@@ -96,12 +108,16 @@ async fn save_snapshot(
     data: &[u8],
 ) -> Result<(), StorageIOError<NodeId>> {
     let signature = Some(meta.signature());
-    let meta_bytes = serde_json::to_vec(meta).map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+    let meta_bytes = serde_json::to_vec(meta)
+        .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
     let mut batch = sled::Batch::default();
     batch.insert(SNAPSHOT_META_KEY, meta_bytes);
     batch.insert(SNAPSHOT_DATA_KEY, data);
-    tree.apply_batch(batch).map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
-    db.flush_async().await.map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
+    tree.apply_batch(batch)
+        .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+    db.flush_async()
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
     Ok(())
 }
 
@@ -117,7 +133,10 @@ pub(crate) struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let seq = self.db.generate_id().map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let seq = self
+            .db
+            .generate_id()
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         let snapshot_id = match self.last_applied {
             Some(log_id) => format!("{}-{}-{seq}", log_id.leader_id, log_id.index),
             None => format!("none-{seq}"),
@@ -129,7 +148,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         save_snapshot(&self.db, &self.snapshots, &meta, &self.data).await?;
         tracing::info!(snapshot = %meta, bytes = self.data.len(), "built raft snapshot");
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(self.data.clone())) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(self.data.clone())),
+        })
     }
 }
 
@@ -149,7 +171,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         let mut outcomes = Vec::new();
         // A poisoned lock means a reader panicked while holding it; readers never mutate, so the state is intact.
-        let mut state = self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = self
+            .state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         for entry in entries {
             self.last_applied = Some(entry.log_id);
             let outcome = match entry.payload {
@@ -167,7 +192,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         let data = {
-            let state = self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let state = self
+                .state
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             state.to_bytes()
         };
         SnapshotBuilder {
@@ -201,7 +229,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        Ok(read_snapshot(&self.snapshots)?
-            .map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+        Ok(read_snapshot(&self.snapshots)?.map(|stored| Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        }))
     }
 }

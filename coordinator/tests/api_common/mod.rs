@@ -322,12 +322,20 @@ impl TestApi {
         }
     }
 
-    /// Stops the API and the coordinator.
-    pub async fn stop(mut self) {
+    /// Cancels the API's shutdown token and waits (at most `limit`) for `run` to return.
+    pub async fn stop_api(&mut self, limit: Duration) -> anyhow::Result<()> {
         self.shutdown.cancel();
         if let Some(task) = self.api_task.take() {
-            let _ = task.await;
+            tokio::time::timeout(limit, task)
+                .await
+                .context("the admin API did not stop in time")??;
         }
+        Ok(())
+    }
+
+    /// Stops the API and the coordinator.
+    pub async fn stop(mut self) {
+        let _ = self.stop_api(Duration::from_secs(30)).await;
         self.handle.shutdown().await;
     }
 }

@@ -31,16 +31,16 @@ pub use transport::SetupError;
 pub const ALPN: &[u8] = b"meridian/1";
 
 /// Application close code: the server is shutting down.
-pub(crate) const CLOSE_SHUTDOWN: quinn::VarInt = quinn::VarInt::from_u32(0);
+pub const CLOSE_SHUTDOWN: quinn::VarInt = quinn::VarInt::from_u32(1);
 /// Application close code: the peer's certificate does not carry an identity we accept.
-pub(crate) const CLOSE_UNAUTHENTICATED: quinn::VarInt = quinn::VarInt::from_u32(1);
+pub const CLOSE_UNAUTHENTICATED: quinn::VarInt = quinn::VarInt::from_u32(2);
 /// Application close code: the peer sent something that is not Meridian RPC.
-pub(crate) const CLOSE_PROTOCOL_VIOLATION: quinn::VarInt = quinn::VarInt::from_u32(2);
+pub const CLOSE_PROTOCOL_VIOLATION: quinn::VarInt = quinn::VarInt::from_u32(3);
 /// Application close code: the client no longer needs the connection.
-pub(crate) const CLOSE_CLIENT_DONE: quinn::VarInt = quinn::VarInt::from_u32(3);
+pub const CLOSE_CLIENT_DONE: quinn::VarInt = quinn::VarInt::from_u32(4);
 
-/// Stream error code (`STOP_SENDING` / `RESET_STREAM`): the stream broke the framing rules.
-pub(crate) const STREAM_BAD_FRAME: quinn::VarInt = quinn::VarInt::from_u32(1);
+/// Stream error code (`STOP_SENDING`): the request frame broke the framing rules or came too late.
+pub const STREAM_BAD_FRAME: quinn::VarInt = quinn::VarInt::from_u32(1);
 
 /// What a service knows about the call it is answering.
 #[derive(Debug, Clone)]
