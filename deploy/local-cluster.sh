@@ -62,8 +62,8 @@ region = "local"
 [raft]
 listen = "127.0.0.1:$(raft_port "$i")"
 heartbeat_ms = 50
-election_min_ms = 300
-election_max_ms = 600
+election_min_ms = 200
+election_max_ms = 400
 snapshot_every = 5000
 
 [admin]

@@ -38,7 +38,12 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
     /// Admin API address, e.g. http://127.0.0.1:7070 or https://127.0.0.1:7071.
-    #[arg(long, env = "MERIDIAN_ADDR", default_value = "http://127.0.0.1:7070", global = true)]
+    #[arg(
+        long,
+        env = "MERIDIAN_ADDR",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
     pub addr: String,
     /// API key (Bearer token).
     #[arg(long, env = "MERIDIAN_TOKEN", hide_env_values = true, global = true)]
@@ -71,7 +76,9 @@ The admin token is written to DIR/admin.token (mode 0600). Ctrl-C stops cleanly;
 directory keeps all state.")]
     Dev(DevArgs),
     /// Run a coordinator from a TOML config file (every option also settable as MERIDIAN_* env var).
-    #[command(after_help = "Example:\n  meridian coordinator --config /etc/meridian/coordinator.toml")]
+    #[command(
+        after_help = "Example:\n  meridian coordinator --config /etc/meridian/coordinator.toml"
+    )]
     Coordinator(ConfigArgs),
     /// Run a node agent from a TOML config file.
     #[command(after_help = "Example:\n  meridian agent --config /etc/meridian/agent.toml")]
@@ -100,7 +107,9 @@ directory keeps all state.")]
     /// Who the current token belongs to.
     Whoami(ClientOnly),
     /// Print shell completions.
-    #[command(after_help = "Example:\n  meridian completions bash > /etc/bash_completion.d/meridian")]
+    #[command(
+        after_help = "Example:\n  meridian completions bash > /etc/bash_completion.d/meridian"
+    )]
     Completions {
         /// Shell to generate for.
         shell: clap_complete::Shell,
@@ -119,10 +128,18 @@ pub struct DevArgs {
     #[arg(long, env = "MERIDIAN_DATA_DIR", default_value = ".meridian")]
     pub data_dir: PathBuf,
     /// Admin API listen address (loopback only: dev mode serves plain HTTP).
-    #[arg(long, env = "MERIDIAN_DEV_ADMIN_LISTEN", default_value = "127.0.0.1:7070")]
+    #[arg(
+        long,
+        env = "MERIDIAN_DEV_ADMIN_LISTEN",
+        default_value = "127.0.0.1:7070"
+    )]
     pub admin_listen: std::net::SocketAddr,
     /// QUIC listen address for coordinator RPCs.
-    #[arg(long, env = "MERIDIAN_DEV_RAFT_LISTEN", default_value = "127.0.0.1:7170")]
+    #[arg(
+        long,
+        env = "MERIDIAN_DEV_RAFT_LISTEN",
+        default_value = "127.0.0.1:7170"
+    )]
     pub raft_listen: std::net::SocketAddr,
 }
 
@@ -136,7 +153,9 @@ pub struct ConfigArgs {
 #[derive(Debug, Subcommand)]
 pub enum CertsCommand {
     /// Create a trust domain's CA (ca.pem, and ca.key with mode 0600).
-    #[command(after_help = "Example:\n  meridian certs init --trust-domain prod.example --out /etc/meridian/ca")]
+    #[command(
+        after_help = "Example:\n  meridian certs init --trust-domain prod.example --out /etc/meridian/ca"
+    )]
     Init {
         /// Trust domain, e.g. prod.example.
         #[arg(long, default_value = "meridian.local")]
@@ -211,7 +230,9 @@ pub enum RoleArg {
 #[derive(Debug, Subcommand)]
 pub enum ProjectCommand {
     /// Create a project.
-    #[command(after_help = "Example:\n  meridian project create vision --description 'image models'")]
+    #[command(
+        after_help = "Example:\n  meridian project create vision --description 'image models'"
+    )]
     Create {
         name: String,
         #[arg(long, default_value = "")]
@@ -240,7 +261,9 @@ pub enum ProjectCommand {
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
     /// Create an API key (with a new service account bound to ROLE); the token is shown once.
-    #[command(after_help = "Example:\n  meridian key create ci --role editor --project vision --expires-in-days 30")]
+    #[command(
+        after_help = "Example:\n  meridian key create ci --role editor --project vision --expires-in-days 30"
+    )]
     Create {
         /// Key name.
         name: String,
@@ -266,7 +289,9 @@ pub enum KeyCommand {
 #[derive(Debug, Subcommand)]
 pub enum RoleCommand {
     /// Bind a role to a principal in the current project (or the platform).
-    #[command(after_help = "Example:\n  meridian role bind --principal sa_12ab --role deployer --project vision")]
+    #[command(
+        after_help = "Example:\n  meridian role bind --principal sa_12ab --role deployer --project vision"
+    )]
     Bind {
         #[arg(long)]
         principal: String,
@@ -291,7 +316,9 @@ pub enum RoleCommand {
 #[derive(Debug, Subcommand)]
 pub enum SecretCommand {
     /// Create or add a version of a secret; the value is read from stdin unless --value is given.
-    #[command(after_help = "Example:\n  printf %s \"$S3_KEY\" | meridian secret put s3-key --bind job:*")]
+    #[command(
+        after_help = "Example:\n  printf %s \"$S3_KEY\" | meridian secret put s3-key --bind job:*"
+    )]
     Put {
         name: String,
         /// Value (prefer stdin so it stays out of shell history).
@@ -320,7 +347,9 @@ pub enum ClusterCommand {
     /// Members, leader, term and applied index.
     Status(ClientOnly),
     /// Add a coordinator (learner first, then voter unless --learner).
-    #[command(after_help = "Example:\n  meridian cluster add --id 4 --name c4 --raft-addr 10.0.0.4:7170 --admin-addr 10.0.0.4:7070")]
+    #[command(
+        after_help = "Example:\n  meridian cluster add --id 4 --name c4 --raft-addr 10.0.0.4:7170 --admin-addr 10.0.0.4:7070"
+    )]
     Add {
         #[arg(long)]
         id: u64,

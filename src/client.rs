@@ -87,9 +87,16 @@ impl ApiClient {
             .map_err(|e| ClientError::Failed(format!("building HTTP client: {e}")))?;
         let token = match &args.token {
             Some(t) => Some(t.trim().to_string()),
-            None => std::fs::read_to_string(DEV_TOKEN_FILE).ok().map(|t| t.trim().to_string()),
+            None => std::fs::read_to_string(DEV_TOKEN_FILE)
+                .ok()
+                .map(|t| t.trim().to_string()),
         };
-        Ok(Self { base, token, project: args.project.clone(), http })
+        Ok(Self {
+            base,
+            token,
+            project: args.project.clone(),
+            http,
+        })
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
@@ -125,7 +132,12 @@ impl ApiClient {
         }
     }
 
-    async fn send(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, ClientError> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method, &url);
         match &self.token {
@@ -169,20 +181,25 @@ impl ApiClient {
             .map(str::to_string)
             .unwrap_or_else(|| format!("HTTP {status}: {text}"));
         Err(match status {
-            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNPROCESSABLE_ENTITY => {
-                ClientError::Invalid(message)
-            }
+            StatusCode::BAD_REQUEST
+            | StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::UNPROCESSABLE_ENTITY => ClientError::Invalid(message),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ClientError::Denied(message),
             StatusCode::NOT_FOUND => ClientError::NotFound(message),
-            StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED => ClientError::Conflict(message),
-            StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => ClientError::Unavailable(message),
+            StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED => {
+                ClientError::Conflict(message)
+            }
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => {
+                ClientError::Unavailable(message)
+            }
             _ => ClientError::Failed(message),
         })
     }
 }
 
 fn read_file(path: &Path) -> Result<String, ClientError> {
-    std::fs::read_to_string(path).map_err(|e| ClientError::Usage(format!("{}: {e}", path.display())))
+    std::fs::read_to_string(path)
+        .map_err(|e| ClientError::Usage(format!("{}: {e}", path.display())))
 }
 
 /// Percent-encodes one path segment (names are restricted server-side, but ids come from users too).

@@ -14,7 +14,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("environment variable {name}: {message}")]
@@ -171,29 +174,46 @@ pub fn env_name(path: &str) -> String {
 impl CoordinatorConfig {
     /// Reads the file, applies `MERIDIAN_*` overrides from `env`, validates.
     pub fn load(path: &Path, env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         Self::parse(&text, path, env)
     }
 
     /// Parses TOML text with environment overrides.
-    pub fn parse(text: &str, path: &Path, env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
-        let mut doc: toml::Table =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let mut doc: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
         for key in ENV_KEYS {
             let name = env_name(key);
             if let Some(raw) = env.get(&name) {
-                set_path(&mut doc, key, scalar(raw)).map_err(|message| ConfigError::Env { name, message })?;
+                set_path(&mut doc, key, scalar(raw))
+                    .map_err(|message| ConfigError::Env { name, message })?;
             }
         }
-        let cfg: CoordinatorConfig = toml::Value::Table(doc)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let cfg: CoordinatorConfig =
+            toml::Value::Table(doc)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: path.into(),
+                    message: e.to_string(),
+                })?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field: &str, message: &str| ConfigError::Invalid { field: field.into(), message: message.into() };
+        let invalid = |field: &str, message: &str| ConfigError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        };
         if self.name.is_empty() {
             return Err(invalid("name", "must not be empty"));
         }
@@ -201,20 +221,35 @@ impl CoordinatorConfig {
             return Err(invalid("raft.heartbeat_ms", "must be positive"));
         }
         if self.raft.election_min_ms < 3 * self.raft.heartbeat_ms {
-            return Err(invalid("raft.election_min_ms", "must be at least 3 x raft.heartbeat_ms"));
+            return Err(invalid(
+                "raft.election_min_ms",
+                "must be at least 3 x raft.heartbeat_ms",
+            ));
         }
         if self.raft.election_max_ms <= self.raft.election_min_ms {
-            return Err(invalid("raft.election_max_ms", "must be greater than raft.election_min_ms"));
+            return Err(invalid(
+                "raft.election_max_ms",
+                "must be greater than raft.election_min_ms",
+            ));
         }
         if !self.admin.tls && !self.admin.listen.ip().is_loopback() {
-            return Err(invalid("admin.tls", "plain HTTP is only allowed on a loopback address"));
+            return Err(invalid(
+                "admin.tls",
+                "plain HTTP is only allowed on a loopback address",
+            ));
         }
         if self.bootstrap.init {
             if self.bootstrap.members.is_empty() {
-                return Err(invalid("bootstrap.members", "bootstrap.init needs the initial members"));
+                return Err(invalid(
+                    "bootstrap.members",
+                    "bootstrap.init needs the initial members",
+                ));
             }
             if !self.bootstrap.members.iter().any(|m| m.id == self.node_id) {
-                return Err(invalid("bootstrap.members", "must include this node's node_id"));
+                return Err(invalid(
+                    "bootstrap.members",
+                    "must include this node's node_id",
+                ));
             }
             if ![1, 3, 5].contains(&self.bootstrap.members.len()) {
                 return Err(invalid("bootstrap.members", "a group has 1, 3 or 5 voters"));
@@ -225,12 +260,18 @@ impl CoordinatorConfig {
 
     /// Raft address as advertised to other members.
     pub fn raft_advertise(&self) -> String {
-        self.raft.advertise.clone().unwrap_or_else(|| self.raft.listen.to_string())
+        self.raft
+            .advertise
+            .clone()
+            .unwrap_or_else(|| self.raft.listen.to_string())
     }
 
     /// Admin API address as advertised to clients.
     pub fn admin_advertise(&self) -> String {
-        self.admin.advertise.clone().unwrap_or_else(|| self.admin.listen.to_string())
+        self.admin
+            .advertise
+            .clone()
+            .unwrap_or_else(|| self.admin.listen.to_string())
     }
 }
 
@@ -251,8 +292,12 @@ fn set_path(doc: &mut toml::Table, path: &str, value: toml::Value) -> Result<(),
     let last = parts.pop().ok_or_else(|| "empty path".to_string())?;
     let mut table = doc;
     for part in parts {
-        let entry = table.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        table = entry.as_table_mut().ok_or_else(|| format!("{part} is not a table"))?;
+        let entry = table
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("{part} is not a table"))?;
     }
     table.insert(last.to_string(), value);
     Ok(())
@@ -260,7 +305,9 @@ fn set_path(doc: &mut toml::Table, path: &str, value: toml::Value) -> Result<(),
 
 /// The `MERIDIAN_*` variables of this process (for config overrides).
 pub fn process_env() -> BTreeMap<String, String> {
-    std::env::vars().filter(|(k, _)| k.starts_with("MERIDIAN_")).collect()
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("MERIDIAN_"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -298,7 +345,10 @@ members = [{ id = 1, name = "c1", raft_addr = "127.0.0.1:7171", admin_addr = "12
     #[test]
     fn plain_http_outside_loopback_is_refused() {
         let mut env = BTreeMap::new();
-        env.insert("MERIDIAN_ADMIN_LISTEN".to_string(), "0.0.0.0:7071".to_string());
+        env.insert(
+            "MERIDIAN_ADMIN_LISTEN".to_string(),
+            "0.0.0.0:7071".to_string(),
+        );
         env.insert("MERIDIAN_ADMIN_TLS".to_string(), "false".to_string());
         let err = CoordinatorConfig::parse(SAMPLE, Path::new("t.toml"), &env).expect_err("refused");
         assert!(err.to_string().contains("admin.tls"), "{err}");
@@ -307,7 +357,8 @@ members = [{ id = 1, name = "c1", raft_addr = "127.0.0.1:7171", admin_addr = "12
     #[test]
     fn unknown_field_names_the_field() {
         let text = format!("{SAMPLE}\n[extra]\nx = 1\n");
-        let err = CoordinatorConfig::parse(&text, Path::new("t.toml"), &BTreeMap::new()).expect_err("refused");
+        let err = CoordinatorConfig::parse(&text, Path::new("t.toml"), &BTreeMap::new())
+            .expect_err("refused");
         assert!(err.to_string().contains("extra"), "{err}");
     }
 
@@ -317,7 +368,8 @@ members = [{ id = 1, name = "c1", raft_addr = "127.0.0.1:7171", admin_addr = "12
             "members = [",
             "members = [{ id = 2, name = \"c2\", raft_addr = \"x:1\", admin_addr = \"x:2\" }, ",
         );
-        let err = CoordinatorConfig::parse(&text, Path::new("t.toml"), &BTreeMap::new()).expect_err("refused");
+        let err = CoordinatorConfig::parse(&text, Path::new("t.toml"), &BTreeMap::new())
+            .expect_err("refused");
         assert!(err.to_string().contains("1, 3 or 5"), "{err}");
     }
 
@@ -329,7 +381,11 @@ members = [{ id = 1, name = "c1", raft_addr = "127.0.0.1:7171", admin_addr = "12
                 .unwrap_or_else(|e| panic!("deploy/config/{name}: {e}"));
             assert!(cfg.admin.tls, "{name}: production coordinators serve TLS");
             assert_eq!(cfg.bootstrap.members.len(), 3, "{name}");
-            assert_eq!(cfg.bootstrap.init, name == "c1.toml", "{name}: exactly one member bootstraps");
+            assert_eq!(
+                cfg.bootstrap.init,
+                name == "c1.toml",
+                "{name}: exactly one member bootstraps"
+            );
         }
     }
 }

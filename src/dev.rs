@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::DevArgs;
 use crate::config::{
-    AdminSection, BootstrapMember, BootstrapSection, CoordinatorConfig, RaftSection, SecretsSection, TlsSection,
+    AdminSection, BootstrapMember, BootstrapSection, CoordinatorConfig, RaftSection,
+    SecretsSection, TlsSection,
 };
 
 const DEV_TRUST_DOMAIN: &str = "dev.meridian.local";
@@ -44,7 +45,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 pub fn prepare(args: &DevArgs) -> anyhow::Result<CoordinatorConfig> {
     let dir = &args.data_dir;
     let certs_dir = dir.join("certs");
-    std::fs::create_dir_all(&certs_dir).with_context(|| format!("creating {}", certs_dir.display()))?;
+    std::fs::create_dir_all(&certs_dir)
+        .with_context(|| format!("creating {}", certs_dir.display()))?;
     restrict_dir(dir)?;
 
     let ca_pem = certs_dir.join("ca.pem");
@@ -52,19 +54,26 @@ pub fn prepare(args: &DevArgs) -> anyhow::Result<CoordinatorConfig> {
     let ca = if ca_pem.exists() && ca_key.exists() {
         certs::CertificateAuthority::load(&ca_pem, &ca_key).context("loading the dev CA")?
     } else {
-        let ca = certs::CertificateAuthority::generate(DEV_TRUST_DOMAIN, std::time::Duration::from_secs(10 * 365 * 86400))
-            .context("generating the dev CA")?;
+        let ca = certs::CertificateAuthority::generate(
+            DEV_TRUST_DOMAIN,
+            std::time::Duration::from_secs(10 * 365 * 86400),
+        )
+        .context("generating the dev CA")?;
         ca.write_to(&certs_dir).context("writing the dev CA")?;
         ca
     };
-    let identity = certs::Identity::coordinator(ca.trust_domain(), "dev").context("dev identity")?;
+    let identity =
+        certs::Identity::coordinator(ca.trust_domain(), "dev").context("dev identity")?;
     let mut req = certs::LeafRequest::new(identity, certs::DEFAULT_LEAF_LIFETIME);
     req.dns_names = vec!["localhost".into()];
     req.ip_addresses = vec![args.admin_listen.ip()];
-    let leaf = ca.issue(&req).context("issuing the dev coordinator certificate")?;
+    let leaf = ca
+        .issue(&req)
+        .context("issuing the dev coordinator certificate")?;
     let cert = certs_dir.join("coordinator.pem");
     let key = certs_dir.join("coordinator.key");
-    leaf.write(&cert, &key).context("writing the dev coordinator certificate")?;
+    leaf.write(&cert, &key)
+        .context("writing the dev coordinator certificate")?;
 
     let keyring = dir.join("master.keys");
     if !keyring.exists() {
@@ -85,9 +94,20 @@ pub fn prepare(args: &DevArgs) -> anyhow::Result<CoordinatorConfig> {
             election_max_ms: 600,
             snapshot_every: 10_000,
         },
-        admin: AdminSection { listen: args.admin_listen, advertise: None, tls: false, max_body_bytes: 1 << 20 },
-        tls: TlsSection { ca: ca_pem, cert, key },
-        secrets: SecretsSection { master_key_file: Some(keyring) },
+        admin: AdminSection {
+            listen: args.admin_listen,
+            advertise: None,
+            tls: false,
+            max_body_bytes: 1 << 20,
+        },
+        tls: TlsSection {
+            ca: ca_pem,
+            cert,
+            key,
+        },
+        secrets: SecretsSection {
+            master_key_file: Some(keyring),
+        },
         bootstrap: BootstrapSection {
             init: true,
             admin_token_file: Some(dir.join("admin.token")),
@@ -118,6 +138,7 @@ pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(contents.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(contents.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

@@ -32,7 +32,10 @@ pub fn list(format: OutputFormat, items: &[Value], columns: &[&str]) {
                 .iter()
                 .map(|item| columns.iter().map(|c| cell(lookup(item, c))).collect())
                 .collect();
-            let headers: Vec<String> = columns.iter().map(|c| c.replace('/', ".").to_uppercase()).collect();
+            let headers: Vec<String> = columns
+                .iter()
+                .map(|c| c.replace('/', ".").to_uppercase())
+                .collect();
             table(&headers, &rows);
         }
     }

@@ -34,9 +34,13 @@ impl RunningCoordinator {
 }
 
 /// Starts every part of a coordinator and, on the bootstrap node, makes sure the admin token exists.
-pub async fn start(cfg: &CoordinatorConfig, shutdown: CancellationToken) -> anyhow::Result<RunningCoordinator> {
+pub async fn start(
+    cfg: &CoordinatorConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunningCoordinator> {
     certs::install_crypto_provider();
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let tls = certs::TlsIdentity::load(&certs::TlsPaths {
         ca: cfg.tls.ca.clone(),
         cert: cfg.tls.cert.clone(),
@@ -84,7 +88,9 @@ pub async fn start(cfg: &CoordinatorConfig, shutdown: CancellationToken) -> anyh
         snapshot_every: cfg.raft.snapshot_every,
         bootstrap,
     };
-    let (coordinator, handle) = Coordinator::start(opts).await.context("starting coordinator")?;
+    let (coordinator, handle) = Coordinator::start(opts)
+        .await
+        .context("starting coordinator")?;
 
     let api = AdminApi::bind(AdminApiOptions {
         listen: cfg.admin.listen,
@@ -103,12 +109,18 @@ pub async fn start(cfg: &CoordinatorConfig, shutdown: CancellationToken) -> anyh
             ensure_bootstrapped(&handle, &keyring, path).await?;
         }
     }
-    Ok(RunningCoordinator { handle, admin_addr, api_task, _coordinator: coordinator })
+    Ok(RunningCoordinator {
+        handle,
+        admin_addr,
+        api_task,
+        _coordinator: coordinator,
+    })
 }
 
 fn load_keyring(cfg: &CoordinatorConfig) -> anyhow::Result<MasterKeyring> {
     if let Some(path) = &cfg.secrets.master_key_file {
-        return MasterKeyring::load_file(path).with_context(|| format!("master keyring {}", path.display()));
+        return MasterKeyring::load_file(path)
+            .with_context(|| format!("master keyring {}", path.display()));
     }
     match std::env::var("MERIDIAN_MASTER_KEY") {
         Ok(v) => MasterKeyring::from_env_value(&v).context("MERIDIAN_MASTER_KEY"),
@@ -118,7 +130,11 @@ fn load_keyring(cfg: &CoordinatorConfig) -> anyhow::Result<MasterKeyring> {
 
 /// Waits for a leader, then commits the bootstrap (default project + platform-admin key) if it has not been.
 /// The token is written before it is proposed, so a crash in between is repaired by the next start.
-async fn ensure_bootstrapped(handle: &Handle, keyring: &MasterKeyring, token_file: &Path) -> anyhow::Result<()> {
+async fn ensure_bootstrapped(
+    handle: &Handle,
+    keyring: &MasterKeyring,
+    token_file: &Path,
+) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         if handle.read(|s| s.is_bootstrapped()) {

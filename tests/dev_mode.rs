@@ -33,7 +33,10 @@ impl DevProcess {
         let token_path = dir.join("admin.token");
         wait_for("the bootstrap key to work", Duration::from_secs(30), || {
             let token = read_trimmed(&token_path)?;
-            let env = [("MERIDIAN_ADDR", addr.as_str()), ("MERIDIAN_TOKEN", token.as_str())];
+            let env = [
+                ("MERIDIAN_ADDR", addr.as_str()),
+                ("MERIDIAN_TOKEN", token.as_str()),
+            ];
             cli(&["whoami"], &env).status.success().then_some(())
         });
         DevProcess { child, addr }
@@ -42,10 +45,16 @@ impl DevProcess {
     /// Ctrl-C, then wait for a clean exit.
     fn interrupt(mut self) {
         let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-INT", &pid]).status().expect("send SIGINT");
+        let sent = Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .expect("send SIGINT");
         assert!(sent.success());
         let status = self.child.wait().expect("wait for dev");
-        assert!(status.success(), "meridian dev exited with {status:?} after Ctrl-C");
+        assert!(
+            status.success(),
+            "meridian dev exited with {status:?} after Ctrl-C"
+        );
     }
 }
 
@@ -66,10 +75,19 @@ fn dev_tour_and_restart_keeps_state() {
     // The bootstrap token is written with mode 0600.
     let token_path = dir.join("admin.token");
     let token = read_trimmed(&token_path).expect("admin token written");
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&token_path).expect("stat").permissions());
-    assert_eq!(mode & 0o077, 0, "admin.token must not be readable by others (mode {mode:o})");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&token_path).expect("stat").permissions(),
+    );
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "admin.token must not be readable by others (mode {mode:o})"
+    );
 
-    let admin = [("MERIDIAN_ADDR", dev.addr.as_str()), ("MERIDIAN_TOKEN", token.as_str())];
+    let admin = [
+        ("MERIDIAN_ADDR", dev.addr.as_str()),
+        ("MERIDIAN_TOKEN", token.as_str()),
+    ];
     let status = cli_json(&["cluster", "status", "-o", "json"], &admin);
     assert!(status["leader"].is_u64(), "single node leads: {status}");
 
@@ -79,27 +97,63 @@ fn dev_tour_and_restart_keeps_state() {
 
     // Duplicate name: conflict exit code.
     let dup = cli(&["project", "create", "vision"], &admin);
-    assert_eq!(dup.status.code(), Some(5), "duplicate project: {}", String::from_utf8_lossy(&dup.stderr));
+    assert_eq!(
+        dup.status.code(),
+        Some(5),
+        "duplicate project: {}",
+        String::from_utf8_lossy(&dup.stderr)
+    );
 
     // A key for `vision` with role editor sees its project, and `default` is invisible to it.
-    let key = cli_json(&["key", "create", "ci", "--role", "editor", "--project", "vision", "-o", "json"], &admin);
+    let key = cli_json(
+        &[
+            "key",
+            "create",
+            "ci",
+            "--role",
+            "editor",
+            "--project",
+            "vision",
+            "-o",
+            "json",
+        ],
+        &admin,
+    );
     let ci_token = key["token"].as_str().expect("token shown once").to_string();
-    let ci = [("MERIDIAN_ADDR", dev.addr.as_str()), ("MERIDIAN_TOKEN", ci_token.as_str())];
+    let ci = [
+        ("MERIDIAN_ADDR", dev.addr.as_str()),
+        ("MERIDIAN_TOKEN", ci_token.as_str()),
+    ];
     let listed = cli_json(&["project", "list", "-o", "json"], &ci);
-    let names: Vec<&str> = listed.as_array().expect("array").iter().filter_map(|p| p["name"].as_str()).collect();
-    assert_eq!(names, vec!["vision"], "an editor of vision sees only vision");
+    let names: Vec<&str> = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["vision"],
+        "an editor of vision sees only vision"
+    );
     let other = cli(&["project", "get", "default"], &ci);
     assert_eq!(other.status.code(), Some(4), "another project is not found");
 
     // Keys are listed without their secret.
-    let keys = cli_json(&["key", "list", "--project", "vision", "-o", "json"], &admin);
+    let keys = cli_json(
+        &["key", "list", "--project", "vision", "-o", "json"],
+        &admin,
+    );
     let text = keys.to_string();
     assert!(!text.contains(&ci_token), "key listing leaks the token");
 
     // Missing token / bad token: exit code 3.
     let bad = cli(
         &["project", "list"],
-        &[("MERIDIAN_ADDR", dev.addr.as_str()), ("MERIDIAN_TOKEN", "mrd_nope_nope")],
+        &[
+            ("MERIDIAN_ADDR", dev.addr.as_str()),
+            ("MERIDIAN_TOKEN", "mrd_nope_nope"),
+        ],
     );
     assert_eq!(bad.status.code(), Some(3));
 
@@ -112,11 +166,21 @@ fn dev_tour_and_restart_keeps_state() {
     let dev = DevProcess::start(&dir, admin_port, raft_port);
     let again = read_trimmed(&token_path).expect("token kept");
     assert_eq!(again, token, "restart keeps the admin token");
-    let admin = [("MERIDIAN_ADDR", dev.addr.as_str()), ("MERIDIAN_TOKEN", token.as_str())];
+    let admin = [
+        ("MERIDIAN_ADDR", dev.addr.as_str()),
+        ("MERIDIAN_TOKEN", token.as_str()),
+    ];
     let p = cli_json(&["project", "get", "vision", "-o", "json"], &admin);
     assert_eq!(p["id"].as_str(), Some(project_id.as_str()));
-    let ci = [("MERIDIAN_ADDR", dev.addr.as_str()), ("MERIDIAN_TOKEN", ci_token.as_str())];
+    let ci = [
+        ("MERIDIAN_ADDR", dev.addr.as_str()),
+        ("MERIDIAN_TOKEN", ci_token.as_str()),
+    ];
     let listed = cli_json(&["project", "list", "-o", "json"], &ci);
-    assert_eq!(listed.as_array().map(Vec::len), Some(1), "ci key still works after restart");
+    assert_eq!(
+        listed.as_array().map(Vec::len),
+        Some(1),
+        "ci key still works after restart"
+    );
     dev.interrupt();
 }

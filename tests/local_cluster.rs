@@ -59,14 +59,21 @@ impl LocalCluster {
     fn cli_on(&self, i: u16, args: &[&str]) -> Result<Value, (Option<i32>, String)> {
         let addr = self.admin_addr(i);
         let (token, ca) = (self.token(), self.ca());
-        let env = [("MERIDIAN_ADDR", addr.as_str()), ("MERIDIAN_TOKEN", token.as_str()), ("MERIDIAN_CACERT", ca.as_str())];
+        let env = [
+            ("MERIDIAN_ADDR", addr.as_str()),
+            ("MERIDIAN_TOKEN", token.as_str()),
+            ("MERIDIAN_CACERT", ca.as_str()),
+        ];
         let mut full: Vec<&str> = args.to_vec();
         full.extend(["-o", "json"]);
         let out = cli(&full, &env);
         if out.status.success() {
             serde_json::from_slice(&out.stdout).map_err(|e| (None, e.to_string()))
         } else {
-            Err((out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned()))
+            Err((
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ))
         }
     }
 
@@ -91,10 +98,13 @@ impl Drop for LocalCluster {
 #[test]
 fn three_coordinators_survive_a_leader_kill() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let cluster = LocalCluster { dir: tmp.path().join("mc") };
+    let cluster = LocalCluster {
+        dir: tmp.path().join("mc"),
+    };
     cluster.ok(&["up"]);
 
-    let status: Value = serde_json::from_str(&cluster.ok(&["status", "-o", "json"])).expect("status JSON");
+    let status: Value =
+        serde_json::from_str(&cluster.ok(&["status", "-o", "json"])).expect("status JSON");
     let procs = status.as_array().expect("array");
     assert_eq!(procs.len(), 3);
     for p in procs {
@@ -127,25 +137,47 @@ fn three_coordinators_survive_a_leader_kill() {
         let listed = wait_for("projects on a survivor", Duration::from_secs(20), || {
             cluster.cli_on(i, &["project", "list"]).ok()
         });
-        let names: Vec<String> =
-            listed.as_array().expect("list").iter().filter_map(|p| p["name"].as_str().map(String::from)).collect();
+        let names: Vec<String> = listed
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter_map(|p| p["name"].as_str().map(String::from))
+            .collect();
         for name in &acknowledged {
-            assert!(names.contains(name), "c{i} lost acknowledged project {name}: {names:?}");
+            assert!(
+                names.contains(name),
+                "c{i} lost acknowledged project {name}: {names:?}"
+            );
         }
     }
     let after = wait_for("a write after failover", Duration::from_secs(20), || {
-        cluster.cli_on(survivors[0], &["project", "create", "after-failover"]).ok()
+        cluster
+            .cli_on(survivors[0], &["project", "create", "after-failover"])
+            .ok()
     });
     assert_eq!(after["name"], "after-failover");
 
     // The killed member restarts on its data and catches up.
     cluster.ok(&["start", &format!("c{leader}")]);
-    wait_for("the restarted member to catch up", Duration::from_secs(30), || {
-        let listed = cluster.cli_on(leader, &["project", "list"]).ok()?;
-        listed.as_array()?.iter().any(|p| p["name"] == "after-failover").then_some(())
-    });
+    wait_for(
+        "the restarted member to catch up",
+        Duration::from_secs(30),
+        || {
+            let listed = cluster.cli_on(leader, &["project", "list"]).ok()?;
+            listed
+                .as_array()?
+                .iter()
+                .any(|p| p["name"] == "after-failover")
+                .then_some(())
+        },
+    );
 
     cluster.ok(&["down"]);
-    let status: Value = serde_json::from_str(&cluster.ok(&["status", "-o", "json"])).expect("status JSON");
-    assert!(status.as_array().expect("array").iter().all(|p| p["state"] == "stopped"));
+    let status: Value =
+        serde_json::from_str(&cluster.ok(&["status", "-o", "json"])).expect("status JSON");
+    assert!(status
+        .as_array()
+        .expect("array")
+        .iter()
+        .all(|p| p["state"] == "stopped"));
 }

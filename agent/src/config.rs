@@ -8,7 +8,10 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
 }
@@ -36,11 +39,19 @@ pub struct AgentTls {
 impl AgentConfig {
     /// Reads and validates the file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let cfg: AgentConfig =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let cfg: AgentConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
         if cfg.coordinators.is_empty() {
-            return Err(ConfigError::Parse { path: path.into(), message: "coordinators: must not be empty".into() });
+            return Err(ConfigError::Parse {
+                path: path.into(),
+                message: "coordinators: must not be empty".into(),
+            });
         }
         Ok(cfg)
     }

@@ -34,7 +34,11 @@ pub async fn run_from_file(path: &Path) -> Result<(), AgentError> {
     })?;
     let identity = tls.identity();
     match &identity.kind {
-        certs::IdentityKind::Agent { region, cluster, node } => {
+        certs::IdentityKind::Agent {
+            region,
+            cluster,
+            node,
+        } => {
             tracing::info!(%region, %cluster, %node, coordinators = ?cfg.coordinators, "agent identity loaded");
         }
         _ => return Err(AgentError::NotAnAgent(identity.uri())),

@@ -18,7 +18,10 @@ use crate::state::{Actor, Command, Op};
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
     #[error("admin token file {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("admin token file {path} does not hold a Meridian API key")]
     BadToken { path: String },
     #[error(transparent)]
@@ -37,29 +40,47 @@ pub fn read_or_create_token(path: &Path) -> Result<String, BootstrapError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let generated = crypto::generate_token(&mut OsRng);
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|source| BootstrapError::Io { path: shown.clone(), source })?;
+                std::fs::create_dir_all(dir).map_err(|source| BootstrapError::Io {
+                    path: shown.clone(),
+                    source,
+                })?;
             }
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(path)
-                .map_err(|source| BootstrapError::Io { path: shown.clone(), source })?;
+                .map_err(|source| BootstrapError::Io {
+                    path: shown.clone(),
+                    source,
+                })?;
             f.write_all(format!("{}\n", generated.token).as_bytes())
                 .and_then(|()| f.sync_all())
-                .map_err(|source| BootstrapError::Io { path: shown, source })?;
+                .map_err(|source| BootstrapError::Io {
+                    path: shown,
+                    source,
+                })?;
             Ok(generated.token)
         }
-        Err(source) => Err(BootstrapError::Io { path: shown, source }),
+        Err(source) => Err(BootstrapError::Io {
+            path: shown,
+            source,
+        }),
     }
 }
 
 /// Proposes the bootstrap command for `token`; succeeds as well when the registry is already bootstrapped.
-pub async fn propose(handle: &Handle, keyring: &MasterKeyring, token: &str) -> Result<(), BootstrapError> {
+pub async fn propose(
+    handle: &Handle,
+    keyring: &MasterKeyring,
+    token: &str,
+) -> Result<(), BootstrapError> {
     if handle.read(|s| s.is_bootstrapped()) {
         return Ok(());
     }
-    let parsed = crypto::parse_token(token).map_err(|_| BootstrapError::BadToken { path: "<token>".into() })?;
+    let parsed = crypto::parse_token(token).map_err(|_| BootstrapError::BadToken {
+        path: "<token>".into(),
+    })?;
     let mut rng = OsRng;
     let data_key = crypto::new_data_key(&mut rng);
     let op = Op::Bootstrap {
@@ -69,9 +90,19 @@ pub async fn propose(handle: &Handle, keyring: &MasterKeyring, token: &str) -> R
         admin_principal_name: "platform-admin".into(),
         admin_key_id: parsed.key_id,
         admin_key_hash: crypto::hash_token(token),
-        admin_key_last4: token.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect(),
+        admin_key_last4: token
+            .chars()
+            .rev()
+            .take(4)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect(),
     };
-    match handle.write(Command::new(now_ms(), Actor::system(), op)).await {
+    match handle
+        .write(Command::new(now_ms(), Actor::system(), op))
+        .await
+    {
         Ok(_) => Ok(()),
         Err(_) if handle.read(|s| s.is_bootstrapped()) => Ok(()),
         Err(e) => Err(e.into()),
@@ -79,5 +110,8 @@ pub async fn propose(handle: &Handle, keyring: &MasterKeyring, token: &str) -> R
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -441,11 +441,15 @@ fn server_state_name(state: ServerState) -> &'static str {
 impl Handle {
     /// Proposes a prepared command; forwards it to the leader when this node is a follower.
     ///
-    /// Retried only while it is certain that nothing was proposed (no leader known, the leader could not be
-    /// reached, or the node asked turned out not to be the leader). A timeout or a failure after the command
-    /// was handed over is `Unavailable`: the command may still be applied.
+    /// The command gets a request id (unless it has one), which makes it safe to send again: it is retried
+    /// until the deadline when no leader is known, the leader cannot be reached, the node asked is no longer
+    /// the leader, or an attempt went unanswered (a forward is abandoned as soon as this node sees the leader
+    /// change). Only a deadline passed with the outcome unknown is `Unavailable`.
     #[tracing::instrument(level = "debug", skip_all, fields(node = self.inner.id))]
-    pub async fn write(&self, cmd: Command) -> Result<Outcome, WriteError> {
+    pub async fn write(&self, mut cmd: Command) -> Result<Outcome, WriteError> {
+        if cmd.request_id.is_none() {
+            cmd.request_id = Some(crate::crypto::random_id("req", &mut rand::rngs::OsRng));
+        }
         let deadline = Instant::now() + self.inner.deadlines.request;
         let mut last_failure = None;
         loop {
@@ -467,10 +471,12 @@ impl Handle {
             if let Some(leader) = &forward.leader_node {
                 match self.forward_write(leader, &cmd, deadline).await {
                     Ok(outcome) => return outcome.map_err(WriteError::Domain),
-                    Err(ForwardError::NotDelivered(m)) => last_failure = Some(m),
-                    Err(ForwardError::Invalid(m) | ForwardError::Failed(m)) => {
-                        return Err(WriteError::Unavailable(m))
+                    // The command carries its request id, so sending it again after an unanswered attempt
+                    // cannot apply it twice: the state machine answers a repeat with the first outcome.
+                    Err(ForwardError::NotDelivered(m) | ForwardError::Failed(m)) => {
+                        last_failure = Some(m)
                     }
+                    Err(ForwardError::Invalid(m)) => return Err(WriteError::Unavailable(m)),
                 }
             }
             if !self
@@ -535,12 +541,21 @@ impl Handle {
         let remaining = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
-        match self
+        let call = self
             .inner
             .client
-            .call_message(&leader.raft_addr, method, request, remaining)
-            .await
-        {
+            .call_message(&leader.raft_addr, method, request, remaining);
+        let leader_id = self.leader_id_of(leader);
+        let answer = tokio::select! {
+            answer = call => answer,
+            () = self.leader_moved_from(leader_id) => {
+                return Err(ForwardError::Failed(format!(
+                    "leader {} was replaced while the request was in flight",
+                    leader.name
+                )))
+            }
+        };
+        match answer {
             Ok(response) => Ok(response),
             Err(RpcError::Remote(status)) => Err(match status.code {
                 StatusCode::FailedPrecondition => {
@@ -553,6 +568,35 @@ impl Handle {
                 "leader {} at {}: {e}",
                 leader.name, leader.raft_addr
             ))),
+        }
+    }
+
+    /// The node id of `member` in the current membership, if it is a member.
+    fn leader_id_of(&self, member: &MemberNode) -> Option<NodeId> {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        let id = m
+            .membership_config
+            .nodes()
+            .find(|(_, node)| node.raft_addr == member.raft_addr)
+            .map(|(id, _)| *id);
+        id
+    }
+
+    /// Resolves once this node no longer believes `leader` leads (an election started or finished).
+    /// Never resolves when `leader` is unknown.
+    async fn leader_moved_from(&self, leader: Option<NodeId>) {
+        let Some(leader) = leader else {
+            return std::future::pending().await;
+        };
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            if metrics.borrow_and_update().current_leader != Some(leader) {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                return std::future::pending().await;
+            }
         }
     }
 

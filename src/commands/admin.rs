@@ -4,30 +4,49 @@ use std::io::Read;
 
 use serde_json::{json, Value};
 
-use crate::cli::{ClientArgs, ClusterCommand, KeyCommand, OutputFormat, ProjectCommand, RoleCommand, SecretCommand};
+use crate::cli::{
+    ClientArgs, ClusterCommand, KeyCommand, OutputFormat, ProjectCommand, RoleCommand,
+    SecretCommand,
+};
 use crate::client::{segment, ApiClient, ClientError};
 use crate::output;
 
 pub async fn project(cmd: ProjectCommand) -> Result<(), ClientError> {
     match cmd {
-        ProjectCommand::Create { name, description, client } => {
+        ProjectCommand::Create {
+            name,
+            description,
+            client,
+        } => {
             let api = ApiClient::from_args(&client)?;
-            let p = api.post("/v1/projects", json!({ "name": name, "description": description })).await?;
+            let p = api
+                .post(
+                    "/v1/projects",
+                    json!({ "name": name, "description": description }),
+                )
+                .await?;
             created(&client, &p);
         }
         ProjectCommand::List(c) => {
             let api = ApiClient::from_args(&c.client)?;
             let items = api.list_all("/v1/projects").await?;
-            output::list(c.client.output, &items, &["id", "name", "description", "created_at"]);
+            output::list(
+                c.client.output,
+                &items,
+                &["id", "name", "description", "created_at"],
+            );
         }
         ProjectCommand::Get { name_or_id, client } => {
             let api = ApiClient::from_args(&client)?;
-            let p = api.get(&format!("/v1/projects/{}", segment(&name_or_id))).await?;
+            let p = api
+                .get(&format!("/v1/projects/{}", segment(&name_or_id)))
+                .await?;
             output::object(client.output, &p);
         }
         ProjectCommand::Delete { name_or_id, client } => {
             let api = ApiClient::from_args(&client)?;
-            api.delete(&format!("/v1/projects/{}", segment(&name_or_id))).await?;
+            api.delete(&format!("/v1/projects/{}", segment(&name_or_id)))
+                .await?;
             done(&client, &format!("deleted project {name_or_id}"));
         }
     }
@@ -36,7 +55,12 @@ pub async fn project(cmd: ProjectCommand) -> Result<(), ClientError> {
 
 pub async fn key(cmd: KeyCommand) -> Result<(), ClientError> {
     match cmd {
-        KeyCommand::Create { name, role, expires_in_days, client } => {
+        KeyCommand::Create {
+            name,
+            role,
+            expires_in_days,
+            client,
+        } => {
             let api = ApiClient::from_args(&client)?;
             let mut body = json!({ "name": name, "role": role });
             if let Some(days) = expires_in_days {
@@ -46,8 +70,14 @@ pub async fn key(cmd: KeyCommand) -> Result<(), ClientError> {
             match client.output {
                 OutputFormat::Json => output::json(&created_key),
                 OutputFormat::Table => {
-                    let token = created_key.get("token").and_then(Value::as_str).unwrap_or_default();
-                    let id = created_key.pointer("/key/id").and_then(Value::as_str).unwrap_or_default();
+                    let token = created_key
+                        .get("token")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    let id = created_key
+                        .pointer("/key/id")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
                     println!("{token}");
                     eprintln!("key {id} created; the token above is shown only once");
                 }
@@ -59,12 +89,22 @@ pub async fn key(cmd: KeyCommand) -> Result<(), ClientError> {
             output::list(
                 c.client.output,
                 &items,
-                &["id", "name", "prefix", "last4", "principal_id", "expires_at", "revoked_at"],
+                &[
+                    "id",
+                    "name",
+                    "prefix",
+                    "last4",
+                    "principal_id",
+                    "expires_at",
+                    "revoked_at",
+                ],
             );
         }
         KeyCommand::Revoke { id, client } => {
             let api = ApiClient::from_args(&client)?;
-            let v = api.post(&format!("/v1/keys/{}:revoke", segment(&id)), json!({})).await?;
+            let v = api
+                .post(&format!("/v1/keys/{}:revoke", segment(&id)), json!({}))
+                .await?;
             match client.output {
                 OutputFormat::Json => output::json(&v),
                 OutputFormat::Table => eprintln!("revoked key {id}"),
@@ -76,7 +116,12 @@ pub async fn key(cmd: KeyCommand) -> Result<(), ClientError> {
 
 pub async fn role(cmd: RoleCommand) -> Result<(), ClientError> {
     match cmd {
-        RoleCommand::Bind { principal, role, platform, client } => {
+        RoleCommand::Bind {
+            principal,
+            role,
+            platform,
+            client,
+        } => {
             let api = ApiClient::from_args(&client)?;
             let body = json!({ "principal_id": principal, "role": role, "platform": platform });
             let b = api.post("/v1/role-bindings", body).await?;
@@ -85,11 +130,16 @@ pub async fn role(cmd: RoleCommand) -> Result<(), ClientError> {
         RoleCommand::List(c) => {
             let api = ApiClient::from_args(&c.client)?;
             let items = api.list_all("/v1/role-bindings").await?;
-            output::list(c.client.output, &items, &["id", "principal_id", "role", "scope"]);
+            output::list(
+                c.client.output,
+                &items,
+                &["id", "principal_id", "role", "scope"],
+            );
         }
         RoleCommand::Unbind { id, client } => {
             let api = ApiClient::from_args(&client)?;
-            api.delete(&format!("/v1/role-bindings/{}", segment(&id))).await?;
+            api.delete(&format!("/v1/role-bindings/{}", segment(&id)))
+                .await?;
             done(&client, &format!("removed role binding {id}"));
         }
     }
@@ -98,29 +148,44 @@ pub async fn role(cmd: RoleCommand) -> Result<(), ClientError> {
 
 pub async fn secret(cmd: SecretCommand) -> Result<(), ClientError> {
     match cmd {
-        SecretCommand::Put { name, value, bindings, client } => {
+        SecretCommand::Put {
+            name,
+            value,
+            bindings,
+            client,
+        } => {
             let value = match value {
                 Some(v) => v,
                 None => {
                     let mut buf = String::new();
-                    std::io::stdin()
-                        .read_to_string(&mut buf)
-                        .map_err(|e| ClientError::Usage(format!("reading the secret from stdin: {e}")))?;
+                    std::io::stdin().read_to_string(&mut buf).map_err(|e| {
+                        ClientError::Usage(format!("reading the secret from stdin: {e}"))
+                    })?;
                     buf
                 }
             };
             let api = ApiClient::from_args(&client)?;
-            let s = api.post("/v1/secrets", json!({ "name": name, "value": value, "bindings": bindings })).await?;
+            let s = api
+                .post(
+                    "/v1/secrets",
+                    json!({ "name": name, "value": value, "bindings": bindings }),
+                )
+                .await?;
             created(&client, &s);
         }
         SecretCommand::List(c) => {
             let api = ApiClient::from_args(&c.client)?;
             let items = api.list_all("/v1/secrets").await?;
-            output::list(c.client.output, &items, &["name", "latest_version", "bindings", "updated_at"]);
+            output::list(
+                c.client.output,
+                &items,
+                &["name", "latest_version", "bindings", "updated_at"],
+            );
         }
         SecretCommand::Delete { name, client } => {
             let api = ApiClient::from_args(&client)?;
-            api.delete(&format!("/v1/secrets/{}", segment(&name))).await?;
+            api.delete(&format!("/v1/secrets/{}", segment(&name)))
+                .await?;
             done(&client, &format!("deleted secret {name}"));
         }
         SecretCommand::Rewrap(c) => {
@@ -140,16 +205,41 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<(), ClientError> {
             match c.client.output {
                 OutputFormat::Json => output::json(&s),
                 OutputFormat::Table => {
-                    for key in ["name", "node_id", "state", "leader", "term", "applied_index"] {
-                        println!("{key:14} {}", output::cell(s.get(key).unwrap_or(&Value::Null)));
+                    for key in [
+                        "name",
+                        "node_id",
+                        "state",
+                        "leader",
+                        "term",
+                        "applied_index",
+                    ] {
+                        println!(
+                            "{key:14} {}",
+                            output::cell(s.get(key).unwrap_or(&Value::Null))
+                        );
                     }
                     println!();
-                    let members = s.get("members").and_then(Value::as_array).cloned().unwrap_or_default();
-                    output::list(OutputFormat::Table, &members, &["id", "name", "voter", "raft_addr", "admin_addr"]);
+                    let members = s
+                        .get("members")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default();
+                    output::list(
+                        OutputFormat::Table,
+                        &members,
+                        &["id", "name", "voter", "raft_addr", "admin_addr"],
+                    );
                 }
             }
         }
-        ClusterCommand::Add { id, name, raft_addr, admin_addr, learner, client } => {
+        ClusterCommand::Add {
+            id,
+            name,
+            raft_addr,
+            admin_addr,
+            learner,
+            client,
+        } => {
             let api = ApiClient::from_args(&client)?;
             let body = json!({ "id": id, "name": name, "raft_addr": raft_addr, "admin_addr": admin_addr,
                                "voter": !learner });
@@ -176,7 +266,12 @@ pub async fn whoami(client: ClientArgs) -> Result<(), ClientError> {
 fn created(client: &ClientArgs, v: &Value) {
     match client.output {
         OutputFormat::Json => output::json(v),
-        OutputFormat::Table => println!("{}", v.get("id").map(output::cell).unwrap_or_else(|| output::cell(v))),
+        OutputFormat::Table => println!(
+            "{}",
+            v.get("id")
+                .map(output::cell)
+                .unwrap_or_else(|| output::cell(v))
+        ),
     }
 }
 

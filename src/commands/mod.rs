@@ -13,8 +13,12 @@ use crate::client::ClientError;
 pub async fn run(cli: Cli) -> Result<(), CommandError> {
     match cli.command {
         Command::Dev(args) => crate::dev::run(args).await.map_err(CommandError::Fatal),
-        Command::Coordinator(args) => crate::server::run_from_file(&args.config).await.map_err(CommandError::Fatal),
-        Command::Agent(args) => agent::run_from_file(&args.config).await.map_err(|e| CommandError::Fatal(e.into())),
+        Command::Coordinator(args) => crate::server::run_from_file(&args.config)
+            .await
+            .map_err(CommandError::Fatal),
+        Command::Agent(args) => agent::run_from_file(&args.config)
+            .await
+            .map_err(|e| CommandError::Fatal(e.into())),
         Command::Certs(cmd) => certs::run(cmd).map_err(CommandError::Fatal),
         Command::Project(cmd) => admin::project(cmd).await.map_err(CommandError::Client),
         Command::Key(cmd) => admin::key(cmd).await.map_err(CommandError::Client),

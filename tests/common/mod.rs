@@ -30,7 +30,10 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Opti
         if let Some(v) = cond() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -39,7 +42,9 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Opti
 pub fn cli(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(meridian_bin());
     cmd.args(args);
-    cmd.env_remove("MERIDIAN_ADDR").env_remove("MERIDIAN_TOKEN").env_remove("MERIDIAN_CACERT");
+    cmd.env_remove("MERIDIAN_ADDR")
+        .env_remove("MERIDIAN_TOKEN")
+        .env_remove("MERIDIAN_CACERT");
     cmd.env_remove("MERIDIAN_PROJECT");
     for (k, v) in env {
         cmd.env(k, v);
@@ -57,13 +62,19 @@ pub fn cli_json(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("meridian {args:?} printed non-JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+        panic!(
+            "meridian {args:?} printed non-JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
     })
 }
 
 /// Reads a file, trimmed; `None` while it does not exist or is empty.
 pub fn read_trimmed(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 /// Status code of a plain-HTTP GET on loopback (`None` when the server is not answering yet).
@@ -71,7 +82,11 @@ pub fn http_status(host_port: &str, path: &str) -> Option<u16> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(host_port).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).ok()?;
     let text = String::from_utf8_lossy(&buf);

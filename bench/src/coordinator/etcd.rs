@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 
 use super::process;
 use super::system::{RequestError, SystemUnderTest};
+use super::workdir::WorkDir;
 
 /// Number of members (the comparison is always three against three).
 pub(crate) const MEMBERS: usize = 3;
@@ -42,6 +43,8 @@ pub(crate) struct EtcdOptions {
     pub(crate) client_ports: [u16; MEMBERS],
     /// Peer ports of members 1..=3.
     pub(crate) peer_ports: [u16; MEMBERS],
+    /// The directory `data_root` lives in; held so it outlives the processes (see [`WorkDir`]).
+    pub(crate) workdir: Arc<WorkDir>,
 }
 
 /// A running etcd group. Dropping it SIGKILLs every member still running.
@@ -81,6 +84,9 @@ impl EtcdCluster {
                     bail!("etcd certificate file {} is missing", path.display());
                 }
             }
+        }
+        if !options.data_root.starts_with(options.workdir.path()) {
+            bail!("the etcd data directory must lie inside the work directory");
         }
         std::fs::create_dir_all(&options.data_root)
             .with_context(|| format!("creating {}", options.data_root.display()))?;
@@ -419,8 +425,6 @@ fn is_executable(p: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::super::failover::{self, FailoverPlan};
     use super::super::http::HttpSettings;
     use super::super::load::{self, LoadPlan};
@@ -475,17 +479,18 @@ mod tests {
             eprintln!("etcd is not installed; skipping the real etcd group test");
             return;
         };
-        let dir = tempfile::tempdir().unwrap();
-        let cert_dir = dir.path().join("certs");
+        let workdir = WorkDir::create().unwrap();
+        let cert_dir = workdir.path().join("certs");
         std::fs::create_dir_all(&cert_dir).unwrap();
         let ca = write_certs(&cert_dir);
         let ports: [u16; 6] = free_ports();
         let options = EtcdOptions {
             binary,
             cert_dir,
-            data_root: dir.path().join("data"),
+            data_root: workdir.path().join("data"),
             client_ports: [ports[0], ports[1], ports[2]],
             peer_ports: [ports[3], ports[4], ports[5]],
+            workdir,
         };
         let http = HttpSettings::new(&ca, Duration::from_secs(5)).unwrap();
         let control = http.client().unwrap();

@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -15,6 +16,7 @@ use serde_json::{json, Value};
 
 use super::process;
 use super::system::{RequestError, SystemUnderTest};
+use super::workdir::WorkDir;
 
 /// Number of coordinators `local-cluster.sh` starts.
 pub(crate) const MEMBERS: usize = 3;
@@ -30,6 +32,8 @@ pub(crate) struct MeridianOptions {
     pub(crate) dir: PathBuf,
     /// `MERIDIAN_LOCAL_PORT_OFFSET`: admin APIs listen on 7071+offset ..= 7073+offset.
     pub(crate) port_offset: u16,
+    /// The directory `dir` lives in; held so it outlives the processes (see [`WorkDir`]).
+    pub(crate) workdir: Arc<WorkDir>,
 }
 
 /// A running coordinator group. Dropping it stops every coordinator.
@@ -48,6 +52,9 @@ impl MeridianCluster {
         mut options: MeridianOptions,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
+        if !options.dir.starts_with(options.workdir.path()) {
+            bail!("the cluster directory must lie inside the work directory");
+        }
         std::fs::create_dir_all(&options.dir)
             .with_context(|| format!("creating {}", options.dir.display()))?;
         // The script resolves the directory the same way; pid checks compare against command lines.
@@ -373,12 +380,13 @@ mod tests {
             );
             return;
         };
-        let dir = tempfile::tempdir().unwrap();
+        let workdir = WorkDir::create().unwrap();
         let options = MeridianOptions {
             binary,
             script: workspace.join("deploy/local-cluster.sh"),
-            dir: dir.path().join("cluster"),
+            dir: workdir.path().join("cluster"),
             port_offset: 800,
+            workdir,
         };
         let cluster = MeridianCluster::start(options, Duration::from_secs(90))
             .await

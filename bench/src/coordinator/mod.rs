@@ -15,6 +15,7 @@ mod process;
 mod report;
 mod stats;
 mod system;
+mod workdir;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use meridian::{MeridianCluster, MeridianOptions};
 pub(crate) use report::Report;
 use report::{Machine, Settings, SystemReport};
 use system::SystemUnderTest;
+use workdir::WorkDir;
 
 /// Which side(s) to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -136,11 +138,13 @@ struct Running<S> {
 pub(crate) async fn run(args: CoordinatorArgs, command: String) -> anyhow::Result<Report> {
     args.validate()?;
     let workspace = workspace_root(args.workspace.as_deref())?;
-    let tmp = tempfile::Builder::new()
-        .prefix("meridian-bench-")
-        .tempdir()
-        .context("creating a temporary directory")?;
-    let root = tmp.path().to_path_buf();
+    // Held by each group too, so it outlives their processes however the run ends.
+    let workdir = WorkDir::create()?;
+    if args.keep_dir {
+        workdir.keep();
+    }
+    let root = workdir.path().to_path_buf();
+    tracing::info!(dir = %root.display(), "working directory");
     let run_id = run_id();
     let request_timeout = Duration::from_millis(args.request_timeout_ms);
     let want = |s: Side| args.systems.contains(&s);
@@ -171,6 +175,7 @@ pub(crate) async fn run(args: CoordinatorArgs, command: String) -> anyhow::Resul
             binary: bin.clone(),
             script: workspace.join("deploy/local-cluster.sh"),
             dir: root.join("meridian"),
+            workdir: workdir.clone(),
             port_offset: args.port_offset,
         };
         tracing::info!(dir = %options.dir.display(), "starting the Meridian coordinators");
@@ -208,7 +213,7 @@ pub(crate) async fn run(args: CoordinatorArgs, command: String) -> anyhow::Resul
                     etcd_bin,
                     meridian_bin,
                     &ca_dir,
-                    &root,
+                    &workdir,
                     request_timeout,
                 )
                 .await
@@ -275,8 +280,8 @@ pub(crate) async fn run(args: CoordinatorArgs, command: String) -> anyhow::Resul
     }
     let failed = !meridian_report.errors.is_empty() || !etcd_report.errors.is_empty();
     if args.keep_dir || failed {
-        let kept = tmp.keep();
-        tracing::warn!("kept data, certificates and logs in {}", kept.display());
+        workdir.keep();
+        tracing::warn!("kept data, certificates and logs in {}", root.display());
     }
 
     Ok(Report {
@@ -320,9 +325,10 @@ async fn start_etcd(
     etcd_bin: &Path,
     meridian_bin: &Path,
     ca_dir: &Path,
-    root: &Path,
+    workdir: &Arc<WorkDir>,
     request_timeout: Duration,
 ) -> anyhow::Result<Running<EtcdCluster>> {
+    let root = workdir.path();
     let cert_dir = root.join("etcd-certs");
     std::fs::create_dir_all(&cert_dir)
         .with_context(|| format!("creating {}", cert_dir.display()))?;
@@ -359,6 +365,7 @@ async fn start_etcd(
         binary: etcd_bin.to_path_buf(),
         cert_dir,
         data_root: root.join("etcd"),
+        workdir: workdir.clone(),
         client_ports: [base + 1, base + 2, base + 3],
         peer_ports: [base + 11, base + 12, base + 13],
     };

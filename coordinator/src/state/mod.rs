@@ -42,13 +42,33 @@ pub struct Command {
     pub actor: Actor,
     /// What to do.
     pub op: Op,
+    /// Unique id of the request, set before the command is first proposed. A command whose id was applied
+    /// recently is not applied again: its first outcome is returned. That makes re-sending a write after a
+    /// leader change safe (exactly once), even when the first attempt was committed before the crash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl Command {
     /// A command stamped at `at_ms` on behalf of `actor`.
     pub fn new(at_ms: u64, actor: Actor, op: Op) -> Self {
-        Self { at_ms, actor, op }
+        Self {
+            at_ms,
+            actor,
+            op,
+            request_id: None,
+        }
     }
+}
+
+/// How many recent request ids each replica remembers for de-duplication.
+pub const REMEMBERED_REQUESTS: usize = 10_000;
+
+/// The first outcome of a recently applied request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct RememberedRequest {
+    index: u64,
+    outcome: CommandOutcome,
 }
 
 /// Who issued a command: an authenticated principal, or the system itself (bootstrap, internal upkeep).
@@ -255,6 +275,12 @@ pub struct RegistryState {
     /// project id → secret name → secret.
     pub(crate) secrets: BTreeMap<String, BTreeMap<String, Secret>>,
     pub(crate) audit: Vec<AuditRecord>,
+    /// Request id → first outcome, for the last [`REMEMBERED_REQUESTS`] requests that carried an id.
+    #[serde(default)]
+    pub(crate) requests: BTreeMap<String, RememberedRequest>,
+    /// Log index → request id, to forget the oldest first.
+    #[serde(default)]
+    pub(crate) request_order: BTreeMap<u64, String>,
 }
 
 /// What a successful mutation tells the audit log besides the command's subject.
@@ -342,6 +368,31 @@ impl RegistryState {
     /// Pure: the result depends only on `self` and `cmd`. A refused command leaves the state unchanged except
     /// for its `refused` audit record.
     pub fn apply(&mut self, index: u64, cmd: &Command) -> CommandOutcome {
+        let Some(request_id) = &cmd.request_id else {
+            return self.apply_once(index, cmd);
+        };
+        if let Some(first) = self.requests.get(request_id) {
+            self.applied_index = index;
+            return first.outcome.clone();
+        }
+        let outcome = self.apply_once(index, cmd);
+        self.requests.insert(
+            request_id.clone(),
+            RememberedRequest {
+                index,
+                outcome: outcome.clone(),
+            },
+        );
+        self.request_order.insert(index, request_id.clone());
+        while self.request_order.len() > REMEMBERED_REQUESTS {
+            if let Some((_, oldest)) = self.request_order.pop_first() {
+                self.requests.remove(&oldest);
+            }
+        }
+        outcome
+    }
+
+    fn apply_once(&mut self, index: u64, cmd: &Command) -> CommandOutcome {
         self.applied_index = index;
         if matches!(cmd.op, Op::Noop) {
             return Ok(Outcome::Done);

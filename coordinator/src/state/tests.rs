@@ -272,7 +272,16 @@ fn replicas_are_byte_identical() {
     let mut at = T0;
     for n in 0..1500usize {
         at += rng.gen_range(0..5000);
-        let cmd = random_command(&mut rng, &a, at, n);
+        let mut cmd = random_command(&mut rng, &a, at, n);
+        // Most commands carry a request id; some repeat an earlier one (a re-sent write).
+        if rng.gen_bool(0.8) {
+            let id = if n > 10 && rng.gen_bool(0.1) {
+                rng.gen_range(0..n)
+            } else {
+                n
+            };
+            cmd.request_id = Some(format!("req-{id}"));
+        }
         let index = n as u64 + 2;
         let out_a = a.apply(index, &cmd);
         let out_b = b.apply(index, &cmd);
@@ -1438,4 +1447,60 @@ fn commands_and_outcomes_round_trip_through_json() {
         let back: CommandOutcome = serde_json::from_slice(&json).expect("outcome deserializes");
         assert_eq!(back, out);
     }
+}
+
+#[test]
+fn a_resent_request_is_applied_once() {
+    let mut state = RegistryState::default();
+    state
+        .apply(1, &Command::new(T0, Actor::system(), bootstrap_op()))
+        .expect("bootstrap");
+    let mut create = Command::new(
+        T0 + 1,
+        admin(),
+        Op::CreateProject {
+            id: "prj_once".to_owned(),
+            name: "once".to_owned(),
+            description: String::new(),
+            data_key: wk("mk1", "once"),
+        },
+    );
+    create.request_id = Some("req-1".to_owned());
+    let first = state.apply(2, &create).expect("created");
+    let audit_len = state.audit.len();
+    // The same request committed again (a follower re-sent it after a leader change): same answer, no effect.
+    let again = state.apply(3, &create);
+    assert_eq!(again, Ok(first.clone()));
+    assert_eq!(
+        state.audit.len(),
+        audit_len,
+        "a duplicate is not audited twice"
+    );
+    assert_eq!(state.applied_index, 3);
+    // Without the id, the same operation is a new request and is refused as a duplicate name.
+    let mut fresh = create.clone();
+    fresh.request_id = Some("req-2".to_owned());
+    assert!(matches!(
+        state.apply(4, &fresh),
+        Err(DomainError::AlreadyExists { .. })
+    ));
+}
+
+#[test]
+fn remembered_requests_are_bounded() {
+    let mut state = RegistryState::default();
+    for i in 0..(REMEMBERED_REQUESTS as u64 + 50) {
+        let mut noop = Command::new(T0, Actor::system(), Op::Noop);
+        noop.request_id = Some(format!("r{i}"));
+        let _ = state.apply(i + 1, &noop);
+    }
+    assert_eq!(state.requests.len(), REMEMBERED_REQUESTS);
+    assert_eq!(state.request_order.len(), REMEMBERED_REQUESTS);
+    assert!(
+        !state.requests.contains_key("r0"),
+        "the oldest id is forgotten first"
+    );
+    assert!(state
+        .requests
+        .contains_key(&format!("r{}", REMEMBERED_REQUESTS as u64 + 49)));
 }

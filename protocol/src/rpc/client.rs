@@ -21,9 +21,13 @@ use crate::frame::{self, FrameError};
 /// Transport settings of every client connection.
 const CLIENT_TRANSPORT: TransportSettings = TransportSettings {
     max_concurrent_streams: 0,
-    idle_timeout: Duration::from_secs(30),
-    keep_alive: Duration::from_secs(10),
+    idle_timeout: Duration::from_secs(10),
+    keep_alive: Duration::from_secs(2),
 };
+
+/// How long one connection attempt may take before the next call starts a fresh one. A dead peer never
+/// answers, and a peer restarted on the same address should be reached again promptly.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Calls methods on other Meridian processes. Cheap to clone; clones share the endpoint and connections.
 #[derive(Clone)]
@@ -83,6 +87,11 @@ impl RpcClient {
 
     /// Calls `method` on the server at `addr` (`host:port`). `timeout` covers the whole call, connecting
     /// included, and travels to the server as the call's deadline.
+    ///
+    /// A call that times out without a single authenticated packet (an acknowledgement or stream data)
+    /// arriving from the server on its connection drops that connection: the peer is most likely gone (a
+    /// killed process sends no close, and a restarted one cannot decrypt the old connection's packets), and
+    /// the next call should reconnect rather than wait out the idle timeout on a dead connection.
     pub async fn call(
         &self,
         addr: &str,
@@ -90,9 +99,21 @@ impl RpcClient {
         body: Bytes,
         timeout: Duration,
     ) -> Result<Bytes, RpcError> {
-        match tokio::time::timeout(timeout, self.call_within(addr, method, body, timeout)).await {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let cached = self.connection_by(addr, deadline).await?;
+        let received_before = frames_received(&cached.conn);
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout_at(deadline, self.call_on(&cached, method, body, remaining))
+            .await
+        {
             Ok(result) => result,
-            Err(_) => Err(RpcError::Timeout),
+            Err(_) => {
+                if frames_received(&cached.conn) == received_before {
+                    debug!(%addr, "no packet from the server during the call; dropping the connection");
+                    cached.conn.close(CLOSE_CLIENT_DONE, b"server silent");
+                }
+                Err(RpcError::Timeout)
+            }
         }
     }
 
@@ -115,17 +136,14 @@ impl RpcClient {
             .map_err(|e| RpcError::Decode(format!("undecodable {} response: {e}", method.name())))
     }
 
-    async fn call_within(
+    async fn call_on(
         &self,
-        addr: &str,
+        cached: &Cached,
         method: Method,
         body: Bytes,
-        timeout: Duration,
+        remaining: Duration,
     ) -> Result<Bytes, RpcError> {
-        let started = tokio::time::Instant::now();
-        let cached = self.connection(addr).await?;
         // The server's deadline is what is left of the caller's time after connecting.
-        let remaining = timeout.saturating_sub(started.elapsed());
         let request = encode_request(method, remaining, body);
         if request.len() > self.inner.max_frame {
             return Err(RpcError::Decode(format!(
@@ -159,6 +177,25 @@ impl RpcClient {
         decode_response(Bytes::from(payload))
     }
 
+    /// The live connection to `addr`, waiting at most until `deadline`. A handshake in progress is not cut
+    /// short when the caller gives up: it runs to completion in its own task, so that callers with short
+    /// timeouts (Raft heartbeats) still get a connection on a later call instead of restarting the handshake
+    /// every time.
+    async fn connection_by(
+        &self,
+        addr: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<Cached, RpcError> {
+        let client = self.clone();
+        let target = addr.to_string();
+        let task = tokio::spawn(async move { client.connection(&target).await });
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => Err(RpcError::Transport(format!("connecting to {addr}: {e}"))),
+            Err(_) => Err(RpcError::Timeout),
+        }
+    }
+
     /// The live connection to `addr`, connecting (or reconnecting) when there is none.
     async fn connection(&self, addr: &str) -> Result<Cached, RpcError> {
         let slot = {
@@ -177,7 +214,14 @@ impl RpcClient {
             debug!(%addr, "cached connection closed; reconnecting");
         }
         *slot = None;
-        let cached = self.connect(addr).await?;
+        let cached = match tokio::time::timeout(CONNECT_TIMEOUT, self.connect(addr)).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(RpcError::Transport(format!(
+                    "no handshake with {addr} within {CONNECT_TIMEOUT:?}"
+                )))
+            }
+        };
         *slot = Some(cached.clone());
         Ok(cached)
     }
@@ -218,11 +262,17 @@ impl RpcClient {
         addr: &str,
         timeout: Duration,
     ) -> Result<Identity, RpcError> {
-        match tokio::time::timeout(timeout, self.connection(addr)).await {
-            Ok(result) => result.map(|cached| cached.server),
-            Err(_) => Err(RpcError::Timeout),
-        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.connection_by(addr, deadline)
+            .await
+            .map(|cached| cached.server)
     }
+}
+
+/// Frames the peer sent on `conn` that prove it is alive: acknowledgements and stream data.
+fn frames_received(conn: &quinn::Connection) -> u64 {
+    let rx = conn.stats().frame_rx;
+    rx.acks + rx.stream
 }
 
 fn frame_error(e: FrameError) -> RpcError {
