@@ -102,6 +102,7 @@ fn three_coordinators_survive_a_leader_kill() {
         dir: tmp.path().join("mc"),
     };
     cluster.ok(&["up"]);
+    mesh_refuses_wrong_identities(&cluster);
 
     let status: Value =
         serde_json::from_str(&cluster.ok(&["status", "-o", "json"])).expect("status JSON");
@@ -180,4 +181,111 @@ fn three_coordinators_survive_a_leader_kill() {
         .expect("array")
         .iter()
         .all(|p| p["state"] == "stopped"));
+}
+
+/// Issues a certificate with the CLI and loads it as a TLS identity.
+fn identity_from(ca_dir: &Path, out: &Path, args: &[&str]) -> certs::TlsIdentity {
+    let ca = ca_dir.display().to_string();
+    let prefix = out.display().to_string();
+    let mut full = vec![
+        "certs",
+        "issue",
+        "--ca-dir",
+        ca.as_str(),
+        "--out",
+        prefix.as_str(),
+    ];
+    full.extend_from_slice(args);
+    let out_run = cli(&full, &[]);
+    assert!(
+        out_run.status.success(),
+        "certs issue: {}",
+        String::from_utf8_lossy(&out_run.stderr)
+    );
+    certs::TlsIdentity::load(&certs::TlsPaths {
+        ca: ca_dir.join("ca.pem"),
+        cert: PathBuf::from(format!("{prefix}.pem")),
+        key: PathBuf::from(format!("{prefix}.key")),
+    })
+    .expect("load issued identity")
+}
+
+/// The coordinators' QUIC mesh accepts an operator's ping, refuses an agent calling a coordinator-only RPC,
+/// and refuses a certificate from another CA at the handshake.
+fn mesh_refuses_wrong_identities(cluster: &LocalCluster) {
+    use protocol::rpc::{Method, RpcClient, RpcError, StatusCode};
+    certs::install_crypto_provider();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let work = cluster.dir.join("identities");
+    std::fs::create_dir_all(&work).expect("mkdir");
+    let ca_dir = cluster.dir.join("certs");
+    let raft_addr = format!("127.0.0.1:{}", 7171 + PORT_OFFSET);
+    let ping = protocol::rpc::encode_message(&protocol::pb::PingRequest {});
+    let timeout = Duration::from_secs(10);
+
+    let operator = identity_from(
+        &ca_dir,
+        &work.join("alice"),
+        &["--role", "operator", "--name", "alice"],
+    );
+    let agent = identity_from(
+        &ca_dir,
+        &work.join("eu-a1"),
+        &[
+            "--role",
+            "agent",
+            "--region",
+            "eu",
+            "--cluster",
+            "eu1",
+            "--name",
+            "eu-a1",
+        ],
+    );
+    let other_ca = work.join("other-ca");
+    let init = cli(
+        &[
+            "certs",
+            "init",
+            "--trust-domain",
+            "local.meridian",
+            "--out",
+            &other_ca.display().to_string(),
+        ],
+        &[],
+    );
+    assert!(init.status.success());
+    let stranger = identity_from(
+        &other_ca,
+        &work.join("mallory"),
+        &["--role", "operator", "--name", "mallory"],
+    );
+
+    rt.block_on(async {
+        let client = RpcClient::new(&operator).expect("client");
+        let answer = client
+            .call(&raft_addr, Method::Ping, ping.clone(), timeout)
+            .await;
+        assert!(answer.is_ok(), "an operator of our CA may ping: {answer:?}");
+
+        let client = RpcClient::new(&agent).expect("client");
+        let vote = client
+            .call(&raft_addr, Method::RaftVote, ping.clone(), timeout)
+            .await;
+        match vote {
+            Err(RpcError::Remote(status)) => {
+                assert_eq!(status.code, StatusCode::PermissionDenied, "{status:?}")
+            }
+            other => panic!("an agent calling RaftVote must be refused, got {other:?}"),
+        }
+
+        let client = RpcClient::new(&stranger).expect("client");
+        let refused = client
+            .call(&raft_addr, Method::Ping, ping.clone(), timeout)
+            .await;
+        assert!(
+            matches!(refused, Err(RpcError::Refused(_) | RpcError::Transport(_))),
+            "a certificate from another CA must be refused: {refused:?}"
+        );
+    });
 }
