@@ -269,6 +269,9 @@ pub struct RegistryState {
     pub applied_index: u64,
     pub(crate) default_project_id: Option<String>,
     pub(crate) projects: BTreeMap<String, Project>,
+    /// Project name → id (names are unique), so name lookups do not scan every project.
+    #[serde(default)]
+    pub(crate) project_ids_by_name: BTreeMap<String, String>,
     pub(crate) principals: BTreeMap<String, Principal>,
     pub(crate) keys: BTreeMap<String, ApiKey>,
     pub(crate) bindings: BTreeMap<String, RoleBinding>,

@@ -427,6 +427,7 @@ impl RegistryState {
             key: key.view(),
         };
         self.default_project_id = Some(project.id.clone());
+        self.project_ids_by_name.insert(project.name.clone(), project.id.clone());
         self.projects.insert(project.id.clone(), project);
         self.principals.insert(principal.id.clone(), principal);
         self.keys.insert(key.id.clone(), key);
@@ -460,6 +461,7 @@ impl RegistryState {
             data_key: data_key.clone(),
         };
         let view = project.view();
+        self.project_ids_by_name.insert(name.to_owned(), id.to_owned());
         self.projects.insert(id.to_owned(), project);
         Ok(Applied::new(
             Outcome::Project { project: view },
@@ -507,7 +509,9 @@ impl RegistryState {
         });
         self.principals.retain(|pid, _| !owned.contains(pid));
         self.secrets.remove(id);
-        self.projects.remove(id);
+        if let Some(project) = self.projects.remove(id) {
+            self.project_ids_by_name.remove(&project.name);
+        }
         Ok(Applied::new(Outcome::Deleted, format!("name={name}")))
     }
 
@@ -788,7 +792,7 @@ impl RegistryState {
 
     /// A project by its unique name.
     pub fn project_by_name(&self, name: &str) -> Option<&Project> {
-        self.projects.values().find(|p| p.name == name)
+        self.project_ids_by_name.get(name).and_then(|id| self.projects.get(id))
     }
 
     /// A project by id, or else by name (what the CLI's `--project` accepts).
