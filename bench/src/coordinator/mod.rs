@@ -305,10 +305,29 @@ pub(crate) async fn run(args: CoordinatorArgs, command: String) -> anyhow::Resul
     })
 }
 
+/// Fails with a clear message when another process already listens where a group is about to.
+fn ensure_ports_free(tcp: &[u16], udp: &[u16], what: &str) -> anyhow::Result<()> {
+    for &port in tcp {
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            bail!("TCP port {port} on 127.0.0.1 is already in use, so {what} cannot start (choose other ports)");
+        }
+    }
+    for &port in udp {
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_err() {
+            bail!("UDP port {port} on 127.0.0.1 is already in use, so {what} cannot start (choose other ports)");
+        }
+    }
+    Ok(())
+}
+
 async fn start_meridian(
     options: MeridianOptions,
     request_timeout: Duration,
 ) -> anyhow::Result<Running<MeridianCluster>> {
+    let offset = options.port_offset;
+    let admin: Vec<u16> = (7071..=7073).map(|p| p + offset).collect();
+    let raft: Vec<u16> = (7171..=7173).map(|p| p + offset).collect();
+    ensure_ports_free(&admin, &raft, "the Meridian coordinators (--port-offset)")?;
     let cluster = MeridianCluster::start(options, Duration::from_secs(90)).await?;
     let ca = std::fs::read(cluster.ca_dir().join("ca.pem")).context("reading the cluster's CA")?;
     let http = HttpSettings::new(&ca, request_timeout)?;
@@ -369,6 +388,13 @@ async fn start_etcd(
         client_ports: [base + 1, base + 2, base + 3],
         peer_ports: [base + 11, base + 12, base + 13],
     };
+    let ports: Vec<u16> = options
+        .client_ports
+        .iter()
+        .chain(&options.peer_ports)
+        .copied()
+        .collect();
+    ensure_ports_free(&ports, &[], "etcd (--etcd-base-port)")?;
     let ca = std::fs::read(options.cert_dir.join("ca.pem")).context("reading the CA")?;
     let http = HttpSettings::new(&ca, request_timeout)?;
     tracing::info!(dir = %options.data_root.display(), "starting the etcd members");
