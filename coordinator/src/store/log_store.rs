@@ -1,7 +1,9 @@
 //! The Raft log, vote, committed and last-purged log ids in sled trees.
 //!
-//! Owns durability of the log: an append is acknowledged to openraft only after sled has flushed it to disk,
-//! and a whole batch of entries is one flush. It must never interpret the commands inside the entries.
+//! Owns durability of the log: an append is acknowledged to openraft only after sled has flushed it to disk.
+//! Appends do not wait for the disk: they hand their acknowledgement to one background flusher, which
+//! flushes once for every append queued while the previous flush ran (group commit) and acknowledges them in
+//! order. It must never interpret the commands inside the entries.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -12,7 +14,7 @@ use openraft::{
     Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote,
 };
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::{index_key, DbHold, StoreClosed, StoreError};
 use crate::node::{NodeId, TypeConfig};
@@ -33,7 +35,30 @@ pub(crate) struct LogStore {
     meta: sled::Tree,
     /// The last committed index openraft saved, for readers that cannot ask openraft synchronously.
     committed: Arc<watch::Sender<Option<u64>>>,
+    /// Acknowledgements waiting for the next flush.
+    flusher: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
     hold: DbHold,
+}
+
+/// Runs the group-commit loop: waits for appends, flushes once for all that are queued, acknowledges them in
+/// the order they were appended. Holds the store open until every `LogStore` clone is gone.
+fn spawn_flusher(db: sled::Db, hold: DbHold) -> mpsc::UnboundedSender<LogFlushed<TypeConfig>> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<LogFlushed<TypeConfig>>();
+    tokio::spawn(async move {
+        let _hold = hold;
+        let mut waiting = Vec::new();
+        while let Some(first) = rx.recv().await {
+            waiting.push(first);
+            while let Ok(more) = rx.try_recv() {
+                waiting.push(more);
+            }
+            let flushed = db.flush_async().await.map(|_| ()).map_err(|e| e.to_string());
+            for ack in waiting.drain(..) {
+                ack.log_io_completed(flushed.clone().map_err(std::io::Error::other));
+            }
+        }
+    });
+    tx
 }
 
 impl LogStore {
@@ -43,6 +68,7 @@ impl LogStore {
             log: db.open_tree(LOG_TREE)?,
             meta: db.open_tree(META_TREE)?,
             committed: Arc::new(watch::channel(None).0),
+            flusher: spawn_flusher(db.clone(), hold.clone()),
             hold,
         };
         let committed: Option<Option<LogId<NodeId>>> = store
@@ -216,19 +242,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.log
             .apply_batch(batch)
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        // Group commit: one flush for the whole batch; acknowledged means durable.
-        let flushed = self.db.flush_async().await;
-        match flushed {
-            Ok(_) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                let io = std::io::Error::other(e.to_string());
-                callback.log_io_completed(Err(io));
-                Err(StorageIOError::write_logs(&e).into())
-            }
-        }
+        // Acknowledged means durable: the callback fires after the flush that covers this batch.
+        self.flusher
+            .send(callback)
+            .map_err(|_| StorageIOError::write_logs(&std::io::Error::other("log flusher stopped")))?;
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
