@@ -7,6 +7,7 @@ pub mod crypto;
 pub(crate) mod network;
 pub mod node;
 pub(crate) mod rpc_service;
+pub mod scheduler;
 pub mod state;
 pub(crate) mod store;
 
