@@ -80,9 +80,14 @@ directory keeps all state.")]
         after_help = "Example:\n  meridian coordinator --config /etc/meridian/coordinator.toml"
     )]
     Coordinator(ConfigArgs),
-    /// Run a node agent from a TOML config file.
-    #[command(after_help = "Example:\n  meridian agent --config /etc/meridian/agent.toml")]
-    Agent(ConfigArgs),
+    /// Run a node agent from a TOML config file, or check this node (inventory, a trial run).
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = "Examples:\n  meridian agent --config /etc/meridian/agent.toml\n  \
+meridian agent inventory -o json\n  \
+meridian agent try --gpus 1 -- python3 -c 'import torch; print(torch.cuda.get_device_name(0))'"
+    )]
+    Agent(AgentArgs),
     /// Certificate authority and certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -141,6 +146,48 @@ pub struct DevArgs {
         default_value = "127.0.0.1:7170"
     )]
     pub raft_listen: std::net::SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    pub action: Option<AgentAction>,
+    /// TOML config file (runs the agent).
+    #[arg(long, short = 'c', env = "MERIDIAN_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentAction {
+    /// Print what this node offers: CPUs, memory, disk, OS and GPUs (NVML, else nvidia-smi).
+    Inventory {
+        /// Data directory whose file system is reported as the node's disk.
+        #[arg(long, default_value = ".")]
+        data_dir: PathBuf,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Run a command once on this node exactly as a job would run (own process group and directory,
+    /// resource limits, GPUs pinned through CUDA_VISIBLE_DEVICES, captured logs), without a coordinator.
+    /// Exits with the command's exit code.
+    Try {
+        /// GPUs to pin (the first healthy ones from the inventory).
+        #[arg(long, default_value_t = 0)]
+        gpus: u32,
+        /// CPU cores (fractions allowed, e.g. 0.5); 0 means no limit.
+        #[arg(long, default_value_t = 0.0)]
+        cpu: f64,
+        /// Memory limit in MiB; 0 means no limit.
+        #[arg(long, default_value_t = 0)]
+        memory_mib: u64,
+        /// Where the trial keeps its state and logs (default: a temporary directory).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -1,10 +1,14 @@
 //! Meridian's per-node agent.
 //!
 //! The agent owns one node's CPUs and GPUs, runs its jobs and keeps working when the coordinators are away.
-//! This first version loads and validates its configuration and identity; registration, inventory, jobs and
-//! heartbeats arrive with the fleet work.
+//! Built so far: `inventory` (what the node offers, GPUs through NVML or nvidia-smi) and `exec` (running a
+//! job's process: process group, limits, GPU pinning, logs, cancel, re-adoption after a restart). The agent
+//! process itself loads and validates its configuration and identity; registration, heartbeats and job
+//! assignment over the QUIC mesh are the next step.
 
 mod config;
+pub mod exec;
+pub mod inventory;
 
 pub use config::{AgentConfig, ConfigError};
 

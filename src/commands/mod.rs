@@ -1,6 +1,7 @@
 //! What each CLI command does; `run` dispatches a parsed [`crate::cli::Cli`].
 
 mod admin;
+mod agent;
 mod audit;
 mod certs;
 
@@ -16,9 +17,7 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
         Command::Coordinator(args) => crate::server::run_from_file(&args.config)
             .await
             .map_err(CommandError::Fatal),
-        Command::Agent(args) => agent::run_from_file(&args.config)
-            .await
-            .map_err(|e| CommandError::Fatal(e.into())),
+        Command::Agent(args) => agent::run(args).await,
         Command::Certs(cmd) => certs::run(cmd).map_err(CommandError::Fatal),
         Command::Project(cmd) => admin::project(cmd).await.map_err(CommandError::Client),
         Command::Key(cmd) => admin::key(cmd).await.map_err(CommandError::Client),
@@ -42,6 +41,9 @@ pub enum CommandError {
     Client(#[from] ClientError),
     #[error("{0:#}")]
     Fatal(anyhow::Error),
+    /// A command run on the user's behalf ended with this exit code.
+    #[error("the command exited with code {0}")]
+    Exit(i32),
 }
 
 impl CommandError {
@@ -49,6 +51,7 @@ impl CommandError {
         match self {
             CommandError::Client(e) => e.exit_code(),
             CommandError::Fatal(_) => 1,
+            CommandError::Exit(code) => *code,
         }
     }
 }

@@ -427,7 +427,8 @@ impl RegistryState {
             key: key.view(),
         };
         self.default_project_id = Some(project.id.clone());
-        self.project_ids_by_name.insert(project.name.clone(), project.id.clone());
+        self.project_ids_by_name
+            .insert(project.name.clone(), project.id.clone());
         self.projects.insert(project.id.clone(), project);
         self.principals.insert(principal.id.clone(), principal);
         self.keys.insert(key.id.clone(), key);
@@ -461,7 +462,8 @@ impl RegistryState {
             data_key: data_key.clone(),
         };
         let view = project.view();
-        self.project_ids_by_name.insert(name.to_owned(), id.to_owned());
+        self.project_ids_by_name
+            .insert(name.to_owned(), id.to_owned());
         self.projects.insert(id.to_owned(), project);
         Ok(Applied::new(
             Outcome::Project { project: view },
@@ -792,7 +794,9 @@ impl RegistryState {
 
     /// A project by its unique name.
     pub fn project_by_name(&self, name: &str) -> Option<&Project> {
-        self.project_ids_by_name.get(name).and_then(|id| self.projects.get(id))
+        self.project_ids_by_name
+            .get(name)
+            .and_then(|id| self.projects.get(id))
     }
 
     /// A project by id, or else by name (what the CLI's `--project` accepts).

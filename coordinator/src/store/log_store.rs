@@ -52,7 +52,11 @@ fn spawn_flusher(db: sled::Db, hold: DbHold) -> mpsc::UnboundedSender<LogFlushed
             while let Ok(more) = rx.try_recv() {
                 waiting.push(more);
             }
-            let flushed = db.flush_async().await.map(|_| ()).map_err(|e| e.to_string());
+            let flushed = db
+                .flush_async()
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string());
             for ack in waiting.drain(..) {
                 ack.log_io_completed(flushed.clone().map_err(std::io::Error::other));
             }
@@ -243,9 +247,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .apply_batch(batch)
             .map_err(|e| StorageIOError::write_logs(&e))?;
         // Acknowledged means durable: the callback fires after the flush that covers this batch.
-        self.flusher
-            .send(callback)
-            .map_err(|_| StorageIOError::write_logs(&std::io::Error::other("log flusher stopped")))?;
+        self.flusher.send(callback).map_err(|_| {
+            StorageIOError::write_logs(&std::io::Error::other("log flusher stopped"))
+        })?;
         Ok(())
     }
 

@@ -1,0 +1,211 @@
+//! Running a job's process on this node: process groups, resource limits, GPU pinning, captured logs,
+//! cancellation and re-adoption after an agent restart.
+//!
+//! This module owns the operating-system side of a job attempt and nothing else: it never talks to a
+//! coordinator, never decides *whether* a job should run, and never kills a process it cannot prove is
+//! its own. It must never let a job inherit the agent's GPU assignment or secrets from the agent's
+//! environment.
+//!
+//! # API
+//!
+//! ```text
+//! Launcher::new(LauncherOptions { data_dir, cgroup_root: None }) -> Result<Launcher, ExecError>
+//! Launcher::mode(&self) -> &LimitMode                      // LimitMode::status() for the node status
+//! Launcher::launch(&self, &ProcessSpec) -> Result<RunningJob, ExecError>   // inside a Tokio runtime
+//! Launcher::adopt(&self, &ProcessHandle) -> Option<RunningJob>             // after an agent restart
+//! Launcher::state_dir(&self, job_id, attempt) -> PathBuf
+//!
+//! RunningJob::handle(&self) -> &ProcessHandle   // persist it (serde) to adopt the job later
+//! RunningJob::{pid, pgid, start_time, is_adopted}
+//! RunningJob::wait(&self).await -> ExitReport                // ExitReport::succeeded()
+//! RunningJob::cancel(&self, grace).await -> ExitReport   // SIGTERM to the group, SIGKILL after `grace`
+//! RunningJob::try_report(&self) -> Option<ExitReport>
+//! RunningJob::detach(self) -> ProcessHandle     // stop supervising; the process keeps running
+//!
+//! LogOptions::new(dir)                                   // default rotation: 16 MiB, 4 kept
+//! read_logs(dir, LogStream, offset, max) -> Result<LogChunk, ExecError>   // blocking file reads
+//! follow_logs(dir, LogStream, offset, poll) -> impl Stream<Item = Result<LogChunk, ExecError>>
+//! ```
+//!
+//! # How a job runs
+//!
+//! Every attempt gets a state directory `<data_dir>/jobs/<job_id>/<attempt>/` holding `work/` (the
+//! default working directory), the two FIFOs `stdout.pipe` and `stderr.pipe`, and `exit_status`.
+//! The job is started as `/bin/sh -c WRAPPER <exit_status> COMMAND ARGS…` in a new session (so its process
+//! group id is its pid), with a cleared environment (see [`ProcessSpec::env`]). The wrapper is the only
+//! process that is not the user's: it runs the command in the foreground, then writes the command's
+//! status and the `times` of its children to `exit_status`. It catches (rather than ignores) the
+//! termination signals so that a SIGTERM to the group reaches the command — which gets the default
+//! dispositions back on exec — while the wrapper survives to record the status.
+//!
+//! Resource limits are placed before `exec`: the forked child writes its own pid into the job's
+//! cgroup(s) (`cgroup.procs`) or sets `RLIMIT_AS`, so no instruction of the job runs unconstrained.
+//!
+//! # Exit status
+//!
+//! While the agent that launched it is alive, the wrapper is its child: the exit is observed through a
+//! pidfd (polling `waitid` where pidfds are missing) and reaped with `wait4`, which gives the CPU time and
+//! peak RSS of the wrapper and every process it waited for. The wrapper's exit code is the command's;
+//! codes 129–192 are the shell's way of saying "killed by signal `code − 128`" and are reported as a
+//! signal, as container runtimes do (a command that *exits* with such a code is reported the same way).
+//! After the command ends, whatever is left in its process group and cgroup is killed: a job owns nothing
+//! past its end. When a cancel has to SIGKILL the wrapper, the command's own CPU time is not reaped by it
+//! and is missing from the report.
+//!
+//! # Re-adoption
+//!
+//! A restarted agent passes the persisted [`ProcessHandle`] to [`Launcher::adopt`]. The process is
+//! accepted only if `/proc/<pid>/stat` still shows the same start time (field 22) and process group, so a
+//! reused pid is never mistaken for the job. An adopted job is not the agent's child: its end is
+//! observed through a pidfd (or by polling `/proc`), and its exit code and CPU time are read from the
+//! wrapper's `exit_status` file; the peak RSS is unknown. Signals to the group are sent only while the
+//! group leader is absent or provably ours (a pid number stays reserved while any process uses it as its
+//! process group id).
+//!
+//! # Logs
+//!
+//! stdout and stderr go to FIFOs that the job opened read-write, so a job never sees `SIGPIPE` while the
+//! agent is away: once the pipe buffer is full its writes wait until the (re)started agent reads again.
+//! The agent copies them into `stdout.log` / `stderr.log` under [`LogOptions::dir`], rotating at
+//! [`LogOptions::max_bytes`] into `stdout.log.<start offset>` files and keeping the newest
+//! [`LogOptions::keep`] of those. Offsets are logical: the byte position in everything the stream has ever
+//! written, stable across rotations and agent restarts. Output still in a pipe when the job ends while no
+//! agent reads it (at most the pipe's buffer) is lost.
+//!
+//! # Limit modes
+//!
+//! [`LimitMode`] is detected once per [`Launcher`]: cgroup v2 (controllers `cpu` and `memory` available
+//! and writable; `<root>/meridian/<job>-<attempt>` with `cpu.max`, `memory.max`, `memory.swap.max` and
+//! `memory.oom.group`), cgroup v1 (`<root>/{cpu,memory}/meridian/<job>-<attempt>` with
+//! `cpu.cfs_quota_us`/`cpu.cfs_period_us`, `memory.limit_in_bytes` and `memory.memsw.limit_in_bytes`), or
+//! rlimits, which cannot share CPU and bound memory only through the address space (`RLIMIT_AS`, not
+//! applied to GPU jobs: CUDA reserves far more address space than it uses).
+
+mod job_cgroup;
+mod launcher;
+mod limit_mode;
+mod log_files;
+mod proc_stat;
+mod running_job;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use launcher::{Launcher, LauncherOptions};
+pub use limit_mode::LimitMode;
+pub use log_files::{
+    follow_logs, read_logs, LogChunk, LogOptions, LogStream, DEFAULT_LOG_KEEP,
+    DEFAULT_LOG_MAX_BYTES,
+};
+pub use running_job::RunningJob;
+
+/// What to run for one attempt of a job, as the scheduler assigned it to this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    /// The job's id: 1–128 characters of `[A-Za-z0-9._-]`, not starting with `.` (it names directories).
+    pub job_id: String,
+    /// The attempt number; each attempt gets its own state directory and cgroup.
+    pub attempt: u32,
+    /// The program: a path (relative paths are taken from the working directory) or a name looked up in
+    /// the job's `PATH`.
+    pub command: String,
+    pub args: Vec<String>,
+    /// The job's environment on top of a minimal base taken from the agent (`PATH`, `HOME`, `LANG`,
+    /// `LC_ALL`, `TZ`, `USER`, `LOGNAME`, `TMPDIR`); nothing else of the agent's environment is
+    /// inherited. `MERIDIAN_JOB_ID`, `MERIDIAN_ATTEMPT`, `CUDA_VISIBLE_DEVICES` and
+    /// `NVIDIA_VISIBLE_DEVICES` are always set by the launcher and cannot be overridden here.
+    pub env: BTreeMap<String, String>,
+    /// An existing directory to run in; `None` gives the attempt a fresh `work/` directory in its state
+    /// directory.
+    pub working_dir: Option<PathBuf>,
+    /// CPU share in thousandths of a core; 0 means no CPU limit.
+    pub cpu_millis: u64,
+    /// Memory limit in bytes; 0 means no memory limit.
+    pub memory_bytes: u64,
+    /// UUIDs of the GPUs assigned to this attempt (e.g. `GPU-5b1c…` or `MIG-…`); empty for a CPU job.
+    pub gpu_uuids: Vec<String>,
+    pub log: LogOptions,
+}
+
+/// Everything needed to find a launched process again after an agent restart. Persist it when the job
+/// starts and pass it to [`Launcher::adopt`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessHandle {
+    pub job_id: String,
+    pub attempt: u32,
+    /// Pid of the job's wrapper, which leads the job's process group and session.
+    pub pid: i32,
+    /// The job's process group id (equal to `pid`).
+    pub pgid: i32,
+    /// Field 22 of `/proc/<pid>/stat`: clock ticks after boot at which the process started.
+    pub start_time: u64,
+    /// Wall-clock start, milliseconds since the Unix epoch.
+    pub started_unix_ms: u64,
+    /// The attempt's state directory (FIFOs, `exit_status`, default working directory).
+    pub state_dir: PathBuf,
+    pub log: LogOptions,
+    /// The job's cgroup directories (one for v2, one per controller for v1, none for rlimits).
+    pub cgroups: Vec<PathBuf>,
+}
+
+/// How a job's process ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExitReport {
+    /// The exit code, when the command exited normally.
+    pub exit_code: Option<i32>,
+    /// The signal that killed the command, when one did. Both are `None` when the status is unknown (an
+    /// adopted job whose wrapper was killed before it could record the status).
+    pub signal: Option<i32>,
+    /// A cancel was requested before the exit was observed.
+    pub cancelled: bool,
+    /// User + system CPU time of the job's processes that were waited for, when known.
+    pub cpu_seconds: Option<f64>,
+    /// Largest resident set of any single process of the job, when known (not for adopted jobs).
+    pub max_rss_bytes: Option<u64>,
+    /// From the start to the observed end.
+    pub wall_seconds: f64,
+}
+
+impl ExitReport {
+    /// Exit code 0 and not cancelled.
+    pub fn succeeded(&self) -> bool {
+        !self.cancelled && self.exit_code == Some(0)
+    }
+}
+
+/// Why a job could not be launched or its logs read.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("invalid process spec: {0}")]
+    InvalidSpec(String),
+    #[error("command not found or not executable: {0}")]
+    CommandNotFound(String),
+    #[error("working directory {0} is not a directory")]
+    WorkingDir(PathBuf),
+    #[error("{context} {path}: {source}")]
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("spawning the job: {0}")]
+    Spawn(std::io::Error),
+    #[error("launching needs a Tokio runtime")]
+    NoRuntime,
+}
+
+impl ExecError {
+    pub(crate) fn io(
+        context: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| ExecError::Io {
+            context,
+            path,
+            source,
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! Shared helpers of the `exec_*` tests: specs, unique job ids, launchers without real cgroups, reading
+//! logs back, and waiting on conditions with a deadline.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use agent::exec::{read_logs, Launcher, LauncherOptions, LogOptions, LogStream, ProcessSpec};
+
+/// How long any awaited condition may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A job id unique in this machine's test runs (tests share real cgroup hierarchies).
+pub fn job_id(name: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A shell-script job with logs under `root/logs/<job>`.
+pub fn shell_spec(root: &Path, name: &str, script: &str) -> ProcessSpec {
+    let job_id = job_id(name);
+    ProcessSpec {
+        log: LogOptions::new(root.join("logs").join(&job_id)),
+        job_id,
+        attempt: 1,
+        command: "sh".into(),
+        args: vec!["-c".into(), script.into()],
+        env: BTreeMap::new(),
+        working_dir: None,
+        cpu_millis: 0,
+        memory_bytes: 0,
+        gpu_uuids: Vec::new(),
+    }
+}
+
+/// A launcher whose cgroup root is an empty directory: rlimits mode, no real cgroup is touched.
+pub fn rlimit_launcher(root: &Path) -> Launcher {
+    let fake = root.join("no-cgroups");
+    std::fs::create_dir_all(&fake).expect("create fake cgroup root");
+    Launcher::new(LauncherOptions {
+        data_dir: root.join("data"),
+        cgroup_root: Some(fake),
+    })
+    .expect("launcher")
+}
+
+/// Everything of `stream` from offset 0, read in small pieces.
+pub fn read_all(dir: &Path, stream: LogStream) -> String {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let chunk = read_logs(dir, stream, offset, 1000).expect("read logs");
+        if chunk.data.is_empty() {
+            return String::from_utf8_lossy(&out).into_owned();
+        }
+        out.extend_from_slice(&chunk.data);
+        offset = chunk.next_offset;
+    }
+}
+
+/// Polls `condition` until it holds, failing the test after [`DEADLINE`].
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value after `key=` on its own line of `text`.
+pub fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// The process exists and has not ended (zombies count as ended: nothing reaps orphans on some hosts).
+pub fn alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next())
+        .unwrap_or("X");
+    !matches!(state, "Z" | "X")
+}
+
+/// Creates `path` so that a job waiting for it goes on.
+pub fn touch(path: &PathBuf) {
+    std::fs::write(path, b"").expect("touch");
+}

@@ -1,0 +1,177 @@
+//! `meridian agent …`: run the node agent, or check a node before it joins (inventory, a trial run).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::cli::{AgentAction, AgentArgs, OutputFormat};
+use crate::commands::CommandError;
+use crate::output;
+
+pub async fn run(args: AgentArgs) -> Result<(), CommandError> {
+    match (args.action, args.config) {
+        (Some(AgentAction::Inventory { data_dir, output: format }), _) => {
+            inventory(data_dir, format).map_err(CommandError::Fatal)
+        }
+        (Some(AgentAction::Try { gpus, cpu, memory_mib, data_dir, command }), _) => {
+            let code = trial(gpus, cpu, memory_mib, data_dir, command).await.map_err(CommandError::Fatal)?;
+            if code == 0 {
+                Ok(())
+            } else {
+                Err(CommandError::Exit(code))
+            }
+        }
+        (None, Some(config)) => agent::run_from_file(&config).await.map_err(|e| CommandError::Fatal(e.into())),
+        (None, None) => Err(CommandError::Fatal(anyhow::anyhow!(
+            "give --config FILE to run the agent, or a subcommand (inventory, try); see meridian agent --help"
+        ))),
+    }
+}
+
+fn inventory(data_dir: PathBuf, format: OutputFormat) -> anyhow::Result<()> {
+    let inv = agent::inventory::collect(&agent::inventory::InventoryOptions {
+        data_dir,
+        labels: Default::default(),
+        gpu: Default::default(),
+    })
+    .context("collecting the node inventory")?;
+    let value = serde_json::to_value(&inv).context("encoding the inventory")?;
+    match format {
+        OutputFormat::Json => output::json(&value),
+        OutputFormat::Table => {
+            let mut summary = value.clone();
+            if let Some(map) = summary.as_object_mut() {
+                map.remove("gpus");
+            }
+            output::object(format, &summary);
+            println!();
+            let gpus = value
+                .get("gpus")
+                .and_then(|g| g.as_array())
+                .cloned()
+                .unwrap_or_default();
+            output::list(
+                format,
+                &gpus,
+                &[
+                    "index",
+                    "uuid",
+                    "model",
+                    "memory_total_mib",
+                    "memory_used_mib",
+                    "utilization_gpu_percent",
+                    "healthy",
+                ],
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs `command` through the job launcher and streams its logs afterwards; returns its exit code.
+async fn trial(
+    gpus: u32,
+    cpu: f64,
+    memory_mib: u64,
+    data_dir: Option<PathBuf>,
+    command: Vec<String>,
+) -> anyhow::Result<i32> {
+    use agent::exec::{read_logs, LauncherOptions, LogOptions, LogStream, ProcessSpec};
+
+    let temp;
+    let data_dir = match data_dir {
+        Some(d) => d,
+        None => {
+            temp = tempfile::tempdir().context("creating a temporary directory")?;
+            temp.path().to_path_buf()
+        }
+    };
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let gpu_uuids = if gpus == 0 {
+        Vec::new()
+    } else {
+        let inv = agent::inventory::collect(&agent::inventory::InventoryOptions {
+            data_dir: data_dir.clone(),
+            labels: Default::default(),
+            gpu: Default::default(),
+        })
+        .context("collecting the node inventory")?;
+        let healthy: Vec<String> = inv
+            .gpus
+            .iter()
+            .filter(|g| g.healthy)
+            .map(|g| g.uuid.clone())
+            .collect();
+        if healthy.len() < gpus as usize {
+            anyhow::bail!(
+                "--gpus {gpus}: this node has {} healthy GPU(s) (source: {:?}{})",
+                healthy.len(),
+                inv.gpu_source,
+                inv.gpu_error.map(|e| format!(", {e}")).unwrap_or_default()
+            );
+        }
+        healthy.into_iter().take(gpus as usize).collect()
+    };
+    let launcher = agent::exec::Launcher::new(LauncherOptions {
+        data_dir: data_dir.clone(),
+        cgroup_root: None,
+    })
+    .context("preparing the job launcher")?;
+    let Some((program, args)) = command.split_first() else {
+        anyhow::bail!("no command given");
+    };
+    let job_id = format!("trial-{}", std::process::id());
+    let log_dir = data_dir.join("logs").join(&job_id);
+    let spec = ProcessSpec {
+        job_id,
+        attempt: 1,
+        command: program.clone(),
+        args: args.to_vec(),
+        env: Default::default(),
+        working_dir: None,
+        cpu_millis: (cpu.max(0.0) * 1000.0).round() as u64,
+        memory_bytes: memory_mib.saturating_mul(1 << 20),
+        gpu_uuids: gpu_uuids.clone(),
+        log: LogOptions::new(&log_dir),
+    };
+    eprintln!(
+        "limits: {}; GPUs: {}",
+        launcher.mode().status(),
+        if gpu_uuids.is_empty() {
+            "none".to_string()
+        } else {
+            gpu_uuids.join(",")
+        }
+    );
+    let job = launcher.launch(&spec).context("launching the command")?;
+    let report = job.wait().await;
+    for (stream, to_stderr) in [(LogStream::Stdout, false), (LogStream::Stderr, true)] {
+        let mut offset = 0;
+        loop {
+            let chunk = read_logs(&log_dir, stream, offset, 1 << 20)
+                .context("reading the command's output")?;
+            if chunk.data.is_empty() {
+                break;
+            }
+            offset = chunk.next_offset;
+            let text = String::from_utf8_lossy(&chunk.data);
+            if to_stderr {
+                eprint!("{text}");
+            } else {
+                print!("{text}");
+            }
+        }
+    }
+    eprintln!(
+        "exit code {:?}, signal {:?}, {:.2}s wall, {} CPU s",
+        report.exit_code,
+        report.signal,
+        report.wall_seconds,
+        report
+            .cpu_seconds
+            .map(|c| format!("{c:.2}"))
+            .unwrap_or_else(|| "?".into())
+    );
+    Ok(report.exit_code.unwrap_or(128 + report.signal.unwrap_or(0)))
+}
