@@ -64,7 +64,7 @@ listen = "127.0.0.1:$(raft_port "$i")"
 heartbeat_ms = 50
 election_min_ms = 200
 election_max_ms = 400
-snapshot_every = 5000
+snapshot_every = 50000
 
 [admin]
 listen = "127.0.0.1:$(admin_port "$i")"
