@@ -106,6 +106,9 @@ meridian agent try --gpus 1 -- python3 -c 'import torch; print(torch.cuda.get_de
     /// Coordinator cluster status and membership.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Nodes registered by their agents, with health and lease epoch.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// The hash-chained audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -418,6 +421,13 @@ pub enum ClusterCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List registered nodes (platform-admin).
+    #[command(after_help = "Example:\n  meridian node list -o json")]
+    List(ClientOnly),
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,8 +1,9 @@
-//! `meridian dev`: a single-node coordinator with an auto-generated dev CA, all state in one directory.
+//! `meridian dev`: a single-node coordinator and an agent for this machine, with an auto-generated dev CA, all
+//! state in one directory.
 //!
-//! Layout of the directory: `certs/` (dev CA, coordinator certificate), `master.keys` (secrets keyring),
-//! `coordinator/` (Raft log and snapshots), `admin.token` (mode 0600). Starting again on the same directory
-//! reuses all of it; only the short-lived coordinator certificate is re-issued.
+//! Layout of the directory: `certs/` (dev CA, coordinator and agent certificates), `master.keys` (secrets
+//! keyring), `coordinator/` (Raft log and snapshots), `agent/` (the agent's data), `admin.token` (mode 0600).
+//! Starting again on the same directory reuses all of it; only the short-lived certificates are re-issued.
 
 use std::path::Path;
 
@@ -25,6 +26,24 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let cfg = prepare(&args)?;
     let shutdown = CancellationToken::new();
     let running = crate::server::start(&cfg, shutdown.clone()).await?;
+    let agent_tls = certs::TlsIdentity::load(&certs::TlsPaths {
+        ca: cfg.tls.ca.clone(),
+        cert: args.data_dir.join("certs/agent.pem"),
+        key: args.data_dir.join("certs/agent.key"),
+    })
+    .context("loading the dev agent's certificate")?;
+    let agent_dir = args.data_dir.join("agent");
+    std::fs::create_dir_all(&agent_dir)
+        .with_context(|| format!("creating {}", agent_dir.display()))?;
+    let agent_task = tokio::spawn(agent::run(
+        agent::AgentOptions {
+            coordinators: vec![args.raft_listen.to_string()],
+            tls: agent_tls,
+            data_dir: agent_dir,
+            heartbeat: std::time::Duration::from_secs(1),
+        },
+        shutdown.clone(),
+    ));
     tracing::info!(
         admin = %running.admin_addr,
         token_file = %args.data_dir.join("admin.token").display(),
@@ -38,6 +57,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     crate::server::wait_for_signal().await?;
     eprintln!("meridian dev: stopping");
     running.stop(&shutdown).await;
+    match agent_task.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "the dev agent stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "the dev agent task failed"),
+        Ok(Ok(())) => {}
+    }
     Ok(())
 }
 
@@ -74,6 +98,17 @@ pub fn prepare(args: &DevArgs) -> anyhow::Result<CoordinatorConfig> {
     let key = certs_dir.join("coordinator.key");
     leaf.write(&cert, &key)
         .context("writing the dev coordinator certificate")?;
+    let agent_identity = certs::Identity::agent(ca.trust_domain(), "local", "dev", "dev")
+        .context("dev agent identity")?;
+    let agent_leaf = ca
+        .issue(&certs::LeafRequest::new(
+            agent_identity,
+            certs::DEFAULT_LEAF_LIFETIME,
+        ))
+        .context("issuing the dev agent certificate")?;
+    agent_leaf
+        .write(&certs_dir.join("agent.pem"), &certs_dir.join("agent.key"))
+        .context("writing the dev agent certificate")?;
 
     let keyring = dir.join("master.keys");
     if !keyring.exists() {

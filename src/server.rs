@@ -87,6 +87,7 @@ pub async fn start(
         },
         snapshot_every: cfg.raft.snapshot_every,
         bootstrap,
+        fleet: Default::default(),
     };
     let (coordinator, handle) = Coordinator::start(opts)
         .await

@@ -157,6 +157,21 @@ fn dev_tour_and_restart_keeps_state() {
     );
     assert_eq!(bad.status.code(), Some(3));
 
+    // The embedded agent registers this machine as node local/dev/dev.
+    let node = wait_for(
+        "the dev agent's node to be ready",
+        Duration::from_secs(30),
+        || {
+            let nodes = cli_json(&["node", "list", "-o", "json"], &admin);
+            nodes
+                .as_array()?
+                .iter()
+                .find(|n| n["key"] == "local/dev/dev" && n["health"] == "ready")
+                .cloned()
+        },
+    );
+    assert!(node["cpu_cores"].as_u64().is_some_and(|c| c > 0), "{node}");
+
     let verified = cli_json(&["audit", "verify", "-o", "json"], &admin);
     assert_eq!(verified["ok"], true, "{verified}");
 

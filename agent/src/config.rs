@@ -24,6 +24,9 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// QUIC addresses (`host:port`) of the coordinators; any one of them is enough to join.
     pub coordinators: Vec<String>,
+    /// Heartbeat interval in milliseconds until a coordinator names another (default 1000).
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
     pub tls: AgentTls,
 }
 
@@ -34,6 +37,10 @@ pub struct AgentTls {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+fn default_heartbeat_ms() -> u64 {
+    1000
 }
 
 impl AgentConfig {
@@ -51,6 +58,12 @@ impl AgentConfig {
             return Err(ConfigError::Parse {
                 path: path.into(),
                 message: "coordinators: must not be empty".into(),
+            });
+        }
+        if cfg.heartbeat_ms == 0 {
+            return Err(ConfigError::Parse {
+                path: path.into(),
+                message: "heartbeat_ms: must be positive".into(),
             });
         }
         Ok(cfg)

@@ -1,16 +1,18 @@
 //! Meridian's per-node agent.
 //!
 //! The agent owns one node's CPUs and GPUs, runs its jobs and keeps working when the coordinators are away.
-//! Built so far: `inventory` (what the node offers, GPUs through NVML or nvidia-smi) and `exec` (running a
-//! job's process: process group, limits, GPU pinning, logs, cancel, re-adoption after a restart). The agent
-//! process itself loads and validates its configuration and identity; registration, heartbeats and job
-//! assignment over the QUIC mesh are the next step.
+//! Built so far: `inventory` (what the node offers, GPUs through NVML or nvidia-smi), `exec` (running a
+//! job's process: process group, limits, GPU pinning, logs, cancel, re-adoption after a restart) and
+//! `runtime` (registration and heartbeats with the coordinators). The agent process loads and validates its
+//! configuration and identity, then runs `runtime` until stopped; job assignment is the next step.
 
 mod config;
 pub mod exec;
 pub mod inventory;
+mod runtime;
 
 pub use config::{AgentConfig, ConfigError};
+pub use runtime::{run, AgentOptions, RuntimeError};
 
 use std::path::Path;
 
@@ -23,6 +25,8 @@ pub enum AgentError {
     Tls(#[from] certs::CertError),
     #[error("the agent's certificate names {0}, which is not an agent identity")]
     NotAnAgent(String),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
     #[error("waiting for a shutdown signal: {0}")]
     Signal(std::io::Error),
 }
@@ -47,6 +51,33 @@ pub async fn run_from_file(path: &Path) -> Result<(), AgentError> {
         }
         _ => return Err(AgentError::NotAnAgent(identity.uri())),
     }
-    tokio::signal::ctrl_c().await.map_err(AgentError::Signal)?;
-    Ok(())
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let runtime = run(
+        AgentOptions {
+            coordinators: cfg.coordinators.clone(),
+            tls,
+            data_dir: cfg.data_dir.clone(),
+            heartbeat: std::time::Duration::from_millis(cfg.heartbeat_ms),
+        },
+        shutdown.clone(),
+    );
+    tokio::pin!(runtime);
+    tokio::select! {
+        // The runtime returns by itself only when it cannot start (identity, inventory, client setup).
+        result = &mut runtime => Ok(result?),
+        signal = shutdown_signal() => {
+            shutdown.cancel();
+            runtime.await?;
+            signal.map_err(AgentError::Signal)
+        }
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (systemd's stop).
+async fn shutdown_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
 }

@@ -4,6 +4,7 @@ pub mod api;
 pub mod authz;
 pub mod bootstrap;
 pub mod crypto;
+pub mod fleet;
 pub(crate) mod network;
 pub mod node;
 pub(crate) mod rpc_service;
@@ -11,4 +12,5 @@ pub mod scheduler;
 pub mod state;
 pub(crate) mod store;
 
+pub use fleet::FleetTimings;
 pub use node::{ClusterStatus, Coordinator, CoordinatorOptions, Handle, MemberNode, NodeId};

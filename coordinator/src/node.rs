@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::fleet::{Fleet, FleetTimings};
 use crate::network::NetworkFactory;
 use crate::rpc_service::CoordinatorService;
 use crate::state::{Command, CommandOutcome, DomainError, Outcome, RegistryState};
@@ -90,6 +91,8 @@ pub struct CoordinatorOptions {
     /// When the node has never been initialized: form a cluster with these voters (must include this node).
     /// `None` leaves it waiting to be added by an existing cluster.
     pub bootstrap: Option<BTreeMap<NodeId, MemberNode>>,
+    /// Agent heartbeat interval and the health monitor's TTLs.
+    pub fleet: FleetTimings,
 }
 
 /// One member as the cluster-status view shows it.
@@ -200,6 +203,18 @@ pub struct Handle {
     inner: Arc<NodeInner>,
 }
 
+/// A handle that does not keep the coordinator alive (held by its own RPC service).
+#[derive(Clone)]
+pub(crate) struct WeakHandle {
+    inner: Weak<NodeInner>,
+}
+
+impl WeakHandle {
+    pub(crate) fn upgrade(&self) -> Option<Handle> {
+        self.inner.upgrade().map(|inner| Handle { inner })
+    }
+}
+
 struct NodeInner {
     id: NodeId,
     name: String,
@@ -211,6 +226,7 @@ struct NodeInner {
     deadlines: Deadlines,
     server_stop: CancellationToken,
     server_task: Mutex<Option<JoinHandle<()>>>,
+    monitor_task: Mutex<Option<JoinHandle<()>>>,
     store_closed: Mutex<Option<StoreClosed>>,
 }
 
@@ -320,10 +336,12 @@ impl Coordinator {
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
         let deadlines = Deadlines::from_timings(&opts.timings);
+        let fleet = Fleet::new(opts.fleet);
         let service = Arc::new(CoordinatorService::new(
             opts.node_id,
             raft.clone(),
             deadlines.membership,
+            fleet.clone(),
         ));
         let server = match RpcServer::bind(opts.raft_listen, &opts.tls, service) {
             Ok(server) => server,
@@ -335,6 +353,10 @@ impl Coordinator {
         let raft_addr = server.local_addr();
         let server_stop = CancellationToken::new();
         let server_task = tokio::spawn(server.run(server_stop.clone()));
+        let monitor_task = tokio::spawn(crate::fleet::run_monitor(
+            fleet.clone(),
+            server_stop.clone(),
+        ));
 
         let advertise = advertised(opts.advertise, raft_addr);
         tracing::info!(node = opts.node_id, name = %opts.name, %raft_addr, "coordinator started");
@@ -351,9 +373,11 @@ impl Coordinator {
                 deadlines,
                 server_stop,
                 server_task: Mutex::new(Some(server_task)),
+                monitor_task: Mutex::new(Some(monitor_task)),
                 store_closed: Mutex::new(Some(store_closed)),
             }),
         };
+        fleet.attach(&handle);
 
         if let Some(mut members) = opts.bootstrap {
             members.insert(opts.node_id, advertise);
@@ -798,6 +822,41 @@ impl Handle {
         }
     }
 
+    pub(crate) fn downgrade(&self) -> WeakHandle {
+        WeakHandle {
+            inner: Arc::downgrade(&self.inner),
+        }
+    }
+
+    /// The current term when this node believes it is the leader.
+    pub(crate) fn leader_term(&self) -> Option<u64> {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        (m.state == ServerState::Leader && m.current_leader == Some(self.inner.id))
+            .then_some(m.current_term)
+    }
+
+    /// `FAILED_PRECONDITION` naming the leader's QUIC address (when known) unless this node leads.
+    pub(crate) fn ensure_leader(&self) -> Result<(), protocol::rpc::RpcStatus> {
+        if self.leader_term().is_some() {
+            return Ok(());
+        }
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        let leader_addr = m.current_leader.and_then(|id| {
+            m.membership_config
+                .membership()
+                .get_node(&id)
+                .map(|n| n.raft_addr.clone())
+        });
+        Err(protocol::rpc::RpcStatus::failed_precondition(
+            match leader_addr {
+                Some(addr) => format!("not the leader; leader at {addr}"),
+                None => "not the leader; no leader known".to_owned(),
+            },
+        ))
+    }
+
     /// This node's Raft id.
     pub fn node_id(&self) -> NodeId {
         self.inner.id
@@ -898,6 +957,17 @@ impl Handle {
         if let Some(task) = server_task {
             if let Err(e) = task.await {
                 tracing::warn!(error = %e, "RPC server task failed");
+            }
+        }
+        let monitor_task = self
+            .inner
+            .monitor_task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = monitor_task {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "health monitor task failed");
             }
         }
         let store_closed = self

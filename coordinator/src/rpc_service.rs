@@ -1,11 +1,12 @@
-//! The coordinator's side of the QUIC RPCs other coordinators make: Raft traffic, forwarded writes,
-//! read-index and membership changes, and ping.
+//! The coordinator's side of the QUIC RPCs: from other coordinators Raft traffic, forwarded writes,
+//! read-index, membership changes and ping; from agents registration and heartbeats (handled by `fleet`).
 //!
 //! Owns decoding each method's body, handing it to openraft (or to the leader-only operations of `node`) and
 //! encoding the answer. A leader-only method on a node that is not the leader answers `FAILED_PRECONDITION`
 //! and guarantees nothing was proposed. It must never trust a peer's bytes: undecodable input is
 //! `INVALID_ARGUMENT`, never a panic. Callers were already authorized as coordinators by the RPC layer.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::fleet::Fleet;
 use crate::node::{change_membership_as_leader, member_change_from, LeaderOnlyError, NodeId, Raft};
 use crate::state::Command;
 
@@ -26,14 +28,22 @@ pub(crate) struct CoordinatorService {
     raft: Raft,
     /// Upper bound of a membership change, whatever the caller's deadline.
     membership_timeout: Duration,
+    /// Agent registration and heartbeats.
+    fleet: Arc<Fleet>,
 }
 
 impl CoordinatorService {
-    pub(crate) fn new(node_id: NodeId, raft: Raft, membership_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        node_id: NodeId,
+        raft: Raft,
+        membership_timeout: Duration,
+        fleet: Arc<Fleet>,
+    ) -> Self {
         Self {
             node_id,
             raft,
             membership_timeout,
+            fleet,
         }
     }
 }
@@ -47,6 +57,7 @@ impl RpcService for CoordinatorService {
     ) -> BoxFuture<'static, Result<Bytes, RpcStatus>> {
         let raft = self.raft.clone();
         let node_id = self.node_id;
+        let fleet = self.fleet.clone();
         let membership_deadline = ctx.deadline.min(Instant::now() + self.membership_timeout);
         Box::pin(async move {
             match method {
@@ -60,6 +71,8 @@ impl RpcService for CoordinatorService {
                 Method::ChangeMembership => {
                     change_membership(&raft, &body, membership_deadline).await
                 }
+                Method::AgentRegister => fleet.register(ctx, body).await,
+                Method::AgentHeartbeat => fleet.heartbeat(ctx, body).await,
                 Method::Ping => Ok(encode_message(&pb::PingResponse {
                     identity: ctx.peer.uri(),
                 })),

@@ -857,3 +857,46 @@ async fn health_readiness_metrics_and_cluster() -> anyhow::Result<()> {
     api.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn nodes_are_listed_for_platform_admins_only() -> anyhow::Result<()> {
+    use coordinator::state::{Actor, Command, Op};
+    let api = start().await?;
+    let empty = api.get("/v1/nodes").send().await?;
+    assert_eq!(empty.status, 200, "{:?}", empty.body);
+    assert_eq!(empty.body["items"], json!([]));
+    for node in ["eu-a2", "eu-a1"] {
+        api.handle
+            .write(Command::new(
+                1_700_000_000_000,
+                Actor::system(),
+                Op::RegisterNode {
+                    region: "eu".into(),
+                    cluster: "eu1".into(),
+                    node: node.into(),
+                    cpu_cores: 16,
+                    memory_bytes: 1 << 34,
+                    gpu_count: 8,
+                    agent_version: "test".into(),
+                },
+            ))
+            .await?;
+    }
+    let page = api.get("/v1/nodes?page_size=1").send().await?;
+    assert_eq!(page.status, 200, "{:?}", page.body);
+    assert_eq!(page.str("/items/0/key"), "eu/eu1/eu-a1");
+    assert_eq!(page.str("/items/0/health"), "ready");
+    assert_eq!(page.body["items"][0]["lease_epoch"], json!(1));
+    let token = page.str("/next_page_token");
+    let rest = api
+        .get(&format!("/v1/nodes?page_size=1&page_token={token}"))
+        .send()
+        .await?;
+    assert_eq!(rest.str("/items/0/key"), "eu/eu1/eu-a2");
+
+    let (padmin, _, _) = api.create_key("default", "lead", "project-admin").await?;
+    let refused = api.get("/v1/nodes").token(&padmin).send().await?;
+    assert_eq!(refused.status, 403, "{:?}", refused.body);
+    api.stop().await;
+    Ok(())
+}

@@ -168,6 +168,7 @@ impl Cluster {
             timings: timings(),
             snapshot_every: self.snapshot_every,
             bootstrap,
+            fleet: Default::default(),
         };
         let running = Coordinator::start(opts)
             .await

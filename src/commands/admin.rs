@@ -1,11 +1,11 @@
-//! Commands that talk to the admin API: projects, keys, role bindings, secrets, cluster, whoami.
+//! Commands that talk to the admin API: projects, keys, role bindings, secrets, cluster, nodes, whoami.
 
 use std::io::Read;
 
 use serde_json::{json, Value};
 
 use crate::cli::{
-    ClientArgs, ClusterCommand, KeyCommand, OutputFormat, ProjectCommand, RoleCommand,
+    ClientArgs, ClusterCommand, KeyCommand, NodeCommand, OutputFormat, ProjectCommand, RoleCommand,
     SecretCommand,
 };
 use crate::client::{segment, ApiClient, ClientError};
@@ -250,6 +250,28 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<(), ClientError> {
             let api = ApiClient::from_args(&client)?;
             api.delete(&format!("/v1/cluster/members/{id}")).await?;
             done(&client, &format!("removed member {id}"));
+        }
+    }
+    Ok(())
+}
+
+pub async fn node(cmd: NodeCommand) -> Result<(), ClientError> {
+    match cmd {
+        NodeCommand::List(c) => {
+            let api = ApiClient::from_args(&c.client)?;
+            let items = api.list_all("/v1/nodes").await?;
+            output::list(
+                c.client.output,
+                &items,
+                &[
+                    "key",
+                    "health",
+                    "cpu_cores",
+                    "memory_bytes",
+                    "gpu_count",
+                    "lease_epoch",
+                ],
+            );
         }
     }
     Ok(())

@@ -24,6 +24,7 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
         Command::Role(cmd) => admin::role(cmd).await.map_err(CommandError::Client),
         Command::Secret(cmd) => admin::secret(cmd).await.map_err(CommandError::Client),
         Command::Cluster(cmd) => admin::cluster(cmd).await.map_err(CommandError::Client),
+        Command::Node(cmd) => admin::node(cmd).await.map_err(CommandError::Client),
         Command::Audit(cmd) => audit::run(cmd).await.map_err(CommandError::Client),
         Command::Whoami(c) => admin::whoami(c.client).await.map_err(CommandError::Client),
         Command::Completions { shell } => {

@@ -288,6 +288,14 @@ pub(crate) async fn list_members(
     Json(service.list_members())
 }
 
+pub(crate) async fn list_nodes(
+    State(service): State<AdminService>,
+    _scope: Scoped,
+    ApiQuery(page): ApiQuery<PageParams>,
+) -> Answer<super::service::ListPage<crate::state::NodeRecord>> {
+    service.list_nodes(&page).await.map(Json)
+}
+
 pub(crate) async fn add_member(
     State(service): State<AdminService>,
     _scope: Scoped,

@@ -90,6 +90,8 @@ pub(crate) mod op {
     pub(crate) static MEMBER_LIST: Operation = needs("cluster.member.list", ClusterRead);
     pub(crate) static MEMBER_ADD: Operation = needs("cluster.member.add", ClusterMembership);
     pub(crate) static MEMBER_REMOVE: Operation = needs("cluster.member.remove", ClusterMembership);
+
+    pub(crate) static NODE_LIST: Operation = needs("node.list", ClusterRead);
 }
 
 /// HTTP methods the API uses.
@@ -495,6 +497,16 @@ pub(crate) static ROUTES: &[Route] = &[
         query: &[],
         reply: NO_CONTENT,
         endpoint: endpoint!(rest::remove_member),
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/v1/nodes",
+        op: &op::NODE_LIST,
+        summary: "List the nodes agents registered, with their health and lease epoch",
+        request: None,
+        query: PAGING,
+        reply: ok("NodeList"),
+        endpoint: endpoint!(rest::list_nodes),
     },
 ];
 

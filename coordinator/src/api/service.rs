@@ -477,6 +477,16 @@ impl AdminService {
         }
     }
 
+    /// The registered nodes, in key order (platform-level: no project scoping).
+    pub(crate) async fn list_nodes(
+        &self,
+        page: &PageParams,
+    ) -> Result<ListPage<crate::state::NodeRecord>, ServiceError> {
+        let req = page.request()?;
+        self.consistent().await?;
+        Ok(self.inner.handle.read(|s| s.node_page(&req)).into())
+    }
+
     pub(crate) async fn add_member(
         &self,
         req: AddMemberRequest,

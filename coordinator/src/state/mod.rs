@@ -9,6 +9,7 @@
 //! ([`RegistryState::to_bytes`]). This module must never hold plaintext secrets or unwrapped keys.
 
 mod audit;
+mod fleet;
 mod paging;
 mod scope;
 mod secrets;
@@ -25,6 +26,7 @@ use crate::authz::Role;
 pub use audit::{
     verify_chain, AuditChainError, AuditOutcome, AuditPage, AuditRecord, GENESIS_HASH,
 };
+pub use fleet::{node_key, NodeHealthState, NodeRecord};
 pub use paging::{Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use scope::ProjectScope;
 pub use secrets::{SealedValue, Secret, SecretVersion, SecretView, WrappedKey};
@@ -180,6 +182,24 @@ pub enum Op {
         outcome: AuditOutcome,
         detail: String,
     },
+    /// An agent registered its node: creates or refreshes the record, increments its lease epoch and marks
+    /// it Ready. Platform-level (no project).
+    RegisterNode {
+        region: String,
+        cluster: String,
+        node: String,
+        cpu_cores: u32,
+        memory_bytes: u64,
+        gpu_count: u32,
+        agent_version: String,
+    },
+    /// The leader's health monitor changed a node's health; refused when `lease_epoch` is not the node's
+    /// current one (the node registered again since the decision was made).
+    SetNodeHealth {
+        key: String,
+        health: NodeHealthState,
+        lease_epoch: u64,
+    },
 }
 
 /// What a successfully applied command produced.
@@ -216,6 +236,8 @@ pub enum Outcome {
     Rewrapped { projects: u64 },
     /// An audit record was appended with this sequence number.
     Audited { seq: u64 },
+    /// A node was registered or its health changed.
+    Node { node: NodeRecord },
 }
 
 /// Why a committed command was refused by the domain (the entry is still committed; state is unchanged
@@ -284,6 +306,9 @@ pub struct RegistryState {
     /// Log index → request id, to forget the oldest first.
     #[serde(default)]
     pub(crate) request_order: BTreeMap<u64, String>,
+    /// Node key (`region/cluster/node`) → record.
+    #[serde(default)]
+    pub(crate) nodes: BTreeMap<String, NodeRecord>,
 }
 
 /// What a successful mutation tells the audit log besides the command's subject.
@@ -361,6 +386,13 @@ impl Op {
                 target,
                 ..
             } => s(action, project.as_ref(), target),
+            Op::RegisterNode {
+                region,
+                cluster,
+                node,
+                ..
+            } => s("node.register", None, &node_key(region, cluster, node)),
+            Op::SetNodeHealth { key, .. } => s("node.health", None, key),
         }
     }
 }
@@ -515,6 +547,31 @@ impl RegistryState {
             } => self.put_secret(at, project_id, name, *version, sealed, bindings.as_deref()),
             Op::DeleteSecret { project_id, name } => self.delete_secret(project_id, name),
             Op::RewrapDataKeys { keys } => self.rewrap_data_keys(keys),
+            Op::RegisterNode {
+                region,
+                cluster,
+                node,
+                cpu_cores,
+                memory_bytes,
+                gpu_count,
+                agent_version,
+            } => self.register_node(
+                at,
+                fleet::NodeSpec {
+                    region,
+                    cluster,
+                    node,
+                    cpu_cores: *cpu_cores,
+                    memory_bytes: *memory_bytes,
+                    gpu_count: *gpu_count,
+                    agent_version,
+                },
+            ),
+            Op::SetNodeHealth {
+                key,
+                health,
+                lease_epoch,
+            } => self.set_node_health(at, key, *health, *lease_epoch),
         }
     }
 

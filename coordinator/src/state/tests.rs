@@ -157,7 +157,7 @@ fn random_command(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> 
         .chain(["rb_missing".to_owned()])
         .collect();
     let roles = Role::ALL;
-    let op = match rng.gen_range(0..15) {
+    let op = match rng.gen_range(0..17) {
         0 => Op::Noop,
         1 | 2 => Op::CreateProject {
             id: format!("prj_{}", rng.gen_range(0..12)),
@@ -247,6 +247,39 @@ fn random_command(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> 
             outcome: AuditOutcome::Denied,
             detail: "cross-project read".into(),
         },
+        15 => Op::RegisterNode {
+            region: "eu".into(),
+            cluster: "eu1".into(),
+            node: names[rng.gen_range(0..names.len())].to_owned(),
+            cpu_cores: rng.gen_range(1..128),
+            memory_bytes: rng.gen(),
+            gpu_count: rng.gen_range(0..9),
+            agent_version: "1.0".into(),
+        },
+        16 => {
+            let node_keys: Vec<(String, u64)> = view
+                .nodes
+                .values()
+                .map(|n| (n.key.clone(), n.lease_epoch))
+                .chain([("eu/eu1/missing".to_owned(), 1)])
+                .collect();
+            let (key, epoch) = node_keys[rng.gen_range(0..node_keys.len())].clone();
+            let health = [
+                NodeHealthState::Ready,
+                NodeHealthState::Unreachable,
+                NodeHealthState::Lost,
+            ][rng.gen_range(0..3)];
+            Op::SetNodeHealth {
+                key,
+                health,
+                // Mostly the current epoch, sometimes a stale one.
+                lease_epoch: if rng.gen_bool(0.7) {
+                    epoch
+                } else {
+                    epoch.saturating_sub(1)
+                },
+            }
+        }
         _ => Op::SetPrincipalDisabled {
             id: principal_ids[rng.gen_range(0..principal_ids.len())].clone(),
             disabled: rng.gen_bool(0.5),

@@ -79,6 +79,7 @@ pub async fn start_with(setup: Setup) -> anyhow::Result<TestApi> {
         timings: RaftTimings::default(),
         snapshot_every: 10_000,
         bootstrap: Some(BTreeMap::from([(1, member)])),
+        fleet: Default::default(),
     })
     .await
     .context("starting the coordinator")?;
