@@ -301,30 +301,14 @@ fn validate_display_name(field: &str, name: &str) -> Result<(), ServiceError> {
     }
 }
 
+/// The same rule the state machine applies, checked before proposing so bad input never reaches the log.
 fn validate_secret_name(name: &str) -> Result<(), ServiceError> {
-    let mut chars = name.chars();
-    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.len() <= 128
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ServiceError::invalid(
-            "name",
-            "must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}",
-        ))
-    }
+    Ok(crate::state::validate_secret_name(name)?)
 }
 
+/// The same rule the state machine applies, checked before proposing.
 fn validate_description(description: &str) -> Result<(), ServiceError> {
-    if description.len() <= 1024 && !description.chars().any(|c| c.is_control() && c != '\n') {
-        Ok(())
-    } else {
-        Err(ServiceError::invalid(
-            "description",
-            "at most 1024 characters, no control characters",
-        ))
-    }
+    Ok(crate::state::validate_description(description)?)
 }
 
 /// `host:port` with a numeric port.

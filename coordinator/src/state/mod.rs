@@ -29,7 +29,9 @@ pub use audit::{
 pub use fleet::{node_key, NodeHealthState, NodeRecord};
 pub use paging::{Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use scope::ProjectScope;
+pub(crate) use secrets::validate_secret_name;
 pub use secrets::{SealedValue, Secret, SecretVersion, SecretView, WrappedKey};
+pub(crate) use tenancy::validate_description;
 pub use tenancy::{
     ApiKey, ApiKeyView, KeyPrincipal, KeyState, Principal, PrincipalKind, Project, ProjectView,
     RoleBinding, Scope, DEFAULT_PROJECT_NAME,

@@ -324,7 +324,7 @@ fn validate_last4(last4: &str) -> Result<(), DomainError> {
     }
 }
 
-fn validate_description(description: &str) -> Result<(), DomainError> {
+pub(crate) fn validate_description(description: &str) -> Result<(), DomainError> {
     if description.len() <= 1024 && !description.chars().any(|c| c.is_control() && c != '\n') {
         Ok(())
     } else {
