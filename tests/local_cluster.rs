@@ -101,20 +101,52 @@ fn three_coordinators_survive_a_leader_kill() {
     let cluster = LocalCluster {
         dir: tmp.path().join("mc"),
     };
-    cluster.ok(&["up"]);
+    cluster.ok(&["up", "--regions", "2"]);
     mesh_refuses_wrong_identities(&cluster);
 
     let status: Value =
         serde_json::from_str(&cluster.ok(&["status", "-o", "json"])).expect("status JSON");
     let procs = status.as_array().expect("array");
-    assert_eq!(procs.len(), 3);
+    assert_eq!(
+        procs.len(),
+        7,
+        "three coordinators and two agents in each of two regions: {status}"
+    );
     for p in procs {
-        assert_eq!(p["role"], "coordinator");
         assert_eq!(p["state"], "running", "{p}");
         assert!(p["pid"].is_u64(), "{p}");
-        assert!(p["name"].as_str().is_some_and(|n| n.starts_with('c')));
-        assert!(p["admin_addr"].as_str().is_some() && p["region"].as_str().is_some());
+        assert!(p["region"].as_str().is_some(), "{p}");
+        match p["role"].as_str() {
+            Some("coordinator") => assert!(p["admin_addr"].as_str().is_some(), "{p}"),
+            Some("agent") => assert!(p["admin_addr"].is_null(), "{p}"),
+            other => panic!("unexpected role {other:?}"),
+        }
     }
+
+    // Every agent registers its node; a killed agent's node becomes unreachable.
+    let node_health = |key: &str| -> Option<String> {
+        let nodes = cluster.cli_on(1, &["node", "list"]).ok()?;
+        let node = nodes.as_array()?.iter().find(|n| n["key"] == key)?.clone();
+        node["health"].as_str().map(String::from)
+    };
+    for key in [
+        "eu/eu1/eu-a1",
+        "eu/eu1/eu-a2",
+        "us/us1/us-a1",
+        "us/us1/us-a2",
+    ] {
+        wait_for(
+            "an agent's node to be ready",
+            Duration::from_secs(30),
+            || (node_health(key).as_deref() == Some("ready")).then_some(()),
+        );
+    }
+    cluster.ok(&["kill", "us-a2"]);
+    wait_for(
+        "the killed agent's node to be unreachable",
+        Duration::from_secs(30),
+        || (node_health("us/us1/us-a2").as_deref() == Some("unreachable")).then_some(()),
+    );
 
     // Writes through every member (followers forward to the leader).
     let mut acknowledged = Vec::new();
