@@ -571,7 +571,7 @@ mod tests {
         let forged = format!(
             "mrd_{}_{}",
             t.key_id,
-            other.token.rsplit('_').next().unwrap_or_default()
+            other.token.splitn(3, '_').nth(2).unwrap_or_default()
         );
         assert_eq!(authenticate(&s, &forged, T0), Err(AuthnError::Mismatch));
         assert_eq!(

@@ -115,7 +115,12 @@ async fn keys_work_never_show_their_secret_and_stop_working_when_revoked() -> an
 
     // Listing and reading show the prefix and last four characters, never the token or its hash.
     let hash = coordinator::crypto::hash_token(&token);
-    let secret_part = token.rsplit('_').next().context("secret part")?.to_owned();
+    // The secret is everything after `mrd_<key id>_`; base64url may itself contain '_'.
+    let secret_part = token
+        .splitn(3, '_')
+        .nth(2)
+        .context("secret part")?
+        .to_owned();
     let list = api.get("/v1/keys").project("vision").send().await?;
     assert_eq!(list.status, 200);
     let items = list.body["items"].as_array().context("items")?;
