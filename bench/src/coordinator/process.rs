@@ -50,6 +50,15 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id().unwrap();
+        // Until the child has exec'd, /proc shows the parent's command line (or none at all).
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while !cmdline(pid).is_some_and(|line| line.contains("sleep 30")) {
+            assert!(
+                Instant::now() < deadline,
+                "the child never showed its command line"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         assert!(sigkill(pid, "--not-there").await.is_err());
         assert!(
             cmdline(pid).is_some(),
