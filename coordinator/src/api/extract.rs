@@ -195,6 +195,7 @@ mod tests {
         assert!(!is_json(&h));
         h.insert(
             header::CONTENT_TYPE,
+            // Invariant: a constant, valid header value.
             "application/json; charset=utf-8"
                 .parse()
                 .expect("static header"),
