@@ -51,6 +51,7 @@ need_bin() {
 
 admin_port() { echo $((7070 + $1 + offset)); }
 raft_port() { echo $((7170 + $1 + offset)); }
+agent_port() { echo $((7270 + $1 + offset)); }
 
 write_coordinator_config() {
   local i="$1" n="c$1"
@@ -94,7 +95,7 @@ EOF
 }
 
 write_agent_config() {
-  local region="$1" n="$2"
+  local region="$1" n="$2" port="$3"
   mkdir -p "$dir/$n"
   "$bin" certs issue --ca-dir "$dir/certs" --role agent --region "$region" --cluster "${region}1" --name "$n" \
     --hours 720 --out "$dir/certs/$n" 2>/dev/null
@@ -103,6 +104,8 @@ write_agent_config() {
 data_dir = "$dir/$n"
 coordinators = ["127.0.0.1:$(raft_port 1)", "127.0.0.1:$(raft_port 2)", "127.0.0.1:$(raft_port 3)"]
 heartbeat_ms = 1000
+# Where coordinators reach this agent (log reads).
+listen = "127.0.0.1:$(agent_port "$port")"
 
 [tls]
 ca = "$dir/certs/ca.pem"
@@ -175,8 +178,9 @@ case "$cmd" in
       2) region_names="eu us" ;;
       *) echo "--regions: 0, 1 or 2" >&2; exit 2 ;;
     esac
+    k=0
     for r in $region_names; do
-      for a in 1 2; do write_agent_config "$r" "$r-a$a"; done
+      for a in 1 2; do k=$((k + 1)); write_agent_config "$r" "$r-a$a" "$k"; done
     done
     for i in 1 2 3; do start_one "c$i"; done
     wait_for_leader

@@ -15,6 +15,8 @@ Examples:
   meridian project create vision
   meridian key create ci --role editor --project vision
   meridian cluster status -o json
+  meridian job run --gpus 1 --wait -- python3 train.py
+  meridian job logs -f job_3kq9x2
 
 Environment:
   MERIDIAN_ADDR     admin API address (default http://127.0.0.1:7070)
@@ -24,7 +26,8 @@ Environment:
 
 Exit codes:
   0 success   1 failure   2 bad usage or invalid input   3 unauthenticated or forbidden
-  4 not found 5 conflict  6 unavailable (no connection, no leader, not ready)";
+  4 not found 5 conflict  6 unavailable (no connection, no leader, not ready)
+  7 the job ended without succeeding (failed, cancelled or lost; job run --wait)";
 
 /// Top-level command line.
 #[derive(Debug, Parser)]
@@ -109,6 +112,17 @@ meridian agent try --gpus 1 -- python3 -c 'import torch; print(torch.cuda.get_de
     /// Nodes registered by their agents, with health and lease epoch.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Jobs: run commands on the fleet, watch them, read their output, cancel them.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// The project's reserved CPU-, memory- and GPU-seconds, in total and per job, over a time range.
+    #[command(
+        after_help = "Examples:\n  meridian usage                               # the last 24 hours\n  \
+meridian usage --project vision --since 7d\n  \
+meridian usage --since 2026-11-01T00:00:00Z --until 2026-12-01T00:00:00Z -o json\n\n\
+TIME is RFC 3339, Unix milliseconds, or a duration back from now (30m, 2h, 7d)."
+    )]
+    Usage(UsageArgs),
     /// The hash-chained audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -431,6 +445,172 @@ pub enum NodeCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Submit a job (prints its id; with --wait, waits until it ends).
+    #[command(after_help = JOB_RUN_HELP)]
+    Run(Box<JobRunArgs>),
+    /// List the project's jobs.
+    #[command(
+        after_help = "Examples:\n  meridian job list\n  meridian job list --state running -o json"
+    )]
+    List {
+        /// Only jobs in this state: pending, scheduled, running, succeeded, failed, cancelled or lost.
+        #[arg(long)]
+        state: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a job: state, node and region, attempts, why it is pending, exit code.
+    #[command(
+        after_help = "Examples:\n  meridian job status job_3kq9x2\n  meridian job status job_3kq9x2 -o json"
+    )]
+    Status {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print a job's output (stdout, or stderr with --stderr), as it was written.
+    #[command(after_help = "Examples:\n  meridian job logs job_3kq9x2\n  \
+meridian job logs -f job_3kq9x2           # follow until the job ends\n  \
+meridian job logs --stderr --attempt 1 job_3kq9x2")]
+    Logs {
+        id: String,
+        /// Keep reading until the job has ended and all its output is printed.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Read stderr instead of stdout.
+        #[arg(long)]
+        stderr: bool,
+        /// Read this attempt (default: the latest one that ran on a node).
+        #[arg(long)]
+        attempt: Option<u32>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a job: a pending one at once, a running one is stopped on its node (SIGTERM, then SIGKILL).
+    #[command(after_help = "Example:\n  meridian job cancel job_3kq9x2")]
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+const JOB_RUN_HELP: &str = "\
+Examples:
+  meridian job run -- echo hello
+  meridian job run --gpus 1 --wait -- python3 -c 'import torch; print(torch.cuda.get_device_name(0))'
+  meridian job run --name train --cpu 4 --memory 16Gi --gpus 2 --gpu-model H200 --region eu \\
+      --label instance=spot --max-attempts 3 --retry-on-failure --timeout 2h \\
+      --env EPOCHS=10 --workdir /data/run1 -- python3 train.py --epochs 10
+
+SIZE: 512Mi, 2G, 1GiB, … (K, M, G, T are powers of 1000; Ki, Mi, Gi, Ti of 1024).
+DURATION: 30s, 5m, 2h, 1h30m.
+With --wait, the exit code is 0 when the job succeeded and 7 when it failed, was cancelled or was lost.";
+
+/// What `meridian job run` submits.
+#[derive(Debug, Args)]
+pub struct JobRunArgs {
+    /// A name for people (need not be unique).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// CPU cores to reserve (decimals allowed: 0.5, 2, 1.25).
+    #[arg(long, value_name = "CORES", value_parser = cpu_millis_arg)]
+    pub cpu: Option<u64>,
+    /// Memory to reserve and limit the job to, e.g. 512Mi, 2G, 1GiB.
+    #[arg(long, value_name = "SIZE", value_parser = byte_size_arg)]
+    pub memory: Option<u64>,
+    /// Whole GPUs; the job sees exactly these through CUDA_VISIBLE_DEVICES.
+    #[arg(long)]
+    pub gpus: Option<u32>,
+    /// Only GPUs whose model contains this text (case-insensitive), e.g. H200.
+    #[arg(long, value_name = "MODEL")]
+    pub gpu_model: Option<String>,
+    /// Only nodes in this region.
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Only nodes in this cluster.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Only nodes with this label (repeatable), e.g. --label instance=spot.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = key_value_arg)]
+    pub labels: Vec<(String, String)>,
+    /// Scheduling priority, -1000..=1000 (higher goes first).
+    #[arg(long, allow_negative_numbers = true)]
+    pub priority: Option<i32>,
+    /// Attempts in all, 1..=20 (lost attempts are retried; failed ones with --retry-on-failure). Default 3.
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Retry attempts that exit non-zero, time out or fail to launch.
+    #[arg(long)]
+    pub retry_on_failure: bool,
+    /// Stop an attempt after this long, e.g. 30s, 5m, 2h.
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    pub timeout: Option<u64>,
+    /// An environment variable for the job (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = key_value_arg)]
+    pub env: Vec<(String, String)>,
+    /// Absolute working directory on the node (default: a fresh directory per attempt).
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Time between SIGTERM and SIGKILL when the job is cancelled (default 10s).
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    pub cancel_grace: Option<u64>,
+    /// Wait until the job ends; exit 0 only if it succeeded (7 otherwise).
+    #[arg(long)]
+    pub wait: bool,
+    /// The program and its arguments, after `--`. An unknown option before it is an error, never the
+    /// program.
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    pub command: Vec<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// Start of the range (default: 24 hours before --until).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// End of the range (default: now).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+fn cpu_millis_arg(s: &str) -> Result<u64, String> {
+    match coordinator::api::parse_cpu_millis(s) {
+        Ok(0) => Err("must be more than 0".to_owned()),
+        Ok(m) => Ok(m),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn byte_size_arg(s: &str) -> Result<u64, String> {
+    match coordinator::api::parse_byte_size(s) {
+        Ok(0) => Err("must be more than 0".to_owned()),
+        Ok(b) => Ok(b),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn duration_arg(s: &str) -> Result<u64, String> {
+    match coordinator::api::parse_duration_secs(s) {
+        Ok(0) => Err("must be more than 0".to_owned()),
+        Ok(secs) => Ok(secs),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn key_value_arg(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+#[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Download the audit log and verify its hash chain locally.
     Verify(ClientOnly),
@@ -450,8 +630,100 @@ pub enum AuditCommand {
 mod tests {
     use clap::CommandFactory;
 
+    use clap::Parser;
+
+    use super::{Cli, Command, JobCommand};
+
     #[test]
     fn command_line_definition_is_consistent() {
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn job_run_parses_units_and_keeps_the_command_whole() {
+        let cli = Cli::try_parse_from([
+            "meridian",
+            "job",
+            "run",
+            "--cpu",
+            "0.5",
+            "--memory",
+            "512Mi",
+            "--gpus",
+            "1",
+            "--timeout",
+            "1h30m",
+            "--label",
+            "zone=a",
+            "--env",
+            "K=v=w",
+            "--priority",
+            "-5",
+            "--wait",
+            "--",
+            "python3",
+            "-c",
+            "print(1)",
+            "-o",
+            "json",
+        ])
+        .expect("parses");
+        let Command::Job(JobCommand::Run(run)) = cli.command else {
+            panic!("not job run")
+        };
+        assert_eq!(run.cpu, Some(500));
+        assert_eq!(run.memory, Some(512 << 20));
+        assert_eq!(run.gpus, Some(1));
+        assert_eq!(run.timeout, Some(5_400));
+        assert_eq!(run.labels, [("zone".to_owned(), "a".to_owned())]);
+        assert_eq!(run.env, [("K".to_owned(), "v=w".to_owned())]);
+        assert_eq!(run.priority, Some(-5));
+        assert!(run.wait);
+        // Everything after `--` belongs to the job, even what looks like our own flags.
+        assert_eq!(run.command, ["python3", "-c", "print(1)", "-o", "json"]);
+    }
+
+    #[test]
+    fn job_run_refuses_bad_quantities() {
+        for bad in [
+            ["--cpu", "0"],
+            ["--cpu", "lots"],
+            ["--memory", "12X"],
+            ["--timeout", "0s"],
+            ["--timeout", "soon"],
+            ["--env", "NOVALUE"],
+        ] {
+            let args = ["meridian", "job", "run", bad[0], bad[1], "--", "true"];
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?}");
+        }
+        assert!(
+            Cli::try_parse_from(["meridian", "job", "run"]).is_err(),
+            "a command is required"
+        );
+        assert!(
+            Cli::try_parse_from(["meridian", "job", "run", "--no-such-flag", "--", "true"])
+                .is_err(),
+            "an unknown option is an error, not the program"
+        );
+    }
+
+    #[test]
+    fn job_run_takes_a_command_without_dashes_and_a_cancel_grace() {
+        let cli = Cli::try_parse_from([
+            "meridian",
+            "job",
+            "run",
+            "--cancel-grace",
+            "2s",
+            "python3",
+            "-u",
+            "train.py",
+        ])
+        .expect("parses");
+        let Command::Job(JobCommand::Run(run)) = cli.command else {
+            panic!("not job run")
+        };
+        assert_eq!(run.cancel_grace, Some(2));
+        assert_eq!(run.command, ["python3", "-u", "train.py"]);
     }
 }

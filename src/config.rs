@@ -46,6 +46,8 @@ pub struct CoordinatorConfig {
     pub secrets: SecretsSection,
     #[serde(default)]
     pub bootstrap: BootstrapSection,
+    #[serde(default)]
+    pub fleet: FleetSection,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,6 +122,57 @@ pub struct BootstrapMember {
     pub admin_addr: String,
 }
 
+/// `[fleet]`: how agents beat and when silence changes a node's health.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSection {
+    /// Heartbeat interval told to agents.
+    #[serde(default = "default_fleet_heartbeat")]
+    pub heartbeat_ms: u64,
+    /// A node silent this long becomes `unreachable`.
+    #[serde(default = "default_fleet_ttl")]
+    pub ttl_ms: u64,
+    /// An `unreachable` node silent this much longer becomes `lost`, and its jobs are rescheduled.
+    #[serde(default = "default_fleet_lost_after")]
+    pub lost_after_ms: u64,
+}
+
+impl Default for FleetSection {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: default_fleet_heartbeat(),
+            ttl_ms: default_fleet_ttl(),
+            lost_after_ms: default_fleet_lost_after(),
+        }
+    }
+}
+
+impl FleetSection {
+    /// The coordinator's fleet timings.
+    pub fn timings(&self) -> coordinator::fleet::FleetTimings {
+        let ms = std::time::Duration::from_millis;
+        let defaults = coordinator::fleet::FleetTimings::default();
+        coordinator::fleet::FleetTimings {
+            heartbeat: ms(self.heartbeat_ms),
+            ttl: ms(self.ttl_ms),
+            lost_after: ms(self.lost_after_ms),
+            // The monitor looks several times per heartbeat, so a transition is never late by much.
+            tick: ms((self.heartbeat_ms / 4).clamp(10, 250)),
+            dispatch_tick: defaults.dispatch_tick,
+        }
+    }
+}
+
+fn default_fleet_heartbeat() -> u64 {
+    1_000
+}
+fn default_fleet_ttl() -> u64 {
+    5_000
+}
+fn default_fleet_lost_after() -> u64 {
+    30_000
+}
+
 fn default_region() -> String {
     "default".into()
 }
@@ -164,6 +217,9 @@ const ENV_KEYS: &[&str] = &[
     "secrets.master_key_file",
     "bootstrap.init",
     "bootstrap.admin_token_file",
+    "fleet.heartbeat_ms",
+    "fleet.ttl_ms",
+    "fleet.lost_after_ms",
 ];
 
 /// The environment variable for a TOML path.
@@ -231,6 +287,18 @@ impl CoordinatorConfig {
                 "raft.election_max_ms",
                 "must be greater than raft.election_min_ms",
             ));
+        }
+        if self.fleet.heartbeat_ms == 0 {
+            return Err(invalid("fleet.heartbeat_ms", "must be positive"));
+        }
+        if self.fleet.ttl_ms < 2 * self.fleet.heartbeat_ms {
+            return Err(invalid(
+                "fleet.ttl_ms",
+                "must be at least 2 x fleet.heartbeat_ms",
+            ));
+        }
+        if self.fleet.lost_after_ms == 0 {
+            return Err(invalid("fleet.lost_after_ms", "must be positive"));
         }
         if !self.admin.tls && !self.admin.listen.ip().is_loopback() {
             return Err(invalid(
@@ -340,6 +408,18 @@ members = [{ id = 1, name = "c1", raft_addr = "127.0.0.1:7171", admin_addr = "12
         assert_eq!(cfg.raft.heartbeat_ms, 20);
         assert_eq!(cfg.name, "c9");
         assert!(cfg.admin.tls, "TLS is the default");
+    }
+
+    #[test]
+    fn fleet_timings_default_and_validate() {
+        let cfg =
+            CoordinatorConfig::parse(SAMPLE, Path::new("t.toml"), &BTreeMap::new()).expect("valid");
+        assert_eq!(cfg.fleet.timings().heartbeat.as_millis(), 1_000);
+        assert_eq!(cfg.fleet.timings().ttl.as_millis(), 5_000);
+        let mut env = BTreeMap::new();
+        env.insert("MERIDIAN_FLEET_TTL_MS".to_string(), "100".to_string());
+        let err = CoordinatorConfig::parse(SAMPLE, Path::new("t.toml"), &env).expect_err("refused");
+        assert!(err.to_string().contains("fleet.ttl_ms"), "{err}");
     }
 
     #[test]

@@ -36,12 +36,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&agent_dir)
         .with_context(|| format!("creating {}", agent_dir.display()))?;
     let agent_task = tokio::spawn(agent::run(
-        agent::AgentOptions {
-            coordinators: vec![args.raft_listen.to_string()],
-            tls: agent_tls,
-            data_dir: agent_dir,
-            heartbeat: std::time::Duration::from_secs(1),
-        },
+        agent::AgentOptions::new(vec![args.raft_listen.to_string()], agent_tls, agent_dir),
         shutdown.clone(),
     ));
     tracing::info!(
@@ -153,6 +148,7 @@ pub fn prepare(args: &DevArgs) -> anyhow::Result<CoordinatorConfig> {
                 admin_addr: args.admin_listen.to_string(),
             }],
         },
+        fleet: Default::default(),
     })
 }
 

@@ -6,6 +6,14 @@ use serde_json::Value;
 
 use crate::cli::OutputFormat;
 
+/// Writes one line to stdout. A reader that went away (`meridian job list | head`) ends the output quietly
+/// instead of panicking.
+fn emit(text: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_fmt(text).and_then(|()| out.write_all(b"\n"));
+}
+
 /// Prints one object: JSON as is, or `key  value` lines.
 pub fn object(format: OutputFormat, value: &Value) {
     match format {
@@ -14,10 +22,10 @@ pub fn object(format: OutputFormat, value: &Value) {
             if let Some(map) = value.as_object() {
                 let width = map.keys().map(String::len).max().unwrap_or(0);
                 for (k, v) in map {
-                    println!("{k:width$}  {}", cell(v));
+                    emit(format_args!("{k:width$}  {}", cell(v)));
                 }
             } else {
-                println!("{}", cell(value));
+                emit(format_args!("{}", cell(value)));
             }
         }
     }
@@ -61,7 +69,7 @@ pub fn table(headers: &[String], rows: &[Vec<String>]) {
                 s.push_str(&format!("{c:w$}  "));
             }
         }
-        println!("{}", s.trim_end());
+        emit(format_args!("{}", s.trim_end()));
     };
     line(headers);
     for row in rows {
@@ -72,8 +80,8 @@ pub fn table(headers: &[String], rows: &[Vec<String>]) {
 /// Pretty JSON on stdout.
 pub fn json(value: &Value) {
     match serde_json::to_string_pretty(value) {
-        Ok(s) => println!("{s}"),
-        Err(_) => println!("{value}"),
+        Ok(s) => emit(format_args!("{s}")),
+        Err(_) => emit(format_args!("{value}")),
     }
 }
 
@@ -88,5 +96,45 @@ pub fn cell(v: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(","),
         other => other.to_string(),
+    }
+}
+
+/// Prints `label  value` lines with the labels aligned (a single object for people).
+pub fn fields(rows: &[(&str, String)]) {
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, v) in rows {
+        emit(format_args!("{k:width$}  {v}"));
+    }
+}
+
+/// Prints one line of result text.
+pub fn line(text: &str) {
+    emit(format_args!("{text}"));
+}
+
+/// Prints a note for people on stderr (progress, what happened), keeping stdout for results.
+pub fn note(text: &str) {
+    eprintln!("{text}");
+}
+
+/// Writes bytes to stdout as they are (a job's output) and flushes them.
+pub fn raw(bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)?;
+    out.flush()
+}
+
+/// Unix milliseconds as RFC 3339 (UTC), `-` for null.
+pub fn time(v: &Value) -> String {
+    v.as_u64()
+        .map_or_else(|| "-".to_owned(), coordinator::api::format_rfc3339_ms)
+}
+
+/// A byte count for people (`512 MiB`), `-` for null or 0.
+pub fn bytes(v: &Value) -> String {
+    match v.as_u64() {
+        None | Some(0) => "-".to_owned(),
+        Some(b) => coordinator::api::format_bytes(b),
     }
 }

@@ -87,7 +87,7 @@ pub async fn start(
         },
         snapshot_every: cfg.raft.snapshot_every,
         bootstrap,
-        fleet: Default::default(),
+        fleet: cfg.fleet.timings(),
     };
     let (coordinator, handle) = Coordinator::start(opts)
         .await

@@ -172,6 +172,40 @@ fn dev_tour_and_restart_keeps_state() {
     );
     assert!(node["cpu_cores"].as_u64().is_some_and(|c| c > 0), "{node}");
 
+    // A job runs on the embedded agent: `--wait` exits 0 on success, the status and output are there.
+    let run = cli(
+        &[
+            "job",
+            "run",
+            "--wait",
+            "--",
+            "sh",
+            "-c",
+            "echo hello from dev",
+        ],
+        &admin,
+    );
+    assert!(
+        run.status.success(),
+        "job run --wait: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let job_id = String::from_utf8_lossy(&run.stdout)
+        .split_whitespace()
+        .find(|w| w.starts_with("job_"))
+        .map(String::from)
+        .expect("job run prints the job id");
+    let job = cli_json(&["job", "status", &job_id, "-o", "json"], &admin);
+    assert_eq!(job["id"].as_str(), Some(job_id.as_str()), "{job}");
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let logs = cli(&["job", "logs", &job_id], &admin);
+    assert_eq!(
+        String::from_utf8_lossy(&logs.stdout).trim(),
+        "hello from dev"
+    );
+    let failed = cli(&["job", "run", "--wait", "--", "false"], &admin);
+    assert!(!failed.status.success(), "--wait fails with the job");
+
     let verified = cli_json(&["audit", "verify", "-o", "json"], &admin);
     assert_eq!(verified["ok"], true, "{verified}");
 
@@ -197,5 +231,7 @@ fn dev_tour_and_restart_keeps_state() {
         Some(1),
         "ci key still works after restart"
     );
+    let job = cli_json(&["job", "status", &job_id, "-o", "json"], &admin);
+    assert_eq!(job["state"], "succeeded", "jobs survive a restart: {job}");
     dev.interrupt();
 }

@@ -4,103 +4,19 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
+use common::cluster::{identity_from, LocalCluster};
 use common::*;
 use serde_json::Value;
 
 /// Ports of this test's cluster are shifted so it can run beside `meridian dev` and other tests.
 const PORT_OFFSET: u16 = 400;
 
-struct LocalCluster {
-    dir: PathBuf,
-}
-
-impl LocalCluster {
-    fn script(&self, args: &[&str]) -> std::process::Output {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local-cluster.sh");
-        Command::new("bash")
-            .arg(script)
-            .args(args)
-            .arg("--dir")
-            .arg(&self.dir)
-            .env("MERIDIAN_BIN", meridian_bin())
-            .env("MERIDIAN_LOCAL_PORT_OFFSET", PORT_OFFSET.to_string())
-            .output()
-            .expect("run local-cluster.sh")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.script(args);
-        assert!(
-            out.status.success(),
-            "local-cluster.sh {args:?}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn admin_addr(&self, i: u16) -> String {
-        format!("https://127.0.0.1:{}", 7070 + i + PORT_OFFSET)
-    }
-
-    fn token(&self) -> String {
-        read_trimmed(&self.dir.join("admin.token")).expect("admin token")
-    }
-
-    fn ca(&self) -> String {
-        self.dir.join("certs/ca.pem").display().to_string()
-    }
-
-    /// Runs the CLI against member `i` (1-based) and parses its JSON output.
-    fn cli_on(&self, i: u16, args: &[&str]) -> Result<Value, (Option<i32>, String)> {
-        let addr = self.admin_addr(i);
-        let (token, ca) = (self.token(), self.ca());
-        let env = [
-            ("MERIDIAN_ADDR", addr.as_str()),
-            ("MERIDIAN_TOKEN", token.as_str()),
-            ("MERIDIAN_CACERT", ca.as_str()),
-        ];
-        let mut full: Vec<&str> = args.to_vec();
-        full.extend(["-o", "json"]);
-        let out = cli(&full, &env);
-        if out.status.success() {
-            serde_json::from_slice(&out.stdout).map_err(|e| (None, e.to_string()))
-        } else {
-            Err((
-                out.status.code(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            ))
-        }
-    }
-
-    /// The leader's node id as seen by any live member among `members`.
-    fn leader(&self, members: &[u16]) -> u16 {
-        wait_for("a leader", Duration::from_secs(30), || {
-            members.iter().find_map(|&i| {
-                let s = self.cli_on(i, &["cluster", "status"]).ok()?;
-                let leader = s["leader"].as_u64()? as u16;
-                members.contains(&leader).then_some(leader)
-            })
-        })
-    }
-}
-
-impl Drop for LocalCluster {
-    fn drop(&mut self) {
-        let _ = self.script(&["down"]);
-    }
-}
-
 #[test]
 fn three_coordinators_survive_a_leader_kill() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let cluster = LocalCluster {
-        dir: tmp.path().join("mc"),
-    };
+    let cluster = LocalCluster::new(tmp.path().join("mc"), PORT_OFFSET);
     cluster.ok(&["up", "--regions", "2"]);
     mesh_refuses_wrong_identities(&cluster);
 
@@ -215,33 +131,6 @@ fn three_coordinators_survive_a_leader_kill() {
         .all(|p| p["state"] == "stopped"));
 }
 
-/// Issues a certificate with the CLI and loads it as a TLS identity.
-fn identity_from(ca_dir: &Path, out: &Path, args: &[&str]) -> certs::TlsIdentity {
-    let ca = ca_dir.display().to_string();
-    let prefix = out.display().to_string();
-    let mut full = vec![
-        "certs",
-        "issue",
-        "--ca-dir",
-        ca.as_str(),
-        "--out",
-        prefix.as_str(),
-    ];
-    full.extend_from_slice(args);
-    let out_run = cli(&full, &[]);
-    assert!(
-        out_run.status.success(),
-        "certs issue: {}",
-        String::from_utf8_lossy(&out_run.stderr)
-    );
-    certs::TlsIdentity::load(&certs::TlsPaths {
-        ca: ca_dir.join("ca.pem"),
-        cert: PathBuf::from(format!("{prefix}.pem")),
-        key: PathBuf::from(format!("{prefix}.key")),
-    })
-    .expect("load issued identity")
-}
-
 /// The coordinators' QUIC mesh accepts an operator's ping, refuses an agent calling a coordinator-only RPC,
 /// and refuses a certificate from another CA at the handshake.
 fn mesh_refuses_wrong_identities(cluster: &LocalCluster) {
@@ -251,7 +140,7 @@ fn mesh_refuses_wrong_identities(cluster: &LocalCluster) {
     let work = cluster.dir.join("identities");
     std::fs::create_dir_all(&work).expect("mkdir");
     let ca_dir = cluster.dir.join("certs");
-    let raft_addr = format!("127.0.0.1:{}", 7171 + PORT_OFFSET);
+    let raft_addr = cluster.raft_addr(1);
     let ping = protocol::rpc::encode_message(&protocol::pb::PingRequest {});
     let timeout = Duration::from_secs(10);
 

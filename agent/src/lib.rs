@@ -1,17 +1,23 @@
 //! Meridian's per-node agent.
 //!
 //! The agent owns one node's CPUs and GPUs, runs its jobs and keeps working when the coordinators are away.
-//! Built so far: `inventory` (what the node offers, GPUs through NVML or nvidia-smi), `exec` (running a
-//! job's process: process group, limits, GPU pinning, logs, cancel, re-adoption after a restart) and
-//! `runtime` (registration and heartbeats with the coordinators). The agent process loads and validates its
-//! configuration and identity, then runs `runtime` until stopped; job assignment is the next step.
+//! `inventory` says what the node offers (GPUs through NVML or nvidia-smi); `exec` runs one attempt's
+//! process (process group, limits, GPU pinning, logs, cancel, re-adoption after a restart); `jobs` turns
+//! the coordinators' assignments into attempts, keeps the local database (`agent.db`) of attempts and
+//! unsent reports, and serves log reads; `link` finds the leader and holds the lease; `runtime` wires it
+//! all together with registration and heartbeats. The agent process loads and validates its
+//! configuration and identity, then runs `runtime` until stopped. It must never stop a job because the
+//! coordinators are away, nor stop itself for that reason.
 
 mod config;
 pub mod exec;
+mod idle_gpus;
 pub mod inventory;
+pub mod jobs;
+mod link;
 mod runtime;
 
-pub use config::{AgentConfig, ConfigError};
+pub use config::{AgentConfig, AgentTls, ConfigError, IdleGpuConfig, DEFAULT_LISTEN};
 pub use runtime::{run, AgentOptions, RuntimeError};
 
 use std::path::Path;
@@ -54,10 +60,12 @@ pub async fn run_from_file(path: &Path) -> Result<(), AgentError> {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let runtime = run(
         AgentOptions {
-            coordinators: cfg.coordinators.clone(),
-            tls,
-            data_dir: cfg.data_dir.clone(),
             heartbeat: std::time::Duration::from_millis(cfg.heartbeat_ms),
+            listen: cfg.listen,
+            advertise: cfg.advertise.clone(),
+            labels: cfg.labels.clone(),
+            idle_gpus: cfg.idle_gpus,
+            ..AgentOptions::new(cfg.coordinators.clone(), tls, cfg.data_dir.clone())
         },
         shutdown.clone(),
     );

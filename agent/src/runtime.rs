@@ -1,39 +1,84 @@
-//! The agent's link to the coordinators: registration, then heartbeats, for as long as the agent runs.
+//! The running agent: wires the inventory, the local store, the job supervisor, the assignment long
+//! poll, the reporter, the idle-GPU monitor and the agent's RPC server together, and keeps the node
+//! registered and heartbeating for as long as it runs.
 //!
-//! Owns finding the leader (rotating through the configured coordinators, following a
-//! "not the leader; leader at ADDR" answer), the node's lease epoch, and re-registering when a coordinator
-//! no longer knows the node or holds a newer epoch. It must never give up because coordinators are away:
-//! outages are retried with backoff until shutdown.
+//! Owns start-up order (re-adopt jobs before the first registration, which announces them), the
+//! registration and heartbeat loop, and shutdown: every task stops, jobs keep running for the next agent
+//! process to adopt. It must never give up because coordinators are away: outages are retried with
+//! backoff until shutdown. Only a failing local store stops it early.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::pb;
-use protocol::rpc::{Method, RpcClient, RpcError, StatusCode};
+use protocol::rpc::{Method, RpcClient, RpcServer};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::inventory::{self, InventoryOptions, NodeInventory};
+use crate::config::IdleGpuConfig;
+use crate::exec::{ExecError, Launcher, LauncherOptions};
+use crate::inventory::{self, GpuProbe, InventoryOptions, NodeInventory};
+use crate::jobs::supervisor::Supervisor;
+use crate::jobs::{self, JobStore, LogService, StoreError};
+use crate::link::{pause_unless_shutdown, Backoff, CallError, Link, NodeName};
 
 /// How long one registration or heartbeat call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
-/// First and largest pause after every coordinator failed.
+/// First and largest pause after a failed registration or heartbeat. Kept near the heartbeat interval:
+/// once a coordinator is back, a node that waits longer than its TTL would be marked unreachable.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Leader redirects followed in a row before treating the round as failed.
-const MAX_REDIRECTS: usize = 3;
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How long resolving the first coordinator may take when choosing the advertised address.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What the agent runtime needs.
+/// What the agent runtime needs. Build it with [`AgentOptions::new`] and adjust the fields.
+#[derive(Debug, Clone)]
 pub struct AgentOptions {
     /// QUIC addresses (`host:port`) of the coordinators.
     pub coordinators: Vec<String>,
     pub tls: certs::TlsIdentity,
-    /// The agent's data directory (the inventory reports its file system).
+    /// The agent's data directory: `agent.db`, job state directories and logs; the inventory reports
+    /// its file system.
     pub data_dir: PathBuf,
     /// Heartbeat interval used until a coordinator names another.
     pub heartbeat: Duration,
+    /// Where the agent's QUIC RPC server (log reads) listens; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The `host:port` coordinators dial; `None`: derived from `listen` (see [`crate::AgentConfig`]).
+    pub advertise: Option<String>,
+    /// Operator labels announced at registration.
+    pub labels: BTreeMap<String, String>,
+    /// When an assigned GPU counts as idle.
+    pub idle_gpus: IdleGpuConfig,
+    /// Where cgroup hierarchies are mounted; `None`: `/sys/fs/cgroup`.
+    pub cgroup_root: Option<PathBuf>,
 }
 
-/// Why the runtime could not start (it never stops for coordinator outages).
+impl AgentOptions {
+    /// Options for an embedded agent (dev mode, tests): heartbeat 1 s, listen on `127.0.0.1` with a port
+    /// the system picks (so several agents share a host), advertise derived, no labels, idle GPUs at 5 %
+    /// for 600 s, cgroups under `/sys/fs/cgroup`. A configured agent takes `listen` from its file
+    /// (default [`crate::DEFAULT_LISTEN`]).
+    pub fn new(coordinators: Vec<String>, tls: certs::TlsIdentity, data_dir: PathBuf) -> Self {
+        AgentOptions {
+            coordinators,
+            tls,
+            data_dir,
+            heartbeat: Duration::from_secs(1),
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            advertise: None,
+            labels: BTreeMap::new(),
+            idle_gpus: IdleGpuConfig::default(),
+            cgroup_root: None,
+        }
+    }
+}
+
+/// Why the runtime could not start, or had to stop (it never stops for coordinator outages).
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("no coordinator addresses configured")]
@@ -46,21 +91,38 @@ pub enum RuntimeError {
     InventoryTask(String),
     #[error("rpc client: {0}")]
     Client(#[from] protocol::rpc::SetupError),
+    #[error("agent RPC server on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: protocol::rpc::SetupError,
+    },
+    #[error("job launcher: {0}")]
+    Launcher(#[from] ExecError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("agent task failed: {0}")]
+    Task(String),
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
-/// The node this agent speaks for.
-struct NodeName {
-    region: String,
-    cluster: String,
-    node: String,
-}
-
-/// Registers the node and heartbeats until `shutdown` is cancelled.
+/// Runs the agent until `shutdown` is cancelled: re-adopts jobs, registers, heartbeats, runs the node's
+/// assignments, reports, serves log reads. Returns early only when it cannot start or its local store
+/// fails. Returns after every task has stopped (the store is closed then); jobs keep running.
 #[tracing::instrument(skip_all, fields(node))]
-pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), RuntimeError> {
+pub async fn run(mut opts: AgentOptions, shutdown: CancellationToken) -> Result<(), RuntimeError> {
     if opts.coordinators.is_empty() {
         return Err(RuntimeError::NoCoordinators);
     }
+    // Jobs run in their own working directories: every path handed to them must not depend on ours.
+    opts.data_dir =
+        std::path::absolute(&opts.data_dir).map_err(|source| RuntimeError::DataDir {
+            path: opts.data_dir.clone(),
+            source,
+        })?;
     let identity = opts.tls.identity();
     let name = match &identity.kind {
         certs::IdentityKind::Agent {
@@ -74,38 +136,180 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), 
         },
         _ => return Err(RuntimeError::NotAnAgent(identity.uri())),
     };
-    tracing::Span::current().record(
-        "node",
-        format!("{}/{}/{}", name.region, name.cluster, name.node),
-    );
+    tracing::Span::current().record("node", name.key());
+    inventory::validate_labels(&opts.labels)?;
+
     let inventory_opts = InventoryOptions {
         data_dir: opts.data_dir.clone(),
-        labels: Default::default(),
+        labels: opts.labels.clone(),
         gpu: Default::default(),
     };
-    let inv = tokio::task::spawn_blocking(move || inventory::collect(&inventory_opts))
+    let (probe, inv) = tokio::task::spawn_blocking(move || {
+        let probe = GpuProbe::open(&inventory_opts.gpu);
+        inventory::collect_with(&inventory_opts, &probe).map(|inv| (Arc::new(probe), inv))
+    })
+    .await
+    .map_err(|e| RuntimeError::InventoryTask(e.to_string()))??;
+
+    let data_dir = opts.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || JobStore::open(&data_dir))
         .await
-        .map_err(|e| RuntimeError::InventoryTask(e.to_string()))??;
-    let client = RpcClient::new(&opts.tls)?;
-    let mut link = Link {
-        client,
+        .map_err(|e| RuntimeError::Task(e.to_string()))??;
+    let store = Arc::new(store);
+    let launcher = Launcher::new(LauncherOptions {
+        data_dir: opts.data_dir.clone(),
+        cgroup_root: opts.cgroup_root.clone(),
+    })?;
+
+    let server = RpcServer::bind(
+        opts.listen,
+        &opts.tls,
+        Arc::new(LogService::new(store.clone())),
+    )
+    .map_err(|source| RuntimeError::Listen {
+        addr: opts.listen,
+        source,
+    })?;
+    let rpc_addr = match &opts.advertise {
+        Some(addr) => addr.clone(),
+        None => derived_advertise(server.local_addr(), &opts.coordinators).await,
+    };
+    tracing::info!(%rpc_addr, listen = %server.local_addr(), "agent RPC server ready");
+
+    let link = Arc::new(Link::new(
+        RpcClient::new(&opts.tls)?,
         name,
+        opts.coordinators.clone(),
+    ));
+    let queued = Arc::new(Notify::new());
+    let (allocated_tx, allocated_rx) = watch::channel(BTreeSet::new());
+    let (idle_tx, idle_rx) = watch::channel(Vec::new());
+    let (assign_tx, assign_rx) = watch::channel(None);
+
+    let mut supervisor = Supervisor::new(
+        store.clone(),
+        launcher.clone(),
+        queued.clone(),
+        allocated_tx,
+    );
+    // Before the first registration: it announces the attempts held.
+    supervisor.recover()?;
+
+    let registration = Registration {
+        link: link.clone(),
+        store: store.clone(),
         resources: resources_of(&inv),
-        coordinators: opts.coordinators,
-        next: 0,
-        current: None,
-        epoch: None,
+        labels: opts
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        rpc_addr,
+        os: os_line(&inv),
+        limit_mode: launcher.mode().status().to_owned(),
         interval: opts.heartbeat,
         sequence: 0,
-        backoff: BACKOFF_MIN,
+        idle: idle_rx,
     };
-    loop {
-        let pause = link.step().await;
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(pause) => {}
+
+    let stop = shutdown.child_token();
+    let mut tasks: JoinSet<Result<(), RuntimeError>> = JoinSet::new();
+    let server_stop = stop.clone();
+    tasks.spawn(async move {
+        server.run(server_stop).await;
+        Ok(())
+    });
+    tasks.spawn(
+        supervisor
+            .run(assign_rx, stop.clone())
+            .map_result(RuntimeError::Store),
+    );
+    let sync_stop = stop.clone();
+    let sync_link = link.clone();
+    tasks.spawn(async move {
+        jobs::sync::run(sync_link, assign_tx, sync_stop).await;
+        Ok(())
+    });
+    tasks.spawn(
+        jobs::reporter::run(link.clone(), store.clone(), queued, stop.clone())
+            .map_result(RuntimeError::Store),
+    );
+    if inv.gpus.is_empty() {
+        tracing::debug!("no GPUs: idle-GPU monitor not started");
+    } else {
+        let (policy, interval) =
+            crate::idle_gpus::policy(opts.idle_gpus.utilization_percent, opts.idle_gpus.window());
+        let monitor_stop = stop.clone();
+        tasks.spawn(async move {
+            crate::idle_gpus::run(probe, policy, interval, allocated_rx, idle_tx, monitor_stop)
+                .await;
+            Ok(())
+        });
+    }
+    let registration_stop = stop.clone();
+    tasks.spawn(async move {
+        registration.run(registration_stop).await;
+        Ok(())
+    });
+    drop(link);
+    drop(store);
+
+    let mut result = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        let failure = match joined {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e,
+            Err(e) => RuntimeError::Task(e.to_string()),
+        };
+        tracing::error!(error = %failure, "agent stopping");
+        stop.cancel();
+        if result.is_ok() {
+            result = Err(failure);
         }
     }
+    result
+}
+
+/// `future.map_result(f)`: maps the error of a `Result` future.
+trait MapResult<T, E>: std::future::Future<Output = Result<T, E>> + Sized {
+    fn map_result<F>(self, f: fn(E) -> F) -> impl std::future::Future<Output = Result<T, F>> {
+        async move { self.await.map_err(f) }
+    }
+}
+
+impl<T, E, Fut: std::future::Future<Output = Result<T, E>>> MapResult<T, E> for Fut {}
+
+/// The address to advertise when none is configured: the bound address, with an unspecified IP replaced
+/// by the local address of the route towards the first coordinator (loopback when there is none).
+async fn derived_advertise(bound: SocketAddr, coordinators: &[String]) -> String {
+    if !bound.ip().is_unspecified() {
+        return bound.to_string();
+    }
+    let ip = match route_ip(bound.is_ipv4(), coordinators).await {
+        Some(ip) => ip,
+        None if bound.is_ipv4() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        None => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    };
+    SocketAddr::new(ip, bound.port()).to_string()
+}
+
+/// The local IP the system would use to reach the first coordinator (no packet is sent).
+async fn route_ip(ipv4: bool, coordinators: &[String]) -> Option<IpAddr> {
+    let first = coordinators.first()?;
+    let resolved = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(first.as_str()))
+        .await
+        .ok()?
+        .ok()?;
+    let target = resolved.into_iter().find(|a| a.is_ipv4() == ipv4)?;
+    let local: SocketAddr = if ipv4 {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = std::net::UdpSocket::bind(local).ok()?;
+    socket.connect(target).ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
 }
 
 fn resources_of(inv: &NodeInventory) -> pb::NodeResources {
@@ -113,123 +317,195 @@ fn resources_of(inv: &NodeInventory) -> pb::NodeResources {
         cpu_cores: inv.cpu_cores,
         memory_bytes: inv.memory_bytes,
         gpu_count: u32::try_from(inv.gpus.len()).unwrap_or(u32::MAX),
+        gpus: inv
+            .gpus
+            .iter()
+            .map(|g| pb::GpuDevice {
+                uuid: g.uuid.clone(),
+                index: g.index,
+                model: g.model.clone(),
+                memory_mib: g.memory_total_mib,
+                healthy: g.healthy,
+            })
+            .collect(),
     }
 }
 
-/// The agent's view of its coordinators and lease.
-struct Link {
-    client: RpcClient,
-    name: NodeName,
+/// OS, kernel, architecture and GPU driver, for operators.
+fn os_line(inv: &NodeInventory) -> String {
+    let mut line = format!("{}; kernel {}; {}", inv.os, inv.kernel, inv.arch);
+    if let Some(driver) = &inv.gpu_driver_version {
+        line.push_str(&format!("; NVIDIA driver {driver}"));
+    }
+    line
+}
+
+/// Registration and heartbeats.
+struct Registration {
+    link: Arc<Link>,
+    store: Arc<JobStore>,
     resources: pb::NodeResources,
-    coordinators: Vec<String>,
-    /// Index of the next configured coordinator to try.
-    next: usize,
-    /// The coordinator that answered last (the leader, as far as we know).
-    current: Option<String>,
-    /// The lease epoch of our registration; `None` until registered (or after being told to re-register).
-    epoch: Option<u64>,
+    labels: std::collections::HashMap<String, String>,
+    rpc_addr: String,
+    os: String,
+    limit_mode: String,
     interval: Duration,
     sequence: u64,
-    backoff: Duration,
+    idle: watch::Receiver<Vec<String>>,
 }
 
-impl Link {
-    /// One registration or heartbeat (following leader redirects); returns how long to wait before the next.
-    async fn step(&mut self) -> Duration {
-        for _ in 0..=MAX_REDIRECTS {
-            let addr = match &self.current {
-                Some(addr) => addr.clone(),
-                None => {
-                    let addr = self.coordinators[self.next % self.coordinators.len()].clone();
-                    self.next = self.next.wrapping_add(1);
-                    addr
+impl Registration {
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+        loop {
+            let step = async {
+                match self.link.lease_epoch() {
+                    None => self.register().await,
+                    Some(epoch) => self.heartbeat(epoch).await,
                 }
             };
-            let result = match self.epoch {
-                None => self.register(&addr).await,
-                Some(epoch) => self.heartbeat(&addr, epoch).await,
+            let ok = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                ok = step => ok,
             };
-            match result {
-                Ok(()) => {
-                    self.current = Some(addr);
-                    self.backoff = BACKOFF_MIN;
-                    return self.interval;
-                }
-                Err(RpcError::Remote(status)) if status.code == StatusCode::FailedPrecondition => {
-                    let leader = status
-                        .message
-                        .split_once("leader at ")
-                        .map(|(_, a)| a.trim().to_owned());
-                    tracing::debug!(%addr, ?leader, "not the leader");
-                    self.current = leader;
-                    if self.current.is_none() {
-                        break;
+            let pause = if ok {
+                backoff.reset();
+                self.interval
+            } else {
+                backoff.next_pause()
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.link.reregister_requested() => {
+                    if self.link.lease_epoch().is_some() {
+                        // A stale wake-up; keep the rhythm without hammering.
+                        if !pause_unless_shutdown(pause, &shutdown).await {
+                            return;
+                        }
                     }
                 }
-                Err(RpcError::Remote(status)) if status.code == StatusCode::NotFound => {
-                    tracing::info!(%addr, message = %status.message, "coordinator asks to register again");
-                    self.epoch = None;
-                    self.current = Some(addr);
-                }
-                Err(e) => {
-                    tracing::debug!(%addr, error = %e, "coordinator call failed");
-                    self.current = None;
-                    break;
-                }
+                _ = tokio::time::sleep(pause) => {}
             }
         }
-        let pause = self.backoff;
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-        pause
     }
 
-    async fn register(&mut self, addr: &str) -> Result<(), RpcError> {
-        let request = pb::NodeRegistration {
-            node: self.name.node.clone(),
-            region: self.name.region.clone(),
-            cluster: self.name.cluster.clone(),
-            resources: Some(self.resources),
-            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+    async fn register(&mut self) -> bool {
+        let held = match self.store.held() {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the attempts held; not registering");
+                return false;
+            }
         };
-        let ack: pb::NodeRegistrationAck = self
-            .client
-            .call_message(addr, Method::AgentRegister, &request, CALL_TIMEOUT)
-            .await?;
-        tracing::info!(%addr, lease_epoch = ack.lease_epoch, "registered");
-        self.epoch = Some(ack.lease_epoch);
-        self.set_interval(ack.heartbeat_interval_ms);
-        Ok(())
+        let name = self.link.name();
+        let request = pb::NodeRegistration {
+            node: name.node.clone(),
+            region: name.region.clone(),
+            cluster: name.cluster.clone(),
+            resources: Some(self.resources.clone()),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            labels: self.labels.clone(),
+            rpc_addr: self.rpc_addr.clone(),
+            held,
+            os: self.os.clone(),
+            limit_mode: self.limit_mode.clone(),
+        };
+        match self
+            .link
+            .call::<_, pb::NodeRegistrationAck>(Method::AgentRegister, &request, CALL_TIMEOUT)
+            .await
+        {
+            Ok(ack) => {
+                tracing::info!(
+                    lease_epoch = ack.lease_epoch,
+                    held = request.held.len(),
+                    "registered"
+                );
+                self.set_interval(ack.heartbeat_interval_ms);
+                self.link.set_lease(ack.lease_epoch);
+                true
+            }
+            Err(e) => {
+                match &e {
+                    CallError::Remote(_) => tracing::warn!(error = %e, "registration refused"),
+                    CallError::Unreachable(_) => {
+                        tracing::debug!(error = %e, "registration: no coordinator")
+                    }
+                }
+                false
+            }
+        }
     }
 
-    async fn heartbeat(&mut self, addr: &str, epoch: u64) -> Result<(), RpcError> {
+    async fn heartbeat(&mut self, epoch: u64) -> bool {
         self.sequence += 1;
+        let name = self.link.name();
         let request = pb::Heartbeat {
-            node: self.name.node.clone(),
-            region: self.name.region.clone(),
-            cluster: self.name.cluster.clone(),
+            node: name.node.clone(),
+            region: name.region.clone(),
+            cluster: name.cluster.clone(),
             lease_epoch: epoch,
             sequence: self.sequence,
-            allocatable: Some(self.resources),
+            allocatable: Some(self.resources.clone()),
+            idle_gpus: self.idle.borrow().clone(),
         };
-        let ack: pb::HeartbeatAck = self
-            .client
-            .call_message(addr, Method::AgentHeartbeat, &request, CALL_TIMEOUT)
-            .await?;
-        if ack.lease_epoch > epoch {
-            tracing::info!(
-                ours = epoch,
-                theirs = ack.lease_epoch,
-                "newer lease epoch; registering again"
-            );
-            self.epoch = None;
+        match self
+            .link
+            .call::<_, pb::HeartbeatAck>(Method::AgentHeartbeat, &request, CALL_TIMEOUT)
+            .await
+        {
+            Ok(ack) => {
+                self.set_interval(ack.heartbeat_interval_ms);
+                if ack.lease_epoch > epoch {
+                    tracing::info!(
+                        ours = epoch,
+                        theirs = ack.lease_epoch,
+                        "newer lease epoch; registering again"
+                    );
+                    self.link.fenced(epoch);
+                }
+                true
+            }
+            Err(CallError::Remote(status))
+                if status.code == protocol::rpc::StatusCode::NotFound =>
+            {
+                tracing::info!(message = %status.message, "coordinator asks to register again");
+                self.link.fenced(epoch);
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "heartbeat failed");
+                false
+            }
         }
-        self.set_interval(ack.heartbeat_interval_ms);
-        Ok(())
     }
 
     fn set_interval(&mut self, ms: u64) {
         if ms > 0 {
             self.interval = Duration::from_millis(ms);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_advertised_address_replaces_only_an_unspecified_ip() {
+        let bound: SocketAddr = "10.1.2.3:7443".parse().expect("literal");
+        assert_eq!(derived_advertise(bound, &[]).await, "10.1.2.3:7443");
+        let any: SocketAddr = "0.0.0.0:7443".parse().expect("literal");
+        // Coordinators on loopback: the route towards them starts at loopback.
+        assert_eq!(
+            derived_advertise(any, &["127.0.0.1:7170".into()]).await,
+            "127.0.0.1:7443"
+        );
+        // Nothing to route towards: loopback.
+        assert_eq!(derived_advertise(any, &[]).await, "127.0.0.1:7443");
+        assert_eq!(
+            derived_advertise(any, &["not a host:1".into()]).await,
+            "127.0.0.1:7443"
+        );
     }
 }

@@ -18,7 +18,7 @@ use crate::state::{Actor, KeyState, RegistryState, Scope};
 pub enum Role {
     /// Reads the project's objects.
     Viewer,
-    /// Viewer, plus writes experiments and pipelines.
+    /// Viewer, plus writes experiments and pipelines and runs jobs.
     Editor,
     /// Viewer, plus writes serving (deployments, traffic).
     Deployer,
@@ -54,12 +54,13 @@ impl Role {
         use Action::*;
         match self {
             Role::Viewer => matches!(action, ReadProject),
-            Role::Editor => matches!(action, ReadProject | WriteExperiments),
+            Role::Editor => matches!(action, ReadProject | WriteExperiments | RunJobs),
             Role::Deployer => matches!(action, ReadProject | WriteServing),
             Role::ProjectAdmin => matches!(
                 action,
                 ReadProject
                     | WriteExperiments
+                    | RunJobs
                     | WriteServing
                     | ManageKeys
                     | ManageBindings
@@ -101,6 +102,8 @@ pub enum Action {
     ReadProject,
     /// Create or change experiments, runs, models and pipelines.
     WriteExperiments,
+    /// Submit and cancel the project's jobs.
+    RunJobs,
     /// Create or change deployments, revisions and traffic.
     WriteServing,
     /// Create and revoke the project's API keys.
@@ -125,9 +128,10 @@ pub enum Action {
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 12] = [
+    pub const ALL: [Action; 13] = [
         Action::ReadProject,
         Action::WriteExperiments,
+        Action::RunJobs,
         Action::WriteServing,
         Action::ManageKeys,
         Action::ManageBindings,
@@ -296,11 +300,12 @@ mod tests {
     fn spec_allows(role: Role, action: Action) -> bool {
         let allowed: &[&str] = match role {
             Role::Viewer => &["read-project"],
-            Role::Editor => &["read-project", "write-experiments"],
+            Role::Editor => &["read-project", "write-experiments", "run-jobs"],
             Role::Deployer => &["read-project", "write-serving"],
             Role::ProjectAdmin => &[
                 "read-project",
                 "write-experiments",
+                "run-jobs",
                 "write-serving",
                 "manage-keys",
                 "manage-bindings",
@@ -310,6 +315,7 @@ mod tests {
             Role::PlatformAdmin => &[
                 "read-project",
                 "write-experiments",
+                "run-jobs",
                 "write-serving",
                 "manage-keys",
                 "manage-bindings",
@@ -466,6 +472,20 @@ mod tests {
     }
 
     #[test]
+    fn jobs_are_run_by_editors_and_admins_and_read_by_everyone() {
+        let runners: Vec<Role> = Role::ALL
+            .into_iter()
+            .filter(|r| r.allows(Action::RunJobs))
+            .collect();
+        assert_eq!(
+            runners,
+            [Role::Editor, Role::ProjectAdmin, Role::PlatformAdmin]
+        );
+        assert!(!Action::RunJobs.is_platform());
+        assert!(Role::ALL.iter().all(|r| r.allows(Action::ReadProject)));
+    }
+
+    #[test]
     fn authorize_matrix_is_exhaustive() {
         let s = world();
         let projects = [Some("prj_a"), Some("prj_b"), Some("prj_missing"), None];
@@ -521,7 +541,8 @@ mod tests {
                 checked += 3;
             }
         }
-        assert_eq!(checked, (4 + 5) * 12 * 4 + 3 * 12 * 4);
+        let actions = Action::ALL.len();
+        assert_eq!(checked, (4 + 5) * actions * 4 + 3 * actions * 4);
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Agent registration, heartbeats and node health on the coordinator side.
 //!
-//! Owns the agent RPCs (`AgentRegister`, `AgentHeartbeat`), the in-memory liveness table (soft state: when
-//! this coordinator last heard from each node, never replicated) and the leader-only health monitor that
-//! turns silence into `SetNodeHealth` commands. The decision itself is the pure [`transitions`]; the monitor
-//! task only feeds it. It must never let an agent speak for another node, and never propose a health change
-//! from a coordinator that is not the leader.
+//! Owns the agent RPCs (`AgentRegister`, `AgentHeartbeat`, `AgentSync` — the long poll for a node's job
+//! assignments — and `AgentReport`), the in-memory liveness table (soft state: when this coordinator last
+//! heard from each node, never replicated) and the leader-only health monitor that turns silence into
+//! `SetNodeHealth` commands. The decision itself is the pure [`transitions`]; the monitor task only feeds it.
+//! It must never let an agent speak for another node, never accept a report under a lease epoch that is not
+//! the node's current one, and never propose a health change from a coordinator that is not the leader.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -17,8 +18,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::node::{Handle, WeakHandle, WriteError};
+use crate::scheduler::GpuDevice;
 use crate::state::{
-    node_key, Actor, AuditOutcome, Command, NodeHealthState, NodeRecord, Op, Outcome,
+    node_key, Actor, AuditOutcome, Command, DomainError, HeldAttempt, JobEventKind, JobEventOp,
+    JobRecord, NodeHealthState, NodeRecord, Op, Outcome,
 };
 
 /// Timings of the fleet: how often agents beat, and how long silence lasts before a node changes health.
@@ -32,6 +35,8 @@ pub struct FleetTimings {
     pub lost_after: Duration,
     /// How often the leader's monitor looks.
     pub tick: Duration,
+    /// How often the leader's dispatcher looks for pending jobs (a pass runs only when the state moved).
+    pub dispatch_tick: Duration,
 }
 
 impl Default for FleetTimings {
@@ -41,6 +46,7 @@ impl Default for FleetTimings {
             ttl: Duration::from_secs(5),
             lost_after: Duration::from_secs(30),
             tick: Duration::from_millis(250),
+            dispatch_tick: Duration::from_millis(50),
         }
     }
 }
@@ -127,6 +133,22 @@ impl Fleet {
             .ok_or_else(|| RpcStatus::unavailable("the coordinator is starting or stopping"))
     }
 
+    /// The handle for an agent call: the caller speaks for its own node (else refused and audited) and this
+    /// coordinator leads.
+    async fn admit(
+        &self,
+        ctx: &CallContext,
+        region: &str,
+        cluster: &str,
+        node: &str,
+        action: &str,
+    ) -> Result<Handle, RpcStatus> {
+        let handle = self.handle()?;
+        check_identity(&handle, ctx, region, cluster, node, action).await?;
+        handle.ensure_leader()?;
+        Ok(handle)
+    }
+
     fn interval_ms(&self) -> u64 {
         u64::try_from(self.timings.heartbeat.as_millis()).unwrap_or(u64::MAX)
     }
@@ -134,31 +156,11 @@ impl Fleet {
     /// `AgentRegister`.
     pub(crate) async fn register(&self, ctx: CallContext, body: Bytes) -> Result<Bytes, RpcStatus> {
         let req: pb::NodeRegistration = decode_message(&body)?;
-        let handle = self.handle()?;
-        check_identity(
-            &handle,
-            &ctx,
-            &req.region,
-            &req.cluster,
-            &req.node,
-            "node.register",
-        )
-        .await?;
-        handle.ensure_leader()?;
-        let resources = req.resources.unwrap_or_default();
-        let cmd = Command::new(
-            now_ms(),
-            agent_actor(&ctx),
-            Op::RegisterNode {
-                region: req.region,
-                cluster: req.cluster,
-                node: req.node,
-                cpu_cores: resources.cpu_cores,
-                memory_bytes: resources.memory_bytes,
-                gpu_count: resources.gpu_count,
-                agent_version: req.agent_version,
-            },
-        );
+        let handle = self
+            .admit(&ctx, &req.region, &req.cluster, &req.node, "node.register")
+            .await?;
+        let op = registration_op(req)?;
+        let cmd = Command::new(now_ms(), agent_actor(&ctx), op);
         let node = match handle.write(cmd).await {
             Ok(Outcome::Node { node }) => node,
             Ok(other) => return Err(RpcStatus::internal(format!("unexpected outcome {other:?}"))),
@@ -180,17 +182,9 @@ impl Fleet {
         body: Bytes,
     ) -> Result<Bytes, RpcStatus> {
         let req: pb::Heartbeat = decode_message(&body)?;
-        let handle = self.handle()?;
-        check_identity(
-            &handle,
-            &ctx,
-            &req.region,
-            &req.cluster,
-            &req.node,
-            "node.heartbeat",
-        )
-        .await?;
-        handle.ensure_leader()?;
+        let handle = self
+            .admit(&ctx, &req.region, &req.cluster, &req.node, "node.heartbeat")
+            .await?;
         let key = node_key(&req.region, &req.cluster, &req.node);
         let record = handle.read(|s| s.node(&key).map(|n| (n.lease_epoch, n.health)));
         let Some((lease_epoch, health)) = record else {
@@ -206,11 +200,278 @@ impl Fleet {
             )));
         }
         self.liveness.heard(&key, Instant::now());
+        let mut idle = req.idle_gpus;
+        idle.sort();
+        idle.dedup();
+        idle.truncate(MAX_GPUS);
+        let known = handle.read(|s| s.node(&key).map(|n| n.idle_gpus.clone()));
+        if known.as_ref().is_some_and(|k| *k != idle) {
+            let cmd = Command::new(
+                now_ms(),
+                agent_actor(&ctx),
+                Op::SetIdleGpus {
+                    node: key.clone(),
+                    lease_epoch,
+                    idle_gpus: idle,
+                },
+            );
+            if let Err(e) = handle.write(cmd).await {
+                tracing::debug!(node = %key, error = %e, "idle GPUs not recorded");
+            }
+        }
         Ok(encode_message(&pb::HeartbeatAck {
             lease_epoch,
             heartbeat_interval_ms: self.interval_ms(),
         }))
     }
+}
+
+impl Fleet {
+    /// `AgentSync`: the node's assignments, answered when their version differs from the agent's or when
+    /// it changes within the agent's wait (a long poll).
+    pub(crate) async fn sync(&self, ctx: CallContext, body: Bytes) -> Result<Bytes, RpcStatus> {
+        let req: pb::SyncRequest = decode_message(&body)?;
+        let handle = self
+            .admit(&ctx, &req.region, &req.cluster, &req.node, "node.sync")
+            .await?;
+        let key = node_key(&req.region, &req.cluster, &req.node);
+        current_lease(&handle, &key, req.lease_epoch)?;
+        let wait = Duration::from_millis(req.wait_ms.min(MAX_SYNC_WAIT_MS));
+        let answer_by = ctx
+            .deadline
+            .checked_sub(SYNC_ANSWER_MARGIN)
+            .unwrap_or(ctx.deadline);
+        let until = (Instant::now() + wait).min(answer_by);
+        loop {
+            let applied = handle.log_status().applied_index;
+            let (version, assignments) = handle.read(|s| {
+                let (version, jobs) = s.node_assignments(&key);
+                (
+                    version,
+                    jobs.into_iter().filter_map(assignment).collect::<Vec<_>>(),
+                )
+            });
+            let remaining = until.saturating_duration_since(Instant::now());
+            if version != req.version || remaining.is_zero() {
+                return Ok(encode_message(&pb::SyncResponse {
+                    version,
+                    assignments,
+                }));
+            }
+            // Wait for the next applied entry (or the end of the poll), then look again.
+            let _ = handle
+                .wait_for_log(|l| l.applied_index > applied, remaining)
+                .await;
+            current_lease(&handle, &key, req.lease_epoch)?;
+        }
+    }
+
+    /// `AgentReport`: job events, fenced by the node's lease epoch and each job's current attempt.
+    pub(crate) async fn report(&self, ctx: CallContext, body: Bytes) -> Result<Bytes, RpcStatus> {
+        let req: pb::ReportRequest = decode_message(&body)?;
+        let handle = self
+            .admit(&ctx, &req.region, &req.cluster, &req.node, "node.report")
+            .await?;
+        if req.events.len() > MAX_EVENTS_PER_REPORT {
+            return Err(RpcStatus::invalid_argument(format!(
+                "at most {MAX_EVENTS_PER_REPORT} events per report"
+            )));
+        }
+        let key = node_key(&req.region, &req.cluster, &req.node);
+        current_lease(&handle, &key, req.lease_epoch)?;
+        let events = req
+            .events
+            .into_iter()
+            .map(event_op)
+            .collect::<Result<Vec<_>, _>>()?;
+        if events.is_empty() {
+            return Ok(encode_message(&pb::ReportResponse { acks: Vec::new() }));
+        }
+        let cmd = Command::new(
+            now_ms(),
+            agent_actor(&ctx),
+            Op::ReportJobEvents {
+                node: key.clone(),
+                lease_epoch: req.lease_epoch,
+                events,
+            },
+        );
+        match handle.write(cmd).await {
+            Ok(Outcome::JobEvents { acks }) => Ok(encode_message(&pb::ReportResponse {
+                acks: acks
+                    .into_iter()
+                    .map(|a| pb::EventAck {
+                        accepted: a.accepted,
+                        reason: a.reason,
+                    })
+                    .collect(),
+            })),
+            Ok(other) => Err(RpcStatus::internal(format!("unexpected outcome {other:?}"))),
+            // The epoch moved between the check and the apply: the agent registers again.
+            Err(WriteError::Domain(DomainError::FailedPrecondition(m))) => {
+                Err(RpcStatus::not_found(format!("{m}; register again")))
+            }
+            Err(WriteError::Domain(e)) => Err(RpcStatus::invalid_argument(e.to_string())),
+            Err(e) => Err(RpcStatus::unavailable(e.to_string())),
+        }
+    }
+}
+
+/// How long an agent's long poll may wait at most.
+const MAX_SYNC_WAIT_MS: u64 = 30_000;
+/// A long poll answers this long before the caller's deadline, so the answer arrives in time.
+const SYNC_ANSWER_MARGIN: Duration = Duration::from_millis(250);
+/// Events in one report.
+const MAX_EVENTS_PER_REPORT: usize = 1_000;
+/// GPUs, labels and held attempts a registration may name.
+const MAX_GPUS: usize = 64;
+const MAX_LABELS: usize = 64;
+const MAX_HELD: usize = 10_000;
+
+/// Refuses a call made under a lease epoch that is not the node's current one, or for a node that is not
+/// Ready: the agent must register again (NOT_FOUND is the agent's cue to do so).
+fn current_lease(handle: &Handle, key: &str, lease_epoch: u64) -> Result<(), RpcStatus> {
+    let record = handle.read(|s| s.node(key).map(|n| (n.lease_epoch, n.health)));
+    match record {
+        None => Err(RpcStatus::not_found(format!(
+            "node {key} is not registered"
+        ))),
+        Some((epoch, _)) if epoch != lease_epoch => Err(RpcStatus::not_found(format!(
+            "lease epoch {lease_epoch} of node {key} is stale (current {epoch}); register again"
+        ))),
+        Some((_, health)) if health != NodeHealthState::Ready => Err(RpcStatus::not_found(
+            format!("node {key} is {}; register again", health.as_str()),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The registration command, with the agent's input bounded.
+fn registration_op(req: pb::NodeRegistration) -> Result<Op, RpcStatus> {
+    let resources = req.resources.unwrap_or_default();
+    if resources.gpus.len() > MAX_GPUS {
+        return Err(RpcStatus::invalid_argument(format!(
+            "at most {MAX_GPUS} GPUs per node"
+        )));
+    }
+    if req.labels.len() > MAX_LABELS {
+        return Err(RpcStatus::invalid_argument(format!(
+            "at most {MAX_LABELS} labels per node"
+        )));
+    }
+    if req.held.len() > MAX_HELD {
+        return Err(RpcStatus::invalid_argument(format!(
+            "at most {MAX_HELD} held attempts"
+        )));
+    }
+    if !req.rpc_addr.is_empty() && !valid_host_port(&req.rpc_addr) {
+        return Err(RpcStatus::invalid_argument(format!(
+            "rpc_addr {:?} is not host:port",
+            truncated(&req.rpc_addr)
+        )));
+    }
+    let gpus = resources
+        .gpus
+        .into_iter()
+        .map(|g| GpuDevice {
+            uuid: g.uuid,
+            index: g.index,
+            model: g.model,
+            memory_mib: g.memory_mib,
+            healthy: g.healthy,
+        })
+        .collect::<Vec<_>>();
+    let gpu_count = u32::try_from(gpus.len())
+        .unwrap_or(u32::MAX)
+        .max(resources.gpu_count.min(MAX_GPUS as u32));
+    Ok(Op::RegisterNode {
+        region: req.region,
+        cluster: req.cluster,
+        node: req.node,
+        cpu_cores: resources.cpu_cores,
+        memory_bytes: resources.memory_bytes,
+        gpu_count,
+        agent_version: req.agent_version,
+        gpus,
+        labels: req.labels.into_iter().collect(),
+        rpc_addr: req.rpc_addr,
+        held: req
+            .held
+            .into_iter()
+            .map(|h| HeldAttempt {
+                job_id: h.job_id,
+                attempt: h.attempt,
+            })
+            .collect(),
+        os: req.os,
+        limit_mode: req.limit_mode,
+    })
+}
+
+fn valid_host_port(addr: &str) -> bool {
+    addr.len() <= 262
+        && addr.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        })
+}
+
+fn truncated(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// The wire form of a job's current attempt, as its node should run it.
+fn assignment(job: &JobRecord) -> Option<pb::JobAssignment> {
+    let attempt = job.current_attempt()?;
+    let spec = &job.spec;
+    Some(pb::JobAssignment {
+        job_id: job.id.clone(),
+        attempt: attempt.attempt,
+        project_id: job.project_id.clone(),
+        command: spec.command.clone(),
+        args: spec.args.clone(),
+        env: spec.env.clone().into_iter().collect(),
+        working_dir: spec.working_dir.clone().unwrap_or_default(),
+        cpu_millis: attempt.resources.cpu_millis,
+        memory_bytes: attempt.resources.memory_bytes,
+        gpu_uuids: attempt.gpu_uuids.clone(),
+        timeout_ms: spec.timeout_secs.map_or(0, |s| s.saturating_mul(1000)),
+        cancel: job.cancel_requested,
+        cancel_grace_ms: spec.cancel_grace_secs.saturating_mul(1000),
+    })
+}
+
+/// One reported event as the state machine takes it; an event without a kind is refused.
+fn event_op(event: pb::JobEvent) -> Result<JobEventOp, RpcStatus> {
+    use pb::job_event::Kind;
+    let kind = match event.kind {
+        Some(Kind::Started(_)) => JobEventKind::Started,
+        Some(Kind::Exited(e)) => JobEventKind::Exited {
+            exit_code: e.exit_code,
+            signal: e.signal,
+            cancelled: e.cancelled,
+            timed_out: e.timed_out,
+            cpu_time_ms: e.cpu_time_ms,
+            max_rss_bytes: e.max_rss_bytes,
+        },
+        Some(Kind::LaunchFailed(message)) => JobEventKind::LaunchFailed {
+            message: message.chars().take(1024).collect(),
+        },
+        Some(Kind::Vanished(reason)) => JobEventKind::Vanished {
+            reason: reason.chars().take(1024).collect(),
+        },
+        None => {
+            return Err(RpcStatus::invalid_argument(format!(
+                "event for job {} has no kind",
+                truncated(&event.job_id)
+            )))
+        }
+    };
+    Ok(JobEventOp {
+        job_id: event.job_id,
+        attempt: event.attempt,
+        at_ms: event.at_ms,
+        kind,
+    })
 }
 
 /// Refuses (and audits) an agent speaking for a node other than its own.
@@ -330,6 +591,13 @@ mod tests {
             health,
             registered_at: 0,
             health_changed_at: 0,
+            gpus: Vec::new(),
+            labels: Default::default(),
+            rpc_addr: String::new(),
+            os: String::new(),
+            limit_mode: String::new(),
+            idle_gpus: Vec::new(),
+            assign_version: 0,
         }
     }
 

@@ -4,6 +4,7 @@ pub mod api;
 pub mod authz;
 pub mod bootstrap;
 pub mod crypto;
+pub(crate) mod dispatch;
 pub mod fleet;
 pub(crate) mod network;
 pub mod node;

@@ -167,6 +167,8 @@ pub(crate) type Raft = openraft::Raft<TypeConfig>;
 const LOGS_KEPT_AFTER_SNAPSHOT: u64 = 16;
 /// Largest snapshot chunk sent in one InstallSnapshot call (it travels JSON-encoded, well under a frame).
 const SNAPSHOT_CHUNK_BYTES: usize = 512 * 1024;
+/// How long a call to an agent (a log read) may take.
+const AGENT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for the storage to be released by openraft's tasks.
 const STORE_RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -222,11 +224,14 @@ struct NodeInner {
     state: SharedState,
     committed: watch::Receiver<Option<u64>>,
     client: RpcClient,
+    /// Calls to agents (log reads): accepts only agent identities as servers.
+    agent_client: RpcClient,
     raft_addr: SocketAddr,
     deadlines: Deadlines,
     server_stop: CancellationToken,
     server_task: Mutex<Option<JoinHandle<()>>>,
     monitor_task: Mutex<Option<JoinHandle<()>>>,
+    dispatch_task: Mutex<Option<JoinHandle<()>>>,
     store_closed: Mutex<Option<StoreClosed>>,
 }
 
@@ -320,6 +325,8 @@ impl Coordinator {
         let store_closed = log_store.closed_signal();
 
         let client = RpcClient::new(&opts.tls).map_err(|e| StartError::Network(e.to_string()))?;
+        let agent_client = RpcClient::with_server_roles(&opts.tls, &[certs::Role::Agent])
+            .map_err(|e| StartError::Network(e.to_string()))?;
         let network = NetworkFactory::new(
             opts.node_id,
             client.clone(),
@@ -369,15 +376,29 @@ impl Coordinator {
                 state,
                 committed,
                 client,
+                agent_client,
                 raft_addr,
                 deadlines,
                 server_stop,
                 server_task: Mutex::new(Some(server_task)),
                 monitor_task: Mutex::new(Some(monitor_task)),
+                dispatch_task: Mutex::new(None),
                 store_closed: Mutex::new(Some(store_closed)),
             }),
         };
         fleet.attach(&handle);
+        let dispatch_task = tokio::spawn(crate::dispatch::run_dispatcher(
+            handle.downgrade(),
+            crate::dispatch::DispatchTimings {
+                tick: opts.fleet.dispatch_tick,
+            },
+            handle.inner.server_stop.clone(),
+        ));
+        *handle
+            .inner
+            .dispatch_task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(dispatch_task);
 
         if let Some(mut members) = opts.bootstrap {
             members.insert(opts.node_id, advertise);
@@ -822,6 +843,18 @@ impl Handle {
         }
     }
 
+    /// Reads a job attempt's output from the agent that ran it, at the QUIC address the agent registered.
+    pub async fn read_job_logs(
+        &self,
+        rpc_addr: &str,
+        request: &pb::ReadLogsRequest,
+    ) -> Result<pb::ReadLogsResponse, protocol::rpc::RpcError> {
+        self.inner
+            .agent_client
+            .call_message(rpc_addr, Method::AgentReadLogs, request, AGENT_CALL_TIMEOUT)
+            .await
+    }
+
     pub(crate) fn downgrade(&self) -> WeakHandle {
         WeakHandle {
             inner: Arc::downgrade(&self.inner),
@@ -968,6 +1001,17 @@ impl Handle {
         if let Some(task) = monitor_task {
             if let Err(e) = task.await {
                 tracing::warn!(error = %e, "health monitor task failed");
+            }
+        }
+        let dispatch_task = self
+            .inner
+            .dispatch_task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = dispatch_task {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "dispatcher task failed");
             }
         }
         let store_closed = self

@@ -73,6 +73,8 @@ impl RpcService for CoordinatorService {
                 }
                 Method::AgentRegister => fleet.register(ctx, body).await,
                 Method::AgentHeartbeat => fleet.heartbeat(ctx, body).await,
+                Method::AgentSync => fleet.sync(ctx, body).await,
+                Method::AgentReport => fleet.report(ctx, body).await,
                 Method::Ping => Ok(encode_message(&pb::PingResponse {
                     identity: ctx.peer.uri(),
                 })),

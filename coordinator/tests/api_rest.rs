@@ -883,6 +883,12 @@ async fn nodes_are_listed_for_platform_admins_only() -> anyhow::Result<()> {
                     memory_bytes: 1 << 34,
                     gpu_count: 8,
                     agent_version: "test".into(),
+                    gpus: Vec::new(),
+                    labels: Default::default(),
+                    rpc_addr: String::new(),
+                    held: Vec::new(),
+                    os: String::new(),
+                    limit_mode: String::new(),
                 },
             ))
             .await?;

@@ -78,6 +78,7 @@ async fn start() -> anyhow::Result<Fixture> {
             ttl: Duration::from_millis(600),
             lost_after: Duration::from_millis(1500),
             tick: Duration::from_millis(50),
+            dispatch_tick: Duration::from_millis(20),
         },
     })
     .await
@@ -123,10 +124,12 @@ fn spawn_agent(
 )> {
     let stop = CancellationToken::new();
     let opts = agent::AgentOptions {
-        coordinators: vec![fx.handle.raft_addr().to_string()],
-        tls: agent_tls(&fx.ca, "eu", "eu1", "eu-a1")?,
-        data_dir: fx.dir.path().to_path_buf(),
         heartbeat: Duration::from_millis(100),
+        ..agent::AgentOptions::new(
+            vec![fx.handle.raft_addr().to_string()],
+            agent_tls(&fx.ca, "eu", "eu1", "eu-a1")?,
+            fx.dir.path().to_path_buf(),
+        )
     };
     Ok((stop.clone(), tokio::spawn(agent::run(opts, stop))))
 }
@@ -190,9 +193,10 @@ async fn an_agent_may_speak_only_for_its_own_node() -> anyhow::Result<()> {
         resources: Some(pb::NodeResources {
             cpu_cores: 4,
             memory_bytes: 1 << 30,
-            gpu_count: 0,
+            ..Default::default()
         }),
         agent_version: "test".into(),
+        ..Default::default()
     };
     let answer: Result<pb::NodeRegistrationAck, _> = client
         .call_message(
@@ -222,7 +226,7 @@ async fn an_agent_may_speak_only_for_its_own_node() -> anyhow::Result<()> {
         cluster: "eu1".into(),
         lease_epoch: 1,
         sequence: 1,
-        allocatable: None,
+        ..Default::default()
     };
     let answer: Result<pb::HeartbeatAck, _> = client
         .call_message(&addr, Method::AgentHeartbeat, &beat, Duration::from_secs(5))
@@ -233,4 +237,226 @@ async fn an_agent_may_speak_only_for_its_own_node() -> anyhow::Result<()> {
     }
     fx.coordinator.shutdown().await;
     Ok(())
+}
+
+/// An agent driven by hand over real QUIC: registration with GPUs, a job placed by the leader's
+/// dispatcher, the long poll answering with the assignment, reports fenced by lease epoch and attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_flow_through_sync_and_reports_fenced_by_epoch_and_attempt() -> anyhow::Result<()> {
+    use coordinator::scheduler::ResourceRequest;
+    use coordinator::state::{Actor, Command, JobSpec, JobState, Op, RetryPolicy};
+
+    let fx = start().await?;
+    let keyring = coordinator::crypto::MasterKeyring::parse(
+        &coordinator::crypto::MasterKeyring::generate_line(&mut rand::rngs::OsRng),
+    )?;
+    let token = coordinator::crypto::generate_token(&mut rand::rngs::OsRng).token;
+    coordinator::bootstrap::propose(&fx.handle, &keyring, &token).await?;
+    let project = fx
+        .handle
+        .read(|s| s.default_project_id().map(String::from))
+        .context("default project")?;
+    let addr = fx.handle.raft_addr().to_string();
+    let client = RpcClient::new(&agent_tls(&fx.ca, "eu", "eu1", "eu-a1")?)?;
+    let call = Duration::from_secs(10);
+    let register = |held: Vec<pb::HeldAttempt>| pb::NodeRegistration {
+        node: "eu-a1".into(),
+        region: "eu".into(),
+        cluster: "eu1".into(),
+        resources: Some(pb::NodeResources {
+            cpu_cores: 8,
+            memory_bytes: 16 << 30,
+            gpu_count: 1,
+            gpus: vec![pb::GpuDevice {
+                uuid: "GPU-test-0".into(),
+                index: 0,
+                model: "NVIDIA H200".into(),
+                memory_mib: 143_771,
+                healthy: true,
+            }],
+        }),
+        agent_version: "test".into(),
+        labels: [("zone".to_owned(), "a".to_owned())].into(),
+        rpc_addr: "127.0.0.1:7443".into(),
+        held,
+        os: "test".into(),
+        limit_mode: "rlimits".into(),
+    };
+    let ack: pb::NodeRegistrationAck = client
+        .call_message(&addr, Method::AgentRegister, &register(Vec::new()), call)
+        .await?;
+    let epoch = ack.lease_epoch;
+    let node = fx
+        .handle
+        .read(|s| s.node(NODE_KEY).cloned())
+        .context("node")?;
+    assert_eq!(node.gpus.len(), 1);
+    assert_eq!(node.labels.get("zone").map(String::as_str), Some("a"));
+
+    // Nothing assigned yet: a long poll with the current version waits, then answers unchanged.
+    let sync = |version: u64, wait_ms: u64, lease_epoch: u64| pb::SyncRequest {
+        node: "eu-a1".into(),
+        region: "eu".into(),
+        cluster: "eu1".into(),
+        lease_epoch,
+        version,
+        wait_ms,
+    };
+    let first: pb::SyncResponse = client
+        .call_message(&addr, Method::AgentSync, &sync(u64::MAX, 0, epoch), call)
+        .await?;
+    assert!(first.assignments.is_empty());
+
+    // A GPU job is placed on the node's GPU; the pending long poll answers with it.
+    let poll = {
+        let client = client.clone();
+        let addr = addr.clone();
+        let req = sync(first.version, 10_000, epoch);
+        tokio::spawn(async move {
+            client
+                .call_message::<_, pb::SyncResponse>(&addr, Method::AgentSync, &req, call)
+                .await
+        })
+    };
+    let mut spec = JobSpec::new("python3");
+    spec.args = vec!["train.py".into()];
+    spec.resources = ResourceRequest {
+        cpu_millis: 1_000,
+        memory_bytes: 1 << 30,
+        gpus: 1,
+        ..Default::default()
+    };
+    spec.retry = RetryPolicy {
+        max_attempts: 2,
+        on_failure: false,
+    };
+    let submit = |id: &str| {
+        Command::new(
+            1,
+            Actor::system(),
+            Op::SubmitJob {
+                id: id.into(),
+                project_id: project.clone(),
+                spec: spec.clone(),
+            },
+        )
+    };
+    fx.handle.write(submit("job_one")).await?;
+    let answer = poll.await??;
+    assert_ne!(answer.version, first.version);
+    let [assignment] = answer.assignments.as_slice() else {
+        bail!("expected one assignment, got {:?}", answer.assignments);
+    };
+    assert_eq!(assignment.job_id, "job_one");
+    assert_eq!(assignment.attempt, 1);
+    assert_eq!(assignment.gpu_uuids, vec!["GPU-test-0".to_owned()]);
+    assert_eq!(assignment.command, "python3");
+    assert!(!assignment.cancel);
+
+    let event = |attempt: u32, kind: pb::job_event::Kind| pb::JobEvent {
+        job_id: "job_one".into(),
+        attempt,
+        at_ms: 10,
+        kind: Some(kind),
+    };
+    let report = |lease_epoch: u64, events: Vec<pb::JobEvent>| pb::ReportRequest {
+        node: "eu-a1".into(),
+        region: "eu".into(),
+        cluster: "eu1".into(),
+        lease_epoch,
+        events,
+    };
+    let started = pb::job_event::Kind::Started(pb::JobStarted { pid: 42 });
+    let acks: pb::ReportResponse = client
+        .call_message(
+            &addr,
+            Method::AgentReport,
+            &report(epoch, vec![event(1, started.clone()), event(7, started)]),
+            call,
+        )
+        .await?;
+    assert_eq!(acks.acks.len(), 2);
+    assert!(acks.acks[0].accepted, "{acks:?}");
+    assert!(!acks.acks[1].accepted, "attempt 7 is not current: {acks:?}");
+    let state = fx
+        .handle
+        .read(|s| s.job(&project, "job_one").map(|j| j.state));
+    assert_eq!(state, Some(JobState::Running));
+
+    // A report under an old lease epoch is refused as a whole: the agent must register again.
+    let stale: Result<pb::ReportResponse, _> = client
+        .call_message(
+            &addr,
+            Method::AgentReport,
+            &report(epoch + 5, Vec::new()),
+            call,
+        )
+        .await;
+    match stale {
+        Err(RpcError::Remote(status)) => assert_eq!(status.code, StatusCode::NotFound),
+        other => bail!("expected NOT_FOUND for a stale epoch, got {other:?}"),
+    }
+
+    // The agent restarts without the attempt: it is lost and goes back to pending for a retry.
+    let ack: pb::NodeRegistrationAck = client
+        .call_message(&addr, Method::AgentRegister, &register(Vec::new()), call)
+        .await?;
+    assert!(ack.lease_epoch > epoch);
+    let retried = wait_job(&fx.handle, &project, "job_one", |j| {
+        j.attempts.len() == 2 && j.state == JobState::Scheduled
+    })
+    .await?;
+    assert_eq!(
+        retried.attempts[0].outcome.map(|o| o.as_str()),
+        Some("lost")
+    );
+
+    // Attempt 1's late success is stale; attempt 2's is the job's.
+    let exited = pb::job_event::Kind::Exited(pb::JobExited {
+        exit_code: Some(0),
+        wall_ms: 5,
+        ..Default::default()
+    });
+    let acks: pb::ReportResponse = client
+        .call_message(
+            &addr,
+            Method::AgentReport,
+            &report(
+                ack.lease_epoch,
+                vec![event(1, exited.clone()), event(2, exited)],
+            ),
+            call,
+        )
+        .await?;
+    assert!(!acks.acks[0].accepted && acks.acks[1].accepted, "{acks:?}");
+    let done = fx
+        .handle
+        .read(|s| s.job(&project, "job_one").cloned())
+        .context("job")?;
+    assert_eq!(done.state, JobState::Succeeded);
+    assert_eq!(done.attempts.len(), 2);
+    fx.coordinator.shutdown().await;
+    Ok(())
+}
+
+/// Waits (re-checking every 20 ms) until the job satisfies `condition`.
+async fn wait_job(
+    handle: &Handle,
+    project: &str,
+    id: &str,
+    condition: impl Fn(&coordinator::state::JobRecord) -> bool,
+) -> anyhow::Result<coordinator::state::JobRecord> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let job = handle.read(|s| s.job(project, id).cloned());
+        if let Some(job) = &job {
+            if condition(job) {
+                return Ok(job.clone());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("job {id} never reached the condition; last seen {job:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -260,21 +260,89 @@ pub async fn node(cmd: NodeCommand) -> Result<(), ClientError> {
         NodeCommand::List(c) => {
             let api = ApiClient::from_args(&c.client)?;
             let items = api.list_all("/v1/nodes").await?;
-            output::list(
-                c.client.output,
-                &items,
-                &[
-                    "key",
-                    "health",
-                    "cpu_cores",
-                    "memory_bytes",
-                    "gpu_count",
-                    "lease_epoch",
-                ],
-            );
+            match c.client.output {
+                OutputFormat::Json => output::json(&Value::Array(items)),
+                OutputFormat::Table => {
+                    let headers: Vec<String> = [
+                        "NODE",
+                        "HEALTH",
+                        "CPUS",
+                        "MEMORY",
+                        "GPUS",
+                        "IDLE-GPUS",
+                        "LABELS",
+                        "LIMITS",
+                        "EPOCH",
+                    ]
+                    .iter()
+                    .map(|h| (*h).to_owned())
+                    .collect();
+                    let rows: Vec<Vec<String>> = items.iter().map(node_row).collect();
+                    output::table(&headers, &rows);
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// A node's row in `node list`: GPUs as count and models, idle allocated GPUs flagged by count.
+fn node_row(n: &Value) -> Vec<String> {
+    let text = |key: &str| match n.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(v @ Value::Number(_)) => v.to_string(),
+        _ => "-".to_owned(),
+    };
+    let gpus = n
+        .get("gpus")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut models: Vec<String> = Vec::new();
+    for g in &gpus {
+        let model = g.get("model").and_then(Value::as_str).unwrap_or("?");
+        if !models.iter().any(|m| m == model) {
+            models.push(model.to_owned());
+        }
+    }
+    let count = n.get("gpu_count").and_then(Value::as_u64).unwrap_or(0);
+    let gpu_text = match (count, models.is_empty()) {
+        (0, _) => "-".to_owned(),
+        (c, true) => c.to_string(),
+        (c, false) => format!("{c} × {}", models.join("/")),
+    };
+    let idle = n
+        .get("idle_gpus")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    let labels = n
+        .get("labels")
+        .and_then(Value::as_object)
+        .filter(|m| !m.is_empty())
+        .map_or_else(
+            || "-".to_owned(),
+            |m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
+        );
+    vec![
+        text("key"),
+        text("health"),
+        text("cpu_cores"),
+        output::bytes(n.get("memory_bytes").unwrap_or(&Value::Null)),
+        gpu_text,
+        if idle == 0 {
+            "-".to_owned()
+        } else {
+            format!("{idle} idle")
+        },
+        labels,
+        text("limit_mode"),
+        text("lease_epoch"),
+    ]
 }
 
 pub async fn whoami(client: ClientArgs) -> Result<(), ClientError> {

@@ -4,6 +4,8 @@ mod admin;
 mod agent;
 mod audit;
 mod certs;
+mod jobs;
+mod usage;
 
 use clap::CommandFactory;
 
@@ -25,6 +27,8 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
         Command::Secret(cmd) => admin::secret(cmd).await.map_err(CommandError::Client),
         Command::Cluster(cmd) => admin::cluster(cmd).await.map_err(CommandError::Client),
         Command::Node(cmd) => admin::node(cmd).await.map_err(CommandError::Client),
+        Command::Job(cmd) => jobs::run(cmd).await,
+        Command::Usage(args) => usage::run(args).await.map_err(CommandError::Client),
         Command::Audit(cmd) => audit::run(cmd).await.map_err(CommandError::Client),
         Command::Whoami(c) => admin::whoami(c.client).await.map_err(CommandError::Client),
         Command::Completions { shell } => {
@@ -45,7 +49,13 @@ pub enum CommandError {
     /// A command run on the user's behalf ended with this exit code.
     #[error("the command exited with code {0}")]
     Exit(i32),
+    /// A job waited for (`job run --wait`) ended in a state other than `succeeded`.
+    #[error("job {id} ended {state}")]
+    JobDidNotSucceed { id: String, state: String },
 }
+
+/// The exit code of `job run --wait` when the job failed, was cancelled or was lost.
+pub const JOB_DID_NOT_SUCCEED: i32 = 7;
 
 impl CommandError {
     pub fn exit_code(&self) -> i32 {
@@ -53,6 +63,7 @@ impl CommandError {
             CommandError::Client(e) => e.exit_code(),
             CommandError::Fatal(_) => 1,
             CommandError::Exit(code) => *code,
+            CommandError::JobDidNotSucceed { .. } => JOB_DID_NOT_SUCCEED,
         }
     }
 }

@@ -182,6 +182,26 @@ impl RunningJob {
     }
 }
 
+impl ProcessHandle {
+    /// The status the job's wrapper recorded in the attempt's state directory, for a process that is gone
+    /// and could not be adopted; `None` when no status was recorded (the wrapper itself was killed, or the
+    /// node rebooted). The peak RSS is unknown; the wall time runs to now.
+    pub fn recorded_exit(&self) -> Option<ExitReport> {
+        let status = read_exit_file(&self.state_dir.join(EXIT_STATUS_FILE));
+        if status.exit_code.is_none() && status.signal.is_none() {
+            return None;
+        }
+        Some(ExitReport {
+            exit_code: status.exit_code,
+            signal: status.signal,
+            cancelled: false,
+            cpu_seconds: status.cpu_seconds,
+            max_rss_bytes: None,
+            wall_seconds: seconds_since_unix_ms(self.started_unix_ms),
+        })
+    }
+}
+
 /// Sends `signal` to the job's process group, unless the group id now belongs to someone else: a pid stays
 /// reserved while any process uses it as its group id, so the group is ours while its leader's pid is
 /// either free of a process or shows the job's start time.

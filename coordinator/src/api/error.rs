@@ -45,6 +45,9 @@ pub(crate) enum ErrorKind {
     AlreadyExists,
     /// The object is not in a state that allows the operation.
     FailedPrecondition,
+    /// The operation conflicts with the object's current state (a finished job cancelled again, logs of a
+    /// job that has not run yet).
+    Conflict,
     /// The route exists but not with this method.
     MethodNotAllowed,
     /// The body is larger than the configured limit.
@@ -68,6 +71,7 @@ impl ErrorKind {
             ErrorKind::NotFound => "not_found",
             ErrorKind::AlreadyExists => "already_exists",
             ErrorKind::FailedPrecondition => "failed_precondition",
+            ErrorKind::Conflict => "conflict",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::UnsupportedMediaType => "unsupported_media_type",
@@ -82,7 +86,7 @@ impl ErrorKind {
             ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
             ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
-            ErrorKind::AlreadyExists => StatusCode::CONFLICT,
+            ErrorKind::AlreadyExists | ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::FailedPrecondition => StatusCode::PRECONDITION_FAILED,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -101,7 +105,7 @@ impl ErrorKind {
             ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
             ErrorKind::NotFound => tonic::Code::NotFound,
             ErrorKind::AlreadyExists => tonic::Code::AlreadyExists,
-            ErrorKind::FailedPrecondition => tonic::Code::FailedPrecondition,
+            ErrorKind::FailedPrecondition | ErrorKind::Conflict => tonic::Code::FailedPrecondition,
             ErrorKind::MethodNotAllowed => tonic::Code::Unimplemented,
             ErrorKind::PayloadTooLarge => tonic::Code::ResourceExhausted,
             ErrorKind::Unavailable => tonic::Code::Unavailable,
@@ -171,6 +175,10 @@ impl ServiceError {
 
     pub(crate) fn unavailable(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Unavailable, message)
+    }
+
+    pub(crate) fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Conflict, message)
     }
 
     pub(crate) fn internal(message: impl Into<String>) -> Self {
@@ -336,6 +344,12 @@ mod tests {
             assert_eq!(ErrorKind::from_status(kind.status()), kind, "{kind:?}");
         }
         assert_eq!(ErrorKind::MalformedJson.status(), StatusCode::BAD_REQUEST);
+        // A conflict shares 409 with a duplicate name; the body's code tells them apart.
+        assert_eq!(ErrorKind::Conflict.status(), StatusCode::CONFLICT);
+        assert_eq!(
+            ServiceError::conflict("x").body()["error"]["code"],
+            "conflict"
+        );
     }
 
     #[test]

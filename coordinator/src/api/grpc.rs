@@ -20,6 +20,10 @@ use crate::state::{ApiKeyView, AuditRecord, Principal, PrincipalKind, ProjectVie
 
 use super::auth::{self, missing_scope, RequestScope};
 use super::error::ServiceError;
+use super::jobs::{
+    AttemptView, ConstraintsBody, JobListQuery, JobView, LocalityBody, LogsQuery, ResourcesBody,
+    RetryBody, SubmitJobRequest, UsageQuery,
+};
 use super::routes::{grpc_method, MatchedRoute};
 use super::service::{
     AddMemberRequest, AdminService, AuditQuery, CreateBindingRequest, CreateKeyRequest,
@@ -39,11 +43,13 @@ pub(crate) struct GrpcAdmin {
 pub(crate) fn routes(service: AdminService, max_message_bytes: usize) -> tonic::service::Routes {
     use pb::audit_service_server::AuditServiceServer;
     use pb::cluster_service_server::ClusterServiceServer;
+    use pb::job_service_server::JobServiceServer;
     use pb::key_service_server::KeyServiceServer;
     use pb::principal_service_server::PrincipalServiceServer;
     use pb::project_service_server::ProjectServiceServer;
     use pb::role_binding_service_server::RoleBindingServiceServer;
     use pb::secret_service_server::SecretServiceServer;
+    use pb::usage_service_server::UsageServiceServer;
 
     let admin = GrpcAdmin { service };
     let n = max_message_bytes;
@@ -55,7 +61,9 @@ pub(crate) fn routes(service: AdminService, max_message_bytes: usize) -> tonic::
     .add_service(RoleBindingServiceServer::new(admin.clone()).max_decoding_message_size(n))
     .add_service(AuditServiceServer::new(admin.clone()).max_decoding_message_size(n))
     .add_service(SecretServiceServer::new(admin.clone()).max_decoding_message_size(n))
-    .add_service(ClusterServiceServer::new(admin).max_decoding_message_size(n))
+    .add_service(ClusterServiceServer::new(admin.clone()).max_decoding_message_size(n))
+    .add_service(JobServiceServer::new(admin.clone()).max_decoding_message_size(n))
+    .add_service(UsageServiceServer::new(admin).max_decoding_message_size(n))
 }
 
 /// Admits gRPC calls under their method's policy, then hands them to tonic.
@@ -246,6 +254,148 @@ fn cluster_status(s: ClusterStatus) -> pb::ClusterStatusResponse {
         applied_index: s.applied_index,
         committed_index: s.committed_index,
         members: s.members.into_iter().map(member).collect(),
+    }
+}
+
+fn attempt(a: AttemptView) -> pb::JobAttempt {
+    pb::JobAttempt {
+        attempt: a.attempt,
+        node: a.node,
+        region: a.region,
+        cluster: a.cluster,
+        gpu_uuids: a.gpu_uuids,
+        scheduled_at: a.scheduled_at,
+        started_at: a.started_at,
+        ended_at: a.ended_at,
+        outcome: a.outcome.unwrap_or_default().to_owned(),
+        exit_code: a.exit_code,
+        signal: a.signal,
+        detail: a.detail,
+        cpu_time_ms: a.cpu_time_ms,
+        max_rss_bytes: a.max_rss_bytes,
+    }
+}
+
+fn job(j: JobView) -> pb::Job {
+    let strategy = match serde_json::to_value(j.strategy) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    };
+    let (locality_region, locality_cluster) = match j.data_locality {
+        Some(l) => (l.region, l.cluster.unwrap_or_default()),
+        None => (String::new(), String::new()),
+    };
+    pb::Job {
+        id: j.id,
+        project_id: j.project_id,
+        name: j.name,
+        state: j.state.as_str().to_owned(),
+        command: j.command,
+        args: j.args,
+        env: j.env.into_iter().collect(),
+        working_dir: j.working_dir.unwrap_or_default(),
+        resources: Some(pb::JobResources {
+            cpu_millis: j.resources.cpu_millis,
+            memory_bytes: j.resources.memory_bytes,
+            gpus: j.resources.gpus,
+            gpu_model: j.resources.gpu_model.unwrap_or_default(),
+            gpu_min_memory_mib: j.resources.gpu_min_memory_mib,
+        }),
+        constraints: Some(pb::JobConstraints {
+            region: j.constraints.region.unwrap_or_default(),
+            cluster: j.constraints.cluster.unwrap_or_default(),
+            labels: j.constraints.labels.into_iter().collect(),
+        }),
+        priority: j.priority,
+        retry: Some(pb::JobRetry {
+            max_attempts: j.retry.max_attempts,
+            on_failure: j.retry.on_failure,
+        }),
+        timeout_secs: j.timeout_secs,
+        node: j.node.unwrap_or_default(),
+        region: j.region.unwrap_or_default(),
+        cluster: j.cluster.unwrap_or_default(),
+        attempt_count: j.attempt_count,
+        attempts: j.attempts.into_iter().map(attempt).collect(),
+        pending_reason: j.pending_reason.unwrap_or_default(),
+        cancel_requested: j.cancel_requested,
+        exit_code: j.exit_code,
+        created_by: j.created_by,
+        created_at: j.created_at,
+        updated_at: j.updated_at,
+        finished_at: j.finished_at,
+        preemption: j.preemption,
+        preemptible: j.preemptible,
+        strategy,
+        cancel_grace_secs: j.cancel_grace_secs,
+        data_locality_region: locality_region,
+        data_locality_cluster: locality_cluster,
+    }
+}
+
+/// A gRPC submission in the REST body's terms; proto3 zero values mean "not given".
+fn submission(r: pb::SubmitJobRequest) -> SubmitJobRequest {
+    let res = r.resources.unwrap_or_default();
+    let con = r.constraints.unwrap_or_default();
+    let retry = r.retry.unwrap_or_default();
+    SubmitJobRequest {
+        name: non_empty(r.name),
+        command: Some(r.command),
+        args: r.args,
+        env: r.env.into_iter().collect(),
+        working_dir: non_empty(r.working_dir),
+        resources: ResourcesBody {
+            cpu: None,
+            cpu_millis: (res.cpu_millis > 0).then_some(res.cpu_millis),
+            memory: None,
+            memory_bytes: (res.memory_bytes > 0).then_some(res.memory_bytes),
+            gpus: (res.gpus > 0).then_some(u64::from(res.gpus)),
+            gpu_model: non_empty(res.gpu_model),
+            gpu_min_memory_mib: res.gpu_min_memory_mib,
+        },
+        constraints: ConstraintsBody {
+            region: non_empty(con.region),
+            cluster: non_empty(con.cluster),
+            labels: con.labels.into_iter().collect(),
+        },
+        data_locality: non_empty(r.data_locality_region).map(|region| LocalityBody {
+            region,
+            cluster: non_empty(r.data_locality_cluster),
+        }),
+        priority: Some(i64::from(r.priority)),
+        preemption: r.preemption,
+        preemptible: r.preemptible,
+        strategy: non_empty(r.strategy),
+        retry: RetryBody {
+            max_attempts: (retry.max_attempts > 0).then_some(u64::from(retry.max_attempts)),
+            on_failure: retry.on_failure,
+        },
+        timeout_secs: (r.timeout_secs > 0).then_some(r.timeout_secs),
+        cancel_grace_secs: r.cancel_grace_secs,
+    }
+}
+
+fn usage_report(u: crate::state::UsageReport) -> pb::UsageReport {
+    pb::UsageReport {
+        project_id: u.project_id,
+        since: u.since,
+        until: u.until,
+        cpu_core_seconds: u.cpu_core_seconds,
+        memory_gib_seconds: u.memory_gib_seconds,
+        gpu_seconds: u.gpu_seconds,
+        cpu_time_seconds: u.cpu_time_seconds,
+        jobs: u
+            .jobs
+            .into_iter()
+            .map(|j| pb::JobUsage {
+                job_id: j.job_id,
+                name: j.name,
+                cpu_core_seconds: j.cpu_core_seconds,
+                memory_gib_seconds: j.memory_gib_seconds,
+                gpu_seconds: j.gpu_seconds,
+                cpu_time_seconds: j.cpu_time_seconds,
+            })
+            .collect(),
     }
 }
 
@@ -617,5 +767,89 @@ impl pb::cluster_service_server::ClusterService for GrpcAdmin {
         answer(self.service.remove_member(r.id).await, |()| {
             pb::RemoveClusterMemberResponse {}
         })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::job_service_server::JobService for GrpcAdmin {
+    async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> GrpcResult<pb::Job> {
+        let scope = scope_of(&request)?;
+        let req = submission(request.into_inner());
+        answer(self.service.submit_job(&scope, req).await, job)
+    }
+
+    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> GrpcResult<pb::Job> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        answer(self.service.get_job(&scope, &r.id).await, job)
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> GrpcResult<pb::ListJobsResponse> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        let query = JobListQuery {
+            state: non_empty(r.state),
+            page_size: (r.page_size > 0).then_some(u64::from(r.page_size)),
+            page_token: non_empty(r.page_token),
+        };
+        answer(self.service.list_jobs(&scope, &query).await, |p| {
+            let (items, next_page_token) = list(p, job);
+            pb::ListJobsResponse {
+                items,
+                next_page_token,
+            }
+        })
+    }
+
+    async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> GrpcResult<pb::Job> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        answer(self.service.cancel_job(&scope, &r.id).await, job)
+    }
+
+    async fn read_job_logs(
+        &self,
+        request: Request<pb::ReadJobLogsRequest>,
+    ) -> GrpcResult<pb::ReadJobLogsResponse> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        let query = LogsQuery {
+            stream: non_empty(r.stream),
+            offset: Some(r.offset),
+            max_bytes: (r.max_bytes > 0).then_some(u64::from(r.max_bytes)),
+            attempt: (r.attempt > 0).then_some(u64::from(r.attempt)),
+        };
+        answer(
+            self.service.read_job_logs(&scope, &r.id, &query).await,
+            |c| pb::ReadJobLogsResponse {
+                attempt: c.attempt,
+                node: c.node,
+                stream: c.stream.to_owned(),
+                start_offset: c.start_offset,
+                next_offset: c.next_offset,
+                data: c.data,
+                job_state: c.job_state.as_str().to_owned(),
+                done: c.job_state.is_terminal(),
+            },
+        )
+    }
+}
+
+#[tonic::async_trait]
+impl pb::usage_service_server::UsageService for GrpcAdmin {
+    async fn get_usage(
+        &self,
+        request: Request<pb::GetUsageRequest>,
+    ) -> GrpcResult<pb::UsageReport> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        let query = UsageQuery {
+            since: non_empty(r.since),
+            until: non_empty(r.until),
+        };
+        answer(self.service.usage(&scope, &query).await, usage_report)
     }
 }

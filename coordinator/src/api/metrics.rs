@@ -1,8 +1,10 @@
 //! Prometheus metrics of the admin API: request counts by route, method and status, a latency histogram by
-//! route, and the Raft gauges of this coordinator, rendered in the text exposition format.
+//! route, the Raft gauges of this coordinator, and fleet gauges (jobs by state, nodes by health, each node's
+//! GPUs and idle allocated GPUs), rendered in the text exposition format.
 //!
-//! Labels come only from the route table (declared paths, never raw request paths), so a caller cannot grow
-//! the label set. Must never block a request for longer than one counter update.
+//! Labels come only from the route table (declared paths, never raw request paths) and from the registry's
+//! validated node keys, so a caller cannot grow the label set. Must never block a request for longer than
+//! one counter update.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -10,6 +12,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::node::ClusterStatus;
+use crate::state::{JobState, NodeHealthState, RegistryState};
 
 /// Upper bounds (seconds) of the latency histogram's buckets.
 const BUCKETS: [f64; 12] = [
@@ -31,6 +34,44 @@ struct Histogram {
 struct Registry {
     requests: BTreeMap<(&'static str, &'static str, u16), u64>,
     latency: BTreeMap<&'static str, Histogram>,
+}
+
+/// The fleet as the gauges show it, taken from one read of the local replica.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct FleetGauges {
+    /// Jobs per state, every state present.
+    pub(crate) jobs: BTreeMap<&'static str, u64>,
+    /// Nodes per health, every health present.
+    pub(crate) nodes: BTreeMap<&'static str, u64>,
+    /// Node key → (GPUs, allocated GPUs that sit idle).
+    pub(crate) gpus: BTreeMap<String, (u64, u64)>,
+}
+
+impl FleetGauges {
+    pub(crate) fn of(state: &RegistryState) -> FleetGauges {
+        let mut g = FleetGauges::default();
+        for s in JobState::ALL {
+            g.jobs.insert(s.as_str(), 0);
+        }
+        for h in [
+            NodeHealthState::Ready,
+            NodeHealthState::Unreachable,
+            NodeHealthState::Lost,
+        ] {
+            g.nodes.insert(h.as_str(), 0);
+        }
+        for job in state.jobs.values() {
+            *g.jobs.entry(job.state.as_str()).or_insert(0) += 1;
+        }
+        for node in state.nodes() {
+            *g.nodes.entry(node.health.as_str()).or_insert(0) += 1;
+            g.gpus.insert(
+                node.key.clone(),
+                (u64::from(node.gpu_count), node.idle_gpus.len() as u64),
+            );
+        }
+        g
+    }
 }
 
 /// Counters and histograms shared by every request of one admin API.
@@ -79,8 +120,8 @@ impl ApiMetrics {
         h.count += 1;
     }
 
-    /// The exposition text, with the Raft gauges taken from `status`.
-    pub(crate) fn render(&self, status: &ClusterStatus) -> String {
+    /// The exposition text, with the Raft gauges taken from `status` and the fleet's from `fleet`.
+    pub(crate) fn render(&self, status: &ClusterStatus, fleet: &FleetGauges) -> String {
         let mut out = String::new();
         {
             let reg = match self.registry.lock() {
@@ -160,7 +201,41 @@ impl ApiMetrics {
             let _ = writeln!(out, "# TYPE {name} gauge");
             let _ = writeln!(out, "{name}{{node_id=\"{}\"}} {value}", status.node_id);
         }
+        render_fleet(&mut out, fleet);
         out
+    }
+}
+
+fn render_fleet(out: &mut String, fleet: &FleetGauges) {
+    out.push_str("# HELP meridian_jobs Jobs in the registry by state.\n");
+    out.push_str("# TYPE meridian_jobs gauge\n");
+    for (state, n) in &fleet.jobs {
+        let _ = writeln!(out, "meridian_jobs{{state=\"{state}\"}} {n}");
+    }
+    out.push_str("# HELP meridian_nodes Registered nodes by health.\n");
+    out.push_str("# TYPE meridian_nodes gauge\n");
+    for (health, n) in &fleet.nodes {
+        let _ = writeln!(out, "meridian_nodes{{health=\"{health}\"}} {n}");
+    }
+    out.push_str("# HELP meridian_node_gpus GPUs of a node.\n");
+    out.push_str("# TYPE meridian_node_gpus gauge\n");
+    for (node, (gpus, _)) in &fleet.gpus {
+        let _ = writeln!(
+            out,
+            "meridian_node_gpus{{node=\"{}\"}} {gpus}",
+            escape(node)
+        );
+    }
+    out.push_str(
+        "# HELP meridian_node_idle_gpus GPUs of a node allocated to a job but near-idle for the agent's window.\n",
+    );
+    out.push_str("# TYPE meridian_node_idle_gpus gauge\n");
+    for (node, (_, idle)) in &fleet.gpus {
+        let _ = writeln!(
+            out,
+            "meridian_node_idle_gpus{{node=\"{}\"}} {idle}",
+            escape(node)
+        );
     }
 }
 
@@ -194,7 +269,7 @@ mod tests {
         m.observe("GET", "/v1/projects", 200, Duration::from_millis(3));
         m.observe("GET", "/v1/projects", 200, Duration::from_millis(30));
         m.observe("POST", "/v1/projects", 409, Duration::from_secs(20));
-        let text = m.render(&status());
+        let text = m.render(&status(), &FleetGauges::default());
         assert!(text.contains(
             "meridian_api_requests_total{route=\"/v1/projects\",method=\"GET\",status=\"200\"} 2"
         ));
@@ -226,9 +301,37 @@ mod tests {
     fn follower_without_leader_reports_zero() {
         let mut s = status();
         s.leader = None;
-        let text = ApiMetrics::default().render(&s);
+        let text = ApiMetrics::default().render(&s, &FleetGauges::default());
         assert!(text.contains("meridian_raft_is_leader{node_id=\"1\"} 0"));
         assert!(text.contains("meridian_raft_leader_id{node_id=\"1\"} 0"));
+    }
+
+    #[test]
+    fn fleet_gauges_list_every_state_and_each_nodes_idle_gpus() {
+        let state = RegistryState::default();
+        let mut fleet = FleetGauges::of(&state);
+        assert_eq!(fleet.jobs.len(), JobState::ALL.len());
+        assert!(fleet.jobs.values().all(|n| *n == 0));
+        *fleet.jobs.entry("running").or_insert(0) = 2;
+        fleet.gpus.insert("eu/eu1/a1".into(), (8, 3));
+        let text = ApiMetrics::default().render(&status(), &fleet);
+        assert!(
+            text.contains("meridian_jobs{state=\"running\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("meridian_jobs{state=\"lost\"} 0"), "{text}");
+        assert!(
+            text.contains("meridian_nodes{health=\"ready\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("meridian_node_gpus{node=\"eu/eu1/a1\"} 8"),
+            "{text}"
+        );
+        assert!(
+            text.contains("meridian_node_idle_gpus{node=\"eu/eu1/a1\"} 3"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -11,11 +11,13 @@ mod auth;
 mod error;
 mod extract;
 mod grpc;
+mod jobs;
 mod metrics;
 mod openapi;
 mod rest;
 mod routes;
 mod service;
+mod units;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -44,6 +46,10 @@ use crate::crypto::MasterKeyring;
 use crate::node::Handle;
 
 pub use error::ApiError;
+pub use units::{
+    format_bytes, format_rfc3339_ms, parse_byte_size, parse_cpu_millis, parse_duration_secs,
+    parse_instant_ms, UnitError,
+};
 
 use error::{ErrorKind, ServiceError};
 use grpc::GrpcGate;

@@ -127,8 +127,8 @@ fn build(routes: &[Route]) -> Value {
         "info": {
             "title": "Meridian admin API",
             "version": "v1",
-            "description": "Projects, API keys, role bindings, the audit log, secrets and the coordinator \
-                            cluster. Errors are {\"error\": {\"code\", \"message\"}}.",
+            "description": "Projects, API keys, role bindings, the audit log, secrets, the coordinator \
+                            cluster, nodes, jobs and usage. Errors are {\"error\": {\"code\", \"message\"}}.",
         },
         "security": [{ "bearer": [] }],
         "paths": Value::Object(paths),
@@ -151,6 +151,18 @@ fn integer() -> Value {
 
 fn boolean() -> Value {
     json!({ "type": "boolean" })
+}
+
+fn number() -> Value {
+    json!({ "type": "number", "format": "double" })
+}
+
+fn signed() -> Value {
+    json!({ "type": "integer", "format": "int32" })
+}
+
+fn string_map() -> Value {
+    json!({ "type": "object", "additionalProperties": { "type": "string" } })
 }
 
 fn nullable(mut v: Value) -> Value {
@@ -304,7 +316,266 @@ fn schemas() -> Value {
             ("voter", boolean()),
         ],
     );
-    json!({
+    let job_state = json!({ "type": "string",
+        "enum": ["pending", "scheduled", "running", "succeeded", "failed", "cancelled", "lost"] });
+    let resource_request = object(
+        &["cpu_millis", "memory_bytes", "gpus"],
+        &[
+            ("cpu_millis", integer()),
+            ("memory_bytes", integer()),
+            ("gpus", integer()),
+            ("gpu_model", nullable(string())),
+            ("gpu_min_memory_mib", nullable(integer())),
+        ],
+    );
+    let constraints = object(
+        &["labels"],
+        &[
+            ("region", nullable(string())),
+            ("cluster", nullable(string())),
+            ("labels", string_map()),
+        ],
+    );
+    let locality = object(
+        &["region"],
+        &[("region", string()), ("cluster", nullable(string()))],
+    );
+    let retry = object(
+        &["max_attempts", "on_failure"],
+        &[("max_attempts", integer()), ("on_failure", boolean())],
+    );
+    let attempt = object(
+        &[
+            "attempt",
+            "node",
+            "region",
+            "cluster",
+            "gpu_uuids",
+            "resources",
+            "scheduled_at",
+            "detail",
+        ],
+        &[
+            ("attempt", integer()),
+            ("node", string()),
+            ("region", string()),
+            ("cluster", string()),
+            ("gpu_uuids", array(string())),
+            (
+                "resources",
+                object(
+                    &["cpu_millis", "memory_bytes", "gpus"],
+                    &[
+                        ("cpu_millis", integer()),
+                        ("memory_bytes", integer()),
+                        ("gpus", integer()),
+                    ],
+                ),
+            ),
+            ("scheduled_at", integer()),
+            ("started_at", nullable(integer())),
+            ("ended_at", nullable(integer())),
+            (
+                "outcome",
+                json!({ "type": "string", "nullable": true,
+                        "enum": ["succeeded", "failed", "cancelled", "lost", "preempted"] }),
+            ),
+            ("exit_code", nullable(signed())),
+            ("signal", nullable(signed())),
+            ("cpu_time_ms", nullable(integer())),
+            ("max_rss_bytes", nullable(integer())),
+            ("detail", string()),
+        ],
+    );
+    let job = object(
+        &[
+            "id",
+            "project_id",
+            "name",
+            "state",
+            "command",
+            "args",
+            "env",
+            "resources",
+            "constraints",
+            "priority",
+            "retry",
+            "attempt_count",
+            "attempts",
+            "cancel_requested",
+            "created_at",
+        ],
+        &[
+            ("id", string()),
+            ("project_id", string()),
+            ("name", string()),
+            ("state", job_state.clone()),
+            ("command", string()),
+            ("args", array(string())),
+            ("env", string_map()),
+            ("working_dir", nullable(string())),
+            ("resources", schema_ref("ResourceRequest")),
+            ("constraints", schema_ref("JobConstraints")),
+            ("data_locality", nullable(schema_ref("DataLocality"))),
+            ("priority", signed()),
+            ("preemption", boolean()),
+            ("preemptible", boolean()),
+            (
+                "strategy",
+                json!({ "type": "string", "enum": ["bin_pack", "spread"] }),
+            ),
+            ("retry", schema_ref("RetryPolicy")),
+            ("timeout_secs", nullable(integer())),
+            ("cancel_grace_secs", integer()),
+            ("node", nullable(string())),
+            ("region", nullable(string())),
+            ("cluster", nullable(string())),
+            ("attempt_count", integer()),
+            ("attempts", array(schema_ref("JobAttempt"))),
+            ("pending_reason", nullable(string())),
+            ("cancel_requested", boolean()),
+            ("exit_code", nullable(signed())),
+            ("created_by", string()),
+            ("created_at", integer()),
+            ("updated_at", integer()),
+            ("finished_at", nullable(integer())),
+        ],
+    );
+    let cpu = json!({ "description": "CPU cores: a number (0.5) or a string (\"2\", \"500m\").",
+                      "oneOf": [{ "type": "number" }, { "type": "string" }] });
+    let memory = json!({ "description": "Bytes, or a size such as \"512Mi\", \"2G\" or \"1GiB\".",
+                         "oneOf": [{ "type": "integer" }, { "type": "string" }] });
+    let submit = object(
+        &["command"],
+        &[
+            ("name", string()),
+            ("command", string()),
+            ("args", array(string())),
+            ("env", string_map()),
+            (
+                "working_dir",
+                json!({ "type": "string", "description": "An absolute path." }),
+            ),
+            (
+                "resources",
+                object(
+                    &[],
+                    &[
+                        ("cpu", cpu),
+                        ("cpu_millis", integer()),
+                        ("memory", memory),
+                        ("memory_bytes", integer()),
+                        (
+                            "gpus",
+                            json!({ "type": "integer", "minimum": 0, "maximum": 64 }),
+                        ),
+                        ("gpu_model", string()),
+                        ("gpu_min_memory_mib", integer()),
+                    ],
+                ),
+            ),
+            ("constraints", schema_ref("JobConstraints")),
+            ("data_locality", schema_ref("DataLocality")),
+            (
+                "priority",
+                json!({ "type": "integer", "minimum": -1000, "maximum": 1000 }),
+            ),
+            ("preemption", boolean()),
+            ("preemptible", boolean()),
+            (
+                "strategy",
+                json!({ "type": "string", "enum": ["bin_pack", "spread"] }),
+            ),
+            (
+                "retry",
+                object(
+                    &[],
+                    &[
+                        (
+                            "max_attempts",
+                            json!({ "type": "integer", "minimum": 1, "maximum": 20 }),
+                        ),
+                        ("on_failure", boolean()),
+                    ],
+                ),
+            ),
+            ("timeout_secs", json!({ "type": "integer", "minimum": 1 })),
+            (
+                "cancel_grace_secs",
+                json!({ "type": "integer", "minimum": 0, "maximum": 3600 }),
+            ),
+        ],
+    );
+    let logs = object(
+        &[
+            "attempt",
+            "node",
+            "stream",
+            "start_offset",
+            "next_offset",
+            "data",
+            "job_state",
+            "done",
+        ],
+        &[
+            ("attempt", integer()),
+            ("node", string()),
+            (
+                "stream",
+                json!({ "type": "string", "enum": ["stdout", "stderr"] }),
+            ),
+            ("start_offset", integer()),
+            ("next_offset", integer()),
+            ("data", string()),
+            ("job_state", job_state),
+            ("done", boolean()),
+        ],
+    );
+    let usage_figures = [
+        ("cpu_core_seconds", number()),
+        ("memory_gib_seconds", number()),
+        ("gpu_seconds", number()),
+        ("cpu_time_seconds", number()),
+    ];
+    let mut job_usage_props = vec![("job_id", string()), ("name", string())];
+    job_usage_props.extend(usage_figures.iter().cloned());
+    let mut usage_props = vec![
+        ("project_id", string()),
+        ("since", integer()),
+        ("until", integer()),
+        ("jobs", array(schema_ref("JobUsage"))),
+    ];
+    usage_props.extend(usage_figures.iter().cloned());
+    let gpu = object(
+        &["uuid", "index", "model", "memory_mib", "healthy"],
+        &[
+            ("uuid", string()),
+            ("index", integer()),
+            ("model", string()),
+            ("memory_mib", integer()),
+            ("healthy", boolean()),
+        ],
+    );
+    let idle_gpus = json!({ "type": "array", "items": { "type": "string" },
+                            "description": "UUIDs of GPUs allocated to a job but near-idle." });
+    let jobs = [
+        ("Job", job),
+        ("JobList", list_of("Job")),
+        ("JobAttempt", attempt),
+        ("ResourceRequest", resource_request),
+        ("JobConstraints", constraints),
+        ("DataLocality", locality),
+        ("RetryPolicy", retry),
+        ("SubmitJobRequest", submit),
+        ("JobLogs", logs),
+        ("JobUsage", object(&["job_id", "name"], &job_usage_props)),
+        (
+            "UsageReport",
+            object(&["project_id", "since", "until", "jobs"], &usage_props),
+        ),
+        ("GpuDevice", gpu),
+    ];
+    let mut all = json!({
         "Error": object(&["error"], &[("error", object(&["code", "message"], &[("code", string()), ("message", string())]))]),
         "Health": object(&["status"], &[("status", string())]),
         "OpenApiDocument": { "type": "object" },
@@ -384,6 +655,12 @@ fn schemas() -> Value {
             ("cpu_cores", integer()),
             ("memory_bytes", integer()),
             ("gpu_count", integer()),
+            ("gpus", array(schema_ref("GpuDevice"))),
+            ("labels", string_map()),
+            ("idle_gpus", idle_gpus),
+            ("os", string()),
+            ("limit_mode", string()),
+            ("rpc_addr", string()),
             ("agent_version", string()),
             ("lease_epoch", integer()),
             ("health", json!({ "type": "string", "enum": ["ready", "unreachable", "lost"] })),
@@ -401,7 +678,11 @@ fn schemas() -> Value {
             ("committed_index", nullable(integer())),
             ("members", array(schema_ref("ClusterMember"))),
         ]),
-    })
+    });
+    if let Value::Object(map) = &mut all {
+        map.extend(jobs.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    }
+    all
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use http::{header, HeaderValue, StatusCode};
 use super::auth::{missing_scope, RequestScope};
 use super::error::{ErrorKind, ServiceError};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::jobs::{JobListQuery, JobLogsView, JobView, LogsQuery, SubmitJobRequest, UsageQuery};
 use super::openapi;
 use super::service::{
     AddMemberRequest, AdminService, AuditQuery, CreateBindingRequest, CreateKeyRequest,
@@ -74,7 +75,9 @@ pub(crate) async fn openapi() -> Response {
 }
 
 pub(crate) async fn metrics(State(service): State<AdminService>, _scope: Scoped) -> Response {
-    let text = service.metrics().render(&service.cluster_status());
+    let text = service
+        .metrics()
+        .render(&service.cluster_status(), &service.fleet_gauges());
     let mut resp = text.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -292,7 +295,7 @@ pub(crate) async fn list_nodes(
     State(service): State<AdminService>,
     _scope: Scoped,
     ApiQuery(page): ApiQuery<PageParams>,
-) -> Answer<super::service::ListPage<crate::state::NodeRecord>> {
+) -> Answer<super::service::ListPage<super::service::NodeView>> {
     service.list_nodes(&page).await.map(Json)
 }
 
@@ -313,4 +316,58 @@ pub(crate) async fn remove_member(
         .remove_member(id)
         .await
         .map(|()| StatusCode::NO_CONTENT)
+}
+
+// ---- jobs and usage ----
+
+pub(crate) async fn submit_job(
+    State(service): State<AdminService>,
+    Scoped(scope): Scoped,
+    ApiJson(req): ApiJson<SubmitJobRequest>,
+) -> Created<JobView> {
+    service.submit_job(&scope, req).await.map(created)
+}
+
+pub(crate) async fn list_jobs(
+    State(service): State<AdminService>,
+    Scoped(scope): Scoped,
+    ApiQuery(query): ApiQuery<JobListQuery>,
+) -> Answer<super::service::ListPage<JobView>> {
+    service.list_jobs(&scope, &query).await.map(Json)
+}
+
+pub(crate) async fn get_job(
+    State(service): State<AdminService>,
+    Scoped(scope): Scoped,
+    ApiPath(id): ApiPath<String>,
+) -> Answer<JobView> {
+    service.get_job(&scope, &id).await.map(Json)
+}
+
+pub(crate) async fn cancel_job(
+    State(service): State<AdminService>,
+    Scoped(scope): Scoped,
+    ApiPath(id): ApiPath<String>,
+) -> Answer<JobView> {
+    service.cancel_job(&scope, &id).await.map(Json)
+}
+
+pub(crate) async fn job_logs(
+    State(service): State<AdminService>,
+    Scoped(scope): Scoped,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<LogsQuery>,
+) -> Answer<JobLogsView> {
+    service
+        .read_job_logs(&scope, &id, &query)
+        .await
+        .map(|chunk| Json(JobLogsView::from(chunk)))
+}
+
+pub(crate) async fn usage(
+    State(service): State<AdminService>,
+    Scoped(scope): Scoped,
+    ApiQuery(query): ApiQuery<UsageQuery>,
+) -> Answer<crate::state::UsageReport> {
+    service.usage(&scope, &query).await.map(Json)
 }

@@ -92,6 +92,14 @@ pub(crate) mod op {
     pub(crate) static MEMBER_REMOVE: Operation = needs("cluster.member.remove", ClusterMembership);
 
     pub(crate) static NODE_LIST: Operation = needs("node.list", ClusterRead);
+
+    pub(crate) static JOB_SUBMIT: Operation = needs("job.submit", RunJobs);
+    pub(crate) static JOB_LIST: Operation = needs("job.list", ReadProject);
+    pub(crate) static JOB_GET: Operation = needs("job.get", ReadProject);
+    pub(crate) static JOB_CANCEL: Operation = needs("job.cancel", RunJobs);
+    pub(crate) static JOB_LOGS: Operation = needs("job.logs", ReadProject);
+
+    pub(crate) static USAGE_GET: Operation = needs("usage.get", ReadProject);
 }
 
 /// HTTP methods the API uses.
@@ -193,6 +201,40 @@ const AUDIT_QUERY: &[(&str, &str)] = &[
     (
         "page_token",
         "The next_page_token of the previous page (same as after_seq).",
+    ),
+];
+
+const JOB_LIST_QUERY: &[(&str, &str)] = &[
+    (
+        "state",
+        "Only jobs in this state (pending, scheduled, running, succeeded, failed, cancelled, lost).",
+    ),
+    ("page_size", "Items per page (default 100, at most 1000)."),
+    ("page_token", "The next_page_token of the previous page."),
+];
+const JOB_LOGS_QUERY: &[(&str, &str)] = &[
+    ("stream", "stdout (default) or stderr."),
+    (
+        "offset",
+        "Logical offset to read from (the next_offset of the previous read; default 0).",
+    ),
+    (
+        "max_bytes",
+        "Most bytes to return (default 65536, at most 1048576).",
+    ),
+    (
+        "attempt",
+        "Attempt number (default: the last attempt that was placed on a node).",
+    ),
+];
+const USAGE_QUERY: &[(&str, &str)] = &[
+    (
+        "since",
+        "Start of the range: Unix milliseconds or RFC 3339 (default: 24 hours before until).",
+    ),
+    (
+        "until",
+        "End of the range: Unix milliseconds or RFC 3339 (default: now).",
     ),
 ];
 
@@ -502,11 +544,71 @@ pub(crate) static ROUTES: &[Route] = &[
         method: HttpMethod::Get,
         path: "/v1/nodes",
         op: &op::NODE_LIST,
-        summary: "List the nodes agents registered, with their health and lease epoch",
+        summary: "List the nodes agents registered: resources, GPUs, labels, idle GPUs, health and lease epoch",
         request: None,
         query: PAGING,
         reply: ok("NodeList"),
         endpoint: endpoint!(rest::list_nodes),
+    },
+    Route {
+        method: HttpMethod::Post,
+        path: "/v1/jobs",
+        op: &op::JOB_SUBMIT,
+        summary: "Submit a job to the project; it starts pending until the scheduler places it",
+        request: Some("SubmitJobRequest"),
+        query: &[],
+        reply: created("Job"),
+        endpoint: endpoint!(rest::submit_job),
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/v1/jobs",
+        op: &op::JOB_LIST,
+        summary: "List the project's jobs in id order, optionally in one state",
+        request: None,
+        query: JOB_LIST_QUERY,
+        reply: ok("JobList"),
+        endpoint: endpoint!(rest::list_jobs),
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/v1/jobs/{id}",
+        op: &op::JOB_GET,
+        summary: "Get a job: state, where it runs, every attempt and why it is still pending",
+        request: None,
+        query: &[],
+        reply: ok("Job"),
+        endpoint: endpoint!(rest::get_job),
+    },
+    Route {
+        method: HttpMethod::Post,
+        path: "/v1/jobs/{id}:cancel",
+        op: &op::JOB_CANCEL,
+        summary: "Cancel a job: a pending one at once, a running one by stopping it on its node",
+        request: None,
+        query: &[],
+        reply: ok("Job"),
+        endpoint: endpoint!(rest::cancel_job),
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/v1/jobs/{id}/logs",
+        op: &op::JOB_LOGS,
+        summary: "Read a job attempt's stdout or stderr from the agent that ran it, from an offset",
+        request: None,
+        query: JOB_LOGS_QUERY,
+        reply: ok("JobLogs"),
+        endpoint: endpoint!(rest::job_logs),
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/v1/usage",
+        op: &op::USAGE_GET,
+        summary: "The project's reserved CPU-, memory- and GPU-seconds per job over a time range",
+        request: None,
+        query: USAGE_QUERY,
+        reply: ok("UsageReport"),
+        endpoint: endpoint!(rest::usage),
     },
 ];
 
@@ -590,6 +692,12 @@ pub(crate) static GRPC_METHODS: &[GrpcMethod] = &[
         "/meridian.v1.ClusterService/RemoveClusterMember",
         &op::MEMBER_REMOVE,
     ),
+    grpc("/meridian.v1.JobService/SubmitJob", &op::JOB_SUBMIT),
+    grpc("/meridian.v1.JobService/GetJob", &op::JOB_GET),
+    grpc("/meridian.v1.JobService/ListJobs", &op::JOB_LIST),
+    grpc("/meridian.v1.JobService/CancelJob", &op::JOB_CANCEL),
+    grpc("/meridian.v1.JobService/ReadJobLogs", &op::JOB_LOGS),
+    grpc("/meridian.v1.UsageService/GetUsage", &op::USAGE_GET),
 ];
 
 /// The gRPC method at `path`, if the table has it.
@@ -758,6 +866,26 @@ mod tests {
             );
             assert_ne!(m.op.policy, Policy::Public, "{} must not be public", m.path);
         }
+    }
+
+    #[test]
+    fn job_routes_carry_the_job_policies() {
+        use crate::authz::Action;
+        let policy = |method: HttpMethod, path: &str| {
+            ROUTES
+                .iter()
+                .find(|r| r.method == method && r.path == path)
+                .map(|r| r.op.policy)
+        };
+        let run = Some(Policy::Authenticated(Action::RunJobs));
+        let read = Some(Policy::Authenticated(Action::ReadProject));
+        assert_eq!(policy(HttpMethod::Post, "/v1/jobs"), run);
+        assert_eq!(policy(HttpMethod::Post, "/v1/jobs/{id}:cancel"), run);
+        assert_eq!(policy(HttpMethod::Get, "/v1/jobs"), read);
+        assert_eq!(policy(HttpMethod::Get, "/v1/jobs/{id}"), read);
+        assert_eq!(policy(HttpMethod::Get, "/v1/jobs/{id}/logs"), read);
+        assert_eq!(policy(HttpMethod::Get, "/v1/usage"), read);
+        assert_eq!(router_path("/v1/jobs/{id}:cancel"), "/v1/jobs/{id}/:cancel");
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub(crate) fn now_ms() -> u64 {
 // ---- requests ---------------------------------------------------------------------------------------------
 
 /// A query-string integer; an empty value (`page_size=`) counts as absent.
-fn query_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+pub(super) fn query_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     let raw: Option<String> = Option::deserialize(d)?;
     match raw.as_deref().map(str::trim) {
         None | Some("") => Ok(None),
@@ -61,7 +61,7 @@ pub(crate) struct PageParams {
 }
 
 impl PageParams {
-    fn request(&self) -> Result<PageRequest, ServiceError> {
+    pub(super) fn request(&self) -> Result<PageRequest, ServiceError> {
         Ok(PageRequest::new(
             self.page_size,
             self.page_token.as_deref(),
@@ -260,6 +260,58 @@ pub(crate) struct RewrapResult {
     pub(crate) master_key_id: String,
 }
 
+/// A registered node as operators see it: resources, GPUs, labels, the allocated GPUs that sit idle,
+/// health and lease epoch.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct NodeView {
+    pub(crate) key: String,
+    pub(crate) region: String,
+    pub(crate) cluster: String,
+    pub(crate) node: String,
+    pub(crate) cpu_cores: u32,
+    pub(crate) memory_bytes: u64,
+    pub(crate) gpu_count: u32,
+    pub(crate) gpus: Vec<crate::scheduler::GpuDevice>,
+    pub(crate) labels: std::collections::BTreeMap<String, String>,
+    /// UUIDs of GPUs assigned to a job whose utilization stayed near zero.
+    pub(crate) idle_gpus: Vec<String>,
+    pub(crate) os: String,
+    /// How the agent limits jobs' resources (cgroup v2, cgroup v1 or rlimits).
+    pub(crate) limit_mode: String,
+    /// Where coordinators reach the agent.
+    pub(crate) rpc_addr: String,
+    pub(crate) agent_version: String,
+    pub(crate) lease_epoch: u64,
+    pub(crate) health: crate::state::NodeHealthState,
+    pub(crate) registered_at: u64,
+    pub(crate) health_changed_at: u64,
+}
+
+impl From<&crate::state::NodeRecord> for NodeView {
+    fn from(n: &crate::state::NodeRecord) -> Self {
+        NodeView {
+            key: n.key.clone(),
+            region: n.region.clone(),
+            cluster: n.cluster.clone(),
+            node: n.node.clone(),
+            cpu_cores: n.cpu_cores,
+            memory_bytes: n.memory_bytes,
+            gpu_count: n.gpu_count,
+            gpus: n.gpus.clone(),
+            labels: n.labels.clone(),
+            idle_gpus: n.idle_gpus.clone(),
+            os: n.os.clone(),
+            limit_mode: n.limit_mode.clone(),
+            rpc_addr: n.rpc_addr.clone(),
+            agent_version: n.agent_version.clone(),
+            lease_epoch: n.lease_epoch,
+            health: n.health,
+            registered_at: n.registered_at,
+            health_changed_at: n.health_changed_at,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Health {
     pub(crate) status: &'static str,
@@ -389,12 +441,16 @@ impl AdminService {
         Command::new(now_ms(), scope.caller.actor(), op)
     }
 
-    async fn write(&self, scope: &RequestScope, op: Op) -> Result<Outcome, ServiceError> {
+    pub(super) async fn write(
+        &self,
+        scope: &RequestScope,
+        op: Op,
+    ) -> Result<Outcome, ServiceError> {
         Ok(self.inner.handle.write(self.command(scope, op)).await?)
     }
 
     /// Waits until the local replica reflects every write acknowledged before this call.
-    async fn consistent(&self) -> Result<(), ServiceError> {
+    pub(super) async fn consistent(&self) -> Result<(), ServiceError> {
         Ok(self.inner.handle.linearizable_read().await?)
     }
 
@@ -422,7 +478,7 @@ impl AdminService {
     }
 
     /// The 404 for an object the caller cannot see; audited when it exists in another project.
-    async fn hidden(
+    pub(super) async fn hidden(
         &self,
         scope: &RequestScope,
         kind: &str,
@@ -465,10 +521,16 @@ impl AdminService {
     pub(crate) async fn list_nodes(
         &self,
         page: &PageParams,
-    ) -> Result<ListPage<crate::state::NodeRecord>, ServiceError> {
+    ) -> Result<ListPage<NodeView>, ServiceError> {
         let req = page.request()?;
         self.consistent().await?;
-        Ok(self.inner.handle.read(|s| s.node_page(&req)).into())
+        let page = self.inner.handle.read(|s| s.node_page(&req));
+        Ok(page.map(|n| NodeView::from(&n)).into())
+    }
+
+    /// The fleet's gauges for `/metrics`, from the local replica.
+    pub(crate) fn fleet_gauges(&self) -> super::metrics::FleetGauges {
+        self.inner.handle.read(super::metrics::FleetGauges::of)
     }
 
     pub(crate) async fn add_member(
@@ -1117,7 +1179,7 @@ impl AdminService {
 }
 
 /// An outcome that does not belong to the command that produced it: a bug between API and state.
-fn unexpected(outcome: Outcome) -> ServiceError {
+pub(super) fn unexpected(outcome: Outcome) -> ServiceError {
     tracing::error!(?outcome, "a command produced an outcome of another kind");
     ServiceError::internal("the registry answered with an unexpected outcome")
 }

@@ -2,13 +2,17 @@
 //!
 //! Owns `RegisterNode` (create or refresh a node, bump its lease epoch, mark it Ready) and `SetNodeHealth`
 //! (a health change fenced by the lease epoch, so a decision made about an older registration never
-//! overrides a newer one). Liveness itself (heartbeats) is soft state kept by the leader outside the
+//! overrides a newer one); what either means for the node's jobs is decided in `jobs.rs`. Liveness itself (heartbeats) is soft state kept by the leader outside the
 //! replicated state; this module must never read a clock: every time arrives inside the command.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::jobs::HeldAttempt;
 use super::tenancy::validate_id;
 use super::{Applied, DomainError, Outcome, Page, PageRequest, RegistryState};
+use crate::scheduler::GpuDevice;
 
 /// A node's health as the leader's monitor last decided it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +56,27 @@ pub struct NodeRecord {
     pub registered_at: u64,
     /// Unix milliseconds of the last health change (a registration counts).
     pub health_changed_at: u64,
+    /// The node's GPUs as its agent last registered them.
+    #[serde(default)]
+    pub gpus: Vec<GpuDevice>,
+    /// Operator labels from the agent's configuration.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Where the agent's own RPC server listens.
+    #[serde(default)]
+    pub rpc_addr: String,
+    #[serde(default)]
+    pub os: String,
+    /// How the agent limits resources (cgroup v2, cgroup v1, rlimits).
+    #[serde(default)]
+    pub limit_mode: String,
+    /// UUIDs of allocated GPUs that have been idle for a while, sorted.
+    #[serde(default)]
+    pub idle_gpus: Vec<String>,
+    /// Incremented whenever the set of attempts assigned to the node, or one of their cancel flags,
+    /// changes; agents long-poll on it.
+    #[serde(default)]
+    pub assign_version: u64,
 }
 
 /// The registry key of a node.
@@ -68,9 +93,19 @@ pub(crate) struct NodeSpec<'a> {
     pub(crate) memory_bytes: u64,
     pub(crate) gpu_count: u32,
     pub(crate) agent_version: &'a str,
+    pub(crate) gpus: &'a [GpuDevice],
+    pub(crate) labels: &'a BTreeMap<String, String>,
+    pub(crate) rpc_addr: &'a str,
+    pub(crate) held: &'a [HeldAttempt],
+    pub(crate) os: &'a str,
+    pub(crate) limit_mode: &'a str,
 }
 
 const MAX_AGENT_VERSION: usize = 64;
+/// Longest OS description, limit mode or RPC address, in bytes.
+const MAX_NODE_TEXT: usize = 256;
+/// Most GPUs and labels a node may declare.
+const MAX_NODE_ITEMS: usize = 256;
 
 impl RegistryState {
     pub(crate) fn register_node(
@@ -87,10 +122,53 @@ impl RegistryState {
                 format!("at most {MAX_AGENT_VERSION} bytes"),
             ));
         }
+        for (field, value) in [
+            ("os", spec.os),
+            ("limit_mode", spec.limit_mode),
+            ("rpc_addr", spec.rpc_addr),
+        ] {
+            if value.len() > MAX_NODE_TEXT {
+                return Err(DomainError::invalid(
+                    field,
+                    format!("at most {MAX_NODE_TEXT} bytes"),
+                ));
+            }
+        }
+        if spec.gpus.len() > MAX_NODE_ITEMS {
+            return Err(DomainError::invalid(
+                "gpus",
+                format!("at most {MAX_NODE_ITEMS}"),
+            ));
+        }
+        if spec
+            .gpus
+            .iter()
+            .any(|g| g.uuid.is_empty() || g.uuid.len() > MAX_NODE_TEXT)
+        {
+            return Err(DomainError::invalid(
+                "gpus",
+                format!("every GPU needs a UUID of 1-{MAX_NODE_TEXT} bytes"),
+            ));
+        }
+        if spec.labels.len() > MAX_NODE_ITEMS
+            || spec
+                .labels
+                .iter()
+                .any(|(k, v)| k.is_empty() || k.len() > MAX_NODE_TEXT || v.len() > MAX_NODE_TEXT)
+        {
+            return Err(DomainError::invalid(
+                "labels",
+                format!("at most {MAX_NODE_ITEMS}, each key 1-{MAX_NODE_TEXT} bytes and value at most {MAX_NODE_TEXT}"),
+            ));
+        }
         let key = node_key(spec.region, spec.cluster, spec.node);
-        let (epoch, registered_at) = match self.nodes.get(&key) {
-            Some(old) => (old.lease_epoch.saturating_add(1), old.registered_at),
-            None => (1, at),
+        let (epoch, registered_at, assign_version) = match self.nodes.get(&key) {
+            Some(old) => (
+                old.lease_epoch.saturating_add(1),
+                old.registered_at,
+                old.assign_version.saturating_add(1),
+            ),
+            None => (1, at, 1),
         };
         let record = NodeRecord {
             key: key.clone(),
@@ -105,12 +183,28 @@ impl RegistryState {
             health: NodeHealthState::Ready,
             registered_at,
             health_changed_at: at,
+            gpus: spec.gpus.to_vec(),
+            labels: spec.labels.clone(),
+            rpc_addr: spec.rpc_addr.to_owned(),
+            os: spec.os.to_owned(),
+            limit_mode: spec.limit_mode.to_owned(),
+            idle_gpus: Vec::new(),
+            assign_version,
         };
-        self.nodes.insert(key, record.clone());
-        Ok(Applied::new(
-            Outcome::Node { node: record },
-            format!("lease epoch {epoch}"),
-        ))
+        self.nodes.insert(key.clone(), record);
+        let lost = self.readopt_node_jobs(at, &key, epoch, spec.held);
+        // Invariant: the record was inserted just above.
+        let record = self
+            .nodes
+            .get(&key)
+            .cloned()
+            .expect("registered node is present");
+        let detail = if lost == 0 {
+            format!("lease epoch {epoch}")
+        } else {
+            format!("lease epoch {epoch}, {lost} jobs lost")
+        };
+        Ok(Applied::new(Outcome::Node { node: record }, detail))
     }
 
     pub(crate) fn set_node_health(
@@ -130,17 +224,21 @@ impl RegistryState {
                 record.lease_epoch
             )));
         }
-        let detail = format!("{} -> {}", record.health.as_str(), health.as_str());
+        let mut detail = format!("{} -> {}", record.health.as_str(), health.as_str());
         if record.health != health {
             record.health = health;
             record.health_changed_at = at;
         }
-        Ok(Applied::new(
-            Outcome::Node {
-                node: record.clone(),
-            },
-            detail,
-        ))
+        if health == NodeHealthState::Lost {
+            let lost = self.lose_node_jobs(at, key);
+            if lost > 0 {
+                detail.push_str(&format!(", {lost} jobs lost"));
+            }
+        }
+        let node = self.nodes.get(key).cloned();
+        // Invariant: the node was found above and nothing removes nodes.
+        let node = node.expect("node is present");
+        Ok(Applied::new(Outcome::Node { node }, detail))
     }
 
     /// One node by key.
@@ -173,6 +271,12 @@ mod tests {
             memory_bytes: 1 << 30,
             gpu_count: 2,
             agent_version: "1.0".into(),
+            gpus: Vec::new(),
+            labels: BTreeMap::new(),
+            rpc_addr: String::new(),
+            held: Vec::new(),
+            os: String::new(),
+            limit_mode: String::new(),
         }
     }
 

@@ -1,7 +1,8 @@
 //! The registry's replicated state and its pure `apply`.
 //!
-//! Owns tenancy (projects, principals, API keys, role bindings), the hash-chained audit log and the
-//! envelope-encrypted secrets, plus the project-scoped read accessors every API route goes through.
+//! Owns tenancy (projects, principals, API keys, role bindings), the hash-chained audit log, the
+//! envelope-encrypted secrets, the fleet registry and the jobs placed on it, plus the project-scoped read
+//! accessors every API route goes through.
 //!
 //! Everything here is deterministic: no clock reads, no randomness, no I/O, no hash-map iteration order.
 //! Times, ids, key hashes and ciphertexts arrive inside the [`Command`], stamped by the coordinator that
@@ -10,23 +11,30 @@
 
 mod audit;
 mod fleet;
+mod jobs;
 mod paging;
 mod scope;
 mod secrets;
 mod tenancy;
 #[cfg(test)]
 mod tests;
+mod usage;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::authz::Role;
+use crate::scheduler::GpuDevice;
 
 pub use audit::{
     verify_chain, AuditChainError, AuditOutcome, AuditPage, AuditRecord, GENESIS_HASH,
 };
 pub use fleet::{node_key, NodeHealthState, NodeRecord};
+pub use jobs::{
+    Attempt, AttemptOutcome, EventAck, HeldAttempt, JobEventKind, JobEventOp, JobRecord, JobSpec,
+    JobState, PlacementOp, RetryPolicy,
+};
 pub use paging::{Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use scope::ProjectScope;
 pub(crate) use secrets::validate_secret_name;
@@ -36,6 +44,7 @@ pub use tenancy::{
     ApiKey, ApiKeyView, KeyPrincipal, KeyState, Principal, PrincipalKind, Project, ProjectView,
     RoleBinding, Scope, DEFAULT_PROJECT_NAME,
 };
+pub use usage::{JobUsage, UsageReport};
 
 /// A typed change to global state, committed through Raft.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,8 +136,8 @@ pub enum Op {
         description: String,
         data_key: WrappedKey,
     },
-    /// Deletes a project that holds no active keys and no secrets; its principals, revoked keys and role
-    /// bindings go with it.
+    /// Deletes a project that holds no active keys, no secrets and no unfinished jobs; its principals,
+    /// revoked keys, role bindings and finished jobs go with it.
     DeleteProject { id: String },
     /// Creates a user or service account owned by a project.
     CreatePrincipal {
@@ -185,7 +194,8 @@ pub enum Op {
         detail: String,
     },
     /// An agent registered its node: creates or refreshes the record, increments its lease epoch and marks
-    /// it Ready. Platform-level (no project).
+    /// it Ready. The node's scheduled and running attempts move to the new epoch; a running attempt the
+    /// agent does not hold any more is lost. Platform-level (no project).
     RegisterNode {
         region: String,
         cluster: String,
@@ -194,13 +204,53 @@ pub enum Op {
         memory_bytes: u64,
         gpu_count: u32,
         agent_version: String,
+        #[serde(default)]
+        gpus: Vec<GpuDevice>,
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+        /// Where the agent's own RPC server listens (log reads).
+        #[serde(default)]
+        rpc_addr: String,
+        /// The attempts the agent still holds.
+        #[serde(default)]
+        held: Vec<HeldAttempt>,
+        #[serde(default)]
+        os: String,
+        /// How the agent limits resources (cgroup v2, cgroup v1, rlimits).
+        #[serde(default)]
+        limit_mode: String,
     },
     /// The leader's health monitor changed a node's health; refused when `lease_epoch` is not the node's
-    /// current one (the node registered again since the decision was made).
+    /// current one (the node registered again since the decision was made). `Lost` also loses the
+    /// node's jobs (retried per their policy).
     SetNodeHealth {
         key: String,
         health: NodeHealthState,
         lease_epoch: u64,
+    },
+    /// A new job, pending. `id` is unique.
+    SubmitJob {
+        id: String,
+        project_id: String,
+        spec: JobSpec,
+    },
+    /// Cancels a job: a pending one at once, a scheduled or running one by asking its agent to stop it.
+    /// Refused for a finished job.
+    CancelJob { project_id: String, id: String },
+    /// The leader's scheduling pass. Items that no longer apply are skipped, not refused.
+    PlaceJobs { placements: Vec<PlacementOp> },
+    /// What an agent saw happen to its attempts; refused as a whole when `lease_epoch` is not the node's.
+    ReportJobEvents {
+        node: String,
+        lease_epoch: u64,
+        events: Vec<JobEventOp>,
+    },
+    /// The GPUs of a node that are allocated but idle (proposed only when the set changes); fenced by the
+    /// lease epoch.
+    SetIdleGpus {
+        node: String,
+        lease_epoch: u64,
+        idle_gpus: Vec<String>,
     },
 }
 
@@ -240,6 +290,17 @@ pub enum Outcome {
     Audited { seq: u64 },
     /// A node was registered or its health changed.
     Node { node: NodeRecord },
+    /// A job was submitted or changed.
+    Job { job: JobRecord },
+    /// What a scheduling pass did.
+    JobsPlaced {
+        placed: u32,
+        waiting: u32,
+        preempted: u32,
+        skipped: u32,
+    },
+    /// One acknowledgement per reported event, in order.
+    JobEvents { acks: Vec<EventAck> },
 }
 
 /// Why a committed command was refused by the domain (the entry is still committed; state is unchanged
@@ -311,6 +372,18 @@ pub struct RegistryState {
     /// Node key (`region/cluster/node`) → record.
     #[serde(default)]
     pub(crate) nodes: BTreeMap<String, NodeRecord>,
+    /// Job id → job.
+    #[serde(default)]
+    pub(crate) jobs: BTreeMap<String, JobRecord>,
+    /// Index: the ids of pending jobs.
+    #[serde(default)]
+    pub(crate) pending_job_ids: BTreeSet<String>,
+    /// Index: node key → ids of the scheduled and running jobs whose current attempt is on it.
+    #[serde(default)]
+    pub(crate) active_job_ids_by_node: BTreeMap<String, BTreeSet<String>>,
+    /// Index: project id → ids of its jobs.
+    #[serde(default)]
+    pub(crate) job_ids_by_project: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// What a successful mutation tells the audit log besides the command's subject.
@@ -395,6 +468,11 @@ impl Op {
                 ..
             } => s("node.register", None, &node_key(region, cluster, node)),
             Op::SetNodeHealth { key, .. } => s("node.health", None, key),
+            Op::SubmitJob { id, project_id, .. } => s("job.submit", Some(project_id), id),
+            Op::CancelJob { project_id, id } => s("job.cancel", Some(project_id), id),
+            Op::PlaceJobs { .. } => s("job.place", None, "scheduler"),
+            Op::ReportJobEvents { node, .. } => s("job.report", None, node),
+            Op::SetIdleGpus { node, .. } => s("node.idle_gpus", None, node),
         }
     }
 }
@@ -557,6 +635,12 @@ impl RegistryState {
                 memory_bytes,
                 gpu_count,
                 agent_version,
+                gpus,
+                labels,
+                rpc_addr,
+                held,
+                os,
+                limit_mode,
             } => self.register_node(
                 at,
                 fleet::NodeSpec {
@@ -567,6 +651,12 @@ impl RegistryState {
                     memory_bytes: *memory_bytes,
                     gpu_count: *gpu_count,
                     agent_version,
+                    gpus,
+                    labels,
+                    rpc_addr,
+                    held,
+                    os,
+                    limit_mode,
                 },
             ),
             Op::SetNodeHealth {
@@ -574,6 +664,23 @@ impl RegistryState {
                 health,
                 lease_epoch,
             } => self.set_node_health(at, key, *health, *lease_epoch),
+            Op::SubmitJob {
+                id,
+                project_id,
+                spec,
+            } => self.submit_job(at, &cmd.actor.name, id, project_id, spec),
+            Op::CancelJob { project_id, id } => self.cancel_job(at, project_id, id),
+            Op::PlaceJobs { placements } => self.place_jobs(at, placements),
+            Op::ReportJobEvents {
+                node,
+                lease_epoch,
+                events,
+            } => self.report_job_events(at, node, *lease_epoch, events),
+            Op::SetIdleGpus {
+                node,
+                lease_epoch,
+                idle_gpus,
+            } => self.set_idle_gpus(node, *lease_epoch, idle_gpus),
         }
     }
 

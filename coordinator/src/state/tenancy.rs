@@ -497,6 +497,12 @@ impl RegistryState {
                 project.name
             )));
         }
+        if self.project_has_unfinished_jobs(id) {
+            return Err(DomainError::FailedPrecondition(format!(
+                "project {} still has unfinished jobs; cancel them first",
+                project.name
+            )));
+        }
         let name = project.name.clone();
         let owned: BTreeSet<String> = self
             .principals
@@ -511,6 +517,7 @@ impl RegistryState {
         });
         self.principals.retain(|pid, _| !owned.contains(pid));
         self.secrets.remove(id);
+        self.remove_project_jobs(id);
         if let Some(project) = self.projects.remove(id) {
             self.project_ids_by_name.remove(&project.name);
         }

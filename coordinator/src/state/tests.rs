@@ -1,6 +1,6 @@
 //! Tests of the registry state: apply rules, determinism across replicas, audit chain, scoping, paging.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -157,7 +157,7 @@ fn random_command(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> 
         .chain(["rb_missing".to_owned()])
         .collect();
     let roles = Role::ALL;
-    let op = match rng.gen_range(0..17) {
+    let op = match rng.gen_range(0..24) {
         0 => Op::Noop,
         1 | 2 => Op::CreateProject {
             id: format!("prj_{}", rng.gen_range(0..12)),
@@ -255,6 +255,22 @@ fn random_command(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> 
             memory_bytes: rng.gen(),
             gpu_count: rng.gen_range(0..9),
             agent_version: "1.0".into(),
+            gpus: Vec::new(),
+            labels: BTreeMap::new(),
+            rpc_addr: String::new(),
+            // Sometimes the agent still holds some of its node's attempts.
+            held: view
+                .jobs
+                .values()
+                .filter_map(|j| j.current_attempt().map(|a| (j, a)))
+                .filter(|_| rng.gen_bool(0.5))
+                .map(|(j, a)| HeldAttempt {
+                    job_id: j.id.clone(),
+                    attempt: a.attempt,
+                })
+                .collect(),
+            os: String::new(),
+            limit_mode: String::new(),
         },
         16 => {
             let node_keys: Vec<(String, u64)> = view
@@ -280,6 +296,7 @@ fn random_command(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> 
                 },
             }
         }
+        17..=23 => random_job_op(rng, view, at, n),
         _ => Op::SetPrincipalDisabled {
             id: principal_ids[rng.gen_range(0..principal_ids.len())].clone(),
             disabled: rng.gen_bool(0.5),
@@ -291,6 +308,145 @@ fn random_command(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> 
         Actor::principal(format!("sa_{n}"), "someone")
     };
     Command::new(at, actor, op)
+}
+
+/// A job command: mostly about jobs and nodes that exist, sometimes stale or wrong.
+fn random_job_op(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> Op {
+    let names = ["alpha", "beta", "gamma", "delta", "Bad_Name", "epsilon"];
+    let job_ids: Vec<&JobRecord> = view.jobs.values().collect();
+    let nodes: Vec<&NodeRecord> = view.nodes.values().collect();
+    let pick_job = |rng: &mut StdRng| -> Option<&JobRecord> {
+        (!job_ids.is_empty()).then(|| job_ids[rng.gen_range(0..job_ids.len())])
+    };
+    let project = || {
+        view.projects
+            .keys()
+            .next()
+            .cloned()
+            .unwrap_or_else(|| "prj_missing".to_owned())
+    };
+    match rng.gen_range(0..7) {
+        0 | 1 => {
+            let mut spec = JobSpec::new(if rng.gen_bool(0.95) { "train" } else { "" });
+            spec.retry.max_attempts = rng.gen_range(1..4);
+            spec.retry.on_failure = rng.gen_bool(0.3);
+            let project_id = match pick_job(rng) {
+                Some(j) if rng.gen_bool(0.5) => j.project_id.clone(),
+                _ => project(),
+            };
+            Op::SubmitJob {
+                id: format!("job_{}", rng.gen_range(0..300)),
+                project_id,
+                spec,
+            }
+        }
+        2 => match pick_job(rng) {
+            Some(j) => Op::CancelJob {
+                project_id: if rng.gen_bool(0.9) {
+                    j.project_id.clone()
+                } else {
+                    "prj_other".to_owned()
+                },
+                id: j.id.clone(),
+            },
+            None => Op::CancelJob {
+                project_id: project(),
+                id: "job_missing".to_owned(),
+            },
+        },
+        3 | 4 => {
+            let mut placements = Vec::new();
+            for _ in 0..rng.gen_range(1..6) {
+                let Some(job) = pick_job(rng) else { break };
+                let node = (!nodes.is_empty()).then(|| nodes[rng.gen_range(0..nodes.len())]);
+                let item = match (rng.gen_range(0..4), node) {
+                    (0 | 1, Some(node)) => PlacementOp::Place {
+                        job_id: job.id.clone(),
+                        attempt: job.attempts.len() as u32 + u32::from(rng.gen_bool(0.1)) + 1,
+                        node: node.key.clone(),
+                        lease_epoch: node.lease_epoch,
+                        gpu_uuids: vec![format!("GPU-{n}")],
+                        resources: crate::scheduler::Resources {
+                            cpu_millis: rng.gen_range(0..4000),
+                            memory_bytes: rng.gen_range(0..1 << 34),
+                            gpus: rng.gen_range(0..2),
+                        },
+                    },
+                    (2, _) => PlacementOp::Preempt {
+                        job_id: job.id.clone(),
+                        attempt: job.attempts.len() as u32,
+                        by: format!("job_{n}"),
+                    },
+                    _ => PlacementOp::Wait {
+                        job_id: job.id.clone(),
+                        reason: format!("reason {}", rng.gen_range(0..3)),
+                    },
+                };
+                placements.push(item);
+            }
+            Op::PlaceJobs { placements }
+        }
+        5 => {
+            let Some(node) = (!nodes.is_empty()).then(|| nodes[rng.gen_range(0..nodes.len())])
+            else {
+                return Op::Noop;
+            };
+            let chosen: Vec<&JobRecord> = view
+                .jobs
+                .values()
+                .filter(|_| rng.gen_bool(0.3))
+                .take(4)
+                .collect();
+            let events = chosen
+                .into_iter()
+                .map(|j| {
+                    let kind = match rng.gen_range(0..6) {
+                        0 | 1 => JobEventKind::Started,
+                        2 | 3 => JobEventKind::Exited {
+                            exit_code: Some(rng.gen_range(0..3)),
+                            signal: None,
+                            cancelled: rng.gen_bool(0.1),
+                            timed_out: rng.gen_bool(0.1),
+                            cpu_time_ms: Some(rng.gen_range(0..10_000)),
+                            max_rss_bytes: None,
+                        },
+                        4 => JobEventKind::LaunchFailed {
+                            message: "no such file".into(),
+                        },
+                        _ => JobEventKind::Vanished {
+                            reason: "gone".into(),
+                        },
+                    };
+                    JobEventOp {
+                        job_id: j.id.clone(),
+                        attempt: j.attempts.len() as u32,
+                        at_ms: at.saturating_sub(rng.gen_range(0..2000)),
+                        kind,
+                    }
+                })
+                .collect();
+            Op::ReportJobEvents {
+                node: node.key.clone(),
+                lease_epoch: if rng.gen_bool(0.8) {
+                    node.lease_epoch
+                } else {
+                    node.lease_epoch.saturating_sub(1)
+                },
+                events,
+            }
+        }
+        _ => {
+            let node = names[rng.gen_range(0..names.len())];
+            Op::SetIdleGpus {
+                node: format!("eu/eu1/{node}"),
+                lease_epoch: view
+                    .nodes
+                    .get(&format!("eu/eu1/{node}"))
+                    .map_or(1, |r| r.lease_epoch),
+                idle_gpus: vec![format!("GPU-{}", rng.gen_range(0..3))],
+            }
+        }
+    }
 }
 
 #[test]
@@ -342,6 +498,7 @@ fn replicas_are_byte_identical() {
             restored = Some(c);
         }
         if n % 100 == 0 {
+            a.assert_job_indexes_consistent();
             assert_eq!(
                 a.to_bytes(),
                 b.to_bytes(),
@@ -360,6 +517,12 @@ fn replicas_are_byte_identical() {
         a.projects.len() > 2 && !a.keys.is_empty() && !a.secrets.is_empty(),
         "log exercised the domain"
     );
+    let states: BTreeSet<JobState> = a.jobs.values().map(|j| j.state).collect();
+    assert!(
+        states.len() >= 5 && a.jobs.values().any(|j| j.attempts.len() > 1),
+        "log exercised the job lifecycle: {states:?}"
+    );
+    a.assert_job_indexes_consistent();
     verify_chain(a.audit_records()).expect("the audit chain of a long log verifies");
 }
 

@@ -33,6 +33,10 @@ pub enum Method {
     AgentHeartbeat = 31,
     /// An agent reports on its work.
     AgentReport = 32,
+    /// An agent long-polls for its node's job assignments.
+    AgentSync = 33,
+    /// A coordinator reads a job's output from the agent that ran it.
+    AgentReadLogs = 40,
 }
 
 /// A method id this build does not know.
@@ -42,7 +46,7 @@ pub struct UnknownMethod(pub u32);
 
 impl Method {
     /// Every method, in id order.
-    pub const ALL: [Method; 10] = [
+    pub const ALL: [Method; 12] = [
         Method::Ping,
         Method::RaftAppendEntries,
         Method::RaftVote,
@@ -53,6 +57,8 @@ impl Method {
         Method::AgentRegister,
         Method::AgentHeartbeat,
         Method::AgentReport,
+        Method::AgentSync,
+        Method::AgentReadLogs,
     ];
 
     /// The id on the wire.
@@ -73,6 +79,8 @@ impl Method {
             Method::AgentRegister => "AgentRegister",
             Method::AgentHeartbeat => "AgentHeartbeat",
             Method::AgentReport => "AgentReport",
+            Method::AgentSync => "AgentSync",
+            Method::AgentReadLogs => "AgentReadLogs",
         }
     }
 }
@@ -106,9 +114,9 @@ const AGENTS: &[Role] = &[Role::Agent];
 
 /// The roles whose identities may call `method`.
 ///
-/// Ping: every role. Raft traffic, forwarded writes, read-index and membership changes: coordinators only.
-/// Agent methods: agents only — and the handler must still check that the agent speaks for its own node
-/// ([`ensure_speaks_for_node`]).
+/// Ping: every role. Raft traffic, forwarded writes, read-index, membership changes and reading logs from
+/// an agent: coordinators only. Agent methods: agents only — and the handler must still check that the
+/// agent speaks for its own node ([`ensure_speaks_for_node`]).
 pub fn allowed_roles(method: Method) -> &'static [Role] {
     match method {
         Method::Ping => EVERY_ROLE,
@@ -117,8 +125,12 @@ pub fn allowed_roles(method: Method) -> &'static [Role] {
         | Method::RaftInstallSnapshot
         | Method::ForwardWrite
         | Method::ReadIndex
-        | Method::ChangeMembership => COORDINATORS,
-        Method::AgentRegister | Method::AgentHeartbeat | Method::AgentReport => AGENTS,
+        | Method::ChangeMembership
+        | Method::AgentReadLogs => COORDINATORS,
+        Method::AgentRegister
+        | Method::AgentHeartbeat
+        | Method::AgentReport
+        | Method::AgentSync => AGENTS,
     }
 }
 
@@ -188,11 +200,11 @@ mod tests {
     #[test]
     fn ids_are_stable_and_round_trip() {
         let ids: Vec<u32> = Method::ALL.iter().map(|m| m.id()).collect();
-        assert_eq!(ids, vec![1, 10, 11, 12, 20, 21, 22, 30, 31, 32]);
+        assert_eq!(ids, vec![1, 10, 11, 12, 20, 21, 22, 30, 31, 32, 33, 40]);
         for method in Method::ALL {
             assert_eq!(Method::try_from(method.id()), Ok(method));
         }
-        for unknown in [0, 2, 13, 33, u32::MAX] {
+        for unknown in [0, 2, 13, 34, 41, u32::MAX] {
             assert_eq!(Method::try_from(unknown), Err(UnknownMethod(unknown)));
         }
     }
@@ -204,9 +216,10 @@ mod tests {
             for method in Method::ALL {
                 let expected = match method {
                     Method::Ping => true,
-                    Method::AgentRegister | Method::AgentHeartbeat | Method::AgentReport => {
-                        role == Role::Agent
-                    }
+                    Method::AgentRegister
+                    | Method::AgentHeartbeat
+                    | Method::AgentReport
+                    | Method::AgentSync => role == Role::Agent,
                     _ => role == Role::Coordinator,
                 };
                 let got = authorize(method, &caller);

@@ -1,0 +1,115 @@
+//! The agent's own RPC service: coordinators read an attempt's captured output with `AgentReadLogs`
+//! (and anyone may `Ping`).
+//!
+//! Owns the answer to a log read: only attempts this node's store knows are served (anything else is
+//! NOT_FOUND, so no caller-supplied path is ever opened), the stream name is checked, and one answer
+//! carries at most [`MAX_READ_BYTES`]. Who may call is the RPC layer's authorization table
+//! (`AgentReadLogs`: coordinators only); this service never writes anything.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use protocol::pb;
+use protocol::rpc::{decode_message, encode_message, CallContext, Method, RpcService, RpcStatus};
+
+use crate::exec::{read_logs, LogStream};
+
+use super::store::JobStore;
+
+/// The most bytes one read answers (also when the request asks for 0, meaning "as much as allowed").
+pub const MAX_READ_BYTES: u32 = 1024 * 1024;
+
+/// Serves `AgentReadLogs` from the attempts recorded in a [`JobStore`].
+#[derive(Debug, Clone)]
+pub struct LogService {
+    store: Arc<JobStore>,
+}
+
+impl LogService {
+    pub fn new(store: Arc<JobStore>) -> LogService {
+        LogService { store }
+    }
+}
+
+impl RpcService for LogService {
+    fn call(
+        &self,
+        ctx: CallContext,
+        method: Method,
+        body: Bytes,
+    ) -> BoxFuture<'static, Result<Bytes, RpcStatus>> {
+        let store = self.store.clone();
+        Box::pin(async move {
+            match method {
+                Method::AgentReadLogs => {
+                    let request: pb::ReadLogsRequest = decode_message(&body)?;
+                    read(store, request).await.map(|r| encode_message(&r))
+                }
+                Method::Ping => Ok(encode_message(&pb::PingResponse {
+                    identity: ctx.peer.uri(),
+                })),
+                other => Err(RpcStatus::unimplemented(format!(
+                    "an agent does not serve {}",
+                    other.name()
+                ))),
+            }
+        })
+    }
+}
+
+fn parse_stream(name: &str) -> Option<LogStream> {
+    match name {
+        "stdout" => Some(LogStream::Stdout),
+        "stderr" => Some(LogStream::Stderr),
+        _ => None,
+    }
+}
+
+async fn read(
+    store: Arc<JobStore>,
+    request: pb::ReadLogsRequest,
+) -> Result<pb::ReadLogsResponse, RpcStatus> {
+    let Some(stream) = parse_stream(&request.stream) else {
+        return Err(RpcStatus::invalid_argument(format!(
+            "stream {:?}: expected \"stdout\" or \"stderr\"",
+            request.stream.chars().take(64).collect::<String>()
+        )));
+    };
+    let max = match request.max_bytes {
+        0 => MAX_READ_BYTES,
+        n => n.min(MAX_READ_BYTES),
+    };
+    let job_id = request.job_id;
+    let attempt = request.attempt;
+    let offset = request.offset;
+    let answer = tokio::task::spawn_blocking(move || {
+        let record = store
+            .attempt(&job_id, attempt)
+            .map_err(|e| RpcStatus::internal(e.to_string()))?;
+        let Some(record) = record else {
+            return Err(RpcStatus::not_found(format!(
+                "attempt {attempt} of job {:?} is not known on this node",
+                job_id.chars().take(128).collect::<String>()
+            )));
+        };
+        let Some(dir) = record.log_dir() else {
+            // Never started (launch failed, or cancelled first): no output.
+            return Ok(pb::ReadLogsResponse {
+                start_offset: 0,
+                data: Vec::new(),
+                next_offset: 0,
+            });
+        };
+        let chunk = read_logs(dir, stream, offset, max as usize)
+            .map_err(|e| RpcStatus::internal(e.to_string()))?;
+        Ok(pb::ReadLogsResponse {
+            start_offset: chunk.start_offset(),
+            next_offset: chunk.next_offset,
+            data: chunk.data,
+        })
+    })
+    .await
+    .map_err(|e| RpcStatus::internal(format!("reading logs: {e}")))?;
+    answer
+}

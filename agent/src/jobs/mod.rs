@@ -1,0 +1,124 @@
+//! The job side of the agent: the node's assignments from the coordinators, the attempts it runs for
+//! them, the reports it owes, and the log reads coordinators make.
+//!
+//! - [`store`] — the local sled database (`<data_dir>/agent.db`): attempt records and the report queue.
+//! - [`reconcile`] — pure decisions: what to launch, stop or report given the local attempts and the
+//!   coordinator's assignments, and how an ended process is reported.
+//! - `supervisor` — carries the decisions out with `exec` and records every step before it matters.
+//! - `sync` — the long poll on `AgentSync` that feeds the supervisor the node's assignments.
+//! - `reporter` — sends queued events in order with `AgentReport`, removes them once answered.
+//! - [`log_service`] — the agent's RPC service: `AgentReadLogs` for attempts this node knows.
+//!
+//! This module never decides *where* work runs (the coordinators' scheduler does) and never runs an
+//! attempt the coordinators did not assign; it never launches the same (job, attempt) twice, not even
+//! across restarts. Finished attempts' records and logs are kept (no garbage collection yet).
+
+pub mod log_service;
+pub mod reconcile;
+pub(crate) mod reporter;
+pub mod store;
+pub(crate) mod supervisor;
+pub(crate) mod sync;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use protocol::pb;
+use serde::{Deserialize, Serialize};
+
+use crate::exec::{LogOptions, ProcessSpec};
+
+pub use log_service::LogService;
+pub use reconcile::{exit_summary, next_timeout, reconcile, Action, LocalAttempt, LocalState};
+pub use store::{AttemptPhase, AttemptRecord, ExitSummary, JobStore, QueuedEvent, StoreError};
+
+/// Why the agent stopped an attempt's process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The job was cancelled: reported as exited with `cancelled`.
+    Cancelled,
+    /// It ran past its timeout: reported as exited with `timed_out`.
+    TimedOut,
+    /// It is no longer assigned to this node: stale, nothing to report.
+    Unassigned,
+}
+
+/// One attempt as the coordinator assigned it (the stored form of `pb::JobAssignment`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub job_id: String,
+    pub attempt: u32,
+    pub project_id: String,
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// Empty: a fresh directory for the attempt.
+    pub working_dir: String,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub gpu_uuids: Vec<String>,
+    /// 0: no timeout.
+    pub timeout_ms: u64,
+    pub cancel: bool,
+    pub cancel_grace_ms: u64,
+}
+
+impl From<pb::JobAssignment> for Assignment {
+    fn from(a: pb::JobAssignment) -> Self {
+        Assignment {
+            job_id: a.job_id,
+            attempt: a.attempt,
+            project_id: a.project_id,
+            command: a.command,
+            args: a.args,
+            env: a.env.into_iter().collect(),
+            working_dir: a.working_dir,
+            cpu_millis: a.cpu_millis,
+            memory_bytes: a.memory_bytes,
+            gpu_uuids: a.gpu_uuids,
+            timeout_ms: a.timeout_ms,
+            cancel: a.cancel,
+            cancel_grace_ms: a.cancel_grace_ms,
+        }
+    }
+}
+
+impl Assignment {
+    /// The (job id, attempt) pair that names the attempt.
+    pub fn key(&self) -> AttemptKey {
+        (self.job_id.clone(), self.attempt)
+    }
+
+    /// The grace between SIGTERM and SIGKILL when the attempt is stopped.
+    pub fn cancel_grace(&self) -> Duration {
+        Duration::from_millis(self.cancel_grace_ms)
+    }
+
+    /// What `exec` runs for it, with its logs in `log_dir`.
+    pub fn process_spec(&self, log_dir: PathBuf) -> ProcessSpec {
+        ProcessSpec {
+            job_id: self.job_id.clone(),
+            attempt: self.attempt,
+            command: self.command.clone(),
+            args: self.args.clone(),
+            env: self.env.clone(),
+            working_dir: (!self.working_dir.is_empty()).then(|| PathBuf::from(&self.working_dir)),
+            cpu_millis: self.cpu_millis,
+            memory_bytes: self.memory_bytes,
+            gpu_uuids: self.gpu_uuids.clone(),
+            log: LogOptions::new(log_dir),
+        }
+    }
+}
+
+/// (job id, attempt).
+pub type AttemptKey = (String, u32);
+
+/// Unix milliseconds now.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,795 @@
+//! The job supervisor: re-adopts attempts after a restart, then carries out the reconcile decisions —
+//! launching, stopping, recording ends — and queues every report in the local store.
+//!
+//! Owns the live [`RunningJob`]s. Every step that must survive a crash is written (and flushed) before it
+//! takes effect: an attempt is recorded before it is launched, its handle and `Started` right after, its
+//! end together with its final report. It never talks to a coordinator (the sync loop feeds it
+//! assignments, the reporter sends what it queues) and never launches an attempt the store already
+//! knows. A store failure stops it (and with it the agent): without the store, neither exactly-once
+//! reports nor re-adoption can be promised. Jobs keep running when the agent stops.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::pb;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::exec::{ExitReport, Launcher, RunningJob};
+
+use super::reconcile::{exit_summary, next_timeout, reconcile, Action, LocalAttempt, LocalState};
+use super::store::{AttemptPhase, AttemptRecord, ExitSummary, JobStore, StoreError};
+use super::{now_ms, Assignment, AttemptKey, StopReason};
+
+/// How long the supervisor waits for a job to die after a store failure left it unrecorded.
+const ORPHAN_KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// An attempt whose process this agent supervises now.
+struct Active {
+    assignment: Assignment,
+    started_unix_ms: u64,
+    /// Why this agent process is stopping it, once it began to.
+    stopping: Option<StopReason>,
+    /// A stop begun by an earlier agent process (the attempt was re-adopted since).
+    prior_stop: Option<StopReason>,
+    /// Hands the grace period to the attempt's watcher task; taken when the stop begins.
+    stop: Option<oneshot::Sender<Duration>>,
+}
+
+/// An attempt's process ended.
+struct Ended {
+    key: AttemptKey,
+    report: ExitReport,
+}
+
+pub(crate) struct Supervisor {
+    store: Arc<JobStore>,
+    launcher: Launcher,
+    active: BTreeMap<AttemptKey, Active>,
+    /// Finished attempts and whether their final event was queued.
+    finished: BTreeMap<AttemptKey, bool>,
+    /// The coordinator's latest assignments; `None` until the first answer.
+    assigned: Option<Vec<Assignment>>,
+    ended_tx: mpsc::UnboundedSender<Ended>,
+    ended_rx: mpsc::UnboundedReceiver<Ended>,
+    /// Wakes the reporter when an event was queued.
+    queued: Arc<Notify>,
+    /// GPU UUIDs of the running attempts.
+    allocated: watch::Sender<BTreeSet<String>>,
+    /// Tells the watcher tasks to let go of their jobs (the agent is stopping; the jobs keep running).
+    detach: CancellationToken,
+}
+
+impl Supervisor {
+    pub(crate) fn new(
+        store: Arc<JobStore>,
+        launcher: Launcher,
+        queued: Arc<Notify>,
+        allocated: watch::Sender<BTreeSet<String>>,
+    ) -> Supervisor {
+        let (ended_tx, ended_rx) = mpsc::unbounded_channel();
+        Supervisor {
+            store,
+            launcher,
+            active: BTreeMap::new(),
+            finished: BTreeMap::new(),
+            assigned: None,
+            ended_tx,
+            ended_rx,
+            queued,
+            allocated,
+            detach: CancellationToken::new(),
+        }
+    }
+
+    /// Takes over what an earlier agent process left: re-adopts every running attempt whose process is
+    /// still there; reports the others as exited (with the status their wrapper recorded) or vanished.
+    /// Must run inside a Tokio runtime, before the node registers (registration announces what is held).
+    pub(crate) fn recover(&mut self) -> Result<(), StoreError> {
+        for mut record in self.store.attempts()? {
+            let key = record.assignment.key();
+            let handle = match (record.phase, record.handle.clone()) {
+                (AttemptPhase::Finished, _) => {
+                    self.finished.insert(key, record.final_reported);
+                    continue;
+                }
+                (AttemptPhase::Running, Some(handle)) => handle,
+                (AttemptPhase::Launching | AttemptPhase::Running, _) => {
+                    tracing::warn!(job = %key.0, attempt = key.1, "the agent stopped while launching this attempt");
+                    self.finish_with(
+                        record,
+                        None,
+                        Some("the agent stopped while launching the attempt"),
+                    )?;
+                    continue;
+                }
+            };
+            if let Some(job) = self.launcher.adopt(&handle) {
+                self.watch(record.assignment, job, record.stop);
+                continue;
+            }
+            let exit = handle
+                .recorded_exit()
+                .map(|report| exit_summary(&report, record.stop));
+            tracing::info!(job = %key.0, attempt = key.1, ?exit, "attempt ended while the agent was away");
+            if record.stop == Some(StopReason::Unassigned) {
+                record.phase = AttemptPhase::Finished;
+                record.exit = exit;
+                self.store.save(&record)?;
+                self.finished.insert(key, false);
+            } else {
+                self.finish_with(
+                    record,
+                    exit,
+                    Some("the process ended while the agent was away and left no exit status"),
+                )?;
+            }
+        }
+        self.publish_allocated();
+        Ok(())
+    }
+
+    /// Runs until `shutdown`: applies every new set of assignments, enforces timeouts, records ends.
+    pub(crate) async fn run(
+        mut self,
+        mut assignments: watch::Receiver<Option<Vec<Assignment>>>,
+        shutdown: CancellationToken,
+    ) -> Result<(), StoreError> {
+        let result = self.serve(&mut assignments, &shutdown).await;
+        // Whatever ends the loop, the jobs keep running; a restarted agent adopts them.
+        self.detach.cancel();
+        result
+    }
+
+    async fn serve(
+        &mut self,
+        assignments: &mut watch::Receiver<Option<Vec<Assignment>>>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        self.reconcile().await?;
+        loop {
+            let due = self.next_timeout_in();
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                changed = assignments.changed() => {
+                    if changed.is_err() {
+                        // The sync loop is gone: the agent is stopping.
+                        return Ok(());
+                    }
+                    let latest = assignments.borrow_and_update().clone();
+                    if latest.is_some() {
+                        self.assigned = latest;
+                    }
+                }
+                ended = self.ended_rx.recv() => {
+                    if let Some(ended) = ended {
+                        self.record_end(ended)?;
+                    }
+                }
+                _ = sleep_for(due) => {}
+            }
+            self.reconcile().await?;
+        }
+    }
+
+    /// How long until the next timeout falls due.
+    fn next_timeout_in(&self) -> Option<Duration> {
+        next_timeout(&self.local_view())
+            .map(|at| Duration::from_millis(at.saturating_sub(now_ms())))
+    }
+
+    fn local_view(&self) -> Vec<LocalAttempt> {
+        let running = self.active.iter().map(|(key, a)| LocalAttempt {
+            job_id: key.0.clone(),
+            attempt: key.1,
+            state: LocalState::Running {
+                started_unix_ms: a.started_unix_ms,
+                timeout_ms: a.assignment.timeout_ms,
+                cancel_grace_ms: a.assignment.cancel_grace_ms,
+                stopping: a.stopping,
+            },
+        });
+        // Finished attempts matter only when assigned (never launch again, report a silent end).
+        let assigned: BTreeSet<AttemptKey> = self
+            .assigned
+            .iter()
+            .flatten()
+            .map(Assignment::key)
+            .collect();
+        let finished = self
+            .finished
+            .iter()
+            .filter(|(key, _)| assigned.contains(*key))
+            .map(|(key, reported)| LocalAttempt {
+                job_id: key.0.clone(),
+                attempt: key.1,
+                state: LocalState::Finished {
+                    final_reported: *reported,
+                },
+            });
+        running.chain(finished).collect()
+    }
+
+    async fn reconcile(&mut self) -> Result<(), StoreError> {
+        let actions = reconcile(&self.local_view(), self.assigned.as_deref(), now_ms());
+        for action in actions {
+            match action {
+                Action::Launch(assignment) => self.launch(assignment).await?,
+                Action::FinishUnlaunched(assignment) => self.finish_unlaunched(assignment)?,
+                Action::Stop {
+                    job_id,
+                    attempt,
+                    reason,
+                    grace,
+                } => self.stop((job_id, attempt), reason, grace)?,
+                Action::ReportEnd { job_id, attempt } => self.report_end((job_id, attempt))?,
+            }
+        }
+        Ok(())
+    }
+
+    async fn launch(&mut self, assignment: Assignment) -> Result<(), StoreError> {
+        let key = assignment.key();
+        let mut record = AttemptRecord::launching(assignment.clone());
+        if !self.store.begin_launch(&record)? {
+            // Known already (another phase of this loop recorded it): never launch twice.
+            tracing::warn!(job = %key.0, attempt = key.1, "attempt already recorded; not launched again");
+            return Ok(());
+        }
+        let log_dir = self.launcher.state_dir(&key.0, key.1).join("logs");
+        let spec = assignment.process_spec(log_dir);
+        let job = match self.launcher.launch(&spec) {
+            Ok(job) => job,
+            Err(e) => {
+                tracing::info!(job = %key.0, attempt = key.1, error = %e, "launch failed");
+                record.phase = AttemptPhase::Finished;
+                record.final_reported = true;
+                let event = event(&key, pb::job_event::Kind::LaunchFailed(e.to_string()));
+                self.store.save_with_event(&record, &event)?;
+                self.finished.insert(key, true);
+                self.queued.notify_one();
+                return Ok(());
+            }
+        };
+        record.phase = AttemptPhase::Running;
+        record.handle = Some(job.handle().clone());
+        let started = event(
+            &key,
+            pb::job_event::Kind::Started(pb::JobStarted { pid: job.pid() }),
+        );
+        if let Err(e) = self.store.save_with_event(&record, &started) {
+            // Unrecorded, the process could never be adopted or reported: it must not outlive us.
+            tracing::error!(job = %key.0, error = %e, "recording a launched attempt failed; killing it");
+            let _ = tokio::time::timeout(ORPHAN_KILL_WAIT, job.cancel(Duration::ZERO)).await;
+            return Err(e);
+        }
+        self.queued.notify_one();
+        tracing::info!(job = %key.0, attempt = key.1, pid = job.pid(), "attempt started");
+        self.watch(assignment, job, None);
+        self.publish_allocated();
+        Ok(())
+    }
+
+    fn finish_unlaunched(&mut self, assignment: Assignment) -> Result<(), StoreError> {
+        let key = assignment.key();
+        if self.store.attempt(&key.0, key.1)?.is_some() {
+            return Ok(());
+        }
+        tracing::info!(job = %key.0, attempt = key.1, "cancelled before it was launched");
+        let mut record = AttemptRecord::launching(assignment);
+        record.stop = Some(StopReason::Cancelled);
+        let exit = ExitSummary {
+            exit_code: None,
+            signal: None,
+            cancelled: true,
+            timed_out: false,
+            cpu_time_ms: None,
+            max_rss_bytes: None,
+            wall_ms: 0,
+        };
+        self.finish_with(record, Some(exit), None)
+    }
+
+    fn stop(
+        &mut self,
+        key: AttemptKey,
+        reason: StopReason,
+        grace: Duration,
+    ) -> Result<(), StoreError> {
+        let Some(active) = self.active.get_mut(&key) else {
+            return Ok(());
+        };
+        tracing::info!(job = %key.0, attempt = key.1, ?reason, ?grace, "stopping attempt");
+        active.stopping = Some(reason);
+        // Recorded first: a restarted agent then reports the end the same way.
+        if let Some(mut record) = self.store.attempt(&key.0, key.1)? {
+            record.stop = Some(reason);
+            self.store.save(&record)?;
+        }
+        if let Some(stop) = active.stop.take() {
+            // The watcher is gone only when the job has ended; its end is on the way.
+            let _ = stop.send(grace);
+        }
+        Ok(())
+    }
+
+    fn report_end(&mut self, key: AttemptKey) -> Result<(), StoreError> {
+        let Some(record) = self.store.attempt(&key.0, key.1)? else {
+            return Ok(());
+        };
+        tracing::info!(job = %key.0, attempt = key.1, "stopped attempt is assigned again; reporting its end");
+        let exit = record.exit;
+        self.finish_with(
+            record,
+            exit,
+            Some("the attempt was stopped while it was not assigned to this node"),
+        )
+    }
+
+    fn record_end(&mut self, ended: Ended) -> Result<(), StoreError> {
+        let Ended { key, report } = ended;
+        let Some(active) = self.active.remove(&key) else {
+            return Ok(());
+        };
+        self.publish_allocated();
+        let reason = active.stopping.or(active.prior_stop);
+        let exit = exit_summary(&report, reason);
+        let mut record = self
+            .store
+            .attempt(&key.0, key.1)?
+            .unwrap_or_else(|| AttemptRecord::launching(active.assignment));
+        record.stop = reason;
+        tracing::info!(job = %key.0, attempt = key.1, ?exit, "attempt ended");
+        if reason == Some(StopReason::Unassigned) {
+            record.phase = AttemptPhase::Finished;
+            record.exit = Some(exit);
+            self.store.save(&record)?;
+            self.finished.insert(key, false);
+            return Ok(());
+        }
+        self.finish_with(record, Some(exit), None)
+    }
+
+    /// Marks the attempt finished and queues its final event in one write: `Exited` from `exit`, else
+    /// `Vanished` with `vanished` as the reason (or an unknown status).
+    fn finish_with(
+        &mut self,
+        mut record: AttemptRecord,
+        exit: Option<ExitSummary>,
+        vanished: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let key = record.assignment.key();
+        let kind = match exit {
+            Some(exit) => pb::job_event::Kind::Exited(exit.to_pb()),
+            None => pb::job_event::Kind::Vanished(
+                vanished.unwrap_or("the exit status is unknown").to_owned(),
+            ),
+        };
+        record.phase = AttemptPhase::Finished;
+        record.exit = exit;
+        record.final_reported = true;
+        self.store.save_with_event(&record, &event(&key, kind))?;
+        self.finished.insert(key, true);
+        self.queued.notify_one();
+        Ok(())
+    }
+
+    /// Supervises a launched or adopted job in its own task until it ends, is stopped, or the agent stops.
+    fn watch(&mut self, assignment: Assignment, job: RunningJob, prior_stop: Option<StopReason>) {
+        let key = assignment.key();
+        let started_unix_ms = job.handle().started_unix_ms;
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let ended = self.ended_tx.clone();
+        let detach = self.detach.clone();
+        let span = tracing::info_span!("job", job = %key.0, attempt = key.1);
+        let task_key = key.clone();
+        tokio::spawn(tracing::Instrument::instrument(
+            watch_job(job, task_key, stop_rx, ended, detach),
+            span,
+        ));
+        self.active.insert(
+            key,
+            Active {
+                assignment,
+                started_unix_ms,
+                stopping: None,
+                prior_stop,
+                stop: Some(stop_tx),
+            },
+        );
+    }
+
+    fn publish_allocated(&self) {
+        let gpus: BTreeSet<String> = self
+            .active
+            .values()
+            .flat_map(|a| a.assignment.gpu_uuids.iter().cloned())
+            .collect();
+        self.allocated.send_if_modified(|current| {
+            if *current == gpus {
+                false
+            } else {
+                *current = gpus;
+                true
+            }
+        });
+    }
+}
+
+/// What a watcher saw first.
+enum Next {
+    Ended(ExitReport),
+    Stop(Duration),
+    /// The supervisor dropped the stop sender without stopping: keep waiting for the end.
+    NoStop,
+    Detach,
+}
+
+async fn watch_job(
+    job: RunningJob,
+    key: AttemptKey,
+    mut stop: oneshot::Receiver<Duration>,
+    ended: mpsc::UnboundedSender<Ended>,
+    detach: CancellationToken,
+) {
+    let mut stoppable = true;
+    loop {
+        let next = tokio::select! {
+            report = job.wait() => Next::Ended(report),
+            grace = &mut stop, if stoppable => grace.map_or(Next::NoStop, Next::Stop),
+            _ = detach.cancelled() => Next::Detach,
+        };
+        match next {
+            Next::Ended(report) => {
+                let _ = ended.send(Ended { key, report });
+                return;
+            }
+            Next::Stop(grace) => {
+                let report = tokio::select! {
+                    report = job.cancel(grace) => report,
+                    // Stopping mid-cancel: the restarted agent sees the stop recorded and repeats it.
+                    _ = detach.cancelled() => return,
+                };
+                let _ = ended.send(Ended { key, report });
+                return;
+            }
+            Next::NoStop => stoppable = false,
+            Next::Detach => {
+                job.detach();
+                return;
+            }
+        }
+    }
+}
+
+fn event(key: &AttemptKey, kind: pb::job_event::Kind) -> pb::JobEvent {
+    pb::JobEvent {
+        job_id: key.0.clone(),
+        attempt: key.1,
+        at_ms: now_ms(),
+        kind: Some(kind),
+    }
+}
+
+async fn sleep_for(due: Option<Duration>) {
+    match due {
+        Some(pause) => tokio::time::sleep(pause).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The supervisor with real processes and a real store, fed assignments directly (no coordinator).
+
+    use std::path::Path;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::exec::LauncherOptions;
+
+    const DEADLINE: Duration = Duration::from_secs(30);
+
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        store: Arc<JobStore>,
+        launcher: Launcher,
+        queued: Arc<Notify>,
+    }
+
+    fn fixture() -> Fixture {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let fake_cgroups = tmp.path().join("no-cgroups");
+        std::fs::create_dir_all(&fake_cgroups).expect("mkdir");
+        let launcher = Launcher::new(LauncherOptions {
+            data_dir: tmp.path().join("data"),
+            cgroup_root: Some(fake_cgroups),
+        })
+        .expect("launcher");
+        let store = Arc::new(JobStore::open(tmp.path()).expect("store"));
+        Fixture {
+            _tmp: tmp,
+            store,
+            launcher,
+            queued: Arc::new(Notify::new()),
+        }
+    }
+
+    impl Fixture {
+        fn supervisor(&self) -> (Supervisor, watch::Receiver<BTreeSet<String>>) {
+            let (tx, rx) = watch::channel(BTreeSet::new());
+            (
+                Supervisor::new(
+                    self.store.clone(),
+                    self.launcher.clone(),
+                    self.queued.clone(),
+                    tx,
+                ),
+                rx,
+            )
+        }
+
+        fn events(&self) -> Vec<pb::JobEvent> {
+            self.store
+                .pending_events(1000)
+                .expect("queue")
+                .into_iter()
+                .map(|q| q.event)
+                .collect()
+        }
+
+        async fn wait_events(&self, what: &str, done: impl Fn(&[pb::JobEvent]) -> bool) {
+            let deadline = Instant::now() + DEADLINE;
+            loop {
+                let events = self.events();
+                if done(&events) {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: events so far {events:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    fn shell(job: &str, script: &str) -> Assignment {
+        Assignment {
+            job_id: job.into(),
+            attempt: 1,
+            project_id: "p".into(),
+            command: "sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: Default::default(),
+            working_dir: String::new(),
+            cpu_millis: 0,
+            memory_bytes: 0,
+            gpu_uuids: vec![],
+            timeout_ms: 0,
+            cancel: false,
+            cancel_grace_ms: 200,
+        }
+    }
+
+    fn kinds_of(events: &[pb::JobEvent], job: &str) -> Vec<pb::job_event::Kind> {
+        events
+            .iter()
+            .filter(|e| e.job_id == job)
+            .filter_map(|e| e.kind.clone())
+            .collect()
+    }
+
+    fn exited(events: &[pb::JobEvent], job: &str) -> Option<pb::JobExited> {
+        kinds_of(events, job).into_iter().find_map(|k| match k {
+            pb::job_event::Kind::Exited(x) => Some(x),
+            _ => None,
+        })
+    }
+
+    fn touch(path: &Path) {
+        std::fs::write(path, b"").expect("touch");
+    }
+
+    /// Launches `assignment` as an earlier agent process would have, and records it as running.
+    fn launched_by_earlier_agent(fx: &Fixture, assignment: &Assignment) -> RunningJob {
+        let key = assignment.key();
+        let mut record = AttemptRecord::launching(assignment.clone());
+        assert!(fx.store.begin_launch(&record).expect("begin"));
+        let spec = assignment.process_spec(fx.launcher.state_dir(&key.0, key.1).join("logs"));
+        let job = fx.launcher.launch(&spec).expect("launch");
+        record.phase = AttemptPhase::Running;
+        record.handle = Some(job.handle().clone());
+        fx.store.save(&record).expect("save");
+        job
+    }
+
+    #[tokio::test]
+    async fn recovery_adopts_live_attempts_and_reports_the_others_once() {
+        let fx = fixture();
+        let go = fx._tmp.path().join("go");
+        // Still running when the agent comes back.
+        let alive = shell(
+            "alive",
+            &format!(
+                "while [ ! -e '{}' ]; do sleep 0.02; done; exit 4",
+                go.display()
+            ),
+        );
+        let alive_job = launched_by_earlier_agent(&fx, &alive);
+        alive_job.detach();
+        // Ended while the agent was away, with a recorded status.
+        let ended = shell("ended", "exit 3");
+        let ended_job = launched_by_earlier_agent(&fx, &ended);
+        ended_job.wait().await;
+        // Ended after the agent began stopping it as stale.
+        let stale = shell("stale", "exit 0");
+        let stale_job = launched_by_earlier_agent(&fx, &stale);
+        stale_job.wait().await;
+        let mut record = fx.store.attempt("stale", 1).expect("read").expect("record");
+        record.stop = Some(StopReason::Unassigned);
+        fx.store.save(&record).expect("save");
+        // The agent died between recording and launching.
+        fx.store
+            .begin_launch(&AttemptRecord::launching(shell("half", "true")))
+            .expect("begin");
+
+        let (mut supervisor, allocated) = fx.supervisor();
+        supervisor.recover().expect("recover");
+        assert!(allocated.borrow().is_empty());
+        let events = fx.events();
+        let code = exited(&events, "ended").expect("ended reported");
+        assert_eq!(code.exit_code, Some(3));
+        assert!(!code.cancelled && !code.timed_out);
+        assert!(matches!(
+            kinds_of(&events, "half").as_slice(),
+            [pb::job_event::Kind::Vanished(_)]
+        ));
+        assert!(kinds_of(&events, "stale").is_empty(), "{events:?}");
+        assert!(kinds_of(&events, "alive").is_empty(), "{events:?}");
+        let held: Vec<String> = fx
+            .store
+            .held()
+            .expect("held")
+            .into_iter()
+            .map(|h| h.job_id)
+            .collect();
+        assert_eq!(held, vec!["alive", "ended", "half"]);
+
+        // The adopted attempt is supervised: its end is reported, and a second recovery (another
+        // restart) reports nothing twice.
+        let (assign_tx, assign_rx) = watch::channel(Some(vec![alive.clone()]));
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(supervisor.run(assign_rx, stop.clone()));
+        touch(&go);
+        fx.wait_events("the adopted attempt's end", |e| {
+            exited(e, "alive").is_some()
+        })
+        .await;
+        assert_eq!(
+            exited(&fx.events(), "alive").and_then(|x| x.exit_code),
+            Some(4)
+        );
+        stop.cancel();
+        running.await.expect("join").expect("supervisor");
+        drop(assign_tx);
+        let before = fx.events();
+        let (mut again, _) = fx.supervisor();
+        again.recover().expect("recover again");
+        assert_eq!(fx.events(), before);
+    }
+
+    #[tokio::test]
+    async fn assignments_are_launched_once_cancelled_timed_out_and_stopped() {
+        let fx = fixture();
+        let (supervisor, allocated) = fx.supervisor();
+        let (assign_tx, assign_rx) = watch::channel(None);
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(supervisor.run(assign_rx, stop.clone()));
+
+        let mut quick = shell("quick", "echo hi; exit 0");
+        quick.gpu_uuids = vec!["GPU-x".into()];
+        let stubborn = shell("stubborn", "trap '' TERM; while :; do sleep 0.05; done");
+        let mut slow = shell("slow", "while :; do sleep 0.05; done");
+        slow.timeout_ms = 300;
+        let stale = shell("stale", "while :; do sleep 0.05; done");
+        let broken = Assignment {
+            command: "/definitely/not/here".into(),
+            ..shell("broken", "")
+        };
+        let early = Assignment {
+            cancel: true,
+            ..shell("early", "exit 0")
+        };
+        let all = vec![
+            quick.clone(),
+            stubborn.clone(),
+            slow.clone(),
+            stale.clone(),
+            broken,
+            early,
+        ];
+        assign_tx.send_replace(Some(all.clone()));
+        fx.wait_events("quick to end, slow to time out, the others to start", |e| {
+            exited(e, "quick").is_some()
+                && exited(e, "slow").is_some()
+                && exited(e, "early").is_some()
+                && kinds_of(e, "stubborn").len() == 1
+                && kinds_of(e, "stale").len() == 1
+                && kinds_of(e, "broken").len() == 1
+        })
+        .await;
+        let events = fx.events();
+        assert!(matches!(
+            kinds_of(&events, "quick").as_slice(),
+            [pb::job_event::Kind::Started(_), pb::job_event::Kind::Exited(x)] if x.exit_code == Some(0)
+        ));
+        let slow_end = exited(&events, "slow").expect("slow");
+        assert!(slow_end.timed_out && !slow_end.cancelled, "{slow_end:?}");
+        let early_end = exited(&events, "early").expect("early");
+        assert!(early_end.cancelled);
+        assert_eq!(kinds_of(&events, "early").len(), 1, "never started");
+        assert!(matches!(
+            kinds_of(&events, "broken").as_slice(),
+            [pb::job_event::Kind::LaunchFailed(m)] if m.contains("not found")
+        ));
+        assert!(allocated.borrow().is_empty(), "quick's GPU is free again");
+
+        // Cancel the one that ignores SIGTERM; drop the stale one from the assignments.
+        let mut cancelled = stubborn.clone();
+        cancelled.cancel = true;
+        let remaining: Vec<Assignment> = all
+            .iter()
+            .filter(|a| a.job_id != "stale")
+            .map(|a| {
+                if a.job_id == "stubborn" {
+                    cancelled.clone()
+                } else {
+                    a.clone()
+                }
+            })
+            .collect();
+        assign_tx.send_replace(Some(remaining.clone()));
+        fx.wait_events("the cancel to end", |e| exited(e, "stubborn").is_some())
+            .await;
+        let end = exited(&fx.events(), "stubborn").expect("stubborn");
+        assert!(end.cancelled && end.signal == Some(9), "{end:?}");
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let record = fx.store.attempt("stale", 1).expect("read").expect("record");
+            if record.phase == AttemptPhase::Finished {
+                assert_eq!(record.stop, Some(StopReason::Unassigned));
+                assert!(!record.final_reported);
+                break;
+            }
+            assert!(Instant::now() < deadline, "stale never stopped");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(kinds_of(&fx.events(), "stale").len(), 1, "only Started");
+
+        // Nothing is ever launched twice: the same answer again changes nothing.
+        let count = fx.events().len();
+        assign_tx.send_replace(Some(remaining));
+        tokio::task::yield_now().await;
+        // The stale one assigned again: its end is reported, it is not launched again.
+        assign_tx.send_replace(Some(vec![stale.clone(), quick.clone()]));
+        fx.wait_events("the stale end to be reported", |e| {
+            exited(e, "stale").is_some()
+        })
+        .await;
+        let events = fx.events();
+        assert_eq!(events.len(), count + 1, "{events:?}");
+        let stale_end = exited(&events, "stale").expect("stale");
+        assert!(!stale_end.cancelled && !stale_end.timed_out);
+        let started = |job: &str| {
+            kinds_of(&events, job)
+                .iter()
+                .filter(|k| matches!(k, pb::job_event::Kind::Started(_)))
+                .count()
+        };
+        assert_eq!((started("quick"), started("stale")), (1, 1));
+        stop.cancel();
+        running.await.expect("join").expect("supervisor");
+    }
+}

@@ -1,0 +1,301 @@
+//! The agent's log server end to end over real QUIC with mutual TLS: a coordinator reads a real attempt's
+//! output by logical offset; unknown attempts and bad stream names are refused; an agent identity may
+//! not read logs at all.
+
+mod exec_common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent::exec::LogStream;
+use agent::jobs::{Assignment, AttemptPhase, AttemptRecord, JobStore, LogService};
+use exec_common::{read_all, rlimit_launcher, shell_spec, DEADLINE};
+use protocol::pb;
+use protocol::rpc::{Method, RpcClient, RpcError, RpcServer, StatusCode};
+use tokio_util::sync::CancellationToken;
+
+const TRUST_DOMAIN: &str = "logs-test.meridian.local";
+const CALL: Duration = Duration::from_secs(5);
+
+fn tls_for(ca: &certs::CertificateAuthority, identity: certs::Identity) -> certs::TlsIdentity {
+    let leaf = ca
+        .issue(
+            &certs::LeafRequest::new(identity, Duration::from_secs(3_600))
+                .with_dns_name("localhost")
+                .with_ip_address("127.0.0.1".parse().expect("literal")),
+        )
+        .expect("issue leaf");
+    certs::TlsIdentity::from_pem(ca.cert_pem(), &leaf.cert_pem, &leaf.key_pem).expect("tls")
+}
+
+fn agent_identity(node: &str) -> certs::Identity {
+    certs::Identity::agent(TRUST_DOMAIN, "eu", "eu1", node).expect("agent identity")
+}
+
+fn assignment_for(job_id: &str) -> Assignment {
+    Assignment {
+        job_id: job_id.into(),
+        attempt: 1,
+        project_id: "p".into(),
+        command: "sh".into(),
+        args: vec![],
+        env: Default::default(),
+        working_dir: String::new(),
+        cpu_millis: 0,
+        memory_bytes: 0,
+        gpu_uuids: vec![],
+        timeout_ms: 0,
+        cancel: false,
+        cancel_grace_ms: 0,
+    }
+}
+
+fn read_request(
+    job_id: &str,
+    attempt: u32,
+    stream: &str,
+    offset: u64,
+    max: u32,
+) -> pb::ReadLogsRequest {
+    pb::ReadLogsRequest {
+        job_id: job_id.into(),
+        attempt,
+        stream: stream.into(),
+        offset,
+        max_bytes: max,
+    }
+}
+
+fn remote_code(result: Result<pb::ReadLogsResponse, RpcError>) -> StatusCode {
+    match result {
+        Err(RpcError::Remote(status)) => status.code,
+        other => panic!("expected a remote error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_reads_an_attempts_output_and_an_agent_is_refused() {
+    certs::install_crypto_provider();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ca = certs::CertificateAuthority::generate(TRUST_DOMAIN, Duration::from_secs(86_400))
+        .expect("ca");
+
+    // A real attempt: launched, recorded in the store like the supervisor does, run to its end.
+    let launcher = rlimit_launcher(tmp.path());
+    let spec = shell_spec(
+        tmp.path(),
+        "logs",
+        "i=0; while [ $i -lt 200 ]; do echo line-$i; i=$((i+1)); done; echo oops >&2",
+    );
+    let store = Arc::new(JobStore::open(tmp.path()).expect("store"));
+    let mut record = AttemptRecord::launching(assignment_for(&spec.job_id));
+    assert!(store.begin_launch(&record).expect("begin"));
+    let job = launcher.launch(&spec).expect("launch");
+    record.phase = AttemptPhase::Running;
+    record.handle = Some(job.handle().clone());
+    store.save(&record).expect("save");
+    let report = tokio::time::timeout(DEADLINE, job.wait())
+        .await
+        .expect("the job ends");
+    assert_eq!(report.exit_code, Some(0));
+    let expected: String = (0..200).map(|i| format!("line-{i}\n")).collect();
+    assert_eq!(read_all(&spec.log.dir, LogStream::Stdout), expected);
+    // An attempt that never started has a record but no output.
+    let never = AttemptRecord::launching(assignment_for("never-started"));
+    store.begin_launch(&never).expect("begin");
+
+    let server = RpcServer::bind(
+        "127.0.0.1:0".parse().expect("literal"),
+        &tls_for(&ca, agent_identity("eu-a1")),
+        Arc::new(LogService::new(store.clone())),
+    )
+    .expect("bind");
+    let addr = server.local_addr().to_string();
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(server.run(stop.clone()));
+
+    let coordinator = RpcClient::with_server_roles(
+        &tls_for(
+            &ca,
+            certs::Identity::coordinator(TRUST_DOMAIN, "c1").expect("id"),
+        ),
+        &[certs::Role::Agent],
+    )
+    .expect("client");
+
+    // Read the whole stream in small pieces, following next_offset.
+    let mut collected = Vec::new();
+    let mut offset = 0;
+    loop {
+        let answer: pb::ReadLogsResponse = coordinator
+            .call_message(
+                &addr,
+                Method::AgentReadLogs,
+                &read_request(&spec.job_id, 1, "stdout", offset, 500),
+                CALL,
+            )
+            .await
+            .expect("read stdout");
+        assert_eq!(answer.start_offset, offset);
+        assert!(answer.data.len() <= 500);
+        assert_eq!(answer.next_offset, offset + answer.data.len() as u64);
+        if answer.data.is_empty() {
+            break;
+        }
+        collected.extend_from_slice(&answer.data);
+        offset = answer.next_offset;
+    }
+    assert_eq!(String::from_utf8(collected).expect("utf8"), expected);
+
+    // From an offset in the middle; max_bytes 0 means as much as allowed.
+    let tail: pb::ReadLogsResponse = coordinator
+        .call_message(
+            &addr,
+            Method::AgentReadLogs,
+            &read_request(&spec.job_id, 1, "stdout", 7, 0),
+            CALL,
+        )
+        .await
+        .expect("read from 7");
+    assert_eq!(tail.start_offset, 7);
+    assert_eq!(tail.data, expected.as_bytes()[7..].to_vec());
+
+    let stderr: pb::ReadLogsResponse = coordinator
+        .call_message(
+            &addr,
+            Method::AgentReadLogs,
+            &read_request(&spec.job_id, 1, "stderr", 0, 100),
+            CALL,
+        )
+        .await
+        .expect("read stderr");
+    assert_eq!(stderr.data, b"oops\n".to_vec());
+
+    let empty: pb::ReadLogsResponse = coordinator
+        .call_message(
+            &addr,
+            Method::AgentReadLogs,
+            &read_request("never-started", 1, "stdout", 0, 100),
+            CALL,
+        )
+        .await
+        .expect("read a never-started attempt");
+    assert!(empty.data.is_empty());
+
+    // Unknown attempts, including anything shaped like a path, are not found.
+    for (job, attempt) in [
+        (spec.job_id.as_str(), 2),
+        ("no-such-job", 1),
+        ("../../etc", 1),
+    ] {
+        let code = remote_code(
+            coordinator
+                .call_message(
+                    &addr,
+                    Method::AgentReadLogs,
+                    &read_request(job, attempt, "stdout", 0, 100),
+                    CALL,
+                )
+                .await,
+        );
+        assert_eq!(code, StatusCode::NotFound, "{job} attempt {attempt}");
+    }
+    for stream in ["", "STDOUT", "stdin", "../stdout.log"] {
+        let code = remote_code(
+            coordinator
+                .call_message(
+                    &addr,
+                    Method::AgentReadLogs,
+                    &read_request(&spec.job_id, 1, stream, 0, 100),
+                    CALL,
+                )
+                .await,
+        );
+        assert_eq!(code, StatusCode::InvalidArgument, "stream {stream:?}");
+    }
+
+    // Another agent (even one of the same cluster) may not read logs.
+    let other_agent = RpcClient::with_server_roles(
+        &tls_for(&ca, agent_identity("eu-a2")),
+        &[certs::Role::Agent],
+    )
+    .expect("agent client");
+    let code = remote_code(
+        other_agent
+            .call_message(
+                &addr,
+                Method::AgentReadLogs,
+                &read_request(&spec.job_id, 1, "stdout", 0, 100),
+                CALL,
+            )
+            .await,
+    );
+    assert_eq!(code, StatusCode::PermissionDenied);
+
+    stop.cancel();
+    tokio::time::timeout(DEADLINE, serving)
+        .await
+        .expect("the server stops")
+        .expect("server task");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_is_capped_at_one_mebibyte() {
+    certs::install_crypto_provider();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ca = certs::CertificateAuthority::generate(TRUST_DOMAIN, Duration::from_secs(86_400))
+        .expect("ca");
+    let launcher = rlimit_launcher(tmp.path());
+    // 1.5 MiB of output.
+    let spec = shell_spec(
+        tmp.path(),
+        "big",
+        "head -c 1572864 /dev/zero | tr '\\0' 'x'",
+    );
+    let store = Arc::new(JobStore::open(tmp.path()).expect("store"));
+    let mut record = AttemptRecord::launching(assignment_for(&spec.job_id));
+    store.begin_launch(&record).expect("begin");
+    let job = launcher.launch(&spec).expect("launch");
+    record.phase = AttemptPhase::Running;
+    record.handle = Some(job.handle().clone());
+    store.save(&record).expect("save");
+    tokio::time::timeout(DEADLINE, job.wait())
+        .await
+        .expect("the job ends");
+
+    let server = RpcServer::bind(
+        "127.0.0.1:0".parse().expect("literal"),
+        &tls_for(&ca, agent_identity("eu-a1")),
+        Arc::new(LogService::new(store)),
+    )
+    .expect("bind");
+    let addr = server.local_addr().to_string();
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(server.run(stop.clone()));
+    let coordinator = RpcClient::with_server_roles(
+        &tls_for(
+            &ca,
+            certs::Identity::coordinator(TRUST_DOMAIN, "c1").expect("id"),
+        ),
+        &[certs::Role::Agent],
+    )
+    .expect("client");
+    for max in [0, u32::MAX] {
+        let answer: pb::ReadLogsResponse = coordinator
+            .call_message(
+                &addr,
+                Method::AgentReadLogs,
+                &read_request(&spec.job_id, 1, "stdout", 0, max),
+                CALL,
+            )
+            .await
+            .expect("read");
+        assert_eq!(answer.data.len(), 1024 * 1024, "max_bytes {max}");
+        assert_eq!(answer.next_offset, 1024 * 1024);
+    }
+    stop.cancel();
+    tokio::time::timeout(DEADLINE, serving)
+        .await
+        .expect("the server stops")
+        .expect("server task");
+}

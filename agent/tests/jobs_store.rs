@@ -1,0 +1,296 @@
+//! The agent's local database on real disk: attempt records round-trip, the report queue keeps its
+//! order and survives a reopen, an attempt is recorded only once, and `held` names exactly the attempts
+//! the coordinator must not mark lost.
+
+use std::path::PathBuf;
+
+use agent::exec::{LogOptions, ProcessHandle};
+use agent::jobs::{Assignment, AttemptPhase, AttemptRecord, ExitSummary, JobStore, StopReason};
+use protocol::pb;
+
+fn assignment(job: &str, attempt: u32) -> Assignment {
+    Assignment {
+        job_id: job.into(),
+        attempt,
+        project_id: "proj".into(),
+        command: "python".into(),
+        args: vec!["train.py".into(), "--epochs=3".into()],
+        env: [("SEED".to_string(), "7".to_string())].into(),
+        working_dir: "/srv/work".into(),
+        cpu_millis: 1500,
+        memory_bytes: 1 << 30,
+        gpu_uuids: vec!["GPU-aaaa".into()],
+        timeout_ms: 60_000,
+        cancel: false,
+        cancel_grace_ms: 10_000,
+    }
+}
+
+fn handle(job: &str, attempt: u32) -> ProcessHandle {
+    ProcessHandle {
+        job_id: job.into(),
+        attempt,
+        pid: 4242,
+        pgid: 4242,
+        start_time: 987_654,
+        started_unix_ms: 1_700_000_000_000,
+        state_dir: PathBuf::from(format!("/data/jobs/{job}/{attempt}")),
+        log: LogOptions::new(format!("/data/jobs/{job}/{attempt}/logs")),
+        cgroups: vec![],
+    }
+}
+
+fn event(job: &str, attempt: u32, kind: pb::job_event::Kind) -> pb::JobEvent {
+    pb::JobEvent {
+        job_id: job.into(),
+        attempt,
+        at_ms: 1_700_000_000_123,
+        kind: Some(kind),
+    }
+}
+
+fn started(job: &str, attempt: u32) -> pb::JobEvent {
+    event(
+        job,
+        attempt,
+        pb::job_event::Kind::Started(pb::JobStarted { pid: 4242 }),
+    )
+}
+
+fn exited(job: &str, attempt: u32, code: i32) -> pb::JobEvent {
+    event(
+        job,
+        attempt,
+        pb::job_event::Kind::Exited(pb::JobExited {
+            exit_code: Some(code),
+            wall_ms: 5,
+            ..Default::default()
+        }),
+    )
+}
+
+fn held_pairs(store: &JobStore) -> Vec<(String, u32)> {
+    store
+        .held()
+        .expect("held")
+        .into_iter()
+        .map(|h| (h.job_id, h.attempt))
+        .collect()
+}
+
+#[test]
+fn attempt_records_round_trip_through_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut record = AttemptRecord::launching(assignment("job_a", 2));
+    {
+        let store = JobStore::open(dir.path()).expect("open");
+        assert!(store.path().ends_with("agent.db"));
+        assert!(store.begin_launch(&record).expect("begin"));
+        record.phase = AttemptPhase::Running;
+        record.handle = Some(handle("job_a", 2));
+        record.stop = Some(StopReason::TimedOut);
+        record.exit = Some(ExitSummary {
+            exit_code: None,
+            signal: Some(9),
+            cancelled: false,
+            timed_out: true,
+            cpu_time_ms: Some(12),
+            max_rss_bytes: None,
+            wall_ms: 60_001,
+        });
+        store.save(&record).expect("save");
+    }
+    let store = JobStore::open(dir.path()).expect("reopen");
+    assert_eq!(
+        store.attempt("job_a", 2).expect("read"),
+        Some(record.clone())
+    );
+    assert_eq!(store.attempt("job_a", 1).expect("read"), None);
+    assert_eq!(store.attempt("job_", 2).expect("read"), None);
+    assert_eq!(store.attempts().expect("all"), vec![record.clone()]);
+    assert_eq!(
+        record.log_dir(),
+        Some(std::path::Path::new("/data/jobs/job_a/2/logs"))
+    );
+}
+
+#[test]
+fn an_attempt_is_recorded_for_launch_only_once_even_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let record = AttemptRecord::launching(assignment("job_a", 1));
+    {
+        let store = JobStore::open(dir.path()).expect("open");
+        assert!(store.begin_launch(&record).expect("first"));
+        assert!(!store.begin_launch(&record).expect("second"));
+    }
+    let store = JobStore::open(dir.path()).expect("reopen");
+    assert!(!store.begin_launch(&record).expect("after restart"));
+    // The next attempt of the same job is a new attempt.
+    assert!(store
+        .begin_launch(&AttemptRecord::launching(assignment("job_a", 2)))
+        .expect("attempt 2"));
+    let attempts: Vec<u32> = store
+        .attempts()
+        .expect("all")
+        .iter()
+        .map(AttemptRecord::attempt)
+        .collect();
+    assert_eq!(attempts, vec![1, 2]);
+}
+
+#[test]
+fn the_queue_keeps_its_order_across_removal_and_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events: Vec<pb::JobEvent> = (0..10).map(|i| exited(&format!("j{i}"), 1, i)).collect();
+    let seqs: Vec<u64> = {
+        let store = JobStore::open(dir.path()).expect("open");
+        events
+            .iter()
+            .map(|e| store.queue_event(e).expect("queue"))
+            .collect()
+    };
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+
+    let store = JobStore::open(dir.path()).expect("reopen");
+    assert_eq!(store.pending_count(), 10);
+    let first = store.pending_events(4).expect("batch");
+    assert_eq!(
+        first.iter().map(|q| q.event.clone()).collect::<Vec<_>>(),
+        events[..4].to_vec()
+    );
+    assert_eq!(
+        first.iter().map(|q| q.seq).collect::<Vec<_>>(),
+        seqs[..4].to_vec()
+    );
+    store
+        .remove_events(&first.iter().map(|q| q.seq).collect::<Vec<_>>())
+        .expect("remove");
+    // Events queued after a restart go behind the ones still waiting, never before.
+    let late = exited("late", 1, 99);
+    let late_seq = store.queue_event(&late).expect("queue late");
+    assert!(late_seq > *seqs.last().expect("ten seqs"));
+    drop(store);
+
+    let store = JobStore::open(dir.path()).expect("reopen again");
+    let rest = store.pending_events(100).expect("rest");
+    let mut expected = events[4..].to_vec();
+    expected.push(late);
+    assert_eq!(
+        rest.into_iter().map(|q| q.event).collect::<Vec<_>>(),
+        expected
+    );
+}
+
+#[test]
+fn the_queue_continues_after_it_was_emptied() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = JobStore::open(dir.path()).expect("open");
+    let a = store.queue_event(&started("a", 1)).expect("a");
+    store.remove_events(&[a]).expect("remove");
+    assert_eq!(store.pending_count(), 0);
+    let b = store.queue_event(&started("b", 1)).expect("b");
+    assert!(b > a);
+    // Removing what is not there is harmless.
+    store.remove_events(&[a, 12345]).expect("remove again");
+    assert_eq!(store.pending_count(), 1);
+}
+
+#[test]
+fn an_end_and_its_report_are_written_together() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut record = AttemptRecord::launching(assignment("job_a", 1));
+    {
+        let store = JobStore::open(dir.path()).expect("open");
+        store.begin_launch(&record).expect("begin");
+        record.phase = AttemptPhase::Running;
+        record.handle = Some(handle("job_a", 1));
+        store
+            .save_with_event(&record, &started("job_a", 1))
+            .expect("started");
+        record.phase = AttemptPhase::Finished;
+        record.final_reported = true;
+        store
+            .save_with_event(&record, &exited("job_a", 1, 0))
+            .expect("ended");
+    }
+    let store = JobStore::open(dir.path()).expect("reopen");
+    assert_eq!(store.attempt("job_a", 1).expect("read"), Some(record));
+    let queued: Vec<pb::JobEvent> = store
+        .pending_events(10)
+        .expect("queue")
+        .into_iter()
+        .map(|q| q.event)
+        .collect();
+    assert_eq!(queued, vec![started("job_a", 1), exited("job_a", 1, 0)]);
+}
+
+#[test]
+fn held_names_running_attempts_and_finished_ones_with_an_unsent_final_report() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = JobStore::open(dir.path()).expect("open");
+    let save = |job: &str, phase: AttemptPhase| {
+        let mut record = AttemptRecord::launching(assignment(job, 1));
+        record.phase = phase;
+        store.save(&record).expect("save");
+    };
+    save("launching", AttemptPhase::Launching);
+    save("running", AttemptPhase::Running);
+    save("done-sent", AttemptPhase::Finished);
+    save("done-unsent", AttemptPhase::Finished);
+    save("stale", AttemptPhase::Finished);
+    save("failed-launch", AttemptPhase::Finished);
+    store.queue_event(&started("running", 1)).expect("queue");
+    let unsent = store
+        .queue_event(&exited("done-unsent", 1, 0))
+        .expect("queue");
+    let failed = store
+        .queue_event(&event(
+            "failed-launch",
+            1,
+            pb::job_event::Kind::LaunchFailed("command not found".into()),
+        ))
+        .expect("queue");
+    // A Started alone does not hold a finished attempt.
+    store.queue_event(&started("stale", 1)).expect("queue");
+    assert_eq!(
+        held_pairs(&store),
+        vec![
+            ("done-unsent".to_string(), 1),
+            ("failed-launch".to_string(), 1),
+            ("launching".to_string(), 1),
+            ("running".to_string(), 1),
+        ]
+    );
+    // Once the coordinator answered for the final reports, the finished attempts are no longer held.
+    store.remove_events(&[unsent, failed]).expect("remove");
+    assert_eq!(
+        held_pairs(&store),
+        vec![("launching".to_string(), 1), ("running".to_string(), 1)]
+    );
+}
+
+#[test]
+fn a_garbage_record_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let db = sled::open(dir.path().join("agent.db")).expect("raw open");
+        let tree = db.open_tree("attempts").expect("tree");
+        let mut key = b"job".to_vec();
+        key.push(0);
+        key.extend_from_slice(&1u32.to_be_bytes());
+        tree.insert(key, b"{not json".to_vec()).expect("insert");
+        let reports = db.open_tree("reports").expect("tree");
+        reports
+            .insert(7u64.to_be_bytes(), vec![0xff, 0xff, 0xff])
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+    let store = JobStore::open(dir.path()).expect("open");
+    assert!(store.attempt("job", 1).is_err());
+    assert!(store.attempts().is_err());
+    assert!(store.pending_events(10).is_err());
+    assert!(store.held().is_err());
+    // The queue still numbers new events after the garbage one.
+    let seq = store.queue_event(&started("x", 1)).expect("queue");
+    assert!(seq > 7);
+}

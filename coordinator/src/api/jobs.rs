@@ -1,0 +1,1098 @@
+//! The admin API's job and usage operations, shared by REST and gRPC: submitting (validation of every field,
+//! then an `Op::SubmitJob` prepared with a fresh id), listing, reading and cancelling a project's jobs,
+//! reading an attempt's output from the agent that ran it, and the project's usage over a time range.
+//!
+//! Reads go through the project-scoped accessors: another project's job answers exactly like a missing one
+//! and the attempt is audited. Must never decide a job's state itself (that is `apply`'s), never hold a
+//! connection to an agent beyond one log read, and never return another project's job or output.
+
+use std::collections::BTreeMap;
+
+use rand::rngs::OsRng;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::crypto;
+use crate::scheduler::{Constraints, Locality, ResourceRequest, Resources, Strategy};
+use crate::state::{Attempt, JobRecord, JobSpec, JobState, Op, Outcome, RetryPolicy, UsageReport};
+
+use super::auth::RequestScope;
+use super::error::{ErrorKind, ServiceError};
+use super::service::{now_ms, query_u64, unexpected, AdminService, ListPage, PageParams};
+use super::units::{parse_byte_size, parse_cpu_millis, parse_instant_ms, UnitError};
+use protocol::pb;
+
+/// Most GPUs one job may ask for.
+pub(crate) const MAX_GPUS: u64 = 64;
+/// Most CPU one job may ask for, in thousandths of a core.
+const MAX_CPU_MILLIS: u64 = 4_096_000;
+/// The range of `priority`.
+pub(crate) const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = -1000..=1000;
+/// Longest `timeout_secs`: 365 days.
+const MAX_TIMEOUT_SECS: u64 = 365 * 86_400;
+/// Longest `cancel_grace_secs`.
+const MAX_CANCEL_GRACE_SECS: u64 = 3_600;
+/// Most constraint labels.
+const MAX_LABELS: usize = 64;
+/// A log read's default and largest size.
+const DEFAULT_LOG_BYTES: u64 = 64 * 1024;
+const MAX_LOG_BYTES: u64 = 1 << 20;
+/// The default usage window.
+const DEFAULT_USAGE_WINDOW_MS: u64 = 24 * 3_600 * 1_000;
+/// Variables the agent sets from the job's GPUs; a job may not override them.
+const RESERVED_ENV: [&str; 2] = ["CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"];
+
+// ---- requests ---------------------------------------------------------------------------------------------
+
+/// `POST /v1/jobs`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SubmitJobRequest {
+    #[serde(default)]
+    pub(crate) name: Option<String>,
+    /// Required; optional here so that a missing command is reported like an empty one.
+    #[serde(default)]
+    pub(crate) command: Option<String>,
+    #[serde(default)]
+    pub(crate) args: Vec<String>,
+    #[serde(default)]
+    pub(crate) env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(crate) working_dir: Option<String>,
+    #[serde(default)]
+    pub(crate) resources: ResourcesBody,
+    #[serde(default)]
+    pub(crate) constraints: ConstraintsBody,
+    #[serde(default)]
+    pub(crate) data_locality: Option<LocalityBody>,
+    #[serde(default)]
+    pub(crate) priority: Option<i64>,
+    #[serde(default)]
+    pub(crate) preemption: bool,
+    #[serde(default)]
+    pub(crate) preemptible: Option<bool>,
+    #[serde(default)]
+    pub(crate) strategy: Option<String>,
+    #[serde(default)]
+    pub(crate) retry: RetryBody,
+    #[serde(default)]
+    pub(crate) timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub(crate) cancel_grace_secs: Option<u64>,
+}
+
+/// `resources` of a submission: `cpu` in cores (`0.5`, `"2"`, `"500m"`) or `cpu_millis`; `memory` as bytes
+/// or a size (`"512Mi"`, `"2G"`) or `memory_bytes`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ResourcesBody {
+    #[serde(default)]
+    pub(crate) cpu: Option<Value>,
+    #[serde(default)]
+    pub(crate) cpu_millis: Option<u64>,
+    #[serde(default)]
+    pub(crate) memory: Option<Value>,
+    #[serde(default)]
+    pub(crate) memory_bytes: Option<u64>,
+    #[serde(default)]
+    pub(crate) gpus: Option<u64>,
+    #[serde(default)]
+    pub(crate) gpu_model: Option<String>,
+    #[serde(default)]
+    pub(crate) gpu_min_memory_mib: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConstraintsBody {
+    #[serde(default)]
+    pub(crate) region: Option<String>,
+    #[serde(default)]
+    pub(crate) cluster: Option<String>,
+    #[serde(default)]
+    pub(crate) labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LocalityBody {
+    pub(crate) region: String,
+    #[serde(default)]
+    pub(crate) cluster: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RetryBody {
+    #[serde(default)]
+    pub(crate) max_attempts: Option<u64>,
+    #[serde(default)]
+    pub(crate) on_failure: bool,
+}
+
+/// Query of `GET /v1/jobs`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct JobListQuery {
+    #[serde(default)]
+    pub(crate) state: Option<String>,
+    #[serde(default, deserialize_with = "query_u64")]
+    pub(crate) page_size: Option<u64>,
+    #[serde(default)]
+    pub(crate) page_token: Option<String>,
+}
+
+/// Query of `GET /v1/jobs/{id}/logs`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct LogsQuery {
+    #[serde(default)]
+    pub(crate) stream: Option<String>,
+    #[serde(default, deserialize_with = "query_u64")]
+    pub(crate) offset: Option<u64>,
+    #[serde(default, deserialize_with = "query_u64")]
+    pub(crate) max_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "query_u64")]
+    pub(crate) attempt: Option<u64>,
+}
+
+/// Query of `GET /v1/usage`: Unix milliseconds or RFC 3339.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct UsageQuery {
+    #[serde(default)]
+    pub(crate) since: Option<String>,
+    #[serde(default)]
+    pub(crate) until: Option<String>,
+}
+
+// ---- responses --------------------------------------------------------------------------------------------
+
+/// One attempt as callers see it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct AttemptView {
+    pub(crate) attempt: u32,
+    pub(crate) node: String,
+    pub(crate) region: String,
+    pub(crate) cluster: String,
+    pub(crate) gpu_uuids: Vec<String>,
+    pub(crate) resources: Resources,
+    pub(crate) scheduled_at: u64,
+    pub(crate) started_at: Option<u64>,
+    pub(crate) ended_at: Option<u64>,
+    pub(crate) outcome: Option<&'static str>,
+    pub(crate) exit_code: Option<i32>,
+    pub(crate) signal: Option<i32>,
+    pub(crate) cpu_time_ms: Option<u64>,
+    pub(crate) max_rss_bytes: Option<u64>,
+    pub(crate) detail: String,
+}
+
+impl From<&Attempt> for AttemptView {
+    fn from(a: &Attempt) -> Self {
+        AttemptView {
+            attempt: a.attempt,
+            node: a.node.clone(),
+            region: a.region.clone(),
+            cluster: a.cluster.clone(),
+            gpu_uuids: a.gpu_uuids.clone(),
+            resources: a.resources,
+            scheduled_at: a.scheduled_at,
+            started_at: a.started_at,
+            ended_at: a.ended_at,
+            outcome: a.outcome.map(|o| o.as_str()),
+            exit_code: a.exit_code,
+            signal: a.signal,
+            cpu_time_ms: a.cpu_time_ms,
+            max_rss_bytes: a.max_rss_bytes,
+            detail: a.detail.clone(),
+        }
+    }
+}
+
+/// A job as callers see it: its spec, its state, where its current (or last) attempt is, and every attempt.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct JobView {
+    pub(crate) id: String,
+    pub(crate) project_id: String,
+    pub(crate) name: String,
+    pub(crate) state: JobState,
+    pub(crate) command: String,
+    pub(crate) args: Vec<String>,
+    pub(crate) env: BTreeMap<String, String>,
+    pub(crate) working_dir: Option<String>,
+    pub(crate) resources: ResourceRequest,
+    pub(crate) constraints: Constraints,
+    pub(crate) data_locality: Option<Locality>,
+    pub(crate) priority: i32,
+    pub(crate) preemption: bool,
+    pub(crate) preemptible: bool,
+    pub(crate) strategy: Strategy,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) timeout_secs: Option<u64>,
+    pub(crate) cancel_grace_secs: u64,
+    /// Node key, region and cluster of the current or last attempt.
+    pub(crate) node: Option<String>,
+    pub(crate) region: Option<String>,
+    pub(crate) cluster: Option<String>,
+    pub(crate) attempt_count: u32,
+    pub(crate) attempts: Vec<AttemptView>,
+    pub(crate) pending_reason: Option<String>,
+    pub(crate) cancel_requested: bool,
+    /// Exit code of the last attempt.
+    pub(crate) exit_code: Option<i32>,
+    pub(crate) created_by: String,
+    pub(crate) created_at: u64,
+    pub(crate) updated_at: u64,
+    pub(crate) finished_at: Option<u64>,
+}
+
+impl From<&JobRecord> for JobView {
+    fn from(j: &JobRecord) -> Self {
+        let last = j.attempts.last();
+        let spec = &j.spec;
+        JobView {
+            id: j.id.clone(),
+            project_id: j.project_id.clone(),
+            name: spec.name.clone(),
+            state: j.state,
+            command: spec.command.clone(),
+            args: spec.args.clone(),
+            env: spec.env.clone(),
+            working_dir: spec.working_dir.clone(),
+            resources: spec.resources.clone(),
+            constraints: spec.constraints.clone(),
+            data_locality: spec.data_locality.clone(),
+            priority: spec.priority,
+            preemption: spec.preemption,
+            preemptible: spec.preemptible,
+            strategy: spec.strategy,
+            retry: spec.retry,
+            timeout_secs: spec.timeout_secs,
+            cancel_grace_secs: spec.cancel_grace_secs,
+            node: last.map(|a| a.node.clone()),
+            region: last.map(|a| a.region.clone()),
+            cluster: last.map(|a| a.cluster.clone()),
+            attempt_count: u32::try_from(j.attempts.len()).unwrap_or(u32::MAX),
+            attempts: j.attempts.iter().map(AttemptView::from).collect(),
+            pending_reason: j.pending_reason.clone(),
+            cancel_requested: j.cancel_requested,
+            exit_code: last.and_then(|a| a.exit_code),
+            created_by: j.created_by.clone(),
+            created_at: j.created_at,
+            updated_at: j.updated_at,
+            finished_at: j.finished_at,
+        }
+    }
+}
+
+/// A chunk of one attempt's output, as read from its agent.
+#[derive(Debug, Clone)]
+pub(crate) struct LogChunk {
+    pub(crate) attempt: u32,
+    pub(crate) node: String,
+    pub(crate) stream: &'static str,
+    pub(crate) start_offset: u64,
+    pub(crate) next_offset: u64,
+    pub(crate) data: Vec<u8>,
+    pub(crate) job_state: JobState,
+}
+
+/// `GET /v1/jobs/{id}/logs`: the chunk as text.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct JobLogsView {
+    pub(crate) attempt: u32,
+    pub(crate) node: String,
+    pub(crate) stream: &'static str,
+    pub(crate) start_offset: u64,
+    pub(crate) next_offset: u64,
+    /// The bytes as UTF-8 (invalid sequences replaced).
+    pub(crate) data: String,
+    pub(crate) job_state: JobState,
+    /// The job is in a terminal state: once a read returns no data, there is no more.
+    pub(crate) done: bool,
+}
+
+impl From<LogChunk> for JobLogsView {
+    /// A multi-byte character cut at the end of the chunk is left for the next read (the offset stops
+    /// before it), so following a stream chunk by chunk never garbles text.
+    fn from(c: LogChunk) -> Self {
+        let held_back = match incomplete_utf8_tail(&c.data) {
+            // Only the incomplete bytes: hand them out (lossy) so a reader always moves forward.
+            Some(n) if n < c.data.len() => n,
+            _ => 0,
+        };
+        let keep = c.data.len() - held_back;
+        JobLogsView {
+            attempt: c.attempt,
+            node: c.node,
+            stream: c.stream,
+            start_offset: c.start_offset,
+            next_offset: c.next_offset.saturating_sub(held_back as u64),
+            data: String::from_utf8_lossy(&c.data[..keep]).into_owned(),
+            job_state: c.job_state,
+            done: c.job_state.is_terminal(),
+        }
+    }
+}
+
+/// The length of an incomplete (so far well-formed) UTF-8 sequence at the end of `data`, if there is one.
+fn incomplete_utf8_tail(data: &[u8]) -> Option<usize> {
+    let start = data.len().saturating_sub(3);
+    for i in (start..data.len()).rev() {
+        let b = data[i];
+        if b & 0b1100_0000 == 0b1000_0000 {
+            // A continuation byte: the lead byte is further back.
+            continue;
+        }
+        let needed = match b {
+            0xC2..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF4 => 4,
+            _ => return None,
+        };
+        let have = data.len() - i;
+        return (have < needed).then_some(have);
+    }
+    None
+}
+
+// ---- validation -------------------------------------------------------------------------------------------
+
+fn invalid(field: &str, message: impl std::fmt::Display) -> ServiceError {
+    ServiceError::invalid(field, message)
+}
+
+fn unit(field: &str) -> impl Fn(UnitError) -> ServiceError + '_ {
+    move |e| invalid(field, e)
+}
+
+/// `[A-Za-z0-9_-]{1,64}`, the rule for region, cluster and node names.
+fn validate_name_part(field: &str, v: &str) -> Result<(), ServiceError> {
+    let ok = !v.is_empty()
+        && v.len() <= 64
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(field, "must be 1-64 characters of [A-Za-z0-9_-]"))
+    }
+}
+
+fn validate_env_name(name: &str) -> Result<(), ServiceError> {
+    let mut chars = name.chars();
+    let ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.len() <= 256
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !ok {
+        return Err(invalid(
+            "env",
+            format!("{name:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*, at most 256 bytes)"),
+        ));
+    }
+    if RESERVED_ENV.contains(&name) {
+        return Err(invalid(
+            "env",
+            format!("{name} is set by Meridian from the GPUs assigned to the job"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_label(key: &str, value: &str) -> Result<(), ServiceError> {
+    let key_ok = !key.is_empty()
+        && key.len() <= 128
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
+    if !key_ok {
+        return Err(invalid(
+            "constraints.labels",
+            format!("{key:?} is not a label name (1-128 characters of [A-Za-z0-9._/-])"),
+        ));
+    }
+    if value.len() > 256 || value.chars().any(char::is_control) {
+        return Err(invalid(
+            "constraints.labels",
+            format!("the value of {key} must be at most 256 bytes without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn cpu_millis(r: &ResourcesBody) -> Result<u64, ServiceError> {
+    let millis = match (&r.cpu, r.cpu_millis) {
+        (Some(_), Some(_)) => {
+            return Err(invalid("resources.cpu", "give cpu or cpu_millis, not both"))
+        }
+        (None, None) => return Ok(0),
+        (None, Some(m)) => (m, "resources.cpu_millis"),
+        (Some(Value::Number(n)), None) => (
+            parse_cpu_millis(&n.to_string()).map_err(unit("resources.cpu"))?,
+            "resources.cpu",
+        ),
+        (Some(Value::String(s)), None) => (
+            parse_cpu_millis(s).map_err(unit("resources.cpu"))?,
+            "resources.cpu",
+        ),
+        (Some(_), None) => {
+            return Err(invalid(
+                "resources.cpu",
+                "must be a number of cores (0.5) or a string (\"2\", \"500m\")",
+            ))
+        }
+    };
+    let (millis, field) = millis;
+    if millis == 0 {
+        return Err(invalid(field, "must be more than 0"));
+    }
+    if millis > MAX_CPU_MILLIS {
+        return Err(invalid(
+            field,
+            format!("at most {} cores", MAX_CPU_MILLIS / 1000),
+        ));
+    }
+    Ok(millis)
+}
+
+fn memory_bytes(r: &ResourcesBody) -> Result<u64, ServiceError> {
+    let (bytes, field) = match (&r.memory, r.memory_bytes) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "resources.memory",
+                "give memory or memory_bytes, not both",
+            ))
+        }
+        (None, None) => return Ok(0),
+        (None, Some(b)) => (b, "resources.memory_bytes"),
+        (Some(Value::Number(n)), None) => match n.as_u64() {
+            Some(b) => (b, "resources.memory"),
+            None => {
+                return Err(invalid(
+                    "resources.memory",
+                    "must be a whole number of bytes or a size such as \"512Mi\"",
+                ))
+            }
+        },
+        (Some(Value::String(s)), None) => (
+            parse_byte_size(s).map_err(unit("resources.memory"))?,
+            "resources.memory",
+        ),
+        (Some(_), None) => {
+            return Err(invalid(
+                "resources.memory",
+                "must be a number of bytes or a size such as \"512Mi\", \"2G\" or \"1GiB\"",
+            ))
+        }
+    };
+    if bytes == 0 {
+        return Err(invalid(field, "must be more than 0"));
+    }
+    Ok(bytes)
+}
+
+fn resources(r: &ResourcesBody) -> Result<ResourceRequest, ServiceError> {
+    let cpu_millis = cpu_millis(r)?;
+    let memory_bytes = memory_bytes(r)?;
+    let gpus = r.gpus.unwrap_or(0);
+    if gpus > MAX_GPUS {
+        return Err(invalid("resources.gpus", format!("at most {MAX_GPUS}")));
+    }
+    let gpu_model = match r.gpu_model.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(m) if m.len() > 128 || m.chars().any(char::is_control) => {
+            return Err(invalid(
+                "resources.gpu_model",
+                "at most 128 bytes without control characters",
+            ))
+        }
+        Some(m) => Some(m.to_owned()),
+    };
+    if gpu_model.is_some() && gpus == 0 {
+        return Err(invalid(
+            "resources.gpu_model",
+            "needs resources.gpus of at least 1",
+        ));
+    }
+    if let Some(mib) = r.gpu_min_memory_mib {
+        if gpus == 0 {
+            return Err(invalid(
+                "resources.gpu_min_memory_mib",
+                "needs resources.gpus of at least 1",
+            ));
+        }
+        if mib == 0 {
+            return Err(invalid(
+                "resources.gpu_min_memory_mib",
+                "must be more than 0",
+            ));
+        }
+    }
+    Ok(ResourceRequest {
+        cpu_millis,
+        memory_bytes,
+        // Bounded by MAX_GPUS above.
+        gpus: u32::try_from(gpus).unwrap_or(u32::MAX),
+        gpu_model,
+        gpu_min_memory_mib: r.gpu_min_memory_mib,
+    })
+}
+
+fn optional_name_part(field: &str, v: &Option<String>) -> Result<Option<String>, ServiceError> {
+    match v.as_deref() {
+        None | Some("") => Ok(None),
+        Some(s) => validate_name_part(field, s).map(|()| Some(s.to_owned())),
+    }
+}
+
+fn constraints(c: &ConstraintsBody) -> Result<Constraints, ServiceError> {
+    if c.labels.len() > MAX_LABELS {
+        return Err(invalid(
+            "constraints.labels",
+            format!("at most {MAX_LABELS} labels"),
+        ));
+    }
+    for (k, v) in &c.labels {
+        validate_label(k, v)?;
+    }
+    Ok(Constraints {
+        region: optional_name_part("constraints.region", &c.region)?,
+        cluster: optional_name_part("constraints.cluster", &c.cluster)?,
+        labels: c.labels.clone(),
+    })
+}
+
+fn strategy(s: Option<&str>) -> Result<Strategy, ServiceError> {
+    match s.map(str::trim) {
+        None | Some("") => Ok(Strategy::default()),
+        Some("bin_pack" | "binpack" | "bin-pack") => Ok(Strategy::BinPack),
+        Some("spread") => Ok(Strategy::Spread),
+        Some(other) => Err(invalid(
+            "strategy",
+            format!("{other:?} is not bin_pack or spread"),
+        )),
+    }
+}
+
+/// Turns a submission into the spec that enters the state, naming the first offending field.
+pub(crate) fn job_spec(req: SubmitJobRequest) -> Result<JobSpec, ServiceError> {
+    let command = req.command.unwrap_or_default();
+    if command.trim().is_empty() {
+        return Err(invalid("command", "required: the program to run"));
+    }
+    let mut spec = JobSpec::new(command);
+    spec.name = req.name.unwrap_or_default();
+    for name in req.env.keys() {
+        validate_env_name(name)?;
+    }
+    if let Some(dir) = &req.working_dir {
+        if !dir.starts_with('/') {
+            return Err(invalid("working_dir", "must be an absolute path"));
+        }
+    }
+    spec.args = req.args;
+    spec.env = req.env;
+    spec.working_dir = req.working_dir.filter(|d| !d.is_empty());
+    spec.resources = resources(&req.resources)?;
+    spec.constraints = constraints(&req.constraints)?;
+    spec.data_locality = match req.data_locality {
+        None => None,
+        Some(l) => {
+            validate_name_part("data_locality.region", &l.region)?;
+            Some(Locality {
+                region: l.region,
+                cluster: optional_name_part("data_locality.cluster", &l.cluster)?,
+            })
+        }
+    };
+    let priority = req.priority.unwrap_or(0);
+    if !PRIORITY_RANGE.contains(&priority) {
+        return Err(invalid(
+            "priority",
+            format!(
+                "must be between {} and {}",
+                PRIORITY_RANGE.start(),
+                PRIORITY_RANGE.end()
+            ),
+        ));
+    }
+    // Bounded by PRIORITY_RANGE above.
+    spec.priority = i32::try_from(priority).unwrap_or_default();
+    spec.preemption = req.preemption;
+    spec.preemptible = req.preemptible.unwrap_or(true);
+    spec.strategy = strategy(req.strategy.as_deref())?;
+    let max_attempts = req.retry.max_attempts.unwrap_or(3);
+    if !(1..=20).contains(&max_attempts) {
+        return Err(invalid("retry.max_attempts", "must be 1-20"));
+    }
+    spec.retry = RetryPolicy {
+        // Bounded by the check above.
+        max_attempts: u32::try_from(max_attempts).unwrap_or(3),
+        on_failure: req.retry.on_failure,
+    };
+    spec.timeout_secs = match req.timeout_secs {
+        None => None,
+        Some(0) => {
+            return Err(invalid(
+                "timeout_secs",
+                "must be positive (leave it out for no timeout)",
+            ))
+        }
+        Some(s) if s > MAX_TIMEOUT_SECS => {
+            return Err(invalid(
+                "timeout_secs",
+                format!("at most {MAX_TIMEOUT_SECS} (365 days)"),
+            ))
+        }
+        Some(s) => Some(s),
+    };
+    if let Some(grace) = req.cancel_grace_secs {
+        if grace > MAX_CANCEL_GRACE_SECS {
+            return Err(invalid(
+                "cancel_grace_secs",
+                format!("at most {MAX_CANCEL_GRACE_SECS}"),
+            ));
+        }
+        spec.cancel_grace_secs = grace;
+    }
+    // The limits every replica enforces (sizes, NUL bytes): the same rule, checked before proposing.
+    spec.validate()?;
+    Ok(spec)
+}
+
+fn log_stream(s: Option<&str>) -> Result<&'static str, ServiceError> {
+    match s.map(str::trim) {
+        None | Some("") | Some("stdout") => Ok("stdout"),
+        Some("stderr") => Ok("stderr"),
+        Some(other) => Err(invalid(
+            "stream",
+            format!("{other:?} is not stdout or stderr"),
+        )),
+    }
+}
+
+fn job_state(s: Option<&str>) -> Result<Option<JobState>, ServiceError> {
+    match s.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(t) => JobState::parse(t).map(Some).ok_or_else(|| {
+            let names: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+            invalid("state", format!("{t:?} is not one of {}", names.join(", ")))
+        }),
+    }
+}
+
+/// `(since, until)` of a usage query, defaulting to the 24 hours before now.
+pub(crate) fn usage_range(q: &UsageQuery, now: u64) -> Result<(u64, u64), ServiceError> {
+    let parse = |field: &'static str, v: &Option<String>| match v.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(t) => parse_instant_ms(t).map(Some).map_err(unit(field)),
+    };
+    let until = parse("until", &q.until)?.unwrap_or(now);
+    let since = parse("since", &q.since)?.unwrap_or(until.saturating_sub(DEFAULT_USAGE_WINDOW_MS));
+    if since > until {
+        return Err(invalid("since", "must not be after until"));
+    }
+    Ok((since, until))
+}
+
+// ---- the operations ---------------------------------------------------------------------------------------
+
+impl AdminService {
+    /// The project's job, or the owner project of a job hidden in another one (`None` when missing).
+    fn find_job(&self, scope: &RequestScope, id: &str) -> Result<JobRecord, Option<String>> {
+        self.handle().read(|s| match s.job(&scope.project_id, id) {
+            Some(j) => Ok(j.clone()),
+            None => Err(s.jobs.get(id).map(|j| j.project_id.clone())),
+        })
+    }
+
+    /// Reads the job consistently; 404 (audited when it is another project's) otherwise.
+    async fn scoped_job(&self, scope: &RequestScope, id: &str) -> Result<JobRecord, ServiceError> {
+        self.consistent().await?;
+        match self.find_job(scope, id) {
+            Ok(job) => Ok(job),
+            Err(owner) => Err(self.hidden(scope, "job", id, owner).await),
+        }
+    }
+
+    pub(crate) async fn submit_job(
+        &self,
+        scope: &RequestScope,
+        req: SubmitJobRequest,
+    ) -> Result<JobView, ServiceError> {
+        let spec = job_spec(req)?;
+        let op = Op::SubmitJob {
+            id: crypto::random_id("job", &mut OsRng),
+            project_id: scope.project_id.clone(),
+            spec,
+        };
+        match self.write(scope, op).await? {
+            Outcome::Job { job } => Ok(JobView::from(&job)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub(crate) async fn list_jobs(
+        &self,
+        scope: &RequestScope,
+        query: &JobListQuery,
+    ) -> Result<ListPage<JobView>, ServiceError> {
+        let state = job_state(query.state.as_deref())?;
+        let req = PageParams {
+            page_size: query.page_size,
+            page_token: query.page_token.clone(),
+        }
+        .request()?;
+        self.consistent().await?;
+        let page = self
+            .handle()
+            .read(|s| s.job_page(&scope.project_id, state, &req));
+        Ok(page.map(|j| JobView::from(&j)).into())
+    }
+
+    pub(crate) async fn get_job(
+        &self,
+        scope: &RequestScope,
+        id: &str,
+    ) -> Result<JobView, ServiceError> {
+        self.scoped_job(scope, id).await.map(|j| JobView::from(&j))
+    }
+
+    pub(crate) async fn cancel_job(
+        &self,
+        scope: &RequestScope,
+        id: &str,
+    ) -> Result<JobView, ServiceError> {
+        let job = self.scoped_job(scope, id).await?;
+        if job.state.is_terminal() {
+            return Err(ServiceError::conflict(format!(
+                "job {id} is already {}",
+                job.state.as_str()
+            )));
+        }
+        let op = Op::CancelJob {
+            project_id: scope.project_id.clone(),
+            id: id.to_owned(),
+        };
+        match self.write(scope, op).await {
+            Ok(Outcome::Job { job }) => Ok(JobView::from(&job)),
+            Ok(other) => Err(unexpected(other)),
+            // It finished between our read and the commit.
+            Err(e) if e.kind == ErrorKind::FailedPrecondition => {
+                Err(ServiceError::conflict(e.message))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) async fn read_job_logs(
+        &self,
+        scope: &RequestScope,
+        id: &str,
+        query: &LogsQuery,
+    ) -> Result<LogChunk, ServiceError> {
+        let stream = log_stream(query.stream.as_deref())?;
+        let max_bytes = match query.max_bytes {
+            None | Some(0) => DEFAULT_LOG_BYTES,
+            Some(n) => n.min(MAX_LOG_BYTES),
+        };
+        let wanted = match query.attempt {
+            None | Some(0) => None,
+            Some(n) => {
+                Some(u32::try_from(n).map_err(|_| invalid("attempt", "no such attempt number"))?)
+            }
+        };
+        let job = self.scoped_job(scope, id).await?;
+        let attempt = match wanted {
+            Some(n) => job
+                .attempts
+                .iter()
+                .find(|a| a.attempt == n)
+                .ok_or_else(|| {
+                    ServiceError::new(
+                        ErrorKind::NotFound,
+                        format!("job {id} has no attempt {n}"),
+                    )
+                })?,
+            None => job
+                .attempts
+                .iter()
+                .rev()
+                .find(|a| !a.node.is_empty())
+                .ok_or_else(|| {
+                    let why = match &job.pending_reason {
+                        Some(r) if job.state == JobState::Pending => format!(" ({r})"),
+                        _ => String::new(),
+                    };
+                    ServiceError::conflict(format!(
+                        "job {id} has not run on any node yet: it is {}{why}, so there is no output to read",
+                        job.state.as_str()
+                    ))
+                })?,
+        };
+        let node = attempt.node.clone();
+        let rpc_addr = self
+            .handle()
+            .read(|s| s.node(&node).map(|n| n.rpc_addr.clone()))
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| {
+                ServiceError::unavailable(format!(
+                    "node {node} has no known agent address; its output cannot be read now"
+                ))
+            })?;
+        let request = pb::ReadLogsRequest {
+            job_id: id.to_owned(),
+            attempt: attempt.attempt,
+            stream: stream.to_owned(),
+            offset: query.offset.unwrap_or(0),
+            // Bounded by MAX_LOG_BYTES.
+            max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX),
+        };
+        let resp = self
+            .handle()
+            .read_job_logs(&rpc_addr, &request)
+            .await
+            .map_err(|e| match e {
+                protocol::rpc::RpcError::Remote(status)
+                    if status.code == protocol::rpc::StatusCode::NotFound =>
+                {
+                    ServiceError::not_found(
+                        "output of attempt",
+                        &format!("{} of job {id} on node {node}", attempt.attempt),
+                    )
+                }
+                other => ServiceError::unavailable(format!(
+                    "the agent of node {node} could not be reached for the output: {other}"
+                )),
+            })?;
+        // The job may have moved on while we read; report its state as of now.
+        let job_state = self
+            .handle()
+            .read(|s| s.job(&scope.project_id, id).map(|j| j.state))
+            .unwrap_or(job.state);
+        Ok(LogChunk {
+            attempt: attempt.attempt,
+            node,
+            stream,
+            start_offset: resp.start_offset,
+            next_offset: resp.next_offset,
+            data: resp.data,
+            job_state,
+        })
+    }
+
+    pub(crate) async fn usage(
+        &self,
+        scope: &RequestScope,
+        query: &UsageQuery,
+    ) -> Result<UsageReport, ServiceError> {
+        let (since, until) = usage_range(query, now_ms())?;
+        self.consistent().await?;
+        Ok(self
+            .handle()
+            .read(|s| s.usage(&scope.project_id, since, until)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(v: serde_json::Value) -> SubmitJobRequest {
+        super::super::extract::parse_json(v.to_string().as_bytes()).expect("valid shape")
+    }
+
+    fn field_of(v: serde_json::Value) -> String {
+        let e = job_spec(body(v)).expect_err("invalid");
+        assert_eq!(e.kind, ErrorKind::InvalidArgument);
+        e.message.split(':').next().unwrap_or_default().to_owned()
+    }
+
+    #[test]
+    fn a_full_submission_becomes_its_spec() {
+        let spec = job_spec(body(serde_json::json!({
+            "name": "train",
+            "command": "python3",
+            "args": ["train.py", "--epochs", "3"],
+            "env": {"SEED": "1"},
+            "working_dir": "/data",
+            "resources": {"cpu": 0.5, "memory": "512Mi", "gpus": 2, "gpu_model": "H200",
+                          "gpu_min_memory_mib": 40000},
+            "constraints": {"region": "eu", "cluster": "eu1", "labels": {"zone": "a"}},
+            "data_locality": {"region": "eu"},
+            "priority": 10,
+            "preemption": true,
+            "strategy": "spread",
+            "retry": {"max_attempts": 5, "on_failure": true},
+            "timeout_secs": 300,
+            "cancel_grace_secs": 2,
+        })))
+        .expect("valid");
+        assert_eq!(spec.command, "python3");
+        assert_eq!(spec.args, ["train.py", "--epochs", "3"]);
+        assert_eq!(spec.resources.cpu_millis, 500);
+        assert_eq!(spec.resources.memory_bytes, 512 << 20);
+        assert_eq!(spec.resources.gpus, 2);
+        assert_eq!(spec.resources.gpu_model.as_deref(), Some("H200"));
+        assert_eq!(spec.constraints.region.as_deref(), Some("eu"));
+        assert_eq!(
+            spec.constraints.labels.get("zone").map(String::as_str),
+            Some("a")
+        );
+        assert_eq!(spec.priority, 10);
+        assert_eq!(spec.strategy, Strategy::Spread);
+        assert_eq!(spec.retry.max_attempts, 5);
+        assert!(spec.retry.on_failure);
+        assert_eq!(spec.timeout_secs, Some(300));
+        assert_eq!(spec.cancel_grace_secs, 2);
+
+        let minimal = job_spec(body(serde_json::json!({"command": "true"}))).expect("valid");
+        assert_eq!(minimal.resources, ResourceRequest::default());
+        assert_eq!(minimal.retry.max_attempts, 3);
+        assert!(minimal.preemptible);
+        assert_eq!(minimal.cancel_grace_secs, 10);
+        let cores = job_spec(body(
+            serde_json::json!({"command": "x", "resources": {"cpu": "250m", "memory": 1024}}),
+        ))
+        .expect("valid");
+        assert_eq!(
+            (cores.resources.cpu_millis, cores.resources.memory_bytes),
+            (250, 1024)
+        );
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        use serde_json::json;
+        let cases = [
+            (json!({}), "command"),
+            (json!({"command": "  "}), "command"),
+            (json!({"command": "a\u{0}b"}), "command"),
+            (
+                json!({"command": "x", "resources": {"cpu": 0}}),
+                "resources.cpu",
+            ),
+            (
+                json!({"command": "x", "resources": {"cpu": -1}}),
+                "resources.cpu",
+            ),
+            (
+                json!({"command": "x", "resources": {"cpu": "lots"}}),
+                "resources.cpu",
+            ),
+            (
+                json!({"command": "x", "resources": {"cpu": 1, "cpu_millis": 5}}),
+                "resources.cpu",
+            ),
+            (
+                json!({"command": "x", "resources": {"memory": "12X"}}),
+                "resources.memory",
+            ),
+            (
+                json!({"command": "x", "resources": {"memory": 1.5}}),
+                "resources.memory",
+            ),
+            (
+                json!({"command": "x", "resources": {"gpus": 65}}),
+                "resources.gpus",
+            ),
+            (
+                json!({"command": "x", "resources": {"gpu_model": "H200"}}),
+                "resources.gpu_model",
+            ),
+            (json!({"command": "x", "env": {"1X": "v"}}), "env"),
+            (json!({"command": "x", "env": {"A=B": "v"}}), "env"),
+            (
+                json!({"command": "x", "env": {"CUDA_VISIBLE_DEVICES": "0"}}),
+                "env",
+            ),
+            (
+                json!({"command": "x", "working_dir": "rel/dir"}),
+                "working_dir",
+            ),
+            (json!({"command": "x", "timeout_secs": 0}), "timeout_secs"),
+            (
+                json!({"command": "x", "retry": {"max_attempts": 0}}),
+                "retry.max_attempts",
+            ),
+            (
+                json!({"command": "x", "retry": {"max_attempts": 21}}),
+                "retry.max_attempts",
+            ),
+            (json!({"command": "x", "priority": 1001}), "priority"),
+            (json!({"command": "x", "strategy": "random"}), "strategy"),
+            (
+                json!({"command": "x", "constraints": {"region": "e u"}}),
+                "constraints.region",
+            ),
+            (
+                json!({"command": "x", "constraints": {"labels": {"": "v"}}}),
+                "constraints.labels",
+            ),
+            (
+                json!({"command": "x", "cancel_grace_secs": 7200}),
+                "cancel_grace_secs",
+            ),
+            (json!({"command": "x", "name": "a\nb"}), "name"),
+        ];
+        for (input, field) in cases {
+            assert_eq!(field_of(input.clone()), field, "{input}");
+        }
+    }
+
+    #[test]
+    fn log_chunks_never_end_inside_a_character() {
+        let chunk = |data: &[u8]| LogChunk {
+            attempt: 1,
+            node: "eu/eu1/a1".into(),
+            stream: "stdout",
+            start_offset: 10,
+            next_offset: 10 + data.len() as u64,
+            data: data.to_vec(),
+            job_state: JobState::Running,
+        };
+        let whole = JobLogsView::from(chunk("héllo".as_bytes()));
+        assert_eq!((whole.data.as_str(), whole.next_offset), ("héllo", 16));
+        // "aé" cut after the first byte of "é": the byte is read again next time.
+        let cut = JobLogsView::from(chunk(&[b'a', 0xC3]));
+        assert_eq!((cut.data.as_str(), cut.next_offset), ("a", 11));
+        // Only the incomplete bytes: hand them out (lossy) so a reader always moves forward.
+        let alone = JobLogsView::from(chunk(&[0xE2, 0x82]));
+        assert_eq!(alone.next_offset, 12);
+        assert!(!alone.data.is_empty());
+        let invalid = JobLogsView::from(chunk(&[b'a', 0xFF]));
+        assert_eq!(invalid.next_offset, 12);
+        assert!(!JobLogsView::from(chunk(b"")).done);
+    }
+
+    #[test]
+    fn usage_ranges_default_to_a_day_and_must_be_ordered() {
+        let now = 1_700_000_000_000;
+        let q = |since: Option<&str>, until: Option<&str>| UsageQuery {
+            since: since.map(str::to_owned),
+            until: until.map(str::to_owned),
+        };
+        assert_eq!(
+            usage_range(&q(None, None), now),
+            Ok((now - 86_400_000, now))
+        );
+        assert_eq!(
+            usage_range(&q(Some("2023-11-14T00:00:00Z"), Some("1700000000000")), now),
+            Ok((1_699_920_000_000, now))
+        );
+        let e = usage_range(&q(Some("tomorrow"), None), now).expect_err("bad");
+        assert!(e.message.starts_with("since: "), "{}", e.message);
+        let e = usage_range(&q(Some("20"), Some("10")), now).expect_err("reversed");
+        assert!(e.message.starts_with("since: "), "{}", e.message);
+    }
+
+    #[test]
+    fn states_and_streams_parse_or_name_the_field() {
+        assert_eq!(job_state(Some("Pending")), Ok(Some(JobState::Pending)));
+        assert_eq!(job_state(Some("")), Ok(None));
+        assert!(job_state(Some("done")).is_err_and(|e| e.message.starts_with("state: ")));
+        assert_eq!(log_stream(None), Ok("stdout"));
+        assert_eq!(log_stream(Some("stderr")), Ok("stderr"));
+        assert!(log_stream(Some("both")).is_err_and(|e| e.message.starts_with("stream: ")));
+    }
+}

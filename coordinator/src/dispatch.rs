@@ -1,0 +1,216 @@
+//! The leader's scheduling pass: turns pending jobs into placements and proposes them through Raft.
+//!
+//! Owns [`plan`], the pure step from the replicated state to a batch of [`PlacementOp`]s (it builds a
+//! [`Scheduler`] over the nodes and the allocations of scheduled and running jobs, places the pending jobs
+//! and records why the rest wait), and [`run_dispatcher`], the leader-only task that runs a pass whenever the
+//! state moved. It must never start or stop anything itself: agents learn their assignments from the
+//! committed state (`AgentSync`), and the state machine re-checks every placement when it applies it.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::node::WeakHandle;
+use crate::scheduler::{
+    Allocation, JobRequest, Locality, NodeHealth, NodeView, PlacementDecision, Resources, Scheduler,
+};
+use crate::state::{Actor, Command, JobRecord, NodeHealthState, Op, PlacementOp, RegistryState};
+
+/// Most placements proposed in one command; the rest wait for the next pass.
+pub(crate) const MAX_PLACEMENTS_PER_PASS: usize = 2_000;
+
+/// How the dispatcher paces itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DispatchTimings {
+    /// How often the leader looks for work when nothing else wakes it.
+    pub(crate) tick: Duration,
+}
+
+/// The scheduler's view of a registered node.
+fn node_view(node: &crate::state::NodeRecord) -> NodeView {
+    let health = match node.health {
+        NodeHealthState::Ready => NodeHealth::Ready,
+        NodeHealthState::Unreachable => NodeHealth::Unreachable,
+        NodeHealthState::Lost => NodeHealth::Lost,
+    };
+    NodeView {
+        id: node.key.clone(),
+        region: node.region.clone(),
+        cluster: node.cluster.clone(),
+        labels: node.labels.clone(),
+        health,
+        capacity: Resources {
+            cpu_millis: u64::from(node.cpu_cores).saturating_mul(1000),
+            memory_bytes: node.memory_bytes,
+            gpus: u32::try_from(node.gpus.len()).unwrap_or(u32::MAX),
+        },
+        gpus: node.gpus.clone(),
+    }
+}
+
+/// The resources a scheduled or running job holds.
+fn allocation(job: &JobRecord) -> Option<Allocation> {
+    let attempt = job.current_attempt()?;
+    Some(Allocation {
+        job_id: job.id.clone(),
+        node_id: attempt.node.clone(),
+        resources: attempt.resources,
+        gpu_uuids: attempt.gpu_uuids.clone(),
+        priority: job.spec.priority,
+        preemptible: job.spec.preemptible,
+    })
+}
+
+/// What the scheduler is asked for a pending job. A job that lost its node prefers that node's region
+/// (elsewhere in the region first), unless it names its own data locality.
+fn request(job: &JobRecord) -> JobRequest {
+    let spec = &job.spec;
+    let data_locality = spec.data_locality.clone().or_else(|| {
+        job.prefer_region.as_ref().map(|region| Locality {
+            region: region.clone(),
+            cluster: None,
+        })
+    });
+    JobRequest {
+        id: job.id.clone(),
+        priority: spec.priority,
+        resources: spec.resources.clone(),
+        constraints: spec.constraints.clone(),
+        replicas: 1,
+        preemption: spec.preemption,
+        preemptible: spec.preemptible,
+        data_locality,
+        strategy: spec.strategy,
+    }
+}
+
+/// One scheduling pass over `state`: placements for the pending jobs that fit (preceded by the
+/// preemptions they need), and the reason for each one that waits when it changed. Pure.
+pub(crate) fn plan(state: &RegistryState) -> Vec<PlacementOp> {
+    let pending: Vec<&JobRecord> = state
+        .pending_jobs()
+        .filter(|j| !j.cancel_requested)
+        .collect();
+    if pending.is_empty() {
+        return Vec::new();
+    }
+    let by_id: HashMap<&str, &JobRecord> = pending.iter().map(|j| (j.id.as_str(), *j)).collect();
+    let active: HashMap<&str, &JobRecord> =
+        state.active_jobs().map(|j| (j.id.as_str(), j)).collect();
+    let nodes = state.nodes().map(node_view);
+    let allocations = active.values().filter_map(|j| allocation(j));
+    let mut scheduler = match Scheduler::new(nodes, allocations) {
+        Ok(s) => s,
+        Err(e) => {
+            // Node keys are unique in the registry, so this cannot happen; refuse to guess if it does.
+            tracing::error!(error = %e, "cannot index the fleet");
+            return Vec::new();
+        }
+    };
+    let requests: Vec<JobRequest> = pending.iter().map(|j| request(j)).collect();
+    let mut ops = Vec::new();
+    let mut placed = 0usize;
+    for decision in scheduler.place_all(&requests) {
+        let Some(job) = by_id.get(decision.job_id.as_str()).copied() else {
+            continue;
+        };
+        match decision.decision {
+            PlacementDecision::Placed {
+                assignments,
+                preempted,
+            } => {
+                if placed >= MAX_PLACEMENTS_PER_PASS {
+                    continue;
+                }
+                let Some(assignment) = assignments.into_iter().next() else {
+                    continue;
+                };
+                let Some(lease_epoch) = state.node(&assignment.node_id).map(|n| n.lease_epoch)
+                else {
+                    continue;
+                };
+                for victim in preempted {
+                    let attempt = active
+                        .get(victim.as_str())
+                        .and_then(|j| j.current_attempt())
+                        .map(|a| a.attempt);
+                    if let Some(attempt) = attempt {
+                        ops.push(PlacementOp::Preempt {
+                            job_id: victim,
+                            attempt,
+                            by: job.id.clone(),
+                        });
+                    }
+                }
+                ops.push(PlacementOp::Place {
+                    job_id: job.id.clone(),
+                    attempt: u32::try_from(job.attempts.len())
+                        .unwrap_or(u32::MAX)
+                        .saturating_add(1),
+                    node: assignment.node_id,
+                    lease_epoch,
+                    gpu_uuids: assignment.gpu_uuids,
+                    resources: assignment.resources,
+                });
+                placed += 1;
+            }
+            PlacementDecision::Pending { reason, .. } => {
+                if job.pending_reason.as_deref() != Some(reason.as_str()) {
+                    ops.push(PlacementOp::Wait {
+                        job_id: job.id.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+    ops
+}
+
+/// The leader-only dispatcher: runs [`plan`] whenever the applied state moved since the last pass (or on
+/// every tick while a pass proposed something) and proposes the result as one `PlaceJobs` command.
+pub(crate) async fn run_dispatcher(
+    handle: WeakHandle,
+    timings: DispatchTimings,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(timings.tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The applied index the last pass looked at; a pass on an unchanged state would decide the same.
+    let mut last_seen: Option<u64> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let Some(handle) = handle.upgrade() else {
+            return;
+        };
+        if handle.leader_term().is_none() {
+            last_seen = None;
+            continue;
+        }
+        let applied = handle.log_status().applied_index;
+        if applied.is_some() && applied == last_seen {
+            continue;
+        }
+        let ops = handle.read(plan);
+        last_seen = applied;
+        if ops.is_empty() {
+            continue;
+        }
+        let count = ops.len();
+        let cmd = Command::new(now_ms(), Actor::system(), Op::PlaceJobs { placements: ops });
+        match handle.write(cmd).await {
+            Ok(outcome) => tracing::debug!(?outcome, count, "scheduling pass applied"),
+            Err(e) => tracing::debug!(error = %e, "scheduling pass not applied"),
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,2264 @@
+//! Jobs in the replicated registry: their specs, lifecycle, attempts and the indexes that keep the
+//! scheduler's and the agents' reads cheap.
+//!
+//! Owns `SubmitJob`, `CancelJob`, `PlaceJobs` (the leader's scheduling pass), `ReportJobEvents` (what an
+//! agent saw happen), `SetIdleGpus`, and the job side of a node's registration and loss. A job moves
+//! `pending → scheduled → running → succeeded | failed | cancelled | lost`; a lost or failed attempt sends
+//! it back to `pending` while its retry budget allows. Every report is fenced twice: by the node's lease
+//! epoch (for the whole command) and by the job's current attempt (for each event), so a result from an
+//! old registration or an old attempt never overrides the current one.
+//!
+//! Like the rest of the state, this module must never read a clock, draw randomness or do I/O: every time
+//! arrives inside the command. Floating point appears only in the usage report, which is computed on read
+//! and never stored (see `usage.rs`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::tenancy::validate_id;
+use super::{Applied, DomainError, Outcome, Page, PageRequest, RegistryState};
+use crate::scheduler::{Constraints, Locality, ResourceRequest, Resources, Strategy};
+
+/// Longest job name, in bytes.
+pub(crate) const MAX_JOB_NAME: usize = 128;
+/// Longest command, in bytes.
+pub(crate) const MAX_COMMAND: usize = 4096;
+/// Most arguments a job may pass.
+pub(crate) const MAX_ARGS: usize = 1024;
+/// Most environment variables a job may set.
+pub(crate) const MAX_ENV: usize = 1024;
+/// Longest single argument, environment value or working directory, in bytes.
+pub(crate) const MAX_VALUE: usize = 65_536;
+/// Upper bound of [`RetryPolicy::max_attempts`].
+pub(crate) const MAX_ATTEMPTS: u32 = 20;
+/// Longest attempt detail or pending reason kept in the state, in bytes (longer ones are cut).
+const MAX_DETAIL: usize = 1024;
+
+/// Where a job is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for the scheduler.
+    Pending,
+    /// Placed on a node; the agent has not reported it started yet.
+    Scheduled,
+    /// The agent started it.
+    Running,
+    /// Exited with code 0.
+    Succeeded,
+    /// Failed (non-zero exit, signal, timeout, launch error) with no retry left.
+    Failed,
+    /// Cancelled by a user.
+    Cancelled,
+    /// Its node was lost (or its process vanished) with no retry left.
+    Lost,
+}
+
+impl JobState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [JobState; 7] = [
+        JobState::Pending,
+        JobState::Scheduled,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+        JobState::Lost,
+    ];
+
+    /// Lowercase name, as the API and CLI show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Scheduled => "scheduled",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+            JobState::Lost => "lost",
+        }
+    }
+
+    /// True for the states a job never leaves.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled | JobState::Lost
+        )
+    }
+
+    /// The state named by [`JobState::as_str`] (case-insensitive).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|state| state.as_str().eq_ignore_ascii_case(s))
+    }
+
+    fn is_active(self) -> bool {
+        matches!(self, JobState::Scheduled | JobState::Running)
+    }
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Succeeded,
+    Failed,
+    Cancelled,
+    Lost,
+    /// Evicted for a higher-priority job; does not count against the retry budget.
+    Preempted,
+}
+
+impl AttemptOutcome {
+    /// Lowercase name, as the API and CLI show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Succeeded => "succeeded",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::Cancelled => "cancelled",
+            AttemptOutcome::Lost => "lost",
+            AttemptOutcome::Preempted => "preempted",
+        }
+    }
+}
+
+/// When a job is tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Attempts in all (preempted ones not counted), 1..=20.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Also retry attempts that failed (non-zero exit, timeout, launch error); lost attempts are always
+    /// retried while the budget allows.
+    #[serde(default)]
+    pub on_failure: bool,
+}
+
+fn default_max_attempts() -> u32 {
+    3
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_max_attempts(),
+            on_failure: false,
+        }
+    }
+}
+
+fn default_cancel_grace_secs() -> u64 {
+    10
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What a user asked to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// Optional label, may be empty; at most 128 bytes.
+    #[serde(default)]
+    pub name: String,
+    /// The program to run; required, at most 4096 bytes, no NUL.
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// `None`: a fresh directory for each attempt.
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    #[serde(default)]
+    pub resources: ResourceRequest,
+    #[serde(default)]
+    pub constraints: Constraints,
+    #[serde(default)]
+    pub data_locality: Option<Locality>,
+    #[serde(default)]
+    pub priority: i32,
+    /// May evict lower-priority preemptible jobs when nothing fits otherwise.
+    #[serde(default)]
+    pub preemption: bool,
+    /// May be evicted by higher-priority jobs that opted into preemption.
+    #[serde(default = "yes")]
+    pub preemptible: bool,
+    #[serde(default)]
+    pub strategy: Strategy,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Wall-clock limit of one attempt.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// Seconds between SIGTERM and SIGKILL when the job is cancelled.
+    #[serde(default = "default_cancel_grace_secs")]
+    pub cancel_grace_secs: u64,
+}
+
+impl JobSpec {
+    /// A spec running `command` with the defaults for everything else.
+    pub fn new(command: impl Into<String>) -> Self {
+        Self {
+            name: String::new(),
+            command: command.into(),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            working_dir: None,
+            resources: ResourceRequest::default(),
+            constraints: Constraints::default(),
+            data_locality: None,
+            priority: 0,
+            preemption: false,
+            preemptible: true,
+            strategy: Strategy::default(),
+            retry: RetryPolicy::default(),
+            timeout_secs: None,
+            cancel_grace_secs: default_cancel_grace_secs(),
+        }
+    }
+
+    /// Checks the limits every replica enforces before a job enters the state.
+    pub(crate) fn validate(&self) -> Result<(), DomainError> {
+        if self.name.len() > MAX_JOB_NAME {
+            return Err(DomainError::invalid(
+                "name",
+                format!("at most {MAX_JOB_NAME} bytes"),
+            ));
+        }
+        if self.name.chars().any(char::is_control) {
+            return Err(DomainError::invalid("name", "no control characters"));
+        }
+        if self.command.trim().is_empty() {
+            return Err(DomainError::invalid("command", "required"));
+        }
+        if self.command.len() > MAX_COMMAND {
+            return Err(DomainError::invalid(
+                "command",
+                format!("at most {MAX_COMMAND} bytes"),
+            ));
+        }
+        if self.command.contains('\0') {
+            return Err(DomainError::invalid("command", "must not contain NUL"));
+        }
+        if self.args.len() > MAX_ARGS {
+            return Err(DomainError::invalid(
+                "args",
+                format!("at most {MAX_ARGS} arguments"),
+            ));
+        }
+        if self
+            .args
+            .iter()
+            .any(|a| a.len() > MAX_VALUE || a.contains('\0'))
+        {
+            return Err(DomainError::invalid(
+                "args",
+                format!("each at most {MAX_VALUE} bytes, without NUL"),
+            ));
+        }
+        if self.env.len() > MAX_ENV {
+            return Err(DomainError::invalid(
+                "env",
+                format!("at most {MAX_ENV} variables"),
+            ));
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.len() > 256 || k.contains('=') || k.contains('\0') {
+                return Err(DomainError::invalid(
+                    "env",
+                    format!("{k:?} is not a variable name (1-256 bytes, no '=' or NUL)"),
+                ));
+            }
+            if v.len() > MAX_VALUE || v.contains('\0') {
+                return Err(DomainError::invalid(
+                    "env",
+                    format!("the value of {k} must be at most {MAX_VALUE} bytes, without NUL"),
+                ));
+            }
+        }
+        if let Some(dir) = &self.working_dir {
+            if dir.is_empty() || dir.len() > MAX_VALUE || dir.contains('\0') {
+                return Err(DomainError::invalid(
+                    "working_dir",
+                    format!("1-{MAX_VALUE} bytes, without NUL"),
+                ));
+            }
+        }
+        if !(1..=MAX_ATTEMPTS).contains(&self.retry.max_attempts) {
+            return Err(DomainError::invalid(
+                "retry.max_attempts",
+                format!("must be 1-{MAX_ATTEMPTS}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One try at running a job, on one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// 1-based.
+    pub attempt: u32,
+    /// The node's key, `region/cluster/node`.
+    pub node: String,
+    pub region: String,
+    pub cluster: String,
+    pub gpu_uuids: Vec<String>,
+    /// What was reserved on the node.
+    pub resources: Resources,
+    /// The node's lease epoch the attempt is bound to (moved forward when a re-registered agent keeps it).
+    pub lease_epoch: u64,
+    pub scheduled_at: u64,
+    pub started_at: Option<u64>,
+    pub ended_at: Option<u64>,
+    pub outcome: Option<AttemptOutcome>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub cpu_time_ms: Option<u64>,
+    pub max_rss_bytes: Option<u64>,
+    /// Why it ended, e.g. `node lost`, `timed out after 5s`, a launch error.
+    pub detail: String,
+}
+
+/// A job and its history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub project_id: String,
+    pub spec: JobSpec,
+    pub state: JobState,
+    /// Every attempt so far; the current one is the last while the job is scheduled or running.
+    pub attempts: Vec<Attempt>,
+    /// Why the scheduler could not place it yet (only while pending).
+    pub pending_reason: Option<String>,
+    /// A cancel was asked for while the job was on a node; the node's agent stops it.
+    pub cancel_requested: bool,
+    /// The region of the last lost or failed attempt: a retry looks there first.
+    pub prefer_region: Option<String>,
+    /// The name of the actor that submitted it.
+    pub created_by: String,
+    pub created_at: u64,
+    pub updated_at: u64,
+    pub finished_at: Option<u64>,
+}
+
+impl JobRecord {
+    /// The attempt the job is on: its last one, while it is scheduled or running.
+    pub fn current_attempt(&self) -> Option<&Attempt> {
+        if self.state.is_active() {
+            self.attempts.last()
+        } else {
+            None
+        }
+    }
+
+    /// Attempts that count against the retry budget (all but preempted ones).
+    fn counted_attempts(&self) -> usize {
+        self.attempts
+            .iter()
+            .filter(|a| a.outcome != Some(AttemptOutcome::Preempted))
+            .count()
+    }
+
+    fn budget_left(&self) -> bool {
+        self.counted_attempts() < self.spec.retry.max_attempts as usize
+    }
+}
+
+/// An attempt an agent still holds (running, or launched and not yet reported) when it registers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct HeldAttempt {
+    pub job_id: String,
+    pub attempt: u32,
+}
+
+/// One item of the leader's scheduling pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlacementOp {
+    /// Start attempt `attempt` of a pending job on `node` (a node key), bound to its `lease_epoch`.
+    Place {
+        job_id: String,
+        attempt: u32,
+        node: String,
+        lease_epoch: u64,
+        gpu_uuids: Vec<String>,
+        resources: Resources,
+    },
+    /// The job stays pending, for `reason`.
+    Wait { job_id: String, reason: String },
+    /// Stop attempt `attempt` to make room for job `by`; the job goes back to pending.
+    Preempt {
+        job_id: String,
+        attempt: u32,
+        by: String,
+    },
+}
+
+/// One thing an agent saw happen to an attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobEventOp {
+    pub job_id: String,
+    pub attempt: u32,
+    /// Unix milliseconds on the agent when it happened.
+    pub at_ms: u64,
+    pub kind: JobEventKind,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobEventKind {
+    /// The process was launched.
+    Started,
+    /// The process ended.
+    Exited {
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        /// A cancel was requested before the exit was observed.
+        cancelled: bool,
+        /// The agent stopped it at its timeout.
+        timed_out: bool,
+        cpu_time_ms: Option<u64>,
+        max_rss_bytes: Option<u64>,
+    },
+    /// The process could not be launched.
+    LaunchFailed { message: String },
+    /// The process is gone without a recorded exit status.
+    Vanished { reason: String },
+}
+
+/// The coordinator's answer to one reported event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventAck {
+    /// The event was recorded (or was a harmless repeat).
+    pub accepted: bool,
+    /// Why not, starting with `stale:`; empty when accepted.
+    pub reason: String,
+}
+
+impl EventAck {
+    fn accepted() -> Self {
+        Self {
+            accepted: true,
+            reason: String::new(),
+        }
+    }
+
+    fn stale(why: impl std::fmt::Display) -> Self {
+        Self {
+            accepted: false,
+            reason: format!("stale: {why}"),
+        }
+    }
+}
+
+/// How an attempt is being ended (before the retry rule decides the job's state).
+struct AttemptEnd {
+    outcome: AttemptOutcome,
+    detail: String,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    cpu_time_ms: Option<u64>,
+    max_rss_bytes: Option<u64>,
+}
+
+impl AttemptEnd {
+    fn new(outcome: AttemptOutcome, detail: impl Into<String>) -> Self {
+        Self {
+            outcome,
+            detail: detail.into(),
+            exit_code: None,
+            signal: None,
+            cpu_time_ms: None,
+            max_rss_bytes: None,
+        }
+    }
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+impl RegistryState {
+    pub(crate) fn submit_job(
+        &mut self,
+        at: u64,
+        actor: &str,
+        id: &str,
+        project_id: &str,
+        spec: &JobSpec,
+    ) -> Result<Applied, DomainError> {
+        validate_id("id", id)?;
+        if !self.projects.contains_key(project_id) {
+            return Err(DomainError::not_found("project", project_id));
+        }
+        if self.jobs.contains_key(id) {
+            return Err(DomainError::exists("job", id));
+        }
+        spec.validate()?;
+        let job = JobRecord {
+            id: id.to_owned(),
+            project_id: project_id.to_owned(),
+            spec: spec.clone(),
+            state: JobState::Pending,
+            attempts: Vec::new(),
+            pending_reason: None,
+            cancel_requested: false,
+            prefer_region: None,
+            created_by: actor.to_owned(),
+            created_at: at,
+            updated_at: at,
+            finished_at: None,
+        };
+        self.jobs.insert(id.to_owned(), job.clone());
+        self.pending_job_ids.insert(id.to_owned());
+        self.job_ids_by_project
+            .entry(project_id.to_owned())
+            .or_default()
+            .insert(id.to_owned());
+        let detail = if spec.name.is_empty() {
+            "pending".to_owned()
+        } else {
+            format!("name={}", spec.name)
+        };
+        Ok(Applied::new(Outcome::Job { job }, detail))
+    }
+
+    pub(crate) fn cancel_job(
+        &mut self,
+        at: u64,
+        project_id: &str,
+        id: &str,
+    ) -> Result<Applied, DomainError> {
+        let job = self
+            .jobs
+            .get_mut(id)
+            .filter(|j| j.project_id == project_id)
+            .ok_or_else(|| DomainError::not_found("job", id))?;
+        let detail = match job.state {
+            JobState::Pending => {
+                job.state = JobState::Cancelled;
+                job.pending_reason = None;
+                job.updated_at = at;
+                job.finished_at = Some(at);
+                self.pending_job_ids.remove(id);
+                "pending -> cancelled"
+            }
+            JobState::Scheduled | JobState::Running => {
+                if job.cancel_requested {
+                    "cancel already requested"
+                } else {
+                    job.cancel_requested = true;
+                    job.updated_at = at;
+                    let node = job.attempts.last().map(|a| a.node.clone());
+                    if let Some(node) = node {
+                        self.bump_assign_version(&node);
+                    }
+                    "cancel requested"
+                }
+            }
+            state => {
+                return Err(DomainError::FailedPrecondition(format!(
+                    "job {id} is already {}",
+                    state.as_str()
+                )))
+            }
+        };
+        let job = self.jobs.get(id).cloned();
+        // Invariant: the job was found above and nothing removed it since.
+        let job = job.expect("cancelled job is present");
+        Ok(Applied::new(Outcome::Job { job }, detail))
+    }
+
+    pub(crate) fn place_jobs(
+        &mut self,
+        at: u64,
+        placements: &[PlacementOp],
+    ) -> Result<Applied, DomainError> {
+        let (mut placed, mut waiting, mut preempted, mut skipped) = (0u32, 0u32, 0u32, 0u32);
+        for item in placements {
+            let applied = match item {
+                PlacementOp::Place { .. } => {
+                    let ok = self.place_one(at, item);
+                    placed += u32::from(ok);
+                    ok
+                }
+                PlacementOp::Wait { job_id, reason } => {
+                    let ok = self.wait_one(at, job_id, reason);
+                    waiting += u32::from(ok);
+                    ok
+                }
+                PlacementOp::Preempt {
+                    job_id,
+                    attempt,
+                    by,
+                } => {
+                    let ok = self.preempt_one(at, job_id, *attempt, by);
+                    preempted += u32::from(ok);
+                    ok
+                }
+            };
+            skipped += u32::from(!applied);
+        }
+        Ok(Applied::new(
+            Outcome::JobsPlaced {
+                placed,
+                waiting,
+                preempted,
+                skipped,
+            },
+            format!("placed={placed} waiting={waiting} preempted={preempted} skipped={skipped}"),
+        ))
+    }
+
+    /// Applies one `Place` item; false (skipped) unless the job is pending, `attempt` is its next one
+    /// and the node is ready at `lease_epoch`.
+    fn place_one(&mut self, at: u64, item: &PlacementOp) -> bool {
+        let PlacementOp::Place {
+            job_id,
+            attempt,
+            node: node_key,
+            lease_epoch,
+            gpu_uuids,
+            resources,
+        } = item
+        else {
+            return false;
+        };
+        let (attempt, lease_epoch, resources) = (*attempt, *lease_epoch, *resources);
+        let Some(node) = self.nodes.get(node_key) else {
+            return false;
+        };
+        if node.health != super::NodeHealthState::Ready || node.lease_epoch != lease_epoch {
+            return false;
+        }
+        let (region, cluster) = (node.region.clone(), node.cluster.clone());
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return false;
+        };
+        if job.state != JobState::Pending || attempt as usize != job.attempts.len() + 1 {
+            return false;
+        }
+        job.attempts.push(Attempt {
+            attempt,
+            node: node_key.to_owned(),
+            region,
+            cluster,
+            gpu_uuids: gpu_uuids.clone(),
+            resources,
+            lease_epoch,
+            scheduled_at: at,
+            started_at: None,
+            ended_at: None,
+            outcome: None,
+            exit_code: None,
+            signal: None,
+            cpu_time_ms: None,
+            max_rss_bytes: None,
+            detail: String::new(),
+        });
+        job.state = JobState::Scheduled;
+        job.pending_reason = None;
+        job.updated_at = at;
+        self.pending_job_ids.remove(job_id);
+        self.active_job_ids_by_node
+            .entry(node_key.to_owned())
+            .or_default()
+            .insert(job_id.to_owned());
+        self.bump_assign_version(node_key);
+        true
+    }
+
+    fn wait_one(&mut self, at: u64, job_id: &str, reason: &str) -> bool {
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return false;
+        };
+        if job.state != JobState::Pending {
+            return false;
+        }
+        let reason = clip(reason, MAX_DETAIL);
+        if job.pending_reason.as_deref() != Some(reason.as_str()) {
+            job.pending_reason = Some(reason);
+            job.updated_at = at;
+        }
+        true
+    }
+
+    fn preempt_one(&mut self, at: u64, job_id: &str, attempt: u32, by: &str) -> bool {
+        let current = self
+            .jobs
+            .get(job_id)
+            .and_then(JobRecord::current_attempt)
+            .map(|a| a.attempt);
+        if current != Some(attempt) {
+            return false;
+        }
+        self.end_attempt(
+            at,
+            job_id,
+            at,
+            AttemptEnd::new(
+                AttemptOutcome::Preempted,
+                clip(&format!("preempted by {by}"), MAX_DETAIL),
+            ),
+        );
+        true
+    }
+
+    pub(crate) fn report_job_events(
+        &mut self,
+        at: u64,
+        node_key: &str,
+        lease_epoch: u64,
+        events: &[JobEventOp],
+    ) -> Result<Applied, DomainError> {
+        let Some(node) = self.nodes.get(node_key) else {
+            return Err(DomainError::FailedPrecondition(format!(
+                "node {node_key} is not registered"
+            )));
+        };
+        if node.lease_epoch != lease_epoch {
+            return Err(DomainError::FailedPrecondition(format!(
+                "node {node_key} is at lease epoch {}, not {lease_epoch}",
+                node.lease_epoch
+            )));
+        }
+        let mut acks = Vec::with_capacity(events.len());
+        for event in events {
+            acks.push(self.apply_job_event(at, node_key, lease_epoch, event));
+        }
+        let accepted = acks.iter().filter(|a| a.accepted).count();
+        let detail = format!("accepted={accepted} stale={}", acks.len() - accepted);
+        Ok(Applied::new(Outcome::JobEvents { acks }, detail))
+    }
+
+    /// One reported event; `at` is the command's time (job timestamps), the event's own time goes to the
+    /// attempt.
+    fn apply_job_event(
+        &mut self,
+        at: u64,
+        node_key: &str,
+        lease_epoch: u64,
+        event: &JobEventOp,
+    ) -> EventAck {
+        let Some(job) = self.jobs.get_mut(&event.job_id) else {
+            return EventAck::stale(format_args!("job {} not found", event.job_id));
+        };
+        let Some(current) = job.current_attempt() else {
+            return EventAck::stale(format_args!("job {} is {}", job.id, job.state.as_str()));
+        };
+        if current.attempt != event.attempt {
+            return EventAck::stale(format_args!(
+                "attempt {} of job {} is not current (attempt {} is)",
+                event.attempt, job.id, current.attempt
+            ));
+        }
+        if current.node != node_key {
+            return EventAck::stale(format_args!(
+                "attempt {} of job {} runs on another node",
+                event.attempt, job.id
+            ));
+        }
+        if current.lease_epoch != lease_epoch {
+            return EventAck::stale(format_args!(
+                "attempt {} of job {} is bound to lease epoch {}",
+                event.attempt, job.id, current.lease_epoch
+            ));
+        }
+        match &event.kind {
+            JobEventKind::Started => {
+                if job.state == JobState::Scheduled {
+                    job.state = JobState::Running;
+                    job.updated_at = at;
+                    if let Some(a) = job.attempts.last_mut() {
+                        a.started_at = Some(event.at_ms);
+                    }
+                }
+            }
+            JobEventKind::Exited {
+                exit_code,
+                signal,
+                cancelled,
+                timed_out,
+                cpu_time_ms,
+                max_rss_bytes,
+            } => {
+                let (outcome, detail) = if *cancelled || job.cancel_requested {
+                    (AttemptOutcome::Cancelled, "cancelled".to_owned())
+                } else if *timed_out {
+                    let detail = match job.spec.timeout_secs {
+                        Some(secs) => format!("timed out after {secs}s"),
+                        None => "timed out".to_owned(),
+                    };
+                    (AttemptOutcome::Failed, detail)
+                } else if *exit_code == Some(0) {
+                    (AttemptOutcome::Succeeded, String::new())
+                } else {
+                    let detail = match (exit_code, signal) {
+                        (Some(code), _) => format!("exited with code {code}"),
+                        (None, Some(sig)) => format!("killed by signal {sig}"),
+                        (None, None) => "exited without a status".to_owned(),
+                    };
+                    (AttemptOutcome::Failed, detail)
+                };
+                let id = job.id.clone();
+                self.end_attempt(
+                    at,
+                    &id,
+                    event.at_ms,
+                    AttemptEnd {
+                        outcome,
+                        detail,
+                        exit_code: *exit_code,
+                        signal: *signal,
+                        cpu_time_ms: *cpu_time_ms,
+                        max_rss_bytes: *max_rss_bytes,
+                    },
+                );
+            }
+            JobEventKind::LaunchFailed { message } => {
+                let id = job.id.clone();
+                self.end_attempt(
+                    at,
+                    &id,
+                    event.at_ms,
+                    AttemptEnd::new(AttemptOutcome::Failed, clip(message, MAX_DETAIL)),
+                );
+            }
+            JobEventKind::Vanished { reason } => {
+                let id = job.id.clone();
+                self.end_attempt(
+                    at,
+                    &id,
+                    event.at_ms,
+                    AttemptEnd::new(AttemptOutcome::Lost, clip(reason, MAX_DETAIL)),
+                );
+            }
+        }
+        EventAck::accepted()
+    }
+
+    pub(crate) fn set_idle_gpus(
+        &mut self,
+        key: &str,
+        lease_epoch: u64,
+        idle_gpus: &[String],
+    ) -> Result<Applied, DomainError> {
+        let record = self
+            .nodes
+            .get_mut(key)
+            .ok_or_else(|| DomainError::not_found("node", key))?;
+        if record.lease_epoch != lease_epoch {
+            return Err(DomainError::FailedPrecondition(format!(
+                "node {key} is at lease epoch {}, not {lease_epoch}",
+                record.lease_epoch
+            )));
+        }
+        let set: BTreeSet<&String> = idle_gpus.iter().collect();
+        record.idle_gpus = set.into_iter().cloned().collect();
+        let detail = format!("{} idle", record.idle_gpus.len());
+        Ok(Applied::new(
+            Outcome::Node {
+                node: record.clone(),
+            },
+            detail,
+        ))
+    }
+
+    /// Every active job on a node that was declared lost loses its attempt.
+    pub(crate) fn lose_node_jobs(&mut self, at: u64, node_key: &str) -> usize {
+        let ids: Vec<String> = self
+            .active_job_ids_by_node
+            .get(node_key)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        for id in &ids {
+            self.end_attempt(
+                at,
+                id,
+                at,
+                AttemptEnd::new(AttemptOutcome::Lost, "node lost"),
+            );
+        }
+        ids.len()
+    }
+
+    /// After a node registered again (at `lease_epoch`): its attempts move to the new epoch, and a running
+    /// attempt the agent no longer holds is lost. Returns how many were lost.
+    pub(crate) fn readopt_node_jobs(
+        &mut self,
+        at: u64,
+        node_key: &str,
+        lease_epoch: u64,
+        held: &[HeldAttempt],
+    ) -> usize {
+        let held: BTreeSet<(&str, u32)> = held
+            .iter()
+            .map(|h| (h.job_id.as_str(), h.attempt))
+            .collect();
+        let ids: Vec<String> = self
+            .active_job_ids_by_node
+            .get(node_key)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        let mut lost = 0;
+        for id in &ids {
+            let Some(job) = self.jobs.get_mut(id) else {
+                continue;
+            };
+            let running = job.state == JobState::Running;
+            let Some(attempt) = job.attempts.last_mut() else {
+                continue;
+            };
+            attempt.lease_epoch = lease_epoch;
+            if running && !held.contains(&(id.as_str(), attempt.attempt)) {
+                self.end_attempt(
+                    at,
+                    id,
+                    at,
+                    AttemptEnd::new(
+                        AttemptOutcome::Lost,
+                        "not running after the agent restarted",
+                    ),
+                );
+                lost += 1;
+            }
+        }
+        lost
+    }
+
+    /// Ends the current attempt of an active job and applies the retry rule: a cancel that was asked for
+    /// wins; a preempted attempt returns the job to pending; a lost one (always) or a failed one (with
+    /// `retry.on_failure`) is retried while the budget allows; anything else ends the job.
+    fn end_attempt(&mut self, at: u64, job_id: &str, ended_at: u64, end: AttemptEnd) {
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        if !job.state.is_active() {
+            return;
+        }
+        let Some(attempt) = job.attempts.last_mut() else {
+            return;
+        };
+        let ended_at = attempt.started_at.map_or(ended_at, |s| ended_at.max(s));
+        attempt.ended_at = Some(ended_at);
+        attempt.outcome = Some(end.outcome);
+        attempt.detail = end.detail;
+        attempt.exit_code = end.exit_code;
+        attempt.signal = end.signal;
+        attempt.cpu_time_ms = end.cpu_time_ms;
+        attempt.max_rss_bytes = end.max_rss_bytes;
+        let node = attempt.node.clone();
+        let region = attempt.region.clone();
+
+        let next = if job.cancel_requested || end.outcome == AttemptOutcome::Cancelled {
+            JobState::Cancelled
+        } else {
+            match end.outcome {
+                AttemptOutcome::Succeeded => JobState::Succeeded,
+                AttemptOutcome::Cancelled => JobState::Cancelled,
+                AttemptOutcome::Preempted => JobState::Pending,
+                AttemptOutcome::Lost if job.budget_left() => JobState::Pending,
+                AttemptOutcome::Lost => JobState::Lost,
+                AttemptOutcome::Failed if job.spec.retry.on_failure && job.budget_left() => {
+                    JobState::Pending
+                }
+                AttemptOutcome::Failed => JobState::Failed,
+            }
+        };
+        if next == JobState::Pending
+            && matches!(end.outcome, AttemptOutcome::Lost | AttemptOutcome::Failed)
+        {
+            job.prefer_region = Some(region);
+        }
+        job.state = next;
+        job.updated_at = at;
+        if next.is_terminal() {
+            job.finished_at = Some(at);
+        } else {
+            job.pending_reason = None;
+            self.pending_job_ids.insert(job_id.to_owned());
+        }
+        if let Some(set) = self.active_job_ids_by_node.get_mut(&node) {
+            set.remove(job_id);
+            if set.is_empty() {
+                self.active_job_ids_by_node.remove(&node);
+            }
+        }
+        self.bump_assign_version(&node);
+    }
+
+    pub(crate) fn bump_assign_version(&mut self, node_key: &str) {
+        if let Some(node) = self.nodes.get_mut(node_key) {
+            node.assign_version = node.assign_version.saturating_add(1);
+        }
+    }
+
+    /// True when the project has jobs that are not finished.
+    pub(crate) fn project_has_unfinished_jobs(&self, project_id: &str) -> bool {
+        self.job_ids_by_project
+            .get(project_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.jobs.get(id))
+            .any(|j| !j.state.is_terminal())
+    }
+
+    /// Forgets a deleted project's (finished) jobs.
+    pub(crate) fn remove_project_jobs(&mut self, project_id: &str) {
+        for id in self
+            .job_ids_by_project
+            .remove(project_id)
+            .unwrap_or_default()
+        {
+            self.jobs.remove(&id);
+            self.pending_job_ids.remove(&id);
+        }
+    }
+
+    /// A job of `project_id`; another project's job answers `None`, exactly like a missing one.
+    pub fn job(&self, project_id: &str, id: &str) -> Option<&JobRecord> {
+        self.jobs.get(id).filter(|j| j.project_id == project_id)
+    }
+
+    /// A page of the project's jobs in id order, optionally only those in `state`.
+    pub fn job_page(
+        &self,
+        project_id: &str,
+        state: Option<JobState>,
+        req: &PageRequest,
+    ) -> Page<JobRecord> {
+        let jobs = self
+            .job_ids_by_project
+            .get(project_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.jobs.get(id))
+            .filter(|j| state.is_none_or(|s| j.state == s))
+            .map(|j| (j.id.as_str(), j));
+        Page::from_sorted(jobs, req).map(JobRecord::clone)
+    }
+
+    /// Every pending job, in id order (for the scheduler).
+    pub fn pending_jobs(&self) -> impl Iterator<Item = &JobRecord> {
+        self.pending_job_ids
+            .iter()
+            .filter_map(|id| self.jobs.get(id))
+    }
+
+    /// Every scheduled or running job, in id order (the scheduler's allocations).
+    pub fn active_jobs(&self) -> impl Iterator<Item = &JobRecord> {
+        let mut ids: Vec<&String> = self.active_job_ids_by_node.values().flatten().collect();
+        ids.sort_unstable();
+        ids.into_iter().filter_map(|id| self.jobs.get(id))
+    }
+
+    /// The node's assignment version and the jobs whose current attempt is on it, in id order.
+    pub fn node_assignments(&self, node_key: &str) -> (u64, Vec<&JobRecord>) {
+        let version = self.nodes.get(node_key).map_or(0, |n| n.assign_version);
+        let jobs = self
+            .active_job_ids_by_node
+            .get(node_key)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.jobs.get(id))
+            .collect();
+        (version, jobs)
+    }
+}
+
+#[cfg(test)]
+impl RegistryState {
+    /// Panics unless every job index agrees with the jobs themselves.
+    pub(crate) fn assert_job_indexes_consistent(&self) {
+        let pending: BTreeSet<String> = self
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Pending)
+            .map(|j| j.id.clone())
+            .collect();
+        assert_eq!(self.pending_job_ids, pending, "pending index");
+        let mut by_node: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for job in self.jobs.values() {
+            if let Some(a) = job.current_attempt() {
+                by_node
+                    .entry(a.node.clone())
+                    .or_default()
+                    .insert(job.id.clone());
+                assert!(
+                    a.outcome.is_none(),
+                    "current attempt of {} has ended",
+                    job.id
+                );
+            }
+            assert!(
+                job.attempts
+                    .iter()
+                    .rev()
+                    .skip(usize::from(job.state.is_active()))
+                    .all(|a| a.outcome.is_some()),
+                "a past attempt of {} has not ended",
+                job.id
+            );
+            assert_eq!(job.finished_at.is_some(), job.state.is_terminal());
+        }
+        assert_eq!(self.active_job_ids_by_node, by_node, "node index");
+        let mut by_project: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for job in self.jobs.values() {
+            by_project
+                .entry(job.project_id.clone())
+                .or_default()
+                .insert(job.id.clone());
+        }
+        assert_eq!(self.job_ids_by_project, by_project, "project index");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::GpuDevice;
+    use crate::state::{
+        node_key, Actor, AuditOutcome, Command, CommandOutcome, NodeHealthState, NodeRecord, Op,
+        WrappedKey,
+    };
+
+    const T0: u64 = 1_700_000_000_000;
+    const A: &str = "eu/eu1/a1";
+    const B: &str = "eu/eu1/b1";
+    const US: &str = "us/us1/c1";
+    const PA: &str = "prj_a";
+    const PB: &str = "prj_b";
+
+    /// A registry with two projects and three ready nodes, applying commands one second apart.
+    struct World {
+        s: RegistryState,
+        at: u64,
+    }
+
+    fn register_op(key: &str, held: &[(&str, u32)]) -> Op {
+        let mut parts = key.split('/');
+        let mut next = || parts.next().unwrap_or_default().to_owned();
+        let (region, cluster, node) = (next(), next(), next());
+        Op::RegisterNode {
+            region,
+            cluster,
+            node,
+            cpu_cores: 16,
+            memory_bytes: 64 << 30,
+            gpu_count: 2,
+            agent_version: "1.0".into(),
+            gpus: (0..2)
+                .map(|i| GpuDevice {
+                    uuid: format!("GPU-{key}-{i}"),
+                    index: i,
+                    model: "NVIDIA H200".into(),
+                    memory_mib: 143_771,
+                    healthy: true,
+                })
+                .collect(),
+            labels: BTreeMap::from([("zone".to_owned(), "a".to_owned())]),
+            rpc_addr: "127.0.0.1:7000".into(),
+            held: held
+                .iter()
+                .map(|(job_id, attempt)| HeldAttempt {
+                    job_id: (*job_id).to_owned(),
+                    attempt: *attempt,
+                })
+                .collect(),
+            os: "Debian 12".into(),
+            limit_mode: "cgroup-v1".into(),
+        }
+    }
+
+    fn spec() -> JobSpec {
+        let mut spec = JobSpec::new("python3");
+        spec.args = vec!["train.py".into()];
+        spec.resources = ResourceRequest {
+            cpu_millis: 2000,
+            memory_bytes: 4 << 30,
+            gpus: 1,
+            ..ResourceRequest::default()
+        };
+        spec
+    }
+
+    fn exited(code: i32) -> JobEventKind {
+        JobEventKind::Exited {
+            exit_code: Some(code),
+            signal: None,
+            cancelled: false,
+            timed_out: false,
+            cpu_time_ms: Some(1500),
+            max_rss_bytes: Some(1 << 20),
+        }
+    }
+
+    impl World {
+        fn new() -> Self {
+            let mut w = Self {
+                s: RegistryState::default(),
+                at: T0,
+            };
+            for (id, name) in [(PA, "alpha"), (PB, "beta")] {
+                w.ok(Op::CreateProject {
+                    id: id.into(),
+                    name: name.into(),
+                    description: String::new(),
+                    data_key: WrappedKey {
+                        master_key_id: "mk1".into(),
+                        nonce_b64: "AAAAAAAAAAAAAAAA".into(),
+                        ciphertext_b64: format!("ct-{id}"),
+                    },
+                });
+            }
+            for key in [A, B, US] {
+                w.ok(register_op(key, &[]));
+            }
+            w
+        }
+
+        fn apply(&mut self, op: Op) -> CommandOutcome {
+            self.at += 1000;
+            let index = self.s.applied_index + 1;
+            let out = self.s.apply(
+                index,
+                &Command::new(self.at, Actor::principal("usr_1", "ada"), op),
+            );
+            self.s.assert_job_indexes_consistent();
+            out
+        }
+
+        fn ok(&mut self, op: Op) -> Outcome {
+            let shown = format!("{op:?}");
+            match self.apply(op) {
+                Ok(o) => o,
+                Err(e) => panic!("{shown} was refused: {e}"),
+            }
+        }
+
+        fn refused(&mut self, op: Op) -> DomainError {
+            let before = self.without_audit();
+            let audit_len = self.s.audit.len();
+            let shown = format!("{op:?}");
+            let Err(e) = self.apply(op) else {
+                panic!("{shown} was not refused")
+            };
+            assert_eq!(
+                self.without_audit(),
+                before,
+                "a refused command changed state"
+            );
+            assert_eq!(self.s.audit.len(), audit_len + 1);
+            assert_eq!(
+                self.s.audit.last().map(|r| r.outcome),
+                Some(AuditOutcome::Refused)
+            );
+            e
+        }
+
+        fn without_audit(&self) -> RegistryState {
+            let mut c = self.s.clone();
+            c.audit.clear();
+            c.applied_index = 0;
+            c
+        }
+
+        fn submit_spec(&mut self, id: &str, spec: JobSpec) -> JobRecord {
+            match self.ok(Op::SubmitJob {
+                id: id.into(),
+                project_id: PA.into(),
+                spec,
+            }) {
+                Outcome::Job { job } => job,
+                other => panic!("unexpected outcome {other:?}"),
+            }
+        }
+
+        fn submit(&mut self, id: &str) -> JobRecord {
+            self.submit_spec(id, spec())
+        }
+
+        /// The node's lease epoch (1 for an unknown node).
+        fn epoch(&self, key: &str) -> u64 {
+            self.s.node(key).map_or(1, |n| n.lease_epoch)
+        }
+
+        fn node(&self, key: &str) -> &NodeRecord {
+            self.s.node(key).expect("node is registered")
+        }
+
+        fn version(&self, key: &str) -> u64 {
+            self.node(key).assign_version
+        }
+
+        fn place_op(&self, id: &str, attempt: u32, key: &str) -> PlacementOp {
+            PlacementOp::Place {
+                job_id: id.into(),
+                attempt,
+                node: key.into(),
+                lease_epoch: self.epoch(key),
+                gpu_uuids: vec![format!("GPU-{key}-0")],
+                resources: Resources {
+                    cpu_millis: 2000,
+                    memory_bytes: 4 << 30,
+                    gpus: 1,
+                },
+            }
+        }
+
+        fn placements(&mut self, placements: Vec<PlacementOp>) -> (u32, u32, u32, u32) {
+            match self.ok(Op::PlaceJobs { placements }) {
+                Outcome::JobsPlaced {
+                    placed,
+                    waiting,
+                    preempted,
+                    skipped,
+                } => (placed, waiting, preempted, skipped),
+                other => panic!("unexpected outcome {other:?}"),
+            }
+        }
+
+        fn place(&mut self, id: &str, attempt: u32, key: &str) {
+            let op = self.place_op(id, attempt, key);
+            assert_eq!(self.placements(vec![op]), (1, 0, 0, 0), "{id} not placed");
+        }
+
+        fn report(&mut self, key: &str, events: Vec<(&str, u32, JobEventKind)>) -> Vec<EventAck> {
+            let lease_epoch = self.epoch(key);
+            self.report_at_epoch(key, lease_epoch, events)
+                .unwrap_or_else(|e| panic!("report refused: {e}"))
+        }
+
+        fn report_at_epoch(
+            &mut self,
+            key: &str,
+            lease_epoch: u64,
+            events: Vec<(&str, u32, JobEventKind)>,
+        ) -> Result<Vec<EventAck>, DomainError> {
+            let at_ms = self.at + 500;
+            let events = events
+                .into_iter()
+                .map(|(job_id, attempt, kind)| JobEventOp {
+                    job_id: job_id.into(),
+                    attempt,
+                    at_ms,
+                    kind,
+                })
+                .collect();
+            match self.apply(Op::ReportJobEvents {
+                node: key.into(),
+                lease_epoch,
+                events,
+            })? {
+                Outcome::JobEvents { acks } => Ok(acks),
+                other => panic!("unexpected outcome {other:?}"),
+            }
+        }
+
+        fn start(&mut self, id: &str, attempt: u32, key: &str) {
+            let acks = self.report(key, vec![(id, attempt, JobEventKind::Started)]);
+            assert!(acks[0].accepted, "{acks:?}");
+        }
+
+        fn health(&mut self, key: &str, health: NodeHealthState) {
+            let lease_epoch = self.epoch(key);
+            self.ok(Op::SetNodeHealth {
+                key: key.into(),
+                health,
+                lease_epoch,
+            });
+        }
+
+        fn job(&self, id: &str) -> &JobRecord {
+            self.s.job(PA, id).expect("job exists")
+        }
+    }
+
+    #[test]
+    fn job_state_names_round_trip() {
+        for state in JobState::ALL {
+            assert_eq!(JobState::parse(state.as_str()), Some(state));
+            let json = serde_json::to_string(&state).expect("serializes");
+            assert_eq!(json, format!("\"{}\"", state.as_str()));
+        }
+        assert_eq!(JobState::parse("RUNNING"), Some(JobState::Running));
+        assert_eq!(JobState::parse("done"), None);
+        let terminal: Vec<JobState> = JobState::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .collect();
+        assert_eq!(
+            terminal,
+            [
+                JobState::Succeeded,
+                JobState::Failed,
+                JobState::Cancelled,
+                JobState::Lost
+            ]
+        );
+        assert_eq!(AttemptOutcome::Preempted.as_str(), "preempted");
+        let spec: JobSpec = serde_json::from_str(r#"{"command":"true"}"#).expect("minimal spec");
+        assert_eq!(spec, JobSpec::new("true"));
+        assert_eq!(spec.retry.max_attempts, 3);
+        assert_eq!(spec.cancel_grace_secs, 10);
+    }
+
+    #[test]
+    fn submit_creates_a_pending_job_in_its_project() {
+        let mut w = World::new();
+        let job = w.submit("job_1");
+        assert_eq!(job.state, JobState::Pending);
+        assert_eq!(job.project_id, PA);
+        assert_eq!(job.created_by, "ada");
+        assert_eq!(job.created_at, w.at);
+        assert!(job.attempts.is_empty() && job.current_attempt().is_none());
+        let pending: Vec<&str> = w.s.pending_jobs().map(|j| j.id.as_str()).collect();
+        assert_eq!(pending, ["job_1"]);
+        let record = w.s.audit.last().expect("audited");
+        assert_eq!(
+            (record.action.as_str(), record.project.as_deref()),
+            ("job.submit", Some(PA))
+        );
+        assert_eq!(record.target, "job_1");
+
+        let again = w.refused(Op::SubmitJob {
+            id: "job_1".into(),
+            project_id: PB.into(),
+            spec: spec(),
+        });
+        assert!(
+            matches!(again, DomainError::AlreadyExists { .. }),
+            "{again:?}"
+        );
+        let missing = w.refused(Op::SubmitJob {
+            id: "job_2".into(),
+            project_id: "prj_missing".into(),
+            spec: spec(),
+        });
+        assert!(
+            matches!(missing, DomainError::NotFound { .. }),
+            "{missing:?}"
+        );
+    }
+
+    #[test]
+    fn malformed_specs_are_refused() {
+        let mut w = World::new();
+        let mut cases: Vec<(&str, JobSpec)> = Vec::new();
+        let mut s = spec();
+        s.command = "  ".into();
+        cases.push(("command", s));
+        let mut s = spec();
+        s.command = "a\0b".into();
+        cases.push(("command", s));
+        let mut s = spec();
+        s.command = "x".repeat(MAX_COMMAND + 1);
+        cases.push(("command", s));
+        let mut s = spec();
+        s.name = "n".repeat(MAX_JOB_NAME + 1);
+        cases.push(("name", s));
+        let mut s = spec();
+        s.retry.max_attempts = 0;
+        cases.push(("retry.max_attempts", s));
+        let mut s = spec();
+        s.retry.max_attempts = MAX_ATTEMPTS + 1;
+        cases.push(("retry.max_attempts", s));
+        let mut s = spec();
+        s.env.insert("A=B".into(), "1".into());
+        cases.push(("env", s));
+        let mut s = spec();
+        s.args.push("a\0".into());
+        cases.push(("args", s));
+        let mut s = spec();
+        s.working_dir = Some(String::new());
+        cases.push(("working_dir", s));
+        for (field, spec) in cases {
+            let e = w.refused(Op::SubmitJob {
+                id: "job_x".into(),
+                project_id: PA.into(),
+                spec,
+            });
+            assert!(
+                matches!(&e, DomainError::Invalid { field: f, .. } if f == field),
+                "{field}: {e:?}"
+            );
+        }
+        let bad_id = w.refused(Op::SubmitJob {
+            id: "job/1".into(),
+            project_id: PA.into(),
+            spec: spec(),
+        });
+        assert!(matches!(bad_id, DomainError::Invalid { .. }));
+        let mut edge = spec();
+        edge.name = "n".repeat(MAX_JOB_NAME);
+        edge.retry.max_attempts = MAX_ATTEMPTS;
+        w.submit_spec("job_edge", edge);
+    }
+
+    #[test]
+    fn placement_schedules_the_job_on_the_node() {
+        let mut w = World::new();
+        w.submit("job_1");
+        w.ok(Op::PlaceJobs {
+            placements: vec![PlacementOp::Wait {
+                job_id: "job_1".into(),
+                reason: "no node has a free GPU".into(),
+            }],
+        });
+        assert_eq!(
+            w.job("job_1").pending_reason.as_deref(),
+            Some("no node has a free GPU")
+        );
+        let version = w.version(A);
+        w.place("job_1", 1, A);
+        let job = w.job("job_1");
+        assert_eq!(job.state, JobState::Scheduled);
+        assert_eq!(job.pending_reason, None);
+        let attempt = job.current_attempt().expect("current attempt");
+        assert_eq!(attempt.attempt, 1);
+        assert_eq!(attempt.node, A);
+        assert_eq!(
+            (attempt.region.as_str(), attempt.cluster.as_str()),
+            ("eu", "eu1")
+        );
+        assert_eq!(attempt.lease_epoch, 1);
+        assert_eq!(attempt.gpu_uuids, [format!("GPU-{A}-0")]);
+        assert_eq!(attempt.resources.gpus, 1);
+        assert_eq!(attempt.scheduled_at, w.at);
+        assert_eq!(attempt.outcome, None);
+        assert_eq!(w.s.pending_jobs().count(), 0);
+        let active: Vec<&str> = w.s.active_jobs().map(|j| j.id.as_str()).collect();
+        assert_eq!(active, ["job_1"]);
+        let (v, jobs) = w.s.node_assignments(A);
+        assert_eq!(v, version + 1);
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(w.s.node_assignments(B).1.len(), 0);
+        let record = w.s.audit.last().expect("audited");
+        assert_eq!(
+            (record.action.as_str(), record.project.as_deref()),
+            ("job.place", None)
+        );
+        assert_eq!(record.detail, "placed=1 waiting=0 preempted=0 skipped=0");
+    }
+
+    #[test]
+    fn stale_placements_are_skipped() {
+        let mut w = World::new();
+        w.submit("job_1");
+        w.submit("job_2");
+        w.health(B, NodeHealthState::Unreachable);
+        let before = w.without_audit();
+        let mut wrong_epoch = w.place_op("job_1", 1, A);
+        if let PlacementOp::Place { lease_epoch, .. } = &mut wrong_epoch {
+            *lease_epoch += 1;
+        }
+        let skipped = w.placements(vec![
+            w.place_op("job_1", 2, A),           // not the next attempt
+            wrong_epoch,                         // another registration
+            w.place_op("job_1", 1, B),           // node not ready
+            w.place_op("job_missing", 1, A),     // no such job
+            w.place_op("job_1", 1, "eu/eu1/zz"), // no such node
+            PlacementOp::Preempt {
+                job_id: "job_1".into(),
+                attempt: 1,
+                by: "job_2".into(),
+            }, // not on a node
+        ]);
+        assert_eq!(skipped, (0, 0, 0, 6));
+        let mut after = w.without_audit();
+        after.applied_index = 0;
+        assert_eq!(after, before, "skipped items changed nothing");
+
+        // The same job twice in one pass: the second is stale once the first applied.
+        let counts = w.placements(vec![
+            w.place_op("job_1", 1, A),
+            w.place_op("job_1", 1, US),
+            PlacementOp::Wait {
+                job_id: "job_1".into(),
+                reason: "late".into(),
+            },
+            PlacementOp::Wait {
+                job_id: "job_2".into(),
+                reason: "busy".into(),
+            },
+        ]);
+        assert_eq!(counts, (1, 1, 0, 2));
+        assert_eq!(w.job("job_1").attempts.len(), 1);
+        assert_eq!(
+            w.job("job_1").current_attempt().map(|a| a.node.as_str()),
+            Some(A)
+        );
+        assert_eq!(w.job("job_1").pending_reason, None);
+    }
+
+    #[test]
+    fn an_unchanged_pending_reason_is_a_no_op() {
+        let mut w = World::new();
+        w.submit("job_1");
+        let wait = || PlacementOp::Wait {
+            job_id: "job_1".into(),
+            reason: "insufficient cpu on 3 nodes".into(),
+        };
+        w.placements(vec![wait()]);
+        let updated = w.job("job_1").updated_at;
+        assert_eq!(w.placements(vec![wait()]), (0, 1, 0, 0));
+        assert_eq!(w.job("job_1").updated_at, updated);
+    }
+
+    #[test]
+    fn a_job_runs_and_succeeds() {
+        let mut w = World::new();
+        w.submit("job_1");
+        w.place("job_1", 1, A);
+        let version = w.version(A);
+        w.start("job_1", 1, A);
+        let job = w.job("job_1").clone();
+        assert_eq!(job.state, JobState::Running);
+        assert_eq!(job.attempts[0].started_at, Some(w.at - 500));
+        assert_eq!(w.version(A), version, "a start changes no assignment");
+
+        // A repeated start is accepted and changes nothing.
+        let acks = w.report(A, vec![("job_1", 1, JobEventKind::Started)]);
+        assert!(acks[0].accepted);
+        let mut again = w.job("job_1").clone();
+        again.updated_at = job.updated_at;
+        assert_eq!(again, job);
+
+        let acks = w.report(A, vec![("job_1", 1, exited(0))]);
+        assert_eq!(acks, [EventAck::accepted()]);
+        let job = w.job("job_1");
+        assert_eq!(job.state, JobState::Succeeded);
+        assert_eq!(job.finished_at, Some(w.at));
+        let attempt = &job.attempts[0];
+        assert_eq!(attempt.outcome, Some(AttemptOutcome::Succeeded));
+        assert_eq!(attempt.exit_code, Some(0));
+        assert_eq!(attempt.ended_at, Some(w.at - 500));
+        assert_eq!(attempt.cpu_time_ms, Some(1500));
+        assert_eq!(attempt.max_rss_bytes, Some(1 << 20));
+        assert_eq!(job.current_attempt(), None);
+        assert_eq!(w.s.node_assignments(A), (version + 1, Vec::new()));
+        let record = w.s.audit.last().expect("audited");
+        assert_eq!(
+            (
+                record.action.as_str(),
+                record.project.as_deref(),
+                record.target.as_str()
+            ),
+            ("job.report", None, A)
+        );
+        assert_eq!(record.detail, "accepted=1 stale=0");
+
+        // A report about a finished job is stale.
+        let acks = w.report(A, vec![("job_1", 1, exited(0))]);
+        assert!(!acks[0].accepted && acks[0].reason.starts_with("stale:"));
+    }
+
+    #[test]
+    fn reports_are_fenced_by_the_lease_epoch() {
+        let mut w = World::new();
+        w.submit("job_1");
+        w.place("job_1", 1, A);
+        w.start("job_1", 1, A);
+        w.ok(register_op(A, &[("job_1", 1)]));
+        assert_eq!(w.epoch(A), 2);
+        let before = w.without_audit();
+        let Err(e) = w.report_at_epoch(A, 1, vec![("job_1", 1, exited(0))]) else {
+            panic!("an old epoch's report was accepted")
+        };
+        assert!(matches!(e, DomainError::FailedPrecondition(_)), "{e:?}");
+        assert_eq!(w.without_audit(), before);
+        assert_eq!(
+            w.s.audit.last().map(|r| r.outcome),
+            Some(AuditOutcome::Refused)
+        );
+        let unknown = w.report_at_epoch("eu/eu1/zz", 1, vec![]);
+        assert!(matches!(unknown, Err(DomainError::FailedPrecondition(_))));
+        // With the current epoch the re-adopted attempt reports normally.
+        let acks = w.report(A, vec![("job_1", 1, exited(0))]);
+        assert!(acks[0].accepted);
+        assert_eq!(w.job("job_1").state, JobState::Succeeded);
+    }
+
+    #[test]
+    fn an_old_attempt_cannot_report_after_a_reschedule() {
+        let mut w = World::new();
+        w.submit("job_1");
+        w.place("job_1", 1, A);
+        w.start("job_1", 1, A);
+        w.health(A, NodeHealthState::Lost);
+        w.place("job_1", 2, B);
+        // A's agent comes back and reports attempt 1 as a success.
+        w.ok(register_op(A, &[("job_1", 1)]));
+        let before = w.without_audit();
+        let acks = w.report(
+            A,
+            vec![
+                ("job_1", 1, exited(0)),
+                ("job_1", 2, JobEventKind::Started),
+                ("job_missing", 1, JobEventKind::Started),
+            ],
+        );
+        assert_eq!(acks.len(), 3);
+        assert!(
+            acks.iter()
+                .all(|a| !a.accepted && a.reason.starts_with("stale:")),
+            "{acks:?}"
+        );
+        assert!(acks[0].reason.contains("attempt 1"), "{}", acks[0].reason);
+        assert!(
+            acks[1].reason.contains("another node"),
+            "{}",
+            acks[1].reason
+        );
+        let mut after = w.without_audit();
+        after.applied_index = 0;
+        assert_eq!(after, before, "stale events changed nothing");
+        let job = w.job("job_1");
+        assert_eq!(job.state, JobState::Scheduled);
+        assert_eq!(job.attempts[0].outcome, Some(AttemptOutcome::Lost));
+        assert_eq!(job.current_attempt().map(|a| a.node.as_str()), Some(B));
+
+        // In one batch, accepted and stale events are answered in order.
+        let acks = w.report(
+            B,
+            vec![("job_1", 1, exited(0)), ("job_1", 2, JobEventKind::Started)],
+        );
+        assert_eq!(
+            acks.iter().map(|a| a.accepted).collect::<Vec<_>>(),
+            [false, true]
+        );
+        assert_eq!(w.job("job_1").state, JobState::Running);
+    }
+
+    #[test]
+    fn a_lost_node_reschedules_its_jobs_until_the_budget_is_spent() {
+        let mut w = World::new();
+        let mut s = spec();
+        s.retry.max_attempts = 2;
+        w.submit_spec("job_1", s);
+        w.submit("job_other");
+        w.place("job_1", 1, A);
+        w.place("job_other", 1, B);
+        w.start("job_1", 1, A);
+        let version = w.version(A);
+        w.health(A, NodeHealthState::Lost);
+        let job = w.job("job_1");
+        assert_eq!(job.state, JobState::Pending);
+        assert_eq!(job.prefer_region.as_deref(), Some("eu"));
+        assert_eq!(job.attempts[0].outcome, Some(AttemptOutcome::Lost));
+        assert_eq!(job.attempts[0].detail, "node lost");
+        assert_eq!(job.attempts[0].ended_at, Some(w.at));
+        assert_eq!(w.version(A), version + 1);
+        assert_eq!(
+            w.job("job_other").state,
+            JobState::Scheduled,
+            "other nodes' jobs stay"
+        );
+        assert!(w
+            .s
+            .audit
+            .last()
+            .is_some_and(|r| r.detail.ends_with("1 jobs lost")));
+        let pending: Vec<&str> = w.s.pending_jobs().map(|j| j.id.as_str()).collect();
+        assert_eq!(pending, ["job_1"]);
+
+        w.place("job_1", 2, US);
+        w.start("job_1", 2, US);
+        w.health(US, NodeHealthState::Lost);
+        let job = w.job("job_1");
+        assert_eq!(job.state, JobState::Lost, "two attempts of two are spent");
+        assert_eq!(job.finished_at, Some(w.at));
+        assert_eq!(job.attempts.len(), 2);
+        assert_eq!(w.s.pending_jobs().count(), 0);
+    }
+
+    #[test]
+    fn an_unreachable_node_keeps_its_jobs() {
+        let mut w = World::new();
+        w.submit("job_1");
+        w.place("job_1", 1, A);
+        w.start("job_1", 1, A);
+        let job = w.job("job_1").clone();
+        w.health(A, NodeHealthState::Unreachable);
+        assert_eq!(w.job("job_1"), &job);
+        w.health(A, NodeHealthState::Ready);
+        assert_eq!(w.job("job_1"), &job);
+    }
+
+    #[test]
+    fn a_lost_node_ends_a_job_being_cancelled_as_cancelled() {
+        let mut w = World::new();
+        w.submit("job_1");
+        w.place("job_1", 1, A);
+        w.ok(Op::CancelJob {
+            project_id: PA.into(),
+            id: "job_1".into(),
+        });
+        w.health(A, NodeHealthState::Lost);
+        let job = w.job("job_1");
+        assert_eq!(job.state, JobState::Cancelled);
+        assert_eq!(job.attempts[0].outcome, Some(AttemptOutcome::Lost));
+    }
+
+    #[test]
+    fn re_registration_keeps_held_attempts_and_loses_unheld_running_ones() {
+        let mut w = World::new();
+        for id in ["job_held", "job_gone", "job_waiting"] {
+            w.submit(id);
+            w.place(id, 1, A);
+        }
+        w.start("job_held", 1, A);
+        w.start("job_gone", 1, A);
+        let version = w.version(A);
+        w.ok(register_op(A, &[("job_held", 1), ("job_unknown", 4)]));
+        assert_eq!(w.epoch(A), 2);
+        assert_eq!(
+            w.version(A),
+            version + 2,
+            "registration and the lost attempt"
+        );
+
+        let held = w.job("job_held");
+        assert_eq!(held.state, JobState::Running);
+        assert_eq!(held.attempts[0].lease_epoch, 2);
+        let gone = w.job("job_gone");
+        assert_eq!(gone.state, JobState::Pending);
+        assert_eq!(gone.attempts[0].outcome, Some(AttemptOutcome::Lost));
+        assert_eq!(
+            gone.attempts[0].detail,
+            "not running after the agent restarted"
+        );
+        assert_eq!(gone.prefer_region.as_deref(), Some("eu"));
+        let waiting = w.job("job_waiting");
+        assert_eq!(
+            waiting.state,
+            JobState::Scheduled,
+            "a scheduled attempt may still start"
+        );
+        assert_eq!(waiting.attempts[0].lease_epoch, 2);
+        let (_, jobs) = w.s.node_assignments(A);
+        let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(ids, ["job_held", "job_waiting"]);
+        assert!(w
+            .s
+            .audit
+            .last()
+            .is_some_and(|r| r.detail == "lease epoch 2, 1 jobs lost"));
+        // The re-adopted attempts report under the new epoch.
+        let acks = w.report(
+            A,
+            vec![
+                ("job_held", 1, exited(0)),
+                ("job_waiting", 1, JobEventKind::Started),
+            ],
+        );
+        assert!(acks.iter().all(|a| a.accepted), "{acks:?}");
+    }
+
+    #[test]
+    fn cancel_depends_on_the_state() {
+        let mut w = World::new();
+        w.submit("job_pending");
+        let out = w.ok(Op::CancelJob {
+            project_id: PA.into(),
+            id: "job_pending".into(),
+        });
+        let Outcome::Job { job } = out else {
+            panic!("unexpected outcome {out:?}")
+        };
+        assert_eq!(job.state, JobState::Cancelled);
+        assert_eq!(job.finished_at, Some(w.at));
+        assert_eq!(w.s.pending_jobs().count(), 0);
+        let record = w.s.audit.last().expect("audited");
+        assert_eq!(
+            (record.action.as_str(), record.project.as_deref()),
+            ("job.cancel", Some(PA))
+        );
+
+        w.submit("job_running");
+        w.place("job_running", 1, A);
+        w.start("job_running", 1, A);
+        let version = w.version(A);
+        let cancel = || Op::CancelJob {
+            project_id: PA.into(),
+            id: "job_running".into(),
+        };
+        w.ok(cancel());
+        let job = w.job("job_running");
+        assert_eq!(job.state, JobState::Running, "the agent stops it first");
+        assert!(job.cancel_requested);
+        assert_eq!(w.version(A), version + 1);
+        w.ok(cancel());
+        assert_eq!(
+            w.version(A),
+            version + 1,
+            "a repeated cancel changes nothing"
+        );
+        // The process exits 0 after the cancel was asked for: cancel wins.
+        let acks = w.report(A, vec![("job_running", 1, exited(0))]);
+        assert!(acks[0].accepted);
+        let job = w.job("job_running");
+        assert_eq!(job.state, JobState::Cancelled);
+        assert_eq!(job.attempts[0].outcome, Some(AttemptOutcome::Cancelled));
+        assert_eq!(job.attempts[0].exit_code, Some(0));
+
+        let finished = w.refused(cancel());
+        assert!(
+            matches!(finished, DomainError::FailedPrecondition(_)),
+            "{finished:?}"
+        );
+        let finished = w.refused(Op::CancelJob {
+            project_id: PA.into(),
+            id: "job_pending".into(),
+        });
+        assert!(matches!(finished, DomainError::FailedPrecondition(_)));
+    }
+
+    #[test]
+    fn an_exit_reported_as_cancelled_ends_the_job_cancelled() {
+        let mut w = World::new();
+        w.submit("job_1");
+        w.place("job_1", 1, A);
+        w.start("job_1", 1, A);
+        let acks = w.report(
+            A,
+            vec![(
+                "job_1",
+                1,
+                JobEventKind::Exited {
+                    exit_code: None,
+                    signal: Some(15),
+                    cancelled: true,
+                    timed_out: false,
+                    cpu_time_ms: None,
+                    max_rss_bytes: None,
+                },
+            )],
+        );
+        assert!(acks[0].accepted);
+        assert_eq!(w.job("job_1").state, JobState::Cancelled);
+        assert_eq!(w.job("job_1").attempts[0].signal, Some(15));
+    }
+
+    #[test]
+    fn failures_end_the_job_unless_retry_on_failure() {
+        let mut w = World::new();
+        w.submit("job_exit");
+        let mut timed = spec();
+        timed.timeout_secs = Some(5);
+        w.submit_spec("job_timeout", timed);
+        w.submit("job_launch");
+        let mut retried = spec();
+        retried.retry = RetryPolicy {
+            max_attempts: 2,
+            on_failure: true,
+        };
+        w.submit_spec("job_retried", retried);
+        for id in ["job_exit", "job_timeout", "job_launch", "job_retried"] {
+            w.place(id, 1, A);
+        }
+        for id in ["job_exit", "job_timeout", "job_retried"] {
+            w.start(id, 1, A);
+        }
+        let acks = w.report(
+            A,
+            vec![
+                ("job_exit", 1, exited(3)),
+                (
+                    "job_timeout",
+                    1,
+                    JobEventKind::Exited {
+                        exit_code: None,
+                        signal: Some(9),
+                        cancelled: false,
+                        timed_out: true,
+                        cpu_time_ms: None,
+                        max_rss_bytes: None,
+                    },
+                ),
+                (
+                    "job_launch",
+                    1,
+                    JobEventKind::LaunchFailed {
+                        message: "no such file: python3".into(),
+                    },
+                ),
+                ("job_retried", 1, exited(1)),
+            ],
+        );
+        assert!(acks.iter().all(|a| a.accepted), "{acks:?}");
+        let exit = w.job("job_exit");
+        assert_eq!(exit.state, JobState::Failed);
+        assert_eq!(exit.attempts[0].detail, "exited with code 3");
+        let timeout = w.job("job_timeout");
+        assert_eq!(timeout.state, JobState::Failed);
+        assert_eq!(timeout.attempts[0].detail, "timed out after 5s");
+        assert_eq!(timeout.attempts[0].outcome, Some(AttemptOutcome::Failed));
+        let launch = w.job("job_launch");
+        assert_eq!(launch.state, JobState::Failed);
+        assert_eq!(launch.attempts[0].detail, "no such file: python3");
+        assert_eq!(launch.attempts[0].started_at, None);
+        let retried = w.job("job_retried");
+        assert_eq!(retried.state, JobState::Pending);
+        assert_eq!(retried.prefer_region.as_deref(), Some("eu"));
+        w.place("job_retried", 2, US);
+        w.start("job_retried", 2, US);
+        w.report(US, vec![("job_retried", 2, exited(1))]);
+        let retried = w.job("job_retried");
+        assert_eq!(
+            retried.state,
+            JobState::Failed,
+            "the budget of two is spent"
+        );
+        assert_eq!(w.s.node_assignments(A).1.len(), 0);
+    }
+
+    #[test]
+    fn a_vanished_process_is_lost_and_retried() {
+        let mut w = World::new();
+        let mut s = spec();
+        s.retry.max_attempts = 1;
+        w.submit("job_retry");
+        w.submit_spec("job_once", s);
+        w.place("job_retry", 1, A);
+        w.place("job_once", 1, A);
+        let vanished = || JobEventKind::Vanished {
+            reason: "process gone after reboot".into(),
+        };
+        w.report(
+            A,
+            vec![("job_retry", 1, vanished()), ("job_once", 1, vanished())],
+        );
+        let retry = w.job("job_retry");
+        assert_eq!(retry.state, JobState::Pending);
+        assert_eq!(retry.attempts[0].outcome, Some(AttemptOutcome::Lost));
+        assert_eq!(retry.attempts[0].detail, "process gone after reboot");
+        assert_eq!(w.job("job_once").state, JobState::Lost);
+    }
+
+    #[test]
+    fn preemption_returns_the_job_to_pending_without_spending_its_budget() {
+        let mut w = World::new();
+        let mut s = spec();
+        s.retry.max_attempts = 2;
+        w.submit_spec("job_low", s);
+        w.place("job_low", 1, A);
+        w.start("job_low", 1, A);
+        let version = w.version(A);
+        let preempt = |attempt| PlacementOp::Preempt {
+            job_id: "job_low".into(),
+            attempt,
+            by: "job_high".into(),
+        };
+        assert_eq!(
+            w.placements(vec![preempt(2)]),
+            (0, 0, 0, 1),
+            "wrong attempt"
+        );
+        assert_eq!(w.placements(vec![preempt(1)]), (0, 0, 1, 0));
+        let job = w.job("job_low");
+        assert_eq!(job.state, JobState::Pending);
+        assert_eq!(job.attempts[0].outcome, Some(AttemptOutcome::Preempted));
+        assert_eq!(job.attempts[0].detail, "preempted by job_high");
+        assert_eq!(job.prefer_region, None);
+        assert_eq!(w.version(A), version + 1);
+
+        // Attempt 2 is lost: one counted attempt of two, so the job is retried.
+        w.place("job_low", 2, B);
+        w.start("job_low", 2, B);
+        w.health(B, NodeHealthState::Lost);
+        assert_eq!(w.job("job_low").state, JobState::Pending);
+        w.place("job_low", 3, US);
+        w.start("job_low", 3, US);
+        w.health(US, NodeHealthState::Lost);
+        assert_eq!(w.job("job_low").state, JobState::Lost);
+    }
+
+    #[test]
+    fn other_projects_jobs_are_invisible() {
+        let mut w = World::new();
+        w.submit("job_1");
+        assert!(w.s.job(PA, "job_1").is_some());
+        assert!(w.s.job(PB, "job_1").is_none());
+        assert!(w
+            .s
+            .job_page(PB, None, &PageRequest::default())
+            .items
+            .is_empty());
+        let e = w.refused(Op::CancelJob {
+            project_id: PB.into(),
+            id: "job_1".into(),
+        });
+        assert_eq!(e, DomainError::not_found("job", "job_1"));
+        assert_eq!(
+            w.s.audit.last().and_then(|r| r.project.as_deref()),
+            Some(PB)
+        );
+        assert_eq!(w.job("job_1").state, JobState::Pending);
+        assert!(w.s.usage(PB, 0, u64::MAX).jobs.is_empty());
+    }
+
+    #[test]
+    fn job_pages_come_in_id_order_filtered_by_state() {
+        let mut w = World::new();
+        for id in ["job_c", "job_a", "job_b", "job_d"] {
+            w.submit(id);
+        }
+        w.place("job_b", 1, A);
+        w.ok(Op::SubmitJob {
+            id: "job_0".into(),
+            project_id: PB.into(),
+            spec: spec(),
+        });
+        let req = PageRequest {
+            page_size: 2,
+            after: None,
+        };
+        let first = w.s.job_page(PA, None, &req);
+        let ids: Vec<&str> = first.items.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(ids, ["job_a", "job_b"]);
+        let token = first.next_page_token.expect("more pages");
+        let next = w.s.job_page(
+            PA,
+            None,
+            &PageRequest::new(Some(2), Some(&token)).expect("token"),
+        );
+        let ids: Vec<&str> = next.items.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(ids, ["job_c", "job_d"]);
+        assert_eq!(next.next_page_token, None);
+        let pending =
+            w.s.job_page(PA, Some(JobState::Pending), &PageRequest::default());
+        let ids: Vec<&str> = pending.items.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(ids, ["job_a", "job_c", "job_d"]);
+        let pending: Vec<&str> = w.s.pending_jobs().map(|j| j.id.as_str()).collect();
+        assert_eq!(
+            pending,
+            ["job_0", "job_a", "job_c", "job_d"],
+            "all projects"
+        );
+    }
+
+    #[test]
+    fn active_jobs_span_nodes_in_id_order() {
+        let mut w = World::new();
+        for (id, node) in [("job_3", A), ("job_1", US), ("job_2", A)] {
+            w.submit(id);
+            w.place(id, 1, node);
+        }
+        let ids: Vec<&str> = w.s.active_jobs().map(|j| j.id.as_str()).collect();
+        assert_eq!(ids, ["job_1", "job_2", "job_3"]);
+        assert_eq!(w.s.node_assignments("eu/eu1/zz"), (0, Vec::new()));
+    }
+
+    #[test]
+    fn idle_gpus_are_fenced_and_sorted() {
+        let mut w = World::new();
+        let op = |epoch| Op::SetIdleGpus {
+            node: A.into(),
+            lease_epoch: epoch,
+            idle_gpus: vec!["GPU-b".into(), "GPU-a".into(), "GPU-b".into()],
+        };
+        w.ok(op(1));
+        assert_eq!(w.node(A).idle_gpus, ["GPU-a", "GPU-b"]);
+        let record = w.s.audit.last().expect("audited");
+        assert_eq!(
+            (record.action.as_str(), record.project.as_deref()),
+            ("node.idle_gpus", None)
+        );
+        let stale = w.refused(op(7));
+        assert!(matches!(stale, DomainError::FailedPrecondition(_)));
+        let unknown = w.refused(Op::SetIdleGpus {
+            node: "eu/eu1/zz".into(),
+            lease_epoch: 1,
+            idle_gpus: Vec::new(),
+        });
+        assert!(matches!(unknown, DomainError::NotFound { .. }));
+        w.ok(register_op(A, &[]));
+        assert!(
+            w.node(A).idle_gpus.is_empty(),
+            "a new registration starts afresh"
+        );
+    }
+
+    #[test]
+    fn registration_records_the_node_inventory() {
+        let w = World::new();
+        let node = w.node(A);
+        assert_eq!(node.gpus.len(), 2);
+        assert_eq!(node.labels.get("zone").map(String::as_str), Some("a"));
+        assert_eq!(node.rpc_addr, "127.0.0.1:7000");
+        assert_eq!(
+            (node.os.as_str(), node.limit_mode.as_str()),
+            ("Debian 12", "cgroup-v1")
+        );
+        assert_eq!(node.assign_version, 1);
+        assert_eq!(node.key, node_key("eu", "eu1", "a1"));
+    }
+
+    #[test]
+    fn assign_version_moves_with_the_assignments() {
+        let mut w = World::new();
+        w.submit("job_1");
+        let v0 = w.version(A);
+        w.place("job_1", 1, A);
+        assert_eq!(w.version(A), v0 + 1, "placement");
+        w.start("job_1", 1, A);
+        assert_eq!(w.version(A), v0 + 1, "a start is not an assignment change");
+        w.ok(Op::CancelJob {
+            project_id: PA.into(),
+            id: "job_1".into(),
+        });
+        assert_eq!(w.version(A), v0 + 2, "cancel flag");
+        w.report(A, vec![("job_1", 1, exited(0))]);
+        assert_eq!(w.version(A), v0 + 3, "attempt ended");
+        w.ok(register_op(A, &[]));
+        assert_eq!(w.version(A), v0 + 4, "registration");
+        assert_eq!(w.version(B), 1, "other nodes are untouched");
+    }
+
+    #[test]
+    fn deleting_a_project_needs_its_jobs_finished() {
+        let mut w = World::new();
+        w.ok(Op::SubmitJob {
+            id: "job_b".into(),
+            project_id: PB.into(),
+            spec: spec(),
+        });
+        let e = w.refused(Op::DeleteProject { id: PB.into() });
+        assert!(matches!(e, DomainError::FailedPrecondition(_)), "{e:?}");
+        w.ok(Op::CancelJob {
+            project_id: PB.into(),
+            id: "job_b".into(),
+        });
+        w.ok(Op::DeleteProject { id: PB.into() });
+        assert!(w.s.job(PB, "job_b").is_none());
+        assert!(w.s.jobs.is_empty() && w.s.job_ids_by_project.is_empty());
+    }
+
+    #[test]
+    fn snapshots_keep_jobs_and_indexes() {
+        let mut w = World::new();
+        w.submit("job_1");
+        w.submit("job_2");
+        w.place("job_2", 1, A);
+        let bytes = w.s.to_bytes();
+        let restored = RegistryState::from_bytes(&bytes).expect("restores");
+        assert_eq!(restored, w.s);
+        restored.assert_job_indexes_consistent();
+        assert_eq!(restored.to_bytes(), bytes);
+    }
+}

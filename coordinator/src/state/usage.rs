@@ -1,0 +1,307 @@
+//! Usage accounting: a project's reserved CPU-, memory- and GPU-seconds and measured CPU time over a time
+//! range, per job and in total, the base for cost attribution.
+//!
+//! A read computed from the jobs' attempts, never stored: the sums are exact integers (resource units ×
+//! milliseconds) and become `f64` only in the report. Must never mutate the state.
+
+use serde::{Deserialize, Serialize};
+
+use super::RegistryState;
+
+/// A project's resource use over a time range, computed on read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageReport {
+    pub project_id: String,
+    pub since: u64,
+    pub until: u64,
+    /// Reserved CPU cores × seconds.
+    pub cpu_core_seconds: f64,
+    /// Reserved memory GiB × seconds.
+    pub memory_gib_seconds: f64,
+    /// Reserved GPUs × seconds.
+    pub gpu_seconds: f64,
+    /// Measured CPU time of the attempts that ended in the range.
+    pub cpu_time_seconds: f64,
+    /// Per job with any use in the range, in id order.
+    pub jobs: Vec<JobUsage>,
+}
+
+/// One job's share of a [`UsageReport`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobUsage {
+    pub job_id: String,
+    pub name: String,
+    pub cpu_core_seconds: f64,
+    pub memory_gib_seconds: f64,
+    pub gpu_seconds: f64,
+    pub cpu_time_seconds: f64,
+}
+
+/// Exact integer sums behind a usage figure: resource units × milliseconds.
+#[derive(Debug, Clone, Copy, Default)]
+struct UsageSums {
+    cpu_millis_ms: u128,
+    memory_bytes_ms: u128,
+    gpus_ms: u128,
+    cpu_time_ms: u128,
+}
+
+impl UsageSums {
+    fn add(&mut self, other: &UsageSums) {
+        self.cpu_millis_ms += other.cpu_millis_ms;
+        self.memory_bytes_ms += other.memory_bytes_ms;
+        self.gpus_ms += other.gpus_ms;
+        self.cpu_time_ms += other.cpu_time_ms;
+    }
+
+    fn cpu_core_seconds(&self) -> f64 {
+        self.cpu_millis_ms as f64 / 1_000_000.0
+    }
+
+    fn memory_gib_seconds(&self) -> f64 {
+        self.memory_bytes_ms as f64 / (1024.0 * 1024.0 * 1024.0 * 1000.0)
+    }
+
+    fn gpu_seconds(&self) -> f64 {
+        self.gpus_ms as f64 / 1000.0
+    }
+
+    fn cpu_time_seconds(&self) -> f64 {
+        self.cpu_time_ms as f64 / 1000.0
+    }
+}
+
+impl RegistryState {
+    /// The project's reserved resource use between `since` and `until` (Unix ms): every started attempt
+    /// counts from its start to its end (or `until`), clipped to the range; measured CPU time counts for
+    /// the attempts that ended in the range.
+    pub fn usage(&self, project_id: &str, since: u64, until: u64) -> UsageReport {
+        let mut total = UsageSums::default();
+        let mut jobs = Vec::new();
+        let ids = self
+            .job_ids_by_project
+            .get(project_id)
+            .into_iter()
+            .flatten();
+        for job in ids.filter_map(|id| self.jobs.get(id)) {
+            let mut sums = UsageSums::default();
+            let mut used = false;
+            for attempt in &job.attempts {
+                let Some(started) = attempt.started_at else {
+                    continue;
+                };
+                let end = attempt.ended_at.unwrap_or(until).min(until);
+                let overlap = u128::from(end.saturating_sub(started.max(since)));
+                if overlap > 0 {
+                    used = true;
+                    sums.cpu_millis_ms += u128::from(attempt.resources.cpu_millis) * overlap;
+                    sums.memory_bytes_ms += u128::from(attempt.resources.memory_bytes) * overlap;
+                    sums.gpus_ms += u128::from(attempt.resources.gpus) * overlap;
+                }
+                if let (Some(ended), Some(cpu)) = (attempt.ended_at, attempt.cpu_time_ms) {
+                    if (since..=until).contains(&ended) {
+                        used = true;
+                        sums.cpu_time_ms += u128::from(cpu);
+                    }
+                }
+            }
+            if !used {
+                continue;
+            }
+            total.add(&sums);
+            jobs.push(JobUsage {
+                job_id: job.id.clone(),
+                name: job.spec.name.clone(),
+                cpu_core_seconds: sums.cpu_core_seconds(),
+                memory_gib_seconds: sums.memory_gib_seconds(),
+                gpu_seconds: sums.gpu_seconds(),
+                cpu_time_seconds: sums.cpu_time_seconds(),
+            });
+        }
+        UsageReport {
+            project_id: project_id.to_owned(),
+            since,
+            until,
+            cpu_core_seconds: total.cpu_core_seconds(),
+            memory_gib_seconds: total.memory_gib_seconds(),
+            gpu_seconds: total.gpu_seconds(),
+            cpu_time_seconds: total.cpu_time_seconds(),
+            jobs,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::Resources;
+    use crate::state::{Attempt, AttemptOutcome, JobRecord, JobSpec, JobState};
+
+    const GIB: u64 = 1 << 30;
+
+    fn attempt(
+        number: u32,
+        started: Option<u64>,
+        ended: Option<u64>,
+        cpu_ms: Option<u64>,
+    ) -> Attempt {
+        Attempt {
+            attempt: number,
+            node: "eu/eu1/a1".into(),
+            region: "eu".into(),
+            cluster: "eu1".into(),
+            gpu_uuids: vec!["GPU-0".into()],
+            resources: Resources {
+                cpu_millis: 2500,
+                memory_bytes: 2 * GIB,
+                gpus: 1,
+            },
+            lease_epoch: 1,
+            scheduled_at: 0,
+            started_at: started,
+            ended_at: ended,
+            outcome: ended.map(|_| AttemptOutcome::Failed),
+            exit_code: None,
+            signal: None,
+            cpu_time_ms: cpu_ms,
+            max_rss_bytes: None,
+            detail: String::new(),
+        }
+    }
+
+    fn add_job(s: &mut RegistryState, project: &str, id: &str, attempts: Vec<Attempt>) {
+        let mut spec = JobSpec::new("train");
+        spec.name = format!("name-{id}");
+        let running = attempts.last().is_some_and(|a| a.ended_at.is_none());
+        s.jobs.insert(
+            id.to_owned(),
+            JobRecord {
+                id: id.to_owned(),
+                project_id: project.to_owned(),
+                spec,
+                state: if running {
+                    JobState::Running
+                } else {
+                    JobState::Failed
+                },
+                attempts,
+                pending_reason: None,
+                cancel_requested: false,
+                prefer_region: None,
+                created_by: "ada".into(),
+                created_at: 0,
+                updated_at: 0,
+                finished_at: None,
+            },
+        );
+        s.job_ids_by_project
+            .entry(project.to_owned())
+            .or_default()
+            .insert(id.to_owned());
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn usage_is_clipped_to_the_range() {
+        let mut s = RegistryState::default();
+        // 10 s from 0 to 10 000 ms; the range starts at 4 000: 6 s count. Its CPU time counts (ended inside).
+        // Then a retry running from 20 000, still running at `until` = 30 000: 10 s count.
+        add_job(
+            &mut s,
+            "prj_a",
+            "job_b",
+            vec![
+                attempt(1, Some(0), Some(10_000), Some(7_000)),
+                attempt(2, Some(20_000), None, None),
+            ],
+        );
+        // Entirely before the range: omitted, and its CPU time too.
+        add_job(
+            &mut s,
+            "prj_a",
+            "job_c",
+            vec![attempt(1, Some(0), Some(3_000), Some(900))],
+        );
+        // Never started: nothing.
+        add_job(
+            &mut s,
+            "prj_a",
+            "job_d",
+            vec![attempt(1, None, Some(5_000), None)],
+        );
+        // Started after the range: nothing.
+        add_job(
+            &mut s,
+            "prj_a",
+            "job_e",
+            vec![attempt(1, Some(31_000), None, None)],
+        );
+        // Covers the whole range, ends after it: 26 s count, its CPU time does not.
+        add_job(
+            &mut s,
+            "prj_a",
+            "job_a",
+            vec![attempt(1, Some(1_000), Some(40_000), Some(99_000))],
+        );
+        add_job(
+            &mut s,
+            "prj_b",
+            "job_x",
+            vec![attempt(1, Some(0), Some(40_000), Some(1))],
+        );
+
+        let report = s.usage("prj_a", 4_000, 30_000);
+        let ids: Vec<&str> = report.jobs.iter().map(|j| j.job_id.as_str()).collect();
+        assert_eq!(ids, ["job_a", "job_b"], "sorted by id, unused jobs omitted");
+        let a = &report.jobs[0];
+        assert_eq!(a.name, "name-job_a");
+        assert!(close(a.cpu_core_seconds, 2.5 * 26.0), "{a:?}");
+        assert!(close(a.memory_gib_seconds, 2.0 * 26.0), "{a:?}");
+        assert!(close(a.gpu_seconds, 26.0), "{a:?}");
+        assert!(close(a.cpu_time_seconds, 0.0), "{a:?}");
+        let b = &report.jobs[1];
+        assert!(close(b.cpu_core_seconds, 2.5 * 16.0), "{b:?}");
+        assert!(close(b.memory_gib_seconds, 2.0 * 16.0), "{b:?}");
+        assert!(close(b.gpu_seconds, 16.0), "{b:?}");
+        assert!(close(b.cpu_time_seconds, 7.0), "{b:?}");
+        assert!(close(report.cpu_core_seconds, 2.5 * 42.0));
+        assert!(close(report.memory_gib_seconds, 2.0 * 42.0));
+        assert!(close(report.gpu_seconds, 42.0));
+        assert!(close(report.cpu_time_seconds, 7.0));
+        assert_eq!(
+            (report.project_id.as_str(), report.since, report.until),
+            ("prj_a", 4_000, 30_000)
+        );
+    }
+
+    #[test]
+    fn empty_and_inverted_ranges_report_nothing() {
+        let mut s = RegistryState::default();
+        add_job(
+            &mut s,
+            "prj_a",
+            "job_a",
+            vec![attempt(1, Some(0), Some(10_000), Some(5))],
+        );
+        let inverted = s.usage("prj_a", 20_000, 10_000);
+        assert!(inverted.jobs.is_empty() && inverted.cpu_core_seconds == 0.0);
+        let unknown = s.usage("prj_missing", 0, u64::MAX);
+        assert!(unknown.jobs.is_empty());
+        // Sub-second precision: 1 ms of 1 GiB is 0.001 GiB-seconds.
+        let mut s = RegistryState::default();
+        let mut one = attempt(1, Some(5), Some(6), None);
+        one.resources = Resources {
+            cpu_millis: 1,
+            memory_bytes: GIB,
+            gpus: 0,
+        };
+        add_job(&mut s, "prj_a", "job_a", vec![one]);
+        let tiny = s.usage("prj_a", 0, 100);
+        assert!(close(tiny.memory_gib_seconds, 0.001), "{tiny:?}");
+        assert!(close(tiny.cpu_core_seconds, 0.000_001), "{tiny:?}");
+        assert!(close(tiny.gpu_seconds, 0.0));
+    }
+}

@@ -1,0 +1,350 @@
+//! Jobs on the two-region topology from `deploy/local-cluster.sh` (three coordinators, agents eu-a1, eu-a2,
+//! us-a1, us-a2 as real processes): jobs land and finish with their logs; a GPU job waits with a reason; a
+//! cancel ends a job that ignores SIGTERM; an agent restarted mid-job re-adopts it without running it twice;
+//! a killed agent's job and a killed region's job are rescheduled and complete once; running jobs outlive
+//! every coordinator being down for 30 s; an agent certificate cannot report for another cluster.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::cluster::{identity_from, LocalCluster};
+use common::*;
+use serde_json::Value;
+
+/// Ports of this test's cluster are shifted so it can run beside the other process tests.
+const PORT_OFFSET: u16 = 500;
+/// How long a job may take to reach a state in these tests (placement, start and report included).
+const JOB_DEADLINE: Duration = Duration::from_secs(60);
+
+fn cluster(dir: &Path) -> LocalCluster {
+    let mut cluster = LocalCluster::new(dir.join("fleet"), PORT_OFFSET);
+    // Fast failure detection: unreachable after 1 s of silence, lost 1.5 s later.
+    cluster.env = [
+        ("MERIDIAN_FLEET_HEARTBEAT_MS", "200"),
+        ("MERIDIAN_FLEET_TTL_MS", "1000"),
+        ("MERIDIAN_FLEET_LOST_AFTER_MS", "1500"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    cluster
+}
+
+/// Submits a job through member 1 and returns its id.
+fn run(cluster: &LocalCluster, flags: &[&str], command: &[&str]) -> String {
+    // `-o json` goes before `--`: everything after it is the job's command line.
+    let mut args = vec!["job", "run", "-o", "json"];
+    args.extend_from_slice(flags);
+    args.push("--");
+    args.extend_from_slice(command);
+    let job = wait_for("a job submission", Duration::from_secs(20), || {
+        let out = cluster.cli_raw(1, &args);
+        if !out.status.success() {
+            eprintln!("job run: {}", String::from_utf8_lossy(&out.stderr));
+            return None;
+        }
+        serde_json::from_slice::<Value>(&out.stdout).ok()
+    });
+    job["id"].as_str().expect("job id").to_owned()
+}
+
+fn status(cluster: &LocalCluster, id: &str) -> Option<Value> {
+    [1, 2, 3]
+        .iter()
+        .find_map(|&i| cluster.cli_on(i, &["job", "status", id]).ok())
+}
+
+/// Waits until the job's state satisfies `accept`, returning the job.
+fn wait_state(cluster: &LocalCluster, id: &str, what: &str, accept: &[&str]) -> Value {
+    wait_for(what, JOB_DEADLINE, || {
+        let job = status(cluster, id)?;
+        let state = job["state"].as_str()?;
+        accept.contains(&state).then_some(job)
+    })
+}
+
+/// The node key (`region/cluster/node`) of the job's current or last attempt.
+fn node_of(job: &Value) -> String {
+    job["node"].as_str().unwrap_or_default().to_owned()
+}
+
+fn attempts(job: &Value) -> Vec<Value> {
+    job["attempts"].as_array().cloned().unwrap_or_default()
+}
+
+/// The agent process name of a node key (`eu/eu1/eu-a1` → `eu-a1`).
+fn agent_name(node_key: &str) -> &str {
+    node_key.rsplit('/').next().unwrap_or(node_key)
+}
+
+fn logs(cluster: &LocalCluster, id: &str) -> String {
+    let out = cluster.cli_raw(1, &["job", "logs", id]);
+    assert!(
+        out.status.success(),
+        "job logs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The job's output so far, or `None` while there is none to read.
+fn try_logs(cluster: &LocalCluster, id: &str) -> Option<String> {
+    let out = cluster.cli_raw(1, &["job", "logs", id]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn lines(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn jobs_survive_agents_regions_and_coordinators_failing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cluster = cluster(tmp.path());
+    cluster.ok(&["up", "--regions", "2"]);
+    for key in [
+        "eu/eu1/eu-a1",
+        "eu/eu1/eu-a2",
+        "us/us1/us-a1",
+        "us/us1/us-a2",
+    ] {
+        wait_for("every agent's node to be ready", JOB_DEADLINE, || {
+            let nodes = cluster.cli_on(1, &["node", "list"]).ok()?;
+            nodes
+                .as_array()?
+                .iter()
+                .any(|n| n["key"] == key && n["health"] == "ready")
+                .then_some(())
+        });
+    }
+
+    // (g) An agent certificate of cluster eu1 cannot report or sync for a node of cluster us1.
+    wrong_cluster_is_refused(&cluster);
+
+    // (a) Jobs land on nodes that fit, succeed, and their output is readable.
+    let hello = run(
+        &cluster,
+        &[],
+        &["sh", "-c", "echo hello from $MERIDIAN_JOB_ID"],
+    );
+    let done = wait_state(&cluster, &hello, "a job to succeed", &["succeeded"]);
+    assert_eq!(attempts(&done).len(), 1, "{done}");
+    assert_eq!(done["exit_code"], 0, "{done}");
+    assert_eq!(logs(&cluster, &hello).trim(), format!("hello from {hello}"));
+    let in_us = run(&cluster, &["--region", "us"], &["true"]);
+    let done = wait_state(&cluster, &in_us, "a job in us to succeed", &["succeeded"]);
+    assert!(node_of(&done).starts_with("us/"), "{done}");
+    let failing = run(&cluster, &[], &["sh", "-c", "exit 3"]);
+    let done = wait_state(&cluster, &failing, "a job to fail", &["failed"]);
+    assert_eq!(done["exit_code"], 3, "{done}");
+    // `--wait` exits 0 only on success.
+    let waited = cluster.cli_raw(1, &["job", "run", "--wait", "--", "true"]);
+    assert!(waited.status.success(), "{waited:?}");
+    let waited = cluster.cli_raw(1, &["job", "run", "--wait", "--", "false"]);
+    assert!(!waited.status.success(), "{waited:?}");
+
+    // (b) A GPU job is refused by nodes without GPUs and waits with a reason.
+    let gpu = run(&cluster, &["--gpus", "1"], &["nvidia-smi"]);
+    let pending = wait_for("a pending reason", JOB_DEADLINE, || {
+        let job = status(&cluster, &gpu)?;
+        job["pending_reason"].as_str().map(|_| job.clone())
+    });
+    assert_eq!(pending["state"], "pending", "{pending}");
+    let reason = pending["pending_reason"].as_str().unwrap_or_default();
+    assert!(reason.to_lowercase().contains("gpu"), "{reason}");
+    cluster.cli_on(1, &["job", "cancel", &gpu]).expect("cancel");
+    wait_state(
+        &cluster,
+        &gpu,
+        "the GPU job to be cancelled",
+        &["cancelled"],
+    );
+
+    // (h) Cancel ends a job that ignores SIGTERM (SIGKILL after the grace period).
+    let stubborn = run(
+        &cluster,
+        &["--cancel-grace", "1s"],
+        &[
+            "sh",
+            "-c",
+            "trap '' TERM; echo started; while true; do sleep 1; done",
+        ],
+    );
+    wait_for("the stubborn job's output", JOB_DEADLINE, || {
+        let job = status(&cluster, &stubborn)?;
+        let out = try_logs(&cluster, &stubborn)?;
+        (job["state"] == "running" && out.contains("started")).then_some(())
+    });
+    cluster
+        .cli_on(1, &["job", "cancel", &stubborn])
+        .expect("cancel");
+    let cancelled = wait_state(&cluster, &stubborn, "a cancel to end", &["cancelled"]);
+    assert_eq!(attempts(&cancelled).len(), 1, "{cancelled}");
+
+    // (e) An agent restarted mid-job re-adopts it: the job runs once and its end is reported.
+    let marks = tmp.path().join("marks");
+    std::fs::create_dir_all(&marks).expect("mkdir");
+    let readopt_mark = marks.join("readopt");
+    let script = format!(
+        "echo run >> {}; sleep 4; echo finished",
+        readopt_mark.display()
+    );
+    let readopt = run(&cluster, &[], &["sh", "-c", &script]);
+    let running = wait_state(&cluster, &readopt, "the job to run", &["running"]);
+    let agent = agent_name(&node_of(&running)).to_owned();
+    cluster.ok(&["kill", &agent]);
+    cluster.ok(&["start", &agent]);
+    let done = wait_state(
+        &cluster,
+        &readopt,
+        "the re-adopted job to end",
+        &["succeeded"],
+    );
+    assert_eq!(attempts(&done).len(), 1, "no second attempt: {done}");
+    assert_eq!(lines(&readopt_mark), 1, "the job ran once");
+
+    // (c) A killed agent's job is rescheduled (in its region first) and completes once.
+    let lost_mark = marks.join("lost");
+    let script = format!("echo $MERIDIAN_ATTEMPT >> {}; sleep 3", lost_mark.display());
+    let moved = run(&cluster, &["--region", "eu"], &["sh", "-c", &script]);
+    let running = wait_state(&cluster, &moved, "the job to run", &["running"]);
+    let first = node_of(&running);
+    cluster.ok(&["kill", agent_name(&first)]);
+    let done = wait_state(&cluster, &moved, "the moved job to succeed", &["succeeded"]);
+    let tries = attempts(&done);
+    assert_eq!(tries.len(), 2, "{done}");
+    assert_eq!(tries[0]["outcome"], "lost", "{done}");
+    assert_eq!(tries[1]["outcome"], "succeeded", "{done}");
+    assert_ne!(node_of(&done), first, "{done}");
+    assert!(node_of(&done).starts_with("eu/"), "{done}");
+    cluster.ok(&["start", agent_name(&first)]);
+
+    // (d) Every agent of a region killed: the work moves to the other region.
+    let roaming = run(&cluster, &["--max-attempts", "3"], &["sh", "-c", "sleep 3"]);
+    let running = wait_state(&cluster, &roaming, "the roaming job to run", &["running"]);
+    let region = node_of(&running)
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    for n in 1..=2 {
+        cluster.ok(&["kill", &format!("{region}-a{n}")]);
+    }
+    let done = wait_state(
+        &cluster,
+        &roaming,
+        "the roaming job to succeed",
+        &["succeeded"],
+    );
+    assert!(
+        !node_of(&done).starts_with(&format!("{region}/")),
+        "the job left region {region}: {done}"
+    );
+    for n in 1..=2 {
+        cluster.ok(&["start", &format!("{region}-a{n}")]);
+    }
+
+    // (f) Every coordinator down for 30 s: a running job keeps running; its end is reported afterwards.
+    let outage_mark = marks.join("outage");
+    let script = format!("sleep 5; echo done >> {}", outage_mark.display());
+    let outlives = run(&cluster, &[], &["sh", "-c", &script]);
+    wait_state(&cluster, &outlives, "the job to run", &["running"]);
+    let outage_began = std::time::Instant::now();
+    for c in ["c1", "c2", "c3"] {
+        cluster.ok(&["kill", c]);
+    }
+    wait_for(
+        "the job to finish while coordinators are away",
+        JOB_DEADLINE,
+        || (lines(&outage_mark) == 1).then_some(()),
+    );
+    // The outage lasts 30 s in all: its length is the scenario, not a synchronization.
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(outage_began.elapsed()));
+    for c in ["c1", "c2", "c3"] {
+        cluster.ok(&["start", c]);
+    }
+    let done = wait_state(
+        &cluster,
+        &outlives,
+        "the outage job's report",
+        &["succeeded"],
+    );
+    assert_eq!(attempts(&done).len(), 1, "{done}");
+    assert_eq!(lines(&outage_mark), 1);
+}
+
+/// An agent of `eu/eu1` calling the agent methods for `us/us1/us-a1` is refused, and the refusal is
+/// audited.
+fn wrong_cluster_is_refused(cluster: &LocalCluster) {
+    use protocol::pb;
+    use protocol::rpc::{Method, RpcClient, RpcError, StatusCode};
+    certs::install_crypto_provider();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let work = cluster.dir.join("identities");
+    std::fs::create_dir_all(&work).expect("mkdir");
+    let agent = identity_from(
+        &cluster.dir.join("certs"),
+        &work.join("eu-intruder"),
+        &[
+            "--role",
+            "agent",
+            "--region",
+            "eu",
+            "--cluster",
+            "eu1",
+            "--name",
+            "eu-a1",
+        ],
+    );
+    let leader = cluster.leader(&[1, 2, 3]);
+    let addr = cluster.raft_addr(leader);
+    rt.block_on(async {
+        let client = RpcClient::new(&agent).expect("client");
+        let report = pb::ReportRequest {
+            node: "us-a1".into(),
+            region: "us".into(),
+            cluster: "us1".into(),
+            lease_epoch: 1,
+            events: Vec::new(),
+        };
+        let answer: Result<pb::ReportResponse, _> = client
+            .call_message(&addr, Method::AgentReport, &report, Duration::from_secs(10))
+            .await;
+        match answer {
+            Err(RpcError::Remote(status)) => {
+                assert_eq!(status.code, StatusCode::PermissionDenied, "{status:?}")
+            }
+            other => panic!("a report for another cluster must be refused, got {other:?}"),
+        }
+        let sync = pb::SyncRequest {
+            node: "us-a1".into(),
+            region: "us".into(),
+            cluster: "us1".into(),
+            lease_epoch: 1,
+            version: 0,
+            wait_ms: 0,
+        };
+        let answer: Result<pb::SyncResponse, _> = client
+            .call_message(&addr, Method::AgentSync, &sync, Duration::from_secs(10))
+            .await;
+        assert!(
+            matches!(&answer, Err(RpcError::Remote(s)) if s.code == StatusCode::PermissionDenied),
+            "a sync for another cluster must be refused, got {answer:?}"
+        );
+    });
+    let audit = cluster
+        .cli_on(1, &["audit", "list", "--limit", "1000"])
+        .expect("audit list");
+    let denied = audit
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|r| r["action"] == "node.report" && r["outcome"] == "denied");
+    assert!(denied, "the refused report is audited: {audit}");
+}
