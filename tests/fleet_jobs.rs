@@ -124,6 +124,32 @@ fn jobs_survive_agents_regions_and_coordinators_failing() {
         });
     }
 
+    // `cluster status` shows the fleet per region and cluster.
+    let overview = cluster
+        .cli_on(1, &["cluster", "status"])
+        .expect("cluster status");
+    let sites: Vec<(String, String, u64, u64)> = overview["sites"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            (
+                s["region"].as_str().unwrap_or_default().to_owned(),
+                s["cluster"].as_str().unwrap_or_default().to_owned(),
+                s["nodes"].as_u64().unwrap_or_default(),
+                s["ready"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sites,
+        [
+            ("eu".to_owned(), "eu1".to_owned(), 2, 2),
+            ("us".to_owned(), "us1".to_owned(), 2, 2)
+        ],
+        "{overview}"
+    );
+
     // (g) An agent certificate of cluster eu1 cannot report or sync for a node of cluster us1.
     wrong_cluster_is_refused(&cluster);
 

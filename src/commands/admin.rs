@@ -229,6 +229,29 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<(), ClientError> {
                         &members,
                         &["id", "name", "voter", "raft_addr", "admin_addr"],
                     );
+                    let sites = s
+                        .get("sites")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default();
+                    if !sites.is_empty() {
+                        println!();
+                        output::list(
+                            OutputFormat::Table,
+                            &sites,
+                            &[
+                                "region",
+                                "cluster",
+                                "nodes",
+                                "ready",
+                                "unreachable",
+                                "lost",
+                                "gpus",
+                                "idle_gpus",
+                                "active_jobs",
+                            ],
+                        );
+                    }
                 }
             }
         }

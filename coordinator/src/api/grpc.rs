@@ -15,7 +15,7 @@ use protocol::pb;
 use tonic::{Request, Response, Status};
 use tower::ServiceExt as _;
 
-use crate::node::{ClusterStatus, MemberStatus};
+use crate::node::MemberStatus;
 use crate::state::{ApiKeyView, AuditRecord, Principal, PrincipalKind, ProjectView};
 
 use super::auth::{self, missing_scope, RequestScope};
@@ -26,9 +26,9 @@ use super::jobs::{
 };
 use super::routes::{grpc_method, MatchedRoute};
 use super::service::{
-    AddMemberRequest, AdminService, AuditQuery, CreateBindingRequest, CreateKeyRequest,
-    CreateProjectRequest, CreateServiceAccountRequest, ListPage, PageParams, PutSecretRequest,
-    RoleBindingView, SecretResource,
+    AddMemberRequest, AdminService, AuditQuery, ClusterOverview, CreateBindingRequest,
+    CreateKeyRequest, CreateProjectRequest, CreateServiceAccountRequest, ListPage, PageParams,
+    PutSecretRequest, RoleBindingView, SecretResource,
 };
 
 type GrpcResult<T> = Result<Response<T>, Status>;
@@ -244,8 +244,27 @@ fn member(m: MemberStatus) -> pb::ClusterMember {
     }
 }
 
-fn cluster_status(s: ClusterStatus) -> pb::ClusterStatusResponse {
+fn cluster_status(overview: ClusterOverview) -> pb::ClusterStatusResponse {
+    let s = overview.status;
     pb::ClusterStatusResponse {
+        sites: overview
+            .sites
+            .into_iter()
+            .map(|f| pb::FleetSite {
+                region: f.region,
+                cluster: f.cluster,
+                nodes: f.nodes,
+                ready: f.ready,
+                unreachable: f.unreachable,
+                lost: f.lost,
+                cpu_cores: f.cpu_cores,
+                memory_bytes: f.memory_bytes,
+                gpus: f.gpus,
+                gpu_models: f.gpu_models.into_iter().collect(),
+                idle_gpus: f.idle_gpus,
+                active_jobs: f.active_jobs,
+            })
+            .collect(),
         node_id: s.node_id,
         name: s.name,
         state: s.state,

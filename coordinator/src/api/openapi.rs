@@ -677,6 +677,21 @@ fn schemas() -> Value {
             ("applied_index", integer()),
             ("committed_index", nullable(integer())),
             ("members", array(schema_ref("ClusterMember"))),
+            ("sites", array(schema_ref("FleetSite"))),
+        ]),
+        "FleetSite": object(&["region", "cluster", "nodes"], &[
+            ("region", string()),
+            ("cluster", string()),
+            ("nodes", integer()),
+            ("ready", integer()),
+            ("unreachable", integer()),
+            ("lost", integer()),
+            ("cpu_cores", integer()),
+            ("memory_bytes", integer()),
+            ("gpus", integer()),
+            ("gpu_models", json!({ "type": "object", "additionalProperties": { "type": "integer" } })),
+            ("idle_gpus", integer()),
+            ("active_jobs", integer()),
         ]),
     });
     if let Value::Object(map) = &mut all {

@@ -77,7 +77,7 @@ pub(crate) async fn openapi() -> Response {
 pub(crate) async fn metrics(State(service): State<AdminService>, _scope: Scoped) -> Response {
     let text = service
         .metrics()
-        .render(&service.cluster_status(), &service.fleet_gauges());
+        .render(&service.cluster_status().status, &service.fleet_gauges());
     let mut resp = text.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -280,7 +280,7 @@ pub(crate) async fn rewrap_secrets(
 pub(crate) async fn cluster_status(
     State(service): State<AdminService>,
     _scope: Scoped,
-) -> Json<crate::node::ClusterStatus> {
+) -> Json<super::service::ClusterOverview> {
     Json(service.cluster_status())
 }
 

@@ -506,8 +506,11 @@ impl AdminService {
         self.inner.handle.is_ready()
     }
 
-    pub(crate) fn cluster_status(&self) -> ClusterStatus {
-        self.inner.handle.status()
+    pub(crate) fn cluster_status(&self) -> ClusterOverview {
+        ClusterOverview {
+            status: self.inner.handle.status(),
+            sites: self.inner.handle.read(fleet_sites),
+        }
     }
 
     pub(crate) fn list_members(&self) -> ListPage<MemberStatus> {
@@ -1236,4 +1239,60 @@ mod tests {
         let e = parse_role("root").expect_err("unknown role");
         assert!(e.message.starts_with("role: "), "{}", e.message);
     }
+}
+
+/// `GET /v1/cluster/status`: the coordinator group and the fleet per region and cluster.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ClusterOverview {
+    #[serde(flatten)]
+    pub(crate) status: ClusterStatus,
+    pub(crate) sites: Vec<FleetSite>,
+}
+
+/// The nodes of one region/cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct FleetSite {
+    pub(crate) region: String,
+    pub(crate) cluster: String,
+    pub(crate) nodes: u32,
+    pub(crate) ready: u32,
+    pub(crate) unreachable: u32,
+    pub(crate) lost: u32,
+    pub(crate) cpu_cores: u64,
+    pub(crate) memory_bytes: u64,
+    pub(crate) gpus: u32,
+    pub(crate) gpu_models: std::collections::BTreeMap<String, u32>,
+    pub(crate) idle_gpus: u32,
+    pub(crate) active_jobs: u32,
+}
+
+/// The fleet summed per (region, cluster), in name order.
+pub(crate) fn fleet_sites(state: &crate::state::RegistryState) -> Vec<FleetSite> {
+    use crate::state::NodeHealthState;
+    let mut sites: std::collections::BTreeMap<(String, String), FleetSite> = Default::default();
+    for node in state.nodes() {
+        let site = sites
+            .entry((node.region.clone(), node.cluster.clone()))
+            .or_insert_with(|| FleetSite {
+                region: node.region.clone(),
+                cluster: node.cluster.clone(),
+                ..FleetSite::default()
+            });
+        site.nodes += 1;
+        match node.health {
+            NodeHealthState::Ready => site.ready += 1,
+            NodeHealthState::Unreachable => site.unreachable += 1,
+            NodeHealthState::Lost => site.lost += 1,
+        }
+        site.cpu_cores += u64::from(node.cpu_cores);
+        site.memory_bytes = site.memory_bytes.saturating_add(node.memory_bytes);
+        for gpu in &node.gpus {
+            site.gpus += 1;
+            *site.gpu_models.entry(gpu.model.clone()).or_default() += 1;
+        }
+        site.idle_gpus += u32::try_from(node.idle_gpus.len()).unwrap_or(u32::MAX);
+        let (_, jobs) = state.node_assignments(&node.key);
+        site.active_jobs += u32::try_from(jobs.len()).unwrap_or(u32::MAX);
+    }
+    sites.into_values().collect()
 }
