@@ -553,6 +553,10 @@ pub struct JobRunArgs {
     /// Absolute working directory on the node (default: a fresh directory per attempt).
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<String>,
+    /// Pass a project secret as an environment variable: VAR=SECRET (repeatable). The secret must be bound
+    /// to the job (`meridian secret put NAME --bind 'job:*'` or `job:<name>`).
+    #[arg(long = "secret", value_name = "VAR=SECRET", value_parser = key_value_arg)]
+    pub secrets: Vec<(String, String)>,
     /// Time between SIGTERM and SIGKILL when the job is cancelled (default 10s).
     #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
     pub cancel_grace: Option<u64>,

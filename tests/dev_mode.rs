@@ -206,6 +206,44 @@ fn dev_tour_and_restart_keeps_state() {
     let failed = cli(&["job", "run", "--wait", "--", "false"], &admin);
     assert!(!failed.status.success(), "--wait fails with the job");
 
+    // A secret bound to jobs reaches a job that names it, as an environment variable.
+    let put = cli(
+        &[
+            "secret",
+            "put",
+            "api-token",
+            "--value",
+            "s3cr3t-v4lue",
+            "--bind",
+            "job:*",
+        ],
+        &admin,
+    );
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let with_secret = cli(
+        &[
+            "job",
+            "run",
+            "--wait",
+            "--secret",
+            "API_TOKEN=api-token",
+            "--",
+            "sh",
+            "-c",
+            "test \"$API_TOKEN\" = s3cr3t-v4lue && echo token-ok",
+        ],
+        &admin,
+    );
+    assert!(
+        with_secret.status.success(),
+        "the job saw its secret: {}",
+        String::from_utf8_lossy(&with_secret.stderr)
+    );
+
     let verified = cli_json(&["audit", "verify", "-o", "json"], &admin);
     assert_eq!(verified["ok"], true, "{verified}");
 

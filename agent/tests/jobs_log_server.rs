@@ -47,6 +47,8 @@ fn assignment_for(job_id: &str) -> Assignment {
         timeout_ms: 0,
         cancel: false,
         cancel_grace_ms: 0,
+        secret_env: Default::default(),
+        launch_error: String::new(),
     }
 }
 

@@ -24,6 +24,8 @@ fn assignment(job: &str, attempt: u32) -> Assignment {
         timeout_ms: 0,
         cancel: false,
         cancel_grace_ms: 2_000,
+        secret_env: Default::default(),
+        launch_error: String::new(),
     }
 }
 

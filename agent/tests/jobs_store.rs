@@ -23,6 +23,8 @@ fn assignment(job: &str, attempt: u32) -> Assignment {
         timeout_ms: 60_000,
         cancel: false,
         cancel_grace_ms: 10_000,
+        secret_env: Default::default(),
+        launch_error: String::new(),
     }
 }
 

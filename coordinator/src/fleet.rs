@@ -17,11 +17,12 @@ use protocol::rpc::{decode_message, encode_message, CallContext, RpcStatus};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::crypto::{self, MasterKeyring};
 use crate::node::{Handle, WeakHandle, WriteError};
 use crate::scheduler::GpuDevice;
 use crate::state::{
-    node_key, Actor, AuditOutcome, Command, DomainError, HeldAttempt, JobEventKind, JobEventOp,
-    JobRecord, NodeHealthState, NodeRecord, Op, Outcome,
+    node_key, secret_binds_job, Actor, AuditOutcome, Command, DomainError, HeldAttempt,
+    JobEventKind, JobEventOp, JobRecord, NodeHealthState, NodeRecord, Op, Outcome, RegistryState,
 };
 
 /// Timings of the fleet: how often agents beat, and how long silence lasts before a node changes health.
@@ -110,14 +111,17 @@ pub(crate) struct Fleet {
     pub(crate) liveness: Liveness,
     /// Set once the node's [`Handle`] exists (the RPC server starts before it).
     handle: OnceLock<WeakHandle>,
+    /// Opens the secrets bound to jobs when their assignments are handed over.
+    keyring: Option<Arc<MasterKeyring>>,
 }
 
 impl Fleet {
-    pub(crate) fn new(timings: FleetTimings) -> Arc<Self> {
+    pub(crate) fn new(timings: FleetTimings, keyring: Option<Arc<MasterKeyring>>) -> Arc<Self> {
         Arc::new(Self {
             timings,
             liveness: Liveness::default(),
             handle: OnceLock::new(),
+            keyring,
         })
     }
 
@@ -244,12 +248,23 @@ impl Fleet {
         let until = (Instant::now() + wait).min(answer_by);
         loop {
             let applied = handle.log_status().applied_index;
+            let keyring = self.keyring.as_deref();
             let (version, assignments) = handle.read(|s| {
                 let (version, jobs) = s.node_assignments(&key);
-                (
-                    version,
-                    jobs.into_iter().filter_map(assignment).collect::<Vec<_>>(),
-                )
+                let assignments = jobs
+                    .into_iter()
+                    .filter_map(|job| {
+                        let mut a = assignment(job)?;
+                        if !job.spec.secrets.is_empty() && !a.cancel {
+                            match open_job_secrets(s, job, keyring) {
+                                Ok(values) => a.secret_env = values,
+                                Err(message) => a.launch_error = message,
+                            }
+                        }
+                        Some(a)
+                    })
+                    .collect::<Vec<_>>();
+                (version, assignments)
             });
             let remaining = until.saturating_duration_since(Instant::now());
             if version != req.version || remaining.is_zero() {
@@ -419,6 +434,48 @@ fn truncated(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
+/// The values of the secrets `job` names, by environment variable, opened with the master keyring. Each
+/// secret must still exist in the job's project and still be bound to the job; otherwise the message says
+/// why the attempt cannot start (it never names a value).
+fn open_job_secrets(
+    state: &RegistryState,
+    job: &JobRecord,
+    keyring: Option<&MasterKeyring>,
+) -> Result<HashMap<String, String>, String> {
+    let keyring = keyring.ok_or("this coordinator has no master keyring to open secrets")?;
+    let scope = state.project_scope(&job.project_id);
+    let wrapped = scope
+        .data_key()
+        .ok_or_else(|| format!("project {} has no data key", job.project_id))?;
+    let data_key = crypto::unwrap_data_key(keyring, wrapped)
+        .map_err(|e| format!("opening the project's data key: {e}"))?;
+    let mut values = HashMap::new();
+    for (var, name) in &job.spec.secrets {
+        let secret = scope
+            .secret(name)
+            .ok_or_else(|| format!("secret {name} no longer exists"))?;
+        if !secret_binds_job(secret, &job.id, &job.spec.name) {
+            return Err(format!("secret {name} is no longer bound to this job"));
+        }
+        let latest = secret
+            .versions
+            .last()
+            .ok_or_else(|| format!("secret {name} has no version"))?;
+        let aad = crypto::SecretAad {
+            project_id: &job.project_id,
+            name,
+            version: latest.version,
+        };
+        let plain = crypto::decrypt_secret(&data_key, &latest.sealed, aad)
+            .map_err(|e| format!("secret {name} could not be opened: {e}"))?;
+        let value = String::from_utf8(plain).map_err(|_| {
+            format!("secret {name} is not UTF-8 text, so it cannot be an env value")
+        })?;
+        values.insert(var.clone(), value);
+    }
+    Ok(values)
+}
+
 /// The wire form of a job's current attempt, as its node should run it.
 fn assignment(job: &JobRecord) -> Option<pb::JobAssignment> {
     let attempt = job.current_attempt()?;
@@ -437,6 +494,8 @@ fn assignment(job: &JobRecord) -> Option<pb::JobAssignment> {
         timeout_ms: spec.timeout_secs.map_or(0, |s| s.saturating_mul(1000)),
         cancel: job.cancel_requested,
         cancel_grace_ms: spec.cancel_grace_secs.saturating_mul(1000),
+        secret_env: HashMap::new(),
+        launch_error: String::new(),
     })
 }
 

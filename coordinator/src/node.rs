@@ -93,6 +93,9 @@ pub struct CoordinatorOptions {
     pub bootstrap: Option<BTreeMap<NodeId, MemberNode>>,
     /// Agent heartbeat interval and the health monitor's TTLs.
     pub fleet: FleetTimings,
+    /// The master keyring, to open the secrets a job is bound to when its assignment is handed to its
+    /// agent. `None`: jobs that name secrets fail to launch with a clear message.
+    pub keyring: Option<Arc<crate::crypto::MasterKeyring>>,
 }
 
 /// One member as the cluster-status view shows it.
@@ -343,7 +346,7 @@ impl Coordinator {
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
         let deadlines = Deadlines::from_timings(&opts.timings);
-        let fleet = Fleet::new(opts.fleet);
+        let fleet = Fleet::new(opts.fleet, opts.keyring.clone());
         let service = Arc::new(CoordinatorService::new(
             opts.node_id,
             raft.clone(),

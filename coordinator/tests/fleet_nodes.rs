@@ -23,6 +23,7 @@ struct Fixture {
     coordinator: Coordinator,
     handle: Handle,
     dir: tempfile::TempDir,
+    keyring: std::sync::Arc<coordinator::crypto::MasterKeyring>,
 }
 
 fn tls_for(
@@ -58,6 +59,9 @@ async fn start() -> anyhow::Result<Fixture> {
     let dir = tempfile::tempdir()?;
     let ca = certs::CertificateAuthority::generate(TRUST_DOMAIN, Duration::from_secs(86_400))?;
     let tls = tls_for(&ca, certs::Identity::coordinator(TRUST_DOMAIN, "c1")?)?;
+    let keyring = std::sync::Arc::new(coordinator::crypto::MasterKeyring::parse(
+        &coordinator::crypto::MasterKeyring::generate_line(&mut rand::rngs::OsRng),
+    )?);
     let member = MemberNode {
         name: "c1".into(),
         raft_addr: String::new(),
@@ -80,6 +84,7 @@ async fn start() -> anyhow::Result<Fixture> {
             tick: Duration::from_millis(50),
             dispatch_tick: Duration::from_millis(20),
         },
+        keyring: Some(keyring.clone()),
     })
     .await
     .context("starting the coordinator")?;
@@ -92,6 +97,7 @@ async fn start() -> anyhow::Result<Fixture> {
         coordinator,
         handle,
         dir,
+        keyring,
     })
 }
 
@@ -247,11 +253,8 @@ async fn jobs_flow_through_sync_and_reports_fenced_by_epoch_and_attempt() -> any
     use coordinator::state::{Actor, Command, JobSpec, JobState, Op, RetryPolicy};
 
     let fx = start().await?;
-    let keyring = coordinator::crypto::MasterKeyring::parse(
-        &coordinator::crypto::MasterKeyring::generate_line(&mut rand::rngs::OsRng),
-    )?;
     let token = coordinator::crypto::generate_token(&mut rand::rngs::OsRng).token;
-    coordinator::bootstrap::propose(&fx.handle, &keyring, &token).await?;
+    coordinator::bootstrap::propose(&fx.handle, &fx.keyring, &token).await?;
     let project = fx
         .handle
         .read(|s| s.default_project_id().map(String::from))
@@ -435,6 +438,116 @@ async fn jobs_flow_through_sync_and_reports_fenced_by_epoch_and_attempt() -> any
         .context("job")?;
     assert_eq!(done.state, JobState::Succeeded);
     assert_eq!(done.attempts.len(), 2);
+
+    // A job naming a secret bound to it receives the value in its assignment, and only then.
+    let wrapped = fx
+        .handle
+        .read(|s| s.project_scope(&project).data_key().cloned())
+        .context("data key")?;
+    let data_key = coordinator::crypto::unwrap_data_key(&fx.keyring, &wrapped)?;
+    let put = |name: &str, bindings: Vec<String>| {
+        let aad = coordinator::crypto::SecretAad {
+            project_id: &project,
+            name,
+            version: 1,
+        };
+        Command::new(
+            2,
+            Actor::system(),
+            Op::PutSecret {
+                project_id: project.clone(),
+                name: name.into(),
+                version: 1,
+                sealed: coordinator::crypto::encrypt_secret(
+                    &data_key,
+                    b"hunter2",
+                    aad,
+                    &mut rand::rngs::OsRng,
+                ),
+                bindings: Some(bindings),
+            },
+        )
+    };
+    fx.handle
+        .write(put("wandb", vec!["job:train-*".into()]))
+        .await?;
+    fx.handle
+        .write(put("other", vec!["deployment:x".into()]))
+        .await?;
+    let mut with_secret = JobSpec::new("python3");
+    with_secret.name = "train-7".into();
+    with_secret.secrets = [("WANDB_API_KEY".to_owned(), "wandb".to_owned())].into();
+    let unbound = JobSpec {
+        secrets: [("TOKEN".to_owned(), "other".to_owned())].into(),
+        ..with_secret.clone()
+    };
+    let refused = fx
+        .handle
+        .write(Command::new(
+            3,
+            Actor::system(),
+            Op::SubmitJob {
+                id: "job_unbound".into(),
+                project_id: project.clone(),
+                spec: unbound,
+            },
+        ))
+        .await;
+    assert!(
+        matches!(&refused, Err(e) if e.to_string().contains("not bound")),
+        "a secret not bound to the job is refused: {refused:?}"
+    );
+    fx.handle
+        .write(Command::new(
+            3,
+            Actor::system(),
+            Op::SubmitJob {
+                id: "job_secret".into(),
+                project_id: project.clone(),
+                spec: with_secret,
+            },
+        ))
+        .await?;
+    let secret_assignment = {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let answer: pb::SyncResponse = client
+                .call_message(
+                    &addr,
+                    Method::AgentSync,
+                    &sync(u64::MAX, 0, ack.lease_epoch),
+                    call,
+                )
+                .await?;
+            if let Some(a) = answer
+                .assignments
+                .into_iter()
+                .find(|a| a.job_id == "job_secret")
+            {
+                break a;
+            }
+            if Instant::now() > deadline {
+                bail!("job_secret was never assigned");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    assert_eq!(
+        secret_assignment
+            .secret_env
+            .get("WANDB_API_KEY")
+            .map(String::as_str),
+        Some("hunter2")
+    );
+    assert!(secret_assignment.launch_error.is_empty());
+    assert!(!secret_assignment.env.contains_key("WANDB_API_KEY"));
+    let stored = fx
+        .handle
+        .read(|s| serde_json::to_string(&s.job(&project, "job_secret").cloned()))?;
+    assert!(
+        !stored.contains("hunter2"),
+        "the job record holds names only"
+    );
     fx.coordinator.shutdown().await;
     Ok(())
 }

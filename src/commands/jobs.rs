@@ -96,6 +96,14 @@ fn submission(args: &JobRunArgs) -> Result<Value, ClientError> {
     }
     retry.insert("on_failure".into(), json!(args.retry_on_failure));
     body.insert("retry".into(), Value::Object(retry));
+    if !args.secrets.is_empty() {
+        let secrets: Map<String, Value> = args
+            .secrets
+            .iter()
+            .map(|(var, name)| (var.clone(), json!(name)))
+            .collect();
+        body.insert("secrets".into(), Value::Object(secrets));
+    }
     if let Some(secs) = args.cancel_grace {
         body.insert("cancel_grace_secs".into(), json!(secs));
     }

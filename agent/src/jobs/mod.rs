@@ -63,6 +63,24 @@ pub struct Assignment {
     pub timeout_ms: u64,
     pub cancel: bool,
     pub cancel_grace_ms: u64,
+    /// Values of the job's secrets, by variable. Never serialized: they are not written to the agent's
+    /// database, and `Debug` shows only their names.
+    #[serde(skip)]
+    pub secret_env: SecretEnv,
+    /// The coordinator could not hand the attempt over (e.g. a secret is gone): report it as failed to
+    /// launch with this message instead of starting it.
+    #[serde(default)]
+    pub launch_error: String,
+}
+
+/// Secret values passed to a job's process: kept in memory only, redacted in `Debug`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretEnv(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for SecretEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }
 
 impl From<pb::JobAssignment> for Assignment {
@@ -81,6 +99,8 @@ impl From<pb::JobAssignment> for Assignment {
             timeout_ms: a.timeout_ms,
             cancel: a.cancel,
             cancel_grace_ms: a.cancel_grace_ms,
+            secret_env: SecretEnv(a.secret_env.into_iter().collect()),
+            launch_error: a.launch_error,
         }
     }
 }
@@ -103,7 +123,12 @@ impl Assignment {
             attempt: self.attempt,
             command: self.command.clone(),
             args: self.args.clone(),
-            env: self.env.clone(),
+            env: self
+                .env
+                .iter()
+                .chain(&self.secret_env.0)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             working_dir: (!self.working_dir.is_empty()).then(|| PathBuf::from(&self.working_dir)),
             cpu_millis: self.cpu_millis,
             memory_bytes: self.memory_bytes,

@@ -239,13 +239,18 @@ impl Supervisor {
         }
         let log_dir = self.launcher.state_dir(&key.0, key.1).join("logs");
         let spec = assignment.process_spec(log_dir);
-        let job = match self.launcher.launch(&spec) {
+        let launched = if assignment.launch_error.is_empty() {
+            self.launcher.launch(&spec).map_err(|e| e.to_string())
+        } else {
+            Err(assignment.launch_error.clone())
+        };
+        let job = match launched {
             Ok(job) => job,
             Err(e) => {
                 tracing::info!(job = %key.0, attempt = key.1, error = %e, "launch failed");
                 record.phase = AttemptPhase::Finished;
                 record.final_reported = true;
-                let event = event(&key, pb::job_event::Kind::LaunchFailed(e.to_string()));
+                let event = event(&key, pb::job_event::Kind::LaunchFailed(e));
                 self.store.save_with_event(&record, &event)?;
                 self.finished.insert(key, true);
                 self.queued.notify_one();
@@ -488,6 +493,7 @@ mod tests {
 
     use super::*;
     use crate::exec::LauncherOptions;
+    use crate::jobs::SecretEnv;
 
     const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -570,6 +576,8 @@ mod tests {
             timeout_ms: 0,
             cancel: false,
             cancel_grace_ms: 200,
+            secret_env: Default::default(),
+            launch_error: String::new(),
         }
     }
 
@@ -678,6 +686,73 @@ mod tests {
         let (mut again, _) = fx.supervisor();
         again.recover().expect("recover again");
         assert_eq!(fx.events(), before);
+    }
+
+    #[tokio::test]
+    async fn secrets_reach_the_process_but_not_the_disk_and_launch_errors_are_reported() {
+        let fx = fixture();
+        let (supervisor, _allocated) = fx.supervisor();
+        let (assign_tx, assign_rx) = watch::channel(None);
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(supervisor.run(assign_rx, stop.clone()));
+
+        let out = fx._tmp.path().join("seen");
+        let mut with_secret = shell(
+            "secretive",
+            &format!("printf %s \"$API_TOKEN\" > {}", out.display()),
+        );
+        with_secret.secret_env =
+            SecretEnv([("API_TOKEN".to_owned(), "t0p-s3cret".to_owned())].into());
+        let refused = Assignment {
+            launch_error: "secret s3 is no longer bound to this job".into(),
+            ..shell("refused", "exit 0")
+        };
+        assign_tx.send_replace(Some(vec![with_secret, refused]));
+        fx.wait_events("both attempts to end", |e| {
+            exited(e, "secretive").is_some() && !kinds_of(e, "refused").is_empty()
+        })
+        .await;
+        assert_eq!(std::fs::read_to_string(&out).expect("output"), "t0p-s3cret");
+        assert!(matches!(
+            kinds_of(&fx.events(), "refused").as_slice(),
+            [pb::job_event::Kind::LaunchFailed(m)] if m.contains("no longer bound")
+        ));
+        let record = fx
+            .store
+            .attempt("secretive", 1)
+            .expect("read")
+            .expect("record");
+        assert!(record.assignment.secret_env.0.is_empty(), "not stored");
+        assert!(
+            !format!("{:?}", SecretEnv([("K".into(), "v4lue".into())].into())).contains("v4lue")
+        );
+        stop.cancel();
+        running.await.expect("join").expect("supervisor");
+        // Nothing under the agent's data directory holds the value.
+        let mut stack = vec![fx._tmp.path().to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
+                let path = entry.path();
+                if path == out {
+                    continue;
+                }
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                if kind.is_dir() {
+                    stack.push(path);
+                } else if !kind.is_file() {
+                    // FIFOs (the job's output pipes) would block a read.
+                    continue;
+                } else if let Ok(bytes) = std::fs::read(&path) {
+                    assert!(
+                        !bytes.windows(10).any(|w| w == b"t0p-s3cret"),
+                        "{} holds the secret",
+                        path.display()
+                    );
+                }
+            }
+        }
     }
 
     #[tokio::test]

@@ -347,6 +347,7 @@ fn job(j: JobView) -> pb::Job {
         preemptible: j.preemptible,
         strategy,
         cancel_grace_secs: j.cancel_grace_secs,
+        secrets: j.secrets.into_iter().collect(),
         data_locality_region: locality_region,
         data_locality_cluster: locality_cluster,
     }
@@ -391,6 +392,7 @@ fn submission(r: pb::SubmitJobRequest) -> SubmitJobRequest {
         },
         timeout_secs: (r.timeout_secs > 0).then_some(r.timeout_secs),
         cancel_grace_secs: r.cancel_grace_secs,
+        secrets: r.secrets.into_iter().collect(),
     }
 }
 

@@ -79,6 +79,9 @@ pub(crate) struct SubmitJobRequest {
     pub(crate) timeout_secs: Option<u64>,
     #[serde(default)]
     pub(crate) cancel_grace_secs: Option<u64>,
+    /// Environment variable → project secret bound to the job (`job:*` or `job:<name>`).
+    #[serde(default)]
+    pub(crate) secrets: BTreeMap<String, String>,
 }
 
 /// `resources` of a submission: `cpu` in cores (`0.5`, `"2"`, `"500m"`) or `cpu_millis`; `memory` as bytes
@@ -228,6 +231,8 @@ pub(crate) struct JobView {
     pub(crate) retry: RetryPolicy,
     pub(crate) timeout_secs: Option<u64>,
     pub(crate) cancel_grace_secs: u64,
+    /// Environment variable → secret name (names only, never values).
+    pub(crate) secrets: BTreeMap<String, String>,
     /// Node key, region and cluster of the current or last attempt.
     pub(crate) node: Option<String>,
     pub(crate) region: Option<String>,
@@ -267,6 +272,7 @@ impl From<&JobRecord> for JobView {
             retry: spec.retry,
             timeout_secs: spec.timeout_secs,
             cancel_grace_secs: spec.cancel_grace_secs,
+            secrets: spec.secrets.clone(),
             node: last.map(|a| a.node.clone()),
             region: last.map(|a| a.region.clone()),
             cluster: last.map(|a| a.cluster.clone()),
@@ -655,6 +661,7 @@ pub(crate) fn job_spec(req: SubmitJobRequest) -> Result<JobSpec, ServiceError> {
         }
         spec.cancel_grace_secs = grace;
     }
+    spec.secrets = req.secrets.clone();
     // The limits every replica enforces (sizes, NUL bytes): the same rule, checked before proposing.
     spec.validate()?;
     Ok(spec)

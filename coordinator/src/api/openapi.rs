@@ -427,6 +427,10 @@ fn schemas() -> Value {
             ("retry", schema_ref("RetryPolicy")),
             ("timeout_secs", nullable(integer())),
             ("cancel_grace_secs", integer()),
+            (
+                "secrets",
+                json!({ "type": "object", "additionalProperties": { "type": "string" } }),
+            ),
             ("node", nullable(string())),
             ("region", nullable(string())),
             ("cluster", nullable(string())),
@@ -503,6 +507,10 @@ fn schemas() -> Value {
             (
                 "cancel_grace_secs",
                 json!({ "type": "integer", "minimum": 0, "maximum": 3600 }),
+            ),
+            (
+                "secrets",
+                json!({ "type": "object", "additionalProperties": { "type": "string" } }),
             ),
         ],
     );

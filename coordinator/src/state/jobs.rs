@@ -28,6 +28,8 @@ pub(crate) const MAX_COMMAND: usize = 4096;
 pub(crate) const MAX_ARGS: usize = 1024;
 /// Most environment variables a job may set.
 pub(crate) const MAX_ENV: usize = 1024;
+/// Secrets one job may name.
+pub(crate) const MAX_JOB_SECRETS: usize = 64;
 /// Longest single argument, environment value or working directory, in bytes.
 pub(crate) const MAX_VALUE: usize = 65_536;
 /// Upper bound of [`RetryPolicy::max_attempts`].
@@ -197,6 +199,10 @@ pub struct JobSpec {
     /// Seconds between SIGTERM and SIGKILL when the job is cancelled.
     #[serde(default = "default_cancel_grace_secs")]
     pub cancel_grace_secs: u64,
+    /// Environment variable → name of a project secret bound to this job (`job:*`, `job:<name>`). The
+    /// value is decrypted only when the job's assignment is handed to its node's agent.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
 }
 
 impl JobSpec {
@@ -218,6 +224,7 @@ impl JobSpec {
             retry: RetryPolicy::default(),
             timeout_secs: None,
             cancel_grace_secs: default_cancel_grace_secs(),
+            secrets: BTreeMap::new(),
         }
     }
 
@@ -287,6 +294,29 @@ impl JobSpec {
                     format!("1-{MAX_VALUE} bytes, without NUL"),
                 ));
             }
+        }
+        if self.secrets.len() > MAX_JOB_SECRETS {
+            return Err(DomainError::invalid(
+                "secrets",
+                format!("at most {MAX_JOB_SECRETS}"),
+            ));
+        }
+        for (var, name) in &self.secrets {
+            if var.is_empty() || var.len() > 256 || var.contains('=') || var.contains('\0') {
+                return Err(DomainError::invalid(
+                    "secrets",
+                    format!("{var:?} is not a variable name (1-256 bytes, no '=' or NUL)"),
+                ));
+            }
+            if self.env.contains_key(var) {
+                return Err(DomainError::invalid(
+                    "secrets",
+                    format!("{var} is also set in env"),
+                ));
+            }
+            super::validate_secret_name(name).map_err(|_| {
+                DomainError::invalid("secrets", format!("{name:?} is not a secret name"))
+            })?;
         }
         if !(1..=MAX_ATTEMPTS).contains(&self.retry.max_attempts) {
             return Err(DomainError::invalid(
@@ -509,6 +539,22 @@ impl RegistryState {
             return Err(DomainError::exists("job", id));
         }
         spec.validate()?;
+        for name in spec.secrets.values() {
+            let secret = self
+                .project_scope(project_id)
+                .secret(name)
+                .ok_or_else(|| DomainError::not_found("secret", name))?;
+            if !secret_binds_job(secret, id, &spec.name) {
+                return Err(DomainError::FailedPrecondition(format!(
+                    "secret {name} is not bound to this job (bindings: {}; add job:* or job:<name>)",
+                    if secret.bindings.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        secret.bindings.join(", ")
+                    }
+                )));
+            }
+        }
         let job = JobRecord {
             id: id.to_owned(),
             project_id: project_id.to_owned(),
@@ -2260,5 +2306,64 @@ mod tests {
         assert_eq!(restored, w.s);
         restored.assert_job_indexes_consistent();
         assert_eq!(restored.to_bytes(), bytes);
+    }
+}
+
+/// Whether one of the secret's workload bindings selects the job: `job:PATTERN` where PATTERN matches the
+/// job's name or id, `*` standing for any run of characters.
+pub fn secret_binds_job(secret: &super::Secret, job_id: &str, job_name: &str) -> bool {
+    secret.bindings.iter().any(|b| {
+        b.strip_prefix("job:").is_some_and(|pattern| {
+            glob_matches(pattern, job_id)
+                || (!job_name.is_empty() && glob_matches(pattern, job_name))
+        })
+    })
+}
+
+/// `*` matches any run of characters (also none); everything else matches itself.
+fn glob_matches(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let Some(first) = parts.next() else {
+        return text.is_empty();
+    };
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        // No `*` at all: the whole text must have been the pattern.
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+#[cfg(test)]
+mod secret_binding_tests {
+    use super::glob_matches;
+
+    #[test]
+    fn globs_match_like_shell_stars() {
+        for (pattern, text, expected) in [
+            ("*", "anything", true),
+            ("*", "", true),
+            ("train", "train", true),
+            ("train", "trainer", false),
+            ("train-*", "train-7", true),
+            ("train-*", "eval-7", false),
+            ("*-gpu", "resnet-gpu", true),
+            ("*-gpu", "resnet-cpu", false),
+            ("a*b*c", "aXXbYYc", true),
+            ("a*b*c", "aXXcYYb", false),
+            ("ab*ab", "ab", false),
+            ("ab*ab", "abab", true),
+        ] {
+            assert_eq!(glob_matches(pattern, text), expected, "{pattern} vs {text}");
+        }
     }
 }

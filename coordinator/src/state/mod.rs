@@ -32,8 +32,8 @@ pub use audit::{
 };
 pub use fleet::{node_key, NodeHealthState, NodeRecord};
 pub use jobs::{
-    Attempt, AttemptOutcome, EventAck, HeldAttempt, JobEventKind, JobEventOp, JobRecord, JobSpec,
-    JobState, PlacementOp, RetryPolicy,
+    secret_binds_job, Attempt, AttemptOutcome, EventAck, HeldAttempt, JobEventKind, JobEventOp,
+    JobRecord, JobSpec, JobState, PlacementOp, RetryPolicy,
 };
 pub use paging::{Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use scope::ProjectScope;
