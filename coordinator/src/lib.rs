@@ -8,6 +8,7 @@ pub(crate) mod dispatch;
 pub mod fleet;
 pub(crate) mod network;
 pub mod node;
+pub(crate) mod proposer;
 pub(crate) mod rpc_service;
 pub mod scheduler;
 pub mod state;

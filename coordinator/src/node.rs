@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::fleet::{Fleet, FleetTimings};
 use crate::network::NetworkFactory;
+use crate::proposer::Proposer;
 use crate::rpc_service::CoordinatorService;
 use crate::state::{Command, CommandOutcome, DomainError, Outcome, RegistryState};
 use crate::store::{self, SharedState, StoreClosed};
@@ -227,6 +228,8 @@ struct NodeInner {
     state: SharedState,
     committed: watch::Receiver<Option<u64>>,
     client: RpcClient,
+    /// Batches concurrent writes into shared log entries on the leader.
+    proposer: Proposer,
     /// Calls to agents (log reads): accepts only agent identities as servers.
     agent_client: RpcClient,
     raft_addr: SocketAddr,
@@ -347,9 +350,11 @@ impl Coordinator {
 
         let deadlines = Deadlines::from_timings(&opts.timings);
         let fleet = Fleet::new(opts.fleet, opts.keyring.clone());
+        let proposer = Proposer::start(raft.clone());
         let service = Arc::new(CoordinatorService::new(
             opts.node_id,
             raft.clone(),
+            proposer.clone(),
             deadlines.membership,
             fleet.clone(),
         ));
@@ -379,6 +384,7 @@ impl Coordinator {
                 state,
                 committed,
                 client,
+                proposer,
                 agent_client,
                 raft_addr,
                 deadlines,
@@ -502,19 +508,28 @@ impl Handle {
         let mut last_failure = None;
         loop {
             let proposed =
-                tokio::time::timeout_at(deadline, self.inner.raft.client_write(cmd.clone())).await;
+                tokio::time::timeout_at(deadline, self.inner.proposer.propose(cmd.clone())).await;
             let forward = match proposed {
                 Err(_) => {
                     return Err(WriteError::Unavailable(
                         "write not confirmed in time; it may still apply".into(),
                     ))
                 }
-                Ok(Ok(response)) => return response.data.map_err(WriteError::Domain),
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => forward,
-                Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                Ok(None) => {
+                    return Err(WriteError::Unavailable(
+                        "the coordinator is shutting down".into(),
+                    ))
+                }
+                Ok(Some(Ok(outcome))) => return outcome.map_err(WriteError::Domain),
+                Ok(Some(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))))) => {
+                    forward
+                }
+                Ok(Some(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))))) => {
                     return Err(WriteError::Unavailable(e.to_string()))
                 }
-                Ok(Err(RaftError::Fatal(e))) => return Err(WriteError::Unavailable(e.to_string())),
+                Ok(Some(Err(RaftError::Fatal(e)))) => {
+                    return Err(WriteError::Unavailable(e.to_string()))
+                }
             };
             if let Some(leader) = &forward.leader_node {
                 match self.forward_write(leader, &cmd, deadline).await {

@@ -20,12 +20,15 @@ use tokio::time::Instant;
 
 use crate::fleet::Fleet;
 use crate::node::{change_membership_as_leader, member_change_from, LeaderOnlyError, NodeId, Raft};
+use crate::proposer::Proposer;
 use crate::state::Command;
 
 /// Serves coordinator RPCs for one Raft node.
 pub(crate) struct CoordinatorService {
     node_id: NodeId,
     raft: Raft,
+    /// Forwarded writes join the leader's proposal batches.
+    proposer: Proposer,
     /// Upper bound of a membership change, whatever the caller's deadline.
     membership_timeout: Duration,
     /// Agent registration and heartbeats.
@@ -36,12 +39,14 @@ impl CoordinatorService {
     pub(crate) fn new(
         node_id: NodeId,
         raft: Raft,
+        proposer: Proposer,
         membership_timeout: Duration,
         fleet: Arc<Fleet>,
     ) -> Self {
         Self {
             node_id,
             raft,
+            proposer,
             membership_timeout,
             fleet,
         }
@@ -56,6 +61,7 @@ impl RpcService for CoordinatorService {
         body: Bytes,
     ) -> BoxFuture<'static, Result<Bytes, RpcStatus>> {
         let raft = self.raft.clone();
+        let proposer = self.proposer.clone();
         let node_id = self.node_id;
         let fleet = self.fleet.clone();
         let membership_deadline = ctx.deadline.min(Instant::now() + self.membership_timeout);
@@ -66,7 +72,7 @@ impl RpcService for CoordinatorService {
                 Method::RaftInstallSnapshot => {
                     raft_call(&body, |req| raft.install_snapshot(req)).await
                 }
-                Method::ForwardWrite => forward_write(&raft, &body).await,
+                Method::ForwardWrite => forward_write(&proposer, &body).await,
                 Method::ReadIndex => read_index(&raft, node_id).await,
                 Method::ChangeMembership => {
                     change_membership(&raft, &body, membership_deadline).await
@@ -112,14 +118,17 @@ fn not_leader() -> RpcStatus {
     RpcStatus::failed_precondition("this coordinator is not the leader")
 }
 
-async fn forward_write(raft: &Raft, body: &[u8]) -> Result<Bytes, RpcStatus> {
+async fn forward_write(proposer: &Proposer, body: &[u8]) -> Result<Bytes, RpcStatus> {
     let request: pb::ForwardWriteRequest = decode_message(body)?;
     let command: Command = serde_json::from_slice(&request.command)
         .map_err(|e| RpcStatus::invalid_argument(format!("undecodable command: {e}")))?;
-    let outcome = match raft.client_write(command).await {
-        Ok(response) => response.data,
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => return Err(not_leader()),
-        Err(e) => return Err(RpcStatus::unavailable(e.to_string())),
+    let outcome = match proposer.propose(command).await {
+        Some(Ok(outcome)) => outcome,
+        Some(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+            return Err(not_leader())
+        }
+        Some(Err(e)) => return Err(RpcStatus::unavailable(e.to_string())),
+        None => return Err(RpcStatus::unavailable("the coordinator is shutting down")),
     };
     let outcome = serde_json::to_vec(&outcome)
         .map_err(|e| RpcStatus::internal(format!("encoding outcome: {e}")))?;

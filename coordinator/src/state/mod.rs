@@ -220,6 +220,10 @@ pub enum Op {
         #[serde(default)]
         limit_mode: String,
     },
+    /// Several commands proposed together as one log entry (the leader's proposal batching). They are
+    /// applied in order, each exactly as if it were its own entry (request id, audit record, outcome). Not
+    /// audited itself; a batch inside a batch is refused.
+    Batch { commands: Vec<Command> },
     /// The leader's health monitor changed a node's health; refused when `lease_epoch` is not the node's
     /// current one (the node registered again since the decision was made). `Lost` also loses the
     /// node's jobs (retried per their policy).
@@ -290,6 +294,8 @@ pub enum Outcome {
     Audited { seq: u64 },
     /// A node was registered or its health changed.
     Node { node: NodeRecord },
+    /// The outcome of each command of a batch, in order.
+    Batch { outcomes: Vec<CommandOutcome> },
     /// A job was submitted or changed.
     Job { job: JobRecord },
     /// What a scheduling pass did.
@@ -366,7 +372,7 @@ pub struct RegistryState {
     /// Request id → first outcome, for the last [`REMEMBERED_REQUESTS`] requests that carried an id.
     #[serde(default)]
     pub(crate) requests: BTreeMap<String, RememberedRequest>,
-    /// Log index → request id, to forget the oldest first.
+    /// Ordering key (at least the log index, increasing) → request id, to forget the oldest first.
     #[serde(default)]
     pub(crate) request_order: BTreeMap<u64, String>,
     /// Node key (`region/cluster/node`) → record.
@@ -468,6 +474,7 @@ impl Op {
                 ..
             } => s("node.register", None, &node_key(region, cluster, node)),
             Op::SetNodeHealth { key, .. } => s("node.health", None, key),
+            Op::Batch { .. } => s("batch", None, ""),
             Op::SubmitJob { id, project_id, .. } => s("job.submit", Some(project_id), id),
             Op::CancelJob { project_id, id } => s("job.cancel", Some(project_id), id),
             Op::PlaceJobs { .. } => s("job.place", None, "scheduler"),
@@ -483,6 +490,17 @@ impl RegistryState {
     /// Pure: the result depends only on `self` and `cmd`. A refused command leaves the state unchanged except
     /// for its `refused` audit record.
     pub fn apply(&mut self, index: u64, cmd: &Command) -> CommandOutcome {
+        if let Op::Batch { commands } = &cmd.op {
+            self.applied_index = index;
+            if commands.iter().any(|c| matches!(c.op, Op::Batch { .. })) {
+                return Err(DomainError::invalid(
+                    "commands",
+                    "a batch cannot hold a batch",
+                ));
+            }
+            let outcomes = commands.iter().map(|c| self.apply(index, c)).collect();
+            return Ok(Outcome::Batch { outcomes });
+        }
         let Some(request_id) = &cmd.request_id else {
             return self.apply_once(index, cmd);
         };
@@ -498,7 +516,12 @@ impl RegistryState {
                 outcome: outcome.clone(),
             },
         );
-        self.request_order.insert(index, request_id.clone());
+        // Keys only order the forgetting; several requests can share a log index (a batch).
+        let seq = self
+            .request_order
+            .last_key_value()
+            .map_or(index, |(last, _)| last.saturating_add(1).max(index));
+        self.request_order.insert(seq, request_id.clone());
         while self.request_order.len() > REMEMBERED_REQUESTS {
             if let Some((_, oldest)) = self.request_order.pop_first() {
                 self.requests.remove(&oldest);
@@ -553,6 +576,11 @@ impl RegistryState {
         let at = cmd.at_ms;
         match &cmd.op {
             Op::Noop | Op::RecordAudit { .. } => Ok(Applied::new(Outcome::Done, "")),
+            // `apply` unpacks batches before they get here; one reaching this point was nested.
+            Op::Batch { .. } => Err(DomainError::invalid(
+                "commands",
+                "a batch cannot hold a batch",
+            )),
             Op::Bootstrap {
                 default_project_id,
                 default_data_key,

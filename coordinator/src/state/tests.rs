@@ -1700,3 +1700,78 @@ fn remembered_requests_are_bounded() {
         .requests
         .contains_key(&format!("r{}", REMEMBERED_REQUESTS as u64 + 49)));
 }
+
+#[test]
+fn a_batch_applies_each_command_as_its_own_entry_would() {
+    let project = |id: &str, name: &str, request: &str| {
+        let mut cmd = Command::new(
+            T0 + 5_000,
+            admin(),
+            Op::CreateProject {
+                id: id.into(),
+                name: name.into(),
+                description: String::new(),
+                data_key: wk("mk1", id),
+            },
+        );
+        cmd.request_id = Some(request.into());
+        cmd
+    };
+    let commands = vec![
+        project("prj_b1", "alpha", "req-1"),
+        // Same name: refused, and the refusal is this command's outcome only.
+        project("prj_b2", "alpha", "req-2"),
+        project("prj_b3", "gamma", "req-3"),
+        // A repeated request id answers the first outcome without applying again.
+        project("prj_b1", "alpha", "req-1"),
+    ];
+    let mut batched = bootstrapped();
+    let audit_before = batched.audit_records().len();
+    let out = batched.apply(
+        2,
+        &Command::new(
+            T0 + 5_000,
+            Actor::system(),
+            Op::Batch {
+                commands: commands.clone(),
+            },
+        ),
+    );
+    let Ok(Outcome::Batch { outcomes }) = out else {
+        panic!("unexpected {out:?}")
+    };
+    assert_eq!(outcomes.len(), 4);
+    assert!(matches!(outcomes[0], Ok(Outcome::Project { .. })));
+    assert!(matches!(
+        outcomes[1],
+        Err(DomainError::AlreadyExists { .. })
+    ));
+    assert!(matches!(outcomes[2], Ok(Outcome::Project { .. })));
+    assert_eq!(outcomes[3], outcomes[0]);
+    assert_eq!(batched.audit_records().len(), audit_before + 3);
+    assert_eq!(batched.applied_index, 2);
+
+    // The same commands as separate entries give the same outcomes and the same registry.
+    let mut separate = bootstrapped();
+    for (i, cmd) in commands.iter().enumerate() {
+        let out = separate.apply(2 + i as u64, cmd);
+        assert_eq!(out, outcomes[i]);
+    }
+    assert_eq!(
+        separate.projects.keys().collect::<Vec<_>>(),
+        batched.projects.keys().collect::<Vec<_>>()
+    );
+
+    // A batch inside a batch is refused as a whole.
+    let nested = Command::new(
+        T0,
+        Actor::system(),
+        Op::Batch {
+            commands: vec![Command::new(T0, Actor::system(), Op::Batch { commands })],
+        },
+    );
+    assert!(matches!(
+        batched.apply(3, &nested),
+        Err(DomainError::Invalid { .. })
+    ));
+}
