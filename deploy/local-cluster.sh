@@ -65,9 +65,11 @@ region = "local"
 
 [raft]
 listen = "127.0.0.1:$(raft_port "$i")"
+# A follower starts an election after election_max (the leader lease) + its own timeout in [min, max) without
+# hearing from the leader: 450-600 ms here, 9-12 heartbeats; failover on loopback takes about that long.
 heartbeat_ms = 50
-election_min_ms = 200
-election_max_ms = 400
+election_min_ms = 150
+election_max_ms = 300
 snapshot_every = 50000
 
 [admin]

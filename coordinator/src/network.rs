@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use crate::node::{MemberNode, NodeId, TypeConfig};
 
-/// The longest pause between attempts to reach an unreachable peer.
+/// The longest pause between attempts to reach an unreachable peer, whatever the timings.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Largest encoded Raft request: half a frame, leaving room for the envelope.
 const MAX_RAFT_PAYLOAD: usize = protocol::DEFAULT_MAX_FRAME / 2;
@@ -40,16 +40,25 @@ const WARM_UP_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) struct NetworkFactory {
     node_id: NodeId,
     client: RpcClient,
-    /// First pause after a peer turned out unreachable; doubled up to [`MAX_BACKOFF`].
+    /// First pause after a peer turned out unreachable; doubled up to `backoff_max`.
     backoff_base: Duration,
+    /// Longest pause (at most [`MAX_BACKOFF`]). A restarted member that hears nothing from the leader for an
+    /// election timeout starts an election and deposes it, so the leader must retry well within that.
+    backoff_max: Duration,
 }
 
 impl NetworkFactory {
-    pub(crate) fn new(node_id: NodeId, client: RpcClient, backoff_base: Duration) -> Self {
+    pub(crate) fn new(
+        node_id: NodeId,
+        client: RpcClient,
+        backoff_base: Duration,
+        backoff_max: Duration,
+    ) -> Self {
         Self {
             node_id,
             client,
             backoff_base,
+            backoff_max: backoff_max.min(MAX_BACKOFF),
         }
     }
 }
@@ -73,6 +82,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             node: node.clone(),
             client: self.client.clone(),
             backoff_base: self.backoff_base,
+            backoff_max: self.backoff_max,
         }
     }
 }
@@ -84,6 +94,7 @@ pub(crate) struct PeerNetwork {
     node: MemberNode,
     client: RpcClient,
     backoff_base: Duration,
+    backoff_max: Duration,
 }
 
 /// What can go wrong below openraft's own error: the transport, or an undecodable answer.
@@ -226,9 +237,10 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
     }
 
     fn backoff(&self) -> Backoff {
-        let base = self.backoff_base.max(Duration::from_millis(1));
-        Backoff::new(std::iter::successors(Some(base), |d| {
-            Some((*d * 2).min(MAX_BACKOFF))
+        let max = self.backoff_max.max(Duration::from_millis(1));
+        let base = self.backoff_base.max(Duration::from_millis(1)).min(max);
+        Backoff::new(std::iter::successors(Some(base), move |d| {
+            Some((*d * 2).min(max))
         }))
     }
 }
@@ -270,7 +282,12 @@ mod tests {
             Duration::from_secs(600),
         ))?;
         let tls = TlsIdentity::from_pem(ca.cert_pem(), &leaf.cert_pem, &leaf.key_pem)?;
-        let mut factory = NetworkFactory::new(1, RpcClient::new(&tls)?, Duration::from_millis(10));
+        let mut factory = NetworkFactory::new(
+            1,
+            RpcClient::new(&tls)?,
+            Duration::from_millis(10),
+            Duration::from_millis(100),
+        );
         // Nothing listens there: only a request that is refused before sending can answer quickly.
         let node = MemberNode {
             name: "c2".into(),

@@ -333,10 +333,13 @@ impl Coordinator {
         let client = RpcClient::new(&opts.tls).map_err(|e| StartError::Network(e.to_string()))?;
         let agent_client = RpcClient::with_server_roles(&opts.tls, &[certs::Role::Agent])
             .map_err(|e| StartError::Network(e.to_string()))?;
+        // A peer that was down is retried at least once per minimum election timeout, so a restarted member
+        // hears from the leader before its own election timer (lease + timeout) runs out.
         let network = NetworkFactory::new(
             opts.node_id,
             client.clone(),
             Duration::from_millis(opts.timings.heartbeat_ms),
+            Duration::from_millis(opts.timings.election_min_ms),
         );
         let raft = Raft::new(
             opts.node_id,
