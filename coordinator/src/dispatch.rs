@@ -204,7 +204,11 @@ pub(crate) async fn run_dispatcher(
         let cmd = Command::new(now_ms(), Actor::system(), Op::PlaceJobs { placements: ops });
         match handle.write(cmd).await {
             Ok(outcome) => tracing::debug!(?outcome, count, "scheduling pass applied"),
-            Err(e) => tracing::debug!(error = %e, "scheduling pass not applied"),
+            Err(e) => {
+                // Look again on the next tick even if nothing else moves the state.
+                last_seen = None;
+                tracing::debug!(error = %e, "scheduling pass not applied");
+            }
         }
     }
 }
@@ -213,4 +217,174 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::{GpuDevice, ResourceRequest};
+    use crate::state::{
+        Command, JobSpec, JobState, NodeHealthState, Op, Outcome, PlacementOp, WrappedKey,
+    };
+
+    const PROJECT: &str = "prj_default";
+
+    fn apply(state: &mut RegistryState, op: Op) -> crate::state::CommandOutcome {
+        let index = state.applied_index + 1;
+        state.apply(index, &Command::new(index * 1_000, Actor::system(), op))
+    }
+
+    fn fleet() -> RegistryState {
+        let mut s = RegistryState::default();
+        let out = apply(
+            &mut s,
+            Op::Bootstrap {
+                default_project_id: PROJECT.into(),
+                default_data_key: WrappedKey {
+                    master_key_id: "mk1".into(),
+                    nonce_b64: "AAAAAAAAAAAAAAAA".into(),
+                    ciphertext_b64: "ct".into(),
+                },
+                admin_principal_id: "sa_admin".into(),
+                admin_principal_name: "admin".into(),
+                admin_key_id: "adminkey".into(),
+                admin_key_hash: crate::crypto::hash_token("t"),
+                admin_key_last4: "abcd".into(),
+            },
+        );
+        assert!(matches!(out, Ok(Outcome::Bootstrapped { .. })), "{out:?}");
+        for (region, node, gpus) in [("eu", "eu-a1", 0), ("eu", "eu-a2", 0), ("us", "us-a1", 1)] {
+            let gpus: Vec<GpuDevice> = (0..gpus)
+                .map(|i| GpuDevice {
+                    uuid: format!("GPU-{node}-{i}"),
+                    index: i,
+                    model: "NVIDIA H200".into(),
+                    memory_mib: 143_771,
+                    healthy: true,
+                })
+                .collect();
+            let out = apply(
+                &mut s,
+                Op::RegisterNode {
+                    region: region.into(),
+                    cluster: format!("{region}1"),
+                    node: node.into(),
+                    cpu_cores: 4,
+                    memory_bytes: 8 << 30,
+                    gpu_count: gpus.len() as u32,
+                    agent_version: "test".into(),
+                    gpus,
+                    labels: Default::default(),
+                    rpc_addr: "127.0.0.1:7443".into(),
+                    held: Vec::new(),
+                    os: String::new(),
+                    limit_mode: String::new(),
+                },
+            );
+            assert!(out.is_ok(), "{out:?}");
+        }
+        s
+    }
+
+    fn submit(state: &mut RegistryState, id: &str, spec: JobSpec) {
+        let out = apply(
+            state,
+            Op::SubmitJob {
+                id: id.into(),
+                project_id: PROJECT.into(),
+                spec,
+            },
+        );
+        assert!(out.is_ok(), "{out:?}");
+    }
+
+    fn run_pass(state: &mut RegistryState) -> Vec<PlacementOp> {
+        let ops = plan(state);
+        if !ops.is_empty() {
+            let out = apply(
+                state,
+                Op::PlaceJobs {
+                    placements: ops.clone(),
+                },
+            );
+            assert!(out.is_ok(), "{out:?}");
+        }
+        ops
+    }
+
+    #[test]
+    fn a_pass_places_what_fits_explains_what_waits_and_then_rests() {
+        let mut s = fleet();
+        let mut cpu = JobSpec::new("true");
+        cpu.resources = ResourceRequest {
+            cpu_millis: 3_000,
+            ..Default::default()
+        };
+        submit(&mut s, "job_a", cpu.clone());
+        submit(&mut s, "job_b", cpu);
+        let mut gpu = JobSpec::new("nvidia-smi");
+        gpu.resources.gpus = 2;
+        submit(&mut s, "job_gpu", gpu);
+
+        let ops = run_pass(&mut s);
+        let placed: Vec<&str> = ops
+            .iter()
+            .filter_map(|op| match op {
+                PlacementOp::Place { job_id, .. } => Some(job_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(placed, ["job_a", "job_b"]);
+        let a = s.job(PROJECT, "job_a").expect("job_a");
+        let b = s.job(PROJECT, "job_b").expect("job_b");
+        assert_eq!(a.state, JobState::Scheduled);
+        // 3 of 4 cores each: the reservation made for the first keeps the second off its node, and CPU
+        // jobs stay off the GPU node while CPU nodes fit.
+        let nodes = [a.attempts[0].node.as_str(), b.attempts[0].node.as_str()];
+        assert!(nodes.iter().all(|n| n.starts_with("eu/")), "{nodes:?}");
+        assert_ne!(nodes[0], nodes[1]);
+        let gpu = s.job(PROJECT, "job_gpu").expect("job_gpu");
+        assert_eq!(gpu.state, JobState::Pending);
+        let reason = gpu.pending_reason.clone().expect("a reason");
+        assert!(reason.to_lowercase().contains("gpu"), "{reason}");
+
+        // Nothing changed: the next pass proposes nothing (no repeated reasons, no re-placement).
+        assert!(plan(&s).is_empty());
+    }
+
+    #[test]
+    fn a_job_that_lost_its_node_prefers_the_same_region() {
+        let mut s = fleet();
+        let mut spec = JobSpec::new("train");
+        spec.resources.cpu_millis = 1_000;
+        submit(&mut s, "job_r", spec);
+        run_pass(&mut s);
+        let first = s.job(PROJECT, "job_r").expect("job").attempts[0].clone();
+        let epoch = s.node(&first.node).expect("node").lease_epoch;
+        let out = apply(
+            &mut s,
+            Op::SetNodeHealth {
+                key: first.node.clone(),
+                health: NodeHealthState::Lost,
+                lease_epoch: epoch,
+            },
+        );
+        assert!(out.is_ok(), "{out:?}");
+        let waiting = s.job(PROJECT, "job_r").expect("job");
+        assert_eq!(waiting.state, JobState::Pending);
+        assert_eq!(
+            request(waiting).data_locality.map(|l| l.region),
+            Some(first.region.clone()),
+            "the scheduler is asked to prefer the lost node's region"
+        );
+        run_pass(&mut s);
+        let job = s.job(PROJECT, "job_r").expect("job");
+        assert_eq!(job.attempts.len(), 2);
+        let second = &job.attempts[1];
+        assert_ne!(second.node, first.node);
+        assert_eq!(
+            second.region, first.region,
+            "rescheduled in its region first"
+        );
+    }
 }
