@@ -7,10 +7,11 @@
 //! committed state (`AgentSync`), and the state machine re-checks every placement when it applies it.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::fleet::now_ms;
 use crate::node::WeakHandle;
 use crate::scheduler::{
     Allocation, JobRequest, Locality, NodeHealth, NodeView, PlacementDecision, Resources, Scheduler,
@@ -211,12 +212,6 @@ pub(crate) async fn run_dispatcher(
             }
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

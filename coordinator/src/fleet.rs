@@ -571,7 +571,8 @@ fn agent_actor(ctx: &CallContext) -> Actor {
     }
 }
 
-fn now_ms() -> u64 {
+/// Unix milliseconds now, for stamping commands before they are proposed.
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
