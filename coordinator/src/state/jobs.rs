@@ -274,7 +274,7 @@ impl JobSpec {
             ));
         }
         for (k, v) in &self.env {
-            if k.is_empty() || k.len() > 256 || k.contains('=') || k.contains('\0') {
+            if !valid_env_name(k) {
                 return Err(DomainError::invalid(
                     "env",
                     format!("{k:?} is not a variable name (1-256 bytes, no '=' or NUL)"),
@@ -302,7 +302,7 @@ impl JobSpec {
             ));
         }
         for (var, name) in &self.secrets {
-            if var.is_empty() || var.len() > 256 || var.contains('=') || var.contains('\0') {
+            if !valid_env_name(var) {
                 return Err(DomainError::invalid(
                     "secrets",
                     format!("{var:?} is not a variable name (1-256 bytes, no '=' or NUL)"),
@@ -2307,6 +2307,11 @@ mod tests {
         restored.assert_job_indexes_consistent();
         assert_eq!(restored.to_bytes(), bytes);
     }
+}
+
+/// An environment variable name a job may set: 1–256 bytes, without `=` or NUL.
+fn valid_env_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 256 && !name.contains(['=', '\0'])
 }
 
 /// Whether one of the secret's workload bindings selects the job: `job:PATTERN` where PATTERN matches the
