@@ -163,6 +163,14 @@ pub struct DevArgs {
         default_value = "127.0.0.1:7170"
     )]
     pub raft_listen: std::net::SocketAddr,
+    /// Inference gateway listen address: Open Inference Protocol v2 under `/v2` (loopback only: dev mode serves
+    /// plain HTTP).
+    #[arg(
+        long,
+        env = "MERIDIAN_DEV_GATEWAY_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub gateway_listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Args)]

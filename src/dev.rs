@@ -1,11 +1,12 @@
-//! `meridian dev`: a single-node coordinator and an agent for this machine, with an auto-generated dev CA, all
-//! state in one directory.
+//! `meridian dev`: a single-node coordinator, an agent for this machine and the inference gateway, with an
+//! auto-generated dev CA, all state in one directory.
 //!
 //! Layout of the directory: `certs/` (dev CA, coordinator and agent certificates), `master.keys` (secrets
 //! keyring), `coordinator/` (Raft log and snapshots), `agent/` (the agent's data), `admin.token` (mode 0600).
 //! Starting again on the same directory reuses all of it; only the short-lived certificates are re-issued.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +16,7 @@ use crate::config::{
     AdminSection, BootstrapMember, BootstrapSection, CoordinatorConfig, RaftSection,
     SecretsSection, TlsSection,
 };
+use crate::gateway_source::RegistryRoutes;
 
 const DEV_TRUST_DOMAIN: &str = "dev.meridian.local";
 
@@ -23,9 +25,25 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if !args.admin_listen.ip().is_loopback() {
         anyhow::bail!("--admin-listen: dev mode serves plain HTTP and only listens on loopback");
     }
+    if !args.gateway_listen.ip().is_loopback() {
+        anyhow::bail!("--gateway-listen: dev mode serves plain HTTP and only listens on loopback");
+    }
     let cfg = prepare(&args)?;
+    // Bound before anything starts, so a taken port stops dev mode before the coordinator runs.
+    let gateway_listener = tokio::net::TcpListener::bind(args.gateway_listen)
+        .await
+        .with_context(|| format!("--gateway-listen: binding {}", args.gateway_listen))?;
+    let gateway_addr = gateway_listener
+        .local_addr()
+        .with_context(|| format!("--gateway-listen: binding {}", args.gateway_listen))?;
     let shutdown = CancellationToken::new();
     let running = crate::server::start(&cfg, shutdown.clone()).await?;
+    let gateway_task = tokio::spawn(gateway::serve(
+        gateway_listener,
+        Arc::new(RegistryRoutes::new(running.handle.clone())),
+        gateway::GatewayOptions::default(),
+        shutdown.clone(),
+    ));
     let agent_tls = certs::TlsIdentity::load(&certs::TlsPaths {
         ca: cfg.tls.ca.clone(),
         cert: args.data_dir.join("certs/agent.pem"),
@@ -41,17 +59,22 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     ));
     tracing::info!(
         admin = %running.admin_addr,
+        gateway = %gateway_addr,
         token_file = %args.data_dir.join("admin.token").display(),
         "meridian dev is ready"
     );
     eprintln!(
-        "meridian dev: admin API on http://{} — token in {}",
+        "meridian dev: admin API on http://{} — inference gateway on http://{} — token in {}",
         running.admin_addr,
+        gateway_addr,
         args.data_dir.join("admin.token").display()
     );
     crate::server::wait_for_signal().await?;
     eprintln!("meridian dev: stopping");
     running.stop(&shutdown).await;
+    if let Err(e) = gateway_task.await {
+        tracing::warn!(error = %e, "the gateway task failed");
+    }
     match agent_task.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "the dev agent stopped with an error"),
         Err(e) => tracing::warn!(error = %e, "the dev agent task failed"),

@@ -9,5 +9,6 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod dev;
+pub(crate) mod gateway_source;
 pub mod output;
 pub mod server;

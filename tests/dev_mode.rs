@@ -20,6 +20,10 @@ impl DevProcess {
             .arg(dir)
             .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
             .args(["--raft-listen", &format!("127.0.0.1:{raft_port}")])
+            .args([
+                "--gateway-listen",
+                &format!("127.0.0.1:{}", free_tcp_port()),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
