@@ -480,7 +480,8 @@ pub enum JobCommand {
     /// Print a job's output (stdout, or stderr with --stderr), as it was written.
     #[command(after_help = "Examples:\n  meridian job logs job_3kq9x2\n  \
 meridian job logs -f job_3kq9x2           # follow until the job ends\n  \
-meridian job logs --stderr --attempt 1 job_3kq9x2")]
+meridian job logs --stderr --attempt 1 job_3kq9x2\n  \
+meridian job logs --replica 1 job_3kq9x2   # the second process of a gang job")]
     Logs {
         id: String,
         /// Keep reading until the job has ended and all its output is printed.
@@ -492,6 +493,9 @@ meridian job logs --stderr --attempt 1 job_3kq9x2")]
         /// Read this attempt (default: the latest one that ran on a node).
         #[arg(long)]
         attempt: Option<u32>,
+        /// Read this replica of a gang job (default 0).
+        #[arg(long, default_value_t = 0)]
+        replica: u32,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -511,9 +515,13 @@ Examples:
   meridian job run --name train --cpu 4 --memory 16Gi --gpus 2 --gpu-model H200 --region eu \\
       --label instance=spot --max-attempts 3 --retry-on-failure --timeout 2h \\
       --env EPOCHS=10 --workdir /data/run1 -- python3 train.py --epochs 10
+  meridian job run --replicas 4 --gpus 8 -- sh -c 'torchrun --nnodes $MERIDIAN_REPLICAS \\
+      --node_rank $MERIDIAN_REPLICA --master_addr ${MERIDIAN_REPLICA_HOSTS%%,*} train.py'
 
 SIZE: 512Mi, 2G, 1GiB, … (K, M, G, T are powers of 1000; Ki, Mi, Gi, Ti of 1024).
 DURATION: 30s, 5m, 2h, 1h30m.
+With --replicas N the job is a gang: N processes, each with the resources asked for, placed all at once or
+not at all; the job succeeds when every replica has, and one that fails or is lost stops the others.
 With --wait, the exit code is 0 when the job succeeded and 7 when it failed, was cancelled or was lost.";
 
 /// What `meridian job run` submits.
@@ -534,6 +542,10 @@ pub struct JobRunArgs {
     /// Only GPUs whose model contains this text (case-insensitive), e.g. H200.
     #[arg(long, value_name = "MODEL")]
     pub gpu_model: Option<String>,
+    /// Run N processes as a gang (1..=64), each with the resources above: all placed or none. Each sees
+    /// MERIDIAN_REPLICA, MERIDIAN_REPLICAS and MERIDIAN_REPLICA_HOSTS.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub replicas: Option<u32>,
     /// Only nodes in this region.
     #[arg(long)]
     pub region: Option<String>,

@@ -1,6 +1,7 @@
 //! Jobs on the two-region topology from `deploy/local-cluster.sh` (three coordinators, agents eu-a1, eu-a2,
 //! us-a1, us-a2 as real processes): jobs land and finish with their logs; a GPU job waits with a reason; a
-//! cancel ends a job that ignores SIGTERM; an agent restarted mid-job re-adopts it without running it twice;
+//! cancel ends a job that ignores SIGTERM; a gang job runs all its replicas or none, and one failing replica
+//! stops the others; an agent restarted mid-job re-adopts it without running it twice;
 //! a killed agent's job and a killed region's job are rescheduled and complete once; running jobs outlive
 //! every coordinator being down for 30 s; an agent certificate cannot report for another cluster.
 
@@ -213,6 +214,10 @@ fn jobs_survive_agents_regions_and_coordinators_failing() {
     let cancelled = wait_state(&cluster, &stubborn, "a cancel to end", &["cancelled"]);
     assert_eq!(attempts(&cancelled).len(), 1, "{cancelled}");
 
+    // Gang jobs (scheduler item 5): both replicas placed at once, one per eu node because each asks for a
+    // whole node's CPU; each process knows its rank and its peers; the job succeeds once both have.
+    gang_jobs_run_whole(&cluster, tmp.path());
+
     // (e) An agent restarted mid-job re-adopts it: the job runs once and its end is reported.
     let marks = tmp.path().join("marks");
     std::fs::create_dir_all(&marks).expect("mkdir");
@@ -373,4 +378,106 @@ fn wrong_cluster_is_refused(cluster: &LocalCluster) {
         .flatten()
         .any(|r| r["action"] == "node.report" && r["outcome"] == "denied");
     assert!(denied, "the refused report is audited: {audit}");
+}
+
+fn gang_jobs_run_whole(cluster: &LocalCluster, dir: &Path) {
+    let nodes = cluster.cli_on(1, &["node", "list"]).expect("node list");
+    let cores = nodes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["region"] == "eu")
+        .filter_map(|n| n["cpu_cores"].as_u64())
+        .min()
+        .expect("eu nodes report their cores");
+    let cpu = cores.to_string();
+    let gang = run(
+        cluster,
+        &["--replicas", "2", "--region", "eu", "--cpu", &cpu],
+        &[
+            "sh",
+            "-c",
+            "echo replica $MERIDIAN_REPLICA of $MERIDIAN_REPLICAS hosts $MERIDIAN_REPLICA_HOSTS",
+        ],
+    );
+    let done = wait_state(cluster, &gang, "a gang to succeed", &["succeeded"]);
+    let replicas = attempts(&done);
+    let placed: Vec<(u64, u64, &str, &str)> = replicas
+        .iter()
+        .map(|a| {
+            (
+                a["attempt"].as_u64().unwrap_or_default(),
+                a["replica"].as_u64().unwrap_or(99),
+                a["outcome"].as_str().unwrap_or_default(),
+                a["node"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(placed.len(), 2, "{done}");
+    assert_eq!(
+        placed.iter().map(|p| (p.0, p.1, p.2)).collect::<Vec<_>>(),
+        [(1, 0, "succeeded"), (1, 1, "succeeded")],
+        "{done}"
+    );
+    assert_ne!(placed[0].3, placed[1].3, "one replica per node: {done}");
+    assert!(placed.iter().all(|p| p.3.starts_with("eu/")), "{done}");
+    for replica in ["0", "1"] {
+        let out = cluster.cli_raw(1, &["job", "logs", "--replica", replica, &gang]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("replica {replica} of 2 hosts 127.0.0.1,127.0.0.1")
+        );
+    }
+    let no_such = cluster.cli_raw(1, &["job", "logs", "--replica", "2", &gang]);
+    assert!(!no_such.status.success(), "replica 2 of a gang of 2");
+
+    // One replica failing stops the other (SIGTERM on its node) and fails the job with its exit code.
+    // Replica 1 fails once replica 0 is up and waiting.
+    let up = dir.join("gang-replica-0-up");
+    let script = format!(
+        "if [ \"$MERIDIAN_REPLICA\" = 1 ]; then \
+           while [ ! -f {up} ]; do sleep 0.1; done; exit 5; \
+         fi; \
+         trap 'echo got TERM; exit 143' TERM; touch {up}; sleep 120 & wait",
+        up = up.display()
+    );
+    let failing = run(
+        cluster,
+        &["--replicas", "2", "--region", "eu", "--cpu", &cpu],
+        &["sh", "-c", &script],
+    );
+    let failed = wait_state(cluster, &failing, "a gang to fail", &["failed"]);
+    assert_eq!(failed["exit_code"], 5, "{failed}");
+    let outcomes: Vec<&str> = failed["attempts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| a["outcome"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(outcomes, ["stopped", "failed"], "{failed}");
+    wait_for("the stopped replica to get SIGTERM", JOB_DEADLINE, || {
+        let out = cluster.cli_raw(1, &["job", "logs", "--replica", "0", &failing]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains("got TERM")
+            .then_some(())
+    });
+
+    // A gang that cannot be placed whole waits whole, with the reason.
+    let too_big = run(
+        cluster,
+        &["--replicas", "3", "--region", "eu", "--cpu", &cpu],
+        &["true"],
+    );
+    let pending = wait_for("a gang's pending reason", JOB_DEADLINE, || {
+        let job = status(cluster, &too_big)?;
+        job["pending_reason"].as_str().map(|_| job.clone())
+    });
+    assert_eq!(pending["state"], "pending", "{pending}");
+    assert!(attempts(&pending).is_empty(), "{pending}");
+    let reason = pending["pending_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("gang of 3"), "{reason}");
+    cluster
+        .cli_on(1, &["job", "cancel", &too_big])
+        .expect("cancel");
 }

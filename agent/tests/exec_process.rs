@@ -6,7 +6,7 @@ mod exec_common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agent::exec::{follow_logs, read_logs, ExecError, LogOptions, LogStream};
+use agent::exec::{follow_logs, read_logs, ExecError, LogOptions, LogStream, Replica};
 use exec_common::{alive, eventually, field, read_all, rlimit_launcher, shell_spec, touch};
 use futures::StreamExt;
 
@@ -21,6 +21,9 @@ echo "cuda=[${CUDA_VISIBLE_DEVICES-unset}]"
 echo "nvidia=[${NVIDIA_VISIBLE_DEVICES-unset}]"
 echo "job=$MERIDIAN_JOB_ID"
 echo "attempt=$MERIDIAN_ATTEMPT"
+echo "replica=$MERIDIAN_REPLICA"
+echo "replicas=$MERIDIAN_REPLICAS"
+echo "hosts=[$MERIDIAN_REPLICA_HOSTS]"
 echo "custom=$CUSTOM"
 echo "manifest=${CARGO_MANIFEST_DIR-unset}"
 echo "to stderr" >&2
@@ -50,7 +53,7 @@ async fn a_job_runs_in_its_own_session_and_directory_with_pinned_gpus() {
     // The command is the wrapper's child, in the wrapper's session and process group.
     assert_eq!(field(&out, "pgrp"), Some(pid.as_str()), "{out}");
     assert_eq!(field(&out, "sid"), Some(pid.as_str()), "{out}");
-    let work = launcher.state_dir(&spec.job_id, 3).join("work");
+    let work = launcher.state_dir(&spec.job_id, 3, 0).join("work");
     assert_eq!(field(&out, "cwd"), Some(work.to_str().expect("utf-8 path")));
     let pinned =
         "[GPU-8f6c1f4e-0000-1111-2222-333344445555,GPU-1a2b3c4d-6666-7777-8888-999900001111]";
@@ -58,10 +61,64 @@ async fn a_job_runs_in_its_own_session_and_directory_with_pinned_gpus() {
     assert_eq!(field(&out, "nvidia"), Some(pinned));
     assert_eq!(field(&out, "job"), Some(spec.job_id.as_str()));
     assert_eq!(field(&out, "attempt"), Some("3"));
+    // Not a gang: replica 0 of 1, no hosts.
+    assert_eq!(field(&out, "replica"), Some("0"));
+    assert_eq!(field(&out, "replicas"), Some("1"));
+    assert_eq!(field(&out, "hosts"), Some("[]"));
     assert_eq!(field(&out, "custom"), Some("value with spaces"));
     // Nothing of the agent's environment beyond the allowed base reaches the job.
     assert_eq!(field(&out, "manifest"), Some("unset"));
     assert_eq!(read_all(&spec.log.dir, LogStream::Stderr), "to stderr\n");
+}
+
+#[tokio::test]
+async fn two_replicas_of_one_attempt_are_separate_processes_in_separate_directories() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let launcher = rlimit_launcher(tmp.path());
+    let go = tmp.path().join("go");
+    let script = format!(
+        "{IDENTITY_SCRIPT}\nwhile [ ! -e '{}' ]; do sleep 0.02; done",
+        go.display()
+    );
+    let first = shell_spec(tmp.path(), "pair", &script);
+    let mut second = first.clone();
+    second.log = LogOptions::new(tmp.path().join("logs").join("pair-replica-1"));
+    let hosts = vec!["10.0.0.1".to_string(), "10.0.0.1".to_string()];
+    let place = |index| Replica {
+        index,
+        count: 2,
+        hosts: hosts.clone(),
+    };
+    let zero = launcher
+        .launch_replica(&first, &place(0))
+        .expect("launch 0");
+    let one = launcher
+        .launch_replica(&second, &place(1))
+        .expect("launch 1");
+    assert_ne!(zero.pgid(), one.pgid());
+    assert_eq!((zero.handle().replica, one.handle().replica), (0, 1));
+    assert_ne!(zero.handle().state_dir, one.handle().state_dir);
+    for (job, spec, index) in [(&zero, &first, 0), (&one, &second, 1)] {
+        eventually("the replica's output", || {
+            read_all(&spec.log.dir, LogStream::Stdout).contains("custom=")
+        })
+        .await;
+        let out = read_all(&spec.log.dir, LogStream::Stdout);
+        let pid = job.pid().to_string();
+        assert_eq!(field(&out, "sid"), Some(pid.as_str()), "{out}");
+        assert_eq!(field(&out, "replica"), Some(index.to_string().as_str()));
+        assert_eq!(field(&out, "replicas"), Some("2"));
+        assert_eq!(field(&out, "hosts"), Some("[10.0.0.1,10.0.0.1]"));
+        let work = launcher.state_dir(&first.job_id, 1, index).join("work");
+        assert_eq!(field(&out, "cwd"), Some(work.to_str().expect("utf-8 path")));
+    }
+    // Cancelling one replica leaves the other running.
+    let cancelled = one.cancel(Duration::from_millis(500)).await;
+    assert!(cancelled.cancelled);
+    assert!(zero.try_report().is_none());
+    assert!(alive(zero.pid()));
+    touch(&go);
+    assert!(zero.wait().await.succeeded());
 }
 
 #[tokio::test]
@@ -146,6 +203,18 @@ async fn bad_specs_and_missing_commands_are_refused_before_anything_runs() {
         launcher.launch(&spec),
         Err(ExecError::InvalidSpec(_))
     ));
+    // A replica outside its gang runs nothing.
+    let spec = shell_spec(tmp.path(), "badreplica", "true");
+    let outside = Replica {
+        index: 2,
+        count: 2,
+        hosts: vec![],
+    };
+    assert!(matches!(
+        launcher.launch_replica(&spec, &outside),
+        Err(ExecError::InvalidSpec(_))
+    ));
+    assert!(!launcher.state_dir(&spec.job_id, 1, 2).exists());
 }
 
 #[test]

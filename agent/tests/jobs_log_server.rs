@@ -1,13 +1,13 @@
 //! The agent's log server end to end over real QUIC with mutual TLS: a coordinator reads a real attempt's
-//! output by logical offset; unknown attempts and bad stream names are refused; an agent identity may
-//! not read logs at all.
+//! output by logical offset, each replica of an attempt its own; unknown attempts and replicas and bad
+//! stream names are refused; an agent identity may not read logs at all.
 
 mod exec_common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent::exec::LogStream;
+use agent::exec::{LogOptions, LogStream, Replica};
 use agent::jobs::{Assignment, AttemptPhase, AttemptRecord, JobStore, LogService};
 use exec_common::{read_all, rlimit_launcher, shell_spec, DEADLINE};
 use protocol::pb;
@@ -36,6 +36,9 @@ fn assignment_for(job_id: &str) -> Assignment {
     Assignment {
         job_id: job_id.into(),
         attempt: 1,
+        replica: 0,
+        replicas: 0,
+        replica_hosts: vec![],
         project_id: "p".into(),
         command: "sh".into(),
         args: vec![],
@@ -65,6 +68,14 @@ fn read_request(
         stream: stream.into(),
         offset,
         max_bytes: max,
+        replica: 0,
+    }
+}
+
+fn replica_request(job_id: &str, replica: u32, stream: &str) -> pb::ReadLogsRequest {
+    pb::ReadLogsRequest {
+        replica,
+        ..read_request(job_id, 1, stream, 0, 0)
     }
 }
 
@@ -102,6 +113,36 @@ async fn a_coordinator_reads_an_attempts_output_and_an_agent_is_refused() {
     assert_eq!(report.exit_code, Some(0));
     let expected: String = (0..200).map(|i| format!("line-{i}\n")).collect();
     assert_eq!(read_all(&spec.log.dir, LogStream::Stdout), expected);
+    // Replica 1 of the same attempt on this node: its own process, its own output.
+    let mut sibling_spec = shell_spec(
+        tmp.path(),
+        "logs",
+        "echo replica-$MERIDIAN_REPLICA-of-$MERIDIAN_REPLICAS; echo sibling-err >&2",
+    );
+    sibling_spec.job_id = spec.job_id.clone();
+    sibling_spec.log = LogOptions::new(tmp.path().join("logs").join("sibling"));
+    let mut sibling = AttemptRecord::launching(Assignment {
+        replica: 1,
+        replicas: 2,
+        ..assignment_for(&spec.job_id)
+    });
+    assert!(store.begin_launch(&sibling).expect("begin replica 1"));
+    let sibling_job = launcher
+        .launch_replica(
+            &sibling_spec,
+            &Replica {
+                index: 1,
+                count: 2,
+                hosts: vec![],
+            },
+        )
+        .expect("launch replica 1");
+    sibling.phase = AttemptPhase::Running;
+    sibling.handle = Some(sibling_job.handle().clone());
+    store.save(&sibling).expect("save");
+    tokio::time::timeout(DEADLINE, sibling_job.wait())
+        .await
+        .expect("replica 1 ends");
     // An attempt that never started has a record but no output.
     let never = AttemptRecord::launching(assignment_for("never-started"));
     store.begin_launch(&never).expect("begin");
@@ -183,6 +224,49 @@ async fn a_coordinator_reads_an_attempts_output_and_an_agent_is_refused() {
         .await
         .expect("read a never-started attempt");
     assert!(empty.data.is_empty());
+
+    // Each replica's output is read by its replica number.
+    let ones: pb::ReadLogsResponse = coordinator
+        .call_message(
+            &addr,
+            Method::AgentReadLogs,
+            &replica_request(&spec.job_id, 1, "stdout"),
+            CALL,
+        )
+        .await
+        .expect("read replica 1");
+    assert_eq!(ones.data, b"replica-1-of-2\n".to_vec());
+    let ones_err: pb::ReadLogsResponse = coordinator
+        .call_message(
+            &addr,
+            Method::AgentReadLogs,
+            &replica_request(&spec.job_id, 1, "stderr"),
+            CALL,
+        )
+        .await
+        .expect("read replica 1 stderr");
+    assert_eq!(ones_err.data, b"sibling-err\n".to_vec());
+    let zeros: pb::ReadLogsResponse = coordinator
+        .call_message(
+            &addr,
+            Method::AgentReadLogs,
+            &replica_request(&spec.job_id, 0, "stdout"),
+            CALL,
+        )
+        .await
+        .expect("read replica 0");
+    assert_eq!(zeros.data, expected.as_bytes().to_vec());
+    let code = remote_code(
+        coordinator
+            .call_message(
+                &addr,
+                Method::AgentReadLogs,
+                &replica_request(&spec.job_id, 2, "stdout"),
+                CALL,
+            )
+            .await,
+    );
+    assert_eq!(code, StatusCode::NotFound, "replica 2 never ran here");
 
     // Unknown attempts, including anything shaped like a path, are not found.
     for (job, attempt) in [

@@ -7,12 +7,15 @@ use agent::exec::ExitReport;
 use agent::jobs::reconcile::{
     exit_summary, next_timeout, reconcile, Action, LocalAttempt, LocalState,
 };
-use agent::jobs::{Assignment, StopReason};
+use agent::jobs::{Assignment, AttemptKey, StopReason};
 
 fn assignment(job: &str, attempt: u32) -> Assignment {
     Assignment {
         job_id: job.into(),
         attempt,
+        replica: 0,
+        replicas: 0,
+        replica_hosts: vec![],
         project_id: "p".into(),
         command: "true".into(),
         args: vec![],
@@ -37,10 +40,22 @@ fn cancelled(job: &str, attempt: u32, grace_ms: u64) -> Assignment {
     }
 }
 
+/// Replica `replica` of a gang of `replicas`.
+fn replica(job: &str, attempt: u32, replica: u32, replicas: u32) -> Assignment {
+    Assignment {
+        replica,
+        replicas,
+        ..assignment(job, attempt)
+    }
+}
+
 fn running(job: &str, attempt: u32) -> LocalAttempt {
+    running_replica(job, attempt, 0)
+}
+
+fn running_replica(job: &str, attempt: u32, replica: u32) -> LocalAttempt {
     LocalAttempt {
-        job_id: job.into(),
-        attempt,
+        key: AttemptKey::new(job, attempt, replica),
         state: LocalState::Running {
             started_unix_ms: 1_000,
             timeout_ms: 0,
@@ -74,16 +89,24 @@ fn stopping(mut local: LocalAttempt, reason: StopReason) -> LocalAttempt {
 
 fn finished(job: &str, attempt: u32, final_reported: bool) -> LocalAttempt {
     LocalAttempt {
-        job_id: job.into(),
-        attempt,
+        key: AttemptKey::new(job, attempt, 0),
         state: LocalState::Finished { final_reported },
     }
 }
 
 fn stop(job: &str, attempt: u32, reason: StopReason, grace_ms: u64) -> Action {
+    stop_replica(job, attempt, 0, reason, grace_ms)
+}
+
+fn stop_replica(
+    job: &str,
+    attempt: u32,
+    replica: u32,
+    reason: StopReason,
+    grace_ms: u64,
+) -> Action {
     Action::Stop {
-        job_id: job.into(),
-        attempt,
+        key: AttemptKey::new(job, attempt, replica),
         reason,
         grace: Duration::from_millis(grace_ms),
     }
@@ -128,6 +151,117 @@ fn an_attempt_listed_twice_is_launched_once() {
         reconcile(&[], Some(&assigned), NOW),
         vec![Action::Launch(assignment("a", 1))]
     );
+}
+
+#[test]
+fn a_replica_is_launched_while_its_sibling_of_the_same_attempt_runs() {
+    let assigned = [
+        replica("g", 1, 0, 3),
+        replica("g", 1, 1, 3),
+        replica("g", 1, 2, 3),
+    ];
+    let local = [running_replica("g", 1, 0)];
+    assert_eq!(
+        reconcile(&local, Some(&assigned), NOW),
+        vec![
+            Action::Launch(replica("g", 1, 1, 3)),
+            Action::Launch(replica("g", 1, 2, 3))
+        ]
+    );
+    // A replica listed twice counts once; its siblings are not duplicates of it.
+    let twice = [
+        replica("g", 1, 1, 2),
+        replica("g", 1, 1, 2),
+        replica("g", 1, 0, 2),
+    ];
+    assert_eq!(
+        reconcile(&[], Some(&twice), NOW),
+        vec![
+            Action::Launch(replica("g", 1, 1, 2)),
+            Action::Launch(replica("g", 1, 0, 2))
+        ]
+    );
+    // A finished replica is never launched again, and does not hold back its sibling.
+    let local = [LocalAttempt {
+        key: AttemptKey::new("g", 1, 1),
+        state: LocalState::Finished {
+            final_reported: true,
+        },
+    }];
+    let assigned = [replica("g", 1, 0, 2), replica("g", 1, 1, 2)];
+    assert_eq!(
+        reconcile(&local, Some(&assigned), NOW),
+        vec![Action::Launch(replica("g", 1, 0, 2))]
+    );
+}
+
+#[test]
+fn only_the_replica_no_longer_assigned_or_cancelled_or_due_is_stopped() {
+    let local = [
+        running_replica("g", 1, 0),
+        running_replica("g", 1, 1),
+        with_timeout(running_replica("g", 1, 2), 5_000),
+    ];
+    // Replica 1 moved away; 0 stays; 2 is still assigned but past its timeout.
+    let assigned = [replica("g", 1, 0, 3), replica("g", 1, 2, 3)];
+    assert_eq!(
+        reconcile(&local, Some(&assigned), NOW),
+        vec![
+            stop_replica("g", 1, 1, StopReason::Unassigned, 3_000),
+            stop_replica("g", 1, 2, StopReason::TimedOut, 3_000),
+        ]
+    );
+    // A cancel names each replica it applies to.
+    let assigned = [
+        replica("g", 1, 0, 3),
+        Assignment {
+            cancel: true,
+            cancel_grace_ms: 400,
+            ..replica("g", 1, 1, 3)
+        },
+        replica("g", 1, 2, 3),
+    ];
+    let local = [running_replica("g", 1, 0), running_replica("g", 1, 1)];
+    assert_eq!(
+        reconcile(&local, Some(&assigned), NOW),
+        vec![
+            stop_replica("g", 1, 1, StopReason::Cancelled, 400),
+            Action::Launch(replica("g", 1, 2, 3)),
+        ]
+    );
+    // A stale replica's end is reported only for that replica.
+    let local = [
+        LocalAttempt {
+            key: AttemptKey::new("g", 1, 1),
+            state: LocalState::Finished {
+                final_reported: false,
+            },
+        },
+        running_replica("g", 1, 0),
+    ];
+    assert_eq!(
+        reconcile(
+            &local,
+            Some(&[replica("g", 1, 0, 2), replica("g", 1, 1, 2)]),
+            NOW
+        ),
+        vec![Action::ReportEnd {
+            key: AttemptKey::new("g", 1, 1)
+        }]
+    );
+}
+
+#[test]
+fn the_next_timeout_counts_each_replica_on_its_own() {
+    let local = [
+        with_timeout(running_replica("g", 1, 0), 9_000),
+        stopping(
+            with_timeout(running_replica("g", 1, 1), 1),
+            StopReason::TimedOut,
+        ),
+        with_timeout(running_replica("g", 1, 2), 2_000),
+    ];
+    assert_eq!(next_timeout(&local), Some(3_000));
 }
 
 #[test]
@@ -229,16 +363,14 @@ fn a_stale_stopped_attempt_assigned_again_gets_its_end_reported_once() {
     assert_eq!(
         reconcile(&local, Some(&[assignment("a", 1)]), NOW),
         vec![Action::ReportEnd {
-            job_id: "a".into(),
-            attempt: 1
+            key: AttemptKey::new("a", 1, 0)
         }]
     );
     // Also when the assignment now says cancel: it is over either way, and never launched again.
     assert_eq!(
         reconcile(&local, Some(&[cancelled("a", 1, 1)]), NOW),
         vec![Action::ReportEnd {
-            job_id: "a".into(),
-            attempt: 1
+            key: AttemptKey::new("a", 1, 0)
         }]
     );
     // Not assigned: nothing to say.

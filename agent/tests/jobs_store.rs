@@ -1,17 +1,23 @@
 //! The agent's local database on real disk: attempt records round-trip, the report queue keeps its
-//! order and survives a reopen, an attempt is recorded only once, and `held` names exactly the attempts
-//! the coordinator must not mark lost.
+//! order and survives a reopen, an attempt is recorded only once, replicas of one attempt are separate
+//! records in (job, attempt, replica) order, a database written before replicas existed still loads,
+//! and `held` names exactly the attempts (with their replicas) the coordinator must not mark lost.
 
 use std::path::PathBuf;
 
 use agent::exec::{LogOptions, ProcessHandle};
-use agent::jobs::{Assignment, AttemptPhase, AttemptRecord, ExitSummary, JobStore, StopReason};
+use agent::jobs::{
+    Assignment, AttemptKey, AttemptPhase, AttemptRecord, ExitSummary, JobStore, StopReason,
+};
 use protocol::pb;
 
 fn assignment(job: &str, attempt: u32) -> Assignment {
     Assignment {
         job_id: job.into(),
         attempt,
+        replica: 0,
+        replicas: 0,
+        replica_hosts: vec![],
         project_id: "proj".into(),
         command: "python".into(),
         args: vec!["train.py".into(), "--epochs=3".into()],
@@ -32,6 +38,7 @@ fn handle(job: &str, attempt: u32) -> ProcessHandle {
     ProcessHandle {
         job_id: job.into(),
         attempt,
+        replica: 0,
         pid: 4242,
         pgid: 4242,
         start_time: 987_654,
@@ -46,6 +53,7 @@ fn event(job: &str, attempt: u32, kind: pb::job_event::Kind) -> pb::JobEvent {
     pb::JobEvent {
         job_id: job.into(),
         attempt,
+        replica: 0,
         at_ms: 1_700_000_000_123,
         kind: Some(kind),
     }
@@ -69,6 +77,20 @@ fn exited(job: &str, attempt: u32, code: i32) -> pb::JobEvent {
             ..Default::default()
         }),
     )
+}
+
+fn key(job: &str, attempt: u32) -> AttemptKey {
+    AttemptKey::new(job, attempt, 0)
+}
+
+/// Replica `index` of a gang of three.
+fn replica(job: &str, attempt: u32, index: u32) -> Assignment {
+    Assignment {
+        replica: index,
+        replicas: 3,
+        replica_hosts: vec!["h0".into(), "h1".into(), "h2".into()],
+        ..assignment(job, attempt)
+    }
 }
 
 fn held_pairs(store: &JobStore) -> Vec<(String, u32)> {
@@ -104,11 +126,11 @@ fn attempt_records_round_trip_through_disk() {
     }
     let store = JobStore::open(dir.path()).expect("reopen");
     assert_eq!(
-        store.attempt("job_a", 2).expect("read"),
+        store.attempt(&key("job_a", 2)).expect("read"),
         Some(record.clone())
     );
-    assert_eq!(store.attempt("job_a", 1).expect("read"), None);
-    assert_eq!(store.attempt("job_", 2).expect("read"), None);
+    assert_eq!(store.attempt(&key("job_a", 1)).expect("read"), None);
+    assert_eq!(store.attempt(&key("job_", 2)).expect("read"), None);
     assert_eq!(store.attempts().expect("all"), vec![record.clone()]);
     assert_eq!(
         record.log_dir(),
@@ -216,7 +238,7 @@ fn an_end_and_its_report_are_written_together() {
             .expect("ended");
     }
     let store = JobStore::open(dir.path()).expect("reopen");
-    assert_eq!(store.attempt("job_a", 1).expect("read"), Some(record));
+    assert_eq!(store.attempt(&key("job_a", 1)).expect("read"), Some(record));
     let queued: Vec<pb::JobEvent> = store
         .pending_events(10)
         .expect("queue")
@@ -288,11 +310,167 @@ fn a_garbage_record_is_an_error_not_a_panic() {
         db.flush().expect("flush");
     }
     let store = JobStore::open(dir.path()).expect("open");
-    assert!(store.attempt("job", 1).is_err());
+    assert!(store.attempt(&key("job", 1)).is_err());
     assert!(store.attempts().is_err());
     assert!(store.pending_events(10).is_err());
     assert!(store.held().is_err());
     // The queue still numbers new events after the garbage one.
     let seq = store.queue_event(&started("x", 1)).expect("queue");
     assert!(seq > 7);
+}
+
+#[test]
+fn replicas_of_one_attempt_are_separate_records_in_replica_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = JobStore::open(dir.path()).expect("open");
+        // Inserted out of order, with neighbours that share prefixes of the job id and attempt.
+        for (job, attempt, index) in [
+            ("g", 1, 256),
+            ("g", 1, 1),
+            ("g", 2, 0),
+            ("g", 1, 0),
+            ("g-b", 1, 0),
+            ("g", 1, 2),
+            ("f", 1, 1),
+        ] {
+            let record = AttemptRecord::launching(replica(job, attempt, index));
+            assert!(
+                store.begin_launch(&record).expect("begin"),
+                "{job} {attempt} {index}"
+            );
+        }
+        // Each replica is its own guard: a sibling does not stand in for it, nor it for a sibling.
+        assert!(!store
+            .begin_launch(&AttemptRecord::launching(replica("g", 1, 1)))
+            .expect("again"));
+    }
+    let store = JobStore::open(dir.path()).expect("reopen");
+    let order: Vec<AttemptKey> = store
+        .attempts()
+        .expect("all")
+        .iter()
+        .map(AttemptRecord::key)
+        .collect();
+    let expected = [
+        ("f", 1, 1),
+        ("g", 1, 0),
+        ("g", 1, 1),
+        ("g", 1, 2),
+        ("g", 1, 256),
+        ("g", 2, 0),
+        ("g-b", 1, 0),
+    ]
+    .map(|(job, attempt, index)| AttemptKey::new(job, attempt, index));
+    assert_eq!(order, expected);
+    let one = store
+        .attempt(&AttemptKey::new("g", 1, 1))
+        .expect("read")
+        .expect("replica 1");
+    assert_eq!((one.replica(), one.assignment.replicas), (1, 3));
+    assert_eq!(one.assignment.replica_hosts, vec!["h0", "h1", "h2"]);
+    assert_eq!(
+        store.attempt(&AttemptKey::new("g", 1, 3)).expect("read"),
+        None
+    );
+    // Saving one replica leaves its siblings as they were.
+    let mut running = one.clone();
+    running.phase = AttemptPhase::Running;
+    store.save(&running).expect("save");
+    let zero = store
+        .attempt(&AttemptKey::new("g", 1, 0))
+        .expect("read")
+        .expect("replica 0");
+    assert_eq!(zero.phase, AttemptPhase::Launching);
+    assert_eq!(zero.replica(), 0);
+}
+
+#[test]
+fn a_record_written_before_replicas_existed_loads_as_replica_0() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut record = AttemptRecord::launching(assignment("old", 3));
+    record.phase = AttemptPhase::Running;
+    record.handle = Some(handle("old", 3));
+    {
+        // The earlier format: key `job NUL attempt_be`, and no replica fields in the JSON.
+        let mut json = serde_json::to_value(&record).expect("json");
+        for field in ["assignment", "handle"] {
+            let map = json[field].as_object_mut().expect("object");
+            map.remove("replica");
+            map.remove("replicas");
+            map.remove("replica_hosts");
+        }
+        let db = sled::open(dir.path().join("agent.db")).expect("raw open");
+        let tree = db.open_tree("attempts").expect("tree");
+        let mut key = b"old".to_vec();
+        key.push(0);
+        key.extend_from_slice(&3u32.to_be_bytes());
+        tree.insert(key, serde_json::to_vec(&json).expect("encode"))
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+    let store = JobStore::open(dir.path()).expect("open");
+    assert_eq!(
+        store.attempt(&key("old", 3)).expect("read"),
+        Some(record.clone())
+    );
+    assert_eq!(store.attempts().expect("all"), vec![record.clone()]);
+    // It still guards against a second launch, and is held as replica 0.
+    assert!(!store
+        .begin_launch(&AttemptRecord::launching(assignment("old", 3)))
+        .expect("begin"));
+    let held = store.held().expect("held");
+    assert_eq!(
+        held,
+        vec![pb::HeldAttempt {
+            job_id: "old".into(),
+            attempt: 3,
+            replica: 0
+        }]
+    );
+    // A new replica of that attempt is a new record beside it.
+    assert!(store
+        .begin_launch(&AttemptRecord::launching(replica("old", 3, 1)))
+        .expect("begin replica 1"));
+    assert_eq!(store.attempts().expect("all").len(), 2);
+}
+
+#[test]
+fn held_attempts_carry_their_replica() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = JobStore::open(dir.path()).expect("open");
+    for index in [2, 0] {
+        let mut record = AttemptRecord::launching(replica("g", 1, index));
+        record.phase = AttemptPhase::Running;
+        store.save(&record).expect("save");
+    }
+    let mut done = AttemptRecord::launching(replica("g", 1, 1));
+    done.phase = AttemptPhase::Finished;
+    done.final_reported = true;
+    let final_event = pb::JobEvent {
+        replica: 1,
+        ..exited("g", 1, 0)
+    };
+    store.save_with_event(&done, &final_event).expect("save");
+    // Replica 1 of attempt 2 has only a final report left (its record is finished too).
+    let later = pb::JobEvent {
+        replica: 1,
+        ..exited("g", 2, 0)
+    };
+    store.queue_event(&later).expect("queue");
+    let held: Vec<(String, u32, u32)> = store
+        .held()
+        .expect("held")
+        .into_iter()
+        .map(|h| (h.job_id, h.attempt, h.replica))
+        .collect();
+    assert_eq!(
+        held,
+        vec![
+            ("g".to_string(), 1, 0),
+            ("g".to_string(), 1, 1),
+            ("g".to_string(), 1, 2),
+            ("g".to_string(), 2, 1),
+        ]
+    );
 }

@@ -16,7 +16,9 @@ use crate::node::WeakHandle;
 use crate::scheduler::{
     Allocation, JobRequest, Locality, NodeHealth, NodeView, PlacementDecision, Resources, Scheduler,
 };
-use crate::state::{Actor, Command, JobRecord, NodeHealthState, Op, PlacementOp, RegistryState};
+use crate::state::{
+    Actor, Command, JobRecord, NodeHealthState, Op, PlacementOp, RegistryState, ReplicaPlacement,
+};
 
 /// Most placements proposed in one command; the rest wait for the next pass.
 pub(crate) const MAX_PLACEMENTS_PER_PASS: usize = 2_000;
@@ -50,17 +52,19 @@ fn node_view(node: &crate::state::NodeRecord) -> NodeView {
     }
 }
 
-/// The resources a scheduled or running job holds.
-fn allocation(job: &JobRecord) -> Option<Allocation> {
-    let attempt = job.current_attempt()?;
-    Some(Allocation {
-        job_id: job.id.clone(),
-        node_id: attempt.node.clone(),
-        resources: attempt.resources,
-        gpu_uuids: attempt.gpu_uuids.clone(),
-        priority: job.spec.priority,
-        preemptible: job.spec.preemptible,
-    })
+/// The resources a scheduled or running job holds: one allocation per replica that has not finished.
+fn allocations(job: &JobRecord) -> impl Iterator<Item = Allocation> + '_ {
+    job.current_replicas()
+        .iter()
+        .filter(|a| a.outcome.is_none())
+        .map(|attempt| Allocation {
+            job_id: job.id.clone(),
+            node_id: attempt.node.clone(),
+            resources: attempt.resources,
+            gpu_uuids: attempt.gpu_uuids.clone(),
+            priority: job.spec.priority,
+            preemptible: job.spec.preemptible,
+        })
 }
 
 /// What the scheduler is asked for a pending job. A job that lost its node prefers that node's region
@@ -78,7 +82,7 @@ fn request(job: &JobRecord) -> JobRequest {
         priority: spec.priority,
         resources: spec.resources.clone(),
         constraints: spec.constraints.clone(),
-        replicas: 1,
+        replicas: spec.replicas,
         preemption: spec.preemption,
         preemptible: spec.preemptible,
         data_locality,
@@ -100,7 +104,7 @@ pub(crate) fn plan(state: &RegistryState) -> Vec<PlacementOp> {
     let active: HashMap<&str, &JobRecord> =
         state.active_jobs().map(|j| (j.id.as_str(), j)).collect();
     let nodes = state.nodes().map(node_view);
-    let allocations = active.values().filter_map(|j| allocation(j));
+    let allocations = active.values().flat_map(|j| allocations(j));
     let mut scheduler = match Scheduler::new(nodes, allocations) {
         Ok(s) => s,
         Err(e) => {
@@ -124,11 +128,19 @@ pub(crate) fn plan(state: &RegistryState) -> Vec<PlacementOp> {
                 if placed >= MAX_PLACEMENTS_PER_PASS {
                     continue;
                 }
-                let Some(assignment) = assignments.into_iter().next() else {
-                    continue;
-                };
-                let Some(lease_epoch) = state.node(&assignment.node_id).map(|n| n.lease_epoch)
-                else {
+                let replicas: Option<Vec<ReplicaPlacement>> = assignments
+                    .into_iter()
+                    .map(|a| {
+                        let lease_epoch = state.node(&a.node_id)?.lease_epoch;
+                        Some(ReplicaPlacement {
+                            node: a.node_id,
+                            lease_epoch,
+                            gpu_uuids: a.gpu_uuids,
+                            resources: a.resources,
+                        })
+                    })
+                    .collect();
+                let Some(replicas) = replicas.filter(|r| !r.is_empty()) else {
                     continue;
                 };
                 for victim in preempted {
@@ -146,13 +158,8 @@ pub(crate) fn plan(state: &RegistryState) -> Vec<PlacementOp> {
                 }
                 ops.push(PlacementOp::Place {
                     job_id: job.id.clone(),
-                    attempt: u32::try_from(job.attempts.len())
-                        .unwrap_or(u32::MAX)
-                        .saturating_add(1),
-                    node: assignment.node_id,
-                    lease_epoch,
-                    gpu_uuids: assignment.gpu_uuids,
-                    resources: assignment.resources,
+                    attempt: job.next_attempt(),
+                    replicas,
                 });
                 placed += 1;
             }
@@ -381,5 +388,37 @@ mod tests {
             second.region, first.region,
             "rescheduled in its region first"
         );
+    }
+
+    #[test]
+    fn a_gang_is_placed_in_one_item_and_its_replicas_hold_capacity() {
+        let mut s = fleet();
+        // Three replicas of 3 of 4 cores: one per node, or nothing.
+        let mut gang = JobSpec::new("train");
+        gang.resources.cpu_millis = 3_000;
+        gang.replicas = 3;
+        submit(&mut s, "job_gang", gang.clone());
+        let ops = run_pass(&mut s);
+        let [PlacementOp::Place {
+            job_id, replicas, ..
+        }] = ops.as_slice()
+        else {
+            panic!("one placement expected: {ops:?}");
+        };
+        assert_eq!(job_id, "job_gang");
+        let mut nodes: Vec<&str> = replicas.iter().map(|r| r.node.as_str()).collect();
+        nodes.sort_unstable();
+        assert_eq!(nodes, ["eu/eu1/eu-a1", "eu/eu1/eu-a2", "us/us1/us-a1"]);
+        let job = s.job(PROJECT, "job_gang").expect("job");
+        assert_eq!(job.current_replicas().len(), 3);
+
+        // Its replicas hold their cores: a second gang waits, whole.
+        submit(&mut s, "job_gang2", gang);
+        run_pass(&mut s);
+        let waiting = s.job(PROJECT, "job_gang2").expect("job");
+        assert_eq!(waiting.state, JobState::Pending);
+        assert!(waiting.attempts.is_empty());
+        let reason = waiting.pending_reason.clone().expect("a reason");
+        assert!(reason.contains("gang of 3"), "{reason}");
     }
 }

@@ -21,7 +21,7 @@ use crate::crypto::{self, MasterKeyring};
 use crate::node::{Handle, WeakHandle, WriteError};
 use crate::scheduler::GpuDevice;
 use crate::state::{
-    node_key, secret_binds_job, Actor, AuditOutcome, Command, DomainError, HeldAttempt,
+    node_key, secret_binds_job, Actor, Attempt, AuditOutcome, Command, DomainError, HeldAttempt,
     JobEventKind, JobEventOp, JobRecord, NodeHealthState, NodeRecord, Op, Outcome, RegistryState,
 };
 
@@ -250,18 +250,18 @@ impl Fleet {
             let applied = handle.log_status().applied_index;
             let keyring = self.keyring.as_deref();
             let (version, assignments) = handle.read(|s| {
-                let (version, jobs) = s.node_assignments(&key);
-                let assignments = jobs
+                let (version, replicas) = s.node_assignments(&key);
+                let assignments = replicas
                     .into_iter()
-                    .filter_map(|job| {
-                        let mut a = assignment(job)?;
+                    .map(|(job, replica)| {
+                        let mut a = assignment(s, job, replica);
                         if !job.spec.secrets.is_empty() && !a.cancel {
                             match open_job_secrets(s, job, keyring) {
                                 Ok(values) => a.secret_env = values,
                                 Err(message) => a.launch_error = message,
                             }
                         }
-                        Some(a)
+                        a
                     })
                     .collect::<Vec<_>>();
                 (version, assignments)
@@ -416,6 +416,7 @@ fn registration_op(req: pb::NodeRegistration) -> Result<Op, RpcStatus> {
             .map(|h| HeldAttempt {
                 job_id: h.job_id,
                 attempt: h.attempt,
+                replica: h.replica,
             })
             .collect(),
         os: req.os,
@@ -476,13 +477,31 @@ fn open_job_secrets(
     Ok(values)
 }
 
-/// The wire form of a job's current attempt, as its node should run it.
-fn assignment(job: &JobRecord) -> Option<pb::JobAssignment> {
-    let attempt = job.current_attempt()?;
+/// The wire form of one replica of a job's current attempt, as its node should run it.
+fn assignment(state: &RegistryState, job: &JobRecord, attempt: &Attempt) -> pb::JobAssignment {
     let spec = &job.spec;
-    Some(pb::JobAssignment {
+    // Every replica's host, or none at all when one of them is unknown (an agent without an address).
+    let replica_hosts: Vec<String> = job
+        .current_replicas()
+        .iter()
+        .map(|r| {
+            state
+                .node(&r.node)
+                .map(|n| addr_host(&n.rpc_addr).to_owned())
+                .unwrap_or_default()
+        })
+        .collect();
+    let replica_hosts = if replica_hosts.iter().any(String::is_empty) {
+        Vec::new()
+    } else {
+        replica_hosts
+    };
+    pb::JobAssignment {
         job_id: job.id.clone(),
         attempt: attempt.attempt,
+        replica: attempt.replica,
+        replicas: spec.replicas,
+        replica_hosts,
         project_id: job.project_id.clone(),
         command: spec.command.clone(),
         args: spec.args.clone(),
@@ -496,7 +515,13 @@ fn assignment(job: &JobRecord) -> Option<pb::JobAssignment> {
         cancel_grace_ms: spec.cancel_grace_secs.saturating_mul(1000),
         secret_env: HashMap::new(),
         launch_error: String::new(),
-    })
+    }
+}
+
+/// The host part of a `host:port` address (`[::1]:7270` → `::1`); empty for an empty address.
+fn addr_host(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// One reported event as the state machine takes it; an event without a kind is refused.
@@ -528,6 +553,7 @@ fn event_op(event: pb::JobEvent) -> Result<JobEventOp, RpcStatus> {
     Ok(JobEventOp {
         job_id: event.job_id,
         attempt: event.attempt,
+        replica: event.replica,
         at_ms: event.at_ms,
         kind,
     })
@@ -636,6 +662,14 @@ pub(crate) async fn run_monitor(fleet: Arc<Fleet>, shutdown: CancellationToken) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replica_hosts_are_the_host_part_of_agent_addresses() {
+        assert_eq!(addr_host("127.0.0.1:7270"), "127.0.0.1");
+        assert_eq!(addr_host("[::1]:7270"), "::1");
+        assert_eq!(addr_host("gpu-17.eu.example:7270"), "gpu-17.eu.example");
+        assert_eq!(addr_host(""), "");
+    }
 
     fn record(key: &str, health: NodeHealthState) -> NodeRecord {
         NodeRecord {

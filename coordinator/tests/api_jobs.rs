@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use coordinator::scheduler::{GpuDevice, Resources};
-use coordinator::state::{Actor, Command, Op, PlacementOp};
+use coordinator::state::{Actor, Command, Op, PlacementOp, ReplicaPlacement};
 use protocol::pb;
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -441,10 +441,12 @@ async fn logs_need_an_attempt_and_a_reachable_agent() -> anyhow::Result<()> {
         placements: vec![PlacementOp::Place {
             job_id: id.clone(),
             attempt: 1,
-            node: key.into(),
-            lease_epoch: 1,
-            gpu_uuids: Vec::new(),
-            resources: Resources::default(),
+            replicas: vec![ReplicaPlacement {
+                node: key.into(),
+                lease_epoch: 1,
+                gpu_uuids: Vec::new(),
+                resources: Resources::default(),
+            }],
         }],
     };
     api.handle

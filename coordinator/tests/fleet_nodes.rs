@@ -359,6 +359,7 @@ async fn jobs_flow_through_sync_and_reports_fenced_by_epoch_and_attempt() -> any
     let event = |attempt: u32, kind: pb::job_event::Kind| pb::JobEvent {
         job_id: "job_one".into(),
         attempt,
+        replica: 0,
         at_ms: 10,
         kind: Some(kind),
     };

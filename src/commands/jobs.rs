@@ -35,8 +35,9 @@ pub async fn run(cmd: JobCommand) -> Result<(), CommandError> {
             follow,
             stderr,
             attempt,
+            replica,
             client,
-        } => logs(&id, follow, stderr, attempt, client)
+        } => logs(&id, follow, stderr, attempt, replica, client)
             .await
             .map_err(Into::into),
         JobCommand::Cancel { id, client } => cancel(&id, client).await.map_err(Into::into),
@@ -69,6 +70,9 @@ fn submission(args: &JobRunArgs) -> Result<Value, ClientError> {
         resources.insert("gpu_model".into(), json!(model));
     }
     body.insert("resources".into(), Value::Object(resources));
+    if let Some(n) = args.replicas {
+        body.insert("replicas".into(), json!(n));
+    }
     let labels: Map<String, Value> = args
         .labels
         .iter()
@@ -156,10 +160,20 @@ fn ending(job: &Value) -> String {
     let id = str_of(job, "id");
     let state = str_of(job, "state");
     let mut text = format!("job {id} {state}");
-    let last = job
+    // The entry that decided the last attempt: for a gang, the replica that ended it rather than one
+    // stopped with it.
+    let attempts = job
         .get("attempts")
         .and_then(Value::as_array)
-        .and_then(|a| a.last());
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let last_no = attempts.last().and_then(|a| a.get("attempt"));
+    let last = attempts
+        .iter()
+        .rev()
+        .filter(|a| a.get("attempt") == last_no)
+        .find(|a| str_of(a, "outcome") != "stopped" && str_of(a, "outcome") != "succeeded")
+        .or_else(|| attempts.last());
     if let Some(a) = last {
         if let Some(code) = a.get("exit_code").and_then(Value::as_i64) {
             text.push_str(&format!(", exit code {code}"));
@@ -281,6 +295,7 @@ async fn status(id: &str, client: ClientArgs) -> Result<(), ClientError> {
         ("region", field(&job, "region")),
         ("cluster", field(&job, "cluster")),
         ("attempts", field(&job, "attempt_count")),
+        ("replicas", field(&job, "replicas")),
         ("pending reason", field(&job, "pending_reason")),
         ("exit code", field(&job, "exit_code")),
         ("cancel requested", field(&job, "cancel_requested")),
@@ -308,7 +323,8 @@ async fn status(id: &str, client: ClientArgs) -> Result<(), ClientError> {
     if !attempts.is_empty() {
         output::line("");
         let headers: Vec<String> = [
-            "ATTEMPT", "NODE", "GPUS", "STARTED", "ENDED", "OUTCOME", "EXIT", "SIGNAL", "DETAIL",
+            "ATTEMPT", "REPLICA", "NODE", "GPUS", "STARTED", "ENDED", "OUTCOME", "EXIT", "SIGNAL",
+            "DETAIL",
         ]
         .iter()
         .map(|h| (*h).to_owned())
@@ -318,6 +334,7 @@ async fn status(id: &str, client: ClientArgs) -> Result<(), ClientError> {
             .map(|a| {
                 vec![
                     field(a, "attempt"),
+                    field(a, "replica"),
                     field(a, "node"),
                     field(a, "gpu_uuids"),
                     output::time(a.get("started_at").unwrap_or(&Value::Null)),
@@ -342,11 +359,15 @@ async fn logs(
     follow: bool,
     stderr: bool,
     attempt: Option<u32>,
+    replica: u32,
     client: ClientArgs,
 ) -> Result<(), ClientError> {
     let api = ApiClient::from_args(&client)?;
     let stream = if stderr { "stderr" } else { "stdout" };
-    let pinned = attempt.map_or_else(String::new, |n| format!("&attempt={n}"));
+    let mut pinned = attempt.map_or_else(String::new, |n| format!("&attempt={n}"));
+    if replica > 0 {
+        pinned.push_str(&format!("&replica={replica}"));
+    }
     let mut current: Option<u64> = None;
     let mut offset: u64 = 0;
     let mut interval = POLL_FIRST;
@@ -524,6 +545,17 @@ mod tests {
         assert_eq!(ending(&job), "job job_1 failed, exit code 3 on eu/eu1/a1");
         let job = json!({"id": "job_2", "state": "cancelled", "attempts": []});
         assert_eq!(ending(&job), "job job_2 cancelled");
+        // A gang: the replica that failed, not the one stopped with it nor the older attempt.
+        let job = json!({"id": "job_3", "state": "failed", "attempts": [
+            {"attempt": 1, "replica": 0, "node": "n0", "outcome": "failed", "exit_code": 9, "detail": "x"},
+            {"attempt": 2, "replica": 0, "node": "n1", "outcome": "failed", "exit_code": 4,
+             "detail": "exited with code 4"},
+            {"attempt": 2, "replica": 1, "node": "n2", "outcome": "stopped",
+             "detail": "stopped with its gang (replica 0 failed: exited with code 4)"}]});
+        assert_eq!(
+            ending(&job),
+            "job job_3 failed, exit code 4 on n1 (exited with code 4)"
+        );
         assert!(is_terminal(&json!({"state": "lost"})));
         assert!(!is_terminal(&json!({"state": "running"})));
     }

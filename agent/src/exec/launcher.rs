@@ -22,7 +22,7 @@ use super::limit_mode::LimitMode;
 use super::log_files::{self, LogStream};
 use super::proc_stat;
 use super::running_job::{Origin, RunningJob};
-use super::{job_cgroup, ExecError, ProcessHandle, ProcessSpec};
+use super::{job_cgroup, ExecError, ProcessHandle, ProcessSpec, Replica};
 
 const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// `PATH` of a job when the agent has none.
@@ -43,11 +43,14 @@ exit \"$s\"
 /// The wrapper's record of the command's status, in the attempt's state directory.
 pub(crate) const EXIT_STATUS_FILE: &str = "exit_status";
 const MAX_JOB_ID_LEN: usize = 128;
+/// Longest host name accepted in a replica's host list (DNS names stop at 253).
+const MAX_HOST_LEN: usize = 253;
 
 /// How to build a [`Launcher`].
 #[derive(Debug, Clone)]
 pub struct LauncherOptions {
-    /// The agent's data directory; attempts live in `<data_dir>/jobs/<job_id>/<attempt>/`.
+    /// The agent's data directory; processes live in `<data_dir>/jobs/<job_id>/<attempt>/` (replica 0)
+    /// or `<data_dir>/jobs/<job_id>/<attempt>-r<replica>/` (the other replicas of a gang job).
     pub data_dir: PathBuf,
     /// Where cgroup hierarchies are mounted; `None` means `/sys/fs/cgroup`.
     pub cgroup_root: Option<PathBuf>,
@@ -81,21 +84,34 @@ impl Launcher {
         &self.mode
     }
 
-    /// The state directory of an attempt.
-    pub fn state_dir(&self, job_id: &str, attempt: u32) -> PathBuf {
+    /// The state directory of one replica of an attempt: `<attempt>` for replica 0 (as for every
+    /// single-replica job), `<attempt>-r<replica>` for the others.
+    pub fn state_dir(&self, job_id: &str, attempt: u32, replica: u32) -> PathBuf {
         self.data_dir
             .join("jobs")
             .join(job_id)
-            .join(attempt.to_string())
+            .join(run_name(&attempt.to_string(), replica))
     }
 
-    /// Starts the attempt. Must be called inside a Tokio runtime: the returned job's supervision and log
-    /// copying run as tasks on it. The process is already limited and in its own session when this
-    /// returns.
+    /// Starts the attempt of a job that is not a gang (replica 0 of 1); see [`Launcher::launch_replica`].
     pub fn launch(&self, spec: &ProcessSpec) -> Result<RunningJob, ExecError> {
-        validate(spec)?;
+        self.launch_replica(spec, &Replica::single())
+    }
+
+    /// Starts one replica of the attempt. Must be called inside a Tokio runtime: the returned job's
+    /// supervision and log copying run as tasks on it. The process is already limited and in its own
+    /// session when this returns. Replicas of one attempt are independent processes: each has its own
+    /// state directory, cgroup and process group (its logs go where its spec's [`LogOptions`] says).
+    ///
+    /// [`LogOptions`]: super::LogOptions
+    pub fn launch_replica(
+        &self,
+        spec: &ProcessSpec,
+        replica: &Replica,
+    ) -> Result<RunningJob, ExecError> {
+        validate(spec, replica)?;
         tokio::runtime::Handle::try_current().map_err(|_| ExecError::NoRuntime)?;
-        let state_dir = self.state_dir(&spec.job_id, spec.attempt);
+        let state_dir = self.state_dir(&spec.job_id, spec.attempt, replica.index);
         fs::create_dir_all(&state_dir).map_err(ExecError::io("creating", &state_dir))?;
         let exit_file = state_dir.join(EXIT_STATUS_FILE);
         remove_if_present(&exit_file)?;
@@ -108,7 +124,7 @@ impl Launcher {
                 dir
             }
         };
-        let env = job_environment(spec, |key| std::env::var(key).ok());
+        let env = job_environment(spec, replica, |key| std::env::var(key).ok());
         let path_var = env.get("PATH").map_or(DEFAULT_PATH, String::as_str);
         resolve_command(&spec.command, path_var, &working_dir)?;
 
@@ -136,7 +152,7 @@ impl Launcher {
 
         let cgroups = job_cgroup::create(
             &self.mode,
-            &format!("{}-{}", spec.job_id, spec.attempt),
+            &run_name(&format!("{}-{}", spec.job_id, spec.attempt), replica.index),
             spec.cpu_millis,
             spec.memory_bytes,
         )?;
@@ -183,6 +199,7 @@ impl Launcher {
         let handle = ProcessHandle {
             job_id: spec.job_id.clone(),
             attempt: spec.attempt,
+            replica: replica.index,
             pid,
             pgid: pid,
             start_time: stat.start_time,
@@ -191,7 +208,7 @@ impl Launcher {
             log: spec.log.clone(),
             cgroups,
         };
-        tracing::info!(job = %spec.job_id, attempt = spec.attempt, pid, mode = self.mode.status(), "job started");
+        tracing::info!(job = %spec.job_id, attempt = spec.attempt, replica = replica.index, pid, mode = self.mode.status(), "job started");
         Ok(RunningJob::start(handle, fifos, Origin::Child { started }))
     }
 
@@ -225,7 +242,7 @@ impl Launcher {
                 .ok();
             fifos.push((stream, receiver));
         }
-        tracing::info!(job = %handle.job_id, attempt = handle.attempt, pid = handle.pid, "job adopted");
+        tracing::info!(job = %handle.job_id, attempt = handle.attempt, replica = handle.replica, pid = handle.pid, "job adopted");
         Some(RunningJob::start(handle.clone(), fifos, Origin::Adopted))
     }
 }
@@ -345,13 +362,24 @@ fn remove_if_present(path: &Path) -> Result<(), ExecError> {
     }
 }
 
+/// `base` for replica 0, `base-r<replica>` for the others. Names built from distinct (attempt, replica)
+/// pairs never meet: replica 0's ends in the attempt's digits, the others' in `-r<digits>`.
+fn run_name(base: &str, replica: u32) -> String {
+    if replica == 0 {
+        base.to_owned()
+    } else {
+        format!("{base}-r{replica}")
+    }
+}
+
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Refuses specs that would name unsafe paths or could not be passed to `exec`.
-fn validate(spec: &ProcessSpec) -> Result<(), ExecError> {
+/// Refuses specs that would name unsafe paths or could not be passed to `exec`, and replicas that are
+/// not a consistent place in their gang.
+fn validate(spec: &ProcessSpec, replica: &Replica) -> Result<(), ExecError> {
     let bad = |m: String| Err(ExecError::InvalidSpec(m));
     let id = &spec.job_id;
     if id.is_empty()
@@ -381,6 +409,31 @@ fn validate(spec: &ProcessSpec) -> Result<(), ExecError> {
             return bad(format!("GPU UUID {uuid:?} is not valid"));
         }
     }
+    if replica.count == 0 || replica.index >= replica.count {
+        return bad(format!(
+            "replica {} of a job with {} replica(s)",
+            replica.index, replica.count
+        ));
+    }
+    if !replica.hosts.is_empty() && replica.hosts.len() != replica.count as usize {
+        return bad(format!(
+            "{} replica host(s) for a job with {} replicas",
+            replica.hosts.len(),
+            replica.count
+        ));
+    }
+    for host in &replica.hosts {
+        if host.is_empty()
+            || host.len() > MAX_HOST_LEN
+            || host.contains([',', '\0'])
+            || host.contains(char::is_whitespace)
+        {
+            return bad(format!(
+                "replica host {:?} is not valid",
+                host.chars().take(64).collect::<String>()
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -388,6 +441,7 @@ fn validate(spec: &ProcessSpec) -> Result<(), ExecError> {
 /// which always win.
 pub(crate) fn job_environment(
     spec: &ProcessSpec,
+    replica: &Replica,
     agent_env: impl Fn(&str) -> Option<String>,
 ) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
@@ -404,6 +458,9 @@ pub(crate) fn job_environment(
     env.insert("NVIDIA_VISIBLE_DEVICES".into(), gpus);
     env.insert("MERIDIAN_JOB_ID".into(), spec.job_id.clone());
     env.insert("MERIDIAN_ATTEMPT".into(), spec.attempt.to_string());
+    env.insert("MERIDIAN_REPLICA".into(), replica.index.to_string());
+    env.insert("MERIDIAN_REPLICAS".into(), replica.count.max(1).to_string());
+    env.insert("MERIDIAN_REPLICA_HOSTS".into(), replica.hosts.join(","));
     env
 }
 
@@ -463,7 +520,7 @@ mod tests {
             "SECRET_TOKEN" | "CUDA_VISIBLE_DEVICES" => Some("leak".to_string()),
             _ => None,
         };
-        let env = job_environment(&s, agent);
+        let env = job_environment(&s, &Replica::single(), agent);
         assert_eq!(env.get("FOO").map(String::as_str), Some("bar"));
         assert_eq!(env.get("HOME").map(String::as_str), Some("/home/agent"));
         assert_eq!(env.get("PATH").map(String::as_str), Some(DEFAULT_PATH));
@@ -478,9 +535,15 @@ mod tests {
         assert_eq!(env.get("MERIDIAN_JOB_ID").map(String::as_str), Some("j1"));
         assert_eq!(env.get("MERIDIAN_ATTEMPT").map(String::as_str), Some("2"));
         assert!(!env.contains_key("SECRET_TOKEN"));
+        assert_eq!(env.get("MERIDIAN_REPLICA").map(String::as_str), Some("0"));
+        assert_eq!(env.get("MERIDIAN_REPLICAS").map(String::as_str), Some("1"));
+        assert_eq!(
+            env.get("MERIDIAN_REPLICA_HOSTS").map(String::as_str),
+            Some("")
+        );
 
         s.gpu_uuids = vec!["GPU-aaa".into(), "MIG-bbb".into()];
-        let env = job_environment(&s, |_| None);
+        let env = job_environment(&s, &Replica::single(), |_| None);
         assert_eq!(
             env.get("CUDA_VISIBLE_DEVICES").map(String::as_str),
             Some("GPU-aaa,MIG-bbb")
@@ -492,23 +555,94 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_sees_its_place_in_the_gang_and_cannot_be_told_otherwise() {
+        let mut s = spec("gang");
+        s.env.insert("MERIDIAN_REPLICA".into(), "7".into());
+        s.env.insert("MERIDIAN_REPLICA_HOSTS".into(), "evil".into());
+        let replica = Replica {
+            index: 2,
+            count: 3,
+            hosts: vec!["n1.example".into(), "n1.example".into(), "10.0.0.7".into()],
+        };
+        let env = job_environment(&s, &replica, |_| None);
+        assert_eq!(env.get("MERIDIAN_REPLICA").map(String::as_str), Some("2"));
+        assert_eq!(env.get("MERIDIAN_REPLICAS").map(String::as_str), Some("3"));
+        assert_eq!(
+            env.get("MERIDIAN_REPLICA_HOSTS").map(String::as_str),
+            Some("n1.example,n1.example,10.0.0.7")
+        );
+        assert!(validate(&s, &replica).is_ok());
+    }
+
+    #[test]
+    fn replicas_outside_their_gang_or_with_bad_hosts_are_refused() {
+        let s = spec("gang");
+        let replica = |index, count, hosts: &[&str]| Replica {
+            index,
+            count,
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+        };
+        assert!(validate(&s, &replica(1, 2, &[])).is_ok());
+        assert!(validate(&s, &replica(1, 2, &["a", "b"])).is_ok());
+        for bad in [
+            replica(0, 0, &[]),
+            replica(2, 2, &[]),
+            replica(0, 2, &["only-one"]),
+            replica(0, 2, &["a", "b", "c"]),
+            replica(0, 2, &["a", ""]),
+            replica(0, 2, &["a", "b,c"]),
+            replica(0, 2, &["a", "b c"]),
+        ] {
+            assert!(
+                matches!(validate(&s, &bad), Err(ExecError::InvalidSpec(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_replica_of_an_attempt_gets_its_own_directory_and_replica_0_keeps_the_plain_one() {
+        let launcher = Launcher {
+            data_dir: PathBuf::from("/data"),
+            mode: LimitMode::Rlimits,
+        };
+        assert_eq!(launcher.state_dir("j", 12, 0), Path::new("/data/jobs/j/12"));
+        assert_eq!(
+            launcher.state_dir("j", 1, 2),
+            Path::new("/data/jobs/j/1-r2")
+        );
+        // Directories and cgroup names of distinct (attempt, replica) pairs never meet.
+        let mut dirs = std::collections::BTreeSet::new();
+        let mut groups = std::collections::BTreeSet::new();
+        for attempt in [1, 2, 12, 21] {
+            for replica in [0, 1, 2, 12] {
+                assert!(dirs.insert(launcher.state_dir("j", attempt, replica)));
+                assert!(groups.insert(run_name(&format!("j-{attempt}"), replica)));
+            }
+        }
+    }
+
+    #[test]
     fn specs_that_would_escape_or_break_exec_are_refused() {
         for id in ["", "..", ".hidden", "a/b", "a b", &"x".repeat(129)] {
             assert!(
-                matches!(validate(&spec(id)), Err(ExecError::InvalidSpec(_))),
+                matches!(
+                    validate(&spec(id), &Replica::single()),
+                    Err(ExecError::InvalidSpec(_))
+                ),
                 "{id:?}"
             );
         }
-        assert!(validate(&spec("job-1.retry_2")).is_ok());
+        assert!(validate(&spec("job-1.retry_2"), &Replica::single()).is_ok());
         let mut s = spec("j");
         s.env.insert("A=B".into(), "x".into());
-        assert!(validate(&s).is_err());
+        assert!(validate(&s, &Replica::single()).is_err());
         let mut s = spec("j");
         s.gpu_uuids = vec!["GPU-1,GPU-2".into()];
-        assert!(validate(&s).is_err());
+        assert!(validate(&s, &Replica::single()).is_err());
         let mut s = spec("j");
         s.args = vec!["a\0b".into()];
-        assert!(validate(&s).is_err());
+        assert!(validate(&s, &Replica::single()).is_err());
     }
 
     #[test]

@@ -12,8 +12,11 @@
 //! Launcher::new(LauncherOptions { data_dir, cgroup_root: None }) -> Result<Launcher, ExecError>
 //! Launcher::mode(&self) -> &LimitMode                      // LimitMode::status() for the node status
 //! Launcher::launch(&self, &ProcessSpec) -> Result<RunningJob, ExecError>   // inside a Tokio runtime
+//! Launcher::launch_replica(&self, &ProcessSpec, &Replica) -> Result<RunningJob, ExecError>
 //! Launcher::adopt(&self, &ProcessHandle) -> Option<RunningJob>             // after an agent restart
-//! Launcher::state_dir(&self, job_id, attempt) -> PathBuf
+//! Launcher::state_dir(&self, job_id, attempt, replica) -> PathBuf
+//!
+//! Replica { index, count, hosts }   // which process of a gang job; Replica::single() for a plain job
 //!
 //! RunningJob::handle(&self) -> &ProcessHandle   // persist it (serde) to adopt the job later
 //! RunningJob::{pid, pgid, start_time, is_adopted}
@@ -29,8 +32,11 @@
 //!
 //! # How a job runs
 //!
-//! Every attempt gets a state directory `<data_dir>/jobs/<job_id>/<attempt>/` holding `work/` (the
-//! default working directory), the two FIFOs `stdout.pipe` and `stderr.pipe`, and `exit_status`.
+//! Every process gets a state directory holding `work/` (the default working directory), the two FIFOs
+//! `stdout.pipe` and `stderr.pipe`, and `exit_status`: `<data_dir>/jobs/<job_id>/<attempt>/` for replica
+//! 0 (every single-replica job), `<data_dir>/jobs/<job_id>/<attempt>-r<replica>/` for the other replicas
+//! of a gang job, so that several replicas of one attempt on one node share no path (only replica 0's
+//! directory is named by the bare attempt number, so no two (attempt, replica) pairs share one).
 //! The job is started as `/bin/sh -c WRAPPER <exit_status> COMMAND ARGS…` in a new session (so its process
 //! group id is its pid), with a cleared environment (see [`ProcessSpec::env`]). The wrapper is the only
 //! process that is not the user's: it runs the command in the foreground, then writes the command's
@@ -75,11 +81,13 @@
 //! # Limit modes
 //!
 //! [`LimitMode`] is detected once per [`Launcher`]: cgroup v2 (controllers `cpu` and `memory` available
-//! and writable; `<root>/meridian/<job>-<attempt>` with `cpu.max`, `memory.max`, `memory.swap.max` and
-//! `memory.oom.group`), cgroup v1 (`<root>/{cpu,memory}/meridian/<job>-<attempt>` with
+//! and writable; `<root>/meridian/<group>` with `cpu.max`, `memory.max`, `memory.swap.max` and
+//! `memory.oom.group`), cgroup v1 (`<root>/{cpu,memory}/meridian/<group>` with
 //! `cpu.cfs_quota_us`/`cpu.cfs_period_us`, `memory.limit_in_bytes` and `memory.memsw.limit_in_bytes`), or
 //! rlimits, which cannot share CPU and bound memory only through the address space (`RLIMIT_AS`, not
-//! applied to GPU jobs: CUDA reserves far more address space than it uses).
+//! applied to GPU jobs: CUDA reserves far more address space than it uses). The group is named
+//! `<job>-<attempt>` for replica 0 and `<job>-<attempt>-r<replica>` for the others, like the state
+//! directory.
 
 mod job_cgroup;
 mod launcher;
@@ -101,7 +109,38 @@ pub use log_files::{
 };
 pub use running_job::RunningJob;
 
-/// What to run for one attempt of a job, as the scheduler assigned it to this node.
+/// Which process of a gang job a launch is: a job of `count` replicas runs one process per replica,
+/// possibly several on one node; (job id, attempt, replica index) names one process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    /// 0-based; below `count`.
+    pub index: u32,
+    /// The gang's size, at least 1.
+    pub count: u32,
+    /// The host of each replica's node, in replica order (`hosts[0]` is the usual rendezvous point);
+    /// empty when the coordinator sent none, otherwise exactly `count` entries.
+    pub hosts: Vec<String>,
+}
+
+impl Replica {
+    /// The one process of a job that is not a gang (replica 0 of 1, no hosts).
+    pub fn single() -> Replica {
+        Replica {
+            index: 0,
+            count: 1,
+            hosts: Vec::new(),
+        }
+    }
+}
+
+impl Default for Replica {
+    fn default() -> Self {
+        Replica::single()
+    }
+}
+
+/// What to run for one attempt of a job, as the scheduler assigned it to this node. Which replica of a
+/// gang job it is travels beside it ([`Launcher::launch_replica`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessSpec {
     /// The job's id: 1–128 characters of `[A-Za-z0-9._-]`, not starting with `.` (it names directories).
@@ -114,7 +153,9 @@ pub struct ProcessSpec {
     pub args: Vec<String>,
     /// The job's environment on top of a minimal base taken from the agent (`PATH`, `HOME`, `LANG`,
     /// `LC_ALL`, `TZ`, `USER`, `LOGNAME`, `TMPDIR`); nothing else of the agent's environment is
-    /// inherited. `MERIDIAN_JOB_ID`, `MERIDIAN_ATTEMPT`, `CUDA_VISIBLE_DEVICES` and
+    /// inherited. `MERIDIAN_JOB_ID`, `MERIDIAN_ATTEMPT`, `MERIDIAN_REPLICA` (0-based index),
+    /// `MERIDIAN_REPLICAS` (gang size, at least 1), `MERIDIAN_REPLICA_HOSTS` (the replicas' hosts,
+    /// comma-separated in replica order; empty when unknown), `CUDA_VISIBLE_DEVICES` and
     /// `NVIDIA_VISIBLE_DEVICES` are always set by the launcher and cannot be overridden here.
     pub env: BTreeMap<String, String>,
     /// An existing directory to run in; `None` gives the attempt a fresh `work/` directory in its state
@@ -135,6 +176,10 @@ pub struct ProcessSpec {
 pub struct ProcessHandle {
     pub job_id: String,
     pub attempt: u32,
+    /// Which replica of the attempt (0 for a single-replica job, and in handles persisted before gang
+    /// jobs existed).
+    #[serde(default)]
+    pub replica: u32,
     /// Pid of the job's wrapper, which leads the job's process group and session.
     pub pid: i32,
     /// The job's process group id (equal to `pid`).
@@ -143,7 +188,7 @@ pub struct ProcessHandle {
     pub start_time: u64,
     /// Wall-clock start, milliseconds since the Unix epoch.
     pub started_unix_ms: u64,
-    /// The attempt's state directory (FIFOs, `exit_status`, default working directory).
+    /// The process's state directory (FIFOs, `exit_status`, default working directory).
     pub state_dir: PathBuf,
     pub log: LogOptions,
     /// The job's cgroup directories (one for v2, one per controller for v1, none for rlimits).

@@ -58,7 +58,12 @@ impl RunningJob {
         fifos: Vec<(LogStream, Option<pipe::Receiver>)>,
         origin: Origin,
     ) -> RunningJob {
-        let span = tracing::info_span!("job", job = %handle.job_id, attempt = handle.attempt);
+        let span = tracing::info_span!(
+            "job",
+            job = %handle.job_id,
+            attempt = handle.attempt,
+            replica = handle.replica
+        );
         let detach = CancellationToken::new();
         let finish = CancellationToken::new();
         let mut pumps = Vec::new();

@@ -1,9 +1,10 @@
 //! The agent's own RPC service: coordinators read an attempt's captured output with `AgentReadLogs`
 //! (and anyone may `Ping`).
 //!
-//! Owns the answer to a log read: only attempts this node's store knows are served (anything else is
-//! NOT_FOUND, so no caller-supplied path is ever opened), the stream name is checked, and one answer
-//! carries at most [`MAX_READ_BYTES`]. Who may call is the RPC layer's authorization table
+//! Owns the answer to a log read: only processes this node's store knows are served, each named by
+//! (job id, attempt, replica) with logs of its own (anything else is NOT_FOUND, so no caller-supplied
+//! path is ever opened), the stream name is checked, and one answer carries at most
+//! [`MAX_READ_BYTES`]. Who may call is the RPC layer's authorization table
 //! (`AgentReadLogs`: coordinators only); this service never writes anything.
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use protocol::rpc::{decode_message, encode_message, CallContext, Method, RpcServ
 use crate::exec::{read_logs, LogStream};
 
 use super::store::JobStore;
+use super::AttemptKey;
 
 /// The most bytes one read answers (also when the request asks for 0, meaning "as much as allowed").
 pub const MAX_READ_BYTES: u32 = 1024 * 1024;
@@ -80,17 +82,18 @@ async fn read(
         0 => MAX_READ_BYTES,
         n => n.min(MAX_READ_BYTES),
     };
-    let job_id = request.job_id;
-    let attempt = request.attempt;
+    let key = AttemptKey::new(request.job_id, request.attempt, request.replica);
     let offset = request.offset;
     let answer = tokio::task::spawn_blocking(move || {
         let record = store
-            .attempt(&job_id, attempt)
+            .attempt(&key)
             .map_err(|e| RpcStatus::internal(e.to_string()))?;
         let Some(record) = record else {
             return Err(RpcStatus::not_found(format!(
-                "attempt {attempt} of job {:?} is not known on this node",
-                job_id.chars().take(128).collect::<String>()
+                "replica {} of attempt {} of job {:?} is not known on this node",
+                key.replica,
+                key.attempt,
+                key.job_id.chars().take(128).collect::<String>()
             )));
         };
         let Some(dir) = record.log_dir() else {

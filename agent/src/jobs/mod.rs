@@ -9,9 +9,13 @@
 //! - `reporter` — sends queued events in order with `AgentReport`, removes them once answered.
 //! - [`log_service`] — the agent's RPC service: `AgentReadLogs` for attempts this node knows.
 //!
+//! One process is named by (job id, attempt, replica) — an [`AttemptKey`]: a gang job of N replicas runs
+//! one process per replica, possibly several of one attempt on this node, and each is recorded,
+//! launched, stopped, timed out, reported and logged on its own. A single-replica job is replica 0.
+//!
 //! This module never decides *where* work runs (the coordinators' scheduler does) and never runs an
-//! attempt the coordinators did not assign; it never launches the same (job, attempt) twice, not even
-//! across restarts. Finished attempts' records and logs are kept (no garbage collection yet).
+//! attempt the coordinators did not assign; it never launches the same (job, attempt, replica) twice,
+//! not even across restarts. Finished attempts' records and logs are kept (no garbage collection yet).
 
 pub mod log_service;
 pub mod reconcile;
@@ -27,7 +31,7 @@ use std::time::Duration;
 use protocol::pb;
 use serde::{Deserialize, Serialize};
 
-use crate::exec::{LogOptions, ProcessSpec};
+use crate::exec::{LogOptions, ProcessSpec, Replica};
 
 pub use log_service::LogService;
 pub use reconcile::{exit_summary, next_timeout, reconcile, Action, LocalAttempt, LocalState};
@@ -45,11 +49,20 @@ pub enum StopReason {
     Unassigned,
 }
 
-/// One attempt as the coordinator assigned it (the stored form of `pb::JobAssignment`).
+/// One replica of an attempt as the coordinator assigned it (the stored form of `pb::JobAssignment`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Assignment {
     pub job_id: String,
     pub attempt: u32,
+    /// Which replica of the attempt, 0-based (0 in records written before gang jobs existed).
+    #[serde(default)]
+    pub replica: u32,
+    /// The gang's size; 0 is read as 1.
+    #[serde(default)]
+    pub replicas: u32,
+    /// The host of each replica's node, in replica order; may be empty.
+    #[serde(default)]
+    pub replica_hosts: Vec<String>,
     pub project_id: String,
     pub command: String,
     pub args: Vec<String>,
@@ -88,6 +101,9 @@ impl From<pb::JobAssignment> for Assignment {
         Assignment {
             job_id: a.job_id,
             attempt: a.attempt,
+            replica: a.replica,
+            replicas: a.replicas,
+            replica_hosts: a.replica_hosts,
             project_id: a.project_id,
             command: a.command,
             args: a.args,
@@ -106,9 +122,18 @@ impl From<pb::JobAssignment> for Assignment {
 }
 
 impl Assignment {
-    /// The (job id, attempt) pair that names the attempt.
+    /// The (job id, attempt, replica) that names the process.
     pub fn key(&self) -> AttemptKey {
-        (self.job_id.clone(), self.attempt)
+        AttemptKey::new(&self.job_id, self.attempt, self.replica)
+    }
+
+    /// Which process of its gang this is, for `exec` (a gang size of 0 is read as 1).
+    pub fn replica_spec(&self) -> Replica {
+        Replica {
+            index: self.replica,
+            count: self.replicas.max(1),
+            hosts: self.replica_hosts.clone(),
+        }
     }
 
     /// The grace between SIGTERM and SIGKILL when the attempt is stopped.
@@ -138,8 +163,25 @@ impl Assignment {
     }
 }
 
-/// (job id, attempt).
-pub type AttemptKey = (String, u32);
+/// (job id, attempt, replica): what names one process of a job on this node. Ordered by job id, then
+/// attempt, then replica.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AttemptKey {
+    pub job_id: String,
+    pub attempt: u32,
+    /// 0 for a single-replica job.
+    pub replica: u32,
+}
+
+impl AttemptKey {
+    pub fn new(job_id: impl Into<String>, attempt: u32, replica: u32) -> AttemptKey {
+        AttemptKey {
+            job_id: job_id.into(),
+            attempt,
+            replica,
+        }
+    }
+}
 
 /// Unix milliseconds now.
 pub(crate) fn now_ms() -> u64 {

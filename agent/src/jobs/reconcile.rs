@@ -4,7 +4,8 @@
 //!
 //! Everything here is a function of its arguments — no clock, no I/O, no processes — so every rule is
 //! unit-tested. It must never decide to launch an attempt the node already knows in any state: that is
-//! what makes "never launched twice" hold.
+//! what makes "never launched twice" hold. An attempt here is one process, named by (job id, attempt,
+//! replica): two replicas of one attempt are as independent as two jobs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -13,11 +14,10 @@ use crate::exec::ExitReport;
 
 use super::{Assignment, AttemptKey, ExitSummary, StopReason};
 
-/// One attempt the node knows, as the decisions need it.
+/// One attempt (replica) the node knows, as the decisions need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalAttempt {
-    pub job_id: String,
-    pub attempt: u32,
+    pub key: AttemptKey,
     pub state: LocalState,
 }
 
@@ -49,14 +49,13 @@ pub enum Action {
     FinishUnlaunched(Assignment),
     /// Stop a running attempt: SIGTERM, SIGKILL after `grace`.
     Stop {
-        job_id: String,
-        attempt: u32,
+        key: AttemptKey,
         reason: StopReason,
         grace: Duration,
     },
     /// A finished attempt that is still assigned but whose end was never reported (it was stopped as
     /// stale, then assigned again): report how it ended.
-    ReportEnd { job_id: String, attempt: u32 },
+    ReportEnd { key: AttemptKey },
 }
 
 /// The actions that bring the node in line with `assigned` at `now_ms`.
@@ -72,17 +71,18 @@ pub enum Action {
 /// - finished, still assigned, its end never reported: report it;
 /// - finished otherwise: nothing — never launched again.
 ///
-/// Stops come first (in (job, attempt) order), then launches and reports in assignment order; an
-/// attempt assigned twice in one answer counts once.
+/// "Attempt" is one replica: the rules match (job id, attempt, replica), so a replica is launched
+/// while its siblings run, and only the replica that is no longer assigned is stopped.
+///
+/// Stops come first (in (job, attempt, replica) order), then launches and reports in assignment
+/// order; a replica assigned twice in one answer counts once.
 pub fn reconcile(
     local: &[LocalAttempt],
     assigned: Option<&[Assignment]>,
     now_ms: u64,
 ) -> Vec<Action> {
-    let known: BTreeMap<AttemptKey, LocalState> = local
-        .iter()
-        .map(|l| ((l.job_id.clone(), l.attempt), l.state))
-        .collect();
+    let known: BTreeMap<AttemptKey, LocalState> =
+        local.iter().map(|l| (l.key.clone(), l.state)).collect();
     let by_key: Option<BTreeMap<AttemptKey, &Assignment>> = assigned.map(|list| {
         let mut map = BTreeMap::new();
         for a in list {
@@ -103,8 +103,7 @@ pub fn reconcile(
             continue;
         };
         let stop = |reason, grace_ms| Action::Stop {
-            job_id: key.0.clone(),
-            attempt: key.1,
+            key: key.clone(),
             reason,
             grace: Duration::from_millis(grace_ms),
         };
@@ -138,10 +137,7 @@ pub fn reconcile(
             None => actions.push(Action::Launch(a.clone())),
             Some(LocalState::Finished {
                 final_reported: false,
-            }) => actions.push(Action::ReportEnd {
-                job_id: key.0,
-                attempt: key.1,
-            }),
+            }) => actions.push(Action::ReportEnd { key }),
             Some(_) => {}
         }
     }

@@ -1,7 +1,7 @@
 //! The reporter: sends the queued job events to the leader in order, in batches, with the current lease
 //! epoch, and removes them from the queue once a coordinator has answered for them.
 //!
-//! Owns delivery, not content. An answer — each event accepted or refused as stale — removes the batch;
+//! Owns delivery, not content: every event already names its (job, attempt, replica). An answer — each event accepted or refused as stale — removes the batch;
 //! a refused lease keeps it and asks for a new registration; an outage keeps it and retries with backoff,
 //! for as long as it takes. It never drops an event no coordinator answered for, and never reorders
 //! the queue.
@@ -97,9 +97,9 @@ fn log_acks(events: &[pb::JobEvent], acks: &[pb::EventAck]) {
     }
     for (event, ack) in events.iter().zip(acks) {
         if ack.accepted {
-            tracing::debug!(job = %event.job_id, attempt = event.attempt, "event accepted");
+            tracing::debug!(job = %event.job_id, attempt = event.attempt, replica = event.replica, "event accepted");
         } else {
-            tracing::info!(job = %event.job_id, attempt = event.attempt, reason = %ack.reason, "event refused as stale; dropped");
+            tracing::info!(job = %event.job_id, attempt = event.attempt, replica = event.replica, reason = %ack.reason, "event refused as stale; dropped");
         }
     }
 }

@@ -1,5 +1,13 @@
-//! The agent's local database, `<data_dir>/agent.db` (sled): one record per job attempt this node was
-//! given, and the queue of job events not yet answered by a coordinator.
+//! The agent's local database, `<data_dir>/agent.db` (sled): one record per process (job, attempt,
+//! replica) this node was given, and the queue of job events not yet answered by a coordinator.
+//!
+//! Keys of the `attempts` tree are `job_id NUL attempt_be32`, followed by `replica_be32` when the
+//! replica is not 0. A job id never contains NUL, and the attempt and replica have a fixed width, so a
+//! key names exactly one (job, attempt, replica); every record of a job starts with `job_id NUL`, every
+//! replica of an attempt with `job_id NUL attempt_be32`; and byte order is (job id, attempt, replica)
+//! order, because replica 0's key is a prefix of its siblings' (it sorts first) and the big-endian
+//! replica sorts the rest. Replica 0's key is the one the store used before gang jobs existed, so a
+//! database written then opens unchanged: its records load as replica 0 (the new fields default).
 //!
 //! Owns durability of what the agent must not forget across a restart: which attempts exist (so none is
 //! ever launched twice), the process handle of each running one (so it can be re-adopted), and every
@@ -18,7 +26,7 @@ use sled::Transactional;
 
 use crate::exec::ProcessHandle;
 
-use super::{Assignment, StopReason};
+use super::{Assignment, AttemptKey, StopReason};
 
 /// File name of the database inside the agent's data directory.
 pub const DB_NAME: &str = "agent.db";
@@ -116,6 +124,15 @@ impl AttemptRecord {
         self.assignment.attempt
     }
 
+    pub fn replica(&self) -> u32 {
+        self.assignment.replica
+    }
+
+    /// The (job id, attempt, replica) that names the record.
+    pub fn key(&self) -> AttemptKey {
+        self.assignment.key()
+    }
+
     /// Where the attempt's output is kept; `None` when no process was ever started.
     pub fn log_dir(&self) -> Option<&Path> {
         self.handle.as_ref().map(|h| h.log.dir.as_path())
@@ -148,14 +165,19 @@ impl std::fmt::Debug for JobStore {
     }
 }
 
-fn attempt_key(job_id: &str, attempt: u32) -> Vec<u8> {
+/// The record's key; the module documentation gives the format and why its order is (job, attempt,
+/// replica).
+fn attempt_key(key: &AttemptKey) -> Vec<u8> {
     // A job id never contains NUL (the coordinator's ids are `[A-Za-z0-9_-]`); the separator keeps
     // `a` + attempt 1 apart from any other job id's prefix.
-    let mut key = Vec::with_capacity(job_id.len() + 5);
-    key.extend_from_slice(job_id.as_bytes());
-    key.push(0);
-    key.extend_from_slice(&attempt.to_be_bytes());
-    key
+    let mut bytes = Vec::with_capacity(key.job_id.len() + 9);
+    bytes.extend_from_slice(key.job_id.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(&key.attempt.to_be_bytes());
+    if key.replica != 0 {
+        bytes.extend_from_slice(&key.replica.to_be_bytes());
+    }
+    bytes
 }
 
 impl JobStore {
@@ -187,15 +209,15 @@ impl JobStore {
         &self.path
     }
 
-    /// One attempt's record.
-    pub fn attempt(&self, job_id: &str, attempt: u32) -> Result<Option<AttemptRecord>, StoreError> {
+    /// One process's record.
+    pub fn attempt(&self, key: &AttemptKey) -> Result<Option<AttemptRecord>, StoreError> {
         self.attempts
-            .get(attempt_key(job_id, attempt))?
+            .get(attempt_key(key))?
             .map(|bytes| decode_record(&bytes))
             .transpose()
     }
 
-    /// Every attempt record, in (job id, attempt) order.
+    /// Every record, in (job id, attempt, replica) order.
     pub fn attempts(&self) -> Result<Vec<AttemptRecord>, StoreError> {
         self.attempts
             .iter()
@@ -206,10 +228,10 @@ impl JobStore {
             .collect()
     }
 
-    /// Records an attempt that is about to be launched, unless one with the same job id and attempt
-    /// exists (then nothing changes and `false` is returned): the guard against launching twice.
+    /// Records a process that is about to be launched, unless one with the same job id, attempt and
+    /// replica exists (then nothing changes and `false` is returned): the guard against launching twice.
     pub fn begin_launch(&self, record: &AttemptRecord) -> Result<bool, StoreError> {
-        let key = attempt_key(record.job_id(), record.attempt());
+        let key = attempt_key(&record.key());
         let swapped =
             self.attempts
                 .compare_and_swap(key, None::<&[u8]>, Some(encode_record(record)?))?;
@@ -220,12 +242,10 @@ impl JobStore {
         Ok(true)
     }
 
-    /// Writes a record (replacing the attempt's previous one).
+    /// Writes a record (replacing the process's previous one).
     pub fn save(&self, record: &AttemptRecord) -> Result<(), StoreError> {
-        self.attempts.insert(
-            attempt_key(record.job_id(), record.attempt()),
-            encode_record(record)?,
-        )?;
+        self.attempts
+            .insert(attempt_key(&record.key()), encode_record(record)?)?;
         self.db.flush()?;
         Ok(())
     }
@@ -237,7 +257,7 @@ impl JobStore {
         record: &AttemptRecord,
         event: &pb::JobEvent,
     ) -> Result<u64, StoreError> {
-        let key = attempt_key(record.job_id(), record.attempt());
+        let key = attempt_key(&record.key());
         let value = encode_record(record)?;
         let seq = self.insert_event(Some((&key, &value)), event)?;
         self.db.flush()?;
@@ -309,29 +329,34 @@ impl JobStore {
         Ok(())
     }
 
-    /// The attempts to announce in a registration: those running (or being launched) now, and finished
-    /// ones whose final report is still queued, in (job id, attempt) order.
+    /// The processes to announce in a registration: those running (or being launched) now, and
+    /// finished ones whose final report is still queued, in (job id, attempt, replica) order, each
+    /// with its replica.
     pub fn held(&self) -> Result<Vec<pb::HeldAttempt>, StoreError> {
         // Attempts first, then the queue: an attempt that finishes in between is seen running in the
         // first scan, so the result never misses one.
-        let mut held: Vec<(String, u32)> = self
+        let mut held: Vec<AttemptKey> = self
             .attempts()?
             .into_iter()
             .filter(|r| r.phase != AttemptPhase::Finished)
-            .map(|r| (r.assignment.job_id, r.assignment.attempt))
+            .map(|r| r.key())
             .collect();
         for entry in self.reports.iter() {
             let (_, bytes) = entry?;
             let event = decode_event(&bytes)?;
             if is_final(&event) {
-                held.push((event.job_id, event.attempt));
+                held.push(AttemptKey::new(event.job_id, event.attempt, event.replica));
             }
         }
         held.sort();
         held.dedup();
         Ok(held
             .into_iter()
-            .map(|(job_id, attempt)| pb::HeldAttempt { job_id, attempt })
+            .map(|key| pb::HeldAttempt {
+                job_id: key.job_id,
+                attempt: key.attempt,
+                replica: key.replica,
+            })
             .collect())
     }
 }

@@ -1,11 +1,12 @@
 //! The job supervisor: re-adopts attempts after a restart, then carries out the reconcile decisions —
 //! launching, stopping, recording ends — and queues every report in the local store.
 //!
-//! Owns the live [`RunningJob`]s. Every step that must survive a crash is written (and flushed) before it
-//! takes effect: an attempt is recorded before it is launched, its handle and `Started` right after, its
-//! end together with its final report. It never talks to a coordinator (the sync loop feeds it
-//! assignments, the reporter sends what it queues) and never launches an attempt the store already
-//! knows. A store failure stops it (and with it the agent): without the store, neither exactly-once
+//! Owns the live [`RunningJob`]s, one per (job, attempt, replica): replicas of one attempt on this node
+//! are supervised independently (own process, state directory, logs, events, stop and timeout). Every
+//! step that must survive a crash is written (and flushed) before it takes effect: an attempt is
+//! recorded before it is launched, its handle and `Started` right after, its end together with its
+//! final report. It never talks to a coordinator (the sync loop feeds it assignments, the reporter
+//! sends what it queues) and never launches an attempt the store already knows. A store failure stops it (and with it the agent): without the store, neither exactly-once
 //! reports nor re-adoption can be promised. Jobs keep running when the agent stops.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -88,7 +89,7 @@ impl Supervisor {
     /// Must run inside a Tokio runtime, before the node registers (registration announces what is held).
     pub(crate) fn recover(&mut self) -> Result<(), StoreError> {
         for mut record in self.store.attempts()? {
-            let key = record.assignment.key();
+            let key = record.key();
             let handle = match (record.phase, record.handle.clone()) {
                 (AttemptPhase::Finished, _) => {
                     self.finished.insert(key, record.final_reported);
@@ -96,7 +97,7 @@ impl Supervisor {
                 }
                 (AttemptPhase::Running, Some(handle)) => handle,
                 (AttemptPhase::Launching | AttemptPhase::Running, _) => {
-                    tracing::warn!(job = %key.0, attempt = key.1, "the agent stopped while launching this attempt");
+                    tracing::warn!(job = %key.job_id, attempt = key.attempt, replica = key.replica, "the agent stopped while launching this attempt");
                     self.finish_with(
                         record,
                         None,
@@ -112,7 +113,7 @@ impl Supervisor {
             let exit = handle
                 .recorded_exit()
                 .map(|report| exit_summary(&report, record.stop));
-            tracing::info!(job = %key.0, attempt = key.1, ?exit, "attempt ended while the agent was away");
+            tracing::info!(job = %key.job_id, attempt = key.attempt, replica = key.replica, ?exit, "attempt ended while the agent was away");
             if record.stop == Some(StopReason::Unassigned) {
                 record.phase = AttemptPhase::Finished;
                 record.exit = exit;
@@ -181,8 +182,7 @@ impl Supervisor {
 
     fn local_view(&self) -> Vec<LocalAttempt> {
         let running = self.active.iter().map(|(key, a)| LocalAttempt {
-            job_id: key.0.clone(),
-            attempt: key.1,
+            key: key.clone(),
             state: LocalState::Running {
                 started_unix_ms: a.started_unix_ms,
                 timeout_ms: a.assignment.timeout_ms,
@@ -202,8 +202,7 @@ impl Supervisor {
             .iter()
             .filter(|(key, _)| assigned.contains(*key))
             .map(|(key, reported)| LocalAttempt {
-                job_id: key.0.clone(),
-                attempt: key.1,
+                key: key.clone(),
                 state: LocalState::Finished {
                     final_reported: *reported,
                 },
@@ -217,13 +216,8 @@ impl Supervisor {
             match action {
                 Action::Launch(assignment) => self.launch(assignment).await?,
                 Action::FinishUnlaunched(assignment) => self.finish_unlaunched(assignment)?,
-                Action::Stop {
-                    job_id,
-                    attempt,
-                    reason,
-                    grace,
-                } => self.stop((job_id, attempt), reason, grace)?,
-                Action::ReportEnd { job_id, attempt } => self.report_end((job_id, attempt))?,
+                Action::Stop { key, reason, grace } => self.stop(key, reason, grace)?,
+                Action::ReportEnd { key } => self.report_end(key)?,
             }
         }
         Ok(())
@@ -234,20 +228,25 @@ impl Supervisor {
         let mut record = AttemptRecord::launching(assignment.clone());
         if !self.store.begin_launch(&record)? {
             // Known already (another phase of this loop recorded it): never launch twice.
-            tracing::warn!(job = %key.0, attempt = key.1, "attempt already recorded; not launched again");
+            tracing::warn!(job = %key.job_id, attempt = key.attempt, replica = key.replica, "attempt already recorded; not launched again");
             return Ok(());
         }
-        let log_dir = self.launcher.state_dir(&key.0, key.1).join("logs");
+        let log_dir = self
+            .launcher
+            .state_dir(&key.job_id, key.attempt, key.replica)
+            .join("logs");
         let spec = assignment.process_spec(log_dir);
         let launched = if assignment.launch_error.is_empty() {
-            self.launcher.launch(&spec).map_err(|e| e.to_string())
+            self.launcher
+                .launch_replica(&spec, &assignment.replica_spec())
+                .map_err(|e| e.to_string())
         } else {
             Err(assignment.launch_error.clone())
         };
         let job = match launched {
             Ok(job) => job,
             Err(e) => {
-                tracing::info!(job = %key.0, attempt = key.1, error = %e, "launch failed");
+                tracing::info!(job = %key.job_id, attempt = key.attempt, replica = key.replica, error = %e, "launch failed");
                 record.phase = AttemptPhase::Finished;
                 record.final_reported = true;
                 let event = event(&key, pb::job_event::Kind::LaunchFailed(e));
@@ -265,12 +264,12 @@ impl Supervisor {
         );
         if let Err(e) = self.store.save_with_event(&record, &started) {
             // Unrecorded, the process could never be adopted or reported: it must not outlive us.
-            tracing::error!(job = %key.0, error = %e, "recording a launched attempt failed; killing it");
+            tracing::error!(job = %key.job_id, attempt = key.attempt, replica = key.replica, error = %e, "recording a launched attempt failed; killing it");
             let _ = tokio::time::timeout(ORPHAN_KILL_WAIT, job.cancel(Duration::ZERO)).await;
             return Err(e);
         }
         self.queued.notify_one();
-        tracing::info!(job = %key.0, attempt = key.1, pid = job.pid(), "attempt started");
+        tracing::info!(job = %key.job_id, attempt = key.attempt, replica = key.replica, pid = job.pid(), "attempt started");
         self.watch(assignment, job, None);
         self.publish_allocated();
         Ok(())
@@ -278,10 +277,10 @@ impl Supervisor {
 
     fn finish_unlaunched(&mut self, assignment: Assignment) -> Result<(), StoreError> {
         let key = assignment.key();
-        if self.store.attempt(&key.0, key.1)?.is_some() {
+        if self.store.attempt(&key)?.is_some() {
             return Ok(());
         }
-        tracing::info!(job = %key.0, attempt = key.1, "cancelled before it was launched");
+        tracing::info!(job = %key.job_id, attempt = key.attempt, replica = key.replica, "cancelled before it was launched");
         let mut record = AttemptRecord::launching(assignment);
         record.stop = Some(StopReason::Cancelled);
         let exit = ExitSummary {
@@ -305,10 +304,10 @@ impl Supervisor {
         let Some(active) = self.active.get_mut(&key) else {
             return Ok(());
         };
-        tracing::info!(job = %key.0, attempt = key.1, ?reason, ?grace, "stopping attempt");
+        tracing::info!(job = %key.job_id, attempt = key.attempt, replica = key.replica, ?reason, ?grace, "stopping attempt");
         active.stopping = Some(reason);
         // Recorded first: a restarted agent then reports the end the same way.
-        if let Some(mut record) = self.store.attempt(&key.0, key.1)? {
+        if let Some(mut record) = self.store.attempt(&key)? {
             record.stop = Some(reason);
             self.store.save(&record)?;
         }
@@ -320,10 +319,10 @@ impl Supervisor {
     }
 
     fn report_end(&mut self, key: AttemptKey) -> Result<(), StoreError> {
-        let Some(record) = self.store.attempt(&key.0, key.1)? else {
+        let Some(record) = self.store.attempt(&key)? else {
             return Ok(());
         };
-        tracing::info!(job = %key.0, attempt = key.1, "stopped attempt is assigned again; reporting its end");
+        tracing::info!(job = %key.job_id, attempt = key.attempt, replica = key.replica, "stopped attempt is assigned again; reporting its end");
         let exit = record.exit;
         self.finish_with(
             record,
@@ -342,10 +341,10 @@ impl Supervisor {
         let exit = exit_summary(&report, reason);
         let mut record = self
             .store
-            .attempt(&key.0, key.1)?
+            .attempt(&key)?
             .unwrap_or_else(|| AttemptRecord::launching(active.assignment));
         record.stop = reason;
-        tracing::info!(job = %key.0, attempt = key.1, ?exit, "attempt ended");
+        tracing::info!(job = %key.job_id, attempt = key.attempt, replica = key.replica, ?exit, "attempt ended");
         if reason == Some(StopReason::Unassigned) {
             record.phase = AttemptPhase::Finished;
             record.exit = Some(exit);
@@ -364,7 +363,7 @@ impl Supervisor {
         exit: Option<ExitSummary>,
         vanished: Option<&str>,
     ) -> Result<(), StoreError> {
-        let key = record.assignment.key();
+        let key = record.key();
         let kind = match exit {
             Some(exit) => pb::job_event::Kind::Exited(exit.to_pb()),
             None => pb::job_event::Kind::Vanished(
@@ -387,7 +386,12 @@ impl Supervisor {
         let (stop_tx, stop_rx) = oneshot::channel();
         let ended = self.ended_tx.clone();
         let detach = self.detach.clone();
-        let span = tracing::info_span!("job", job = %key.0, attempt = key.1);
+        let span = tracing::info_span!(
+            "job",
+            job = %key.job_id,
+            attempt = key.attempt,
+            replica = key.replica
+        );
         let task_key = key.clone();
         tokio::spawn(tracing::Instrument::instrument(
             watch_job(job, task_key, stop_rx, ended, detach),
@@ -470,8 +474,9 @@ async fn watch_job(
 
 fn event(key: &AttemptKey, kind: pb::job_event::Kind) -> pb::JobEvent {
     pb::JobEvent {
-        job_id: key.0.clone(),
-        attempt: key.1,
+        job_id: key.job_id.clone(),
+        attempt: key.attempt,
+        replica: key.replica,
         at_ms: now_ms(),
         kind: Some(kind),
     }
@@ -492,7 +497,7 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::exec::LauncherOptions;
+    use crate::exec::{read_logs, LauncherOptions, LogStream};
     use crate::jobs::SecretEnv;
 
     const DEADLINE: Duration = Duration::from_secs(30);
@@ -565,6 +570,9 @@ mod tests {
         Assignment {
             job_id: job.into(),
             attempt: 1,
+            replica: 0,
+            replicas: 0,
+            replica_hosts: vec![],
             project_id: "p".into(),
             command: "sh".into(),
             args: vec!["-c".into(), script.into()],
@@ -596,6 +604,35 @@ mod tests {
         })
     }
 
+    fn kinds_of_replica(
+        events: &[pb::JobEvent],
+        job: &str,
+        replica: u32,
+    ) -> Vec<pb::job_event::Kind> {
+        events
+            .iter()
+            .filter(|e| e.job_id == job && e.replica == replica)
+            .filter_map(|e| e.kind.clone())
+            .collect()
+    }
+
+    fn exited_replica(events: &[pb::JobEvent], job: &str, replica: u32) -> Option<pb::JobExited> {
+        kinds_of_replica(events, job, replica)
+            .into_iter()
+            .find_map(|k| match k {
+                pb::job_event::Kind::Exited(x) => Some(x),
+                _ => None,
+            })
+    }
+
+    /// Everything a process wrote to `stream` so far.
+    fn output(fx: &Fixture, key: &AttemptKey, stream: LogStream) -> String {
+        let record = fx.store.attempt(key).expect("read").expect("record");
+        let dir = record.log_dir().expect("launched");
+        let chunk = read_logs(dir, stream, 0, 1 << 20).expect("logs");
+        String::from_utf8_lossy(&chunk.data).into_owned()
+    }
+
     fn touch(path: &Path) {
         std::fs::write(path, b"").expect("touch");
     }
@@ -605,8 +642,15 @@ mod tests {
         let key = assignment.key();
         let mut record = AttemptRecord::launching(assignment.clone());
         assert!(fx.store.begin_launch(&record).expect("begin"));
-        let spec = assignment.process_spec(fx.launcher.state_dir(&key.0, key.1).join("logs"));
-        let job = fx.launcher.launch(&spec).expect("launch");
+        let spec = assignment.process_spec(
+            fx.launcher
+                .state_dir(&key.job_id, key.attempt, key.replica)
+                .join("logs"),
+        );
+        let job = fx
+            .launcher
+            .launch_replica(&spec, &assignment.replica_spec())
+            .expect("launch");
         record.phase = AttemptPhase::Running;
         record.handle = Some(job.handle().clone());
         fx.store.save(&record).expect("save");
@@ -631,11 +675,23 @@ mod tests {
         let ended = shell("ended", "exit 3");
         let ended_job = launched_by_earlier_agent(&fx, &ended);
         ended_job.wait().await;
+        // Its sibling replica on this node ended too, differently.
+        let ended_sibling = Assignment {
+            replica: 1,
+            replicas: 2,
+            ..shell("ended", "exit 5")
+        };
+        let sibling_job = launched_by_earlier_agent(&fx, &ended_sibling);
+        sibling_job.wait().await;
         // Ended after the agent began stopping it as stale.
         let stale = shell("stale", "exit 0");
         let stale_job = launched_by_earlier_agent(&fx, &stale);
         stale_job.wait().await;
-        let mut record = fx.store.attempt("stale", 1).expect("read").expect("record");
+        let mut record = fx
+            .store
+            .attempt(&AttemptKey::new("stale", 1, 0))
+            .expect("read")
+            .expect("record");
         record.stop = Some(StopReason::Unassigned);
         fx.store.save(&record).expect("save");
         // The agent died between recording and launching.
@@ -647,23 +703,29 @@ mod tests {
         supervisor.recover().expect("recover");
         assert!(allocated.borrow().is_empty());
         let events = fx.events();
-        let code = exited(&events, "ended").expect("ended reported");
+        let code = exited_replica(&events, "ended", 0).expect("ended reported");
         assert_eq!(code.exit_code, Some(3));
         assert!(!code.cancelled && !code.timed_out);
+        let sibling = exited_replica(&events, "ended", 1).expect("sibling reported");
+        assert_eq!(sibling.exit_code, Some(5));
         assert!(matches!(
             kinds_of(&events, "half").as_slice(),
             [pb::job_event::Kind::Vanished(_)]
         ));
         assert!(kinds_of(&events, "stale").is_empty(), "{events:?}");
         assert!(kinds_of(&events, "alive").is_empty(), "{events:?}");
-        let held: Vec<String> = fx
+        let held: Vec<(String, u32)> = fx
             .store
             .held()
             .expect("held")
             .into_iter()
-            .map(|h| h.job_id)
+            .map(|h| (h.job_id, h.replica))
             .collect();
-        assert_eq!(held, vec!["alive", "ended", "half"]);
+        let expected = [("alive", 0), ("ended", 0), ("ended", 1), ("half", 0)];
+        assert_eq!(
+            held,
+            expected.map(|(job, replica)| (job.to_owned(), replica))
+        );
 
         // The adopted attempt is supervised: its end is reported, and a second recovery (another
         // restart) reports nothing twice.
@@ -719,7 +781,7 @@ mod tests {
         ));
         let record = fx
             .store
-            .attempt("secretive", 1)
+            .attempt(&AttemptKey::new("secretive", 1, 0))
             .expect("read")
             .expect("record");
         assert!(record.assignment.secret_env.0.is_empty(), "not stored");
@@ -832,7 +894,11 @@ mod tests {
         assert!(end.cancelled && end.signal == Some(9), "{end:?}");
         let deadline = Instant::now() + DEADLINE;
         loop {
-            let record = fx.store.attempt("stale", 1).expect("read").expect("record");
+            let record = fx
+                .store
+                .attempt(&AttemptKey::new("stale", 1, 0))
+                .expect("read")
+                .expect("record");
             if record.phase == AttemptPhase::Finished {
                 assert_eq!(record.stop, Some(StopReason::Unassigned));
                 assert!(!record.final_reported);
@@ -864,6 +930,123 @@ mod tests {
                 .count()
         };
         assert_eq!((started("quick"), started("stale")), (1, 1));
+        stop.cancel();
+        running.await.expect("join").expect("supervisor");
+    }
+
+    #[tokio::test]
+    async fn replicas_of_one_attempt_run_side_by_side_each_with_its_own_process_logs_and_end() {
+        let fx = fixture();
+        let (supervisor, _allocated) = fx.supervisor();
+        let (assign_tx, assign_rx) = watch::channel(None);
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(supervisor.run(assign_rx, stop.clone()));
+
+        let go = fx._tmp.path().join("go");
+        let script = format!(
+            "echo replica=$MERIDIAN_REPLICA; echo replicas=$MERIDIAN_REPLICAS; \
+             echo hosts=$MERIDIAN_REPLICA_HOSTS; echo cwd=$(pwd); echo err-$MERIDIAN_REPLICA >&2; \
+             while [ ! -e '{}' ]; do sleep 0.02; done",
+            go.display()
+        );
+        let replica = |index: u32| Assignment {
+            replica: index,
+            replicas: 3,
+            replica_hosts: vec!["node-a".into(), "node-a".into(), "10.0.0.9".into()],
+            ..shell("gang", &script)
+        };
+        // Replica 1 has its own timeout; replica 2 will be taken off this node; replica 0 runs on.
+        let timed = Assignment {
+            timeout_ms: 1_500,
+            ..replica(1)
+        };
+        assign_tx.send_replace(Some(vec![replica(0), timed.clone(), replica(2)]));
+        fx.wait_events("replica 1 to time out while 0 and 2 run", |e| {
+            exited_replica(e, "gang", 1).is_some()
+                && kinds_of_replica(e, "gang", 0).len() == 1
+                && kinds_of_replica(e, "gang", 2).len() == 1
+        })
+        .await;
+        let end = exited_replica(&fx.events(), "gang", 1).expect("replica 1");
+        assert!(end.timed_out && !end.cancelled, "{end:?}");
+        let key = |index| AttemptKey::new("gang", 1, index);
+        let deadline = Instant::now() + DEADLINE;
+        while !(output(&fx, &key(0), LogStream::Stdout).contains("cwd=")
+            && output(&fx, &key(2), LogStream::Stdout).contains("cwd="))
+        {
+            assert!(Instant::now() < deadline, "replicas 0 and 2 never wrote");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        // Replica 2 is no longer assigned: only it stops, without a report; replica 0 keeps running.
+        assign_tx.send_replace(Some(vec![replica(0), timed]));
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let record = fx.store.attempt(&key(2)).expect("read").expect("record");
+            if record.phase == AttemptPhase::Finished {
+                assert_eq!(record.stop, Some(StopReason::Unassigned));
+                break;
+            }
+            assert!(Instant::now() < deadline, "replica 2 never stopped");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let zero = fx.store.attempt(&key(0)).expect("read").expect("record");
+        assert_eq!(zero.phase, AttemptPhase::Running);
+        assert_eq!(zero.stop, None);
+
+        touch(&go);
+        fx.wait_events("replica 0 to end", |e| {
+            exited_replica(e, "gang", 0).is_some()
+        })
+        .await;
+        let events = fx.events();
+        assert_eq!(
+            exited_replica(&events, "gang", 0).and_then(|x| x.exit_code),
+            Some(0)
+        );
+        assert_eq!(
+            kinds_of_replica(&events, "gang", 2).len(),
+            1,
+            "only Started"
+        );
+        assert_eq!(kinds_of(&events, "gang").len(), 5, "{events:?}");
+        let pids: BTreeSet<i32> = events
+            .iter()
+            .filter_map(|e| match e.kind {
+                Some(pb::job_event::Kind::Started(ref s)) => Some(s.pid),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(pids.len(), 3, "three processes: {events:?}");
+
+        // Each replica saw its own place in the gang and ran in its own directory with its own logs;
+        // replica 0 keeps the layout of a single-replica job.
+        let mut dirs = BTreeSet::new();
+        for index in 0..3 {
+            let out = output(&fx, &key(index), LogStream::Stdout);
+            let work = fx.launcher.state_dir("gang", 1, index).join("work");
+            assert_eq!(
+                out,
+                format!(
+                    "replica={index}\nreplicas=3\nhosts=node-a,node-a,10.0.0.9\ncwd={}\n",
+                    work.display()
+                )
+            );
+            // (A stopped replica's shell may add its own note after the line.)
+            let stderr = output(&fx, &key(index), LogStream::Stderr);
+            assert!(stderr.starts_with(&format!("err-{index}\n")), "{stderr:?}");
+            assert_eq!(stderr.matches("err-").count(), 1, "{stderr:?}");
+            let record = fx
+                .store
+                .attempt(&key(index))
+                .expect("read")
+                .expect("record");
+            let handle = record.handle.expect("launched");
+            assert_eq!(handle.replica, index);
+            assert!(dirs.insert(handle.state_dir.clone()));
+            assert!(dirs.insert(handle.log.dir.clone()));
+        }
+        assert!(fx.launcher.state_dir("gang", 1, 0).ends_with("jobs/gang/1"));
         stop.cancel();
         running.await.expect("join").expect("supervisor");
     }

@@ -279,6 +279,7 @@ fn cluster_status(overview: ClusterOverview) -> pb::ClusterStatusResponse {
 fn attempt(a: AttemptView) -> pb::JobAttempt {
     pb::JobAttempt {
         attempt: a.attempt,
+        replica: a.replica,
         node: a.node,
         region: a.region,
         cluster: a.cluster,
@@ -350,6 +351,7 @@ fn job(j: JobView) -> pb::Job {
         secrets: j.secrets.into_iter().collect(),
         data_locality_region: locality_region,
         data_locality_cluster: locality_cluster,
+        replicas: j.replicas,
     }
 }
 
@@ -393,6 +395,7 @@ fn submission(r: pb::SubmitJobRequest) -> SubmitJobRequest {
         timeout_secs: (r.timeout_secs > 0).then_some(r.timeout_secs),
         cancel_grace_secs: r.cancel_grace_secs,
         secrets: r.secrets.into_iter().collect(),
+        replicas: (r.replicas > 0).then_some(u64::from(r.replicas)),
     }
 }
 
@@ -842,11 +845,13 @@ impl pb::job_service_server::JobService for GrpcAdmin {
             offset: Some(r.offset),
             max_bytes: (r.max_bytes > 0).then_some(u64::from(r.max_bytes)),
             attempt: (r.attempt > 0).then_some(u64::from(r.attempt)),
+            replica: Some(u64::from(r.replica)),
         };
         answer(
             self.service.read_job_logs(&scope, &r.id, &query).await,
             |c| pb::ReadJobLogsResponse {
                 attempt: c.attempt,
+                replica: c.replica,
                 node: c.node,
                 stream: c.stream.to_owned(),
                 start_offset: c.start_offset,

@@ -14,7 +14,9 @@ use serde_json::Value;
 
 use crate::crypto;
 use crate::scheduler::{Constraints, Locality, ResourceRequest, Resources, Strategy};
-use crate::state::{Attempt, JobRecord, JobSpec, JobState, Op, Outcome, RetryPolicy, UsageReport};
+use crate::state::{
+    Attempt, JobRecord, JobSpec, JobState, Op, Outcome, RetryPolicy, UsageReport, MAX_REPLICAS,
+};
 
 use super::auth::RequestScope;
 use super::error::{ErrorKind, ServiceError};
@@ -61,6 +63,9 @@ pub(crate) struct SubmitJobRequest {
     pub(crate) working_dir: Option<String>,
     #[serde(default)]
     pub(crate) resources: ResourcesBody,
+    /// Processes per attempt (a gang when more than one); default 1.
+    #[serde(default)]
+    pub(crate) replicas: Option<u64>,
     #[serde(default)]
     pub(crate) constraints: ConstraintsBody,
     #[serde(default)]
@@ -155,6 +160,9 @@ pub(crate) struct LogsQuery {
     pub(crate) max_bytes: Option<u64>,
     #[serde(default, deserialize_with = "query_u64")]
     pub(crate) attempt: Option<u64>,
+    /// Which replica of a gang job (default 0).
+    #[serde(default, deserialize_with = "query_u64")]
+    pub(crate) replica: Option<u64>,
 }
 
 /// Query of `GET /v1/usage`: Unix milliseconds or RFC 3339.
@@ -172,6 +180,7 @@ pub(crate) struct UsageQuery {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct AttemptView {
     pub(crate) attempt: u32,
+    pub(crate) replica: u32,
     pub(crate) node: String,
     pub(crate) region: String,
     pub(crate) cluster: String,
@@ -192,6 +201,7 @@ impl From<&Attempt> for AttemptView {
     fn from(a: &Attempt) -> Self {
         AttemptView {
             attempt: a.attempt,
+            replica: a.replica,
             node: a.node.clone(),
             region: a.region.clone(),
             cluster: a.cluster.clone(),
@@ -222,6 +232,7 @@ pub(crate) struct JobView {
     pub(crate) env: BTreeMap<String, String>,
     pub(crate) working_dir: Option<String>,
     pub(crate) resources: ResourceRequest,
+    pub(crate) replicas: u32,
     pub(crate) constraints: Constraints,
     pub(crate) data_locality: Option<Locality>,
     pub(crate) priority: i32,
@@ -233,7 +244,7 @@ pub(crate) struct JobView {
     pub(crate) cancel_grace_secs: u64,
     /// Environment variable → secret name (names only, never values).
     pub(crate) secrets: BTreeMap<String, String>,
-    /// Node key, region and cluster of the current or last attempt.
+    /// Node key, region and cluster of the current or last attempt (its replica 0 for a gang).
     pub(crate) node: Option<String>,
     pub(crate) region: Option<String>,
     pub(crate) cluster: Option<String>,
@@ -241,7 +252,7 @@ pub(crate) struct JobView {
     pub(crate) attempts: Vec<AttemptView>,
     pub(crate) pending_reason: Option<String>,
     pub(crate) cancel_requested: bool,
-    /// Exit code of the last attempt.
+    /// Exit code of the last attempt (of the replica that ended it, for a gang).
     pub(crate) exit_code: Option<i32>,
     pub(crate) created_by: String,
     pub(crate) created_at: u64,
@@ -251,7 +262,11 @@ pub(crate) struct JobView {
 
 impl From<&JobRecord> for JobView {
     fn from(j: &JobRecord) -> Self {
-        let last = j.attempts.last();
+        let last_no = j.attempt_count();
+        let last = j
+            .attempts
+            .iter()
+            .find(|a| a.attempt == last_no && a.replica == 0);
         let spec = &j.spec;
         JobView {
             id: j.id.clone(),
@@ -263,6 +278,7 @@ impl From<&JobRecord> for JobView {
             env: spec.env.clone(),
             working_dir: spec.working_dir.clone(),
             resources: spec.resources.clone(),
+            replicas: spec.replicas,
             constraints: spec.constraints.clone(),
             data_locality: spec.data_locality.clone(),
             priority: spec.priority,
@@ -276,11 +292,16 @@ impl From<&JobRecord> for JobView {
             node: last.map(|a| a.node.clone()),
             region: last.map(|a| a.region.clone()),
             cluster: last.map(|a| a.cluster.clone()),
-            attempt_count: u32::try_from(j.attempts.len()).unwrap_or(u32::MAX),
+            attempt_count: last_no,
             attempts: j.attempts.iter().map(AttemptView::from).collect(),
             pending_reason: j.pending_reason.clone(),
             cancel_requested: j.cancel_requested,
-            exit_code: last.and_then(|a| a.exit_code),
+            exit_code: j
+                .attempts
+                .iter()
+                .filter(|a| a.attempt == last_no)
+                .find_map(|a| a.exit_code.filter(|code| *code != 0))
+                .or_else(|| last.and_then(|a| a.exit_code)),
             created_by: j.created_by.clone(),
             created_at: j.created_at,
             updated_at: j.updated_at,
@@ -293,6 +314,7 @@ impl From<&JobRecord> for JobView {
 #[derive(Debug, Clone)]
 pub(crate) struct LogChunk {
     pub(crate) attempt: u32,
+    pub(crate) replica: u32,
     pub(crate) node: String,
     pub(crate) stream: &'static str,
     pub(crate) start_offset: u64,
@@ -305,6 +327,7 @@ pub(crate) struct LogChunk {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct JobLogsView {
     pub(crate) attempt: u32,
+    pub(crate) replica: u32,
     pub(crate) node: String,
     pub(crate) stream: &'static str,
     pub(crate) start_offset: u64,
@@ -328,6 +351,7 @@ impl From<LogChunk> for JobLogsView {
         let keep = c.data.len() - held_back;
         JobLogsView {
             attempt: c.attempt,
+            replica: c.replica,
             node: c.node,
             stream: c.stream,
             start_offset: c.start_offset,
@@ -600,6 +624,19 @@ pub(crate) fn job_spec(req: SubmitJobRequest) -> Result<JobSpec, ServiceError> {
     spec.env = req.env;
     spec.working_dir = req.working_dir.filter(|d| !d.is_empty());
     spec.resources = resources(&req.resources)?;
+    spec.replicas = match req.replicas {
+        None => 1,
+        Some(n) if (1..=u64::from(MAX_REPLICAS)).contains(&n) => {
+            // Bounded by the check above.
+            u32::try_from(n).unwrap_or(1)
+        }
+        Some(_) => {
+            return Err(invalid(
+                "replicas",
+                format!("must be 1-{MAX_REPLICAS} (more than 1 runs a gang: all replicas or none)"),
+            ))
+        }
+    };
     spec.constraints = constraints(&req.constraints)?;
     spec.data_locality = match req.data_locality {
         None => None,
@@ -809,12 +846,28 @@ impl AdminService {
                 Some(u32::try_from(n).map_err(|_| invalid("attempt", "no such attempt number"))?)
             }
         };
+        let replica = match query.replica {
+            None => 0,
+            Some(n) => u32::try_from(n)
+                .ok()
+                .filter(|r| *r < MAX_REPLICAS)
+                .ok_or_else(|| invalid("replica", format!("must be 0-{}", MAX_REPLICAS - 1)))?,
+        };
         let job = self.scoped_job(scope, id).await?;
+        if replica >= job.spec.replicas {
+            return Err(invalid(
+                "replica",
+                format!(
+                    "job {id} has {} replica(s), numbered from 0",
+                    job.spec.replicas
+                ),
+            ));
+        }
         let attempt = match wanted {
             Some(n) => job
                 .attempts
                 .iter()
-                .find(|a| a.attempt == n)
+                .find(|a| a.attempt == n && a.replica == replica)
                 .ok_or_else(|| {
                     ServiceError::new(
                         ErrorKind::NotFound,
@@ -825,7 +878,7 @@ impl AdminService {
                 .attempts
                 .iter()
                 .rev()
-                .find(|a| !a.node.is_empty())
+                .find(|a| a.replica == replica && !a.node.is_empty())
                 .ok_or_else(|| {
                     let why = match &job.pending_reason {
                         Some(r) if job.state == JobState::Pending => format!(" ({r})"),
@@ -850,6 +903,7 @@ impl AdminService {
         let request = pb::ReadLogsRequest {
             job_id: id.to_owned(),
             attempt: attempt.attempt,
+            replica: attempt.replica,
             stream: stream.to_owned(),
             offset: query.offset.unwrap_or(0),
             // Bounded by MAX_LOG_BYTES.
@@ -879,6 +933,7 @@ impl AdminService {
             .unwrap_or(job.state);
         Ok(LogChunk {
             attempt: attempt.attempt,
+            replica: attempt.replica,
             node,
             stream,
             start_offset: resp.start_offset,
@@ -1041,6 +1096,8 @@ mod tests {
                 "cancel_grace_secs",
             ),
             (json!({"command": "x", "name": "a\nb"}), "name"),
+            (json!({"command": "x", "replicas": 0}), "replicas"),
+            (json!({"command": "x", "replicas": 65}), "replicas"),
         ];
         for (input, field) in cases {
             assert_eq!(field_of(input.clone()), field, "{input}");
@@ -1051,6 +1108,7 @@ mod tests {
     fn log_chunks_never_end_inside_a_character() {
         let chunk = |data: &[u8]| LogChunk {
             attempt: 1,
+            replica: 0,
             node: "eu/eu1/a1".into(),
             stream: "stdout",
             start_offset: 10,

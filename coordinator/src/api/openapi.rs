@@ -347,6 +347,7 @@ fn schemas() -> Value {
     let attempt = object(
         &[
             "attempt",
+            "replica",
             "node",
             "region",
             "cluster",
@@ -357,6 +358,11 @@ fn schemas() -> Value {
         ],
         &[
             ("attempt", integer()),
+            (
+                "replica",
+                json!({ "type": "integer", "minimum": 0,
+                        "description": "0-based; a gang job's attempt has one entry per replica." }),
+            ),
             ("node", string()),
             ("region", string()),
             ("cluster", string()),
@@ -378,7 +384,7 @@ fn schemas() -> Value {
             (
                 "outcome",
                 json!({ "type": "string", "nullable": true,
-                        "enum": ["succeeded", "failed", "cancelled", "lost", "preempted"] }),
+                        "enum": ["succeeded", "failed", "cancelled", "lost", "preempted", "stopped"] }),
             ),
             ("exit_code", nullable(signed())),
             ("signal", nullable(signed())),
@@ -397,6 +403,7 @@ fn schemas() -> Value {
             "args",
             "env",
             "resources",
+            "replicas",
             "constraints",
             "priority",
             "retry",
@@ -415,6 +422,7 @@ fn schemas() -> Value {
             ("env", string_map()),
             ("working_dir", nullable(string())),
             ("resources", schema_ref("ResourceRequest")),
+            ("replicas", integer()),
             ("constraints", schema_ref("JobConstraints")),
             ("data_locality", nullable(schema_ref("DataLocality"))),
             ("priority", signed()),
@@ -478,6 +486,13 @@ fn schemas() -> Value {
                     ],
                 ),
             ),
+            (
+                "replicas",
+                json!({ "type": "integer", "minimum": 1, "maximum": 64, "default": 1,
+                        "description": "Processes per attempt, each with `resources`; more than one is a \
+                                        gang: all placed or none, and one that fails or is lost stops the \
+                                        others." }),
+            ),
             ("constraints", schema_ref("JobConstraints")),
             ("data_locality", schema_ref("DataLocality")),
             (
@@ -517,6 +532,7 @@ fn schemas() -> Value {
     let logs = object(
         &[
             "attempt",
+            "replica",
             "node",
             "stream",
             "start_offset",
@@ -527,6 +543,7 @@ fn schemas() -> Value {
         ],
         &[
             ("attempt", integer()),
+            ("replica", integer()),
             ("node", string()),
             (
                 "stream",

@@ -226,6 +226,7 @@ const JOB_LOGS_QUERY: &[(&str, &str)] = &[
         "attempt",
         "Attempt number (default: the last attempt that was placed on a node).",
     ),
+    ("replica", "Replica of a gang job, 0-based (default 0)."),
 ];
 const USAGE_QUERY: &[(&str, &str)] = &[
     (

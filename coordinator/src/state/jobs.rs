@@ -34,6 +34,8 @@ pub(crate) const MAX_JOB_SECRETS: usize = 64;
 pub(crate) const MAX_VALUE: usize = 65_536;
 /// Upper bound of [`RetryPolicy::max_attempts`].
 pub(crate) const MAX_ATTEMPTS: u32 = 20;
+/// Most replicas of one (gang) job.
+pub(crate) const MAX_REPLICAS: u32 = 64;
 /// Longest attempt detail or pending reason kept in the state, in bytes (longer ones are cut).
 const MAX_DETAIL: usize = 1024;
 
@@ -112,6 +114,8 @@ pub enum AttemptOutcome {
     Lost,
     /// Evicted for a higher-priority job; does not count against the retry budget.
     Preempted,
+    /// Stopped because another replica of its gang ended the attempt (failed, was lost…).
+    Stopped,
 }
 
 impl AttemptOutcome {
@@ -123,6 +127,7 @@ impl AttemptOutcome {
             AttemptOutcome::Cancelled => "cancelled",
             AttemptOutcome::Lost => "lost",
             AttemptOutcome::Preempted => "preempted",
+            AttemptOutcome::Stopped => "stopped",
         }
     }
 }
@@ -160,6 +165,10 @@ fn yes() -> bool {
     true
 }
 
+fn one_replica() -> u32 {
+    1
+}
+
 /// What a user asked to run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobSpec {
@@ -175,8 +184,14 @@ pub struct JobSpec {
     /// `None`: a fresh directory for each attempt.
     #[serde(default)]
     pub working_dir: Option<String>,
+    /// Resources of each replica.
     #[serde(default)]
     pub resources: ResourceRequest,
+    /// Processes per attempt, 1..=64. More than one makes a gang: every replica is placed or none is, they
+    /// start together, the job succeeds when all of them succeed, and one that fails or is lost ends the
+    /// attempt for all of them.
+    #[serde(default = "one_replica")]
+    pub replicas: u32,
     #[serde(default)]
     pub constraints: Constraints,
     #[serde(default)]
@@ -215,6 +230,7 @@ impl JobSpec {
             env: BTreeMap::new(),
             working_dir: None,
             resources: ResourceRequest::default(),
+            replicas: 1,
             constraints: Constraints::default(),
             data_locality: None,
             priority: 0,
@@ -318,6 +334,12 @@ impl JobSpec {
                 DomainError::invalid("secrets", format!("{name:?} is not a secret name"))
             })?;
         }
+        if !(1..=MAX_REPLICAS).contains(&self.replicas) {
+            return Err(DomainError::invalid(
+                "replicas",
+                format!("must be 1-{MAX_REPLICAS}"),
+            ));
+        }
         if !(1..=MAX_ATTEMPTS).contains(&self.retry.max_attempts) {
             return Err(DomainError::invalid(
                 "retry.max_attempts",
@@ -328,11 +350,15 @@ impl JobSpec {
     }
 }
 
-/// One try at running a job, on one node.
+/// One replica of one try at running a job, on one node. A gang job's attempt has one entry per replica,
+/// consecutive in [`JobRecord::attempts`] and in replica order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
     /// 1-based.
     pub attempt: u32,
+    /// 0-based replica index within the attempt.
+    #[serde(default)]
+    pub replica: u32,
     /// The node's key, `region/cluster/node`.
     pub node: String,
     pub region: String,
@@ -361,7 +387,8 @@ pub struct JobRecord {
     pub project_id: String,
     pub spec: JobSpec,
     pub state: JobState,
-    /// Every attempt so far; the current one is the last while the job is scheduled or running.
+    /// Every attempt so far, one entry per replica; the current attempt's entries are the last ones while
+    /// the job is scheduled or running.
     pub attempts: Vec<Attempt>,
     /// Why the scheduler could not place it yet (only while pending).
     pub pending_reason: Option<String>,
@@ -377,21 +404,53 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
-    /// The attempt the job is on: its last one, while it is scheduled or running.
+    /// Replica 0 of the attempt the job is on, while it is scheduled or running.
     pub fn current_attempt(&self) -> Option<&Attempt> {
-        if self.state.is_active() {
-            self.attempts.last()
-        } else {
-            None
+        self.current_replicas().first()
+    }
+
+    /// Every replica of the attempt the job is on (in replica order), while it is scheduled or running;
+    /// empty otherwise. A replica that already succeeded stays here until the whole attempt ends.
+    pub fn current_replicas(&self) -> &[Attempt] {
+        if !self.state.is_active() {
+            return &[];
         }
+        &self.attempts[self.last_attempt_start()..]
+    }
+
+    /// Index of the first entry of the last attempt.
+    fn last_attempt_start(&self) -> usize {
+        let Some(last) = self.attempts.last().map(|a| a.attempt) else {
+            return 0;
+        };
+        self.attempts
+            .iter()
+            .rposition(|a| a.attempt != last)
+            .map_or(0, |i| i + 1)
+    }
+
+    /// How many attempts were made (a gang attempt counts once).
+    pub fn attempt_count(&self) -> u32 {
+        self.attempts.last().map_or(0, |a| a.attempt)
+    }
+
+    /// The number the next attempt gets.
+    pub fn next_attempt(&self) -> u32 {
+        self.attempt_count().saturating_add(1)
     }
 
     /// Attempts that count against the retry budget (all but preempted ones).
     fn counted_attempts(&self) -> usize {
-        self.attempts
-            .iter()
-            .filter(|a| a.outcome != Some(AttemptOutcome::Preempted))
-            .count()
+        let mut counted = BTreeSet::new();
+        let mut preempted = BTreeSet::new();
+        for a in &self.attempts {
+            if a.outcome == Some(AttemptOutcome::Preempted) {
+                preempted.insert(a.attempt);
+            } else {
+                counted.insert(a.attempt);
+            }
+        }
+        counted.difference(&preempted).count()
     }
 
     fn budget_left(&self) -> bool {
@@ -404,20 +463,31 @@ impl JobRecord {
 pub struct HeldAttempt {
     pub job_id: String,
     pub attempt: u32,
+    #[serde(default)]
+    pub replica: u32,
+}
+
+/// Where one replica of a placed attempt goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaPlacement {
+    /// The node's key.
+    pub node: String,
+    /// The node's lease epoch the replica is bound to.
+    pub lease_epoch: u64,
+    pub gpu_uuids: Vec<String>,
+    pub resources: Resources,
 }
 
 /// One item of the leader's scheduling pass.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PlacementOp {
-    /// Start attempt `attempt` of a pending job on `node` (a node key), bound to its `lease_epoch`.
+    /// Start attempt `attempt` of a pending job: one entry per replica, in replica order, each on a node
+    /// bound to that node's lease epoch. All are applied or none.
     Place {
         job_id: String,
         attempt: u32,
-        node: String,
-        lease_epoch: u64,
-        gpu_uuids: Vec<String>,
-        resources: Resources,
+        replicas: Vec<ReplicaPlacement>,
     },
     /// The job stays pending, for `reason`.
     Wait { job_id: String, reason: String },
@@ -434,6 +504,8 @@ pub enum PlacementOp {
 pub struct JobEventOp {
     pub job_id: String,
     pub attempt: u32,
+    #[serde(default)]
+    pub replica: u32,
     /// Unix milliseconds on the agent when it happened.
     pub at_ms: u64,
     pub kind: JobEventKind,
@@ -488,6 +560,7 @@ impl EventAck {
 }
 
 /// How an attempt is being ended (before the retry rule decides the job's state).
+#[derive(Clone)]
 struct AttemptEnd {
     outcome: AttemptOutcome,
     detail: String,
@@ -507,6 +580,43 @@ impl AttemptEnd {
             cpu_time_ms: None,
             max_rss_bytes: None,
         }
+    }
+}
+
+/// Which replicas of an attempt an end is about; the others of a gang are stopped with them.
+#[derive(Clone, Copy)]
+enum Cause<'a> {
+    /// The whole attempt (cancel, preemption).
+    All,
+    /// One replica.
+    Replica(u32),
+    /// Every replica on a node.
+    Node(&'a str),
+}
+
+impl Attempt {
+    /// Records how this replica ended; the end is never before its start.
+    fn record_end(&mut self, ended_at: u64, end: AttemptEnd) {
+        self.ended_at = Some(self.started_at.map_or(ended_at, |s| ended_at.max(s)));
+        self.outcome = Some(end.outcome);
+        self.detail = end.detail;
+        self.exit_code = end.exit_code;
+        self.signal = end.signal;
+        self.cpu_time_ms = end.cpu_time_ms;
+        self.max_rss_bytes = end.max_rss_bytes;
+    }
+}
+
+/// `attempt 2 of job j` or, for a gang, `replica 1 of attempt 2 of job j`, for stale-report reasons.
+struct ReplicaName<'a>(&'a str, u32, u32, u32);
+
+impl std::fmt::Display for ReplicaName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ReplicaName(job, attempt, replica, replicas) = *self;
+        if replicas > 1 {
+            write!(f, "replica {replica} of ")?;
+        }
+        write!(f, "attempt {attempt} of job {job}")
     }
 }
 
@@ -609,9 +719,14 @@ impl RegistryState {
                 } else {
                     job.cancel_requested = true;
                     job.updated_at = at;
-                    let node = job.attempts.last().map(|a| a.node.clone());
-                    if let Some(node) = node {
-                        self.bump_assign_version(&node);
+                    let nodes: BTreeSet<String> = job
+                        .current_replicas()
+                        .iter()
+                        .filter(|a| a.outcome.is_none())
+                        .map(|a| a.node.clone())
+                        .collect();
+                    for node in &nodes {
+                        self.bump_assign_version(node);
                     }
                     "cancel requested"
                 }
@@ -670,61 +785,74 @@ impl RegistryState {
         ))
     }
 
-    /// Applies one `Place` item; false (skipped) unless the job is pending, `attempt` is its next one
-    /// and the node is ready at `lease_epoch`.
+    /// Applies one `Place` item; false (skipped) unless the job is pending, `attempt` is its next one, there
+    /// is one entry per replica and every node is ready at the entry's lease epoch. A gang is placed whole
+    /// or not at all.
     fn place_one(&mut self, at: u64, item: &PlacementOp) -> bool {
         let PlacementOp::Place {
             job_id,
             attempt,
-            node: node_key,
-            lease_epoch,
-            gpu_uuids,
-            resources,
+            replicas,
         } = item
         else {
             return false;
         };
-        let (attempt, lease_epoch, resources) = (*attempt, *lease_epoch, *resources);
-        let Some(node) = self.nodes.get(node_key) else {
+        let attempt = *attempt;
+        let Some(job) = self.jobs.get(job_id) else {
             return false;
         };
-        if node.health != super::NodeHealthState::Ready || node.lease_epoch != lease_epoch {
+        if job.state != JobState::Pending
+            || attempt != job.next_attempt()
+            || replicas.len() != job.spec.replicas as usize
+        {
             return false;
         }
-        let (region, cluster) = (node.region.clone(), node.cluster.clone());
+        let mut entries = Vec::with_capacity(replicas.len());
+        for (replica, placement) in (0u32..).zip(replicas) {
+            let Some(node) = self.nodes.get(&placement.node) else {
+                return false;
+            };
+            if node.health != super::NodeHealthState::Ready
+                || node.lease_epoch != placement.lease_epoch
+            {
+                return false;
+            }
+            entries.push(Attempt {
+                attempt,
+                replica,
+                node: placement.node.clone(),
+                region: node.region.clone(),
+                cluster: node.cluster.clone(),
+                gpu_uuids: placement.gpu_uuids.clone(),
+                resources: placement.resources,
+                lease_epoch: placement.lease_epoch,
+                scheduled_at: at,
+                started_at: None,
+                ended_at: None,
+                outcome: None,
+                exit_code: None,
+                signal: None,
+                cpu_time_ms: None,
+                max_rss_bytes: None,
+                detail: String::new(),
+            });
+        }
         let Some(job) = self.jobs.get_mut(job_id) else {
             return false;
         };
-        if job.state != JobState::Pending || attempt as usize != job.attempts.len() + 1 {
-            return false;
-        }
-        job.attempts.push(Attempt {
-            attempt,
-            node: node_key.to_owned(),
-            region,
-            cluster,
-            gpu_uuids: gpu_uuids.clone(),
-            resources,
-            lease_epoch,
-            scheduled_at: at,
-            started_at: None,
-            ended_at: None,
-            outcome: None,
-            exit_code: None,
-            signal: None,
-            cpu_time_ms: None,
-            max_rss_bytes: None,
-            detail: String::new(),
-        });
+        job.attempts.extend(entries);
         job.state = JobState::Scheduled;
         job.pending_reason = None;
         job.updated_at = at;
         self.pending_job_ids.remove(job_id);
-        self.active_job_ids_by_node
-            .entry(node_key.to_owned())
-            .or_default()
-            .insert(job_id.to_owned());
-        self.bump_assign_version(node_key);
+        let nodes: BTreeSet<&String> = replicas.iter().map(|r| &r.node).collect();
+        for node in nodes {
+            self.active_job_ids_by_node
+                .entry(node.clone())
+                .or_default()
+                .insert(job_id.to_owned());
+            self.bump_assign_version(node);
+        }
         true
     }
 
@@ -760,6 +888,7 @@ impl RegistryState {
                 AttemptOutcome::Preempted,
                 clip(&format!("preempted by {by}"), MAX_DETAIL),
             ),
+            Cause::All,
         );
         true
     }
@@ -792,7 +921,7 @@ impl RegistryState {
     }
 
     /// One reported event; `at` is the command's time (job timestamps), the event's own time goes to the
-    /// attempt.
+    /// replica's entry.
     fn apply_job_event(
         &mut self,
         at: u64,
@@ -803,35 +932,49 @@ impl RegistryState {
         let Some(job) = self.jobs.get_mut(&event.job_id) else {
             return EventAck::stale(format_args!("job {} not found", event.job_id));
         };
-        let Some(current) = job.current_attempt() else {
+        let Some(current) = job.current_attempt().map(|a| a.attempt) else {
             return EventAck::stale(format_args!("job {} is {}", job.id, job.state.as_str()));
         };
-        if current.attempt != event.attempt {
+        if current != event.attempt {
             return EventAck::stale(format_args!(
-                "attempt {} of job {} is not current (attempt {} is)",
-                event.attempt, job.id, current.attempt
-            ));
-        }
-        if current.node != node_key {
-            return EventAck::stale(format_args!(
-                "attempt {} of job {} runs on another node",
+                "attempt {} of job {} is not current (attempt {current} is)",
                 event.attempt, job.id
             ));
         }
-        if current.lease_epoch != lease_epoch {
+        let start = job.last_attempt_start();
+        let Some(idx) = job.attempts[start..]
+            .iter()
+            .position(|a| a.replica == event.replica)
+            .map(|i| start + i)
+        else {
             return EventAck::stale(format_args!(
-                "attempt {} of job {} is bound to lease epoch {}",
-                event.attempt, job.id, current.lease_epoch
+                "attempt {} of job {} has no replica {}",
+                event.attempt, job.id, event.replica
             ));
+        };
+        let entry = &mut job.attempts[idx];
+        let name = ReplicaName(&job.id, entry.attempt, entry.replica, job.spec.replicas);
+        if entry.node != node_key {
+            return EventAck::stale(format_args!("{name} runs on another node"));
+        }
+        if entry.lease_epoch != lease_epoch {
+            return EventAck::stale(format_args!(
+                "{name} is bound to lease epoch {}",
+                entry.lease_epoch
+            ));
+        }
+        if entry.outcome.is_some() {
+            // A replica of a gang that already ended (its peers still run): a repeat changes nothing.
+            return EventAck::accepted();
         }
         match &event.kind {
             JobEventKind::Started => {
+                if entry.started_at.is_none() {
+                    entry.started_at = Some(event.at_ms);
+                }
                 if job.state == JobState::Scheduled {
                     job.state = JobState::Running;
                     job.updated_at = at;
-                    if let Some(a) = job.attempts.last_mut() {
-                        a.started_at = Some(event.at_ms);
-                    }
                 }
             }
             JobEventKind::Exited {
@@ -861,9 +1004,10 @@ impl RegistryState {
                     (AttemptOutcome::Failed, detail)
                 };
                 let id = job.id.clone();
-                self.end_attempt(
+                self.end_replica(
                     at,
                     &id,
+                    event.replica,
                     event.at_ms,
                     AttemptEnd {
                         outcome,
@@ -877,18 +1021,20 @@ impl RegistryState {
             }
             JobEventKind::LaunchFailed { message } => {
                 let id = job.id.clone();
-                self.end_attempt(
+                self.end_replica(
                     at,
                     &id,
+                    event.replica,
                     event.at_ms,
                     AttemptEnd::new(AttemptOutcome::Failed, clip(message, MAX_DETAIL)),
                 );
             }
             JobEventKind::Vanished { reason } => {
                 let id = job.id.clone();
-                self.end_attempt(
+                self.end_replica(
                     at,
                     &id,
+                    event.replica,
                     event.at_ms,
                     AttemptEnd::new(AttemptOutcome::Lost, clip(reason, MAX_DETAIL)),
                 );
@@ -924,7 +1070,8 @@ impl RegistryState {
         ))
     }
 
-    /// Every active job on a node that was declared lost loses its attempt.
+    /// Every active job with a replica on a node that was declared lost loses its attempt (the gang's other
+    /// replicas are stopped). Returns how many jobs lost an attempt.
     pub(crate) fn lose_node_jobs(&mut self, at: u64, node_key: &str) -> usize {
         let ids: Vec<String> = self
             .active_job_ids_by_node
@@ -937,13 +1084,14 @@ impl RegistryState {
                 id,
                 at,
                 AttemptEnd::new(AttemptOutcome::Lost, "node lost"),
+                Cause::Node(node_key),
             );
         }
         ids.len()
     }
 
-    /// After a node registered again (at `lease_epoch`): its attempts move to the new epoch, and a running
-    /// attempt the agent no longer holds is lost. Returns how many were lost.
+    /// After a node registered again (at `lease_epoch`): its replicas move to the new epoch, and a started
+    /// replica the agent no longer holds is lost (ending its attempt). Returns how many attempts were lost.
     pub(crate) fn readopt_node_jobs(
         &mut self,
         at: u64,
@@ -951,9 +1099,9 @@ impl RegistryState {
         lease_epoch: u64,
         held: &[HeldAttempt],
     ) -> usize {
-        let held: BTreeSet<(&str, u32)> = held
+        let held: BTreeSet<(&str, u32, u32)> = held
             .iter()
-            .map(|h| (h.job_id.as_str(), h.attempt))
+            .map(|h| (h.job_id.as_str(), h.attempt, h.replica))
             .collect();
         let ids: Vec<String> = self
             .active_job_ids_by_node
@@ -965,12 +1113,19 @@ impl RegistryState {
             let Some(job) = self.jobs.get_mut(id) else {
                 continue;
             };
-            let running = job.state == JobState::Running;
-            let Some(attempt) = job.attempts.last_mut() else {
-                continue;
-            };
-            attempt.lease_epoch = lease_epoch;
-            if running && !held.contains(&(id.as_str(), attempt.attempt)) {
+            let start = job.last_attempt_start();
+            let mut gone = None;
+            for entry in &mut job.attempts[start..] {
+                if entry.node != node_key || entry.outcome.is_some() {
+                    continue;
+                }
+                entry.lease_epoch = lease_epoch;
+                let key = (id.as_str(), entry.attempt, entry.replica);
+                if gone.is_none() && entry.started_at.is_some() && !held.contains(&key) {
+                    gone = Some(entry.replica);
+                }
+            }
+            if let Some(replica) = gone {
                 self.end_attempt(
                     at,
                     id,
@@ -979,6 +1134,7 @@ impl RegistryState {
                         AttemptOutcome::Lost,
                         "not running after the agent restarted",
                     ),
+                    Cause::Replica(replica),
                 );
                 lost += 1;
             }
@@ -986,29 +1142,113 @@ impl RegistryState {
         lost
     }
 
-    /// Ends the current attempt of an active job and applies the retry rule: a cancel that was asked for
-    /// wins; a preempted attempt returns the job to pending; a lost one (always) or a failed one (with
-    /// `retry.on_failure`) is retried while the budget allows; anything else ends the job.
-    fn end_attempt(&mut self, at: u64, job_id: &str, ended_at: u64, end: AttemptEnd) {
+    /// Ends one replica of the current attempt. A replica that succeeded while others of its gang still run
+    /// just records its end; anything else (or the last success) ends the whole attempt.
+    fn end_replica(&mut self, at: u64, job_id: &str, replica: u32, ended_at: u64, end: AttemptEnd) {
         let Some(job) = self.jobs.get_mut(job_id) else {
             return;
         };
         if !job.state.is_active() {
             return;
         }
-        let Some(attempt) = job.attempts.last_mut() else {
+        let start = job.last_attempt_start();
+        if end.outcome == AttemptOutcome::Succeeded {
+            let others_running = job.attempts[start..]
+                .iter()
+                .any(|a| a.replica != replica && a.outcome != Some(AttemptOutcome::Succeeded));
+            if others_running {
+                let Some(entry) = job.attempts[start..]
+                    .iter_mut()
+                    .find(|a| a.replica == replica)
+                else {
+                    return;
+                };
+                entry.record_end(ended_at, end);
+                let node = entry.node.clone();
+                job.updated_at = at;
+                self.unindex_if_done(job_id, &node);
+                self.bump_assign_version(&node);
+                return;
+            }
+        }
+        self.end_attempt(at, job_id, ended_at, end, Cause::Replica(replica));
+    }
+
+    /// Drops `job_id` from `node_key`'s active set once none of its current replicas there is unfinished.
+    fn unindex_if_done(&mut self, job_id: &str, node_key: &str) {
+        let busy = self.jobs.get(job_id).is_some_and(|j| {
+            j.current_replicas()
+                .iter()
+                .any(|a| a.node == node_key && a.outcome.is_none())
+        });
+        if busy {
+            return;
+        }
+        if let Some(set) = self.active_job_ids_by_node.get_mut(node_key) {
+            set.remove(job_id);
+            if set.is_empty() {
+                self.active_job_ids_by_node.remove(node_key);
+            }
+        }
+    }
+
+    /// Ends the current attempt of an active job and applies the retry rule: a cancel that was asked for
+    /// wins; a preempted attempt returns the job to pending; a lost one (always) or a failed one (with
+    /// `retry.on_failure`) is retried while the budget allows; anything else ends the job. The replicas
+    /// named by `cause` get `end`; the gang's other unfinished replicas are stopped with it (or get the
+    /// same end when the cause is the whole attempt).
+    fn end_attempt(
+        &mut self,
+        at: u64,
+        job_id: &str,
+        ended_at: u64,
+        end: AttemptEnd,
+        cause: Cause<'_>,
+    ) {
+        let Some(job) = self.jobs.get_mut(job_id) else {
             return;
         };
-        let ended_at = attempt.started_at.map_or(ended_at, |s| ended_at.max(s));
-        attempt.ended_at = Some(ended_at);
-        attempt.outcome = Some(end.outcome);
-        attempt.detail = end.detail;
-        attempt.exit_code = end.exit_code;
-        attempt.signal = end.signal;
-        attempt.cpu_time_ms = end.cpu_time_ms;
-        attempt.max_rss_bytes = end.max_rss_bytes;
-        let node = attempt.node.clone();
-        let region = attempt.region.clone();
+        if !job.state.is_active() {
+            return;
+        }
+        let start = job.last_attempt_start();
+        let gang = job.spec.replicas > 1;
+        let mut nodes = BTreeSet::new();
+        let mut region = None;
+        let mut stopped_detail = None;
+        for entry in &mut job.attempts[start..] {
+            nodes.insert(entry.node.clone());
+            let caused = match cause {
+                Cause::All => true,
+                Cause::Replica(r) => entry.replica == r,
+                Cause::Node(node) => entry.node == node,
+            };
+            if caused && entry.outcome.is_none() {
+                region.get_or_insert_with(|| entry.region.clone());
+                if gang && stopped_detail.is_none() {
+                    let what = if end.detail.is_empty() {
+                        end.outcome.as_str().to_owned()
+                    } else {
+                        format!("{}: {}", end.outcome.as_str(), end.detail)
+                    };
+                    stopped_detail = Some(clip(
+                        &format!("stopped with its gang (replica {} {what})", entry.replica),
+                        MAX_DETAIL,
+                    ));
+                }
+                entry.record_end(ended_at, end.clone());
+            }
+        }
+        for entry in &mut job.attempts[start..] {
+            if entry.outcome.is_some() {
+                continue;
+            }
+            let rest = match (&cause, &stopped_detail) {
+                (Cause::All, _) | (_, None) => end.clone(),
+                (_, Some(detail)) => AttemptEnd::new(AttemptOutcome::Stopped, detail.clone()),
+            };
+            entry.record_end(ended_at, rest);
+        }
 
         let next = if job.cancel_requested || end.outcome == AttemptOutcome::Cancelled {
             JobState::Cancelled
@@ -1017,8 +1257,10 @@ impl RegistryState {
                 AttemptOutcome::Succeeded => JobState::Succeeded,
                 AttemptOutcome::Cancelled => JobState::Cancelled,
                 AttemptOutcome::Preempted => JobState::Pending,
-                AttemptOutcome::Lost if job.budget_left() => JobState::Pending,
-                AttemptOutcome::Lost => JobState::Lost,
+                AttemptOutcome::Lost | AttemptOutcome::Stopped if job.budget_left() => {
+                    JobState::Pending
+                }
+                AttemptOutcome::Lost | AttemptOutcome::Stopped => JobState::Lost,
                 AttemptOutcome::Failed if job.spec.retry.on_failure && job.budget_left() => {
                     JobState::Pending
                 }
@@ -1028,7 +1270,7 @@ impl RegistryState {
         if next == JobState::Pending
             && matches!(end.outcome, AttemptOutcome::Lost | AttemptOutcome::Failed)
         {
-            job.prefer_region = Some(region);
+            job.prefer_region = region;
         }
         job.state = next;
         job.updated_at = at;
@@ -1038,13 +1280,15 @@ impl RegistryState {
             job.pending_reason = None;
             self.pending_job_ids.insert(job_id.to_owned());
         }
-        if let Some(set) = self.active_job_ids_by_node.get_mut(&node) {
-            set.remove(job_id);
-            if set.is_empty() {
-                self.active_job_ids_by_node.remove(&node);
+        for node in &nodes {
+            if let Some(set) = self.active_job_ids_by_node.get_mut(node) {
+                set.remove(job_id);
+                if set.is_empty() {
+                    self.active_job_ids_by_node.remove(node);
+                }
             }
+            self.bump_assign_version(node);
         }
-        self.bump_assign_version(&node);
     }
 
     pub(crate) fn bump_assign_version(&mut self, node_key: &str) {
@@ -1112,17 +1356,24 @@ impl RegistryState {
         ids.into_iter().filter_map(|id| self.jobs.get(id))
     }
 
-    /// The node's assignment version and the jobs whose current attempt is on it, in id order.
-    pub fn node_assignments(&self, node_key: &str) -> (u64, Vec<&JobRecord>) {
+    /// The node's assignment version and the unfinished replicas of current attempts that run on it, with
+    /// their jobs, in (job id, replica) order.
+    pub fn node_assignments(&self, node_key: &str) -> (u64, Vec<(&JobRecord, &Attempt)>) {
         let version = self.nodes.get(node_key).map_or(0, |n| n.assign_version);
-        let jobs = self
+        let replicas = self
             .active_job_ids_by_node
             .get(node_key)
             .into_iter()
             .flatten()
             .filter_map(|id| self.jobs.get(id))
+            .flat_map(|job| {
+                job.current_replicas()
+                    .iter()
+                    .filter(|a| a.node == node_key && a.outcome.is_none())
+                    .map(move |a| (job, a))
+            })
             .collect();
-        (version, jobs)
+        (version, replicas)
     }
 }
 
@@ -1139,22 +1390,29 @@ impl RegistryState {
         assert_eq!(self.pending_job_ids, pending, "pending index");
         let mut by_node: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for job in self.jobs.values() {
-            if let Some(a) = job.current_attempt() {
+            let current = job.current_replicas();
+            for a in current.iter().filter(|a| a.outcome.is_none()) {
                 by_node
                     .entry(a.node.clone())
                     .or_default()
                     .insert(job.id.clone());
+            }
+            if job.state.is_active() {
+                assert_eq!(current.len(), job.spec.replicas as usize, "{}", job.id);
                 assert!(
-                    a.outcome.is_none(),
-                    "current attempt of {} has ended",
+                    current.iter().any(|a| a.outcome.is_none()),
+                    "every replica of the current attempt of {} has ended",
+                    job.id
+                );
+                assert!(
+                    current.iter().zip(0u32..).all(|(a, r)| a.replica == r),
+                    "replicas of {} out of order",
                     job.id
                 );
             }
             assert!(
-                job.attempts
+                job.attempts[..job.attempts.len() - current.len()]
                     .iter()
-                    .rev()
-                    .skip(usize::from(job.state.is_active()))
                     .all(|a| a.outcome.is_some()),
                 "a past attempt of {} has not ended",
                 job.id
@@ -1223,6 +1481,7 @@ mod tests {
                 .map(|(job_id, attempt)| HeldAttempt {
                     job_id: (*job_id).to_owned(),
                     attempt: *attempt,
+                    replica: 0,
                 })
                 .collect(),
             os: "Debian 12".into(),
@@ -1352,17 +1611,28 @@ mod tests {
         }
 
         fn place_op(&self, id: &str, attempt: u32, key: &str) -> PlacementOp {
+            self.gang_op(id, attempt, &[key])
+        }
+
+        /// Replica `r` on `keys[r]`, each on that node's GPU `r`.
+        fn gang_op(&self, id: &str, attempt: u32, keys: &[&str]) -> PlacementOp {
             PlacementOp::Place {
                 job_id: id.into(),
                 attempt,
-                node: key.into(),
-                lease_epoch: self.epoch(key),
-                gpu_uuids: vec![format!("GPU-{key}-0")],
-                resources: Resources {
-                    cpu_millis: 2000,
-                    memory_bytes: 4 << 30,
-                    gpus: 1,
-                },
+                replicas: keys
+                    .iter()
+                    .enumerate()
+                    .map(|(r, key)| ReplicaPlacement {
+                        node: (*key).into(),
+                        lease_epoch: self.epoch(key),
+                        gpu_uuids: vec![format!("GPU-{key}-{r}")],
+                        resources: Resources {
+                            cpu_millis: 2000,
+                            memory_bytes: 4 << 30,
+                            gpus: 1,
+                        },
+                    })
+                    .collect(),
             }
         }
 
@@ -1398,11 +1668,19 @@ mod tests {
             let at_ms = self.at + 500;
             let events = events
                 .into_iter()
-                .map(|(job_id, attempt, kind)| JobEventOp {
-                    job_id: job_id.into(),
-                    attempt,
-                    at_ms,
-                    kind,
+                .map(|(job_id, attempt, kind)| {
+                    // `job#r` reports for replica r.
+                    let (job_id, replica) = match job_id.split_once('#') {
+                        Some((id, r)) => (id, r.parse().unwrap_or(u32::MAX)),
+                        None => (job_id, 0),
+                    };
+                    JobEventOp {
+                        job_id: job_id.into(),
+                        attempt,
+                        replica,
+                        at_ms,
+                        kind,
+                    }
                 })
                 .collect();
             match self.apply(Op::ReportJobEvents {
@@ -1609,8 +1887,8 @@ mod tests {
         w.health(B, NodeHealthState::Unreachable);
         let before = w.without_audit();
         let mut wrong_epoch = w.place_op("job_1", 1, A);
-        if let PlacementOp::Place { lease_epoch, .. } = &mut wrong_epoch {
-            *lease_epoch += 1;
+        if let PlacementOp::Place { replicas, .. } = &mut wrong_epoch {
+            replicas[0].lease_epoch += 1;
         }
         let skipped = w.placements(vec![
             w.place_op("job_1", 2, A),           // not the next attempt
@@ -1897,7 +2175,7 @@ mod tests {
         );
         assert_eq!(waiting.attempts[0].lease_epoch, 2);
         let (_, jobs) = w.s.node_assignments(A);
-        let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+        let ids: Vec<&str> = jobs.iter().map(|(j, _)| j.id.as_str()).collect();
         assert_eq!(ids, ["job_held", "job_waiting"]);
         assert!(w
             .s
@@ -2306,6 +2584,316 @@ mod tests {
         assert_eq!(restored, w.s);
         restored.assert_job_indexes_consistent();
         assert_eq!(restored.to_bytes(), bytes);
+    }
+
+    // ---- gangs ----
+
+    fn gang_spec(replicas: u32) -> JobSpec {
+        let mut spec = spec();
+        spec.replicas = replicas;
+        spec
+    }
+
+    fn outcomes(job: &JobRecord, attempt: u32) -> Vec<Option<AttemptOutcome>> {
+        job.attempts
+            .iter()
+            .filter(|a| a.attempt == attempt)
+            .map(|a| a.outcome)
+            .collect()
+    }
+
+    #[test]
+    fn a_gang_is_placed_whole_or_not_at_all() {
+        let mut w = World::new();
+        w.submit_spec("gang", gang_spec(3));
+        let before = w.without_audit();
+        let mut stale_epoch = w.gang_op("gang", 1, &[A, B, US]);
+        if let PlacementOp::Place { replicas, .. } = &mut stale_epoch {
+            replicas[2].lease_epoch += 1;
+        }
+        let skipped = w.placements(vec![
+            w.gang_op("gang", 1, &[A, B]),              // one replica short
+            w.gang_op("gang", 1, &[A, B, US, A]),       // one too many
+            w.gang_op("gang", 1, &[A, B, "eu/eu1/zz"]), // a node that does not exist
+            stale_epoch,                                // a node registered again since
+        ]);
+        assert_eq!(skipped, (0, 0, 0, 4));
+        let mut after = w.without_audit();
+        after.nodes = before.nodes.clone();
+        assert_eq!(after.jobs, before.jobs, "a skipped gang leaves no trace");
+
+        let versions = [w.version(A), w.version(B), w.version(US)];
+        w.placements(vec![w.gang_op("gang", 1, &[A, A, US])]);
+        let job = w.job("gang");
+        assert_eq!(job.state, JobState::Scheduled);
+        let placed: Vec<(u32, u32, &str)> = job
+            .attempts
+            .iter()
+            .map(|a| (a.attempt, a.replica, a.node.as_str()))
+            .collect();
+        assert_eq!(placed, [(1, 0, A), (1, 1, A), (1, 2, US)]);
+        assert_eq!(job.current_replicas().len(), 3);
+        assert_eq!(job.attempt_count(), 1);
+        assert_eq!(w.version(A), versions[0] + 1, "one bump per node");
+        assert_eq!(w.version(B), versions[1]);
+        assert_eq!(w.version(US), versions[2] + 1);
+        // Two replicas of the gang share node A; each is its own assignment there.
+        let (_, on_a) = w.s.node_assignments(A);
+        let on_a: Vec<(&str, u32)> = on_a
+            .iter()
+            .map(|(j, a)| (j.id.as_str(), a.replica))
+            .collect();
+        assert_eq!(on_a, [("gang", 0), ("gang", 1)]);
+        let (_, on_us) = w.s.node_assignments(US);
+        assert_eq!(on_us.len(), 1);
+    }
+
+    #[test]
+    fn a_gang_succeeds_when_every_replica_has_succeeded() {
+        let mut w = World::new();
+        w.submit_spec("gang", gang_spec(2));
+        w.placements(vec![w.gang_op("gang", 1, &[A, B])]);
+        let acks = w.report(A, vec![("gang#0", 1, JobEventKind::Started)]);
+        assert!(acks[0].accepted, "{acks:?}");
+        assert_eq!(w.job("gang").state, JobState::Running);
+        w.report(B, vec![("gang#1", 1, JobEventKind::Started)]);
+
+        // Replica 0 finishes first: the job keeps running, node A has nothing left to run.
+        let version_a = w.version(A);
+        w.report(A, vec![("gang#0", 1, exited(0))]);
+        let job = w.job("gang");
+        assert_eq!(job.state, JobState::Running);
+        assert_eq!(outcomes(job, 1), [Some(AttemptOutcome::Succeeded), None]);
+        assert_eq!(w.version(A), version_a + 1);
+        assert!(w.s.node_assignments(A).1.is_empty());
+        assert_eq!(w.s.node_assignments(B).1.len(), 1);
+        // A repeated report of the finished replica changes nothing.
+        let before = w.without_audit();
+        let again = w.report(A, vec![("gang#0", 1, exited(0))]);
+        assert!(again[0].accepted);
+        let mut after = w.without_audit();
+        after.jobs.get_mut("gang").expect("job").updated_at = before.jobs["gang"].updated_at;
+        assert_eq!(after.jobs, before.jobs);
+        // A replica the gang does not have is stale.
+        let unknown = w.report(B, vec![("gang#2", 1, exited(0))]);
+        assert!(
+            !unknown[0].accepted && unknown[0].reason.contains("no replica 2"),
+            "{unknown:?}"
+        );
+        // A replica reported from the wrong node is stale.
+        let wrong = w.report(A, vec![("gang#1", 1, exited(0))]);
+        assert!(
+            wrong[0]
+                .reason
+                .contains("replica 1 of attempt 1 of job gang runs on another node"),
+            "{wrong:?}"
+        );
+
+        w.report(B, vec![("gang#1", 1, exited(0))]);
+        let job = w.job("gang");
+        assert_eq!(job.state, JobState::Succeeded);
+        assert_eq!(
+            outcomes(job, 1),
+            [
+                Some(AttemptOutcome::Succeeded),
+                Some(AttemptOutcome::Succeeded)
+            ]
+        );
+        assert!(job.finished_at.is_some());
+        assert!(w.s.node_assignments(B).1.is_empty());
+    }
+
+    #[test]
+    fn one_failed_replica_stops_the_whole_gang() {
+        let mut w = World::new();
+        let mut spec = gang_spec(2);
+        spec.retry = RetryPolicy {
+            max_attempts: 2,
+            on_failure: true,
+        };
+        w.submit_spec("gang", spec);
+        w.placements(vec![w.gang_op("gang", 1, &[A, B])]);
+        w.report(A, vec![("gang#0", 1, JobEventKind::Started)]);
+        w.report(B, vec![("gang#1", 1, JobEventKind::Started)]);
+        let versions = (w.version(A), w.version(B));
+        w.report(B, vec![("gang#1", 1, exited(3))]);
+        let job = w.job("gang");
+        assert_eq!(
+            job.state,
+            JobState::Pending,
+            "retried: on_failure with budget left"
+        );
+        assert_eq!(
+            outcomes(job, 1),
+            [Some(AttemptOutcome::Stopped), Some(AttemptOutcome::Failed)]
+        );
+        assert_eq!(
+            job.attempts[0].detail,
+            "stopped with its gang (replica 1 failed: exited with code 3)"
+        );
+        assert_eq!(job.attempts[1].exit_code, Some(3));
+        assert_eq!(job.prefer_region.as_deref(), Some("eu"));
+        assert_eq!(
+            (w.version(A), w.version(B)),
+            (versions.0 + 1, versions.1 + 1)
+        );
+        assert!(w.s.node_assignments(A).1.is_empty(), "replica 0 must stop");
+        // The stopped replica's own exit arrives later: the attempt is over.
+        let late = w.report(A, vec![("gang#0", 1, exited(143))]);
+        assert!(!late[0].accepted, "{late:?}");
+
+        // The second attempt fails too: no budget left.
+        w.placements(vec![w.gang_op("gang", 2, &[A, B])]);
+        assert_eq!(w.job("gang").attempt_count(), 2);
+        w.report(
+            A,
+            vec![(
+                "gang#0",
+                2,
+                JobEventKind::LaunchFailed {
+                    message: "no such file".into(),
+                },
+            )],
+        );
+        let job = w.job("gang");
+        assert_eq!(job.state, JobState::Failed);
+        assert_eq!(
+            outcomes(job, 2),
+            [Some(AttemptOutcome::Failed), Some(AttemptOutcome::Stopped)]
+        );
+    }
+
+    #[test]
+    fn a_lost_node_costs_the_gang_one_attempt_and_a_preemption_none() {
+        let mut w = World::new();
+        w.submit_spec("gang", gang_spec(3));
+        w.placements(vec![w.gang_op("gang", 1, &[A, A, B])]);
+        w.report(
+            A,
+            vec![
+                ("gang#0", 1, JobEventKind::Started),
+                ("gang#1", 1, JobEventKind::Started),
+            ],
+        );
+        w.health(A, NodeHealthState::Lost);
+        let job = w.job("gang");
+        assert_eq!(job.state, JobState::Pending);
+        assert_eq!(
+            outcomes(job, 1),
+            [
+                Some(AttemptOutcome::Lost),
+                Some(AttemptOutcome::Lost),
+                Some(AttemptOutcome::Stopped)
+            ]
+        );
+        assert!(w.s.node_assignments(B).1.is_empty());
+        assert_eq!(job.counted_attempts(), 1, "a gang attempt counts once");
+
+        w.placements(vec![w.gang_op("gang", 2, &[B, B, US])]);
+        w.placements(vec![PlacementOp::Preempt {
+            job_id: "gang".into(),
+            attempt: 2,
+            by: "urgent".into(),
+        }]);
+        let job = w.job("gang");
+        assert_eq!(job.state, JobState::Pending);
+        assert_eq!(outcomes(job, 2), [Some(AttemptOutcome::Preempted); 3]);
+        assert_eq!(job.counted_attempts(), 1, "preempted attempts are free");
+        assert_eq!(job.next_attempt(), 3);
+    }
+
+    #[test]
+    fn cancelling_a_gang_stops_every_replica() {
+        let mut w = World::new();
+        w.submit_spec("gang", gang_spec(2));
+        w.placements(vec![w.gang_op("gang", 1, &[A, US])]);
+        let versions = (w.version(A), w.version(US));
+        w.ok(Op::CancelJob {
+            project_id: PA.into(),
+            id: "gang".into(),
+        });
+        assert_eq!(
+            (w.version(A), w.version(US)),
+            (versions.0 + 1, versions.1 + 1)
+        );
+        w.report(US, vec![("gang#1", 1, exited(143))]);
+        let job = w.job("gang");
+        assert_eq!(job.state, JobState::Cancelled);
+        assert_eq!(
+            outcomes(job, 1),
+            [
+                Some(AttemptOutcome::Stopped),
+                Some(AttemptOutcome::Cancelled)
+            ]
+        );
+        assert!(w.s.node_assignments(A).1.is_empty());
+    }
+
+    #[test]
+    fn a_restarted_agent_that_lost_one_replica_loses_the_gang_attempt() {
+        let mut w = World::new();
+        w.submit_spec("gang", gang_spec(2));
+        w.placements(vec![w.gang_op("gang", 1, &[A, A])]);
+        w.report(
+            A,
+            vec![
+                ("gang#0", 1, JobEventKind::Started),
+                ("gang#1", 1, JobEventKind::Started),
+            ],
+        );
+        // The agent comes back holding replica 0 only.
+        let mut op = register_op(A, &[("gang", 1)]);
+        if let Op::RegisterNode { held, .. } = &mut op {
+            held[0].replica = 0;
+        }
+        w.ok(op);
+        let job = w.job("gang");
+        assert_eq!(job.state, JobState::Pending);
+        assert_eq!(
+            outcomes(job, 1),
+            [Some(AttemptOutcome::Stopped), Some(AttemptOutcome::Lost)]
+        );
+        assert_eq!(
+            job.attempts[1].detail,
+            "not running after the agent restarted"
+        );
+
+        // Holding both, the attempt is kept and moves to the new epoch.
+        w.placements(vec![w.gang_op("gang", 2, &[A, A])]);
+        w.report(
+            A,
+            vec![
+                ("gang#0", 2, JobEventKind::Started),
+                ("gang#1", 2, JobEventKind::Started),
+            ],
+        );
+        let mut op = register_op(A, &[("gang", 2), ("gang", 2)]);
+        if let Op::RegisterNode { held, .. } = &mut op {
+            held[1].replica = 1;
+        }
+        w.ok(op);
+        let job = w.job("gang");
+        assert_eq!(job.state, JobState::Running);
+        let epoch = w.epoch(A);
+        assert!(job
+            .current_replicas()
+            .iter()
+            .all(|a| a.lease_epoch == epoch));
+    }
+
+    #[test]
+    fn gang_sizes_are_validated() {
+        let mut w = World::new();
+        for bad in [0, MAX_REPLICAS + 1] {
+            let e = w.refused(Op::SubmitJob {
+                id: "gang".into(),
+                project_id: PA.into(),
+                spec: gang_spec(bad),
+            });
+            assert!(e.to_string().contains("replicas"), "{e}");
+        }
+        let spec: JobSpec = serde_json::from_str(r#"{"command":"true"}"#).expect("minimal spec");
+        assert_eq!(spec.replicas, 1, "older specs read as one replica");
     }
 }
 

@@ -31,9 +31,10 @@ pub use audit::{
     verify_chain, AuditChainError, AuditOutcome, AuditPage, AuditRecord, GENESIS_HASH,
 };
 pub use fleet::{node_key, NodeHealthState, NodeRecord};
+pub(crate) use jobs::MAX_REPLICAS;
 pub use jobs::{
     secret_binds_job, Attempt, AttemptOutcome, EventAck, HeldAttempt, JobEventKind, JobEventOp,
-    JobRecord, JobSpec, JobState, PlacementOp, RetryPolicy,
+    JobRecord, JobSpec, JobState, PlacementOp, ReplicaPlacement, RetryPolicy,
 };
 pub use paging::{Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use scope::ProjectScope;

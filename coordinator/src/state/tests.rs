@@ -262,11 +262,12 @@ fn random_command(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> 
             held: view
                 .jobs
                 .values()
-                .filter_map(|j| j.current_attempt().map(|a| (j, a)))
+                .flat_map(|j| j.current_replicas().iter().map(move |a| (j, a)))
                 .filter(|_| rng.gen_bool(0.5))
                 .map(|(j, a)| HeldAttempt {
                     job_id: j.id.clone(),
                     attempt: a.attempt,
+                    replica: a.replica,
                 })
                 .collect(),
             os: String::new(),
@@ -330,6 +331,7 @@ fn random_job_op(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> O
             let mut spec = JobSpec::new(if rng.gen_bool(0.95) { "train" } else { "" });
             spec.retry.max_attempts = rng.gen_range(1..4);
             spec.retry.on_failure = rng.gen_bool(0.3);
+            spec.replicas = if rng.gen_bool(0.3) { 2 } else { 1 };
             let project_id = match pick_job(rng) {
                 Some(j) if rng.gen_bool(0.5) => j.project_id.clone(),
                 _ => project(),
@@ -358,23 +360,38 @@ fn random_job_op(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> O
             let mut placements = Vec::new();
             for _ in 0..rng.gen_range(1..6) {
                 let Some(job) = pick_job(rng) else { break };
-                let node = (!nodes.is_empty()).then(|| nodes[rng.gen_range(0..nodes.len())]);
-                let item = match (rng.gen_range(0..4), node) {
-                    (0 | 1, Some(node)) => PlacementOp::Place {
+                let item = match rng.gen_range(0..4) {
+                    0 | 1 if !nodes.is_empty() => {
+                        // Usually one entry per replica, sometimes a wrong count (skipped).
+                        let count = if rng.gen_bool(0.9) {
+                            job.spec.replicas
+                        } else {
+                            rng.gen_range(1..4)
+                        };
+                        let replicas = (0..count)
+                            .map(|_| {
+                                let node = nodes[rng.gen_range(0..nodes.len())];
+                                ReplicaPlacement {
+                                    node: node.key.clone(),
+                                    lease_epoch: node.lease_epoch,
+                                    gpu_uuids: vec![format!("GPU-{n}")],
+                                    resources: crate::scheduler::Resources {
+                                        cpu_millis: rng.gen_range(0..4000),
+                                        memory_bytes: rng.gen_range(0..1 << 34),
+                                        gpus: rng.gen_range(0..2),
+                                    },
+                                }
+                            })
+                            .collect();
+                        PlacementOp::Place {
+                            job_id: job.id.clone(),
+                            attempt: job.next_attempt() + u32::from(rng.gen_bool(0.1)),
+                            replicas,
+                        }
+                    }
+                    2 => PlacementOp::Preempt {
                         job_id: job.id.clone(),
-                        attempt: job.attempts.len() as u32 + u32::from(rng.gen_bool(0.1)) + 1,
-                        node: node.key.clone(),
-                        lease_epoch: node.lease_epoch,
-                        gpu_uuids: vec![format!("GPU-{n}")],
-                        resources: crate::scheduler::Resources {
-                            cpu_millis: rng.gen_range(0..4000),
-                            memory_bytes: rng.gen_range(0..1 << 34),
-                            gpus: rng.gen_range(0..2),
-                        },
-                    },
-                    (2, _) => PlacementOp::Preempt {
-                        job_id: job.id.clone(),
-                        attempt: job.attempts.len() as u32,
+                        attempt: job.attempt_count(),
                         by: format!("job_{n}"),
                     },
                     _ => PlacementOp::Wait {
@@ -419,7 +436,13 @@ fn random_job_op(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> O
                     };
                     JobEventOp {
                         job_id: j.id.clone(),
-                        attempt: j.attempts.len() as u32,
+                        attempt: j.attempt_count(),
+                        // Now and then a replica the job does not have.
+                        replica: if rng.gen_bool(0.9) {
+                            rng.gen_range(0..j.spec.replicas)
+                        } else {
+                            j.spec.replicas
+                        },
                         at_ms: at.saturating_sub(rng.gen_range(0..2000)),
                         kind,
                     }
@@ -519,8 +542,15 @@ fn replicas_are_byte_identical() {
     );
     let states: BTreeSet<JobState> = a.jobs.values().map(|j| j.state).collect();
     assert!(
-        states.len() >= 5 && a.jobs.values().any(|j| j.attempts.len() > 1),
+        states.len() >= 5 && a.jobs.values().any(|j| j.attempt_count() > 1),
         "log exercised the job lifecycle: {states:?}"
+    );
+    assert!(
+        a.jobs.values().any(|j| j.spec.replicas > 1
+            && j.attempts
+                .iter()
+                .any(|r| r.replica == 1 && r.outcome.is_some())),
+        "log exercised gang attempts"
     );
     a.assert_job_indexes_consistent();
     verify_chain(a.audit_records()).expect("the audit chain of a long log verifies");

@@ -147,6 +147,7 @@ mod tests {
     ) -> Attempt {
         Attempt {
             attempt: number,
+            replica: 0,
             node: "eu/eu1/a1".into(),
             region: "eu".into(),
             cluster: "eu1".into(),
