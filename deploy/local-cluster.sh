@@ -66,10 +66,12 @@ region = "local"
 [raft]
 listen = "127.0.0.1:$(raft_port "$i")"
 # A follower starts an election after election_max (the leader lease) + its own timeout in [min, max) without
-# hearing from the leader: 450-600 ms here, 9-12 heartbeats; failover on loopback takes about that long.
+# hearing from the leader. Each coordinator gets its own 50 ms band (c1 150-200, c2 200-250, c3 250-300), so
+# two followers never time out together and split a vote: c1 campaigns 350-400 ms after the last heartbeat,
+# c2 450-500, c3 550-600 (7-12 heartbeats).
 heartbeat_ms = 50
-election_min_ms = 150
-election_max_ms = 300
+election_min_ms = $((100 + 50 * i))
+election_max_ms = $((150 + 50 * i))
 snapshot_every = 50000
 
 [admin]

@@ -280,6 +280,65 @@ async fn the_client_reconnects_after_the_server_restarts() {
 }
 
 #[tokio::test]
+async fn reconnecting_to_a_lost_peer_starts_over_quickly() {
+    let pki = Pki::new();
+    let client = RpcClient::new(&pki.coordinator("c2")).unwrap();
+    let call = |addr: String| {
+        let client = client.clone();
+        async move {
+            client
+                .call(&addr, Method::Ping, Bytes::new(), Duration::from_secs(5))
+                .await
+        }
+    };
+
+    // An address that never answered: one handshake attempt gets the full connect window.
+    let unused = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .unwrap();
+    let never = call(unused.to_string()).await;
+    assert!(
+        matches!(&never, Err(RpcError::Transport(m)) if m.contains("within 2s")),
+        "{never:?}"
+    );
+
+    // A peer this client was connected to, now gone: each attempt is a few round trips long (at least
+    // 250 ms), so a peer that comes back is reached by the next fresh handshake instead of waiting out
+    // the backoff of one long one.
+    let tls = pki.coordinator("c1");
+    let (service, _probe) = TestService::new();
+    let server = Server::start(&tls, service.clone());
+    let addr = server.addr.to_string();
+    call(addr.clone()).await.unwrap();
+    server.stop().await;
+    for _ in 0..2 {
+        let lost = call(addr.clone()).await;
+        assert!(
+            matches!(&lost, Err(RpcError::Transport(m)) if m.contains("within 250ms")),
+            "{lost:?}"
+        );
+    }
+    let back = Server::start_with(&tls, service, ServerOptions::default(), &addr);
+    let answered = wait_until_answered(&client, &addr).await;
+    assert!(answered, "the restarted server was never reached");
+    back.stop().await;
+}
+
+/// Calls until one succeeds (true) or the test's call budget runs out (false).
+async fn wait_until_answered(client: &RpcClient, addr: &str) -> bool {
+    let deadline = Instant::now() + CALL;
+    while Instant::now() < deadline {
+        let answer = client
+            .call(addr, Method::Ping, Bytes::new(), Duration::from_secs(1))
+            .await;
+        if answer.is_ok() {
+            return true;
+        }
+    }
+    false
+}
+
+#[tokio::test]
 async fn shutdown_lets_calls_in_flight_finish() {
     let pki = Pki::new();
     let (service, mut probe) = TestService::new();
