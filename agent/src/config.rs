@@ -38,6 +38,9 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:7443";
 /// [idle_gpus]
 /// utilization_percent = 5             # at or below: idle
 /// window_secs = 600                   # idle this long: flagged
+/// [jobs]
+/// retain_finished = "7d"              # finished attempts' records, logs and directories
+/// sweep_every = "10m"                 # how often to look for attempts past retention
 /// [tls]
 /// ca = "…"; cert = "…"; key = "…"
 /// ```
@@ -69,6 +72,9 @@ pub struct AgentConfig {
     /// When a GPU assigned to a job counts as idle.
     #[serde(default)]
     pub idle_gpus: IdleGpuConfig,
+    /// How long finished attempts are kept on the node.
+    #[serde(default)]
+    pub jobs: JobsConfig,
     pub tls: AgentTls,
 }
 
@@ -108,6 +114,108 @@ impl IdleGpuConfig {
     pub fn window(&self) -> Duration {
         Duration::from_secs(self.window_secs)
     }
+}
+
+/// Shortest `retain_finished` accepted: a finished attempt's logs must outlive a user's first look.
+pub const MIN_RETAIN_FINISHED: Duration = Duration::from_secs(60);
+
+/// `[jobs]`: a finished attempt (its record, logs and state directory) is kept for `retain_finished`
+/// after it ended, then forgotten; the agent looks for such attempts every `sweep_every`. Both are
+/// durations like `30s`, `10m`, `7d` or `1h30m` (a bare number is seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "JobsConfigText")]
+pub struct JobsConfig {
+    /// Default 7 days; at least [`MIN_RETAIN_FINISHED`].
+    pub retain_finished: Duration,
+    /// Default 10 minutes; positive.
+    pub sweep_every: Duration,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            retain_finished: Duration::from_secs(7 * 86_400),
+            sweep_every: Duration::from_secs(600),
+        }
+    }
+}
+
+/// `[jobs]` as written in the file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobsConfigText {
+    retain_finished: Option<String>,
+    sweep_every: Option<String>,
+}
+
+impl TryFrom<JobsConfigText> for JobsConfig {
+    type Error = String;
+
+    fn try_from(text: JobsConfigText) -> Result<Self, String> {
+        let defaults = JobsConfig::default();
+        let field = |name: &str, value: Option<String>, default: Duration| match value {
+            None => Ok(default),
+            Some(v) => parse_duration(&v).map_err(|e| format!("jobs.{name}: {e}")),
+        };
+        let cfg = JobsConfig {
+            retain_finished: field(
+                "retain_finished",
+                text.retain_finished,
+                defaults.retain_finished,
+            )?,
+            sweep_every: field("sweep_every", text.sweep_every, defaults.sweep_every)?,
+        };
+        if cfg.retain_finished < MIN_RETAIN_FINISHED {
+            return Err(format!(
+                "jobs.retain_finished: must be at least 1m (got {}s)",
+                cfg.retain_finished.as_secs()
+            ));
+        }
+        if cfg.sweep_every.is_zero() {
+            return Err("jobs.sweep_every: must be positive".into());
+        }
+        Ok(cfg)
+    }
+}
+
+/// A duration like `30s`, `5m`, `2h`, `7d` or `1h30m` (units `s`, `m`, `h`, `d`, combined largest
+/// first or not); a bare number is seconds. The same syntax as the CLI's durations.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Err("empty (use e.g. 30s, 10m, 7d or 1h30m)".into());
+    }
+    let too_large = || format!("{t:?} is too large");
+    if t.bytes().all(|b| b.is_ascii_digit()) {
+        return t.parse().map(Duration::from_secs).map_err(|_| too_large());
+    }
+    let mut total: u64 = 0;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(format!("{t:?} is not like 30s, 10m, 7d or 1h30m"));
+        }
+        let (number, after) = rest.split_at(digits);
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_len);
+        let factor: u64 = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3_600,
+            "d" => 86_400,
+            _ => return Err(format!("unknown unit {unit:?} in {t:?} (use s, m, h or d)")),
+        };
+        let value: u64 = number.parse().map_err(|_| too_large())?;
+        total = value
+            .checked_mul(factor)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(too_large)?;
+        rest = next;
+    }
+    Ok(Duration::from_secs(total))
 }
 
 fn default_heartbeat_ms() -> u64 {
@@ -220,6 +328,9 @@ key = "agent.key"
         assert!(cfg.labels.is_empty());
         assert_eq!(cfg.idle_gpus.utilization_percent, 5);
         assert_eq!(cfg.idle_gpus.window(), Duration::from_secs(600));
+        assert_eq!(cfg.jobs.retain_finished, Duration::from_secs(7 * 86_400));
+        assert_eq!(cfg.jobs.sweep_every, Duration::from_secs(600));
+        assert_eq!(cfg.jobs, JobsConfig::default());
     }
 
     #[test]
@@ -227,7 +338,8 @@ key = "agent.key"
         let text = MINIMAL.replace(
             "[tls]",
             "heartbeat_ms = 250\nlisten = \"127.0.0.1:0\"\nadvertise = \"[::1]:7443\"\n[tls]",
-        ) + "[labels]\nzone = \"eu-1a\"\ninstance = \"spot\"\n[idle_gpus]\nutilization_percent = 10\nwindow_secs = 60\n";
+        ) + "[labels]\nzone = \"eu-1a\"\ninstance = \"spot\"\n[idle_gpus]\nutilization_percent = 10\nwindow_secs = 60\n"
+            + "[jobs]\nretain_finished = \"1d12h\"\nsweep_every = \"90s\"\n";
         let cfg = parse(&text).expect("full config");
         assert_eq!(cfg.heartbeat_ms, 250);
         assert_eq!(cfg.listen, "127.0.0.1:0".parse().expect("literal"));
@@ -239,6 +351,13 @@ key = "agent.key"
             IdleGpuConfig {
                 utilization_percent: 10,
                 window_secs: 60
+            }
+        );
+        assert_eq!(
+            cfg.jobs,
+            JobsConfig {
+                retain_finished: Duration::from_secs(36 * 3_600),
+                sweep_every: Duration::from_secs(90),
             }
         );
     }
@@ -277,7 +396,56 @@ key = "agent.key"
             "window_secs",
         );
         refused(&format!("{MINIMAL}[idle_gpus]\nwindow = 3\n"), "window");
+        for (bad, needle) in [
+            (
+                "retain_finished = \"59s\"",
+                "jobs.retain_finished: must be at least 1m",
+            ),
+            (
+                "retain_finished = \"0\"",
+                "jobs.retain_finished: must be at least 1m",
+            ),
+            ("retain_finished = \"7 days\"", "jobs.retain_finished"),
+            (
+                "retain_finished = \"7w\"",
+                "jobs.retain_finished: unknown unit",
+            ),
+            ("retain_finished = \"\"", "jobs.retain_finished: empty"),
+            ("sweep_every = \"0s\"", "jobs.sweep_every: must be positive"),
+            ("sweep_every = \"m\"", "jobs.sweep_every"),
+            ("sweep_every = 600", "sweep_every"),
+            ("retain = \"7d\"", "retain"),
+        ] {
+            refused(&format!("{MINIMAL}[jobs]\n{bad}\n"), needle);
+        }
         refused(&MINIMAL.replace("[tls]", "colour = 1\n[tls]"), "colour");
+    }
+
+    #[test]
+    fn durations_take_the_cli_syntax() {
+        let secs = |text: &str| parse_duration(text).map(|d| d.as_secs());
+        assert_eq!(secs("45"), Ok(45));
+        assert_eq!(secs("30s"), Ok(30));
+        assert_eq!(secs("10m"), Ok(600));
+        assert_eq!(secs("2h"), Ok(7_200));
+        assert_eq!(secs("7d"), Ok(604_800));
+        assert_eq!(secs("1h30m"), Ok(5_400));
+        assert_eq!(secs(" 1d2h3m4s "), Ok(93_784));
+        assert_eq!(secs("30m1h"), Ok(5_400));
+        for bad in [
+            "",
+            "  ",
+            "m",
+            "10x",
+            "1.5h",
+            "-1m",
+            "1h 30m",
+            "h1",
+            "99999999999999999999",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_duration("213503982334602d").is_err_and(|e| e.contains("too large")));
     }
 
     #[test]
@@ -285,5 +453,6 @@ key = "agent.key"
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/agent.toml");
         let cfg = AgentConfig::load(&path).expect("deploy/config/agent.toml");
         assert_eq!(cfg.coordinators.len(), 3);
+        assert_eq!(cfg.jobs, JobsConfig::default());
     }
 }

@@ -4,9 +4,10 @@
 //! `inventory` says what the node offers (GPUs through NVML or nvidia-smi); `exec` runs one attempt's
 //! process (process group, limits, GPU pinning, logs, cancel, re-adoption after a restart); `jobs` turns
 //! the coordinators' assignments into attempts, keeps the local database (`agent.db`) of attempts and
-//! unsent reports, and serves log reads; `link` finds the leader and holds the lease; `runtime` wires it
-//! all together with registration and heartbeats. The agent process loads and validates its
-//! configuration and identity, then runs `runtime` until stopped. It must never stop a job because the
+//! unsent reports, forgets finished attempts after their retention period, and serves log reads; `link`
+//! finds the leader and holds the lease; `runtime` wires it all together with registration and
+//! heartbeats. The agent process loads and validates its configuration and identity, then runs `runtime`
+//! until stopped. It must never stop a job because the
 //! coordinators are away, nor stop itself for that reason.
 
 mod config;
@@ -17,7 +18,10 @@ pub mod jobs;
 mod link;
 mod runtime;
 
-pub use config::{AgentConfig, AgentTls, ConfigError, IdleGpuConfig, DEFAULT_LISTEN};
+pub use config::{
+    AgentConfig, AgentTls, ConfigError, IdleGpuConfig, JobsConfig, DEFAULT_LISTEN,
+    MIN_RETAIN_FINISHED,
+};
 pub use runtime::{run, AgentOptions, RuntimeError};
 
 use std::path::Path;
@@ -65,6 +69,7 @@ pub async fn run_from_file(path: &Path) -> Result<(), AgentError> {
             advertise: cfg.advertise.clone(),
             labels: cfg.labels.clone(),
             idle_gpus: cfg.idle_gpus,
+            jobs: cfg.jobs,
             ..AgentOptions::new(cfg.coordinators.clone(), tls, cfg.data_dir.clone())
         },
         shutdown.clone(),

@@ -19,7 +19,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::IdleGpuConfig;
+use crate::config::{IdleGpuConfig, JobsConfig};
 use crate::exec::{ExecError, Launcher, LauncherOptions};
 use crate::inventory::{self, GpuProbe, InventoryOptions, NodeInventory};
 use crate::jobs::supervisor::Supervisor;
@@ -54,6 +54,8 @@ pub struct AgentOptions {
     pub labels: BTreeMap<String, String>,
     /// When an assigned GPU counts as idle.
     pub idle_gpus: IdleGpuConfig,
+    /// How long finished attempts are kept and how often the agent looks for expired ones.
+    pub jobs: JobsConfig,
     /// Where cgroup hierarchies are mounted; `None`: `/sys/fs/cgroup`.
     pub cgroup_root: Option<PathBuf>,
 }
@@ -61,8 +63,9 @@ pub struct AgentOptions {
 impl AgentOptions {
     /// Options for an embedded agent (dev mode, tests): heartbeat 1 s, listen on `127.0.0.1` with a port
     /// the system picks (so several agents share a host), advertise derived, no labels, idle GPUs at 5 %
-    /// for 600 s, cgroups under `/sys/fs/cgroup`. A configured agent takes `listen` from its file
-    /// (default [`crate::DEFAULT_LISTEN`]).
+    /// for 600 s, finished attempts kept 7 days (swept every 10 minutes), cgroups under
+    /// `/sys/fs/cgroup`. A configured agent takes `listen` from its file (default
+    /// [`crate::DEFAULT_LISTEN`]).
     pub fn new(coordinators: Vec<String>, tls: certs::TlsIdentity, data_dir: PathBuf) -> Self {
         AgentOptions {
             coordinators,
@@ -73,6 +76,7 @@ impl AgentOptions {
             advertise: None,
             labels: BTreeMap::new(),
             idle_gpus: IdleGpuConfig::default(),
+            jobs: JobsConfig::default(),
             cgroup_root: None,
         }
     }
@@ -191,6 +195,7 @@ pub async fn run(mut opts: AgentOptions, shutdown: CancellationToken) -> Result<
         launcher.clone(),
         queued.clone(),
         allocated_tx,
+        opts.jobs,
     );
     // Before the first registration: it announces the attempts held.
     supervisor.recover()?;

@@ -1,6 +1,7 @@
 //! The agent's log server end to end over real QUIC with mutual TLS: a coordinator reads a real attempt's
 //! output by logical offset, each replica of an attempt its own; unknown attempts and replicas and bad
-//! stream names are refused; an agent identity may not read logs at all.
+//! stream names are refused; an attempt forgotten after its retention period is NOT_FOUND with a message
+//! saying why; an agent identity may not read logs at all.
 
 mod exec_common;
 
@@ -267,6 +268,48 @@ async fn a_coordinator_reads_an_attempts_output_and_an_agent_is_refused() {
             .await,
     );
     assert_eq!(code, StatusCode::NotFound, "replica 2 never ran here");
+
+    // Forgotten after its retention period: not found, and the message says why.
+    let mut forgotten = AttemptRecord::launching(assignment_for("forgotten"));
+    assert!(store.begin_launch(&forgotten).expect("begin"));
+    forgotten.mark_finished(1_000);
+    forgotten.final_reported = true;
+    store.save(&forgotten).expect("save");
+    let read_forgotten = coordinator
+        .call_message::<_, pb::ReadLogsResponse>(
+            &addr,
+            Method::AgentReadLogs,
+            &read_request("forgotten", 1, "stdout", 0, 100),
+            CALL,
+        )
+        .await;
+    assert!(read_forgotten.is_ok(), "{read_forgotten:?}");
+    assert_eq!(
+        store
+            .forget(&[forgotten.key()], 2_000)
+            .expect("forget")
+            .len(),
+        1
+    );
+    match coordinator
+        .call_message::<_, pb::ReadLogsResponse>(
+            &addr,
+            Method::AgentReadLogs,
+            &read_request("forgotten", 1, "stdout", 0, 100),
+            CALL,
+        )
+        .await
+    {
+        Err(RpcError::Remote(status)) => {
+            assert_eq!(status.code, StatusCode::NotFound);
+            assert!(
+                status.message.contains("removed") && status.message.contains("retention period"),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("expected NOT_FOUND, got {other:?}"),
+    }
 
     // Unknown attempts, including anything shaped like a path, are not found.
     for (job, attempt) in [

@@ -1,13 +1,15 @@
 //! The agent's local database on real disk: attempt records round-trip, the report queue keeps its
 //! order and survives a reopen, an attempt is recorded only once, replicas of one attempt are separate
 //! records in (job, attempt, replica) order, a database written before replicas existed still loads,
-//! and `held` names exactly the attempts (with their replicas) the coordinator must not mark lost.
+//! `held` names exactly the attempts (with their replicas) the coordinator must not mark lost, and a
+//! forgotten attempt leaves a tombstone that still refuses a launch until it is dropped.
 
 use std::path::PathBuf;
 
 use agent::exec::{LogOptions, ProcessHandle};
 use agent::jobs::{
     Assignment, AttemptKey, AttemptPhase, AttemptRecord, ExitSummary, JobStore, StopReason,
+    StoredAttempt, Tombstone,
 };
 use protocol::pb;
 
@@ -392,8 +394,12 @@ fn a_record_written_before_replicas_existed_loads_as_replica_0() {
     record.phase = AttemptPhase::Running;
     record.handle = Some(handle("old", 3));
     {
-        // The earlier format: key `job NUL attempt_be`, and no replica fields in the JSON.
+        // The earlier format: key `job NUL attempt_be`, and no replica fields (nor an end time) in
+        // the JSON.
         let mut json = serde_json::to_value(&record).expect("json");
+        json.as_object_mut()
+            .expect("object")
+            .remove("finished_at_ms");
         for field in ["assignment", "handle"] {
             let map = json[field].as_object_mut().expect("object");
             map.remove("replica");
@@ -473,4 +479,118 @@ fn held_attempts_carry_their_replica() {
             ("g".to_string(), 2, 1),
         ]
     );
+}
+
+#[test]
+fn a_forgotten_attempt_leaves_a_tombstone_that_refuses_a_launch_until_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gang_key = AttemptKey::new("g", 2, 1);
+    let done_tombstone = Tombstone {
+        key: key("done", 1),
+        forgotten_at_ms: 5_000,
+        final_reported: true,
+    };
+    let gang_tombstone = Tombstone {
+        key: gang_key.clone(),
+        forgotten_at_ms: 5_000,
+        final_reported: false,
+    };
+    {
+        let store = JobStore::open(dir.path()).expect("open");
+        let mut done = AttemptRecord::launching(assignment("done", 1));
+        done.handle = Some(handle("done", 1));
+        done.mark_finished(1_000);
+        done.mark_finished(1_500);
+        assert_eq!(done.finished_at_ms, Some(1_000), "the first end time stays");
+        done.final_reported = true;
+        store.save(&done).expect("save");
+        // Stopped as stale: finished, its end never reported.
+        let mut gang = AttemptRecord::launching(replica("g", 2, 1));
+        gang.mark_finished(2_000);
+        store.save(&gang).expect("save");
+        let mut running = AttemptRecord::launching(assignment("run", 1));
+        running.phase = AttemptPhase::Running;
+        store.save(&running).expect("save");
+        store.queue_event(&started("queued", 4)).expect("queue");
+
+        let forgotten = store
+            .forget(
+                &[
+                    key("done", 1),
+                    gang_key.clone(),
+                    key("run", 1),
+                    key("nothing", 1),
+                ],
+                5_000,
+            )
+            .expect("forget");
+        assert_eq!(
+            forgotten,
+            vec![done_tombstone.clone(), gang_tombstone.clone()],
+            "only finished records are forgotten"
+        );
+        assert!(store
+            .forget(&[key("done", 1)], 6_000)
+            .expect("again")
+            .is_empty());
+    }
+
+    let store = JobStore::open(dir.path()).expect("reopen");
+    assert_eq!(store.attempt(&key("done", 1)).expect("read"), None);
+    assert_eq!(
+        store.lookup(&key("done", 1)).expect("lookup"),
+        Some(StoredAttempt::Forgotten(done_tombstone.clone()))
+    );
+    let live: Vec<AttemptKey> = store
+        .attempts()
+        .expect("all")
+        .iter()
+        .map(AttemptRecord::key)
+        .collect();
+    assert_eq!(live, vec![key("run", 1)]);
+    assert_eq!(
+        store.tombstones().expect("tombstones"),
+        vec![done_tombstone.clone(), gang_tombstone.clone()]
+    );
+    for again in [assignment("done", 1), replica("g", 2, 1)] {
+        assert!(!store
+            .begin_launch(&AttemptRecord::launching(again))
+            .expect("begin"));
+    }
+    assert_eq!(held_pairs(&store), vec![("run".to_string(), 1)]);
+    assert_eq!(
+        store.queued_keys().expect("queued"),
+        [key("queued", 4)].into_iter().collect()
+    );
+
+    // The end of the stale replica reported late: the tombstone says so, the report is queued.
+    let reported = Tombstone {
+        final_reported: true,
+        ..gang_tombstone
+    };
+    let vanished = pb::JobEvent {
+        replica: 1,
+        ..event("g", 2, pb::job_event::Kind::Vanished("gone".into()))
+    };
+    store
+        .save_tombstone_with_event(&reported, &vanished)
+        .expect("report");
+    assert_eq!(
+        store.lookup(&gang_key).expect("lookup"),
+        Some(StoredAttempt::Forgotten(reported))
+    );
+    assert!(store.queued_keys().expect("queued").contains(&gang_key));
+
+    // Dropping removes tombstones only; the key is unknown afterwards.
+    assert_eq!(
+        store
+            .drop_tombstones(&[key("done", 1), key("run", 1), key("nothing", 1)])
+            .expect("drop"),
+        1
+    );
+    assert_eq!(store.lookup(&key("done", 1)).expect("lookup"), None);
+    assert!(store.attempt(&key("run", 1)).expect("read").is_some());
+    assert!(store
+        .begin_launch(&AttemptRecord::launching(assignment("done", 1)))
+        .expect("begin"));
 }

@@ -84,6 +84,11 @@ impl Launcher {
         &self.mode
     }
 
+    /// `<data_dir>/jobs`: every state directory is a grandchild of it.
+    pub fn jobs_dir(&self) -> PathBuf {
+        self.data_dir.join("jobs")
+    }
+
     /// The state directory of one replica of an attempt: `<attempt>` for replica 0 (as for every
     /// single-replica job), `<attempt>-r<replica>` for the others.
     pub fn state_dir(&self, job_id: &str, attempt: u32, replica: u32) -> PathBuf {

@@ -15,6 +15,7 @@
 //! Launcher::launch_replica(&self, &ProcessSpec, &Replica) -> Result<RunningJob, ExecError>
 //! Launcher::adopt(&self, &ProcessHandle) -> Option<RunningJob>             // after an agent restart
 //! Launcher::state_dir(&self, job_id, attempt, replica) -> PathBuf
+//! Launcher::jobs_dir(&self) -> PathBuf                    // <data_dir>/jobs, parent of every job's directory
 //!
 //! Replica { index, count, hosts }   // which process of a gang job; Replica::single() for a plain job
 //!

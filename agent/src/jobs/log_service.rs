@@ -4,7 +4,8 @@
 //! Owns the answer to a log read: only processes this node's store knows are served, each named by
 //! (job id, attempt, replica) with logs of its own (anything else is NOT_FOUND, so no caller-supplied
 //! path is ever opened), the stream name is checked, and one answer carries at most
-//! [`MAX_READ_BYTES`]. Who may call is the RPC layer's authorization table
+//! [`MAX_READ_BYTES`]. An attempt forgotten after its retention period is NOT_FOUND too, with a message
+//! saying its output was removed. Who may call is the RPC layer's authorization table
 //! (`AgentReadLogs`: coordinators only); this service never writes anything.
 
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use protocol::rpc::{decode_message, encode_message, CallContext, Method, RpcServ
 
 use crate::exec::{read_logs, LogStream};
 
-use super::store::JobStore;
+use super::store::{JobStore, StoredAttempt};
 use super::AttemptKey;
 
 /// The most bytes one read answers (also when the request asks for 0, meaning "as much as allowed").
@@ -85,16 +86,31 @@ async fn read(
     let key = AttemptKey::new(request.job_id, request.attempt, request.replica);
     let offset = request.offset;
     let answer = tokio::task::spawn_blocking(move || {
-        let record = store
-            .attempt(&key)
+        let stored = store
+            .lookup(&key)
             .map_err(|e| RpcStatus::internal(e.to_string()))?;
-        let Some(record) = record else {
-            return Err(RpcStatus::not_found(format!(
-                "replica {} of attempt {} of job {:?} is not known on this node",
+        let name = || {
+            format!(
+                "replica {} of attempt {} of job {:?}",
                 key.replica,
                 key.attempt,
                 key.job_id.chars().take(128).collect::<String>()
-            )));
+            )
+        };
+        let record = match stored {
+            Some(StoredAttempt::Live(record)) => record,
+            Some(StoredAttempt::Forgotten(_)) => {
+                return Err(RpcStatus::not_found(format!(
+                    "the output of {} was removed from this node after the retention period",
+                    name()
+                )))
+            }
+            None => {
+                return Err(RpcStatus::not_found(format!(
+                    "{} is not known on this node",
+                    name()
+                )))
+            }
         };
         let Some(dir) = record.log_dir() else {
             // Never started (launch failed, or cancelled first): no output.

@@ -7,6 +7,7 @@
 //! - `supervisor` — carries the decisions out with `exec` and records every step before it matters.
 //! - `sync` — the long poll on `AgentSync` that feeds the supervisor the node's assignments.
 //! - `reporter` — sends queued events in order with `AgentReport`, removes them once answered.
+//! - `retention` — which finished attempts to forget (pure) and removing their state directories.
 //! - [`log_service`] — the agent's RPC service: `AgentReadLogs` for attempts this node knows.
 //!
 //! One process is named by (job id, attempt, replica) — an [`AttemptKey`]: a gang job of N replicas runs
@@ -15,11 +16,16 @@
 //!
 //! This module never decides *where* work runs (the coordinators' scheduler does) and never runs an
 //! attempt the coordinators did not assign; it never launches the same (job, attempt, replica) twice,
-//! not even across restarts. Finished attempts' records and logs are kept (no garbage collection yet).
+//! not even across restarts. A finished attempt is kept (record, logs, state directory) for `[jobs]
+//! retain_finished` after it ended and its final report was answered, unless it is still assigned;
+//! then its record becomes a tombstone (so it still never launches again), its state directory is
+//! removed, and a log read of it answers NOT_FOUND. Tombstones go after four more retention periods.
+//! Nothing outside `<data_dir>/jobs/` is ever removed (a user's `working_dir` included).
 
 pub mod log_service;
 pub mod reconcile;
 pub(crate) mod reporter;
+pub(crate) mod retention;
 pub mod store;
 pub(crate) mod supervisor;
 pub(crate) mod sync;
@@ -35,7 +41,10 @@ use crate::exec::{LogOptions, ProcessSpec, Replica};
 
 pub use log_service::LogService;
 pub use reconcile::{exit_summary, next_timeout, reconcile, Action, LocalAttempt, LocalState};
-pub use store::{AttemptPhase, AttemptRecord, ExitSummary, JobStore, QueuedEvent, StoreError};
+pub use store::{
+    AttemptPhase, AttemptRecord, ExitSummary, JobStore, QueuedEvent, StoreError, StoredAttempt,
+    Tombstone,
+};
 
 /// Why the agent stopped an attempt's process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,7 +15,16 @@
 //! call returns. An attempt's end and its final report are written in one transaction, so a finished
 //! attempt always has its report queued. This module never launches, signals or reports anything itself,
 //! and sled stays behind it.
+//!
+//! A finished attempt past its retention period is *forgotten*: its record is replaced by a
+//! [`Tombstone`] under the same key (10 bytes: a tag byte no JSON record starts with, a flag byte, and
+//! the time it was forgotten), so the key still refuses [`JobStore::begin_launch`] and the attempt is
+//! never launched again, while its assignment, handle and exit are gone. [`JobStore::attempt`] and
+//! [`JobStore::attempts`] see live records only; [`JobStore::lookup`] and [`JobStore::tombstones`] see
+//! tombstones too. Which attempts to forget, and when a tombstone may go, is decided elsewhere
+//! (`retention`); the store only carries it out.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
@@ -33,6 +42,12 @@ pub const DB_NAME: &str = "agent.db";
 
 const ATTEMPTS_TREE: &str = "attempts";
 const REPORTS_TREE: &str = "reports";
+/// First byte of a tombstone's value (a record is JSON and starts with `{`).
+const TOMBSTONE_TAG: u8 = 0x01;
+/// Tag, flags, forgotten-at milliseconds (big-endian).
+const TOMBSTONE_LEN: usize = 10;
+/// Flag bit: a final event was queued for the attempt at some point.
+const FLAG_FINAL_REPORTED: u8 = 0x01;
 
 /// Why the local database failed. Every variant is fatal for the agent: it can no longer promise
 /// exactly-once reports or re-adoption.
@@ -101,6 +116,10 @@ pub struct AttemptRecord {
     pub exit: Option<ExitSummary>,
     /// A final event (exited, launch failed, vanished) was queued for it at some point.
     pub final_reported: bool,
+    /// When it became finished on this node (Unix ms); its retention counts from here. `None` in
+    /// records written before retention existed until the agent's next start stamps them.
+    #[serde(default)]
+    pub finished_at_ms: Option<u64>,
 }
 
 impl AttemptRecord {
@@ -113,7 +132,15 @@ impl AttemptRecord {
             stop: None,
             exit: None,
             final_reported: false,
+            finished_at_ms: None,
         }
+    }
+
+    /// Marks it finished at `at_ms`, unless an earlier end time is already recorded (an end reported
+    /// late keeps the time the attempt really ended).
+    pub fn mark_finished(&mut self, at_ms: u64) {
+        self.phase = AttemptPhase::Finished;
+        self.finished_at_ms.get_or_insert(at_ms);
     }
 
     pub fn job_id(&self) -> &str {
@@ -137,6 +164,25 @@ impl AttemptRecord {
     pub fn log_dir(&self) -> Option<&Path> {
         self.handle.as_ref().map(|h| h.log.dir.as_path())
     }
+}
+
+/// What is left of a forgotten attempt: its key (so it is never launched again) and when it was
+/// forgotten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tombstone {
+    pub key: AttemptKey,
+    /// When its record, logs and state directory were given up (Unix ms).
+    pub forgotten_at_ms: u64,
+    /// A final event was queued for the attempt at some point (else it was stopped as stale and its
+    /// end is still owed, should the attempt ever be assigned here again).
+    pub final_reported: bool,
+}
+
+/// What the store holds under one (job, attempt, replica).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoredAttempt {
+    Live(Box<AttemptRecord>),
+    Forgotten(Tombstone),
 }
 
 /// A queued event and its place in the queue.
@@ -209,23 +255,105 @@ impl JobStore {
         &self.path
     }
 
-    /// One process's record.
+    /// One process's record; `None` when it is unknown or forgotten (see [`JobStore::lookup`]).
     pub fn attempt(&self, key: &AttemptKey) -> Result<Option<AttemptRecord>, StoreError> {
+        Ok(match self.lookup(key)? {
+            Some(StoredAttempt::Live(record)) => Some(*record),
+            Some(StoredAttempt::Forgotten(_)) | None => None,
+        })
+    }
+
+    /// What the store holds for one process: its record, its tombstone, or nothing.
+    pub fn lookup(&self, key: &AttemptKey) -> Result<Option<StoredAttempt>, StoreError> {
         self.attempts
             .get(attempt_key(key))?
-            .map(|bytes| decode_record(&bytes))
+            .map(|bytes| decode_stored(key.clone(), &bytes))
             .transpose()
     }
 
-    /// Every record, in (job id, attempt, replica) order.
+    /// Every live record (tombstones left out), in (job id, attempt, replica) order.
     pub fn attempts(&self) -> Result<Vec<AttemptRecord>, StoreError> {
-        self.attempts
-            .iter()
-            .map(|entry| {
-                let (_, bytes) = entry?;
-                decode_record(&bytes)
-            })
-            .collect()
+        let mut records = Vec::new();
+        for entry in self.attempts.iter() {
+            let (_, bytes) = entry?;
+            if !is_tombstone(&bytes) {
+                records.push(decode_record(&bytes)?);
+            }
+        }
+        Ok(records)
+    }
+
+    /// Every tombstone, in (job id, attempt, replica) order.
+    pub fn tombstones(&self) -> Result<Vec<Tombstone>, StoreError> {
+        let mut tombstones = Vec::new();
+        for entry in self.attempts.iter() {
+            let (key, bytes) = entry?;
+            if is_tombstone(&bytes) {
+                tombstones.push(decode_tombstone(key_of(&key)?, &bytes)?);
+            }
+        }
+        Ok(tombstones)
+    }
+
+    /// Replaces the records of `keys` with tombstones forgotten at `at_ms`, in one flushed batch, and
+    /// returns them. Only finished records are replaced: a key that is unknown, already forgotten, or
+    /// whose attempt is not finished is left alone. The caller has checked everything else (no queued
+    /// report, not assigned, past retention).
+    pub fn forget(&self, keys: &[AttemptKey], at_ms: u64) -> Result<Vec<Tombstone>, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut forgotten = Vec::new();
+        for key in keys {
+            let Some(StoredAttempt::Live(record)) = self.lookup(key)? else {
+                continue;
+            };
+            if record.phase != AttemptPhase::Finished {
+                continue;
+            }
+            let tombstone = Tombstone {
+                key: key.clone(),
+                forgotten_at_ms: at_ms,
+                final_reported: record.final_reported,
+            };
+            batch.insert(attempt_key(key), encode_tombstone(&tombstone).to_vec());
+            forgotten.push(tombstone);
+        }
+        if !forgotten.is_empty() {
+            self.attempts.apply_batch(batch)?;
+            self.db.flush()?;
+        }
+        Ok(forgotten)
+    }
+
+    /// Removes the tombstones of `keys` entirely (their keys become unknown); a key holding a live
+    /// record or nothing is left alone. Returns how many were removed.
+    pub fn drop_tombstones(&self, keys: &[AttemptKey]) -> Result<usize, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut dropped = 0;
+        for key in keys {
+            if let Some(StoredAttempt::Forgotten(_)) = self.lookup(key)? {
+                batch.remove(attempt_key(key));
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            self.attempts.apply_batch(batch)?;
+            self.db.flush()?;
+        }
+        Ok(dropped)
+    }
+
+    /// Writes a tombstone and queues an event about its attempt in one transaction (the end of a
+    /// forgotten attempt reported late); returns the event's sequence number.
+    pub fn save_tombstone_with_event(
+        &self,
+        tombstone: &Tombstone,
+        event: &pb::JobEvent,
+    ) -> Result<u64, StoreError> {
+        let key = attempt_key(&tombstone.key);
+        let value = encode_tombstone(tombstone);
+        let seq = self.insert_event(Some((&key, &value)), event)?;
+        self.db.flush()?;
+        Ok(seq)
     }
 
     /// Records a process that is about to be launched, unless one with the same job id, attempt and
@@ -318,6 +446,17 @@ impl JobStore {
         self.reports.len()
     }
 
+    /// The (job, attempt, replica) of every queued event.
+    pub fn queued_keys(&self) -> Result<BTreeSet<AttemptKey>, StoreError> {
+        let mut keys = BTreeSet::new();
+        for entry in self.reports.iter() {
+            let (_, bytes) = entry?;
+            let event = decode_event(&bytes)?;
+            keys.insert(AttemptKey::new(event.job_id, event.attempt, event.replica));
+        }
+        Ok(keys)
+    }
+
     /// Removes answered events from the queue.
     pub fn remove_events(&self, seqs: &[u64]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
@@ -368,6 +507,68 @@ pub fn is_final(event: &pb::JobEvent) -> bool {
         event.kind,
         Some(Kind::Exited(_) | Kind::LaunchFailed(_) | Kind::Vanished(_))
     )
+}
+
+/// The key a record is stored under, read back (the inverse of [`attempt_key`]).
+fn key_of(bytes: &[u8]) -> Result<AttemptKey, StoreError> {
+    let corrupt = |message: String| StoreError::Corrupt {
+        what: "attempt key",
+        message,
+    };
+    let nul = bytes
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or_else(|| corrupt("no separator".into()))?;
+    let job_id = std::str::from_utf8(&bytes[..nul])
+        .map_err(|e| corrupt(e.to_string()))?
+        .to_owned();
+    let rest = &bytes[nul + 1..];
+    let word = |b: &[u8]| -> u32 {
+        let mut array = [0; 4];
+        array.copy_from_slice(b);
+        u32::from_be_bytes(array)
+    };
+    match rest.len() {
+        4 => Ok(AttemptKey::new(job_id, word(rest), 0)),
+        8 => Ok(AttemptKey::new(job_id, word(&rest[..4]), word(&rest[4..]))),
+        n => Err(corrupt(format!("{n} bytes after the job id"))),
+    }
+}
+
+fn is_tombstone(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&TOMBSTONE_TAG)
+}
+
+fn encode_tombstone(tombstone: &Tombstone) -> [u8; TOMBSTONE_LEN] {
+    let mut bytes = [0; TOMBSTONE_LEN];
+    bytes[0] = TOMBSTONE_TAG;
+    if tombstone.final_reported {
+        bytes[1] |= FLAG_FINAL_REPORTED;
+    }
+    bytes[2..].copy_from_slice(&tombstone.forgotten_at_ms.to_be_bytes());
+    bytes
+}
+
+fn decode_tombstone(key: AttemptKey, bytes: &[u8]) -> Result<Tombstone, StoreError> {
+    let bytes: &[u8; TOMBSTONE_LEN] = bytes.try_into().map_err(|_| StoreError::Corrupt {
+        what: "tombstone",
+        message: format!("{} bytes", bytes.len()),
+    })?;
+    let mut at = [0; 8];
+    at.copy_from_slice(&bytes[2..]);
+    Ok(Tombstone {
+        key,
+        forgotten_at_ms: u64::from_be_bytes(at),
+        final_reported: bytes[1] & FLAG_FINAL_REPORTED != 0,
+    })
+}
+
+fn decode_stored(key: AttemptKey, bytes: &[u8]) -> Result<StoredAttempt, StoreError> {
+    if is_tombstone(bytes) {
+        decode_tombstone(key, bytes).map(StoredAttempt::Forgotten)
+    } else {
+        decode_record(bytes).map(|record| StoredAttempt::Live(Box::new(record)))
+    }
 }
 
 fn encode_record(record: &AttemptRecord) -> Result<Vec<u8>, StoreError> {

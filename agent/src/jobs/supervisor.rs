@@ -6,8 +6,15 @@
 //! step that must survive a crash is written (and flushed) before it takes effect: an attempt is
 //! recorded before it is launched, its handle and `Started` right after, its end together with its
 //! final report. It never talks to a coordinator (the sync loop feeds it assignments, the reporter
-//! sends what it queues) and never launches an attempt the store already knows. A store failure stops it (and with it the agent): without the store, neither exactly-once
+//! sends what it queues) and never launches an attempt the store already knows, forgotten ones
+//! included. A store failure stops it (and with it the agent): without the store, neither exactly-once
 //! reports nor re-adoption can be promised. Jobs keep running when the agent stops.
+//!
+//! It also runs the retention sweep (every `[jobs] sweep_every`, once assignments were heard): the
+//! finished attempts [`retention`](super::retention) picks are replaced by tombstones in the store, then
+//! their state directories are removed on a blocking thread, so a large removal never holds up
+//! launches, stops or timeouts. Sweeps happen here, where launches happen, so no attempt is launched
+//! while its job's directory is being cleaned.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -15,16 +22,21 @@ use std::time::Duration;
 
 use protocol::pb;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::JobsConfig;
 use crate::exec::{ExitReport, Launcher, RunningJob};
 
 use super::reconcile::{exit_summary, next_timeout, reconcile, Action, LocalAttempt, LocalState};
-use super::store::{AttemptPhase, AttemptRecord, ExitSummary, JobStore, StoreError};
+use super::retention::{self, SweepReport};
+use super::store::{AttemptPhase, AttemptRecord, ExitSummary, JobStore, StoreError, StoredAttempt};
 use super::{now_ms, Assignment, AttemptKey, StopReason};
 
 /// How long the supervisor waits for a job to die after a store failure left it unrecorded.
 const ORPHAN_KILL_WAIT: Duration = Duration::from_secs(5);
+/// The shortest pause between two retention sweeps, whatever the options say.
+const MIN_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// An attempt whose process this agent supervises now.
 struct Active {
@@ -48,7 +60,7 @@ pub(crate) struct Supervisor {
     store: Arc<JobStore>,
     launcher: Launcher,
     active: BTreeMap<AttemptKey, Active>,
-    /// Finished attempts and whether their final event was queued.
+    /// Finished attempts (forgotten ones included) and whether their final event was queued.
     finished: BTreeMap<AttemptKey, bool>,
     /// The coordinator's latest assignments; `None` until the first answer.
     assigned: Option<Vec<Assignment>>,
@@ -60,6 +72,10 @@ pub(crate) struct Supervisor {
     allocated: watch::Sender<BTreeSet<String>>,
     /// Tells the watcher tasks to let go of their jobs (the agent is stopping; the jobs keep running).
     detach: CancellationToken,
+    /// Retention of finished attempts.
+    jobs: JobsConfig,
+    /// The latest sweep's directory removal, while it may still run.
+    removal: Option<JoinHandle<SweepReport>>,
 }
 
 impl Supervisor {
@@ -68,6 +84,7 @@ impl Supervisor {
         launcher: Launcher,
         queued: Arc<Notify>,
         allocated: watch::Sender<BTreeSet<String>>,
+        jobs: JobsConfig,
     ) -> Supervisor {
         let (ended_tx, ended_rx) = mpsc::unbounded_channel();
         Supervisor {
@@ -81,17 +98,29 @@ impl Supervisor {
             queued,
             allocated,
             detach: CancellationToken::new(),
+            jobs,
+            removal: None,
         }
     }
 
     /// Takes over what an earlier agent process left: re-adopts every running attempt whose process is
     /// still there; reports the others as exited (with the status their wrapper recorded) or vanished.
-    /// Must run inside a Tokio runtime, before the node registers (registration announces what is held).
+    /// Forgotten attempts are known as finished, so they are never launched again. Must run inside a
+    /// Tokio runtime, before the node registers (registration announces what is held).
     pub(crate) fn recover(&mut self) -> Result<(), StoreError> {
+        for tombstone in self.store.tombstones()? {
+            self.finished
+                .insert(tombstone.key, tombstone.final_reported);
+        }
         for mut record in self.store.attempts()? {
             let key = record.key();
             let handle = match (record.phase, record.handle.clone()) {
                 (AttemptPhase::Finished, _) => {
+                    if record.finished_at_ms.is_none() {
+                        // Written before retention existed: its retention counts from now.
+                        record.finished_at_ms = Some(now_ms());
+                        self.store.save(&record)?;
+                    }
                     self.finished.insert(key, record.final_reported);
                     continue;
                 }
@@ -115,7 +144,7 @@ impl Supervisor {
                 .map(|report| exit_summary(&report, record.stop));
             tracing::info!(job = %key.job_id, attempt = key.attempt, replica = key.replica, ?exit, "attempt ended while the agent was away");
             if record.stop == Some(StopReason::Unassigned) {
-                record.phase = AttemptPhase::Finished;
+                record.mark_finished(now_ms());
                 record.exit = exit;
                 self.store.save(&record)?;
                 self.finished.insert(key, false);
@@ -149,10 +178,19 @@ impl Supervisor {
         shutdown: &CancellationToken,
     ) -> Result<(), StoreError> {
         self.reconcile().await?;
+        // The first sweep comes as soon as assignments are known, then every `sweep_every`.
+        let mut next_sweep = tokio::time::Instant::now();
         loop {
             let due = self.next_timeout_in();
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep_until(next_sweep), if self.assigned.is_some() => {
+                    let every = self.jobs.sweep_every.max(MIN_SWEEP_EVERY);
+                    next_sweep = tokio::time::Instant::now() + every;
+                    if let Some(removal) = self.sweep(now_ms())? {
+                        self.removal = Some(removal);
+                    }
+                }
                 changed = assignments.changed() => {
                     if changed.is_err() {
                         // The sync loop is gone: the agent is stopping.
@@ -247,7 +285,7 @@ impl Supervisor {
             Ok(job) => job,
             Err(e) => {
                 tracing::info!(job = %key.job_id, attempt = key.attempt, replica = key.replica, error = %e, "launch failed");
-                record.phase = AttemptPhase::Finished;
+                record.mark_finished(now_ms());
                 record.final_reported = true;
                 let event = event(&key, pb::job_event::Kind::LaunchFailed(e));
                 self.store.save_with_event(&record, &event)?;
@@ -277,7 +315,7 @@ impl Supervisor {
 
     fn finish_unlaunched(&mut self, assignment: Assignment) -> Result<(), StoreError> {
         let key = assignment.key();
-        if self.store.attempt(&key)?.is_some() {
+        if self.store.lookup(&key)?.is_some() {
             return Ok(());
         }
         tracing::info!(job = %key.job_id, attempt = key.attempt, replica = key.replica, "cancelled before it was launched");
@@ -319,8 +357,28 @@ impl Supervisor {
     }
 
     fn report_end(&mut self, key: AttemptKey) -> Result<(), StoreError> {
-        let Some(record) = self.store.attempt(&key)? else {
-            return Ok(());
+        let record = match self.store.lookup(&key)? {
+            None => return Ok(()),
+            Some(StoredAttempt::Live(record)) => *record,
+            Some(StoredAttempt::Forgotten(mut tombstone)) => {
+                if !tombstone.final_reported {
+                    tracing::info!(job = %key.job_id, attempt = key.attempt, replica = key.replica, "forgotten attempt is assigned again; reporting it vanished");
+                    tombstone.final_reported = true;
+                    let vanished = event(
+                        &key,
+                        pb::job_event::Kind::Vanished(
+                            "the attempt was stopped while it was not assigned to this node, and its \
+                             record was removed after the retention period"
+                                .to_owned(),
+                        ),
+                    );
+                    self.store
+                        .save_tombstone_with_event(&tombstone, &vanished)?;
+                    self.queued.notify_one();
+                }
+                self.finished.insert(key, true);
+                return Ok(());
+            }
         };
         tracing::info!(job = %key.job_id, attempt = key.attempt, replica = key.replica, "stopped attempt is assigned again; reporting its end");
         let exit = record.exit;
@@ -346,7 +404,7 @@ impl Supervisor {
         record.stop = reason;
         tracing::info!(job = %key.job_id, attempt = key.attempt, replica = key.replica, ?exit, "attempt ended");
         if reason == Some(StopReason::Unassigned) {
-            record.phase = AttemptPhase::Finished;
+            record.mark_finished(now_ms());
             record.exit = Some(exit);
             self.store.save(&record)?;
             self.finished.insert(key, false);
@@ -370,13 +428,83 @@ impl Supervisor {
                 vanished.unwrap_or("the exit status is unknown").to_owned(),
             ),
         };
-        record.phase = AttemptPhase::Finished;
+        record.mark_finished(now_ms());
         record.exit = exit;
         record.final_reported = true;
         self.store.save_with_event(&record, &event(&key, kind))?;
         self.finished.insert(key, true);
         self.queued.notify_one();
         Ok(())
+    }
+
+    /// One retention sweep at `now_ms`: replaces the finished attempts past retention with tombstones,
+    /// drops tombstones old enough, removes job directories an earlier sweep emptied, and starts
+    /// removing every forgotten attempt's state directory (on a blocking thread; the returned task
+    /// yields what the sweep did and logs it). `None` when nothing may be decided yet (no assignment
+    /// list heard since the start) or the previous removal is still running.
+    pub(crate) fn sweep(
+        &mut self,
+        now_ms: u64,
+    ) -> Result<Option<JoinHandle<SweepReport>>, StoreError> {
+        if self.removal.as_ref().is_some_and(|r| !r.is_finished()) {
+            tracing::debug!("retention sweep skipped: the previous removal is still running");
+            return Ok(None);
+        }
+        let Some(assigned) = self.assigned.as_deref() else {
+            return Ok(None);
+        };
+        let assigned: BTreeSet<AttemptKey> = assigned.iter().map(Assignment::key).collect();
+        let retain = self.jobs.retain_finished;
+        let queued = self.store.queued_keys()?;
+        let records = self.store.attempts()?;
+        let chosen = retention::attempts_to_forget(&records, &assigned, &queued, now_ms, retain);
+        let forgotten: BTreeSet<AttemptKey> = self
+            .store
+            .forget(&chosen, now_ms)?
+            .into_iter()
+            .map(|t| t.key)
+            .collect();
+        let tombstones = self.store.tombstones()?;
+        let expired =
+            retention::tombstones_to_drop(&tombstones, &assigned, &queued, now_ms, retain);
+        let dropped = self.store.drop_tombstones(&expired)?;
+        for key in &expired {
+            self.finished.remove(key);
+        }
+
+        let kept: Vec<&AttemptRecord> = records
+            .iter()
+            .filter(|r| !forgotten.contains(&r.key()))
+            .collect();
+        let live_jobs: BTreeSet<&str> = kept.iter().map(|r| r.job_id()).collect();
+        let forgotten_jobs: BTreeSet<&str> = tombstones
+            .iter()
+            .map(|t| t.key.job_id.as_str())
+            .filter(|job| !live_jobs.contains(job))
+            .collect();
+        retention::remove_empty_job_dirs(&self.launcher, forgotten_jobs);
+
+        let kept_working_dirs: Vec<std::path::PathBuf> = kept
+            .iter()
+            .filter(|r| !r.assignment.working_dir.is_empty())
+            .map(|r| r.assignment.working_dir.clone().into())
+            .collect();
+        let expired: BTreeSet<AttemptKey> = expired.into_iter().collect();
+        let to_remove: Vec<AttemptKey> = tombstones
+            .into_iter()
+            .map(|t| t.key)
+            .filter(|key| !expired.contains(key))
+            .collect();
+        let launcher = self.launcher.clone();
+        let forgotten = forgotten.len();
+        Ok(Some(tokio::task::spawn_blocking(move || {
+            let mut report =
+                retention::remove_state_dirs(&launcher, &to_remove, &kept_working_dirs);
+            report.forgotten = forgotten;
+            report.tombstones_dropped = dropped;
+            report.log();
+            report
+        })))
     }
 
     /// Supervises a launched or adopted job in its own task until it ends, is stopped, or the agent stops.
@@ -536,6 +664,7 @@ mod tests {
                     self.launcher.clone(),
                     self.queued.clone(),
                     tx,
+                    JobsConfig::default(),
                 ),
                 rx,
             )
@@ -1047,6 +1176,242 @@ mod tests {
             assert!(dirs.insert(handle.log.dir.clone()));
         }
         assert!(fx.launcher.state_dir("gang", 1, 0).ends_with("jobs/gang/1"));
+        stop.cancel();
+        running.await.expect("join").expect("supervisor");
+    }
+
+    /// Removes every queued event except those of `keep`, as a coordinator's answer would.
+    fn acknowledge_all_but(fx: &Fixture, keep: &str) {
+        let seqs: Vec<u64> = fx
+            .store
+            .pending_events(1000)
+            .expect("queue")
+            .into_iter()
+            .filter(|q| q.event.job_id != keep)
+            .map(|q| q.seq)
+            .collect();
+        fx.store.remove_events(&seqs).expect("acknowledge");
+    }
+
+    fn forgotten(fx: &Fixture, job: &str) -> bool {
+        matches!(
+            fx.store.lookup(&AttemptKey::new(job, 1, 0)).expect("read"),
+            Some(StoredAttempt::Forgotten(_))
+        )
+    }
+
+    async fn sweep_at(supervisor: &mut Supervisor, now: u64) -> SweepReport {
+        supervisor
+            .sweep(now)
+            .expect("sweep")
+            .expect("assignments are known")
+            .await
+            .expect("removal task")
+    }
+
+    #[tokio::test]
+    async fn finished_attempts_past_retention_are_forgotten_and_never_launched_again() {
+        let fx = fixture();
+        let retain = JobsConfig::default().retain_finished.as_millis() as u64;
+        let outside = fx._tmp.path().join("outside");
+        std::fs::create_dir_all(&outside).expect("mkdir");
+        std::fs::write(outside.join("dataset"), b"the user's").expect("write");
+
+        // Four attempts run to their end: one links to the outside from its own work directory, one
+        // runs in a working directory outside the data directory.
+        let (supervisor, _allocated) = fx.supervisor();
+        let (assign_tx, assign_rx) = watch::channel(None);
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(supervisor.run(assign_rx, stop.clone()));
+        let old = shell(
+            "old",
+            &format!("ln -s '{}' escape; echo old-output", outside.display()),
+        );
+        let user_dir = Assignment {
+            working_dir: outside.display().to_string(),
+            ..shell("userdir", "echo result > result")
+        };
+        let all = vec![
+            old.clone(),
+            user_dir,
+            shell("unacked", "echo unacked"),
+            shell("recent", "echo recent"),
+        ];
+        assign_tx.send_replace(Some(all));
+        fx.wait_events("every attempt to end", |e| {
+            ["old", "userdir", "unacked", "recent"]
+                .iter()
+                .all(|job| exited(e, job).is_some())
+        })
+        .await;
+        stop.cancel();
+        running.await.expect("join").expect("supervisor");
+        acknowledge_all_but(&fx, "unacked");
+
+        // A restarted agent sweeps a retention period later: "recent" ended just inside it.
+        let t1 = now_ms() + retain + 60_000;
+        let mut record = fx
+            .store
+            .attempt(&AttemptKey::new("recent", 1, 0))
+            .expect("read")
+            .expect("record");
+        assert!(record.finished_at_ms.is_some_and(|at| at <= now_ms()));
+        record.finished_at_ms = Some(t1 - 1_000);
+        fx.store.save(&record).expect("save");
+        let (mut supervisor, _allocated) = fx.supervisor();
+        supervisor.recover().expect("recover");
+        assert!(
+            supervisor.sweep(t1).expect("sweep").is_none(),
+            "nothing is decided before the first assignment list"
+        );
+        supervisor.assigned = Some(Vec::new());
+        let report = sweep_at(&mut supervisor, t1).await;
+        assert_eq!(
+            (report.forgotten, report.dirs_removed, report.dirs_kept),
+            (2, 2, 0),
+            "{report:?}"
+        );
+        assert!(
+            report.bytes_freed >= "old-output\n".len() as u64,
+            "{report:?}"
+        );
+        let dir = |job: &str| fx.launcher.state_dir(job, 1, 0);
+        assert!(forgotten(&fx, "old") && forgotten(&fx, "userdir"));
+        assert!(!dir("old").exists() && !dir("userdir").exists());
+        for job in ["unacked", "recent"] {
+            assert!(!forgotten(&fx, job), "{job} is kept");
+            assert!(dir(job).join("logs").is_dir(), "{job}'s logs are kept");
+        }
+        assert_eq!(
+            std::fs::read(outside.join("dataset")).expect("dataset"),
+            b"the user's"
+        );
+        assert_eq!(
+            std::fs::read(outside.join("result")).expect("result"),
+            b"result\n"
+        );
+        // A second sweep at the same time finds nothing more to do but the job directories the
+        // first one emptied.
+        assert!(fx.launcher.jobs_dir().join("userdir").is_dir());
+        assert_eq!(sweep_at(&mut supervisor, t1).await, SweepReport::default());
+        assert!(!fx.launcher.jobs_dir().join("userdir").exists());
+
+        // Interrupted sweeps converge: a forgotten attempt whose directory is back, and a record
+        // whose directory went before its tombstone was written.
+        std::fs::create_dir_all(dir("old").join("logs")).expect("mkdir");
+        std::fs::write(dir("old").join("logs/stdout.log"), b"12345").expect("write");
+        std::fs::remove_dir_all(dir("recent")).expect("rm");
+        let t2 = t1 + retain;
+        let report = sweep_at(&mut supervisor, t2).await;
+        assert_eq!(
+            (report.forgotten, report.dirs_removed, report.bytes_freed),
+            (1, 1, 5),
+            "{report:?}"
+        );
+        assert!(forgotten(&fx, "recent") && !dir("old").exists());
+        drop(supervisor);
+
+        // After another restart the forgotten attempt is assigned again beside a new one: only the
+        // new one runs.
+        let (mut supervisor, _allocated) = fx.supervisor();
+        supervisor.recover().expect("recover");
+        let (assign_tx, assign_rx) = watch::channel(None);
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(supervisor.run(assign_rx, stop.clone()));
+        assign_tx.send_replace(Some(vec![old.clone(), shell("fresh", "echo fresh")]));
+        fx.wait_events("the new attempt to end", |e| exited(e, "fresh").is_some())
+            .await;
+        assert!(
+            kinds_of(&fx.events(), "old").is_empty(),
+            "{:?}",
+            fx.events()
+        );
+        assert!(!dir("old").exists());
+        assert!(forgotten(&fx, "old"));
+        stop.cancel();
+        running.await.expect("join").expect("supervisor");
+
+        // Four retention periods after they were forgotten, the tombstones go; what still has a
+        // queued report stays.
+        let (mut supervisor, _allocated) = fx.supervisor();
+        supervisor.recover().expect("recover");
+        supervisor.assigned = Some(Vec::new());
+        let report = sweep_at(&mut supervisor, t1 + 5 * retain + 1_000).await;
+        assert_eq!(
+            (report.forgotten, report.tombstones_dropped),
+            (0, 3),
+            "{report:?}"
+        );
+        for job in ["old", "userdir", "recent"] {
+            let gone = fx.store.lookup(&AttemptKey::new(job, 1, 0)).expect("read");
+            assert_eq!(gone, None, "{job}");
+        }
+        for job in ["unacked", "fresh"] {
+            assert!(fx
+                .store
+                .attempt(&AttemptKey::new(job, 1, 0))
+                .expect("read")
+                .is_some());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_stale_attempt_assigned_again_is_reported_vanished_not_relaunched() {
+        let fx = fixture();
+        let retain = JobsConfig::default().retain_finished.as_millis() as u64;
+        let (supervisor, _allocated) = fx.supervisor();
+        let (assign_tx, assign_rx) = watch::channel(None);
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(supervisor.run(assign_rx, stop.clone()));
+        let stale = shell("stale", "while :; do sleep 0.05; done");
+        assign_tx.send_replace(Some(vec![stale.clone()]));
+        fx.wait_events("the attempt to start", |e| !kinds_of(e, "stale").is_empty())
+            .await;
+        assign_tx.send_replace(Some(Vec::new()));
+        let key = AttemptKey::new("stale", 1, 0);
+        let deadline = Instant::now() + DEADLINE;
+        while fx.store.attempt(&key).expect("read").map(|r| r.phase) != Some(AttemptPhase::Finished)
+        {
+            assert!(Instant::now() < deadline, "never stopped");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.cancel();
+        running.await.expect("join").expect("supervisor");
+        acknowledge_all_but(&fx, "");
+
+        let (mut supervisor, _allocated) = fx.supervisor();
+        supervisor.recover().expect("recover");
+        supervisor.assigned = Some(Vec::new());
+        let report = sweep_at(&mut supervisor, now_ms() + retain + 60_000).await;
+        assert_eq!(
+            (report.forgotten, report.dirs_removed),
+            (1, 1),
+            "{report:?}"
+        );
+        assert!(matches!(
+            fx.store.lookup(&key).expect("read"),
+            Some(StoredAttempt::Forgotten(t)) if !t.final_reported
+        ));
+
+        // Assigned again: its end is owed, so it is reported vanished, once; nothing is launched.
+        let (assign_tx, assign_rx) = watch::channel(None);
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(supervisor.run(assign_rx, stop.clone()));
+        assign_tx.send_replace(Some(vec![stale.clone()]));
+        fx.wait_events("the vanished report", |e| !kinds_of(e, "stale").is_empty())
+            .await;
+        assign_tx.send_replace(Some(vec![stale, shell("marker", "true")]));
+        fx.wait_events("a later pass", |e| exited(e, "marker").is_some())
+            .await;
+        assert!(matches!(
+            kinds_of(&fx.events(), "stale").as_slice(),
+            [pb::job_event::Kind::Vanished(m)] if m.contains("retention period")
+        ));
+        assert!(matches!(
+            fx.store.lookup(&key).expect("read"),
+            Some(StoredAttempt::Forgotten(t)) if t.final_reported
+        ));
+        assert!(!fx.launcher.state_dir("stale", 1, 0).exists());
         stop.cancel();
         running.await.expect("join").expect("supervisor");
     }
