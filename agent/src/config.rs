@@ -20,6 +20,8 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("environment variable {name}: {message}")]
+    Env { name: String, message: String },
 }
 
 /// The default QUIC address of the agent's own RPC server (log reads by coordinators).
@@ -44,6 +46,11 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:7443";
 /// [tls]
 /// ca = "…"; cert = "…"; key = "…"
 /// ```
+///
+/// Every option can also be set through the environment, which wins over the file: `MERIDIAN_` + its TOML
+/// path in upper case joined by `_` (`MERIDIAN_HEARTBEAT_MS`, `MERIDIAN_JOBS_RETAIN_FINISHED`,
+/// `MERIDIAN_TLS_CERT`); `MERIDIAN_COORDINATORS=c1:7170,c2:7170` and `MERIDIAN_LABELS=zone=eu-1a,instance=spot`
+/// take comma-separated lists.
 ///
 /// `advertise` defaults to `listen`. When `listen` has an unspecified IP (`0.0.0.0`, `::`), the agent
 /// advertises the local address of its route towards the first coordinator (127.0.0.1 when the
@@ -234,23 +241,134 @@ fn default_idle_window_secs() -> u64 {
     600
 }
 
+/// How an environment variable's text becomes a TOML value.
+#[derive(Clone, Copy)]
+enum EnvKind {
+    Text,
+    Integer,
+    /// Comma-separated `host:port` list.
+    List,
+    /// Comma-separated `key=value` pairs.
+    Pairs,
+}
+
+/// Options the environment may set, as TOML paths: `MERIDIAN_` + the path in upper case joined by `_`
+/// (`[jobs] retain_finished` → `MERIDIAN_JOBS_RETAIN_FINISHED`). A variable replaces the file's value;
+/// `MERIDIAN_COORDINATORS` is a comma-separated list and `MERIDIAN_LABELS` comma-separated `key=value`
+/// pairs (replacing the whole `[labels]` table).
+const ENV_KEYS: &[(&str, EnvKind)] = &[
+    ("data_dir", EnvKind::Text),
+    ("coordinators", EnvKind::List),
+    ("heartbeat_ms", EnvKind::Integer),
+    ("listen", EnvKind::Text),
+    ("advertise", EnvKind::Text),
+    ("labels", EnvKind::Pairs),
+    ("idle_gpus.utilization_percent", EnvKind::Integer),
+    ("idle_gpus.window_secs", EnvKind::Integer),
+    ("jobs.retain_finished", EnvKind::Text),
+    ("jobs.sweep_every", EnvKind::Text),
+    ("tls.ca", EnvKind::Text),
+    ("tls.cert", EnvKind::Text),
+    ("tls.key", EnvKind::Text),
+];
+
+/// The environment variable of a TOML path.
+pub fn env_name(path: &str) -> String {
+    format!("MERIDIAN_{}", path.replace('.', "_").to_uppercase())
+}
+
+/// The `MERIDIAN_*` variables of this process.
+pub fn process_env() -> BTreeMap<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("MERIDIAN_"))
+        .collect()
+}
+
+fn env_value(kind: EnvKind, raw: &str) -> Result<toml::Value, String> {
+    let items = || {
+        raw.split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+    };
+    Ok(match kind {
+        EnvKind::Text => toml::Value::String(raw.to_owned()),
+        EnvKind::Integer => toml::Value::Integer(
+            raw.trim()
+                .parse()
+                .map_err(|_| format!("{raw:?} is not a whole number"))?,
+        ),
+        EnvKind::List => toml::Value::Array(
+            items()
+                .map(|item| toml::Value::String(item.to_owned()))
+                .collect(),
+        ),
+        EnvKind::Pairs => {
+            let mut table = toml::Table::new();
+            for item in items() {
+                let (k, v) = item
+                    .split_once('=')
+                    .ok_or_else(|| format!("{item:?} is not key=value"))?;
+                table.insert(
+                    k.trim().to_owned(),
+                    toml::Value::String(v.trim().to_owned()),
+                );
+            }
+            toml::Value::Table(table)
+        }
+    })
+}
+
+/// Sets `path` (dotted) in `doc`, creating tables on the way.
+fn set_path(doc: &mut toml::Table, path: &str, value: toml::Value) -> Result<(), String> {
+    let mut parts: Vec<&str> = path.split('.').collect();
+    let last = parts.pop().ok_or_else(|| "empty path".to_owned())?;
+    let mut table = doc;
+    for part in parts {
+        table = table
+            .entry(part.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| format!("{part} is not a table in the file"))?;
+    }
+    table.insert(last.to_owned(), value);
+    Ok(())
+}
+
 impl AgentConfig {
-    /// Reads and validates the file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    /// Reads the file, applies the `MERIDIAN_*` overrides found in `env`, validates.
+    pub fn load(path: &Path, env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.into(),
             source,
         })?;
-        Self::parse(&text, path)
+        Self::parse(&text, path, env)
     }
 
-    /// Parses and validates `text`; `path` only names the file in errors.
-    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+    /// Parses `text`, applies the overrides in `env`, validates; `path` only names the file in errors.
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
         let invalid = |message: String| ConfigError::Parse {
             path: path.into(),
             message,
         };
-        let cfg: AgentConfig = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let mut doc: toml::Table = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        for (key, kind) in ENV_KEYS {
+            let name = env_name(key);
+            if let Some(raw) = env.get(&name) {
+                let value = env_value(*kind, raw).map_err(|message| ConfigError::Env {
+                    name: name.clone(),
+                    message,
+                })?;
+                set_path(&mut doc, key, value)
+                    .map_err(|message| ConfigError::Env { name, message })?;
+            }
+        }
+        let cfg: AgentConfig = toml::Value::Table(doc)
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid(e.to_string()))?;
         if cfg.coordinators.is_empty() {
             return Err(invalid("coordinators: must not be empty".into()));
         }
@@ -309,7 +427,76 @@ key = "agent.key"
 "#;
 
     fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
-        AgentConfig::parse(text, Path::new("agent.toml"))
+        AgentConfig::parse(text, Path::new("agent.toml"), &BTreeMap::new())
+    }
+
+    fn parse_env(text: &str, env: &[(&str, &str)]) -> Result<AgentConfig, ConfigError> {
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        AgentConfig::parse(text, Path::new("agent.toml"), &env)
+    }
+
+    #[test]
+    fn environment_variables_override_the_file() {
+        let cfg = parse_env(
+            MINIMAL,
+            &[
+                ("MERIDIAN_DATA_DIR", "/srv/agent"),
+                ("MERIDIAN_COORDINATORS", "c1:7170, c2:7170,c3:7170"),
+                ("MERIDIAN_HEARTBEAT_MS", "250"),
+                ("MERIDIAN_LISTEN", "127.0.0.1:7444"),
+                ("MERIDIAN_ADVERTISE", "node-7.example:7444"),
+                ("MERIDIAN_LABELS", "zone=eu-1a, instance=spot"),
+                ("MERIDIAN_IDLE_GPUS_UTILIZATION_PERCENT", "3"),
+                ("MERIDIAN_JOBS_RETAIN_FINISHED", "2d"),
+                ("MERIDIAN_TLS_KEY", "/etc/meridian/other.key"),
+                ("MERIDIAN_UNRELATED", "ignored"),
+            ],
+        )
+        .expect("overrides apply");
+        assert_eq!(cfg.data_dir, PathBuf::from("/srv/agent"));
+        assert_eq!(cfg.coordinators, ["c1:7170", "c2:7170", "c3:7170"]);
+        assert_eq!(cfg.heartbeat_ms, 250);
+        assert_eq!(cfg.listen, "127.0.0.1:7444".parse().expect("literal"));
+        assert_eq!(cfg.advertise.as_deref(), Some("node-7.example:7444"));
+        assert_eq!(
+            cfg.labels,
+            BTreeMap::from([
+                ("instance".to_owned(), "spot".to_owned()),
+                ("zone".to_owned(), "eu-1a".to_owned())
+            ])
+        );
+        assert_eq!(cfg.idle_gpus.utilization_percent, 3);
+        assert_eq!(cfg.jobs.retain_finished, Duration::from_secs(2 * 86_400));
+        assert_eq!(cfg.tls.key, PathBuf::from("/etc/meridian/other.key"));
+        assert_eq!(
+            cfg.tls.ca,
+            PathBuf::from("ca.pem"),
+            "the file's value stays"
+        );
+    }
+
+    #[test]
+    fn bad_environment_values_name_the_variable_and_validation_still_applies() {
+        for (name, value, needle) in [
+            ("MERIDIAN_HEARTBEAT_MS", "fast", "MERIDIAN_HEARTBEAT_MS"),
+            ("MERIDIAN_LABELS", "zone", "MERIDIAN_LABELS"),
+            ("MERIDIAN_HEARTBEAT_MS", "0", "heartbeat_ms"),
+            ("MERIDIAN_COORDINATORS", "c1", "not host:port"),
+            (
+                "MERIDIAN_COORDINATORS",
+                " , ",
+                "coordinators: must not be empty",
+            ),
+            ("MERIDIAN_JOBS_SWEEP_EVERY", "soon", "jobs.sweep_every"),
+        ] {
+            match parse_env(MINIMAL, &[(name, value)]) {
+                Err(e) => assert!(e.to_string().contains(needle), "{name}={value}: {e}"),
+                Ok(_) => panic!("{name}={value} was accepted"),
+            }
+        }
     }
 
     fn refused(text: &str, needle: &str) {
@@ -451,7 +638,7 @@ key = "agent.key"
     #[test]
     fn the_shipped_agent_config_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/agent.toml");
-        let cfg = AgentConfig::load(&path).expect("deploy/config/agent.toml");
+        let cfg = AgentConfig::load(&path, &BTreeMap::new()).expect("deploy/config/agent.toml");
         assert_eq!(cfg.coordinators.len(), 3);
         assert_eq!(cfg.jobs, JobsConfig::default());
     }

@@ -43,7 +43,7 @@ pub enum AgentError {
 
 /// `meridian agent --config FILE`: loads the config and identity, then runs until SIGINT/SIGTERM.
 pub async fn run_from_file(path: &Path) -> Result<(), AgentError> {
-    let cfg = AgentConfig::load(path)?;
+    let cfg = AgentConfig::load(path, &config::process_env())?;
     certs::install_crypto_provider();
     let tls = certs::TlsIdentity::load(&certs::TlsPaths {
         ca: cfg.tls.ca.clone(),
