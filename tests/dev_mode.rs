@@ -210,6 +210,47 @@ fn dev_tour_and_restart_keeps_state() {
     let failed = cli(&["job", "run", "--wait", "--", "false"], &admin);
     assert!(!failed.status.success(), "--wait fails with the job");
 
+    // A gang of two on the one node: two processes, each with its own replica index, host list and output.
+    let gang = cli(
+        &[
+            "job",
+            "run",
+            "--wait",
+            "--replicas",
+            "2",
+            "--",
+            "sh",
+            "-c",
+            "echo replica $MERIDIAN_REPLICA of $MERIDIAN_REPLICAS on $MERIDIAN_REPLICA_HOSTS",
+        ],
+        &admin,
+    );
+    assert!(
+        gang.status.success(),
+        "job run --replicas 2 --wait: {}",
+        String::from_utf8_lossy(&gang.stderr)
+    );
+    let gang_id = String::from_utf8_lossy(&gang.stdout)
+        .split_whitespace()
+        .find(|w| w.starts_with("job_"))
+        .map(String::from)
+        .expect("job run prints the job id");
+    let gang_job = cli_json(&["job", "status", &gang_id, "-o", "json"], &admin);
+    assert_eq!(gang_job["replicas"], 2, "{gang_job}");
+    assert_eq!(
+        gang_job["attempts"].as_array().map(Vec::len),
+        Some(2),
+        "{gang_job}"
+    );
+    for replica in ["0", "1"] {
+        let out = cli(&["job", "logs", "--replica", replica, &gang_id], &admin);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.starts_with(&format!("replica {replica} of 2 on ")),
+            "replica {replica}: {text}"
+        );
+    }
+
     // A secret bound to jobs reaches a job that names it, as an environment variable.
     let put = cli(
         &[
