@@ -581,6 +581,7 @@ async fn jobs_round_trip_over_grpc() -> anyhow::Result<()> {
             on_failure: true,
         }),
         timeout_secs: 30,
+        replicas: 3,
         ..Default::default()
     };
     let err = jobs
@@ -608,6 +609,7 @@ async fn jobs_round_trip_over_grpc() -> anyhow::Result<()> {
         Some((4, true))
     );
     assert_eq!(job.timeout_secs, Some(30));
+    assert_eq!(job.replicas, 3, "a gang of three");
 
     let read = jobs
         .get_job(authed(pb::GetJobRequest { id: job.id.clone() }, &admin)?)
@@ -618,6 +620,7 @@ async fn jobs_round_trip_over_grpc() -> anyhow::Result<()> {
     // The same object REST sees.
     let rest = api.get(&format!("/v1/jobs/{}", job.id)).send().await?;
     assert_eq!(rest.body["resources"]["cpu_millis"], 1500);
+    assert_eq!(rest.body["replicas"], 3);
 
     let listed = jobs
         .list_jobs(authed(
@@ -650,6 +653,23 @@ async fn jobs_round_trip_over_grpc() -> anyhow::Result<()> {
         invalid.message().starts_with("resources.gpus: "),
         "{}",
         invalid.message()
+    );
+    let too_many = jobs
+        .submit_job(authed(
+            pb::SubmitJobRequest {
+                command: "x".into(),
+                replicas: 65,
+                ..Default::default()
+            },
+            &admin,
+        )?)
+        .await
+        .expect_err("too many replicas");
+    assert_eq!(too_many.code(), Code::InvalidArgument);
+    assert!(
+        too_many.message().starts_with("replicas: "),
+        "{}",
+        too_many.message()
     );
 
     let logs = jobs
