@@ -515,6 +515,7 @@ Examples:
   meridian job run --name train --cpu 4 --memory 16Gi --gpus 2 --gpu-model H200 --region eu \\
       --label instance=spot --max-attempts 3 --retry-on-failure --timeout 2h \\
       --env EPOCHS=10 --workdir /data/run1 -- python3 train.py --epochs 10
+  meridian job run --priority 100 --preempt --data-locality eu/eu1 -- python3 etl.py
   meridian job run --replicas 4 --gpus 8 -- sh -c 'torchrun --nnodes $MERIDIAN_REPLICAS \\
       --node_rank $MERIDIAN_REPLICA --master_addr ${MERIDIAN_REPLICA_HOSTS%%,*} train.py'
 
@@ -558,6 +559,18 @@ pub struct JobRunArgs {
     /// Scheduling priority, -1000..=1000 (higher goes first).
     #[arg(long, allow_negative_numbers = true)]
     pub priority: Option<i32>,
+    /// When nothing fits, evict lower-priority jobs that allow it (they go back to pending).
+    #[arg(long)]
+    pub preempt: bool,
+    /// Never evict this job for a higher-priority one.
+    #[arg(long)]
+    pub not_preemptible: bool,
+    /// Prefer the emptiest node that fits instead of the fullest (bin-packing, the default).
+    #[arg(long)]
+    pub spread: bool,
+    /// Prefer nodes near the job's data: a region, or REGION/CLUSTER (a preference, never a constraint).
+    #[arg(long, value_name = "REGION[/CLUSTER]")]
+    pub data_locality: Option<String>,
     /// Attempts in all, 1..=20 (lost attempts are retried; failed ones with --retry-on-failure). Default 3.
     #[arg(long)]
     pub max_attempts: Option<u32>,

@@ -94,6 +94,25 @@ fn submission(args: &JobRunArgs) -> Result<Value, ClientError> {
     if let Some(p) = args.priority {
         body.insert("priority".into(), json!(p));
     }
+    if args.preempt {
+        body.insert("preemption".into(), json!(true));
+    }
+    if args.not_preemptible {
+        body.insert("preemptible".into(), json!(false));
+    }
+    if args.spread {
+        body.insert("strategy".into(), json!("spread"));
+    }
+    if let Some(locality) = &args.data_locality {
+        let (region, cluster) = match locality.split_once('/') {
+            Some((region, cluster)) => (region, Some(cluster)),
+            None => (locality.as_str(), None),
+        };
+        body.insert(
+            "data_locality".into(),
+            json!({ "region": region, "cluster": cluster }),
+        );
+    }
     let mut retry = Map::new();
     if let Some(n) = args.max_attempts {
         retry.insert("max_attempts".into(), json!(n));
@@ -510,6 +529,13 @@ mod tests {
             "A=1",
             "--workdir",
             "/w",
+            "--replicas",
+            "2",
+            "--preempt",
+            "--not-preemptible",
+            "--spread",
+            "--data-locality",
+            "us/us1",
             "--",
             "python3",
             "train.py",
@@ -529,13 +555,33 @@ mod tests {
                 "priority": 3,
                 "retry": {"max_attempts": 4, "on_failure": true},
                 "timeout_secs": 300,
+                "replicas": 2,
+                "preemption": true,
+                "preemptible": false,
+                "strategy": "spread",
+                "data_locality": {"region": "us", "cluster": "us1"},
             })
+        );
+        let region_only =
+            submission(&run_args(&["--data-locality", "eu", "--", "true"])).expect("body");
+        assert_eq!(
+            region_only["data_locality"],
+            json!({"region": "eu", "cluster": null})
         );
         let minimal = submission(&run_args(&["--", "true"])).expect("body");
         assert_eq!(minimal["command"], "true");
         assert_eq!(minimal["args"], json!([]));
         assert_eq!(minimal["resources"], json!({}));
         assert!(minimal.get("timeout_secs").is_none());
+        for absent in [
+            "replicas",
+            "preemption",
+            "preemptible",
+            "strategy",
+            "data_locality",
+        ] {
+            assert!(minimal.get(absent).is_none(), "{absent}");
+        }
     }
 
     #[test]
