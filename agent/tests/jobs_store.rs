@@ -13,6 +13,26 @@ use agent::jobs::{
 };
 use protocol::pb;
 
+/// Opens the store again after the previous handle was dropped. sled lets go of its file lock from a
+/// background thread shortly after the drop, so a reopen in the same process waits for it (a new agent
+/// process never does: the lock dies with the old one).
+fn reopen(dir: &std::path::Path) -> JobStore {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match JobStore::open(dir) {
+            Ok(store) => return store,
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the store's lock was never released: {e}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    }
+}
+
 fn assignment(job: &str, attempt: u32) -> Assignment {
     Assignment {
         job_id: job.into(),
@@ -126,7 +146,7 @@ fn attempt_records_round_trip_through_disk() {
         });
         store.save(&record).expect("save");
     }
-    let store = JobStore::open(dir.path()).expect("reopen");
+    let store = reopen(dir.path());
     assert_eq!(
         store.attempt(&key("job_a", 2)).expect("read"),
         Some(record.clone())
@@ -149,7 +169,7 @@ fn an_attempt_is_recorded_for_launch_only_once_even_after_a_restart() {
         assert!(store.begin_launch(&record).expect("first"));
         assert!(!store.begin_launch(&record).expect("second"));
     }
-    let store = JobStore::open(dir.path()).expect("reopen");
+    let store = reopen(dir.path());
     assert!(!store.begin_launch(&record).expect("after restart"));
     // The next attempt of the same job is a new attempt.
     assert!(store
@@ -177,7 +197,7 @@ fn the_queue_keeps_its_order_across_removal_and_restart() {
     };
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
 
-    let store = JobStore::open(dir.path()).expect("reopen");
+    let store = reopen(dir.path());
     assert_eq!(store.pending_count(), 10);
     let first = store.pending_events(4).expect("batch");
     assert_eq!(
@@ -197,7 +217,7 @@ fn the_queue_keeps_its_order_across_removal_and_restart() {
     assert!(late_seq > *seqs.last().expect("ten seqs"));
     drop(store);
 
-    let store = JobStore::open(dir.path()).expect("reopen again");
+    let store = reopen(dir.path());
     let rest = store.pending_events(100).expect("rest");
     let mut expected = events[4..].to_vec();
     expected.push(late);
@@ -239,7 +259,7 @@ fn an_end_and_its_report_are_written_together() {
             .save_with_event(&record, &exited("job_a", 1, 0))
             .expect("ended");
     }
-    let store = JobStore::open(dir.path()).expect("reopen");
+    let store = reopen(dir.path());
     assert_eq!(store.attempt(&key("job_a", 1)).expect("read"), Some(record));
     let queued: Vec<pb::JobEvent> = store
         .pending_events(10)
@@ -347,7 +367,7 @@ fn replicas_of_one_attempt_are_separate_records_in_replica_order() {
             .begin_launch(&AttemptRecord::launching(replica("g", 1, 1)))
             .expect("again"));
     }
-    let store = JobStore::open(dir.path()).expect("reopen");
+    let store = reopen(dir.path());
     let order: Vec<AttemptKey> = store
         .attempts()
         .expect("all")
@@ -535,7 +555,7 @@ fn a_forgotten_attempt_leaves_a_tombstone_that_refuses_a_launch_until_dropped() 
             .is_empty());
     }
 
-    let store = JobStore::open(dir.path()).expect("reopen");
+    let store = reopen(dir.path());
     assert_eq!(store.attempt(&key("done", 1)).expect("read"), None);
     assert_eq!(
         store.lookup(&key("done", 1)).expect("lookup"),
