@@ -48,6 +48,8 @@ pub struct CoordinatorConfig {
     pub bootstrap: BootstrapSection,
     #[serde(default)]
     pub fleet: FleetSection,
+    #[serde(default)]
+    pub jobs: JobsSection,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -163,6 +165,47 @@ impl FleetSection {
     }
 }
 
+/// `[jobs]`: how long finished jobs stay in the registry before the leader forgets them (their usage is
+/// kept per hour).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsSection {
+    /// A finished job older than this many seconds is purged. At least 60.
+    #[serde(default = "default_retain_finished_secs")]
+    pub retain_finished_secs: u64,
+    /// How often the leader looks for jobs to purge, in seconds.
+    #[serde(default = "default_sweep_secs")]
+    pub sweep_secs: u64,
+}
+
+impl Default for JobsSection {
+    fn default() -> Self {
+        Self {
+            retain_finished_secs: default_retain_finished_secs(),
+            sweep_secs: default_sweep_secs(),
+        }
+    }
+}
+
+impl JobsSection {
+    /// The coordinator's job retention.
+    pub fn retention(&self) -> coordinator::JobRetention {
+        coordinator::JobRetention {
+            retain_finished: std::time::Duration::from_secs(self.retain_finished_secs),
+            sweep: std::time::Duration::from_secs(self.sweep_secs),
+        }
+    }
+}
+
+fn default_retain_finished_secs() -> u64 {
+    coordinator::JobRetention::default()
+        .retain_finished
+        .as_secs()
+}
+fn default_sweep_secs() -> u64 {
+    coordinator::JobRetention::default().sweep.as_secs()
+}
+
 fn default_fleet_heartbeat() -> u64 {
     1_000
 }
@@ -220,6 +263,8 @@ const ENV_KEYS: &[&str] = &[
     "fleet.heartbeat_ms",
     "fleet.ttl_ms",
     "fleet.lost_after_ms",
+    "jobs.retain_finished_secs",
+    "jobs.sweep_secs",
 ];
 
 /// The environment variable for a TOML path.
@@ -299,6 +344,15 @@ impl CoordinatorConfig {
         }
         if self.fleet.lost_after_ms == 0 {
             return Err(invalid("fleet.lost_after_ms", "must be positive"));
+        }
+        if self.jobs.retain_finished_secs < 60 {
+            return Err(invalid(
+                "jobs.retain_finished_secs",
+                "must be at least 60 (finished jobs are kept at least a minute)",
+            ));
+        }
+        if self.jobs.sweep_secs == 0 {
+            return Err(invalid("jobs.sweep_secs", "must be positive"));
         }
         if !self.admin.tls && !self.admin.listen.ip().is_loopback() {
             return Err(invalid(
@@ -420,6 +474,41 @@ members = [{ id = 1, name = "c1", raft_addr = "127.0.0.1:7171", admin_addr = "12
         env.insert("MERIDIAN_FLEET_TTL_MS".to_string(), "100".to_string());
         let err = CoordinatorConfig::parse(SAMPLE, Path::new("t.toml"), &env).expect_err("refused");
         assert!(err.to_string().contains("fleet.ttl_ms"), "{err}");
+    }
+
+    #[test]
+    fn job_retention_defaults_env_and_validation() {
+        let cfg =
+            CoordinatorConfig::parse(SAMPLE, Path::new("t.toml"), &BTreeMap::new()).expect("valid");
+        let retention = cfg.jobs.retention();
+        assert_eq!(retention.retain_finished.as_secs(), 604_800);
+        assert_eq!(retention.sweep.as_secs(), 60);
+
+        let text = format!("{SAMPLE}\n[jobs]\nretain_finished_secs = 3600\n");
+        let mut env = BTreeMap::new();
+        env.insert("MERIDIAN_JOBS_SWEEP_SECS".to_string(), "5".to_string());
+        let cfg = CoordinatorConfig::parse(&text, Path::new("t.toml"), &env).expect("valid");
+        assert_eq!(cfg.jobs.retention().retain_finished.as_secs(), 3_600);
+        assert_eq!(cfg.jobs.retention().sweep.as_secs(), 5);
+
+        for (name, value, field) in [
+            (
+                "MERIDIAN_JOBS_RETAIN_FINISHED_SECS",
+                "0",
+                "jobs.retain_finished_secs",
+            ),
+            (
+                "MERIDIAN_JOBS_RETAIN_FINISHED_SECS",
+                "59",
+                "jobs.retain_finished_secs",
+            ),
+            ("MERIDIAN_JOBS_SWEEP_SECS", "0", "jobs.sweep_secs"),
+        ] {
+            let env = BTreeMap::from([(name.to_string(), value.to_string())]);
+            let err =
+                CoordinatorConfig::parse(SAMPLE, Path::new("t.toml"), &env).expect_err("refused");
+            assert!(err.to_string().contains(field), "{name}={value}: {err}");
+        }
     }
 
     #[test]

@@ -172,6 +172,7 @@ pub fn prepare(args: &DevArgs) -> anyhow::Result<CoordinatorConfig> {
             }],
         },
         fleet: Default::default(),
+        jobs: Default::default(),
     })
 }
 

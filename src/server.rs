@@ -88,6 +88,7 @@ pub async fn start(
         snapshot_every: cfg.raft.snapshot_every,
         bootstrap,
         fleet: cfg.fleet.timings(),
+        jobs: cfg.jobs.retention(),
         keyring: Some(keyring.clone()),
     };
     let (coordinator, handle) = Coordinator::start(opts)

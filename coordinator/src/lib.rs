@@ -6,6 +6,7 @@ pub mod bootstrap;
 pub mod crypto;
 pub(crate) mod dispatch;
 pub mod fleet;
+pub(crate) mod janitor;
 pub(crate) mod network;
 pub mod node;
 pub(crate) mod proposer;
@@ -15,4 +16,5 @@ pub mod state;
 pub(crate) mod store;
 
 pub use fleet::FleetTimings;
+pub use janitor::JobRetention;
 pub use node::{ClusterStatus, Coordinator, CoordinatorOptions, Handle, MemberNode, NodeId};

@@ -94,6 +94,8 @@ pub struct CoordinatorOptions {
     pub bootstrap: Option<BTreeMap<NodeId, MemberNode>>,
     /// Agent heartbeat interval and the health monitor's TTLs.
     pub fleet: FleetTimings,
+    /// How long finished jobs are kept before the leader's janitor purges them, and how often it looks.
+    pub jobs: crate::janitor::JobRetention,
     /// The master keyring, to open the secrets a job is bound to when its assignment is handed to its
     /// agent. `None`: jobs that name secrets fail to launch with a clear message.
     pub keyring: Option<Arc<crate::crypto::MasterKeyring>>,
@@ -238,6 +240,7 @@ struct NodeInner {
     server_task: Mutex<Option<JoinHandle<()>>>,
     monitor_task: Mutex<Option<JoinHandle<()>>>,
     dispatch_task: Mutex<Option<JoinHandle<()>>>,
+    janitor_task: Mutex<Option<JoinHandle<()>>>,
     store_closed: Mutex<Option<StoreClosed>>,
 }
 
@@ -395,6 +398,7 @@ impl Coordinator {
                 server_task: Mutex::new(Some(server_task)),
                 monitor_task: Mutex::new(Some(monitor_task)),
                 dispatch_task: Mutex::new(None),
+                janitor_task: Mutex::new(None),
                 store_closed: Mutex::new(Some(store_closed)),
             }),
         };
@@ -411,6 +415,16 @@ impl Coordinator {
             .dispatch_task
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(dispatch_task);
+        let janitor_task = tokio::spawn(crate::janitor::run_janitor(
+            handle.downgrade(),
+            opts.jobs,
+            handle.inner.server_stop.clone(),
+        ));
+        *handle
+            .inner
+            .janitor_task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(janitor_task);
 
         if let Some(mut members) = opts.bootstrap {
             members.insert(opts.node_id, advertise);
@@ -1033,6 +1047,17 @@ impl Handle {
         if let Some(task) = dispatch_task {
             if let Err(e) = task.await {
                 tracing::warn!(error = %e, "dispatcher task failed");
+            }
+        }
+        let janitor_task = self
+            .inner
+            .janitor_task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = janitor_task {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "janitor task failed");
             }
         }
         let store_closed = self

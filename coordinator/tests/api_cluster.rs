@@ -59,6 +59,7 @@ async fn start_member(
         snapshot_every: 10_000,
         bootstrap: bootstrap.then(|| BTreeMap::from([(id, member)])),
         fleet: Default::default(),
+        jobs: Default::default(),
         keyring: None,
     })
     .await?;

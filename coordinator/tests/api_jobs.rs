@@ -1,7 +1,8 @@
 //! The admin API's jobs and usage against a real single-node coordinator (real QUIC, TLS certificates and
 //! sled; REST over HTTP and gRPC on the same listener): submission and validation, listing and reading,
-//! cancel, tenancy (another project's job is a 404 and the attempt is audited), policies, logs, usage, and
-//! the node listing's fleet fields. No agent runs here, so jobs stay pending unless a test places one.
+//! cancel, tenancy (another project's job is a 404 and the attempt is audited), policies, logs, usage (a
+//! purged job is a 404 whose usage still counts), and the node listing's fleet fields. No agent runs here,
+//! so jobs stay pending unless a test places one.
 
 mod api_common;
 
@@ -9,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use coordinator::scheduler::{GpuDevice, Resources};
-use coordinator::state::{Actor, Command, Op, PlacementOp, ReplicaPlacement};
+use coordinator::state::{
+    Actor, Command, JobEventKind, JobEventOp, Op, PlacementOp, ReplicaPlacement,
+};
 use protocol::pb;
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -712,6 +715,139 @@ async fn jobs_round_trip_over_grpc() -> anyhow::Result<()> {
     assert_eq!(report.until - report.since, 86_400_000);
     assert!(report.jobs.is_empty());
     assert_eq!(report.gpu_seconds, 0.0);
+    let archived = report.archived.context("the archived totals are present")?;
+    assert_eq!(archived.gpu_seconds, 0.0);
+    api.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_purged_job_is_gone_but_its_usage_stays() -> anyhow::Result<()> {
+    let api = start().await?;
+    // A label no node has keeps the leader's scheduler off it: this test places it, in the past.
+    let id = submit_ok(
+        &api,
+        json!({"command": "train", "resources": {"cpu": 2, "memory": "1Gi"},
+               "constraints": {"labels": {"pool": "by-hand"}}}),
+    )
+    .await?;
+    let key = "eu/eu1/purge";
+    let register = Op::RegisterNode {
+        region: "eu".into(),
+        cluster: "eu1".into(),
+        node: "purge".into(),
+        cpu_cores: 4,
+        memory_bytes: 8 << 30,
+        gpu_count: 0,
+        agent_version: "test".into(),
+        gpus: Vec::new(),
+        labels: Default::default(),
+        rpc_addr: "127.0.0.1:9".into(),
+        held: Vec::new(),
+        os: "Linux test".into(),
+        limit_mode: "rlimits".into(),
+    };
+    api.handle
+        .write(Command::new(now_ms(), Actor::system(), register))
+        .await?;
+    let place = Op::PlaceJobs {
+        placements: vec![PlacementOp::Place {
+            job_id: id.clone(),
+            attempt: 1,
+            replicas: vec![ReplicaPlacement {
+                node: key.into(),
+                lease_epoch: 1,
+                gpu_uuids: Vec::new(),
+                resources: Resources {
+                    cpu_millis: 2_000,
+                    memory_bytes: 1 << 30,
+                    gpus: 0,
+                },
+            }],
+        }],
+    };
+
+    // The attempt ran for 1h10m across two past hours.
+    const HOUR: u64 = 3_600_000;
+    let next_hour = (now_ms() / HOUR + 1) * HOUR;
+    let started = next_hour - 3 * HOUR + 10 * 60_000;
+    let ended = started + HOUR + 10 * 60_000;
+    // Placed a minute before it started: the state never dates an agent's event before the placement.
+    api.handle
+        .write(Command::new(started - 60_000, Actor::system(), place))
+        .await?;
+    let event = |at_ms: u64, kind: JobEventKind| JobEventOp {
+        job_id: id.clone(),
+        attempt: 1,
+        replica: 0,
+        at_ms,
+        kind,
+    };
+    let report = Op::ReportJobEvents {
+        node: key.into(),
+        lease_epoch: 1,
+        events: vec![
+            event(started, JobEventKind::Started),
+            event(
+                ended,
+                JobEventKind::Exited {
+                    exit_code: Some(0),
+                    signal: None,
+                    cancelled: false,
+                    timed_out: false,
+                    cpu_time_ms: Some(4_250),
+                    max_rss_bytes: None,
+                },
+            ),
+        ],
+    };
+    api.handle
+        .write(Command::new(now_ms(), Actor::system(), report))
+        .await?;
+    let job = api.get(&format!("/v1/jobs/{id}")).send().await?;
+    assert_eq!(job.str("/state"), "succeeded", "{}", job.body);
+
+    let range = format!("/v1/usage?since={}&until={next_hour}", next_hour - 4 * HOUR);
+    let figures = [
+        "cpu_core_seconds",
+        "memory_gib_seconds",
+        "gpu_seconds",
+        "cpu_time_seconds",
+    ];
+    let before = api.get(&range).send().await?;
+    assert_eq!(before.status, 200, "{}", before.body);
+    assert_eq!(before.body["jobs"][0]["job_id"], json!(id));
+    assert_eq!(before.body["cpu_core_seconds"], json!(2.0 * 70.0 * 60.0));
+    assert_eq!(before.body["cpu_time_seconds"], json!(4.25));
+    assert_eq!(before.body["archived"]["cpu_core_seconds"], json!(0.0));
+
+    let purge = Op::PurgeJobs {
+        finished_before: now_ms() + 1,
+        max: 10,
+    };
+    let outcome = api
+        .handle
+        .write(Command::new(now_ms() + 1, Actor::system(), purge))
+        .await?;
+    assert_eq!(
+        outcome,
+        coordinator::state::Outcome::JobsPurged { purged: 1 },
+        "{outcome:?}"
+    );
+
+    let gone = api.get(&format!("/v1/jobs/{id}")).send().await?;
+    assert_eq!(gone.status, 404, "{}", gone.body);
+    assert_eq!(gone.error_code(), "not_found");
+    let after = api.get(&range).send().await?;
+    assert_eq!(after.status, 200, "{}", after.body);
+    assert_eq!(after.body["jobs"], json!([]), "purged jobs have no line");
+    for figure in figures {
+        assert_eq!(after.body[figure], before.body[figure], "{figure}");
+        assert_eq!(
+            after.body["archived"][figure], after.body[figure],
+            "{figure}"
+        );
+    }
     api.stop().await;
     Ok(())
 }

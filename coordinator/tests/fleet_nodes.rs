@@ -84,6 +84,7 @@ async fn start() -> anyhow::Result<Fixture> {
             tick: Duration::from_millis(50),
             dispatch_tick: Duration::from_millis(20),
         },
+        jobs: Default::default(),
         keyring: Some(keyring.clone()),
     })
     .await

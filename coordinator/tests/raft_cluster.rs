@@ -169,6 +169,7 @@ impl Cluster {
             snapshot_every: self.snapshot_every,
             bootstrap,
             fleet: Default::default(),
+            jobs: Default::default(),
             keyring: None,
         };
         let running = Coordinator::start(opts)

@@ -1,5 +1,5 @@
-//! `meridian usage`: the project's reserved CPU-, memory- and GPU-seconds over a time range, in total and
-//! per job.
+//! `meridian usage`: the project's reserved CPU-, memory- and GPU-seconds over a time range, in total, the
+//! share of purged jobs (kept per hour), and per live job.
 //!
 //! Owns turning `--since`/`--until` into what the API accepts (a duration such as `7d` counts back from
 //! now; RFC 3339 and Unix milliseconds pass through). Must never compute usage itself: the registry does.
@@ -88,6 +88,37 @@ pub async fn run(args: UsageArgs) -> Result<(), ClientError> {
         ("gpu-seconds", figure(&report, "gpu_seconds")),
         ("cpu time (s)", figure(&report, "cpu_time_seconds")),
     ]);
+    // Purged jobs are only in the totals, kept per hour; show their share when there is one.
+    let archived = report.get("archived").cloned().unwrap_or(Value::Null);
+    let any_archived = [
+        "cpu_core_seconds",
+        "memory_gib_seconds",
+        "gpu_seconds",
+        "cpu_time_seconds",
+    ]
+    .iter()
+    .any(|k| {
+        archived
+            .get(k)
+            .and_then(Value::as_f64)
+            .is_some_and(|x| x > 0.0)
+    });
+    if any_archived {
+        output::line("");
+        output::fields(&[
+            (
+                "purged jobs (per hour)",
+                "included in the totals above".to_owned(),
+            ),
+            ("  cpu core-seconds", figure(&archived, "cpu_core_seconds")),
+            (
+                "  memory GiB-seconds",
+                figure(&archived, "memory_gib_seconds"),
+            ),
+            ("  gpu-seconds", figure(&archived, "gpu_seconds")),
+            ("  cpu time (s)", figure(&archived, "cpu_time_seconds")),
+        ]);
+    }
     let jobs = report
         .get("jobs")
         .and_then(Value::as_array)

@@ -408,6 +408,12 @@ fn usage_report(u: crate::state::UsageReport) -> pb::UsageReport {
         memory_gib_seconds: u.memory_gib_seconds,
         gpu_seconds: u.gpu_seconds,
         cpu_time_seconds: u.cpu_time_seconds,
+        archived: Some(pb::UsageFigures {
+            cpu_core_seconds: u.archived.cpu_core_seconds,
+            memory_gib_seconds: u.archived.memory_gib_seconds,
+            gpu_seconds: u.archived.gpu_seconds,
+            cpu_time_seconds: u.archived.cpu_time_seconds,
+        }),
         jobs: u
             .jobs
             .into_iter()

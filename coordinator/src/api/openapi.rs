@@ -564,11 +564,19 @@ fn schemas() -> Value {
     ];
     let mut job_usage_props = vec![("job_id", string()), ("name", string())];
     job_usage_props.extend(usage_figures.iter().cloned());
+    let archived_figures = json!({
+        "allOf": [schema_ref("UsageFigures")],
+        "description": "The share of the totals that comes from purged jobs, kept per Unix hour: an hour \
+                        entirely inside the range counts fully; one that straddles a bound counts its reserved \
+                        resources in proportion to the overlap, and its CPU time when the hour starts inside \
+                        the range. Per-job lines list live jobs only."
+    });
     let mut usage_props = vec![
         ("project_id", string()),
         ("since", integer()),
         ("until", integer()),
         ("jobs", array(schema_ref("JobUsage"))),
+        ("archived", archived_figures),
     ];
     usage_props.extend(usage_figures.iter().cloned());
     let gpu = object(
@@ -595,8 +603,23 @@ fn schemas() -> Value {
         ("JobLogs", logs),
         ("JobUsage", object(&["job_id", "name"], &job_usage_props)),
         (
+            "UsageFigures",
+            object(
+                &[
+                    "cpu_core_seconds",
+                    "memory_gib_seconds",
+                    "gpu_seconds",
+                    "cpu_time_seconds",
+                ],
+                &usage_figures,
+            ),
+        ),
+        (
             "UsageReport",
-            object(&["project_id", "since", "until", "jobs"], &usage_props),
+            object(
+                &["project_id", "since", "until", "jobs", "archived"],
+                &usage_props,
+            ),
         ),
         ("GpuDevice", gpu),
     ];

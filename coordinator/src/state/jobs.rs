@@ -6,7 +6,9 @@
 //! `pending → scheduled → running → succeeded | failed | cancelled | lost`; a lost or failed attempt sends
 //! it back to `pending` while its retry budget allows. Every report is fenced twice: by the node's lease
 //! epoch (for the whole command) and by the job's current attempt (for each event), so a result from an
-//! old registration or an old attempt never overrides the current one.
+//! old registration or an old attempt never overrides the current one. `PurgeJobs` (the leader's janitor)
+//! forgets terminal jobs, oldest first by the (finished_at, id) index, after folding their usage into the
+//! project's per-hour archive (`usage.rs`).
 //!
 //! Like the rest of the state, this module must never read a clock, draw randomness or do I/O: every time
 //! arrives inside the command. Floating point appears only in the usage report, which is computed on read
@@ -711,6 +713,7 @@ impl RegistryState {
                 job.updated_at = at;
                 job.finished_at = Some(at);
                 self.pending_job_ids.remove(id);
+                self.finished_jobs.insert((at, id.to_owned()));
                 "pending -> cancelled"
             }
             JobState::Scheduled | JobState::Running => {
@@ -967,10 +970,16 @@ impl RegistryState {
             // A replica of a gang that already ended (its peers still run): a repeat changes nothing.
             return EventAck::accepted();
         }
+        // The agent's clock is not trusted beyond reason: nothing happens to an attempt before it was
+        // scheduled or after this command was stamped. Usage (and its hourly archive) stays bounded by the
+        // attempt's real life even when a node's clock is far off.
+        let event_at = event
+            .at_ms
+            .clamp(entry.scheduled_at, at.max(entry.scheduled_at));
         match &event.kind {
             JobEventKind::Started => {
                 if entry.started_at.is_none() {
-                    entry.started_at = Some(event.at_ms);
+                    entry.started_at = Some(event_at);
                 }
                 if job.state == JobState::Scheduled {
                     job.state = JobState::Running;
@@ -1008,7 +1017,7 @@ impl RegistryState {
                     at,
                     &id,
                     event.replica,
-                    event.at_ms,
+                    event_at,
                     AttemptEnd {
                         outcome,
                         detail,
@@ -1025,7 +1034,7 @@ impl RegistryState {
                     at,
                     &id,
                     event.replica,
-                    event.at_ms,
+                    event_at,
                     AttemptEnd::new(AttemptOutcome::Failed, clip(message, MAX_DETAIL)),
                 );
             }
@@ -1035,7 +1044,7 @@ impl RegistryState {
                     at,
                     &id,
                     event.replica,
-                    event.at_ms,
+                    event_at,
                     AttemptEnd::new(AttemptOutcome::Lost, clip(reason, MAX_DETAIL)),
                 );
             }
@@ -1276,6 +1285,7 @@ impl RegistryState {
         job.updated_at = at;
         if next.is_terminal() {
             job.finished_at = Some(at);
+            self.finished_jobs.insert((at, job_id.to_owned()));
         } else {
             job.pending_reason = None;
             self.pending_job_ids.insert(job_id.to_owned());
@@ -1307,16 +1317,67 @@ impl RegistryState {
             .any(|j| !j.state.is_terminal())
     }
 
-    /// Forgets a deleted project's (finished) jobs.
+    /// Forgets a deleted project's (finished) jobs and its usage archive.
     pub(crate) fn remove_project_jobs(&mut self, project_id: &str) {
         for id in self
             .job_ids_by_project
             .remove(project_id)
             .unwrap_or_default()
         {
-            self.jobs.remove(&id);
+            if let Some(job) = self.jobs.remove(&id) {
+                if let Some(finished_at) = job.finished_at {
+                    self.finished_jobs.remove(&(finished_at, id.clone()));
+                }
+            }
             self.pending_job_ids.remove(&id);
         }
+        self.usage_archive.remove(project_id);
+    }
+
+    /// `Op::PurgeJobs`: forgets up to `max` terminal jobs that finished before `finished_before`, oldest
+    /// first, after folding each one's usage into its project's archive.
+    pub(crate) fn purge_jobs(&mut self, finished_before: u64, max: u32) -> Applied {
+        let mut purged: u32 = 0;
+        while purged < max {
+            let Some((finished_at, id)) = self.finished_jobs.first().cloned() else {
+                break;
+            };
+            if finished_at >= finished_before {
+                break;
+            }
+            self.finished_jobs.pop_first();
+            let Some(job) = self.jobs.remove(&id) else {
+                continue;
+            };
+            self.archive_job_usage(&job);
+            if let Some(ids) = self.job_ids_by_project.get_mut(&job.project_id) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.job_ids_by_project.remove(&job.project_id);
+                }
+            }
+            self.pending_job_ids.remove(&id);
+            purged += 1;
+        }
+        Applied::new(
+            Outcome::JobsPurged { purged },
+            format!("purged={purged} finished_before={finished_before}"),
+        )
+    }
+
+    /// Recomputes the index of finished jobs from the jobs themselves (after loading a snapshot).
+    pub(crate) fn rebuild_finished_index(&mut self) {
+        self.finished_jobs = self
+            .jobs
+            .values()
+            .filter(|j| j.state.is_terminal())
+            .filter_map(|j| j.finished_at.map(|at| (at, j.id.clone())))
+            .collect();
+    }
+
+    /// The `finished_at` of the terminal job that finished first, if any.
+    pub(crate) fn oldest_finished_at(&self) -> Option<u64> {
+        self.finished_jobs.first().map(|(at, _)| *at)
     }
 
     /// A job of `project_id`; another project's job answers `None`, exactly like a missing one.
@@ -1428,6 +1489,12 @@ impl RegistryState {
                 .insert(job.id.clone());
         }
         assert_eq!(self.job_ids_by_project, by_project, "project index");
+        let finished: BTreeSet<(u64, String)> = self
+            .jobs
+            .values()
+            .filter_map(|j| j.finished_at.map(|at| (at, j.id.clone())))
+            .collect();
+        assert_eq!(self.finished_jobs, finished, "finished index");
     }
 }
 
@@ -2879,6 +2946,252 @@ mod tests {
             .current_replicas()
             .iter()
             .all(|a| a.lease_epoch == epoch));
+    }
+
+    const HOUR: u64 = 3_600_000;
+    const MINUTE: u64 = 60_000;
+
+    impl World {
+        /// The next command is stamped `at - 500`, so a report it carries happens exactly at `at`.
+        fn report_at(&mut self, at: u64, key: &str, event: (&str, u32, JobEventKind)) {
+            self.at = at - 500;
+            let acks = self.report(key, vec![event]);
+            assert!(acks[0].accepted, "{acks:?}");
+        }
+
+        fn purge(&mut self, finished_before: u64, max: u32) -> u32 {
+            match self.ok(Op::PurgeJobs {
+                finished_before,
+                max,
+            }) {
+                Outcome::JobsPurged { purged } => purged,
+                other => panic!("unexpected outcome {other:?}"),
+            }
+        }
+    }
+
+    /// The first Unix hour after `T0`.
+    fn first_hour() -> u64 {
+        (T0 / HOUR + 1) * HOUR
+    }
+
+    /// A long single-replica job (`long`, on A from h0+20m to h0+3h10m) and a gang of two (`gang`, on B
+    /// and US from h0+50m to h0+1h30m/h0+1h31m), both succeeded. Returns h0.
+    fn finished_usage_world(w: &mut World) -> u64 {
+        let h0 = first_hour();
+        w.submit("long");
+        w.submit_spec("gang", gang_spec(2));
+        w.place("long", 1, A);
+        w.placements(vec![w.gang_op("gang", 1, &[B, US])]);
+        w.report_at(h0 + 20 * MINUTE, A, ("long", 1, JobEventKind::Started));
+        w.report_at(h0 + 50 * MINUTE, B, ("gang#0", 1, JobEventKind::Started));
+        w.report_at(h0 + 51 * MINUTE, US, ("gang#1", 1, JobEventKind::Started));
+        w.report_at(h0 + HOUR + 30 * MINUTE, B, ("gang#0", 1, exited(0)));
+        w.report_at(h0 + HOUR + 31 * MINUTE, US, ("gang#1", 1, exited(0)));
+        w.report_at(h0 + 3 * HOUR + 10 * MINUTE, A, ("long", 1, exited(0)));
+        assert_eq!(w.job("long").state, JobState::Succeeded);
+        assert_eq!(w.job("gang").state, JobState::Succeeded);
+        h0
+    }
+
+    fn figures(r: &super::super::UsageReport) -> [f64; 4] {
+        [
+            r.cpu_core_seconds,
+            r.memory_gib_seconds,
+            r.gpu_seconds,
+            r.cpu_time_seconds,
+        ]
+    }
+
+    #[test]
+    fn purge_forgets_only_old_finished_jobs_oldest_first() {
+        let mut w = World::new();
+        for id in ["j1", "j2", "j3", "j4", "j5"] {
+            w.submit(id);
+        }
+        w.ok(Op::CancelJob {
+            project_id: PA.into(),
+            id: "j1".into(),
+        });
+        let t1 = w.at;
+        w.place("j2", 1, A);
+        w.start("j2", 1, A);
+        w.report(A, vec![("j2", 1, exited(0))]);
+        let t2 = w.at;
+        w.ok(Op::CancelJob {
+            project_id: PA.into(),
+            id: "j3".into(),
+        });
+        let t3 = w.at;
+        w.place("j5", 1, B);
+        w.start("j5", 1, B);
+        assert_eq!(w.s.oldest_finished_at(), Some(t1));
+
+        // At most `max`, oldest first.
+        assert_eq!(w.purge(t3 + 1, 1), 1);
+        assert!(w.s.job(PA, "j1").is_none());
+        assert_eq!(w.s.oldest_finished_at(), Some(t2));
+        // Only jobs finished strictly before the cutoff.
+        assert_eq!(w.purge(t3, 10), 1);
+        assert!(w.s.job(PA, "j2").is_none() && w.s.job(PA, "j3").is_some());
+        // However late the cutoff, pending and running jobs stay.
+        assert_eq!(w.purge(u64::MAX, 10), 1);
+        assert!(w.s.job(PA, "j3").is_none());
+        assert_eq!(w.job("j4").state, JobState::Pending);
+        assert_eq!(w.job("j5").state, JobState::Running);
+        assert_eq!(w.purge(u64::MAX, 10), 0, "nothing left to purge");
+        assert_eq!(w.s.oldest_finished_at(), None);
+        let last = w.s.audit.last().expect("audited");
+        assert_eq!(
+            (last.action.as_str(), last.outcome),
+            ("job.purge", AuditOutcome::Success)
+        );
+        // A later end of a running job enters the index as usual.
+        w.report(B, vec![("j5", 1, exited(1))]);
+        assert_eq!(w.s.oldest_finished_at(), Some(w.at));
+    }
+
+    #[test]
+    fn usage_over_whole_hours_is_the_same_after_a_purge() {
+        let mut w = World::new();
+        let h0 = finished_usage_world(&mut w);
+        let ranges = [
+            (h0, h0 + HOUR),
+            (h0 + HOUR, h0 + 2 * HOUR),
+            (h0 + 2 * HOUR, h0 + 4 * HOUR),
+            (h0, h0 + 4 * HOUR),
+            (h0 - 5 * HOUR, h0 + 10 * HOUR),
+        ];
+        let before: Vec<_> = ranges.iter().map(|&(a, b)| w.s.usage(PA, a, b)).collect();
+        assert!(before.iter().all(|r| !r.jobs.is_empty()));
+        assert!(before
+            .iter()
+            .all(|r| r.archived == super::super::UsageFigures::default()));
+
+        assert_eq!(w.purge(u64::MAX, 100), 2);
+        assert!(w.s.job(PA, "long").is_none() && w.s.job(PA, "gang").is_none());
+        for (&(a, b), old) in ranges.iter().zip(&before) {
+            let new = w.s.usage(PA, a, b);
+            assert_eq!(figures(&new), figures(old), "range {a}..{b}");
+            assert!(new.jobs.is_empty(), "purged jobs have no per-job line");
+            assert_eq!(
+                [
+                    new.archived.cpu_core_seconds,
+                    new.archived.memory_gib_seconds,
+                    new.archived.gpu_seconds,
+                    new.archived.cpu_time_seconds,
+                ],
+                figures(&new),
+                "everything comes from the archive"
+            );
+        }
+        // The whole life: long 2h50m and the gang 2 × 40m, 2 cores / 4 GiB / 1 GPU each; CPU time 3 × 1.5 s.
+        let all = w.s.usage(PA, h0 - 5 * HOUR, h0 + 10 * HOUR);
+        let gpu_seconds = (170.0 + 80.0) * 60.0;
+        assert_eq!(
+            figures(&all),
+            [2.0 * gpu_seconds, 4.0 * gpu_seconds, gpu_seconds, 4.5]
+        );
+        // The archive survives a snapshot.
+        let restored = RegistryState::from_bytes(&w.s.to_bytes()).expect("restores");
+        assert_eq!(restored, w.s);
+    }
+
+    #[test]
+    fn a_range_that_cuts_an_hour_gets_its_share() {
+        let mut w = World::new();
+        let h0 = finished_usage_world(&mut w);
+        w.purge(u64::MAX, 100);
+        // Hour h0 holds long 40 min and the gang 10 + 9 min: 59 GPU-minutes. Half the hour, half of that.
+        let cut = w.s.usage(PA, h0 + 30 * MINUTE, h0 + HOUR);
+        assert_eq!(cut.gpu_seconds, 59.0 * 60.0 / 2.0);
+        assert_eq!(cut.cpu_core_seconds, 2.0 * 59.0 * 60.0 / 2.0);
+        assert_eq!(
+            cut.cpu_time_seconds, 0.0,
+            "the hour starts before the range"
+        );
+        // Hour h0+1h holds the gang's two ends: their CPU time counts when the hour starts in the range.
+        let ends = w.s.usage(PA, h0 + HOUR, h0 + HOUR + 15 * MINUTE);
+        assert_eq!(ends.cpu_time_seconds, 3.0);
+        // Hour h0+1h: long 60 min + the gang 30 + 31 min = 121 GPU-minutes; a quarter of it.
+        assert_eq!(ends.gpu_seconds, 121.0 * 60.0 / 4.0);
+        // An empty or inverted range reports nothing.
+        assert_eq!(figures(&w.s.usage(PA, h0 + HOUR, h0)), [0.0; 4]);
+    }
+
+    #[test]
+    fn deleting_a_project_drops_its_usage_archive() {
+        let mut w = World::new();
+        w.ok(Op::SubmitJob {
+            id: "job_b".into(),
+            project_id: PB.into(),
+            spec: spec(),
+        });
+        w.place("job_b", 1, A);
+        w.start("job_b", 1, A);
+        w.report(A, vec![("job_b", 1, exited(0))]);
+        assert_eq!(w.purge(u64::MAX, 10), 1);
+        assert!(w.s.usage_archive.contains_key(PB));
+        assert!(w.s.usage(PB, 0, u64::MAX).archived.gpu_seconds > 0.0);
+        w.ok(Op::DeleteProject { id: PB.into() });
+        assert!(w.s.usage_archive.is_empty());
+        assert_eq!(figures(&w.s.usage(PB, 0, u64::MAX)), [0.0; 4]);
+    }
+
+    #[test]
+    fn a_snapshot_from_before_the_purge_fields_loads() {
+        let mut w = World::new();
+        w.submit("job_1");
+        w.ok(Op::CancelJob {
+            project_id: PA.into(),
+            id: "job_1".into(),
+        });
+        w.submit("job_2");
+        let mut old: serde_json::Value =
+            serde_json::from_slice(&w.s.to_bytes()).expect("state is json");
+        let fields = old.as_object_mut().expect("state is an object");
+        assert!(fields.remove("finished_jobs").is_some());
+        assert!(fields.remove("usage_archive").is_some());
+        let bytes = serde_json::to_vec(&old).expect("serializes");
+        let restored = RegistryState::from_bytes(&bytes).expect("an older snapshot loads");
+        restored.assert_job_indexes_consistent();
+        assert_eq!(restored, w.s, "the finished index is rebuilt");
+    }
+
+    #[test]
+    fn agent_times_are_kept_within_the_attempts_life() {
+        let mut w = World::new();
+        w.submit("job_clock");
+        w.place("job_clock", 1, A);
+        let scheduled_at = w.job("job_clock").attempts[0].scheduled_at;
+        // A node whose clock is decades behind, then one far ahead.
+        let report = |w: &mut World, at_ms: u64, kind: JobEventKind| {
+            let op = Op::ReportJobEvents {
+                node: A.into(),
+                lease_epoch: w.epoch(A),
+                events: vec![JobEventOp {
+                    job_id: "job_clock".into(),
+                    attempt: 1,
+                    replica: 0,
+                    at_ms,
+                    kind,
+                }],
+            };
+            w.ok(op);
+        };
+        report(&mut w, 7, JobEventKind::Started);
+        assert_eq!(
+            w.job("job_clock").attempts[0].started_at,
+            Some(scheduled_at)
+        );
+        report(&mut w, u64::MAX, exited(0));
+        let job = w.job("job_clock");
+        assert_eq!(job.state, JobState::Succeeded);
+        assert_eq!(
+            job.attempts[0].ended_at,
+            Some(w.at),
+            "an end cannot be later than the command that reported it"
+        );
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The registry's replicated state and its pure `apply`.
 //!
 //! Owns tenancy (projects, principals, API keys, role bindings), the hash-chained audit log, the
-//! envelope-encrypted secrets, the fleet registry and the jobs placed on it, plus the project-scoped read
-//! accessors every API route goes through.
+//! envelope-encrypted secrets, the fleet registry and the jobs placed on it, the per-hour usage archive of
+//! purged jobs, plus the project-scoped read accessors every API route goes through.
 //!
 //! Everything here is deterministic: no clock reads, no randomness, no I/O, no hash-map iteration order.
 //! Times, ids, key hashes and ciphertexts arrive inside the [`Command`], stamped by the coordinator that
@@ -45,7 +45,7 @@ pub use tenancy::{
     ApiKey, ApiKeyView, KeyPrincipal, KeyState, Principal, PrincipalKind, Project, ProjectView,
     RoleBinding, Scope, DEFAULT_PROJECT_NAME,
 };
-pub use usage::{JobUsage, UsageReport};
+pub use usage::{JobUsage, UsageFigures, UsageReport, USAGE_BUCKET_MS};
 
 /// A typed change to global state, committed through Raft.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -257,6 +257,10 @@ pub enum Op {
         lease_epoch: u64,
         idle_gpus: Vec<String>,
     },
+    /// The leader's janitor: forgets up to `max` finished jobs whose `finished_at` is before
+    /// `finished_before` (Unix ms), oldest first. Each job's usage is folded into its project's per-hour
+    /// archive before the job goes. Running and pending jobs are never touched. Platform-level.
+    PurgeJobs { finished_before: u64, max: u32 },
 }
 
 /// What a successfully applied command produced.
@@ -308,6 +312,8 @@ pub enum Outcome {
     },
     /// One acknowledgement per reported event, in order.
     JobEvents { acks: Vec<EventAck> },
+    /// How many finished jobs a purge forgot.
+    JobsPurged { purged: u32 },
 }
 
 /// Why a committed command was refused by the domain (the entry is still committed; state is unchanged
@@ -391,6 +397,13 @@ pub struct RegistryState {
     /// Index: project id → ids of its jobs.
     #[serde(default)]
     pub(crate) job_ids_by_project: BTreeMap<String, BTreeSet<String>>,
+    /// Index: (finished_at, id) of every terminal job, oldest first (what a purge takes). Rebuilt from the
+    /// jobs when a snapshot is loaded.
+    #[serde(default)]
+    pub(crate) finished_jobs: BTreeSet<(u64, String)>,
+    /// Project id → start of a Unix hour (ms) → the usage of the purged jobs in that hour.
+    #[serde(default)]
+    pub(crate) usage_archive: BTreeMap<String, BTreeMap<u64, usage::UsageSums>>,
 }
 
 /// What a successful mutation tells the audit log besides the command's subject.
@@ -481,6 +494,7 @@ impl Op {
             Op::PlaceJobs { .. } => s("job.place", None, "scheduler"),
             Op::ReportJobEvents { node, .. } => s("job.report", None, node),
             Op::SetIdleGpus { node, .. } => s("node.idle_gpus", None, node),
+            Op::PurgeJobs { .. } => s("job.purge", None, "janitor"),
         }
     }
 }
@@ -710,6 +724,10 @@ impl RegistryState {
                 lease_epoch,
                 idle_gpus,
             } => self.set_idle_gpus(node, *lease_epoch, idle_gpus),
+            Op::PurgeJobs {
+                finished_before,
+                max,
+            } => Ok(self.purge_jobs(*finished_before, *max)),
         }
     }
 
@@ -734,9 +752,12 @@ impl RegistryState {
         serde_json::to_vec(self).expect("registry state serializes")
     }
 
-    /// Restores state from [`RegistryState::to_bytes`] output.
+    /// Restores state from [`RegistryState::to_bytes`] output. The index of finished jobs is rebuilt from
+    /// the jobs, so a snapshot written before the index existed loads complete.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(bytes)
+        let mut state: Self = serde_json::from_slice(bytes)?;
+        state.rebuild_finished_index();
+        Ok(state)
     }
 
     /// True once `Op::Bootstrap` has been applied.

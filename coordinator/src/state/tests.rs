@@ -481,6 +481,10 @@ fn replicas_are_byte_identical() {
     assert_eq!(a.apply(1, &boot), b.apply(1, &boot));
     let mut restored: Option<RegistryState> = None;
     let (mut ok, mut refused) = (0, 0);
+    let mut purged = 0;
+    // What the jobs went through, seen along the way (purges forget finished jobs).
+    let mut states: BTreeSet<JobState> = BTreeSet::new();
+    let (mut retried, mut gang_ended) = (false, false);
     let mut at = T0;
     for n in 0..1500usize {
         at += rng.gen_range(0..5000);
@@ -494,7 +498,8 @@ fn replicas_are_byte_identical() {
             };
             cmd.request_id = Some(format!("req-{id}"));
         }
-        let index = n as u64 + 2;
+        // Every command gets two log indexes: its own, and one for the janitor's purges below.
+        let index = 2 * n as u64 + 2;
         let out_a = a.apply(index, &cmd);
         let out_b = b.apply(index, &cmd);
         assert_eq!(out_a, out_b, "replicas disagree on the outcome of {cmd:?}");
@@ -508,6 +513,42 @@ fn replicas_are_byte_identical() {
         match out_a {
             Ok(_) => ok += 1,
             Err(_) => refused += 1,
+        }
+        for job in a.jobs.values() {
+            states.insert(job.state);
+            retried |= job.attempt_count() > 1;
+            gang_ended |= job.spec.replicas > 1
+                && job
+                    .attempts
+                    .iter()
+                    .any(|r| r.replica == 1 && r.outcome.is_some());
+        }
+        // Now and then the leader's janitor forgets a few jobs that finished over half an hour ago.
+        if n % 97 == 96 {
+            let purge = Command::new(
+                at,
+                Actor::system(),
+                Op::PurgeJobs {
+                    finished_before: at.saturating_sub(1_800_000),
+                    max: 3,
+                },
+            );
+            let out_a = a.apply(index + 1, &purge);
+            assert_eq!(
+                out_a,
+                b.apply(index + 1, &purge),
+                "replicas disagree on a purge"
+            );
+            if let Some(c) = restored.as_mut() {
+                assert_eq!(
+                    c.apply(index + 1, &purge),
+                    out_a,
+                    "restored replica disagrees"
+                );
+            }
+            if let Ok(Outcome::JobsPurged { purged: p }) = out_a {
+                purged += p;
+            }
         }
         if n == 700 {
             // A snapshot taken mid-way, restored and continued, must stay identical too.
@@ -540,17 +581,14 @@ fn replicas_are_byte_identical() {
         a.projects.len() > 2 && !a.keys.is_empty() && !a.secrets.is_empty(),
         "log exercised the domain"
     );
-    let states: BTreeSet<JobState> = a.jobs.values().map(|j| j.state).collect();
     assert!(
-        states.len() >= 5 && a.jobs.values().any(|j| j.attempt_count() > 1),
+        states.len() >= 5 && retried,
         "log exercised the job lifecycle: {states:?}"
     );
+    assert!(gang_ended, "log exercised gang attempts");
     assert!(
-        a.jobs.values().any(|j| j.spec.replicas > 1
-            && j.attempts
-                .iter()
-                .any(|r| r.replica == 1 && r.outcome.is_some())),
-        "log exercised gang attempts"
+        purged > 0 && !a.usage_archive.is_empty(),
+        "log exercised purges ({purged} jobs)"
     );
     a.assert_job_indexes_consistent();
     verify_chain(a.audit_records()).expect("the audit chain of a long log verifies");

@@ -1,12 +1,18 @@
 //! Usage accounting: a project's reserved CPU-, memory- and GPU-seconds and measured CPU time over a time
 //! range, per job and in total, the base for cost attribution.
 //!
-//! A read computed from the jobs' attempts, never stored: the sums are exact integers (resource units ×
-//! milliseconds) and become `f64` only in the report. Must never mutate the state.
+//! Live jobs are read from their attempts at query time; purged jobs (see `Op::PurgeJobs`) live on only in
+//! the project's archive, kept per Unix hour: each attempt's reserved resource·milliseconds are split exactly
+//! across the hours it overlaps, and its measured CPU time goes to the hour it ended in. Every sum is an exact
+//! integer (resource units × milliseconds) and becomes `f64` only in the report. A read must never mutate
+//! the state; folding a job into the archive happens only inside `apply`.
 
 use serde::{Deserialize, Serialize};
 
-use super::RegistryState;
+use super::{JobRecord, RegistryState};
+
+/// The width of one archive bucket: a Unix hour, in milliseconds. Buckets start at multiples of it.
+pub const USAGE_BUCKET_MS: u64 = 3_600_000;
 
 /// A project's resource use over a time range, computed on read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -14,16 +20,29 @@ pub struct UsageReport {
     pub project_id: String,
     pub since: u64,
     pub until: u64,
-    /// Reserved CPU cores × seconds.
+    /// Reserved CPU cores × seconds (live and purged jobs).
     pub cpu_core_seconds: f64,
-    /// Reserved memory GiB × seconds.
+    /// Reserved memory GiB × seconds (live and purged jobs).
     pub memory_gib_seconds: f64,
-    /// Reserved GPUs × seconds.
+    /// Reserved GPUs × seconds (live and purged jobs).
     pub gpu_seconds: f64,
-    /// Measured CPU time of the attempts that ended in the range.
+    /// Measured CPU time of the attempts that ended in the range (live and purged jobs).
     pub cpu_time_seconds: f64,
-    /// Per job with any use in the range, in id order.
+    /// The share of the totals above that comes from purged jobs, kept per hour (see
+    /// [`RegistryState::usage`] for how a partly covered hour counts).
+    #[serde(default)]
+    pub archived: UsageFigures,
+    /// Per live job with any use in the range, in id order; purged jobs appear only in `archived`.
     pub jobs: Vec<JobUsage>,
+}
+
+/// The four usage figures of a report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageFigures {
+    pub cpu_core_seconds: f64,
+    pub memory_gib_seconds: f64,
+    pub gpu_seconds: f64,
+    pub cpu_time_seconds: f64,
 }
 
 /// One job's share of a [`UsageReport`].
@@ -37,13 +56,13 @@ pub struct JobUsage {
     pub cpu_time_seconds: f64,
 }
 
-/// Exact integer sums behind a usage figure: resource units × milliseconds.
-#[derive(Debug, Clone, Copy, Default)]
-struct UsageSums {
-    cpu_millis_ms: u128,
-    memory_bytes_ms: u128,
-    gpus_ms: u128,
-    cpu_time_ms: u128,
+/// Exact integer sums behind a usage figure: resource units × milliseconds (CPU time in milliseconds).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct UsageSums {
+    pub(crate) cpu_millis_ms: u128,
+    pub(crate) memory_bytes_ms: u128,
+    pub(crate) gpus_ms: u128,
+    pub(crate) cpu_time_ms: u128,
 }
 
 impl UsageSums {
@@ -54,27 +73,51 @@ impl UsageSums {
         self.cpu_time_ms += other.cpu_time_ms;
     }
 
-    fn cpu_core_seconds(&self) -> f64 {
-        self.cpu_millis_ms as f64 / 1_000_000.0
+    /// Adds `resources` held for `ms` milliseconds.
+    fn reserve(&mut self, resources: &crate::scheduler::Resources, ms: u64) {
+        let ms = u128::from(ms);
+        self.cpu_millis_ms += u128::from(resources.cpu_millis) * ms;
+        self.memory_bytes_ms += u128::from(resources.memory_bytes) * ms;
+        self.gpus_ms += u128::from(resources.gpus) * ms;
     }
 
-    fn memory_gib_seconds(&self) -> f64 {
-        self.memory_bytes_ms as f64 / (1024.0 * 1024.0 * 1024.0 * 1000.0)
+    /// The reserved sums scaled by `part / USAGE_BUCKET_MS` (rounded down); CPU time left out.
+    fn reserved_share(&self, part: u64) -> UsageSums {
+        let scale = |v: u128| v * u128::from(part) / u128::from(USAGE_BUCKET_MS);
+        UsageSums {
+            cpu_millis_ms: scale(self.cpu_millis_ms),
+            memory_bytes_ms: scale(self.memory_bytes_ms),
+            gpus_ms: scale(self.gpus_ms),
+            cpu_time_ms: 0,
+        }
     }
 
-    fn gpu_seconds(&self) -> f64 {
-        self.gpus_ms as f64 / 1000.0
-    }
-
-    fn cpu_time_seconds(&self) -> f64 {
-        self.cpu_time_ms as f64 / 1000.0
+    fn figures(&self) -> UsageFigures {
+        UsageFigures {
+            cpu_core_seconds: self.cpu_millis_ms as f64 / 1_000_000.0,
+            memory_gib_seconds: self.memory_bytes_ms as f64 / (1024.0 * 1024.0 * 1024.0 * 1000.0),
+            gpu_seconds: self.gpus_ms as f64 / 1000.0,
+            cpu_time_seconds: self.cpu_time_ms as f64 / 1000.0,
+        }
     }
 }
 
+/// The start of the Unix hour holding `ms`.
+fn bucket_of(ms: u64) -> u64 {
+    ms - ms % USAGE_BUCKET_MS
+}
+
 impl RegistryState {
-    /// The project's reserved resource use between `since` and `until` (Unix ms): every started attempt
-    /// counts from its start to its end (or `until`), clipped to the range; measured CPU time counts for
-    /// the attempts that ended in the range.
+    /// The project's resource use between `since` and `until` (Unix ms).
+    ///
+    /// Live jobs count exactly: every started attempt counts from its start to its end (or `until`),
+    /// clipped to the range, and measured CPU time counts for the attempts that ended in the range.
+    ///
+    /// Purged jobs are kept per hour: an archived hour entirely inside the range counts fully; an hour that
+    /// straddles `since` or `until` counts its reserved resources in proportion to the overlap, and its CPU
+    /// time when the hour starts in `[since, until)`. Over hour-aligned ranges a purge therefore changes no
+    /// figure (save CPU time of an attempt that ended exactly on `until`); a range that cuts an hour gets
+    /// that hour's average share.
     pub fn usage(&self, project_id: &str, since: u64, until: u64) -> UsageReport {
         let mut total = UsageSums::default();
         let mut jobs = Vec::new();
@@ -91,12 +134,10 @@ impl RegistryState {
                     continue;
                 };
                 let end = attempt.ended_at.unwrap_or(until).min(until);
-                let overlap = u128::from(end.saturating_sub(started.max(since)));
+                let overlap = end.saturating_sub(started.max(since));
                 if overlap > 0 {
                     used = true;
-                    sums.cpu_millis_ms += u128::from(attempt.resources.cpu_millis) * overlap;
-                    sums.memory_bytes_ms += u128::from(attempt.resources.memory_bytes) * overlap;
-                    sums.gpus_ms += u128::from(attempt.resources.gpus) * overlap;
+                    sums.reserve(&attempt.resources, overlap);
                 }
                 if let (Some(ended), Some(cpu)) = (attempt.ended_at, attempt.cpu_time_ms) {
                     if (since..=until).contains(&ended) {
@@ -109,24 +150,86 @@ impl RegistryState {
                 continue;
             }
             total.add(&sums);
+            let figures = sums.figures();
             jobs.push(JobUsage {
                 job_id: job.id.clone(),
                 name: job.spec.name.clone(),
-                cpu_core_seconds: sums.cpu_core_seconds(),
-                memory_gib_seconds: sums.memory_gib_seconds(),
-                gpu_seconds: sums.gpu_seconds(),
-                cpu_time_seconds: sums.cpu_time_seconds(),
+                cpu_core_seconds: figures.cpu_core_seconds,
+                memory_gib_seconds: figures.memory_gib_seconds,
+                gpu_seconds: figures.gpu_seconds,
+                cpu_time_seconds: figures.cpu_time_seconds,
             });
         }
+        let archived = self.archived_usage(project_id, since, until);
+        total.add(&archived);
+        let figures = total.figures();
         UsageReport {
             project_id: project_id.to_owned(),
             since,
             until,
-            cpu_core_seconds: total.cpu_core_seconds(),
-            memory_gib_seconds: total.memory_gib_seconds(),
-            gpu_seconds: total.gpu_seconds(),
-            cpu_time_seconds: total.cpu_time_seconds(),
+            cpu_core_seconds: figures.cpu_core_seconds,
+            memory_gib_seconds: figures.memory_gib_seconds,
+            gpu_seconds: figures.gpu_seconds,
+            cpu_time_seconds: figures.cpu_time_seconds,
+            archived: archived.figures(),
             jobs,
+        }
+    }
+
+    /// The archived (purged) usage of the project in the range, per the hour rule of [`Self::usage`].
+    fn archived_usage(&self, project_id: &str, since: u64, until: u64) -> UsageSums {
+        let mut sums = UsageSums::default();
+        let Some(hours) = self.usage_archive.get(project_id) else {
+            return sums;
+        };
+        if since > until {
+            return sums;
+        }
+        for (&start, bucket) in hours.range(bucket_of(since)..until) {
+            let end = start.saturating_add(USAGE_BUCKET_MS);
+            if start >= since && end <= until {
+                sums.add(bucket);
+                continue;
+            }
+            let overlap = end.min(until).saturating_sub(start.max(since));
+            sums.add(&bucket.reserved_share(overlap));
+            if start >= since {
+                sums.cpu_time_ms += bucket.cpu_time_ms;
+            }
+        }
+        sums
+    }
+
+    /// Folds a job's usage into its project's hourly archive (just before the job is purged). Each started
+    /// attempt's reservation is split exactly across the hours it overlaps; its CPU time goes to the hour
+    /// holding its end.
+    pub(crate) fn archive_job_usage(&mut self, job: &JobRecord) {
+        let hours = self
+            .usage_archive
+            .entry(job.project_id.clone())
+            .or_default();
+        for attempt in &job.attempts {
+            let Some(started) = attempt.started_at else {
+                continue;
+            };
+            // A terminal job's attempts have all ended; the job's end stands in should one lack its time.
+            let ended = attempt.ended_at.or(job.finished_at).unwrap_or(started);
+            let mut from = started;
+            while from < ended {
+                let hour = bucket_of(from);
+                let to = ended.min(hour.saturating_add(USAGE_BUCKET_MS));
+                hours
+                    .entry(hour)
+                    .or_default()
+                    .reserve(&attempt.resources, to - from);
+                from = to;
+            }
+            if let (Some(ended), Some(cpu)) = (attempt.ended_at, attempt.cpu_time_ms) {
+                hours.entry(bucket_of(ended)).or_default().cpu_time_ms += u128::from(cpu);
+            }
+        }
+        if hours.is_empty() {
+            self.usage_archive.remove(&job.project_id);
         }
     }
 }

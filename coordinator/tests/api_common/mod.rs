@@ -80,6 +80,7 @@ pub async fn start_with(setup: Setup) -> anyhow::Result<TestApi> {
         snapshot_every: 10_000,
         bootstrap: Some(BTreeMap::from([(1, member)])),
         fleet: Default::default(),
+        jobs: Default::default(),
         keyring: None,
     })
     .await
