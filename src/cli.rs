@@ -447,9 +447,30 @@ pub enum ClusterCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
-    /// List registered nodes (platform-admin).
+    /// List registered nodes (platform-admin). HEALTH reads `ready,draining` for a drained node.
     #[command(after_help = "Example:\n  meridian node list -o json")]
     List(ClientOnly),
+    /// Drain a node (platform-admin): no new work lands on it; jobs already there keep running.
+    #[command(
+        after_help = "Examples:\n  meridian node drain eu-west/gpu-a/node-17\n  \
+meridian node drain eu-west/gpu-a/node-17 -o json\n\n\
+KEY is the node as `meridian node list` shows it: REGION/CLUSTER/NODE. The flag survives agent restarts;\n\
+undo it with `meridian node undrain KEY`."
+    )]
+    Drain {
+        /// The node: REGION/CLUSTER/NODE.
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Undrain a node (platform-admin): it receives new work again.
+    #[command(after_help = "Example:\n  meridian node undrain eu-west/gpu-a/node-17")]
+    Undrain {
+        /// The node: REGION/CLUSTER/NODE.
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -2,7 +2,8 @@
 //!
 //! Owns [`plan`], the pure step from the replicated state to a batch of [`PlacementOp`]s (it builds a
 //! [`Scheduler`] over the nodes and the allocations of scheduled and running jobs, places the pending jobs
-//! and records why the rest wait), and [`run_dispatcher`], the leader-only task that runs a pass whenever the
+//! and records why the rest wait; a node an operator drains is offered as `Draining`, so nothing new lands
+//! there), and [`run_dispatcher`], the leader-only task that runs a pass whenever the
 //! state moved. It must never start or stop anything itself: agents learn their assignments from the
 //! committed state (`AgentSync`), and the state machine re-checks every placement when it applies it.
 
@@ -30,9 +31,11 @@ pub(crate) struct DispatchTimings {
     pub(crate) tick: Duration,
 }
 
-/// The scheduler's view of a registered node.
+/// The scheduler's view of a registered node. A ready node an operator drains is `Draining` (no new
+/// work); an unreachable or lost one stays what it is.
 fn node_view(node: &crate::state::NodeRecord) -> NodeView {
     let health = match node.health {
+        NodeHealthState::Ready if node.draining => NodeHealth::Draining,
         NodeHealthState::Ready => NodeHealth::Ready,
         NodeHealthState::Unreachable => NodeHealth::Unreachable,
         NodeHealthState::Lost => NodeHealth::Lost,
@@ -420,5 +423,77 @@ mod tests {
         assert!(waiting.attempts.is_empty());
         let reason = waiting.pending_reason.clone().expect("a reason");
         assert!(reason.contains("gang of 3"), "{reason}");
+    }
+
+    fn set_draining(state: &mut RegistryState, key: &str, draining: bool) {
+        let out = apply(
+            state,
+            Op::SetNodeDraining {
+                key: key.into(),
+                draining,
+            },
+        );
+        assert!(out.is_ok(), "{out:?}");
+    }
+
+    #[test]
+    fn a_draining_node_gets_no_new_work_until_undrained() {
+        let mut s = fleet();
+        // Drain one CPU node: a job that fits anywhere lands on the other.
+        set_draining(&mut s, "eu/eu1/eu-a1", true);
+        let mut spec = JobSpec::new("true");
+        spec.resources.cpu_millis = 1_000;
+        submit(&mut s, "job_elsewhere", spec);
+        run_pass(&mut s);
+        let job = s.job(PROJECT, "job_elsewhere").expect("job");
+        assert_eq!(job.state, JobState::Scheduled);
+        assert_ne!(job.attempts[0].node, "eu/eu1/eu-a1");
+
+        // The GPU job fits only on the GPU node; drained, it waits and says why.
+        set_draining(&mut s, "us/us1/us-a1", true);
+        let mut gpu = JobSpec::new("nvidia-smi");
+        gpu.resources.gpus = 1;
+        submit(&mut s, "job_gpu", gpu);
+        run_pass(&mut s);
+        let job = s.job(PROJECT, "job_gpu").expect("job");
+        assert_eq!(job.state, JobState::Pending);
+        let reason = job.pending_reason.clone().expect("a reason");
+        assert!(reason.contains("draining"), "{reason}");
+
+        // Work already on a draining node keeps running there.
+        let placed = s.job(PROJECT, "job_elsewhere").expect("job").attempts[0]
+            .node
+            .clone();
+        set_draining(&mut s, &placed, true);
+        let job = s.job(PROJECT, "job_elsewhere").expect("job");
+        assert_eq!(job.state, JobState::Scheduled);
+        assert_eq!(job.attempts.len(), 1);
+
+        // Undrained, the GPU node takes the waiting job.
+        set_draining(&mut s, "us/us1/us-a1", false);
+        run_pass(&mut s);
+        let job = s.job(PROJECT, "job_gpu").expect("job");
+        assert_eq!(job.state, JobState::Scheduled);
+        assert_eq!(job.attempts[0].node, "us/us1/us-a1");
+    }
+
+    #[test]
+    fn only_a_ready_node_reads_as_draining() {
+        let mut s = fleet();
+        let key = "eu/eu1/eu-a1";
+        set_draining(&mut s, key, true);
+        let view = |s: &RegistryState| node_view(s.node(key).expect("node")).health;
+        assert_eq!(view(&s), NodeHealth::Draining);
+        let epoch = s.node(key).expect("node").lease_epoch;
+        let out = apply(
+            &mut s,
+            Op::SetNodeHealth {
+                key: key.into(),
+                health: NodeHealthState::Unreachable,
+                lease_epoch: epoch,
+            },
+        );
+        assert!(out.is_ok(), "{out:?}");
+        assert_eq!(view(&s), NodeHealth::Unreachable);
     }
 }

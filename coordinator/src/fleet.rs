@@ -692,6 +692,7 @@ mod tests {
             limit_mode: String::new(),
             idle_gpus: Vec::new(),
             assign_version: 0,
+            draining: false,
         }
     }
 

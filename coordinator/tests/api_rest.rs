@@ -911,3 +911,84 @@ async fn nodes_are_listed_for_platform_admins_only() -> anyhow::Result<()> {
     api.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn platform_admins_drain_and_undrain_nodes() -> anyhow::Result<()> {
+    use coordinator::state::{Actor, Command, Op};
+    let api = start().await?;
+    api.handle
+        .write(Command::new(
+            1_700_000_000_000,
+            Actor::system(),
+            Op::RegisterNode {
+                region: "eu".into(),
+                cluster: "eu1".into(),
+                node: "eu-a1".into(),
+                cpu_cores: 16,
+                memory_bytes: 1 << 34,
+                gpu_count: 0,
+                agent_version: "test".into(),
+                gpus: Vec::new(),
+                labels: Default::default(),
+                rpc_addr: String::new(),
+                held: Vec::new(),
+                os: String::new(),
+                limit_mode: String::new(),
+            },
+        ))
+        .await?;
+    let listed = api.get("/v1/nodes").send().await?;
+    assert_eq!(listed.body["items"][0]["draining"], json!(false));
+
+    // Project roles cannot drain, not even a project admin.
+    for role in ["viewer", "editor", "project-admin"] {
+        let (token, _, _) = api.create_key("default", role, role).await?;
+        let refused = api
+            .post("/v1/nodes/eu/eu1/eu-a1:drain")
+            .token(&token)
+            .send()
+            .await?;
+        assert_eq!(refused.status, 403, "{role}: {:?}", refused.body);
+    }
+
+    let drained = api.post("/v1/nodes/eu/eu1/eu-a1:drain").send().await?;
+    assert_eq!(drained.status, 200, "{:?}", drained.body);
+    assert_eq!(drained.str("/key"), "eu/eu1/eu-a1");
+    assert_eq!(drained.body["draining"], json!(true));
+    assert_eq!(drained.str("/health"), "ready");
+    let listed = api.get("/v1/nodes").send().await?;
+    assert_eq!(listed.body["items"][0]["draining"], json!(true));
+    // Draining twice changes nothing and is still fine.
+    let again = api.post("/v1/nodes/eu/eu1/eu-a1:drain").send().await?;
+    assert_eq!(again.status, 200, "{:?}", again.body);
+
+    let unknown = api.post("/v1/nodes/eu/eu1/nope:drain").send().await?;
+    assert_eq!(unknown.status, 404, "{:?}", unknown.body);
+    assert_eq!(unknown.error_code(), "not_found");
+    let malformed = api.post("/v1/nodes/eu/eu.1/eu-a1:drain").send().await?;
+    assert_eq!(malformed.status, 400, "{:?}", malformed.body);
+    assert!(
+        malformed.error_message().contains("cluster"),
+        "{:?}",
+        malformed.body
+    );
+
+    let undrained = api.post("/v1/nodes/eu/eu1/eu-a1:undrain").send().await?;
+    assert_eq!(undrained.status, 200, "{:?}", undrained.body);
+    assert_eq!(undrained.body["draining"], json!(false));
+    let listed = api.get("/v1/nodes").send().await?;
+    assert_eq!(listed.body["items"][0]["draining"], json!(false));
+
+    let audit = api.audit_all().await?;
+    let actions: Vec<&str> = audit
+        .iter()
+        .filter(|r| r["target"] == json!("eu/eu1/eu-a1"))
+        .filter_map(|r| r["action"].as_str())
+        .collect();
+    assert!(
+        actions.contains(&"node.drain") && actions.contains(&"node.undrain"),
+        "{actions:?}"
+    );
+    api.stop().await;
+    Ok(())
+}

@@ -286,30 +286,70 @@ pub async fn node(cmd: NodeCommand) -> Result<(), ClientError> {
             match c.client.output {
                 OutputFormat::Json => output::json(&Value::Array(items)),
                 OutputFormat::Table => {
-                    let headers: Vec<String> = [
-                        "NODE",
-                        "HEALTH",
-                        "CPUS",
-                        "MEMORY",
-                        "GPUS",
-                        "IDLE-GPUS",
-                        "LABELS",
-                        "LIMITS",
-                        "EPOCH",
-                    ]
-                    .iter()
-                    .map(|h| (*h).to_owned())
-                    .collect();
                     let rows: Vec<Vec<String>> = items.iter().map(node_row).collect();
-                    output::table(&headers, &rows);
+                    output::table(&node_headers(), &rows);
                 }
             }
         }
+        NodeCommand::Drain { key, client } => set_draining(&key, true, &client).await?,
+        NodeCommand::Undrain { key, client } => set_draining(&key, false, &client).await?,
     }
     Ok(())
 }
 
-/// A node's row in `node list`: GPUs as count and models, idle allocated GPUs flagged by count.
+/// The columns of `node list` (and of the node `node drain` prints).
+fn node_headers() -> Vec<String> {
+    [
+        "NODE",
+        "HEALTH",
+        "CPUS",
+        "MEMORY",
+        "GPUS",
+        "IDLE-GPUS",
+        "LABELS",
+        "LIMITS",
+        "EPOCH",
+    ]
+    .iter()
+    .map(|h| (*h).to_owned())
+    .collect()
+}
+
+/// `region/cluster/node` → the API path of its `:drain` or `:undrain` method.
+fn drain_path(key: &str, draining: bool) -> Result<String, ClientError> {
+    let parts: Vec<&str> = key.split('/').collect();
+    let [region, cluster, node] = parts.as_slice() else {
+        return Err(ClientError::Usage(format!(
+            "node key {key:?} must be REGION/CLUSTER/NODE, as `meridian node list` shows it"
+        )));
+    };
+    if [region, cluster, node].iter().any(|p| p.is_empty()) {
+        return Err(ClientError::Usage(format!(
+            "node key {key:?} must be REGION/CLUSTER/NODE, as `meridian node list` shows it"
+        )));
+    }
+    let verb = if draining { "drain" } else { "undrain" };
+    Ok(format!(
+        "/v1/nodes/{}/{}/{}:{verb}",
+        segment(region),
+        segment(cluster),
+        segment(node)
+    ))
+}
+
+async fn set_draining(key: &str, draining: bool, client: &ClientArgs) -> Result<(), ClientError> {
+    let path = drain_path(key, draining)?;
+    let api = ApiClient::from_args(client)?;
+    let n = api.post(&path, json!({})).await?;
+    match client.output {
+        OutputFormat::Json => output::json(&n),
+        OutputFormat::Table => output::table(&node_headers(), &[node_row(&n)]),
+    }
+    Ok(())
+}
+
+/// A node's row in `node list`: GPUs as count and models, idle allocated GPUs flagged by count, a drained
+/// node's health as `ready,draining`.
 fn node_row(n: &Value) -> Vec<String> {
     let text = |key: &str| match n.get(key) {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
@@ -351,9 +391,13 @@ fn node_row(n: &Value) -> Vec<String> {
                     .join(",")
             },
         );
+    let mut health = text("health");
+    if n.get("draining").and_then(Value::as_bool) == Some(true) {
+        health.push_str(",draining");
+    }
     vec![
         text("key"),
-        text("health"),
+        health,
         text("cpu_cores"),
         output::bytes(n.get("memory_bytes").unwrap_or(&Value::Null)),
         gpu_text,
@@ -392,5 +436,40 @@ fn done(client: &ClientArgs, message: &str) {
     match client.output {
         OutputFormat::Json => output::json(&json!({ "ok": true })),
         OutputFormat::Table => eprintln!("{message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drain_paths_take_a_three_part_key() {
+        assert_eq!(
+            drain_path("eu-west/gpu-a/node-17", true).ok().as_deref(),
+            Some("/v1/nodes/eu-west/gpu-a/node-17:drain")
+        );
+        assert_eq!(
+            drain_path("eu/c1/n 1", false).ok().as_deref(),
+            Some("/v1/nodes/eu/c1/n%201:undrain")
+        );
+        for bad in ["eu/c1", "eu/c1/n1/x", "eu//n1", "", "/c1/n1"] {
+            assert!(
+                matches!(drain_path(bad, true), Err(ClientError::Usage(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_draining_node_reads_ready_draining() {
+        let node =
+            json!({ "key": "eu/c1/n1", "health": "ready", "draining": true, "gpu_count": 0 });
+        let row = node_row(&node);
+        assert_eq!(row[0], "eu/c1/n1");
+        assert_eq!(row[1], "ready,draining");
+        let node = json!({ "key": "eu/c1/n1", "health": "lost", "draining": false });
+        assert_eq!(node_row(&node)[1], "lost");
+        assert_eq!(node_row(&node).len(), node_headers().len());
     }
 }

@@ -712,6 +712,7 @@ fn schemas() -> Value {
             ("agent_version", string()),
             ("lease_epoch", integer()),
             ("health", json!({ "type": "string", "enum": ["ready", "unreachable", "lost"] })),
+            ("draining", boolean()),
             ("registered_at", integer()),
             ("health_changed_at", integer()),
         ]),

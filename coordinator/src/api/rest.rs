@@ -299,6 +299,28 @@ pub(crate) async fn list_nodes(
     service.list_nodes(&page).await.map(Json)
 }
 
+pub(crate) async fn drain_node(
+    State(service): State<AdminService>,
+    Scoped(scope): Scoped,
+    ApiPath((region, cluster, node)): ApiPath<(String, String, String)>,
+) -> Answer<super::service::NodeView> {
+    service
+        .set_node_draining(&scope, &region, &cluster, &node, true)
+        .await
+        .map(Json)
+}
+
+pub(crate) async fn undrain_node(
+    State(service): State<AdminService>,
+    Scoped(scope): Scoped,
+    ApiPath((region, cluster, node)): ApiPath<(String, String, String)>,
+) -> Answer<super::service::NodeView> {
+    service
+        .set_node_draining(&scope, &region, &cluster, &node, false)
+        .await
+        .map(Json)
+}
+
 pub(crate) async fn add_member(
     State(service): State<AdminService>,
     _scope: Scoped,

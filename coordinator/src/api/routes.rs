@@ -92,6 +92,8 @@ pub(crate) mod op {
     pub(crate) static MEMBER_REMOVE: Operation = needs("cluster.member.remove", ClusterMembership);
 
     pub(crate) static NODE_LIST: Operation = needs("node.list", ClusterRead);
+    pub(crate) static NODE_DRAIN: Operation = needs("node.drain", ClusterMembership);
+    pub(crate) static NODE_UNDRAIN: Operation = needs("node.undrain", ClusterMembership);
 
     pub(crate) static JOB_SUBMIT: Operation = needs("job.submit", RunJobs);
     pub(crate) static JOB_LIST: Operation = needs("job.list", ReadProject);
@@ -553,6 +555,26 @@ pub(crate) static ROUTES: &[Route] = &[
     },
     Route {
         method: HttpMethod::Post,
+        path: "/v1/nodes/{region}/{cluster}/{node}:drain",
+        op: &op::NODE_DRAIN,
+        summary: "Drain a node: the scheduler places no new work on it; jobs already there keep running",
+        request: None,
+        query: &[],
+        reply: ok("Node"),
+        endpoint: endpoint!(rest::drain_node),
+    },
+    Route {
+        method: HttpMethod::Post,
+        path: "/v1/nodes/{region}/{cluster}/{node}:undrain",
+        op: &op::NODE_UNDRAIN,
+        summary: "Undrain a node: it receives new work again",
+        request: None,
+        query: &[],
+        reply: ok("Node"),
+        endpoint: endpoint!(rest::undrain_node),
+    },
+    Route {
+        method: HttpMethod::Post,
         path: "/v1/jobs",
         op: &op::JOB_SUBMIT,
         summary: "Submit a job to the project; it starts pending until the scheduler places it",
@@ -887,6 +909,30 @@ mod tests {
         assert_eq!(policy(HttpMethod::Get, "/v1/jobs/{id}/logs"), read);
         assert_eq!(policy(HttpMethod::Get, "/v1/usage"), read);
         assert_eq!(router_path("/v1/jobs/{id}:cancel"), "/v1/jobs/{id}/:cancel");
+    }
+
+    #[test]
+    fn node_drain_routes_need_cluster_membership() {
+        use crate::authz::Action;
+        for verb in ["drain", "undrain"] {
+            let path = format!("/v1/nodes/{{region}}/{{cluster}}/{{node}}:{verb}");
+            let route = ROUTES
+                .iter()
+                .find(|r| r.method == HttpMethod::Post && r.path == path)
+                .unwrap_or_else(|| panic!("{path} is missing"));
+            assert_eq!(
+                route.op.policy,
+                Policy::Authenticated(Action::ClusterMembership)
+            );
+            assert_eq!(
+                router_path(route.path),
+                format!("/v1/nodes/{{region}}/{{cluster}}/{{node}}/:{verb}")
+            );
+        }
+        assert_eq!(
+            rewrite_custom_method("/v1/nodes/eu/eu1/a-1:drain").as_deref(),
+            Some("/v1/nodes/eu/eu1/a-1/:drain")
+        );
     }
 
     #[test]

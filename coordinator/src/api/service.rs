@@ -17,8 +17,8 @@ use crate::authz::{self, Action, Caller, Role};
 use crate::crypto::{self, CryptoError, MasterKeyring, SecretAad};
 use crate::node::{ClusterStatus, Handle, MemberNode, MemberStatus, NodeId};
 use crate::state::{
-    self, ApiKeyView, AuditOutcome, AuditRecord, Command, KeyPrincipal, Op, Outcome, Page,
-    PageRequest, Principal, PrincipalKind, ProjectView, RoleBinding, Scope, SecretView,
+    self, validate_id, ApiKeyView, AuditOutcome, AuditRecord, Command, KeyPrincipal, Op, Outcome,
+    Page, PageRequest, Principal, PrincipalKind, ProjectView, RoleBinding, Scope, SecretView,
     DEFAULT_PAGE_SIZE,
 };
 
@@ -283,6 +283,8 @@ pub(crate) struct NodeView {
     pub(crate) agent_version: String,
     pub(crate) lease_epoch: u64,
     pub(crate) health: crate::state::NodeHealthState,
+    /// Set by an operator: no new work lands on the node; what runs there keeps running.
+    pub(crate) draining: bool,
     pub(crate) registered_at: u64,
     pub(crate) health_changed_at: u64,
 }
@@ -306,6 +308,7 @@ impl From<&crate::state::NodeRecord> for NodeView {
             agent_version: n.agent_version.clone(),
             lease_epoch: n.lease_epoch,
             health: n.health,
+            draining: n.draining,
             registered_at: n.registered_at,
             health_changed_at: n.health_changed_at,
         }
@@ -529,6 +532,29 @@ impl AdminService {
         self.consistent().await?;
         let page = self.inner.handle.read(|s| s.node_page(&req));
         Ok(page.map(|n| NodeView::from(&n)).into())
+    }
+
+    /// Drains (`draining`) or undrains the node `region/cluster/node`. A malformed name answers 400 naming
+    /// the field, an unknown node 404.
+    pub(crate) async fn set_node_draining(
+        &self,
+        scope: &RequestScope,
+        region: &str,
+        cluster: &str,
+        node: &str,
+        draining: bool,
+    ) -> Result<NodeView, ServiceError> {
+        for (field, value) in [("region", region), ("cluster", cluster), ("node", node)] {
+            validate_id(field, value)?;
+        }
+        let op = Op::SetNodeDraining {
+            key: crate::state::node_key(region, cluster, node),
+            draining,
+        };
+        match self.write(scope, op).await? {
+            Outcome::Node { node } => Ok(NodeView::from(&node)),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// The fleet's gauges for `/metrics`, from the local replica.

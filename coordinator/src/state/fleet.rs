@@ -1,8 +1,10 @@
 //! The fleet registry: one record per node an agent registered, with its resources, lease epoch and health.
 //!
-//! Owns `RegisterNode` (create or refresh a node, bump its lease epoch, mark it Ready) and `SetNodeHealth`
+//! Owns `RegisterNode` (create or refresh a node, bump its lease epoch, mark it Ready), `SetNodeHealth`
 //! (a health change fenced by the lease epoch, so a decision made about an older registration never
-//! overrides a newer one); what either means for the node's jobs is decided in `jobs.rs`. Liveness itself (heartbeats) is soft state kept by the leader outside the
+//! overrides a newer one) and `SetNodeDraining` (an operator's drain flag: no new work lands on the node,
+//! what runs there keeps running; it survives re-registration); what either health op means for the node's
+//! jobs is decided in `jobs.rs`. Liveness itself (heartbeats) is soft state kept by the leader outside the
 //! replicated state; this module must never read a clock: every time arrives inside the command.
 
 use std::collections::BTreeMap;
@@ -77,6 +79,10 @@ pub struct NodeRecord {
     /// changes; agents long-poll on it.
     #[serde(default)]
     pub assign_version: u64,
+    /// Set by an operator: the scheduler places no new work here; jobs already on the node keep running.
+    /// Kept across re-registrations (operator intent outlives agent restarts).
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// The registry key of a node.
@@ -162,13 +168,14 @@ impl RegistryState {
             ));
         }
         let key = node_key(spec.region, spec.cluster, spec.node);
-        let (epoch, registered_at, assign_version) = match self.nodes.get(&key) {
+        let (epoch, registered_at, assign_version, draining) = match self.nodes.get(&key) {
             Some(old) => (
                 old.lease_epoch.saturating_add(1),
                 old.registered_at,
                 old.assign_version.saturating_add(1),
+                old.draining,
             ),
-            None => (1, at, 1),
+            None => (1, at, 1, false),
         };
         let record = NodeRecord {
             key: key.clone(),
@@ -190,6 +197,7 @@ impl RegistryState {
             limit_mode: spec.limit_mode.to_owned(),
             idle_gpus: Vec::new(),
             assign_version,
+            draining,
         };
         self.nodes.insert(key.clone(), record);
         let lost = self.readopt_node_jobs(at, &key, epoch, spec.held);
@@ -239,6 +247,25 @@ impl RegistryState {
         // Invariant: the node was found above and nothing removes nodes.
         let node = node.expect("node is present");
         Ok(Applied::new(Outcome::Node { node }, detail))
+    }
+
+    /// `SetNodeDraining`: sets or clears a node's drain flag. Nothing else changes: its jobs keep running
+    /// and its health is still the monitor's to decide. A repeat that changes nothing is still Ok.
+    pub(crate) fn set_node_draining(
+        &mut self,
+        key: &str,
+        draining: bool,
+    ) -> Result<Applied, DomainError> {
+        let record = self
+            .nodes
+            .get_mut(key)
+            .ok_or_else(|| DomainError::not_found("node", key))?;
+        record.draining = draining;
+        let node = record.clone();
+        Ok(Applied::new(
+            Outcome::Node { node },
+            format!("draining={draining}"),
+        ))
     }
 
     /// One node by key.
@@ -328,6 +355,73 @@ mod tests {
         assert_eq!(last.project, None);
         let unknown = apply(&mut s, 21, health("eu/eu1/zz", NodeHealthState::Lost, 1));
         assert!(matches!(unknown, Err(DomainError::NotFound { .. })));
+    }
+
+    fn drain(key: &str, draining: bool) -> Op {
+        Op::SetNodeDraining {
+            key: key.into(),
+            draining,
+        }
+    }
+
+    #[test]
+    fn draining_is_set_cleared_audited_and_survives_registration() {
+        let mut s = RegistryState::default();
+        apply(&mut s, 10, register("a1")).expect("registration");
+        let key = node_key("eu", "eu1", "a1");
+        let out = apply(&mut s, 20, drain(&key, true)).expect("drain");
+        let Outcome::Node { node } = out else {
+            panic!("unexpected outcome {out:?}")
+        };
+        assert!(node.draining);
+        assert_eq!(node.health, NodeHealthState::Ready);
+        assert_eq!(node.lease_epoch, 1);
+        let last = s.audit_records().last().expect("audited");
+        assert_eq!(last.action, "node.drain");
+        assert_eq!(last.target, key);
+        assert_eq!(last.detail, "draining=true");
+        assert_eq!(last.outcome, AuditOutcome::Success);
+
+        // A repeat changes nothing and is still Ok.
+        apply(&mut s, 21, drain(&key, true)).expect("repeat");
+        assert_eq!(s.node(&key).map(|n| n.draining), Some(true));
+
+        // The agent restarts: the operator's intent stays.
+        apply(&mut s, 30, register("a1")).expect("re-registration");
+        let node = s.node(&key).expect("node");
+        assert_eq!(node.lease_epoch, 2);
+        assert!(node.draining, "draining survives re-registration");
+
+        // Health changes leave it alone too.
+        apply(&mut s, 40, health(&key, NodeHealthState::Unreachable, 2)).expect("health");
+        assert_eq!(s.node(&key).map(|n| n.draining), Some(true));
+
+        apply(&mut s, 50, drain(&key, false)).expect("undrain");
+        assert_eq!(s.node(&key).map(|n| n.draining), Some(false));
+        let last = s.audit_records().last().expect("audited");
+        assert_eq!(last.action, "node.undrain");
+        assert_eq!(last.detail, "draining=false");
+    }
+
+    #[test]
+    fn draining_an_unknown_node_is_not_found_and_audited() {
+        let mut s = RegistryState::default();
+        let out = apply(&mut s, 10, drain("eu/eu1/zz", true));
+        assert!(matches!(out, Err(DomainError::NotFound { .. })), "{out:?}");
+        let last = s.audit_records().last().expect("refusal is audited");
+        assert_eq!(last.outcome, AuditOutcome::Refused);
+        assert_eq!(last.target, "eu/eu1/zz");
+    }
+
+    #[test]
+    fn a_record_without_the_flag_reads_as_not_draining() {
+        let mut s = RegistryState::default();
+        apply(&mut s, 10, register("a1")).expect("registration");
+        let key = node_key("eu", "eu1", "a1");
+        let mut json = serde_json::to_value(s.node(&key).expect("node")).expect("serializes");
+        json.as_object_mut().expect("an object").remove("draining");
+        let record: NodeRecord = serde_json::from_value(json).expect("older record reads");
+        assert!(!record.draining);
     }
 
     #[test]

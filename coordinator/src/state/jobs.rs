@@ -789,7 +789,7 @@ impl RegistryState {
     }
 
     /// Applies one `Place` item; false (skipped) unless the job is pending, `attempt` is its next one, there
-    /// is one entry per replica and every node is ready at the entry's lease epoch. A gang is placed whole
+    /// is one entry per replica and every node is ready (and not draining) at the entry's lease epoch. A gang is placed whole
     /// or not at all.
     fn place_one(&mut self, at: u64, item: &PlacementOp) -> bool {
         let PlacementOp::Place {
@@ -816,6 +816,7 @@ impl RegistryState {
                 return false;
             };
             if node.health != super::NodeHealthState::Ready
+                || node.draining
                 || node.lease_epoch != placement.lease_epoch
             {
                 return false;
@@ -3192,6 +3193,24 @@ mod tests {
             Some(w.at),
             "an end cannot be later than the command that reported it"
         );
+    }
+
+    #[test]
+    fn a_placement_planned_before_a_drain_is_skipped() {
+        let mut w = World::new();
+        w.submit("job_d");
+        let planned = w.place_op("job_d", 1, A);
+        w.ok(Op::SetNodeDraining {
+            key: A.into(),
+            draining: true,
+        });
+        assert_eq!(w.placements(vec![planned]), (0, 0, 0, 1));
+        assert_eq!(w.job("job_d").state, JobState::Pending);
+        w.ok(Op::SetNodeDraining {
+            key: A.into(),
+            draining: false,
+        });
+        w.place("job_d", 1, A);
     }
 
     #[test]

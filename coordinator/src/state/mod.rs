@@ -40,7 +40,7 @@ pub use paging::{Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use scope::ProjectScope;
 pub(crate) use secrets::validate_secret_name;
 pub use secrets::{SealedValue, Secret, SecretVersion, SecretView, WrappedKey};
-pub(crate) use tenancy::validate_description;
+pub(crate) use tenancy::{validate_description, validate_id};
 pub use tenancy::{
     ApiKey, ApiKeyView, KeyPrincipal, KeyState, Principal, PrincipalKind, Project, ProjectView,
     RoleBinding, Scope, DEFAULT_PROJECT_NAME,
@@ -233,6 +233,9 @@ pub enum Op {
         health: NodeHealthState,
         lease_epoch: u64,
     },
+    /// An operator drains (`true`) or undrains a node: a draining node gets no new work, what already runs
+    /// there keeps running. Kept across re-registrations. Platform-level (no project).
+    SetNodeDraining { key: String, draining: bool },
     /// A new job, pending. `id` is unique.
     SubmitJob {
         id: String,
@@ -488,6 +491,15 @@ impl Op {
                 ..
             } => s("node.register", None, &node_key(region, cluster, node)),
             Op::SetNodeHealth { key, .. } => s("node.health", None, key),
+            Op::SetNodeDraining { key, draining } => s(
+                if *draining {
+                    "node.drain"
+                } else {
+                    "node.undrain"
+                },
+                None,
+                key,
+            ),
             Op::Batch { .. } => s("batch", None, ""),
             Op::SubmitJob { id, project_id, .. } => s("job.submit", Some(project_id), id),
             Op::CancelJob { project_id, id } => s("job.cancel", Some(project_id), id),
@@ -707,6 +719,7 @@ impl RegistryState {
                 health,
                 lease_epoch,
             } => self.set_node_health(at, key, *health, *lease_epoch),
+            Op::SetNodeDraining { key, draining } => self.set_node_draining(key, *draining),
             Op::SubmitJob {
                 id,
                 project_id,
