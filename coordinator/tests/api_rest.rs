@@ -958,6 +958,13 @@ async fn platform_admins_drain_and_undrain_nodes() -> anyhow::Result<()> {
     assert_eq!(drained.str("/health"), "ready");
     let listed = api.get("/v1/nodes").send().await?;
     assert_eq!(listed.body["items"][0]["draining"], json!(true));
+    let status = api.get("/v1/cluster/status").send().await?;
+    assert_eq!(
+        status.body["sites"][0]["draining"],
+        json!(1),
+        "{:?}",
+        status.body
+    );
     // Draining twice changes nothing and is still fine.
     let again = api.post("/v1/nodes/eu/eu1/eu-a1:drain").send().await?;
     assert_eq!(again.status, 200, "{:?}", again.body);

@@ -246,6 +246,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<(), ClientError> {
                                 "ready",
                                 "unreachable",
                                 "lost",
+                                "draining",
                                 "gpus",
                                 "idle_gpus",
                                 "active_jobs",

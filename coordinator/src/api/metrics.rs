@@ -45,6 +45,8 @@ pub(crate) struct FleetGauges {
     pub(crate) nodes: BTreeMap<&'static str, u64>,
     /// Node key → (GPUs, allocated GPUs that sit idle).
     pub(crate) gpus: BTreeMap<String, (u64, u64)>,
+    /// Nodes an operator drained.
+    pub(crate) draining: u64,
 }
 
 impl FleetGauges {
@@ -65,6 +67,7 @@ impl FleetGauges {
         }
         for node in state.nodes() {
             *g.nodes.entry(node.health.as_str()).or_insert(0) += 1;
+            g.draining += u64::from(node.draining);
             g.gpus.insert(
                 node.key.clone(),
                 (u64::from(node.gpu_count), node.idle_gpus.len() as u64),
@@ -217,6 +220,11 @@ fn render_fleet(out: &mut String, fleet: &FleetGauges) {
     for (health, n) in &fleet.nodes {
         let _ = writeln!(out, "meridian_nodes{{health=\"{health}\"}} {n}");
     }
+    out.push_str(
+        "# HELP meridian_nodes_draining Nodes an operator drained (no new work lands there).\n",
+    );
+    out.push_str("# TYPE meridian_nodes_draining gauge\n");
+    let _ = writeln!(out, "meridian_nodes_draining {}", fleet.draining);
     out.push_str("# HELP meridian_node_gpus GPUs of a node.\n");
     out.push_str("# TYPE meridian_node_gpus gauge\n");
     for (node, (gpus, _)) in &fleet.gpus {
@@ -314,7 +322,9 @@ mod tests {
         assert!(fleet.jobs.values().all(|n| *n == 0));
         *fleet.jobs.entry("running").or_insert(0) = 2;
         fleet.gpus.insert("eu/eu1/a1".into(), (8, 3));
+        fleet.draining = 1;
         let text = ApiMetrics::default().render(&status(), &fleet);
+        assert!(text.contains("meridian_nodes_draining 1"), "{text}");
         assert!(
             text.contains("meridian_jobs{state=\"running\"} 2"),
             "{text}"

@@ -1284,6 +1284,8 @@ pub(crate) struct FleetSite {
     pub(crate) ready: u32,
     pub(crate) unreachable: u32,
     pub(crate) lost: u32,
+    /// Nodes an operator drained (whatever their health): no new work lands there.
+    pub(crate) draining: u32,
     pub(crate) cpu_cores: u64,
     pub(crate) memory_bytes: u64,
     pub(crate) gpus: u32,
@@ -1310,6 +1312,7 @@ pub(crate) fn fleet_sites(state: &crate::state::RegistryState) -> Vec<FleetSite>
             NodeHealthState::Unreachable => site.unreachable += 1,
             NodeHealthState::Lost => site.lost += 1,
         }
+        site.draining += u32::from(node.draining);
         site.cpu_cores += u64::from(node.cpu_cores);
         site.memory_bytes = site.memory_bytes.saturating_add(node.memory_bytes);
         for gpu in &node.gpus {
