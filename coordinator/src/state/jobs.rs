@@ -482,7 +482,7 @@ pub struct ReplicaPlacement {
 
 /// One item of the leader's scheduling pass.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", from = "PlacementOpWire")]
 pub enum PlacementOp {
     /// Start attempt `attempt` of a pending job: one entry per replica, in replica order, each on a node
     /// bound to that node's lease epoch. All are applied or none.
@@ -499,6 +499,77 @@ pub enum PlacementOp {
         attempt: u32,
         by: String,
     },
+}
+
+/// [`PlacementOp`] as stored in Raft logs: also reads a `place` item written before gang jobs existed, which
+/// named its one node inline (`node`, `lease_epoch`, `gpu_uuids`, `resources`) instead of `replicas`, so a
+/// log from an older build still replays.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum PlacementOpWire {
+    Place {
+        job_id: String,
+        attempt: u32,
+        #[serde(default)]
+        replicas: Vec<ReplicaPlacement>,
+        #[serde(default)]
+        node: Option<String>,
+        #[serde(default)]
+        lease_epoch: u64,
+        #[serde(default)]
+        gpu_uuids: Vec<String>,
+        #[serde(default)]
+        resources: Resources,
+    },
+    Wait {
+        job_id: String,
+        reason: String,
+    },
+    Preempt {
+        job_id: String,
+        attempt: u32,
+        by: String,
+    },
+}
+
+impl From<PlacementOpWire> for PlacementOp {
+    fn from(wire: PlacementOpWire) -> Self {
+        match wire {
+            PlacementOpWire::Place {
+                job_id,
+                attempt,
+                mut replicas,
+                node,
+                lease_epoch,
+                gpu_uuids,
+                resources,
+            } => {
+                if let (true, Some(node)) = (replicas.is_empty(), node) {
+                    replicas.push(ReplicaPlacement {
+                        node,
+                        lease_epoch,
+                        gpu_uuids,
+                        resources,
+                    });
+                }
+                PlacementOp::Place {
+                    job_id,
+                    attempt,
+                    replicas,
+                }
+            }
+            PlacementOpWire::Wait { job_id, reason } => PlacementOp::Wait { job_id, reason },
+            PlacementOpWire::Preempt {
+                job_id,
+                attempt,
+                by,
+            } => PlacementOp::Preempt {
+                job_id,
+                attempt,
+                by,
+            },
+        }
+    }
 }
 
 /// One thing an agent saw happen to an attempt.
@@ -3211,6 +3282,44 @@ mod tests {
             draining: false,
         });
         w.place("job_d", 1, A);
+    }
+
+    #[test]
+    fn placements_from_before_gangs_still_replay() {
+        // A `place` item as older builds wrote it into the Raft log: one node, inline.
+        let old = r#"{"place_jobs":{"placements":[
+            {"place":{"job_id":"job_old","attempt":1,"node":"eu/eu1/a1","lease_epoch":1,
+                      "gpu_uuids":["GPU-eu/eu1/a1-0"],
+                      "resources":{"cpu_millis":2000,"memory_bytes":4294967296,"gpus":1}}},
+            {"wait":{"job_id":"job_other","reason":"no room"}}]}}"#;
+        let op: Op = serde_json::from_str(old).expect("an old placement deserializes");
+        let mut w = World::new();
+        w.submit("job_old");
+        assert_eq!(
+            op,
+            Op::PlaceJobs {
+                placements: vec![
+                    w.place_op("job_old", 1, A),
+                    PlacementOp::Wait {
+                        job_id: "job_other".into(),
+                        reason: "no room".into(),
+                    },
+                ],
+            }
+        );
+        w.ok(op);
+        let job = w.job("job_old");
+        assert_eq!(job.state, JobState::Scheduled);
+        assert_eq!(
+            (job.attempts[0].node.as_str(), job.attempts[0].replica),
+            (A, 0)
+        );
+        // What this build writes reads back as itself.
+        let new = Op::PlaceJobs {
+            placements: vec![w.gang_op("job_new", 1, &[A, B])],
+        };
+        let text = serde_json::to_string(&new).expect("serializes");
+        assert_eq!(serde_json::from_str::<Op>(&text).expect("reads back"), new);
     }
 
     #[test]
