@@ -416,45 +416,15 @@ async fn logs_need_an_attempt_and_a_reachable_agent() -> anyhow::Result<()> {
     // A node whose agent address answers nothing: the job is placed there (by this test, or by the
     // leader's scheduler if it got there first), and reading its output is a 503 naming the node.
     let key = "eu/eu1/ghost";
-    let register = Op::RegisterNode {
-        region: "eu".into(),
-        cluster: "eu1".into(),
-        node: "ghost".into(),
-        cpu_cores: 4,
-        memory_bytes: 8 << 30,
-        gpu_count: 1,
-        agent_version: "test".into(),
-        gpus: vec![GpuDevice {
-            uuid: "GPU-0000".into(),
-            index: 0,
-            model: "NVIDIA H200".into(),
-            memory_mib: 143_771,
-            healthy: true,
-        }],
-        labels: [("zone".to_owned(), "a".to_owned())].into(),
-        rpc_addr: "127.0.0.1:9".into(),
-        held: Vec::new(),
-        os: "Linux test".into(),
-        limit_mode: "rlimits".into(),
+    let gpu = GpuDevice {
+        uuid: "GPU-0000".into(),
+        index: 0,
+        model: "NVIDIA H200".into(),
+        memory_mib: 143_771,
+        healthy: true,
     };
-    api.handle
-        .write(Command::new(now_ms(), Actor::system(), register))
-        .await?;
-    let place = Op::PlaceJobs {
-        placements: vec![PlacementOp::Place {
-            job_id: id.clone(),
-            attempt: 1,
-            replicas: vec![ReplicaPlacement {
-                node: key.into(),
-                lease_epoch: 1,
-                gpu_uuids: Vec::new(),
-                resources: Resources::default(),
-            }],
-        }],
-    };
-    api.handle
-        .write(Command::new(now_ms(), Actor::system(), place))
-        .await?;
+    register_unreachable_node(&api, "ghost", vec![gpu], &[("zone", "a")]).await?;
+    place_by_hand(&api, &id, key, Resources::default(), now_ms()).await?;
     let job = api.get(&format!("/v1/jobs/{id}")).send().await?;
     assert_eq!(job.body["attempts"][0]["node"], key, "{}", job.body);
     assert_eq!(job.str("/node"), key);
@@ -732,40 +702,7 @@ async fn a_purged_job_is_gone_but_its_usage_stays() -> anyhow::Result<()> {
     )
     .await?;
     let key = "eu/eu1/purge";
-    let register = Op::RegisterNode {
-        region: "eu".into(),
-        cluster: "eu1".into(),
-        node: "purge".into(),
-        cpu_cores: 4,
-        memory_bytes: 8 << 30,
-        gpu_count: 0,
-        agent_version: "test".into(),
-        gpus: Vec::new(),
-        labels: Default::default(),
-        rpc_addr: "127.0.0.1:9".into(),
-        held: Vec::new(),
-        os: "Linux test".into(),
-        limit_mode: "rlimits".into(),
-    };
-    api.handle
-        .write(Command::new(now_ms(), Actor::system(), register))
-        .await?;
-    let place = Op::PlaceJobs {
-        placements: vec![PlacementOp::Place {
-            job_id: id.clone(),
-            attempt: 1,
-            replicas: vec![ReplicaPlacement {
-                node: key.into(),
-                lease_epoch: 1,
-                gpu_uuids: Vec::new(),
-                resources: Resources {
-                    cpu_millis: 2_000,
-                    memory_bytes: 1 << 30,
-                    gpus: 0,
-                },
-            }],
-        }],
-    };
+    register_unreachable_node(&api, "purge", Vec::new(), &[]).await?;
 
     // The attempt ran for 1h10m across two past hours.
     const HOUR: u64 = 3_600_000;
@@ -773,9 +710,12 @@ async fn a_purged_job_is_gone_but_its_usage_stays() -> anyhow::Result<()> {
     let started = next_hour - 3 * HOUR + 10 * 60_000;
     let ended = started + HOUR + 10 * 60_000;
     // Placed a minute before it started: the state never dates an agent's event before the placement.
-    api.handle
-        .write(Command::new(started - 60_000, Actor::system(), place))
-        .await?;
+    let reserved = Resources {
+        cpu_millis: 2_000,
+        memory_bytes: 1 << 30,
+        gpus: 0,
+    };
+    place_by_hand(&api, &id, key, reserved, started - 60_000).await?;
     let event = |at_ms: u64, kind: JobEventKind| JobEventOp {
         job_id: id.clone(),
         attempt: 1,
@@ -849,5 +789,63 @@ async fn a_purged_job_is_gone_but_its_usage_stays() -> anyhow::Result<()> {
         );
     }
     api.stop().await;
+    Ok(())
+}
+
+/// Registers node `eu/eu1/<node>` (4 cores, 8 GiB, the GPUs and labels given) whose agent address answers
+/// nothing, as if its agent had registered.
+async fn register_unreachable_node(
+    api: &TestApi,
+    node: &str,
+    gpus: Vec<GpuDevice>,
+    labels: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    let register = Op::RegisterNode {
+        region: "eu".into(),
+        cluster: "eu1".into(),
+        node: node.into(),
+        cpu_cores: 4,
+        memory_bytes: 8 << 30,
+        gpu_count: u32::try_from(gpus.len())?,
+        agent_version: "test".into(),
+        gpus,
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        rpc_addr: "127.0.0.1:9".into(),
+        held: Vec::new(),
+        os: "Linux test".into(),
+        limit_mode: "rlimits".into(),
+    };
+    api.handle
+        .write(Command::new(now_ms(), Actor::system(), register))
+        .await?;
+    Ok(())
+}
+
+/// Commits attempt 1 of job `id` on node `key` (lease epoch 1) with `resources`, stamped `at`.
+async fn place_by_hand(
+    api: &TestApi,
+    id: &str,
+    key: &str,
+    resources: Resources,
+    at: u64,
+) -> anyhow::Result<()> {
+    let place = Op::PlaceJobs {
+        placements: vec![PlacementOp::Place {
+            job_id: id.to_owned(),
+            attempt: 1,
+            replicas: vec![ReplicaPlacement {
+                node: key.into(),
+                lease_epoch: 1,
+                gpu_uuids: Vec::new(),
+                resources,
+            }],
+        }],
+    };
+    api.handle
+        .write(Command::new(at, Actor::system(), place))
+        .await?;
     Ok(())
 }

@@ -363,6 +363,27 @@ impl From<LogChunk> for JobLogsView {
     }
 }
 
+/// What a failed log read from the agent of `node` tells the caller about `what` (`2 of job j`): the agent's
+/// NOT_FOUND (with its reason, e.g. the output was removed after the retention period) is a 404, anything
+/// else means the agent could not be reached (503).
+fn log_read_error(e: protocol::rpc::RpcError, what: &str, node: &str) -> ServiceError {
+    match e {
+        protocol::rpc::RpcError::Remote(status)
+            if status.code == protocol::rpc::StatusCode::NotFound =>
+        {
+            let mut not_found =
+                ServiceError::not_found("output of attempt", &format!("{what} on node {node}"));
+            if !status.message.is_empty() {
+                not_found.message = format!("{}: {}", not_found.message, status.message);
+            }
+            not_found
+        }
+        other => ServiceError::unavailable(format!(
+            "the agent of node {node} could not be reached for the output: {other}"
+        )),
+    }
+}
+
 /// The length of an incomplete (so far well-formed) UTF-8 sequence at the end of `data`, if there is one.
 fn incomplete_utf8_tail(data: &[u8]) -> Option<usize> {
     let start = data.len().saturating_sub(3);
@@ -913,19 +934,7 @@ impl AdminService {
             .handle()
             .read_job_logs(&rpc_addr, &request)
             .await
-            .map_err(|e| match e {
-                protocol::rpc::RpcError::Remote(status)
-                    if status.code == protocol::rpc::StatusCode::NotFound =>
-                {
-                    ServiceError::not_found(
-                        "output of attempt",
-                        &format!("{} of job {id} on node {node}", attempt.attempt),
-                    )
-                }
-                other => ServiceError::unavailable(format!(
-                    "the agent of node {node} could not be reached for the output: {other}"
-                )),
-            })?;
+            .map_err(|e| log_read_error(e, &format!("{} of job {id}", attempt.attempt), &node))?;
         // The job may have moved on while we read; report its state as of now.
         let job_state = self
             .handle()
@@ -1102,6 +1111,24 @@ mod tests {
         for (input, field) in cases {
             assert_eq!(field_of(input.clone()), field, "{input}");
         }
+    }
+
+    #[test]
+    fn a_log_read_the_agent_refused_says_why() {
+        use protocol::rpc::{RpcError, RpcStatus, StatusCode};
+        let gone = RpcError::Remote(RpcStatus::new(
+            StatusCode::NotFound,
+            "removed after the retention period",
+        ));
+        let e = log_read_error(gone, "2 of job j", "eu/eu1/a1");
+        assert_eq!(e.kind, ErrorKind::NotFound);
+        assert_eq!(
+            e.message,
+            "output of attempt 2 of job j on node eu/eu1/a1 not found: removed after the retention period"
+        );
+        let e = log_read_error(RpcError::Timeout, "2 of job j", "eu/eu1/a1");
+        assert_eq!(e.kind, ErrorKind::Unavailable);
+        assert!(e.message.contains("eu/eu1/a1"), "{}", e.message);
     }
 
     #[test]
