@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod dev;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -1,0 +1,1 @@
+//! Attack tests: amplification (see main.rs).

@@ -1,0 +1,1 @@
+//! Attack tests: escalation (see main.rs).

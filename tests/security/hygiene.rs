@@ -1,0 +1,1 @@
+//! Attack tests: hygiene (see main.rs).

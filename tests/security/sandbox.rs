@@ -1,0 +1,1 @@
+//! Attack tests: sandbox (see main.rs).

@@ -1,0 +1,1 @@
+//! Attack tests: secrets (see main.rs).
