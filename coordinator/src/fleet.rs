@@ -515,6 +515,8 @@ fn assignment(state: &RegistryState, job: &JobRecord, attempt: &Attempt) -> pb::
         cancel_grace_ms: spec.cancel_grace_secs.saturating_mul(1000),
         secret_env: HashMap::new(),
         launch_error: String::new(),
+        network: String::new(),
+        secrets_in_env: true,
     }
 }
 
