@@ -100,7 +100,8 @@ EOF
 
 write_agent_config() {
   local region="$1" n="$2" port="$3"
-  mkdir -p "$dir/$n"
+  mkdir -p "$dir/$n" "$dir/shared"
+  chmod 1777 "$dir/shared"
   "$bin" certs issue --ca-dir "$dir/certs" --role agent --region "$region" --cluster "${region}1" --name "$n" \
     --hours 720 --out "$dir/certs/$n" 2>/dev/null
   cat > "$dir/$n.toml" <<EOF
@@ -110,6 +111,10 @@ coordinators = ["127.0.0.1:$(raft_port 1)", "127.0.0.1:$(raft_port 2)", "127.0.0
 heartbeat_ms = 1000
 # Where coordinators reach this agent (log reads).
 listen = "127.0.0.1:$(agent_port "$port")"
+
+[sandbox]
+# Jobs may name a working directory under DIR/shared (replicas of a gang can meet there).
+shared_paths = ["$dir/shared"]
 
 [tls]
 ca = "$dir/certs/ca.pem"
@@ -126,7 +131,14 @@ start_one() {
   role="$(echo "$line" | awk '{print $2}')"; cfg="$(echo "$line" | awk '{print $5}')"
   if is_running "$n"; then echo "$n is already running" >&2; return 0; fi
   mkdir -p "$dir/logs"
-  MERIDIAN_LOG="${MERIDIAN_LOG:-info}" nohup "$bin" "$role" --config "$cfg" >> "$dir/logs/$n.log" 2>&1 &
+  local extra=()
+  if [ "$role" = agent ] && [ "$(id -u)" != 0 ]; then
+    # Jobs run as users of their own, which needs root; without it this development cluster runs them
+    # unisolated, and says so.
+    echo "warning: not root: agent $n runs jobs without their sandbox (--insecure-no-sandbox)" >&2
+    extra=(--insecure-no-sandbox)
+  fi
+  MERIDIAN_LOG="${MERIDIAN_LOG:-info}" nohup "$bin" "$role" --config "$cfg" "${extra[@]}" >> "$dir/logs/$n.log" 2>&1 &
   echo $! > "$dir/$n.pid"
 }
 

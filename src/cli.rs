@@ -171,6 +171,13 @@ pub struct DevArgs {
         default_value = "127.0.0.1:8080"
     )]
     pub gateway_listen: std::net::SocketAddr,
+    /// Run jobs without their sandbox, as this process's own user, able to read its keys and every other
+    /// job's data. For development on hosts that cannot sandbox (not root, no namespaces or eBPF) only.
+    #[arg(long)]
+    pub insecure_no_sandbox: bool,
+    /// The most processes and threads one job may have.
+    #[arg(long, env = "MERIDIAN_DEV_JOB_PIDS_MAX", default_value_t = 4096)]
+    pub job_pids_max: u64,
 }
 
 #[derive(Debug, Args)]
@@ -180,6 +187,10 @@ pub struct AgentArgs {
     /// TOML config file (runs the agent).
     #[arg(long, short = 'c', env = "MERIDIAN_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Run jobs without their sandbox, as the agent's own user, able to read its keys and every other
+    /// job's data. For development only; the agent logs it loudly.
+    #[arg(long, global = true)]
+    pub insecure_no_sandbox: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -53,10 +53,19 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let agent_dir = args.data_dir.join("agent");
     std::fs::create_dir_all(&agent_dir)
         .with_context(|| format!("creating {}", agent_dir.display()))?;
-    let agent_task = tokio::spawn(agent::run(
-        agent::AgentOptions::new(vec![args.raft_listen.to_string()], agent_tls, agent_dir),
-        shutdown.clone(),
-    ));
+    let mut agent_options =
+        agent::AgentOptions::new(vec![args.raft_listen.to_string()], agent_tls, agent_dir);
+    agent_options.protected_local_ports = vec![running.admin_addr.port(), gateway_addr.port()];
+    agent_options.job_defaults.pids_max = args.job_pids_max;
+    match &mut agent_options.sandbox {
+        Some(sandbox) if !args.insecure_no_sandbox => {
+            // The whole dev directory (CA key, keyring, admin token, coordinator state) stays hidden.
+            let dir = std::path::absolute(&args.data_dir).unwrap_or_else(|_| args.data_dir.clone());
+            sandbox.hidden_paths.push(dir);
+        }
+        _ => agent_options.sandbox = None,
+    }
+    let agent_task = tokio::spawn(agent::run(agent_options, shutdown.clone()));
     tracing::info!(
         admin = %running.admin_addr,
         gateway = %gateway_addr,
@@ -69,11 +78,27 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         gateway_addr,
         args.data_dir.join("admin.token").display()
     );
-    crate::server::wait_for_signal().await?;
+    let mut agent_task = agent_task;
+    // The agent returns early only when it cannot start (e.g. jobs cannot be isolated here): then dev
+    // mode stops too, rather than serve a fleet that can never run a job.
+    let agent_failed = tokio::select! {
+        signal = crate::server::wait_for_signal() => {
+            signal?;
+            None
+        }
+        ended = &mut agent_task => Some(match ended {
+            Ok(Err(e)) => anyhow::Error::new(e).context("the dev agent could not start"),
+            Ok(Ok(())) => anyhow::anyhow!("the dev agent stopped unexpectedly"),
+            Err(e) => anyhow::Error::new(e).context("the dev agent task failed"),
+        }),
+    };
     eprintln!("meridian dev: stopping");
     running.stop(&shutdown).await;
     if let Err(e) = gateway_task.await {
         tracing::warn!(error = %e, "the gateway task failed");
+    }
+    if let Some(error) = agent_failed {
+        return Err(error);
     }
     match agent_task.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "the dev agent stopped with an error"),

@@ -216,17 +216,22 @@ fn jobs_survive_agents_regions_and_coordinators_failing() {
 
     // Gang jobs (scheduler item 5): both replicas placed at once, one per eu node because each asks for a
     // whole node's CPU; each process knows its rank and its peers; the job succeeds once both have.
-    gang_jobs_run_whole(&cluster, tmp.path());
+    gang_jobs_run_whole(&cluster);
 
-    // (e) An agent restarted mid-job re-adopts it: the job runs once and its end is reported.
-    let marks = tmp.path().join("marks");
+    // (e) An agent restarted mid-job re-adopts it: the job runs once and its end is reported. Jobs leave
+    // their marks in a working directory under the agents' shared path, the one place outside its own
+    // that a sandboxed job may write to.
+    let marks = cluster.dir.join("shared/marks");
     std::fs::create_dir_all(&marks).expect("mkdir");
+    std::fs::set_permissions(&marks, std::os::unix::fs::PermissionsExt::from_mode(0o1777))
+        .expect("chmod");
+    let in_marks = marks.display().to_string();
     let readopt_mark = marks.join("readopt");
-    let script = format!(
-        "echo run >> {}; sleep 4; echo finished",
-        readopt_mark.display()
+    let readopt = run(
+        &cluster,
+        &["--workdir", &in_marks],
+        &["sh", "-c", "echo run >> readopt; sleep 4; echo finished"],
     );
-    let readopt = run(&cluster, &[], &["sh", "-c", &script]);
     let running = wait_state(&cluster, &readopt, "the job to run", &["running"]);
     let agent = agent_name(&node_of(&running)).to_owned();
     cluster.ok(&["kill", &agent]);
@@ -241,9 +246,15 @@ fn jobs_survive_agents_regions_and_coordinators_failing() {
     assert_eq!(lines(&readopt_mark), 1, "the job ran once");
 
     // (c) A killed agent's job is rescheduled (in its region first) and completes once.
-    let lost_mark = marks.join("lost");
-    let script = format!("echo $MERIDIAN_ATTEMPT >> {}; sleep 3", lost_mark.display());
-    let moved = run(&cluster, &["--region", "eu"], &["sh", "-c", &script]);
+    let moved = run(
+        &cluster,
+        &["--region", "eu", "--workdir", &in_marks],
+        &[
+            "sh",
+            "-c",
+            "echo $MERIDIAN_ATTEMPT >> lost-$MERIDIAN_ATTEMPT; sleep 3",
+        ],
+    );
     let running = wait_state(&cluster, &moved, "the job to run", &["running"]);
     let first = node_of(&running);
     cluster.ok(&["kill", agent_name(&first)]);
@@ -283,8 +294,11 @@ fn jobs_survive_agents_regions_and_coordinators_failing() {
 
     // (f) Every coordinator down for 30 s: a running job keeps running; its end is reported afterwards.
     let outage_mark = marks.join("outage");
-    let script = format!("sleep 5; echo done >> {}", outage_mark.display());
-    let outlives = run(&cluster, &[], &["sh", "-c", &script]);
+    let outlives = run(
+        &cluster,
+        &["--workdir", &in_marks],
+        &["sh", "-c", "sleep 5; echo done >> outage"],
+    );
     wait_state(&cluster, &outlives, "the job to run", &["running"]);
     let outage_began = std::time::Instant::now();
     for c in ["c1", "c2", "c3"] {
@@ -380,7 +394,7 @@ fn wrong_cluster_is_refused(cluster: &LocalCluster) {
     assert!(denied, "the refused report is audited: {audit}");
 }
 
-fn gang_jobs_run_whole(cluster: &LocalCluster, dir: &Path) {
+fn gang_jobs_run_whole(cluster: &LocalCluster) {
     let nodes = cluster.cli_on(1, &["node", "list"]).expect("node list");
     let cores = nodes
         .as_array()
@@ -433,19 +447,33 @@ fn gang_jobs_run_whole(cluster: &LocalCluster, dir: &Path) {
     assert!(!no_such.status.success(), "replica 2 of a gang of 2");
 
     // One replica failing stops the other (SIGTERM on its node) and fails the job with its exit code.
-    // Replica 1 fails once replica 0 is up and waiting.
-    let up = dir.join("gang-replica-0-up");
-    let script = format!(
-        "if [ \"$MERIDIAN_REPLICA\" = 1 ]; then \
-           while [ ! -f {up} ]; do sleep 0.1; done; exit 5; \
+    // Replica 1 fails once replica 0 is up and waiting; they meet in a working directory under the agents'
+    // shared path (each replica runs sandboxed, as its own user, seeing nothing else of the host).
+    let meeting = cluster.dir.join("shared/gang-meeting");
+    std::fs::create_dir_all(&meeting).expect("meeting dir");
+    std::fs::set_permissions(
+        &meeting,
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .expect("chmod");
+    let script = "if [ \"$MERIDIAN_REPLICA\" = 1 ]; then \
+           while [ ! -f up ]; do sleep 0.1; done; exit 5; \
          fi; \
-         trap 'echo got TERM; exit 143' TERM; touch {up}; sleep 120 & wait",
-        up = up.display()
-    );
+         trap 'echo got TERM; exit 143' TERM; touch up; sleep 120 & wait";
+    let workdir = meeting.display().to_string();
     let failing = run(
         cluster,
-        &["--replicas", "2", "--region", "eu", "--cpu", &cpu],
-        &["sh", "-c", &script],
+        &[
+            "--replicas",
+            "2",
+            "--region",
+            "eu",
+            "--cpu",
+            &cpu,
+            "--workdir",
+            &workdir,
+        ],
+        &["sh", "-c", script],
     );
     let failed = wait_state(cluster, &failing, "a gang to fail", &["failed"]);
     assert_eq!(failed["exit_code"], 5, "{failed}");

@@ -82,7 +82,118 @@ pub struct AgentConfig {
     /// How long finished attempts are kept on the node.
     #[serde(default)]
     pub jobs: JobsConfig,
+    /// How jobs are isolated.
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
     pub tls: AgentTls,
+}
+
+/// `[sandbox]`: the users jobs run as, their default limits, what they may see and where they may not
+/// connect. Every job is sandboxed; `meridian agent --insecure-no-sandbox` turns that off for development.
+///
+/// ```toml
+/// [sandbox]
+/// first_uid = 200000            # jobs run as uids first_uid .. first_uid + uid_count - 1
+/// uid_count = 65536
+/// default_memory_mib = 4096     # memory limit of a job that asked for none
+/// pids_max = 4096               # processes and threads per job
+/// read_only_paths = ["/opt/conda"]          # more host paths every job sees read-only
+/// shared_paths = ["/data/shared"]           # host directories a job may name as working_dir
+/// hidden_paths = ["/etc/meridian"]          # never visible to jobs
+/// deny = ["10.0.0.0/8", "10.1.2.3:5432", ":7070"]   # refused to egress jobs; ":PORT" = on every local address
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "SandboxConfigText")]
+pub struct SandboxConfig {
+    pub options: crate::exec::SandboxOptions,
+    pub defaults: crate::exec::JobDefaults,
+    /// Ports (`:PORT` entries of `deny`) refused on every local address.
+    pub protected_local_ports: Vec<u16>,
+}
+
+/// `[sandbox]` as written in the file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SandboxConfigText {
+    first_uid: Option<u32>,
+    uid_count: Option<u32>,
+    default_memory_mib: Option<u64>,
+    pids_max: Option<u64>,
+    #[serde(default)]
+    read_only_paths: Vec<PathBuf>,
+    #[serde(default)]
+    shared_paths: Vec<PathBuf>,
+    #[serde(default)]
+    hidden_paths: Vec<PathBuf>,
+    #[serde(default)]
+    deny: Vec<String>,
+}
+
+impl TryFrom<SandboxConfigText> for SandboxConfig {
+    type Error = String;
+
+    fn try_from(text: SandboxConfigText) -> Result<Self, String> {
+        let mut cfg = SandboxConfig::default();
+        let options = &mut cfg.options;
+        if let Some(first) = text.first_uid {
+            if first < 1000 {
+                return Err(
+                    "sandbox.first_uid: must be at least 1000 (away from system users)".into(),
+                );
+            }
+            options.first_uid = first;
+        }
+        if let Some(count) = text.uid_count {
+            if count == 0 {
+                return Err("sandbox.uid_count: must be positive".into());
+            }
+            options.uid_count = count;
+        }
+        if options.first_uid.checked_add(options.uid_count).is_none() {
+            return Err("sandbox: first_uid + uid_count is past the largest uid".into());
+        }
+        if let Some(mib) = text.default_memory_mib {
+            cfg.defaults.memory_bytes = mib
+                .checked_mul(1 << 20)
+                .ok_or("sandbox.default_memory_mib: too large")?;
+        }
+        if let Some(pids) = text.pids_max {
+            if pids > 0 && pids < 16 {
+                return Err("sandbox.pids_max: at least 16 (0 for no limit)".into());
+            }
+            cfg.defaults.pids_max = pids;
+        }
+        for (name, paths) in [
+            ("read_only_paths", &text.read_only_paths),
+            ("shared_paths", &text.shared_paths),
+            ("hidden_paths", &text.hidden_paths),
+        ] {
+            if let Some(bad) = paths.iter().find(|p| !p.is_absolute()) {
+                return Err(format!(
+                    "sandbox.{name}: {} is not an absolute path",
+                    bad.display()
+                ));
+            }
+        }
+        options.read_only_paths = text.read_only_paths;
+        options.shared_paths = text.shared_paths;
+        options.hidden_paths = text.hidden_paths;
+        for entry in &text.deny {
+            match entry.trim().strip_prefix(':') {
+                Some(port) => cfg.protected_local_ports.push(
+                    port.parse::<u16>()
+                        .ok()
+                        .filter(|p| *p > 0)
+                        .ok_or_else(|| format!("sandbox.deny: {entry:?} is not :PORT"))?,
+                ),
+                None => options.deny.push(
+                    crate::exec::DenyRule::parse(entry)
+                        .map_err(|e| format!("sandbox.deny: {e}"))?,
+                ),
+            }
+        }
+        Ok(cfg)
+    }
 }
 
 /// TLS material of the agent.
@@ -267,6 +378,14 @@ const ENV_KEYS: &[(&str, EnvKind)] = &[
     ("idle_gpus.window_secs", EnvKind::Integer),
     ("jobs.retain_finished", EnvKind::Text),
     ("jobs.sweep_every", EnvKind::Text),
+    ("sandbox.first_uid", EnvKind::Integer),
+    ("sandbox.uid_count", EnvKind::Integer),
+    ("sandbox.default_memory_mib", EnvKind::Integer),
+    ("sandbox.pids_max", EnvKind::Integer),
+    ("sandbox.read_only_paths", EnvKind::List),
+    ("sandbox.shared_paths", EnvKind::List),
+    ("sandbox.hidden_paths", EnvKind::List),
+    ("sandbox.deny", EnvKind::List),
     ("tls.ca", EnvKind::Text),
     ("tls.cert", EnvKind::Text),
     ("tls.key", EnvKind::Text),
@@ -436,6 +555,49 @@ key = "agent.key"
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         AgentConfig::parse(text, Path::new("agent.toml"), &env)
+    }
+
+    #[test]
+    fn the_sandbox_section_is_validated_and_read() {
+        let cfg = parse(MINIMAL).expect("defaults");
+        assert_eq!(cfg.sandbox, SandboxConfig::default());
+        let text = format!(
+            "{MINIMAL}\n[sandbox]\nfirst_uid = 300000\nuid_count = 10\ndefault_memory_mib = 512\n\
+             pids_max = 64\nread_only_paths = [\"/opt/conda\"]\ndeny = [\"10.0.0.0/8\", \":7070\"]\n"
+        );
+        let cfg = parse(&text).expect("valid");
+        assert_eq!(cfg.sandbox.options.first_uid, 300_000);
+        assert_eq!(cfg.sandbox.options.uid_count, 10);
+        assert_eq!(cfg.sandbox.defaults.memory_bytes, 512 << 20);
+        assert_eq!(cfg.sandbox.defaults.pids_max, 64);
+        assert_eq!(
+            cfg.sandbox.options.read_only_paths,
+            [PathBuf::from("/opt/conda")]
+        );
+        assert_eq!(cfg.sandbox.options.deny.len(), 1);
+        assert_eq!(cfg.sandbox.protected_local_ports, [7070]);
+        for (bad, field) in [
+            ("first_uid = 0", "first_uid"),
+            ("uid_count = 0", "uid_count"),
+            ("pids_max = 3", "pids_max"),
+            ("read_only_paths = [\"opt\"]", "read_only_paths"),
+            ("deny = [\"nowhere\"]", "deny"),
+            ("deny = [\":x\"]", "deny"),
+            ("unknown = 1", "unknown"),
+        ] {
+            let err = parse(&format!("{MINIMAL}\n[sandbox]\n{bad}\n")).expect_err(bad);
+            assert!(err.to_string().contains(field), "{bad}: {err}");
+        }
+        let cfg = parse_env(
+            MINIMAL,
+            &[
+                ("MERIDIAN_SANDBOX_PIDS_MAX", "128"),
+                ("MERIDIAN_SANDBOX_DENY", "192.168.0.0/16,:8080"),
+            ],
+        )
+        .expect("env");
+        assert_eq!(cfg.sandbox.defaults.pids_max, 128);
+        assert_eq!(cfg.sandbox.protected_local_ports, [8080]);
     }
 
     #[test]

@@ -42,7 +42,8 @@ pub enum AgentError {
 }
 
 /// `meridian agent --config FILE`: loads the config and identity, then runs until SIGINT/SIGTERM.
-pub async fn run_from_file(path: &Path) -> Result<(), AgentError> {
+/// `insecure_no_sandbox` runs jobs unisolated as the agent's user (development only).
+pub async fn run_from_file(path: &Path, insecure_no_sandbox: bool) -> Result<(), AgentError> {
     let cfg = AgentConfig::load(path, &config::process_env())?;
     certs::install_crypto_provider();
     let tls = certs::TlsIdentity::load(&certs::TlsPaths {
@@ -70,6 +71,16 @@ pub async fn run_from_file(path: &Path) -> Result<(), AgentError> {
             labels: cfg.labels.clone(),
             idle_gpus: cfg.idle_gpus,
             jobs: cfg.jobs,
+            sandbox: (!insecure_no_sandbox).then(|| {
+                let mut options = cfg.sandbox.options.clone();
+                // The agent's own key never shows inside a sandbox, wherever the operator keeps it.
+                options.hidden_paths.push(
+                    std::path::absolute(&cfg.tls.key).unwrap_or_else(|_| cfg.tls.key.clone()),
+                );
+                options
+            }),
+            protected_local_ports: cfg.sandbox.protected_local_ports.clone(),
+            job_defaults: cfg.sandbox.defaults,
             ..AgentOptions::new(cfg.coordinators.clone(), tls, cfg.data_dir.clone())
         },
         shutdown.clone(),

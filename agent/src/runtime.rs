@@ -20,7 +20,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{IdleGpuConfig, JobsConfig};
-use crate::exec::{ExecError, Launcher, LauncherOptions};
+use crate::exec::sandbox::netfilter;
+use crate::exec::{ExecError, JobDefaults, Launcher, LauncherOptions, SandboxOptions};
 use crate::inventory::{self, GpuProbe, InventoryOptions, NodeInventory};
 use crate::jobs::supervisor::Supervisor;
 use crate::jobs::{self, JobStore, LogService, StoreError};
@@ -58,6 +59,14 @@ pub struct AgentOptions {
     pub jobs: JobsConfig,
     /// Where cgroup hierarchies are mounted; `None`: `/sys/fs/cgroup`.
     pub cgroup_root: Option<PathBuf>,
+    /// How jobs are sandboxed; `None` runs them unisolated as the agent's user (development only). With a
+    /// sandbox the agent refuses to start on a node that cannot give the full isolation.
+    pub sandbox: Option<SandboxOptions>,
+    /// Ports of Meridian's listeners on this node that `egress` jobs may not reach on any local address
+    /// (the agent's own RPC port and the coordinators' are added by the agent).
+    pub protected_local_ports: Vec<u16>,
+    /// Default memory and process limits of jobs.
+    pub job_defaults: JobDefaults,
 }
 
 impl AgentOptions {
@@ -78,6 +87,9 @@ impl AgentOptions {
             idle_gpus: IdleGpuConfig::default(),
             jobs: JobsConfig::default(),
             cgroup_root: None,
+            sandbox: Some(SandboxOptions::default()),
+            protected_local_ports: Vec::new(),
+            job_defaults: JobDefaults::default(),
         }
     }
 }
@@ -102,6 +114,11 @@ pub enum RuntimeError {
     },
     #[error("job launcher: {0}")]
     Launcher(#[from] ExecError),
+    #[error(
+        "jobs cannot be isolated on this node: {0}. Run the agent as root on a host with namespaces, \
+         cgroups and eBPF, or (for development only) turn the sandbox off with --insecure-no-sandbox"
+    )]
+    Isolation(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("agent task failed: {0}")]
@@ -160,11 +177,6 @@ pub async fn run(mut opts: AgentOptions, shutdown: CancellationToken) -> Result<
         .await
         .map_err(|e| RuntimeError::Task(e.to_string()))??;
     let store = Arc::new(store);
-    let launcher = Launcher::new(LauncherOptions {
-        data_dir: opts.data_dir.clone(),
-        cgroup_root: opts.cgroup_root.clone(),
-    })?;
-
     let server = RpcServer::bind(
         opts.listen,
         &opts.tls,
@@ -174,6 +186,32 @@ pub async fn run(mut opts: AgentOptions, shutdown: CancellationToken) -> Result<
         addr: opts.listen,
         source,
     })?;
+    let sandbox = match opts.sandbox.clone() {
+        Some(mut sandbox) => {
+            let coordinators = resolve_all(&opts.coordinators).await;
+            let mut ports = opts.protected_local_ports.clone();
+            ports.push(server.local_addr().port());
+            sandbox.deny.extend(netfilter::deny_rules(
+                &coordinators,
+                &ports,
+                &netfilter::local_addresses(),
+            ));
+            sandbox.hidden_paths.push(opts.data_dir.clone());
+            Some(sandbox)
+        }
+        None => None,
+    };
+    let launcher = Launcher::new(LauncherOptions {
+        data_dir: opts.data_dir.clone(),
+        cgroup_root: opts.cgroup_root.clone(),
+        sandbox,
+        defaults: opts.job_defaults,
+    })?;
+    let isolation = launcher.isolation().clone();
+    if isolation.sandboxed && !isolation.complete() {
+        return Err(RuntimeError::Isolation(isolation.problems.join("; ")));
+    }
+    tracing::info!(isolation = %isolation.status(), "job isolation");
     let rpc_addr = match &opts.advertise {
         Some(addr) => addr.clone(),
         None => derived_advertise(server.local_addr(), &opts.coordinators).await,
@@ -211,7 +249,11 @@ pub async fn run(mut opts: AgentOptions, shutdown: CancellationToken) -> Result<
             .collect(),
         rpc_addr,
         os: os_line(&inv),
-        limit_mode: launcher.mode().status().to_owned(),
+        limit_mode: format!(
+            "{}; isolation: {}",
+            launcher.mode().status(),
+            isolation.status()
+        ),
         interval: opts.heartbeat,
         sequence: 0,
         idle: idle_rx,
@@ -296,6 +338,20 @@ async fn derived_advertise(bound: SocketAddr, coordinators: &[String]) -> String
         None => IpAddr::V6(Ipv6Addr::LOCALHOST),
     };
     SocketAddr::new(ip, bound.port()).to_string()
+}
+
+/// Every address the coordinators' names resolve to (names that do not resolve in time are skipped).
+async fn resolve_all(coordinators: &[String]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for name in coordinators {
+        match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(name.as_str())).await {
+            Ok(Ok(addrs)) => out.extend(addrs),
+            _ => {
+                tracing::warn!(coordinator = %name, "not resolved; jobs' egress filter cannot name it")
+            }
+        }
+    }
+    out
 }
 
 /// The local IP the system would use to reach the first coordinator (no packet is sent).

@@ -27,6 +27,11 @@ fn launcher_at(tmp: &Path, cgroup_root: &Path) -> Launcher {
     Launcher::new(LauncherOptions {
         data_dir: tmp.join("data"),
         cgroup_root: Some(cgroup_root.to_path_buf()),
+        sandbox: None,
+        defaults: agent::exec::JobDefaults {
+            memory_bytes: 0,
+            pids_max: 0,
+        },
     })
     .expect("launcher")
 }
@@ -64,10 +69,10 @@ fn v2_with_cpu_and_memory_is_chosen_and_prepared() {
             parent: root.join("meridian")
         }
     );
-    assert_eq!(launcher.mode().status(), "cgroup v2 (cpu, memory)");
+    assert_eq!(launcher.mode().status(), "cgroup v2 (cpu, memory, pids)");
     // The controllers are handed down to the job groups.
     let enabled = fs::read_to_string(root.join("cgroup.subtree_control")).expect("read");
-    assert_eq!(enabled, "+cpu +memory");
+    assert_eq!(enabled, "+cpu +memory +pids");
     let enabled = fs::read_to_string(root.join("meridian/cgroup.subtree_control")).expect("read");
     assert_eq!(enabled, "+cpu +memory");
 }
@@ -83,9 +88,14 @@ fn hybrid_hosts_use_v1_and_a_v2_unified_mount_with_controllers_wins() {
         &LimitMode::CgroupV1 {
             cpu_parent: root.join("cpu/meridian"),
             memory_parent: root.join("memory/meridian"),
+            pids_parent: None,
+            unified_parent: Some(root.join("unified/meridian")),
         }
     );
-    assert_eq!(launcher.mode().status(), "cgroup v1 (cpu, memory)");
+    assert_eq!(
+        launcher.mode().status(),
+        "cgroup v1 (cpu, memory; processes via RLIMIT_NPROC)"
+    );
 
     write(
         &root.join("unified/cgroup.controllers"),
@@ -110,7 +120,7 @@ fn v2_without_memory_and_no_v1_falls_back_to_rlimits() {
     assert_eq!(launcher.mode(), &LimitMode::Rlimits);
     assert_eq!(
         launcher.mode().status(),
-        "rlimits only: CPU not limited, memory via RLIMIT_AS"
+        "rlimits only: CPU not limited, memory via RLIMIT_AS, processes via RLIMIT_NPROC"
     );
     // Nothing is prepared in a hierarchy that is not used.
     assert!(!root.join("meridian").exists());
@@ -181,8 +191,12 @@ async fn v2_job_groups_get_the_limits_and_the_process_before_it_runs() {
         fs::read_to_string(group.join("memory.oom.group")).expect("oom"),
         "1"
     );
-    // The child wrote itself in before exec, so it is there as soon as launch returns.
-    assert_eq!(procs(&group), vec![job.pid()]);
+    // The job's first process wrote itself in ("0": the writer) before exec, so it is there as soon as
+    // launch returns; the shim that records the exit status stays outside.
+    assert_eq!(
+        fs::read_to_string(group.join("cgroup.procs")).expect("procs"),
+        "0"
+    );
     touch(&go);
     assert!(job.wait().await.succeeded());
 
@@ -230,8 +244,12 @@ async fn v1_job_groups_get_quota_period_and_memory_limits() {
         read(memory.join("memory.memsw.limit_in_bytes")),
         (64 * MIB).to_string()
     );
-    assert_eq!(procs(&cpu), vec![job.pid()]);
-    assert_eq!(procs(&memory), vec![job.pid()]);
+    for group in [&cpu, &memory] {
+        assert_eq!(
+            fs::read_to_string(group.join("cgroup.procs")).expect("procs"),
+            "0"
+        );
+    }
     touch(&go);
     assert!(job.wait().await.succeeded());
 }
@@ -285,6 +303,11 @@ fn real_launcher(tmp: &Path) -> Option<Launcher> {
     let launcher = Launcher::new(LauncherOptions {
         data_dir: tmp.join("data"),
         cgroup_root: None,
+        sandbox: None,
+        defaults: agent::exec::JobDefaults {
+            memory_bytes: 0,
+            pids_max: 0,
+        },
     })
     .expect("launcher");
     if !host_cgroups_writable() {
@@ -307,11 +330,32 @@ async fn real_cgroups_enforce_memory_and_are_removed_afterwards() {
     };
     let (mut spec, go) = waiting_spec(tmp.path(), "real-cg");
     spec.memory_bytes = 64 * MIB;
+    let pid_file = tmp.path().join("real-cg.pid");
+    spec.args[1] = format!("echo $$ > '{}'; {}", pid_file.display(), spec.args[1]);
     let job = launcher.launch(&spec).expect("launch");
     let groups = job.handle().cgroups.clone();
     assert!(!groups.is_empty());
+    let mut command_pid = None;
+    exec_common::eventually("the command's pid", || {
+        command_pid = fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok());
+        command_pid.is_some()
+    })
+    .await;
+    let command_pid = command_pid.expect("pid");
     for group in &groups {
-        assert!(procs(group).contains(&job.pid()), "{}", group.display());
+        let members = procs(group);
+        assert!(
+            members.contains(&command_pid),
+            "{}: {members:?}",
+            group.display()
+        );
+        assert!(
+            !members.contains(&job.pid()),
+            "the shim stays outside {}",
+            group.display()
+        );
     }
     touch(&go);
     assert!(job.wait().await.succeeded());

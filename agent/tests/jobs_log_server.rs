@@ -53,6 +53,8 @@ fn assignment_for(job_id: &str) -> Assignment {
         cancel_grace_ms: 0,
         secret_env: Default::default(),
         launch_error: String::new(),
+        network: String::new(),
+        secrets_in_env: true,
     }
 }
 

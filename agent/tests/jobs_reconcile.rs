@@ -29,6 +29,8 @@ fn assignment(job: &str, attempt: u32) -> Assignment {
         cancel_grace_ms: 2_000,
         secret_env: Default::default(),
         launch_error: String::new(),
+        network: String::new(),
+        secrets_in_env: true,
     }
 }
 

@@ -53,6 +53,8 @@ fn assignment(job: &str, attempt: u32) -> Assignment {
         cancel_grace_ms: 10_000,
         secret_env: Default::default(),
         launch_error: String::new(),
+        network: String::new(),
+        secrets_in_env: true,
     }
 }
 
@@ -68,6 +70,7 @@ fn handle(job: &str, attempt: u32) -> ProcessHandle {
         state_dir: PathBuf::from(format!("/data/jobs/{job}/{attempt}")),
         log: LogOptions::new(format!("/data/jobs/{job}/{attempt}/logs")),
         cgroups: vec![],
+        uid: Some(200_007),
     }
 }
 

@@ -9,19 +9,22 @@ use crate::commands::CommandError;
 use crate::output;
 
 pub async fn run(args: AgentArgs) -> Result<(), CommandError> {
+    let insecure = args.insecure_no_sandbox;
     match (args.action, args.config) {
         (Some(AgentAction::Inventory { data_dir, output: format }), _) => {
             inventory(data_dir, format).map_err(CommandError::Fatal)
         }
         (Some(AgentAction::Try { gpus, cpu, memory_mib, data_dir, command }), _) => {
-            let code = trial(gpus, cpu, memory_mib, data_dir, command).await.map_err(CommandError::Fatal)?;
+            let code = trial(gpus, cpu, memory_mib, data_dir, command, insecure)
+                .await
+                .map_err(CommandError::Fatal)?;
             if code == 0 {
                 Ok(())
             } else {
                 Err(CommandError::Exit(code))
             }
         }
-        (None, Some(config)) => agent::run_from_file(&config).await.map_err(|e| CommandError::Fatal(e.into())),
+        (None, Some(config)) => agent::run_from_file(&config, insecure).await.map_err(|e| CommandError::Fatal(e.into())),
         (None, None) => Err(CommandError::Fatal(anyhow::anyhow!(
             "give --config FILE to run the agent, or a subcommand (inventory, try); see meridian agent --help"
         ))),
@@ -75,6 +78,7 @@ async fn trial(
     memory_mib: u64,
     data_dir: Option<PathBuf>,
     command: Vec<String>,
+    insecure: bool,
 ) -> anyhow::Result<i32> {
     use agent::exec::{read_logs, LauncherOptions, LogOptions, LogStream, ProcessSpec};
 
@@ -113,11 +117,18 @@ async fn trial(
         }
         healthy.into_iter().take(gpus as usize).collect()
     };
-    let launcher = agent::exec::Launcher::new(LauncherOptions {
-        data_dir: data_dir.clone(),
-        cgroup_root: None,
-    })
-    .context("preparing the job launcher")?;
+    let mut options = LauncherOptions::new(data_dir.clone());
+    if insecure {
+        options.sandbox = None;
+    }
+    let launcher = agent::exec::Launcher::new(options).context("preparing the job launcher")?;
+    let isolation = launcher.isolation();
+    if isolation.sandboxed && !isolation.complete() {
+        anyhow::bail!(
+            "jobs cannot be isolated on this node: {} (pass --insecure-no-sandbox to try without isolation)",
+            isolation.problems.join("; ")
+        );
+    }
     let Some((program, args)) = command.split_first() else {
         anyhow::bail!("no command given");
     };
@@ -134,10 +145,14 @@ async fn trial(
         memory_bytes: memory_mib.saturating_mul(1 << 20),
         gpu_uuids: gpu_uuids.clone(),
         log: LogOptions::new(&log_dir),
+        network: Default::default(),
+        secrets: Default::default(),
+        secrets_in_env: false,
     };
     eprintln!(
-        "limits: {}; GPUs: {}",
+        "limits: {}; isolation: {}; GPUs: {}",
         launcher.mode().status(),
+        isolation.status(),
         if gpu_uuids.is_empty() {
             "none".to_string()
         } else {

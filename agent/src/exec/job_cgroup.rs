@@ -26,36 +26,65 @@ pub(crate) fn cpu_quota_us(cpu_millis: u64) -> Option<u64> {
         .then(|| (cpu_millis.saturating_mul(CPU_PERIOD_US) / 1000).max(MIN_CPU_QUOTA_US))
 }
 
-/// Creates the attempt's group(s) named `name` and writes the limits; returns the directories (empty in
-/// rlimits mode). On failure nothing created here is left behind.
+/// The limits of one attempt's groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GroupLimits {
+    /// Thousandths of a core; 0: no CPU limit.
+    pub cpu_millis: u64,
+    /// Bytes; 0: no memory limit.
+    pub memory_bytes: u64,
+    /// Processes and threads; `None`: no limit.
+    pub pids_max: Option<u64>,
+}
+
+/// The attempt's groups: every directory (for placing, killing and removing) and the cgroup v2 one, when
+/// there is one, where a network filter can attach.
+#[derive(Debug, Default)]
+pub(crate) struct JobGroups {
+    pub dirs: Vec<PathBuf>,
+    pub unified: Option<PathBuf>,
+}
+
+/// Creates the attempt's group(s) named `name` and writes the limits; returns the directories (none in
+/// rlimits mode). `unified` asks for a cgroup v2 group even on a hybrid host (for the network filter). On
+/// failure nothing created here is left behind.
 pub(crate) fn create(
     mode: &LimitMode,
     name: &str,
-    cpu_millis: u64,
-    memory_bytes: u64,
-) -> Result<Vec<PathBuf>, ExecError> {
-    let mut created = Vec::new();
-    let result = create_inner(mode, name, cpu_millis, memory_bytes, &mut created);
+    limits: GroupLimits,
+    unified: bool,
+) -> Result<JobGroups, ExecError> {
+    let mut groups = JobGroups::default();
+    let result = create_inner(mode, name, limits, unified, &mut groups);
     if result.is_err() {
-        for dir in &created {
+        for dir in &groups.dirs {
             let _ = fs::remove_dir(dir);
         }
     }
-    result.map(|()| created)
+    result.map(|()| groups)
 }
 
 fn create_inner(
     mode: &LimitMode,
     name: &str,
-    cpu_millis: u64,
-    memory_bytes: u64,
-    created: &mut Vec<PathBuf>,
+    limits: GroupLimits,
+    unified: bool,
+    groups: &mut JobGroups,
 ) -> Result<(), ExecError> {
+    let GroupLimits {
+        cpu_millis,
+        memory_bytes,
+        pids_max,
+    } = limits;
     let quota = cpu_quota_us(cpu_millis);
+    let pids = pids_max.map_or_else(|| "max".to_string(), |p| p.to_string());
+    let created = &mut groups.dirs;
     match mode {
         LimitMode::Rlimits => {}
         LimitMode::CgroupV2 { parent } => {
             let dir = make_group(parent, name, created)?;
+            groups.unified = Some(dir.clone());
+            write_if_present(&dir, "pids.max", &pids);
             let cpu_max = match quota {
                 Some(q) => format!("{q} {CPU_PERIOD_US}"),
                 None => format!("max {CPU_PERIOD_US}"),
@@ -75,6 +104,8 @@ fn create_inner(
         LimitMode::CgroupV1 {
             cpu_parent,
             memory_parent,
+            pids_parent,
+            unified_parent,
         } => {
             // Limits are written even when there are none: a group left by an earlier agent may carry
             // old ones.
@@ -92,6 +123,14 @@ fn create_inner(
             write_if_present(&memory, "memory.memsw.limit_in_bytes", "-1");
             write_control(&memory, "memory.limit_in_bytes", &limit)?;
             write_if_present(&memory, "memory.memsw.limit_in_bytes", &limit);
+            if let Some(parent) = pids_parent {
+                let dir = make_group(parent, name, created)?;
+                write_control(&dir, "pids.max", &pids)?;
+            }
+            if let (true, Some(parent)) = (unified, unified_parent) {
+                let dir = make_group(parent, name, created)?;
+                groups.unified = Some(dir);
+            }
         }
     }
     Ok(())

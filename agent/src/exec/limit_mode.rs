@@ -18,10 +18,14 @@ pub enum LimitMode {
     /// Unified hierarchy: job groups are created under `parent` (`<mount>/meridian`).
     CgroupV2 { parent: PathBuf },
     /// Legacy per-controller hierarchies: job groups under `cpu_parent` and `memory_parent`
-    /// (`<root>/cpu/meridian`, `<root>/memory/meridian`).
+    /// (`<root>/cpu/meridian`, `<root>/memory/meridian`), under `pids_parent` when the `pids` hierarchy is
+    /// writable, and under `unified_parent` (`<root>/unified/meridian`, hybrid hosts) when the cgroup v2
+    /// hierarchy is mounted beside them without controllers: there the job's network filter attaches.
     CgroupV1 {
         cpu_parent: PathBuf,
         memory_parent: PathBuf,
+        pids_parent: Option<PathBuf>,
+        unified_parent: Option<PathBuf>,
     },
     /// No writable cgroup: the CPU share is not enforced; memory is bounded through `RLIMIT_AS`.
     Rlimits,
@@ -31,9 +35,15 @@ impl LimitMode {
     /// A line for the node status.
     pub fn status(&self) -> &'static str {
         match self {
-            LimitMode::CgroupV2 { .. } => "cgroup v2 (cpu, memory)",
-            LimitMode::CgroupV1 { .. } => "cgroup v1 (cpu, memory)",
-            LimitMode::Rlimits => "rlimits only: CPU not limited, memory via RLIMIT_AS",
+            LimitMode::CgroupV2 { .. } => "cgroup v2 (cpu, memory, pids)",
+            LimitMode::CgroupV1 {
+                pids_parent: Some(_),
+                ..
+            } => "cgroup v1 (cpu, memory, pids)",
+            LimitMode::CgroupV1 { .. } => "cgroup v1 (cpu, memory; processes via RLIMIT_NPROC)",
+            LimitMode::Rlimits => {
+                "rlimits only: CPU not limited, memory via RLIMIT_AS, processes via RLIMIT_NPROC"
+            }
         }
     }
 
@@ -61,10 +71,24 @@ impl LimitMode {
         {
             match (prepare_parent(&cpu), prepare_parent(&memory)) {
                 (Ok(cpu_parent), Ok(memory_parent)) => {
+                    let pids = root.join("pids");
+                    let pids_parent = pids
+                        .join("cgroup.procs")
+                        .is_file()
+                        .then(|| prepare_parent(&pids).ok())
+                        .flatten();
+                    let unified = root.join("unified");
+                    let unified_parent = unified
+                        .join("cgroup.controllers")
+                        .is_file()
+                        .then(|| prepare_parent(&unified).ok())
+                        .flatten();
                     return LimitMode::CgroupV1 {
                         cpu_parent,
                         memory_parent,
-                    }
+                        pids_parent,
+                        unified_parent,
+                    };
                 }
                 (Err(e), _) | (_, Err(e)) => {
                     tracing::info!(root = %root.display(), error = %e, "cgroup v1 present but not writable")
@@ -81,7 +105,8 @@ fn lists_cpu_and_memory(controllers: &str) -> bool {
     words.contains(&"cpu") && words.contains(&"memory")
 }
 
-/// Enables `cpu` and `memory` for the children of `dir` unless they already are.
+/// Enables `cpu` and `memory` (and `pids` where `dir` offers it) for the children of `dir` unless they
+/// already are.
 fn enable_controllers(dir: &Path) -> io::Result<()> {
     let path = dir.join("cgroup.subtree_control");
     let current = match fs::read_to_string(&path) {
@@ -90,10 +115,18 @@ fn enable_controllers(dir: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e),
     };
-    if lists_cpu_and_memory(&current) {
+    let offers_pids = fs::read_to_string(dir.join("cgroup.controllers"))
+        .is_ok_and(|c| c.split_whitespace().any(|w| w == "pids"));
+    let has_pids = current.split_whitespace().any(|w| w == "pids");
+    if lists_cpu_and_memory(&current) && (has_pids || !offers_pids) {
         return Ok(());
     }
-    fs::write(&path, "+cpu +memory")
+    if offers_pids && fs::write(&path, "+cpu +memory +pids").is_ok() {
+        return Ok(());
+    }
+    // Without pids (not offered, or refused) processes are still bounded through RLIMIT_NPROC.
+    fs::write(&path, "+cpu +memory")?;
+    Ok(())
 }
 
 fn prepare_v2(mount: &Path) -> io::Result<PathBuf> {
@@ -135,16 +168,18 @@ mod tests {
     fn status_lines_say_what_is_limited() {
         assert_eq!(
             LimitMode::Rlimits.status(),
-            "rlimits only: CPU not limited, memory via RLIMIT_AS"
+            "rlimits only: CPU not limited, memory via RLIMIT_AS, processes via RLIMIT_NPROC"
         );
         let v1 = LimitMode::CgroupV1 {
             cpu_parent: "/c".into(),
             memory_parent: "/m".into(),
+            pids_parent: Some("/p".into()),
+            unified_parent: None,
         };
-        assert_eq!(v1.status(), "cgroup v1 (cpu, memory)");
+        assert_eq!(v1.status(), "cgroup v1 (cpu, memory, pids)");
         let v2 = LimitMode::CgroupV2 {
             parent: "/u".into(),
         };
-        assert_eq!(v2.status(), "cgroup v2 (cpu, memory)");
+        assert_eq!(v2.status(), "cgroup v2 (cpu, memory, pids)");
     }
 }

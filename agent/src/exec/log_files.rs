@@ -13,6 +13,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -162,6 +163,14 @@ fn closed_marker(dir: &Path, stream: LogStream) -> PathBuf {
     dir.join(stream.sibling("closed"))
 }
 
+/// Opens a log file for reading, refusing a symlink in its place.
+fn open_no_follow(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
 /// Forgets that a stream ended, before a new writer starts on the same directory.
 pub(crate) fn clear_closed_marker(dir: &Path, stream: LogStream) -> io::Result<()> {
     match fs::remove_file(closed_marker(dir, stream)) {
@@ -198,6 +207,8 @@ impl RotatingLog {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
             .open(options.dir.join(stream.file_name()))?;
         let len = file.metadata()?.len();
         Ok(RotatingLog {
@@ -245,6 +256,8 @@ impl RotatingLog {
         self.file = OpenOptions::new()
             .create(true)
             .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
             .open(&current)?;
         self.base = new_base;
         self.len = 0;
@@ -407,7 +420,7 @@ fn try_read(dir: &Path, stream: LogStream, offset: u64, max: usize) -> io::Resul
     let segments = rotated_segments(dir, stream)?;
     let base = current_base(dir, stream, &segments)?;
     if offset >= base {
-        let mut file = match File::open(dir.join(stream.file_name())) {
+        let mut file = match open_no_follow(&dir.join(stream.file_name())) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if segments.is_empty() && base == 0 {
@@ -442,7 +455,7 @@ fn try_read(dir: &Path, stream: LogStream, offset: u64, max: usize) -> io::Resul
             Attempt::Raced
         });
     }
-    let mut file = match File::open(&segment.path) {
+    let mut file = match open_no_follow(&segment.path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Attempt::Raced),
         Err(e) => return Err(e),

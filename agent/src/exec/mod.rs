@@ -4,12 +4,13 @@
 //! This module owns the operating-system side of a job attempt and nothing else: it never talks to a
 //! coordinator, never decides *whether* a job should run, and never kills a process it cannot prove is
 //! its own. It must never let a job inherit the agent's GPU assignment or secrets from the agent's
-//! environment.
+//! environment, and never let a job see or write anything of the node beyond what [`sandbox`] lists.
 //!
 //! # API
 //!
 //! ```text
-//! Launcher::new(LauncherOptions { data_dir, cgroup_root: None }) -> Result<Launcher, ExecError>
+//! Launcher::new(LauncherOptions::new(data_dir)) -> Result<Launcher, ExecError>   // sandboxed by default
+//! Launcher::isolation(&self) -> &Isolation                 // what the node could not provide, if anything
 //! Launcher::mode(&self) -> &LimitMode                      // LimitMode::status() for the node status
 //! Launcher::launch(&self, &ProcessSpec) -> Result<RunningJob, ExecError>   // inside a Tokio runtime
 //! Launcher::launch_replica(&self, &ProcessSpec, &Replica) -> Result<RunningJob, ExecError>
@@ -37,27 +38,34 @@
 //! `stdout.pipe` and `stderr.pipe`, and `exit_status`: `<data_dir>/jobs/<job_id>/<attempt>/` for replica
 //! 0 (every single-replica job), `<data_dir>/jobs/<job_id>/<attempt>-r<replica>/` for the other replicas
 //! of a gang job, so that several replicas of one attempt on one node share no path (only replica 0's
-//! directory is named by the bare attempt number, so no two (attempt, replica) pairs share one).
-//! The job is started as `/bin/sh -c WRAPPER <exit_status> COMMAND ARGS…` in a new session (so its process
-//! group id is its pid), with a cleared environment (see [`ProcessSpec::env`]). The wrapper is the only
-//! process that is not the user's: it runs the command in the foreground, then writes the command's
-//! status and the `times` of its children to `exit_status`. It catches (rather than ignores) the
-//! termination signals so that a SIGTERM to the group reaches the command — which gets the default
-//! dispositions back on exec — while the wrapper survives to record the status.
+//! directory is named by the bare attempt number, so no two (attempt, replica) pairs share one). The data
+//! directory, `jobs/` and every state directory are `0700`, owned by the agent.
 //!
-//! Resource limits are placed before `exec`: the forked child writes its own pid into the job's
-//! cgroup(s) (`cgroup.procs`) or sets `RLIMIT_AS`, so no instruction of the job runs unconstrained.
+//! The agent forks a *shim* (see [`sandbox`] and its `child` module): it leads a new session (so the
+//! job's process group id is its pid), stays outside the job's sandbox and cgroups, ignores termination
+//! signals, waits for the job with `waitpid` and writes the status and the CPU time of everything it
+//! reaped to `exit_status` — a file the job can neither see nor reach. The shim starts the job's *init*
+//! in new mount, pid, IPC and UTS (and, under the `none` network policy, network) namespaces: init joins
+//! the job's cgroups, builds the sandbox, pivots into it, becomes the job's unprivileged user with
+//! `no_new_privs`, and starts the command as pid 2 in a process group of its own, forwarding termination
+//! signals to it (pid 1 of a namespace would otherwise drop them). The command runs with a cleared
+//! environment (see [`ProcessSpec::env`]). Without a sandbox (`LauncherOptions::sandbox` is `None`,
+//! development only) the same processes run without namespaces, as the agent's user.
+//!
+//! Resource limits are placed before `exec`: init writes itself into the job's cgroup(s) (`cgroup.procs`)
+//! or sets rlimits, so no instruction of the job runs unconstrained. A job that asked for no memory gets
+//! [`JobDefaults::memory_bytes`]; every job gets at most [`JobDefaults::pids_max`] processes.
 //!
 //! # Exit status
 //!
-//! While the agent that launched it is alive, the wrapper is its child: the exit is observed through a
+//! While the agent that launched it is alive, the shim is its child: the exit is observed through a
 //! pidfd (polling `waitid` where pidfds are missing) and reaped with `wait4`, which gives the CPU time and
-//! peak RSS of the wrapper and every process it waited for. The wrapper's exit code is the command's;
+//! peak RSS of the shim and every process it (or init) waited for. The shim's exit code is the command's;
 //! codes 129–192 are the shell's way of saying "killed by signal `code − 128`" and are reported as a
 //! signal, as container runtimes do (a command that *exits* with such a code is reported the same way).
-//! After the command ends, whatever is left in its process group and cgroup is killed: a job owns nothing
-//! past its end. When a cancel has to SIGKILL the wrapper, the command's own CPU time is not reaped by it
-//! and is missing from the report.
+//! After the command ends, whatever is left in its process group and cgroup is killed (in a sandbox the
+//! end of init already ended its whole pid namespace): a job owns nothing past its end. When a cancel has
+//! to SIGKILL the shim, the command's own CPU time is not reaped by it and is missing from the report.
 //!
 //! # Re-adoption
 //!
@@ -65,9 +73,9 @@
 //! accepted only if `/proc/<pid>/stat` still shows the same start time (field 22) and process group, so a
 //! reused pid is never mistaken for the job. An adopted job is not the agent's child: its end is
 //! observed through a pidfd (or by polling `/proc`), and its exit code and CPU time are read from the
-//! wrapper's `exit_status` file; the peak RSS is unknown. Signals to the group are sent only while the
-//! group leader is absent or provably ours (a pid number stays reserved while any process uses it as its
-//! process group id).
+//! shim's `exit_status` file (opened without following symlinks); the peak RSS is unknown. Signals to the
+//! group are sent only while the group leader is absent or provably ours (a pid number stays reserved while
+//! any process uses it as its process group id). The job's user stays taken while an adopted job runs.
 //!
 //! # Logs
 //!
@@ -82,11 +90,13 @@
 //! # Limit modes
 //!
 //! [`LimitMode`] is detected once per [`Launcher`]: cgroup v2 (controllers `cpu` and `memory` available
-//! and writable; `<root>/meridian/<group>` with `cpu.max`, `memory.max`, `memory.swap.max` and
-//! `memory.oom.group`), cgroup v1 (`<root>/{cpu,memory}/meridian/<group>` with
-//! `cpu.cfs_quota_us`/`cpu.cfs_period_us`, `memory.limit_in_bytes` and `memory.memsw.limit_in_bytes`), or
-//! rlimits, which cannot share CPU and bound memory only through the address space (`RLIMIT_AS`, not
-//! applied to GPU jobs: CUDA reserves far more address space than it uses). The group is named
+//! and writable; `<root>/meridian/<group>` with `cpu.max`, `memory.max`, `memory.swap.max`,
+//! `memory.oom.group` and `pids.max`), cgroup v1 (`<root>/{cpu,memory,pids}/meridian/<group>` with
+//! `cpu.cfs_quota_us`/`cpu.cfs_period_us`, `memory.limit_in_bytes`, `memory.memsw.limit_in_bytes` and
+//! `pids.max`, plus `<root>/unified/meridian/<group>` on hybrid hosts, where the egress filter attaches),
+//! or rlimits, which cannot share CPU and bound memory only through the address space (`RLIMIT_AS`, not
+//! applied to GPU jobs: CUDA reserves far more address space than it uses) and processes through
+//! `RLIMIT_NPROC` (per user, so per job in a sandbox). The group is named
 //! `<job>-<attempt>` for replica 0 and `<job>-<attempt>-r<replica>` for the others, like the state
 //! directory.
 
@@ -96,19 +106,32 @@ mod limit_mode;
 mod log_files;
 mod proc_stat;
 mod running_job;
+pub mod sandbox;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use launcher::{Launcher, LauncherOptions};
+pub use launcher::{Isolation, JobDefaults, Launcher, LauncherOptions};
 pub use limit_mode::LimitMode;
 pub use log_files::{
     follow_logs, read_logs, LogChunk, LogOptions, LogStream, DEFAULT_LOG_KEEP,
     DEFAULT_LOG_MAX_BYTES,
 };
 pub use running_job::RunningJob;
+pub use sandbox::netfilter::DenyRule;
+pub use sandbox::{NetworkPolicy, SandboxOptions};
+
+/// Secret values for a job: kept in memory only (never serialized), redacted in `Debug`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretValues(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for SecretValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
 
 /// Which process of a gang job a launch is: a job of `count` replicas runs one process per replica,
 /// possibly several on one node; (job id, attempt, replica index) names one process.
@@ -167,8 +190,18 @@ pub struct ProcessSpec {
     /// Memory limit in bytes; 0 means no memory limit.
     pub memory_bytes: u64,
     /// UUIDs of the GPUs assigned to this attempt (e.g. `GPU-5b1c…` or `MIG-…`); empty for a CPU job.
+    /// A sandboxed job sees only these GPUs' device nodes.
     pub gpu_uuids: Vec<String>,
     pub log: LogOptions,
+    /// The project's network policy (`egress` when absent).
+    #[serde(default)]
+    pub network: NetworkPolicy,
+    /// Secrets by name: files under `/run/secrets/` in a sandboxed job (readable only by its user);
+    /// environment variables as well when `secrets_in_env` (always without a sandbox). Never serialized.
+    #[serde(skip)]
+    pub secrets: SecretValues,
+    #[serde(default)]
+    pub secrets_in_env: bool,
 }
 
 /// Everything needed to find a launched process again after an agent restart. Persist it when the job
@@ -194,6 +227,9 @@ pub struct ProcessHandle {
     pub log: LogOptions,
     /// The job's cgroup directories (one for v2, one per controller for v1, none for rlimits).
     pub cgroups: Vec<PathBuf>,
+    /// The user the job runs as (`None` without a sandbox, and for jobs started by older agents).
+    #[serde(default)]
+    pub uid: Option<u32>,
 }
 
 /// How a job's process ended.
@@ -240,6 +276,8 @@ pub enum ExecError {
     Spawn(std::io::Error),
     #[error("launching needs a Tokio runtime")]
     NoRuntime,
+    #[error("setting up the job's sandbox: {0}")]
+    Sandbox(String),
 }
 
 impl ExecError {

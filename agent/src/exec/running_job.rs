@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use super::launcher::EXIT_STATUS_FILE;
 use super::log_files::{self, LogStream};
+use super::sandbox::UidLease;
 use super::{job_cgroup, proc_stat, ExitReport, ProcessHandle};
 
 /// How often an exit is re-checked when no pidfd wakes us (and as a safety net when one does).
@@ -57,6 +58,7 @@ impl RunningJob {
         handle: ProcessHandle,
         fifos: Vec<(LogStream, Option<pipe::Receiver>)>,
         origin: Origin,
+        uid: Option<UidLease>,
     ) -> RunningJob {
         let span = tracing::info_span!(
             "job",
@@ -97,6 +99,7 @@ impl RunningJob {
             detach: detach.clone(),
             finish,
             pumps,
+            uid,
         };
         tokio::spawn(supervisor.run().instrument(span));
         RunningJob {
@@ -235,6 +238,8 @@ struct Supervisor {
     detach: CancellationToken,
     finish: CancellationToken,
     pumps: Vec<JoinHandle<()>>,
+    /// The job's user, free for another job once this one has ended (dropped with the supervisor).
+    uid: Option<UidLease>,
 }
 
 impl Supervisor {
@@ -247,11 +252,14 @@ impl Supervisor {
             detach,
             finish,
             pumps,
+            uid,
         } = self;
         let child = matches!(origin, Origin::Child { .. });
         tokio::select! {
             _ = detach.cancelled() => {
                 tracing::info!("job detached; it keeps running");
+                // Its user stays taken: the job runs on, and an adopting launcher marks it again.
+                std::mem::forget(uid);
                 return;
             }
             () = wait_for_exit(handle.pid, handle.start_time, child) => {}
@@ -283,6 +291,8 @@ impl Supervisor {
             wall_seconds,
         };
         tracing::info!(exit_code = ?ended.exit_code, signal = ?ended.signal, cancelled = ended.cancelled, "job ended");
+        // Every process of the job is gone (its namespace and cgroups with it): its user may serve again.
+        drop(uid);
         report.send_replace(Some(ended));
     }
 }

@@ -37,7 +37,7 @@ use std::time::Duration;
 use protocol::pb;
 use serde::{Deserialize, Serialize};
 
-use crate::exec::{LogOptions, ProcessSpec, Replica};
+use crate::exec::{LogOptions, NetworkPolicy, ProcessSpec, Replica, SecretValues};
 
 pub use log_service::LogService;
 pub use reconcile::{exit_summary, next_timeout, reconcile, Action, LocalAttempt, LocalState};
@@ -93,6 +93,12 @@ pub struct Assignment {
     /// launch with this message instead of starting it.
     #[serde(default)]
     pub launch_error: String,
+    /// The project's network policy (`none` or `egress`; empty is `egress`).
+    #[serde(default)]
+    pub network: String,
+    /// Pass the secrets as environment variables too (they are always files in a sandbox).
+    #[serde(default)]
+    pub secrets_in_env: bool,
 }
 
 /// Secret values passed to a job's process: kept in memory only, redacted in `Debug`.
@@ -126,6 +132,8 @@ impl From<pb::JobAssignment> for Assignment {
             cancel_grace_ms: a.cancel_grace_ms,
             secret_env: SecretEnv(a.secret_env.into_iter().collect()),
             launch_error: a.launch_error,
+            network: a.network,
+            secrets_in_env: a.secrets_in_env,
         }
     }
 }
@@ -157,17 +165,15 @@ impl Assignment {
             attempt: self.attempt,
             command: self.command.clone(),
             args: self.args.clone(),
-            env: self
-                .env
-                .iter()
-                .chain(&self.secret_env.0)
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            env: self.env.clone(),
             working_dir: (!self.working_dir.is_empty()).then(|| PathBuf::from(&self.working_dir)),
             cpu_millis: self.cpu_millis,
             memory_bytes: self.memory_bytes,
             gpu_uuids: self.gpu_uuids.clone(),
             log: LogOptions::new(log_dir),
+            network: NetworkPolicy::from_wire(&self.network),
+            secrets: SecretValues(self.secret_env.0.clone()),
+            secrets_in_env: self.secrets_in_env,
         }
     }
 }

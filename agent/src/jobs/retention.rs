@@ -285,6 +285,8 @@ mod tests {
             cancel_grace_ms: 0,
             secret_env: Default::default(),
             launch_error: String::new(),
+            network: String::new(),
+            secrets_in_env: true,
         }
     }
 
@@ -407,6 +409,11 @@ mod tests {
         Launcher::new(LauncherOptions {
             data_dir: root.join("data"),
             cgroup_root: Some(fake_cgroups),
+            sandbox: None,
+            defaults: crate::exec::JobDefaults {
+                memory_bytes: 0,
+                pids_max: 0,
+            },
         })
         .expect("launcher")
     }

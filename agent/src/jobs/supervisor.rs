@@ -644,6 +644,11 @@ mod tests {
         let launcher = Launcher::new(LauncherOptions {
             data_dir: tmp.path().join("data"),
             cgroup_root: Some(fake_cgroups),
+            sandbox: None,
+            defaults: crate::exec::JobDefaults {
+                memory_bytes: 0,
+                pids_max: 0,
+            },
         })
         .expect("launcher");
         let store = Arc::new(JobStore::open(tmp.path()).expect("store"));
@@ -715,6 +720,8 @@ mod tests {
             cancel_grace_ms: 200,
             secret_env: Default::default(),
             launch_error: String::new(),
+            network: String::new(),
+            secrets_in_env: true,
         }
     }
 

@@ -36,6 +36,9 @@ pub fn shell_spec(root: &Path, name: &str, script: &str) -> ProcessSpec {
         cpu_millis: 0,
         memory_bytes: 0,
         gpu_uuids: Vec::new(),
+        network: Default::default(),
+        secrets: Default::default(),
+        secrets_in_env: false,
     }
 }
 
@@ -46,6 +49,11 @@ pub fn rlimit_launcher(root: &Path) -> Launcher {
     Launcher::new(LauncherOptions {
         data_dir: root.join("data"),
         cgroup_root: Some(fake),
+        sandbox: None,
+        defaults: agent::exec::JobDefaults {
+            memory_bytes: 0,
+            pids_max: 0,
+        },
     })
     .expect("launcher")
 }
