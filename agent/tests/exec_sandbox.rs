@@ -364,3 +364,41 @@ async fn a_cancel_reaches_the_job_through_its_init_and_ends_everything() {
         assert!(!group.exists(), "{} left behind", group.display());
     }
 }
+
+#[tokio::test]
+async fn a_restarted_agent_adopts_a_sandboxed_job_and_reads_the_status_its_shim_recorded() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(launcher) = sandboxed(tmp.path(), SandboxOptions::default()) else {
+        return;
+    };
+    let spec = shell_spec(
+        tmp.path(),
+        "adopted",
+        "echo started; while [ ! -e go ]; do sleep 0.02; done; exit 7",
+    );
+    let job = launcher.launch(&spec).expect("launch");
+    let uid = job.handle().uid.expect("a sandboxed job has a user");
+    exec_common::eventually("the job to start", || {
+        read_all(&spec.log.dir, LogStream::Stdout).contains("started")
+    })
+    .await;
+    // The agent goes away; a new one (same data directory) takes the job over.
+    let handle = job.detach();
+    let restarted = sandboxed(tmp.path(), SandboxOptions::default()).expect("launcher");
+    let adopted = restarted.adopt(&handle).expect("adopted");
+    assert!(adopted.is_adopted());
+    // The job's user stays its own: a new job gets another one.
+    let other = shell_spec(tmp.path(), "other", "id -u");
+    assert!(restarted
+        .launch(&other)
+        .expect("launch")
+        .wait()
+        .await
+        .succeeded());
+    let other_uid = read_all(&other.log.dir, LogStream::Stdout);
+    assert_ne!(other_uid.trim(), uid.to_string());
+    exec_common::touch(&handle.state_dir.join("work/go"));
+    let report = adopted.wait().await;
+    assert_eq!(report.exit_code, Some(7), "{report:?}");
+    assert!(report.cpu_seconds.is_some(), "{report:?}");
+}
