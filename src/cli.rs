@@ -246,7 +246,9 @@ pub enum CertsCommand {
     #[command(after_help = "Examples:\n  \
 meridian certs issue --ca-dir ca --role coordinator --name c1 --dns localhost --ip 127.0.0.1 --out c1\n  \
 meridian certs issue --ca-dir ca --role agent --region eu --cluster eu1 --name eu-a1 --out eu-a1\n  \
-meridian certs issue --ca-dir ca --role operator --name alice --hours 8 --out alice")]
+meridian certs issue --ca-dir ca --role operator --name alice --hours 8 --out alice\n\n\
+Only coordinators and gateways may carry --dns/--ip names. Lifetimes are bounded: --hours may not exceed\n\
+--max-days (397 by default), which may not exceed 825.")]
     Issue {
         /// Directory holding ca.pem and ca.key.
         #[arg(long, default_value = ".")]
@@ -269,9 +271,12 @@ meridian certs issue --ca-dir ca --role operator --name alice --hours 8 --out al
         /// Extra IP addresses.
         #[arg(long = "ip")]
         ips: Vec<std::net::IpAddr>,
-        /// Lifetime in hours.
+        /// Lifetime in hours; at most --max-days.
         #[arg(long, default_value_t = 24)]
         hours: u64,
+        /// The longest lifetime this command accepts, in days (default 397; at most 825, the hard cap).
+        #[arg(long, default_value_t = 397)]
+        max_days: u64,
         /// Output path prefix: writes PREFIX.pem and PREFIX.key.
         #[arg(long)]
         out: PathBuf,

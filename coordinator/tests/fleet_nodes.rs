@@ -30,11 +30,11 @@ fn tls_for(
     ca: &certs::CertificateAuthority,
     identity: certs::Identity,
 ) -> anyhow::Result<certs::TlsIdentity> {
-    let leaf = ca.issue(
-        &certs::LeafRequest::new(identity, Duration::from_secs(3_600))
-            .with_dns_name("localhost")
-            .with_ip_address("127.0.0.1".parse()?),
-    )?;
+    // Only coordinators and gateways may carry host names.
+    let leaf = ca.issue(&certs::LeafRequest::new(
+        identity,
+        Duration::from_secs(3_600),
+    ))?;
     Ok(certs::TlsIdentity::from_pem(
         ca.cert_pem(),
         &leaf.cert_pem,
