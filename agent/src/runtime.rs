@@ -14,12 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::pb;
-use protocol::rpc::{Method, RpcClient, RpcServer};
+use protocol::rpc::{Method, PeerTable, RpcClient, RpcServer, ServerOptions};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{IdleGpuConfig, JobsConfig};
+use crate::deny_list::DenyListGate;
 use crate::exec::{ExecError, Launcher, LauncherOptions};
 use crate::inventory::{self, GpuProbe, InventoryOptions, NodeInventory};
 use crate::jobs::supervisor::Supervisor;
@@ -165,15 +166,20 @@ pub async fn run(mut opts: AgentOptions, shutdown: CancellationToken) -> Result<
         cgroup_root: opts.cgroup_root.clone(),
     })?;
 
-    let server = RpcServer::bind(
+    // Coordinators on the mesh deny-list are refused by the log server and by the link.
+    let gate = Arc::new(DenyListGate::default());
+    let server = RpcServer::bind_gated(
         opts.listen,
         &opts.tls,
         Arc::new(LogService::new(store.clone())),
+        ServerOptions::default(),
+        gate.clone(),
     )
     .map_err(|source| RuntimeError::Listen {
         addr: opts.listen,
         source,
     })?;
+    let server_peers = server.peers();
     let rpc_addr = match &opts.advertise {
         Some(addr) => addr.clone(),
         None => derived_advertise(server.local_addr(), &opts.coordinators).await,
@@ -181,7 +187,7 @@ pub async fn run(mut opts: AgentOptions, shutdown: CancellationToken) -> Result<
     tracing::info!(%rpc_addr, listen = %server.local_addr(), "agent RPC server ready");
 
     let link = Arc::new(Link::new(
-        RpcClient::new(&opts.tls)?,
+        RpcClient::gated(&opts.tls, &[certs::Role::Coordinator], gate.clone())?,
         name,
         opts.coordinators.clone(),
     ));
@@ -215,6 +221,8 @@ pub async fn run(mut opts: AgentOptions, shutdown: CancellationToken) -> Result<
         interval: opts.heartbeat,
         sequence: 0,
         idle: idle_rx,
+        gate,
+        server_peers,
     };
 
     let stop = shutdown.child_token();
@@ -357,6 +365,10 @@ struct Registration {
     interval: Duration,
     sequence: u64,
     idle: watch::Receiver<Vec<String>>,
+    /// The deny-list, refreshed from registration and heartbeat answers.
+    gate: Arc<DenyListGate>,
+    /// The agent's RPC server connections, re-checked when the deny-list changes.
+    server_peers: PeerTable,
 }
 
 impl Registration {
@@ -428,6 +440,9 @@ impl Registration {
                 );
                 self.set_interval(ack.heartbeat_interval_ms);
                 self.link.set_lease(ack.lease_epoch);
+                if let Some(list) = ack.deny_list {
+                    self.gate.update(list, &self.server_peers);
+                }
                 true
             }
             Err(e) => {
@@ -453,6 +468,7 @@ impl Registration {
             sequence: self.sequence,
             allocatable: Some(self.resources.clone()),
             idle_gpus: self.idle.borrow().clone(),
+            deny_list_version: self.gate.version(),
         };
         match self
             .link
@@ -461,6 +477,9 @@ impl Registration {
         {
             Ok(ack) => {
                 self.set_interval(ack.heartbeat_interval_ms);
+                if let Some(list) = ack.deny_list {
+                    self.gate.update(list, &self.server_peers);
+                }
                 if ack.lease_epoch > epoch {
                     tracing::info!(
                         ours = epoch,

@@ -889,6 +889,7 @@ async fn nodes_are_listed_for_platform_admins_only() -> anyhow::Result<()> {
                     held: Vec::new(),
                     os: String::new(),
                     limit_mode: String::new(),
+                    admit_new: None,
                 },
             ))
             .await?;
@@ -934,6 +935,7 @@ async fn platform_admins_drain_and_undrain_nodes() -> anyhow::Result<()> {
                 held: Vec::new(),
                 os: String::new(),
                 limit_mode: String::new(),
+                admit_new: None,
             },
         ))
         .await?;

@@ -86,6 +86,7 @@ async fn start() -> anyhow::Result<Fixture> {
         },
         jobs: Default::default(),
         keyring: Some(keyring.clone()),
+        approve_new_nodes: true,
     })
     .await
     .context("starting the coordinator")?;

@@ -171,6 +171,7 @@ impl Cluster {
             fleet: Default::default(),
             jobs: Default::default(),
             keyring: None,
+            approve_new_nodes: false,
         };
         let running = Coordinator::start(opts)
             .await

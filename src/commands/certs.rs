@@ -110,6 +110,9 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        CertsCommand::DenyList(_) => {
+            bail!("the deny-list commands talk to the admin API and are run elsewhere")
+        }
         CertsCommand::MasterKey => {
             let line = coordinator::crypto::MasterKeyring::generate_line(&mut rand::rngs::OsRng);
             output::object(OutputFormat::Table, &json!(line));

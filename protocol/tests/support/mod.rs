@@ -187,6 +187,7 @@ impl RpcService for TestService {
                     Ok(encode_message(&pb::HeartbeatAck {
                         lease_epoch: beat.lease_epoch,
                         heartbeat_interval_ms: 1000,
+                        deny_list: None,
                     }))
                 }
                 other => Err(RpcStatus::unimplemented(format!("{other} not served here"))),
