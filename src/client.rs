@@ -162,10 +162,12 @@ impl ApiClient {
             req = req.json(&b);
         }
         let resp = req.send().await.map_err(|e| {
+            // The causes say why (e.g. a server certificate that is not a coordinator's).
+            let detail = error_chain(&e);
             if e.is_connect() || e.is_timeout() {
-                ClientError::Unavailable(format!("{url}: {e}"))
+                ClientError::Unavailable(format!("{url}: {detail}"))
             } else {
-                ClientError::Failed(format!("{url}: {e}"))
+                ClientError::Failed(format!("{url}: {detail}"))
             }
         })?;
         let status = resp.status();
@@ -201,6 +203,21 @@ impl ApiClient {
             _ => ClientError::Failed(message),
         })
     }
+}
+
+/// An error and its causes, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
 }
 
 /// Whether a bearer token may travel to `base` as it is: always over https://, over http:// only to a
