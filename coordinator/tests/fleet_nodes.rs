@@ -789,3 +789,58 @@ async fn a_denied_agent_is_cut_off_and_stays_out() -> anyhow::Result<()> {
     fx.coordinator.shutdown().await;
     Ok(())
 }
+
+/// The agent's own RPC server (log reads, which coordinators call) refuses a coordinator identity the
+/// moment the deny-list reaches it with a heartbeat, and closes the connection that identity holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_refuses_a_denied_coordinator() -> anyhow::Result<()> {
+    use coordinator::state::{Actor, Command, DenyKind, Op};
+
+    let fx = start().await?;
+    let (stop, task) = spawn_agent(&fx)?;
+    let node = wait_node(&fx.handle, "ready", |n| n.health == NodeHealthState::Ready).await?;
+    let call = Duration::from_secs(5);
+    let rogue_tls = tls_for(&fx.ca, certs::Identity::coordinator(TRUST_DOMAIN, "c9")?)?;
+    let rogue = RpcClient::with_server_roles(&rogue_tls, &[certs::Role::Agent])?;
+    rogue
+        .call(&node.rpc_addr, Method::Ping, bytes::Bytes::new(), call)
+        .await?;
+
+    let deny = Command::new(
+        1,
+        Actor::system(),
+        Op::DenyIdentity {
+            kind: DenyKind::Identity,
+            value: rogue_tls.identity().uri(),
+            reason: "decommissioned".into(),
+        },
+    );
+    fx.handle.write(deny).await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match rogue
+            .call(&node.rpc_addr, Method::Ping, bytes::Bytes::new(), call)
+            .await
+        {
+            Err(RpcError::Refused(_)) => break,
+            other => {
+                if Instant::now() > deadline {
+                    bail!("the agent still serves a denied coordinator: {other:?}");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The coordinators it belongs to are served as before.
+    let honest = RpcClient::with_server_roles(
+        &tls_for(&fx.ca, certs::Identity::coordinator(TRUST_DOMAIN, "c1")?)?,
+        &[certs::Role::Agent],
+    )?;
+    honest
+        .call(&node.rpc_addr, Method::Ping, bytes::Bytes::new(), call)
+        .await?;
+    stop.cancel();
+    task.await??;
+    fx.coordinator.shutdown().await;
+    Ok(())
+}
