@@ -86,6 +86,10 @@ key = "$dir/certs/$n.key"
 [secrets]
 master_key_file = "$dir/master.keys"
 
+[fleet]
+# A local cluster approves its nodes on arrival; production coordinators wait for "meridian node approve".
+approve_new_nodes = true
+
 [bootstrap]
 init = $init
 admin_token_file = "$dir/admin.token"

@@ -257,7 +257,9 @@ pub enum CertsCommand {
     #[command(after_help = "Examples:\n  \
 meridian certs issue --ca-dir ca --role coordinator --name c1 --dns localhost --ip 127.0.0.1 --out c1\n  \
 meridian certs issue --ca-dir ca --role agent --region eu --cluster eu1 --name eu-a1 --out eu-a1\n  \
-meridian certs issue --ca-dir ca --role operator --name alice --hours 8 --out alice")]
+meridian certs issue --ca-dir ca --role operator --name alice --hours 8 --out alice\n\n\
+Only coordinators and gateways may carry --dns/--ip names. Lifetimes are bounded: --hours may not exceed\n\
+--max-days (397 by default), which may not exceed 825.")]
     Issue {
         /// Directory holding ca.pem and ca.key.
         #[arg(long, default_value = ".")]
@@ -280,9 +282,12 @@ meridian certs issue --ca-dir ca --role operator --name alice --hours 8 --out al
         /// Extra IP addresses.
         #[arg(long = "ip")]
         ips: Vec<std::net::IpAddr>,
-        /// Lifetime in hours.
+        /// Lifetime in hours; at most --max-days.
         #[arg(long, default_value_t = 24)]
         hours: u64,
+        /// The longest lifetime this command accepts, in days (default 397; at most 825, the hard cap).
+        #[arg(long, default_value_t = 397)]
+        max_days: u64,
         /// Output path prefix: writes PREFIX.pem and PREFIX.key.
         #[arg(long)]
         out: PathBuf,
@@ -299,6 +304,59 @@ meridian certs issue --ca-dir ca --role operator --name alice --hours 8 --out al
     /// Print a new master key line (`id:base64key`) for the secrets keyring; the last line of the file is current.
     #[command(after_help = "Example:\n  meridian certs master-key >> /etc/meridian/master.keys")]
     MasterKey,
+    #[command(flatten)]
+    DenyList(DenyListCommand),
+}
+
+/// The mesh deny-list, through the admin API (platform-admin).
+#[derive(Debug, Subcommand)]
+pub enum DenyListCommand {
+    /// Revoke a certificate (or every certificate of an identity): coordinators and agents refuse it at once
+    /// and close its open connections within seconds (platform-admin).
+    #[command(
+        after_help = "Examples:\n  meridian certs revoke stolen.pem --reason 'laptop lost'\n  \
+meridian certs revoke --serial 4a:0b:ff:...\n  \
+meridian certs revoke --identity spiffe://prod.example/coordinator/c4\n\n\
+A certificate file or --serial revokes that one certificate (a renewed one keeps working); --identity revokes\n\
+every certificate naming the identity. Undo with `meridian certs unrevoke` and the same argument."
+    )]
+    Revoke {
+        #[command(flatten)]
+        selector: RevokeSelector,
+        /// Why, for the deny-list and the audit log.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a certificate or identity from the deny-list (platform-admin).
+    #[command(after_help = "Example:\n  meridian certs unrevoke --serial 4a0bff...")]
+    Unrevoke {
+        #[command(flatten)]
+        selector: RevokeSelector,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the deny-list: revoked certificates and identities, denied nodes (platform-admin).
+    #[command(
+        name = "deny-list",
+        after_help = "Example:\n  meridian certs deny-list -o json"
+    )]
+    List(ClientOnly),
+}
+
+/// What `certs revoke` names: exactly one of a certificate file, a serial number or an identity.
+#[derive(Debug, Clone, Args)]
+pub struct RevokeSelector {
+    /// PEM certificate file: revokes this certificate (by its serial number).
+    #[arg(value_name = "CERT_FILE")]
+    pub cert: Option<PathBuf>,
+    /// Serial number in hex (as `meridian certs inspect` prints it; `:` separators allowed).
+    #[arg(long, conflicts_with = "cert")]
+    pub serial: Option<String>,
+    /// A SPIFFE identity, e.g. spiffe://prod.example/region/eu/cluster/a/agent/n1.
+    #[arg(long, conflicts_with_all = ["cert", "serial"])]
+    pub identity: Option<String>,
 }
 
 /// Roles a certificate can carry.
@@ -448,9 +506,25 @@ pub enum ClusterCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Remove a coordinator.
+    /// Remove a coordinator. Its certificate is refused by every member as soon as the removal reaches it.
     Remove {
         id: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Set whether nodes new to a cluster are approved on arrival (platform-admin).
+    #[command(
+        after_help = "Examples:\n  meridian cluster policy eu-west/gpu-a --auto-approve true\n  \
+meridian cluster policy eu-west/gpu-a --auto-approve false\n\n\
+Without a policy, a cluster follows the coordinators' [fleet] approve_new_nodes (off by default, on in\n\
+meridian dev). A node that waits is approved with `meridian node approve`."
+    )]
+    Policy {
+        /// The cluster: REGION/CLUSTER.
+        cluster: String,
+        /// Approve new nodes on arrival (true) or make them wait for `meridian node approve` (false).
+        #[arg(long, action = clap::ArgAction::Set)]
+        auto_approve: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -477,6 +551,41 @@ undo it with `meridian node undrain KEY`."
     /// Undrain a node (platform-admin): it receives new work again.
     #[command(after_help = "Example:\n  meridian node undrain eu-west/gpu-a/node-17")]
     Undrain {
+        /// The node: REGION/CLUSTER/NODE.
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Approve a node (platform-admin): a new node waiting for approval, or one quarantined for reporting
+    /// more than was approved, is approved with what it reports now and receives work.
+    #[command(
+        after_help = "Example:\n  meridian node approve eu-west/gpu-a/node-17\n\n\
+`meridian node list` shows ADMISSION (approved, pending_approval, quarantined, denied) and the REASON."
+    )]
+    Approve {
+        /// The node: REGION/CLUSTER/NODE.
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Deny a node's agent identity (platform-admin): every coordinator refuses it at once and closes its
+    /// connections within seconds; it receives no work.
+    #[command(
+        after_help = "Example:\n  meridian node deny eu-west/gpu-a/node-17 --reason 'disk stolen'\n\n\
+Undo it with `meridian node undeny KEY`."
+    )]
+    Deny {
+        /// The node: REGION/CLUSTER/NODE.
+        key: String,
+        /// Why, for the deny-list and the audit log.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Allow a denied node's agent identity again (platform-admin).
+    #[command(after_help = "Example:\n  meridian node undeny eu-west/gpu-a/node-17")]
+    Undeny {
         /// The node: REGION/CLUSTER/NODE.
         key: String,
         #[command(flatten)]

@@ -91,6 +91,12 @@ impl ApiClient {
                 .ok()
                 .map(|t| t.trim().to_string()),
         };
+        if token.is_some() && !plain_http_allowed(&base)? {
+            return Err(ClientError::Usage(format!(
+                "refusing to send an API key over plain HTTP to {base}: anyone on the path could read it; \
+                 use https:// with --cacert/MERIDIAN_CACERT (plain http:// is only for loopback, e.g. meridian dev)"
+            )));
+        }
         Ok(Self {
             base,
             token,
@@ -156,10 +162,12 @@ impl ApiClient {
             req = req.json(&b);
         }
         let resp = req.send().await.map_err(|e| {
+            // The causes say why (e.g. a server certificate that is not a coordinator's).
+            let detail = error_chain(&e);
             if e.is_connect() || e.is_timeout() {
-                ClientError::Unavailable(format!("{url}: {e}"))
+                ClientError::Unavailable(format!("{url}: {detail}"))
             } else {
-                ClientError::Failed(format!("{url}: {e}"))
+                ClientError::Failed(format!("{url}: {detail}"))
             }
         })?;
         let status = resp.status();
@@ -197,6 +205,40 @@ impl ApiClient {
     }
 }
 
+/// An error and its causes, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
+/// Whether a bearer token may travel to `base` as it is: always over https://, over http:// only to a
+/// loopback host (`localhost`, 127.0.0.0/8, `::1`). Names other than `localhost` are not resolved: a
+/// name that happens to resolve to loopback today is still refused.
+fn plain_http_allowed(base: &str) -> Result<bool, ClientError> {
+    let url = reqwest::Url::parse(base)
+        .map_err(|e| ClientError::Usage(format!("--addr/MERIDIAN_ADDR {base:?}: {e}")))?;
+    if url.scheme() == "https" {
+        return Ok(true);
+    }
+    let Some(host) = url.host_str() else {
+        return Ok(false);
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    Ok(match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => bare.eq_ignore_ascii_case("localhost"),
+    })
+}
+
 fn read_file(path: &Path) -> Result<String, ClientError> {
     std::fs::read_to_string(path)
         .map_err(|e| ClientError::Usage(format!("{}: {e}", path.display())))
@@ -218,4 +260,34 @@ pub fn segment(s: &str) -> String {
 /// Default path of the dev token, for messages.
 pub fn dev_token_path() -> PathBuf {
     PathBuf::from(DEV_TOKEN_FILE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_travel_in_clear_only_to_loopback() {
+        for ok in [
+            "https://10.0.0.1:7070",
+            "https://admin.example.org",
+            "http://127.0.0.1:7070",
+            "http://127.9.9.9:7070",
+            "http://localhost:7070",
+            "http://LOCALHOST",
+            "http://[::1]:7070",
+        ] {
+            assert!(plain_http_allowed(ok).unwrap(), "{ok}");
+        }
+        for refused in [
+            "http://10.0.0.1:7070",
+            "http://admin.example.org:7070",
+            "http://localhost.example.org",
+            "http://[2001:db8::1]:7070",
+            "http://0.0.0.0:7070",
+        ] {
+            assert!(!plain_http_allowed(refused).unwrap(), "{refused}");
+        }
+        assert!(plain_http_allowed("http://").is_err());
+    }
 }

@@ -137,6 +137,11 @@ pub struct FleetSection {
     /// An `unreachable` node silent this much longer becomes `lost`, and its jobs are rescheduled.
     #[serde(default = "default_fleet_lost_after")]
     pub lost_after_ms: u64,
+    /// Approve a node on its first registration when its cluster has no admission policy of its own
+    /// (`meridian cluster policy`). Off by default: a new node waits as `pending_approval` until
+    /// `meridian node approve`. `meridian dev` turns it on.
+    #[serde(default)]
+    pub approve_new_nodes: bool,
 }
 
 impl Default for FleetSection {
@@ -145,6 +150,7 @@ impl Default for FleetSection {
             heartbeat_ms: default_fleet_heartbeat(),
             ttl_ms: default_fleet_ttl(),
             lost_after_ms: default_fleet_lost_after(),
+            approve_new_nodes: false,
         }
     }
 }
@@ -263,6 +269,7 @@ const ENV_KEYS: &[&str] = &[
     "fleet.heartbeat_ms",
     "fleet.ttl_ms",
     "fleet.lost_after_ms",
+    "fleet.approve_new_nodes",
     "jobs.retain_finished_secs",
     "jobs.sweep_secs",
 ];

@@ -196,7 +196,11 @@ pub fn prepare(args: &DevArgs) -> anyhow::Result<CoordinatorConfig> {
                 admin_addr: args.admin_listen.to_string(),
             }],
         },
-        fleet: Default::default(),
+        // The dev cluster approves its node on arrival; production clusters wait for an operator.
+        fleet: crate::config::FleetSection {
+            approve_new_nodes: true,
+            ..Default::default()
+        },
         jobs: Default::default(),
     })
 }

@@ -47,6 +47,17 @@ pub async fn start(
         key: cfg.tls.key.clone(),
     })
     .context("loading TLS material")?;
+    // Peers admit a coordinator only while its certificate names a current member: the certificate must
+    // name this member.
+    let identity = tls.identity();
+    if identity.role() != certs::Role::Coordinator || identity.name() != cfg.name {
+        bail!(
+            "tls.cert names {identity}, but this is coordinator {:?}: issue it a certificate with \
+             `meridian certs issue --role coordinator --name {}`",
+            cfg.name,
+            cfg.name
+        );
+    }
     let keyring = Arc::new(load_keyring(cfg)?);
 
     let bootstrap = if cfg.bootstrap.init {
@@ -90,6 +101,7 @@ pub async fn start(
         fleet: cfg.fleet.timings(),
         jobs: cfg.jobs.retention(),
         keyring: Some(keyring.clone()),
+        approve_new_nodes: cfg.fleet.approve_new_nodes,
     };
     let (coordinator, handle) = Coordinator::start(opts)
         .await

@@ -11,6 +11,7 @@
 //! coordinators are away, nor stop itself for that reason.
 
 mod config;
+mod deny_list;
 pub mod exec;
 mod idle_gpus;
 pub mod inventory;

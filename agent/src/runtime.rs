@@ -14,12 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::pb;
-use protocol::rpc::{Method, RpcClient, RpcServer};
+use protocol::rpc::{Method, PeerTable, RpcClient, RpcServer, ServerOptions};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{IdleGpuConfig, JobsConfig};
+use crate::deny_list::DenyListGate;
 use crate::exec::sandbox::netfilter;
 use crate::exec::{ExecError, JobDefaults, Launcher, LauncherOptions, SandboxOptions};
 use crate::inventory::{self, GpuProbe, InventoryOptions, NodeInventory};
@@ -177,10 +178,14 @@ pub async fn run(mut opts: AgentOptions, shutdown: CancellationToken) -> Result<
         .await
         .map_err(|e| RuntimeError::Task(e.to_string()))??;
     let store = Arc::new(store);
-    let server = RpcServer::bind(
+    // Coordinators on the mesh deny-list are refused by the log server and by the link.
+    let gate = Arc::new(DenyListGate::default());
+    let server = RpcServer::bind_gated(
         opts.listen,
         &opts.tls,
         Arc::new(LogService::new(store.clone())),
+        ServerOptions::default(),
+        gate.clone(),
     )
     .map_err(|source| RuntimeError::Listen {
         addr: opts.listen,
@@ -212,6 +217,7 @@ pub async fn run(mut opts: AgentOptions, shutdown: CancellationToken) -> Result<
         return Err(RuntimeError::Isolation(isolation.problems.join("; ")));
     }
     tracing::info!(isolation = %isolation.status(), "job isolation");
+    let server_peers = server.peers();
     let rpc_addr = match &opts.advertise {
         Some(addr) => addr.clone(),
         None => derived_advertise(server.local_addr(), &opts.coordinators).await,
@@ -219,7 +225,7 @@ pub async fn run(mut opts: AgentOptions, shutdown: CancellationToken) -> Result<
     tracing::info!(%rpc_addr, listen = %server.local_addr(), "agent RPC server ready");
 
     let link = Arc::new(Link::new(
-        RpcClient::new(&opts.tls)?,
+        RpcClient::gated(&opts.tls, &[certs::Role::Coordinator], gate.clone())?,
         name,
         opts.coordinators.clone(),
     ));
@@ -257,6 +263,8 @@ pub async fn run(mut opts: AgentOptions, shutdown: CancellationToken) -> Result<
         interval: opts.heartbeat,
         sequence: 0,
         idle: idle_rx,
+        gate,
+        server_peers,
     };
 
     let stop = shutdown.child_token();
@@ -413,6 +421,10 @@ struct Registration {
     interval: Duration,
     sequence: u64,
     idle: watch::Receiver<Vec<String>>,
+    /// The deny-list, refreshed from registration and heartbeat answers.
+    gate: Arc<DenyListGate>,
+    /// The agent's RPC server connections, re-checked when the deny-list changes.
+    server_peers: PeerTable,
 }
 
 impl Registration {
@@ -484,6 +496,9 @@ impl Registration {
                 );
                 self.set_interval(ack.heartbeat_interval_ms);
                 self.link.set_lease(ack.lease_epoch);
+                if let Some(list) = ack.deny_list {
+                    self.gate.update(list, &self.server_peers);
+                }
                 true
             }
             Err(e) => {
@@ -509,6 +524,7 @@ impl Registration {
             sequence: self.sequence,
             allocatable: Some(self.resources.clone()),
             idle_gpus: self.idle.borrow().clone(),
+            deny_list_version: self.gate.version(),
         };
         match self
             .link
@@ -517,6 +533,9 @@ impl Registration {
         {
             Ok(ack) => {
                 self.set_interval(ack.heartbeat_interval_ms);
+                if let Some(list) = ack.deny_list {
+                    self.gate.update(list, &self.server_peers);
+                }
                 if ack.lease_epoch > epoch {
                     tracing::info!(
                         ours = epoch,

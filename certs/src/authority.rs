@@ -27,6 +27,11 @@ use crate::verify::CaTrust;
 
 /// Default lifetime of a leaf certificate.
 pub const DEFAULT_LEAF_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
+/// The longest a leaf may live unless the issuer allows more (a year and a month, the CA/Browser Forum's
+/// limit for server certificates): a stolen key is useful for at most this long.
+pub const DEFAULT_MAX_LEAF_LIFETIME: Duration = Duration::from_secs(397 * 24 * 60 * 60);
+/// The longest a leaf may ever live, whatever the issuer allows.
+pub const LEAF_LIFETIME_HARD_CAP: Duration = Duration::from_secs(825 * 24 * 60 * 60);
 /// Default lifetime of a CA certificate (ten years).
 pub const DEFAULT_CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
 /// Certificates start this long before "now", so peers whose clocks lag a little accept them at once.
@@ -270,6 +275,21 @@ impl CertificateAuthority {
             return Err(CertError::Invalid(
                 "leaf lifetime must be longer than zero".into(),
             ));
+        }
+        if req.lifetime > LEAF_LIFETIME_HARD_CAP {
+            return Err(CertError::Invalid(format!(
+                "leaf lifetime of {} days exceeds the hard cap of {} days",
+                req.lifetime.as_secs() / 86_400,
+                LEAF_LIFETIME_HARD_CAP.as_secs() / 86_400
+            )));
+        }
+        let role = req.identity.role();
+        let names_hosts = !req.dns_names.is_empty() || !req.ip_addresses.is_empty();
+        if names_hosts && !role.may_name_hosts() {
+            return Err(CertError::Invalid(format!(
+                "a {role} certificate may not carry DNS or IP SANs (only coordinators and gateways serve \
+                 HTTPS under a host name)"
+            )));
         }
         let now = SystemTime::now();
         let (not_before, not_after) = match req.not_before {
@@ -534,6 +554,45 @@ mod tests {
         let mut hand_made = LeafRequest::new(id, DEFAULT_LEAF_LIFETIME);
         hand_made.identity.trust_domain = "Example.org".into();
         assert!(ca.issue(&hand_made).is_err());
+    }
+
+    #[test]
+    fn lifetimes_are_capped_and_host_names_are_for_servers_only() {
+        let ca = CertificateAuthority::generate("example.org", DEFAULT_CA_LIFETIME).unwrap();
+        let coordinator = Identity::coordinator("example.org", "c1").unwrap();
+        let at_cap = LeafRequest::new(coordinator.clone(), LEAF_LIFETIME_HARD_CAP);
+        assert!(ca.issue(&at_cap).is_ok());
+        let over = LeafRequest::new(
+            coordinator.clone(),
+            LEAF_LIFETIME_HARD_CAP + Duration::from_secs(1),
+        );
+        let err = ca.issue(&over).unwrap_err();
+        assert!(err.to_string().contains("hard cap"), "{err}");
+
+        let agent = Identity::agent("example.org", "eu", "a", "n1").unwrap();
+        let operator = Identity::operator("example.org", "alice").unwrap();
+        for id in [agent, operator] {
+            let dns =
+                LeafRequest::new(id.clone(), DEFAULT_LEAF_LIFETIME).with_dns_name("node.example");
+            let err = ca.issue(&dns).unwrap_err();
+            assert!(
+                err.to_string().contains("may not carry DNS or IP SANs"),
+                "{err}"
+            );
+            let ip = LeafRequest::new(id.clone(), DEFAULT_LEAF_LIFETIME)
+                .with_ip_address("10.0.0.1".parse().unwrap());
+            assert!(ca.issue(&ip).is_err());
+            assert!(ca
+                .issue(&LeafRequest::new(id, DEFAULT_LEAF_LIFETIME))
+                .is_ok());
+        }
+        let gateway = Identity::gateway("example.org", "eu", "gw").unwrap();
+        for id in [coordinator, gateway] {
+            let req = LeafRequest::new(id, DEFAULT_LEAF_LIFETIME)
+                .with_dns_name("api.example.org")
+                .with_ip_address("10.0.0.1".parse().unwrap());
+            assert!(ca.issue(&req).is_ok());
+        }
     }
 
     #[test]

@@ -70,6 +70,13 @@ pub enum CertError {
     /// Generating a key or signing a certificate failed.
     #[error("certificate generation failed: {0}")]
     Generate(String),
+    /// The peer's identity has a role that is not accepted here (e.g. an admin API server that is not a
+    /// coordinator).
+    #[error("certificate names {identity}, which is not a {expected}")]
+    WrongRole {
+        identity: String,
+        expected: &'static str,
+    },
     /// Building a rustls configuration failed.
     #[error("TLS configuration: {0}")]
     Tls(String),

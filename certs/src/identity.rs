@@ -42,6 +42,13 @@ impl Role {
         Role::Operator,
     ];
 
+    /// Whether certificates of this role may carry DNS or IP address SANs: only the processes that serve
+    /// HTTPS to clients checking a host name (coordinators' admin API, gateways). An agent or operator
+    /// certificate that also named a host could be presented as that host's server.
+    pub fn may_name_hosts(self) -> bool {
+        matches!(self, Role::Coordinator | Role::Gateway)
+    }
+
     /// The lowercase name used in URIs, configs and the CLI.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -20,6 +20,7 @@ mod verify;
 
 pub use authority::{
     CertificateAuthority, IssuedLeaf, LeafRequest, DEFAULT_CA_LIFETIME, DEFAULT_LEAF_LIFETIME,
+    DEFAULT_MAX_LEAF_LIFETIME, LEAF_LIFETIME_HARD_CAP,
 };
 pub use error::CertError;
 pub use identity::{validate_trust_domain, Identity, IdentityKind, Role};

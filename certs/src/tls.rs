@@ -2,13 +2,13 @@
 //!
 //! Owns `TlsPaths`, `TlsIdentity` (our CA plus our own reloading certificate) and the configurations built
 //! from it: mutual TLS 1.3 for the QUIC mesh, server-only TLS for the HTTPS admin API, and the CLI's HTTPS
-//! client rooted only at our CA. Every configuration names the ring provider explicitly. Nothing here
+//! client rooted only at our CA, which accepts only a coordinator's certificate. Every configuration names the ring provider explicitly. Nothing here
 //! decides what an authenticated peer may do.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rustls::client::Resumption;
+use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::server::NoServerSessionStorage;
 use rustls::version::TLS13;
@@ -21,7 +21,7 @@ use crate::identity::Identity;
 use crate::inspect::certs_from_pem;
 use crate::provider::ring_provider;
 use crate::reload::{load_pair, PairFiles, ReloadingCertResolver};
-use crate::verifier::{MeshClientVerifier, MeshServerVerifier};
+use crate::verifier::{AdminServerVerifier, MeshClientVerifier, MeshServerVerifier};
 use crate::verify::CaTrust;
 
 /// Paths of a process's TLS material.
@@ -172,18 +172,28 @@ impl TlsIdentity {
     }
 }
 
-/// An HTTPS client configuration with ordinary host-name verification, trusting only the CA
-/// certificate(s) in `ca_pem` (for the CLI talking to the admin API).
+/// An HTTPS client configuration for the CLI talking to the admin API: ordinary host-name verification
+/// against the CA certificate(s) in `ca_pem` only, and in addition the server's certificate must name a
+/// coordinator of the CA's trust domain. Any other certificate of the CA — an agent's, a gateway's, an
+/// operator's, even one whose DNS or IP SANs match the address — is refused, so a stolen non-coordinator
+/// key cannot impersonate the admin API and collect bearer tokens.
 pub fn https_client_config(ca_pem: &str) -> Result<ClientConfig, CertError> {
+    let trust = CaTrust::from_pem(ca_pem)?;
     let mut roots = RootCertStore::empty();
     for cert in certs_from_pem(ca_pem)? {
         roots
             .add(cert)
             .map_err(|e| CertError::Tls(format!("CA certificate not usable as a root: {e}")))?;
     }
-    Ok(ClientConfig::builder_with_provider(ring_provider())
+    let provider = ring_provider();
+    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| CertError::Tls(e.to_string()))?;
+    let verifier = AdminServerVerifier::new(webpki, trust.trust_domain().to_string());
+    Ok(ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| CertError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth())
 }

@@ -1,7 +1,9 @@
 //! rustls certificate verifiers for Meridian's mutual TLS.
 //!
-//! Owns `MeshClientVerifier` (server side: a client certificate is mandatory) and `MeshServerVerifier`
-//! (client side: the server name is ignored, the peer must instead pass the full `verify_leaf` check).
+//! Owns `MeshClientVerifier` (server side: a client certificate is mandatory), `MeshServerVerifier`
+//! (client side: the server name is ignored, the peer must instead pass the full `verify_leaf` check) and
+//! `AdminServerVerifier` (the CLI's HTTPS: host-name verification by webpki, and the certificate must name
+//! a coordinator).
 //! Both verify handshake signatures with the ring provider's algorithms. They decide *who* a peer is,
 //! never *what* it may do: authorization by role belongs to the RPC layer.
 
@@ -15,8 +17,11 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
 };
 
+use rustls::client::WebPkiServerVerifier;
+
 use crate::error::CertError;
-use crate::verify::{verify_leaf, CaTrust};
+use crate::identity::Role;
+use crate::verify::{peer_identity, verify_leaf, CaTrust};
 
 /// Verifies client certificates of the mesh: mandatory, and only ours.
 #[derive(Debug)]
@@ -183,5 +188,84 @@ impl ServerCertVerifier for MeshServerVerifier {
 
     fn root_hint_subjects(&self) -> Option<&[DistinguishedName]> {
         Some(self.trust.subjects())
+    }
+}
+
+/// Verifies the admin API's server certificate for the CLI: webpki's host-name and chain checks against our
+/// CA, then the leaf's single URI SAN must be a coordinator of our trust domain.
+#[derive(Debug)]
+pub(crate) struct AdminServerVerifier {
+    webpki: Arc<WebPkiServerVerifier>,
+    trust_domain: String,
+}
+
+impl AdminServerVerifier {
+    pub(crate) fn new(webpki: Arc<WebPkiServerVerifier>, trust_domain: String) -> Self {
+        AdminServerVerifier {
+            webpki,
+            trust_domain,
+        }
+    }
+}
+
+/// Accepts only a coordinator identity of `trust_domain` in the leaf `end_entity`.
+pub(crate) fn ensure_coordinator(
+    end_entity: &CertificateDer<'_>,
+    trust_domain: &str,
+) -> Result<(), CertError> {
+    let identity = peer_identity(std::slice::from_ref(end_entity), trust_domain)?;
+    if identity.role() == Role::Coordinator {
+        Ok(())
+    } else {
+        Err(CertError::WrongRole {
+            identity: identity.uri(),
+            expected: "coordinator",
+        })
+    }
+}
+
+impl ServerCertVerifier for AdminServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        ensure_coordinator(end_entity, &self.trust_domain).map_err(|e| {
+            tracing::debug!(error = %e, "admin API certificate refused");
+            to_rustls_error(e)
+        })?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
     }
 }

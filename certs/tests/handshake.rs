@@ -195,6 +195,40 @@ fn https_admin_api_checks_the_host_name_against_our_ca_only() {
 }
 
 #[test]
+fn https_admin_api_must_be_a_coordinator() {
+    let ca = ca();
+    // A gateway may carry host names, and this one names the admin API's host: still not a coordinator.
+    let gateway = Identity::gateway(TD, "eu", "gw1").unwrap();
+    let issued = ca
+        .issue(
+            &LeafRequest::new(gateway.clone(), certs::DEFAULT_LEAF_LIFETIME)
+                .with_dns_name("admin.example.org")
+                .with_ip_address("127.0.0.1".parse().unwrap()),
+        )
+        .unwrap();
+    let server = TlsIdentity::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap();
+    let client = std::sync::Arc::new(https_client_config(ca.cert_pem()).unwrap());
+    for name in ["admin.example.org", "127.0.0.1"] {
+        let err = handshake(
+            client.clone(),
+            server.tls_server_config(&[b"http/1.1"]),
+            name,
+        )
+        .map(|_| ())
+        .unwrap_err();
+        let HandshakeError::Client(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Other(inner),
+        )) = &err
+        else {
+            panic!("expected the client to refuse the gateway, got {err:?}");
+        };
+        let message = inner.to_string();
+        assert!(message.contains(&gateway.uri()), "{message}");
+        assert!(message.contains("not a coordinator"), "{message}");
+    }
+}
+
+#[test]
 fn install_crypto_provider_is_idempotent() {
     certs::install_crypto_provider();
     certs::install_crypto_provider();

@@ -31,10 +31,13 @@ pub(crate) struct DispatchTimings {
     pub(crate) tick: Duration,
 }
 
-/// The scheduler's view of a registered node. A ready node an operator drains is `Draining` (no new
-/// work); an unreachable or lost one stays what it is.
-fn node_view(node: &crate::state::NodeRecord) -> NodeView {
+/// The scheduler's view of a registered node. A ready node that is not admitted (pending approval,
+/// quarantined, or whose agent identity is denied) is `NotAdmitted`, and one an operator drains is
+/// `Draining`: neither gets new work; an unreachable or lost one stays what it is.
+fn node_view(state: &RegistryState, node: &crate::state::NodeRecord) -> NodeView {
+    let admitted = node.admitted() && !state.node_denied(&node.key);
     let health = match node.health {
+        NodeHealthState::Ready if !admitted => NodeHealth::NotAdmitted,
         NodeHealthState::Ready if node.draining => NodeHealth::Draining,
         NodeHealthState::Ready => NodeHealth::Ready,
         NodeHealthState::Unreachable => NodeHealth::Unreachable,
@@ -106,7 +109,7 @@ pub(crate) fn plan(state: &RegistryState) -> Vec<PlacementOp> {
     let by_id: HashMap<&str, &JobRecord> = pending.iter().map(|j| (j.id.as_str(), *j)).collect();
     let active: HashMap<&str, &JobRecord> =
         state.active_jobs().map(|j| (j.id.as_str(), j)).collect();
-    let nodes = state.nodes().map(node_view);
+    let nodes = state.nodes().map(|n| node_view(state, n));
     let allocations = active.values().flat_map(|j| allocations(j));
     let mut scheduler = match Scheduler::new(nodes, allocations) {
         Ok(s) => s,
@@ -284,6 +287,7 @@ mod tests {
                     held: Vec::new(),
                     os: String::new(),
                     limit_mode: String::new(),
+                    admit_new: None,
                 },
             );
             assert!(out.is_ok(), "{out:?}");
@@ -482,7 +486,7 @@ mod tests {
         let mut s = fleet();
         let key = "eu/eu1/eu-a1";
         set_draining(&mut s, key, true);
-        let view = |s: &RegistryState| node_view(s.node(key).expect("node")).health;
+        let view = |s: &RegistryState| node_view(s, s.node(key).expect("node")).health;
         assert_eq!(view(&s), NodeHealth::Draining);
         let epoch = s.node(key).expect("node").lease_epoch;
         let out = apply(

@@ -21,8 +21,9 @@ use crate::crypto::{self, MasterKeyring};
 use crate::node::{Handle, WeakHandle, WriteError};
 use crate::scheduler::GpuDevice;
 use crate::state::{
-    node_key, secret_binds_job, Actor, Attempt, AuditOutcome, Command, DomainError, HeldAttempt,
-    JobEventKind, JobEventOp, JobRecord, NodeHealthState, NodeRecord, Op, Outcome, RegistryState,
+    node_key, secret_binds_job, Actor, Attempt, AuditOutcome, Command, DenyKind, DomainError,
+    HeldAttempt, JobEventKind, JobEventOp, JobRecord, NodeHealthState, NodeRecord, Op, Outcome,
+    RegistryState,
 };
 
 /// Timings of the fleet: how often agents beat, and how long silence lasts before a node changes health.
@@ -113,15 +114,23 @@ pub(crate) struct Fleet {
     handle: OnceLock<WeakHandle>,
     /// Opens the secrets bound to jobs when their assignments are handed over.
     keyring: Option<Arc<MasterKeyring>>,
+    /// Whether a node never seen before is approved on arrival when its cluster has no policy (stamped
+    /// into its registration).
+    approve_new_nodes: bool,
 }
 
 impl Fleet {
-    pub(crate) fn new(timings: FleetTimings, keyring: Option<Arc<MasterKeyring>>) -> Arc<Self> {
+    pub(crate) fn new(
+        timings: FleetTimings,
+        keyring: Option<Arc<MasterKeyring>>,
+        approve_new_nodes: bool,
+    ) -> Arc<Self> {
         Arc::new(Self {
             timings,
             liveness: Liveness::default(),
             handle: OnceLock::new(),
             keyring,
+            approve_new_nodes,
         })
     }
 
@@ -163,7 +172,7 @@ impl Fleet {
         let handle = self
             .admit(&ctx, &req.region, &req.cluster, &req.node, "node.register")
             .await?;
-        let op = registration_op(req)?;
+        let op = registration_op(req, self.approve_new_nodes)?;
         let cmd = Command::new(now_ms(), agent_actor(&ctx), op);
         let node = match handle.write(cmd).await {
             Ok(Outcome::Node { node }) => node,
@@ -172,10 +181,21 @@ impl Fleet {
             Err(e) => return Err(RpcStatus::unavailable(e.to_string())),
         };
         self.liveness.heard(&node.key, Instant::now());
-        tracing::info!(node = %node.key, lease_epoch = node.lease_epoch, "node registered");
+        if node.admitted() {
+            tracing::info!(node = %node.key, lease_epoch = node.lease_epoch, "node registered");
+        } else {
+            tracing::warn!(
+                node = %node.key,
+                lease_epoch = node.lease_epoch,
+                admission = node.admission.as_str(),
+                reason = %node.admission_reason,
+                "node registered but not admitted: it receives no new work until an operator approves it"
+            );
+        }
         Ok(encode_message(&pb::NodeRegistrationAck {
             lease_epoch: node.lease_epoch,
             heartbeat_interval_ms: self.interval_ms(),
+            deny_list: Some(handle.read(deny_list)),
         }))
     }
 
@@ -223,9 +243,12 @@ impl Fleet {
                 tracing::debug!(node = %key, error = %e, "idle GPUs not recorded");
             }
         }
+        let deny_list =
+            handle.read(|s| (s.deny_list_version() != req.deny_list_version).then(|| deny_list(s)));
         Ok(encode_message(&pb::HeartbeatAck {
             lease_epoch,
             heartbeat_interval_ms: self.interval_ms(),
+            deny_list,
         }))
     }
 }
@@ -361,8 +384,9 @@ fn current_lease(handle: &Handle, key: &str, lease_epoch: u64) -> Result<(), Rpc
     }
 }
 
-/// The registration command, with the agent's input bounded.
-fn registration_op(req: pb::NodeRegistration) -> Result<Op, RpcStatus> {
+/// The registration command, with the agent's input bounded. What the agent reports is not trusted: the
+/// state machine compares it with what was approved for the node and quarantines it when it reports more.
+fn registration_op(req: pb::NodeRegistration, admit_new: bool) -> Result<Op, RpcStatus> {
     let resources = req.resources.unwrap_or_default();
     if resources.gpus.len() > MAX_GPUS {
         return Err(RpcStatus::invalid_argument(format!(
@@ -421,7 +445,24 @@ fn registration_op(req: pb::NodeRegistration) -> Result<Op, RpcStatus> {
             .collect(),
         os: req.os,
         limit_mode: req.limit_mode,
+        admit_new: Some(admit_new),
     })
+}
+
+/// The deny-list as agents receive it (for their own RPC server, which coordinators call).
+fn deny_list(state: &RegistryState) -> pb::DenyList {
+    let mut list = pb::DenyList {
+        version: state.deny_list_version(),
+        identities: Vec::new(),
+        serials: Vec::new(),
+    };
+    for entry in state.denied_identities() {
+        match entry.kind {
+            DenyKind::Identity => list.identities.push(entry.value.clone()),
+            DenyKind::Serial => list.serials.push(entry.value.clone()),
+        }
+    }
+    list
 }
 
 fn valid_host_port(addr: &str) -> bool {
@@ -695,6 +736,9 @@ mod tests {
             idle_gpus: Vec::new(),
             assign_version: 0,
             draining: false,
+            admission: Default::default(),
+            admission_reason: String::new(),
+            approved: None,
         }
     }
 

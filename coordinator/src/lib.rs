@@ -7,6 +7,7 @@ pub mod crypto;
 pub(crate) mod dispatch;
 pub mod fleet;
 pub(crate) mod janitor;
+pub(crate) mod mesh_gate;
 pub(crate) mod network;
 pub mod node;
 pub(crate) mod proposer;

@@ -18,7 +18,7 @@ use openraft::error::{
 };
 use openraft::{ChangeMembers, RaftMetrics, ServerState, SnapshotPolicy};
 use protocol::pb;
-use protocol::rpc::{Method, RpcClient, RpcError, RpcServer, StatusCode};
+use protocol::rpc::{Method, PeerTable, RpcClient, RpcError, RpcServer, ServerOptions, StatusCode};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::fleet::{Fleet, FleetTimings};
+use crate::mesh_gate::MeshGate;
 use crate::network::NetworkFactory;
 use crate::proposer::Proposer;
 use crate::rpc_service::CoordinatorService;
@@ -99,6 +100,9 @@ pub struct CoordinatorOptions {
     /// The master keyring, to open the secrets a job is bound to when its assignment is handed to its
     /// agent. `None`: jobs that name secrets fail to launch with a clear message.
     pub keyring: Option<Arc<crate::crypto::MasterKeyring>>,
+    /// Whether a node new to a cluster without an admission policy is approved on arrival (`false`: it
+    /// waits as `pending_approval` for `ApproveNode`). Development setups approve; production does not.
+    pub approve_new_nodes: bool,
 }
 
 /// One member as the cluster-status view shows it.
@@ -235,9 +239,14 @@ struct NodeInner {
     /// Calls to agents (log reads): accepts only agent identities as servers.
     agent_client: RpcClient,
     raft_addr: SocketAddr,
+    /// The trust domain of this coordinator's certificate (every mesh identity's).
+    trust_domain: String,
+    /// The mesh server's open connections.
+    peers: PeerTable,
     deadlines: Deadlines,
     server_stop: CancellationToken,
     server_task: Mutex<Option<JoinHandle<()>>>,
+    deny_watch_task: Mutex<Option<JoinHandle<()>>>,
     monitor_task: Mutex<Option<JoinHandle<()>>>,
     dispatch_task: Mutex<Option<JoinHandle<()>>>,
     janitor_task: Mutex<Option<JoinHandle<()>>>,
@@ -333,8 +342,11 @@ impl Coordinator {
         let committed = log_store.committed();
         let store_closed = log_store.closed_signal();
 
-        let client = RpcClient::new(&opts.tls).map_err(|e| StartError::Network(e.to_string()))?;
-        let agent_client = RpcClient::with_server_roles(&opts.tls, &[certs::Role::Agent])
+        // Peers this coordinator calls must not be on the deny-list either.
+        let client_gate = Arc::new(MeshGate::deny_list_only(state.clone()));
+        let client = RpcClient::gated(&opts.tls, &[certs::Role::Coordinator], client_gate.clone())
+            .map_err(|e| StartError::Network(e.to_string()))?;
+        let agent_client = RpcClient::gated(&opts.tls, &[certs::Role::Agent], client_gate)
             .map_err(|e| StartError::Network(e.to_string()))?;
         // A peer that was down is retried at least once per minimum election timeout, so a restarted member
         // hears from the leader before its own election timer (lease + timeout) runs out.
@@ -355,7 +367,7 @@ impl Coordinator {
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
         let deadlines = Deadlines::from_timings(&opts.timings);
-        let fleet = Fleet::new(opts.fleet, opts.keyring.clone());
+        let fleet = Fleet::new(opts.fleet, opts.keyring.clone(), opts.approve_new_nodes);
         let proposer = Proposer::start(raft.clone());
         let service = Arc::new(CoordinatorService::new(
             opts.node_id,
@@ -364,7 +376,14 @@ impl Coordinator {
             deadlines.membership,
             fleet.clone(),
         ));
-        let server = match RpcServer::bind(opts.raft_listen, &opts.tls, service) {
+        let gate = Arc::new(MeshGate::new(state.clone(), raft.clone()));
+        let server = match RpcServer::bind_gated(
+            opts.raft_listen,
+            &opts.tls,
+            service,
+            ServerOptions::default(),
+            gate,
+        ) {
             Ok(server) => server,
             Err(e) => {
                 stop_raft(&raft).await;
@@ -373,7 +392,14 @@ impl Coordinator {
         };
         let raft_addr = server.local_addr();
         let server_stop = CancellationToken::new();
+        let peers = server.peers();
         let server_task = tokio::spawn(server.run(server_stop.clone()));
+        let deny_watch_task = tokio::spawn(crate::mesh_gate::watch_deny_list(
+            raft.clone(),
+            state.clone(),
+            peers.clone(),
+            server_stop.clone(),
+        ));
         let monitor_task = tokio::spawn(crate::fleet::run_monitor(
             fleet.clone(),
             server_stop.clone(),
@@ -393,9 +419,12 @@ impl Coordinator {
                 proposer,
                 agent_client,
                 raft_addr,
+                trust_domain: opts.tls.trust_domain().to_owned(),
+                peers,
                 deadlines,
                 server_stop,
                 server_task: Mutex::new(Some(server_task)),
+                deny_watch_task: Mutex::new(Some(deny_watch_task)),
                 monitor_task: Mutex::new(Some(monitor_task)),
                 dispatch_task: Mutex::new(None),
                 janitor_task: Mutex::new(None),
@@ -935,6 +964,16 @@ impl Handle {
         self.inner.raft_addr
     }
 
+    /// The trust domain every mesh identity of this coordinator group belongs to.
+    pub fn trust_domain(&self) -> &str {
+        &self.inner.trust_domain
+    }
+
+    /// The mesh server's open connections (to count or re-check them).
+    pub fn mesh_connections(&self) -> PeerTable {
+        self.inner.peers.clone()
+    }
+
     /// Adds a member (as learner, then voter when `voter`); forwarded to the leader.
     pub async fn add_member(
         &self,
@@ -1025,6 +1064,17 @@ impl Handle {
         if let Some(task) = server_task {
             if let Err(e) = task.await {
                 tracing::warn!(error = %e, "RPC server task failed");
+            }
+        }
+        let deny_watch_task = self
+            .inner
+            .deny_watch_task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = deny_watch_task {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "deny-list watcher failed");
             }
         }
         let monitor_task = self

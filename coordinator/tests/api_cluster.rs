@@ -61,6 +61,7 @@ async fn start_member(
         fleet: Default::default(),
         jobs: Default::default(),
         keyring: None,
+        approve_new_nodes: false,
     })
     .await?;
     let api = AdminApi::bind(AdminApiOptions {

@@ -410,3 +410,85 @@ async fn shutdown_closes_open_connections_and_stops_accepting() -> anyhow::Resul
     api.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn grpc_identity_service_matches_rest() -> anyhow::Result<()> {
+    let api = start().await?;
+    let ch = channel(api.addr).await?;
+    let admin = api.admin_token.clone();
+    let mut identities = pb::identity_service_client::IdentityServiceClient::new(ch.clone());
+    let selector = |serial: &str| pb::IdentitySelector {
+        serial: serial.into(),
+        ..Default::default()
+    };
+
+    let entry = identities
+        .deny_identity(authed(
+            pb::DenyIdentityRequest {
+                selector: Some(selector("0A:bc")),
+                reason: "lost".into(),
+            },
+            &admin,
+            None,
+        )?)
+        .await?
+        .into_inner();
+    assert_eq!(entry.id, "serial:0abc");
+    assert_eq!(entry.kind, "serial");
+    let rest = api.get("/v1/denied-identities").send().await?;
+    assert_eq!(rest.body["items"][0]["id"], json!("serial:0abc"));
+
+    let duplicate = identities
+        .deny_identity(authed(
+            pb::DenyIdentityRequest {
+                selector: Some(selector("0abc")),
+                reason: String::new(),
+            },
+            &admin,
+            None,
+        )?)
+        .await
+        .expect_err("duplicate");
+    assert_eq!(duplicate.code(), Code::AlreadyExists);
+    let empty = identities
+        .deny_identity(authed(pb::DenyIdentityRequest::default(), &admin, None)?)
+        .await
+        .expect_err("no selector");
+    assert_eq!(empty.code(), Code::InvalidArgument);
+
+    let (padmin, _, _) = api.create_key("default", "lead", "project-admin").await?;
+    let forbidden = identities
+        .list_denied_identities(authed(
+            pb::ListDeniedIdentitiesRequest::default(),
+            &padmin,
+            None,
+        )?)
+        .await
+        .expect_err("project admin");
+    assert_eq!(forbidden.code(), Code::PermissionDenied);
+
+    let listed = identities
+        .list_denied_identities(authed(
+            pb::ListDeniedIdentitiesRequest::default(),
+            &admin,
+            None,
+        )?)
+        .await?
+        .into_inner();
+    assert_eq!(listed.items.len(), 1);
+    let removed = identities
+        .allow_identity(authed(
+            pb::AllowIdentityRequest {
+                selector: Some(selector("0abc")),
+            },
+            &admin,
+            None,
+        )?)
+        .await?
+        .into_inner();
+    assert_eq!(removed.id, "serial:0abc");
+    let rest = api.get("/v1/denied-identities").send().await?;
+    assert_eq!(rest.body["items"], json!([]));
+    api.stop().await;
+    Ok(())
+}

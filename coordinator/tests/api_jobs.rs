@@ -817,6 +817,7 @@ async fn register_unreachable_node(
         held: Vec::new(),
         os: "Linux test".into(),
         limit_mode: "rlimits".into(),
+        admit_new: None,
     };
     api.handle
         .write(Command::new(now_ms(), Actor::system(), register))

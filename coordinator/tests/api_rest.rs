@@ -889,6 +889,7 @@ async fn nodes_are_listed_for_platform_admins_only() -> anyhow::Result<()> {
                     held: Vec::new(),
                     os: String::new(),
                     limit_mode: String::new(),
+                    admit_new: None,
                 },
             ))
             .await?;
@@ -934,6 +935,7 @@ async fn platform_admins_drain_and_undrain_nodes() -> anyhow::Result<()> {
                 held: Vec::new(),
                 os: String::new(),
                 limit_mode: String::new(),
+                admit_new: None,
             },
         ))
         .await?;
@@ -996,6 +998,198 @@ async fn platform_admins_drain_and_undrain_nodes() -> anyhow::Result<()> {
         actions.contains(&"node.drain") && actions.contains(&"node.undrain"),
         "{actions:?}"
     );
+    api.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn platform_admins_deny_identities_and_admit_nodes() -> anyhow::Result<()> {
+    use coordinator::state::{Actor, Command, Op};
+    let api = start().await?;
+    api.handle
+        .write(Command::new(
+            1_700_000_000_000,
+            Actor::system(),
+            Op::RegisterNode {
+                region: "eu".into(),
+                cluster: "eu1".into(),
+                node: "eu-a1".into(),
+                cpu_cores: 16,
+                memory_bytes: 1 << 34,
+                gpu_count: 0,
+                agent_version: "test".into(),
+                gpus: Vec::new(),
+                labels: Default::default(),
+                rpc_addr: String::new(),
+                held: Vec::new(),
+                os: String::new(),
+                limit_mode: String::new(),
+                admit_new: Some(false),
+            },
+        ))
+        .await?;
+    let agent_uri = format!(
+        "spiffe://{}/region/eu/cluster/eu1/agent/eu-a1",
+        api_common::TRUST_DOMAIN
+    );
+
+    // Project roles may neither read nor change the deny-list, admissions or policies.
+    let (padmin, _, _) = api.create_key("default", "lead", "project-admin").await?;
+    for (method, path, body) in [
+        ("GET", "/v1/denied-identities", None),
+        (
+            "POST",
+            "/v1/denied-identities",
+            Some(json!({ "node": "eu/eu1/eu-a1" })),
+        ),
+        (
+            "POST",
+            "/v1/denied-identities:remove",
+            Some(json!({ "node": "eu/eu1/eu-a1" })),
+        ),
+        ("POST", "/v1/nodes/eu/eu1/eu-a1:approve", None),
+        (
+            "POST",
+            "/v1/clusters/eu/eu1/policy",
+            Some(json!({ "auto_approve": true })),
+        ),
+    ] {
+        let call = api.request(method.parse()?, path).token(&padmin);
+        let call = match body {
+            Some(b) => call.json(b),
+            None => call,
+        };
+        let refused = call.send().await?;
+        assert_eq!(refused.status, 403, "{method} {path}: {:?}", refused.body);
+    }
+
+    let denied = api
+        .post("/v1/denied-identities")
+        .json(json!({ "node": "eu/eu1/eu-a1", "reason": "disk stolen" }))
+        .send()
+        .await?;
+    assert_eq!(denied.status, 201, "{:?}", denied.body);
+    assert_eq!(denied.str("/id"), format!("identity:{agent_uri}"));
+    assert_eq!(denied.str("/kind"), "identity");
+    assert_eq!(denied.str("/reason"), "disk stolen");
+    let again = api
+        .post("/v1/denied-identities")
+        .json(json!({ "identity": agent_uri }))
+        .send()
+        .await?;
+    assert_eq!(again.status, 409, "{:?}", again.body);
+    let serial = api
+        .post("/v1/denied-identities")
+        .json(json!({ "serial": "4A:0B:FF" }))
+        .send()
+        .await?;
+    assert_eq!(serial.status, 201, "{:?}", serial.body);
+    assert_eq!(serial.str("/value"), "4a0bff");
+
+    for (body, field) in [
+        (json!({}), "identity"),
+        (
+            json!({ "serial": "01", "node": "eu/eu1/eu-a1" }),
+            "identity",
+        ),
+        (
+            json!({ "identity": "spiffe://elsewhere.example/coordinator/c1" }),
+            "identity",
+        ),
+        (json!({ "identity": "not a uri" }), "identity"),
+        (json!({ "serial": "xyz" }), "serial"),
+        (json!({ "node": "eu/eu1" }), "node"),
+        (json!({ "node": "eu/eu1/eu-a1", "role": "x" }), "role"),
+    ] {
+        let bad = api
+            .post("/v1/denied-identities")
+            .json(body.clone())
+            .send()
+            .await?;
+        assert_eq!(bad.status, 400, "{body}: {:?}", bad.body);
+        assert!(
+            bad.error_message().contains(field),
+            "{body}: {:?}",
+            bad.body
+        );
+    }
+
+    let listed = api.get("/v1/denied-identities").send().await?;
+    assert_eq!(listed.status, 200, "{:?}", listed.body);
+    assert_eq!(listed.body["items"].as_array().map(Vec::len), Some(2));
+    let nodes = api.get("/v1/nodes").send().await?;
+    assert_eq!(nodes.body["items"][0]["denied"], json!(true));
+    assert_eq!(nodes.str("/items/0/admission"), "pending_approval");
+    assert!(nodes
+        .str("/items/0/admission_reason")
+        .contains("waiting for an operator"));
+
+    let allowed = api
+        .post("/v1/denied-identities:remove")
+        .json(json!({ "node": "eu/eu1/eu-a1" }))
+        .send()
+        .await?;
+    assert_eq!(allowed.status, 200, "{:?}", allowed.body);
+    let gone = api
+        .post("/v1/denied-identities:remove")
+        .json(json!({ "node": "eu/eu1/eu-a1" }))
+        .send()
+        .await?;
+    assert_eq!(gone.status, 404, "{:?}", gone.body);
+
+    let approved = api.post("/v1/nodes/eu/eu1/eu-a1:approve").send().await?;
+    assert_eq!(approved.status, 200, "{:?}", approved.body);
+    assert_eq!(approved.str("/admission"), "approved");
+    assert_eq!(approved.body["approved"]["cpu_cores"], json!(16));
+    assert_eq!(approved.body["denied"], json!(false));
+    let unknown = api.post("/v1/nodes/eu/eu1/nope:approve").send().await?;
+    assert_eq!(unknown.status, 404, "{:?}", unknown.body);
+
+    let policy = api
+        .post("/v1/clusters/eu/eu1/policy")
+        .json(json!({ "auto_approve": true }))
+        .send()
+        .await?;
+    assert_eq!(policy.status, 200, "{:?}", policy.body);
+    assert_eq!(policy.body["auto_approve"], json!(true));
+    let bad = api
+        .post("/v1/clusters/eu/eu1/policy")
+        .json(json!({ "auto_approve": "yes" }))
+        .send()
+        .await?;
+    assert_eq!(bad.status, 400, "{:?}", bad.body);
+    assert!(
+        bad.error_message().contains("auto_approve"),
+        "{:?}",
+        bad.body
+    );
+
+    // Removing the only voter is refused by Raft; the attempt is audited all the same.
+    let last = api.delete("/v1/cluster/members/1").send().await?;
+    assert!(last.status >= 400, "{:?}", last.body);
+
+    let audit = api.audit_all().await?;
+    let actions: Vec<(String, String)> = audit
+        .iter()
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap_or_default().to_owned(),
+                r["outcome"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    for (action, outcome) in [
+        ("identity.deny", "success"),
+        ("identity.allow", "success"),
+        ("node.approve", "success"),
+        ("cluster.policy", "success"),
+        ("cluster.member.remove", "refused"),
+    ] {
+        assert!(
+            actions.iter().any(|(a, o)| a == action && o == outcome),
+            "no {outcome} {action} in {actions:?}"
+        );
+    }
     api.stop().await;
     Ok(())
 }

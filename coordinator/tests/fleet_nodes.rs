@@ -30,11 +30,11 @@ fn tls_for(
     ca: &certs::CertificateAuthority,
     identity: certs::Identity,
 ) -> anyhow::Result<certs::TlsIdentity> {
-    let leaf = ca.issue(
-        &certs::LeafRequest::new(identity, Duration::from_secs(3_600))
-            .with_dns_name("localhost")
-            .with_ip_address("127.0.0.1".parse()?),
-    )?;
+    // Only coordinators and gateways may carry host names.
+    let leaf = ca.issue(&certs::LeafRequest::new(
+        identity,
+        Duration::from_secs(3_600),
+    ))?;
     Ok(certs::TlsIdentity::from_pem(
         ca.cert_pem(),
         &leaf.cert_pem,
@@ -55,6 +55,11 @@ fn agent_tls(
 }
 
 async fn start() -> anyhow::Result<Fixture> {
+    start_with(true).await
+}
+
+/// A single coordinator; `approve_new_nodes` is its default for clusters without a policy.
+async fn start_with(approve_new_nodes: bool) -> anyhow::Result<Fixture> {
     certs::install_crypto_provider();
     let dir = tempfile::tempdir()?;
     let ca = certs::CertificateAuthority::generate(TRUST_DOMAIN, Duration::from_secs(86_400))?;
@@ -86,6 +91,7 @@ async fn start() -> anyhow::Result<Fixture> {
         },
         jobs: Default::default(),
         keyring: Some(keyring.clone()),
+        approve_new_nodes,
     })
     .await
     .context("starting the coordinator")?;
@@ -574,4 +580,267 @@ async fn wait_job(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A registration of node `eu-a1` with `cpu_cores` CPUs and `labels`.
+fn registration(cpu_cores: u32, labels: &[(&str, &str)]) -> pb::NodeRegistration {
+    pb::NodeRegistration {
+        node: "eu-a1".into(),
+        region: "eu".into(),
+        cluster: "eu1".into(),
+        resources: Some(pb::NodeResources {
+            cpu_cores,
+            memory_bytes: 16 << 30,
+            ..Default::default()
+        }),
+        agent_version: "test".into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        rpc_addr: "127.0.0.1:7443".into(),
+        ..Default::default()
+    }
+}
+
+/// A new node waits for approval and gets no work; approved, it does; reporting more than was approved
+/// (a stolen identity attracting jobs), it is quarantined and gets no new work until approved again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_get_work_only_within_what_was_approved() -> anyhow::Result<()> {
+    use coordinator::scheduler::ResourceRequest;
+    use coordinator::state::{Actor, Command, JobSpec, JobState, NodeAdmission, Op};
+
+    let fx = start_with(false).await?;
+    let token = coordinator::crypto::generate_token(&mut rand::rngs::OsRng).token;
+    coordinator::bootstrap::propose(&fx.handle, &fx.keyring, &token).await?;
+    let project = fx
+        .handle
+        .read(|s| s.default_project_id().map(String::from))
+        .context("default project")?;
+    let addr = fx.handle.raft_addr().to_string();
+    let client = RpcClient::new(&agent_tls(&fx.ca, "eu", "eu1", "eu-a1")?)?;
+    let call = Duration::from_secs(10);
+    let _: pb::NodeRegistrationAck = client
+        .call_message(
+            &addr,
+            Method::AgentRegister,
+            &registration(8, &[("zone", "a")]),
+            call,
+        )
+        .await?;
+    let node = wait_node(&fx.handle, "registered", |_| true).await?;
+    assert_eq!(node.admission, NodeAdmission::PendingApproval);
+
+    let mut spec = JobSpec::new("true");
+    spec.resources = ResourceRequest {
+        cpu_millis: 1_000,
+        ..Default::default()
+    };
+    let submit = |id: &str| {
+        Command::new(
+            1,
+            Actor::system(),
+            Op::SubmitJob {
+                id: id.into(),
+                project_id: project.clone(),
+                spec: spec.clone(),
+            },
+        )
+    };
+    fx.handle.write(submit("job_waits")).await?;
+    let waiting = wait_job(&fx.handle, &project, "job_waits", |j| {
+        j.pending_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("not admitted"))
+    })
+    .await?;
+    assert_eq!(waiting.state, JobState::Pending);
+
+    let approve = Command::new(
+        2,
+        Actor::system(),
+        Op::ApproveNode {
+            key: NODE_KEY.into(),
+        },
+    );
+    fx.handle.write(approve).await?;
+    wait_job(&fx.handle, &project, "job_waits", |j| {
+        j.state == JobState::Scheduled
+    })
+    .await?;
+
+    // The same identity now claims 64 CPUs and a label nobody approved: quarantined, not trusted.
+    let _: pb::NodeRegistrationAck = client
+        .call_message(
+            &addr,
+            Method::AgentRegister,
+            &registration(64, &[("zone", "a"), ("gpu", "h200")]),
+            call,
+        )
+        .await?;
+    let node = wait_node(&fx.handle, "quarantined", |n| {
+        n.admission == NodeAdmission::Quarantined
+    })
+    .await?;
+    assert!(
+        node.admission_reason
+            .contains("64 CPU cores reported, 8 approved"),
+        "{}",
+        node.admission_reason
+    );
+    assert!(
+        node.admission_reason.contains("label gpu=h200"),
+        "{}",
+        node.admission_reason
+    );
+    fx.handle.write(submit("job_after_quarantine")).await?;
+    let job = wait_job(&fx.handle, &project, "job_after_quarantine", |j| {
+        j.pending_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("not admitted"))
+    })
+    .await?;
+    assert_eq!(job.state, JobState::Pending);
+    fx.coordinator.shutdown().await;
+    Ok(())
+}
+
+/// A denied agent identity loses the connection it holds open, without making a call, and cannot open
+/// another; a certificate denied by serial is refused while a renewed one for the same node is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_agent_is_cut_off_and_stays_out() -> anyhow::Result<()> {
+    use coordinator::state::{Actor, Command, DenyKind, Op};
+
+    let fx = start().await?;
+    let addr = fx.handle.raft_addr().to_string();
+    let tls = agent_tls(&fx.ca, "eu", "eu1", "eu-a1")?;
+    let identity = tls.identity();
+    let client = RpcClient::new(&tls)?;
+    let call = Duration::from_secs(10);
+    let ack: pb::NodeRegistrationAck = client
+        .call_message(&addr, Method::AgentRegister, &registration(8, &[]), call)
+        .await?;
+    let mesh = fx.handle.mesh_connections();
+    assert_eq!(mesh.connections_of(&identity), 1);
+    assert_eq!(ack.deny_list.map(|d| d.version), Some(0));
+
+    let deny = Command::new(
+        1,
+        Actor::system(),
+        Op::DenyIdentity {
+            kind: DenyKind::Identity,
+            value: identity.uri(),
+            reason: "stolen".into(),
+        },
+    );
+    fx.handle.write(deny).await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mesh.connections_of(&identity) > 0 {
+        if Instant::now() > deadline {
+            bail!("the denied agent's connection stayed open");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(fx.handle.read(|s| s.node_denied(NODE_KEY)));
+    let beat = pb::Heartbeat {
+        node: "eu-a1".into(),
+        region: "eu".into(),
+        cluster: "eu1".into(),
+        lease_epoch: ack.lease_epoch,
+        ..Default::default()
+    };
+    let again: Result<pb::HeartbeatAck, _> = client
+        .call_message(&addr, Method::AgentHeartbeat, &beat, call)
+        .await;
+    assert!(matches!(again, Err(RpcError::Refused(_))), "{again:?}");
+
+    // By serial: that one certificate is refused, a renewed one for the same node is admitted.
+    let other = agent_tls(&fx.ca, "eu", "eu1", "eu-a2")?;
+    let serial = certs::inspect_der(&other.certificate_chain()[0])?.serial;
+    let other_client = RpcClient::new(&other)?;
+    other_client
+        .call(&addr, Method::Ping, bytes::Bytes::new(), call)
+        .await?;
+    let revoke = Command::new(
+        2,
+        Actor::system(),
+        Op::DenyIdentity {
+            kind: DenyKind::Serial,
+            value: serial,
+            reason: String::new(),
+        },
+    );
+    fx.handle.write(revoke).await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mesh.connections_of(&other.identity()) > 0 {
+        if Instant::now() > deadline {
+            bail!("the revoked certificate's connection stayed open");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = other_client
+        .call(&addr, Method::Ping, bytes::Bytes::new(), call)
+        .await;
+    assert!(matches!(refused, Err(RpcError::Refused(_))), "{refused:?}");
+    let renewed = RpcClient::new(&agent_tls(&fx.ca, "eu", "eu1", "eu-a2")?)?;
+    renewed
+        .call(&addr, Method::Ping, bytes::Bytes::new(), call)
+        .await?;
+    fx.coordinator.shutdown().await;
+    Ok(())
+}
+
+/// The agent's own RPC server (log reads, which coordinators call) refuses a coordinator identity the
+/// moment the deny-list reaches it with a heartbeat, and closes the connection that identity holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_refuses_a_denied_coordinator() -> anyhow::Result<()> {
+    use coordinator::state::{Actor, Command, DenyKind, Op};
+
+    let fx = start().await?;
+    let (stop, task) = spawn_agent(&fx)?;
+    let node = wait_node(&fx.handle, "ready", |n| n.health == NodeHealthState::Ready).await?;
+    let call = Duration::from_secs(5);
+    let rogue_tls = tls_for(&fx.ca, certs::Identity::coordinator(TRUST_DOMAIN, "c9")?)?;
+    let rogue = RpcClient::with_server_roles(&rogue_tls, &[certs::Role::Agent])?;
+    rogue
+        .call(&node.rpc_addr, Method::Ping, bytes::Bytes::new(), call)
+        .await?;
+
+    let deny = Command::new(
+        1,
+        Actor::system(),
+        Op::DenyIdentity {
+            kind: DenyKind::Identity,
+            value: rogue_tls.identity().uri(),
+            reason: "decommissioned".into(),
+        },
+    );
+    fx.handle.write(deny).await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match rogue
+            .call(&node.rpc_addr, Method::Ping, bytes::Bytes::new(), call)
+            .await
+        {
+            Err(RpcError::Refused(_)) => break,
+            other => {
+                if Instant::now() > deadline {
+                    bail!("the agent still serves a denied coordinator: {other:?}");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The coordinators it belongs to are served as before.
+    let honest = RpcClient::with_server_roles(
+        &tls_for(&fx.ca, certs::Identity::coordinator(TRUST_DOMAIN, "c1")?)?,
+        &[certs::Role::Agent],
+    )?;
+    honest
+        .call(&node.rpc_addr, Method::Ping, bytes::Bytes::new(), call)
+        .await?;
+    stop.cancel();
+    task.await??;
+    fx.coordinator.shutdown().await;
+    Ok(())
 }

@@ -171,6 +171,7 @@ impl Cluster {
             fleet: Default::default(),
             jobs: Default::default(),
             keyring: None,
+            approve_new_nodes: false,
         };
         let running = Coordinator::start(opts)
             .await
@@ -480,6 +481,89 @@ async fn fourth_member_is_added_as_voter_and_removed() -> Result<()> {
     drop(newcomer);
     cluster.stop(4).await?;
     write_audited(&leader_handle, "after-removal").await?;
+    cluster.shutdown_all().await
+}
+
+/// Calls `method` on the coordinator at `addr` as `client` and returns the remote refusal's message.
+async fn refused_message(
+    client: &protocol::rpc::RpcClient,
+    addr: &str,
+    method: protocol::rpc::Method,
+    body: bytes::Bytes,
+) -> Result<String> {
+    use protocol::rpc::{RpcError, StatusCode};
+    match client
+        .call(addr, method, body, Duration::from_secs(10))
+        .await
+    {
+        Err(RpcError::Remote(status)) if status.code == StatusCode::PermissionDenied => {
+            Ok(status.message)
+        }
+        other => bail!("{method} was not refused: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_removed_member_is_refused_on_every_coordinator_method() -> Result<()> {
+    use protocol::pb;
+    use protocol::rpc::{encode_message, Method, RpcClient};
+    let _one = ONE_SCENARIO_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::bootstrap(1_000, &[1, 2, 3]).await?;
+    let leader = cluster.agreed_leader(None).await?;
+    let removed = if leader == 3 { 2 } else { 3 };
+    let kept = [1, 2, 3]
+        .into_iter()
+        .find(|id| *id != leader && *id != removed)
+        .ok_or_else(|| anyhow!("no remaining follower"))?;
+    let leader_handle = cluster.handle(leader)?;
+    leader_handle.remove_member(removed).await?;
+    for id in [leader, kept] {
+        cluster
+            .handle(id)?
+            .wait_for(|s| s.members.iter().all(|m| m.id != removed), DEADLINE)
+            .await?;
+    }
+    cluster.stop(removed).await?;
+
+    // The removed member's certificate is still valid: only the membership says it is no longer one of us.
+    let forger = RpcClient::new(&cluster.tls(&format!("c{removed}"))?)?;
+    let forged = serde_json::to_vec(&audit_write("forged-by-removed-member"))?;
+    let forward = encode_message(&pb::ForwardWriteRequest {
+        command: bytes::Bytes::from(forged),
+    });
+    for id in [leader, kept] {
+        let addr = cluster.handle(id)?.raft_addr().to_string();
+        let message =
+            refused_message(&forger, &addr, Method::ForwardWrite, forward.clone()).await?;
+        ensure!(message.contains("not a member"), "{message}");
+        for method in [
+            Method::ReadIndex,
+            Method::RaftVote,
+            Method::RaftAppendEntries,
+            Method::ChangeMembership,
+        ] {
+            refused_message(&forger, &addr, method, bytes::Bytes::new()).await?;
+        }
+    }
+    // A coordinator certificate that was never a member is refused the same way.
+    let stranger = RpcClient::new(&cluster.tls("c9")?)?;
+    let addr = leader_handle.raft_addr().to_string();
+    refused_message(&stranger, &addr, Method::ForwardWrite, forward.clone()).await?;
+
+    // A current member's forward of the same kind is accepted, and only it was applied.
+    let member = RpcClient::new(&cluster.tls(&format!("c{kept}"))?)?;
+    let honest = encode_message(&pb::ForwardWriteRequest {
+        command: bytes::Bytes::from(serde_json::to_vec(&audit_write("forwarded-by-member"))?),
+    });
+    member
+        .call(&addr, Method::ForwardWrite, honest, Duration::from_secs(10))
+        .await?;
+    let targets = audit_targets(&leader_handle);
+    ensure!(targets.iter().any(|t| t == "forwarded-by-member"));
+    ensure!(
+        !targets.iter().any(|t| t == "forged-by-removed-member"),
+        "a removed member's forward was applied"
+    );
     cluster.shutdown_all().await
 }
 

@@ -105,6 +105,18 @@ pub async fn read_frame<R>(reader: &mut R, max: usize) -> Result<Option<Vec<u8>>
 where
     R: AsyncRead + Unpin + ?Sized,
 {
+    match read_prefix(reader, max).await? {
+        None => Ok(None),
+        Some(len) => read_payload(reader, len).await.map(Some),
+    }
+}
+
+/// Reads a frame's length prefix and checks it against `max`, so a reader can decide what to do before
+/// any of the payload is read (e.g. reserve memory for it). `Ok(None)` when the stream ends cleanly first.
+pub async fn read_prefix<R>(reader: &mut R, max: usize) -> Result<Option<usize>, FrameError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
     let mut prefix = [0u8; LENGTH_PREFIX];
     let mut got = 0;
     while got < LENGTH_PREFIX {
@@ -120,8 +132,15 @@ where
         }
         got += n;
     }
-    let len = payload_len(prefix, max)?;
+    payload_len(prefix, max).map(Some)
+}
 
+/// Reads the `len` payload bytes that follow a prefix read by [`read_prefix`]. Memory grows only as the
+/// bytes arrive.
+pub async fn read_payload<R>(reader: &mut R, len: usize) -> Result<Vec<u8>, FrameError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
     let mut payload = Vec::with_capacity(len.min(INITIAL_READ_CAPACITY));
     let limit = u64::try_from(len).unwrap_or(u64::MAX);
     let read = (&mut *reader).take(limit).read_to_end(&mut payload).await?;
@@ -131,7 +150,7 @@ where
             got: LENGTH_PREFIX + read,
         });
     }
-    Ok(Some(payload))
+    Ok(payload)
 }
 
 /// Writes `payload` as one frame to `writer` and flushes it. Payloads the 4-byte prefix cannot describe

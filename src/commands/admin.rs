@@ -5,8 +5,8 @@ use std::io::Read;
 use serde_json::{json, Value};
 
 use crate::cli::{
-    ClientArgs, ClusterCommand, KeyCommand, NodeCommand, OutputFormat, ProjectCommand, RoleCommand,
-    SecretCommand,
+    ClientArgs, ClusterCommand, DenyListCommand, KeyCommand, NodeCommand, OutputFormat,
+    ProjectCommand, RevokeSelector, RoleCommand, SecretCommand,
 };
 use crate::client::{segment, ApiClient, ClientError};
 use crate::output;
@@ -275,6 +275,24 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<(), ClientError> {
             api.delete(&format!("/v1/cluster/members/{id}")).await?;
             done(&client, &format!("removed member {id}"));
         }
+        ClusterCommand::Policy {
+            cluster,
+            auto_approve,
+            client,
+        } => {
+            let parts: Vec<&str> = cluster.split('/').collect();
+            let [region, name] = parts.as_slice() else {
+                return Err(ClientError::Usage(format!(
+                    "cluster {cluster:?} must be REGION/CLUSTER"
+                )));
+            };
+            let api = ApiClient::from_args(&client)?;
+            let path = format!("/v1/clusters/{}/{}/policy", segment(region), segment(name));
+            let v = api
+                .post(&path, json!({ "auto_approve": auto_approve }))
+                .await?;
+            output::object(client.output, &v);
+        }
     }
     Ok(())
 }
@@ -292,10 +310,94 @@ pub async fn node(cmd: NodeCommand) -> Result<(), ClientError> {
                 }
             }
         }
-        NodeCommand::Drain { key, client } => set_draining(&key, true, &client).await?,
-        NodeCommand::Undrain { key, client } => set_draining(&key, false, &client).await?,
+        NodeCommand::Drain { key, client } => node_verb(&key, "drain", &client).await?,
+        NodeCommand::Undrain { key, client } => node_verb(&key, "undrain", &client).await?,
+        NodeCommand::Approve { key, client } => node_verb(&key, "approve", &client).await?,
+        NodeCommand::Deny {
+            key,
+            reason,
+            client,
+        } => {
+            node_parts(&key)?;
+            let api = ApiClient::from_args(&client)?;
+            let body = json!({ "node": key, "reason": reason.unwrap_or_default() });
+            let v = api.post("/v1/denied-identities", body).await?;
+            denied(&client, &v, "denied");
+        }
+        NodeCommand::Undeny { key, client } => {
+            node_parts(&key)?;
+            let api = ApiClient::from_args(&client)?;
+            let v = api
+                .post("/v1/denied-identities:remove", json!({ "node": key }))
+                .await?;
+            denied(&client, &v, "allowed again");
+        }
     }
     Ok(())
+}
+
+/// `meridian certs revoke` / `unrevoke` / `deny-list`: the mesh deny-list through the admin API.
+pub async fn deny_list(cmd: DenyListCommand) -> Result<(), ClientError> {
+    match cmd {
+        DenyListCommand::Revoke {
+            selector,
+            reason,
+            client,
+        } => {
+            let mut body = selector_body(&selector)?;
+            body["reason"] = json!(reason.unwrap_or_default());
+            let api = ApiClient::from_args(&client)?;
+            let v = api.post("/v1/denied-identities", body).await?;
+            denied(&client, &v, "revoked");
+        }
+        DenyListCommand::Unrevoke { selector, client } => {
+            let body = selector_body(&selector)?;
+            let api = ApiClient::from_args(&client)?;
+            let v = api.post("/v1/denied-identities:remove", body).await?;
+            denied(&client, &v, "allowed again");
+        }
+        DenyListCommand::List(c) => {
+            let api = ApiClient::from_args(&c.client)?;
+            let items = api.list_all("/v1/denied-identities").await?;
+            output::list(
+                c.client.output,
+                &items,
+                &["kind", "value", "reason", "denied_by", "denied_at"],
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The request body naming what `certs revoke` targets: a certificate file (its serial), a serial, or an
+/// identity.
+fn selector_body(selector: &RevokeSelector) -> Result<Value, ClientError> {
+    match (&selector.cert, &selector.serial, &selector.identity) {
+        (Some(path), None, None) => {
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| ClientError::Usage(format!("{}: {e}", path.display())))?;
+            let info = certs::inspect_pem(&pem)
+                .map_err(|e| ClientError::Usage(format!("{}: {e}", path.display())))?;
+            Ok(json!({ "serial": info.serial }))
+        }
+        (None, Some(serial), None) => Ok(json!({ "serial": serial })),
+        (None, None, Some(identity)) => Ok(json!({ "identity": identity })),
+        _ => Err(ClientError::Usage(
+            "name exactly one of CERT_FILE, --serial or --identity".into(),
+        )),
+    }
+}
+
+/// A deny-list entry: a line for people, the entry for scripts.
+fn denied(client: &ClientArgs, v: &Value, what: &str) {
+    match client.output {
+        OutputFormat::Json => output::json(v),
+        OutputFormat::Table => eprintln!(
+            "{what}: {} {}",
+            v.get("kind").and_then(Value::as_str).unwrap_or("?"),
+            v.get("value").and_then(Value::as_str).unwrap_or("?")
+        ),
+    }
 }
 
 /// The columns of `node list` (and of the node `node drain` prints).
@@ -303,6 +405,7 @@ fn node_headers() -> Vec<String> {
     [
         "NODE",
         "HEALTH",
+        "ADMISSION",
         "CPUS",
         "MEMORY",
         "GPUS",
@@ -310,26 +413,29 @@ fn node_headers() -> Vec<String> {
         "LABELS",
         "LIMITS",
         "EPOCH",
+        "REASON",
     ]
     .iter()
     .map(|h| (*h).to_owned())
     .collect()
 }
 
-/// `region/cluster/node` → the API path of its `:drain` or `:undrain` method.
-fn drain_path(key: &str, draining: bool) -> Result<String, ClientError> {
+/// The three parts of a node key, or a usage error.
+fn node_parts(key: &str) -> Result<[&str; 3], ClientError> {
     let parts: Vec<&str> = key.split('/').collect();
-    let [region, cluster, node] = parts.as_slice() else {
-        return Err(ClientError::Usage(format!(
+    match parts.as_slice() {
+        [region, cluster, node] if ![region, cluster, node].iter().any(|p| p.is_empty()) => {
+            Ok([region, cluster, node])
+        }
+        _ => Err(ClientError::Usage(format!(
             "node key {key:?} must be REGION/CLUSTER/NODE, as `meridian node list` shows it"
-        )));
-    };
-    if [region, cluster, node].iter().any(|p| p.is_empty()) {
-        return Err(ClientError::Usage(format!(
-            "node key {key:?} must be REGION/CLUSTER/NODE, as `meridian node list` shows it"
-        )));
+        ))),
     }
-    let verb = if draining { "drain" } else { "undrain" };
+}
+
+/// `region/cluster/node` → the API path of its `:drain`, `:undrain` or `:approve` method.
+fn node_path(key: &str, verb: &str) -> Result<String, ClientError> {
+    let [region, cluster, node] = node_parts(key)?;
     Ok(format!(
         "/v1/nodes/{}/{}/{}:{verb}",
         segment(region),
@@ -338,8 +444,8 @@ fn drain_path(key: &str, draining: bool) -> Result<String, ClientError> {
     ))
 }
 
-async fn set_draining(key: &str, draining: bool, client: &ClientArgs) -> Result<(), ClientError> {
-    let path = drain_path(key, draining)?;
+async fn node_verb(key: &str, verb: &str, client: &ClientArgs) -> Result<(), ClientError> {
+    let path = node_path(key, verb)?;
     let api = ApiClient::from_args(client)?;
     let n = api.post(&path, json!({})).await?;
     match client.output {
@@ -350,7 +456,8 @@ async fn set_draining(key: &str, draining: bool, client: &ClientArgs) -> Result<
 }
 
 /// A node's row in `node list`: GPUs as count and models, idle allocated GPUs flagged by count, a drained
-/// node's health as `ready,draining`.
+/// node's health as `ready,draining`, its admission (`denied` when its agent identity is), and why it is
+/// pending or quarantined.
 fn node_row(n: &Value) -> Vec<String> {
     let text = |key: &str| match n.get(key) {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
@@ -396,9 +503,15 @@ fn node_row(n: &Value) -> Vec<String> {
     if n.get("draining").and_then(Value::as_bool) == Some(true) {
         health.push_str(",draining");
     }
+    let admission = if n.get("denied").and_then(Value::as_bool) == Some(true) {
+        "denied".to_owned()
+    } else {
+        text("admission")
+    };
     vec![
         text("key"),
         health,
+        admission,
         text("cpu_cores"),
         output::bytes(n.get("memory_bytes").unwrap_or(&Value::Null)),
         gpu_text,
@@ -410,6 +523,7 @@ fn node_row(n: &Value) -> Vec<String> {
         labels,
         text("limit_mode"),
         text("lease_epoch"),
+        text("admission_reason"),
     ]
 }
 
@@ -445,21 +559,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn drain_paths_take_a_three_part_key() {
+    fn node_paths_take_a_three_part_key() {
         assert_eq!(
-            drain_path("eu-west/gpu-a/node-17", true).ok().as_deref(),
+            node_path("eu-west/gpu-a/node-17", "drain").ok().as_deref(),
             Some("/v1/nodes/eu-west/gpu-a/node-17:drain")
         );
         assert_eq!(
-            drain_path("eu/c1/n 1", false).ok().as_deref(),
+            node_path("eu/c1/n 1", "undrain").ok().as_deref(),
             Some("/v1/nodes/eu/c1/n%201:undrain")
+        );
+        assert_eq!(
+            node_path("eu/c1/n1", "approve").ok().as_deref(),
+            Some("/v1/nodes/eu/c1/n1:approve")
         );
         for bad in ["eu/c1", "eu/c1/n1/x", "eu//n1", "", "/c1/n1"] {
             assert!(
-                matches!(drain_path(bad, true), Err(ClientError::Usage(_))),
+                matches!(node_path(bad, "drain"), Err(ClientError::Usage(_))),
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_quarantined_or_denied_node_shows_why() {
+        let node = json!({ "key": "eu/c1/n1", "health": "ready", "admission": "quarantined",
+                           "admission_reason": "64 CPU cores reported, 8 approved", "denied": false });
+        let row = node_row(&node);
+        assert_eq!(row[2], "quarantined");
+        assert_eq!(
+            row.last().map(String::as_str),
+            Some("64 CPU cores reported, 8 approved")
+        );
+        let node = json!({ "key": "eu/c1/n1", "health": "ready", "admission": "approved", "denied": true });
+        assert_eq!(node_row(&node)[2], "denied");
+        assert_eq!(node_row(&node).last().map(String::as_str), Some("-"));
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
             .await
             .map_err(CommandError::Fatal),
         Command::Agent(args) => agent::run(args).await,
+        Command::Certs(crate::cli::CertsCommand::DenyList(cmd)) => {
+            admin::deny_list(cmd).await.map_err(CommandError::Client)
+        }
         Command::Certs(cmd) => certs::run(cmd).map_err(CommandError::Fatal),
         Command::Project(cmd) => admin::project(cmd).await.map_err(CommandError::Client),
         Command::Key(cmd) => admin::key(cmd).await.map_err(CommandError::Client),

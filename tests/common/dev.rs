@@ -19,6 +19,8 @@ pub struct DevProcess {
     pub admin: String,
     /// `127.0.0.1:<port>` of the gateway.
     pub gateway: String,
+    /// `127.0.0.1:<port>` (UDP) of the coordinator's QUIC mesh, where agents and coordinators call.
+    pub raft: String,
     /// The bootstrap platform-admin token.
     pub token: String,
 }
@@ -58,6 +60,7 @@ impl DevProcess {
             dir: dir.to_path_buf(),
             admin,
             gateway,
+            raft,
             token,
         }
     }

@@ -43,6 +43,7 @@ pub(crate) struct GrpcAdmin {
 pub(crate) fn routes(service: AdminService, max_message_bytes: usize) -> tonic::service::Routes {
     use pb::audit_service_server::AuditServiceServer;
     use pb::cluster_service_server::ClusterServiceServer;
+    use pb::identity_service_server::IdentityServiceServer;
     use pb::job_service_server::JobServiceServer;
     use pb::key_service_server::KeyServiceServer;
     use pb::principal_service_server::PrincipalServiceServer;
@@ -51,6 +52,9 @@ pub(crate) fn routes(service: AdminService, max_message_bytes: usize) -> tonic::
     use pb::secret_service_server::SecretServiceServer;
     use pb::usage_service_server::UsageServiceServer;
 
+    let identities = super::admission::GrpcIdentities {
+        service: service.clone(),
+    };
     let admin = GrpcAdmin { service };
     let n = max_message_bytes;
     tonic::service::Routes::new(
@@ -64,6 +68,7 @@ pub(crate) fn routes(service: AdminService, max_message_bytes: usize) -> tonic::
     .add_service(ClusterServiceServer::new(admin.clone()).max_decoding_message_size(n))
     .add_service(JobServiceServer::new(admin.clone()).max_decoding_message_size(n))
     .add_service(UsageServiceServer::new(admin).max_decoding_message_size(n))
+    .add_service(IdentityServiceServer::new(identities).max_decoding_message_size(n))
 }
 
 /// Admits gRPC calls under their method's policy, then hands them to tonic.
@@ -776,7 +781,7 @@ impl pb::cluster_service_server::ClusterService for GrpcAdmin {
         &self,
         request: Request<pb::AddClusterMemberRequest>,
     ) -> GrpcResult<pb::ClusterMember> {
-        scope_of(&request)?;
+        let scope = scope_of(&request)?;
         let r = request.into_inner();
         let req = AddMemberRequest {
             id: r.id,
@@ -785,16 +790,16 @@ impl pb::cluster_service_server::ClusterService for GrpcAdmin {
             admin_addr: r.admin_addr,
             voter: r.voter,
         };
-        answer(self.service.add_member(req).await, member)
+        answer(self.service.add_member(&scope, req).await, member)
     }
 
     async fn remove_cluster_member(
         &self,
         request: Request<pb::RemoveClusterMemberRequest>,
     ) -> GrpcResult<pb::RemoveClusterMemberResponse> {
-        scope_of(&request)?;
+        let scope = scope_of(&request)?;
         let r = request.into_inner();
-        answer(self.service.remove_member(r.id).await, |()| {
+        answer(self.service.remove_member(&scope, r.id).await, |()| {
             pb::RemoveClusterMemberResponse {}
         })
     }

@@ -7,6 +7,7 @@
 //! `service`. This module owns the listener, connections, the body limit, metrics timing and the rule that
 //! every REST error is JSON. It must never serve a route that is not in the table.
 
+mod admission;
 mod auth;
 mod error;
 mod extract;

@@ -715,6 +715,10 @@ fn schemas() -> Value {
             ("draining", boolean()),
             ("registered_at", integer()),
             ("health_changed_at", integer()),
+            ("admission", json!({ "type": "string", "enum": ["approved", "pending_approval", "quarantined"] })),
+            ("admission_reason", string()),
+            ("approved", nullable(json!({ "type": "object", "description": "What was approved: cpu_cores, memory_bytes, gpu_count, gpus, labels." }))),
+            ("denied", boolean()),
         ]),
         "NodeList": list_of("Node"),
         "ClusterStatus": object(&["node_id", "name", "state", "term", "applied_index", "members"], &[
@@ -745,6 +749,11 @@ fn schemas() -> Value {
     });
     if let Value::Object(map) = &mut all {
         map.extend(jobs.into_iter().map(|(k, v)| (k.to_owned(), v)));
+        map.extend(
+            super::admission::schemas()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v)),
+        );
     }
     all
 }

@@ -323,19 +323,19 @@ pub(crate) async fn undrain_node(
 
 pub(crate) async fn add_member(
     State(service): State<AdminService>,
-    _scope: Scoped,
+    Scoped(scope): Scoped,
     ApiJson(req): ApiJson<AddMemberRequest>,
 ) -> Created<crate::node::MemberStatus> {
-    service.add_member(req).await.map(created)
+    service.add_member(&scope, req).await.map(created)
 }
 
 pub(crate) async fn remove_member(
     State(service): State<AdminService>,
-    _scope: Scoped,
+    Scoped(scope): Scoped,
     ApiPath(id): ApiPath<u64>,
 ) -> Empty {
     service
-        .remove_member(id)
+        .remove_member(&scope, id)
         .await
         .map(|()| StatusCode::NO_CONTENT)
 }

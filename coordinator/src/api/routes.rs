@@ -12,6 +12,7 @@ use axum::Router;
 
 use crate::authz::Action;
 
+use super::admission;
 use super::auth;
 use super::rest;
 use super::service::AdminService;
@@ -94,6 +95,13 @@ pub(crate) mod op {
     pub(crate) static NODE_LIST: Operation = needs("node.list", ClusterRead);
     pub(crate) static NODE_DRAIN: Operation = needs("node.drain", ClusterMembership);
     pub(crate) static NODE_UNDRAIN: Operation = needs("node.undrain", ClusterMembership);
+    pub(crate) static NODE_APPROVE: Operation = needs("node.approve", ClusterMembership);
+    pub(crate) static CLUSTER_POLICY_SET: Operation =
+        needs("cluster.policy.set", ClusterMembership);
+
+    pub(crate) static IDENTITY_DENY: Operation = needs("identity.deny", ClusterMembership);
+    pub(crate) static IDENTITY_ALLOW: Operation = needs("identity.allow", ClusterMembership);
+    pub(crate) static IDENTITY_DENY_LIST: Operation = needs("identity.deny-list", ClusterRead);
 
     pub(crate) static JOB_SUBMIT: Operation = needs("job.submit", RunJobs);
     pub(crate) static JOB_LIST: Operation = needs("job.list", ReadProject);
@@ -575,6 +583,56 @@ pub(crate) static ROUTES: &[Route] = &[
     },
     Route {
         method: HttpMethod::Post,
+        path: "/v1/nodes/{region}/{cluster}/{node}:approve",
+        op: &op::NODE_APPROVE,
+        summary: "Approve a node (pending, or quarantined for reporting more than was approved) with the resources and labels it reports now",
+        request: None,
+        query: &[],
+        reply: ok("Node"),
+        endpoint: endpoint!(admission::approve_node),
+    },
+    Route {
+        method: HttpMethod::Post,
+        path: "/v1/clusters/{region}/{cluster}/policy",
+        op: &op::CLUSTER_POLICY_SET,
+        summary: "Set whether nodes new to a cluster are approved on arrival (otherwise they wait for approval)",
+        request: Some("ClusterPolicyRequest"),
+        query: &[],
+        reply: ok("ClusterPolicy"),
+        endpoint: endpoint!(admission::set_cluster_policy),
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/v1/denied-identities",
+        op: &op::IDENTITY_DENY_LIST,
+        summary: "List the mesh deny-list: identities and certificates every coordinator and agent refuses",
+        request: None,
+        query: PAGING,
+        reply: ok("DeniedIdentityList"),
+        endpoint: endpoint!(admission::list_denied),
+    },
+    Route {
+        method: HttpMethod::Post,
+        path: "/v1/denied-identities",
+        op: &op::IDENTITY_DENY,
+        summary: "Deny an identity, a certificate (by serial) or a node's agent: refused at once, its open connections closed within seconds",
+        request: Some("DenyIdentityRequest"),
+        query: &[],
+        reply: created("DeniedIdentity"),
+        endpoint: endpoint!(admission::deny_identity),
+    },
+    Route {
+        method: HttpMethod::Post,
+        path: "/v1/denied-identities:remove",
+        op: &op::IDENTITY_ALLOW,
+        summary: "Remove a deny-list entry",
+        request: Some("AllowIdentityRequest"),
+        query: &[],
+        reply: ok("DeniedIdentity"),
+        endpoint: endpoint!(admission::allow_identity),
+    },
+    Route {
+        method: HttpMethod::Post,
         path: "/v1/jobs",
         op: &op::JOB_SUBMIT,
         summary: "Submit a job to the project; it starts pending until the scheduler places it",
@@ -721,6 +779,18 @@ pub(crate) static GRPC_METHODS: &[GrpcMethod] = &[
     grpc("/meridian.v1.JobService/CancelJob", &op::JOB_CANCEL),
     grpc("/meridian.v1.JobService/ReadJobLogs", &op::JOB_LOGS),
     grpc("/meridian.v1.UsageService/GetUsage", &op::USAGE_GET),
+    grpc(
+        "/meridian.v1.IdentityService/DenyIdentity",
+        &op::IDENTITY_DENY,
+    ),
+    grpc(
+        "/meridian.v1.IdentityService/ListDeniedIdentities",
+        &op::IDENTITY_DENY_LIST,
+    ),
+    grpc(
+        "/meridian.v1.IdentityService/AllowIdentity",
+        &op::IDENTITY_ALLOW,
+    ),
 ];
 
 /// The gRPC method at `path`, if the table has it.

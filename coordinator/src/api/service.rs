@@ -287,6 +287,14 @@ pub(crate) struct NodeView {
     pub(crate) draining: bool,
     pub(crate) registered_at: u64,
     pub(crate) health_changed_at: u64,
+    /// `approved`, `pending_approval` or `quarantined`: only an approved node receives new work.
+    pub(crate) admission: crate::state::NodeAdmission,
+    /// Why the node is pending or quarantined.
+    pub(crate) admission_reason: String,
+    /// What was approved; a registration that reports more is quarantined.
+    pub(crate) approved: Option<crate::state::ApprovedResources>,
+    /// The node's agent identity is on the deny-list: it is refused by every coordinator.
+    pub(crate) denied: bool,
 }
 
 impl From<&crate::state::NodeRecord> for NodeView {
@@ -311,6 +319,10 @@ impl From<&crate::state::NodeRecord> for NodeView {
             draining: n.draining,
             registered_at: n.registered_at,
             health_changed_at: n.health_changed_at,
+            admission: n.admission,
+            admission_reason: n.admission_reason.clone(),
+            approved: n.approved.clone(),
+            denied: false,
         }
     }
 }
@@ -530,8 +542,13 @@ impl AdminService {
     ) -> Result<ListPage<NodeView>, ServiceError> {
         let req = page.request()?;
         self.consistent().await?;
-        let page = self.inner.handle.read(|s| s.node_page(&req));
-        Ok(page.map(|n| NodeView::from(&n)).into())
+        let page = self.inner.handle.read(|s| {
+            s.node_page(&req).map(|n| NodeView {
+                denied: s.node_denied(&n.key),
+                ..NodeView::from(&n)
+            })
+        });
+        Ok(page.into())
     }
 
     /// Drains (`draining`) or undrains the node `region/cluster/node`. A malformed name answers 400 naming
@@ -552,8 +569,16 @@ impl AdminService {
             draining,
         };
         match self.write(scope, op).await? {
-            Outcome::Node { node } => Ok(NodeView::from(&node)),
+            Outcome::Node { node } => Ok(self.node_view(&node)),
             other => Err(unexpected(other)),
+        }
+    }
+
+    /// A node as callers see it, with whether its agent identity is denied (from the local replica).
+    pub(crate) fn node_view(&self, node: &crate::state::NodeRecord) -> NodeView {
+        NodeView {
+            denied: self.inner.handle.read(|s| s.node_denied(&node.key)),
+            ..NodeView::from(node)
         }
     }
 
@@ -564,6 +589,7 @@ impl AdminService {
 
     pub(crate) async fn add_member(
         &self,
+        scope: &RequestScope,
         req: AddMemberRequest,
     ) -> Result<MemberStatus, ServiceError> {
         if req.id == 0 {
@@ -572,6 +598,10 @@ impl AdminService {
         if req.name.is_empty() || req.name.len() > 63 {
             return Err(ServiceError::invalid("name", "must be 1-63 characters"));
         }
+        // Peers admit a coordinator while its certificate's name is a member's: the name must be one a
+        // coordinator certificate can carry.
+        certs::Identity::coordinator(self.inner.handle.trust_domain(), &req.name)
+            .map_err(|e| ServiceError::invalid("name", e.to_string()))?;
         validate_addr("raft_addr", &req.raft_addr)?;
         validate_addr("admin_addr", &req.admin_addr)?;
         let node = MemberNode {
@@ -579,10 +609,17 @@ impl AdminService {
             raft_addr: req.raft_addr.clone(),
             admin_addr: req.admin_addr.clone(),
         };
-        self.inner
-            .handle
-            .add_member(req.id, node, req.voter)
-            .await?;
+        let result = self.inner.handle.add_member(req.id, node, req.voter).await;
+        let detail = format!(
+            "{} {} ({}) at {}",
+            if req.voter { "voter" } else { "learner" },
+            req.id,
+            req.name,
+            req.raft_addr
+        );
+        self.record_membership(scope, &req.id.to_string(), &detail, &result)
+            .await;
+        result?;
         Ok(MemberStatus {
             id: req.id,
             name: req.name,
@@ -592,18 +629,57 @@ impl AdminService {
         })
     }
 
-    pub(crate) async fn remove_member(&self, id: NodeId) -> Result<(), ServiceError> {
-        if !self
+    pub(crate) async fn remove_member(
+        &self,
+        scope: &RequestScope,
+        id: NodeId,
+    ) -> Result<(), ServiceError> {
+        let Some(member) = self
             .inner
             .handle
             .status()
             .members
-            .iter()
-            .any(|m| m.id == id)
-        {
+            .into_iter()
+            .find(|m| m.id == id)
+        else {
             return Err(ServiceError::not_found("member", &id.to_string()));
+        };
+        let result = self.inner.handle.remove_member(id).await;
+        let detail = format!(
+            "{} {id} ({}) at {}",
+            if member.voter { "voter" } else { "learner" },
+            member.name,
+            member.raft_addr
+        );
+        self.record_membership(scope, &id.to_string(), &detail, &result)
+            .await;
+        Ok(result?)
+    }
+
+    /// Audits a membership change (which Raft carries out itself, outside the registry's commands) once
+    /// its outcome is known: `cluster.member.add` or `.remove` by the caller, succeeded or refused.
+    async fn record_membership<T>(
+        &self,
+        scope: &RequestScope,
+        target: &str,
+        detail: &str,
+        result: &Result<T, crate::node::MembershipError>,
+    ) {
+        let (outcome, detail) = match result {
+            Ok(_) => (AuditOutcome::Success, detail.to_owned()),
+            Err(e) => (AuditOutcome::Refused, format!("{detail}: {e}")),
+        };
+        let op = Op::RecordAudit {
+            action: scope.operation.to_owned(),
+            project: None,
+            target: truncate(target, 256).to_owned(),
+            outcome,
+            detail: truncate(&detail, 1024).to_owned(),
+        };
+        let cmd = Command::new(now_ms(), scope.caller.actor(), op);
+        if let Err(e) = self.inner.handle.write(cmd).await {
+            tracing::warn!(error = %e, target, "could not audit a membership change");
         }
-        Ok(self.inner.handle.remove_member(id).await?)
     }
 
     // ---- projects ----
@@ -1208,7 +1284,7 @@ impl AdminService {
 }
 
 /// An outcome that does not belong to the command that produced it: a bug between API and state.
-pub(super) fn unexpected(outcome: Outcome) -> ServiceError {
+pub(crate) fn unexpected(outcome: Outcome) -> ServiceError {
     tracing::error!(?outcome, "a command produced an outcome of another kind");
     ServiceError::internal("the registry answered with an unexpected outcome")
 }

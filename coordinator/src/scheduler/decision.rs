@@ -69,6 +69,8 @@ pub struct FilterCounts {
     pub lost: u32,
     /// Health `draining`.
     pub draining: u32,
+    /// Not admitted (pending approval, quarantined or denied).
+    pub not_admitted: u32,
     /// Missing a required label.
     pub label_mismatch: u32,
     /// No GPU of the required model.
@@ -92,6 +94,7 @@ pub(crate) enum Filter {
     Unreachable,
     Lost,
     Draining,
+    NotAdmitted,
     LabelMismatch,
     GpuModelMismatch,
     GpuMemoryTooSmall,
@@ -100,13 +103,14 @@ pub(crate) enum Filter {
     InsufficientGpus,
 }
 
-const ALL_FILTERS: [Filter; 12] = [
+const ALL_FILTERS: [Filter; 13] = [
     Filter::OutOfRegion,
     Filter::OutOfCluster,
     Filter::WithoutGpus,
     Filter::Unreachable,
     Filter::Lost,
     Filter::Draining,
+    Filter::NotAdmitted,
     Filter::LabelMismatch,
     Filter::GpuModelMismatch,
     Filter::GpuMemoryTooSmall,
@@ -124,6 +128,7 @@ impl FilterCounts {
             Filter::Unreachable => &mut self.unreachable,
             Filter::Lost => &mut self.lost,
             Filter::Draining => &mut self.draining,
+            Filter::NotAdmitted => &mut self.not_admitted,
             Filter::LabelMismatch => &mut self.label_mismatch,
             Filter::GpuModelMismatch => &mut self.gpu_model_mismatch,
             Filter::GpuMemoryTooSmall => &mut self.gpu_memory_too_small,
@@ -145,6 +150,7 @@ impl FilterCounts {
             Filter::Unreachable => self.unreachable,
             Filter::Lost => self.lost,
             Filter::Draining => self.draining,
+            Filter::NotAdmitted => self.not_admitted,
             Filter::LabelMismatch => self.label_mismatch,
             Filter::GpuModelMismatch => self.gpu_model_mismatch,
             Filter::GpuMemoryTooSmall => self.gpu_memory_too_small,
@@ -186,6 +192,7 @@ fn describe_filter(job: &JobRequest, filter: Filter) -> String {
         Filter::Unreachable => "unreachable".to_owned(),
         Filter::Lost => "lost".to_owned(),
         Filter::Draining => "draining".to_owned(),
+        Filter::NotAdmitted => "not admitted (pending approval, quarantined or denied)".to_owned(),
         Filter::LabelMismatch => {
             let labels: Vec<String> = c.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let word = if labels.len() == 1 { "label" } else { "labels" };

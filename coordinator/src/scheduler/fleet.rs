@@ -48,6 +48,9 @@ pub enum NodeHealth {
     Lost,
     /// Finishing its work; takes nothing new.
     Draining,
+    /// Not admitted to the fleet (waiting for approval, quarantined, or its identity denied); takes nothing
+    /// new.
+    NotAdmitted,
 }
 
 /// A node as the scheduler sees it.

@@ -260,6 +260,7 @@ impl Scheduler {
             NodeHealth::Unreachable => return Err(Filter::Unreachable),
             NodeHealth::Lost => return Err(Filter::Lost),
             NodeHealth::Draining => return Err(Filter::Draining),
+            NodeHealth::NotAdmitted => return Err(Filter::NotAdmitted),
         }
         let labels = &r.job.constraints.labels;
         if !labels.is_empty()

@@ -6,6 +6,12 @@
 //! what runs there keeps running; it survives re-registration); what either health op means for the node's
 //! jobs is decided in `jobs.rs`. Liveness itself (heartbeats) is soft state kept by the leader outside the
 //! replicated state; this module must never read a clock: every time arrives inside the command.
+//!
+//! Also owns node admission: a node never seen before joins `pending_approval` unless its cluster's policy
+//! (`SetClusterPolicy`, else the default the leader stamps into the registration) approves it on arrival;
+//! an approval records what the node reported (`ApproveNode`), and a later registration that reports more
+//! (CPUs, memory, GPUs, labels) quarantines the node instead of trusting it: only approved nodes receive new
+//! work, and only an operator lifts a quarantine.
 
 use std::collections::BTreeMap;
 
@@ -37,6 +43,132 @@ impl NodeHealthState {
             NodeHealthState::Lost => "lost",
         }
     }
+}
+
+/// Whether a node may receive new work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeAdmission {
+    /// Approved (by an operator or its cluster's policy): schedulable within what was approved. Records
+    /// from before admission existed read as approved.
+    #[default]
+    Approved,
+    /// Registered, waiting for an operator's approval; receives no work.
+    PendingApproval,
+    /// Reported more than was approved; receives no new work until an operator approves it again.
+    Quarantined,
+}
+
+impl NodeAdmission {
+    /// Lowercase name, as the API and CLI show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeAdmission::Approved => "approved",
+            NodeAdmission::PendingApproval => "pending_approval",
+            NodeAdmission::Quarantined => "quarantined",
+        }
+    }
+}
+
+/// One GPU as it was approved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovedGpu {
+    pub uuid: String,
+    pub model: String,
+    pub memory_mib: u64,
+}
+
+/// What a node was approved with: a registration may report this or less, never more.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovedResources {
+    pub cpu_cores: u32,
+    pub memory_bytes: u64,
+    pub gpu_count: u32,
+    #[serde(default)]
+    pub gpus: Vec<ApprovedGpu>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Memory may vary this much (in thousandths) from what was approved before it counts as more: the
+/// total a kernel reports moves by a few pages between boots.
+const MEMORY_SLACK_PER_MILLE: u64 = 10;
+
+impl ApprovedResources {
+    fn of(record: &NodeRecord) -> Self {
+        ApprovedResources {
+            cpu_cores: record.cpu_cores,
+            memory_bytes: record.memory_bytes,
+            gpu_count: record.gpu_count,
+            gpus: record
+                .gpus
+                .iter()
+                .map(|g| ApprovedGpu {
+                    uuid: g.uuid.clone(),
+                    model: g.model.clone(),
+                    memory_mib: g.memory_mib,
+                })
+                .collect(),
+            labels: record.labels.clone(),
+        }
+    }
+
+    /// What `reported` has beyond this approval, one phrase per excess; empty when it stays within.
+    pub fn excess(&self, reported: &NodeRecord) -> Vec<String> {
+        let mut out = Vec::new();
+        if reported.cpu_cores > self.cpu_cores {
+            out.push(format!(
+                "{} CPU cores reported, {} approved",
+                reported.cpu_cores, self.cpu_cores
+            ));
+        }
+        let memory_allowed = self
+            .memory_bytes
+            .saturating_add(self.memory_bytes / 1000 * MEMORY_SLACK_PER_MILLE);
+        if reported.memory_bytes > memory_allowed {
+            out.push(format!(
+                "{} bytes of memory reported, {} approved",
+                reported.memory_bytes, self.memory_bytes
+            ));
+        }
+        if reported.gpu_count > self.gpu_count {
+            out.push(format!(
+                "{} GPUs reported, {} approved",
+                reported.gpu_count, self.gpu_count
+            ));
+        }
+        for gpu in &reported.gpus {
+            let approved = self.gpus.iter().find(|a| a.uuid == gpu.uuid);
+            match approved {
+                None => out.push(format!("GPU {} ({}) was not approved", gpu.uuid, gpu.model)),
+                Some(a) if a.model != gpu.model || gpu.memory_mib > a.memory_mib => {
+                    out.push(format!(
+                        "GPU {} reported as {} with {} MiB, approved as {} with {} MiB",
+                        gpu.uuid, gpu.model, gpu.memory_mib, a.model, a.memory_mib
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        for (key, value) in &reported.labels {
+            if self.labels.get(key) != Some(value) {
+                out.push(format!("label {key}={value} was not approved"));
+            }
+        }
+        out
+    }
+}
+
+/// A cluster's admission policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterPolicy {
+    /// Nodes never seen before are approved with what they report on their first registration.
+    pub auto_approve: bool,
+}
+
+/// The registry key of a cluster.
+pub fn cluster_key(region: &str, cluster: &str) -> String {
+    format!("{region}/{cluster}")
 }
 
 /// One registered node.
@@ -83,6 +215,22 @@ pub struct NodeRecord {
     /// Kept across re-registrations (operator intent outlives agent restarts).
     #[serde(default)]
     pub draining: bool,
+    /// Whether the node may receive new work: approved, pending an operator's approval, or quarantined.
+    #[serde(default)]
+    pub admission: NodeAdmission,
+    /// Why it is pending or quarantined; empty when approved.
+    #[serde(default)]
+    pub admission_reason: String,
+    /// What was approved; a registration reporting more is quarantined. `None` until approved.
+    #[serde(default)]
+    pub approved: Option<ApprovedResources>,
+}
+
+impl NodeRecord {
+    /// Whether the node may receive new work (it may still be draining or unhealthy).
+    pub fn admitted(&self) -> bool {
+        self.admission == NodeAdmission::Approved
+    }
 }
 
 /// The registry key of a node.
@@ -105,6 +253,9 @@ pub(crate) struct NodeSpec<'a> {
     pub(crate) held: &'a [HeldAttempt],
     pub(crate) os: &'a str,
     pub(crate) limit_mode: &'a str,
+    /// How a node never seen before is admitted when its cluster has no policy (stamped by the leader);
+    /// `None` in registrations from before admission existed, which approved every node.
+    pub(crate) admit_new: Option<bool>,
 }
 
 const MAX_AGENT_VERSION: usize = 64;
@@ -168,7 +319,8 @@ impl RegistryState {
             ));
         }
         let key = node_key(spec.region, spec.cluster, spec.node);
-        let (epoch, registered_at, assign_version, draining) = match self.nodes.get(&key) {
+        let old = self.nodes.get(&key);
+        let (epoch, registered_at, assign_version, draining) = match old {
             Some(old) => (
                 old.lease_epoch.saturating_add(1),
                 old.registered_at,
@@ -177,7 +329,9 @@ impl RegistryState {
             ),
             None => (1, at, 1, false),
         };
-        let record = NodeRecord {
+        let previous_admission =
+            old.map(|o| (o.admission, o.admission_reason.clone(), o.approved.clone()));
+        let mut record = NodeRecord {
             key: key.clone(),
             region: spec.region.to_owned(),
             cluster: spec.cluster.to_owned(),
@@ -198,7 +352,11 @@ impl RegistryState {
             idle_gpus: Vec::new(),
             assign_version,
             draining,
+            admission: NodeAdmission::Approved,
+            admission_reason: String::new(),
+            approved: None,
         };
+        self.admit(&mut record, previous_admission, spec.admit_new);
         self.nodes.insert(key.clone(), record);
         let lost = self.readopt_node_jobs(at, &key, epoch, spec.held);
         // Invariant: the record was inserted just above.
@@ -207,12 +365,130 @@ impl RegistryState {
             .get(&key)
             .cloned()
             .expect("registered node is present");
-        let detail = if lost == 0 {
+        let mut detail = if lost == 0 {
             format!("lease epoch {epoch}")
         } else {
             format!("lease epoch {epoch}, {lost} jobs lost")
         };
+        if !record.admitted() {
+            detail.push_str(&format!(
+                ", {}: {}",
+                record.admission.as_str(),
+                record.admission_reason
+            ));
+        }
         Ok(Applied::new(Outcome::Node { node: record }, detail))
+    }
+
+    /// Decides a registering node's admission from what it was before (`None`: never seen), its cluster's
+    /// policy and the leader's default for new nodes.
+    fn admit(
+        &self,
+        record: &mut NodeRecord,
+        previous: Option<(NodeAdmission, String, Option<ApprovedResources>)>,
+        admit_new: Option<bool>,
+    ) {
+        let Some(admit_new) = admit_new else {
+            // A registration from before admission existed: it trusted every node and what it reported,
+            // and replaying it must do the same. Leaders always stamp `admit_new` now.
+            record.approved = Some(ApprovedResources::of(record));
+            return;
+        };
+        match previous {
+            None => {
+                let policy = self
+                    .cluster_policies
+                    .get(&cluster_key(&record.region, &record.cluster))
+                    .map(|p| p.auto_approve);
+                if policy.unwrap_or(admit_new) {
+                    record.approved = Some(ApprovedResources::of(record));
+                } else {
+                    record.admission = NodeAdmission::PendingApproval;
+                    record.admission_reason = format!(
+                        "new node: waiting for an operator's approval (cluster {} does not approve nodes on arrival)",
+                        cluster_key(&record.region, &record.cluster)
+                    );
+                }
+            }
+            Some((NodeAdmission::PendingApproval, reason, _)) => {
+                record.admission = NodeAdmission::PendingApproval;
+                record.admission_reason = reason;
+            }
+            Some((admission, reason, approved)) => {
+                // A record approved before approvals were recorded adopts what it reports now.
+                let approved = approved.unwrap_or_else(|| ApprovedResources::of(record));
+                let excess = approved.excess(record);
+                if !excess.is_empty() {
+                    record.admission = NodeAdmission::Quarantined;
+                    record.admission_reason =
+                        format!("reported more than was approved: {}", excess.join("; "));
+                } else if admission == NodeAdmission::Quarantined {
+                    // Back within bounds, but only an operator lifts a quarantine.
+                    record.admission = NodeAdmission::Quarantined;
+                    record.admission_reason = reason;
+                }
+                record.approved = Some(approved);
+            }
+        }
+    }
+
+    /// `ApproveNode`: an operator approves the node with what it reports now; it may receive work again.
+    pub(crate) fn approve_node(&mut self, key: &str) -> Result<Applied, DomainError> {
+        let record = self
+            .nodes
+            .get_mut(key)
+            .ok_or_else(|| DomainError::not_found("node", key))?;
+        let before = record.admission;
+        record.admission = NodeAdmission::Approved;
+        record.admission_reason = String::new();
+        record.approved = Some(ApprovedResources::of(record));
+        // Its agent's long poll wakes up, as after any change that may bring it work.
+        record.assign_version = record.assign_version.saturating_add(1);
+        let node = record.clone();
+        Ok(Applied::new(
+            Outcome::Node { node },
+            format!(
+                "{} -> approved with {} CPU cores, {} bytes of memory, {} GPUs",
+                before.as_str(),
+                record.cpu_cores,
+                record.memory_bytes,
+                record.gpu_count
+            ),
+        ))
+    }
+
+    /// `SetClusterPolicy`: whether nodes new to `region/cluster` are approved on arrival.
+    pub(crate) fn set_cluster_policy(
+        &mut self,
+        region: &str,
+        cluster: &str,
+        auto_approve: bool,
+    ) -> Result<Applied, DomainError> {
+        validate_id("region", region)?;
+        validate_id("cluster", cluster)?;
+        let policy = ClusterPolicy { auto_approve };
+        self.cluster_policies
+            .insert(cluster_key(region, cluster), policy);
+        Ok(Applied::new(
+            Outcome::ClusterPolicy {
+                region: region.to_owned(),
+                cluster: cluster.to_owned(),
+                policy,
+            },
+            format!("auto_approve={auto_approve}"),
+        ))
+    }
+
+    /// The admission policy of `region/cluster`, when one was set.
+    pub fn cluster_policy(&self, region: &str, cluster: &str) -> Option<ClusterPolicy> {
+        self.cluster_policies
+            .get(&cluster_key(region, cluster))
+            .copied()
+    }
+
+    /// Every cluster policy, by `region/cluster`.
+    pub fn cluster_policies(&self) -> impl Iterator<Item = (&String, &ClusterPolicy)> {
+        self.cluster_policies.iter()
     }
 
     pub(crate) fn set_node_health(
@@ -304,6 +580,7 @@ mod tests {
             held: Vec::new(),
             os: String::new(),
             limit_mode: String::new(),
+            admit_new: None,
         }
     }
 
@@ -422,6 +699,254 @@ mod tests {
         json.as_object_mut().expect("an object").remove("draining");
         let record: NodeRecord = serde_json::from_value(json).expect("older record reads");
         assert!(!record.draining);
+    }
+
+    fn register_with(node: &str, cpu: u32, labels: &[(&str, &str)], admit_new: Option<bool>) -> Op {
+        let Op::RegisterNode {
+            region,
+            cluster,
+            node,
+            memory_bytes,
+            gpu_count,
+            agent_version,
+            gpus,
+            rpc_addr,
+            held,
+            os,
+            limit_mode,
+            ..
+        } = register(node)
+        else {
+            unreachable!("register builds a registration")
+        };
+        Op::RegisterNode {
+            region,
+            cluster,
+            node,
+            cpu_cores: cpu,
+            memory_bytes,
+            gpu_count,
+            agent_version,
+            gpus,
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            rpc_addr,
+            held,
+            os,
+            limit_mode,
+            admit_new,
+        }
+    }
+
+    fn admission_of(s: &RegistryState, key: &str) -> (NodeAdmission, String) {
+        let n = s.node(key).expect("node");
+        (n.admission, n.admission_reason.clone())
+    }
+
+    #[test]
+    fn a_new_node_waits_for_approval_unless_its_cluster_approves_on_arrival() {
+        let mut s = RegistryState::default();
+        let key = node_key("eu", "eu1", "a1");
+        apply(&mut s, 10, register_with("a1", 8, &[], Some(false))).expect("registers");
+        let (admission, reason) = admission_of(&s, &key);
+        assert_eq!(admission, NodeAdmission::PendingApproval);
+        assert!(reason.contains("waiting for an operator"), "{reason}");
+        assert!(!s.node(&key).expect("node").admitted());
+        let last = s.audit_records().last().expect("audited");
+        assert!(last.detail.contains("pending_approval"), "{}", last.detail);
+
+        // Re-registering does not approve it, even reporting less.
+        apply(&mut s, 11, register_with("a1", 4, &[], Some(true))).expect("registers");
+        assert_eq!(admission_of(&s, &key).0, NodeAdmission::PendingApproval);
+
+        apply(&mut s, 12, Op::ApproveNode { key: key.clone() }).expect("approved");
+        let node = s.node(&key).expect("node");
+        assert!(node.admitted());
+        assert_eq!(node.approved.as_ref().map(|a| a.cpu_cores), Some(4));
+        let last = s.audit_records().last().expect("audited");
+        assert_eq!(last.action, "node.approve");
+        assert_eq!(last.target, key);
+
+        // The leader's default approves a new node; a cluster policy overrides the default either way.
+        apply(&mut s, 13, register_with("a2", 8, &[], Some(true))).expect("registers");
+        assert!(s.node("eu/eu1/a2").expect("node").admitted());
+        apply(
+            &mut s,
+            14,
+            Op::SetClusterPolicy {
+                region: "eu".into(),
+                cluster: "eu1".into(),
+                auto_approve: false,
+            },
+        )
+        .expect("policy");
+        assert_eq!(
+            s.cluster_policy("eu", "eu1"),
+            Some(ClusterPolicy {
+                auto_approve: false
+            })
+        );
+        apply(&mut s, 15, register_with("a3", 8, &[], Some(true))).expect("registers");
+        assert_eq!(
+            admission_of(&s, "eu/eu1/a3").0,
+            NodeAdmission::PendingApproval
+        );
+        apply(
+            &mut s,
+            16,
+            Op::SetClusterPolicy {
+                region: "eu".into(),
+                cluster: "eu1".into(),
+                auto_approve: true,
+            },
+        )
+        .expect("policy");
+        apply(&mut s, 17, register_with("a4", 8, &[], Some(false))).expect("registers");
+        assert!(s.node("eu/eu1/a4").expect("node").admitted());
+        // Registrations from before admission existed approved every node whatever it reported, and
+        // replay the same way.
+        let mut replayed = RegistryState::default();
+        apply(&mut replayed, 1, register_with("a5", 8, &[], None)).expect("registers");
+        apply(
+            &mut replayed,
+            2,
+            register_with("a5", 64, &[("x", "y")], None),
+        )
+        .expect("registers");
+        let node = replayed.node("eu/eu1/a5").expect("node");
+        assert!(node.admitted());
+        assert_eq!(node.approved.as_ref().map(|a| a.cpu_cores), Some(64));
+    }
+
+    #[test]
+    fn reporting_more_than_was_approved_quarantines_until_an_operator_approves() {
+        let mut s = RegistryState::default();
+        let key = node_key("eu", "eu1", "a1");
+        apply(
+            &mut s,
+            10,
+            register_with("a1", 8, &[("zone", "a")], Some(true)),
+        )
+        .expect("registers");
+        assert!(s.node(&key).expect("node").admitted());
+
+        // Less, or the same, is fine.
+        apply(&mut s, 11, register_with("a1", 4, &[], Some(true))).expect("registers");
+        assert!(s.node(&key).expect("node").admitted());
+        assert_eq!(
+            s.node(&key)
+                .and_then(|n| n.approved.as_ref())
+                .map(|a| a.cpu_cores),
+            Some(8),
+            "what was approved does not shrink with a smaller report"
+        );
+
+        // More CPUs and a label nobody approved: quarantined, with the reasons.
+        apply(
+            &mut s,
+            12,
+            register_with("a1", 64, &[("zone", "a"), ("tier", "gold")], Some(true)),
+        )
+        .expect("registers");
+        let (admission, reason) = admission_of(&s, &key);
+        assert_eq!(admission, NodeAdmission::Quarantined);
+        assert!(
+            reason.contains("64 CPU cores reported, 8 approved"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("label tier=gold was not approved"),
+            "{reason}"
+        );
+
+        // Back within bounds: still quarantined until an operator says otherwise.
+        apply(
+            &mut s,
+            13,
+            register_with("a1", 8, &[("zone", "a")], Some(true)),
+        )
+        .expect("registers");
+        assert_eq!(admission_of(&s, &key).0, NodeAdmission::Quarantined);
+
+        apply(&mut s, 14, Op::ApproveNode { key: key.clone() }).expect("approved");
+        assert!(s.node(&key).expect("node").admitted());
+        // An unknown node cannot be approved.
+        let unknown = apply(
+            &mut s,
+            15,
+            Op::ApproveNode {
+                key: "eu/eu1/zz".into(),
+            },
+        );
+        assert!(
+            matches!(unknown, Err(DomainError::NotFound { .. })),
+            "{unknown:?}"
+        );
+    }
+
+    #[test]
+    fn more_gpus_or_other_gpus_are_excess_and_memory_has_a_little_slack() {
+        let approved = ApprovedResources {
+            cpu_cores: 8,
+            memory_bytes: 1_000_000_000,
+            gpu_count: 1,
+            gpus: vec![ApprovedGpu {
+                uuid: "GPU-1".into(),
+                model: "NVIDIA H200".into(),
+                memory_mib: 143_771,
+            }],
+            labels: BTreeMap::new(),
+        };
+        let mut s = RegistryState::default();
+        apply(&mut s, 10, register("a1")).expect("registers");
+        let mut reported = s.node("eu/eu1/a1").expect("node").clone();
+        reported.cpu_cores = 8;
+        reported.gpu_count = 1;
+        reported.memory_bytes = 1_009_000_000;
+        reported.gpus = vec![GpuDevice {
+            uuid: "GPU-1".into(),
+            index: 0,
+            model: "NVIDIA H200".into(),
+            memory_mib: 143_771,
+            healthy: true,
+        }];
+        assert!(approved.excess(&reported).is_empty());
+        reported.memory_bytes = 1_020_000_000;
+        assert_eq!(approved.excess(&reported).len(), 1);
+        reported.memory_bytes = 1_000_000_000;
+        reported.gpus[0].uuid = "GPU-2".into();
+        let excess = approved.excess(&reported);
+        assert!(excess[0].contains("GPU GPU-2"), "{excess:?}");
+        reported.gpus[0].uuid = "GPU-1".into();
+        reported.gpus[0].memory_mib = 200_000;
+        assert_eq!(approved.excess(&reported).len(), 1);
+        reported.gpus[0].memory_mib = 143_771;
+        reported.gpu_count = 2;
+        assert_eq!(approved.excess(&reported).len(), 1);
+    }
+
+    #[test]
+    fn a_record_from_before_admission_reads_as_approved() {
+        let mut s = RegistryState::default();
+        apply(&mut s, 10, register("a1")).expect("registration");
+        let key = node_key("eu", "eu1", "a1");
+        let mut json = serde_json::to_value(s.node(&key).expect("node")).expect("serializes");
+        let object = json.as_object_mut().expect("an object");
+        for field in ["admission", "admission_reason", "approved"] {
+            object.remove(field);
+        }
+        let record: NodeRecord = serde_json::from_value(json).expect("older record reads");
+        assert!(record.admitted());
+        assert_eq!(record.approved, None);
+        // Its next registration adopts what it reports as approved; the one after that is held to it.
+        let mut s = RegistryState::default();
+        s.nodes.insert(key.clone(), record);
+        apply(&mut s, 20, register_with("a1", 8, &[], Some(false))).expect("registers");
+        assert!(s.node(&key).expect("node").admitted());
+        apply(&mut s, 21, register_with("a1", 9, &[], Some(false))).expect("registers");
+        assert_eq!(admission_of(&s, &key).0, NodeAdmission::Quarantined);
     }
 
     #[test]

@@ -860,8 +860,8 @@ impl RegistryState {
     }
 
     /// Applies one `Place` item; false (skipped) unless the job is pending, `attempt` is its next one, there
-    /// is one entry per replica and every node is ready (and not draining) at the entry's lease epoch. A gang is placed whole
-    /// or not at all.
+    /// is one entry per replica and every node is ready, admitted (approved, its agent not denied) and not
+    /// draining at the entry's lease epoch. A gang is placed whole or not at all.
     fn place_one(&mut self, at: u64, item: &PlacementOp) -> bool {
         let PlacementOp::Place {
             job_id,
@@ -888,6 +888,8 @@ impl RegistryState {
             };
             if node.health != super::NodeHealthState::Ready
                 || node.draining
+                || !node.admitted()
+                || self.denied_nodes.contains(&placement.node)
                 || node.lease_epoch != placement.lease_epoch
             {
                 return false;
@@ -1625,6 +1627,7 @@ mod tests {
                 .collect(),
             os: "Debian 12".into(),
             limit_mode: "cgroup-v1".into(),
+            admit_new: None,
         }
     }
 

@@ -10,6 +10,7 @@
 //! ([`RegistryState::to_bytes`]). This module must never hold plaintext secrets or unwrapped keys.
 
 mod audit;
+mod deny_list;
 mod fleet;
 mod jobs;
 mod paging;
@@ -30,7 +31,11 @@ use crate::scheduler::GpuDevice;
 pub use audit::{
     verify_chain, AuditChainError, AuditOutcome, AuditPage, AuditRecord, GENESIS_HASH,
 };
-pub use fleet::{node_key, NodeHealthState, NodeRecord};
+pub use deny_list::{deny_id, normalize_serial, DeniedIdentity, DenyKind};
+pub use fleet::{
+    cluster_key, node_key, ApprovedGpu, ApprovedResources, ClusterPolicy, NodeAdmission,
+    NodeHealthState, NodeRecord,
+};
 pub(crate) use jobs::MAX_REPLICAS;
 pub use jobs::{
     secret_binds_job, Attempt, AttemptOutcome, EventAck, HeldAttempt, JobEventKind, JobEventOp,
@@ -220,6 +225,11 @@ pub enum Op {
         /// How the agent limits resources (cgroup v2, cgroup v1, rlimits).
         #[serde(default)]
         limit_mode: String,
+        /// Whether a node never registered before is approved on arrival when its cluster has no policy
+        /// (stamped by the leader from its configuration). Absent in entries from before admission, which
+        /// approved every node.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        admit_new: Option<bool>,
     },
     /// Several commands proposed together as one log entry (the leader's proposal batching). They are
     /// applied in order, each exactly as if it were its own entry (request id, audit record, outcome). Not
@@ -264,6 +274,24 @@ pub enum Op {
     /// `finished_before` (Unix ms), oldest first. Each job's usage is folded into its project's per-hour
     /// archive before the job goes. Running and pending jobs are never touched. Platform-level.
     PurgeJobs { finished_before: u64, max: u32 },
+    /// Adds an identity (every certificate naming it) or one certificate (by serial) to the deny-list:
+    /// coordinators and agents refuse it and close its open connections. Platform-level.
+    DenyIdentity {
+        kind: DenyKind,
+        value: String,
+        #[serde(default)]
+        reason: String,
+    },
+    /// Removes a deny-list entry. Platform-level.
+    AllowIdentity { kind: DenyKind, value: String },
+    /// Whether nodes new to a cluster are approved on arrival (otherwise they wait for `ApproveNode`).
+    SetClusterPolicy {
+        region: String,
+        cluster: String,
+        auto_approve: bool,
+    },
+    /// An operator approves a node (pending or quarantined) with the resources and labels it reports now.
+    ApproveNode { key: String },
 }
 
 /// What a successfully applied command produced.
@@ -317,6 +345,14 @@ pub enum Outcome {
     JobEvents { acks: Vec<EventAck> },
     /// How many finished jobs a purge forgot.
     JobsPurged { purged: u32 },
+    /// A deny-list entry was added or removed.
+    Denied { entry: DeniedIdentity },
+    /// A cluster's admission policy was set.
+    ClusterPolicy {
+        region: String,
+        cluster: String,
+        policy: ClusterPolicy,
+    },
 }
 
 /// Why a committed command was refused by the domain (the entry is still committed; state is unchanged
@@ -407,6 +443,18 @@ pub struct RegistryState {
     /// Project id → start of a Unix hour (ms) → the usage of the purged jobs in that hour.
     #[serde(default)]
     pub(crate) usage_archive: BTreeMap<String, BTreeMap<u64, usage::UsageSums>>,
+    /// Deny-list id (`identity:<uri>` or `serial:<hex>`) → entry.
+    #[serde(default)]
+    pub(crate) denied_identities: BTreeMap<String, DeniedIdentity>,
+    /// Incremented by every change to the deny-list.
+    #[serde(default)]
+    pub(crate) deny_list_version: u64,
+    /// Index: the keys (`region/cluster/node`) of nodes whose agent identity is denied.
+    #[serde(default)]
+    pub(crate) denied_nodes: BTreeSet<String>,
+    /// `region/cluster` → admission policy; a cluster without one follows the leader's default.
+    #[serde(default)]
+    pub(crate) cluster_policies: BTreeMap<String, ClusterPolicy>,
 }
 
 /// What a successful mutation tells the audit log besides the command's subject.
@@ -507,6 +555,14 @@ impl Op {
             Op::ReportJobEvents { node, .. } => s("job.report", None, node),
             Op::SetIdleGpus { node, .. } => s("node.idle_gpus", None, node),
             Op::PurgeJobs { .. } => s("job.purge", None, "janitor"),
+            Op::DenyIdentity { kind, value, .. } => {
+                s("identity.deny", None, &deny_id(*kind, value))
+            }
+            Op::AllowIdentity { kind, value } => s("identity.allow", None, &deny_id(*kind, value)),
+            Op::SetClusterPolicy {
+                region, cluster, ..
+            } => s("cluster.policy", None, &cluster_key(region, cluster)),
+            Op::ApproveNode { key } => s("node.approve", None, key),
         }
     }
 }
@@ -696,6 +752,7 @@ impl RegistryState {
                 held,
                 os,
                 limit_mode,
+                admit_new,
             } => self.register_node(
                 at,
                 fleet::NodeSpec {
@@ -712,6 +769,7 @@ impl RegistryState {
                     held,
                     os,
                     limit_mode,
+                    admit_new: *admit_new,
                 },
             ),
             Op::SetNodeHealth {
@@ -741,6 +799,18 @@ impl RegistryState {
                 finished_before,
                 max,
             } => Ok(self.purge_jobs(*finished_before, *max)),
+            Op::DenyIdentity {
+                kind,
+                value,
+                reason,
+            } => self.deny_identity(at, &cmd.actor.name, *kind, value, reason),
+            Op::AllowIdentity { kind, value } => self.allow_identity(*kind, value),
+            Op::SetClusterPolicy {
+                region,
+                cluster,
+                auto_approve,
+            } => self.set_cluster_policy(region, cluster, *auto_approve),
+            Op::ApproveNode { key } => self.approve_node(key),
         }
     }
 

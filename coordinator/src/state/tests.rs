@@ -272,6 +272,8 @@ fn random_command(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> 
                 .collect(),
             os: String::new(),
             limit_mode: String::new(),
+            // As before admission existed (every node approved); `admission_op` exercises the rest.
+            admit_new: None,
         },
         16 => {
             let node_keys: Vec<(String, u64)> = view
@@ -309,6 +311,51 @@ fn random_command(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> 
         Actor::principal(format!("sa_{n}"), "someone")
     };
     Command::new(at, actor, op)
+}
+
+/// An admission command: deny-list entries (added and removed), cluster policies and approvals. (Which
+/// registrations wait for approval or are quarantined is left to `state::fleet`'s tests: nodes added here
+/// would change what the main log's job commands pick.)
+fn admission_op(rng: &mut StdRng, view: &RegistryState, n: usize) -> Op {
+    // Denials name nodes the main log never registers, so its job lifecycle stays whole.
+    let node = format!("new-{}", rng.gen_range(0..20));
+    match rng.gen_range(0..6) {
+        0 | 1 => {
+            let (kind, value) = if rng.gen_bool(0.5) {
+                (
+                    DenyKind::Identity,
+                    format!("spiffe://td.test/region/eu/cluster/eu1/agent/{node}"),
+                )
+            } else {
+                (DenyKind::Serial, format!("{:02x}", rng.gen_range(0..8)))
+            };
+            if rng.gen_bool(0.5) {
+                Op::DenyIdentity {
+                    kind,
+                    value,
+                    reason: format!("reason {n}"),
+                }
+            } else {
+                Op::AllowIdentity { kind, value }
+            }
+        }
+        2 => Op::SetClusterPolicy {
+            region: "eu".into(),
+            cluster: if rng.gen_bool(0.9) { "eu1" } else { "bad/name" }.into(),
+            auto_approve: rng.gen_bool(0.5),
+        },
+        _ => {
+            let keys: Vec<String> = view
+                .nodes
+                .keys()
+                .cloned()
+                .chain(["eu/eu1/missing".to_owned()])
+                .collect();
+            Op::ApproveNode {
+                key: keys[rng.gen_range(0..keys.len())].clone(),
+            }
+        }
+    }
 }
 
 /// A job command: mostly about jobs and nodes that exist, sometimes stale or wrong.
@@ -483,6 +530,7 @@ fn replicas_are_byte_identical() {
     let (mut ok, mut refused) = (0, 0);
     let mut purged = 0;
     let mut drain_rng = StdRng::seed_from_u64(11);
+    let mut admission_rng = StdRng::seed_from_u64(13);
     let mut drains = 0usize;
     // What the jobs went through, seen along the way (purges forget finished jobs).
     let mut states: BTreeSet<JobState> = BTreeSet::new();
@@ -524,6 +572,17 @@ fn replicas_are_byte_identical() {
                     .attempts
                     .iter()
                     .any(|r| r.replica == 1 && r.outcome.is_some());
+        }
+        // Now and then an operator changes admission (deny-list, policies, approvals) or a node registers
+        // under it; from their own generator too, so the rest of the log stays as it was.
+        if n % 97 != 96 && admission_rng.gen_bool(0.1) {
+            let cmd = Command::new(at, admin(), admission_op(&mut admission_rng, &a, n));
+            let index = 2 * n as u64 + 2;
+            let out_a = a.apply(index, &cmd);
+            assert_eq!(out_a, b.apply(index, &cmd), "replicas disagree on {cmd:?}");
+            if let Some(c) = restored.as_mut() {
+                assert_eq!(c.apply(index, &cmd), out_a, "restored replica disagrees");
+            }
         }
         // Now and then an operator drains or undrains a node (or names one that does not exist). These
         // draw from their own generator so the rest of the log stays as it was.
@@ -628,6 +687,11 @@ fn replicas_are_byte_identical() {
     assert!(
         purged > 0 && !a.usage_archive.is_empty(),
         "log exercised purges ({purged} jobs)"
+    );
+    assert!(
+        a.deny_list_version() > 10 && !a.cluster_policies.is_empty(),
+        "log exercised the deny-list ({}) and cluster policies",
+        a.deny_list_version()
     );
     a.assert_job_indexes_consistent();
     verify_chain(a.audit_records()).expect("the audit chain of a long log verifies");

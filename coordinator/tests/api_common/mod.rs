@@ -82,6 +82,7 @@ pub async fn start_with(setup: Setup) -> anyhow::Result<TestApi> {
         fleet: Default::default(),
         jobs: Default::default(),
         keyring: None,
+        approve_new_nodes: false,
     })
     .await
     .context("starting the coordinator")?;

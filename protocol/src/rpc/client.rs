@@ -1,6 +1,7 @@
 //! The RPC client: one QUIC endpoint, one cached connection per peer address, one stream per call.
 //!
-//! Owns connecting (with a check of the server's certificate identity and role), the per-call timeout that
+//! Owns connecting (with a check of the server's certificate identity and role, and of the client's
+//! [`PeerGate`]), closing a connection when the server's certificate expires, the per-call timeout that
 //! covers connecting, sending and waiting, and the classification of failures into [`RpcError`]. It must
 //! never hand a caller an answer from a server whose identity it did not accept.
 
@@ -14,8 +15,11 @@ use certs::{Identity, Role, TlsIdentity};
 use tracing::debug;
 
 use super::envelope::{decode_response, encode_request};
+use super::peer::{self, AdmitAll, PeerCertificate, PeerGate};
 use super::transport::{self, SetupError, TransportSettings};
-use super::{encode_message, Method, RpcError, CLOSE_CLIENT_DONE, CLOSE_UNAUTHENTICATED};
+use super::{
+    encode_message, Method, RpcError, CLOSE_CLIENT_DONE, CLOSE_REVOKED, CLOSE_UNAUTHENTICATED,
+};
 use crate::frame::{self, FrameError};
 
 /// Transport settings of every client connection.
@@ -29,7 +33,11 @@ const CLIENT_TRANSPORT: TransportSettings = TransportSettings {
     max_concurrent_streams: 0,
     idle_timeout: Duration::from_secs(3),
     keep_alive: Duration::from_secs(1),
+    receive_window: None,
 };
+
+/// Longer than any certificate lives (caps a wait so it cannot overflow).
+const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
 /// How long one connection attempt may take before the next call starts a fresh one. A dead peer never
 /// answers, and a peer restarted on the same address should be reached again promptly.
@@ -54,6 +62,8 @@ struct ClientInner {
     config: quinn::ClientConfig,
     trust_domain: String,
     server_roles: Vec<Role>,
+    /// Servers must also pass this gate, when connecting and on every call.
+    gate: Arc<dyn PeerGate>,
     max_frame: usize,
     /// One slot per address; the async lock makes concurrent first calls share one handshake.
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
@@ -82,6 +92,7 @@ impl Slot {
 struct Cached {
     conn: quinn::Connection,
     server: Identity,
+    cert: Arc<PeerCertificate>,
 }
 
 impl Drop for ClientInner {
@@ -99,6 +110,17 @@ impl RpcClient {
     /// A client that accepts servers whose identity has one of `server_roles`. Must be called inside a
     /// tokio runtime.
     pub fn with_server_roles(tls: &TlsIdentity, server_roles: &[Role]) -> Result<Self, SetupError> {
+        Self::gated(tls, server_roles, Arc::new(AdmitAll))
+    }
+
+    /// A client that accepts servers whose identity has one of `server_roles` and that `gate` admits
+    /// (checked when connecting and before every call; a server it stops admitting has its connection
+    /// closed). Must be called inside a tokio runtime.
+    pub fn gated(
+        tls: &TlsIdentity,
+        server_roles: &[Role],
+        gate: Arc<dyn PeerGate>,
+    ) -> Result<Self, SetupError> {
         if server_roles.is_empty() {
             return Err(SetupError::Config(
                 "a client must accept at least one server role".to_string(),
@@ -112,6 +134,7 @@ impl RpcClient {
                 config,
                 trust_domain: tls.trust_domain().to_string(),
                 server_roles: server_roles.to_vec(),
+                gate,
                 max_frame: frame::DEFAULT_MAX_FRAME,
                 slots: Mutex::new(HashMap::new()),
             }),
@@ -134,6 +157,7 @@ impl RpcClient {
     ) -> Result<Bytes, RpcError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let cached = self.connection_by(addr, deadline).await?;
+        self.still_admitted(addr, &cached)?;
         let received_before = frames_received(&cached.conn);
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         match tokio::time::timeout_at(deadline, self.call_on(&cached, method, body, remaining))
@@ -167,6 +191,26 @@ impl RpcClient {
             .await?;
         Resp::decode(body)
             .map_err(|e| RpcError::Decode(format!("undecodable {} response: {e}", method.name())))
+    }
+
+    /// Refuses (and closes) a cached connection whose server certificate expired or that the gate no longer
+    /// admits.
+    fn still_admitted(&self, addr: &str, cached: &Cached) -> Result<(), RpcError> {
+        if cached.cert.expired_at(std::time::SystemTime::now()) {
+            peer::close_expired(&cached.conn, &cached.cert);
+            return Err(RpcError::Refused(format!(
+                "the certificate of the server at {addr} expired"
+            )));
+        }
+        if let Err(status) = self.inner.gate.admit_connection(&cached.cert) {
+            peer::close_revoked(&cached.conn, &cached.cert, &status);
+            return Err(RpcError::Refused(format!(
+                "server at {addr} ({}) is no longer admitted: {}",
+                cached.server.uri(),
+                status.message
+            )));
+        }
+        Ok(())
     }
 
     async fn call_on(
@@ -270,8 +314,8 @@ impl RpcClient {
             .connect_with(self.inner.config.clone(), remote, &server_name)
             .map_err(|e| RpcError::Transport(format!("connecting to {addr}: {e}")))?;
         let conn = connecting.await?;
-        let server = match transport::peer_identity(&conn, &self.inner.trust_domain) {
-            Ok(server) => server,
+        let cert = match transport::peer_certificate(&conn, &self.inner.trust_domain) {
+            Ok(cert) => Arc::new(cert),
             Err(reason) => {
                 conn.close(CLOSE_UNAUTHENTICATED, b"server identity not accepted");
                 return Err(RpcError::Refused(format!(
@@ -279,6 +323,7 @@ impl RpcClient {
                 )));
             }
         };
+        let server = cert.identity.clone();
         let role = server.role();
         if !self.inner.server_roles.contains(&role) {
             conn.close(CLOSE_UNAUTHENTICATED, b"server role not accepted");
@@ -288,8 +333,17 @@ impl RpcClient {
                 role.as_str()
             )));
         }
+        if let Err(status) = self.inner.gate.admit_connection(&cert) {
+            conn.close(CLOSE_REVOKED, b"server identity not admitted");
+            return Err(RpcError::Refused(format!(
+                "server at {addr} ({}) is not admitted: {}",
+                server.uri(),
+                status.message
+            )));
+        }
+        close_at_expiry(&conn, &cert);
         debug!(%addr, server = %server.uri(), "connected");
-        Ok(Cached { conn, server })
+        Ok(Cached { conn, server, cert })
     }
 
     /// The identity of the server at `addr`, connecting if needed. Bounded by `timeout`.
@@ -303,6 +357,19 @@ impl RpcClient {
             .await
             .map(|cached| cached.server)
     }
+}
+
+/// Closes `conn` when the server's certificate expires (or lets go when the connection closes first): the
+/// certificate was only checked at the handshake.
+fn close_at_expiry(conn: &quinn::Connection, cert: &Arc<PeerCertificate>) {
+    let left = cert.time_left(std::time::SystemTime::now()).min(CENTURY);
+    let (conn, cert) = (conn.clone(), cert.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            () = tokio::time::sleep(left) => peer::close_expired(&conn, &cert),
+            _ = conn.closed() => {}
+        }
+    });
 }
 
 /// Frames the peer sent on `conn` that prove it is alive: acknowledgements and stream data.

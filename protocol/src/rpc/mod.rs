@@ -10,6 +10,7 @@
 mod client;
 mod envelope;
 mod method;
+mod peer;
 mod server;
 mod status;
 mod transport;
@@ -23,6 +24,7 @@ use futures::future::BoxFuture;
 pub use client::RpcClient;
 pub(crate) use envelope::{decode_request, decode_response};
 pub use method::{allowed_roles, authorize, ensure_speaks_for_node, Method, UnknownMethod};
+pub use peer::{AdmitAll, PeerCertificate, PeerGate, PeerTable};
 pub use server::{RpcServer, ServerOptions};
 pub use status::{status_code_name, RpcError, RpcStatus, StatusCode};
 pub use transport::SetupError;
@@ -38,6 +40,13 @@ pub const CLOSE_UNAUTHENTICATED: quinn::VarInt = quinn::VarInt::from_u32(2);
 pub const CLOSE_PROTOCOL_VIOLATION: quinn::VarInt = quinn::VarInt::from_u32(3);
 /// Application close code: the client no longer needs the connection.
 pub const CLOSE_CLIENT_DONE: quinn::VarInt = quinn::VarInt::from_u32(4);
+/// Application close code: the peer's identity is no longer admitted (denied, revoked, or no longer a
+/// member where membership is required).
+pub const CLOSE_REVOKED: quinn::VarInt = quinn::VarInt::from_u32(5);
+/// Application close code: the peer's certificate expired while the connection was open.
+pub const CLOSE_CERT_EXPIRED: quinn::VarInt = quinn::VarInt::from_u32(6);
+/// Application close code: the peer's identity already holds as many connections as it may.
+pub const CLOSE_TOO_MANY_CONNECTIONS: quinn::VarInt = quinn::VarInt::from_u32(7);
 
 /// Stream error code (`STOP_SENDING`): the request frame broke the framing rules or came too late.
 pub const STREAM_BAD_FRAME: quinn::VarInt = quinn::VarInt::from_u32(1);
@@ -47,6 +56,8 @@ pub const STREAM_BAD_FRAME: quinn::VarInt = quinn::VarInt::from_u32(1);
 pub struct CallContext {
     /// The caller's identity, from its verified certificate.
     pub peer: Identity,
+    /// The caller's certificate serial number (lowercase hex).
+    pub peer_serial: String,
     /// The caller's address.
     pub remote: SocketAddr,
     /// When the caller stops waiting; the server drops the call at this instant.

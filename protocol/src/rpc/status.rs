@@ -30,6 +30,7 @@ pub fn status_code_name(code: StatusCode) -> &'static str {
         StatusCode::Unimplemented => "unimplemented",
         StatusCode::FailedPrecondition => "failed_precondition",
         StatusCode::Internal => "internal",
+        StatusCode::ResourceExhausted => "resource_exhausted",
     }
 }
 
@@ -66,6 +67,9 @@ impl RpcStatus {
     }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::Internal, message)
+    }
+    pub fn resource_exhausted(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::ResourceExhausted, message)
     }
 }
 
@@ -115,6 +119,7 @@ impl From<RpcStatus> for tonic::Status {
             StatusCode::Unimplemented => tonic::Code::Unimplemented,
             StatusCode::FailedPrecondition => tonic::Code::FailedPrecondition,
             StatusCode::Internal => tonic::Code::Internal,
+            StatusCode::ResourceExhausted => tonic::Code::ResourceExhausted,
         };
         tonic::Status::new(code, status.message)
     }
@@ -149,7 +154,10 @@ impl RpcError {
     pub fn is_retryable(&self) -> bool {
         match self {
             RpcError::Transport(_) | RpcError::Timeout => true,
-            RpcError::Remote(status) => status.code == StatusCode::Unavailable,
+            RpcError::Remote(status) => matches!(
+                status.code,
+                StatusCode::Unavailable | StatusCode::ResourceExhausted
+            ),
             RpcError::Decode(_) | RpcError::Refused(_) => false,
         }
     }
@@ -161,7 +169,12 @@ impl From<quinn::ConnectionError> for RpcError {
         let refused = match &e {
             E::TransportError(err) => is_tls_alert(err.code),
             E::ConnectionClosed(close) => is_tls_alert(close.error_code),
-            E::ApplicationClosed(close) => close.error_code == super::CLOSE_UNAUTHENTICATED,
+            E::ApplicationClosed(close) => [
+                super::CLOSE_UNAUTHENTICATED,
+                super::CLOSE_REVOKED,
+                super::CLOSE_CERT_EXPIRED,
+            ]
+            .contains(&close.error_code),
             _ => false,
         };
         if refused {

@@ -1,5 +1,5 @@
-//! QUIC endpoint configuration: TLS from `certs`, stream limits, idle timeout and keep-alive, and the
-//! peer identity taken from a connection's verified certificate chain.
+//! QUIC endpoint configuration: TLS from `certs`, stream and receive-window limits, idle timeout and
+//! keep-alive, and the peer certificate (identity, serial, expiry) taken from a connection's verified chain.
 //!
 //! Owns every quinn setting of the RPC layer so client and server stay consistent. It must never accept a
 //! TLS configuration other than the mutual one `certs` builds for [`ALPN`](super::ALPN).
@@ -9,10 +9,11 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use certs::{Identity, TlsIdentity};
+use certs::TlsIdentity;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls_pki_types::CertificateDer;
 
+use super::peer::PeerCertificate;
 use super::ALPN;
 
 /// Why an RPC endpoint could not be set up.
@@ -38,6 +39,9 @@ pub(crate) struct TransportSettings {
     pub(crate) max_concurrent_streams: u32,
     pub(crate) idle_timeout: Duration,
     pub(crate) keep_alive: Duration,
+    /// The most stream data a connection may have in flight towards us, unread (quinn's default is
+    /// unbounded across streams); `None` keeps quinn's default.
+    pub(crate) receive_window: Option<usize>,
 }
 
 fn transport_config(
@@ -67,6 +71,10 @@ fn transport_config(
         // handshake whose first packet was lost (a peer restarting on its address) is resent in tens of
         // milliseconds rather than about a second — before a Raft election timer can run out on it.
         .initial_rtt(INITIAL_RTT);
+    if let Some(window) = settings.receive_window {
+        let window = u32::try_from(window).unwrap_or(u32::MAX);
+        config.receive_window(quinn::VarInt::from_u32(window));
+    }
     Ok(config)
 }
 
@@ -106,16 +114,16 @@ pub(crate) fn client_endpoint() -> Result<quinn::Endpoint, SetupError> {
     }
 }
 
-/// The identity in the peer's verified certificate chain.
-pub(crate) fn peer_identity(
+/// The identity, serial and expiry of the peer's verified certificate chain.
+pub(crate) fn peer_certificate(
     conn: &quinn::Connection,
     trust_domain: &str,
-) -> Result<Identity, String> {
+) -> Result<PeerCertificate, String> {
     let any = conn
         .peer_identity()
         .ok_or_else(|| "peer presented no certificate".to_string())?;
     let chain = any
         .downcast::<Vec<CertificateDer<'static>>>()
         .map_err(|_| "peer identity is not an X.509 certificate chain".to_string())?;
-    certs::peer_identity(&chain, trust_domain).map_err(|e| e.to_string())
+    PeerCertificate::from_chain(&chain, trust_domain)
 }

@@ -66,6 +66,22 @@ impl Pki {
         self.tls(IdentityKind::Coordinator { name: name.into() })
     }
 
+    /// A coordinator certificate that expires `left` from now (it started an hour ago).
+    pub fn coordinator_expiring(&self, name: &str, left: Duration) -> TlsIdentity {
+        let identity = Identity {
+            trust_domain: TD.to_string(),
+            kind: IdentityKind::Coordinator { name: name.into() },
+        };
+        let started = std::time::SystemTime::now() - Duration::from_secs(3600);
+        let leaf = self
+            .ca
+            .issue(
+                &LeafRequest::new(identity, Duration::from_secs(3600) + left).valid_from(started),
+            )
+            .unwrap();
+        TlsIdentity::from_pem(self.ca.cert_pem(), &leaf.cert_pem, &leaf.key_pem).unwrap()
+    }
+
     pub fn agent(&self, node: &str) -> TlsIdentity {
         self.tls(IdentityKind::Agent {
             region: "eu".into(),
@@ -171,6 +187,7 @@ impl RpcService for TestService {
                     Ok(encode_message(&pb::HeartbeatAck {
                         lease_epoch: beat.lease_epoch,
                         heartbeat_interval_ms: 1000,
+                        deny_list: None,
                     }))
                 }
                 other => Err(RpcStatus::unimplemented(format!("{other} not served here"))),
@@ -199,6 +216,24 @@ impl Server {
         addr: &str,
     ) -> Server {
         let server = RpcServer::bind_with(addr.parse().unwrap(), tls, service, options).unwrap();
+        Self::run(server)
+    }
+
+    /// A server whose peers must also pass `gate`; returns its table of open connections too.
+    pub fn start_gated(
+        tls: &TlsIdentity,
+        service: Arc<dyn RpcService>,
+        options: ServerOptions,
+        gate: Arc<dyn protocol::rpc::PeerGate>,
+    ) -> (Server, protocol::rpc::PeerTable) {
+        let server =
+            RpcServer::bind_gated("127.0.0.1:0".parse().unwrap(), tls, service, options, gate)
+                .unwrap();
+        let peers = server.peers();
+        (Self::run(server), peers)
+    }
+
+    fn run(server: RpcServer) -> Server {
         let addr = server.local_addr();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
