@@ -107,6 +107,10 @@ impl ApiClient {
         self.send(Method::POST, path, Some(body)).await
     }
 
+    pub async fn put(&self, path: &str, body: Value) -> Result<Value, ClientError> {
+        self.send(Method::PUT, path, Some(body)).await
+    }
+
     pub async fn delete(&self, path: &str) -> Result<Value, ClientError> {
         self.send(Method::DELETE, path, None).await
     }
@@ -192,6 +196,8 @@ impl ApiClient {
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => {
                 ClientError::Unavailable(message)
             }
+            // A project quota or the refusal rate limit: the caller must wait or ask for more.
+            StatusCode::TOO_MANY_REQUESTS => ClientError::Denied(message),
             _ => ClientError::Failed(message),
         })
     }

@@ -152,6 +152,16 @@ pub fn prepare(args: &DevArgs) -> anyhow::Result<CoordinatorConfig> {
             advertise: None,
             tls: false,
             max_body_bytes: 1 << 20,
+            max_connections: args.admin_max_connections,
+            max_connections_per_source: args.admin_max_connections,
+            header_timeout_ms: args.admin_header_timeout_ms,
+            body_timeout_ms: args.admin_body_timeout_ms,
+            refused_burst: coordinator::api::DenialLimits::default().burst,
+            refused_per_second: coordinator::api::DenialLimits::default().per_second,
+            refused_audit_window_ms: u64::try_from(
+                coordinator::api::DenialLimits::default().window.as_millis(),
+            )
+            .unwrap_or(u64::MAX),
         },
         tls: TlsSection {
             ca: ca_pem,
@@ -173,6 +183,7 @@ pub fn prepare(args: &DevArgs) -> anyhow::Result<CoordinatorConfig> {
         },
         fleet: Default::default(),
         jobs: Default::default(),
+        quotas: Default::default(),
     })
 }
 

@@ -182,10 +182,12 @@ async fn grpc_calls_are_authenticated_and_authorized_like_rest() -> anyhow::Resu
         .await
         .expect_err("other");
     assert_eq!(other.code(), Code::NotFound);
-    let records = api.audit_all().await?;
-    assert!(records.iter().any(|r| r["outcome"] == "denied"
-        && r["action"] == "key.get"
-        && r["target"] == json!(other_key)));
+    api.audit_until("the denied key.get", |records| {
+        records.iter().any(|r| {
+            r["outcome"] == "denied" && r["action"] == "key.get" && r["target"] == json!(other_key)
+        })
+    })
+    .await?;
 
     // Revocation over gRPC stops the key over both faces.
     let revoked = keys
@@ -366,6 +368,8 @@ async fn grpc_and_rest_share_one_tls_listener() -> anyhow::Result<()> {
         handle: api.handle.clone(),
         keyring: api.keyring.clone(),
         max_body_bytes: 1024,
+        limits: Default::default(),
+        project_defaults: Default::default(),
     })
     .await;
     assert!(

@@ -13,6 +13,7 @@ mod audit;
 mod fleet;
 mod jobs;
 mod paging;
+mod policy;
 mod scope;
 mod secrets;
 mod tenancy;
@@ -28,7 +29,8 @@ use crate::authz::Role;
 use crate::scheduler::GpuDevice;
 
 pub use audit::{
-    verify_chain, AuditChainError, AuditOutcome, AuditPage, AuditRecord, GENESIS_HASH,
+    verify_chain, AuditChainError, AuditOutcome, AuditPage, AuditRecord, ChainVerifier,
+    GENESIS_HASH,
 };
 pub use fleet::{node_key, NodeHealthState, NodeRecord};
 pub(crate) use jobs::MAX_REPLICAS;
@@ -37,6 +39,10 @@ pub use jobs::{
     JobRecord, JobSpec, JobState, PlacementOp, ReplicaPlacement, RetryPolicy,
 };
 pub use paging::{Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+pub use policy::{
+    add as add_resources, job_reservation, running_quota_excess, spec_bytes, sub as sub_resources,
+    NetworkPolicy, PolicyUpdate, ProjectLoad, ProjectPolicy, MAX_PREEMPTION_CEILING,
+};
 pub use scope::ProjectScope;
 pub(crate) use secrets::validate_secret_name;
 pub use secrets::{SealedValue, Secret, SecretVersion, SecretView, WrappedKey};
@@ -136,6 +142,10 @@ pub enum Op {
         name: String,
         description: String,
         data_key: WrappedKey,
+        /// The new project's policy (the coordinator's configured defaults); `None` in entries written before
+        /// policies existed, which then get [`ProjectPolicy::BUILTIN`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        policy: Option<ProjectPolicy>,
     },
     /// Deletes a project that holds no active keys, no secrets and no unfinished jobs; its principals,
     /// revoked keys, role bindings and finished jobs go with it.
@@ -264,6 +274,12 @@ pub enum Op {
     /// `finished_before` (Unix ms), oldest first. Each job's usage is folded into its project's per-hour
     /// archive before the job goes. Running and pending jobs are never touched. Platform-level.
     PurgeJobs { finished_before: u64, max: u32 },
+    /// A platform-admin changes a project's policy (quotas, network, preemption ceiling): the fields of
+    /// `update` replace the current ones.
+    SetProjectPolicy {
+        project_id: String,
+        update: PolicyUpdate,
+    },
 }
 
 /// What a successfully applied command produced.
@@ -335,6 +351,9 @@ pub enum DomainError {
     /// The object is not in a state that allows this.
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
+    /// The project's policy does not allow this much (pending jobs, bytes of specs, running resources).
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
 }
 
 impl DomainError {
@@ -407,6 +426,10 @@ pub struct RegistryState {
     /// Project id → start of a Unix hour (ms) → the usage of the purged jobs in that hour.
     #[serde(default)]
     pub(crate) usage_archive: BTreeMap<String, BTreeMap<u64, usage::UsageSums>>,
+    /// Index: project id → ids of its jobs that are not finished (what its quotas count). Rebuilt from the
+    /// jobs when a snapshot is loaded.
+    #[serde(default)]
+    pub(crate) unfinished_job_ids_by_project: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// What a successful mutation tells the audit log besides the command's subject.
@@ -507,6 +530,9 @@ impl Op {
             Op::ReportJobEvents { node, .. } => s("job.report", None, node),
             Op::SetIdleGpus { node, .. } => s("node.idle_gpus", None, node),
             Op::PurgeJobs { .. } => s("job.purge", None, "janitor"),
+            Op::SetProjectPolicy { project_id, .. } => {
+                s("project.policy.set", Some(project_id), project_id)
+            }
         }
     }
 }
@@ -633,7 +659,8 @@ impl RegistryState {
                 name,
                 description,
                 data_key,
-            } => self.create_project(at, id, name, description, data_key),
+                policy,
+            } => self.create_project(at, id, name, description, data_key, policy.as_ref()),
             Op::DeleteProject { id } => self.delete_project(id),
             Op::CreatePrincipal {
                 id,
@@ -741,6 +768,9 @@ impl RegistryState {
                 finished_before,
                 max,
             } => Ok(self.purge_jobs(*finished_before, *max)),
+            Op::SetProjectPolicy { project_id, update } => {
+                self.set_project_policy(project_id, update)
+            }
         }
     }
 
@@ -765,11 +795,13 @@ impl RegistryState {
         serde_json::to_vec(self).expect("registry state serializes")
     }
 
-    /// Restores state from [`RegistryState::to_bytes`] output. The index of finished jobs is rebuilt from
-    /// the jobs, so a snapshot written before the index existed loads complete.
+    /// Restores state from [`RegistryState::to_bytes`] output. The indexes of finished jobs and of each
+    /// project's unfinished jobs are rebuilt from the jobs, so a snapshot written before they existed loads
+    /// complete.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         let mut state: Self = serde_json::from_slice(bytes)?;
         state.rebuild_finished_index();
+        state.rebuild_unfinished_index();
         Ok(state)
     }
 
