@@ -25,7 +25,8 @@ Environment:
   MERIDIAN_PROJECT  project to act in (default: the key's own project)
 
 Exit codes:
-  0 success   1 failure   2 bad usage or invalid input   3 unauthenticated or forbidden
+  0 success   1 failure   2 bad usage or invalid input
+  3 unauthenticated, forbidden, or over a project quota or rate limit
   4 not found 5 conflict  6 unavailable (no connection, no leader, not ready)
   7 the job ended without succeeding (failed, cancelled or lost; job run --wait)";
 
@@ -192,6 +193,23 @@ pub struct DevArgs {
         default_value_t = 30_000
     )]
     pub admin_body_timeout_ms: u64,
+    /// Refused admin API requests a key or an address may collect in a burst before it gets 429.
+    #[arg(long, env = "MERIDIAN_DEV_ADMIN_REFUSED_BURST", default_value_t = 20)]
+    pub admin_refused_burst: u32,
+    /// Refused requests per second a key or an address earns back.
+    #[arg(
+        long,
+        env = "MERIDIAN_DEV_ADMIN_REFUSED_PER_SECOND",
+        default_value_t = 2
+    )]
+    pub admin_refused_per_second: u32,
+    /// How often coalesced counts of refused requests are written to the audit log, in milliseconds.
+    #[arg(
+        long,
+        env = "MERIDIAN_DEV_ADMIN_REFUSED_AUDIT_WINDOW_MS",
+        default_value_t = 5_000
+    )]
+    pub admin_refused_audit_window_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -650,7 +668,8 @@ pub struct JobRunArgs {
     /// Scheduling priority, -1000..=1000 (higher goes first).
     #[arg(long, allow_negative_numbers = true)]
     pub priority: Option<i32>,
-    /// When nothing fits, evict lower-priority jobs that allow it (they go back to pending).
+    /// When nothing fits, evict lower-priority jobs that allow it (they go back to pending): the project's
+    /// own, and other projects' only below the project's preemption ceiling. Needs project-admin.
     #[arg(long)]
     pub preempt: bool,
     /// Never evict this job for a higher-priority one.

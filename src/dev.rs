@@ -156,12 +156,9 @@ pub fn prepare(args: &DevArgs) -> anyhow::Result<CoordinatorConfig> {
             max_connections_per_source: args.admin_max_connections,
             header_timeout_ms: args.admin_header_timeout_ms,
             body_timeout_ms: args.admin_body_timeout_ms,
-            refused_burst: coordinator::api::DenialLimits::default().burst,
-            refused_per_second: coordinator::api::DenialLimits::default().per_second,
-            refused_audit_window_ms: u64::try_from(
-                coordinator::api::DenialLimits::default().window.as_millis(),
-            )
-            .unwrap_or(u64::MAX),
+            refused_burst: args.admin_refused_burst,
+            refused_per_second: args.admin_refused_per_second,
+            refused_audit_window_ms: args.admin_refused_audit_window_ms,
         },
         tls: TlsSection {
             ca: ca_pem,

@@ -172,28 +172,11 @@ pub(crate) async fn admit(
     };
     let token = bearer_token(headers);
     let key_id = key_id_of(token);
-    let anonymous = || Refused::Source(source);
-    let Some(token) = token else {
-        let denial = Denial {
-            who: anonymous(),
-            operation: operation.name,
-            kind: DenialKind::Unauthenticated,
-            project: None,
-            target: "",
-            reason: "no bearer token",
-        };
-        return Err(refuse(
-            service,
-            denial,
-            None,
-            source,
-            ServiceError::unauthenticated(),
-        ));
-    };
+    let key = key_id.as_deref();
     let requested = requested_project(headers)?;
     let now = now_ms();
-    let decide = |state: &RegistryState| {
-        judge(
+    let decide = |state: &RegistryState| match token {
+        Some(token) => judge(
             state,
             token,
             now,
@@ -201,98 +184,109 @@ pub(crate) async fn admit(
             action,
             operation,
             source,
-        )
+        ),
+        None => Verdict::Unauthenticated,
     };
     let mut verdict = service.handle().read(decide);
     if !matches!(verdict, Verdict::Admitted(_)) {
-        if let Err(retry) = service
-            .denials()
-            .check(key_id.as_deref(), source, Instant::now())
-        {
-            let who = match &verdict {
-                Verdict::NotVisible { caller, .. } | Verdict::Forbidden { caller, .. } => {
-                    principal(caller)
-                }
-                _ => anonymous(),
-            };
-            let denial = Denial {
-                who,
-                operation: operation.name,
-                kind: DenialKind::RateLimited,
-                project: None,
-                target: "",
-                reason: "too many refused requests",
-            };
-            service.denials().record(denial, now);
+        if let Err(retry) = service.denials().check(key, source, Instant::now()) {
+            // Counted with what it would have been, without the catch-up read or a token charged.
+            if let Err(refusal) = refusal(verdict, key, source) {
+                service
+                    .denials()
+                    .record(refusal.denial(operation, true), now);
+            }
             return Err(ServiceError::rate_limited(retry.as_secs_f64().ceil() as u64));
         }
-        let behind = matches!(
-            verdict,
-            Verdict::Unauthenticated | Verdict::UnknownKey | Verdict::NotVisible { .. }
-        );
+        let behind = match verdict {
+            Verdict::Unauthenticated => token.is_some(),
+            Verdict::UnknownKey | Verdict::NotVisible { .. } => true,
+            Verdict::Admitted(_) | Verdict::Forbidden { .. } => false,
+        };
         if behind && service.handle().linearizable_read().await.is_ok() {
             verdict = service.handle().read(decide);
         }
     }
-    let key = key_id.as_deref();
-    match verdict {
-        Verdict::Admitted(scope) => Ok(Some(scope)),
-        Verdict::Unauthenticated | Verdict::UnknownKey => {
-            let denial = Denial {
-                who: anonymous(),
-                operation: operation.name,
-                kind: DenialKind::Unauthenticated,
-                project: None,
-                target: key.unwrap_or(""),
-                reason: "the token is not a valid API key",
-            };
-            Err(refuse(
-                service,
-                denial,
-                key,
-                source,
-                ServiceError::unauthenticated(),
-            ))
+    match refusal(verdict, key, source) {
+        Ok(scope) => Ok(Some(scope)),
+        Err(refusal) => {
+            service.denials().charge(key, source, Instant::now());
+            service
+                .denials()
+                .record(refusal.denial(operation, false), now_ms());
+            Err(refusal.answer)
         }
+    }
+}
+
+/// Why a request is refused: who, how, for the audit count; and the answer it gets.
+struct Refusal {
+    who: Refused,
+    kind: DenialKind,
+    project: Option<String>,
+    target: String,
+    reason: String,
+    answer: ServiceError,
+}
+
+impl Refusal {
+    fn denial<'a>(&'a self, operation: &'a Operation, limited: bool) -> Denial<'a> {
+        Denial {
+            who: self.who.clone(),
+            operation: operation.name,
+            kind: self.kind,
+            project: self.project.clone(),
+            target: &self.target,
+            reason: &self.reason,
+            limited,
+        }
+    }
+}
+
+/// The admitted scope, or the refusal a verdict stands for.
+fn refusal(
+    verdict: Verdict,
+    key_id: Option<&str>,
+    source: Option<IpAddr>,
+) -> Result<RequestScope, Box<Refusal>> {
+    match verdict {
+        Verdict::Admitted(scope) => Ok(scope),
+        Verdict::Unauthenticated | Verdict::UnknownKey => Err(Box::new(Refusal {
+            who: Refused::Source(source),
+            kind: DenialKind::Unauthenticated,
+            project: None,
+            target: key_id.unwrap_or_default().to_owned(),
+            reason: "no valid API key".to_owned(),
+            answer: ServiceError::unauthenticated(),
+        })),
         Verdict::NotVisible {
             caller,
             requested,
             owner,
-        } => {
+        } => Err(Box::new(Refusal {
+            who: principal(&caller),
+            kind: DenialKind::NotFound,
             // The record names the project by id when it exists (what its admins look for).
-            let target = owner.clone().unwrap_or_else(|| requested.clone());
-            let denial = Denial {
-                who: principal(&caller),
-                operation: operation.name,
-                kind: DenialKind::NotFound,
-                project: owner,
-                target: &target,
-                reason: "no such project, or no role in it",
-            };
-            let answer = ServiceError::not_found("project", &requested);
-            Err(refuse(service, denial, key, source, answer))
-        }
+            target: owner.clone().unwrap_or_else(|| requested.clone()),
+            project: owner,
+            reason: "no such project, or no role in it".to_owned(),
+            answer: ServiceError::not_found("project", &requested),
+        })),
         Verdict::Forbidden {
             caller,
             project_id,
             action,
-        } => {
-            let target = project_id.clone().unwrap_or_else(|| "platform".to_owned());
-            let reason = format!("roles do not grant {}", action_name(action));
-            let denial = Denial {
-                who: principal(&caller),
-                operation: operation.name,
-                kind: DenialKind::Forbidden,
-                project: project_id,
-                target: &target,
-                reason: &reason,
-            };
-            let answer = ServiceError::forbidden(format_args!(
+        } => Err(Box::new(Refusal {
+            who: principal(&caller),
+            kind: DenialKind::Forbidden,
+            target: project_id.clone().unwrap_or_else(|| "platform".to_owned()),
+            project: project_id,
+            reason: format!("roles do not grant {}", action_name(action)),
+            answer: ServiceError::forbidden(format_args!(
                 "this operation needs {}",
                 action_name(action)
-            ));
-            Err(refuse(service, denial, key, source, answer))
-        }
+            )),
+        })),
     }
 }
 
@@ -301,20 +295,6 @@ fn principal(caller: &Caller) -> Refused {
         id: caller.principal_id.clone(),
         name: caller.principal_name.clone(),
     }
-}
-
-/// Charges the refusal to the key's and the address's rate limits, counts it for the audit log, and
-/// returns `answer`.
-fn refuse(
-    service: &AdminService,
-    denial: Denial<'_>,
-    key_id: Option<&str>,
-    source: Option<IpAddr>,
-    answer: ServiceError,
-) -> ServiceError {
-    service.denials().charge(key_id, source, Instant::now());
-    service.denials().record(denial, now_ms());
-    answer
 }
 
 /// An action's name as written in policies (`read-project`, `manage-keys`, ...).

@@ -6,8 +6,8 @@
 //! bucket of its address; with either bucket empty, the next refusal answers 429 with `Retry-After`
 //! instead (admitted requests never consume or check tokens, so a shared address is not locked out of
 //! working calls). Every refusal is counted in memory under (principal or address, operation, outcome,
-//! project) and the buffer is written to the audit log as one `RecordAudit` per entry each window and on
-//! shutdown — never one replicated write per refusal. Memory is bounded: buckets and entries beyond their
+//! project), those answered 429 among them, and the buffer is written to the audit log as one `RecordAudit`
+//! per entry each window and on shutdown — never one replicated write per refusal. Memory is bounded: buckets and entries beyond their
 //! caps share one overflow bucket and one overflow entry. Owns no replicated state; must never decide
 //! whether a request is allowed (that is `auth`'s).
 
@@ -56,8 +56,6 @@ pub(crate) enum DenialKind {
     NotFound,
     /// The caller's roles lack the action (403).
     Forbidden,
-    /// Refused without looking, because the key or address had too many refusals (429).
-    RateLimited,
 }
 
 impl DenialKind {
@@ -66,7 +64,6 @@ impl DenialKind {
             DenialKind::Unauthenticated => "unauthenticated",
             DenialKind::NotFound => "not_found",
             DenialKind::Forbidden => "forbidden",
-            DenialKind::RateLimited => "rate_limited",
         }
     }
 }
@@ -110,6 +107,8 @@ pub(crate) struct Denial<'a> {
     pub(crate) project: Option<String>,
     pub(crate) target: &'a str,
     pub(crate) reason: &'a str,
+    /// Answered 429 because the key or address had too many refusals already.
+    pub(crate) limited: bool,
 }
 
 /// What one bucket of the rate limit is keyed by.
@@ -134,6 +133,7 @@ struct Entry {
     target: String,
     reason: String,
     count: u64,
+    limited: u64,
     first_ms: u64,
     last_ms: u64,
 }
@@ -279,10 +279,12 @@ impl Denials {
             target: clip(denial.target, MAX_TARGET),
             reason: clip(denial.reason, MAX_REASON),
             count: 0,
+            limited: 0,
             first_ms: now_ms,
             last_ms: now_ms,
         });
         entry.count += 1;
+        entry.limited += u64::from(denial.limited);
         entry.last_ms = entry.last_ms.max(now_ms);
     }
 
@@ -296,8 +298,9 @@ impl Denials {
             .into_iter()
             .map(|((_, operation, kind, project), e)| {
                 let detail = format!(
-                    "count={} outcome={} first_at={} last_at={}: {}",
+                    "count={} rate_limited={} outcome={} first_at={} last_at={}: {}",
                     e.count,
+                    e.limited,
                     kind.as_str(),
                     e.first_ms,
                     e.last_ms,
@@ -359,6 +362,7 @@ mod tests {
             project: None,
             target: "prj_x",
             reason: "no role in this project",
+            limited: false,
         }
     }
 
@@ -394,7 +398,10 @@ mod tests {
         };
         for i in 0..1000u64 {
             d.record(
-                denial(who.clone(), "project.get", DenialKind::NotFound),
+                Denial {
+                    limited: i >= 20,
+                    ..denial(who.clone(), "project.get", DenialKind::NotFound)
+                },
                 1_000 + i,
             );
         }
@@ -432,14 +439,16 @@ mod tests {
         assert_eq!(outcome, AuditOutcome::Denied);
         assert_eq!(target, "prj_x");
         assert!(
-            detail.starts_with("count=10 outcome=unauthenticated"),
+            detail.starts_with("count=10 rate_limited=0 outcome=unauthenticated"),
             "{detail}"
         );
         assert_eq!(cmd.actor.name, "anonymous@10.0.0.9");
         assert_eq!(cmd.at_ms, 9_000);
         let (cmd, _, detail, _) = find("project.get");
         assert!(
-            detail.starts_with("count=1000 outcome=not_found first_at=1000 last_at=1999"),
+            detail.starts_with(
+                "count=1000 rate_limited=980 outcome=not_found first_at=1000 last_at=1999"
+            ),
             "{detail}"
         );
         assert_eq!(cmd.actor, Actor::principal("sa_1", "mallory"));

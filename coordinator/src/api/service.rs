@@ -552,6 +552,7 @@ impl AdminService {
             project,
             target,
             reason: detail,
+            limited: false,
         };
         self.inner
             .denials
@@ -580,14 +581,11 @@ impl AdminService {
                 name: scope.caller.principal_name.clone(),
             },
             operation: scope.operation,
-            kind: if limited.is_ok() {
-                DenialKind::NotFound
-            } else {
-                DenialKind::RateLimited
-            },
+            kind: DenialKind::NotFound,
             project: owner,
             target: id,
             reason: kind,
+            limited: limited.is_err(),
         };
         denials.record(denial, now_ms());
         match limited {
