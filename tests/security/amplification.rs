@@ -479,6 +479,20 @@ fn slow_loris_headers_and_bodies_are_cut_off() {
     assert!(closed, "a dribbling header was not cut off");
     assert!(started.elapsed() < Duration::from_secs(10));
 
+    // A connection that never says anything is dropped at the same timeout, freeing its place.
+    let mut silent = TcpStream::connect(&host).expect("connect");
+    silent
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("read timeout");
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let read = silent.read(&mut buf);
+    assert!(
+        matches!(read, Ok(0) | Err(_)) && started.elapsed() < Duration::from_secs(10),
+        "{read:?} after {:?}",
+        started.elapsed()
+    );
+
     // The API serves others all along.
     let (status, _) = dev.request("GET", "/v1/whoami", Some(&dev.token), None, None);
     assert_eq!(status, 200);
