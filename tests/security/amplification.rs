@@ -389,6 +389,16 @@ fn the_pending_job_quota_refuses_one_more_with_a_clear_error() {
         Some(3),
         "{listed}"
     );
+    // Hammering the full queue costs the coordinators no replicated writes.
+    for _ in 0..50 {
+        let (status, _) = dev.request("POST", "/v1/jobs", Some(&editor), None, Some(&job));
+        assert_eq!(status, 429);
+    }
+    let refused_writes = audit_all(&dev)
+        .into_iter()
+        .filter(|r| r["action"] == "job.submit" && r["outcome"] != "success")
+        .count();
+    assert_eq!(refused_writes, 0, "refused submissions reached the log");
 
     // Cancelling one frees its place.
     let (status, _) = dev.request(

@@ -809,6 +809,10 @@ impl AdminService {
                 ));
             }
         }
+        // Checked here too, so a client hammering a full quota costs reads, not replicated refusals;
+        // `apply` checks again, so concurrent submissions cannot overshoot.
+        self.handle()
+            .read(|s| s.check_submit_quota(&scope.project_id, &spec))?;
         let op = Op::SubmitJob {
             id: crypto::random_id("job", &mut OsRng),
             project_id: scope.project_id.clone(),

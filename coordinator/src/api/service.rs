@@ -757,36 +757,33 @@ impl AdminService {
         project: &str,
     ) -> Result<ProjectView, ServiceError> {
         self.consistent().await?;
-        let found = self.inner.handle.read(|s| {
-            s.project_by_id_or_name(project).map(|p| {
-                (
-                    p.view(),
-                    authz::authorize(
-                        s,
-                        &scope.caller.principal_id,
-                        Some(&p.id),
-                        Action::ReadProject,
-                    ),
-                )
-            })
+        // A missing project goes through the same lookups and the same `authorize` (which scans the
+        // caller's bindings before finding it missing) as a hidden one.
+        let (owner, verdict) = self.inner.handle.read(|s| {
+            let owner = s.project_by_id_or_name(project).map(|p| p.id.clone());
+            let id = owner.as_deref().unwrap_or(project);
+            let verdict =
+                authz::authorize(s, &scope.caller.principal_id, Some(id), Action::ReadProject);
+            (owner, verdict)
         });
-        match found {
-            None => Err(self.hidden(scope, "project", project, None).await),
-            Some((view, Ok(()))) => Ok(view),
-            Some((view, Err(authz::Denied::Forbidden))) => {
+        match (owner, verdict) {
+            (Some(id), Ok(())) => self
+                .inner
+                .handle
+                .read(|s| s.project(&id).map(|p| p.view()))
+                .ok_or_else(|| ServiceError::not_found("project", project)),
+            (Some(id), Err(authz::Denied::Forbidden)) => {
                 self.record_denied(
                     &scope.caller,
                     scope.operation,
-                    Some(view.id.clone()),
-                    &view.id,
+                    Some(id.clone()),
+                    &id,
                     "roles do not grant read-project",
                 )
                 .await;
                 Err(ServiceError::forbidden("this operation needs read-project"))
             }
-            Some((view, Err(_))) => {
-                Err(self.hidden(scope, "project", project, Some(view.id)).await)
-            }
+            (owner, _) => Err(self.hidden(scope, "project", project, owner).await),
         }
     }
 
