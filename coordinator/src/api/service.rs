@@ -760,18 +760,16 @@ impl AdminService {
         // A missing project goes through the same lookups and the same `authorize` (which scans the
         // caller's bindings before finding it missing) as a hidden one.
         let (owner, verdict) = self.inner.handle.read(|s| {
-            let owner = s.project_by_id_or_name(project).map(|p| p.id.clone());
+            let project_ref = s.project_by_id_or_name(project);
+            let owner = project_ref.map(|p| p.id.clone());
             let id = owner.as_deref().unwrap_or(project);
             let verdict =
-                authz::authorize(s, &scope.caller.principal_id, Some(id), Action::ReadProject);
+                authz::authorize(s, &scope.caller.principal_id, Some(id), Action::ReadProject)
+                    .map(|()| project_ref.map(|p| p.view()));
             (owner, verdict)
         });
         match (owner, verdict) {
-            (Some(id), Ok(())) => self
-                .inner
-                .handle
-                .read(|s| s.project(&id).map(|p| p.view()))
-                .ok_or_else(|| ServiceError::not_found("project", project)),
+            (Some(_), Ok(Some(view))) => Ok(view),
             (Some(id), Err(authz::Denied::Forbidden)) => {
                 self.record_denied(
                     &scope.caller,

@@ -681,6 +681,33 @@ impl Attempt {
     }
 }
 
+/// What the projects touched by one scheduling pass reserve, each computed from the state the first time
+/// it is needed and then kept up to date by the pass's own placements and evictions (so a pass of many
+/// items does not recount a project's jobs for each).
+#[derive(Default)]
+struct RunningByProject(BTreeMap<String, Resources>);
+
+impl RunningByProject {
+    fn of(&mut self, state: &RegistryState, project_id: &str) -> Resources {
+        *self
+            .0
+            .entry(project_id.to_owned())
+            .or_insert_with(|| state.project_load(project_id).running)
+    }
+
+    fn add(&mut self, project_id: &str, more: Resources) {
+        if let Some(held) = self.0.get_mut(project_id) {
+            *held = add(*held, more);
+        }
+    }
+
+    fn sub(&mut self, project_id: &str, freed: Resources) {
+        if let Some(held) = self.0.get_mut(project_id) {
+            *held = super::policy::sub(*held, freed);
+        }
+    }
+}
+
 /// `attempt 2 of job j` or, for a gang, `replica 1 of attempt 2 of job j`, for stale-report reasons.
 struct ReplicaName<'a>(&'a str, u32, u32, u32);
 
@@ -828,10 +855,12 @@ impl RegistryState {
         placements: &[PlacementOp],
     ) -> Result<Applied, DomainError> {
         let (mut placed, mut waiting, mut preempted, mut skipped) = (0u32, 0u32, 0u32, 0u32);
+        // What each project touched by this pass reserves, computed once and kept up to date item by item.
+        let mut running = RunningByProject::default();
         for item in placements {
             let applied = match item {
                 PlacementOp::Place { .. } => {
-                    let ok = self.place_one(at, item);
+                    let ok = self.place_one(at, item, &mut running);
                     placed += u32::from(ok);
                     ok
                 }
@@ -845,7 +874,7 @@ impl RegistryState {
                     attempt,
                     by,
                 } => {
-                    let ok = self.preempt_one(at, job_id, *attempt, by);
+                    let ok = self.preempt_one(at, job_id, *attempt, by, &mut running);
                     preempted += u32::from(ok);
                     ok
                 }
@@ -866,7 +895,7 @@ impl RegistryState {
     /// Applies one `Place` item; false (skipped) unless the job is pending, `attempt` is its next one, there
     /// is one entry per replica and every node is ready (and not draining) at the entry's lease epoch. A gang is placed whole
     /// or not at all.
-    fn place_one(&mut self, at: u64, item: &PlacementOp) -> bool {
+    fn place_one(&mut self, at: u64, item: &PlacementOp, running: &mut RunningByProject) -> bool {
         let PlacementOp::Place {
             job_id,
             attempt,
@@ -889,8 +918,9 @@ impl RegistryState {
         let more = replicas
             .iter()
             .fold(Resources::default(), |sum, r| add(sum, r.resources));
-        let held = self.project_load(&job.project_id).running;
-        if running_quota_excess(&self.project_policy(&job.project_id), held, more).is_some() {
+        let project_id = job.project_id.clone();
+        let held = running.of(self, &project_id);
+        if running_quota_excess(&self.project_policy(&project_id), held, more).is_some() {
             return false;
         }
         let mut entries = Vec::with_capacity(replicas.len());
@@ -931,6 +961,7 @@ impl RegistryState {
         job.state = JobState::Scheduled;
         job.pending_reason = None;
         job.updated_at = at;
+        running.add(&project_id, more);
         self.pending_job_ids.remove(job_id);
         let nodes: BTreeSet<&String> = replicas.iter().map(|r| &r.node).collect();
         for node in nodes {
@@ -962,7 +993,14 @@ impl RegistryState {
     /// preempting job `by` is pending, asked for preemption and may evict the victim: a preemptible job of
     /// lower priority, of its own project or, below the preemptor's project's ceiling, of another one. The
     /// victim's record names the preemptor only when both belong to the same project.
-    fn preempt_one(&mut self, at: u64, job_id: &str, attempt: u32, by: &str) -> bool {
+    fn preempt_one(
+        &mut self,
+        at: u64,
+        job_id: &str,
+        attempt: u32,
+        by: &str,
+        running: &mut RunningByProject,
+    ) -> bool {
         let Some(victim) = self.jobs.get(job_id) else {
             return false;
         };
@@ -997,6 +1035,12 @@ impl RegistryState {
         } else {
             "preempted by a higher-priority job".to_owned()
         };
+        let freed = victim
+            .current_replicas()
+            .iter()
+            .filter(|a| a.outcome.is_none())
+            .fold(Resources::default(), |sum, a| add(sum, a.resources));
+        running.sub(&victim.project_id, freed);
         self.end_attempt(
             at,
             job_id,
@@ -3568,6 +3612,44 @@ mod tests {
         w.report(A, vec![("job_1", 1, exited(0))]);
         assert_eq!(w.s.project_load(PA).running, Resources::default());
         w.place("job_2", 1, B);
+    }
+
+    #[test]
+    fn an_eviction_frees_quota_for_the_placement_in_the_same_pass() {
+        let mut w = World::new();
+        set_policy(
+            &mut w,
+            PA,
+            crate::state::PolicyUpdate {
+                max_running_gpus: Some(1),
+                ..Default::default()
+            },
+        );
+        w.submit("job_low");
+        w.place("job_low", 1, A);
+        let mut high = spec();
+        high.priority = 5;
+        high.preemption = true;
+        w.submit_spec("job_high", high);
+        // Placing it first fails the quota; evicting first makes room, within one command.
+        assert_eq!(
+            w.placements(vec![w.place_op("job_high", 1, A)]),
+            (0, 0, 0, 1)
+        );
+        let counts = w.placements(vec![
+            PlacementOp::Preempt {
+                job_id: "job_low".into(),
+                attempt: 1,
+                by: "job_high".into(),
+            },
+            w.place_op("job_high", 1, A),
+            // The evicted job cannot come straight back: the quota is taken again.
+            w.place_op("job_low", 2, B),
+        ]);
+        assert_eq!(counts, (1, 0, 1, 1));
+        assert_eq!(w.job("job_high").state, JobState::Scheduled);
+        assert_eq!(w.job("job_low").state, JobState::Pending);
+        assert_eq!(w.s.project_load(PA).running.gpus, 1);
     }
 
     #[test]
