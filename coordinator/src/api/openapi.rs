@@ -679,7 +679,10 @@ fn schemas() -> Value {
         ("GpuDevice", gpu),
     ];
     let mut all = json!({
-        "Error": object(&["error"], &[("error", object(&["code", "message"], &[("code", string()), ("message", string())]))]),
+        "Error": object(&["error"], &[("error", object(&["code", "message"], &[
+            ("code", json!({ "type": "string", "description": "invalid_argument, malformed_json, unauthenticated, permission_denied, not_found, already_exists, failed_precondition, conflict, method_not_allowed, payload_too_large, unsupported_media_type, unavailable (503, Retry-After; also too many connections), internal, quota_exceeded (429: a project quota), rate_limited (429, Retry-After: too many refused requests from this key or address), request_timeout (408: the body did not arrive in time)" })),
+            ("message", string()),
+        ]))]),
         "Health": object(&["status"], &[("status", string())]),
         "OpenApiDocument": { "type": "object" },
         "Project": project,
