@@ -1001,3 +1001,44 @@ async fn platform_admins_drain_and_undrain_nodes() -> anyhow::Result<()> {
     api.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn refusals_still_buffered_at_shutdown_reach_the_audit_log() -> anyhow::Result<()> {
+    let mut limits = api_common::test_limits();
+    limits.denials.window = std::time::Duration::from_secs(3_600);
+    let mut api = start_with(Setup {
+        limits,
+        ..Setup::default()
+    })
+    .await?;
+    let stranger = coordinator::crypto::generate_token(&mut rand::rngs::OsRng).token;
+    for _ in 0..3 {
+        let refused = api.get("/v1/jobs").token(&stranger).send().await?;
+        assert_eq!(refused.status, 401);
+    }
+    let denied = |api: &api_common::TestApi| {
+        api.handle.read(|s| {
+            s.audit_records()
+                .iter()
+                .filter(|r| r.outcome == coordinator::state::AuditOutcome::Denied)
+                .map(|r| (r.action.clone(), r.detail.clone()))
+                .collect::<Vec<_>>()
+        })
+    };
+    assert!(
+        denied(&api).is_empty(),
+        "nothing is written before the window ends"
+    );
+    api.stop_api(std::time::Duration::from_secs(30)).await?;
+    let written = denied(&api);
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert_eq!(written[0].0, "job.list");
+    assert!(
+        written[0]
+            .1
+            .starts_with("count=3 rate_limited=0 outcome=unauthenticated"),
+        "{written:?}"
+    );
+    api.handle.shutdown().await;
+    Ok(())
+}

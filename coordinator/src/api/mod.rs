@@ -199,7 +199,12 @@ impl AdminApi {
     pub async fn run(self, shutdown: CancellationToken) {
         let connections = TaskTracker::new();
         let caps = ConnectionCaps::new(&self.limits);
-        let flusher = tokio::spawn(flush_denials(self.app.service.clone(), shutdown.clone()));
+        // Stopped only after the connections drained, so refusals made while draining are written too.
+        let stop_flusher = CancellationToken::new();
+        let flusher = tokio::spawn(flush_denials(
+            self.app.service.clone(),
+            stop_flusher.clone(),
+        ));
         tracing::info!("admin API listening");
         loop {
             let accepted = tokio::select! {
@@ -246,7 +251,8 @@ impl AdminApi {
         {
             tracing::warn!("admin API connections did not drain in time; dropping them");
         }
-        // The flusher writes what is left when it sees the shutdown; wait for it (bounded).
+        // The flusher writes what is left when it stops; wait for it (bounded).
+        stop_flusher.cancel();
         if tokio::time::timeout(FLUSH_TIMEOUT, flusher).await.is_err() {
             tracing::warn!(
                 "the last refused requests could not be written to the audit log in time"
@@ -256,14 +262,14 @@ impl AdminApi {
     }
 }
 
-/// Writes the coalesced refusals to the audit log every window, and once more at shutdown.
-async fn flush_denials(service: AdminService, shutdown: CancellationToken) {
+/// Writes the coalesced refusals to the audit log every window, and once more when `stop` is cancelled.
+async fn flush_denials(service: AdminService, stop: CancellationToken) {
     let mut ticker = tokio::time::interval(service.denials().window());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     loop {
         let stopping = tokio::select! {
-            _ = shutdown.cancelled() => true,
+            _ = stop.cancelled() => true,
             _ = ticker.tick() => false,
         };
         let commands = service.denials().drain(service::now_ms());
