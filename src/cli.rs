@@ -25,7 +25,8 @@ Environment:
   MERIDIAN_PROJECT  project to act in (default: the key's own project)
 
 Exit codes:
-  0 success   1 failure   2 bad usage or invalid input   3 unauthenticated or forbidden
+  0 success   1 failure   2 bad usage or invalid input
+  3 unauthenticated, forbidden, or over a project quota or rate limit
   4 not found 5 conflict  6 unavailable (no connection, no leader, not ready)
   7 the job ended without succeeding (failed, cancelled or lost; job run --wait)";
 
@@ -178,6 +179,44 @@ pub struct DevArgs {
     /// The most processes and threads one job may have.
     #[arg(long, env = "MERIDIAN_DEV_JOB_PIDS_MAX", default_value_t = 4096)]
     pub job_pids_max: u64,
+    /// Most admin API connections open at once.
+    #[arg(
+        long,
+        env = "MERIDIAN_DEV_ADMIN_MAX_CONNECTIONS",
+        default_value_t = 1024
+    )]
+    pub admin_max_connections: usize,
+    /// How long an admin API client may take to send its request headers, in milliseconds.
+    #[arg(
+        long,
+        env = "MERIDIAN_DEV_ADMIN_HEADER_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub admin_header_timeout_ms: u64,
+    /// How long an admin API client may take to send a request body, in milliseconds (then 408).
+    #[arg(
+        long,
+        env = "MERIDIAN_DEV_ADMIN_BODY_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub admin_body_timeout_ms: u64,
+    /// Refused admin API requests a key or an address may collect in a burst before it gets 429.
+    #[arg(long, env = "MERIDIAN_DEV_ADMIN_REFUSED_BURST", default_value_t = 20)]
+    pub admin_refused_burst: u32,
+    /// Refused requests per second a key or an address earns back.
+    #[arg(
+        long,
+        env = "MERIDIAN_DEV_ADMIN_REFUSED_PER_SECOND",
+        default_value_t = 2
+    )]
+    pub admin_refused_per_second: u32,
+    /// How often coalesced counts of refused requests are written to the audit log, in milliseconds.
+    #[arg(
+        long,
+        env = "MERIDIAN_DEV_ADMIN_REFUSED_AUDIT_WINDOW_MS",
+        default_value_t = 5_000
+    )]
+    pub admin_refused_audit_window_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -394,6 +433,55 @@ pub enum ProjectCommand {
     Delete {
         #[arg(value_name = "PROJECT")]
         name_or_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A project's policy: quotas, network and preemption ceiling (set by a platform-admin).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Show a project's policy.
+    #[command(after_help = "Example:\n  meridian project policy get vision -o json")]
+    Get {
+        #[arg(value_name = "PROJECT")]
+        name_or_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change a project's policy; options left out keep their value (platform-admin only).
+    #[command(after_help = "Examples:\n  \
+meridian project policy set vision --max-pending-jobs 200 --max-running-gpus 16\n  \
+meridian project policy set vision --max-running-cpu 64 --max-running-memory 256Gi --max-spec-bytes 32Mi\n  \
+meridian project policy set sandbox --network none\n  \
+meridian project policy set batch --preemption-ceiling 10   # may evict other projects' jobs below priority 10")]
+    Set {
+        #[arg(value_name = "PROJECT")]
+        name_or_id: String,
+        /// Most jobs pending at once.
+        #[arg(long)]
+        max_pending_jobs: Option<u64>,
+        /// Most CPU cores reserved by the project's scheduled and running jobs (`64`, `0.5`, `500m`).
+        #[arg(long, value_name = "CORES")]
+        max_running_cpu: Option<String>,
+        /// Most memory reserved by them (`256Gi`, `1T`, bytes).
+        #[arg(long, value_name = "SIZE")]
+        max_running_memory: Option<String>,
+        /// Most GPUs held by them.
+        #[arg(long)]
+        max_running_gpus: Option<u64>,
+        /// Most bytes of job specs held by unfinished jobs (`32Mi`, bytes).
+        #[arg(long, value_name = "SIZE")]
+        max_spec_bytes: Option<String>,
+        /// The network of the project's jobs: `none` (loopback only) or `egress`.
+        #[arg(long, value_name = "none|egress")]
+        network: Option<String>,
+        /// Other projects' jobs below this priority may be evicted for this project's preempting jobs
+        /// (0: never).
+        #[arg(long, value_name = "PRIORITY")]
+        preemption_ceiling: Option<i64>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -700,7 +788,8 @@ pub struct JobRunArgs {
     /// Scheduling priority, -1000..=1000 (higher goes first).
     #[arg(long, allow_negative_numbers = true)]
     pub priority: Option<i32>,
-    /// When nothing fits, evict lower-priority jobs that allow it (they go back to pending).
+    /// When nothing fits, evict lower-priority jobs that allow it (they go back to pending): the project's
+    /// own, and other projects' only below the project's preemption ceiling. Needs project-admin.
     #[arg(long)]
     pub preempt: bool,
     /// Never evict this job for a higher-priority one.

@@ -26,6 +26,8 @@ pub enum ClientError {
     Conflict(String),
     #[error("unavailable: {0}")]
     Unavailable(String),
+    #[error("over a limit: {0}")]
+    Limited(String),
     #[error("{0}")]
     Failed(String),
 }
@@ -36,7 +38,7 @@ impl ClientError {
         match self {
             ClientError::Failed(_) => 1,
             ClientError::Usage(_) | ClientError::Invalid(_) => 2,
-            ClientError::Denied(_) => 3,
+            ClientError::Denied(_) | ClientError::Limited(_) => 3,
             ClientError::NotFound(_) => 4,
             ClientError::Conflict(_) => 5,
             ClientError::Unavailable(_) => 6,
@@ -111,6 +113,10 @@ impl ApiClient {
 
     pub async fn post(&self, path: &str, body: Value) -> Result<Value, ClientError> {
         self.send(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Result<Value, ClientError> {
+        self.send(Method::PUT, path, Some(body)).await
     }
 
     pub async fn delete(&self, path: &str) -> Result<Value, ClientError> {
@@ -200,6 +206,8 @@ impl ApiClient {
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => {
                 ClientError::Unavailable(message)
             }
+            // A project quota or the refusal rate limit: the caller must wait or ask for more.
+            StatusCode::TOO_MANY_REQUESTS => ClientError::Limited(message),
             _ => ClientError::Failed(message),
         })
     }

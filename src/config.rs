@@ -50,6 +50,8 @@ pub struct CoordinatorConfig {
     pub fleet: FleetSection,
     #[serde(default)]
     pub jobs: JobsSection,
+    #[serde(default)]
+    pub quotas: QuotasSection,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,6 +85,135 @@ pub struct AdminSection {
     pub tls: bool,
     #[serde(default = "default_body_limit")]
     pub max_body_bytes: usize,
+    /// Most connections open at once (one more is refused at once).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Most connections open at once from one source address.
+    #[serde(default = "default_max_connections_per_source")]
+    pub max_connections_per_source: usize,
+    /// How long a client may take to send its request headers, in milliseconds.
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// How long a client may take to send a request body, in milliseconds (answered 408 after).
+    #[serde(default = "default_body_timeout_ms")]
+    pub body_timeout_ms: u64,
+    /// Refused requests (401, 403, 404) a key or an address may collect in a burst before it gets 429.
+    #[serde(default = "default_refused_burst")]
+    pub refused_burst: u32,
+    /// Refused requests per second a key or an address earns back.
+    #[serde(default = "default_refused_per_second")]
+    pub refused_per_second: u32,
+    /// How often the coalesced counts of refused requests are written to the audit log, in milliseconds.
+    #[serde(default = "default_refused_audit_window_ms")]
+    pub refused_audit_window_ms: u64,
+}
+
+impl AdminSection {
+    /// The admin API's limits.
+    pub fn limits(&self) -> coordinator::api::ApiLimits {
+        let ms = std::time::Duration::from_millis;
+        coordinator::api::ApiLimits {
+            max_connections: self.max_connections,
+            max_connections_per_source: self.max_connections_per_source,
+            header_read_timeout: ms(self.header_timeout_ms),
+            body_read_timeout: ms(self.body_timeout_ms),
+            denials: coordinator::api::DenialLimits {
+                burst: self.refused_burst,
+                per_second: self.refused_per_second,
+                window: ms(self.refused_audit_window_ms),
+            },
+        }
+    }
+}
+
+/// `[quotas]`: the quotas every new project starts with (a platform-admin raises or lowers them per
+/// project with `meridian project policy set`). Projects created before a change keep theirs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotasSection {
+    /// Most jobs pending at once.
+    #[serde(default = "default_max_pending_jobs")]
+    pub max_pending_jobs: u64,
+    /// Most CPU, in thousandths of a core, reserved by scheduled and running jobs together.
+    #[serde(default = "default_max_running_cpu_millis")]
+    pub max_running_cpu_millis: u64,
+    /// Most memory, in bytes, reserved by scheduled and running jobs together.
+    #[serde(default = "default_max_running_memory_bytes")]
+    pub max_running_memory_bytes: u64,
+    /// Most GPUs held by scheduled and running jobs together.
+    #[serde(default = "default_max_running_gpus")]
+    pub max_running_gpus: u64,
+    /// Most bytes of job specs held by unfinished jobs together.
+    #[serde(default = "default_max_spec_bytes")]
+    pub max_spec_bytes: u64,
+}
+
+impl Default for QuotasSection {
+    fn default() -> Self {
+        let p = coordinator::state::ProjectPolicy::BUILTIN;
+        Self {
+            max_pending_jobs: p.max_pending_jobs,
+            max_running_cpu_millis: p.max_running_cpu_millis,
+            max_running_memory_bytes: p.max_running_memory_bytes,
+            max_running_gpus: p.max_running_gpus,
+            max_spec_bytes: p.max_spec_bytes,
+        }
+    }
+}
+
+impl QuotasSection {
+    /// The policy new projects get: these quotas, the built-in network (`egress`) and ceiling (0).
+    pub fn project_defaults(&self) -> coordinator::state::ProjectPolicy {
+        coordinator::state::ProjectPolicy {
+            max_pending_jobs: self.max_pending_jobs,
+            max_running_cpu_millis: self.max_running_cpu_millis,
+            max_running_memory_bytes: self.max_running_memory_bytes,
+            max_running_gpus: self.max_running_gpus,
+            max_spec_bytes: self.max_spec_bytes,
+            ..coordinator::state::ProjectPolicy::BUILTIN
+        }
+    }
+}
+
+fn default_max_pending_jobs() -> u64 {
+    QuotasSection::default().max_pending_jobs
+}
+fn default_max_running_cpu_millis() -> u64 {
+    QuotasSection::default().max_running_cpu_millis
+}
+fn default_max_running_memory_bytes() -> u64 {
+    QuotasSection::default().max_running_memory_bytes
+}
+fn default_max_running_gpus() -> u64 {
+    QuotasSection::default().max_running_gpus
+}
+fn default_max_spec_bytes() -> u64 {
+    QuotasSection::default().max_spec_bytes
+}
+
+fn default_max_connections() -> usize {
+    coordinator::api::ApiLimits::default().max_connections
+}
+fn default_max_connections_per_source() -> usize {
+    coordinator::api::ApiLimits::default().max_connections_per_source
+}
+fn default_header_timeout_ms() -> u64 {
+    millis(coordinator::api::ApiLimits::default().header_read_timeout)
+}
+fn default_body_timeout_ms() -> u64 {
+    millis(coordinator::api::ApiLimits::default().body_read_timeout)
+}
+fn default_refused_burst() -> u32 {
+    coordinator::api::DenialLimits::default().burst
+}
+fn default_refused_per_second() -> u32 {
+    coordinator::api::DenialLimits::default().per_second
+}
+fn default_refused_audit_window_ms() -> u64 {
+    millis(coordinator::api::DenialLimits::default().window)
+}
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -260,6 +391,13 @@ const ENV_KEYS: &[&str] = &[
     "admin.advertise",
     "admin.tls",
     "admin.max_body_bytes",
+    "admin.max_connections",
+    "admin.max_connections_per_source",
+    "admin.header_timeout_ms",
+    "admin.body_timeout_ms",
+    "admin.refused_burst",
+    "admin.refused_per_second",
+    "admin.refused_audit_window_ms",
     "tls.ca",
     "tls.cert",
     "tls.key",
@@ -272,6 +410,11 @@ const ENV_KEYS: &[&str] = &[
     "fleet.approve_new_nodes",
     "jobs.retain_finished_secs",
     "jobs.sweep_secs",
+    "quotas.max_pending_jobs",
+    "quotas.max_running_cpu_millis",
+    "quotas.max_running_memory_bytes",
+    "quotas.max_running_gpus",
+    "quotas.max_spec_bytes",
 ];
 
 /// The environment variable for a TOML path.
@@ -360,6 +503,34 @@ impl CoordinatorConfig {
         }
         if self.jobs.sweep_secs == 0 {
             return Err(invalid("jobs.sweep_secs", "must be positive"));
+        }
+        for (field, value) in [
+            ("admin.max_connections", self.admin.max_connections as u64),
+            (
+                "admin.max_connections_per_source",
+                self.admin.max_connections_per_source as u64,
+            ),
+            ("admin.header_timeout_ms", self.admin.header_timeout_ms),
+            ("admin.body_timeout_ms", self.admin.body_timeout_ms),
+            ("admin.refused_burst", u64::from(self.admin.refused_burst)),
+            (
+                "admin.refused_per_second",
+                u64::from(self.admin.refused_per_second),
+            ),
+            (
+                "admin.refused_audit_window_ms",
+                self.admin.refused_audit_window_ms,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "must be positive"));
+            }
+        }
+        if let Err(e) = self.quotas.project_defaults().validate() {
+            return Err(ConfigError::Invalid {
+                field: "quotas".into(),
+                message: e.to_string(),
+            });
         }
         if !self.admin.tls && !self.admin.listen.ip().is_loopback() {
             return Err(invalid(
@@ -510,6 +681,65 @@ members = [{ id = 1, name = "c1", raft_addr = "127.0.0.1:7171", admin_addr = "12
                 "jobs.retain_finished_secs",
             ),
             ("MERIDIAN_JOBS_SWEEP_SECS", "0", "jobs.sweep_secs"),
+        ] {
+            let env = BTreeMap::from([(name.to_string(), value.to_string())]);
+            let err =
+                CoordinatorConfig::parse(SAMPLE, Path::new("t.toml"), &env).expect_err("refused");
+            assert!(err.to_string().contains(field), "{name}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn admin_limits_and_quotas_default_override_and_validate() {
+        let cfg =
+            CoordinatorConfig::parse(SAMPLE, Path::new("t.toml"), &BTreeMap::new()).expect("valid");
+        assert_eq!(cfg.admin.limits(), coordinator::api::ApiLimits::default());
+        assert_eq!(
+            cfg.quotas.project_defaults(),
+            coordinator::state::ProjectPolicy::BUILTIN
+        );
+
+        let text = format!("{SAMPLE}\n[quotas]\nmax_pending_jobs = 10\n");
+        let env = BTreeMap::from([
+            (
+                "MERIDIAN_ADMIN_MAX_CONNECTIONS".to_string(),
+                "64".to_string(),
+            ),
+            (
+                "MERIDIAN_ADMIN_BODY_TIMEOUT_MS".to_string(),
+                "2000".to_string(),
+            ),
+            (
+                "MERIDIAN_QUOTAS_MAX_RUNNING_GPUS".to_string(),
+                "2".to_string(),
+            ),
+        ]);
+        let cfg = CoordinatorConfig::parse(&text, Path::new("t.toml"), &env).expect("valid");
+        let limits = cfg.admin.limits();
+        assert_eq!(limits.max_connections, 64);
+        assert_eq!(limits.body_read_timeout.as_millis(), 2000);
+        let defaults = cfg.quotas.project_defaults();
+        assert_eq!(defaults.max_pending_jobs, 10);
+        assert_eq!(defaults.max_running_gpus, 2);
+        assert_eq!(defaults.network, coordinator::state::NetworkPolicy::Egress);
+        assert_eq!(defaults.preemption_ceiling, 0);
+
+        for (name, value, field) in [
+            (
+                "MERIDIAN_ADMIN_MAX_CONNECTIONS",
+                "0",
+                "admin.max_connections",
+            ),
+            (
+                "MERIDIAN_ADMIN_BODY_TIMEOUT_MS",
+                "0",
+                "admin.body_timeout_ms",
+            ),
+            (
+                "MERIDIAN_QUOTAS_MAX_SPEC_BYTES",
+                "18446744073709551615",
+                "quotas",
+            ),
         ] {
             let env = BTreeMap::from([(name.to_string(), value.to_string())]);
             let err =

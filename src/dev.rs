@@ -177,6 +177,13 @@ pub fn prepare(args: &DevArgs) -> anyhow::Result<CoordinatorConfig> {
             advertise: None,
             tls: false,
             max_body_bytes: 1 << 20,
+            max_connections: args.admin_max_connections,
+            max_connections_per_source: args.admin_max_connections,
+            header_timeout_ms: args.admin_header_timeout_ms,
+            body_timeout_ms: args.admin_body_timeout_ms,
+            refused_burst: args.admin_refused_burst,
+            refused_per_second: args.admin_refused_per_second,
+            refused_audit_window_ms: args.admin_refused_audit_window_ms,
         },
         tls: TlsSection {
             ca: ca_pem,
@@ -202,6 +209,7 @@ pub fn prepare(args: &DevArgs) -> anyhow::Result<CoordinatorConfig> {
             ..Default::default()
         },
         jobs: Default::default(),
+        quotas: Default::default(),
     })
 }
 

@@ -113,6 +113,8 @@ pub async fn start(
         handle: handle.clone(),
         keyring: keyring.clone(),
         max_body_bytes: cfg.admin.max_body_bytes,
+        limits: cfg.admin.limits(),
+        project_defaults: cfg.quotas.project_defaults(),
     })
     .await
     .context("binding admin API")?;

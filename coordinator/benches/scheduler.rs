@@ -179,6 +179,8 @@ fn job(rng: &mut Rng, n: usize) -> JobRequest {
         constraints,
         replicas,
         preemption,
+        project: String::new(),
+        preemption_ceiling: 0,
         preemptible: true,
         data_locality,
         strategy: if rng.percent(10) {

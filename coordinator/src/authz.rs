@@ -22,7 +22,8 @@ pub enum Role {
     Editor,
     /// Viewer, plus writes serving (deployments, traffic).
     Deployer,
-    /// Editor and deployer, plus keys, role bindings, secrets and the project's audit log.
+    /// Editor and deployer, plus keys, role bindings, secrets, the project's audit log and submitting
+    /// jobs that preempt others (`preempt-jobs`).
     ProjectAdmin,
     /// Everything, everywhere (platform scope only).
     PlatformAdmin,
@@ -66,6 +67,7 @@ impl Role {
                     | ManageBindings
                     | ManageSecrets
                     | ReadAudit
+                    | PreemptJobs
             ),
             Role::PlatformAdmin => true,
         }
@@ -124,11 +126,15 @@ pub enum Action {
     ClusterMembership,
     /// Re-wrap data keys under a new master key.
     RotateMasterKey,
+    /// Submit jobs that may evict other jobs (`preemption: true`).
+    PreemptJobs,
+    /// Change a project's policy: quotas, network, preemption ceiling.
+    SetProjectPolicy,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 13] = [
+    pub const ALL: [Action; 15] = [
         Action::ReadProject,
         Action::WriteExperiments,
         Action::RunJobs,
@@ -142,6 +148,8 @@ impl Action {
         Action::ClusterRead,
         Action::ClusterMembership,
         Action::RotateMasterKey,
+        Action::PreemptJobs,
+        Action::SetProjectPolicy,
     ];
 
     /// Platform actions are granted only by platform-scoped bindings.
@@ -153,6 +161,7 @@ impl Action {
                 | Action::ClusterRead
                 | Action::ClusterMembership
                 | Action::RotateMasterKey
+                | Action::SetProjectPolicy
         )
     }
 }
@@ -311,6 +320,7 @@ mod tests {
                 "manage-bindings",
                 "manage-secrets",
                 "read-audit",
+                "preempt-jobs",
             ],
             Role::PlatformAdmin => &[
                 "read-project",
@@ -326,6 +336,8 @@ mod tests {
                 "cluster-read",
                 "cluster-membership",
                 "rotate-master-key",
+                "preempt-jobs",
+                "set-project-policy",
             ],
         };
         let name = serde_json::to_value(action).expect("action serializes");
@@ -395,6 +407,7 @@ mod tests {
                     name: name.into(),
                     description: String::new(),
                     data_key: wk(id),
+                    policy: None,
                 },
             );
         }

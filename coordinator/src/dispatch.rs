@@ -3,11 +3,13 @@
 //! Owns [`plan`], the pure step from the replicated state to a batch of [`PlacementOp`]s (it builds a
 //! [`Scheduler`] over the nodes and the allocations of scheduled and running jobs, places the pending jobs
 //! and records why the rest wait; a node an operator drains is offered as `Draining`, so nothing new lands
-//! there), and [`run_dispatcher`], the leader-only task that runs a pass whenever the
+//! there; a job whose project's running quota it would exceed waits, saying so, and never reaches the
+//! scheduler, so it cannot evict anything either), and [`run_dispatcher`], the leader-only task that runs a
+//! pass whenever the
 //! state moved. It must never start or stop anything itself: agents learn their assignments from the
 //! committed state (`AgentSync`), and the state machine re-checks every placement when it applies it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -18,7 +20,8 @@ use crate::scheduler::{
     Allocation, JobRequest, Locality, NodeHealth, NodeView, PlacementDecision, Resources, Scheduler,
 };
 use crate::state::{
-    Actor, Command, JobRecord, NodeHealthState, Op, PlacementOp, RegistryState, ReplicaPlacement,
+    job_reservation, running_quota_excess, Actor, Command, JobRecord, NodeHealthState, Op,
+    PlacementOp, RegistryState, ReplicaPlacement,
 };
 
 /// Most placements proposed in one command; the rest wait for the next pass.
@@ -70,12 +73,14 @@ fn allocations(job: &JobRecord) -> impl Iterator<Item = Allocation> + '_ {
             gpu_uuids: attempt.gpu_uuids.clone(),
             priority: job.spec.priority,
             preemptible: job.spec.preemptible,
+            project: job.project_id.clone(),
         })
 }
 
 /// What the scheduler is asked for a pending job. A job that lost its node prefers that node's region
-/// (elsewhere in the region first), unless it names its own data locality.
-fn request(job: &JobRecord) -> JobRequest {
+/// (elsewhere in the region first), unless it names its own data locality. `preemption_ceiling` is its
+/// project's.
+fn request(job: &JobRecord, preemption_ceiling: i32) -> JobRequest {
     let spec = &job.spec;
     let data_locality = spec.data_locality.clone().or_else(|| {
         job.prefer_region.as_ref().map(|region| Locality {
@@ -90,6 +95,8 @@ fn request(job: &JobRecord) -> JobRequest {
         constraints: spec.constraints.clone(),
         replicas: spec.replicas,
         preemption: spec.preemption,
+        project: job.project_id.clone(),
+        preemption_ceiling,
         preemptible: spec.preemptible,
         data_locality,
         strategy: spec.strategy,
@@ -110,8 +117,8 @@ pub(crate) fn plan(state: &RegistryState) -> Vec<PlacementOp> {
     let active: HashMap<&str, &JobRecord> =
         state.active_jobs().map(|j| (j.id.as_str(), j)).collect();
     let nodes = state.nodes().map(|n| node_view(state, n));
-    let allocations = active.values().flat_map(|j| allocations(j));
-    let mut scheduler = match Scheduler::new(nodes, allocations) {
+    let held_now = active.values().flat_map(|j| allocations(j));
+    let mut scheduler = match Scheduler::new(nodes, held_now) {
         Ok(s) => s,
         Err(e) => {
             // Node keys are unique in the registry, so this cannot happen; refuse to guess if it does.
@@ -119,14 +126,38 @@ pub(crate) fn plan(state: &RegistryState) -> Vec<PlacementOp> {
             return Vec::new();
         }
     };
-    let requests: Vec<JobRequest> = pending.iter().map(|j| request(j)).collect();
+    let mut requests: Vec<JobRequest> = pending
+        .iter()
+        .map(|j| request(j, state.project_policy(&j.project_id).preemption_ceiling))
+        .collect();
+    // The order `Scheduler::place_all` uses: higher priority first, then job id.
+    requests.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
+    // What each project concerned holds, kept up to date as this pass places and evicts.
+    let mut held: BTreeMap<&str, crate::scheduler::Resources> = BTreeMap::new();
+    for job in &pending {
+        held.entry(job.project_id.as_str())
+            .or_insert_with(|| state.project_load(&job.project_id).running);
+    }
     let mut ops = Vec::new();
     let mut placed = 0usize;
-    for decision in scheduler.place_all(&requests) {
-        let Some(job) = by_id.get(decision.job_id.as_str()).copied() else {
+    for req in &requests {
+        let Some(job) = by_id.get(req.id.as_str()).copied() else {
             continue;
         };
-        match decision.decision {
+        let wants = job_reservation(&job.spec);
+        let policy = state.project_policy(&job.project_id);
+        let holds = held
+            .get(job.project_id.as_str())
+            .copied()
+            .unwrap_or_default();
+        let decision = match running_quota_excess(&policy, holds, wants) {
+            Some(reason) => PlacementDecision::Pending {
+                reason,
+                filtered: Default::default(),
+            },
+            None => scheduler.place(req),
+        };
+        match decision {
             PlacementDecision::Placed {
                 assignments,
                 preempted,
@@ -150,8 +181,16 @@ pub(crate) fn plan(state: &RegistryState) -> Vec<PlacementOp> {
                     continue;
                 };
                 for victim in preempted {
-                    let attempt = active
-                        .get(victim.as_str())
+                    let victim_job = active.get(victim.as_str()).copied();
+                    if let Some(v) = victim_job {
+                        let freed = allocations(v).fold(Default::default(), |sum, a| {
+                            crate::state::add_resources(sum, a.resources)
+                        });
+                        if let Some(h) = held.get_mut(v.project_id.as_str()) {
+                            *h = crate::state::sub_resources(*h, freed);
+                        }
+                    }
+                    let attempt = victim_job
                         .and_then(|j| j.current_attempt())
                         .map(|a| a.attempt);
                     if let Some(attempt) = attempt {
@@ -167,6 +206,9 @@ pub(crate) fn plan(state: &RegistryState) -> Vec<PlacementOp> {
                     attempt: job.next_attempt(),
                     replicas,
                 });
+                if let Some(h) = held.get_mut(job.project_id.as_str()) {
+                    *h = crate::state::add_resources(*h, wants);
+                }
                 placed += 1;
             }
             PlacementDecision::Pending { reason, .. } => {
@@ -382,7 +424,7 @@ mod tests {
         let waiting = s.job(PROJECT, "job_r").expect("job");
         assert_eq!(waiting.state, JobState::Pending);
         assert_eq!(
-            request(waiting).data_locality.map(|l| l.region),
+            request(waiting, 0).data_locality.map(|l| l.region),
             Some(first.region.clone()),
             "the scheduler is asked to prefer the lost node's region"
         );
@@ -427,6 +469,145 @@ mod tests {
         assert!(waiting.attempts.is_empty());
         let reason = waiting.pending_reason.clone().expect("a reason");
         assert!(reason.contains("gang of 3"), "{reason}");
+    }
+
+    fn set_policy(state: &mut RegistryState, update: crate::state::PolicyUpdate) {
+        let out = apply(
+            state,
+            Op::SetProjectPolicy {
+                project_id: PROJECT.into(),
+                update,
+            },
+        );
+        assert!(out.is_ok(), "{out:?}");
+    }
+
+    #[test]
+    fn a_job_past_its_projects_running_quota_waits_and_says_why() {
+        let mut s = fleet();
+        set_policy(
+            &mut s,
+            crate::state::PolicyUpdate {
+                max_running_cpu_millis: Some(4_000),
+                ..Default::default()
+            },
+        );
+        let mut cpu = JobSpec::new("true");
+        cpu.resources.cpu_millis = 3_000;
+        submit(&mut s, "job_a", cpu.clone());
+        submit(&mut s, "job_b", cpu);
+        let ops = run_pass(&mut s);
+        // The fleet has room for both; the quota has room for one.
+        let placed = ops
+            .iter()
+            .filter(|op| matches!(op, PlacementOp::Place { .. }))
+            .count();
+        assert_eq!(placed, 1, "{ops:?}");
+        assert_eq!(
+            s.job(PROJECT, "job_a").expect("job_a").state,
+            JobState::Scheduled
+        );
+        let waiting = s.job(PROJECT, "job_b").expect("job_b");
+        assert_eq!(waiting.state, JobState::Pending);
+        let reason = waiting.pending_reason.clone().expect("a reason");
+        assert!(
+            reason.contains("max_running_cpu_millis") && reason.contains("6.000 of 4.000 cores"),
+            "{reason}"
+        );
+        // Raised, the next pass places it.
+        set_policy(
+            &mut s,
+            crate::state::PolicyUpdate {
+                max_running_cpu_millis: Some(8_000),
+                ..Default::default()
+            },
+        );
+        run_pass(&mut s);
+        assert_eq!(
+            s.job(PROJECT, "job_b").expect("job_b").state,
+            JobState::Scheduled
+        );
+    }
+
+    #[test]
+    fn a_pass_never_evicts_another_projects_job_below_a_zero_ceiling() {
+        let mut s = fleet();
+        let out = apply(
+            &mut s,
+            Op::CreateProject {
+                id: "prj_other".into(),
+                name: "other".into(),
+                description: String::new(),
+                data_key: WrappedKey {
+                    master_key_id: "mk1".into(),
+                    nonce_b64: "AAAAAAAAAAAAAAAA".into(),
+                    ciphertext_b64: "ct2".into(),
+                },
+                policy: None,
+            },
+        );
+        assert!(out.is_ok(), "{out:?}");
+        // The other project fills the GPU node.
+        let mut theirs = JobSpec::new("train");
+        theirs.resources.gpus = 1;
+        let out = apply(
+            &mut s,
+            Op::SubmitJob {
+                id: "job_theirs".into(),
+                project_id: "prj_other".into(),
+                spec: theirs,
+            },
+        );
+        assert!(out.is_ok(), "{out:?}");
+        run_pass(&mut s);
+        assert_eq!(
+            s.job("prj_other", "job_theirs").expect("job").state,
+            JobState::Scheduled
+        );
+        let mut urgent = JobSpec::new("train");
+        urgent.resources.gpus = 1;
+        urgent.priority = 1000;
+        urgent.preemption = true;
+        submit(&mut s, "job_urgent", urgent);
+        let ops = run_pass(&mut s);
+        assert!(
+            !ops.iter()
+                .any(|op| matches!(op, PlacementOp::Preempt { .. })),
+            "{ops:?}"
+        );
+        assert_eq!(
+            s.job("prj_other", "job_theirs").expect("job").state,
+            JobState::Scheduled
+        );
+        assert_eq!(
+            s.job(PROJECT, "job_urgent").expect("job").state,
+            JobState::Pending
+        );
+        // With a ceiling above the victim's priority, the same pass evicts it.
+        set_policy(
+            &mut s,
+            crate::state::PolicyUpdate {
+                preemption_ceiling: Some(1),
+                ..Default::default()
+            },
+        );
+        let ops = run_pass(&mut s);
+        assert!(
+            ops.iter().any(
+                |op| matches!(op, PlacementOp::Preempt { job_id, .. } if job_id == "job_theirs")
+            ),
+            "{ops:?}"
+        );
+        assert_eq!(
+            s.job(PROJECT, "job_urgent").expect("job").state,
+            JobState::Scheduled
+        );
+        let theirs = s.job("prj_other", "job_theirs").expect("job");
+        assert_eq!(theirs.state, JobState::Pending);
+        assert_eq!(
+            theirs.attempts[0].detail,
+            "preempted by a higher-priority job"
+        );
     }
 
     fn set_draining(state: &mut RegistryState, key: &str, draining: bool) {

@@ -518,7 +518,8 @@ fn open_job_secrets(
     Ok(values)
 }
 
-/// The wire form of one replica of a job's current attempt, as its node should run it.
+/// The wire form of one replica of a job's current attempt, as its node should run it, with its project's
+/// network policy (`none` or `egress`).
 fn assignment(state: &RegistryState, job: &JobRecord, attempt: &Attempt) -> pb::JobAssignment {
     let spec = &job.spec;
     // Every replica's host, or none at all when one of them is unknown (an agent without an address).
@@ -556,7 +557,11 @@ fn assignment(state: &RegistryState, job: &JobRecord, attempt: &Attempt) -> pb::
         cancel_grace_ms: spec.cancel_grace_secs.saturating_mul(1000),
         secret_env: HashMap::new(),
         launch_error: String::new(),
-        network: String::new(),
+        network: state
+            .project_policy(&job.project_id)
+            .network
+            .as_str()
+            .to_owned(),
         secrets_in_env: true,
     }
 }
@@ -740,6 +745,67 @@ mod tests {
             admission_reason: String::new(),
             approved: None,
         }
+    }
+
+    #[test]
+    fn an_assignment_carries_its_projects_network_policy() {
+        use crate::state::{Actor, Command, JobSpec, Op, PolicyUpdate, WrappedKey};
+        let mut s = RegistryState::default();
+        let mut apply = |op: Op| {
+            let index = s.applied_index + 1;
+            let out = s.apply(index, &Command::new(index * 1_000, Actor::system(), op));
+            assert!(out.is_ok(), "{out:?}");
+        };
+        for id in ["prj_open", "prj_closed"] {
+            apply(Op::CreateProject {
+                id: id.into(),
+                name: id.replace('_', "-"),
+                description: String::new(),
+                data_key: WrappedKey {
+                    master_key_id: "mk1".into(),
+                    nonce_b64: "AAAA".into(),
+                    ciphertext_b64: id.into(),
+                },
+                policy: None,
+            });
+            apply(Op::SubmitJob {
+                id: format!("job_{id}"),
+                project_id: id.into(),
+                spec: JobSpec::new("true"),
+            });
+        }
+        apply(Op::SetProjectPolicy {
+            project_id: "prj_closed".into(),
+            update: PolicyUpdate {
+                network: Some(crate::state::NetworkPolicy::None),
+                ..Default::default()
+            },
+        });
+        let network = |project: &str| {
+            let job = s.job(project, &format!("job_{project}")).expect("job");
+            let attempt = crate::state::Attempt {
+                attempt: 1,
+                replica: 0,
+                node: "eu/eu1/n1".into(),
+                region: "eu".into(),
+                cluster: "eu1".into(),
+                gpu_uuids: Vec::new(),
+                resources: Default::default(),
+                lease_epoch: 1,
+                scheduled_at: 0,
+                started_at: None,
+                ended_at: None,
+                outcome: None,
+                exit_code: None,
+                signal: None,
+                cpu_time_ms: None,
+                max_rss_bytes: None,
+                detail: String::new(),
+            };
+            assignment(&s, job, &attempt).network
+        };
+        assert_eq!(network("prj_open"), "egress");
+        assert_eq!(network("prj_closed"), "none");
     }
 
     const TTL: Duration = Duration::from_secs(5);

@@ -109,6 +109,7 @@ mod tests {
                         nonce_b64: "AAAAAAAAAAAAAAAA".into(),
                         ciphertext_b64: "ct".into(),
                     },
+                    policy: None,
                 },
             ),
         );

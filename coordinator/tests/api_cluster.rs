@@ -70,6 +70,8 @@ async fn start_member(
         handle: handle.clone(),
         keyring: keyring.clone(),
         max_body_bytes: 64 * 1024,
+        limits: Default::default(),
+        project_defaults: Default::default(),
     })
     .await?;
     let base = format!("http://{}", api.local_addr());

@@ -182,10 +182,12 @@ async fn grpc_calls_are_authenticated_and_authorized_like_rest() -> anyhow::Resu
         .await
         .expect_err("other");
     assert_eq!(other.code(), Code::NotFound);
-    let records = api.audit_all().await?;
-    assert!(records.iter().any(|r| r["outcome"] == "denied"
-        && r["action"] == "key.get"
-        && r["target"] == json!(other_key)));
+    api.audit_until("the denied key.get", |records| {
+        records.iter().any(|r| {
+            r["outcome"] == "denied" && r["action"] == "key.get" && r["target"] == json!(other_key)
+        })
+    })
+    .await?;
 
     // Revocation over gRPC stops the key over both faces.
     let revoked = keys
@@ -366,6 +368,8 @@ async fn grpc_and_rest_share_one_tls_listener() -> anyhow::Result<()> {
         handle: api.handle.clone(),
         keyring: api.keyring.clone(),
         max_body_bytes: 1024,
+        limits: Default::default(),
+        project_defaults: Default::default(),
     })
     .await;
     assert!(
@@ -491,4 +495,89 @@ async fn grpc_identity_service_matches_rest() -> anyhow::Result<()> {
     assert_eq!(rest.body["items"], json!([]));
     api.stop().await;
     Ok(())
+}
+
+#[tokio::test]
+async fn only_a_platform_admin_sets_a_project_policy_over_grpc() -> anyhow::Result<()> {
+    let api = start().await?;
+    let ch = channel(api.addr).await?;
+    let mut projects = pb::project_service_client::ProjectServiceClient::new(ch);
+    api.create_project("governed").await?;
+    let (lead, _, _) = api.create_key("governed", "lead", "project-admin").await?;
+
+    // New projects carry the coordinator's defaults, visible to their members.
+    let fresh = projects
+        .get_project(authed(
+            pb::GetProjectRequest {
+                project: "governed".into(),
+            },
+            &lead,
+            None,
+        )?)
+        .await?
+        .into_inner();
+    let policy = fresh.policy.clone().context("a policy")?;
+    assert_eq!(policy.network, "egress");
+    assert_eq!(policy.preemption_ceiling, 0);
+    assert!(policy.max_pending_jobs > 0);
+
+    let change = || pb::SetProjectPolicyRequest {
+        project: "governed".into(),
+        max_pending_jobs: Some(7),
+        network: Some("none".into()),
+        ..Default::default()
+    };
+    let refused = projects
+        .set_project_policy(authed(change(), &lead, None)?)
+        .await
+        .expect_err("a project-admin may not");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+
+    let set = projects
+        .set_project_policy(authed(change(), &api.admin_token, None)?)
+        .await?
+        .into_inner();
+    let policy = set.policy.context("a policy")?;
+    assert_eq!(policy.max_pending_jobs, 7);
+    assert_eq!(policy.network, "none");
+    assert_eq!(
+        policy.max_running_gpus,
+        fresh_gpus(&fresh),
+        "unnamed fields stay"
+    );
+
+    let bad = projects
+        .set_project_policy(authed(
+            pb::SetProjectPolicyRequest {
+                project: "governed".into(),
+                network: Some("host".into()),
+                ..Default::default()
+            },
+            &api.admin_token,
+            None,
+        )?)
+        .await
+        .expect_err("not a network policy");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().starts_with("network: "), "{}", bad.message());
+    let missing = projects
+        .set_project_policy(authed(
+            pb::SetProjectPolicyRequest {
+                project: "nosuch".into(),
+                max_pending_jobs: Some(1),
+                ..Default::default()
+            },
+            &api.admin_token,
+            None,
+        )?)
+        .await
+        .expect_err("no such project");
+    assert_eq!(missing.code(), Code::NotFound);
+    api.stop().await;
+    Ok(())
+}
+
+/// The GPU quota a project was created with (unchanged by a policy update that does not name it).
+fn fresh_gpus(project: &pb::Project) -> u64 {
+    project.policy.as_ref().map_or(0, |p| p.max_running_gpus)
 }

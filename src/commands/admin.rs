@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use crate::cli::{
     ClientArgs, ClusterCommand, DenyListCommand, KeyCommand, NodeCommand, OutputFormat,
-    ProjectCommand, RevokeSelector, RoleCommand, SecretCommand,
+    PolicyCommand, ProjectCommand, RevokeSelector, RoleCommand, SecretCommand,
 };
 use crate::client::{segment, ApiClient, ClientError};
 use crate::output;
@@ -49,8 +49,102 @@ pub async fn project(cmd: ProjectCommand) -> Result<(), ClientError> {
                 .await?;
             done(&client, &format!("deleted project {name_or_id}"));
         }
+        ProjectCommand::Policy(cmd) => policy(cmd).await?,
     }
     Ok(())
+}
+
+async fn policy(cmd: PolicyCommand) -> Result<(), ClientError> {
+    match cmd {
+        PolicyCommand::Get { name_or_id, client } => {
+            let api = ApiClient::from_args(&client)?;
+            let p = api
+                .get(&format!("/v1/projects/{}", segment(&name_or_id)))
+                .await?;
+            output::object(client.output, p.get("policy").unwrap_or(&Value::Null));
+        }
+        PolicyCommand::Set {
+            name_or_id,
+            max_pending_jobs,
+            max_running_cpu,
+            max_running_memory,
+            max_running_gpus,
+            max_spec_bytes,
+            network,
+            preemption_ceiling,
+            client,
+        } => {
+            let body = policy_body(PolicyArgs {
+                max_pending_jobs,
+                max_running_cpu,
+                max_running_memory,
+                max_running_gpus,
+                max_spec_bytes,
+                network,
+                preemption_ceiling,
+            })?;
+            let api = ApiClient::from_args(&client)?;
+            let p = api
+                .put(
+                    &format!("/v1/projects/{}/policy", segment(&name_or_id)),
+                    body,
+                )
+                .await?;
+            output::object(client.output, p.get("policy").unwrap_or(&Value::Null));
+        }
+    }
+    Ok(())
+}
+
+/// The options of `meridian project policy set`, as typed.
+struct PolicyArgs {
+    max_pending_jobs: Option<u64>,
+    max_running_cpu: Option<String>,
+    max_running_memory: Option<String>,
+    max_running_gpus: Option<u64>,
+    max_spec_bytes: Option<String>,
+    network: Option<String>,
+    preemption_ceiling: Option<i64>,
+}
+
+/// The body of `PUT /v1/projects/{project}/policy`: only the fields given, sizes and cores parsed.
+fn policy_body(a: PolicyArgs) -> Result<Value, ClientError> {
+    let usage =
+        |flag: &str, e: coordinator::api::UnitError| ClientError::Usage(format!("{flag}: {e}"));
+    let mut body = serde_json::Map::new();
+    if let Some(n) = a.max_pending_jobs {
+        body.insert("max_pending_jobs".into(), json!(n));
+    }
+    if let Some(cpu) = a.max_running_cpu {
+        let millis =
+            coordinator::api::parse_cpu_millis(&cpu).map_err(|e| usage("--max-running-cpu", e))?;
+        body.insert("max_running_cpu_millis".into(), json!(millis));
+    }
+    if let Some(mem) = a.max_running_memory {
+        let bytes = coordinator::api::parse_byte_size(&mem)
+            .map_err(|e| usage("--max-running-memory", e))?;
+        body.insert("max_running_memory_bytes".into(), json!(bytes));
+    }
+    if let Some(n) = a.max_running_gpus {
+        body.insert("max_running_gpus".into(), json!(n));
+    }
+    if let Some(size) = a.max_spec_bytes {
+        let bytes =
+            coordinator::api::parse_byte_size(&size).map_err(|e| usage("--max-spec-bytes", e))?;
+        body.insert("max_spec_bytes".into(), json!(bytes));
+    }
+    if let Some(network) = a.network {
+        body.insert("network".into(), json!(network));
+    }
+    if let Some(c) = a.preemption_ceiling {
+        body.insert("preemption_ceiling".into(), json!(c));
+    }
+    if body.is_empty() {
+        return Err(ClientError::Usage(
+            "name at least one policy option to change (see --help)".into(),
+        ));
+    }
+    Ok(Value::Object(body))
 }
 
 pub async fn key(cmd: KeyCommand) -> Result<(), ClientError> {
@@ -605,5 +699,54 @@ mod tests {
         let node = json!({ "key": "eu/c1/n1", "health": "lost", "draining": false });
         assert_eq!(node_row(&node)[1], "lost");
         assert_eq!(node_row(&node).len(), node_headers().len());
+    }
+
+    fn no_policy_options() -> PolicyArgs {
+        PolicyArgs {
+            max_pending_jobs: None,
+            max_running_cpu: None,
+            max_running_memory: None,
+            max_running_gpus: None,
+            max_spec_bytes: None,
+            network: None,
+            preemption_ceiling: None,
+        }
+    }
+
+    #[test]
+    fn policy_options_become_a_body_with_units_parsed() {
+        let body = policy_body(PolicyArgs {
+            max_pending_jobs: Some(5),
+            max_running_cpu: Some("2.5".into()),
+            max_running_memory: Some("1Gi".into()),
+            max_spec_bytes: Some("4Ki".into()),
+            network: Some("none".into()),
+            preemption_ceiling: Some(10),
+            ..no_policy_options()
+        })
+        .expect("valid options");
+        assert_eq!(
+            body,
+            json!({
+                "max_pending_jobs": 5,
+                "max_running_cpu_millis": 2500,
+                "max_running_memory_bytes": 1u64 << 30,
+                "max_spec_bytes": 4096,
+                "network": "none",
+                "preemption_ceiling": 10,
+            })
+        );
+        assert!(matches!(
+            policy_body(no_policy_options()),
+            Err(ClientError::Usage(_))
+        ));
+        let bad = policy_body(PolicyArgs {
+            max_running_memory: Some("lots".into()),
+            ..no_policy_options()
+        });
+        assert!(
+            matches!(&bad, Err(ClientError::Usage(m)) if m.starts_with("--max-running-memory")),
+            "{bad:?}"
+        );
     }
 }

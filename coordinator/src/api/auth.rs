@@ -4,20 +4,31 @@
 //!
 //! Owns the answers a caller gets when refused: 401 with one fixed message whatever was wrong with the key,
 //! 404 worded exactly like a missing project when the caller cannot see the project, 403 when its roles lack
-//! the action. Hidden-project and forbidden attempts are written to the audit log before answering. Must
-//! never reveal which part of a token failed, nor whether a hidden project exists.
+//! the action, 429 once its key or address has been refused too often (`denials`). A missing and a hidden
+//! project take one code path: the same lookups, the same catch-up read, the same coalesced audit count, so
+//! neither the answer nor its timing tells them apart. Must never reveal which part of a token failed, nor
+//! whether a hidden project exists, and never write to the replicated log per refusal.
+
+use std::net::IpAddr;
+use std::time::Instant;
 
 use http::{header, HeaderMap};
 
 use crate::authz::{self, Action, AuthnError, Caller, Denied};
+use crate::crypto;
 use crate::state::RegistryState;
 
+use super::denials::{Denial, DenialKind, Refused};
 use super::error::{ErrorKind, ServiceError};
 use super::routes::{Operation, Policy};
 use super::service::{now_ms, AdminService};
 
 /// Header (and gRPC metadata key) naming the project a request acts in.
 pub(crate) const PROJECT_HEADER: &str = "x-meridian-project";
+
+/// The address a request came from, put into its extensions by the listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ClientAddr(pub(crate) IpAddr);
 
 /// Who is calling, in which project, for which operation. Exists only for admitted requests.
 #[derive(Debug, Clone)]
@@ -27,6 +38,8 @@ pub(crate) struct RequestScope {
     pub(crate) project_id: String,
     /// The operation's name, as recorded in the audit log (e.g. `key.get`).
     pub(crate) operation: &'static str,
+    /// The address the request came from, when the listener knows it.
+    pub(crate) source: Option<IpAddr>,
 }
 
 /// The token of an `Authorization: Bearer <token>` header.
@@ -55,19 +68,21 @@ fn requested_project(headers: &HeaderMap) -> Result<Option<String>, ServiceError
     }
 }
 
-/// What the local replica said about a request, before any audit record is written.
+/// What the local replica said about a request, before anything is counted.
+#[derive(Debug)]
 enum Verdict {
     Admitted(RequestScope),
+    /// The token is malformed, does not match its key, or the key or principal cannot be used.
     Unauthenticated,
     /// The token names a key this replica does not know (yet).
     UnknownKey,
-    /// The named project does not exist: nothing to hide, nothing to audit.
-    Missing(String),
-    /// The project exists but the caller may not know it.
-    Hidden {
+    /// The named project does not exist, or exists and the caller may not know it: one verdict for both,
+    /// so nothing downstream can treat them differently. `owner` is the project's id when it exists (for
+    /// the audit record only).
+    NotVisible {
         caller: Caller,
         requested: String,
-        project_id: String,
+        owner: Option<String>,
     },
     /// The caller lacks the action (in the project, or platform-wide with `project_id: None`).
     Forbidden {
@@ -77,7 +92,9 @@ enum Verdict {
     },
 }
 
-/// Decides a request from one consistent view of the local replica.
+/// Decides a request from one consistent view of the local replica. A missing and a hidden project run
+/// the same steps: the lookup, then `authorize` (which scans the caller's bindings before it finds that the
+/// project is missing, exactly as it does before finding it hidden).
 fn judge(
     state: &RegistryState,
     token: &str,
@@ -85,6 +102,7 @@ fn judge(
     requested: Option<&str>,
     action: Action,
     operation: &'static Operation,
+    source: Option<IpAddr>,
 ) -> Verdict {
     let caller = match authz::authenticate(state, token, now) {
         Ok(caller) => caller,
@@ -97,6 +115,7 @@ fn judge(
                 project_id: caller.project_id.clone(),
                 caller,
                 operation: operation.name,
+                source,
             }),
             Err(Denied::Unauthenticated) => Verdict::Unauthenticated,
             Err(Denied::NotFound | Denied::Forbidden) => Verdict::Forbidden {
@@ -107,20 +126,20 @@ fn judge(
         };
     }
     let wanted = requested.map_or_else(|| caller.project_id.clone(), str::to_owned);
-    let Some(project_id) = state.project_by_id_or_name(&wanted).map(|p| p.id.clone()) else {
-        return Verdict::Missing(wanted);
-    };
+    let owner = state.project_by_id_or_name(&wanted).map(|p| p.id.clone());
+    let project_id = owner.clone().unwrap_or_else(|| wanted.clone());
     match authz::authorize(state, &caller.principal_id, Some(&project_id), action) {
         Ok(()) => Verdict::Admitted(RequestScope {
             caller,
             project_id,
             operation: operation.name,
+            source,
         }),
         Err(Denied::Unauthenticated) => Verdict::Unauthenticated,
-        Err(Denied::NotFound) => Verdict::Hidden {
+        Err(Denied::NotFound) => Verdict::NotVisible {
             caller,
             requested: wanted,
-            project_id,
+            owner,
         },
         Err(Denied::Forbidden) => Verdict::Forbidden {
             caller,
@@ -130,68 +149,151 @@ fn judge(
     }
 }
 
-/// Admits a request under `operation`'s policy, or says why not (writing the audit record for denials).
+/// The key id a token names, when it is shaped like one of ours (rate limits count per key).
+fn key_id_of(token: Option<&str>) -> Option<String> {
+    crypto::parse_token(token?).ok().map(|t| t.key_id)
+}
+
+/// Admits a request under `operation`'s policy, or says why not (counting the refusal).
 ///
 /// Keys and projects are looked up in the local replica, so a revocation bites here as soon as this
 /// coordinator applies it (within a heartbeat). When the key or the project is not found, the replica may
-/// simply be behind a write acknowledged elsewhere: it catches up once (read-index) and decides again.
+/// simply be behind a write acknowledged elsewhere: it catches up once (read-index) and decides again. A
+/// key or address refused too often is answered 429 before that catch-up.
 pub(crate) async fn admit(
     service: &AdminService,
     headers: &HeaderMap,
     operation: &'static Operation,
+    source: Option<IpAddr>,
 ) -> Result<Option<RequestScope>, ServiceError> {
     let action = match operation.policy {
         Policy::Public => return Ok(None),
         Policy::Authenticated(action) => action,
     };
-    let Some(token) = bearer_token(headers) else {
-        return Err(ServiceError::unauthenticated());
-    };
+    let token = bearer_token(headers);
+    let key_id = key_id_of(token);
+    let key = key_id.as_deref();
     let requested = requested_project(headers)?;
     let now = now_ms();
-    let decide =
-        |state: &RegistryState| judge(state, token, now, requested.as_deref(), action, operation);
+    let decide = |state: &RegistryState| match token {
+        Some(token) => judge(
+            state,
+            token,
+            now,
+            requested.as_deref(),
+            action,
+            operation,
+            source,
+        ),
+        None => Verdict::Unauthenticated,
+    };
     let mut verdict = service.handle().read(decide);
-    if matches!(verdict, Verdict::UnknownKey | Verdict::Missing(_))
-        && service.handle().linearizable_read().await.is_ok()
-    {
-        verdict = service.handle().read(decide);
+    if !matches!(verdict, Verdict::Admitted(_)) {
+        if let Err(retry) = service.denials().check(key, source, Instant::now()) {
+            // Counted with what it would have been, without the catch-up read or a token charged.
+            if let Err(refusal) = refusal(verdict, key, source) {
+                service
+                    .denials()
+                    .record(refusal.denial(operation, true), now);
+            }
+            return Err(ServiceError::rate_limited(retry.as_secs_f64().ceil() as u64));
+        }
+        let behind = match verdict {
+            Verdict::Unauthenticated => token.is_some(),
+            Verdict::UnknownKey | Verdict::NotVisible { .. } => true,
+            Verdict::Admitted(_) | Verdict::Forbidden { .. } => false,
+        };
+        if behind && service.handle().linearizable_read().await.is_ok() {
+            verdict = service.handle().read(decide);
+        }
     }
+    match refusal(verdict, key, source) {
+        Ok(scope) => Ok(Some(scope)),
+        Err(refusal) => {
+            service.denials().charge(key, source, Instant::now());
+            service
+                .denials()
+                .record(refusal.denial(operation, false), now_ms());
+            Err(refusal.answer)
+        }
+    }
+}
+
+/// Why a request is refused: who, how, for the audit count; and the answer it gets.
+struct Refusal {
+    who: Refused,
+    kind: DenialKind,
+    project: Option<String>,
+    target: String,
+    reason: String,
+    answer: ServiceError,
+}
+
+impl Refusal {
+    fn denial<'a>(&'a self, operation: &'a Operation, limited: bool) -> Denial<'a> {
+        Denial {
+            who: self.who.clone(),
+            operation: operation.name,
+            kind: self.kind,
+            project: self.project.clone(),
+            target: &self.target,
+            reason: &self.reason,
+            limited,
+        }
+    }
+}
+
+/// The admitted scope, or the refusal a verdict stands for.
+fn refusal(
+    verdict: Verdict,
+    key_id: Option<&str>,
+    source: Option<IpAddr>,
+) -> Result<RequestScope, Box<Refusal>> {
     match verdict {
-        Verdict::Admitted(scope) => Ok(Some(scope)),
-        Verdict::Unauthenticated | Verdict::UnknownKey => Err(ServiceError::unauthenticated()),
-        Verdict::Missing(requested) => Err(ServiceError::not_found("project", &requested)),
-        Verdict::Hidden {
+        Verdict::Admitted(scope) => Ok(scope),
+        Verdict::Unauthenticated | Verdict::UnknownKey => Err(Box::new(Refusal {
+            who: Refused::Source(source),
+            kind: DenialKind::Unauthenticated,
+            project: None,
+            target: key_id.unwrap_or_default().to_owned(),
+            reason: "no valid API key".to_owned(),
+            answer: ServiceError::unauthenticated(),
+        })),
+        Verdict::NotVisible {
             caller,
             requested,
-            project_id,
-        } => {
-            service
-                .record_denied(
-                    &caller,
-                    operation.name,
-                    Some(project_id.clone()),
-                    &project_id,
-                    "no role in this project",
-                )
-                .await;
-            Err(ServiceError::not_found("project", &requested))
-        }
+            owner,
+        } => Err(Box::new(Refusal {
+            who: principal(&caller),
+            kind: DenialKind::NotFound,
+            // The record names the project by id when it exists (what its admins look for).
+            target: owner.clone().unwrap_or_else(|| requested.clone()),
+            project: owner,
+            reason: "no such project, or no role in it".to_owned(),
+            answer: ServiceError::not_found("project", &requested),
+        })),
         Verdict::Forbidden {
             caller,
             project_id,
             action,
-        } => {
-            let target = project_id.clone().unwrap_or_else(|| "platform".to_owned());
-            let detail = format!("roles do not grant {}", action_name(action));
-            service
-                .record_denied(&caller, operation.name, project_id, &target, &detail)
-                .await;
-            Err(ServiceError::forbidden(format_args!(
+        } => Err(Box::new(Refusal {
+            who: principal(&caller),
+            kind: DenialKind::Forbidden,
+            target: project_id.clone().unwrap_or_else(|| "platform".to_owned()),
+            project: project_id,
+            reason: format!("roles do not grant {}", action_name(action)),
+            answer: ServiceError::forbidden(format_args!(
                 "this operation needs {}",
                 action_name(action)
-            )))
-        }
+            )),
+        })),
+    }
+}
+
+fn principal(caller: &Caller) -> Refused {
+    Refused::Principal {
+        id: caller.principal_id.clone(),
+        name: caller.principal_name.clone(),
     }
 }
 
@@ -262,6 +364,83 @@ mod tests {
                 .ok()
                 .flatten(),
             None
+        );
+    }
+
+    /// A missing and a hidden project come out of `judge` as the same verdict, differing only in the
+    /// owner recorded for the audit log; everything after it is one code path.
+    #[test]
+    fn a_missing_and_a_hidden_project_are_one_verdict() {
+        use crate::state::{Actor, Command, KeyPrincipal, Op, WrappedKey};
+        let mut s = RegistryState::default();
+        let mut apply = |op: Op| {
+            let index = s.applied_index + 1;
+            let out = s.apply(index, &Command::new(1_000 + index, Actor::system(), op));
+            assert!(out.is_ok(), "{out:?}");
+        };
+        let wk = WrappedKey {
+            master_key_id: "mk1".into(),
+            nonce_b64: "AAAA".into(),
+            ciphertext_b64: "ct".into(),
+        };
+        for (id, name) in [("prj_mine", "mine"), ("prj_theirs", "theirs")] {
+            apply(Op::CreateProject {
+                id: id.into(),
+                name: name.into(),
+                description: String::new(),
+                data_key: wk.clone(),
+                policy: None,
+            });
+        }
+        let token = crypto::generate_token(&mut rand::rngs::OsRng);
+        apply(Op::CreateKey {
+            key_id: token.key_id.clone(),
+            name: "k".into(),
+            project_id: "prj_mine".into(),
+            hash: token.hash.clone(),
+            last4: token.last4.clone(),
+            expires_at: None,
+            principal: KeyPrincipal::NewServiceAccount {
+                principal_id: "sa_me".into(),
+                name: "me".into(),
+            },
+            role: Some(crate::authz::Role::Editor),
+        });
+        let op = &super::super::routes::op::JOB_LIST;
+        let verdict = |project: &str| {
+            judge(
+                &s,
+                &token.token,
+                2_000,
+                Some(project),
+                Action::ReadProject,
+                op,
+                None,
+            )
+        };
+        let Verdict::NotVisible {
+            caller: c1,
+            requested: r1,
+            owner: o1,
+        } = verdict("theirs")
+        else {
+            panic!("a hidden project is not visible");
+        };
+        let Verdict::NotVisible {
+            caller: c2,
+            requested: r2,
+            owner: o2,
+        } = verdict("nosuch")
+        else {
+            panic!("a missing project is not visible");
+        };
+        assert_eq!(c1, c2);
+        assert_eq!((r1.as_str(), r2.as_str()), ("theirs", "nosuch"));
+        assert_eq!((o1.as_deref(), o2), (Some("prj_theirs"), None));
+        assert!(matches!(verdict("mine"), Verdict::Admitted(_)));
+        assert_eq!(
+            ServiceError::not_found("project", "theirs").kind,
+            ServiceError::not_found("project", "nosuch").kind
         );
     }
 

@@ -26,6 +26,9 @@ pub enum ApiError {
         #[source]
         source: std::io::Error,
     },
+    /// An option of the admin API is out of range.
+    #[error("admin API configuration: {0}")]
+    Config(String),
 }
 
 /// The kinds of request failure; each has one HTTP status, one error code and one gRPC code.
@@ -58,6 +61,12 @@ pub(crate) enum ErrorKind {
     Unavailable,
     /// A bug on our side; never caused by input.
     Internal,
+    /// The project's policy does not allow this much (pending jobs, bytes of specs, running resources).
+    QuotaExceeded,
+    /// Too many denied requests from this key or address; `Retry-After` says when to try again.
+    RateLimited,
+    /// The client took too long to send the request body.
+    RequestTimeout,
 }
 
 impl ErrorKind {
@@ -77,6 +86,9 @@ impl ErrorKind {
             ErrorKind::UnsupportedMediaType => "unsupported_media_type",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Internal => "internal",
+            ErrorKind::QuotaExceeded => "quota_exceeded",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::RequestTimeout => "request_timeout",
         }
     }
 
@@ -93,6 +105,8 @@ impl ErrorKind {
             ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::QuotaExceeded | ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -110,6 +124,8 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => tonic::Code::ResourceExhausted,
             ErrorKind::Unavailable => tonic::Code::Unavailable,
             ErrorKind::Internal => tonic::Code::Internal,
+            ErrorKind::QuotaExceeded | ErrorKind::RateLimited => tonic::Code::ResourceExhausted,
+            ErrorKind::RequestTimeout => tonic::Code::DeadlineExceeded,
         }
     }
 
@@ -126,6 +142,8 @@ impl ErrorKind {
             StatusCode::PAYLOAD_TOO_LARGE => ErrorKind::PayloadTooLarge,
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorKind::UnsupportedMediaType,
             StatusCode::SERVICE_UNAVAILABLE => ErrorKind::Unavailable,
+            StatusCode::TOO_MANY_REQUESTS => ErrorKind::RateLimited,
+            StatusCode::REQUEST_TIMEOUT => ErrorKind::RequestTimeout,
             s if s.is_client_error() => ErrorKind::InvalidArgument,
             _ => ErrorKind::Internal,
         }
@@ -138,6 +156,8 @@ impl ErrorKind {
 pub(crate) struct ServiceError {
     pub(crate) kind: ErrorKind,
     pub(crate) message: String,
+    /// Seconds for `Retry-After` (rate limits); `None` uses the kind's default.
+    pub(crate) retry_after_secs: Option<u64>,
 }
 
 /// The one message every authentication failure carries, whatever was wrong.
@@ -149,6 +169,21 @@ impl ServiceError {
         Self {
             kind,
             message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+
+    /// Too many denied requests; try again after `retry_after_secs`.
+    pub(crate) fn rate_limited(retry_after_secs: u64) -> Self {
+        Self {
+            retry_after_secs: Some(retry_after_secs.max(1)),
+            ..Self::new(
+                ErrorKind::RateLimited,
+                format!(
+                    "too many refused requests from this key or address; retry after {} s",
+                    retry_after_secs.max(1)
+                ),
+            )
         }
     }
 
@@ -208,6 +243,9 @@ impl From<DomainError> for ServiceError {
             DomainError::FailedPrecondition(m) => {
                 ServiceError::new(ErrorKind::FailedPrecondition, m)
             }
+            DomainError::QuotaExceeded(m) => {
+                ServiceError::new(ErrorKind::QuotaExceeded, format!("quota exceeded: {m}"))
+            }
         }
     }
 }
@@ -264,6 +302,13 @@ impl IntoResponse for ServiceError {
             }
             ErrorKind::Unavailable => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ErrorKind::RateLimited => {
+                let secs = self.retry_after_secs.unwrap_or(1);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            ErrorKind::RequestTimeout => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }
@@ -339,6 +384,8 @@ mod tests {
             ErrorKind::UnsupportedMediaType,
             ErrorKind::Unavailable,
             ErrorKind::Internal,
+            ErrorKind::RateLimited,
+            ErrorKind::RequestTimeout,
         ];
         for kind in kinds {
             assert_eq!(ErrorKind::from_status(kind.status()), kind, "{kind:?}");
@@ -349,6 +396,24 @@ mod tests {
         assert_eq!(
             ServiceError::conflict("x").body()["error"]["code"],
             "conflict"
+        );
+    }
+
+    #[test]
+    fn quota_and_rate_limit_errors_are_429_with_their_own_codes() {
+        let quota = ServiceError::from(DomainError::QuotaExceeded("3 pending".into()));
+        assert_eq!(quota.kind.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(quota.body()["error"]["code"], "quota_exceeded");
+        assert_eq!(quota.message, "quota exceeded: 3 pending");
+        let limited = ServiceError::rate_limited(7).into_response();
+        assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            limited.headers().get(header::RETRY_AFTER),
+            Some(&HeaderValue::from(7u64))
+        );
+        assert_eq!(
+            ServiceError::rate_limited(0).into_status().code(),
+            tonic::Code::ResourceExhausted
         );
     }
 

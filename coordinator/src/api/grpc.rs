@@ -28,7 +28,7 @@ use super::routes::{grpc_method, MatchedRoute};
 use super::service::{
     AddMemberRequest, AdminService, AuditQuery, ClusterOverview, CreateBindingRequest,
     CreateKeyRequest, CreateProjectRequest, CreateServiceAccountRequest, ListPage, PageParams,
-    PutSecretRequest, RoleBindingView, SecretResource,
+    PutSecretRequest, RoleBindingView, SecretResource, SetPolicyRequest,
 };
 
 type GrpcResult<T> = Result<Response<T>, Status>;
@@ -104,7 +104,8 @@ impl tower::Service<http::Request<Body>> for GrpcGate {
             let Some(method) = grpc_method(req.uri().path()) else {
                 return Ok(status_response(Status::unimplemented("no such method")));
             };
-            let mut resp = match auth::admit(&service, req.headers(), method.op).await {
+            let source = req.extensions().get::<auth::ClientAddr>().map(|c| c.0);
+            let mut resp = match auth::admit(&service, req.headers(), method.op, source).await {
                 Ok(scope) => {
                     if let Some(scope) = scope {
                         req.extensions_mut().insert(scope);
@@ -150,11 +151,21 @@ fn page(page_size: u32, page_token: String) -> PageParams {
 // ---- conversions ----
 
 fn project(v: ProjectView) -> pb::Project {
+    let p = v.policy;
     pb::Project {
         id: v.id,
         name: v.name,
         description: v.description,
         created_at: v.created_at,
+        policy: Some(pb::ProjectPolicy {
+            max_pending_jobs: p.max_pending_jobs,
+            max_running_cpu_millis: p.max_running_cpu_millis,
+            max_running_memory_bytes: p.max_running_memory_bytes,
+            max_running_gpus: p.max_running_gpus,
+            max_spec_bytes: p.max_spec_bytes,
+            network: p.network.as_str().to_owned(),
+            preemption_ceiling: p.preemption_ceiling,
+        }),
     }
 }
 
@@ -484,6 +495,29 @@ impl pb::project_service_server::ProjectService for GrpcAdmin {
                     next_page_token,
                 }
             },
+        )
+    }
+
+    async fn set_project_policy(
+        &self,
+        request: Request<pb::SetProjectPolicyRequest>,
+    ) -> GrpcResult<pb::Project> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        let req = SetPolicyRequest {
+            max_pending_jobs: r.max_pending_jobs,
+            max_running_cpu_millis: r.max_running_cpu_millis,
+            max_running_memory_bytes: r.max_running_memory_bytes,
+            max_running_gpus: r.max_running_gpus,
+            max_spec_bytes: r.max_spec_bytes,
+            network: r.network,
+            preemption_ceiling: r.preemption_ceiling.map(i64::from),
+        };
+        answer(
+            self.service
+                .set_project_policy(&scope, &r.project, req)
+                .await,
+            project,
         )
     }
 

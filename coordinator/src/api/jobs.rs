@@ -3,7 +3,7 @@
 //! reading an attempt's output from the agent that ran it, and the project's usage over a time range.
 //!
 //! Reads go through the project-scoped accessors: another project's job answers exactly like a missing one
-//! and the attempt is audited. Must never decide a job's state itself (that is `apply`'s), never hold a
+//! and the attempt is audited. Asking for preemption needs `preempt-jobs` besides `run-jobs`. Must never decide a job's state itself (that is `apply`'s), never hold a
 //! connection to an agent beyond one log read, and never return another project's job or output.
 
 use std::collections::BTreeMap;
@@ -786,6 +786,33 @@ impl AdminService {
         req: SubmitJobRequest,
     ) -> Result<JobView, ServiceError> {
         let spec = job_spec(req)?;
+        if spec.preemption {
+            let allowed = self.handle().read(|s| {
+                crate::authz::authorize(
+                    s,
+                    &scope.caller.principal_id,
+                    Some(&scope.project_id),
+                    crate::authz::Action::PreemptJobs,
+                )
+            });
+            if allowed.is_err() {
+                self.record_denied(
+                    &scope.caller,
+                    scope.operation,
+                    Some(scope.project_id.clone()),
+                    &scope.project_id,
+                    "roles do not grant preempt-jobs",
+                )
+                .await;
+                return Err(ServiceError::forbidden(
+                    "preemption: true needs preempt-jobs (project-admin); submit without it to wait for room",
+                ));
+            }
+        }
+        // Checked here too, so a client hammering a full quota costs reads, not replicated refusals;
+        // `apply` checks again, so concurrent submissions cannot overshoot.
+        self.handle()
+            .read(|s| s.check_submit_quota(&scope.project_id, &spec))?;
         let op = Op::SubmitJob {
             id: crypto::random_id("job", &mut OsRng),
             project_id: scope.project_id.clone(),

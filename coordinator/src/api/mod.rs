@@ -4,11 +4,15 @@
 //! One tower service receives every request: `content-type: application/grpc*` goes to the gRPC gate and
 //! tonic, everything else to the axum router built from the route table (`routes`). Both authenticate,
 //! select the project and check the declared policy the same way (`auth`), and both call the operations in
-//! `service`. This module owns the listener, connections, the body limit, metrics timing and the rule that
+//! `service`. This module owns the listener, connections and their caps (in all and per source address),
+//! the header and body read timeouts (a body that does not arrive in time is answered 408), the body limit,
+//! the periodic write of coalesced refusals to the audit log (`denials`), metrics timing and the rule that
 //! every REST error is JSON. It must never serve a route that is not in the table.
 
 mod admission;
 mod auth;
+mod body_deadline;
+mod denials;
 mod error;
 mod extract;
 mod grpc;
@@ -20,11 +24,12 @@ mod routes;
 mod service;
 mod units;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -35,7 +40,9 @@ use axum::Router;
 use http::{header, HeaderValue};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -45,13 +52,17 @@ use tracing::Instrument as _;
 
 use crate::crypto::MasterKeyring;
 use crate::node::Handle;
+use crate::state::ProjectPolicy;
 
+pub use denials::DenialLimits;
 pub use error::ApiError;
 pub use units::{
     format_bytes, format_rfc3339_ms, parse_byte_size, parse_cpu_millis, parse_duration_secs,
     parse_instant_ms, UnitError,
 };
 
+use auth::ClientAddr;
+use body_deadline::{BodyDeadline, DeadlineBody};
 use error::{ErrorKind, ServiceError};
 use grpc::GrpcGate;
 use routes::MatchedRoute;
@@ -61,10 +72,38 @@ use service::AdminService;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 /// How long a client may take to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long an HTTP/1.1 client may take to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for in-flight requests before dropping their connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for the last coalesced refusals to reach the audit log.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What one admin API process allows its clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiLimits {
+    /// Most connections open at once; one more is answered 503 (plain HTTP) or closed (TLS) at once.
+    pub max_connections: usize,
+    /// Most connections open at once from one source address.
+    pub max_connections_per_source: usize,
+    /// How long a client may take to send its first byte, and then its request headers (HTTP/1.1; the
+    /// connection is closed).
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send a request body once its headers arrived (answered 408).
+    pub body_read_timeout: Duration,
+    /// The rate limit and audit coalescing of refused requests.
+    pub denials: DenialLimits,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_connections_per_source: 256,
+            header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(30),
+            denials: DenialLimits::default(),
+        }
+    }
+}
 
 /// Everything the admin API needs.
 pub struct AdminApiOptions {
@@ -78,6 +117,10 @@ pub struct AdminApiOptions {
     pub keyring: Arc<MasterKeyring>,
     /// Largest accepted request body (REST) or message (gRPC); [`DEFAULT_MAX_BODY_BYTES`] is usual.
     pub max_body_bytes: usize,
+    /// Connection caps, read timeouts and the limit on refused requests.
+    pub limits: ApiLimits,
+    /// The policy (quotas, network, preemption ceiling) new projects get.
+    pub project_defaults: ProjectPolicy,
 }
 
 /// The admin API, bound and ready to [`run`](AdminApi::run).
@@ -86,6 +129,7 @@ pub struct AdminApi {
     local_addr: SocketAddr,
     tls: Option<TlsAcceptor>,
     app: AdminHttp,
+    limits: ApiLimits,
 }
 
 impl std::fmt::Debug for AdminApi {
@@ -117,7 +161,15 @@ impl AdminApi {
             .tls
             .map(|t| TlsAcceptor::from(t.tls_server_config(&[b"h2", b"http/1.1"])));
         let max_body = opts.max_body_bytes.max(1);
-        let service = AdminService::new(opts.handle, opts.keyring);
+        opts.project_defaults
+            .validate()
+            .map_err(|e| ApiError::Config(format!("project defaults: {e}")))?;
+        let service = AdminService::new(
+            opts.handle,
+            opts.keyring,
+            opts.limits.denials,
+            opts.project_defaults,
+        );
         let rest = routes::build_router(service.clone())
             .layer(DefaultBodyLimit::disable())
             .layer(RequestBodyLimitLayer::new(max_body));
@@ -130,7 +182,10 @@ impl AdminApi {
                 rest,
                 grpc,
                 service,
+                peer: None,
+                body_timeout: opts.limits.body_read_timeout,
             },
+            limits: opts.limits,
         })
     }
 
@@ -144,6 +199,13 @@ impl AdminApi {
     #[tracing::instrument(name = "admin_api", skip_all, fields(addr = %self.local_addr, tls = self.tls.is_some()))]
     pub async fn run(self, shutdown: CancellationToken) {
         let connections = TaskTracker::new();
+        let caps = ConnectionCaps::new(&self.limits);
+        // Stopped only after the connections drained, so refusals made while draining are written too.
+        let stop_flusher = CancellationToken::new();
+        let flusher = tokio::spawn(flush_denials(
+            self.app.service.clone(),
+            stop_flusher.clone(),
+        ));
         tracing::info!("admin API listening");
         loop {
             let accepted = tokio::select! {
@@ -152,12 +214,24 @@ impl AdminApi {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    let app = self.app.clone();
+                    let Some(permit) = caps.admit(peer.ip()) else {
+                        tracing::debug!(%peer, "admin API connection refused: too many connections");
+                        if self.tls.is_none() {
+                            connections.spawn(refuse_connection(stream));
+                        }
+                        continue;
+                    };
+                    let mut app = self.app.clone();
+                    app.peer = Some(peer.ip());
                     let tls = self.tls.clone();
                     let shutdown = shutdown.clone();
+                    let header_timeout = self.limits.header_read_timeout;
                     connections.spawn(
-                        serve_connection(stream, tls, app, shutdown)
-                            .instrument(tracing::debug_span!("conn", %peer)),
+                        async move {
+                            serve_connection(stream, tls, app, header_timeout, shutdown).await;
+                            drop(permit);
+                        }
+                        .instrument(tracing::debug_span!("conn", %peer)),
                     );
                 }
                 Err(e) => {
@@ -178,8 +252,122 @@ impl AdminApi {
         {
             tracing::warn!("admin API connections did not drain in time; dropping them");
         }
+        // The flusher writes what is left when it stops; wait for it (bounded).
+        stop_flusher.cancel();
+        if tokio::time::timeout(FLUSH_TIMEOUT, flusher).await.is_err() {
+            tracing::warn!(
+                "the last refused requests could not be written to the audit log in time"
+            );
+        }
         tracing::info!("admin API stopped");
     }
+}
+
+/// Writes the coalesced refusals to the audit log every window, and once more when `stop` is cancelled.
+async fn flush_denials(service: AdminService, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(service.denials().window());
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        let stopping = tokio::select! {
+            _ = stop.cancelled() => true,
+            _ = ticker.tick() => false,
+        };
+        let commands = service.denials().drain(service::now_ms());
+        let count = commands.len();
+        // Written together so the proposer packs them into one log entry.
+        let writes = commands.into_iter().map(|cmd| service.handle().write(cmd));
+        let failed = futures::future::join_all(writes)
+            .await
+            .into_iter()
+            .filter(Result::is_err)
+            .count();
+        if failed > 0 {
+            tracing::warn!(
+                failed,
+                of = count,
+                "could not write coalesced refusals to the audit log"
+            );
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// The connection caps: in all, and per source address.
+struct ConnectionCaps {
+    total: Arc<Semaphore>,
+    per_source: usize,
+    by_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// A connection's place under the caps; released when dropped.
+struct ConnectionPermit {
+    _total: OwnedSemaphorePermit,
+    source: IpAddr,
+    by_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let mut by_source = self
+            .by_source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = by_source.get_mut(&self.source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                by_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+impl ConnectionCaps {
+    fn new(limits: &ApiLimits) -> Self {
+        Self {
+            total: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+            per_source: limits.max_connections_per_source.max(1),
+            by_source: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// A place for one more connection from `source`, or `None` at either cap.
+    fn admit(&self, source: IpAddr) -> Option<ConnectionPermit> {
+        let total = self.total.clone().try_acquire_owned().ok()?;
+        let mut by_source = self
+            .by_source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let n = by_source.entry(source).or_insert(0);
+        if *n >= self.per_source {
+            return None;
+        }
+        *n += 1;
+        Some(ConnectionPermit {
+            _total: total,
+            source,
+            by_source: self.by_source.clone(),
+        })
+    }
+}
+
+/// Answers a connection over the cap with a 503 (plain HTTP only) and closes it.
+async fn refuse_connection(mut stream: TcpStream) {
+    let body = ServiceError::unavailable("too many connections; try again")
+        .body()
+        .to_string();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let write = async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
 
 /// Serves one TCP connection (after its TLS handshake, when TLS is on) until it closes or shutdown.
@@ -187,6 +375,7 @@ async fn serve_connection(
     stream: TcpStream,
     tls: Option<TlsAcceptor>,
     app: AdminHttp,
+    header_timeout: Duration,
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
@@ -194,16 +383,95 @@ async fn serve_connection(
         Some(acceptor) => {
             let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
             match handshake.await {
-                Ok(Ok(tls_stream)) => serve_http(TokioIo::new(tls_stream), app, shutdown).await,
+                Ok(Ok(tls_stream)) => {
+                    let io = FirstByteDeadline::new(tls_stream, header_timeout);
+                    serve_http(TokioIo::new(io), app, header_timeout, shutdown).await
+                }
                 Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!("TLS handshake timed out"),
             }
         }
-        None => serve_http(TokioIo::new(stream), app, shutdown).await,
+        None => {
+            let io = FirstByteDeadline::new(stream, header_timeout);
+            serve_http(TokioIo::new(io), app, header_timeout, shutdown).await
+        }
     }
 }
 
-async fn serve_http<I>(io: I, app: AdminHttp, shutdown: CancellationToken)
+/// A connection that must send its first byte within a deadline. hyper times the headers of a request
+/// from their first byte (and the wait between keep-alive requests), not a connection that never says
+/// anything, which would otherwise hold its place under the connection cap for as long as it likes.
+struct FirstByteDeadline<S> {
+    inner: S,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> FirstByteDeadline<S> {
+    fn new(inner: S, deadline: Duration) -> Self {
+        Self {
+            inner,
+            sleep: Some(Box::pin(tokio::time::sleep(deadline))),
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByteDeadline<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    this.sleep = None;
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => match this.sleep.as_mut().map(|s| s.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client sent nothing in time",
+                ))),
+                _ => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByteDeadline<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+async fn serve_http<I>(io: I, app: AdminHttp, header_timeout: Duration, shutdown: CancellationToken)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -211,7 +479,7 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(header_timeout);
     builder.http2().timer(TokioTimer::new());
     let conn = builder.serve_connection(io, TowerToHyperService::new(app));
     tokio::pin!(conn);
@@ -236,6 +504,10 @@ struct AdminHttp {
     rest: Router,
     grpc: GrpcGate,
     service: AdminService,
+    /// The connection's source address (set per connection).
+    peer: Option<IpAddr>,
+    /// How long a request body may take to arrive.
+    body_timeout: Duration,
 }
 
 fn is_grpc(req: &http::Request<hyper::body::Incoming>) -> bool {
@@ -260,7 +532,11 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for AdminHttp {
         let grpc = is_grpc(&req);
         let app = self.clone();
         Box::pin(async move {
-            let mut req = req.map(Body::new);
+            let deadline = BodyDeadline::new(app.body_timeout);
+            let mut req = req.map(|b| Body::new(DeadlineBody::new(b, deadline.clone())));
+            if let Some(peer) = app.peer {
+                req.extensions_mut().insert(ClientAddr(peer));
+            }
             let resp = if grpc {
                 match app.grpc.oneshot(req).await {
                     Ok(resp) => resp,
@@ -271,6 +547,19 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for AdminHttp {
                     rewrite_path(&mut req, &path);
                 }
                 match app.rest.oneshot(req).await {
+                    // A body cut off by its deadline is the client's slowness, whatever the handler made
+                    // of the failed read: 408, and the connection is closed.
+                    Ok(resp) if deadline.expired() => {
+                        let mut timeout = ServiceError::new(
+                            ErrorKind::RequestTimeout,
+                            "the request body did not arrive in time",
+                        )
+                        .into_response();
+                        timeout
+                            .extensions_mut()
+                            .extend(resp.into_parts().0.extensions);
+                        timeout
+                    }
                     Ok(resp) => json_errors(resp),
                     Err(never) => match never {},
                 }

@@ -194,14 +194,69 @@ fn list_of(item: &str) -> Value {
 
 fn schemas() -> Value {
     let project = object(
-        &["id", "name", "description", "created_at"],
+        &["id", "name", "description", "created_at", "policy"],
         &[
             ("id", string()),
             ("name", string()),
             ("description", string()),
             ("created_at", integer()),
+            ("policy", schema_ref("ProjectPolicy")),
         ],
     );
+    let network = json!({ "type": "string", "enum": ["none", "egress"],
+        "description": "none: loopback only; egress: outbound connections (never to the coordinators or the cloud metadata address)" });
+    let ceiling = json!({ "type": "integer", "minimum": 0, "maximum": 1000,
+        "description": "Other projects' preemptible jobs below this priority (and below the preempting job's own) may be evicted for this project's jobs; 0 (default): never" });
+    let policy_fields = |nullable_fields: bool| {
+        let n = |v: Value| if nullable_fields { nullable(v) } else { v };
+        vec![
+            (
+                "max_pending_jobs",
+                n(
+                    json!({ "type": "integer", "minimum": 0, "description": "Most jobs pending at once; one more submission is refused (429 quota_exceeded)" }),
+                ),
+            ),
+            (
+                "max_running_cpu_millis",
+                n(
+                    json!({ "type": "integer", "minimum": 0, "description": "Most CPU (thousandths of a core) reserved by scheduled and running jobs together; a job that would exceed it waits" }),
+                ),
+            ),
+            (
+                "max_running_memory_bytes",
+                n(
+                    json!({ "type": "integer", "minimum": 0, "description": "Most memory reserved by scheduled and running jobs together" }),
+                ),
+            ),
+            (
+                "max_running_gpus",
+                n(
+                    json!({ "type": "integer", "minimum": 0, "description": "Most GPUs held by scheduled and running jobs together" }),
+                ),
+            ),
+            (
+                "max_spec_bytes",
+                n(
+                    json!({ "type": "integer", "minimum": 0, "description": "Most bytes of job specs (their text fields plus 256 each) held by unfinished jobs together" }),
+                ),
+            ),
+            ("network", n(network.clone())),
+            ("preemption_ceiling", n(ceiling.clone())),
+        ]
+    };
+    let project_policy = object(
+        &[
+            "max_pending_jobs",
+            "max_running_cpu_millis",
+            "max_running_memory_bytes",
+            "max_running_gpus",
+            "max_spec_bytes",
+            "network",
+            "preemption_ceiling",
+        ],
+        &policy_fields(false),
+    );
+    let policy_update = object(&[], &policy_fields(true));
     let principal = object(
         &["id", "kind", "name", "project_id", "created_at", "disabled"],
         &[
@@ -624,10 +679,15 @@ fn schemas() -> Value {
         ("GpuDevice", gpu),
     ];
     let mut all = json!({
-        "Error": object(&["error"], &[("error", object(&["code", "message"], &[("code", string()), ("message", string())]))]),
+        "Error": object(&["error"], &[("error", object(&["code", "message"], &[
+            ("code", json!({ "type": "string", "description": "invalid_argument, malformed_json, unauthenticated, permission_denied, not_found, already_exists, failed_precondition, conflict, method_not_allowed, payload_too_large, unsupported_media_type, unavailable (503, Retry-After; also too many connections), internal, quota_exceeded (429: a project quota), rate_limited (429, Retry-After: too many refused requests from this key or address), request_timeout (408: the body did not arrive in time)" })),
+            ("message", string()),
+        ]))]),
         "Health": object(&["status"], &[("status", string())]),
         "OpenApiDocument": { "type": "object" },
         "Project": project,
+        "ProjectPolicy": project_policy,
+        "ProjectPolicyUpdate": policy_update,
         "ProjectList": list_of("Project"),
         "CreateProjectRequest": object(&["name"], &[
             ("name", json!({ "type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$" })),

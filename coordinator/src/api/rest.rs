@@ -119,6 +119,18 @@ pub(crate) async fn get_project(
     service.get_project(&scope, &project).await.map(Json)
 }
 
+pub(crate) async fn set_project_policy(
+    State(service): State<AdminService>,
+    Scoped(scope): Scoped,
+    ApiPath(project): ApiPath<String>,
+    ApiJson(req): ApiJson<super::service::SetPolicyRequest>,
+) -> Answer<crate::state::ProjectView> {
+    service
+        .set_project_policy(&scope, &project, req)
+        .await
+        .map(Json)
+}
+
 pub(crate) async fn delete_project(
     State(service): State<AdminService>,
     Scoped(scope): Scoped,

@@ -64,6 +64,7 @@ pub(crate) mod op {
     pub(crate) static PROJECT_LIST: Operation = needs("project.list", ReadProject);
     pub(crate) static PROJECT_GET: Operation = needs("project.get", ReadProject);
     pub(crate) static PROJECT_DELETE: Operation = needs("project.delete", DeleteProject);
+    pub(crate) static PROJECT_POLICY_SET: Operation = needs("project.policy.set", SetProjectPolicy);
 
     pub(crate) static PRINCIPAL_LIST: Operation = needs("principal.list", ReadProject);
     pub(crate) static PRINCIPAL_CREATE: Operation = needs("principal.create", ManageKeys);
@@ -118,6 +119,7 @@ pub(crate) enum HttpMethod {
     Get,
     Post,
     Delete,
+    Put,
 }
 
 impl HttpMethod {
@@ -126,6 +128,7 @@ impl HttpMethod {
             HttpMethod::Get => MethodFilter::GET,
             HttpMethod::Post => MethodFilter::POST,
             HttpMethod::Delete => MethodFilter::DELETE,
+            HttpMethod::Put => MethodFilter::PUT,
         }
     }
 
@@ -135,6 +138,7 @@ impl HttpMethod {
             HttpMethod::Get => "get",
             HttpMethod::Post => "post",
             HttpMethod::Delete => "delete",
+            HttpMethod::Put => "put",
         }
     }
 }
@@ -340,6 +344,16 @@ pub(crate) static ROUTES: &[Route] = &[
         query: &[],
         reply: NO_CONTENT,
         endpoint: endpoint!(rest::delete_project),
+    },
+    Route {
+        method: HttpMethod::Put,
+        path: "/v1/projects/{project}/policy",
+        op: &op::PROJECT_POLICY_SET,
+        summary: "Change a project's policy (quotas, network, preemption ceiling); fields left out keep their value. Platform-admin only",
+        request: Some("ProjectPolicyUpdate"),
+        query: &[],
+        reply: ok("Project"),
+        endpoint: endpoint!(rest::set_project_policy),
     },
     Route {
         method: HttpMethod::Get,
@@ -720,6 +734,10 @@ pub(crate) static GRPC_METHODS: &[GrpcMethod] = &[
         &op::PROJECT_DELETE,
     ),
     grpc(
+        "/meridian.v1.ProjectService/SetProjectPolicy",
+        &op::PROJECT_POLICY_SET,
+    ),
+    grpc(
         "/meridian.v1.PrincipalService/ListPrincipals",
         &op::PRINCIPAL_LIST,
     ),
@@ -841,7 +859,8 @@ async fn gate(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let mut resp = match auth::admit(&service, req.headers(), route.op).await {
+    let source = req.extensions().get::<auth::ClientAddr>().map(|c| c.0);
+    let mut resp = match auth::admit(&service, req.headers(), route.op, source).await {
         Ok(scope) => {
             if let Some(scope) = scope {
                 req.extensions_mut().insert(scope);
@@ -919,7 +938,7 @@ mod tests {
             assert!(!route.summary.is_empty());
             let takes_body = route.request.is_some();
             assert!(
-                !takes_body || route.method == HttpMethod::Post,
+                !takes_body || matches!(route.method, HttpMethod::Post | HttpMethod::Put),
                 "{} takes a body",
                 route.path
             );
@@ -979,6 +998,25 @@ mod tests {
         assert_eq!(policy(HttpMethod::Get, "/v1/jobs/{id}/logs"), read);
         assert_eq!(policy(HttpMethod::Get, "/v1/usage"), read);
         assert_eq!(router_path("/v1/jobs/{id}:cancel"), "/v1/jobs/{id}/:cancel");
+    }
+
+    #[test]
+    fn only_a_platform_admin_changes_a_project_policy() {
+        use crate::authz::{Action, Role};
+        let route = ROUTES
+            .iter()
+            .find(|r| r.method == HttpMethod::Put && r.path == "/v1/projects/{project}/policy")
+            .expect("the policy route");
+        assert_eq!(
+            route.op.policy,
+            Policy::Authenticated(Action::SetProjectPolicy)
+        );
+        assert!(Action::SetProjectPolicy.is_platform());
+        let allowed: Vec<Role> = Role::ALL
+            .into_iter()
+            .filter(|r| r.allows(Action::SetProjectPolicy))
+            .collect();
+        assert_eq!(allowed, [Role::PlatformAdmin]);
     }
 
     #[test]

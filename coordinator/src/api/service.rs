@@ -4,11 +4,12 @@
 //!
 //! Everything non-deterministic about a mutation happens here, never in `apply`. Reads of a project's
 //! objects go through `RegistryState::project_scope`, so another project's object answers exactly like a
-//! missing one; when it does exist elsewhere the attempt is audited as `denied`. Must never return a token
+//! missing one, by the same code path (`hidden`), and the attempt is counted for the audit log as `denied`
+//! (coalesced, see `denials`). Must never return a token
 //! (except once, from key creation), a key hash, a secret value, a ciphertext or a data key.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
@@ -17,12 +18,13 @@ use crate::authz::{self, Action, Caller, Role};
 use crate::crypto::{self, CryptoError, MasterKeyring, SecretAad};
 use crate::node::{ClusterStatus, Handle, MemberNode, MemberStatus, NodeId};
 use crate::state::{
-    self, validate_id, ApiKeyView, AuditOutcome, AuditRecord, Command, KeyPrincipal, Op, Outcome,
-    Page, PageRequest, Principal, PrincipalKind, ProjectView, RoleBinding, Scope, SecretView,
-    DEFAULT_PAGE_SIZE,
+    self, validate_id, ApiKeyView, AuditRecord, Command, KeyPrincipal, Op, Outcome, Page,
+    PageRequest, PolicyUpdate, Principal, PrincipalKind, ProjectPolicy, ProjectView, RoleBinding,
+    Scope, SecretView, DEFAULT_PAGE_SIZE,
 };
 
 use super::auth::RequestScope;
+use super::denials::{Denial, DenialKind, DenialLimits, Denials, Refused};
 use super::error::{ErrorKind, ServiceError};
 use super::metrics::ApiMetrics;
 
@@ -30,6 +32,8 @@ use super::metrics::ApiMetrics;
 const MAX_SECRET_BYTES: usize = 64 * 1024;
 /// Attempts at a write that lost a race with a concurrent one (secret versions, data-key rotation).
 const RACE_ATTEMPTS: usize = 3;
+/// Audit records hashed per hold of the state lock by `audit/verify`.
+const VERIFY_CHUNK: usize = 1024;
 
 /// Milliseconds since the Unix epoch, from the system clock.
 pub(crate) fn now_ms() -> u64 {
@@ -75,6 +79,74 @@ pub(crate) struct CreateProjectRequest {
     pub(crate) name: String,
     #[serde(default)]
     pub(crate) description: Option<String>,
+}
+
+/// `PUT /v1/projects/{project}/policy`: the fields given replace the project's, the others stay.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SetPolicyRequest {
+    #[serde(default)]
+    pub(crate) max_pending_jobs: Option<u64>,
+    #[serde(default)]
+    pub(crate) max_running_cpu_millis: Option<u64>,
+    #[serde(default)]
+    pub(crate) max_running_memory_bytes: Option<u64>,
+    #[serde(default)]
+    pub(crate) max_running_gpus: Option<u64>,
+    #[serde(default)]
+    pub(crate) max_spec_bytes: Option<u64>,
+    /// `none` or `egress`.
+    #[serde(default)]
+    pub(crate) network: Option<String>,
+    #[serde(default)]
+    pub(crate) preemption_ceiling: Option<i64>,
+}
+
+impl SetPolicyRequest {
+    /// The update it asks for, naming the first field that is out of range.
+    pub(crate) fn update(&self) -> Result<PolicyUpdate, ServiceError> {
+        let network = match self.network.as_deref().map(str::trim) {
+            None => None,
+            Some(n) => Some(state::NetworkPolicy::parse(n).ok_or_else(|| {
+                ServiceError::invalid("network", format!("{n:?} is not none or egress"))
+            })?),
+        };
+        let preemption_ceiling = match self.preemption_ceiling {
+            None => None,
+            Some(c) => Some(
+                i32::try_from(c)
+                    .ok()
+                    .filter(|c| (0..=state::MAX_PREEMPTION_CEILING).contains(c))
+                    .ok_or_else(|| {
+                        ServiceError::invalid(
+                            "preemption_ceiling",
+                            format!(
+                                "must be 0-{} (0: never preempt other projects)",
+                                state::MAX_PREEMPTION_CEILING
+                            ),
+                        )
+                    })?,
+            ),
+        };
+        let update = PolicyUpdate {
+            max_pending_jobs: self.max_pending_jobs,
+            max_running_cpu_millis: self.max_running_cpu_millis,
+            max_running_memory_bytes: self.max_running_memory_bytes,
+            max_running_gpus: self.max_running_gpus,
+            max_spec_bytes: self.max_spec_bytes,
+            network,
+            preemption_ceiling,
+        };
+        if update.is_empty() {
+            return Err(ServiceError::invalid(
+                "policy",
+                "name at least one field to change",
+            ));
+        }
+        // The rule `apply` checks, before anything is proposed.
+        ProjectPolicy::BUILTIN.updated(&update).validate()?;
+        Ok(update)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -395,18 +467,6 @@ fn parse_role(role: &str) -> Result<Role, ServiceError> {
         .map_err(|e| ServiceError::invalid("role", e))
 }
 
-/// Cuts `s` to at most `max` bytes on a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 fn crypto_error(e: CryptoError) -> ServiceError {
     match e {
         CryptoError::UnknownMasterKey(id) => ServiceError::new(
@@ -425,6 +485,9 @@ struct Inner {
     handle: Handle,
     keyring: Arc<MasterKeyring>,
     metrics: ApiMetrics,
+    denials: Denials,
+    /// The policy new projects get (the coordinator's `[quotas]`).
+    project_defaults: ProjectPolicy,
 }
 
 /// The admin API's operations over one coordinator; cheap to clone.
@@ -434,14 +497,26 @@ pub(crate) struct AdminService {
 }
 
 impl AdminService {
-    pub(crate) fn new(handle: Handle, keyring: Arc<MasterKeyring>) -> Self {
+    pub(crate) fn new(
+        handle: Handle,
+        keyring: Arc<MasterKeyring>,
+        denial_limits: DenialLimits,
+        project_defaults: ProjectPolicy,
+    ) -> Self {
         AdminService {
             inner: Arc::new(Inner {
                 handle,
                 keyring,
                 metrics: ApiMetrics::default(),
+                denials: Denials::new(denial_limits),
+                project_defaults,
             }),
         }
+    }
+
+    /// The rate limit and coalescing buffer of refused requests.
+    pub(crate) fn denials(&self) -> &Denials {
+        &self.inner.denials
     }
 
     pub(crate) fn handle(&self) -> &Handle {
@@ -469,8 +544,8 @@ impl AdminService {
         Ok(self.inner.handle.linearizable_read().await?)
     }
 
-    /// Appends a `denied` audit record. The caller's answer does not depend on it, so a failure to record
-    /// is logged rather than returned.
+    /// Counts a forbidden attempt (403) for the audit log, charged to the caller's key. Buffered in memory
+    /// and written coalesced (see `denials`); never a replicated write of its own.
     pub(crate) async fn record_denied(
         &self,
         caller: &Caller,
@@ -479,20 +554,28 @@ impl AdminService {
         target: &str,
         detail: &str,
     ) {
-        let op = Op::RecordAudit {
-            action: operation.to_owned(),
+        let denial = Denial {
+            who: Refused::Principal {
+                id: caller.principal_id.clone(),
+                name: caller.principal_name.clone(),
+            },
+            operation,
+            kind: DenialKind::Forbidden,
             project,
-            target: truncate(target, 256).to_owned(),
-            outcome: AuditOutcome::Denied,
-            detail: truncate(detail, 1024).to_owned(),
+            target,
+            reason: detail,
+            limited: false,
         };
-        let cmd = Command::new(now_ms(), caller.actor(), op);
-        if let Err(e) = self.inner.handle.write(cmd).await {
-            tracing::warn!(error = %e, operation, principal = %caller.principal_id, "could not record a denied attempt");
-        }
+        self.inner
+            .denials
+            .charge(Some(&caller.key_id), None, Instant::now());
+        self.inner.denials.record(denial, now_ms());
     }
 
-    /// The 404 for an object the caller cannot see; audited when it exists in another project.
+    /// The 404 for an object the caller cannot see, whether it is missing (`owner: None`) or belongs to
+    /// another project: one code path for both, so neither the answer nor the work done tells them apart.
+    /// The attempt is charged to the caller's key and address and counted for the audit log; a caller
+    /// refused too often gets 429 instead.
     pub(super) async fn hidden(
         &self,
         scope: &RequestScope,
@@ -500,12 +583,30 @@ impl AdminService {
         id: &str,
         owner: Option<String>,
     ) -> ServiceError {
-        if let Some(owner) = owner {
-            let detail = format!("{kind} belongs to another project");
-            self.record_denied(&scope.caller, scope.operation, Some(owner), id, &detail)
-                .await;
+        let denials = &self.inner.denials;
+        let now = Instant::now();
+        let key = Some(scope.caller.key_id.as_str());
+        let limited = denials.check(key, scope.source, now);
+        let denial = Denial {
+            who: Refused::Principal {
+                id: scope.caller.principal_id.clone(),
+                name: scope.caller.principal_name.clone(),
+            },
+            operation: scope.operation,
+            kind: DenialKind::NotFound,
+            project: owner,
+            target: id,
+            reason: kind,
+            limited: limited.is_err(),
+        };
+        denials.record(denial, now_ms());
+        match limited {
+            Ok(()) => {
+                denials.charge(key, scope.source, now);
+                ServiceError::not_found(kind, id)
+            }
+            Err(retry) => ServiceError::rate_limited(retry.as_secs_f64().ceil() as u64),
         }
-        ServiceError::not_found(kind, id)
     }
 
     /// Whether the caller holds `action` platform-wide.
@@ -666,15 +767,18 @@ impl AdminService {
         result: &Result<T, crate::node::MembershipError>,
     ) {
         let (outcome, detail) = match result {
-            Ok(_) => (AuditOutcome::Success, detail.to_owned()),
-            Err(e) => (AuditOutcome::Refused, format!("{detail}: {e}")),
+            Ok(_) => (crate::state::AuditOutcome::Success, detail.to_owned()),
+            Err(e) => (
+                crate::state::AuditOutcome::Refused,
+                format!("{detail}: {e}"),
+            ),
         };
         let op = Op::RecordAudit {
             action: scope.operation.to_owned(),
             project: None,
-            target: truncate(target, 256).to_owned(),
+            target: super::denials::clip(target, 256),
             outcome,
-            detail: truncate(&detail, 1024).to_owned(),
+            detail: super::denials::clip(&detail, 1024),
         };
         let cmd = Command::new(now_ms(), scope.caller.actor(), op);
         if let Err(e) = self.inner.handle.write(cmd).await {
@@ -703,6 +807,7 @@ impl AdminService {
             name: req.name,
             description,
             data_key,
+            policy: Some(self.inner.project_defaults),
         };
         match self.write(scope, op).await? {
             Outcome::Project { project } => Ok(project),
@@ -731,36 +836,59 @@ impl AdminService {
         project: &str,
     ) -> Result<ProjectView, ServiceError> {
         self.consistent().await?;
-        let found = self.inner.handle.read(|s| {
-            s.project_by_id_or_name(project).map(|p| {
-                (
-                    p.view(),
-                    authz::authorize(
-                        s,
-                        &scope.caller.principal_id,
-                        Some(&p.id),
-                        Action::ReadProject,
-                    ),
-                )
-            })
+        // A missing project goes through the same lookups and the same `authorize` (which scans the
+        // caller's bindings before finding it missing) as a hidden one.
+        let (owner, verdict) = self.inner.handle.read(|s| {
+            let project_ref = s.project_by_id_or_name(project);
+            let owner = project_ref.map(|p| p.id.clone());
+            let id = owner.as_deref().unwrap_or(project);
+            let verdict =
+                authz::authorize(s, &scope.caller.principal_id, Some(id), Action::ReadProject)
+                    .map(|()| project_ref.map(|p| p.view()));
+            (owner, verdict)
         });
-        match found {
-            None => Err(ServiceError::not_found("project", project)),
-            Some((view, Ok(()))) => Ok(view),
-            Some((view, Err(authz::Denied::Forbidden))) => {
+        match (owner, verdict) {
+            (Some(_), Ok(Some(view))) => Ok(view),
+            (Some(id), Err(authz::Denied::Forbidden)) => {
                 self.record_denied(
                     &scope.caller,
                     scope.operation,
-                    Some(view.id.clone()),
-                    &view.id,
+                    Some(id.clone()),
+                    &id,
                     "roles do not grant read-project",
                 )
                 .await;
                 Err(ServiceError::forbidden("this operation needs read-project"))
             }
-            Some((view, Err(_))) => {
-                Err(self.hidden(scope, "project", project, Some(view.id)).await)
+            (owner, _) => Err(self.hidden(scope, "project", project, owner).await),
+        }
+    }
+
+    /// Changes a project's policy (platform-admin only, by the route's policy); answers the project.
+    pub(crate) async fn set_project_policy(
+        &self,
+        scope: &RequestScope,
+        project: &str,
+        req: SetPolicyRequest,
+    ) -> Result<ProjectView, ServiceError> {
+        let update = req.update()?;
+        self.consistent().await?;
+        let id = self
+            .inner
+            .handle
+            .read(|s| s.project_by_id_or_name(project).map(|p| p.id.clone()));
+        let id = id.ok_or_else(|| ServiceError::not_found("project", project))?;
+        let op = Op::SetProjectPolicy {
+            project_id: id,
+            update,
+        };
+        match self.write(scope, op).await {
+            Ok(Outcome::Project { project }) => Ok(project),
+            Ok(other) => Err(unexpected(other)),
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                Err(ServiceError::not_found("project", project))
             }
+            Err(e) => Err(e),
         }
     }
 
@@ -1067,7 +1195,7 @@ impl AdminService {
             Err(Some(Scope::Project(owner))) => {
                 return Err(self.hidden(scope, "role binding", id, Some(owner)).await)
             }
-            Err(None) => return Err(ServiceError::not_found("role binding", id)),
+            Err(None) => return Err(self.hidden(scope, "role binding", id, None).await),
         }
         self.write(
             scope,
@@ -1124,17 +1252,33 @@ impl AdminService {
     ) -> Result<AuditVerification, ServiceError> {
         let platform = self.platform_allows(&scope.caller, Action::ReadAudit);
         self.consistent().await?;
-        let (result, records) = self.inner.handle.read(|s| {
-            let all = s.audit_records();
-            let visible = if platform {
-                all.len()
-            } else {
-                all.iter()
-                    .filter(|r| r.project.as_deref() == Some(scope.project_id.as_str()))
-                    .count()
-            };
-            (state::verify_chain(all), visible as u64)
-        });
+        // The log only grows, so it is checked up to its length now, a chunk per hold of the state lock,
+        // letting writers in between chunks.
+        let end = self.inner.handle.read(|s| s.audit_records().len());
+        let mut verifier = state::ChainVerifier::default();
+        let mut records = 0u64;
+        let mut result = Ok(());
+        let mut at = 0;
+        while at < end && result.is_ok() {
+            let upto = (at + VERIFY_CHUNK).min(end);
+            let (checked, visible) = self.inner.handle.read(|s| {
+                let all = s.audit_records();
+                let chunk = &all[at.min(all.len())..upto.min(all.len())];
+                let visible = if platform {
+                    chunk.len()
+                } else {
+                    chunk
+                        .iter()
+                        .filter(|r| r.project.as_deref() == Some(scope.project_id.as_str()))
+                        .count()
+                };
+                (verifier.feed(chunk), visible as u64)
+            });
+            result = checked;
+            records += visible;
+            at = upto;
+            tokio::task::yield_now().await;
+        }
         Ok(match result {
             Ok(()) => AuditVerification {
                 ok: true,
@@ -1315,13 +1459,6 @@ mod tests {
     }
 
     #[test]
-    fn truncation_respects_char_boundaries() {
-        assert_eq!(truncate("abc", 5), "abc");
-        assert_eq!(truncate("ééé", 3), "é");
-        assert_eq!(truncate("abcdef", 3), "abc");
-    }
-
-    #[test]
     fn secret_requests_do_not_debug_print_values() {
         let req = PutSecretRequest {
             name: "s3-key".into(),
@@ -1333,6 +1470,41 @@ mod tests {
             text.contains("s3-key") && !text.contains("hunter2"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn policy_requests_name_the_offending_field() {
+        let field = |req: SetPolicyRequest| req.update().expect_err("refused").message;
+        assert!(field(SetPolicyRequest::default()).starts_with("policy: "));
+        let bad_network = SetPolicyRequest {
+            network: Some("host".into()),
+            ..Default::default()
+        };
+        assert!(field(bad_network).starts_with("network: "));
+        for ceiling in [-1, 1001, i64::MAX] {
+            let bad = SetPolicyRequest {
+                preemption_ceiling: Some(ceiling),
+                ..Default::default()
+            };
+            assert!(field(bad).starts_with("preemption_ceiling: "), "{ceiling}");
+        }
+        let too_big = SetPolicyRequest {
+            max_spec_bytes: Some(u64::MAX),
+            ..Default::default()
+        };
+        assert!(field(too_big).starts_with("max_spec_bytes: "));
+        let ok = SetPolicyRequest {
+            max_pending_jobs: Some(3),
+            network: Some("none".into()),
+            preemption_ceiling: Some(10),
+            ..Default::default()
+        }
+        .update()
+        .expect("valid");
+        assert_eq!(ok.max_pending_jobs, Some(3));
+        assert_eq!(ok.network, Some(state::NetworkPolicy::None));
+        assert_eq!(ok.preemption_ceiling, Some(10));
+        assert_eq!(ok.max_running_gpus, None);
     }
 
     #[test]

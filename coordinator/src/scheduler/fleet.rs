@@ -91,4 +91,8 @@ pub struct Allocation {
     pub priority: i32,
     /// Whether a higher-priority job that opted into preemption may evict it.
     pub preemptible: bool,
+    /// The job's project: a job of another project may evict it only below its own project's preemption
+    /// ceiling (see [`super::may_evict`]).
+    #[serde(default)]
+    pub project: String,
 }

@@ -36,7 +36,9 @@
 //! spread the lowest. GPUs are assigned lowest device index first.
 //!
 //! A job with `preemption` that fits nowhere looks for the node where the fewest lower-priority
-//! preemptible jobs must go (then the lowest-priority ones) and evicts those jobs entirely. The search is
+//! preemptible jobs must go (then the lowest-priority ones) and evicts those jobs entirely. Only jobs of
+//! its own project are candidates, plus other projects' jobs whose priority is below its project's
+//! preemption ceiling ([`may_evict`]). The search is
 //! exact for small sets and falls back to an irreducible greedy set when a node holds very many candidates.
 //! A gang (`replicas > 1`) is placed replica by replica; if one does not fit, every reservation and
 //! eviction made for it is undone and the job stays pending.
@@ -61,6 +63,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 pub use decision::{Assignment, FilterCounts, JobPlacement, PlacementDecision};
 pub use fleet::{Allocation, GpuDevice, NodeHealth, NodeView, Resources};
+pub use preemption::may_evict;
 pub use request::{Constraints, JobRequest, Locality, ResourceRequest, Strategy};
 
 /// Inputs the scheduler cannot index.
@@ -290,6 +293,7 @@ impl Scheduler {
                 a.priority,
                 a.preemptible,
                 a.resources,
+                &a.project,
             )
                 .cmp(&(
                     &b.node_id,
@@ -298,6 +302,7 @@ impl Scheduler {
                     b.priority,
                     b.preemptible,
                     b.resources,
+                    &b.project,
                 ))
         });
         for alloc in allocations {

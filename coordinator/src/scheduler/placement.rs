@@ -480,6 +480,7 @@ impl Scheduler {
             gpu_uuids: gpu_uuids.clone(),
             priority: r.job.priority,
             preemptible: r.job.preemptible,
+            project: r.job.project.clone(),
         };
         let id = self.insert_alloc(alloc, Some(node_idx), gpu_slots);
         txn.reserved.push(id);

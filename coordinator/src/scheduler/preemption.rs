@@ -1,12 +1,26 @@
 //! Preemption planning: for a job that fits nowhere, the node where evicting the fewest lower-priority
 //! preemptible jobs (then the lowest-priority ones) makes it fit.
 //!
-//! Owns the victim search. It only plans: the caller evicts and can undo. It must never choose a job of
-//! equal or higher priority, nor one that is not preemptible, and never a node the job's hard filters
-//! exclude.
+//! Owns the victim search and the rule of who may evict whom ([`may_evict`], which the state machine
+//! re-checks when it applies an eviction). It only plans: the caller evicts and can undo. It must never
+//! choose a job of equal or higher priority, nor one that is not preemptible, nor another project's job at
+//! or above the preempting project's ceiling, and never a node the job's hard filters exclude.
 
 use super::placement::{Freed, Ranked, Resolved};
 use super::{FilterCounts, NodeIdx, NodeSlot, Scheduler};
+
+/// Whether a preempting job (`project`, `priority`, its project's `ceiling`) may evict a job (`project`,
+/// `priority`, `preemptible`): the victim must be preemptible and of strictly lower priority; a victim of
+/// another project must also be below the ceiling, and a ceiling of 0 or less forbids evicting other
+/// projects' jobs at all.
+pub fn may_evict(preemptor: (&str, i32, i32), victim: (&str, i32, bool)) -> bool {
+    let (by_project, by_priority, ceiling) = preemptor;
+    let (project, priority, preemptible) = victim;
+    if !preemptible || priority >= by_priority {
+        return false;
+    }
+    by_project == project || (ceiling > 0 && priority < ceiling)
+}
 
 /// Largest number of victim combinations examined on one node before settling for a greedy set.
 const SEARCH_BUDGET: usize = 4096;
@@ -267,7 +281,10 @@ impl Scheduler {
                     gpus: 0,
                 });
             }
-            eligible &= a.preemptible && a.priority < r.job.priority;
+            eligible &= may_evict(
+                (&r.job.project, r.job.priority, r.job.preemption_ceiling),
+                (&a.project, a.priority, a.preemptible),
+            );
             if let Some(v) = victims.last_mut() {
                 v.priority = v.priority.max(a.priority);
                 v.cpu = v.cpu.saturating_add(a.resources.cpu_millis);

@@ -81,9 +81,17 @@ pub struct JobRequest {
     /// Number of replicas; more than one makes a gang: all are placed, or none.
     #[serde(default = "one")]
     pub replicas: u32,
-    /// May evict lower-priority preemptible allocations when nothing fits otherwise.
+    /// May evict lower-priority preemptible allocations when nothing fits otherwise: those of its own
+    /// project, and those of other projects only below `preemption_ceiling`.
     #[serde(default)]
     pub preemption: bool,
+    /// The job's project.
+    #[serde(default)]
+    pub project: String,
+    /// Its project's preemption ceiling: with `preemption`, it may evict another project's job only when
+    /// that job's priority is below this ceiling (and below its own priority). `0` (the default): never.
+    #[serde(default)]
+    pub preemption_ceiling: i32,
     /// Whether this job's own allocations may later be evicted by higher-priority jobs that opted into
     /// preemption. Defaults to true: priority alone protects a job unless it asks for more.
     #[serde(default = "yes")]
@@ -114,6 +122,8 @@ impl JobRequest {
             constraints: Constraints::default(),
             replicas: 1,
             preemption: false,
+            project: String::new(),
+            preemption_ceiling: 0,
             preemptible: true,
             data_locality: None,
             strategy: Strategy::BinPack,

@@ -74,6 +74,7 @@ fn alloc(job: &str, node: &str, cores: u64, priority: i32, preemptible: bool) ->
         gpu_uuids: Vec::new(),
         priority,
         preemptible,
+        project: String::new(),
     }
 }
 
@@ -555,6 +556,58 @@ fn preemption_never_touches_equal_higher_or_protected_work() {
     job.priority = 100;
     pending(&s.place(&job));
     assert_eq!(s.free_capacity("n").map(|r| r.cpu_millis), Some(0));
+}
+
+#[test]
+fn preemption_crosses_projects_only_below_the_ceiling() {
+    // Project "theirs" holds the node: a (priority 0), b (priority 3); "ours" holds m (priority 0).
+    let owned = |job: &str, cores: u64, priority: i32, project: &str| Allocation {
+        project: project.to_owned(),
+        ..alloc(job, "n", cores, priority, true)
+    };
+    let fleet = || {
+        Scheduler::new(
+            vec![cpu_node("n", "eu", "c1", 6, 64)],
+            vec![
+                owned("a", 2, 0, "theirs"),
+                owned("b", 2, 3, "theirs"),
+                owned("m", 2, 0, "ours"),
+            ],
+        )
+        .expect("unique ids")
+    };
+    let ours = |cores: u64, ceiling: i32| {
+        let mut job = cpu_job("urgent", cores, 1);
+        job.priority = 1000;
+        job.preemption = true;
+        job.project = "ours".into();
+        job.preemption_ceiling = ceiling;
+        job
+    };
+
+    // Ceiling 0 (the default): only our own job is a candidate, however high our priority.
+    let mut s = fleet();
+    assert_eq!(preempted(&s.place(&ours(2, 0))), vec!["m"]);
+    let mut s = fleet();
+    let (reason, _) = pending(&s.place(&ours(4, 0)));
+    assert!(reason.contains("preemption"), "{reason}");
+    for victim in ["a", "b", "m"] {
+        assert_eq!(s.allocations_of(victim).count(), 1, "{victim} untouched");
+    }
+
+    // Ceiling 2: their priority-0 job may go too, their priority-3 job never.
+    let mut s = fleet();
+    assert_eq!(preempted(&s.place(&ours(4, 2))), vec!["a", "m"]);
+    let mut s = fleet();
+    pending(&s.place(&ours(6, 2)));
+    assert_eq!(s.allocations_of("b").count(), 1);
+
+    // The ceiling never lifts the victim's protection from equal or higher priority.
+    assert!(!may_evict(("ours", 3, 1000), ("theirs", 3, true)));
+    assert!(!may_evict(("ours", 5, 1000), ("theirs", 1, false)));
+    assert!(may_evict(("ours", 5, 1000), ("theirs", 4, true)));
+    assert!(!may_evict(("ours", 5, 0), ("theirs", -10, true)));
+    assert!(may_evict(("ours", 5, 0), ("ours", -10, true)));
 }
 
 #[test]

@@ -93,37 +93,53 @@ pub struct AuditChainError {
 /// record's `hash`, each `hash` recomputed. A run that starts at seq 1 must start from [`GENESIS_HASH`]; a run
 /// starting later is checked from its first record on.
 pub fn verify_chain(records: &[AuditRecord]) -> Result<(), AuditChainError> {
-    let mut prev: Option<&AuditRecord> = None;
-    for r in records {
-        let fail = |reason: String| Err(AuditChainError { seq: r.seq, reason });
-        match prev {
-            None => {
-                if r.seq == 0 {
-                    return fail("sequence numbers start at 1".to_owned());
+    ChainVerifier::default().feed(records)
+}
+
+/// [`verify_chain`] a piece at a time: feeding consecutive runs one after another checks the same as
+/// feeding them all at once, so a long log can be verified without holding it (or a lock on it) whole.
+#[derive(Debug, Clone, Default)]
+pub struct ChainVerifier {
+    /// The last record checked: its seq and hash.
+    last: Option<(u64, String)>,
+}
+
+impl ChainVerifier {
+    /// Checks the next run of records, continuing from the last one fed.
+    pub fn feed(&mut self, records: &[AuditRecord]) -> Result<(), AuditChainError> {
+        for r in records {
+            let fail = |reason: String| Err(AuditChainError { seq: r.seq, reason });
+            match &self.last {
+                None => {
+                    if r.seq == 0 {
+                        return fail("sequence numbers start at 1".to_owned());
+                    }
+                    if r.seq == 1 && r.prev_hash != GENESIS_HASH {
+                        return fail("the first record must follow the genesis hash".to_owned());
+                    }
                 }
-                if r.seq == 1 && r.prev_hash != GENESIS_HASH {
-                    return fail("the first record must follow the genesis hash".to_owned());
+                Some((seq, hash)) => {
+                    if seq.checked_add(1) != Some(r.seq) {
+                        return fail(format!(
+                            "expected seq {} after {}",
+                            seq.saturating_add(1),
+                            seq
+                        ));
+                    }
+                    if r.prev_hash != *hash {
+                        return fail(
+                            "prev_hash does not match the previous record's hash".to_owned(),
+                        );
+                    }
                 }
             }
-            Some(p) => {
-                if p.seq.checked_add(1) != Some(r.seq) {
-                    return fail(format!(
-                        "expected seq {} after {}",
-                        p.seq.saturating_add(1),
-                        p.seq
-                    ));
-                }
-                if r.prev_hash != p.hash {
-                    return fail("prev_hash does not match the previous record's hash".to_owned());
-                }
+            if r.compute_hash() != r.hash {
+                return fail("hash does not match the record's contents".to_owned());
             }
+            self.last = Some((r.seq, r.hash.clone()));
         }
-        if r.compute_hash() != r.hash {
-            return fail("hash does not match the record's contents".to_owned());
-        }
-        prev = Some(r);
+        Ok(())
     }
-    Ok(())
 }
 
 /// One page of audit records.

@@ -18,9 +18,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::policy::{add, running_quota_excess};
 use super::tenancy::validate_id;
 use super::{Applied, DomainError, Outcome, Page, PageRequest, RegistryState};
-use crate::scheduler::{Constraints, Locality, ResourceRequest, Resources, Strategy};
+use crate::scheduler::{may_evict, Constraints, Locality, ResourceRequest, Resources, Strategy};
 
 /// Longest job name, in bytes.
 pub(crate) const MAX_JOB_NAME: usize = 128;
@@ -680,6 +681,33 @@ impl Attempt {
     }
 }
 
+/// What the projects touched by one scheduling pass reserve, each computed from the state the first time
+/// it is needed and then kept up to date by the pass's own placements and evictions (so a pass of many
+/// items does not recount a project's jobs for each).
+#[derive(Default)]
+struct RunningByProject(BTreeMap<String, Resources>);
+
+impl RunningByProject {
+    fn of(&mut self, state: &RegistryState, project_id: &str) -> Resources {
+        *self
+            .0
+            .entry(project_id.to_owned())
+            .or_insert_with(|| state.project_load(project_id).running)
+    }
+
+    fn add(&mut self, project_id: &str, more: Resources) {
+        if let Some(held) = self.0.get_mut(project_id) {
+            *held = add(*held, more);
+        }
+    }
+
+    fn sub(&mut self, project_id: &str, freed: Resources) {
+        if let Some(held) = self.0.get_mut(project_id) {
+            *held = super::policy::sub(*held, freed);
+        }
+    }
+}
+
 /// `attempt 2 of job j` or, for a gang, `replica 1 of attempt 2 of job j`, for stale-report reasons.
 struct ReplicaName<'a>(&'a str, u32, u32, u32);
 
@@ -738,6 +766,7 @@ impl RegistryState {
                 )));
             }
         }
+        self.check_submit_quota(project_id, spec)?;
         let job = JobRecord {
             id: id.to_owned(),
             project_id: project_id.to_owned(),
@@ -758,6 +787,7 @@ impl RegistryState {
             .entry(project_id.to_owned())
             .or_default()
             .insert(id.to_owned());
+        self.index_unfinished(project_id, id);
         let detail = if spec.name.is_empty() {
             "pending".to_owned()
         } else {
@@ -785,6 +815,7 @@ impl RegistryState {
                 job.finished_at = Some(at);
                 self.pending_job_ids.remove(id);
                 self.finished_jobs.insert((at, id.to_owned()));
+                self.unindex_unfinished(project_id, id);
                 "pending -> cancelled"
             }
             JobState::Scheduled | JobState::Running => {
@@ -824,10 +855,12 @@ impl RegistryState {
         placements: &[PlacementOp],
     ) -> Result<Applied, DomainError> {
         let (mut placed, mut waiting, mut preempted, mut skipped) = (0u32, 0u32, 0u32, 0u32);
+        // What each project touched by this pass reserves, computed once and kept up to date item by item.
+        let mut running = RunningByProject::default();
         for item in placements {
             let applied = match item {
                 PlacementOp::Place { .. } => {
-                    let ok = self.place_one(at, item);
+                    let ok = self.place_one(at, item, &mut running);
                     placed += u32::from(ok);
                     ok
                 }
@@ -841,7 +874,7 @@ impl RegistryState {
                     attempt,
                     by,
                 } => {
-                    let ok = self.preempt_one(at, job_id, *attempt, by);
+                    let ok = self.preempt_one(at, job_id, *attempt, by, &mut running);
                     preempted += u32::from(ok);
                     ok
                 }
@@ -862,7 +895,7 @@ impl RegistryState {
     /// Applies one `Place` item; false (skipped) unless the job is pending, `attempt` is its next one, there
     /// is one entry per replica and every node is ready, admitted (approved, its agent not denied) and not
     /// draining at the entry's lease epoch. A gang is placed whole or not at all.
-    fn place_one(&mut self, at: u64, item: &PlacementOp) -> bool {
+    fn place_one(&mut self, at: u64, item: &PlacementOp, running: &mut RunningByProject) -> bool {
         let PlacementOp::Place {
             job_id,
             attempt,
@@ -879,6 +912,15 @@ impl RegistryState {
             || attempt != job.next_attempt()
             || replicas.len() != job.spec.replicas as usize
         {
+            return false;
+        }
+        // The running quota is re-checked here, so no pass (however stale its view) overshoots it.
+        let more = replicas
+            .iter()
+            .fold(Resources::default(), |sum, r| add(sum, r.resources));
+        let project_id = job.project_id.clone();
+        let held = running.of(self, &project_id);
+        if running_quota_excess(&self.project_policy(&project_id), held, more).is_some() {
             return false;
         }
         let mut entries = Vec::with_capacity(replicas.len());
@@ -921,6 +963,7 @@ impl RegistryState {
         job.state = JobState::Scheduled;
         job.pending_reason = None;
         job.updated_at = at;
+        running.add(&project_id, more);
         self.pending_job_ids.remove(job_id);
         let nodes: BTreeSet<&String> = replicas.iter().map(|r| &r.node).collect();
         for node in nodes {
@@ -948,23 +991,63 @@ impl RegistryState {
         true
     }
 
-    fn preempt_one(&mut self, at: u64, job_id: &str, attempt: u32, by: &str) -> bool {
-        let current = self
-            .jobs
-            .get(job_id)
-            .and_then(JobRecord::current_attempt)
-            .map(|a| a.attempt);
-        if current != Some(attempt) {
+    /// Applies one `Preempt` item; false (skipped) unless `attempt` is the victim's current one and the
+    /// preempting job `by` is pending, asked for preemption and may evict the victim: a preemptible job of
+    /// lower priority, of its own project or, below the preemptor's project's ceiling, of another one. The
+    /// victim's record names the preemptor only when both belong to the same project.
+    fn preempt_one(
+        &mut self,
+        at: u64,
+        job_id: &str,
+        attempt: u32,
+        by: &str,
+        running: &mut RunningByProject,
+    ) -> bool {
+        let Some(victim) = self.jobs.get(job_id) else {
+            return false;
+        };
+        if victim.current_attempt().map(|a| a.attempt) != Some(attempt) {
             return false;
         }
+        let Some(preemptor) = self.jobs.get(by) else {
+            return false;
+        };
+        if preemptor.state != JobState::Pending
+            || !preemptor.spec.preemption
+            || preemptor.cancel_requested
+        {
+            return false;
+        }
+        let ceiling = self
+            .project_policy(&preemptor.project_id)
+            .preemption_ceiling;
+        let allowed = may_evict(
+            (&preemptor.project_id, preemptor.spec.priority, ceiling),
+            (
+                &victim.project_id,
+                victim.spec.priority,
+                victim.spec.preemptible,
+            ),
+        );
+        if !allowed {
+            return false;
+        }
+        let detail = if preemptor.project_id == victim.project_id {
+            clip(&format!("preempted by job {by}"), MAX_DETAIL)
+        } else {
+            "preempted by a higher-priority job".to_owned()
+        };
+        let freed = victim
+            .current_replicas()
+            .iter()
+            .filter(|a| a.outcome.is_none())
+            .fold(Resources::default(), |sum, a| add(sum, a.resources));
+        running.sub(&victim.project_id, freed);
         self.end_attempt(
             at,
             job_id,
             at,
-            AttemptEnd::new(
-                AttemptOutcome::Preempted,
-                clip(&format!("preempted by {by}"), MAX_DETAIL),
-            ),
+            AttemptEnd::new(AttemptOutcome::Preempted, detail),
             Cause::All,
         );
         true
@@ -1359,7 +1442,9 @@ impl RegistryState {
         job.updated_at = at;
         if next.is_terminal() {
             job.finished_at = Some(at);
+            let project_id = job.project_id.clone();
             self.finished_jobs.insert((at, job_id.to_owned()));
+            self.unindex_unfinished(&project_id, job_id);
         } else {
             job.pending_reason = None;
             self.pending_job_ids.insert(job_id.to_owned());
@@ -1405,6 +1490,7 @@ impl RegistryState {
             }
             self.pending_job_ids.remove(&id);
         }
+        self.unfinished_job_ids_by_project.remove(project_id);
         self.usage_archive.remove(project_id);
     }
 
@@ -1569,6 +1655,17 @@ impl RegistryState {
             .filter_map(|j| j.finished_at.map(|at| (at, j.id.clone())))
             .collect();
         assert_eq!(self.finished_jobs, finished, "finished index");
+        let mut unfinished: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for job in self.jobs.values().filter(|j| !j.state.is_terminal()) {
+            unfinished
+                .entry(job.project_id.clone())
+                .or_default()
+                .insert(job.id.clone());
+        }
+        assert_eq!(
+            self.unfinished_job_ids_by_project, unfinished,
+            "unfinished index"
+        );
     }
 }
 
@@ -1670,6 +1767,7 @@ mod tests {
                         nonce_b64: "AAAAAAAAAAAAAAAA".into(),
                         ciphertext_b64: format!("ct-{id}"),
                     },
+                    policy: None,
                 });
             }
             for key in [A, B, US] {
@@ -2524,6 +2622,10 @@ mod tests {
         w.submit_spec("job_low", s);
         w.place("job_low", 1, A);
         w.start("job_low", 1, A);
+        let mut high = spec();
+        high.priority = 10;
+        high.preemption = true;
+        w.submit_spec("job_high", high);
         let version = w.version(A);
         let preempt = |attempt| PlacementOp::Preempt {
             job_id: "job_low".into(),
@@ -2539,7 +2641,7 @@ mod tests {
         let job = w.job("job_low");
         assert_eq!(job.state, JobState::Pending);
         assert_eq!(job.attempts[0].outcome, Some(AttemptOutcome::Preempted));
-        assert_eq!(job.attempts[0].detail, "preempted by job_high");
+        assert_eq!(job.attempts[0].detail, "preempted by job job_high");
         assert_eq!(job.prefer_region, None);
         assert_eq!(w.version(A), version + 1);
 
@@ -2932,6 +3034,10 @@ mod tests {
         assert_eq!(job.counted_attempts(), 1, "a gang attempt counts once");
 
         w.placements(vec![w.gang_op("gang", 2, &[B, B, US])]);
+        let mut urgent = spec();
+        urgent.priority = 1;
+        urgent.preemption = true;
+        w.submit_spec("urgent", urgent);
         w.placements(vec![PlacementOp::Preempt {
             job_id: "gang".into(),
             attempt: 2,
@@ -3338,6 +3444,335 @@ mod tests {
         }
         let spec: JobSpec = serde_json::from_str(r#"{"command":"true"}"#).expect("minimal spec");
         assert_eq!(spec.replicas, 1, "older specs read as one replica");
+    }
+
+    fn set_policy(w: &mut World, project: &str, update: crate::state::PolicyUpdate) {
+        w.ok(Op::SetProjectPolicy {
+            project_id: project.into(),
+            update,
+        });
+    }
+
+    fn submit_in(w: &mut World, project: &str, id: &str, spec: JobSpec) -> CommandOutcome {
+        w.apply(Op::SubmitJob {
+            id: id.into(),
+            project_id: project.into(),
+            spec,
+        })
+    }
+
+    #[test]
+    fn the_pending_quota_refuses_one_more_and_frees_up_as_jobs_start() {
+        let mut w = World::new();
+        set_policy(
+            &mut w,
+            PA,
+            crate::state::PolicyUpdate {
+                max_pending_jobs: Some(2),
+                ..Default::default()
+            },
+        );
+        w.submit("job_1");
+        w.submit("job_2");
+        let e = w.refused(Op::SubmitJob {
+            id: "job_3".into(),
+            project_id: PA.into(),
+            spec: spec(),
+        });
+        let DomainError::QuotaExceeded(why) = &e else {
+            panic!("not a quota refusal: {e:?}");
+        };
+        assert!(
+            why.contains("2 pending jobs") && why.contains("max_pending_jobs"),
+            "{why}"
+        );
+        // Another project is not held back by this one's queue.
+        assert!(submit_in(&mut w, PB, "job_b", spec()).is_ok());
+        // Two submissions in one batch: the second sees the first (no race past the quota).
+        w.place("job_1", 1, A);
+        let batch = Op::Batch {
+            commands: ["job_4", "job_5"]
+                .iter()
+                .map(|id| {
+                    Command::new(
+                        w.at + 1,
+                        Actor::system(),
+                        Op::SubmitJob {
+                            id: (*id).into(),
+                            project_id: PA.into(),
+                            spec: spec(),
+                        },
+                    )
+                })
+                .collect(),
+        };
+        let Ok(Outcome::Batch { outcomes }) = w.apply(batch) else {
+            panic!("a batch applies");
+        };
+        assert!(outcomes[0].is_ok(), "{:?}", outcomes[0]);
+        assert!(matches!(outcomes[1], Err(DomainError::QuotaExceeded(_))));
+        // A cancelled pending job frees its place.
+        w.ok(Op::CancelJob {
+            project_id: PA.into(),
+            id: "job_2".into(),
+        });
+        w.submit("job_6");
+        assert_eq!(w.s.project_load(PA).pending_jobs, 2);
+        assert_eq!(w.s.project_load(PA).unfinished_jobs, 3);
+    }
+
+    #[test]
+    fn the_spec_bytes_quota_counts_unfinished_jobs_only() {
+        let mut w = World::new();
+        let one = crate::state::spec_bytes(&spec());
+        set_policy(
+            &mut w,
+            PA,
+            crate::state::PolicyUpdate {
+                max_spec_bytes: Some(2 * one),
+                ..Default::default()
+            },
+        );
+        w.submit("job_1");
+        w.submit("job_2");
+        let e = w.refused(Op::SubmitJob {
+            id: "job_3".into(),
+            project_id: PA.into(),
+            spec: spec(),
+        });
+        assert!(
+            matches!(&e, DomainError::QuotaExceeded(m) if m.contains("max_spec_bytes")),
+            "{e:?}"
+        );
+        let mut big = spec();
+        big.args = vec!["x".repeat(4096)];
+        assert!(matches!(
+            submit_in(&mut w, PB, "job_b", big.clone()),
+            Ok(Outcome::Job { .. })
+        ));
+        // Once a job finishes its bytes no longer count.
+        w.place("job_1", 1, A);
+        w.start("job_1", 1, A);
+        w.report(A, vec![("job_1", 1, exited(0))]);
+        assert_eq!(w.job("job_1").state, JobState::Succeeded);
+        w.submit("job_3");
+        assert_eq!(w.s.project_load(PA).spec_bytes, 2 * one);
+    }
+
+    #[test]
+    fn a_job_larger_than_the_running_quota_is_refused_at_submission() {
+        let mut w = World::new();
+        set_policy(
+            &mut w,
+            PA,
+            crate::state::PolicyUpdate {
+                max_running_gpus: Some(1),
+                ..Default::default()
+            },
+        );
+        let mut gang = spec();
+        gang.replicas = 2;
+        let e = w.refused(Op::SubmitJob {
+            id: "gang".into(),
+            project_id: PA.into(),
+            spec: gang,
+        });
+        assert!(
+            matches!(&e, DomainError::QuotaExceeded(m) if m.contains("could never start") && m.contains("max_running_gpus")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_placement_past_the_running_quota_is_skipped_in_apply() {
+        let mut w = World::new();
+        set_policy(
+            &mut w,
+            PA,
+            crate::state::PolicyUpdate {
+                max_running_gpus: Some(1),
+                ..Default::default()
+            },
+        );
+        w.submit("job_1");
+        w.submit("job_2");
+        submit_in(&mut w, PB, "job_b", spec()).expect("project B submits");
+        // A pass that (wrongly) places both of A's jobs: the second is skipped and stays pending.
+        let counts = w.placements(vec![
+            w.place_op("job_1", 1, A),
+            w.place_op("job_2", 1, B),
+            w.place_op("job_b", 1, US),
+        ]);
+        assert_eq!(counts, (2, 0, 0, 1));
+        assert_eq!(w.job("job_2").state, JobState::Pending);
+        assert_eq!(
+            w.s.job(PB, "job_b").expect("job_b").state,
+            JobState::Scheduled
+        );
+        assert_eq!(w.s.project_load(PA).running.gpus, 1);
+        // When job_1 ends, job_2 fits.
+        w.start("job_1", 1, A);
+        w.report(A, vec![("job_1", 1, exited(0))]);
+        assert_eq!(w.s.project_load(PA).running, Resources::default());
+        w.place("job_2", 1, B);
+    }
+
+    #[test]
+    fn an_eviction_frees_quota_for_the_placement_in_the_same_pass() {
+        let mut w = World::new();
+        set_policy(
+            &mut w,
+            PA,
+            crate::state::PolicyUpdate {
+                max_running_gpus: Some(1),
+                ..Default::default()
+            },
+        );
+        w.submit("job_low");
+        w.place("job_low", 1, A);
+        let mut high = spec();
+        high.priority = 5;
+        high.preemption = true;
+        w.submit_spec("job_high", high);
+        // Placing it first fails the quota; evicting first makes room, within one command.
+        assert_eq!(
+            w.placements(vec![w.place_op("job_high", 1, A)]),
+            (0, 0, 0, 1)
+        );
+        let counts = w.placements(vec![
+            PlacementOp::Preempt {
+                job_id: "job_low".into(),
+                attempt: 1,
+                by: "job_high".into(),
+            },
+            w.place_op("job_high", 1, A),
+            // The evicted job cannot come straight back: the quota is taken again.
+            w.place_op("job_low", 2, B),
+        ]);
+        assert_eq!(counts, (1, 0, 1, 1));
+        assert_eq!(w.job("job_high").state, JobState::Scheduled);
+        assert_eq!(w.job("job_low").state, JobState::Pending);
+        assert_eq!(w.s.project_load(PA).running.gpus, 1);
+    }
+
+    #[test]
+    fn preemption_across_projects_needs_the_ceiling_and_hides_the_preemptor() {
+        let mut w = World::new();
+        // Project B's job (priority 3) runs on A.
+        let mut theirs = spec();
+        theirs.priority = 3;
+        submit_in(&mut w, PB, "victim", theirs).expect("submitted");
+        w.place("victim", 1, A);
+        w.start("victim", 1, A);
+        // Project A's urgent job asks for preemption.
+        let mut urgent = spec();
+        urgent.priority = 1000;
+        urgent.preemption = true;
+        w.submit_spec("urgent", urgent);
+        let preempt = PlacementOp::Preempt {
+            job_id: "victim".into(),
+            attempt: 1,
+            by: "urgent".into(),
+        };
+        // Ceiling 0 (the default): skipped, whatever the priority.
+        assert_eq!(w.placements(vec![preempt.clone()]), (0, 0, 0, 1));
+        assert_eq!(
+            w.s.job(PB, "victim").expect("victim").state,
+            JobState::Running
+        );
+        // A ceiling at the victim's priority is not enough: it must be strictly below.
+        set_policy(
+            &mut w,
+            PA,
+            crate::state::PolicyUpdate {
+                preemption_ceiling: Some(3),
+                ..Default::default()
+            },
+        );
+        assert_eq!(w.placements(vec![preempt.clone()]), (0, 0, 0, 1));
+        // A job that did not ask for preemption cannot be named as the preemptor either.
+        w.submit("polite");
+        set_policy(
+            &mut w,
+            PA,
+            crate::state::PolicyUpdate {
+                preemption_ceiling: Some(5),
+                ..Default::default()
+            },
+        );
+        let by_polite = PlacementOp::Preempt {
+            job_id: "victim".into(),
+            attempt: 1,
+            by: "polite".into(),
+        };
+        assert_eq!(w.placements(vec![by_polite]), (0, 0, 0, 1));
+        // Below the ceiling: evicted, and its record does not name the other project's job.
+        assert_eq!(w.placements(vec![preempt]), (0, 0, 1, 0));
+        let victim = w.s.job(PB, "victim").expect("victim");
+        assert_eq!(victim.state, JobState::Pending);
+        assert_eq!(victim.attempts[0].outcome, Some(AttemptOutcome::Preempted));
+        assert_eq!(
+            victim.attempts[0].detail,
+            "preempted by a higher-priority job"
+        );
+        assert!(!victim.attempts[0].detail.contains("urgent"));
+    }
+
+    #[test]
+    fn a_policy_change_is_validated_and_audited() {
+        let mut w = World::new();
+        let e = w.refused(Op::SetProjectPolicy {
+            project_id: PA.into(),
+            update: crate::state::PolicyUpdate {
+                preemption_ceiling: Some(5000),
+                ..Default::default()
+            },
+        });
+        assert!(matches!(&e, DomainError::Invalid { field, .. } if field == "preemption_ceiling"));
+        w.refused(Op::SetProjectPolicy {
+            project_id: "prj_missing".into(),
+            update: crate::state::PolicyUpdate {
+                max_pending_jobs: Some(1),
+                ..Default::default()
+            },
+        });
+        set_policy(
+            &mut w,
+            PA,
+            crate::state::PolicyUpdate {
+                network: Some(crate::state::NetworkPolicy::None),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            w.s.project_policy(PA).network,
+            crate::state::NetworkPolicy::None
+        );
+        assert_eq!(w.s.project_policy(PB), crate::state::ProjectPolicy::BUILTIN);
+        let last = w.s.audit.last().expect("audited");
+        assert_eq!(last.action, "project.policy.set");
+        assert_eq!(last.project.as_deref(), Some(PA));
+        assert_eq!(last.detail, "network=none");
+    }
+
+    #[test]
+    fn the_unfinished_index_is_rebuilt_from_a_snapshot() {
+        let mut w = World::new();
+        w.submit("job_1");
+        w.submit("job_2");
+        w.place("job_1", 1, A);
+        let mut bytes: serde_json::Value =
+            serde_json::from_slice(&w.s.to_bytes()).expect("state is JSON");
+        // A snapshot written before the index existed.
+        bytes
+            .as_object_mut()
+            .expect("an object")
+            .remove("unfinished_job_ids_by_project");
+        let restored =
+            RegistryState::from_bytes(&serde_json::to_vec(&bytes).expect("JSON")).expect("loads");
+        restored.assert_job_indexes_consistent();
+        assert_eq!(restored.project_load(PA).unfinished_jobs, 2);
+        assert_eq!(restored, w.s);
     }
 }
 

@@ -14,6 +14,7 @@ mod deny_list;
 mod fleet;
 mod jobs;
 mod paging;
+mod policy;
 mod scope;
 mod secrets;
 mod tenancy;
@@ -29,7 +30,8 @@ use crate::authz::Role;
 use crate::scheduler::GpuDevice;
 
 pub use audit::{
-    verify_chain, AuditChainError, AuditOutcome, AuditPage, AuditRecord, GENESIS_HASH,
+    verify_chain, AuditChainError, AuditOutcome, AuditPage, AuditRecord, ChainVerifier,
+    GENESIS_HASH,
 };
 pub use deny_list::{deny_id, normalize_serial, DeniedIdentity, DenyKind};
 pub use fleet::{
@@ -42,6 +44,10 @@ pub use jobs::{
     JobRecord, JobSpec, JobState, PlacementOp, ReplicaPlacement, RetryPolicy,
 };
 pub use paging::{Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+pub use policy::{
+    add as add_resources, job_reservation, running_quota_excess, spec_bytes, sub as sub_resources,
+    NetworkPolicy, PolicyUpdate, ProjectLoad, ProjectPolicy, MAX_PREEMPTION_CEILING,
+};
 pub use scope::ProjectScope;
 pub(crate) use secrets::validate_secret_name;
 pub use secrets::{SealedValue, Secret, SecretVersion, SecretView, WrappedKey};
@@ -141,6 +147,10 @@ pub enum Op {
         name: String,
         description: String,
         data_key: WrappedKey,
+        /// The new project's policy (the coordinator's configured defaults); `None` in entries written before
+        /// policies existed, which then get [`ProjectPolicy::BUILTIN`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        policy: Option<ProjectPolicy>,
     },
     /// Deletes a project that holds no active keys, no secrets and no unfinished jobs; its principals,
     /// revoked keys, role bindings and finished jobs go with it.
@@ -292,6 +302,12 @@ pub enum Op {
     },
     /// An operator approves a node (pending or quarantined) with the resources and labels it reports now.
     ApproveNode { key: String },
+    /// A platform-admin changes a project's policy (quotas, network, preemption ceiling): the fields of
+    /// `update` replace the current ones.
+    SetProjectPolicy {
+        project_id: String,
+        update: PolicyUpdate,
+    },
 }
 
 /// What a successfully applied command produced.
@@ -371,6 +387,9 @@ pub enum DomainError {
     /// The object is not in a state that allows this.
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
+    /// The project's policy does not allow this much (pending jobs, bytes of specs, running resources).
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
 }
 
 impl DomainError {
@@ -455,6 +474,10 @@ pub struct RegistryState {
     /// `region/cluster` → admission policy; a cluster without one follows the leader's default.
     #[serde(default)]
     pub(crate) cluster_policies: BTreeMap<String, ClusterPolicy>,
+    /// Index: project id → ids of its jobs that are not finished (what its quotas count). Rebuilt from the
+    /// jobs when a snapshot is loaded.
+    #[serde(default)]
+    pub(crate) unfinished_job_ids_by_project: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// What a successful mutation tells the audit log besides the command's subject.
@@ -563,6 +586,9 @@ impl Op {
                 region, cluster, ..
             } => s("cluster.policy", None, &cluster_key(region, cluster)),
             Op::ApproveNode { key } => s("node.approve", None, key),
+            Op::SetProjectPolicy { project_id, .. } => {
+                s("project.policy.set", Some(project_id), project_id)
+            }
         }
     }
 }
@@ -689,7 +715,8 @@ impl RegistryState {
                 name,
                 description,
                 data_key,
-            } => self.create_project(at, id, name, description, data_key),
+                policy,
+            } => self.create_project(at, id, name, description, data_key, policy.as_ref()),
             Op::DeleteProject { id } => self.delete_project(id),
             Op::CreatePrincipal {
                 id,
@@ -811,6 +838,9 @@ impl RegistryState {
                 auto_approve,
             } => self.set_cluster_policy(region, cluster, *auto_approve),
             Op::ApproveNode { key } => self.approve_node(key),
+            Op::SetProjectPolicy { project_id, update } => {
+                self.set_project_policy(project_id, update)
+            }
         }
     }
 
@@ -835,11 +865,13 @@ impl RegistryState {
         serde_json::to_vec(self).expect("registry state serializes")
     }
 
-    /// Restores state from [`RegistryState::to_bytes`] output. The index of finished jobs is rebuilt from
-    /// the jobs, so a snapshot written before the index existed loads complete.
+    /// Restores state from [`RegistryState::to_bytes`] output. The indexes of finished jobs and of each
+    /// project's unfinished jobs are rebuilt from the jobs, so a snapshot written before they existed loads
+    /// complete.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         let mut state: Self = serde_json::from_slice(bytes)?;
         state.rebuild_finished_index();
+        state.rebuild_unfinished_index();
         Ok(state)
     }
 

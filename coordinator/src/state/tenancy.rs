@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{Applied, DomainError, Outcome, RegistryState, WrappedKey};
+use super::{Applied, DomainError, Outcome, ProjectPolicy, RegistryState, WrappedKey};
 use crate::authz::Role;
 
 /// Name of the project created at bootstrap.
@@ -23,6 +23,9 @@ pub struct Project {
     pub created_at: u64,
     /// The project's data key, wrapped by a master key. Never shown to callers.
     pub data_key: WrappedKey,
+    /// Quotas, network and preemption ceiling; set only by a platform-admin.
+    #[serde(default)]
+    pub policy: ProjectPolicy,
 }
 
 /// A project as callers see it.
@@ -32,6 +35,8 @@ pub struct ProjectView {
     pub name: String,
     pub description: String,
     pub created_at: u64,
+    #[serde(default)]
+    pub policy: ProjectPolicy,
 }
 
 impl Project {
@@ -42,6 +47,7 @@ impl Project {
             name: self.name.clone(),
             description: self.description.clone(),
             created_at: self.created_at,
+            policy: self.policy,
         }
     }
 }
@@ -394,6 +400,7 @@ impl RegistryState {
             description: "Created at bootstrap".to_owned(),
             created_at: at,
             data_key: spec.data_key.clone(),
+            policy: ProjectPolicy::BUILTIN,
         };
         let principal = Principal {
             id: spec.principal_id.to_owned(),
@@ -443,11 +450,14 @@ impl RegistryState {
         name: &str,
         description: &str,
         data_key: &WrappedKey,
+        policy: Option<&ProjectPolicy>,
     ) -> Result<Applied, DomainError> {
         validate_id("id", id)?;
         validate_project_name(name)?;
         validate_description(description)?;
         validate_wrapped_key("data_key", data_key)?;
+        let policy = policy.copied().unwrap_or(ProjectPolicy::BUILTIN);
+        policy.validate()?;
         if self.project_by_name(name).is_some() {
             return Err(DomainError::exists("project", name));
         }
@@ -460,6 +470,7 @@ impl RegistryState {
             description: description.to_owned(),
             created_at: at,
             data_key: data_key.clone(),
+            policy,
         };
         let view = project.view();
         self.project_ids_by_name

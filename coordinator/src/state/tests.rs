@@ -66,6 +66,7 @@ fn create_project(s: &mut RegistryState, id: &str, name: &str) {
             name: name.into(),
             description: String::new(),
             data_key: wk("mk1", id),
+            policy: None,
         },
     );
     assert!(matches!(out, Ok(Outcome::Project { .. })), "{out:?}");
@@ -164,6 +165,7 @@ fn random_command(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> 
             name: names[rng.gen_range(0..names.len())].to_owned(),
             description: format!("project {n}"),
             data_key: wk("mk1", &n.to_string()),
+            policy: None,
         },
         3 => Op::DeleteProject {
             id: pick_project(rng),
@@ -798,6 +800,7 @@ fn project_names_are_validated_and_unique() {
                 name: bad.into(),
                 description: String::new(),
                 data_key: wk("mk1", "n"),
+                policy: None,
             },
             |e| matches!(e, DomainError::Invalid { field, .. } if field == "name"),
         );
@@ -810,6 +813,7 @@ fn project_names_are_validated_and_unique() {
             name: "vision".into(),
             description: String::new(),
             data_key: wk("mk1", "n"),
+            policy: None,
         },
         |e| matches!(e, DomainError::AlreadyExists { name, .. } if name == "vision"),
     );
@@ -820,6 +824,7 @@ fn project_names_are_validated_and_unique() {
             name: "fresh".into(),
             description: String::new(),
             data_key: wk("mk1", "n"),
+            policy: None,
         },
         |e| matches!(e, DomainError::AlreadyExists { .. }),
     );
@@ -1752,6 +1757,31 @@ fn tampering_with_the_audit_chain_is_detected() {
 }
 
 #[test]
+fn the_audit_chain_verifies_the_same_fed_a_chunk_at_a_time() {
+    let s = audited_state();
+    let records = s.audit_records().to_vec();
+    for chunk in 1..=records.len() {
+        let mut v = ChainVerifier::default();
+        for piece in records.chunks(chunk) {
+            v.feed(piece)
+                .expect("every chunking of a good chain verifies");
+        }
+    }
+    // A break between two chunks is caught at the chunk boundary, with the same seq as whole.
+    let mut edited = records.clone();
+    edited[3].prev_hash = "f".repeat(64);
+    let whole = verify_chain(&edited).map_err(|e| e.seq);
+    let mut v = ChainVerifier::default();
+    v.feed(&edited[..3]).expect("the first three are intact");
+    assert_eq!(v.feed(&edited[3..]).map_err(|e| e.seq), whole);
+    assert_eq!(whole, Err(4));
+    // A gap between chunks too.
+    let mut v = ChainVerifier::default();
+    v.feed(&records[..2]).expect("intact");
+    assert_eq!(v.feed(&records[3..]).map_err(|e| e.seq), Err(4));
+}
+
+#[test]
 fn audit_pages_by_seq_and_filters_by_project() {
     let s = audited_state();
     let page = s.audit_page(0, 3, None);
@@ -1830,6 +1860,7 @@ fn a_resent_request_is_applied_once() {
             name: "once".to_owned(),
             description: String::new(),
             data_key: wk("mk1", "once"),
+            policy: None,
         },
     );
     create.request_id = Some("req-1".to_owned());
@@ -1883,6 +1914,7 @@ fn a_batch_applies_each_command_as_its_own_entry_would() {
                 name: name.into(),
                 description: String::new(),
                 data_key: wk("mk1", id),
+                policy: None,
             },
         );
         cmd.request_id = Some(request.into());

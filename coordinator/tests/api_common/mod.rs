@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use coordinator::api::{AdminApi, AdminApiOptions};
+use coordinator::api::{AdminApi, AdminApiOptions, ApiLimits, DenialLimits};
 use coordinator::crypto::MasterKeyring;
 use coordinator::node::{Coordinator, CoordinatorOptions, Handle, MemberNode, RaftTimings};
 use rand::RngCore;
@@ -37,6 +37,7 @@ pub struct TestApi {
 pub struct Setup {
     pub tls: bool,
     pub max_body_bytes: usize,
+    pub limits: ApiLimits,
 }
 
 impl Default for Setup {
@@ -44,7 +45,21 @@ impl Default for Setup {
         Setup {
             tls: false,
             max_body_bytes: 64 * 1024,
+            limits: test_limits(),
         }
+    }
+}
+
+/// The API's limits for tests: refusals are written to the audit log every 50 ms, and hardly limited, so
+/// tests that probe many routes with bad keys see every answer (rate limits have their own tests).
+pub fn test_limits() -> ApiLimits {
+    ApiLimits {
+        denials: DenialLimits {
+            burst: 100_000,
+            per_second: 100_000,
+            window: Duration::from_millis(50),
+        },
+        ..ApiLimits::default()
     }
 }
 
@@ -105,6 +120,8 @@ pub async fn start_with(setup: Setup) -> anyhow::Result<TestApi> {
         handle: handle.clone(),
         keyring: keyring.clone(),
         max_body_bytes: setup.max_body_bytes,
+        limits: setup.limits,
+        project_defaults: Default::default(),
     })
     .await?;
     let addr = api.local_addr();
@@ -323,6 +340,26 @@ impl TestApi {
                 .and_then(|r| r["seq"].as_u64())
                 .context("record without seq")?;
             all.extend(items);
+        }
+    }
+
+    /// The audit log once `pred` holds for it (refusals reach it coalesced, a window after they happen);
+    /// fails after 10 s with `what`.
+    pub async fn audit_until(
+        &self,
+        what: &str,
+        pred: impl Fn(&[Value]) -> bool,
+    ) -> anyhow::Result<Vec<Value>> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let records = self.audit_all().await?;
+            if pred(&records) {
+                return Ok(records);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{what}: not in the audit log after 10 s: {records:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 
