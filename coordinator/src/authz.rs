@@ -236,6 +236,7 @@ impl Caller {
     /// The actor to stamp on commands this caller causes.
     pub fn actor(&self) -> Actor {
         Actor::principal(self.principal_id.clone(), self.principal_name.clone())
+            .with_key(self.key_id.clone())
     }
 }
 
@@ -582,7 +583,10 @@ mod tests {
             (caller.principal_id.as_str(), caller.project_id.as_str()),
             ("sa_ci", "prj_a")
         );
-        assert_eq!(caller.actor(), Actor::principal("sa_ci", "ci"));
+        assert_eq!(
+            caller.actor(),
+            Actor::principal("sa_ci", "ci").with_key(t.key_id.clone())
+        );
         assert_eq!(
             authenticate(&s, &t.token, T0 + 1_000_000),
             Err(AuthnError::Expired)

@@ -596,6 +596,7 @@ fn agent_actor(ctx: &CallContext) -> Actor {
     Actor {
         principal_id: None,
         name: ctx.peer.uri(),
+        key_id: None,
     }
 }
 

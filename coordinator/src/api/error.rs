@@ -208,6 +208,9 @@ impl From<DomainError> for ServiceError {
             DomainError::FailedPrecondition(m) => {
                 ServiceError::new(ErrorKind::FailedPrecondition, m)
             }
+            // Whatever was wrong with the key, the caller hears what an invalid key always gets.
+            DomainError::Unauthenticated(_) => ServiceError::unauthenticated(),
+            DomainError::PermissionDenied(m) => ServiceError::forbidden(m),
         }
     }
 }
@@ -306,6 +309,11 @@ mod tests {
                 DomainError::FailedPrecondition("not empty".into()),
                 StatusCode::PRECONDITION_FAILED,
                 "not empty",
+            ),
+            (
+                DomainError::PermissionDenied("needs platform-admin".into()),
+                StatusCode::FORBIDDEN,
+                "permission denied: needs platform-admin",
             ),
         ];
         for (domain, status, message) in cases {

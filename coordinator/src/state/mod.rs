@@ -9,6 +9,8 @@
 //! prepared it. Two replicas that applied the same log hold byte-identical state
 //! ([`RegistryState::to_bytes`]). This module must never hold plaintext secrets or unwrapped keys.
 
+#[cfg(test)]
+mod access_tests;
 mod audit;
 mod fleet;
 mod jobs;
@@ -92,6 +94,12 @@ pub struct Actor {
     pub principal_id: Option<String>,
     /// Display name (principal name, or `system`).
     pub name: String,
+    /// The API key the principal acted with. `apply` refuses the command when this key is revoked or expired
+    /// at the command's time, or its principal is disabled, so a write admitted by a lagging replica cannot
+    /// commit after the key was taken back. Absent for the system and in commands from before keys were
+    /// recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
 }
 
 impl Actor {
@@ -100,6 +108,7 @@ impl Actor {
         Self {
             principal_id: None,
             name: "system".to_owned(),
+            key_id: None,
         }
     }
 
@@ -108,7 +117,14 @@ impl Actor {
         Self {
             principal_id: Some(id.into()),
             name: name.into(),
+            key_id: None,
         }
+    }
+
+    /// This actor, acting with API key `key_id`.
+    pub fn with_key(mut self, key_id: impl Into<String>) -> Self {
+        self.key_id = Some(key_id.into());
+        self
     }
 }
 
@@ -335,6 +351,12 @@ pub enum DomainError {
     /// The object is not in a state that allows this.
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
+    /// The acting key or principal is no longer valid (revoked, expired, disabled, gone).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The actor may not do this (e.g. grant a role it does not hold).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
 }
 
 impl DomainError {
@@ -587,7 +609,8 @@ impl RegistryState {
         if subject.project.is_none() {
             subject.project = self.project_of_target(&cmd.op);
         }
-        match self.execute(cmd) {
+        let result = self.check_actor(cmd).and_then(|()| self.execute(cmd));
+        match result {
             Ok(applied) => {
                 self.append_audit(cmd, &subject, AuditOutcome::Success, applied.detail);
                 Ok(applied.outcome)
@@ -741,6 +764,33 @@ impl RegistryState {
                 finished_before,
                 max,
             } => Ok(self.purge_jobs(*finished_before, *max)),
+        }
+    }
+
+    /// Refuses a command whose acting key is no longer valid at the command's time: unknown, revoked,
+    /// expired, not the actor's, or its principal disabled or gone. The API checked all of this when it
+    /// admitted the request, but on a replica that may have been behind; this check runs on the log's
+    /// order, so a revocation committed first always wins.
+    fn check_actor(&self, cmd: &Command) -> Result<(), DomainError> {
+        let Some(key_id) = &cmd.actor.key_id else {
+            return Ok(());
+        };
+        let refused = |why: &str| Err(DomainError::Unauthenticated(format!("key {key_id} {why}")));
+        let Some(key) = self.keys.get(key_id) else {
+            return refused("does not exist");
+        };
+        if cmd.actor.principal_id.as_deref() != Some(key.principal_id.as_str()) {
+            return refused("belongs to another principal");
+        }
+        match key.state_at(cmd.at_ms) {
+            KeyState::Active => {}
+            KeyState::Revoked => return refused("was revoked"),
+            KeyState::Expired => return refused("has expired"),
+        }
+        match self.principals.get(&key.principal_id) {
+            Some(p) if !p.disabled => Ok(()),
+            Some(_) => refused("belongs to a disabled principal"),
+            None => refused("belongs to a principal that no longer exists"),
         }
     }
 

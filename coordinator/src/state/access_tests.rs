@@ -1,0 +1,201 @@
+//! Tests of who may act through the state machine: the acting key re-checked in `apply`, the bootstrap
+//! principal's ownership, key and binding grants, and secrets bound to workload identities.
+
+use super::*;
+use crate::crypto;
+
+const T0: u64 = 1_700_000_000_000;
+
+fn wk(tag: &str) -> WrappedKey {
+    WrappedKey {
+        master_key_id: "mk1".to_owned(),
+        nonce_b64: "AAAAAAAAAAAAAAAA".to_owned(),
+        ciphertext_b64: format!("ct-{tag}"),
+    }
+}
+
+/// A bootstrapped registry: project `default` (`prj_default`), the platform-admin `sa_root` with key `root`.
+fn bootstrapped() -> RegistryState {
+    let mut s = RegistryState::default();
+    let op = Op::Bootstrap {
+        default_project_id: "prj_default".into(),
+        default_data_key: wk("default"),
+        admin_principal_id: "sa_root".into(),
+        admin_principal_name: "root".into(),
+        admin_key_id: "root".into(),
+        admin_key_hash: crypto::hash_token("root"),
+        admin_key_last4: "abcd".into(),
+    };
+    let out = s.apply(1, &Command::new(T0, Actor::system(), op));
+    assert!(matches!(out, Ok(Outcome::Bootstrapped { .. })), "{out:?}");
+    s
+}
+
+/// Applies `op` as `actor` at `at`, at the next index.
+fn apply_as(s: &mut RegistryState, actor: &Actor, at: u64, op: Op) -> CommandOutcome {
+    let index = s.applied_index + 1;
+    s.apply(index, &Command::new(at, actor.clone(), op))
+}
+
+fn system(s: &mut RegistryState, op: Op) {
+    let out = apply_as(s, &Actor::system(), T0, op);
+    assert!(out.is_ok(), "{out:?}");
+}
+
+/// A key `key_id` for a new service account `principal` bound `role` in `project`.
+fn key_for(
+    s: &mut RegistryState,
+    key_id: &str,
+    project: &str,
+    principal: &str,
+    role: Role,
+    expires_at: Option<u64>,
+) {
+    system(
+        s,
+        Op::CreateKey {
+            key_id: key_id.into(),
+            name: key_id.into(),
+            project_id: project.into(),
+            hash: crypto::hash_token(key_id),
+            last4: "abcd".into(),
+            expires_at,
+            principal: KeyPrincipal::NewServiceAccount {
+                principal_id: principal.into(),
+                name: principal.into(),
+            },
+            role: Some(role),
+        },
+    );
+}
+
+fn project(id: &str, name: &str) -> Op {
+    Op::CreateProject {
+        id: id.into(),
+        name: name.into(),
+        description: String::new(),
+        data_key: wk(id),
+    }
+}
+
+// ---- the acting key, re-checked in apply ------------------------------------------------------------------
+
+#[test]
+fn a_command_made_with_a_key_revoked_before_it_commits_is_refused() {
+    let mut s = bootstrapped();
+    key_for(
+        &mut s,
+        "ci",
+        "prj_default",
+        "sa_ci",
+        Role::ProjectAdmin,
+        None,
+    );
+    let ci = Actor::principal("sa_ci", "ci").with_key("ci");
+
+    // Valid: applied, and the audit record names the key.
+    let out = apply_as(&mut s, &ci, T0 + 10, project("prj_a", "aaa"));
+    assert!(out.is_ok(), "{out:?}");
+    assert_eq!(
+        s.audit.last().map(|r| r.actor.key_id.clone()),
+        Some(Some("ci".to_owned()))
+    );
+
+    // The key is revoked; a write a lagging replica admitted earlier commits afterwards and is refused.
+    system(
+        &mut s,
+        Op::RevokeKey {
+            key_id: "ci".into(),
+        },
+    );
+    let before = s.projects.len();
+    let out = apply_as(&mut s, &ci, T0 + 20, project("prj_b", "bbb"));
+    assert!(
+        matches!(&out, Err(DomainError::Unauthenticated(m)) if m.contains("revoked")),
+        "{out:?}"
+    );
+    assert_eq!(s.projects.len(), before, "nothing was created");
+    let last = s.audit.last().cloned().expect("audited");
+    assert_eq!(last.outcome, AuditOutcome::Refused);
+    assert_eq!(last.action, "project.create");
+}
+
+#[test]
+fn an_expired_key_a_foreign_key_and_a_disabled_principal_are_refused() {
+    let mut s = bootstrapped();
+    key_for(
+        &mut s,
+        "short",
+        "prj_default",
+        "sa_short",
+        Role::Editor,
+        Some(T0 + 100),
+    );
+    key_for(
+        &mut s,
+        "other",
+        "prj_default",
+        "sa_other",
+        Role::Editor,
+        None,
+    );
+    let short = Actor::principal("sa_short", "short").with_key("short");
+    let op = || Op::CreatePrincipal {
+        id: "sa_x".into(),
+        kind: PrincipalKind::ServiceAccount,
+        name: "x".into(),
+        project_id: "prj_default".into(),
+    };
+    // Expiry is judged at the command's time, not the replica's.
+    let out = apply_as(&mut s, &short, T0 + 100, op());
+    assert!(
+        matches!(&out, Err(DomainError::Unauthenticated(m)) if m.contains("expired")),
+        "{out:?}"
+    );
+    // A key of another principal.
+    let forged = Actor::principal("sa_short", "short").with_key("other");
+    let out = apply_as(&mut s, &forged, T0 + 10, op());
+    assert!(
+        matches!(out, Err(DomainError::Unauthenticated(_))),
+        "{out:?}"
+    );
+    // An unknown key.
+    let ghost = Actor::principal("sa_short", "short").with_key("ghost");
+    let out = apply_as(&mut s, &ghost, T0 + 10, op());
+    assert!(
+        matches!(out, Err(DomainError::Unauthenticated(_))),
+        "{out:?}"
+    );
+    // A disabled principal.
+    system(
+        &mut s,
+        Op::SetPrincipalDisabled {
+            id: "sa_other".into(),
+            disabled: true,
+        },
+    );
+    let other = Actor::principal("sa_other", "other").with_key("other");
+    let out = apply_as(&mut s, &other, T0 + 10, op());
+    assert!(
+        matches!(&out, Err(DomainError::Unauthenticated(m)) if m.contains("disabled")),
+        "{out:?}"
+    );
+    // Still valid at its time: applied.
+    let out = apply_as(&mut s, &short, T0 + 99, op());
+    assert!(out.is_ok(), "{out:?}");
+}
+
+#[test]
+fn commands_without_a_key_apply_as_before() {
+    let mut s = bootstrapped();
+    // Commands logged before keys were recorded name a principal but no key.
+    let old = Actor::principal("sa_gone", "gone");
+    let out = apply_as(&mut s, &old, T0 + 10, project("prj_a", "aaa"));
+    assert!(out.is_ok(), "{out:?}");
+    // The recorded actor serializes exactly as before.
+    let json = serde_json::to_value(&old).expect("actor serializes");
+    assert_eq!(
+        json,
+        serde_json::json!({"principal_id": "sa_gone", "name": "gone"})
+    );
+}
