@@ -162,7 +162,8 @@ fn principal(p: Principal) -> pb::Principal {
         id: p.id,
         kind: kind.to_owned(),
         name: p.name,
-        project_id: p.project_id,
+        // Empty for a platform principal.
+        project_id: p.project_id.unwrap_or_default(),
         created_at: p.created_at,
         disabled: p.disabled,
     }

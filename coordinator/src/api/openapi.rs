@@ -211,7 +211,11 @@ fn schemas() -> Value {
                 json!({ "type": "string", "enum": ["user", "service_account"] }),
             ),
             ("name", string()),
-            ("project_id", string()),
+            (
+                "project_id",
+                json!({ "type": "string", "nullable": true,
+                        "description": "The owning project; null for a platform principal (the bootstrap platform-admin)." }),
+            ),
             ("created_at", integer()),
             ("disabled", boolean()),
         ],

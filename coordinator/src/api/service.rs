@@ -794,7 +794,7 @@ impl AdminService {
             Some(id) => {
                 let owner = self.inner.handle.read(|s| {
                     let mine = s.project_scope(&scope.project_id).principal(id).is_some();
-                    (mine, s.principal(id).map(|p| p.project_id.clone()))
+                    (mine, s.principal(id).and_then(|p| p.project_id.clone()))
                 });
                 match owner {
                     (true, _) => KeyPrincipal::Existing {
@@ -927,9 +927,10 @@ impl AdminService {
         }
         self.consistent().await?;
         let visible = self.inner.handle.read(|s| {
-            let owner = s.principal(&req.principal_id).map(|p| p.project_id.clone());
+            let principal = s.principal(&req.principal_id);
+            let owner = principal.and_then(|p| p.project_id.clone());
             let mine = owner.as_deref() == Some(scope.project_id.as_str());
-            (mine || (platform_admin && owner.is_some()), owner)
+            (mine || (platform_admin && principal.is_some()), owner)
         });
         if let (false, owner) = visible {
             return Err(self

@@ -199,3 +199,76 @@ fn commands_without_a_key_apply_as_before() {
         serde_json::json!({"principal_id": "sa_gone", "name": "gone"})
     );
 }
+
+// ---- the bootstrap principal belongs to the platform ------------------------------------------------------
+
+#[test]
+fn the_bootstrap_principal_belongs_to_no_project() {
+    let s = bootstrapped();
+    let root = s.principal("sa_root").expect("bootstrap principal");
+    assert_eq!(root.project_id, None);
+    assert_eq!(s.bootstrap_principal_id(), Some("sa_root"));
+    let default = s.project_scope("prj_default");
+    assert!(default.principal("sa_root").is_none(), "no project owns it");
+    let listed = default.principals(&PageRequest::new(None, None).expect("page"));
+    assert!(listed.items.iter().all(|p| p.id != "sa_root"), "{listed:?}");
+    // Its key still acts in the default project by default.
+    assert_eq!(
+        s.key_by_id("root").map(|k| k.project_id.as_str()),
+        Some("prj_default")
+    );
+}
+
+#[test]
+fn a_snapshot_from_before_moves_the_bootstrap_principal_to_the_platform() {
+    let mut s = bootstrapped();
+    key_for(&mut s, "ci", "prj_default", "sa_ci", Role::Editor, None);
+    // What an older build wrote: the bootstrap principal owned by `default`.
+    if let Some(p) = s.principals.get_mut("sa_root") {
+        p.project_id = Some("prj_default".into());
+    }
+    let old = s.to_bytes();
+    assert!(
+        String::from_utf8_lossy(&old).contains(
+            r#""id":"sa_root","kind":"service_account","name":"root","project_id":"prj_default""#
+        ),
+        "the old form is a plain project id"
+    );
+    let loaded = RegistryState::from_bytes(&old).expect("old snapshot loads");
+    assert_eq!(
+        loaded.principal("sa_root").map(|p| p.project_id.clone()),
+        Some(None)
+    );
+    // Nothing else moved.
+    assert_eq!(
+        loaded.principal("sa_ci").and_then(|p| p.project_id.clone()),
+        Some("prj_default".to_owned())
+    );
+    // Loading is idempotent: a migrated snapshot reloads byte for byte.
+    let again = RegistryState::from_bytes(&loaded.to_bytes()).expect("reloads");
+    assert_eq!(again.to_bytes(), loaded.to_bytes());
+}
+
+#[test]
+fn an_old_log_minting_a_key_for_the_bootstrap_principal_still_replays() {
+    let mut s = bootstrapped();
+    // Logged by an older build (no acting key): a second key for the bootstrap principal in `default`.
+    let out = apply_as(
+        &mut s,
+        &Actor::principal("sa_root", "root"),
+        T0 + 10,
+        Op::CreateKey {
+            key_id: "root2".into(),
+            name: "root2".into(),
+            project_id: "prj_default".into(),
+            hash: crypto::hash_token("root2"),
+            last4: "abcd".into(),
+            expires_at: None,
+            principal: KeyPrincipal::Existing {
+                principal_id: "sa_root".into(),
+            },
+            role: None,
+        },
+    );
+    assert!(matches!(out, Ok(Outcome::KeyCreated { .. })), "{out:?}");
+}

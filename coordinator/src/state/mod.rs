@@ -798,7 +798,7 @@ impl RegistryState {
         match op {
             Op::RevokeKey { key_id } => self.keys.get(key_id).map(|k| k.project_id.clone()),
             Op::SetPrincipalDisabled { id, .. } => {
-                self.principals.get(id).map(|p| p.project_id.clone())
+                self.principals.get(id).and_then(|p| p.project_id.clone())
             }
             Op::UnbindRole { binding_id } => self
                 .bindings
@@ -816,10 +816,12 @@ impl RegistryState {
     }
 
     /// Restores state from [`RegistryState::to_bytes`] output. The index of finished jobs is rebuilt from
-    /// the jobs, so a snapshot written before the index existed loads complete.
+    /// the jobs, so a snapshot written before the index existed loads complete, and a bootstrap principal
+    /// that an older build gave to project `default` moves to the platform.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         let mut state: Self = serde_json::from_slice(bytes)?;
         state.rebuild_finished_index();
+        state.migrate_bootstrap_principal();
         Ok(state)
     }
 

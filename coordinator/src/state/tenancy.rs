@@ -60,10 +60,18 @@ pub struct Principal {
     pub id: String,
     pub kind: PrincipalKind,
     pub name: String,
-    /// The project that owns it.
-    pub project_id: String,
+    /// The project that owns it; `None` for a principal of the platform itself (the bootstrap
+    /// platform-admin), which no project lists and no project-admin manages.
+    pub project_id: Option<String>,
     pub created_at: u64,
     pub disabled: bool,
+}
+
+impl Principal {
+    /// Whether `project_id` owns this principal.
+    pub fn is_owned_by(&self, project_id: &str) -> bool {
+        self.project_id.as_deref() == Some(project_id)
+    }
 }
 
 /// An API key as stored: the token itself is never stored, only its SHA-256.
@@ -399,7 +407,8 @@ impl RegistryState {
             id: spec.principal_id.to_owned(),
             kind: PrincipalKind::ServiceAccount,
             name: spec.principal_name.to_owned(),
-            project_id: spec.project_id.to_owned(),
+            // The operator's break-glass principal belongs to the platform, not to project `default`.
+            project_id: None,
             created_at: at,
             disabled: false,
         };
@@ -507,7 +516,7 @@ impl RegistryState {
         let owned: BTreeSet<String> = self
             .principals
             .values()
-            .filter(|p| p.project_id == id)
+            .filter(|p| p.is_owned_by(id))
             .map(|p| p.id.clone())
             .collect();
         self.keys
@@ -544,7 +553,7 @@ impl RegistryState {
             id: id.to_owned(),
             kind,
             name: name.to_owned(),
-            project_id: project_id.to_owned(),
+            project_id: Some(project_id.to_owned()),
             created_at: at,
             disabled: false,
         };
@@ -613,10 +622,11 @@ impl RegistryState {
         }
         let principal = match spec.principal {
             KeyPrincipal::Existing { principal_id } => {
+                // A project's own principal, or a platform principal (whose keys may live in any project).
                 let p = self
                     .principals
                     .get(principal_id)
-                    .filter(|p| p.project_id == spec.project_id)
+                    .filter(|p| p.project_id.is_none() || p.is_owned_by(spec.project_id))
                     .ok_or_else(|| DomainError::not_found("principal", principal_id))?;
                 if p.disabled {
                     return Err(DomainError::FailedPrecondition(format!(
@@ -635,7 +645,7 @@ impl RegistryState {
                     id: principal_id.clone(),
                     kind: PrincipalKind::ServiceAccount,
                     name: name.clone(),
-                    project_id: spec.project_id.to_owned(),
+                    project_id: Some(spec.project_id.to_owned()),
                     created_at: at,
                     disabled: false,
                 }
@@ -790,6 +800,32 @@ impl RegistryState {
                 .count()
         };
         count(None) == 0 || count(Some(&change)) > 0
+    }
+
+    /// Moves the bootstrap principal to the platform in a state written before it belonged there (it used
+    /// to be owned by project `default`, which let that project's admins mint keys for it). The principal is
+    /// the target of the first successful `system.bootstrap` audit record; the log is never trimmed, so
+    /// every replica finds the same one.
+    pub(crate) fn migrate_bootstrap_principal(&mut self) {
+        let Some(id) = self
+            .audit
+            .iter()
+            .find(|r| r.action == "system.bootstrap" && r.outcome == super::AuditOutcome::Success)
+            .map(|r| r.target.clone())
+        else {
+            return;
+        };
+        if let Some(p) = self.principals.get_mut(&id) {
+            p.project_id = None;
+        }
+    }
+
+    /// The bootstrap principal's id (the operator's break-glass platform-admin), once bootstrapped.
+    pub fn bootstrap_principal_id(&self) -> Option<&str> {
+        self.audit
+            .iter()
+            .find(|r| r.action == "system.bootstrap" && r.outcome == super::AuditOutcome::Success)
+            .map(|r| r.target.as_str())
     }
 
     // ---- reads ----

@@ -895,7 +895,7 @@ fn create_key_with_new_service_account_binds_the_role() {
         ("k1", "prj_v", "mrd_k1_")
     );
     assert_eq!(principal.kind, PrincipalKind::ServiceAccount);
-    assert_eq!(principal.project_id, "prj_v");
+    assert_eq!(principal.project_id.as_deref(), Some("prj_v"));
     let binding = binding.expect("binding made");
     assert_eq!(
         (binding.role, &binding.scope),
