@@ -333,18 +333,29 @@ pub enum ProjectCommand {
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
     /// Create an API key (with a new service account bound to ROLE); the token is shown once.
-    #[command(
-        after_help = "Example:\n  meridian key create ci --role editor --project vision --expires-in-days 30"
-    )]
+    #[command(after_help = "Examples:
+  meridian key create ci --role editor --project vision --expires-in 30d
+  meridian key create break-glass --principal sa_12ab --no-expiry      (platform-admin only)
+
+Keys expire: without --expires-in or --no-expiry, after the coordinator's [keys] default_ttl (90 days).
+You can only bind a role you hold yourself in the project, and only mint keys for principals you manage
+everywhere they are bound.")]
     Create {
         /// Key name.
         name: String,
-        /// Role of the key's service account in the project.
-        #[arg(long, default_value = "viewer")]
-        role: String,
-        /// Expire after this many days (default: never).
+        /// Role bound to the key's principal in the project (default: viewer for a new service account,
+        /// none for --principal).
         #[arg(long)]
-        expires_in_days: Option<u64>,
+        role: Option<String>,
+        /// A key for this existing principal instead of a new service account.
+        #[arg(long, value_name = "PRINCIPAL_ID")]
+        principal: Option<String>,
+        /// Expire after this long, e.g. 12h, 30d, 1d12h (default: the coordinator's default lifetime).
+        #[arg(long, value_name = "DURATION", value_parser = duration_arg, conflicts_with = "no_expiry")]
+        expires_in: Option<u64>,
+        /// Never expire (platform-admins only).
+        #[arg(long)]
+        no_expiry: bool,
         #[command(flatten)]
         client: ClientArgs,
     },

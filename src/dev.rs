@@ -173,6 +173,7 @@ pub fn prepare(args: &DevArgs) -> anyhow::Result<CoordinatorConfig> {
         },
         fleet: Default::default(),
         jobs: Default::default(),
+        keys: Default::default(),
     })
 }
 

@@ -101,6 +101,7 @@ pub async fn start(
         handle: handle.clone(),
         keyring: keyring.clone(),
         max_body_bytes: cfg.admin.max_body_bytes,
+        default_key_ttl: cfg.keys.default_ttl(),
     })
     .await
     .context("binding admin API")?;

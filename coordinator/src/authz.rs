@@ -10,7 +10,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto;
-use crate::state::{Actor, KeyState, RegistryState, Scope};
+use crate::state::{Actor, KeyLimits, KeyPrincipal, KeyState, RegistryState, Scope};
 
 /// A role bound to a principal in a project (or platform-wide).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -230,6 +230,183 @@ pub struct Caller {
     pub principal_name: String,
     /// The project the key belongs to (the default project for requests that name none).
     pub project_id: String,
+    /// How the key narrows the principal's rights.
+    pub limits: KeyLimits,
+}
+
+/// Checks that `caller` may perform `action` in `project_id` (or platform-wide with `None`): the principal's
+/// bindings must grant it ([`authorize`]) and the key's limits must allow it. A project-scoped key sees no
+/// other project (as if it did not exist) and no platform action; a key narrowed to roles grants only the
+/// actions one of them allows.
+pub fn authorize_caller(
+    state: &RegistryState,
+    caller: &Caller,
+    project_id: Option<&str>,
+    action: Action,
+) -> Result<(), Denied> {
+    if caller.limits.project_scoped {
+        match project_id {
+            None => return Err(Denied::Forbidden),
+            Some(p) if p != caller.project_id => return Err(Denied::NotFound),
+            Some(_) => {}
+        }
+    }
+    authorize(state, &caller.principal_id, project_id, action)?;
+    match &caller.limits.roles {
+        Some(roles) if !roles.iter().any(|r| r.allows(action)) => Err(Denied::Forbidden),
+        _ => Ok(()),
+    }
+}
+
+/// The caller behind a command's actor, when it acted with a key that is still in the state.
+pub(crate) fn caller_of(state: &RegistryState, actor: &Actor) -> Option<Caller> {
+    let key = state.key_by_id(actor.key_id.as_deref()?)?;
+    let principal = state.principal(&key.principal_id)?;
+    Some(Caller {
+        key_id: key.id.clone(),
+        principal_id: principal.id.clone(),
+        principal_name: principal.name.clone(),
+        project_id: key.project_id.clone(),
+        limits: key.limits.clone(),
+    })
+}
+
+/// Whether `caller` holds every right `role` grants in `scope`. Nobody may grant a role beyond what they
+/// hold: a binding (or a key's new service account) is made only when this is true. Roles compare by what
+/// they allow, not by rank (an editor does not hold deployer).
+pub fn holds_role(state: &RegistryState, caller: &Caller, scope: &Scope, role: Role) -> bool {
+    // platform-admin is held platform-wide or not at all, whatever scope it is asked about.
+    let project = match role {
+        Role::PlatformAdmin => None,
+        _ => scope.project_id().map(String::as_str),
+    };
+    Action::ALL
+        .into_iter()
+        .filter(|a| role.allows(*a))
+        // In a project, platform actions are never granted by the binding, so they are not needed either.
+        .filter(|a| project.is_none() || !a.is_platform())
+        .all(|a| authorize_caller(state, caller, project, a).is_ok())
+}
+
+/// Whether `caller` holds `right` (`ManageKeys` to mint or revoke keys, `ManageBindings` to bind roles)
+/// everywhere principal `principal_id` belongs or is bound: in its owning project (platform-wide for a
+/// platform principal) and in every scope of its bindings (platform-wide for a platform binding). Managing a
+/// principal hands out what it holds everywhere, so a project-admin cannot reach a principal that also acts
+/// in a project they do not administer, nor a platform principal. The error says where the right is missing.
+pub fn may_manage_principal(
+    state: &RegistryState,
+    caller: &Caller,
+    principal_id: &str,
+    right: Action,
+) -> Result<(), String> {
+    let principal = state
+        .principal(principal_id)
+        .ok_or_else(|| format!("principal {principal_id} not found"))?;
+    let mut scopes: Vec<Option<&str>> = vec![principal.project_id.as_deref()];
+    scopes.extend(
+        state
+            .bindings_of(principal_id)
+            .into_iter()
+            .map(|b| b.scope.project_id().map(String::as_str)),
+    );
+    scopes.sort_unstable();
+    scopes.dedup();
+    for scope in scopes {
+        if authorize_caller(state, caller, scope, right).is_err() {
+            return Err(match scope {
+                None => format!(
+                    "principal {principal_id} belongs to or is bound on the platform; managing it needs \
+                     platform-admin"
+                ),
+                Some(p) => format!(
+                    "principal {principal_id} belongs to or is bound in project {p}, where you lack {}",
+                    action_label(right)
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether `caller` may bind `role` to `principal_id` in `scope`: the right to bind there, the role itself
+/// held there, and the right to manage the principal wherever it is bound.
+pub fn check_bind(
+    state: &RegistryState,
+    caller: &Caller,
+    principal_id: &str,
+    scope: &Scope,
+    role: Role,
+) -> Result<(), String> {
+    let project = scope.project_id().map(String::as_str);
+    if authorize_caller(state, caller, project, Action::ManageBindings).is_err() {
+        return Err(match project {
+            None => "platform-wide bindings need platform-admin".to_owned(),
+            Some(p) => format!("binding roles in project {p} needs manage-bindings"),
+        });
+    }
+    if !holds_role(state, caller, scope, role) {
+        return Err(format!(
+            "you cannot bind {role}: you do not hold all of its rights in {}",
+            scope_label(scope)
+        ));
+    }
+    may_manage_principal(state, caller, principal_id, Action::ManageBindings)
+}
+
+/// Whether `caller` may create a key in `project_id` for `principal`, binding `role` to it, with expiry
+/// `expires_at`: the right to manage keys there; for an existing principal, the right to manage it wherever
+/// it is bound; a role only if the caller holds it there; and a key that never expires only from a
+/// platform-admin.
+pub fn check_key(
+    state: &RegistryState,
+    caller: &Caller,
+    project_id: &str,
+    principal: &KeyPrincipal,
+    role: Option<Role>,
+    expires_at: Option<u64>,
+) -> Result<(), String> {
+    if authorize_caller(state, caller, Some(project_id), Action::ManageKeys).is_err() {
+        return Err(format!(
+            "creating keys in project {project_id} needs manage-keys"
+        ));
+    }
+    if expires_at.is_none() && !is_platform_admin(state, caller) {
+        return Err("only a platform-admin may create a key that never expires".to_owned());
+    }
+    let scope = Scope::Project(project_id.to_owned());
+    if let Some(role) = role {
+        if !holds_role(state, caller, &scope, role) {
+            return Err(format!(
+                "you cannot bind {role}: you do not hold all of its rights in {}",
+                scope_label(&scope)
+            ));
+        }
+    }
+    match principal {
+        KeyPrincipal::Existing { principal_id } => {
+            may_manage_principal(state, caller, principal_id, Action::ManageKeys)
+        }
+        KeyPrincipal::NewServiceAccount { .. } => Ok(()),
+    }
+}
+
+/// Whether `caller` acts as a platform-admin (bound so platform-wide, and its key not narrowed below it).
+pub fn is_platform_admin(state: &RegistryState, caller: &Caller) -> bool {
+    holds_role(state, caller, &Scope::Platform, Role::PlatformAdmin)
+}
+
+fn scope_label(scope: &Scope) -> String {
+    match scope {
+        Scope::Platform => "the platform".to_owned(),
+        Scope::Project(p) => format!("project {p}"),
+    }
+}
+
+fn action_label(action: Action) -> String {
+    match serde_json::to_value(action) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => format!("{action:?}"),
+    }
 }
 
 impl Caller {
@@ -284,6 +461,7 @@ pub fn authenticate(state: &RegistryState, token: &str, now_ms: u64) -> Result<C
         principal_id: principal.id.clone(),
         principal_name: principal.name.clone(),
         project_id: key.project_id.clone(),
+        limits: key.limits.clone(),
     })
 }
 
@@ -368,6 +546,7 @@ mod tests {
                     name: principal.into(),
                 },
                 role,
+                limits: crate::state::KeyLimits::default(),
             },
         );
     }
@@ -576,6 +755,7 @@ mod tests {
                 name: "ci".into(),
             },
             role: Some(Role::Editor),
+            limits: crate::state::KeyLimits::default(),
         };
         apply(&mut s, op(Some(T0 + 1_000_000)));
         let caller = authenticate(&s, &t.token, T0 + 10).expect("valid token");

@@ -69,6 +69,7 @@ async fn start_member(
         handle: handle.clone(),
         keyring: keyring.clone(),
         max_body_bytes: 64 * 1024,
+        default_key_ttl: coordinator::api::DEFAULT_KEY_TTL,
     })
     .await?;
     let base = format!("http://{}", api.local_addr());

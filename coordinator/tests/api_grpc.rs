@@ -366,6 +366,7 @@ async fn grpc_and_rest_share_one_tls_listener() -> anyhow::Result<()> {
         handle: api.handle.clone(),
         keyring: api.keyring.clone(),
         max_body_bytes: 1024,
+        default_key_ttl: coordinator::api::DEFAULT_KEY_TTL,
     })
     .await;
     assert!(

@@ -58,13 +58,23 @@ pub async fn key(cmd: KeyCommand) -> Result<(), ClientError> {
         KeyCommand::Create {
             name,
             role,
-            expires_in_days,
+            principal,
+            expires_in,
+            no_expiry,
             client,
         } => {
             let api = ApiClient::from_args(&client)?;
-            let mut body = json!({ "name": name, "role": role });
-            if let Some(days) = expires_in_days {
-                body["expires_in_seconds"] = json!(days * 86_400);
+            let role = match (role, &principal) {
+                (Some(role), _) => Some(role),
+                (None, None) => Some("viewer".to_owned()),
+                (None, Some(_)) => None,
+            };
+            let mut body = json!({ "name": name, "role": role, "principal_id": principal });
+            if let Some(secs) = expires_in {
+                body["expires_in_seconds"] = json!(secs);
+            }
+            if no_expiry {
+                body["no_expiry"] = json!(true);
             }
             let created_key = api.post("/v1/keys", body).await?;
             match client.output {

@@ -92,7 +92,7 @@ fn judge(
         Err(_) => return Verdict::Unauthenticated,
     };
     if action.is_platform() {
-        return match authz::authorize(state, &caller.principal_id, None, action) {
+        return match authz::authorize_caller(state, &caller, None, action) {
             Ok(()) => Verdict::Admitted(RequestScope {
                 project_id: caller.project_id.clone(),
                 caller,
@@ -110,7 +110,7 @@ fn judge(
     let Some(project_id) = state.project_by_id_or_name(&wanted).map(|p| p.id.clone()) else {
         return Verdict::Missing(wanted);
     };
-    match authz::authorize(state, &caller.principal_id, Some(&project_id), action) {
+    match authz::authorize_caller(state, &caller, Some(&project_id), action) {
         Ok(()) => Verdict::Admitted(RequestScope {
             caller,
             project_id,

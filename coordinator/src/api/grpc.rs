@@ -558,6 +558,7 @@ impl pb::key_service_server::KeyService for GrpcAdmin {
             name: r.name,
             role: non_empty(r.role),
             expires_in_seconds: r.expires_in_seconds,
+            no_expiry: r.no_expiry,
             principal_id: non_empty(r.principal_id),
         };
         answer(self.service.create_key(&scope, req).await, |k| {

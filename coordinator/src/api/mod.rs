@@ -58,6 +58,9 @@ use service::AdminService;
 
 /// Default request body limit (1 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+
+/// How long a key created without an explicit lifetime lasts: 90 days.
+pub const DEFAULT_KEY_TTL: Duration = Duration::from_secs(90 * 86_400);
 /// How long a client may take to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an HTTP/1.1 client may take to send its request headers.
@@ -77,6 +80,8 @@ pub struct AdminApiOptions {
     pub keyring: Arc<MasterKeyring>,
     /// Largest accepted request body (REST) or message (gRPC); [`DEFAULT_MAX_BODY_BYTES`] is usual.
     pub max_body_bytes: usize,
+    /// Lifetime of a key created without one; [`DEFAULT_KEY_TTL`] is usual.
+    pub default_key_ttl: Duration,
 }
 
 /// The admin API, bound and ready to [`run`](AdminApi::run).
@@ -116,7 +121,7 @@ impl AdminApi {
             .tls
             .map(|t| TlsAcceptor::from(t.tls_server_config(&[b"h2", b"http/1.1"])));
         let max_body = opts.max_body_bytes.max(1);
-        let service = AdminService::new(opts.handle, opts.keyring);
+        let service = AdminService::new(opts.handle, opts.keyring, opts.default_key_ttl);
         let rest = routes::build_router(service.clone())
             .layer(DefaultBodyLimit::disable())
             .layer(RequestBodyLimitLayer::new(max_body));

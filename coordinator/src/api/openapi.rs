@@ -645,7 +645,10 @@ fn schemas() -> Value {
         "CreateKeyRequest": object(&["name"], &[
             ("name", string()),
             ("role", role.clone()),
-            ("expires_in_seconds", nullable(integer())),
+            ("expires_in_seconds", json!({ "type": "integer", "nullable": true,
+                "description": "Lifetime in seconds; without it (and without no_expiry) the coordinator's [keys] default_ttl (90 days)." })),
+            ("no_expiry", json!({ "type": "boolean",
+                "description": "A key that never expires; only platform-admins may ask for one." })),
             ("principal_id", nullable(string())),
         ]),
         "CreatedKey": object(&["id", "token", "key", "principal"], &[

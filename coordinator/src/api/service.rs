@@ -90,8 +90,12 @@ pub(crate) struct CreateKeyRequest {
     /// Role bound to the key's principal in the project; required for a new service account.
     #[serde(default)]
     pub(crate) role: Option<String>,
+    /// Lifetime; the coordinator's `[keys] default_ttl` when neither this nor `no_expiry` is given.
     #[serde(default)]
     pub(crate) expires_in_seconds: Option<u64>,
+    /// A key that never expires (platform-admins only).
+    #[serde(default)]
+    pub(crate) no_expiry: bool,
     /// An existing principal of the project; none creates a service account named after the key.
     #[serde(default)]
     pub(crate) principal_id: Option<String>,
@@ -383,6 +387,18 @@ fn parse_role(role: &str) -> Result<Role, ServiceError> {
         .map_err(|e| ServiceError::invalid("role", e))
 }
 
+/// A role bound in a project: anything but platform-admin (the state machine's rule, checked first so bad
+/// input answers 400 before any permission question).
+fn project_role(role: Role) -> Result<Role, ServiceError> {
+    if role == Role::PlatformAdmin {
+        return Err(ServiceError::invalid(
+            "role",
+            "platform-admin can only be bound at platform scope",
+        ));
+    }
+    Ok(role)
+}
+
 /// Cuts `s` to at most `max` bytes on a character boundary.
 fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -413,6 +429,8 @@ struct Inner {
     handle: Handle,
     keyring: Arc<MasterKeyring>,
     metrics: ApiMetrics,
+    /// Lifetime of a key created without an explicit one, in milliseconds.
+    default_key_ttl_ms: u64,
 }
 
 /// The admin API's operations over one coordinator; cheap to clone.
@@ -422,12 +440,17 @@ pub(crate) struct AdminService {
 }
 
 impl AdminService {
-    pub(crate) fn new(handle: Handle, keyring: Arc<MasterKeyring>) -> Self {
+    pub(crate) fn new(
+        handle: Handle,
+        keyring: Arc<MasterKeyring>,
+        default_key_ttl: std::time::Duration,
+    ) -> Self {
         AdminService {
             inner: Arc::new(Inner {
                 handle,
                 keyring,
                 metrics: ApiMetrics::default(),
+                default_key_ttl_ms: u64::try_from(default_key_ttl.as_millis()).unwrap_or(u64::MAX),
             }),
         }
     }
@@ -480,6 +503,64 @@ impl AdminService {
         }
     }
 
+    /// The 403 for a grant the caller may not make (a key or binding beyond its rights), audited.
+    async fn refuse(
+        &self,
+        scope: &RequestScope,
+        project: Option<String>,
+        target: &str,
+        why: &str,
+    ) -> ServiceError {
+        self.record_denied(&scope.caller, scope.operation, project, target, why)
+            .await;
+        ServiceError::forbidden(why)
+    }
+
+    /// Finds principal `id` for a key or binding made in the request's project: the project's own
+    /// principals, those bound in it when `bound_counts`, and any principal (including the platform's) for
+    /// a caller holding `right` platform-wide. Anything else answers 404 like a missing principal, audited
+    /// when it exists.
+    async fn visible_principal(
+        &self,
+        scope: &RequestScope,
+        id: &str,
+        right: Action,
+        bound_counts: bool,
+    ) -> Result<(), ServiceError> {
+        let caller = &scope.caller;
+        let found = self.inner.handle.read(|s| {
+            let p = s.principal(id)?;
+            let bound_here = bound_counts
+                && s.bindings_of(id)
+                    .iter()
+                    .any(|b| b.scope.project_id() == Some(&scope.project_id));
+            let platform = authz::authorize_caller(s, caller, None, right).is_ok();
+            let mine = p.is_owned_by(&scope.project_id);
+            // Keys live in the project of the request: they can be made for its own principals or,
+            // by a platform-admin, for a platform principal.
+            let keyable = mine || (p.project_id.is_none() && platform);
+            let visible = if bound_counts {
+                mine || bound_here || platform
+            } else {
+                keyable
+            };
+            Some((visible, p.project_id.clone()))
+        });
+        match found {
+            None => Err(ServiceError::not_found("principal", id)),
+            Some((true, _)) => Ok(()),
+            Some((false, owner)) => {
+                let detail = match &owner {
+                    Some(_) => "principal belongs to another project",
+                    None => "principal belongs to the platform",
+                };
+                self.record_denied(caller, scope.operation, owner, id, detail)
+                    .await;
+                Err(ServiceError::not_found("principal", id))
+            }
+        }
+    }
+
     /// The 404 for an object the caller cannot see; audited when it exists in another project.
     pub(super) async fn hidden(
         &self,
@@ -500,7 +581,7 @@ impl AdminService {
     fn platform_allows(&self, caller: &Caller, action: Action) -> bool {
         self.inner
             .handle
-            .read(|s| authz::authorize(s, &caller.principal_id, None, action).is_ok())
+            .read(|s| authz::authorize_caller(s, caller, None, action).is_ok())
     }
 
     // ---- health and cluster ----
@@ -641,9 +722,14 @@ impl AdminService {
     ) -> Result<ListPage<ProjectView>, ServiceError> {
         let req = page.request()?;
         self.consistent().await?;
+        let caller = &scope.caller;
         let page = self.inner.handle.read(|s| {
-            let visible = s.projects_visible_to(&scope.caller.principal_id);
-            Page::from_sorted(visible.into_iter().map(|p| (p.id.clone(), p.view())), &req)
+            let visible = s
+                .projects_visible_to(&caller.principal_id)
+                .into_iter()
+                // A project-scoped key sees its own project only.
+                .filter(|p| !caller.limits.project_scoped || p.id == caller.project_id);
+            Page::from_sorted(visible.map(|p| (p.id.clone(), p.view())), &req)
         });
         Ok(page.into())
     }
@@ -659,12 +745,7 @@ impl AdminService {
             s.project_by_id_or_name(project).map(|p| {
                 (
                     p.view(),
-                    authz::authorize(
-                        s,
-                        &scope.caller.principal_id,
-                        Some(&p.id),
-                        Action::ReadProject,
-                    ),
+                    authz::authorize_caller(s, &scope.caller, Some(&p.id), Action::ReadProject),
                 )
             })
         });
@@ -773,34 +854,42 @@ impl AdminService {
         req: CreateKeyRequest,
     ) -> Result<CreatedKey, ServiceError> {
         validate_display_name("name", &req.name)?;
-        let role = req.role.as_deref().map(parse_role).transpose()?;
+        let role = req
+            .role
+            .as_deref()
+            .map(|r| parse_role(r).and_then(project_role))
+            .transpose()?;
         let at = now_ms();
-        let expires_at = match req.expires_in_seconds {
-            None => None,
-            Some(0) => {
+        let expires_at = match (req.expires_in_seconds, req.no_expiry) {
+            (Some(_), true) => {
+                return Err(ServiceError::invalid(
+                    "no_expiry",
+                    "give expires_in_seconds or no_expiry, not both",
+                ))
+            }
+            (None, true) => None,
+            (Some(0), false) => {
                 return Err(ServiceError::invalid(
                     "expires_in_seconds",
                     "must be positive",
                 ))
             }
-            Some(secs) => Some(
+            (Some(secs), false) => Some(
                 secs.checked_mul(1000)
                     .and_then(|ms| at.checked_add(ms))
                     .ok_or_else(|| ServiceError::invalid("expires_in_seconds", "is too large"))?,
             ),
+            // Keys expire by default.
+            (None, false) => Some(at.saturating_add(self.inner.default_key_ttl_ms)),
         };
         let mut rng = OsRng;
         let principal = match req.principal_id.as_deref().filter(|p| !p.is_empty()) {
             Some(id) => {
-                let owner = self.inner.handle.read(|s| {
-                    let mine = s.project_scope(&scope.project_id).principal(id).is_some();
-                    (mine, s.principal(id).and_then(|p| p.project_id.clone()))
-                });
-                match owner {
-                    (true, _) => KeyPrincipal::Existing {
-                        principal_id: id.to_owned(),
-                    },
-                    (false, owner) => return Err(self.hidden(scope, "principal", id, owner).await),
+                self.consistent().await?;
+                self.visible_principal(scope, id, Action::ManageKeys, false)
+                    .await?;
+                KeyPrincipal::Existing {
+                    principal_id: id.to_owned(),
                 }
             }
             None => {
@@ -816,6 +905,22 @@ impl AdminService {
                 }
             }
         };
+        // The grant rules on this replica; the state machine checks them again in the log's order.
+        let verdict = self.inner.handle.read(|s| {
+            authz::check_key(
+                s,
+                &scope.caller,
+                &scope.project_id,
+                &principal,
+                role,
+                expires_at,
+            )
+        });
+        if let Err(why) = verdict {
+            return Err(self
+                .refuse(scope, Some(scope.project_id.clone()), "key", &why)
+                .await);
+        }
         let token = crypto::generate_token(&mut rng);
         let op = Op::CreateKey {
             key_id: token.key_id.clone(),
@@ -826,6 +931,7 @@ impl AdminService {
             expires_at,
             principal,
             role,
+            limits: state::KeyLimits::default(),
         };
         let cmd = Command::new(at, scope.caller.actor(), op);
         match self.inner.handle.write(cmd).await? {
@@ -886,8 +992,21 @@ impl AdminService {
         id: &str,
     ) -> Result<ApiKeyView, ServiceError> {
         self.consistent().await?;
-        if let Err(owner) = self.find_key(scope, id) {
-            return Err(self.hidden(scope, "key", id, owner).await);
+        let key = match self.find_key(scope, id) {
+            Ok(key) => key,
+            Err(owner) => return Err(self.hidden(scope, "key", id, owner).await),
+        };
+        // Revoking one's own key is always allowed; anyone else's needs the right to manage its principal
+        // wherever that principal is bound (a project-admin cannot take the platform-admin's key away).
+        if key.id != scope.caller.key_id {
+            let verdict = self.inner.handle.read(|s| {
+                authz::may_manage_principal(s, &scope.caller, &key.principal_id, Action::ManageKeys)
+            });
+            if let Err(why) = verdict {
+                return Err(self
+                    .refuse(scope, Some(key.project_id.clone()), id, &why)
+                    .await);
+            }
         }
         match self
             .write(
@@ -911,6 +1030,9 @@ impl AdminService {
         req: CreateBindingRequest,
     ) -> Result<RoleBindingView, ServiceError> {
         let role = parse_role(&req.role)?;
+        if !req.platform {
+            project_role(role)?;
+        }
         let platform_admin = self.platform_allows(&scope.caller, Action::ManageBindings);
         if req.platform && !platform_admin {
             self.record_denied(
@@ -926,22 +1048,22 @@ impl AdminService {
             ));
         }
         self.consistent().await?;
-        let visible = self.inner.handle.read(|s| {
-            let principal = s.principal(&req.principal_id);
-            let owner = principal.and_then(|p| p.project_id.clone());
-            let mine = owner.as_deref() == Some(scope.project_id.as_str());
-            (mine || (platform_admin && principal.is_some()), owner)
-        });
-        if let (false, owner) = visible {
-            return Err(self
-                .hidden(scope, "principal", &req.principal_id, owner)
-                .await);
-        }
+        self.visible_principal(scope, &req.principal_id, Action::ManageBindings, true)
+            .await?;
         let binding_scope = if req.platform {
             Scope::Platform
         } else {
             Scope::Project(scope.project_id.clone())
         };
+        // The grant rules on this replica; the state machine checks them again in the log's order.
+        let verdict = self
+            .inner
+            .handle
+            .read(|s| authz::check_bind(s, &scope.caller, &req.principal_id, &binding_scope, role));
+        if let Err(why) = verdict {
+            let project = binding_scope.project_id().cloned();
+            return Err(self.refuse(scope, project, &req.principal_id, &why).await);
+        }
         let op = Op::BindRole {
             principal_id: req.principal_id,
             scope: binding_scope,

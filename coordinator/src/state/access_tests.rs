@@ -65,6 +65,7 @@ fn key_for(
                 name: principal.into(),
             },
             role: Some(role),
+            limits: crate::state::KeyLimits::default(),
         },
     );
 }
@@ -268,7 +269,280 @@ fn an_old_log_minting_a_key_for_the_bootstrap_principal_still_replays() {
                 principal_id: "sa_root".into(),
             },
             role: None,
+            limits: crate::state::KeyLimits::default(),
         },
     );
     assert!(matches!(out, Ok(Outcome::KeyCreated { .. })), "{out:?}");
+}
+
+// ---- who may mint keys and bind roles ---------------------------------------------------------------------
+
+use crate::authz::{self, Caller};
+
+/// The caller of key `key_id` as the API would authenticate it.
+fn caller(s: &RegistryState, key_id: &str) -> Caller {
+    let actor = Actor::principal(s.key_by_id(key_id).expect("key").principal_id.clone(), "x")
+        .with_key(key_id);
+    authz::caller_of(s, &actor).expect("caller")
+}
+
+/// Projects A and B besides `default`; `sa_pa` project-admin of `default` and of A (key `pa`), `sa_ed`
+/// editor of A (key `ed`), `sa_both` owned by A and bound in A and B, `sa_only` owned by and bound in A.
+fn world() -> RegistryState {
+    let mut s = bootstrapped();
+    system(&mut s, project("prj_a", "aaa"));
+    system(&mut s, project("prj_b", "bbb"));
+    key_for(
+        &mut s,
+        "pa",
+        "prj_default",
+        "sa_pa",
+        Role::ProjectAdmin,
+        Some(T0 + 1_000_000),
+    );
+    system(
+        &mut s,
+        Op::BindRole {
+            principal_id: "sa_pa".into(),
+            scope: Scope::Project("prj_a".into()),
+            role: Role::ProjectAdmin,
+        },
+    );
+    key_for(
+        &mut s,
+        "ed",
+        "prj_a",
+        "sa_ed",
+        Role::Editor,
+        Some(T0 + 1_000_000),
+    );
+    key_for(
+        &mut s,
+        "both",
+        "prj_a",
+        "sa_both",
+        Role::Editor,
+        Some(T0 + 1_000_000),
+    );
+    system(
+        &mut s,
+        Op::BindRole {
+            principal_id: "sa_both".into(),
+            scope: Scope::Project("prj_b".into()),
+            role: Role::Viewer,
+        },
+    );
+    key_for(
+        &mut s,
+        "only",
+        "prj_a",
+        "sa_only",
+        Role::Viewer,
+        Some(T0 + 1_000_000),
+    );
+    s
+}
+
+fn existing(id: &str) -> KeyPrincipal {
+    KeyPrincipal::Existing {
+        principal_id: id.into(),
+    }
+}
+
+#[test]
+fn a_project_admin_of_default_cannot_reach_platform_admin() {
+    let s = world();
+    let pa = caller(&s, "pa");
+    let expiring = Some(T0 + 5_000);
+    // A key for the bootstrap principal, in the project they administer.
+    let e = authz::check_key(&s, &pa, "prj_default", &existing("sa_root"), None, expiring)
+        .expect_err("refused");
+    assert!(e.contains("platform-admin"), "{e}");
+    // platform-admin, bound on the platform or (invalid anyway) in the project.
+    assert!(authz::check_bind(&s, &pa, "sa_pa", &Scope::Platform, Role::PlatformAdmin).is_err());
+    assert!(authz::check_bind(&s, &pa, "sa_only", &Scope::Platform, Role::Viewer).is_err());
+    // A key for a principal that is also bound in a project they do not administer.
+    let e = authz::check_key(&s, &pa, "prj_a", &existing("sa_both"), None, expiring)
+        .expect_err("refused");
+    assert!(e.contains("prj_b"), "{e}");
+    // Nor may they bind it more roles.
+    assert!(authz::check_bind(
+        &s,
+        &pa,
+        "sa_both",
+        &Scope::Project("prj_a".into()),
+        Role::Deployer
+    )
+    .is_err());
+    // A role in a project they do not administer.
+    assert!(authz::check_bind(
+        &s,
+        &pa,
+        "sa_only",
+        &Scope::Project("prj_b".into()),
+        Role::Viewer
+    )
+    .is_err());
+    // What they do manage is fine.
+    assert_eq!(
+        authz::check_key(
+            &s,
+            &pa,
+            "prj_a",
+            &existing("sa_only"),
+            Some(Role::Editor),
+            expiring
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        authz::check_bind(
+            &s,
+            &pa,
+            "sa_only",
+            &Scope::Project("prj_a".into()),
+            Role::ProjectAdmin
+        ),
+        Ok(())
+    );
+    // The platform-admin may do all of it.
+    let root = caller(&s, "root");
+    assert_eq!(
+        authz::check_key(&s, &root, "prj_default", &existing("sa_root"), None, None),
+        Ok(())
+    );
+    assert_eq!(
+        authz::check_bind(&s, &root, "sa_both", &Scope::Platform, Role::Viewer),
+        Ok(())
+    );
+}
+
+#[test]
+fn nobody_binds_a_role_beyond_their_own() {
+    let s = world();
+    let pa = caller(&s, "pa");
+    let ed = caller(&s, "ed");
+    let a = Scope::Project("prj_a".into());
+    for role in [
+        Role::Viewer,
+        Role::Editor,
+        Role::Deployer,
+        Role::ProjectAdmin,
+    ] {
+        assert!(authz::holds_role(&s, &pa, &a, role), "{role}");
+    }
+    assert!(!authz::holds_role(&s, &pa, &Scope::Platform, Role::Viewer));
+    assert!(!authz::holds_role(
+        &s,
+        &pa,
+        &Scope::Project("prj_b".into()),
+        Role::Viewer
+    ));
+    // Roles compare by what they allow: an editor holds viewer, not deployer.
+    assert!(authz::holds_role(&s, &ed, &a, Role::Viewer));
+    assert!(authz::holds_role(&s, &ed, &a, Role::Editor));
+    assert!(!authz::holds_role(&s, &ed, &a, Role::Deployer));
+    // A new service account's role is a grant too.
+    let sa = KeyPrincipal::NewServiceAccount {
+        principal_id: "sa_new".into(),
+        name: "new".into(),
+    };
+    assert!(authz::check_key(
+        &s,
+        &pa,
+        "prj_a",
+        &sa,
+        Some(Role::PlatformAdmin),
+        Some(T0 + 5)
+    )
+    .is_err());
+    assert!(authz::check_key(&s, &ed, "prj_a", &sa, Some(Role::Viewer), Some(T0 + 5)).is_err());
+}
+
+#[test]
+fn only_a_platform_admin_makes_keys_that_never_expire() {
+    let s = world();
+    let sa = KeyPrincipal::NewServiceAccount {
+        principal_id: "sa_new".into(),
+        name: "new".into(),
+    };
+    let e = authz::check_key(
+        &s,
+        &caller(&s, "pa"),
+        "prj_a",
+        &sa,
+        Some(Role::Viewer),
+        None,
+    )
+    .expect_err("refused");
+    assert!(e.contains("never expires"), "{e}");
+    assert_eq!(
+        authz::check_key(
+            &s,
+            &caller(&s, "root"),
+            "prj_a",
+            &sa,
+            Some(Role::Viewer),
+            None
+        ),
+        Ok(())
+    );
+}
+
+#[test]
+fn apply_refuses_a_grant_its_acting_key_could_not_make() {
+    let mut s = world();
+    let pa = Actor::principal("sa_pa", "pa").with_key("pa");
+    let keys = s.keys.len();
+    let out = apply_as(
+        &mut s,
+        &pa,
+        T0 + 10,
+        Op::CreateKey {
+            key_id: "stolen".into(),
+            name: "stolen".into(),
+            project_id: "prj_default".into(),
+            hash: crypto::hash_token("stolen"),
+            last4: "abcd".into(),
+            expires_at: Some(T0 + 5_000),
+            principal: existing("sa_root"),
+            role: None,
+            limits: KeyLimits::default(),
+        },
+    );
+    assert!(
+        matches!(out, Err(DomainError::PermissionDenied(_))),
+        "{out:?}"
+    );
+    assert_eq!(s.keys.len(), keys);
+    let out = apply_as(
+        &mut s,
+        &pa,
+        T0 + 10,
+        Op::BindRole {
+            principal_id: "sa_pa".into(),
+            scope: Scope::Platform,
+            role: Role::PlatformAdmin,
+        },
+    );
+    assert!(
+        matches!(out, Err(DomainError::PermissionDenied(_))),
+        "{out:?}"
+    );
+    assert_eq!(
+        s.audit.last().map(|r| (r.action.as_str(), r.outcome)),
+        Some(("role.bind", AuditOutcome::Refused))
+    );
+    // A grant within its rights applies.
+    let out = apply_as(
+        &mut s,
+        &pa,
+        T0 + 10,
+        Op::BindRole {
+            principal_id: "sa_only".into(),
+            scope: Scope::Project("prj_a".into()),
+            role: Role::Deployer,
+        },
+    );
+    assert!(out.is_ok(), "{out:?}");
 }

@@ -44,8 +44,8 @@ pub(crate) use secrets::validate_secret_name;
 pub use secrets::{SealedValue, Secret, SecretVersion, SecretView, WrappedKey};
 pub(crate) use tenancy::{validate_description, validate_id};
 pub use tenancy::{
-    ApiKey, ApiKeyView, KeyPrincipal, KeyState, Principal, PrincipalKind, Project, ProjectView,
-    RoleBinding, Scope, DEFAULT_PROJECT_NAME,
+    ApiKey, ApiKeyView, KeyLimits, KeyPrincipal, KeyState, Principal, PrincipalKind, Project,
+    ProjectView, RoleBinding, Scope, DEFAULT_PROJECT_NAME,
 };
 pub use usage::{JobUsage, UsageFigures, UsageReport, USAGE_BUCKET_MS};
 
@@ -176,6 +176,9 @@ pub enum Op {
         expires_at: Option<u64>,
         principal: KeyPrincipal,
         role: Option<Role>,
+        /// How the key narrows its principal's rights (absent: not at all).
+        #[serde(default, skip_serializing_if = "KeyLimits::is_none")]
+        limits: KeyLimits,
     },
     /// Revokes a key (at `at_ms`).
     RevokeKey { key_id: String },
@@ -609,7 +612,10 @@ impl RegistryState {
         if subject.project.is_none() {
             subject.project = self.project_of_target(&cmd.op);
         }
-        let result = self.check_actor(cmd).and_then(|()| self.execute(cmd));
+        let result = self
+            .check_actor(cmd)
+            .and_then(|()| self.check_grant(cmd))
+            .and_then(|()| self.execute(cmd));
         match result {
             Ok(applied) => {
                 self.append_audit(cmd, &subject, AuditOutcome::Success, applied.detail);
@@ -676,6 +682,7 @@ impl RegistryState {
                 expires_at,
                 principal,
                 role,
+                limits,
             } => self.create_key(
                 at,
                 tenancy::KeySpec {
@@ -687,6 +694,7 @@ impl RegistryState {
                     expires_at: *expires_at,
                     principal,
                     role: *role,
+                    limits,
                 },
             ),
             Op::RevokeKey { key_id } => self.revoke_key(at, key_id),
@@ -791,6 +799,45 @@ impl RegistryState {
             Some(p) if !p.disabled => Ok(()),
             Some(_) => refused("belongs to a disabled principal"),
             None => refused("belongs to a principal that no longer exists"),
+        }
+    }
+
+    /// Refuses a key or a role binding its acting key could not grant at the command's place in the log
+    /// (the API checked the same rules on a replica that may have been behind): see
+    /// [`authz::check_key`](crate::authz::check_key) and [`authz::check_bind`](crate::authz::check_bind).
+    /// Commands without an acting key (the system's, or logged by older builds) are not checked here.
+    fn check_grant(&self, cmd: &Command) -> Result<(), DomainError> {
+        if cmd.actor.key_id.is_none() {
+            return Ok(());
+        }
+        let verdict = match &cmd.op {
+            Op::CreateKey {
+                project_id,
+                principal,
+                role,
+                expires_at,
+                ..
+            } => Some(crate::authz::caller_of(self, &cmd.actor).map(|caller| {
+                crate::authz::check_key(self, &caller, project_id, principal, *role, *expires_at)
+            })),
+            Op::BindRole {
+                principal_id,
+                scope,
+                role,
+            } => {
+                Some(crate::authz::caller_of(self, &cmd.actor).map(|caller| {
+                    crate::authz::check_bind(self, &caller, principal_id, scope, *role)
+                }))
+            }
+            _ => None,
+        };
+        match verdict {
+            None | Some(Some(Ok(()))) => Ok(()),
+            Some(Some(Err(why))) => Err(DomainError::PermissionDenied(why)),
+            // `check_actor` found the key a moment ago; it cannot be gone, but refuse rather than assume.
+            Some(None) => Err(DomainError::Unauthenticated(
+                "the acting key is unknown".to_owned(),
+            )),
         }
     }
 

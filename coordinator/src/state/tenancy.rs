@@ -74,6 +74,45 @@ impl Principal {
     }
 }
 
+/// What a key narrows its principal's rights to. The default narrows nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyLimits {
+    /// The key grants only actions these roles allow (and the principal's bindings grant); `None` for
+    /// whatever the bindings grant. Sorted, unique, never empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<Role>>,
+    /// The key acts only in its own project: another project answers 404 and platform actions 403.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub project_scoped: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl KeyLimits {
+    /// True when the key narrows nothing (so older keys and commands read the same).
+    pub fn is_none(&self) -> bool {
+        self.roles.is_none() && !self.project_scoped
+    }
+
+    /// Checks the limits before they enter the state: an allow-list names at least one role, each once.
+    pub(crate) fn validate(&self) -> Result<(), DomainError> {
+        if let Some(roles) = &self.roles {
+            if roles.is_empty() {
+                return Err(DomainError::invalid(
+                    "roles",
+                    "must name at least one role (leave it out for all of the principal's roles)",
+                ));
+            }
+            if roles.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(DomainError::invalid("roles", "must be sorted and unique"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// An API key as stored: the token itself is never stored, only its SHA-256.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKey {
@@ -88,6 +127,9 @@ pub struct ApiKey {
     pub created_at: u64,
     pub expires_at: Option<u64>,
     pub revoked_at: Option<u64>,
+    /// How the key narrows its principal's rights.
+    #[serde(default, skip_serializing_if = "KeyLimits::is_none")]
+    pub limits: KeyLimits,
 }
 
 /// Whether a key can be used at a given time.
@@ -123,6 +165,8 @@ impl ApiKey {
             created_at: self.created_at,
             expires_at: self.expires_at,
             revoked_at: self.revoked_at,
+            roles: self.limits.roles.clone(),
+            project_scoped: self.limits.project_scoped,
         }
     }
 }
@@ -138,8 +182,13 @@ pub struct ApiKeyView {
     pub name: String,
     pub last4: String,
     pub created_at: u64,
+    /// `None`: the key never expires (only a platform-admin may make such a key).
     pub expires_at: Option<u64>,
     pub revoked_at: Option<u64>,
+    /// The roles the key is narrowed to; `None` for all of the principal's roles.
+    pub roles: Option<Vec<Role>>,
+    /// The key acts only in `project_id`.
+    pub project_scoped: bool,
 }
 
 /// Where a role binding applies.
@@ -226,6 +275,7 @@ pub(crate) struct KeySpec<'a> {
     pub(crate) expires_at: Option<u64>,
     pub(crate) principal: &'a KeyPrincipal,
     pub(crate) role: Option<Role>,
+    pub(crate) limits: &'a KeyLimits,
 }
 
 /// A change that might leave the platform without a usable admin.
@@ -420,8 +470,10 @@ impl RegistryState {
             hash: spec.key_hash.to_owned(),
             last4: spec.key_last4.to_owned(),
             created_at: at,
+            // The operator's break-glass key: it never expires and narrows nothing.
             expires_at: None,
             revoked_at: None,
+            limits: KeyLimits::default(),
         };
         let binding = RoleBinding {
             id: RoleBinding::id_for(spec.principal_id, &Scope::Platform, Role::PlatformAdmin),
@@ -620,6 +672,7 @@ impl RegistryState {
         if let Some(role) = spec.role {
             validate_binding(&Scope::Project(spec.project_id.to_owned()), role)?;
         }
+        spec.limits.validate()?;
         let principal = match spec.principal {
             KeyPrincipal::Existing { principal_id } => {
                 // A project's own principal, or a platform principal (whose keys may live in any project).
@@ -672,6 +725,7 @@ impl RegistryState {
             created_at: at,
             expires_at: spec.expires_at,
             revoked_at: None,
+            limits: spec.limits.clone(),
         };
         let detail = match spec.role {
             Some(role) => format!("principal={} role={role}", principal.id),

@@ -87,6 +87,7 @@ fn key_op(
         expires_at: None,
         principal,
         role,
+        limits: crate::state::KeyLimits::default(),
     }
 }
 

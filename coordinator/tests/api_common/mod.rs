@@ -104,6 +104,7 @@ pub async fn start_with(setup: Setup) -> anyhow::Result<TestApi> {
         handle: handle.clone(),
         keyring: keyring.clone(),
         max_body_bytes: setup.max_body_bytes,
+        default_key_ttl: coordinator::api::DEFAULT_KEY_TTL,
     })
     .await?;
     let addr = api.local_addr();
