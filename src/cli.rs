@@ -356,6 +356,13 @@ everywhere they are bound.")]
         /// Never expire (platform-admins only).
         #[arg(long)]
         no_expiry: bool,
+        /// Narrow the key to these roles (comma-separated): it grants only what they allow of the
+        /// principal's rights, e.g. --roles viewer for a read-only key of an admin.
+        #[arg(long, value_name = "ROLE,...", value_delimiter = ',')]
+        roles: Vec<String>,
+        /// The key acts only in the project it is created in (others answer "not found").
+        #[arg(long)]
+        project_only: bool,
         #[command(flatten)]
         client: ClientArgs,
     },

@@ -61,6 +61,8 @@ pub async fn key(cmd: KeyCommand) -> Result<(), ClientError> {
             principal,
             expires_in,
             no_expiry,
+            roles,
+            project_only,
             client,
         } => {
             let api = ApiClient::from_args(&client)?;
@@ -75,6 +77,12 @@ pub async fn key(cmd: KeyCommand) -> Result<(), ClientError> {
             }
             if no_expiry {
                 body["no_expiry"] = json!(true);
+            }
+            if !roles.is_empty() {
+                body["roles"] = json!(roles);
+            }
+            if project_only {
+                body["project_scoped"] = json!(true);
             }
             let created_key = api.post("/v1/keys", body).await?;
             match client.output {

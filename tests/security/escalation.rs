@@ -280,3 +280,96 @@ fn a_key_that_never_expires_is_refused_for_a_non_platform_admin() {
     assert_eq!(status, 201, "{made}");
     assert_eq!(made["key"]["expires_at"], Value::Null);
 }
+
+#[test]
+fn a_scoped_key_cannot_act_outside_its_project_or_roles() {
+    let w = World::new();
+    let (status, _) = w.root(
+        "POST",
+        "/v1/projects",
+        None,
+        Some(&json!({ "name": "vision" })),
+    );
+    assert_eq!(status, 201);
+    let root = w.root_principal();
+    // The platform-admin's own principal, on a key that only acts in `vision`.
+    let (status, made) = w.root(
+        "POST",
+        "/v1/keys",
+        Some("vision"),
+        Some(&json!({ "name": "vision-only", "principal_id": root, "project_scoped": true })),
+    );
+    assert_eq!(status, 201, "{made}");
+    assert_eq!(made["key"]["project_scoped"], json!(true));
+    let scoped = text(&made, "/token");
+    let call = |method: &str, path: &str, project: Option<&str>, body: Option<&Value>| {
+        w.dev.request(method, path, Some(&scoped), project, body)
+    };
+    let (status, jobs) = call("GET", "/v1/jobs", None, None);
+    assert_eq!(status, 200, "its own project: {jobs}");
+    let (status, answer) = call("GET", "/v1/jobs", Some("default"), None);
+    assert_eq!(status, 404, "another project looks missing: {answer}");
+    let (status, answer) = call(
+        "POST",
+        "/v1/projects",
+        None,
+        Some(&json!({ "name": "escape" })),
+    );
+    assert_eq!(status, 403, "no platform action: {answer}");
+    let (status, answer) = call("GET", "/v1/audit?page_size=1000", None, None);
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer["items"]
+            .as_array()
+            .is_some_and(|a| a.iter().all(|r| r["project"] != json!(null))),
+        "a project-scoped key reads its project's audit records only"
+    );
+    let (status, listed) = call("GET", "/v1/projects", None, None);
+    assert_eq!(status, 200, "{listed}");
+    let names: Vec<&str> = listed["items"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, ["vision"]);
+
+    // An editor's key narrowed to viewer reads but cannot run anything, through the CLI too.
+    let addr = w.dev.addr();
+    let made = crate::common::cli_json(
+        &[
+            "key",
+            "create",
+            "ro",
+            "--role",
+            "editor",
+            "--roles",
+            "viewer",
+            "--project-only",
+            "--project",
+            "vision",
+            "-o",
+            "json",
+        ],
+        &w.dev.env_for(&addr, &w.dev.token),
+    );
+    assert_eq!(made["key"]["roles"], json!(["viewer"]), "{made}");
+    let ro = text(&made, "/token");
+    let (status, _) = w.dev.request("GET", "/v1/jobs", Some(&ro), None, None);
+    assert_eq!(status, 200);
+    let (status, answer) = w.dev.request(
+        "POST",
+        "/v1/jobs",
+        Some(&ro),
+        None,
+        Some(&json!({ "command": "true" })),
+    );
+    assert_eq!(status, 403, "{answer}");
+    // Nor can it use the editor binding to mint a wider key for itself.
+    let (status, answer) = w.dev.request(
+        "POST",
+        "/v1/keys",
+        Some(&ro),
+        None,
+        Some(&json!({ "name": "wider", "role": "viewer" })),
+    );
+    assert_eq!(status, 403, "{answer}");
+}

@@ -180,6 +180,13 @@ fn api_key(k: ApiKeyView) -> pb::ApiKey {
         created_at: k.created_at,
         expires_at: k.expires_at,
         revoked_at: k.revoked_at,
+        roles: k
+            .roles
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.to_string())
+            .collect(),
+        project_scoped: k.project_scoped,
     }
 }
 
@@ -560,6 +567,8 @@ impl pb::key_service_server::KeyService for GrpcAdmin {
             expires_in_seconds: r.expires_in_seconds,
             no_expiry: r.no_expiry,
             principal_id: non_empty(r.principal_id),
+            roles: (!r.roles.is_empty()).then_some(r.roles),
+            project_scoped: r.project_scoped,
         };
         answer(self.service.create_key(&scope, req).await, |k| {
             pb::CreateKeyResponse {

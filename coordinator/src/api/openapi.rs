@@ -220,6 +220,7 @@ fn schemas() -> Value {
             ("disabled", boolean()),
         ],
     );
+    let role = json!({ "type": "string", "enum": ["viewer", "editor", "deployer", "project-admin", "platform-admin"] });
     let key = object(
         &[
             "id",
@@ -237,12 +238,21 @@ fn schemas() -> Value {
             ("project_id", string()),
             ("name", string()),
             ("last4", string()),
+            (
+                "roles",
+                json!({ "type": "array", "items": role.clone(), "nullable": true,
+                        "description": "The roles the key is narrowed to: it grants only what one of them allows (and the principal's bindings grant). Null: all of the principal's roles." }),
+            ),
+            (
+                "project_scoped",
+                json!({ "type": "boolean",
+                        "description": "The key acts only in project_id: other projects answer 404, platform actions 403." }),
+            ),
             ("created_at", integer()),
             ("expires_at", nullable(integer())),
             ("revoked_at", nullable(integer())),
         ],
     );
-    let role = json!({ "type": "string", "enum": ["viewer", "editor", "deployer", "project-admin", "platform-admin"] });
     let binding = object(
         &["id", "principal_id", "role", "scope", "created_at"],
         &[
@@ -650,6 +660,10 @@ fn schemas() -> Value {
             ("no_expiry", json!({ "type": "boolean",
                 "description": "A key that never expires; only platform-admins may ask for one." })),
             ("principal_id", nullable(string())),
+            ("roles", json!({ "type": "array", "items": role.clone(), "nullable": true,
+                "description": "Narrow the key to these roles (at least one): it grants only what they allow of the principal's rights." })),
+            ("project_scoped", json!({ "type": "boolean",
+                "description": "The key acts only in the request's project." })),
         ]),
         "CreatedKey": object(&["id", "token", "key", "principal"], &[
             ("id", string()),

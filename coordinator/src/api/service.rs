@@ -99,6 +99,12 @@ pub(crate) struct CreateKeyRequest {
     /// An existing principal of the project; none creates a service account named after the key.
     #[serde(default)]
     pub(crate) principal_id: Option<String>,
+    /// Narrow the key to these roles (it grants only what one of them allows).
+    #[serde(default)]
+    pub(crate) roles: Option<Vec<String>>,
+    /// The key acts only in the request's project.
+    #[serde(default)]
+    pub(crate) project_scoped: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -385,6 +391,38 @@ fn validate_addr(field: &str, addr: &str) -> Result<(), ServiceError> {
 fn parse_role(role: &str) -> Result<Role, ServiceError> {
     role.parse::<Role>()
         .map_err(|e| ServiceError::invalid("role", e))
+}
+
+/// A key's limits from a request: roles parsed, sorted and de-duplicated, never an empty list.
+fn key_limits(
+    roles: Option<&[String]>,
+    project_scoped: bool,
+) -> Result<state::KeyLimits, ServiceError> {
+    let roles = match roles {
+        None => None,
+        Some([]) => {
+            return Err(ServiceError::invalid(
+                "roles",
+                "must name at least one role (leave it out for all of the principal's roles)",
+            ))
+        }
+        Some(names) => {
+            let mut parsed = names
+                .iter()
+                .map(|n| {
+                    n.parse::<Role>()
+                        .map_err(|e| ServiceError::invalid("roles", e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            parsed.sort_unstable();
+            parsed.dedup();
+            Some(parsed)
+        }
+    };
+    Ok(state::KeyLimits {
+        roles,
+        project_scoped,
+    })
 }
 
 /// A role bound in a project: anything but platform-admin (the state machine's rule, checked first so bad
@@ -859,6 +897,7 @@ impl AdminService {
             .as_deref()
             .map(|r| parse_role(r).and_then(project_role))
             .transpose()?;
+        let limits = key_limits(req.roles.as_deref(), req.project_scoped)?;
         let at = now_ms();
         let expires_at = match (req.expires_in_seconds, req.no_expiry) {
             (Some(_), true) => {
@@ -931,7 +970,7 @@ impl AdminService {
             expires_at,
             principal,
             role,
-            limits: state::KeyLimits::default(),
+            limits,
         };
         let cmd = Command::new(at, scope.caller.actor(), op);
         match self.inner.handle.write(cmd).await? {
@@ -1380,6 +1419,23 @@ mod tests {
             text.contains("s3-key") && !text.contains("hunter2"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn key_limits_are_sorted_unique_and_never_empty() {
+        let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let limits =
+            key_limits(Some(&names(&["editor", "viewer", "editor"])), true).expect("valid");
+        assert_eq!(limits.roles, Some(vec![Role::Viewer, Role::Editor]));
+        assert!(limits.project_scoped);
+        assert_eq!(
+            key_limits(None, false).expect("valid"),
+            state::KeyLimits::default()
+        );
+        let e = key_limits(Some(&[]), false).expect_err("empty");
+        assert!(e.message.starts_with("roles: "), "{}", e.message);
+        let e = key_limits(Some(&names(&["root"])), false).expect_err("unknown");
+        assert!(e.message.starts_with("roles: "), "{}", e.message);
     }
 
     #[test]

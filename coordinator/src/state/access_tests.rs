@@ -546,3 +546,70 @@ fn apply_refuses_a_grant_its_acting_key_could_not_make() {
     );
     assert!(out.is_ok(), "{out:?}");
 }
+
+#[test]
+fn key_limits_narrow_what_the_bindings_grant() {
+    let mut s = world();
+    // The platform-admin's own principal on a key narrowed to viewer and to project A.
+    system(
+        &mut s,
+        Op::CreateKey {
+            key_id: "narrow".into(),
+            name: "narrow".into(),
+            project_id: "prj_a".into(),
+            hash: crypto::hash_token("narrow"),
+            last4: "abcd".into(),
+            expires_at: None,
+            principal: existing("sa_root"),
+            role: None,
+            limits: KeyLimits {
+                roles: Some(vec![Role::Viewer]),
+                project_scoped: true,
+            },
+        },
+    );
+    let c = caller(&s, "narrow");
+    assert_eq!(
+        authz::authorize_caller(&s, &c, Some("prj_a"), authz::Action::ReadProject),
+        Ok(())
+    );
+    assert_eq!(
+        authz::authorize_caller(&s, &c, Some("prj_a"), authz::Action::RunJobs),
+        Err(authz::Denied::Forbidden)
+    );
+    assert_eq!(
+        authz::authorize_caller(&s, &c, Some("prj_b"), authz::Action::ReadProject),
+        Err(authz::Denied::NotFound),
+        "another project looks missing"
+    );
+    assert_eq!(
+        authz::authorize_caller(&s, &c, None, authz::Action::CreateProject),
+        Err(authz::Denied::Forbidden)
+    );
+    assert!(!authz::is_platform_admin(&s, &c));
+    // The same principal's unlimited key is untouched.
+    let root = caller(&s, "root");
+    assert!(authz::is_platform_admin(&s, &root));
+    // An empty or unsorted allow-list never enters the state.
+    let bad = |roles: Vec<Role>| Op::CreateKey {
+        key_id: "bad".into(),
+        name: "bad".into(),
+        project_id: "prj_a".into(),
+        hash: crypto::hash_token("bad"),
+        last4: "abcd".into(),
+        expires_at: None,
+        principal: existing("sa_root"),
+        role: None,
+        limits: KeyLimits {
+            roles: Some(roles),
+            project_scoped: false,
+        },
+    };
+    for roles in [vec![], vec![Role::Editor, Role::Viewer]] {
+        let out = apply_as(&mut s, &Actor::system(), T0, bad(roles));
+        assert!(
+            matches!(out, Err(DomainError::Invalid { ref field, .. }) if field == "roles"),
+            "{out:?}"
+        );
+    }
+}
