@@ -406,16 +406,21 @@ pub enum RoleCommand {
 #[derive(Debug, Subcommand)]
 pub enum SecretCommand {
     /// Create or add a version of a secret; the value is read from stdin unless --value is given.
-    #[command(
-        after_help = "Example:\n  printf %s \"$S3_KEY\" | meridian secret put s3-key --bind job:*"
-    )]
+    #[command(after_help = "Examples:
+  printf %s \"$S3_KEY\" | meridian secret put s3-key --bind principal:sa_3kq9x0c2m4v7b1zd
+  printf %s \"$WANDB\" | meridian secret put wandb --bind 'principal:sa_3kq9x0c2m4v7b1zd/job:train-*'
+
+A binding names who may use the secret: jobs submitted by that principal (user or service account), or only
+those of its jobs whose name matches the pattern. The submitter also needs the use-secrets right (the
+secret-user or project-admin role). A job's name alone never selects a secret.")]
     Put {
         name: String,
         /// Value (prefer stdin so it stays out of shell history).
         #[arg(long)]
         value: Option<String>,
-        /// Workloads allowed to read it, e.g. job:* or deployment:fraud.
-        #[arg(long = "bind")]
+        /// Who may use it (repeatable): principal:ID or principal:ID/job:PATTERN. Without --bind the
+        /// current bindings are kept.
+        #[arg(long = "bind", value_name = "BINDING")]
         bindings: Vec<String>,
         #[command(flatten)]
         client: ClientArgs,
@@ -625,8 +630,8 @@ pub struct JobRunArgs {
     /// Absolute working directory on the node (default: a fresh directory per attempt).
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<String>,
-    /// Pass a project secret as an environment variable: VAR=SECRET (repeatable). The secret must be bound
-    /// to the job (`meridian secret put NAME --bind 'job:*'` or `job:<name>`).
+    /// Pass a project secret to the job: VAR=SECRET (repeatable). Needs use-secrets, and the secret must be
+    /// bound to you (`meridian secret put NAME --bind principal:<your id>` or `principal:<id>/job:<pattern>`).
     #[arg(long = "secret", value_name = "VAR=SECRET", value_parser = key_value_arg)]
     pub secrets: Vec<(String, String)>,
     /// Time between SIGTERM and SIGKILL when the job is cancelled (default 10s).

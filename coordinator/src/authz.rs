@@ -26,16 +26,21 @@ pub enum Role {
     ProjectAdmin,
     /// Everything, everywhere (platform scope only).
     PlatformAdmin,
+    /// Viewer, plus the right to reference the project's secrets in jobs (`use-secrets`); bound next to
+    /// editor for the people and service accounts whose jobs need secrets. Which secrets a job gets is
+    /// still decided by each secret's bindings.
+    SecretUser,
 }
 
 impl Role {
-    /// Every role, least to most privileged.
-    pub const ALL: [Role; 5] = [
+    /// Every role: the five of the product's matrix, least to most privileged, then `secret-user`.
+    pub const ALL: [Role; 6] = [
         Role::Viewer,
         Role::Editor,
         Role::Deployer,
         Role::ProjectAdmin,
         Role::PlatformAdmin,
+        Role::SecretUser,
     ];
 
     /// The role's name as written in bindings and on the command line.
@@ -46,6 +51,7 @@ impl Role {
             Role::Deployer => "deployer",
             Role::ProjectAdmin => "project-admin",
             Role::PlatformAdmin => "platform-admin",
+            Role::SecretUser => "secret-user",
         }
     }
 
@@ -66,8 +72,10 @@ impl Role {
                     | ManageBindings
                     | ManageSecrets
                     | ReadAudit
+                    | UseSecrets
             ),
             Role::PlatformAdmin => true,
+            Role::SecretUser => matches!(action, ReadProject | UseSecrets),
         }
     }
 }
@@ -80,7 +88,9 @@ impl fmt::Display for Role {
 
 /// A role name that is not one of ours.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown role {0:?} (expected viewer, editor, deployer, project-admin or platform-admin)")]
+#[error(
+    "unknown role {0:?} (expected viewer, editor, deployer, project-admin, platform-admin or secret-user)"
+)]
 pub struct UnknownRole(pub String);
 
 impl FromStr for Role {
@@ -124,11 +134,13 @@ pub enum Action {
     ClusterMembership,
     /// Re-wrap data keys under a new master key.
     RotateMasterKey,
+    /// Reference the project's secrets in a job (which ones it gets still depends on their bindings).
+    UseSecrets,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 13] = [
+    pub const ALL: [Action; 14] = [
         Action::ReadProject,
         Action::WriteExperiments,
         Action::RunJobs,
@@ -142,6 +154,7 @@ impl Action {
         Action::ClusterRead,
         Action::ClusterMembership,
         Action::RotateMasterKey,
+        Action::UseSecrets,
     ];
 
     /// Platform actions are granted only by platform-scoped bindings.
@@ -490,7 +503,9 @@ mod tests {
                 "manage-bindings",
                 "manage-secrets",
                 "read-audit",
+                "use-secrets",
             ],
+            Role::SecretUser => &["read-project", "use-secrets"],
             Role::PlatformAdmin => &[
                 "read-project",
                 "write-experiments",
@@ -505,6 +520,7 @@ mod tests {
                 "cluster-read",
                 "cluster-membership",
                 "rotate-master-key",
+                "use-secrets",
             ],
         };
         let name = serde_json::to_value(action).expect("action serializes");
@@ -652,6 +668,23 @@ mod tests {
     }
 
     #[test]
+    fn secrets_are_used_only_by_those_given_the_right_explicitly() {
+        let users: Vec<Role> = Role::ALL
+            .into_iter()
+            .filter(|r| r.allows(Action::UseSecrets))
+            .collect();
+        assert_eq!(
+            users,
+            [Role::ProjectAdmin, Role::PlatformAdmin, Role::SecretUser]
+        );
+        assert!(
+            !Role::Editor.allows(Action::UseSecrets),
+            "running jobs does not imply using secrets"
+        );
+        assert!(!Action::UseSecrets.is_platform());
+    }
+
+    #[test]
     fn jobs_are_run_by_editors_and_admins_and_read_by_everyone() {
         let runners: Vec<Role> = Role::ALL
             .into_iter()
@@ -722,7 +755,7 @@ mod tests {
             }
         }
         let actions = Action::ALL.len();
-        assert_eq!(checked, (4 + 5) * actions * 4 + 3 * actions * 4);
+        assert_eq!(checked, (5 + 6) * actions * 4 + 3 * actions * 4);
     }
 
     #[test]

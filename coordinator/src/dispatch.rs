@@ -298,6 +298,7 @@ mod tests {
                 id: id.into(),
                 project_id: PROJECT.into(),
                 spec,
+                principal_id: None,
             },
         );
         assert!(out.is_ok(), "{out:?}");

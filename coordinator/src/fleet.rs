@@ -21,8 +21,9 @@ use crate::crypto::{self, MasterKeyring};
 use crate::node::{Handle, WeakHandle, WriteError};
 use crate::scheduler::GpuDevice;
 use crate::state::{
-    node_key, secret_binds_job, Actor, Attempt, AuditOutcome, Command, DomainError, HeldAttempt,
-    JobEventKind, JobEventOp, JobRecord, NodeHealthState, NodeRecord, Op, Outcome, RegistryState,
+    node_key, secret_binds_workload, Actor, Attempt, AuditOutcome, Command, DomainError,
+    HeldAttempt, JobEventKind, JobEventOp, JobRecord, NodeHealthState, NodeRecord, Op, Outcome,
+    RegistryState,
 };
 
 /// Timings of the fleet: how often agents beat, and how long silence lasts before a node changes health.
@@ -435,14 +436,46 @@ fn truncated(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
-/// The values of the secrets `job` names, by environment variable, opened with the master keyring. Each
-/// secret must still exist in the job's project and still be bound to the job; otherwise the message says
-/// why the attempt cannot start (it never names a value).
+/// Whether the secrets `job` names may still be released to it now: it has a workload identity (a
+/// principal that submitted it), that principal still exists, is enabled and holds `use-secrets` in the
+/// job's project, and every secret still exists and is still bound to it. The error says why not (it never
+/// names a value).
+fn may_release(state: &RegistryState, job: &JobRecord) -> Result<(), String> {
+    let principal = job.principal_id.as_deref().ok_or_else(|| {
+        "the job has no workload identity (it was submitted before secrets were bound to principals); \
+         submit it again"
+            .to_owned()
+    })?;
+    crate::authz::authorize(
+        state,
+        principal,
+        Some(&job.project_id),
+        crate::authz::Action::UseSecrets,
+    )
+    .map_err(|_| format!("principal {principal} no longer holds use-secrets in the project"))?;
+    let scope = state.project_scope(&job.project_id);
+    for name in job.spec.secrets.values() {
+        let secret = scope
+            .secret(name)
+            .ok_or_else(|| format!("secret {name} no longer exists"))?;
+        if !secret_binds_workload(secret, principal, &job.id, &job.spec.name) {
+            return Err(format!(
+                "secret {name} is no longer bound to the job's principal {principal}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The values of the secrets `job` names, by environment variable, opened with the master keyring, after
+/// [`may_release`] agreed; otherwise the message says why the attempt cannot start (it never names a
+/// value).
 fn open_job_secrets(
     state: &RegistryState,
     job: &JobRecord,
     keyring: Option<&MasterKeyring>,
 ) -> Result<HashMap<String, String>, String> {
+    may_release(state, job)?;
     let keyring = keyring.ok_or("this coordinator has no master keyring to open secrets")?;
     let scope = state.project_scope(&job.project_id);
     let wrapped = scope
@@ -455,9 +488,6 @@ fn open_job_secrets(
         let secret = scope
             .secret(name)
             .ok_or_else(|| format!("secret {name} no longer exists"))?;
-        if !secret_binds_job(secret, &job.id, &job.spec.name) {
-            return Err(format!("secret {name} is no longer bound to this job"));
-        }
         let latest = secret
             .versions
             .last()

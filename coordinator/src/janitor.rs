@@ -122,6 +122,7 @@ mod tests {
                         id: id.into(),
                         project_id: "prj_a".into(),
                         spec: JobSpec::new("true"),
+                        principal_id: None,
                     },
                 ),
             );

@@ -717,11 +717,17 @@ async fn secret_values_never_come_back() -> anyhow::Result<()> {
     let api = start().await?;
     let project_id = api.create_project("payments").await?;
     let value = "s3cr3t-Value-that-must-not-leak-7f2c";
+    let (_, _, worker) = api.create_key("payments", "worker", "editor").await?;
+    let (_, _, outsider) = api.create_key("default", "outsider", "editor").await?;
 
+    let bound = [
+        format!("principal:{worker}/job:charge-*"),
+        format!("principal:{worker}"),
+    ];
     let put = api
         .post("/v1/secrets")
         .project("payments")
-        .json(json!({ "name": "stripe-key", "value": value, "bindings": ["job:*", "deployment:fraud-scorer"] }))
+        .json(json!({ "name": "stripe-key", "value": value, "bindings": bound }))
         .send()
         .await?;
     assert_eq!(put.status, 201, "{:?}", put.body);
@@ -737,7 +743,10 @@ async fn secret_values_never_come_back() -> anyhow::Result<()> {
     assert_eq!(second.body["latest_version"], json!(2));
     assert_eq!(
         second.body["bindings"],
-        json!(["deployment:fraud-scorer", "job:*"])
+        json!([
+            format!("principal:{worker}"),
+            format!("principal:{worker}/job:charge-*")
+        ])
     );
 
     let list = api.get("/v1/secrets").project("payments").send().await?;
@@ -788,18 +797,29 @@ async fn secret_values_never_come_back() -> anyhow::Result<()> {
     assert_eq!(rewrap.body["projects"], json!(2));
     assert_eq!(rewrap.str("/master_key_id"), "mk1");
 
-    let bad_binding = api
-        .post("/v1/secrets")
-        .project("payments")
-        .json(json!({ "name": "other", "value": "v", "bindings": ["not a selector"] }))
-        .send()
-        .await?;
-    assert_eq!(bad_binding.status, 400);
-    assert!(
-        bad_binding.error_message().starts_with("bindings: "),
-        "{}",
-        bad_binding.error_message()
-    );
+    // Bindings name who may use the secret: job-name selectors, malformed ones and principals that do not
+    // act in the project are refused, naming the field.
+    for bad in [
+        json!(["not a selector"]),
+        json!(["job:*"]),
+        json!(["job:charge-prod"]),
+        json!([format!("principal:{worker}/job:")]),
+        json!(["principal:sa_nobody"]),
+        json!([format!("principal:{outsider}")]),
+    ] {
+        let bad_binding = api
+            .post("/v1/secrets")
+            .project("payments")
+            .json(json!({ "name": "other", "value": "v", "bindings": bad }))
+            .send()
+            .await?;
+        assert_eq!(bad_binding.status, 400, "{bad}: {:?}", bad_binding.body);
+        assert!(
+            bad_binding.error_message().starts_with("bindings: "),
+            "{}",
+            bad_binding.error_message()
+        );
+    }
 
     assert_eq!(
         api.delete("/v1/secrets/stripe-key")

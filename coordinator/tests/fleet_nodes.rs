@@ -342,6 +342,7 @@ async fn jobs_flow_through_sync_and_reports_fenced_by_epoch_and_attempt() -> any
                 id: id.into(),
                 project_id: project.clone(),
                 spec: spec.clone(),
+                principal_id: None,
             },
         )
     };
@@ -470,8 +471,33 @@ async fn jobs_flow_through_sync_and_reports_fenced_by_epoch_and_attempt() -> any
             },
         )
     };
+    // The trainer service account may use secrets in the project; the secret is bound to it, for jobs
+    // named train-*.
     fx.handle
-        .write(put("wandb", vec!["job:train-*".into()]))
+        .write(Command::new(
+            2,
+            Actor::system(),
+            Op::CreateKey {
+                key_id: "trainer".into(),
+                name: "trainer".into(),
+                project_id: project.clone(),
+                hash: coordinator::crypto::hash_token("trainer"),
+                last4: "abcd".into(),
+                expires_at: None,
+                principal: coordinator::state::KeyPrincipal::NewServiceAccount {
+                    principal_id: "sa_trainer".into(),
+                    name: "trainer".into(),
+                },
+                role: Some(coordinator::authz::Role::SecretUser),
+                limits: Default::default(),
+            },
+        ))
+        .await?;
+    fx.handle
+        .write(put(
+            "wandb",
+            vec!["principal:sa_trainer/job:train-*".into(), "job:*".into()],
+        ))
         .await?;
     fx.handle
         .write(put("other", vec!["deployment:x".into()]))
@@ -492,6 +518,7 @@ async fn jobs_flow_through_sync_and_reports_fenced_by_epoch_and_attempt() -> any
                 id: "job_unbound".into(),
                 project_id: project.clone(),
                 spec: unbound,
+                principal_id: Some("sa_trainer".into()),
             },
         ))
         .await;
@@ -507,6 +534,7 @@ async fn jobs_flow_through_sync_and_reports_fenced_by_epoch_and_attempt() -> any
                 id: "job_secret".into(),
                 project_id: project.clone(),
                 spec: with_secret,
+                principal_id: Some("sa_trainer".into()),
             },
         ))
         .await?;

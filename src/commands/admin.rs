@@ -183,6 +183,8 @@ pub async fn secret(cmd: SecretCommand) -> Result<(), ClientError> {
                 }
             };
             let api = ApiClient::from_args(&client)?;
+            // No --bind keeps the secret's current bindings.
+            let bindings = (!bindings.is_empty()).then_some(bindings);
             let s = api
                 .post(
                     "/v1/secrets",

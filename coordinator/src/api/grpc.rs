@@ -360,6 +360,7 @@ fn job(j: JobView) -> pb::Job {
         data_locality_region: locality_region,
         data_locality_cluster: locality_cluster,
         replicas: j.replicas,
+        principal_id: j.principal_id.unwrap_or_default(),
     }
 }
 

@@ -12,6 +12,7 @@ use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::authz::{self, Action};
 use crate::crypto;
 use crate::scheduler::{Constraints, Locality, ResourceRequest, Resources, Strategy};
 use crate::state::{
@@ -255,6 +256,8 @@ pub(crate) struct JobView {
     /// Exit code of the last attempt (of the replica that ended it, for a gang).
     pub(crate) exit_code: Option<i32>,
     pub(crate) created_by: String,
+    /// The job's workload identity: the principal that submitted it (secrets are bound to principals).
+    pub(crate) principal_id: Option<String>,
     pub(crate) created_at: u64,
     pub(crate) updated_at: u64,
     pub(crate) finished_at: Option<u64>,
@@ -303,6 +306,7 @@ impl From<&JobRecord> for JobView {
                 .find_map(|a| a.exit_code.filter(|code| *code != 0))
                 .or_else(|| last.and_then(|a| a.exit_code)),
             created_by: j.created_by.clone(),
+            principal_id: j.principal_id.clone(),
             created_at: j.created_at,
             updated_at: j.updated_at,
             finished_at: j.finished_at,
@@ -786,10 +790,30 @@ impl AdminService {
         req: SubmitJobRequest,
     ) -> Result<JobView, ServiceError> {
         let spec = job_spec(req)?;
+        if !spec.secrets.is_empty() {
+            // Naming secrets is a right of its own: running jobs (editor) does not include it.
+            let allowed = self.handle().read(|s| {
+                authz::authorize_caller(
+                    s,
+                    &scope.caller,
+                    Some(&scope.project_id),
+                    Action::UseSecrets,
+                )
+                .is_ok()
+            });
+            if !allowed {
+                let why = "naming secrets in a job needs use-secrets (the secret-user or project-admin role)";
+                return Err(self
+                    .refuse(scope, Some(scope.project_id.clone()), "secrets", why)
+                    .await);
+            }
+        }
         let op = Op::SubmitJob {
             id: crypto::random_id("job", &mut OsRng),
             project_id: scope.project_id.clone(),
             spec,
+            // The job's workload identity: the secrets it names must be bound to this principal.
+            principal_id: Some(scope.caller.principal_id.clone()),
         };
         match self.write(scope, op).await? {
             Outcome::Job { job } => Ok(JobView::from(&job)),

@@ -220,7 +220,7 @@ fn schemas() -> Value {
             ("disabled", boolean()),
         ],
     );
-    let role = json!({ "type": "string", "enum": ["viewer", "editor", "deployer", "project-admin", "platform-admin"] });
+    let role = json!({ "type": "string", "enum": ["viewer", "editor", "deployer", "project-admin", "platform-admin", "secret-user"] });
     let key = object(
         &[
             "id",
@@ -462,6 +462,11 @@ fn schemas() -> Value {
             ("cancel_requested", boolean()),
             ("exit_code", nullable(signed())),
             ("created_by", string()),
+            (
+                "principal_id",
+                json!({ "type": "string", "nullable": true,
+                        "description": "The job's workload identity: the principal that submitted it." }),
+            ),
             ("created_at", integer()),
             ("updated_at", integer()),
             ("finished_at", nullable(integer())),
@@ -539,7 +544,8 @@ fn schemas() -> Value {
             ),
             (
                 "secrets",
-                json!({ "type": "object", "additionalProperties": { "type": "string" } }),
+                json!({ "type": "object", "additionalProperties": { "type": "string" },
+                        "description": "Environment variable name → project secret. Needs use-secrets; each secret must be bound to the submitting principal (principal:ID, or principal:ID/job:PATTERN matching the job's name)." }),
             ),
         ],
     );
@@ -703,7 +709,8 @@ fn schemas() -> Value {
         "PutSecretRequest": object(&["name", "value"], &[
             ("name", string()),
             ("value", json!({ "type": "string", "writeOnly": true })),
-            ("bindings", nullable(array(string()))),
+            ("bindings", json!({ "type": "array", "nullable": true, "items": { "type": "string" },
+                "description": "Who may use the secret: principal:ID (jobs that principal or service account submits) or principal:ID/job:PATTERN (only those whose name matches; * is any run of characters). Absent: keep the current bindings." })),
         ]),
         "RewrapResult": object(&["projects", "master_key_id"], &[("projects", integer()), ("master_key_id", string())]),
         "ClusterMember": member,

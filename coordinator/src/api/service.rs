@@ -541,8 +541,9 @@ impl AdminService {
         }
     }
 
-    /// The 403 for a grant the caller may not make (a key or binding beyond its rights), audited.
-    async fn refuse(
+    /// The 403 for something the caller may not do (a grant beyond its rights, a secret without the use
+    /// right), audited.
+    pub(super) async fn refuse(
         &self,
         scope: &RequestScope,
         project: Option<String>,
@@ -1254,6 +1255,10 @@ impl AdminService {
                 format!("at most {MAX_SECRET_BYTES} bytes"),
             ));
         }
+        if let Some(bindings) = &req.bindings {
+            self.consistent().await?;
+            self.check_secret_bindings(&scope.project_id, bindings)?;
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -1292,6 +1297,49 @@ impl AdminService {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Bindings written now name who may use the secret ([`state::BINDING_SYNTAX`]), and each principal
+    /// they name acts in the project: owned by it, bound in it, or bound on the platform. A principal of
+    /// another project is refused like a missing one.
+    fn check_secret_bindings(
+        &self,
+        project_id: &str,
+        bindings: &[String],
+    ) -> Result<(), ServiceError> {
+        let mut principals = Vec::new();
+        for b in bindings {
+            match state::validate_workload_binding(b)? {
+                state::SecretBinding::Workload { principal_id, .. } => {
+                    principals.push(principal_id)
+                }
+                state::SecretBinding::Legacy => {
+                    return Err(ServiceError::invalid(
+                        "bindings",
+                        format!("{b:?} is not {}", state::BINDING_SYNTAX),
+                    ))
+                }
+            }
+        }
+        let unknown = self.inner.handle.read(|s| {
+            principals.into_iter().find(|id| {
+                let Some(p) = s.principal(id) else {
+                    return true;
+                };
+                let acts_here = s.bindings_of(id).iter().any(|b| match &b.scope {
+                    Scope::Platform => true,
+                    Scope::Project(p) => p == project_id,
+                });
+                !(p.is_owned_by(project_id) || acts_here)
+            })
+        });
+        match unknown {
+            Some(id) => Err(ServiceError::invalid(
+                "bindings",
+                format!("principal {id} is not a principal of this project"),
+            )),
+            None => Ok(()),
         }
     }
 

@@ -613,3 +613,203 @@ fn key_limits_narrow_what_the_bindings_grant() {
         );
     }
 }
+
+// ---- secrets bound to workload identities -----------------------------------------------------------------
+
+fn put_secret(s: &mut RegistryState, name: &str, bindings: &[&str]) {
+    let version = s
+        .project_scope("prj_a")
+        .secret(name)
+        .map_or(1, |x| x.latest_version() + 1);
+    system(
+        s,
+        Op::PutSecret {
+            project_id: "prj_a".into(),
+            name: name.into(),
+            version,
+            sealed: SealedValue {
+                nonce_b64: "AAAAAAAAAAAAAAAA".into(),
+                ciphertext_b64: format!("sealed-{name}"),
+            },
+            bindings: Some(bindings.iter().map(|b| (*b).to_owned()).collect()),
+        },
+    );
+}
+
+fn job_with_secret(name: &str, secret: &str) -> JobSpec {
+    let mut spec = JobSpec::new("true");
+    spec.name = name.into();
+    spec.secrets.insert("TOKEN".into(), secret.into());
+    spec
+}
+
+fn submit(s: &mut RegistryState, actor: &Actor, id: &str, spec: JobSpec) -> CommandOutcome {
+    let principal_id = actor.principal_id.clone();
+    apply_as(
+        s,
+        actor,
+        T0 + 10,
+        Op::SubmitJob {
+            id: id.into(),
+            project_id: "prj_a".into(),
+            spec,
+            principal_id,
+        },
+    )
+}
+
+#[test]
+fn bindings_name_principals_optionally_narrowed_by_job_name() {
+    let parse = SecretBinding::parse;
+    assert_eq!(
+        parse("principal:sa_ci"),
+        SecretBinding::Workload {
+            principal_id: "sa_ci",
+            job: None
+        }
+    );
+    assert_eq!(
+        parse("principal:sa_ci/job:train-*"),
+        SecretBinding::Workload {
+            principal_id: "sa_ci",
+            job: Some("train-*")
+        }
+    );
+    for legacy in ["job:*", "job:train-prod", "deployment:fraud"] {
+        assert_eq!(parse(legacy), SecretBinding::Legacy, "{legacy}");
+    }
+    for bad in [
+        "principal:",
+        "principal:sa ci",
+        "principal:sa_ci/",
+        "principal:sa_ci/job:",
+        "principal:sa_ci/run:x",
+        "principal:sa_ci/job:a/b",
+        "job:*",
+    ] {
+        let e = validate_workload_binding(bad).expect_err(bad);
+        assert!(
+            matches!(e, DomainError::Invalid { ref field, .. } if field == "bindings"),
+            "{e:?}"
+        );
+    }
+
+    let mut s = world();
+    put_secret(
+        &mut s,
+        "wandb",
+        &["principal:sa_only/job:train-*", "principal:sa_ed", "job:*"],
+    );
+    let secret = s
+        .project_scope("prj_a")
+        .secret("wandb")
+        .expect("stored")
+        .clone();
+    assert!(secret_binds_workload(&secret, "sa_ed", "job_1", "anything"));
+    assert!(secret_binds_workload(
+        &secret, "sa_only", "job_1", "train-7"
+    ));
+    assert!(!secret_binds_workload(
+        &secret, "sa_only", "job_1", "eval-7"
+    ));
+    // Another principal naming its job like a bound one gets nothing; the legacy `job:*` grants nothing.
+    assert!(!secret_binds_workload(
+        &secret, "sa_both", "job_1", "train-7"
+    ));
+    assert!(!secret_binds_workload(&secret, "sa_pa", "job_1", "x"));
+}
+
+#[test]
+fn a_job_named_like_a_bound_job_gets_no_secret() {
+    let mut s = world();
+    system(
+        &mut s,
+        Op::BindRole {
+            principal_id: "sa_ed".into(),
+            scope: Scope::Project("prj_a".into()),
+            role: Role::SecretUser,
+        },
+    );
+    put_secret(&mut s, "prod-token", &["principal:sa_only/job:train-prod"]);
+    let ed = Actor::principal("sa_ed", "ed").with_key("ed");
+    let jobs = s.jobs.len();
+    let out = submit(
+        &mut s,
+        &ed,
+        "job_steal",
+        job_with_secret("train-prod", "prod-token"),
+    );
+    assert!(
+        matches!(&out, Err(DomainError::FailedPrecondition(m)) if m.contains("not bound to principal sa_ed")),
+        "{out:?}"
+    );
+    assert_eq!(s.jobs.len(), jobs, "no job was accepted");
+    // Nor can a command claim another principal's identity.
+    let out = apply_as(
+        &mut s,
+        &ed,
+        T0 + 10,
+        Op::SubmitJob {
+            id: "job_steal2".into(),
+            project_id: "prj_a".into(),
+            spec: job_with_secret("train-prod", "prod-token"),
+            principal_id: Some("sa_only".into()),
+        },
+    );
+    assert!(
+        matches!(out, Err(DomainError::PermissionDenied(_))),
+        "{out:?}"
+    );
+    // Bound to the editor itself, the same job is accepted and records its identity.
+    put_secret(&mut s, "ed-token", &["principal:sa_ed"]);
+    let out = submit(
+        &mut s,
+        &ed,
+        "job_ok",
+        job_with_secret("train-prod", "ed-token"),
+    );
+    assert!(out.is_ok(), "{out:?}");
+    assert_eq!(
+        s.jobs.get("job_ok").and_then(|j| j.principal_id.as_deref()),
+        Some("sa_ed")
+    );
+}
+
+#[test]
+fn naming_a_secret_needs_the_use_right() {
+    let mut s = world();
+    put_secret(&mut s, "ed-token", &["principal:sa_ed"]);
+    // An editor runs jobs but does not use secrets until given secret-user.
+    let ed = Actor::principal("sa_ed", "ed").with_key("ed");
+    let out = submit(&mut s, &ed, "job_1", job_with_secret("x", "ed-token"));
+    assert!(
+        matches!(&out, Err(DomainError::PermissionDenied(m)) if m.contains("use-secrets")),
+        "{out:?}"
+    );
+    // Without secrets an editor's job is fine.
+    let out = submit(&mut s, &ed, "job_2", JobSpec::new("true"));
+    assert!(out.is_ok(), "{out:?}");
+}
+
+#[test]
+fn submissions_from_before_workload_identities_replay_under_their_rule() {
+    let mut s = world();
+    put_secret(&mut s, "legacy", &["job:train-*"]);
+    // Logged by an older build: no principal on the command.
+    let out = apply_as(
+        &mut s,
+        &Actor::principal("sa_ed", "ed"),
+        T0 + 10,
+        Op::SubmitJob {
+            id: "job_old".into(),
+            project_id: "prj_a".into(),
+            spec: job_with_secret("train-1", "legacy"),
+            principal_id: None,
+        },
+    );
+    assert!(out.is_ok(), "{out:?}");
+    assert_eq!(
+        s.jobs.get("job_old").map(|j| j.principal_id.clone()),
+        Some(None)
+    );
+}

@@ -35,13 +35,13 @@ pub use audit::{
 pub use fleet::{node_key, NodeHealthState, NodeRecord};
 pub(crate) use jobs::MAX_REPLICAS;
 pub use jobs::{
-    secret_binds_job, Attempt, AttemptOutcome, EventAck, HeldAttempt, JobEventKind, JobEventOp,
-    JobRecord, JobSpec, JobState, PlacementOp, ReplicaPlacement, RetryPolicy,
+    secret_binds_workload, Attempt, AttemptOutcome, EventAck, HeldAttempt, JobEventKind,
+    JobEventOp, JobRecord, JobSpec, JobState, PlacementOp, ReplicaPlacement, RetryPolicy,
 };
 pub use paging::{Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use scope::ProjectScope;
-pub(crate) use secrets::validate_secret_name;
-pub use secrets::{SealedValue, Secret, SecretVersion, SecretView, WrappedKey};
+pub(crate) use secrets::{validate_secret_name, validate_workload_binding, BINDING_SYNTAX};
+pub use secrets::{SealedValue, Secret, SecretBinding, SecretVersion, SecretView, WrappedKey};
 pub(crate) use tenancy::{validate_description, validate_id};
 pub use tenancy::{
     ApiKey, ApiKeyView, KeyLimits, KeyPrincipal, KeyState, Principal, PrincipalKind, Project,
@@ -260,6 +260,11 @@ pub enum Op {
         id: String,
         project_id: String,
         spec: JobSpec,
+        /// The job's workload identity: the principal that submits it (the acting principal, when the
+        /// command has one). The secrets the job names must be bound to it. Absent in commands from before
+        /// workload identities, which replay under the old rule and get no secrets released.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        principal_id: Option<String>,
     },
     /// Cancels a job: a pending one at once, a scheduled or running one by asking its agent to stop it.
     /// Refused for a finished job.
@@ -755,7 +760,17 @@ impl RegistryState {
                 id,
                 project_id,
                 spec,
-            } => self.submit_job(at, &cmd.actor.name, id, project_id, spec),
+                principal_id,
+            } => self.submit_job(
+                at,
+                &cmd.actor,
+                jobs::Submission {
+                    id,
+                    project_id,
+                    spec,
+                    principal_id: principal_id.as_deref(),
+                },
+            ),
             Op::CancelJob { project_id, id } => self.cancel_job(at, project_id, id),
             Op::PlaceJobs { placements } => self.place_jobs(at, placements),
             Op::ReportJobEvents {

@@ -341,6 +341,7 @@ fn random_job_op(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> O
                 id: format!("job_{}", rng.gen_range(0..300)),
                 project_id,
                 spec,
+                principal_id: rng.gen_bool(0.5).then(|| "sa_admin".to_owned()),
             }
         }
         2 => match pick_job(rng) {
