@@ -5,9 +5,10 @@
 //! heard from each node, never replicated) and the leader-only health monitor that turns silence into
 //! `SetNodeHealth` commands. The decision itself is the pure [`transitions`]; the monitor task only feeds it.
 //! It must never let an agent speak for another node, never accept a report under a lease epoch that is not
-//! the node's current one, and never propose a health change from a coordinator that is not the leader.
+//! the node's current one, never propose a health change from a coordinator that is not the leader, and
+//! never hand a secret to an agent without an audit record of that release (`secret.release`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -114,6 +115,56 @@ pub(crate) struct Fleet {
     handle: OnceLock<WeakHandle>,
     /// Opens the secrets bound to jobs when their assignments are handed over.
     keyring: Option<Arc<MasterKeyring>>,
+    /// The attempts (job, attempt, replica) whose secret release this coordinator has audited while leading,
+    /// so a long poll that answers the same assignment again does not audit it again.
+    released: Mutex<HashSet<ReleaseKey>>,
+}
+
+/// One replica of one attempt.
+type ReleaseKey = (String, u32, u32);
+
+/// A job's secret values by environment variable, and the (name, version) of each.
+type OpenedSecrets = (HashMap<String, String>, Vec<(String, u32)>);
+
+/// Secrets handed to an agent with one assignment, for the audit record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Release {
+    project_id: String,
+    job_id: String,
+    attempt: u32,
+    replica: u32,
+    node: String,
+    /// `(secret name, version)`, in the job's order.
+    secrets: Vec<(String, u32)>,
+}
+
+impl Release {
+    fn key(&self) -> ReleaseKey {
+        (self.job_id.clone(), self.attempt, self.replica)
+    }
+
+    /// The `secret.release` audit record: which job, attempt, replica, node, secrets and versions.
+    fn audit_op(&self) -> Op {
+        let secrets: Vec<String> = self
+            .secrets
+            .iter()
+            .map(|(name, version)| format!("{name}@v{version}"))
+            .collect();
+        let detail = format!(
+            "attempt={} replica={} node={} secrets={}",
+            self.attempt,
+            self.replica,
+            self.node,
+            secrets.join(",")
+        );
+        Op::RecordAudit {
+            action: "secret.release".to_owned(),
+            project: Some(self.project_id.clone()),
+            target: self.job_id.chars().take(256).collect(),
+            outcome: AuditOutcome::Success,
+            detail: detail.chars().take(1024).collect(),
+        }
+    }
 }
 
 impl Fleet {
@@ -123,7 +174,69 @@ impl Fleet {
             liveness: Liveness::default(),
             handle: OnceLock::new(),
             keyring,
+            released: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Records (and waits for) one `secret.release` audit record per release not audited before; an answer
+    /// carrying secrets is sent only once its releases are on record. The wait is bounded so a stalled
+    /// log delays the agent's poll by seconds at most; then the poll fails and the agent asks again.
+    async fn audit_releases(
+        &self,
+        handle: &Handle,
+        ctx: &CallContext,
+        releases: Vec<Release>,
+        until: Instant,
+    ) -> Result<(), RpcStatus> {
+        let fresh: Vec<Release> = {
+            let done = self.released_set();
+            releases
+                .into_iter()
+                .filter(|r| !done.contains(&r.key()))
+                .collect()
+        };
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let at = now_ms();
+        let writes = fresh.iter().map(|r| {
+            let cmd = Command::new(at, agent_actor(ctx), r.audit_op());
+            handle.write(cmd)
+        });
+        let wait = until
+            .saturating_duration_since(Instant::now())
+            .clamp(MIN_RELEASE_AUDIT_WAIT, MAX_RELEASE_AUDIT_WAIT);
+        let results = tokio::time::timeout(wait, futures::future::join_all(writes))
+            .await
+            .map_err(|_| {
+                RpcStatus::unavailable("the release of secrets could not be audited in time; retry")
+            })?;
+        let mut done = self.released_set();
+        for (release, result) in fresh.iter().zip(results) {
+            match result {
+                Ok(_) => {
+                    done.insert(release.key());
+                }
+                Err(e) => {
+                    tracing::warn!(job = %release.job_id, error = %e, "secret release not audited");
+                    return Err(RpcStatus::unavailable(
+                        "the release of secrets could not be audited; retry",
+                    ));
+                }
+            }
+        }
+        // Attempts are short-lived next to this set; forget old ones wholesale rather than track them (a
+        // forgotten attempt still answered later is audited once more, never zero times).
+        if done.len() > MAX_REMEMBERED_RELEASES {
+            done.clear();
+            done.extend(fresh.iter().map(Release::key));
+        }
+        Ok(())
+    }
+
+    fn released_set(&self) -> std::sync::MutexGuard<'_, HashSet<ReleaseKey>> {
+        // A set of plain keys; a panic while holding the lock cannot leave it half-updated.
+        self.released.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn attach(&self, handle: &Handle) {
@@ -250,25 +363,37 @@ impl Fleet {
         loop {
             let applied = handle.log_status().applied_index;
             let keyring = self.keyring.as_deref();
-            let (version, assignments) = handle.read(|s| {
+            let (version, assignments, releases) = handle.read(|s| {
                 let (version, replicas) = s.node_assignments(&key);
+                let mut releases = Vec::new();
                 let assignments = replicas
                     .into_iter()
                     .map(|(job, replica)| {
                         let mut a = assignment(s, job, replica);
                         if !job.spec.secrets.is_empty() && !a.cancel {
                             match open_job_secrets(s, job, keyring) {
-                                Ok(values) => a.secret_env = values,
+                                Ok((values, versions)) => {
+                                    a.secret_env = values;
+                                    releases.push(Release {
+                                        project_id: job.project_id.clone(),
+                                        job_id: job.id.clone(),
+                                        attempt: replica.attempt,
+                                        replica: replica.replica,
+                                        node: key.clone(),
+                                        secrets: versions,
+                                    });
+                                }
                                 Err(message) => a.launch_error = message,
                             }
                         }
                         a
                     })
                     .collect::<Vec<_>>();
-                (version, assignments)
+                (version, assignments, releases)
             });
             let remaining = until.saturating_duration_since(Instant::now());
             if version != req.version || remaining.is_zero() {
+                self.audit_releases(&handle, &ctx, releases, until).await?;
                 return Ok(encode_message(&pb::SyncResponse {
                     version,
                     assignments,
@@ -335,6 +460,11 @@ impl Fleet {
 
 /// How long an agent's long poll may wait at most.
 const MAX_SYNC_WAIT_MS: u64 = 30_000;
+/// Bounds on how long an answer carrying secrets waits for their release to be on record.
+const MIN_RELEASE_AUDIT_WAIT: Duration = Duration::from_millis(500);
+const MAX_RELEASE_AUDIT_WAIT: Duration = Duration::from_secs(3);
+/// Audited releases remembered per leader before the set starts over.
+const MAX_REMEMBERED_RELEASES: usize = 100_000;
 /// A long poll answers this long before the caller's deadline, so the answer arrives in time.
 const SYNC_ANSWER_MARGIN: Duration = Duration::from_millis(250);
 /// Events in one report.
@@ -468,13 +598,13 @@ fn may_release(state: &RegistryState, job: &JobRecord) -> Result<(), String> {
 }
 
 /// The values of the secrets `job` names, by environment variable, opened with the master keyring, after
-/// [`may_release`] agreed; otherwise the message says why the attempt cannot start (it never names a
-/// value).
+/// [`may_release`] agreed, with the (name, version) of each; otherwise the message says why the attempt
+/// cannot start (it never names a value).
 fn open_job_secrets(
     state: &RegistryState,
     job: &JobRecord,
     keyring: Option<&MasterKeyring>,
-) -> Result<HashMap<String, String>, String> {
+) -> Result<OpenedSecrets, String> {
     may_release(state, job)?;
     let keyring = keyring.ok_or("this coordinator has no master keyring to open secrets")?;
     let scope = state.project_scope(&job.project_id);
@@ -484,6 +614,7 @@ fn open_job_secrets(
     let data_key = crypto::unwrap_data_key(keyring, wrapped)
         .map_err(|e| format!("opening the project's data key: {e}"))?;
     let mut values = HashMap::new();
+    let mut versions = Vec::new();
     for (var, name) in &job.spec.secrets {
         let secret = scope
             .secret(name)
@@ -503,8 +634,9 @@ fn open_job_secrets(
             format!("secret {name} is not UTF-8 text, so it cannot be an env value")
         })?;
         values.insert(var.clone(), value);
+        versions.push((name.clone(), latest.version));
     }
-    Ok(values)
+    Ok((values, versions))
 }
 
 /// The wire form of one replica of a job's current attempt, as its node should run it.
@@ -695,6 +827,38 @@ pub(crate) async fn run_monitor(fleet: Arc<Fleet>, shutdown: CancellationToken) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_release_is_recorded_with_job_attempt_node_and_versions() {
+        let release = Release {
+            project_id: "prj_a".into(),
+            job_id: "job_1".into(),
+            attempt: 2,
+            replica: 1,
+            node: "eu/eu1/n1".into(),
+            secrets: vec![("wandb".into(), 3), ("s3".into(), 1)],
+        };
+        assert_eq!(release.key(), ("job_1".to_owned(), 2, 1));
+        match release.audit_op() {
+            Op::RecordAudit {
+                action,
+                project,
+                target,
+                outcome,
+                detail,
+            } => {
+                assert_eq!(action, "secret.release");
+                assert_eq!(project.as_deref(), Some("prj_a"));
+                assert_eq!(target, "job_1");
+                assert_eq!(outcome, AuditOutcome::Success);
+                assert_eq!(
+                    detail,
+                    "attempt=2 replica=1 node=eu/eu1/n1 secrets=wandb@v3,s3@v1"
+                );
+            }
+            other => panic!("not an audit record: {other:?}"),
+        }
+    }
 
     #[test]
     fn replica_hosts_are_the_host_part_of_agent_addresses() {

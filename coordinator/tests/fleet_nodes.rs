@@ -571,6 +571,37 @@ async fn jobs_flow_through_sync_and_reports_fenced_by_epoch_and_attempt() -> any
     );
     assert!(secret_assignment.launch_error.is_empty());
     assert!(!secret_assignment.env.contains_key("WANDB_API_KEY"));
+    // The release is on record once: which job, attempt, node, secret and version; answering the same
+    // assignment again (the agent's next poll) does not record it again.
+    let releases = || {
+        fx.handle.read(|s| {
+            s.audit_records()
+                .iter()
+                .filter(|r| r.action == "secret.release")
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+    };
+    let recorded = releases();
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0].target, "job_secret");
+    assert_eq!(recorded[0].project.as_deref(), Some(project.as_str()));
+    assert!(
+        recorded[0].detail.starts_with("attempt=1 replica=0 node=")
+            && recorded[0].detail.ends_with("secrets=wandb@v1"),
+        "{}",
+        recorded[0].detail
+    );
+    let again: pb::SyncResponse = client
+        .call_message(
+            &addr,
+            Method::AgentSync,
+            &sync(u64::MAX, 0, ack.lease_epoch),
+            call,
+        )
+        .await?;
+    assert!(again.assignments.iter().any(|a| a.job_id == "job_secret"));
+    assert_eq!(releases().len(), 1, "released again without a new record");
     let stored = fx
         .handle
         .read(|s| serde_json::to_string(&s.job(&project, "job_secret").cloned()))?;

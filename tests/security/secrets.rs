@@ -44,6 +44,15 @@ impl World {
         }
     }
 
+    /// The trainer's principal id.
+    fn trainer_principal(&self) -> String {
+        let (_, me) = self.as_(&self.trainer, "GET", "/v1/whoami", None);
+        me["principal"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     fn as_(&self, token: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
         self.dev.request(method, path, Some(token), None, body)
     }
@@ -167,6 +176,10 @@ fn an_editor_naming_a_job_like_a_bound_job_gets_no_secret() {
         !out.contains(SECRET),
         "the secret reached a job named like the bound one"
     );
+    assert!(
+        w.audited("secret.release", "success").is_empty(),
+        "nothing was released"
+    );
 }
 
 #[test]
@@ -216,4 +229,45 @@ fn a_principal_without_the_use_right_is_refused() {
         })),
     );
     assert_eq!(status, 201, "{job}");
+}
+
+#[test]
+fn every_release_of_a_secret_to_an_agent_is_audited_once() {
+    let w = World::new();
+    let (status, job) = w.as_(
+        &w.trainer,
+        "POST",
+        "/v1/jobs",
+        Some(&json!({
+            "name": "train-prod",
+            "command": "sleep",
+            "args": ["1"],
+            "secrets": { "TOKEN": "prod-token" },
+        })),
+    );
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_str().expect("job id").to_owned();
+    assert_eq!(job["principal_id"], json!(w.trainer_principal()), "{job}");
+    let done = w.finished(&w.trainer, &id);
+    assert_eq!(done["state"], json!("succeeded"), "{done}");
+    // The agent polled its assignments several times while the job ran; the release is recorded once,
+    // naming the job, attempt, node, secret and version, before the agent got the value.
+    let releases = w.audited("secret.release", "success");
+    assert_eq!(releases.len(), 1, "{releases:?}");
+    let r = &releases[0];
+    assert_eq!(r["target"], json!(id));
+    let detail = r["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.starts_with("attempt=1 replica=0 node=local/dev/dev")
+            && detail.ends_with("secrets=prod-token@v1"),
+        "{detail}"
+    );
+    assert!(
+        !r.to_string().contains(SECRET),
+        "the record names, never shows"
+    );
+    // The platform-admin's audit verify still holds.
+    let (status, verified) = w.as_(&w.dev.token, "GET", "/v1/audit/verify", None);
+    assert_eq!(status, 200);
+    assert_eq!(verified["ok"], json!(true), "{verified}");
 }

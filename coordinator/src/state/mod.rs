@@ -205,7 +205,8 @@ pub enum Op {
     /// Master-key rotation: replaces every project's wrapped data key. The map must name exactly the
     /// current projects (all-or-nothing).
     RewrapDataKeys { keys: BTreeMap<String, WrappedKey> },
-    /// Records an attempt the API refused before proposing anything (e.g. a denied cross-project read).
+    /// Records an attempt the API refused before proposing anything (e.g. a denied cross-project read), or
+    /// an event that changes no state but must be on record (`secret.release`: secrets handed to an agent).
     RecordAudit {
         action: String,
         project: Option<String>,
