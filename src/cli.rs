@@ -634,6 +634,10 @@ pub struct JobRunArgs {
     /// bound to you (`meridian secret put NAME --bind principal:<your id>` or `principal:<id>/job:<pattern>`).
     #[arg(long = "secret", value_name = "VAR=SECRET", value_parser = key_value_arg)]
     pub secrets: Vec<(String, String)>,
+    /// Also pass the --secret values as environment variables VAR (by default they reach the job only as
+    /// files readable by it).
+    #[arg(long, requires = "secrets")]
+    pub secret_env: bool,
     /// Time between SIGTERM and SIGKILL when the job is cancelled (default 10s).
     #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
     pub cancel_grace: Option<u64>,

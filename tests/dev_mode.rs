@@ -282,6 +282,7 @@ fn dev_tour_and_restart_keeps_state() {
             "--wait",
             "--secret",
             "API_TOKEN=api-token",
+            "--secret-env",
             "--",
             "sh",
             "-c",

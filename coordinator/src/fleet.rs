@@ -678,7 +678,7 @@ fn assignment(state: &RegistryState, job: &JobRecord, attempt: &Attempt) -> pb::
         secret_env: HashMap::new(),
         launch_error: String::new(),
         network: String::new(),
-        secrets_in_env: true,
+        secrets_in_env: spec.secrets_env,
     }
 }
 

@@ -570,6 +570,10 @@ async fn jobs_flow_through_sync_and_reports_fenced_by_epoch_and_attempt() -> any
         Some("hunter2")
     );
     assert!(secret_assignment.launch_error.is_empty());
+    assert!(
+        !secret_assignment.secrets_in_env,
+        "files only unless the job asked for its environment"
+    );
     assert!(!secret_assignment.env.contains_key("WANDB_API_KEY"));
     // The release is on record once: which job, attempt, node, secret and version; answering the same
     // assignment again (the agent's next poll) does not record it again.

@@ -361,6 +361,7 @@ fn job(j: JobView) -> pb::Job {
         data_locality_cluster: locality_cluster,
         replicas: j.replicas,
         principal_id: j.principal_id.unwrap_or_default(),
+        secrets_env: j.secrets_env,
     }
 }
 
@@ -404,6 +405,7 @@ fn submission(r: pb::SubmitJobRequest) -> SubmitJobRequest {
         timeout_secs: (r.timeout_secs > 0).then_some(r.timeout_secs),
         cancel_grace_secs: r.cancel_grace_secs,
         secrets: r.secrets.into_iter().collect(),
+        secrets_env: r.secrets_env,
         replicas: (r.replicas > 0).then_some(u64::from(r.replicas)),
     }
 }

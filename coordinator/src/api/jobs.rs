@@ -85,9 +85,12 @@ pub(crate) struct SubmitJobRequest {
     pub(crate) timeout_secs: Option<u64>,
     #[serde(default)]
     pub(crate) cancel_grace_secs: Option<u64>,
-    /// Environment variable → project secret bound to the job (`job:*` or `job:<name>`).
+    /// Environment variable → project secret bound to the submitting principal.
     #[serde(default)]
     pub(crate) secrets: BTreeMap<String, String>,
+    /// Also pass the secrets as environment variables (they always arrive as files).
+    #[serde(default)]
+    pub(crate) secrets_env: bool,
 }
 
 /// `resources` of a submission: `cpu` in cores (`0.5`, `"2"`, `"500m"`) or `cpu_millis`; `memory` as bytes
@@ -245,6 +248,8 @@ pub(crate) struct JobView {
     pub(crate) cancel_grace_secs: u64,
     /// Environment variable → secret name (names only, never values).
     pub(crate) secrets: BTreeMap<String, String>,
+    /// The secrets are also passed as environment variables (they always arrive as files).
+    pub(crate) secrets_env: bool,
     /// Node key, region and cluster of the current or last attempt (its replica 0 for a gang).
     pub(crate) node: Option<String>,
     pub(crate) region: Option<String>,
@@ -292,6 +297,7 @@ impl From<&JobRecord> for JobView {
             timeout_secs: spec.timeout_secs,
             cancel_grace_secs: spec.cancel_grace_secs,
             secrets: spec.secrets.clone(),
+            secrets_env: spec.secrets_env,
             node: last.map(|a| a.node.clone()),
             region: last.map(|a| a.region.clone()),
             cluster: last.map(|a| a.cluster.clone()),
@@ -724,6 +730,10 @@ pub(crate) fn job_spec(req: SubmitJobRequest) -> Result<JobSpec, ServiceError> {
         spec.cancel_grace_secs = grace;
     }
     spec.secrets = req.secrets.clone();
+    if req.secrets_env && spec.secrets.is_empty() {
+        return Err(invalid("secrets_env", "needs secrets to pass"));
+    }
+    spec.secrets_env = req.secrets_env;
     // The limits every replica enforces (sizes, NUL bytes): the same rule, checked before proposing.
     spec.validate()?;
     Ok(spec)
@@ -1001,6 +1011,30 @@ mod tests {
         let e = job_spec(body(v)).expect_err("invalid");
         assert_eq!(e.kind, ErrorKind::InvalidArgument);
         e.message.split(':').next().unwrap_or_default().to_owned()
+    }
+
+    #[test]
+    fn secrets_reach_the_environment_only_when_asked() {
+        let files = job_spec(body(serde_json::json!({
+            "command": "true", "secrets": {"TOKEN": "api-token"}
+        })))
+        .expect("valid");
+        assert!(!files.secrets_env, "files only by default");
+        let env = job_spec(body(serde_json::json!({
+            "command": "true", "secrets": {"TOKEN": "api-token"}, "secrets_env": true
+        })))
+        .expect("valid");
+        assert!(env.secrets_env);
+        assert_eq!(
+            field_of(serde_json::json!({"command": "true", "secrets_env": true})),
+            "secrets_env"
+        );
+        // Older specs (no field) read as files only, and a spec without it serializes as before.
+        let old: JobSpec = serde_json::from_str(r#"{"command":"true"}"#).expect("old spec");
+        assert!(!old.secrets_env);
+        assert!(!serde_json::to_string(&old)
+            .expect("serializes")
+            .contains("secrets_env"));
     }
 
     #[test]

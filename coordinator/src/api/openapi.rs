@@ -461,6 +461,7 @@ fn schemas() -> Value {
             ("pending_reason", nullable(string())),
             ("cancel_requested", boolean()),
             ("exit_code", nullable(signed())),
+            ("secrets_env", boolean()),
             ("created_by", string()),
             (
                 "principal_id",
@@ -546,6 +547,11 @@ fn schemas() -> Value {
                 "secrets",
                 json!({ "type": "object", "additionalProperties": { "type": "string" },
                         "description": "Environment variable name → project secret. Needs use-secrets; each secret must be bound to the submitting principal (principal:ID, or principal:ID/job:PATTERN matching the job's name)." }),
+            ),
+            (
+                "secrets_env",
+                json!({ "type": "boolean", "default": false,
+                        "description": "Also pass the secrets as environment variables; by default they reach the job only as files readable by it." }),
             ),
         ],
     );

@@ -221,6 +221,15 @@ pub struct JobSpec {
     /// its node's agent.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, String>,
+    /// Also hand the secrets to the process as environment variables. Secrets always reach the job as
+    /// files readable only by it; the environment (visible to everything the job starts and easily logged)
+    /// is its explicit choice.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub secrets_env: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl JobSpec {
@@ -244,6 +253,7 @@ impl JobSpec {
             timeout_secs: None,
             cancel_grace_secs: default_cancel_grace_secs(),
             secrets: BTreeMap::new(),
+            secrets_env: false,
         }
     }
 
