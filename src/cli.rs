@@ -434,7 +434,14 @@ secret-user or project-admin role). A job's name alone never selects a secret.")
         client: ClientArgs,
     },
     /// Re-wrap every project's data key with the current master key (platform-admin).
-    Rewrap(ClientOnly),
+    Rewrap {
+        /// Also replace every project's data key and re-encrypt every secret version under the new ones,
+        /// in one replicated command.
+        #[arg(long)]
+        new_data_keys: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -17,7 +17,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::state::{SealedValue, WrappedKey};
+use crate::state::{ResealedVersion, SealedValue, WrappedKey};
 
 /// Every API token starts with this.
 pub const TOKEN_PREFIX: &str = "mrd_";
@@ -482,6 +482,49 @@ pub fn rewrap_all(
         .collect()
 }
 
+/// Every project's secrets (project id → secret name → versions) as stored, for [`reseal_all`].
+pub type SealedSecrets = BTreeMap<String, BTreeMap<String, Vec<ResealedVersion>>>;
+
+/// Fresh data keys for every project (wrapped by the current master key) and every secret version sealed
+/// again under its project's new key (the payload of `Op::ReplaceDataKeys`). Fails if any old data key or
+/// version cannot be opened, so nothing is left behind under an old key.
+pub fn reseal_all(
+    ring: &MasterKeyring,
+    keys: &BTreeMap<String, WrappedKey>,
+    secrets: &SealedSecrets,
+    rng: &mut impl RngCore,
+) -> Result<(BTreeMap<String, WrappedKey>, SealedSecrets), CryptoError> {
+    let mut new_keys = BTreeMap::new();
+    let mut resealed = BTreeMap::new();
+    for (project_id, wrapped) in keys {
+        let old = unwrap_data_key(ring, wrapped)?;
+        let new = new_data_key(rng);
+        new_keys.insert(project_id.clone(), wrap_data_key(ring, &new, rng));
+        let Some(by_name) = secrets.get(project_id) else {
+            continue;
+        };
+        let mut project_secrets = BTreeMap::new();
+        for (name, versions) in by_name {
+            let mut out = Vec::with_capacity(versions.len());
+            for v in versions {
+                let aad = SecretAad {
+                    project_id,
+                    name,
+                    version: v.version,
+                };
+                let plain = decrypt_secret(&old, &v.sealed, aad)?;
+                out.push(ResealedVersion {
+                    version: v.version,
+                    sealed: encrypt_secret(&new, &plain, aad, rng),
+                });
+            }
+            project_secrets.insert(name.clone(), out);
+        }
+        resealed.insert(project_id.clone(), project_secrets);
+    }
+    Ok((new_keys, resealed))
+}
+
 /// Seals a secret value under a project's data key, bound to `aad`.
 pub fn encrypt_secret(
     key: &DataKey,
@@ -883,5 +926,76 @@ mod tests {
         );
         // A ring missing the old key cannot rewrap.
         assert!(rewrap_all(&after, &keys, &mut r).is_err());
+    }
+
+    #[test]
+    fn replacing_data_keys_reseals_every_version_under_the_new_key() {
+        let mut r = rng(9);
+        let before = ring(&[("k1", 1)]);
+        let old_key = new_data_key(&mut r);
+        let wrapped = wrap_data_key(&before, &old_key, &mut r);
+        let aad = |version| SecretAad {
+            project_id: "prj_a",
+            name: "db",
+            version,
+        };
+        let v1 = encrypt_secret(&old_key, b"one", aad(1), &mut r);
+        let v2 = encrypt_secret(&old_key, b"two", aad(2), &mut r);
+        let keys: BTreeMap<String, WrappedKey> = [
+            ("prj_a".to_owned(), wrapped.clone()),
+            (
+                "prj_b".to_owned(),
+                wrap_data_key(&before, &new_data_key(&mut r), &mut r),
+            ),
+        ]
+        .into();
+        let sealed: SealedSecrets = [(
+            "prj_a".to_owned(),
+            [(
+                "db".to_owned(),
+                vec![
+                    ResealedVersion {
+                        version: 1,
+                        sealed: v1.clone(),
+                    },
+                    ResealedVersion {
+                        version: 2,
+                        sealed: v2,
+                    },
+                ],
+            )]
+            .into(),
+        )]
+        .into();
+        let during = ring(&[("k1", 1), ("k2", 2)]);
+        let (new_keys, resealed) = reseal_all(&during, &keys, &sealed, &mut r).expect("reseals");
+        assert_eq!(new_keys.len(), 2);
+        assert_eq!(new_keys["prj_a"].master_key_id, "k2");
+        let after = ring(&[("k2", 2)]);
+        let new_key = unwrap_data_key(&after, &new_keys["prj_a"]).expect("new key opens");
+        assert_ne!(
+            new_key.0, old_key.0,
+            "a fresh data key, not the old one re-wrapped"
+        );
+        let versions = &resealed["prj_a"]["db"];
+        assert_eq!(versions.len(), 2);
+        for (v, plain) in versions.iter().zip([&b"one"[..], &b"two"[..]]) {
+            assert_eq!(
+                decrypt_secret(&new_key, &v.sealed, aad(v.version)).as_deref(),
+                Ok(plain)
+            );
+            assert_eq!(
+                decrypt_secret(&old_key, &v.sealed, aad(v.version)),
+                Err(CryptoError::Decrypt),
+                "the old data key opens nothing any more"
+            );
+        }
+        assert_ne!(versions[0].sealed, v1);
+        // A version that does not open under its project's key stops the whole replacement.
+        let mut broken = sealed.clone();
+        if let Some(db) = broken.get_mut("prj_a").and_then(|p| p.get_mut("db")) {
+            db[1].sealed = v1;
+        }
+        assert!(reseal_all(&during, &keys, &broken, &mut r).is_err());
     }
 }

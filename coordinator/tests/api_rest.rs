@@ -796,6 +796,45 @@ async fn secret_values_never_come_back() -> anyhow::Result<()> {
     assert_eq!(rewrap.status, 200, "{:?}", rewrap.body);
     assert_eq!(rewrap.body["projects"], json!(2));
     assert_eq!(rewrap.str("/master_key_id"), "mk1");
+    assert_eq!(rewrap.body["new_data_keys"], json!(false));
+
+    // Replacing the data keys re-encrypts every version under a fresh key, in one command.
+    let replaced = api
+        .post("/v1/secrets:rewrap?new_data_keys=true")
+        .send()
+        .await?;
+    assert_eq!(replaced.status, 200, "{:?}", replaced.body);
+    assert_eq!(replaced.body["new_data_keys"], json!(true));
+    assert_eq!(replaced.body["secret_versions"], json!(2));
+    let (after, new_wrapped) = api.handle.read(|s| {
+        let scope = s.project_scope(&project_id);
+        (
+            scope.secret("stripe-key").cloned(),
+            scope.data_key().cloned(),
+        )
+    });
+    let after = after.context("secret")?;
+    let new_key =
+        coordinator::crypto::unwrap_data_key(&api.keyring, &new_wrapped.context("data key")?)?;
+    assert_ne!(after.versions[0].sealed, stored.versions[0].sealed);
+    assert_eq!(
+        coordinator::crypto::decrypt_secret(&new_key, &after.versions[0].sealed, aad)?,
+        value.as_bytes()
+    );
+    assert!(
+        coordinator::crypto::decrypt_secret(&data_key, &after.versions[0].sealed, aad).is_err(),
+        "the old data key opens nothing"
+    );
+    let bad_flag = api
+        .post("/v1/secrets:rewrap?new_data_keys=maybe")
+        .send()
+        .await?;
+    assert_eq!(bad_flag.status, 400, "{:?}", bad_flag.body);
+    assert!(
+        bad_flag.error_message().contains("new_data_keys"),
+        "{}",
+        bad_flag.error_message()
+    );
 
     // Bindings name who may use the secret: job-name selectors, malformed ones and principals that do not
     // act in the project are refused, naming the field.

@@ -208,10 +208,18 @@ pub async fn secret(cmd: SecretCommand) -> Result<(), ClientError> {
                 .await?;
             done(&client, &format!("deleted secret {name}"));
         }
-        SecretCommand::Rewrap(c) => {
-            let api = ApiClient::from_args(&c.client)?;
-            let v = api.post("/v1/secrets:rewrap", json!({})).await?;
-            output::object(c.client.output, &v);
+        SecretCommand::Rewrap {
+            new_data_keys,
+            client,
+        } => {
+            let api = ApiClient::from_args(&client)?;
+            let path = if new_data_keys {
+                "/v1/secrets:rewrap?new_data_keys=true"
+            } else {
+                "/v1/secrets:rewrap"
+            };
+            let v = api.post(path, json!({})).await?;
+            output::object(client.output, &v);
         }
     }
     Ok(())

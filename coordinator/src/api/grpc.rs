@@ -755,12 +755,16 @@ impl pb::secret_service_server::SecretService for GrpcAdmin {
         request: Request<pb::RewrapSecretsRequest>,
     ) -> GrpcResult<pb::RewrapSecretsResponse> {
         let scope = scope_of(&request)?;
-        answer(self.service.rewrap_secrets(&scope).await, |r| {
-            pb::RewrapSecretsResponse {
+        let new_data_keys = request.get_ref().new_data_keys;
+        answer(
+            self.service.rewrap_secrets(&scope, new_data_keys).await,
+            |r| pb::RewrapSecretsResponse {
                 projects: r.projects,
                 master_key_id: r.master_key_id,
-            }
-        })
+                new_data_keys: r.new_data_keys,
+                secret_versions: r.secret_versions,
+            },
+        )
     }
 }
 

@@ -718,7 +718,12 @@ fn schemas() -> Value {
             ("bindings", json!({ "type": "array", "nullable": true, "items": { "type": "string" },
                 "description": "Who may use the secret: principal:ID (jobs that principal or service account submits) or principal:ID/job:PATTERN (only those whose name matches; * is any run of characters). Absent: keep the current bindings." })),
         ]),
-        "RewrapResult": object(&["projects", "master_key_id"], &[("projects", integer()), ("master_key_id", string())]),
+        "RewrapResult": object(&["projects", "master_key_id", "new_data_keys", "secret_versions"], &[
+            ("projects", integer()),
+            ("master_key_id", string()),
+            ("new_data_keys", boolean()),
+            ("secret_versions", integer()),
+        ]),
         "ClusterMember": member,
         "ClusterMemberList": list_of("ClusterMember"),
         "AddClusterMemberRequest": object(&["id", "name", "raft_addr", "admin_addr"], &[

@@ -268,6 +268,30 @@ pub(crate) struct AuditVerification {
 pub(crate) struct RewrapResult {
     pub(crate) projects: u64,
     pub(crate) master_key_id: String,
+    /// The data keys were replaced (not only re-wrapped) and every secret version re-encrypted.
+    pub(crate) new_data_keys: bool,
+    /// Secret versions re-encrypted (0 for a plain re-wrap).
+    pub(crate) secret_versions: u64,
+}
+
+/// Query of `POST /v1/secrets:rewrap`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct RewrapQuery {
+    /// Replace the data keys and re-encrypt every secret version, not only re-wrap the keys.
+    #[serde(default, deserialize_with = "query_bool")]
+    pub(crate) new_data_keys: bool,
+}
+
+/// A query-string boolean: `true`/`false`/`1`/`0`; empty or absent is false.
+fn query_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    let raw: Option<String> = Option::deserialize(d)?;
+    match raw.as_deref().map(str::trim) {
+        None | Some("") | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(t) => Err(serde::de::Error::custom(format!(
+            "must be true or false, not {t:?}"
+        ))),
+    }
 }
 
 /// A registered node as operators see it: resources, GPUs, labels, the allocated GPUs that sit idle,
@@ -1385,29 +1409,57 @@ impl AdminService {
         self.write(scope, op).await.map(|_| ())
     }
 
+    /// Master-key rotation: re-wraps every project's data key with the current master key, or with
+    /// `new_data_keys` replaces the data keys themselves and re-encrypts every secret version under them,
+    /// in one replicated command either way.
     pub(crate) async fn rewrap_secrets(
         &self,
         scope: &RequestScope,
+        new_data_keys: bool,
     ) -> Result<RewrapResult, ServiceError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             self.consistent().await?;
-            let keys = self.inner.handle.read(|s| s.data_keys());
-            let rewrapped =
-                crypto::rewrap_all(&self.inner.keyring, &keys, &mut OsRng).map_err(crypto_error)?;
-            match self
-                .write(scope, Op::RewrapDataKeys { keys: rewrapped })
-                .await
-            {
+            let op = if new_data_keys {
+                let (keys, sealed) = self
+                    .inner
+                    .handle
+                    .read(|s| (s.data_keys(), s.sealed_versions()));
+                let (keys, secrets) =
+                    crypto::reseal_all(&self.inner.keyring, &keys, &sealed, &mut OsRng)
+                        .map_err(crypto_error)?;
+                Op::ReplaceDataKeys { keys, secrets }
+            } else {
+                let keys = self.inner.handle.read(|s| s.data_keys());
+                let keys = crypto::rewrap_all(&self.inner.keyring, &keys, &mut OsRng)
+                    .map_err(crypto_error)?;
+                Op::RewrapDataKeys { keys }
+            };
+            let master_key_id = self.inner.keyring.current_id().to_owned();
+            match self.write(scope, op).await {
                 Ok(Outcome::Rewrapped { projects }) => {
                     return Ok(RewrapResult {
                         projects,
-                        master_key_id: self.inner.keyring.current_id().to_owned(),
+                        master_key_id,
+                        new_data_keys: false,
+                        secret_versions: 0,
+                    })
+                }
+                Ok(Outcome::DataKeysReplaced {
+                    projects,
+                    secret_versions,
+                }) => {
+                    return Ok(RewrapResult {
+                        projects,
+                        master_key_id,
+                        new_data_keys: true,
+                        secret_versions,
                     })
                 }
                 Ok(other) => return Err(unexpected(other)),
-                // A project was created or deleted in between: the set must be complete, so read it again.
+                // A project or secret was created or deleted in between: the set must be complete, so read
+                // it again.
                 Err(e) if e.kind == ErrorKind::FailedPrecondition && attempt < RACE_ATTEMPTS => {
                     continue
                 }

@@ -41,7 +41,9 @@ pub use jobs::{
 pub use paging::{Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use scope::ProjectScope;
 pub(crate) use secrets::{validate_secret_name, validate_workload_binding, BINDING_SYNTAX};
-pub use secrets::{SealedValue, Secret, SecretBinding, SecretVersion, SecretView, WrappedKey};
+pub use secrets::{
+    ResealedVersion, SealedValue, Secret, SecretBinding, SecretVersion, SecretView, WrappedKey,
+};
 pub(crate) use tenancy::{validate_description, validate_id};
 pub use tenancy::{
     ApiKey, ApiKeyView, KeyLimits, KeyPrincipal, KeyState, Principal, PrincipalKind, Project,
@@ -289,6 +291,14 @@ pub enum Op {
     /// `finished_before` (Unix ms), oldest first. Each job's usage is folded into its project's per-hour
     /// archive before the job goes. Running and pending jobs are never touched. Platform-level.
     PurgeJobs { finished_before: u64, max: u32 },
+    /// Master-key rotation that also replaces the data keys: every project gets the fresh data key in
+    /// `keys` (wrapped by the current master key), and every stored version of every secret is replaced by
+    /// its re-encryption under it in `secrets` (project id → secret name → versions). All-or-nothing: the
+    /// maps must name exactly the current projects, secrets and versions.
+    ReplaceDataKeys {
+        keys: BTreeMap<String, WrappedKey>,
+        secrets: BTreeMap<String, BTreeMap<String, Vec<ResealedVersion>>>,
+    },
 }
 
 /// What a successfully applied command produced.
@@ -342,6 +352,8 @@ pub enum Outcome {
     JobEvents { acks: Vec<EventAck> },
     /// How many finished jobs a purge forgot.
     JobsPurged { purged: u32 },
+    /// Data keys were replaced for this many projects, and this many secret versions re-encrypted.
+    DataKeysReplaced { projects: u64, secret_versions: u64 },
 }
 
 /// Why a committed command was refused by the domain (the entry is still committed; state is unchanged
@@ -538,6 +550,7 @@ impl Op {
             Op::ReportJobEvents { node, .. } => s("job.report", None, node),
             Op::SetIdleGpus { node, .. } => s("node.idle_gpus", None, node),
             Op::PurgeJobs { .. } => s("job.purge", None, "janitor"),
+            Op::ReplaceDataKeys { .. } => s("secret.rewrap", None, "data-keys+secrets"),
         }
     }
 }
@@ -788,6 +801,7 @@ impl RegistryState {
                 finished_before,
                 max,
             } => Ok(self.purge_jobs(*finished_before, *max)),
+            Op::ReplaceDataKeys { keys, secrets } => self.replace_data_keys(keys, secrets),
         }
     }
 

@@ -49,6 +49,13 @@ impl std::fmt::Debug for SealedValue {
     }
 }
 
+/// One version of a secret sealed again under a project's new data key (`Op::ReplaceDataKeys`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResealedVersion {
+    pub version: u32,
+    pub sealed: SealedValue,
+}
+
 /// One version of a secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretVersion {
@@ -363,6 +370,117 @@ impl RegistryState {
             },
             format!("projects={} master_keys={}", keys.len(), ids.join(",")),
         ))
+    }
+
+    pub(crate) fn replace_data_keys(
+        &mut self,
+        keys: &BTreeMap<String, WrappedKey>,
+        secrets: &BTreeMap<String, BTreeMap<String, Vec<ResealedVersion>>>,
+    ) -> Result<Applied, DomainError> {
+        let changed = || {
+            DomainError::FailedPrecondition(
+                "projects or secrets changed while the data keys were replaced; retry".to_owned(),
+            )
+        };
+        let current: BTreeSet<&String> = self.projects.keys().collect();
+        if current != keys.keys().collect::<BTreeSet<_>>() {
+            return Err(changed());
+        }
+        for (project_id, key) in keys {
+            validate_id("project_id", project_id)?;
+            validate_wrapped_key("keys", key)?;
+        }
+        // Exactly the stored secrets and versions, each sealed afresh: nothing may be left under an old key.
+        let stored: BTreeSet<(&String, &String, u32)> = self
+            .secrets
+            .iter()
+            .flat_map(|(p, by_name)| {
+                by_name
+                    .iter()
+                    .flat_map(move |(n, s)| s.versions.iter().map(move |v| (p, n, v.version)))
+            })
+            .collect();
+        let given: BTreeSet<(&String, &String, u32)> = secrets
+            .iter()
+            .flat_map(|(p, by_name)| {
+                by_name
+                    .iter()
+                    .flat_map(move |(n, vs)| vs.iter().map(move |v| (p, n, v.version)))
+            })
+            .collect();
+        let count: usize = secrets
+            .values()
+            .flat_map(BTreeMap::values)
+            .map(Vec::len)
+            .sum();
+        if stored != given || count != given.len() {
+            return Err(changed());
+        }
+        for v in secrets.values().flat_map(BTreeMap::values).flatten() {
+            validate_sealed(&v.sealed)?;
+        }
+        for (project_id, key) in keys {
+            if let Some(project) = self.projects.get_mut(project_id) {
+                project.data_key = key.clone();
+            }
+        }
+        for (project_id, by_name) in secrets {
+            for (name, versions) in by_name {
+                let Some(secret) = self
+                    .secrets
+                    .get_mut(project_id)
+                    .and_then(|s| s.get_mut(name))
+                else {
+                    continue;
+                };
+                for resealed in versions {
+                    if let Some(v) = secret
+                        .versions
+                        .iter_mut()
+                        .find(|v| v.version == resealed.version)
+                    {
+                        v.sealed = resealed.sealed.clone();
+                    }
+                }
+            }
+        }
+        let master_ids: BTreeSet<&str> = keys.values().map(|k| k.master_key_id.as_str()).collect();
+        let ids: Vec<&str> = master_ids.into_iter().collect();
+        Ok(Applied::new(
+            Outcome::DataKeysReplaced {
+                projects: keys.len() as u64,
+                secret_versions: count as u64,
+            },
+            format!(
+                "projects={} secret_versions={count} master_keys={} new_data_keys=true",
+                keys.len(),
+                ids.join(",")
+            ),
+        ))
+    }
+
+    /// Every stored secret version, by project and name (for re-encryption under new data keys).
+    pub fn sealed_versions(&self) -> BTreeMap<String, BTreeMap<String, Vec<ResealedVersion>>> {
+        self.secrets
+            .iter()
+            .map(|(p, by_name)| {
+                let by_name = by_name
+                    .iter()
+                    .map(|(n, s)| {
+                        let versions = s
+                            .versions
+                            .iter()
+                            .map(|v| ResealedVersion {
+                                version: v.version,
+                                sealed: v.sealed.clone(),
+                            })
+                            .collect();
+                        (n.clone(), versions)
+                    })
+                    .collect();
+                (p.clone(), by_name)
+            })
+            .collect()
     }
 
     /// A project's wrapped data key.
