@@ -131,7 +131,10 @@ pub fn prepare(args: &DevArgs) -> anyhow::Result<CoordinatorConfig> {
     let keyring = dir.join("master.keys");
     if !keyring.exists() {
         let line = coordinator::crypto::MasterKeyring::generate_line(&mut rand::rngs::OsRng);
-        write_private(&keyring, &format!("{line}\n"))?;
+        write_private(
+            &keyring,
+            &zeroize::Zeroizing::new(format!("{}\n", line.as_str())),
+        )?;
     }
 
     Ok(CoordinatorConfig {

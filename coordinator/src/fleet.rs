@@ -17,6 +17,7 @@ use protocol::pb;
 use protocol::rpc::{decode_message, encode_message, CallContext, RpcStatus};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use zeroize::Zeroize;
 
 use crate::crypto::{self, MasterKeyring};
 use crate::node::{Handle, WeakHandle, WriteError};
@@ -394,10 +395,16 @@ impl Fleet {
             let remaining = until.saturating_duration_since(Instant::now());
             if version != req.version || remaining.is_zero() {
                 self.audit_releases(&handle, &ctx, releases, until).await?;
-                return Ok(encode_message(&pb::SyncResponse {
+                let mut answer = pb::SyncResponse {
                     version,
                     assignments,
-                }));
+                };
+                let encoded = encode_message(&answer);
+                // The values now live only in the encoded answer; wipe the decoded copies.
+                for a in &mut answer.assignments {
+                    a.secret_env.values_mut().for_each(Zeroize::zeroize);
+                }
+                return Ok(encoded);
             }
             // Wait for the next applied entry (or the end of the poll), then look again.
             let _ = handle
@@ -630,9 +637,11 @@ fn open_job_secrets(
         };
         let plain = crypto::decrypt_secret(&data_key, &latest.sealed, aad)
             .map_err(|e| format!("secret {name} could not be opened: {e}"))?;
-        let value = String::from_utf8(plain).map_err(|_| {
-            format!("secret {name} is not UTF-8 text, so it cannot be an env value")
-        })?;
+        let value = std::str::from_utf8(&plain)
+            .map(str::to_owned)
+            .map_err(|_| {
+                format!("secret {name} is not UTF-8 text, so it cannot be an env value")
+            })?;
         values.insert(var.clone(), value);
         versions.push((name.clone(), latest.version));
     }

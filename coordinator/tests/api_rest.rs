@@ -790,7 +790,7 @@ async fn secret_values_never_come_back() -> anyhow::Result<()> {
         version: 1,
     };
     let plain = coordinator::crypto::decrypt_secret(&data_key, &stored.versions[0].sealed, aad)?;
-    assert_eq!(plain, value.as_bytes());
+    assert_eq!(plain.as_slice(), value.as_bytes());
 
     let rewrap = api.post("/v1/secrets:rewrap").send().await?;
     assert_eq!(rewrap.status, 200, "{:?}", rewrap.body);
@@ -818,7 +818,7 @@ async fn secret_values_never_come_back() -> anyhow::Result<()> {
         coordinator::crypto::unwrap_data_key(&api.keyring, &new_wrapped.context("data key")?)?;
     assert_ne!(after.versions[0].sealed, stored.versions[0].sealed);
     assert_eq!(
-        coordinator::crypto::decrypt_secret(&new_key, &after.versions[0].sealed, aad)?,
+        coordinator::crypto::decrypt_secret(&new_key, &after.versions[0].sealed, aad)?.as_slice(),
         value.as_bytes()
     );
     assert!(

@@ -573,11 +573,11 @@ impl pb::key_service_server::KeyService for GrpcAdmin {
             roles: (!r.roles.is_empty()).then_some(r.roles),
             project_scoped: r.project_scoped,
         };
-        answer(self.service.create_key(&scope, req).await, |k| {
+        answer(self.service.create_key(&scope, req).await, |mut k| {
             pb::CreateKeyResponse {
-                token: k.token,
-                key: Some(api_key(k.key)),
-                principal: Some(principal(k.principal)),
+                token: std::mem::take(&mut k.token),
+                key: Some(api_key(k.key.clone())),
+                principal: Some(principal(k.principal.clone())),
             }
         })
     }

@@ -127,6 +127,12 @@ pub(crate) struct PutSecretRequest {
     pub(crate) bindings: Option<Vec<String>>,
 }
 
+impl Drop for PutSecretRequest {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.value);
+    }
+}
+
 impl std::fmt::Debug for PutSecretRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PutSecretRequest")
@@ -228,6 +234,12 @@ pub(crate) struct CreatedKey {
     pub(crate) key: ApiKeyView,
     pub(crate) principal: Principal,
     pub(crate) binding: Option<RoleBindingView>,
+}
+
+impl Drop for CreatedKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.token);
+    }
 }
 
 impl std::fmt::Debug for CreatedKey {
@@ -1005,7 +1017,7 @@ impl AdminService {
                 binding,
             } => Ok(CreatedKey {
                 id: key.id.clone(),
-                token: token.token,
+                token: token.token.to_string(),
                 key,
                 principal,
                 binding: binding.as_ref().map(RoleBindingView::from),

@@ -93,7 +93,9 @@ pub async fn start_with(setup: Setup) -> anyhow::Result<TestApi> {
     let mut key = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut key);
     let keyring = Arc::new(MasterKeyring::from_entries([("mk1".to_owned(), key)])?);
-    let admin_token = coordinator::crypto::generate_token(&mut rand::rngs::OsRng).token;
+    let admin_token = coordinator::crypto::generate_token(&mut rand::rngs::OsRng)
+        .token
+        .to_string();
     coordinator::bootstrap::propose(&handle, &keyring, &admin_token)
         .await
         .context("bootstrapping")?;
