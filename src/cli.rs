@@ -490,18 +490,36 @@ meridian project policy set batch --preemption-ceiling 10   # may evict other pr
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
     /// Create an API key (with a new service account bound to ROLE); the token is shown once.
-    #[command(
-        after_help = "Example:\n  meridian key create ci --role editor --project vision --expires-in-days 30"
-    )]
+    #[command(after_help = "Examples:
+  meridian key create ci --role editor --project vision --expires-in 30d
+  meridian key create break-glass --principal sa_12ab --no-expiry      (platform-admin only)
+
+Keys expire: without --expires-in or --no-expiry, after the coordinator's [keys] default_ttl (90 days).
+You can only bind a role you hold yourself in the project, and only mint keys for principals you manage
+everywhere they are bound.")]
     Create {
         /// Key name.
         name: String,
-        /// Role of the key's service account in the project.
-        #[arg(long, default_value = "viewer")]
-        role: String,
-        /// Expire after this many days (default: never).
+        /// Role bound to the key's principal in the project (default: viewer for a new service account,
+        /// none for --principal).
         #[arg(long)]
-        expires_in_days: Option<u64>,
+        role: Option<String>,
+        /// A key for this existing principal instead of a new service account.
+        #[arg(long, value_name = "PRINCIPAL_ID")]
+        principal: Option<String>,
+        /// Expire after this long, e.g. 12h, 30d, 1d12h (default: the coordinator's default lifetime).
+        #[arg(long, value_name = "DURATION", value_parser = duration_arg, conflicts_with = "no_expiry")]
+        expires_in: Option<u64>,
+        /// Never expire (platform-admins only).
+        #[arg(long)]
+        no_expiry: bool,
+        /// Narrow the key to these roles (comma-separated): it grants only what they allow of the
+        /// principal's rights, e.g. --roles viewer for a read-only key of an admin.
+        #[arg(long, value_name = "ROLE,...", value_delimiter = ',')]
+        roles: Vec<String>,
+        /// The key acts only in the project it is created in (others answer "not found").
+        #[arg(long)]
+        project_only: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -545,16 +563,21 @@ pub enum RoleCommand {
 #[derive(Debug, Subcommand)]
 pub enum SecretCommand {
     /// Create or add a version of a secret; the value is read from stdin unless --value is given.
-    #[command(
-        after_help = "Example:\n  printf %s \"$S3_KEY\" | meridian secret put s3-key --bind job:*"
-    )]
+    #[command(after_help = "Examples:
+  printf %s \"$S3_KEY\" | meridian secret put s3-key --bind principal:sa_3kq9x0c2m4v7b1zd
+  printf %s \"$WANDB\" | meridian secret put wandb --bind 'principal:sa_3kq9x0c2m4v7b1zd/job:train-*'
+
+A binding names who may use the secret: jobs submitted by that principal (user or service account), or only
+those of its jobs whose name matches the pattern. The submitter also needs the use-secrets right (the
+secret-user or project-admin role). A job's name alone never selects a secret.")]
     Put {
         name: String,
         /// Value (prefer stdin so it stays out of shell history).
         #[arg(long)]
         value: Option<String>,
-        /// Workloads allowed to read it, e.g. job:* or deployment:fraud.
-        #[arg(long = "bind")]
+        /// Who may use it (repeatable): principal:ID or principal:ID/job:PATTERN. Without --bind the
+        /// current bindings are kept.
+        #[arg(long = "bind", value_name = "BINDING")]
         bindings: Vec<String>,
         #[command(flatten)]
         client: ClientArgs,
@@ -568,7 +591,14 @@ pub enum SecretCommand {
         client: ClientArgs,
     },
     /// Re-wrap every project's data key with the current master key (platform-admin).
-    Rewrap(ClientOnly),
+    Rewrap {
+        /// Also replace every project's data key and re-encrypt every secret version under the new ones,
+        /// in one replicated command.
+        #[arg(long)]
+        new_data_keys: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -816,10 +846,14 @@ pub struct JobRunArgs {
     /// Absolute working directory on the node (default: a fresh directory per attempt).
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<String>,
-    /// Pass a project secret as an environment variable: VAR=SECRET (repeatable). The secret must be bound
-    /// to the job (`meridian secret put NAME --bind 'job:*'` or `job:<name>`).
+    /// Pass a project secret to the job: VAR=SECRET (repeatable). Needs use-secrets, and the secret must be
+    /// bound to you (`meridian secret put NAME --bind principal:<your id>` or `principal:<id>/job:<pattern>`).
     #[arg(long = "secret", value_name = "VAR=SECRET", value_parser = key_value_arg)]
     pub secrets: Vec<(String, String)>,
+    /// Also pass the --secret values as environment variables VAR (by default they reach the job only as
+    /// files readable by it).
+    #[arg(long, requires = "secrets")]
+    pub secret_env: bool,
     /// Time between SIGTERM and SIGKILL when the job is cancelled (default 10s).
     #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
     pub cancel_grace: Option<u64>,

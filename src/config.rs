@@ -52,6 +52,7 @@ pub struct CoordinatorConfig {
     pub jobs: JobsSection,
     #[serde(default)]
     pub quotas: QuotasSection,
+    pub keys: KeysSection,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -334,6 +335,55 @@ impl JobsSection {
     }
 }
 
+/// `[keys]`: API keys the admin API creates.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysSection {
+    /// Lifetime of a key created without an explicit one: a duration such as `90d`, `12h` or `1d12h`, or
+    /// a number of seconds. A key that never expires must be asked for (platform-admins only).
+    #[serde(default = "default_key_ttl", deserialize_with = "duration_text")]
+    pub default_ttl: String,
+}
+
+impl Default for KeysSection {
+    fn default() -> Self {
+        Self {
+            default_ttl: default_key_ttl(),
+        }
+    }
+}
+
+impl KeysSection {
+    /// The default key lifetime (validated when the config was loaded).
+    pub fn default_ttl(&self) -> std::time::Duration {
+        coordinator::api::parse_duration_secs(&self.default_ttl)
+            .map(std::time::Duration::from_secs)
+            .unwrap_or(coordinator::api::DEFAULT_KEY_TTL)
+    }
+}
+
+fn default_key_ttl() -> String {
+    "90d".to_owned()
+}
+
+/// Longest default key lifetime: ten years.
+const MAX_KEY_TTL_SECS: u64 = 10 * 365 * 86_400;
+
+/// A duration written as text (`90d`) or as a number of seconds (what a `MERIDIAN_*` variable of digits
+/// becomes).
+fn duration_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        Seconds(u64),
+        Text(String),
+    }
+    Ok(match Text::deserialize(d)? {
+        Text::Seconds(n) => n.to_string(),
+        Text::Text(t) => t,
+    })
+}
+
 fn default_retain_finished_secs() -> u64 {
     coordinator::JobRetention::default()
         .retain_finished
@@ -415,6 +465,7 @@ const ENV_KEYS: &[&str] = &[
     "quotas.max_running_memory_bytes",
     "quotas.max_running_gpus",
     "quotas.max_spec_bytes",
+    "keys.default_ttl",
 ];
 
 /// The environment variable for a TOML path.
@@ -531,6 +582,19 @@ impl CoordinatorConfig {
                 field: "quotas".into(),
                 message: e.to_string(),
             });
+        }
+        match coordinator::api::parse_duration_secs(&self.keys.default_ttl) {
+            Ok(0) => return Err(invalid("keys.default_ttl", "must be positive")),
+            Ok(secs) if secs > MAX_KEY_TTL_SECS => {
+                return Err(invalid("keys.default_ttl", "at most 3650d"))
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Err(ConfigError::Invalid {
+                    field: "keys.default_ttl".into(),
+                    message: e.to_string(),
+                })
+            }
         }
         if !self.admin.tls && !self.admin.listen.ip().is_loopback() {
             return Err(invalid(
@@ -745,6 +809,29 @@ members = [{ id = 1, name = "c1", raft_addr = "127.0.0.1:7171", admin_addr = "12
             let err =
                 CoordinatorConfig::parse(SAMPLE, Path::new("t.toml"), &env).expect_err("refused");
             assert!(err.to_string().contains(field), "{name}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn keys_expire_after_a_configurable_default() {
+        let cfg =
+            CoordinatorConfig::parse(SAMPLE, Path::new("t.toml"), &BTreeMap::new()).expect("valid");
+        assert_eq!(cfg.keys.default_ttl().as_secs(), 90 * 86_400);
+
+        let text = format!("{SAMPLE}\n[keys]\ndefault_ttl = \"1d12h\"\n");
+        let cfg =
+            CoordinatorConfig::parse(&text, Path::new("t.toml"), &BTreeMap::new()).expect("valid");
+        assert_eq!(cfg.keys.default_ttl().as_secs(), 36 * 3_600);
+
+        let env = BTreeMap::from([("MERIDIAN_KEYS_DEFAULT_TTL".to_string(), "3600".to_string())]);
+        let cfg = CoordinatorConfig::parse(SAMPLE, Path::new("t.toml"), &env).expect("valid");
+        assert_eq!(cfg.keys.default_ttl().as_secs(), 3_600);
+
+        for bad in ["0", "0d", "soon", "4000d"] {
+            let env = BTreeMap::from([("MERIDIAN_KEYS_DEFAULT_TTL".to_string(), bad.to_string())]);
+            let err =
+                CoordinatorConfig::parse(SAMPLE, Path::new("t.toml"), &env).expect_err("refused");
+            assert!(err.to_string().contains("keys.default_ttl"), "{bad}: {err}");
         }
     }
 

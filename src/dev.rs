@@ -2,7 +2,8 @@
 //! auto-generated dev CA, all state in one directory.
 //!
 //! Layout of the directory: `certs/` (dev CA, coordinator and agent certificates), `master.keys` (secrets
-//! keyring), `coordinator/` (Raft log and snapshots), `agent/` (the agent's data), `admin.token` (mode 0600).
+//! keyring, unless `MERIDIAN_MASTER_KEY` provides it), `coordinator/` (Raft log and snapshots), `agent/` (the
+//! agent's data), `admin.token` (mode 0600).
 //! Starting again on the same directory reuses all of it; only the short-lived certificates are re-issued.
 
 use std::path::Path;
@@ -153,11 +154,24 @@ pub fn prepare(args: &DevArgs) -> anyhow::Result<CoordinatorConfig> {
         .write(&certs_dir.join("agent.pem"), &certs_dir.join("agent.key"))
         .context("writing the dev agent certificate")?;
 
-    let keyring = dir.join("master.keys");
-    if !keyring.exists() {
-        let line = coordinator::crypto::MasterKeyring::generate_line(&mut rand::rngs::OsRng);
-        write_private(&keyring, &format!("{line}\n"))?;
-    }
+    // MERIDIAN_MASTER_KEY, when set, is the keyring (taken out of the environment at start-up);
+    // otherwise `master.keys`, created on first start.
+    let master_key_file = match crate::master_key_env::master_key() {
+        Some(from_env) => {
+            crate::master_key_env::restore(from_env);
+            None
+        }
+        None => {
+            let keyring = dir.join("master.keys");
+            if !keyring.exists() {
+                let line =
+                    coordinator::crypto::MasterKeyring::generate_line(&mut rand::rngs::OsRng);
+                let text = zeroize::Zeroizing::new(format!("{}\n", line.as_str()));
+                write_private(&keyring, &text)?;
+            }
+            Some(keyring)
+        }
+    };
 
     Ok(CoordinatorConfig {
         node_id: 1,
@@ -190,9 +204,7 @@ pub fn prepare(args: &DevArgs) -> anyhow::Result<CoordinatorConfig> {
             cert,
             key,
         },
-        secrets: SecretsSection {
-            master_key_file: Some(keyring),
-        },
+        secrets: SecretsSection { master_key_file },
         bootstrap: BootstrapSection {
             init: true,
             admin_token_file: Some(dir.join("admin.token")),
@@ -210,6 +222,7 @@ pub fn prepare(args: &DevArgs) -> anyhow::Result<CoordinatorConfig> {
         },
         jobs: Default::default(),
         quotas: Default::default(),
+        keys: Default::default(),
     })
 }
 

@@ -10,5 +10,6 @@ pub mod commands;
 pub mod config;
 pub mod dev;
 pub(crate) mod gateway_source;
+pub mod master_key_env;
 pub mod output;
 pub mod server;

@@ -3,6 +3,8 @@
 use clap::Parser;
 
 fn main() {
+    // First, while this is the only thread: no other thread may read the environment while it changes.
+    meridian::master_key_env::take_from_environment();
     let cli = meridian::cli::Cli::parse();
     certs::install_crypto_provider();
     tracing_subscriber::fmt()

@@ -115,6 +115,7 @@ pub async fn start(
         max_body_bytes: cfg.admin.max_body_bytes,
         limits: cfg.admin.limits(),
         project_defaults: cfg.quotas.project_defaults(),
+        default_key_ttl: cfg.keys.default_ttl(),
     })
     .await
     .context("binding admin API")?;
@@ -139,9 +140,10 @@ fn load_keyring(cfg: &CoordinatorConfig) -> anyhow::Result<MasterKeyring> {
         return MasterKeyring::load_file(path)
             .with_context(|| format!("master keyring {}", path.display()));
     }
-    match std::env::var("MERIDIAN_MASTER_KEY") {
-        Ok(v) => MasterKeyring::from_env_value(&v).context("MERIDIAN_MASTER_KEY"),
-        Err(_) => bail!("no master key: set secrets.master_key_file or MERIDIAN_MASTER_KEY"),
+    // Taken out of the environment when the process started (see `master_key_env`).
+    match crate::master_key_env::master_key() {
+        Some(v) => MasterKeyring::from_env_value(&v).context("MERIDIAN_MASTER_KEY"),
+        None => bail!("no master key: set secrets.master_key_file or MERIDIAN_MASTER_KEY"),
     }
 }
 

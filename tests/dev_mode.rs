@@ -251,7 +251,13 @@ fn dev_tour_and_restart_keeps_state() {
         );
     }
 
-    // A secret bound to jobs reaches a job that names it, as an environment variable.
+    // A secret bound to the admin's principal reaches the admin's job that names it, as an environment
+    // variable.
+    let me = cli_json(&["whoami", "-o", "json"], &admin);
+    let binding = format!(
+        "principal:{}",
+        me["principal"]["id"].as_str().expect("principal id")
+    );
     let put = cli(
         &[
             "secret",
@@ -260,7 +266,7 @@ fn dev_tour_and_restart_keeps_state() {
             "--value",
             "s3cr3t-v4lue",
             "--bind",
-            "job:*",
+            &binding,
         ],
         &admin,
     );
@@ -276,6 +282,7 @@ fn dev_tour_and_restart_keeps_state() {
             "--wait",
             "--secret",
             "API_TOKEN=api-token",
+            "--secret-env",
             "--",
             "sh",
             "-c",

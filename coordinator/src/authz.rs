@@ -10,7 +10,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto;
-use crate::state::{Actor, KeyState, RegistryState, Scope};
+use crate::state::{Actor, KeyLimits, KeyPrincipal, KeyState, RegistryState, Scope};
 
 /// A role bound to a principal in a project (or platform-wide).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -27,16 +27,21 @@ pub enum Role {
     ProjectAdmin,
     /// Everything, everywhere (platform scope only).
     PlatformAdmin,
+    /// Viewer, plus the right to reference the project's secrets in jobs (`use-secrets`); bound next to
+    /// editor for the people and service accounts whose jobs need secrets. Which secrets a job gets is
+    /// still decided by each secret's bindings.
+    SecretUser,
 }
 
 impl Role {
-    /// Every role, least to most privileged.
-    pub const ALL: [Role; 5] = [
+    /// Every role: the five of the product's matrix, least to most privileged, then `secret-user`.
+    pub const ALL: [Role; 6] = [
         Role::Viewer,
         Role::Editor,
         Role::Deployer,
         Role::ProjectAdmin,
         Role::PlatformAdmin,
+        Role::SecretUser,
     ];
 
     /// The role's name as written in bindings and on the command line.
@@ -47,6 +52,7 @@ impl Role {
             Role::Deployer => "deployer",
             Role::ProjectAdmin => "project-admin",
             Role::PlatformAdmin => "platform-admin",
+            Role::SecretUser => "secret-user",
         }
     }
 
@@ -68,8 +74,10 @@ impl Role {
                     | ManageSecrets
                     | ReadAudit
                     | PreemptJobs
+                    | UseSecrets
             ),
             Role::PlatformAdmin => true,
+            Role::SecretUser => matches!(action, ReadProject | UseSecrets),
         }
     }
 }
@@ -82,7 +90,9 @@ impl fmt::Display for Role {
 
 /// A role name that is not one of ours.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown role {0:?} (expected viewer, editor, deployer, project-admin or platform-admin)")]
+#[error(
+    "unknown role {0:?} (expected viewer, editor, deployer, project-admin, platform-admin or secret-user)"
+)]
 pub struct UnknownRole(pub String);
 
 impl FromStr for Role {
@@ -130,11 +140,13 @@ pub enum Action {
     PreemptJobs,
     /// Change a project's policy: quotas, network, preemption ceiling.
     SetProjectPolicy,
+    /// Reference the project's secrets in a job (which ones it gets still depends on their bindings).
+    UseSecrets,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 15] = [
+    pub const ALL: [Action; 16] = [
         Action::ReadProject,
         Action::WriteExperiments,
         Action::RunJobs,
@@ -150,6 +162,7 @@ impl Action {
         Action::RotateMasterKey,
         Action::PreemptJobs,
         Action::SetProjectPolicy,
+        Action::UseSecrets,
     ];
 
     /// Platform actions are granted only by platform-scoped bindings.
@@ -239,12 +252,190 @@ pub struct Caller {
     pub principal_name: String,
     /// The project the key belongs to (the default project for requests that name none).
     pub project_id: String,
+    /// How the key narrows the principal's rights.
+    pub limits: KeyLimits,
+}
+
+/// Checks that `caller` may perform `action` in `project_id` (or platform-wide with `None`): the principal's
+/// bindings must grant it ([`authorize`]) and the key's limits must allow it. A project-scoped key sees no
+/// other project (as if it did not exist) and no platform action; a key narrowed to roles grants only the
+/// actions one of them allows.
+pub fn authorize_caller(
+    state: &RegistryState,
+    caller: &Caller,
+    project_id: Option<&str>,
+    action: Action,
+) -> Result<(), Denied> {
+    if caller.limits.project_scoped {
+        match project_id {
+            None => return Err(Denied::Forbidden),
+            Some(p) if p != caller.project_id => return Err(Denied::NotFound),
+            Some(_) => {}
+        }
+    }
+    authorize(state, &caller.principal_id, project_id, action)?;
+    match &caller.limits.roles {
+        Some(roles) if !roles.iter().any(|r| r.allows(action)) => Err(Denied::Forbidden),
+        _ => Ok(()),
+    }
+}
+
+/// The caller behind a command's actor, when it acted with a key that is still in the state.
+pub(crate) fn caller_of(state: &RegistryState, actor: &Actor) -> Option<Caller> {
+    let key = state.key_by_id(actor.key_id.as_deref()?)?;
+    let principal = state.principal(&key.principal_id)?;
+    Some(Caller {
+        key_id: key.id.clone(),
+        principal_id: principal.id.clone(),
+        principal_name: principal.name.clone(),
+        project_id: key.project_id.clone(),
+        limits: key.limits.clone(),
+    })
+}
+
+/// Whether `caller` holds every right `role` grants in `scope`. Nobody may grant a role beyond what they
+/// hold: a binding (or a key's new service account) is made only when this is true. Roles compare by what
+/// they allow, not by rank (an editor does not hold deployer).
+pub fn holds_role(state: &RegistryState, caller: &Caller, scope: &Scope, role: Role) -> bool {
+    // platform-admin is held platform-wide or not at all, whatever scope it is asked about.
+    let project = match role {
+        Role::PlatformAdmin => None,
+        _ => scope.project_id().map(String::as_str),
+    };
+    Action::ALL
+        .into_iter()
+        .filter(|a| role.allows(*a))
+        // In a project, platform actions are never granted by the binding, so they are not needed either.
+        .filter(|a| project.is_none() || !a.is_platform())
+        .all(|a| authorize_caller(state, caller, project, a).is_ok())
+}
+
+/// Whether `caller` holds `right` (`ManageKeys` to mint or revoke keys, `ManageBindings` to bind roles)
+/// everywhere principal `principal_id` belongs or is bound: in its owning project (platform-wide for a
+/// platform principal) and in every scope of its bindings (platform-wide for a platform binding). Managing a
+/// principal hands out what it holds everywhere, so a project-admin cannot reach a principal that also acts
+/// in a project they do not administer, nor a platform principal. The error says where the right is missing.
+pub fn may_manage_principal(
+    state: &RegistryState,
+    caller: &Caller,
+    principal_id: &str,
+    right: Action,
+) -> Result<(), String> {
+    let principal = state
+        .principal(principal_id)
+        .ok_or_else(|| format!("principal {principal_id} not found"))?;
+    let mut scopes: Vec<Option<&str>> = vec![principal.project_id.as_deref()];
+    scopes.extend(
+        state
+            .bindings_of(principal_id)
+            .into_iter()
+            .map(|b| b.scope.project_id().map(String::as_str)),
+    );
+    scopes.sort_unstable();
+    scopes.dedup();
+    for scope in scopes {
+        if authorize_caller(state, caller, scope, right).is_err() {
+            return Err(match scope {
+                None => format!(
+                    "principal {principal_id} belongs to or is bound on the platform; managing it needs \
+                     platform-admin"
+                ),
+                Some(p) => format!(
+                    "principal {principal_id} belongs to or is bound in project {p}, where you lack {}",
+                    action_label(right)
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether `caller` may bind `role` to `principal_id` in `scope`: the right to bind there, the role itself
+/// held there, and the right to manage the principal wherever it is bound.
+pub fn check_bind(
+    state: &RegistryState,
+    caller: &Caller,
+    principal_id: &str,
+    scope: &Scope,
+    role: Role,
+) -> Result<(), String> {
+    let project = scope.project_id().map(String::as_str);
+    if authorize_caller(state, caller, project, Action::ManageBindings).is_err() {
+        return Err(match project {
+            None => "platform-wide bindings need platform-admin".to_owned(),
+            Some(p) => format!("binding roles in project {p} needs manage-bindings"),
+        });
+    }
+    if !holds_role(state, caller, scope, role) {
+        return Err(format!(
+            "you cannot bind {role}: you do not hold all of its rights in {}",
+            scope_label(scope)
+        ));
+    }
+    may_manage_principal(state, caller, principal_id, Action::ManageBindings)
+}
+
+/// Whether `caller` may create a key in `project_id` for `principal`, binding `role` to it, with expiry
+/// `expires_at`: the right to manage keys there; for an existing principal, the right to manage it wherever
+/// it is bound; a role only if the caller holds it there; and a key that never expires only from a
+/// platform-admin.
+pub fn check_key(
+    state: &RegistryState,
+    caller: &Caller,
+    project_id: &str,
+    principal: &KeyPrincipal,
+    role: Option<Role>,
+    expires_at: Option<u64>,
+) -> Result<(), String> {
+    if authorize_caller(state, caller, Some(project_id), Action::ManageKeys).is_err() {
+        return Err(format!(
+            "creating keys in project {project_id} needs manage-keys"
+        ));
+    }
+    if expires_at.is_none() && !is_platform_admin(state, caller) {
+        return Err("only a platform-admin may create a key that never expires".to_owned());
+    }
+    let scope = Scope::Project(project_id.to_owned());
+    if let Some(role) = role {
+        if !holds_role(state, caller, &scope, role) {
+            return Err(format!(
+                "you cannot bind {role}: you do not hold all of its rights in {}",
+                scope_label(&scope)
+            ));
+        }
+    }
+    match principal {
+        KeyPrincipal::Existing { principal_id } => {
+            may_manage_principal(state, caller, principal_id, Action::ManageKeys)
+        }
+        KeyPrincipal::NewServiceAccount { .. } => Ok(()),
+    }
+}
+
+/// Whether `caller` acts as a platform-admin (bound so platform-wide, and its key not narrowed below it).
+pub fn is_platform_admin(state: &RegistryState, caller: &Caller) -> bool {
+    holds_role(state, caller, &Scope::Platform, Role::PlatformAdmin)
+}
+
+fn scope_label(scope: &Scope) -> String {
+    match scope {
+        Scope::Platform => "the platform".to_owned(),
+        Scope::Project(p) => format!("project {p}"),
+    }
+}
+
+fn action_label(action: Action) -> String {
+    match serde_json::to_value(action) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => format!("{action:?}"),
+    }
 }
 
 impl Caller {
     /// The actor to stamp on commands this caller causes.
     pub fn actor(&self) -> Actor {
         Actor::principal(self.principal_id.clone(), self.principal_name.clone())
+            .with_key(self.key_id.clone())
     }
 }
 
@@ -292,6 +483,7 @@ pub fn authenticate(state: &RegistryState, token: &str, now_ms: u64) -> Result<C
         principal_id: principal.id.clone(),
         principal_name: principal.name.clone(),
         project_id: key.project_id.clone(),
+        limits: key.limits.clone(),
     })
 }
 
@@ -321,7 +513,9 @@ mod tests {
                 "manage-secrets",
                 "read-audit",
                 "preempt-jobs",
+                "use-secrets",
             ],
+            Role::SecretUser => &["read-project", "use-secrets"],
             Role::PlatformAdmin => &[
                 "read-project",
                 "write-experiments",
@@ -338,6 +532,7 @@ mod tests {
                 "rotate-master-key",
                 "preempt-jobs",
                 "set-project-policy",
+                "use-secrets",
             ],
         };
         let name = serde_json::to_value(action).expect("action serializes");
@@ -379,6 +574,7 @@ mod tests {
                     name: principal.into(),
                 },
                 role,
+                limits: crate::state::KeyLimits::default(),
             },
         );
     }
@@ -485,6 +681,23 @@ mod tests {
     }
 
     #[test]
+    fn secrets_are_used_only_by_those_given_the_right_explicitly() {
+        let users: Vec<Role> = Role::ALL
+            .into_iter()
+            .filter(|r| r.allows(Action::UseSecrets))
+            .collect();
+        assert_eq!(
+            users,
+            [Role::ProjectAdmin, Role::PlatformAdmin, Role::SecretUser]
+        );
+        assert!(
+            !Role::Editor.allows(Action::UseSecrets),
+            "running jobs does not imply using secrets"
+        );
+        assert!(!Action::UseSecrets.is_platform());
+    }
+
+    #[test]
     fn jobs_are_run_by_editors_and_admins_and_read_by_everyone() {
         let runners: Vec<Role> = Role::ALL
             .into_iter()
@@ -555,7 +768,7 @@ mod tests {
             }
         }
         let actions = Action::ALL.len();
-        assert_eq!(checked, (4 + 5) * actions * 4 + 3 * actions * 4);
+        assert_eq!(checked, (5 + 6) * actions * 4 + 3 * actions * 4);
     }
 
     #[test]
@@ -588,6 +801,7 @@ mod tests {
                 name: "ci".into(),
             },
             role: Some(Role::Editor),
+            limits: crate::state::KeyLimits::default(),
         };
         apply(&mut s, op(Some(T0 + 1_000_000)));
         let caller = authenticate(&s, &t.token, T0 + 10).expect("valid token");
@@ -595,7 +809,10 @@ mod tests {
             (caller.principal_id.as_str(), caller.project_id.as_str()),
             ("sa_ci", "prj_a")
         );
-        assert_eq!(caller.actor(), Actor::principal("sa_ci", "ci"));
+        assert_eq!(
+            caller.actor(),
+            Actor::principal("sa_ci", "ci").with_key(t.key_id.clone())
+        );
         assert_eq!(
             authenticate(&s, &t.token, T0 + 1_000_000),
             Err(AuthnError::Expired)

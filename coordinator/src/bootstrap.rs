@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rand::rngs::OsRng;
+use zeroize::Zeroizing;
 
 use crate::crypto::{self, MasterKeyring};
 use crate::node::{Handle, WriteError};
@@ -29,11 +30,12 @@ pub enum BootstrapError {
 }
 
 /// Reads the admin token from `path`, or creates a new one there (mode 0600) if the file does not exist.
-pub fn read_or_create_token(path: &Path) -> Result<String, BootstrapError> {
+/// The token is wiped from memory when the caller drops it.
+pub fn read_or_create_token(path: &Path) -> Result<Zeroizing<String>, BootstrapError> {
     let shown = path.display().to_string();
-    match std::fs::read_to_string(path) {
+    match std::fs::read_to_string(path).map(Zeroizing::new) {
         Ok(text) => {
-            let token = text.trim().to_string();
+            let token = Zeroizing::new(text.trim().to_string());
             crypto::parse_token(&token).map_err(|_| BootstrapError::BadToken { path: shown })?;
             Ok(token)
         }
@@ -54,13 +56,14 @@ pub fn read_or_create_token(path: &Path) -> Result<String, BootstrapError> {
                     path: shown.clone(),
                     source,
                 })?;
-            f.write_all(format!("{}\n", generated.token).as_bytes())
+            let line = Zeroizing::new(format!("{}\n", generated.token.as_str()));
+            f.write_all(line.as_bytes())
                 .and_then(|()| f.sync_all())
                 .map_err(|source| BootstrapError::Io {
                     path: shown,
                     source,
                 })?;
-            Ok(generated.token)
+            Ok(generated.token.clone())
         }
         Err(source) => Err(BootstrapError::Io {
             path: shown,

@@ -4,7 +4,9 @@
 //! tests can seed it. API tokens are `mrd_<key_id>_<secret>` and only their SHA-256 is stored; each project
 //! has a data key wrapped (AES-256-GCM) by a master key, and secret values are sealed (AES-256-GCM) under the
 //! data key with an AAD binding project, name and version. Never log or return key material or plaintext in
-//! errors, and never compare secrets with `==`.
+//! errors, and never compare secrets with `==`. Key material and plaintext are wiped from memory when their
+//! owner drops them (`zeroize`): master keys, data keys, opened secret values, generated tokens, the
+//! keyring file's text.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,8 +18,9 @@ use base64::Engine as _;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use zeroize::{Zeroize, Zeroizing};
 
-use crate::state::{SealedValue, WrappedKey};
+use crate::state::{ResealedVersion, SealedValue, WrappedKey};
 
 /// Every API token starts with this.
 pub const TOKEN_PREFIX: &str = "mrd_";
@@ -55,11 +58,12 @@ pub fn random_id(prefix: &str, rng: &mut impl RngCore) -> String {
     format!("{prefix}_{}", random_chars(rng, 16))
 }
 
-/// A freshly generated API token. The token is shown to its owner once and never stored.
+/// A freshly generated API token. The token is shown to its owner once and never stored; it is wiped from
+/// memory when this is dropped.
 #[derive(Clone)]
 pub struct GeneratedToken {
     /// The full bearer token, `mrd_<key_id>_<secret>`.
-    pub token: String,
+    pub token: Zeroizing<String>,
     pub key_id: String,
     /// Hex SHA-256 of `token`: what the registry stores.
     pub hash: String,
@@ -79,9 +83,10 @@ impl std::fmt::Debug for GeneratedToken {
 /// Generates a token with a new key id and 32 random bytes of secret.
 pub fn generate_token(rng: &mut impl RngCore) -> GeneratedToken {
     let key_id = random_chars(rng, KEY_ID_LEN);
-    let mut secret = [0u8; TOKEN_SECRET_BYTES];
-    rng.fill_bytes(&mut secret);
-    let token = format!("{TOKEN_PREFIX}{key_id}_{}", URL_SAFE_NO_PAD.encode(secret));
+    let mut secret = Zeroizing::new([0u8; TOKEN_SECRET_BYTES]);
+    rng.fill_bytes(secret.as_mut());
+    let encoded = Zeroizing::new(URL_SAFE_NO_PAD.encode(secret.as_ref()));
+    let token = Zeroizing::new(format!("{TOKEN_PREFIX}{key_id}_{}", encoded.as_str()));
     let hash = hash_token(&token);
     let last4 = token[token.len() - 4..].to_owned();
     GeneratedToken {
@@ -126,7 +131,7 @@ pub fn parse_token(token: &str) -> Result<ParsedToken, TokenError> {
     if secret.len() != TOKEN_SECRET_B64_LEN {
         return Err(TokenError::Secret);
     }
-    match URL_SAFE_NO_PAD.decode(secret) {
+    match URL_SAFE_NO_PAD.decode(secret).map(Zeroizing::new) {
         Ok(bytes) if bytes.len() == TOKEN_SECRET_BYTES => Ok(ParsedToken {
             key_id: key_id.to_owned(),
         }),
@@ -167,11 +172,19 @@ pub enum KeyringError {
 /// The master keys this coordinator knows; the current one wraps new data keys, the others still unwrap.
 ///
 /// Keeping old and new keys in the ring while [`rewrap_data_key`] runs is what makes rotation work without
-/// downtime.
+/// downtime. The keys are wiped from memory when the ring is dropped.
 #[derive(Clone)]
 pub struct MasterKeyring {
     current: String,
     keys: BTreeMap<String, [u8; 32]>,
+}
+
+impl Drop for MasterKeyring {
+    fn drop(&mut self) {
+        for key in self.keys.values_mut() {
+            key.zeroize();
+        }
+    }
 }
 
 impl std::fmt::Debug for MasterKeyring {
@@ -195,6 +208,7 @@ fn decode_key_b64(b64: &str) -> Option<[u8; 32]> {
     [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD]
         .iter()
         .find_map(|engine| engine.decode(b64).ok())
+        .map(Zeroizing::new)
         .and_then(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok())
 }
 
@@ -203,8 +217,11 @@ impl MasterKeyring {
     pub fn from_entries(
         entries: impl IntoIterator<Item = (String, [u8; 32])>,
     ) -> Result<Self, KeyringError> {
-        let mut keys = BTreeMap::new();
-        let mut current = None;
+        // Built inside a ring from the start, so keys read before a bad entry are wiped on the way out too.
+        let mut ring = Self {
+            current: String::new(),
+            keys: BTreeMap::new(),
+        };
         for (n, (id, key)) in entries.into_iter().enumerate() {
             if !valid_master_key_id(&id) {
                 return Err(KeyringError::Entry {
@@ -212,32 +229,35 @@ impl MasterKeyring {
                     reason: "id must be 1-64 of [A-Za-z0-9_-]".into(),
                 });
             }
-            if keys.insert(id.clone(), key).is_some() {
+            if let Some(mut old) = ring.keys.insert(id.clone(), key) {
+                old.zeroize();
                 return Err(KeyringError::Duplicate(id));
             }
-            current = Some(id);
+            ring.current = id;
         }
-        let current = current.ok_or(KeyringError::Empty)?;
-        Ok(Self { current, keys })
+        if ring.keys.is_empty() {
+            return Err(KeyringError::Empty);
+        }
+        Ok(ring)
     }
 
     /// Parses `id:base64key` lines; `#` starts a comment line, blank lines are skipped, the LAST key is
     /// current. Errors name the line number, never its content.
     pub fn parse(text: &str) -> Result<Self, KeyringError> {
-        let mut entries = Vec::new();
+        let mut entries = Entries(Vec::new());
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            entries.push(
+            entries.0.push(
                 parse_entry(line, None).map_err(|reason| KeyringError::Entry {
                     entry: n + 1,
                     reason,
                 })?,
             );
         }
-        Self::from_entries(entries)
+        Self::from_entries(entries.0.iter().cloned())
     }
 
     /// Loads a key file (see [`MasterKeyring::parse`]). Warns when the file is readable by group or others.
@@ -258,7 +278,7 @@ impl MasterKeyring {
                 );
             }
         }
-        let text = std::fs::read_to_string(path).map_err(io)?;
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
         Self::parse(&text)
     }
 
@@ -269,24 +289,27 @@ impl MasterKeyring {
         if value.is_empty() {
             return Err(KeyringError::Empty);
         }
-        let mut entries = Vec::new();
+        let mut entries = Entries(Vec::new());
         for (n, part) in value.split(',').enumerate() {
             let default_id = (!value.contains(':')).then_some("env");
-            entries.push(parse_entry(part.trim(), default_id).map_err(|reason| {
-                KeyringError::Entry {
-                    entry: n + 1,
-                    reason,
-                }
-            })?);
+            entries
+                .0
+                .push(parse_entry(part.trim(), default_id).map_err(|reason| {
+                    KeyringError::Entry {
+                        entry: n + 1,
+                        reason,
+                    }
+                })?);
         }
-        Self::from_entries(entries)
+        Self::from_entries(entries.0.iter().cloned())
     }
 
     /// A new `id:base64key` line for a key file (id `mk_` and 8 random characters).
-    pub fn generate_line(rng: &mut impl RngCore) -> String {
-        let mut key = [0u8; 32];
-        rng.fill_bytes(&mut key);
-        format!("mk_{}:{}", random_chars(rng, 8), STANDARD.encode(key))
+    pub fn generate_line(rng: &mut impl RngCore) -> Zeroizing<String> {
+        let mut key = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(key.as_mut());
+        let encoded = Zeroizing::new(STANDARD.encode(key.as_ref()));
+        Zeroizing::new(format!("mk_{}:{}", random_chars(rng, 8), encoded.as_str()))
     }
 
     /// The id of the key that wraps new data keys.
@@ -309,6 +332,17 @@ impl MasterKeyring {
         self.keys
             .get(&self.current)
             .expect("current master key is in the ring")
+    }
+}
+
+/// Keyring entries being read, wiped when dropped (also when a later entry is refused).
+struct Entries(Vec<(String, [u8; 32])>);
+
+impl Drop for Entries {
+    fn drop(&mut self) {
+        for (_, key) in &mut self.0 {
+            key.zeroize();
+        }
     }
 }
 
@@ -339,9 +373,16 @@ pub enum CryptoError {
     Decrypt,
 }
 
-/// A project's data key in the clear. Lives only while a request is prepared; never stored or logged.
+/// A project's data key in the clear. Lives only while a request is prepared; never stored or logged, and
+/// wiped from memory when dropped.
 #[derive(Clone)]
 pub struct DataKey([u8; 32]);
+
+impl Drop for DataKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
 
 impl std::fmt::Debug for DataKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -404,7 +445,7 @@ fn open(
     nonce_b64: &str,
     ciphertext_b64: &str,
     aad: &[u8],
-) -> Result<Vec<u8>, CryptoError> {
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     let nonce = STANDARD
         .decode(nonce_b64)
         .map_err(|_| CryptoError::Malformed("nonce"))?;
@@ -423,14 +464,15 @@ fn open(
                 aad,
             },
         )
+        .map(Zeroizing::new)
         .map_err(|_| CryptoError::Decrypt)
 }
 
 /// A new random data key.
 pub fn new_data_key(rng: &mut impl RngCore) -> DataKey {
-    let mut key = [0u8; 32];
-    rng.fill_bytes(&mut key);
-    DataKey(key)
+    let mut key = DataKey([0u8; 32]);
+    rng.fill_bytes(&mut key.0);
+    key
 }
 
 /// Wraps a data key with the ring's current master key.
@@ -482,6 +524,49 @@ pub fn rewrap_all(
         .collect()
 }
 
+/// Every project's secrets (project id → secret name → versions) as stored, for [`reseal_all`].
+pub type SealedSecrets = BTreeMap<String, BTreeMap<String, Vec<ResealedVersion>>>;
+
+/// Fresh data keys for every project (wrapped by the current master key) and every secret version sealed
+/// again under its project's new key (the payload of `Op::ReplaceDataKeys`). Fails if any old data key or
+/// version cannot be opened, so nothing is left behind under an old key.
+pub fn reseal_all(
+    ring: &MasterKeyring,
+    keys: &BTreeMap<String, WrappedKey>,
+    secrets: &SealedSecrets,
+    rng: &mut impl RngCore,
+) -> Result<(BTreeMap<String, WrappedKey>, SealedSecrets), CryptoError> {
+    let mut new_keys = BTreeMap::new();
+    let mut resealed = BTreeMap::new();
+    for (project_id, wrapped) in keys {
+        let old = unwrap_data_key(ring, wrapped)?;
+        let new = new_data_key(rng);
+        new_keys.insert(project_id.clone(), wrap_data_key(ring, &new, rng));
+        let Some(by_name) = secrets.get(project_id) else {
+            continue;
+        };
+        let mut project_secrets = BTreeMap::new();
+        for (name, versions) in by_name {
+            let mut out = Vec::with_capacity(versions.len());
+            for v in versions {
+                let aad = SecretAad {
+                    project_id,
+                    name,
+                    version: v.version,
+                };
+                let plain = decrypt_secret(&old, &v.sealed, aad)?;
+                out.push(ResealedVersion {
+                    version: v.version,
+                    sealed: encrypt_secret(&new, &plain, aad, rng),
+                });
+            }
+            project_secrets.insert(name.clone(), out);
+        }
+        resealed.insert(project_id.clone(), project_secrets);
+    }
+    Ok((new_keys, resealed))
+}
+
 /// Seals a secret value under a project's data key, bound to `aad`.
 pub fn encrypt_secret(
     key: &DataKey,
@@ -496,12 +581,13 @@ pub fn encrypt_secret(
     }
 }
 
-/// Opens a sealed secret value; fails on the wrong key, tampering or a different project/name/version.
+/// Opens a sealed secret value; fails on the wrong key, tampering or a different project/name/version. The
+/// plaintext is wiped from memory when dropped.
 pub fn decrypt_secret(
     key: &DataKey,
     sealed: &SealedValue,
     aad: SecretAad<'_>,
-) -> Result<Vec<u8>, CryptoError> {
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     open(
         &key.0,
         &sealed.nonce_b64,
@@ -549,7 +635,7 @@ mod tests {
         assert!(!verify_token(&t.token, &hash_token("other")));
         assert!(!verify_token(&t.token, "zz"));
         assert!(!verify_token(&t.token, ""));
-        let mut flipped = t.token.clone().into_bytes();
+        let mut flipped = t.token.as_bytes().to_vec();
         let last = flipped.len() - 1;
         flipped[last] = if flipped[last] == b'A' { b'B' } else { b'A' };
         assert!(!verify_token(
@@ -560,12 +646,12 @@ mod tests {
         assert_eq!(generate_token(&mut rng(1)).token, t.token);
         assert_ne!(generate_token(&mut r).token, t.token);
         // Debug output never shows the token.
-        assert!(!format!("{t:?}").contains(&t.token));
+        assert!(!format!("{t:?}").contains(t.token.as_str()));
     }
 
     #[test]
     fn malformed_tokens_are_rejected() {
-        let good = generate_token(&mut rng(2)).token;
+        let good = generate_token(&mut rng(2)).token.to_string();
         let secret = good
             .rsplit_once('_')
             .map(|(_, s)| s.to_owned())
@@ -607,7 +693,7 @@ mod tests {
     #[test]
     fn token_parsing_survives_random_mutation() {
         let mut r = rng(3);
-        let good = generate_token(&mut r).token;
+        let good = generate_token(&mut r).token.to_string();
         let alphabet: Vec<char> = "mrd_-=+/AZaz09é\u{0}\u{202e} ".chars().collect();
         for _ in 0..20_000 {
             let mut chars: Vec<char> = good.chars().collect();
@@ -715,8 +801,8 @@ mod tests {
     fn keyring_loads_from_a_file_and_generated_lines_parse() {
         let mut r = rng(5);
         let (l1, l2) = (
-            MasterKeyring::generate_line(&mut r),
-            MasterKeyring::generate_line(&mut r),
+            MasterKeyring::generate_line(&mut r).to_string(),
+            MasterKeyring::generate_line(&mut r).to_string(),
         );
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("master.keys");
@@ -804,7 +890,9 @@ mod tests {
         let sealed = encrypt_secret(&key, b"hunter2", aad, &mut r);
         assert!(!sealed.ciphertext_b64.contains("hunter2"));
         assert_eq!(
-            decrypt_secret(&key, &sealed, aad).as_deref(),
+            decrypt_secret(&key, &sealed, aad)
+                .as_deref()
+                .map(Vec::as_slice),
             Ok(&b"hunter2"[..])
         );
         for wrong in [
@@ -846,7 +934,10 @@ mod tests {
             Err(CryptoError::Decrypt)
         );
         let empty = encrypt_secret(&key, b"", aad, &mut r);
-        assert_eq!(decrypt_secret(&key, &empty, aad), Ok(Vec::new()));
+        assert_eq!(
+            decrypt_secret(&key, &empty, aad).map(|p| p.to_vec()),
+            Ok(Vec::new())
+        );
     }
 
     #[test]
@@ -874,7 +965,9 @@ mod tests {
         let after = ring(&[("k2", 2)]);
         let opened = unwrap_data_key(&after, new_wrapped).expect("unwraps with the new key");
         assert_eq!(
-            decrypt_secret(&opened, &sealed, aad).as_deref(),
+            decrypt_secret(&opened, &sealed, aad)
+                .as_deref()
+                .map(Vec::as_slice),
             Ok(&b"s3cret"[..])
         );
         assert_eq!(
@@ -883,5 +976,78 @@ mod tests {
         );
         // A ring missing the old key cannot rewrap.
         assert!(rewrap_all(&after, &keys, &mut r).is_err());
+    }
+
+    #[test]
+    fn replacing_data_keys_reseals_every_version_under_the_new_key() {
+        let mut r = rng(9);
+        let before = ring(&[("k1", 1)]);
+        let old_key = new_data_key(&mut r);
+        let wrapped = wrap_data_key(&before, &old_key, &mut r);
+        let aad = |version| SecretAad {
+            project_id: "prj_a",
+            name: "db",
+            version,
+        };
+        let v1 = encrypt_secret(&old_key, b"one", aad(1), &mut r);
+        let v2 = encrypt_secret(&old_key, b"two", aad(2), &mut r);
+        let keys: BTreeMap<String, WrappedKey> = [
+            ("prj_a".to_owned(), wrapped.clone()),
+            (
+                "prj_b".to_owned(),
+                wrap_data_key(&before, &new_data_key(&mut r), &mut r),
+            ),
+        ]
+        .into();
+        let sealed: SealedSecrets = [(
+            "prj_a".to_owned(),
+            [(
+                "db".to_owned(),
+                vec![
+                    ResealedVersion {
+                        version: 1,
+                        sealed: v1.clone(),
+                    },
+                    ResealedVersion {
+                        version: 2,
+                        sealed: v2,
+                    },
+                ],
+            )]
+            .into(),
+        )]
+        .into();
+        let during = ring(&[("k1", 1), ("k2", 2)]);
+        let (new_keys, resealed) = reseal_all(&during, &keys, &sealed, &mut r).expect("reseals");
+        assert_eq!(new_keys.len(), 2);
+        assert_eq!(new_keys["prj_a"].master_key_id, "k2");
+        let after = ring(&[("k2", 2)]);
+        let new_key = unwrap_data_key(&after, &new_keys["prj_a"]).expect("new key opens");
+        assert_ne!(
+            new_key.0, old_key.0,
+            "a fresh data key, not the old one re-wrapped"
+        );
+        let versions = &resealed["prj_a"]["db"];
+        assert_eq!(versions.len(), 2);
+        for (v, plain) in versions.iter().zip([&b"one"[..], &b"two"[..]]) {
+            assert_eq!(
+                decrypt_secret(&new_key, &v.sealed, aad(v.version))
+                    .as_deref()
+                    .map(Vec::as_slice),
+                Ok(plain)
+            );
+            assert_eq!(
+                decrypt_secret(&old_key, &v.sealed, aad(v.version)).map(|p| p.to_vec()),
+                Err(CryptoError::Decrypt),
+                "the old data key opens nothing any more"
+            );
+        }
+        assert_ne!(versions[0].sealed, v1);
+        // A version that does not open under its project's key stops the whole replacement.
+        let mut broken = sealed.clone();
+        if let Some(db) = broken.get_mut("prj_a").and_then(|p| p.get_mut("db")) {
+            db[1].sealed = v1;
+        }
+        assert!(reseal_all(&during, &keys, &broken, &mut r).is_err());
     }
 }

@@ -344,6 +344,7 @@ mod tests {
                 id: id.into(),
                 project_id: PROJECT.into(),
                 spec,
+                principal_id: None,
             },
         );
         assert!(out.is_ok(), "{out:?}");
@@ -553,6 +554,7 @@ mod tests {
         let out = apply(
             &mut s,
             Op::SubmitJob {
+                principal_id: None,
                 id: "job_theirs".into(),
                 project_id: "prj_other".into(),
                 spec: theirs,

@@ -5,9 +5,10 @@
 //! heard from each node, never replicated) and the leader-only health monitor that turns silence into
 //! `SetNodeHealth` commands. The decision itself is the pure [`transitions`]; the monitor task only feeds it.
 //! It must never let an agent speak for another node, never accept a report under a lease epoch that is not
-//! the node's current one, and never propose a health change from a coordinator that is not the leader.
+//! the node's current one, never propose a health change from a coordinator that is not the leader, and
+//! never hand a secret to an agent without an audit record of that release (`secret.release`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,12 +17,13 @@ use protocol::pb;
 use protocol::rpc::{decode_message, encode_message, CallContext, RpcStatus};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use zeroize::Zeroize;
 
 use crate::crypto::{self, MasterKeyring};
 use crate::node::{Handle, WeakHandle, WriteError};
 use crate::scheduler::GpuDevice;
 use crate::state::{
-    node_key, secret_binds_job, Actor, Attempt, AuditOutcome, Command, DenyKind, DomainError,
+    node_key, secret_binds_workload, Actor, Attempt, AuditOutcome, Command, DenyKind, DomainError,
     HeldAttempt, JobEventKind, JobEventOp, JobRecord, NodeHealthState, NodeRecord, Op, Outcome,
     RegistryState,
 };
@@ -117,6 +119,56 @@ pub(crate) struct Fleet {
     /// Whether a node never seen before is approved on arrival when its cluster has no policy (stamped
     /// into its registration).
     approve_new_nodes: bool,
+    /// The attempts (job, attempt, replica) whose secret release this coordinator has audited while leading,
+    /// so a long poll that answers the same assignment again does not audit it again.
+    released: Mutex<HashSet<ReleaseKey>>,
+}
+
+/// One replica of one attempt.
+type ReleaseKey = (String, u32, u32);
+
+/// A job's secret values by environment variable, and the (name, version) of each.
+type OpenedSecrets = (HashMap<String, String>, Vec<(String, u32)>);
+
+/// Secrets handed to an agent with one assignment, for the audit record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Release {
+    project_id: String,
+    job_id: String,
+    attempt: u32,
+    replica: u32,
+    node: String,
+    /// `(secret name, version)`, in the job's order.
+    secrets: Vec<(String, u32)>,
+}
+
+impl Release {
+    fn key(&self) -> ReleaseKey {
+        (self.job_id.clone(), self.attempt, self.replica)
+    }
+
+    /// The `secret.release` audit record: which job, attempt, replica, node, secrets and versions.
+    fn audit_op(&self) -> Op {
+        let secrets: Vec<String> = self
+            .secrets
+            .iter()
+            .map(|(name, version)| format!("{name}@v{version}"))
+            .collect();
+        let detail = format!(
+            "attempt={} replica={} node={} secrets={}",
+            self.attempt,
+            self.replica,
+            self.node,
+            secrets.join(",")
+        );
+        Op::RecordAudit {
+            action: "secret.release".to_owned(),
+            project: Some(self.project_id.clone()),
+            target: self.job_id.chars().take(256).collect(),
+            outcome: AuditOutcome::Success,
+            detail: detail.chars().take(1024).collect(),
+        }
+    }
 }
 
 impl Fleet {
@@ -131,7 +183,69 @@ impl Fleet {
             handle: OnceLock::new(),
             keyring,
             approve_new_nodes,
+            released: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Records (and waits for) one `secret.release` audit record per release not audited before; an answer
+    /// carrying secrets is sent only once its releases are on record. The wait is bounded so a stalled
+    /// log delays the agent's poll by seconds at most; then the poll fails and the agent asks again.
+    async fn audit_releases(
+        &self,
+        handle: &Handle,
+        ctx: &CallContext,
+        releases: Vec<Release>,
+        until: Instant,
+    ) -> Result<(), RpcStatus> {
+        let fresh: Vec<Release> = {
+            let done = self.released_set();
+            releases
+                .into_iter()
+                .filter(|r| !done.contains(&r.key()))
+                .collect()
+        };
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let at = now_ms();
+        let writes = fresh.iter().map(|r| {
+            let cmd = Command::new(at, agent_actor(ctx), r.audit_op());
+            handle.write(cmd)
+        });
+        let wait = until
+            .saturating_duration_since(Instant::now())
+            .clamp(MIN_RELEASE_AUDIT_WAIT, MAX_RELEASE_AUDIT_WAIT);
+        let results = tokio::time::timeout(wait, futures::future::join_all(writes))
+            .await
+            .map_err(|_| {
+                RpcStatus::unavailable("the release of secrets could not be audited in time; retry")
+            })?;
+        let mut done = self.released_set();
+        for (release, result) in fresh.iter().zip(results) {
+            match result {
+                Ok(_) => {
+                    done.insert(release.key());
+                }
+                Err(e) => {
+                    tracing::warn!(job = %release.job_id, error = %e, "secret release not audited");
+                    return Err(RpcStatus::unavailable(
+                        "the release of secrets could not be audited; retry",
+                    ));
+                }
+            }
+        }
+        // Attempts are short-lived next to this set; forget old ones wholesale rather than track them (a
+        // forgotten attempt still answered later is audited once more, never zero times).
+        if done.len() > MAX_REMEMBERED_RELEASES {
+            done.clear();
+            done.extend(fresh.iter().map(Release::key));
+        }
+        Ok(())
+    }
+
+    fn released_set(&self) -> std::sync::MutexGuard<'_, HashSet<ReleaseKey>> {
+        // A set of plain keys; a panic while holding the lock cannot leave it half-updated.
+        self.released.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn attach(&self, handle: &Handle) {
@@ -272,29 +386,47 @@ impl Fleet {
         loop {
             let applied = handle.log_status().applied_index;
             let keyring = self.keyring.as_deref();
-            let (version, assignments) = handle.read(|s| {
+            let (version, assignments, releases) = handle.read(|s| {
                 let (version, replicas) = s.node_assignments(&key);
+                let mut releases = Vec::new();
                 let assignments = replicas
                     .into_iter()
                     .map(|(job, replica)| {
                         let mut a = assignment(s, job, replica);
                         if !job.spec.secrets.is_empty() && !a.cancel {
                             match open_job_secrets(s, job, keyring) {
-                                Ok(values) => a.secret_env = values,
+                                Ok((values, versions)) => {
+                                    a.secret_env = values;
+                                    releases.push(Release {
+                                        project_id: job.project_id.clone(),
+                                        job_id: job.id.clone(),
+                                        attempt: replica.attempt,
+                                        replica: replica.replica,
+                                        node: key.clone(),
+                                        secrets: versions,
+                                    });
+                                }
                                 Err(message) => a.launch_error = message,
                             }
                         }
                         a
                     })
                     .collect::<Vec<_>>();
-                (version, assignments)
+                (version, assignments, releases)
             });
             let remaining = until.saturating_duration_since(Instant::now());
             if version != req.version || remaining.is_zero() {
-                return Ok(encode_message(&pb::SyncResponse {
+                self.audit_releases(&handle, &ctx, releases, until).await?;
+                let mut answer = pb::SyncResponse {
                     version,
                     assignments,
-                }));
+                };
+                let encoded = encode_message(&answer);
+                // The values now live only in the encoded answer; wipe the decoded copies.
+                for a in &mut answer.assignments {
+                    a.secret_env.values_mut().for_each(Zeroize::zeroize);
+                }
+                return Ok(encoded);
             }
             // Wait for the next applied entry (or the end of the poll), then look again.
             let _ = handle
@@ -357,6 +489,11 @@ impl Fleet {
 
 /// How long an agent's long poll may wait at most.
 const MAX_SYNC_WAIT_MS: u64 = 30_000;
+/// Bounds on how long an answer carrying secrets waits for their release to be on record.
+const MIN_RELEASE_AUDIT_WAIT: Duration = Duration::from_millis(500);
+const MAX_RELEASE_AUDIT_WAIT: Duration = Duration::from_secs(3);
+/// Audited releases remembered per leader before the set starts over.
+const MAX_REMEMBERED_RELEASES: usize = 100_000;
 /// A long poll answers this long before the caller's deadline, so the answer arrives in time.
 const SYNC_ANSWER_MARGIN: Duration = Duration::from_millis(250);
 /// Events in one report.
@@ -476,14 +613,46 @@ fn truncated(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
-/// The values of the secrets `job` names, by environment variable, opened with the master keyring. Each
-/// secret must still exist in the job's project and still be bound to the job; otherwise the message says
-/// why the attempt cannot start (it never names a value).
+/// Whether the secrets `job` names may still be released to it now: it has a workload identity (a
+/// principal that submitted it), that principal still exists, is enabled and holds `use-secrets` in the
+/// job's project, and every secret still exists and is still bound to it. The error says why not (it never
+/// names a value).
+fn may_release(state: &RegistryState, job: &JobRecord) -> Result<(), String> {
+    let principal = job.principal_id.as_deref().ok_or_else(|| {
+        "the job has no workload identity (it was submitted before secrets were bound to principals); \
+         submit it again"
+            .to_owned()
+    })?;
+    crate::authz::authorize(
+        state,
+        principal,
+        Some(&job.project_id),
+        crate::authz::Action::UseSecrets,
+    )
+    .map_err(|_| format!("principal {principal} no longer holds use-secrets in the project"))?;
+    let scope = state.project_scope(&job.project_id);
+    for name in job.spec.secrets.values() {
+        let secret = scope
+            .secret(name)
+            .ok_or_else(|| format!("secret {name} no longer exists"))?;
+        if !secret_binds_workload(secret, principal, &job.id, &job.spec.name) {
+            return Err(format!(
+                "secret {name} is no longer bound to the job's principal {principal}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The values of the secrets `job` names, by environment variable, opened with the master keyring, after
+/// [`may_release`] agreed, with the (name, version) of each; otherwise the message says why the attempt
+/// cannot start (it never names a value).
 fn open_job_secrets(
     state: &RegistryState,
     job: &JobRecord,
     keyring: Option<&MasterKeyring>,
-) -> Result<HashMap<String, String>, String> {
+) -> Result<OpenedSecrets, String> {
+    may_release(state, job)?;
     let keyring = keyring.ok_or("this coordinator has no master keyring to open secrets")?;
     let scope = state.project_scope(&job.project_id);
     let wrapped = scope
@@ -492,13 +661,11 @@ fn open_job_secrets(
     let data_key = crypto::unwrap_data_key(keyring, wrapped)
         .map_err(|e| format!("opening the project's data key: {e}"))?;
     let mut values = HashMap::new();
+    let mut versions = Vec::new();
     for (var, name) in &job.spec.secrets {
         let secret = scope
             .secret(name)
             .ok_or_else(|| format!("secret {name} no longer exists"))?;
-        if !secret_binds_job(secret, &job.id, &job.spec.name) {
-            return Err(format!("secret {name} is no longer bound to this job"));
-        }
         let latest = secret
             .versions
             .last()
@@ -510,12 +677,15 @@ fn open_job_secrets(
         };
         let plain = crypto::decrypt_secret(&data_key, &latest.sealed, aad)
             .map_err(|e| format!("secret {name} could not be opened: {e}"))?;
-        let value = String::from_utf8(plain).map_err(|_| {
-            format!("secret {name} is not UTF-8 text, so it cannot be an env value")
-        })?;
+        let value = std::str::from_utf8(&plain)
+            .map(str::to_owned)
+            .map_err(|_| {
+                format!("secret {name} is not UTF-8 text, so it cannot be an env value")
+            })?;
         values.insert(var.clone(), value);
+        versions.push((name.clone(), latest.version));
     }
-    Ok(values)
+    Ok((values, versions))
 }
 
 /// The wire form of one replica of a job's current attempt, as its node should run it, with its project's
@@ -562,7 +732,7 @@ fn assignment(state: &RegistryState, job: &JobRecord, attempt: &Attempt) -> pb::
             .network
             .as_str()
             .to_owned(),
-        secrets_in_env: true,
+        secrets_in_env: spec.secrets_env,
     }
 }
 
@@ -642,6 +812,7 @@ fn agent_actor(ctx: &CallContext) -> Actor {
     Actor {
         principal_id: None,
         name: ctx.peer.uri(),
+        key_id: None,
     }
 }
 
@@ -712,6 +883,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_release_is_recorded_with_job_attempt_node_and_versions() {
+        let release = Release {
+            project_id: "prj_a".into(),
+            job_id: "job_1".into(),
+            attempt: 2,
+            replica: 1,
+            node: "eu/eu1/n1".into(),
+            secrets: vec![("wandb".into(), 3), ("s3".into(), 1)],
+        };
+        assert_eq!(release.key(), ("job_1".to_owned(), 2, 1));
+        match release.audit_op() {
+            Op::RecordAudit {
+                action,
+                project,
+                target,
+                outcome,
+                detail,
+            } => {
+                assert_eq!(action, "secret.release");
+                assert_eq!(project.as_deref(), Some("prj_a"));
+                assert_eq!(target, "job_1");
+                assert_eq!(outcome, AuditOutcome::Success);
+                assert_eq!(
+                    detail,
+                    "attempt=2 replica=1 node=eu/eu1/n1 secrets=wandb@v3,s3@v1"
+                );
+            }
+            other => panic!("not an audit record: {other:?}"),
+        }
+    }
+
+    #[test]
     fn replica_hosts_are_the_host_part_of_agent_addresses() {
         assert_eq!(addr_host("127.0.0.1:7270"), "127.0.0.1");
         assert_eq!(addr_host("[::1]:7270"), "::1");
@@ -769,6 +972,7 @@ mod tests {
                 policy: None,
             });
             apply(Op::SubmitJob {
+                principal_id: None,
                 id: format!("job_{id}"),
                 project_id: id.into(),
                 spec: JobSpec::new("true"),

@@ -123,6 +123,7 @@ mod tests {
                         id: id.into(),
                         project_id: "prj_a".into(),
                         spec: JobSpec::new("true"),
+                        principal_id: None,
                     },
                 ),
             );

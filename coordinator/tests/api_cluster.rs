@@ -72,6 +72,7 @@ async fn start_member(
         max_body_bytes: 64 * 1024,
         limits: Default::default(),
         project_defaults: Default::default(),
+        default_key_ttl: coordinator::api::DEFAULT_KEY_TTL,
     })
     .await?;
     let base = format!("http://{}", api.local_addr());

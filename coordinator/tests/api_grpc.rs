@@ -217,11 +217,13 @@ async fn grpc_secrets_audit_cluster_and_unknown_methods() -> anyhow::Result<()> 
     let mut audit = pb::audit_service_client::AuditServiceClient::new(ch.clone());
     let mut cluster = pb::cluster_service_client::ClusterServiceClient::new(ch.clone());
 
+    let (_, _, worker) = api.create_key("default", "worker", "editor").await?;
+    let binding = format!("principal:{worker}/job:migrate-*");
     let put = pb::PutSecretRequest {
         name: "db-password".into(),
         value: "hunter2-but-longer".into(),
         bindings: Some(pb::SecretBindings {
-            items: vec!["job:*".into()],
+            items: vec![binding.clone()],
         }),
     };
     let secret = secrets
@@ -229,7 +231,7 @@ async fn grpc_secrets_audit_cluster_and_unknown_methods() -> anyhow::Result<()> 
         .await?
         .into_inner();
     assert_eq!(secret.latest_version, 1);
-    assert_eq!(secret.bindings, vec!["job:*".to_owned()]);
+    assert_eq!(secret.bindings, vec![binding]);
     let rest = api.get("/v1/secrets/db-password").send().await?;
     assert_eq!(rest.body["latest_version"], json!(1));
     assert!(!rest.body.to_string().contains("hunter2"));
@@ -370,6 +372,7 @@ async fn grpc_and_rest_share_one_tls_listener() -> anyhow::Result<()> {
         max_body_bytes: 1024,
         limits: Default::default(),
         project_defaults: Default::default(),
+        default_key_ttl: coordinator::api::DEFAULT_KEY_TTL,
     })
     .await;
     assert!(

@@ -719,11 +719,17 @@ async fn secret_values_never_come_back() -> anyhow::Result<()> {
     let api = start().await?;
     let project_id = api.create_project("payments").await?;
     let value = "s3cr3t-Value-that-must-not-leak-7f2c";
+    let (_, _, worker) = api.create_key("payments", "worker", "editor").await?;
+    let (_, _, outsider) = api.create_key("default", "outsider", "editor").await?;
 
+    let bound = [
+        format!("principal:{worker}/job:charge-*"),
+        format!("principal:{worker}"),
+    ];
     let put = api
         .post("/v1/secrets")
         .project("payments")
-        .json(json!({ "name": "stripe-key", "value": value, "bindings": ["job:*", "deployment:fraud-scorer"] }))
+        .json(json!({ "name": "stripe-key", "value": value, "bindings": bound }))
         .send()
         .await?;
     assert_eq!(put.status, 201, "{:?}", put.body);
@@ -739,7 +745,10 @@ async fn secret_values_never_come_back() -> anyhow::Result<()> {
     assert_eq!(second.body["latest_version"], json!(2));
     assert_eq!(
         second.body["bindings"],
-        json!(["deployment:fraud-scorer", "job:*"])
+        json!([
+            format!("principal:{worker}"),
+            format!("principal:{worker}/job:charge-*")
+        ])
     );
 
     let list = api.get("/v1/secrets").project("payments").send().await?;
@@ -783,25 +792,75 @@ async fn secret_values_never_come_back() -> anyhow::Result<()> {
         version: 1,
     };
     let plain = coordinator::crypto::decrypt_secret(&data_key, &stored.versions[0].sealed, aad)?;
-    assert_eq!(plain, value.as_bytes());
+    assert_eq!(plain.as_slice(), value.as_bytes());
 
     let rewrap = api.post("/v1/secrets:rewrap").send().await?;
     assert_eq!(rewrap.status, 200, "{:?}", rewrap.body);
     assert_eq!(rewrap.body["projects"], json!(2));
     assert_eq!(rewrap.str("/master_key_id"), "mk1");
+    assert_eq!(rewrap.body["new_data_keys"], json!(false));
 
-    let bad_binding = api
-        .post("/v1/secrets")
-        .project("payments")
-        .json(json!({ "name": "other", "value": "v", "bindings": ["not a selector"] }))
+    // Replacing the data keys re-encrypts every version under a fresh key, in one command.
+    let replaced = api
+        .post("/v1/secrets:rewrap?new_data_keys=true")
         .send()
         .await?;
-    assert_eq!(bad_binding.status, 400);
-    assert!(
-        bad_binding.error_message().starts_with("bindings: "),
-        "{}",
-        bad_binding.error_message()
+    assert_eq!(replaced.status, 200, "{:?}", replaced.body);
+    assert_eq!(replaced.body["new_data_keys"], json!(true));
+    assert_eq!(replaced.body["secret_versions"], json!(2));
+    let (after, new_wrapped) = api.handle.read(|s| {
+        let scope = s.project_scope(&project_id);
+        (
+            scope.secret("stripe-key").cloned(),
+            scope.data_key().cloned(),
+        )
+    });
+    let after = after.context("secret")?;
+    let new_key =
+        coordinator::crypto::unwrap_data_key(&api.keyring, &new_wrapped.context("data key")?)?;
+    assert_ne!(after.versions[0].sealed, stored.versions[0].sealed);
+    assert_eq!(
+        coordinator::crypto::decrypt_secret(&new_key, &after.versions[0].sealed, aad)?.as_slice(),
+        value.as_bytes()
     );
+    assert!(
+        coordinator::crypto::decrypt_secret(&data_key, &after.versions[0].sealed, aad).is_err(),
+        "the old data key opens nothing"
+    );
+    let bad_flag = api
+        .post("/v1/secrets:rewrap?new_data_keys=maybe")
+        .send()
+        .await?;
+    assert_eq!(bad_flag.status, 400, "{:?}", bad_flag.body);
+    assert!(
+        bad_flag.error_message().contains("new_data_keys"),
+        "{}",
+        bad_flag.error_message()
+    );
+
+    // Bindings name who may use the secret: job-name selectors, malformed ones and principals that do not
+    // act in the project are refused, naming the field.
+    for bad in [
+        json!(["not a selector"]),
+        json!(["job:*"]),
+        json!(["job:charge-prod"]),
+        json!([format!("principal:{worker}/job:")]),
+        json!(["principal:sa_nobody"]),
+        json!([format!("principal:{outsider}")]),
+    ] {
+        let bad_binding = api
+            .post("/v1/secrets")
+            .project("payments")
+            .json(json!({ "name": "other", "value": "v", "bindings": bad }))
+            .send()
+            .await?;
+        assert_eq!(bad_binding.status, 400, "{bad}: {:?}", bad_binding.body);
+        assert!(
+            bad_binding.error_message().starts_with("bindings: "),
+            "{}",
+            bad_binding.error_message()
+        );
+    }
 
     assert_eq!(
         api.delete("/v1/secrets/stripe-key")

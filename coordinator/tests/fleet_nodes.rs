@@ -348,6 +348,7 @@ async fn jobs_flow_through_sync_and_reports_fenced_by_epoch_and_attempt() -> any
                 id: id.into(),
                 project_id: project.clone(),
                 spec: spec.clone(),
+                principal_id: None,
             },
         )
     };
@@ -476,8 +477,33 @@ async fn jobs_flow_through_sync_and_reports_fenced_by_epoch_and_attempt() -> any
             },
         )
     };
+    // The trainer service account may use secrets in the project; the secret is bound to it, for jobs
+    // named train-*.
     fx.handle
-        .write(put("wandb", vec!["job:train-*".into()]))
+        .write(Command::new(
+            2,
+            Actor::system(),
+            Op::CreateKey {
+                key_id: "trainer".into(),
+                name: "trainer".into(),
+                project_id: project.clone(),
+                hash: coordinator::crypto::hash_token("trainer"),
+                last4: "abcd".into(),
+                expires_at: None,
+                principal: coordinator::state::KeyPrincipal::NewServiceAccount {
+                    principal_id: "sa_trainer".into(),
+                    name: "trainer".into(),
+                },
+                role: Some(coordinator::authz::Role::SecretUser),
+                limits: Default::default(),
+            },
+        ))
+        .await?;
+    fx.handle
+        .write(put(
+            "wandb",
+            vec!["principal:sa_trainer/job:train-*".into(), "job:*".into()],
+        ))
         .await?;
     fx.handle
         .write(put("other", vec!["deployment:x".into()]))
@@ -498,6 +524,7 @@ async fn jobs_flow_through_sync_and_reports_fenced_by_epoch_and_attempt() -> any
                 id: "job_unbound".into(),
                 project_id: project.clone(),
                 spec: unbound,
+                principal_id: Some("sa_trainer".into()),
             },
         ))
         .await;
@@ -513,6 +540,7 @@ async fn jobs_flow_through_sync_and_reports_fenced_by_epoch_and_attempt() -> any
                 id: "job_secret".into(),
                 project_id: project.clone(),
                 spec: with_secret,
+                principal_id: Some("sa_trainer".into()),
             },
         ))
         .await?;
@@ -548,7 +576,42 @@ async fn jobs_flow_through_sync_and_reports_fenced_by_epoch_and_attempt() -> any
         Some("hunter2")
     );
     assert!(secret_assignment.launch_error.is_empty());
+    assert!(
+        !secret_assignment.secrets_in_env,
+        "files only unless the job asked for its environment"
+    );
     assert!(!secret_assignment.env.contains_key("WANDB_API_KEY"));
+    // The release is on record once: which job, attempt, node, secret and version; answering the same
+    // assignment again (the agent's next poll) does not record it again.
+    let releases = || {
+        fx.handle.read(|s| {
+            s.audit_records()
+                .iter()
+                .filter(|r| r.action == "secret.release")
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+    };
+    let recorded = releases();
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0].target, "job_secret");
+    assert_eq!(recorded[0].project.as_deref(), Some(project.as_str()));
+    assert!(
+        recorded[0].detail.starts_with("attempt=1 replica=0 node=")
+            && recorded[0].detail.ends_with("secrets=wandb@v1"),
+        "{}",
+        recorded[0].detail
+    );
+    let again: pb::SyncResponse = client
+        .call_message(
+            &addr,
+            Method::AgentSync,
+            &sync(u64::MAX, 0, ack.lease_epoch),
+            call,
+        )
+        .await?;
+    assert!(again.assignments.iter().any(|a| a.job_id == "job_secret"));
+    assert_eq!(releases().len(), 1, "released again without a new record");
     let stored = fx
         .handle
         .read(|s| serde_json::to_string(&s.job(&project, "job_secret").cloned()))?;
@@ -641,6 +704,7 @@ async fn nodes_get_work_only_within_what_was_approved() -> anyhow::Result<()> {
             1,
             Actor::system(),
             Op::SubmitJob {
+                principal_id: None,
                 id: id.into(),
                 project_id: project.clone(),
                 spec: spec.clone(),

@@ -152,13 +152,31 @@ pub async fn key(cmd: KeyCommand) -> Result<(), ClientError> {
         KeyCommand::Create {
             name,
             role,
-            expires_in_days,
+            principal,
+            expires_in,
+            no_expiry,
+            roles,
+            project_only,
             client,
         } => {
             let api = ApiClient::from_args(&client)?;
-            let mut body = json!({ "name": name, "role": role });
-            if let Some(days) = expires_in_days {
-                body["expires_in_seconds"] = json!(days * 86_400);
+            let role = match (role, &principal) {
+                (Some(role), _) => Some(role),
+                (None, None) => Some("viewer".to_owned()),
+                (None, Some(_)) => None,
+            };
+            let mut body = json!({ "name": name, "role": role, "principal_id": principal });
+            if let Some(secs) = expires_in {
+                body["expires_in_seconds"] = json!(secs);
+            }
+            if no_expiry {
+                body["no_expiry"] = json!(true);
+            }
+            if !roles.is_empty() {
+                body["roles"] = json!(roles);
+            }
+            if project_only {
+                body["project_scoped"] = json!(true);
             }
             let created_key = api.post("/v1/keys", body).await?;
             match client.output {
@@ -259,6 +277,8 @@ pub async fn secret(cmd: SecretCommand) -> Result<(), ClientError> {
                 }
             };
             let api = ApiClient::from_args(&client)?;
+            // No --bind keeps the secret's current bindings.
+            let bindings = (!bindings.is_empty()).then_some(bindings);
             let s = api
                 .post(
                     "/v1/secrets",
@@ -282,10 +302,18 @@ pub async fn secret(cmd: SecretCommand) -> Result<(), ClientError> {
                 .await?;
             done(&client, &format!("deleted secret {name}"));
         }
-        SecretCommand::Rewrap(c) => {
-            let api = ApiClient::from_args(&c.client)?;
-            let v = api.post("/v1/secrets:rewrap", json!({})).await?;
-            output::object(c.client.output, &v);
+        SecretCommand::Rewrap {
+            new_data_keys,
+            client,
+        } => {
+            let api = ApiClient::from_args(&client)?;
+            let path = if new_data_keys {
+                "/v1/secrets:rewrap?new_data_keys=true"
+            } else {
+                "/v1/secrets:rewrap"
+            };
+            let v = api.post(path, json!({})).await?;
+            output::object(client.output, &v);
         }
     }
     Ok(())

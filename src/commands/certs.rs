@@ -115,7 +115,7 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<()> {
         }
         CertsCommand::MasterKey => {
             let line = coordinator::crypto::MasterKeyring::generate_line(&mut rand::rngs::OsRng);
-            output::object(OutputFormat::Table, &json!(line));
+            output::object(OutputFormat::Table, &json!(line.as_str()));
             Ok(())
         }
     }

@@ -126,6 +126,9 @@ fn submission(args: &JobRunArgs) -> Result<Value, ClientError> {
             .map(|(var, name)| (var.clone(), json!(name)))
             .collect();
         body.insert("secrets".into(), Value::Object(secrets));
+        if args.secret_env {
+            body.insert("secrets_env".into(), json!(true));
+        }
     }
     if let Some(secs) = args.cancel_grace {
         body.insert("cancel_grace_secs".into(), json!(secs));
@@ -562,6 +565,19 @@ mod tests {
                 "data_locality": {"region": "us", "cluster": "us1"},
             })
         );
+        let with_secrets = submission(&run_args(&[
+            "--secret",
+            "TOKEN=api-token",
+            "--secret-env",
+            "--",
+            "true",
+        ]))
+        .expect("body");
+        assert_eq!(with_secrets["secrets"], json!({"TOKEN": "api-token"}));
+        assert_eq!(with_secrets["secrets_env"], json!(true));
+        let files_only =
+            submission(&run_args(&["--secret", "TOKEN=api-token", "--", "true"])).expect("body");
+        assert!(files_only.get("secrets_env").is_none());
         let region_only =
             submission(&run_args(&["--data-locality", "eu", "--", "true"])).expect("body");
         assert_eq!(

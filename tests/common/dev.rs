@@ -28,6 +28,11 @@ pub struct DevProcess {
 impl DevProcess {
     /// Starts `meridian dev --data-dir DIR` with `extra` arguments and waits until the bootstrap key works.
     pub fn start(dir: &Path, extra: &[&str]) -> DevProcess {
+        DevProcess::start_with_env(dir, extra, &[])
+    }
+
+    /// [`DevProcess::start`] with extra environment variables for the process.
+    pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> DevProcess {
         let admin = format!("127.0.0.1:{}", free_tcp_port());
         let gateway = format!("127.0.0.1:{}", free_tcp_port());
         let raft = format!("127.0.0.1:{}", free_udp_port());
@@ -38,6 +43,7 @@ impl DevProcess {
             .args(["--raft-listen", &raft])
             .args(["--gateway-listen", &gateway])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

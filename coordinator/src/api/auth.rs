@@ -110,7 +110,7 @@ fn judge(
         Err(_) => return Verdict::Unauthenticated,
     };
     if action.is_platform() {
-        return match authz::authorize(state, &caller.principal_id, None, action) {
+        return match authz::authorize_caller(state, &caller, None, action) {
             Ok(()) => Verdict::Admitted(RequestScope {
                 project_id: caller.project_id.clone(),
                 caller,
@@ -128,7 +128,7 @@ fn judge(
     let wanted = requested.map_or_else(|| caller.project_id.clone(), str::to_owned);
     let owner = state.project_by_id_or_name(&wanted).map(|p| p.id.clone());
     let project_id = owner.clone().unwrap_or_else(|| wanted.clone());
-    match authz::authorize(state, &caller.principal_id, Some(&project_id), action) {
+    match authz::authorize_caller(state, &caller, Some(&project_id), action) {
         Ok(()) => Verdict::Admitted(RequestScope {
             caller,
             project_id,
@@ -394,6 +394,7 @@ mod tests {
         }
         let token = crypto::generate_token(&mut rand::rngs::OsRng);
         apply(Op::CreateKey {
+            limits: Default::default(),
             key_id: token.key_id.clone(),
             name: "k".into(),
             project_id: "prj_mine".into(),

@@ -89,6 +89,7 @@ impl Refused {
             Refused::Principal { id, name } => Actor::principal(id.clone(), name.clone()),
             Refused::Source(ip) => Actor {
                 principal_id: None,
+                key_id: None,
                 name: match ip {
                     Some(ip) => format!("anonymous@{ip}"),
                     None => "anonymous".to_owned(),
@@ -271,6 +272,7 @@ impl Denials {
             );
             actor = Actor {
                 principal_id: None,
+                key_id: None,
                 name: "many".to_owned(),
             };
         }

@@ -246,6 +246,9 @@ impl From<DomainError> for ServiceError {
             DomainError::QuotaExceeded(m) => {
                 ServiceError::new(ErrorKind::QuotaExceeded, format!("quota exceeded: {m}"))
             }
+            // Whatever was wrong with the key, the caller hears what an invalid key always gets.
+            DomainError::Unauthenticated(_) => ServiceError::unauthenticated(),
+            DomainError::PermissionDenied(m) => ServiceError::forbidden(m),
         }
     }
 }
@@ -351,6 +354,11 @@ mod tests {
                 DomainError::FailedPrecondition("not empty".into()),
                 StatusCode::PRECONDITION_FAILED,
                 "not empty",
+            ),
+            (
+                DomainError::PermissionDenied("needs platform-admin".into()),
+                StatusCode::FORBIDDEN,
+                "permission denied: needs platform-admin",
             ),
         ];
         for (domain, status, message) in cases {

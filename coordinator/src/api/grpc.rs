@@ -178,7 +178,8 @@ fn principal(p: Principal) -> pb::Principal {
         id: p.id,
         kind: kind.to_owned(),
         name: p.name,
-        project_id: p.project_id,
+        // Empty for a platform principal.
+        project_id: p.project_id.unwrap_or_default(),
         created_at: p.created_at,
         disabled: p.disabled,
     }
@@ -195,6 +196,13 @@ fn api_key(k: ApiKeyView) -> pb::ApiKey {
         created_at: k.created_at,
         expires_at: k.expires_at,
         revoked_at: k.revoked_at,
+        roles: k
+            .roles
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.to_string())
+            .collect(),
+        project_scoped: k.project_scoped,
     }
 }
 
@@ -368,6 +376,8 @@ fn job(j: JobView) -> pb::Job {
         data_locality_region: locality_region,
         data_locality_cluster: locality_cluster,
         replicas: j.replicas,
+        principal_id: j.principal_id.unwrap_or_default(),
+        secrets_env: j.secrets_env,
     }
 }
 
@@ -411,6 +421,7 @@ fn submission(r: pb::SubmitJobRequest) -> SubmitJobRequest {
         timeout_secs: (r.timeout_secs > 0).then_some(r.timeout_secs),
         cancel_grace_secs: r.cancel_grace_secs,
         secrets: r.secrets.into_iter().collect(),
+        secrets_env: r.secrets_env,
         replicas: (r.replicas > 0).then_some(u64::from(r.replicas)),
     }
 }
@@ -596,13 +607,16 @@ impl pb::key_service_server::KeyService for GrpcAdmin {
             name: r.name,
             role: non_empty(r.role),
             expires_in_seconds: r.expires_in_seconds,
+            no_expiry: r.no_expiry,
             principal_id: non_empty(r.principal_id),
+            roles: (!r.roles.is_empty()).then_some(r.roles),
+            project_scoped: r.project_scoped,
         };
-        answer(self.service.create_key(&scope, req).await, |k| {
+        answer(self.service.create_key(&scope, req).await, |mut k| {
             pb::CreateKeyResponse {
-                token: k.token,
-                key: Some(api_key(k.key)),
-                principal: Some(principal(k.principal)),
+                token: std::mem::take(&mut k.token),
+                key: Some(api_key(k.key.clone())),
+                principal: Some(principal(k.principal.clone())),
             }
         })
     }
@@ -780,12 +794,16 @@ impl pb::secret_service_server::SecretService for GrpcAdmin {
         request: Request<pb::RewrapSecretsRequest>,
     ) -> GrpcResult<pb::RewrapSecretsResponse> {
         let scope = scope_of(&request)?;
-        answer(self.service.rewrap_secrets(&scope).await, |r| {
-            pb::RewrapSecretsResponse {
+        let new_data_keys = request.get_ref().new_data_keys;
+        answer(
+            self.service.rewrap_secrets(&scope, new_data_keys).await,
+            |r| pb::RewrapSecretsResponse {
                 projects: r.projects,
                 master_key_id: r.master_key_id,
-            }
-        })
+                new_data_keys: r.new_data_keys,
+                secret_versions: r.secret_versions,
+            },
+        )
     }
 }
 

@@ -12,6 +12,7 @@ use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::authz::{self, Action};
 use crate::crypto;
 use crate::scheduler::{Constraints, Locality, ResourceRequest, Resources, Strategy};
 use crate::state::{
@@ -84,9 +85,12 @@ pub(crate) struct SubmitJobRequest {
     pub(crate) timeout_secs: Option<u64>,
     #[serde(default)]
     pub(crate) cancel_grace_secs: Option<u64>,
-    /// Environment variable → project secret bound to the job (`job:*` or `job:<name>`).
+    /// Environment variable → project secret bound to the submitting principal.
     #[serde(default)]
     pub(crate) secrets: BTreeMap<String, String>,
+    /// Also pass the secrets as environment variables (they always arrive as files).
+    #[serde(default)]
+    pub(crate) secrets_env: bool,
 }
 
 /// `resources` of a submission: `cpu` in cores (`0.5`, `"2"`, `"500m"`) or `cpu_millis`; `memory` as bytes
@@ -244,6 +248,8 @@ pub(crate) struct JobView {
     pub(crate) cancel_grace_secs: u64,
     /// Environment variable → secret name (names only, never values).
     pub(crate) secrets: BTreeMap<String, String>,
+    /// The secrets are also passed as environment variables (they always arrive as files).
+    pub(crate) secrets_env: bool,
     /// Node key, region and cluster of the current or last attempt (its replica 0 for a gang).
     pub(crate) node: Option<String>,
     pub(crate) region: Option<String>,
@@ -255,6 +261,8 @@ pub(crate) struct JobView {
     /// Exit code of the last attempt (of the replica that ended it, for a gang).
     pub(crate) exit_code: Option<i32>,
     pub(crate) created_by: String,
+    /// The job's workload identity: the principal that submitted it (secrets are bound to principals).
+    pub(crate) principal_id: Option<String>,
     pub(crate) created_at: u64,
     pub(crate) updated_at: u64,
     pub(crate) finished_at: Option<u64>,
@@ -289,6 +297,7 @@ impl From<&JobRecord> for JobView {
             timeout_secs: spec.timeout_secs,
             cancel_grace_secs: spec.cancel_grace_secs,
             secrets: spec.secrets.clone(),
+            secrets_env: spec.secrets_env,
             node: last.map(|a| a.node.clone()),
             region: last.map(|a| a.region.clone()),
             cluster: last.map(|a| a.cluster.clone()),
@@ -303,6 +312,7 @@ impl From<&JobRecord> for JobView {
                 .find_map(|a| a.exit_code.filter(|code| *code != 0))
                 .or_else(|| last.and_then(|a| a.exit_code)),
             created_by: j.created_by.clone(),
+            principal_id: j.principal_id.clone(),
             created_at: j.created_at,
             updated_at: j.updated_at,
             finished_at: j.finished_at,
@@ -720,6 +730,10 @@ pub(crate) fn job_spec(req: SubmitJobRequest) -> Result<JobSpec, ServiceError> {
         spec.cancel_grace_secs = grace;
     }
     spec.secrets = req.secrets.clone();
+    if req.secrets_env && spec.secrets.is_empty() {
+        return Err(invalid("secrets_env", "needs secrets to pass"));
+    }
+    spec.secrets_env = req.secrets_env;
     // The limits every replica enforces (sizes, NUL bytes): the same rule, checked before proposing.
     spec.validate()?;
     Ok(spec)
@@ -788,9 +802,9 @@ impl AdminService {
         let spec = job_spec(req)?;
         if spec.preemption {
             let allowed = self.handle().read(|s| {
-                crate::authz::authorize(
+                crate::authz::authorize_caller(
                     s,
-                    &scope.caller.principal_id,
+                    &scope.caller,
                     Some(&scope.project_id),
                     crate::authz::Action::PreemptJobs,
                 )
@@ -813,10 +827,30 @@ impl AdminService {
         // `apply` checks again, so concurrent submissions cannot overshoot.
         self.handle()
             .read(|s| s.check_submit_quota(&scope.project_id, &spec))?;
+        if !spec.secrets.is_empty() {
+            // Naming secrets is a right of its own: running jobs (editor) does not include it.
+            let allowed = self.handle().read(|s| {
+                authz::authorize_caller(
+                    s,
+                    &scope.caller,
+                    Some(&scope.project_id),
+                    Action::UseSecrets,
+                )
+                .is_ok()
+            });
+            if !allowed {
+                let why = "naming secrets in a job needs use-secrets (the secret-user or project-admin role)";
+                return Err(self
+                    .refuse(scope, Some(scope.project_id.clone()), "secrets", why)
+                    .await);
+            }
+        }
         let op = Op::SubmitJob {
             id: crypto::random_id("job", &mut OsRng),
             project_id: scope.project_id.clone(),
             spec,
+            // The job's workload identity: the secrets it names must be bound to this principal.
+            principal_id: Some(scope.caller.principal_id.clone()),
         };
         match self.write(scope, op).await? {
             Outcome::Job { job } => Ok(JobView::from(&job)),
@@ -1004,6 +1038,30 @@ mod tests {
         let e = job_spec(body(v)).expect_err("invalid");
         assert_eq!(e.kind, ErrorKind::InvalidArgument);
         e.message.split(':').next().unwrap_or_default().to_owned()
+    }
+
+    #[test]
+    fn secrets_reach_the_environment_only_when_asked() {
+        let files = job_spec(body(serde_json::json!({
+            "command": "true", "secrets": {"TOKEN": "api-token"}
+        })))
+        .expect("valid");
+        assert!(!files.secrets_env, "files only by default");
+        let env = job_spec(body(serde_json::json!({
+            "command": "true", "secrets": {"TOKEN": "api-token"}, "secrets_env": true
+        })))
+        .expect("valid");
+        assert!(env.secrets_env);
+        assert_eq!(
+            field_of(serde_json::json!({"command": "true", "secrets_env": true})),
+            "secrets_env"
+        );
+        // Older specs (no field) read as files only, and a spec without it serializes as before.
+        let old: JobSpec = serde_json::from_str(r#"{"command":"true"}"#).expect("old spec");
+        assert!(!old.secrets_env);
+        assert!(!serde_json::to_string(&old)
+            .expect("serializes")
+            .contains("secrets_env"));
     }
 
     #[test]

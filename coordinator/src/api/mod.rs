@@ -70,6 +70,9 @@ use service::AdminService;
 
 /// Default request body limit (1 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+
+/// How long a key created without an explicit lifetime lasts: 90 days.
+pub const DEFAULT_KEY_TTL: Duration = Duration::from_secs(90 * 86_400);
 /// How long a client may take to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for in-flight requests before dropping their connections.
@@ -121,6 +124,8 @@ pub struct AdminApiOptions {
     pub limits: ApiLimits,
     /// The policy (quotas, network, preemption ceiling) new projects get.
     pub project_defaults: ProjectPolicy,
+    /// Lifetime of a key created without one; [`DEFAULT_KEY_TTL`] is usual.
+    pub default_key_ttl: Duration,
 }
 
 /// The admin API, bound and ready to [`run`](AdminApi::run).
@@ -169,6 +174,7 @@ impl AdminApi {
             opts.keyring,
             opts.limits.denials,
             opts.project_defaults,
+            opts.default_key_ttl,
         );
         let rest = routes::build_router(service.clone())
             .layer(DefaultBodyLimit::disable())

@@ -266,11 +266,16 @@ fn schemas() -> Value {
                 json!({ "type": "string", "enum": ["user", "service_account"] }),
             ),
             ("name", string()),
-            ("project_id", string()),
+            (
+                "project_id",
+                json!({ "type": "string", "nullable": true,
+                        "description": "The owning project; null for a platform principal (the bootstrap platform-admin)." }),
+            ),
             ("created_at", integer()),
             ("disabled", boolean()),
         ],
     );
+    let role = json!({ "type": "string", "enum": ["viewer", "editor", "deployer", "project-admin", "platform-admin", "secret-user"] });
     let key = object(
         &[
             "id",
@@ -288,12 +293,21 @@ fn schemas() -> Value {
             ("project_id", string()),
             ("name", string()),
             ("last4", string()),
+            (
+                "roles",
+                json!({ "type": "array", "items": role.clone(), "nullable": true,
+                        "description": "The roles the key is narrowed to: it grants only what one of them allows (and the principal's bindings grant). Null: all of the principal's roles." }),
+            ),
+            (
+                "project_scoped",
+                json!({ "type": "boolean",
+                        "description": "The key acts only in project_id: other projects answer 404, platform actions 403." }),
+            ),
             ("created_at", integer()),
             ("expires_at", nullable(integer())),
             ("revoked_at", nullable(integer())),
         ],
     );
-    let role = json!({ "type": "string", "enum": ["viewer", "editor", "deployer", "project-admin", "platform-admin"] });
     let binding = object(
         &["id", "principal_id", "role", "scope", "created_at"],
         &[
@@ -502,7 +516,13 @@ fn schemas() -> Value {
             ("pending_reason", nullable(string())),
             ("cancel_requested", boolean()),
             ("exit_code", nullable(signed())),
+            ("secrets_env", boolean()),
             ("created_by", string()),
+            (
+                "principal_id",
+                json!({ "type": "string", "nullable": true,
+                        "description": "The job's workload identity: the principal that submitted it." }),
+            ),
             ("created_at", integer()),
             ("updated_at", integer()),
             ("finished_at", nullable(integer())),
@@ -580,7 +600,13 @@ fn schemas() -> Value {
             ),
             (
                 "secrets",
-                json!({ "type": "object", "additionalProperties": { "type": "string" } }),
+                json!({ "type": "object", "additionalProperties": { "type": "string" },
+                        "description": "Environment variable name → project secret. Needs use-secrets; each secret must be bound to the submitting principal (principal:ID, or principal:ID/job:PATTERN matching the job's name)." }),
+            ),
+            (
+                "secrets_env",
+                json!({ "type": "boolean", "default": false,
+                        "description": "Also pass the secrets as environment variables; by default they reach the job only as files readable by it." }),
             ),
         ],
     );
@@ -701,8 +727,15 @@ fn schemas() -> Value {
         "CreateKeyRequest": object(&["name"], &[
             ("name", string()),
             ("role", role.clone()),
-            ("expires_in_seconds", nullable(integer())),
+            ("expires_in_seconds", json!({ "type": "integer", "nullable": true,
+                "description": "Lifetime in seconds; without it (and without no_expiry) the coordinator's [keys] default_ttl (90 days)." })),
+            ("no_expiry", json!({ "type": "boolean",
+                "description": "A key that never expires; only platform-admins may ask for one." })),
             ("principal_id", nullable(string())),
+            ("roles", json!({ "type": "array", "items": role.clone(), "nullable": true,
+                "description": "Narrow the key to these roles (at least one): it grants only what they allow of the principal's rights." })),
+            ("project_scoped", json!({ "type": "boolean",
+                "description": "The key acts only in the request's project." })),
         ]),
         "CreatedKey": object(&["id", "token", "key", "principal"], &[
             ("id", string()),
@@ -742,9 +775,15 @@ fn schemas() -> Value {
         "PutSecretRequest": object(&["name", "value"], &[
             ("name", string()),
             ("value", json!({ "type": "string", "writeOnly": true })),
-            ("bindings", nullable(array(string()))),
+            ("bindings", json!({ "type": "array", "nullable": true, "items": { "type": "string" },
+                "description": "Who may use the secret: principal:ID (jobs that principal or service account submits) or principal:ID/job:PATTERN (only those whose name matches; * is any run of characters). Absent: keep the current bindings." })),
         ]),
-        "RewrapResult": object(&["projects", "master_key_id"], &[("projects", integer()), ("master_key_id", string())]),
+        "RewrapResult": object(&["projects", "master_key_id", "new_data_keys", "secret_versions"], &[
+            ("projects", integer()),
+            ("master_key_id", string()),
+            ("new_data_keys", boolean()),
+            ("secret_versions", integer()),
+        ]),
         "ClusterMember": member,
         "ClusterMemberList": list_of("ClusterMember"),
         "AddClusterMemberRequest": object(&["id", "name", "raft_addr", "admin_addr"], &[

@@ -283,8 +283,12 @@ pub(crate) async fn delete_secret(
 pub(crate) async fn rewrap_secrets(
     State(service): State<AdminService>,
     Scoped(scope): Scoped,
+    ApiQuery(query): ApiQuery<super::service::RewrapQuery>,
 ) -> Answer<super::service::RewrapResult> {
-    service.rewrap_secrets(&scope).await.map(Json)
+    service
+        .rewrap_secrets(&scope, query.new_data_keys)
+        .await
+        .map(Json)
 }
 
 // ---- cluster ----

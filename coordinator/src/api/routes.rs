@@ -242,6 +242,11 @@ const JOB_LOGS_QUERY: &[(&str, &str)] = &[
     ),
     ("replica", "Replica of a gang job, 0-based (default 0)."),
 ];
+const REWRAP_QUERY: &[(&str, &str)] = &[(
+    "new_data_keys",
+    "true: also replace every project's data key and re-encrypt every secret version under it, in one \
+     command (default false: re-wrap the data keys only).",
+)];
 const USAGE_QUERY: &[(&str, &str)] = &[
     (
         "since",
@@ -519,9 +524,10 @@ pub(crate) static ROUTES: &[Route] = &[
         method: HttpMethod::Post,
         path: "/v1/secrets:rewrap",
         op: &op::SECRET_REWRAP,
-        summary: "Re-wrap every project's data key with the current master key",
+        summary: "Re-wrap every project's data key with the current master key (or, with new_data_keys, \
+                  replace the data keys and re-encrypt every secret version)",
         request: None,
-        query: &[],
+        query: REWRAP_QUERY,
         reply: ok("RewrapResult"),
         endpoint: endpoint!(rest::rewrap_secrets),
     },

@@ -162,11 +162,21 @@ pub(crate) struct CreateKeyRequest {
     /// Role bound to the key's principal in the project; required for a new service account.
     #[serde(default)]
     pub(crate) role: Option<String>,
+    /// Lifetime; the coordinator's `[keys] default_ttl` when neither this nor `no_expiry` is given.
     #[serde(default)]
     pub(crate) expires_in_seconds: Option<u64>,
+    /// A key that never expires (platform-admins only).
+    #[serde(default)]
+    pub(crate) no_expiry: bool,
     /// An existing principal of the project; none creates a service account named after the key.
     #[serde(default)]
     pub(crate) principal_id: Option<String>,
+    /// Narrow the key to these roles (it grants only what one of them allows).
+    #[serde(default)]
+    pub(crate) roles: Option<Vec<String>>,
+    /// The key acts only in the request's project.
+    #[serde(default)]
+    pub(crate) project_scoped: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -187,6 +197,12 @@ pub(crate) struct PutSecretRequest {
     /// Workload selectors; `None` keeps the current ones.
     #[serde(default)]
     pub(crate) bindings: Option<Vec<String>>,
+}
+
+impl Drop for PutSecretRequest {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.value);
+    }
 }
 
 impl std::fmt::Debug for PutSecretRequest {
@@ -292,6 +308,12 @@ pub(crate) struct CreatedKey {
     pub(crate) binding: Option<RoleBindingView>,
 }
 
+impl Drop for CreatedKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.token);
+    }
+}
+
 impl std::fmt::Debug for CreatedKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CreatedKey")
@@ -330,6 +352,30 @@ pub(crate) struct AuditVerification {
 pub(crate) struct RewrapResult {
     pub(crate) projects: u64,
     pub(crate) master_key_id: String,
+    /// The data keys were replaced (not only re-wrapped) and every secret version re-encrypted.
+    pub(crate) new_data_keys: bool,
+    /// Secret versions re-encrypted (0 for a plain re-wrap).
+    pub(crate) secret_versions: u64,
+}
+
+/// Query of `POST /v1/secrets:rewrap`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct RewrapQuery {
+    /// Replace the data keys and re-encrypt every secret version, not only re-wrap the keys.
+    #[serde(default, deserialize_with = "query_bool")]
+    pub(crate) new_data_keys: bool,
+}
+
+/// A query-string boolean: `true`/`false`/`1`/`0`; empty or absent is false.
+fn query_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    let raw: Option<String> = Option::deserialize(d)?;
+    match raw.as_deref().map(str::trim) {
+        None | Some("") | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(t) => Err(serde::de::Error::custom(format!(
+            "must be true or false, not {t:?}"
+        ))),
+    }
 }
 
 /// A registered node as operators see it: resources, GPUs, labels, the allocated GPUs that sit idle,
@@ -467,6 +513,50 @@ fn parse_role(role: &str) -> Result<Role, ServiceError> {
         .map_err(|e| ServiceError::invalid("role", e))
 }
 
+/// A key's limits from a request: roles parsed, sorted and de-duplicated, never an empty list.
+fn key_limits(
+    roles: Option<&[String]>,
+    project_scoped: bool,
+) -> Result<state::KeyLimits, ServiceError> {
+    let roles = match roles {
+        None => None,
+        Some([]) => {
+            return Err(ServiceError::invalid(
+                "roles",
+                "must name at least one role (leave it out for all of the principal's roles)",
+            ))
+        }
+        Some(names) => {
+            let mut parsed = names
+                .iter()
+                .map(|n| {
+                    n.parse::<Role>()
+                        .map_err(|e| ServiceError::invalid("roles", e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            parsed.sort_unstable();
+            parsed.dedup();
+            Some(parsed)
+        }
+    };
+    Ok(state::KeyLimits {
+        roles,
+        project_scoped,
+    })
+}
+
+/// A role bound in a project: anything but platform-admin (the state machine's rule, checked first so bad
+/// input answers 400 before any permission question).
+fn project_role(role: Role) -> Result<Role, ServiceError> {
+    if role == Role::PlatformAdmin {
+        return Err(ServiceError::invalid(
+            "role",
+            "platform-admin can only be bound at platform scope",
+        ));
+    }
+    Ok(role)
+}
+
 fn crypto_error(e: CryptoError) -> ServiceError {
     match e {
         CryptoError::UnknownMasterKey(id) => ServiceError::new(
@@ -488,6 +578,8 @@ struct Inner {
     denials: Denials,
     /// The policy new projects get (the coordinator's `[quotas]`).
     project_defaults: ProjectPolicy,
+    /// Lifetime of a key created without an explicit one, in milliseconds.
+    default_key_ttl_ms: u64,
 }
 
 /// The admin API's operations over one coordinator; cheap to clone.
@@ -502,6 +594,7 @@ impl AdminService {
         keyring: Arc<MasterKeyring>,
         denial_limits: DenialLimits,
         project_defaults: ProjectPolicy,
+        default_key_ttl: std::time::Duration,
     ) -> Self {
         AdminService {
             inner: Arc::new(Inner {
@@ -510,6 +603,7 @@ impl AdminService {
                 metrics: ApiMetrics::default(),
                 denials: Denials::new(denial_limits),
                 project_defaults,
+                default_key_ttl_ms: u64::try_from(default_key_ttl.as_millis()).unwrap_or(u64::MAX),
             }),
         }
     }
@@ -572,6 +666,58 @@ impl AdminService {
         self.inner.denials.record(denial, now_ms());
     }
 
+    /// The 403 for something the caller may not do (a grant beyond its rights, a secret without the use
+    /// right), audited.
+    pub(super) async fn refuse(
+        &self,
+        scope: &RequestScope,
+        project: Option<String>,
+        target: &str,
+        why: &str,
+    ) -> ServiceError {
+        self.record_denied(&scope.caller, scope.operation, project, target, why)
+            .await;
+        ServiceError::forbidden(why)
+    }
+
+    /// Finds principal `id` for a key or binding made in the request's project: the project's own
+    /// principals, those bound in it when `bound_counts`, and any principal (including the platform's) for
+    /// a caller holding `right` platform-wide. Anything else answers 404 like a missing principal, audited
+    /// when it exists.
+    async fn visible_principal(
+        &self,
+        scope: &RequestScope,
+        id: &str,
+        right: Action,
+        bound_counts: bool,
+    ) -> Result<(), ServiceError> {
+        let caller = &scope.caller;
+        let found = self.inner.handle.read(|s| {
+            let p = s.principal(id)?;
+            let bound_here = bound_counts
+                && s.bindings_of(id)
+                    .iter()
+                    .any(|b| b.scope.project_id() == Some(&scope.project_id));
+            let platform = authz::authorize_caller(s, caller, None, right).is_ok();
+            let mine = p.is_owned_by(&scope.project_id);
+            // Keys live in the project of the request: they can be made for its own principals or,
+            // by a platform-admin, for a platform principal.
+            let keyable = mine || (p.project_id.is_none() && platform);
+            let visible = if bound_counts {
+                mine || bound_here || platform
+            } else {
+                keyable
+            };
+            Some((visible, p.project_id.clone()))
+        });
+        match found {
+            Some((true, _)) => Ok(()),
+            // Missing, another project's or the platform's: one answer, one path (see `hidden`).
+            None => Err(self.hidden(scope, "principal", id, None).await),
+            Some((false, owner)) => Err(self.hidden(scope, "principal", id, owner).await),
+        }
+    }
+
     /// The 404 for an object the caller cannot see, whether it is missing (`owner: None`) or belongs to
     /// another project: one code path for both, so neither the answer nor the work done tells them apart.
     /// The attempt is charged to the caller's key and address and counted for the audit log; a caller
@@ -613,7 +759,7 @@ impl AdminService {
     fn platform_allows(&self, caller: &Caller, action: Action) -> bool {
         self.inner
             .handle
-            .read(|s| authz::authorize(s, &caller.principal_id, None, action).is_ok())
+            .read(|s| authz::authorize_caller(s, caller, None, action).is_ok())
     }
 
     // ---- health and cluster ----
@@ -822,9 +968,14 @@ impl AdminService {
     ) -> Result<ListPage<ProjectView>, ServiceError> {
         let req = page.request()?;
         self.consistent().await?;
+        let caller = &scope.caller;
         let page = self.inner.handle.read(|s| {
-            let visible = s.projects_visible_to(&scope.caller.principal_id);
-            Page::from_sorted(visible.into_iter().map(|p| (p.id.clone(), p.view())), &req)
+            let visible = s
+                .projects_visible_to(&caller.principal_id)
+                .into_iter()
+                // A project-scoped key sees its own project only.
+                .filter(|p| !caller.limits.project_scoped || p.id == caller.project_id);
+            Page::from_sorted(visible.map(|p| (p.id.clone(), p.view())), &req)
         });
         Ok(page.into())
     }
@@ -842,9 +993,8 @@ impl AdminService {
             let project_ref = s.project_by_id_or_name(project);
             let owner = project_ref.map(|p| p.id.clone());
             let id = owner.as_deref().unwrap_or(project);
-            let verdict =
-                authz::authorize(s, &scope.caller.principal_id, Some(id), Action::ReadProject)
-                    .map(|()| project_ref.map(|p| p.view()));
+            let verdict = authz::authorize_caller(s, &scope.caller, Some(id), Action::ReadProject)
+                .map(|()| project_ref.map(|p| p.view()));
             (owner, verdict)
         });
         match (owner, verdict) {
@@ -977,34 +1127,43 @@ impl AdminService {
         req: CreateKeyRequest,
     ) -> Result<CreatedKey, ServiceError> {
         validate_display_name("name", &req.name)?;
-        let role = req.role.as_deref().map(parse_role).transpose()?;
+        let role = req
+            .role
+            .as_deref()
+            .map(|r| parse_role(r).and_then(project_role))
+            .transpose()?;
+        let limits = key_limits(req.roles.as_deref(), req.project_scoped)?;
         let at = now_ms();
-        let expires_at = match req.expires_in_seconds {
-            None => None,
-            Some(0) => {
+        let expires_at = match (req.expires_in_seconds, req.no_expiry) {
+            (Some(_), true) => {
+                return Err(ServiceError::invalid(
+                    "no_expiry",
+                    "give expires_in_seconds or no_expiry, not both",
+                ))
+            }
+            (None, true) => None,
+            (Some(0), false) => {
                 return Err(ServiceError::invalid(
                     "expires_in_seconds",
                     "must be positive",
                 ))
             }
-            Some(secs) => Some(
+            (Some(secs), false) => Some(
                 secs.checked_mul(1000)
                     .and_then(|ms| at.checked_add(ms))
                     .ok_or_else(|| ServiceError::invalid("expires_in_seconds", "is too large"))?,
             ),
+            // Keys expire by default.
+            (None, false) => Some(at.saturating_add(self.inner.default_key_ttl_ms)),
         };
         let mut rng = OsRng;
         let principal = match req.principal_id.as_deref().filter(|p| !p.is_empty()) {
             Some(id) => {
-                let owner = self.inner.handle.read(|s| {
-                    let mine = s.project_scope(&scope.project_id).principal(id).is_some();
-                    (mine, s.principal(id).map(|p| p.project_id.clone()))
-                });
-                match owner {
-                    (true, _) => KeyPrincipal::Existing {
-                        principal_id: id.to_owned(),
-                    },
-                    (false, owner) => return Err(self.hidden(scope, "principal", id, owner).await),
+                self.consistent().await?;
+                self.visible_principal(scope, id, Action::ManageKeys, false)
+                    .await?;
+                KeyPrincipal::Existing {
+                    principal_id: id.to_owned(),
                 }
             }
             None => {
@@ -1020,6 +1179,22 @@ impl AdminService {
                 }
             }
         };
+        // The grant rules on this replica; the state machine checks them again in the log's order.
+        let verdict = self.inner.handle.read(|s| {
+            authz::check_key(
+                s,
+                &scope.caller,
+                &scope.project_id,
+                &principal,
+                role,
+                expires_at,
+            )
+        });
+        if let Err(why) = verdict {
+            return Err(self
+                .refuse(scope, Some(scope.project_id.clone()), "key", &why)
+                .await);
+        }
         let token = crypto::generate_token(&mut rng);
         let op = Op::CreateKey {
             key_id: token.key_id.clone(),
@@ -1030,6 +1205,7 @@ impl AdminService {
             expires_at,
             principal,
             role,
+            limits,
         };
         let cmd = Command::new(at, scope.caller.actor(), op);
         match self.inner.handle.write(cmd).await? {
@@ -1039,7 +1215,7 @@ impl AdminService {
                 binding,
             } => Ok(CreatedKey {
                 id: key.id.clone(),
-                token: token.token,
+                token: token.token.to_string(),
                 key,
                 principal,
                 binding: binding.as_ref().map(RoleBindingView::from),
@@ -1090,8 +1266,21 @@ impl AdminService {
         id: &str,
     ) -> Result<ApiKeyView, ServiceError> {
         self.consistent().await?;
-        if let Err(owner) = self.find_key(scope, id) {
-            return Err(self.hidden(scope, "key", id, owner).await);
+        let key = match self.find_key(scope, id) {
+            Ok(key) => key,
+            Err(owner) => return Err(self.hidden(scope, "key", id, owner).await),
+        };
+        // Revoking one's own key is always allowed; anyone else's needs the right to manage its principal
+        // wherever that principal is bound (a project-admin cannot take the platform-admin's key away).
+        if key.id != scope.caller.key_id {
+            let verdict = self.inner.handle.read(|s| {
+                authz::may_manage_principal(s, &scope.caller, &key.principal_id, Action::ManageKeys)
+            });
+            if let Err(why) = verdict {
+                return Err(self
+                    .refuse(scope, Some(key.project_id.clone()), id, &why)
+                    .await);
+            }
         }
         match self
             .write(
@@ -1115,6 +1304,9 @@ impl AdminService {
         req: CreateBindingRequest,
     ) -> Result<RoleBindingView, ServiceError> {
         let role = parse_role(&req.role)?;
+        if !req.platform {
+            project_role(role)?;
+        }
         let platform_admin = self.platform_allows(&scope.caller, Action::ManageBindings);
         if req.platform && !platform_admin {
             self.record_denied(
@@ -1130,21 +1322,22 @@ impl AdminService {
             ));
         }
         self.consistent().await?;
-        let visible = self.inner.handle.read(|s| {
-            let owner = s.principal(&req.principal_id).map(|p| p.project_id.clone());
-            let mine = owner.as_deref() == Some(scope.project_id.as_str());
-            (mine || (platform_admin && owner.is_some()), owner)
-        });
-        if let (false, owner) = visible {
-            return Err(self
-                .hidden(scope, "principal", &req.principal_id, owner)
-                .await);
-        }
+        self.visible_principal(scope, &req.principal_id, Action::ManageBindings, true)
+            .await?;
         let binding_scope = if req.platform {
             Scope::Platform
         } else {
             Scope::Project(scope.project_id.clone())
         };
+        // The grant rules on this replica; the state machine checks them again in the log's order.
+        let verdict = self
+            .inner
+            .handle
+            .read(|s| authz::check_bind(s, &scope.caller, &req.principal_id, &binding_scope, role));
+        if let Err(why) = verdict {
+            let project = binding_scope.project_id().cloned();
+            return Err(self.refuse(scope, project, &req.principal_id, &why).await);
+        }
         let op = Op::BindRole {
             principal_id: req.principal_id,
             scope: binding_scope,
@@ -1312,6 +1505,10 @@ impl AdminService {
                 format!("at most {MAX_SECRET_BYTES} bytes"),
             ));
         }
+        if let Some(bindings) = &req.bindings {
+            self.consistent().await?;
+            self.check_secret_bindings(&scope.project_id, bindings)?;
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -1350,6 +1547,49 @@ impl AdminService {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Bindings written now name who may use the secret ([`state::BINDING_SYNTAX`]), and each principal
+    /// they name acts in the project: owned by it, bound in it, or bound on the platform. A principal of
+    /// another project is refused like a missing one.
+    fn check_secret_bindings(
+        &self,
+        project_id: &str,
+        bindings: &[String],
+    ) -> Result<(), ServiceError> {
+        let mut principals = Vec::new();
+        for b in bindings {
+            match state::validate_workload_binding(b)? {
+                state::SecretBinding::Workload { principal_id, .. } => {
+                    principals.push(principal_id)
+                }
+                state::SecretBinding::Legacy => {
+                    return Err(ServiceError::invalid(
+                        "bindings",
+                        format!("{b:?} is not {}", state::BINDING_SYNTAX),
+                    ))
+                }
+            }
+        }
+        let unknown = self.inner.handle.read(|s| {
+            principals.into_iter().find(|id| {
+                let Some(p) = s.principal(id) else {
+                    return true;
+                };
+                let acts_here = s.bindings_of(id).iter().any(|b| match &b.scope {
+                    Scope::Platform => true,
+                    Scope::Project(p) => p == project_id,
+                });
+                !(p.is_owned_by(project_id) || acts_here)
+            })
+        });
+        match unknown {
+            Some(id) => Err(ServiceError::invalid(
+                "bindings",
+                format!("principal {id} is not a principal of this project"),
+            )),
+            None => Ok(()),
         }
     }
 
@@ -1395,29 +1635,57 @@ impl AdminService {
         self.write(scope, op).await.map(|_| ())
     }
 
+    /// Master-key rotation: re-wraps every project's data key with the current master key, or with
+    /// `new_data_keys` replaces the data keys themselves and re-encrypts every secret version under them,
+    /// in one replicated command either way.
     pub(crate) async fn rewrap_secrets(
         &self,
         scope: &RequestScope,
+        new_data_keys: bool,
     ) -> Result<RewrapResult, ServiceError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             self.consistent().await?;
-            let keys = self.inner.handle.read(|s| s.data_keys());
-            let rewrapped =
-                crypto::rewrap_all(&self.inner.keyring, &keys, &mut OsRng).map_err(crypto_error)?;
-            match self
-                .write(scope, Op::RewrapDataKeys { keys: rewrapped })
-                .await
-            {
+            let op = if new_data_keys {
+                let (keys, sealed) = self
+                    .inner
+                    .handle
+                    .read(|s| (s.data_keys(), s.sealed_versions()));
+                let (keys, secrets) =
+                    crypto::reseal_all(&self.inner.keyring, &keys, &sealed, &mut OsRng)
+                        .map_err(crypto_error)?;
+                Op::ReplaceDataKeys { keys, secrets }
+            } else {
+                let keys = self.inner.handle.read(|s| s.data_keys());
+                let keys = crypto::rewrap_all(&self.inner.keyring, &keys, &mut OsRng)
+                    .map_err(crypto_error)?;
+                Op::RewrapDataKeys { keys }
+            };
+            let master_key_id = self.inner.keyring.current_id().to_owned();
+            match self.write(scope, op).await {
                 Ok(Outcome::Rewrapped { projects }) => {
                     return Ok(RewrapResult {
                         projects,
-                        master_key_id: self.inner.keyring.current_id().to_owned(),
+                        master_key_id,
+                        new_data_keys: false,
+                        secret_versions: 0,
+                    })
+                }
+                Ok(Outcome::DataKeysReplaced {
+                    projects,
+                    secret_versions,
+                }) => {
+                    return Ok(RewrapResult {
+                        projects,
+                        master_key_id,
+                        new_data_keys: true,
+                        secret_versions,
                     })
                 }
                 Ok(other) => return Err(unexpected(other)),
-                // A project was created or deleted in between: the set must be complete, so read it again.
+                // A project or secret was created or deleted in between: the set must be complete, so read
+                // it again.
                 Err(e) if e.kind == ErrorKind::FailedPrecondition && attempt < RACE_ATTEMPTS => {
                     continue
                 }
@@ -1505,6 +1773,23 @@ mod tests {
         assert_eq!(ok.network, Some(state::NetworkPolicy::None));
         assert_eq!(ok.preemption_ceiling, Some(10));
         assert_eq!(ok.max_running_gpus, None);
+    }
+
+    #[test]
+    fn key_limits_are_sorted_unique_and_never_empty() {
+        let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let limits =
+            key_limits(Some(&names(&["editor", "viewer", "editor"])), true).expect("valid");
+        assert_eq!(limits.roles, Some(vec![Role::Viewer, Role::Editor]));
+        assert!(limits.project_scoped);
+        assert_eq!(
+            key_limits(None, false).expect("valid"),
+            state::KeyLimits::default()
+        );
+        let e = key_limits(Some(&[]), false).expect_err("empty");
+        assert!(e.message.starts_with("roles: "), "{}", e.message);
+        let e = key_limits(Some(&names(&["root"])), false).expect_err("unknown");
+        assert!(e.message.starts_with("roles: "), "{}", e.message);
     }
 
     #[test]

@@ -217,10 +217,20 @@ pub struct JobSpec {
     /// Seconds between SIGTERM and SIGKILL when the job is cancelled.
     #[serde(default = "default_cancel_grace_secs")]
     pub cancel_grace_secs: u64,
-    /// Environment variable → name of a project secret bound to this job (`job:*`, `job:<name>`). The
-    /// value is decrypted only when the job's assignment is handed to its node's agent.
+    /// Environment variable → name of a project secret bound to the job's principal (`principal:<id>`,
+    /// `principal:<id>/job:<pattern>`). The value is decrypted only when the job's assignment is handed to
+    /// its node's agent.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, String>,
+    /// Also hand the secrets to the process as environment variables. Secrets always reach the job as
+    /// files readable only by it; the environment (visible to everything the job starts and easily logged)
+    /// is its explicit choice.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub secrets_env: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl JobSpec {
@@ -244,6 +254,7 @@ impl JobSpec {
             timeout_secs: None,
             cancel_grace_secs: default_cancel_grace_secs(),
             secrets: BTreeMap::new(),
+            secrets_env: false,
         }
     }
 
@@ -401,6 +412,10 @@ pub struct JobRecord {
     pub prefer_region: Option<String>,
     /// The name of the actor that submitted it.
     pub created_by: String,
+    /// The job's workload identity: the principal that submitted it. Secrets are released to the job
+    /// only when bound to this principal. `None` for jobs submitted before workload identities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal_id: Option<String>,
     pub created_at: u64,
     pub updated_at: u64,
     pub finished_at: Option<u64>,
@@ -733,15 +748,27 @@ fn clip(s: &str, max: usize) -> String {
     s[..end].to_owned()
 }
 
+/// What `Op::SubmitJob` asks for.
+pub(crate) struct Submission<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) project_id: &'a str,
+    pub(crate) spec: &'a JobSpec,
+    pub(crate) principal_id: Option<&'a str>,
+}
+
 impl RegistryState {
     pub(crate) fn submit_job(
         &mut self,
         at: u64,
-        actor: &str,
-        id: &str,
-        project_id: &str,
-        spec: &JobSpec,
+        actor: &super::Actor,
+        submission: Submission<'_>,
     ) -> Result<Applied, DomainError> {
+        let Submission {
+            id,
+            project_id,
+            spec,
+            principal_id,
+        } = submission;
         validate_id("id", id)?;
         if !self.projects.contains_key(project_id) {
             return Err(DomainError::not_found("project", project_id));
@@ -750,20 +777,21 @@ impl RegistryState {
             return Err(DomainError::exists("job", id));
         }
         spec.validate()?;
-        for name in spec.secrets.values() {
-            let secret = self
-                .project_scope(project_id)
-                .secret(name)
-                .ok_or_else(|| DomainError::not_found("secret", name))?;
-            if !secret_binds_job(secret, id, &spec.name) {
-                return Err(DomainError::FailedPrecondition(format!(
-                    "secret {name} is not bound to this job (bindings: {}; add job:* or job:<name>)",
-                    if secret.bindings.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        secret.bindings.join(", ")
+        match principal_id {
+            Some(principal) => self.check_job_secrets(actor, id, project_id, spec, principal)?,
+            // A command from before workload identities: replayed under the rule it was accepted by.
+            None => {
+                for name in spec.secrets.values() {
+                    let secret = self
+                        .project_scope(project_id)
+                        .secret(name)
+                        .ok_or_else(|| DomainError::not_found("secret", name))?;
+                    if !secret_binds_job(secret, id, &spec.name) {
+                        return Err(DomainError::FailedPrecondition(format!(
+                            "secret {name} is not bound to this job"
+                        )));
                     }
-                )));
+                }
             }
         }
         self.check_submit_quota(project_id, spec)?;
@@ -776,7 +804,8 @@ impl RegistryState {
             pending_reason: None,
             cancel_requested: false,
             prefer_region: None,
-            created_by: actor.to_owned(),
+            created_by: actor.name.clone(),
+            principal_id: principal_id.map(str::to_owned),
             created_at: at,
             updated_at: at,
             finished_at: None,
@@ -794,6 +823,56 @@ impl RegistryState {
             format!("name={}", spec.name)
         };
         Ok(Applied::new(Outcome::Job { job }, detail))
+    }
+
+    /// The rules for a job's secrets when it has a workload identity: the identity is the submitter
+    /// itself; naming secrets needs `use-secrets` in the project (checked here against the acting key, as
+    /// the API did before proposing); and every secret named must exist and be bound to the principal (and,
+    /// for a binding narrowed to `job:PATTERN`, to a job of that name). A job's name alone never selects a
+    /// secret.
+    fn check_job_secrets(
+        &self,
+        actor: &super::Actor,
+        id: &str,
+        project_id: &str,
+        spec: &JobSpec,
+        principal: &str,
+    ) -> Result<(), DomainError> {
+        validate_id("principal_id", principal)?;
+        if actor
+            .principal_id
+            .as_deref()
+            .is_some_and(|acting| acting != principal)
+        {
+            return Err(DomainError::PermissionDenied(
+                "a job's workload identity is the principal that submits it".to_owned(),
+            ));
+        }
+        if spec.secrets.is_empty() {
+            return Ok(());
+        }
+        if let Some(caller) = crate::authz::caller_of(self, actor) {
+            let action = crate::authz::Action::UseSecrets;
+            if crate::authz::authorize_caller(self, &caller, Some(project_id), action).is_err() {
+                return Err(DomainError::PermissionDenied(
+                    "naming secrets in a job needs use-secrets (the secret-user or project-admin role)"
+                        .to_owned(),
+                ));
+            }
+        }
+        for name in spec.secrets.values() {
+            let secret = self
+                .project_scope(project_id)
+                .secret(name)
+                .ok_or_else(|| DomainError::not_found("secret", name))?;
+            if !secret_binds_workload(secret, principal, id, &spec.name) {
+                return Err(DomainError::FailedPrecondition(format!(
+                    "secret {name} is not bound to principal {principal}; a project-admin binds it with \
+                     principal:{principal} or principal:{principal}/job:<name pattern>"
+                )));
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn cancel_job(
@@ -1827,6 +1906,7 @@ mod tests {
                 id: id.into(),
                 project_id: PA.into(),
                 spec,
+                principal_id: None,
             }) {
                 Outcome::Job { job } => job,
                 other => panic!("unexpected outcome {other:?}"),
@@ -2003,6 +2083,7 @@ mod tests {
             id: "job_1".into(),
             project_id: PB.into(),
             spec: spec(),
+            principal_id: None,
         });
         assert!(
             matches!(again, DomainError::AlreadyExists { .. }),
@@ -2012,6 +2093,7 @@ mod tests {
             id: "job_2".into(),
             project_id: "prj_missing".into(),
             spec: spec(),
+            principal_id: None,
         });
         assert!(
             matches!(missing, DomainError::NotFound { .. }),
@@ -2055,6 +2137,7 @@ mod tests {
                 id: "job_x".into(),
                 project_id: PA.into(),
                 spec,
+                principal_id: None,
             });
             assert!(
                 matches!(&e, DomainError::Invalid { field: f, .. } if f == field),
@@ -2065,6 +2148,7 @@ mod tests {
             id: "job/1".into(),
             project_id: PA.into(),
             spec: spec(),
+            principal_id: None,
         });
         assert!(matches!(bad_id, DomainError::Invalid { .. }));
         let mut edge = spec();
@@ -2691,6 +2775,7 @@ mod tests {
             id: "job_0".into(),
             project_id: PB.into(),
             spec: spec(),
+            principal_id: None,
         });
         let req = PageRequest {
             page_size: 2,
@@ -2805,6 +2890,7 @@ mod tests {
             id: "job_b".into(),
             project_id: PB.into(),
             spec: spec(),
+            principal_id: None,
         });
         let e = w.refused(Op::DeleteProject { id: PB.into() });
         assert!(matches!(e, DomainError::FailedPrecondition(_)), "{e:?}");
@@ -3307,6 +3393,7 @@ mod tests {
             id: "job_b".into(),
             project_id: PB.into(),
             spec: spec(),
+            principal_id: None,
         });
         w.place("job_b", 1, A);
         w.start("job_b", 1, A);
@@ -3439,6 +3526,7 @@ mod tests {
                 id: "gang".into(),
                 project_id: PA.into(),
                 spec: gang_spec(bad),
+                principal_id: None,
             });
             assert!(e.to_string().contains("replicas"), "{e}");
         }
@@ -3455,6 +3543,7 @@ mod tests {
 
     fn submit_in(w: &mut World, project: &str, id: &str, spec: JobSpec) -> CommandOutcome {
         w.apply(Op::SubmitJob {
+            principal_id: None,
             id: id.into(),
             project_id: project.into(),
             spec,
@@ -3475,6 +3564,7 @@ mod tests {
         w.submit("job_1");
         w.submit("job_2");
         let e = w.refused(Op::SubmitJob {
+            principal_id: None,
             id: "job_3".into(),
             project_id: PA.into(),
             spec: spec(),
@@ -3498,6 +3588,7 @@ mod tests {
                         w.at + 1,
                         Actor::system(),
                         Op::SubmitJob {
+                            principal_id: None,
                             id: (*id).into(),
                             project_id: PA.into(),
                             spec: spec(),
@@ -3536,6 +3627,7 @@ mod tests {
         w.submit("job_1");
         w.submit("job_2");
         let e = w.refused(Op::SubmitJob {
+            principal_id: None,
             id: "job_3".into(),
             project_id: PA.into(),
             spec: spec(),
@@ -3573,6 +3665,7 @@ mod tests {
         let mut gang = spec();
         gang.replicas = 2;
         let e = w.refused(Op::SubmitJob {
+            principal_id: None,
             id: "gang".into(),
             project_id: PA.into(),
             spec: gang,
@@ -3781,9 +3874,38 @@ fn valid_env_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 256 && !name.contains(['=', '\0'])
 }
 
-/// Whether one of the secret's workload bindings selects the job: `job:PATTERN` where PATTERN matches the
-/// job's name or id, `*` standing for any run of characters.
-pub fn secret_binds_job(secret: &super::Secret, job_id: &str, job_name: &str) -> bool {
+/// Whether one of the secret's bindings names the workload: the job's principal (its workload identity,
+/// the principal that submitted it), and when the binding is narrowed to `job:PATTERN`, a job whose name or
+/// id matches. Bindings from before workload identities ([`SecretBinding::Legacy`](super::SecretBinding))
+/// select nothing.
+pub fn secret_binds_workload(
+    secret: &super::Secret,
+    principal_id: &str,
+    job_id: &str,
+    job_name: &str,
+) -> bool {
+    secret
+        .bindings
+        .iter()
+        .any(|b| match super::SecretBinding::parse(b) {
+            super::SecretBinding::Workload {
+                principal_id: bound,
+                job,
+            } => {
+                bound == principal_id
+                    && job.is_none_or(|pattern| {
+                        glob_matches(pattern, job_id)
+                            || (!job_name.is_empty() && glob_matches(pattern, job_name))
+                    })
+            }
+            super::SecretBinding::Legacy => false,
+        })
+}
+
+/// The rule of builds before workload identities, kept only to replay their `SubmitJob` commands exactly
+/// (those carry no principal): one of the secret's selectors is `job:PATTERN` where PATTERN matches the
+/// job's name or id. Never used to decide a new submission or a release.
+pub(crate) fn secret_binds_job(secret: &super::Secret, job_id: &str, job_name: &str) -> bool {
     secret.bindings.iter().any(|b| {
         b.strip_prefix("job:").is_some_and(|pattern| {
             glob_matches(pattern, job_id)

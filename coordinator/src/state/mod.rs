@@ -9,6 +9,8 @@
 //! prepared it. Two replicas that applied the same log hold byte-identical state
 //! ([`RegistryState::to_bytes`]). This module must never hold plaintext secrets or unwrapped keys.
 
+#[cfg(test)]
+mod access_tests;
 mod audit;
 mod deny_list;
 mod fleet;
@@ -40,8 +42,8 @@ pub use fleet::{
 };
 pub(crate) use jobs::MAX_REPLICAS;
 pub use jobs::{
-    secret_binds_job, Attempt, AttemptOutcome, EventAck, HeldAttempt, JobEventKind, JobEventOp,
-    JobRecord, JobSpec, JobState, PlacementOp, ReplicaPlacement, RetryPolicy,
+    secret_binds_workload, Attempt, AttemptOutcome, EventAck, HeldAttempt, JobEventKind,
+    JobEventOp, JobRecord, JobSpec, JobState, PlacementOp, ReplicaPlacement, RetryPolicy,
 };
 pub use paging::{Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use policy::{
@@ -49,12 +51,14 @@ pub use policy::{
     NetworkPolicy, PolicyUpdate, ProjectLoad, ProjectPolicy, MAX_PREEMPTION_CEILING,
 };
 pub use scope::ProjectScope;
-pub(crate) use secrets::validate_secret_name;
-pub use secrets::{SealedValue, Secret, SecretVersion, SecretView, WrappedKey};
+pub(crate) use secrets::{validate_secret_name, validate_workload_binding, BINDING_SYNTAX};
+pub use secrets::{
+    ResealedVersion, SealedValue, Secret, SecretBinding, SecretVersion, SecretView, WrappedKey,
+};
 pub(crate) use tenancy::{validate_description, validate_id};
 pub use tenancy::{
-    ApiKey, ApiKeyView, KeyPrincipal, KeyState, Principal, PrincipalKind, Project, ProjectView,
-    RoleBinding, Scope, DEFAULT_PROJECT_NAME,
+    ApiKey, ApiKeyView, KeyLimits, KeyPrincipal, KeyState, Principal, PrincipalKind, Project,
+    ProjectView, RoleBinding, Scope, DEFAULT_PROJECT_NAME,
 };
 pub use usage::{JobUsage, UsageFigures, UsageReport, USAGE_BUCKET_MS};
 
@@ -103,6 +107,12 @@ pub struct Actor {
     pub principal_id: Option<String>,
     /// Display name (principal name, or `system`).
     pub name: String,
+    /// The API key the principal acted with. `apply` refuses the command when this key is revoked or expired
+    /// at the command's time, or its principal is disabled, so a write admitted by a lagging replica cannot
+    /// commit after the key was taken back. Absent for the system and in commands from before keys were
+    /// recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
 }
 
 impl Actor {
@@ -111,6 +121,7 @@ impl Actor {
         Self {
             principal_id: None,
             name: "system".to_owned(),
+            key_id: None,
         }
     }
 
@@ -119,7 +130,14 @@ impl Actor {
         Self {
             principal_id: Some(id.into()),
             name: name.into(),
+            key_id: None,
         }
+    }
+
+    /// This actor, acting with API key `key_id`.
+    pub fn with_key(mut self, key_id: impl Into<String>) -> Self {
+        self.key_id = Some(key_id.into());
+        self
     }
 }
 
@@ -175,6 +193,9 @@ pub enum Op {
         expires_at: Option<u64>,
         principal: KeyPrincipal,
         role: Option<Role>,
+        /// How the key narrows its principal's rights (absent: not at all).
+        #[serde(default, skip_serializing_if = "KeyLimits::is_none")]
+        limits: KeyLimits,
     },
     /// Revokes a key (at `at_ms`).
     RevokeKey { key_id: String },
@@ -201,7 +222,8 @@ pub enum Op {
     /// Master-key rotation: replaces every project's wrapped data key. The map must name exactly the
     /// current projects (all-or-nothing).
     RewrapDataKeys { keys: BTreeMap<String, WrappedKey> },
-    /// Records an attempt the API refused before proposing anything (e.g. a denied cross-project read).
+    /// Records an attempt the API refused before proposing anything (e.g. a denied cross-project read), or
+    /// an event that changes no state but must be on record (`secret.release`: secrets handed to an agent).
     RecordAudit {
         action: String,
         project: Option<String>,
@@ -261,6 +283,11 @@ pub enum Op {
         id: String,
         project_id: String,
         spec: JobSpec,
+        /// The job's workload identity: the principal that submits it (the acting principal, when the
+        /// command has one). The secrets the job names must be bound to it. Absent in commands from before
+        /// workload identities, which replay under the old rule and get no secrets released.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        principal_id: Option<String>,
     },
     /// Cancels a job: a pending one at once, a scheduled or running one by asking its agent to stop it.
     /// Refused for a finished job.
@@ -307,6 +334,14 @@ pub enum Op {
     SetProjectPolicy {
         project_id: String,
         update: PolicyUpdate,
+    },
+    /// Master-key rotation that also replaces the data keys: every project gets the fresh data key in
+    /// `keys` (wrapped by the current master key), and every stored version of every secret is replaced by
+    /// its re-encryption under it in `secrets` (project id → secret name → versions). All-or-nothing: the
+    /// maps must name exactly the current projects, secrets and versions.
+    ReplaceDataKeys {
+        keys: BTreeMap<String, WrappedKey>,
+        secrets: BTreeMap<String, BTreeMap<String, Vec<ResealedVersion>>>,
     },
 }
 
@@ -369,6 +404,8 @@ pub enum Outcome {
         cluster: String,
         policy: ClusterPolicy,
     },
+    /// Data keys were replaced for this many projects, and this many secret versions re-encrypted.
+    DataKeysReplaced { projects: u64, secret_versions: u64 },
 }
 
 /// Why a committed command was refused by the domain (the entry is still committed; state is unchanged
@@ -390,6 +427,12 @@ pub enum DomainError {
     /// The project's policy does not allow this much (pending jobs, bytes of specs, running resources).
     #[error("quota exceeded: {0}")]
     QuotaExceeded(String),
+    /// The acting key or principal is no longer valid (revoked, expired, disabled, gone).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The actor may not do this (e.g. grant a role it does not hold).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
 }
 
 impl DomainError {
@@ -589,6 +632,7 @@ impl Op {
             Op::SetProjectPolicy { project_id, .. } => {
                 s("project.policy.set", Some(project_id), project_id)
             }
+            Op::ReplaceDataKeys { .. } => s("secret.rewrap", None, "data-keys+secrets"),
         }
     }
 }
@@ -669,7 +713,11 @@ impl RegistryState {
         if subject.project.is_none() {
             subject.project = self.project_of_target(&cmd.op);
         }
-        match self.execute(cmd) {
+        let result = self
+            .check_actor(cmd)
+            .and_then(|()| self.check_grant(cmd))
+            .and_then(|()| self.execute(cmd));
+        match result {
             Ok(applied) => {
                 self.append_audit(cmd, &subject, AuditOutcome::Success, applied.detail);
                 Ok(applied.outcome)
@@ -736,6 +784,7 @@ impl RegistryState {
                 expires_at,
                 principal,
                 role,
+                limits,
             } => self.create_key(
                 at,
                 tenancy::KeySpec {
@@ -747,6 +796,7 @@ impl RegistryState {
                     expires_at: *expires_at,
                     principal,
                     role: *role,
+                    limits,
                 },
             ),
             Op::RevokeKey { key_id } => self.revoke_key(at, key_id),
@@ -809,7 +859,17 @@ impl RegistryState {
                 id,
                 project_id,
                 spec,
-            } => self.submit_job(at, &cmd.actor.name, id, project_id, spec),
+                principal_id,
+            } => self.submit_job(
+                at,
+                &cmd.actor,
+                jobs::Submission {
+                    id,
+                    project_id,
+                    spec,
+                    principal_id: principal_id.as_deref(),
+                },
+            ),
             Op::CancelJob { project_id, id } => self.cancel_job(at, project_id, id),
             Op::PlaceJobs { placements } => self.place_jobs(at, placements),
             Op::ReportJobEvents {
@@ -841,6 +901,73 @@ impl RegistryState {
             Op::SetProjectPolicy { project_id, update } => {
                 self.set_project_policy(project_id, update)
             }
+            Op::ReplaceDataKeys { keys, secrets } => self.replace_data_keys(keys, secrets),
+        }
+    }
+
+    /// Refuses a command whose acting key is no longer valid at the command's time: unknown, revoked,
+    /// expired, not the actor's, or its principal disabled or gone. The API checked all of this when it
+    /// admitted the request, but on a replica that may have been behind; this check runs on the log's
+    /// order, so a revocation committed first always wins.
+    fn check_actor(&self, cmd: &Command) -> Result<(), DomainError> {
+        let Some(key_id) = &cmd.actor.key_id else {
+            return Ok(());
+        };
+        let refused = |why: &str| Err(DomainError::Unauthenticated(format!("key {key_id} {why}")));
+        let Some(key) = self.keys.get(key_id) else {
+            return refused("does not exist");
+        };
+        if cmd.actor.principal_id.as_deref() != Some(key.principal_id.as_str()) {
+            return refused("belongs to another principal");
+        }
+        match key.state_at(cmd.at_ms) {
+            KeyState::Active => {}
+            KeyState::Revoked => return refused("was revoked"),
+            KeyState::Expired => return refused("has expired"),
+        }
+        match self.principals.get(&key.principal_id) {
+            Some(p) if !p.disabled => Ok(()),
+            Some(_) => refused("belongs to a disabled principal"),
+            None => refused("belongs to a principal that no longer exists"),
+        }
+    }
+
+    /// Refuses a key or a role binding its acting key could not grant at the command's place in the log
+    /// (the API checked the same rules on a replica that may have been behind): see
+    /// [`authz::check_key`](crate::authz::check_key) and [`authz::check_bind`](crate::authz::check_bind).
+    /// Commands without an acting key (the system's, or logged by older builds) are not checked here.
+    fn check_grant(&self, cmd: &Command) -> Result<(), DomainError> {
+        if cmd.actor.key_id.is_none() {
+            return Ok(());
+        }
+        let verdict = match &cmd.op {
+            Op::CreateKey {
+                project_id,
+                principal,
+                role,
+                expires_at,
+                ..
+            } => Some(crate::authz::caller_of(self, &cmd.actor).map(|caller| {
+                crate::authz::check_key(self, &caller, project_id, principal, *role, *expires_at)
+            })),
+            Op::BindRole {
+                principal_id,
+                scope,
+                role,
+            } => {
+                Some(crate::authz::caller_of(self, &cmd.actor).map(|caller| {
+                    crate::authz::check_bind(self, &caller, principal_id, scope, *role)
+                }))
+            }
+            _ => None,
+        };
+        match verdict {
+            None | Some(Some(Ok(()))) => Ok(()),
+            Some(Some(Err(why))) => Err(DomainError::PermissionDenied(why)),
+            // `check_actor` found the key a moment ago; it cannot be gone, but refuse rather than assume.
+            Some(None) => Err(DomainError::Unauthenticated(
+                "the acting key is unknown".to_owned(),
+            )),
         }
     }
 
@@ -848,7 +975,7 @@ impl RegistryState {
         match op {
             Op::RevokeKey { key_id } => self.keys.get(key_id).map(|k| k.project_id.clone()),
             Op::SetPrincipalDisabled { id, .. } => {
-                self.principals.get(id).map(|p| p.project_id.clone())
+                self.principals.get(id).and_then(|p| p.project_id.clone())
             }
             Op::UnbindRole { binding_id } => self
                 .bindings
@@ -867,11 +994,13 @@ impl RegistryState {
 
     /// Restores state from [`RegistryState::to_bytes`] output. The indexes of finished jobs and of each
     /// project's unfinished jobs are rebuilt from the jobs, so a snapshot written before they existed loads
-    /// complete.
+    /// complete, and a bootstrap principal that an older build gave to project `default` moves to the
+    /// platform.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         let mut state: Self = serde_json::from_slice(bytes)?;
         state.rebuild_finished_index();
         state.rebuild_unfinished_index();
+        state.migrate_bootstrap_principal();
         Ok(state)
     }
 

@@ -63,12 +63,12 @@ impl<'a> ProjectScope<'a> {
         .map(ApiKey::view)
     }
 
-    /// A principal owned by this project.
+    /// A principal owned by this project (never a platform principal, which no project owns).
     pub fn principal(&self, id: &str) -> Option<&'a Principal> {
         self.state
             .principals
             .get(id)
-            .filter(|p| p.project_id == self.project_id)
+            .filter(|p| p.is_owned_by(self.project_id))
     }
 
     /// Principals owned by this project, in id order.
@@ -78,7 +78,7 @@ impl<'a> ProjectScope<'a> {
             self.state
                 .principals
                 .iter()
-                .filter(|(_, p)| p.project_id == pid)
+                .filter(|(_, p)| p.is_owned_by(pid))
                 .map(|(id, p)| (id.as_str(), p)),
             req,
         )

@@ -49,6 +49,13 @@ impl std::fmt::Debug for SealedValue {
     }
 }
 
+/// One version of a secret sealed again under a project's new data key (`Op::ReplaceDataKeys`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResealedVersion {
+    pub version: u32,
+    pub sealed: SealedValue,
+}
+
 /// One version of a secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretVersion {
@@ -64,7 +71,9 @@ pub struct Secret {
     pub name: String,
     /// Oldest first; the last is the latest.
     pub versions: Vec<SecretVersion>,
-    /// Workload selectors allowed to read it, e.g. `job:*`, `deployment:fraud-scorer` (sorted, unique).
+    /// Who may use it (sorted, unique): `principal:<id>` (jobs the principal or service account submits)
+    /// or `principal:<id>/job:<pattern>` (only those whose name matches). Selectors written before
+    /// workload identities (`job:<pattern>`) are kept and shown but grant nothing (see [`SecretBinding`]).
     pub bindings: Vec<String>,
     pub created_at: u64,
     pub updated_at: u64,
@@ -140,8 +149,80 @@ pub(crate) fn validate_secret_name(name: &str) -> Result<(), DomainError> {
     }
 }
 
-/// Workload selectors: `kind:pattern`, kind `[a-z][a-z0-9-]*`, pattern of `[A-Za-z0-9*._/-]`, at most 128
-/// characters. Returns them sorted and de-duplicated.
+/// What one of a secret's bindings names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretBinding<'a> {
+    /// `principal:<id>` or `principal:<id>/job:<pattern>`: jobs submitted by that principal (user or
+    /// service account), optionally only those whose name (or id) matches the pattern (`*` for any run of
+    /// characters). The job's name alone never selects it: the submitter must be the named principal.
+    Workload {
+        principal_id: &'a str,
+        job: Option<&'a str>,
+    },
+    /// Any other `kind:pattern` selector, as written before secrets were bound to workload identities
+    /// (`job:*`, `job:<name>`). Kept and shown so operators can see what to rebind, but it grants nothing to
+    /// a job submitted since: a job's name is chosen by whoever submits it.
+    Legacy,
+}
+
+/// The binding syntax, for messages.
+pub(crate) const BINDING_SYNTAX: &str = "principal:ID or principal:ID/job:PATTERN";
+
+impl<'a> SecretBinding<'a> {
+    /// Reads a stored binding; anything that is not a well-formed workload binding is [`SecretBinding::Legacy`].
+    pub fn parse(binding: &'a str) -> Self {
+        Self::parse_workload(binding)
+            .ok()
+            .unwrap_or(SecretBinding::Legacy)
+    }
+
+    /// A workload binding, or why `binding` is not one.
+    fn parse_workload(binding: &'a str) -> Result<Self, String> {
+        let Some(rest) = binding.strip_prefix("principal:") else {
+            return Err(format!(
+                "{binding:?} is not {BINDING_SYNTAX} (a binding names who may use the secret)"
+            ));
+        };
+        let (principal_id, job) = match rest.split_once('/') {
+            None => (rest, None),
+            Some((id, tail)) => match tail.strip_prefix("job:") {
+                Some(pattern) => (id, Some(pattern)),
+                None => {
+                    return Err(format!(
+                        "{binding:?}: after the principal only /job:PATTERN may follow"
+                    ))
+                }
+            },
+        };
+        if validate_id("principal", principal_id).is_err() {
+            return Err(format!(
+                "{binding:?}: the principal id must be 1-64 characters of [A-Za-z0-9_-]"
+            ));
+        }
+        if let Some(pattern) = job {
+            let ok = !pattern.is_empty()
+                && pattern.len() <= 128
+                && pattern
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '*' | '.' | '_' | '-'));
+            if !ok {
+                return Err(format!(
+                    "{binding:?}: the job pattern must be 1-128 characters of [A-Za-z0-9*._-]"
+                ));
+            }
+        }
+        Ok(SecretBinding::Workload { principal_id, job })
+    }
+}
+
+/// Checks a binding written through the API now: only workload bindings are accepted.
+pub(crate) fn validate_workload_binding(binding: &str) -> Result<SecretBinding<'_>, DomainError> {
+    SecretBinding::parse_workload(binding).map_err(|m| DomainError::invalid("bindings", m))
+}
+
+/// Bindings as stored: workload bindings, or (so that logs from before them still replay) `kind:pattern`
+/// selectors, kind `[a-z][a-z0-9-]*`, pattern of `[A-Za-z0-9*._/-]`; each at most 256 characters. Returns
+/// them sorted and de-duplicated.
 pub(crate) fn normalize_bindings(bindings: &[String]) -> Result<Vec<String>, DomainError> {
     if bindings.len() > MAX_SECRET_BINDINGS {
         return Err(DomainError::invalid(
@@ -151,7 +232,7 @@ pub(crate) fn normalize_bindings(bindings: &[String]) -> Result<Vec<String>, Dom
     }
     let mut out = BTreeSet::new();
     for b in bindings {
-        let valid = b.len() <= 128
+        let legacy = b.len() <= 128
             && b.split_once(':').is_some_and(|(kind, pattern)| {
                 let mut k = kind.chars();
                 k.next().is_some_and(|c| c.is_ascii_lowercase())
@@ -161,10 +242,10 @@ pub(crate) fn normalize_bindings(bindings: &[String]) -> Result<Vec<String>, Dom
                         c.is_ascii_alphanumeric() || matches!(c, '*' | '.' | '_' | '/' | '-')
                     })
             });
-        if !valid {
+        if !legacy && SecretBinding::parse_workload(b).is_err() {
             return Err(DomainError::invalid(
                 "bindings",
-                format!("{b:?} is not a workload selector like job:*"),
+                format!("{b:?} is not {BINDING_SYNTAX}"),
             ));
         }
         out.insert(b.clone());
@@ -289,6 +370,117 @@ impl RegistryState {
             },
             format!("projects={} master_keys={}", keys.len(), ids.join(",")),
         ))
+    }
+
+    pub(crate) fn replace_data_keys(
+        &mut self,
+        keys: &BTreeMap<String, WrappedKey>,
+        secrets: &BTreeMap<String, BTreeMap<String, Vec<ResealedVersion>>>,
+    ) -> Result<Applied, DomainError> {
+        let changed = || {
+            DomainError::FailedPrecondition(
+                "projects or secrets changed while the data keys were replaced; retry".to_owned(),
+            )
+        };
+        let current: BTreeSet<&String> = self.projects.keys().collect();
+        if current != keys.keys().collect::<BTreeSet<_>>() {
+            return Err(changed());
+        }
+        for (project_id, key) in keys {
+            validate_id("project_id", project_id)?;
+            validate_wrapped_key("keys", key)?;
+        }
+        // Exactly the stored secrets and versions, each sealed afresh: nothing may be left under an old key.
+        let stored: BTreeSet<(&String, &String, u32)> = self
+            .secrets
+            .iter()
+            .flat_map(|(p, by_name)| {
+                by_name
+                    .iter()
+                    .flat_map(move |(n, s)| s.versions.iter().map(move |v| (p, n, v.version)))
+            })
+            .collect();
+        let given: BTreeSet<(&String, &String, u32)> = secrets
+            .iter()
+            .flat_map(|(p, by_name)| {
+                by_name
+                    .iter()
+                    .flat_map(move |(n, vs)| vs.iter().map(move |v| (p, n, v.version)))
+            })
+            .collect();
+        let count: usize = secrets
+            .values()
+            .flat_map(BTreeMap::values)
+            .map(Vec::len)
+            .sum();
+        if stored != given || count != given.len() {
+            return Err(changed());
+        }
+        for v in secrets.values().flat_map(BTreeMap::values).flatten() {
+            validate_sealed(&v.sealed)?;
+        }
+        for (project_id, key) in keys {
+            if let Some(project) = self.projects.get_mut(project_id) {
+                project.data_key = key.clone();
+            }
+        }
+        for (project_id, by_name) in secrets {
+            for (name, versions) in by_name {
+                let Some(secret) = self
+                    .secrets
+                    .get_mut(project_id)
+                    .and_then(|s| s.get_mut(name))
+                else {
+                    continue;
+                };
+                for resealed in versions {
+                    if let Some(v) = secret
+                        .versions
+                        .iter_mut()
+                        .find(|v| v.version == resealed.version)
+                    {
+                        v.sealed = resealed.sealed.clone();
+                    }
+                }
+            }
+        }
+        let master_ids: BTreeSet<&str> = keys.values().map(|k| k.master_key_id.as_str()).collect();
+        let ids: Vec<&str> = master_ids.into_iter().collect();
+        Ok(Applied::new(
+            Outcome::DataKeysReplaced {
+                projects: keys.len() as u64,
+                secret_versions: count as u64,
+            },
+            format!(
+                "projects={} secret_versions={count} master_keys={} new_data_keys=true",
+                keys.len(),
+                ids.join(",")
+            ),
+        ))
+    }
+
+    /// Every stored secret version, by project and name (for re-encryption under new data keys).
+    pub fn sealed_versions(&self) -> BTreeMap<String, BTreeMap<String, Vec<ResealedVersion>>> {
+        self.secrets
+            .iter()
+            .map(|(p, by_name)| {
+                let by_name = by_name
+                    .iter()
+                    .map(|(n, s)| {
+                        let versions = s
+                            .versions
+                            .iter()
+                            .map(|v| ResealedVersion {
+                                version: v.version,
+                                sealed: v.sealed.clone(),
+                            })
+                            .collect();
+                        (n.clone(), versions)
+                    })
+                    .collect();
+                (p.clone(), by_name)
+            })
+            .collect()
     }
 
     /// A project's wrapped data key.

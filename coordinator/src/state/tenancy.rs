@@ -66,10 +66,57 @@ pub struct Principal {
     pub id: String,
     pub kind: PrincipalKind,
     pub name: String,
-    /// The project that owns it.
-    pub project_id: String,
+    /// The project that owns it; `None` for a principal of the platform itself (the bootstrap
+    /// platform-admin), which no project lists and no project-admin manages.
+    pub project_id: Option<String>,
     pub created_at: u64,
     pub disabled: bool,
+}
+
+impl Principal {
+    /// Whether `project_id` owns this principal.
+    pub fn is_owned_by(&self, project_id: &str) -> bool {
+        self.project_id.as_deref() == Some(project_id)
+    }
+}
+
+/// What a key narrows its principal's rights to. The default narrows nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyLimits {
+    /// The key grants only actions these roles allow (and the principal's bindings grant); `None` for
+    /// whatever the bindings grant. Sorted, unique, never empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<Role>>,
+    /// The key acts only in its own project: another project answers 404 and platform actions 403.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub project_scoped: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl KeyLimits {
+    /// True when the key narrows nothing (so older keys and commands read the same).
+    pub fn is_none(&self) -> bool {
+        self.roles.is_none() && !self.project_scoped
+    }
+
+    /// Checks the limits before they enter the state: an allow-list names at least one role, each once.
+    pub(crate) fn validate(&self) -> Result<(), DomainError> {
+        if let Some(roles) = &self.roles {
+            if roles.is_empty() {
+                return Err(DomainError::invalid(
+                    "roles",
+                    "must name at least one role (leave it out for all of the principal's roles)",
+                ));
+            }
+            if roles.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(DomainError::invalid("roles", "must be sorted and unique"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// An API key as stored: the token itself is never stored, only its SHA-256.
@@ -86,6 +133,9 @@ pub struct ApiKey {
     pub created_at: u64,
     pub expires_at: Option<u64>,
     pub revoked_at: Option<u64>,
+    /// How the key narrows its principal's rights.
+    #[serde(default, skip_serializing_if = "KeyLimits::is_none")]
+    pub limits: KeyLimits,
 }
 
 /// Whether a key can be used at a given time.
@@ -121,6 +171,8 @@ impl ApiKey {
             created_at: self.created_at,
             expires_at: self.expires_at,
             revoked_at: self.revoked_at,
+            roles: self.limits.roles.clone(),
+            project_scoped: self.limits.project_scoped,
         }
     }
 }
@@ -136,8 +188,13 @@ pub struct ApiKeyView {
     pub name: String,
     pub last4: String,
     pub created_at: u64,
+    /// `None`: the key never expires (only a platform-admin may make such a key).
     pub expires_at: Option<u64>,
     pub revoked_at: Option<u64>,
+    /// The roles the key is narrowed to; `None` for all of the principal's roles.
+    pub roles: Option<Vec<Role>>,
+    /// The key acts only in `project_id`.
+    pub project_scoped: bool,
 }
 
 /// Where a role binding applies.
@@ -224,6 +281,7 @@ pub(crate) struct KeySpec<'a> {
     pub(crate) expires_at: Option<u64>,
     pub(crate) principal: &'a KeyPrincipal,
     pub(crate) role: Option<Role>,
+    pub(crate) limits: &'a KeyLimits,
 }
 
 /// A change that might leave the platform without a usable admin.
@@ -406,7 +464,8 @@ impl RegistryState {
             id: spec.principal_id.to_owned(),
             kind: PrincipalKind::ServiceAccount,
             name: spec.principal_name.to_owned(),
-            project_id: spec.project_id.to_owned(),
+            // The operator's break-glass principal belongs to the platform, not to project `default`.
+            project_id: None,
             created_at: at,
             disabled: false,
         };
@@ -418,8 +477,10 @@ impl RegistryState {
             hash: spec.key_hash.to_owned(),
             last4: spec.key_last4.to_owned(),
             created_at: at,
+            // The operator's break-glass key: it never expires and narrows nothing.
             expires_at: None,
             revoked_at: None,
+            limits: KeyLimits::default(),
         };
         let binding = RoleBinding {
             id: RoleBinding::id_for(spec.principal_id, &Scope::Platform, Role::PlatformAdmin),
@@ -518,7 +579,7 @@ impl RegistryState {
         let owned: BTreeSet<String> = self
             .principals
             .values()
-            .filter(|p| p.project_id == id)
+            .filter(|p| p.is_owned_by(id))
             .map(|p| p.id.clone())
             .collect();
         self.keys
@@ -555,7 +616,7 @@ impl RegistryState {
             id: id.to_owned(),
             kind,
             name: name.to_owned(),
-            project_id: project_id.to_owned(),
+            project_id: Some(project_id.to_owned()),
             created_at: at,
             disabled: false,
         };
@@ -622,12 +683,14 @@ impl RegistryState {
         if let Some(role) = spec.role {
             validate_binding(&Scope::Project(spec.project_id.to_owned()), role)?;
         }
+        spec.limits.validate()?;
         let principal = match spec.principal {
             KeyPrincipal::Existing { principal_id } => {
+                // A project's own principal, or a platform principal (whose keys may live in any project).
                 let p = self
                     .principals
                     .get(principal_id)
-                    .filter(|p| p.project_id == spec.project_id)
+                    .filter(|p| p.project_id.is_none() || p.is_owned_by(spec.project_id))
                     .ok_or_else(|| DomainError::not_found("principal", principal_id))?;
                 if p.disabled {
                     return Err(DomainError::FailedPrecondition(format!(
@@ -646,7 +709,7 @@ impl RegistryState {
                     id: principal_id.clone(),
                     kind: PrincipalKind::ServiceAccount,
                     name: name.clone(),
-                    project_id: spec.project_id.to_owned(),
+                    project_id: Some(spec.project_id.to_owned()),
                     created_at: at,
                     disabled: false,
                 }
@@ -673,6 +736,7 @@ impl RegistryState {
             created_at: at,
             expires_at: spec.expires_at,
             revoked_at: None,
+            limits: spec.limits.clone(),
         };
         let detail = match spec.role {
             Some(role) => format!("principal={} role={role}", principal.id),
@@ -801,6 +865,32 @@ impl RegistryState {
                 .count()
         };
         count(None) == 0 || count(Some(&change)) > 0
+    }
+
+    /// Moves the bootstrap principal to the platform in a state written before it belonged there (it used
+    /// to be owned by project `default`, which let that project's admins mint keys for it). The principal is
+    /// the target of the first successful `system.bootstrap` audit record; the log is never trimmed, so
+    /// every replica finds the same one.
+    pub(crate) fn migrate_bootstrap_principal(&mut self) {
+        let Some(id) = self
+            .audit
+            .iter()
+            .find(|r| r.action == "system.bootstrap" && r.outcome == super::AuditOutcome::Success)
+            .map(|r| r.target.clone())
+        else {
+            return;
+        };
+        if let Some(p) = self.principals.get_mut(&id) {
+            p.project_id = None;
+        }
+    }
+
+    /// The bootstrap principal's id (the operator's break-glass platform-admin), once bootstrapped.
+    pub fn bootstrap_principal_id(&self) -> Option<&str> {
+        self.audit
+            .iter()
+            .find(|r| r.action == "system.bootstrap" && r.outcome == super::AuditOutcome::Success)
+            .map(|r| r.target.as_str())
     }
 
     // ---- reads ----

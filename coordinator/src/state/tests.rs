@@ -88,6 +88,7 @@ fn key_op(
         expires_at: None,
         principal,
         role,
+        limits: crate::state::KeyLimits::default(),
     }
 }
 
@@ -389,6 +390,7 @@ fn random_job_op(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> O
                 id: format!("job_{}", rng.gen_range(0..300)),
                 project_id,
                 spec,
+                principal_id: rng.gen_bool(0.5).then(|| "sa_admin".to_owned()),
             }
         }
         2 => match pick_job(rng) {
@@ -964,7 +966,7 @@ fn create_key_with_new_service_account_binds_the_role() {
         ("k1", "prj_v", "mrd_k1_")
     );
     assert_eq!(principal.kind, PrincipalKind::ServiceAccount);
-    assert_eq!(principal.project_id, "prj_v");
+    assert_eq!(principal.project_id.as_deref(), Some("prj_v"));
     let binding = binding.expect("binding made");
     assert_eq!(
         (binding.role, &binding.scope),
@@ -1569,6 +1571,68 @@ fn rewrap_is_all_or_nothing() {
             .data_key()
             .map(|k| k.master_key_id.as_str()),
         Some("mk2")
+    );
+}
+
+#[test]
+fn replacing_data_keys_is_all_or_nothing_over_every_secret_version() {
+    let mut s = bootstrapped();
+    create_project(&mut s, "prj_v", "vision");
+    assert!(put(&mut s, "prj_v", "db", 1, None).is_ok());
+    assert!(put(&mut s, "prj_v", "db", 2, None).is_ok());
+    assert!(put(&mut s, "prj_default", "api", 1, None).is_ok());
+    let keys: BTreeMap<String, WrappedKey> = s
+        .data_keys()
+        .into_keys()
+        .map(|id| (id.clone(), wk("mk2", &format!("new-{id}"))))
+        .collect();
+    let mut resealed = s.sealed_versions();
+    for v in resealed.values_mut().flat_map(|p| p.values_mut()).flatten() {
+        v.sealed = sealed(&format!("new-{}", v.version));
+    }
+    // A version left out, or one that does not exist, refuses the whole command.
+    let mut missing = resealed.clone();
+    if let Some(db) = missing.get_mut("prj_v").and_then(|p| p.get_mut("db")) {
+        db.pop();
+    }
+    let op = |secrets| Op::ReplaceDataKeys {
+        keys: keys.clone(),
+        secrets,
+    };
+    assert_refused(&mut s, op(missing), |e| {
+        matches!(e, DomainError::FailedPrecondition(_))
+    });
+    let mut extra = resealed.clone();
+    if let Some(db) = extra.get_mut("prj_v").and_then(|p| p.get_mut("db")) {
+        db.push(ResealedVersion {
+            version: 9,
+            sealed: sealed("9"),
+        });
+    }
+    assert_refused(&mut s, op(extra), |e| {
+        matches!(e, DomainError::FailedPrecondition(_))
+    });
+    let mut twice = resealed.clone();
+    if let Some(db) = twice.get_mut("prj_v").and_then(|p| p.get_mut("db")) {
+        let first = db[0].clone();
+        db.push(first);
+    }
+    assert_refused(&mut s, op(twice), |e| {
+        matches!(e, DomainError::FailedPrecondition(_))
+    });
+    // Everything at once: keys and every version replaced.
+    assert_eq!(
+        run(&mut s, op(resealed.clone())),
+        Ok(Outcome::DataKeysReplaced {
+            projects: 2,
+            secret_versions: 3
+        })
+    );
+    assert_eq!(s.data_keys(), keys);
+    assert_eq!(s.sealed_versions(), resealed);
+    assert_eq!(
+        s.audit.last().map(|r| r.action.as_str()),
+        Some("secret.rewrap")
     );
 }
 

@@ -293,6 +293,7 @@ mod tests {
                 cancel_requested: false,
                 prefer_region: None,
                 created_by: "ada".into(),
+                principal_id: None,
                 created_at: 0,
                 updated_at: 0,
                 finished_at: None,

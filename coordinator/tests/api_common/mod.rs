@@ -109,7 +109,9 @@ pub async fn start_with(setup: Setup) -> anyhow::Result<TestApi> {
     let mut key = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut key);
     let keyring = Arc::new(MasterKeyring::from_entries([("mk1".to_owned(), key)])?);
-    let admin_token = coordinator::crypto::generate_token(&mut rand::rngs::OsRng).token;
+    let admin_token = coordinator::crypto::generate_token(&mut rand::rngs::OsRng)
+        .token
+        .to_string();
     coordinator::bootstrap::propose(&handle, &keyring, &admin_token)
         .await
         .context("bootstrapping")?;
@@ -122,6 +124,7 @@ pub async fn start_with(setup: Setup) -> anyhow::Result<TestApi> {
         max_body_bytes: setup.max_body_bytes,
         limits: setup.limits,
         project_defaults: Default::default(),
+        default_key_ttl: coordinator::api::DEFAULT_KEY_TTL,
     })
     .await?;
     let addr = api.local_addr();
