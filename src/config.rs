@@ -52,6 +52,7 @@ pub struct CoordinatorConfig {
     pub jobs: JobsSection,
     #[serde(default)]
     pub quotas: QuotasSection,
+    #[serde(default)]
     pub keys: KeysSection,
 }
 

@@ -22,7 +22,8 @@ struct World {
 impl World {
     fn new() -> World {
         let dir = tempfile::tempdir().expect("temp dir");
-        let dev = DevProcess::start(dir.path(), &[]);
+        // Refusals reach the audit log coalesced, every 200 ms here.
+        let dev = DevProcess::start(dir.path(), &["--admin-refused-audit-window-ms", "200"]);
         let (trainer, trainer_principal) = key(&dev, "trainer", "editor");
         bind(&dev, &trainer_principal, "secret-user");
         let (status, put) = dev.request(
@@ -213,9 +214,10 @@ fn a_principal_without_the_use_right_is_refused() {
     );
     let (_, jobs) = w.as_(&editor, "GET", "/v1/jobs", None);
     assert_eq!(jobs["items"], json!([]), "no job was accepted");
-    assert!(
-        !w.audited("job.submit", "denied").is_empty(),
-        "the refusal is audited"
+    wait_for(
+        "the refusal in the audit log",
+        Duration::from_secs(30),
+        || (!w.audited("job.submit", "denied").is_empty()).then_some(()),
     );
     // The trainer, who holds the right and is bound, may.
     let (status, job) = w.as_(

@@ -390,7 +390,8 @@ fn random_job_op(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> O
                 id: format!("job_{}", rng.gen_range(0..300)),
                 project_id,
                 spec,
-                principal_id: rng.gen_bool(0.5).then(|| "sa_admin".to_owned()),
+                // From `n`, not `rng`, so the rest of the log does not shift with this field.
+                principal_id: (n % 2 == 0).then(|| "sa_admin".to_owned()),
             }
         }
         2 => match pick_job(rng) {
@@ -459,10 +460,17 @@ fn random_job_op(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> O
             else {
                 return Op::Noop;
             };
+            // Mostly the jobs whose current attempt is on this node (what a real agent reports), now and
+            // then any job (stale or foreign reports).
+            let on_node = |j: &JobRecord| {
+                j.attempts
+                    .last()
+                    .is_some_and(|a| a.node == node.key && a.outcome.is_none())
+            };
             let chosen: Vec<&JobRecord> = view
                 .jobs
                 .values()
-                .filter(|_| rng.gen_bool(0.3))
+                .filter(|j| rng.gen_bool(if on_node(j) { 0.8 } else { 0.1 }))
                 .take(4)
                 .collect();
             let events = chosen
