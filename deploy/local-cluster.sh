@@ -157,8 +157,10 @@ is_running() {
 
 cluster_status() {
   local port="$1"
-  "$bin" cluster status -o json --addr "https://127.0.0.1:$port" --cacert "$dir/certs/ca.pem" \
-    --token "$(cat "$dir/admin.token" 2>/dev/null)" 2>/dev/null
+  # The token goes through the environment (readable only by this user), never the command line (which
+  # every user on the host can read in /proc).
+  MERIDIAN_TOKEN="$(cat "$dir/admin.token" 2>/dev/null)" \
+    "$bin" cluster status -o json --addr "https://127.0.0.1:$port" --cacert "$dir/certs/ca.pem" 2>/dev/null
 }
 
 wait_for_leader() {
@@ -188,8 +190,8 @@ case "$cmd" in
       "$bin" certs issue --ca-dir "$dir/certs" --role coordinator --name "c$i" --dns localhost --ip 127.0.0.1 \
         --hours 720 --out "$dir/certs/c$i" 2>/dev/null
     done
-    "$bin" certs master-key > "$dir/master.keys"
-    chmod 600 "$dir/master.keys"
+    # Created 0600: never readable by anyone else, not even for a moment before a chmod.
+    (umask 077; "$bin" certs master-key > "$dir/master.keys")
     : > "$dir/procs"
     for i in 1 2 3; do write_coordinator_config "$i"; mkdir -p "$dir/c$i"; done
     case "$regions" in

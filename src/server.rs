@@ -154,6 +154,8 @@ async fn ensure_bootstrapped(
     keyring: &MasterKeyring,
     token_file: &Path,
 ) -> anyhow::Result<()> {
+    // Checked on every start, not only the first: a token file others may read is a leaked admin key.
+    coordinator::bootstrap::refuse_loose_token_file(token_file)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         if handle.read(|s| s.is_bootstrapped()) {

@@ -19,6 +19,7 @@ fn three_coordinators_survive_a_leader_kill() {
     let cluster = LocalCluster::new(tmp.path().join("mc"), PORT_OFFSET);
     cluster.ok(&["up", "--regions", "2"]);
     mesh_refuses_wrong_identities(&cluster);
+    every_key_file_is_private(&tmp.path().join("mc"));
 
     let status: Value =
         serde_json::from_str(&cluster.ok(&["status", "-o", "json"])).expect("status JSON");
@@ -209,4 +210,42 @@ fn mesh_refuses_wrong_identities(cluster: &LocalCluster) {
             "a certificate from another CA must be refused: {refused:?}"
         );
     });
+}
+
+/// The master keyring, the admin token and every private key the script wrote are `0600`, and no process the
+/// script left running carries the admin token on its command line.
+fn every_key_file_is_private(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    fn keys_under(dir: &std::path::Path, found: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                keys_under(&path, found);
+            } else if path.extension().is_some_and(|e| e == "key") {
+                found.push(path);
+            }
+        }
+    }
+    let mut files = vec![dir.join("master.keys"), dir.join("admin.token")];
+    keys_under(&dir.join("certs"), &mut files);
+    assert!(files.len() > 3, "{files:?}");
+    for file in &files {
+        let mode = std::fs::metadata(file)
+            .expect("key file")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{} is {mode:o}", file.display());
+    }
+    let token = std::fs::read_to_string(dir.join("admin.token")).expect("token");
+    let token = token.trim();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            assert!(
+                !String::from_utf8_lossy(&cmdline).contains(token),
+                "the admin token is on the command line of {}",
+                entry.path().display()
+            );
+        }
+    }
 }

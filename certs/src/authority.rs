@@ -182,7 +182,7 @@ impl CertificateAuthority {
     /// Loads a CA from its certificate and key files.
     pub fn load(cert: &Path, key: &Path) -> Result<Self, CertError> {
         let cert_pem = read_pem(cert)?;
-        warn_if_readable_by_others(key);
+        refuse_if_readable_by_others(key)?;
         let key_pem = read_pem(key)?;
         Self::from_pem(&cert_pem, &key_pem)
     }
@@ -445,24 +445,26 @@ fn create_private_dir(dir: &Path) -> Result<(), CertError> {
     builder.create(dir).map_err(|e| CertError::io(dir, e))
 }
 
-/// Logs a warning when a private key file is readable by group or others.
-pub(crate) fn warn_if_readable_by_others(path: &Path) {
+/// Refuses a private key file that group or others may access (any of the `0o077` bits): a key anyone else
+/// on the host could read is not one to trust. A file that cannot be inspected is left to the read that
+/// follows, which reports why.
+pub(crate) fn refuse_if_readable_by_others(path: &Path) -> Result<(), CertError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         if let Ok(meta) = std::fs::metadata(path) {
             let mode = meta.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
-                tracing::warn!(
-                    path = %path.display(),
-                    mode = format!("{mode:o}"),
-                    "private key file is readable by group or others; it should be 0600"
-                );
+                return Err(CertError::LooseKeyFile {
+                    path: path.to_path_buf(),
+                    mode,
+                });
             }
         }
     }
     #[cfg(not(unix))]
     let _ = path;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -28,6 +28,11 @@ pub enum CertError {
         trust_domain: String,
         reason: String,
     },
+    /// A private key file that group or others may read, write or open: refused, never used.
+    #[error(
+        "private key file {path} is accessible by group or others (mode {mode:o}); chmod 600 it"
+    )]
+    LooseKeyFile { path: PathBuf, mode: u32 },
     /// PEM text holds no usable certificate or key.
     #[error("malformed PEM: {0}")]
     Pem(String),

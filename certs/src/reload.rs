@@ -184,7 +184,7 @@ fn load_files(
     provider: &CryptoProvider,
     at_start: bool,
 ) -> Result<CurrentPair, CertError> {
-    crate::authority::warn_if_readable_by_others(&files.key);
+    crate::authority::refuse_if_readable_by_others(&files.key)?;
     let cert_pem = read_pem(&files.cert)?;
     let key_pem = read_pem(&files.key)?;
     load_pair(&cert_pem, &key_pem, trust, provider, at_start)

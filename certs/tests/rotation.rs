@@ -110,3 +110,40 @@ fn load_refuses_missing_or_foreign_material() {
         Err(certs::CertError::Untrusted { .. })
     ));
 }
+
+#[cfg(unix)]
+#[test]
+fn a_private_key_that_others_may_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca();
+    let (ca_path, ca_key) = ca.write_to(&dir.path().join("ca")).unwrap();
+    let paths = TlsPaths {
+        ca: ca_path.clone(),
+        cert: dir.path().join("node.pem"),
+        key: dir.path().join("node.key"),
+    };
+    leaf(&ca, &Identity::coordinator(TD, "c1").unwrap())
+        .write(&paths.cert, &paths.key)
+        .unwrap();
+    assert!(TlsIdentity::load(&paths).is_ok(), "0600 loads");
+    assert!(certs::CertificateAuthority::load(&ca_path, &ca_key).is_ok());
+    for mode in [0o644, 0o640, 0o604] {
+        std::fs::set_permissions(&paths.key, std::fs::Permissions::from_mode(mode)).unwrap();
+        assert!(
+            matches!(
+                TlsIdentity::load(&paths),
+                Err(certs::CertError::LooseKeyFile { mode: m, .. }) if m == mode
+            ),
+            "identity key {mode:o}"
+        );
+        std::fs::set_permissions(&ca_key, std::fs::Permissions::from_mode(mode)).unwrap();
+        assert!(
+            matches!(
+                certs::CertificateAuthority::load(&ca_path, &ca_key),
+                Err(certs::CertError::LooseKeyFile { .. })
+            ),
+            "CA key {mode:o}"
+        );
+    }
+}

@@ -25,14 +25,36 @@ pub enum BootstrapError {
     },
     #[error("admin token file {path} does not hold a Meridian API key")]
     BadToken { path: String },
+    #[error(
+        "admin token file {path} is accessible by group or others (mode {mode:o}); chmod 600 it"
+    )]
+    LooseMode { path: String, mode: u32 },
     #[error(transparent)]
     Write(#[from] WriteError),
 }
 
+/// Refuses an existing admin token file that group or others may access; a missing file is fine (it is
+/// created `0600`).
+pub fn refuse_loose_token_file(path: &Path) -> Result<(), BootstrapError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(BootstrapError::LooseMode {
+                path: path.display().to_string(),
+                mode,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Reads the admin token from `path`, or creates a new one there (mode 0600) if the file does not exist.
-/// The token is wiped from memory when the caller drops it.
+/// A file that group or others may access is refused. The token is wiped from memory when the caller drops
+/// it.
 pub fn read_or_create_token(path: &Path) -> Result<Zeroizing<String>, BootstrapError> {
     let shown = path.display().to_string();
+    refuse_loose_token_file(path)?;
     match std::fs::read_to_string(path).map(Zeroizing::new) {
         Ok(text) => {
             let token = Zeroizing::new(text.trim().to_string());

@@ -167,6 +167,10 @@ pub enum KeyringError {
     Empty,
     #[error("master key id {0} appears twice")]
     Duplicate(String),
+    #[error(
+        "master key file {path} is accessible by group or others (mode {mode:o}); chmod 600 it"
+    )]
+    LooseMode { path: String, mode: u32 },
 }
 
 /// The master keys this coordinator knows; the current one wraps new data keys, the others still unwrap.
@@ -260,7 +264,7 @@ impl MasterKeyring {
         Self::from_entries(entries.0.iter().cloned())
     }
 
-    /// Loads a key file (see [`MasterKeyring::parse`]). Warns when the file is readable by group or others.
+    /// Loads a key file (see [`MasterKeyring::parse`]). Refuses a file that group or others may access.
     pub fn load_file(path: &Path) -> Result<Self, KeyringError> {
         let io = |e: std::io::Error| KeyringError::Io {
             path: path.display().to_string(),
@@ -271,11 +275,10 @@ impl MasterKeyring {
             use std::os::unix::fs::PermissionsExt as _;
             let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
             if mode & 0o077 != 0 {
-                tracing::warn!(
-                    path = %path.display(),
-                    mode = format_args!("{:o}", mode & 0o777),
-                    "master key file is accessible by group or others; chmod 600 it"
-                );
+                return Err(KeyringError::LooseMode {
+                    path: path.display().to_string(),
+                    mode: mode & 0o777,
+                });
             }
         }
         let text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
@@ -820,6 +823,19 @@ mod tests {
             MasterKeyring::load_file(&dir.path().join("missing")),
             Err(KeyringError::Io { .. })
         ));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            for mode in [0o644, 0o640, 0o604, 0o660] {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                    .expect("chmod");
+                let refused = MasterKeyring::load_file(&path).expect_err("a loose key file");
+                assert!(
+                    matches!(refused, KeyringError::LooseMode { mode: m, .. } if m == mode),
+                    "{mode:o}: {refused}"
+                );
+            }
+        }
     }
 
     #[test]

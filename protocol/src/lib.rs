@@ -6,6 +6,7 @@
 
 pub mod frame;
 pub mod fuzzing;
+mod redact;
 pub mod rpc;
 
 /// The generated types of protobuf package `meridian.v1`: messages, and gRPC clients and servers.

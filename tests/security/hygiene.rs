@@ -72,3 +72,74 @@ fn the_master_key_does_not_stay_in_the_dev_process_environment() {
     assert!(!out.contains("MERIDIAN_MASTER_KEY"), "{out}");
     let _: Value = job;
 }
+
+/// Starts `meridian dev` on `dir` expecting it to refuse: its exit status and what it said. One that is
+/// still running after a minute has not refused: it is killed and reported as running (`None`).
+fn dev_refusal(dir: &std::path::Path) -> (Option<std::process::ExitStatus>, String) {
+    use crate::common::{free_tcp_port, free_udp_port, meridian_bin};
+    use std::io::Read as _;
+    let mut child = std::process::Command::new(meridian_bin())
+        .args(["dev", "--data-dir"])
+        .arg(dir)
+        .args(["--admin-listen", &format!("127.0.0.1:{}", free_tcp_port())])
+        .args(["--raft-listen", &format!("127.0.0.1:{}", free_udp_port())])
+        .args([
+            "--gateway-listen",
+            &format!("127.0.0.1:{}", free_tcp_port()),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run meridian dev");
+    // Read while it runs, so a chatty process never blocks on a full pipe.
+    let mut err = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut said = String::new();
+        let _ = err.read_to_string(&mut said);
+        said
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        match child.try_wait().expect("wait for meridian dev") {
+            Some(status) => break Some(status),
+            None if std::time::Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    (status, reader.join().unwrap_or_default())
+}
+
+#[test]
+fn key_files_that_others_may_read_are_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    drop(DevProcess::start(dir.path(), &[]));
+
+    let chmod = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    for file in ["master.keys", "certs/ca.key", "admin.token"] {
+        let path = dir.path().join(file);
+        assert!(path.exists(), "{file} was written by the first start");
+        for mode in [0o644, 0o640] {
+            chmod(&path, mode);
+            let (status, said) = dev_refusal(dir.path());
+            assert!(
+                status.is_some_and(|s| !s.success()),
+                "started with {file} at {mode:o}: {said}"
+            );
+            assert!(said.contains(file), "{file} {mode:o}: {said}");
+            assert!(said.contains("chmod 600"), "{file} {mode:o}: {said}");
+        }
+        chmod(&path, 0o600);
+    }
+    // With every file private again, the same directory starts and its data is intact.
+    let dev = DevProcess::start(dir.path(), &[]);
+    let (status, me) = dev.request("GET", "/v1/whoami", Some(&dev.token), None, None);
+    assert_eq!(status, 200, "{me}");
+}

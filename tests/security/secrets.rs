@@ -273,3 +273,78 @@ fn every_release_of_a_secret_to_an_agent_is_audited_once() {
     assert_eq!(status, 200);
     assert_eq!(verified["ok"], json!(true), "{verified}");
 }
+
+#[test]
+fn a_released_secret_is_a_private_file_and_in_the_environment_only_when_asked() {
+    let w = World::new();
+    // Prints where the secret is, who may read it, and whether the environment holds it.
+    let script = "f=\"$MERIDIAN_SECRETS_DIR/TOKEN\"; \
+                  echo \"dir=$MERIDIAN_SECRETS_DIR\"; \
+                  echo \"file=$(cat \"$f\")\"; \
+                  echo \"mode=$(stat -c %a \"$f\") owner=$(stat -c %u \"$f\") me=$(id -u)\"; \
+                  echo \"env=${TOKEN:-unset}\"";
+    let run = |secrets_env: bool| {
+        let (status, job) = w.as_(
+            &w.trainer,
+            "POST",
+            "/v1/jobs",
+            Some(&json!({
+                "name": "train-prod",
+                "command": "sh",
+                "args": ["-c", script],
+                "secrets": { "TOKEN": "prod-token" },
+                "secrets_env": secrets_env,
+            })),
+        );
+        assert_eq!(status, 201, "{job}");
+        let id = job["id"].as_str().expect("job id").to_owned();
+        let done = w.finished(&w.trainer, &id);
+        assert_eq!(done["state"], json!("succeeded"), "{done}");
+        w.stdout(&w.trainer, &id)
+    };
+    let field = |out: &str, key: &str| -> String {
+        out.split_whitespace()
+            .find_map(|t| t.strip_prefix(&format!("{key}=")))
+            .unwrap_or_default()
+            .to_owned()
+    };
+
+    let out = run(false);
+    assert_eq!(field(&out, "dir"), "/run/secrets", "{out}");
+    assert_eq!(field(&out, "file"), SECRET, "{out}");
+    assert_eq!(field(&out, "mode"), "400", "{out}");
+    assert_eq!(field(&out, "owner"), field(&out, "me"), "{out}");
+    assert_eq!(
+        field(&out, "env"),
+        "unset",
+        "the environment holds it unasked: {out}"
+    );
+    // Nothing of it stays on the node's disk: the agent's data directory never holds the value.
+    let mut stack = vec![w.dev.dir.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file() && !path.ends_with("stdout.log") {
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                assert!(
+                    !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+                    "the secret is on disk in {}",
+                    path.display()
+                );
+            }
+        }
+    }
+
+    let out = run(true);
+    assert_eq!(field(&out, "file"), SECRET, "{out}");
+    assert_eq!(
+        field(&out, "env"),
+        SECRET,
+        "asked for, the environment has it: {out}"
+    );
+}

@@ -253,6 +253,15 @@ impl From<DomainError> for ServiceError {
     }
 }
 
+/// A coordinator-side failure to reach the leader or a peer. The cause names internal addresses, so it is
+/// logged here and the caller hears only that it may try again.
+fn unavailable(cause: &str) -> ServiceError {
+    tracing::warn!(cause, "a request could not reach the coordinator it needed");
+    ServiceError::unavailable(
+        "coordinator unavailable; try again (the coordinator's log has the details)",
+    )
+}
+
 impl From<WriteError> for ServiceError {
     fn from(e: WriteError) -> Self {
         match e {
@@ -260,9 +269,7 @@ impl From<WriteError> for ServiceError {
             WriteError::NoLeader => {
                 ServiceError::unavailable("no coordinator leader is known; try again")
             }
-            WriteError::Unavailable(m) => {
-                ServiceError::unavailable(format!("coordinator unavailable: {m}"))
-            }
+            WriteError::Unavailable(m) => unavailable(&m),
         }
     }
 }
@@ -273,9 +280,7 @@ impl From<ReadError> for ServiceError {
             ReadError::NoLeader => {
                 ServiceError::unavailable("no coordinator leader is known; try again")
             }
-            ReadError::Unavailable(m) => {
-                ServiceError::unavailable(format!("coordinator unavailable: {m}"))
-            }
+            ReadError::Unavailable(m) => unavailable(&m),
         }
     }
 }
@@ -287,9 +292,7 @@ impl From<MembershipError> for ServiceError {
             MembershipError::NoLeader => {
                 ServiceError::unavailable("no coordinator leader is known; try again")
             }
-            MembershipError::Unavailable(m) => {
-                ServiceError::unavailable(format!("coordinator unavailable: {m}"))
-            }
+            MembershipError::Unavailable(m) => unavailable(&m),
         }
     }
 }
@@ -370,12 +373,15 @@ mod tests {
             ServiceError::from(WriteError::NoLeader).kind.status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
-        assert_eq!(
-            ServiceError::from(WriteError::Unavailable("x".into()))
-                .kind
-                .status(),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
+        let cause = "forwarding to 10.20.30.40:7200: connection refused";
+        for e in [
+            ServiceError::from(WriteError::Unavailable(cause.into())),
+            ServiceError::from(ReadError::Unavailable(cause.into())),
+            ServiceError::from(MembershipError::Unavailable(cause.into())),
+        ] {
+            assert_eq!(e.kind.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert!(!e.message.contains("10.20.30.40"), "{}", e.message);
+        }
     }
 
     #[test]

@@ -388,9 +388,14 @@ fn log_read_error(e: protocol::rpc::RpcError, what: &str, node: &str) -> Service
             }
             not_found
         }
-        other => ServiceError::unavailable(format!(
-            "the agent of node {node} could not be reached for the output: {other}"
-        )),
+        // The transport's own words name the agent's internal address (and the agent's, its paths): they go
+        // to the coordinator's log, never to the caller.
+        other => {
+            tracing::warn!(node, error = %other, "reading a job's output from its agent failed");
+            ServiceError::unavailable(format!(
+                "the agent of node {node} could not be reached for the output; try again (the coordinator's log has the details)"
+            ))
+        }
     }
 }
 
@@ -1038,6 +1043,28 @@ mod tests {
         let e = job_spec(body(v)).expect_err("invalid");
         assert_eq!(e.kind, ErrorKind::InvalidArgument);
         e.message.split(':').next().unwrap_or_default().to_owned()
+    }
+
+    #[test]
+    fn a_failed_log_read_does_not_tell_the_caller_the_agents_address() {
+        use protocol::rpc::{RpcError, RpcStatus};
+        for e in [
+            RpcError::Transport("connecting to 10.20.30.40:7300: connection refused".into()),
+            RpcError::Remote(RpcStatus::internal(
+                "reading /var/lib/meridian/agent/jobs/j1/1/stdout.log at 10.20.30.40",
+            )),
+            RpcError::Refused("peer 10.20.30.40:7300 presented a wrong identity".into()),
+        ] {
+            let answer = log_read_error(e, "1 of job j1", "eu/eu1/n1");
+            assert_eq!(answer.kind, ErrorKind::Unavailable);
+            assert!(
+                !answer.message.contains("10.20.30.40"),
+                "{}",
+                answer.message
+            );
+            assert!(!answer.message.contains("/var/lib"), "{}", answer.message);
+            assert!(answer.message.contains("eu/eu1/n1"), "{}", answer.message);
+        }
     }
 
     #[test]

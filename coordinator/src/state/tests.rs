@@ -391,7 +391,7 @@ fn random_job_op(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> O
                 project_id,
                 spec,
                 // From `n`, not `rng`, so the rest of the log does not shift with this field.
-                principal_id: (n % 2 == 0).then(|| "sa_admin".to_owned()),
+                principal_id: n.is_multiple_of(2).then(|| "sa_admin".to_owned()),
             }
         }
         2 => match pick_job(rng) {
