@@ -953,7 +953,10 @@ impl AdminService {
             name: req.name,
             description,
             data_key,
-            policy: Some(self.inner.project_defaults),
+            // The built-in policy travels as `None` (what `apply` reads as built-in): the same state, and a
+            // log entry ~200 bytes smaller on every replica.
+            policy: (self.inner.project_defaults != ProjectPolicy::BUILTIN)
+                .then_some(self.inner.project_defaults),
         };
         match self.write(scope, op).await? {
             Outcome::Project { project } => Ok(project),

@@ -8,6 +8,8 @@ use rand::{Rng, SeedableRng};
 use super::*;
 use crate::crypto;
 
+mod golden;
+
 const T0: u64 = 1_700_000_000_000;
 
 fn wk(master: &str, tag: &str) -> WrappedKey {

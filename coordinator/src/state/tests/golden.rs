@@ -1,0 +1,418 @@
+//! Golden replay: a committed log, written once by an earlier build, must keep replaying to the same
+//! outcomes and the same state, and a committed snapshot must keep loading and serializing byte for byte.
+//!
+//! The files live in `coordinator/tests/golden/`: `registry-log.jsonl` (one `{index, command, outcome}` per
+//! line, every `Op` variant at least once) and `registry-snapshot.json` (the state after the log). A change
+//! that makes either test fail changes what replicas compute from a log they already hold: during a rolling
+//! upgrade, old and new coordinators would diverge. Such a change must be gated behind a committed version,
+//! never made by rewriting the files.
+//!
+//! The files are written only when missing: `cargo test -p meridian-coordinator golden` with
+//! `MERIDIAN_GOLDEN_WRITE=1` writes them from a seeded log (random commands from the replica test's
+//! generator, then one sample of every variant that log did not reach). A new `Op` variant fails to compile
+//! in [`variant`] until it has a number; [`every_variant_has_a_golden_sample`] then fails until a line
+//! carrying it is appended to the log (by hand, with the outcome the new build gives it) and the snapshot
+//! is written again.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+/// How many `Op` variants there are; [`variant`] numbers them `0..VARIANTS`.
+const VARIANTS: usize = 30;
+
+/// The number of `op`'s variant. Exhaustive on purpose: a new variant does not compile until it is here.
+fn variant(op: &Op) -> usize {
+    match op {
+        Op::Noop => 0,
+        Op::Bootstrap { .. } => 1,
+        Op::CreateProject { .. } => 2,
+        Op::DeleteProject { .. } => 3,
+        Op::CreatePrincipal { .. } => 4,
+        Op::SetPrincipalDisabled { .. } => 5,
+        Op::CreateKey { .. } => 6,
+        Op::RevokeKey { .. } => 7,
+        Op::BindRole { .. } => 8,
+        Op::UnbindRole { .. } => 9,
+        Op::PutSecret { .. } => 10,
+        Op::DeleteSecret { .. } => 11,
+        Op::RewrapDataKeys { .. } => 12,
+        Op::RecordAudit { .. } => 13,
+        Op::RegisterNode { .. } => 14,
+        Op::Batch { .. } => 15,
+        Op::SetNodeHealth { .. } => 16,
+        Op::SetNodeDraining { .. } => 17,
+        Op::SubmitJob { .. } => 18,
+        Op::CancelJob { .. } => 19,
+        Op::PlaceJobs { .. } => 20,
+        Op::ReportJobEvents { .. } => 21,
+        Op::SetIdleGpus { .. } => 22,
+        Op::PurgeJobs { .. } => 23,
+        Op::DenyIdentity { .. } => 24,
+        Op::AllowIdentity { .. } => 25,
+        Op::SetClusterPolicy { .. } => 26,
+        Op::ApproveNode { .. } => 27,
+        Op::SetProjectPolicy { .. } => 28,
+        Op::ReplaceDataKeys { .. } => 29,
+    }
+}
+
+/// One line of the golden log.
+#[derive(Debug, Serialize, Deserialize)]
+struct Entry {
+    index: u64,
+    command: Command,
+    /// `{"Ok": outcome}` or `{"Err": refusal}`, as `apply` answered when the log was written.
+    outcome: serde_json::Value,
+}
+
+fn golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+fn log_path() -> PathBuf {
+    golden_dir().join("registry-log.jsonl")
+}
+
+fn snapshot_path() -> PathBuf {
+    golden_dir().join("registry-snapshot.json")
+}
+
+/// Reads the golden log, writing it first when missing and `MERIDIAN_GOLDEN_WRITE` is set.
+fn golden_log() -> Vec<Entry> {
+    // Tests run in parallel: one of them writes the files, the others wait for it.
+    static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _writing = WRITING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let path = log_path();
+    if !path.exists() && std::env::var_os("MERIDIAN_GOLDEN_WRITE").is_some() {
+        let (entries, state) = generate();
+        std::fs::create_dir_all(golden_dir()).expect("golden dir");
+        let mut text = String::new();
+        for e in &entries {
+            text.push_str(&serde_json::to_string(e).expect("entry serializes"));
+            text.push('\n');
+        }
+        std::fs::write(&path, text).expect("write golden log");
+        std::fs::write(snapshot_path(), state.to_bytes()).expect("write golden snapshot");
+    }
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (write it once with MERIDIAN_GOLDEN_WRITE=1)",
+            path.display()
+        )
+    });
+    text.lines()
+        .enumerate()
+        .map(|(n, line)| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("golden log line {}: {e}", n + 1))
+        })
+        .collect()
+}
+
+/// Applies `cmd` at the next index and records what it answered.
+struct Recorder {
+    state: RegistryState,
+    entries: Vec<Entry>,
+}
+
+impl Recorder {
+    fn push(&mut self, command: Command) {
+        let index = self.entries.last().map_or(1, |e| e.index + 1);
+        let outcome = self.state.apply(index, &command);
+        self.entries.push(Entry {
+            index,
+            command,
+            outcome: serde_json::to_value(&outcome).expect("outcome serializes"),
+        });
+    }
+
+    fn seen(&self) -> BTreeSet<usize> {
+        self.entries
+            .iter()
+            .map(|e| variant(&e.command.op))
+            .collect()
+    }
+}
+
+/// The seeded log: bootstrap, random commands with operator admission changes among them, then one sample
+/// of each variant the random part did not reach.
+fn generate() -> (Vec<Entry>, RegistryState) {
+    let mut rec = Recorder {
+        state: RegistryState::default(),
+        entries: Vec::new(),
+    };
+    rec.push(Command::new(T0, Actor::system(), bootstrap_op()));
+    let mut rng = StdRng::seed_from_u64(2026);
+    let mut admission_rng = StdRng::seed_from_u64(2027);
+    let mut at = T0;
+    for n in 0..300usize {
+        at += rng.gen_range(0..5000);
+        let mut cmd = random_command(&mut rng, &rec.state, at, n);
+        if rng.gen_bool(0.8) {
+            cmd.request_id = Some(format!("req-{n}"));
+        }
+        rec.push(cmd);
+        if admission_rng.gen_bool(0.1) {
+            let op = admission_op(&mut admission_rng, &rec.state, n);
+            rec.push(Command::new(at, admin(), op));
+        }
+    }
+    let seen = rec.seen();
+    for op in samples(&rec.state, at) {
+        if !seen.contains(&variant(&op)) {
+            at += 1000;
+            rec.push(Command::new(at, admin(), op));
+        }
+    }
+    (rec.entries, rec.state)
+}
+
+/// One plausible command of every variant, against what `state` holds.
+fn samples(state: &RegistryState, at: u64) -> Vec<Op> {
+    let project = state
+        .projects
+        .keys()
+        .find(|id| id.as_str() != "prj_default")
+        .cloned()
+        .unwrap_or_else(|| "prj_default".to_owned());
+    let node = state
+        .nodes
+        .values()
+        .next()
+        .map(|n| (n.key.clone(), n.lease_epoch));
+    let (node_key, epoch) = node.unwrap_or_else(|| ("eu/eu1/alpha".to_owned(), 1));
+    let job = state.jobs.values().next().map(|j| j.id.clone());
+    let job = job.unwrap_or_else(|| "job_missing".to_owned());
+    vec![
+        Op::Noop,
+        bootstrap_op(),
+        Op::CreateProject {
+            id: "prj_golden".into(),
+            name: "golden".into(),
+            description: "one of each".into(),
+            data_key: wk("mk1", "golden"),
+            policy: None,
+        },
+        Op::DeleteProject {
+            id: "prj_golden".into(),
+        },
+        Op::CreatePrincipal {
+            id: "usr_golden".into(),
+            kind: PrincipalKind::User,
+            name: "golden-user".into(),
+            project_id: project.clone(),
+        },
+        Op::SetPrincipalDisabled {
+            id: "usr_golden".into(),
+            disabled: true,
+        },
+        key_op(
+            "kgolden",
+            "golden-key",
+            &project,
+            new_sa("sa_golden"),
+            Some(Role::Viewer),
+        ),
+        Op::RevokeKey {
+            key_id: "kgolden".into(),
+        },
+        Op::BindRole {
+            principal_id: "sa_golden".into(),
+            scope: Scope::Project(project.clone()),
+            role: Role::Editor,
+        },
+        Op::UnbindRole {
+            binding_id: "rb_missing".into(),
+        },
+        Op::PutSecret {
+            project_id: project.clone(),
+            name: "golden-secret".into(),
+            version: 1,
+            sealed: sealed("golden"),
+            bindings: Some(vec!["principal:sa_golden".into()]),
+        },
+        Op::DeleteSecret {
+            project_id: project.clone(),
+            name: "golden-secret".into(),
+        },
+        Op::RewrapDataKeys {
+            keys: state
+                .projects
+                .keys()
+                .map(|id| (id.clone(), wk("mk2", id)))
+                .collect(),
+        },
+        Op::RecordAudit {
+            action: "golden.check".into(),
+            project: Some(project.clone()),
+            target: "golden".into(),
+            outcome: AuditOutcome::Denied,
+            detail: "count=3".into(),
+        },
+        Op::RegisterNode {
+            region: "eu".into(),
+            cluster: "eu1".into(),
+            node: "golden".into(),
+            cpu_cores: 8,
+            memory_bytes: 1 << 34,
+            gpu_count: 0,
+            agent_version: "golden".into(),
+            gpus: Vec::new(),
+            labels: BTreeMap::from([("zone".to_owned(), "a".to_owned())]),
+            rpc_addr: "127.0.0.1:7300".into(),
+            held: Vec::new(),
+            os: "linux".into(),
+            limit_mode: "cgroup-v1".into(),
+            admit_new: Some(true),
+        },
+        Op::Batch {
+            commands: vec![Command::new(at, admin(), Op::Noop)],
+        },
+        Op::SetNodeHealth {
+            key: node_key.clone(),
+            health: NodeHealthState::Unreachable,
+            lease_epoch: epoch,
+        },
+        Op::SetNodeDraining {
+            key: node_key.clone(),
+            draining: true,
+        },
+        Op::SubmitJob {
+            id: "job_golden".into(),
+            project_id: project.clone(),
+            spec: JobSpec::new("train"),
+            principal_id: Some("sa_admin".into()),
+        },
+        Op::CancelJob {
+            project_id: project.clone(),
+            id: "job_golden".into(),
+        },
+        Op::PlaceJobs {
+            placements: vec![PlacementOp::Wait {
+                job_id: job.clone(),
+                reason: "golden".into(),
+            }],
+        },
+        Op::ReportJobEvents {
+            node: node_key.clone(),
+            lease_epoch: epoch,
+            events: vec![JobEventOp {
+                job_id: job,
+                attempt: 1,
+                replica: 0,
+                at_ms: at,
+                kind: JobEventKind::Started,
+            }],
+        },
+        Op::SetIdleGpus {
+            node: node_key.clone(),
+            lease_epoch: epoch,
+            idle_gpus: Vec::new(),
+        },
+        Op::PurgeJobs {
+            finished_before: at,
+            max: 2,
+        },
+        Op::DenyIdentity {
+            kind: DenyKind::Serial,
+            value: "0abc".into(),
+            reason: "golden".into(),
+        },
+        Op::AllowIdentity {
+            kind: DenyKind::Serial,
+            value: "0abc".into(),
+        },
+        Op::SetClusterPolicy {
+            region: "eu".into(),
+            cluster: "eu1".into(),
+            auto_approve: false,
+        },
+        Op::ApproveNode { key: node_key },
+        Op::SetProjectPolicy {
+            project_id: project,
+            update: PolicyUpdate {
+                max_pending_jobs: Some(50),
+                network: Some(NetworkPolicy::None),
+                ..PolicyUpdate::default()
+            },
+        },
+        Op::ReplaceDataKeys {
+            keys: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+        },
+    ]
+}
+
+#[test]
+fn the_golden_log_replays_to_its_outcomes_and_snapshot() {
+    let log = golden_log();
+    let mut state = RegistryState::default();
+    for entry in &log {
+        let outcome = state.apply(entry.index, &entry.command);
+        assert_eq!(
+            serde_json::to_value(&outcome).expect("outcome serializes"),
+            entry.outcome,
+            "entry {} ({:?}) is answered differently than when the log was written",
+            entry.index,
+            entry.command.op
+        );
+    }
+    state.assert_job_indexes_consistent();
+    let snapshot = std::fs::read(snapshot_path()).expect("golden snapshot");
+    assert!(
+        state.to_bytes() == snapshot,
+        "the golden log no longer replays to {}",
+        snapshot_path().display()
+    );
+}
+
+#[test]
+fn the_golden_snapshot_loads_and_serializes_unchanged() {
+    golden_log();
+    let snapshot = std::fs::read(snapshot_path()).expect("golden snapshot");
+    let state = RegistryState::from_bytes(&snapshot).expect("the golden snapshot loads");
+    assert!(
+        state.to_bytes() == snapshot,
+        "loading and serializing the golden snapshot changed it"
+    );
+}
+
+#[test]
+fn every_golden_command_serializes_as_it_was_written() {
+    let log = golden_log();
+    let text = std::fs::read_to_string(log_path()).expect("golden log");
+    assert_eq!(text.lines().count(), log.len());
+    for (line, entry) in text.lines().zip(log) {
+        let written: serde_json::Value = serde_json::from_str(line).expect("json");
+        let again = serde_json::to_value(&entry.command).expect("command serializes");
+        assert_eq!(
+            again, written["command"],
+            "entry {} serializes differently now",
+            entry.index
+        );
+    }
+}
+
+#[test]
+fn every_variant_has_a_golden_sample() {
+    let seen: BTreeSet<usize> = golden_log()
+        .iter()
+        .map(|e| variant(&e.command.op))
+        .collect();
+    let missing: Vec<usize> = (0..VARIANTS).filter(|v| !seen.contains(v)).collect();
+    assert!(
+        missing.is_empty(),
+        "Op variants {missing:?} (numbered in `variant`) have no line in the golden log"
+    );
+    // The samples cover every variant too, so writing the files again can always reach all of them.
+    let covered: BTreeSet<usize> = samples(&RegistryState::default(), T0)
+        .iter()
+        .map(variant)
+        .collect();
+    assert_eq!(covered.len(), VARIANTS);
+}
