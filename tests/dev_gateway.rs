@@ -91,7 +91,9 @@ fn dev_serves_the_gateway_on_its_port() {
     let dir = tmp.path().join("state");
     let gateway_port = free_tcp_port();
     let child = Command::new(meridian_bin())
-        .args(["dev", "--data-dir"])
+        .args(["dev"])
+        .args(common::dev_sandbox_args())
+        .arg("--data-dir")
         .arg(&dir)
         .args(["--admin-listen", &format!("127.0.0.1:{}", free_tcp_port())])
         .args(["--raft-listen", &format!("127.0.0.1:{}", free_udp_port())])
@@ -150,7 +152,9 @@ fn dev_serves_the_gateway_on_its_port() {
 fn dev_refuses_a_gateway_off_loopback() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = Command::new(meridian_bin())
-        .args(["dev", "--data-dir"])
+        .args(["dev"])
+        .args(common::dev_sandbox_args())
+        .arg("--data-dir")
         .arg(tmp.path().join("state"))
         .args(["--admin-listen", &format!("127.0.0.1:{}", free_tcp_port())])
         .args(["--raft-listen", &format!("127.0.0.1:{}", free_udp_port())])

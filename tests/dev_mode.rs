@@ -16,7 +16,9 @@ struct DevProcess {
 impl DevProcess {
     fn start(dir: &std::path::Path, admin_port: u16, raft_port: u16) -> DevProcess {
         let child = Command::new(meridian_bin())
-            .args(["dev", "--data-dir"])
+            .args(["dev"])
+            .args(common::dev_sandbox_args())
+            .arg("--data-dir")
             .arg(dir)
             .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
             .args(["--raft-listen", &format!("127.0.0.1:{raft_port}")])

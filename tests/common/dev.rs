@@ -32,7 +32,13 @@ impl DevProcess {
     }
 
     /// [`DevProcess::start`] with extra environment variables for the process.
+    /// Where the tests do not run as root, the job sandbox cannot exist: the process then runs with
+    /// `--insecure-no-sandbox` and says so (the sandbox's own attack tests skip loudly there).
     pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> DevProcess {
+        let mut extra = extra.to_vec();
+        if !extra.contains(&"--insecure-no-sandbox") {
+            extra.extend_from_slice(super::dev_sandbox_args());
+        }
         let admin = format!("127.0.0.1:{}", free_tcp_port());
         let gateway = format!("127.0.0.1:{}", free_tcp_port());
         let raft = format!("127.0.0.1:{}", free_udp_port());
@@ -42,7 +48,7 @@ impl DevProcess {
             .args(["--admin-listen", &admin])
             .args(["--raft-listen", &raft])
             .args(["--gateway-listen", &gateway])
-            .args(extra)
+            .args(&extra)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -9,6 +9,27 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+/// Whether these tests run as root (the job sandbox needs it).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Extra `meridian dev` arguments for this host: none as root; elsewhere the job sandbox cannot exist, so
+/// `--insecure-no-sandbox`, said loudly (the sandbox's own attack tests skip there).
+pub fn dev_sandbox_args() -> &'static [&'static str] {
+    if is_root() {
+        return &[];
+    }
+    eprintln!("NOTE: not root: meridian dev runs jobs without the sandbox (--insecure-no-sandbox)");
+    &["--insecure-no-sandbox"]
+}
+
 /// The `meridian` binary cargo built for these tests.
 pub fn meridian_bin() -> &'static str {
     env!("CARGO_BIN_EXE_meridian")

@@ -79,7 +79,9 @@ fn dev_refusal(dir: &std::path::Path) -> (Option<std::process::ExitStatus>, Stri
     use crate::common::{free_tcp_port, free_udp_port, meridian_bin};
     use std::io::Read as _;
     let mut child = std::process::Command::new(meridian_bin())
-        .args(["dev", "--data-dir"])
+        .args(["dev"])
+        .args(crate::common::dev_sandbox_args())
+        .arg("--data-dir")
         .arg(dir)
         .args(["--admin-listen", &format!("127.0.0.1:{}", free_tcp_port())])
         .args(["--raft-listen", &format!("127.0.0.1:{}", free_udp_port())])

@@ -13,17 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::common::dev::DevProcess;
-use crate::common::{cli, free_tcp_port, free_udp_port, meridian_bin, wait_for};
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc_geteuid() == 0 }
-}
-
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
-}
+use crate::common::{cli, free_tcp_port, free_udp_port, is_root, meridian_bin, wait_for};
 
 /// Skips (loudly) where the sandbox cannot exist.
 fn sandbox_host() -> bool {
