@@ -95,9 +95,14 @@ impl ReloadingCertResolver {
 
     /// The pair to serve now, after reloading the files if they changed and a check is due.
     pub(crate) fn current(&self) -> Arc<CurrentPair> {
+        self.current_at(Instant::now())
+    }
+
+    /// [`current`](Self::current) as of `now` (the clock is the caller's, so tests can stand before or at
+    /// the next check instead of racing it).
+    fn current_at(&self, now: Instant) -> Arc<CurrentPair> {
         let mut state = self.lock();
         if let Some(files) = &self.files {
-            let now = Instant::now();
             if now >= state.next_check {
                 state.next_check = now + RELOAD_CHECK_INTERVAL;
                 self.reload_if_changed(files, &mut state);
@@ -281,20 +286,29 @@ mod tests {
 
     #[test]
     fn changes_are_looked_at_no_more_than_once_per_interval() {
-        let built = Instant::now();
         let f = fixture();
         issue(&f.ca, "c2")
             .write(&f.files.cert, &f.files.key)
             .unwrap();
-        let pair = f.resolver.current();
-        if built.elapsed() < RELOAD_CHECK_INTERVAL {
-            assert_eq!(
-                served(&pair),
-                der(&f.first),
-                "checked before the interval passed"
-            );
-        }
-        assert_eq!(f.resolver.check_now().identity, id("c2"));
+        let due = f.resolver.lock().next_check;
+        let just_before = due
+            .checked_sub(Duration::from_millis(1))
+            .expect("an instant before the check");
+        assert_eq!(
+            served(&f.resolver.current_at(just_before)),
+            der(&f.first),
+            "checked before the interval passed"
+        );
+        assert_eq!(f.resolver.current_at(due).identity, id("c2"));
+        // The next look is a whole interval later: a change right after is not seen before it.
+        issue(&f.ca, "c3")
+            .write(&f.files.cert, &f.files.key)
+            .unwrap();
+        assert_eq!(f.resolver.current_at(due).identity, id("c2"));
+        assert_eq!(
+            f.resolver.current_at(due + RELOAD_CHECK_INTERVAL).identity,
+            id("c3")
+        );
     }
 
     #[test]
