@@ -445,26 +445,16 @@ fn create_private_dir(dir: &Path) -> Result<(), CertError> {
     builder.create(dir).map_err(|e| CertError::io(dir, e))
 }
 
-/// Refuses a private key file that group or others may access (any of the `0o077` bits): a key anyone else
-/// on the host could read is not one to trust. A file that cannot be inspected is left to the read that
-/// follows, which reports why.
+/// Refuses a private key file that group or others may access (see [`loose_key_mode`]): a key anyone else on
+/// the host could read is not one to trust.
 pub(crate) fn refuse_if_readable_by_others(path: &Path) -> Result<(), CertError> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if let Ok(meta) = std::fs::metadata(path) {
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(CertError::LooseKeyFile {
-                    path: path.to_path_buf(),
-                    mode,
-                });
-            }
-        }
+    match crate::files::loose_key_mode(path) {
+        Some(mode) => Err(CertError::LooseKeyFile {
+            path: path.to_path_buf(),
+            mode,
+        }),
+        None => Ok(()),
     }
-    #[cfg(not(unix))]
-    let _ = path;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -124,6 +124,23 @@ impl FileStamp {
     }
 }
 
+/// The permission bits of a private key file that group or others may access (any of `0o077`), or `None`
+/// when only its owner may (or it cannot be inspected: the read that follows reports why). Every loader of
+/// key material (keys, master keyring, admin token) refuses a file for which this is `Some`.
+pub fn loose_key_mode(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,6 +23,7 @@ pub use authority::{
     DEFAULT_MAX_LEAF_LIFETIME, LEAF_LIFETIME_HARD_CAP,
 };
 pub use error::CertError;
+pub use files::loose_key_mode;
 pub use identity::{validate_trust_domain, Identity, IdentityKind, Role};
 pub use inspect::{inspect_der, inspect_pem, CertInfo};
 pub use provider::install_crypto_provider;

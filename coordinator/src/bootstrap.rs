@@ -36,17 +36,13 @@ pub enum BootstrapError {
 /// Refuses an existing admin token file that group or others may access; a missing file is fine (it is
 /// created `0600`).
 pub fn refuse_loose_token_file(path: &Path) -> Result<(), BootstrapError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    if let Ok(meta) = std::fs::metadata(path) {
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(BootstrapError::LooseMode {
-                path: path.display().to_string(),
-                mode,
-            });
-        }
+    match certs::loose_key_mode(path) {
+        Some(mode) => Err(BootstrapError::LooseMode {
+            path: path.display().to_string(),
+            mode,
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Reads the admin token from `path`, or creates a new one there (mode 0600) if the file does not exist.

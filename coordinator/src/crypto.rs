@@ -270,16 +270,11 @@ impl MasterKeyring {
             path: path.display().to_string(),
             message: e.to_string(),
         };
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
-            if mode & 0o077 != 0 {
-                return Err(KeyringError::LooseMode {
-                    path: path.display().to_string(),
-                    mode: mode & 0o777,
-                });
-            }
+        if let Some(mode) = certs::loose_key_mode(path) {
+            return Err(KeyringError::LooseMode {
+                path: path.display().to_string(),
+                mode,
+            });
         }
         let text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
         Self::parse(&text)
