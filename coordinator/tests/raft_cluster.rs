@@ -516,6 +516,8 @@ async fn a_removed_member_is_refused_on_every_coordinator_method() -> Result<()>
         .find(|id| *id != leader && *id != removed)
         .ok_or_else(|| anyhow!("no remaining follower"))?;
     let leader_handle = cluster.handle(leader)?;
+    // A committed write first: then the leader's initial membership is committed too, and a change may start.
+    write_audited(&leader_handle, "before-removal").await?;
     leader_handle.remove_member(removed).await?;
     for id in [leader, kept] {
         cluster
