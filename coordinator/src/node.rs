@@ -336,8 +336,9 @@ impl Coordinator {
         std::fs::create_dir_all(&opts.data_dir).map_err(|e| {
             StartError::Storage(format!("creating {}: {e}", opts.data_dir.display()))
         })?;
-        let (log_store, state_machine) =
-            store::open(&opts.data_dir).map_err(|e| StartError::Storage(e.to_string()))?;
+        let (log_store, state_machine) = store::open(&opts.data_dir)
+            .await
+            .map_err(|e| StartError::Storage(e.to_string()))?;
         let state = state_machine.state();
         let committed = log_store.committed();
         let store_closed = log_store.closed_signal();

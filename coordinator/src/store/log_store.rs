@@ -45,7 +45,6 @@ pub(crate) struct LogStore {
 fn spawn_flusher(db: sled::Db, hold: DbHold) -> mpsc::UnboundedSender<LogFlushed<TypeConfig>> {
     let (tx, mut rx) = mpsc::unbounded_channel::<LogFlushed<TypeConfig>>();
     tokio::spawn(async move {
-        let _hold = hold;
         let mut waiting = Vec::new();
         while let Some(first) = rx.recv().await {
             waiting.push(first);
@@ -61,6 +60,9 @@ fn spawn_flusher(db: sled::Db, hold: DbHold) -> mpsc::UnboundedSender<LogFlushed
                 ack.log_io_completed(flushed.clone().map_err(std::io::Error::other));
             }
         }
+        // The database handle goes first: the hold's release tells shutdown the directory is free.
+        drop(db);
+        drop(hold);
     });
     tx
 }

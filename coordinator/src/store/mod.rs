@@ -15,6 +15,7 @@ mod state_machine;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -30,13 +31,45 @@ pub(crate) enum StoreError {
     Corrupt(String),
 }
 
+/// How long [`open`] waits for a previous holder of the directory to let go of its lock.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
 /// Opens (creating if needed) the Raft store in `dir` and loads the last snapshot into the state machine.
-pub(crate) fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
-    let db = sled::Config::new().path(dir).open()?;
+///
+/// sled's background flush threads keep the database file locked for a moment after the last handle is
+/// dropped, so a coordinator restarted in the same process can find the lock still held. The open is
+/// retried with backoff for up to [`LOCK_WAIT`]; a directory held by another live process still fails then.
+pub(crate) async fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
+    open_waiting(dir, LOCK_WAIT).await
+}
+
+/// [`open`] with the lock wait given.
+async fn open_waiting(
+    dir: &Path,
+    lock_wait: Duration,
+) -> Result<(LogStore, StateMachineStore), StoreError> {
+    let deadline = tokio::time::Instant::now() + lock_wait;
+    let mut backoff = Duration::from_millis(10);
+    let db = loop {
+        match sled::Config::new().path(dir).open() {
+            Ok(db) => break db,
+            Err(e) if is_lock_held(&e) && tokio::time::Instant::now() < deadline => {
+                tracing::debug!(dir = %dir.display(), "store directory still locked, retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let hold = DbHold::default();
     let log = LogStore::open(&db, hold.clone())?;
     let sm = StateMachineStore::open(&db, hold)?;
     Ok((log, sm))
+}
+
+/// Whether sled refused to open because the directory's lock file is held.
+fn is_lock_held(error: &sled::Error) -> bool {
+    matches!(error, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
 /// Kept by every part of the store that holds the database open; when the last one is dropped, the
@@ -71,7 +104,9 @@ mod tests {
     use openraft::StorageError;
     use openraft::StorageIOError;
 
-    use super::{open, LogStore, StateMachineStore};
+    use std::time::Duration;
+
+    use super::{is_lock_held, open, open_waiting, LogStore, StateMachineStore, StoreError};
     use crate::node::{NodeId, TypeConfig};
 
     /// Opens a fresh store in a temporary directory that lives as long as the store.
@@ -83,7 +118,9 @@ mod tests {
         ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<NodeId>>
         {
             let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(&e))?;
-            let (log, sm) = open(dir.path()).map_err(|e| StorageIOError::write(&e))?;
+            let (log, sm) = open(dir.path())
+                .await
+                .map_err(|e| StorageIOError::write(&e))?;
             Ok((dir, log, sm))
         }
     }
@@ -91,5 +128,31 @@ mod tests {
     #[test]
     fn passes_openraft_storage_suite() -> Result<(), StorageError<NodeId>> {
         Suite::test_all(TempDirStore)
+    }
+
+    #[tokio::test]
+    async fn a_directory_held_open_is_refused_once_the_wait_runs_out() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let _held = open(dir.path()).await.expect("first open");
+        match open_waiting(dir.path(), Duration::ZERO).await {
+            Err(StoreError::Sled(e)) => assert!(is_lock_held(&e), "unexpected error: {e}"),
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(_) => panic!("a second open of a held directory succeeded"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reopen_waits_for_the_previous_holder_to_close() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (log, sm) = open(dir.path()).await.expect("first open");
+        let closed = log.closed_signal();
+        let path = dir.path().to_path_buf();
+        let reopen = tokio::spawn(async move { open(&path).await.map(|_| ()) });
+        drop((log, sm));
+        closed.wait().await;
+        reopen
+            .await
+            .expect("reopen task")
+            .expect("reopen after the holder closed");
     }
 }
