@@ -1,7 +1,6 @@
 //! Meridian's coordinator: the Raft-replicated registry, its storage and network, and the admin API.
 
 pub mod api;
-pub mod authz;
 pub mod bootstrap;
 pub mod crypto;
 pub(crate) mod dispatch;
@@ -12,9 +11,9 @@ pub(crate) mod network;
 pub mod node;
 pub(crate) mod proposer;
 pub(crate) mod rpc_service;
-pub mod scheduler;
-pub mod state;
 pub(crate) mod store;
+
+pub use meridian_registry::{authz, scheduler, state};
 
 pub use fleet::FleetTimings;
 pub use janitor::JobRetention;

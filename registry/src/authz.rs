@@ -9,8 +9,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto;
 use crate::state::{Actor, KeyLimits, KeyPrincipal, KeyState, RegistryState, Scope};
+use crate::token;
 
 /// A role bound to a principal in a project (or platform-wide).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -281,7 +281,7 @@ pub fn authorize_caller(
 }
 
 /// The caller behind a command's actor, when it acted with a key that is still in the state.
-pub(crate) fn caller_of(state: &RegistryState, actor: &Actor) -> Option<Caller> {
+pub fn caller_of(state: &RegistryState, actor: &Actor) -> Option<Caller> {
     let key = state.key_by_id(actor.key_id.as_deref()?)?;
     let principal = state.principal(&key.principal_id)?;
     Some(Caller {
@@ -460,11 +460,11 @@ pub enum AuthnError {
 /// SHA-256 with the stored hash in constant time, and checks revocation, expiry at `now_ms` and the
 /// principal.
 pub fn authenticate(state: &RegistryState, token: &str, now_ms: u64) -> Result<Caller, AuthnError> {
-    let parsed = crypto::parse_token(token).map_err(|_| AuthnError::Malformed)?;
+    let parsed = token::parse_token(token).map_err(|_| AuthnError::Malformed)?;
     let key = state
         .key_by_id(&parsed.key_id)
         .ok_or(AuthnError::UnknownKey)?;
-    if !crypto::verify_token(token, &key.hash) {
+    if !token::verify_token(token, &key.hash) {
         return Err(AuthnError::Mismatch);
     }
     match key.state_at(now_ms) {
@@ -566,7 +566,7 @@ mod tests {
                 key_id: key_id.into(),
                 name: key_id.into(),
                 project_id: project.into(),
-                hash: crypto::hash_token(key_id),
+                hash: token::hash_token(key_id),
                 last4: "abcd".into(),
                 expires_at: None,
                 principal: KeyPrincipal::NewServiceAccount {
@@ -591,7 +591,7 @@ mod tests {
                 admin_principal_id: "sa_root".into(),
                 admin_principal_name: "root".into(),
                 admin_key_id: "root".into(),
-                admin_key_hash: crypto::hash_token("root"),
+                admin_key_hash: token::hash_token("root"),
                 admin_key_last4: "abcd".into(),
             },
         );
@@ -788,7 +788,7 @@ mod tests {
     fn authenticate_checks_hash_state_and_principal() {
         let mut rng = StdRng::seed_from_u64(11);
         let mut s = world();
-        let t = crypto::generate_token(&mut rng);
+        let t = token::generate_token(&mut rng);
         let op = |expires_at| Op::CreateKey {
             key_id: t.key_id.clone(),
             name: "ci".into(),
@@ -818,7 +818,7 @@ mod tests {
             Err(AuthnError::Expired)
         );
 
-        let other = crypto::generate_token(&mut rng);
+        let other = token::generate_token(&mut rng);
         let forged = format!(
             "mrd_{}_{}",
             t.key_id,

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
-use coordinator::scheduler::{
+use meridian_registry::scheduler::{
     Constraints, GpuDevice, JobRequest, Locality, NodeHealth, NodeView, PlacementDecision,
     ResourceRequest, Resources, Scheduler, Strategy,
 };

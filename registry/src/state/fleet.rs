@@ -239,23 +239,23 @@ pub fn node_key(region: &str, cluster: &str, node: &str) -> String {
 }
 
 /// What a registration names (borrowed from the command).
-pub(crate) struct NodeSpec<'a> {
-    pub(crate) region: &'a str,
-    pub(crate) cluster: &'a str,
-    pub(crate) node: &'a str,
-    pub(crate) cpu_cores: u32,
-    pub(crate) memory_bytes: u64,
-    pub(crate) gpu_count: u32,
-    pub(crate) agent_version: &'a str,
-    pub(crate) gpus: &'a [GpuDevice],
-    pub(crate) labels: &'a BTreeMap<String, String>,
-    pub(crate) rpc_addr: &'a str,
-    pub(crate) held: &'a [HeldAttempt],
-    pub(crate) os: &'a str,
-    pub(crate) limit_mode: &'a str,
+pub struct NodeSpec<'a> {
+    pub region: &'a str,
+    pub cluster: &'a str,
+    pub node: &'a str,
+    pub cpu_cores: u32,
+    pub memory_bytes: u64,
+    pub gpu_count: u32,
+    pub agent_version: &'a str,
+    pub gpus: &'a [GpuDevice],
+    pub labels: &'a BTreeMap<String, String>,
+    pub rpc_addr: &'a str,
+    pub held: &'a [HeldAttempt],
+    pub os: &'a str,
+    pub limit_mode: &'a str,
     /// How a node never seen before is admitted when its cluster has no policy (stamped by the leader);
     /// `None` in registrations from before admission existed, which approved every node.
-    pub(crate) admit_new: Option<bool>,
+    pub admit_new: Option<bool>,
 }
 
 const MAX_AGENT_VERSION: usize = 64;
@@ -265,11 +265,7 @@ const MAX_NODE_TEXT: usize = 256;
 const MAX_NODE_ITEMS: usize = 256;
 
 impl RegistryState {
-    pub(crate) fn register_node(
-        &mut self,
-        at: u64,
-        spec: NodeSpec<'_>,
-    ) -> Result<Applied, DomainError> {
+    pub fn register_node(&mut self, at: u64, spec: NodeSpec<'_>) -> Result<Applied, DomainError> {
         validate_id("region", spec.region)?;
         validate_id("cluster", spec.cluster)?;
         validate_id("node", spec.node)?;
@@ -433,7 +429,7 @@ impl RegistryState {
     }
 
     /// `ApproveNode`: an operator approves the node with what it reports now; it may receive work again.
-    pub(crate) fn approve_node(&mut self, key: &str) -> Result<Applied, DomainError> {
+    pub fn approve_node(&mut self, key: &str) -> Result<Applied, DomainError> {
         let record = self
             .nodes
             .get_mut(key)
@@ -458,7 +454,7 @@ impl RegistryState {
     }
 
     /// `SetClusterPolicy`: whether nodes new to `region/cluster` are approved on arrival.
-    pub(crate) fn set_cluster_policy(
+    pub fn set_cluster_policy(
         &mut self,
         region: &str,
         cluster: &str,
@@ -491,7 +487,7 @@ impl RegistryState {
         self.cluster_policies.iter()
     }
 
-    pub(crate) fn set_node_health(
+    pub fn set_node_health(
         &mut self,
         at: u64,
         key: &str,
@@ -527,11 +523,7 @@ impl RegistryState {
 
     /// `SetNodeDraining`: sets or clears a node's drain flag. Nothing else changes: its jobs keep running
     /// and its health is still the monitor's to decide. A repeat that changes nothing is still Ok.
-    pub(crate) fn set_node_draining(
-        &mut self,
-        key: &str,
-        draining: bool,
-    ) -> Result<Applied, DomainError> {
+    pub fn set_node_draining(&mut self, key: &str, draining: bool) -> Result<Applied, DomainError> {
         let record = self
             .nodes
             .get_mut(key)

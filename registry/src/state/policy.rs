@@ -367,11 +367,7 @@ impl RegistryState {
 
     /// Refuses a submission that would take the project past its pending-jobs or spec-bytes quota, or that
     /// asks for more than its running quota could ever allow.
-    pub(crate) fn check_submit_quota(
-        &self,
-        project_id: &str,
-        spec: &JobSpec,
-    ) -> Result<(), DomainError> {
+    pub fn check_submit_quota(&self, project_id: &str, spec: &JobSpec) -> Result<(), DomainError> {
         let policy = self.project_policy(project_id);
         let load = self.project_load(project_id);
         if load.pending_jobs >= policy.max_pending_jobs {
@@ -399,7 +395,7 @@ impl RegistryState {
     }
 
     /// `Op::SetProjectPolicy`: replaces the fields `update` names.
-    pub(crate) fn set_project_policy(
+    pub fn set_project_policy(
         &mut self,
         project_id: &str,
         update: &PolicyUpdate,
@@ -428,7 +424,7 @@ impl RegistryState {
     }
 
     /// Rebuilds the per-project index of unfinished jobs from the jobs (after loading a snapshot).
-    pub(crate) fn rebuild_unfinished_index(&mut self) {
+    pub fn rebuild_unfinished_index(&mut self) {
         self.unfinished_job_ids_by_project.clear();
         for job in self.jobs.values().filter(|j| !j.state.is_terminal()) {
             self.unfinished_job_ids_by_project
@@ -439,7 +435,7 @@ impl RegistryState {
     }
 
     /// Records that `job_id` of `project_id` is unfinished.
-    pub(crate) fn index_unfinished(&mut self, project_id: &str, job_id: &str) {
+    pub fn index_unfinished(&mut self, project_id: &str, job_id: &str) {
         self.unfinished_job_ids_by_project
             .entry(project_id.to_owned())
             .or_default()
@@ -447,7 +443,7 @@ impl RegistryState {
     }
 
     /// Records that `job_id` of `project_id` finished.
-    pub(crate) fn unindex_unfinished(&mut self, project_id: &str, job_id: &str) {
+    pub fn unindex_unfinished(&mut self, project_id: &str, job_id: &str) {
         if let Some(ids) = self.unfinished_job_ids_by_project.get_mut(project_id) {
             ids.remove(job_id);
             if ids.is_empty() {

@@ -58,11 +58,11 @@ pub struct JobUsage {
 
 /// Exact integer sums behind a usage figure: resource units × milliseconds (CPU time in milliseconds).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct UsageSums {
-    pub(crate) cpu_millis_ms: u128,
-    pub(crate) memory_bytes_ms: u128,
-    pub(crate) gpus_ms: u128,
-    pub(crate) cpu_time_ms: u128,
+pub struct UsageSums {
+    pub cpu_millis_ms: u128,
+    pub memory_bytes_ms: u128,
+    pub gpus_ms: u128,
+    pub cpu_time_ms: u128,
 }
 
 impl UsageSums {
@@ -203,7 +203,7 @@ impl RegistryState {
     /// Folds a job's usage into its project's hourly archive (just before the job is purged). Each started
     /// attempt's reservation is split exactly across the hours it overlaps; its CPU time goes to the hour
     /// holding its end.
-    pub(crate) fn archive_job_usage(&mut self, job: &JobRecord) {
+    pub fn archive_job_usage(&mut self, job: &JobRecord) {
         let hours = self
             .usage_archive
             .entry(job.project_id.clone())

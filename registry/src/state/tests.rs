@@ -6,7 +6,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::crypto;
+use crate::token;
 
 mod golden;
 
@@ -32,7 +32,7 @@ fn admin() -> Actor {
 }
 
 fn hash_of(tag: &str) -> String {
-    crypto::hash_token(tag)
+    token::hash_token(tag)
 }
 
 fn bootstrap_op() -> Op {

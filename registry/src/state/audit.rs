@@ -150,7 +150,7 @@ pub struct AuditPage {
     pub next_after_seq: Option<u64>,
 }
 
-pub(crate) fn validate_recorded(subject: &Subject, detail: &str) -> Result<(), DomainError> {
+pub fn validate_recorded(subject: &Subject, detail: &str) -> Result<(), DomainError> {
     let action_ok = !subject.action.is_empty()
         && subject.action.len() <= 64
         && subject
@@ -174,7 +174,7 @@ pub(crate) fn validate_recorded(subject: &Subject, detail: &str) -> Result<(), D
 
 impl RegistryState {
     /// Appends a record for `cmd`; returns its seq.
-    pub(crate) fn append_audit(
+    pub fn append_audit(
         &mut self,
         cmd: &Command,
         subject: &Subject,

@@ -1,7 +1,7 @@
 //! Envelope-encrypted secrets as replicated records: wrapped project data keys and sealed secret versions.
 //!
 //! Owns the secret records, their version numbering and workload bindings, and master-key rotation of the
-//! wrapped data keys. Never holds plaintext or an unwrapped key: encryption happens in `crate::crypto`
+//! wrapped data keys. Never holds plaintext or an unwrapped key: encryption happens in `crate::token`
 //! before a command is proposed. Caller-facing views never include ciphertext.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,11 +12,11 @@ use super::tenancy::{validate_id, validate_wrapped_key};
 use super::{Applied, DomainError, Outcome, RegistryState};
 
 /// Largest accepted base64 ciphertext of one secret version (about 64 KiB of plaintext).
-pub(crate) const MAX_SEALED_B64: usize = 90_000;
+pub const MAX_SEALED_B64: usize = 90_000;
 /// Versions kept per secret; older ones are dropped when a new one is added.
-pub(crate) const MAX_SECRET_VERSIONS: usize = 32;
+pub const MAX_SECRET_VERSIONS: usize = 32;
 /// Workload bindings per secret.
-pub(crate) const MAX_SECRET_BINDINGS: usize = 64;
+pub const MAX_SECRET_BINDINGS: usize = 64;
 
 /// A project's data key encrypted (AES-256-GCM) under the master key `master_key_id`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,7 +134,7 @@ impl Secret {
 }
 
 /// Secret names: `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`.
-pub(crate) fn validate_secret_name(name: &str) -> Result<(), DomainError> {
+pub fn validate_secret_name(name: &str) -> Result<(), DomainError> {
     let mut chars = name.chars();
     let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
         && name.len() <= 128
@@ -166,7 +166,7 @@ pub enum SecretBinding<'a> {
 }
 
 /// The binding syntax, for messages.
-pub(crate) const BINDING_SYNTAX: &str = "principal:ID or principal:ID/job:PATTERN";
+pub const BINDING_SYNTAX: &str = "principal:ID or principal:ID/job:PATTERN";
 
 impl<'a> SecretBinding<'a> {
     /// Reads a stored binding; anything that is not a well-formed workload binding is [`SecretBinding::Legacy`].
@@ -216,14 +216,14 @@ impl<'a> SecretBinding<'a> {
 }
 
 /// Checks a binding written through the API now: only workload bindings are accepted.
-pub(crate) fn validate_workload_binding(binding: &str) -> Result<SecretBinding<'_>, DomainError> {
+pub fn validate_workload_binding(binding: &str) -> Result<SecretBinding<'_>, DomainError> {
     SecretBinding::parse_workload(binding).map_err(|m| DomainError::invalid("bindings", m))
 }
 
 /// Bindings as stored: workload bindings, or (so that logs from before them still replay) `kind:pattern`
 /// selectors, kind `[a-z][a-z0-9-]*`, pattern of `[A-Za-z0-9*._/-]`; each at most 256 characters. Returns
 /// them sorted and de-duplicated.
-pub(crate) fn normalize_bindings(bindings: &[String]) -> Result<Vec<String>, DomainError> {
+pub fn normalize_bindings(bindings: &[String]) -> Result<Vec<String>, DomainError> {
     if bindings.len() > MAX_SECRET_BINDINGS {
         return Err(DomainError::invalid(
             "bindings",
@@ -267,7 +267,7 @@ fn validate_sealed(sealed: &SealedValue) -> Result<(), DomainError> {
 }
 
 impl RegistryState {
-    pub(crate) fn put_secret(
+    pub fn put_secret(
         &mut self,
         at: u64,
         project_id: &str,
@@ -322,11 +322,7 @@ impl RegistryState {
         ))
     }
 
-    pub(crate) fn delete_secret(
-        &mut self,
-        project_id: &str,
-        name: &str,
-    ) -> Result<Applied, DomainError> {
+    pub fn delete_secret(&mut self, project_id: &str, name: &str) -> Result<Applied, DomainError> {
         let Some(secrets) = self.secrets.get_mut(project_id) else {
             return Err(DomainError::not_found("secret", name));
         };
@@ -342,7 +338,7 @@ impl RegistryState {
         ))
     }
 
-    pub(crate) fn rewrap_data_keys(
+    pub fn rewrap_data_keys(
         &mut self,
         keys: &BTreeMap<String, WrappedKey>,
     ) -> Result<Applied, DomainError> {
@@ -372,7 +368,7 @@ impl RegistryState {
         ))
     }
 
-    pub(crate) fn replace_data_keys(
+    pub fn replace_data_keys(
         &mut self,
         keys: &BTreeMap<String, WrappedKey>,
         secrets: &BTreeMap<String, BTreeMap<String, Vec<ResealedVersion>>>,

@@ -2,7 +2,7 @@
 //! principal's ownership, key and binding grants, and secrets bound to workload identities.
 
 use super::*;
-use crate::crypto;
+use crate::token;
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -23,7 +23,7 @@ fn bootstrapped() -> RegistryState {
         admin_principal_id: "sa_root".into(),
         admin_principal_name: "root".into(),
         admin_key_id: "root".into(),
-        admin_key_hash: crypto::hash_token("root"),
+        admin_key_hash: token::hash_token("root"),
         admin_key_last4: "abcd".into(),
     };
     let out = s.apply(1, &Command::new(T0, Actor::system(), op));
@@ -57,7 +57,7 @@ fn key_for(
             key_id: key_id.into(),
             name: key_id.into(),
             project_id: project.into(),
-            hash: crypto::hash_token(key_id),
+            hash: token::hash_token(key_id),
             last4: "abcd".into(),
             expires_at,
             principal: KeyPrincipal::NewServiceAccount {
@@ -263,7 +263,7 @@ fn an_old_log_minting_a_key_for_the_bootstrap_principal_still_replays() {
             key_id: "root2".into(),
             name: "root2".into(),
             project_id: "prj_default".into(),
-            hash: crypto::hash_token("root2"),
+            hash: token::hash_token("root2"),
             last4: "abcd".into(),
             expires_at: None,
             principal: KeyPrincipal::Existing {
@@ -503,7 +503,7 @@ fn apply_refuses_a_grant_its_acting_key_could_not_make() {
             key_id: "stolen".into(),
             name: "stolen".into(),
             project_id: "prj_default".into(),
-            hash: crypto::hash_token("stolen"),
+            hash: token::hash_token("stolen"),
             last4: "abcd".into(),
             expires_at: Some(T0 + 5_000),
             principal: existing("sa_root"),
@@ -558,7 +558,7 @@ fn key_limits_narrow_what_the_bindings_grant() {
             key_id: "narrow".into(),
             name: "narrow".into(),
             project_id: "prj_a".into(),
-            hash: crypto::hash_token("narrow"),
+            hash: token::hash_token("narrow"),
             last4: "abcd".into(),
             expires_at: None,
             principal: existing("sa_root"),
@@ -596,7 +596,7 @@ fn key_limits_narrow_what_the_bindings_grant() {
         key_id: "bad".into(),
         name: "bad".into(),
         project_id: "prj_a".into(),
-        hash: crypto::hash_token("bad"),
+        hash: token::hash_token("bad"),
         last4: "abcd".into(),
         expires_at: None,
         principal: existing("sa_root"),

@@ -1,13 +1,13 @@
 //! Golden replay: a committed log, written once by an earlier build, must keep replaying to the same
 //! outcomes and the same state, and a committed snapshot must keep loading and serializing byte for byte.
 //!
-//! The files live in `coordinator/tests/golden/`: `registry-log.jsonl` (one `{index, command, outcome}` per
+//! The files live in `registry/tests/golden/`: `registry-log.jsonl` (one `{index, command, outcome}` per
 //! line, every `Op` variant at least once) and `registry-snapshot.json` (the state after the log). A change
 //! that makes either test fail changes what replicas compute from a log they already hold: during a rolling
 //! upgrade, old and new coordinators would diverge. Such a change must be gated behind a committed version,
 //! never made by rewriting the files.
 //!
-//! The files are written only when missing: `cargo test -p meridian-coordinator golden` with
+//! The files are written only when missing: `cargo test -p meridian-registry golden` with
 //! `MERIDIAN_GOLDEN_WRITE=1` writes them from a seeded log (random commands from the replica test's
 //! generator, then one sample of every variant that log did not reach). A new `Op` variant fails to compile
 //! in [`variant`] until it has a number; [`every_variant_has_a_golden_sample`] then fails until a line

@@ -103,7 +103,7 @@ impl KeyLimits {
     }
 
     /// Checks the limits before they enter the state: an allow-list names at least one role, each once.
-    pub(crate) fn validate(&self) -> Result<(), DomainError> {
+    pub fn validate(&self) -> Result<(), DomainError> {
         if let Some(roles) = &self.roles {
             if roles.is_empty() {
                 return Err(DomainError::invalid(
@@ -262,26 +262,26 @@ pub enum KeyPrincipal {
     NewServiceAccount { principal_id: String, name: String },
 }
 
-pub(crate) struct BootstrapSpec<'a> {
-    pub(crate) project_id: &'a str,
-    pub(crate) data_key: &'a WrappedKey,
-    pub(crate) principal_id: &'a str,
-    pub(crate) principal_name: &'a str,
-    pub(crate) key_id: &'a str,
-    pub(crate) key_hash: &'a str,
-    pub(crate) key_last4: &'a str,
+pub struct BootstrapSpec<'a> {
+    pub project_id: &'a str,
+    pub data_key: &'a WrappedKey,
+    pub principal_id: &'a str,
+    pub principal_name: &'a str,
+    pub key_id: &'a str,
+    pub key_hash: &'a str,
+    pub key_last4: &'a str,
 }
 
-pub(crate) struct KeySpec<'a> {
-    pub(crate) key_id: &'a str,
-    pub(crate) name: &'a str,
-    pub(crate) project_id: &'a str,
-    pub(crate) hash: &'a str,
-    pub(crate) last4: &'a str,
-    pub(crate) expires_at: Option<u64>,
-    pub(crate) principal: &'a KeyPrincipal,
-    pub(crate) role: Option<Role>,
-    pub(crate) limits: &'a KeyLimits,
+pub struct KeySpec<'a> {
+    pub key_id: &'a str,
+    pub name: &'a str,
+    pub project_id: &'a str,
+    pub hash: &'a str,
+    pub last4: &'a str,
+    pub expires_at: Option<u64>,
+    pub principal: &'a KeyPrincipal,
+    pub role: Option<Role>,
+    pub limits: &'a KeyLimits,
 }
 
 /// A change that might leave the platform without a usable admin.
@@ -298,7 +298,7 @@ fn is_lower_alnum(c: char) -> bool {
 }
 
 /// Project names: `[a-z0-9][a-z0-9-]{0,62}`.
-pub(crate) fn validate_project_name(name: &str) -> Result<(), DomainError> {
+pub fn validate_project_name(name: &str) -> Result<(), DomainError> {
     let mut chars = name.chars();
     let ok = chars.next().is_some_and(is_lower_alnum)
         && name.len() <= 63
@@ -314,7 +314,7 @@ pub(crate) fn validate_project_name(name: &str) -> Result<(), DomainError> {
 }
 
 /// Object ids prepared by the coordinator: 1–64 characters of `[A-Za-z0-9_-]`.
-pub(crate) fn validate_id(field: &str, id: &str) -> Result<(), DomainError> {
+pub fn validate_id(field: &str, id: &str) -> Result<(), DomainError> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && id
@@ -331,7 +331,7 @@ pub(crate) fn validate_id(field: &str, id: &str) -> Result<(), DomainError> {
 }
 
 /// Key ids appear inside tokens between `_` separators: 1–32 characters of `[A-Za-z0-9]`.
-pub(crate) fn validate_key_id(id: &str) -> Result<(), DomainError> {
+pub fn validate_key_id(id: &str) -> Result<(), DomainError> {
     if !id.is_empty() && id.len() <= 32 && id.chars().all(|c| c.is_ascii_alphanumeric()) {
         Ok(())
     } else {
@@ -343,7 +343,7 @@ pub(crate) fn validate_key_id(id: &str) -> Result<(), DomainError> {
 }
 
 /// Display names of keys and principals: `[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}`.
-pub(crate) fn validate_display_name(field: &str, name: &str) -> Result<(), DomainError> {
+pub fn validate_display_name(field: &str, name: &str) -> Result<(), DomainError> {
     let mut chars = name.chars();
     let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
         && name.len() <= 128
@@ -388,7 +388,7 @@ fn validate_last4(last4: &str) -> Result<(), DomainError> {
     }
 }
 
-pub(crate) fn validate_description(description: &str) -> Result<(), DomainError> {
+pub fn validate_description(description: &str) -> Result<(), DomainError> {
     if description.len() <= 1024 && !description.chars().any(|c| c.is_control() && c != '\n') {
         Ok(())
     } else {
@@ -399,7 +399,7 @@ pub(crate) fn validate_description(description: &str) -> Result<(), DomainError>
     }
 }
 
-pub(crate) fn validate_wrapped_key(field: &str, key: &WrappedKey) -> Result<(), DomainError> {
+pub fn validate_wrapped_key(field: &str, key: &WrappedKey) -> Result<(), DomainError> {
     validate_id(field, &key.master_key_id)?;
     if key.nonce_b64.is_empty() || key.ciphertext_b64.is_empty() || key.ciphertext_b64.len() > 256 {
         return Err(DomainError::invalid(
@@ -423,11 +423,7 @@ fn validate_binding(scope: &Scope, role: Role) -> Result<(), DomainError> {
 // ---- mutations and reads ----------------------------------------------------------------------------------
 
 impl RegistryState {
-    pub(crate) fn bootstrap(
-        &mut self,
-        at: u64,
-        spec: BootstrapSpec<'_>,
-    ) -> Result<Applied, DomainError> {
+    pub fn bootstrap(&mut self, at: u64, spec: BootstrapSpec<'_>) -> Result<Applied, DomainError> {
         if self.is_bootstrapped() {
             return Err(DomainError::FailedPrecondition(
                 "already bootstrapped".to_owned(),
@@ -504,7 +500,7 @@ impl RegistryState {
         Ok(Applied::new(outcome, format!("admin key {}", spec.key_id)))
     }
 
-    pub(crate) fn create_project(
+    pub fn create_project(
         &mut self,
         at: u64,
         id: &str,
@@ -543,7 +539,7 @@ impl RegistryState {
         ))
     }
 
-    pub(crate) fn delete_project(&mut self, id: &str) -> Result<Applied, DomainError> {
+    pub fn delete_project(&mut self, id: &str) -> Result<Applied, DomainError> {
         let project = self
             .projects
             .get(id)
@@ -596,7 +592,7 @@ impl RegistryState {
         Ok(Applied::new(Outcome::Deleted, format!("name={name}")))
     }
 
-    pub(crate) fn create_principal(
+    pub fn create_principal(
         &mut self,
         at: u64,
         id: &str,
@@ -627,7 +623,7 @@ impl RegistryState {
         ))
     }
 
-    pub(crate) fn set_principal_disabled(
+    pub fn set_principal_disabled(
         &mut self,
         at: u64,
         id: &str,
@@ -657,11 +653,7 @@ impl RegistryState {
         ))
     }
 
-    pub(crate) fn create_key(
-        &mut self,
-        at: u64,
-        spec: KeySpec<'_>,
-    ) -> Result<Applied, DomainError> {
+    pub fn create_key(&mut self, at: u64, spec: KeySpec<'_>) -> Result<Applied, DomainError> {
         validate_key_id(spec.key_id)?;
         validate_display_name("name", spec.name)?;
         validate_hash(spec.hash)?;
@@ -757,7 +749,7 @@ impl RegistryState {
         Ok(Applied::new(outcome, detail))
     }
 
-    pub(crate) fn revoke_key(&mut self, at: u64, key_id: &str) -> Result<Applied, DomainError> {
+    pub fn revoke_key(&mut self, at: u64, key_id: &str) -> Result<Applied, DomainError> {
         let key = self
             .keys
             .get(key_id)
@@ -784,7 +776,7 @@ impl RegistryState {
         ))
     }
 
-    pub(crate) fn bind_role(
+    pub fn bind_role(
         &mut self,
         at: u64,
         principal_id: &str,
@@ -818,11 +810,7 @@ impl RegistryState {
         ))
     }
 
-    pub(crate) fn unbind_role(
-        &mut self,
-        at: u64,
-        binding_id: &str,
-    ) -> Result<Applied, DomainError> {
+    pub fn unbind_role(&mut self, at: u64, binding_id: &str) -> Result<Applied, DomainError> {
         let binding = self
             .bindings
             .get(binding_id)
@@ -871,7 +859,7 @@ impl RegistryState {
     /// to be owned by project `default`, which let that project's admins mint keys for it). The principal is
     /// the target of the first successful `system.bootstrap` audit record; the log is never trimmed, so
     /// every replica finds the same one.
-    pub(crate) fn migrate_bootstrap_principal(&mut self) {
+    pub fn migrate_bootstrap_principal(&mut self) {
         let Some(id) = self
             .audit
             .iter()

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::{Applied, DomainError, Outcome, Page, PageRequest, RegistryState};
 
 /// Most entries the deny-list holds (each one is checked on every call).
-pub(crate) const MAX_DENIED: usize = 10_000;
+pub const MAX_DENIED: usize = 10_000;
 /// Longest reason kept with an entry.
 const MAX_REASON: usize = 512;
 /// Longest identity URI (SPIFFE's limit).
@@ -121,7 +121,7 @@ fn validate_value(kind: DenyKind, value: &str) -> Result<(), DomainError> {
 
 impl RegistryState {
     /// `DenyIdentity`: adds an entry. A repeat of an entry already present is `AlreadyExists`.
-    pub(crate) fn deny_identity(
+    pub fn deny_identity(
         &mut self,
         at: u64,
         actor: &str,
@@ -167,11 +167,7 @@ impl RegistryState {
     }
 
     /// `AllowIdentity`: removes an entry; an entry that is not there is `NotFound`.
-    pub(crate) fn allow_identity(
-        &mut self,
-        kind: DenyKind,
-        value: &str,
-    ) -> Result<Applied, DomainError> {
+    pub fn allow_identity(&mut self, kind: DenyKind, value: &str) -> Result<Applied, DomainError> {
         let id = deny_id(kind, value);
         let entry = self
             .denied_identities

@@ -40,7 +40,7 @@ pub use fleet::{
     cluster_key, node_key, ApprovedGpu, ApprovedResources, ClusterPolicy, NodeAdmission,
     NodeHealthState, NodeRecord,
 };
-pub(crate) use jobs::MAX_REPLICAS;
+pub use jobs::MAX_REPLICAS;
 pub use jobs::{
     secret_binds_workload, Attempt, AttemptOutcome, EventAck, HeldAttempt, JobEventKind,
     JobEventOp, JobRecord, JobSpec, JobState, PlacementOp, ReplicaPlacement, RetryPolicy,
@@ -51,11 +51,11 @@ pub use policy::{
     NetworkPolicy, PolicyUpdate, ProjectLoad, ProjectPolicy, MAX_PREEMPTION_CEILING,
 };
 pub use scope::ProjectScope;
-pub(crate) use secrets::{validate_secret_name, validate_workload_binding, BINDING_SYNTAX};
+pub use secrets::{validate_secret_name, validate_workload_binding, BINDING_SYNTAX};
 pub use secrets::{
     ResealedVersion, SealedValue, Secret, SecretBinding, SecretVersion, SecretView, WrappedKey,
 };
-pub(crate) use tenancy::{validate_description, validate_id};
+pub use tenancy::{validate_description, validate_id};
 pub use tenancy::{
     ApiKey, ApiKeyView, KeyLimits, KeyPrincipal, KeyState, Principal, PrincipalKind, Project,
     ProjectView, RoleBinding, Scope, DEFAULT_PROJECT_NAME,
@@ -95,7 +95,7 @@ pub const REMEMBERED_REQUESTS: usize = 10_000;
 
 /// The first outcome of a recently applied request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct RememberedRequest {
+pub struct RememberedRequest {
     index: u64,
     outcome: CommandOutcome,
 }
@@ -436,21 +436,21 @@ pub enum DomainError {
 }
 
 impl DomainError {
-    pub(crate) fn not_found(kind: &str, id: &str) -> Self {
+    pub fn not_found(kind: &str, id: &str) -> Self {
         Self::NotFound {
             kind: kind.to_owned(),
             id: id.to_owned(),
         }
     }
 
-    pub(crate) fn exists(kind: &str, name: &str) -> Self {
+    pub fn exists(kind: &str, name: &str) -> Self {
         Self::AlreadyExists {
             kind: kind.to_owned(),
             name: name.to_owned(),
         }
     }
 
-    pub(crate) fn invalid(field: &str, message: impl Into<String>) -> Self {
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
         Self::Invalid {
             field: field.to_owned(),
             message: message.into(),
@@ -466,71 +466,71 @@ pub type CommandOutcome = Result<Outcome, DomainError>;
 pub struct RegistryState {
     /// Index of the last applied log entry.
     pub applied_index: u64,
-    pub(crate) default_project_id: Option<String>,
-    pub(crate) projects: BTreeMap<String, Project>,
+    pub default_project_id: Option<String>,
+    pub projects: BTreeMap<String, Project>,
     /// Project name → id (names are unique), so name lookups do not scan every project.
     #[serde(default)]
-    pub(crate) project_ids_by_name: BTreeMap<String, String>,
-    pub(crate) principals: BTreeMap<String, Principal>,
-    pub(crate) keys: BTreeMap<String, ApiKey>,
-    pub(crate) bindings: BTreeMap<String, RoleBinding>,
+    pub project_ids_by_name: BTreeMap<String, String>,
+    pub principals: BTreeMap<String, Principal>,
+    pub keys: BTreeMap<String, ApiKey>,
+    pub bindings: BTreeMap<String, RoleBinding>,
     /// project id → secret name → secret.
-    pub(crate) secrets: BTreeMap<String, BTreeMap<String, Secret>>,
-    pub(crate) audit: Vec<AuditRecord>,
+    pub secrets: BTreeMap<String, BTreeMap<String, Secret>>,
+    pub audit: Vec<AuditRecord>,
     /// Request id → first outcome, for the last [`REMEMBERED_REQUESTS`] requests that carried an id.
     #[serde(default)]
-    pub(crate) requests: BTreeMap<String, RememberedRequest>,
+    pub requests: BTreeMap<String, RememberedRequest>,
     /// Ordering key (at least the log index, increasing) → request id, to forget the oldest first.
     #[serde(default)]
-    pub(crate) request_order: BTreeMap<u64, String>,
+    pub request_order: BTreeMap<u64, String>,
     /// Node key (`region/cluster/node`) → record.
     #[serde(default)]
-    pub(crate) nodes: BTreeMap<String, NodeRecord>,
+    pub nodes: BTreeMap<String, NodeRecord>,
     /// Job id → job.
     #[serde(default)]
-    pub(crate) jobs: BTreeMap<String, JobRecord>,
+    pub jobs: BTreeMap<String, JobRecord>,
     /// Index: the ids of pending jobs.
     #[serde(default)]
-    pub(crate) pending_job_ids: BTreeSet<String>,
+    pub pending_job_ids: BTreeSet<String>,
     /// Index: node key → ids of the scheduled and running jobs whose current attempt is on it.
     #[serde(default)]
-    pub(crate) active_job_ids_by_node: BTreeMap<String, BTreeSet<String>>,
+    pub active_job_ids_by_node: BTreeMap<String, BTreeSet<String>>,
     /// Index: project id → ids of its jobs.
     #[serde(default)]
-    pub(crate) job_ids_by_project: BTreeMap<String, BTreeSet<String>>,
+    pub job_ids_by_project: BTreeMap<String, BTreeSet<String>>,
     /// Index: (finished_at, id) of every terminal job, oldest first (what a purge takes). Rebuilt from the
     /// jobs when a snapshot is loaded.
     #[serde(default)]
-    pub(crate) finished_jobs: BTreeSet<(u64, String)>,
+    pub finished_jobs: BTreeSet<(u64, String)>,
     /// Project id → start of a Unix hour (ms) → the usage of the purged jobs in that hour.
     #[serde(default)]
-    pub(crate) usage_archive: BTreeMap<String, BTreeMap<u64, usage::UsageSums>>,
+    pub usage_archive: BTreeMap<String, BTreeMap<u64, usage::UsageSums>>,
     /// Deny-list id (`identity:<uri>` or `serial:<hex>`) → entry.
     #[serde(default)]
-    pub(crate) denied_identities: BTreeMap<String, DeniedIdentity>,
+    pub denied_identities: BTreeMap<String, DeniedIdentity>,
     /// Incremented by every change to the deny-list.
     #[serde(default)]
-    pub(crate) deny_list_version: u64,
+    pub deny_list_version: u64,
     /// Index: the keys (`region/cluster/node`) of nodes whose agent identity is denied.
     #[serde(default)]
-    pub(crate) denied_nodes: BTreeSet<String>,
+    pub denied_nodes: BTreeSet<String>,
     /// `region/cluster` → admission policy; a cluster without one follows the leader's default.
     #[serde(default)]
-    pub(crate) cluster_policies: BTreeMap<String, ClusterPolicy>,
+    pub cluster_policies: BTreeMap<String, ClusterPolicy>,
     /// Index: project id → ids of its jobs that are not finished (what its quotas count). Rebuilt from the
     /// jobs when a snapshot is loaded.
     #[serde(default)]
-    pub(crate) unfinished_job_ids_by_project: BTreeMap<String, BTreeSet<String>>,
+    pub unfinished_job_ids_by_project: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// What a successful mutation tells the audit log besides the command's subject.
-pub(crate) struct Applied {
-    pub(crate) outcome: Outcome,
-    pub(crate) detail: String,
+pub struct Applied {
+    pub outcome: Outcome,
+    pub detail: String,
 }
 
 impl Applied {
-    pub(crate) fn new(outcome: Outcome, detail: impl Into<String>) -> Self {
+    pub fn new(outcome: Outcome, detail: impl Into<String>) -> Self {
         Self {
             outcome,
             detail: detail.into(),
@@ -539,10 +539,10 @@ impl Applied {
 }
 
 /// The audit subject of an operation: action name, project and target.
-pub(crate) struct Subject {
-    pub(crate) action: String,
-    pub(crate) project: Option<String>,
-    pub(crate) target: String,
+pub struct Subject {
+    pub action: String,
+    pub project: Option<String>,
+    pub target: String,
 }
 
 impl Op {

@@ -24,21 +24,21 @@ use super::{Applied, DomainError, Outcome, Page, PageRequest, RegistryState};
 use crate::scheduler::{may_evict, Constraints, Locality, ResourceRequest, Resources, Strategy};
 
 /// Longest job name, in bytes.
-pub(crate) const MAX_JOB_NAME: usize = 128;
+pub const MAX_JOB_NAME: usize = 128;
 /// Longest command, in bytes.
-pub(crate) const MAX_COMMAND: usize = 4096;
+pub const MAX_COMMAND: usize = 4096;
 /// Most arguments a job may pass.
-pub(crate) const MAX_ARGS: usize = 1024;
+pub const MAX_ARGS: usize = 1024;
 /// Most environment variables a job may set.
-pub(crate) const MAX_ENV: usize = 1024;
+pub const MAX_ENV: usize = 1024;
 /// Secrets one job may name.
-pub(crate) const MAX_JOB_SECRETS: usize = 64;
+pub const MAX_JOB_SECRETS: usize = 64;
 /// Longest single argument, environment value or working directory, in bytes.
-pub(crate) const MAX_VALUE: usize = 65_536;
+pub const MAX_VALUE: usize = 65_536;
 /// Upper bound of [`RetryPolicy::max_attempts`].
-pub(crate) const MAX_ATTEMPTS: u32 = 20;
+pub const MAX_ATTEMPTS: u32 = 20;
 /// Most replicas of one (gang) job.
-pub(crate) const MAX_REPLICAS: u32 = 64;
+pub const MAX_REPLICAS: u32 = 64;
 /// Longest attempt detail or pending reason kept in the state, in bytes (longer ones are cut).
 const MAX_DETAIL: usize = 1024;
 
@@ -259,7 +259,7 @@ impl JobSpec {
     }
 
     /// Checks the limits every replica enforces before a job enters the state.
-    pub(crate) fn validate(&self) -> Result<(), DomainError> {
+    pub fn validate(&self) -> Result<(), DomainError> {
         if self.name.len() > MAX_JOB_NAME {
             return Err(DomainError::invalid(
                 "name",
@@ -749,15 +749,15 @@ fn clip(s: &str, max: usize) -> String {
 }
 
 /// What `Op::SubmitJob` asks for.
-pub(crate) struct Submission<'a> {
-    pub(crate) id: &'a str,
-    pub(crate) project_id: &'a str,
-    pub(crate) spec: &'a JobSpec,
-    pub(crate) principal_id: Option<&'a str>,
+pub struct Submission<'a> {
+    pub id: &'a str,
+    pub project_id: &'a str,
+    pub spec: &'a JobSpec,
+    pub principal_id: Option<&'a str>,
 }
 
 impl RegistryState {
-    pub(crate) fn submit_job(
+    pub fn submit_job(
         &mut self,
         at: u64,
         actor: &super::Actor,
@@ -875,7 +875,7 @@ impl RegistryState {
         Ok(())
     }
 
-    pub(crate) fn cancel_job(
+    pub fn cancel_job(
         &mut self,
         at: u64,
         project_id: &str,
@@ -928,7 +928,7 @@ impl RegistryState {
         Ok(Applied::new(Outcome::Job { job }, detail))
     }
 
-    pub(crate) fn place_jobs(
+    pub fn place_jobs(
         &mut self,
         at: u64,
         placements: &[PlacementOp],
@@ -1132,7 +1132,7 @@ impl RegistryState {
         true
     }
 
-    pub(crate) fn report_job_events(
+    pub fn report_job_events(
         &mut self,
         at: u64,
         node_key: &str,
@@ -1288,7 +1288,7 @@ impl RegistryState {
         EventAck::accepted()
     }
 
-    pub(crate) fn set_idle_gpus(
+    pub fn set_idle_gpus(
         &mut self,
         key: &str,
         lease_epoch: u64,
@@ -1317,7 +1317,7 @@ impl RegistryState {
 
     /// Every active job with a replica on a node that was declared lost loses its attempt (the gang's other
     /// replicas are stopped). Returns how many jobs lost an attempt.
-    pub(crate) fn lose_node_jobs(&mut self, at: u64, node_key: &str) -> usize {
+    pub fn lose_node_jobs(&mut self, at: u64, node_key: &str) -> usize {
         let ids: Vec<String> = self
             .active_job_ids_by_node
             .get(node_key)
@@ -1337,7 +1337,7 @@ impl RegistryState {
 
     /// After a node registered again (at `lease_epoch`): its replicas move to the new epoch, and a started
     /// replica the agent no longer holds is lost (ending its attempt). Returns how many attempts were lost.
-    pub(crate) fn readopt_node_jobs(
+    pub fn readopt_node_jobs(
         &mut self,
         at: u64,
         node_key: &str,
@@ -1539,14 +1539,14 @@ impl RegistryState {
         }
     }
 
-    pub(crate) fn bump_assign_version(&mut self, node_key: &str) {
+    pub fn bump_assign_version(&mut self, node_key: &str) {
         if let Some(node) = self.nodes.get_mut(node_key) {
             node.assign_version = node.assign_version.saturating_add(1);
         }
     }
 
     /// True when the project has jobs that are not finished.
-    pub(crate) fn project_has_unfinished_jobs(&self, project_id: &str) -> bool {
+    pub fn project_has_unfinished_jobs(&self, project_id: &str) -> bool {
         self.job_ids_by_project
             .get(project_id)
             .into_iter()
@@ -1556,7 +1556,7 @@ impl RegistryState {
     }
 
     /// Forgets a deleted project's (finished) jobs and its usage archive.
-    pub(crate) fn remove_project_jobs(&mut self, project_id: &str) {
+    pub fn remove_project_jobs(&mut self, project_id: &str) {
         for id in self
             .job_ids_by_project
             .remove(project_id)
@@ -1575,7 +1575,7 @@ impl RegistryState {
 
     /// `Op::PurgeJobs`: forgets up to `max` terminal jobs that finished before `finished_before`, oldest
     /// first, after folding each one's usage into its project's archive.
-    pub(crate) fn purge_jobs(&mut self, finished_before: u64, max: u32) -> Applied {
+    pub fn purge_jobs(&mut self, finished_before: u64, max: u32) -> Applied {
         let mut purged: u32 = 0;
         while purged < max {
             let Some((finished_at, id)) = self.finished_jobs.first().cloned() else {
@@ -1605,7 +1605,7 @@ impl RegistryState {
     }
 
     /// Recomputes the index of finished jobs from the jobs themselves (after loading a snapshot).
-    pub(crate) fn rebuild_finished_index(&mut self) {
+    pub fn rebuild_finished_index(&mut self) {
         self.finished_jobs = self
             .jobs
             .values()
@@ -1615,7 +1615,7 @@ impl RegistryState {
     }
 
     /// The `finished_at` of the terminal job that finished first, if any.
-    pub(crate) fn oldest_finished_at(&self) -> Option<u64> {
+    pub fn oldest_finished_at(&self) -> Option<u64> {
         self.finished_jobs.first().map(|(at, _)| *at)
     }
 
@@ -1680,7 +1680,7 @@ impl RegistryState {
 #[cfg(test)]
 impl RegistryState {
     /// Panics unless every job index agrees with the jobs themselves.
-    pub(crate) fn assert_job_indexes_consistent(&self) {
+    pub fn assert_job_indexes_consistent(&self) {
         let pending: BTreeSet<String> = self
             .jobs
             .values()
@@ -3905,7 +3905,7 @@ pub fn secret_binds_workload(
 /// The rule of builds before workload identities, kept only to replay their `SubmitJob` commands exactly
 /// (those carry no principal): one of the secret's selectors is `job:PATTERN` where PATTERN matches the
 /// job's name or id. Never used to decide a new submission or a release.
-pub(crate) fn secret_binds_job(secret: &super::Secret, job_id: &str, job_name: &str) -> bool {
+pub fn secret_binds_job(secret: &super::Secret, job_id: &str, job_name: &str) -> bool {
     secret.bindings.iter().any(|b| {
         b.strip_prefix("job:").is_some_and(|pattern| {
             glob_matches(pattern, job_id)

@@ -87,7 +87,7 @@ pub struct FilterCounts {
 
 /// The filter that excluded a node, in the order filters apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Filter {
+pub enum Filter {
     OutOfRegion,
     OutOfCluster,
     WithoutGpus,
@@ -120,7 +120,7 @@ const ALL_FILTERS: [Filter; 13] = [
 ];
 
 impl FilterCounts {
-    pub(crate) fn count_mut(&mut self, filter: Filter) -> &mut u32 {
+    pub fn count_mut(&mut self, filter: Filter) -> &mut u32 {
         match filter {
             Filter::OutOfRegion => &mut self.out_of_region,
             Filter::OutOfCluster => &mut self.out_of_cluster,
@@ -138,7 +138,7 @@ impl FilterCounts {
         }
     }
 
-    pub(crate) fn add(&mut self, filter: Filter, n: u32) {
+    pub fn add(&mut self, filter: Filter, n: u32) {
         *self.count_mut(filter) += n;
     }
 
@@ -163,7 +163,7 @@ impl FilterCounts {
 
 /// Why one replica of `job` found no node: "no node has …: 3 nodes without GPUs, 1 node unreachable".
 /// Categories are listed by count, largest first (ties in filter order).
-pub(crate) fn describe_unplaceable(job: &JobRequest, counts: &FilterCounts) -> String {
+pub fn describe_unplaceable(job: &JobRequest, counts: &FilterCounts) -> String {
     if counts.nodes == 0 {
         return "no nodes are registered".to_owned();
     }
