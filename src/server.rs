@@ -102,6 +102,7 @@ pub async fn start(
         jobs: cfg.jobs.retention(),
         keyring: Some(keyring.clone()),
         approve_new_nodes: cfg.fleet.approve_new_nodes,
+        clock: coordinator::clock::system(),
     };
     let (coordinator, handle) = Coordinator::start(opts)
         .await

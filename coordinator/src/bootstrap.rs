@@ -6,7 +6,6 @@
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rand::rngs::OsRng;
 use zeroize::Zeroizing;
@@ -121,18 +120,11 @@ pub async fn propose(
             .collect(),
     };
     match handle
-        .write(Command::new(now_ms(), Actor::system(), op))
+        .write(Command::new(handle.now_ms(), Actor::system(), op))
         .await
     {
         Ok(_) => Ok(()),
         Err(_) if handle.read(|s| s.is_bootstrapped()) => Ok(()),
         Err(e) => Err(e.into()),
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

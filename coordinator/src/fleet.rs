@@ -10,22 +10,22 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use protocol::pb;
 use protocol::rpc::{decode_message, encode_message, CallContext, RpcStatus};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use zeroize::Zeroize;
+
+use meridian_registry::controllers::health::LastHeard;
 
 use crate::crypto::{self, MasterKeyring};
 use crate::node::{Handle, WeakHandle, WriteError};
 use crate::scheduler::GpuDevice;
 use crate::state::{
     node_key, secret_binds_workload, Actor, Attempt, AuditOutcome, Command, DenyKind, DomainError,
-    HeldAttempt, JobEventKind, JobEventOp, JobRecord, NodeHealthState, NodeRecord, Op, Outcome,
-    RegistryState,
+    HeldAttempt, JobEventKind, JobEventOp, JobRecord, NodeHealthState, Op, Outcome, RegistryState,
 };
 
 /// Timings of the fleet: how often agents beat, and how long silence lasts before a node changes health.
@@ -55,63 +55,38 @@ impl Default for FleetTimings {
     }
 }
 
-/// When this coordinator last heard from each node (keyed `region/cluster/node`).
+/// When this coordinator last heard from each node (keyed `region/cluster/node`), in milliseconds of its
+/// monotonic clock. Soft state: never replicated, and a new leader starts without it.
 #[derive(Debug, Default)]
 pub(crate) struct Liveness {
-    seen: Mutex<HashMap<String, Instant>>,
+    seen: Mutex<HashMap<String, u64>>,
 }
 
 impl Liveness {
-    fn heard(&self, key: &str, at: Instant) {
-        self.lock().insert(key.to_owned(), at);
+    fn heard(&self, key: &str, at_ms: u64) {
+        self.lock().insert(key.to_owned(), at_ms);
     }
 
-    fn snapshot(&self) -> HashMap<String, Instant> {
-        self.lock().clone()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
-        // The map holds plain instants; a panic while holding the lock cannot leave it half-updated.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        // The map holds plain numbers; a panic while holding the lock cannot leave it half-updated.
         self.seen.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// The health changes due at `now`: a Ready node silent for `ttl` becomes Unreachable; a node silent for
-/// `ttl + lost_after` (Unreachable for `lost_after`) becomes Lost. A node missing from `last_seen` is
-/// treated as heard from at `fresh_since` (the instant this coordinator became leader), so a new leader
-/// gives every node a full TTL.
-pub(crate) fn transitions<'a>(
-    nodes: impl IntoIterator<Item = &'a NodeRecord>,
-    last_seen: &HashMap<String, Instant>,
-    fresh_since: Instant,
-    now: Instant,
-    ttl: Duration,
-    lost_after: Duration,
-) -> Vec<(String, u64, NodeHealthState)> {
-    let mut out = Vec::new();
-    for node in nodes {
-        let seen = last_seen
-            .get(&node.key)
-            .map_or(fresh_since, |at| (*at).max(fresh_since));
-        let silent = now.saturating_duration_since(seen);
-        let next = match node.health {
-            NodeHealthState::Ready if silent >= ttl => Some(NodeHealthState::Unreachable),
-            NodeHealthState::Unreachable if silent >= ttl + lost_after => {
-                Some(NodeHealthState::Lost)
-            }
-            _ => None,
-        };
-        if let Some(health) = next {
-            out.push((node.key.clone(), node.lease_epoch, health));
-        }
+impl LastHeard for Liveness {
+    fn last_heard_ms(&self) -> HashMap<String, u64> {
+        self.lock().clone()
     }
-    out
+
+    fn node_last_heard_ms(&self, key: &str) -> Option<u64> {
+        self.lock().get(key).copied()
+    }
 }
 
 /// The agent-facing side of a coordinator, shared by the RPC service and the monitor.
 pub(crate) struct Fleet {
     pub(crate) timings: FleetTimings,
-    pub(crate) liveness: Liveness,
+    pub(crate) liveness: Arc<Liveness>,
     /// Set once the node's [`Handle`] exists (the RPC server starts before it).
     handle: OnceLock<WeakHandle>,
     /// Opens the secrets bound to jobs when their assignments are handed over.
@@ -179,7 +154,7 @@ impl Fleet {
     ) -> Arc<Self> {
         Arc::new(Self {
             timings,
-            liveness: Liveness::default(),
+            liveness: Arc::default(),
             handle: OnceLock::new(),
             keyring,
             approve_new_nodes,
@@ -207,7 +182,7 @@ impl Fleet {
         if fresh.is_empty() {
             return Ok(());
         }
-        let at = now_ms();
+        let at = handle.now_ms();
         let writes = fresh.iter().map(|r| {
             let cmd = Command::new(at, agent_actor(ctx), r.audit_op());
             handle.write(cmd)
@@ -246,6 +221,11 @@ impl Fleet {
     fn released_set(&self) -> std::sync::MutexGuard<'_, HashSet<ReleaseKey>> {
         // A set of plain keys; a panic while holding the lock cannot leave it half-updated.
         self.released.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The liveness table, as the health monitor reads it.
+    pub(crate) fn last_heard(&self) -> Arc<dyn LastHeard> {
+        self.liveness.clone()
     }
 
     pub(crate) fn attach(&self, handle: &Handle) {
@@ -287,14 +267,14 @@ impl Fleet {
             .admit(&ctx, &req.region, &req.cluster, &req.node, "node.register")
             .await?;
         let op = registration_op(req, self.approve_new_nodes)?;
-        let cmd = Command::new(now_ms(), agent_actor(&ctx), op);
+        let cmd = Command::new(handle.now_ms(), agent_actor(&ctx), op);
         let node = match handle.write(cmd).await {
             Ok(Outcome::Node { node }) => node,
             Ok(other) => return Err(RpcStatus::internal(format!("unexpected outcome {other:?}"))),
             Err(WriteError::Domain(e)) => return Err(RpcStatus::invalid_argument(e.to_string())),
             Err(e) => return Err(RpcStatus::unavailable(e.to_string())),
         };
-        self.liveness.heard(&node.key, Instant::now());
+        self.liveness.heard(&node.key, handle.clock().mono_ms());
         if node.admitted() {
             tracing::info!(node = %node.key, lease_epoch = node.lease_epoch, "node registered");
         } else {
@@ -337,7 +317,7 @@ impl Fleet {
                 health.as_str()
             )));
         }
-        self.liveness.heard(&key, Instant::now());
+        self.liveness.heard(&key, handle.clock().mono_ms());
         let mut idle = req.idle_gpus;
         idle.sort();
         idle.dedup();
@@ -345,7 +325,7 @@ impl Fleet {
         let known = handle.read(|s| s.node(&key).map(|n| n.idle_gpus.clone()));
         if known.as_ref().is_some_and(|k| *k != idle) {
             let cmd = Command::new(
-                now_ms(),
+                handle.now_ms(),
                 agent_actor(&ctx),
                 Op::SetIdleGpus {
                     node: key.clone(),
@@ -458,7 +438,7 @@ impl Fleet {
             return Ok(encode_message(&pb::ReportResponse { acks: Vec::new() }));
         }
         let cmd = Command::new(
-            now_ms(),
+            handle.now_ms(),
             agent_actor(&ctx),
             Op::ReportJobEvents {
                 node: key.clone(),
@@ -792,7 +772,7 @@ async fn check_identity(
     let target: String = node_key(region, cluster, node).chars().take(256).collect();
     tracing::warn!(caller = %ctx.peer.uri(), %target, "agent refused: not its own node");
     let record = Command::new(
-        now_ms(),
+        handle.now_ms(),
         agent_actor(ctx),
         Op::RecordAudit {
             action: action.to_owned(),
@@ -813,68 +793,6 @@ fn agent_actor(ctx: &CallContext) -> Actor {
         principal_id: None,
         name: ctx.peer.uri(),
         key_id: None,
-    }
-}
-
-/// Unix milliseconds now, for stamping commands before they are proposed.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// The leader-only health monitor: every tick, when this node leads, proposes the due health changes.
-pub(crate) async fn run_monitor(fleet: Arc<Fleet>, shutdown: CancellationToken) {
-    let mut ticker = tokio::time::interval(fleet.timings.tick);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The term in which this node became leader, and when: clocks start fresh with every leadership.
-    let mut leading: Option<(u64, Instant)> = None;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let Ok(handle) = fleet.handle() else {
-            continue;
-        };
-        let Some(term) = handle.leader_term() else {
-            leading = None;
-            continue;
-        };
-        let since = match leading {
-            Some((t, since)) if t == term => since,
-            _ => {
-                let now = Instant::now();
-                leading = Some((term, now));
-                now
-            }
-        };
-        let nodes: Vec<NodeRecord> = handle.read(|s| s.nodes().cloned().collect());
-        let due = transitions(
-            &nodes,
-            &fleet.liveness.snapshot(),
-            since,
-            Instant::now(),
-            fleet.timings.ttl,
-            fleet.timings.lost_after,
-        );
-        for (key, lease_epoch, health) in due {
-            let cmd = Command::new(
-                now_ms(),
-                Actor::system(),
-                Op::SetNodeHealth {
-                    key: key.clone(),
-                    health,
-                    lease_epoch,
-                },
-            );
-            match handle.write(cmd).await {
-                Ok(_) => {
-                    tracing::info!(node = %key, health = health.as_str(), "node health changed")
-                }
-                Err(e) => tracing::debug!(node = %key, error = %e, "health change not applied"),
-            }
-        }
     }
 }
 
@@ -920,34 +838,6 @@ mod tests {
         assert_eq!(addr_host("[::1]:7270"), "::1");
         assert_eq!(addr_host("gpu-17.eu.example:7270"), "gpu-17.eu.example");
         assert_eq!(addr_host(""), "");
-    }
-
-    fn record(key: &str, health: NodeHealthState) -> NodeRecord {
-        NodeRecord {
-            key: key.into(),
-            region: "eu".into(),
-            cluster: "eu1".into(),
-            node: key.into(),
-            cpu_cores: 1,
-            memory_bytes: 1,
-            gpu_count: 0,
-            agent_version: String::new(),
-            lease_epoch: 3,
-            health,
-            registered_at: 0,
-            health_changed_at: 0,
-            gpus: Vec::new(),
-            labels: Default::default(),
-            rpc_addr: String::new(),
-            os: String::new(),
-            limit_mode: String::new(),
-            idle_gpus: Vec::new(),
-            assign_version: 0,
-            draining: false,
-            admission: Default::default(),
-            admission_reason: String::new(),
-            approved: None,
-        }
     }
 
     #[test]
@@ -1010,63 +900,5 @@ mod tests {
         };
         assert_eq!(network("prj_open"), "egress");
         assert_eq!(network("prj_closed"), "none");
-    }
-
-    const TTL: Duration = Duration::from_secs(5);
-    const LOST: Duration = Duration::from_secs(30);
-
-    #[test]
-    fn silence_makes_ready_unreachable_then_lost() {
-        let t0 = Instant::now();
-        let nodes = [
-            record("fresh", NodeHealthState::Ready),
-            record("quiet", NodeHealthState::Ready),
-            record("gone", NodeHealthState::Unreachable),
-            record("long-gone", NodeHealthState::Lost),
-        ];
-        let seen = HashMap::from([
-            ("fresh".to_owned(), t0 + Duration::from_secs(40)),
-            ("quiet".to_owned(), t0 + Duration::from_secs(35)),
-            ("gone".to_owned(), t0),
-            ("long-gone".to_owned(), t0),
-        ]);
-        let now = t0 + Duration::from_secs(41);
-        let out = transitions(&nodes, &seen, t0, now, TTL, LOST);
-        assert_eq!(
-            out,
-            vec![
-                ("quiet".to_owned(), 3, NodeHealthState::Unreachable),
-                ("gone".to_owned(), 3, NodeHealthState::Lost),
-            ]
-        );
-    }
-
-    #[test]
-    fn unreachable_is_not_lost_before_lost_after() {
-        let t0 = Instant::now();
-        let nodes = [record("n", NodeHealthState::Unreachable)];
-        let seen = HashMap::from([("n".to_owned(), t0)]);
-        let just_before = t0 + TTL + LOST - Duration::from_millis(1);
-        assert!(transitions(&nodes, &seen, t0, just_before, TTL, LOST).is_empty());
-        let at = t0 + TTL + LOST;
-        assert_eq!(transitions(&nodes, &seen, t0, at, TTL, LOST).len(), 1);
-    }
-
-    #[test]
-    fn a_new_leader_gives_every_node_a_full_ttl() {
-        let t0 = Instant::now();
-        let nodes = [
-            record("old", NodeHealthState::Ready),
-            record("unknown", NodeHealthState::Ready),
-        ];
-        let seen = HashMap::from([("old".to_owned(), t0)]);
-        let leader_since = t0 + Duration::from_secs(100);
-        let before_ttl = leader_since + TTL - Duration::from_millis(1);
-        assert!(transitions(&nodes, &seen, leader_since, before_ttl, TTL, LOST).is_empty());
-        let after_ttl = leader_since + TTL;
-        assert_eq!(
-            transitions(&nodes, &seen, leader_since, after_ttl, TTL, LOST).len(),
-            2
-        );
     }
 }

@@ -2,10 +2,10 @@
 
 pub mod api;
 pub mod bootstrap;
+pub mod clock;
+pub(crate) mod controllers;
 pub mod crypto;
-pub(crate) mod dispatch;
 pub mod fleet;
-pub(crate) mod janitor;
 pub(crate) mod mesh_gate;
 pub(crate) mod network;
 pub mod node;
@@ -16,5 +16,5 @@ pub(crate) mod store;
 pub use meridian_registry::{authz, scheduler, state};
 
 pub use fleet::FleetTimings;
-pub use janitor::JobRetention;
+pub use meridian_registry::controllers::janitor::JobRetention;
 pub use node::{ClusterStatus, Coordinator, CoordinatorOptions, Handle, MemberNode, NodeId};

@@ -25,6 +25,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use meridian_registry::controllers::health::LastHeard;
+
+use crate::clock::Clock;
+use crate::controllers::{ControllerConfig, Runner};
 use crate::fleet::{Fleet, FleetTimings};
 use crate::mesh_gate::MeshGate;
 use crate::network::NetworkFactory;
@@ -96,13 +100,15 @@ pub struct CoordinatorOptions {
     /// Agent heartbeat interval and the health monitor's TTLs.
     pub fleet: FleetTimings,
     /// How long finished jobs are kept before the leader's janitor purges them, and how often it looks.
-    pub jobs: crate::janitor::JobRetention,
+    pub jobs: crate::JobRetention,
     /// The master keyring, to open the secrets a job is bound to when its assignment is handed to its
     /// agent. `None`: jobs that name secrets fail to launch with a clear message.
     pub keyring: Option<Arc<crate::crypto::MasterKeyring>>,
     /// Whether a node new to a cluster without an admission policy is approved on arrival (`false`: it
     /// waits as `pending_approval` for `ApproveNode`). Development setups approve; production does not.
     pub approve_new_nodes: bool,
+    /// Where the coordinator reads the time: [`clock::system`](crate::clock::system) outside tests.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// One member as the cluster-status view shows it.
@@ -247,9 +253,11 @@ struct NodeInner {
     server_stop: CancellationToken,
     server_task: Mutex<Option<JoinHandle<()>>>,
     deny_watch_task: Mutex<Option<JoinHandle<()>>>,
-    monitor_task: Mutex<Option<JoinHandle<()>>>,
-    dispatch_task: Mutex<Option<JoinHandle<()>>>,
-    janitor_task: Mutex<Option<JoinHandle<()>>>,
+    /// The leader's controllers (dispatcher, janitor, health monitor).
+    controllers: Runner,
+    clock: Arc<dyn Clock>,
+    /// When each node was last heard from (soft state kept by the agent RPCs).
+    last_heard: Arc<dyn LastHeard>,
     store_closed: Mutex<Option<StoreClosed>>,
 }
 
@@ -401,10 +409,6 @@ impl Coordinator {
             peers.clone(),
             server_stop.clone(),
         ));
-        let monitor_task = tokio::spawn(crate::fleet::run_monitor(
-            fleet.clone(),
-            server_stop.clone(),
-        ));
 
         let advertise = advertised(opts.advertise, raft_addr);
         tracing::info!(node = opts.node_id, name = %opts.name, %raft_addr, "coordinator started");
@@ -426,35 +430,22 @@ impl Coordinator {
                 server_stop,
                 server_task: Mutex::new(Some(server_task)),
                 deny_watch_task: Mutex::new(Some(deny_watch_task)),
-                monitor_task: Mutex::new(Some(monitor_task)),
-                dispatch_task: Mutex::new(None),
-                janitor_task: Mutex::new(None),
+                controllers: Runner::default(),
+                clock: opts.clock,
+                last_heard: fleet.last_heard(),
                 store_closed: Mutex::new(Some(store_closed)),
             }),
         };
         fleet.attach(&handle);
-        let dispatch_task = tokio::spawn(crate::dispatch::run_dispatcher(
-            handle.downgrade(),
-            crate::dispatch::DispatchTimings {
-                tick: opts.fleet.dispatch_tick,
+        crate::controllers::register_all(
+            &handle.inner.controllers,
+            &handle,
+            ControllerConfig {
+                fleet: opts.fleet,
+                jobs: opts.jobs,
+                last_heard: handle.inner.last_heard.clone(),
             },
-            handle.inner.server_stop.clone(),
-        ));
-        *handle
-            .inner
-            .dispatch_task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(dispatch_task);
-        let janitor_task = tokio::spawn(crate::janitor::run_janitor(
-            handle.downgrade(),
-            opts.jobs,
-            handle.inner.server_stop.clone(),
-        ));
-        *handle
-            .inner
-            .janitor_task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(janitor_task);
+        );
 
         if let Some(mut members) = opts.bootstrap {
             members.insert(opts.node_id, advertise);
@@ -806,6 +797,22 @@ impl Handle {
     }
 
     /// Reads the local replica's state.
+    /// The clock this coordinator reads the time from.
+    pub fn clock(&self) -> &dyn Clock {
+        self.inner.clock.as_ref()
+    }
+
+    /// When this coordinator last heard from a node (registration or heartbeat), in its clock's monotonic
+    /// milliseconds; `None` when it has not since it started.
+    pub fn last_heard_ms(&self, node_key: &str) -> Option<u64> {
+        self.inner.last_heard.node_last_heard_ms(node_key)
+    }
+
+    /// Wall-clock Unix milliseconds, for stamping a command before it is proposed.
+    pub fn now_ms(&self) -> u64 {
+        self.inner.clock.unix_ms()
+    }
+
     pub fn read<R>(&self, f: impl FnOnce(&RegistryState) -> R) -> R {
         // A poisoned lock means a reader panicked; readers never mutate, so the state is intact.
         let state = self
@@ -1078,39 +1085,7 @@ impl Handle {
                 tracing::warn!(error = %e, "deny-list watcher failed");
             }
         }
-        let monitor_task = self
-            .inner
-            .monitor_task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(task) = monitor_task {
-            if let Err(e) = task.await {
-                tracing::warn!(error = %e, "health monitor task failed");
-            }
-        }
-        let dispatch_task = self
-            .inner
-            .dispatch_task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(task) = dispatch_task {
-            if let Err(e) = task.await {
-                tracing::warn!(error = %e, "dispatcher task failed");
-            }
-        }
-        let janitor_task = self
-            .inner
-            .janitor_task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(task) = janitor_task {
-            if let Err(e) = task.await {
-                tracing::warn!(error = %e, "janitor task failed");
-            }
-        }
+        self.inner.controllers.shutdown().await;
         let store_closed = self
             .inner
             .store_closed

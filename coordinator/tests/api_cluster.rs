@@ -62,6 +62,7 @@ async fn start_member(
         jobs: Default::default(),
         keyring: None,
         approve_new_nodes: false,
+        clock: coordinator::clock::system(),
     })
     .await?;
     let api = AdminApi::bind(AdminApiOptions {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use coordinator::clock::{Clock, ManualClock};
 use coordinator::fleet::FleetTimings;
 use coordinator::node::{Coordinator, CoordinatorOptions, Handle, MemberNode, RaftTimings};
 use coordinator::state::{AuditOutcome, NodeHealthState, NodeRecord};
@@ -60,6 +61,24 @@ async fn start() -> anyhow::Result<Fixture> {
 
 /// A single coordinator; `approve_new_nodes` is its default for clusters without a policy.
 async fn start_with(approve_new_nodes: bool) -> anyhow::Result<Fixture> {
+    start_on(approve_new_nodes, coordinator::clock::system(), FAST_FLEET).await
+}
+
+/// Fleet timings short enough for tests on the system clock.
+const FAST_FLEET: FleetTimings = FleetTimings {
+    heartbeat: Duration::from_millis(100),
+    ttl: Duration::from_millis(600),
+    lost_after: Duration::from_millis(1500),
+    tick: Duration::from_millis(50),
+    dispatch_tick: Duration::from_millis(20),
+};
+
+/// A single coordinator reading the time from `clock`.
+async fn start_on(
+    approve_new_nodes: bool,
+    clock: std::sync::Arc<dyn coordinator::clock::Clock>,
+    fleet: FleetTimings,
+) -> anyhow::Result<Fixture> {
     certs::install_crypto_provider();
     let dir = tempfile::tempdir()?;
     let ca = certs::CertificateAuthority::generate(TRUST_DOMAIN, Duration::from_secs(86_400))?;
@@ -82,16 +101,11 @@ async fn start_with(approve_new_nodes: bool) -> anyhow::Result<Fixture> {
         timings: RaftTimings::default(),
         snapshot_every: 10_000,
         bootstrap: Some(BTreeMap::from([(1, member)])),
-        fleet: FleetTimings {
-            heartbeat: Duration::from_millis(100),
-            ttl: Duration::from_millis(600),
-            lost_after: Duration::from_millis(1500),
-            tick: Duration::from_millis(50),
-            dispatch_tick: Duration::from_millis(20),
-        },
+        fleet,
         jobs: Default::default(),
         keyring: Some(keyring.clone()),
         approve_new_nodes,
+        clock,
     })
     .await
     .context("starting the coordinator")?;
@@ -106,6 +120,18 @@ async fn start_with(approve_new_nodes: bool) -> anyhow::Result<Fixture> {
         dir,
         keyring,
     })
+}
+
+/// Waits (re-checking every 20 ms, for at most 15 s) until `condition` holds.
+async fn eventually(what: &str, condition: impl Fn() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !condition() {
+        if Instant::now() > deadline {
+            bail!("{what} never happened");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 /// Waits (re-checking every 20 ms) until the node's record satisfies `condition`.
@@ -149,7 +175,18 @@ fn spawn_agent(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_registers_goes_unreachable_then_lost_and_comes_back() -> anyhow::Result<()> {
-    let fx = start().await?;
+    // The coordinator's time moves only when the test moves it: silence is exactly what the test says.
+    let clock = std::sync::Arc::new(ManualClock::new(
+        coordinator::clock::SystemClock::new().unix_ms(),
+    ));
+    let ttl_ms = 5_000;
+    let lost_ms = 30_000;
+    let fleet = FleetTimings {
+        ttl: Duration::from_millis(ttl_ms),
+        lost_after: Duration::from_millis(lost_ms),
+        ..FAST_FLEET
+    };
+    let fx = start_on(true, clock.clone(), fleet).await?;
     let inventory = agent::inventory::collect(&agent::inventory::InventoryOptions {
         data_dir: fx.dir.path().to_path_buf(),
         labels: Default::default(),
@@ -162,24 +199,35 @@ async fn agent_registers_goes_unreachable_then_lost_and_comes_back() -> anyhow::
     assert_eq!(ready.memory_bytes, inventory.memory_bytes);
     assert_eq!(ready.lease_epoch, 1);
 
-    // Heartbeats keep it Ready well past the TTL.
-    let until = Instant::now() + Duration::from_millis(1200);
-    while Instant::now() < until {
+    // Heartbeats keep it Ready well past the TTL: time moves a third of the TTL at a time, and each step
+    // waits for a heartbeat heard after it, so the node is never silent for a TTL.
+    for _ in 0..6 {
+        clock.advance_ms(ttl_ms / 3);
+        let stepped_at = clock.mono_ms();
+        eventually("a heartbeat after the step", || {
+            fx.handle
+                .last_heard_ms(NODE_KEY)
+                .is_some_and(|at| at >= stepped_at)
+        })
+        .await?;
         let health = fx.handle.read(|s| s.node(NODE_KEY).map(|n| n.health));
         assert_eq!(
             health,
             Some(NodeHealthState::Ready),
             "a beating node lost its health"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // Silent now; a TTL later it is Unreachable, and `lost_after` after that, Lost.
     stop.cancel();
     task.await??;
+    let last = fx.handle.last_heard_ms(NODE_KEY).context("never heard")?;
+    clock.advance_ms(last + ttl_ms - clock.mono_ms());
     wait_node(&fx.handle, "unreachable", |n| {
         n.health == NodeHealthState::Unreachable
     })
     .await?;
+    clock.advance_ms(lost_ms);
     wait_node(&fx.handle, "lost", |n| n.health == NodeHealthState::Lost).await?;
 
     let (stop, task) = spawn_agent(&fx)?;

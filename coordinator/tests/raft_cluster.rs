@@ -172,6 +172,7 @@ impl Cluster {
             jobs: Default::default(),
             keyring: None,
             approve_new_nodes: false,
+            clock: coordinator::clock::system(),
         };
         let running = Coordinator::start(opts)
             .await

@@ -9,6 +9,7 @@
 //! transport and the admin API; nothing here may depend on tokio, sled, axum, tonic or quinn.
 
 pub mod authz;
+pub mod controllers;
 pub mod scheduler;
 pub mod state;
 pub mod token;

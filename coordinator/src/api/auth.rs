@@ -21,7 +21,7 @@ use crate::state::RegistryState;
 use super::denials::{Denial, DenialKind, Refused};
 use super::error::{ErrorKind, ServiceError};
 use super::routes::{Operation, Policy};
-use super::service::{now_ms, AdminService};
+use super::service::AdminService;
 
 /// Header (and gRPC metadata key) naming the project a request acts in.
 pub(crate) const PROJECT_HEADER: &str = "x-meridian-project";
@@ -174,7 +174,7 @@ pub(crate) async fn admit(
     let key_id = key_id_of(token);
     let key = key_id.as_deref();
     let requested = requested_project(headers)?;
-    let now = now_ms();
+    let now = service.handle().now_ms();
     let decide = |state: &RegistryState| match token {
         Some(token) => judge(
             state,
@@ -213,7 +213,7 @@ pub(crate) async fn admit(
             service.denials().charge(key, source, Instant::now());
             service
                 .denials()
-                .record(refusal.denial(operation, false), now_ms());
+                .record(refusal.denial(operation, false), service.handle().now_ms());
             Err(refusal.answer)
         }
     }

@@ -21,7 +21,7 @@ use crate::state::{
 
 use super::auth::RequestScope;
 use super::error::{ErrorKind, ServiceError};
-use super::service::{now_ms, query_u64, unexpected, AdminService, ListPage, PageParams};
+use super::service::{query_u64, unexpected, AdminService, ListPage, PageParams};
 use super::units::{parse_byte_size, parse_cpu_millis, parse_instant_ms, UnitError};
 use protocol::pb;
 
@@ -1023,7 +1023,7 @@ impl AdminService {
         scope: &RequestScope,
         query: &UsageQuery,
     ) -> Result<UsageReport, ServiceError> {
-        let (since, until) = usage_range(query, now_ms())?;
+        let (since, until) = usage_range(query, self.handle().now_ms())?;
         self.consistent().await?;
         Ok(self
             .handle()

@@ -279,7 +279,7 @@ async fn flush_denials(service: AdminService, stop: CancellationToken) {
             _ = stop.cancelled() => true,
             _ = ticker.tick() => false,
         };
-        let commands = service.denials().drain(service::now_ms());
+        let commands = service.denials().drain(service.handle().now_ms());
         let count = commands.len();
         // Written together so the proposer packs them into one log entry.
         let writes = commands.into_iter().map(|cmd| service.handle().write(cmd));

@@ -9,7 +9,7 @@
 //! (except once, from key creation), a key hash, a secret value, a ciphertext or a data key.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
@@ -34,13 +34,6 @@ const MAX_SECRET_BYTES: usize = 64 * 1024;
 const RACE_ATTEMPTS: usize = 3;
 /// Audit records hashed per hold of the state lock by `audit/verify`.
 const VERIFY_CHUNK: usize = 1024;
-
-/// Milliseconds since the Unix epoch, from the system clock.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 // ---- requests ---------------------------------------------------------------------------------------------
 
@@ -622,7 +615,7 @@ impl AdminService {
     }
 
     fn command(&self, scope: &RequestScope, op: Op) -> Command {
-        Command::new(now_ms(), scope.caller.actor(), op)
+        Command::new(self.handle().now_ms(), scope.caller.actor(), op)
     }
 
     pub(super) async fn write(
@@ -663,7 +656,7 @@ impl AdminService {
         self.inner
             .denials
             .charge(Some(&caller.key_id), None, Instant::now());
-        self.inner.denials.record(denial, now_ms());
+        self.inner.denials.record(denial, self.handle().now_ms());
     }
 
     /// The 403 for something the caller may not do (a grant beyond its rights, a secret without the use
@@ -745,7 +738,7 @@ impl AdminService {
             reason: kind,
             limited: limited.is_err(),
         };
-        denials.record(denial, now_ms());
+        denials.record(denial, self.handle().now_ms());
         match limited {
             Ok(()) => {
                 denials.charge(key, scope.source, now);
@@ -926,7 +919,7 @@ impl AdminService {
             outcome,
             detail: super::denials::clip(&detail, 1024),
         };
-        let cmd = Command::new(now_ms(), scope.caller.actor(), op);
+        let cmd = Command::new(self.handle().now_ms(), scope.caller.actor(), op);
         if let Err(e) = self.inner.handle.write(cmd).await {
             tracing::warn!(error = %e, target, "could not audit a membership change");
         }
@@ -1136,7 +1129,7 @@ impl AdminService {
             .map(|r| parse_role(r).and_then(project_role))
             .transpose()?;
         let limits = key_limits(req.roles.as_deref(), req.project_scoped)?;
-        let at = now_ms();
+        let at = self.handle().now_ms();
         let expires_at = match (req.expires_in_seconds, req.no_expiry) {
             (Some(_), true) => {
                 return Err(ServiceError::invalid(

@@ -98,6 +98,7 @@ pub async fn start_with(setup: Setup) -> anyhow::Result<TestApi> {
         jobs: Default::default(),
         keyring: None,
         approve_new_nodes: false,
+        clock: coordinator::clock::system(),
     })
     .await
     .context("starting the coordinator")?;

@@ -546,6 +546,11 @@ pub struct Subject {
 }
 
 impl Op {
+    /// The audit action this op records, e.g. `job.submit`: a stable name for logs.
+    pub fn action(&self) -> String {
+        self.subject().action
+    }
+
     fn subject(&self) -> Subject {
         let s = |action: &str, project: Option<&String>, target: &str| Subject {
             action: action.to_owned(),

@@ -1,37 +1,57 @@
-//! The leader's scheduling pass: turns pending jobs into placements and proposes them through Raft.
+//! The dispatcher: the leader's scheduling pass, from pending jobs to one `PlaceJobs` command.
 //!
 //! Owns [`plan`], the pure step from the replicated state to a batch of [`PlacementOp`]s (it builds a
 //! [`Scheduler`] over the nodes and the allocations of scheduled and running jobs, places the pending jobs
 //! and records why the rest wait; a node an operator drains is offered as `Draining`, so nothing new lands
 //! there; a job whose project's running quota it would exceed waits, saying so, and never reaches the
-//! scheduler, so it cannot evict anything either), and [`run_dispatcher`], the leader-only task that runs a
-//! pass whenever the
-//! state moved. It must never start or stop anything itself: agents learn their assignments from the
-//! committed state (`AgentSync`), and the state machine re-checks every placement when it applies it.
+//! scheduler, so it cannot evict anything either), and [`Dispatcher`], the controller that runs a pass
+//! whenever the applied state moved. It must never start or stop anything itself: agents learn their
+//! assignments from the committed state (`AgentSync`), and the state machine re-checks every placement when
+//! it applies it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
-use crate::fleet::now_ms;
-use crate::node::WeakHandle;
+use super::{Controller, Tick, Wake};
 use crate::scheduler::{
     Allocation, JobRequest, Locality, NodeHealth, NodeView, PlacementDecision, Resources, Scheduler,
 };
 use crate::state::{
-    job_reservation, running_quota_excess, Actor, Command, JobRecord, NodeHealthState, Op,
-    PlacementOp, RegistryState, ReplicaPlacement,
+    job_reservation, running_quota_excess, JobRecord, NodeHealthState, Op, PlacementOp,
+    RegistryState, ReplicaPlacement,
 };
 
 /// Most placements proposed in one command; the rest wait for the next pass.
-pub(crate) const MAX_PLACEMENTS_PER_PASS: usize = 2_000;
+pub const MAX_PLACEMENTS_PER_PASS: usize = 2_000;
 
-/// How the dispatcher paces itself.
+/// The leader's scheduling pass as a controller: runs [`plan`] whenever the applied state moved since the
+/// last pass and proposes the result as one `PlaceJobs` command.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct DispatchTimings {
-    /// How often the leader looks for work when nothing else wakes it.
-    pub(crate) tick: Duration,
+pub struct Dispatcher {
+    /// How often the leader looks whether the state moved.
+    pub tick: Duration,
+}
+
+impl Controller for Dispatcher {
+    fn name(&self) -> &'static str {
+        "dispatcher"
+    }
+
+    fn wake(&self) -> Wake {
+        Wake::OnChange(self.tick)
+    }
+
+    fn quiet(&self) -> bool {
+        true
+    }
+
+    fn decide(&mut self, tick: &Tick<'_>) -> Vec<Op> {
+        let placements = plan(tick.state);
+        if placements.is_empty() {
+            return Vec::new();
+        }
+        vec![Op::PlaceJobs { placements }]
+    }
 }
 
 /// The scheduler's view of a registered node. A ready node that is not admitted (pending approval,
@@ -105,7 +125,7 @@ fn request(job: &JobRecord, preemption_ceiling: i32) -> JobRequest {
 
 /// One scheduling pass over `state`: placements for the pending jobs that fit (preceded by the
 /// preemptions they need), and the reason for each one that waits when it changed. Pure.
-pub(crate) fn plan(state: &RegistryState) -> Vec<PlacementOp> {
+pub fn plan(state: &RegistryState) -> Vec<PlacementOp> {
     let pending: Vec<&JobRecord> = state
         .pending_jobs()
         .filter(|j| !j.cancel_requested)
@@ -224,57 +244,12 @@ pub(crate) fn plan(state: &RegistryState) -> Vec<PlacementOp> {
     ops
 }
 
-/// The leader-only dispatcher: runs [`plan`] whenever the applied state moved since the last pass (or on
-/// every tick while a pass proposed something) and proposes the result as one `PlaceJobs` command.
-pub(crate) async fn run_dispatcher(
-    handle: WeakHandle,
-    timings: DispatchTimings,
-    shutdown: CancellationToken,
-) {
-    let mut ticker = tokio::time::interval(timings.tick);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The applied index the last pass looked at; a pass on an unchanged state would decide the same.
-    let mut last_seen: Option<u64> = None;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let Some(handle) = handle.upgrade() else {
-            return;
-        };
-        if handle.leader_term().is_none() {
-            last_seen = None;
-            continue;
-        }
-        let applied = handle.log_status().applied_index;
-        if applied.is_some() && applied == last_seen {
-            continue;
-        }
-        let ops = handle.read(plan);
-        last_seen = applied;
-        if ops.is_empty() {
-            continue;
-        }
-        let count = ops.len();
-        let cmd = Command::new(now_ms(), Actor::system(), Op::PlaceJobs { placements: ops });
-        match handle.write(cmd).await {
-            Ok(outcome) => tracing::debug!(?outcome, count, "scheduling pass applied"),
-            Err(e) => {
-                // Look again on the next tick even if nothing else moves the state.
-                last_seen = None;
-                tracing::debug!(error = %e, "scheduling pass not applied");
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::scheduler::{GpuDevice, ResourceRequest};
     use crate::state::{
-        Command, JobSpec, JobState, NodeHealthState, Op, Outcome, PlacementOp, WrappedKey,
+        Actor, Command, JobSpec, JobState, NodeHealthState, Op, Outcome, PlacementOp, WrappedKey,
     };
 
     const PROJECT: &str = "prj_default";
@@ -298,7 +273,7 @@ mod tests {
                 admin_principal_id: "sa_admin".into(),
                 admin_principal_name: "admin".into(),
                 admin_key_id: "adminkey".into(),
-                admin_key_hash: crate::crypto::hash_token("t"),
+                admin_key_hash: crate::token::hash_token("t"),
                 admin_key_last4: "abcd".into(),
             },
         );

@@ -1,21 +1,18 @@
-//! The leader's janitor: forgets finished jobs once they are older than the retention period.
+//! The janitor: forgets finished jobs once they are older than the retention period.
 //!
 //! Owns [`JobRetention`] (how long finished jobs stay and how often the leader looks), the pure
-//! [`purge_op`] that decides from the replicated state whether a purge is due, and [`run_janitor`], the
-//! leader-only task that proposes it as an `Op::PurgeJobs` command. The state machine folds each purged job's
+//! [`purge_op`] that decides from the replicated state whether a purge is due, and [`Janitor`], the
+//! controller that proposes it as an `Op::PurgeJobs` command. The state machine folds each purged job's
 //! usage into the project's hourly archive, so `usage` keeps counting it. It must never remove anything
 //! itself: only the committed command changes the state, identically on every replica.
 
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
-use crate::fleet::now_ms;
-use crate::node::WeakHandle;
-use crate::state::{Actor, Command, Op, Outcome, RegistryState};
+use super::{Controller, Tick, Wake};
+use crate::state::{Op, RegistryState};
 
 /// Most jobs one purge forgets; the rest wait for the next sweep.
-pub(crate) const MAX_PURGED_PER_SWEEP: u32 = 1_000;
+pub const MAX_PURGED_PER_SWEEP: u32 = 1_000;
 
 /// How long finished jobs are kept, and how often the leader looks for ones to forget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +33,7 @@ impl Default for JobRetention {
 }
 
 /// The purge due at `now_ms` (Unix ms): `Some` when a terminal job finished before `now - retention`. Pure.
-pub(crate) fn purge_op(state: &RegistryState, now_ms: u64, retention: Duration) -> Option<Op> {
+pub fn purge_op(state: &RegistryState, now_ms: u64, retention: Duration) -> Option<Op> {
     let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
     let cutoff = now_ms.saturating_sub(retention_ms);
     let oldest = state.oldest_finished_at()?;
@@ -46,43 +43,32 @@ pub(crate) fn purge_op(state: &RegistryState, now_ms: u64, retention: Duration) 
     })
 }
 
-/// The leader-only janitor: every `sweep`, proposes the purge [`purge_op`] finds due, if any.
-pub(crate) async fn run_janitor(
-    handle: WeakHandle,
-    retention: JobRetention,
-    shutdown: CancellationToken,
-) {
-    let mut ticker = tokio::time::interval(retention.sweep.max(Duration::from_millis(10)));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let Some(handle) = handle.upgrade() else {
-            return;
-        };
-        if handle.leader_term().is_none() {
-            continue;
-        }
-        let now = now_ms();
-        let Some(op) = handle.read(|s| purge_op(s, now, retention.retain_finished)) else {
-            continue;
-        };
-        match handle.write(Command::new(now, Actor::system(), op)).await {
-            Ok(Outcome::JobsPurged { purged }) => {
-                tracing::info!(purged, "finished jobs purged");
-            }
-            Ok(outcome) => tracing::debug!(?outcome, "purge applied"),
-            Err(e) => tracing::debug!(error = %e, "purge not applied; trying at the next sweep"),
-        }
+/// Job retention as a controller: every sweep, proposes the purge [`purge_op`] finds due, if any.
+#[derive(Debug, Clone, Copy)]
+pub struct Janitor {
+    pub retention: JobRetention,
+}
+
+impl Controller for Janitor {
+    fn name(&self) -> &'static str {
+        "janitor"
+    }
+
+    fn wake(&self) -> Wake {
+        Wake::Every(self.retention.sweep.max(Duration::from_millis(10)))
+    }
+
+    fn decide(&mut self, tick: &Tick<'_>) -> Vec<Op> {
+        purge_op(tick.state, tick.now.unix_ms, self.retention.retain_finished)
+            .into_iter()
+            .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{JobSpec, Op};
+    use crate::state::{Actor, Command, JobSpec, Op, Outcome};
 
     const HOUR: u64 = 3_600_000;
     const T0: u64 = 1_700_000_000_000;

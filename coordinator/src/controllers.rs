@@ -1,0 +1,142 @@
+//! The leader's controller runner: every [`Controller`] of the registry runs here, one task each.
+//!
+//! [`register_all`] is the list: one line per controller. The runner wakes each as its `Wake` says; on a
+//! coordinator that is not the leader it does nothing, and every new leadership starts its clocks afresh.
+//! Each op a controller decides becomes one command stamped with the tick's time and the system actor,
+//! proposed through Raft in order; when one is refused the rest wait for the next tick. The tasks live in one
+//! tracker, so shutdown stops and awaits them all.
+
+use std::sync::Arc;
+
+use meridian_registry::controllers::dispatch::Dispatcher;
+use meridian_registry::controllers::health::{HealthMonitor, LastHeard};
+use meridian_registry::controllers::janitor::{Janitor, JobRetention};
+use meridian_registry::controllers::{Controller, Tick, Wake};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::fleet::FleetTimings;
+use crate::node::{Handle, WeakHandle};
+use crate::state::{Actor, Command};
+
+/// What the controllers are built from.
+pub(crate) struct ControllerConfig {
+    pub(crate) fleet: FleetTimings,
+    pub(crate) jobs: JobRetention,
+    pub(crate) last_heard: Arc<dyn LastHeard>,
+}
+
+/// Every controller this coordinator runs.
+pub(crate) fn register_all(runner: &Runner, handle: &Handle, config: ControllerConfig) {
+    let fleet = config.fleet;
+    runner.spawn(
+        handle,
+        Dispatcher {
+            tick: fleet.dispatch_tick,
+        },
+    );
+    runner.spawn(
+        handle,
+        Janitor {
+            retention: config.jobs,
+        },
+    );
+    runner.spawn(
+        handle,
+        HealthMonitor {
+            ttl: fleet.ttl,
+            lost_after: fleet.lost_after,
+            tick: fleet.tick,
+            last_heard: config.last_heard,
+        },
+    );
+}
+
+/// The tasks of the registered controllers.
+#[derive(Default)]
+pub(crate) struct Runner {
+    tracker: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl Runner {
+    /// Starts `controller` on its own task.
+    pub(crate) fn spawn(&self, handle: &Handle, controller: impl Controller) {
+        self.tracker
+            .spawn(run(handle.downgrade(), controller, self.stop.clone()));
+    }
+
+    /// Stops every controller and waits until their tasks are gone.
+    pub(crate) async fn shutdown(&self) {
+        self.stop.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+async fn run(handle: WeakHandle, mut controller: impl Controller, stop: CancellationToken) {
+    let (every, on_change) = match controller.wake() {
+        Wake::Every(every) => (every, false),
+        Wake::OnChange(every) => (every, true),
+    };
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The term this node leads in and when (monotonic ms) that began.
+    let mut leading: Option<(u64, u64)> = None;
+    // The applied index the last decision looked at.
+    let mut last_seen: Option<u64> = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let Some(handle) = handle.upgrade() else {
+            return;
+        };
+        let Some(term) = handle.leader_term() else {
+            leading = None;
+            last_seen = None;
+            continue;
+        };
+        let now = handle.clock().now();
+        let since = match leading {
+            Some((t, since)) if t == term => since,
+            _ => {
+                leading = Some((term, now.mono_ms));
+                now.mono_ms
+            }
+        };
+        let applied = handle.log_status().applied_index;
+        if on_change && applied.is_some() && applied == last_seen {
+            continue;
+        }
+        let ops = handle.read(|state| {
+            controller.decide(&Tick {
+                state,
+                now,
+                leading_since_ms: since,
+            })
+        });
+        last_seen = applied;
+        for op in ops {
+            let kind = op.action();
+            match handle
+                .write(Command::new(now.unix_ms, Actor::system(), op))
+                .await
+            {
+                Ok(outcome) if controller.quiet() => {
+                    tracing::debug!(controller = controller.name(), op = %kind, ?outcome, "applied")
+                }
+                Ok(outcome) => {
+                    tracing::info!(controller = controller.name(), op = %kind, ?outcome, "applied")
+                }
+                Err(e) => {
+                    // Decide again at the next tick even if nothing else moves the state.
+                    last_seen = None;
+                    tracing::debug!(controller = controller.name(), op = %kind, error = %e, "not applied");
+                    break;
+                }
+            }
+        }
+    }
+}
