@@ -7,10 +7,12 @@
 //! tracker, so shutdown stops and awaits them all.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use meridian_registry::controllers::dispatch::Dispatcher;
 use meridian_registry::controllers::health::{HealthMonitor, LastHeard};
 use meridian_registry::controllers::janitor::{Janitor, JobRetention};
+use meridian_registry::controllers::upgrade::ApplyVersionFinalizer;
 use meridian_registry::controllers::{Controller, Tick, Wake};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -18,6 +20,10 @@ use tokio_util::task::TaskTracker;
 use crate::fleet::FleetTimings;
 use crate::node::{Handle, WeakHandle};
 use crate::state::{Actor, Command};
+use crate::upgrade::{probe_members, MemberVersions};
+
+/// How often the leader looks whether every member knows a newer apply version.
+const APPLY_VERSION_TICK: Duration = Duration::from_secs(1);
 
 /// What the controllers are built from.
 pub(crate) struct ControllerConfig {
@@ -50,6 +56,20 @@ pub(crate) fn register_all(runner: &Runner, handle: &Handle, config: ControllerC
             last_heard: config.last_heard,
         },
     );
+    let versions = Arc::new(MemberVersions::default());
+    runner.spawn_task(probe_members(
+        handle.downgrade(),
+        versions.clone(),
+        APPLY_VERSION_TICK,
+        runner.stop.clone(),
+    ));
+    runner.spawn(
+        handle,
+        ApplyVersionFinalizer {
+            tick: APPLY_VERSION_TICK,
+            members: versions,
+        },
+    );
 }
 
 /// The tasks of the registered controllers.
@@ -64,6 +84,12 @@ impl Runner {
     pub(crate) fn spawn(&self, handle: &Handle, controller: impl Controller) {
         self.tracker
             .spawn(run(handle.downgrade(), controller, self.stop.clone()));
+    }
+
+    /// Starts a task that feeds a controller what it needs from outside the registry (it stops with
+    /// the runner's token).
+    pub(crate) fn spawn_task(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tracker.spawn(task);
     }
 
     /// Stops every controller and waits until their tasks are gone.

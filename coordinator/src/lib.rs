@@ -12,6 +12,7 @@ pub mod node;
 pub(crate) mod proposer;
 pub(crate) mod rpc_service;
 pub(crate) mod store;
+pub(crate) mod upgrade;
 
 pub use meridian_registry::{authz, scheduler, state};
 

@@ -797,6 +797,11 @@ impl Handle {
     }
 
     /// Reads the local replica's state.
+    /// The client this coordinator calls its peers with.
+    pub(crate) fn rpc_client(&self) -> &RpcClient {
+        &self.inner.client
+    }
+
     /// The clock this coordinator reads the time from.
     pub fn clock(&self) -> &dyn Clock {
         self.inner.clock.as_ref()

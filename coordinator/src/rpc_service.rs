@@ -83,6 +83,7 @@ impl RpcService for CoordinatorService {
                 Method::AgentReport => fleet.report(ctx, body).await,
                 Method::Ping => Ok(encode_message(&pb::PingResponse {
                     identity: ctx.peer.uri(),
+                    apply_version: crate::state::APPLY_VERSION,
                 })),
                 other => Err(RpcStatus::unimplemented(format!(
                     "a coordinator does not serve {other}"

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use certs::{CertificateAuthority, Identity, LeafRequest, TlsIdentity};
 use coordinator::node::{RaftTimings, ReadError};
-use coordinator::state::{Actor, AuditOutcome, Command, Op, Outcome};
+use coordinator::state::{Actor, AuditOutcome, Command, Op, Outcome, APPLY_VERSION};
 use coordinator::{Coordinator, CoordinatorOptions, Handle, MemberNode, NodeId};
 use tempfile::TempDir;
 use tokio::sync::Mutex;
@@ -279,6 +279,32 @@ fn assert_has_all(handle: &Handle, targets: &[String]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_member_switches_on_the_newest_apply_version_its_build_knows() -> Result<()> {
+    let _one = ONE_SCENARIO_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::bootstrap(1_000, &[1, 2, 3]).await?;
+    cluster.agreed_leader(None).await?;
+    for (id, handle) in cluster.running() {
+        handle
+            .wait_for(
+                |_| handle.read(|s| s.apply_version) == APPLY_VERSION,
+                DEADLINE,
+            )
+            .await
+            .with_context(|| format!("member {id} never reached apply version {APPLY_VERSION}"))?;
+    }
+    // Every replica recorded the switch once, as the system.
+    let leader = cluster.agreed_leader(None).await?;
+    let switches = cluster.handle(leader)?.read(|s| {
+        s.audit
+            .iter()
+            .filter(|r| r.action == "cluster.apply_version" && r.outcome == AuditOutcome::Success)
+            .count()
+    });
+    ensure!(switches == 1, "the version was switched {switches} times");
+    cluster.shutdown_all().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

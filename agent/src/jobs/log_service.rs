@@ -51,6 +51,7 @@ impl RpcService for LogService {
                 }
                 Method::Ping => Ok(encode_message(&pb::PingResponse {
                     identity: ctx.peer.uri(),
+                    apply_version: 0,
                 })),
                 other => Err(RpcStatus::unimplemented(format!(
                     "an agent does not serve {}",

@@ -155,4 +155,39 @@ mod tests {
             .expect("reopen task")
             .expect("reopen after the holder closed");
     }
+
+    #[tokio::test]
+    async fn a_command_needing_a_newer_apply_version_stops_the_state_machine() {
+        use openraft::storage::RaftStateMachine;
+        use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+        use crate::state::{Actor, Command, Op, APPLY_VERSION};
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (_log, mut sm) = open(dir.path()).await.expect("open");
+        let entry = |index: u64, version: u32| Entry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::new(
+                1_000,
+                Actor::system(),
+                Op::SetApplyVersion { version },
+            )),
+        };
+        let known = sm
+            .apply([entry(1, APPLY_VERSION)])
+            .await
+            .expect("a known version applies");
+        assert_eq!(known.len(), 1);
+        let err = sm
+            .apply([entry(2, APPLY_VERSION + 1)])
+            .await
+            .expect_err("a version this build does not know stops it");
+        assert!(err.to_string().contains("upgrade"), "{err}");
+        let (applied, _) = sm.applied_state().await.expect("applied state");
+        assert_eq!(
+            applied.map(|id| id.index),
+            Some(1),
+            "the unknown entry was not applied"
+        );
+    }
 }

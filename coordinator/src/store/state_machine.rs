@@ -15,7 +15,7 @@ use openraft::{
 
 use super::{DbHold, StoreError};
 use crate::node::{MemberNode, NodeId, TypeConfig};
-use crate::state::{CommandOutcome, Outcome, RegistryState};
+use crate::state::{CommandOutcome, Outcome, RegistryState, APPLY_VERSION};
 
 const SNAPSHOT_TREE: &str = "raft_snapshot";
 const SNAPSHOT_META_KEY: &str = "meta";
@@ -59,6 +59,9 @@ impl StateMachineStore {
         {
             let state = RegistryState::from_bytes(&stored.data)
                 .map_err(|e| StoreError::Corrupt(format!("snapshot state: {e}")))?;
+            if let Some(why) = too_new(state.apply_version) {
+                return Err(StoreError::Corrupt(format!("snapshot state: {why}")));
+            }
             tracing::info!(snapshot = %stored.meta, "loaded raft snapshot");
             sm.replace_state(state);
             sm.last_applied = stored.meta.last_log_id;
@@ -98,6 +101,16 @@ fn read_snapshot(tree: &sled::Tree) -> Result<Option<StoredSnapshot>, StorageIOE
         meta,
         data: data.to_vec(),
     }))
+}
+
+/// Why this build cannot go on from a state or command that needs apply version `needed`; `None` when it can.
+fn too_new(needed: u32) -> Option<String> {
+    (needed > APPLY_VERSION).then(|| {
+        format!(
+            "the registry uses apply version {needed} and this build knows versions up to \
+             {APPLY_VERSION}: upgrade this coordinator"
+        )
+    })
 }
 
 /// Saves a snapshot (meta and data atomically) and flushes it, so the log before it may be purged.
@@ -176,6 +189,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         for entry in entries {
+            if let EntryPayload::Normal(cmd) = &entry.payload {
+                // Applying on with older rules would make this replica diverge: stop instead.
+                if let Some(why) = cmd.apply_version_needed().and_then(too_new) {
+                    tracing::error!(index = entry.log_id.index, "{why}");
+                    return Err(
+                        StorageIOError::apply(entry.log_id, &std::io::Error::other(why)).into(),
+                    );
+                }
+            }
             self.last_applied = Some(entry.log_id);
             let outcome = match entry.payload {
                 EntryPayload::Blank => Ok(Outcome::Done),
@@ -220,6 +242,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let data = snapshot.into_inner();
         let state = RegistryState::from_bytes(&data)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        if let Some(why) = too_new(state.apply_version) {
+            let e = std::io::Error::other(why);
+            return Err(StorageIOError::read_snapshot(Some(meta.signature()), &e).into());
+        }
         save_snapshot(&self.db, &self.snapshots, meta, &data).await?;
         self.replace_state(state);
         self.last_applied = meta.last_log_id;

@@ -162,6 +162,7 @@ impl RpcService for TestService {
             match method {
                 Method::Ping => Ok(encode_message(&pb::PingResponse {
                     identity: ctx.peer.uri(),
+                    apply_version: 0,
                 })),
                 Method::RaftVote => Ok(body),
                 Method::ForwardWrite => {

@@ -13,6 +13,7 @@
 pub mod dispatch;
 pub mod health;
 pub mod janitor;
+pub mod upgrade;
 
 use std::time::Duration;
 

@@ -177,6 +177,7 @@ impl RegistryState {
     pub fn append_audit(
         &mut self,
         cmd: &Command,
+        at_ms: u64,
         subject: &Subject,
         outcome: AuditOutcome,
         detail: String,
@@ -187,7 +188,7 @@ impl RegistryState {
         };
         let mut record = AuditRecord {
             seq,
-            at_ms: cmd.at_ms,
+            at_ms,
             actor: cmd.actor.clone(),
             action: subject.action.clone(),
             project: subject.project.clone(),

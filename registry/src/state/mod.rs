@@ -78,7 +78,30 @@ pub struct Command {
     pub request_id: Option<String>,
 }
 
+/// The newest apply semantics this build knows. A replica applies a log with the semantics its state's
+/// committed `apply_version` selects, never with whatever its own build prefers, so replicas of different
+/// builds compute the same state during a rolling upgrade; the leader commits `SetApplyVersion` only once
+/// every member runs a build that knows the version.
+///
+/// - 0: the original semantics.
+/// - 1: command time is monotonic: a command stamped before the last applied one is applied at that one's
+///   time (a new leader's clock may be behind), which canary windows, cooldowns and schedules rely on.
+pub const APPLY_VERSION: u32 = 1;
+
 impl Command {
+    /// The apply version this command needs a build to know (`SetApplyVersion`, also inside a batch);
+    /// `None` for every other command.
+    pub fn apply_version_needed(&self) -> Option<u32> {
+        match &self.op {
+            Op::SetApplyVersion { version } => Some(*version),
+            Op::Batch { commands } => commands
+                .iter()
+                .filter_map(Command::apply_version_needed)
+                .max(),
+            _ => None,
+        }
+    }
+
     /// A command stamped at `at_ms` on behalf of `actor`.
     pub fn new(at_ms: u64, actor: Actor, op: Op) -> Self {
         Self {
@@ -343,6 +366,9 @@ pub enum Op {
         keys: BTreeMap<String, WrappedKey>,
         secrets: BTreeMap<String, BTreeMap<String, Vec<ResealedVersion>>>,
     },
+    /// The leader switches on newer apply semantics once every member runs a build that knows them (see
+    /// [`APPLY_VERSION`]). Only the system proposes it; it never lowers the version.
+    SetApplyVersion { version: u32 },
 }
 
 /// What a successfully applied command produced.
@@ -521,6 +547,21 @@ pub struct RegistryState {
     /// jobs when a snapshot is loaded.
     #[serde(default)]
     pub unfinished_job_ids_by_project: BTreeMap<String, BTreeSet<String>>,
+    /// Which apply semantics are on: 0 until the leader commits `SetApplyVersion` (see [`APPLY_VERSION`]).
+    /// Left out of snapshots while 0, so a snapshot from before it existed serializes unchanged.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub apply_version: u32,
+    /// The time of the last applied command, kept from apply version 1 on (commands never go back in time).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub last_command_ms: u64,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What a successful mutation tells the audit log besides the command's subject.
@@ -638,6 +679,9 @@ impl Op {
                 s("project.policy.set", Some(project_id), project_id)
             }
             Op::ReplaceDataKeys { .. } => s("secret.rewrap", None, "data-keys+secrets"),
+            Op::SetApplyVersion { version } => {
+                s("cluster.apply_version", None, &version.to_string())
+            }
         }
     }
 }
@@ -693,6 +737,7 @@ impl RegistryState {
         if matches!(cmd.op, Op::Noop) {
             return Ok(Outcome::Done);
         }
+        let at = self.command_time(cmd.at_ms);
         let mut subject = cmd.op.subject();
         if let Op::RecordAudit {
             outcome, detail, ..
@@ -700,7 +745,7 @@ impl RegistryState {
         {
             return match audit::validate_recorded(&subject, detail) {
                 Ok(()) => {
-                    let seq = self.append_audit(cmd, &subject, *outcome, detail.clone());
+                    let seq = self.append_audit(cmd, at, &subject, *outcome, detail.clone());
                     Ok(Outcome::Audited { seq })
                 }
                 Err(e) => {
@@ -709,7 +754,7 @@ impl RegistryState {
                         project: None,
                         target: String::new(),
                     };
-                    self.append_audit(cmd, &subject, AuditOutcome::Refused, e.to_string());
+                    self.append_audit(cmd, at, &subject, AuditOutcome::Refused, e.to_string());
                     Err(e)
                 }
             };
@@ -719,23 +764,22 @@ impl RegistryState {
             subject.project = self.project_of_target(&cmd.op);
         }
         let result = self
-            .check_actor(cmd)
+            .check_actor(cmd, at)
             .and_then(|()| self.check_grant(cmd))
-            .and_then(|()| self.execute(cmd));
+            .and_then(|()| self.execute(cmd, at));
         match result {
             Ok(applied) => {
-                self.append_audit(cmd, &subject, AuditOutcome::Success, applied.detail);
+                self.append_audit(cmd, at, &subject, AuditOutcome::Success, applied.detail);
                 Ok(applied.outcome)
             }
             Err(e) => {
-                self.append_audit(cmd, &subject, AuditOutcome::Refused, e.to_string());
+                self.append_audit(cmd, at, &subject, AuditOutcome::Refused, e.to_string());
                 Err(e)
             }
         }
     }
 
-    fn execute(&mut self, cmd: &Command) -> Result<Applied, DomainError> {
-        let at = cmd.at_ms;
+    fn execute(&mut self, cmd: &Command, at: u64) -> Result<Applied, DomainError> {
         match &cmd.op {
             Op::Noop | Op::RecordAudit { .. } => Ok(Applied::new(Outcome::Done, "")),
             // `apply` unpacks batches before they get here; one reaching this point was nested.
@@ -907,14 +951,63 @@ impl RegistryState {
                 self.set_project_policy(project_id, update)
             }
             Op::ReplaceDataKeys { keys, secrets } => self.replace_data_keys(keys, secrets),
+            Op::SetApplyVersion { version } => self.set_apply_version(cmd, *version, at),
         }
+    }
+
+    /// Moves the apply version forward (see [`APPLY_VERSION`]).
+    fn set_apply_version(
+        &mut self,
+        cmd: &Command,
+        version: u32,
+        at: u64,
+    ) -> Result<Applied, DomainError> {
+        if cmd.actor.principal_id.is_some() || cmd.actor.key_id.is_some() {
+            return Err(DomainError::PermissionDenied(
+                "only the coordinators change the apply version".to_owned(),
+            ));
+        }
+        if version < self.apply_version {
+            return Err(DomainError::invalid(
+                "version",
+                format!("is {}; it never goes back", self.apply_version),
+            ));
+        }
+        if version > APPLY_VERSION {
+            // The state machine refuses such a command before `apply` (`Command::apply_version_needed`), so a
+            // build this old stops instead of applying later commands with the wrong rules.
+            return Err(DomainError::invalid(
+                "version",
+                format!("this build knows versions up to {APPLY_VERSION}"),
+            ));
+        }
+        let was = self.apply_version;
+        self.apply_version = version;
+        if version >= 1 {
+            self.last_command_ms = self.last_command_ms.max(at);
+        }
+        Ok(Applied::new(
+            Outcome::Done,
+            format!("apply version {was} -> {version}"),
+        ))
+    }
+
+    /// The time a command is applied at: its own, except that from apply version 1 on it never goes back
+    /// behind the last applied command's (a new leader's clock may be behind the old one's).
+    fn command_time(&mut self, stamped: u64) -> u64 {
+        if self.apply_version < 1 {
+            return stamped;
+        }
+        let at = stamped.max(self.last_command_ms);
+        self.last_command_ms = at;
+        at
     }
 
     /// Refuses a command whose acting key is no longer valid at the command's time: unknown, revoked,
     /// expired, not the actor's, or its principal disabled or gone. The API checked all of this when it
     /// admitted the request, but on a replica that may have been behind; this check runs on the log's
     /// order, so a revocation committed first always wins.
-    fn check_actor(&self, cmd: &Command) -> Result<(), DomainError> {
+    fn check_actor(&self, cmd: &Command, at: u64) -> Result<(), DomainError> {
         let Some(key_id) = &cmd.actor.key_id else {
             return Ok(());
         };
@@ -925,7 +1018,7 @@ impl RegistryState {
         if cmd.actor.principal_id.as_deref() != Some(key.principal_id.as_str()) {
             return refused("belongs to another principal");
         }
-        match key.state_at(cmd.at_ms) {
+        match key.state_at(at) {
             KeyState::Active => {}
             KeyState::Revoked => return refused("was revoked"),
             KeyState::Expired => return refused("has expired"),

@@ -1,18 +1,20 @@
 //! Golden replay: a committed log, written once by an earlier build, must keep replaying to the same
 //! outcomes and the same state, and a committed snapshot must keep loading and serializing byte for byte.
 //!
-//! The files live in `registry/tests/golden/`: `registry-log.jsonl` (one `{index, command, outcome}` per
-//! line, every `Op` variant at least once) and `registry-snapshot.json` (the state after the log). A change
+//! The files live in `registry/tests/golden/`, as segments that each continue the log before them:
+//! `registry-log.jsonl` (one `{index, command, outcome}` per line, every variant of its build at least
+//! once) and `registry-snapshot.json` (the state after it), then `registry-log-1.jsonl` and
+//! `registry-snapshot-1.json`, which switch on apply version 1 and show commands applied under it. A change
 //! that makes either test fail changes what replicas compute from a log they already hold: during a rolling
 //! upgrade, old and new coordinators would diverge. Such a change must be gated behind a committed version,
 //! never made by rewriting the files.
 //!
-//! The files are written only when missing: `cargo test -p meridian-registry golden` with
-//! `MERIDIAN_GOLDEN_WRITE=1` writes them from a seeded log (random commands from the replica test's
-//! generator, then one sample of every variant that log did not reach). A new `Op` variant fails to compile
-//! in [`variant`] until it has a number; [`every_variant_has_a_golden_sample`] then fails until a line
-//! carrying it is appended to the log (by hand, with the outcome the new build gives it) and the snapshot
-//! is written again.
+//! A segment is written only when missing: `cargo test -p meridian-registry golden` with
+//! `MERIDIAN_GOLDEN_WRITE=1` writes the first from a seeded log (random commands from the replica test's
+//! generator, then one sample of every variant that log did not reach) and each later one from its own
+//! script. A new `Op` variant fails to compile in [`variant`] until it has a number;
+//! [`every_variant_has_a_golden_sample`] then fails until a new segment carries it. Written segments are
+//! never rewritten: new semantics get a new apply version and a new segment.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -22,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::*;
 
 /// How many `Op` variants there are; [`variant`] numbers them `0..VARIANTS`.
-const VARIANTS: usize = 30;
+const VARIANTS: usize = 31;
 
 /// The number of `op`'s variant. Exhaustive on purpose: a new variant does not compile until it is here.
 fn variant(op: &Op) -> usize {
@@ -57,6 +59,7 @@ fn variant(op: &Op) -> usize {
         Op::ApproveNode { .. } => 27,
         Op::SetProjectPolicy { .. } => 28,
         Op::ReplaceDataKeys { .. } => 29,
+        Op::SetApplyVersion { .. } => 30,
     }
 }
 
@@ -73,56 +76,150 @@ fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
-fn log_path() -> PathBuf {
-    golden_dir().join("registry-log.jsonl")
+/// The segments' files, (log, snapshot), oldest first; each log continues the one before it.
+const SEGMENTS: [(&str, &str); 2] = [
+    ("registry-log.jsonl", "registry-snapshot.json"),
+    ("registry-log-1.jsonl", "registry-snapshot-1.json"),
+];
+
+/// One segment as read back.
+struct Segment {
+    log_path: PathBuf,
+    snapshot_path: PathBuf,
+    entries: Vec<Entry>,
 }
 
-fn snapshot_path() -> PathBuf {
-    golden_dir().join("registry-snapshot.json")
+/// Writes the segment that continues `state` (after the log's `last` entry), the `n`th.
+fn generate_segment(n: usize, state: RegistryState, last: Option<&Entry>) -> Recorder {
+    match n {
+        0 => {
+            let (entries, state) = generate();
+            Recorder {
+                state,
+                entries,
+                next_index: 0,
+            }
+        }
+        _ => {
+            let last = last.expect("a later segment continues a log");
+            apply_version_1(state, last.index + 1, last.command.at_ms)
+        }
+    }
 }
 
-/// Reads the golden log, writing it first when missing and `MERIDIAN_GOLDEN_WRITE` is set.
-fn golden_log() -> Vec<Entry> {
+/// Reads every golden segment, writing the missing ones first when `MERIDIAN_GOLDEN_WRITE` is set.
+fn golden_segments() -> Vec<Segment> {
     // Tests run in parallel: one of them writes the files, the others wait for it.
     static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _writing = WRITING
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let path = log_path();
-    if !path.exists() && std::env::var_os("MERIDIAN_GOLDEN_WRITE").is_some() {
-        let (entries, state) = generate();
-        std::fs::create_dir_all(golden_dir()).expect("golden dir");
-        let mut text = String::new();
-        for e in &entries {
-            text.push_str(&serde_json::to_string(e).expect("entry serializes"));
-            text.push('\n');
+    let mut segments: Vec<Segment> = Vec::new();
+    let mut state = RegistryState::default();
+    for (n, (log, snapshot)) in SEGMENTS.iter().enumerate() {
+        let log_path = golden_dir().join(log);
+        let snapshot_path = golden_dir().join(snapshot);
+        if !log_path.exists() && std::env::var_os("MERIDIAN_GOLDEN_WRITE").is_some() {
+            let last = segments.last().and_then(|s| s.entries.last());
+            let rec = generate_segment(n, state.clone(), last);
+            std::fs::create_dir_all(golden_dir()).expect("golden dir");
+            let mut text = String::new();
+            for e in &rec.entries {
+                text.push_str(&serde_json::to_string(e).expect("entry serializes"));
+                text.push('\n');
+            }
+            std::fs::write(&log_path, text).expect("write golden log");
+            std::fs::write(&snapshot_path, rec.state.to_bytes()).expect("write golden snapshot");
         }
-        std::fs::write(&path, text).expect("write golden log");
-        std::fs::write(snapshot_path(), state.to_bytes()).expect("write golden snapshot");
+        let text = std::fs::read_to_string(&log_path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (write it once with MERIDIAN_GOLDEN_WRITE=1)",
+                log_path.display()
+            )
+        });
+        let entries: Vec<Entry> = text
+            .lines()
+            .enumerate()
+            .map(|(i, line)| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("{} line {}: {e}", log_path.display(), i + 1))
+            })
+            .collect();
+        for entry in &entries {
+            let _ = state.apply(entry.index, &entry.command);
+        }
+        segments.push(Segment {
+            log_path,
+            snapshot_path,
+            entries,
+        });
     }
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (write it once with MERIDIAN_GOLDEN_WRITE=1)",
-            path.display()
-        )
-    });
-    text.lines()
-        .enumerate()
-        .map(|(n, line)| {
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("golden log line {}: {e}", n + 1))
-        })
+    segments
+}
+
+/// Every golden entry, in log order.
+fn golden_log() -> Vec<Entry> {
+    golden_segments()
+        .into_iter()
+        .flat_map(|s| s.entries)
         .collect()
+}
+
+/// The segment that switches on apply version 1: the switch, then a command stamped before the one
+/// before it (applied at that one's time), and the refusals of lowering the version and of a principal
+/// changing it.
+fn apply_version_1(state: RegistryState, next_index: u64, at: u64) -> Recorder {
+    let mut rec = Recorder {
+        state,
+        entries: Vec::new(),
+        next_index,
+    };
+    rec.push(Command::new(
+        at + 1_000,
+        Actor::system(),
+        Op::SetApplyVersion { version: 1 },
+    ));
+    let project = |id: &str, name: &str| Op::CreateProject {
+        id: id.into(),
+        name: name.into(),
+        description: "apply version 1".into(),
+        data_key: wk("mk1", name),
+        policy: None,
+    };
+    rec.push(Command::new(at + 2_000, admin(), project("prj_v1", "v1")));
+    // A leader whose clock is a minute behind: the project is created at the previous command's time.
+    rec.push(Command::new(
+        at - 60_000,
+        admin(),
+        project("prj_v1_late", "v1-late"),
+    ));
+    rec.push(Command::new(
+        at + 3_000,
+        admin(),
+        Op::SetApplyVersion { version: 1 },
+    ));
+    rec.push(Command::new(
+        at + 4_000,
+        Actor::system(),
+        Op::SetApplyVersion { version: 0 },
+    ));
+    rec
 }
 
 /// Applies `cmd` at the next index and records what it answered.
 struct Recorder {
     state: RegistryState,
     entries: Vec<Entry>,
+    /// The index of the first entry when there is none yet (0: index 1).
+    next_index: u64,
 }
 
 impl Recorder {
     fn push(&mut self, command: Command) {
-        let index = self.entries.last().map_or(1, |e| e.index + 1);
+        let index = self
+            .entries
+            .last()
+            .map_or(self.next_index.max(1), |e| e.index + 1);
         let outcome = self.state.apply(index, &command);
         self.entries.push(Entry {
             index,
@@ -145,6 +242,7 @@ fn generate() -> (Vec<Entry>, RegistryState) {
     let mut rec = Recorder {
         state: RegistryState::default(),
         entries: Vec::new(),
+        next_index: 1,
     };
     rec.push(Command::new(T0, Actor::system(), bootstrap_op()));
     let mut rng = StdRng::seed_from_u64(2026);
@@ -191,6 +289,7 @@ fn samples(state: &RegistryState, at: u64) -> Vec<Op> {
     vec![
         Op::Noop,
         bootstrap_op(),
+        Op::SetApplyVersion { version: 1 },
         Op::CreateProject {
             id: "prj_golden".into(),
             name: "golden".into(),
@@ -350,52 +449,76 @@ fn samples(state: &RegistryState, at: u64) -> Vec<Op> {
 
 #[test]
 fn the_golden_log_replays_to_its_outcomes_and_snapshot() {
-    let log = golden_log();
     let mut state = RegistryState::default();
-    for entry in &log {
-        let outcome = state.apply(entry.index, &entry.command);
-        assert_eq!(
-            serde_json::to_value(&outcome).expect("outcome serializes"),
-            entry.outcome,
-            "entry {} ({:?}) is answered differently than when the log was written",
-            entry.index,
-            entry.command.op
+    for segment in golden_segments() {
+        for entry in &segment.entries {
+            let outcome = state.apply(entry.index, &entry.command);
+            assert_eq!(
+                serde_json::to_value(&outcome).expect("outcome serializes"),
+                entry.outcome,
+                "entry {} ({:?}) is answered differently than when the log was written",
+                entry.index,
+                entry.command.op
+            );
+        }
+        state.assert_job_indexes_consistent();
+        let snapshot = std::fs::read(&segment.snapshot_path).expect("golden snapshot");
+        assert!(
+            state.to_bytes() == snapshot,
+            "the golden log no longer replays to {}",
+            segment.snapshot_path.display()
         );
     }
-    state.assert_job_indexes_consistent();
-    let snapshot = std::fs::read(snapshot_path()).expect("golden snapshot");
-    assert!(
-        state.to_bytes() == snapshot,
-        "the golden log no longer replays to {}",
-        snapshot_path().display()
-    );
 }
 
 #[test]
-fn the_golden_snapshot_loads_and_serializes_unchanged() {
-    golden_log();
-    let snapshot = std::fs::read(snapshot_path()).expect("golden snapshot");
-    let state = RegistryState::from_bytes(&snapshot).expect("the golden snapshot loads");
-    assert!(
-        state.to_bytes() == snapshot,
-        "loading and serializing the golden snapshot changed it"
-    );
+fn the_golden_snapshots_load_and_serialize_unchanged() {
+    for segment in golden_segments() {
+        let snapshot = std::fs::read(&segment.snapshot_path).expect("golden snapshot");
+        let state = RegistryState::from_bytes(&snapshot).expect("the golden snapshot loads");
+        assert!(
+            state.to_bytes() == snapshot,
+            "loading and serializing {} changed it",
+            segment.snapshot_path.display()
+        );
+    }
 }
 
 #[test]
 fn every_golden_command_serializes_as_it_was_written() {
-    let log = golden_log();
-    let text = std::fs::read_to_string(log_path()).expect("golden log");
-    assert_eq!(text.lines().count(), log.len());
-    for (line, entry) in text.lines().zip(log) {
-        let written: serde_json::Value = serde_json::from_str(line).expect("json");
-        let again = serde_json::to_value(&entry.command).expect("command serializes");
-        assert_eq!(
-            again, written["command"],
-            "entry {} serializes differently now",
-            entry.index
-        );
+    for segment in golden_segments() {
+        let text = std::fs::read_to_string(&segment.log_path).expect("golden log");
+        assert_eq!(text.lines().count(), segment.entries.len());
+        for (line, entry) in text.lines().zip(segment.entries) {
+            let written: serde_json::Value = serde_json::from_str(line).expect("json");
+            let again = serde_json::to_value(&entry.command).expect("command serializes");
+            assert_eq!(
+                again, written["command"],
+                "entry {} serializes differently now",
+                entry.index
+            );
+        }
     }
+}
+
+#[test]
+fn apply_version_1_makes_command_time_monotonic_in_the_golden_log() {
+    let segments = golden_segments();
+    let [v0, v1] = segments.as_slice() else {
+        panic!("expected two golden segments");
+    };
+    let mut state = RegistryState::default();
+    for entry in v0.entries.iter().chain(&v1.entries) {
+        let _ = state.apply(entry.index, &entry.command);
+    }
+    assert_eq!(state.apply_version, 1);
+    let on_time = state.project_by_name("v1").expect("v1 project").created_at;
+    let late = state
+        .project_by_name("v1-late")
+        .expect("late project")
+        .created_at;
+    assert_eq!(late, on_time, "a command stamped earlier went back in time");
+    assert!(late > v1.entries[2].command.at_ms);
 }
 
 #[test]
