@@ -252,17 +252,16 @@ fn read_file(path: &Path) -> Result<String, ClientError> {
         .map_err(|e| ClientError::Usage(format!("{}: {e}", path.display())))
 }
 
+/// Everything but RFC 3986's unreserved characters (`A-Z a-z 0-9 - _ . ~`) is escaped in a path segment.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 /// Percent-encodes one path segment (names are restricted server-side, but ids come from users too).
 pub fn segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
 
 /// Default path of the dev token, for messages.
@@ -273,6 +272,14 @@ pub fn dev_token_path() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_segments_escape_everything_but_unreserved_characters() {
+        assert_eq!(segment("job_a-1.x~"), "job_a-1.x~");
+        assert_eq!(segment("../etc/passwd"), "..%2Fetc%2Fpasswd");
+        assert_eq!(segment("a b?c#d%"), "a%20b%3Fc%23d%25");
+        assert_eq!(segment("é"), "%C3%A9");
+    }
 
     #[test]
     fn tokens_travel_in_clear_only_to_loopback() {

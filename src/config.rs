@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use meridian_config::{EnvKind, LayerError};
 use serde::{Deserialize, Serialize};
 
 /// Why a configuration was refused.
@@ -426,53 +427,50 @@ fn yes() -> bool {
     true
 }
 
-/// Scalar options that the environment may set, as TOML paths.
-const ENV_KEYS: &[&str] = &[
-    "node_id",
-    "name",
-    "data_dir",
-    "region",
-    "raft.listen",
-    "raft.advertise",
-    "raft.heartbeat_ms",
-    "raft.election_min_ms",
-    "raft.election_max_ms",
-    "raft.snapshot_every",
-    "admin.listen",
-    "admin.advertise",
-    "admin.tls",
-    "admin.max_body_bytes",
-    "admin.max_connections",
-    "admin.max_connections_per_source",
-    "admin.header_timeout_ms",
-    "admin.body_timeout_ms",
-    "admin.refused_burst",
-    "admin.refused_per_second",
-    "admin.refused_audit_window_ms",
-    "tls.ca",
-    "tls.cert",
-    "tls.key",
-    "secrets.master_key_file",
-    "bootstrap.init",
-    "bootstrap.admin_token_file",
-    "fleet.heartbeat_ms",
-    "fleet.ttl_ms",
-    "fleet.lost_after_ms",
-    "fleet.approve_new_nodes",
-    "jobs.retain_finished_secs",
-    "jobs.sweep_secs",
-    "quotas.max_pending_jobs",
-    "quotas.max_running_cpu_millis",
-    "quotas.max_running_memory_bytes",
-    "quotas.max_running_gpus",
-    "quotas.max_spec_bytes",
-    "keys.default_ttl",
+/// Options the environment may set, as TOML paths with the kind of their value (see `meridian_config`).
+const ENV_KEYS: &[(&str, EnvKind)] = &[
+    ("node_id", EnvKind::Integer),
+    ("name", EnvKind::Text),
+    ("data_dir", EnvKind::Text),
+    ("region", EnvKind::Text),
+    ("raft.listen", EnvKind::Text),
+    ("raft.advertise", EnvKind::Text),
+    ("raft.heartbeat_ms", EnvKind::Integer),
+    ("raft.election_min_ms", EnvKind::Integer),
+    ("raft.election_max_ms", EnvKind::Integer),
+    ("raft.snapshot_every", EnvKind::Integer),
+    ("admin.listen", EnvKind::Text),
+    ("admin.advertise", EnvKind::Text),
+    ("admin.tls", EnvKind::Boolean),
+    ("admin.max_body_bytes", EnvKind::Integer),
+    ("admin.max_connections", EnvKind::Integer),
+    ("admin.max_connections_per_source", EnvKind::Integer),
+    ("admin.header_timeout_ms", EnvKind::Integer),
+    ("admin.body_timeout_ms", EnvKind::Integer),
+    ("admin.refused_burst", EnvKind::Integer),
+    ("admin.refused_per_second", EnvKind::Integer),
+    ("admin.refused_audit_window_ms", EnvKind::Integer),
+    ("tls.ca", EnvKind::Text),
+    ("tls.cert", EnvKind::Text),
+    ("tls.key", EnvKind::Text),
+    ("secrets.master_key_file", EnvKind::Text),
+    ("bootstrap.init", EnvKind::Boolean),
+    ("bootstrap.admin_token_file", EnvKind::Text),
+    ("fleet.heartbeat_ms", EnvKind::Integer),
+    ("fleet.ttl_ms", EnvKind::Integer),
+    ("fleet.lost_after_ms", EnvKind::Integer),
+    ("fleet.approve_new_nodes", EnvKind::Boolean),
+    ("jobs.retain_finished_secs", EnvKind::Integer),
+    ("jobs.sweep_secs", EnvKind::Integer),
+    ("quotas.max_pending_jobs", EnvKind::Integer),
+    ("quotas.max_running_cpu_millis", EnvKind::Integer),
+    ("quotas.max_running_memory_bytes", EnvKind::Integer),
+    ("quotas.max_running_gpus", EnvKind::Integer),
+    ("quotas.max_spec_bytes", EnvKind::Integer),
+    ("keys.default_ttl", EnvKind::Text),
 ];
 
-/// The environment variable for a TOML path.
-pub fn env_name(path: &str) -> String {
-    format!("MERIDIAN_{}", path.replace('.', "_").to_uppercase())
-}
+pub use meridian_config::{env_name, process_env};
 
 impl CoordinatorConfig {
     /// Reads the file, applies `MERIDIAN_*` overrides from `env`, validates.
@@ -490,17 +488,13 @@ impl CoordinatorConfig {
         path: &Path,
         env: &BTreeMap<String, String>,
     ) -> Result<Self, ConfigError> {
-        let mut doc: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            message: e.to_string(),
+        let doc = meridian_config::layered(text, ENV_KEYS, env).map_err(|e| match e {
+            LayerError::File(message) => ConfigError::Parse {
+                path: path.into(),
+                message,
+            },
+            LayerError::Env { name, message } => ConfigError::Env { name, message },
         })?;
-        for key in ENV_KEYS {
-            let name = env_name(key);
-            if let Some(raw) = env.get(&name) {
-                set_path(&mut doc, key, scalar(raw))
-                    .map_err(|message| ConfigError::Env { name, message })?;
-            }
-        }
         let cfg: CoordinatorConfig =
             toml::Value::Table(doc)
                 .try_into()
@@ -641,40 +635,6 @@ impl CoordinatorConfig {
 }
 
 /// Environment values are TOML scalars when they parse as one, strings otherwise.
-fn scalar(raw: &str) -> toml::Value {
-    if let Ok(i) = raw.parse::<i64>() {
-        return toml::Value::Integer(i);
-    }
-    match raw {
-        "true" => toml::Value::Boolean(true),
-        "false" => toml::Value::Boolean(false),
-        _ => toml::Value::String(raw.to_string()),
-    }
-}
-
-fn set_path(doc: &mut toml::Table, path: &str, value: toml::Value) -> Result<(), String> {
-    let mut parts: Vec<&str> = path.split('.').collect();
-    let last = parts.pop().ok_or_else(|| "empty path".to_string())?;
-    let mut table = doc;
-    for part in parts {
-        let entry = table
-            .entry(part.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        table = entry
-            .as_table_mut()
-            .ok_or_else(|| format!("{part} is not a table"))?;
-    }
-    table.insert(last.to_string(), value);
-    Ok(())
-}
-
-/// The `MERIDIAN_*` variables of this process (for config overrides).
-pub fn process_env() -> BTreeMap<String, String> {
-    std::env::vars()
-        .filter(|(k, _)| k.starts_with("MERIDIAN_"))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -695,6 +655,21 @@ key = "c1.key"
 init = true
 members = [{ id = 1, name = "c1", raft_addr = "127.0.0.1:7171", admin_addr = "127.0.0.1:7071" }]
 "#;
+
+    #[test]
+    fn a_name_of_digits_from_the_environment_stays_a_name() {
+        let env = BTreeMap::from([
+            ("MERIDIAN_NAME".to_string(), "1".to_string()),
+            ("MERIDIAN_REGION".to_string(), "42".to_string()),
+        ]);
+        let cfg = CoordinatorConfig::parse(SAMPLE, Path::new("c.toml"), &env).expect("parses");
+        assert_eq!(cfg.name, "1");
+        let env = BTreeMap::from([("MERIDIAN_NODE_ID".to_string(), "one".to_string())]);
+        match CoordinatorConfig::parse(SAMPLE, Path::new("c.toml"), &env) {
+            Err(ConfigError::Env { name, .. }) => assert_eq!(name, "MERIDIAN_NODE_ID"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn env_overrides_file() {
@@ -803,7 +778,7 @@ members = [{ id = 1, name = "c1", raft_addr = "127.0.0.1:7171", admin_addr = "12
             (
                 "MERIDIAN_QUOTAS_MAX_SPEC_BYTES",
                 "18446744073709551615",
-                "quotas",
+                "MERIDIAN_QUOTAS_MAX_SPEC_BYTES: \"18446744073709551615\" is too large",
             ),
         ] {
             let env = BTreeMap::from([(name.to_string(), value.to_string())]);

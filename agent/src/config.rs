@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use meridian_config::{EnvKind, LayerError};
 use serde::Deserialize;
 
 /// Why an agent configuration was refused.
@@ -296,44 +297,10 @@ impl TryFrom<JobsConfigText> for JobsConfig {
     }
 }
 
-/// A duration like `30s`, `5m`, `2h`, `7d` or `1h30m` (units `s`, `m`, `h`, `d`, combined largest
-/// first or not); a bare number is seconds. The same syntax as the CLI's durations.
+/// A duration like `30s`, `5m`, `2h`, `7d` or `1h30m`; a bare number is seconds. The CLI's and the
+/// coordinator's syntax: one parser for all ([`protocol::units::parse_duration`]).
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    if t.is_empty() {
-        return Err("empty (use e.g. 30s, 10m, 7d or 1h30m)".into());
-    }
-    let too_large = || format!("{t:?} is too large");
-    if t.bytes().all(|b| b.is_ascii_digit()) {
-        return t.parse().map(Duration::from_secs).map_err(|_| too_large());
-    }
-    let mut total: u64 = 0;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(format!("{t:?} is not like 30s, 10m, 7d or 1h30m"));
-        }
-        let (number, after) = rest.split_at(digits);
-        let unit_len = after
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(after.len());
-        let (unit, next) = after.split_at(unit_len);
-        let factor: u64 = match unit {
-            "s" => 1,
-            "m" => 60,
-            "h" => 3_600,
-            "d" => 86_400,
-            _ => return Err(format!("unknown unit {unit:?} in {t:?} (use s, m, h or d)")),
-        };
-        let value: u64 = number.parse().map_err(|_| too_large())?;
-        total = value
-            .checked_mul(factor)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(too_large)?;
-        rest = next;
-    }
-    Ok(Duration::from_secs(total))
+    protocol::units::parse_duration(text).map_err(|e| e.to_string())
 }
 
 fn default_heartbeat_ms() -> u64 {
@@ -350,17 +317,6 @@ fn default_idle_percent() -> u32 {
 
 fn default_idle_window_secs() -> u64 {
     600
-}
-
-/// How an environment variable's text becomes a TOML value.
-#[derive(Clone, Copy)]
-enum EnvKind {
-    Text,
-    Integer,
-    /// Comma-separated `host:port` list.
-    List,
-    /// Comma-separated `key=value` pairs.
-    Pairs,
 }
 
 /// Options the environment may set, as TOML paths: `MERIDIAN_` + the path in upper case joined by `_`
@@ -391,67 +347,7 @@ const ENV_KEYS: &[(&str, EnvKind)] = &[
     ("tls.key", EnvKind::Text),
 ];
 
-/// The environment variable of a TOML path.
-pub fn env_name(path: &str) -> String {
-    format!("MERIDIAN_{}", path.replace('.', "_").to_uppercase())
-}
-
-/// The `MERIDIAN_*` variables of this process.
-pub fn process_env() -> BTreeMap<String, String> {
-    std::env::vars()
-        .filter(|(k, _)| k.starts_with("MERIDIAN_"))
-        .collect()
-}
-
-fn env_value(kind: EnvKind, raw: &str) -> Result<toml::Value, String> {
-    let items = || {
-        raw.split(',')
-            .map(str::trim)
-            .filter(|item| !item.is_empty())
-    };
-    Ok(match kind {
-        EnvKind::Text => toml::Value::String(raw.to_owned()),
-        EnvKind::Integer => toml::Value::Integer(
-            raw.trim()
-                .parse()
-                .map_err(|_| format!("{raw:?} is not a whole number"))?,
-        ),
-        EnvKind::List => toml::Value::Array(
-            items()
-                .map(|item| toml::Value::String(item.to_owned()))
-                .collect(),
-        ),
-        EnvKind::Pairs => {
-            let mut table = toml::Table::new();
-            for item in items() {
-                let (k, v) = item
-                    .split_once('=')
-                    .ok_or_else(|| format!("{item:?} is not key=value"))?;
-                table.insert(
-                    k.trim().to_owned(),
-                    toml::Value::String(v.trim().to_owned()),
-                );
-            }
-            toml::Value::Table(table)
-        }
-    })
-}
-
-/// Sets `path` (dotted) in `doc`, creating tables on the way.
-fn set_path(doc: &mut toml::Table, path: &str, value: toml::Value) -> Result<(), String> {
-    let mut parts: Vec<&str> = path.split('.').collect();
-    let last = parts.pop().ok_or_else(|| "empty path".to_owned())?;
-    let mut table = doc;
-    for part in parts {
-        table = table
-            .entry(part.to_owned())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .ok_or_else(|| format!("{part} is not a table in the file"))?;
-    }
-    table.insert(last.to_owned(), value);
-    Ok(())
-}
+pub use meridian_config::process_env;
 
 impl AgentConfig {
     /// Reads the file, applies the `MERIDIAN_*` overrides found in `env`, validates.
@@ -473,18 +369,10 @@ impl AgentConfig {
             path: path.into(),
             message,
         };
-        let mut doc: toml::Table = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
-        for (key, kind) in ENV_KEYS {
-            let name = env_name(key);
-            if let Some(raw) = env.get(&name) {
-                let value = env_value(*kind, raw).map_err(|message| ConfigError::Env {
-                    name: name.clone(),
-                    message,
-                })?;
-                set_path(&mut doc, key, value)
-                    .map_err(|message| ConfigError::Env { name, message })?;
-            }
-        }
+        let doc = meridian_config::layered(text, ENV_KEYS, env).map_err(|e| match e {
+            LayerError::File(message) => invalid(message),
+            LayerError::Env { name, message } => ConfigError::Env { name, message },
+        })?;
         let cfg: AgentConfig = toml::Value::Table(doc)
             .try_into()
             .map_err(|e: toml::de::Error| invalid(e.to_string()))?;

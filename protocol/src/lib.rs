@@ -8,6 +8,7 @@ pub mod frame;
 pub mod fuzzing;
 mod redact;
 pub mod rpc;
+pub mod units;
 
 /// The generated types of protobuf package `meridian.v1`: messages, and gRPC clients and servers.
 #[allow(clippy::all, missing_docs)]

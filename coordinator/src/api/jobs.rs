@@ -22,8 +22,8 @@ use crate::state::{
 use super::auth::RequestScope;
 use super::error::{ErrorKind, ServiceError};
 use super::service::{query_u64, unexpected, AdminService, ListPage, PageParams};
-use super::units::{parse_byte_size, parse_cpu_millis, parse_instant_ms, UnitError};
 use protocol::pb;
+use protocol::units::{parse_byte_size, parse_cpu_millis, parse_instant_ms, UnitError};
 
 /// Most GPUs one job may ask for.
 pub(crate) const MAX_GPUS: u64 = 64;

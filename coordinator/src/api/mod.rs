@@ -22,7 +22,6 @@ mod openapi;
 mod rest;
 mod routes;
 mod service;
-mod units;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -56,9 +55,9 @@ use crate::state::ProjectPolicy;
 
 pub use denials::DenialLimits;
 pub use error::ApiError;
-pub use units::{
-    format_bytes, format_rfc3339_ms, parse_byte_size, parse_cpu_millis, parse_duration_secs,
-    parse_instant_ms, UnitError,
+pub use protocol::units::{
+    format_bytes, format_rfc3339_ms, parse_byte_size, parse_cpu_millis, parse_duration,
+    parse_duration_secs, parse_instant_ms, UnitError,
 };
 
 use auth::ClientAddr;

@@ -1,11 +1,18 @@
 //! Parsers for the quantities people type: CPU cores (`0.5`, `2`, `250m`), byte sizes (`512Mi`, `2G`,
 //! `1GiB`), durations (`30s`, `5m`, `1h30m`) and instants (Unix milliseconds or RFC 3339).
 //!
-//! Shared by the admin API (job bodies, usage ranges) and the `meridian` CLI so both accept exactly the same
-//! spellings. Pure functions on text with exact integer arithmetic (no floating point); they never panic on
-//! any input and never read a clock.
+//! Shared by the admin API (job bodies, usage ranges), the `meridian` CLI and the configuration files of
+//! coordinators and agents, so all accept exactly the same spellings: there is one parser of each. Pure
+//! functions on text with exact integer arithmetic (no floating point); they never panic on any input and
+//! never read a clock. RFC 3339 goes through the `time` crate.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::time::Duration;
+
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+use time::OffsetDateTime;
 
 /// Why a quantity could not be parsed; the message says what was expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,11 +117,17 @@ pub fn parse_byte_size(text: &str) -> Result<u64, UnitError> {
     u64::try_from(total / divisor).map_err(|_| UnitError::new(format!("{t:?} is too large")))
 }
 
-/// A duration in whole seconds: `90`, `30s`, `5m`, `2h`, `1d`, or combinations such as `1h30m`.
+/// A duration in whole seconds: `90` (a bare number is seconds), `30s`, `5m`, `2h`, `7d`, or combinations
+/// such as `1h30m` (units `s`, `m`, `h`, `d`, in any order).
+pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
+    parse_duration_secs(text).map(Duration::from_secs)
+}
+
+/// [`parse_duration`] as a number of seconds.
 pub fn parse_duration_secs(text: &str) -> Result<u64, UnitError> {
     let t = text.trim();
     if t.is_empty() {
-        return Err(UnitError::new("empty (use e.g. 30s, 5m, 2h or 1h30m)"));
+        return Err(UnitError::new("empty (use e.g. 30s, 10m, 7d or 1h30m)"));
     }
     if t.bytes().all(|b| b.is_ascii_digit()) {
         return t
@@ -127,7 +140,7 @@ pub fn parse_duration_secs(text: &str) -> Result<u64, UnitError> {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
             return Err(UnitError::new(format!(
-                "{t:?} is not like 30s, 5m, 2h or 1h30m"
+                "{t:?} is not like 30s, 10m, 7d or 1h30m"
             )));
         }
         let (number, after) = rest.split_at(digits);
@@ -158,41 +171,6 @@ pub fn parse_duration_secs(text: &str) -> Result<u64, UnitError> {
     Ok(total)
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let m = i64::from(month);
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// `(year, month, day)` of a day count since 1970-01-01 (the inverse of [`days_from_civil`]).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-fn days_in_month(year: i64, month: u32) -> u32 {
-    match month {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        _ if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        _ => 28,
-    }
-}
-
 /// An instant as Unix milliseconds: either an integer (milliseconds) or RFC 3339
 /// (`2026-11-27T09:30:00Z`, `2026-11-27T10:30:00.250+01:00`; a space may replace the `T`).
 pub fn parse_instant_ms(text: &str) -> Result<u64, UnitError> {
@@ -210,91 +188,26 @@ pub fn parse_instant_ms(text: &str) -> Result<u64, UnitError> {
 }
 
 fn parse_rfc3339_ms(t: &str) -> Option<u64> {
-    let b = t.as_bytes();
-    let num = |range: std::ops::Range<usize>| -> Option<u32> {
-        let s = t.get(range)?;
-        if s.bytes().all(|c| c.is_ascii_digit()) {
-            s.parse().ok()
-        } else {
-            None
-        }
+    // RFC 3339 allows a space for the `T` in its ABNF's note; `time` takes only the letter.
+    let text: Cow<'_, str> = if t.as_bytes().get(10) == Some(&b' ') {
+        Cow::Owned(format!("{}T{}", t.get(..10)?, t.get(11..)?))
+    } else {
+        Cow::Borrowed(t)
     };
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    if !matches!(b[10], b'T' | b't' | b' ') {
-        return None;
-    }
-    let year = i64::from(num(0..4)?);
-    let month = num(5..7)?;
-    let day = num(8..10)?;
-    let hour = num(11..13)?;
-    let minute = num(14..16)?;
-    let second = num(17..19)?;
-    if !(1..=12).contains(&month)
-        || day == 0
-        || day > days_in_month(year, month)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    let mut rest = &t[19..];
-    let mut millis: u64 = 0;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if n == 0 {
-            return None;
-        }
-        let digits = &frac[..n];
-        let first3: String = digits.chars().chain("000".chars()).take(3).collect();
-        millis = first3.parse().ok()?;
-        rest = &frac[n..];
-    }
-    let offset_secs: i64 = match rest {
-        "Z" | "z" => 0,
-        _ => {
-            let ob = rest.as_bytes();
-            if ob.len() != 6 || ob[3] != b':' || !matches!(ob[0], b'+' | b'-') {
-                return None;
-            }
-            let oh: i64 = rest[1..3].parse().ok()?;
-            let om: i64 = rest[4..6].parse().ok()?;
-            if !rest[1..3].bytes().all(|c| c.is_ascii_digit())
-                || !rest[4..6].bytes().all(|c| c.is_ascii_digit())
-                || oh > 23
-                || om > 59
-            {
-                return None;
-            }
-            let sign = if ob[0] == b'-' { -1 } else { 1 };
-            sign * (oh * 3_600 + om * 60)
-        }
-    };
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86_400
-        + i64::from(hour) * 3_600
-        + i64::from(minute) * 60
-        + i64::from(second.min(59))
-        - offset_secs;
-    let secs = u64::try_from(secs).ok()?;
-    secs.checked_mul(1_000)?.checked_add(millis)
+    let at = OffsetDateTime::parse(&text, &Rfc3339).ok()?;
+    let ms = at.unix_timestamp_nanos().div_euclid(1_000_000);
+    u64::try_from(ms).ok()
 }
 
-/// Unix milliseconds as RFC 3339 in UTC with millisecond precision (`2026-11-27T09:30:00.250Z`).
+/// Unix milliseconds as RFC 3339 in UTC with millisecond precision (`2026-11-27T09:30:00.250Z`); an instant
+/// past the year 9999 prints as its milliseconds.
 pub fn format_rfc3339_ms(ms: u64) -> String {
-    let secs = ms / 1_000;
-    let millis = ms % 1_000;
-    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
-    let rem = secs % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3_600,
-        (rem % 3_600) / 60,
-        rem % 60
-    )
+    let format =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|at| at.format(&format).ok())
+        .unwrap_or_else(|| ms.to_string())
 }
 
 /// A byte count for people, in binary units with one decimal (`1.5 GiB`, `512 MiB`, `900 B`).
@@ -426,6 +339,10 @@ mod tests {
         assert_eq!(
             parse_instant_ms("2024-02-29T00:00:00Z"),
             Ok(1_709_164_800_000)
+        );
+        assert_eq!(
+            parse_instant_ms("2023-11-14t22:13:20z"),
+            Ok(1_700_000_000_000)
         );
         for bad in [
             "",
