@@ -103,6 +103,7 @@ pub async fn start(
         keyring: Some(keyring.clone()),
         approve_new_nodes: cfg.fleet.approve_new_nodes,
         clock: coordinator::clock::system(),
+        link_faults: None,
     };
     let (coordinator, handle) = Coordinator::start(opts)
         .await

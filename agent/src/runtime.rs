@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::pb;
-use protocol::rpc::{Method, PeerTable, RpcClient, RpcServer, ServerOptions};
+use protocol::rpc::{LinkFaults, Method, PeerTable, RpcClient, RpcServer, ServerOptions};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -68,6 +68,8 @@ pub struct AgentOptions {
     pub protected_local_ports: Vec<u16>,
     /// Default memory and process limits of jobs.
     pub job_defaults: JobDefaults,
+    /// Faults injected on the agent's calls to the coordinators (partition tests); `None` in production.
+    pub link_faults: Option<Arc<dyn LinkFaults>>,
 }
 
 impl AgentOptions {
@@ -91,6 +93,7 @@ impl AgentOptions {
             sandbox: Some(SandboxOptions::default()),
             protected_local_ports: Vec::new(),
             job_defaults: JobDefaults::default(),
+            link_faults: None,
         }
     }
 }
@@ -224,11 +227,11 @@ pub async fn run(mut opts: AgentOptions, shutdown: CancellationToken) -> Result<
     };
     tracing::info!(%rpc_addr, listen = %server.local_addr(), "agent RPC server ready");
 
-    let link = Arc::new(Link::new(
-        RpcClient::gated(&opts.tls, &[certs::Role::Coordinator], gate.clone())?,
-        name,
-        opts.coordinators.clone(),
-    ));
+    let client = RpcClient::gated(&opts.tls, &[certs::Role::Coordinator], gate.clone())?;
+    if let Some(faults) = opts.link_faults.take() {
+        client.inject_faults(faults)?;
+    }
+    let link = Arc::new(Link::new(client, name, opts.coordinators.clone()));
     let queued = Arc::new(Notify::new());
     let (allocated_tx, allocated_rx) = watch::channel(BTreeSet::new());
     let (idle_tx, idle_rx) = watch::channel(Vec::new());

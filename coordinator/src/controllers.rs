@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::fleet::FleetTimings;
-use crate::node::{Handle, WeakHandle};
+use crate::node::{Handle, RaftTimings, WeakHandle};
 use crate::state::{Actor, Command};
 use crate::upgrade::{probe_members, MemberVersions};
 
@@ -27,6 +27,7 @@ const APPLY_VERSION_TICK: Duration = Duration::from_secs(1);
 
 /// What the controllers are built from.
 pub(crate) struct ControllerConfig {
+    pub(crate) raft: RaftTimings,
     pub(crate) fleet: FleetTimings,
     pub(crate) jobs: JobRetention,
     pub(crate) last_heard: Arc<dyn LastHeard>,
@@ -35,6 +36,12 @@ pub(crate) struct ControllerConfig {
 /// Every controller this coordinator runs.
 pub(crate) fn register_all(runner: &Runner, handle: &Handle, config: ControllerConfig) {
     let fleet = config.fleet;
+    // Renewed every heartbeat, so a leader holding its quorum never sees its lease lapse.
+    runner.spawn_task(keep_lease(
+        handle.downgrade(),
+        Duration::from_millis(config.raft.heartbeat_ms.max(1)),
+        runner.stop.clone(),
+    ));
     runner.spawn(
         handle,
         Dispatcher {
@@ -97,6 +104,22 @@ impl Runner {
         self.stop.cancel();
         self.tracker.close();
         self.tracker.wait().await;
+    }
+}
+
+/// Renews the leader's lease every `every` (see `Handle::leader_term`).
+async fn keep_lease(handle: WeakHandle, every: Duration, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let Some(handle) = handle.upgrade() else {
+            return;
+        };
+        handle.renew_lease().await;
     }
 }
 

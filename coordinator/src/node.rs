@@ -18,7 +18,9 @@ use openraft::error::{
 };
 use openraft::{ChangeMembers, RaftMetrics, ServerState, SnapshotPolicy};
 use protocol::pb;
-use protocol::rpc::{Method, PeerTable, RpcClient, RpcError, RpcServer, ServerOptions, StatusCode};
+use protocol::rpc::{
+    LinkFaults, Method, PeerTable, RpcClient, RpcError, RpcServer, ServerOptions, StatusCode,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -109,6 +111,8 @@ pub struct CoordinatorOptions {
     pub approve_new_nodes: bool,
     /// Where the coordinator reads the time: [`clock::system`](crate::clock::system) outside tests.
     pub clock: Arc<dyn Clock>,
+    /// Faults injected on the links this coordinator calls (partition tests); `None` in production.
+    pub link_faults: Option<Arc<dyn LinkFaults>>,
 }
 
 /// One member as the cluster-status view shows it.
@@ -256,6 +260,11 @@ struct NodeInner {
     /// The leader's controllers (dispatcher, janitor, health monitor).
     controllers: Runner,
     clock: Arc<dyn Clock>,
+    /// The term this node leads in and when a quorum last confirmed it (see [`Handle::leader_term`]).
+    lease: Mutex<Option<(u64, Instant)>>,
+    /// How long a confirmation lasts: the shortest election timeout, after which a majority elsewhere may
+    /// have chosen another leader.
+    lease_for: Duration,
     /// When each node was last heard from (soft state kept by the agent RPCs).
     last_heard: Arc<dyn LastHeard>,
     store_closed: Mutex<Option<StoreClosed>>,
@@ -357,6 +366,12 @@ impl Coordinator {
             .map_err(|e| StartError::Network(e.to_string()))?;
         let agent_client = RpcClient::gated(&opts.tls, &[certs::Role::Agent], client_gate)
             .map_err(|e| StartError::Network(e.to_string()))?;
+        if let Some(faults) = &opts.link_faults {
+            for c in [&client, &agent_client] {
+                c.inject_faults(faults.clone())
+                    .map_err(|e| StartError::Network(e.to_string()))?;
+            }
+        }
         // A peer that was down is retried at least once per minimum election timeout, so a restarted member
         // hears from the leader before its own election timer (lease + timeout) runs out.
         let network = NetworkFactory::new(
@@ -432,6 +447,8 @@ impl Coordinator {
                 deny_watch_task: Mutex::new(Some(deny_watch_task)),
                 controllers: Runner::default(),
                 clock: opts.clock,
+                lease: Mutex::new(None),
+                lease_for: Duration::from_millis(opts.timings.election_min_ms),
                 last_heard: fleet.last_heard(),
                 store_closed: Mutex::new(Some(store_closed)),
             }),
@@ -444,6 +461,7 @@ impl Coordinator {
                 fleet: opts.fleet,
                 jobs: opts.jobs,
                 last_heard: handle.inner.last_heard.clone(),
+                raft: opts.timings,
             },
         );
 
@@ -938,12 +956,65 @@ impl Handle {
         }
     }
 
-    /// The current term when this node believes it is the leader.
+    /// The current term while this node leads: Raft made it leader and a quorum confirmed that within the
+    /// lease (the shortest election timeout). A leader cut off from the majority stops acting as one when
+    /// its lease runs out — its controllers pause and agents are sent elsewhere — even before it learns of
+    /// the new term. Winning the election counts as the first confirmation; [`Handle::renew_lease`]
+    /// renews it.
     pub(crate) fn leader_term(&self) -> Option<u64> {
-        let metrics = self.inner.raft.metrics();
-        let m = metrics.borrow();
-        (m.state == ServerState::Leader && m.current_leader == Some(self.inner.id))
-            .then_some(m.current_term)
+        let term = {
+            let metrics = self.inner.raft.metrics();
+            let m = metrics.borrow();
+            (m.state == ServerState::Leader && m.current_leader == Some(self.inner.id))
+                .then_some(m.current_term)?
+        };
+        let mut lease = self
+            .inner
+            .lease
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match *lease {
+            Some((t, confirmed)) if t == term => {
+                (confirmed.elapsed() < self.inner.lease_for).then_some(term)
+            }
+            _ => {
+                *lease = Some((term, Instant::now()));
+                Some(term)
+            }
+        }
+    }
+
+    /// Whether this node acts as the leader now (see [`Handle::leader_term`]).
+    pub fn leads(&self) -> bool {
+        self.leader_term().is_some()
+    }
+
+    /// On the leader, asks a quorum to confirm the leadership and renews the lease when it does (the
+    /// lease counts from before the question). Does nothing on a follower.
+    pub(crate) async fn renew_lease(&self) {
+        let term = {
+            let metrics = self.inner.raft.metrics();
+            let m = metrics.borrow();
+            if m.state != ServerState::Leader {
+                return;
+            }
+            m.current_term
+        };
+        let asked = Instant::now();
+        let confirmed =
+            tokio::time::timeout(self.inner.lease_for, self.inner.raft.get_read_log_id())
+                .await
+                .is_ok_and(|r| r.is_ok());
+        if confirmed {
+            let mut lease = self
+                .inner
+                .lease
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if lease.is_none_or(|(t, at)| t < term || (t == term && at < asked)) {
+                *lease = Some((term, asked));
+            }
+        }
     }
 
     /// `FAILED_PRECONDITION` naming the leader's QUIC address (when known) unless this node leads.
@@ -953,12 +1024,16 @@ impl Handle {
         }
         let metrics = self.inner.raft.metrics();
         let m = metrics.borrow();
-        let leader_addr = m.current_leader.and_then(|id| {
-            m.membership_config
-                .membership()
-                .get_node(&id)
-                .map(|n| n.raft_addr.clone())
-        });
+        // A leader whose lease ran out does not send agents back to itself.
+        let leader_addr = m
+            .current_leader
+            .filter(|id| *id != self.inner.id)
+            .and_then(|id| {
+                m.membership_config
+                    .membership()
+                    .get_node(&id)
+                    .map(|n| n.raft_addr.clone())
+            });
         Err(protocol::rpc::RpcStatus::failed_precondition(
             match leader_addr {
                 Some(addr) => format!("not the leader; leader at {addr}"),
@@ -1040,8 +1115,10 @@ impl Handle {
         }
     }
 
-    /// Forms a new cluster from `members` unless this node was initialized before.
-    async fn bootstrap(&self, members: BTreeMap<NodeId, MemberNode>) -> Result<(), StartError> {
+    /// Forms a new cluster from `members` unless this node was initialized before (what
+    /// [`CoordinatorOptions::bootstrap`] does at start; tests call it once every member has bound its
+    /// port).
+    pub async fn bootstrap(&self, members: BTreeMap<NodeId, MemberNode>) -> Result<(), StartError> {
         let raft = &self.inner.raft;
         let initialized = raft
             .is_initialized()

@@ -63,6 +63,7 @@ async fn start_member(
         keyring: None,
         approve_new_nodes: false,
         clock: coordinator::clock::system(),
+        link_faults: None,
     })
     .await?;
     let api = AdminApi::bind(AdminApiOptions {

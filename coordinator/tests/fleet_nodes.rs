@@ -106,6 +106,7 @@ async fn start_on(
         keyring: Some(keyring.clone()),
         approve_new_nodes,
         clock,
+        link_faults: None,
     })
     .await
     .context("starting the coordinator")?;
@@ -951,6 +952,122 @@ async fn an_agent_refuses_a_denied_coordinator() -> anyhow::Result<()> {
     honest
         .call(&node.rpc_addr, Method::Ping, bytes::Bytes::new(), call)
         .await?;
+    stop.cancel();
+    task.await??;
+    fx.coordinator.shutdown().await;
+    Ok(())
+}
+
+/// An agent cut off from the coordinators keeps its job running; once the link heals, it reports the end
+/// exactly once. The coordinator's clock stands still, so the silence never makes the node Unreachable:
+/// what is tested is the agent riding out the cut, not the health monitor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cut_off_from_the_coordinators_keeps_its_job_and_reports_once_after(
+) -> anyhow::Result<()> {
+    use coordinator::state::{Actor, Command, JobSpec, JobState, Op};
+    use protocol::rpc::Partitions;
+
+    let clock = std::sync::Arc::new(ManualClock::new(
+        coordinator::clock::SystemClock::new().unix_ms(),
+    ));
+    let fx = start_on(true, clock, FAST_FLEET).await?;
+    let token = coordinator::crypto::generate_token(&mut rand::rngs::OsRng).token;
+    coordinator::bootstrap::propose(&fx.handle, &fx.keyring, &token).await?;
+    let project = fx
+        .handle
+        .read(|s| s.default_project_id().map(String::from))
+        .context("default project")?;
+
+    let net = Partitions::new();
+    net.register("c1", &fx.handle.raft_addr().to_string());
+    let agent_dir = fx.dir.path().join("agent");
+    std::fs::create_dir_all(&agent_dir)?;
+    let stop = CancellationToken::new();
+    let opts = agent::AgentOptions {
+        heartbeat: Duration::from_millis(100),
+        // Unisolated: this test is about the link, and must run without the privileges a sandbox needs.
+        sandbox: None,
+        link_faults: Some(net.view("agent")),
+        ..agent::AgentOptions::new(
+            vec![fx.handle.raft_addr().to_string()],
+            agent_tls(&fx.ca, "eu", "eu1", "eu-a1")?,
+            agent_dir,
+        )
+    };
+    let task = tokio::spawn(agent::run(opts, stop.clone()));
+    if let Err(e) = wait_node(&fx.handle, "ready", |n| n.health == NodeHealthState::Ready).await {
+        if task.is_finished() {
+            task.await??;
+        }
+        return Err(e);
+    }
+
+    let work = fx.dir.path().join("work");
+    std::fs::create_dir_all(&work)?;
+    let (release, finished) = (work.join("release"), work.join("finished"));
+    let script = format!(
+        "while [ ! -e {r} ]; do sleep 0.05; done; echo done > {f}",
+        r = release.display(),
+        f = finished.display()
+    );
+    let mut spec = JobSpec::new("sh");
+    spec.args = vec!["-c".into(), script];
+    fx.handle
+        .write(Command::new(
+            fx.handle.now_ms(),
+            Actor::system(),
+            Op::SubmitJob {
+                principal_id: None,
+                id: "job_rides_out".into(),
+                project_id: project.clone(),
+                spec,
+            },
+        ))
+        .await?;
+    wait_job(&fx.handle, &project, "job_rides_out", |j| {
+        j.state == JobState::Running
+    })
+    .await?;
+
+    // Cut off, the job runs on to its end; the coordinator cannot hear of it.
+    net.cut(&["agent"], &["c1"]);
+    std::fs::write(&release, b"go")?;
+    eventually("the job finishing while its agent is cut off", || {
+        finished.exists()
+    })
+    .await?;
+    let seen = fx.handle.read(|s| {
+        (
+            s.job(&project, "job_rides_out").map(|j| j.state),
+            s.audit_records().last().map_or(0, |r| r.seq),
+        )
+    });
+    assert_eq!(
+        seen.0,
+        Some(JobState::Running),
+        "the coordinator heard through the cut"
+    );
+    let cut_at_seq = seen.1;
+
+    net.heal();
+    let done = wait_job(&fx.handle, &project, "job_rides_out", |j| {
+        j.state == JobState::Succeeded
+    })
+    .await?;
+    assert_eq!(done.attempts.len(), 1, "the job ran more than once");
+    // Every report after the heal: the exit was accepted once and nothing was stale or repeated.
+    let reports: Vec<String> = fx.handle.read(|s| {
+        s.audit_records()
+            .iter()
+            .filter(|r| r.seq > cut_at_seq && r.action == "job.report")
+            .map(|r| r.detail.clone())
+            .collect()
+    });
+    assert_eq!(
+        reports,
+        vec!["accepted=1 stale=0".to_string()],
+        "{reports:?}"
+    );
     stop.cancel();
     task.await??;
     fx.coordinator.shutdown().await;

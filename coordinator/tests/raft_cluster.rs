@@ -4,8 +4,9 @@
 //! The scenarios run one at a time (they share the machine's cores, and Raft timing suffers under load).
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -13,6 +14,7 @@ use certs::{CertificateAuthority, Identity, LeafRequest, TlsIdentity};
 use coordinator::node::{RaftTimings, ReadError};
 use coordinator::state::{Actor, AuditOutcome, Command, Op, Outcome, APPLY_VERSION};
 use coordinator::{Coordinator, CoordinatorOptions, Handle, MemberNode, NodeId};
+use protocol::rpc::Partitions;
 use tempfile::TempDir;
 use tokio::sync::Mutex;
 
@@ -28,12 +30,6 @@ fn timings() -> RaftTimings {
         election_min_ms: 800,
         election_max_ms: 1600,
     }
-}
-
-/// A free loopback UDP address (bound and released; nothing else on the machine races for it).
-fn free_addr() -> Result<SocketAddr> {
-    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
-    Ok(socket.local_addr()?)
 }
 
 /// A write with a visible effect: an audit record whose target names the write.
@@ -72,6 +68,8 @@ struct Cluster {
     root: TempDir,
     snapshot_every: u64,
     nodes: BTreeMap<NodeId, Node>,
+    /// The links between the members, which tests may cut.
+    net: Arc<Partitions>,
 }
 
 impl Cluster {
@@ -82,33 +80,19 @@ impl Cluster {
             root: tempfile::tempdir()?,
             snapshot_every,
             nodes: BTreeMap::new(),
+            net: Partitions::new(),
         })
     }
 
-    /// Starts `ids` as the voters of a new group (every one bootstraps with the same voter map).
+    /// Starts `ids` on ports of their own choosing, then forms a group of them as voters.
     async fn bootstrap(snapshot_every: u64, ids: &[NodeId]) -> Result<Self> {
         let mut cluster = Self::new(snapshot_every)?;
         let mut voters = BTreeMap::new();
         for &id in ids {
-            let member = MemberNode {
-                name: format!("c{id}"),
-                raft_addr: free_addr()?.to_string(),
-                admin_addr: "127.0.0.1:0".to_string(),
-            };
-            voters.insert(id, member.clone());
-            let dir = cluster.root.path().join(format!("c{id}"));
-            cluster.nodes.insert(
-                id,
-                Node {
-                    dir,
-                    member,
-                    running: None,
-                },
-            );
+            voters.insert(id, cluster.start_new(id).await?);
         }
-        for &id in ids {
-            cluster.start(id, Some(voters.clone())).await?;
-        }
+        let first = *ids.first().ok_or_else(|| anyhow!("no voters"))?;
+        cluster.handle(first)?.bootstrap(voters).await?;
         Ok(cluster)
     }
 
@@ -158,6 +142,7 @@ impl Cluster {
     ) -> Result<()> {
         let node = self.nodes.get(&id).ok_or_else(|| anyhow!("no node {id}"))?;
         let listen: SocketAddr = node.member.raft_addr.parse()?;
+        let name = node.member.name.clone();
         let opts = CoordinatorOptions {
             node_id: id,
             name: node.member.name.clone(),
@@ -173,10 +158,12 @@ impl Cluster {
             keyring: None,
             approve_new_nodes: false,
             clock: coordinator::clock::system(),
+            link_faults: Some(self.net.view(name.clone())),
         };
         let running = Coordinator::start(opts)
             .await
             .with_context(|| format!("starting node {id}"))?;
+        self.net.register(&name, &running.1.raft_addr().to_string());
         if let Some(node) = self.nodes.get_mut(&id) {
             node.running = Some(running);
         }
@@ -711,5 +698,181 @@ async fn concurrent_writes_share_log_entries_and_keep_their_own_outcomes() -> Re
         .map(|(_, h)| h.read(|s| s.to_bytes()))
         .collect();
     ensure!(bytes.windows(2).all(|w| w[0] == w[1]), "replicas differ");
+    cluster.shutdown_all().await
+}
+
+/// Polls `condition` every 20 ms until it holds, for at most [`DEADLINE`].
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !condition() {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{what} never happened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+fn name_of(id: NodeId) -> String {
+    format!("c{id}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_into_the_minority_steps_down_and_no_acknowledged_write_is_lost(
+) -> Result<()> {
+    let _one = ONE_SCENARIO_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::bootstrap(1_000, &[1, 2, 3]).await?;
+    let old = cluster.agreed_leader(None).await?;
+    let mut acknowledged = Vec::new();
+    for (id, handle) in cluster.running() {
+        let target = format!("before-{id}");
+        write_audited(&handle, &target).await?;
+        acknowledged.push(target);
+    }
+    let majority: Vec<NodeId> = [1, 2, 3].into_iter().filter(|id| *id != old).collect();
+    let majority_names: Vec<String> = majority.iter().map(|id| name_of(*id)).collect();
+    let majority_refs: Vec<&str> = majority_names.iter().map(String::as_str).collect();
+    cluster.net.cut(&[name_of(old).as_str()], &majority_refs);
+
+    // The majority elects a leader of its own and keeps acknowledging writes.
+    let mut new = None;
+    for id in &majority {
+        let status = cluster
+            .handle(*id)?
+            .wait_for(
+                |s| s.leader.is_some_and(|l| l != old) && s.state != "candidate",
+                DEADLINE,
+            )
+            .await?;
+        new = status.leader;
+    }
+    let new = new.ok_or_else(|| anyhow!("no new leader"))?;
+    let new_handle = cluster.handle(new)?;
+    write_audited(&new_handle, "during-partition").await?;
+    acknowledged.push("during-partition".to_string());
+
+    // The old leader stops acting as one once its lease runs out, without hearing of the new term.
+    let old_handle = cluster.handle(old)?;
+    eventually("the cut-off leader stepping down", || !old_handle.leads()).await?;
+    // What it is asked meanwhile is never acknowledged.
+    let lost = tokio::time::timeout(
+        Duration::from_secs(2),
+        old_handle.write(audit_write("minority-write")),
+    )
+    .await;
+    ensure!(
+        !matches!(lost, Ok(Ok(_))),
+        "the minority acknowledged a write: {lost:?}"
+    );
+
+    cluster.net.heal();
+    // Healed, the old leader hears of the newer term and follows.
+    old_handle
+        .wait_for(|s| s.state != "leader" && s.leader.is_some(), DEADLINE)
+        .await?;
+    let leader = cluster.agreed_leader(None).await?;
+    write_audited(&cluster.handle(leader)?, "after-heal").await?;
+    acknowledged.push("after-heal".to_string());
+    cluster.converge_on(leader).await?;
+    let leader_bytes = cluster.handle(leader)?.read(|s| s.to_bytes());
+    for (id, handle) in cluster.running() {
+        assert_has_all(&handle, &acknowledged)?;
+        ensure!(
+            !audit_targets(&handle).contains(&"minority-write".to_string()),
+            "node {id} applied the write only the cut-off leader took"
+        );
+        ensure!(
+            handle.read(|s| s.to_bytes()) == leader_bytes,
+            "node {id} did not converge on the leader's state"
+        );
+    }
+    cluster.shutdown_all().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forwarded_write_whose_answer_is_lost_applies_exactly_once() -> Result<()> {
+    let _one = ONE_SCENARIO_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::bootstrap(1_000, &[1, 2, 3]).await?;
+    let leader = cluster.agreed_leader(None).await?;
+    let follower = [1, 2, 3]
+        .into_iter()
+        .find(|id| *id != leader)
+        .ok_or_else(|| anyhow!("no follower"))?;
+    // The follower's calls reach the leader, but every answer is lost on the way back.
+    cluster.net.set_one_way(
+        &name_of(follower),
+        &name_of(leader),
+        protocol::rpc::Fault::LoseAnswer,
+    );
+    let mut cmd = audit_write("once");
+    cmd.request_id = Some("req_exactly_once".to_string());
+    let unanswered = cluster.handle(follower)?.write(cmd.clone()).await;
+    ensure!(
+        unanswered.is_err(),
+        "a write whose answers were all lost was acknowledged: {unanswered:?}"
+    );
+    // It was applied all the same; sent again with its request id, it answers its first outcome.
+    let leader_handle = cluster.handle(leader)?;
+    eventually("the unanswered write applying on the leader", || {
+        audit_targets(&leader_handle).contains(&"once".to_string())
+    })
+    .await?;
+    cluster.net.heal();
+    let again = cluster.handle(follower)?.write(cmd).await?;
+    let Outcome::Audited { seq } = again else {
+        bail!("unexpected outcome {again:?}");
+    };
+    let records: Vec<u64> = leader_handle.read(|s| {
+        s.audit_records()
+            .iter()
+            .filter(|r| r.target == "once")
+            .map(|r| r.seq)
+            .collect()
+    });
+    ensure!(
+        records == vec![seq],
+        "applied as {records:?}, answered {seq}"
+    );
+    cluster.shutdown_all().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_cut_off_while_writes_go_on_catches_up_when_the_partition_heals() -> Result<()> {
+    let _one = ONE_SCENARIO_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::bootstrap(1_000, &[1, 2, 3]).await?;
+    let leader = cluster.agreed_leader(None).await?;
+    let follower = [1, 2, 3]
+        .into_iter()
+        .find(|id| *id != leader)
+        .ok_or_else(|| anyhow!("no follower"))?;
+    let others: Vec<String> = [1, 2, 3]
+        .into_iter()
+        .filter(|id| *id != follower)
+        .map(name_of)
+        .collect();
+    let others: Vec<&str> = others.iter().map(String::as_str).collect();
+    cluster.net.cut(&[name_of(follower).as_str()], &others);
+    let leader_handle = cluster.handle(leader)?;
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let target = format!("while-cut-{i}");
+        write_audited(&leader_handle, &target).await?;
+        acknowledged.push(target);
+    }
+    let missing = audit_targets(&cluster.handle(follower)?);
+    ensure!(
+        !acknowledged.iter().any(|t| missing.contains(t)),
+        "the cut-off follower received writes"
+    );
+    cluster.net.heal();
+    let leader = cluster.agreed_leader(None).await?;
+    cluster.converge_on(leader).await?;
+    let follower_handle = cluster.handle(follower)?;
+    assert_has_all(&follower_handle, &acknowledged)?;
+    ensure!(
+        follower_handle.read(|s| s.to_bytes()) == cluster.handle(leader)?.read(|s| s.to_bytes()),
+        "the healed follower's state differs from the leader's"
+    );
     cluster.shutdown_all().await
 }

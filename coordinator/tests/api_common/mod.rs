@@ -99,6 +99,7 @@ pub async fn start_with(setup: Setup) -> anyhow::Result<TestApi> {
         keyring: None,
         approve_new_nodes: false,
         clock: coordinator::clock::system(),
+        link_faults: None,
     })
     .await
     .context("starting the coordinator")?;

@@ -15,6 +15,7 @@ use certs::{Identity, Role, TlsIdentity};
 use tracing::debug;
 
 use super::envelope::{decode_response, encode_request};
+use super::faults::{Fault, LinkFaults};
 use super::peer::{self, AdmitAll, PeerCertificate, PeerGate};
 use super::transport::{self, SetupError, TransportSettings};
 use super::{
@@ -67,6 +68,8 @@ struct ClientInner {
     max_frame: usize,
     /// One slot per address; the async lock makes concurrent first calls share one handshake.
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    /// Faults injected on this client's links (tests only; set at most once).
+    faults: std::sync::OnceLock<Arc<dyn LinkFaults>>,
 }
 
 /// What the client knows about one address.
@@ -137,8 +140,26 @@ impl RpcClient {
                 gate,
                 max_frame: frame::DEFAULT_MAX_FRAME,
                 slots: Mutex::new(HashMap::new()),
+                faults: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Subjects every later call of this client (and its clones) to `faults`. Tests use it to partition,
+    /// slow down or lose calls; it can be set once.
+    pub fn inject_faults(&self, faults: Arc<dyn LinkFaults>) -> Result<(), SetupError> {
+        self.inner
+            .faults
+            .set(faults)
+            .map_err(|_| SetupError::Config("faults were injected already".to_string()))
+    }
+
+    /// What the injected faults (if any) do to a call to `addr`.
+    fn fault(&self, addr: &str, method: Method) -> Fault {
+        self.inner
+            .faults
+            .get()
+            .map_or(Fault::Deliver, |f| f.on_call(addr, method))
     }
 
     /// Calls `method` on the server at `addr` (`host:port`). `timeout` covers the whole call, connecting
@@ -156,6 +177,15 @@ impl RpcClient {
         timeout: Duration,
     ) -> Result<Bytes, RpcError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let lose_answer = match self.fault(addr, method) {
+            Fault::Deliver => false,
+            Fault::Cut => return Err(RpcError::Transport(format!("link to {addr} is cut"))),
+            Fault::Delay(pause) => {
+                tokio::time::sleep_until((tokio::time::Instant::now() + pause).min(deadline)).await;
+                false
+            }
+            Fault::LoseAnswer => true,
+        };
         let cached = self.connection_by(addr, deadline).await?;
         self.still_admitted(addr, &cached)?;
         let received_before = frames_received(&cached.conn);
@@ -163,6 +193,7 @@ impl RpcClient {
         match tokio::time::timeout_at(deadline, self.call_on(&cached, method, body, remaining))
             .await
         {
+            Ok(_) if lose_answer => Err(RpcError::Timeout),
             Ok(result) => result,
             Err(_) => {
                 if frames_received(&cached.conn) == received_before {
@@ -352,6 +383,9 @@ impl RpcClient {
         addr: &str,
         timeout: Duration,
     ) -> Result<Identity, RpcError> {
+        if self.fault(addr, Method::Ping) == Fault::Cut {
+            return Err(RpcError::Transport(format!("link to {addr} is cut")));
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         self.connection_by(addr, deadline)
             .await

@@ -9,6 +9,7 @@
 
 mod client;
 mod envelope;
+mod faults;
 mod method;
 mod peer;
 mod server;
@@ -23,6 +24,7 @@ use futures::future::BoxFuture;
 
 pub use client::RpcClient;
 pub(crate) use envelope::{decode_request, decode_response};
+pub use faults::{Fault, LinkFaults, Partitions};
 pub use method::{allowed_roles, authorize, ensure_speaks_for_node, Method, UnknownMethod};
 pub use peer::{AdmitAll, PeerCertificate, PeerGate, PeerTable};
 pub use server::{RpcServer, ServerOptions};
