@@ -47,6 +47,9 @@ pub(crate) struct FleetGauges {
     pub(crate) gpus: BTreeMap<String, (u64, u64)>,
     /// Nodes an operator drained.
     pub(crate) draining: u64,
+    /// The registry's machine-traffic counters, `(action, outcome)` → count (see
+    /// `RegistryState::machine_counters`).
+    pub(crate) machine: BTreeMap<(String, String), u64>,
 }
 
 impl FleetGauges {
@@ -64,6 +67,11 @@ impl FleetGauges {
         }
         for job in state.jobs.values() {
             *g.jobs.entry(job.state.as_str()).or_insert(0) += 1;
+        }
+        for (name, n) in &state.machine_counters {
+            let (action, outcome) = name.split_once('/').unwrap_or((name.as_str(), ""));
+            g.machine
+                .insert((action.to_owned(), outcome.to_owned()), *n);
         }
         for node in state.nodes() {
             *g.nodes.entry(node.health.as_str()).or_insert(0) += 1;
@@ -225,6 +233,18 @@ fn render_fleet(out: &mut String, fleet: &FleetGauges) {
     );
     out.push_str("# TYPE meridian_nodes_draining gauge\n");
     let _ = writeln!(out, "meridian_nodes_draining {}", fleet.draining);
+    out.push_str(
+        "# HELP meridian_registry_machine_commands_total Machine traffic the registry applied (placements, agent reports and their events, idle GPUs, health changes), by action and outcome.\n",
+    );
+    out.push_str("# TYPE meridian_registry_machine_commands_total counter\n");
+    for ((action, outcome), n) in &fleet.machine {
+        let _ = writeln!(
+            out,
+            "meridian_registry_machine_commands_total{{action=\"{}\",outcome=\"{}\"}} {n}",
+            escape(action),
+            escape(outcome)
+        );
+    }
     out.push_str("# HELP meridian_node_gpus GPUs of a node.\n");
     out.push_str("# TYPE meridian_node_gpus gauge\n");
     for (node, (gpus, _)) in &fleet.gpus {
@@ -303,6 +323,29 @@ mod tests {
         assert!(text.contains("meridian_raft_applied_index{node_id=\"1\"} 42"));
         assert!(text.contains("meridian_raft_is_leader{node_id=\"1\"} 1"));
         assert!(text.contains("meridian_raft_leader_id{node_id=\"1\"} 1"));
+    }
+
+    #[test]
+    fn machine_traffic_counters_render_by_action_and_outcome() {
+        let mut state = RegistryState::default();
+        state
+            .machine_counters
+            .insert("job.report/applied".into(), 5);
+        state.machine_counters.insert("job.event/stale".into(), 2);
+        let fleet = FleetGauges::of(&state);
+        let text = ApiMetrics::default().render(&status(), &fleet);
+        assert!(
+            text.contains(
+                "meridian_registry_machine_commands_total{action=\"job.report\",outcome=\"applied\"} 5"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "meridian_registry_machine_commands_total{action=\"job.event\",outcome=\"stale\"} 2"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -86,7 +86,9 @@ pub struct Command {
 /// - 0: the original semantics.
 /// - 1: command time is monotonic: a command stamped before the last applied one is applied at that one's
 ///   time (a new leader's clock may be behind), which canary windows, cooldowns and schedules rely on.
-pub const APPLY_VERSION: u32 = 1;
+/// - 2: machine traffic (placements, agent reports, idle GPUs, health changes not made by a principal) is
+///   counted in `machine_counters` instead of recorded in the audit log.
+pub const APPLY_VERSION: u32 = 2;
 
 impl Command {
     /// The apply version this command needs a build to know (`SetApplyVersion`, also inside a batch);
@@ -554,6 +556,24 @@ pub struct RegistryState {
     /// The time of the last applied command, kept from apply version 1 on (commands never go back in time).
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub last_command_ms: u64,
+    /// From apply version 2 on, machine traffic is counted here instead of recorded in the audit log
+    /// (see [`is_machine_traffic`]): `ACTION/applied`, `ACTION/refused`, `job.event/accepted|stale`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub machine_counters: BTreeMap<String, u64>,
+}
+
+/// Whether a command is machine traffic — placements, agent reports, idle GPUs, health changes, proposed
+/// by the coordinators or an agent, not a principal — which from apply version 2 on is counted rather
+/// than recorded in the audit log, so the log keeps what people did.
+pub fn is_machine_traffic(cmd: &Command) -> bool {
+    cmd.actor.principal_id.is_none()
+        && matches!(
+            cmd.op,
+            Op::PlaceJobs { .. }
+                | Op::ReportJobEvents { .. }
+                | Op::SetIdleGpus { .. }
+                | Op::SetNodeHealth { .. }
+        )
 }
 
 fn is_zero_u32(n: &u32) -> bool {
@@ -767,6 +787,10 @@ impl RegistryState {
             .check_actor(cmd, at)
             .and_then(|()| self.check_grant(cmd))
             .and_then(|()| self.execute(cmd, at));
+        if self.apply_version >= 2 && is_machine_traffic(cmd) {
+            self.count_machine_traffic(&subject.action, &result);
+            return result.map(|applied| applied.outcome);
+        }
         match result {
             Ok(applied) => {
                 self.append_audit(cmd, at, &subject, AuditOutcome::Success, applied.detail);
@@ -953,6 +977,34 @@ impl RegistryState {
             Op::ReplaceDataKeys { keys, secrets } => self.replace_data_keys(keys, secrets),
             Op::SetApplyVersion { version } => self.set_apply_version(cmd, *version, at),
         }
+    }
+
+    /// Counts a machine command (see [`is_machine_traffic`]) instead of recording it in the audit log:
+    /// `ACTION/applied` or `ACTION/refused`, and for agent reports the events accepted and stale.
+    fn count_machine_traffic(&mut self, action: &str, result: &Result<Applied, DomainError>) {
+        let mut bump = |name: String, by: u64| {
+            if by > 0 {
+                let counter = self.machine_counters.entry(name).or_insert(0);
+                *counter = counter.saturating_add(by);
+            }
+        };
+        match result {
+            Ok(applied) => {
+                bump(format!("{action}/applied"), 1);
+                if let Outcome::JobEvents { acks } = &applied.outcome {
+                    let accepted = acks.iter().filter(|a| a.accepted).count() as u64;
+                    bump("job.event/accepted".to_owned(), accepted);
+                    bump("job.event/stale".to_owned(), acks.len() as u64 - accepted);
+                }
+            }
+            Err(_) => bump(format!("{action}/refused"), 1),
+        }
+    }
+
+    /// A counter of machine traffic (see [`is_machine_traffic`]), e.g. `job.report/applied`; 0 before apply
+    /// version 2.
+    pub fn machine_counter(&self, name: &str) -> u64 {
+        self.machine_counters.get(name).copied().unwrap_or(0)
     }
 
     /// Moves the apply version forward (see [`APPLY_VERSION`]).

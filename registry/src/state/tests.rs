@@ -2184,3 +2184,45 @@ fn a_command_says_which_apply_version_it_needs_also_inside_a_batch() {
     );
     assert_eq!(batch.apply_version_needed(), Some(7));
 }
+
+#[test]
+fn from_version_2_machine_traffic_is_counted_and_what_principals_do_is_still_audited() {
+    let mut s = bootstrapped();
+    run_at(
+        &mut s,
+        T0 + 1,
+        Actor::system(),
+        Op::SetApplyVersion { version: 2 },
+    )
+    .expect("v2");
+    let audited = s.audit.len();
+    let placed = run_at(
+        &mut s,
+        T0 + 2,
+        Actor::system(),
+        Op::PlaceJobs {
+            placements: Vec::new(),
+        },
+    );
+    assert!(placed.is_ok(), "{placed:?}");
+    let refused = run_at(
+        &mut s,
+        T0 + 3,
+        Actor::system(),
+        Op::SetNodeHealth {
+            key: "eu/eu1/none".into(),
+            health: NodeHealthState::Lost,
+            lease_epoch: 1,
+        },
+    );
+    assert!(refused.is_err());
+    assert_eq!(s.audit.len(), audited, "machine traffic was audited");
+    assert_eq!(s.machine_counter("job.place/applied"), 1);
+    assert_eq!(s.machine_counter("node.health/refused"), 1);
+    run_at(&mut s, T0 + 4, admin(), project_op("prj_people")).expect("project");
+    assert_eq!(
+        s.audit.len(),
+        audited + 1,
+        "a principal's change was not audited"
+    );
+}

@@ -77,9 +77,10 @@ fn golden_dir() -> PathBuf {
 }
 
 /// The segments' files, (log, snapshot), oldest first; each log continues the one before it.
-const SEGMENTS: [(&str, &str); 2] = [
+const SEGMENTS: [(&str, &str); 3] = [
     ("registry-log.jsonl", "registry-snapshot.json"),
     ("registry-log-1.jsonl", "registry-snapshot-1.json"),
+    ("registry-log-2.jsonl", "registry-snapshot-2.json"),
 ];
 
 /// One segment as read back.
@@ -100,9 +101,13 @@ fn generate_segment(n: usize, state: RegistryState, last: Option<&Entry>) -> Rec
                 next_index: 0,
             }
         }
-        _ => {
+        1 => {
             let last = last.expect("a later segment continues a log");
             apply_version_1(state, last.index + 1, last.command.at_ms)
+        }
+        _ => {
+            let last = last.expect("a later segment continues a log");
+            apply_version_2(state, last.index + 1, last.command.at_ms)
         }
     }
 }
@@ -163,6 +168,59 @@ fn golden_log() -> Vec<Entry> {
         .into_iter()
         .flat_map(|s| s.entries)
         .collect()
+}
+
+/// The segment that switches on apply version 2: machine traffic after it is counted, not audited (a
+/// health change and an empty placement pass by the system, a report from an agent for a node it does not
+/// hold, refused).
+fn apply_version_2(state: RegistryState, next_index: u64, at: u64) -> Recorder {
+    let (key, lease_epoch) = state
+        .nodes
+        .values()
+        .next()
+        .map(|n| (n.key.clone(), n.lease_epoch))
+        .expect("the first segment registers nodes");
+    let mut rec = Recorder {
+        state,
+        entries: Vec::new(),
+        next_index,
+    };
+    rec.push(Command::new(
+        at + 1_000,
+        Actor::system(),
+        Op::SetApplyVersion { version: 2 },
+    ));
+    rec.push(Command::new(
+        at + 2_000,
+        Actor::system(),
+        Op::SetNodeHealth {
+            key,
+            health: NodeHealthState::Unreachable,
+            lease_epoch,
+        },
+    ));
+    rec.push(Command::new(
+        at + 3_000,
+        Actor::system(),
+        Op::PlaceJobs {
+            placements: Vec::new(),
+        },
+    ));
+    let agent = Actor {
+        principal_id: None,
+        name: "spiffe://golden.meridian.test/agent/xx/xx1/ghost".into(),
+        key_id: None,
+    };
+    rec.push(Command::new(
+        at + 4_000,
+        agent,
+        Op::ReportJobEvents {
+            node: "xx/xx1/ghost".into(),
+            lease_epoch: 1,
+            events: Vec::new(),
+        },
+    ));
+    rec
 }
 
 /// The segment that switches on apply version 1: the switch, then a command stamped before the one
@@ -502,10 +560,28 @@ fn every_golden_command_serializes_as_it_was_written() {
 }
 
 #[test]
+fn apply_version_2_counts_machine_traffic_instead_of_auditing_it_in_the_golden_log() {
+    let mut state = RegistryState::default();
+    let segments = golden_segments();
+    for entry in segments.iter().flat_map(|s| &s.entries) {
+        let _ = state.apply(entry.index, &entry.command);
+    }
+    assert_eq!(state.apply_version, 2);
+    let last = state.audit.last().expect("audit");
+    assert_eq!(
+        last.action, "cluster.apply_version",
+        "machine traffic reached the audit log"
+    );
+    assert_eq!(state.machine_counter("node.health/applied"), 1);
+    assert_eq!(state.machine_counter("job.place/applied"), 1);
+    assert_eq!(state.machine_counter("job.report/refused"), 1);
+}
+
+#[test]
 fn apply_version_1_makes_command_time_monotonic_in_the_golden_log() {
     let segments = golden_segments();
-    let [v0, v1] = segments.as_slice() else {
-        panic!("expected two golden segments");
+    let [v0, v1, ..] = segments.as_slice() else {
+        panic!("expected the golden segments");
     };
     let mut state = RegistryState::default();
     for entry in v0.entries.iter().chain(&v1.entries) {
