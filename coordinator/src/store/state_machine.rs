@@ -134,11 +134,13 @@ async fn save_snapshot(
     Ok(())
 }
 
-/// Builds a snapshot from a copy of the state taken when the builder was created.
+/// Builds a snapshot from a copy of the state taken when the builder was created: the copy is made under
+/// the state's read lock, and serialized after the lock is released, on a blocking thread, so applying
+/// and reading go on while a large state is written out.
 pub(crate) struct SnapshotBuilder {
     db: sled::Db,
     snapshots: sled::Tree,
-    data: Vec<u8>,
+    state: Option<RegistryState>,
     last_applied: Option<LogId<NodeId>>,
     last_membership: StoredMembership<NodeId, MemberNode>,
     _hold: DbHold,
@@ -159,11 +161,18 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.last_membership.clone(),
             snapshot_id,
         };
-        save_snapshot(&self.db, &self.snapshots, &meta, &self.data).await?;
-        tracing::info!(snapshot = %meta, bytes = self.data.len(), "built raft snapshot");
+        let Some(state) = self.state.take() else {
+            let e = std::io::Error::other("a snapshot builder builds one snapshot");
+            return Err(StorageIOError::write_snapshot(Some(meta.signature()), &e).into());
+        };
+        let data = tokio::task::spawn_blocking(move || state.to_bytes())
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        save_snapshot(&self.db, &self.snapshots, &meta, &data).await?;
+        tracing::info!(snapshot = %meta, bytes = data.len(), "built raft snapshot");
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(self.data.clone())),
+            snapshot: Box::new(Cursor::new(data)),
         })
     }
 }
@@ -213,17 +222,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        let data = {
-            let state = self
-                .state
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            state.to_bytes()
-        };
+        let state = self
+            .state
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
         SnapshotBuilder {
             db: self.db.clone(),
             snapshots: self.snapshots.clone(),
-            data,
+            state: Some(state),
             last_applied: self.last_applied,
             last_membership: self.last_membership.clone(),
             _hold: self.hold.clone(),
