@@ -5,7 +5,7 @@
 //! waves, so capacity is freed while the run goes on. One thread; placements per second is what one
 //! core does.
 //!
-//! Run with `cargo bench -p meridian-coordinator --bench scheduler`. The report is this program's output,
+//! Run with `cargo bench -p meridian-registry --bench scheduler`. The report is this program's output,
 //! written to stdout. It never touches the network or the disk.
 
 use std::collections::{BTreeMap, HashMap};
