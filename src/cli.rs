@@ -150,7 +150,8 @@ pub struct DevArgs {
     /// Directory for state, certificates and the admin token.
     #[arg(long, env = "MERIDIAN_DATA_DIR", default_value = ".meridian")]
     pub data_dir: PathBuf,
-    /// Admin API listen address (loopback only: dev mode serves plain HTTP).
+    /// Admin API listen address (loopback only: dev mode serves plain HTTP). Port 0 picks a free port; the
+    /// addresses in use are written to `<data-dir>/endpoints.json`.
     #[arg(
         long,
         env = "MERIDIAN_DEV_ADMIN_LISTEN",

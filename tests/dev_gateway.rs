@@ -89,21 +89,20 @@ impl Drop for Dev {
 fn dev_serves_the_gateway_on_its_port() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("state");
-    let gateway_port = free_tcp_port();
     let child = Command::new(meridian_bin())
         .args(["dev"])
         .args(common::dev_sandbox_args())
         .arg("--data-dir")
         .arg(&dir)
-        .args(["--admin-listen", &format!("127.0.0.1:{}", free_tcp_port())])
-        .args(["--raft-listen", &format!("127.0.0.1:{}", free_udp_port())])
-        .args(["--gateway-listen", &format!("127.0.0.1:{gateway_port}")])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .args(["--raft-listen", "127.0.0.1:0"])
+        .args(["--gateway-listen", "127.0.0.1:0"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start meridian dev");
     let mut dev = Dev(child);
-    let gw = format!("127.0.0.1:{gateway_port}");
+    let (_, _, gw) = common::dev_endpoints(&dir);
 
     // Ready once the registry holds the bootstrap key; live needs no key either way.
     wait_for("the gateway to be ready", Duration::from_secs(60), || {
@@ -156,8 +155,8 @@ fn dev_refuses_a_gateway_off_loopback() {
         .args(common::dev_sandbox_args())
         .arg("--data-dir")
         .arg(tmp.path().join("state"))
-        .args(["--admin-listen", &format!("127.0.0.1:{}", free_tcp_port())])
-        .args(["--raft-listen", &format!("127.0.0.1:{}", free_udp_port())])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .args(["--raft-listen", "127.0.0.1:0"])
         .args(["--gateway-listen", "0.0.0.0:0"])
         .stdin(Stdio::null())
         .output()

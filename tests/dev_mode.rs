@@ -14,24 +14,22 @@ struct DevProcess {
 }
 
 impl DevProcess {
-    fn start(dir: &std::path::Path, admin_port: u16, raft_port: u16) -> DevProcess {
+    fn start(dir: &std::path::Path) -> DevProcess {
+        common::forget_dev_endpoints(dir);
         let child = Command::new(meridian_bin())
             .args(["dev"])
             .args(common::dev_sandbox_args())
             .arg("--data-dir")
             .arg(dir)
-            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-            .args(["--raft-listen", &format!("127.0.0.1:{raft_port}")])
-            .args([
-                "--gateway-listen",
-                &format!("127.0.0.1:{}", free_tcp_port()),
-            ])
+            .args(["--admin-listen", "127.0.0.1:0"])
+            .args(["--raft-listen", "127.0.0.1:0"])
+            .args(["--gateway-listen", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start meridian dev");
-        let addr = format!("http://127.0.0.1:{admin_port}");
-        let host = format!("127.0.0.1:{admin_port}");
+        let (host, _, _) = common::dev_endpoints(dir);
+        let addr = format!("http://{host}");
         wait_for("dev to be ready", Duration::from_secs(60), || {
             (http_status(&host, "/readyz") == Some(200)).then_some(())
         });
@@ -75,8 +73,7 @@ impl Drop for DevProcess {
 fn dev_tour_and_restart_keeps_state() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("state");
-    let (admin_port, raft_port) = (free_tcp_port(), free_udp_port());
-    let dev = DevProcess::start(&dir, admin_port, raft_port);
+    let dev = DevProcess::start(&dir);
 
     // The bootstrap token is written with mode 0600.
     let token_path = dir.join("admin.token");
@@ -304,7 +301,7 @@ fn dev_tour_and_restart_keeps_state() {
     dev.interrupt();
 
     // Same directory, new process: the project and the keys are still there.
-    let dev = DevProcess::start(&dir, admin_port, raft_port);
+    let dev = DevProcess::start(&dir);
     let again = read_trimmed(&token_path).expect("token kept");
     assert_eq!(again, token, "restart keeps the admin token");
     let admin = [

@@ -2,7 +2,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use certs::{Identity, TlsIdentity, TlsPaths};
 use support::{ca, der_of, handshake, leaf, TD};
@@ -11,14 +11,10 @@ const ALPN: &[&[u8]] = &[b"meridian/1"];
 
 /// Waits until `condition` holds, failing the test after `deadline`.
 fn wait_for(deadline: Duration, mut condition: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !condition() {
-        assert!(
-            start.elapsed() < deadline,
-            "condition not met within {deadline:?}"
-        );
-        std::thread::yield_now();
-        std::thread::park_timeout(Duration::from_millis(20));
+    if let Err(e) =
+        testkit::eventually_blocking("the condition", deadline, || condition().then_some(()))
+    {
+        panic!("{e}");
     }
 }
 

@@ -15,7 +15,6 @@ use coordinator::state::{
 };
 use protocol::pb;
 use serde_json::{json, Value};
-use tokio::time::Instant;
 use tonic::{Code, Request};
 
 use api_common::{start, Answer, TestApi};
@@ -117,21 +116,13 @@ async fn a_submitted_job_is_pending_listed_and_readable() -> anyhow::Result<()> 
     assert!(bad.error_message().starts_with("state: "), "{}", bad.body);
 
     // Without agents the job cannot be placed: it stays pending, and the leader's scheduler says why.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let a = api.get(&format!("/v1/jobs/{id}")).send().await?;
+    let reason = testkit::eventually_async("a pending reason", Duration::from_secs(15), || async {
+        let a = api.get(&format!("/v1/jobs/{id}")).send().await.ok()?;
         assert_eq!(a.str("/state"), "pending", "{}", a.body);
-        if let Some(reason) = a.body["pending_reason"].as_str() {
-            assert!(!reason.trim().is_empty(), "an empty pending reason");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no pending reason after 15 s: {}",
-            a.body
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        a.body["pending_reason"].as_str().map(str::to_owned)
+    })
+    .await?;
+    assert!(!reason.trim().is_empty(), "an empty pending reason");
 
     let missing = api.get("/v1/jobs/job_nosuchjob").send().await?;
     assert_eq!(missing.status, 404);

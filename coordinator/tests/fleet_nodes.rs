@@ -13,7 +13,6 @@ use coordinator::node::{Coordinator, CoordinatorOptions, Handle, MemberNode, Raf
 use coordinator::state::{AuditOutcome, NodeHealthState, NodeRecord};
 use protocol::pb;
 use protocol::rpc::{Method, RpcClient, RpcError, StatusCode};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 const TRUST_DOMAIN: &str = "fleet-test.meridian.local";
@@ -123,37 +122,27 @@ async fn start_on(
     })
 }
 
-/// Waits (re-checking every 20 ms, for at most 15 s) until `condition` holds.
-async fn eventually(what: &str, condition: impl Fn() -> bool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !condition() {
-        if Instant::now() > deadline {
-            bail!("{what} never happened");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
+/// How long a test waits for what another task makes true.
+const DEADLINE: Duration = Duration::from_secs(15);
+
+/// Waits until `condition` holds, for at most [`DEADLINE`].
+async fn eventually(what: &str, condition: impl FnMut() -> bool) -> anyhow::Result<()> {
+    Ok(testkit::eventually(what, DEADLINE, condition).await?)
 }
 
-/// Waits (re-checking every 20 ms) until the node's record satisfies `condition`.
+/// Waits until the node's record satisfies `condition`.
 async fn wait_node(
     handle: &Handle,
     what: &str,
     condition: impl Fn(&NodeRecord) -> bool,
 ) -> anyhow::Result<NodeRecord> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let record = handle.read(|s| s.node(NODE_KEY).cloned());
-        if let Some(record) = &record {
-            if condition(record) {
-                return Ok(record.clone());
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("node never became {what}; last seen {record:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let found = testkit::eventually_some(&format!("node becoming {what}"), DEADLINE, || {
+        handle
+            .read(|s| s.node(NODE_KEY).cloned())
+            .filter(|n| condition(n))
+    })
+    .await;
+    found.with_context(|| format!("last seen {:?}", handle.read(|s| s.node(NODE_KEY).cloned())))
 }
 
 fn spawn_agent(
@@ -593,30 +582,23 @@ async fn jobs_flow_through_sync_and_reports_fenced_by_epoch_and_attempt() -> any
             },
         ))
         .await?;
-    let secret_assignment = {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let answer: pb::SyncResponse = client
+    let secret_assignment =
+        testkit::eventually_async("job_secret's assignment", DEADLINE, || async {
+            let answer: Result<pb::SyncResponse, _> = client
                 .call_message(
                     &addr,
                     Method::AgentSync,
                     &sync(u64::MAX, 0, ack.lease_epoch),
                     call,
                 )
-                .await?;
-            if let Some(a) = answer
+                .await;
+            answer
+                .ok()?
                 .assignments
                 .into_iter()
                 .find(|a| a.job_id == "job_secret")
-            {
-                break a;
-            }
-            if Instant::now() > deadline {
-                bail!("job_secret was never assigned");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
+        })
+        .await?;
     assert_eq!(
         secret_assignment
             .secret_env
@@ -672,26 +654,29 @@ async fn jobs_flow_through_sync_and_reports_fenced_by_epoch_and_attempt() -> any
     Ok(())
 }
 
-/// Waits (re-checking every 20 ms) until the job satisfies `condition`.
+/// Waits until the job's record satisfies `condition`.
 async fn wait_job(
     handle: &Handle,
     project: &str,
     id: &str,
     condition: impl Fn(&coordinator::state::JobRecord) -> bool,
 ) -> anyhow::Result<coordinator::state::JobRecord> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let job = handle.read(|s| s.job(project, id).cloned());
-        if let Some(job) = &job {
-            if condition(job) {
-                return Ok(job.clone());
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("job {id} never reached the condition; last seen {job:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let found = testkit::eventually_some(
+        &format!("job {id} reaching the condition"),
+        DEADLINE,
+        || {
+            handle
+                .read(|s| s.job(project, id).cloned())
+                .filter(|j| condition(j))
+        },
+    )
+    .await;
+    found.with_context(|| {
+        format!(
+            "last seen {:?}",
+            handle.read(|s| s.job(project, id).cloned())
+        )
+    })
 }
 
 /// A registration of node `eu-a1` with `cpu_cores` CPUs and `labels`.
@@ -847,13 +832,10 @@ async fn a_denied_agent_is_cut_off_and_stays_out() -> anyhow::Result<()> {
         },
     );
     fx.handle.write(deny).await?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while mesh.connections_of(&identity) > 0 {
-        if Instant::now() > deadline {
-            bail!("the denied agent's connection stayed open");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the denied agent's connection closing", || {
+        mesh.connections_of(&identity) == 0
+    })
+    .await?;
     assert!(fx.handle.read(|s| s.node_denied(NODE_KEY)));
     let beat = pb::Heartbeat {
         node: "eu-a1".into(),
@@ -884,13 +866,10 @@ async fn a_denied_agent_is_cut_off_and_stays_out() -> anyhow::Result<()> {
         },
     );
     fx.handle.write(revoke).await?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while mesh.connections_of(&other.identity()) > 0 {
-        if Instant::now() > deadline {
-            bail!("the revoked certificate's connection stayed open");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the revoked certificate's connection closing", || {
+        mesh.connections_of(&other.identity()) == 0
+    })
+    .await?;
     let refused = other_client
         .call(&addr, Method::Ping, bytes::Bytes::new(), call)
         .await;
@@ -929,21 +908,17 @@ async fn an_agent_refuses_a_denied_coordinator() -> anyhow::Result<()> {
         },
     );
     fx.handle.write(deny).await?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match rogue
-            .call(&node.rpc_addr, Method::Ping, bytes::Bytes::new(), call)
-            .await
-        {
-            Err(RpcError::Refused(_)) => break,
-            other => {
-                if Instant::now() > deadline {
-                    bail!("the agent still serves a denied coordinator: {other:?}");
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    testkit::eventually_async(
+        "the agent refusing the denied coordinator",
+        DEADLINE,
+        || async {
+            let answer = rogue
+                .call(&node.rpc_addr, Method::Ping, bytes::Bytes::new(), call)
+                .await;
+            matches!(answer, Err(RpcError::Refused(_))).then_some(())
+        },
+    )
+    .await?;
     // The coordinators it belongs to are served as before.
     let honest = RpcClient::with_server_roles(
         &tls_for(&fx.ca, certs::Identity::coordinator(TRUST_DOMAIN, "c1")?)?,

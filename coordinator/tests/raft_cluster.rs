@@ -701,17 +701,9 @@ async fn concurrent_writes_share_log_entries_and_keep_their_own_outcomes() -> Re
     cluster.shutdown_all().await
 }
 
-/// Polls `condition` every 20 ms until it holds, for at most [`DEADLINE`].
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !condition() {
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{what} never happened"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
+/// Waits until `condition` holds, for at most [`DEADLINE`].
+async fn eventually(what: &str, condition: impl FnMut() -> bool) -> Result<()> {
+    Ok(testkit::eventually(what, DEADLINE, condition).await?)
 }
 
 fn name_of(id: NodeId) -> String {

@@ -234,14 +234,13 @@ async fn the_client_drops_a_connection_when_the_server_certificate_expires() {
     assert_eq!(peers.connections_of(&client_tls.identity()), 1);
     // The client's certificate is valid for an hour: only the client can end this connection, at the
     // server certificate's expiry.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while peers.connections_of(&client_tls.identity()) > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the client kept the connection past the server certificate's expiry"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    testkit::eventually(
+        "the client closing the connection at the server certificate's expiry",
+        Duration::from_secs(10),
+        || peers.connections_of(&client_tls.identity()) == 0,
+    )
+    .await
+    .unwrap();
     // And it does not connect again: the server's certificate no longer verifies.
     let again = client
         .call(&server.addr(), Method::Ping, Bytes::new(), CALL)
@@ -288,20 +287,14 @@ async fn one_identity_holds_at_most_its_connections() {
 
     // A connection given back makes room again.
     first.close(quinn::VarInt::from_u32(0), b"done");
-    let deadline = tokio::time::Instant::now() + CALL;
-    loop {
+    testkit::eventually_async("the closed connection given back", CALL, || async {
         let fourth = raw_connect(client_config(&greedy), server.addr)
             .await
             .unwrap();
-        if raw_ping(&fourth).await.is_ok() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the closed connection was never given back"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        raw_ping(&fourth).await.ok()
+    })
+    .await
+    .unwrap();
     server.stop().await;
 }
 
@@ -378,14 +371,11 @@ async fn one_identity_cannot_make_the_server_hold_more_than_its_budget() {
     for mut send in sends {
         let _ = send.reset(quinn::VarInt::from_u32(0));
     }
-    let deadline = tokio::time::Instant::now() + CALL;
-    while raw_ping(&conn).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the budget was never given back"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    testkit::eventually_async("the budget given back", CALL, || async {
+        raw_ping(&conn).await.ok()
+    })
+    .await
+    .unwrap();
     server.stop().await;
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{cli, free_tcp_port, free_udp_port, http_status, meridian_bin, read_trimmed, wait_for};
+use super::{cli, dev_endpoints, http_status, meridian_bin, read_trimmed, wait_for};
 
 /// A running `meridian dev` on free loopback ports; killed when dropped.
 pub struct DevProcess {
@@ -39,21 +39,21 @@ impl DevProcess {
         if !extra.contains(&"--insecure-no-sandbox") {
             extra.extend_from_slice(super::dev_sandbox_args());
         }
-        let admin = format!("127.0.0.1:{}", free_tcp_port());
-        let gateway = format!("127.0.0.1:{}", free_tcp_port());
-        let raft = format!("127.0.0.1:{}", free_udp_port());
+        // Every listener asks for a free port; the process names the ones it got in endpoints.json.
+        super::forget_dev_endpoints(dir);
         let child = Command::new(meridian_bin())
             .args(["dev", "--data-dir"])
             .arg(dir)
-            .args(["--admin-listen", &admin])
-            .args(["--raft-listen", &raft])
-            .args(["--gateway-listen", &gateway])
+            .args(["--admin-listen", "127.0.0.1:0"])
+            .args(["--raft-listen", "127.0.0.1:0"])
+            .args(["--gateway-listen", "127.0.0.1:0"])
             .args(&extra)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start meridian dev");
+        let (admin, raft, gateway) = dev_endpoints(dir);
         wait_for("dev to be ready", Duration::from_secs(60), || {
             (http_status(&admin, "/readyz") == Some(200)).then_some(())
         });

@@ -7,7 +7,7 @@ pub mod dev;
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Whether these tests run as root (the job sandbox needs it).
 pub fn is_root() -> bool {
@@ -35,7 +35,9 @@ pub fn meridian_bin() -> &'static str {
     env!("CARGO_BIN_EXE_meridian")
 }
 
-/// A TCP port that was free a moment ago on 127.0.0.1.
+/// A TCP port that was free a moment ago on 127.0.0.1: for an address nothing listens on, or for a
+/// process that cannot bind port 0 itself (a second coordinator from a config file, the GPU check script).
+/// A `meridian dev` binds port 0 and names its ports in `endpoints.json` ([`dev_endpoints`]).
 pub fn free_tcp_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     l.local_addr().expect("local addr").port()
@@ -47,19 +49,30 @@ pub fn free_udp_port() -> u16 {
     s.local_addr().expect("local addr").port()
 }
 
+/// Removes the `endpoints.json` an earlier `meridian dev` left in `dir`: call before starting one there, so
+/// [`dev_endpoints`] reads the new process's ports.
+pub fn forget_dev_endpoints(dir: &std::path::Path) {
+    let _ = std::fs::remove_file(dir.join("endpoints.json"));
+}
+
+/// The addresses a `meridian dev` started on port 0 got, as it names them in `<dir>/endpoints.json`:
+/// (admin `host:port`, raft `host:port`, gateway `host:port`). Waits for the file.
+pub fn dev_endpoints(dir: &std::path::Path) -> (String, String, String) {
+    let endpoints = dir.join("endpoints.json");
+    wait_for("dev to name its endpoints", Duration::from_secs(60), || {
+        let text = std::fs::read_to_string(&endpoints).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let host = |key: &str| {
+            let url = v[key].as_str()?;
+            Some(url.strip_prefix("http://").unwrap_or(url).to_owned())
+        };
+        Some((host("admin")?, host("raft")?, host("gateway")?))
+    })
+}
+
 /// Polls `cond` until it returns `Some` or the deadline passes.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = cond() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+pub fn wait_for<T>(what: &str, timeout: Duration, cond: impl FnMut() -> Option<T>) -> T {
+    testkit::eventually_blocking(what, timeout, cond).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Runs the CLI with the given environment.

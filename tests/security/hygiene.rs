@@ -76,19 +76,16 @@ fn the_master_key_does_not_stay_in_the_dev_process_environment() {
 /// Starts `meridian dev` on `dir` expecting it to refuse: its exit status and what it said. One that is
 /// still running after a minute has not refused: it is killed and reported as running (`None`).
 fn dev_refusal(dir: &std::path::Path) -> (Option<std::process::ExitStatus>, String) {
-    use crate::common::{free_tcp_port, free_udp_port, meridian_bin};
+    use crate::common::meridian_bin;
     use std::io::Read as _;
     let mut child = std::process::Command::new(meridian_bin())
         .args(["dev"])
         .args(crate::common::dev_sandbox_args())
         .arg("--data-dir")
         .arg(dir)
-        .args(["--admin-listen", &format!("127.0.0.1:{}", free_tcp_port())])
-        .args(["--raft-listen", &format!("127.0.0.1:{}", free_udp_port())])
-        .args([
-            "--gateway-listen",
-            &format!("127.0.0.1:{}", free_tcp_port()),
-        ])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .args(["--raft-listen", "127.0.0.1:0"])
+        .args(["--gateway-listen", "127.0.0.1:0"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -101,16 +98,16 @@ fn dev_refusal(dir: &std::path::Path) -> (Option<std::process::ExitStatus>, Stri
         let _ = err.read_to_string(&mut said);
         said
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        match child.try_wait().expect("wait for meridian dev") {
-            Some(status) => break Some(status),
-            None if std::time::Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            None => std::thread::sleep(Duration::from_millis(50)),
+    let exited =
+        testkit::eventually_blocking("meridian dev exiting", Duration::from_secs(60), || {
+            child.try_wait().expect("wait for meridian dev")
+        });
+    let status = match exited {
+        Ok(status) => Some(status),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            None
         }
     };
     (status, reader.join().unwrap_or_default())

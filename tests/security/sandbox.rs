@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::common::dev::DevProcess;
-use crate::common::{cli, free_tcp_port, free_udp_port, is_root, meridian_bin, wait_for};
+use crate::common::{cli, free_tcp_port, is_root, meridian_bin, wait_for};
 
 /// Skips (loudly) where the sandbox cannot exist.
 fn sandbox_host() -> bool {
@@ -350,12 +350,9 @@ fn dev_refuses_to_start_without_isolation_unless_told() {
     let mut child = Command::new(meridian_bin())
         .args(["dev", "--data-dir"])
         .arg(tmp.path().join("dev"))
-        .args(["--admin-listen", &format!("127.0.0.1:{}", free_tcp_port())])
-        .args(["--raft-listen", &format!("127.0.0.1:{}", free_udp_port())])
-        .args([
-            "--gateway-listen",
-            &format!("127.0.0.1:{}", free_tcp_port()),
-        ])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .args(["--raft-listen", "127.0.0.1:0"])
+        .args(["--gateway-listen", "127.0.0.1:0"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agent::exec::{read_logs, Launcher, LauncherOptions, LogOptions, LogStream, ProcessSpec};
 
@@ -73,11 +73,9 @@ pub fn read_all(dir: &Path, stream: LogStream) -> String {
 }
 
 /// Polls `condition` until it holds, failing the test after [`DEADLINE`].
-pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+pub async fn eventually(what: &str, condition: impl FnMut() -> bool) {
+    if let Err(e) = testkit::eventually(what, DEADLINE, condition).await {
+        panic!("{e}");
     }
 }
 

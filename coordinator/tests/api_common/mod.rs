@@ -355,16 +355,13 @@ impl TestApi {
         what: &str,
         pred: impl Fn(&[Value]) -> bool,
     ) -> anyhow::Result<Vec<Value>> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let records = self.audit_all().await?;
-            if pred(&records) {
-                return Ok(records);
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("{what}: not in the audit log after 10 s: {records:#?}");
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+        let found = testkit::eventually_async(what, Duration::from_secs(10), || async {
+            self.audit_all().await.ok().filter(|records| pred(records))
+        })
+        .await;
+        match found {
+            Ok(records) => Ok(records),
+            Err(e) => bail!("{e}: not in the audit log: {:#?}", self.audit_all().await?),
         }
     }
 
