@@ -1,5 +1,6 @@
-//! Fuzz target bodies for every decoder that reads peer bytes: the frame decoders and the `meridian.v1`
-//! messages that arrive over the RPC layer.
+//! Fuzz target bodies for every decoder that reads peer bytes — the frame decoders, the `meridian.v1`
+//! messages that arrive over the RPC layer, what agents report — and for the quantity parsers that read
+//! what people type.
 //!
 //! The `protocol/fuzz` targets call these functions, and the unit tests below run them over pseudo-random
 //! inputs from a fixed seed, so a plain `cargo test` exercises them too. Each function checks invariants
@@ -142,6 +143,52 @@ pub fn rpc_request(data: &[u8]) {
     round_trip::<pb::HeartbeatAck>(&bytes);
 }
 
+/// Decodes `data` as what an agent reports and syncs with (`ReportRequest`, `SyncRequest`, the job events
+/// and the answers), checking that whatever decodes re-encodes to the same value and that every event of a
+/// decoded report survives on its own.
+pub fn agent_report(data: &[u8]) {
+    let bytes = Bytes::copy_from_slice(data);
+    round_trip::<pb::ReportRequest>(&bytes);
+    round_trip::<pb::ReportResponse>(&bytes);
+    round_trip::<pb::SyncRequest>(&bytes);
+    round_trip::<pb::SyncResponse>(&bytes);
+    round_trip::<pb::JobEvent>(&bytes);
+    if let Ok(report) = pb::ReportRequest::decode(bytes) {
+        for event in &report.events {
+            let alone = event.encode_to_vec();
+            assert!(
+                matches!(pb::JobEvent::decode(&alone[..]), Ok(ref again) if again == event),
+                "an event changed when encoded on its own"
+            );
+        }
+    }
+}
+
+/// Feeds `data` (as text) to every quantity parser: none panics, and what parses comes back from its
+/// formatting (durations as seconds, instants as RFC 3339).
+pub fn units(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let _ = crate::units::parse_cpu_millis(&text);
+    let _ = crate::units::parse_byte_size(&text);
+    if let Ok(secs) = crate::units::parse_duration_secs(&text) {
+        assert_eq!(
+            crate::units::parse_duration_secs(&format!("{secs}s")),
+            Ok(secs),
+            "{text:?}"
+        );
+    }
+    if let Ok(ms) = crate::units::parse_instant_ms(&text) {
+        let formatted = crate::units::format_rfc3339_ms(ms);
+        if formatted.contains('T') {
+            assert_eq!(
+                crate::units::parse_instant_ms(&formatted),
+                Ok(ms),
+                "{text:?}"
+            );
+        }
+    }
+}
+
 fn round_trip<M: Message + Default + PartialEq>(bytes: &Bytes) {
     let Ok(message) = M::decode(bytes.clone()) else {
         return;
@@ -222,6 +269,36 @@ mod tests {
     fn frame_decoder_survives_seeded_inputs() {
         for input in inputs(0x6d65_7269_6469_616e, 4000) {
             frame_decoder(&input);
+        }
+    }
+
+    #[test]
+    fn agent_reports_survive_seeded_inputs() {
+        for input in inputs(0x0061_6765_6e74, 4000) {
+            agent_report(&input);
+        }
+    }
+
+    #[test]
+    fn unit_parsers_survive_seeded_inputs_and_text_near_the_grammar() {
+        for input in inputs(0x0075_6e69_7473, 2000) {
+            units(&input);
+        }
+        for text in [
+            "1h30m",
+            "90",
+            "2026-11-27T09:30:00.250+01:00",
+            "2026-11-27 09:30:00Z",
+            "250m",
+            "1.5Gi",
+            "9999-12-31T23:59:59.999Z",
+            "99999999999999999999",
+            "1e3",
+            "-1",
+            "0.0001",
+            "5 m",
+        ] {
+            units(text.as_bytes());
         }
     }
 

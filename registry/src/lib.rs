@@ -10,6 +10,7 @@
 
 pub mod authz;
 pub mod controllers;
+pub mod fuzzing;
 pub mod scheduler;
 pub mod state;
 pub mod token;

@@ -1,5 +1,5 @@
-//! Fuzzes the length-prefixed frame decoders (synchronous and async) against each other.
-//! Run with `cargo +nightly fuzz run frame_decoder` from `protocol/`.
+//! Fuzzes the length-prefixed frame decoders (synchronous and async) against each other. See `smoke.sh`
+//! for how it is built and run.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

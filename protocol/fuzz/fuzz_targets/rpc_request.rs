@@ -1,6 +1,5 @@
 //! Fuzzes the decoding of every message a peer can send over the RPC layer (`RpcRequest`, `RaftPayload`,
-//! `ForwardWriteRequest`, agent messages, ...). Run with `cargo +nightly fuzz run rpc_request` from
-//! `protocol/`.
+//! `ForwardWriteRequest`, agent messages, ...). See `smoke.sh` for how it is built and run.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -1,0 +1,8 @@
+//! Fuzzes the quantity parsers (CPU, bytes, durations, instants). See `smoke.sh` for how it is built and run.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    protocol::fuzzing::units(data);
+});
