@@ -584,3 +584,134 @@ async fn only_a_platform_admin_sets_a_project_policy_over_grpc() -> anyhow::Resu
 fn fresh_gpus(project: &pb::Project) -> u64 {
     project.policy.as_ref().map_or(0, |p| p.max_running_gpus)
 }
+
+#[tokio::test]
+async fn grpc_node_service_matches_rest() -> anyhow::Result<()> {
+    use coordinator::state::{Actor, Command, Op};
+    let api = start().await?;
+    let ch = channel(api.addr).await?;
+    let admin = api.admin_token.clone();
+    let mut nodes = pb::node_service_client::NodeServiceClient::new(ch.clone());
+    api.handle
+        .write(Command::new(
+            1_700_000_000_000,
+            Actor::system(),
+            Op::RegisterNode {
+                region: "eu".into(),
+                cluster: "eu1".into(),
+                node: "eu-a1".into(),
+                cpu_cores: 16,
+                memory_bytes: 1 << 34,
+                gpu_count: 0,
+                agent_version: "test".into(),
+                gpus: Vec::new(),
+                labels: [("zone".to_string(), "a".to_string())].into(),
+                rpc_addr: String::new(),
+                held: Vec::new(),
+                os: "linux".into(),
+                limit_mode: "cgroup-v2".into(),
+                admit_new: Some(false),
+            },
+        ))
+        .await?;
+    let node_ref = || pb::NodeRef {
+        region: "eu".into(),
+        cluster: "eu1".into(),
+        node: "eu-a1".into(),
+    };
+
+    // The list answers what REST answers, field for field where both carry it.
+    let listed = nodes
+        .list_nodes(authed(pb::ListNodesRequest::default(), &admin, None)?)
+        .await?
+        .into_inner();
+    let rest = api.get("/v1/nodes").send().await?;
+    let (grpc, json) = (&listed.items[0], &rest.body["items"][0]);
+    assert_eq!(grpc.key, json["key"].as_str().context("key")?);
+    assert_eq!(
+        grpc.admission,
+        json["admission"].as_str().context("admission")?
+    );
+    assert_eq!(grpc.admission, "pending_approval");
+    assert_eq!(grpc.health, "ready");
+    assert_eq!(grpc.labels.get("zone").map(String::as_str), Some("a"));
+    assert_eq!(grpc.cpu_cores, 16);
+    assert!(grpc.approved.is_none());
+
+    let approved = nodes
+        .approve_node(authed(node_ref(), &admin, None)?)
+        .await?
+        .into_inner();
+    assert_eq!(approved.admission, "approved");
+    assert_eq!(approved.approved.map(|a| a.cpu_cores), Some(16));
+    let drained = nodes
+        .drain_node(authed(node_ref(), &admin, None)?)
+        .await?
+        .into_inner();
+    assert!(drained.draining);
+    let rest = api.get("/v1/nodes").send().await?;
+    assert_eq!(rest.body["items"][0]["draining"], json!(true));
+    let undrained = nodes
+        .undrain_node(authed(node_ref(), &admin, None)?)
+        .await?
+        .into_inner();
+    assert!(!undrained.draining);
+
+    let policy = nodes
+        .set_cluster_policy(authed(
+            pb::NodeSetClusterPolicyRequest {
+                region: "eu".into(),
+                cluster: "eu1".into(),
+                auto_approve: true,
+            },
+            &admin,
+            None,
+        )?)
+        .await?
+        .into_inner();
+    assert!(policy.auto_approve);
+
+    // The same refusals as REST: unknown node, malformed name, a caller without the right.
+    let unknown = nodes
+        .drain_node(authed(
+            pb::NodeRef {
+                node: "nope".into(),
+                ..node_ref()
+            },
+            &admin,
+            None,
+        )?)
+        .await
+        .expect_err("unknown node");
+    assert_eq!(unknown.code(), Code::NotFound);
+    let malformed = nodes
+        .drain_node(authed(
+            pb::NodeRef {
+                region: "../eu".into(),
+                ..node_ref()
+            },
+            &admin,
+            None,
+        )?)
+        .await
+        .expect_err("malformed region");
+    assert_eq!(malformed.code(), Code::InvalidArgument);
+    assert!(
+        malformed.message().contains("region"),
+        "{}",
+        malformed.message()
+    );
+    let (padmin, _, _) = api.create_key("default", "lead", "project-admin").await?;
+    let forbidden = nodes
+        .drain_node(authed(node_ref(), &padmin, None)?)
+        .await
+        .expect_err("a project-admin drains no node");
+    assert_eq!(forbidden.code(), Code::PermissionDenied);
+    let listing = nodes
+        .list_nodes(authed(pb::ListNodesRequest::default(), &padmin, None)?)
+        .await
+        .expect_err("a project-admin lists no node");
+    assert_eq!(listing.code(), Code::PermissionDenied);
+    api.stop().await;
+    Ok(())
+}

@@ -286,11 +286,11 @@ fn denied_pb(entry: DeniedIdentity) -> pb::DeniedIdentity {
     }
 }
 
-fn non_empty(s: String) -> Option<String> {
+pub(super) fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-fn scope_of<T>(request: &Request<T>) -> Result<RequestScope, Status> {
+pub(super) fn scope_of<T>(request: &Request<T>) -> Result<RequestScope, Status> {
     request
         .extensions()
         .get::<RequestScope>()

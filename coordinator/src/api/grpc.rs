@@ -46,6 +46,7 @@ pub(crate) fn routes(service: AdminService, max_message_bytes: usize) -> tonic::
     use pb::identity_service_server::IdentityServiceServer;
     use pb::job_service_server::JobServiceServer;
     use pb::key_service_server::KeyServiceServer;
+    use pb::node_service_server::NodeServiceServer;
     use pb::principal_service_server::PrincipalServiceServer;
     use pb::project_service_server::ProjectServiceServer;
     use pb::role_binding_service_server::RoleBindingServiceServer;
@@ -53,6 +54,9 @@ pub(crate) fn routes(service: AdminService, max_message_bytes: usize) -> tonic::
     use pb::usage_service_server::UsageServiceServer;
 
     let identities = super::admission::GrpcIdentities {
+        service: service.clone(),
+    };
+    let nodes = super::nodes::GrpcNodes {
         service: service.clone(),
     };
     let admin = GrpcAdmin { service };
@@ -69,6 +73,7 @@ pub(crate) fn routes(service: AdminService, max_message_bytes: usize) -> tonic::
     .add_service(JobServiceServer::new(admin.clone()).max_decoding_message_size(n))
     .add_service(UsageServiceServer::new(admin).max_decoding_message_size(n))
     .add_service(IdentityServiceServer::new(identities).max_decoding_message_size(n))
+    .add_service(NodeServiceServer::new(nodes).max_decoding_message_size(n))
 }
 
 /// Admits gRPC calls under their method's policy, then hands them to tonic.

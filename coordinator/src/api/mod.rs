@@ -18,6 +18,7 @@ mod extract;
 mod grpc;
 mod jobs;
 mod metrics;
+mod nodes;
 mod openapi;
 mod rest;
 mod routes;

@@ -815,6 +815,14 @@ pub(crate) static GRPC_METHODS: &[GrpcMethod] = &[
         "/meridian.v1.IdentityService/AllowIdentity",
         &op::IDENTITY_ALLOW,
     ),
+    grpc("/meridian.v1.NodeService/ListNodes", &op::NODE_LIST),
+    grpc("/meridian.v1.NodeService/DrainNode", &op::NODE_DRAIN),
+    grpc("/meridian.v1.NodeService/UndrainNode", &op::NODE_UNDRAIN),
+    grpc("/meridian.v1.NodeService/ApproveNode", &op::NODE_APPROVE),
+    grpc(
+        "/meridian.v1.NodeService/SetClusterPolicy",
+        &op::CLUSTER_POLICY_SET,
+    ),
 ];
 
 /// The gRPC method at `path`, if the table has it.
@@ -983,6 +991,56 @@ mod tests {
                 m.path
             );
             assert_ne!(m.op.policy, Policy::Public, "{} must not be public", m.path);
+        }
+    }
+
+    /// REST routes without a gRPC twin: the process's own probes and documents, served to tools that speak
+    /// HTTP only. Anything else a REST caller can do, a gRPC caller can do too.
+    const REST_ONLY: &[&str] = &["/healthz", "/readyz", "/v1/openapi.json", "/metrics"];
+
+    /// REST spellings of an operation that has another route and a gRPC method: (method, path, the
+    /// operation they alias). Each must carry its twin's policy.
+    const REST_ALIASES: &[(HttpMethod, &str, &Operation)] =
+        &[(HttpMethod::Delete, "/v1/keys/{id}", &op::KEY_REVOKE)];
+
+    #[test]
+    fn every_rest_operation_has_a_grpc_twin_unless_listed_as_rest_only() {
+        let mut missing = Vec::new();
+        for route in ROUTES {
+            let alias = REST_ALIASES
+                .iter()
+                .find(|(method, path, _)| *method == route.method && *path == route.path);
+            if let Some((_, path, twin)) = alias {
+                assert_eq!(
+                    route.op.policy, twin.policy,
+                    "{path} and its twin differ in policy"
+                );
+                assert!(
+                    GRPC_METHODS.iter().any(|m| std::ptr::eq(m.op, *twin)),
+                    "{path} aliases an operation without a gRPC method"
+                );
+                continue;
+            }
+            let twin = GRPC_METHODS.iter().any(|m| std::ptr::eq(m.op, route.op));
+            let listed = REST_ONLY.contains(&route.path);
+            assert!(
+                !(twin && listed),
+                "{} has a gRPC twin; take it off REST_ONLY",
+                route.path
+            );
+            if !twin && !listed {
+                missing.push(format!("{:?} {}", route.method, route.path));
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "REST routes without a gRPC method: {missing:?}"
+        );
+        for path in REST_ONLY {
+            assert!(
+                ROUTES.iter().any(|r| r.path == *path),
+                "{path} is listed as REST-only but is not a route"
+            );
         }
     }
 
