@@ -104,6 +104,7 @@ pub async fn start(
         approve_new_nodes: cfg.fleet.approve_new_nodes,
         clock: coordinator::clock::system(),
         link_faults: None,
+        randomness: coordinator::random::os(),
     };
     let (coordinator, handle) = Coordinator::start(opts)
         .await

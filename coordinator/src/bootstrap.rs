@@ -101,7 +101,7 @@ pub async fn propose(
     let parsed = crypto::parse_token(token).map_err(|_| BootstrapError::BadToken {
         path: "<token>".into(),
     })?;
-    let mut rng = OsRng;
+    let mut rng = handle.rng();
     let data_key = crypto::new_data_key(&mut rng);
     let op = Op::Bootstrap {
         default_project_id: crypto::random_id("prj", &mut rng),

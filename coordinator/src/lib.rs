@@ -10,6 +10,7 @@ pub(crate) mod mesh_gate;
 pub(crate) mod network;
 pub mod node;
 pub(crate) mod proposer;
+pub mod random;
 pub(crate) mod rpc_service;
 pub(crate) mod store;
 pub(crate) mod upgrade;

@@ -35,6 +35,7 @@ use crate::fleet::{Fleet, FleetTimings};
 use crate::mesh_gate::MeshGate;
 use crate::network::NetworkFactory;
 use crate::proposer::Proposer;
+use crate::random::Randomness;
 use crate::rpc_service::CoordinatorService;
 use crate::state::{Command, CommandOutcome, DomainError, Outcome, RegistryState};
 use crate::store::{self, SharedState, StoreClosed};
@@ -113,6 +114,8 @@ pub struct CoordinatorOptions {
     pub clock: Arc<dyn Clock>,
     /// Faults injected on the links this coordinator calls (partition tests); `None` in production.
     pub link_faults: Option<Arc<dyn LinkFaults>>,
+    /// Where ids, tokens, keys and nonces are drawn: [`random::os`](crate::random::os) outside tests.
+    pub randomness: Arc<dyn Randomness>,
 }
 
 /// One member as the cluster-status view shows it.
@@ -260,6 +263,7 @@ struct NodeInner {
     /// The leader's controllers (dispatcher, janitor, health monitor).
     controllers: Runner,
     clock: Arc<dyn Clock>,
+    randomness: Arc<dyn Randomness>,
     /// The term this node leads in and when a quorum last confirmed it (see [`Handle::leader_term`]).
     lease: Mutex<Option<(u64, Instant)>>,
     /// How long a confirmation lasts: the shortest election timeout, after which a majority elsewhere may
@@ -447,6 +451,7 @@ impl Coordinator {
                 deny_watch_task: Mutex::new(Some(deny_watch_task)),
                 controllers: Runner::default(),
                 clock: opts.clock,
+                randomness: opts.randomness,
                 lease: Mutex::new(None),
                 lease_for: Duration::from_millis(opts.timings.election_min_ms),
                 last_heard: fleet.last_heard(),
@@ -558,7 +563,7 @@ impl Handle {
     #[tracing::instrument(level = "debug", skip_all, fields(node = self.inner.id))]
     pub async fn write(&self, mut cmd: Command) -> Result<Outcome, WriteError> {
         if cmd.request_id.is_none() {
-            cmd.request_id = Some(crate::crypto::random_id("req", &mut rand::rngs::OsRng));
+            cmd.request_id = Some(crate::crypto::random_id("req", &mut self.rng()));
         }
         let deadline = Instant::now() + self.inner.deadlines.request;
         let mut last_failure = None;
@@ -829,6 +834,11 @@ impl Handle {
     /// milliseconds; `None` when it has not since it started.
     pub fn last_heard_ms(&self, node_key: &str) -> Option<u64> {
         self.inner.last_heard.node_last_heard_ms(node_key)
+    }
+
+    /// A generator for one use (an id, a token, a key, a nonce), from this coordinator's randomness.
+    pub fn rng(&self) -> Box<dyn rand::RngCore + Send> {
+        self.inner.randomness.rng()
     }
 
     /// Wall-clock Unix milliseconds, for stamping a command before it is proposed.

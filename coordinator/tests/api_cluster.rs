@@ -64,6 +64,7 @@ async fn start_member(
         approve_new_nodes: false,
         clock: coordinator::clock::system(),
         link_faults: None,
+        randomness: coordinator::random::os(),
     })
     .await?;
     let api = AdminApi::bind(AdminApiOptions {

@@ -78,6 +78,16 @@ async fn start_on(
     clock: std::sync::Arc<dyn coordinator::clock::Clock>,
     fleet: FleetTimings,
 ) -> anyhow::Result<Fixture> {
+    start_seeded(approve_new_nodes, clock, fleet, coordinator::random::os()).await
+}
+
+/// A single coordinator reading the time from `clock` and drawing ids and keys from `randomness`.
+async fn start_seeded(
+    approve_new_nodes: bool,
+    clock: std::sync::Arc<dyn coordinator::clock::Clock>,
+    fleet: FleetTimings,
+    randomness: std::sync::Arc<dyn coordinator::random::Randomness>,
+) -> anyhow::Result<Fixture> {
     certs::install_crypto_provider();
     let dir = tempfile::tempdir()?;
     let ca = certs::CertificateAuthority::generate(TRUST_DOMAIN, Duration::from_secs(86_400))?;
@@ -106,6 +116,7 @@ async fn start_on(
         approve_new_nodes,
         clock,
         link_faults: None,
+        randomness,
     })
     .await
     .context("starting the coordinator")?;
@@ -1047,5 +1058,33 @@ async fn an_agent_cut_off_from_the_coordinators_keeps_its_job_and_reports_once_a
     stop.cancel();
     task.await??;
     fx.coordinator.shutdown().await;
+    Ok(())
+}
+
+/// Given the same seed, a coordinator mints the same ids: every id and key it draws comes through the
+/// randomness it was started with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeded_coordinator_mints_the_same_ids_on_every_run() -> anyhow::Result<()> {
+    let mut minted = Vec::new();
+    for seed in [7, 7, 8] {
+        let fx = start_seeded(
+            true,
+            coordinator::clock::system(),
+            FAST_FLEET,
+            std::sync::Arc::new(coordinator::random::SeededRandomness::new(seed)),
+        )
+        .await?;
+        let token = coordinator::crypto::generate_token(&mut rand::rngs::OsRng).token;
+        coordinator::bootstrap::propose(&fx.handle, &fx.keyring, &token).await?;
+        minted.push(fx.handle.read(|s| {
+            (
+                s.default_project_id().map(String::from),
+                s.principals.keys().cloned().collect::<Vec<_>>(),
+            )
+        }));
+        fx.coordinator.shutdown().await;
+    }
+    assert_eq!(minted[0], minted[1], "the same seed minted different ids");
+    assert_ne!(minted[0], minted[2], "another seed minted the same ids");
     Ok(())
 }

@@ -159,6 +159,7 @@ impl Cluster {
             approve_new_nodes: false,
             clock: coordinator::clock::system(),
             link_faults: Some(self.net.view(name.clone())),
+            randomness: coordinator::random::os(),
         };
         let running = Coordinator::start(opts)
             .await

@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 
-use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -851,7 +850,7 @@ impl AdminService {
             }
         }
         let op = Op::SubmitJob {
-            id: crypto::random_id("job", &mut OsRng),
+            id: crypto::random_id("job", &mut self.handle().rng()),
             project_id: scope.project_id.clone(),
             spec,
             // The job's workload identity: the secrets it names must be bound to this principal.

@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
 
 use crate::authz::{self, Action, Caller, Role};
@@ -935,7 +934,7 @@ impl AdminService {
         validate_project_name(&req.name)?;
         let description = req.description.unwrap_or_default();
         validate_description(&description)?;
-        let mut rng = OsRng;
+        let mut rng = self.inner.handle.rng();
         let data_key = crypto::wrap_data_key(
             &self.inner.keyring,
             &crypto::new_data_key(&mut rng),
@@ -1082,7 +1081,7 @@ impl AdminService {
     ) -> Result<Principal, ServiceError> {
         validate_display_name("name", &req.name)?;
         let op = Op::CreatePrincipal {
-            id: crypto::random_id("sa", &mut OsRng),
+            id: crypto::random_id("sa", &mut self.inner.handle.rng()),
             kind: PrincipalKind::ServiceAccount,
             name: req.name,
             project_id: scope.project_id.clone(),
@@ -1152,7 +1151,7 @@ impl AdminService {
             // Keys expire by default.
             (None, false) => Some(at.saturating_add(self.inner.default_key_ttl_ms)),
         };
-        let mut rng = OsRng;
+        let mut rng = self.inner.handle.rng();
         let principal = match req.principal_id.as_deref().filter(|p| !p.is_empty()) {
             Some(id) => {
                 self.consistent().await?;
@@ -1526,7 +1525,12 @@ impl AdminService {
                 name: &req.name,
                 version,
             };
-            let sealed = crypto::encrypt_secret(&data_key, req.value.as_bytes(), aad, &mut OsRng);
+            let sealed = crypto::encrypt_secret(
+                &data_key,
+                req.value.as_bytes(),
+                aad,
+                &mut self.inner.handle.rng(),
+            );
             let op = Op::PutSecret {
                 project_id: scope.project_id.clone(),
                 name: req.name.clone(),
@@ -1648,14 +1652,19 @@ impl AdminService {
                     .inner
                     .handle
                     .read(|s| (s.data_keys(), s.sealed_versions()));
-                let (keys, secrets) =
-                    crypto::reseal_all(&self.inner.keyring, &keys, &sealed, &mut OsRng)
-                        .map_err(crypto_error)?;
+                let (keys, secrets) = crypto::reseal_all(
+                    &self.inner.keyring,
+                    &keys,
+                    &sealed,
+                    &mut self.inner.handle.rng(),
+                )
+                .map_err(crypto_error)?;
                 Op::ReplaceDataKeys { keys, secrets }
             } else {
                 let keys = self.inner.handle.read(|s| s.data_keys());
-                let keys = crypto::rewrap_all(&self.inner.keyring, &keys, &mut OsRng)
-                    .map_err(crypto_error)?;
+                let keys =
+                    crypto::rewrap_all(&self.inner.keyring, &keys, &mut self.inner.handle.rng())
+                        .map_err(crypto_error)?;
                 Op::RewrapDataKeys { keys }
             };
             let master_key_id = self.inner.keyring.current_id().to_owned();

@@ -100,6 +100,7 @@ pub async fn start_with(setup: Setup) -> anyhow::Result<TestApi> {
         approve_new_nodes: false,
         clock: coordinator::clock::system(),
         link_faults: None,
+        randomness: coordinator::random::os(),
     })
     .await
     .context("starting the coordinator")?;
