@@ -305,6 +305,36 @@ impl SystemUnderTest for EtcdCluster {
         RequestError::check(resp).await.map(drop)
     }
 
+    fn grpc_port(&self, member: usize) -> u16 {
+        self.options.client_ports[member]
+    }
+
+    async fn write_grpc(
+        &self,
+        channel: &tonic::transport::Channel,
+        key: &str,
+    ) -> Result<(), RequestError> {
+        let request = super::grpc::EtcdPutRequest {
+            key: format!("{KEY_PREFIX}{key}").into_bytes(),
+            value: json!({ "name": key }).to_string().into_bytes(),
+        };
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready()
+            .await
+            .map_err(|e| RequestError::Transport(e.to_string()))?;
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(super::grpc::ETCD_PUT);
+        let codec: tonic_prost::ProstCodec<
+            super::grpc::EtcdPutRequest,
+            super::grpc::EtcdPutResponse,
+        > = tonic_prost::ProstCodec::default();
+        grpc.unary(tonic::Request::new(request), path, codec)
+            .await
+            .map(drop)
+            .map_err(|status| {
+                RequestError::Answer(format!("{}: {}", status.code(), status.message()))
+            })
+    }
+
     async fn leader_seen_by(
         &self,
         http: &reqwest::Client,
@@ -502,21 +532,24 @@ mod tests {
             .collect();
         let sut = Arc::new(cluster);
 
-        let plan = LoadPlan {
-            clients: 3,
-            warmup: Duration::from_millis(200),
-            measure: Duration::from_secs(1),
-            key_prefix: "t-load".into(),
-        };
-        let level = load::run_level(sut.clone(), &http, &plan).await.unwrap();
-        assert!(level.writes > 0, "{level:?}");
-        assert_eq!(level.errors, 0, "{level:?}");
-        assert!(
-            level
-                .latency
-                .is_some_and(|p| p.p50_ms > 0.0 && p.p50_ms <= p.max_ms),
-            "{level:?}"
-        );
+        for protocol in [load::Protocol::Json, load::Protocol::Grpc] {
+            let plan = LoadPlan {
+                clients: 3,
+                warmup: Duration::from_millis(200),
+                measure: Duration::from_secs(1),
+                key_prefix: format!("t-load-{protocol:?}"),
+                protocol,
+            };
+            let level = load::run_level(sut.clone(), &http, &plan).await.unwrap();
+            assert!(level.writes > 0, "{protocol:?}: {level:?}");
+            assert_eq!(level.errors, 0, "{protocol:?}: {level:?}");
+            assert!(
+                level
+                    .latency
+                    .is_some_and(|p| p.p50_ms > 0.0 && p.p50_ms <= p.max_ms),
+                "{protocol:?}: {level:?}"
+            );
+        }
 
         let plan = FailoverPlan {
             rounds: 2,

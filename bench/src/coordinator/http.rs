@@ -14,6 +14,8 @@ use rustls_pki_types::CertificateDer;
 #[derive(Clone)]
 pub(crate) struct HttpSettings {
     tls: Arc<rustls::ClientConfig>,
+    /// The same trust, offering HTTP/2 for gRPC.
+    tls_h2: Arc<rustls::ClientConfig>,
     pub(crate) request_timeout: Duration,
 }
 
@@ -37,11 +39,19 @@ impl HttpSettings {
             .with_no_client_auth();
         // HTTP/1.1 on both sides: etcd's gateway and the admin API would otherwise negotiate different
         // protocols, and the comparison is about the coordinators, not the framing.
+        let mut tls_h2 = tls.clone();
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tls_h2.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Self {
             tls: Arc::new(tls),
+            tls_h2: Arc::new(tls_h2),
             request_timeout,
         })
+    }
+
+    /// A gRPC channel (one HTTP/2 connection, made on first use) to `127.0.0.1:port`.
+    pub(crate) fn grpc_channel(&self, port: u16) -> anyhow::Result<tonic::transport::Channel> {
+        super::grpc::channel(self.tls_h2.clone(), port, self.request_timeout)
     }
 
     /// A new client with its own connection pool (one simulated client = one kept-alive connection).

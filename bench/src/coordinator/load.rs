@@ -27,6 +27,24 @@ pub(crate) struct LoadPlan {
     pub(crate) measure: Duration,
     /// Unique per system and level; keys are `{key_prefix}-{client}-{seq}`.
     pub(crate) key_prefix: String,
+    /// JSON over HTTPS/1.1, or each system's native gRPC API over HTTP/2.
+    pub(crate) protocol: Protocol,
+}
+
+/// How the clients write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Protocol {
+    /// etcd's JSON gateway (`/v3/kv/put`) and Meridian's REST API (`POST /v1/projects`).
+    Json,
+    /// etcd's `KV/Put` and Meridian's `ProjectService/CreateProject`.
+    Grpc,
+}
+
+/// One simulated client's connection.
+enum Connection {
+    Http(reqwest::Client),
+    Grpc(tonic::transport::Channel),
 }
 
 /// What one concurrency level measured.
@@ -58,8 +76,13 @@ pub(crate) async fn run_level<S: SystemUnderTest>(
     http: &HttpSettings,
     plan: &LoadPlan,
 ) -> anyhow::Result<LevelResult> {
-    let clients: Vec<reqwest::Client> = (0..plan.clients)
-        .map(|_| http.client())
+    let clients: Vec<Connection> = (0..plan.clients)
+        .map(|index| match plan.protocol {
+            Protocol::Json => http.client().map(Connection::Http),
+            Protocol::Grpc => http
+                .grpc_channel(sut.grpc_port(index % sut.members()))
+                .map(Connection::Grpc),
+        })
         .collect::<Result<_, _>>()?;
     let begin = Instant::now();
     let window_start = begin + plan.warmup;
@@ -78,7 +101,11 @@ pub(crate) async fn run_level<S: SystemUnderTest>(
                     break;
                 }
                 seq += 1;
-                let result = sut.write(&client, member, &format!("{prefix}-{seq}")).await;
+                let key = format!("{prefix}-{seq}");
+                let result = match &client {
+                    Connection::Http(http) => sut.write(http, member, &key).await,
+                    Connection::Grpc(channel) => sut.write_grpc(channel, &key).await,
+                };
                 let done = Instant::now();
                 let counted = sent >= window_start && done <= window_end;
                 match result {

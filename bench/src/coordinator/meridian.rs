@@ -227,6 +227,32 @@ impl SystemUnderTest for MeridianCluster {
         RequestError::check(resp).await.map(drop)
     }
 
+    fn grpc_port(&self, member: usize) -> u16 {
+        7071 + member as u16 + self.options.port_offset
+    }
+
+    async fn write_grpc(
+        &self,
+        channel: &tonic::transport::Channel,
+        key: &str,
+    ) -> Result<(), RequestError> {
+        let mut request = tonic::Request::new(protocol::pb::CreateProjectRequest {
+            name: key.to_owned(),
+            description: String::new(),
+        });
+        let bearer = format!("Bearer {}", self.token)
+            .parse()
+            .map_err(|_| RequestError::Answer("the token is not a header value".into()))?;
+        request.metadata_mut().insert("authorization", bearer);
+        protocol::pb::project_service_client::ProjectServiceClient::new(channel.clone())
+            .create_project(request)
+            .await
+            .map(drop)
+            .map_err(|status| {
+                RequestError::Answer(format!("{}: {}", status.code(), status.message()))
+            })
+    }
+
     async fn leader_seen_by(
         &self,
         http: &reqwest::Client,
@@ -400,12 +426,20 @@ mod tests {
             .await
             .unwrap();
 
+        // A write through the gRPC admin API is a project too.
+        let channel = http.grpc_channel(cluster.grpc_port(1)).unwrap();
+        cluster.write_grpc(&channel, "t-grpc").await.unwrap();
+
         // The loss check finds a project that was never created, and only that one.
         cluster.write(&client, 2, "t-known").await.unwrap();
         let leader = system::wait_for_leader(&cluster, &client, &all, Duration::from_secs(30))
             .await
             .unwrap();
-        let keys = ["t-known".to_string(), "t-never".to_string()];
+        let keys = [
+            "t-known".to_string(),
+            "t-grpc".to_string(),
+            "t-never".to_string(),
+        ];
         assert_eq!(
             cluster.unreadable(&client, leader, &keys).await.unwrap(),
             vec!["t-never".to_string()]

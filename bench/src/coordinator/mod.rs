@@ -8,6 +8,7 @@
 
 mod etcd;
 mod failover;
+mod grpc;
 mod http;
 mod load;
 mod meridian;
@@ -52,6 +53,10 @@ pub(crate) struct CoordinatorArgs {
     /// Concurrent clients per level (each a loop of sequential writes).
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     pub(crate) clients: Vec<usize>,
+    /// How clients write: `json` (etcd's JSON gateway, Meridian's REST API) or `grpc` (each one's native
+    /// gRPC API).
+    #[arg(long, value_enum, default_value = "json")]
+    pub(crate) protocol: load::Protocol,
     /// Leader kills per system (0 skips the failover measurement).
     #[arg(long, default_value_t = 5)]
     pub(crate) failover_rounds: usize,
@@ -242,6 +247,7 @@ pub(crate) async fn run(args: CoordinatorArgs, command: String) -> anyhow::Resul
             warmup: Duration::from_secs(args.warmup_seconds),
             measure: Duration::from_secs(args.seconds),
             key_prefix: format!("{run_id}-{tag}{level}"),
+            protocol: args.protocol,
         };
         if let Some(m) = &meridian_side {
             measure_level(m, &plan("m"), &mut meridian_report).await;

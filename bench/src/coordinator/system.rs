@@ -71,6 +71,16 @@ pub(crate) trait SystemUnderTest: Send + Sync + 'static {
         key: &str,
     ) -> impl Future<Output = Result<(), RequestError>> + Send;
 
+    /// The port of `member`'s gRPC API on 127.0.0.1.
+    fn grpc_port(&self, member: usize) -> u16;
+
+    /// [`write`](Self::write) through the system's native gRPC API, over `channel` (to one member).
+    fn write_grpc(
+        &self,
+        channel: &tonic::transport::Channel,
+        key: &str,
+    ) -> impl Future<Output = Result<(), RequestError>> + Send;
+
     /// The leader as `member` sees it, if it knows one.
     fn leader_seen_by(
         &self,
