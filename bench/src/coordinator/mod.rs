@@ -301,9 +301,16 @@ pub(crate) async fn run(args: CoordinatorArgs, command: String) -> anyhow::Resul
             failover_rounds: args.failover_rounds,
             probe_interval_ms: args.probe_interval_ms as f64,
             routing: "client i writes through member i mod 3 (followers forward to the leader), same for both".into(),
-            transport: "HTTPS with server certificates from Meridian's CA, HTTP/1.1 keep-alive, one connection \
-                        per client; etcd through its v3 JSON gateway, etcd peers on mutual TLS"
-                .into(),
+            transport: match args.protocol {
+                load::Protocol::Json => "HTTPS with server certificates from Meridian's CA, HTTP/1.1 keep-alive, \
+                                         one connection per client; JSON: etcd through its v3 JSON gateway, \
+                                         Meridian's REST API; etcd peers on mutual TLS"
+                    .into(),
+                load::Protocol::Grpc => "TLS with server certificates from Meridian's CA, HTTP/2, one connection \
+                                         per client; native gRPC: etcd's KV/Put, Meridian's \
+                                         ProjectService/CreateProject; etcd peers on mutual TLS"
+                    .into(),
+            },
             meridian_version,
             etcd_version,
         },
