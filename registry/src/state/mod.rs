@@ -88,7 +88,9 @@ pub struct Command {
 ///   time (a new leader's clock may be behind), which canary windows, cooldowns and schedules rely on.
 /// - 2: machine traffic (placements, agent reports, idle GPUs, health changes not made by a principal) is
 ///   counted in `machine_counters` instead of recorded in the audit log.
-pub const APPLY_VERSION: u32 = 2;
+/// - 3: the dedup table remembers a job, project or node outcome by its id ([`OutcomeRef`]); a repeat of
+///   the request answers the record as it is now.
+pub const APPLY_VERSION: u32 = 3;
 
 impl Command {
     /// The apply version this command needs a build to know (`SetApplyVersion`, also inside a batch);
@@ -118,11 +120,47 @@ impl Command {
 /// How many recent request ids each replica remembers for de-duplication.
 pub const REMEMBERED_REQUESTS: usize = 10_000;
 
-/// The first outcome of a recently applied request.
+/// The first outcome of a recently applied request: the outcome itself, or from apply version 3 on, when
+/// it carried a whole job, project or node, only which one (see [`OutcomeRef`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RememberedRequest {
     index: u64,
-    outcome: CommandOutcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    outcome: Option<CommandOutcome>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    record: Option<OutcomeRef>,
+}
+
+/// The record a remembered outcome carried, by id: a repeat of the request answers the record as it is
+/// now, so the dedup table holds ids instead of up to [`REMEMBERED_REQUESTS`] copies of records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeRef {
+    Job { id: String },
+    Project { id: String },
+    Node { key: String },
+}
+
+impl RememberedRequest {
+    /// What to remember of `outcome` under apply version `version`.
+    fn of(index: u64, outcome: &CommandOutcome, version: u32) -> Self {
+        let record = match outcome {
+            _ if version < 3 => None,
+            Ok(Outcome::Job { job }) => Some(OutcomeRef::Job { id: job.id.clone() }),
+            Ok(Outcome::Project { project }) => Some(OutcomeRef::Project {
+                id: project.id.clone(),
+            }),
+            Ok(Outcome::Node { node }) => Some(OutcomeRef::Node {
+                key: node.key.clone(),
+            }),
+            _ => None,
+        };
+        Self {
+            index,
+            outcome: record.is_none().then(|| outcome.clone()),
+            record,
+        }
+    }
 }
 
 /// Who issued a command: an authenticated principal, or the system itself (bootstrap, internal upkeep).
@@ -728,16 +766,11 @@ impl RegistryState {
         };
         if let Some(first) = self.requests.get(request_id) {
             self.applied_index = index;
-            return first.outcome.clone();
+            return self.repeat(first);
         }
         let outcome = self.apply_once(index, cmd);
-        self.requests.insert(
-            request_id.clone(),
-            RememberedRequest {
-                index,
-                outcome: outcome.clone(),
-            },
-        );
+        let remembered = RememberedRequest::of(index, &outcome, self.apply_version);
+        self.requests.insert(request_id.clone(), remembered);
         // Keys only order the forgetting; several requests can share a log index (a batch).
         let seq = self
             .request_order
@@ -976,6 +1009,36 @@ impl RegistryState {
             }
             Op::ReplaceDataKeys { keys, secrets } => self.replace_data_keys(keys, secrets),
             Op::SetApplyVersion { version } => self.set_apply_version(cmd, *version, at),
+        }
+    }
+
+    /// The answer to a repeated request: its first outcome, or the record it named as it is now.
+    fn repeat(&self, first: &RememberedRequest) -> CommandOutcome {
+        if let Some(outcome) = &first.outcome {
+            return outcome.clone();
+        }
+        let gone = |what: &str| {
+            Err(DomainError::FailedPrecondition(format!(
+                "this request was applied at index {}; its {what} is gone since",
+                first.index
+            )))
+        };
+        match &first.record {
+            Some(OutcomeRef::Job { id }) => match self.jobs.get(id) {
+                Some(job) => Ok(Outcome::Job { job: job.clone() }),
+                None => gone("job"),
+            },
+            Some(OutcomeRef::Project { id }) => match self.projects.get(id) {
+                Some(project) => Ok(Outcome::Project {
+                    project: project.view(),
+                }),
+                None => gone("project"),
+            },
+            Some(OutcomeRef::Node { key }) => match self.nodes.get(key) {
+                Some(node) => Ok(Outcome::Node { node: node.clone() }),
+                None => gone("node"),
+            },
+            None => gone("outcome"),
         }
     }
 

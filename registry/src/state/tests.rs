@@ -2226,3 +2226,54 @@ fn from_version_2_machine_traffic_is_counted_and_what_principals_do_is_still_aud
         "a principal's change was not audited"
     );
 }
+
+#[test]
+fn from_version_3_a_repeated_submission_answers_the_job_as_it_is_and_remembers_only_its_id() {
+    let mut s = bootstrapped();
+    run_at(
+        &mut s,
+        T0 + 1,
+        Actor::system(),
+        Op::SetApplyVersion { version: 3 },
+    )
+    .expect("v3");
+    let project = s.default_project_id().expect("default project").to_owned();
+    let mut submit = Command::new(
+        T0 + 2,
+        admin(),
+        Op::SubmitJob {
+            principal_id: Some("sa_admin".into()),
+            id: "job_once".into(),
+            project_id: project.clone(),
+            spec: JobSpec::new("true"),
+        },
+    );
+    submit.request_id = Some("req-submit".into());
+    let first = s.apply(s.applied_index + 1, &submit);
+    assert!(
+        matches!(&first, Ok(Outcome::Job { job }) if job.id == "job_once"),
+        "{first:?}"
+    );
+    let remembered = serde_json::to_string(&s.requests["req-submit"]).expect("serializes");
+    assert!(
+        !remembered.contains("\"spec\""),
+        "the dedup table holds the job record: {remembered}"
+    );
+    run_at(
+        &mut s,
+        T0 + 3,
+        admin(),
+        Op::CancelJob {
+            project_id: project,
+            id: "job_once".into(),
+        },
+    )
+    .expect("cancel");
+    let jobs_before = s.jobs.len();
+    let again = s.apply(s.applied_index + 1, &submit);
+    assert_eq!(s.jobs.len(), jobs_before, "the repeat submitted again");
+    match again {
+        Ok(Outcome::Job { job }) => assert!(job.cancel_requested || job.state.is_terminal()),
+        other => panic!("{other:?}"),
+    }
+}

@@ -77,10 +77,11 @@ fn golden_dir() -> PathBuf {
 }
 
 /// The segments' files, (log, snapshot), oldest first; each log continues the one before it.
-const SEGMENTS: [(&str, &str); 3] = [
+const SEGMENTS: [(&str, &str); 4] = [
     ("registry-log.jsonl", "registry-snapshot.json"),
     ("registry-log-1.jsonl", "registry-snapshot-1.json"),
     ("registry-log-2.jsonl", "registry-snapshot-2.json"),
+    ("registry-log-3.jsonl", "registry-snapshot-3.json"),
 ];
 
 /// One segment as read back.
@@ -105,9 +106,13 @@ fn generate_segment(n: usize, state: RegistryState, last: Option<&Entry>) -> Rec
             let last = last.expect("a later segment continues a log");
             apply_version_1(state, last.index + 1, last.command.at_ms)
         }
-        _ => {
+        2 => {
             let last = last.expect("a later segment continues a log");
             apply_version_2(state, last.index + 1, last.command.at_ms)
+        }
+        _ => {
+            let last = last.expect("a later segment continues a log");
+            apply_version_3(state, last.index + 1, last.command.at_ms)
         }
     }
 }
@@ -168,6 +173,48 @@ fn golden_log() -> Vec<Entry> {
         .into_iter()
         .flat_map(|s| s.entries)
         .collect()
+}
+
+/// The segment that switches on apply version 3: a project created with a request id, its policy changed,
+/// and the creation sent again, which answers the project as it is now.
+fn apply_version_3(state: RegistryState, next_index: u64, at: u64) -> Recorder {
+    let mut rec = Recorder {
+        state,
+        entries: Vec::new(),
+        next_index,
+    };
+    rec.push(Command::new(
+        at + 1_000,
+        Actor::system(),
+        Op::SetApplyVersion { version: 3 },
+    ));
+    let mut create = Command::new(
+        at + 2_000,
+        admin(),
+        Op::CreateProject {
+            id: "prj_v3".into(),
+            name: "v3".into(),
+            description: "remembered by id".into(),
+            data_key: wk("mk1", "v3"),
+            policy: None,
+        },
+    );
+    create.request_id = Some("req-v3-create".into());
+    rec.push(create.clone());
+    rec.push(Command::new(
+        at + 3_000,
+        admin(),
+        Op::SetProjectPolicy {
+            project_id: "prj_v3".into(),
+            update: PolicyUpdate {
+                max_pending_jobs: Some(7),
+                ..PolicyUpdate::default()
+            },
+        },
+    ));
+    create.at_ms = at + 4_000;
+    rec.push(create);
+    rec
 }
 
 /// The segment that switches on apply version 2: machine traffic after it is counted, not audited (a
@@ -560,10 +607,40 @@ fn every_golden_command_serializes_as_it_was_written() {
 }
 
 #[test]
+fn apply_version_3_remembers_records_by_id_in_the_golden_log() {
+    let segments = golden_segments();
+    let v3 = segments.last().expect("segments");
+    let mut state = RegistryState::default();
+    for entry in segments.iter().flat_map(|s| &s.entries) {
+        let _ = state.apply(entry.index, &entry.command);
+    }
+    assert_eq!(state.apply_version, 3);
+    let remembered = &state.requests["req-v3-create"];
+    assert!(
+        remembered.outcome.is_none(),
+        "the record itself was remembered"
+    );
+    assert_eq!(
+        remembered.record,
+        Some(OutcomeRef::Project {
+            id: "prj_v3".into()
+        })
+    );
+    // The repeat answered the project with the policy set after the first answer.
+    let repeat = &v3.entries.last().expect("entries").outcome;
+    assert_eq!(
+        repeat["Ok"]["project"]["project"]["policy"]["max_pending_jobs"],
+        serde_json::json!(7),
+        "{repeat}"
+    );
+}
+
+#[test]
 fn apply_version_2_counts_machine_traffic_instead_of_auditing_it_in_the_golden_log() {
     let mut state = RegistryState::default();
     let segments = golden_segments();
-    for entry in segments.iter().flat_map(|s| &s.entries) {
+    // The log up to the end of the segment that switched version 2 on.
+    for entry in segments.iter().take(3).flat_map(|s| &s.entries) {
         let _ = state.apply(entry.index, &entry.command);
     }
     assert_eq!(state.apply_version, 2);
