@@ -40,7 +40,7 @@ pub(crate) enum GatewayError {
 }
 
 impl GatewayError {
-    fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             GatewayError::Unauthenticated => StatusCode::UNAUTHORIZED,
             GatewayError::InvalidName { .. } => StatusCode::BAD_REQUEST,

@@ -12,6 +12,7 @@
 //! arrive through [`RouteSource`], so a production gateway can run as its own process fed by coordinators.
 
 mod error;
+mod metrics;
 mod names;
 mod routes;
 mod server;

@@ -16,6 +16,7 @@ use http::{header, HeaderMap, StatusCode};
 use serde::Deserialize;
 
 use crate::error::GatewayError;
+use crate::metrics::GatewayMetrics;
 use crate::names;
 use crate::source::{Caller, DeploymentView, RouteSource};
 
@@ -25,10 +26,14 @@ const SERVER_NAME: &str = "meridian";
 #[derive(Clone)]
 pub(crate) struct GatewayState {
     source: Arc<dyn RouteSource>,
+    metrics: Arc<GatewayMetrics>,
 }
 
-/// The gateway's routes over `source`.
-pub(crate) fn router(source: Arc<dyn RouteSource>) -> Router {
+/// The gateway's routes over `source`, counted in `metrics` (served at `GET /metrics`, without a key).
+pub(crate) fn router(source: Arc<dyn RouteSource>, metrics: Arc<GatewayMetrics>) -> Router {
+    let exposition = Router::new()
+        .route("/metrics", get(crate::metrics::serve_metrics))
+        .with_state(metrics.clone());
     Router::new()
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
@@ -42,8 +47,13 @@ pub(crate) fn router(source: Arc<dyn RouteSource>) -> Router {
         )
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer))
+        .route_layer(axum::middleware::from_fn_with_state(
+            metrics.clone(),
+            crate::metrics::track,
+        ))
         .fallback(no_route)
-        .with_state(GatewayState { source })
+        .with_state(GatewayState { source, metrics })
+        .merge(exposition)
 }
 
 /// `GET /v2/health/live`: the process answers.
@@ -70,8 +80,15 @@ async fn server_metadata(_caller: Authenticated) -> Response {
     .into_response()
 }
 
-async fn no_route() -> GatewayError {
-    GatewayError::NoRoute
+async fn no_route(State(g): State<GatewayState>) -> GatewayError {
+    // Routed requests are counted by the route layer; this one matched nothing.
+    let refusal = GatewayError::NoRoute;
+    g.metrics.observe(
+        crate::metrics::UNMATCHED,
+        refusal.status(),
+        std::time::Duration::ZERO,
+    );
+    refusal
 }
 
 /// The path of a model route: `/v2/models/{name}[/versions/{version}]/...`.

@@ -54,7 +54,7 @@ pub async fn serve(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "unknown".to_owned());
-    let app = routes::router(source)
+    let app = routes::router(source, crate::metrics::GatewayMetrics::new())
         .layer(RequestBodyLimitLayer::new(options.max_body_bytes.max(1)))
         .layer(axum::middleware::map_response(json_errors));
     let connections = TaskTracker::new();

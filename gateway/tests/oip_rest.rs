@@ -488,3 +488,44 @@ async fn shutdown_stops_accepting_and_closes_idle_connections() {
         "nothing accepts on the gateway's address after shutdown"
     );
 }
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_template_and_status_never_by_name() {
+    let gw = start(table()).await;
+    for _ in 0..2 {
+        assert_eq!(infer(gw.addr, "secret-model-name", None).await.status, 401);
+    }
+    assert_eq!(get(gw.addr, "/v2/health/live", None).await.status, 200);
+    assert_eq!(get(gw.addr, "/nowhere/at/all", None).await.status, 404);
+
+    let r = get(gw.addr, "/metrics", None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("application/openmetrics-text")),
+        "{r:?}"
+    );
+    let text = String::from_utf8_lossy(&r.body);
+    assert!(
+        text.contains(
+            "meridian_gateway_requests_total{route=\"/v2/models/{name}/infer\",code=\"401\"} 2"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("meridian_gateway_requests_total{route=\"/v2/health/live\",code=\"200\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("meridian_gateway_requests_total{route=\"unmatched\",code=\"404\"} 1"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("secret-model-name"),
+        "a model name became a label: {text}"
+    );
+    assert!(
+        !text.contains("nowhere"),
+        "a raw path became a label: {text}"
+    );
+}
