@@ -31,7 +31,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     let cfg = prepare(&args)?;
     // A file left by an earlier run names ports that are gone.
-    let _ = std::fs::remove_file(args.data_dir.join(ENDPOINTS_FILE));
+    let _ = std::fs::remove_file(args.data_dir.join(crate::server::ENDPOINTS_FILE));
     // Bound before anything starts, so a taken port stops dev mode before the coordinator runs.
     let gateway_listener = tokio::net::TcpListener::bind(args.gateway_listen)
         .await
@@ -59,7 +59,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     // The addresses actually bound (a port 0 asked for a free one), for the agent and for whoever drives
     // this process.
     let raft_addr = running.handle.raft_addr();
-    write_endpoints(&args.data_dir, running.admin_addr, raft_addr, gateway_addr)?;
+    crate::server::write_endpoints(
+        &args.data_dir,
+        &[
+            ("admin", format!("http://{}", running.admin_addr)),
+            ("raft", raft_addr.to_string()),
+            ("gateway", format!("http://{gateway_addr}")),
+        ],
+    )?;
     let mut agent_options =
         agent::AgentOptions::new(vec![raft_addr.to_string()], agent_tls, agent_dir);
     agent_options.protected_local_ports = vec![running.admin_addr.port(), gateway_addr.port()];
@@ -100,7 +107,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }),
     };
     eprintln!("meridian dev: stopping");
-    let _ = std::fs::remove_file(args.data_dir.join(ENDPOINTS_FILE));
+    let _ = std::fs::remove_file(args.data_dir.join(crate::server::ENDPOINTS_FILE));
     running.stop(&shutdown).await;
     if let Err(e) = gateway_task.await {
         tracing::warn!(error = %e, "the gateway task failed");
@@ -114,29 +121,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         Ok(Ok(())) => {}
     }
     Ok(())
-}
-
-/// The file in the dev directory naming the addresses in use.
-pub const ENDPOINTS_FILE: &str = "endpoints.json";
-
-/// Writes `<dir>/endpoints.json`: `{"admin": "http://…", "raft": "host:port", "gateway": "http://…"}`,
-/// replacing it atomically, so a reader never sees half of it.
-fn write_endpoints(
-    dir: &Path,
-    admin: std::net::SocketAddr,
-    raft: std::net::SocketAddr,
-    gateway: std::net::SocketAddr,
-) -> anyhow::Result<()> {
-    let text = serde_json::json!({
-        "admin": format!("http://{admin}"),
-        "raft": raft.to_string(),
-        "gateway": format!("http://{gateway}"),
-    })
-    .to_string();
-    let path = dir.join(ENDPOINTS_FILE);
-    let partial = dir.join(format!("{ENDPOINTS_FILE}.partial"));
-    std::fs::write(&partial, text).with_context(|| format!("writing {}", partial.display()))?;
-    std::fs::rename(&partial, &path).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Creates (or reuses) the dev directory's CA, certificate and keyring; returns the coordinator config.

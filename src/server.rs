@@ -177,17 +177,46 @@ async fn ensure_bootstrapped(
     }
 }
 
-/// `meridian coordinator --config FILE`: runs until SIGINT or SIGTERM.
+/// The file in a data directory naming the addresses a running process listens on.
+pub const ENDPOINTS_FILE: &str = "endpoints.json";
+
+/// Writes `<dir>/endpoints.json` (`{"admin": …, "raft": …}` and whatever else `entries` name) atomically, so a
+/// reader never sees half of it: with a port 0 in its configuration, a process says here which it got.
+pub fn write_endpoints(dir: &Path, entries: &[(&str, String)]) -> anyhow::Result<()> {
+    let map: serde_json::Map<String, serde_json::Value> = entries
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), serde_json::Value::String(v.clone())))
+        .collect();
+    let text = serde_json::Value::Object(map).to_string();
+    let path = dir.join(ENDPOINTS_FILE);
+    let partial = dir.join(format!("{ENDPOINTS_FILE}.partial"));
+    std::fs::write(&partial, text).with_context(|| format!("writing {}", partial.display()))?;
+    std::fs::rename(&partial, &path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// `meridian coordinator --config FILE`: runs until SIGINT or SIGTERM. The addresses it listens on are
+/// written to `<data_dir>/endpoints.json` (useful with port 0, which picks free ports).
 pub async fn run_from_file(path: &Path) -> anyhow::Result<()> {
     let cfg = CoordinatorConfig::load(path, &crate::config::process_env())?;
     if !cfg.admin.tls {
         tracing::warn!("admin API without TLS: only acceptable on loopback for local testing");
     }
     let shutdown = CancellationToken::new();
+    let _ = std::fs::remove_file(cfg.data_dir.join(ENDPOINTS_FILE));
     let running = start(&cfg, shutdown.clone()).await?;
-    tracing::info!(name = %cfg.name, admin = %running.admin_addr, raft = %cfg.raft.listen, "coordinator running");
+    let scheme = if cfg.admin.tls { "https" } else { "http" };
+    let raft_addr = running.handle.raft_addr();
+    write_endpoints(
+        &cfg.data_dir,
+        &[
+            ("admin", format!("{scheme}://{}", running.admin_addr)),
+            ("raft", raft_addr.to_string()),
+        ],
+    )?;
+    tracing::info!(name = %cfg.name, admin = %running.admin_addr, raft = %raft_addr, "coordinator running");
     wait_for_signal().await?;
     tracing::info!("stopping");
+    let _ = std::fs::remove_file(cfg.data_dir.join(ENDPOINTS_FILE));
     running.stop(&shutdown).await;
     Ok(())
 }

@@ -35,9 +35,9 @@ pub fn meridian_bin() -> &'static str {
     env!("CARGO_BIN_EXE_meridian")
 }
 
-/// A TCP port that was free a moment ago on 127.0.0.1: for an address nothing listens on, or for a
-/// process that cannot bind port 0 itself (a second coordinator from a config file, the GPU check script).
-/// A `meridian dev` binds port 0 and names its ports in `endpoints.json` ([`dev_endpoints`]).
+/// A TCP port that was free a moment ago on 127.0.0.1: for an address nothing listens on, or for the GPU
+/// check script, which takes its ports from the environment. `meridian dev` and `meridian coordinator` bind
+/// port 0 and name their ports in `endpoints.json` ([`endpoints`]).
 pub fn free_tcp_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     l.local_addr().expect("local addr").port()
@@ -58,16 +58,29 @@ pub fn forget_dev_endpoints(dir: &std::path::Path) {
 /// The addresses a `meridian dev` started on port 0 got, as it names them in `<dir>/endpoints.json`:
 /// (admin `host:port`, raft `host:port`, gateway `host:port`). Waits for the file.
 pub fn dev_endpoints(dir: &std::path::Path) -> (String, String, String) {
-    let endpoints = dir.join("endpoints.json");
-    wait_for("dev to name its endpoints", Duration::from_secs(60), || {
-        let text = std::fs::read_to_string(&endpoints).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-        let host = |key: &str| {
-            let url = v[key].as_str()?;
-            Some(url.strip_prefix("http://").unwrap_or(url).to_owned())
-        };
-        Some((host("admin")?, host("raft")?, host("gateway")?))
-    })
+    let [admin, raft, gateway] = endpoints(dir, ["admin", "raft", "gateway"]);
+    (admin, raft, gateway)
+}
+
+/// The `host:port` of each of `keys` in `<dir>/endpoints.json`, written by a `meridian dev` or
+/// `meridian coordinator` that bound port 0. Waits for the file.
+pub fn endpoints<const N: usize>(dir: &std::path::Path, keys: [&str; N]) -> [String; N] {
+    let path = dir.join("endpoints.json");
+    wait_for(
+        "the process to name its endpoints",
+        Duration::from_secs(60),
+        || {
+            let text = std::fs::read_to_string(&path).ok()?;
+            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+            let mut out = Vec::with_capacity(N);
+            for key in keys {
+                let url = v[key].as_str()?;
+                let host = url.split_once("://").map_or(url, |(_, rest)| rest);
+                out.push(host.to_owned());
+            }
+            out.try_into().ok()
+        },
+    )
 }
 
 /// Polls `cond` until it returns `Some` or the deadline passes.

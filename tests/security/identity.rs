@@ -19,9 +19,7 @@ use protocol::rpc::{Method, RpcClient, RpcError, StatusCode, CLOSE_CERT_EXPIRED,
 use serde_json::{json, Value};
 
 use crate::common::dev::DevProcess;
-use crate::common::{
-    cli, cli_json, free_tcp_port, free_udp_port, http_status, meridian_bin, wait_for,
-};
+use crate::common::{cli, cli_json, free_tcp_port, http_status, meridian_bin, wait_for};
 
 const CALL: Duration = Duration::from_secs(10);
 
@@ -156,17 +154,14 @@ fn a_removed_coordinator_cannot_forward_writes() {
     );
 
     // A second coordinator joins the dev group as a learner, and is removed again.
-    let (raft2, admin2) = (
-        format!("127.0.0.1:{}", free_udp_port()),
-        format!("127.0.0.1:{}", free_tcp_port()),
-    );
+    // Both listeners on port 0: c2 names the ports it got in its endpoints.json.
     let config = tmp.path().join("c2.toml");
     let path = |p: PathBuf| p.display().to_string();
     std::fs::write(
         &config,
         format!(
-            "node_id = 2\nname = \"c2\"\ndata_dir = \"{data}\"\n\n[raft]\nlisten = \"{raft2}\"\n\n\
-             [admin]\nlisten = \"{admin2}\"\ntls = false\n\n[tls]\nca = \"{ca}\"\ncert = \"{cert}\"\n\
+            "node_id = 2\nname = \"c2\"\ndata_dir = \"{data}\"\n\n[raft]\nlisten = \"127.0.0.1:0\"\n\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\ntls = false\n\n[tls]\nca = \"{ca}\"\ncert = \"{cert}\"\n\
              key = \"{key}\"\n\n[secrets]\nmaster_key_file = \"{keys}\"\n",
             data = path(tmp.path().join("c2-data")),
             ca = path(dev.dir.join("certs/ca.pem")),
@@ -185,6 +180,7 @@ fn a_removed_coordinator_cannot_forward_writes() {
             .spawn()
             .expect("start c2"),
     );
+    let [admin2, raft2] = crate::common::endpoints(&tmp.path().join("c2-data"), ["admin", "raft"]);
     wait_for("c2 to listen", Duration::from_secs(60), || {
         (http_status(&admin2, "/healthz") == Some(200)).then_some(())
     });
