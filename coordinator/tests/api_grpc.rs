@@ -587,32 +587,11 @@ fn fresh_gpus(project: &pb::Project) -> u64 {
 
 #[tokio::test]
 async fn grpc_node_service_matches_rest() -> anyhow::Result<()> {
-    use coordinator::state::{Actor, Command, Op};
     let api = start().await?;
     let ch = channel(api.addr).await?;
     let admin = api.admin_token.clone();
     let mut nodes = pb::node_service_client::NodeServiceClient::new(ch.clone());
-    api.handle
-        .write(Command::new(
-            1_700_000_000_000,
-            Actor::system(),
-            Op::RegisterNode {
-                region: "eu".into(),
-                cluster: "eu1".into(),
-                node: "eu-a1".into(),
-                cpu_cores: 16,
-                memory_bytes: 1 << 34,
-                gpu_count: 0,
-                agent_version: "test".into(),
-                gpus: Vec::new(),
-                labels: [("zone".to_string(), "a".to_string())].into(),
-                rpc_addr: String::new(),
-                held: Vec::new(),
-                os: "linux".into(),
-                limit_mode: "cgroup-v2".into(),
-                admit_new: Some(false),
-            },
-        ))
+    api.register_node("eu-a1", 0, &[("zone", "a")], Some(false))
         .await?;
     let node_ref = || pb::NodeRef {
         region: "eu".into(),

@@ -926,34 +926,12 @@ async fn health_readiness_metrics_and_cluster() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn nodes_are_listed_for_platform_admins_only() -> anyhow::Result<()> {
-    use coordinator::state::{Actor, Command, Op};
     let api = start().await?;
     let empty = api.get("/v1/nodes").send().await?;
     assert_eq!(empty.status, 200, "{:?}", empty.body);
     assert_eq!(empty.body["items"], json!([]));
     for node in ["eu-a2", "eu-a1"] {
-        api.handle
-            .write(Command::new(
-                1_700_000_000_000,
-                Actor::system(),
-                Op::RegisterNode {
-                    region: "eu".into(),
-                    cluster: "eu1".into(),
-                    node: node.into(),
-                    cpu_cores: 16,
-                    memory_bytes: 1 << 34,
-                    gpu_count: 8,
-                    agent_version: "test".into(),
-                    gpus: Vec::new(),
-                    labels: Default::default(),
-                    rpc_addr: String::new(),
-                    held: Vec::new(),
-                    os: String::new(),
-                    limit_mode: String::new(),
-                    admit_new: None,
-                },
-            ))
-            .await?;
+        api.register_node(node, 8, &[], None).await?;
     }
     let page = api.get("/v1/nodes?page_size=1").send().await?;
     assert_eq!(page.status, 200, "{:?}", page.body);
@@ -976,30 +954,8 @@ async fn nodes_are_listed_for_platform_admins_only() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn platform_admins_drain_and_undrain_nodes() -> anyhow::Result<()> {
-    use coordinator::state::{Actor, Command, Op};
     let api = start().await?;
-    api.handle
-        .write(Command::new(
-            1_700_000_000_000,
-            Actor::system(),
-            Op::RegisterNode {
-                region: "eu".into(),
-                cluster: "eu1".into(),
-                node: "eu-a1".into(),
-                cpu_cores: 16,
-                memory_bytes: 1 << 34,
-                gpu_count: 0,
-                agent_version: "test".into(),
-                gpus: Vec::new(),
-                labels: Default::default(),
-                rpc_addr: String::new(),
-                held: Vec::new(),
-                os: String::new(),
-                limit_mode: String::new(),
-                admit_new: None,
-            },
-        ))
-        .await?;
+    api.register_node("eu-a1", 0, &[], None).await?;
     let listed = api.get("/v1/nodes").send().await?;
     assert_eq!(listed.body["items"][0]["draining"], json!(false));
 
@@ -1065,30 +1021,8 @@ async fn platform_admins_drain_and_undrain_nodes() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn platform_admins_deny_identities_and_admit_nodes() -> anyhow::Result<()> {
-    use coordinator::state::{Actor, Command, Op};
     let api = start().await?;
-    api.handle
-        .write(Command::new(
-            1_700_000_000_000,
-            Actor::system(),
-            Op::RegisterNode {
-                region: "eu".into(),
-                cluster: "eu1".into(),
-                node: "eu-a1".into(),
-                cpu_cores: 16,
-                memory_bytes: 1 << 34,
-                gpu_count: 0,
-                agent_version: "test".into(),
-                gpus: Vec::new(),
-                labels: Default::default(),
-                rpc_addr: String::new(),
-                held: Vec::new(),
-                os: String::new(),
-                limit_mode: String::new(),
-                admit_new: Some(false),
-            },
-        ))
-        .await?;
+    api.register_node("eu-a1", 0, &[], Some(false)).await?;
     let agent_uri = format!(
         "spiffe://{}/region/eu/cluster/eu1/agent/eu-a1",
         api_common::TRUST_DOMAIN

@@ -383,3 +383,40 @@ impl TestApi {
         self.handle.shutdown().await;
     }
 }
+
+impl TestApi {
+    /// Registers node `eu/eu1/<node>` (16 CPUs, 16 GiB, `gpu_count` GPUs, `labels`) as its agent would;
+    /// `admit_new` is what the leader stamps for a node new to a cluster without a policy.
+    pub async fn register_node(
+        &self,
+        node: &str,
+        gpu_count: u32,
+        labels: &[(&str, &str)],
+        admit_new: Option<bool>,
+    ) -> anyhow::Result<()> {
+        use coordinator::state::{Actor, Command, Op};
+        let op = Op::RegisterNode {
+            region: "eu".into(),
+            cluster: "eu1".into(),
+            node: node.into(),
+            cpu_cores: 16,
+            memory_bytes: 1 << 34,
+            gpu_count,
+            agent_version: "test".into(),
+            gpus: Vec::new(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            rpc_addr: String::new(),
+            held: Vec::new(),
+            os: String::new(),
+            limit_mode: String::new(),
+            admit_new,
+        };
+        self.handle
+            .write(Command::new(1_700_000_000_000, Actor::system(), op))
+            .await?;
+        Ok(())
+    }
+}
