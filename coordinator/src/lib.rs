@@ -6,6 +6,8 @@ pub mod clock;
 pub(crate) mod controllers;
 pub mod crypto;
 pub mod fleet;
+pub(crate) mod lease;
+pub(crate) mod membership;
 pub(crate) mod mesh_gate;
 pub(crate) mod network;
 pub mod node;

@@ -13,10 +13,8 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use openraft::error::{
-    ChangeMembershipError, CheckIsLeaderError, ClientWriteError, InitializeError, RaftError,
-};
-use openraft::{ChangeMembers, RaftMetrics, ServerState, SnapshotPolicy};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::{RaftMetrics, ServerState, SnapshotPolicy};
 use protocol::pb;
 use protocol::rpc::{
     LinkFaults, Method, PeerTable, RpcClient, RpcError, RpcServer, ServerOptions, StatusCode,
@@ -32,6 +30,8 @@ use meridian_registry::controllers::health::LastHeard;
 use crate::clock::Clock;
 use crate::controllers::{ControllerConfig, Runner};
 use crate::fleet::{Fleet, FleetTimings};
+use crate::lease::LeaderLease;
+use crate::membership::{change_membership_as_leader, membership_request, MemberChange};
 use crate::mesh_gate::MeshGate;
 use crate::network::NetworkFactory;
 use crate::proposer::Proposer;
@@ -264,11 +264,8 @@ struct NodeInner {
     controllers: Runner,
     clock: Arc<dyn Clock>,
     randomness: Arc<dyn Randomness>,
-    /// The term this node leads in and when a quorum last confirmed it (see [`Handle::leader_term`]).
-    lease: Mutex<Option<(u64, Instant)>>,
-    /// How long a confirmation lasts: the shortest election timeout, after which a majority elsewhere may
-    /// have chosen another leader.
-    lease_for: Duration,
+    /// How long this node may act as leader without a quorum confirming it (see [`Handle::leader_term`]).
+    lease: LeaderLease,
     /// When each node was last heard from (soft state kept by the agent RPCs).
     last_heard: Arc<dyn LastHeard>,
     store_closed: Mutex<Option<StoreClosed>>,
@@ -307,19 +304,6 @@ enum ForwardError {
     Invalid(String),
     /// It was handed over but no answer came back: it may or may not have happened.
     Failed(String),
-}
-
-/// A membership change as the leader carries it out.
-#[derive(Debug, Clone)]
-pub(crate) enum MemberChange {
-    Add {
-        id: NodeId,
-        node: MemberNode,
-        voter: bool,
-    },
-    Remove {
-        id: NodeId,
-    },
 }
 
 /// Why an operation that only the leader performs did not happen here.
@@ -452,8 +436,7 @@ impl Coordinator {
                 controllers: Runner::default(),
                 clock: opts.clock,
                 randomness: opts.randomness,
-                lease: Mutex::new(None),
-                lease_for: Duration::from_millis(opts.timings.election_min_ms),
+                lease: LeaderLease::new(Duration::from_millis(opts.timings.election_min_ms)),
                 last_heard: fleet.last_heard(),
                 store_closed: Mutex::new(Some(store_closed)),
             }),
@@ -966,11 +949,9 @@ impl Handle {
         }
     }
 
-    /// The current term while this node leads: Raft made it leader and a quorum confirmed that within the
-    /// lease (the shortest election timeout). A leader cut off from the majority stops acting as one when
-    /// its lease runs out — its controllers pause and agents are sent elsewhere — even before it learns of
-    /// the new term. Winning the election counts as the first confirmation; [`Handle::renew_lease`]
-    /// renews it.
+    /// The current term while this node leads: Raft made it leader and its lease holds (see
+    /// [`LeaderLease`]), so a leader cut off from the majority stops acting as one — its controllers pause
+    /// and agents are sent elsewhere — even before it learns of the new term.
     pub(crate) fn leader_term(&self) -> Option<u64> {
         let term = {
             let metrics = self.inner.raft.metrics();
@@ -978,20 +959,7 @@ impl Handle {
             (m.state == ServerState::Leader && m.current_leader == Some(self.inner.id))
                 .then_some(m.current_term)?
         };
-        let mut lease = self
-            .inner
-            .lease
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match *lease {
-            Some((t, confirmed)) if t == term => {
-                (confirmed.elapsed() < self.inner.lease_for).then_some(term)
-            }
-            _ => {
-                *lease = Some((term, Instant::now()));
-                Some(term)
-            }
-        }
+        self.inner.lease.holds(term, Instant::now()).then_some(term)
     }
 
     /// Whether this node acts as the leader now (see [`Handle::leader_term`]).
@@ -1011,19 +979,12 @@ impl Handle {
             m.current_term
         };
         let asked = Instant::now();
-        let confirmed =
-            tokio::time::timeout(self.inner.lease_for, self.inner.raft.get_read_log_id())
-                .await
-                .is_ok_and(|r| r.is_ok());
+        let round = self.inner.raft.get_read_log_id();
+        let confirmed = tokio::time::timeout(self.inner.lease.lasts(), round)
+            .await
+            .is_ok_and(|r| r.is_ok());
         if confirmed {
-            let mut lease = self
-                .inner
-                .lease
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if lease.is_none_or(|(t, at)| t < term || (t == term && at < asked)) {
-                *lease = Some((term, asked));
-            }
+            self.inner.lease.confirmed(term, asked);
         }
     }
 
@@ -1193,136 +1154,5 @@ impl Handle {
             }
         }
         tracing::info!(node = self.inner.id, "coordinator stopped");
-    }
-}
-
-/// The protobuf form of a membership change.
-pub(crate) fn membership_request(change: &MemberChange) -> pb::MembershipChangeRequest {
-    let change = match change {
-        MemberChange::Add { id, node, voter } => {
-            pb::membership_change_request::Change::Add(pb::AddMember {
-                id: *id,
-                name: node.name.clone(),
-                raft_addr: node.raft_addr.clone(),
-                admin_addr: node.admin_addr.clone(),
-                voter: *voter,
-            })
-        }
-        MemberChange::Remove { id } => pb::membership_change_request::Change::RemoveId(*id),
-    };
-    pb::MembershipChangeRequest {
-        change: Some(change),
-    }
-}
-
-/// Reads a membership change from its protobuf form.
-pub(crate) fn member_change_from(request: pb::MembershipChangeRequest) -> Option<MemberChange> {
-    Some(match request.change? {
-        pb::membership_change_request::Change::Add(add) => MemberChange::Add {
-            id: add.id,
-            node: MemberNode {
-                name: add.name,
-                raft_addr: add.raft_addr,
-                admin_addr: add.admin_addr,
-            },
-            voter: add.voter,
-        },
-        pb::membership_change_request::Change::RemoveId(id) => MemberChange::Remove { id },
-    })
-}
-
-/// Carries out `change` when this node is the leader.
-///
-/// Adding: the member joins as a learner, the call waits (until `deadline`) for it to catch up, then makes
-/// it a voter when asked. Removing: the member leaves the voters and the node list.
-pub(crate) async fn change_membership_as_leader(
-    raft: &Raft,
-    change: &MemberChange,
-    deadline: Instant,
-) -> Result<(), LeaderOnlyError> {
-    match change {
-        MemberChange::Add { id, node, voter } => {
-            if node.raft_addr.is_empty() {
-                return Err(LeaderOnlyError::Invalid(
-                    "a member needs a raft address".into(),
-                ));
-            }
-            match tokio::time::timeout_at(deadline, raft.add_learner(*id, node.clone(), true)).await
-            {
-                Ok(result) => result.map_err(client_write_error)?,
-                Err(_) => {
-                    return Err(LeaderOnlyError::Unavailable(format!(
-                        "member {id} was added as a learner but did not catch up in time"
-                    )))
-                }
-            };
-            if *voter {
-                let add = ChangeMembers::AddVoterIds(BTreeSet::from([*id]));
-                within(deadline, raft.change_membership(add, false))
-                    .await?
-                    .map_err(client_write_error)?;
-            }
-        }
-        MemberChange::Remove { id } => {
-            let (is_voter, is_member) = {
-                let metrics = raft.metrics();
-                let m = metrics.borrow();
-                let membership = m.membership_config.membership();
-                (
-                    membership.voter_ids().any(|v| v == *id),
-                    membership.get_node(id).is_some(),
-                )
-            };
-            let change = if is_voter {
-                // `retain = false` also drops it from the node list, so it does not stay as a learner.
-                ChangeMembers::RemoveVoters(BTreeSet::from([*id]))
-            } else if is_member {
-                ChangeMembers::RemoveNodes(BTreeSet::from([*id]))
-            } else {
-                // Nothing to remove; still make sure this node is the leader that would have done it.
-                let leader = within(deadline, raft.get_read_log_id()).await?;
-                return match leader {
-                    Ok(_) => Ok(()),
-                    Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                        Err(LeaderOnlyError::NotLeader {
-                            leader_id: f.leader_id,
-                            leader_node: f.leader_node,
-                        })
-                    }
-                    Err(e) => Err(LeaderOnlyError::Unavailable(e.to_string())),
-                };
-            };
-            within(deadline, raft.change_membership(change, false))
-                .await?
-                .map_err(client_write_error)?;
-        }
-    }
-    Ok(())
-}
-
-async fn within<T>(
-    deadline: Instant,
-    fut: impl std::future::Future<Output = T>,
-) -> Result<T, LeaderOnlyError> {
-    tokio::time::timeout_at(deadline, fut)
-        .await
-        .map_err(|_| LeaderOnlyError::Unavailable("membership change not confirmed in time".into()))
-}
-
-fn client_write_error(
-    e: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>>,
-) -> LeaderOnlyError {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => LeaderOnlyError::NotLeader {
-            leader_id: f.leader_id,
-            leader_node: f.leader_node,
-        },
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(
-            ChangeMembershipError::InProgress(e),
-        )) => LeaderOnlyError::Unavailable(e.to_string()),
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-            LeaderOnlyError::Invalid(e.to_string())
-        }
-        RaftError::Fatal(e) => LeaderOnlyError::Unavailable(e.to_string()),
     }
 }

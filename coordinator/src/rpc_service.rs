@@ -19,7 +19,8 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::fleet::Fleet;
-use crate::node::{change_membership_as_leader, member_change_from, LeaderOnlyError, NodeId, Raft};
+use crate::membership::{change_membership_as_leader, member_change_from};
+use crate::node::{LeaderOnlyError, NodeId, Raft};
 use crate::proposer::Proposer;
 use crate::state::Command;
 

@@ -237,6 +237,27 @@ impl Cluster {
         Ok(last)
     }
 
+    /// Cuts every link between member `id` and the other members, both ways.
+    fn isolate(&self, id: NodeId) {
+        let others: Vec<String> = self
+            .nodes
+            .keys()
+            .filter(|other| **other != id)
+            .map(|other| name_of(*other))
+            .collect();
+        let others: Vec<&str> = others.iter().map(String::as_str).collect();
+        self.net.cut(&[name_of(id).as_str()], &others);
+    }
+
+    /// A running member other than `leader`.
+    fn a_follower_of(&self, leader: NodeId) -> Result<NodeId> {
+        self.running()
+            .into_iter()
+            .map(|(id, _)| id)
+            .find(|id| *id != leader)
+            .ok_or_else(|| anyhow!("no follower"))
+    }
+
     async fn shutdown_all(&mut self) -> Result<()> {
         let ids: Vec<NodeId> = self.running().into_iter().map(|(id, _)| id).collect();
         for id in ids {
@@ -724,9 +745,7 @@ async fn a_leader_cut_off_into_the_minority_steps_down_and_no_acknowledged_write
         acknowledged.push(target);
     }
     let majority: Vec<NodeId> = [1, 2, 3].into_iter().filter(|id| *id != old).collect();
-    let majority_names: Vec<String> = majority.iter().map(|id| name_of(*id)).collect();
-    let majority_refs: Vec<&str> = majority_names.iter().map(String::as_str).collect();
-    cluster.net.cut(&[name_of(old).as_str()], &majority_refs);
+    cluster.isolate(old);
 
     // The majority elects a leader of its own and keeps acknowledging writes.
     let mut new = None;
@@ -788,10 +807,7 @@ async fn a_forwarded_write_whose_answer_is_lost_applies_exactly_once() -> Result
     let _one = ONE_SCENARIO_AT_A_TIME.lock().await;
     let mut cluster = Cluster::bootstrap(1_000, &[1, 2, 3]).await?;
     let leader = cluster.agreed_leader(None).await?;
-    let follower = [1, 2, 3]
-        .into_iter()
-        .find(|id| *id != leader)
-        .ok_or_else(|| anyhow!("no follower"))?;
+    let follower = cluster.a_follower_of(leader)?;
     // The follower's calls reach the leader, but every answer is lost on the way back.
     cluster.net.set_one_way(
         &name_of(follower),
@@ -835,17 +851,8 @@ async fn a_follower_cut_off_while_writes_go_on_catches_up_when_the_partition_hea
     let _one = ONE_SCENARIO_AT_A_TIME.lock().await;
     let mut cluster = Cluster::bootstrap(1_000, &[1, 2, 3]).await?;
     let leader = cluster.agreed_leader(None).await?;
-    let follower = [1, 2, 3]
-        .into_iter()
-        .find(|id| *id != leader)
-        .ok_or_else(|| anyhow!("no follower"))?;
-    let others: Vec<String> = [1, 2, 3]
-        .into_iter()
-        .filter(|id| *id != follower)
-        .map(name_of)
-        .collect();
-    let others: Vec<&str> = others.iter().map(String::as_str).collect();
-    cluster.net.cut(&[name_of(follower).as_str()], &others);
+    let follower = cluster.a_follower_of(leader)?;
+    cluster.isolate(follower);
     let leader_handle = cluster.handle(leader)?;
     let mut acknowledged = Vec::new();
     for i in 0..20 {

@@ -46,6 +46,8 @@ pub fn job_spec(data: &[u8]) {
     if spec.validate().is_err() {
         return;
     }
+    // Invariant: a spec is plain data and serializes, and what it serializes to parses back; a panic in
+    // either is a fuzzing finding, which is what this function exists to report.
     let again: JobSpec =
         serde_json::from_slice(&serde_json::to_vec(&spec).expect("a spec serializes"))
             .expect("a serialized spec parses");

@@ -50,31 +50,11 @@ impl pb::node_service_server::NodeService for GrpcNodes {
     }
 
     async fn drain_node(&self, request: Request<pb::NodeRef>) -> GrpcResult<pb::Node> {
-        let scope = scope_of(&request)?;
-        let pb::NodeRef {
-            region,
-            cluster,
-            node,
-        } = request.into_inner();
-        let drained = self
-            .service
-            .set_node_draining(&scope, &region, &cluster, &node, true)
-            .await;
-        answer(drained, node_pb)
+        self.set_draining(request, true).await
     }
 
     async fn undrain_node(&self, request: Request<pb::NodeRef>) -> GrpcResult<pb::Node> {
-        let scope = scope_of(&request)?;
-        let pb::NodeRef {
-            region,
-            cluster,
-            node,
-        } = request.into_inner();
-        let undrained = self
-            .service
-            .set_node_draining(&scope, &region, &cluster, &node, false)
-            .await;
-        answer(undrained, node_pb)
+        self.set_draining(request, false).await
     }
 
     async fn approve_node(&self, request: Request<pb::NodeRef>) -> GrpcResult<pb::Node> {
@@ -122,6 +102,27 @@ impl pb::node_service_server::NodeService for GrpcNodes {
                 auto_approve,
             }
         })
+    }
+}
+
+impl GrpcNodes {
+    /// Drains (`draining`) or undrains the node named in `request`.
+    async fn set_draining(
+        &self,
+        request: Request<pb::NodeRef>,
+        draining: bool,
+    ) -> GrpcResult<pb::Node> {
+        let scope = scope_of(&request)?;
+        let pb::NodeRef {
+            region,
+            cluster,
+            node,
+        } = request.into_inner();
+        let set = self
+            .service
+            .set_node_draining(&scope, &region, &cluster, &node, draining)
+            .await;
+        answer(set, node_pb)
     }
 }
 

@@ -178,11 +178,7 @@ fn golden_log() -> Vec<Entry> {
 /// The segment that switches on apply version 3: a project created with a request id, its policy changed,
 /// and the creation sent again, which answers the project as it is now.
 fn apply_version_3(state: RegistryState, next_index: u64, at: u64) -> Recorder {
-    let mut rec = Recorder {
-        state,
-        entries: Vec::new(),
-        next_index,
-    };
+    let mut rec = Recorder::continuing(state, next_index);
     rec.push(Command::new(
         at + 1_000,
         Actor::system(),
@@ -227,11 +223,7 @@ fn apply_version_2(state: RegistryState, next_index: u64, at: u64) -> Recorder {
         .next()
         .map(|n| (n.key.clone(), n.lease_epoch))
         .expect("the first segment registers nodes");
-    let mut rec = Recorder {
-        state,
-        entries: Vec::new(),
-        next_index,
-    };
+    let mut rec = Recorder::continuing(state, next_index);
     rec.push(Command::new(
         at + 1_000,
         Actor::system(),
@@ -274,11 +266,7 @@ fn apply_version_2(state: RegistryState, next_index: u64, at: u64) -> Recorder {
 /// before it (applied at that one's time), and the refusals of lowering the version and of a principal
 /// changing it.
 fn apply_version_1(state: RegistryState, next_index: u64, at: u64) -> Recorder {
-    let mut rec = Recorder {
-        state,
-        entries: Vec::new(),
-        next_index,
-    };
+    let mut rec = Recorder::continuing(state, next_index);
     rec.push(Command::new(
         at + 1_000,
         Actor::system(),
@@ -320,6 +308,15 @@ struct Recorder {
 }
 
 impl Recorder {
+    /// A recorder that goes on from `state`, numbering its first entry `next_index`.
+    fn continuing(state: RegistryState, next_index: u64) -> Self {
+        Self {
+            state,
+            entries: Vec::new(),
+            next_index,
+        }
+    }
+
     fn push(&mut self, command: Command) {
         let index = self
             .entries
