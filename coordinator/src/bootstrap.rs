@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 
 use crate::crypto::{self, MasterKeyring};
 use crate::node::{Handle, WriteError};
-use crate::state::{Actor, Command, Op};
+use crate::state::{Actor, Command, Op, TenancyOp};
 
 /// Why bootstrapping failed.
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +103,7 @@ pub async fn propose(
     })?;
     let mut rng = handle.rng();
     let data_key = crypto::new_data_key(&mut rng);
-    let op = Op::Bootstrap {
+    let op = Op::Tenancy(TenancyOp::Bootstrap {
         default_project_id: crypto::random_id("prj", &mut rng),
         default_data_key: crypto::wrap_data_key(keyring, &data_key, &mut rng),
         admin_principal_id: crypto::random_id("sa", &mut rng),
@@ -118,7 +118,7 @@ pub async fn propose(
             .into_iter()
             .rev()
             .collect(),
-    };
+    });
     match handle
         .write(Command::new(handle.now_ms(), Actor::system(), op))
         .await

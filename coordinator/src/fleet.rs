@@ -24,8 +24,9 @@ use crate::crypto::{self, MasterKeyring};
 use crate::node::{Handle, WeakHandle, WriteError};
 use crate::scheduler::GpuDevice;
 use crate::state::{
-    node_key, secret_binds_workload, Actor, Attempt, AuditOutcome, Command, DenyKind, DomainError,
-    HeldAttempt, JobEventKind, JobEventOp, JobRecord, NodeHealthState, Op, Outcome, RegistryState,
+    node_key, secret_binds_workload, Actor, Attempt, AuditOp, AuditOutcome, Command, DenyKind,
+    DomainError, FleetOp, HeldAttempt, JobEventKind, JobEventOp, JobOp, JobRecord, NodeHealthState,
+    Op, Outcome, RegistryState,
 };
 
 /// Timings of the fleet: how often agents beat, and how long silence lasts before a node changes health.
@@ -136,13 +137,13 @@ impl Release {
             self.node,
             secrets.join(",")
         );
-        Op::RecordAudit {
+        Op::Audit(AuditOp::RecordAudit {
             action: "secret.release".to_owned(),
             project: Some(self.project_id.clone()),
             target: self.job_id.chars().take(256).collect(),
             outcome: AuditOutcome::Success,
             detail: detail.chars().take(1024).collect(),
-        }
+        })
     }
 }
 
@@ -327,11 +328,11 @@ impl Fleet {
             let cmd = Command::new(
                 handle.now_ms(),
                 agent_actor(&ctx),
-                Op::SetIdleGpus {
+                Op::Fleet(FleetOp::SetIdleGpus {
                     node: key.clone(),
                     lease_epoch,
                     idle_gpus: idle,
-                },
+                }),
             );
             if let Err(e) = handle.write(cmd).await {
                 tracing::debug!(node = %key, error = %e, "idle GPUs not recorded");
@@ -440,11 +441,11 @@ impl Fleet {
         let cmd = Command::new(
             handle.now_ms(),
             agent_actor(&ctx),
-            Op::ReportJobEvents {
+            Op::Jobs(JobOp::ReportJobEvents {
                 node: key.clone(),
                 lease_epoch: req.lease_epoch,
                 events,
-            },
+            }),
         );
         match handle.write(cmd).await {
             Ok(Outcome::JobEvents { acks }) => Ok(encode_message(&pb::ReportResponse {
@@ -540,7 +541,7 @@ fn registration_op(req: pb::NodeRegistration, admit_new: bool) -> Result<Op, Rpc
     let gpu_count = u32::try_from(gpus.len())
         .unwrap_or(u32::MAX)
         .max(resources.gpu_count.min(MAX_GPUS as u32));
-    Ok(Op::RegisterNode {
+    Ok(Op::Fleet(FleetOp::RegisterNode {
         region: req.region,
         cluster: req.cluster,
         node: req.node,
@@ -563,7 +564,7 @@ fn registration_op(req: pb::NodeRegistration, admit_new: bool) -> Result<Op, Rpc
         os: req.os,
         limit_mode: req.limit_mode,
         admit_new: Some(admit_new),
-    })
+    }))
 }
 
 /// The deny-list as agents receive it (for their own RPC server, which coordinators call).
@@ -774,13 +775,13 @@ async fn check_identity(
     let record = Command::new(
         handle.now_ms(),
         agent_actor(ctx),
-        Op::RecordAudit {
+        Op::Audit(AuditOp::RecordAudit {
             action: action.to_owned(),
             project: None,
             target,
             outcome: AuditOutcome::Denied,
             detail: status.message.clone(),
-        },
+        }),
     );
     if let Err(e) = handle.write(record).await {
         tracing::warn!(error = %e, "could not record a refused agent call");
@@ -799,6 +800,7 @@ fn agent_actor(ctx: &CallContext) -> Actor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::TenancyOp;
 
     #[test]
     fn a_release_is_recorded_with_job_attempt_node_and_versions() {
@@ -812,13 +814,13 @@ mod tests {
         };
         assert_eq!(release.key(), ("job_1".to_owned(), 2, 1));
         match release.audit_op() {
-            Op::RecordAudit {
+            Op::Audit(AuditOp::RecordAudit {
                 action,
                 project,
                 target,
                 outcome,
                 detail,
-            } => {
+            }) => {
                 assert_eq!(action, "secret.release");
                 assert_eq!(project.as_deref(), Some("prj_a"));
                 assert_eq!(target, "job_1");
@@ -850,7 +852,7 @@ mod tests {
             assert!(out.is_ok(), "{out:?}");
         };
         for id in ["prj_open", "prj_closed"] {
-            apply(Op::CreateProject {
+            apply(Op::Tenancy(TenancyOp::CreateProject {
                 id: id.into(),
                 name: id.replace('_', "-"),
                 description: String::new(),
@@ -860,21 +862,21 @@ mod tests {
                     ciphertext_b64: id.into(),
                 },
                 policy: None,
-            });
-            apply(Op::SubmitJob {
+            }));
+            apply(Op::Jobs(JobOp::SubmitJob {
                 principal_id: None,
                 id: format!("job_{id}"),
                 project_id: id.into(),
                 spec: JobSpec::new("true"),
-            });
+            }));
         }
-        apply(Op::SetProjectPolicy {
+        apply(Op::Tenancy(TenancyOp::SetProjectPolicy {
             project_id: "prj_closed".into(),
             update: PolicyUpdate {
                 network: Some(crate::state::NetworkPolicy::None),
                 ..Default::default()
             },
-        });
+        }));
         let network = |project: &str| {
             let job = s.job(project, &format!("job_{project}")).expect("job");
             let attempt = crate::state::Attempt {

@@ -258,16 +258,16 @@ mod tests {
 
     use super::{NetworkFactory, MAX_RAFT_PAYLOAD};
     use crate::node::{MemberNode, TypeConfig};
-    use crate::state::{Actor, AuditOutcome, Command, Op};
+    use crate::state::{Actor, AuditOp, AuditOutcome, Command, Op};
 
     fn big_entry(index: u64, bytes: usize) -> Entry<TypeConfig> {
-        let op = Op::RecordAudit {
+        let op = Op::Audit(AuditOp::RecordAudit {
             action: "test.big".to_string(),
             project: None,
             target: String::new(),
             outcome: AuditOutcome::Denied,
             detail: "x".repeat(bytes),
-        };
+        });
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(Command::new(0, Actor::system(), op)),

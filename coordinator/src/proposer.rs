@@ -16,7 +16,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::node::{MemberNode, NodeId, Raft};
-use crate::state::{Actor, Command, CommandOutcome, DomainError, Op, Outcome};
+use crate::state::{Actor, ClusterOp, Command, CommandOutcome, DomainError, Op, Outcome};
 
 /// Proposals the batcher keeps in flight at once.
 pub(crate) const MAX_IN_FLIGHT: usize = 4;
@@ -79,7 +79,7 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(Command, Reply)>) {
 async fn propose_batch(raft: &Raft, batch: Vec<(Command, Reply)>) {
     let nested = batch
         .iter()
-        .any(|(cmd, _)| matches!(cmd.op, Op::Batch { .. }));
+        .any(|(cmd, _)| matches!(cmd.op, Op::Cluster(ClusterOp::Batch { .. })));
     if batch.len() == 1 || nested {
         for (cmd, reply) in batch {
             let result = raft.client_write(cmd).await.map(|r| r.data);
@@ -91,7 +91,11 @@ async fn propose_batch(raft: &Raft, batch: Vec<(Command, Reply)>) {
     let (commands, replies): (Vec<Command>, Vec<Reply>) = batch.into_iter().unzip();
     let at_ms = commands.first().map_or(0, |c| c.at_ms);
     let count = commands.len();
-    let entry = Command::new(at_ms, Actor::system(), Op::Batch { commands });
+    let entry = Command::new(
+        at_ms,
+        Actor::system(),
+        Op::Cluster(ClusterOp::Batch { commands }),
+    );
     match raft.client_write(entry).await {
         Ok(response) => match response.data {
             Ok(Outcome::Batch { outcomes }) if outcomes.len() == count => {

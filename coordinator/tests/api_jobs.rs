@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use coordinator::scheduler::{GpuDevice, Resources};
 use coordinator::state::{
-    Actor, Command, JobEventKind, JobEventOp, Op, PlacementOp, ReplicaPlacement,
+    Actor, Command, FleetOp, JobEventKind, JobEventOp, JobOp, Op, PlacementOp, ReplicaPlacement,
 };
 use protocol::pb;
 use serde_json::{json, Value};
@@ -690,7 +690,7 @@ async fn jobs_round_trip_over_grpc() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_purged_job_is_gone_but_its_usage_stays() -> anyhow::Result<()> {
     let api = start().await?;
-    // A label no node has keeps the leader's scheduler off it: this test places it, in the past.
+    // A label no node has keeps the leader's scheduler off it: this test places it by hand.
     let id = submit_ok(
         &api,
         json!({"command": "train", "resources": {"cpu": 2, "memory": "1Gi"},
@@ -700,18 +700,19 @@ async fn a_purged_job_is_gone_but_its_usage_stays() -> anyhow::Result<()> {
     let key = "eu/eu1/purge";
     register_unreachable_node(&api, "purge", Vec::new(), &[]).await?;
 
-    // The attempt ran for 1h10m across two past hours.
+    // The attempt runs for 1h10m, so across an hour boundary. Command time never goes back, so it is
+    // placed now and its end is reported by a command stamped when it ended (an agent's event is never
+    // dated before the placement or after the command that reports it).
     const HOUR: u64 = 3_600_000;
-    let next_hour = (now_ms() / HOUR + 1) * HOUR;
-    let started = next_hour - 3 * HOUR + 10 * 60_000;
+    let placed = now_ms();
+    let started = placed + 60_000;
     let ended = started + HOUR + 10 * 60_000;
-    // Placed a minute before it started: the state never dates an agent's event before the placement.
     let reserved = Resources {
         cpu_millis: 2_000,
         memory_bytes: 1 << 30,
         gpus: 0,
     };
-    place_by_hand(&api, &id, key, reserved, started - 60_000).await?;
+    place_by_hand(&api, &id, key, reserved, placed).await?;
     let event = |at_ms: u64, kind: JobEventKind| JobEventOp {
         job_id: id.clone(),
         attempt: 1,
@@ -719,7 +720,7 @@ async fn a_purged_job_is_gone_but_its_usage_stays() -> anyhow::Result<()> {
         at_ms,
         kind,
     };
-    let report = Op::ReportJobEvents {
+    let report = Op::Jobs(JobOp::ReportJobEvents {
         node: key.into(),
         lease_epoch: 1,
         events: vec![
@@ -736,14 +737,17 @@ async fn a_purged_job_is_gone_but_its_usage_stays() -> anyhow::Result<()> {
                 },
             ),
         ],
-    };
+    });
     api.handle
-        .write(Command::new(now_ms(), Actor::system(), report))
+        .write(Command::new(ended, Actor::system(), report))
         .await?;
     let job = api.get(&format!("/v1/jobs/{id}")).send().await?;
     assert_eq!(job.str("/state"), "succeeded", "{}", job.body);
 
-    let range = format!("/v1/usage?since={}&until={next_hour}", next_hour - 4 * HOUR);
+    // Whole hours around the attempt: over hour-aligned ranges a purge changes no figure.
+    let since = (placed / HOUR - 1) * HOUR;
+    let until = (ended / HOUR + 2) * HOUR;
+    let range = format!("/v1/usage?since={since}&until={until}");
     let figures = [
         "cpu_core_seconds",
         "memory_gib_seconds",
@@ -757,13 +761,13 @@ async fn a_purged_job_is_gone_but_its_usage_stays() -> anyhow::Result<()> {
     assert_eq!(before.body["cpu_time_seconds"], json!(4.25));
     assert_eq!(before.body["archived"]["cpu_core_seconds"], json!(0.0));
 
-    let purge = Op::PurgeJobs {
-        finished_before: now_ms() + 1,
+    let purge = Op::Jobs(JobOp::PurgeJobs {
+        finished_before: ended + 1,
         max: 10,
-    };
+    });
     let outcome = api
         .handle
-        .write(Command::new(now_ms() + 1, Actor::system(), purge))
+        .write(Command::new(ended + 1, Actor::system(), purge))
         .await?;
     assert_eq!(
         outcome,
@@ -796,7 +800,7 @@ async fn register_unreachable_node(
     gpus: Vec<GpuDevice>,
     labels: &[(&str, &str)],
 ) -> anyhow::Result<()> {
-    let register = Op::RegisterNode {
+    let register = Op::Fleet(FleetOp::RegisterNode {
         region: "eu".into(),
         cluster: "eu1".into(),
         node: node.into(),
@@ -814,7 +818,7 @@ async fn register_unreachable_node(
         os: "Linux test".into(),
         limit_mode: "rlimits".into(),
         admit_new: None,
-    };
+    });
     api.handle
         .write(Command::new(now_ms(), Actor::system(), register))
         .await?;
@@ -829,7 +833,7 @@ async fn place_by_hand(
     resources: Resources,
     at: u64,
 ) -> anyhow::Result<()> {
-    let place = Op::PlaceJobs {
+    let place = Op::Jobs(JobOp::PlaceJobs {
         placements: vec![PlacementOp::Place {
             job_id: id.to_owned(),
             attempt: 1,
@@ -840,7 +844,7 @@ async fn place_by_hand(
                 resources,
             }],
         }],
-    };
+    });
     api.handle
         .write(Command::new(at, Actor::system(), place))
         .await?;

@@ -10,7 +10,9 @@ use anyhow::{bail, Context};
 use coordinator::clock::{Clock, ManualClock};
 use coordinator::fleet::FleetTimings;
 use coordinator::node::{Coordinator, CoordinatorOptions, Handle, MemberNode, RaftTimings};
-use coordinator::state::{AuditOutcome, NodeHealthState, NodeRecord};
+use coordinator::state::{
+    AuditOutcome, FleetOp, IdentityOp, JobOp, NodeHealthState, NodeRecord, SecretOp, TenancyOp,
+};
 use protocol::pb;
 use protocol::rpc::{Method, RpcClient, RpcError, StatusCode};
 use tokio_util::sync::CancellationToken;
@@ -393,12 +395,12 @@ async fn jobs_flow_through_sync_and_reports_fenced_by_epoch_and_attempt() -> any
         Command::new(
             1,
             Actor::system(),
-            Op::SubmitJob {
+            Op::Jobs(JobOp::SubmitJob {
                 id: id.into(),
                 project_id: project.clone(),
                 spec: spec.clone(),
                 principal_id: None,
-            },
+            }),
         )
     };
     fx.handle.write(submit("job_one")).await?;
@@ -512,7 +514,7 @@ async fn jobs_flow_through_sync_and_reports_fenced_by_epoch_and_attempt() -> any
         Command::new(
             2,
             Actor::system(),
-            Op::PutSecret {
+            Op::Secrets(SecretOp::PutSecret {
                 project_id: project.clone(),
                 name: name.into(),
                 version: 1,
@@ -523,7 +525,7 @@ async fn jobs_flow_through_sync_and_reports_fenced_by_epoch_and_attempt() -> any
                     &mut rand::rngs::OsRng,
                 ),
                 bindings: Some(bindings),
-            },
+            }),
         )
     };
     // The trainer service account may use secrets in the project; the secret is bound to it, for jobs
@@ -532,7 +534,7 @@ async fn jobs_flow_through_sync_and_reports_fenced_by_epoch_and_attempt() -> any
         .write(Command::new(
             2,
             Actor::system(),
-            Op::CreateKey {
+            Op::Tenancy(TenancyOp::CreateKey {
                 key_id: "trainer".into(),
                 name: "trainer".into(),
                 project_id: project.clone(),
@@ -545,7 +547,7 @@ async fn jobs_flow_through_sync_and_reports_fenced_by_epoch_and_attempt() -> any
                 },
                 role: Some(coordinator::authz::Role::SecretUser),
                 limits: Default::default(),
-            },
+            }),
         ))
         .await?;
     fx.handle
@@ -569,12 +571,12 @@ async fn jobs_flow_through_sync_and_reports_fenced_by_epoch_and_attempt() -> any
         .write(Command::new(
             3,
             Actor::system(),
-            Op::SubmitJob {
+            Op::Jobs(JobOp::SubmitJob {
                 id: "job_unbound".into(),
                 project_id: project.clone(),
                 spec: unbound,
                 principal_id: Some("sa_trainer".into()),
-            },
+            }),
         ))
         .await;
     assert!(
@@ -585,12 +587,12 @@ async fn jobs_flow_through_sync_and_reports_fenced_by_epoch_and_attempt() -> any
         .write(Command::new(
             3,
             Actor::system(),
-            Op::SubmitJob {
+            Op::Jobs(JobOp::SubmitJob {
                 id: "job_secret".into(),
                 project_id: project.clone(),
                 spec: with_secret,
                 principal_id: Some("sa_trainer".into()),
-            },
+            }),
         ))
         .await?;
     let secret_assignment =
@@ -748,12 +750,12 @@ async fn nodes_get_work_only_within_what_was_approved() -> anyhow::Result<()> {
         Command::new(
             1,
             Actor::system(),
-            Op::SubmitJob {
+            Op::Jobs(JobOp::SubmitJob {
                 principal_id: None,
                 id: id.into(),
                 project_id: project.clone(),
                 spec: spec.clone(),
-            },
+            }),
         )
     };
     fx.handle.write(submit("job_waits")).await?;
@@ -768,9 +770,9 @@ async fn nodes_get_work_only_within_what_was_approved() -> anyhow::Result<()> {
     let approve = Command::new(
         2,
         Actor::system(),
-        Op::ApproveNode {
+        Op::Fleet(FleetOp::ApproveNode {
             key: NODE_KEY.into(),
-        },
+        }),
     );
     fx.handle.write(approve).await?;
     wait_job(&fx.handle, &project, "job_waits", |j| {
@@ -836,11 +838,11 @@ async fn a_denied_agent_is_cut_off_and_stays_out() -> anyhow::Result<()> {
     let deny = Command::new(
         1,
         Actor::system(),
-        Op::DenyIdentity {
+        Op::Identity(IdentityOp::DenyIdentity {
             kind: DenyKind::Identity,
             value: identity.uri(),
             reason: "stolen".into(),
-        },
+        }),
     );
     fx.handle.write(deny).await?;
     eventually("the denied agent's connection closing", || {
@@ -870,11 +872,11 @@ async fn a_denied_agent_is_cut_off_and_stays_out() -> anyhow::Result<()> {
     let revoke = Command::new(
         2,
         Actor::system(),
-        Op::DenyIdentity {
+        Op::Identity(IdentityOp::DenyIdentity {
             kind: DenyKind::Serial,
             value: serial,
             reason: String::new(),
-        },
+        }),
     );
     fx.handle.write(revoke).await?;
     eventually("the revoked certificate's connection closing", || {
@@ -912,11 +914,11 @@ async fn an_agent_refuses_a_denied_coordinator() -> anyhow::Result<()> {
     let deny = Command::new(
         1,
         Actor::system(),
-        Op::DenyIdentity {
+        Op::Identity(IdentityOp::DenyIdentity {
             kind: DenyKind::Identity,
             value: rogue_tls.identity().uri(),
             reason: "decommissioned".into(),
-        },
+        }),
     );
     fx.handle.write(deny).await?;
     testkit::eventually_async(
@@ -1007,12 +1009,12 @@ async fn an_agent_cut_off_from_the_coordinators_keeps_its_job_and_reports_once_a
         .write(Command::new(
             fx.handle.now_ms(),
             Actor::system(),
-            Op::SubmitJob {
+            Op::Jobs(JobOp::SubmitJob {
                 principal_id: None,
                 id: "job_rides_out".into(),
                 project_id: project.clone(),
                 spec,
-            },
+            }),
         ))
         .await?;
     wait_job(&fx.handle, &project, "job_rides_out", |j| {

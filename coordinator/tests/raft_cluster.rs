@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use certs::{CertificateAuthority, Identity, LeafRequest, TlsIdentity};
 use coordinator::node::{RaftTimings, ReadError};
-use coordinator::state::{Actor, AuditOutcome, Command, Op, Outcome, APPLY_VERSION};
+use coordinator::state::{Actor, AuditOp, AuditOutcome, Command, Op, Outcome, APPLY_VERSION};
 use coordinator::{Coordinator, CoordinatorOptions, Handle, MemberNode, NodeId};
 use protocol::rpc::Partitions;
 use tempfile::TempDir;
@@ -37,13 +37,13 @@ fn audit_write(target: &str) -> Command {
     Command::new(
         1_700_000_000_000,
         Actor::system(),
-        Op::RecordAudit {
+        Op::Audit(AuditOp::RecordAudit {
             action: "test.write".to_string(),
             project: None,
             target: target.to_string(),
             outcome: AuditOutcome::Denied,
             detail: String::new(),
-        },
+        }),
     )
 }
 

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use meridian_registry::scheduler::{ResourceRequest, Resources};
 use meridian_registry::state::{
-    job_reservation, Actor, AuditOutcome, Command, JobEventKind, JobEventOp, JobSpec, Op,
-    PlacementOp, RegistryState, ReplicaPlacement, WrappedKey,
+    job_reservation, Actor, AuditOp, AuditOutcome, ClusterOp, Command, FleetOp, JobEventKind,
+    JobEventOp, JobOp, JobSpec, Op, PlacementOp, RegistryState, ReplicaPlacement, TenancyOp,
+    WrappedKey,
 };
 
 const NODES: usize = 10_000;
@@ -78,17 +79,17 @@ fn run_job(b: &mut Builder, n: usize) {
     let resources: Resources = job_reservation(&spec);
     b.apply(
         admin(),
-        Op::SubmitJob {
+        Op::Jobs(JobOp::SubmitJob {
             principal_id: Some("sa_admin".into()),
             id: id.clone(),
             project_id: PROJECT.into(),
             spec,
-        },
+        }),
         Some(format!("req_{n:08}")),
     );
     b.apply(
         Actor::system(),
-        Op::PlaceJobs {
+        Op::Jobs(JobOp::PlaceJobs {
             placements: vec![PlacementOp::Place {
                 job_id: id.clone(),
                 attempt: 1,
@@ -99,7 +100,7 @@ fn run_job(b: &mut Builder, n: usize) {
                     resources,
                 }],
             }],
-        },
+        }),
         None,
     );
     for kind in [
@@ -116,7 +117,7 @@ fn run_job(b: &mut Builder, n: usize) {
         let at_ms = b.at;
         b.apply(
             agent(node),
-            Op::ReportJobEvents {
+            Op::Jobs(JobOp::ReportJobEvents {
                 node: node_key(node),
                 lease_epoch: 1,
                 events: vec![JobEventOp {
@@ -126,7 +127,7 @@ fn run_job(b: &mut Builder, n: usize) {
                     at_ms,
                     kind,
                 }],
-            },
+            }),
             None,
         );
     }
@@ -152,7 +153,7 @@ fn measure(version: u32) -> Measured {
     let started = Instant::now();
     b.apply(
         Actor::system(),
-        Op::Bootstrap {
+        Op::Tenancy(TenancyOp::Bootstrap {
             default_project_id: PROJECT.into(),
             default_data_key: WrappedKey {
                 master_key_id: "mk1".into(),
@@ -164,14 +165,18 @@ fn measure(version: u32) -> Measured {
             admin_key_id: "adminkey".into(),
             admin_key_hash: "00".repeat(32),
             admin_key_last4: "abcd".into(),
-        },
+        }),
         None,
     );
-    b.apply(Actor::system(), Op::SetApplyVersion { version }, None);
+    b.apply(
+        Actor::system(),
+        Op::Cluster(ClusterOp::SetApplyVersion { version }),
+        None,
+    );
     for node in 0..NODES {
         b.apply(
             agent(node),
-            Op::RegisterNode {
+            Op::Fleet(FleetOp::RegisterNode {
                 region: "eu".into(),
                 cluster: "eu1".into(),
                 node: format!("n{node}"),
@@ -186,7 +191,7 @@ fn measure(version: u32) -> Measured {
                 os: "linux".into(),
                 limit_mode: "cgroup-v2".into(),
                 admit_new: Some(true),
-            },
+            }),
             None,
         );
     }
@@ -196,13 +201,13 @@ fn measure(version: u32) -> Measured {
     for n in 0..EXTRA_AUDIT {
         b.apply(
             admin(),
-            Op::RecordAudit {
+            Op::Audit(AuditOp::RecordAudit {
                 action: "job.logs".into(),
                 project: Some(PROJECT.into()),
                 target: format!("job_{:08}", n % JOBS),
                 outcome: AuditOutcome::Success,
                 detail: String::new(),
-            },
+            }),
             None,
         );
     }

@@ -493,7 +493,7 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
-    use crate::state::{Command, KeyPrincipal, Op, WrappedKey};
+    use crate::state::{Command, KeyPrincipal, Op, TenancyOp, WrappedKey};
 
     const T0: u64 = 1_700_000_000_000;
 
@@ -562,7 +562,7 @@ mod tests {
     ) {
         apply(
             s,
-            Op::CreateKey {
+            Op::Tenancy(TenancyOp::CreateKey {
                 key_id: key_id.into(),
                 name: key_id.into(),
                 project_id: project.into(),
@@ -575,7 +575,7 @@ mod tests {
                 },
                 role,
                 limits: crate::state::KeyLimits::default(),
-            },
+            }),
         );
     }
 
@@ -585,7 +585,7 @@ mod tests {
         let mut s = RegistryState::default();
         apply(
             &mut s,
-            Op::Bootstrap {
+            Op::Tenancy(TenancyOp::Bootstrap {
                 default_project_id: "prj_default".into(),
                 default_data_key: wk("d"),
                 admin_principal_id: "sa_root".into(),
@@ -593,18 +593,18 @@ mod tests {
                 admin_key_id: "root".into(),
                 admin_key_hash: token::hash_token("root"),
                 admin_key_last4: "abcd".into(),
-            },
+            }),
         );
         for (id, name) in [("prj_a", "aaa"), ("prj_b", "bbb")] {
             apply(
                 &mut s,
-                Op::CreateProject {
+                Op::Tenancy(TenancyOp::CreateProject {
                     id: id.into(),
                     name: name.into(),
                     description: String::new(),
                     data_key: wk(id),
                     policy: None,
-                },
+                }),
             );
         }
         for role in Role::ALL {
@@ -627,21 +627,21 @@ mod tests {
             );
             apply(
                 &mut s,
-                Op::BindRole {
+                Op::Tenancy(TenancyOp::BindRole {
                     principal_id: platform,
                     scope: Scope::Platform,
                     role,
-                },
+                }),
             );
         }
         new_key(&mut s, "nobind", "prj_a", "no_binding", None);
         new_key(&mut s, "off", "prj_a", "disabled", Some(Role::ProjectAdmin));
         apply(
             &mut s,
-            Op::SetPrincipalDisabled {
+            Op::Tenancy(TenancyOp::SetPrincipalDisabled {
                 id: "disabled".into(),
                 disabled: true,
-            },
+            }),
         );
         s
     }
@@ -789,19 +789,21 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(11);
         let mut s = world();
         let t = token::generate_token(&mut rng);
-        let op = |expires_at| Op::CreateKey {
-            key_id: t.key_id.clone(),
-            name: "ci".into(),
-            project_id: "prj_a".into(),
-            hash: t.hash.clone(),
-            last4: t.last4.clone(),
-            expires_at,
-            principal: KeyPrincipal::NewServiceAccount {
-                principal_id: "sa_ci".into(),
+        let op = |expires_at| {
+            Op::Tenancy(TenancyOp::CreateKey {
+                key_id: t.key_id.clone(),
                 name: "ci".into(),
-            },
-            role: Some(Role::Editor),
-            limits: crate::state::KeyLimits::default(),
+                project_id: "prj_a".into(),
+                hash: t.hash.clone(),
+                last4: t.last4.clone(),
+                expires_at,
+                principal: KeyPrincipal::NewServiceAccount {
+                    principal_id: "sa_ci".into(),
+                    name: "ci".into(),
+                },
+                role: Some(Role::Editor),
+                limits: crate::state::KeyLimits::default(),
+            })
         };
         apply(&mut s, op(Some(T0 + 1_000_000)));
         let caller = authenticate(&s, &t.token, T0 + 10).expect("valid token");
@@ -837,25 +839,25 @@ mod tests {
 
         apply(
             &mut s,
-            Op::SetPrincipalDisabled {
+            Op::Tenancy(TenancyOp::SetPrincipalDisabled {
                 id: "sa_ci".into(),
                 disabled: true,
-            },
+            }),
         );
         assert_eq!(authenticate(&s, &t.token, T0), Err(AuthnError::Disabled));
         apply(
             &mut s,
-            Op::SetPrincipalDisabled {
+            Op::Tenancy(TenancyOp::SetPrincipalDisabled {
                 id: "sa_ci".into(),
                 disabled: false,
-            },
+            }),
         );
         assert!(authenticate(&s, &t.token, T0).is_ok());
         apply(
             &mut s,
-            Op::RevokeKey {
+            Op::Tenancy(TenancyOp::RevokeKey {
                 key_id: t.key_id.clone(),
-            },
+            }),
         );
         assert_eq!(authenticate(&s, &t.token, T0), Err(AuthnError::Revoked));
     }

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tonic::{Request, Response, Status};
 
-use crate::state::{self, normalize_serial, DeniedIdentity, DenyKind, Op, Outcome};
+use crate::state::{
+    self, normalize_serial, DeniedIdentity, DenyKind, FleetOp, IdentityOp, Op, Outcome,
+};
 
 use super::auth::RequestScope;
 use super::error::ServiceError;
@@ -138,11 +140,11 @@ impl AdminService {
                 format!("at most {MAX_REASON} bytes"),
             ));
         }
-        let op = Op::DenyIdentity {
+        let op = Op::Identity(IdentityOp::DenyIdentity {
             kind,
             value,
             reason,
-        };
+        });
         match self.write(scope, op).await? {
             Outcome::Denied { entry } => Ok(entry),
             other => Err(unexpected(other)),
@@ -156,7 +158,13 @@ impl AdminService {
         req: AllowIdentityRequest,
     ) -> Result<DeniedIdentity, ServiceError> {
         let (kind, value) = self.selected(&req.identity, &req.serial, &req.node)?;
-        match self.write(scope, Op::AllowIdentity { kind, value }).await? {
+        match self
+            .write(
+                scope,
+                Op::Identity(IdentityOp::AllowIdentity { kind, value }),
+            )
+            .await?
+        {
             Outcome::Denied { entry } => Ok(entry),
             other => Err(unexpected(other)),
         }
@@ -183,9 +191,9 @@ impl AdminService {
         for (field, value) in [("region", region), ("cluster", cluster), ("node", node)] {
             state::validate_id(field, value)?;
         }
-        let op = Op::ApproveNode {
+        let op = Op::Fleet(FleetOp::ApproveNode {
             key: state::node_key(region, cluster, node),
-        };
+        });
         match self.write(scope, op).await? {
             Outcome::Node { node } => Ok(self.node_view(&node)),
             other => Err(unexpected(other)),
@@ -203,11 +211,11 @@ impl AdminService {
         for (field, value) in [("region", region), ("cluster", cluster)] {
             state::validate_id(field, value)?;
         }
-        let op = Op::SetClusterPolicy {
+        let op = Op::Fleet(FleetOp::SetClusterPolicy {
             region: region.to_owned(),
             cluster: cluster.to_owned(),
             auto_approve: req.auto_approve,
-        };
+        });
         match self.write(scope, op).await? {
             Outcome::ClusterPolicy {
                 region,

@@ -371,7 +371,7 @@ mod tests {
     /// owner recorded for the audit log; everything after it is one code path.
     #[test]
     fn a_missing_and_a_hidden_project_are_one_verdict() {
-        use crate::state::{Actor, Command, KeyPrincipal, Op, WrappedKey};
+        use crate::state::{Actor, Command, KeyPrincipal, Op, TenancyOp, WrappedKey};
         let mut s = RegistryState::default();
         let mut apply = |op: Op| {
             let index = s.applied_index + 1;
@@ -384,16 +384,16 @@ mod tests {
             ciphertext_b64: "ct".into(),
         };
         for (id, name) in [("prj_mine", "mine"), ("prj_theirs", "theirs")] {
-            apply(Op::CreateProject {
+            apply(Op::Tenancy(TenancyOp::CreateProject {
                 id: id.into(),
                 name: name.into(),
                 description: String::new(),
                 data_key: wk.clone(),
                 policy: None,
-            });
+            }));
         }
         let token = crypto::generate_token(&mut rand::rngs::OsRng);
-        apply(Op::CreateKey {
+        apply(Op::Tenancy(TenancyOp::CreateKey {
             limits: Default::default(),
             key_id: token.key_id.clone(),
             name: "k".into(),
@@ -406,7 +406,7 @@ mod tests {
                 name: "me".into(),
             },
             role: Some(crate::authz::Role::Editor),
-        });
+        }));
         let op = &super::super::routes::op::JOB_LIST;
         let verdict = |project: &str| {
             judge(

@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::state::{Actor, AuditOutcome, Command, Op};
+use crate::state::{Actor, AuditOp, AuditOutcome, Command, Op};
 
 /// Most buckets (keys plus addresses) tracked at once; new ones beyond it share one overflow bucket.
 const MAX_BUCKETS: usize = 10_000;
@@ -308,13 +308,13 @@ impl Denials {
                     e.last_ms,
                     e.reason
                 );
-                let op = Op::RecordAudit {
+                let op = Op::Audit(AuditOp::RecordAudit {
                     action: operation,
                     project,
                     target: e.target,
                     outcome: AuditOutcome::Denied,
                     detail,
-                };
+                });
                 Command::new(now_ms, e.actor, op)
             })
             .collect()
@@ -426,13 +426,13 @@ mod tests {
             commands
                 .iter()
                 .find_map(|c| match &c.op {
-                    Op::RecordAudit {
+                    Op::Audit(AuditOp::RecordAudit {
                         action,
                         outcome,
                         detail,
                         target,
                         ..
-                    } if action == wanted => Some((c, *outcome, detail.clone(), target.clone())),
+                    }) if action == wanted => Some((c, *outcome, detail.clone(), target.clone())),
                     _ => None,
                 })
                 .unwrap_or_else(|| panic!("no {wanted} record"))
@@ -490,7 +490,7 @@ mod tests {
             1,
         );
         let commands = d.drain(2);
-        let Op::RecordAudit { target, detail, .. } = &commands[0].op else {
+        let Op::Audit(AuditOp::RecordAudit { target, detail, .. }) = &commands[0].op else {
             panic!("a RecordAudit command");
         };
         assert!(target.len() <= 256 && detail.len() <= 1024);

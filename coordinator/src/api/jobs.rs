@@ -15,7 +15,8 @@ use crate::authz::{self, Action};
 use crate::crypto;
 use crate::scheduler::{Constraints, Locality, ResourceRequest, Resources, Strategy};
 use crate::state::{
-    Attempt, JobRecord, JobSpec, JobState, Op, Outcome, RetryPolicy, UsageReport, MAX_REPLICAS,
+    Attempt, JobOp, JobRecord, JobSpec, JobState, Op, Outcome, RetryPolicy, UsageReport,
+    MAX_REPLICAS,
 };
 
 use super::auth::RequestScope;
@@ -849,13 +850,13 @@ impl AdminService {
                     .await);
             }
         }
-        let op = Op::SubmitJob {
+        let op = Op::Jobs(JobOp::SubmitJob {
             id: crypto::random_id("job", &mut self.handle().rng()),
             project_id: scope.project_id.clone(),
             spec,
             // The job's workload identity: the secrets it names must be bound to this principal.
             principal_id: Some(scope.caller.principal_id.clone()),
-        };
+        });
         match self.write(scope, op).await? {
             Outcome::Job { job } => Ok(JobView::from(&job)),
             other => Err(unexpected(other)),
@@ -900,10 +901,10 @@ impl AdminService {
                 job.state.as_str()
             )));
         }
-        let op = Op::CancelJob {
+        let op = Op::Jobs(JobOp::CancelJob {
             project_id: scope.project_id.clone(),
             id: id.to_owned(),
-        };
+        });
         match self.write(scope, op).await {
             Ok(Outcome::Job { job }) => Ok(JobView::from(&job)),
             Ok(other) => Err(unexpected(other)),

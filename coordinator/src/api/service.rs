@@ -17,9 +17,9 @@ use crate::authz::{self, Action, Caller, Role};
 use crate::crypto::{self, CryptoError, MasterKeyring, SecretAad};
 use crate::node::{ClusterStatus, Handle, MemberNode, MemberStatus, NodeId};
 use crate::state::{
-    self, validate_id, ApiKeyView, AuditRecord, Command, KeyPrincipal, Op, Outcome, Page,
-    PageRequest, PolicyUpdate, Principal, PrincipalKind, ProjectPolicy, ProjectView, RoleBinding,
-    Scope, SecretView, DEFAULT_PAGE_SIZE,
+    self, validate_id, ApiKeyView, AuditOp, AuditRecord, Command, FleetOp, KeyPrincipal, Op,
+    Outcome, Page, PageRequest, PolicyUpdate, Principal, PrincipalKind, ProjectPolicy, ProjectView,
+    RoleBinding, Scope, SecretOp, SecretView, TenancyOp, DEFAULT_PAGE_SIZE,
 };
 
 use super::auth::RequestScope;
@@ -803,10 +803,10 @@ impl AdminService {
         for (field, value) in [("region", region), ("cluster", cluster), ("node", node)] {
             validate_id(field, value)?;
         }
-        let op = Op::SetNodeDraining {
+        let op = Op::Fleet(FleetOp::SetNodeDraining {
             key: crate::state::node_key(region, cluster, node),
             draining,
-        };
+        });
         match self.write(scope, op).await? {
             Outcome::Node { node } => Ok(self.node_view(&node)),
             other => Err(unexpected(other)),
@@ -911,13 +911,13 @@ impl AdminService {
                 format!("{detail}: {e}"),
             ),
         };
-        let op = Op::RecordAudit {
+        let op = Op::Audit(AuditOp::RecordAudit {
             action: scope.operation.to_owned(),
             project: None,
             target: super::denials::clip(target, 256),
             outcome,
             detail: super::denials::clip(&detail, 1024),
-        };
+        });
         let cmd = Command::new(self.handle().now_ms(), scope.caller.actor(), op);
         if let Err(e) = self.inner.handle.write(cmd).await {
             tracing::warn!(error = %e, target, "could not audit a membership change");
@@ -940,7 +940,7 @@ impl AdminService {
             &crypto::new_data_key(&mut rng),
             &mut rng,
         );
-        let op = Op::CreateProject {
+        let op = Op::Tenancy(TenancyOp::CreateProject {
             id: crypto::random_id("prj", &mut rng),
             name: req.name,
             description,
@@ -949,7 +949,7 @@ impl AdminService {
             // log entry ~200 bytes smaller on every replica.
             policy: (self.inner.project_defaults != ProjectPolicy::BUILTIN)
                 .then_some(self.inner.project_defaults),
-        };
+        });
         match self.write(scope, op).await? {
             Outcome::Project { project } => Ok(project),
             other => Err(unexpected(other)),
@@ -1023,10 +1023,10 @@ impl AdminService {
             .handle
             .read(|s| s.project_by_id_or_name(project).map(|p| p.id.clone()));
         let id = id.ok_or_else(|| ServiceError::not_found("project", project))?;
-        let op = Op::SetProjectPolicy {
+        let op = Op::Tenancy(TenancyOp::SetProjectPolicy {
             project_id: id,
             update,
-        };
+        });
         match self.write(scope, op).await {
             Ok(Outcome::Project { project }) => Ok(project),
             Ok(other) => Err(unexpected(other)),
@@ -1048,7 +1048,10 @@ impl AdminService {
             .handle
             .read(|s| s.project_by_id_or_name(project).map(|p| p.id.clone()));
         let id = id.ok_or_else(|| ServiceError::not_found("project", project))?;
-        match self.write(scope, Op::DeleteProject { id }).await {
+        match self
+            .write(scope, Op::Tenancy(TenancyOp::DeleteProject { id }))
+            .await
+        {
             Ok(_) => Ok(()),
             // The domain names the id; callers asked by name or id, so answer in their words.
             Err(e) if e.kind == ErrorKind::NotFound => {
@@ -1080,12 +1083,12 @@ impl AdminService {
         req: CreateServiceAccountRequest,
     ) -> Result<Principal, ServiceError> {
         validate_display_name("name", &req.name)?;
-        let op = Op::CreatePrincipal {
+        let op = Op::Tenancy(TenancyOp::CreatePrincipal {
             id: crypto::random_id("sa", &mut self.inner.handle.rng()),
             kind: PrincipalKind::ServiceAccount,
             name: req.name,
             project_id: scope.project_id.clone(),
-        };
+        });
         match self.write(scope, op).await? {
             Outcome::Principal { principal } => Ok(principal),
             other => Err(unexpected(other)),
@@ -1191,7 +1194,7 @@ impl AdminService {
                 .await);
         }
         let token = crypto::generate_token(&mut rng);
-        let op = Op::CreateKey {
+        let op = Op::Tenancy(TenancyOp::CreateKey {
             key_id: token.key_id.clone(),
             name: req.name,
             project_id: scope.project_id.clone(),
@@ -1201,7 +1204,7 @@ impl AdminService {
             principal,
             role,
             limits,
-        };
+        });
         let cmd = Command::new(at, scope.caller.actor(), op);
         match self.inner.handle.write(cmd).await? {
             Outcome::KeyCreated {
@@ -1280,9 +1283,9 @@ impl AdminService {
         match self
             .write(
                 scope,
-                Op::RevokeKey {
+                Op::Tenancy(TenancyOp::RevokeKey {
                     key_id: id.to_owned(),
-                },
+                }),
             )
             .await?
         {
@@ -1333,11 +1336,11 @@ impl AdminService {
             let project = binding_scope.project_id().cloned();
             return Err(self.refuse(scope, project, &req.principal_id, &why).await);
         }
-        let op = Op::BindRole {
+        let op = Op::Tenancy(TenancyOp::BindRole {
             principal_id: req.principal_id,
             scope: binding_scope,
             role,
-        };
+        });
         match self.write(scope, op).await? {
             Outcome::Binding { binding } => Ok(RoleBindingView::from(&binding)),
             other => Err(unexpected(other)),
@@ -1387,9 +1390,9 @@ impl AdminService {
         }
         self.write(
             scope,
-            Op::UnbindRole {
+            Op::Tenancy(TenancyOp::UnbindRole {
                 binding_id: id.to_owned(),
-            },
+            }),
         )
         .await
         .map(|_| ())
@@ -1531,13 +1534,13 @@ impl AdminService {
                 aad,
                 &mut self.inner.handle.rng(),
             );
-            let op = Op::PutSecret {
+            let op = Op::Secrets(SecretOp::PutSecret {
                 project_id: scope.project_id.clone(),
                 name: req.name.clone(),
                 version,
                 sealed,
                 bindings: req.bindings.clone(),
-            };
+            });
             match self.write(scope, op).await {
                 Ok(Outcome::Secret { secret }) => return Ok(secret.into()),
                 Ok(other) => return Err(unexpected(other)),
@@ -1628,10 +1631,10 @@ impl AdminService {
         scope: &RequestScope,
         name: &str,
     ) -> Result<(), ServiceError> {
-        let op = Op::DeleteSecret {
+        let op = Op::Secrets(SecretOp::DeleteSecret {
             project_id: scope.project_id.clone(),
             name: name.to_owned(),
-        };
+        });
         self.write(scope, op).await.map(|_| ())
     }
 
@@ -1659,13 +1662,13 @@ impl AdminService {
                     &mut self.inner.handle.rng(),
                 )
                 .map_err(crypto_error)?;
-                Op::ReplaceDataKeys { keys, secrets }
+                Op::Secrets(SecretOp::ReplaceDataKeys { keys, secrets })
             } else {
                 let keys = self.inner.handle.read(|s| s.data_keys());
                 let keys =
                     crypto::rewrap_all(&self.inner.keyring, &keys, &mut self.inner.handle.rng())
                         .map_err(crypto_error)?;
-                Op::RewrapDataKeys { keys }
+                Op::Secrets(SecretOp::RewrapDataKeys { keys })
             };
             let master_key_id = self.inner.keyring.current_id().to_owned();
             match self.write(scope, op).await {

@@ -161,7 +161,7 @@ mod tests {
         use openraft::storage::RaftStateMachine;
         use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 
-        use crate::state::{Actor, Command, Op, APPLY_VERSION};
+        use crate::state::{Actor, ClusterOp, Command, Op, APPLY_VERSION};
 
         let dir = tempfile::tempdir().expect("temp dir");
         let (_log, mut sm) = open(dir.path()).await.expect("open");
@@ -170,7 +170,7 @@ mod tests {
             payload: EntryPayload::Normal(Command::new(
                 1_000,
                 Actor::system(),
-                Op::SetApplyVersion { version },
+                Op::Cluster(ClusterOp::SetApplyVersion { version }),
             )),
         };
         let known = sm

@@ -394,8 +394,8 @@ impl TestApi {
         labels: &[(&str, &str)],
         admit_new: Option<bool>,
     ) -> anyhow::Result<()> {
-        use coordinator::state::{Actor, Command, Op};
-        let op = Op::RegisterNode {
+        use coordinator::state::{Actor, Command, FleetOp, Op};
+        let op = Op::Fleet(FleetOp::RegisterNode {
             region: "eu".into(),
             cluster: "eu1".into(),
             node: node.into(),
@@ -413,7 +413,7 @@ impl TestApi {
             os: String::new(),
             limit_mode: String::new(),
             admit_new,
-        };
+        });
         self.handle
             .write(Command::new(1_700_000_000_000, Actor::system(), op))
             .await?;

@@ -17,7 +17,7 @@ use crate::scheduler::{
     Allocation, JobRequest, Locality, NodeHealth, NodeView, PlacementDecision, Resources, Scheduler,
 };
 use crate::state::{
-    job_reservation, running_quota_excess, JobRecord, NodeHealthState, Op, PlacementOp,
+    job_reservation, running_quota_excess, JobOp, JobRecord, NodeHealthState, Op, PlacementOp,
     RegistryState, ReplicaPlacement,
 };
 
@@ -50,7 +50,7 @@ impl Controller for Dispatcher {
         if placements.is_empty() {
             return Vec::new();
         }
-        vec![Op::PlaceJobs { placements }]
+        vec![Op::Jobs(JobOp::PlaceJobs { placements })]
     }
 }
 
@@ -251,6 +251,7 @@ mod tests {
     use crate::state::{
         Actor, Command, JobSpec, JobState, NodeHealthState, Op, Outcome, PlacementOp, WrappedKey,
     };
+    use crate::state::{FleetOp, TenancyOp};
 
     const PROJECT: &str = "prj_default";
 
@@ -263,7 +264,7 @@ mod tests {
         let mut s = RegistryState::default();
         let out = apply(
             &mut s,
-            Op::Bootstrap {
+            Op::Tenancy(TenancyOp::Bootstrap {
                 default_project_id: PROJECT.into(),
                 default_data_key: WrappedKey {
                     master_key_id: "mk1".into(),
@@ -275,7 +276,7 @@ mod tests {
                 admin_key_id: "adminkey".into(),
                 admin_key_hash: crate::token::hash_token("t"),
                 admin_key_last4: "abcd".into(),
-            },
+            }),
         );
         assert!(matches!(out, Ok(Outcome::Bootstrapped { .. })), "{out:?}");
         for (region, node, gpus) in [("eu", "eu-a1", 0), ("eu", "eu-a2", 0), ("us", "us-a1", 1)] {
@@ -290,7 +291,7 @@ mod tests {
                 .collect();
             let out = apply(
                 &mut s,
-                Op::RegisterNode {
+                Op::Fleet(FleetOp::RegisterNode {
                     region: region.into(),
                     cluster: format!("{region}1"),
                     node: node.into(),
@@ -305,7 +306,7 @@ mod tests {
                     os: String::new(),
                     limit_mode: String::new(),
                     admit_new: None,
-                },
+                }),
             );
             assert!(out.is_ok(), "{out:?}");
         }
@@ -315,12 +316,12 @@ mod tests {
     fn submit(state: &mut RegistryState, id: &str, spec: JobSpec) {
         let out = apply(
             state,
-            Op::SubmitJob {
+            Op::Jobs(JobOp::SubmitJob {
                 id: id.into(),
                 project_id: PROJECT.into(),
                 spec,
                 principal_id: None,
-            },
+            }),
         );
         assert!(out.is_ok(), "{out:?}");
     }
@@ -330,9 +331,9 @@ mod tests {
         if !ops.is_empty() {
             let out = apply(
                 state,
-                Op::PlaceJobs {
+                Op::Jobs(JobOp::PlaceJobs {
                     placements: ops.clone(),
-                },
+                }),
             );
             assert!(out.is_ok(), "{out:?}");
         }
@@ -390,11 +391,11 @@ mod tests {
         let epoch = s.node(&first.node).expect("node").lease_epoch;
         let out = apply(
             &mut s,
-            Op::SetNodeHealth {
+            Op::Fleet(FleetOp::SetNodeHealth {
                 key: first.node.clone(),
                 health: NodeHealthState::Lost,
                 lease_epoch: epoch,
-            },
+            }),
         );
         assert!(out.is_ok(), "{out:?}");
         let waiting = s.job(PROJECT, "job_r").expect("job");
@@ -450,10 +451,10 @@ mod tests {
     fn set_policy(state: &mut RegistryState, update: crate::state::PolicyUpdate) {
         let out = apply(
             state,
-            Op::SetProjectPolicy {
+            Op::Tenancy(TenancyOp::SetProjectPolicy {
                 project_id: PROJECT.into(),
                 update,
-            },
+            }),
         );
         assert!(out.is_ok(), "{out:?}");
     }
@@ -510,7 +511,7 @@ mod tests {
         let mut s = fleet();
         let out = apply(
             &mut s,
-            Op::CreateProject {
+            Op::Tenancy(TenancyOp::CreateProject {
                 id: "prj_other".into(),
                 name: "other".into(),
                 description: String::new(),
@@ -520,7 +521,7 @@ mod tests {
                     ciphertext_b64: "ct2".into(),
                 },
                 policy: None,
-            },
+            }),
         );
         assert!(out.is_ok(), "{out:?}");
         // The other project fills the GPU node.
@@ -528,12 +529,12 @@ mod tests {
         theirs.resources.gpus = 1;
         let out = apply(
             &mut s,
-            Op::SubmitJob {
+            Op::Jobs(JobOp::SubmitJob {
                 principal_id: None,
                 id: "job_theirs".into(),
                 project_id: "prj_other".into(),
                 spec: theirs,
-            },
+            }),
         );
         assert!(out.is_ok(), "{out:?}");
         run_pass(&mut s);
@@ -590,10 +591,10 @@ mod tests {
     fn set_draining(state: &mut RegistryState, key: &str, draining: bool) {
         let out = apply(
             state,
-            Op::SetNodeDraining {
+            Op::Fleet(FleetOp::SetNodeDraining {
                 key: key.into(),
                 draining,
-            },
+            }),
         );
         assert!(out.is_ok(), "{out:?}");
     }
@@ -649,11 +650,11 @@ mod tests {
         let epoch = s.node(key).expect("node").lease_epoch;
         let out = apply(
             &mut s,
-            Op::SetNodeHealth {
+            Op::Fleet(FleetOp::SetNodeHealth {
                 key: key.into(),
                 health: NodeHealthState::Unreachable,
                 lease_epoch: epoch,
-            },
+            }),
         );
         assert!(out.is_ok(), "{out:?}");
         assert_eq!(view(&s), NodeHealth::Unreachable);

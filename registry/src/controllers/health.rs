@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Controller, Tick, Wake};
-use crate::state::{NodeHealthState, NodeRecord, Op};
+use crate::state::{FleetOp, NodeHealthState, NodeRecord, Op};
 
 /// When each node (keyed `region/cluster/node`) was last heard from, in monotonic milliseconds.
 pub trait LastHeard: Send + Sync {
@@ -86,10 +86,12 @@ impl Controller for HealthMonitor {
             self.lost_after,
         )
         .into_iter()
-        .map(|(key, lease_epoch, health)| Op::SetNodeHealth {
-            key,
-            health,
-            lease_epoch,
+        .map(|(key, lease_epoch, health)| {
+            Op::Fleet(FleetOp::SetNodeHealth {
+                key,
+                health,
+                lease_epoch,
+            })
         })
         .collect()
     }

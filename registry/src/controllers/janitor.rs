@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use super::{Controller, Tick, Wake};
-use crate::state::{Op, RegistryState};
+use crate::state::{JobOp, Op, RegistryState};
 
 /// Most jobs one purge forgets; the rest wait for the next sweep.
 pub const MAX_PURGED_PER_SWEEP: u32 = 1_000;
@@ -37,10 +37,10 @@ pub fn purge_op(state: &RegistryState, now_ms: u64, retention: Duration) -> Opti
     let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
     let cutoff = now_ms.saturating_sub(retention_ms);
     let oldest = state.oldest_finished_at()?;
-    (oldest < cutoff).then_some(Op::PurgeJobs {
+    (oldest < cutoff).then_some(Op::Jobs(JobOp::PurgeJobs {
         finished_before: cutoff,
         max: MAX_PURGED_PER_SWEEP,
-    })
+    }))
 }
 
 /// Job retention as a controller: every sweep, proposes the purge [`purge_op`] finds due, if any.
@@ -68,6 +68,7 @@ impl Controller for Janitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::TenancyOp;
     use crate::state::{Actor, Command, JobSpec, Op, Outcome};
 
     const HOUR: u64 = 3_600_000;
@@ -86,7 +87,7 @@ mod tests {
             1,
             cmd(
                 T0,
-                Op::CreateProject {
+                Op::Tenancy(TenancyOp::CreateProject {
                     id: "prj_a".into(),
                     name: "a".into(),
                     description: String::new(),
@@ -96,7 +97,7 @@ mod tests {
                         ciphertext_b64: "ct".into(),
                     },
                     policy: None,
-                },
+                }),
             ),
         );
         for (index, id) in [(2, "job_done"), (3, "job_waiting")] {
@@ -105,12 +106,12 @@ mod tests {
                 index,
                 cmd(
                     T0,
-                    Op::SubmitJob {
+                    Op::Jobs(JobOp::SubmitJob {
                         id: id.into(),
                         project_id: "prj_a".into(),
                         spec: JobSpec::new("true"),
                         principal_id: None,
-                    },
+                    }),
                 ),
             );
         }
@@ -119,10 +120,10 @@ mod tests {
             4,
             cmd(
                 finished,
-                Op::CancelJob {
+                Op::Jobs(JobOp::CancelJob {
                     project_id: "prj_a".into(),
                     id: "job_done".into(),
-                },
+                }),
             ),
         );
         s
@@ -136,10 +137,10 @@ mod tests {
         assert_eq!(purge_op(&s, T0 + HOUR + 24 * HOUR, retention), None);
         assert_eq!(
             purge_op(&s, T0 + HOUR + 24 * HOUR + 1, retention),
-            Some(Op::PurgeJobs {
+            Some(Op::Jobs(JobOp::PurgeJobs {
                 finished_before: T0 + HOUR + 1,
                 max: MAX_PURGED_PER_SWEEP,
-            })
+            }))
         );
         // A clock behind the job's end never purges it.
         assert_eq!(purge_op(&s, 0, retention), None);
@@ -148,10 +149,10 @@ mod tests {
     #[test]
     fn unfinished_jobs_never_make_a_purge_due() {
         let mut s = state_with_finished_job(T0 + HOUR);
-        let purge = Op::PurgeJobs {
+        let purge = Op::Jobs(JobOp::PurgeJobs {
             finished_before: u64::MAX,
             max: 10,
-        };
+        });
         let outcome = s.apply(5, &Command::new(T0 + 2 * HOUR, Actor::system(), purge));
         assert_eq!(outcome, Ok(Outcome::JobsPurged { purged: 1 }));
         // Only the pending job is left: nothing is due however late it is.

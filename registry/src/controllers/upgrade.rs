@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Controller, Tick, Wake};
-use crate::state::{Op, APPLY_VERSION};
+use crate::state::{ClusterOp, Op, APPLY_VERSION};
 
 /// The newest apply version every current member knows, as last asked; `None` while any is unknown.
 pub trait MemberApplyVersions: Send + Sync {
@@ -38,7 +38,7 @@ impl Controller for ApplyVersionFinalizer {
         };
         let version = lowest.min(APPLY_VERSION);
         if version > tick.state.apply_version {
-            vec![Op::SetApplyVersion { version }]
+            vec![Op::Cluster(ClusterOp::SetApplyVersion { version })]
         } else {
             Vec::new()
         }
@@ -85,21 +85,19 @@ mod tests {
         assert_eq!(decide(&state, Some(0)), vec![], "an old member holds it");
         assert_eq!(
             decide(&state, Some(APPLY_VERSION)),
-            vec![Op::SetApplyVersion {
+            vec![Op::Cluster(ClusterOp::SetApplyVersion {
                 version: APPLY_VERSION
-            }]
+            })]
         );
         assert_eq!(
             decide(&state, Some(APPLY_VERSION + 5)),
-            vec![Op::SetApplyVersion {
+            vec![Op::Cluster(ClusterOp::SetApplyVersion {
                 version: APPLY_VERSION
-            }],
+            })],
             "never beyond what this build knows"
         );
-        let current = RegistryState {
-            apply_version: APPLY_VERSION,
-            ..RegistryState::default()
-        };
+        let mut current = RegistryState::default();
+        current.apply_version = APPLY_VERSION;
         assert_eq!(
             decide(&current, Some(APPLY_VERSION)),
             vec![],

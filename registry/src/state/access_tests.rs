@@ -2,6 +2,7 @@
 //! principal's ownership, key and binding grants, and secrets bound to workload identities.
 
 use super::*;
+use crate::authz::Role;
 use crate::token;
 
 const T0: u64 = 1_700_000_000_000;
@@ -17,7 +18,7 @@ fn wk(tag: &str) -> WrappedKey {
 /// A bootstrapped registry: project `default` (`prj_default`), the platform-admin `sa_root` with key `root`.
 fn bootstrapped() -> RegistryState {
     let mut s = RegistryState::default();
-    let op = Op::Bootstrap {
+    let op = Op::Tenancy(TenancyOp::Bootstrap {
         default_project_id: "prj_default".into(),
         default_data_key: wk("default"),
         admin_principal_id: "sa_root".into(),
@@ -25,7 +26,7 @@ fn bootstrapped() -> RegistryState {
         admin_key_id: "root".into(),
         admin_key_hash: token::hash_token("root"),
         admin_key_last4: "abcd".into(),
-    };
+    });
     let out = s.apply(1, &Command::new(T0, Actor::system(), op));
     assert!(matches!(out, Ok(Outcome::Bootstrapped { .. })), "{out:?}");
     s
@@ -53,7 +54,7 @@ fn key_for(
 ) {
     system(
         s,
-        Op::CreateKey {
+        Op::Tenancy(TenancyOp::CreateKey {
             key_id: key_id.into(),
             name: key_id.into(),
             project_id: project.into(),
@@ -66,18 +67,18 @@ fn key_for(
             },
             role: Some(role),
             limits: crate::state::KeyLimits::default(),
-        },
+        }),
     );
 }
 
 fn project(id: &str, name: &str) -> Op {
-    Op::CreateProject {
+    Op::Tenancy(TenancyOp::CreateProject {
         policy: None,
         id: id.into(),
         name: name.into(),
         description: String::new(),
         data_key: wk(id),
-    }
+    })
 }
 
 // ---- the acting key, re-checked in apply ------------------------------------------------------------------
@@ -106,9 +107,9 @@ fn a_command_made_with_a_key_revoked_before_it_commits_is_refused() {
     // The key is revoked; a write a lagging replica admitted earlier commits afterwards and is refused.
     system(
         &mut s,
-        Op::RevokeKey {
+        Op::Tenancy(TenancyOp::RevokeKey {
             key_id: "ci".into(),
-        },
+        }),
     );
     let before = s.projects.len();
     let out = apply_as(&mut s, &ci, T0 + 20, project("prj_b", "bbb"));
@@ -142,11 +143,13 @@ fn an_expired_key_a_foreign_key_and_a_disabled_principal_are_refused() {
         None,
     );
     let short = Actor::principal("sa_short", "short").with_key("short");
-    let op = || Op::CreatePrincipal {
-        id: "sa_x".into(),
-        kind: PrincipalKind::ServiceAccount,
-        name: "x".into(),
-        project_id: "prj_default".into(),
+    let op = || {
+        Op::Tenancy(TenancyOp::CreatePrincipal {
+            id: "sa_x".into(),
+            kind: PrincipalKind::ServiceAccount,
+            name: "x".into(),
+            project_id: "prj_default".into(),
+        })
     };
     // Expiry is judged at the command's time, not the replica's.
     let out = apply_as(&mut s, &short, T0 + 100, op());
@@ -171,10 +174,10 @@ fn an_expired_key_a_foreign_key_and_a_disabled_principal_are_refused() {
     // A disabled principal.
     system(
         &mut s,
-        Op::SetPrincipalDisabled {
+        Op::Tenancy(TenancyOp::SetPrincipalDisabled {
             id: "sa_other".into(),
             disabled: true,
-        },
+        }),
     );
     let other = Actor::principal("sa_other", "other").with_key("other");
     let out = apply_as(&mut s, &other, T0 + 10, op());
@@ -259,7 +262,7 @@ fn an_old_log_minting_a_key_for_the_bootstrap_principal_still_replays() {
         &mut s,
         &Actor::principal("sa_root", "root"),
         T0 + 10,
-        Op::CreateKey {
+        Op::Tenancy(TenancyOp::CreateKey {
             key_id: "root2".into(),
             name: "root2".into(),
             project_id: "prj_default".into(),
@@ -271,7 +274,7 @@ fn an_old_log_minting_a_key_for_the_bootstrap_principal_still_replays() {
             },
             role: None,
             limits: crate::state::KeyLimits::default(),
-        },
+        }),
     );
     assert!(matches!(out, Ok(Outcome::KeyCreated { .. })), "{out:?}");
 }
@@ -303,11 +306,11 @@ fn world() -> RegistryState {
     );
     system(
         &mut s,
-        Op::BindRole {
+        Op::Tenancy(TenancyOp::BindRole {
             principal_id: "sa_pa".into(),
             scope: Scope::Project("prj_a".into()),
             role: Role::ProjectAdmin,
-        },
+        }),
     );
     key_for(
         &mut s,
@@ -327,11 +330,11 @@ fn world() -> RegistryState {
     );
     system(
         &mut s,
-        Op::BindRole {
+        Op::Tenancy(TenancyOp::BindRole {
             principal_id: "sa_both".into(),
             scope: Scope::Project("prj_b".into()),
             role: Role::Viewer,
-        },
+        }),
     );
     key_for(
         &mut s,
@@ -499,7 +502,7 @@ fn apply_refuses_a_grant_its_acting_key_could_not_make() {
         &mut s,
         &pa,
         T0 + 10,
-        Op::CreateKey {
+        Op::Tenancy(TenancyOp::CreateKey {
             key_id: "stolen".into(),
             name: "stolen".into(),
             project_id: "prj_default".into(),
@@ -509,7 +512,7 @@ fn apply_refuses_a_grant_its_acting_key_could_not_make() {
             principal: existing("sa_root"),
             role: None,
             limits: KeyLimits::default(),
-        },
+        }),
     );
     assert!(
         matches!(out, Err(DomainError::PermissionDenied(_))),
@@ -520,11 +523,11 @@ fn apply_refuses_a_grant_its_acting_key_could_not_make() {
         &mut s,
         &pa,
         T0 + 10,
-        Op::BindRole {
+        Op::Tenancy(TenancyOp::BindRole {
             principal_id: "sa_pa".into(),
             scope: Scope::Platform,
             role: Role::PlatformAdmin,
-        },
+        }),
     );
     assert!(
         matches!(out, Err(DomainError::PermissionDenied(_))),
@@ -539,11 +542,11 @@ fn apply_refuses_a_grant_its_acting_key_could_not_make() {
         &mut s,
         &pa,
         T0 + 10,
-        Op::BindRole {
+        Op::Tenancy(TenancyOp::BindRole {
             principal_id: "sa_only".into(),
             scope: Scope::Project("prj_a".into()),
             role: Role::Deployer,
-        },
+        }),
     );
     assert!(out.is_ok(), "{out:?}");
 }
@@ -554,7 +557,7 @@ fn key_limits_narrow_what_the_bindings_grant() {
     // The platform-admin's own principal on a key narrowed to viewer and to project A.
     system(
         &mut s,
-        Op::CreateKey {
+        Op::Tenancy(TenancyOp::CreateKey {
             key_id: "narrow".into(),
             name: "narrow".into(),
             project_id: "prj_a".into(),
@@ -567,7 +570,7 @@ fn key_limits_narrow_what_the_bindings_grant() {
                 roles: Some(vec![Role::Viewer]),
                 project_scoped: true,
             },
-        },
+        }),
     );
     let c = caller(&s, "narrow");
     assert_eq!(
@@ -592,19 +595,21 @@ fn key_limits_narrow_what_the_bindings_grant() {
     let root = caller(&s, "root");
     assert!(authz::is_platform_admin(&s, &root));
     // An empty or unsorted allow-list never enters the state.
-    let bad = |roles: Vec<Role>| Op::CreateKey {
-        key_id: "bad".into(),
-        name: "bad".into(),
-        project_id: "prj_a".into(),
-        hash: token::hash_token("bad"),
-        last4: "abcd".into(),
-        expires_at: None,
-        principal: existing("sa_root"),
-        role: None,
-        limits: KeyLimits {
-            roles: Some(roles),
-            project_scoped: false,
-        },
+    let bad = |roles: Vec<Role>| {
+        Op::Tenancy(TenancyOp::CreateKey {
+            key_id: "bad".into(),
+            name: "bad".into(),
+            project_id: "prj_a".into(),
+            hash: token::hash_token("bad"),
+            last4: "abcd".into(),
+            expires_at: None,
+            principal: existing("sa_root"),
+            role: None,
+            limits: KeyLimits {
+                roles: Some(roles),
+                project_scoped: false,
+            },
+        })
     };
     for roles in [vec![], vec![Role::Editor, Role::Viewer]] {
         let out = apply_as(&mut s, &Actor::system(), T0, bad(roles));
@@ -624,7 +629,7 @@ fn put_secret(s: &mut RegistryState, name: &str, bindings: &[&str]) {
         .map_or(1, |x| x.latest_version() + 1);
     system(
         s,
-        Op::PutSecret {
+        Op::Secrets(SecretOp::PutSecret {
             project_id: "prj_a".into(),
             name: name.into(),
             version,
@@ -633,7 +638,7 @@ fn put_secret(s: &mut RegistryState, name: &str, bindings: &[&str]) {
                 ciphertext_b64: format!("sealed-{name}"),
             },
             bindings: Some(bindings.iter().map(|b| (*b).to_owned()).collect()),
-        },
+        }),
     );
 }
 
@@ -650,12 +655,12 @@ fn submit(s: &mut RegistryState, actor: &Actor, id: &str, spec: JobSpec) -> Comm
         s,
         actor,
         T0 + 10,
-        Op::SubmitJob {
+        Op::Jobs(JobOp::SubmitJob {
             id: id.into(),
             project_id: "prj_a".into(),
             spec,
             principal_id,
-        },
+        }),
     )
 }
 
@@ -725,11 +730,11 @@ fn a_job_named_like_a_bound_job_gets_no_secret() {
     let mut s = world();
     system(
         &mut s,
-        Op::BindRole {
+        Op::Tenancy(TenancyOp::BindRole {
             principal_id: "sa_ed".into(),
             scope: Scope::Project("prj_a".into()),
             role: Role::SecretUser,
-        },
+        }),
     );
     put_secret(&mut s, "prod-token", &["principal:sa_only/job:train-prod"]);
     let ed = Actor::principal("sa_ed", "ed").with_key("ed");
@@ -750,12 +755,12 @@ fn a_job_named_like_a_bound_job_gets_no_secret() {
         &mut s,
         &ed,
         T0 + 10,
-        Op::SubmitJob {
+        Op::Jobs(JobOp::SubmitJob {
             id: "job_steal2".into(),
             project_id: "prj_a".into(),
             spec: job_with_secret("train-prod", "prod-token"),
             principal_id: Some("sa_only".into()),
-        },
+        }),
     );
     assert!(
         matches!(out, Err(DomainError::PermissionDenied(_))),
@@ -801,12 +806,12 @@ fn submissions_from_before_workload_identities_replay_under_their_rule() {
         &mut s,
         &Actor::principal("sa_ed", "ed"),
         T0 + 10,
-        Op::SubmitJob {
+        Op::Jobs(JobOp::SubmitJob {
             id: "job_old".into(),
             project_id: "prj_a".into(),
             spec: job_with_secret("train-1", "legacy"),
             principal_id: None,
-        },
+        }),
     );
     assert!(out.is_ok(), "{out:?}");
     assert_eq!(

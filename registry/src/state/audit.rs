@@ -9,6 +9,21 @@ use sha2::{Digest, Sha256};
 
 use super::{Actor, Command, DomainError, RegistryState, Subject};
 
+/// Audit records written without any other change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditOp {
+    /// Records an attempt the API refused before proposing anything (e.g. a denied cross-project read), or
+    /// an event that changes no state but must be on record (`secret.release`: secrets handed to an agent).
+    RecordAudit {
+        action: String,
+        project: Option<String>,
+        target: String,
+        outcome: AuditOutcome,
+        detail: String,
+    },
+}
+
 /// `prev_hash` of the first record.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 

@@ -7,9 +7,95 @@
 //! normalized and validated before they are stored; this module never reads a clock or a certificate:
 //! what a connection's certificate says arrives from the RPC layer.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde::{Deserialize, Serialize};
 
-use super::{Applied, DomainError, Outcome, Page, PageRequest, RegistryState};
+use super::{Actor, Applied, DomainError, Outcome, Page, PageRequest, RegistryState, Subject};
+
+/// The deny-list's commands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityOp {
+    /// Adds an identity (every certificate naming it) or one certificate (by serial) to the deny-list:
+    /// coordinators and agents refuse it and close its open connections. Platform-level.
+    DenyIdentity {
+        kind: DenyKind,
+        value: String,
+        #[serde(default)]
+        reason: String,
+    },
+    /// Removes a deny-list entry. Platform-level.
+    AllowIdentity { kind: DenyKind, value: String },
+}
+
+/// The deny-list: this domain's whole state. Only its own commands change it ([`DenyList::execute`] has
+/// nothing else to write to); the rest of the registry reads it through the lookups below.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DenyList {
+    /// Deny-list id (`identity:<uri>` or `serial:<hex>`) → entry.
+    entries: BTreeMap<String, DeniedIdentity>,
+    /// Incremented by every change.
+    version: u64,
+    /// Index: the keys (`region/cluster/node`) of nodes whose agent identity is denied, derived from the
+    /// entries.
+    denied_nodes: BTreeSet<String>,
+}
+
+impl DenyList {
+    /// Applies one identity command (already checked against its actor by `apply`).
+    pub(super) fn execute(
+        &mut self,
+        actor: &Actor,
+        op: &IdentityOp,
+        at: u64,
+    ) -> Result<Applied, DomainError> {
+        match op {
+            IdentityOp::DenyIdentity {
+                kind,
+                value,
+                reason,
+            } => self.deny(at, &actor.name, *kind, value, reason),
+            IdentityOp::AllowIdentity { kind, value } => self.allow(*kind, value),
+        }
+    }
+
+    /// A deny-list holding `entries` at `version` (a snapshot's), its node index derived from them.
+    pub(super) fn from_entries(
+        entries: BTreeMap<String, DeniedIdentity>,
+        version: u64,
+    ) -> DenyList {
+        let denied_nodes = entries
+            .values()
+            .filter_map(|e| agent_node_key(e.kind, &e.value))
+            .collect();
+        DenyList {
+            entries,
+            version,
+            denied_nodes,
+        }
+    }
+
+    /// The parts a snapshot writes: entries, version, node index.
+    pub(super) fn wire(&self) -> (&BTreeMap<String, DeniedIdentity>, u64, &BTreeSet<String>) {
+        (&self.entries, self.version, &self.denied_nodes)
+    }
+}
+
+impl IdentityOp {
+    /// What the audit log records this command as.
+    pub(super) fn subject(&self) -> Subject {
+        let s = Subject::of;
+        match self {
+            IdentityOp::DenyIdentity { kind, value, .. } => {
+                s("identity.deny", None, &deny_id(*kind, value))
+            }
+            IdentityOp::AllowIdentity { kind, value } => {
+                s("identity.allow", None, &deny_id(*kind, value))
+            }
+        }
+    }
+}
 
 /// Most entries the deny-list holds (each one is checked on every call).
 pub const MAX_DENIED: usize = 10_000;
@@ -119,9 +205,9 @@ fn validate_value(kind: DenyKind, value: &str) -> Result<(), DomainError> {
     }
 }
 
-impl RegistryState {
+impl DenyList {
     /// `DenyIdentity`: adds an entry. A repeat of an entry already present is `AlreadyExists`.
-    pub fn deny_identity(
+    fn deny(
         &mut self,
         at: u64,
         actor: &str,
@@ -137,10 +223,10 @@ impl RegistryState {
             ));
         }
         let id = deny_id(kind, value);
-        if self.denied_identities.contains_key(&id) {
+        if self.entries.contains_key(&id) {
             return Err(DomainError::exists("denied identity", &id));
         }
-        if self.denied_identities.len() >= MAX_DENIED {
+        if self.entries.len() >= MAX_DENIED {
             return Err(DomainError::FailedPrecondition(format!(
                 "the deny-list already holds {MAX_DENIED} entries"
             )));
@@ -153,11 +239,11 @@ impl RegistryState {
             denied_at: at,
             denied_by: actor.to_owned(),
         };
-        self.denied_identities.insert(id, entry.clone());
+        self.entries.insert(id, entry.clone());
         if let Some(key) = agent_node_key(kind, value) {
             self.denied_nodes.insert(key);
         }
-        self.deny_list_version = self.deny_list_version.saturating_add(1);
+        self.version = self.version.saturating_add(1);
         let detail = if reason.is_empty() {
             format!("{} denied", kind.as_str())
         } else {
@@ -167,16 +253,16 @@ impl RegistryState {
     }
 
     /// `AllowIdentity`: removes an entry; an entry that is not there is `NotFound`.
-    pub fn allow_identity(&mut self, kind: DenyKind, value: &str) -> Result<Applied, DomainError> {
+    fn allow(&mut self, kind: DenyKind, value: &str) -> Result<Applied, DomainError> {
         let id = deny_id(kind, value);
         let entry = self
-            .denied_identities
+            .entries
             .remove(&id)
             .ok_or_else(|| DomainError::not_found("denied identity", &id))?;
         if let Some(key) = agent_node_key(kind, value) {
             self.denied_nodes.remove(&key);
         }
-        self.deny_list_version = self.deny_list_version.saturating_add(1);
+        self.version = self.version.saturating_add(1);
         Ok(Applied::new(
             Outcome::Denied { entry },
             format!("{} allowed again", kind.as_str()),
@@ -185,15 +271,12 @@ impl RegistryState {
 
     /// The entry that denies a certificate with this identity URI and serial, if any.
     pub fn denial_of(&self, identity_uri: &str, serial: &str) -> Option<&DeniedIdentity> {
-        if self.denied_identities.is_empty() {
+        if self.entries.is_empty() {
             return None;
         }
-        self.denied_identities
+        self.entries
             .get(&deny_id(DenyKind::Identity, identity_uri))
-            .or_else(|| {
-                self.denied_identities
-                    .get(&deny_id(DenyKind::Serial, serial))
-            })
+            .or_else(|| self.entries.get(&deny_id(DenyKind::Serial, serial)))
     }
 
     /// Whether the agent identity of node `key` (`region/cluster/node`) is denied.
@@ -203,33 +286,63 @@ impl RegistryState {
 
     /// Whether the identity (any certificate of it) is denied.
     pub fn identity_denied(&self, identity_uri: &str) -> bool {
-        self.denied_identities
+        self.entries
             .contains_key(&deny_id(DenyKind::Identity, identity_uri))
     }
 
     /// Every entry, in id order.
-    pub fn denied_identities(&self) -> impl Iterator<Item = &DeniedIdentity> {
-        self.denied_identities.values()
+    pub fn entries(&self) -> impl Iterator<Item = &DeniedIdentity> {
+        self.entries.values()
     }
 
     /// A page of entries in id order.
+    pub fn page(&self, req: &PageRequest) -> Page<DeniedIdentity> {
+        Page::from_sorted(self.entries.iter().map(|(k, v)| (k, v.clone())), req)
+    }
+
+    /// Moves whenever the deny-list changes, so watchers re-check open connections only then.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+}
+
+impl RegistryState {
+    /// The entry that denies a certificate with this identity URI and serial, if any.
+    pub fn denial_of(&self, identity_uri: &str, serial: &str) -> Option<&DeniedIdentity> {
+        self.identities.denial_of(identity_uri, serial)
+    }
+
+    /// Whether the agent identity of node `key` (`region/cluster/node`) is denied.
+    pub fn node_denied(&self, key: &str) -> bool {
+        self.identities.node_denied(key)
+    }
+
+    /// Whether the identity (any certificate of it) is denied.
+    pub fn identity_denied(&self, identity_uri: &str) -> bool {
+        self.identities.identity_denied(identity_uri)
+    }
+
+    /// Every deny-list entry, in id order.
+    pub fn denied_identities(&self) -> impl Iterator<Item = &DeniedIdentity> {
+        self.identities.entries()
+    }
+
+    /// A page of deny-list entries in id order.
     pub fn denied_page(&self, req: &PageRequest) -> Page<DeniedIdentity> {
-        Page::from_sorted(
-            self.denied_identities.iter().map(|(k, v)| (k, v.clone())),
-            req,
-        )
+        self.identities.page(req)
     }
 
     /// Moves whenever the deny-list changes, so watchers re-check open connections only then.
     pub fn deny_list_version(&self) -> u64 {
-        self.deny_list_version
+        self.identities.version()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{Actor, AuditOutcome, Command, Op};
+
+    use crate::state::{Actor, AuditOutcome, Command, IdentityOp, Op};
 
     const URI: &str = "spiffe://td.example/region/eu/cluster/a/agent/n1";
 
@@ -239,11 +352,11 @@ mod tests {
     }
 
     fn deny(kind: DenyKind, value: &str) -> Op {
-        Op::DenyIdentity {
+        Op::Identity(IdentityOp::DenyIdentity {
             kind,
             value: value.into(),
             reason: "stolen".into(),
-        }
+        })
     }
 
     #[test]
@@ -297,10 +410,10 @@ mod tests {
 
         apply(
             &mut s,
-            Op::AllowIdentity {
+            Op::Identity(IdentityOp::AllowIdentity {
                 kind: DenyKind::Identity,
                 value: URI.into(),
-            },
+            }),
         )
         .expect("allowed");
         assert!(s.denial_of(URI, "0a").is_none());
@@ -312,10 +425,10 @@ mod tests {
         );
         let missing = apply(
             &mut s,
-            Op::AllowIdentity {
+            Op::Identity(IdentityOp::AllowIdentity {
                 kind: DenyKind::Identity,
                 value: URI.into(),
-            },
+            }),
         );
         assert!(
             matches!(missing, Err(DomainError::NotFound { .. })),
@@ -331,11 +444,11 @@ mod tests {
             deny(DenyKind::Identity, "spiffe://td.example/nobody/x"),
             deny(DenyKind::Serial, "4A:0B"),
             deny(DenyKind::Serial, ""),
-            Op::DenyIdentity {
+            Op::Identity(IdentityOp::DenyIdentity {
                 kind: DenyKind::Serial,
                 value: "01".into(),
                 reason: "x".repeat(MAX_REASON + 1),
-            },
+            }),
         ] {
             assert!(
                 matches!(apply(&mut s, op), Err(DomainError::Invalid { .. })),

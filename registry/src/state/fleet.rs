@@ -19,8 +19,164 @@ use serde::{Deserialize, Serialize};
 
 use super::jobs::HeldAttempt;
 use super::tenancy::validate_id;
-use super::{Applied, DomainError, Outcome, Page, PageRequest, RegistryState};
+use super::{Applied, DomainError, Outcome, Page, PageRequest, RegistryState, Subject};
 use crate::scheduler::GpuDevice;
+
+/// The fleet domain's commands: node registration, health, draining, idle GPUs, approval and cluster policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+// An op is built once, moved into its command and applied; its size is never multiplied, so the large
+// variant stays inline rather than behind a box every construction site would carry.
+#[allow(clippy::large_enum_variant)]
+pub enum FleetOp {
+    /// An agent registered its node: creates or refreshes the record, increments its lease epoch and marks
+    /// it Ready. The node's scheduled and running attempts move to the new epoch; a running attempt the
+    /// agent does not hold any more is lost. Platform-level (no project).
+    RegisterNode {
+        region: String,
+        cluster: String,
+        node: String,
+        cpu_cores: u32,
+        memory_bytes: u64,
+        gpu_count: u32,
+        agent_version: String,
+        #[serde(default)]
+        gpus: Vec<GpuDevice>,
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+        /// Where the agent's own RPC server listens (log reads).
+        #[serde(default)]
+        rpc_addr: String,
+        /// The attempts the agent still holds.
+        #[serde(default)]
+        held: Vec<HeldAttempt>,
+        #[serde(default)]
+        os: String,
+        /// How the agent limits resources (cgroup v2, cgroup v1, rlimits).
+        #[serde(default)]
+        limit_mode: String,
+        /// Whether a node never registered before is approved on arrival when its cluster has no policy
+        /// (stamped by the leader from its configuration). Absent in entries from before admission, which
+        /// approved every node.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        admit_new: Option<bool>,
+    },
+    /// The leader's health monitor changed a node's health; refused when `lease_epoch` is not the node's
+    /// current one (the node registered again since the decision was made). `Lost` also loses the
+    /// node's jobs (retried per their policy).
+    SetNodeHealth {
+        key: String,
+        health: NodeHealthState,
+        lease_epoch: u64,
+    },
+    /// An operator drains (`true`) or undrains a node: a draining node gets no new work, what already runs
+    /// there keeps running. Kept across re-registrations. Platform-level (no project).
+    SetNodeDraining { key: String, draining: bool },
+    /// The GPUs of a node that are allocated but idle (proposed only when the set changes); fenced by the
+    /// lease epoch.
+    SetIdleGpus {
+        node: String,
+        lease_epoch: u64,
+        idle_gpus: Vec<String>,
+    },
+    /// Whether nodes new to a cluster are approved on arrival (otherwise they wait for `ApproveNode`).
+    SetClusterPolicy {
+        region: String,
+        cluster: String,
+        auto_approve: bool,
+    },
+    /// An operator approves a node (pending or quarantined) with the resources and labels it reports now.
+    ApproveNode { key: String },
+}
+
+impl RegistryState {
+    /// Applies one fleet command (already checked against its actor by `apply`).
+    pub(super) fn execute_fleet(&mut self, op: &FleetOp, at: u64) -> Result<Applied, DomainError> {
+        match op {
+            FleetOp::RegisterNode {
+                region,
+                cluster,
+                node,
+                cpu_cores,
+                memory_bytes,
+                gpu_count,
+                agent_version,
+                gpus,
+                labels,
+                rpc_addr,
+                held,
+                os,
+                limit_mode,
+                admit_new,
+            } => self.register_node(
+                at,
+                NodeSpec {
+                    region,
+                    cluster,
+                    node,
+                    cpu_cores: *cpu_cores,
+                    memory_bytes: *memory_bytes,
+                    gpu_count: *gpu_count,
+                    agent_version,
+                    gpus,
+                    labels,
+                    rpc_addr,
+                    held,
+                    os,
+                    limit_mode,
+                    admit_new: *admit_new,
+                },
+            ),
+            FleetOp::SetNodeHealth {
+                key,
+                health,
+                lease_epoch,
+            } => self.set_node_health(at, key, *health, *lease_epoch),
+            FleetOp::SetNodeDraining { key, draining } => self.set_node_draining(key, *draining),
+            FleetOp::SetIdleGpus {
+                node,
+                lease_epoch,
+                idle_gpus,
+            } => self.set_idle_gpus(node, *lease_epoch, idle_gpus),
+            FleetOp::SetClusterPolicy {
+                region,
+                cluster,
+                auto_approve,
+            } => self.set_cluster_policy(region, cluster, *auto_approve),
+            FleetOp::ApproveNode { key } => self.approve_node(key),
+        }
+    }
+}
+
+impl FleetOp {
+    /// What the audit log records this command as.
+    pub(super) fn subject(&self) -> Subject {
+        let s = Subject::of;
+        match self {
+            FleetOp::RegisterNode {
+                region,
+                cluster,
+                node,
+                ..
+            } => s("node.register", None, &node_key(region, cluster, node)),
+            FleetOp::SetNodeHealth { key, .. } => s("node.health", None, key),
+            FleetOp::SetNodeDraining { key, draining } => s(
+                if *draining {
+                    "node.drain"
+                } else {
+                    "node.undrain"
+                },
+                None,
+                key,
+            ),
+            FleetOp::SetIdleGpus { node, .. } => s("node.idle_gpus", None, node),
+            FleetOp::SetClusterPolicy {
+                region, cluster, ..
+            } => s("cluster.policy", None, &cluster_key(region, cluster)),
+            FleetOp::ApproveNode { key } => s("node.approve", None, key),
+        }
+    }
+}
 
 /// A node's health as the leader's monitor last decided it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -555,10 +711,11 @@ impl RegistryState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{Actor, AuditOutcome, Command, Op};
+
+    use crate::state::{Actor, AuditOutcome, Command, FleetOp, Op};
 
     fn register(node: &str) -> Op {
-        Op::RegisterNode {
+        Op::Fleet(FleetOp::RegisterNode {
             region: "eu".into(),
             cluster: "eu1".into(),
             node: node.into(),
@@ -573,7 +730,7 @@ mod tests {
             os: String::new(),
             limit_mode: String::new(),
             admit_new: None,
-        }
+        })
     }
 
     fn apply(state: &mut RegistryState, at: u64, op: Op) -> crate::state::CommandOutcome {
@@ -582,11 +739,11 @@ mod tests {
     }
 
     fn health(key: &str, health: NodeHealthState, lease_epoch: u64) -> Op {
-        Op::SetNodeHealth {
+        Op::Fleet(FleetOp::SetNodeHealth {
             key: key.into(),
             health,
             lease_epoch,
-        }
+        })
     }
 
     #[test]
@@ -627,10 +784,10 @@ mod tests {
     }
 
     fn drain(key: &str, draining: bool) -> Op {
-        Op::SetNodeDraining {
+        Op::Fleet(FleetOp::SetNodeDraining {
             key: key.into(),
             draining,
-        }
+        })
     }
 
     #[test]
@@ -694,7 +851,7 @@ mod tests {
     }
 
     fn register_with(node: &str, cpu: u32, labels: &[(&str, &str)], admit_new: Option<bool>) -> Op {
-        let Op::RegisterNode {
+        let Op::Fleet(FleetOp::RegisterNode {
             region,
             cluster,
             node,
@@ -707,11 +864,11 @@ mod tests {
             os,
             limit_mode,
             ..
-        } = register(node)
+        }) = register(node)
         else {
             unreachable!("register builds a registration")
         };
-        Op::RegisterNode {
+        Op::Fleet(FleetOp::RegisterNode {
             region,
             cluster,
             node,
@@ -729,7 +886,7 @@ mod tests {
             os,
             limit_mode,
             admit_new,
-        }
+        })
     }
 
     fn admission_of(s: &RegistryState, key: &str) -> (NodeAdmission, String) {
@@ -753,7 +910,12 @@ mod tests {
         apply(&mut s, 11, register_with("a1", 4, &[], Some(true))).expect("registers");
         assert_eq!(admission_of(&s, &key).0, NodeAdmission::PendingApproval);
 
-        apply(&mut s, 12, Op::ApproveNode { key: key.clone() }).expect("approved");
+        apply(
+            &mut s,
+            12,
+            Op::Fleet(FleetOp::ApproveNode { key: key.clone() }),
+        )
+        .expect("approved");
         let node = s.node(&key).expect("node");
         assert!(node.admitted());
         assert_eq!(node.approved.as_ref().map(|a| a.cpu_cores), Some(4));
@@ -767,11 +929,11 @@ mod tests {
         apply(
             &mut s,
             14,
-            Op::SetClusterPolicy {
+            Op::Fleet(FleetOp::SetClusterPolicy {
                 region: "eu".into(),
                 cluster: "eu1".into(),
                 auto_approve: false,
-            },
+            }),
         )
         .expect("policy");
         assert_eq!(
@@ -788,11 +950,11 @@ mod tests {
         apply(
             &mut s,
             16,
-            Op::SetClusterPolicy {
+            Op::Fleet(FleetOp::SetClusterPolicy {
                 region: "eu".into(),
                 cluster: "eu1".into(),
                 auto_approve: true,
-            },
+            }),
         )
         .expect("policy");
         apply(&mut s, 17, register_with("a4", 8, &[], Some(false))).expect("registers");
@@ -862,15 +1024,20 @@ mod tests {
         .expect("registers");
         assert_eq!(admission_of(&s, &key).0, NodeAdmission::Quarantined);
 
-        apply(&mut s, 14, Op::ApproveNode { key: key.clone() }).expect("approved");
+        apply(
+            &mut s,
+            14,
+            Op::Fleet(FleetOp::ApproveNode { key: key.clone() }),
+        )
+        .expect("approved");
         assert!(s.node(&key).expect("node").admitted());
         // An unknown node cannot be approved.
         let unknown = apply(
             &mut s,
             15,
-            Op::ApproveNode {
+            Op::Fleet(FleetOp::ApproveNode {
                 key: "eu/eu1/zz".into(),
-            },
+            }),
         );
         assert!(
             matches!(unknown, Err(DomainError::NotFound { .. })),

@@ -4,6 +4,10 @@
 //! envelope-encrypted secrets, the fleet registry and the jobs placed on it, the per-hour usage archive of
 //! purged jobs, plus the project-scoped read accessors every API route goes through.
 //!
+//! Each domain module owns its commands (an op sub-enum with its audit subject and `execute_<domain>`; [`Op`]
+//! routes to them, `op.rs` keeps their one wire form) and, where it has indexes, a table that maintains
+//! them behind one transition function (`jobs/table.rs`). The snapshot's document is `snapshot.rs`.
+//!
 //! Everything here is deterministic: no clock reads, no randomness, no I/O, no hash-map iteration order.
 //! Times, ids, key hashes and ciphertexts arrive inside the [`Command`], stamped by the coordinator that
 //! prepared it. Two replicas that applied the same log hold byte-identical state
@@ -15,52 +19,58 @@ mod audit;
 mod deny_list;
 mod fleet;
 mod jobs;
+mod op;
 mod paging;
 mod policy;
 mod scope;
 mod secrets;
+mod snapshot;
 mod tenancy;
 #[cfg(test)]
 mod tests;
 mod usage;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::authz::Role;
-use crate::scheduler::GpuDevice;
-
+pub use audit::AuditOp;
 pub use audit::{
     verify_chain, AuditChainError, AuditOutcome, AuditPage, AuditRecord, ChainVerifier,
     GENESIS_HASH,
 };
-pub use deny_list::{deny_id, normalize_serial, DeniedIdentity, DenyKind};
+pub use deny_list::IdentityOp;
+pub use deny_list::{deny_id, normalize_serial, DeniedIdentity, DenyKind, DenyList};
+pub use fleet::FleetOp;
 pub use fleet::{
     cluster_key, node_key, ApprovedGpu, ApprovedResources, ClusterPolicy, NodeAdmission,
     NodeHealthState, NodeRecord,
 };
-pub use jobs::MAX_REPLICAS;
+pub use jobs::JobOp;
 pub use jobs::{
     secret_binds_workload, Attempt, AttemptOutcome, EventAck, HeldAttempt, JobEventKind,
     JobEventOp, JobRecord, JobSpec, JobState, PlacementOp, ReplicaPlacement, RetryPolicy,
 };
+pub use jobs::{JobTable, MAX_REPLICAS};
+pub use op::Op;
 pub use paging::{Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use policy::{
     add as add_resources, job_reservation, running_quota_excess, spec_bytes, sub as sub_resources,
     NetworkPolicy, PolicyUpdate, ProjectLoad, ProjectPolicy, MAX_PREEMPTION_CEILING,
 };
 pub use scope::ProjectScope;
+pub use secrets::SecretOp;
 pub use secrets::{validate_secret_name, validate_workload_binding, BINDING_SYNTAX};
 pub use secrets::{
     ResealedVersion, SealedValue, Secret, SecretBinding, SecretVersion, SecretView, WrappedKey,
 };
+pub use tenancy::TenancyOp;
 pub use tenancy::{validate_description, validate_id};
 pub use tenancy::{
     ApiKey, ApiKeyView, KeyLimits, KeyPrincipal, KeyState, Principal, PrincipalKind, Project,
     ProjectView, RoleBinding, Scope, DEFAULT_PROJECT_NAME,
 };
-pub use usage::{JobUsage, UsageFigures, UsageReport, USAGE_BUCKET_MS};
+pub use usage::{JobUsage, UsageArchive, UsageFigures, UsageReport, USAGE_BUCKET_MS};
 
 /// A typed change to global state, committed through Raft.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,8 +107,8 @@ impl Command {
     /// `None` for every other command.
     pub fn apply_version_needed(&self) -> Option<u32> {
         match &self.op {
-            Op::SetApplyVersion { version } => Some(*version),
-            Op::Batch { commands } => commands
+            Op::Cluster(ClusterOp::SetApplyVersion { version }) => Some(*version),
+            Op::Cluster(ClusterOp::Batch { commands }) => commands
                 .iter()
                 .filter_map(Command::apply_version_needed)
                 .max(),
@@ -204,208 +214,16 @@ impl Actor {
     }
 }
 
-/// The operations the registry knows. Every field is prepared by the proposing coordinator.
+/// The log itself and the cluster's apply semantics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Op {
+pub enum ClusterOp {
     /// Does nothing; used to commit an entry in a new term. Not audited.
     Noop,
-    /// First start: creates project `default`, a platform-admin service account and its key. Refused once
-    /// bootstrapped.
-    Bootstrap {
-        default_project_id: String,
-        default_data_key: WrappedKey,
-        admin_principal_id: String,
-        admin_principal_name: String,
-        admin_key_id: String,
-        /// Hex SHA-256 of the full admin token.
-        admin_key_hash: String,
-        admin_key_last4: String,
-    },
-    /// Creates a project with its (wrapped) data key.
-    CreateProject {
-        id: String,
-        name: String,
-        description: String,
-        data_key: WrappedKey,
-        /// The new project's policy (the coordinator's configured defaults); `None` in entries written before
-        /// policies existed, which then get [`ProjectPolicy::BUILTIN`].
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        policy: Option<ProjectPolicy>,
-    },
-    /// Deletes a project that holds no active keys, no secrets and no unfinished jobs; its principals,
-    /// revoked keys, role bindings and finished jobs go with it.
-    DeleteProject { id: String },
-    /// Creates a user or service account owned by a project.
-    CreatePrincipal {
-        id: String,
-        kind: PrincipalKind,
-        name: String,
-        project_id: String,
-    },
-    /// Disables or re-enables a principal (a disabled principal's keys stop working).
-    SetPrincipalDisabled { id: String, disabled: bool },
-    /// Creates an API key, optionally with a new service account, and binds `role` in the key's project.
-    CreateKey {
-        key_id: String,
-        name: String,
-        project_id: String,
-        /// Hex SHA-256 of the full token.
-        hash: String,
-        last4: String,
-        expires_at: Option<u64>,
-        principal: KeyPrincipal,
-        role: Option<Role>,
-        /// How the key narrows its principal's rights (absent: not at all).
-        #[serde(default, skip_serializing_if = "KeyLimits::is_none")]
-        limits: KeyLimits,
-    },
-    /// Revokes a key (at `at_ms`).
-    RevokeKey { key_id: String },
-    /// Grants `role` to a principal in `scope`.
-    BindRole {
-        principal_id: String,
-        scope: Scope,
-        role: Role,
-    },
-    /// Removes a role binding.
-    UnbindRole { binding_id: String },
-    /// Adds a version to a secret (creating it when `version` is 1). `version` must be the next version
-    /// number: it is bound into the ciphertext's AAD, so a concurrent put is refused rather than mislabelled.
-    PutSecret {
-        project_id: String,
-        name: String,
-        version: u32,
-        sealed: SealedValue,
-        /// New workload bindings; `None` keeps the current ones.
-        bindings: Option<Vec<String>>,
-    },
-    /// Deletes a secret and all its versions.
-    DeleteSecret { project_id: String, name: String },
-    /// Master-key rotation: replaces every project's wrapped data key. The map must name exactly the
-    /// current projects (all-or-nothing).
-    RewrapDataKeys { keys: BTreeMap<String, WrappedKey> },
-    /// Records an attempt the API refused before proposing anything (e.g. a denied cross-project read), or
-    /// an event that changes no state but must be on record (`secret.release`: secrets handed to an agent).
-    RecordAudit {
-        action: String,
-        project: Option<String>,
-        target: String,
-        outcome: AuditOutcome,
-        detail: String,
-    },
-    /// An agent registered its node: creates or refreshes the record, increments its lease epoch and marks
-    /// it Ready. The node's scheduled and running attempts move to the new epoch; a running attempt the
-    /// agent does not hold any more is lost. Platform-level (no project).
-    RegisterNode {
-        region: String,
-        cluster: String,
-        node: String,
-        cpu_cores: u32,
-        memory_bytes: u64,
-        gpu_count: u32,
-        agent_version: String,
-        #[serde(default)]
-        gpus: Vec<GpuDevice>,
-        #[serde(default)]
-        labels: BTreeMap<String, String>,
-        /// Where the agent's own RPC server listens (log reads).
-        #[serde(default)]
-        rpc_addr: String,
-        /// The attempts the agent still holds.
-        #[serde(default)]
-        held: Vec<HeldAttempt>,
-        #[serde(default)]
-        os: String,
-        /// How the agent limits resources (cgroup v2, cgroup v1, rlimits).
-        #[serde(default)]
-        limit_mode: String,
-        /// Whether a node never registered before is approved on arrival when its cluster has no policy
-        /// (stamped by the leader from its configuration). Absent in entries from before admission, which
-        /// approved every node.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        admit_new: Option<bool>,
-    },
     /// Several commands proposed together as one log entry (the leader's proposal batching). They are
     /// applied in order, each exactly as if it were its own entry (request id, audit record, outcome). Not
     /// audited itself; a batch inside a batch is refused.
     Batch { commands: Vec<Command> },
-    /// The leader's health monitor changed a node's health; refused when `lease_epoch` is not the node's
-    /// current one (the node registered again since the decision was made). `Lost` also loses the
-    /// node's jobs (retried per their policy).
-    SetNodeHealth {
-        key: String,
-        health: NodeHealthState,
-        lease_epoch: u64,
-    },
-    /// An operator drains (`true`) or undrains a node: a draining node gets no new work, what already runs
-    /// there keeps running. Kept across re-registrations. Platform-level (no project).
-    SetNodeDraining { key: String, draining: bool },
-    /// A new job, pending. `id` is unique.
-    SubmitJob {
-        id: String,
-        project_id: String,
-        spec: JobSpec,
-        /// The job's workload identity: the principal that submits it (the acting principal, when the
-        /// command has one). The secrets the job names must be bound to it. Absent in commands from before
-        /// workload identities, which replay under the old rule and get no secrets released.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        principal_id: Option<String>,
-    },
-    /// Cancels a job: a pending one at once, a scheduled or running one by asking its agent to stop it.
-    /// Refused for a finished job.
-    CancelJob { project_id: String, id: String },
-    /// The leader's scheduling pass. Items that no longer apply are skipped, not refused.
-    PlaceJobs { placements: Vec<PlacementOp> },
-    /// What an agent saw happen to its attempts; refused as a whole when `lease_epoch` is not the node's.
-    ReportJobEvents {
-        node: String,
-        lease_epoch: u64,
-        events: Vec<JobEventOp>,
-    },
-    /// The GPUs of a node that are allocated but idle (proposed only when the set changes); fenced by the
-    /// lease epoch.
-    SetIdleGpus {
-        node: String,
-        lease_epoch: u64,
-        idle_gpus: Vec<String>,
-    },
-    /// The leader's janitor: forgets up to `max` finished jobs whose `finished_at` is before
-    /// `finished_before` (Unix ms), oldest first. Each job's usage is folded into its project's per-hour
-    /// archive before the job goes. Running and pending jobs are never touched. Platform-level.
-    PurgeJobs { finished_before: u64, max: u32 },
-    /// Adds an identity (every certificate naming it) or one certificate (by serial) to the deny-list:
-    /// coordinators and agents refuse it and close its open connections. Platform-level.
-    DenyIdentity {
-        kind: DenyKind,
-        value: String,
-        #[serde(default)]
-        reason: String,
-    },
-    /// Removes a deny-list entry. Platform-level.
-    AllowIdentity { kind: DenyKind, value: String },
-    /// Whether nodes new to a cluster are approved on arrival (otherwise they wait for `ApproveNode`).
-    SetClusterPolicy {
-        region: String,
-        cluster: String,
-        auto_approve: bool,
-    },
-    /// An operator approves a node (pending or quarantined) with the resources and labels it reports now.
-    ApproveNode { key: String },
-    /// A platform-admin changes a project's policy (quotas, network, preemption ceiling): the fields of
-    /// `update` replace the current ones.
-    SetProjectPolicy {
-        project_id: String,
-        update: PolicyUpdate,
-    },
-    /// Master-key rotation that also replaces the data keys: every project gets the fresh data key in
-    /// `keys` (wrapped by the current master key), and every stored version of every secret is replaced by
-    /// its re-encryption under it in `secrets` (project id → secret name → versions). All-or-nothing: the
-    /// maps must name exactly the current projects, secrets and versions.
-    ReplaceDataKeys {
-        keys: BTreeMap<String, WrappedKey>,
-        secrets: BTreeMap<String, BTreeMap<String, Vec<ResealedVersion>>>,
-    },
     /// The leader switches on newer apply semantics once every member runs a build that knows them (see
     /// [`APPLY_VERSION`]). Only the system proposes it; it never lowers the version.
     SetApplyVersion { version: u32 },
@@ -528,14 +346,15 @@ impl DomainError {
 pub type CommandOutcome = Result<Outcome, DomainError>;
 
 /// The whole replicated registry.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+///
+/// Its snapshot form (`to_bytes`, and serde) is the flat document it always was: see `snapshot.rs`.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RegistryState {
     /// Index of the last applied log entry.
     pub applied_index: u64,
     pub default_project_id: Option<String>,
     pub projects: BTreeMap<String, Project>,
     /// Project name → id (names are unique), so name lookups do not scan every project.
-    #[serde(default)]
     pub project_ids_by_name: BTreeMap<String, String>,
     pub principals: BTreeMap<String, Principal>,
     pub keys: BTreeMap<String, ApiKey>,
@@ -544,59 +363,25 @@ pub struct RegistryState {
     pub secrets: BTreeMap<String, BTreeMap<String, Secret>>,
     pub audit: Vec<AuditRecord>,
     /// Request id → first outcome, for the last [`REMEMBERED_REQUESTS`] requests that carried an id.
-    #[serde(default)]
     pub requests: BTreeMap<String, RememberedRequest>,
     /// Ordering key (at least the log index, increasing) → request id, to forget the oldest first.
-    #[serde(default)]
     pub request_order: BTreeMap<u64, String>,
     /// Node key (`region/cluster/node`) → record.
-    #[serde(default)]
     pub nodes: BTreeMap<String, NodeRecord>,
-    /// Job id → job.
-    #[serde(default)]
-    pub jobs: BTreeMap<String, JobRecord>,
-    /// Index: the ids of pending jobs.
-    #[serde(default)]
-    pub pending_job_ids: BTreeSet<String>,
-    /// Index: node key → ids of the scheduled and running jobs whose current attempt is on it.
-    #[serde(default)]
-    pub active_job_ids_by_node: BTreeMap<String, BTreeSet<String>>,
-    /// Index: project id → ids of its jobs.
-    #[serde(default)]
-    pub job_ids_by_project: BTreeMap<String, BTreeSet<String>>,
-    /// Index: (finished_at, id) of every terminal job, oldest first (what a purge takes). Rebuilt from the
-    /// jobs when a snapshot is loaded.
-    #[serde(default)]
-    pub finished_jobs: BTreeSet<(u64, String)>,
-    /// Project id → start of a Unix hour (ms) → the usage of the purged jobs in that hour.
-    #[serde(default)]
-    pub usage_archive: BTreeMap<String, BTreeMap<u64, usage::UsageSums>>,
-    /// Deny-list id (`identity:<uri>` or `serial:<hex>`) → entry.
-    #[serde(default)]
-    pub denied_identities: BTreeMap<String, DeniedIdentity>,
-    /// Incremented by every change to the deny-list.
-    #[serde(default)]
-    pub deny_list_version: u64,
-    /// Index: the keys (`region/cluster/node`) of nodes whose agent identity is denied.
-    #[serde(default)]
-    pub denied_nodes: BTreeSet<String>,
+    /// The jobs and their indexes, changed only through the table's transition function.
+    pub jobs: JobTable,
+    /// The usage of purged jobs, per project and hour (its own domain state: see `usage.rs`).
+    usage: UsageArchive,
+    /// The mesh deny-list (its own domain state: only identity commands change it).
+    identities: DenyList,
     /// `region/cluster` → admission policy; a cluster without one follows the leader's default.
-    #[serde(default)]
     pub cluster_policies: BTreeMap<String, ClusterPolicy>,
-    /// Index: project id → ids of its jobs that are not finished (what its quotas count). Rebuilt from the
-    /// jobs when a snapshot is loaded.
-    #[serde(default)]
-    pub unfinished_job_ids_by_project: BTreeMap<String, BTreeSet<String>>,
     /// Which apply semantics are on: 0 until the leader commits `SetApplyVersion` (see [`APPLY_VERSION`]).
-    /// Left out of snapshots while 0, so a snapshot from before it existed serializes unchanged.
-    #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub apply_version: u32,
     /// The time of the last applied command, kept from apply version 1 on (commands never go back in time).
-    #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub last_command_ms: u64,
     /// From apply version 2 on, machine traffic is counted here instead of recorded in the audit log
     /// (see [`is_machine_traffic`]): `ACTION/applied`, `ACTION/refused`, `job.event/accepted|stale`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub machine_counters: BTreeMap<String, u64>,
 }
 
@@ -607,19 +392,11 @@ pub fn is_machine_traffic(cmd: &Command) -> bool {
     cmd.actor.principal_id.is_none()
         && matches!(
             cmd.op,
-            Op::PlaceJobs { .. }
-                | Op::ReportJobEvents { .. }
-                | Op::SetIdleGpus { .. }
-                | Op::SetNodeHealth { .. }
+            Op::Jobs(JobOp::PlaceJobs { .. })
+                | Op::Jobs(JobOp::ReportJobEvents { .. })
+                | Op::Fleet(FleetOp::SetIdleGpus { .. })
+                | Op::Fleet(FleetOp::SetNodeHealth { .. })
         )
-}
-
-fn is_zero_u32(n: &u32) -> bool {
-    *n == 0
-}
-
-fn is_zero_u64(n: &u64) -> bool {
-    *n == 0
 }
 
 /// What a successful mutation tells the audit log besides the command's subject.
@@ -644,6 +421,17 @@ pub struct Subject {
     pub target: String,
 }
 
+impl Subject {
+    /// A subject from borrowed parts.
+    pub(super) fn of(action: &str, project: Option<&String>, target: &str) -> Subject {
+        Subject {
+            action: action.to_owned(),
+            project: project.cloned(),
+            target: target.to_owned(),
+        }
+    }
+}
+
 impl Op {
     /// The audit action this op records, e.g. `job.submit`: a stable name for logs.
     pub fn action(&self) -> String {
@@ -651,95 +439,25 @@ impl Op {
     }
 
     fn subject(&self) -> Subject {
-        let s = |action: &str, project: Option<&String>, target: &str| Subject {
-            action: action.to_owned(),
-            project: project.cloned(),
-            target: target.to_owned(),
-        };
+        let s = Subject::of;
         match self {
-            Op::Noop => s("noop", None, ""),
-            Op::Bootstrap {
-                default_project_id,
-                admin_principal_id,
-                ..
-            } => s(
-                "system.bootstrap",
-                Some(default_project_id),
-                admin_principal_id,
-            ),
-            Op::CreateProject { id, name, .. } => s("project.create", Some(id), name),
-            Op::DeleteProject { id } => s("project.delete", Some(id), id),
-            Op::CreatePrincipal { id, project_id, .. } => {
-                s("principal.create", Some(project_id), id)
-            }
-            Op::SetPrincipalDisabled { id, disabled } => s(
-                if *disabled {
-                    "principal.disable"
-                } else {
-                    "principal.enable"
-                },
-                None,
-                id,
-            ),
-            Op::CreateKey {
-                key_id, project_id, ..
-            } => s("key.create", Some(project_id), key_id),
-            Op::RevokeKey { key_id } => s("key.revoke", None, key_id),
-            Op::BindRole {
-                principal_id,
-                scope,
-                ..
-            } => s("role.bind", scope.project_id(), principal_id),
-            Op::UnbindRole { binding_id } => s("role.unbind", None, binding_id),
-            Op::PutSecret {
-                project_id, name, ..
-            } => s("secret.put", Some(project_id), name),
-            Op::DeleteSecret { project_id, name } => s("secret.delete", Some(project_id), name),
-            Op::RewrapDataKeys { .. } => s("secret.rewrap", None, "data-keys"),
-            Op::RecordAudit {
+            Op::Cluster(ClusterOp::Noop) => s("noop", None, ""),
+            Op::Audit(AuditOp::RecordAudit {
                 action,
                 project,
                 target,
                 ..
-            } => s(action, project.as_ref(), target),
-            Op::RegisterNode {
-                region,
-                cluster,
-                node,
-                ..
-            } => s("node.register", None, &node_key(region, cluster, node)),
-            Op::SetNodeHealth { key, .. } => s("node.health", None, key),
-            Op::SetNodeDraining { key, draining } => s(
-                if *draining {
-                    "node.drain"
-                } else {
-                    "node.undrain"
-                },
-                None,
-                key,
-            ),
-            Op::Batch { .. } => s("batch", None, ""),
-            Op::SubmitJob { id, project_id, .. } => s("job.submit", Some(project_id), id),
-            Op::CancelJob { project_id, id } => s("job.cancel", Some(project_id), id),
-            Op::PlaceJobs { .. } => s("job.place", None, "scheduler"),
-            Op::ReportJobEvents { node, .. } => s("job.report", None, node),
-            Op::SetIdleGpus { node, .. } => s("node.idle_gpus", None, node),
-            Op::PurgeJobs { .. } => s("job.purge", None, "janitor"),
-            Op::DenyIdentity { kind, value, .. } => {
-                s("identity.deny", None, &deny_id(*kind, value))
-            }
-            Op::AllowIdentity { kind, value } => s("identity.allow", None, &deny_id(*kind, value)),
-            Op::SetClusterPolicy {
-                region, cluster, ..
-            } => s("cluster.policy", None, &cluster_key(region, cluster)),
-            Op::ApproveNode { key } => s("node.approve", None, key),
-            Op::SetProjectPolicy { project_id, .. } => {
-                s("project.policy.set", Some(project_id), project_id)
-            }
-            Op::ReplaceDataKeys { .. } => s("secret.rewrap", None, "data-keys+secrets"),
-            Op::SetApplyVersion { version } => {
+            }) => s(action, project.as_ref(), target),
+            Op::Cluster(ClusterOp::Batch { .. }) => s("batch", None, ""),
+            Op::Cluster(ClusterOp::SetApplyVersion { version }) => {
                 s("cluster.apply_version", None, &version.to_string())
             }
+
+            Op::Tenancy(op) => op.subject(),
+            Op::Secrets(op) => op.subject(),
+            Op::Fleet(op) => op.subject(),
+            Op::Jobs(op) => op.subject(),
+            Op::Identity(op) => op.subject(),
         }
     }
 }
@@ -750,9 +468,12 @@ impl RegistryState {
     /// Pure: the result depends only on `self` and `cmd`. A refused command leaves the state unchanged except
     /// for its `refused` audit record.
     pub fn apply(&mut self, index: u64, cmd: &Command) -> CommandOutcome {
-        if let Op::Batch { commands } = &cmd.op {
+        if let Op::Cluster(ClusterOp::Batch { commands }) = &cmd.op {
             self.applied_index = index;
-            if commands.iter().any(|c| matches!(c.op, Op::Batch { .. })) {
+            if commands
+                .iter()
+                .any(|c| matches!(c.op, Op::Cluster(ClusterOp::Batch { .. })))
+            {
                 return Err(DomainError::invalid(
                     "commands",
                     "a batch cannot hold a batch",
@@ -787,14 +508,14 @@ impl RegistryState {
 
     fn apply_once(&mut self, index: u64, cmd: &Command) -> CommandOutcome {
         self.applied_index = index;
-        if matches!(cmd.op, Op::Noop) {
+        if matches!(cmd.op, Op::Cluster(ClusterOp::Noop)) {
             return Ok(Outcome::Done);
         }
         let at = self.command_time(cmd.at_ms);
         let mut subject = cmd.op.subject();
-        if let Op::RecordAudit {
+        if let Op::Audit(AuditOp::RecordAudit {
             outcome, detail, ..
-        } = &cmd.op
+        }) = &cmd.op
         {
             return match audit::validate_recorded(&subject, detail) {
                 Ok(()) => {
@@ -838,177 +559,22 @@ impl RegistryState {
 
     fn execute(&mut self, cmd: &Command, at: u64) -> Result<Applied, DomainError> {
         match &cmd.op {
-            Op::Noop | Op::RecordAudit { .. } => Ok(Applied::new(Outcome::Done, "")),
+            Op::Cluster(ClusterOp::Noop) | Op::Audit(AuditOp::RecordAudit { .. }) => {
+                Ok(Applied::new(Outcome::Done, ""))
+            }
             // `apply` unpacks batches before they get here; one reaching this point was nested.
-            Op::Batch { .. } => Err(DomainError::invalid(
+            Op::Cluster(ClusterOp::Batch { .. }) => Err(DomainError::invalid(
                 "commands",
                 "a batch cannot hold a batch",
             )),
-            Op::Bootstrap {
-                default_project_id,
-                default_data_key,
-                admin_principal_id,
-                admin_principal_name,
-                admin_key_id,
-                admin_key_hash,
-                admin_key_last4,
-            } => self.bootstrap(
-                at,
-                tenancy::BootstrapSpec {
-                    project_id: default_project_id,
-                    data_key: default_data_key,
-                    principal_id: admin_principal_id,
-                    principal_name: admin_principal_name,
-                    key_id: admin_key_id,
-                    key_hash: admin_key_hash,
-                    key_last4: admin_key_last4,
-                },
-            ),
-            Op::CreateProject {
-                id,
-                name,
-                description,
-                data_key,
-                policy,
-            } => self.create_project(at, id, name, description, data_key, policy.as_ref()),
-            Op::DeleteProject { id } => self.delete_project(id),
-            Op::CreatePrincipal {
-                id,
-                kind,
-                name,
-                project_id,
-            } => self.create_principal(at, id, *kind, name, project_id),
-            Op::SetPrincipalDisabled { id, disabled } => {
-                self.set_principal_disabled(at, id, *disabled)
+            Op::Cluster(ClusterOp::SetApplyVersion { version }) => {
+                self.set_apply_version(cmd, *version, at)
             }
-            Op::CreateKey {
-                key_id,
-                name,
-                project_id,
-                hash,
-                last4,
-                expires_at,
-                principal,
-                role,
-                limits,
-            } => self.create_key(
-                at,
-                tenancy::KeySpec {
-                    key_id,
-                    name,
-                    project_id,
-                    hash,
-                    last4,
-                    expires_at: *expires_at,
-                    principal,
-                    role: *role,
-                    limits,
-                },
-            ),
-            Op::RevokeKey { key_id } => self.revoke_key(at, key_id),
-            Op::BindRole {
-                principal_id,
-                scope,
-                role,
-            } => self.bind_role(at, principal_id, scope, *role),
-            Op::UnbindRole { binding_id } => self.unbind_role(at, binding_id),
-            Op::PutSecret {
-                project_id,
-                name,
-                version,
-                sealed,
-                bindings,
-            } => self.put_secret(at, project_id, name, *version, sealed, bindings.as_deref()),
-            Op::DeleteSecret { project_id, name } => self.delete_secret(project_id, name),
-            Op::RewrapDataKeys { keys } => self.rewrap_data_keys(keys),
-            Op::RegisterNode {
-                region,
-                cluster,
-                node,
-                cpu_cores,
-                memory_bytes,
-                gpu_count,
-                agent_version,
-                gpus,
-                labels,
-                rpc_addr,
-                held,
-                os,
-                limit_mode,
-                admit_new,
-            } => self.register_node(
-                at,
-                fleet::NodeSpec {
-                    region,
-                    cluster,
-                    node,
-                    cpu_cores: *cpu_cores,
-                    memory_bytes: *memory_bytes,
-                    gpu_count: *gpu_count,
-                    agent_version,
-                    gpus,
-                    labels,
-                    rpc_addr,
-                    held,
-                    os,
-                    limit_mode,
-                    admit_new: *admit_new,
-                },
-            ),
-            Op::SetNodeHealth {
-                key,
-                health,
-                lease_epoch,
-            } => self.set_node_health(at, key, *health, *lease_epoch),
-            Op::SetNodeDraining { key, draining } => self.set_node_draining(key, *draining),
-            Op::SubmitJob {
-                id,
-                project_id,
-                spec,
-                principal_id,
-            } => self.submit_job(
-                at,
-                &cmd.actor,
-                jobs::Submission {
-                    id,
-                    project_id,
-                    spec,
-                    principal_id: principal_id.as_deref(),
-                },
-            ),
-            Op::CancelJob { project_id, id } => self.cancel_job(at, project_id, id),
-            Op::PlaceJobs { placements } => self.place_jobs(at, placements),
-            Op::ReportJobEvents {
-                node,
-                lease_epoch,
-                events,
-            } => self.report_job_events(at, node, *lease_epoch, events),
-            Op::SetIdleGpus {
-                node,
-                lease_epoch,
-                idle_gpus,
-            } => self.set_idle_gpus(node, *lease_epoch, idle_gpus),
-            Op::PurgeJobs {
-                finished_before,
-                max,
-            } => Ok(self.purge_jobs(*finished_before, *max)),
-            Op::DenyIdentity {
-                kind,
-                value,
-                reason,
-            } => self.deny_identity(at, &cmd.actor.name, *kind, value, reason),
-            Op::AllowIdentity { kind, value } => self.allow_identity(*kind, value),
-            Op::SetClusterPolicy {
-                region,
-                cluster,
-                auto_approve,
-            } => self.set_cluster_policy(region, cluster, *auto_approve),
-            Op::ApproveNode { key } => self.approve_node(key),
-            Op::SetProjectPolicy { project_id, update } => {
-                self.set_project_policy(project_id, update)
-            }
-            Op::ReplaceDataKeys { keys, secrets } => self.replace_data_keys(keys, secrets),
-            Op::SetApplyVersion { version } => self.set_apply_version(cmd, *version, at),
+            Op::Tenancy(op) => self.execute_tenancy(op, at),
+            Op::Secrets(op) => self.execute_secrets(op, at),
+            Op::Fleet(op) => self.execute_fleet(op, at),
+            Op::Jobs(op) => self.execute_jobs(&cmd.actor, op, at),
+            Op::Identity(op) => self.identities.execute(&cmd.actor, op, at),
         }
     }
 
@@ -1154,20 +720,20 @@ impl RegistryState {
             return Ok(());
         }
         let verdict = match &cmd.op {
-            Op::CreateKey {
+            Op::Tenancy(TenancyOp::CreateKey {
                 project_id,
                 principal,
                 role,
                 expires_at,
                 ..
-            } => Some(crate::authz::caller_of(self, &cmd.actor).map(|caller| {
+            }) => Some(crate::authz::caller_of(self, &cmd.actor).map(|caller| {
                 crate::authz::check_key(self, &caller, project_id, principal, *role, *expires_at)
             })),
-            Op::BindRole {
+            Op::Tenancy(TenancyOp::BindRole {
                 principal_id,
                 scope,
                 role,
-            } => {
+            }) => {
                 Some(crate::authz::caller_of(self, &cmd.actor).map(|caller| {
                     crate::authz::check_bind(self, &caller, principal_id, scope, *role)
                 }))
@@ -1186,11 +752,13 @@ impl RegistryState {
 
     fn project_of_target(&self, op: &Op) -> Option<String> {
         match op {
-            Op::RevokeKey { key_id } => self.keys.get(key_id).map(|k| k.project_id.clone()),
-            Op::SetPrincipalDisabled { id, .. } => {
+            Op::Tenancy(TenancyOp::RevokeKey { key_id }) => {
+                self.keys.get(key_id).map(|k| k.project_id.clone())
+            }
+            Op::Tenancy(TenancyOp::SetPrincipalDisabled { id, .. }) => {
                 self.principals.get(id).and_then(|p| p.project_id.clone())
             }
-            Op::UnbindRole { binding_id } => self
+            Op::Tenancy(TenancyOp::UnbindRole { binding_id }) => self
                 .bindings
                 .get(binding_id)
                 .and_then(|b| b.scope.project_id().cloned()),
@@ -1205,14 +773,11 @@ impl RegistryState {
         serde_json::to_vec(self).expect("registry state serializes")
     }
 
-    /// Restores state from [`RegistryState::to_bytes`] output. The indexes of finished jobs and of each
-    /// project's unfinished jobs are rebuilt from the jobs, so a snapshot written before they existed loads
-    /// complete, and a bootstrap principal that an older build gave to project `default` moves to the
-    /// platform.
+    /// Restores state from [`RegistryState::to_bytes`] output. Every job index is rebuilt from the jobs
+    /// (`snapshot.rs`), so a snapshot written before an index existed loads complete, and a bootstrap
+    /// principal that an older build gave to project `default` moves to the platform.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         let mut state: Self = serde_json::from_slice(bytes)?;
-        state.rebuild_finished_index();
-        state.rebuild_unfinished_index();
         state.migrate_bootstrap_principal();
         Ok(state)
     }

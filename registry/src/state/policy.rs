@@ -354,10 +354,8 @@ impl RegistryState {
     pub fn project_load(&self, project_id: &str) -> ProjectLoad {
         let mut load = ProjectLoad::default();
         for job in self
-            .unfinished_job_ids_by_project
-            .get(project_id)
-            .into_iter()
-            .flatten()
+            .jobs
+            .unfinished_of(project_id)
             .filter_map(|id| self.jobs.get(id))
         {
             load.add_job(job);
@@ -421,35 +419,6 @@ impl RegistryState {
             Outcome::Project { project: view },
             update.describe(),
         ))
-    }
-
-    /// Rebuilds the per-project index of unfinished jobs from the jobs (after loading a snapshot).
-    pub fn rebuild_unfinished_index(&mut self) {
-        self.unfinished_job_ids_by_project.clear();
-        for job in self.jobs.values().filter(|j| !j.state.is_terminal()) {
-            self.unfinished_job_ids_by_project
-                .entry(job.project_id.clone())
-                .or_default()
-                .insert(job.id.clone());
-        }
-    }
-
-    /// Records that `job_id` of `project_id` is unfinished.
-    pub fn index_unfinished(&mut self, project_id: &str, job_id: &str) {
-        self.unfinished_job_ids_by_project
-            .entry(project_id.to_owned())
-            .or_default()
-            .insert(job_id.to_owned());
-    }
-
-    /// Records that `job_id` of `project_id` finished.
-    pub fn unindex_unfinished(&mut self, project_id: &str, job_id: &str) {
-        if let Some(ids) = self.unfinished_job_ids_by_project.get_mut(project_id) {
-            ids.remove(job_id);
-            if ids.is_empty() {
-                self.unfinished_job_ids_by_project.remove(project_id);
-            }
-        }
     }
 }
 

@@ -9,7 +9,75 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::tenancy::{validate_id, validate_wrapped_key};
-use super::{Applied, DomainError, Outcome, RegistryState};
+use super::{Applied, DomainError, Outcome, RegistryState, Subject};
+
+/// The secrets domain's commands: secret versions and the data keys that seal them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretOp {
+    /// Adds a version to a secret (creating it when `version` is 1). `version` must be the next version
+    /// number: it is bound into the ciphertext's AAD, so a concurrent put is refused rather than mislabelled.
+    PutSecret {
+        project_id: String,
+        name: String,
+        version: u32,
+        sealed: SealedValue,
+        /// New workload bindings; `None` keeps the current ones.
+        bindings: Option<Vec<String>>,
+    },
+    /// Deletes a secret and all its versions.
+    DeleteSecret { project_id: String, name: String },
+    /// Master-key rotation: replaces every project's wrapped data key. The map must name exactly the
+    /// current projects (all-or-nothing).
+    RewrapDataKeys { keys: BTreeMap<String, WrappedKey> },
+    /// Master-key rotation that also replaces the data keys: every project gets the fresh data key in
+    /// `keys` (wrapped by the current master key), and every stored version of every secret is replaced by
+    /// its re-encryption under it in `secrets` (project id → secret name → versions). All-or-nothing: the
+    /// maps must name exactly the current projects, secrets and versions.
+    ReplaceDataKeys {
+        keys: BTreeMap<String, WrappedKey>,
+        secrets: BTreeMap<String, BTreeMap<String, Vec<ResealedVersion>>>,
+    },
+}
+
+impl RegistryState {
+    /// Applies one secrets command (already checked against its actor by `apply`).
+    pub(super) fn execute_secrets(
+        &mut self,
+        op: &SecretOp,
+        at: u64,
+    ) -> Result<Applied, DomainError> {
+        match op {
+            SecretOp::PutSecret {
+                project_id,
+                name,
+                version,
+                sealed,
+                bindings,
+            } => self.put_secret(at, project_id, name, *version, sealed, bindings.as_deref()),
+            SecretOp::DeleteSecret { project_id, name } => self.delete_secret(project_id, name),
+            SecretOp::RewrapDataKeys { keys } => self.rewrap_data_keys(keys),
+            SecretOp::ReplaceDataKeys { keys, secrets } => self.replace_data_keys(keys, secrets),
+        }
+    }
+}
+
+impl SecretOp {
+    /// What the audit log records this command as.
+    pub(super) fn subject(&self) -> Subject {
+        let s = Subject::of;
+        match self {
+            SecretOp::PutSecret {
+                project_id, name, ..
+            } => s("secret.put", Some(project_id), name),
+            SecretOp::DeleteSecret { project_id, name } => {
+                s("secret.delete", Some(project_id), name)
+            }
+            SecretOp::RewrapDataKeys { .. } => s("secret.rewrap", None, "data-keys"),
+            SecretOp::ReplaceDataKeys { .. } => s("secret.rewrap", None, "data-keys+secrets"),
+        }
+    }
+}
 
 /// Largest accepted base64 ciphertext of one secret version (about 64 KiB of plaintext).
 pub const MAX_SEALED_B64: usize = 90_000;

@@ -6,6 +6,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
+use crate::authz::Role;
 use crate::token;
 
 mod golden;
@@ -37,7 +38,7 @@ fn hash_of(tag: &str) -> String {
 }
 
 fn bootstrap_op() -> Op {
-    Op::Bootstrap {
+    Op::Tenancy(TenancyOp::Bootstrap {
         default_project_id: "prj_default".into(),
         default_data_key: wk("mk1", "default"),
         admin_principal_id: "sa_admin".into(),
@@ -45,7 +46,7 @@ fn bootstrap_op() -> Op {
         admin_key_id: "adminkey".into(),
         admin_key_hash: hash_of("admin-token"),
         admin_key_last4: "abcd".into(),
-    }
+    })
 }
 
 /// Applies `op` at the next index and time.
@@ -64,13 +65,13 @@ fn bootstrapped() -> RegistryState {
 fn create_project(s: &mut RegistryState, id: &str, name: &str) {
     let out = run(
         s,
-        Op::CreateProject {
+        Op::Tenancy(TenancyOp::CreateProject {
             id: id.into(),
             name: name.into(),
             description: String::new(),
             data_key: wk("mk1", id),
             policy: None,
-        },
+        }),
     );
     assert!(matches!(out, Ok(Outcome::Project { .. })), "{out:?}");
 }
@@ -82,7 +83,7 @@ fn key_op(
     principal: KeyPrincipal,
     role: Option<Role>,
 ) -> Op {
-    Op::CreateKey {
+    Op::Tenancy(TenancyOp::CreateKey {
         key_id: key_id.into(),
         name: name.into(),
         project_id: project.into(),
@@ -92,7 +93,7 @@ fn key_op(
         principal,
         role,
         limits: crate::state::KeyLimits::default(),
-    }
+    })
 }
 
 fn new_sa(id: &str) -> KeyPrincipal {
@@ -163,17 +164,17 @@ fn random_command(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> 
         .collect();
     let roles = Role::ALL;
     let op = match rng.gen_range(0..24) {
-        0 => Op::Noop,
-        1 | 2 => Op::CreateProject {
+        0 => Op::Cluster(ClusterOp::Noop),
+        1 | 2 => Op::Tenancy(TenancyOp::CreateProject {
             id: format!("prj_{}", rng.gen_range(0..12)),
             name: names[rng.gen_range(0..names.len())].to_owned(),
             description: format!("project {n}"),
             data_key: wk("mk1", &n.to_string()),
             policy: None,
-        },
-        3 => Op::DeleteProject {
+        }),
+        3 => Op::Tenancy(TenancyOp::DeleteProject {
             id: pick_project(rng),
-        },
+        }),
         4 | 5 => {
             let principal = if rng.gen_bool(0.7) {
                 new_sa(&format!("sa_{n}"))
@@ -193,10 +194,10 @@ fn random_command(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> 
                 role,
             )
         }
-        6 => Op::RevokeKey {
+        6 => Op::Tenancy(TenancyOp::RevokeKey {
             key_id: key_ids[rng.gen_range(0..key_ids.len())].clone(),
-        },
-        7 => Op::BindRole {
+        }),
+        7 => Op::Tenancy(TenancyOp::BindRole {
             principal_id: principal_ids[rng.gen_range(0..principal_ids.len())].clone(),
             scope: if rng.gen_bool(0.2) {
                 Scope::Platform
@@ -204,10 +205,10 @@ fn random_command(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> 
                 Scope::Project(pick_project(rng))
             },
             role: roles[rng.gen_range(0..roles.len())],
-        },
-        8 => Op::UnbindRole {
+        }),
+        8 => Op::Tenancy(TenancyOp::UnbindRole {
             binding_id: binding_ids[rng.gen_range(0..binding_ids.len())].clone(),
-        },
+        }),
         9 | 10 => {
             let project_id = pick_project(rng);
             let name = format!("s{}", rng.gen_range(0..4));
@@ -219,18 +220,18 @@ fn random_command(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> 
             let bindings = rng
                 .gen_bool(0.5)
                 .then(|| vec!["job:*".to_owned(), format!("deployment:d{n}")]);
-            Op::PutSecret {
+            Op::Secrets(SecretOp::PutSecret {
                 project_id,
                 name,
                 version,
                 sealed: sealed(&n.to_string()),
                 bindings,
-            }
+            })
         }
-        11 => Op::DeleteSecret {
+        11 => Op::Secrets(SecretOp::DeleteSecret {
             project_id: pick_project(rng),
             name: format!("s{}", rng.gen_range(0..4)),
-        },
+        }),
         12 => {
             let mut keys: BTreeMap<String, WrappedKey> = view
                 .projects
@@ -240,9 +241,9 @@ fn random_command(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> 
             if rng.gen_bool(0.3) {
                 keys.pop_first();
             }
-            Op::RewrapDataKeys { keys }
+            Op::Secrets(SecretOp::RewrapDataKeys { keys })
         }
-        13 => Op::RecordAudit {
+        13 => Op::Audit(AuditOp::RecordAudit {
             action: if rng.gen_bool(0.9) {
                 "secret.read".into()
             } else {
@@ -252,8 +253,8 @@ fn random_command(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> 
             target: format!("s{n}"),
             outcome: AuditOutcome::Denied,
             detail: "cross-project read".into(),
-        },
-        15 => Op::RegisterNode {
+        }),
+        15 => Op::Fleet(FleetOp::RegisterNode {
             region: "eu".into(),
             cluster: "eu1".into(),
             node: names[rng.gen_range(0..names.len())].to_owned(),
@@ -280,7 +281,7 @@ fn random_command(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> 
             limit_mode: String::new(),
             // As before admission existed (every node approved); `admission_op` exercises the rest.
             admit_new: None,
-        },
+        }),
         16 => {
             let node_keys: Vec<(String, u64)> = view
                 .nodes
@@ -294,7 +295,7 @@ fn random_command(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> 
                 NodeHealthState::Unreachable,
                 NodeHealthState::Lost,
             ][rng.gen_range(0..3)];
-            Op::SetNodeHealth {
+            Op::Fleet(FleetOp::SetNodeHealth {
                 key,
                 health,
                 // Mostly the current epoch, sometimes a stale one.
@@ -303,13 +304,13 @@ fn random_command(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> 
                 } else {
                     epoch.saturating_sub(1)
                 },
-            }
+            })
         }
         17..=23 => random_job_op(rng, view, at, n),
-        _ => Op::SetPrincipalDisabled {
+        _ => Op::Tenancy(TenancyOp::SetPrincipalDisabled {
             id: principal_ids[rng.gen_range(0..principal_ids.len())].clone(),
             disabled: rng.gen_bool(0.5),
-        },
+        }),
     };
     let actor = if rng.gen_bool(0.5) {
         admin()
@@ -336,20 +337,20 @@ fn admission_op(rng: &mut StdRng, view: &RegistryState, n: usize) -> Op {
                 (DenyKind::Serial, format!("{:02x}", rng.gen_range(0..8)))
             };
             if rng.gen_bool(0.5) {
-                Op::DenyIdentity {
+                Op::Identity(IdentityOp::DenyIdentity {
                     kind,
                     value,
                     reason: format!("reason {n}"),
-                }
+                })
             } else {
-                Op::AllowIdentity { kind, value }
+                Op::Identity(IdentityOp::AllowIdentity { kind, value })
             }
         }
-        2 => Op::SetClusterPolicy {
+        2 => Op::Fleet(FleetOp::SetClusterPolicy {
             region: "eu".into(),
             cluster: if rng.gen_bool(0.9) { "eu1" } else { "bad/name" }.into(),
             auto_approve: rng.gen_bool(0.5),
-        },
+        }),
         _ => {
             let keys: Vec<String> = view
                 .nodes
@@ -357,9 +358,9 @@ fn admission_op(rng: &mut StdRng, view: &RegistryState, n: usize) -> Op {
                 .cloned()
                 .chain(["eu/eu1/missing".to_owned()])
                 .collect();
-            Op::ApproveNode {
+            Op::Fleet(FleetOp::ApproveNode {
                 key: keys[rng.gen_range(0..keys.len())].clone(),
-            }
+            })
         }
     }
 }
@@ -389,27 +390,27 @@ fn random_job_op(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> O
                 Some(j) if rng.gen_bool(0.5) => j.project_id.clone(),
                 _ => project(),
             };
-            Op::SubmitJob {
+            Op::Jobs(JobOp::SubmitJob {
                 id: format!("job_{}", rng.gen_range(0..300)),
                 project_id,
                 spec,
                 // From `n`, not `rng`, so the rest of the log does not shift with this field.
                 principal_id: n.is_multiple_of(2).then(|| "sa_admin".to_owned()),
-            }
+            })
         }
         2 => match pick_job(rng) {
-            Some(j) => Op::CancelJob {
+            Some(j) => Op::Jobs(JobOp::CancelJob {
                 project_id: if rng.gen_bool(0.9) {
                     j.project_id.clone()
                 } else {
                     "prj_other".to_owned()
                 },
                 id: j.id.clone(),
-            },
-            None => Op::CancelJob {
+            }),
+            None => Op::Jobs(JobOp::CancelJob {
                 project_id: project(),
                 id: "job_missing".to_owned(),
-            },
+            }),
         },
         3 | 4 => {
             let mut placements = Vec::new();
@@ -456,12 +457,12 @@ fn random_job_op(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> O
                 };
                 placements.push(item);
             }
-            Op::PlaceJobs { placements }
+            Op::Jobs(JobOp::PlaceJobs { placements })
         }
         5 => {
             let Some(node) = (!nodes.is_empty()).then(|| nodes[rng.gen_range(0..nodes.len())])
             else {
-                return Op::Noop;
+                return Op::Cluster(ClusterOp::Noop);
             };
             // Mostly the jobs whose current attempt is on this node (what a real agent reports), now and
             // then any job (stale or foreign reports).
@@ -510,7 +511,7 @@ fn random_job_op(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> O
                     }
                 })
                 .collect();
-            Op::ReportJobEvents {
+            Op::Jobs(JobOp::ReportJobEvents {
                 node: node.key.clone(),
                 lease_epoch: if rng.gen_bool(0.8) {
                     node.lease_epoch
@@ -518,18 +519,18 @@ fn random_job_op(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> O
                     node.lease_epoch.saturating_sub(1)
                 },
                 events,
-            }
+            })
         }
         _ => {
             let node = names[rng.gen_range(0..names.len())];
-            Op::SetIdleGpus {
+            Op::Fleet(FleetOp::SetIdleGpus {
                 node: format!("eu/eu1/{node}"),
                 lease_epoch: view
                     .nodes
                     .get(&format!("eu/eu1/{node}"))
                     .map_or(1, |r| r.lease_epoch),
                 idle_gpus: vec![format!("GPU-{}", rng.gen_range(0..3))],
-            }
+            })
         }
     }
 }
@@ -611,10 +612,10 @@ fn replicas_are_byte_identical() {
             let mut drain = Command::new(
                 at,
                 admin(),
-                Op::SetNodeDraining {
+                Op::Fleet(FleetOp::SetNodeDraining {
                     key: keys[drain_rng.gen_range(0..keys.len())].clone(),
                     draining: drain_rng.gen_bool(0.5),
-                },
+                }),
             );
             drain.request_id = Some(format!("drain-{n}"));
             let out_a = a.apply(index + 1, &drain);
@@ -637,10 +638,10 @@ fn replicas_are_byte_identical() {
             let purge = Command::new(
                 at,
                 Actor::system(),
-                Op::PurgeJobs {
+                Op::Jobs(JobOp::PurgeJobs {
                     finished_before: at.saturating_sub(1_800_000),
                     max: 3,
-                },
+                }),
             );
             let out_a = a.apply(index + 1, &purge);
             assert_eq!(
@@ -700,7 +701,7 @@ fn replicas_are_byte_identical() {
         "log exercised draining ({drains})"
     );
     assert!(
-        purged > 0 && !a.usage_archive.is_empty(),
+        purged > 0 && !a.usage.hours().is_empty(),
         "log exercised purges ({purged} jobs)"
     );
     assert!(
@@ -764,18 +765,18 @@ fn bootstrap_creates_default_project_admin_and_key_once() {
 #[test]
 fn bootstrap_validates_its_fields() {
     let mut s = RegistryState::default();
-    let Op::Bootstrap {
+    let Op::Tenancy(TenancyOp::Bootstrap {
         default_project_id,
         default_data_key,
         admin_principal_id,
         admin_principal_name,
         admin_key_id,
         ..
-    } = bootstrap_op()
+    }) = bootstrap_op()
     else {
         unreachable!()
     };
-    let bad = Op::Bootstrap {
+    let bad = Op::Tenancy(TenancyOp::Bootstrap {
         default_project_id,
         default_data_key,
         admin_principal_id,
@@ -783,7 +784,7 @@ fn bootstrap_validates_its_fields() {
         admin_key_id,
         admin_key_hash: "not-hex".into(),
         admin_key_last4: "abcd".into(),
-    };
+    });
     let out = s.apply(1, &Command::new(T0, Actor::system(), bad));
     assert!(
         matches!(out, Err(DomainError::Invalid { ref field, .. }) if field == "hash"),
@@ -808,37 +809,37 @@ fn project_names_are_validated_and_unique() {
     ] {
         assert_refused(
             &mut s,
-            Op::CreateProject {
+            Op::Tenancy(TenancyOp::CreateProject {
                 id: "prj_new".into(),
                 name: bad.into(),
                 description: String::new(),
                 data_key: wk("mk1", "n"),
                 policy: None,
-            },
+            }),
             |e| matches!(e, DomainError::Invalid { field, .. } if field == "name"),
         );
     }
     create_project(&mut s, "prj_63", &"a".repeat(63));
     assert_refused(
         &mut s,
-        Op::CreateProject {
+        Op::Tenancy(TenancyOp::CreateProject {
             id: "prj_other".into(),
             name: "vision".into(),
             description: String::new(),
             data_key: wk("mk1", "n"),
             policy: None,
-        },
+        }),
         |e| matches!(e, DomainError::AlreadyExists { name, .. } if name == "vision"),
     );
     assert_refused(
         &mut s,
-        Op::CreateProject {
+        Op::Tenancy(TenancyOp::CreateProject {
             id: "prj_v".into(),
             name: "fresh".into(),
             description: String::new(),
             data_key: wk("mk1", "n"),
             policy: None,
-        },
+        }),
         |e| matches!(e, DomainError::AlreadyExists { .. }),
     );
     assert_eq!(
@@ -862,52 +863,55 @@ fn deleting_a_project_requires_it_empty_and_cascades() {
     .expect("key");
     run(
         &mut s,
-        Op::PutSecret {
+        Op::Secrets(SecretOp::PutSecret {
             project_id: "prj_v".into(),
             name: "db".into(),
             version: 1,
             sealed: sealed("1"),
             bindings: None,
-        },
+        }),
     )
     .expect("secret");
     run(
         &mut s,
-        Op::BindRole {
+        Op::Tenancy(TenancyOp::BindRole {
             principal_id: "sa_admin".into(),
             scope: Scope::Project("prj_v".into()),
             role: Role::Viewer,
-        },
+        }),
     )
     .expect("bind");
 
     assert_refused(
         &mut s,
-        Op::DeleteProject { id: "prj_v".into() },
+        Op::Tenancy(TenancyOp::DeleteProject { id: "prj_v".into() }),
         |e| matches!(e, DomainError::FailedPrecondition(m) if m.contains("keys")),
     );
     run(
         &mut s,
-        Op::RevokeKey {
+        Op::Tenancy(TenancyOp::RevokeKey {
             key_id: "k1".into(),
-        },
+        }),
     )
     .expect("revoke");
     assert_refused(
         &mut s,
-        Op::DeleteProject { id: "prj_v".into() },
+        Op::Tenancy(TenancyOp::DeleteProject { id: "prj_v".into() }),
         |e| matches!(e, DomainError::FailedPrecondition(m) if m.contains("secrets")),
     );
     run(
         &mut s,
-        Op::DeleteSecret {
+        Op::Secrets(SecretOp::DeleteSecret {
             project_id: "prj_v".into(),
             name: "db".into(),
-        },
+        }),
     )
     .expect("delete secret");
     assert_eq!(
-        run(&mut s, Op::DeleteProject { id: "prj_v".into() }),
+        run(
+            &mut s,
+            Op::Tenancy(TenancyOp::DeleteProject { id: "prj_v".into() })
+        ),
         Ok(Outcome::Deleted)
     );
 
@@ -935,16 +939,16 @@ fn deleting_a_project_requires_it_empty_and_cascades() {
     create_project(&mut s, "prj_v2", "vision");
     assert_refused(
         &mut s,
-        Op::DeleteProject {
+        Op::Tenancy(TenancyOp::DeleteProject {
             id: "prj_default".into(),
-        },
+        }),
         |e| matches!(e, DomainError::FailedPrecondition(_)),
     );
     assert_refused(
         &mut s,
-        Op::DeleteProject {
+        Op::Tenancy(TenancyOp::DeleteProject {
             id: "prj_nope".into(),
-        },
+        }),
         |e| matches!(e, DomainError::NotFound { .. }),
     );
 }
@@ -1073,7 +1077,7 @@ fn create_key_refusals() {
         |e| matches!(e, DomainError::NotFound { .. }),
     );
     let mut expired = key_op("k9", "x", "prj_v", new_sa("sa_y"), None);
-    if let Op::CreateKey { expires_at, .. } = &mut expired {
+    if let Op::Tenancy(TenancyOp::CreateKey { expires_at, .. }) = &mut expired {
         *expires_at = Some(T0);
     }
     assert_refused(
@@ -1084,9 +1088,9 @@ fn create_key_refusals() {
     // After revocation the name is free again.
     run(
         &mut s,
-        Op::RevokeKey {
+        Op::Tenancy(TenancyOp::RevokeKey {
             key_id: "k1".into(),
-        },
+        }),
     )
     .expect("revoke");
     run(
@@ -1105,10 +1109,10 @@ fn create_key_refusals() {
     // A disabled principal gets no new keys.
     run(
         &mut s,
-        Op::SetPrincipalDisabled {
+        Op::Tenancy(TenancyOp::SetPrincipalDisabled {
             id: "sa_ci".into(),
             disabled: true,
-        },
+        }),
     )
     .expect("disable");
     assert_refused(
@@ -1136,7 +1140,7 @@ fn keys_revoke_and_expire() {
         new_sa("sa_ci"),
         Some(Role::Viewer),
     );
-    if let Op::CreateKey { expires_at, .. } = &mut op {
+    if let Op::Tenancy(TenancyOp::CreateKey { expires_at, .. }) = &mut op {
         *expires_at = Some(T0 + 1_000_000);
     }
     run(&mut s, op).expect("key");
@@ -1145,9 +1149,9 @@ fn keys_revoke_and_expire() {
     assert_eq!(key.state_at(T0 + 1_000_000), KeyState::Expired);
     let out = run(
         &mut s,
-        Op::RevokeKey {
+        Op::Tenancy(TenancyOp::RevokeKey {
             key_id: "k1".into(),
-        },
+        }),
     )
     .expect("revoke");
     let Outcome::Key { key } = out else {
@@ -1160,16 +1164,16 @@ fn keys_revoke_and_expire() {
     );
     assert_refused(
         &mut s,
-        Op::RevokeKey {
+        Op::Tenancy(TenancyOp::RevokeKey {
             key_id: "k1".into(),
-        },
+        }),
         |e| matches!(e, DomainError::FailedPrecondition(_)),
     );
     assert_refused(
         &mut s,
-        Op::RevokeKey {
+        Op::Tenancy(TenancyOp::RevokeKey {
             key_id: "nokey".into(),
-        },
+        }),
         |e| matches!(e, DomainError::NotFound { .. }),
     );
     let last = s
@@ -1190,24 +1194,24 @@ fn the_last_usable_platform_admin_cannot_be_removed() {
     let admin_binding = RoleBinding::id_for("sa_admin", &Scope::Platform, Role::PlatformAdmin);
     assert_refused(
         &mut s,
-        Op::RevokeKey {
+        Op::Tenancy(TenancyOp::RevokeKey {
             key_id: "adminkey".into(),
-        },
+        }),
         |e| matches!(e, DomainError::FailedPrecondition(_)),
     );
     assert_refused(
         &mut s,
-        Op::UnbindRole {
+        Op::Tenancy(TenancyOp::UnbindRole {
             binding_id: admin_binding.clone(),
-        },
+        }),
         |e| matches!(e, DomainError::FailedPrecondition(_)),
     );
     assert_refused(
         &mut s,
-        Op::SetPrincipalDisabled {
+        Op::Tenancy(TenancyOp::SetPrincipalDisabled {
             id: "sa_admin".into(),
             disabled: true,
-        },
+        }),
         |e| matches!(e, DomainError::FailedPrecondition(_)),
     );
     // With a second usable admin, the first can go.
@@ -1218,33 +1222,33 @@ fn the_last_usable_platform_admin_cannot_be_removed() {
     .expect("key");
     run(
         &mut s,
-        Op::BindRole {
+        Op::Tenancy(TenancyOp::BindRole {
             principal_id: "sa_ops".into(),
             scope: Scope::Platform,
             role: Role::PlatformAdmin,
-        },
+        }),
     )
     .expect("bind");
     run(
         &mut s,
-        Op::RevokeKey {
+        Op::Tenancy(TenancyOp::RevokeKey {
             key_id: "adminkey".into(),
-        },
+        }),
     )
     .expect("revoke first admin's key");
     run(
         &mut s,
-        Op::UnbindRole {
+        Op::Tenancy(TenancyOp::UnbindRole {
             binding_id: admin_binding,
-        },
+        }),
     )
     .expect("unbind first admin");
     assert_refused(
         &mut s,
-        Op::SetPrincipalDisabled {
+        Op::Tenancy(TenancyOp::SetPrincipalDisabled {
             id: "sa_ops".into(),
             disabled: true,
-        },
+        }),
         |e| matches!(e, DomainError::FailedPrecondition(_)),
     );
 }
@@ -1255,22 +1259,22 @@ fn role_bindings_are_validated_and_unique() {
     create_project(&mut s, "prj_v", "vision");
     run(
         &mut s,
-        Op::CreatePrincipal {
+        Op::Tenancy(TenancyOp::CreatePrincipal {
             id: "u_ann".into(),
             kind: PrincipalKind::User,
             name: "ann@example.com".into(),
             project_id: "prj_v".into(),
-        },
+        }),
     )
     .expect("user");
     let scope = Scope::Project("prj_v".into());
     let out = run(
         &mut s,
-        Op::BindRole {
+        Op::Tenancy(TenancyOp::BindRole {
             principal_id: "u_ann".into(),
             scope: scope.clone(),
             role: Role::Deployer,
-        },
+        }),
     )
     .expect("bind");
     let Outcome::Binding { binding } = out else {
@@ -1292,54 +1296,54 @@ fn role_bindings_are_validated_and_unique() {
         .is_none());
     assert_refused(
         &mut s,
-        Op::BindRole {
+        Op::Tenancy(TenancyOp::BindRole {
             principal_id: "u_ann".into(),
             scope: scope.clone(),
             role: Role::Deployer,
-        },
+        }),
         |e| matches!(e, DomainError::AlreadyExists { .. }),
     );
     assert_refused(
         &mut s,
-        Op::BindRole {
+        Op::Tenancy(TenancyOp::BindRole {
             principal_id: "u_ann".into(),
             scope: scope.clone(),
             role: Role::PlatformAdmin,
-        },
+        }),
         |e| matches!(e, DomainError::Invalid { .. }),
     );
     assert_refused(
         &mut s,
-        Op::BindRole {
+        Op::Tenancy(TenancyOp::BindRole {
             principal_id: "nobody".into(),
             scope,
             role: Role::Viewer,
-        },
+        }),
         |e| matches!(e, DomainError::NotFound { .. }),
     );
     assert_refused(
         &mut s,
-        Op::BindRole {
+        Op::Tenancy(TenancyOp::BindRole {
             principal_id: "u_ann".into(),
             scope: Scope::Project("prj_gone".into()),
             role: Role::Viewer,
-        },
+        }),
         |e| matches!(e, DomainError::NotFound { .. }),
     );
     assert_eq!(
         run(
             &mut s,
-            Op::UnbindRole {
+            Op::Tenancy(TenancyOp::UnbindRole {
                 binding_id: binding.id.clone()
-            }
+            })
         ),
         Ok(Outcome::Deleted)
     );
     assert_refused(
         &mut s,
-        Op::UnbindRole {
+        Op::Tenancy(TenancyOp::UnbindRole {
             binding_id: binding.id,
-        },
+        }),
         |e| matches!(e, DomainError::NotFound { .. }),
     );
 }
@@ -1378,13 +1382,13 @@ fn put(
 ) -> CommandOutcome {
     run(
         s,
-        Op::PutSecret {
+        Op::Secrets(SecretOp::PutSecret {
             project_id: project.into(),
             name: name.into(),
             version,
             sealed: sealed(&version.to_string()),
             bindings,
-        },
+        }),
     )
 }
 
@@ -1432,48 +1436,48 @@ fn secrets_version_and_bind_and_never_show_ciphertext() {
 
     assert_refused(
         &mut s,
-        Op::PutSecret {
+        Op::Secrets(SecretOp::PutSecret {
             project_id: "prj_default".into(),
             name: "s3-key".into(),
             version: 2,
             sealed: sealed("x"),
             bindings: None,
-        },
+        }),
         |e| matches!(e, DomainError::FailedPrecondition(m) if m.contains("next version is 3")),
     );
     assert_refused(
         &mut s,
-        Op::PutSecret {
+        Op::Secrets(SecretOp::PutSecret {
             project_id: "prj_default".into(),
             name: "new".into(),
             version: 2,
             sealed: sealed("x"),
             bindings: None,
-        },
+        }),
         |e| matches!(e, DomainError::FailedPrecondition(_)),
     );
     for bad in ["job", ":x", "Job:x", "job:", "job:a b", "job:$(rm)"] {
         assert_refused(
             &mut s,
-            Op::PutSecret {
+            Op::Secrets(SecretOp::PutSecret {
                 project_id: "prj_default".into(),
                 name: "s3-key".into(),
                 version: 3,
                 sealed: sealed("x"),
                 bindings: Some(vec![bad.into()]),
-            },
+            }),
             |e| matches!(e, DomainError::Invalid { field, .. } if field == "bindings"),
         );
     }
     assert_refused(
         &mut s,
-        Op::PutSecret {
+        Op::Secrets(SecretOp::PutSecret {
             project_id: "prj_default".into(),
             name: "../etc".into(),
             version: 1,
             sealed: sealed("x"),
             bindings: None,
-        },
+        }),
         |e| matches!(e, DomainError::Invalid { field, .. } if field == "name"),
     );
     let huge = SealedValue {
@@ -1482,44 +1486,44 @@ fn secrets_version_and_bind_and_never_show_ciphertext() {
     };
     assert_refused(
         &mut s,
-        Op::PutSecret {
+        Op::Secrets(SecretOp::PutSecret {
             project_id: "prj_default".into(),
             name: "big".into(),
             version: 1,
             sealed: huge,
             bindings: None,
-        },
+        }),
         |e| matches!(e, DomainError::Invalid { .. }),
     );
     assert_refused(
         &mut s,
-        Op::PutSecret {
+        Op::Secrets(SecretOp::PutSecret {
             project_id: "prj_gone".into(),
             name: "x".into(),
             version: 1,
             sealed: sealed("x"),
             bindings: None,
-        },
+        }),
         |e| matches!(e, DomainError::NotFound { .. }),
     );
 
     assert_eq!(
         run(
             &mut s,
-            Op::DeleteSecret {
+            Op::Secrets(SecretOp::DeleteSecret {
                 project_id: "prj_default".into(),
                 name: "s3-key".into()
-            }
+            })
         ),
         Ok(Outcome::Deleted)
     );
     assert!(s.project_scope("prj_default").secret("s3-key").is_none());
     assert_refused(
         &mut s,
-        Op::DeleteSecret {
+        Op::Secrets(SecretOp::DeleteSecret {
             project_id: "prj_default".into(),
             name: "s3-key".into(),
-        },
+        }),
         |e| matches!(e, DomainError::NotFound { .. }),
     );
 }
@@ -1552,14 +1556,18 @@ fn rewrap_is_all_or_nothing() {
         .collect();
     let full = keys.clone();
     keys.remove("prj_v");
-    assert_refused(&mut s, Op::RewrapDataKeys { keys: keys.clone() }, |e| {
-        matches!(e, DomainError::FailedPrecondition(_))
-    });
+    assert_refused(
+        &mut s,
+        Op::Secrets(SecretOp::RewrapDataKeys { keys: keys.clone() }),
+        |e| matches!(e, DomainError::FailedPrecondition(_)),
+    );
     keys.insert("prj_v".into(), wk("mk2", "v"));
     keys.insert("prj_extra".into(), wk("mk2", "x"));
-    assert_refused(&mut s, Op::RewrapDataKeys { keys }, |e| {
-        matches!(e, DomainError::FailedPrecondition(_))
-    });
+    assert_refused(
+        &mut s,
+        Op::Secrets(SecretOp::RewrapDataKeys { keys }),
+        |e| matches!(e, DomainError::FailedPrecondition(_)),
+    );
     let mut bad = full.clone();
     bad.insert(
         "prj_v".into(),
@@ -1569,11 +1577,16 @@ fn rewrap_is_all_or_nothing() {
             ciphertext_b64: "x".into(),
         },
     );
-    assert_refused(&mut s, Op::RewrapDataKeys { keys: bad }, |e| {
-        matches!(e, DomainError::Invalid { .. })
-    });
+    assert_refused(
+        &mut s,
+        Op::Secrets(SecretOp::RewrapDataKeys { keys: bad }),
+        |e| matches!(e, DomainError::Invalid { .. }),
+    );
     assert_eq!(
-        run(&mut s, Op::RewrapDataKeys { keys: full.clone() }),
+        run(
+            &mut s,
+            Op::Secrets(SecretOp::RewrapDataKeys { keys: full.clone() })
+        ),
         Ok(Outcome::Rewrapped { projects: 2 })
     );
     assert_eq!(s.data_keys(), full);
@@ -1606,9 +1619,11 @@ fn replacing_data_keys_is_all_or_nothing_over_every_secret_version() {
     if let Some(db) = missing.get_mut("prj_v").and_then(|p| p.get_mut("db")) {
         db.pop();
     }
-    let op = |secrets| Op::ReplaceDataKeys {
-        keys: keys.clone(),
-        secrets,
+    let op = |secrets| {
+        Op::Secrets(SecretOp::ReplaceDataKeys {
+            keys: keys.clone(),
+            secrets,
+        })
     };
     assert_refused(&mut s, op(missing), |e| {
         matches!(e, DomainError::FailedPrecondition(_))
@@ -1731,23 +1746,26 @@ fn audited_state() -> RegistryState {
         key_op("ka", "ci", "prj_a", new_sa("sa_a"), Some(Role::Editor)),
     )
     .expect("key");
-    let _ = run(&mut s, Op::DeleteProject { id: "prj_a".into() });
+    let _ = run(
+        &mut s,
+        Op::Tenancy(TenancyOp::DeleteProject { id: "prj_a".into() }),
+    );
     run(
         &mut s,
-        Op::RecordAudit {
+        Op::Audit(AuditOp::RecordAudit {
             action: "secret.read".into(),
             project: Some("prj_b".into()),
             target: "token".into(),
             outcome: AuditOutcome::Denied,
             detail: "key ka of prj_a".into(),
-        },
+        }),
     )
     .expect("recorded");
     run(
         &mut s,
-        Op::RevokeKey {
+        Op::Tenancy(TenancyOp::RevokeKey {
             key_id: "ka".into(),
-        },
+        }),
     )
     .expect("revoke");
     s
@@ -1885,13 +1903,13 @@ fn invalid_audit_records_are_refused_and_noop_is_not_audited() {
     let mut s = bootstrapped();
     let out = run(
         &mut s,
-        Op::RecordAudit {
+        Op::Audit(AuditOp::RecordAudit {
             action: "Not An Action".into(),
             project: None,
             target: String::new(),
             outcome: AuditOutcome::Denied,
             detail: String::new(),
-        },
+        }),
     );
     assert!(matches!(out, Err(DomainError::Invalid { .. })), "{out:?}");
     assert_eq!(
@@ -1901,7 +1919,7 @@ fn invalid_audit_records_are_refused_and_noop_is_not_audited() {
         Some(("audit.record", AuditOutcome::Refused))
     );
     let len = s.audit_records().len();
-    assert_eq!(run(&mut s, Op::Noop), Ok(Outcome::Done));
+    assert_eq!(run(&mut s, Op::Cluster(ClusterOp::Noop)), Ok(Outcome::Done));
     assert_eq!(s.audit_records().len(), len);
 }
 
@@ -1930,13 +1948,13 @@ fn a_resent_request_is_applied_once() {
     let mut create = Command::new(
         T0 + 1,
         admin(),
-        Op::CreateProject {
+        Op::Tenancy(TenancyOp::CreateProject {
             id: "prj_once".to_owned(),
             name: "once".to_owned(),
             description: String::new(),
             data_key: wk("mk1", "once"),
             policy: None,
-        },
+        }),
     );
     create.request_id = Some("req-1".to_owned());
     let first = state.apply(2, &create).expect("created");
@@ -1963,7 +1981,7 @@ fn a_resent_request_is_applied_once() {
 fn remembered_requests_are_bounded() {
     let mut state = RegistryState::default();
     for i in 0..(REMEMBERED_REQUESTS as u64 + 50) {
-        let mut noop = Command::new(T0, Actor::system(), Op::Noop);
+        let mut noop = Command::new(T0, Actor::system(), Op::Cluster(ClusterOp::Noop));
         noop.request_id = Some(format!("r{i}"));
         let _ = state.apply(i + 1, &noop);
     }
@@ -1984,13 +2002,13 @@ fn a_batch_applies_each_command_as_its_own_entry_would() {
         let mut cmd = Command::new(
             T0 + 5_000,
             admin(),
-            Op::CreateProject {
+            Op::Tenancy(TenancyOp::CreateProject {
                 id: id.into(),
                 name: name.into(),
                 description: String::new(),
                 data_key: wk("mk1", id),
                 policy: None,
-            },
+            }),
         );
         cmd.request_id = Some(request.into());
         cmd
@@ -2010,9 +2028,9 @@ fn a_batch_applies_each_command_as_its_own_entry_would() {
         &Command::new(
             T0 + 5_000,
             Actor::system(),
-            Op::Batch {
+            Op::Cluster(ClusterOp::Batch {
                 commands: commands.clone(),
-            },
+            }),
         ),
     );
     let Ok(Outcome::Batch { outcomes }) = out else {
@@ -2044,9 +2062,13 @@ fn a_batch_applies_each_command_as_its_own_entry_would() {
     let nested = Command::new(
         T0,
         Actor::system(),
-        Op::Batch {
-            commands: vec![Command::new(T0, Actor::system(), Op::Batch { commands })],
-        },
+        Op::Cluster(ClusterOp::Batch {
+            commands: vec![Command::new(
+                T0,
+                Actor::system(),
+                Op::Cluster(ClusterOp::Batch { commands }),
+            )],
+        }),
     );
     assert!(matches!(
         batched.apply(3, &nested),

@@ -76,6 +76,22 @@ pub(crate) fn clip(s: &str, max: usize) -> String {
     }
     s[..end].to_owned()
 }
+/// What one reported event does to its job: answered at once, or the end of a replica to apply.
+enum Step {
+    Ack(EventAck),
+    End(u64, AttemptEnd),
+}
+
+/// What ending one replica comes to.
+enum ReplicaEnd {
+    /// The job is not active (or has no such replica): nothing changes.
+    Nothing,
+    /// A replica of a gang succeeded while others still run: only its end was recorded, on `node`.
+    Recorded { node: String },
+    /// The whole attempt ends.
+    WholeAttempt,
+}
+
 impl RegistryState {
     pub fn report_job_events(
         &mut self,
@@ -113,92 +129,89 @@ impl RegistryState {
         lease_epoch: u64,
         event: &JobEventOp,
     ) -> EventAck {
-        let Some(job) = self.jobs.get_mut(&event.job_id) else {
-            return EventAck::stale(format_args!("job {} not found", event.job_id));
-        };
-        let Some(current) = job.current_attempt().map(|a| a.attempt) else {
-            return EventAck::stale(format_args!("job {} is {}", job.id, job.state.as_str()));
-        };
-        if current != event.attempt {
-            return EventAck::stale(format_args!(
-                "attempt {} of job {} is not current (attempt {current} is)",
-                event.attempt, job.id
-            ));
-        }
-        let start = job.last_attempt_start();
-        let Some(idx) = job.attempts[start..]
-            .iter()
-            .position(|a| a.replica == event.replica)
-            .map(|i| start + i)
-        else {
-            return EventAck::stale(format_args!(
-                "attempt {} of job {} has no replica {}",
-                event.attempt, job.id, event.replica
-            ));
-        };
-        let entry = &mut job.attempts[idx];
-        let name = ReplicaName(&job.id, entry.attempt, entry.replica, job.spec.replicas);
-        if entry.node != node_key {
-            return EventAck::stale(format_args!("{name} runs on another node"));
-        }
-        if entry.lease_epoch != lease_epoch {
-            return EventAck::stale(format_args!(
-                "{name} is bound to lease epoch {}",
-                entry.lease_epoch
-            ));
-        }
-        if entry.outcome.is_some() {
-            // A replica of a gang that already ended (its peers still run): a repeat changes nothing.
-            return EventAck::accepted();
-        }
-        // The agent's clock is not trusted beyond reason: nothing happens to an attempt before it was
-        // scheduled or after this command was stamped. Usage (and its hourly archive) stays bounded by the
-        // attempt's real life even when a node's clock is far off.
-        let event_at = event
-            .at_ms
-            .clamp(entry.scheduled_at, at.max(entry.scheduled_at));
-        match &event.kind {
-            JobEventKind::Started => {
-                if entry.started_at.is_none() {
-                    entry.started_at = Some(event_at);
-                }
-                if job.state == JobState::Scheduled {
-                    job.state = JobState::Running;
-                    job.updated_at = at;
-                }
+        let step = self.jobs.update(&event.job_id, |job| {
+            let Some(current) = job.current_attempt().map(|a| a.attempt) else {
+                return Step::Ack(EventAck::stale(format_args!(
+                    "job {} is {}",
+                    job.id,
+                    job.state.as_str()
+                )));
+            };
+            if current != event.attempt {
+                return Step::Ack(EventAck::stale(format_args!(
+                    "attempt {} of job {} is not current (attempt {current} is)",
+                    event.attempt, job.id
+                )));
             }
-            JobEventKind::Exited {
-                exit_code,
-                signal,
-                cancelled,
-                timed_out,
-                cpu_time_ms,
-                max_rss_bytes,
-            } => {
-                let (outcome, detail) = if *cancelled || job.cancel_requested {
-                    (AttemptOutcome::Cancelled, "cancelled".to_owned())
-                } else if *timed_out {
-                    let detail = match job.spec.timeout_secs {
-                        Some(secs) => format!("timed out after {secs}s"),
-                        None => "timed out".to_owned(),
+            let start = job.last_attempt_start();
+            let Some(idx) = job.attempts[start..]
+                .iter()
+                .position(|a| a.replica == event.replica)
+                .map(|i| start + i)
+            else {
+                return Step::Ack(EventAck::stale(format_args!(
+                    "attempt {} of job {} has no replica {}",
+                    event.attempt, job.id, event.replica
+                )));
+            };
+            let entry = &mut job.attempts[idx];
+            let name = ReplicaName(&job.id, entry.attempt, entry.replica, job.spec.replicas);
+            if entry.node != node_key {
+                return Step::Ack(EventAck::stale(format_args!("{name} runs on another node")));
+            }
+            if entry.lease_epoch != lease_epoch {
+                return Step::Ack(EventAck::stale(format_args!(
+                    "{name} is bound to lease epoch {}",
+                    entry.lease_epoch
+                )));
+            }
+            if entry.outcome.is_some() {
+                // A replica of a gang that already ended (its peers still run): a repeat changes nothing.
+                return Step::Ack(EventAck::accepted());
+            }
+            // The agent's clock is not trusted beyond reason: nothing happens to an attempt before it was
+            // scheduled or after this command was stamped. Usage (and its hourly archive) stays bounded by the
+            // attempt's real life even when a node's clock is far off.
+            let event_at = event
+                .at_ms
+                .clamp(entry.scheduled_at, at.max(entry.scheduled_at));
+            let end = match &event.kind {
+                JobEventKind::Started => {
+                    if entry.started_at.is_none() {
+                        entry.started_at = Some(event_at);
+                    }
+                    if job.state == JobState::Scheduled {
+                        job.state = JobState::Running;
+                        job.updated_at = at;
+                    }
+                    return Step::Ack(EventAck::accepted());
+                }
+                JobEventKind::Exited {
+                    exit_code,
+                    signal,
+                    cancelled,
+                    timed_out,
+                    cpu_time_ms,
+                    max_rss_bytes,
+                } => {
+                    let (outcome, detail) = if *cancelled || job.cancel_requested {
+                        (AttemptOutcome::Cancelled, "cancelled".to_owned())
+                    } else if *timed_out {
+                        let detail = match job.spec.timeout_secs {
+                            Some(secs) => format!("timed out after {secs}s"),
+                            None => "timed out".to_owned(),
+                        };
+                        (AttemptOutcome::Failed, detail)
+                    } else if *exit_code == Some(0) {
+                        (AttemptOutcome::Succeeded, String::new())
+                    } else {
+                        let detail = match (exit_code, signal) {
+                            (Some(code), _) => format!("exited with code {code}"),
+                            (None, Some(sig)) => format!("killed by signal {sig}"),
+                            (None, None) => "exited without a status".to_owned(),
+                        };
+                        (AttemptOutcome::Failed, detail)
                     };
-                    (AttemptOutcome::Failed, detail)
-                } else if *exit_code == Some(0) {
-                    (AttemptOutcome::Succeeded, String::new())
-                } else {
-                    let detail = match (exit_code, signal) {
-                        (Some(code), _) => format!("exited with code {code}"),
-                        (None, Some(sig)) => format!("killed by signal {sig}"),
-                        (None, None) => "exited without a status".to_owned(),
-                    };
-                    (AttemptOutcome::Failed, detail)
-                };
-                let id = job.id.clone();
-                self.end_replica(
-                    at,
-                    &id,
-                    event.replica,
-                    event_at,
                     AttemptEnd {
                         outcome,
                         detail,
@@ -206,31 +219,25 @@ impl RegistryState {
                         signal: *signal,
                         cpu_time_ms: *cpu_time_ms,
                         max_rss_bytes: *max_rss_bytes,
-                    },
-                );
-            }
-            JobEventKind::LaunchFailed { message } => {
-                let id = job.id.clone();
-                self.end_replica(
-                    at,
-                    &id,
-                    event.replica,
-                    event_at,
-                    AttemptEnd::new(AttemptOutcome::Failed, clip(message, MAX_DETAIL)),
-                );
-            }
-            JobEventKind::Vanished { reason } => {
-                let id = job.id.clone();
-                self.end_replica(
-                    at,
-                    &id,
-                    event.replica,
-                    event_at,
-                    AttemptEnd::new(AttemptOutcome::Lost, clip(reason, MAX_DETAIL)),
-                );
+                    }
+                }
+                JobEventKind::LaunchFailed { message } => {
+                    AttemptEnd::new(AttemptOutcome::Failed, clip(message, MAX_DETAIL))
+                }
+                JobEventKind::Vanished { reason } => {
+                    AttemptEnd::new(AttemptOutcome::Lost, clip(reason, MAX_DETAIL))
+                }
+            };
+            Step::End(event_at, end)
+        });
+        match step {
+            None => EventAck::stale(format_args!("job {} not found", event.job_id)),
+            Some(Step::Ack(ack)) => ack,
+            Some(Step::End(event_at, end)) => {
+                self.end_replica(at, &event.job_id, event.replica, event_at, end);
+                EventAck::accepted()
             }
         }
-        EventAck::accepted()
     }
 
     pub fn set_idle_gpus(
@@ -263,11 +270,7 @@ impl RegistryState {
     /// Every active job with a replica on a node that was declared lost loses its attempt (the gang's other
     /// replicas are stopped). Returns how many jobs lost an attempt.
     pub fn lose_node_jobs(&mut self, at: u64, node_key: &str) -> usize {
-        let ids: Vec<String> = self
-            .active_job_ids_by_node
-            .get(node_key)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
+        let ids: Vec<String> = self.jobs.active_on(node_key).cloned().collect();
         for id in &ids {
             self.end_attempt(
                 at,
@@ -293,29 +296,25 @@ impl RegistryState {
             .iter()
             .map(|h| (h.job_id.as_str(), h.attempt, h.replica))
             .collect();
-        let ids: Vec<String> = self
-            .active_job_ids_by_node
-            .get(node_key)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
+        let ids: Vec<String> = self.jobs.active_on(node_key).cloned().collect();
         let mut lost = 0;
         for id in &ids {
-            let Some(job) = self.jobs.get_mut(id) else {
-                continue;
-            };
-            let start = job.last_attempt_start();
-            let mut gone = None;
-            for entry in &mut job.attempts[start..] {
-                if entry.node != node_key || entry.outcome.is_some() {
-                    continue;
+            let gone = self.jobs.update(id, |job| {
+                let start = job.last_attempt_start();
+                let mut gone = None;
+                for entry in &mut job.attempts[start..] {
+                    if entry.node != node_key || entry.outcome.is_some() {
+                        continue;
+                    }
+                    entry.lease_epoch = lease_epoch;
+                    let key = (id.as_str(), entry.attempt, entry.replica);
+                    if gone.is_none() && entry.started_at.is_some() && !held.contains(&key) {
+                        gone = Some(entry.replica);
+                    }
                 }
-                entry.lease_epoch = lease_epoch;
-                let key = (id.as_str(), entry.attempt, entry.replica);
-                if gone.is_none() && entry.started_at.is_some() && !held.contains(&key) {
-                    gone = Some(entry.replica);
-                }
-            }
-            if let Some(replica) = gone {
+                gone
+            });
+            if let Some(Some(replica)) = gone {
                 self.end_attempt(
                     at,
                     id,
@@ -335,49 +334,36 @@ impl RegistryState {
     /// Ends one replica of the current attempt. A replica that succeeded while others of its gang still run
     /// just records its end; anything else (or the last success) ends the whole attempt.
     fn end_replica(&mut self, at: u64, job_id: &str, replica: u32, ended_at: u64, end: AttemptEnd) {
-        let Some(job) = self.jobs.get_mut(job_id) else {
-            return;
-        };
-        if !job.state.is_active() {
-            return;
-        }
-        let start = job.last_attempt_start();
-        if end.outcome == AttemptOutcome::Succeeded {
-            let others_running = job.attempts[start..]
-                .iter()
-                .any(|a| a.replica != replica && a.outcome != Some(AttemptOutcome::Succeeded));
-            if others_running {
-                let Some(entry) = job.attempts[start..]
-                    .iter_mut()
-                    .find(|a| a.replica == replica)
-                else {
-                    return;
-                };
-                entry.record_end(ended_at, end);
-                let node = entry.node.clone();
-                job.updated_at = at;
-                self.unindex_if_done(job_id, &node);
-                self.bump_assign_version(&node);
-                return;
+        let step = self.jobs.update(job_id, |job| {
+            if !job.state.is_active() {
+                return ReplicaEnd::Nothing;
             }
-        }
-        self.end_attempt(at, job_id, ended_at, end, Cause::Replica(replica));
-    }
-
-    /// Drops `job_id` from `node_key`'s active set once none of its current replicas there is unfinished.
-    fn unindex_if_done(&mut self, job_id: &str, node_key: &str) {
-        let busy = self.jobs.get(job_id).is_some_and(|j| {
-            j.current_replicas()
-                .iter()
-                .any(|a| a.node == node_key && a.outcome.is_none())
+            let start = job.last_attempt_start();
+            if end.outcome == AttemptOutcome::Succeeded {
+                let others_running = job.attempts[start..]
+                    .iter()
+                    .any(|a| a.replica != replica && a.outcome != Some(AttemptOutcome::Succeeded));
+                if others_running {
+                    let Some(entry) = job.attempts[start..]
+                        .iter_mut()
+                        .find(|a| a.replica == replica)
+                    else {
+                        return ReplicaEnd::Nothing;
+                    };
+                    entry.record_end(ended_at, end.clone());
+                    let node = entry.node.clone();
+                    job.updated_at = at;
+                    return ReplicaEnd::Recorded { node };
+                }
+            }
+            ReplicaEnd::WholeAttempt
         });
-        if busy {
-            return;
-        }
-        if let Some(set) = self.active_job_ids_by_node.get_mut(node_key) {
-            set.remove(job_id);
-            if set.is_empty() {
-                self.active_job_ids_by_node.remove(node_key);
+        match step {
+            None | Some(ReplicaEnd::Nothing) => {}
+            // The node index lets the node go by itself once nothing of the job runs there.
+            Some(ReplicaEnd::Recorded { node }) => self.bump_assign_version(&node),
+            Some(ReplicaEnd::WholeAttempt) => {
+                self.end_attempt(at, job_id, ended_at, end, Cause::Replica(replica))
             }
         }
     }
@@ -395,91 +381,81 @@ impl RegistryState {
         end: AttemptEnd,
         cause: Cause<'_>,
     ) {
-        let Some(job) = self.jobs.get_mut(job_id) else {
-            return;
-        };
-        if !job.state.is_active() {
-            return;
-        }
-        let start = job.last_attempt_start();
-        let gang = job.spec.replicas > 1;
-        let mut nodes = BTreeSet::new();
-        let mut region = None;
-        let mut stopped_detail = None;
-        for entry in &mut job.attempts[start..] {
-            nodes.insert(entry.node.clone());
-            let caused = match cause {
-                Cause::All => true,
-                Cause::Replica(r) => entry.replica == r,
-                Cause::Node(node) => entry.node == node,
-            };
-            if caused && entry.outcome.is_none() {
-                region.get_or_insert_with(|| entry.region.clone());
-                if gang && stopped_detail.is_none() {
-                    let what = if end.detail.is_empty() {
-                        end.outcome.as_str().to_owned()
-                    } else {
-                        format!("{}: {}", end.outcome.as_str(), end.detail)
-                    };
-                    stopped_detail = Some(clip(
-                        &format!("stopped with its gang (replica {} {what})", entry.replica),
-                        MAX_DETAIL,
-                    ));
+        let nodes = self.jobs.update(job_id, |job| {
+            if !job.state.is_active() {
+                return BTreeSet::new();
+            }
+            let start = job.last_attempt_start();
+            let gang = job.spec.replicas > 1;
+            let mut nodes = BTreeSet::new();
+            let mut region = None;
+            let mut stopped_detail = None;
+            for entry in &mut job.attempts[start..] {
+                nodes.insert(entry.node.clone());
+                let caused = match cause {
+                    Cause::All => true,
+                    Cause::Replica(r) => entry.replica == r,
+                    Cause::Node(node) => entry.node == node,
+                };
+                if caused && entry.outcome.is_none() {
+                    region.get_or_insert_with(|| entry.region.clone());
+                    if gang && stopped_detail.is_none() {
+                        let what = if end.detail.is_empty() {
+                            end.outcome.as_str().to_owned()
+                        } else {
+                            format!("{}: {}", end.outcome.as_str(), end.detail)
+                        };
+                        stopped_detail = Some(clip(
+                            &format!("stopped with its gang (replica {} {what})", entry.replica),
+                            MAX_DETAIL,
+                        ));
+                    }
+                    entry.record_end(ended_at, end.clone());
                 }
-                entry.record_end(ended_at, end.clone());
             }
-        }
-        for entry in &mut job.attempts[start..] {
-            if entry.outcome.is_some() {
-                continue;
+            for entry in &mut job.attempts[start..] {
+                if entry.outcome.is_some() {
+                    continue;
+                }
+                let rest = match (&cause, &stopped_detail) {
+                    (Cause::All, _) | (_, None) => end.clone(),
+                    (_, Some(detail)) => AttemptEnd::new(AttemptOutcome::Stopped, detail.clone()),
+                };
+                entry.record_end(ended_at, rest);
             }
-            let rest = match (&cause, &stopped_detail) {
-                (Cause::All, _) | (_, None) => end.clone(),
-                (_, Some(detail)) => AttemptEnd::new(AttemptOutcome::Stopped, detail.clone()),
-            };
-            entry.record_end(ended_at, rest);
-        }
 
-        let next = if job.cancel_requested || end.outcome == AttemptOutcome::Cancelled {
-            JobState::Cancelled
-        } else {
-            match end.outcome {
-                AttemptOutcome::Succeeded => JobState::Succeeded,
-                AttemptOutcome::Cancelled => JobState::Cancelled,
-                AttemptOutcome::Preempted => JobState::Pending,
-                AttemptOutcome::Lost | AttemptOutcome::Stopped if job.budget_left() => {
-                    JobState::Pending
+            let next = if job.cancel_requested || end.outcome == AttemptOutcome::Cancelled {
+                JobState::Cancelled
+            } else {
+                match end.outcome {
+                    AttemptOutcome::Succeeded => JobState::Succeeded,
+                    AttemptOutcome::Cancelled => JobState::Cancelled,
+                    AttemptOutcome::Preempted => JobState::Pending,
+                    AttemptOutcome::Lost | AttemptOutcome::Stopped if job.budget_left() => {
+                        JobState::Pending
+                    }
+                    AttemptOutcome::Lost | AttemptOutcome::Stopped => JobState::Lost,
+                    AttemptOutcome::Failed if job.spec.retry.on_failure && job.budget_left() => {
+                        JobState::Pending
+                    }
+                    AttemptOutcome::Failed => JobState::Failed,
                 }
-                AttemptOutcome::Lost | AttemptOutcome::Stopped => JobState::Lost,
-                AttemptOutcome::Failed if job.spec.retry.on_failure && job.budget_left() => {
-                    JobState::Pending
-                }
-                AttemptOutcome::Failed => JobState::Failed,
+            };
+            if next == JobState::Pending
+                && matches!(end.outcome, AttemptOutcome::Lost | AttemptOutcome::Failed)
+            {
+                job.prefer_region = region;
             }
-        };
-        if next == JobState::Pending
-            && matches!(end.outcome, AttemptOutcome::Lost | AttemptOutcome::Failed)
-        {
-            job.prefer_region = region;
-        }
-        job.state = next;
-        job.updated_at = at;
-        if next.is_terminal() {
-            job.finished_at = Some(at);
-            let project_id = job.project_id.clone();
-            self.finished_jobs.insert((at, job_id.to_owned()));
-            self.unindex_unfinished(&project_id, job_id);
-        } else {
-            job.pending_reason = None;
-            self.pending_job_ids.insert(job_id.to_owned());
-        }
-        for node in &nodes {
-            if let Some(set) = self.active_job_ids_by_node.get_mut(node) {
-                set.remove(job_id);
-                if set.is_empty() {
-                    self.active_job_ids_by_node.remove(node);
-                }
+            job.state = next;
+            job.updated_at = at;
+            if next.is_terminal() {
+                job.finished_at = Some(at);
+            } else {
+                job.pending_reason = None;
             }
+            nodes
+        });
+        for node in nodes.iter().flatten() {
             self.bump_assign_version(node);
         }
     }

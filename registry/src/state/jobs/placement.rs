@@ -117,7 +117,7 @@ impl RegistryState {
             if node.health != crate::state::NodeHealthState::Ready
                 || node.draining
                 || !node.admitted()
-                || self.denied_nodes.contains(&placement.node)
+                || self.node_denied(&placement.node)
                 || node.lease_epoch != placement.lease_epoch
             {
                 return false;
@@ -142,39 +142,37 @@ impl RegistryState {
                 detail: String::new(),
             });
         }
-        let Some(job) = self.jobs.get_mut(job_id) else {
+        let placed = self.jobs.update(job_id, |job| {
+            job.attempts.extend(entries);
+            job.state = JobState::Scheduled;
+            job.pending_reason = None;
+            job.updated_at = at;
+        });
+        if placed.is_none() {
             return false;
-        };
-        job.attempts.extend(entries);
-        job.state = JobState::Scheduled;
-        job.pending_reason = None;
-        job.updated_at = at;
+        }
         running.add(&project_id, more);
-        self.pending_job_ids.remove(job_id);
         let nodes: BTreeSet<&String> = replicas.iter().map(|r| &r.node).collect();
         for node in nodes {
-            self.active_job_ids_by_node
-                .entry(node.clone())
-                .or_default()
-                .insert(job_id.to_owned());
             self.bump_assign_version(node);
         }
         true
     }
 
     fn wait_one(&mut self, at: u64, job_id: &str, reason: &str) -> bool {
-        let Some(job) = self.jobs.get_mut(job_id) else {
-            return false;
-        };
-        if job.state != JobState::Pending {
-            return false;
-        }
         let reason = clip(reason, MAX_DETAIL);
-        if job.pending_reason.as_deref() != Some(reason.as_str()) {
-            job.pending_reason = Some(reason);
-            job.updated_at = at;
-        }
-        true
+        self.jobs
+            .update(job_id, |job| {
+                if job.state != JobState::Pending {
+                    return false;
+                }
+                if job.pending_reason.as_deref() != Some(reason.as_str()) {
+                    job.pending_reason = Some(reason);
+                    job.updated_at = at;
+                }
+                true
+            })
+            .unwrap_or(false)
     }
 
     /// Applies one `Preempt` item; false (skipped) unless `attempt` is the victim's current one and the

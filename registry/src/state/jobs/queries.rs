@@ -7,30 +7,16 @@ use super::*;
 impl RegistryState {
     /// True when the project has jobs that are not finished.
     pub fn project_has_unfinished_jobs(&self, project_id: &str) -> bool {
-        self.job_ids_by_project
-            .get(project_id)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.jobs.get(id))
-            .any(|j| !j.state.is_terminal())
+        self.jobs.unfinished_of(project_id).next().is_some()
     }
 
     /// Forgets a deleted project's (finished) jobs and its usage archive.
     pub fn remove_project_jobs(&mut self, project_id: &str) {
-        for id in self
-            .job_ids_by_project
-            .remove(project_id)
-            .unwrap_or_default()
-        {
-            if let Some(job) = self.jobs.remove(&id) {
-                if let Some(finished_at) = job.finished_at {
-                    self.finished_jobs.remove(&(finished_at, id.clone()));
-                }
-            }
-            self.pending_job_ids.remove(&id);
+        let ids: Vec<String> = self.jobs.of_project(project_id).cloned().collect();
+        for id in ids {
+            self.jobs.remove(&id);
         }
-        self.unfinished_job_ids_by_project.remove(project_id);
-        self.usage_archive.remove(project_id);
+        self.usage.forget_project(project_id);
     }
 
     /// `Op::PurgeJobs`: forgets up to `max` terminal jobs that finished before `finished_before`, oldest
@@ -38,24 +24,17 @@ impl RegistryState {
     pub fn purge_jobs(&mut self, finished_before: u64, max: u32) -> Applied {
         let mut purged: u32 = 0;
         while purged < max {
-            let Some((finished_at, id)) = self.finished_jobs.first().cloned() else {
+            let Some((finished_at, id)) = self.jobs.finished().first().cloned() else {
                 break;
             };
             if finished_at >= finished_before {
                 break;
             }
-            self.finished_jobs.pop_first();
+            // The finished index holds only jobs of the table, so the removal always finds it.
             let Some(job) = self.jobs.remove(&id) else {
-                continue;
+                break;
             };
-            self.archive_job_usage(&job);
-            if let Some(ids) = self.job_ids_by_project.get_mut(&job.project_id) {
-                ids.remove(&id);
-                if ids.is_empty() {
-                    self.job_ids_by_project.remove(&job.project_id);
-                }
-            }
-            self.pending_job_ids.remove(&id);
+            self.usage.archive(&job);
             purged += 1;
         }
         Applied::new(
@@ -64,19 +43,9 @@ impl RegistryState {
         )
     }
 
-    /// Recomputes the index of finished jobs from the jobs themselves (after loading a snapshot).
-    pub fn rebuild_finished_index(&mut self) {
-        self.finished_jobs = self
-            .jobs
-            .values()
-            .filter(|j| j.state.is_terminal())
-            .filter_map(|j| j.finished_at.map(|at| (at, j.id.clone())))
-            .collect();
-    }
-
     /// The `finished_at` of the terminal job that finished first, if any.
     pub fn oldest_finished_at(&self) -> Option<u64> {
-        self.finished_jobs.first().map(|(at, _)| *at)
+        self.jobs.finished().first().map(|(at, _)| *at)
     }
 
     /// A job of `project_id`; another project's job answers `None`, exactly like a missing one.
@@ -92,10 +61,8 @@ impl RegistryState {
         req: &PageRequest,
     ) -> Page<JobRecord> {
         let jobs = self
-            .job_ids_by_project
-            .get(project_id)
-            .into_iter()
-            .flatten()
+            .jobs
+            .of_project(project_id)
             .filter_map(|id| self.jobs.get(id))
             .filter(|j| state.is_none_or(|s| j.state == s))
             .map(|j| (j.id.as_str(), j));
@@ -104,15 +71,17 @@ impl RegistryState {
 
     /// Every pending job, in id order (for the scheduler).
     pub fn pending_jobs(&self) -> impl Iterator<Item = &JobRecord> {
-        self.pending_job_ids
+        self.jobs
+            .pending()
             .iter()
             .filter_map(|id| self.jobs.get(id))
     }
 
     /// Every scheduled or running job, in id order (the scheduler's allocations).
     pub fn active_jobs(&self) -> impl Iterator<Item = &JobRecord> {
-        let mut ids: Vec<&String> = self.active_job_ids_by_node.values().flatten().collect();
+        let mut ids: Vec<&String> = self.jobs.active_ids().collect();
         ids.sort_unstable();
+        ids.dedup();
         ids.into_iter().filter_map(|id| self.jobs.get(id))
     }
 
@@ -121,10 +90,8 @@ impl RegistryState {
     pub fn node_assignments(&self, node_key: &str) -> (u64, Vec<(&JobRecord, &Attempt)>) {
         let version = self.nodes.get(node_key).map_or(0, |n| n.assign_version);
         let replicas = self
-            .active_job_ids_by_node
-            .get(node_key)
-            .into_iter()
-            .flatten()
+            .jobs
+            .active_on(node_key)
             .filter_map(|id| self.jobs.get(id))
             .flat_map(|job| {
                 job.current_replicas()
@@ -149,7 +116,7 @@ impl RegistryState {
             .filter(|j| j.state == JobState::Pending)
             .map(|j| j.id.clone())
             .collect();
-        assert_eq!(self.pending_job_ids, pending, "pending index");
+        assert_eq!(self.jobs.pending(), &pending, "pending index");
         let mut by_node: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for job in self.jobs.values() {
             let current = job.current_replicas();
@@ -181,7 +148,11 @@ impl RegistryState {
             );
             assert_eq!(job.finished_at.is_some(), job.state.is_terminal());
         }
-        assert_eq!(self.active_job_ids_by_node, by_node, "node index");
+        assert_eq!(
+            self.jobs.wire_indexes().active_job_ids_by_node,
+            &by_node,
+            "node index"
+        );
         let mut by_project: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for job in self.jobs.values() {
             by_project
@@ -189,13 +160,17 @@ impl RegistryState {
                 .or_default()
                 .insert(job.id.clone());
         }
-        assert_eq!(self.job_ids_by_project, by_project, "project index");
+        assert_eq!(
+            self.jobs.wire_indexes().job_ids_by_project,
+            &by_project,
+            "project index"
+        );
         let finished: BTreeSet<(u64, String)> = self
             .jobs
             .values()
             .filter_map(|j| j.finished_at.map(|at| (at, j.id.clone())))
             .collect();
-        assert_eq!(self.finished_jobs, finished, "finished index");
+        assert_eq!(self.jobs.finished(), &finished, "finished index");
         let mut unfinished: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for job in self.jobs.values().filter(|j| !j.state.is_terminal()) {
             unfinished
@@ -204,7 +179,8 @@ impl RegistryState {
                 .insert(job.id.clone());
         }
         assert_eq!(
-            self.unfinished_job_ids_by_project, unfinished,
+            self.jobs.wire_indexes().unfinished_job_ids_by_project,
+            &unfinished,
             "unfinished index"
         );
     }

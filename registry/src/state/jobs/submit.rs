@@ -30,7 +30,7 @@ impl RegistryState {
         if !self.projects.contains_key(project_id) {
             return Err(DomainError::not_found("project", project_id));
         }
-        if self.jobs.contains_key(id) {
+        if self.jobs.get(id).is_some() {
             return Err(DomainError::exists("job", id));
         }
         spec.validate()?;
@@ -67,13 +67,7 @@ impl RegistryState {
             updated_at: at,
             finished_at: None,
         };
-        self.jobs.insert(id.to_owned(), job.clone());
-        self.pending_job_ids.insert(id.to_owned());
-        self.job_ids_by_project
-            .entry(project_id.to_owned())
-            .or_default()
-            .insert(id.to_owned());
-        self.index_unfinished(project_id, id);
+        self.jobs.insert(job.clone());
         let detail = if spec.name.is_empty() {
             "pending".to_owned()
         } else {
@@ -138,50 +132,43 @@ impl RegistryState {
         project_id: &str,
         id: &str,
     ) -> Result<Applied, DomainError> {
-        let job = self
-            .jobs
-            .get_mut(id)
-            .filter(|j| j.project_id == project_id)
-            .ok_or_else(|| DomainError::not_found("job", id))?;
-        let detail = match job.state {
+        if self.job(project_id, id).is_none() {
+            return Err(DomainError::not_found("job", id));
+        }
+        let changed = self.jobs.update(id, |job| match job.state {
             JobState::Pending => {
                 job.state = JobState::Cancelled;
                 job.pending_reason = None;
                 job.updated_at = at;
                 job.finished_at = Some(at);
-                self.pending_job_ids.remove(id);
-                self.finished_jobs.insert((at, id.to_owned()));
-                self.unindex_unfinished(project_id, id);
-                "pending -> cancelled"
+                Ok(("pending -> cancelled", BTreeSet::new()))
+            }
+            JobState::Scheduled | JobState::Running if job.cancel_requested => {
+                Ok(("cancel already requested", BTreeSet::new()))
             }
             JobState::Scheduled | JobState::Running => {
-                if job.cancel_requested {
-                    "cancel already requested"
-                } else {
-                    job.cancel_requested = true;
-                    job.updated_at = at;
-                    let nodes: BTreeSet<String> = job
-                        .current_replicas()
-                        .iter()
-                        .filter(|a| a.outcome.is_none())
-                        .map(|a| a.node.clone())
-                        .collect();
-                    for node in &nodes {
-                        self.bump_assign_version(node);
-                    }
-                    "cancel requested"
-                }
+                job.cancel_requested = true;
+                job.updated_at = at;
+                let nodes: BTreeSet<String> = job
+                    .current_replicas()
+                    .iter()
+                    .filter(|a| a.outcome.is_none())
+                    .map(|a| a.node.clone())
+                    .collect();
+                Ok(("cancel requested", nodes))
             }
-            state => {
-                return Err(DomainError::FailedPrecondition(format!(
-                    "job {id} is already {}",
-                    state.as_str()
-                )))
-            }
+            state => Err(DomainError::FailedPrecondition(format!(
+                "job {id} is already {}",
+                state.as_str()
+            ))),
+        });
+        let (detail, nodes) = changed.unwrap_or_else(|| Err(DomainError::not_found("job", id)))?;
+        for node in &nodes {
+            self.bump_assign_version(node);
+        }
+        let Some(job) = self.jobs.get(id).cloned() else {
+            return Err(DomainError::not_found("job", id));
         };
-        let job = self.jobs.get(id).cloned();
-        // Invariant: the job was found above and nothing removed it since.
-        let job = job.expect("cancelled job is present");
         Ok(Applied::new(Outcome::Job { job }, detail))
     }
 }

@@ -6,8 +6,8 @@ use super::*;
 use crate::scheduler::GpuDevice;
 use crate::scheduler::{ResourceRequest, Resources};
 use crate::state::{
-    node_key, Actor, AuditOutcome, Command, CommandOutcome, NodeHealthState, NodeRecord, Op,
-    WrappedKey,
+    node_key, Actor, AuditOutcome, ClusterOp, Command, CommandOutcome, FleetOp, JobOp,
+    NodeHealthState, NodeRecord, Op, TenancyOp, WrappedKey,
 };
 use crate::state::{DomainError, Outcome, PageRequest, RegistryState};
 
@@ -28,7 +28,7 @@ fn register_op(key: &str, held: &[(&str, u32)]) -> Op {
     let mut parts = key.split('/');
     let mut next = || parts.next().unwrap_or_default().to_owned();
     let (region, cluster, node) = (next(), next(), next());
-    Op::RegisterNode {
+    Op::Fleet(FleetOp::RegisterNode {
         region,
         cluster,
         node,
@@ -58,7 +58,7 @@ fn register_op(key: &str, held: &[(&str, u32)]) -> Op {
         os: "Debian 12".into(),
         limit_mode: "cgroup-v1".into(),
         admit_new: None,
-    }
+    })
 }
 
 fn spec() -> JobSpec {
@@ -91,7 +91,7 @@ impl World {
             at: T0,
         };
         for (id, name) in [(PA, "alpha"), (PB, "beta")] {
-            w.ok(Op::CreateProject {
+            w.ok(Op::Tenancy(TenancyOp::CreateProject {
                 id: id.into(),
                 name: name.into(),
                 description: String::new(),
@@ -101,7 +101,7 @@ impl World {
                     ciphertext_b64: format!("ct-{id}"),
                 },
                 policy: None,
-            });
+            }));
         }
         for key in [A, B, US] {
             w.ok(register_op(key, &[]));
@@ -156,12 +156,12 @@ impl World {
     }
 
     fn submit_spec(&mut self, id: &str, spec: JobSpec) -> JobRecord {
-        match self.ok(Op::SubmitJob {
+        match self.ok(Op::Jobs(JobOp::SubmitJob {
             id: id.into(),
             project_id: PA.into(),
             spec,
             principal_id: None,
-        }) {
+        })) {
             Outcome::Job { job } => job,
             other => panic!("unexpected outcome {other:?}"),
         }
@@ -211,7 +211,7 @@ impl World {
     }
 
     fn placements(&mut self, placements: Vec<PlacementOp>) -> (u32, u32, u32, u32) {
-        match self.ok(Op::PlaceJobs { placements }) {
+        match self.ok(Op::Jobs(JobOp::PlaceJobs { placements })) {
             Outcome::JobsPlaced {
                 placed,
                 waiting,
@@ -257,11 +257,11 @@ impl World {
                 }
             })
             .collect();
-        match self.apply(Op::ReportJobEvents {
+        match self.apply(Op::Jobs(JobOp::ReportJobEvents {
             node: key.into(),
             lease_epoch,
             events,
-        })? {
+        }))? {
             Outcome::JobEvents { acks } => Ok(acks),
             other => panic!("unexpected outcome {other:?}"),
         }
@@ -274,11 +274,11 @@ impl World {
 
     fn health(&mut self, key: &str, health: NodeHealthState) {
         let lease_epoch = self.epoch(key);
-        self.ok(Op::SetNodeHealth {
+        self.ok(Op::Fleet(FleetOp::SetNodeHealth {
             key: key.into(),
             health,
             lease_epoch,
-        });
+        }));
     }
 
     fn job(&self, id: &str) -> &JobRecord {
@@ -333,22 +333,22 @@ fn submit_creates_a_pending_job_in_its_project() {
     );
     assert_eq!(record.target, "job_1");
 
-    let again = w.refused(Op::SubmitJob {
+    let again = w.refused(Op::Jobs(JobOp::SubmitJob {
         id: "job_1".into(),
         project_id: PB.into(),
         spec: spec(),
         principal_id: None,
-    });
+    }));
     assert!(
         matches!(again, DomainError::AlreadyExists { .. }),
         "{again:?}"
     );
-    let missing = w.refused(Op::SubmitJob {
+    let missing = w.refused(Op::Jobs(JobOp::SubmitJob {
         id: "job_2".into(),
         project_id: "prj_missing".into(),
         spec: spec(),
         principal_id: None,
-    });
+    }));
     assert!(
         matches!(missing, DomainError::NotFound { .. }),
         "{missing:?}"
@@ -387,23 +387,23 @@ fn malformed_specs_are_refused() {
     s.working_dir = Some(String::new());
     cases.push(("working_dir", s));
     for (field, spec) in cases {
-        let e = w.refused(Op::SubmitJob {
+        let e = w.refused(Op::Jobs(JobOp::SubmitJob {
             id: "job_x".into(),
             project_id: PA.into(),
             spec,
             principal_id: None,
-        });
+        }));
         assert!(
             matches!(&e, DomainError::Invalid { field: f, .. } if f == field),
             "{field}: {e:?}"
         );
     }
-    let bad_id = w.refused(Op::SubmitJob {
+    let bad_id = w.refused(Op::Jobs(JobOp::SubmitJob {
         id: "job/1".into(),
         project_id: PA.into(),
         spec: spec(),
         principal_id: None,
-    });
+    }));
     assert!(matches!(bad_id, DomainError::Invalid { .. }));
     let mut edge = spec();
     edge.name = "n".repeat(MAX_JOB_NAME);
@@ -415,12 +415,12 @@ fn malformed_specs_are_refused() {
 fn placement_schedules_the_job_on_the_node() {
     let mut w = World::new();
     w.submit("job_1");
-    w.ok(Op::PlaceJobs {
+    w.ok(Op::Jobs(JobOp::PlaceJobs {
         placements: vec![PlacementOp::Wait {
             job_id: "job_1".into(),
             reason: "no node has a free GPU".into(),
         }],
-    });
+    }));
     assert_eq!(
         w.job("job_1").pending_reason.as_deref(),
         Some("no node has a free GPU")
@@ -706,10 +706,10 @@ fn a_lost_node_ends_a_job_being_cancelled_as_cancelled() {
     let mut w = World::new();
     w.submit("job_1");
     w.place("job_1", 1, A);
-    w.ok(Op::CancelJob {
+    w.ok(Op::Jobs(JobOp::CancelJob {
         project_id: PA.into(),
         id: "job_1".into(),
-    });
+    }));
     w.health(A, NodeHealthState::Lost);
     let job = w.job("job_1");
     assert_eq!(job.state, JobState::Cancelled);
@@ -775,10 +775,10 @@ fn re_registration_keeps_held_attempts_and_loses_unheld_running_ones() {
 fn cancel_depends_on_the_state() {
     let mut w = World::new();
     w.submit("job_pending");
-    let out = w.ok(Op::CancelJob {
+    let out = w.ok(Op::Jobs(JobOp::CancelJob {
         project_id: PA.into(),
         id: "job_pending".into(),
-    });
+    }));
     let Outcome::Job { job } = out else {
         panic!("unexpected outcome {out:?}")
     };
@@ -795,9 +795,11 @@ fn cancel_depends_on_the_state() {
     w.place("job_running", 1, A);
     w.start("job_running", 1, A);
     let version = w.version(A);
-    let cancel = || Op::CancelJob {
-        project_id: PA.into(),
-        id: "job_running".into(),
+    let cancel = || {
+        Op::Jobs(JobOp::CancelJob {
+            project_id: PA.into(),
+            id: "job_running".into(),
+        })
     };
     w.ok(cancel());
     let job = w.job("job_running");
@@ -823,10 +825,10 @@ fn cancel_depends_on_the_state() {
         matches!(finished, DomainError::FailedPrecondition(_)),
         "{finished:?}"
     );
-    let finished = w.refused(Op::CancelJob {
+    let finished = w.refused(Op::Jobs(JobOp::CancelJob {
         project_id: PA.into(),
         id: "job_pending".into(),
-    });
+    }));
     assert!(matches!(finished, DomainError::FailedPrecondition(_)));
 }
 
@@ -1005,10 +1007,10 @@ fn other_projects_jobs_are_invisible() {
         .job_page(PB, None, &PageRequest::default())
         .items
         .is_empty());
-    let e = w.refused(Op::CancelJob {
+    let e = w.refused(Op::Jobs(JobOp::CancelJob {
         project_id: PB.into(),
         id: "job_1".into(),
-    });
+    }));
     assert_eq!(e, DomainError::not_found("job", "job_1"));
     assert_eq!(
         w.s.audit.last().and_then(|r| r.project.as_deref()),
@@ -1025,12 +1027,12 @@ fn job_pages_come_in_id_order_filtered_by_state() {
         w.submit(id);
     }
     w.place("job_b", 1, A);
-    w.ok(Op::SubmitJob {
+    w.ok(Op::Jobs(JobOp::SubmitJob {
         id: "job_0".into(),
         project_id: PB.into(),
         spec: spec(),
         principal_id: None,
-    });
+    }));
     let req = PageRequest {
         page_size: 2,
         after: None,
@@ -1074,10 +1076,12 @@ fn active_jobs_span_nodes_in_id_order() {
 #[test]
 fn idle_gpus_are_fenced_and_sorted() {
     let mut w = World::new();
-    let op = |epoch| Op::SetIdleGpus {
-        node: A.into(),
-        lease_epoch: epoch,
-        idle_gpus: vec!["GPU-b".into(), "GPU-a".into(), "GPU-b".into()],
+    let op = |epoch| {
+        Op::Fleet(FleetOp::SetIdleGpus {
+            node: A.into(),
+            lease_epoch: epoch,
+            idle_gpus: vec!["GPU-b".into(), "GPU-a".into(), "GPU-b".into()],
+        })
     };
     w.ok(op(1));
     assert_eq!(w.node(A).idle_gpus, ["GPU-a", "GPU-b"]);
@@ -1088,11 +1092,11 @@ fn idle_gpus_are_fenced_and_sorted() {
     );
     let stale = w.refused(op(7));
     assert!(matches!(stale, DomainError::FailedPrecondition(_)));
-    let unknown = w.refused(Op::SetIdleGpus {
+    let unknown = w.refused(Op::Fleet(FleetOp::SetIdleGpus {
         node: "eu/eu1/zz".into(),
         lease_epoch: 1,
         idle_gpus: Vec::new(),
-    });
+    }));
     assert!(matches!(unknown, DomainError::NotFound { .. }));
     w.ok(register_op(A, &[]));
     assert!(
@@ -1125,10 +1129,10 @@ fn assign_version_moves_with_the_assignments() {
     assert_eq!(w.version(A), v0 + 1, "placement");
     w.start("job_1", 1, A);
     assert_eq!(w.version(A), v0 + 1, "a start is not an assignment change");
-    w.ok(Op::CancelJob {
+    w.ok(Op::Jobs(JobOp::CancelJob {
         project_id: PA.into(),
         id: "job_1".into(),
-    });
+    }));
     assert_eq!(w.version(A), v0 + 2, "cancel flag");
     w.report(A, vec![("job_1", 1, exited(0))]);
     assert_eq!(w.version(A), v0 + 3, "attempt ended");
@@ -1140,21 +1144,21 @@ fn assign_version_moves_with_the_assignments() {
 #[test]
 fn deleting_a_project_needs_its_jobs_finished() {
     let mut w = World::new();
-    w.ok(Op::SubmitJob {
+    w.ok(Op::Jobs(JobOp::SubmitJob {
         id: "job_b".into(),
         project_id: PB.into(),
         spec: spec(),
         principal_id: None,
-    });
-    let e = w.refused(Op::DeleteProject { id: PB.into() });
+    }));
+    let e = w.refused(Op::Tenancy(TenancyOp::DeleteProject { id: PB.into() }));
     assert!(matches!(e, DomainError::FailedPrecondition(_)), "{e:?}");
-    w.ok(Op::CancelJob {
+    w.ok(Op::Jobs(JobOp::CancelJob {
         project_id: PB.into(),
         id: "job_b".into(),
-    });
-    w.ok(Op::DeleteProject { id: PB.into() });
+    }));
+    w.ok(Op::Tenancy(TenancyOp::DeleteProject { id: PB.into() }));
     assert!(w.s.job(PB, "job_b").is_none());
-    assert!(w.s.jobs.is_empty() && w.s.job_ids_by_project.is_empty());
+    assert!(w.s.jobs.is_empty() && w.s.jobs.of_project(PB).next().is_none());
 }
 
 #[test]
@@ -1255,9 +1259,9 @@ fn a_gang_succeeds_when_every_replica_has_succeeded() {
     let before = w.without_audit();
     let again = w.report(A, vec![("gang#0", 1, exited(0))]);
     assert!(again[0].accepted);
-    let mut after = w.without_audit();
-    after.jobs.get_mut("gang").expect("job").updated_at = before.jobs["gang"].updated_at;
-    assert_eq!(after.jobs, before.jobs);
+    let mut after = w.without_audit().jobs.records().clone();
+    after.get_mut("gang").expect("job").updated_at = before.jobs.records()["gang"].updated_at;
+    assert_eq!(&after, before.jobs.records());
     // A replica the gang does not have is stale.
     let unknown = w.report(B, vec![("gang#2", 1, exited(0))]);
     assert!(
@@ -1396,10 +1400,10 @@ fn cancelling_a_gang_stops_every_replica() {
     w.submit_spec("gang", gang_spec(2));
     w.placements(vec![w.gang_op("gang", 1, &[A, US])]);
     let versions = (w.version(A), w.version(US));
-    w.ok(Op::CancelJob {
+    w.ok(Op::Jobs(JobOp::CancelJob {
         project_id: PA.into(),
         id: "gang".into(),
-    });
+    }));
     assert_eq!(
         (w.version(A), w.version(US)),
         (versions.0 + 1, versions.1 + 1)
@@ -1431,7 +1435,7 @@ fn a_restarted_agent_that_lost_one_replica_loses_the_gang_attempt() {
     );
     // The agent comes back holding replica 0 only.
     let mut op = register_op(A, &[("gang", 1)]);
-    if let Op::RegisterNode { held, .. } = &mut op {
+    if let Op::Fleet(FleetOp::RegisterNode { held, .. }) = &mut op {
         held[0].replica = 0;
     }
     w.ok(op);
@@ -1456,7 +1460,7 @@ fn a_restarted_agent_that_lost_one_replica_loses_the_gang_attempt() {
         ],
     );
     let mut op = register_op(A, &[("gang", 2), ("gang", 2)]);
-    if let Op::RegisterNode { held, .. } = &mut op {
+    if let Op::Fleet(FleetOp::RegisterNode { held, .. }) = &mut op {
         held[1].replica = 1;
     }
     w.ok(op);
@@ -1481,10 +1485,10 @@ impl World {
     }
 
     fn purge(&mut self, finished_before: u64, max: u32) -> u32 {
-        match self.ok(Op::PurgeJobs {
+        match self.ok(Op::Jobs(JobOp::PurgeJobs {
             finished_before,
             max,
-        }) {
+        })) {
             Outcome::JobsPurged { purged } => purged,
             other => panic!("unexpected outcome {other:?}"),
         }
@@ -1530,19 +1534,19 @@ fn purge_forgets_only_old_finished_jobs_oldest_first() {
     for id in ["j1", "j2", "j3", "j4", "j5"] {
         w.submit(id);
     }
-    w.ok(Op::CancelJob {
+    w.ok(Op::Jobs(JobOp::CancelJob {
         project_id: PA.into(),
         id: "j1".into(),
-    });
+    }));
     let t1 = w.at;
     w.place("j2", 1, A);
     w.start("j2", 1, A);
     w.report(A, vec![("j2", 1, exited(0))]);
     let t2 = w.at;
-    w.ok(Op::CancelJob {
+    w.ok(Op::Jobs(JobOp::CancelJob {
         project_id: PA.into(),
         id: "j3".into(),
-    });
+    }));
     let t3 = w.at;
     w.place("j5", 1, B);
     w.start("j5", 1, B);
@@ -1643,20 +1647,20 @@ fn a_range_that_cuts_an_hour_gets_its_share() {
 #[test]
 fn deleting_a_project_drops_its_usage_archive() {
     let mut w = World::new();
-    w.ok(Op::SubmitJob {
+    w.ok(Op::Jobs(JobOp::SubmitJob {
         id: "job_b".into(),
         project_id: PB.into(),
         spec: spec(),
         principal_id: None,
-    });
+    }));
     w.place("job_b", 1, A);
     w.start("job_b", 1, A);
     w.report(A, vec![("job_b", 1, exited(0))]);
     assert_eq!(w.purge(u64::MAX, 10), 1);
-    assert!(w.s.usage_archive.contains_key(PB));
+    assert!(w.s.usage.hours().contains_key(PB));
     assert!(w.s.usage(PB, 0, u64::MAX).archived.gpu_seconds > 0.0);
-    w.ok(Op::DeleteProject { id: PB.into() });
-    assert!(w.s.usage_archive.is_empty());
+    w.ok(Op::Tenancy(TenancyOp::DeleteProject { id: PB.into() }));
+    assert!(w.s.usage.hours().is_empty());
     assert_eq!(figures(&w.s.usage(PB, 0, u64::MAX)), [0.0; 4]);
 }
 
@@ -1664,10 +1668,10 @@ fn deleting_a_project_drops_its_usage_archive() {
 fn a_snapshot_from_before_the_purge_fields_loads() {
     let mut w = World::new();
     w.submit("job_1");
-    w.ok(Op::CancelJob {
+    w.ok(Op::Jobs(JobOp::CancelJob {
         project_id: PA.into(),
         id: "job_1".into(),
-    });
+    }));
     w.submit("job_2");
     let mut old: serde_json::Value =
         serde_json::from_slice(&w.s.to_bytes()).expect("state is json");
@@ -1688,7 +1692,7 @@ fn agent_times_are_kept_within_the_attempts_life() {
     let scheduled_at = w.job("job_clock").attempts[0].scheduled_at;
     // A node whose clock is decades behind, then one far ahead.
     let report = |w: &mut World, at_ms: u64, kind: JobEventKind| {
-        let op = Op::ReportJobEvents {
+        let op = Op::Jobs(JobOp::ReportJobEvents {
             node: A.into(),
             lease_epoch: w.epoch(A),
             events: vec![JobEventOp {
@@ -1698,7 +1702,7 @@ fn agent_times_are_kept_within_the_attempts_life() {
                 at_ms,
                 kind,
             }],
-        };
+        });
         w.ok(op);
     };
     report(&mut w, 7, JobEventKind::Started);
@@ -1721,16 +1725,16 @@ fn a_placement_planned_before_a_drain_is_skipped() {
     let mut w = World::new();
     w.submit("job_d");
     let planned = w.place_op("job_d", 1, A);
-    w.ok(Op::SetNodeDraining {
+    w.ok(Op::Fleet(FleetOp::SetNodeDraining {
         key: A.into(),
         draining: true,
-    });
+    }));
     assert_eq!(w.placements(vec![planned]), (0, 0, 0, 1));
     assert_eq!(w.job("job_d").state, JobState::Pending);
-    w.ok(Op::SetNodeDraining {
+    w.ok(Op::Fleet(FleetOp::SetNodeDraining {
         key: A.into(),
         draining: false,
-    });
+    }));
     w.place("job_d", 1, A);
 }
 
@@ -1747,7 +1751,7 @@ fn placements_from_before_gangs_still_replay() {
     w.submit("job_old");
     assert_eq!(
         op,
-        Op::PlaceJobs {
+        Op::Jobs(JobOp::PlaceJobs {
             placements: vec![
                 w.place_op("job_old", 1, A),
                 PlacementOp::Wait {
@@ -1755,7 +1759,7 @@ fn placements_from_before_gangs_still_replay() {
                     reason: "no room".into(),
                 },
             ],
-        }
+        })
     );
     w.ok(op);
     let job = w.job("job_old");
@@ -1765,9 +1769,9 @@ fn placements_from_before_gangs_still_replay() {
         (A, 0)
     );
     // What this build writes reads back as itself.
-    let new = Op::PlaceJobs {
+    let new = Op::Jobs(JobOp::PlaceJobs {
         placements: vec![w.gang_op("job_new", 1, &[A, B])],
-    };
+    });
     let text = serde_json::to_string(&new).expect("serializes");
     assert_eq!(serde_json::from_str::<Op>(&text).expect("reads back"), new);
 }
@@ -1776,12 +1780,12 @@ fn placements_from_before_gangs_still_replay() {
 fn gang_sizes_are_validated() {
     let mut w = World::new();
     for bad in [0, MAX_REPLICAS + 1] {
-        let e = w.refused(Op::SubmitJob {
+        let e = w.refused(Op::Jobs(JobOp::SubmitJob {
             id: "gang".into(),
             project_id: PA.into(),
             spec: gang_spec(bad),
             principal_id: None,
-        });
+        }));
         assert!(e.to_string().contains("replicas"), "{e}");
     }
     let spec: JobSpec = serde_json::from_str(r#"{"command":"true"}"#).expect("minimal spec");
@@ -1789,19 +1793,19 @@ fn gang_sizes_are_validated() {
 }
 
 fn set_policy(w: &mut World, project: &str, update: crate::state::PolicyUpdate) {
-    w.ok(Op::SetProjectPolicy {
+    w.ok(Op::Tenancy(TenancyOp::SetProjectPolicy {
         project_id: project.into(),
         update,
-    });
+    }));
 }
 
 fn submit_in(w: &mut World, project: &str, id: &str, spec: JobSpec) -> CommandOutcome {
-    w.apply(Op::SubmitJob {
+    w.apply(Op::Jobs(JobOp::SubmitJob {
         principal_id: None,
         id: id.into(),
         project_id: project.into(),
         spec,
-    })
+    }))
 }
 
 #[test]
@@ -1817,12 +1821,12 @@ fn the_pending_quota_refuses_one_more_and_frees_up_as_jobs_start() {
     );
     w.submit("job_1");
     w.submit("job_2");
-    let e = w.refused(Op::SubmitJob {
+    let e = w.refused(Op::Jobs(JobOp::SubmitJob {
         principal_id: None,
         id: "job_3".into(),
         project_id: PA.into(),
         spec: spec(),
-    });
+    }));
     let DomainError::QuotaExceeded(why) = &e else {
         panic!("not a quota refusal: {e:?}");
     };
@@ -1834,33 +1838,33 @@ fn the_pending_quota_refuses_one_more_and_frees_up_as_jobs_start() {
     assert!(submit_in(&mut w, PB, "job_b", spec()).is_ok());
     // Two submissions in one batch: the second sees the first (no race past the quota).
     w.place("job_1", 1, A);
-    let batch = Op::Batch {
+    let batch = Op::Cluster(ClusterOp::Batch {
         commands: ["job_4", "job_5"]
             .iter()
             .map(|id| {
                 Command::new(
                     w.at + 1,
                     Actor::system(),
-                    Op::SubmitJob {
+                    Op::Jobs(JobOp::SubmitJob {
                         principal_id: None,
                         id: (*id).into(),
                         project_id: PA.into(),
                         spec: spec(),
-                    },
+                    }),
                 )
             })
             .collect(),
-    };
+    });
     let Ok(Outcome::Batch { outcomes }) = w.apply(batch) else {
         panic!("a batch applies");
     };
     assert!(outcomes[0].is_ok(), "{:?}", outcomes[0]);
     assert!(matches!(outcomes[1], Err(DomainError::QuotaExceeded(_))));
     // A cancelled pending job frees its place.
-    w.ok(Op::CancelJob {
+    w.ok(Op::Jobs(JobOp::CancelJob {
         project_id: PA.into(),
         id: "job_2".into(),
-    });
+    }));
     w.submit("job_6");
     assert_eq!(w.s.project_load(PA).pending_jobs, 2);
     assert_eq!(w.s.project_load(PA).unfinished_jobs, 3);
@@ -1880,12 +1884,12 @@ fn the_spec_bytes_quota_counts_unfinished_jobs_only() {
     );
     w.submit("job_1");
     w.submit("job_2");
-    let e = w.refused(Op::SubmitJob {
+    let e = w.refused(Op::Jobs(JobOp::SubmitJob {
         principal_id: None,
         id: "job_3".into(),
         project_id: PA.into(),
         spec: spec(),
-    });
+    }));
     assert!(
         matches!(&e, DomainError::QuotaExceeded(m) if m.contains("max_spec_bytes")),
         "{e:?}"
@@ -1918,12 +1922,12 @@ fn a_job_larger_than_the_running_quota_is_refused_at_submission() {
     );
     let mut gang = spec();
     gang.replicas = 2;
-    let e = w.refused(Op::SubmitJob {
+    let e = w.refused(Op::Jobs(JobOp::SubmitJob {
         principal_id: None,
         id: "gang".into(),
         project_id: PA.into(),
         spec: gang,
-    });
+    }));
     assert!(
         matches!(&e, DomainError::QuotaExceeded(m) if m.contains("could never start") && m.contains("max_running_gpus")),
         "{e:?}"
@@ -2068,21 +2072,21 @@ fn preemption_across_projects_needs_the_ceiling_and_hides_the_preemptor() {
 #[test]
 fn a_policy_change_is_validated_and_audited() {
     let mut w = World::new();
-    let e = w.refused(Op::SetProjectPolicy {
+    let e = w.refused(Op::Tenancy(TenancyOp::SetProjectPolicy {
         project_id: PA.into(),
         update: crate::state::PolicyUpdate {
             preemption_ceiling: Some(5000),
             ..Default::default()
         },
-    });
+    }));
     assert!(matches!(&e, DomainError::Invalid { field, .. } if field == "preemption_ceiling"));
-    w.refused(Op::SetProjectPolicy {
+    w.refused(Op::Tenancy(TenancyOp::SetProjectPolicy {
         project_id: "prj_missing".into(),
         update: crate::state::PolicyUpdate {
             max_pending_jobs: Some(1),
             ..Default::default()
         },
-    });
+    }));
     set_policy(
         &mut w,
         PA,

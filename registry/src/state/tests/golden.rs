@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::*;
+use crate::authz::Role;
 
 /// How many `Op` variants there are; [`variant`] numbers them `0..VARIANTS`.
 const VARIANTS: usize = 31;
@@ -29,37 +30,37 @@ const VARIANTS: usize = 31;
 /// The number of `op`'s variant. Exhaustive on purpose: a new variant does not compile until it is here.
 fn variant(op: &Op) -> usize {
     match op {
-        Op::Noop => 0,
-        Op::Bootstrap { .. } => 1,
-        Op::CreateProject { .. } => 2,
-        Op::DeleteProject { .. } => 3,
-        Op::CreatePrincipal { .. } => 4,
-        Op::SetPrincipalDisabled { .. } => 5,
-        Op::CreateKey { .. } => 6,
-        Op::RevokeKey { .. } => 7,
-        Op::BindRole { .. } => 8,
-        Op::UnbindRole { .. } => 9,
-        Op::PutSecret { .. } => 10,
-        Op::DeleteSecret { .. } => 11,
-        Op::RewrapDataKeys { .. } => 12,
-        Op::RecordAudit { .. } => 13,
-        Op::RegisterNode { .. } => 14,
-        Op::Batch { .. } => 15,
-        Op::SetNodeHealth { .. } => 16,
-        Op::SetNodeDraining { .. } => 17,
-        Op::SubmitJob { .. } => 18,
-        Op::CancelJob { .. } => 19,
-        Op::PlaceJobs { .. } => 20,
-        Op::ReportJobEvents { .. } => 21,
-        Op::SetIdleGpus { .. } => 22,
-        Op::PurgeJobs { .. } => 23,
-        Op::DenyIdentity { .. } => 24,
-        Op::AllowIdentity { .. } => 25,
-        Op::SetClusterPolicy { .. } => 26,
-        Op::ApproveNode { .. } => 27,
-        Op::SetProjectPolicy { .. } => 28,
-        Op::ReplaceDataKeys { .. } => 29,
-        Op::SetApplyVersion { .. } => 30,
+        Op::Cluster(ClusterOp::Noop) => 0,
+        Op::Tenancy(TenancyOp::Bootstrap { .. }) => 1,
+        Op::Tenancy(TenancyOp::CreateProject { .. }) => 2,
+        Op::Tenancy(TenancyOp::DeleteProject { .. }) => 3,
+        Op::Tenancy(TenancyOp::CreatePrincipal { .. }) => 4,
+        Op::Tenancy(TenancyOp::SetPrincipalDisabled { .. }) => 5,
+        Op::Tenancy(TenancyOp::CreateKey { .. }) => 6,
+        Op::Tenancy(TenancyOp::RevokeKey { .. }) => 7,
+        Op::Tenancy(TenancyOp::BindRole { .. }) => 8,
+        Op::Tenancy(TenancyOp::UnbindRole { .. }) => 9,
+        Op::Secrets(SecretOp::PutSecret { .. }) => 10,
+        Op::Secrets(SecretOp::DeleteSecret { .. }) => 11,
+        Op::Secrets(SecretOp::RewrapDataKeys { .. }) => 12,
+        Op::Audit(AuditOp::RecordAudit { .. }) => 13,
+        Op::Fleet(FleetOp::RegisterNode { .. }) => 14,
+        Op::Cluster(ClusterOp::Batch { .. }) => 15,
+        Op::Fleet(FleetOp::SetNodeHealth { .. }) => 16,
+        Op::Fleet(FleetOp::SetNodeDraining { .. }) => 17,
+        Op::Jobs(JobOp::SubmitJob { .. }) => 18,
+        Op::Jobs(JobOp::CancelJob { .. }) => 19,
+        Op::Jobs(JobOp::PlaceJobs { .. }) => 20,
+        Op::Jobs(JobOp::ReportJobEvents { .. }) => 21,
+        Op::Fleet(FleetOp::SetIdleGpus { .. }) => 22,
+        Op::Jobs(JobOp::PurgeJobs { .. }) => 23,
+        Op::Identity(IdentityOp::DenyIdentity { .. }) => 24,
+        Op::Identity(IdentityOp::AllowIdentity { .. }) => 25,
+        Op::Fleet(FleetOp::SetClusterPolicy { .. }) => 26,
+        Op::Fleet(FleetOp::ApproveNode { .. }) => 27,
+        Op::Tenancy(TenancyOp::SetProjectPolicy { .. }) => 28,
+        Op::Secrets(SecretOp::ReplaceDataKeys { .. }) => 29,
+        Op::Cluster(ClusterOp::SetApplyVersion { .. }) => 30,
     }
 }
 
@@ -182,31 +183,31 @@ fn apply_version_3(state: RegistryState, next_index: u64, at: u64) -> Recorder {
     rec.push(Command::new(
         at + 1_000,
         Actor::system(),
-        Op::SetApplyVersion { version: 3 },
+        Op::Cluster(ClusterOp::SetApplyVersion { version: 3 }),
     ));
     let mut create = Command::new(
         at + 2_000,
         admin(),
-        Op::CreateProject {
+        Op::Tenancy(TenancyOp::CreateProject {
             id: "prj_v3".into(),
             name: "v3".into(),
             description: "remembered by id".into(),
             data_key: wk("mk1", "v3"),
             policy: None,
-        },
+        }),
     );
     create.request_id = Some("req-v3-create".into());
     rec.push(create.clone());
     rec.push(Command::new(
         at + 3_000,
         admin(),
-        Op::SetProjectPolicy {
+        Op::Tenancy(TenancyOp::SetProjectPolicy {
             project_id: "prj_v3".into(),
             update: PolicyUpdate {
                 max_pending_jobs: Some(7),
                 ..PolicyUpdate::default()
             },
-        },
+        }),
     ));
     create.at_ms = at + 4_000;
     rec.push(create);
@@ -227,23 +228,23 @@ fn apply_version_2(state: RegistryState, next_index: u64, at: u64) -> Recorder {
     rec.push(Command::new(
         at + 1_000,
         Actor::system(),
-        Op::SetApplyVersion { version: 2 },
+        Op::Cluster(ClusterOp::SetApplyVersion { version: 2 }),
     ));
     rec.push(Command::new(
         at + 2_000,
         Actor::system(),
-        Op::SetNodeHealth {
+        Op::Fleet(FleetOp::SetNodeHealth {
             key,
             health: NodeHealthState::Unreachable,
             lease_epoch,
-        },
+        }),
     ));
     rec.push(Command::new(
         at + 3_000,
         Actor::system(),
-        Op::PlaceJobs {
+        Op::Jobs(JobOp::PlaceJobs {
             placements: Vec::new(),
-        },
+        }),
     ));
     let agent = Actor {
         principal_id: None,
@@ -253,11 +254,11 @@ fn apply_version_2(state: RegistryState, next_index: u64, at: u64) -> Recorder {
     rec.push(Command::new(
         at + 4_000,
         agent,
-        Op::ReportJobEvents {
+        Op::Jobs(JobOp::ReportJobEvents {
             node: "xx/xx1/ghost".into(),
             lease_epoch: 1,
             events: Vec::new(),
-        },
+        }),
     ));
     rec
 }
@@ -270,14 +271,16 @@ fn apply_version_1(state: RegistryState, next_index: u64, at: u64) -> Recorder {
     rec.push(Command::new(
         at + 1_000,
         Actor::system(),
-        Op::SetApplyVersion { version: 1 },
+        Op::Cluster(ClusterOp::SetApplyVersion { version: 1 }),
     ));
-    let project = |id: &str, name: &str| Op::CreateProject {
-        id: id.into(),
-        name: name.into(),
-        description: "apply version 1".into(),
-        data_key: wk("mk1", name),
-        policy: None,
+    let project = |id: &str, name: &str| {
+        Op::Tenancy(TenancyOp::CreateProject {
+            id: id.into(),
+            name: name.into(),
+            description: "apply version 1".into(),
+            data_key: wk("mk1", name),
+            policy: None,
+        })
     };
     rec.push(Command::new(at + 2_000, admin(), project("prj_v1", "v1")));
     // A leader whose clock is a minute behind: the project is created at the previous command's time.
@@ -289,12 +292,12 @@ fn apply_version_1(state: RegistryState, next_index: u64, at: u64) -> Recorder {
     rec.push(Command::new(
         at + 3_000,
         admin(),
-        Op::SetApplyVersion { version: 1 },
+        Op::Cluster(ClusterOp::SetApplyVersion { version: 1 }),
     ));
     rec.push(Command::new(
         at + 4_000,
         Actor::system(),
-        Op::SetApplyVersion { version: 0 },
+        Op::Cluster(ClusterOp::SetApplyVersion { version: 0 }),
     ));
     rec
 }
@@ -389,29 +392,29 @@ fn samples(state: &RegistryState, at: u64) -> Vec<Op> {
     let job = state.jobs.values().next().map(|j| j.id.clone());
     let job = job.unwrap_or_else(|| "job_missing".to_owned());
     vec![
-        Op::Noop,
+        Op::Cluster(ClusterOp::Noop),
         bootstrap_op(),
-        Op::SetApplyVersion { version: 1 },
-        Op::CreateProject {
+        Op::Cluster(ClusterOp::SetApplyVersion { version: 1 }),
+        Op::Tenancy(TenancyOp::CreateProject {
             id: "prj_golden".into(),
             name: "golden".into(),
             description: "one of each".into(),
             data_key: wk("mk1", "golden"),
             policy: None,
-        },
-        Op::DeleteProject {
+        }),
+        Op::Tenancy(TenancyOp::DeleteProject {
             id: "prj_golden".into(),
-        },
-        Op::CreatePrincipal {
+        }),
+        Op::Tenancy(TenancyOp::CreatePrincipal {
             id: "usr_golden".into(),
             kind: PrincipalKind::User,
             name: "golden-user".into(),
             project_id: project.clone(),
-        },
-        Op::SetPrincipalDisabled {
+        }),
+        Op::Tenancy(TenancyOp::SetPrincipalDisabled {
             id: "usr_golden".into(),
             disabled: true,
-        },
+        }),
         key_op(
             "kgolden",
             "golden-key",
@@ -419,43 +422,43 @@ fn samples(state: &RegistryState, at: u64) -> Vec<Op> {
             new_sa("sa_golden"),
             Some(Role::Viewer),
         ),
-        Op::RevokeKey {
+        Op::Tenancy(TenancyOp::RevokeKey {
             key_id: "kgolden".into(),
-        },
-        Op::BindRole {
+        }),
+        Op::Tenancy(TenancyOp::BindRole {
             principal_id: "sa_golden".into(),
             scope: Scope::Project(project.clone()),
             role: Role::Editor,
-        },
-        Op::UnbindRole {
+        }),
+        Op::Tenancy(TenancyOp::UnbindRole {
             binding_id: "rb_missing".into(),
-        },
-        Op::PutSecret {
+        }),
+        Op::Secrets(SecretOp::PutSecret {
             project_id: project.clone(),
             name: "golden-secret".into(),
             version: 1,
             sealed: sealed("golden"),
             bindings: Some(vec!["principal:sa_golden".into()]),
-        },
-        Op::DeleteSecret {
+        }),
+        Op::Secrets(SecretOp::DeleteSecret {
             project_id: project.clone(),
             name: "golden-secret".into(),
-        },
-        Op::RewrapDataKeys {
+        }),
+        Op::Secrets(SecretOp::RewrapDataKeys {
             keys: state
                 .projects
                 .keys()
                 .map(|id| (id.clone(), wk("mk2", id)))
                 .collect(),
-        },
-        Op::RecordAudit {
+        }),
+        Op::Audit(AuditOp::RecordAudit {
             action: "golden.check".into(),
             project: Some(project.clone()),
             target: "golden".into(),
             outcome: AuditOutcome::Denied,
             detail: "count=3".into(),
-        },
-        Op::RegisterNode {
+        }),
+        Op::Fleet(FleetOp::RegisterNode {
             region: "eu".into(),
             cluster: "eu1".into(),
             node: "golden".into(),
@@ -470,36 +473,36 @@ fn samples(state: &RegistryState, at: u64) -> Vec<Op> {
             os: "linux".into(),
             limit_mode: "cgroup-v1".into(),
             admit_new: Some(true),
-        },
-        Op::Batch {
-            commands: vec![Command::new(at, admin(), Op::Noop)],
-        },
-        Op::SetNodeHealth {
+        }),
+        Op::Cluster(ClusterOp::Batch {
+            commands: vec![Command::new(at, admin(), Op::Cluster(ClusterOp::Noop))],
+        }),
+        Op::Fleet(FleetOp::SetNodeHealth {
             key: node_key.clone(),
             health: NodeHealthState::Unreachable,
             lease_epoch: epoch,
-        },
-        Op::SetNodeDraining {
+        }),
+        Op::Fleet(FleetOp::SetNodeDraining {
             key: node_key.clone(),
             draining: true,
-        },
-        Op::SubmitJob {
+        }),
+        Op::Jobs(JobOp::SubmitJob {
             id: "job_golden".into(),
             project_id: project.clone(),
             spec: JobSpec::new("train"),
             principal_id: Some("sa_admin".into()),
-        },
-        Op::CancelJob {
+        }),
+        Op::Jobs(JobOp::CancelJob {
             project_id: project.clone(),
             id: "job_golden".into(),
-        },
-        Op::PlaceJobs {
+        }),
+        Op::Jobs(JobOp::PlaceJobs {
             placements: vec![PlacementOp::Wait {
                 job_id: job.clone(),
                 reason: "golden".into(),
             }],
-        },
-        Op::ReportJobEvents {
+        }),
+        Op::Jobs(JobOp::ReportJobEvents {
             node: node_key.clone(),
             lease_epoch: epoch,
             events: vec![JobEventOp {
@@ -509,43 +512,43 @@ fn samples(state: &RegistryState, at: u64) -> Vec<Op> {
                 at_ms: at,
                 kind: JobEventKind::Started,
             }],
-        },
-        Op::SetIdleGpus {
+        }),
+        Op::Fleet(FleetOp::SetIdleGpus {
             node: node_key.clone(),
             lease_epoch: epoch,
             idle_gpus: Vec::new(),
-        },
-        Op::PurgeJobs {
+        }),
+        Op::Jobs(JobOp::PurgeJobs {
             finished_before: at,
             max: 2,
-        },
-        Op::DenyIdentity {
+        }),
+        Op::Identity(IdentityOp::DenyIdentity {
             kind: DenyKind::Serial,
             value: "0abc".into(),
             reason: "golden".into(),
-        },
-        Op::AllowIdentity {
+        }),
+        Op::Identity(IdentityOp::AllowIdentity {
             kind: DenyKind::Serial,
             value: "0abc".into(),
-        },
-        Op::SetClusterPolicy {
+        }),
+        Op::Fleet(FleetOp::SetClusterPolicy {
             region: "eu".into(),
             cluster: "eu1".into(),
             auto_approve: false,
-        },
-        Op::ApproveNode { key: node_key },
-        Op::SetProjectPolicy {
+        }),
+        Op::Fleet(FleetOp::ApproveNode { key: node_key }),
+        Op::Tenancy(TenancyOp::SetProjectPolicy {
             project_id: project,
             update: PolicyUpdate {
                 max_pending_jobs: Some(50),
                 network: Some(NetworkPolicy::None),
                 ..PolicyUpdate::default()
             },
-        },
-        Op::ReplaceDataKeys {
+        }),
+        Op::Secrets(SecretOp::ReplaceDataKeys {
             keys: BTreeMap::new(),
             secrets: BTreeMap::new(),
-        },
+        }),
     ]
 }
 

@@ -9,13 +9,13 @@ fn run_at(s: &mut RegistryState, at: u64, actor: Actor, op: Op) -> CommandOutcom
 }
 
 fn project_op(id: &str) -> Op {
-    Op::CreateProject {
+    Op::Tenancy(TenancyOp::CreateProject {
         id: id.into(),
         name: id.replace('_', "-"),
         description: String::new(),
         data_key: wk("mk1", id),
         policy: None,
-    }
+    })
 }
 
 #[test]
@@ -27,7 +27,7 @@ fn command_time_goes_back_under_version_0_and_never_under_version_1() {
                 &mut s,
                 T0 + 1_000,
                 Actor::system(),
-                Op::SetApplyVersion { version: 1 },
+                Op::Cluster(ClusterOp::SetApplyVersion { version: 1 }),
             );
             assert_eq!(out, Ok(Outcome::Done));
         }
@@ -55,7 +55,7 @@ fn under_version_1_a_key_expired_at_the_last_command_stays_expired_for_a_late_st
         &mut s,
         T0 + 1,
         Actor::system(),
-        Op::SetApplyVersion { version: 1 },
+        Op::Cluster(ClusterOp::SetApplyVersion { version: 1 }),
     )
     .expect("version 1");
     run_at(&mut s, T0 + 60_000, admin(), project_op("prj_now")).expect("now");
@@ -76,7 +76,12 @@ fn under_version_1_a_key_expired_at_the_last_command_stays_expired_for_a_late_st
 #[test]
 fn only_the_system_moves_the_apply_version_and_only_forward_within_what_the_build_knows() {
     let mut s = bootstrapped();
-    let out = run_at(&mut s, T0 + 1, admin(), Op::SetApplyVersion { version: 1 });
+    let out = run_at(
+        &mut s,
+        T0 + 1,
+        admin(),
+        Op::Cluster(ClusterOp::SetApplyVersion { version: 1 }),
+    );
     assert!(
         matches!(out, Err(DomainError::PermissionDenied(_))),
         "{out:?}"
@@ -87,7 +92,7 @@ fn only_the_system_moves_the_apply_version_and_only_forward_within_what_the_buil
         &mut s,
         T0 + 2,
         Actor::system(),
-        Op::SetApplyVersion { version: beyond },
+        Op::Cluster(ClusterOp::SetApplyVersion { version: beyond }),
     );
     assert!(
         matches!(&out, Err(DomainError::Invalid { field, .. }) if field == "version"),
@@ -97,14 +102,14 @@ fn only_the_system_moves_the_apply_version_and_only_forward_within_what_the_buil
         &mut s,
         T0 + 3,
         Actor::system(),
-        Op::SetApplyVersion { version: 1 },
+        Op::Cluster(ClusterOp::SetApplyVersion { version: 1 }),
     )
     .expect("forward");
     let out = run_at(
         &mut s,
         T0 + 4,
         Actor::system(),
-        Op::SetApplyVersion { version: 0 },
+        Op::Cluster(ClusterOp::SetApplyVersion { version: 0 }),
     );
     assert!(
         matches!(&out, Err(DomainError::Invalid { field, .. }) if field == "version"),
@@ -122,12 +127,16 @@ fn a_command_says_which_apply_version_it_needs_also_inside_a_batch() {
     let batch = Command::new(
         T0,
         Actor::system(),
-        Op::Batch {
+        Op::Cluster(ClusterOp::Batch {
             commands: vec![
                 plain.clone(),
-                Command::new(T0, Actor::system(), Op::SetApplyVersion { version: 7 }),
+                Command::new(
+                    T0,
+                    Actor::system(),
+                    Op::Cluster(ClusterOp::SetApplyVersion { version: 7 }),
+                ),
             ],
-        },
+        }),
     );
     assert_eq!(batch.apply_version_needed(), Some(7));
 }
@@ -139,7 +148,7 @@ fn from_version_2_machine_traffic_is_counted_and_what_principals_do_is_still_aud
         &mut s,
         T0 + 1,
         Actor::system(),
-        Op::SetApplyVersion { version: 2 },
+        Op::Cluster(ClusterOp::SetApplyVersion { version: 2 }),
     )
     .expect("v2");
     let audited = s.audit.len();
@@ -147,20 +156,20 @@ fn from_version_2_machine_traffic_is_counted_and_what_principals_do_is_still_aud
         &mut s,
         T0 + 2,
         Actor::system(),
-        Op::PlaceJobs {
+        Op::Jobs(JobOp::PlaceJobs {
             placements: Vec::new(),
-        },
+        }),
     );
     assert!(placed.is_ok(), "{placed:?}");
     let refused = run_at(
         &mut s,
         T0 + 3,
         Actor::system(),
-        Op::SetNodeHealth {
+        Op::Fleet(FleetOp::SetNodeHealth {
             key: "eu/eu1/none".into(),
             health: NodeHealthState::Lost,
             lease_epoch: 1,
-        },
+        }),
     );
     assert!(refused.is_err());
     assert_eq!(s.audit.len(), audited, "machine traffic was audited");
@@ -181,19 +190,19 @@ fn from_version_3_a_repeated_submission_answers_the_job_as_it_is_and_remembers_o
         &mut s,
         T0 + 1,
         Actor::system(),
-        Op::SetApplyVersion { version: 3 },
+        Op::Cluster(ClusterOp::SetApplyVersion { version: 3 }),
     )
     .expect("v3");
     let project = s.default_project_id().expect("default project").to_owned();
     let mut submit = Command::new(
         T0 + 2,
         admin(),
-        Op::SubmitJob {
+        Op::Jobs(JobOp::SubmitJob {
             principal_id: Some("sa_admin".into()),
             id: "job_once".into(),
             project_id: project.clone(),
             spec: JobSpec::new("true"),
-        },
+        }),
     );
     submit.request_id = Some("req-submit".into());
     let first = s.apply(s.applied_index + 1, &submit);
@@ -210,10 +219,10 @@ fn from_version_3_a_repeated_submission_answers_the_job_as_it_is_and_remembers_o
         &mut s,
         T0 + 3,
         admin(),
-        Op::CancelJob {
+        Op::Jobs(JobOp::CancelJob {
             project_id: project,
             id: "job_once".into(),
-        },
+        }),
     )
     .expect("cancel");
     let jobs_before = s.jobs.len();

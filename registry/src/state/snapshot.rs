@@ -1,0 +1,162 @@
+//! The registry's snapshot form: one flat JSON document, field for field what every earlier build wrote.
+//!
+//! The in-memory [`RegistryState`] groups what a domain owns (the jobs and their indexes live in a
+//! [`JobTable`], for one); the wire form does not follow, because a snapshot travels between replicas of
+//! different builds during a rolling upgrade and golden snapshots must load and serialize byte for byte.
+//! The deny-list is its own [`DenyList`], the usage of purged jobs its own [`UsageArchive`]. [`Wire`] borrows the state for writing; [`Owned`] reads it back. Indexes a domain derives from its
+//! records are written (older builds read them) but never read: loading rebuilds them from the records,
+//! so a snapshot from before an index existed, or one whose index an older build let drift, loads whole.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::usage::UsageSums;
+use super::{
+    ApiKey, AuditRecord, ClusterPolicy, DeniedIdentity, DenyList, JobRecord, JobTable, NodeRecord,
+    Principal, Project, RegistryState, RememberedRequest, RoleBinding, Secret, UsageArchive,
+};
+
+/// The state as a snapshot writes it. Field order is the document's order: never reorder.
+#[derive(Serialize)]
+struct Wire<'a> {
+    applied_index: u64,
+    default_project_id: &'a Option<String>,
+    projects: &'a BTreeMap<String, Project>,
+    project_ids_by_name: &'a BTreeMap<String, String>,
+    principals: &'a BTreeMap<String, Principal>,
+    keys: &'a BTreeMap<String, ApiKey>,
+    bindings: &'a BTreeMap<String, RoleBinding>,
+    secrets: &'a BTreeMap<String, BTreeMap<String, Secret>>,
+    audit: &'a Vec<AuditRecord>,
+    requests: &'a BTreeMap<String, RememberedRequest>,
+    request_order: &'a BTreeMap<u64, String>,
+    nodes: &'a BTreeMap<String, NodeRecord>,
+    jobs: &'a BTreeMap<String, JobRecord>,
+    pending_job_ids: &'a BTreeSet<String>,
+    active_job_ids_by_node: &'a BTreeMap<String, BTreeSet<String>>,
+    job_ids_by_project: &'a BTreeMap<String, BTreeSet<String>>,
+    finished_jobs: &'a BTreeSet<(u64, String)>,
+    usage_archive: &'a BTreeMap<String, BTreeMap<u64, UsageSums>>,
+    denied_identities: &'a BTreeMap<String, DeniedIdentity>,
+    deny_list_version: u64,
+    denied_nodes: &'a BTreeSet<String>,
+    cluster_policies: &'a BTreeMap<String, ClusterPolicy>,
+    unfinished_job_ids_by_project: &'a BTreeMap<String, BTreeSet<String>>,
+    /// Left out while 0, so a snapshot from before apply versions serializes unchanged.
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    apply_version: u32,
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    last_command_ms: u64,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    machine_counters: &'a BTreeMap<String, u64>,
+}
+
+/// The state as a snapshot is read. Fields added after the first release default when absent; derived
+/// indexes are not read at all (see the module doc).
+#[derive(Deserialize)]
+struct Owned {
+    applied_index: u64,
+    default_project_id: Option<String>,
+    projects: BTreeMap<String, Project>,
+    #[serde(default)]
+    project_ids_by_name: BTreeMap<String, String>,
+    principals: BTreeMap<String, Principal>,
+    keys: BTreeMap<String, ApiKey>,
+    bindings: BTreeMap<String, RoleBinding>,
+    secrets: BTreeMap<String, BTreeMap<String, Secret>>,
+    audit: Vec<AuditRecord>,
+    #[serde(default)]
+    requests: BTreeMap<String, RememberedRequest>,
+    #[serde(default)]
+    request_order: BTreeMap<u64, String>,
+    #[serde(default)]
+    nodes: BTreeMap<String, NodeRecord>,
+    #[serde(default)]
+    jobs: BTreeMap<String, JobRecord>,
+    #[serde(default)]
+    usage_archive: BTreeMap<String, BTreeMap<u64, UsageSums>>,
+    #[serde(default)]
+    denied_identities: BTreeMap<String, DeniedIdentity>,
+    #[serde(default)]
+    deny_list_version: u64,
+    #[serde(default)]
+    cluster_policies: BTreeMap<String, ClusterPolicy>,
+    #[serde(default)]
+    apply_version: u32,
+    #[serde(default)]
+    last_command_ms: u64,
+    #[serde(default)]
+    machine_counters: BTreeMap<String, u64>,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Serialize for RegistryState {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let indexes = self.jobs.wire_indexes();
+        let (denied_identities, deny_list_version, denied_nodes) = self.identities.wire();
+        Wire {
+            applied_index: self.applied_index,
+            default_project_id: &self.default_project_id,
+            projects: &self.projects,
+            project_ids_by_name: &self.project_ids_by_name,
+            principals: &self.principals,
+            keys: &self.keys,
+            bindings: &self.bindings,
+            secrets: &self.secrets,
+            audit: &self.audit,
+            requests: &self.requests,
+            request_order: &self.request_order,
+            nodes: &self.nodes,
+            jobs: self.jobs.records(),
+            pending_job_ids: indexes.pending_job_ids,
+            active_job_ids_by_node: indexes.active_job_ids_by_node,
+            job_ids_by_project: indexes.job_ids_by_project,
+            finished_jobs: indexes.finished_jobs,
+            usage_archive: self.usage.hours(),
+            denied_identities,
+            deny_list_version,
+            denied_nodes,
+            cluster_policies: &self.cluster_policies,
+            unfinished_job_ids_by_project: indexes.unfinished_job_ids_by_project,
+            apply_version: self.apply_version,
+            last_command_ms: self.last_command_ms,
+            machine_counters: &self.machine_counters,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for RegistryState {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let o = Owned::deserialize(deserializer)?;
+        Ok(RegistryState {
+            applied_index: o.applied_index,
+            default_project_id: o.default_project_id,
+            projects: o.projects,
+            project_ids_by_name: o.project_ids_by_name,
+            principals: o.principals,
+            keys: o.keys,
+            bindings: o.bindings,
+            secrets: o.secrets,
+            audit: o.audit,
+            requests: o.requests,
+            request_order: o.request_order,
+            nodes: o.nodes,
+            jobs: JobTable::from_records(o.jobs),
+            usage: UsageArchive::from_hours(o.usage_archive),
+            identities: DenyList::from_entries(o.denied_identities, o.deny_list_version),
+            cluster_policies: o.cluster_policies,
+            apply_version: o.apply_version,
+            last_command_ms: o.last_command_ms,
+            machine_counters: o.machine_counters,
+        })
+    }
+}
