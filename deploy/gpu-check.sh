@@ -7,8 +7,9 @@
 #   MERIDIAN_BIN=./meridian deploy/gpu-check.sh
 #   GPU_CHECK_GPUS=0 deploy/gpu-check.sh       # the same path without a GPU (a CPU job), e.g. to try the script
 #
-# Needs only the meridian binary (built elsewhere if the node has no Rust toolchain). Ports on 127.0.0.1:
-# GPU_CHECK_ADMIN_PORT (17070), GPU_CHECK_RAFT_PORT (17170, UDP), GPU_CHECK_GATEWAY_PORT (17080). Exit status: 0 when the job
+# Needs only the meridian binary (built elsewhere if the node has no Rust toolchain). It listens on 127.0.0.1
+# on ports the system picks, read back from the dev directory's endpoints.json; GPU_CHECK_ADMIN_PORT,
+# GPU_CHECK_RAFT_PORT (UDP) and GPU_CHECK_GATEWAY_PORT fix them instead. Exit status: 0 when the job
 # succeeded, 3 when the node has no GPU to check, 1 otherwise. Everything it wrote is left in the printed
 # directory.
 set -euo pipefail
@@ -16,9 +17,9 @@ set -euo pipefail
 bin="${MERIDIAN_BIN:-meridian}"
 command -v "$bin" >/dev/null 2>&1 || { echo "gpu-check: $bin not found (set MERIDIAN_BIN)" >&2; exit 1; }
 gpus="${GPU_CHECK_GPUS:-1}"
-admin_port="${GPU_CHECK_ADMIN_PORT:-17070}"
-raft_port="${GPU_CHECK_RAFT_PORT:-17170}"
-gateway_port="${GPU_CHECK_GATEWAY_PORT:-17080}"
+admin_port="${GPU_CHECK_ADMIN_PORT:-0}"
+raft_port="${GPU_CHECK_RAFT_PORT:-0}"
+gateway_port="${GPU_CHECK_GATEWAY_PORT:-0}"
 dir="$(mktemp -d "${TMPDIR:-/tmp}/meridian-gpu-check.XXXXXX")"
 echo "gpu-check: working in $dir"
 
@@ -30,7 +31,7 @@ if [ "$gpus" -gt 0 ] && [ "$found" -lt "$gpus" ]; then
   exit 3
 fi
 
-echo "== meridian dev on 127.0.0.1:$admin_port"
+echo "== meridian dev"
 "$bin" dev --data-dir "$dir/dev" \
   --admin-listen "127.0.0.1:$admin_port" \
   --raft-listen "127.0.0.1:$raft_port" \
@@ -42,11 +43,20 @@ stop_dev() {
 }
 trap stop_dev EXIT
 
-export MERIDIAN_ADDR="http://127.0.0.1:$admin_port"
+# The addresses dev mode bound, from the file it writes once it listens: {"admin":"http://…",…}.
+endpoints="$dir/dev/endpoints.json"
+unset MERIDIAN_ADDR MERIDIAN_TOKEN
 ready=""
 for _ in $(seq 1 300); do
   if ! kill -0 "$dev_pid" 2>/dev/null; then break; fi
-  if [ -s "$dir/dev/admin.token" ]; then
+  if [ -z "${MERIDIAN_ADDR:-}" ] && [ -s "$endpoints" ]; then
+    admin="$(sed -n 's/.*"admin": *"\([^"]*\)".*/\1/p' "$endpoints")"
+    if [ -n "$admin" ]; then
+      export MERIDIAN_ADDR="$admin"
+      echo "meridian dev: admin API at $MERIDIAN_ADDR"
+    fi
+  fi
+  if [ -n "${MERIDIAN_ADDR:-}" ] && [ -s "$dir/dev/admin.token" ]; then
     export MERIDIAN_TOKEN="$(cat "$dir/dev/admin.token")"
     # Ready once the embedded agent's node is registered and ready.
     if "$bin" node list -o json 2>/dev/null | grep -q '"health": *"ready"'; then ready=1; break; fi

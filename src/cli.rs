@@ -173,6 +173,10 @@ pub struct DevArgs {
         default_value = "127.0.0.1:8080"
     )]
     pub gateway_listen: std::net::SocketAddr,
+    /// Serve the embedded agent's Prometheus metrics at `GET /metrics` on this address (loopback only; port
+    /// 0 picks a free port, named `agent_metrics` in `<data-dir>/endpoints.json`). Unset: not served.
+    #[arg(long, env = "MERIDIAN_DEV_AGENT_METRICS_LISTEN")]
+    pub agent_metrics_listen: Option<std::net::SocketAddr>,
     /// Run jobs without their sandbox, as this process's own user, able to read its keys and every other
     /// job's data. For development on hosts that cannot sandbox (not root, no namespaces or eBPF) only.
     #[arg(long)]

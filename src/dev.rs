@@ -39,6 +39,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let gateway_addr = gateway_listener
         .local_addr()
         .with_context(|| format!("--gateway-listen: binding {}", args.gateway_listen))?;
+    let agent_metrics = args
+        .agent_metrics_listen
+        .map(|addr| agent::MetricsListener::bind(addr, false))
+        .transpose()
+        .context("--agent-metrics-listen")?;
     let shutdown = CancellationToken::new();
     let running = crate::server::start(&cfg, shutdown.clone()).await?;
     let gateway_task = tokio::spawn(gateway::serve(
@@ -59,18 +64,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     // The addresses actually bound (a port 0 asked for a free one), for the agent and for whoever drives
     // this process.
     let raft_addr = running.handle.raft_addr();
-    crate::server::write_endpoints(
-        &args.data_dir,
-        &[
-            ("admin", format!("http://{}", running.admin_addr)),
-            ("raft", raft_addr.to_string()),
-            ("gateway", format!("http://{gateway_addr}")),
-        ],
-    )?;
+    let mut endpoints = vec![
+        ("admin", format!("http://{}", running.admin_addr)),
+        ("raft", raft_addr.to_string()),
+        ("gateway", format!("http://{gateway_addr}")),
+    ];
+    if let Some(metrics) = &agent_metrics {
+        endpoints.push(("agent_metrics", format!("http://{}", metrics.local_addr())));
+    }
+    crate::server::write_endpoints(&args.data_dir, &endpoints)?;
     let mut agent_options =
         agent::AgentOptions::new(vec![raft_addr.to_string()], agent_tls, agent_dir);
     agent_options.protected_local_ports = vec![running.admin_addr.port(), gateway_addr.port()];
     agent_options.job_defaults.pids_max = args.job_pids_max;
+    agent_options.metrics = agent_metrics;
     match &mut agent_options.sandbox {
         Some(sandbox) if !args.insecure_no_sandbox => {
             // The whole dev directory (CA key, keyring, admin token, coordinator state) stays hidden.

@@ -1,6 +1,7 @@
 //! `deploy/gpu-check.sh`, the end-to-end check an operator runs on a GPU node, run here without a GPU: it
 //! refuses to check more GPUs than the node has (exit 3), and with `GPU_CHECK_GPUS=0` it takes the whole
-//! path — a throw-away `meridian dev`, a job placed by its scheduler and run by its agent — and succeeds.
+//! path — a throw-away `meridian dev` on ports the system picks (read back from its `endpoints.json`), a job
+//! placed by its scheduler and run by its agent — and succeeds.
 
 mod common;
 
@@ -16,9 +17,9 @@ fn gpu_check(gpus: &str) -> Output {
         .arg(&script)
         .env("MERIDIAN_BIN", meridian_bin())
         .env("GPU_CHECK_GPUS", gpus)
-        .env("GPU_CHECK_ADMIN_PORT", free_tcp_port().to_string())
-        .env("GPU_CHECK_RAFT_PORT", free_udp_port().to_string())
-        .env("GPU_CHECK_GATEWAY_PORT", free_tcp_port().to_string())
+        .env_remove("GPU_CHECK_ADMIN_PORT")
+        .env_remove("GPU_CHECK_RAFT_PORT")
+        .env_remove("GPU_CHECK_GATEWAY_PORT")
         .env("TMPDIR", tmp.path())
         .env_remove("MERIDIAN_ADDR")
         .env_remove("MERIDIAN_TOKEN")
@@ -50,4 +51,10 @@ fn the_gpu_check_runs_a_job_through_dev_and_refuses_gpus_the_node_lacks() {
     // The job's own output, read back through the API: it saw an empty device list.
     assert!(stdout.contains("CUDA_VISIBLE_DEVICES=\n"), "{stdout}");
     assert!(stdout.contains("succeeded"), "{stdout}");
+    // Dev mode was asked for port 0 and the script found the port it got.
+    assert!(
+        stdout.contains("meridian dev: admin API at http://127.0.0.1:"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("127.0.0.1:0\n"), "{stdout}");
 }

@@ -36,6 +36,8 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:7443";
 /// heartbeat_ms = 1000                 # until a coordinator names another
 /// listen = "0.0.0.0:7443"             # the agent's QUIC RPC server
 /// advertise = "node-7.example:7443"   # what coordinators dial; see below
+/// metrics_listen = "127.0.0.1:9464"   # GET /metrics (Prometheus); unset: not served
+/// metrics_allow_non_loopback = false  # true to serve it off loopback; it has no authentication
 /// [labels]
 /// zone = "eu-1a"
 /// [idle_gpus]
@@ -74,6 +76,13 @@ pub struct AgentConfig {
     /// The `host:port` coordinators dial to reach the agent; see the type's documentation for the default.
     #[serde(default)]
     pub advertise: Option<String>,
+    /// Where `GET /metrics` is served (plain HTTP, no authentication); `None`: nowhere.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Whether `metrics_listen` may be an address other than loopback (the operator's explicit choice,
+    /// since anyone who reaches it may read it). Default false: such an address is refused.
+    #[serde(default)]
+    pub metrics_allow_non_loopback: bool,
     /// Operator labels of the node (e.g. `zone`, `instance = "spot"`), matched by job constraints.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -329,6 +338,8 @@ const ENV_KEYS: &[(&str, EnvKind)] = &[
     ("heartbeat_ms", EnvKind::Integer),
     ("listen", EnvKind::Text),
     ("advertise", EnvKind::Text),
+    ("metrics_listen", EnvKind::Text),
+    ("metrics_allow_non_loopback", EnvKind::Boolean),
     ("labels", EnvKind::Pairs),
     ("idle_gpus.utilization_percent", EnvKind::Integer),
     ("idle_gpus.window_secs", EnvKind::Integer),
@@ -389,6 +400,14 @@ impl AgentConfig {
             if !is_host_port(advertise) {
                 return Err(invalid(format!(
                     "advertise: {advertise:?} is not host:port with a port from 1 to 65535"
+                )));
+            }
+        }
+        if let Some(addr) = cfg.metrics_listen {
+            if !addr.ip().is_loopback() && !cfg.metrics_allow_non_loopback {
+                return Err(invalid(format!(
+                    "metrics_listen: {addr} is not a loopback address and the metrics endpoint has no \
+                     authentication; set metrics_allow_non_loopback = true to serve it there anyway"
                 )));
             }
         }
@@ -683,6 +702,36 @@ key = "agent.key"
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
         }
         assert!(parse_duration("213503982334602d").is_err_and(|e| e.contains("too large")));
+    }
+
+    #[test]
+    fn the_metrics_listener_is_opt_in_and_stays_on_loopback_unless_allowed() {
+        let cfg = parse(MINIMAL).expect("minimal config");
+        assert_eq!(cfg.metrics_listen, None);
+        assert!(!cfg.metrics_allow_non_loopback);
+        let cfg =
+            parse_env(MINIMAL, &[("MERIDIAN_METRICS_LISTEN", "127.0.0.1:9464")]).expect("loopback");
+        assert_eq!(
+            cfg.metrics_listen,
+            Some("127.0.0.1:9464".parse().expect("literal"))
+        );
+        refused(
+            &MINIMAL.replace("[tls]", "metrics_listen = \"0.0.0.0:9464\"\n[tls]"),
+            "metrics_listen: 0.0.0.0:9464 is not a loopback address",
+        );
+        let cfg = parse_env(
+            MINIMAL,
+            &[
+                ("MERIDIAN_METRICS_LISTEN", "0.0.0.0:9464"),
+                ("MERIDIAN_METRICS_ALLOW_NON_LOOPBACK", "true"),
+            ],
+        )
+        .expect("opted in");
+        assert!(cfg.metrics_allow_non_loopback);
+        assert_eq!(
+            cfg.metrics_listen,
+            Some("0.0.0.0:9464".parse().expect("literal"))
+        );
     }
 
     #[test]

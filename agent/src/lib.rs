@@ -17,12 +17,14 @@ mod idle_gpus;
 pub mod inventory;
 pub mod jobs;
 mod link;
+mod metrics;
 mod runtime;
 
 pub use config::{
     AgentConfig, AgentTls, ConfigError, IdleGpuConfig, JobsConfig, DEFAULT_LISTEN,
     MIN_RETAIN_FINISHED,
 };
+pub use metrics::{MetricsError, MetricsListener};
 pub use runtime::{run, AgentOptions, RuntimeError};
 
 use std::path::Path;
@@ -38,6 +40,8 @@ pub enum AgentError {
     NotAnAgent(String),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     #[error("waiting for a shutdown signal: {0}")]
     Signal(std::io::Error),
 }
@@ -63,6 +67,10 @@ pub async fn run_from_file(path: &Path, insecure_no_sandbox: bool) -> Result<(),
         }
         _ => return Err(AgentError::NotAnAgent(identity.uri())),
     }
+    let metrics = cfg
+        .metrics_listen
+        .map(|addr| MetricsListener::bind(addr, cfg.metrics_allow_non_loopback))
+        .transpose()?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let runtime = run(
         AgentOptions {
@@ -82,6 +90,7 @@ pub async fn run_from_file(path: &Path, insecure_no_sandbox: bool) -> Result<(),
             }),
             protected_local_ports: cfg.sandbox.protected_local_ports.clone(),
             job_defaults: cfg.sandbox.defaults,
+            metrics,
             ..AgentOptions::new(cfg.coordinators.clone(), tls, cfg.data_dir.clone())
         },
         shutdown.clone(),

@@ -27,6 +27,7 @@ use crate::inventory::{self, GpuProbe, InventoryOptions, NodeInventory};
 use crate::jobs::supervisor::Supervisor;
 use crate::jobs::{self, JobStore, LogService, StoreError};
 use crate::link::{pause_unless_shutdown, Backoff, CallError, Link, NodeName};
+use crate::metrics::{self, AgentMetrics, CallResult, MetricsListener};
 
 /// How long one registration or heartbeat call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -70,6 +71,8 @@ pub struct AgentOptions {
     pub job_defaults: JobDefaults,
     /// Faults injected on the agent's calls to the coordinators (partition tests); `None` in production.
     pub link_faults: Option<Arc<dyn LinkFaults>>,
+    /// Where `GET /metrics` is served; `None`: nowhere.
+    pub metrics: Option<MetricsListener>,
 }
 
 impl AgentOptions {
@@ -94,6 +97,7 @@ impl AgentOptions {
             protected_local_ports: Vec::new(),
             job_defaults: JobDefaults::default(),
             link_faults: None,
+            metrics: None,
         }
     }
 }
@@ -127,6 +131,8 @@ pub enum RuntimeError {
     Store(#[from] StoreError),
     #[error("agent task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
     #[error("data directory {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -199,6 +205,7 @@ pub async fn run(mut opts: AgentOptions, shutdown: CancellationToken) -> Result<
             let coordinators = resolve_all(&opts.coordinators).await;
             let mut ports = opts.protected_local_ports.clone();
             ports.push(server.local_addr().port());
+            ports.extend(opts.metrics.as_ref().map(|m| m.local_addr().port()));
             sandbox.deny.extend(netfilter::deny_rules(
                 &coordinators,
                 &ports,
@@ -237,13 +244,15 @@ pub async fn run(mut opts: AgentOptions, shutdown: CancellationToken) -> Result<
     let (idle_tx, idle_rx) = watch::channel(Vec::new());
     let (assign_tx, assign_rx) = watch::channel(None);
 
+    let counters = Arc::new(AgentMetrics::default());
     let mut supervisor = Supervisor::new(
         store.clone(),
         launcher.clone(),
         queued.clone(),
         allocated_tx,
         opts.jobs,
-    );
+    )
+    .with_metrics(counters.clone());
     // Before the first registration: it announces the attempts held.
     supervisor.recover()?;
 
@@ -268,6 +277,7 @@ pub async fn run(mut opts: AgentOptions, shutdown: CancellationToken) -> Result<
         idle: idle_rx,
         gate,
         server_peers,
+        metrics: counters.clone(),
     };
 
     let stop = shutdown.child_token();
@@ -289,9 +299,26 @@ pub async fn run(mut opts: AgentOptions, shutdown: CancellationToken) -> Result<
         Ok(())
     });
     tasks.spawn(
-        jobs::reporter::run(link.clone(), store.clone(), queued, stop.clone())
-            .map_result(RuntimeError::Store),
+        jobs::reporter::run(
+            link.clone(),
+            store.clone(),
+            queued,
+            counters.clone(),
+            stop.clone(),
+        )
+        .map_result(RuntimeError::Store),
     );
+    if let Some(listener) = opts.metrics.take() {
+        let scrape = metrics::Scrape {
+            metrics: counters,
+            link: link.clone(),
+            store: store.clone(),
+            gpus: inv.gpus.len() as u64,
+        };
+        tasks.spawn(
+            metrics::serve(listener, scrape, stop.clone()).map_result(RuntimeError::Metrics),
+        );
+    }
     if inv.gpus.is_empty() {
         tracing::debug!("no GPUs: idle-GPU monitor not started");
     } else {
@@ -428,6 +455,8 @@ struct Registration {
     gate: Arc<DenyListGate>,
     /// The agent's RPC server connections, re-checked when the deny-list changes.
     server_peers: PeerTable,
+    /// Counts registrations and heartbeats.
+    metrics: Arc<AgentMetrics>,
 }
 
 impl Registration {
@@ -492,6 +521,7 @@ impl Registration {
             .await
         {
             Ok(ack) => {
+                self.metrics.called(false, CallResult::ok);
                 tracing::info!(
                     lease_epoch = ack.lease_epoch,
                     held = request.held.len(),
@@ -505,6 +535,16 @@ impl Registration {
                 true
             }
             Err(e) => {
+                // A refusal is an answer: the coordinators are there.
+                let heard = matches!(e, CallError::Remote(_));
+                self.metrics.called(
+                    false,
+                    if heard {
+                        CallResult::ok
+                    } else {
+                        CallResult::failed
+                    },
+                );
                 match &e {
                     CallError::Remote(_) => tracing::warn!(error = %e, "registration refused"),
                     CallError::Unreachable(_) => {
@@ -535,6 +575,7 @@ impl Registration {
             .await
         {
             Ok(ack) => {
+                self.metrics.called(true, CallResult::ok);
                 self.set_interval(ack.heartbeat_interval_ms);
                 if let Some(list) = ack.deny_list {
                     self.gate.update(list, &self.server_peers);
@@ -552,11 +593,13 @@ impl Registration {
             Err(CallError::Remote(status))
                 if status.code == protocol::rpc::StatusCode::NotFound =>
             {
+                self.metrics.called(true, CallResult::ok);
                 tracing::info!(message = %status.message, "coordinator asks to register again");
                 self.link.fenced(epoch);
                 true
             }
             Err(e) => {
+                self.metrics.called(true, CallResult::failed);
                 tracing::debug!(error = %e, "heartbeat failed");
                 false
             }

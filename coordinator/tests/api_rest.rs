@@ -901,7 +901,13 @@ async fn health_readiness_metrics_and_cluster() -> anyhow::Result<()> {
 
     let metrics = api.get("/metrics").send().await?;
     assert_eq!(metrics.status, 200);
-    assert!(metrics.content_type.starts_with("text/plain"));
+    assert!(
+        metrics
+            .content_type
+            .starts_with("application/openmetrics-text; version=1.0.0"),
+        "{}",
+        metrics.content_type
+    );
     let text = metrics.body.as_str().context("metrics text")?;
     assert!(
         text.contains(
@@ -911,7 +917,7 @@ async fn health_readiness_metrics_and_cluster() -> anyhow::Result<()> {
     );
     assert!(text.contains("meridian_api_requests_total{route=\"/v1/cluster/members/{id}\",method=\"DELETE\",status=\"404\"} 1"));
     assert!(text.contains(
-        "meridian_api_request_duration_seconds_bucket{route=\"/v1/cluster/status\",le=\"+Inf\"} 1"
+        "meridian_api_request_duration_seconds_bucket{le=\"+Inf\",route=\"/v1/cluster/status\"} 1"
     ));
     assert!(text.contains("meridian_raft_is_leader{node_id=\"1\"} 1"));
     assert!(text.contains("meridian_raft_term{node_id=\"1\"}"));

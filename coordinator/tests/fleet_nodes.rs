@@ -176,6 +176,76 @@ fn spawn_agent(
     Ok((stop.clone(), tokio::spawn(agent::run(opts, stop))))
 }
 
+/// `GET /metrics` on the agent's metrics listener: status, content type and body.
+async fn agent_metrics(addr: std::net::SocketAddr) -> anyhow::Result<(u16, String, String)> {
+    let response = reqwest::Client::new()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    Ok((status, content_type, response.text().await?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_serves_its_metrics_on_the_listener_it_was_given() -> anyhow::Result<()> {
+    let fx = start().await?;
+    let listener = agent::MetricsListener::bind("127.0.0.1:0".parse()?, false)?;
+    let addr = listener.local_addr();
+    let stop = CancellationToken::new();
+    let opts = agent::AgentOptions {
+        heartbeat: Duration::from_millis(100),
+        metrics: Some(listener),
+        ..agent::AgentOptions::new(
+            vec![fx.handle.raft_addr().to_string()],
+            agent_tls(&fx.ca, "eu", "eu1", "eu-a1")?,
+            fx.dir.path().to_path_buf(),
+        )
+    };
+    let task = tokio::spawn(agent::run(opts, stop.clone()));
+    wait_node(&fx.handle, "ready", |n| n.health == NodeHealthState::Ready).await?;
+
+    // Registered and heartbeating: the series say so once a heartbeat was answered.
+    let text =
+        testkit::eventually_async("the agent's metrics show a heartbeat", DEADLINE, || async {
+            let (status, content_type, text) = agent_metrics(addr).await.ok()?;
+            assert_eq!(status, 200, "{text}");
+            assert!(
+                content_type.starts_with("application/openmetrics-text; version=1.0.0"),
+                "{content_type}"
+            );
+            text.contains("meridian_agent_heartbeats_total{result=\"ok\"}")
+                .then_some(text)
+        })
+        .await?;
+    for series in [
+        "meridian_agent_registrations_total{result=\"ok\"} ",
+        "meridian_agent_registered 1\n",
+        "meridian_agent_coordinator_link_up 1\n",
+        "meridian_agent_reports_queued 0\n",
+        "meridian_agent_gpus ",
+        "# TYPE meridian_agent_job_starts counter\n",
+    ] {
+        assert!(text.contains(series), "{series} missing from\n{text}");
+    }
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let elsewhere = reqwest::get(format!("http://{addr}/v1/projects")).await?;
+    assert_eq!(elsewhere.status().as_u16(), 404, "only /metrics is served");
+
+    stop.cancel();
+    task.await??;
+    assert!(
+        agent_metrics(addr).await.is_err(),
+        "the metrics listener outlived the agent"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_registers_goes_unreachable_then_lost_and_comes_back() -> anyhow::Result<()> {
     // The coordinator's time moves only when the test moves it: silence is exactly what the test says.

@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::link::{pause_unless_shutdown, Backoff, CallError, Link};
+use crate::metrics::{AgentMetrics, CallResult};
 
 use super::store::{JobStore, StoreError};
 
@@ -29,6 +30,7 @@ pub(crate) async fn run(
     link: Arc<Link>,
     store: Arc<JobStore>,
     queued: Arc<Notify>,
+    metrics: Arc<AgentMetrics>,
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
     let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
@@ -58,12 +60,14 @@ pub(crate) async fn run(
         };
         match answer {
             Ok(response) => {
+                metrics.reported(CallResult::ok);
                 backoff.reset();
                 log_acks(&request.events, &response.acks);
                 let seqs: Vec<u64> = batch.iter().map(|q| q.seq).collect();
                 store.remove_events(&seqs)?;
             }
             Err(e) if e.is_fenced() => {
+                metrics.reported(CallResult::failed);
                 tracing::info!(lease_epoch = epoch, error = %e, events = batch.len(), "report refused the lease; keeping the events");
                 link.fenced(epoch);
                 if !pause_unless_shutdown(backoff.next_pause(), &shutdown).await {
@@ -71,6 +75,7 @@ pub(crate) async fn run(
                 }
             }
             Err(e) => {
+                metrics.reported(CallResult::failed);
                 match &e {
                     CallError::Remote(_) => {
                         tracing::warn!(error = %e, events = batch.len(), "report failed; retrying")

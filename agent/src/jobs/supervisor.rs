@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::JobsConfig;
 use crate::exec::{ExitReport, Launcher, RunningJob};
+use crate::metrics::{AgentMetrics, ExitOutcome, StartOutcome};
 
 use super::reconcile::{exit_summary, next_timeout, reconcile, Action, LocalAttempt, LocalState};
 use super::retention::{self, SweepReport};
@@ -76,6 +77,8 @@ pub(crate) struct Supervisor {
     jobs: JobsConfig,
     /// The latest sweep's directory removal, while it may still run.
     removal: Option<JoinHandle<SweepReport>>,
+    /// Starts, ends and the attempts supervised, for the metrics endpoint.
+    metrics: Arc<AgentMetrics>,
 }
 
 impl Supervisor {
@@ -100,7 +103,14 @@ impl Supervisor {
             detach: CancellationToken::new(),
             jobs,
             removal: None,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts starts, ends and supervised attempts in `metrics`.
+    pub(crate) fn with_metrics(mut self, metrics: Arc<AgentMetrics>) -> Supervisor {
+        self.metrics = metrics;
+        self
     }
 
     /// Takes over what an earlier agent process left: re-adopts every running attempt whose process is
@@ -143,6 +153,11 @@ impl Supervisor {
                 .recorded_exit()
                 .map(|report| exit_summary(&report, record.stop));
             tracing::info!(job = %key.job_id, attempt = key.attempt, replica = key.replica, ?exit, "attempt ended while the agent was away");
+            self.metrics.ended(match (record.stop, &exit) {
+                (Some(StopReason::Unassigned), _) => ExitOutcome::unassigned,
+                (_, Some(exit)) => ExitOutcome::of(exit),
+                (_, None) => ExitOutcome::vanished,
+            });
             if record.stop == Some(StopReason::Unassigned) {
                 record.mark_finished(now_ms());
                 record.exit = exit;
@@ -285,6 +300,7 @@ impl Supervisor {
             Ok(job) => job,
             Err(e) => {
                 tracing::info!(job = %key.job_id, attempt = key.attempt, replica = key.replica, error = %e, "launch failed");
+                self.metrics.started(StartOutcome::launch_failed);
                 record.mark_finished(now_ms());
                 record.final_reported = true;
                 let event = event(&key, pb::job_event::Kind::LaunchFailed(e));
@@ -307,6 +323,7 @@ impl Supervisor {
             return Err(e);
         }
         self.queued.notify_one();
+        self.metrics.started(StartOutcome::started);
         tracing::info!(job = %key.job_id, attempt = key.attempt, replica = key.replica, pid = job.pid(), "attempt started");
         self.watch(assignment, job, None);
         self.publish_allocated();
@@ -353,6 +370,7 @@ impl Supervisor {
             // The watcher is gone only when the job has ended; its end is on the way.
             let _ = stop.send(grace);
         }
+        self.publish_supervised();
         Ok(())
     }
 
@@ -403,6 +421,12 @@ impl Supervisor {
             .unwrap_or_else(|| AttemptRecord::launching(active.assignment));
         record.stop = reason;
         tracing::info!(job = %key.job_id, attempt = key.attempt, replica = key.replica, ?exit, "attempt ended");
+        self.metrics
+            .ended(if reason == Some(StopReason::Unassigned) {
+                ExitOutcome::unassigned
+            } else {
+                ExitOutcome::of(&exit)
+            });
         if reason == Some(StopReason::Unassigned) {
             record.mark_finished(now_ms());
             record.exit = Some(exit);
@@ -537,7 +561,20 @@ impl Supervisor {
         );
     }
 
+    /// Counts the supervised attempts by state.
+    fn publish_supervised(&self) {
+        let stopping = self
+            .active
+            .values()
+            .filter(|a| a.stopping.is_some())
+            .count() as u64;
+        let running = self.active.len() as u64 - stopping;
+        self.metrics.supervising(running, stopping);
+    }
+
+    /// Publishes the GPUs of the running attempts (and counts the attempts).
     fn publish_allocated(&self) {
+        self.publish_supervised();
         let gpus: BTreeSet<String> = self
             .active
             .values()

@@ -1,15 +1,31 @@
-//! Prometheus metrics of the admin API: request counts by route, method and status, a latency histogram by
-//! route, the Raft gauges of this coordinator, and fleet gauges (jobs by state, nodes by health, each node's
-//! GPUs and idle allocated GPUs), rendered in the text exposition format.
+//! Prometheus metrics of the admin API, kept with the `prometheus-client` library and served at
+//! `GET /metrics` in the OpenMetrics text format: request counts by route, method and status, a latency
+//! histogram by route, the Raft gauges of this coordinator, and fleet gauges (jobs by state, nodes by
+//! health, each node's GPUs and idle allocated GPUs, the registry's machine-traffic counters).
 //!
-//! Labels come only from the route table (declared paths, never raw request paths) and from the registry's
-//! validated node keys, so a caller cannot grow the label set. Must never block a request for longer than
-//! one counter update.
+//! The request counter and the latency histogram live as long as the API. Everything else is read from the
+//! local replica at scrape time: each scrape builds a fresh registry holding those two families and the
+//! gauges of that moment, so no gauge can go stale between scrapes. Labels come only from the route table
+//! (declared paths, never raw request paths) and from the registry's validated node keys and counter
+//! names, so a caller cannot grow the label set; values from the replica are escaped all the same, since
+//! the library writes label values as they are. In the OpenMetrics form `# EOF` ends the text, `HELP` and
+//! `TYPE` name a counter without its `_total` (its samples keep it), a bucket's `le` label comes first and
+//! whole bounds read `1.0`, `5.0`.
+//! Must never block a request for longer than one counter update.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 use crate::node::ClusterStatus;
 use crate::state::{JobState, NodeHealthState, RegistryState};
@@ -22,18 +38,53 @@ const BUCKETS: [f64; 12] = [
 /// The label used for requests that matched no route.
 pub(crate) const UNMATCHED_ROUTE: &str = "unmatched";
 
-#[derive(Default)]
-struct Histogram {
-    /// Cumulative counts are computed when rendering; these are per bucket, plus one overflow bucket.
-    buckets: [u64; BUCKETS.len() + 1],
-    sum_seconds: f64,
-    count: u64,
+/// The content type of [`ApiMetrics::render`]'s text.
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    method: &'static str,
+    status: u16,
 }
 
-#[derive(Default)]
-struct Registry {
-    requests: BTreeMap<(&'static str, &'static str, u16), u64>,
-    latency: BTreeMap<&'static str, Histogram>,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CoordinatorLabels {
+    node_id: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobStateLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HealthLabels {
+    health: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MachineLabels {
+    action: String,
+    outcome: String,
+}
+
+type LatencyFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
+/// A gauge of a whole count (prometheus-client's default gauge is signed).
+type CountGauge = Gauge<u64, AtomicU64>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
 }
 
 /// The fleet as the gauges show it, taken from one read of the local replica.
@@ -85,10 +136,19 @@ impl FleetGauges {
     }
 }
 
-/// Counters and histograms shared by every request of one admin API.
-#[derive(Default)]
+/// The request counter and latency histogram shared by every request of one admin API.
 pub(crate) struct ApiMetrics {
-    registry: Mutex<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    latency: LatencyFamily,
+}
+
+impl Default for ApiMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+        }
+    }
 }
 
 /// The method as a metrics label (a fixed set).
@@ -114,157 +174,148 @@ impl ApiMetrics {
         status: u16,
         elapsed: Duration,
     ) {
-        let mut reg = match self.registry.lock() {
-            Ok(g) => g,
-            // A panic while holding the lock leaves plain counters behind; they are still usable.
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        *reg.requests.entry((route, method, status)).or_insert(0) += 1;
-        let h = reg.latency.entry(route).or_default();
-        let secs = elapsed.as_secs_f64();
-        let idx = BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(BUCKETS.len());
-        h.buckets[idx] += 1;
-        h.sum_seconds += secs;
-        h.count += 1;
+        self.requests
+            .get_or_create(&RequestLabels {
+                route,
+                method,
+                status,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabels { route })
+            .observe(elapsed.as_secs_f64());
     }
 
-    /// The exposition text, with the Raft gauges taken from `status` and the fleet's from `fleet`.
+    /// The OpenMetrics text ([`CONTENT_TYPE`]), with the Raft gauges taken from `status` and the fleet's
+    /// from `fleet`.
     pub(crate) fn render(&self, status: &ClusterStatus, fleet: &FleetGauges) -> String {
+        let mut registry = Registry::default();
+        registry.register(
+            "meridian_api_requests",
+            "Admin API requests by route, method and status",
+            self.requests.clone(),
+        );
+        registry.register(
+            "meridian_api_request_duration_seconds",
+            "Admin API request latency by route",
+            self.latency.clone(),
+        );
+        register_raft(&mut registry, status);
+        register_fleet(&mut registry, fleet);
         let mut out = String::new();
-        {
-            let reg = match self.registry.lock() {
-                Ok(g) => g,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            out.push_str("# HELP meridian_api_requests_total Admin API requests by route, method and status.\n");
-            out.push_str("# TYPE meridian_api_requests_total counter\n");
-            for ((route, method, code), n) in &reg.requests {
-                let _ = writeln!(
-                    out,
-                    "meridian_api_requests_total{{route=\"{}\",method=\"{}\",status=\"{}\"}} {n}",
-                    escape(route),
-                    method,
-                    code
-                );
-            }
-            out.push_str("# HELP meridian_api_request_duration_seconds Admin API request latency by route.\n");
-            out.push_str("# TYPE meridian_api_request_duration_seconds histogram\n");
-            for (route, h) in &reg.latency {
-                let route = escape(route);
-                let mut cumulative = 0u64;
-                for (i, bound) in BUCKETS.iter().enumerate() {
-                    cumulative += h.buckets[i];
-                    let _ = writeln!(
-                        out,
-                        "meridian_api_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {cumulative}"
-                    );
-                }
-                let _ = writeln!(
-                    out,
-                    "meridian_api_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
-                    h.count
-                );
-                let _ = writeln!(
-                    out,
-                    "meridian_api_request_duration_seconds_sum{{route=\"{route}\"}} {}",
-                    h.sum_seconds
-                );
-                let _ = writeln!(
-                    out,
-                    "meridian_api_request_duration_seconds_count{{route=\"{route}\"}} {}",
-                    h.count
-                );
-            }
-        }
-        let is_leader = status.leader == Some(status.node_id);
-        let gauges: [(&str, &str, u64); 5] = [
-            (
-                "meridian_raft_term",
-                "Current Raft term seen by this coordinator.",
-                status.term,
-            ),
-            (
-                "meridian_raft_applied_index",
-                "Last log index applied to the registry.",
-                status.applied_index,
-            ),
-            (
-                "meridian_raft_committed_index",
-                "Last log index known committed (0 when unknown).",
-                status.committed_index.unwrap_or(0),
-            ),
-            (
-                "meridian_raft_leader_id",
-                "Node id of the current leader (0 when none is known).",
-                status.leader.unwrap_or(0),
-            ),
-            (
-                "meridian_raft_is_leader",
-                "1 when this coordinator is the leader.",
-                u64::from(is_leader),
-            ),
-        ];
-        for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} gauge");
-            let _ = writeln!(out, "{name}{{node_id=\"{}\"}} {value}", status.node_id);
-        }
-        render_fleet(&mut out, fleet);
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &registry);
         out
     }
 }
 
-fn render_fleet(out: &mut String, fleet: &FleetGauges) {
-    out.push_str("# HELP meridian_jobs Jobs in the registry by state.\n");
-    out.push_str("# TYPE meridian_jobs gauge\n");
-    for (state, n) in &fleet.jobs {
-        let _ = writeln!(out, "meridian_jobs{{state=\"{state}\"}} {n}");
+/// Registers a gauge family holding `values`.
+fn register_gauges<L>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (L, u64)>,
+) where
+    L: EncodeLabelSet + Clone + Debug + Hash + Eq + Send + Sync + 'static,
+{
+    let family = Family::<L, CountGauge>::default();
+    for (labels, value) in values {
+        family.get_or_create(&labels).set(value);
     }
-    out.push_str("# HELP meridian_nodes Registered nodes by health.\n");
-    out.push_str("# TYPE meridian_nodes gauge\n");
-    for (health, n) in &fleet.nodes {
-        let _ = writeln!(out, "meridian_nodes{{health=\"{health}\"}} {n}");
+    registry.register(name, help, family);
+}
+
+fn register_raft(registry: &mut Registry, status: &ClusterStatus) {
+    let is_leader = status.leader == Some(status.node_id);
+    let gauges: [(&str, &str, u64); 5] = [
+        (
+            "meridian_raft_term",
+            "Current Raft term seen by this coordinator",
+            status.term,
+        ),
+        (
+            "meridian_raft_applied_index",
+            "Last log index applied to the registry",
+            status.applied_index,
+        ),
+        (
+            "meridian_raft_committed_index",
+            "Last log index known committed (0 when unknown)",
+            status.committed_index.unwrap_or(0),
+        ),
+        (
+            "meridian_raft_leader_id",
+            "Node id of the current leader (0 when none is known)",
+            status.leader.unwrap_or(0),
+        ),
+        (
+            "meridian_raft_is_leader",
+            "1 when this coordinator is the leader",
+            u64::from(is_leader),
+        ),
+    ];
+    let labels = CoordinatorLabels {
+        node_id: status.node_id,
+    };
+    for (name, help, value) in gauges {
+        register_gauges(registry, name, help, [(labels.clone(), value)]);
     }
-    out.push_str(
-        "# HELP meridian_nodes_draining Nodes an operator drained (no new work lands there).\n",
+}
+
+fn register_fleet(registry: &mut Registry, fleet: &FleetGauges) {
+    register_gauges(
+        registry,
+        "meridian_jobs",
+        "Jobs in the registry by state",
+        fleet
+            .jobs
+            .iter()
+            .map(|(state, n)| (JobStateLabels { state }, *n)),
     );
-    out.push_str("# TYPE meridian_nodes_draining gauge\n");
-    let _ = writeln!(out, "meridian_nodes_draining {}", fleet.draining);
-    out.push_str(
-        "# HELP meridian_registry_machine_commands_total Machine traffic the registry applied (placements, agent reports and their events, idle GPUs, health changes), by action and outcome.\n",
+    register_gauges(
+        registry,
+        "meridian_nodes",
+        "Registered nodes by health",
+        fleet
+            .nodes
+            .iter()
+            .map(|(health, n)| (HealthLabels { health }, *n)),
     );
-    out.push_str("# TYPE meridian_registry_machine_commands_total counter\n");
+    let draining = CountGauge::default();
+    draining.set(fleet.draining);
+    registry.register(
+        "meridian_nodes_draining",
+        "Nodes an operator drained (no new work lands there)",
+        draining,
+    );
+    let machine = Family::<MachineLabels, Counter>::default();
     for ((action, outcome), n) in &fleet.machine {
-        let _ = writeln!(
-            out,
-            "meridian_registry_machine_commands_total{{action=\"{}\",outcome=\"{}\"}} {n}",
-            escape(action),
-            escape(outcome)
-        );
+        machine
+            .get_or_create(&MachineLabels {
+                action: escape(action),
+                outcome: escape(outcome),
+            })
+            .inc_by(*n);
     }
-    out.push_str("# HELP meridian_node_gpus GPUs of a node.\n");
-    out.push_str("# TYPE meridian_node_gpus gauge\n");
-    for (node, (gpus, _)) in &fleet.gpus {
-        let _ = writeln!(
-            out,
-            "meridian_node_gpus{{node=\"{}\"}} {gpus}",
-            escape(node)
-        );
-    }
-    out.push_str(
-        "# HELP meridian_node_idle_gpus GPUs of a node allocated to a job but near-idle for the agent's window.\n",
+    registry.register(
+        "meridian_registry_machine_commands",
+        "Machine traffic the registry applied (placements, agent reports and their events, idle GPUs, \
+         health changes), by action and outcome",
+        machine,
     );
-    out.push_str("# TYPE meridian_node_idle_gpus gauge\n");
-    for (node, (_, idle)) in &fleet.gpus {
-        let _ = writeln!(
-            out,
-            "meridian_node_idle_gpus{{node=\"{}\"}} {idle}",
-            escape(node)
-        );
-    }
+    let node = |key: &String| NodeLabels { node: escape(key) };
+    register_gauges(
+        registry,
+        "meridian_node_gpus",
+        "GPUs of a node",
+        fleet.gpus.iter().map(|(key, (gpus, _))| (node(key), *gpus)),
+    );
+    register_gauges(
+        registry,
+        "meridian_node_idle_gpus",
+        "GPUs of a node allocated to a job but near-idle for the agent's window",
+        fleet.gpus.iter().map(|(key, (_, idle))| (node(key), *idle)),
+    );
 }
 
 /// Escapes a label value for the text format.
@@ -298,24 +349,42 @@ mod tests {
         m.observe("GET", "/v1/projects", 200, Duration::from_millis(30));
         m.observe("POST", "/v1/projects", 409, Duration::from_secs(20));
         let text = m.render(&status(), &FleetGauges::default());
-        assert!(text.contains(
+        assert!(
+        text.contains(
             "meridian_api_requests_total{route=\"/v1/projects\",method=\"GET\",status=\"200\"} 2"
-        ));
-        assert!(text.contains(
+        ),
+        "{text}"
+    );
+        assert!(
+        text.contains(
             "meridian_api_requests_total{route=\"/v1/projects\",method=\"POST\",status=\"409\"} 1"
-        ));
-        assert!(text.contains(
-            "meridian_api_request_duration_seconds_bucket{route=\"/v1/projects\",le=\"0.005\"} 1"
-        ));
-        assert!(text.contains(
-            "meridian_api_request_duration_seconds_bucket{route=\"/v1/projects\",le=\"0.05\"} 2"
-        ));
-        assert!(text.contains(
-            "meridian_api_request_duration_seconds_bucket{route=\"/v1/projects\",le=\"5\"} 2"
-        ));
-        assert!(text.contains(
-            "meridian_api_request_duration_seconds_bucket{route=\"/v1/projects\",le=\"+Inf\"} 3"
-        ));
+        ),
+        "{text}"
+    );
+        assert!(
+        text.contains(
+            "meridian_api_request_duration_seconds_bucket{le=\"0.005\",route=\"/v1/projects\"} 1"
+        ),
+        "{text}"
+    );
+        assert!(
+        text.contains(
+            "meridian_api_request_duration_seconds_bucket{le=\"0.05\",route=\"/v1/projects\"} 2"
+        ),
+        "{text}"
+    );
+        assert!(
+            text.contains(
+                "meridian_api_request_duration_seconds_bucket{le=\"5.0\",route=\"/v1/projects\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+        text.contains(
+            "meridian_api_request_duration_seconds_bucket{le=\"+Inf\",route=\"/v1/projects\"} 3"
+        ),
+        "{text}"
+    );
         assert!(
             text.contains("meridian_api_request_duration_seconds_count{route=\"/v1/projects\"} 3")
         );
@@ -323,6 +392,11 @@ mod tests {
         assert!(text.contains("meridian_raft_applied_index{node_id=\"1\"} 42"));
         assert!(text.contains("meridian_raft_is_leader{node_id=\"1\"} 1"));
         assert!(text.contains("meridian_raft_leader_id{node_id=\"1\"} 1"));
+        assert!(
+            text.contains("# TYPE meridian_api_requests counter\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 
     #[test]

@@ -4,10 +4,11 @@
 //! One tower service receives every request: `content-type: application/grpc*` goes to the gRPC gate and
 //! tonic, everything else to the axum router built from the route table (`routes`). Both authenticate,
 //! select the project and check the declared policy the same way (`auth`), and both call the operations in
-//! `service`. This module owns the listener, connections and their caps (in all and per source address),
-//! the header and body read timeouts (a body that does not arrive in time is answered 408), the body limit,
-//! the periodic write of coalesced refusals to the audit log (`denials`), metrics timing and the rule that
-//! every REST error is JSON. It must never serve a route that is not in the table.
+//! `service`. This module owns the listener's settings (TLS, the connection caps in all and per source
+//! address and the refusal they answer; the shared `http_listener` runs the accept loop, connections and
+//! the drain), the header and body read timeouts (a body that does not arrive in time is answered 408),
+//! the body limit, the periodic write of coalesced refusals to the audit log (`denials`), metrics timing
+//! and the rule that every REST error is JSON. It must never serve a route that is not in the table.
 
 mod admission;
 mod auth;
@@ -24,12 +25,11 @@ mod rest;
 mod routes;
 mod service;
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -38,17 +38,12 @@ use axum::extract::DefaultBodyLimit;
 use axum::response::IntoResponse;
 use axum::Router;
 use http::{header, HeaderValue};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncWriteExt as _;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use http_listener::{ConnectionLimits, Refusal, ServeOptions};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 use tower_http::limit::RequestBodyLimitLayer;
-use tracing::Instrument as _;
 
 use crate::crypto::MasterKeyring;
 use crate::node::Handle;
@@ -73,10 +68,6 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 
 /// How long a key created without an explicit lifetime lasts: 90 days.
 pub const DEFAULT_KEY_TTL: Duration = Duration::from_secs(90 * 86_400);
-/// How long a client may take to finish the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long shutdown waits for in-flight requests before dropping their connections.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for the last coalesced refusals to reach the audit log.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -204,60 +195,34 @@ impl AdminApi {
     /// bounded time) and returns.
     #[tracing::instrument(name = "admin_api", skip_all, fields(addr = %self.local_addr, tls = self.tls.is_some()))]
     pub async fn run(self, shutdown: CancellationToken) {
-        let connections = TaskTracker::new();
-        let caps = ConnectionCaps::new(&self.limits);
         // Stopped only after the connections drained, so refusals made while draining are written too.
         let stop_flusher = CancellationToken::new();
         let flusher = tokio::spawn(flush_denials(
             self.app.service.clone(),
             stop_flusher.clone(),
         ));
-        tracing::info!("admin API listening");
-        loop {
-            let accepted = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                accepted = self.listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    let Some(permit) = caps.admit(peer.ip()) else {
-                        tracing::debug!(%peer, "admin API connection refused: too many connections");
-                        if self.tls.is_none() {
-                            connections.spawn(refuse_connection(stream));
-                        }
-                        continue;
-                    };
-                    let mut app = self.app.clone();
-                    app.peer = Some(peer.ip());
-                    let tls = self.tls.clone();
-                    let shutdown = shutdown.clone();
-                    let header_timeout = self.limits.header_read_timeout;
-                    connections.spawn(
-                        async move {
-                            serve_connection(stream, tls, app, header_timeout, shutdown).await;
-                            drop(permit);
-                        }
-                        .instrument(tracing::debug_span!("conn", %peer)),
-                    );
-                }
-                Err(e) => {
-                    // Typically out of file descriptors: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accepting an admin API connection failed");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    }
-                }
-            }
-        }
-        drop(self.listener);
-        connections.close();
-        if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("admin API connections did not drain in time; dropping them");
-        }
+        let options = ServeOptions {
+            tls: self.tls,
+            header_read_timeout: self.limits.header_read_timeout,
+            limits: Some(ConnectionLimits {
+                max_connections: self.limits.max_connections,
+                max_per_source: self.limits.max_connections_per_source,
+                refusal: Refusal {
+                    content_type: "application/json",
+                    body: ServiceError::unavailable("too many connections; try again")
+                        .body()
+                        .to_string(),
+                },
+            }),
+            ..ServeOptions::new("admin API")
+        };
+        let app = self.app;
+        let service_for = |peer: SocketAddr| {
+            let mut app = app.clone();
+            app.peer = Some(peer.ip());
+            app
+        };
+        http_listener::serve(self.listener, options, service_for, shutdown).await;
         // The flusher writes what is left when it stops; wait for it (bounded).
         stop_flusher.cancel();
         if tokio::time::timeout(FLUSH_TIMEOUT, flusher).await.is_err() {
@@ -265,7 +230,6 @@ impl AdminApi {
                 "the last refused requests could not be written to the audit log in time"
             );
         }
-        tracing::info!("admin API stopped");
     }
 }
 
@@ -297,209 +261,6 @@ async fn flush_denials(service: AdminService, stop: CancellationToken) {
         }
         if stopping {
             return;
-        }
-    }
-}
-
-/// The connection caps: in all, and per source address.
-struct ConnectionCaps {
-    total: Arc<Semaphore>,
-    per_source: usize,
-    by_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
-
-/// A connection's place under the caps; released when dropped.
-struct ConnectionPermit {
-    _total: OwnedSemaphorePermit,
-    source: IpAddr,
-    by_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
-
-impl Drop for ConnectionPermit {
-    fn drop(&mut self) {
-        let mut by_source = self
-            .by_source
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = by_source.get_mut(&self.source) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                by_source.remove(&self.source);
-            }
-        }
-    }
-}
-
-impl ConnectionCaps {
-    fn new(limits: &ApiLimits) -> Self {
-        Self {
-            total: Arc::new(Semaphore::new(limits.max_connections.max(1))),
-            per_source: limits.max_connections_per_source.max(1),
-            by_source: Arc::new(Mutex::new(HashMap::new())),
-        }
-    }
-
-    /// A place for one more connection from `source`, or `None` at either cap.
-    fn admit(&self, source: IpAddr) -> Option<ConnectionPermit> {
-        let total = self.total.clone().try_acquire_owned().ok()?;
-        let mut by_source = self
-            .by_source
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let n = by_source.entry(source).or_insert(0);
-        if *n >= self.per_source {
-            return None;
-        }
-        *n += 1;
-        Some(ConnectionPermit {
-            _total: total,
-            source,
-            by_source: self.by_source.clone(),
-        })
-    }
-}
-
-/// Answers a connection over the cap with a 503 (plain HTTP only) and closes it.
-async fn refuse_connection(mut stream: TcpStream) {
-    let body = ServiceError::unavailable("too many connections; try again")
-        .body()
-        .to_string();
-    let response = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
-         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    let write = async {
-        stream.write_all(response.as_bytes()).await?;
-        stream.shutdown().await
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
-}
-
-/// Serves one TCP connection (after its TLS handshake, when TLS is on) until it closes or shutdown.
-async fn serve_connection(
-    stream: TcpStream,
-    tls: Option<TlsAcceptor>,
-    app: AdminHttp,
-    header_timeout: Duration,
-    shutdown: CancellationToken,
-) {
-    let _ = stream.set_nodelay(true);
-    match tls {
-        Some(acceptor) => {
-            let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-            match handshake.await {
-                Ok(Ok(tls_stream)) => {
-                    let io = FirstByteDeadline::new(tls_stream, header_timeout);
-                    serve_http(TokioIo::new(io), app, header_timeout, shutdown).await
-                }
-                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!("TLS handshake timed out"),
-            }
-        }
-        None => {
-            let io = FirstByteDeadline::new(stream, header_timeout);
-            serve_http(TokioIo::new(io), app, header_timeout, shutdown).await
-        }
-    }
-}
-
-/// A connection that must send its first byte within a deadline. hyper times the headers of a request
-/// from their first byte (and the wait between keep-alive requests), not a connection that never says
-/// anything, which would otherwise hold its place under the connection cap for as long as it likes.
-struct FirstByteDeadline<S> {
-    inner: S,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<S> FirstByteDeadline<S> {
-    fn new(inner: S, deadline: Duration) -> Self {
-        Self {
-            inner,
-            sleep: Some(Box::pin(tokio::time::sleep(deadline))),
-        }
-    }
-}
-
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByteDeadline<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(result) => {
-                if buf.filled().len() > before {
-                    this.sleep = None;
-                }
-                Poll::Ready(result)
-            }
-            Poll::Pending => match this.sleep.as_mut().map(|s| s.as_mut().poll(cx)) {
-                Some(Poll::Ready(())) => Poll::Ready(Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the client sent nothing in time",
-                ))),
-                _ => Poll::Pending,
-            },
-        }
-    }
-}
-
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByteDeadline<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
-async fn serve_http<I>(io: I, app: AdminHttp, header_timeout: Duration, shutdown: CancellationToken)
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    builder.http2().timer(TokioTimer::new());
-    let conn = builder.serve_connection(io, TowerToHyperService::new(app));
-    tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "admin API connection ended with an error");
-            }
-        }
-        _ = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "admin API connection ended with an error during shutdown");
-            }
         }
     }
 }

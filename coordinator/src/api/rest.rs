@@ -81,7 +81,7 @@ pub(crate) async fn metrics(State(service): State<AdminService>, _scope: Scoped)
     let mut resp = text.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
+        HeaderValue::from_static(super::metrics::CONTENT_TYPE),
     );
     resp
 }
