@@ -1,6 +1,7 @@
 //! The inference gateway inside `meridian dev`, as a real process: it serves the Open Inference Protocol v2
 //! routes on `--gateway-listen`, checks keys against the registry, answers 404 for every model while no
-//! deployment exists, refuses a non-loopback address, and stops with Ctrl-C.
+//! deployment exists, refuses a non-loopback address, and stops with Ctrl-C. Beside it, the agent's metrics
+//! listener that `--agent-metrics-listen` asks for.
 
 mod common;
 
@@ -97,12 +98,14 @@ fn dev_serves_the_gateway_on_its_port() {
         .args(["--admin-listen", "127.0.0.1:0"])
         .args(["--raft-listen", "127.0.0.1:0"])
         .args(["--gateway-listen", "127.0.0.1:0"])
+        .args(["--agent-metrics-listen", "127.0.0.1:0"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start meridian dev");
     let mut dev = Dev(child);
     let (_, _, gw) = common::dev_endpoints(&dir);
+    let [agent_metrics] = common::endpoints(&dir, ["agent_metrics"]);
 
     // Ready once the registry holds the bootstrap key; live needs no key either way.
     wait_for("the gateway to be ready", Duration::from_secs(60), || {
@@ -131,6 +134,20 @@ fn dev_serves_the_gateway_on_its_port() {
     assert_eq!(meta.status, 200, "{}", meta.body);
     let meta: serde_json::Value = serde_json::from_str(&meta.body).expect("metadata is JSON");
     assert_eq!(meta["name"], "meridian");
+
+    // The agent's metrics, asked for on port 0, are served where endpoints.json says, once it registered.
+    wait_for("the agent to register", Duration::from_secs(60), || {
+        let reply = exchange(&agent_metrics, "GET", "/metrics", None)?;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply
+            .body
+            .lines()
+            .any(|l| {
+                l.starts_with("meridian_agent_registrations_total{result=\"ok\"} ")
+                    && !l.ends_with(" 0")
+            })
+            .then_some(())
+    });
 
     // Ctrl-C stops the gateway with the rest.
     let pid = dev.0.id().to_string();
