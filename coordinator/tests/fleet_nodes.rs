@@ -1151,7 +1151,7 @@ async fn a_seeded_coordinator_mints_the_same_ids_on_every_run() -> anyhow::Resul
         minted.push(fx.handle.read(|s| {
             (
                 s.default_project_id().map(String::from),
-                s.principals.keys().cloned().collect::<Vec<_>>(),
+                s.tenancy().principals().keys().cloned().collect::<Vec<_>>(),
             )
         }));
         fx.coordinator.shutdown().await;

@@ -111,13 +111,13 @@ fn a_command_made_with_a_key_revoked_before_it_commits_is_refused() {
             key_id: "ci".into(),
         }),
     );
-    let before = s.projects.len();
+    let before = s.projects().count();
     let out = apply_as(&mut s, &ci, T0 + 20, project("prj_b", "bbb"));
     assert!(
         matches!(&out, Err(DomainError::Unauthenticated(m)) if m.contains("revoked")),
         "{out:?}"
     );
-    assert_eq!(s.projects.len(), before, "nothing was created");
+    assert_eq!(s.projects().count(), before, "nothing was created");
     let last = s.audit.last().cloned().expect("audited");
     assert_eq!(last.outcome, AuditOutcome::Refused);
     assert_eq!(last.action, "project.create");
@@ -229,7 +229,7 @@ fn a_snapshot_from_before_moves_the_bootstrap_principal_to_the_platform() {
     let mut s = bootstrapped();
     key_for(&mut s, "ci", "prj_default", "sa_ci", Role::Editor, None);
     // What an older build wrote: the bootstrap principal owned by `default`.
-    if let Some(p) = s.principals.get_mut("sa_root") {
+    if let Some(p) = s.tenancy.principals_mut().get_mut("sa_root") {
         p.project_id = Some("prj_default".into());
     }
     let old = s.to_bytes();
@@ -497,7 +497,7 @@ fn only_a_platform_admin_makes_keys_that_never_expire() {
 fn apply_refuses_a_grant_its_acting_key_could_not_make() {
     let mut s = world();
     let pa = Actor::principal("sa_pa", "pa").with_key("pa");
-    let keys = s.keys.len();
+    let keys = s.tenancy.keys().len();
     let out = apply_as(
         &mut s,
         &pa,
@@ -518,7 +518,7 @@ fn apply_refuses_a_grant_its_acting_key_could_not_make() {
         matches!(out, Err(DomainError::PermissionDenied(_))),
         "{out:?}"
     );
-    assert_eq!(s.keys.len(), keys);
+    assert_eq!(s.tenancy.keys().len(), keys);
     let out = apply_as(
         &mut s,
         &pa,

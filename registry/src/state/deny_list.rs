@@ -29,7 +29,7 @@ pub enum IdentityOp {
     AllowIdentity { kind: DenyKind, value: String },
 }
 
-/// The deny-list: this domain's whole state. Only its own commands change it ([`DenyList::execute`] has
+/// The deny-list: this domain's whole state. Only its own commands change it (`DenyList::execute` has
 /// nothing else to write to); the rest of the registry reads it through the lookups below.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DenyList {

@@ -13,7 +13,7 @@
 //! (CPUs, memory, GPUs, labels) quarantines the node instead of trusting it: only approved nodes receive new
 //! work, and only an operator lifts a quarantine.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -132,18 +132,20 @@ impl RegistryState {
                 health,
                 lease_epoch,
             } => self.set_node_health(at, key, *health, *lease_epoch),
-            FleetOp::SetNodeDraining { key, draining } => self.set_node_draining(key, *draining),
+            FleetOp::SetNodeDraining { key, draining } => self.fleet.set_draining(key, *draining),
             FleetOp::SetIdleGpus {
                 node,
                 lease_epoch,
                 idle_gpus,
-            } => self.set_idle_gpus(node, *lease_epoch, idle_gpus),
+            } => self.fleet.set_idle_gpus(node, *lease_epoch, idle_gpus),
             FleetOp::SetClusterPolicy {
                 region,
                 cluster,
                 auto_approve,
-            } => self.set_cluster_policy(region, cluster, *auto_approve),
-            FleetOp::ApproveNode { key } => self.approve_node(key),
+            } => self
+                .fleet
+                .set_cluster_policy(region, cluster, *auto_approve),
+            FleetOp::ApproveNode { key } => self.fleet.approve(key),
         }
     }
 }
@@ -420,8 +422,48 @@ const MAX_NODE_TEXT: usize = 256;
 /// Most GPUs and labels a node may declare.
 const MAX_NODE_ITEMS: usize = 256;
 
-impl RegistryState {
-    pub fn register_node(&mut self, at: u64, spec: NodeSpec<'_>) -> Result<Applied, DomainError> {
+/// The fleet: this domain's state, node records and cluster admission policies. Only fleet commands change
+/// it, through the methods below; what a node's change does to its jobs (re-adopting them after a
+/// registration, losing them with the node) is routed to the jobs domain by the registry
+/// (`RegistryState::execute_fleet`), and the one thing jobs hand back to the fleet is a bump of a node's
+/// assignment version, so its agent's long poll wakes up.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fleet {
+    /// Node key (`region/cluster/node`) → record.
+    nodes: BTreeMap<String, NodeRecord>,
+    /// `region/cluster` → admission policy; a cluster without one follows the leader's default.
+    cluster_policies: BTreeMap<String, ClusterPolicy>,
+}
+
+impl Fleet {
+    /// A fleet holding a snapshot's records and policies.
+    pub(super) fn from_parts(
+        nodes: BTreeMap<String, NodeRecord>,
+        cluster_policies: BTreeMap<String, ClusterPolicy>,
+    ) -> Fleet {
+        Fleet {
+            nodes,
+            cluster_policies,
+        }
+    }
+
+    /// The records and policies, as a snapshot writes them.
+    pub(super) fn parts(
+        &self,
+    ) -> (
+        &BTreeMap<String, NodeRecord>,
+        &BTreeMap<String, ClusterPolicy>,
+    ) {
+        (&self.nodes, &self.cluster_policies)
+    }
+
+    /// `RegisterNode`: validates and records the node (the registry then re-adopts its jobs); returns
+    /// its key and new lease epoch.
+    pub(super) fn register(
+        &mut self,
+        at: u64,
+        spec: &NodeSpec<'_>,
+    ) -> Result<(String, u64), DomainError> {
         validate_id("region", spec.region)?;
         validate_id("cluster", spec.cluster)?;
         validate_id("node", spec.node)?;
@@ -510,26 +552,7 @@ impl RegistryState {
         };
         self.admit(&mut record, previous_admission, spec.admit_new);
         self.nodes.insert(key.clone(), record);
-        let lost = self.readopt_node_jobs(at, &key, epoch, spec.held);
-        // Invariant: the record was inserted just above.
-        let record = self
-            .nodes
-            .get(&key)
-            .cloned()
-            .expect("registered node is present");
-        let mut detail = if lost == 0 {
-            format!("lease epoch {epoch}")
-        } else {
-            format!("lease epoch {epoch}, {lost} jobs lost")
-        };
-        if !record.admitted() {
-            detail.push_str(&format!(
-                ", {}: {}",
-                record.admission.as_str(),
-                record.admission_reason
-            ));
-        }
-        Ok(Applied::new(Outcome::Node { node: record }, detail))
+        Ok((key, epoch))
     }
 
     /// Decides a registering node's admission from what it was before (`None`: never seen), its cluster's
@@ -585,7 +608,7 @@ impl RegistryState {
     }
 
     /// `ApproveNode`: an operator approves the node with what it reports now; it may receive work again.
-    pub fn approve_node(&mut self, key: &str) -> Result<Applied, DomainError> {
+    pub(super) fn approve(&mut self, key: &str) -> Result<Applied, DomainError> {
         let record = self
             .nodes
             .get_mut(key)
@@ -610,7 +633,7 @@ impl RegistryState {
     }
 
     /// `SetClusterPolicy`: whether nodes new to `region/cluster` are approved on arrival.
-    pub fn set_cluster_policy(
+    pub(super) fn set_cluster_policy(
         &mut self,
         region: &str,
         cluster: &str,
@@ -643,12 +666,39 @@ impl RegistryState {
         self.cluster_policies.iter()
     }
 
-    pub fn set_node_health(
+    /// `SetNodeHealth`: the health monitor's verdict, fenced by the lease epoch; returns the change for the
+    /// audit record (the registry loses the node's jobs when it is `Lost`).
+    pub(super) fn set_health(
         &mut self,
         at: u64,
         key: &str,
         health: NodeHealthState,
         lease_epoch: u64,
+    ) -> Result<String, DomainError> {
+        let record = self
+            .nodes
+            .get_mut(key)
+            .ok_or_else(|| DomainError::not_found("node", key))?;
+        if record.lease_epoch != lease_epoch {
+            return Err(DomainError::FailedPrecondition(format!(
+                "node {key} is at lease epoch {}, not {lease_epoch}",
+                record.lease_epoch
+            )));
+        }
+        let detail = format!("{} -> {}", record.health.as_str(), health.as_str());
+        if record.health != health {
+            record.health = health;
+            record.health_changed_at = at;
+        }
+        Ok(detail)
+    }
+
+    /// `SetIdleGpus`: the node's allocated GPUs that sit idle, fenced by the lease epoch.
+    pub(super) fn set_idle_gpus(
+        &mut self,
+        key: &str,
+        lease_epoch: u64,
+        idle_gpus: &[String],
     ) -> Result<Applied, DomainError> {
         let record = self
             .nodes
@@ -660,26 +710,31 @@ impl RegistryState {
                 record.lease_epoch
             )));
         }
-        let mut detail = format!("{} -> {}", record.health.as_str(), health.as_str());
-        if record.health != health {
-            record.health = health;
-            record.health_changed_at = at;
+        let set: BTreeSet<&String> = idle_gpus.iter().collect();
+        record.idle_gpus = set.into_iter().cloned().collect();
+        let detail = format!("{} idle", record.idle_gpus.len());
+        Ok(Applied::new(
+            Outcome::Node {
+                node: record.clone(),
+            },
+            detail,
+        ))
+    }
+
+    /// Wakes the node's agent's long poll: what may be assigned to it changed.
+    pub(super) fn bump_assign_version(&mut self, node_key: &str) {
+        if let Some(node) = self.nodes.get_mut(node_key) {
+            node.assign_version = node.assign_version.saturating_add(1);
         }
-        if health == NodeHealthState::Lost {
-            let lost = self.lose_node_jobs(at, key);
-            if lost > 0 {
-                detail.push_str(&format!(", {lost} jobs lost"));
-            }
-        }
-        let node = self.nodes.get(key).cloned();
-        // Invariant: the node was found above and nothing removes nodes.
-        let node = node.expect("node is present");
-        Ok(Applied::new(Outcome::Node { node }, detail))
     }
 
     /// `SetNodeDraining`: sets or clears a node's drain flag. Nothing else changes: its jobs keep running
     /// and its health is still the monitor's to decide. A repeat that changes nothing is still Ok.
-    pub fn set_node_draining(&mut self, key: &str, draining: bool) -> Result<Applied, DomainError> {
+    pub(super) fn set_draining(
+        &mut self,
+        key: &str,
+        draining: bool,
+    ) -> Result<Applied, DomainError> {
         let record = self
             .nodes
             .get_mut(key)
@@ -693,18 +748,94 @@ impl RegistryState {
     }
 
     /// One node by key.
-    pub fn node(&self, key: &str) -> Option<&NodeRecord> {
+    pub fn get(&self, key: &str) -> Option<&NodeRecord> {
         self.nodes.get(key)
     }
 
     /// Every registered node, in key order.
-    pub fn nodes(&self) -> impl Iterator<Item = &NodeRecord> {
+    pub fn values(&self) -> impl Iterator<Item = &NodeRecord> {
         self.nodes.values()
     }
 
     /// A page of nodes in key order.
-    pub fn node_page(&self, req: &PageRequest) -> Page<NodeRecord> {
+    pub fn page(&self, req: &PageRequest) -> Page<NodeRecord> {
         Page::from_sorted(self.nodes.iter().map(|(k, n)| (k, n.clone())), req)
+    }
+}
+
+impl RegistryState {
+    /// One node by key.
+    pub fn node(&self, key: &str) -> Option<&NodeRecord> {
+        self.fleet.get(key)
+    }
+
+    /// Every registered node, in key order.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeRecord> {
+        self.fleet.values()
+    }
+
+    /// A page of nodes in key order.
+    pub fn node_page(&self, req: &PageRequest) -> Page<NodeRecord> {
+        self.fleet.page(req)
+    }
+
+    /// The admission policy of `region/cluster`, when one was set.
+    pub fn cluster_policy(&self, region: &str, cluster: &str) -> Option<ClusterPolicy> {
+        self.fleet.cluster_policy(region, cluster)
+    }
+
+    /// Every cluster policy, by `region/cluster`.
+    pub fn cluster_policies(&self) -> impl Iterator<Item = (&String, &ClusterPolicy)> {
+        self.fleet.cluster_policies()
+    }
+
+    /// `RegisterNode`: the fleet records the node, then the node's jobs move to its new lease epoch (a
+    /// started one its agent no longer holds is lost).
+    fn register_node(&mut self, at: u64, spec: NodeSpec<'_>) -> Result<Applied, DomainError> {
+        let (key, epoch) = self.fleet.register(at, &spec)?;
+        let lost = self.readopt_node_jobs(at, &key, epoch, spec.held);
+        let Some(record) = self.fleet.get(&key).cloned() else {
+            return Err(DomainError::not_found("node", &key));
+        };
+        let mut detail = if lost == 0 {
+            format!("lease epoch {epoch}")
+        } else {
+            format!("lease epoch {epoch}, {lost} jobs lost")
+        };
+        if !record.admitted() {
+            detail.push_str(&format!(
+                ", {}: {}",
+                record.admission.as_str(),
+                record.admission_reason
+            ));
+        }
+        Ok(Applied::new(Outcome::Node { node: record }, detail))
+    }
+
+    /// `SetNodeHealth`: the fleet records the health; a lost node loses its jobs.
+    fn set_node_health(
+        &mut self,
+        at: u64,
+        key: &str,
+        health: NodeHealthState,
+        lease_epoch: u64,
+    ) -> Result<Applied, DomainError> {
+        let mut detail = self.fleet.set_health(at, key, health, lease_epoch)?;
+        if health == NodeHealthState::Lost {
+            let lost = self.lose_node_jobs(at, key);
+            if lost > 0 {
+                detail.push_str(&format!(", {lost} jobs lost"));
+            }
+        }
+        let Some(node) = self.fleet.get(key).cloned() else {
+            return Err(DomainError::not_found("node", key));
+        };
+        Ok(Applied::new(Outcome::Node { node }, detail))
+    }
+
+    /// Wakes the agent of `node_key` (see [`Fleet::bump_assign_version`]).
+    pub(super) fn bump_assign_version(&mut self, node_key: &str) {
+        self.fleet.bump_assign_version(node_key);
     }
 }
 
@@ -1100,8 +1231,10 @@ mod tests {
         assert!(record.admitted());
         assert_eq!(record.approved, None);
         // Its next registration adopts what it reports as approved; the one after that is held to it.
-        let mut s = RegistryState::default();
-        s.nodes.insert(key.clone(), record);
+        let mut s = RegistryState {
+            fleet: Fleet::from_parts(BTreeMap::from([(key.clone(), record)]), BTreeMap::new()),
+            ..RegistryState::default()
+        };
         apply(&mut s, 20, register_with("a1", 8, &[], Some(false))).expect("registers");
         assert!(s.node(&key).expect("node").admitted());
         apply(&mut s, 21, register_with("a1", 9, &[], Some(false))).expect("registers");

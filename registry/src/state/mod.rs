@@ -5,8 +5,11 @@
 //! purged jobs, plus the project-scoped read accessors every API route goes through.
 //!
 //! Each domain module owns its commands (an op sub-enum with its audit subject and `execute_<domain>`; [`Op`]
-//! routes to them, `op.rs` keeps their one wire form) and, where it has indexes, a table that maintains
-//! them behind one transition function (`jobs/table.rs`). The snapshot's document is `snapshot.rs`.
+//! routes to them, `op.rs` keeps their one wire form) and its state, a type with private fields that only
+//! its own commands change ([`Tenancy`], [`SecretStore`], [`Fleet`], [`JobTable`] — records and indexes
+//! behind one transition function — [`DenyList`], [`UsageArchive`], [`RequestLog`]). Changes that reach
+//! across domains are routed by `RegistryState` methods in the owning domain's file. The snapshot's document
+//! is `snapshot.rs`.
 //!
 //! Everything here is deterministic: no clock reads, no randomness, no I/O, no hash-map iteration order.
 //! Times, ids, key hashes and ciphertexts arrive inside the [`Command`], stamped by the coordinator that
@@ -16,6 +19,7 @@
 #[cfg(test)]
 mod access_tests;
 mod audit;
+mod dedup;
 mod deny_list;
 mod fleet;
 mod jobs;
@@ -39,11 +43,12 @@ pub use audit::{
     verify_chain, AuditChainError, AuditOutcome, AuditPage, AuditRecord, ChainVerifier,
     GENESIS_HASH,
 };
+pub use dedup::{OutcomeRef, RememberedRequest, RequestLog, REMEMBERED_REQUESTS};
 pub use deny_list::IdentityOp;
 pub use deny_list::{deny_id, normalize_serial, DeniedIdentity, DenyKind, DenyList};
 pub use fleet::FleetOp;
 pub use fleet::{
-    cluster_key, node_key, ApprovedGpu, ApprovedResources, ClusterPolicy, NodeAdmission,
+    cluster_key, node_key, ApprovedGpu, ApprovedResources, ClusterPolicy, Fleet, NodeAdmission,
     NodeHealthState, NodeRecord,
 };
 pub use jobs::JobOp;
@@ -62,13 +67,14 @@ pub use scope::ProjectScope;
 pub use secrets::SecretOp;
 pub use secrets::{validate_secret_name, validate_workload_binding, BINDING_SYNTAX};
 pub use secrets::{
-    ResealedVersion, SealedValue, Secret, SecretBinding, SecretVersion, SecretView, WrappedKey,
+    ResealedVersion, SealedValue, Secret, SecretBinding, SecretStore, SecretVersion,
+    SecretVersionView, SecretView, WrappedKey,
 };
 pub use tenancy::TenancyOp;
 pub use tenancy::{validate_description, validate_id};
 pub use tenancy::{
     ApiKey, ApiKeyView, KeyLimits, KeyPrincipal, KeyState, Principal, PrincipalKind, Project,
-    ProjectView, RoleBinding, Scope, DEFAULT_PROJECT_NAME,
+    ProjectView, RoleBinding, Scope, Tenancy, DEFAULT_PROJECT_NAME,
 };
 pub use usage::{JobUsage, UsageArchive, UsageFigures, UsageReport, USAGE_BUCKET_MS};
 
@@ -123,52 +129,6 @@ impl Command {
             actor,
             op,
             request_id: None,
-        }
-    }
-}
-
-/// How many recent request ids each replica remembers for de-duplication.
-pub const REMEMBERED_REQUESTS: usize = 10_000;
-
-/// The first outcome of a recently applied request: the outcome itself, or from apply version 3 on, when
-/// it carried a whole job, project or node, only which one (see [`OutcomeRef`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RememberedRequest {
-    index: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    outcome: Option<CommandOutcome>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    record: Option<OutcomeRef>,
-}
-
-/// The record a remembered outcome carried, by id: a repeat of the request answers the record as it is
-/// now, so the dedup table holds ids instead of up to [`REMEMBERED_REQUESTS`] copies of records.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OutcomeRef {
-    Job { id: String },
-    Project { id: String },
-    Node { key: String },
-}
-
-impl RememberedRequest {
-    /// What to remember of `outcome` under apply version `version`.
-    fn of(index: u64, outcome: &CommandOutcome, version: u32) -> Self {
-        let record = match outcome {
-            _ if version < 3 => None,
-            Ok(Outcome::Job { job }) => Some(OutcomeRef::Job { id: job.id.clone() }),
-            Ok(Outcome::Project { project }) => Some(OutcomeRef::Project {
-                id: project.id.clone(),
-            }),
-            Ok(Outcome::Node { node }) => Some(OutcomeRef::Node {
-                key: node.key.clone(),
-            }),
-            _ => None,
-        };
-        Self {
-            index,
-            outcome: record.is_none().then(|| outcome.clone()),
-            record,
         }
     }
 }
@@ -352,30 +312,21 @@ pub type CommandOutcome = Result<Outcome, DomainError>;
 pub struct RegistryState {
     /// Index of the last applied log entry.
     pub applied_index: u64,
-    pub default_project_id: Option<String>,
-    pub projects: BTreeMap<String, Project>,
-    /// Project name → id (names are unique), so name lookups do not scan every project.
-    pub project_ids_by_name: BTreeMap<String, String>,
-    pub principals: BTreeMap<String, Principal>,
-    pub keys: BTreeMap<String, ApiKey>,
-    pub bindings: BTreeMap<String, RoleBinding>,
-    /// project id → secret name → secret.
-    pub secrets: BTreeMap<String, BTreeMap<String, Secret>>,
+    /// Projects, principals, API keys and role bindings (their own domain state: see `tenancy.rs`).
+    tenancy: Tenancy,
+    /// The secrets, sealed (its own domain state: see `secrets.rs`).
+    secrets: SecretStore,
     pub audit: Vec<AuditRecord>,
-    /// Request id → first outcome, for the last [`REMEMBERED_REQUESTS`] requests that carried an id.
-    pub requests: BTreeMap<String, RememberedRequest>,
-    /// Ordering key (at least the log index, increasing) → request id, to forget the oldest first.
-    pub request_order: BTreeMap<u64, String>,
-    /// Node key (`region/cluster/node`) → record.
-    pub nodes: BTreeMap<String, NodeRecord>,
+    /// The recent requests' first outcomes, for exactly-once writes (its own state: see `dedup.rs`).
+    requests: RequestLog,
+    /// The fleet: node records and cluster admission policies (its own domain state: see `fleet.rs`).
+    fleet: Fleet,
     /// The jobs and their indexes, changed only through the table's transition function.
     pub jobs: JobTable,
     /// The usage of purged jobs, per project and hour (its own domain state: see `usage.rs`).
     usage: UsageArchive,
     /// The mesh deny-list (its own domain state: only identity commands change it).
     identities: DenyList,
-    /// `region/cluster` → admission policy; a cluster without one follows the leader's default.
-    pub cluster_policies: BTreeMap<String, ClusterPolicy>,
     /// Which apply semantics are on: 0 until the leader commits `SetApplyVersion` (see [`APPLY_VERSION`]).
     pub apply_version: u32,
     /// The time of the last applied command, kept from apply version 1 on (commands never go back in time).
@@ -491,18 +442,7 @@ impl RegistryState {
         }
         let outcome = self.apply_once(index, cmd);
         let remembered = RememberedRequest::of(index, &outcome, self.apply_version);
-        self.requests.insert(request_id.clone(), remembered);
-        // Keys only order the forgetting; several requests can share a log index (a batch).
-        let seq = self
-            .request_order
-            .last_key_value()
-            .map_or(index, |(last, _)| last.saturating_add(1).max(index));
-        self.request_order.insert(seq, request_id.clone());
-        while self.request_order.len() > REMEMBERED_REQUESTS {
-            if let Some((_, oldest)) = self.request_order.pop_first() {
-                self.requests.remove(&oldest);
-            }
-        }
+        self.requests.remember(index, request_id, remembered);
         outcome
     }
 
@@ -594,13 +534,13 @@ impl RegistryState {
                 Some(job) => Ok(Outcome::Job { job: job.clone() }),
                 None => gone("job"),
             },
-            Some(OutcomeRef::Project { id }) => match self.projects.get(id) {
+            Some(OutcomeRef::Project { id }) => match self.tenancy.project(id) {
                 Some(project) => Ok(Outcome::Project {
                     project: project.view(),
                 }),
                 None => gone("project"),
             },
-            Some(OutcomeRef::Node { key }) => match self.nodes.get(key) {
+            Some(OutcomeRef::Node { key }) => match self.fleet.get(key) {
                 Some(node) => Ok(Outcome::Node { node: node.clone() }),
                 None => gone("node"),
             },
@@ -693,7 +633,7 @@ impl RegistryState {
             return Ok(());
         };
         let refused = |why: &str| Err(DomainError::Unauthenticated(format!("key {key_id} {why}")));
-        let Some(key) = self.keys.get(key_id) else {
+        let Some(key) = self.tenancy.key_by_id(key_id) else {
             return refused("does not exist");
         };
         if cmd.actor.principal_id.as_deref() != Some(key.principal_id.as_str()) {
@@ -704,7 +644,7 @@ impl RegistryState {
             KeyState::Revoked => return refused("was revoked"),
             KeyState::Expired => return refused("has expired"),
         }
-        match self.principals.get(&key.principal_id) {
+        match self.tenancy.principal(&key.principal_id) {
             Some(p) if !p.disabled => Ok(()),
             Some(_) => refused("belongs to a disabled principal"),
             None => refused("belongs to a principal that no longer exists"),
@@ -753,14 +693,15 @@ impl RegistryState {
     fn project_of_target(&self, op: &Op) -> Option<String> {
         match op {
             Op::Tenancy(TenancyOp::RevokeKey { key_id }) => {
-                self.keys.get(key_id).map(|k| k.project_id.clone())
+                self.tenancy.key_by_id(key_id).map(|k| k.project_id.clone())
             }
-            Op::Tenancy(TenancyOp::SetPrincipalDisabled { id, .. }) => {
-                self.principals.get(id).and_then(|p| p.project_id.clone())
-            }
+            Op::Tenancy(TenancyOp::SetPrincipalDisabled { id, .. }) => self
+                .tenancy
+                .principal(id)
+                .and_then(|p| p.project_id.clone()),
             Op::Tenancy(TenancyOp::UnbindRole { binding_id }) => self
-                .bindings
-                .get(binding_id)
+                .tenancy
+                .binding(binding_id)
                 .and_then(|b| b.scope.project_id().cloned()),
             _ => None,
         }
@@ -782,13 +723,18 @@ impl RegistryState {
         Ok(state)
     }
 
+    /// Tenancy, read-only: projects, principals, keys and bindings.
+    pub fn tenancy(&self) -> &Tenancy {
+        &self.tenancy
+    }
+
     /// True once `Op::Bootstrap` has been applied.
     pub fn is_bootstrapped(&self) -> bool {
-        self.default_project_id.is_some()
+        self.tenancy.default_project_id().is_some()
     }
 
     /// The id of project `default` (after bootstrap).
     pub fn default_project_id(&self) -> Option<&str> {
-        self.default_project_id.as_deref()
+        self.tenancy.default_project_id()
     }
 }

@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::jobs::{JobRecord, JobSpec, JobState};
-use super::{Applied, DomainError, Outcome, RegistryState};
+use super::{DomainError, RegistryState};
 use crate::scheduler::Resources;
 
 /// The highest `preemption_ceiling` (the top of the priority range).
@@ -191,7 +191,7 @@ impl PolicyUpdate {
     }
 
     /// `field=value` for each field given, for the audit record.
-    fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         let mut parts = Vec::new();
         let mut push = |name: &str, v: Option<String>| {
             if let Some(v) = v {
@@ -344,8 +344,8 @@ pub fn running_quota_excess(
 impl RegistryState {
     /// The policy of `project_id` ([`ProjectPolicy::BUILTIN`] for an unknown project).
     pub fn project_policy(&self, project_id: &str) -> ProjectPolicy {
-        self.projects
-            .get(project_id)
+        self.tenancy
+            .project(project_id)
             .map_or(ProjectPolicy::BUILTIN, |p| p.policy)
     }
 
@@ -390,35 +390,6 @@ impl RegistryState {
             )));
         }
         Ok(())
-    }
-
-    /// `Op::SetProjectPolicy`: replaces the fields `update` names.
-    pub fn set_project_policy(
-        &mut self,
-        project_id: &str,
-        update: &PolicyUpdate,
-    ) -> Result<Applied, DomainError> {
-        let project = self
-            .projects
-            .get(project_id)
-            .ok_or_else(|| DomainError::not_found("project", project_id))?;
-        if update.is_empty() {
-            return Err(DomainError::invalid(
-                "policy",
-                "name at least one field to change",
-            ));
-        }
-        let policy = project.policy.updated(update);
-        policy.validate()?;
-        let Some(project) = self.projects.get_mut(project_id) else {
-            return Err(DomainError::not_found("project", project_id));
-        };
-        project.policy = policy;
-        let view = project.view();
-        Ok(Applied::new(
-            Outcome::Project { project: view },
-            update.describe(),
-        ))
     }
 }
 

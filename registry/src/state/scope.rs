@@ -33,7 +33,7 @@ impl<'a> ProjectScope<'a> {
 
     /// The project itself.
     pub fn project(&self) -> Option<&'a Project> {
-        self.state.projects.get(self.project_id)
+        self.state.tenancy.project(self.project_id)
     }
 
     /// The project's wrapped data key.
@@ -44,7 +44,8 @@ impl<'a> ProjectScope<'a> {
     /// A key of this project (with its hash; use [`ApiKey::view`] for callers).
     pub fn key(&self, id: &str) -> Option<&'a ApiKey> {
         self.state
-            .keys
+            .tenancy
+            .keys()
             .get(id)
             .filter(|k| k.project_id == self.project_id)
     }
@@ -54,7 +55,8 @@ impl<'a> ProjectScope<'a> {
         let pid = self.project_id;
         Page::from_sorted(
             self.state
-                .keys
+                .tenancy
+                .keys()
                 .iter()
                 .filter(|(_, k)| k.project_id == pid)
                 .map(|(id, k)| (id.as_str(), k)),
@@ -66,7 +68,8 @@ impl<'a> ProjectScope<'a> {
     /// A principal owned by this project (never a platform principal, which no project owns).
     pub fn principal(&self, id: &str) -> Option<&'a Principal> {
         self.state
-            .principals
+            .tenancy
+            .principals()
             .get(id)
             .filter(|p| p.is_owned_by(self.project_id))
     }
@@ -76,7 +79,8 @@ impl<'a> ProjectScope<'a> {
         let pid = self.project_id;
         Page::from_sorted(
             self.state
-                .principals
+                .tenancy
+                .principals()
                 .iter()
                 .filter(|(_, p)| p.is_owned_by(pid))
                 .map(|(id, p)| (id.as_str(), p)),
@@ -88,7 +92,8 @@ impl<'a> ProjectScope<'a> {
     /// A role binding scoped to this project.
     pub fn binding(&self, id: &str) -> Option<&'a RoleBinding> {
         self.state
-            .bindings
+            .tenancy
+            .bindings()
             .get(id)
             .filter(|b| self.is_ours(&b.scope))
     }
@@ -97,7 +102,8 @@ impl<'a> ProjectScope<'a> {
     pub fn bindings(&self, req: &PageRequest) -> Page<RoleBinding> {
         Page::from_sorted(
             self.state
-                .bindings
+                .tenancy
+                .bindings()
                 .iter()
                 .filter(|(_, b)| self.is_ours(&b.scope))
                 .map(|(id, b)| (id.as_str(), b)),
@@ -108,20 +114,12 @@ impl<'a> ProjectScope<'a> {
 
     /// A secret of this project (with its sealed versions; use [`Secret::view`] for callers).
     pub fn secret(&self, name: &str) -> Option<&'a Secret> {
-        self.state
-            .secrets
-            .get(self.project_id)
-            .and_then(|s| s.get(name))
+        self.state.secrets.get(self.project_id, name)
     }
 
     /// This project's secrets in name order, as caller-facing views.
     pub fn secrets(&self, req: &PageRequest) -> Page<SecretView> {
-        let all = self
-            .state
-            .secrets
-            .get(self.project_id)
-            .into_iter()
-            .flatten();
+        let all = self.state.secrets.of_project(self.project_id);
         Page::from_sorted(all.map(|(name, s)| (name.as_str(), s)), req).map(Secret::view)
     }
 

@@ -55,7 +55,7 @@ impl RegistryState {
                 sealed,
                 bindings,
             } => self.put_secret(at, project_id, name, *version, sealed, bindings.as_deref()),
-            SecretOp::DeleteSecret { project_id, name } => self.delete_secret(project_id, name),
+            SecretOp::DeleteSecret { project_id, name } => self.secrets.delete(project_id, name),
             SecretOp::RewrapDataKeys { keys } => self.rewrap_data_keys(keys),
             SecretOp::ReplaceDataKeys { keys, secrets } => self.replace_data_keys(keys, secrets),
         }
@@ -334,8 +334,53 @@ fn validate_sealed(sealed: &SealedValue) -> Result<(), DomainError> {
     Ok(())
 }
 
-impl RegistryState {
-    pub fn put_secret(
+/// The secrets: this domain's state, every project's secrets with their sealed versions (never plaintext).
+/// Only secret commands change it, through the methods below; the registry checks the project against
+/// tenancy first, and routes data-key changes to the projects (`RegistryState::rewrap_data_keys`,
+/// `RegistryState::replace_data_keys`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SecretStore {
+    /// project id → secret name → secret.
+    by_project: BTreeMap<String, BTreeMap<String, Secret>>,
+}
+
+impl SecretStore {
+    /// A store holding a snapshot's secrets.
+    pub(super) fn from_parts(
+        by_project: BTreeMap<String, BTreeMap<String, Secret>>,
+    ) -> SecretStore {
+        SecretStore { by_project }
+    }
+
+    /// The secrets, as a snapshot writes them.
+    pub(super) fn parts(&self) -> &BTreeMap<String, BTreeMap<String, Secret>> {
+        &self.by_project
+    }
+
+    /// A secret of a project.
+    pub fn get(&self, project_id: &str, name: &str) -> Option<&Secret> {
+        self.by_project.get(project_id).and_then(|s| s.get(name))
+    }
+
+    /// A project's secrets, by name.
+    pub fn of_project(&self, project_id: &str) -> impl Iterator<Item = (&String, &Secret)> {
+        self.by_project.get(project_id).into_iter().flatten()
+    }
+
+    /// Whether the project holds any secret.
+    pub fn project_has_secrets(&self, project_id: &str) -> bool {
+        self.by_project
+            .get(project_id)
+            .is_some_and(|s| !s.is_empty())
+    }
+
+    /// Forgets a deleted project's secrets.
+    pub(super) fn forget_project(&mut self, project_id: &str) {
+        self.by_project.remove(project_id);
+    }
+
+    /// `PutSecret` for a project tenancy knows.
+    fn put(
         &mut self,
         at: u64,
         project_id: &str,
@@ -344,13 +389,10 @@ impl RegistryState {
         sealed: &SealedValue,
         bindings: Option<&[String]>,
     ) -> Result<Applied, DomainError> {
-        if !self.projects.contains_key(project_id) {
-            return Err(DomainError::not_found("project", project_id));
-        }
         validate_secret_name(name)?;
         validate_sealed(sealed)?;
         let bindings = bindings.map(normalize_bindings).transpose()?;
-        let existing = self.secrets.get(project_id).and_then(|s| s.get(name));
+        let existing = self.get(project_id, name);
         let expected = existing.map_or(1, |s| s.latest_version() + 1);
         if version != expected {
             return Err(DomainError::FailedPrecondition(format!(
@@ -358,7 +400,7 @@ impl RegistryState {
             )));
         }
         let entry = self
-            .secrets
+            .by_project
             .entry(project_id.to_owned())
             .or_default()
             .entry(name.to_owned())
@@ -390,15 +432,16 @@ impl RegistryState {
         ))
     }
 
-    pub fn delete_secret(&mut self, project_id: &str, name: &str) -> Result<Applied, DomainError> {
-        let Some(secrets) = self.secrets.get_mut(project_id) else {
+    /// `DeleteSecret`.
+    pub(super) fn delete(&mut self, project_id: &str, name: &str) -> Result<Applied, DomainError> {
+        let Some(secrets) = self.by_project.get_mut(project_id) else {
             return Err(DomainError::not_found("secret", name));
         };
         let Some(removed) = secrets.remove(name) else {
             return Err(DomainError::not_found("secret", name));
         };
         if secrets.is_empty() {
-            self.secrets.remove(project_id);
+            self.by_project.remove(project_id);
         }
         Ok(Applied::new(
             Outcome::Deleted,
@@ -406,57 +449,13 @@ impl RegistryState {
         ))
     }
 
-    pub fn rewrap_data_keys(
-        &mut self,
-        keys: &BTreeMap<String, WrappedKey>,
-    ) -> Result<Applied, DomainError> {
-        let current: BTreeSet<&String> = self.projects.keys().collect();
-        let given: BTreeSet<&String> = keys.keys().collect();
-        if current != given {
-            return Err(DomainError::FailedPrecondition(
-                "the set of projects changed while the data keys were re-wrapped; retry".to_owned(),
-            ));
-        }
-        for (project_id, key) in keys {
-            validate_id("project_id", project_id)?;
-            validate_wrapped_key("keys", key)?;
-        }
-        let master_ids: BTreeSet<&str> = keys.values().map(|k| k.master_key_id.as_str()).collect();
-        for (project_id, key) in keys {
-            if let Some(project) = self.projects.get_mut(project_id) {
-                project.data_key = key.clone();
-            }
-        }
-        let ids: Vec<&str> = master_ids.into_iter().collect();
-        Ok(Applied::new(
-            Outcome::Rewrapped {
-                projects: keys.len() as u64,
-            },
-            format!("projects={} master_keys={}", keys.len(), ids.join(",")),
-        ))
-    }
-
-    pub fn replace_data_keys(
-        &mut self,
-        keys: &BTreeMap<String, WrappedKey>,
-        secrets: &BTreeMap<String, BTreeMap<String, Vec<ResealedVersion>>>,
-    ) -> Result<Applied, DomainError> {
-        let changed = || {
-            DomainError::FailedPrecondition(
-                "projects or secrets changed while the data keys were replaced; retry".to_owned(),
-            )
-        };
-        let current: BTreeSet<&String> = self.projects.keys().collect();
-        if current != keys.keys().collect::<BTreeSet<_>>() {
-            return Err(changed());
-        }
-        for (project_id, key) in keys {
-            validate_id("project_id", project_id)?;
-            validate_wrapped_key("keys", key)?;
-        }
-        // Exactly the stored secrets and versions, each sealed afresh: nothing may be left under an old key.
+    /// Whether `resealed` names exactly the stored versions, each once; how many it names.
+    fn matches_resealed(
+        &self,
+        resealed: &BTreeMap<String, BTreeMap<String, Vec<ResealedVersion>>>,
+    ) -> Option<usize> {
         let stored: BTreeSet<(&String, &String, u32)> = self
-            .secrets
+            .by_project
             .iter()
             .flat_map(|(p, by_name)| {
                 by_name
@@ -464,7 +463,7 @@ impl RegistryState {
                     .flat_map(move |(n, s)| s.versions.iter().map(move |v| (p, n, v.version)))
             })
             .collect();
-        let given: BTreeSet<(&String, &String, u32)> = secrets
+        let given: BTreeSet<(&String, &String, u32)> = resealed
             .iter()
             .flat_map(|(p, by_name)| {
                 by_name
@@ -472,26 +471,20 @@ impl RegistryState {
                     .flat_map(move |(n, vs)| vs.iter().map(move |v| (p, n, v.version)))
             })
             .collect();
-        let count: usize = secrets
+        let count: usize = resealed
             .values()
             .flat_map(BTreeMap::values)
             .map(Vec::len)
             .sum();
-        if stored != given || count != given.len() {
-            return Err(changed());
-        }
-        for v in secrets.values().flat_map(BTreeMap::values).flatten() {
-            validate_sealed(&v.sealed)?;
-        }
-        for (project_id, key) in keys {
-            if let Some(project) = self.projects.get_mut(project_id) {
-                project.data_key = key.clone();
-            }
-        }
-        for (project_id, by_name) in secrets {
+        (stored == given && count == given.len()).then_some(count)
+    }
+
+    /// Replaces every stored version's ciphertext by its re-encryption (checked by `matches_resealed`).
+    fn reseal(&mut self, resealed: &BTreeMap<String, BTreeMap<String, Vec<ResealedVersion>>>) {
+        for (project_id, by_name) in resealed {
             for (name, versions) in by_name {
                 let Some(secret) = self
-                    .secrets
+                    .by_project
                     .get_mut(project_id)
                     .and_then(|s| s.get_mut(name))
                 else {
@@ -508,24 +501,11 @@ impl RegistryState {
                 }
             }
         }
-        let master_ids: BTreeSet<&str> = keys.values().map(|k| k.master_key_id.as_str()).collect();
-        let ids: Vec<&str> = master_ids.into_iter().collect();
-        Ok(Applied::new(
-            Outcome::DataKeysReplaced {
-                projects: keys.len() as u64,
-                secret_versions: count as u64,
-            },
-            format!(
-                "projects={} secret_versions={count} master_keys={} new_data_keys=true",
-                keys.len(),
-                ids.join(",")
-            ),
-        ))
     }
 
     /// Every stored secret version, by project and name (for re-encryption under new data keys).
     pub fn sealed_versions(&self) -> BTreeMap<String, BTreeMap<String, Vec<ResealedVersion>>> {
-        self.secrets
+        self.by_project
             .iter()
             .map(|(p, by_name)| {
                 let by_name = by_name
@@ -546,17 +526,115 @@ impl RegistryState {
             })
             .collect()
     }
+}
+
+impl RegistryState {
+    /// `PutSecret`: the project must exist (tenancy), then the store adds the version.
+    pub fn put_secret(
+        &mut self,
+        at: u64,
+        project_id: &str,
+        name: &str,
+        version: u32,
+        sealed: &SealedValue,
+        bindings: Option<&[String]>,
+    ) -> Result<Applied, DomainError> {
+        if self.tenancy.project(project_id).is_none() {
+            return Err(DomainError::not_found("project", project_id));
+        }
+        self.secrets
+            .put(at, project_id, name, version, sealed, bindings)
+    }
+
+    pub fn rewrap_data_keys(
+        &mut self,
+        keys: &BTreeMap<String, WrappedKey>,
+    ) -> Result<Applied, DomainError> {
+        let current: BTreeSet<&String> = self.tenancy.projects().map(|p| &p.id).collect();
+        let given: BTreeSet<&String> = keys.keys().collect();
+        if current != given {
+            return Err(DomainError::FailedPrecondition(
+                "the set of projects changed while the data keys were re-wrapped; retry".to_owned(),
+            ));
+        }
+        for (project_id, key) in keys {
+            validate_id("project_id", project_id)?;
+            validate_wrapped_key("keys", key)?;
+        }
+        let master_ids: BTreeSet<&str> = keys.values().map(|k| k.master_key_id.as_str()).collect();
+        for (project_id, key) in keys {
+            self.tenancy.set_data_key(project_id, key);
+        }
+        let ids: Vec<&str> = master_ids.into_iter().collect();
+        Ok(Applied::new(
+            Outcome::Rewrapped {
+                projects: keys.len() as u64,
+            },
+            format!("projects={} master_keys={}", keys.len(), ids.join(",")),
+        ))
+    }
+
+    /// `ReplaceDataKeys`: every project gets its new data key (tenancy) and every stored secret version its
+    /// re-encryption (the store), all or nothing.
+    pub fn replace_data_keys(
+        &mut self,
+        keys: &BTreeMap<String, WrappedKey>,
+        secrets: &BTreeMap<String, BTreeMap<String, Vec<ResealedVersion>>>,
+    ) -> Result<Applied, DomainError> {
+        let changed = || {
+            DomainError::FailedPrecondition(
+                "projects or secrets changed while the data keys were replaced; retry".to_owned(),
+            )
+        };
+        let current: BTreeSet<&String> = self.tenancy.projects().map(|p| &p.id).collect();
+        if current != keys.keys().collect::<BTreeSet<_>>() {
+            return Err(changed());
+        }
+        for (project_id, key) in keys {
+            validate_id("project_id", project_id)?;
+            validate_wrapped_key("keys", key)?;
+        }
+        // Exactly the stored secrets and versions, each sealed afresh: nothing may be left under an old key.
+        let Some(count) = self.secrets.matches_resealed(secrets) else {
+            return Err(changed());
+        };
+        for v in secrets.values().flat_map(BTreeMap::values).flatten() {
+            validate_sealed(&v.sealed)?;
+        }
+        for (project_id, key) in keys {
+            self.tenancy.set_data_key(project_id, key);
+        }
+        self.secrets.reseal(secrets);
+        let master_ids: BTreeSet<&str> = keys.values().map(|k| k.master_key_id.as_str()).collect();
+        let ids: Vec<&str> = master_ids.into_iter().collect();
+        Ok(Applied::new(
+            Outcome::DataKeysReplaced {
+                projects: keys.len() as u64,
+                secret_versions: count as u64,
+            },
+            format!(
+                "projects={} secret_versions={count} master_keys={} new_data_keys=true",
+                keys.len(),
+                ids.join(",")
+            ),
+        ))
+    }
+
+    /// Every stored secret version, by project and name (for re-encryption under new data keys).
+    pub fn sealed_versions(&self) -> BTreeMap<String, BTreeMap<String, Vec<ResealedVersion>>> {
+        self.secrets.sealed_versions()
+    }
 
     /// A project's wrapped data key.
     pub fn data_key(&self, project_id: &str) -> Option<&WrappedKey> {
-        self.projects.get(project_id).map(|p| &p.data_key)
+        self.tenancy.project(project_id).map(|p| &p.data_key)
     }
 
     /// Every project's wrapped data key, for master-key rotation.
     pub fn data_keys(&self) -> BTreeMap<String, WrappedKey> {
-        self.projects
-            .iter()
-            .map(|(id, p)| (id.clone(), p.data_key.clone()))
+        self.tenancy
+            .projects()
+            .map(|p| (p.id.clone(), p.data_key.clone()))
             .collect()
     }
 }

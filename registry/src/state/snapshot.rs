@@ -3,7 +3,7 @@
 //! The in-memory [`RegistryState`] groups what a domain owns (the jobs and their indexes live in a
 //! [`JobTable`], for one); the wire form does not follow, because a snapshot travels between replicas of
 //! different builds during a rolling upgrade and golden snapshots must load and serialize byte for byte.
-//! The deny-list is its own [`DenyList`], the usage of purged jobs its own [`UsageArchive`]. [`Wire`] borrows the state for writing; [`Owned`] reads it back. Indexes a domain derives from its
+//! Tenancy is its own [`Tenancy`], the fleet its own [`Fleet`], the deny-list its own [`DenyList`], the usage of purged jobs its own [`UsageArchive`]. [`Wire`] borrows the state for writing; [`Owned`] reads it back. Indexes a domain derives from its
 //! records are written (older builds read them) but never read: loading rebuilds them from the records,
 //! so a snapshot from before an index existed, or one whose index an older build let drift, loads whole.
 
@@ -11,10 +11,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::tenancy::TenancyParts;
 use super::usage::UsageSums;
 use super::{
-    ApiKey, AuditRecord, ClusterPolicy, DeniedIdentity, DenyList, JobRecord, JobTable, NodeRecord,
-    Principal, Project, RegistryState, RememberedRequest, RoleBinding, Secret, UsageArchive,
+    ApiKey, AuditRecord, ClusterPolicy, DeniedIdentity, DenyList, Fleet, JobRecord, JobTable,
+    NodeRecord, Principal, Project, RegistryState, RememberedRequest, RequestLog, RoleBinding,
+    Secret, SecretStore, Tenancy, UsageArchive,
 };
 
 /// The state as a snapshot writes it. Field order is the document's order: never reorder.
@@ -102,19 +104,23 @@ impl Serialize for RegistryState {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let indexes = self.jobs.wire_indexes();
         let (denied_identities, deny_list_version, denied_nodes) = self.identities.wire();
+        let (nodes, cluster_policies) = self.fleet.parts();
+        let (requests, request_order) = self.requests.parts();
+        let (default_project_id, projects, project_ids_by_name, principals, keys, bindings) =
+            self.tenancy.parts();
         Wire {
             applied_index: self.applied_index,
-            default_project_id: &self.default_project_id,
-            projects: &self.projects,
-            project_ids_by_name: &self.project_ids_by_name,
-            principals: &self.principals,
-            keys: &self.keys,
-            bindings: &self.bindings,
-            secrets: &self.secrets,
+            default_project_id,
+            projects,
+            project_ids_by_name,
+            principals,
+            keys,
+            bindings,
+            secrets: self.secrets.parts(),
             audit: &self.audit,
-            requests: &self.requests,
-            request_order: &self.request_order,
-            nodes: &self.nodes,
+            requests,
+            request_order,
+            nodes,
             jobs: self.jobs.records(),
             pending_job_ids: indexes.pending_job_ids,
             active_job_ids_by_node: indexes.active_job_ids_by_node,
@@ -124,7 +130,7 @@ impl Serialize for RegistryState {
             denied_identities,
             deny_list_version,
             denied_nodes,
-            cluster_policies: &self.cluster_policies,
+            cluster_policies,
             unfinished_job_ids_by_project: indexes.unfinished_job_ids_by_project,
             apply_version: self.apply_version,
             last_command_ms: self.last_command_ms,
@@ -139,21 +145,21 @@ impl<'de> Deserialize<'de> for RegistryState {
         let o = Owned::deserialize(deserializer)?;
         Ok(RegistryState {
             applied_index: o.applied_index,
-            default_project_id: o.default_project_id,
-            projects: o.projects,
-            project_ids_by_name: o.project_ids_by_name,
-            principals: o.principals,
-            keys: o.keys,
-            bindings: o.bindings,
-            secrets: o.secrets,
+            tenancy: Tenancy::from_parts(TenancyParts {
+                default_project_id: o.default_project_id,
+                projects: o.projects,
+                project_ids_by_name: o.project_ids_by_name,
+                principals: o.principals,
+                keys: o.keys,
+                bindings: o.bindings,
+            }),
+            secrets: SecretStore::from_parts(o.secrets),
             audit: o.audit,
-            requests: o.requests,
-            request_order: o.request_order,
-            nodes: o.nodes,
+            requests: RequestLog::from_parts(o.requests, o.request_order),
+            fleet: Fleet::from_parts(o.nodes, o.cluster_policies),
             jobs: JobTable::from_records(o.jobs),
             usage: UsageArchive::from_hours(o.usage_archive),
             identities: DenyList::from_entries(o.denied_identities, o.deny_list_version),
-            cluster_policies: o.cluster_policies,
             apply_version: o.apply_version,
             last_command_ms: o.last_command_ms,
             machine_counters: o.machine_counters,

@@ -3,7 +3,7 @@
 //! Owns name/id validation and the rules that keep tenancy consistent (unique names, deleting only empty
 //! projects, never locking out the last platform admin). Never sees a key's token, only its SHA-256 hash.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -101,7 +101,7 @@ impl RegistryState {
                 admin_key_id,
                 admin_key_hash,
                 admin_key_last4,
-            } => self.bootstrap(
+            } => self.tenancy.bootstrap(
                 at,
                 BootstrapSpec {
                     project_id: default_project_id,
@@ -119,16 +119,20 @@ impl RegistryState {
                 description,
                 data_key,
                 policy,
-            } => self.create_project(at, id, name, description, data_key, policy.as_ref()),
+            } => self
+                .tenancy
+                .create_project(at, id, name, description, data_key, policy.as_ref()),
             TenancyOp::DeleteProject { id } => self.delete_project(id),
             TenancyOp::CreatePrincipal {
                 id,
                 kind,
                 name,
                 project_id,
-            } => self.create_principal(at, id, *kind, name, project_id),
+            } => self
+                .tenancy
+                .create_principal(at, id, *kind, name, project_id),
             TenancyOp::SetPrincipalDisabled { id, disabled } => {
-                self.set_principal_disabled(at, id, *disabled)
+                self.tenancy.set_principal_disabled(at, id, *disabled)
             }
             TenancyOp::CreateKey {
                 key_id,
@@ -140,7 +144,7 @@ impl RegistryState {
                 principal,
                 role,
                 limits,
-            } => self.create_key(
+            } => self.tenancy.create_key(
                 at,
                 KeySpec {
                     key_id,
@@ -154,15 +158,15 @@ impl RegistryState {
                     limits,
                 },
             ),
-            TenancyOp::RevokeKey { key_id } => self.revoke_key(at, key_id),
+            TenancyOp::RevokeKey { key_id } => self.tenancy.revoke_key(at, key_id),
             TenancyOp::BindRole {
                 principal_id,
                 scope,
                 role,
-            } => self.bind_role(at, principal_id, scope, *role),
-            TenancyOp::UnbindRole { binding_id } => self.unbind_role(at, binding_id),
+            } => self.tenancy.bind_role(at, principal_id, scope, *role),
+            TenancyOp::UnbindRole { binding_id } => self.tenancy.unbind_role(at, binding_id),
             TenancyOp::SetProjectPolicy { project_id, update } => {
-                self.set_project_policy(project_id, update)
+                self.tenancy.set_project_policy(project_id, update)
             }
         }
     }
@@ -624,9 +628,126 @@ fn validate_binding(scope: &Scope, role: Role) -> Result<(), DomainError> {
 
 // ---- mutations and reads ----------------------------------------------------------------------------------
 
-impl RegistryState {
+/// Tenancy: this domain's state — projects, principals, API keys and role bindings, with the name index.
+/// Only tenancy commands change it, through the methods below; deleting a project is the one change that
+/// reaches other domains, and the registry routes it (`RegistryState::delete_project`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tenancy {
+    default_project_id: Option<String>,
+    projects: BTreeMap<String, Project>,
+    /// Project name → id (names are unique), so name lookups do not scan every project.
+    project_ids_by_name: BTreeMap<String, String>,
+    principals: BTreeMap<String, Principal>,
+    keys: BTreeMap<String, ApiKey>,
+    bindings: BTreeMap<String, RoleBinding>,
+}
+
+/// Tenancy's records as a snapshot writes and reads them.
+pub(super) struct TenancyParts {
+    pub default_project_id: Option<String>,
+    pub projects: BTreeMap<String, Project>,
+    pub project_ids_by_name: BTreeMap<String, String>,
+    pub principals: BTreeMap<String, Principal>,
+    pub keys: BTreeMap<String, ApiKey>,
+    pub bindings: BTreeMap<String, RoleBinding>,
+}
+
+impl Tenancy {
+    /// Tenancy holding a snapshot's records.
+    pub(super) fn from_parts(parts: TenancyParts) -> Tenancy {
+        let TenancyParts {
+            default_project_id,
+            projects,
+            project_ids_by_name,
+            principals,
+            keys,
+            bindings,
+        } = parts;
+        Tenancy {
+            default_project_id,
+            projects,
+            project_ids_by_name,
+            principals,
+            keys,
+            bindings,
+        }
+    }
+
+    /// The records, borrowed for a snapshot: default project, projects, name index, principals, keys,
+    /// bindings.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn parts(
+        &self,
+    ) -> (
+        &Option<String>,
+        &BTreeMap<String, Project>,
+        &BTreeMap<String, String>,
+        &BTreeMap<String, Principal>,
+        &BTreeMap<String, ApiKey>,
+        &BTreeMap<String, RoleBinding>,
+    ) {
+        (
+            &self.default_project_id,
+            &self.projects,
+            &self.project_ids_by_name,
+            &self.principals,
+            &self.keys,
+            &self.bindings,
+        )
+    }
+
+    /// The principals, for tests that build states older builds wrote.
+    #[cfg(test)]
+    pub(super) fn principals_mut(&mut self) -> &mut BTreeMap<String, Principal> {
+        &mut self.principals
+    }
+
+    /// The keys, for tests that build states older builds wrote.
+    #[cfg(test)]
+    pub(super) fn keys_mut(&mut self) -> &mut BTreeMap<String, ApiKey> {
+        &mut self.keys
+    }
+
+    /// Every API key, by id (for project-scoped reads).
+    pub fn keys(&self) -> &BTreeMap<String, ApiKey> {
+        &self.keys
+    }
+
+    /// Every principal, by id (for project-scoped reads).
+    pub fn principals(&self) -> &BTreeMap<String, Principal> {
+        &self.principals
+    }
+
+    /// Every role binding, by id (for project-scoped reads).
+    pub fn bindings(&self) -> &BTreeMap<String, RoleBinding> {
+        &self.bindings
+    }
+
+    /// The id of project `default` (after bootstrap).
+    pub fn default_project_id(&self) -> Option<&str> {
+        self.default_project_id.as_deref()
+    }
+
+    /// Replaces a project's wrapped data key (master-key rotation); false for an unknown project.
+    pub(super) fn set_data_key(&mut self, project_id: &str, key: &WrappedKey) -> bool {
+        match self.projects.get_mut(project_id) {
+            Some(project) => {
+                project.data_key = key.clone();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Moves a principal to the platform (no owning project).
+    pub(super) fn move_principal_to_platform(&mut self, id: &str) {
+        if let Some(p) = self.principals.get_mut(id) {
+            p.project_id = None;
+        }
+    }
+
     pub fn bootstrap(&mut self, at: u64, spec: BootstrapSpec<'_>) -> Result<Applied, DomainError> {
-        if self.is_bootstrapped() {
+        if self.default_project_id.is_some() {
             return Err(DomainError::FailedPrecondition(
                 "already bootstrapped".to_owned(),
             ));
@@ -741,7 +862,9 @@ impl RegistryState {
         ))
     }
 
-    pub fn delete_project(&mut self, id: &str) -> Result<Applied, DomainError> {
+    /// The checks of `DeleteProject` that tenancy owns: the project exists, is not `default` and has no
+    /// active key. Returns its name.
+    fn deletable(&self, id: &str) -> Result<String, DomainError> {
         let project = self
             .projects
             .get(id)
@@ -761,19 +884,11 @@ impl RegistryState {
                 project.name
             )));
         }
-        if self.secrets.get(id).is_some_and(|s| !s.is_empty()) {
-            return Err(DomainError::FailedPrecondition(format!(
-                "project {} still has secrets; delete them first",
-                project.name
-            )));
-        }
-        if self.project_has_unfinished_jobs(id) {
-            return Err(DomainError::FailedPrecondition(format!(
-                "project {} still has unfinished jobs; cancel them first",
-                project.name
-            )));
-        }
-        let name = project.name.clone();
+        Ok(project.name.clone())
+    }
+
+    /// Removes a project with the principals it owns and their keys, and every binding in it or of them.
+    fn remove_project(&mut self, id: &str) {
         let owned: BTreeSet<String> = self
             .principals
             .values()
@@ -786,12 +901,9 @@ impl RegistryState {
             b.scope.project_id().map(String::as_str) != Some(id) && !owned.contains(&b.principal_id)
         });
         self.principals.retain(|pid, _| !owned.contains(pid));
-        self.secrets.remove(id);
-        self.remove_project_jobs(id);
         if let Some(project) = self.projects.remove(id) {
             self.project_ids_by_name.remove(&project.name);
         }
-        Ok(Applied::new(Outcome::Deleted, format!("name={name}")))
     }
 
     pub fn create_principal(
@@ -1057,32 +1169,6 @@ impl RegistryState {
         count(None) == 0 || count(Some(&change)) > 0
     }
 
-    /// Moves the bootstrap principal to the platform in a state written before it belonged there (it used
-    /// to be owned by project `default`, which let that project's admins mint keys for it). The principal is
-    /// the target of the first successful `system.bootstrap` audit record; the log is never trimmed, so
-    /// every replica finds the same one.
-    pub fn migrate_bootstrap_principal(&mut self) {
-        let Some(id) = self
-            .audit
-            .iter()
-            .find(|r| r.action == "system.bootstrap" && r.outcome == super::AuditOutcome::Success)
-            .map(|r| r.target.clone())
-        else {
-            return;
-        };
-        if let Some(p) = self.principals.get_mut(&id) {
-            p.project_id = None;
-        }
-    }
-
-    /// The bootstrap principal's id (the operator's break-glass platform-admin), once bootstrapped.
-    pub fn bootstrap_principal_id(&self) -> Option<&str> {
-        self.audit
-            .iter()
-            .find(|r| r.action == "system.bootstrap" && r.outcome == super::AuditOutcome::Success)
-            .map(|r| r.target.as_str())
-    }
-
     // ---- reads ----
 
     /// A project by id.
@@ -1155,5 +1241,131 @@ impl RegistryState {
             .values()
             .filter(|b| b.scope == Scope::Platform)
             .collect()
+    }
+
+    /// `Op::SetProjectPolicy`: replaces the fields `update` names.
+    pub fn set_project_policy(
+        &mut self,
+        project_id: &str,
+        update: &PolicyUpdate,
+    ) -> Result<Applied, DomainError> {
+        let project = self
+            .projects
+            .get(project_id)
+            .ok_or_else(|| DomainError::not_found("project", project_id))?;
+        if update.is_empty() {
+            return Err(DomainError::invalid(
+                "policy",
+                "name at least one field to change",
+            ));
+        }
+        let policy = project.policy.updated(update);
+        policy.validate()?;
+        let Some(project) = self.projects.get_mut(project_id) else {
+            return Err(DomainError::not_found("project", project_id));
+        };
+        project.policy = policy;
+        let view = project.view();
+        Ok(Applied::new(
+            Outcome::Project { project: view },
+            update.describe(),
+        ))
+    }
+}
+
+impl RegistryState {
+    /// `DeleteProject`: tenancy's checks, then the project must hold no secrets and no unfinished jobs;
+    /// its principals, keys and bindings go (tenancy), with its finished jobs and usage archive (jobs,
+    /// usage).
+    pub fn delete_project(&mut self, id: &str) -> Result<Applied, DomainError> {
+        let name = self.tenancy.deletable(id)?;
+        if self.secrets.project_has_secrets(id) {
+            return Err(DomainError::FailedPrecondition(format!(
+                "project {name} still has secrets; delete them first"
+            )));
+        }
+        if self.project_has_unfinished_jobs(id) {
+            return Err(DomainError::FailedPrecondition(format!(
+                "project {name} still has unfinished jobs; cancel them first"
+            )));
+        }
+        self.tenancy.remove_project(id);
+        self.secrets.forget_project(id);
+        self.remove_project_jobs(id);
+        Ok(Applied::new(Outcome::Deleted, format!("name={name}")))
+    }
+
+    /// Moves the bootstrap principal to the platform in a state written before it belonged there (it used
+    /// to be owned by project `default`, which let that project's admins mint keys for it). The principal is
+    /// the target of the first successful `system.bootstrap` audit record; the log is never trimmed, so
+    /// every replica finds the same one.
+    pub fn migrate_bootstrap_principal(&mut self) {
+        let Some(id) = self
+            .audit
+            .iter()
+            .find(|r| r.action == "system.bootstrap" && r.outcome == super::AuditOutcome::Success)
+            .map(|r| r.target.clone())
+        else {
+            return;
+        };
+        self.tenancy.move_principal_to_platform(&id);
+    }
+
+    /// The bootstrap principal's id (the operator's break-glass platform-admin), once bootstrapped.
+    pub fn bootstrap_principal_id(&self) -> Option<&str> {
+        self.audit
+            .iter()
+            .find(|r| r.action == "system.bootstrap" && r.outcome == super::AuditOutcome::Success)
+            .map(|r| r.target.as_str())
+    }
+
+    /// A project by id.
+    pub fn project(&self, id: &str) -> Option<&Project> {
+        self.tenancy.project(id)
+    }
+
+    /// A project by its unique name.
+    pub fn project_by_name(&self, name: &str) -> Option<&Project> {
+        self.tenancy.project_by_name(name)
+    }
+
+    /// A project by id, else by name.
+    pub fn project_by_id_or_name(&self, id_or_name: &str) -> Option<&Project> {
+        self.tenancy.project_by_id_or_name(id_or_name)
+    }
+
+    /// Every project, in id order.
+    pub fn projects(&self) -> impl Iterator<Item = &Project> {
+        self.tenancy.projects()
+    }
+
+    /// The projects a principal can see: all of them with any platform binding, else those it is bound in.
+    pub fn projects_visible_to(&self, principal_id: &str) -> Vec<&Project> {
+        self.tenancy.projects_visible_to(principal_id)
+    }
+
+    /// An API key by id.
+    pub fn key_by_id(&self, id: &str) -> Option<&ApiKey> {
+        self.tenancy.key_by_id(id)
+    }
+
+    /// A principal by id.
+    pub fn principal(&self, id: &str) -> Option<&Principal> {
+        self.tenancy.principal(id)
+    }
+
+    /// A role binding by id.
+    pub fn binding(&self, id: &str) -> Option<&RoleBinding> {
+        self.tenancy.binding(id)
+    }
+
+    /// Every role binding of a principal, in binding-id order.
+    pub fn bindings_of(&self, principal_id: &str) -> Vec<&RoleBinding> {
+        self.tenancy.bindings_of(principal_id)
+    }
+
+    /// Platform-scoped bindings (platform listing).
+    pub fn platform_bindings(&self) -> Vec<&RoleBinding> {
+        self.tenancy.platform_bindings()
     }
 }

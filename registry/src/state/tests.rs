@@ -138,26 +138,29 @@ fn assert_refused(s: &mut RegistryState, op: Op, check: impl Fn(&DomainError) ->
 fn random_command(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> Command {
     let names = ["alpha", "beta", "gamma", "delta", "Bad_Name", "epsilon"];
     let project_ids: Vec<String> = view
-        .projects
-        .keys()
+        .projects()
+        .map(|p| &p.id)
         .cloned()
         .chain(["prj_missing".to_owned()])
         .collect();
     let pick_project = |rng: &mut StdRng| project_ids[rng.gen_range(0..project_ids.len())].clone();
     let key_ids: Vec<String> = view
-        .keys
+        .tenancy
+        .keys()
         .keys()
         .cloned()
         .chain(["nokey".to_owned()])
         .collect();
     let principal_ids: Vec<String> = view
-        .principals
+        .tenancy
+        .principals()
         .keys()
         .cloned()
         .chain(["sa_missing".to_owned()])
         .collect();
     let binding_ids: Vec<String> = view
-        .bindings
+        .tenancy
+        .bindings()
         .keys()
         .cloned()
         .chain(["rb_missing".to_owned()])
@@ -234,8 +237,8 @@ fn random_command(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> 
         }),
         12 => {
             let mut keys: BTreeMap<String, WrappedKey> = view
-                .projects
-                .keys()
+                .projects()
+                .map(|p| &p.id)
                 .map(|id| (id.clone(), wk("mk2", &format!("{id}-{n}"))))
                 .collect();
             if rng.gen_bool(0.3) {
@@ -284,8 +287,7 @@ fn random_command(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> 
         }),
         16 => {
             let node_keys: Vec<(String, u64)> = view
-                .nodes
-                .values()
+                .nodes()
                 .map(|n| (n.key.clone(), n.lease_epoch))
                 .chain([("eu/eu1/missing".to_owned(), 1)])
                 .collect();
@@ -353,9 +355,8 @@ fn admission_op(rng: &mut StdRng, view: &RegistryState, n: usize) -> Op {
         }),
         _ => {
             let keys: Vec<String> = view
-                .nodes
-                .keys()
-                .cloned()
+                .nodes()
+                .map(|n| n.key.clone())
                 .chain(["eu/eu1/missing".to_owned()])
                 .collect();
             Op::Fleet(FleetOp::ApproveNode {
@@ -369,13 +370,13 @@ fn admission_op(rng: &mut StdRng, view: &RegistryState, n: usize) -> Op {
 fn random_job_op(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> Op {
     let names = ["alpha", "beta", "gamma", "delta", "Bad_Name", "epsilon"];
     let job_ids: Vec<&JobRecord> = view.jobs.values().collect();
-    let nodes: Vec<&NodeRecord> = view.nodes.values().collect();
+    let nodes: Vec<&NodeRecord> = view.nodes().collect();
     let pick_job = |rng: &mut StdRng| -> Option<&JobRecord> {
         (!job_ids.is_empty()).then(|| job_ids[rng.gen_range(0..job_ids.len())])
     };
     let project = || {
-        view.projects
-            .keys()
+        view.projects()
+            .map(|p| &p.id)
             .next()
             .cloned()
             .unwrap_or_else(|| "prj_missing".to_owned())
@@ -526,8 +527,7 @@ fn random_job_op(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> O
             Op::Fleet(FleetOp::SetIdleGpus {
                 node: format!("eu/eu1/{node}"),
                 lease_epoch: view
-                    .nodes
-                    .get(&format!("eu/eu1/{node}"))
+                    .node(&format!("eu/eu1/{node}"))
                     .map_or(1, |r| r.lease_epoch),
                 idle_gpus: vec![format!("GPU-{}", rng.gen_range(0..3))],
             })
@@ -604,9 +604,8 @@ fn replicas_are_byte_identical() {
         // draw from their own generator so the rest of the log stays as it was.
         if n % 97 != 96 && drain_rng.gen_bool(0.1) {
             let keys: Vec<String> = a
-                .nodes
-                .keys()
-                .cloned()
+                .nodes()
+                .map(|n| n.key.clone())
                 .chain(["eu/eu1/missing".to_owned()])
                 .collect();
             let mut drain = Command::new(
@@ -688,7 +687,7 @@ fn replicas_are_byte_identical() {
     assert_eq!(bytes, b.to_bytes());
     assert_eq!(restored.expect("restored mid-way").to_bytes(), bytes);
     assert!(
-        a.projects.len() > 2 && !a.keys.is_empty() && !a.secrets.is_empty(),
+        a.projects().count() > 2 && !a.tenancy.keys().is_empty() && !a.secrets.parts().is_empty(),
         "log exercised the domain"
     );
     assert!(
@@ -697,7 +696,7 @@ fn replicas_are_byte_identical() {
     );
     assert!(gang_ended, "log exercised gang attempts");
     assert!(
-        drains > 10 && a.nodes.values().any(|n| n.draining),
+        drains > 10 && a.nodes().any(|n| n.draining),
         "log exercised draining ({drains})"
     );
     assert!(
@@ -705,7 +704,7 @@ fn replicas_are_byte_identical() {
         "log exercised purges ({purged} jobs)"
     );
     assert!(
-        a.deny_list_version() > 10 && !a.cluster_policies.is_empty(),
+        a.deny_list_version() > 10 && a.cluster_policies().next().is_some(),
         "log exercised the deny-list ({}) and cluster policies",
         a.deny_list_version()
     );
@@ -791,7 +790,7 @@ fn bootstrap_validates_its_fields() {
         "{out:?}"
     );
     assert!(!s.is_bootstrapped());
-    assert!(s.projects.is_empty() && s.keys.is_empty());
+    assert!(s.projects().next().is_none() && s.tenancy.keys().is_empty());
 }
 
 #[test]
@@ -925,7 +924,8 @@ fn deleting_a_project_requires_it_empty_and_cascades() {
         "owned principals go with the project"
     );
     assert!(
-        s.bindings
+        s.tenancy
+            .bindings()
             .values()
             .all(|b| b.scope != Scope::Project("prj_v".into())),
         "bindings go too"
@@ -1986,14 +1986,15 @@ fn remembered_requests_are_bounded() {
         let _ = state.apply(i + 1, &noop);
     }
     assert_eq!(state.requests.len(), REMEMBERED_REQUESTS);
-    assert_eq!(state.request_order.len(), REMEMBERED_REQUESTS);
+    assert_eq!(state.requests.parts().1.len(), REMEMBERED_REQUESTS);
     assert!(
-        !state.requests.contains_key("r0"),
+        state.requests.get("r0").is_none(),
         "the oldest id is forgotten first"
     );
     assert!(state
         .requests
-        .contains_key(&format!("r{}", REMEMBERED_REQUESTS as u64 + 49)));
+        .get(&format!("r{}", REMEMBERED_REQUESTS as u64 + 49))
+        .is_some());
 }
 
 #[test]
@@ -2054,8 +2055,8 @@ fn a_batch_applies_each_command_as_its_own_entry_would() {
         assert_eq!(out, outcomes[i]);
     }
     assert_eq!(
-        separate.projects.keys().collect::<Vec<_>>(),
-        batched.projects.keys().collect::<Vec<_>>()
+        separate.projects().map(|p| &p.id).collect::<Vec<_>>(),
+        batched.projects().map(|p| &p.id).collect::<Vec<_>>()
     );
 
     // A batch inside a batch is refused as a whole.

@@ -253,3 +253,173 @@ impl UsageArchive {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::Resources;
+    use crate::state::{Attempt, AttemptOutcome, JobRecord, JobSpec, JobState};
+
+    const GIB: u64 = 1 << 30;
+
+    fn attempt(
+        number: u32,
+        started: Option<u64>,
+        ended: Option<u64>,
+        cpu_ms: Option<u64>,
+    ) -> Attempt {
+        Attempt {
+            attempt: number,
+            replica: 0,
+            node: "eu/eu1/a1".into(),
+            region: "eu".into(),
+            cluster: "eu1".into(),
+            gpu_uuids: vec!["GPU-0".into()],
+            resources: Resources {
+                cpu_millis: 2500,
+                memory_bytes: 2 * GIB,
+                gpus: 1,
+            },
+            lease_epoch: 1,
+            scheduled_at: 0,
+            started_at: started,
+            ended_at: ended,
+            outcome: ended.map(|_| AttemptOutcome::Failed),
+            exit_code: None,
+            signal: None,
+            cpu_time_ms: cpu_ms,
+            max_rss_bytes: None,
+            detail: String::new(),
+        }
+    }
+
+    fn add_job(s: &mut RegistryState, project: &str, id: &str, attempts: Vec<Attempt>) {
+        let mut spec = JobSpec::new("train");
+        spec.name = format!("name-{id}");
+        let running = attempts.last().is_some_and(|a| a.ended_at.is_none());
+        s.jobs.insert(JobRecord {
+            id: id.to_owned(),
+            project_id: project.to_owned(),
+            spec,
+            state: if running {
+                JobState::Running
+            } else {
+                JobState::Failed
+            },
+            attempts,
+            pending_reason: None,
+            cancel_requested: false,
+            prefer_region: None,
+            created_by: "ada".into(),
+            principal_id: None,
+            created_at: 0,
+            updated_at: 0,
+            finished_at: None,
+        });
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn usage_is_clipped_to_the_range() {
+        let mut s = RegistryState::default();
+        // 10 s from 0 to 10 000 ms; the range starts at 4 000: 6 s count. Its CPU time counts (ended inside).
+        // Then a retry running from 20 000, still running at `until` = 30 000: 10 s count.
+        add_job(
+            &mut s,
+            "prj_a",
+            "job_b",
+            vec![
+                attempt(1, Some(0), Some(10_000), Some(7_000)),
+                attempt(2, Some(20_000), None, None),
+            ],
+        );
+        // Entirely before the range: omitted, and its CPU time too.
+        add_job(
+            &mut s,
+            "prj_a",
+            "job_c",
+            vec![attempt(1, Some(0), Some(3_000), Some(900))],
+        );
+        // Never started: nothing.
+        add_job(
+            &mut s,
+            "prj_a",
+            "job_d",
+            vec![attempt(1, None, Some(5_000), None)],
+        );
+        // Started after the range: nothing.
+        add_job(
+            &mut s,
+            "prj_a",
+            "job_e",
+            vec![attempt(1, Some(31_000), None, None)],
+        );
+        // Covers the whole range, ends after it: 26 s count, its CPU time does not.
+        add_job(
+            &mut s,
+            "prj_a",
+            "job_a",
+            vec![attempt(1, Some(1_000), Some(40_000), Some(99_000))],
+        );
+        add_job(
+            &mut s,
+            "prj_b",
+            "job_x",
+            vec![attempt(1, Some(0), Some(40_000), Some(1))],
+        );
+
+        let report = s.usage("prj_a", 4_000, 30_000);
+        let ids: Vec<&str> = report.jobs.iter().map(|j| j.job_id.as_str()).collect();
+        assert_eq!(ids, ["job_a", "job_b"], "sorted by id, unused jobs omitted");
+        let a = &report.jobs[0];
+        assert_eq!(a.name, "name-job_a");
+        assert!(close(a.cpu_core_seconds, 2.5 * 26.0), "{a:?}");
+        assert!(close(a.memory_gib_seconds, 2.0 * 26.0), "{a:?}");
+        assert!(close(a.gpu_seconds, 26.0), "{a:?}");
+        assert!(close(a.cpu_time_seconds, 0.0), "{a:?}");
+        let b = &report.jobs[1];
+        assert!(close(b.cpu_core_seconds, 2.5 * 16.0), "{b:?}");
+        assert!(close(b.memory_gib_seconds, 2.0 * 16.0), "{b:?}");
+        assert!(close(b.gpu_seconds, 16.0), "{b:?}");
+        assert!(close(b.cpu_time_seconds, 7.0), "{b:?}");
+        assert!(close(report.cpu_core_seconds, 2.5 * 42.0));
+        assert!(close(report.memory_gib_seconds, 2.0 * 42.0));
+        assert!(close(report.gpu_seconds, 42.0));
+        assert!(close(report.cpu_time_seconds, 7.0));
+        assert_eq!(
+            (report.project_id.as_str(), report.since, report.until),
+            ("prj_a", 4_000, 30_000)
+        );
+    }
+
+    #[test]
+    fn empty_and_inverted_ranges_report_nothing() {
+        let mut s = RegistryState::default();
+        add_job(
+            &mut s,
+            "prj_a",
+            "job_a",
+            vec![attempt(1, Some(0), Some(10_000), Some(5))],
+        );
+        let inverted = s.usage("prj_a", 20_000, 10_000);
+        assert!(inverted.jobs.is_empty() && inverted.cpu_core_seconds == 0.0);
+        let unknown = s.usage("prj_missing", 0, u64::MAX);
+        assert!(unknown.jobs.is_empty());
+        // Sub-second precision: 1 ms of 1 GiB is 0.001 GiB-seconds.
+        let mut s = RegistryState::default();
+        let mut one = attempt(1, Some(5), Some(6), None);
+        one.resources = Resources {
+            cpu_millis: 1,
+            memory_bytes: GIB,
+            gpus: 0,
+        };
+        add_job(&mut s, "prj_a", "job_a", vec![one]);
+        let tiny = s.usage("prj_a", 0, 100);
+        assert!(close(tiny.memory_gib_seconds, 0.001), "{tiny:?}");
+        assert!(close(tiny.cpu_core_seconds, 0.000_001), "{tiny:?}");
+        assert!(close(tiny.gpu_seconds, 0.0));
+    }
+}

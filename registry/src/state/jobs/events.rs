@@ -100,7 +100,7 @@ impl RegistryState {
         lease_epoch: u64,
         events: &[JobEventOp],
     ) -> Result<Applied, DomainError> {
-        let Some(node) = self.nodes.get(node_key) else {
+        let Some(node) = self.fleet.get(node_key) else {
             return Err(DomainError::FailedPrecondition(format!(
                 "node {node_key} is not registered"
             )));
@@ -238,33 +238,6 @@ impl RegistryState {
                 EventAck::accepted()
             }
         }
-    }
-
-    pub fn set_idle_gpus(
-        &mut self,
-        key: &str,
-        lease_epoch: u64,
-        idle_gpus: &[String],
-    ) -> Result<Applied, DomainError> {
-        let record = self
-            .nodes
-            .get_mut(key)
-            .ok_or_else(|| DomainError::not_found("node", key))?;
-        if record.lease_epoch != lease_epoch {
-            return Err(DomainError::FailedPrecondition(format!(
-                "node {key} is at lease epoch {}, not {lease_epoch}",
-                record.lease_epoch
-            )));
-        }
-        let set: BTreeSet<&String> = idle_gpus.iter().collect();
-        record.idle_gpus = set.into_iter().cloned().collect();
-        let detail = format!("{} idle", record.idle_gpus.len());
-        Ok(Applied::new(
-            Outcome::Node {
-                node: record.clone(),
-            },
-            detail,
-        ))
     }
 
     /// Every active job with a replica on a node that was declared lost loses its attempt (the gang's other
@@ -457,12 +430,6 @@ impl RegistryState {
         });
         for node in nodes.iter().flatten() {
             self.bump_assign_version(node);
-        }
-    }
-
-    pub fn bump_assign_version(&mut self, node_key: &str) {
-        if let Some(node) = self.nodes.get_mut(node_key) {
-            node.assign_version = node.assign_version.saturating_add(1);
         }
     }
 }

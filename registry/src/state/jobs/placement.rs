@@ -111,7 +111,7 @@ impl RegistryState {
         }
         let mut entries = Vec::with_capacity(replicas.len());
         for (replica, placement) in (0u32..).zip(replicas) {
-            let Some(node) = self.nodes.get(&placement.node) else {
+            let Some(node) = self.fleet.get(&placement.node) else {
                 return false;
             };
             if node.health != crate::state::NodeHealthState::Ready

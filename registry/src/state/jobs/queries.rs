@@ -88,7 +88,7 @@ impl RegistryState {
     /// The node's assignment version and the unfinished replicas of current attempts that run on it, with
     /// their jobs, in (job id, replica) order.
     pub fn node_assignments(&self, node_key: &str) -> (u64, Vec<(&JobRecord, &Attempt)>) {
-        let version = self.nodes.get(node_key).map_or(0, |n| n.assign_version);
+        let version = self.fleet.get(node_key).map_or(0, |n| n.assign_version);
         let replicas = self
             .jobs
             .active_on(node_key)

@@ -27,7 +27,7 @@ impl RegistryState {
             principal_id,
         } = submission;
         validate_id("id", id)?;
-        if !self.projects.contains_key(project_id) {
+        if self.tenancy.project(project_id).is_none() {
             return Err(DomainError::not_found("project", project_id));
         }
         if self.jobs.get(id).is_some() {

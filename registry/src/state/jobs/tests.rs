@@ -1207,7 +1207,7 @@ fn a_gang_is_placed_whole_or_not_at_all() {
     ]);
     assert_eq!(skipped, (0, 0, 0, 4));
     let mut after = w.without_audit();
-    after.nodes = before.nodes.clone();
+    after.fleet = before.fleet.clone();
     assert_eq!(after.jobs, before.jobs, "a skipped gang leaves no trace");
 
     let versions = [w.version(A), w.version(B), w.version(US)];

@@ -219,8 +219,7 @@ fn apply_version_3(state: RegistryState, next_index: u64, at: u64) -> Recorder {
 /// hold, refused).
 fn apply_version_2(state: RegistryState, next_index: u64, at: u64) -> Recorder {
     let (key, lease_epoch) = state
-        .nodes
-        .values()
+        .nodes()
         .next()
         .map(|n| (n.key.clone(), n.lease_epoch))
         .expect("the first segment registers nodes");
@@ -378,16 +377,12 @@ fn generate() -> (Vec<Entry>, RegistryState) {
 /// One plausible command of every variant, against what `state` holds.
 fn samples(state: &RegistryState, at: u64) -> Vec<Op> {
     let project = state
-        .projects
-        .keys()
+        .projects()
+        .map(|p| &p.id)
         .find(|id| id.as_str() != "prj_default")
         .cloned()
         .unwrap_or_else(|| "prj_default".to_owned());
-    let node = state
-        .nodes
-        .values()
-        .next()
-        .map(|n| (n.key.clone(), n.lease_epoch));
+    let node = state.nodes().next().map(|n| (n.key.clone(), n.lease_epoch));
     let (node_key, epoch) = node.unwrap_or_else(|| ("eu/eu1/alpha".to_owned(), 1));
     let job = state.jobs.values().next().map(|j| j.id.clone());
     let job = job.unwrap_or_else(|| "job_missing".to_owned());
@@ -446,8 +441,8 @@ fn samples(state: &RegistryState, at: u64) -> Vec<Op> {
         }),
         Op::Secrets(SecretOp::RewrapDataKeys {
             keys: state
-                .projects
-                .keys()
+                .projects()
+                .map(|p| &p.id)
                 .map(|id| (id.clone(), wk("mk2", id)))
                 .collect(),
         }),
@@ -615,7 +610,7 @@ fn apply_version_3_remembers_records_by_id_in_the_golden_log() {
         let _ = state.apply(entry.index, &entry.command);
     }
     assert_eq!(state.apply_version, 3);
-    let remembered = &state.requests["req-v3-create"];
+    let remembered = state.requests.get("req-v3-create").expect("remembered");
     assert!(
         remembered.outcome.is_none(),
         "the record itself was remembered"

@@ -33,8 +33,8 @@ fn command_time_goes_back_under_version_0_and_never_under_version_1() {
         }
         run_at(&mut s, T0 + 10_000, admin(), project_op("prj_first")).expect("first");
         run_at(&mut s, T0 + 5_000, admin(), project_op("prj_behind")).expect("behind");
-        let first = s.projects["prj_first"].created_at;
-        let behind = s.projects["prj_behind"].created_at;
+        let first = s.project("prj_first").expect("project").created_at;
+        let behind = s.project("prj_behind").expect("project").created_at;
         let last_audit = s.audit.last().expect("audit").at_ms;
         if version == 0 {
             assert_eq!(behind, T0 + 5_000, "version 0 applies the stamped time");
@@ -60,7 +60,11 @@ fn under_version_1_a_key_expired_at_the_last_command_stays_expired_for_a_late_st
     .expect("version 1");
     run_at(&mut s, T0 + 60_000, admin(), project_op("prj_now")).expect("now");
     let expires = T0 + 30_000;
-    s.keys.get_mut("adminkey").expect("admin key").expires_at = Some(expires);
+    s.tenancy
+        .keys_mut()
+        .get_mut("adminkey")
+        .expect("admin key")
+        .expires_at = Some(expires);
     // Stamped before the key's expiry by a leader whose clock is behind: applied at the later time.
     let late = Actor {
         key_id: Some("adminkey".into()),
@@ -210,7 +214,8 @@ fn from_version_3_a_repeated_submission_answers_the_job_as_it_is_and_remembers_o
         matches!(&first, Ok(Outcome::Job { job }) if job.id == "job_once"),
         "{first:?}"
     );
-    let remembered = serde_json::to_string(&s.requests["req-submit"]).expect("serializes");
+    let remembered = serde_json::to_string(s.requests.get("req-submit").expect("remembered"))
+        .expect("serializes");
     assert!(
         !remembered.contains("\"spec\""),
         "the dedup table holds the job record: {remembered}"
