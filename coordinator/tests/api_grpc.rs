@@ -630,6 +630,18 @@ async fn grpc_node_service_matches_rest() -> anyhow::Result<()> {
     assert!(drained.draining);
     let rest = api.get("/v1/nodes").send().await?;
     assert_eq!(rest.body["items"][0]["draining"], json!(true));
+    // The cluster status counts the drained node per site on both faces.
+    let mut cluster = pb::cluster_service_client::ClusterServiceClient::new(ch.clone());
+    let status = cluster
+        .get_cluster_status(authed(pb::GetClusterStatusRequest {}, &admin, None)?)
+        .await?
+        .into_inner();
+    let rest_status = api.get("/v1/cluster/status").send().await?;
+    assert_eq!(status.sites[0].draining, 1);
+    assert_eq!(
+        rest_status.body["sites"][0]["draining"],
+        json!(status.sites[0].draining)
+    );
     let undrained = nodes
         .undrain_node(authed(node_ref(), &admin, None)?)
         .await?

@@ -15,8 +15,12 @@ use protocol::pb;
 use tonic::{Request, Response, Status};
 use tower::ServiceExt as _;
 
-use crate::node::MemberStatus;
-use crate::state::{ApiKeyView, AuditRecord, Principal, PrincipalKind, ProjectView};
+use crate::node::{ClusterStatus, MemberStatus};
+use crate::scheduler::{Constraints, Locality, ResourceRequest, Resources};
+use crate::state::{
+    Actor, ApiKeyView, AuditRecord, JobUsage, Principal, PrincipalKind, ProjectPolicy, ProjectView,
+    RetryPolicy, SecretVersionView, SecretView, UsageFigures, UsageReport,
+};
 
 use super::auth::{self, missing_scope, RequestScope};
 use super::error::ServiceError;
@@ -27,8 +31,8 @@ use super::jobs::{
 use super::routes::{grpc_method, MatchedRoute};
 use super::service::{
     AddMemberRequest, AdminService, AuditQuery, ClusterOverview, CreateBindingRequest,
-    CreateKeyRequest, CreateProjectRequest, CreateServiceAccountRequest, ListPage, PageParams,
-    PutSecretRequest, RoleBindingView, SecretResource, SetPolicyRequest,
+    CreateKeyRequest, CreateProjectRequest, CreateServiceAccountRequest, FleetSite, ListPage,
+    PageParams, PutSecretRequest, RoleBindingView, SecretResource, SetPolicyRequest,
 };
 
 type GrpcResult<T> = Result<Response<T>, Status>;
@@ -155,307 +159,568 @@ fn page(page_size: u32, page_token: String) -> PageParams {
 
 // ---- conversions ----
 
+// Every converter destructures what it converts and builds its message without `..`: a field added on
+// either side fails to compile here until this face handles it. A field that gRPC leaves out on purpose is
+// bound to `_` with the reason.
+
 fn project(v: ProjectView) -> pb::Project {
-    let p = v.policy;
+    let ProjectView {
+        id,
+        name,
+        description,
+        created_at,
+        policy,
+    } = v;
+    let ProjectPolicy {
+        max_pending_jobs,
+        max_running_cpu_millis,
+        max_running_memory_bytes,
+        max_running_gpus,
+        max_spec_bytes,
+        network,
+        preemption_ceiling,
+    } = policy;
     pb::Project {
-        id: v.id,
-        name: v.name,
-        description: v.description,
-        created_at: v.created_at,
+        id,
+        name,
+        description,
+        created_at,
         policy: Some(pb::ProjectPolicy {
-            max_pending_jobs: p.max_pending_jobs,
-            max_running_cpu_millis: p.max_running_cpu_millis,
-            max_running_memory_bytes: p.max_running_memory_bytes,
-            max_running_gpus: p.max_running_gpus,
-            max_spec_bytes: p.max_spec_bytes,
-            network: p.network.as_str().to_owned(),
-            preemption_ceiling: p.preemption_ceiling,
+            max_pending_jobs,
+            max_running_cpu_millis,
+            max_running_memory_bytes,
+            max_running_gpus,
+            max_spec_bytes,
+            network: network.as_str().to_owned(),
+            preemption_ceiling,
         }),
     }
 }
 
 fn principal(p: Principal) -> pb::Principal {
-    let kind = match p.kind {
+    let Principal {
+        id,
+        kind,
+        name,
+        project_id,
+        created_at,
+        disabled,
+    } = p;
+    let kind = match kind {
         PrincipalKind::User => "user",
         PrincipalKind::ServiceAccount => "service_account",
     };
     pb::Principal {
-        id: p.id,
+        id,
         kind: kind.to_owned(),
-        name: p.name,
+        name,
         // Empty for a platform principal.
-        project_id: p.project_id.unwrap_or_default(),
-        created_at: p.created_at,
-        disabled: p.disabled,
+        project_id: project_id.unwrap_or_default(),
+        created_at,
+        disabled,
     }
 }
 
 fn api_key(k: ApiKeyView) -> pb::ApiKey {
+    let ApiKeyView {
+        id,
+        prefix,
+        principal_id,
+        project_id,
+        name,
+        last4,
+        created_at,
+        expires_at,
+        revoked_at,
+        roles,
+        project_scoped,
+    } = k;
     pb::ApiKey {
-        id: k.id,
-        prefix: k.prefix,
-        principal_id: k.principal_id,
-        project_id: k.project_id,
-        name: k.name,
-        last4: k.last4,
-        created_at: k.created_at,
-        expires_at: k.expires_at,
-        revoked_at: k.revoked_at,
-        roles: k
-            .roles
+        id,
+        prefix,
+        principal_id,
+        project_id,
+        name,
+        last4,
+        created_at,
+        expires_at,
+        revoked_at,
+        roles: roles
             .unwrap_or_default()
             .into_iter()
             .map(|r| r.to_string())
             .collect(),
-        project_scoped: k.project_scoped,
+        project_scoped,
     }
 }
 
 fn binding(b: RoleBindingView) -> pb::RoleBinding {
+    let RoleBindingView {
+        id,
+        principal_id,
+        role,
+        scope,
+        project_id,
+        created_at,
+    } = b;
     pb::RoleBinding {
-        id: b.id,
-        principal_id: b.principal_id,
-        role: b.role.to_string(),
-        scope: b.scope,
-        created_at: b.created_at,
+        id,
+        principal_id,
+        role: role.to_string(),
+        scope,
+        created_at,
+        project_id: project_id.unwrap_or_default(),
     }
 }
 
 fn audit_record(r: AuditRecord) -> pb::AuditRecord {
     let json = serde_json::to_string(&r).unwrap_or_default();
-    let outcome = match serde_json::to_value(r.outcome) {
+    let AuditRecord {
+        seq,
+        at_ms,
+        actor,
+        action,
+        project,
+        target,
+        outcome,
+        detail,
+        prev_hash,
+        hash,
+    } = r;
+    let outcome = match serde_json::to_value(outcome) {
         Ok(serde_json::Value::String(s)) => s,
         _ => String::new(),
     };
+    let Actor {
+        principal_id,
+        name: actor_name,
+        // The acting key is in `json`; the message names the principal.
+        key_id: _,
+    } = actor;
     pb::AuditRecord {
-        seq: r.seq,
-        at_ms: r.at_ms,
-        actor_principal_id: r.actor.principal_id.unwrap_or_default(),
-        actor_name: r.actor.name,
-        action: r.action,
-        project: r.project.unwrap_or_default(),
-        target: r.target,
+        seq,
+        at_ms,
+        actor_principal_id: principal_id.unwrap_or_default(),
+        actor_name,
+        action,
+        project: project.unwrap_or_default(),
+        target,
         outcome,
-        detail: r.detail,
-        prev_hash: r.prev_hash,
-        hash: r.hash,
+        detail,
+        prev_hash,
+        hash,
         json,
     }
 }
 
 fn secret(s: SecretResource) -> pb::Secret {
-    let s = s.secret;
+    let SecretResource {
+        // REST's resource id is the secret's name, which the message carries as `name`.
+        id: _,
+        secret,
+    } = s;
+    let SecretView {
+        project_id,
+        name,
+        latest_version,
+        versions,
+        bindings,
+        created_at,
+        updated_at,
+    } = secret;
     pb::Secret {
-        project_id: s.project_id,
-        name: s.name,
-        latest_version: s.latest_version,
-        versions: s
-            .versions
+        project_id,
+        name,
+        latest_version,
+        versions: versions
             .into_iter()
-            .map(|v| pb::SecretVersion {
-                version: v.version,
-                created_at: v.created_at,
+            .map(|v| {
+                let SecretVersionView {
+                    version,
+                    created_at,
+                } = v;
+                pb::SecretVersion {
+                    version,
+                    created_at,
+                }
             })
             .collect(),
-        bindings: s.bindings,
-        created_at: s.created_at,
-        updated_at: s.updated_at,
+        bindings,
+        created_at,
+        updated_at,
     }
 }
 
 fn member(m: MemberStatus) -> pb::ClusterMember {
+    let MemberStatus {
+        id,
+        name,
+        raft_addr,
+        admin_addr,
+        voter,
+    } = m;
     pb::ClusterMember {
-        id: m.id,
-        name: m.name,
-        raft_addr: m.raft_addr,
-        admin_addr: m.admin_addr,
-        voter: m.voter,
+        id,
+        name,
+        raft_addr,
+        admin_addr,
+        voter,
+    }
+}
+
+fn fleet_site(f: FleetSite) -> pb::FleetSite {
+    let FleetSite {
+        region,
+        cluster,
+        nodes,
+        ready,
+        unreachable,
+        lost,
+        draining,
+        cpu_cores,
+        memory_bytes,
+        gpus,
+        gpu_models,
+        idle_gpus,
+        active_jobs,
+    } = f;
+    pb::FleetSite {
+        region,
+        cluster,
+        nodes,
+        ready,
+        unreachable,
+        lost,
+        cpu_cores,
+        memory_bytes,
+        gpus,
+        gpu_models: gpu_models.into_iter().collect(),
+        idle_gpus,
+        active_jobs,
+        draining,
     }
 }
 
 fn cluster_status(overview: ClusterOverview) -> pb::ClusterStatusResponse {
-    let s = overview.status;
+    let ClusterOverview { status, sites } = overview;
+    let ClusterStatus {
+        node_id,
+        name,
+        state,
+        leader,
+        term,
+        applied_index,
+        committed_index,
+        members,
+    } = status;
     pb::ClusterStatusResponse {
-        sites: overview
-            .sites
-            .into_iter()
-            .map(|f| pb::FleetSite {
-                region: f.region,
-                cluster: f.cluster,
-                nodes: f.nodes,
-                ready: f.ready,
-                unreachable: f.unreachable,
-                lost: f.lost,
-                cpu_cores: f.cpu_cores,
-                memory_bytes: f.memory_bytes,
-                gpus: f.gpus,
-                gpu_models: f.gpu_models.into_iter().collect(),
-                idle_gpus: f.idle_gpus,
-                active_jobs: f.active_jobs,
-            })
-            .collect(),
-        node_id: s.node_id,
-        name: s.name,
-        state: s.state,
-        leader: s.leader,
-        term: s.term,
-        applied_index: s.applied_index,
-        committed_index: s.committed_index,
-        members: s.members.into_iter().map(member).collect(),
+        sites: sites.into_iter().map(fleet_site).collect(),
+        node_id,
+        name,
+        state,
+        leader,
+        term,
+        applied_index,
+        committed_index,
+        members: members.into_iter().map(member).collect(),
     }
 }
 
 fn attempt(a: AttemptView) -> pb::JobAttempt {
+    let AttemptView {
+        attempt,
+        replica,
+        node,
+        region,
+        cluster,
+        gpu_uuids,
+        resources,
+        scheduled_at,
+        started_at,
+        ended_at,
+        outcome,
+        exit_code,
+        signal,
+        cpu_time_ms,
+        max_rss_bytes,
+        detail,
+    } = a;
+    let Resources {
+        cpu_millis,
+        memory_bytes,
+        gpus,
+    } = resources;
     pb::JobAttempt {
-        attempt: a.attempt,
-        replica: a.replica,
-        node: a.node,
-        region: a.region,
-        cluster: a.cluster,
-        gpu_uuids: a.gpu_uuids,
-        scheduled_at: a.scheduled_at,
-        started_at: a.started_at,
-        ended_at: a.ended_at,
-        outcome: a.outcome.unwrap_or_default().to_owned(),
-        exit_code: a.exit_code,
-        signal: a.signal,
-        detail: a.detail,
-        cpu_time_ms: a.cpu_time_ms,
-        max_rss_bytes: a.max_rss_bytes,
+        attempt,
+        replica,
+        node,
+        region,
+        cluster,
+        gpu_uuids,
+        scheduled_at,
+        started_at,
+        ended_at,
+        outcome: outcome.unwrap_or_default().to_owned(),
+        exit_code,
+        signal,
+        detail,
+        cpu_time_ms,
+        max_rss_bytes,
+        resources: Some(pb::ReservedResources {
+            cpu_millis,
+            memory_bytes,
+            gpus,
+        }),
     }
 }
 
 fn job(j: JobView) -> pb::Job {
-    let strategy = match serde_json::to_value(j.strategy) {
+    let JobView {
+        id,
+        project_id,
+        name,
+        state,
+        command,
+        args,
+        env,
+        working_dir,
+        resources,
+        replicas,
+        constraints,
+        data_locality,
+        priority,
+        preemption,
+        preemptible,
+        strategy,
+        retry,
+        timeout_secs,
+        cancel_grace_secs,
+        secrets,
+        secrets_env,
+        node,
+        region,
+        cluster,
+        attempt_count,
+        attempts,
+        pending_reason,
+        cancel_requested,
+        exit_code,
+        created_by,
+        principal_id,
+        created_at,
+        updated_at,
+        finished_at,
+    } = j;
+    let strategy = match serde_json::to_value(strategy) {
         Ok(serde_json::Value::String(s)) => s,
         _ => String::new(),
     };
-    let (locality_region, locality_cluster) = match j.data_locality {
-        Some(l) => (l.region, l.cluster.unwrap_or_default()),
+    let (locality_region, locality_cluster) = match data_locality {
+        Some(Locality { region, cluster }) => (region, cluster.unwrap_or_default()),
         None => (String::new(), String::new()),
     };
+    let ResourceRequest {
+        cpu_millis,
+        memory_bytes,
+        gpus,
+        gpu_model,
+        gpu_min_memory_mib,
+    } = resources;
+    let Constraints {
+        region: constraint_region,
+        cluster: constraint_cluster,
+        labels,
+    } = constraints;
+    let RetryPolicy {
+        max_attempts,
+        on_failure,
+    } = retry;
     pb::Job {
-        id: j.id,
-        project_id: j.project_id,
-        name: j.name,
-        state: j.state.as_str().to_owned(),
-        command: j.command,
-        args: j.args,
-        env: j.env.into_iter().collect(),
-        working_dir: j.working_dir.unwrap_or_default(),
+        id,
+        project_id,
+        name,
+        state: state.as_str().to_owned(),
+        command,
+        args,
+        env: env.into_iter().collect(),
+        working_dir: working_dir.unwrap_or_default(),
         resources: Some(pb::JobResources {
-            cpu_millis: j.resources.cpu_millis,
-            memory_bytes: j.resources.memory_bytes,
-            gpus: j.resources.gpus,
-            gpu_model: j.resources.gpu_model.unwrap_or_default(),
-            gpu_min_memory_mib: j.resources.gpu_min_memory_mib,
+            cpu_millis,
+            memory_bytes,
+            gpus,
+            gpu_model: gpu_model.unwrap_or_default(),
+            gpu_min_memory_mib,
         }),
         constraints: Some(pb::JobConstraints {
-            region: j.constraints.region.unwrap_or_default(),
-            cluster: j.constraints.cluster.unwrap_or_default(),
-            labels: j.constraints.labels.into_iter().collect(),
+            region: constraint_region.unwrap_or_default(),
+            cluster: constraint_cluster.unwrap_or_default(),
+            labels: labels.into_iter().collect(),
         }),
-        priority: j.priority,
+        priority,
         retry: Some(pb::JobRetry {
-            max_attempts: j.retry.max_attempts,
-            on_failure: j.retry.on_failure,
+            max_attempts,
+            on_failure,
         }),
-        timeout_secs: j.timeout_secs,
-        node: j.node.unwrap_or_default(),
-        region: j.region.unwrap_or_default(),
-        cluster: j.cluster.unwrap_or_default(),
-        attempt_count: j.attempt_count,
-        attempts: j.attempts.into_iter().map(attempt).collect(),
-        pending_reason: j.pending_reason.unwrap_or_default(),
-        cancel_requested: j.cancel_requested,
-        exit_code: j.exit_code,
-        created_by: j.created_by,
-        created_at: j.created_at,
-        updated_at: j.updated_at,
-        finished_at: j.finished_at,
-        preemption: j.preemption,
-        preemptible: j.preemptible,
+        timeout_secs,
+        node: node.unwrap_or_default(),
+        region: region.unwrap_or_default(),
+        cluster: cluster.unwrap_or_default(),
+        attempt_count,
+        attempts: attempts.into_iter().map(attempt).collect(),
+        pending_reason: pending_reason.unwrap_or_default(),
+        cancel_requested,
+        exit_code,
+        created_by,
+        created_at,
+        updated_at,
+        finished_at,
+        preemption,
+        preemptible,
         strategy,
-        cancel_grace_secs: j.cancel_grace_secs,
-        secrets: j.secrets.into_iter().collect(),
+        cancel_grace_secs,
+        secrets: secrets.into_iter().collect(),
         data_locality_region: locality_region,
         data_locality_cluster: locality_cluster,
-        replicas: j.replicas,
-        principal_id: j.principal_id.unwrap_or_default(),
-        secrets_env: j.secrets_env,
+        replicas,
+        principal_id: principal_id.unwrap_or_default(),
+        secrets_env,
     }
 }
 
 /// A gRPC submission in the REST body's terms; proto3 zero values mean "not given".
 fn submission(r: pb::SubmitJobRequest) -> SubmitJobRequest {
-    let res = r.resources.unwrap_or_default();
-    let con = r.constraints.unwrap_or_default();
-    let retry = r.retry.unwrap_or_default();
+    let pb::SubmitJobRequest {
+        name,
+        command,
+        args,
+        env,
+        working_dir,
+        resources,
+        constraints,
+        priority,
+        retry,
+        timeout_secs,
+        preemption,
+        preemptible,
+        strategy,
+        cancel_grace_secs,
+        data_locality_region,
+        data_locality_cluster,
+        secrets,
+        replicas,
+        secrets_env,
+    } = r;
+    let pb::JobResources {
+        cpu_millis,
+        memory_bytes,
+        gpus,
+        gpu_model,
+        gpu_min_memory_mib,
+    } = resources.unwrap_or_default();
+    let pb::JobConstraints {
+        region,
+        cluster,
+        labels,
+    } = constraints.unwrap_or_default();
+    let pb::JobRetry {
+        max_attempts,
+        on_failure,
+    } = retry.unwrap_or_default();
     SubmitJobRequest {
-        name: non_empty(r.name),
-        command: Some(r.command),
-        args: r.args,
-        env: r.env.into_iter().collect(),
-        working_dir: non_empty(r.working_dir),
+        name: non_empty(name),
+        command: Some(command),
+        args,
+        env: env.into_iter().collect(),
+        working_dir: non_empty(working_dir),
         resources: ResourcesBody {
             cpu: None,
-            cpu_millis: (res.cpu_millis > 0).then_some(res.cpu_millis),
+            cpu_millis: (cpu_millis > 0).then_some(cpu_millis),
             memory: None,
-            memory_bytes: (res.memory_bytes > 0).then_some(res.memory_bytes),
-            gpus: (res.gpus > 0).then_some(u64::from(res.gpus)),
-            gpu_model: non_empty(res.gpu_model),
-            gpu_min_memory_mib: res.gpu_min_memory_mib,
+            memory_bytes: (memory_bytes > 0).then_some(memory_bytes),
+            gpus: (gpus > 0).then_some(u64::from(gpus)),
+            gpu_model: non_empty(gpu_model),
+            gpu_min_memory_mib,
         },
         constraints: ConstraintsBody {
-            region: non_empty(con.region),
-            cluster: non_empty(con.cluster),
-            labels: con.labels.into_iter().collect(),
+            region: non_empty(region),
+            cluster: non_empty(cluster),
+            labels: labels.into_iter().collect(),
         },
-        data_locality: non_empty(r.data_locality_region).map(|region| LocalityBody {
+        data_locality: non_empty(data_locality_region).map(|region| LocalityBody {
             region,
-            cluster: non_empty(r.data_locality_cluster),
+            cluster: non_empty(data_locality_cluster),
         }),
-        priority: Some(i64::from(r.priority)),
-        preemption: r.preemption,
-        preemptible: r.preemptible,
-        strategy: non_empty(r.strategy),
+        priority: Some(i64::from(priority)),
+        preemption,
+        preemptible,
+        strategy: non_empty(strategy),
         retry: RetryBody {
-            max_attempts: (retry.max_attempts > 0).then_some(u64::from(retry.max_attempts)),
-            on_failure: retry.on_failure,
+            max_attempts: (max_attempts > 0).then_some(u64::from(max_attempts)),
+            on_failure,
         },
-        timeout_secs: (r.timeout_secs > 0).then_some(r.timeout_secs),
-        cancel_grace_secs: r.cancel_grace_secs,
-        secrets: r.secrets.into_iter().collect(),
-        secrets_env: r.secrets_env,
-        replicas: (r.replicas > 0).then_some(u64::from(r.replicas)),
+        timeout_secs: (timeout_secs > 0).then_some(timeout_secs),
+        cancel_grace_secs,
+        secrets: secrets.into_iter().collect(),
+        secrets_env,
+        replicas: (replicas > 0).then_some(u64::from(replicas)),
     }
 }
 
-fn usage_report(u: crate::state::UsageReport) -> pb::UsageReport {
+fn usage_figures(f: UsageFigures) -> pb::UsageFigures {
+    let UsageFigures {
+        cpu_core_seconds,
+        memory_gib_seconds,
+        gpu_seconds,
+        cpu_time_seconds,
+    } = f;
+    pb::UsageFigures {
+        cpu_core_seconds,
+        memory_gib_seconds,
+        gpu_seconds,
+        cpu_time_seconds,
+    }
+}
+
+fn usage_report(u: UsageReport) -> pb::UsageReport {
+    let UsageReport {
+        project_id,
+        since,
+        until,
+        cpu_core_seconds,
+        memory_gib_seconds,
+        gpu_seconds,
+        cpu_time_seconds,
+        archived,
+        jobs,
+    } = u;
     pb::UsageReport {
-        project_id: u.project_id,
-        since: u.since,
-        until: u.until,
-        cpu_core_seconds: u.cpu_core_seconds,
-        memory_gib_seconds: u.memory_gib_seconds,
-        gpu_seconds: u.gpu_seconds,
-        cpu_time_seconds: u.cpu_time_seconds,
-        archived: Some(pb::UsageFigures {
-            cpu_core_seconds: u.archived.cpu_core_seconds,
-            memory_gib_seconds: u.archived.memory_gib_seconds,
-            gpu_seconds: u.archived.gpu_seconds,
-            cpu_time_seconds: u.archived.cpu_time_seconds,
-        }),
-        jobs: u
-            .jobs
+        project_id,
+        since,
+        until,
+        cpu_core_seconds,
+        memory_gib_seconds,
+        gpu_seconds,
+        cpu_time_seconds,
+        archived: Some(usage_figures(archived)),
+        jobs: jobs
             .into_iter()
-            .map(|j| pb::JobUsage {
-                job_id: j.job_id,
-                name: j.name,
-                cpu_core_seconds: j.cpu_core_seconds,
-                memory_gib_seconds: j.memory_gib_seconds,
-                gpu_seconds: j.gpu_seconds,
-                cpu_time_seconds: j.cpu_time_seconds,
+            .map(|j| {
+                let JobUsage {
+                    job_id,
+                    name,
+                    cpu_core_seconds,
+                    memory_gib_seconds,
+                    gpu_seconds,
+                    cpu_time_seconds,
+                } = j;
+                pb::JobUsage {
+                    job_id,
+                    name,
+                    cpu_core_seconds,
+                    memory_gib_seconds,
+                    gpu_seconds,
+                    cpu_time_seconds,
+                }
             })
             .collect(),
     }
