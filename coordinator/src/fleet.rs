@@ -25,8 +25,8 @@ use crate::node::{Handle, WeakHandle, WriteError};
 use crate::scheduler::GpuDevice;
 use crate::state::{
     node_key, secret_binds_workload, Actor, Attempt, AuditOp, AuditOutcome, Command, DenyKind,
-    DomainError, FleetOp, HeldAttempt, JobEventKind, JobEventOp, JobOp, JobRecord, NodeHealthState,
-    Op, Outcome, RegistryState,
+    DomainError, FleetOp, FleetOutcome, HeldAttempt, JobEventKind, JobEventOp, JobOp, JobOutcome,
+    JobRecord, NodeHealthState, Op, Outcome, RegistryState,
 };
 
 /// Timings of the fleet: how often agents beat, and how long silence lasts before a node changes health.
@@ -270,7 +270,7 @@ impl Fleet {
         let op = registration_op(req, self.approve_new_nodes)?;
         let cmd = Command::new(handle.now_ms(), agent_actor(&ctx), op);
         let node = match handle.write(cmd).await {
-            Ok(Outcome::Node { node }) => node,
+            Ok(Outcome::Fleet(FleetOutcome::Node { node })) => node,
             Ok(other) => return Err(RpcStatus::internal(format!("unexpected outcome {other:?}"))),
             Err(WriteError::Domain(e)) => return Err(RpcStatus::invalid_argument(e.to_string())),
             Err(e) => return Err(RpcStatus::unavailable(e.to_string())),
@@ -448,15 +448,17 @@ impl Fleet {
             }),
         );
         match handle.write(cmd).await {
-            Ok(Outcome::JobEvents { acks }) => Ok(encode_message(&pb::ReportResponse {
-                acks: acks
-                    .into_iter()
-                    .map(|a| pb::EventAck {
-                        accepted: a.accepted,
-                        reason: a.reason,
-                    })
-                    .collect(),
-            })),
+            Ok(Outcome::Jobs(JobOutcome::JobEvents { acks })) => {
+                Ok(encode_message(&pb::ReportResponse {
+                    acks: acks
+                        .into_iter()
+                        .map(|a| pb::EventAck {
+                            accepted: a.accepted,
+                            reason: a.reason,
+                        })
+                        .collect(),
+                }))
+            }
             Ok(other) => Err(RpcStatus::internal(format!("unexpected outcome {other:?}"))),
             // The epoch moved between the check and the apply: the agent registers again.
             Err(WriteError::Domain(DomainError::FailedPrecondition(m))) => {

@@ -771,7 +771,7 @@ async fn a_purged_job_is_gone_but_its_usage_stays() -> anyhow::Result<()> {
         .await?;
     assert_eq!(
         outcome,
-        coordinator::state::Outcome::JobsPurged { purged: 1 },
+        coordinator::state::Outcome::Jobs(coordinator::state::JobOutcome::JobsPurged { purged: 1 }),
         "{outcome:?}"
     );
 

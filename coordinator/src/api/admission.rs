@@ -16,7 +16,8 @@ use serde_json::{json, Value};
 use tonic::{Request, Response, Status};
 
 use crate::state::{
-    self, normalize_serial, DeniedIdentity, DenyKind, FleetOp, IdentityOp, Op, Outcome,
+    self, normalize_serial, DeniedIdentity, DenyKind, FleetOp, FleetOutcome, IdentityOp,
+    IdentityOutcome, Op, Outcome,
 };
 
 use super::auth::RequestScope;
@@ -146,7 +147,7 @@ impl AdminService {
             reason,
         });
         match self.write(scope, op).await? {
-            Outcome::Denied { entry } => Ok(entry),
+            Outcome::Identity(IdentityOutcome::Denied { entry }) => Ok(entry),
             other => Err(unexpected(other)),
         }
     }
@@ -165,7 +166,7 @@ impl AdminService {
             )
             .await?
         {
-            Outcome::Denied { entry } => Ok(entry),
+            Outcome::Identity(IdentityOutcome::Denied { entry }) => Ok(entry),
             other => Err(unexpected(other)),
         }
     }
@@ -195,7 +196,7 @@ impl AdminService {
             key: state::node_key(region, cluster, node),
         });
         match self.write(scope, op).await? {
-            Outcome::Node { node } => Ok(self.node_view(&node)),
+            Outcome::Fleet(FleetOutcome::Node { node }) => Ok(self.node_view(&node)),
             other => Err(unexpected(other)),
         }
     }
@@ -217,11 +218,11 @@ impl AdminService {
             auto_approve: req.auto_approve,
         });
         match self.write(scope, op).await? {
-            Outcome::ClusterPolicy {
+            Outcome::Fleet(FleetOutcome::ClusterPolicy {
                 region,
                 cluster,
                 policy,
-            } => Ok(ClusterPolicyView {
+            }) => Ok(ClusterPolicyView {
                 region,
                 cluster,
                 auto_approve: policy.auto_approve,

@@ -15,8 +15,8 @@ use crate::authz::{self, Action};
 use crate::crypto;
 use crate::scheduler::{Constraints, Locality, ResourceRequest, Resources, Strategy};
 use crate::state::{
-    Attempt, JobOp, JobRecord, JobSpec, JobState, Op, Outcome, RetryPolicy, UsageReport,
-    MAX_REPLICAS,
+    Attempt, JobOp, JobOutcome, JobRecord, JobSpec, JobState, Op, Outcome, RetryPolicy,
+    UsageReport, MAX_REPLICAS,
 };
 
 use super::auth::RequestScope;
@@ -858,7 +858,7 @@ impl AdminService {
             principal_id: Some(scope.caller.principal_id.clone()),
         });
         match self.write(scope, op).await? {
-            Outcome::Job { job } => Ok(JobView::from(&job)),
+            Outcome::Jobs(JobOutcome::Job { job }) => Ok(JobView::from(&job)),
             other => Err(unexpected(other)),
         }
     }
@@ -906,7 +906,7 @@ impl AdminService {
             id: id.to_owned(),
         });
         match self.write(scope, op).await {
-            Ok(Outcome::Job { job }) => Ok(JobView::from(&job)),
+            Ok(Outcome::Jobs(JobOutcome::Job { job })) => Ok(JobView::from(&job)),
             Ok(other) => Err(unexpected(other)),
             // It finished between our read and the commit.
             Err(e) if e.kind == ErrorKind::FailedPrecondition => {

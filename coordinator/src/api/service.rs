@@ -17,9 +17,10 @@ use crate::authz::{self, Action, Caller, Role};
 use crate::crypto::{self, CryptoError, MasterKeyring, SecretAad};
 use crate::node::{ClusterStatus, Handle, MemberNode, MemberStatus, NodeId};
 use crate::state::{
-    self, validate_id, ApiKeyView, AuditOp, AuditRecord, Command, FleetOp, KeyPrincipal, Op,
-    Outcome, Page, PageRequest, PolicyUpdate, Principal, PrincipalKind, ProjectPolicy, ProjectView,
-    RoleBinding, Scope, SecretOp, SecretView, TenancyOp, DEFAULT_PAGE_SIZE,
+    self, validate_id, ApiKeyView, AuditOp, AuditRecord, Command, FleetOp, FleetOutcome,
+    KeyPrincipal, Op, Outcome, Page, PageRequest, PolicyUpdate, Principal, PrincipalKind,
+    ProjectPolicy, ProjectView, RoleBinding, Scope, SecretOp, SecretOutcome, SecretView, TenancyOp,
+    TenancyOutcome, DEFAULT_PAGE_SIZE,
 };
 
 use super::auth::RequestScope;
@@ -808,7 +809,7 @@ impl AdminService {
             draining,
         });
         match self.write(scope, op).await? {
-            Outcome::Node { node } => Ok(self.node_view(&node)),
+            Outcome::Fleet(FleetOutcome::Node { node }) => Ok(self.node_view(&node)),
             other => Err(unexpected(other)),
         }
     }
@@ -951,7 +952,7 @@ impl AdminService {
                 .then_some(self.inner.project_defaults),
         });
         match self.write(scope, op).await? {
-            Outcome::Project { project } => Ok(project),
+            Outcome::Tenancy(TenancyOutcome::Project { project }) => Ok(project),
             other => Err(unexpected(other)),
         }
     }
@@ -1028,7 +1029,7 @@ impl AdminService {
             update,
         });
         match self.write(scope, op).await {
-            Ok(Outcome::Project { project }) => Ok(project),
+            Ok(Outcome::Tenancy(TenancyOutcome::Project { project })) => Ok(project),
             Ok(other) => Err(unexpected(other)),
             Err(e) if e.kind == ErrorKind::NotFound => {
                 Err(ServiceError::not_found("project", project))
@@ -1090,7 +1091,7 @@ impl AdminService {
             project_id: scope.project_id.clone(),
         });
         match self.write(scope, op).await? {
-            Outcome::Principal { principal } => Ok(principal),
+            Outcome::Tenancy(TenancyOutcome::Principal { principal }) => Ok(principal),
             other => Err(unexpected(other)),
         }
     }
@@ -1207,11 +1208,11 @@ impl AdminService {
         });
         let cmd = Command::new(at, scope.caller.actor(), op);
         match self.inner.handle.write(cmd).await? {
-            Outcome::KeyCreated {
+            Outcome::Tenancy(TenancyOutcome::KeyCreated {
                 key,
                 principal,
                 binding,
-            } => Ok(CreatedKey {
+            }) => Ok(CreatedKey {
                 id: key.id.clone(),
                 token: token.token.to_string(),
                 key,
@@ -1289,7 +1290,7 @@ impl AdminService {
             )
             .await?
         {
-            Outcome::Key { key } => Ok(key),
+            Outcome::Tenancy(TenancyOutcome::Key { key }) => Ok(key),
             other => Err(unexpected(other)),
         }
     }
@@ -1342,7 +1343,9 @@ impl AdminService {
             role,
         });
         match self.write(scope, op).await? {
-            Outcome::Binding { binding } => Ok(RoleBindingView::from(&binding)),
+            Outcome::Tenancy(TenancyOutcome::Binding { binding }) => {
+                Ok(RoleBindingView::from(&binding))
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -1542,7 +1545,7 @@ impl AdminService {
                 bindings: req.bindings.clone(),
             });
             match self.write(scope, op).await {
-                Ok(Outcome::Secret { secret }) => return Ok(secret.into()),
+                Ok(Outcome::Secrets(SecretOutcome::Secret { secret })) => return Ok(secret.into()),
                 Ok(other) => return Err(unexpected(other)),
                 // Another put took this version number first: seal again for the next one.
                 Err(e) if e.kind == ErrorKind::FailedPrecondition && attempt < RACE_ATTEMPTS => {
@@ -1672,7 +1675,7 @@ impl AdminService {
             };
             let master_key_id = self.inner.keyring.current_id().to_owned();
             match self.write(scope, op).await {
-                Ok(Outcome::Rewrapped { projects }) => {
+                Ok(Outcome::Secrets(SecretOutcome::Rewrapped { projects })) => {
                     return Ok(RewrapResult {
                         projects,
                         master_key_id,
@@ -1680,10 +1683,10 @@ impl AdminService {
                         secret_versions: 0,
                     })
                 }
-                Ok(Outcome::DataKeysReplaced {
+                Ok(Outcome::Secrets(SecretOutcome::DataKeysReplaced {
                     projects,
                     secret_versions,
-                }) => {
+                })) => {
                     return Ok(RewrapResult {
                         projects,
                         master_key_id,

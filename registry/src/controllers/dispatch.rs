@@ -248,6 +248,7 @@ pub fn plan(state: &RegistryState) -> Vec<PlacementOp> {
 mod tests {
     use super::*;
     use crate::scheduler::{GpuDevice, ResourceRequest};
+    use crate::state::TenancyOutcome;
     use crate::state::{
         Actor, Command, JobSpec, JobState, NodeHealthState, Op, Outcome, PlacementOp, WrappedKey,
     };
@@ -278,7 +279,13 @@ mod tests {
                 admin_key_last4: "abcd".into(),
             }),
         );
-        assert!(matches!(out, Ok(Outcome::Bootstrapped { .. })), "{out:?}");
+        assert!(
+            matches!(
+                out,
+                Ok(Outcome::Tenancy(TenancyOutcome::Bootstrapped { .. }))
+            ),
+            "{out:?}"
+        );
         for (region, node, gpus) in [("eu", "eu-a1", 0), ("eu", "eu-a2", 0), ("us", "us-a1", 1)] {
             let gpus: Vec<GpuDevice> = (0..gpus)
                 .map(|i| GpuDevice {

@@ -68,6 +68,7 @@ impl Controller for Janitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::JobOutcome;
     use crate::state::TenancyOp;
     use crate::state::{Actor, Command, JobSpec, Op, Outcome};
 
@@ -154,7 +155,10 @@ mod tests {
             max: 10,
         });
         let outcome = s.apply(5, &Command::new(T0 + 2 * HOUR, Actor::system(), purge));
-        assert_eq!(outcome, Ok(Outcome::JobsPurged { purged: 1 }));
+        assert_eq!(
+            outcome,
+            Ok(Outcome::Jobs(JobOutcome::JobsPurged { purged: 1 }))
+        );
         // Only the pending job is left: nothing is due however late it is.
         assert_eq!(
             purge_op(&s, u64::MAX, Duration::from_secs(60)),

@@ -28,7 +28,13 @@ fn bootstrapped() -> RegistryState {
         admin_key_last4: "abcd".into(),
     });
     let out = s.apply(1, &Command::new(T0, Actor::system(), op));
-    assert!(matches!(out, Ok(Outcome::Bootstrapped { .. })), "{out:?}");
+    assert!(
+        matches!(
+            out,
+            Ok(Outcome::Tenancy(TenancyOutcome::Bootstrapped { .. }))
+        ),
+        "{out:?}"
+    );
     s
 }
 
@@ -276,7 +282,10 @@ fn an_old_log_minting_a_key_for_the_bootstrap_principal_still_replays() {
             limits: crate::state::KeyLimits::default(),
         }),
     );
-    assert!(matches!(out, Ok(Outcome::KeyCreated { .. })), "{out:?}");
+    assert!(
+        matches!(out, Ok(Outcome::Tenancy(TenancyOutcome::KeyCreated { .. }))),
+        "{out:?}"
+    );
 }
 
 // ---- who may mint keys and bind roles ---------------------------------------------------------------------

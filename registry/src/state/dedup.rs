@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{CommandOutcome, Outcome};
+use super::{CommandOutcome, FleetOutcome, JobOutcome, Outcome, TenancyOutcome};
 
 /// How many recent request ids each replica remembers for de-duplication.
 pub const REMEMBERED_REQUESTS: usize = 10_000;
@@ -40,11 +40,15 @@ impl RememberedRequest {
     pub(super) fn of(index: u64, outcome: &CommandOutcome, version: u32) -> Self {
         let record = match outcome {
             _ if version < 3 => None,
-            Ok(Outcome::Job { job }) => Some(OutcomeRef::Job { id: job.id.clone() }),
-            Ok(Outcome::Project { project }) => Some(OutcomeRef::Project {
-                id: project.id.clone(),
-            }),
-            Ok(Outcome::Node { node }) => Some(OutcomeRef::Node {
+            Ok(Outcome::Jobs(JobOutcome::Job { job })) => {
+                Some(OutcomeRef::Job { id: job.id.clone() })
+            }
+            Ok(Outcome::Tenancy(TenancyOutcome::Project { project })) => {
+                Some(OutcomeRef::Project {
+                    id: project.id.clone(),
+                })
+            }
+            Ok(Outcome::Fleet(FleetOutcome::Node { node })) => Some(OutcomeRef::Node {
                 key: node.key.clone(),
             }),
             _ => None,

@@ -29,6 +29,14 @@ pub enum IdentityOp {
     AllowIdentity { kind: DenyKind, value: String },
 }
 
+/// What a deny-list command produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityOutcome {
+    /// A deny-list entry was added or removed.
+    Denied { entry: DeniedIdentity },
+}
+
 /// The deny-list: this domain's whole state. Only its own commands change it (`DenyList::execute` has
 /// nothing else to write to); the rest of the registry reads it through the lookups below.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -249,7 +257,10 @@ impl DenyList {
         } else {
             format!("{} denied: {reason}", kind.as_str())
         };
-        Ok(Applied::new(Outcome::Denied { entry }, detail))
+        Ok(Applied::new(
+            Outcome::Identity(IdentityOutcome::Denied { entry }),
+            detail,
+        ))
     }
 
     /// `AllowIdentity`: removes an entry; an entry that is not there is `NotFound`.
@@ -264,7 +275,7 @@ impl DenyList {
         }
         self.version = self.version.saturating_add(1);
         Ok(Applied::new(
-            Outcome::Denied { entry },
+            Outcome::Identity(IdentityOutcome::Denied { entry }),
             format!("{} allowed again", kind.as_str()),
         ))
     }
@@ -374,7 +385,7 @@ mod tests {
         let mut s = RegistryState::default();
         assert_eq!(s.deny_list_version(), 0);
         let out = apply(&mut s, deny(DenyKind::Identity, URI)).expect("denied");
-        let Outcome::Denied { entry } = out else {
+        let Outcome::Identity(IdentityOutcome::Denied { entry }) = out else {
             panic!("unexpected {out:?}")
         };
         assert_eq!(entry.id, format!("identity:{URI}"));

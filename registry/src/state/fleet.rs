@@ -89,6 +89,23 @@ pub enum FleetOp {
     ApproveNode { key: String },
 }
 
+/// What a fleet command produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+// Built once per command and moved to the caller; the dedup table keeps records by id (apply version 3),
+// not these, so the record stays inline.
+#[allow(clippy::large_enum_variant)]
+pub enum FleetOutcome {
+    /// A node was registered or its health changed.
+    Node { node: NodeRecord },
+    /// A cluster's admission policy was set.
+    ClusterPolicy {
+        region: String,
+        cluster: String,
+        policy: ClusterPolicy,
+    },
+}
+
 impl RegistryState {
     /// Applies one fleet command (already checked against its actor by `apply`).
     pub(super) fn execute_fleet(&mut self, op: &FleetOp, at: u64) -> Result<Applied, DomainError> {
@@ -621,7 +638,7 @@ impl Fleet {
         record.assign_version = record.assign_version.saturating_add(1);
         let node = record.clone();
         Ok(Applied::new(
-            Outcome::Node { node },
+            Outcome::Fleet(FleetOutcome::Node { node }),
             format!(
                 "{} -> approved with {} CPU cores, {} bytes of memory, {} GPUs",
                 before.as_str(),
@@ -645,11 +662,11 @@ impl Fleet {
         self.cluster_policies
             .insert(cluster_key(region, cluster), policy);
         Ok(Applied::new(
-            Outcome::ClusterPolicy {
+            Outcome::Fleet(FleetOutcome::ClusterPolicy {
                 region: region.to_owned(),
                 cluster: cluster.to_owned(),
                 policy,
-            },
+            }),
             format!("auto_approve={auto_approve}"),
         ))
     }
@@ -714,9 +731,9 @@ impl Fleet {
         record.idle_gpus = set.into_iter().cloned().collect();
         let detail = format!("{} idle", record.idle_gpus.len());
         Ok(Applied::new(
-            Outcome::Node {
+            Outcome::Fleet(FleetOutcome::Node {
                 node: record.clone(),
-            },
+            }),
             detail,
         ))
     }
@@ -742,7 +759,7 @@ impl Fleet {
         record.draining = draining;
         let node = record.clone();
         Ok(Applied::new(
-            Outcome::Node { node },
+            Outcome::Fleet(FleetOutcome::Node { node }),
             format!("draining={draining}"),
         ))
     }
@@ -809,7 +826,10 @@ impl RegistryState {
                 record.admission_reason
             ));
         }
-        Ok(Applied::new(Outcome::Node { node: record }, detail))
+        Ok(Applied::new(
+            Outcome::Fleet(FleetOutcome::Node { node: record }),
+            detail,
+        ))
     }
 
     /// `SetNodeHealth`: the fleet records the health; a lost node loses its jobs.
@@ -830,7 +850,10 @@ impl RegistryState {
         let Some(node) = self.fleet.get(key).cloned() else {
             return Err(DomainError::not_found("node", key));
         };
-        Ok(Applied::new(Outcome::Node { node }, detail))
+        Ok(Applied::new(
+            Outcome::Fleet(FleetOutcome::Node { node }),
+            detail,
+        ))
     }
 
     /// Wakes the agent of `node_key` (see [`Fleet::bump_assign_version`]).
@@ -889,7 +912,7 @@ mod tests {
             Some(NodeHealthState::Unreachable)
         );
         let again = apply(&mut s, 30, register("a1")).expect("re-registration");
-        let Outcome::Node { node } = again else {
+        let Outcome::Fleet(FleetOutcome::Node { node }) = again else {
             panic!("unexpected outcome {again:?}")
         };
         assert_eq!(node.lease_epoch, 2);
@@ -927,7 +950,7 @@ mod tests {
         apply(&mut s, 10, register("a1")).expect("registration");
         let key = node_key("eu", "eu1", "a1");
         let out = apply(&mut s, 20, drain(&key, true)).expect("drain");
-        let Outcome::Node { node } = out else {
+        let Outcome::Fleet(FleetOutcome::Node { node }) = out else {
             panic!("unexpected outcome {out:?}")
         };
         assert!(node.draining);

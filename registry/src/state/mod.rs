@@ -5,7 +5,8 @@
 //! purged jobs, plus the project-scoped read accessors every API route goes through.
 //!
 //! Each domain module owns its commands (an op sub-enum with its audit subject and `execute_<domain>`; [`Op`]
-//! routes to them, `op.rs` keeps their one wire form) and its state, a type with private fields that only
+//! routes to them, `op.rs` keeps their one wire form), its outcomes (a sub-enum under [`Outcome`], whose
+//! wire form `outcome.rs` keeps) and its state, a type with private fields that only
 //! its own commands change ([`Tenancy`], [`SecretStore`], [`Fleet`], [`JobTable`] — records and indexes
 //! behind one transition function — [`DenyList`], [`UsageArchive`], [`RequestLog`]). Changes that reach
 //! across domains are routed by `RegistryState` methods in the owning domain's file. The snapshot's document
@@ -24,6 +25,7 @@ mod deny_list;
 mod fleet;
 mod jobs;
 mod op;
+mod outcome;
 mod paging;
 mod policy;
 mod scope;
@@ -45,13 +47,16 @@ pub use audit::{
 };
 pub use dedup::{OutcomeRef, RememberedRequest, RequestLog, REMEMBERED_REQUESTS};
 pub use deny_list::IdentityOp;
+pub use deny_list::IdentityOutcome;
 pub use deny_list::{deny_id, normalize_serial, DeniedIdentity, DenyKind, DenyList};
 pub use fleet::FleetOp;
+pub use fleet::FleetOutcome;
 pub use fleet::{
     cluster_key, node_key, ApprovedGpu, ApprovedResources, ClusterPolicy, Fleet, NodeAdmission,
     NodeHealthState, NodeRecord,
 };
 pub use jobs::JobOp;
+pub use jobs::JobOutcome;
 pub use jobs::{
     secret_binds_workload, Attempt, AttemptOutcome, EventAck, HeldAttempt, JobEventKind,
     JobEventOp, JobRecord, JobSpec, JobState, PlacementOp, ReplicaPlacement, RetryPolicy,
@@ -65,12 +70,14 @@ pub use policy::{
 };
 pub use scope::ProjectScope;
 pub use secrets::SecretOp;
+pub use secrets::SecretOutcome;
 pub use secrets::{validate_secret_name, validate_workload_binding, BINDING_SYNTAX};
 pub use secrets::{
     ResealedVersion, SealedValue, Secret, SecretBinding, SecretStore, SecretVersion,
     SecretVersionView, SecretView, WrappedKey,
 };
 pub use tenancy::TenancyOp;
+pub use tenancy::TenancyOutcome;
 pub use tenancy::{validate_description, validate_id};
 pub use tenancy::{
     ApiKey, ApiKeyView, KeyLimits, KeyPrincipal, KeyState, Principal, PrincipalKind, Project,
@@ -189,67 +196,28 @@ pub enum ClusterOp {
     SetApplyVersion { version: u32 },
 }
 
-/// What a successfully applied command produced.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// What a successfully applied command produced: a result every domain shares, or the domain's own
+/// outcome. Its wire form is the flat one it always had (see `outcome.rs`).
+#[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// Nothing to report.
     Done,
-    /// Bootstrap created these.
-    Bootstrapped {
-        project: ProjectView,
-        principal: Principal,
-        key: ApiKeyView,
-    },
-    /// A project was created.
-    Project { project: ProjectView },
-    /// A principal was created or changed.
-    Principal { principal: Principal },
-    /// A key was created, with its principal and the binding made for it (if any was requested).
-    KeyCreated {
-        key: ApiKeyView,
-        principal: Principal,
-        binding: Option<RoleBinding>,
-    },
-    /// A key changed (revoked).
-    Key { key: ApiKeyView },
-    /// A role binding was created.
-    Binding { binding: RoleBinding },
-    /// A secret version was written.
-    Secret { secret: SecretView },
     /// The object is gone.
     Deleted,
-    /// Data keys were re-wrapped for this many projects.
-    Rewrapped { projects: u64 },
     /// An audit record was appended with this sequence number.
     Audited { seq: u64 },
-    /// A node was registered or its health changed.
-    Node { node: NodeRecord },
     /// The outcome of each command of a batch, in order.
     Batch { outcomes: Vec<CommandOutcome> },
-    /// A job was submitted or changed.
-    Job { job: JobRecord },
-    /// What a scheduling pass did.
-    JobsPlaced {
-        placed: u32,
-        waiting: u32,
-        preempted: u32,
-        skipped: u32,
-    },
-    /// One acknowledgement per reported event, in order.
-    JobEvents { acks: Vec<EventAck> },
-    /// How many finished jobs a purge forgot.
-    JobsPurged { purged: u32 },
-    /// A deny-list entry was added or removed.
-    Denied { entry: DeniedIdentity },
-    /// A cluster's admission policy was set.
-    ClusterPolicy {
-        region: String,
-        cluster: String,
-        policy: ClusterPolicy,
-    },
-    /// Data keys were replaced for this many projects, and this many secret versions re-encrypted.
-    DataKeysReplaced { projects: u64, secret_versions: u64 },
+    /// A tenancy command's result.
+    Tenancy(TenancyOutcome),
+    /// A secrets command's result.
+    Secrets(SecretOutcome),
+    /// A fleet command's result.
+    Fleet(FleetOutcome),
+    /// A jobs command's result.
+    Jobs(JobOutcome),
+    /// A deny-list command's result.
+    Identity(IdentityOutcome),
 }
 
 /// Why a committed command was refused by the domain (the entry is still committed; state is unchanged
@@ -531,17 +499,17 @@ impl RegistryState {
         };
         match &first.record {
             Some(OutcomeRef::Job { id }) => match self.jobs.get(id) {
-                Some(job) => Ok(Outcome::Job { job: job.clone() }),
+                Some(job) => Ok(Outcome::Jobs(JobOutcome::Job { job: job.clone() })),
                 None => gone("job"),
             },
             Some(OutcomeRef::Project { id }) => match self.tenancy.project(id) {
-                Some(project) => Ok(Outcome::Project {
+                Some(project) => Ok(Outcome::Tenancy(TenancyOutcome::Project {
                     project: project.view(),
-                }),
+                })),
                 None => gone("project"),
             },
             Some(OutcomeRef::Node { key }) => match self.fleet.get(key) {
-                Some(node) => Ok(Outcome::Node { node: node.clone() }),
+                Some(node) => Ok(Outcome::Fleet(FleetOutcome::Node { node: node.clone() })),
                 None => gone("node"),
             },
             None => gone("outcome"),
@@ -560,7 +528,7 @@ impl RegistryState {
         match result {
             Ok(applied) => {
                 bump(format!("{action}/applied"), 1);
-                if let Outcome::JobEvents { acks } = &applied.outcome {
+                if let Outcome::Jobs(JobOutcome::JobEvents { acks }) = &applied.outcome {
                     let accepted = acks.iter().filter(|a| a.accepted).count() as u64;
                     bump("job.event/accepted".to_owned(), accepted);
                     bump("job.event/stale".to_owned(), acks.len() as u64 - accepted);

@@ -42,7 +42,7 @@ pub enum Op {
 }
 
 /// One domain's variant names, as its derived decoder declares them.
-type Names = &'static [&'static str];
+pub(super) type Names = &'static [&'static str];
 
 /// Each domain's variant names, in the order of [`Op`]'s variants.
 fn domain_names() -> &'static [Names; 7] {
@@ -109,9 +109,9 @@ impl<'de> Visitor<'de> for OpVisitor {
 
 /// An enum whose variant name was already read: hands a domain's derived decoder that name, then the
 /// format's own access to the variant's contents, so the contents are decoded exactly once.
-struct Replay<V> {
-    name: String,
-    rest: V,
+pub(super) struct Replay<V> {
+    pub(super) name: String,
+    pub(super) rest: V,
 }
 
 impl<'de, A: VariantAccess<'de>> Deserializer<'de> for Replay<A> {
@@ -139,7 +139,7 @@ impl<'de, A: VariantAccess<'de>> EnumAccess<'de> for Replay<A> {
 
 /// The variant names a derived enum decoder declares: it is asked to decode from a probe that records the
 /// names it is offered and then fails.
-fn variants<T: for<'de> Deserialize<'de>>() -> Names {
+pub(super) fn variants<T: for<'de> Deserialize<'de>>() -> Names {
     let mut names: Names = &[];
     // The probe always fails; the names are what it is for.
     let _ = T::deserialize(Probe(&mut names));

@@ -40,6 +40,18 @@ pub enum SecretOp {
     },
 }
 
+/// What a secrets command produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretOutcome {
+    /// A secret version was written.
+    Secret { secret: SecretView },
+    /// Data keys were re-wrapped for this many projects.
+    Rewrapped { projects: u64 },
+    /// Data keys were replaced for this many projects, and this many secret versions re-encrypted.
+    DataKeysReplaced { projects: u64, secret_versions: u64 },
+}
+
 impl RegistryState {
     /// Applies one secrets command (already checked against its actor by `apply`).
     pub(super) fn execute_secrets(
@@ -427,7 +439,7 @@ impl SecretStore {
         entry.updated_at = at;
         let view = entry.view();
         Ok(Applied::new(
-            Outcome::Secret { secret: view },
+            Outcome::Secrets(SecretOutcome::Secret { secret: view }),
             format!("version={version}"),
         ))
     }
@@ -567,9 +579,9 @@ impl RegistryState {
         }
         let ids: Vec<&str> = master_ids.into_iter().collect();
         Ok(Applied::new(
-            Outcome::Rewrapped {
+            Outcome::Secrets(SecretOutcome::Rewrapped {
                 projects: keys.len() as u64,
-            },
+            }),
             format!("projects={} master_keys={}", keys.len(), ids.join(",")),
         ))
     }
@@ -608,10 +620,10 @@ impl RegistryState {
         let master_ids: BTreeSet<&str> = keys.values().map(|k| k.master_key_id.as_str()).collect();
         let ids: Vec<&str> = master_ids.into_iter().collect();
         Ok(Applied::new(
-            Outcome::DataKeysReplaced {
+            Outcome::Secrets(SecretOutcome::DataKeysReplaced {
                 projects: keys.len() as u64,
                 secret_versions: count as u64,
-            },
+            }),
             format!(
                 "projects={} secret_versions={count} master_keys={} new_data_keys=true",
                 keys.len(),

@@ -85,6 +85,32 @@ pub enum TenancyOp {
     },
 }
 
+/// What a tenancy command produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenancyOutcome {
+    /// Bootstrap created these.
+    Bootstrapped {
+        project: ProjectView,
+        principal: Principal,
+        key: ApiKeyView,
+    },
+    /// A project was created.
+    Project { project: ProjectView },
+    /// A principal was created or changed.
+    Principal { principal: Principal },
+    /// A key was created, with its principal and the binding made for it (if any was requested).
+    KeyCreated {
+        key: ApiKeyView,
+        principal: Principal,
+        binding: Option<RoleBinding>,
+    },
+    /// A key changed (revoked).
+    Key { key: ApiKeyView },
+    /// A role binding was created.
+    Binding { binding: RoleBinding },
+}
+
 impl RegistryState {
     /// Applies one tenancy command (already checked against its actor by `apply`).
     pub(super) fn execute_tenancy(
@@ -808,11 +834,11 @@ impl Tenancy {
             role: Role::PlatformAdmin,
             created_at: at,
         };
-        let outcome = Outcome::Bootstrapped {
+        let outcome = Outcome::Tenancy(TenancyOutcome::Bootstrapped {
             project: project.view(),
             principal: principal.clone(),
             key: key.view(),
-        };
+        });
         self.default_project_id = Some(project.id.clone());
         self.project_ids_by_name
             .insert(project.name.clone(), project.id.clone());
@@ -857,7 +883,7 @@ impl Tenancy {
             .insert(name.to_owned(), id.to_owned());
         self.projects.insert(id.to_owned(), project);
         Ok(Applied::new(
-            Outcome::Project { project: view },
+            Outcome::Tenancy(TenancyOutcome::Project { project: view }),
             format!("name={name}"),
         ))
     }
@@ -932,7 +958,7 @@ impl Tenancy {
         };
         self.principals.insert(id.to_owned(), principal.clone());
         Ok(Applied::new(
-            Outcome::Principal { principal },
+            Outcome::Tenancy(TenancyOutcome::Principal { principal }),
             format!("name={name}"),
         ))
     }
@@ -949,7 +975,10 @@ impl Tenancy {
             .ok_or_else(|| DomainError::not_found("principal", id))?;
         if current.disabled == disabled {
             let principal = current.clone();
-            return Ok(Applied::new(Outcome::Principal { principal }, "unchanged"));
+            return Ok(Applied::new(
+                Outcome::Tenancy(TenancyOutcome::Principal { principal }),
+                "unchanged",
+            ));
         }
         if disabled && !self.admins_remain_after(at, AdminChange::DisablePrincipal(id)) {
             return Err(DomainError::FailedPrecondition(
@@ -962,7 +991,7 @@ impl Tenancy {
         p.disabled = disabled;
         let principal = p.clone();
         Ok(Applied::new(
-            Outcome::Principal { principal },
+            Outcome::Tenancy(TenancyOutcome::Principal { principal }),
             format!("disabled={disabled}"),
         ))
     }
@@ -1048,11 +1077,11 @@ impl Tenancy {
             Some(role) => format!("principal={} role={role}", principal.id),
             None => format!("principal={}", principal.id),
         };
-        let outcome = Outcome::KeyCreated {
+        let outcome = Outcome::Tenancy(TenancyOutcome::KeyCreated {
             key: key.view(),
             principal: principal.clone(),
             binding: binding.clone(),
-        };
+        });
         self.principals
             .entry(principal.id.clone())
             .or_insert(principal);
@@ -1085,7 +1114,7 @@ impl Tenancy {
         key.revoked_at = Some(at);
         let view = key.view();
         Ok(Applied::new(
-            Outcome::Key { key: view },
+            Outcome::Tenancy(TenancyOutcome::Key { key: view }),
             format!("name={name}"),
         ))
     }
@@ -1119,7 +1148,7 @@ impl Tenancy {
         };
         self.bindings.insert(id, binding.clone());
         Ok(Applied::new(
-            Outcome::Binding { binding },
+            Outcome::Tenancy(TenancyOutcome::Binding { binding }),
             format!("role={role} scope={scope}"),
         ))
     }
@@ -1267,7 +1296,7 @@ impl Tenancy {
         project.policy = policy;
         let view = project.view();
         Ok(Applied::new(
-            Outcome::Project { project: view },
+            Outcome::Tenancy(TenancyOutcome::Project { project: view }),
             update.describe(),
         ))
     }

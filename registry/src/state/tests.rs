@@ -58,7 +58,13 @@ fn run(s: &mut RegistryState, op: Op) -> CommandOutcome {
 fn bootstrapped() -> RegistryState {
     let mut s = RegistryState::default();
     let out = s.apply(1, &Command::new(T0, Actor::system(), bootstrap_op()));
-    assert!(matches!(out, Ok(Outcome::Bootstrapped { .. })), "{out:?}");
+    assert!(
+        matches!(
+            out,
+            Ok(Outcome::Tenancy(TenancyOutcome::Bootstrapped { .. }))
+        ),
+        "{out:?}"
+    );
     s
 }
 
@@ -73,7 +79,10 @@ fn create_project(s: &mut RegistryState, id: &str, name: &str) {
             policy: None,
         }),
     );
-    assert!(matches!(out, Ok(Outcome::Project { .. })), "{out:?}");
+    assert!(
+        matches!(out, Ok(Outcome::Tenancy(TenancyOutcome::Project { .. }))),
+        "{out:?}"
+    );
 }
 
 fn key_op(
@@ -655,7 +664,7 @@ fn replicas_are_byte_identical() {
                     "restored replica disagrees"
                 );
             }
-            if let Ok(Outcome::JobsPurged { purged: p }) = out_a {
+            if let Ok(Outcome::Jobs(JobOutcome::JobsPurged { purged: p })) = out_a {
                 purged += p;
             }
         }
@@ -964,11 +973,11 @@ fn create_key_with_new_service_account_binds_the_role() {
         key_op("k1", "ci", "prj_v", new_sa("sa_ci"), Some(Role::Editor)),
     )
     .expect("key");
-    let Outcome::KeyCreated {
+    let Outcome::Tenancy(TenancyOutcome::KeyCreated {
         key,
         principal,
         binding,
-    } = out
+    }) = out
     else {
         panic!("unexpected outcome {out:?}")
     };
@@ -1010,7 +1019,7 @@ fn create_key_with_new_service_account_binds_the_role() {
     )
     .expect("second key");
     assert!(
-        matches!(out, Outcome::KeyCreated { binding: Some(ref b), .. } if b.id == RoleBinding::id_for("sa_ci", &Scope::Project("prj_v".into()), Role::Editor))
+        matches!(out, Outcome::Tenancy(TenancyOutcome::KeyCreated { binding: Some(ref b), .. }) if b.id == RoleBinding::id_for("sa_ci", &Scope::Project("prj_v".into()), Role::Editor))
     );
     assert_eq!(s.bindings_of("sa_ci").len(), 1);
 }
@@ -1154,7 +1163,7 @@ fn keys_revoke_and_expire() {
         }),
     )
     .expect("revoke");
-    let Outcome::Key { key } = out else {
+    let Outcome::Tenancy(TenancyOutcome::Key { key }) = out else {
         panic!("{out:?}")
     };
     assert!(key.revoked_at.is_some());
@@ -1277,7 +1286,7 @@ fn role_bindings_are_validated_and_unique() {
         }),
     )
     .expect("bind");
-    let Outcome::Binding { binding } = out else {
+    let Outcome::Tenancy(TenancyOutcome::Binding { binding }) = out else {
         panic!("{out:?}")
     };
     assert_eq!(
@@ -1408,7 +1417,7 @@ fn secrets_version_and_bind_and_never_show_ciphertext() {
     )
     .expect("v1");
     let out = put(&mut s, "prj_default", "s3-key", 2, None).expect("v2");
-    let Outcome::Secret { secret } = out else {
+    let Outcome::Secrets(SecretOutcome::Secret { secret }) = out else {
         panic!("{out:?}")
     };
     assert_eq!(secret.latest_version, 2);
@@ -1587,7 +1596,7 @@ fn rewrap_is_all_or_nothing() {
             &mut s,
             Op::Secrets(SecretOp::RewrapDataKeys { keys: full.clone() })
         ),
-        Ok(Outcome::Rewrapped { projects: 2 })
+        Ok(Outcome::Secrets(SecretOutcome::Rewrapped { projects: 2 }))
     );
     assert_eq!(s.data_keys(), full);
     assert_eq!(
@@ -1649,10 +1658,10 @@ fn replacing_data_keys_is_all_or_nothing_over_every_secret_version() {
     // Everything at once: keys and every version replaced.
     assert_eq!(
         run(&mut s, op(resealed.clone())),
-        Ok(Outcome::DataKeysReplaced {
+        Ok(Outcome::Secrets(SecretOutcome::DataKeysReplaced {
             projects: 2,
             secret_versions: 3
-        })
+        }))
     );
     assert_eq!(s.data_keys(), keys);
     assert_eq!(s.sealed_versions(), resealed);
@@ -2038,12 +2047,18 @@ fn a_batch_applies_each_command_as_its_own_entry_would() {
         panic!("unexpected {out:?}")
     };
     assert_eq!(outcomes.len(), 4);
-    assert!(matches!(outcomes[0], Ok(Outcome::Project { .. })));
+    assert!(matches!(
+        outcomes[0],
+        Ok(Outcome::Tenancy(TenancyOutcome::Project { .. }))
+    ));
     assert!(matches!(
         outcomes[1],
         Err(DomainError::AlreadyExists { .. })
     ));
-    assert!(matches!(outcomes[2], Ok(Outcome::Project { .. })));
+    assert!(matches!(
+        outcomes[2],
+        Ok(Outcome::Tenancy(TenancyOutcome::Project { .. }))
+    ));
     assert_eq!(outcomes[3], outcomes[0]);
     assert_eq!(batched.audit_records().len(), audit_before + 3);
     assert_eq!(batched.applied_index, 2);

@@ -117,7 +117,10 @@ impl RegistryState {
         }
         let accepted = acks.iter().filter(|a| a.accepted).count();
         let detail = format!("accepted={accepted} stale={}", acks.len() - accepted);
-        Ok(Applied::new(Outcome::JobEvents { acks }, detail))
+        Ok(Applied::new(
+            Outcome::Jobs(JobOutcome::JobEvents { acks }),
+            detail,
+        ))
     }
 
     /// One reported event; `at` is the command's time (job timestamps), the event's own time goes to the

@@ -66,6 +66,28 @@ pub enum JobOp {
     PurgeJobs { finished_before: u64, max: u32 },
 }
 
+/// What a jobs command produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+// Built once per command and moved to the caller; the dedup table keeps records by id (apply version 3),
+// not these, so the record stays inline.
+#[allow(clippy::large_enum_variant)]
+pub enum JobOutcome {
+    /// A job was submitted or changed.
+    Job { job: JobRecord },
+    /// What a scheduling pass did.
+    JobsPlaced {
+        placed: u32,
+        waiting: u32,
+        preempted: u32,
+        skipped: u32,
+    },
+    /// One acknowledgement per reported event, in order.
+    JobEvents { acks: Vec<EventAck> },
+    /// How many finished jobs a purge forgot.
+    JobsPurged { purged: u32 },
+}
+
 impl RegistryState {
     /// Applies one jobs command (already checked against its actor by `apply`).
     pub(super) fn execute_jobs(

@@ -68,12 +68,12 @@ impl RegistryState {
             skipped += u32::from(!applied);
         }
         Ok(Applied::new(
-            Outcome::JobsPlaced {
+            Outcome::Jobs(JobOutcome::JobsPlaced {
                 placed,
                 waiting,
                 preempted,
                 skipped,
-            },
+            }),
             format!("placed={placed} waiting={waiting} preempted={preempted} skipped={skipped}"),
         ))
     }

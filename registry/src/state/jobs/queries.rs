@@ -38,7 +38,7 @@ impl RegistryState {
             purged += 1;
         }
         Applied::new(
-            Outcome::JobsPurged { purged },
+            Outcome::Jobs(JobOutcome::JobsPurged { purged }),
             format!("purged={purged} finished_before={finished_before}"),
         )
     }

@@ -73,7 +73,7 @@ impl RegistryState {
         } else {
             format!("name={}", spec.name)
         };
-        Ok(Applied::new(Outcome::Job { job }, detail))
+        Ok(Applied::new(Outcome::Jobs(JobOutcome::Job { job }), detail))
     }
 
     /// The rules for a job's secrets when it has a workload identity: the identity is the submitter
@@ -169,7 +169,7 @@ impl RegistryState {
         let Some(job) = self.jobs.get(id).cloned() else {
             return Err(DomainError::not_found("job", id));
         };
-        Ok(Applied::new(Outcome::Job { job }, detail))
+        Ok(Applied::new(Outcome::Jobs(JobOutcome::Job { job }), detail))
     }
 }
 

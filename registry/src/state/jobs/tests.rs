@@ -162,7 +162,7 @@ impl World {
             spec,
             principal_id: None,
         })) {
-            Outcome::Job { job } => job,
+            Outcome::Jobs(JobOutcome::Job { job }) => job,
             other => panic!("unexpected outcome {other:?}"),
         }
     }
@@ -212,12 +212,12 @@ impl World {
 
     fn placements(&mut self, placements: Vec<PlacementOp>) -> (u32, u32, u32, u32) {
         match self.ok(Op::Jobs(JobOp::PlaceJobs { placements })) {
-            Outcome::JobsPlaced {
+            Outcome::Jobs(JobOutcome::JobsPlaced {
                 placed,
                 waiting,
                 preempted,
                 skipped,
-            } => (placed, waiting, preempted, skipped),
+            }) => (placed, waiting, preempted, skipped),
             other => panic!("unexpected outcome {other:?}"),
         }
     }
@@ -262,7 +262,7 @@ impl World {
             lease_epoch,
             events,
         }))? {
-            Outcome::JobEvents { acks } => Ok(acks),
+            Outcome::Jobs(JobOutcome::JobEvents { acks }) => Ok(acks),
             other => panic!("unexpected outcome {other:?}"),
         }
     }
@@ -779,7 +779,7 @@ fn cancel_depends_on_the_state() {
         project_id: PA.into(),
         id: "job_pending".into(),
     }));
-    let Outcome::Job { job } = out else {
+    let Outcome::Jobs(JobOutcome::Job { job }) = out else {
         panic!("unexpected outcome {out:?}")
     };
     assert_eq!(job.state, JobState::Cancelled);
@@ -1489,7 +1489,7 @@ impl World {
             finished_before,
             max,
         })) {
-            Outcome::JobsPurged { purged } => purged,
+            Outcome::Jobs(JobOutcome::JobsPurged { purged }) => purged,
             other => panic!("unexpected outcome {other:?}"),
         }
     }
@@ -1898,7 +1898,7 @@ fn the_spec_bytes_quota_counts_unfinished_jobs_only() {
     big.args = vec!["x".repeat(4096)];
     assert!(matches!(
         submit_in(&mut w, PB, "job_b", big.clone()),
-        Ok(Outcome::Job { .. })
+        Ok(Outcome::Jobs(JobOutcome::Job { .. }))
     ));
     // Once a job finishes its bytes no longer count.
     w.place("job_1", 1, A);

@@ -211,7 +211,7 @@ fn from_version_3_a_repeated_submission_answers_the_job_as_it_is_and_remembers_o
     submit.request_id = Some("req-submit".into());
     let first = s.apply(s.applied_index + 1, &submit);
     assert!(
-        matches!(&first, Ok(Outcome::Job { job }) if job.id == "job_once"),
+        matches!(&first, Ok(Outcome::Jobs(JobOutcome::Job { job })) if job.id == "job_once"),
         "{first:?}"
     );
     let remembered = serde_json::to_string(s.requests.get("req-submit").expect("remembered"))
@@ -234,7 +234,9 @@ fn from_version_3_a_repeated_submission_answers_the_job_as_it_is_and_remembers_o
     let again = s.apply(s.applied_index + 1, &submit);
     assert_eq!(s.jobs.len(), jobs_before, "the repeat submitted again");
     match again {
-        Ok(Outcome::Job { job }) => assert!(job.cancel_requested || job.state.is_terminal()),
+        Ok(Outcome::Jobs(JobOutcome::Job { job })) => {
+            assert!(job.cancel_requested || job.state.is_terminal())
+        }
         other => panic!("{other:?}"),
     }
 }
