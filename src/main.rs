@@ -14,6 +14,8 @@ fn main() {
             }),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: log files and pipes get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -11,11 +11,15 @@ use common::*;
 struct DevProcess {
     child: Child,
     addr: String,
+    /// Where the process's log (stderr) goes: a file, not a terminal.
+    log: std::path::PathBuf,
 }
 
 impl DevProcess {
     fn start(dir: &std::path::Path) -> DevProcess {
         common::forget_dev_endpoints(dir);
+        let log = dir.with_extension("log");
+        let log_file = std::fs::File::create(&log).expect("create the log file");
         let child = Command::new(meridian_bin())
             .args(["dev"])
             .args(common::dev_sandbox_args())
@@ -25,7 +29,7 @@ impl DevProcess {
             .args(["--raft-listen", "127.0.0.1:0"])
             .args(["--gateway-listen", "127.0.0.1:0"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log_file)
             .spawn()
             .expect("start meridian dev");
         let (host, _, _) = common::dev_endpoints(dir);
@@ -43,10 +47,11 @@ impl DevProcess {
             ];
             cli(&["whoami"], &env).status.success().then_some(())
         });
-        DevProcess { child, addr }
+        DevProcess { child, addr, log }
     }
 
-    /// Ctrl-C, then wait for a clean exit.
+    /// Ctrl-C, then wait for a clean exit: calls still open (the agent's long poll) are answered, not
+    /// waited out and warned about, and a log that is not a terminal carries no colour codes.
     fn interrupt(mut self) {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill")
@@ -59,6 +64,10 @@ impl DevProcess {
             status.success(),
             "meridian dev exited with {status:?} after Ctrl-C"
         );
+        let log = std::fs::read_to_string(&self.log).expect("read the log");
+        assert!(log.contains("meridian dev: stopping"), "{log}");
+        assert!(!log.contains("still in flight"), "{log}");
+        assert!(!log.contains('\u{1b}'), "colour codes in a log file: {log}");
     }
 }
 

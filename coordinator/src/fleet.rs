@@ -396,7 +396,8 @@ impl Fleet {
                 (version, assignments, releases)
             });
             let remaining = until.saturating_duration_since(Instant::now());
-            if version != req.version || remaining.is_zero() {
+            let stopping = ctx.stopping.is_cancelled();
+            if version != req.version || remaining.is_zero() || stopping {
                 self.audit_releases(&handle, &ctx, releases, until).await?;
                 let mut answer = pb::SyncResponse {
                     version,
@@ -409,10 +410,12 @@ impl Fleet {
                 }
                 return Ok(encoded);
             }
-            // Wait for the next applied entry (or the end of the poll), then look again.
-            let _ = handle
-                .wait_for_log(|l| l.applied_index > applied, remaining)
-                .await;
+            // Wait for the next applied entry (or the end of the poll, or this coordinator's shutdown, which
+            // answers what there is now), then look again.
+            tokio::select! {
+                _ = handle.wait_for_log(|l| l.applied_index > applied, remaining) => {}
+                () = ctx.stopping.cancelled() => {}
+            }
             current_lease(&handle, &key, req.lease_epoch)?;
         }
     }

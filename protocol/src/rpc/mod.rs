@@ -64,6 +64,9 @@ pub struct CallContext {
     pub remote: SocketAddr,
     /// When the caller stops waiting; the server drops the call at this instant.
     pub deadline: tokio::time::Instant,
+    /// Cancelled when the server begins to stop: a call that waits for something (a long poll) answers
+    /// with what it has now instead of holding shutdown up.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 impl CallContext {

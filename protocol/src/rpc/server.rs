@@ -424,6 +424,7 @@ async fn serve_stream(
                     peer_serial: admitted.peer.serial.clone(),
                     remote: conn.remote_address(),
                     deadline,
+                    stopping: stop.clone(),
                 };
                 let call = shared.service.call(ctx, method, request.body);
                 match tokio::time::timeout_at(deadline, call).await {
