@@ -307,7 +307,7 @@ async fn every_member_switches_on_the_newest_apply_version_its_build_knows() -> 
     // Every replica recorded the switch once, as the system.
     let leader = cluster.agreed_leader(None).await?;
     let switches = cluster.handle(leader)?.read(|s| {
-        s.audit
+        s.audit_records()
             .iter()
             .filter(|r| r.action == "cluster.apply_version" && r.outcome == AuditOutcome::Success)
             .count()

@@ -34,11 +34,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use audit::AuditOp;
 pub use audit::{
     verify_chain, AuditChainError, AuditOutcome, AuditPage, AuditRecord, ChainVerifier,
     GENESIS_HASH,
 };
+pub use audit::{AuditCheckpoint, AuditLog, AuditOp, ARCHIVE_APPLY_VERSION};
 pub use deny_list::IdentityOp;
 pub use deny_list::{deny_id, normalize_serial, DeniedIdentity, DenyKind, DenyList};
 pub use fleet::FleetOp;
@@ -100,7 +100,9 @@ pub struct Command {
 ///   counted in `machine_counters` instead of recorded in the audit log.
 /// - 3: the dedup table remembers a job, project or node outcome by its id ([`OutcomeRef`]); a repeat of
 ///   the request answers the record as it is now.
-pub const APPLY_VERSION: u32 = 3;
+/// - 4: `ArchiveAudit` forgets the oldest audit records, leaving a checkpoint the live chain continues
+///   from (refused below this version).
+pub const APPLY_VERSION: u32 = 4;
 
 impl Command {
     /// The apply version this command needs a build to know (`SetApplyVersion`, also inside a batch);
@@ -290,6 +292,8 @@ pub enum Outcome {
     },
     /// Data keys were replaced for this many projects, and this many secret versions re-encrypted.
     DataKeysReplaced { projects: u64, secret_versions: u64 },
+    /// The oldest audit records were archived; the live chain continues from this checkpoint.
+    AuditArchived { checkpoint: AuditCheckpoint },
 }
 
 /// Why a committed command was refused by the domain (the entry is still committed; state is unchanged
@@ -361,7 +365,8 @@ pub struct RegistryState {
     pub bindings: BTreeMap<String, RoleBinding>,
     /// project id → secret name → secret.
     pub secrets: BTreeMap<String, BTreeMap<String, Secret>>,
-    pub audit: Vec<AuditRecord>,
+    /// The audit log (its own domain state: only audit code appends or archives).
+    audit: AuditLog,
     /// Request id → first outcome, for the last [`REMEMBERED_REQUESTS`] requests that carried an id.
     pub requests: BTreeMap<String, RememberedRequest>,
     /// Ordering key (at least the log index, increasing) → request id, to forget the oldest first.
@@ -442,17 +447,12 @@ impl Op {
         let s = Subject::of;
         match self {
             Op::Cluster(ClusterOp::Noop) => s("noop", None, ""),
-            Op::Audit(AuditOp::RecordAudit {
-                action,
-                project,
-                target,
-                ..
-            }) => s(action, project.as_ref(), target),
             Op::Cluster(ClusterOp::Batch { .. }) => s("batch", None, ""),
             Op::Cluster(ClusterOp::SetApplyVersion { version }) => {
                 s("cluster.apply_version", None, &version.to_string())
             }
 
+            Op::Audit(op) => op.subject(),
             Op::Tenancy(op) => op.subject(),
             Op::Secrets(op) => op.subject(),
             Op::Fleet(op) => op.subject(),
@@ -559,9 +559,8 @@ impl RegistryState {
 
     fn execute(&mut self, cmd: &Command, at: u64) -> Result<Applied, DomainError> {
         match &cmd.op {
-            Op::Cluster(ClusterOp::Noop) | Op::Audit(AuditOp::RecordAudit { .. }) => {
-                Ok(Applied::new(Outcome::Done, ""))
-            }
+            Op::Cluster(ClusterOp::Noop) => Ok(Applied::new(Outcome::Done, "")),
+            Op::Audit(op) => self.execute_audit(&cmd.actor, op),
             // `apply` unpacks batches before they get here; one reaching this point was nested.
             Op::Cluster(ClusterOp::Batch { .. }) => Err(DomainError::invalid(
                 "commands",
