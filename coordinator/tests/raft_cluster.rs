@@ -155,6 +155,7 @@ impl Cluster {
             bootstrap,
             fleet: Default::default(),
             jobs: Default::default(),
+            audit: Default::default(),
             keyring: None,
             approve_new_nodes: false,
             clock: coordinator::clock::system(),
