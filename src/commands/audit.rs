@@ -33,6 +33,9 @@ pub async fn run(cmd: AuditCommand) -> Result<(), ClientError> {
                 &items,
                 &["seq", "at_ms", "actor/name", "action", "target", "outcome"],
             );
+            if let Some(through) = page.get("archived_through_seq").and_then(Value::as_u64) {
+                eprintln!("records through seq {through} are archived on the coordinators' disks");
+            }
         }
         AuditCommand::Verify(c) => {
             let api = ApiClient::from_args(&c.client)?;
