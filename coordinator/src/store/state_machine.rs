@@ -99,6 +99,9 @@ impl StateMachineStore {
         log_id: LogId<NodeId>,
         cmd: &Command,
     ) -> StorageResult<()> {
+        if !archives_audit(cmd) {
+            return Ok(());
+        }
         let segments = {
             let state = self
                 .state
@@ -158,6 +161,15 @@ fn read_snapshot(tree: &sled::Tree) -> Result<Option<StoredSnapshot>, StorageIOE
         meta,
         data: data.to_vec(),
     }))
+}
+
+/// Whether `cmd` (or a command of its batch) is an `ArchiveAudit`: checked before any lock is taken.
+fn archives_audit(cmd: &Command) -> bool {
+    match &cmd.op {
+        Op::Audit(AuditOp::ArchiveAudit { .. }) => true,
+        Op::Cluster(ClusterOp::Batch { commands }) => commands.iter().any(archives_audit),
+        _ => false,
+    }
 }
 
 /// The segments `cmd` (or the commands of its batch) makes this replica write before applying it: for each
