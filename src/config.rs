@@ -52,6 +52,8 @@ pub struct CoordinatorConfig {
     #[serde(default)]
     pub jobs: JobsSection,
     #[serde(default)]
+    pub audit: AuditSection,
+    #[serde(default)]
     pub quotas: QuotasSection,
     #[serde(default)]
     pub keys: KeysSection,
@@ -337,6 +339,45 @@ impl JobsSection {
     }
 }
 
+/// `[audit]`: how many audit records stay in the replicated state; the leader archives the oldest beyond
+/// that (each coordinator writes them to `<data_dir>/audit-archive/`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// Live records kept before the oldest are archived. At least 1.
+    #[serde(default = "default_audit_keep_records")]
+    pub keep_records: u64,
+    /// Records one archive takes. At least 1.
+    #[serde(default = "default_audit_archive_batch")]
+    pub archive_batch: u64,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        Self {
+            keep_records: default_audit_keep_records(),
+            archive_batch: default_audit_archive_batch(),
+        }
+    }
+}
+
+impl AuditSection {
+    /// The coordinator's audit retention.
+    pub fn retention(&self) -> coordinator::AuditRetention {
+        coordinator::AuditRetention {
+            keep_records: self.keep_records,
+            batch: self.archive_batch,
+        }
+    }
+}
+
+fn default_audit_keep_records() -> u64 {
+    coordinator::AuditRetention::default().keep_records
+}
+fn default_audit_archive_batch() -> u64 {
+    coordinator::AuditRetention::default().batch
+}
+
 /// `[keys]`: API keys the admin API creates.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -462,6 +503,8 @@ const ENV_KEYS: &[(&str, EnvKind)] = &[
     ("fleet.approve_new_nodes", EnvKind::Boolean),
     ("jobs.retain_finished_secs", EnvKind::Integer),
     ("jobs.sweep_secs", EnvKind::Integer),
+    ("audit.keep_records", EnvKind::Integer),
+    ("audit.archive_batch", EnvKind::Integer),
     ("quotas.max_pending_jobs", EnvKind::Integer),
     ("quotas.max_running_cpu_millis", EnvKind::Integer),
     ("quotas.max_running_memory_bytes", EnvKind::Integer),
@@ -549,6 +592,12 @@ impl CoordinatorConfig {
         }
         if self.jobs.sweep_secs == 0 {
             return Err(invalid("jobs.sweep_secs", "must be positive"));
+        }
+        if self.audit.keep_records == 0 {
+            return Err(invalid("audit.keep_records", "must be positive"));
+        }
+        if self.audit.archive_batch == 0 {
+            return Err(invalid("audit.archive_batch", "must be positive"));
         }
         for (field, value) in [
             ("admin.max_connections", self.admin.max_connections as u64),
@@ -668,6 +717,37 @@ members = [{ id = 1, name = "c1", raft_addr = "127.0.0.1:7171", admin_addr = "12
         match CoordinatorConfig::parse(SAMPLE, Path::new("c.toml"), &env) {
             Err(ConfigError::Env { name, .. }) => assert_eq!(name, "MERIDIAN_NODE_ID"),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn audit_retention_defaults_reads_file_and_env_and_validates() {
+        let none = BTreeMap::new();
+        let cfg = CoordinatorConfig::parse(SAMPLE, Path::new("c.toml"), &none).expect("parses");
+        assert_eq!(
+            cfg.audit.retention(),
+            coordinator::AuditRetention::default()
+        );
+        assert_eq!(cfg.audit.keep_records, 100_000);
+        assert_eq!(cfg.audit.archive_batch, 10_000);
+        let text = format!("{SAMPLE}\n[audit]\nkeep_records = 500\n");
+        let env = BTreeMap::from([("MERIDIAN_AUDIT_ARCHIVE_BATCH".to_string(), "50".to_string())]);
+        let cfg = CoordinatorConfig::parse(&text, Path::new("c.toml"), &env).expect("parses");
+        assert_eq!(
+            cfg.audit.retention(),
+            coordinator::AuditRetention {
+                keep_records: 500,
+                batch: 50
+            }
+        );
+        for (name, field) in [
+            ("MERIDIAN_AUDIT_KEEP_RECORDS", "audit.keep_records"),
+            ("MERIDIAN_AUDIT_ARCHIVE_BATCH", "audit.archive_batch"),
+        ] {
+            let env = BTreeMap::from([(name.to_string(), "0".to_string())]);
+            let err = CoordinatorConfig::parse(SAMPLE, Path::new("c.toml"), &env)
+                .expect_err("0 is refused");
+            assert!(err.to_string().contains(field), "{err}");
         }
     }
 

@@ -242,6 +242,7 @@ pub fn prepare(args: &DevArgs) -> anyhow::Result<CoordinatorConfig> {
             ..Default::default()
         },
         jobs: Default::default(),
+        audit: Default::default(),
         quotas: Default::default(),
         keys: Default::default(),
     })

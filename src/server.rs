@@ -100,6 +100,7 @@ pub async fn start(
         bootstrap,
         fleet: cfg.fleet.timings(),
         jobs: cfg.jobs.retention(),
+        audit: cfg.audit.retention(),
         keyring: Some(keyring.clone()),
         approve_new_nodes: cfg.fleet.approve_new_nodes,
         clock: coordinator::clock::system(),

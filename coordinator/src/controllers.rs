@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use meridian_registry::controllers::audit_archive::{AuditArchiver, AuditRetention};
 use meridian_registry::controllers::dispatch::Dispatcher;
 use meridian_registry::controllers::health::{HealthMonitor, LastHeard};
 use meridian_registry::controllers::janitor::{Janitor, JobRetention};
@@ -22,6 +23,9 @@ use crate::node::{Handle, RaftTimings, WeakHandle};
 use crate::state::{Actor, Command};
 use crate::upgrade::{probe_members, MemberVersions};
 
+/// How often the leader looks, when the state moved, whether the audit log holds more records than it keeps.
+const AUDIT_ARCHIVE_TICK: Duration = Duration::from_millis(500);
+
 /// How often the leader looks whether every member knows a newer apply version.
 const APPLY_VERSION_TICK: Duration = Duration::from_secs(1);
 
@@ -30,6 +34,7 @@ pub(crate) struct ControllerConfig {
     pub(crate) raft: RaftTimings,
     pub(crate) fleet: FleetTimings,
     pub(crate) jobs: JobRetention,
+    pub(crate) audit: AuditRetention,
     pub(crate) last_heard: Arc<dyn LastHeard>,
 }
 
@@ -61,6 +66,13 @@ pub(crate) fn register_all(runner: &Runner, handle: &Handle, config: ControllerC
             lost_after: fleet.lost_after,
             tick: fleet.tick,
             last_heard: config.last_heard,
+        },
+    );
+    runner.spawn(
+        handle,
+        AuditArchiver {
+            retention: config.audit,
+            tick: AUDIT_ARCHIVE_TICK,
         },
     );
     let versions = Arc::new(MemberVersions::default());

@@ -1,6 +1,7 @@
 //! Meridian's coordinator: the Raft-replicated registry, its storage and network, and the admin API.
 
 pub mod api;
+pub mod audit_archive;
 pub mod bootstrap;
 pub mod clock;
 pub(crate) mod controllers;
@@ -20,5 +21,6 @@ pub(crate) mod upgrade;
 pub use meridian_registry::{authz, scheduler, state};
 
 pub use fleet::FleetTimings;
+pub use meridian_registry::controllers::audit_archive::AuditRetention;
 pub use meridian_registry::controllers::janitor::JobRetention;
 pub use node::{ClusterStatus, Coordinator, CoordinatorOptions, Handle, MemberNode, NodeId};

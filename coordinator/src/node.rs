@@ -104,6 +104,8 @@ pub struct CoordinatorOptions {
     pub fleet: FleetTimings,
     /// How long finished jobs are kept before the leader's janitor purges them, and how often it looks.
     pub jobs: crate::JobRetention,
+    /// How many audit records stay live before the leader archives the oldest, and how many at a time.
+    pub audit: crate::AuditRetention,
     /// The master keyring, to open the secrets a job is bound to when its assignment is handed to its
     /// agent. `None`: jobs that name secrets fail to launch with a clear message.
     pub keyring: Option<Arc<crate::crypto::MasterKeyring>>,
@@ -258,6 +260,8 @@ struct NodeInner {
     peers: PeerTable,
     deadlines: Deadlines,
     server_stop: CancellationToken,
+    /// The archived audit segments the state machine writes.
+    audit_archive: crate::audit_archive::AuditArchive,
     server_task: Mutex<Option<JoinHandle<()>>>,
     deny_watch_task: Mutex<Option<JoinHandle<()>>>,
     /// The leader's controllers (dispatcher, janitor, health monitor).
@@ -345,6 +349,7 @@ impl Coordinator {
             .await
             .map_err(|e| StartError::Storage(e.to_string()))?;
         let state = state_machine.state();
+        let audit_archive = state_machine.audit_archive();
         let committed = log_store.committed();
         let store_closed = log_store.closed_signal();
 
@@ -431,6 +436,7 @@ impl Coordinator {
                 peers,
                 deadlines,
                 server_stop,
+                audit_archive,
                 server_task: Mutex::new(Some(server_task)),
                 deny_watch_task: Mutex::new(Some(deny_watch_task)),
                 controllers: Runner::default(),
@@ -448,6 +454,7 @@ impl Coordinator {
             ControllerConfig {
                 fleet: opts.fleet,
                 jobs: opts.jobs,
+                audit: opts.audit,
                 last_heard: handle.inner.last_heard.clone(),
                 raft: opts.timings,
             },
@@ -827,6 +834,11 @@ impl Handle {
     /// Wall-clock Unix milliseconds, for stamping a command before it is proposed.
     pub fn now_ms(&self) -> u64 {
         self.inner.clock.unix_ms()
+    }
+
+    /// This coordinator's archived audit segments (`<data_dir>/audit-archive/`).
+    pub fn audit_archive(&self) -> &crate::audit_archive::AuditArchive {
+        &self.inner.audit_archive
     }
 
     pub fn read<R>(&self, f: impl FnOnce(&RegistryState) -> R) -> R {

@@ -60,6 +60,7 @@ async fn start_member(
         bootstrap: bootstrap.then(|| BTreeMap::from([(id, member)])),
         fleet: Default::default(),
         jobs: Default::default(),
+        audit: Default::default(),
         keyring: None,
         approve_new_nodes: false,
         clock: coordinator::clock::system(),

@@ -114,6 +114,7 @@ async fn start_seeded(
         bootstrap: Some(BTreeMap::from([(1, member)])),
         fleet,
         jobs: Default::default(),
+        audit: Default::default(),
         keyring: Some(keyring.clone()),
         approve_new_nodes,
         clock,

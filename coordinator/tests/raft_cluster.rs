@@ -67,6 +67,8 @@ struct Cluster {
     ca: CertificateAuthority,
     root: TempDir,
     snapshot_every: u64,
+    /// The members' audit retention (the default keeps far more records than any scenario writes).
+    audit: coordinator::AuditRetention,
     nodes: BTreeMap<NodeId, Node>,
     /// The links between the members, which tests may cut.
     net: Arc<Partitions>,
@@ -79,6 +81,7 @@ impl Cluster {
             ca,
             root: tempfile::tempdir()?,
             snapshot_every,
+            audit: Default::default(),
             nodes: BTreeMap::new(),
             net: Partitions::new(),
         })
@@ -86,7 +89,17 @@ impl Cluster {
 
     /// Starts `ids` on ports of their own choosing, then forms a group of them as voters.
     async fn bootstrap(snapshot_every: u64, ids: &[NodeId]) -> Result<Self> {
+        Self::bootstrap_with(snapshot_every, Default::default(), ids).await
+    }
+
+    /// [`Cluster::bootstrap`] with an audit retention of its own.
+    async fn bootstrap_with(
+        snapshot_every: u64,
+        audit: coordinator::AuditRetention,
+        ids: &[NodeId],
+    ) -> Result<Self> {
         let mut cluster = Self::new(snapshot_every)?;
+        cluster.audit = audit;
         let mut voters = BTreeMap::new();
         for &id in ids {
             voters.insert(id, cluster.start_new(id).await?);
@@ -155,6 +168,7 @@ impl Cluster {
             bootstrap,
             fleet: Default::default(),
             jobs: Default::default(),
+            audit: self.audit,
             keyring: None,
             approve_new_nodes: false,
             clock: coordinator::clock::system(),
@@ -307,7 +321,7 @@ async fn every_member_switches_on_the_newest_apply_version_its_build_knows() -> 
     // Every replica recorded the switch once, as the system.
     let leader = cluster.agreed_leader(None).await?;
     let switches = cluster.handle(leader)?.read(|s| {
-        s.audit
+        s.audit_records()
             .iter()
             .filter(|r| r.action == "cluster.apply_version" && r.outcome == AuditOutcome::Success)
             .count()
@@ -873,6 +887,95 @@ async fn a_follower_cut_off_while_writes_go_on_catches_up_when_the_partition_hea
     ensure!(
         follower_handle.read(|s| s.to_bytes()) == cluster.handle(leader)?.read(|s| s.to_bytes()),
         "the healed follower's state differs from the leader's"
+    );
+    cluster.shutdown_all().await
+}
+
+/// Every segment file of a member's audit archive: name and bytes.
+fn segment_files(handle: &Handle) -> Result<Vec<(String, Vec<u8>)>> {
+    handle
+        .audit_archive()
+        .segments()?
+        .into_iter()
+        .map(|s| Ok((s.name(), std::fs::read(&s.path)?)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_replica_writes_the_same_audit_segments_and_a_restart_replays_them_unchanged(
+) -> Result<()> {
+    let _one = ONE_SCENARIO_AT_A_TIME.lock().await;
+    let retention = coordinator::AuditRetention {
+        keep_records: 8,
+        batch: 5,
+    };
+    let mut cluster = Cluster::bootstrap_with(1_000, retention, &[1, 2, 3]).await?;
+    let leader = cluster.agreed_leader(None).await?;
+    for (_, handle) in cluster.running() {
+        eventually("every member at the newest apply version", || {
+            handle.read(|s| s.apply_version) == APPLY_VERSION
+        })
+        .await?;
+    }
+    let handle = cluster.handle(leader)?;
+    for i in 0..25 {
+        write_audited(&handle, &format!("archived-{i}")).await?;
+    }
+    // The archiver settles at most `keep_records` live records, and every member holds the same state.
+    let settled = |h: &Handle| {
+        h.read(|s| {
+            let log = s.audit_log();
+            log.checkpoint()
+                .filter(|_| log.len() as u64 <= retention.keep_records)
+                .map(|c| (c.clone(), s.audit_head().0))
+        })
+    };
+    let (checkpoint, head) =
+        testkit::eventually_some("the leader archived", DEADLINE, || settled(&handle)).await?;
+    ensure!(
+        checkpoint.seq >= 20,
+        "archived only through {}",
+        checkpoint.seq
+    );
+    for (id, member) in cluster.running() {
+        eventually(&format!("member {id} caught up with the archive"), || {
+            settled(&member).is_some_and(|(c, h)| c == checkpoint && h == head)
+        })
+        .await?;
+    }
+    let expected = segment_files(&handle)?;
+    ensure!(expected.len() >= 4, "{} segments", expected.len());
+    for (id, member) in cluster.running() {
+        ensure!(
+            segment_files(&member)? == expected,
+            "member {id} wrote other segments than the leader"
+        );
+        let report = coordinator::audit_archive::verify_segments(
+            member.audit_archive(),
+            Some(&checkpoint),
+            &|_| true,
+        )?;
+        ensure!(
+            report.broken.is_none() && report.missing.is_empty(),
+            "member {id}: {report:?}"
+        );
+        ensure!(report.checked == checkpoint.seq, "member {id}: {report:?}");
+    }
+
+    // A follower restarted replays the whole log (no snapshot yet): it writes the same segments again,
+    // which it accepts, and ends with the same state.
+    let follower = cluster.a_follower_of(leader)?;
+    let before = cluster.handle(follower)?.read(|s| s.to_bytes());
+    cluster.stop(follower).await?;
+    cluster.start(follower, None).await?;
+    let restarted = cluster.handle(follower)?;
+    eventually("the restarted follower replayed the log", || {
+        restarted.read(|s| s.to_bytes()) == before
+    })
+    .await?;
+    ensure!(
+        segment_files(&restarted)? == expected,
+        "the replay changed the archive"
     );
     cluster.shutdown_all().await
 }

@@ -235,7 +235,7 @@ fn measure(version: u32) -> Measured {
     Measured {
         build,
         commands,
-        audit: b.state.audit.len(),
+        audit: b.state.audit_records().len(),
         bytes: bytes.len(),
         serialize,
         load,

@@ -989,6 +989,7 @@ impl pb::audit_service_server::AuditService for GrpcAdmin {
             pb::ListAuditResponse {
                 items: a.items.into_iter().map(audit_record).collect(),
                 next_page_token: a.next_page_token,
+                archived_through_seq: a.archived_through_seq,
             }
         })
     }
@@ -1004,6 +1005,17 @@ impl pb::audit_service_server::AuditService for GrpcAdmin {
                 records: v.records,
                 broken_at_seq: v.broken_at_seq,
                 error: v.error.unwrap_or_default(),
+                archived_records: v.archived_records,
+                live_records: v.live_records,
+                missing: v
+                    .missing
+                    .into_iter()
+                    .map(|m| pb::MissingAuditRange {
+                        from_seq: m.from_seq,
+                        to_seq: m.to_seq,
+                    })
+                    .collect(),
+                broken_segment: v.broken_segment.unwrap_or_default(),
             }
         })
     }

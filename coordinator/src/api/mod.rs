@@ -11,6 +11,7 @@
 //! and the rule that every REST error is JSON. It must never serve a route that is not in the table.
 
 mod admission;
+mod audit_verify;
 mod auth;
 mod body_deadline;
 mod denials;

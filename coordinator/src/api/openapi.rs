@@ -762,11 +762,19 @@ fn schemas() -> Value {
             ("items", array(schema_ref("AuditRecord"))),
             ("next_page_token", string()),
             ("next_after_seq", nullable(integer())),
+            ("archived_through_seq", nullable(integer())),
         ]),
-        "AuditVerification": object(&["ok", "records"], &[
+        "AuditVerification": object(&["ok", "records", "archived_records", "live_records", "missing"], &[
             ("ok", boolean()),
             ("records", integer()),
+            ("archived_records", integer()),
+            ("live_records", integer()),
+            ("missing", array(object(&["from_seq", "to_seq"], &[
+                ("from_seq", integer()),
+                ("to_seq", integer()),
+            ]))),
             ("broken_at_seq", nullable(integer())),
+            ("broken_segment", nullable(string())),
             ("error", nullable(string())),
         ]),
         "SecretVersion": object(&["version", "created_at"], &[("version", integer()), ("created_at", integer())]),

@@ -239,7 +239,7 @@ pub(crate) async fn list_audit(
 pub(crate) async fn verify_audit(
     State(service): State<AdminService>,
     Scoped(scope): Scoped,
-) -> Answer<super::service::AuditVerification> {
+) -> Answer<super::audit_verify::AuditVerification> {
     service.verify_audit(&scope).await.map(Json)
 }
 

@@ -32,8 +32,6 @@ use super::metrics::ApiMetrics;
 const MAX_SECRET_BYTES: usize = 64 * 1024;
 /// Attempts at a write that lost a race with a concurrent one (secret versions, data-key rotation).
 const RACE_ATTEMPTS: usize = 3;
-/// Audit records hashed per hold of the state lock by `audit/verify`.
-const VERIFY_CHUNK: usize = 1024;
 
 // ---- requests ---------------------------------------------------------------------------------------------
 
@@ -330,15 +328,9 @@ pub(crate) struct AuditList {
     /// The `seq` to continue after, as text; empty at the end.
     pub(crate) next_page_token: String,
     pub(crate) next_after_seq: Option<u64>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct AuditVerification {
-    pub(crate) ok: bool,
-    /// Records the caller can read (the whole log for platform readers).
-    pub(crate) records: u64,
-    pub(crate) broken_at_seq: Option<u64>,
-    pub(crate) error: Option<String>,
+    /// Set when the caller asked for records below the checkpoint: the records through this seq are
+    /// archived (on the coordinators' disks) and the page starts after them.
+    pub(crate) archived_through_seq: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -749,7 +741,7 @@ impl AdminService {
     }
 
     /// Whether the caller holds `action` platform-wide.
-    fn platform_allows(&self, caller: &Caller, action: Action) -> bool {
+    pub(super) fn platform_allows(&self, caller: &Caller, action: Action) -> bool {
         self.inner
             .handle
             .read(|s| authz::authorize_caller(s, caller, None, action).is_ok())
@@ -1437,55 +1429,7 @@ impl AdminService {
                 .map(|n| n.to_string())
                 .unwrap_or_default(),
             next_after_seq: page.next_after_seq,
-        })
-    }
-
-    pub(crate) async fn verify_audit(
-        &self,
-        scope: &RequestScope,
-    ) -> Result<AuditVerification, ServiceError> {
-        let platform = self.platform_allows(&scope.caller, Action::ReadAudit);
-        self.consistent().await?;
-        // The log only grows, so it is checked up to its length now, a chunk per hold of the state lock,
-        // letting writers in between chunks.
-        let end = self.inner.handle.read(|s| s.audit_records().len());
-        let mut verifier = state::ChainVerifier::default();
-        let mut records = 0u64;
-        let mut result = Ok(());
-        let mut at = 0;
-        while at < end && result.is_ok() {
-            let upto = (at + VERIFY_CHUNK).min(end);
-            let (checked, visible) = self.inner.handle.read(|s| {
-                let all = s.audit_records();
-                let chunk = &all[at.min(all.len())..upto.min(all.len())];
-                let visible = if platform {
-                    chunk.len()
-                } else {
-                    chunk
-                        .iter()
-                        .filter(|r| r.project.as_deref() == Some(scope.project_id.as_str()))
-                        .count()
-                };
-                (verifier.feed(chunk), visible as u64)
-            });
-            result = checked;
-            records += visible;
-            at = upto;
-            tokio::task::yield_now().await;
-        }
-        Ok(match result {
-            Ok(()) => AuditVerification {
-                ok: true,
-                records,
-                broken_at_seq: None,
-                error: None,
-            },
-            Err(e) => AuditVerification {
-                ok: false,
-                records,
-                broken_at_seq: Some(e.seq),
-                error: Some(e.to_string()),
-            },
+            archived_through_seq: page.archived_through_seq,
         })
     }
 

@@ -1,8 +1,9 @@
 //! Raft storage for the coordinator: the log, the vote, the committed and purged log ids, and the state
 //! machine with its snapshots, kept on disk in one sled database.
 //!
-//! This module owns every byte the coordinator writes to its data directory for Raft; sled never leaks out
-//! of it, so the engine can be replaced without touching the rest of the coordinator. It must never decide
+//! This module owns every byte the coordinator writes to its data directory for Raft (and, through
+//! `audit_archive`, has the audit records an `ArchiveAudit` entry forgets written out before applying it);
+//! sled never leaks out of it, so the engine can be replaced without touching the rest of the coordinator. It must never decide
 //! anything about the registry itself: commands are handed to the pure [`RegistryState::apply`] unchanged.
 //!
 //! [`RegistryState::apply`]: crate::state::RegistryState::apply
@@ -18,6 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+
+use crate::audit_archive::AuditArchive;
 
 pub(crate) use log_store::LogStore;
 pub(crate) use state_machine::{SharedState, StateMachineStore};
@@ -63,7 +66,7 @@ async fn open_waiting(
     };
     let hold = DbHold::default();
     let log = LogStore::open(&db, hold.clone())?;
-    let sm = StateMachineStore::open(&db, hold)?;
+    let sm = StateMachineStore::open(&db, hold, AuditArchive::in_data_dir(dir))?;
     Ok((log, sm))
 }
 

@@ -2,7 +2,9 @@
 //!
 //! Owns applying committed entries (by handing each command to the pure `RegistryState::apply`), building,
 //! saving and installing snapshots, and loading the last snapshot at start-up; openraft then re-applies the
-//! committed log after it. It must never change a command or produce effects outside the registry state.
+//! committed log after it. Before an entry that archives audit records is applied, the records it forgets
+//! are written to this coordinator's audit archive (`audit_archive.rs`): the one effect outside the
+//! registry state, and it only writes down what the state already holds. It must never change a command.
 
 use std::io::Cursor;
 use std::sync::{Arc, RwLock};
@@ -14,8 +16,12 @@ use openraft::{
 };
 
 use super::{DbHold, StoreError};
+use crate::audit_archive::AuditArchive;
 use crate::node::{MemberNode, NodeId, TypeConfig};
-use crate::state::{CommandOutcome, Outcome, RegistryState, APPLY_VERSION};
+use crate::state::{
+    AuditOp, AuditRecord, ClusterOp, Command, CommandOutcome, Op, Outcome, RegistryState,
+    APPLY_VERSION,
+};
 
 const SNAPSHOT_TREE: &str = "raft_snapshot";
 const SNAPSHOT_META_KEY: &str = "meta";
@@ -35,6 +41,8 @@ pub(crate) struct StateMachineStore {
     last_membership: StoredMembership<NodeId, MemberNode>,
     /// Keeps the database counted as open while this state machine lives.
     hold: DbHold,
+    /// Where the audit records an `ArchiveAudit` forgets are written before it is applied.
+    archive: AuditArchive,
 }
 
 /// A stored snapshot as read back from disk.
@@ -44,7 +52,11 @@ struct StoredSnapshot {
 }
 
 impl StateMachineStore {
-    pub(super) fn open(db: &sled::Db, hold: DbHold) -> Result<Self, StoreError> {
+    pub(super) fn open(
+        db: &sled::Db,
+        hold: DbHold,
+        archive: AuditArchive,
+    ) -> Result<Self, StoreError> {
         let snapshots = db.open_tree(SNAPSHOT_TREE)?;
         let mut sm = Self {
             db: db.clone(),
@@ -53,6 +65,7 @@ impl StateMachineStore {
             last_applied: None,
             last_membership: StoredMembership::default(),
             hold,
+            archive,
         };
         if let Some(stored) =
             read_snapshot(&sm.snapshots).map_err(|e| StoreError::Corrupt(e.to_string()))?
@@ -73,6 +86,53 @@ impl StateMachineStore {
     /// The registry state this state machine applies to.
     pub(crate) fn state(&self) -> SharedState {
         self.state.clone()
+    }
+
+    /// The audit archive this state machine writes.
+    pub(crate) fn audit_archive(&self) -> AuditArchive {
+        self.archive.clone()
+    }
+
+    /// Writes the audit records `cmd` archives (see [`records_to_archive`]) as segments, off the executor.
+    async fn write_archive_segments(
+        &self,
+        log_id: LogId<NodeId>,
+        cmd: &Command,
+    ) -> StorageResult<()> {
+        if !archives_audit(cmd) {
+            return Ok(());
+        }
+        let segments = {
+            let state = self
+                .state
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            records_to_archive(&state, cmd)
+        };
+        if segments.is_empty() {
+            return Ok(());
+        }
+        let archive = self.archive.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            segments
+                .iter()
+                .map(|records| archive.write_segment(records))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| StorageIOError::apply(log_id, &e))?;
+        match written {
+            Ok(paths) => {
+                for path in paths.into_iter().flatten() {
+                    tracing::info!(index = log_id.index, path = %path.display(), "archived audit records");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(index = log_id.index, "cannot write the audit archive: {e}");
+                Err(StorageIOError::apply(log_id, &e).into())
+            }
+        }
     }
 
     fn replace_state(&self, state: RegistryState) {
@@ -101,6 +161,46 @@ fn read_snapshot(tree: &sled::Tree) -> Result<Option<StoredSnapshot>, StorageIOE
         meta,
         data: data.to_vec(),
     }))
+}
+
+/// Whether `cmd` (or a command of its batch) is an `ArchiveAudit`: checked before any lock is taken.
+fn archives_audit(cmd: &Command) -> bool {
+    match &cmd.op {
+        Op::Audit(AuditOp::ArchiveAudit { .. }) => true,
+        Op::Cluster(ClusterOp::Batch { commands }) => commands.iter().any(archives_audit),
+        _ => false,
+    }
+}
+
+/// The segments `cmd` (or the commands of its batch) makes this replica write before applying it: for each
+/// `ArchiveAudit` that `apply` would accept, the live records it forgets that an earlier one of the same
+/// entry does not. Records appended and archived within one batch are not held yet and cannot be written;
+/// the leader's controller never proposes that (it archives only records far behind the head).
+fn records_to_archive(state: &RegistryState, cmd: &Command) -> Vec<Vec<AuditRecord>> {
+    let commands = match &cmd.op {
+        Op::Cluster(ClusterOp::Batch { commands }) => commands.as_slice(),
+        _ => std::slice::from_ref(cmd),
+    };
+    let mut written_through = state.audit_log().archived_through();
+    let mut segments = Vec::new();
+    for c in commands {
+        let Op::Audit(AuditOp::ArchiveAudit { through_seq }) = &c.op else {
+            continue;
+        };
+        let Some(records) = state.audit_to_archive(&c.actor, *through_seq) else {
+            continue;
+        };
+        let new: Vec<AuditRecord> = records
+            .iter()
+            .filter(|r| r.seq > written_through)
+            .cloned()
+            .collect();
+        if let Some(last) = new.last() {
+            written_through = last.seq;
+            segments.push(new);
+        }
+    }
+    segments
 }
 
 /// Why this build cannot go on from a state or command that needs apply version `needed`; `None` when it can.
@@ -192,11 +292,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let mut outcomes = Vec::new();
-        // A poisoned lock means a reader panicked while holding it; readers never mutate, so the state is intact.
-        let mut state = self
-            .state
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
         for entry in entries {
             if let EntryPayload::Normal(cmd) = &entry.payload {
                 // Applying on with older rules would make this replica diverge: stop instead.
@@ -206,7 +301,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         StorageIOError::apply(entry.log_id, &std::io::Error::other(why)).into(),
                     );
                 }
+                // Records are written out before the entry forgets them; a replay writes the same file.
+                self.write_archive_segments(entry.log_id, cmd).await?;
             }
+            // A poisoned lock means a reader panicked while holding it; readers never mutate, so the state
+            // is intact. Taken per entry, so archive writes never happen under it.
+            let mut state = self
+                .state
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             self.last_applied = Some(entry.log_id);
             let outcome = match entry.payload {
                 EntryPayload::Blank => Ok(Outcome::Done),

@@ -38,6 +38,8 @@ pub struct Setup {
     pub tls: bool,
     pub max_body_bytes: usize,
     pub limits: ApiLimits,
+    /// How many audit records stay live before the leader archives the oldest.
+    pub audit: coordinator::AuditRetention,
 }
 
 impl Default for Setup {
@@ -46,6 +48,7 @@ impl Default for Setup {
             tls: false,
             max_body_bytes: 64 * 1024,
             limits: test_limits(),
+            audit: Default::default(),
         }
     }
 }
@@ -96,6 +99,7 @@ pub async fn start_with(setup: Setup) -> anyhow::Result<TestApi> {
         bootstrap: Some(BTreeMap::from([(1, member)])),
         fleet: Default::default(),
         jobs: Default::default(),
+        audit: setup.audit,
         keyring: None,
         approve_new_nodes: false,
         clock: coordinator::clock::system(),

@@ -6,10 +6,11 @@
 //! tick's time and the system actor, and proposes it through Raft, where `apply` re-checks it. Because a
 //! decision is a pure function of its inputs, a test drives a controller with a state and a time of its own.
 //!
-//! Today: the [`dispatch::Dispatcher`] (placements), the [`janitor::Janitor`] (job retention) and the
-//! [`health::HealthMonitor`] (node health). Adding one is a module here and one registration line in the
+//! Today: the [`dispatch::Dispatcher`] (placements), the [`janitor::Janitor`] (job retention), the
+//! [`health::HealthMonitor`] (node health) and the [`audit_archive::AuditArchiver`] (audit retention). Adding one is a module here and one registration line in the
 //! coordinator's `controllers.rs`.
 
+pub mod audit_archive;
 pub mod dispatch;
 pub mod health;
 pub mod janitor;

@@ -40,11 +40,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use audit::AuditOp;
 pub use audit::{
     verify_chain, AuditChainError, AuditOutcome, AuditPage, AuditRecord, ChainVerifier,
     GENESIS_HASH,
 };
+pub use audit::{AuditCheckpoint, AuditLog, AuditOp, ARCHIVE_APPLY_VERSION};
 pub use dedup::{OutcomeRef, RememberedRequest, RequestLog, REMEMBERED_REQUESTS};
 pub use deny_list::IdentityOp;
 pub use deny_list::IdentityOutcome;
@@ -113,7 +113,9 @@ pub struct Command {
 ///   counted in `machine_counters` instead of recorded in the audit log.
 /// - 3: the dedup table remembers a job, project or node outcome by its id ([`OutcomeRef`]); a repeat of
 ///   the request answers the record as it is now.
-pub const APPLY_VERSION: u32 = 3;
+/// - 4: `ArchiveAudit` forgets the oldest audit records, leaving a checkpoint the live chain continues
+///   from (refused below this version).
+pub const APPLY_VERSION: u32 = 4;
 
 impl Command {
     /// The apply version this command needs a build to know (`SetApplyVersion`, also inside a batch);
@@ -208,6 +210,8 @@ pub enum Outcome {
     Audited { seq: u64 },
     /// The outcome of each command of a batch, in order.
     Batch { outcomes: Vec<CommandOutcome> },
+    /// The oldest audit records were archived; the live chain continues from this checkpoint.
+    AuditArchived { checkpoint: AuditCheckpoint },
     /// A tenancy command's result.
     Tenancy(TenancyOutcome),
     /// A secrets command's result.
@@ -284,7 +288,8 @@ pub struct RegistryState {
     tenancy: Tenancy,
     /// The secrets, sealed (its own domain state: see `secrets.rs`).
     secrets: SecretStore,
-    pub audit: Vec<AuditRecord>,
+    /// The audit log (its own domain state: only audit code appends or archives).
+    audit: AuditLog,
     /// The recent requests' first outcomes, for exactly-once writes (its own state: see `dedup.rs`).
     requests: RequestLog,
     /// The fleet: node records and cluster admission policies (its own domain state: see `fleet.rs`).
@@ -361,17 +366,12 @@ impl Op {
         let s = Subject::of;
         match self {
             Op::Cluster(ClusterOp::Noop) => s("noop", None, ""),
-            Op::Audit(AuditOp::RecordAudit {
-                action,
-                project,
-                target,
-                ..
-            }) => s(action, project.as_ref(), target),
             Op::Cluster(ClusterOp::Batch { .. }) => s("batch", None, ""),
             Op::Cluster(ClusterOp::SetApplyVersion { version }) => {
                 s("cluster.apply_version", None, &version.to_string())
             }
 
+            Op::Audit(op) => op.subject(),
             Op::Tenancy(op) => op.subject(),
             Op::Secrets(op) => op.subject(),
             Op::Fleet(op) => op.subject(),
@@ -467,9 +467,8 @@ impl RegistryState {
 
     fn execute(&mut self, cmd: &Command, at: u64) -> Result<Applied, DomainError> {
         match &cmd.op {
-            Op::Cluster(ClusterOp::Noop) | Op::Audit(AuditOp::RecordAudit { .. }) => {
-                Ok(Applied::new(Outcome::Done, ""))
-            }
+            Op::Cluster(ClusterOp::Noop) => Ok(Applied::new(Outcome::Done, "")),
+            Op::Audit(op) => self.execute_audit(&cmd.actor, op),
             // `apply` unpacks batches before they get here; one reaching this point was nested.
             Op::Cluster(ClusterOp::Batch { .. }) => Err(DomainError::invalid(
                 "commands",

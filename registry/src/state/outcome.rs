@@ -1,5 +1,6 @@
 //! The one wire form of [`Outcome`]: what it always was, a flat, externally tagged enum (`"done"`,
-//! `{"job": {...}}`), whether the outcome is shared (`Done`, `Deleted`, `Audited`, `Batch`) or a domain's.
+//! `{"job": {...}}`), whether the outcome is shared (`Done`, `Deleted`, `Batch`, and the audit log's
+//! `Audited` and `AuditArchived`) or a domain's.
 //!
 //! Outcomes travel in the dedup table of every snapshot and in the answers to forwarded writes, so a
 //! change of form would break rolling upgrades. Serialization writes a shared outcome through [`Shared`]
@@ -14,8 +15,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::op::{variants, Names, Replay};
 use super::{
-    CommandOutcome, FleetOutcome, IdentityOutcome, JobOutcome, Outcome, SecretOutcome,
-    TenancyOutcome,
+    AuditCheckpoint, CommandOutcome, FleetOutcome, IdentityOutcome, JobOutcome, Outcome,
+    SecretOutcome, TenancyOutcome,
 };
 
 /// The shared outcomes, borrowed for writing.
@@ -26,6 +27,7 @@ enum Shared<'a> {
     Deleted,
     Audited { seq: u64 },
     Batch { outcomes: &'a [CommandOutcome] },
+    AuditArchived { checkpoint: &'a AuditCheckpoint },
 }
 
 /// The shared outcomes, owned for reading.
@@ -36,6 +38,7 @@ enum SharedOwned {
     Deleted,
     Audited { seq: u64 },
     Batch { outcomes: Vec<CommandOutcome> },
+    AuditArchived { checkpoint: AuditCheckpoint },
 }
 
 impl Serialize for Outcome {
@@ -45,6 +48,9 @@ impl Serialize for Outcome {
             Outcome::Deleted => Shared::Deleted.serialize(serializer),
             Outcome::Audited { seq } => Shared::Audited { seq: *seq }.serialize(serializer),
             Outcome::Batch { outcomes } => Shared::Batch { outcomes }.serialize(serializer),
+            Outcome::AuditArchived { checkpoint } => {
+                Shared::AuditArchived { checkpoint }.serialize(serializer)
+            }
             Outcome::Tenancy(o) => o.serialize(serializer),
             Outcome::Secrets(o) => o.serialize(serializer),
             Outcome::Fleet(o) => o.serialize(serializer),
@@ -104,6 +110,7 @@ impl<'de> Visitor<'de> for OutcomeVisitor {
                 SharedOwned::Deleted => Outcome::Deleted,
                 SharedOwned::Audited { seq } => Outcome::Audited { seq },
                 SharedOwned::Batch { outcomes } => Outcome::Batch { outcomes },
+                SharedOwned::AuditArchived { checkpoint } => Outcome::AuditArchived { checkpoint },
             }),
             1 => TenancyOutcome::deserialize(replay).map(Outcome::Tenancy),
             2 => SecretOutcome::deserialize(replay).map(Outcome::Secrets),

@@ -3,7 +3,10 @@
 //! The in-memory [`RegistryState`] groups what a domain owns (the jobs and their indexes live in a
 //! [`JobTable`], for one); the wire form does not follow, because a snapshot travels between replicas of
 //! different builds during a rolling upgrade and golden snapshots must load and serialize byte for byte.
-//! Tenancy is its own [`Tenancy`], the fleet its own [`Fleet`], the deny-list its own [`DenyList`], the usage of purged jobs its own [`UsageArchive`]. [`Wire`] borrows the state for writing; [`Owned`] reads it back. Indexes a domain derives from its
+//! Tenancy is its own [`Tenancy`], the fleet its own [`Fleet`], the deny-list its own [`DenyList`], the
+//! usage of purged jobs its own [`UsageArchive`], the audit log its own [`AuditLog`] (its checkpoint
+//! written after every older field, only once there is one). [`Wire`] borrows the state for writing;
+//! [`Owned`] reads it back. Indexes a domain derives from its
 //! records are written (older builds read them) but never read: loading rebuilds them from the records,
 //! so a snapshot from before an index existed, or one whose index an older build let drift, loads whole.
 
@@ -14,9 +17,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::tenancy::TenancyParts;
 use super::usage::UsageSums;
 use super::{
-    ApiKey, AuditRecord, ClusterPolicy, DeniedIdentity, DenyList, Fleet, JobRecord, JobTable,
-    NodeRecord, Principal, Project, RegistryState, RememberedRequest, RequestLog, RoleBinding,
-    Secret, SecretStore, Tenancy, UsageArchive,
+    ApiKey, AuditCheckpoint, AuditLog, AuditRecord, ClusterPolicy, DeniedIdentity, DenyList, Fleet,
+    JobRecord, JobTable, NodeRecord, Principal, Project, RegistryState, RememberedRequest,
+    RequestLog, RoleBinding, Secret, SecretStore, Tenancy, UsageArchive,
 };
 
 /// The state as a snapshot writes it. Field order is the document's order: never reorder.
@@ -30,7 +33,7 @@ struct Wire<'a> {
     keys: &'a BTreeMap<String, ApiKey>,
     bindings: &'a BTreeMap<String, RoleBinding>,
     secrets: &'a BTreeMap<String, BTreeMap<String, Secret>>,
-    audit: &'a Vec<AuditRecord>,
+    audit: &'a [AuditRecord],
     requests: &'a BTreeMap<String, RememberedRequest>,
     request_order: &'a BTreeMap<u64, String>,
     nodes: &'a BTreeMap<String, NodeRecord>,
@@ -52,6 +55,9 @@ struct Wire<'a> {
     last_command_ms: u64,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     machine_counters: &'a BTreeMap<String, u64>,
+    /// Left out until the audit log was first archived (apply version 4).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audit_checkpoint: Option<&'a AuditCheckpoint>,
 }
 
 /// The state as a snapshot is read. Fields added after the first release default when absent; derived
@@ -90,6 +96,8 @@ struct Owned {
     last_command_ms: u64,
     #[serde(default)]
     machine_counters: BTreeMap<String, u64>,
+    #[serde(default)]
+    audit_checkpoint: Option<AuditCheckpoint>,
 }
 
 fn is_zero_u32(n: &u32) -> bool {
@@ -117,7 +125,7 @@ impl Serialize for RegistryState {
             keys,
             bindings,
             secrets: self.secrets.parts(),
-            audit: &self.audit,
+            audit: self.audit.records(),
             requests,
             request_order,
             nodes,
@@ -135,6 +143,7 @@ impl Serialize for RegistryState {
             apply_version: self.apply_version,
             last_command_ms: self.last_command_ms,
             machine_counters: &self.machine_counters,
+            audit_checkpoint: self.audit.checkpoint(),
         }
         .serialize(serializer)
     }
@@ -154,7 +163,7 @@ impl<'de> Deserialize<'de> for RegistryState {
                 bindings: o.bindings,
             }),
             secrets: SecretStore::from_parts(o.secrets),
-            audit: o.audit,
+            audit: AuditLog::from_wire(o.audit, o.audit_checkpoint),
             requests: RequestLog::from_parts(o.requests, o.request_order),
             fleet: Fleet::from_parts(o.nodes, o.cluster_policies),
             jobs: JobTable::from_records(o.jobs),

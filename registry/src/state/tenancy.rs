@@ -1326,15 +1326,10 @@ impl RegistryState {
 
     /// Moves the bootstrap principal to the platform in a state written before it belonged there (it used
     /// to be owned by project `default`, which let that project's admins mint keys for it). The principal is
-    /// the target of the first successful `system.bootstrap` audit record; the log is never trimmed, so
-    /// every replica finds the same one.
+    /// the target of the first successful `system.bootstrap` audit record (remembered by the audit
+    /// checkpoint once archived), so every replica finds the same one.
     pub fn migrate_bootstrap_principal(&mut self) {
-        let Some(id) = self
-            .audit
-            .iter()
-            .find(|r| r.action == "system.bootstrap" && r.outcome == super::AuditOutcome::Success)
-            .map(|r| r.target.clone())
-        else {
+        let Some(id) = self.audit.bootstrap_principal().map(str::to_owned) else {
             return;
         };
         self.tenancy.move_principal_to_platform(&id);
@@ -1342,10 +1337,7 @@ impl RegistryState {
 
     /// The bootstrap principal's id (the operator's break-glass platform-admin), once bootstrapped.
     pub fn bootstrap_principal_id(&self) -> Option<&str> {
-        self.audit
-            .iter()
-            .find(|r| r.action == "system.bootstrap" && r.outcome == super::AuditOutcome::Success)
-            .map(|r| r.target.as_str())
+        self.audit.bootstrap_principal()
     }
 
     /// A project by id.

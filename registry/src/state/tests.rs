@@ -9,6 +9,7 @@ use super::*;
 use crate::authz::Role;
 use crate::token;
 
+mod archive;
 mod golden;
 mod versions;
 

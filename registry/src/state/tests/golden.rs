@@ -25,7 +25,7 @@ use super::*;
 use crate::authz::Role;
 
 /// How many `Op` variants there are; [`variant`] numbers them `0..VARIANTS`.
-const VARIANTS: usize = 31;
+const VARIANTS: usize = 32;
 
 /// The number of `op`'s variant. Exhaustive on purpose: a new variant does not compile until it is here.
 fn variant(op: &Op) -> usize {
@@ -61,6 +61,7 @@ fn variant(op: &Op) -> usize {
         Op::Tenancy(TenancyOp::SetProjectPolicy { .. }) => 28,
         Op::Secrets(SecretOp::ReplaceDataKeys { .. }) => 29,
         Op::Cluster(ClusterOp::SetApplyVersion { .. }) => 30,
+        Op::Audit(AuditOp::ArchiveAudit { .. }) => 31,
     }
 }
 
@@ -78,11 +79,12 @@ fn golden_dir() -> PathBuf {
 }
 
 /// The segments' files, (log, snapshot), oldest first; each log continues the one before it.
-const SEGMENTS: [(&str, &str); 4] = [
+const SEGMENTS: [(&str, &str); 5] = [
     ("registry-log.jsonl", "registry-snapshot.json"),
     ("registry-log-1.jsonl", "registry-snapshot-1.json"),
     ("registry-log-2.jsonl", "registry-snapshot-2.json"),
     ("registry-log-3.jsonl", "registry-snapshot-3.json"),
+    ("registry-log-4.jsonl", "registry-snapshot-4.json"),
 ];
 
 /// One segment as read back.
@@ -111,9 +113,13 @@ fn generate_segment(n: usize, state: RegistryState, last: Option<&Entry>) -> Rec
             let last = last.expect("a later segment continues a log");
             apply_version_2(state, last.index + 1, last.command.at_ms)
         }
-        _ => {
+        3 => {
             let last = last.expect("a later segment continues a log");
             apply_version_3(state, last.index + 1, last.command.at_ms)
+        }
+        _ => {
+            let last = last.expect("a later segment continues a log");
+            apply_version_4(state, last.index + 1, last.command.at_ms)
         }
     }
 }
@@ -174,6 +180,36 @@ fn golden_log() -> Vec<Entry> {
         .into_iter()
         .flat_map(|s| s.entries)
         .collect()
+}
+
+/// The segment that switches on apply version 4: archiving refused before the switch and from a
+/// principal, the oldest records archived by the system (all but the last ten), the same archive again
+/// (refused: those records are gone), and a record appended after, chained to the live records.
+fn apply_version_4(state: RegistryState, next_index: u64, at: u64) -> Recorder {
+    let through_seq = state.audit_head().0.saturating_sub(10).max(1);
+    let archive = || Op::Audit(AuditOp::ArchiveAudit { through_seq });
+    let mut rec = Recorder::continuing(state, next_index);
+    rec.push(Command::new(at + 1_000, Actor::system(), archive()));
+    rec.push(Command::new(
+        at + 2_000,
+        Actor::system(),
+        Op::Cluster(ClusterOp::SetApplyVersion { version: 4 }),
+    ));
+    rec.push(Command::new(at + 3_000, admin(), archive()));
+    rec.push(Command::new(at + 4_000, Actor::system(), archive()));
+    rec.push(Command::new(at + 5_000, Actor::system(), archive()));
+    rec.push(Command::new(
+        at + 6_000,
+        admin(),
+        Op::Audit(AuditOp::RecordAudit {
+            action: "golden.after_archive".into(),
+            project: None,
+            target: "golden".into(),
+            outcome: AuditOutcome::Denied,
+            detail: "chained to the checkpoint".into(),
+        }),
+    ));
+    rec
 }
 
 /// The segment that switches on apply version 3: a project created with a request id, its policy changed,
@@ -544,6 +580,7 @@ fn samples(state: &RegistryState, at: u64) -> Vec<Op> {
             keys: BTreeMap::new(),
             secrets: BTreeMap::new(),
         }),
+        Op::Audit(AuditOp::ArchiveAudit { through_seq: 1 }),
     ]
 }
 
@@ -602,14 +639,57 @@ fn every_golden_command_serializes_as_it_was_written() {
 }
 
 #[test]
-fn apply_version_3_remembers_records_by_id_in_the_golden_log() {
+fn apply_version_4_archives_the_oldest_audit_records_in_the_golden_log() {
     let segments = golden_segments();
-    let v3 = segments.last().expect("segments");
+    let v4 = segments.last().expect("segments");
     let mut state = RegistryState::default();
     for entry in segments.iter().flat_map(|s| &s.entries) {
         let _ = state.apply(entry.index, &entry.command);
     }
-    assert_eq!(state.apply_version, 3);
+    assert_eq!(state.apply_version, 4);
+    let outcomes: Vec<&serde_json::Value> = v4.entries.iter().map(|e| &e.outcome).collect();
+    assert!(
+        outcomes[0]["Err"]["FailedPrecondition"].is_string(),
+        "archiving before version 4: {}",
+        outcomes[0]
+    );
+    assert!(
+        outcomes[2]["Err"]["PermissionDenied"].is_string(),
+        "a principal archiving: {}",
+        outcomes[2]
+    );
+    let checkpoint = &outcomes[3]["Ok"]["audit_archived"]["checkpoint"];
+    assert!(checkpoint.is_object(), "the archive: {}", outcomes[3]);
+    assert!(
+        outcomes[4]["Err"]["NotFound"].is_object(),
+        "archiving the same records twice: {}",
+        outcomes[4]
+    );
+    let kept = state.audit_log().checkpoint().expect("a checkpoint");
+    assert_eq!(checkpoint["seq"], serde_json::json!(kept.seq));
+    assert_eq!(kept.archived, kept.seq, "every record from 1 was archived");
+    assert_eq!(state.audit_records()[0].seq, kept.seq + 1);
+    assert_eq!(state.audit_records()[0].prev_hash, kept.hash);
+    let mut verifier = state.audit_log().live_verifier();
+    verifier
+        .feed(state.audit_records())
+        .expect("the live records chain to the checkpoint");
+    assert!(
+        verify_chain(state.audit_records()).is_ok(),
+        "a run after a checkpoint checks from its first record"
+    );
+    assert_eq!(state.bootstrap_principal_id(), Some("sa_admin"));
+}
+
+#[test]
+fn apply_version_3_remembers_records_by_id_in_the_golden_log() {
+    let segments = golden_segments();
+    let v3 = &segments[3];
+    let mut state = RegistryState::default();
+    for entry in segments.iter().flat_map(|s| &s.entries) {
+        let _ = state.apply(entry.index, &entry.command);
+    }
+    assert!(state.apply_version >= 3);
     let remembered = state.requests.get("req-v3-create").expect("remembered");
     assert!(
         remembered.outcome.is_none(),
