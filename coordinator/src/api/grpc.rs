@@ -316,7 +316,7 @@ fn attempt(a: AttemptView) -> pb::JobAttempt {
         scheduled_at: a.scheduled_at,
         started_at: a.started_at,
         ended_at: a.ended_at,
-        outcome: a.outcome.unwrap_or_default().to_owned(),
+        outcome: a.outcome.map_or("", |o| o.as_str()).to_owned(),
         exit_code: a.exit_code,
         signal: a.signal,
         detail: a.detail,

@@ -149,6 +149,7 @@ pub struct Secret {
 
 /// A secret as callers see it: names, versions, bindings and times, never ciphertext.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SecretView {
     pub project_id: String,
     pub name: String,
@@ -161,6 +162,7 @@ pub struct SecretView {
 
 /// A version as callers see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = SecretVersion))]
 pub struct SecretVersionView {
     pub version: u32,
     pub created_at: u64,
