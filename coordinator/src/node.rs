@@ -121,8 +121,11 @@ pub struct CoordinatorOptions {
 }
 
 /// One member as the cluster-status view shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = ClusterMember)]
 pub struct MemberStatus {
+    // `NodeId` is an alias, which utoipa would reference as a schema of its own.
+    #[schema(value_type = u64)]
     pub id: NodeId,
     pub name: String,
     pub raft_addr: String,
@@ -131,11 +134,13 @@ pub struct MemberStatus {
 }
 
 /// The cluster as this node sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterStatus {
+    #[schema(value_type = u64)]
     pub node_id: NodeId,
     pub name: String,
     pub state: String,
+    #[schema(value_type = Option<u64>)]
     pub leader: Option<NodeId>,
     pub term: u64,
     pub applied_index: u64,

@@ -924,7 +924,7 @@ async fn health_readiness_metrics_and_cluster() -> anyhow::Result<()> {
     assert!(text.contains("meridian_raft_applied_index{node_id=\"1\"}"));
 
     let doc = api.get("/v1/openapi.json").no_token().send().await?;
-    assert_eq!(doc.body["openapi"], json!("3.0.3"));
+    assert_eq!(doc.body["openapi"], json!("3.1.0"));
     assert!(doc.body["paths"]["/v1/keys/{id}:revoke"]["post"].is_object());
     api.stop().await;
     Ok(())
@@ -1233,5 +1233,181 @@ async fn refusals_still_buffered_at_shutdown_reach_the_audit_log() -> anyhow::Re
         "{written:?}"
     );
     api.handle.shutdown().await;
+    Ok(())
+}
+
+/// The properties and required properties of a schema of the served document, through `$ref` and `allOf`.
+fn schema_properties(
+    doc: &Value,
+    schema: &Value,
+    props: &mut BTreeSet<String>,
+    required: &mut BTreeSet<String>,
+) {
+    if let Some(target) = schema["$ref"].as_str() {
+        let name = target.trim_start_matches("#/components/schemas/");
+        let resolved = &doc["components"]["schemas"][name];
+        assert!(resolved.is_object(), "{target} does not resolve");
+        return schema_properties(doc, resolved, props, required);
+    }
+    for part in schema["allOf"].as_array().into_iter().flatten() {
+        schema_properties(doc, part, props, required);
+    }
+    props.extend(
+        schema["properties"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| k.clone()),
+    );
+    required.extend(
+        schema["required"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_owned),
+    );
+}
+
+/// `value` has exactly the properties `schema` lists: none it does not know, none it requires missing; a
+/// page's first item too.
+fn assert_fits(doc: &Value, schema: &Value, value: &Value, what: &str) {
+    let (mut props, mut required) = (BTreeSet::new(), BTreeSet::new());
+    schema_properties(doc, schema, &mut props, &mut required);
+    let keys: BTreeSet<String> = value
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    assert!(
+        keys.is_subset(&props),
+        "{what}: the schema does not list {:?}",
+        keys.difference(&props).collect::<Vec<_>>()
+    );
+    assert!(
+        required.is_subset(&keys),
+        "{what}: required {:?} missing",
+        required.difference(&keys).collect::<Vec<_>>()
+    );
+    let mut items = schema.clone();
+    while let Some(target) = items["$ref"].as_str() {
+        items = doc["components"]["schemas"][target.trim_start_matches("#/components/schemas/")]
+            .clone();
+    }
+    if let (Some(item_schema), Some(first)) = (
+        items.pointer("/properties/items/items"),
+        value["items"].get(0),
+    ) {
+        assert_fits(doc, item_schema, first, &format!("{what} items[0]"));
+    }
+}
+
+/// What each handler really answers has exactly the properties the served document lists for its route:
+/// the route table names the type (`schema::<T>`) separately from the handler, and this ties the two.
+#[tokio::test]
+async fn live_replies_have_the_properties_their_openapi_schema_lists() -> anyhow::Result<()> {
+    let api = start().await?;
+    let doc = api.get("/v1/openapi.json").no_token().send().await?.body;
+    api.create_project("payments").await?;
+    api.register_node("eu-a1", 0, &[], None).await?;
+    let (_, _, principal) = api.create_key("payments", "worker", "editor").await?;
+
+    let calls: Vec<(&str, String, Option<Value>)> = vec![
+        ("get", "/healthz".into(), None),
+        ("get", "/v1/whoami".into(), None),
+        (
+            "post",
+            "/v1/projects".into(),
+            Some(json!({ "name": "alpha" })),
+        ),
+        ("get", "/v1/projects".into(), None),
+        ("get", "/v1/projects/payments".into(), None),
+        (
+            "put",
+            "/v1/projects/payments/policy".into(),
+            Some(json!({ "max_running_gpus": 4 })),
+        ),
+        (
+            "post",
+            "/v1/principals".into(),
+            Some(json!({ "name": "robot" })),
+        ),
+        ("get", "/v1/principals".into(), None),
+        (
+            "post",
+            "/v1/keys".into(),
+            Some(json!({ "name": "ci", "role": "viewer" })),
+        ),
+        ("get", "/v1/keys".into(), None),
+        (
+            "post",
+            "/v1/role-bindings".into(),
+            Some(json!({ "principal_id": principal, "role": "viewer" })),
+        ),
+        ("get", "/v1/role-bindings".into(), None),
+        ("get", "/v1/audit".into(), None),
+        ("get", "/v1/audit/verify".into(), None),
+        (
+            "post",
+            "/v1/secrets".into(),
+            Some(
+                json!({ "name": "token", "value": "x", "bindings": [format!("principal:{principal}")] }),
+            ),
+        ),
+        ("get", "/v1/secrets".into(), None),
+        ("get", "/v1/secrets/token".into(), None),
+        ("post", "/v1/secrets:rewrap".into(), None),
+        ("get", "/v1/cluster/status".into(), None),
+        ("get", "/v1/cluster/members".into(), None),
+        ("get", "/v1/nodes".into(), None),
+        ("post", "/v1/nodes/eu/eu1/eu-a1:drain".into(), None),
+        (
+            "post",
+            "/v1/clusters/eu/eu1/policy".into(),
+            Some(json!({ "auto_approve": true })),
+        ),
+        (
+            "post",
+            "/v1/denied-identities".into(),
+            Some(json!({ "serial": "0a:1b" })),
+        ),
+        ("get", "/v1/denied-identities".into(), None),
+        (
+            "post",
+            "/v1/jobs".into(),
+            Some(json!({ "command": "true", "resources": { "cpu": "100m" } })),
+        ),
+        ("get", "/v1/jobs".into(), None),
+        ("get", "/v1/usage".into(), None),
+    ];
+    for (method, url, body) in calls {
+        let call = api.request(method.to_uppercase().parse()?, &url);
+        let call = match body {
+            Some(b) => call.json(b),
+            None => call,
+        };
+        let answer = call.send().await?;
+        assert!(
+            answer.status < 300,
+            "{method} {url}: {} {:?}",
+            answer.status,
+            answer.body
+        );
+        let template = url
+            .replace("/payments", "/{project}")
+            .replace("/token", "/{name}")
+            .replace("/eu/eu1/eu-a1:", "/{region}/{cluster}/{node}:")
+            .replace("/clusters/eu/eu1/", "/clusters/{region}/{cluster}/");
+        let op = &doc["paths"][&template][method];
+        assert!(op.is_object(), "{method} {template} is not in the document");
+        let schema =
+            &op["responses"][answer.status.to_string()]["content"]["application/json"]["schema"];
+        assert!(
+            schema.is_object(),
+            "{method} {template} has no {} body schema",
+            answer.status
+        );
+        assert_fits(&doc, schema, &answer.body, &format!("{method} {url}"));
+    }
+    api.stop().await;
     Ok(())
 }

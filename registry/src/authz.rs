@@ -15,6 +15,7 @@ use crate::token;
 /// A role bound to a principal in a project (or platform-wide).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Role {
     /// Reads the project's objects.
     Viewer,

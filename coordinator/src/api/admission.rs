@@ -12,8 +12,8 @@ use axum::Json;
 use http::StatusCode;
 use protocol::pb;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use tonic::{Request, Response, Status};
+use utoipa::ToSchema;
 
 use crate::state::{
     self, normalize_serial, DeniedIdentity, DenyKind, FleetOp, FleetOutcome, IdentityOp,
@@ -29,41 +29,53 @@ use super::service::{unexpected, AdminService, ListPage, NodeView, PageParams};
 /// Longest reason kept with a deny-list entry (the registry's limit).
 const MAX_REASON: usize = 512;
 
-/// What to deny: exactly one of an identity URI, a certificate serial or a node.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// What to deny: exactly one of identity, serial or node.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 pub(crate) struct DenyIdentityRequest {
+    /// A SPIFFE identity URI: every certificate naming it.
     #[serde(default)]
     pub(crate) identity: Option<String>,
+    /// One certificate's serial number (hex).
     #[serde(default)]
     pub(crate) serial: Option<String>,
     /// `REGION/CLUSTER/NODE`: the node's agent identity.
     #[serde(default)]
     pub(crate) node: Option<String>,
+    /// Why, for operators (at most 512 bytes).
     #[serde(default)]
     pub(crate) reason: Option<String>,
 }
 
-/// Which entry to remove: the same selector as [`DenyIdentityRequest`].
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Which entry to remove: exactly one of identity, serial or node, as when it was denied.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AllowIdentityRequest {
+    /// A SPIFFE identity URI: every certificate naming it.
     #[serde(default)]
     pub(crate) identity: Option<String>,
+    /// One certificate's serial number (hex).
     #[serde(default)]
     pub(crate) serial: Option<String>,
+    /// `REGION/CLUSTER/NODE`: the node's agent identity.
     #[serde(default)]
     pub(crate) node: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `POST /v1/clusters/{region}/{cluster}/policy`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ClusterPolicyRequest {
+    /// Approve nodes new to the cluster on arrival; false: they wait for an operator's approval.
     pub(crate) auto_approve: bool,
 }
 
 /// A cluster's admission policy as callers see it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = ClusterPolicy)]
 pub(crate) struct ClusterPolicyView {
     pub(crate) region: String,
     pub(crate) cluster: String,
@@ -374,78 +386,4 @@ impl pb::identity_service_server::IdentityService for GrpcIdentities {
             .map(|e| Response::new(denied_pb(e)))
             .map_err(ServiceError::into_status)
     }
-}
-
-// ---- OpenAPI ----------------------------------------------------------------------------------------------
-
-/// The schemas of this module's routes, for the OpenAPI document.
-pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
-    let selector = |extra: Option<(&str, Value)>| {
-        let mut properties = json!({
-            "identity": { "type": "string", "description": "A SPIFFE identity URI: every certificate naming it." },
-            "serial": { "type": "string", "description": "One certificate's serial number (hex)." },
-            "node": { "type": "string", "description": "REGION/CLUSTER/NODE: the node's agent identity." },
-        });
-        if let (Some((name, schema)), Value::Object(map)) = (extra, &mut properties) {
-            map.insert(name.to_owned(), schema);
-        }
-        json!({
-            "type": "object",
-            "description": "Exactly one of identity, serial or node.",
-            "properties": properties,
-            "additionalProperties": false,
-        })
-    };
-    let entry = json!({
-        "type": "object",
-        "required": ["id", "kind", "value", "reason", "denied_at", "denied_by"],
-        "properties": {
-            "id": { "type": "string" },
-            "kind": { "type": "string", "enum": ["identity", "serial"] },
-            "value": { "type": "string" },
-            "reason": { "type": "string" },
-            "denied_at": { "type": "integer" },
-            "denied_by": { "type": "string" },
-        },
-    });
-    vec![
-        (
-            "DenyIdentityRequest",
-            selector(Some(("reason", json!({ "type": "string" })))),
-        ),
-        ("AllowIdentityRequest", selector(None)),
-        ("DeniedIdentity", entry),
-        (
-            "DeniedIdentityList",
-            json!({
-                "type": "object",
-                "required": ["items", "next_page_token"],
-                "properties": {
-                    "items": { "type": "array", "items": { "$ref": "#/components/schemas/DeniedIdentity" } },
-                    "next_page_token": { "type": "string" },
-                },
-            }),
-        ),
-        (
-            "ClusterPolicyRequest",
-            json!({
-                "type": "object",
-                "required": ["auto_approve"],
-                "properties": { "auto_approve": { "type": "boolean" } },
-                "additionalProperties": false,
-            }),
-        ),
-        (
-            "ClusterPolicy",
-            json!({
-                "type": "object",
-                "required": ["region", "cluster", "auto_approve"],
-                "properties": {
-                    "region": { "type": "string" },
-                    "cluster": { "type": "string" },
-                    "auto_approve": { "type": "boolean" },
-                },
-            }),
-        ),
-    ]
 }

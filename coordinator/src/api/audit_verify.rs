@@ -9,6 +9,7 @@
 //! verified. It never changes the state.
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::auth::RequestScope;
 use super::error::ServiceError;
@@ -24,7 +25,7 @@ const VERIFY_CHUNK: usize = 1024;
 const ATTEMPTS: usize = 3;
 
 /// What verifying the audit chain found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub(crate) struct AuditVerification {
     /// The whole chain verified: nothing broken, nothing missing.
     pub(crate) ok: bool,

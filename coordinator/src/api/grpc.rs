@@ -460,7 +460,7 @@ fn attempt(a: AttemptView) -> pb::JobAttempt {
         scheduled_at,
         started_at,
         ended_at,
-        outcome: outcome.unwrap_or_default().to_owned(),
+        outcome: outcome.map_or("", |o| o.as_str()).to_owned(),
         exit_code,
         signal,
         detail,

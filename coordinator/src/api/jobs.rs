@@ -10,13 +10,15 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::ToSchema;
 
 use crate::authz::{self, Action};
 use crate::crypto;
 use crate::scheduler::{Constraints, Locality, ResourceRequest, Resources, Strategy};
 use crate::state::{
-    Attempt, JobOp, JobOutcome, JobRecord, JobSpec, JobState, Op, Outcome, RetryPolicy,
-    UsageReport, MAX_REPLICAS,
+    Attempt, AttemptOutcome, JobOp, JobOutcome, JobRecord, JobSpec, JobState, Op, Outcome,
+    RetryPolicy, UsageReport, MAX_REPLICAS,
 };
 
 use super::auth::RequestScope;
@@ -48,65 +50,87 @@ const RESERVED_ENV: [&str; 2] = ["CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES
 // ---- requests ---------------------------------------------------------------------------------------------
 
 /// `POST /v1/jobs`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SubmitJobRequest {
     #[serde(default)]
     pub(crate) name: Option<String>,
-    /// Required; optional here so that a missing command is reported like an empty one.
+    /// The program to run.
+    // Required (the schema says so); an `Option` so that a missing command is refused like an empty one.
     #[serde(default)]
+    #[schema(required = true, value_type = String)]
     pub(crate) command: Option<String>,
     #[serde(default)]
     pub(crate) args: Vec<String>,
     #[serde(default)]
     pub(crate) env: BTreeMap<String, String>,
+    /// An absolute path.
     #[serde(default)]
     pub(crate) working_dir: Option<String>,
     #[serde(default)]
+    #[schema(inline)]
     pub(crate) resources: ResourcesBody,
-    /// Processes per attempt (a gang when more than one); default 1.
+    /// Processes per attempt, each with `resources`; more than one is a gang: all placed or none, and one
+    /// that fails or is lost stops the others.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 64, default = 1)]
     pub(crate) replicas: Option<u64>,
     #[serde(default)]
+    #[schema(inline)]
     pub(crate) constraints: ConstraintsBody,
     #[serde(default)]
+    #[schema(inline)]
     pub(crate) data_locality: Option<LocalityBody>,
     #[serde(default)]
+    #[schema(minimum = -1000, maximum = 1000)]
     pub(crate) priority: Option<i64>,
     #[serde(default)]
     pub(crate) preemption: bool,
     #[serde(default)]
     pub(crate) preemptible: Option<bool>,
     #[serde(default)]
+    #[schema(value_type = Option<Strategy>)]
     pub(crate) strategy: Option<String>,
     #[serde(default)]
+    #[schema(inline)]
     pub(crate) retry: RetryBody,
+    /// Seconds an attempt may run before it is stopped (at most 365 days).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 31_536_000)]
     pub(crate) timeout_secs: Option<u64>,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 3600)]
     pub(crate) cancel_grace_secs: Option<u64>,
-    /// Environment variable → project secret bound to the submitting principal.
+    /// Environment variable name → project secret. Needs use-secrets; each secret must be bound to the
+    /// submitting principal (`principal:ID`, or `principal:ID/job:PATTERN` matching the job's name).
     #[serde(default)]
     pub(crate) secrets: BTreeMap<String, String>,
-    /// Also pass the secrets as environment variables (they always arrive as files).
+    /// Also pass the secrets as environment variables; by default they reach the job only as files readable
+    /// by it.
     #[serde(default)]
+    #[schema(default = false)]
     pub(crate) secrets_env: bool,
 }
 
 /// `resources` of a submission: `cpu` in cores (`0.5`, `"2"`, `"500m"`) or `cpu_millis`; `memory` as bytes
 /// or a size (`"512Mi"`, `"2G"`) or `memory_bytes`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ResourcesBody {
     #[serde(default)]
+    #[schema(schema_with = cpu_schema)]
     pub(crate) cpu: Option<Value>,
     #[serde(default)]
     pub(crate) cpu_millis: Option<u64>,
     #[serde(default)]
+    #[schema(schema_with = memory_schema)]
     pub(crate) memory: Option<Value>,
     #[serde(default)]
     pub(crate) memory_bytes: Option<u64>,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 64)]
     pub(crate) gpus: Option<u64>,
     #[serde(default)]
     pub(crate) gpu_model: Option<String>,
@@ -114,18 +138,52 @@ pub(crate) struct ResourcesBody {
     pub(crate) gpu_min_memory_mib: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The schema of `resources.cpu`, which is read as JSON and parsed by [`parse_cpu_millis`]: written by hand
+/// because the field's type is any JSON value, of which only a number or a string is accepted.
+fn cpu_schema() -> Schema {
+    number_or_string(
+        Type::Number,
+        "CPU cores: a number (0.5) or a string (\"2\", \"500m\").",
+    )
+}
+
+/// The schema of `resources.memory` (see [`cpu_schema`]; parsed by [`parse_byte_size`]).
+fn memory_schema() -> Schema {
+    number_or_string(
+        Type::Integer,
+        "Bytes, or a size such as \"512Mi\", \"2G\" or \"1GiB\".",
+    )
+}
+
+fn number_or_string(number: Type, description: &str) -> Schema {
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(number))
+        .item(ObjectBuilder::new().schema_type(Type::String))
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .description(Some(description))
+        .into()
+}
+
+/// `constraints` of a submission.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ConstraintsBody {
+    /// Only nodes of this region.
     #[serde(default)]
     pub(crate) region: Option<String>,
+    /// Only nodes of a cluster with this name (in the constrained region, or any region).
     #[serde(default)]
     pub(crate) cluster: Option<String>,
+    /// Every label must be present on the node with exactly this value.
     #[serde(default)]
     pub(crate) labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `data_locality` of a submission: where the job's data lives, a preference that never overrides
+/// `constraints`.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LocalityBody {
     pub(crate) region: String,
@@ -133,11 +191,17 @@ pub(crate) struct LocalityBody {
     pub(crate) cluster: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `retry` of a submission.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RetryBody {
+    /// Attempts in all (preempted ones not counted); default 3.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 20)]
     pub(crate) max_attempts: Option<u64>,
+    /// Also retry attempts that failed (non-zero exit, timeout, launch error); lost attempts are always
+    /// retried while the budget allows.
     #[serde(default)]
     pub(crate) on_failure: bool,
 }
@@ -181,9 +245,11 @@ pub(crate) struct UsageQuery {
 // ---- responses --------------------------------------------------------------------------------------------
 
 /// One attempt as callers see it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = JobAttempt)]
 pub(crate) struct AttemptView {
     pub(crate) attempt: u32,
+    /// 0-based; a gang job's attempt has one entry per replica.
     pub(crate) replica: u32,
     pub(crate) node: String,
     pub(crate) region: String,
@@ -193,7 +259,7 @@ pub(crate) struct AttemptView {
     pub(crate) scheduled_at: u64,
     pub(crate) started_at: Option<u64>,
     pub(crate) ended_at: Option<u64>,
-    pub(crate) outcome: Option<&'static str>,
+    pub(crate) outcome: Option<AttemptOutcome>,
     pub(crate) exit_code: Option<i32>,
     pub(crate) signal: Option<i32>,
     pub(crate) cpu_time_ms: Option<u64>,
@@ -214,7 +280,7 @@ impl From<&Attempt> for AttemptView {
             scheduled_at: a.scheduled_at,
             started_at: a.started_at,
             ended_at: a.ended_at,
-            outcome: a.outcome.map(|o| o.as_str()),
+            outcome: a.outcome,
             exit_code: a.exit_code,
             signal: a.signal,
             cpu_time_ms: a.cpu_time_ms,
@@ -225,7 +291,8 @@ impl From<&Attempt> for AttemptView {
 }
 
 /// A job as callers see it: its spec, its state, where its current (or last) attempt is, and every attempt.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Job)]
 pub(crate) struct JobView {
     pub(crate) id: String,
     pub(crate) project_id: String,
@@ -334,11 +401,13 @@ pub(crate) struct LogChunk {
 }
 
 /// `GET /v1/jobs/{id}/logs`: the chunk as text.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = JobLogs)]
 pub(crate) struct JobLogsView {
     pub(crate) attempt: u32,
     pub(crate) replica: u32,
     pub(crate) node: String,
+    #[schema(schema_with = log_stream_schema)]
     pub(crate) stream: &'static str,
     pub(crate) start_offset: u64,
     pub(crate) next_offset: u64,
@@ -744,15 +813,26 @@ pub(crate) fn job_spec(req: SubmitJobRequest) -> Result<JobSpec, ServiceError> {
     Ok(spec)
 }
 
+/// The output streams of an attempt, as `stream` names them; the first is the default.
+const LOG_STREAMS: [&str; 2] = ["stdout", "stderr"];
+
 fn log_stream(s: Option<&str>) -> Result<&'static str, ServiceError> {
     match s.map(str::trim) {
-        None | Some("") | Some("stdout") => Ok("stdout"),
-        Some("stderr") => Ok("stderr"),
-        Some(other) => Err(invalid(
-            "stream",
-            format!("{other:?} is not stdout or stderr"),
-        )),
+        None | Some("") => Ok(LOG_STREAMS[0]),
+        Some(name) => LOG_STREAMS
+            .into_iter()
+            .find(|stream| *stream == name)
+            .ok_or_else(|| invalid("stream", format!("{name:?} is not stdout or stderr"))),
     }
+}
+
+/// The schema of a log chunk's `stream`: written by hand because the field is a `&'static str` (one of
+/// [`LOG_STREAMS`], as [`log_stream`] chose it), not an enum.
+fn log_stream_schema() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(LOG_STREAMS))
+        .into()
 }
 
 fn job_state(s: Option<&str>) -> Result<Option<JobState>, ServiceError> {
@@ -1043,6 +1123,56 @@ mod tests {
         let e = job_spec(body(v)).expect_err("invalid");
         assert_eq!(e.kind, ErrorKind::InvalidArgument);
         e.message.split(':').next().unwrap_or_default().to_owned()
+    }
+
+    /// The bounds the OpenAPI schema states (written as literals, which is all `#[schema(minimum, maximum)]`
+    /// takes) are exactly the ones a submission is held to: each bound is accepted, one step past it refused.
+    #[test]
+    fn the_openapi_bounds_of_a_submission_are_the_ones_enforced() {
+        let schema = serde_json::to_value(<SubmitJobRequest as utoipa::PartialSchema>::schema())
+            .expect("schema");
+        let fields: [&[&str]; 6] = [
+            &["replicas"],
+            &["priority"],
+            &["timeout_secs"],
+            &["cancel_grace_secs"],
+            &["resources", "gpus"],
+            &["retry", "max_attempts"],
+        ];
+        for path in fields {
+            let at = path
+                .iter()
+                .map(|p| format!("/properties/{p}"))
+                .collect::<String>();
+            for (key, step) in [("minimum", -1), ("maximum", 1)] {
+                let bound = schema
+                    .pointer(&format!("{at}/{key}"))
+                    .and_then(serde_json::Value::as_i64)
+                    .unwrap_or_else(|| panic!("{} has no {key}", path.join(".")));
+                for (value, accepted) in [(bound, true), (bound + step, false)] {
+                    let mut req = serde_json::json!({ "command": "x" });
+                    let mut slot = &mut req;
+                    for p in &path[..path.len() - 1] {
+                        slot = &mut slot[*p];
+                    }
+                    slot[path[path.len() - 1]] = serde_json::json!(value);
+                    let ok = super::super::extract::parse_json::<SubmitJobRequest>(
+                        req.to_string().as_bytes(),
+                    )
+                    .is_ok_and(|r| job_spec(r).is_ok());
+                    assert_eq!(ok, accepted, "{} = {value}", path.join("."));
+                }
+            }
+        }
+        // The policy update's ceiling, checked by `SetPolicyRequest::update`.
+        let policy = serde_json::to_value(
+            <super::super::service::SetPolicyRequest as utoipa::PartialSchema>::schema(),
+        )
+        .expect("schema");
+        assert_eq!(
+            policy.pointer("/properties/preemption_ceiling/maximum"),
+            Some(&serde_json::json!(crate::state::MAX_PREEMPTION_CEILING))
+        );
     }
 
     #[test]

@@ -11,11 +11,23 @@ use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 
 use crate::authz::Action;
+use crate::node::MemberStatus;
+use crate::state::{ApiKeyView, DeniedIdentity, Principal, ProjectView, UsageReport};
 
-use super::admission;
+use super::admission::{
+    self, AllowIdentityRequest, ClusterPolicyRequest, ClusterPolicyView, DenyIdentityRequest,
+};
+use super::audit_verify::AuditVerification;
 use super::auth;
+use super::jobs::{JobLogsView, JobView, SubmitJobRequest};
+use super::openapi::{schema, OpenApiDocument, SchemaOf};
 use super::rest;
-use super::service::AdminService;
+use super::service::{
+    AddMemberRequest, AdminService, AuditList, ClusterOverview, CreateBindingRequest,
+    CreateKeyRequest, CreateProjectRequest, CreateServiceAccountRequest, CreatedKey, Health,
+    ListPage, NodeView, PutSecretRequest, RewrapResult, RoleBindingView, SecretResource,
+    SetPolicyRequest, WhoAmI,
+};
 
 /// Who may call an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,13 +159,14 @@ impl HttpMethod {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Reply {
     pub(crate) status: u16,
-    /// Schema name in the OpenAPI document; `None` for an empty body.
-    pub(crate) schema: Option<&'static str>,
+    /// The body's type (`schema::<T>`), whose schema the OpenAPI document carries; `None` for an empty or
+    /// plain-text body.
+    pub(crate) schema: Option<SchemaOf>,
     /// Media type of the body.
     pub(crate) media: &'static str,
 }
 
-const fn ok(schema: &'static str) -> Reply {
+const fn ok(schema: SchemaOf) -> Reply {
     Reply {
         status: 200,
         schema: Some(schema),
@@ -161,7 +174,7 @@ const fn ok(schema: &'static str) -> Reply {
     }
 }
 
-const fn created(schema: &'static str) -> Reply {
+const fn created(schema: SchemaOf) -> Reply {
     Reply {
         status: 201,
         schema: Some(schema),
@@ -191,8 +204,9 @@ pub(crate) struct Route {
     pub(crate) path: &'static str,
     pub(crate) op: &'static Operation,
     pub(crate) summary: &'static str,
-    /// Request body schema name, for routes that take a body.
-    pub(crate) request: Option<&'static str>,
+    /// The request body's type (`schema::<T>`, `T` being what the handler's `ApiJson` extracts), for
+    /// routes that take a body.
+    pub(crate) request: Option<SchemaOf>,
     /// Query parameters the route reads (name, description).
     pub(crate) query: &'static [(&'static str, &'static str)],
     pub(crate) reply: Reply,
@@ -267,7 +281,7 @@ pub(crate) static ROUTES: &[Route] = &[
         summary: "Whether the process is alive",
         request: None,
         query: &[],
-        reply: ok("Health"),
+        reply: ok(schema::<Health>),
         endpoint: endpoint!(rest::healthz),
     },
     Route {
@@ -277,7 +291,7 @@ pub(crate) static ROUTES: &[Route] = &[
         summary: "Whether this coordinator knows a leader and has caught up (503 until then)",
         request: None,
         query: &[],
-        reply: ok("Health"),
+        reply: ok(schema::<Health>),
         endpoint: endpoint!(rest::readyz),
     },
     Route {
@@ -287,7 +301,7 @@ pub(crate) static ROUTES: &[Route] = &[
         summary: "This document",
         request: None,
         query: &[],
-        reply: ok("OpenApiDocument"),
+        reply: ok(schema::<OpenApiDocument>),
         endpoint: endpoint!(rest::openapi),
     },
     Route {
@@ -307,7 +321,7 @@ pub(crate) static ROUTES: &[Route] = &[
         summary: "The caller's principal, key, project and role bindings",
         request: None,
         query: &[],
-        reply: ok("WhoAmI"),
+        reply: ok(schema::<WhoAmI>),
         endpoint: endpoint!(rest::whoami),
     },
     Route {
@@ -315,9 +329,9 @@ pub(crate) static ROUTES: &[Route] = &[
         path: "/v1/projects",
         op: &op::PROJECT_CREATE,
         summary: "Create a project",
-        request: Some("CreateProjectRequest"),
+        request: Some(schema::<CreateProjectRequest>),
         query: &[],
-        reply: created("Project"),
+        reply: created(schema::<ProjectView>),
         endpoint: endpoint!(rest::create_project),
     },
     Route {
@@ -327,7 +341,7 @@ pub(crate) static ROUTES: &[Route] = &[
         summary: "List the projects the caller can see",
         request: None,
         query: PAGING,
-        reply: ok("ProjectList"),
+        reply: ok(schema::<ListPage<ProjectView>>),
         endpoint: endpoint!(rest::list_projects),
     },
     Route {
@@ -337,7 +351,7 @@ pub(crate) static ROUTES: &[Route] = &[
         summary: "Get a project by id or name",
         request: None,
         query: &[],
-        reply: ok("Project"),
+        reply: ok(schema::<ProjectView>),
         endpoint: endpoint!(rest::get_project),
     },
     Route {
@@ -355,9 +369,9 @@ pub(crate) static ROUTES: &[Route] = &[
         path: "/v1/projects/{project}/policy",
         op: &op::PROJECT_POLICY_SET,
         summary: "Change a project's policy (quotas, network, preemption ceiling); fields left out keep their value. Platform-admin only",
-        request: Some("ProjectPolicyUpdate"),
+        request: Some(schema::<SetPolicyRequest>),
         query: &[],
-        reply: ok("Project"),
+        reply: ok(schema::<ProjectView>),
         endpoint: endpoint!(rest::set_project_policy),
     },
     Route {
@@ -367,7 +381,7 @@ pub(crate) static ROUTES: &[Route] = &[
         summary: "List the project's users and service accounts",
         request: None,
         query: PAGING,
-        reply: ok("PrincipalList"),
+        reply: ok(schema::<ListPage<Principal>>),
         endpoint: endpoint!(rest::list_principals),
     },
     Route {
@@ -375,9 +389,9 @@ pub(crate) static ROUTES: &[Route] = &[
         path: "/v1/principals",
         op: &op::PRINCIPAL_CREATE,
         summary: "Create a service account in the project",
-        request: Some("CreateServiceAccountRequest"),
+        request: Some(schema::<CreateServiceAccountRequest>),
         query: &[],
-        reply: created("Principal"),
+        reply: created(schema::<Principal>),
         endpoint: endpoint!(rest::create_service_account),
     },
     Route {
@@ -385,9 +399,9 @@ pub(crate) static ROUTES: &[Route] = &[
         path: "/v1/keys",
         op: &op::KEY_CREATE,
         summary: "Create an API key (the token is returned once, here)",
-        request: Some("CreateKeyRequest"),
+        request: Some(schema::<CreateKeyRequest>),
         query: &[],
-        reply: created("CreatedKey"),
+        reply: created(schema::<CreatedKey>),
         endpoint: endpoint!(rest::create_key),
     },
     Route {
@@ -397,7 +411,7 @@ pub(crate) static ROUTES: &[Route] = &[
         summary: "List the project's keys (prefix and last four characters only)",
         request: None,
         query: PAGING,
-        reply: ok("ApiKeyList"),
+        reply: ok(schema::<ListPage<ApiKeyView>>),
         endpoint: endpoint!(rest::list_keys),
     },
     Route {
@@ -407,7 +421,7 @@ pub(crate) static ROUTES: &[Route] = &[
         summary: "Get a key",
         request: None,
         query: &[],
-        reply: ok("ApiKey"),
+        reply: ok(schema::<ApiKeyView>),
         endpoint: endpoint!(rest::get_key),
     },
     Route {
@@ -417,7 +431,7 @@ pub(crate) static ROUTES: &[Route] = &[
         summary: "Revoke a key; it stops working on every coordinator",
         request: None,
         query: &[],
-        reply: ok("ApiKey"),
+        reply: ok(schema::<ApiKeyView>),
         endpoint: endpoint!(rest::revoke_key),
     },
     Route {
@@ -427,7 +441,7 @@ pub(crate) static ROUTES: &[Route] = &[
         summary: "Revoke a key (same as :revoke)",
         request: None,
         query: &[],
-        reply: ok("ApiKey"),
+        reply: ok(schema::<ApiKeyView>),
         endpoint: endpoint!(rest::revoke_key),
     },
     Route {
@@ -435,9 +449,9 @@ pub(crate) static ROUTES: &[Route] = &[
         path: "/v1/role-bindings",
         op: &op::BINDING_CREATE,
         summary: "Bind a role to a principal in the project (or platform-wide)",
-        request: Some("CreateRoleBindingRequest"),
+        request: Some(schema::<CreateBindingRequest>),
         query: &[],
-        reply: created("RoleBinding"),
+        reply: created(schema::<RoleBindingView>),
         endpoint: endpoint!(rest::create_binding),
     },
     Route {
@@ -447,7 +461,7 @@ pub(crate) static ROUTES: &[Route] = &[
         summary: "List the project's role bindings",
         request: None,
         query: PAGING,
-        reply: ok("RoleBindingList"),
+        reply: ok(schema::<ListPage<RoleBindingView>>),
         endpoint: endpoint!(rest::list_bindings),
     },
     Route {
@@ -467,7 +481,7 @@ pub(crate) static ROUTES: &[Route] = &[
         summary: "Read the hash-chained audit log by sequence number",
         request: None,
         query: AUDIT_QUERY,
-        reply: ok("AuditList"),
+        reply: ok(schema::<AuditList>),
         endpoint: endpoint!(rest::list_audit),
     },
     Route {
@@ -477,7 +491,7 @@ pub(crate) static ROUTES: &[Route] = &[
         summary: "Verify the audit log's hash chain on the server",
         request: None,
         query: &[],
-        reply: ok("AuditVerification"),
+        reply: ok(schema::<AuditVerification>),
         endpoint: endpoint!(rest::verify_audit),
     },
     Route {
@@ -485,9 +499,9 @@ pub(crate) static ROUTES: &[Route] = &[
         path: "/v1/secrets",
         op: &op::SECRET_PUT,
         summary: "Create a secret or add a version (the value is encrypted and never returned)",
-        request: Some("PutSecretRequest"),
+        request: Some(schema::<PutSecretRequest>),
         query: &[],
-        reply: created("Secret"),
+        reply: created(schema::<SecretResource>),
         endpoint: endpoint!(rest::put_secret),
     },
     Route {
@@ -497,7 +511,7 @@ pub(crate) static ROUTES: &[Route] = &[
         summary: "List the project's secrets (names, versions, bindings)",
         request: None,
         query: PAGING,
-        reply: ok("SecretList"),
+        reply: ok(schema::<ListPage<SecretResource>>),
         endpoint: endpoint!(rest::list_secrets),
     },
     Route {
@@ -507,7 +521,7 @@ pub(crate) static ROUTES: &[Route] = &[
         summary: "Get a secret's metadata",
         request: None,
         query: &[],
-        reply: ok("Secret"),
+        reply: ok(schema::<SecretResource>),
         endpoint: endpoint!(rest::get_secret),
     },
     Route {
@@ -528,7 +542,7 @@ pub(crate) static ROUTES: &[Route] = &[
                   replace the data keys and re-encrypt every secret version)",
         request: None,
         query: REWRAP_QUERY,
-        reply: ok("RewrapResult"),
+        reply: ok(schema::<RewrapResult>),
         endpoint: endpoint!(rest::rewrap_secrets),
     },
     Route {
@@ -538,7 +552,7 @@ pub(crate) static ROUTES: &[Route] = &[
         summary: "The coordinator cluster as this member sees it",
         request: None,
         query: &[],
-        reply: ok("ClusterStatus"),
+        reply: ok(schema::<ClusterOverview>),
         endpoint: endpoint!(rest::cluster_status),
     },
     Route {
@@ -548,7 +562,7 @@ pub(crate) static ROUTES: &[Route] = &[
         summary: "List coordinator members",
         request: None,
         query: &[],
-        reply: ok("ClusterMemberList"),
+        reply: ok(schema::<ListPage<MemberStatus>>),
         endpoint: endpoint!(rest::list_members),
     },
     Route {
@@ -556,9 +570,9 @@ pub(crate) static ROUTES: &[Route] = &[
         path: "/v1/cluster/members",
         op: &op::MEMBER_ADD,
         summary: "Add a coordinator (as a learner, then a voter unless voter is false)",
-        request: Some("AddClusterMemberRequest"),
+        request: Some(schema::<AddMemberRequest>),
         query: &[],
-        reply: created("ClusterMember"),
+        reply: created(schema::<MemberStatus>),
         endpoint: endpoint!(rest::add_member),
     },
     Route {
@@ -578,7 +592,7 @@ pub(crate) static ROUTES: &[Route] = &[
         summary: "List the nodes agents registered: resources, GPUs, labels, idle GPUs, health and lease epoch",
         request: None,
         query: PAGING,
-        reply: ok("NodeList"),
+        reply: ok(schema::<ListPage<NodeView>>),
         endpoint: endpoint!(rest::list_nodes),
     },
     Route {
@@ -588,7 +602,7 @@ pub(crate) static ROUTES: &[Route] = &[
         summary: "Drain a node: the scheduler places no new work on it; jobs already there keep running",
         request: None,
         query: &[],
-        reply: ok("Node"),
+        reply: ok(schema::<NodeView>),
         endpoint: endpoint!(rest::drain_node),
     },
     Route {
@@ -598,7 +612,7 @@ pub(crate) static ROUTES: &[Route] = &[
         summary: "Undrain a node: it receives new work again",
         request: None,
         query: &[],
-        reply: ok("Node"),
+        reply: ok(schema::<NodeView>),
         endpoint: endpoint!(rest::undrain_node),
     },
     Route {
@@ -608,7 +622,7 @@ pub(crate) static ROUTES: &[Route] = &[
         summary: "Approve a node (pending, or quarantined for reporting more than was approved) with the resources and labels it reports now",
         request: None,
         query: &[],
-        reply: ok("Node"),
+        reply: ok(schema::<NodeView>),
         endpoint: endpoint!(admission::approve_node),
     },
     Route {
@@ -616,9 +630,9 @@ pub(crate) static ROUTES: &[Route] = &[
         path: "/v1/clusters/{region}/{cluster}/policy",
         op: &op::CLUSTER_POLICY_SET,
         summary: "Set whether nodes new to a cluster are approved on arrival (otherwise they wait for approval)",
-        request: Some("ClusterPolicyRequest"),
+        request: Some(schema::<ClusterPolicyRequest>),
         query: &[],
-        reply: ok("ClusterPolicy"),
+        reply: ok(schema::<ClusterPolicyView>),
         endpoint: endpoint!(admission::set_cluster_policy),
     },
     Route {
@@ -628,7 +642,7 @@ pub(crate) static ROUTES: &[Route] = &[
         summary: "List the mesh deny-list: identities and certificates every coordinator and agent refuses",
         request: None,
         query: PAGING,
-        reply: ok("DeniedIdentityList"),
+        reply: ok(schema::<ListPage<DeniedIdentity>>),
         endpoint: endpoint!(admission::list_denied),
     },
     Route {
@@ -636,9 +650,9 @@ pub(crate) static ROUTES: &[Route] = &[
         path: "/v1/denied-identities",
         op: &op::IDENTITY_DENY,
         summary: "Deny an identity, a certificate (by serial) or a node's agent: refused at once, its open connections closed within seconds",
-        request: Some("DenyIdentityRequest"),
+        request: Some(schema::<DenyIdentityRequest>),
         query: &[],
-        reply: created("DeniedIdentity"),
+        reply: created(schema::<DeniedIdentity>),
         endpoint: endpoint!(admission::deny_identity),
     },
     Route {
@@ -646,9 +660,9 @@ pub(crate) static ROUTES: &[Route] = &[
         path: "/v1/denied-identities:remove",
         op: &op::IDENTITY_ALLOW,
         summary: "Remove a deny-list entry",
-        request: Some("AllowIdentityRequest"),
+        request: Some(schema::<AllowIdentityRequest>),
         query: &[],
-        reply: ok("DeniedIdentity"),
+        reply: ok(schema::<DeniedIdentity>),
         endpoint: endpoint!(admission::allow_identity),
     },
     Route {
@@ -656,9 +670,9 @@ pub(crate) static ROUTES: &[Route] = &[
         path: "/v1/jobs",
         op: &op::JOB_SUBMIT,
         summary: "Submit a job to the project; it starts pending until the scheduler places it",
-        request: Some("SubmitJobRequest"),
+        request: Some(schema::<SubmitJobRequest>),
         query: &[],
-        reply: created("Job"),
+        reply: created(schema::<JobView>),
         endpoint: endpoint!(rest::submit_job),
     },
     Route {
@@ -668,7 +682,7 @@ pub(crate) static ROUTES: &[Route] = &[
         summary: "List the project's jobs in id order, optionally in one state",
         request: None,
         query: JOB_LIST_QUERY,
-        reply: ok("JobList"),
+        reply: ok(schema::<ListPage<JobView>>),
         endpoint: endpoint!(rest::list_jobs),
     },
     Route {
@@ -678,7 +692,7 @@ pub(crate) static ROUTES: &[Route] = &[
         summary: "Get a job: state, where it runs, every attempt and why it is still pending",
         request: None,
         query: &[],
-        reply: ok("Job"),
+        reply: ok(schema::<JobView>),
         endpoint: endpoint!(rest::get_job),
     },
     Route {
@@ -688,7 +702,7 @@ pub(crate) static ROUTES: &[Route] = &[
         summary: "Cancel a job: a pending one at once, a running one by stopping it on its node",
         request: None,
         query: &[],
-        reply: ok("Job"),
+        reply: ok(schema::<JobView>),
         endpoint: endpoint!(rest::cancel_job),
     },
     Route {
@@ -698,7 +712,7 @@ pub(crate) static ROUTES: &[Route] = &[
         summary: "Read a job attempt's stdout or stderr from the agent that ran it, from an offset",
         request: None,
         query: JOB_LOGS_QUERY,
-        reply: ok("JobLogs"),
+        reply: ok(schema::<JobLogsView>),
         endpoint: endpoint!(rest::job_logs),
     },
     Route {
@@ -708,7 +722,7 @@ pub(crate) static ROUTES: &[Route] = &[
         summary: "The project's reserved CPU-, memory- and GPU-seconds per job over a time range",
         request: None,
         query: USAGE_QUERY,
-        reply: ok("UsageReport"),
+        reply: ok(schema::<UsageReport>),
         endpoint: endpoint!(rest::usage),
     },
 ];

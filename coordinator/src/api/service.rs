@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::authz::{self, Action, Caller, Role};
 use crate::crypto::{self, CryptoError, MasterKeyring, SecretAad};
@@ -64,32 +65,47 @@ impl PageParams {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `POST /v1/projects`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateProjectRequest {
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     pub(crate) name: String,
     #[serde(default)]
     pub(crate) description: Option<String>,
 }
 
 /// `PUT /v1/projects/{project}/policy`: the fields given replace the project's, the others stay.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[cfg_attr(test, derive(Serialize))]
+#[schema(as = ProjectPolicyUpdate)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SetPolicyRequest {
+    /// Most jobs pending at once; one more submission is refused (429 quota_exceeded).
     #[serde(default)]
     pub(crate) max_pending_jobs: Option<u64>,
+    /// Most CPU (thousandths of a core) reserved by scheduled and running jobs together; a job that would
+    /// exceed it waits.
     #[serde(default)]
     pub(crate) max_running_cpu_millis: Option<u64>,
+    /// Most memory reserved by scheduled and running jobs together.
     #[serde(default)]
     pub(crate) max_running_memory_bytes: Option<u64>,
+    /// Most GPUs held by scheduled and running jobs together.
     #[serde(default)]
     pub(crate) max_running_gpus: Option<u64>,
+    /// Most bytes of job specs (their text fields plus 256 each) held by unfinished jobs together.
     #[serde(default)]
     pub(crate) max_spec_bytes: Option<u64>,
     /// `none` or `egress`.
     #[serde(default)]
+    #[schema(value_type = Option<state::NetworkPolicy>)]
     pub(crate) network: Option<String>,
+    /// Other projects' preemptible jobs below this priority (and below the preempting job's own) may be
+    /// evicted for this project's jobs; 0: never.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1000)]
     pub(crate) preemption_ceiling: Option<i64>,
 }
 
@@ -140,52 +156,69 @@ impl SetPolicyRequest {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `POST /v1/principals`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateServiceAccountRequest {
     pub(crate) name: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `POST /v1/keys`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateKeyRequest {
     pub(crate) name: String,
     /// Role bound to the key's principal in the project; required for a new service account.
     #[serde(default)]
+    #[schema(value_type = Option<Role>)]
     pub(crate) role: Option<String>,
-    /// Lifetime; the coordinator's `[keys] default_ttl` when neither this nor `no_expiry` is given.
+    /// Lifetime in seconds; without it (and without no_expiry) the coordinator's `[keys] default_ttl` (90
+    /// days).
     #[serde(default)]
     pub(crate) expires_in_seconds: Option<u64>,
-    /// A key that never expires (platform-admins only).
+    /// A key that never expires; only platform-admins may ask for one.
     #[serde(default)]
     pub(crate) no_expiry: bool,
     /// An existing principal of the project; none creates a service account named after the key.
     #[serde(default)]
     pub(crate) principal_id: Option<String>,
-    /// Narrow the key to these roles (it grants only what one of them allows).
+    /// Narrow the key to these roles (at least one): it grants only what they allow of the principal's
+    /// rights.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Role>>)]
     pub(crate) roles: Option<Vec<String>>,
     /// The key acts only in the request's project.
     #[serde(default)]
     pub(crate) project_scoped: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `POST /v1/role-bindings`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[cfg_attr(test, derive(Serialize))]
+#[schema(as = CreateRoleBindingRequest)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateBindingRequest {
     pub(crate) principal_id: String,
+    #[schema(value_type = Role)]
     pub(crate) role: String,
     /// Bind platform-wide instead of in the request's project.
     #[serde(default)]
     pub(crate) platform: bool,
 }
 
-#[derive(Clone, Deserialize)]
+/// `POST /v1/secrets`.
+#[derive(Clone, Deserialize, ToSchema)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PutSecretRequest {
     pub(crate) name: String,
+    #[schema(write_only)]
     pub(crate) value: String,
-    /// Workload selectors; `None` keeps the current ones.
+    /// Who may use the secret: `principal:ID` (jobs that principal or service account submits) or
+    /// `principal:ID/job:PATTERN` (only those whose name matches; `*` is any run of characters). Absent: keep
+    /// the current bindings.
     #[serde(default)]
     pub(crate) bindings: Option<Vec<String>>,
 }
@@ -208,14 +241,20 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `POST /v1/cluster/members`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[cfg_attr(test, derive(Serialize))]
+#[schema(as = AddClusterMemberRequest)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AddMemberRequest {
+    #[schema(value_type = u64)]
     pub(crate) id: NodeId,
     pub(crate) name: String,
     pub(crate) raft_addr: String,
     pub(crate) admin_addr: String,
+    /// Promote the new member to a voter once it caught up; false keeps it a learner.
     #[serde(default = "default_true")]
+    #[schema(default = true)]
     pub(crate) voter: bool,
 }
 
@@ -249,7 +288,8 @@ impl<T> From<Page<T>> for ListPage<T> {
 }
 
 /// A role binding as callers see it; `scope` is `platform` or `project:<id>`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = RoleBinding)]
 pub(crate) struct RoleBindingView {
     pub(crate) id: String,
     pub(crate) principal_id: String,
@@ -273,10 +313,12 @@ impl From<&RoleBinding> for RoleBindingView {
 }
 
 /// A secret as callers see it, with its name as `id`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Secret)]
 pub(crate) struct SecretResource {
     pub(crate) id: String,
     #[serde(flatten)]
+    #[schema(inline)]
     pub(crate) secret: SecretView,
 }
 
@@ -290,9 +332,10 @@ impl From<SecretView> for SecretResource {
 }
 
 /// A new key: the token (shown only here), the key, its principal and the binding made for it.
-#[derive(Clone, Serialize)]
+#[derive(Clone, Serialize, ToSchema)]
 pub(crate) struct CreatedKey {
     pub(crate) id: String,
+    /// The bearer token; shown only once.
     pub(crate) token: String,
     pub(crate) key: ApiKeyView,
     pub(crate) principal: Principal,
@@ -313,7 +356,8 @@ impl std::fmt::Debug for CreatedKey {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The caller: its principal, the key it called with, the project it acts in and its role bindings there.
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub(crate) struct WhoAmI {
     pub(crate) principal: Principal,
     pub(crate) key: ApiKeyView,
@@ -322,7 +366,8 @@ pub(crate) struct WhoAmI {
     pub(crate) bindings: Vec<RoleBindingView>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// One page of the audit log, by sequence number.
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub(crate) struct AuditList {
     pub(crate) items: Vec<AuditRecord>,
     /// The `seq` to continue after, as text; empty at the end.
@@ -333,7 +378,8 @@ pub(crate) struct AuditList {
     pub(crate) archived_through_seq: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// What `POST /v1/secrets:rewrap` did.
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub(crate) struct RewrapResult {
     pub(crate) projects: u64,
     pub(crate) master_key_id: String,
@@ -365,7 +411,8 @@ fn query_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> 
 
 /// A registered node as operators see it: resources, GPUs, labels, the allocated GPUs that sit idle,
 /// health and lease epoch.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Node)]
 pub(crate) struct NodeView {
     pub(crate) key: String,
     pub(crate) region: String,
@@ -430,7 +477,8 @@ impl From<&crate::state::NodeRecord> for NodeView {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Whether the process is alive (`ok`) or ready (`ready`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub(crate) struct Health {
     pub(crate) status: &'static str,
 }
@@ -1756,15 +1804,17 @@ mod tests {
 }
 
 /// `GET /v1/cluster/status`: the coordinator group and the fleet per region and cluster.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = ClusterStatus)]
 pub(crate) struct ClusterOverview {
     #[serde(flatten)]
+    #[schema(inline)]
     pub(crate) status: ClusterStatus,
     pub(crate) sites: Vec<FleetSite>,
 }
 
 /// The nodes of one region/cluster.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
 pub(crate) struct FleetSite {
     pub(crate) region: String,
     pub(crate) cluster: String,

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Resources {
     /// Thousandths of a CPU core (1000 = one core).
     pub cpu_millis: u64,
@@ -23,6 +24,7 @@ pub struct Resources {
 
 /// One GPU of a node, as the node's agent reported it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GpuDevice {
     /// The device's UUID (`GPU-…`), what jobs see in `CUDA_VISIBLE_DEVICES`.
     pub uuid: String,

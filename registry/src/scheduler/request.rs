@@ -10,15 +10,19 @@ use serde::{Deserialize, Serialize};
 
 /// Resources one replica of a job needs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResourceRequest {
     /// Thousandths of a CPU core.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub cpu_millis: u64,
     /// Bytes of memory.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub memory_bytes: u64,
     /// Whole GPUs.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub gpus: u32,
     /// GPU model, matched case-insensitively as a substring of the device's model (`H200` matches
     /// `NVIDIA H200`). Ignored when `gpus` is 0.
@@ -31,6 +35,7 @@ pub struct ResourceRequest {
 
 /// Hard placement constraints: a node that does not satisfy all of them is never chosen.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = JobConstraints))]
 pub struct Constraints {
     /// Only nodes of this region.
     #[serde(default)]
@@ -40,11 +45,13 @@ pub struct Constraints {
     pub cluster: Option<String>,
     /// Every label must be present on the node with exactly this value.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub labels: BTreeMap<String, String>,
 }
 
 /// A soft preference for where a job's data lives. Never overrides [`Constraints`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = DataLocality))]
 pub struct Locality {
     /// Preferred region.
     pub region: String,
@@ -57,6 +64,7 @@ pub struct Locality {
 /// How to choose among the nodes that fit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Strategy {
     /// Prefer the node left fullest after placement, keeping whole nodes free for large jobs.
     #[default]

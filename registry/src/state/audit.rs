@@ -208,6 +208,7 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 /// How an audited attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum AuditOutcome {
     /// The mutation was applied.
     Success,
@@ -219,6 +220,7 @@ pub enum AuditOutcome {
 
 /// One audit record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditRecord {
     /// 1, 2, 3, ... without gaps.
     pub seq: u64,

@@ -117,6 +117,7 @@ const MAX_SERIAL_HEX: usize = 40;
 /// What a deny-list entry matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum DenyKind {
     /// Every certificate whose URI SAN is this identity.
     Identity,
@@ -135,6 +136,7 @@ impl DenyKind {
 
 /// One denied identity or certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeniedIdentity {
     /// `identity:<uri>` or `serial:<hex>`: unique, and what `AllowIdentity` names.
     pub id: String,

@@ -200,6 +200,7 @@ impl FleetOp {
 /// A node's health as the leader's monitor last decided it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum NodeHealthState {
     /// Registered and heard from recently.
     Ready,
@@ -223,6 +224,7 @@ impl NodeHealthState {
 /// Whether a node may receive new work.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum NodeAdmission {
     /// Approved (by an operator or its cluster's policy): schedulable within what was approved. Records
     /// from before admission existed read as approved.
@@ -247,6 +249,7 @@ impl NodeAdmission {
 
 /// One GPU as it was approved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApprovedGpu {
     pub uuid: String,
     pub model: String,
@@ -255,13 +258,16 @@ pub struct ApprovedGpu {
 
 /// What a node was approved with: a registration may report this or less, never more.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApprovedResources {
     pub cpu_cores: u32,
     pub memory_bytes: u64,
     pub gpu_count: u32,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub gpus: Vec<ApprovedGpu>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub labels: BTreeMap<String, String>,
 }
 

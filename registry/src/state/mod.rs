@@ -144,6 +144,7 @@ impl Command {
 
 /// Who issued a command: an authenticated principal, or the system itself (bootstrap, internal upkeep).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Actor {
     /// The principal's id; `None` for the system.
     pub principal_id: Option<String>,

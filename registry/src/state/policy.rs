@@ -19,9 +19,11 @@ pub const MAX_PREEMPTION_CEILING: i32 = 1000;
 /// Upper bound of every count and size in a policy, so sums never overflow.
 const MAX_QUOTA: u64 = 1 << 53;
 
-/// Which network a project's jobs get on their node.
+/// Which network a project's jobs get on their node: `none`, loopback only; `egress`, outbound connections
+/// (never to the coordinators or the cloud metadata address).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum NetworkPolicy {
     /// A private network namespace with loopback only.
     None,
@@ -52,31 +54,42 @@ impl NetworkPolicy {
 /// What a project may hold and do. Every field deserializes with its built-in default, so projects stored
 /// before policies existed read as bounded by [`ProjectPolicy::BUILTIN`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProjectPolicy {
-    /// Most jobs waiting in `pending` at once; a submission beyond it is refused.
+    /// Most jobs waiting in `pending` at once; a submission beyond it is refused (429 quota_exceeded).
     #[serde(default = "builtin_pending")]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub max_pending_jobs: u64,
     /// Most CPU (thousandths of a core) the project's scheduled and running jobs may reserve together; a
     /// job that would exceed it stays pending until enough of the project's work ends.
     #[serde(default = "builtin_cpu")]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub max_running_cpu_millis: u64,
     /// Most memory, in bytes, reserved by scheduled and running jobs together (same rule as CPU).
     #[serde(default = "builtin_memory")]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub max_running_memory_bytes: u64,
     /// Most GPUs held by scheduled and running jobs together (same rule as CPU).
     #[serde(default = "builtin_gpus")]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub max_running_gpus: u64,
-    /// Most bytes of job specs the project's unfinished jobs hold together (see [`spec_bytes`]); a
-    /// submission beyond it is refused.
+    /// Most bytes of job specs (their text fields plus 256 each, see [`spec_bytes`]) the project's
+    /// unfinished jobs hold together; a submission beyond it is refused.
     #[serde(default = "builtin_spec_bytes")]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub max_spec_bytes: u64,
     /// The network the project's jobs get.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub network: NetworkPolicy,
     /// Across projects, a preempting job of this project may evict only preemptible jobs whose priority is
     /// below both this ceiling and its own priority. `0` (the default) means never: only jobs of the same
     /// project are ever evicted on its behalf.
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(required = true, minimum = 0, maximum = 1000)
+    )]
     pub preemption_ceiling: i32,
 }
 

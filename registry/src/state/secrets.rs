@@ -161,6 +161,7 @@ pub struct Secret {
 
 /// A secret as callers see it: names, versions, bindings and times, never ciphertext.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SecretView {
     pub project_id: String,
     pub name: String,
@@ -173,6 +174,7 @@ pub struct SecretView {
 
 /// A version as callers see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = SecretVersion))]
 pub struct SecretVersionView {
     pub version: u32,
     pub created_at: u64,

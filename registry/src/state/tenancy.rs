@@ -262,12 +262,14 @@ pub struct Project {
 
 /// A project as callers see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Project))]
 pub struct ProjectView {
     pub id: String,
     pub name: String,
     pub description: String,
     pub created_at: u64,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub policy: ProjectPolicy,
 }
 
@@ -287,6 +289,7 @@ impl Project {
 /// Users are people; service accounts are workloads and automation (every key made with a new account).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum PrincipalKind {
     User,
     ServiceAccount,
@@ -294,12 +297,14 @@ pub enum PrincipalKind {
 
 /// Someone or something that holds keys and role bindings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Principal {
     pub id: String,
     pub kind: PrincipalKind,
     pub name: String,
     /// The project that owns it; `None` for a principal of the platform itself (the bootstrap
     /// platform-admin), which no project lists and no project-admin manages.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub project_id: Option<String>,
     pub created_at: u64,
     pub disabled: bool,
@@ -411,6 +416,7 @@ impl ApiKey {
 
 /// An API key as callers see it: never the hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = ApiKey))]
 pub struct ApiKeyView {
     pub id: String,
     /// `mrd_<id>_`, the token's public prefix.
@@ -423,9 +429,10 @@ pub struct ApiKeyView {
     /// `None`: the key never expires (only a platform-admin may make such a key).
     pub expires_at: Option<u64>,
     pub revoked_at: Option<u64>,
-    /// The roles the key is narrowed to; `None` for all of the principal's roles.
+    /// The roles the key is narrowed to: it grants only what one of them allows (and the principal's
+    /// bindings grant); `None` for all of the principal's roles.
     pub roles: Option<Vec<Role>>,
-    /// The key acts only in `project_id`.
+    /// The key acts only in `project_id`: other projects answer 404, platform actions 403.
     pub project_scoped: bool,
 }
 

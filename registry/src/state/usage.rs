@@ -18,6 +18,7 @@ pub const USAGE_BUCKET_MS: u64 = 3_600_000;
 
 /// A project's resource use over a time range, computed on read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UsageReport {
     pub project_id: String,
     pub since: u64,
@@ -30,9 +31,12 @@ pub struct UsageReport {
     pub gpu_seconds: f64,
     /// Measured CPU time of the attempts that ended in the range (live and purged jobs).
     pub cpu_time_seconds: f64,
-    /// The share of the totals above that comes from purged jobs, kept per hour (see
-    /// [`RegistryState::usage`] for how a partly covered hour counts).
+    /// The share of the totals above that comes from purged jobs, kept per Unix hour: an hour entirely
+    /// inside the range counts fully; one that straddles a bound counts its reserved resources in proportion
+    /// to the overlap, and its CPU time when the hour starts inside the range (see [`RegistryState::usage`]).
+    /// Per-job lines list live jobs only.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub archived: UsageFigures,
     /// Per live job with any use in the range, in id order; purged jobs appear only in `archived`.
     pub jobs: Vec<JobUsage>,
@@ -40,6 +44,7 @@ pub struct UsageReport {
 
 /// The four usage figures of a report.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UsageFigures {
     pub cpu_core_seconds: f64,
     pub memory_gib_seconds: f64,
@@ -49,6 +54,7 @@ pub struct UsageFigures {
 
 /// One job's share of a [`UsageReport`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobUsage {
     pub job_id: String,
     pub name: String,

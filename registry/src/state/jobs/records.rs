@@ -30,6 +30,7 @@ pub(crate) const MAX_DETAIL: usize = 1024;
 /// Where a job is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum JobState {
     /// Waiting for the scheduler.
     Pending,
@@ -95,6 +96,7 @@ impl JobState {
 /// How one attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum AttemptOutcome {
     Succeeded,
     Failed,
@@ -122,13 +124,16 @@ impl AttemptOutcome {
 
 /// When a job is tried again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RetryPolicy {
     /// Attempts in all (preempted ones not counted), 1..=20.
     #[serde(default = "default_max_attempts")]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub max_attempts: u32,
     /// Also retry attempts that failed (non-zero exit, timeout, launch error); lost attempts are always
     /// retried while the budget allows.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub on_failure: bool,
 }
 
