@@ -21,10 +21,11 @@ use crate::state::{
 };
 
 use super::auth::RequestScope;
+use super::cluster::NodeView;
 use super::error::ServiceError;
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::rest::Scoped;
-use super::service::{unexpected, AdminService, ListPage, NodeView, PageParams};
+use super::service::{unexpected, AdminService, ListPage, PageParams};
 
 /// Longest reason kept with a deny-list entry (the registry's limit).
 const MAX_REASON: usize = 512;

@@ -22,17 +22,20 @@ use crate::state::{
     RetryPolicy, SecretVersionView, SecretView, UsageFigures, UsageReport,
 };
 
+use super::audit::AuditQuery;
 use super::auth::{self, missing_scope, RequestScope};
+use super::cluster::{AddMemberRequest, ClusterOverview, FleetSite};
 use super::error::ServiceError;
 use super::jobs::{
     AttemptView, ConstraintsBody, JobListQuery, JobView, LocalityBody, LogsQuery, ResourcesBody,
     RetryBody, SubmitJobRequest, UsageQuery,
 };
 use super::routes::{grpc_method, MatchedRoute};
-use super::service::{
-    AddMemberRequest, AdminService, AuditQuery, ClusterOverview, CreateBindingRequest,
-    CreateKeyRequest, CreateProjectRequest, CreateServiceAccountRequest, FleetSite, ListPage,
-    PageParams, PutSecretRequest, RoleBindingView, SecretResource, SetPolicyRequest,
+use super::secrets::{PutSecretRequest, SecretResource};
+use super::service::{AdminService, ListPage, PageParams};
+use super::tenancy::{
+    CreateBindingRequest, CreateKeyRequest, CreateProjectRequest, CreateServiceAccountRequest,
+    RoleBindingView, SetPolicyRequest,
 };
 
 type GrpcResult<T> = Result<Response<T>, Status>;

@@ -1166,7 +1166,7 @@ mod tests {
         }
         // The policy update's ceiling, checked by `SetPolicyRequest::update`.
         let policy = serde_json::to_value(
-            <super::super::service::SetPolicyRequest as utoipa::PartialSchema>::schema(),
+            <super::super::tenancy::SetPolicyRequest as utoipa::PartialSchema>::schema(),
         )
         .expect("schema");
         assert_eq!(

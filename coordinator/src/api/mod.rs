@@ -11,9 +11,11 @@
 //! and the rule that every REST error is JSON. It must never serve a route that is not in the table.
 
 mod admission;
+mod audit;
 mod audit_verify;
 mod auth;
 mod body_deadline;
+mod cluster;
 mod denials;
 mod error;
 mod extract;
@@ -24,7 +26,9 @@ mod nodes;
 mod openapi;
 mod rest;
 mod routes;
+mod secrets;
 mod service;
+mod tenancy;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -12,8 +12,9 @@ use tonic::{Request, Response, Status};
 use crate::state::{ApprovedGpu, ApprovedResources};
 
 use super::admission::{non_empty, scope_of, ClusterPolicyRequest, ClusterPolicyView};
+use super::cluster::NodeView;
 use super::error::ServiceError;
-use super::service::{AdminService, NodeView, PageParams};
+use super::service::{AdminService, PageParams};
 
 /// `meridian.v1.NodeService`, over the same operations as REST.
 #[derive(Clone)]

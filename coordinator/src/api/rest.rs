@@ -10,14 +10,17 @@ use axum::Json;
 use http::request::Parts;
 use http::{header, HeaderValue, StatusCode};
 
+use super::audit::AuditQuery;
 use super::auth::{missing_scope, RequestScope};
+use super::cluster::{AddMemberRequest, Health};
 use super::error::{ErrorKind, ServiceError};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::jobs::{JobListQuery, JobLogsView, JobView, LogsQuery, SubmitJobRequest, UsageQuery};
 use super::openapi;
-use super::service::{
-    AddMemberRequest, AdminService, AuditQuery, CreateBindingRequest, CreateKeyRequest,
-    CreateProjectRequest, CreateServiceAccountRequest, Health, PageParams, PutSecretRequest,
+use super::secrets::PutSecretRequest;
+use super::service::{AdminService, PageParams};
+use super::tenancy::{
+    CreateBindingRequest, CreateKeyRequest, CreateProjectRequest, CreateServiceAccountRequest,
 };
 
 /// The admitted caller of an authenticated route.
@@ -89,7 +92,7 @@ pub(crate) async fn metrics(State(service): State<AdminService>, _scope: Scoped)
 pub(crate) async fn whoami(
     State(service): State<AdminService>,
     Scoped(scope): Scoped,
-) -> Answer<super::service::WhoAmI> {
+) -> Answer<super::tenancy::WhoAmI> {
     service.whoami(&scope).await.map(Json)
 }
 
@@ -123,7 +126,7 @@ pub(crate) async fn set_project_policy(
     State(service): State<AdminService>,
     Scoped(scope): Scoped,
     ApiPath(project): ApiPath<String>,
-    ApiJson(req): ApiJson<super::service::SetPolicyRequest>,
+    ApiJson(req): ApiJson<super::tenancy::SetPolicyRequest>,
 ) -> Answer<crate::state::ProjectView> {
     service
         .set_project_policy(&scope, &project, req)
@@ -169,7 +172,7 @@ pub(crate) async fn create_key(
     State(service): State<AdminService>,
     Scoped(scope): Scoped,
     ApiJson(req): ApiJson<CreateKeyRequest>,
-) -> Created<super::service::CreatedKey> {
+) -> Created<super::tenancy::CreatedKey> {
     service.create_key(&scope, req).await.map(created)
 }
 
@@ -203,7 +206,7 @@ pub(crate) async fn create_binding(
     State(service): State<AdminService>,
     Scoped(scope): Scoped,
     ApiJson(req): ApiJson<CreateBindingRequest>,
-) -> Created<super::service::RoleBindingView> {
+) -> Created<super::tenancy::RoleBindingView> {
     service.create_binding(&scope, req).await.map(created)
 }
 
@@ -211,7 +214,7 @@ pub(crate) async fn list_bindings(
     State(service): State<AdminService>,
     Scoped(scope): Scoped,
     ApiQuery(page): ApiQuery<PageParams>,
-) -> Answer<super::service::ListPage<super::service::RoleBindingView>> {
+) -> Answer<super::service::ListPage<super::tenancy::RoleBindingView>> {
     service.list_bindings(&scope, &page).await.map(Json)
 }
 
@@ -232,7 +235,7 @@ pub(crate) async fn list_audit(
     State(service): State<AdminService>,
     Scoped(scope): Scoped,
     ApiQuery(query): ApiQuery<AuditQuery>,
-) -> Answer<super::service::AuditList> {
+) -> Answer<super::audit::AuditList> {
     service.list_audit(&scope, &query).await.map(Json)
 }
 
@@ -249,7 +252,7 @@ pub(crate) async fn put_secret(
     State(service): State<AdminService>,
     Scoped(scope): Scoped,
     ApiJson(req): ApiJson<PutSecretRequest>,
-) -> Created<super::service::SecretResource> {
+) -> Created<super::secrets::SecretResource> {
     service.put_secret(&scope, req).await.map(created)
 }
 
@@ -257,7 +260,7 @@ pub(crate) async fn list_secrets(
     State(service): State<AdminService>,
     Scoped(scope): Scoped,
     ApiQuery(page): ApiQuery<PageParams>,
-) -> Answer<super::service::ListPage<super::service::SecretResource>> {
+) -> Answer<super::service::ListPage<super::secrets::SecretResource>> {
     service.list_secrets(&scope, &page).await.map(Json)
 }
 
@@ -265,7 +268,7 @@ pub(crate) async fn get_secret(
     State(service): State<AdminService>,
     Scoped(scope): Scoped,
     ApiPath(name): ApiPath<String>,
-) -> Answer<super::service::SecretResource> {
+) -> Answer<super::secrets::SecretResource> {
     service.get_secret(&scope, &name).await.map(Json)
 }
 
@@ -283,8 +286,8 @@ pub(crate) async fn delete_secret(
 pub(crate) async fn rewrap_secrets(
     State(service): State<AdminService>,
     Scoped(scope): Scoped,
-    ApiQuery(query): ApiQuery<super::service::RewrapQuery>,
-) -> Answer<super::service::RewrapResult> {
+    ApiQuery(query): ApiQuery<super::secrets::RewrapQuery>,
+) -> Answer<super::secrets::RewrapResult> {
     service
         .rewrap_secrets(&scope, query.new_data_keys)
         .await
@@ -296,7 +299,7 @@ pub(crate) async fn rewrap_secrets(
 pub(crate) async fn cluster_status(
     State(service): State<AdminService>,
     _scope: Scoped,
-) -> Json<super::service::ClusterOverview> {
+) -> Json<super::cluster::ClusterOverview> {
     Json(service.cluster_status())
 }
 
@@ -311,7 +314,7 @@ pub(crate) async fn list_nodes(
     State(service): State<AdminService>,
     _scope: Scoped,
     ApiQuery(page): ApiQuery<PageParams>,
-) -> Answer<super::service::ListPage<super::service::NodeView>> {
+) -> Answer<super::service::ListPage<super::cluster::NodeView>> {
     service.list_nodes(&page).await.map(Json)
 }
 
@@ -319,7 +322,7 @@ pub(crate) async fn drain_node(
     State(service): State<AdminService>,
     Scoped(scope): Scoped,
     ApiPath((region, cluster, node)): ApiPath<(String, String, String)>,
-) -> Answer<super::service::NodeView> {
+) -> Answer<super::cluster::NodeView> {
     service
         .set_node_draining(&scope, &region, &cluster, &node, true)
         .await
@@ -330,7 +333,7 @@ pub(crate) async fn undrain_node(
     State(service): State<AdminService>,
     Scoped(scope): Scoped,
     ApiPath((region, cluster, node)): ApiPath<(String, String, String)>,
-) -> Answer<super::service::NodeView> {
+) -> Answer<super::cluster::NodeView> {
     service
         .set_node_draining(&scope, &region, &cluster, &node, false)
         .await

@@ -17,16 +17,18 @@ use crate::state::{ApiKeyView, DeniedIdentity, Principal, ProjectView, UsageRepo
 use super::admission::{
     self, AllowIdentityRequest, ClusterPolicyRequest, ClusterPolicyView, DenyIdentityRequest,
 };
+use super::audit::AuditList;
 use super::audit_verify::AuditVerification;
 use super::auth;
+use super::cluster::{AddMemberRequest, ClusterOverview, Health, NodeView};
 use super::jobs::{JobLogsView, JobView, SubmitJobRequest};
 use super::openapi::{schema, OpenApiDocument, SchemaOf};
 use super::rest;
-use super::service::{
-    AddMemberRequest, AdminService, AuditList, ClusterOverview, CreateBindingRequest,
-    CreateKeyRequest, CreateProjectRequest, CreateServiceAccountRequest, CreatedKey, Health,
-    ListPage, NodeView, PutSecretRequest, RewrapResult, RoleBindingView, SecretResource,
-    SetPolicyRequest, WhoAmI,
+use super::secrets::{PutSecretRequest, RewrapResult, SecretResource};
+use super::service::{AdminService, ListPage};
+use super::tenancy::{
+    CreateBindingRequest, CreateKeyRequest, CreateProjectRequest, CreateServiceAccountRequest,
+    CreatedKey, RoleBindingView, SetPolicyRequest, WhoAmI,
 };
 
 /// Who may call an operation.

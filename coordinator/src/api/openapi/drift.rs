@@ -19,18 +19,20 @@ use super::{document, OpenApiDocument};
 use crate::api::admission::{
     AllowIdentityRequest, ClusterPolicyRequest, ClusterPolicyView, DenyIdentityRequest,
 };
+use crate::api::audit::AuditList;
 use crate::api::audit_verify::AuditVerification;
+use crate::api::cluster::{AddMemberRequest, ClusterOverview, FleetSite, Health, NodeView};
 use crate::api::error::{ErrorKind, ServiceError};
 use crate::api::jobs::{
     AttemptView, ConstraintsBody, JobLogsView, JobView, LocalityBody, ResourcesBody, RetryBody,
     SubmitJobRequest,
 };
 use crate::api::routes::ROUTES;
-use crate::api::service::{
-    AddMemberRequest, AuditList, ClusterOverview, CreateBindingRequest, CreateKeyRequest,
-    CreateProjectRequest, CreateServiceAccountRequest, CreatedKey, FleetSite, Health, ListPage,
-    NodeView, PutSecretRequest, RewrapResult, RoleBindingView, SecretResource, SetPolicyRequest,
-    WhoAmI,
+use crate::api::secrets::{PutSecretRequest, RewrapResult, SecretResource};
+use crate::api::service::ListPage;
+use crate::api::tenancy::{
+    CreateBindingRequest, CreateKeyRequest, CreateProjectRequest, CreateServiceAccountRequest,
+    CreatedKey, RoleBindingView, SetPolicyRequest, WhoAmI,
 };
 use crate::audit_archive::MissingRange;
 use crate::authz::Role;

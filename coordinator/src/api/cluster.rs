@@ -1,0 +1,340 @@
+//! The admin API's cluster operations: readiness, the coordinator group and its membership, the fleet's
+//! nodes (list, drain) and the per-site summary of the cluster status, with their request and reply types.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::node::{ClusterStatus, MemberNode, MemberStatus, NodeId};
+use crate::state::{validate_id, AuditOp, Command, FleetOp, FleetOutcome, Op, Outcome};
+
+use super::auth::RequestScope;
+use super::error::ServiceError;
+use super::service::{unexpected, validate_addr, AdminService, ListPage, PageParams};
+
+fn default_true() -> bool {
+    true
+}
+
+/// `POST /v1/cluster/members`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[cfg_attr(test, derive(Serialize))]
+#[schema(as = AddClusterMemberRequest)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AddMemberRequest {
+    #[schema(value_type = u64)]
+    pub(crate) id: NodeId,
+    pub(crate) name: String,
+    pub(crate) raft_addr: String,
+    pub(crate) admin_addr: String,
+    /// Promote the new member to a voter once it caught up; false keeps it a learner.
+    #[serde(default = "default_true")]
+    #[schema(default = true)]
+    pub(crate) voter: bool,
+}
+
+/// A registered node as operators see it: resources, GPUs, labels, the allocated GPUs that sit idle,
+/// health and lease epoch.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Node)]
+pub(crate) struct NodeView {
+    pub(crate) key: String,
+    pub(crate) region: String,
+    pub(crate) cluster: String,
+    pub(crate) node: String,
+    pub(crate) cpu_cores: u32,
+    pub(crate) memory_bytes: u64,
+    pub(crate) gpu_count: u32,
+    pub(crate) gpus: Vec<crate::scheduler::GpuDevice>,
+    pub(crate) labels: std::collections::BTreeMap<String, String>,
+    /// UUIDs of GPUs assigned to a job whose utilization stayed near zero.
+    pub(crate) idle_gpus: Vec<String>,
+    pub(crate) os: String,
+    /// How the agent limits jobs' resources (cgroup v2, cgroup v1 or rlimits).
+    pub(crate) limit_mode: String,
+    /// Where coordinators reach the agent.
+    pub(crate) rpc_addr: String,
+    pub(crate) agent_version: String,
+    pub(crate) lease_epoch: u64,
+    pub(crate) health: crate::state::NodeHealthState,
+    /// Set by an operator: no new work lands on the node; what runs there keeps running.
+    pub(crate) draining: bool,
+    pub(crate) registered_at: u64,
+    pub(crate) health_changed_at: u64,
+    /// `approved`, `pending_approval` or `quarantined`: only an approved node receives new work.
+    pub(crate) admission: crate::state::NodeAdmission,
+    /// Why the node is pending or quarantined.
+    pub(crate) admission_reason: String,
+    /// What was approved; a registration that reports more is quarantined.
+    pub(crate) approved: Option<crate::state::ApprovedResources>,
+    /// The node's agent identity is on the deny-list: it is refused by every coordinator.
+    pub(crate) denied: bool,
+}
+
+impl From<&crate::state::NodeRecord> for NodeView {
+    fn from(n: &crate::state::NodeRecord) -> Self {
+        NodeView {
+            key: n.key.clone(),
+            region: n.region.clone(),
+            cluster: n.cluster.clone(),
+            node: n.node.clone(),
+            cpu_cores: n.cpu_cores,
+            memory_bytes: n.memory_bytes,
+            gpu_count: n.gpu_count,
+            gpus: n.gpus.clone(),
+            labels: n.labels.clone(),
+            idle_gpus: n.idle_gpus.clone(),
+            os: n.os.clone(),
+            limit_mode: n.limit_mode.clone(),
+            rpc_addr: n.rpc_addr.clone(),
+            agent_version: n.agent_version.clone(),
+            lease_epoch: n.lease_epoch,
+            health: n.health,
+            draining: n.draining,
+            registered_at: n.registered_at,
+            health_changed_at: n.health_changed_at,
+            admission: n.admission,
+            admission_reason: n.admission_reason.clone(),
+            approved: n.approved.clone(),
+            denied: false,
+        }
+    }
+}
+
+/// Whether the process is alive (`ok`) or ready (`ready`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct Health {
+    pub(crate) status: &'static str,
+}
+
+/// `GET /v1/cluster/status`: the coordinator group and the fleet per region and cluster.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = ClusterStatus)]
+pub(crate) struct ClusterOverview {
+    #[serde(flatten)]
+    #[schema(inline)]
+    pub(crate) status: ClusterStatus,
+    pub(crate) sites: Vec<FleetSite>,
+}
+
+/// The nodes of one region/cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
+pub(crate) struct FleetSite {
+    pub(crate) region: String,
+    pub(crate) cluster: String,
+    pub(crate) nodes: u32,
+    pub(crate) ready: u32,
+    pub(crate) unreachable: u32,
+    pub(crate) lost: u32,
+    /// Nodes an operator drained (whatever their health): no new work lands there.
+    pub(crate) draining: u32,
+    pub(crate) cpu_cores: u64,
+    pub(crate) memory_bytes: u64,
+    pub(crate) gpus: u32,
+    pub(crate) gpu_models: std::collections::BTreeMap<String, u32>,
+    pub(crate) idle_gpus: u32,
+    pub(crate) active_jobs: u32,
+}
+
+/// The fleet summed per (region, cluster), in name order.
+pub(crate) fn fleet_sites(state: &crate::state::RegistryState) -> Vec<FleetSite> {
+    use crate::state::NodeHealthState;
+    let mut sites: std::collections::BTreeMap<(String, String), FleetSite> = Default::default();
+    for node in state.nodes() {
+        let site = sites
+            .entry((node.region.clone(), node.cluster.clone()))
+            .or_insert_with(|| FleetSite {
+                region: node.region.clone(),
+                cluster: node.cluster.clone(),
+                ..FleetSite::default()
+            });
+        site.nodes += 1;
+        match node.health {
+            NodeHealthState::Ready => site.ready += 1,
+            NodeHealthState::Unreachable => site.unreachable += 1,
+            NodeHealthState::Lost => site.lost += 1,
+        }
+        site.draining += u32::from(node.draining);
+        site.cpu_cores += u64::from(node.cpu_cores);
+        site.memory_bytes = site.memory_bytes.saturating_add(node.memory_bytes);
+        for gpu in &node.gpus {
+            site.gpus += 1;
+            *site.gpu_models.entry(gpu.model.clone()).or_default() += 1;
+        }
+        site.idle_gpus += u32::try_from(node.idle_gpus.len()).unwrap_or(u32::MAX);
+        let (_, jobs) = state.node_assignments(&node.key);
+        site.active_jobs += u32::try_from(jobs.len()).unwrap_or(u32::MAX);
+    }
+    sites.into_values().collect()
+}
+
+impl AdminService {
+    // ---- health and cluster ----
+
+    pub(crate) fn is_ready(&self) -> bool {
+        self.inner.handle.is_ready()
+    }
+
+    pub(crate) fn cluster_status(&self) -> ClusterOverview {
+        ClusterOverview {
+            status: self.inner.handle.status(),
+            sites: self.inner.handle.read(fleet_sites),
+        }
+    }
+
+    pub(crate) fn list_members(&self) -> ListPage<MemberStatus> {
+        ListPage {
+            items: self.inner.handle.status().members,
+            next_page_token: String::new(),
+        }
+    }
+
+    /// The registered nodes, in key order (platform-level: no project scoping).
+    pub(crate) async fn list_nodes(
+        &self,
+        page: &PageParams,
+    ) -> Result<ListPage<NodeView>, ServiceError> {
+        let req = page.request()?;
+        self.consistent().await?;
+        let page = self.inner.handle.read(|s| {
+            s.node_page(&req).map(|n| NodeView {
+                denied: s.node_denied(&n.key),
+                ..NodeView::from(&n)
+            })
+        });
+        Ok(page.into())
+    }
+
+    /// Drains (`draining`) or undrains the node `region/cluster/node`. A malformed name answers 400 naming
+    /// the field, an unknown node 404.
+    pub(crate) async fn set_node_draining(
+        &self,
+        scope: &RequestScope,
+        region: &str,
+        cluster: &str,
+        node: &str,
+        draining: bool,
+    ) -> Result<NodeView, ServiceError> {
+        for (field, value) in [("region", region), ("cluster", cluster), ("node", node)] {
+            validate_id(field, value)?;
+        }
+        let op = Op::Fleet(FleetOp::SetNodeDraining {
+            key: crate::state::node_key(region, cluster, node),
+            draining,
+        });
+        match self.write(scope, op).await? {
+            Outcome::Fleet(FleetOutcome::Node { node }) => Ok(self.node_view(&node)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A node as callers see it, with whether its agent identity is denied (from the local replica).
+    pub(crate) fn node_view(&self, node: &crate::state::NodeRecord) -> NodeView {
+        NodeView {
+            denied: self.inner.handle.read(|s| s.node_denied(&node.key)),
+            ..NodeView::from(node)
+        }
+    }
+
+    /// The fleet's gauges for `/metrics`, from the local replica.
+    pub(crate) fn fleet_gauges(&self) -> super::metrics::FleetGauges {
+        self.inner.handle.read(super::metrics::FleetGauges::of)
+    }
+
+    pub(crate) async fn add_member(
+        &self,
+        scope: &RequestScope,
+        req: AddMemberRequest,
+    ) -> Result<MemberStatus, ServiceError> {
+        if req.id == 0 {
+            return Err(ServiceError::invalid("id", "must be a positive integer"));
+        }
+        if req.name.is_empty() || req.name.len() > 63 {
+            return Err(ServiceError::invalid("name", "must be 1-63 characters"));
+        }
+        // Peers admit a coordinator while its certificate's name is a member's: the name must be one a
+        // coordinator certificate can carry.
+        certs::Identity::coordinator(self.inner.handle.trust_domain(), &req.name)
+            .map_err(|e| ServiceError::invalid("name", e.to_string()))?;
+        validate_addr("raft_addr", &req.raft_addr)?;
+        validate_addr("admin_addr", &req.admin_addr)?;
+        let node = MemberNode {
+            name: req.name.clone(),
+            raft_addr: req.raft_addr.clone(),
+            admin_addr: req.admin_addr.clone(),
+        };
+        let result = self.inner.handle.add_member(req.id, node, req.voter).await;
+        let detail = format!(
+            "{} {} ({}) at {}",
+            if req.voter { "voter" } else { "learner" },
+            req.id,
+            req.name,
+            req.raft_addr
+        );
+        self.record_membership(scope, &req.id.to_string(), &detail, &result)
+            .await;
+        result?;
+        Ok(MemberStatus {
+            id: req.id,
+            name: req.name,
+            raft_addr: req.raft_addr,
+            admin_addr: req.admin_addr,
+            voter: req.voter,
+        })
+    }
+
+    pub(crate) async fn remove_member(
+        &self,
+        scope: &RequestScope,
+        id: NodeId,
+    ) -> Result<(), ServiceError> {
+        let Some(member) = self
+            .inner
+            .handle
+            .status()
+            .members
+            .into_iter()
+            .find(|m| m.id == id)
+        else {
+            return Err(ServiceError::not_found("member", &id.to_string()));
+        };
+        let result = self.inner.handle.remove_member(id).await;
+        let detail = format!(
+            "{} {id} ({}) at {}",
+            if member.voter { "voter" } else { "learner" },
+            member.name,
+            member.raft_addr
+        );
+        self.record_membership(scope, &id.to_string(), &detail, &result)
+            .await;
+        Ok(result?)
+    }
+
+    /// Audits a membership change (which Raft carries out itself, outside the registry's commands) once
+    /// its outcome is known: `cluster.member.add` or `.remove` by the caller, succeeded or refused.
+    async fn record_membership<T>(
+        &self,
+        scope: &RequestScope,
+        target: &str,
+        detail: &str,
+        result: &Result<T, crate::node::MembershipError>,
+    ) {
+        let (outcome, detail) = match result {
+            Ok(_) => (crate::state::AuditOutcome::Success, detail.to_owned()),
+            Err(e) => (
+                crate::state::AuditOutcome::Refused,
+                format!("{detail}: {e}"),
+            ),
+        };
+        let op = Op::Audit(AuditOp::RecordAudit {
+            action: scope.operation.to_owned(),
+            project: None,
+            target: super::denials::clip(target, 256),
+            outcome,
+            detail: super::denials::clip(&detail, 1024),
+        });
+        let cmd = Command::new(self.handle().now_ms(), scope.caller.actor(), op);
+        if let Err(e) = self.inner.handle.write(cmd).await {
+            tracing::warn!(error = %e, target, "could not audit a membership change");
+        }
+    }
+}
