@@ -798,8 +798,8 @@ pub struct JobRunArgs {
     /// CPU cores to reserve (decimals allowed: 0.5, 2, 1.25).
     #[arg(long, value_name = "CORES", value_parser = cpu_millis_arg)]
     pub cpu: Option<u64>,
-    /// Memory to reserve and limit the job to, e.g. 512Mi, 2G, 1GiB.
-    #[arg(long, value_name = "SIZE", value_parser = byte_size_arg)]
+    /// Memory to reserve and limit the job to, e.g. 512Mi, 2G, 1GiB (a unit is required).
+    #[arg(long, value_name = "SIZE", value_parser = job_memory_arg)]
     pub memory: Option<u64>,
     /// Whole GPUs; the job sees exactly these through CUDA_VISIBLE_DEVICES.
     #[arg(long)]
@@ -901,6 +901,18 @@ fn byte_size_arg(s: &str) -> Result<u64, String> {
     }
 }
 
+/// A job's memory: a size with its unit. A plain number is refused with a hint rather than read as bytes
+/// (`--memory 16` meant 16 bytes, which no job runs in).
+fn job_memory_arg(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!(
+            "{t} has no unit: did you mean {t}Mi or {t}Gi? (units: Ki, Mi, Gi, Ti or K, M, G, T)"
+        ));
+    }
+    byte_size_arg(t)
+}
+
 fn duration_arg(s: &str) -> Result<u64, String> {
     match coordinator::api::parse_duration_secs(s) {
         Ok(0) => Err("must be more than 0".to_owned()),
@@ -987,6 +999,21 @@ mod tests {
         assert!(run.wait);
         // Everything after `--` belongs to the job, even what looks like our own flags.
         assert_eq!(run.command, ["python3", "-c", "print(1)", "-o", "json"]);
+    }
+
+    #[test]
+    fn job_memory_without_a_unit_is_refused_with_a_hint() {
+        let refused =
+            Cli::try_parse_from(["meridian", "job", "run", "--memory", "16", "--", "true"])
+                .expect_err("a bare number is not a size");
+        let message = refused.to_string();
+        assert!(message.contains("did you mean 16Mi"), "{message}");
+        let ok = Cli::try_parse_from(["meridian", "job", "run", "--memory", "16Gi", "--", "true"])
+            .expect("a size with its unit");
+        let Command::Job(JobCommand::Run(run)) = ok.command else {
+            panic!("not job run")
+        };
+        assert_eq!(run.memory, Some(16 << 30));
     }
 
     #[test]
