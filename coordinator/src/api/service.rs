@@ -75,38 +75,14 @@ impl<T> From<Page<T>> for ListPage<T> {
 
 // ---- validation -------------------------------------------------------------------------------------------
 
-fn lower_alnum(c: char) -> bool {
-    c.is_ascii_lowercase() || c.is_ascii_digit()
-}
-
+/// The same rule the state machine applies, checked before proposing so bad input never reaches the log.
 pub(super) fn validate_project_name(name: &str) -> Result<(), ServiceError> {
-    let mut chars = name.chars();
-    let ok = chars.next().is_some_and(lower_alnum)
-        && name.len() <= 63
-        && chars.all(|c| lower_alnum(c) || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(ServiceError::invalid(
-            "name",
-            "must match [a-z0-9][a-z0-9-]{0,62}",
-        ))
-    }
+    Ok(crate::state::validate_project_name(name)?)
 }
 
+/// The same rule the state machine applies, checked before proposing.
 pub(super) fn validate_display_name(field: &str, name: &str) -> Result<(), ServiceError> {
-    let mut chars = name.chars();
-    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.len() <= 128
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '+' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ServiceError::invalid(
-            field,
-            "must match [A-Za-z0-9][A-Za-z0-9._@+-]{0,127}",
-        ))
-    }
+    Ok(crate::state::validate_display_name(field, name)?)
 }
 
 /// The same rule the state machine applies, checked before proposing so bad input never reaches the log.

@@ -2,8 +2,8 @@
 //! carried a request id, so a write re-sent after a leader change applies exactly once.
 //!
 //! [`RequestLog`] is this concern's own state; only `apply` writes it (`remember`), in log order, so every
-//! replica forgets the same requests. What a repeat answers is decided by the registry (`RegistryState::
-//! repeat`), which reads the records an outcome names from their own domains.
+//! replica forgets the same requests. What a repeat answers is decided by the registry
+//! (`RegistryState::repeat`), which reads the records an outcome names from their own domains.
 
 use std::collections::BTreeMap;
 

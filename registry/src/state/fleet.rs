@@ -689,15 +689,9 @@ impl Fleet {
         self.cluster_policies.iter()
     }
 
-    /// `SetNodeHealth`: the health monitor's verdict, fenced by the lease epoch; returns the change for the
-    /// audit record (the registry loses the node's jobs when it is `Lost`).
-    pub(super) fn set_health(
-        &mut self,
-        at: u64,
-        key: &str,
-        health: NodeHealthState,
-        lease_epoch: u64,
-    ) -> Result<String, DomainError> {
+    /// The node's record, when `lease_epoch` is still its current one: a decision or report made for an
+    /// earlier registration of the node is refused.
+    fn fenced(&mut self, key: &str, lease_epoch: u64) -> Result<&mut NodeRecord, DomainError> {
         let record = self
             .nodes
             .get_mut(key)
@@ -708,6 +702,19 @@ impl Fleet {
                 record.lease_epoch
             )));
         }
+        Ok(record)
+    }
+
+    /// `SetNodeHealth`: the health monitor's verdict, fenced by the lease epoch; returns the change for the
+    /// audit record (the registry loses the node's jobs when it is `Lost`).
+    pub(super) fn set_health(
+        &mut self,
+        at: u64,
+        key: &str,
+        health: NodeHealthState,
+        lease_epoch: u64,
+    ) -> Result<String, DomainError> {
+        let record = self.fenced(key, lease_epoch)?;
         let detail = format!("{} -> {}", record.health.as_str(), health.as_str());
         if record.health != health {
             record.health = health;
@@ -723,16 +730,7 @@ impl Fleet {
         lease_epoch: u64,
         idle_gpus: &[String],
     ) -> Result<Applied, DomainError> {
-        let record = self
-            .nodes
-            .get_mut(key)
-            .ok_or_else(|| DomainError::not_found("node", key))?;
-        if record.lease_epoch != lease_epoch {
-            return Err(DomainError::FailedPrecondition(format!(
-                "node {key} is at lease epoch {}, not {lease_epoch}",
-                record.lease_epoch
-            )));
-        }
+        let record = self.fenced(key, lease_epoch)?;
         let set: BTreeSet<&String> = idle_gpus.iter().collect();
         record.idle_gpus = set.into_iter().cloned().collect();
         let detail = format!("{} idle", record.idle_gpus.len());

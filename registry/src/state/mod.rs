@@ -78,7 +78,9 @@ pub use secrets::{
 };
 pub use tenancy::TenancyOp;
 pub use tenancy::TenancyOutcome;
-pub use tenancy::{validate_description, validate_id};
+pub use tenancy::{
+    validate_description, validate_display_name, validate_id, validate_project_name,
+};
 pub use tenancy::{
     ApiKey, ApiKeyView, KeyLimits, KeyPrincipal, KeyState, Principal, PrincipalKind, Project,
     ProjectView, RoleBinding, Scope, Tenancy, DEFAULT_PROJECT_NAME,

@@ -67,8 +67,6 @@ struct Owned {
     applied_index: u64,
     default_project_id: Option<String>,
     projects: BTreeMap<String, Project>,
-    #[serde(default)]
-    project_ids_by_name: BTreeMap<String, String>,
     principals: BTreeMap<String, Principal>,
     keys: BTreeMap<String, ApiKey>,
     bindings: BTreeMap<String, RoleBinding>,
@@ -157,7 +155,6 @@ impl<'de> Deserialize<'de> for RegistryState {
             tenancy: Tenancy::from_parts(TenancyParts {
                 default_project_id: o.default_project_id,
                 projects: o.projects,
-                project_ids_by_name: o.project_ids_by_name,
                 principals: o.principals,
                 keys: o.keys,
                 bindings: o.bindings,

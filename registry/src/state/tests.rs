@@ -744,6 +744,27 @@ fn to_bytes_is_canonical_json_in_key_order() {
     );
 }
 
+#[test]
+fn the_project_name_index_is_rebuilt_from_a_snapshot() {
+    let s = bootstrapped();
+    let mut doc: serde_json::Value = serde_json::from_slice(&s.to_bytes()).expect("state is JSON");
+    // A snapshot whose name index is missing (or disagrees with the projects) loads with it rebuilt.
+    doc.as_object_mut().expect("an object").insert(
+        "project_ids_by_name".into(),
+        serde_json::json!({"stale": "prj_gone"}),
+    );
+    let loaded =
+        RegistryState::from_bytes(&serde_json::to_vec(&doc).expect("JSON")).expect("loads");
+    assert_eq!(
+        loaded
+            .project_by_name(DEFAULT_PROJECT_NAME)
+            .map(|p| p.id.as_str()),
+        s.default_project_id()
+    );
+    assert!(loaded.project_by_name("stale").is_none());
+    assert_eq!(loaded, s);
+}
+
 // ---- bootstrap and projects -------------------------------------------------------------------------------
 
 #[test]

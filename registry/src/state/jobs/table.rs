@@ -156,11 +156,6 @@ impl JobTable {
         self.records.values()
     }
 
-    /// Every job with its id, in id order.
-    pub fn iter(&self) -> std::collections::btree_map::Iter<'_, String, JobRecord> {
-        self.records.iter()
-    }
-
     /// Every job, keyed by id.
     pub fn records(&self) -> &BTreeMap<String, JobRecord> {
         &self.records

@@ -21,27 +21,29 @@ pub struct Tenancy {
     bindings: BTreeMap<String, RoleBinding>,
 }
 
-/// Tenancy's records as a snapshot writes and reads them.
+/// Tenancy's records as a snapshot reads them (the name index is derived from the projects).
 pub(in crate::state) struct TenancyParts {
     pub default_project_id: Option<String>,
     pub projects: BTreeMap<String, Project>,
-    pub project_ids_by_name: BTreeMap<String, String>,
     pub principals: BTreeMap<String, Principal>,
     pub keys: BTreeMap<String, ApiKey>,
     pub bindings: BTreeMap<String, RoleBinding>,
 }
 
 impl Tenancy {
-    /// Tenancy holding a snapshot's records.
+    /// Tenancy holding a snapshot's records, the name index rebuilt from the projects.
     pub(in crate::state) fn from_parts(parts: TenancyParts) -> Tenancy {
         let TenancyParts {
             default_project_id,
             projects,
-            project_ids_by_name,
             principals,
             keys,
             bindings,
         } = parts;
+        let project_ids_by_name = projects
+            .values()
+            .map(|p| (p.name.clone(), p.id.clone()))
+            .collect();
         Tenancy {
             default_project_id,
             projects,
