@@ -152,7 +152,9 @@ fn parse_segment_name(name: &str) -> Option<(u64, u64)> {
 }
 
 /// A run of archived seqs this coordinator does not hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct MissingRange {
     pub from_seq: u64,
     pub to_seq: u64,

@@ -31,56 +31,53 @@ use super::service::{unexpected, AdminService, ListPage, PageParams};
 const MAX_REASON: usize = 512;
 
 /// What to deny: exactly one of identity, serial or node.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
-#[cfg_attr(test, derive(Serialize))]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct DenyIdentityRequest {
+pub struct DenyIdentityRequest {
     /// A SPIFFE identity URI: every certificate naming it.
     #[serde(default)]
-    pub(crate) identity: Option<String>,
+    pub identity: Option<String>,
     /// One certificate's serial number (hex).
     #[serde(default)]
-    pub(crate) serial: Option<String>,
+    pub serial: Option<String>,
     /// `REGION/CLUSTER/NODE`: the node's agent identity.
     #[serde(default)]
-    pub(crate) node: Option<String>,
+    pub node: Option<String>,
     /// Why, for operators (at most 512 bytes).
     #[serde(default)]
-    pub(crate) reason: Option<String>,
+    pub reason: Option<String>,
 }
 
 /// Which entry to remove: exactly one of identity, serial or node, as when it was denied.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
-#[cfg_attr(test, derive(Serialize))]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct AllowIdentityRequest {
+pub struct AllowIdentityRequest {
     /// A SPIFFE identity URI: every certificate naming it.
     #[serde(default)]
-    pub(crate) identity: Option<String>,
+    pub identity: Option<String>,
     /// One certificate's serial number (hex).
     #[serde(default)]
-    pub(crate) serial: Option<String>,
+    pub serial: Option<String>,
     /// `REGION/CLUSTER/NODE`: the node's agent identity.
     #[serde(default)]
-    pub(crate) node: Option<String>,
+    pub node: Option<String>,
 }
 
 /// `POST /v1/clusters/{region}/{cluster}/policy`.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[cfg_attr(test, derive(Serialize))]
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct ClusterPolicyRequest {
+pub struct ClusterPolicyRequest {
     /// Approve nodes new to the cluster on arrival; false: they wait for an operator's approval.
-    pub(crate) auto_approve: bool,
+    pub auto_approve: bool,
 }
 
 /// A cluster's admission policy as callers see it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[schema(as = ClusterPolicy)]
-pub(crate) struct ClusterPolicyView {
-    pub(crate) region: String,
-    pub(crate) cluster: String,
-    pub(crate) auto_approve: bool,
+pub struct ClusterPolicyView {
+    pub region: String,
+    pub cluster: String,
+    pub auto_approve: bool,
 }
 
 fn empty(v: &Option<String>) -> bool {

@@ -24,15 +24,15 @@ pub(crate) struct AuditQuery {
 }
 
 /// One page of the audit log, by sequence number.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub(crate) struct AuditList {
-    pub(crate) items: Vec<AuditRecord>,
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditList {
+    pub items: Vec<AuditRecord>,
     /// The `seq` to continue after, as text; empty at the end.
-    pub(crate) next_page_token: String,
-    pub(crate) next_after_seq: Option<u64>,
+    pub next_page_token: String,
+    pub next_after_seq: Option<u64>,
     /// Set when the caller asked for records below the checkpoint: the records through this seq are
     /// archived (on the coordinators' disks) and the page starts after them.
-    pub(crate) archived_through_seq: Option<u64>,
+    pub archived_through_seq: Option<u64>,
 }
 
 impl AdminService {

@@ -8,7 +8,7 @@
 //! they were archived) are reported in `missing` and make the report not `ok`: they are never counted as
 //! verified. It never changes the state.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::auth::RequestScope;
@@ -25,22 +25,22 @@ const VERIFY_CHUNK: usize = 1024;
 const ATTEMPTS: usize = 3;
 
 /// What verifying the audit chain found.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub(crate) struct AuditVerification {
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditVerification {
     /// The whole chain verified: nothing broken, nothing missing.
-    pub(crate) ok: bool,
+    pub ok: bool,
     /// Records checked that the caller can read (the whole log for platform readers): archived and live.
-    pub(crate) records: u64,
+    pub records: u64,
     /// Of `records`, those read from the archived segments.
-    pub(crate) archived_records: u64,
+    pub archived_records: u64,
     /// Of `records`, those in the replicated state after the checkpoint.
-    pub(crate) live_records: u64,
+    pub live_records: u64,
     /// Archived seqs this coordinator holds no segment for; not verified.
-    pub(crate) missing: Vec<MissingRange>,
-    pub(crate) broken_at_seq: Option<u64>,
+    pub missing: Vec<MissingRange>,
+    pub broken_at_seq: Option<u64>,
     /// The segment file where the chain breaks, when it breaks in the archive.
-    pub(crate) broken_segment: Option<String>,
-    pub(crate) error: Option<String>,
+    pub broken_segment: Option<String>,
+    pub error: Option<String>,
 }
 
 /// One run through the live records: checked, visible, and the break when there is one.

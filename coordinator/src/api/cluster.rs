@@ -16,58 +16,57 @@ fn default_true() -> bool {
 }
 
 /// `POST /v1/cluster/members`.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[cfg_attr(test, derive(Serialize))]
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[schema(as = AddClusterMemberRequest)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct AddMemberRequest {
+pub struct AddMemberRequest {
     #[schema(value_type = u64)]
-    pub(crate) id: NodeId,
-    pub(crate) name: String,
-    pub(crate) raft_addr: String,
-    pub(crate) admin_addr: String,
+    pub id: NodeId,
+    pub name: String,
+    pub raft_addr: String,
+    pub admin_addr: String,
     /// Promote the new member to a voter once it caught up; false keeps it a learner.
     #[serde(default = "default_true")]
     #[schema(default = true)]
-    pub(crate) voter: bool,
+    pub voter: bool,
 }
 
 /// A registered node as operators see it: resources, GPUs, labels, the allocated GPUs that sit idle,
 /// health and lease epoch.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[schema(as = Node)]
-pub(crate) struct NodeView {
-    pub(crate) key: String,
-    pub(crate) region: String,
-    pub(crate) cluster: String,
-    pub(crate) node: String,
-    pub(crate) cpu_cores: u32,
-    pub(crate) memory_bytes: u64,
-    pub(crate) gpu_count: u32,
-    pub(crate) gpus: Vec<crate::scheduler::GpuDevice>,
-    pub(crate) labels: std::collections::BTreeMap<String, String>,
+pub struct NodeView {
+    pub key: String,
+    pub region: String,
+    pub cluster: String,
+    pub node: String,
+    pub cpu_cores: u32,
+    pub memory_bytes: u64,
+    pub gpu_count: u32,
+    pub gpus: Vec<crate::scheduler::GpuDevice>,
+    pub labels: std::collections::BTreeMap<String, String>,
     /// UUIDs of GPUs assigned to a job whose utilization stayed near zero.
-    pub(crate) idle_gpus: Vec<String>,
-    pub(crate) os: String,
+    pub idle_gpus: Vec<String>,
+    pub os: String,
     /// How the agent limits jobs' resources (cgroup v2, cgroup v1 or rlimits).
-    pub(crate) limit_mode: String,
+    pub limit_mode: String,
     /// Where coordinators reach the agent.
-    pub(crate) rpc_addr: String,
-    pub(crate) agent_version: String,
-    pub(crate) lease_epoch: u64,
-    pub(crate) health: crate::state::NodeHealthState,
+    pub rpc_addr: String,
+    pub agent_version: String,
+    pub lease_epoch: u64,
+    pub health: crate::state::NodeHealthState,
     /// Set by an operator: no new work lands on the node; what runs there keeps running.
-    pub(crate) draining: bool,
-    pub(crate) registered_at: u64,
-    pub(crate) health_changed_at: u64,
+    pub draining: bool,
+    pub registered_at: u64,
+    pub health_changed_at: u64,
     /// `approved`, `pending_approval` or `quarantined`: only an approved node receives new work.
-    pub(crate) admission: crate::state::NodeAdmission,
+    pub admission: crate::state::NodeAdmission,
     /// Why the node is pending or quarantined.
-    pub(crate) admission_reason: String,
+    pub admission_reason: String,
     /// What was approved; a registration that reports more is quarantined.
-    pub(crate) approved: Option<crate::state::ApprovedResources>,
+    pub approved: Option<crate::state::ApprovedResources>,
     /// The node's agent identity is on the deny-list: it is refused by every coordinator.
-    pub(crate) denied: bool,
+    pub denied: bool,
 }
 
 impl From<&crate::state::NodeRecord> for NodeView {
@@ -101,38 +100,38 @@ impl From<&crate::state::NodeRecord> for NodeView {
 }
 
 /// Whether the process is alive (`ok`) or ready (`ready`).
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub(crate) struct Health {
-    pub(crate) status: &'static str,
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub status: String,
 }
 
 /// `GET /v1/cluster/status`: the coordinator group and the fleet per region and cluster.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[schema(as = ClusterStatus)]
-pub(crate) struct ClusterOverview {
+pub struct ClusterOverview {
     #[serde(flatten)]
     #[schema(inline)]
-    pub(crate) status: ClusterStatus,
-    pub(crate) sites: Vec<FleetSite>,
+    pub status: ClusterStatus,
+    pub sites: Vec<FleetSite>,
 }
 
 /// The nodes of one region/cluster.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
-pub(crate) struct FleetSite {
-    pub(crate) region: String,
-    pub(crate) cluster: String,
-    pub(crate) nodes: u32,
-    pub(crate) ready: u32,
-    pub(crate) unreachable: u32,
-    pub(crate) lost: u32,
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FleetSite {
+    pub region: String,
+    pub cluster: String,
+    pub nodes: u32,
+    pub ready: u32,
+    pub unreachable: u32,
+    pub lost: u32,
     /// Nodes an operator drained (whatever their health): no new work lands there.
-    pub(crate) draining: u32,
-    pub(crate) cpu_cores: u64,
-    pub(crate) memory_bytes: u64,
-    pub(crate) gpus: u32,
-    pub(crate) gpu_models: std::collections::BTreeMap<String, u32>,
-    pub(crate) idle_gpus: u32,
-    pub(crate) active_jobs: u32,
+    pub draining: u32,
+    pub cpu_cores: u64,
+    pub memory_bytes: u64,
+    pub gpus: u32,
+    pub gpu_models: std::collections::BTreeMap<String, u32>,
+    pub idle_gpus: u32,
+    pub active_jobs: u32,
 }
 
 /// The fleet summed per (region, cluster), in name order.

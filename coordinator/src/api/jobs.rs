@@ -50,92 +50,90 @@ const RESERVED_ENV: [&str; 2] = ["CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES
 // ---- requests ---------------------------------------------------------------------------------------------
 
 /// `POST /v1/jobs`.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
-#[cfg_attr(test, derive(Serialize))]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct SubmitJobRequest {
+pub struct SubmitJobRequest {
     #[serde(default)]
-    pub(crate) name: Option<String>,
+    pub name: Option<String>,
     /// The program to run.
     // Required (the schema says so); an `Option` so that a missing command is refused like an empty one.
     #[serde(default)]
     #[schema(required = true, value_type = String)]
-    pub(crate) command: Option<String>,
+    pub command: Option<String>,
     #[serde(default)]
-    pub(crate) args: Vec<String>,
+    pub args: Vec<String>,
     #[serde(default)]
-    pub(crate) env: BTreeMap<String, String>,
+    pub env: BTreeMap<String, String>,
     /// An absolute path.
     #[serde(default)]
-    pub(crate) working_dir: Option<String>,
+    pub working_dir: Option<String>,
     #[serde(default)]
     #[schema(inline)]
-    pub(crate) resources: ResourcesBody,
+    pub resources: ResourcesBody,
     /// Processes per attempt, each with `resources`; more than one is a gang: all placed or none, and one
     /// that fails or is lost stops the others.
     #[serde(default)]
     #[schema(minimum = 1, maximum = 64, default = 1)]
-    pub(crate) replicas: Option<u64>,
+    pub replicas: Option<u64>,
     #[serde(default)]
     #[schema(inline)]
-    pub(crate) constraints: ConstraintsBody,
+    pub constraints: ConstraintsBody,
     #[serde(default)]
     #[schema(inline)]
-    pub(crate) data_locality: Option<LocalityBody>,
+    pub data_locality: Option<LocalityBody>,
     #[serde(default)]
     #[schema(minimum = -1000, maximum = 1000)]
-    pub(crate) priority: Option<i64>,
+    pub priority: Option<i64>,
     #[serde(default)]
-    pub(crate) preemption: bool,
+    pub preemption: bool,
     #[serde(default)]
-    pub(crate) preemptible: Option<bool>,
+    pub preemptible: Option<bool>,
     #[serde(default)]
     #[schema(value_type = Option<Strategy>)]
-    pub(crate) strategy: Option<String>,
+    pub strategy: Option<String>,
     #[serde(default)]
     #[schema(inline)]
-    pub(crate) retry: RetryBody,
+    pub retry: RetryBody,
     /// Seconds an attempt may run before it is stopped (at most 365 days).
     #[serde(default)]
     #[schema(minimum = 1, maximum = 31_536_000)]
-    pub(crate) timeout_secs: Option<u64>,
+    pub timeout_secs: Option<u64>,
     #[serde(default)]
     #[schema(minimum = 0, maximum = 3600)]
-    pub(crate) cancel_grace_secs: Option<u64>,
+    pub cancel_grace_secs: Option<u64>,
     /// Environment variable name → project secret. Needs use-secrets; each secret must be bound to the
     /// submitting principal (`principal:ID`, or `principal:ID/job:PATTERN` matching the job's name).
     #[serde(default)]
-    pub(crate) secrets: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, String>,
     /// Also pass the secrets as environment variables; by default they reach the job only as files readable
     /// by it.
     #[serde(default)]
     #[schema(default = false)]
-    pub(crate) secrets_env: bool,
+    pub secrets_env: bool,
 }
 
 /// `resources` of a submission: `cpu` in cores (`0.5`, `"2"`, `"500m"`) or `cpu_millis`; `memory` as bytes
 /// or a size (`"512Mi"`, `"2G"`) or `memory_bytes`.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
-#[cfg_attr(test, derive(Serialize))]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct ResourcesBody {
+pub struct ResourcesBody {
     #[serde(default)]
     #[schema(schema_with = cpu_schema)]
-    pub(crate) cpu: Option<Value>,
+    pub cpu: Option<Value>,
     #[serde(default)]
-    pub(crate) cpu_millis: Option<u64>,
+    pub cpu_millis: Option<u64>,
     #[serde(default)]
     #[schema(schema_with = memory_schema)]
-    pub(crate) memory: Option<Value>,
+    pub memory: Option<Value>,
     #[serde(default)]
-    pub(crate) memory_bytes: Option<u64>,
+    pub memory_bytes: Option<u64>,
     #[serde(default)]
     #[schema(minimum = 0, maximum = 64)]
-    pub(crate) gpus: Option<u64>,
+    pub gpus: Option<u64>,
     #[serde(default)]
-    pub(crate) gpu_model: Option<String>,
+    pub gpu_model: Option<String>,
     #[serde(default)]
-    pub(crate) gpu_min_memory_mib: Option<u64>,
+    pub gpu_min_memory_mib: Option<u64>,
 }
 
 /// The schema of `resources.cpu`, which is read as JSON and parsed by [`parse_cpu_millis`]: written by hand
@@ -165,45 +163,42 @@ fn number_or_string(number: Type, description: &str) -> Schema {
 }
 
 /// `constraints` of a submission.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
-#[cfg_attr(test, derive(Serialize))]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct ConstraintsBody {
+pub struct ConstraintsBody {
     /// Only nodes of this region.
     #[serde(default)]
-    pub(crate) region: Option<String>,
+    pub region: Option<String>,
     /// Only nodes of a cluster with this name (in the constrained region, or any region).
     #[serde(default)]
-    pub(crate) cluster: Option<String>,
+    pub cluster: Option<String>,
     /// Every label must be present on the node with exactly this value.
     #[serde(default)]
-    pub(crate) labels: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// `data_locality` of a submission: where the job's data lives, a preference that never overrides
 /// `constraints`.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
-#[cfg_attr(test, derive(Serialize))]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct LocalityBody {
-    pub(crate) region: String,
+pub struct LocalityBody {
+    pub region: String,
     #[serde(default)]
-    pub(crate) cluster: Option<String>,
+    pub cluster: Option<String>,
 }
 
 /// `retry` of a submission.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
-#[cfg_attr(test, derive(Serialize))]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RetryBody {
+pub struct RetryBody {
     /// Attempts in all (preempted ones not counted); default 3.
     #[serde(default)]
     #[schema(minimum = 1, maximum = 20)]
-    pub(crate) max_attempts: Option<u64>,
+    pub max_attempts: Option<u64>,
     /// Also retry attempts that failed (non-zero exit, timeout, launch error); lost attempts are always
     /// retried while the budget allows.
     #[serde(default)]
-    pub(crate) on_failure: bool,
+    pub on_failure: bool,
 }
 
 /// Query of `GET /v1/jobs`.
@@ -245,26 +240,26 @@ pub(crate) struct UsageQuery {
 // ---- responses --------------------------------------------------------------------------------------------
 
 /// One attempt as callers see it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[schema(as = JobAttempt)]
-pub(crate) struct AttemptView {
-    pub(crate) attempt: u32,
+pub struct AttemptView {
+    pub attempt: u32,
     /// 0-based; a gang job's attempt has one entry per replica.
-    pub(crate) replica: u32,
-    pub(crate) node: String,
-    pub(crate) region: String,
-    pub(crate) cluster: String,
-    pub(crate) gpu_uuids: Vec<String>,
-    pub(crate) resources: Resources,
-    pub(crate) scheduled_at: u64,
-    pub(crate) started_at: Option<u64>,
-    pub(crate) ended_at: Option<u64>,
-    pub(crate) outcome: Option<AttemptOutcome>,
-    pub(crate) exit_code: Option<i32>,
-    pub(crate) signal: Option<i32>,
-    pub(crate) cpu_time_ms: Option<u64>,
-    pub(crate) max_rss_bytes: Option<u64>,
-    pub(crate) detail: String,
+    pub replica: u32,
+    pub node: String,
+    pub region: String,
+    pub cluster: String,
+    pub gpu_uuids: Vec<String>,
+    pub resources: Resources,
+    pub scheduled_at: u64,
+    pub started_at: Option<u64>,
+    pub ended_at: Option<u64>,
+    pub outcome: Option<AttemptOutcome>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub cpu_time_ms: Option<u64>,
+    pub max_rss_bytes: Option<u64>,
+    pub detail: String,
 }
 
 impl From<&Attempt> for AttemptView {
@@ -291,48 +286,48 @@ impl From<&Attempt> for AttemptView {
 }
 
 /// A job as callers see it: its spec, its state, where its current (or last) attempt is, and every attempt.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[schema(as = Job)]
-pub(crate) struct JobView {
-    pub(crate) id: String,
-    pub(crate) project_id: String,
-    pub(crate) name: String,
-    pub(crate) state: JobState,
-    pub(crate) command: String,
-    pub(crate) args: Vec<String>,
-    pub(crate) env: BTreeMap<String, String>,
-    pub(crate) working_dir: Option<String>,
-    pub(crate) resources: ResourceRequest,
-    pub(crate) replicas: u32,
-    pub(crate) constraints: Constraints,
-    pub(crate) data_locality: Option<Locality>,
-    pub(crate) priority: i32,
-    pub(crate) preemption: bool,
-    pub(crate) preemptible: bool,
-    pub(crate) strategy: Strategy,
-    pub(crate) retry: RetryPolicy,
-    pub(crate) timeout_secs: Option<u64>,
-    pub(crate) cancel_grace_secs: u64,
+pub struct JobView {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub state: JobState,
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub working_dir: Option<String>,
+    pub resources: ResourceRequest,
+    pub replicas: u32,
+    pub constraints: Constraints,
+    pub data_locality: Option<Locality>,
+    pub priority: i32,
+    pub preemption: bool,
+    pub preemptible: bool,
+    pub strategy: Strategy,
+    pub retry: RetryPolicy,
+    pub timeout_secs: Option<u64>,
+    pub cancel_grace_secs: u64,
     /// Environment variable → secret name (names only, never values).
-    pub(crate) secrets: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, String>,
     /// The secrets are also passed as environment variables (they always arrive as files).
-    pub(crate) secrets_env: bool,
+    pub secrets_env: bool,
     /// Node key, region and cluster of the current or last attempt (its replica 0 for a gang).
-    pub(crate) node: Option<String>,
-    pub(crate) region: Option<String>,
-    pub(crate) cluster: Option<String>,
-    pub(crate) attempt_count: u32,
-    pub(crate) attempts: Vec<AttemptView>,
-    pub(crate) pending_reason: Option<String>,
-    pub(crate) cancel_requested: bool,
+    pub node: Option<String>,
+    pub region: Option<String>,
+    pub cluster: Option<String>,
+    pub attempt_count: u32,
+    pub attempts: Vec<AttemptView>,
+    pub pending_reason: Option<String>,
+    pub cancel_requested: bool,
     /// Exit code of the last attempt (of the replica that ended it, for a gang).
-    pub(crate) exit_code: Option<i32>,
-    pub(crate) created_by: String,
+    pub exit_code: Option<i32>,
+    pub created_by: String,
     /// The job's workload identity: the principal that submitted it (secrets are bound to principals).
-    pub(crate) principal_id: Option<String>,
-    pub(crate) created_at: u64,
-    pub(crate) updated_at: u64,
-    pub(crate) finished_at: Option<u64>,
+    pub principal_id: Option<String>,
+    pub created_at: u64,
+    pub updated_at: u64,
+    pub finished_at: Option<u64>,
 }
 
 impl From<&JobRecord> for JobView {
@@ -393,7 +388,7 @@ pub(crate) struct LogChunk {
     pub(crate) attempt: u32,
     pub(crate) replica: u32,
     pub(crate) node: String,
-    pub(crate) stream: &'static str,
+    pub(crate) stream: LogStream,
     pub(crate) start_offset: u64,
     pub(crate) next_offset: u64,
     pub(crate) data: Vec<u8>,
@@ -401,21 +396,20 @@ pub(crate) struct LogChunk {
 }
 
 /// `GET /v1/jobs/{id}/logs`: the chunk as text.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[schema(as = JobLogs)]
-pub(crate) struct JobLogsView {
-    pub(crate) attempt: u32,
-    pub(crate) replica: u32,
-    pub(crate) node: String,
-    #[schema(schema_with = log_stream_schema)]
-    pub(crate) stream: &'static str,
-    pub(crate) start_offset: u64,
-    pub(crate) next_offset: u64,
+pub struct JobLogsView {
+    pub attempt: u32,
+    pub replica: u32,
+    pub node: String,
+    pub stream: LogStream,
+    pub start_offset: u64,
+    pub next_offset: u64,
     /// The bytes as UTF-8 (invalid sequences replaced).
-    pub(crate) data: String,
-    pub(crate) job_state: JobState,
+    pub data: String,
+    pub job_state: JobState,
     /// The job is in a terminal state: once a read returns no data, there is no more.
-    pub(crate) done: bool,
+    pub done: bool,
 }
 
 impl From<LogChunk> for JobLogsView {
@@ -813,26 +807,34 @@ pub(crate) fn job_spec(req: SubmitJobRequest) -> Result<JobSpec, ServiceError> {
     Ok(spec)
 }
 
-/// The output streams of an attempt, as `stream` names them; the first is the default.
-const LOG_STREAMS: [&str; 2] = ["stdout", "stderr"];
+/// One of an attempt's output streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
 
-fn log_stream(s: Option<&str>) -> Result<&'static str, ServiceError> {
-    match s.map(str::trim) {
-        None | Some("") => Ok(LOG_STREAMS[0]),
-        Some(name) => LOG_STREAMS
-            .into_iter()
-            .find(|stream| *stream == name)
-            .ok_or_else(|| invalid("stream", format!("{name:?} is not stdout or stderr"))),
+impl LogStream {
+    /// The name `stream` takes and the agent reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+        }
     }
 }
 
-/// The schema of a log chunk's `stream`: written by hand because the field is a `&'static str` (one of
-/// [`LOG_STREAMS`], as [`log_stream`] chose it), not an enum.
-fn log_stream_schema() -> Schema {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .enum_values(Some(LOG_STREAMS))
-        .into()
+/// The stream a `stream` query names; stdout when it names none.
+fn log_stream(s: Option<&str>) -> Result<LogStream, ServiceError> {
+    match s.map(str::trim) {
+        None | Some("") | Some("stdout") => Ok(LogStream::Stdout),
+        Some("stderr") => Ok(LogStream::Stderr),
+        Some(name) => Err(invalid(
+            "stream",
+            format!("{name:?} is not stdout or stderr"),
+        )),
+    }
 }
 
 fn job_state(s: Option<&str>) -> Result<Option<JobState>, ServiceError> {
@@ -1071,7 +1073,7 @@ impl AdminService {
             job_id: id.to_owned(),
             attempt: attempt.attempt,
             replica: attempt.replica,
-            stream: stream.to_owned(),
+            stream: stream.as_str().to_owned(),
             offset: query.offset.unwrap_or(0),
             // Bounded by MAX_LOG_BYTES.
             max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX),
@@ -1379,7 +1381,7 @@ mod tests {
             attempt: 1,
             replica: 0,
             node: "eu/eu1/a1".into(),
-            stream: "stdout",
+            stream: LogStream::Stdout,
             start_offset: 10,
             next_offset: 10 + data.len() as u64,
             data: data.to_vec(),
@@ -1425,8 +1427,8 @@ mod tests {
         assert_eq!(job_state(Some("Pending")), Ok(Some(JobState::Pending)));
         assert_eq!(job_state(Some("")), Ok(None));
         assert!(job_state(Some("done")).is_err_and(|e| e.message.starts_with("state: ")));
-        assert_eq!(log_stream(None), Ok("stdout"));
-        assert_eq!(log_stream(Some("stderr")), Ok("stderr"));
+        assert_eq!(log_stream(None), Ok(LogStream::Stdout));
+        assert_eq!(log_stream(Some("stderr")), Ok(LogStream::Stderr));
         assert!(log_stream(Some("both")).is_err_and(|e| e.message.starts_with("stream: ")));
     }
 }

@@ -30,6 +30,32 @@ mod secrets;
 mod service;
 mod tenancy;
 
+/// The admin API's request and reply bodies, as the server writes and reads them. Clients (the `meridian`
+/// CLI, tests) decode replies into these types and build requests from them, so a field renamed on the
+/// server fails to compile in its clients instead of reading as missing.
+pub mod dto {
+    pub use super::admission::{
+        AllowIdentityRequest, ClusterPolicyRequest, ClusterPolicyView, DenyIdentityRequest,
+    };
+    pub use super::audit::AuditList;
+    pub use super::audit_verify::AuditVerification;
+    pub use super::cluster::{AddMemberRequest, ClusterOverview, FleetSite, Health, NodeView};
+    pub use super::jobs::{
+        AttemptView, ConstraintsBody, JobLogsView, JobView, LocalityBody, LogStream, ResourcesBody,
+        RetryBody, SubmitJobRequest,
+    };
+    pub use super::secrets::{PutSecretRequest, RewrapResult, SecretResource};
+    pub use super::service::ListPage;
+    pub use super::tenancy::{
+        CreateBindingRequest, CreateKeyRequest, CreateProjectRequest, CreateServiceAccountRequest,
+        CreatedKey, RoleBindingView, SetPolicyRequest, WhoAmI,
+    };
+    pub use crate::node::{ClusterStatus, MemberStatus};
+    pub use crate::state::{
+        ApiKeyView, AuditRecord, DeniedIdentity, JobState, Principal, ProjectView, UsageReport,
+    };
+}
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};

@@ -53,14 +53,18 @@ pub(crate) async fn not_found() -> ServiceError {
 }
 
 pub(crate) async fn healthz() -> Json<Health> {
-    Json(Health { status: "ok" })
+    Json(Health {
+        status: "ok".into(),
+    })
 }
 
 pub(crate) async fn readyz(
     State(service): State<AdminService>,
 ) -> Result<Json<Health>, ServiceError> {
     if service.is_ready() {
-        Ok(Json(Health { status: "ready" }))
+        Ok(Json(Health {
+            status: "ready".into(),
+        }))
     } else {
         Err(ServiceError::unavailable(
             "not ready: no leader is known or this coordinator is still catching up",

@@ -23,18 +23,17 @@ const MAX_SECRET_BYTES: usize = 64 * 1024;
 const RACE_ATTEMPTS: usize = 3;
 
 /// `POST /v1/secrets`.
-#[derive(Clone, Deserialize, ToSchema)]
-#[cfg_attr(test, derive(Serialize))]
+#[derive(Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct PutSecretRequest {
-    pub(crate) name: String,
+pub struct PutSecretRequest {
+    pub name: String,
     #[schema(write_only)]
-    pub(crate) value: String,
+    pub value: String,
     /// Who may use the secret: `principal:ID` (jobs that principal or service account submits) or
     /// `principal:ID/job:PATTERN` (only those whose name matches; `*` is any run of characters). Absent: keep
     /// the current bindings.
     #[serde(default)]
-    pub(crate) bindings: Option<Vec<String>>,
+    pub bindings: Option<Vec<String>>,
 }
 
 impl Drop for PutSecretRequest {
@@ -52,13 +51,13 @@ impl std::fmt::Debug for PutSecretRequest {
 }
 
 /// A secret as callers see it, with its name as `id`.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[schema(as = Secret)]
-pub(crate) struct SecretResource {
-    pub(crate) id: String,
+pub struct SecretResource {
+    pub id: String,
     #[serde(flatten)]
     #[schema(inline)]
-    pub(crate) secret: SecretView,
+    pub secret: SecretView,
 }
 
 impl From<SecretView> for SecretResource {
@@ -71,14 +70,14 @@ impl From<SecretView> for SecretResource {
 }
 
 /// What `POST /v1/secrets:rewrap` did.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub(crate) struct RewrapResult {
-    pub(crate) projects: u64,
-    pub(crate) master_key_id: String,
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RewrapResult {
+    pub projects: u64,
+    pub master_key_id: String,
     /// The data keys were replaced (not only re-wrapped) and every secret version re-encrypted.
-    pub(crate) new_data_keys: bool,
+    pub new_data_keys: bool,
     /// Secret versions re-encrypted (0 for a plain re-wrap).
-    pub(crate) secret_versions: u64,
+    pub secret_versions: u64,
 }
 
 /// Query of `POST /v1/secrets:rewrap`.

@@ -58,10 +58,10 @@ impl PageParams {
 // ---- responses --------------------------------------------------------------------------------------------
 
 /// One page of a listing; `next_page_token` is empty on the last page.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct ListPage<T> {
-    pub(crate) items: Vec<T>,
-    pub(crate) next_page_token: String,
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListPage<T> {
+    pub items: Vec<T>,
+    pub next_page_token: String,
 }
 
 impl<T> From<Page<T>> for ListPage<T> {

@@ -22,47 +22,45 @@ use super::service::{
 };
 
 /// `POST /v1/projects`.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[cfg_attr(test, derive(Serialize))]
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct CreateProjectRequest {
+pub struct CreateProjectRequest {
     #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
-    pub(crate) name: String,
+    pub name: String,
     #[serde(default)]
-    pub(crate) description: Option<String>,
+    pub description: Option<String>,
 }
 
 /// `PUT /v1/projects/{project}/policy`: the fields given replace the project's, the others stay.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
-#[cfg_attr(test, derive(Serialize))]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[schema(as = ProjectPolicyUpdate)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct SetPolicyRequest {
+pub struct SetPolicyRequest {
     /// Most jobs pending at once; one more submission is refused (429 quota_exceeded).
     #[serde(default)]
-    pub(crate) max_pending_jobs: Option<u64>,
+    pub max_pending_jobs: Option<u64>,
     /// Most CPU (thousandths of a core) reserved by scheduled and running jobs together; a job that would
     /// exceed it waits.
     #[serde(default)]
-    pub(crate) max_running_cpu_millis: Option<u64>,
+    pub max_running_cpu_millis: Option<u64>,
     /// Most memory reserved by scheduled and running jobs together.
     #[serde(default)]
-    pub(crate) max_running_memory_bytes: Option<u64>,
+    pub max_running_memory_bytes: Option<u64>,
     /// Most GPUs held by scheduled and running jobs together.
     #[serde(default)]
-    pub(crate) max_running_gpus: Option<u64>,
+    pub max_running_gpus: Option<u64>,
     /// Most bytes of job specs (their text fields plus 256 each) held by unfinished jobs together.
     #[serde(default)]
-    pub(crate) max_spec_bytes: Option<u64>,
+    pub max_spec_bytes: Option<u64>,
     /// `none` or `egress`.
     #[serde(default)]
     #[schema(value_type = Option<state::NetworkPolicy>)]
-    pub(crate) network: Option<String>,
+    pub network: Option<String>,
     /// Other projects' preemptible jobs below this priority (and below the preempting job's own) may be
     /// evicted for this project's jobs; 0: never.
     #[serde(default)]
     #[schema(minimum = 0, maximum = 1000)]
-    pub(crate) preemption_ceiling: Option<i64>,
+    pub preemption_ceiling: Option<i64>,
 }
 
 impl SetPolicyRequest {
@@ -113,67 +111,64 @@ impl SetPolicyRequest {
 }
 
 /// `POST /v1/principals`.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[cfg_attr(test, derive(Serialize))]
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct CreateServiceAccountRequest {
-    pub(crate) name: String,
+pub struct CreateServiceAccountRequest {
+    pub name: String,
 }
 
 /// `POST /v1/keys`.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[cfg_attr(test, derive(Serialize))]
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct CreateKeyRequest {
-    pub(crate) name: String,
+pub struct CreateKeyRequest {
+    pub name: String,
     /// Role bound to the key's principal in the project; required for a new service account.
     #[serde(default)]
     #[schema(value_type = Option<Role>)]
-    pub(crate) role: Option<String>,
+    pub role: Option<String>,
     /// Lifetime in seconds; without it (and without no_expiry) the coordinator's `[keys] default_ttl` (90
     /// days).
     #[serde(default)]
-    pub(crate) expires_in_seconds: Option<u64>,
+    pub expires_in_seconds: Option<u64>,
     /// A key that never expires; only platform-admins may ask for one.
     #[serde(default)]
-    pub(crate) no_expiry: bool,
+    pub no_expiry: bool,
     /// An existing principal of the project; none creates a service account named after the key.
     #[serde(default)]
-    pub(crate) principal_id: Option<String>,
+    pub principal_id: Option<String>,
     /// Narrow the key to these roles (at least one): it grants only what they allow of the principal's
     /// rights.
     #[serde(default)]
     #[schema(value_type = Option<Vec<Role>>)]
-    pub(crate) roles: Option<Vec<String>>,
+    pub roles: Option<Vec<String>>,
     /// The key acts only in the request's project.
     #[serde(default)]
-    pub(crate) project_scoped: bool,
+    pub project_scoped: bool,
 }
 
 /// `POST /v1/role-bindings`.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[cfg_attr(test, derive(Serialize))]
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[schema(as = CreateRoleBindingRequest)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct CreateBindingRequest {
-    pub(crate) principal_id: String,
+pub struct CreateBindingRequest {
+    pub principal_id: String,
     #[schema(value_type = Role)]
-    pub(crate) role: String,
+    pub role: String,
     /// Bind platform-wide instead of in the request's project.
     #[serde(default)]
-    pub(crate) platform: bool,
+    pub platform: bool,
 }
 
 /// A role binding as callers see it; `scope` is `platform` or `project:<id>`.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[schema(as = RoleBinding)]
-pub(crate) struct RoleBindingView {
-    pub(crate) id: String,
-    pub(crate) principal_id: String,
-    pub(crate) role: Role,
-    pub(crate) scope: String,
-    pub(crate) project_id: Option<String>,
-    pub(crate) created_at: u64,
+pub struct RoleBindingView {
+    pub id: String,
+    pub principal_id: String,
+    pub role: Role,
+    pub scope: String,
+    pub project_id: Option<String>,
+    pub created_at: u64,
 }
 
 impl From<&RoleBinding> for RoleBindingView {
@@ -190,14 +185,14 @@ impl From<&RoleBinding> for RoleBindingView {
 }
 
 /// A new key: the token (shown only here), the key, its principal and the binding made for it.
-#[derive(Clone, Serialize, ToSchema)]
-pub(crate) struct CreatedKey {
-    pub(crate) id: String,
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedKey {
+    pub id: String,
     /// The bearer token; shown only once.
-    pub(crate) token: String,
-    pub(crate) key: ApiKeyView,
-    pub(crate) principal: Principal,
-    pub(crate) binding: Option<RoleBindingView>,
+    pub token: String,
+    pub key: ApiKeyView,
+    pub principal: Principal,
+    pub binding: Option<RoleBindingView>,
 }
 
 impl Drop for CreatedKey {
@@ -215,13 +210,13 @@ impl std::fmt::Debug for CreatedKey {
 }
 
 /// The caller: its principal, the key it called with, the project it acts in and its role bindings there.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub(crate) struct WhoAmI {
-    pub(crate) principal: Principal,
-    pub(crate) key: ApiKeyView,
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    pub principal: Principal,
+    pub key: ApiKeyView,
     /// The project this request acts in.
-    pub(crate) project: ProjectView,
-    pub(crate) bindings: Vec<RoleBindingView>,
+    pub project: ProjectView,
+    pub bindings: Vec<RoleBindingView>,
 }
 
 impl AdminService {

@@ -628,7 +628,7 @@ impl pb::job_service_server::JobService for GrpcAdmin {
                 attempt: c.attempt,
                 replica: c.replica,
                 node: c.node,
-                stream: c.stream.to_owned(),
+                stream: c.stream.as_str().to_owned(),
                 start_offset: c.start_offset,
                 next_offset: c.next_offset,
                 data: c.data,

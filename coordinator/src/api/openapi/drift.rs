@@ -55,11 +55,22 @@ struct Sample {
     reply: bool,
 }
 
-/// A reply body as the handler serializes it.
-fn reply<T: ToSchema + Serialize>(value: T) -> Sample {
+/// A reply body as the handler serializes it, which the type must read back into the same JSON: clients
+/// (the CLI) decode replies into these types (`api::dto`), so a reply they would misread fails here.
+fn reply<T: ToSchema + Serialize + DeserializeOwned>(value: T) -> Sample {
+    let json = serde_json::to_value(&value).expect("a reply serializes");
+    match serde_json::from_value::<T>(json.clone()) {
+        Ok(back) => assert_eq!(
+            serde_json::to_value(&back).expect("a reply serializes"),
+            json,
+            "the {} sample changes when a client reads it back",
+            T::name()
+        ),
+        Err(e) => panic!("a client cannot read the {} sample: {e}: {json}", T::name()),
+    }
     Sample {
         schema: T::name().into_owned(),
-        json: serde_json::to_value(&value).expect("a reply serializes"),
+        json,
         reply: true,
     }
 }
@@ -78,7 +89,7 @@ fn request<T: ToSchema + Serialize + DeserializeOwned>(value: T) -> Sample {
     }
 }
 
-fn page<T: ToSchema + Serialize>(item: T) -> Sample {
+fn page<T: ToSchema + Serialize + DeserializeOwned>(item: T) -> Sample {
     reply(ListPage {
         items: vec![item],
         next_page_token: "2".to_owned(),
@@ -359,7 +370,9 @@ fn submission() -> SubmitJobRequest {
 /// A sample of every body the API reads or writes.
 fn samples() -> Vec<Sample> {
     vec![
-        reply(Health { status: "ok" }),
+        reply(Health {
+            status: "ok".into(),
+        }),
         Sample {
             schema: OpenApiDocument::name().into_owned(),
             json: document().clone(),
@@ -477,7 +490,7 @@ fn samples() -> Vec<Sample> {
             attempt: 1,
             replica: 0,
             node: s("eu/eu1/a-1"),
-            stream: "stderr",
+            stream: crate::api::jobs::LogStream::Stderr,
             start_offset: 0,
             next_offset: 5,
             data: s("hello"),
