@@ -19,10 +19,13 @@ Examples:
   meridian job logs -f job_3kq9x2
 
 Environment:
-  MERIDIAN_ADDR     admin API address (default http://127.0.0.1:7070)
-  MERIDIAN_TOKEN    API key (default: ./.meridian/admin.token when present)
+  MERIDIAN_ADDR     admin API address, or several comma-separated (default: the context's, else
+                    http://127.0.0.1:7070)
+  MERIDIAN_TOKEN    API key (default: the context's token file, else ./.meridian/admin.token)
   MERIDIAN_CACERT   CA certificate to trust for an https:// admin API
-  MERIDIAN_PROJECT  project to act in (default: the key's own project)
+  MERIDIAN_PROJECT  project to act in (default: the context's, else the key's own project)
+  MERIDIAN_CONTEXT  named context to use (default: the current one; see meridian context)
+  MERIDIAN_CONFIG   the CLI's config file (default ~/.config/meridian/config.toml)
 
 Exit codes:
   0 success   1 failure   2 bad usage or invalid input
@@ -41,14 +44,13 @@ pub struct Cli {
 /// Options shared by every command that talks to the admin API.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// Admin API address, e.g. http://127.0.0.1:7070 or https://127.0.0.1:7071.
-    #[arg(
-        long,
-        env = "MERIDIAN_ADDR",
-        default_value = "http://127.0.0.1:7070",
-        global = true
-    )]
-    pub addr: String,
+    /// Admin API address, or several comma-separated (tried in turn when one cannot be reached), e.g.
+    /// https://10.0.0.1:7071,https://10.0.0.2:7071 [default: the context's, else http://127.0.0.1:7070].
+    #[arg(long, env = "MERIDIAN_ADDR", global = true)]
+    pub addr: Option<String>,
+    /// Named context to use for this command (see `meridian context`) instead of the current one.
+    #[arg(long, env = "MERIDIAN_CONTEXT", global = true)]
+    pub context: Option<String>,
     /// API key (Bearer token).
     #[arg(long, env = "MERIDIAN_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
@@ -129,6 +131,16 @@ TIME is RFC 3339, Unix milliseconds, or a duration back from now (30m, 2h, 7d)."
     Audit(AuditCommand),
     /// Who the current token belongs to.
     Whoami(ClientOnly),
+    /// Named contexts (addresses, CA, token file, project) in the CLI's config file, like kubectl's.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  meridian context add prod --addr https://10.0.0.1:7071,https://10.0.0.2:7071 \\\n      \
+--cacert ./certs/ca.pem --token-file ./prod.token --project vision\n  meridian context use prod\n  \
+meridian context list\n\n\
+The file is $MERIDIAN_CONFIG, else $XDG_CONFIG_HOME/meridian/config.toml, else ~/.config/meridian/config.toml. \
+Flags and MERIDIAN_* variables override the context's values; --context NAME picks another for one command."
+    )]
+    Context(ContextCommand),
     /// Print shell completions.
     #[command(
         after_help = "Example:\n  meridian completions bash > /etc/bash_completion.d/meridian"
@@ -137,6 +149,38 @@ TIME is RFC 3339, Unix milliseconds, or a duration back from now (30m, 2h, 7d)."
         /// Shell to generate for.
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContextCommand {
+    /// Add a context (or replace one of the same name); the first one added becomes current.
+    Add {
+        name: String,
+        /// Admin API address, or several comma-separated.
+        #[arg(long)]
+        addr: String,
+        /// PEM file of the CA that signed the admin API's certificate (needed for https://).
+        #[arg(long)]
+        cacert: Option<PathBuf>,
+        /// File holding the API key (the key itself is never copied into the config file).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Project to act in.
+        #[arg(long)]
+        project: Option<String>,
+        /// Also make it the current context.
+        #[arg(long = "use")]
+        make_current: bool,
+    },
+    /// Make a context the current one.
+    Use { name: String },
+    /// List the contexts; `*` marks the current one.
+    List {
+        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Remove a context.
+    Remove { name: String },
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod context;
 pub mod dev;
 pub(crate) mod gateway_source;
 pub mod master_key_env;

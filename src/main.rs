@@ -1,11 +1,14 @@
 //! `meridian`: one binary for every Meridian process and the operator CLI.
 
-use clap::Parser;
+use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _};
+use meridian::cli::{Cli, OutputFormat};
 
 fn main() {
     // First, while this is the only thread: no other thread may read the environment while it changes.
     meridian::master_key_env::take_from_environment();
-    let cli = meridian::cli::Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let json_errors = asks_for_json(&matches);
     certs::install_crypto_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -29,7 +32,31 @@ fn main() {
     };
     let result = runtime.block_on(meridian::commands::run(cli));
     if let Err(e) = result {
-        eprintln!("error: {e}");
+        if json_errors {
+            // Scripts that asked for JSON get their error as JSON too, on stderr: stdout only ever
+            // carries results.
+            let body = serde_json::json!({
+                "error": { "kind": e.kind(), "message": e.to_string(), "exit_code": e.exit_code() }
+            });
+            eprintln!("{body}");
+        } else {
+            eprintln!("error: {e}");
+        }
         std::process::exit(e.exit_code());
+    }
+}
+
+/// Whether the command line chose `-o json` (the option is global, so it sits in the innermost
+/// subcommand's matches).
+fn asks_for_json(matches: &ArgMatches) -> bool {
+    let mut m = matches;
+    loop {
+        if let Ok(Some(OutputFormat::Json)) = m.try_get_one::<OutputFormat>("output") {
+            return true;
+        }
+        match m.subcommand() {
+            Some((_, sub)) => m = sub,
+            None => return false,
+        }
     }
 }

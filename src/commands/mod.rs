@@ -4,6 +4,7 @@ mod admin;
 mod agent;
 mod audit;
 mod certs;
+mod context;
 mod jobs;
 mod usage;
 
@@ -34,6 +35,7 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
         Command::Usage(args) => usage::run(args).await.map_err(CommandError::Client),
         Command::Audit(cmd) => audit::run(cmd).await.map_err(CommandError::Client),
         Command::Whoami(c) => admin::whoami(c.client).await.map_err(CommandError::Client),
+        Command::Context(cmd) => context::run(cmd).map_err(CommandError::Client),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "meridian", &mut std::io::stdout());
@@ -67,6 +69,16 @@ impl CommandError {
             CommandError::Fatal(_) => 1,
             CommandError::Exit(code) => *code,
             CommandError::JobDidNotSucceed { .. } => JOB_DID_NOT_SUCCEED,
+        }
+    }
+
+    /// A stable name for the kind of failure, as `-o json` writes it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CommandError::Client(e) => e.kind(),
+            CommandError::Fatal(_) => "failed",
+            CommandError::Exit(_) => "exit",
+            CommandError::JobDidNotSucceed { .. } => "job_did_not_succeed",
         }
     }
 }

@@ -95,7 +95,10 @@ pub fn cli(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.env_remove("MERIDIAN_ADDR")
         .env_remove("MERIDIAN_TOKEN")
         .env_remove("MERIDIAN_CACERT");
-    cmd.env_remove("MERIDIAN_PROJECT");
+    cmd.env_remove("MERIDIAN_PROJECT")
+        .env_remove("MERIDIAN_CONTEXT");
+    // The user's own contexts never steer a test; a test that wants one names its config file.
+    cmd.env("MERIDIAN_CONFIG", "/nonexistent/meridian-tests/config.toml");
     for (k, v) in env {
         cmd.env(k, v);
     }
