@@ -325,6 +325,7 @@ mod tests {
             cpu_time_ms: None,
             max_rss_bytes: None,
             wall_ms: 1,
+            oom_killed: false,
         }
     }
 

@@ -437,6 +437,7 @@ fn report(exit_code: Option<i32>, signal: Option<i32>, cancelled: bool) -> ExitR
         cpu_seconds: Some(1.2345),
         max_rss_bytes: Some(4096),
         wall_seconds: 2.5,
+        oom_killed: false,
     }
 }
 
@@ -477,6 +478,7 @@ fn unknown_or_odd_measurements_stay_unknown() {
         cpu_seconds: Some(f64::NAN),
         max_rss_bytes: None,
         wall_seconds: -1.0,
+        oom_killed: false,
     };
     let summary = exit_summary(&odd, None);
     assert_eq!(summary.cpu_time_ms, None);

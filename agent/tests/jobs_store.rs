@@ -146,6 +146,7 @@ fn attempt_records_round_trip_through_disk() {
             cpu_time_ms: Some(12),
             max_rss_bytes: None,
             wall_ms: 60_001,
+            oom_killed: false,
         });
         store.save(&record).expect("save");
     }

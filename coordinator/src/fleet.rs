@@ -740,6 +740,7 @@ fn event_op(event: pb::JobEvent) -> Result<JobEventOp, RpcStatus> {
             timed_out: e.timed_out,
             cpu_time_ms: e.cpu_time_ms,
             max_rss_bytes: e.max_rss_bytes,
+            oom_killed: e.oom_killed,
         },
         Some(Kind::LaunchFailed(message)) => JobEventKind::LaunchFailed {
             message: message.chars().take(1024).collect(),

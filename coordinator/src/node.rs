@@ -146,6 +146,10 @@ pub struct ClusterStatus {
     pub applied_index: u64,
     pub committed_index: Option<u64>,
     pub members: Vec<MemberStatus>,
+    /// The apply semantics the replicated state runs under, as committed by the group.
+    pub apply_version: u32,
+    /// The newest apply version this member's build knows.
+    pub apply_version_known: u32,
 }
 
 /// Why a write did not commit (domain refusals are committed and come back as `Domain`).
@@ -858,8 +862,7 @@ impl Handle {
 
     /// The cluster as this node sees it.
     pub fn status(&self) -> ClusterStatus {
-        let metrics = self.inner.raft.metrics();
-        let m = metrics.borrow();
+        let m = self.inner.raft.metrics().borrow().clone();
         self.status_from(&m)
     }
 
@@ -885,6 +888,8 @@ impl Handle {
             applied_index: m.last_applied.map_or(0, |id| id.index),
             committed_index: *self.inner.committed.borrow(),
             members,
+            apply_version: self.read(|s| s.apply_version),
+            apply_version_known: crate::state::APPLY_VERSION,
         }
     }
 
@@ -932,7 +937,10 @@ impl Handle {
         let deadline = Instant::now() + timeout;
         let mut metrics = self.inner.raft.metrics();
         loop {
-            let seen = view(&metrics.borrow_and_update());
+            // A copy: the view may read the state, which must never wait while openraft's metrics are
+            // borrowed.
+            let current = metrics.borrow_and_update().clone();
+            let seen = view(&current);
             if condition(&seen) {
                 return Ok(seen);
             }

@@ -734,6 +734,7 @@ async fn a_purged_job_is_gone_but_its_usage_stays() -> anyhow::Result<()> {
                     timed_out: false,
                     cpu_time_ms: Some(4_250),
                     max_rss_bytes: None,
+                    oom_killed: false,
                 },
             ),
         ],

@@ -116,6 +116,7 @@ fn run_job(b: &mut Builder, n: usize) {
             timed_out: false,
             cpu_time_ms: Some(1_000),
             max_rss_bytes: Some(1 << 28),
+            oom_killed: false,
         },
     ] {
         let at_ms = b.at;

@@ -205,6 +205,25 @@ pub(crate) fn signal_members(dirs: &[PathBuf], signal: i32) {
     }
 }
 
+/// How many times the kernel killed a process in the groups at their memory limit: `oom_kill` in cgroup
+/// v2's `memory.events`, or in cgroup v1's `memory.oom_control` (kernels since 4.13). 0 when neither says.
+pub(crate) fn oom_kills(dirs: &[PathBuf]) -> u64 {
+    dirs.iter()
+        .flat_map(|dir| ["memory.events", "memory.oom_control"].map(|f| dir.join(f)))
+        .filter_map(|file| fs::read_to_string(file).ok())
+        .map(|text| oom_kill_count(&text))
+        .sum()
+}
+
+/// The `oom_kill N` line of a `memory.events` or `memory.oom_control` file.
+fn oom_kill_count(text: &str) -> u64 {
+    text.lines()
+        .filter_map(|line| line.split_once(' '))
+        .find(|(key, _)| *key == "oom_kill")
+        .and_then(|(_, n)| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Removes the groups, waiting (bounded) for exiting processes to leave them.
 pub(crate) async fn remove(dirs: &[PathBuf]) {
     for dir in dirs {
@@ -229,6 +248,22 @@ pub(crate) async fn remove(dirs: &[PathBuf]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oom_kills_are_read_from_either_cgroup_version() {
+        let v2 = "low 0\nhigh 0\nmax 12\noom 2\noom_kill 1\noom_group_kill 1\n";
+        assert_eq!(oom_kill_count(v2), 1);
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n";
+        assert_eq!(oom_kill_count(v1), 3);
+        assert_eq!(oom_kill_count("low 0\nhigh 0\n"), 0);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let group = dir.path().join("g");
+        fs::create_dir(&group).expect("mkdir");
+        assert_eq!(oom_kills(std::slice::from_ref(&group)), 0);
+        fs::write(group.join("memory.events"), v2).expect("write");
+        assert_eq!(oom_kills(&[group]), 1);
+    }
 
     #[test]
     fn cpu_quota_follows_the_share() {

@@ -248,6 +248,9 @@ pub struct ExitReport {
     pub max_rss_bytes: Option<u64>,
     /// From the start to the observed end.
     pub wall_seconds: f64,
+    /// The kernel killed a process of the job at its memory limit (counted by its cgroup; never known in
+    /// rlimits mode, where an allocation past the limit fails instead).
+    pub oom_killed: bool,
 }
 
 impl ExitReport {

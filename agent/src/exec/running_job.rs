@@ -155,6 +155,7 @@ impl RunningJob {
             cpu_seconds: None,
             max_rss_bytes: None,
             wall_seconds: seconds_since_unix_ms(self.handle.started_unix_ms),
+            oom_killed: false,
         })
     }
 
@@ -206,6 +207,8 @@ impl ProcessHandle {
             cpu_seconds: status.cpu_seconds,
             max_rss_bytes: None,
             wall_seconds: seconds_since_unix_ms(self.started_unix_ms),
+            // The cgroup that counted OOM kills is gone with the process.
+            oom_killed: false,
         })
     }
 }
@@ -281,6 +284,8 @@ impl Supervisor {
             finish.cancel();
             drained.await;
         }
+        // Read before the groups go: their OOM counters go with them.
+        let oom_killed = job_cgroup::oom_kills(&handle.cgroups) > 0;
         job_cgroup::remove(&handle.cgroups).await;
         let ended = ExitReport {
             exit_code: status.exit_code,
@@ -289,8 +294,9 @@ impl Supervisor {
             cpu_seconds: status.cpu_seconds,
             max_rss_bytes: status.max_rss_bytes,
             wall_seconds,
+            oom_killed,
         };
-        tracing::info!(exit_code = ?ended.exit_code, signal = ?ended.signal, cancelled = ended.cancelled, "job ended");
+        tracing::info!(exit_code = ?ended.exit_code, signal = ?ended.signal, cancelled = ended.cancelled, oom_killed, "job ended");
         // Every process of the job is gone (its namespace and cgroups with it): its user may serve again.
         drop(uid);
         report.send_replace(Some(ended));

@@ -188,5 +188,6 @@ pub fn exit_summary(report: &ExitReport, stop: Option<StopReason>) -> ExitSummar
         } else {
             0
         },
+        oom_killed: report.oom_killed,
     }
 }

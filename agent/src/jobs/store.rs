@@ -85,6 +85,9 @@ pub struct ExitSummary {
     pub cpu_time_ms: Option<u64>,
     pub max_rss_bytes: Option<u64>,
     pub wall_ms: u64,
+    /// Killed at its memory limit (absent in records of older agents).
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 impl ExitSummary {
@@ -98,6 +101,7 @@ impl ExitSummary {
             cpu_time_ms: self.cpu_time_ms,
             max_rss_bytes: self.max_rss_bytes,
             wall_ms: self.wall_ms,
+            oom_killed: self.oom_killed,
         }
     }
 }

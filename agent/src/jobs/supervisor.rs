@@ -346,6 +346,7 @@ impl Supervisor {
             cpu_time_ms: None,
             max_rss_bytes: None,
             wall_ms: 0,
+            oom_killed: false,
         };
         self.finish_with(record, Some(exit), None)
     }

@@ -339,6 +339,8 @@ mod tests {
             applied_index: 42,
             committed_index: Some(42),
             members: Vec::new(),
+            apply_version: 5,
+            apply_version_known: 5,
         }
     }
 

@@ -142,7 +142,7 @@ impl FilterCounts {
         *self.count_mut(filter) += n;
     }
 
-    fn get(&self, filter: Filter) -> u32 {
+    pub(super) fn count(&self, filter: Filter) -> u32 {
         match filter {
             Filter::OutOfRegion => self.out_of_region,
             Filter::OutOfCluster => self.out_of_cluster,
@@ -167,10 +167,13 @@ pub fn describe_unplaceable(job: &JobRequest, counts: &FilterCounts) -> String {
     if counts.nodes == 0 {
         return "no nodes are registered".to_owned();
     }
-    let mut out = format!("no node has {} free", describe_request(job));
+    let mut out = match describe_request(job) {
+        Some(wants) => format!("no node has {wants} free"),
+        None => "no node can take it now".to_owned(),
+    };
     let mut entries: Vec<(Filter, u32)> = ALL_FILTERS
         .iter()
-        .map(|f| (*f, counts.get(*f)))
+        .map(|f| (*f, counts.count(*f)))
         .filter(|(_, n)| *n > 0)
         .collect();
     entries.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -227,8 +230,9 @@ fn describe_filter(job: &JobRequest, filter: Filter) -> String {
     }
 }
 
-/// "2 GPUs of model H200 with >= 80000 MiB, 8 CPUs and 64 GiB memory".
-fn describe_request(job: &JobRequest) -> String {
+/// "2 GPUs of model H200 with >= 80000 MiB, 8 CPUs and 64 GiB memory"; `None` for a job that asks for
+/// nothing.
+fn describe_request(job: &JobRequest) -> Option<String> {
     let r = &job.resources;
     let mut parts = Vec::new();
     if r.gpus > 0 {
@@ -249,16 +253,16 @@ fn describe_request(job: &JobRequest) -> String {
         parts.push(format!("{} memory", format_bytes(r.memory_bytes)));
     }
     match parts.len() {
-        0 => "room for an empty request".to_owned(),
-        1 => parts.remove(0),
+        0 => None,
+        1 => Some(parts.remove(0)),
         _ => {
             let last = parts.pop().unwrap_or_default();
-            format!("{} and {last}", parts.join(", "))
+            Some(format!("{} and {last}", parts.join(", ")))
         }
     }
 }
 
-fn format_cpu(millis: u64) -> String {
+pub(super) fn format_cpu(millis: u64) -> String {
     let whole = millis / 1000;
     let frac = millis % 1000;
     if frac == 0 {
@@ -268,7 +272,7 @@ fn format_cpu(millis: u64) -> String {
     format!("{whole}.{}", frac.trim_end_matches('0'))
 }
 
-fn format_bytes(bytes: u64) -> String {
+pub(crate) fn format_bytes(bytes: u64) -> String {
     const KIB: u64 = 1024;
     const MIB: u64 = 1024 * KIB;
     const GIB: u64 = 1024 * MIB;
@@ -300,5 +304,20 @@ mod tests {
         assert_eq!(format_bytes(1536 << 20), "1.5 GiB");
         assert_eq!(format_bytes(512 << 20), "512 MiB");
         assert_eq!(format_bytes(100), "100 bytes");
+    }
+
+    #[test]
+    fn a_job_that_asks_for_nothing_reads_plainly() {
+        let mut job = JobRequest::new("j", crate::scheduler::ResourceRequest::default());
+        job.constraints.region = Some("nowhere".into());
+        let counts = FilterCounts {
+            nodes: 1,
+            out_of_region: 1,
+            ..FilterCounts::default()
+        };
+        assert_eq!(
+            describe_unplaceable(&job, &counts),
+            "no node can take it now: 1 node out of region nowhere"
+        );
     }
 }

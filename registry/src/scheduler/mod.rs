@@ -13,6 +13,7 @@
 //! Scheduler::release(&mut self, job_id: &str) -> Vec<Allocation>            // a job finished or was stopped
 //! Scheduler::allocations_of(&self, job_id: &str) -> impl Iterator<Item = &Allocation>
 //! Scheduler::free_capacity(&self, node_id: &str) -> Option<Resources>
+//! Scheduler::never_placeable(&self, job: &JobRequest) -> Option<String>  // why no node ever could
 //!
 //! PlacementDecision::Placed  { assignments: Vec<Assignment { node_id, gpu_uuids, resources }>,
 //!                              preempted: Vec<String /* job ids to stop and return to pending */> }
@@ -52,6 +53,7 @@
 //! never iterated, so they cannot make decisions depend on hashing.
 
 mod decision;
+mod feasibility;
 mod fleet;
 mod placement;
 mod preemption;
@@ -61,6 +63,7 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+pub(crate) use decision::format_bytes;
 pub use decision::{Assignment, FilterCounts, JobPlacement, PlacementDecision};
 pub use fleet::{Allocation, GpuDevice, NodeHealth, NodeView, Resources};
 pub use preemption::may_evict;

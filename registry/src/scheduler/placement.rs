@@ -183,7 +183,7 @@ impl Scheduler {
             .collect()
     }
 
-    fn resolve<'j>(&self, job: &'j JobRequest) -> Resolved<'j> {
+    pub(super) fn resolve<'j>(&self, job: &'j JobRequest) -> Resolved<'j> {
         let r = &job.resources;
         let needs_gpus = r.gpus > 0;
         let gpu_match = if needs_gpus && (r.gpu_model.is_some() || r.gpu_min_memory_mib.is_some()) {
@@ -262,6 +262,11 @@ impl Scheduler {
             NodeHealth::Draining => return Err(Filter::Draining),
             NodeHealth::NotAdmitted => return Err(Filter::NotAdmitted),
         }
+        Self::check_fixed(node, r)
+    }
+
+    /// The filters that only a different node could pass: labels, GPU model and memory.
+    pub(super) fn check_fixed(node: &NodeSlot, r: &Resolved<'_>) -> Result<(), Filter> {
         let labels = &r.job.constraints.labels;
         if !labels.is_empty()
             && !labels

@@ -8,7 +8,13 @@ use super::*;
 
 const GIB: u64 = 1 << 30;
 
-fn cpu_node(id: &str, region: &str, cluster: &str, cores: u64, mem_gib: u64) -> NodeView {
+pub(super) fn cpu_node(
+    id: &str,
+    region: &str,
+    cluster: &str,
+    cores: u64,
+    mem_gib: u64,
+) -> NodeView {
     NodeView {
         id: id.to_owned(),
         region: region.to_owned(),
@@ -24,7 +30,13 @@ fn cpu_node(id: &str, region: &str, cluster: &str, cores: u64, mem_gib: u64) -> 
     }
 }
 
-fn gpu_node(id: &str, region: &str, model: &str, memory_mib: u64, count: u32) -> NodeView {
+pub(super) fn gpu_node(
+    id: &str,
+    region: &str,
+    model: &str,
+    memory_mib: u64,
+    count: u32,
+) -> NodeView {
     let mut node = cpu_node(id, region, "c1", 64, 512);
     node.gpus = (0..count)
         .map(|i| GpuDevice {
@@ -39,7 +51,7 @@ fn gpu_node(id: &str, region: &str, model: &str, memory_mib: u64, count: u32) ->
     node
 }
 
-fn cpu_job(id: &str, cores: u64, mem_gib: u64) -> JobRequest {
+pub(super) fn cpu_job(id: &str, cores: u64, mem_gib: u64) -> JobRequest {
     JobRequest::new(
         id,
         ResourceRequest {
@@ -50,7 +62,7 @@ fn cpu_job(id: &str, cores: u64, mem_gib: u64) -> JobRequest {
     )
 }
 
-fn gpu_job(id: &str, gpus: u32) -> JobRequest {
+pub(super) fn gpu_job(id: &str, gpus: u32) -> JobRequest {
     JobRequest::new(
         id,
         ResourceRequest {
@@ -62,7 +74,13 @@ fn gpu_job(id: &str, gpus: u32) -> JobRequest {
     )
 }
 
-fn alloc(job: &str, node: &str, cores: u64, priority: i32, preemptible: bool) -> Allocation {
+pub(super) fn alloc(
+    job: &str,
+    node: &str,
+    cores: u64,
+    priority: i32,
+    preemptible: bool,
+) -> Allocation {
     Allocation {
         job_id: job.to_owned(),
         node_id: node.to_owned(),
@@ -78,7 +96,7 @@ fn alloc(job: &str, node: &str, cores: u64, priority: i32, preemptible: bool) ->
     }
 }
 
-fn scheduler(nodes: Vec<NodeView>) -> Scheduler {
+pub(super) fn scheduler(nodes: Vec<NodeView>) -> Scheduler {
     Scheduler::new(nodes, Vec::new()).expect("test fleets have unique node ids")
 }
 

@@ -117,7 +117,12 @@ pub struct Command {
 ///   the request answers the record as it is now.
 /// - 4: `ArchiveAudit` forgets the oldest audit records, leaving a checkpoint the live chain continues
 ///   from (refused below this version).
-pub const APPLY_VERSION: u32 = 4;
+/// - 5: an attempt whose exit reports `oom_killed` ended "out of memory" (with its limit) rather than
+///   "killed by signal 9".
+pub const APPLY_VERSION: u32 = 5;
+
+/// The apply version from which an out-of-memory kill is recorded as such.
+pub const OOM_APPLY_VERSION: u32 = 5;
 
 impl Command {
     /// The apply version this command needs a build to know (`SetApplyVersion`, also inside a batch);

@@ -500,6 +500,7 @@ fn random_job_op(rng: &mut StdRng, view: &RegistryState, at: u64, n: usize) -> O
                             timed_out: rng.gen_bool(0.1),
                             cpu_time_ms: Some(rng.gen_range(0..10_000)),
                             max_rss_bytes: None,
+                            oom_killed: false,
                         },
                         4 => JobEventKind::LaunchFailed {
                             message: "no such file".into(),

@@ -269,6 +269,8 @@ pub(super) fn cluster_status(overview: ClusterOverview) -> pb::ClusterStatusResp
         applied_index,
         committed_index,
         members,
+        apply_version,
+        apply_version_known,
     } = status;
     pb::ClusterStatusResponse {
         sites: sites.into_iter().map(fleet_site).collect(),
@@ -280,6 +282,8 @@ pub(super) fn cluster_status(overview: ClusterOverview) -> pb::ClusterStatusResp
         applied_index,
         committed_index,
         members: members.into_iter().map(member).collect(),
+        apply_version,
+        apply_version_known,
     }
 }
 

@@ -456,6 +456,8 @@ fn samples() -> Vec<Sample> {
                 applied_index: 100,
                 committed_index: Some(100),
                 members: vec![member()],
+                apply_version: 4,
+                apply_version_known: 5,
             },
             sites: vec![FleetSite {
                 region: s("eu"),

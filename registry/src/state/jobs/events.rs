@@ -2,7 +2,7 @@
 //! idle GPUs, a node's loss and re-registration, and the end of an attempt with the retry rule.
 use std::collections::BTreeSet;
 
-use super::super::{Applied, DomainError, Outcome, RegistryState};
+use super::super::{Applied, DomainError, Outcome, RegistryState, OOM_APPLY_VERSION};
 use super::*;
 
 /// How an attempt is being ended (before the retry rule decides the job's state).
@@ -26,6 +26,18 @@ impl AttemptEnd {
             cpu_time_ms: None,
             max_rss_bytes: None,
         }
+    }
+}
+
+/// The detail of an attempt the kernel killed at its memory limit.
+fn out_of_memory(limit_bytes: u64) -> String {
+    if limit_bytes == 0 {
+        "out of memory: the kernel killed it".to_owned()
+    } else {
+        format!(
+            "out of memory: killed at its {} memory limit",
+            crate::scheduler::format_bytes(limit_bytes)
+        )
     }
 }
 
@@ -132,6 +144,7 @@ impl RegistryState {
         lease_epoch: u64,
         event: &JobEventOp,
     ) -> EventAck {
+        let apply_version = self.apply_version;
         let step = self.jobs.update(&event.job_id, |job| {
             let Some(current) = job.current_attempt().map(|a| a.attempt) else {
                 return Step::Ack(EventAck::stale(format_args!(
@@ -196,7 +209,9 @@ impl RegistryState {
                     timed_out,
                     cpu_time_ms,
                     max_rss_bytes,
+                    oom_killed,
                 } => {
+                    let oom_killed = *oom_killed && apply_version >= OOM_APPLY_VERSION;
                     let (outcome, detail) = if *cancelled || job.cancel_requested {
                         (AttemptOutcome::Cancelled, "cancelled".to_owned())
                     } else if *timed_out {
@@ -205,6 +220,11 @@ impl RegistryState {
                             None => "timed out".to_owned(),
                         };
                         (AttemptOutcome::Failed, detail)
+                    } else if oom_killed {
+                        (
+                            AttemptOutcome::Failed,
+                            out_of_memory(job.spec.resources.memory_bytes),
+                        )
                     } else if *exit_code == Some(0) {
                         (AttemptOutcome::Succeeded, String::new())
                     } else {

@@ -606,6 +606,10 @@ pub enum JobEventKind {
         timed_out: bool,
         cpu_time_ms: Option<u64>,
         max_rss_bytes: Option<u64>,
+        /// The kernel killed a process of the job at its memory limit (the job's cgroup counted an OOM
+        /// kill). Read from apply version 5 on ([`crate::state::OOM_APPLY_VERSION`]).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        oom_killed: bool,
     },
     /// The process could not be launched.
     LaunchFailed { message: String },

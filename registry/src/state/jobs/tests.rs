@@ -9,7 +9,7 @@ use crate::state::{
     node_key, Actor, AuditOutcome, ClusterOp, Command, CommandOutcome, FleetOp, JobOp,
     NodeHealthState, NodeRecord, Op, TenancyOp, WrappedKey,
 };
-use crate::state::{DomainError, Outcome, PageRequest, RegistryState};
+use crate::state::{DomainError, Outcome, PageRequest, RegistryState, OOM_APPLY_VERSION};
 
 const T0: u64 = 1_700_000_000_000;
 const A: &str = "eu/eu1/a1";
@@ -81,6 +81,7 @@ fn exited(code: i32) -> JobEventKind {
         timed_out: false,
         cpu_time_ms: Some(1500),
         max_rss_bytes: Some(1 << 20),
+        oom_killed: false,
     }
 }
 
@@ -850,12 +851,45 @@ fn an_exit_reported_as_cancelled_ends_the_job_cancelled() {
                 timed_out: false,
                 cpu_time_ms: None,
                 max_rss_bytes: None,
+                oom_killed: false,
             },
         )],
     );
     assert!(acks[0].accepted);
     assert_eq!(w.job("job_1").state, JobState::Cancelled);
     assert_eq!(w.job("job_1").attempts[0].signal, Some(15));
+}
+
+#[test]
+fn an_out_of_memory_kill_is_named_with_the_limit_from_apply_version_5() {
+    let oom = || JobEventKind::Exited {
+        exit_code: None,
+        signal: Some(9),
+        cancelled: false,
+        timed_out: false,
+        cpu_time_ms: Some(20),
+        max_rss_bytes: Some(4 << 30),
+        oom_killed: true,
+    };
+    for (version, detail) in [
+        (OOM_APPLY_VERSION - 1, "killed by signal 9"),
+        (
+            OOM_APPLY_VERSION,
+            "out of memory: killed at its 4 GiB memory limit",
+        ),
+    ] {
+        let mut w = World::new();
+        w.s.apply_version = version;
+        w.submit("job_1");
+        w.place("job_1", 1, A);
+        w.start("job_1", 1, A);
+        let acks = w.report(A, vec![("job_1", 1, oom())]);
+        assert!(acks[0].accepted);
+        let job = w.job("job_1");
+        assert_eq!(job.state, JobState::Failed);
+        assert_eq!(job.attempts[0].detail, detail, "apply version {version}");
+        assert_eq!(job.attempts[0].signal, Some(9));
+    }
 }
 
 #[test]
@@ -892,6 +926,7 @@ fn failures_end_the_job_unless_retry_on_failure() {
                     timed_out: true,
                     cpu_time_ms: None,
                     max_rss_bytes: None,
+                    oom_killed: false,
                 },
             ),
             (

@@ -79,12 +79,13 @@ fn golden_dir() -> PathBuf {
 }
 
 /// The segments' files, (log, snapshot), oldest first; each log continues the one before it.
-const SEGMENTS: [(&str, &str); 5] = [
+const SEGMENTS: [(&str, &str); 6] = [
     ("registry-log.jsonl", "registry-snapshot.json"),
     ("registry-log-1.jsonl", "registry-snapshot-1.json"),
     ("registry-log-2.jsonl", "registry-snapshot-2.json"),
     ("registry-log-3.jsonl", "registry-snapshot-3.json"),
     ("registry-log-4.jsonl", "registry-snapshot-4.json"),
+    ("registry-log-5.jsonl", "registry-snapshot-5.json"),
 ];
 
 /// One segment as read back.
@@ -117,9 +118,13 @@ fn generate_segment(n: usize, state: RegistryState, last: Option<&Entry>) -> Rec
             let last = last.expect("a later segment continues a log");
             apply_version_3(state, last.index + 1, last.command.at_ms)
         }
-        _ => {
+        4 => {
             let last = last.expect("a later segment continues a log");
             apply_version_4(state, last.index + 1, last.command.at_ms)
+        }
+        _ => {
+            let last = last.expect("a later segment continues a log");
+            apply_version_5(state, last.index + 1, last.command.at_ms)
         }
     }
 }
@@ -180,6 +185,121 @@ fn golden_log() -> Vec<Entry> {
         .into_iter()
         .flat_map(|s| s.entries)
         .collect()
+}
+
+/// The segment that switches on apply version 5: a node joins, a job runs there and is killed at its
+/// memory limit before the switch (recorded as a signal) and another after it (recorded as out of memory).
+fn apply_version_5(state: RegistryState, next_index: u64, at: u64) -> Recorder {
+    const NODE: &str = "eu/eu1/oom";
+    let mut rec = Recorder::continuing(state, next_index);
+    let mut at = at;
+    let mut push = |rec: &mut Recorder, actor: Actor, op: Op| {
+        at += 1_000;
+        rec.push(Command::new(at, actor, op));
+        at
+    };
+    push(
+        &mut rec,
+        Actor::system(),
+        Op::Fleet(FleetOp::RegisterNode {
+            region: "eu".into(),
+            cluster: "eu1".into(),
+            node: "oom".into(),
+            cpu_cores: 8,
+            memory_bytes: 1 << 34,
+            gpu_count: 0,
+            agent_version: "golden".into(),
+            gpus: Vec::new(),
+            labels: BTreeMap::new(),
+            rpc_addr: "127.0.0.1:7301".into(),
+            held: Vec::new(),
+            os: "linux".into(),
+            limit_mode: "cgroup-v2".into(),
+            admit_new: Some(true),
+        }),
+    );
+    let epoch = rec
+        .state
+        .nodes()
+        .find(|n| n.key == NODE)
+        .map_or(1, |n| n.lease_epoch);
+    for (n, job) in ["job_oom_before", "job_oom_after"].into_iter().enumerate() {
+        let mut spec = JobSpec::new("tail");
+        spec.resources.memory_bytes = 32 << 20;
+        push(
+            &mut rec,
+            admin(),
+            Op::Jobs(JobOp::SubmitJob {
+                id: job.into(),
+                project_id: "prj_default".into(),
+                spec,
+                principal_id: Some("sa_admin".into()),
+            }),
+        );
+        push(
+            &mut rec,
+            Actor::system(),
+            Op::Jobs(JobOp::PlaceJobs {
+                placements: vec![PlacementOp::Place {
+                    job_id: job.into(),
+                    attempt: 1,
+                    replicas: vec![ReplicaPlacement {
+                        node: NODE.into(),
+                        lease_epoch: epoch,
+                        gpu_uuids: Vec::new(),
+                        resources: crate::scheduler::Resources {
+                            cpu_millis: 0,
+                            memory_bytes: 32 << 20,
+                            gpus: 0,
+                        },
+                    }],
+                }],
+            }),
+        );
+        if n == 1 {
+            push(
+                &mut rec,
+                Actor::system(),
+                Op::Cluster(ClusterOp::SetApplyVersion { version: 5 }),
+            );
+        }
+        let report = |at: u64, kind: JobEventKind| {
+            Op::Jobs(JobOp::ReportJobEvents {
+                node: NODE.into(),
+                lease_epoch: epoch,
+                events: vec![JobEventOp {
+                    job_id: job.into(),
+                    attempt: 1,
+                    replica: 0,
+                    at_ms: at,
+                    kind,
+                }],
+            })
+        };
+        let started = push(&mut rec, Actor::system(), Op::Cluster(ClusterOp::Noop));
+        push(
+            &mut rec,
+            Actor::system(),
+            report(started, JobEventKind::Started),
+        );
+        push(
+            &mut rec,
+            Actor::system(),
+            report(
+                started + 500,
+                JobEventKind::Exited {
+                    exit_code: None,
+                    signal: Some(9),
+                    cancelled: false,
+                    timed_out: false,
+                    cpu_time_ms: Some(30),
+                    max_rss_bytes: Some(32 << 20),
+                    oom_killed: true,
+                },
+            ),
+        );
+    }
+    rec
 }
 
 /// The segment that switches on apply version 4: archiving refused before the switch and from a
@@ -639,11 +759,31 @@ fn every_golden_command_serializes_as_it_was_written() {
 }
 
 #[test]
-fn apply_version_4_archives_the_oldest_audit_records_in_the_golden_log() {
+fn apply_version_5_names_out_of_memory_kills_in_the_golden_log() {
     let segments = golden_segments();
-    let v4 = segments.last().expect("segments");
     let mut state = RegistryState::default();
     for entry in segments.iter().flat_map(|s| &s.entries) {
+        let _ = state.apply(entry.index, &entry.command);
+    }
+    assert_eq!(state.apply_version, 5);
+    let detail = |id: &str| {
+        let job = state.jobs.get(id).expect("the golden job");
+        assert_eq!(job.state, JobState::Failed, "{id}");
+        job.attempts[0].detail.clone()
+    };
+    assert_eq!(detail("job_oom_before"), "killed by signal 9");
+    assert_eq!(
+        detail("job_oom_after"),
+        "out of memory: killed at its 32 MiB memory limit"
+    );
+}
+
+#[test]
+fn apply_version_4_archives_the_oldest_audit_records_in_the_golden_log() {
+    let segments = golden_segments();
+    let v4 = &segments[4];
+    let mut state = RegistryState::default();
+    for entry in segments[..=4].iter().flat_map(|s| &s.entries) {
         let _ = state.apply(entry.index, &entry.command);
     }
     assert_eq!(state.apply_version, 4);
