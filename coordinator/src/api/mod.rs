@@ -10,19 +10,17 @@
 //! the body limit, the periodic write of coalesced refusals to the audit log (`denials`), metrics timing
 //! and the rule that every REST error is JSON. It must never serve a route that is not in the table.
 
-mod admission;
 mod audit;
-mod audit_verify;
 mod auth;
 mod body_deadline;
 mod cluster;
 mod denials;
 mod error;
 mod extract;
+mod fleet;
 mod grpc;
 mod jobs;
 mod metrics;
-mod nodes;
 mod openapi;
 mod rest;
 mod routes;
@@ -34,12 +32,13 @@ mod tenancy;
 /// CLI, tests) decode replies into these types and build requests from them, so a field renamed on the
 /// server fails to compile in its clients instead of reading as missing.
 pub mod dto {
-    pub use super::admission::{
-        AllowIdentityRequest, ClusterPolicyRequest, ClusterPolicyView, DenyIdentityRequest,
-    };
+    pub use super::audit::verify::AuditVerification;
     pub use super::audit::AuditList;
-    pub use super::audit_verify::AuditVerification;
-    pub use super::cluster::{AddMemberRequest, ClusterOverview, FleetSite, Health, NodeView};
+    pub use super::cluster::{AddMemberRequest, ClusterOverview, FleetSite, Health};
+    pub use super::fleet::{
+        AllowIdentityRequest, ClusterPolicyRequest, ClusterPolicyView, DenyIdentityRequest,
+        NodeView,
+    };
     pub use super::jobs::{
         AttemptView, ConstraintsBody, JobLogsView, JobView, LocalityBody, LogStream, ResourcesBody,
         RetryBody, SubmitJobRequest,

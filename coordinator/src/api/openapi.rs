@@ -5,7 +5,7 @@
 //! not exist. The only schemas written here are the error body ([`error_schema`]) and the two that have no
 //! derivable type (a page of a listing, the document itself).
 //!
-//! Must describe exactly the routes of `routes::ROUTES` (a test checks both directions) and never list a
+//! Must describe exactly the routes of `routes::rest_routes` (a test checks both directions) and never list a
 //! route the router does not serve. The drift test (`drift`) serializes a sample of every request and reply
 //! type and checks it against the schema, property by property.
 
@@ -19,7 +19,7 @@ use utoipa::openapi::{Ref, RefOr};
 use utoipa::{PartialSchema, ToSchema};
 
 use super::auth::{action_name, PROJECT_HEADER};
-use super::routes::{Policy, Route, ROUTES};
+use super::routes::{rest_routes, Policy, Route};
 use super::service::ListPage;
 
 #[cfg(test)]
@@ -54,7 +54,7 @@ pub(crate) fn schema<T: ToSchema>() -> TypeSchema {
 /// The document, built once.
 pub(crate) fn document() -> &'static Value {
     static DOC: OnceLock<Value> = OnceLock::new();
-    DOC.get_or_init(|| build(ROUTES))
+    DOC.get_or_init(|| build(rest_routes()))
 }
 
 /// The document as JSON text.
@@ -153,8 +153,8 @@ fn operation(route: &Route) -> Value {
     Value::Object(op)
 }
 
-fn build(routes: &[Route]) -> Value {
-    let components = components(routes);
+fn build(routes: impl Iterator<Item = &'static Route> + Clone) -> Value {
+    let components = components(routes.clone());
     if !components.conflicts.is_empty() {
         tracing::error!(names = ?components.conflicts, "two types claim the same OpenAPI schema name; the first is described");
     }
@@ -195,7 +195,7 @@ struct Components {
 /// Every schema the routes' bodies need: each body's own and every one it references, by name; plus the
 /// error body. A name generated twice must mean the same schema; otherwise the first is kept and the name
 /// is reported (a test requires none).
-fn components(routes: &[Route]) -> Components {
+fn components<'a>(routes: impl Iterator<Item = &'a Route>) -> Components {
     let mut all = vec![("Error".to_owned(), error_schema())];
     for route in routes {
         for of in [route.request, route.reply.schema].into_iter().flatten() {
@@ -371,7 +371,7 @@ mod tests {
         let doc = document();
         let paths = doc["paths"].as_object().expect("paths is an object");
         let mut count = 0;
-        for route in ROUTES {
+        for route in rest_routes() {
             let op = &paths[route.path][route.method.openapi()];
             assert_eq!(
                 op["operationId"],
@@ -388,7 +388,7 @@ mod tests {
         for methods in paths.values() {
             count += methods.as_object().map_or(0, Map::len);
         }
-        assert_eq!(count, ROUTES.len());
+        assert_eq!(count, rest_routes().count());
         assert_eq!(
             doc["components"]["securitySchemes"]["bearer"]["scheme"],
             "bearer"
@@ -411,7 +411,7 @@ mod tests {
 
     #[test]
     fn every_schema_name_is_one_type_and_reads_like_one() {
-        let components = components(ROUTES);
+        let components = components(rest_routes());
         assert_eq!(
             components.conflicts,
             Vec::<String>::new(),

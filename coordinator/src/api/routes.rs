@@ -1,35 +1,28 @@
 //! The route table: every REST route and every gRPC method of the admin API, each with its operation and the
-//! operation's policy. The axum router is built from [`ROUTES`] and nothing else, and the gRPC gate admits
-//! only methods listed in [`GRPC_METHODS`] (anything else is refused before it reaches a service).
+//! operation's policy. The axum router is built from [`rest_routes`] and nothing else, and the gRPC gate admits
+//! only methods listed in [`grpc_methods`] (anything else is refused before it reaches a service).
+//!
+//! Each domain (`tenancy/`, `audit/`, `secrets/`, `cluster/`, `fleet/`, `jobs/`) holds its own rows — REST
+//! routes in its `rest.rs` beside their handlers, gRPC methods in its `grpc.rs` beside their adapters — and
+//! the tables are the domains' rows concatenated, in the order of [`DOMAINS`]. This module owns the
+//! operations and their policies ([`op`]), the row types, the list of domains and the router built from them.
 //!
 //! Must never gain a route outside these tables: adding an endpoint means adding a row with a policy.
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{on, MethodFilter, MethodRouter};
+use axum::routing::{MethodFilter, MethodRouter};
 use axum::Router;
 
 use crate::authz::Action;
-use crate::node::MemberStatus;
-use crate::state::{ApiKeyView, DeniedIdentity, Principal, ProjectView, UsageReport};
 
-use super::admission::{
-    self, AllowIdentityRequest, ClusterPolicyRequest, ClusterPolicyView, DenyIdentityRequest,
-};
-use super::audit::AuditList;
-use super::audit_verify::AuditVerification;
 use super::auth;
-use super::cluster::{AddMemberRequest, ClusterOverview, Health, NodeView};
-use super::jobs::{JobLogsView, JobView, SubmitJobRequest};
-use super::openapi::{schema, OpenApiDocument, SchemaOf};
+use super::grpc::GrpcServices;
+use super::openapi::SchemaOf;
 use super::rest;
-use super::secrets::{PutSecretRequest, RewrapResult, SecretResource};
-use super::service::{AdminService, ListPage};
-use super::tenancy::{
-    CreateBindingRequest, CreateKeyRequest, CreateProjectRequest, CreateServiceAccountRequest,
-    CreatedKey, RoleBindingView, SetPolicyRequest, WhoAmI,
-};
+use super::service::AdminService;
+use super::{audit, cluster, fleet, jobs, secrets, tenancy};
 
 /// Who may call an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,7 +161,7 @@ pub(crate) struct Reply {
     pub(crate) media: &'static str,
 }
 
-const fn ok(schema: SchemaOf) -> Reply {
+pub(crate) const fn ok(schema: SchemaOf) -> Reply {
     Reply {
         status: 200,
         schema: Some(schema),
@@ -176,7 +169,7 @@ const fn ok(schema: SchemaOf) -> Reply {
     }
 }
 
-const fn created(schema: SchemaOf) -> Reply {
+pub(crate) const fn created(schema: SchemaOf) -> Reply {
     Reply {
         status: 201,
         schema: Some(schema),
@@ -184,13 +177,13 @@ const fn created(schema: SchemaOf) -> Reply {
     }
 }
 
-const NO_CONTENT: Reply = Reply {
+pub(crate) const NO_CONTENT: Reply = Reply {
     status: 204,
     schema: None,
     media: "application/json",
 };
 
-const TEXT: Reply = Reply {
+pub(crate) const TEXT: Reply = Reply {
     status: 200,
     schema: None,
     media: "text/plain; version=0.0.4",
@@ -215,518 +208,18 @@ pub(crate) struct Route {
     pub(crate) endpoint: Endpoint,
 }
 
+/// A route's [`Endpoint`]: `endpoint!(handler)` mounts the handler for the route's method.
 macro_rules! endpoint {
     ($handler:path) => {
-        |filter| on(filter, $handler)
+        |filter| ::axum::routing::on(filter, $handler)
     };
 }
+pub(crate) use endpoint;
 
-const PAGING: &[(&str, &str)] = &[
+/// The query parameters of a paged listing.
+pub(crate) const PAGING: &[(&str, &str)] = &[
     ("page_size", "Items per page (default 100, at most 1000)."),
     ("page_token", "The next_page_token of the previous page."),
-];
-const AUDIT_QUERY: &[(&str, &str)] = &[
-    ("after_seq", "Return records with a larger sequence number."),
-    ("page_size", "Records per page (default 100, at most 1000)."),
-    (
-        "page_token",
-        "The next_page_token of the previous page (same as after_seq).",
-    ),
-];
-
-const JOB_LIST_QUERY: &[(&str, &str)] = &[
-    (
-        "state",
-        "Only jobs in this state (pending, scheduled, running, succeeded, failed, cancelled, lost).",
-    ),
-    ("page_size", "Items per page (default 100, at most 1000)."),
-    ("page_token", "The next_page_token of the previous page."),
-];
-const JOB_LOGS_QUERY: &[(&str, &str)] = &[
-    ("stream", "stdout (default) or stderr."),
-    (
-        "offset",
-        "Logical offset to read from (the next_offset of the previous read; default 0).",
-    ),
-    (
-        "max_bytes",
-        "Most bytes to return (default 65536, at most 1048576).",
-    ),
-    (
-        "attempt",
-        "Attempt number (default: the last attempt that was placed on a node).",
-    ),
-    ("replica", "Replica of a gang job, 0-based (default 0)."),
-];
-const REWRAP_QUERY: &[(&str, &str)] = &[(
-    "new_data_keys",
-    "true: also replace every project's data key and re-encrypt every secret version under it, in one \
-     command (default false: re-wrap the data keys only).",
-)];
-const USAGE_QUERY: &[(&str, &str)] = &[
-    (
-        "since",
-        "Start of the range: Unix milliseconds or RFC 3339 (default: 24 hours before until).",
-    ),
-    (
-        "until",
-        "End of the range: Unix milliseconds or RFC 3339 (default: now).",
-    ),
-];
-
-/// Every REST route of the admin API.
-pub(crate) static ROUTES: &[Route] = &[
-    Route {
-        method: HttpMethod::Get,
-        path: "/healthz",
-        op: &op::HEALTH,
-        summary: "Whether the process is alive",
-        request: None,
-        query: &[],
-        reply: ok(schema::<Health>),
-        endpoint: endpoint!(rest::healthz),
-    },
-    Route {
-        method: HttpMethod::Get,
-        path: "/readyz",
-        op: &op::READY,
-        summary: "Whether this coordinator knows a leader and has caught up (503 until then)",
-        request: None,
-        query: &[],
-        reply: ok(schema::<Health>),
-        endpoint: endpoint!(rest::readyz),
-    },
-    Route {
-        method: HttpMethod::Get,
-        path: "/v1/openapi.json",
-        op: &op::OPENAPI,
-        summary: "This document",
-        request: None,
-        query: &[],
-        reply: ok(schema::<OpenApiDocument>),
-        endpoint: endpoint!(rest::openapi),
-    },
-    Route {
-        method: HttpMethod::Get,
-        path: "/metrics",
-        op: &op::METRICS,
-        summary: "Prometheus metrics: requests, latency, Raft term, applied index and leader",
-        request: None,
-        query: &[],
-        reply: TEXT,
-        endpoint: endpoint!(rest::metrics),
-    },
-    Route {
-        method: HttpMethod::Get,
-        path: "/v1/whoami",
-        op: &op::WHOAMI,
-        summary: "The caller's principal, key, project and role bindings",
-        request: None,
-        query: &[],
-        reply: ok(schema::<WhoAmI>),
-        endpoint: endpoint!(rest::whoami),
-    },
-    Route {
-        method: HttpMethod::Post,
-        path: "/v1/projects",
-        op: &op::PROJECT_CREATE,
-        summary: "Create a project",
-        request: Some(schema::<CreateProjectRequest>),
-        query: &[],
-        reply: created(schema::<ProjectView>),
-        endpoint: endpoint!(rest::create_project),
-    },
-    Route {
-        method: HttpMethod::Get,
-        path: "/v1/projects",
-        op: &op::PROJECT_LIST,
-        summary: "List the projects the caller can see",
-        request: None,
-        query: PAGING,
-        reply: ok(schema::<ListPage<ProjectView>>),
-        endpoint: endpoint!(rest::list_projects),
-    },
-    Route {
-        method: HttpMethod::Get,
-        path: "/v1/projects/{project}",
-        op: &op::PROJECT_GET,
-        summary: "Get a project by id or name",
-        request: None,
-        query: &[],
-        reply: ok(schema::<ProjectView>),
-        endpoint: endpoint!(rest::get_project),
-    },
-    Route {
-        method: HttpMethod::Delete,
-        path: "/v1/projects/{project}",
-        op: &op::PROJECT_DELETE,
-        summary: "Delete a project that holds no active keys and no secrets",
-        request: None,
-        query: &[],
-        reply: NO_CONTENT,
-        endpoint: endpoint!(rest::delete_project),
-    },
-    Route {
-        method: HttpMethod::Put,
-        path: "/v1/projects/{project}/policy",
-        op: &op::PROJECT_POLICY_SET,
-        summary: "Change a project's policy (quotas, network, preemption ceiling); fields left out keep their value. Platform-admin only",
-        request: Some(schema::<SetPolicyRequest>),
-        query: &[],
-        reply: ok(schema::<ProjectView>),
-        endpoint: endpoint!(rest::set_project_policy),
-    },
-    Route {
-        method: HttpMethod::Get,
-        path: "/v1/principals",
-        op: &op::PRINCIPAL_LIST,
-        summary: "List the project's users and service accounts",
-        request: None,
-        query: PAGING,
-        reply: ok(schema::<ListPage<Principal>>),
-        endpoint: endpoint!(rest::list_principals),
-    },
-    Route {
-        method: HttpMethod::Post,
-        path: "/v1/principals",
-        op: &op::PRINCIPAL_CREATE,
-        summary: "Create a service account in the project",
-        request: Some(schema::<CreateServiceAccountRequest>),
-        query: &[],
-        reply: created(schema::<Principal>),
-        endpoint: endpoint!(rest::create_service_account),
-    },
-    Route {
-        method: HttpMethod::Post,
-        path: "/v1/keys",
-        op: &op::KEY_CREATE,
-        summary: "Create an API key (the token is returned once, here)",
-        request: Some(schema::<CreateKeyRequest>),
-        query: &[],
-        reply: created(schema::<CreatedKey>),
-        endpoint: endpoint!(rest::create_key),
-    },
-    Route {
-        method: HttpMethod::Get,
-        path: "/v1/keys",
-        op: &op::KEY_LIST,
-        summary: "List the project's keys (prefix and last four characters only)",
-        request: None,
-        query: PAGING,
-        reply: ok(schema::<ListPage<ApiKeyView>>),
-        endpoint: endpoint!(rest::list_keys),
-    },
-    Route {
-        method: HttpMethod::Get,
-        path: "/v1/keys/{id}",
-        op: &op::KEY_GET,
-        summary: "Get a key",
-        request: None,
-        query: &[],
-        reply: ok(schema::<ApiKeyView>),
-        endpoint: endpoint!(rest::get_key),
-    },
-    Route {
-        method: HttpMethod::Post,
-        path: "/v1/keys/{id}:revoke",
-        op: &op::KEY_REVOKE,
-        summary: "Revoke a key; it stops working on every coordinator",
-        request: None,
-        query: &[],
-        reply: ok(schema::<ApiKeyView>),
-        endpoint: endpoint!(rest::revoke_key),
-    },
-    Route {
-        method: HttpMethod::Delete,
-        path: "/v1/keys/{id}",
-        op: &op::KEY_DELETE,
-        summary: "Revoke a key (same as :revoke)",
-        request: None,
-        query: &[],
-        reply: ok(schema::<ApiKeyView>),
-        endpoint: endpoint!(rest::revoke_key),
-    },
-    Route {
-        method: HttpMethod::Post,
-        path: "/v1/role-bindings",
-        op: &op::BINDING_CREATE,
-        summary: "Bind a role to a principal in the project (or platform-wide)",
-        request: Some(schema::<CreateBindingRequest>),
-        query: &[],
-        reply: created(schema::<RoleBindingView>),
-        endpoint: endpoint!(rest::create_binding),
-    },
-    Route {
-        method: HttpMethod::Get,
-        path: "/v1/role-bindings",
-        op: &op::BINDING_LIST,
-        summary: "List the project's role bindings",
-        request: None,
-        query: PAGING,
-        reply: ok(schema::<ListPage<RoleBindingView>>),
-        endpoint: endpoint!(rest::list_bindings),
-    },
-    Route {
-        method: HttpMethod::Delete,
-        path: "/v1/role-bindings/{id}",
-        op: &op::BINDING_DELETE,
-        summary: "Remove a role binding",
-        request: None,
-        query: &[],
-        reply: NO_CONTENT,
-        endpoint: endpoint!(rest::delete_binding),
-    },
-    Route {
-        method: HttpMethod::Get,
-        path: "/v1/audit",
-        op: &op::AUDIT_LIST,
-        summary: "Read the hash-chained audit log by sequence number",
-        request: None,
-        query: AUDIT_QUERY,
-        reply: ok(schema::<AuditList>),
-        endpoint: endpoint!(rest::list_audit),
-    },
-    Route {
-        method: HttpMethod::Get,
-        path: "/v1/audit/verify",
-        op: &op::AUDIT_VERIFY,
-        summary: "Verify the audit log's hash chain on the server",
-        request: None,
-        query: &[],
-        reply: ok(schema::<AuditVerification>),
-        endpoint: endpoint!(rest::verify_audit),
-    },
-    Route {
-        method: HttpMethod::Post,
-        path: "/v1/secrets",
-        op: &op::SECRET_PUT,
-        summary: "Create a secret or add a version (the value is encrypted and never returned)",
-        request: Some(schema::<PutSecretRequest>),
-        query: &[],
-        reply: created(schema::<SecretResource>),
-        endpoint: endpoint!(rest::put_secret),
-    },
-    Route {
-        method: HttpMethod::Get,
-        path: "/v1/secrets",
-        op: &op::SECRET_LIST,
-        summary: "List the project's secrets (names, versions, bindings)",
-        request: None,
-        query: PAGING,
-        reply: ok(schema::<ListPage<SecretResource>>),
-        endpoint: endpoint!(rest::list_secrets),
-    },
-    Route {
-        method: HttpMethod::Get,
-        path: "/v1/secrets/{name}",
-        op: &op::SECRET_GET,
-        summary: "Get a secret's metadata",
-        request: None,
-        query: &[],
-        reply: ok(schema::<SecretResource>),
-        endpoint: endpoint!(rest::get_secret),
-    },
-    Route {
-        method: HttpMethod::Delete,
-        path: "/v1/secrets/{name}",
-        op: &op::SECRET_DELETE,
-        summary: "Delete a secret and all its versions",
-        request: None,
-        query: &[],
-        reply: NO_CONTENT,
-        endpoint: endpoint!(rest::delete_secret),
-    },
-    Route {
-        method: HttpMethod::Post,
-        path: "/v1/secrets:rewrap",
-        op: &op::SECRET_REWRAP,
-        summary: "Re-wrap every project's data key with the current master key (or, with new_data_keys, \
-                  replace the data keys and re-encrypt every secret version)",
-        request: None,
-        query: REWRAP_QUERY,
-        reply: ok(schema::<RewrapResult>),
-        endpoint: endpoint!(rest::rewrap_secrets),
-    },
-    Route {
-        method: HttpMethod::Get,
-        path: "/v1/cluster/status",
-        op: &op::CLUSTER_STATUS,
-        summary: "The coordinator cluster as this member sees it",
-        request: None,
-        query: &[],
-        reply: ok(schema::<ClusterOverview>),
-        endpoint: endpoint!(rest::cluster_status),
-    },
-    Route {
-        method: HttpMethod::Get,
-        path: "/v1/cluster/members",
-        op: &op::MEMBER_LIST,
-        summary: "List coordinator members",
-        request: None,
-        query: &[],
-        reply: ok(schema::<ListPage<MemberStatus>>),
-        endpoint: endpoint!(rest::list_members),
-    },
-    Route {
-        method: HttpMethod::Post,
-        path: "/v1/cluster/members",
-        op: &op::MEMBER_ADD,
-        summary: "Add a coordinator (as a learner, then a voter unless voter is false)",
-        request: Some(schema::<AddMemberRequest>),
-        query: &[],
-        reply: created(schema::<MemberStatus>),
-        endpoint: endpoint!(rest::add_member),
-    },
-    Route {
-        method: HttpMethod::Delete,
-        path: "/v1/cluster/members/{id}",
-        op: &op::MEMBER_REMOVE,
-        summary: "Remove a coordinator",
-        request: None,
-        query: &[],
-        reply: NO_CONTENT,
-        endpoint: endpoint!(rest::remove_member),
-    },
-    Route {
-        method: HttpMethod::Get,
-        path: "/v1/nodes",
-        op: &op::NODE_LIST,
-        summary: "List the nodes agents registered: resources, GPUs, labels, idle GPUs, health and lease epoch",
-        request: None,
-        query: PAGING,
-        reply: ok(schema::<ListPage<NodeView>>),
-        endpoint: endpoint!(rest::list_nodes),
-    },
-    Route {
-        method: HttpMethod::Post,
-        path: "/v1/nodes/{region}/{cluster}/{node}:drain",
-        op: &op::NODE_DRAIN,
-        summary: "Drain a node: the scheduler places no new work on it; jobs already there keep running",
-        request: None,
-        query: &[],
-        reply: ok(schema::<NodeView>),
-        endpoint: endpoint!(rest::drain_node),
-    },
-    Route {
-        method: HttpMethod::Post,
-        path: "/v1/nodes/{region}/{cluster}/{node}:undrain",
-        op: &op::NODE_UNDRAIN,
-        summary: "Undrain a node: it receives new work again",
-        request: None,
-        query: &[],
-        reply: ok(schema::<NodeView>),
-        endpoint: endpoint!(rest::undrain_node),
-    },
-    Route {
-        method: HttpMethod::Post,
-        path: "/v1/nodes/{region}/{cluster}/{node}:approve",
-        op: &op::NODE_APPROVE,
-        summary: "Approve a node (pending, or quarantined for reporting more than was approved) with the resources and labels it reports now",
-        request: None,
-        query: &[],
-        reply: ok(schema::<NodeView>),
-        endpoint: endpoint!(admission::approve_node),
-    },
-    Route {
-        method: HttpMethod::Post,
-        path: "/v1/clusters/{region}/{cluster}/policy",
-        op: &op::CLUSTER_POLICY_SET,
-        summary: "Set whether nodes new to a cluster are approved on arrival (otherwise they wait for approval)",
-        request: Some(schema::<ClusterPolicyRequest>),
-        query: &[],
-        reply: ok(schema::<ClusterPolicyView>),
-        endpoint: endpoint!(admission::set_cluster_policy),
-    },
-    Route {
-        method: HttpMethod::Get,
-        path: "/v1/denied-identities",
-        op: &op::IDENTITY_DENY_LIST,
-        summary: "List the mesh deny-list: identities and certificates every coordinator and agent refuses",
-        request: None,
-        query: PAGING,
-        reply: ok(schema::<ListPage<DeniedIdentity>>),
-        endpoint: endpoint!(admission::list_denied),
-    },
-    Route {
-        method: HttpMethod::Post,
-        path: "/v1/denied-identities",
-        op: &op::IDENTITY_DENY,
-        summary: "Deny an identity, a certificate (by serial) or a node's agent: refused at once, its open connections closed within seconds",
-        request: Some(schema::<DenyIdentityRequest>),
-        query: &[],
-        reply: created(schema::<DeniedIdentity>),
-        endpoint: endpoint!(admission::deny_identity),
-    },
-    Route {
-        method: HttpMethod::Post,
-        path: "/v1/denied-identities:remove",
-        op: &op::IDENTITY_ALLOW,
-        summary: "Remove a deny-list entry",
-        request: Some(schema::<AllowIdentityRequest>),
-        query: &[],
-        reply: ok(schema::<DeniedIdentity>),
-        endpoint: endpoint!(admission::allow_identity),
-    },
-    Route {
-        method: HttpMethod::Post,
-        path: "/v1/jobs",
-        op: &op::JOB_SUBMIT,
-        summary: "Submit a job to the project; it starts pending until the scheduler places it",
-        request: Some(schema::<SubmitJobRequest>),
-        query: &[],
-        reply: created(schema::<JobView>),
-        endpoint: endpoint!(rest::submit_job),
-    },
-    Route {
-        method: HttpMethod::Get,
-        path: "/v1/jobs",
-        op: &op::JOB_LIST,
-        summary: "List the project's jobs in id order, optionally in one state",
-        request: None,
-        query: JOB_LIST_QUERY,
-        reply: ok(schema::<ListPage<JobView>>),
-        endpoint: endpoint!(rest::list_jobs),
-    },
-    Route {
-        method: HttpMethod::Get,
-        path: "/v1/jobs/{id}",
-        op: &op::JOB_GET,
-        summary: "Get a job: state, where it runs, every attempt and why it is still pending",
-        request: None,
-        query: &[],
-        reply: ok(schema::<JobView>),
-        endpoint: endpoint!(rest::get_job),
-    },
-    Route {
-        method: HttpMethod::Post,
-        path: "/v1/jobs/{id}:cancel",
-        op: &op::JOB_CANCEL,
-        summary: "Cancel a job: a pending one at once, a running one by stopping it on its node",
-        request: None,
-        query: &[],
-        reply: ok(schema::<JobView>),
-        endpoint: endpoint!(rest::cancel_job),
-    },
-    Route {
-        method: HttpMethod::Get,
-        path: "/v1/jobs/{id}/logs",
-        op: &op::JOB_LOGS,
-        summary: "Read a job attempt's stdout or stderr from the agent that ran it, from an offset",
-        request: None,
-        query: JOB_LOGS_QUERY,
-        reply: ok(schema::<JobLogsView>),
-        endpoint: endpoint!(rest::job_logs),
-    },
-    Route {
-        method: HttpMethod::Get,
-        path: "/v1/usage",
-        op: &op::USAGE_GET,
-        summary: "The project's reserved CPU-, memory- and GPU-seconds per job over a time range",
-        request: None,
-        query: USAGE_QUERY,
-        reply: ok(schema::<UsageReport>),
-        endpoint: endpoint!(rest::usage),
-    },
 ];
 
 /// One gRPC method and its operation.
@@ -736,114 +229,79 @@ pub(crate) struct GrpcMethod {
     pub(crate) op: &'static Operation,
 }
 
-const fn grpc(path: &'static str, op: &'static Operation) -> GrpcMethod {
+/// A row of a domain's gRPC method table.
+pub(crate) const fn grpc(path: &'static str, op: &'static Operation) -> GrpcMethod {
     GrpcMethod { path, op }
 }
 
-/// Every gRPC method of the admin API.
-pub(crate) static GRPC_METHODS: &[GrpcMethod] = &[
-    grpc(
-        "/meridian.v1.ProjectService/CreateProject",
-        &op::PROJECT_CREATE,
-    ),
-    grpc("/meridian.v1.ProjectService/GetProject", &op::PROJECT_GET),
-    grpc(
-        "/meridian.v1.ProjectService/ListProjects",
-        &op::PROJECT_LIST,
-    ),
-    grpc(
-        "/meridian.v1.ProjectService/DeleteProject",
-        &op::PROJECT_DELETE,
-    ),
-    grpc(
-        "/meridian.v1.ProjectService/SetProjectPolicy",
-        &op::PROJECT_POLICY_SET,
-    ),
-    grpc(
-        "/meridian.v1.PrincipalService/ListPrincipals",
-        &op::PRINCIPAL_LIST,
-    ),
-    grpc(
-        "/meridian.v1.PrincipalService/CreateServiceAccount",
-        &op::PRINCIPAL_CREATE,
-    ),
-    grpc("/meridian.v1.PrincipalService/WhoAmI", &op::WHOAMI),
-    grpc("/meridian.v1.KeyService/CreateKey", &op::KEY_CREATE),
-    grpc("/meridian.v1.KeyService/GetKey", &op::KEY_GET),
-    grpc("/meridian.v1.KeyService/ListKeys", &op::KEY_LIST),
-    grpc("/meridian.v1.KeyService/RevokeKey", &op::KEY_REVOKE),
-    grpc(
-        "/meridian.v1.RoleBindingService/CreateRoleBinding",
-        &op::BINDING_CREATE,
-    ),
-    grpc(
-        "/meridian.v1.RoleBindingService/ListRoleBindings",
-        &op::BINDING_LIST,
-    ),
-    grpc(
-        "/meridian.v1.RoleBindingService/DeleteRoleBinding",
-        &op::BINDING_DELETE,
-    ),
-    grpc("/meridian.v1.AuditService/ListAudit", &op::AUDIT_LIST),
-    grpc("/meridian.v1.AuditService/VerifyAudit", &op::AUDIT_VERIFY),
-    grpc("/meridian.v1.SecretService/PutSecret", &op::SECRET_PUT),
-    grpc("/meridian.v1.SecretService/GetSecret", &op::SECRET_GET),
-    grpc("/meridian.v1.SecretService/ListSecrets", &op::SECRET_LIST),
-    grpc(
-        "/meridian.v1.SecretService/DeleteSecret",
-        &op::SECRET_DELETE,
-    ),
-    grpc(
-        "/meridian.v1.SecretService/RewrapSecrets",
-        &op::SECRET_REWRAP,
-    ),
-    grpc(
-        "/meridian.v1.ClusterService/GetClusterStatus",
-        &op::CLUSTER_STATUS,
-    ),
-    grpc(
-        "/meridian.v1.ClusterService/ListClusterMembers",
-        &op::MEMBER_LIST,
-    ),
-    grpc(
-        "/meridian.v1.ClusterService/AddClusterMember",
-        &op::MEMBER_ADD,
-    ),
-    grpc(
-        "/meridian.v1.ClusterService/RemoveClusterMember",
-        &op::MEMBER_REMOVE,
-    ),
-    grpc("/meridian.v1.JobService/SubmitJob", &op::JOB_SUBMIT),
-    grpc("/meridian.v1.JobService/GetJob", &op::JOB_GET),
-    grpc("/meridian.v1.JobService/ListJobs", &op::JOB_LIST),
-    grpc("/meridian.v1.JobService/CancelJob", &op::JOB_CANCEL),
-    grpc("/meridian.v1.JobService/ReadJobLogs", &op::JOB_LOGS),
-    grpc("/meridian.v1.UsageService/GetUsage", &op::USAGE_GET),
-    grpc(
-        "/meridian.v1.IdentityService/DenyIdentity",
-        &op::IDENTITY_DENY,
-    ),
-    grpc(
-        "/meridian.v1.IdentityService/ListDeniedIdentities",
-        &op::IDENTITY_DENY_LIST,
-    ),
-    grpc(
-        "/meridian.v1.IdentityService/AllowIdentity",
-        &op::IDENTITY_ALLOW,
-    ),
-    grpc("/meridian.v1.NodeService/ListNodes", &op::NODE_LIST),
-    grpc("/meridian.v1.NodeService/DrainNode", &op::NODE_DRAIN),
-    grpc("/meridian.v1.NodeService/UndrainNode", &op::NODE_UNDRAIN),
-    grpc("/meridian.v1.NodeService/ApproveNode", &op::NODE_APPROVE),
-    grpc(
-        "/meridian.v1.NodeService/SetClusterPolicy",
-        &op::CLUSTER_POLICY_SET,
-    ),
+/// One domain's share of the tables: its REST routes (`<domain>/rest.rs`), its gRPC methods and the tonic
+/// services that answer them (`<domain>/grpc.rs`).
+pub(crate) struct Domain {
+    pub(crate) routes: &'static [Route],
+    pub(crate) grpc_methods: &'static [GrpcMethod],
+    pub(crate) grpc_services: GrpcServices,
+}
+
+/// Every domain of the admin API, in table order: the route table and the gRPC method table are their rows
+/// concatenated, and tonic serves their services. Adding a domain is one entry here (its operations go in
+/// [`op`]).
+static DOMAINS: &[Domain] = &[
+    // The process's own routes (probes, the OpenAPI document, metrics): REST only, without a gRPC twin.
+    Domain {
+        routes: rest::ROUTES,
+        grpc_methods: &[],
+        grpc_services: |_, _, _| {},
+    },
+    Domain {
+        routes: tenancy::rest::ROUTES,
+        grpc_methods: tenancy::grpc::METHODS,
+        grpc_services: tenancy::grpc::services,
+    },
+    Domain {
+        routes: audit::rest::ROUTES,
+        grpc_methods: audit::grpc::METHODS,
+        grpc_services: audit::grpc::services,
+    },
+    Domain {
+        routes: secrets::rest::ROUTES,
+        grpc_methods: secrets::grpc::METHODS,
+        grpc_services: secrets::grpc::services,
+    },
+    Domain {
+        routes: cluster::rest::ROUTES,
+        grpc_methods: cluster::grpc::METHODS,
+        grpc_services: cluster::grpc::services,
+    },
+    Domain {
+        routes: fleet::rest::ROUTES,
+        grpc_methods: fleet::grpc::METHODS,
+        grpc_services: fleet::grpc::services,
+    },
+    Domain {
+        routes: jobs::rest::ROUTES,
+        grpc_methods: jobs::grpc::METHODS,
+        grpc_services: jobs::grpc::services,
+    },
 ];
+
+/// Every domain of the admin API (see [`DOMAINS`]).
+pub(crate) fn domains() -> impl Iterator<Item = &'static Domain> + Clone {
+    DOMAINS.iter()
+}
+
+/// Every REST route of the admin API: the domains' routes, concatenated.
+pub(crate) fn rest_routes() -> impl Iterator<Item = &'static Route> + Clone {
+    domains().flat_map(|d| d.routes)
+}
+
+/// Every gRPC method of the admin API: the domains' methods, concatenated.
+pub(crate) fn grpc_methods() -> impl Iterator<Item = &'static GrpcMethod> {
+    domains().flat_map(|d| d.grpc_methods)
+}
 
 /// The gRPC method at `path`, if the table has it.
 pub(crate) fn grpc_method(path: &str) -> Option<&'static GrpcMethod> {
-    GRPC_METHODS.iter().find(|m| m.path == path)
+    grpc_methods().find(|m| m.path == path)
 }
 
 /// Where a public path is mounted in the axum router. A custom method's `:verb` becomes its own segment
@@ -903,10 +361,10 @@ async fn gate(
     resp
 }
 
-/// Builds the REST router from [`ROUTES`]; unknown paths answer 404 and wrong methods 405, as JSON.
+/// Builds the REST router from [`rest_routes`]; unknown paths answer 404 and wrong methods 405, as JSON.
 pub(crate) fn build_router(service: AdminService) -> Router {
     let mut router: Router<AdminService> = Router::new().without_v07_checks();
-    for route in ROUTES {
+    for route in rest_routes() {
         let gated = (route.endpoint)(route.method.filter()).route_layer(
             axum::middleware::from_fn_with_state((service.clone(), route), gate),
         );
@@ -926,8 +384,8 @@ mod tests {
 
     #[test]
     fn every_route_declares_a_policy_and_only_the_allowed_ones_are_public() {
-        assert!(!ROUTES.is_empty());
-        for route in ROUTES {
+        assert!(rest_routes().next().is_some());
+        for route in rest_routes() {
             match route.op.policy {
                 Policy::Public => assert!(
                     PUBLIC.contains(&route.path) && route.method == HttpMethod::Get,
@@ -945,7 +403,7 @@ mod tests {
             }
         }
         for path in PUBLIC {
-            assert!(ROUTES.iter().any(|r| r.path == path), "{path} is missing");
+            assert!(rest_routes().any(|r| r.path == path), "{path} is missing");
         }
     }
 
@@ -953,7 +411,7 @@ mod tests {
     fn routes_are_unique_and_well_formed() {
         let mut seen = BTreeSet::new();
         let mut ops = BTreeSet::new();
-        for route in ROUTES {
+        for route in rest_routes() {
             assert!(
                 seen.insert((route.method.openapi(), route.path)),
                 "duplicate route {}",
@@ -998,11 +456,14 @@ mod tests {
                 declared.insert(format!("/meridian.v1.{service}/{method}"));
             }
         }
-        let table: BTreeSet<String> = GRPC_METHODS.iter().map(|m| m.path.to_owned()).collect();
-        assert_eq!(declared, table, "admin.proto and GRPC_METHODS disagree");
-        for m in GRPC_METHODS {
+        let table: BTreeSet<String> = grpc_methods().map(|m| m.path.to_owned()).collect();
+        assert_eq!(
+            declared, table,
+            "admin.proto and the gRPC method table disagree"
+        );
+        for m in grpc_methods() {
             assert!(
-                ROUTES.iter().any(|r| std::ptr::eq(r.op, m.op)),
+                rest_routes().any(|r| std::ptr::eq(r.op, m.op)),
                 "{} has no REST route with the same operation",
                 m.path
             );
@@ -1022,7 +483,7 @@ mod tests {
     #[test]
     fn every_rest_operation_has_a_grpc_twin_unless_listed_as_rest_only() {
         let mut missing = Vec::new();
-        for route in ROUTES {
+        for route in rest_routes() {
             let alias = REST_ALIASES
                 .iter()
                 .find(|(method, path, _)| *method == route.method && *path == route.path);
@@ -1032,12 +493,12 @@ mod tests {
                     "{path} and its twin differ in policy"
                 );
                 assert!(
-                    GRPC_METHODS.iter().any(|m| std::ptr::eq(m.op, *twin)),
+                    grpc_methods().any(|m| std::ptr::eq(m.op, *twin)),
                     "{path} aliases an operation without a gRPC method"
                 );
                 continue;
             }
-            let twin = GRPC_METHODS.iter().any(|m| std::ptr::eq(m.op, route.op));
+            let twin = grpc_methods().any(|m| std::ptr::eq(m.op, route.op));
             let listed = REST_ONLY.contains(&route.path);
             assert!(
                 !(twin && listed),
@@ -1054,18 +515,34 @@ mod tests {
         );
         for path in REST_ONLY {
             assert!(
-                ROUTES.iter().any(|r| r.path == *path),
+                rest_routes().any(|r| r.path == *path),
                 "{path} is listed as REST-only but is not a route"
             );
         }
     }
 
     #[test]
+    fn a_domains_grpc_methods_have_their_rest_twins_in_the_same_domain() {
+        for domain in domains() {
+            for m in domain.grpc_methods {
+                assert!(
+                    domain.routes.iter().any(|r| std::ptr::eq(r.op, m.op)),
+                    "{} is not in the domain of its REST twin",
+                    m.path
+                );
+            }
+        }
+        assert_eq!(
+            domains().map(|d| d.routes.len()).sum::<usize>(),
+            rest_routes().count()
+        );
+    }
+
+    #[test]
     fn job_routes_carry_the_job_policies() {
         use crate::authz::Action;
         let policy = |method: HttpMethod, path: &str| {
-            ROUTES
-                .iter()
+            rest_routes()
                 .find(|r| r.method == method && r.path == path)
                 .map(|r| r.op.policy)
         };
@@ -1083,8 +560,7 @@ mod tests {
     #[test]
     fn only_a_platform_admin_changes_a_project_policy() {
         use crate::authz::{Action, Role};
-        let route = ROUTES
-            .iter()
+        let route = rest_routes()
             .find(|r| r.method == HttpMethod::Put && r.path == "/v1/projects/{project}/policy")
             .expect("the policy route");
         assert_eq!(
@@ -1104,8 +580,7 @@ mod tests {
         use crate::authz::Action;
         for verb in ["drain", "undrain"] {
             let path = format!("/v1/nodes/{{region}}/{{cluster}}/{{node}}:{verb}");
-            let route = ROUTES
-                .iter()
+            let route = rest_routes()
                 .find(|r| r.method == HttpMethod::Post && r.path == path)
                 .unwrap_or_else(|| panic!("{path} is missing"));
             assert_eq!(

@@ -1,5 +1,5 @@
-//! The core of the admin API's operations, shared by every domain's module (`tenancy.rs`, `secrets.rs`,
-//! `cluster.rs`, `audit.rs`, `jobs.rs`, `admission.rs`): the [`AdminService`] handle, paging, the validation
+//! The core of the admin API's operations, shared by every domain's module (`tenancy/`, `secrets/`,
+//! `cluster/`, `audit/`, `jobs/`, `fleet/`): the [`AdminService`] handle, paging, the validation
 //! helpers, and the preparation of commands (time stamp, actor) before they are proposed through
 //! [`Handle::write`], consistent reads, and refusals.
 //!

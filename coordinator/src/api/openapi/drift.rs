@@ -16,18 +16,18 @@ use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use super::{document, OpenApiDocument};
-use crate::api::admission::{
-    AllowIdentityRequest, ClusterPolicyRequest, ClusterPolicyView, DenyIdentityRequest,
-};
+use crate::api::audit::verify::AuditVerification;
 use crate::api::audit::AuditList;
-use crate::api::audit_verify::AuditVerification;
-use crate::api::cluster::{AddMemberRequest, ClusterOverview, FleetSite, Health, NodeView};
+use crate::api::cluster::{AddMemberRequest, ClusterOverview, FleetSite, Health};
 use crate::api::error::{ErrorKind, ServiceError};
+use crate::api::fleet::{
+    AllowIdentityRequest, ClusterPolicyRequest, ClusterPolicyView, DenyIdentityRequest, NodeView,
+};
 use crate::api::jobs::{
     AttemptView, ConstraintsBody, JobLogsView, JobView, LocalityBody, ResourcesBody, RetryBody,
     SubmitJobRequest,
 };
-use crate::api::routes::ROUTES;
+use crate::api::routes::rest_routes;
 use crate::api::secrets::{PutSecretRequest, RewrapResult, SecretResource};
 use crate::api::service::ListPage;
 use crate::api::tenancy::{
@@ -880,7 +880,7 @@ fn every_body_sample_has_exactly_the_properties_of_its_schema() {
 #[test]
 fn every_route_body_has_a_sample() {
     let samples = samples();
-    for route in ROUTES {
+    for route in rest_routes() {
         for (body, reply) in [(route.request, false), (route.reply.schema, true)] {
             let Some(body) = body else { continue };
             let name = body().name;

@@ -4,6 +4,9 @@
 //! A key's token leaves the coordinator once, in the reply to its creation ([`CreatedKey`]); nothing here
 //! returns a key hash or a data key.
 
+pub(super) mod grpc;
+pub(super) mod rest;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 

@@ -1,8 +1,12 @@
 //! The admin API's secret operations: putting, reading (metadata only), deleting and re-sealing secrets under
-//! rotated master or data keys, with their request and reply types.
+//! rotated master or data keys, with their request and reply types. The REST handlers and route rows are in
+//! `rest.rs`, the gRPC adapter and method rows in `grpc.rs`.
 //!
 //! Values are sealed here, before a command is proposed, and never returned: replies carry versions and
 //! bindings only.
+
+pub(super) mod grpc;
+pub(super) mod rest;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

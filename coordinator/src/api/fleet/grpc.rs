@@ -1,37 +1,61 @@
-//! The fleet's gRPC face, `meridian.v1.NodeService`: listing nodes, draining and undraining them,
-//! approving them and setting a cluster's admission policy — the same operations, policies and answers as
-//! `/v1/nodes` and `/v1/clusters/{region}/{cluster}/policy` (whose handlers live in `rest.rs` and
-//! `admission.rs`).
+//! The fleet's gRPC face: `NodeService` (listing nodes, draining and undraining them, approving them and
+//! setting a cluster's admission policy) and `IdentityService` (the deny-list), as thin adapters over the
+//! same operations, policies and answers as `/v1/nodes`, `/v1/clusters/{region}/{cluster}/policy` and
+//! `/v1/denied-identities`; their rows of the gRPC method table.
 //!
 //! The converters destructure their source exhaustively, so a field added to [`NodeView`] does not compile
 //! until the gRPC message carries it too.
 
 use protocol::pb;
+use tonic::service::RoutesBuilder;
 use tonic::{Request, Response, Status};
 
-use crate::state::{ApprovedGpu, ApprovedResources};
+use crate::api::error::ServiceError;
+use crate::api::grpc::{answer, non_empty, scope_of, GrpcAdmin, GrpcResult};
+use crate::api::routes::{grpc, op, GrpcMethod};
+use crate::api::service::PageParams;
+use crate::state::{ApprovedGpu, ApprovedResources, DeniedIdentity};
 
-use super::admission::{non_empty, scope_of, ClusterPolicyRequest, ClusterPolicyView};
-use super::cluster::NodeView;
-use super::error::ServiceError;
-use super::service::{AdminService, PageParams};
+use super::{
+    AllowIdentityRequest, ClusterPolicyRequest, ClusterPolicyView, DenyIdentityRequest, NodeView,
+};
 
-/// `meridian.v1.NodeService`, over the same operations as REST.
-#[derive(Clone)]
-pub(crate) struct GrpcNodes {
-    pub(crate) service: AdminService,
-}
+/// The fleet's gRPC methods.
+pub(crate) static METHODS: &[GrpcMethod] = &[
+    grpc(
+        "/meridian.v1.IdentityService/DenyIdentity",
+        &op::IDENTITY_DENY,
+    ),
+    grpc(
+        "/meridian.v1.IdentityService/ListDeniedIdentities",
+        &op::IDENTITY_DENY_LIST,
+    ),
+    grpc(
+        "/meridian.v1.IdentityService/AllowIdentity",
+        &op::IDENTITY_ALLOW,
+    ),
+    grpc("/meridian.v1.NodeService/ListNodes", &op::NODE_LIST),
+    grpc("/meridian.v1.NodeService/DrainNode", &op::NODE_DRAIN),
+    grpc("/meridian.v1.NodeService/UndrainNode", &op::NODE_UNDRAIN),
+    grpc("/meridian.v1.NodeService/ApproveNode", &op::NODE_APPROVE),
+    grpc(
+        "/meridian.v1.NodeService/SetClusterPolicy",
+        &op::CLUSTER_POLICY_SET,
+    ),
+];
 
-type GrpcResult<T> = Result<Response<T>, Status>;
-
-fn answer<T, M>(result: Result<T, ServiceError>, to_pb: impl FnOnce(T) -> M) -> GrpcResult<M> {
-    result
-        .map(|v| Response::new(to_pb(v)))
-        .map_err(ServiceError::into_status)
+/// Adds this domain's services, decoding messages up to `max_message_bytes`.
+pub(crate) fn services(routes: &mut RoutesBuilder, admin: &GrpcAdmin, max_message_bytes: usize) {
+    use pb::identity_service_server::IdentityServiceServer;
+    use pb::node_service_server::NodeServiceServer;
+    let n = max_message_bytes;
+    routes
+        .add_service(IdentityServiceServer::new(admin.clone()).max_decoding_message_size(n))
+        .add_service(NodeServiceServer::new(admin.clone()).max_decoding_message_size(n));
 }
 
 #[tonic::async_trait]
-impl pb::node_service_server::NodeService for GrpcNodes {
+impl pb::node_service_server::NodeService for GrpcAdmin {
     async fn list_nodes(
         &self,
         request: Request<pb::ListNodesRequest>,
@@ -106,7 +130,7 @@ impl pb::node_service_server::NodeService for GrpcNodes {
     }
 }
 
-impl GrpcNodes {
+impl GrpcAdmin {
     /// Drains (`draining`) or undrains the node named in `request`.
     async fn set_draining(
         &self,
@@ -126,6 +150,82 @@ impl GrpcNodes {
         answer(set, node_pb)
     }
 }
+
+#[tonic::async_trait]
+impl pb::identity_service_server::IdentityService for GrpcAdmin {
+    async fn deny_identity(
+        &self,
+        request: Request<pb::DenyIdentityRequest>,
+    ) -> Result<Response<pb::DeniedIdentity>, Status> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        let selector = r.selector.unwrap_or_default();
+        let req = DenyIdentityRequest {
+            identity: non_empty(selector.identity),
+            serial: non_empty(selector.serial),
+            node: non_empty(selector.node),
+            reason: non_empty(r.reason),
+        };
+        self.service
+            .deny_identity(&scope, req)
+            .await
+            .map(|e| Response::new(denied_pb(e)))
+            .map_err(ServiceError::into_status)
+    }
+
+    async fn list_denied_identities(
+        &self,
+        request: Request<pb::ListDeniedIdentitiesRequest>,
+    ) -> Result<Response<pb::ListDeniedIdentitiesResponse>, Status> {
+        scope_of(&request)?;
+        let r = request.into_inner();
+        let page = PageParams {
+            page_size: (r.page_size > 0).then_some(u64::from(r.page_size)),
+            page_token: non_empty(r.page_token),
+        };
+        self.service
+            .list_denied(&page)
+            .await
+            .map(|p| {
+                Response::new(pb::ListDeniedIdentitiesResponse {
+                    items: p.items.into_iter().map(denied_pb).collect(),
+                    next_page_token: p.next_page_token,
+                })
+            })
+            .map_err(ServiceError::into_status)
+    }
+
+    async fn allow_identity(
+        &self,
+        request: Request<pb::AllowIdentityRequest>,
+    ) -> Result<Response<pb::DeniedIdentity>, Status> {
+        let scope = scope_of(&request)?;
+        let selector = request.into_inner().selector.unwrap_or_default();
+        let req = AllowIdentityRequest {
+            identity: non_empty(selector.identity),
+            serial: non_empty(selector.serial),
+            node: non_empty(selector.node),
+        };
+        self.service
+            .allow_identity(&scope, req)
+            .await
+            .map(|e| Response::new(denied_pb(e)))
+            .map_err(ServiceError::into_status)
+    }
+}
+
+fn denied_pb(entry: DeniedIdentity) -> pb::DeniedIdentity {
+    pb::DeniedIdentity {
+        id: entry.id,
+        kind: entry.kind.as_str().to_owned(),
+        value: entry.value,
+        reason: entry.reason,
+        denied_at: entry.denied_at,
+        denied_by: entry.denied_by,
+    }
+}
+
+// ---- converters ----
 
 /// A node as the gRPC face answers it: every field of the REST view.
 fn node_pb(view: NodeView) -> pb::Node {

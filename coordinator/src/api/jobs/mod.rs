@@ -1,10 +1,14 @@
 //! The admin API's job and usage operations, shared by REST and gRPC: submitting (validation of every field,
 //! then an `Op::SubmitJob` prepared with a fresh id), listing, reading and cancelling a project's jobs,
-//! reading an attempt's output from the agent that ran it, and the project's usage over a time range.
+//! reading an attempt's output from the agent that ran it, and the project's usage over a time range. The
+//! REST handlers and route rows are in `rest.rs`, the gRPC adapters, converters and method rows in `grpc.rs`.
 //!
 //! Reads go through the project-scoped accessors: another project's job answers exactly like a missing one
 //! and the attempt is audited. Asking for preemption needs `preempt-jobs` besides `run-jobs`. Must never decide a job's state itself (that is `apply`'s), never hold a
 //! connection to an agent beyond one log read, and never return another project's job or output.
+
+pub(super) mod grpc;
+pub(super) mod rest;
 
 use std::collections::BTreeMap;
 

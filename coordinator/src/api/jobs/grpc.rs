@@ -1,293 +1,130 @@
-//! Conversions between the admin API's views and `admin.proto`'s messages, one function per resource.
-//!
-//! Every converter destructures what it converts and builds its message without `..`: a field added on
-//! either side fails to compile here until the gRPC face carries it, or binds it to `_` with the reason.
+//! Jobs' and usage's gRPC face: `JobService` and `UsageService` as thin adapters over the same operations as
+//! REST, their rows of the gRPC method table, and the converters of their messages (each destructures what
+//! it converts, see `grpc/mod.rs`).
 
 use protocol::pb;
+use tonic::service::RoutesBuilder;
+use tonic::Request;
 
-use crate::node::{ClusterStatus, MemberStatus};
+use crate::api::grpc::{answer, list, non_empty, scope_of, GrpcAdmin, GrpcResult};
+use crate::api::routes::{grpc, op, GrpcMethod};
 use crate::scheduler::{Constraints, Locality, ResourceRequest, Resources};
-use crate::state::{
-    Actor, ApiKeyView, AuditRecord, JobUsage, Principal, PrincipalKind, ProjectPolicy, ProjectView,
-    RetryPolicy, SecretVersionView, SecretView, UsageFigures, UsageReport,
+use crate::state::{JobUsage, RetryPolicy, UsageFigures, UsageReport};
+
+use super::{
+    AttemptView, ConstraintsBody, JobListQuery, JobView, LocalityBody, LogsQuery, ResourcesBody,
+    RetryBody, SubmitJobRequest, UsageQuery,
 };
 
-use super::non_empty;
-use crate::api::cluster::{ClusterOverview, FleetSite};
-use crate::api::jobs::{
-    AttemptView, ConstraintsBody, JobView, LocalityBody, ResourcesBody, RetryBody, SubmitJobRequest,
-};
-use crate::api::secrets::SecretResource;
-use crate::api::tenancy::RoleBindingView;
+/// Jobs' and usage's gRPC methods.
+pub(crate) static METHODS: &[GrpcMethod] = &[
+    grpc("/meridian.v1.JobService/SubmitJob", &op::JOB_SUBMIT),
+    grpc("/meridian.v1.JobService/GetJob", &op::JOB_GET),
+    grpc("/meridian.v1.JobService/ListJobs", &op::JOB_LIST),
+    grpc("/meridian.v1.JobService/CancelJob", &op::JOB_CANCEL),
+    grpc("/meridian.v1.JobService/ReadJobLogs", &op::JOB_LOGS),
+    grpc("/meridian.v1.UsageService/GetUsage", &op::USAGE_GET),
+];
 
-pub(super) fn project(v: ProjectView) -> pb::Project {
-    let ProjectView {
-        id,
-        name,
-        description,
-        created_at,
-        policy,
-    } = v;
-    let ProjectPolicy {
-        max_pending_jobs,
-        max_running_cpu_millis,
-        max_running_memory_bytes,
-        max_running_gpus,
-        max_spec_bytes,
-        network,
-        preemption_ceiling,
-    } = policy;
-    pb::Project {
-        id,
-        name,
-        description,
-        created_at,
-        policy: Some(pb::ProjectPolicy {
-            max_pending_jobs,
-            max_running_cpu_millis,
-            max_running_memory_bytes,
-            max_running_gpus,
-            max_spec_bytes,
-            network: network.as_str().to_owned(),
-            preemption_ceiling,
-        }),
+/// Adds this domain's services, decoding messages up to `max_message_bytes`.
+pub(crate) fn services(routes: &mut RoutesBuilder, admin: &GrpcAdmin, max_message_bytes: usize) {
+    use pb::job_service_server::JobServiceServer;
+    use pb::usage_service_server::UsageServiceServer;
+    let n = max_message_bytes;
+    routes
+        .add_service(JobServiceServer::new(admin.clone()).max_decoding_message_size(n))
+        .add_service(UsageServiceServer::new(admin.clone()).max_decoding_message_size(n));
+}
+
+#[tonic::async_trait]
+impl pb::job_service_server::JobService for GrpcAdmin {
+    async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> GrpcResult<pb::Job> {
+        let scope = scope_of(&request)?;
+        let req = submission(request.into_inner());
+        answer(self.service.submit_job(&scope, req).await, job)
+    }
+
+    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> GrpcResult<pb::Job> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        answer(self.service.get_job(&scope, &r.id).await, job)
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> GrpcResult<pb::ListJobsResponse> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        let query = JobListQuery {
+            state: non_empty(r.state),
+            page_size: (r.page_size > 0).then_some(u64::from(r.page_size)),
+            page_token: non_empty(r.page_token),
+        };
+        answer(self.service.list_jobs(&scope, &query).await, |p| {
+            let (items, next_page_token) = list(p, job);
+            pb::ListJobsResponse {
+                items,
+                next_page_token,
+            }
+        })
+    }
+
+    async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> GrpcResult<pb::Job> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        answer(self.service.cancel_job(&scope, &r.id).await, job)
+    }
+
+    async fn read_job_logs(
+        &self,
+        request: Request<pb::ReadJobLogsRequest>,
+    ) -> GrpcResult<pb::ReadJobLogsResponse> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        let query = LogsQuery {
+            stream: non_empty(r.stream),
+            offset: Some(r.offset),
+            max_bytes: (r.max_bytes > 0).then_some(u64::from(r.max_bytes)),
+            attempt: (r.attempt > 0).then_some(u64::from(r.attempt)),
+            replica: Some(u64::from(r.replica)),
+        };
+        answer(
+            self.service.read_job_logs(&scope, &r.id, &query).await,
+            |c| pb::ReadJobLogsResponse {
+                attempt: c.attempt,
+                replica: c.replica,
+                node: c.node,
+                stream: c.stream.as_str().to_owned(),
+                start_offset: c.start_offset,
+                next_offset: c.next_offset,
+                data: c.data,
+                job_state: c.job_state.as_str().to_owned(),
+                done: c.job_state.is_terminal(),
+            },
+        )
     }
 }
 
-pub(super) fn principal(p: Principal) -> pb::Principal {
-    let Principal {
-        id,
-        kind,
-        name,
-        project_id,
-        created_at,
-        disabled,
-    } = p;
-    let kind = match kind {
-        PrincipalKind::User => "user",
-        PrincipalKind::ServiceAccount => "service_account",
-    };
-    pb::Principal {
-        id,
-        kind: kind.to_owned(),
-        name,
-        // Empty for a platform principal.
-        project_id: project_id.unwrap_or_default(),
-        created_at,
-        disabled,
+#[tonic::async_trait]
+impl pb::usage_service_server::UsageService for GrpcAdmin {
+    async fn get_usage(
+        &self,
+        request: Request<pb::GetUsageRequest>,
+    ) -> GrpcResult<pb::UsageReport> {
+        let scope = scope_of(&request)?;
+        let r = request.into_inner();
+        let query = UsageQuery {
+            since: non_empty(r.since),
+            until: non_empty(r.until),
+        };
+        answer(self.service.usage(&scope, &query).await, usage_report)
     }
 }
 
-pub(super) fn api_key(k: ApiKeyView) -> pb::ApiKey {
-    let ApiKeyView {
-        id,
-        prefix,
-        principal_id,
-        project_id,
-        name,
-        last4,
-        created_at,
-        expires_at,
-        revoked_at,
-        roles,
-        project_scoped,
-    } = k;
-    pb::ApiKey {
-        id,
-        prefix,
-        principal_id,
-        project_id,
-        name,
-        last4,
-        created_at,
-        expires_at,
-        revoked_at,
-        roles: roles
-            .unwrap_or_default()
-            .into_iter()
-            .map(|r| r.to_string())
-            .collect(),
-        project_scoped,
-    }
-}
+// ---- converters ----
 
-pub(super) fn binding(b: RoleBindingView) -> pb::RoleBinding {
-    let RoleBindingView {
-        id,
-        principal_id,
-        role,
-        scope,
-        project_id,
-        created_at,
-    } = b;
-    pb::RoleBinding {
-        id,
-        principal_id,
-        role: role.to_string(),
-        scope,
-        created_at,
-        project_id: project_id.unwrap_or_default(),
-    }
-}
-
-pub(super) fn audit_record(r: AuditRecord) -> pb::AuditRecord {
-    let json = serde_json::to_string(&r).unwrap_or_default();
-    let AuditRecord {
-        seq,
-        at_ms,
-        actor,
-        action,
-        project,
-        target,
-        outcome,
-        detail,
-        prev_hash,
-        hash,
-    } = r;
-    let outcome = match serde_json::to_value(outcome) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => String::new(),
-    };
-    let Actor {
-        principal_id,
-        name: actor_name,
-        // The acting key is in `json`; the message names the principal.
-        key_id: _,
-    } = actor;
-    pb::AuditRecord {
-        seq,
-        at_ms,
-        actor_principal_id: principal_id.unwrap_or_default(),
-        actor_name,
-        action,
-        project: project.unwrap_or_default(),
-        target,
-        outcome,
-        detail,
-        prev_hash,
-        hash,
-        json,
-    }
-}
-
-pub(super) fn secret(s: SecretResource) -> pb::Secret {
-    let SecretResource {
-        // REST's resource id is the secret's name, which the message carries as `name`.
-        id: _,
-        secret,
-    } = s;
-    let SecretView {
-        project_id,
-        name,
-        latest_version,
-        versions,
-        bindings,
-        created_at,
-        updated_at,
-    } = secret;
-    pb::Secret {
-        project_id,
-        name,
-        latest_version,
-        versions: versions
-            .into_iter()
-            .map(|v| {
-                let SecretVersionView {
-                    version,
-                    created_at,
-                } = v;
-                pb::SecretVersion {
-                    version,
-                    created_at,
-                }
-            })
-            .collect(),
-        bindings,
-        created_at,
-        updated_at,
-    }
-}
-
-pub(super) fn member(m: MemberStatus) -> pb::ClusterMember {
-    let MemberStatus {
-        id,
-        name,
-        raft_addr,
-        admin_addr,
-        voter,
-    } = m;
-    pb::ClusterMember {
-        id,
-        name,
-        raft_addr,
-        admin_addr,
-        voter,
-    }
-}
-
-pub(super) fn fleet_site(f: FleetSite) -> pb::FleetSite {
-    let FleetSite {
-        region,
-        cluster,
-        nodes,
-        ready,
-        unreachable,
-        lost,
-        draining,
-        cpu_cores,
-        memory_bytes,
-        gpus,
-        gpu_models,
-        idle_gpus,
-        active_jobs,
-    } = f;
-    pb::FleetSite {
-        region,
-        cluster,
-        nodes,
-        ready,
-        unreachable,
-        lost,
-        cpu_cores,
-        memory_bytes,
-        gpus,
-        gpu_models: gpu_models.into_iter().collect(),
-        idle_gpus,
-        active_jobs,
-        draining,
-    }
-}
-
-pub(super) fn cluster_status(overview: ClusterOverview) -> pb::ClusterStatusResponse {
-    let ClusterOverview { status, sites } = overview;
-    let ClusterStatus {
-        node_id,
-        name,
-        state,
-        leader,
-        term,
-        applied_index,
-        committed_index,
-        members,
-        apply_version,
-        apply_version_known,
-    } = status;
-    pb::ClusterStatusResponse {
-        sites: sites.into_iter().map(fleet_site).collect(),
-        node_id,
-        name,
-        state,
-        leader,
-        term,
-        applied_index,
-        committed_index,
-        members: members.into_iter().map(member).collect(),
-        apply_version,
-        apply_version_known,
-    }
-}
-
-pub(super) fn attempt(a: AttemptView) -> pb::JobAttempt {
+fn attempt(a: AttemptView) -> pb::JobAttempt {
     let AttemptView {
         attempt,
         replica,
@@ -335,7 +172,7 @@ pub(super) fn attempt(a: AttemptView) -> pb::JobAttempt {
     }
 }
 
-pub(super) fn job(j: JobView) -> pb::Job {
+fn job(j: JobView) -> pb::Job {
     let JobView {
         id,
         project_id,
@@ -449,7 +286,7 @@ pub(super) fn job(j: JobView) -> pb::Job {
 }
 
 /// A gRPC submission in the REST body's terms; proto3 zero values mean "not given".
-pub(super) fn submission(r: pb::SubmitJobRequest) -> SubmitJobRequest {
+fn submission(r: pb::SubmitJobRequest) -> SubmitJobRequest {
     let pb::SubmitJobRequest {
         name,
         command,
@@ -527,7 +364,7 @@ pub(super) fn submission(r: pb::SubmitJobRequest) -> SubmitJobRequest {
     }
 }
 
-pub(super) fn usage_figures(f: UsageFigures) -> pb::UsageFigures {
+fn usage_figures(f: UsageFigures) -> pb::UsageFigures {
     let UsageFigures {
         cpu_core_seconds,
         memory_gib_seconds,
@@ -542,7 +379,7 @@ pub(super) fn usage_figures(f: UsageFigures) -> pb::UsageFigures {
     }
 }
 
-pub(super) fn usage_report(u: UsageReport) -> pb::UsageReport {
+fn usage_report(u: UsageReport) -> pb::UsageReport {
     let UsageReport {
         project_id,
         since,

@@ -1,6 +1,11 @@
 //! The admin API's audit listing: pages of the hash-chained log a caller may read (the whole log for platform
 //! readers, a project's records otherwise), saying when the records asked for are archived. Verification is
-//! `audit_verify.rs`.
+//! `verify.rs`; the REST handlers and route rows are in `rest.rs`, the gRPC adapter and method rows in
+//! `grpc.rs`.
+
+pub(super) mod grpc;
+pub(super) mod rest;
+pub(crate) mod verify;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

@@ -1,30 +1,28 @@
-//! The admin API's mesh-admission operations, shared by REST and gRPC: the deny-list of identities and
-//! certificates (`/v1/denied-identities`, `IdentityService`), node approval (`:approve`) and a cluster's
-//! admission policy (`/v1/clusters/{region}/{cluster}/policy`). Every one is platform-level.
+//! The fleet in the admin API, shared by REST and gRPC: the nodes agents registered (list, drain, undrain,
+//! approve: `/v1/nodes`, `NodeService`), a cluster's admission policy
+//! (`/v1/clusters/{region}/{cluster}/policy`) and the mesh deny-list of identities and certificates
+//! (`/v1/denied-identities`, `IdentityService`), with their request and reply types. Every one is
+//! platform-level. The REST handlers and route rows are in `rest.rs`, the gRPC adapters and method rows in
+//! `grpc.rs`.
 //!
 //! Owns turning what an operator names (a SPIFFE URI, a serial in any usual spelling, or a node key) into
 //! the deny-list's canonical form, in this coordinator group's trust domain, before the command is proposed.
 //! Must never decide admission itself (that is `apply`'s) and never close a connection itself (every
 //! coordinator does that when it applies the change).
 
-use axum::extract::State;
-use axum::Json;
-use http::StatusCode;
-use protocol::pb;
+pub(super) mod grpc;
+pub(super) mod rest;
+
 use serde::{Deserialize, Serialize};
-use tonic::{Request, Response, Status};
 use utoipa::ToSchema;
 
 use crate::state::{
-    self, normalize_serial, DeniedIdentity, DenyKind, FleetOp, FleetOutcome, IdentityOp,
-    IdentityOutcome, Op, Outcome,
+    self, normalize_serial, validate_id, DeniedIdentity, DenyKind, FleetOp, FleetOutcome,
+    IdentityOp, IdentityOutcome, Op, Outcome,
 };
 
 use super::auth::RequestScope;
-use super::cluster::NodeView;
 use super::error::ServiceError;
-use super::extract::{ApiJson, ApiPath, ApiQuery};
-use super::rest::Scoped;
 use super::service::{unexpected, AdminService, ListPage, PageParams};
 
 /// Longest reason kept with a deny-list entry (the registry's limit).
@@ -80,11 +78,126 @@ pub struct ClusterPolicyView {
     pub auto_approve: bool,
 }
 
+/// A registered node as operators see it: resources, GPUs, labels, the allocated GPUs that sit idle,
+/// health and lease epoch.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = Node)]
+pub struct NodeView {
+    pub key: String,
+    pub region: String,
+    pub cluster: String,
+    pub node: String,
+    pub cpu_cores: u32,
+    pub memory_bytes: u64,
+    pub gpu_count: u32,
+    pub gpus: Vec<crate::scheduler::GpuDevice>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// UUIDs of GPUs assigned to a job whose utilization stayed near zero.
+    pub idle_gpus: Vec<String>,
+    pub os: String,
+    /// How the agent limits jobs' resources (cgroup v2, cgroup v1 or rlimits).
+    pub limit_mode: String,
+    /// Where coordinators reach the agent.
+    pub rpc_addr: String,
+    pub agent_version: String,
+    pub lease_epoch: u64,
+    pub health: crate::state::NodeHealthState,
+    /// Set by an operator: no new work lands on the node; what runs there keeps running.
+    pub draining: bool,
+    pub registered_at: u64,
+    pub health_changed_at: u64,
+    /// `approved`, `pending_approval` or `quarantined`: only an approved node receives new work.
+    pub admission: crate::state::NodeAdmission,
+    /// Why the node is pending or quarantined.
+    pub admission_reason: String,
+    /// What was approved; a registration that reports more is quarantined.
+    pub approved: Option<crate::state::ApprovedResources>,
+    /// The node's agent identity is on the deny-list: it is refused by every coordinator.
+    pub denied: bool,
+}
+
+impl From<&crate::state::NodeRecord> for NodeView {
+    fn from(n: &crate::state::NodeRecord) -> Self {
+        NodeView {
+            key: n.key.clone(),
+            region: n.region.clone(),
+            cluster: n.cluster.clone(),
+            node: n.node.clone(),
+            cpu_cores: n.cpu_cores,
+            memory_bytes: n.memory_bytes,
+            gpu_count: n.gpu_count,
+            gpus: n.gpus.clone(),
+            labels: n.labels.clone(),
+            idle_gpus: n.idle_gpus.clone(),
+            os: n.os.clone(),
+            limit_mode: n.limit_mode.clone(),
+            rpc_addr: n.rpc_addr.clone(),
+            agent_version: n.agent_version.clone(),
+            lease_epoch: n.lease_epoch,
+            health: n.health,
+            draining: n.draining,
+            registered_at: n.registered_at,
+            health_changed_at: n.health_changed_at,
+            admission: n.admission,
+            admission_reason: n.admission_reason.clone(),
+            approved: n.approved.clone(),
+            denied: false,
+        }
+    }
+}
+
 fn empty(v: &Option<String>) -> bool {
     v.as_deref().is_none_or(str::is_empty)
 }
 
 impl AdminService {
+    /// The registered nodes, in key order (platform-level: no project scoping).
+    pub(crate) async fn list_nodes(
+        &self,
+        page: &PageParams,
+    ) -> Result<ListPage<NodeView>, ServiceError> {
+        let req = page.request()?;
+        self.consistent().await?;
+        let page = self.inner.handle.read(|s| {
+            s.node_page(&req).map(|n| NodeView {
+                denied: s.node_denied(&n.key),
+                ..NodeView::from(&n)
+            })
+        });
+        Ok(page.into())
+    }
+
+    /// Drains (`draining`) or undrains the node `region/cluster/node`. A malformed name answers 400 naming
+    /// the field, an unknown node 404.
+    pub(crate) async fn set_node_draining(
+        &self,
+        scope: &RequestScope,
+        region: &str,
+        cluster: &str,
+        node: &str,
+        draining: bool,
+    ) -> Result<NodeView, ServiceError> {
+        for (field, value) in [("region", region), ("cluster", cluster), ("node", node)] {
+            validate_id(field, value)?;
+        }
+        let op = Op::Fleet(FleetOp::SetNodeDraining {
+            key: crate::state::node_key(region, cluster, node),
+            draining,
+        });
+        match self.write(scope, op).await? {
+            Outcome::Fleet(FleetOutcome::Node { node }) => Ok(self.node_view(&node)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A node as callers see it, with whether its agent identity is denied (from the local replica).
+    pub(crate) fn node_view(&self, node: &crate::state::NodeRecord) -> NodeView {
+        NodeView {
+            denied: self.inner.handle.read(|s| s.node_denied(&node.key)),
+            ..NodeView::from(node)
+        }
+    }
+
     /// The deny-list's `(kind, value)` for a selector, in this group's trust domain.
     fn selected(
         &self,
@@ -239,149 +352,5 @@ impl AdminService {
             }),
             other => Err(unexpected(other)),
         }
-    }
-}
-
-// ---- REST -------------------------------------------------------------------------------------------------
-
-pub(crate) async fn deny_identity(
-    State(service): State<AdminService>,
-    Scoped(scope): Scoped,
-    ApiJson(req): ApiJson<DenyIdentityRequest>,
-) -> Result<(StatusCode, Json<DeniedIdentity>), ServiceError> {
-    let entry = service.deny_identity(&scope, req).await?;
-    Ok((StatusCode::CREATED, Json(entry)))
-}
-
-pub(crate) async fn allow_identity(
-    State(service): State<AdminService>,
-    Scoped(scope): Scoped,
-    ApiJson(req): ApiJson<AllowIdentityRequest>,
-) -> Result<Json<DeniedIdentity>, ServiceError> {
-    service.allow_identity(&scope, req).await.map(Json)
-}
-
-pub(crate) async fn list_denied(
-    State(service): State<AdminService>,
-    _scope: Scoped,
-    ApiQuery(page): ApiQuery<PageParams>,
-) -> Result<Json<ListPage<DeniedIdentity>>, ServiceError> {
-    service.list_denied(&page).await.map(Json)
-}
-
-pub(crate) async fn approve_node(
-    State(service): State<AdminService>,
-    Scoped(scope): Scoped,
-    ApiPath((region, cluster, node)): ApiPath<(String, String, String)>,
-) -> Result<Json<NodeView>, ServiceError> {
-    service
-        .approve_node(&scope, &region, &cluster, &node)
-        .await
-        .map(Json)
-}
-
-pub(crate) async fn set_cluster_policy(
-    State(service): State<AdminService>,
-    Scoped(scope): Scoped,
-    ApiPath((region, cluster)): ApiPath<(String, String)>,
-    ApiJson(req): ApiJson<ClusterPolicyRequest>,
-) -> Result<Json<ClusterPolicyView>, ServiceError> {
-    service
-        .set_cluster_policy(&scope, &region, &cluster, req)
-        .await
-        .map(Json)
-}
-
-// ---- gRPC -------------------------------------------------------------------------------------------------
-
-fn denied_pb(entry: DeniedIdentity) -> pb::DeniedIdentity {
-    pb::DeniedIdentity {
-        id: entry.id,
-        kind: entry.kind.as_str().to_owned(),
-        value: entry.value,
-        reason: entry.reason,
-        denied_at: entry.denied_at,
-        denied_by: entry.denied_by,
-    }
-}
-
-pub(super) fn non_empty(s: String) -> Option<String> {
-    (!s.is_empty()).then_some(s)
-}
-
-pub(super) fn scope_of<T>(request: &Request<T>) -> Result<RequestScope, Status> {
-    request
-        .extensions()
-        .get::<RequestScope>()
-        .cloned()
-        .ok_or_else(|| super::auth::missing_scope().into_status())
-}
-
-/// `meridian.v1.IdentityService`, over the same operations as REST.
-#[derive(Clone)]
-pub(crate) struct GrpcIdentities {
-    pub(crate) service: AdminService,
-}
-
-#[tonic::async_trait]
-impl pb::identity_service_server::IdentityService for GrpcIdentities {
-    async fn deny_identity(
-        &self,
-        request: Request<pb::DenyIdentityRequest>,
-    ) -> Result<Response<pb::DeniedIdentity>, Status> {
-        let scope = scope_of(&request)?;
-        let r = request.into_inner();
-        let selector = r.selector.unwrap_or_default();
-        let req = DenyIdentityRequest {
-            identity: non_empty(selector.identity),
-            serial: non_empty(selector.serial),
-            node: non_empty(selector.node),
-            reason: non_empty(r.reason),
-        };
-        self.service
-            .deny_identity(&scope, req)
-            .await
-            .map(|e| Response::new(denied_pb(e)))
-            .map_err(ServiceError::into_status)
-    }
-
-    async fn list_denied_identities(
-        &self,
-        request: Request<pb::ListDeniedIdentitiesRequest>,
-    ) -> Result<Response<pb::ListDeniedIdentitiesResponse>, Status> {
-        scope_of(&request)?;
-        let r = request.into_inner();
-        let page = PageParams {
-            page_size: (r.page_size > 0).then_some(u64::from(r.page_size)),
-            page_token: non_empty(r.page_token),
-        };
-        self.service
-            .list_denied(&page)
-            .await
-            .map(|p| {
-                Response::new(pb::ListDeniedIdentitiesResponse {
-                    items: p.items.into_iter().map(denied_pb).collect(),
-                    next_page_token: p.next_page_token,
-                })
-            })
-            .map_err(ServiceError::into_status)
-    }
-
-    async fn allow_identity(
-        &self,
-        request: Request<pb::AllowIdentityRequest>,
-    ) -> Result<Response<pb::DeniedIdentity>, Status> {
-        let scope = scope_of(&request)?;
-        let selector = request.into_inner().selector.unwrap_or_default();
-        let req = AllowIdentityRequest {
-            identity: non_empty(selector.identity),
-            serial: non_empty(selector.serial),
-            node: non_empty(selector.node),
-        };
-        self.service
-            .allow_identity(&scope, req)
-            .await
-            .map(|e| Response::new(denied_pb(e)))
-            .map_err(ServiceError::into_status)
     }
 }

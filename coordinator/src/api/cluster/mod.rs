@@ -1,15 +1,20 @@
-//! The admin API's cluster operations: readiness, the coordinator group and its membership, the fleet's
-//! nodes (list, drain) and the per-site summary of the cluster status, with their request and reply types.
+//! The admin API's cluster operations: readiness, the coordinator group and its membership, and the per-site
+//! summary of the fleet in the cluster status, with their request and reply types. The REST handlers and
+//! route rows are in `rest.rs`, the gRPC adapter and method rows in `grpc.rs`; the nodes themselves are the
+//! fleet's (`fleet/`).
+
+pub(super) mod grpc;
+pub(super) mod rest;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::node::{ClusterStatus, MemberNode, MemberStatus, NodeId};
-use crate::state::{validate_id, AuditOp, Command, FleetOp, FleetOutcome, Op, Outcome};
+use crate::state::{AuditOp, Command, Op};
 
 use super::auth::RequestScope;
 use super::error::ServiceError;
-use super::service::{unexpected, validate_addr, AdminService, ListPage, PageParams};
+use super::service::{validate_addr, AdminService, ListPage};
 
 fn default_true() -> bool {
     true
@@ -29,74 +34,6 @@ pub struct AddMemberRequest {
     #[serde(default = "default_true")]
     #[schema(default = true)]
     pub voter: bool,
-}
-
-/// A registered node as operators see it: resources, GPUs, labels, the allocated GPUs that sit idle,
-/// health and lease epoch.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[schema(as = Node)]
-pub struct NodeView {
-    pub key: String,
-    pub region: String,
-    pub cluster: String,
-    pub node: String,
-    pub cpu_cores: u32,
-    pub memory_bytes: u64,
-    pub gpu_count: u32,
-    pub gpus: Vec<crate::scheduler::GpuDevice>,
-    pub labels: std::collections::BTreeMap<String, String>,
-    /// UUIDs of GPUs assigned to a job whose utilization stayed near zero.
-    pub idle_gpus: Vec<String>,
-    pub os: String,
-    /// How the agent limits jobs' resources (cgroup v2, cgroup v1 or rlimits).
-    pub limit_mode: String,
-    /// Where coordinators reach the agent.
-    pub rpc_addr: String,
-    pub agent_version: String,
-    pub lease_epoch: u64,
-    pub health: crate::state::NodeHealthState,
-    /// Set by an operator: no new work lands on the node; what runs there keeps running.
-    pub draining: bool,
-    pub registered_at: u64,
-    pub health_changed_at: u64,
-    /// `approved`, `pending_approval` or `quarantined`: only an approved node receives new work.
-    pub admission: crate::state::NodeAdmission,
-    /// Why the node is pending or quarantined.
-    pub admission_reason: String,
-    /// What was approved; a registration that reports more is quarantined.
-    pub approved: Option<crate::state::ApprovedResources>,
-    /// The node's agent identity is on the deny-list: it is refused by every coordinator.
-    pub denied: bool,
-}
-
-impl From<&crate::state::NodeRecord> for NodeView {
-    fn from(n: &crate::state::NodeRecord) -> Self {
-        NodeView {
-            key: n.key.clone(),
-            region: n.region.clone(),
-            cluster: n.cluster.clone(),
-            node: n.node.clone(),
-            cpu_cores: n.cpu_cores,
-            memory_bytes: n.memory_bytes,
-            gpu_count: n.gpu_count,
-            gpus: n.gpus.clone(),
-            labels: n.labels.clone(),
-            idle_gpus: n.idle_gpus.clone(),
-            os: n.os.clone(),
-            limit_mode: n.limit_mode.clone(),
-            rpc_addr: n.rpc_addr.clone(),
-            agent_version: n.agent_version.clone(),
-            lease_epoch: n.lease_epoch,
-            health: n.health,
-            draining: n.draining,
-            registered_at: n.registered_at,
-            health_changed_at: n.health_changed_at,
-            admission: n.admission,
-            admission_reason: n.admission_reason.clone(),
-            approved: n.approved.clone(),
-            denied: false,
-        }
-    }
 }
 
 /// Whether the process is alive (`ok`) or ready (`ready`).
@@ -184,53 +121,6 @@ impl AdminService {
         ListPage {
             items: self.inner.handle.status().members,
             next_page_token: String::new(),
-        }
-    }
-
-    /// The registered nodes, in key order (platform-level: no project scoping).
-    pub(crate) async fn list_nodes(
-        &self,
-        page: &PageParams,
-    ) -> Result<ListPage<NodeView>, ServiceError> {
-        let req = page.request()?;
-        self.consistent().await?;
-        let page = self.inner.handle.read(|s| {
-            s.node_page(&req).map(|n| NodeView {
-                denied: s.node_denied(&n.key),
-                ..NodeView::from(&n)
-            })
-        });
-        Ok(page.into())
-    }
-
-    /// Drains (`draining`) or undrains the node `region/cluster/node`. A malformed name answers 400 naming
-    /// the field, an unknown node 404.
-    pub(crate) async fn set_node_draining(
-        &self,
-        scope: &RequestScope,
-        region: &str,
-        cluster: &str,
-        node: &str,
-        draining: bool,
-    ) -> Result<NodeView, ServiceError> {
-        for (field, value) in [("region", region), ("cluster", cluster), ("node", node)] {
-            validate_id(field, value)?;
-        }
-        let op = Op::Fleet(FleetOp::SetNodeDraining {
-            key: crate::state::node_key(region, cluster, node),
-            draining,
-        });
-        match self.write(scope, op).await? {
-            Outcome::Fleet(FleetOutcome::Node { node }) => Ok(self.node_view(&node)),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    /// A node as callers see it, with whether its agent identity is denied (from the local replica).
-    pub(crate) fn node_view(&self, node: &crate::state::NodeRecord) -> NodeView {
-        NodeView {
-            denied: self.inner.handle.read(|s| s.node_denied(&node.key)),
-            ..NodeView::from(node)
         }
     }
 

@@ -11,9 +11,9 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::auth::RequestScope;
-use super::error::ServiceError;
-use super::service::AdminService;
+use crate::api::auth::RequestScope;
+use crate::api::error::ServiceError;
+use crate::api::service::AdminService;
 use crate::audit_archive::{verify_segments, MissingRange, SegmentReport};
 use crate::authz::Action;
 use crate::state::{AuditCheckpoint, AuditRecord};
