@@ -1122,6 +1122,38 @@ mod tests {
     }
 
     #[test]
+    fn list_commands_take_limit_and_watch_with_an_interval() {
+        let cli = Cli::try_parse_from([
+            "meridian",
+            "job",
+            "list",
+            "-w",
+            "--limit",
+            "5",
+            "--interval",
+            "500ms",
+        ])
+        .expect("parses");
+        let Command::Job(JobCommand::List { list, watch, .. }) = cli.command else {
+            panic!("not job list")
+        };
+        assert_eq!(list.limit, Some(5));
+        assert!(watch.watch);
+        assert_eq!(watch.interval, std::time::Duration::from_millis(500));
+        let cli = Cli::try_parse_from(["meridian", "node", "list"]).expect("parses");
+        let Command::Node(super::NodeCommand::List(args)) = cli.command else {
+            panic!("not node list")
+        };
+        assert!(!args.watch.watch);
+        assert_eq!(args.watch.interval, std::time::Duration::from_secs(2));
+        assert_eq!(args.list.limit, None);
+        for bad in ["0ms", "0s", "soon", "-1ms"] {
+            let args = ["meridian", "cluster", "status", "-w", "--interval", bad];
+            assert!(Cli::try_parse_from(args).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn job_run_takes_a_command_without_dashes_and_a_cancel_grace() {
         let cli = Cli::try_parse_from([
             "meridian",
