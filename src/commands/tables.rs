@@ -366,12 +366,15 @@ impl Fields for WhoAmI {
                 "key",
                 format!("{} ({}, {}…{}), {expiry}", k.name, k.id, k.prefix, k.last4),
             ),
-            ("key roles", key_roles(k)),
-            (
-                "project",
-                format!("{} ({})", self.project.name, self.project.id),
-            ),
         ];
+        // A key narrowed to some roles, or to its project, says so.
+        if k.roles.is_some() || k.project_scoped {
+            lines.push(("key limits", key_roles(k)));
+        }
+        lines.push((
+            "project",
+            format!("{} ({})", self.project.name, self.project.id),
+        ));
         if self.bindings.is_empty() {
             lines.push(("bindings", "-".to_owned()));
         }
@@ -536,6 +539,16 @@ mod tests {
             "{lines:?}"
         );
         assert!(lines[1].1.ends_with("never expires"), "{lines:?}");
+        assert!(
+            !lines.iter().any(|(k, _)| *k == "key limits"),
+            "a key narrowed to nothing: {lines:?}"
+        );
+        let mut narrowed = me.clone();
+        narrowed.key.roles = Some(vec![coordinator::authz::Role::Viewer]);
+        narrowed.key.expires_at = Some(NOW + 2 * 3_600_000);
+        let lines = narrowed.fields(NOW);
+        assert_eq!(lines[2], ("key limits", "viewer".to_owned()), "{lines:?}");
+        assert!(lines[1].1.ends_with("expires in 2h"), "{lines:?}");
         let cells: Vec<String> = lines.into_iter().map(|(_, v)| v).collect();
         readable(&cells);
     }
