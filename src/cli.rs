@@ -189,6 +189,55 @@ pub struct ClientOnly {
     pub client: ClientArgs,
 }
 
+/// A list command: newest first, at most `--limit` items.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub list: ListOptions,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// How much of a list to show.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct ListOptions {
+    /// Show only the N newest.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+}
+
+/// `--watch`: show the answer again every interval until Ctrl-C.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct WatchOptions {
+    /// Redraw every 2 seconds until Ctrl-C; when stdout is not a terminal, print a new table each time,
+    /// after a blank line.
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+    /// Time between two redraws with --watch (`500ms`, `2s`).
+    #[arg(long, hide = true, value_name = "DURATION", value_parser = interval_arg, default_value = "2s")]
+    pub interval: std::time::Duration,
+}
+
+/// A list command that can also watch: `--limit`, `--watch`.
+#[derive(Debug, Args)]
+pub struct WatchListArgs {
+    #[command(flatten)]
+    pub list: ListOptions,
+    #[command(flatten)]
+    pub watch: WatchOptions,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// A command that can watch: `--watch`.
+#[derive(Debug, Args)]
+pub struct WatchOnly {
+    #[command(flatten)]
+    pub watch: WatchOptions,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
 #[derive(Debug, Args)]
 pub struct DevArgs {
     /// Directory for state, certificates and the admin token.
@@ -430,7 +479,7 @@ every certificate naming the identity. Undo with `meridian certs unrevoke` and t
         name = "deny-list",
         after_help = "Example:\n  meridian certs deny-list -o json"
     )]
-    List(ClientOnly),
+    List(ListArgs),
 }
 
 /// What `certs revoke` names: exactly one of a certificate file, a serial number or an identity.
@@ -469,8 +518,8 @@ pub enum ProjectCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// List the projects you can see.
-    List(ClientOnly),
+    /// List the projects you can see, newest first.
+    List(ListArgs),
     /// Show one project (name or id).
     Get {
         #[arg(value_name = "PROJECT")]
@@ -572,8 +621,8 @@ everywhere they are bound.")]
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// List keys (prefix and last 4 characters only).
-    List(ClientOnly),
+    /// List keys (prefix and last 4 characters only), newest first.
+    List(ListArgs),
     /// Revoke a key; it stops working on every coordinator.
     Revoke {
         id: String,
@@ -599,8 +648,8 @@ pub enum RoleCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// List role bindings of the current project.
-    List(ClientOnly),
+    /// List role bindings of the current project, newest first.
+    List(ListArgs),
     /// Remove a role binding.
     Unbind {
         id: String,
@@ -631,8 +680,8 @@ secret-user or project-admin role). A job's name alone never selects a secret.")
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// List secrets (names and versions only).
-    List(ClientOnly),
+    /// List secrets (names and versions only), newest first.
+    List(ListArgs),
     /// Delete a secret.
     Delete {
         name: String,
@@ -652,8 +701,11 @@ secret-user or project-admin role). A job's name alone never selects a secret.")
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// Members, leader, term and applied index.
-    Status(ClientOnly),
+    /// Members, leader, term and applied index, and the fleet per region and cluster.
+    #[command(
+        after_help = "Examples:\n  meridian cluster status\n  meridian cluster status --watch     # redraw every 2 s until Ctrl-C"
+    )]
+    Status(WatchOnly),
     /// Add a coordinator (learner first, then voter unless --learner).
     #[command(
         after_help = "Example:\n  meridian cluster add --id 4 --name c4 --raft-addr 10.0.0.4:7170 --admin-addr 10.0.0.4:7070"
@@ -699,9 +751,12 @@ meridian dev). A node that waits is approved with `meridian node approve`."
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
-    /// List registered nodes (platform-admin). HEALTH reads `ready,draining` for a drained node.
-    #[command(after_help = "Example:\n  meridian node list -o json")]
-    List(ClientOnly),
+    /// List registered nodes (platform-admin), newest first. HEALTH reads `ready,draining` for a drained
+    /// node.
+    #[command(
+        after_help = "Examples:\n  meridian node list -o json\n  meridian node list --watch          # redraw every 2 s until Ctrl-C"
+    )]
+    List(WatchListArgs),
     /// Drain a node (platform-admin): no new work lands on it; jobs already there keep running.
     #[command(
         after_help = "Examples:\n  meridian node drain eu-west/gpu-a/node-17\n  \
@@ -765,14 +820,20 @@ pub enum JobCommand {
     /// Submit a job (prints its id; with --wait, waits until it ends).
     #[command(after_help = JOB_RUN_HELP)]
     Run(Box<JobRunArgs>),
-    /// List the project's jobs.
+    /// List the project's jobs, newest first.
     #[command(
-        after_help = "Examples:\n  meridian job list\n  meridian job list --state running -o json"
+        after_help = "Examples:\n  meridian job list\n  meridian job list --limit 20\n  \
+meridian job list --state running -o json\n  \
+meridian job list --watch           # redraw every 2 s until Ctrl-C"
     )]
     List {
         /// Only jobs in this state: pending, scheduled, running, succeeded, failed, cancelled or lost.
         #[arg(long)]
         state: Option<String>,
+        #[command(flatten)]
+        list: ListOptions,
+        #[command(flatten)]
+        watch: WatchOptions,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -965,6 +1026,21 @@ fn duration_arg(s: &str) -> Result<u64, String> {
     }
 }
 
+/// `--interval`: `500ms`, or a duration as `parse_duration` reads it (`2s`, `1m`); more than 0.
+fn interval_arg(s: &str) -> Result<std::time::Duration, String> {
+    let interval = match s.trim().strip_suffix("ms") {
+        Some(ms) => ms
+            .parse::<u64>()
+            .map(std::time::Duration::from_millis)
+            .map_err(|_| format!("{s:?} is not like 500ms or 2s"))?,
+        None => coordinator::api::parse_duration(s).map_err(|e| e.to_string())?,
+    };
+    if interval.is_zero() {
+        return Err("must be more than 0".to_owned());
+    }
+    Ok(interval)
+}
+
 fn key_value_arg(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
@@ -976,12 +1052,17 @@ fn key_value_arg(s: &str) -> Result<(String, String), String> {
 pub enum AuditCommand {
     /// Download the audit log and verify its hash chain locally.
     Verify(ClientOnly),
-    /// Show audit records.
+    /// Show audit records: the newest first, or with --after those after a sequence number in order.
+    #[command(
+        after_help = "Examples:\n  meridian audit list                 # the 100 newest records, newest first\n  \
+meridian audit list --after 1200 --limit 50 -o json   # the 50 records after seq 1200, in order"
+    )]
     List {
-        /// Only records after this sequence number.
-        #[arg(long, default_value_t = 0)]
-        after: u64,
-        #[arg(long, default_value_t = 100)]
+        /// Read forward from this sequence number: the records after it, oldest first.
+        #[arg(long)]
+        after: Option<u64>,
+        /// Show at most N records.
+        #[arg(long, value_name = "N", default_value_t = 100)]
         limit: u64,
         #[command(flatten)]
         client: ClientArgs,
@@ -1082,6 +1163,38 @@ mod tests {
                 .is_err(),
             "an unknown option is an error, not the program"
         );
+    }
+
+    #[test]
+    fn list_commands_take_limit_and_watch_with_an_interval() {
+        let cli = Cli::try_parse_from([
+            "meridian",
+            "job",
+            "list",
+            "-w",
+            "--limit",
+            "5",
+            "--interval",
+            "500ms",
+        ])
+        .expect("parses");
+        let Command::Job(JobCommand::List { list, watch, .. }) = cli.command else {
+            panic!("not job list")
+        };
+        assert_eq!(list.limit, Some(5));
+        assert!(watch.watch);
+        assert_eq!(watch.interval, std::time::Duration::from_millis(500));
+        let cli = Cli::try_parse_from(["meridian", "node", "list"]).expect("parses");
+        let Command::Node(super::NodeCommand::List(args)) = cli.command else {
+            panic!("not node list")
+        };
+        assert!(!args.watch.watch);
+        assert_eq!(args.watch.interval, std::time::Duration::from_secs(2));
+        assert_eq!(args.list.limit, None);
+        for bad in ["0ms", "0s", "soon", "-1ms"] {
+            let args = ["meridian", "cluster", "status", "-w", "--interval", bad];
+            assert!(Cli::try_parse_from(args).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,15 +1,25 @@
 //! Commands that talk to the admin API: projects, keys, role bindings, secrets, cluster, nodes, whoami.
+//!
+//! Requests are built from the API's request types and replies read into its reply types
+//! (`coordinator::api::dto`); how each reads for people is `tables`.
 
 use std::io::Read;
 
-use serde_json::{json, Value};
+use coordinator::api::dto::{
+    AddMemberRequest, AllowIdentityRequest, ApiKeyView, ClusterOverview, ClusterPolicyRequest,
+    ClusterPolicyView, CreateBindingRequest, CreateKeyRequest, CreateProjectRequest, CreatedKey,
+    DeniedIdentity, DenyIdentityRequest, MemberStatus, NodeView, ProjectView, PutSecretRequest,
+    RewrapResult, RoleBindingView, SecretResource, SetPolicyRequest, WhoAmI,
+};
+use serde_json::json;
 
+use super::{get_as, list_all_as, newest_first, post_as, put_as, watching};
 use crate::cli::{
     ClientArgs, ClusterCommand, DenyListCommand, KeyCommand, NodeCommand, OutputFormat,
     PolicyCommand, ProjectCommand, RevokeSelector, RoleCommand, SecretCommand,
 };
 use crate::client::{segment, ApiClient, ClientError};
-use crate::output;
+use crate::output::{self, Row as _};
 
 pub async fn project(cmd: ProjectCommand) -> Result<(), ClientError> {
     match cmd {
@@ -19,29 +29,24 @@ pub async fn project(cmd: ProjectCommand) -> Result<(), ClientError> {
             client,
         } => {
             let api = ApiClient::from_args(&client)?;
-            let p = api
-                .post(
-                    "/v1/projects",
-                    json!({ "name": name, "description": description }),
-                )
-                .await?;
-            created(&client, &p);
+            let body = CreateProjectRequest {
+                name,
+                description: Some(description),
+            };
+            let p: ProjectView = post_as(&api, "/v1/projects", &body).await?;
+            created(&client, &p, &p.id);
         }
         ProjectCommand::List(c) => {
             let api = ApiClient::from_args(&c.client)?;
-            let items = api.list_all("/v1/projects").await?;
-            output::list(
-                c.client.output,
-                &items,
-                &["id", "name", "description", "created_at"],
-            );
+            let items: Vec<ProjectView> = list_all_as(&api, "/v1/projects").await?;
+            let items = newest_first(items, |p| p.created_at, c.list);
+            output::rows(c.client.output, &items);
         }
         ProjectCommand::Get { name_or_id, client } => {
             let api = ApiClient::from_args(&client)?;
-            let p = api
-                .get(&format!("/v1/projects/{}", segment(&name_or_id)))
-                .await?;
-            output::object(client.output, &p);
+            let p: ProjectView =
+                get_as(&api, &format!("/v1/projects/{}", segment(&name_or_id))).await?;
+            output::show(client.output, &p);
         }
         ProjectCommand::Delete { name_or_id, client } => {
             let api = ApiClient::from_args(&client)?;
@@ -58,10 +63,9 @@ async fn policy(cmd: PolicyCommand) -> Result<(), ClientError> {
     match cmd {
         PolicyCommand::Get { name_or_id, client } => {
             let api = ApiClient::from_args(&client)?;
-            let p = api
-                .get(&format!("/v1/projects/{}", segment(&name_or_id)))
-                .await?;
-            output::object(client.output, p.get("policy").unwrap_or(&Value::Null));
+            let p: ProjectView =
+                get_as(&api, &format!("/v1/projects/{}", segment(&name_or_id))).await?;
+            output::show(client.output, &p.policy);
         }
         PolicyCommand::Set {
             name_or_id,
@@ -84,13 +88,13 @@ async fn policy(cmd: PolicyCommand) -> Result<(), ClientError> {
                 preemption_ceiling,
             })?;
             let api = ApiClient::from_args(&client)?;
-            let p = api
-                .put(
-                    &format!("/v1/projects/{}/policy", segment(&name_or_id)),
-                    body,
-                )
-                .await?;
-            output::object(client.output, p.get("policy").unwrap_or(&Value::Null));
+            let p: ProjectView = put_as(
+                &api,
+                &format!("/v1/projects/{}/policy", segment(&name_or_id)),
+                &body,
+            )
+            .await?;
+            output::show(client.output, &p.policy);
         }
     }
     Ok(())
@@ -108,43 +112,48 @@ struct PolicyArgs {
 }
 
 /// The body of `PUT /v1/projects/{project}/policy`: only the fields given, sizes and cores parsed.
-fn policy_body(a: PolicyArgs) -> Result<Value, ClientError> {
+fn policy_body(a: PolicyArgs) -> Result<SetPolicyRequest, ClientError> {
     let usage =
         |flag: &str, e: coordinator::api::UnitError| ClientError::Usage(format!("{flag}: {e}"));
-    let mut body = serde_json::Map::new();
-    if let Some(n) = a.max_pending_jobs {
-        body.insert("max_pending_jobs".into(), json!(n));
-    }
-    if let Some(cpu) = a.max_running_cpu {
-        let millis =
-            coordinator::api::parse_cpu_millis(&cpu).map_err(|e| usage("--max-running-cpu", e))?;
-        body.insert("max_running_cpu_millis".into(), json!(millis));
-    }
-    if let Some(mem) = a.max_running_memory {
-        let bytes = coordinator::api::parse_byte_size(&mem)
-            .map_err(|e| usage("--max-running-memory", e))?;
-        body.insert("max_running_memory_bytes".into(), json!(bytes));
-    }
-    if let Some(n) = a.max_running_gpus {
-        body.insert("max_running_gpus".into(), json!(n));
-    }
-    if let Some(size) = a.max_spec_bytes {
-        let bytes =
-            coordinator::api::parse_byte_size(&size).map_err(|e| usage("--max-spec-bytes", e))?;
-        body.insert("max_spec_bytes".into(), json!(bytes));
-    }
-    if let Some(network) = a.network {
-        body.insert("network".into(), json!(network));
-    }
-    if let Some(c) = a.preemption_ceiling {
-        body.insert("preemption_ceiling".into(), json!(c));
-    }
-    if body.is_empty() {
+    let body = SetPolicyRequest {
+        max_pending_jobs: a.max_pending_jobs,
+        max_running_cpu_millis: a
+            .max_running_cpu
+            .map(|cpu| coordinator::api::parse_cpu_millis(&cpu))
+            .transpose()
+            .map_err(|e| usage("--max-running-cpu", e))?,
+        max_running_memory_bytes: a
+            .max_running_memory
+            .map(|mem| coordinator::api::parse_byte_size(&mem))
+            .transpose()
+            .map_err(|e| usage("--max-running-memory", e))?,
+        max_running_gpus: a.max_running_gpus,
+        max_spec_bytes: a
+            .max_spec_bytes
+            .map(|size| coordinator::api::parse_byte_size(&size))
+            .transpose()
+            .map_err(|e| usage("--max-spec-bytes", e))?,
+        network: a.network,
+        preemption_ceiling: a.preemption_ceiling,
+    };
+    let nothing = matches!(
+        body,
+        SetPolicyRequest {
+            max_pending_jobs: None,
+            max_running_cpu_millis: None,
+            max_running_memory_bytes: None,
+            max_running_gpus: None,
+            max_spec_bytes: None,
+            network: None,
+            preemption_ceiling: None,
+        }
+    );
+    if nothing {
         return Err(ClientError::Usage(
             "name at least one policy option to change (see --help)".into(),
         ));
     }
-    Ok(Value::Object(body))
+    Ok(body)
 }
 
 pub async fn key(cmd: KeyCommand) -> Result<(), ClientError> {
@@ -165,61 +174,44 @@ pub async fn key(cmd: KeyCommand) -> Result<(), ClientError> {
                 (None, None) => Some("viewer".to_owned()),
                 (None, Some(_)) => None,
             };
-            let mut body = json!({ "name": name, "role": role, "principal_id": principal });
-            if let Some(secs) = expires_in {
-                body["expires_in_seconds"] = json!(secs);
-            }
-            if no_expiry {
-                body["no_expiry"] = json!(true);
-            }
-            if !roles.is_empty() {
-                body["roles"] = json!(roles);
-            }
-            if project_only {
-                body["project_scoped"] = json!(true);
-            }
-            let created_key = api.post("/v1/keys", body).await?;
+            let body = CreateKeyRequest {
+                name,
+                role,
+                expires_in_seconds: expires_in,
+                no_expiry,
+                principal_id: principal,
+                roles: (!roles.is_empty()).then_some(roles),
+                project_scoped: project_only,
+            };
+            let made: CreatedKey = post_as(&api, "/v1/keys", &body).await?;
             match client.output {
-                OutputFormat::Json => output::json(&created_key),
+                OutputFormat::Json => output::json_of(&made),
                 OutputFormat::Table => {
-                    let token = created_key
-                        .get("token")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default();
-                    let id = created_key
-                        .pointer("/key/id")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default();
-                    println!("{token}");
-                    eprintln!("key {id} created; the token above is shown only once");
+                    output::line(&made.token);
+                    output::note(&format!(
+                        "key {} created; the token above is shown only once",
+                        made.key.id
+                    ));
                 }
             }
         }
         KeyCommand::List(c) => {
             let api = ApiClient::from_args(&c.client)?;
-            let items = api.list_all("/v1/keys").await?;
-            output::list(
-                c.client.output,
-                &items,
-                &[
-                    "id",
-                    "name",
-                    "prefix",
-                    "last4",
-                    "principal_id",
-                    "expires_at",
-                    "revoked_at",
-                ],
-            );
+            let items: Vec<ApiKeyView> = list_all_as(&api, "/v1/keys").await?;
+            let items = newest_first(items, |k| k.created_at, c.list);
+            output::rows(c.client.output, &items);
         }
         KeyCommand::Revoke { id, client } => {
             let api = ApiClient::from_args(&client)?;
-            let v = api
-                .post(&format!("/v1/keys/{}:revoke", segment(&id)), json!({}))
-                .await?;
+            let k: ApiKeyView = post_as(
+                &api,
+                &format!("/v1/keys/{}:revoke", segment(&id)),
+                &json!({}),
+            )
+            .await?;
             match client.output {
-                OutputFormat::Json => output::json(&v),
-                OutputFormat::Table => eprintln!("revoked key {id}"),
+                OutputFormat::Json => output::json_of(&k),
+                OutputFormat::Table => output::note(&format!("revoked key {id}")),
             }
         }
     }
@@ -235,18 +227,19 @@ pub async fn role(cmd: RoleCommand) -> Result<(), ClientError> {
             client,
         } => {
             let api = ApiClient::from_args(&client)?;
-            let body = json!({ "principal_id": principal, "role": role, "platform": platform });
-            let b = api.post("/v1/role-bindings", body).await?;
-            created(&client, &b);
+            let body = CreateBindingRequest {
+                principal_id: principal,
+                role,
+                platform,
+            };
+            let b: RoleBindingView = post_as(&api, "/v1/role-bindings", &body).await?;
+            created(&client, &b, &b.id);
         }
         RoleCommand::List(c) => {
             let api = ApiClient::from_args(&c.client)?;
-            let items = api.list_all("/v1/role-bindings").await?;
-            output::list(
-                c.client.output,
-                &items,
-                &["id", "principal_id", "role", "scope"],
-            );
+            let items: Vec<RoleBindingView> = list_all_as(&api, "/v1/role-bindings").await?;
+            let items = newest_first(items, |b| b.created_at, c.list);
+            output::rows(c.client.output, &items);
         }
         RoleCommand::Unbind { id, client } => {
             let api = ApiClient::from_args(&client)?;
@@ -278,23 +271,19 @@ pub async fn secret(cmd: SecretCommand) -> Result<(), ClientError> {
             };
             let api = ApiClient::from_args(&client)?;
             // No --bind keeps the secret's current bindings.
-            let bindings = (!bindings.is_empty()).then_some(bindings);
-            let s = api
-                .post(
-                    "/v1/secrets",
-                    json!({ "name": name, "value": value, "bindings": bindings }),
-                )
-                .await?;
-            created(&client, &s);
+            let body = PutSecretRequest {
+                name,
+                value,
+                bindings: (!bindings.is_empty()).then_some(bindings),
+            };
+            let s: SecretResource = post_as(&api, "/v1/secrets", &body).await?;
+            created(&client, &s, &s.id);
         }
         SecretCommand::List(c) => {
             let api = ApiClient::from_args(&c.client)?;
-            let items = api.list_all("/v1/secrets").await?;
-            output::list(
-                c.client.output,
-                &items,
-                &["name", "latest_version", "bindings", "updated_at"],
-            );
+            let items: Vec<SecretResource> = list_all_as(&api, "/v1/secrets").await?;
+            let items = newest_first(items, |s| s.secret.created_at, c.list);
+            output::rows(c.client.output, &items);
         }
         SecretCommand::Delete { name, client } => {
             let api = ApiClient::from_args(&client)?;
@@ -312,8 +301,8 @@ pub async fn secret(cmd: SecretCommand) -> Result<(), ClientError> {
             } else {
                 "/v1/secrets:rewrap"
             };
-            let v = api.post(path, json!({})).await?;
-            output::object(client.output, &v);
+            let v: RewrapResult = post_as(&api, path, &json!({})).await?;
+            output::show(client.output, &v);
         }
     }
     Ok(())
@@ -323,60 +312,14 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<(), ClientError> {
     match cmd {
         ClusterCommand::Status(c) => {
             let api = ApiClient::from_args(&c.client)?;
-            let s = api.get("/v1/cluster/status").await?;
-            match c.client.output {
-                OutputFormat::Json => output::json(&s),
-                OutputFormat::Table => {
-                    for key in [
-                        "name",
-                        "node_id",
-                        "state",
-                        "leader",
-                        "term",
-                        "applied_index",
-                    ] {
-                        println!(
-                            "{key:14} {}",
-                            output::cell(s.get(key).unwrap_or(&Value::Null))
-                        );
-                    }
-                    println!();
-                    let members = s
-                        .get("members")
-                        .and_then(Value::as_array)
-                        .cloned()
-                        .unwrap_or_default();
-                    output::list(
-                        OutputFormat::Table,
-                        &members,
-                        &["id", "name", "voter", "raft_addr", "admin_addr"],
-                    );
-                    let sites = s
-                        .get("sites")
-                        .and_then(Value::as_array)
-                        .cloned()
-                        .unwrap_or_default();
-                    if !sites.is_empty() {
-                        println!();
-                        output::list(
-                            OutputFormat::Table,
-                            &sites,
-                            &[
-                                "region",
-                                "cluster",
-                                "nodes",
-                                "ready",
-                                "unreachable",
-                                "lost",
-                                "draining",
-                                "gpus",
-                                "idle_gpus",
-                                "active_jobs",
-                            ],
-                        );
-                    }
-                }
-            }
+            let format = c.client.output;
+            watching(
+                c.watch,
+                "meridian cluster status",
+                || get_as::<ClusterOverview>(&api, "/v1/cluster/status"),
+                |s| cluster_status(format, s),
+            )
+            .await?;
         }
         ClusterCommand::Add {
             id,
@@ -387,10 +330,15 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<(), ClientError> {
             client,
         } => {
             let api = ApiClient::from_args(&client)?;
-            let body = json!({ "id": id, "name": name, "raft_addr": raft_addr, "admin_addr": admin_addr,
-                               "voter": !learner });
-            let v = api.post("/v1/cluster/members", body).await?;
-            created(&client, &v);
+            let body = AddMemberRequest {
+                id,
+                name,
+                raft_addr,
+                admin_addr,
+                voter: !learner,
+            };
+            let m: MemberStatus = post_as(&api, "/v1/cluster/members", &body).await?;
+            created(&client, &m, &m.id.to_string());
         }
         ClusterCommand::Remove { id, client } => {
             let api = ApiClient::from_args(&client)?;
@@ -410,27 +358,53 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<(), ClientError> {
             };
             let api = ApiClient::from_args(&client)?;
             let path = format!("/v1/clusters/{}/{}/policy", segment(region), segment(name));
-            let v = api
-                .post(&path, json!({ "auto_approve": auto_approve }))
-                .await?;
-            output::object(client.output, &v);
+            let v: ClusterPolicyView =
+                post_as(&api, &path, &ClusterPolicyRequest { auto_approve }).await?;
+            output::show(client.output, &v);
         }
     }
     Ok(())
+}
+
+/// `cluster status`: this coordinator's view of the group, its members, and the fleet per site.
+fn cluster_status(format: OutputFormat, s: &ClusterOverview) {
+    if format == OutputFormat::Json {
+        output::json_of(s);
+        return;
+    }
+    let c = &s.status;
+    output::fields(&[
+        ("name", c.name.clone()),
+        ("node_id", c.node_id.to_string()),
+        ("state", c.state.clone()),
+        ("leader", output::opt_num(c.leader)),
+        ("term", c.term.to_string()),
+        ("applied_index", c.applied_index.to_string()),
+    ]);
+    output::line("");
+    output::rows(OutputFormat::Table, &c.members);
+    if !s.sites.is_empty() {
+        output::line("");
+        output::rows(OutputFormat::Table, &s.sites);
+    }
 }
 
 pub async fn node(cmd: NodeCommand) -> Result<(), ClientError> {
     match cmd {
         NodeCommand::List(c) => {
             let api = ApiClient::from_args(&c.client)?;
-            let items = api.list_all("/v1/nodes").await?;
-            match c.client.output {
-                OutputFormat::Json => output::json(&Value::Array(items)),
-                OutputFormat::Table => {
-                    let rows: Vec<Vec<String>> = items.iter().map(node_row).collect();
-                    output::table(&node_headers(), &rows);
-                }
-            }
+            let format = c.client.output;
+            let list = c.list;
+            watching(
+                c.watch,
+                "meridian node list",
+                || async {
+                    let items: Vec<NodeView> = list_all_as(&api, "/v1/nodes").await?;
+                    Ok(newest_first(items, |n| n.registered_at, list))
+                },
+                |items| output::rows(format, items),
+            )
+            .await?;
         }
         NodeCommand::Drain { key, client } => node_verb(&key, "drain", &client).await?,
         NodeCommand::Undrain { key, client } => node_verb(&key, "undrain", &client).await?,
@@ -442,16 +416,22 @@ pub async fn node(cmd: NodeCommand) -> Result<(), ClientError> {
         } => {
             node_parts(&key)?;
             let api = ApiClient::from_args(&client)?;
-            let body = json!({ "node": key, "reason": reason.unwrap_or_default() });
-            let v = api.post("/v1/denied-identities", body).await?;
+            let body = DenyIdentityRequest {
+                node: Some(key),
+                reason: Some(reason.unwrap_or_default()),
+                ..DenyIdentityRequest::default()
+            };
+            let v: DeniedIdentity = post_as(&api, "/v1/denied-identities", &body).await?;
             denied(&client, &v, "denied");
         }
         NodeCommand::Undeny { key, client } => {
             node_parts(&key)?;
             let api = ApiClient::from_args(&client)?;
-            let v = api
-                .post("/v1/denied-identities:remove", json!({ "node": key }))
-                .await?;
+            let body = AllowIdentityRequest {
+                node: Some(key),
+                ..AllowIdentityRequest::default()
+            };
+            let v: DeniedIdentity = post_as(&api, "/v1/denied-identities:remove", &body).await?;
             denied(&client, &v, "allowed again");
         }
     }
@@ -466,44 +446,53 @@ pub async fn deny_list(cmd: DenyListCommand) -> Result<(), ClientError> {
             reason,
             client,
         } => {
-            let mut body = selector_body(&selector)?;
-            body["reason"] = json!(reason.unwrap_or_default());
+            let (identity, serial) = selector_parts(&selector)?;
+            let body = DenyIdentityRequest {
+                identity,
+                serial,
+                node: None,
+                reason: Some(reason.unwrap_or_default()),
+            };
             let api = ApiClient::from_args(&client)?;
-            let v = api.post("/v1/denied-identities", body).await?;
+            let v: DeniedIdentity = post_as(&api, "/v1/denied-identities", &body).await?;
             denied(&client, &v, "revoked");
         }
         DenyListCommand::Unrevoke { selector, client } => {
-            let body = selector_body(&selector)?;
+            let (identity, serial) = selector_parts(&selector)?;
+            let body = AllowIdentityRequest {
+                identity,
+                serial,
+                node: None,
+            };
             let api = ApiClient::from_args(&client)?;
-            let v = api.post("/v1/denied-identities:remove", body).await?;
+            let v: DeniedIdentity = post_as(&api, "/v1/denied-identities:remove", &body).await?;
             denied(&client, &v, "allowed again");
         }
         DenyListCommand::List(c) => {
             let api = ApiClient::from_args(&c.client)?;
-            let items = api.list_all("/v1/denied-identities").await?;
-            output::list(
-                c.client.output,
-                &items,
-                &["kind", "value", "reason", "denied_by", "denied_at"],
-            );
+            let items: Vec<DeniedIdentity> = list_all_as(&api, "/v1/denied-identities").await?;
+            let items = newest_first(items, |d| d.denied_at, c.list);
+            output::rows(c.client.output, &items);
         }
     }
     Ok(())
 }
 
-/// The request body naming what `certs revoke` targets: a certificate file (its serial), a serial, or an
+/// What `certs revoke` targets, as (identity, serial): a certificate file (its serial), a serial, or an
 /// identity.
-fn selector_body(selector: &RevokeSelector) -> Result<Value, ClientError> {
+fn selector_parts(
+    selector: &RevokeSelector,
+) -> Result<(Option<String>, Option<String>), ClientError> {
     match (&selector.cert, &selector.serial, &selector.identity) {
         (Some(path), None, None) => {
             let pem = std::fs::read_to_string(path)
                 .map_err(|e| ClientError::Usage(format!("{}: {e}", path.display())))?;
             let info = certs::inspect_pem(&pem)
                 .map_err(|e| ClientError::Usage(format!("{}: {e}", path.display())))?;
-            Ok(json!({ "serial": info.serial }))
+            Ok((None, Some(info.serial)))
         }
-        (None, Some(serial), None) => Ok(json!({ "serial": serial })),
-        (None, None, Some(identity)) => Ok(json!({ "identity": identity })),
+        (None, Some(serial), None) => Ok((None, Some(serial.clone()))),
+        (None, None, Some(identity)) => Ok((Some(identity.clone()), None)),
         _ => Err(ClientError::Usage(
             "name exactly one of CERT_FILE, --serial or --identity".into(),
         )),
@@ -511,35 +500,11 @@ fn selector_body(selector: &RevokeSelector) -> Result<Value, ClientError> {
 }
 
 /// A deny-list entry: a line for people, the entry for scripts.
-fn denied(client: &ClientArgs, v: &Value, what: &str) {
+fn denied(client: &ClientArgs, v: &DeniedIdentity, what: &str) {
     match client.output {
-        OutputFormat::Json => output::json(v),
-        OutputFormat::Table => eprintln!(
-            "{what}: {} {}",
-            v.get("kind").and_then(Value::as_str).unwrap_or("?"),
-            v.get("value").and_then(Value::as_str).unwrap_or("?")
-        ),
+        OutputFormat::Json => output::json_of(v),
+        OutputFormat::Table => output::note(&format!("{what}: {} {}", v.kind.as_str(), v.value)),
     }
-}
-
-/// The columns of `node list` (and of the node `node drain` prints).
-fn node_headers() -> Vec<String> {
-    [
-        "NODE",
-        "HEALTH",
-        "ADMISSION",
-        "CPUS",
-        "MEMORY",
-        "GPUS",
-        "IDLE-GPUS",
-        "LABELS",
-        "LIMITS",
-        "EPOCH",
-        "REASON",
-    ]
-    .iter()
-    .map(|h| (*h).to_owned())
-    .collect()
 }
 
 /// The three parts of a node key, or a usage error.
@@ -569,110 +534,33 @@ fn node_path(key: &str, verb: &str) -> Result<String, ClientError> {
 async fn node_verb(key: &str, verb: &str, client: &ClientArgs) -> Result<(), ClientError> {
     let path = node_path(key, verb)?;
     let api = ApiClient::from_args(client)?;
-    let n = api.post(&path, json!({})).await?;
+    let n: NodeView = post_as(&api, &path, &json!({})).await?;
     match client.output {
-        OutputFormat::Json => output::json(&n),
-        OutputFormat::Table => output::table(&node_headers(), &[node_row(&n)]),
+        OutputFormat::Json => output::json_of(&n),
+        OutputFormat::Table => output::table(NodeView::HEADERS, &[n.row(output::now_ms())]),
     }
     Ok(())
-}
-
-/// A node's row in `node list`: GPUs as count and models, idle allocated GPUs flagged by count, a drained
-/// node's health as `ready,draining`, its admission (`denied` when its agent identity is), and why it is
-/// pending or quarantined.
-fn node_row(n: &Value) -> Vec<String> {
-    let text = |key: &str| match n.get(key) {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(v @ Value::Number(_)) => v.to_string(),
-        _ => "-".to_owned(),
-    };
-    let gpus = n
-        .get("gpus")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let mut models: Vec<String> = Vec::new();
-    for g in &gpus {
-        let model = g.get("model").and_then(Value::as_str).unwrap_or("?");
-        if !models.iter().any(|m| m == model) {
-            models.push(model.to_owned());
-        }
-    }
-    let count = n.get("gpu_count").and_then(Value::as_u64).unwrap_or(0);
-    let gpu_text = match (count, models.is_empty()) {
-        (0, _) => "-".to_owned(),
-        (c, true) => c.to_string(),
-        (c, false) => format!("{c} × {}", models.join("/")),
-    };
-    let idle = n
-        .get("idle_gpus")
-        .and_then(Value::as_array)
-        .map_or(0, Vec::len);
-    let labels = n
-        .get("labels")
-        .and_then(Value::as_object)
-        .filter(|m| !m.is_empty())
-        .map_or_else(
-            || "-".to_owned(),
-            |m| {
-                m.iter()
-                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            },
-        );
-    let mut health = text("health");
-    if n.get("draining").and_then(Value::as_bool) == Some(true) {
-        health.push_str(",draining");
-    }
-    let admission = if n.get("denied").and_then(Value::as_bool) == Some(true) {
-        "denied".to_owned()
-    } else {
-        text("admission")
-    };
-    vec![
-        text("key"),
-        health,
-        admission,
-        text("cpu_cores"),
-        output::bytes(n.get("memory_bytes").unwrap_or(&Value::Null)),
-        gpu_text,
-        if idle == 0 {
-            "-".to_owned()
-        } else {
-            format!("{idle} idle")
-        },
-        labels,
-        text("limit_mode"),
-        text("lease_epoch"),
-        text("admission_reason"),
-    ]
 }
 
 pub async fn whoami(client: ClientArgs) -> Result<(), ClientError> {
     let api = ApiClient::from_args(&client)?;
-    let v = api.get("/v1/whoami").await?;
-    output::object(client.output, &v);
+    let me: WhoAmI = get_as(&api, "/v1/whoami").await?;
+    output::show(client.output, &me);
     Ok(())
 }
 
 /// A created object: its id for people, the object for scripts.
-fn created(client: &ClientArgs, v: &Value) {
+fn created<T: serde::Serialize>(client: &ClientArgs, v: &T, id: &str) {
     match client.output {
-        OutputFormat::Json => output::json(v),
-        OutputFormat::Table => println!(
-            "{}",
-            v.get("id")
-                .map(output::cell)
-                .unwrap_or_else(|| output::cell(v))
-        ),
+        OutputFormat::Json => output::json_of(v),
+        OutputFormat::Table => output::line(id),
     }
 }
 
 fn done(client: &ClientArgs, message: &str) {
     match client.output {
         OutputFormat::Json => output::json(&json!({ "ok": true })),
-        OutputFormat::Table => eprintln!("{message}"),
+        OutputFormat::Table => output::note(message),
     }
 }
 
@@ -702,33 +590,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_quarantined_or_denied_node_shows_why() {
-        let node = json!({ "key": "eu/c1/n1", "health": "ready", "admission": "quarantined",
-                           "admission_reason": "64 CPU cores reported, 8 approved", "denied": false });
-        let row = node_row(&node);
-        assert_eq!(row[2], "quarantined");
-        assert_eq!(
-            row.last().map(String::as_str),
-            Some("64 CPU cores reported, 8 approved")
-        );
-        let node = json!({ "key": "eu/c1/n1", "health": "ready", "admission": "approved", "denied": true });
-        assert_eq!(node_row(&node)[2], "denied");
-        assert_eq!(node_row(&node).last().map(String::as_str), Some("-"));
-    }
-
-    #[test]
-    fn a_draining_node_reads_ready_draining() {
-        let node =
-            json!({ "key": "eu/c1/n1", "health": "ready", "draining": true, "gpu_count": 0 });
-        let row = node_row(&node);
-        assert_eq!(row[0], "eu/c1/n1");
-        assert_eq!(row[1], "ready,draining");
-        let node = json!({ "key": "eu/c1/n1", "health": "lost", "draining": false });
-        assert_eq!(node_row(&node)[1], "lost");
-        assert_eq!(node_row(&node).len(), node_headers().len());
-    }
-
     fn no_policy_options() -> PolicyArgs {
         PolicyArgs {
             max_pending_jobs: None,
@@ -754,11 +615,12 @@ mod tests {
         })
         .expect("valid options");
         assert_eq!(
-            body,
+            serde_json::to_value(&body).expect("a request body"),
             json!({
                 "max_pending_jobs": 5,
                 "max_running_cpu_millis": 2500,
                 "max_running_memory_bytes": 1u64 << 30,
+                "max_running_gpus": null,
                 "max_spec_bytes": 4096,
                 "network": "none",
                 "preemption_ceiling": 10,

@@ -38,33 +38,41 @@ fn inventory(data_dir: PathBuf, format: OutputFormat) -> anyhow::Result<()> {
         gpu: Default::default(),
     })
     .context("collecting the node inventory")?;
-    let value = serde_json::to_value(&inv).context("encoding the inventory")?;
     match format {
-        OutputFormat::Json => output::json(&value),
+        OutputFormat::Json => output::json_of(&inv),
         OutputFormat::Table => {
-            let mut summary = value.clone();
+            let mut summary = serde_json::to_value(&inv).context("encoding the inventory")?;
             if let Some(map) = summary.as_object_mut() {
                 map.remove("gpus");
             }
             output::object(format, &summary);
-            println!();
-            let gpus = value
-                .get("gpus")
-                .and_then(|g| g.as_array())
-                .cloned()
-                .unwrap_or_default();
-            output::list(
-                format,
-                &gpus,
+            output::line("");
+            let rows: Vec<Vec<String>> = inv
+                .gpus
+                .iter()
+                .map(|g| {
+                    vec![
+                        g.index.to_string(),
+                        output::text(&g.uuid),
+                        g.model.clone(),
+                        g.memory_total_mib.to_string(),
+                        g.memory_used_mib.to_string(),
+                        output::opt_num(g.utilization_gpu_percent),
+                        g.healthy.to_string(),
+                    ]
+                })
+                .collect();
+            output::table(
                 &[
-                    "index",
-                    "uuid",
-                    "model",
-                    "memory_total_mib",
-                    "memory_used_mib",
-                    "utilization_gpu_percent",
-                    "healthy",
+                    "INDEX",
+                    "UUID",
+                    "MODEL",
+                    "MEMORY-TOTAL-MIB",
+                    "MEMORY-USED-MIB",
+                    "UTILIZATION-GPU-PERCENT",
+                    "HEALTHY",
                 ],
+                &rows,
             );
         }
     }
@@ -174,7 +182,7 @@ async fn trial(
             if to_stderr {
                 eprint!("{text}");
             } else {
-                print!("{text}");
+                output::raw(text.as_bytes()).context("writing the command's output")?;
             }
         }
     }

@@ -6,11 +6,16 @@
 //! the segments from genesis up to the checkpoint the live records continue from, and reports it as the
 //! coordinator's word, failing when it finds a break or holds no segment for part of the range.
 
-use serde_json::{json, Value};
+use coordinator::api::dto::{AuditList, AuditRecord, AuditVerification};
+use serde_json::json;
 
+use super::get_as;
 use crate::cli::{AuditCommand, OutputFormat};
 use crate::client::{ApiClient, ClientError};
 use crate::output;
+
+/// Records asked for per page.
+const PAGE: u64 = 1000;
 
 pub async fn run(cmd: AuditCommand) -> Result<(), ClientError> {
     match cmd {
@@ -20,29 +25,31 @@ pub async fn run(cmd: AuditCommand) -> Result<(), ClientError> {
             client,
         } => {
             let api = ApiClient::from_args(&client)?;
-            let page = api
-                .get(&format!("/v1/audit?after_seq={after}&page_size={limit}"))
-                .await?;
-            let items = page
-                .get("items")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            output::list(
-                client.output,
-                &items,
-                &["seq", "at_ms", "actor/name", "action", "target", "outcome"],
-            );
-            if let Some(through) = page.get("archived_through_seq").and_then(Value::as_u64) {
-                eprintln!("records through seq {through} are archived on the coordinators' disks");
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            let (records, archived_through) = match after {
+                // A cursor: the records after it, in order.
+                Some(after) => read_forward(&api, after, limit).await?,
+                // For people: the newest, newest first.
+                None => {
+                    let (mut all, archived_through) = fetch_all(&api).await?;
+                    all.reverse();
+                    all.truncate(limit);
+                    // Older records than those shown exist only in the archive when the live log
+                    // ran out before the limit.
+                    let archived_through = archived_through.filter(|_| all.len() < limit);
+                    (all, archived_through)
+                }
+            };
+            output::rows(client.output, &records);
+            if let Some(through) = archived_through {
+                output::note(&format!(
+                    "records through seq {through} are archived on the coordinators' disks"
+                ));
             }
         }
         AuditCommand::Verify(c) => {
             let api = ApiClient::from_args(&c.client)?;
-            let (records, archived_through) = fetch_all(&api).await?;
-            let parsed: Vec<coordinator::state::AuditRecord> =
-                serde_json::from_value(Value::Array(records))
-                    .map_err(|e| ClientError::Failed(format!("audit records do not parse: {e}")))?;
+            let (parsed, archived_through) = fetch_all(&api).await?;
             let count = parsed.len();
             let mut result = coordinator::state::verify_chain(&parsed)
                 .map_err(|e| format!("audit chain broken: {e}"));
@@ -59,11 +66,11 @@ pub async fn run(cmd: AuditCommand) -> Result<(), ClientError> {
             // The archived part, as the coordinator verified it from its segments.
             let archive = match (&result, archived_through) {
                 (Ok(()), Some(_)) => {
-                    let report = api.get("/v1/audit/verify").await?;
-                    if report.get("ok").and_then(Value::as_bool) != Some(true) {
+                    let report: AuditVerification = get_as(&api, "/v1/audit/verify").await?;
+                    if !report.ok {
                         let why = report
-                            .get("error")
-                            .and_then(Value::as_str)
+                            .error
+                            .as_deref()
                             .unwrap_or("the coordinator did not verify its archive");
                         result = Err(format!("archived audit records: {why}"));
                     }
@@ -71,11 +78,7 @@ pub async fn run(cmd: AuditCommand) -> Result<(), ClientError> {
                 }
                 _ => None,
             };
-            let archived = archive
-                .as_ref()
-                .and_then(|r| r.get("archived_records"))
-                .and_then(Value::as_u64)
-                .unwrap_or(0);
+            let archived = archive.as_ref().map_or(0, |r| r.archived_records);
             let ok = result.is_ok();
             match c.client.output {
                 OutputFormat::Json => output::json(&json!({
@@ -86,11 +89,11 @@ pub async fn run(cmd: AuditCommand) -> Result<(), ClientError> {
                     "error": result.as_ref().err(),
                 })),
                 OutputFormat::Table if ok => match archived_through {
-                    Some(through) => println!(
+                    Some(through) => output::line(&format!(
                         "audit chain verified: {count} live records here, {archived} archived \
                          records through seq {through} by the coordinator"
-                    ),
-                    None => println!("audit chain verified: {count} records"),
+                    )),
+                    None => output::line(&format!("audit chain verified: {count} records")),
                 },
                 OutputFormat::Table => {}
             }
@@ -102,35 +105,44 @@ pub async fn run(cmd: AuditCommand) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// One page of the live log after `after`.
+async fn page(api: &ApiClient, after: u64, size: u64) -> Result<AuditList, ClientError> {
+    get_as(
+        api,
+        &format!("/v1/audit?after_seq={after}&page_size={size}"),
+    )
+    .await
+}
+
+/// Up to `limit` records after `after`, in order; also the seq through which records are archived, when
+/// the first page says the caller asked below it.
+async fn read_forward(
+    api: &ApiClient,
+    mut after: u64,
+    limit: usize,
+) -> Result<(Vec<AuditRecord>, Option<u64>), ClientError> {
+    let mut records = Vec::new();
+    let mut archived_through = None;
+    let mut first = true;
+    while records.len() < limit {
+        let want = u64::try_from(limit - records.len()).map_or(PAGE, |n| n.min(PAGE));
+        let p = page(api, after, want).await?;
+        if first {
+            archived_through = p.archived_through_seq;
+            first = false;
+        }
+        let Some(last) = p.items.last().map(|r| r.seq) else {
+            break;
+        };
+        after = last;
+        records.extend(p.items);
+    }
+    records.truncate(limit);
+    Ok((records, archived_through))
+}
+
 /// Pages through the live log by sequence number; also returns the seq through which records are
 /// archived, as the first page says.
-async fn fetch_all(api: &ApiClient) -> Result<(Vec<Value>, Option<u64>), ClientError> {
-    let mut all = Vec::new();
-    let mut after = 0u64;
-    let mut archived_through = None;
-    loop {
-        let page = api
-            .get(&format!("/v1/audit?after_seq={after}&page_size=1000"))
-            .await?;
-        if after == 0 {
-            archived_through = page.get("archived_through_seq").and_then(Value::as_u64);
-        }
-        let items = page
-            .get("items")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        if items.is_empty() {
-            return Ok((all, archived_through));
-        }
-        after = items
-            .last()
-            .and_then(|r| r.get("seq"))
-            .and_then(Value::as_u64)
-            .unwrap_or(u64::MAX);
-        all.extend(items);
-        if after == u64::MAX {
-            return Ok((all, archived_through));
-        }
-    }
+async fn fetch_all(api: &ApiClient) -> Result<(Vec<AuditRecord>, Option<u64>), ClientError> {
+    read_forward(api, 0, usize::MAX).await
 }

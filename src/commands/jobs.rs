@@ -6,13 +6,18 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Map, Value};
+use coordinator::api::dto::{
+    ConstraintsBody, JobLogsView, JobState, JobView, LocalityBody, ResourcesBody, RetryBody,
+    SubmitJobRequest,
+};
+use coordinator::state::AttemptOutcome;
+use serde_json::json;
 
-use crate::cli::{ClientArgs, JobCommand, JobRunArgs, OutputFormat};
+use crate::cli::{ClientArgs, JobCommand, JobRunArgs, ListOptions, OutputFormat, WatchOptions};
 use crate::client::{segment, ApiClient, ClientError};
 use crate::output;
 
-use super::CommandError;
+use super::{get_as, list_all_as, newest_first, post_as, watching, CommandError};
 
 /// First and longest pause between two polls of a job's state or output.
 const POLL_FIRST: Duration = Duration::from_millis(200);
@@ -22,13 +27,17 @@ const POLL_FAILURES_TOLERATED: u32 = 60;
 /// Bytes asked for per log read.
 const LOG_CHUNK: u64 = 1 << 20;
 
-/// The states a job never leaves.
-const TERMINAL: [&str; 4] = ["succeeded", "failed", "cancelled", "lost"];
-
 pub async fn run(cmd: JobCommand) -> Result<(), CommandError> {
     match cmd {
         JobCommand::Run(args) => submit(*args).await,
-        JobCommand::List { state, client } => list(state, client).await.map_err(Into::into),
+        JobCommand::List {
+            state,
+            list: options,
+            watch,
+            client,
+        } => list(state, options, watch, client)
+            .await
+            .map_err(Into::into),
         JobCommand::Status { id, client } => status(&id, client).await.map_err(Into::into),
         JobCommand::Logs {
             id,
@@ -44,107 +53,58 @@ pub async fn run(cmd: JobCommand) -> Result<(), CommandError> {
     }
 }
 
-/// The submission body for `job run`'s flags.
-fn submission(args: &JobRunArgs) -> Result<Value, ClientError> {
+/// The submission for `job run`'s flags.
+fn submission(args: &JobRunArgs) -> Result<SubmitJobRequest, ClientError> {
     let (command, rest) = args
         .command
         .split_first()
         .ok_or_else(|| ClientError::Usage("give the command to run after --".into()))?;
-    let mut body = Map::new();
-    body.insert("command".into(), json!(command));
-    body.insert("args".into(), json!(rest));
-    if let Some(name) = &args.name {
-        body.insert("name".into(), json!(name));
-    }
-    let mut resources = Map::new();
-    if let Some(millis) = args.cpu {
-        resources.insert("cpu_millis".into(), json!(millis));
-    }
-    if let Some(bytes) = args.memory {
-        resources.insert("memory_bytes".into(), json!(bytes));
-    }
-    if let Some(gpus) = args.gpus {
-        resources.insert("gpus".into(), json!(gpus));
-    }
-    if let Some(model) = &args.gpu_model {
-        resources.insert("gpu_model".into(), json!(model));
-    }
-    body.insert("resources".into(), Value::Object(resources));
-    if let Some(n) = args.replicas {
-        body.insert("replicas".into(), json!(n));
-    }
-    let labels: Map<String, Value> = args
-        .labels
-        .iter()
-        .map(|(k, v)| (k.clone(), json!(v)))
-        .collect();
-    body.insert(
-        "constraints".into(),
-        json!({ "region": args.region, "cluster": args.cluster, "labels": labels }),
-    );
-    let env: Map<String, Value> = args
-        .env
-        .iter()
-        .map(|(k, v)| (k.clone(), json!(v)))
-        .collect();
-    body.insert("env".into(), Value::Object(env));
-    if let Some(dir) = &args.workdir {
-        body.insert("working_dir".into(), json!(dir));
-    }
-    if let Some(p) = args.priority {
-        body.insert("priority".into(), json!(p));
-    }
-    if args.preempt {
-        body.insert("preemption".into(), json!(true));
-    }
-    if args.not_preemptible {
-        body.insert("preemptible".into(), json!(false));
-    }
-    if args.spread {
-        body.insert("strategy".into(), json!("spread"));
-    }
-    if let Some(locality) = &args.data_locality {
-        let (region, cluster) = match locality.split_once('/') {
-            Some((region, cluster)) => (region, Some(cluster)),
-            None => (locality.as_str(), None),
-        };
-        body.insert(
-            "data_locality".into(),
-            json!({ "region": region, "cluster": cluster }),
-        );
-    }
-    let mut retry = Map::new();
-    if let Some(n) = args.max_attempts {
-        retry.insert("max_attempts".into(), json!(n));
-    }
-    retry.insert("on_failure".into(), json!(args.retry_on_failure));
-    body.insert("retry".into(), Value::Object(retry));
-    if !args.secrets.is_empty() {
-        let secrets: Map<String, Value> = args
-            .secrets
-            .iter()
-            .map(|(var, name)| (var.clone(), json!(name)))
-            .collect();
-        body.insert("secrets".into(), Value::Object(secrets));
-        if args.secret_env {
-            body.insert("secrets_env".into(), json!(true));
-        }
-    }
-    if let Some(secs) = args.cancel_grace {
-        body.insert("cancel_grace_secs".into(), json!(secs));
-    }
-    if let Some(secs) = args.timeout {
-        body.insert("timeout_secs".into(), json!(secs));
-    }
-    Ok(Value::Object(body))
-}
-
-fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or_default()
-}
-
-fn is_terminal(job: &Value) -> bool {
-    TERMINAL.contains(&str_of(job, "state"))
+    let data_locality =
+        args.data_locality
+            .as_ref()
+            .map(|locality| match locality.split_once('/') {
+                Some((region, cluster)) => LocalityBody {
+                    region: region.to_owned(),
+                    cluster: Some(cluster.to_owned()),
+                },
+                None => LocalityBody {
+                    region: locality.clone(),
+                    cluster: None,
+                },
+            });
+    Ok(SubmitJobRequest {
+        name: args.name.clone(),
+        command: Some(command.clone()),
+        args: rest.to_vec(),
+        env: args.env.iter().cloned().collect(),
+        working_dir: args.workdir.clone(),
+        resources: ResourcesBody {
+            cpu_millis: args.cpu,
+            memory_bytes: args.memory,
+            gpus: args.gpus.map(u64::from),
+            gpu_model: args.gpu_model.clone(),
+            ..ResourcesBody::default()
+        },
+        replicas: args.replicas.map(u64::from),
+        constraints: ConstraintsBody {
+            region: args.region.clone(),
+            cluster: args.cluster.clone(),
+            labels: args.labels.iter().cloned().collect(),
+        },
+        data_locality,
+        priority: args.priority.map(i64::from),
+        preemption: args.preempt,
+        preemptible: args.not_preemptible.then_some(false),
+        strategy: args.spread.then(|| "spread".to_owned()),
+        retry: RetryBody {
+            max_attempts: args.max_attempts.map(u64::from),
+            on_failure: args.retry_on_failure,
+        },
+        timeout_secs: args.timeout,
+        cancel_grace_secs: args.cancel_grace,
+        secrets: args.secrets.iter().cloned().collect(),
+        secrets_env: args.secret_env && !args.secrets.is_empty(),
+    })
 }
 
 fn job_path(id: &str) -> String {
@@ -158,12 +118,12 @@ async fn pause(interval: &mut Duration) {
 }
 
 /// Polls the job until it is terminal; tolerates a coordinator that is briefly unavailable.
-async fn wait_until_terminal(api: &ApiClient, id: &str) -> Result<Value, ClientError> {
+async fn wait_until_terminal(api: &ApiClient, id: &str) -> Result<JobView, ClientError> {
     let mut interval = POLL_FIRST;
     let mut failures = 0;
     loop {
-        match api.get(&job_path(id)).await {
-            Ok(job) if is_terminal(&job) => return Ok(job),
+        match get_as::<JobView>(api, &job_path(id)).await {
+            Ok(job) if job.state.is_terminal() => return Ok(job),
             Ok(_) => failures = 0,
             Err(ClientError::Unavailable(m)) => {
                 failures += 1;
@@ -178,37 +138,34 @@ async fn wait_until_terminal(api: &ApiClient, id: &str) -> Result<Value, ClientE
 }
 
 /// One line saying how a job ended, for people.
-fn ending(job: &Value) -> String {
-    let id = str_of(job, "id");
-    let state = str_of(job, "state");
-    let mut text = format!("job {id} {state}");
+fn ending(job: &JobView) -> String {
+    let mut text = format!("job {} {}", job.id, job.state.as_str());
     // The entry that decided the last attempt: for a gang, the replica that ended it rather than one
     // stopped with it.
-    let attempts = job
-        .get("attempts")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let last_no = attempts.last().and_then(|a| a.get("attempt"));
-    let last = attempts
+    let last_no = job.attempts.last().map(|a| a.attempt);
+    let last = job
+        .attempts
         .iter()
         .rev()
-        .filter(|a| a.get("attempt") == last_no)
-        .find(|a| str_of(a, "outcome") != "stopped" && str_of(a, "outcome") != "succeeded")
-        .or_else(|| attempts.last());
+        .filter(|a| Some(a.attempt) == last_no)
+        .find(|a| {
+            !matches!(
+                a.outcome,
+                Some(AttemptOutcome::Stopped | AttemptOutcome::Succeeded)
+            )
+        })
+        .or_else(|| job.attempts.last());
     if let Some(a) = last {
-        if let Some(code) = a.get("exit_code").and_then(Value::as_i64) {
+        if let Some(code) = a.exit_code {
             text.push_str(&format!(", exit code {code}"));
-        } else if let Some(signal) = a.get("signal").and_then(Value::as_i64) {
+        } else if let Some(signal) = a.signal {
             text.push_str(&format!(", signal {signal}"));
         }
-        let node = str_of(a, "node");
-        if !node.is_empty() {
-            text.push_str(&format!(" on {node}"));
+        if !a.node.is_empty() {
+            text.push_str(&format!(" on {}", a.node));
         }
-        let detail = str_of(a, "detail");
-        if !detail.is_empty() {
-            text.push_str(&format!(" ({detail})"));
+        if !a.detail.is_empty() {
+            text.push_str(&format!(" ({})", a.detail));
         }
     }
     text
@@ -217,158 +174,64 @@ fn ending(job: &Value) -> String {
 async fn submit(args: JobRunArgs) -> Result<(), CommandError> {
     let body = submission(&args)?;
     let api = ApiClient::from_args(&args.client)?;
-    let job = api.post("/v1/jobs", body).await?;
-    let id = str_of(&job, "id").to_owned();
+    let job: JobView = post_as(&api, "/v1/jobs", &body).await?;
     let format = args.client.output;
     if !args.wait {
         match format {
-            OutputFormat::Json => output::json(&job),
-            OutputFormat::Table => output::line(&id),
+            OutputFormat::Json => output::json_of(&job),
+            OutputFormat::Table => output::line(&job.id),
         }
         return Ok(());
     }
     if format == OutputFormat::Table {
-        output::line(&id);
+        output::line(&job.id);
     }
-    let done = wait_until_terminal(&api, &id).await?;
+    let done = wait_until_terminal(&api, &job.id).await?;
     match format {
-        OutputFormat::Json => output::json(&done),
+        OutputFormat::Json => output::json_of(&done),
         OutputFormat::Table => output::note(&ending(&done)),
     }
-    if str_of(&done, "state") == "succeeded" {
+    if done.state == JobState::Succeeded {
         Ok(())
     } else {
         Err(CommandError::JobDidNotSucceed {
-            id,
-            state: str_of(&done, "state").to_owned(),
+            id: done.id,
+            state: done.state.as_str().to_owned(),
         })
     }
 }
 
-/// A job's row in `job list`.
-fn row(job: &Value) -> Vec<String> {
-    vec![
-        str_of(job, "id").to_owned(),
-        output::cell(job.get("name").unwrap_or(&Value::Null)),
-        str_of(job, "state").to_owned(),
-        output::cell(job.get("node").unwrap_or(&Value::Null)),
-        output::cell(job.get("attempt_count").unwrap_or(&Value::Null)),
-        output::time(job.get("created_at").unwrap_or(&Value::Null)),
-    ]
-}
-
-async fn list(state: Option<String>, client: ClientArgs) -> Result<(), ClientError> {
+async fn list(
+    state: Option<String>,
+    options: ListOptions,
+    watch: WatchOptions,
+    client: ClientArgs,
+) -> Result<(), ClientError> {
     let api = ApiClient::from_args(&client)?;
     let path = match state {
         Some(s) => format!("/v1/jobs?state={}", segment(&s)),
         None => "/v1/jobs".to_owned(),
     };
-    let items = api.list_all(&path).await?;
-    match client.output {
-        OutputFormat::Json => output::json(&Value::Array(items)),
-        OutputFormat::Table => {
-            let headers: Vec<String> = ["ID", "NAME", "STATE", "NODE", "ATTEMPTS", "CREATED"]
-                .iter()
-                .map(|h| (*h).to_owned())
-                .collect();
-            let rows: Vec<Vec<String>> = items.iter().map(row).collect();
-            output::table(&headers, &rows);
-        }
-    }
-    Ok(())
-}
-
-fn field(job: &Value, key: &str) -> String {
-    let v = job.get(key).unwrap_or(&Value::Null);
-    match v {
-        Value::String(s) if s.is_empty() => "-".to_owned(),
-        Value::Array(a) if a.is_empty() => "-".to_owned(),
-        _ => output::cell(v),
-    }
+    let format = client.output;
+    watching(
+        watch,
+        "meridian job list",
+        || async {
+            let jobs: Vec<JobView> = list_all_as(&api, &path).await?;
+            Ok(newest_first(jobs, |j| j.created_at, options))
+        },
+        |jobs| output::rows(format, jobs),
+    )
+    .await
 }
 
 async fn status(id: &str, client: ClientArgs) -> Result<(), ClientError> {
     let api = ApiClient::from_args(&client)?;
-    let job = api.get(&job_path(id)).await?;
-    if client.output == OutputFormat::Json {
-        output::json(&job);
-        return Ok(());
-    }
-    let mut command = vec![str_of(&job, "command").to_owned()];
-    if let Some(args) = job.get("args").and_then(Value::as_array) {
-        command.extend(args.iter().map(output::cell));
-    }
-    let r = job.get("resources").cloned().unwrap_or(Value::Null);
-    let cpu = r
-        .get("cpu_millis")
-        .and_then(Value::as_u64)
-        .filter(|m| *m > 0)
-        .map_or_else(|| "-".to_owned(), |m| format!("{}", m as f64 / 1000.0));
-    let gpus = match (r.get("gpus").and_then(Value::as_u64), r.get("gpu_model")) {
-        (Some(0) | None, _) => "-".to_owned(),
-        (Some(n), Some(Value::String(model))) => format!("{n} × {model}"),
-        (Some(n), _) => n.to_string(),
-    };
-    output::fields(&[
-        ("id", field(&job, "id")),
-        ("name", field(&job, "name")),
-        ("state", field(&job, "state")),
-        ("node", field(&job, "node")),
-        ("region", field(&job, "region")),
-        ("cluster", field(&job, "cluster")),
-        ("attempts", field(&job, "attempt_count")),
-        ("replicas", field(&job, "replicas")),
-        ("pending reason", field(&job, "pending_reason")),
-        ("exit code", field(&job, "exit_code")),
-        ("cancel requested", field(&job, "cancel_requested")),
-        ("command", command.join(" ")),
-        ("cpu", cpu),
-        (
-            "memory",
-            output::bytes(r.get("memory_bytes").unwrap_or(&Value::Null)),
-        ),
-        ("gpus", gpus),
-        (
-            "created",
-            output::time(job.get("created_at").unwrap_or(&Value::Null)),
-        ),
-        (
-            "finished",
-            output::time(job.get("finished_at").unwrap_or(&Value::Null)),
-        ),
-    ]);
-    let attempts = job
-        .get("attempts")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    if !attempts.is_empty() {
+    let job: JobView = get_as(&api, &job_path(id)).await?;
+    output::show(client.output, &job);
+    if client.output == OutputFormat::Table && !job.attempts.is_empty() {
         output::line("");
-        let headers: Vec<String> = [
-            "ATTEMPT", "REPLICA", "NODE", "GPUS", "STARTED", "ENDED", "OUTCOME", "EXIT", "SIGNAL",
-            "DETAIL",
-        ]
-        .iter()
-        .map(|h| (*h).to_owned())
-        .collect();
-        let rows: Vec<Vec<String>> = attempts
-            .iter()
-            .map(|a| {
-                vec![
-                    field(a, "attempt"),
-                    field(a, "replica"),
-                    field(a, "node"),
-                    field(a, "gpu_uuids"),
-                    output::time(a.get("started_at").unwrap_or(&Value::Null)),
-                    output::time(a.get("ended_at").unwrap_or(&Value::Null)),
-                    field(a, "outcome"),
-                    field(a, "exit_code"),
-                    field(a, "signal"),
-                    field(a, "detail"),
-                ]
-            })
-            .collect();
-        output::table(&headers, &rows);
+        output::rows(OutputFormat::Table, &job.attempts);
     }
     Ok(())
 }
@@ -390,7 +253,7 @@ async fn logs(
     if replica > 0 {
         pinned.push_str(&format!("&replica={replica}"));
     }
-    let mut current: Option<u64> = None;
+    let mut current: Option<u32> = None;
     let mut offset: u64 = 0;
     let mut interval = POLL_FIRST;
     let mut failures = 0;
@@ -399,12 +262,12 @@ async fn logs(
             "{}/logs?stream={stream}&offset={offset}&max_bytes={LOG_CHUNK}{pinned}",
             job_path(id)
         );
-        let chunk = match api.get(&path).await {
+        let chunk: JobLogsView = match get_as(&api, &path).await {
             Ok(chunk) => chunk,
             // Not on a node yet: wait for it to start, unless it ended without ever running.
             Err(ClientError::Conflict(_)) if follow => {
-                let job = api.get(&job_path(id)).await?;
-                if is_terminal(&job) {
+                let job: JobView = get_as(&api, &job_path(id)).await?;
+                if job.state.is_terminal() {
                     output::note(&format!("{}; it produced no output", ending(&job)));
                     return Ok(());
                 }
@@ -414,8 +277,10 @@ async fn logs(
             // The agent or the coordinator is briefly away: keep following while the job may still run.
             Err(ClientError::Unavailable(message)) if follow => {
                 failures += 1;
-                let job = api.get(&job_path(id)).await.ok();
-                if failures > POLL_FAILURES_TOLERATED || job.as_ref().is_some_and(is_terminal) {
+                let job = get_as::<JobView>(&api, &job_path(id)).await.ok();
+                if failures > POLL_FAILURES_TOLERATED
+                    || job.as_ref().is_some_and(|j| j.state.is_terminal())
+                {
                     return Err(ClientError::Unavailable(message));
                 }
                 pause(&mut interval).await;
@@ -424,39 +289,31 @@ async fn logs(
             Err(e) => return Err(e),
         };
         failures = 0;
-        let this_attempt = chunk.get("attempt").and_then(Value::as_u64);
-        if attempt.is_none() && current.is_some() && this_attempt != current {
+        if attempt.is_none() && current.is_some() && current != Some(chunk.attempt) {
             output::note(&format!(
                 "--- attempt {} on {} ---",
-                output::cell(chunk.get("attempt").unwrap_or(&Value::Null)),
-                str_of(&chunk, "node")
+                chunk.attempt, chunk.node
             ));
-            current = this_attempt;
+            current = Some(chunk.attempt);
             offset = 0;
             continue;
         }
-        current = this_attempt;
-        let data = str_of(&chunk, "data");
-        if !data.is_empty() {
-            match output::raw(data.as_bytes()) {
+        current = Some(chunk.attempt);
+        if !chunk.data.is_empty() {
+            match output::raw(chunk.data.as_bytes()) {
                 Ok(()) => {}
                 // Whoever read our output stopped (`| head`): nothing left to do.
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
                 Err(e) => return Err(ClientError::Failed(format!("writing the output: {e}"))),
             }
         }
-        let next = chunk
-            .get("next_offset")
-            .and_then(Value::as_u64)
-            .unwrap_or(offset);
-        let moved = next != offset || !data.is_empty();
-        offset = next;
+        let moved = chunk.next_offset != offset || !chunk.data.is_empty();
+        offset = chunk.next_offset;
         if moved {
             interval = POLL_FIRST;
             continue;
         }
-        let done = chunk.get("done").and_then(Value::as_bool).unwrap_or(true);
-        if !follow || done {
+        if !follow || chunk.done {
             return Ok(());
         }
         pause(&mut interval).await;
@@ -465,18 +322,12 @@ async fn logs(
 
 async fn cancel(id: &str, client: ClientArgs) -> Result<(), ClientError> {
     let api = ApiClient::from_args(&client)?;
-    let job = api
-        .post(&format!("{}:cancel", job_path(id)), json!({}))
-        .await?;
+    let job: JobView = post_as(&api, &format!("{}:cancel", job_path(id)), &json!({})).await?;
     match client.output {
-        OutputFormat::Json => output::json(&job),
+        OutputFormat::Json => output::json_of(&job),
         OutputFormat::Table => {
-            let state = str_of(&job, "state");
-            let requested = job
-                .get("cancel_requested")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            if requested && !TERMINAL.contains(&state) {
+            let state = job.state.as_str();
+            if job.cancel_requested && !job.state.is_terminal() {
                 output::note(&format!(
                     "job {id}: cancel requested; its agent stops it (state {state})"
                 ));
@@ -545,14 +396,14 @@ mod tests {
         ]))
         .expect("body");
         assert_eq!(
-            body,
+            sent(&body),
             json!({
                 "command": "python3",
                 "args": ["train.py"],
                 "name": "t",
                 "resources": {"cpu_millis": 1500, "memory_bytes": 2_000_000_000u64, "gpus": 2,
                               "gpu_model": "H200"},
-                "constraints": {"region": "eu", "cluster": null, "labels": {"zone": "a"}},
+                "constraints": {"region": "eu", "labels": {"zone": "a"}},
                 "env": {"A": "1"},
                 "working_dir": "/w",
                 "priority": 3,
@@ -563,6 +414,8 @@ mod tests {
                 "preemptible": false,
                 "strategy": "spread",
                 "data_locality": {"region": "us", "cluster": "us1"},
+                "secrets": {},
+                "secrets_env": false,
             })
         );
         let with_secrets = submission(&run_args(&[
@@ -573,52 +426,136 @@ mod tests {
             "true",
         ]))
         .expect("body");
-        assert_eq!(with_secrets["secrets"], json!({"TOKEN": "api-token"}));
-        assert_eq!(with_secrets["secrets_env"], json!(true));
+        assert_eq!(
+            with_secrets.secrets,
+            [("TOKEN".to_owned(), "api-token".to_owned())].into()
+        );
+        assert!(with_secrets.secrets_env);
         let files_only =
             submission(&run_args(&["--secret", "TOKEN=api-token", "--", "true"])).expect("body");
-        assert!(files_only.get("secrets_env").is_none());
+        assert!(!files_only.secrets_env);
         let region_only =
             submission(&run_args(&["--data-locality", "eu", "--", "true"])).expect("body");
-        assert_eq!(
-            region_only["data_locality"],
-            json!({"region": "eu", "cluster": null})
-        );
+        assert_eq!(sent(&region_only)["data_locality"], json!({"region": "eu"}));
         let minimal = submission(&run_args(&["--", "true"])).expect("body");
-        assert_eq!(minimal["command"], "true");
-        assert_eq!(minimal["args"], json!([]));
-        assert_eq!(minimal["resources"], json!({}));
-        assert!(minimal.get("timeout_secs").is_none());
-        for absent in [
-            "replicas",
-            "preemption",
-            "preemptible",
-            "strategy",
-            "data_locality",
-        ] {
-            assert!(minimal.get(absent).is_none(), "{absent}");
+        assert_eq!(
+            sent(&minimal),
+            json!({
+                "command": "true",
+                "args": [],
+                "env": {},
+                "resources": {},
+                "constraints": {"labels": {}},
+                "preemption": false,
+                "retry": {"on_failure": false},
+                "secrets": {},
+                "secrets_env": false,
+            }),
+            "what is not asked for is left to the server's defaults"
+        );
+    }
+
+    /// A request body as sent, without its null (absent) fields.
+    fn sent(body: &SubmitJobRequest) -> serde_json::Value {
+        fn strip(v: serde_json::Value) -> serde_json::Value {
+            match v {
+                serde_json::Value::Object(map) => map
+                    .into_iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k, strip(v)))
+                    .collect(),
+                other => other,
+            }
         }
+        strip(serde_json::to_value(body).expect("a request body"))
+    }
+
+    /// A job in `state` with these attempts (given as the API writes them).
+    fn job(id: &str, state: JobState, attempts: serde_json::Value) -> JobView {
+        let attempts = attempts
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                let mut full = json!({
+                    "attempt": 1, "replica": 0, "node": "", "region": "eu", "cluster": "eu1",
+                    "gpu_uuids": [], "resources": {"cpu_millis": 0, "memory_bytes": 0, "gpus": 0},
+                    "scheduled_at": 1, "started_at": null, "ended_at": null, "outcome": null,
+                    "exit_code": null, "signal": null, "cpu_time_ms": null, "max_rss_bytes": null,
+                    "detail": "",
+                });
+                if let (Some(base), Some(given)) = (full.as_object_mut(), a.as_object()) {
+                    base.extend(given.clone());
+                }
+                full
+            })
+            .collect::<Vec<_>>();
+        serde_json::from_value(json!({
+            "id": id, "project_id": "p1", "name": "", "state": state, "command": "true", "args": [],
+            "env": {}, "working_dir": null,
+            "resources": {"cpu_millis": 0, "memory_bytes": 0, "gpus": 0},
+            "replicas": 1, "constraints": {"region": null, "cluster": null, "labels": {}},
+            "data_locality": null, "priority": 0, "preemption": false, "preemptible": true,
+            "strategy": "bin_pack", "retry": {"max_attempts": 3, "on_failure": false},
+            "timeout_secs": null, "cancel_grace_secs": 10, "secrets": {}, "secrets_env": false,
+            "node": null, "region": null, "cluster": null, "attempt_count": attempts.len(),
+            "attempts": attempts, "pending_reason": null, "cancel_requested": false, "exit_code": null,
+            "created_by": "ci", "principal_id": null, "created_at": 1, "updated_at": 1,
+            "finished_at": null,
+        }))
+        .expect("a job as the API writes it")
     }
 
     #[test]
     fn endings_say_state_exit_and_node() {
-        let job = json!({"id": "job_1", "state": "failed", "attempts": [
-            {"node": "eu/eu1/a1", "exit_code": 3, "detail": ""}]});
-        assert_eq!(ending(&job), "job job_1 failed, exit code 3 on eu/eu1/a1");
-        let job = json!({"id": "job_2", "state": "cancelled", "attempts": []});
-        assert_eq!(ending(&job), "job job_2 cancelled");
-        // A gang: the replica that failed, not the one stopped with it nor the older attempt.
-        let job = json!({"id": "job_3", "state": "failed", "attempts": [
-            {"attempt": 1, "replica": 0, "node": "n0", "outcome": "failed", "exit_code": 9, "detail": "x"},
-            {"attempt": 2, "replica": 0, "node": "n1", "outcome": "failed", "exit_code": 4,
-             "detail": "exited with code 4"},
-            {"attempt": 2, "replica": 1, "node": "n2", "outcome": "stopped",
-             "detail": "stopped with its gang (replica 0 failed: exited with code 4)"}]});
+        let failed = job(
+            "job_1",
+            JobState::Failed,
+            json!([{"node": "eu/eu1/a1", "exit_code": 3, "detail": ""}]),
+        );
         assert_eq!(
-            ending(&job),
+            ending(&failed),
+            "job job_1 failed, exit code 3 on eu/eu1/a1"
+        );
+        let cancelled = job("job_2", JobState::Cancelled, json!([]));
+        assert_eq!(ending(&cancelled), "job job_2 cancelled");
+        // A gang: the replica that failed, not the one stopped with it nor the older attempt.
+        let gang = job(
+            "job_3",
+            JobState::Failed,
+            json!([
+                {"attempt": 1, "replica": 0, "node": "n0", "outcome": "failed", "exit_code": 9,
+                 "detail": "x"},
+                {"attempt": 2, "replica": 0, "node": "n1", "outcome": "failed", "exit_code": 4,
+                 "detail": "exited with code 4"},
+                {"attempt": 2, "replica": 1, "node": "n2", "outcome": "stopped",
+                 "detail": "stopped with its gang (replica 0 failed: exited with code 4)"}]),
+        );
+        assert_eq!(
+            ending(&gang),
             "job job_3 failed, exit code 4 on n1 (exited with code 4)"
         );
-        assert!(is_terminal(&json!({"state": "lost"})));
-        assert!(!is_terminal(&json!({"state": "running"})));
+    }
+
+    #[test]
+    fn a_job_reads_as_a_row_and_as_lines_without_raw_times() {
+        use crate::output::{Fields as _, Row as _};
+        let now = 1_700_000_300_000;
+        let mut j = job(
+            "job_4",
+            JobState::Running,
+            json!([{"started_at": 1_700_000_000_000u64}]),
+        );
+        j.created_at = 1_700_000_000_000;
+        let row = j.row(now);
+        assert_eq!(row, ["job_4", "-", "running", "-", "1", "5m"]);
+        let lines = j.fields(now);
+        let created = lines
+            .iter()
+            .find(|(k, _)| *k == "created")
+            .map(|(_, v)| v.as_str());
+        assert_eq!(created, Some("2023-11-14T22:13:20.000Z (5m ago)"));
+        let attempt = j.attempts[0].row(now);
+        assert_eq!(attempt[4], "2023-11-14T22:13:20.000Z");
     }
 }

@@ -6,12 +6,19 @@ mod audit;
 mod certs;
 mod context;
 mod jobs;
+mod tables;
 mod usage;
 
-use clap::CommandFactory;
+use std::future::Future;
 
-use crate::cli::{Cli, Command};
-use crate::client::ClientError;
+use clap::CommandFactory;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::cli::{Cli, Command, ListOptions, WatchOptions};
+use crate::client::{ApiClient, ClientError};
+use crate::output;
 
 /// Runs one command; the result's error decides the exit code.
 pub async fn run(cli: Cli) -> Result<(), CommandError> {
@@ -80,5 +87,178 @@ impl CommandError {
             CommandError::Exit(_) => "exit",
             CommandError::JobDidNotSucceed { .. } => "job_did_not_succeed",
         }
+    }
+}
+
+// ---- typed replies ---------------------------------------------------------------------------------------
+
+/// `GET path`, the reply read as `T` (one of the API's reply types, `coordinator::api::dto`).
+pub(crate) async fn get_as<T: DeserializeOwned>(
+    api: &ApiClient,
+    path: &str,
+) -> Result<T, ClientError> {
+    decode(&format!("GET {path}"), api.get(path).await?)
+}
+
+/// `POST path` with a typed request body, the reply read as `T`.
+pub(crate) async fn post_as<T: DeserializeOwned, B: Serialize>(
+    api: &ApiClient,
+    path: &str,
+    body: &B,
+) -> Result<T, ClientError> {
+    decode(
+        &format!("POST {path}"),
+        api.post(path, body_of(body)?).await?,
+    )
+}
+
+/// `PUT path` with a typed request body, the reply read as `T`.
+pub(crate) async fn put_as<T: DeserializeOwned, B: Serialize>(
+    api: &ApiClient,
+    path: &str,
+    body: &B,
+) -> Result<T, ClientError> {
+    decode(&format!("PUT {path}"), api.put(path, body_of(body)?).await?)
+}
+
+/// Every item of a paged listing, each read as `T`.
+pub(crate) async fn list_all_as<T: DeserializeOwned>(
+    api: &ApiClient,
+    path: &str,
+) -> Result<Vec<T>, ClientError> {
+    let what = format!("GET {path}");
+    api.list_all(path)
+        .await?
+        .into_iter()
+        .map(|item| decode(&what, item))
+        .collect()
+}
+
+/// A request body as JSON.
+fn body_of<B: Serialize>(body: &B) -> Result<Value, ClientError> {
+    serde_json::to_value(body)
+        .map_err(|e| ClientError::Failed(format!("encoding the request: {e}")))
+}
+
+/// Reads a reply as `T`; a reply that does not fit is a failure (exit code 1) that names the call, the type
+/// and what did not fit — a coordinator of another version, or not a coordinator at all.
+pub(crate) fn decode<T: DeserializeOwned>(what: &str, reply: Value) -> Result<T, ClientError> {
+    serde_json::from_value(reply).map_err(|e| {
+        let full = std::any::type_name::<T>();
+        // `alloc::vec::Vec<meridian_coordinator::api::jobs::JobView>` → `Vec<JobView>`.
+        let short: String = full
+            .split_inclusive(['<', '>', ','])
+            .map(|part| part.rsplit("::").next().unwrap_or(part))
+            .collect();
+        ClientError::Failed(format!(
+            "the admin API's answer to {what} does not read as {short}: {e} \
+             (is the coordinator the same version as this CLI?)"
+        ))
+    })
+}
+
+// ---- lists for people --------------------------------------------------------------------------------------
+
+/// `items` newest first by `at` (items with the same time in the reverse of the server's order), cut to
+/// `--limit`.
+pub(crate) fn newest_first<T>(
+    mut items: Vec<T>,
+    at: impl Fn(&T) -> u64,
+    options: ListOptions,
+) -> Vec<T> {
+    items.reverse();
+    items.sort_by_key(|item| std::cmp::Reverse(at(item)));
+    if let Some(limit) = options.limit {
+        items.truncate(limit);
+    }
+    items
+}
+
+/// Fetches and renders once, or with `--watch` again every interval until Ctrl-C: on a terminal each frame
+/// replaces the last; otherwise frames follow each other after a blank line. A coordinator briefly
+/// unavailable is noted on stderr and asked again at the next interval; any other error ends the watch. Stops
+/// quietly when stdout's reader goes away.
+pub(crate) async fn watching<T, F, Fut>(
+    watch: WatchOptions,
+    title: &str,
+    mut fetch: F,
+    render: impl Fn(&T),
+) -> Result<(), ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ClientError>>,
+{
+    if !watch.watch {
+        render(&fetch().await?);
+        return Ok(());
+    }
+    let every = match u64::try_from(watch.interval.as_millis()).unwrap_or(u64::MAX) {
+        ms if ms < 1000 => format!("{ms}ms"),
+        ms => output::span(ms),
+    };
+    let title = format!("{title}, every {every}");
+    let stop = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            // No signal handling here: the default Ctrl-C ends the process.
+            std::future::pending::<()>().await;
+        }
+    };
+    let frames = async {
+        let mut first = true;
+        loop {
+            match fetch().await {
+                Ok(answer) => {
+                    output::watch_frame(first, &title);
+                    render(&answer);
+                    first = false;
+                }
+                Err(ClientError::Unavailable(m)) => output::note(&format!("unavailable: {m}")),
+                Err(e) => return Err(e),
+            }
+            if output::stdout_closed() {
+                return Ok(());
+            }
+            tokio::time::sleep(watch.interval).await;
+        }
+    };
+    tokio::select! {
+        () = stop => Ok(()),
+        result = frames => result,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use coordinator::api::dto::{ListPage, ProjectView};
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_reply_that_does_not_fit_is_a_failure_that_names_the_call_and_type() {
+        let e = decode::<ProjectView>("GET /v1/projects/x", json!({"id": 5}))
+            .expect_err("an id is text");
+        assert_eq!(e.exit_code(), 1);
+        let text = e.to_string();
+        assert!(text.contains("GET /v1/projects/x"), "{text}");
+        assert!(text.contains("does not read as ProjectView"), "{text}");
+        assert!(text.contains("invalid type"), "{text}");
+        let e = decode::<ListPage<ProjectView>>("GET /v1/projects", json!("<html>"))
+            .expect_err("not a page");
+        assert!(
+            e.to_string()
+                .contains("does not read as ListPage<ProjectView>"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn lists_read_newest_first_and_stop_at_the_limit() {
+        // (time, id) as the server pages them: oldest first.
+        let items = vec![(1, "a"), (5, "b"), (3, "c"), (5, "d")];
+        let all = newest_first(items.clone(), |i| i.0, ListOptions { limit: None });
+        assert_eq!(all, [(5, "d"), (5, "b"), (3, "c"), (1, "a")]);
+        let two = newest_first(items, |i| i.0, ListOptions { limit: Some(2) });
+        assert_eq!(two, [(5, "d"), (5, "b")]);
     }
 }

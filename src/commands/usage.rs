@@ -4,19 +4,13 @@
 //! Owns turning `--since`/`--until` into what the API accepts (a duration such as `7d` counts back from
 //! now; RFC 3339 and Unix milliseconds pass through). Must never compute usage itself: the registry does.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use coordinator::api::dto::UsageReport;
+use coordinator::state::UsageFigures;
 
-use serde_json::Value;
-
+use super::get_as;
 use crate::cli::{OutputFormat, UsageArgs};
 use crate::client::{segment, ApiClient, ClientError};
 use crate::output;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 /// The API's form of a `--since`/`--until` value: a duration back from `now`, else the text as given.
 fn instant(flag: &str, text: &str, now: u64) -> Result<String, ClientError> {
@@ -38,14 +32,32 @@ fn instant(flag: &str, text: &str, now: u64) -> Result<String, ClientError> {
     Ok(t.to_owned())
 }
 
-fn figure(v: &Value, key: &str) -> String {
-    v.get(key)
-        .and_then(Value::as_f64)
-        .map_or_else(|| "-".to_owned(), |x| format!("{x:.3}"))
+fn figure(x: f64) -> String {
+    format!("{x:.3}")
+}
+
+/// The four figures of a report (or of its purged share), labelled, indented by `indent`.
+fn figure_lines(f: &UsageFigures, indent: bool) -> Vec<(&'static str, String)> {
+    let label = |plain: &'static str, indented: &'static str| if indent { indented } else { plain };
+    vec![
+        (
+            label("cpu core-seconds", "  cpu core-seconds"),
+            figure(f.cpu_core_seconds),
+        ),
+        (
+            label("memory GiB-seconds", "  memory GiB-seconds"),
+            figure(f.memory_gib_seconds),
+        ),
+        (label("gpu-seconds", "  gpu-seconds"), figure(f.gpu_seconds)),
+        (
+            label("cpu time (s)", "  cpu time (s)"),
+            figure(f.cpu_time_seconds),
+        ),
+    ]
 }
 
 pub async fn run(args: UsageArgs) -> Result<(), ClientError> {
-    let now = now_ms();
+    let now = output::now_ms();
     let mut query = Vec::new();
     if let Some(since) = &args.since {
         query.push(format!(
@@ -65,95 +77,70 @@ pub async fn run(args: UsageArgs) -> Result<(), ClientError> {
         format!("/v1/usage?{}", query.join("&"))
     };
     let api = ApiClient::from_args(&args.client)?;
-    let report = api.get(&path).await?;
+    let report: UsageReport = get_as(&api, &path).await?;
     if args.client.output == OutputFormat::Json {
-        output::json(&report);
+        output::json_of(&report);
         return Ok(());
     }
-    output::fields(&[
-        (
-            "project",
-            output::cell(report.get("project_id").unwrap_or(&Value::Null)),
-        ),
-        (
-            "since",
-            output::time(report.get("since").unwrap_or(&Value::Null)),
-        ),
-        (
-            "until",
-            output::time(report.get("until").unwrap_or(&Value::Null)),
-        ),
-        ("cpu core-seconds", figure(&report, "cpu_core_seconds")),
-        ("memory GiB-seconds", figure(&report, "memory_gib_seconds")),
-        ("gpu-seconds", figure(&report, "gpu_seconds")),
-        ("cpu time (s)", figure(&report, "cpu_time_seconds")),
-    ]);
+    let totals = UsageFigures {
+        cpu_core_seconds: report.cpu_core_seconds,
+        memory_gib_seconds: report.memory_gib_seconds,
+        gpu_seconds: report.gpu_seconds,
+        cpu_time_seconds: report.cpu_time_seconds,
+    };
+    let mut lines = vec![
+        ("project", report.project_id.clone()),
+        ("since", output::time_ms(report.since)),
+        ("until", output::time_ms(report.until)),
+    ];
+    lines.extend(figure_lines(&totals, false));
+    output::fields(&lines);
     // Purged jobs are only in the totals, kept per hour; show their share when there is one.
-    let archived = report.get("archived").cloned().unwrap_or(Value::Null);
+    let a = &report.archived;
     let any_archived = [
-        "cpu_core_seconds",
-        "memory_gib_seconds",
-        "gpu_seconds",
-        "cpu_time_seconds",
+        a.cpu_core_seconds,
+        a.memory_gib_seconds,
+        a.gpu_seconds,
+        a.cpu_time_seconds,
     ]
     .iter()
-    .any(|k| {
-        archived
-            .get(k)
-            .and_then(Value::as_f64)
-            .is_some_and(|x| x > 0.0)
-    });
+    .any(|x| *x > 0.0);
     if any_archived {
         output::line("");
-        output::fields(&[
-            (
-                "purged jobs (per hour)",
-                "included in the totals above".to_owned(),
-            ),
-            ("  cpu core-seconds", figure(&archived, "cpu_core_seconds")),
-            (
-                "  memory GiB-seconds",
-                figure(&archived, "memory_gib_seconds"),
-            ),
-            ("  gpu-seconds", figure(&archived, "gpu_seconds")),
-            ("  cpu time (s)", figure(&archived, "cpu_time_seconds")),
-        ]);
+        let mut lines = vec![(
+            "purged jobs (per hour)",
+            "included in the totals above".to_owned(),
+        )];
+        lines.extend(figure_lines(a, true));
+        output::fields(&lines);
     }
-    let jobs = report
-        .get("jobs")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    if !jobs.is_empty() {
+    if !report.jobs.is_empty() {
         output::line("");
-        let headers: Vec<String> = [
-            "JOB",
-            "NAME",
-            "CPU-CORE-S",
-            "MEM-GIB-S",
-            "GPU-S",
-            "CPU-TIME-S",
-        ]
-        .iter()
-        .map(|h| (*h).to_owned())
-        .collect();
-        let rows: Vec<Vec<String>> = jobs
+        let rows: Vec<Vec<String>> = report
+            .jobs
             .iter()
             .map(|j| {
                 vec![
-                    output::cell(j.get("job_id").unwrap_or(&Value::Null)),
-                    match j.get("name").and_then(Value::as_str) {
-                        Some(n) if !n.is_empty() => n.to_owned(),
-                        _ => "-".to_owned(),
-                    },
-                    figure(j, "cpu_core_seconds"),
-                    figure(j, "memory_gib_seconds"),
-                    figure(j, "gpu_seconds"),
-                    figure(j, "cpu_time_seconds"),
+                    j.job_id.clone(),
+                    output::text(&j.name),
+                    figure(j.cpu_core_seconds),
+                    figure(j.memory_gib_seconds),
+                    figure(j.gpu_seconds),
+                    figure(j.cpu_time_seconds),
                 ]
             })
             .collect();
-        output::table(&headers, &rows);
+        output::table(
+            &[
+                "JOB",
+                "NAME",
+                "CPU-CORE-S",
+                "MEM-GIB-S",
+                "GPU-S",
+                "CPU-TIME-S",
+            ],
+            &rows,
+        );
     }
     Ok(())
 }

@@ -636,7 +636,16 @@ fn https_server(cert: &Path, key: &Path) -> (String, Arc<AtomicBool>, std::threa
         match tls.read(&mut buf) {
             Ok(n) if n > 0 => {
                 seen.store(true, Ordering::SeqCst);
-                let body = r#"{"principal":{"id":"sa_fake","name":"fake"}}"#;
+                // A whole `whoami` answer: the CLI reads replies into the API's types.
+                let body = concat!(
+                    r#"{"principal":{"id":"sa_fake","kind":"service_account","name":"fake","#,
+                    r#""project_id":null,"created_at":1,"disabled":false},"#,
+                    r#""key":{"id":"k1","prefix":"mrd_k1_","principal_id":"sa_fake","project_id":"p1","#,
+                    r#""name":"fake","last4":"abcd","created_at":1,"expires_at":null,"revoked_at":null,"#,
+                    r#""roles":null,"project_scoped":false},"#,
+                    r#""project":{"id":"p1","name":"default","description":"","created_at":1},"#,
+                    r#""bindings":[]}"#
+                );
                 let _ = write!(
                     tls,
                     "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
