@@ -380,6 +380,17 @@ fn cluster_status(format: OutputFormat, s: &ClusterOverview) {
         ("leader", output::opt_num(c.leader)),
         ("term", c.term.to_string()),
         ("applied_index", c.applied_index.to_string()),
+        (
+            "apply_version",
+            if c.apply_version == c.apply_version_known {
+                c.apply_version.to_string()
+            } else {
+                format!(
+                    "{} (this member's build knows {}; it rises once every member does)",
+                    c.apply_version, c.apply_version_known
+                )
+            },
+        ),
     ]);
     output::line("");
     output::rows(OutputFormat::Table, &c.members);
