@@ -31,7 +31,8 @@ Exit codes:
   0 success   1 failure   2 bad usage or invalid input
   3 unauthenticated, forbidden, or over a project quota or rate limit
   4 not found 5 conflict  6 unavailable (no connection, no leader, not ready)
-  7 the job ended without succeeding (failed, cancelled or lost; job run --wait)";
+  7 the job ended without succeeding (failed, cancelled or lost; job run --wait)
+  8 no node of the fleet could ever run the job (job run --wait, job plan)";
 
 /// Top-level command line.
 #[derive(Debug, Parser)]
@@ -820,6 +821,15 @@ pub enum JobCommand {
     /// Submit a job (prints its id; with --wait, waits until it ends).
     #[command(after_help = JOB_RUN_HELP)]
     Run(Box<JobRunArgs>),
+    /// Show where a job would land now, or why it would wait, without submitting it (same flags as run).
+    #[command(
+        after_help = "Examples:\n  meridian job plan --gpus 2 --region eu -- python3 train.py\n  \
+meridian job plan -f job.toml\n  meridian job plan -f job.yaml -o json\n\n\
+The plan is the scheduler's decision against the fleet and what runs there now, under the project's quota; \
+pending jobs ahead of it are counted, not placed first. Exit code 0 when it would be placed now or would \
+wait for room, 8 when no node of the fleet could ever run it."
+    )]
+    Plan(Box<JobRunArgs>),
     /// List the project's jobs, newest first.
     #[command(
         after_help = "Examples:\n  meridian job list\n  meridian job list --limit 20\n  \
@@ -892,7 +902,10 @@ SIZE: 512Mi, 2G, 1GiB, … (K, M, G, T are powers of 1000; Ki, Mi, Gi, Ti of 102
 DURATION: 30s, 5m, 2h, 1h30m.
 With --replicas N the job is a gang: N processes, each with the resources asked for, placed all at once or
 not at all; the job succeeds when every replica has, and one that fails or is lost stops the others.
-With --wait, the exit code is 0 when the job succeeded and 7 when it failed, was cancelled or was lost.";
+With --wait, the exit code is 0 when the job succeeded and 7 when it failed, was cancelled or was lost, and 8
+when no node of the fleet could ever run it (it stays pending; job cancel withdraws it).
+-f FILE reads the submission from a TOML, YAML or JSON spec file (the API's SubmitJobRequest); flags given
+beside it override its values.";
 
 /// What `meridian job run` submits.
 #[derive(Debug, Args)]
@@ -972,8 +985,16 @@ pub struct JobRunArgs {
     pub wait: bool,
     /// The program and its arguments, after `--`. An unknown option before it is an error, never the
     /// program.
-    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    #[arg(
+        required_unless_present = "file",
+        trailing_var_arg = true,
+        value_name = "CMD"
+    )]
     pub command: Vec<String>,
+    /// A job spec file: the API's submission body in TOML, YAML or JSON (by extension; `-` reads stdin).
+    /// Flags given beside it override its values; a command after -- replaces its command.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -851,3 +851,93 @@ async fn place_by_hand(
         .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_plan_says_where_a_job_would_land_and_a_job_no_node_could_run_says_so(
+) -> anyhow::Result<()> {
+    let api = start().await?;
+    register_unreachable_node(&api, "a1", Vec::new(), &[]).await?;
+
+    // A dry run: where it would land, and nothing is submitted.
+    let plan = api
+        .post("/v1/jobs:plan")
+        .json(json!({"command": "true", "resources": {"cpu": 1, "memory": "1Gi"}}))
+        .send()
+        .await?;
+    assert_eq!(plan.status, 200, "{}", plan.body);
+    assert_eq!(plan.body["placeable"], true, "{}", plan.body);
+    assert_eq!(plan.body["replicas"][0]["node"], "eu/eu1/a1");
+    assert_eq!(plan.body["replicas"][0]["region"], "eu");
+    assert_eq!(plan.body["replicas"][0]["resources"]["cpu_millis"], 1000);
+    assert_eq!(plan.body["unsatisfiable"], Value::Null);
+    let listed = api.get("/v1/jobs").send().await?;
+    assert_eq!(listed.body["items"], json!([]), "a plan submits nothing");
+
+    // A GPU job on a fleet without GPUs: told at submission, and on every read while it waits.
+    let gpu_job = json!({"command": "train", "resources": {"gpus": 1}});
+    let plan = api
+        .post("/v1/jobs:plan")
+        .json(gpu_job.clone())
+        .send()
+        .await?;
+    assert_eq!(plan.body["placeable"], false, "{}", plan.body);
+    assert!(plan.body["pending_reason"].is_string(), "{}", plan.body);
+    let created = submit(&api, gpu_job).await?;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let never = created.str("/unsatisfiable");
+    assert!(
+        never.starts_with("no node in the fleet could ever run it")
+            && never.ends_with("1 node has no GPUs"),
+        "{never}"
+    );
+    let id = created.str("/id");
+    let read = api.get(&format!("/v1/jobs/{id}")).send().await?;
+    assert_eq!(read.str("/unsatisfiable"), never);
+    let listed = api.get("/v1/jobs").send().await?;
+    assert_eq!(listed.body["items"][0]["unsatisfiable"], json!(never));
+    // A job that only waits for room says nothing of the kind.
+    let cpu = submit(&api, json!({"command": "true", "resources": {"cpu": 1}})).await?;
+    assert_eq!(cpu.body["unsatisfiable"], Value::Null, "{}", cpu.body);
+
+    // The same over gRPC.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", api.addr))?
+        .connect()
+        .await?;
+    let mut jobs = pb::job_service_client::JobServiceClient::new(channel);
+    let grpc_plan = jobs
+        .plan_job(authed(
+            pb::SubmitJobRequest {
+                command: "train".into(),
+                resources: Some(pb::JobResources {
+                    gpus: 1,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            &api.admin_token,
+        )?)
+        .await?
+        .into_inner();
+    assert!(!grpc_plan.placeable);
+    assert_eq!(grpc_plan.unsatisfiable.as_deref(), Some(never.as_str()));
+
+    // Planning is running jobs' right: a viewer may not; a bad body names its field.
+    let (viewer, _, _) = api.create_key("default", "planner", "viewer").await?;
+    let denied = api
+        .post("/v1/jobs:plan")
+        .token(&viewer)
+        .json(json!({"command": "true"}))
+        .send()
+        .await?;
+    assert_eq!(denied.status, 403, "{}", denied.body);
+    let bad = api
+        .post("/v1/jobs:plan")
+        .json(json!({"command": ""}))
+        .send()
+        .await?;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.error_message().starts_with("command"), "{}", bad.body);
+
+    api.stop().await;
+    Ok(())
+}

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use coordinator::api::dto::{
-    ConstraintsBody, JobLogsView, JobState, JobView, LocalityBody, ResourcesBody, RetryBody,
-    SubmitJobRequest,
+    ConstraintsBody, JobLogsView, JobPlanView, JobState, JobView, LocalityBody, ResourcesBody,
+    RetryBody, SubmitJobRequest,
 };
 use coordinator::state::AttemptOutcome;
 use serde_json::json;
@@ -30,6 +30,7 @@ const LOG_CHUNK: u64 = 1 << 20;
 pub async fn run(cmd: JobCommand) -> Result<(), CommandError> {
     match cmd {
         JobCommand::Run(args) => submit(*args).await,
+        JobCommand::Plan(args) => plan(*args).await,
         JobCommand::List {
             state,
             list: options,
@@ -53,12 +54,12 @@ pub async fn run(cmd: JobCommand) -> Result<(), CommandError> {
     }
 }
 
-/// The submission for `job run`'s flags.
-fn submission(args: &JobRunArgs) -> Result<SubmitJobRequest, ClientError> {
-    let (command, rest) = args
-        .command
-        .split_first()
-        .ok_or_else(|| ClientError::Usage("give the command to run after --".into()))?;
+/// The submission `job run`'s flags describe (no command when none follows `--`; see `job_spec`).
+pub(super) fn flag_submission(args: &JobRunArgs) -> Result<SubmitJobRequest, ClientError> {
+    let (command, rest) = match args.command.split_first() {
+        Some((command, rest)) => (Some(command.clone()), rest.to_vec()),
+        None => (None, Vec::new()),
+    };
     let data_locality =
         args.data_locality
             .as_ref()
@@ -74,8 +75,8 @@ fn submission(args: &JobRunArgs) -> Result<SubmitJobRequest, ClientError> {
             });
     Ok(SubmitJobRequest {
         name: args.name.clone(),
-        command: Some(command.clone()),
-        args: rest.to_vec(),
+        command,
+        args: rest,
         env: args.env.iter().cloned().collect(),
         working_dir: args.workdir.clone(),
         resources: ResourcesBody {
@@ -123,7 +124,7 @@ async fn wait_until_terminal(api: &ApiClient, id: &str) -> Result<JobView, Clien
     let mut failures = 0;
     loop {
         match get_as::<JobView>(api, &job_path(id)).await {
-            Ok(job) if job.state.is_terminal() => return Ok(job),
+            Ok(job) if job.state.is_terminal() || job.unsatisfiable.is_some() => return Ok(job),
             Ok(_) => failures = 0,
             Err(ClientError::Unavailable(m)) => {
                 failures += 1;
@@ -172,10 +173,17 @@ fn ending(job: &JobView) -> String {
 }
 
 async fn submit(args: JobRunArgs) -> Result<(), CommandError> {
-    let body = submission(&args)?;
+    let body = super::job_spec::submission(&args)?;
     let api = ApiClient::from_args(&args.client)?;
     let job: JobView = post_as(&api, "/v1/jobs", &body).await?;
     let format = args.client.output;
+    if let (OutputFormat::Table, Some(reason)) = (format, &job.unsatisfiable) {
+        output::note(&format!(
+            "warning: no node of the fleet could ever run job {}: {reason}\n\
+             it waits until the fleet changes; `meridian job cancel {}` withdraws it",
+            job.id, job.id
+        ));
+    }
     if !args.wait {
         match format {
             OutputFormat::Json => output::json_of(&job),
@@ -189,7 +197,17 @@ async fn submit(args: JobRunArgs) -> Result<(), CommandError> {
     let done = wait_until_terminal(&api, &job.id).await?;
     match format {
         OutputFormat::Json => output::json_of(&done),
-        OutputFormat::Table => output::note(&ending(&done)),
+        OutputFormat::Table if done.unsatisfiable.is_none() => output::note(&ending(&done)),
+        OutputFormat::Table => {}
+    }
+    if let (false, Some(reason)) = (done.state.is_terminal(), done.unsatisfiable) {
+        return Err(CommandError::JobCannotRun {
+            what: format!(
+                "job {} (still pending; `meridian job cancel {}` withdraws it)",
+                done.id, done.id
+            ),
+            reason,
+        });
     }
     if done.state == JobState::Succeeded {
         Ok(())
@@ -198,6 +216,60 @@ async fn submit(args: JobRunArgs) -> Result<(), CommandError> {
             id: done.id,
             state: done.state.as_str().to_owned(),
         })
+    }
+}
+
+/// `meridian job plan`: the scheduler's dry run of the submission the flags (and `-f`) describe.
+async fn plan(args: JobRunArgs) -> Result<(), CommandError> {
+    if args.wait {
+        return Err(ClientError::Usage(
+            "job plan submits nothing, so there is nothing to --wait for".into(),
+        )
+        .into());
+    }
+    let body = super::job_spec::submission(&args)?;
+    let api = ApiClient::from_args(&args.client)?;
+    let plan: JobPlanView = post_as(&api, "/v1/jobs:plan", &body).await?;
+    match args.client.output {
+        OutputFormat::Json => output::json_of(&plan),
+        OutputFormat::Table => {
+            for r in &plan.replicas {
+                let gpus = if r.gpu_uuids.is_empty() {
+                    String::new()
+                } else {
+                    format!(", GPUs {}", r.gpu_uuids.join(","))
+                };
+                let who = if plan.replicas.len() > 1 {
+                    format!("replica {} would run on", r.replica)
+                } else {
+                    "would run on".to_owned()
+                };
+                output::line(&format!("{who} {}{gpus}", r.node));
+            }
+            if plan.preempts > 0 {
+                output::line(&format!("preempting {} running job(s)", plan.preempts));
+            }
+            if let Some(reason) = plan
+                .pending_reason
+                .as_deref()
+                .filter(|_| plan.unsatisfiable.is_none())
+            {
+                output::line(&format!("would wait: {reason}"));
+            }
+            if plan.queue_ahead > 0 {
+                output::line(&format!(
+                    "{} pending job(s) of higher or equal priority would be considered first",
+                    plan.queue_ahead
+                ));
+            }
+        }
+    }
+    match plan.unsatisfiable {
+        Some(reason) => Err(CommandError::JobCannotRun {
+            what: "the job".to_owned(),
+            reason,
+        }),
+        None => Ok(()),
     }
 }
 
@@ -357,7 +429,7 @@ mod tests {
 
     #[test]
     fn flags_become_the_submission() {
-        let body = submission(&run_args(&[
+        let body = flag_submission(&run_args(&[
             "--name",
             "t",
             "--cpu",
@@ -418,7 +490,7 @@ mod tests {
                 "secrets_env": false,
             })
         );
-        let with_secrets = submission(&run_args(&[
+        let with_secrets = flag_submission(&run_args(&[
             "--secret",
             "TOKEN=api-token",
             "--secret-env",
@@ -431,13 +503,13 @@ mod tests {
             [("TOKEN".to_owned(), "api-token".to_owned())].into()
         );
         assert!(with_secrets.secrets_env);
-        let files_only =
-            submission(&run_args(&["--secret", "TOKEN=api-token", "--", "true"])).expect("body");
+        let files_only = flag_submission(&run_args(&["--secret", "TOKEN=api-token", "--", "true"]))
+            .expect("body");
         assert!(!files_only.secrets_env);
         let region_only =
-            submission(&run_args(&["--data-locality", "eu", "--", "true"])).expect("body");
+            flag_submission(&run_args(&["--data-locality", "eu", "--", "true"])).expect("body");
         assert_eq!(sent(&region_only)["data_locality"], json!({"region": "eu"}));
-        let minimal = submission(&run_args(&["--", "true"])).expect("body");
+        let minimal = flag_submission(&run_args(&["--", "true"])).expect("body");
         assert_eq!(
             sent(&minimal),
             json!({

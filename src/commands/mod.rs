@@ -5,6 +5,7 @@ mod agent;
 mod audit;
 mod certs;
 mod context;
+mod job_spec;
 mod jobs;
 mod tables;
 mod usage;
@@ -64,10 +65,15 @@ pub enum CommandError {
     /// A job waited for (`job run --wait`) ended in a state other than `succeeded`.
     #[error("job {id} ended {state}")]
     JobDidNotSucceed { id: String, state: String },
+    /// No node of the fleet could ever run the job (`job run --wait`, `job plan`).
+    #[error("{what} cannot run on this fleet: {reason}")]
+    JobCannotRun { what: String, reason: String },
 }
 
 /// The exit code of `job run --wait` when the job failed, was cancelled or was lost.
 pub const JOB_DID_NOT_SUCCEED: i32 = 7;
+/// The exit code of `job run --wait` and `job plan` when no node of the fleet could ever run the job.
+pub const JOB_CANNOT_RUN: i32 = 8;
 
 impl CommandError {
     pub fn exit_code(&self) -> i32 {
@@ -76,6 +82,7 @@ impl CommandError {
             CommandError::Fatal(_) => 1,
             CommandError::Exit(code) => *code,
             CommandError::JobDidNotSucceed { .. } => JOB_DID_NOT_SUCCEED,
+            CommandError::JobCannotRun { .. } => JOB_CANNOT_RUN,
         }
     }
 
@@ -86,6 +93,7 @@ impl CommandError {
             CommandError::Fatal(_) => "failed",
             CommandError::Exit(_) => "exit",
             CommandError::JobDidNotSucceed { .. } => "job_did_not_succeed",
+            CommandError::JobCannotRun { .. } => "job_cannot_run",
         }
     }
 }

@@ -116,6 +116,7 @@ pub(crate) mod op {
     pub(crate) static JOB_GET: Operation = needs("job.get", ReadProject);
     pub(crate) static JOB_CANCEL: Operation = needs("job.cancel", RunJobs);
     pub(crate) static JOB_LOGS: Operation = needs("job.logs", ReadProject);
+    pub(crate) static JOB_PLAN: Operation = needs("job.plan", RunJobs);
 
     pub(crate) static USAGE_GET: Operation = needs("usage.get", ReadProject);
 }

@@ -12,8 +12,8 @@ use crate::scheduler::{Constraints, Locality, ResourceRequest, Resources};
 use crate::state::{JobUsage, RetryPolicy, UsageFigures, UsageReport};
 
 use super::{
-    AttemptView, ConstraintsBody, JobListQuery, JobView, LocalityBody, LogsQuery, ResourcesBody,
-    RetryBody, SubmitJobRequest, UsageQuery,
+    AttemptView, ConstraintsBody, JobListQuery, JobPlanView, JobView, LocalityBody, LogsQuery,
+    PlannedReplica, ResourcesBody, RetryBody, SubmitJobRequest, UsageQuery,
 };
 
 /// Jobs' and usage's gRPC methods.
@@ -23,6 +23,7 @@ pub(crate) static METHODS: &[GrpcMethod] = &[
     grpc("/meridian.v1.JobService/ListJobs", &op::JOB_LIST),
     grpc("/meridian.v1.JobService/CancelJob", &op::JOB_CANCEL),
     grpc("/meridian.v1.JobService/ReadJobLogs", &op::JOB_LOGS),
+    grpc("/meridian.v1.JobService/PlanJob", &op::JOB_PLAN),
     grpc("/meridian.v1.UsageService/GetUsage", &op::USAGE_GET),
 ];
 
@@ -68,6 +69,12 @@ impl pb::job_service_server::JobService for GrpcAdmin {
                 next_page_token,
             }
         })
+    }
+
+    async fn plan_job(&self, request: Request<pb::SubmitJobRequest>) -> GrpcResult<pb::JobPlan> {
+        let scope = scope_of(&request)?;
+        let req = submission(request.into_inner());
+        answer(self.service.plan_job(&scope, req).await, job_plan)
     }
 
     async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> GrpcResult<pb::Job> {
@@ -143,11 +150,6 @@ fn attempt(a: AttemptView) -> pb::JobAttempt {
         max_rss_bytes,
         detail,
     } = a;
-    let Resources {
-        cpu_millis,
-        memory_bytes,
-        gpus,
-    } = resources;
     pb::JobAttempt {
         attempt,
         replica,
@@ -164,11 +166,7 @@ fn attempt(a: AttemptView) -> pb::JobAttempt {
         detail,
         cpu_time_ms,
         max_rss_bytes,
-        resources: Some(pb::ReservedResources {
-            cpu_millis,
-            memory_bytes,
-            gpus,
-        }),
+        resources: Some(reserved(resources)),
     }
 }
 
@@ -201,6 +199,7 @@ fn job(j: JobView) -> pb::Job {
         attempt_count,
         attempts,
         pending_reason,
+        unsatisfiable,
         cancel_requested,
         exit_code,
         created_by,
@@ -282,6 +281,58 @@ fn job(j: JobView) -> pb::Job {
         replicas,
         principal_id: principal_id.unwrap_or_default(),
         secrets_env,
+        unsatisfiable,
+    }
+}
+
+fn job_plan(p: JobPlanView) -> pb::JobPlan {
+    let JobPlanView {
+        placeable,
+        replicas,
+        preempts,
+        pending_reason,
+        unsatisfiable,
+        queue_ahead,
+    } = p;
+    pb::JobPlan {
+        placeable,
+        replicas: replicas.into_iter().map(planned_replica).collect(),
+        preempts,
+        pending_reason,
+        unsatisfiable,
+        queue_ahead,
+    }
+}
+
+fn planned_replica(r: PlannedReplica) -> pb::PlannedReplica {
+    let PlannedReplica {
+        replica,
+        node,
+        region,
+        cluster,
+        gpu_uuids,
+        resources,
+    } = r;
+    pb::PlannedReplica {
+        replica,
+        node,
+        region,
+        cluster,
+        gpu_uuids,
+        resources: Some(reserved(resources)),
+    }
+}
+
+fn reserved(r: Resources) -> pb::ReservedResources {
+    let Resources {
+        cpu_millis,
+        memory_bytes,
+        gpus,
+    } = r;
+    pb::ReservedResources {
+        cpu_millis,
+        memory_bytes,
+        gpus,
     }
 }
 

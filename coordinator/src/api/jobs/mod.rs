@@ -8,7 +8,10 @@
 //! connection to an agent beyond one log read, and never return another project's job or output.
 
 pub(super) mod grpc;
+mod plan;
 pub(super) mod rest;
+
+pub use plan::{JobPlanView, PlannedReplica};
 
 use std::collections::BTreeMap;
 
@@ -323,6 +326,10 @@ pub struct JobView {
     pub attempt_count: u32,
     pub attempts: Vec<AttemptView>,
     pub pending_reason: Option<String>,
+    /// Set while the job is pending and no node of the fleet as registered could ever run it (too few
+    /// GPUs anywhere, no node in its region, nodes too small...): it waits until the fleet changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsatisfiable: Option<String>,
     pub cancel_requested: bool,
     /// Exit code of the last attempt (of the replica that ended it, for a gang).
     pub exit_code: Option<i32>,
@@ -370,6 +377,8 @@ impl From<&JobRecord> for JobView {
             attempt_count: last_no,
             attempts: j.attempts.iter().map(AttemptView::from).collect(),
             pending_reason: j.pending_reason.clone(),
+            // Needs the fleet: set by `plan::judged`.
+            unsatisfiable: None,
             cancel_requested: j.cancel_requested,
             exit_code: j
                 .attempts
@@ -944,7 +953,9 @@ impl AdminService {
             principal_id: Some(scope.caller.principal_id.clone()),
         });
         match self.write(scope, op).await? {
-            Outcome::Jobs(JobOutcome::Job { job }) => Ok(JobView::from(&job)),
+            Outcome::Jobs(JobOutcome::Job { job }) => {
+                Ok(self.handle().read(|s| plan::judged_in(s, &job)))
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -961,10 +972,12 @@ impl AdminService {
         }
         .request()?;
         self.consistent().await?;
-        let page = self
-            .handle()
-            .read(|s| s.job_page(&scope.project_id, state, &req));
-        Ok(page.map(|j| JobView::from(&j)).into())
+        let page = self.handle().read(|s| {
+            let feasibility = plan::Feasibility::new(s);
+            s.job_page(&scope.project_id, state, &req)
+                .map(|j| plan::judged(&feasibility, &j))
+        });
+        Ok(page.into())
     }
 
     pub(crate) async fn get_job(
@@ -972,7 +985,8 @@ impl AdminService {
         scope: &RequestScope,
         id: &str,
     ) -> Result<JobView, ServiceError> {
-        self.scoped_job(scope, id).await.map(|j| JobView::from(&j))
+        let job = self.scoped_job(scope, id).await?;
+        Ok(self.handle().read(|s| plan::judged_in(s, &job)))
     }
 
     pub(crate) async fn cancel_job(

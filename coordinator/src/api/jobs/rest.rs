@@ -11,7 +11,9 @@ use crate::api::routes::{created, endpoint, ok, op, HttpMethod, Route};
 use crate::api::service::{AdminService, ListPage};
 use crate::state::UsageReport;
 
-use super::{JobListQuery, JobLogsView, JobView, LogsQuery, SubmitJobRequest, UsageQuery};
+use super::{
+    JobListQuery, JobLogsView, JobPlanView, JobView, LogsQuery, SubmitJobRequest, UsageQuery,
+};
 
 const JOB_LIST_QUERY: &[(&str, &str)] = &[
     (
@@ -101,6 +103,18 @@ pub(crate) static ROUTES: &[Route] = &[
         endpoint: endpoint!(job_logs),
     },
     Route {
+        method: HttpMethod::Post,
+        path: "/v1/jobs:plan",
+        op: &op::JOB_PLAN,
+        summary:
+            "A dry run of a submission: where the job would land now, or why it would wait and \
+                  whether any node could ever run it; nothing is submitted or reserved",
+        request: Some(schema::<SubmitJobRequest>),
+        query: &[],
+        reply: ok(schema::<JobPlanView>),
+        endpoint: endpoint!(plan_job),
+    },
+    Route {
         method: HttpMethod::Get,
         path: "/v1/usage",
         op: &op::USAGE_GET,
@@ -118,6 +132,14 @@ async fn submit_job(
     ApiJson(req): ApiJson<SubmitJobRequest>,
 ) -> Created<JobView> {
     service.submit_job(&scope, req).await.map(created_json)
+}
+
+async fn plan_job(
+    State(service): State<AdminService>,
+    Scoped(scope): Scoped,
+    ApiJson(req): ApiJson<SubmitJobRequest>,
+) -> Answer<JobPlanView> {
+    service.plan_job(&scope, req).await.map(Json)
 }
 
 async fn list_jobs(

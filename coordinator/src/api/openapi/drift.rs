@@ -24,8 +24,8 @@ use crate::api::fleet::{
     AllowIdentityRequest, ClusterPolicyRequest, ClusterPolicyView, DenyIdentityRequest, NodeView,
 };
 use crate::api::jobs::{
-    AttemptView, ConstraintsBody, JobLogsView, JobView, LocalityBody, ResourcesBody, RetryBody,
-    SubmitJobRequest,
+    AttemptView, ConstraintsBody, JobLogsView, JobPlanView, JobView, LocalityBody, PlannedReplica,
+    ResourcesBody, RetryBody, SubmitJobRequest,
 };
 use crate::api::routes::rest_routes;
 use crate::api::secrets::{PutSecretRequest, RewrapResult, SecretResource};
@@ -307,6 +307,9 @@ fn job() -> JobView {
             detail: s("preempted by j2"),
         }],
         pending_reason: Some(s("no node has 1 free GPU")),
+        unsatisfiable: Some(s(
+            "no node in the fleet could ever run it, even with nothing else running: 3 nodes have no GPUs",
+        )),
         cancel_requested: true,
         exit_code: Some(137),
         created_by: s("ci"),
@@ -488,6 +491,25 @@ fn samples() -> Vec<Sample> {
         page(denied()),
         reply(job()),
         page(job()),
+        reply(JobPlanView {
+            placeable: true,
+            replicas: vec![PlannedReplica {
+                replica: 0,
+                node: s("eu/eu1/a1"),
+                region: s("eu"),
+                cluster: s("eu1"),
+                gpu_uuids: vec![s("GPU-1")],
+                resources: Resources {
+                    cpu_millis: 1000,
+                    memory_bytes: 1 << 30,
+                    gpus: 1,
+                },
+            }],
+            preempts: 1,
+            pending_reason: Some(s("no node has 1 GPU free")),
+            unsatisfiable: Some(s("no node in the fleet could ever run it")),
+            queue_ahead: 2,
+        }),
         reply(JobLogsView {
             attempt: 1,
             replica: 0,

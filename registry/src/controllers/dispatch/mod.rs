@@ -17,9 +17,12 @@ use crate::scheduler::{
     Allocation, JobRequest, Locality, NodeHealth, NodeView, PlacementDecision, Resources, Scheduler,
 };
 use crate::state::{
-    job_reservation, running_quota_excess, JobOp, JobRecord, NodeHealthState, Op, PlacementOp,
-    RegistryState, ReplicaPlacement,
+    job_reservation, running_quota_excess, JobOp, JobRecord, JobSpec, NodeHealthState, Op,
+    PlacementOp, RegistryState, ReplicaPlacement,
 };
+
+mod dry_run;
+pub use dry_run::{never_placeable, plan_job, Feasibility, JobPlan};
 
 /// Most placements proposed in one command; the rest wait for the next pass.
 pub const MAX_PLACEMENTS_PER_PASS: usize = 2_000;
@@ -101,21 +104,37 @@ fn allocations(job: &JobRecord) -> impl Iterator<Item = Allocation> + '_ {
 /// (elsewhere in the region first), unless it names its own data locality. `preemption_ceiling` is its
 /// project's.
 fn request(job: &JobRecord, preemption_ceiling: i32) -> JobRequest {
-    let spec = &job.spec;
+    request_for(
+        &job.id,
+        &job.project_id,
+        &job.spec,
+        job.prefer_region.as_deref(),
+        preemption_ceiling,
+    )
+}
+
+/// [`request`] from a job's parts (a job not submitted yet has no record).
+fn request_for(
+    id: &str,
+    project_id: &str,
+    spec: &JobSpec,
+    prefer_region: Option<&str>,
+    preemption_ceiling: i32,
+) -> JobRequest {
     let data_locality = spec.data_locality.clone().or_else(|| {
-        job.prefer_region.as_ref().map(|region| Locality {
-            region: region.clone(),
+        prefer_region.map(|region| Locality {
+            region: region.to_owned(),
             cluster: None,
         })
     });
     JobRequest {
-        id: job.id.clone(),
+        id: id.to_owned(),
         priority: spec.priority,
         resources: spec.resources.clone(),
         constraints: spec.constraints.clone(),
         replicas: spec.replicas,
         preemption: spec.preemption,
-        project: job.project_id.clone(),
+        project: project_id.to_owned(),
         preemption_ceiling,
         preemptible: spec.preemptible,
         data_locality,
@@ -245,7 +264,7 @@ pub fn plan(state: &RegistryState) -> Vec<PlacementOp> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::scheduler::{GpuDevice, ResourceRequest};
     use crate::state::TenancyOutcome;
@@ -254,14 +273,14 @@ mod tests {
     };
     use crate::state::{FleetOp, TenancyOp};
 
-    const PROJECT: &str = "prj_default";
+    pub(super) const PROJECT: &str = "prj_default";
 
-    fn apply(state: &mut RegistryState, op: Op) -> crate::state::CommandOutcome {
+    pub(super) fn apply(state: &mut RegistryState, op: Op) -> crate::state::CommandOutcome {
         let index = state.applied_index + 1;
         state.apply(index, &Command::new(index * 1_000, Actor::system(), op))
     }
 
-    fn fleet() -> RegistryState {
+    pub(super) fn fleet() -> RegistryState {
         let mut s = RegistryState::default();
         let out = apply(
             &mut s,
@@ -320,7 +339,7 @@ mod tests {
         s
     }
 
-    fn submit(state: &mut RegistryState, id: &str, spec: JobSpec) {
+    pub(super) fn submit(state: &mut RegistryState, id: &str, spec: JobSpec) {
         let out = apply(
             state,
             Op::Jobs(JobOp::SubmitJob {
@@ -333,7 +352,7 @@ mod tests {
         assert!(out.is_ok(), "{out:?}");
     }
 
-    fn run_pass(state: &mut RegistryState) -> Vec<PlacementOp> {
+    pub(super) fn run_pass(state: &mut RegistryState) -> Vec<PlacementOp> {
         let ops = plan(state);
         if !ops.is_empty() {
             let out = apply(
