@@ -342,6 +342,12 @@ async fn viewers_read_jobs_but_only_editors_and_admins_run_them() -> anyhow::Res
             .await?;
         assert_eq!(refused.status, 403, "{}", refused.body);
         assert_eq!(refused.error_code(), "permission_denied");
+        // The refusal names the roles that would grant it, not only the internal permission.
+        assert_eq!(
+            refused.error_message(),
+            "permission denied: this operation needs run-jobs, which the editor or project-admin role \
+             (or platform-admin) grants"
+        );
     }
     let id = {
         let a = api

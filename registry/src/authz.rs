@@ -83,6 +83,37 @@ impl Role {
     }
 }
 
+/// The roles that grant `action`, least privileged first (`platform-admin`, which grants everything, last).
+pub fn roles_granting(action: Action) -> Vec<Role> {
+    const BY_PRIVILEGE: [Role; 6] = [
+        Role::Viewer,
+        Role::Editor,
+        Role::Deployer,
+        Role::SecretUser,
+        Role::ProjectAdmin,
+        Role::PlatformAdmin,
+    ];
+    BY_PRIVILEGE
+        .into_iter()
+        .filter(|r| r.allows(action))
+        .collect()
+}
+
+/// Which roles grant `action`, for a refusal: "the editor or project-admin role (or platform-admin)", or
+/// "only the platform-admin role".
+pub fn granted_by(action: Action) -> String {
+    let roles: Vec<&str> = roles_granting(action)
+        .into_iter()
+        .filter(|r| *r != Role::PlatformAdmin)
+        .map(Role::as_str)
+        .collect();
+    match roles.as_slice() {
+        [] => "only the platform-admin role".to_owned(),
+        [one] => format!("the {one} role (or platform-admin)"),
+        [rest @ .., last] => format!("the {} or {last} role (or platform-admin)", rest.join(", ")),
+    }
+}
+
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -495,6 +526,30 @@ mod tests {
 
     use super::*;
     use crate::state::{Command, KeyPrincipal, Op, TenancyOp, WrappedKey};
+
+    #[test]
+    fn a_refusal_names_the_roles_that_grant_the_action() {
+        assert_eq!(
+            granted_by(Action::RunJobs),
+            "the editor or project-admin role (or platform-admin)"
+        );
+        assert_eq!(
+            granted_by(Action::UseSecrets),
+            "the secret-user or project-admin role (or platform-admin)"
+        );
+        assert_eq!(
+            granted_by(Action::ReadProject),
+            "the viewer, editor, deployer, secret-user or project-admin role (or platform-admin)"
+        );
+        assert_eq!(
+            granted_by(Action::ClusterMembership),
+            "only the platform-admin role"
+        );
+        for action in Action::ALL {
+            assert!(roles_granting(action).iter().all(|r| r.allows(action)));
+            assert!(roles_granting(action).contains(&Role::PlatformAdmin));
+        }
+    }
 
     const T0: u64 = 1_700_000_000_000;
 

@@ -13,6 +13,7 @@ use coordinator::api::dto::{
 };
 use serde_json::json;
 
+use super::locate::locate;
 use super::{get_as, list_all_as, newest_first, post_as, put_as, watching};
 use crate::cli::{
     ClientArgs, ClusterCommand, DenyListCommand, KeyCommand, NodeCommand, OutputFormat,
@@ -203,6 +204,12 @@ pub async fn key(cmd: KeyCommand) -> Result<(), ClientError> {
         }
         KeyCommand::Revoke { id, client } => {
             let api = ApiClient::from_args(&client)?;
+            let api = locate(
+                api,
+                &format!("key {id}"),
+                &format!("/v1/keys/{}", segment(&id)),
+            )
+            .await?;
             let k: ApiKeyView = post_as(
                 &api,
                 &format!("/v1/keys/{}:revoke", segment(&id)),
@@ -287,6 +294,8 @@ pub async fn secret(cmd: SecretCommand) -> Result<(), ClientError> {
         }
         SecretCommand::Delete { name, client } => {
             let api = ApiClient::from_args(&client)?;
+            let path = format!("/v1/secrets/{}", segment(&name));
+            let api = locate(api, &format!("secret {name}"), &path).await?;
             api.delete(&format!("/v1/secrets/{}", segment(&name)))
                 .await?;
             done(&client, &format!("deleted secret {name}"));

@@ -186,15 +186,19 @@ async fn trial(
             }
         }
     }
-    eprintln!(
-        "exit code {:?}, signal {:?}, {:.2}s wall, {} CPU s",
-        report.exit_code,
-        report.signal,
-        report.wall_seconds,
-        report
-            .cpu_seconds
-            .map(|c| format!("{c:.2}"))
-            .unwrap_or_else(|| "?".into())
+    let ended = match (report.exit_code, report.signal) {
+        _ if report.oom_killed => "killed at its memory limit (out of memory)".to_owned(),
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => "ended without a status".to_owned(),
+    };
+    let cpu = report.cpu_seconds.map_or_else(
+        || "CPU time unknown".to_owned(),
+        |c| format!("{c:.2} s CPU"),
     );
+    output::note(&format!(
+        "{ended}; {:.2} s wall, {cpu}",
+        report.wall_seconds
+    ));
     Ok(report.exit_code.unwrap_or(128 + report.signal.unwrap_or(0)))
 }

@@ -299,6 +299,7 @@ async fn list(
 
 async fn status(id: &str, client: ClientArgs) -> Result<(), ClientError> {
     let api = ApiClient::from_args(&client)?;
+    let api = super::locate::locate(api, &format!("job {id}"), &job_path(id)).await?;
     let job: JobView = get_as(&api, &job_path(id)).await?;
     output::show(client.output, &job);
     if client.output == OutputFormat::Table && !job.attempts.is_empty() {
@@ -394,6 +395,7 @@ async fn logs(
 
 async fn cancel(id: &str, client: ClientArgs) -> Result<(), ClientError> {
     let api = ApiClient::from_args(&client)?;
+    let api = super::locate::locate(api, &format!("job {id}"), &job_path(id)).await?;
     let job: JobView = post_as(&api, &format!("{}:cancel", job_path(id)), &json!({})).await?;
     match client.output {
         OutputFormat::Json => output::json_of(&job),

@@ -7,6 +7,7 @@ mod certs;
 mod context;
 mod job_spec;
 mod jobs;
+mod locate;
 mod tables;
 mod usage;
 

@@ -283,8 +283,9 @@ fn refusal(
             project: project_id,
             reason: format!("roles do not grant {}", action_name(action)),
             answer: ServiceError::forbidden(format_args!(
-                "this operation needs {}",
-                action_name(action)
+                "this operation needs {}, which {} grants",
+                action_name(action),
+                crate::authz::granted_by(action)
             )),
         })),
     }

@@ -997,7 +997,7 @@ impl AdminService {
         let job = self.scoped_job(scope, id).await?;
         if job.state.is_terminal() {
             return Err(ServiceError::conflict(format!(
-                "job {id} is already {}",
+                "job {id} already ended ({}); there is nothing to cancel",
                 job.state.as_str()
             )));
         }

@@ -302,7 +302,10 @@ impl AdminService {
                     "roles do not grant read-project",
                 )
                 .await;
-                Err(ServiceError::forbidden("this operation needs read-project"))
+                Err(ServiceError::forbidden(format_args!(
+                    "this operation needs read-project, which {} grants",
+                    authz::granted_by(authz::Action::ReadProject)
+                )))
             }
             (owner, _) => Err(self.hidden(scope, "project", project, owner).await),
         }
