@@ -103,6 +103,25 @@ fn ids_resolve_across_projects_and_refusals_name_roles() {
     assert_eq!(out.status.code(), Some(4));
     assert_eq!(stderr(&out).trim(), "error: job job_nosuchjob not found");
 
+    // A mistyped project name or flag suggests the nearest one the caller can see.
+    let out = cli(&["project", "get", "visoin"], &env);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        stderr(&out).contains("project visoin not found; did you mean vision?"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cli(&["job", "list", "--project", "visoin"], &env);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        stderr(&out).contains("did you mean vision?"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cli(&["job", "run", "--gpu", "1", "--", "true"], &env);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--gpus"), "{}", stderr(&out));
+
     // A viewer's refusal names the roles that would grant the action.
     let viewer = cli_json(
         &["key", "create", "looker", "--role", "viewer", "-o", "json"],

@@ -83,6 +83,9 @@ enum Verdict {
         caller: Caller,
         requested: String,
         owner: Option<String>,
+        /// The nearest name among the projects the caller can see, when the requested one looks like a
+        /// typo of it.
+        nearest: Option<String>,
     },
     /// The caller lacks the action (in the project, or platform-wide with `project_id: None`).
     Forbidden {
@@ -136,11 +139,17 @@ fn judge(
             source,
         }),
         Err(Denied::Unauthenticated) => Verdict::Unauthenticated,
-        Err(Denied::NotFound) => Verdict::NotVisible {
-            caller,
-            requested: wanted,
-            owner,
-        },
+        Err(Denied::NotFound) => {
+            let visible = state.projects_visible_to(&caller.principal_id);
+            let nearest = super::suggest::nearest(&wanted, visible.iter().map(|p| p.name.as_str()))
+                .map(str::to_owned);
+            Verdict::NotVisible {
+                caller,
+                requested: wanted,
+                owner,
+                nearest,
+            }
+        }
         Err(Denied::Forbidden) => Verdict::Forbidden {
             caller,
             project_id: Some(project_id),
@@ -263,6 +272,7 @@ fn refusal(
             caller,
             requested,
             owner,
+            nearest,
         } => Err(Box::new(Refusal {
             who: principal(&caller),
             kind: DenialKind::NotFound,
@@ -270,7 +280,13 @@ fn refusal(
             target: owner.clone().unwrap_or_else(|| requested.clone()),
             project: owner,
             reason: "no such project, or no role in it".to_owned(),
-            answer: ServiceError::not_found("project", &requested),
+            answer: match nearest {
+                Some(name) => ServiceError::new(
+                    ErrorKind::NotFound,
+                    format!("project {requested} not found; did you mean {name}?"),
+                ),
+                None => ServiceError::not_found("project", &requested),
+            },
         })),
         Verdict::Forbidden {
             caller,
@@ -424,6 +440,7 @@ mod tests {
             caller: c1,
             requested: r1,
             owner: o1,
+            nearest: n1,
         } = verdict("theirs")
         else {
             panic!("a hidden project is not visible");
@@ -432,10 +449,19 @@ mod tests {
             caller: c2,
             requested: r2,
             owner: o2,
+            nearest: n2,
         } = verdict("nosuch")
         else {
             panic!("a missing project is not visible");
         };
+        assert_eq!((n1, n2), (None, None));
+        // A typo is answered with the nearest project the caller sees, never with a hidden one.
+        let nearest = |project: &str| match verdict(project) {
+            Verdict::NotVisible { nearest, .. } => nearest,
+            _ => panic!("{project} is not visible"),
+        };
+        assert_eq!(nearest("mina").as_deref(), Some("mine"));
+        assert_eq!(nearest("their"), None, "a hidden project is never suggested");
         assert_eq!(c1, c2);
         assert_eq!((r1.as_str(), r2.as_str()), ("theirs", "nosuch"));
         assert_eq!((o1.as_deref(), o2), (Some("prj_theirs"), None));

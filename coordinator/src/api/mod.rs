@@ -26,6 +26,7 @@ mod rest;
 mod routes;
 mod secrets;
 mod service;
+mod suggest;
 mod tenancy;
 
 /// The admin API's request and reply bodies, as the server writes and reads them. Clients (the `meridian`

@@ -307,7 +307,20 @@ impl AdminService {
                     authz::granted_by(authz::Action::ReadProject)
                 )))
             }
-            (owner, _) => Err(self.hidden(scope, "project", project, owner).await),
+            (owner, _) => {
+                let mut err = self.hidden(scope, "project", project, owner).await;
+                if err.kind == super::error::ErrorKind::NotFound {
+                    let nearest = self.handle().read(|s| {
+                        let visible = s.projects_visible_to(&scope.caller.principal_id);
+                        super::suggest::nearest(project, visible.iter().map(|p| p.name.as_str()))
+                            .map(str::to_owned)
+                    });
+                    if let Some(name) = nearest {
+                        err.message.push_str(&format!("; did you mean {name}?"));
+                    }
+                }
+                Err(err)
+            }
         }
     }
 
