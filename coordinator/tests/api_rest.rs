@@ -460,6 +460,21 @@ async fn bad_requests_get_json_errors_that_name_the_problem() -> anyhow::Result<
         unknown.error_message()
     );
 
+    // The project travels in a header; a query parameter that looks like it chooses one is refused.
+    let by_query = api.get("/v1/jobs?project=default").send().await?;
+    assert_eq!(
+        (by_query.status, by_query.error_code()),
+        (400, "invalid_argument"),
+        "{:?}",
+        by_query.body
+    );
+    assert!(
+        by_query.error_message().starts_with("project: ")
+            && by_query.error_message().contains("X-Meridian-Project"),
+        "{}",
+        by_query.error_message()
+    );
+
     let wrong_type = api
         .post("/v1/projects")
         .json(json!({ "name": 5 }))

@@ -461,7 +461,11 @@ mod tests {
             _ => panic!("{project} is not visible"),
         };
         assert_eq!(nearest("mina").as_deref(), Some("mine"));
-        assert_eq!(nearest("their"), None, "a hidden project is never suggested");
+        assert_eq!(
+            nearest("their"),
+            None,
+            "a hidden project is never suggested"
+        );
         assert_eq!(c1, c2);
         assert_eq!((r1.as_str(), r2.as_str()), ("theirs", "nosuch"));
         assert_eq!((o1.as_deref(), o2), (Some("prj_theirs"), None));

@@ -349,6 +349,17 @@ async fn gate(
     next: Next,
 ) -> Response {
     let source = req.extensions().get::<auth::ClientAddr>().map(|c| c.0);
+    if project_in_query(req.uri().query()) {
+        // Read as if it chose the project, it would be silently ignored: say where the project goes.
+        let mut resp = super::error::ServiceError::invalid(
+            "project",
+            "the project is chosen with the X-Meridian-Project header (or is the key's own), not a \
+             ?project= query parameter",
+        )
+        .into_response();
+        resp.extensions_mut().insert(MatchedRoute(route.path));
+        return resp;
+    }
     let mut resp = match auth::admit(&service, req.headers(), route.op, source).await {
         Ok(scope) => {
             if let Some(scope) = scope {
@@ -360,6 +371,14 @@ async fn gate(
     };
     resp.extensions_mut().insert(MatchedRoute(route.path));
     resp
+}
+
+/// Whether a query string names a `project` parameter (no route reads one).
+fn project_in_query(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        q.split('&')
+            .any(|pair| pair.split('=').next().is_some_and(|name| name == "project"))
+    })
 }
 
 /// Builds the REST router from [`rest_routes`]; unknown paths answer 404 and wrong methods 405, as JSON.
@@ -597,6 +616,21 @@ mod tests {
             rewrite_custom_method("/v1/nodes/eu/eu1/a-1:drain").as_deref(),
             Some("/v1/nodes/eu/eu1/a-1/:drain")
         );
+    }
+
+    #[test]
+    fn a_project_query_parameter_is_noticed_and_no_route_reads_one() {
+        assert!(project_in_query(Some("project=vision")));
+        assert!(project_in_query(Some("page_size=5&project=")));
+        assert!(!project_in_query(Some("projects=1&page_size=5")));
+        assert!(!project_in_query(None));
+        for route in rest_routes() {
+            assert!(
+                route.query.iter().all(|(name, _)| *name != "project"),
+                "{} reads ?project=, which the gate refuses",
+                route.path
+            );
+        }
     }
 
     #[test]
