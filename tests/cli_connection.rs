@@ -134,7 +134,8 @@ fn every_unreachable_admin_api_is_named_and_exits_6() {
         ],
         "cannot resolve the host name",
     );
-    // With the right CA the same server is reached: the failures above were the causes they named.
+    // With the right CA the same server is reached and answers (`{}`, which is no whoami: exit 1 for the
+    // answer, not 6 for the connection): the failures above were the causes they named.
     let out = cli(
         &["whoami", "-o", "json"],
         &[
@@ -143,7 +144,12 @@ fn every_unreachable_admin_api_is_named_and_exits_6() {
             ("MERIDIAN_CACERT", &tls_ca),
         ],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not read as WhoAmI"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
