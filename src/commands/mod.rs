@@ -5,6 +5,8 @@ mod agent;
 mod audit;
 mod certs;
 mod context;
+pub(crate) mod job_logs;
+pub(crate) mod job_wait;
 mod jobs;
 mod tables;
 mod usage;
@@ -64,10 +66,15 @@ pub enum CommandError {
     /// A job waited for (`job run --wait`) ended in a state other than `succeeded`.
     #[error("job {id} ended {state}")]
     JobDidNotSucceed { id: String, state: String },
+    /// `job run --wait-timeout` ran out while the job was still going (it keeps running).
+    #[error("stopped waiting for job {id}, still {state}")]
+    WaitTimedOut { id: String, state: String },
 }
 
 /// The exit code of `job run --wait` when the job failed, was cancelled or was lost.
 pub const JOB_DID_NOT_SUCCEED: i32 = 7;
+/// The exit code of `job run --wait-timeout` when the limit ran out before the job ended.
+pub const WAIT_TIMED_OUT: i32 = 9;
 
 impl CommandError {
     pub fn exit_code(&self) -> i32 {
@@ -76,6 +83,7 @@ impl CommandError {
             CommandError::Fatal(_) => 1,
             CommandError::Exit(code) => *code,
             CommandError::JobDidNotSucceed { .. } => JOB_DID_NOT_SUCCEED,
+            CommandError::WaitTimedOut { .. } => WAIT_TIMED_OUT,
         }
     }
 
@@ -86,6 +94,7 @@ impl CommandError {
             CommandError::Fatal(_) => "failed",
             CommandError::Exit(_) => "exit",
             CommandError::JobDidNotSucceed { .. } => "job_did_not_succeed",
+            CommandError::WaitTimedOut { .. } => "wait_timed_out",
         }
     }
 }

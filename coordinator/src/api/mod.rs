@@ -40,8 +40,8 @@ pub mod dto {
         NodeView,
     };
     pub use super::jobs::{
-        AttemptView, ConstraintsBody, JobLogsView, JobView, LocalityBody, LogStream, ResourcesBody,
-        RetryBody, SubmitJobRequest,
+        AttemptView, ConstraintsBody, JobLogRecordView, JobLogsView, JobView, LocalityBody,
+        LogCursor, LogStream, ResourcesBody, RetryBody, SubmitJobRequest,
     };
     pub use super::secrets::{PutSecretRequest, RewrapResult, SecretResource};
     pub use super::service::ListPage;
