@@ -32,7 +32,8 @@ Exit codes:
   3 unauthenticated, forbidden, or over a project quota or rate limit
   4 not found 5 conflict  6 unavailable (no connection, no leader, not ready)
   7 the job ended without succeeding (failed, cancelled or lost; job run --wait)
-  8 no node of the fleet could ever run the job (job run --wait, job plan)";
+  8 no node of the fleet could ever run the job (job run --wait, job plan)
+  9 job run --wait-timeout ran out before the job ended (it keeps running)";
 
 /// Top-level command line.
 #[derive(Debug, Parser)]
@@ -856,19 +857,26 @@ meridian job list --watch           # redraw every 2 s until Ctrl-C"
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Print a job's output (stdout, or stderr with --stderr), as it was written.
-    #[command(after_help = "Examples:\n  meridian job logs job_3kq9x2\n  \
+    /// Print a job's output: stdout and stderr merged in the order they were written (or one with --stdout
+    /// or --stderr), all of it, its last lines or from a time, optionally with each line's time.
+    #[command(
+        after_help = "Examples:\n  meridian job logs job_3kq9x2               # stdout and stderr, merged\n  \
 meridian job logs -f job_3kq9x2           # follow until the job ends\n  \
+meridian job logs --tail 20 -f job_3kq9x2 # the last 20 lines, then follow\n  \
+meridian job logs --since 10m --timestamps job_3kq9x2\n  \
+meridian job logs --since 2026-11-27T09:30:00Z job_3kq9x2\n  \
 meridian job logs --stderr --attempt 1 job_3kq9x2\n  \
-meridian job logs --replica 1 job_3kq9x2   # the second process of a gang job")]
+meridian job logs --replica 1 job_3kq9x2   # the second process of a gang job\n\n\
+Both streams come merged in the order the agent read them from the job; output written to the two\n\
+closer together than the agent reads may come in either order. Times are the agent's clock."
+    )]
     Logs {
         id: String,
         /// Keep reading until the job has ended and all its output is printed.
         #[arg(short = 'f', long)]
         follow: bool,
-        /// Read stderr instead of stdout.
-        #[arg(long)]
-        stderr: bool,
+        #[command(flatten)]
+        select: crate::commands::job_logs::LogSelectArgs,
         /// Read this attempt (default: the latest one that ran on a node).
         #[arg(long)]
         attempt: Option<u32>,
@@ -902,8 +910,11 @@ SIZE: 512Mi, 2G, 1GiB, … (K, M, G, T are powers of 1000; Ki, Mi, Gi, Ti of 102
 DURATION: 30s, 5m, 2h, 1h30m.
 With --replicas N the job is a gang: N processes, each with the resources asked for, placed all at once or
 not at all; the job succeeds when every replica has, and one that fails or is lost stops the others.
-With --wait, the exit code is 0 when the job succeeded and 7 when it failed, was cancelled or was lost, and 8
-when no node of the fleet could ever run it (it stays pending; job cancel withdraws it).
+With --wait, the job id and (on a terminal) its state changes go to stderr and its output to stdout; the
+exit code is 0 when the job succeeded, 7 when it failed, was cancelled or was lost, and 8 when no node of the
+fleet could ever run it (it stays pending; job cancel withdraws it). --follow is --wait that always prints
+the output; --quiet waits without it; --wait-timeout 10m stops waiting with exit code 9 (the job keeps
+running: meridian job logs -f ID). With -o json, --wait prints only the job as it ended.
 -f FILE reads the submission from a TOML, YAML or JSON spec file (the API's SubmitJobRequest); flags given
 beside it override its values.";
 
@@ -980,9 +991,12 @@ pub struct JobRunArgs {
     /// Time between SIGTERM and SIGKILL when the job is cancelled (default 10s).
     #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
     pub cancel_grace: Option<u64>,
-    /// Wait until the job ends; exit 0 only if it succeeded (7 otherwise).
+    /// Wait until the job ends, showing its state changes (on a terminal, on stderr) and its output (stdout
+    /// and stderr merged, on stdout); exit 0 only if it succeeded (7 otherwise).
     #[arg(long)]
     pub wait: bool,
+    #[command(flatten)]
+    pub waiting: crate::commands::job_wait::WaitArgs,
     /// The program and its arguments, after `--`. An unknown option before it is an error, never the
     /// program.
     #[arg(

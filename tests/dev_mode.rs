@@ -202,11 +202,13 @@ fn dev_tour_and_restart_keeps_state() {
         "job run --wait: {}",
         String::from_utf8_lossy(&run.stderr)
     );
-    let job_id = String::from_utf8_lossy(&run.stdout)
+    // With --wait, stdout carries the job's output and stderr the job id.
+    assert_eq!(String::from_utf8_lossy(&run.stdout), "hello from dev\n");
+    let job_id = String::from_utf8_lossy(&run.stderr)
         .split_whitespace()
         .find(|w| w.starts_with("job_"))
         .map(String::from)
-        .expect("job run prints the job id");
+        .expect("job run names the job id");
     let job = cli_json(&["job", "status", &job_id, "-o", "json"], &admin);
     assert_eq!(job["id"].as_str(), Some(job_id.as_str()), "{job}");
     assert_eq!(job["state"], "succeeded", "{job}");
@@ -238,11 +240,11 @@ fn dev_tour_and_restart_keeps_state() {
         "job run --replicas 2 --wait: {}",
         String::from_utf8_lossy(&gang.stderr)
     );
-    let gang_id = String::from_utf8_lossy(&gang.stdout)
+    let gang_id = String::from_utf8_lossy(&gang.stderr)
         .split_whitespace()
         .find(|w| w.starts_with("job_"))
         .map(String::from)
-        .expect("job run prints the job id");
+        .expect("job run names the job id");
     let gang_job = cli_json(&["job", "status", &gang_id, "-o", "json"], &admin);
     assert_eq!(gang_job["replicas"], 2, "{gang_job}");
     assert_eq!(

@@ -72,6 +72,7 @@ fn read_request(
         offset,
         max_bytes: max,
         replica: 0,
+        ..pb::ReadLogsRequest::default()
     }
 }
 
@@ -216,6 +217,62 @@ async fn a_coordinator_reads_an_attempts_output_and_an_agent_is_refused() {
         .await
         .expect("read stderr");
     assert_eq!(stderr.data, b"oops\n".to_vec());
+
+    // From the output index: both streams with their times, one stream's last lines, and "all" refused
+    // outside a records read.
+    let merged: pb::ReadLogsResponse = coordinator
+        .call_message(
+            &addr,
+            Method::AgentReadLogs,
+            &pb::ReadLogsRequest {
+                records: true,
+                ..read_request(&spec.job_id, 1, "all", 0, 0)
+            },
+            CALL,
+        )
+        .await
+        .expect("read all records");
+    assert!(merged.data.is_empty());
+    let mut by_stream = std::collections::BTreeMap::<String, Vec<u8>>::new();
+    for r in &merged.records {
+        assert!(r.at_ms > 0, "{r:?}");
+        by_stream
+            .entry(r.stream.clone())
+            .or_default()
+            .extend_from_slice(&r.data);
+    }
+    assert_eq!(
+        by_stream.get("stdout").map(Vec::as_slice),
+        Some(expected.as_bytes())
+    );
+    assert_eq!(
+        by_stream.get("stderr").map(Vec::as_slice),
+        Some(&b"oops\n"[..])
+    );
+    let last: pb::ReadLogsResponse = coordinator
+        .call_message(
+            &addr,
+            Method::AgentReadLogs,
+            &pb::ReadLogsRequest {
+                records: true,
+                tail_lines: Some(2),
+                ..read_request(&spec.job_id, 1, "stdout", 0, 0)
+            },
+            CALL,
+        )
+        .await
+        .expect("read the last lines");
+    let last_text: Vec<u8> = last.records.iter().flat_map(|r| r.data.clone()).collect();
+    assert_eq!(last_text, b"line-198\nline-199\n".to_vec());
+    let refused = coordinator
+        .call_message::<_, pb::ReadLogsResponse>(
+            &addr,
+            Method::AgentReadLogs,
+            &read_request(&spec.job_id, 1, "all", 0, 0),
+            CALL,
+        )
+        .await;
+    assert_eq!(remote_code(refused), StatusCode::InvalidArgument);
 
     let empty: pb::ReadLogsResponse = coordinator
         .call_message(

@@ -1,14 +1,14 @@
 //! `meridian job …`: submit a job (and wait for it), list, show, follow its output, cancel.
 //!
-//! Owns how the CLI turns flags into a submission and how it waits: by polling the admin API with a short,
-//! growing interval until the job is terminal — never by sleeping a fixed time in place of a condition.
-//! Must never print anything but through `output`, and never exit 0 from `--wait` unless the job succeeded.
+//! Owns how the CLI turns flags into a submission and the polling pace shared by waiting (`job_wait.rs`)
+//! and reading output (`job_logs.rs`): a short, growing interval until the job is terminal — never a fixed
+//! sleep in place of a condition. Must never print anything but through `output`, and never exit 0 from
+//! `--wait` unless the job succeeded.
 
 use std::time::Duration;
 
 use coordinator::api::dto::{
-    ConstraintsBody, JobLogsView, JobPlanView, JobState, JobView, LocalityBody, ResourcesBody,
-    RetryBody, SubmitJobRequest,
+    ConstraintsBody, JobPlanView, JobView, LocalityBody, ResourcesBody, RetryBody, SubmitJobRequest,
 };
 use coordinator::state::AttemptOutcome;
 use serde_json::json;
@@ -20,12 +20,10 @@ use crate::output;
 use super::{get_as, list_all_as, newest_first, post_as, watching, CommandError};
 
 /// First and longest pause between two polls of a job's state or output.
-const POLL_FIRST: Duration = Duration::from_millis(200);
+pub(super) const POLL_FIRST: Duration = Duration::from_millis(200);
 const POLL_LONGEST: Duration = Duration::from_secs(2);
 /// Consecutive failed polls (coordinator unreachable or without a leader) tolerated while waiting.
-const POLL_FAILURES_TOLERATED: u32 = 60;
-/// Bytes asked for per log read.
-const LOG_CHUNK: u64 = 1 << 20;
+pub(super) const POLL_FAILURES_TOLERATED: u32 = 60;
 
 pub async fn run(cmd: JobCommand) -> Result<(), CommandError> {
     match cmd {
@@ -43,13 +41,16 @@ pub async fn run(cmd: JobCommand) -> Result<(), CommandError> {
         JobCommand::Logs {
             id,
             follow,
-            stderr,
+            select,
             attempt,
             replica,
             client,
-        } => logs(&id, follow, stderr, attempt, replica, client)
-            .await
-            .map_err(Into::into),
+        } => {
+            let api = ApiClient::from_args(&client)?;
+            super::job_logs::logs(&id, follow, &select, attempt, replica, &api)
+                .await
+                .map_err(Into::into)
+        }
         JobCommand::Cancel { id, client } => cancel(&id, client).await.map_err(Into::into),
     }
 }
@@ -108,38 +109,18 @@ pub(super) fn flag_submission(args: &JobRunArgs) -> Result<SubmitJobRequest, Cli
     })
 }
 
-fn job_path(id: &str) -> String {
+pub(super) fn job_path(id: &str) -> String {
     format!("/v1/jobs/{}", segment(id))
 }
 
 /// Sleeps for the current poll interval and grows it for next time.
-async fn pause(interval: &mut Duration) {
+pub(super) async fn pause(interval: &mut Duration) {
     tokio::time::sleep(*interval).await;
     *interval = (*interval * 3 / 2).min(POLL_LONGEST);
 }
 
-/// Polls the job until it is terminal; tolerates a coordinator that is briefly unavailable.
-async fn wait_until_terminal(api: &ApiClient, id: &str) -> Result<JobView, ClientError> {
-    let mut interval = POLL_FIRST;
-    let mut failures = 0;
-    loop {
-        match get_as::<JobView>(api, &job_path(id)).await {
-            Ok(job) if job.state.is_terminal() || job.unsatisfiable.is_some() => return Ok(job),
-            Ok(_) => failures = 0,
-            Err(ClientError::Unavailable(m)) => {
-                failures += 1;
-                if failures > POLL_FAILURES_TOLERATED {
-                    return Err(ClientError::Unavailable(m));
-                }
-            }
-            Err(e) => return Err(e),
-        }
-        pause(&mut interval).await;
-    }
-}
-
 /// One line saying how a job ended, for people.
-fn ending(job: &JobView) -> String {
+pub(super) fn ending(job: &JobView) -> String {
     let mut text = format!("job {} {}", job.id, job.state.as_str());
     // The entry that decided the last attempt: for a gang, the replica that ended it rather than one
     // stopped with it.
@@ -184,39 +165,14 @@ async fn submit(args: JobRunArgs) -> Result<(), CommandError> {
             job.id, job.id
         ));
     }
-    if !args.wait {
+    if !args.wait && !args.waiting.implies_wait() {
         match format {
             OutputFormat::Json => output::json_of(&job),
             OutputFormat::Table => output::line(&job.id),
         }
         return Ok(());
     }
-    if format == OutputFormat::Table {
-        output::line(&job.id);
-    }
-    let done = wait_until_terminal(&api, &job.id).await?;
-    match format {
-        OutputFormat::Json => output::json_of(&done),
-        OutputFormat::Table if done.unsatisfiable.is_none() => output::note(&ending(&done)),
-        OutputFormat::Table => {}
-    }
-    if let (false, Some(reason)) = (done.state.is_terminal(), done.unsatisfiable) {
-        return Err(CommandError::JobCannotRun {
-            what: format!(
-                "job {} (still pending; `meridian job cancel {}` withdraws it)",
-                done.id, done.id
-            ),
-            reason,
-        });
-    }
-    if done.state == JobState::Succeeded {
-        Ok(())
-    } else {
-        Err(CommandError::JobDidNotSucceed {
-            id: done.id,
-            state: done.state.as_str().to_owned(),
-        })
-    }
+    super::job_wait::wait(&api, job, &args.waiting, format).await
 }
 
 /// `meridian job plan`: the scheduler's dry run of the submission the flags (and `-f`) describe.
@@ -309,90 +265,6 @@ async fn status(id: &str, client: ClientArgs) -> Result<(), ClientError> {
     Ok(())
 }
 
-/// Prints a job's output from the start: everything there is, or with `follow` until the job has ended
-/// and its output is drained. Without `--attempt`, a newer attempt that starts while following is printed
-/// from its beginning after a note.
-async fn logs(
-    id: &str,
-    follow: bool,
-    stderr: bool,
-    attempt: Option<u32>,
-    replica: u32,
-    client: ClientArgs,
-) -> Result<(), ClientError> {
-    let api = ApiClient::from_args(&client)?;
-    let stream = if stderr { "stderr" } else { "stdout" };
-    let mut pinned = attempt.map_or_else(String::new, |n| format!("&attempt={n}"));
-    if replica > 0 {
-        pinned.push_str(&format!("&replica={replica}"));
-    }
-    let mut current: Option<u32> = None;
-    let mut offset: u64 = 0;
-    let mut interval = POLL_FIRST;
-    let mut failures = 0;
-    loop {
-        let path = format!(
-            "{}/logs?stream={stream}&offset={offset}&max_bytes={LOG_CHUNK}{pinned}",
-            job_path(id)
-        );
-        let chunk: JobLogsView = match get_as(&api, &path).await {
-            Ok(chunk) => chunk,
-            // Not on a node yet: wait for it to start, unless it ended without ever running.
-            Err(ClientError::Conflict(_)) if follow => {
-                let job: JobView = get_as(&api, &job_path(id)).await?;
-                if job.state.is_terminal() {
-                    output::note(&format!("{}; it produced no output", ending(&job)));
-                    return Ok(());
-                }
-                pause(&mut interval).await;
-                continue;
-            }
-            // The agent or the coordinator is briefly away: keep following while the job may still run.
-            Err(ClientError::Unavailable(message)) if follow => {
-                failures += 1;
-                let job = get_as::<JobView>(&api, &job_path(id)).await.ok();
-                if failures > POLL_FAILURES_TOLERATED
-                    || job.as_ref().is_some_and(|j| j.state.is_terminal())
-                {
-                    return Err(ClientError::Unavailable(message));
-                }
-                pause(&mut interval).await;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        failures = 0;
-        if attempt.is_none() && current.is_some() && current != Some(chunk.attempt) {
-            output::note(&format!(
-                "--- attempt {} on {} ---",
-                chunk.attempt, chunk.node
-            ));
-            current = Some(chunk.attempt);
-            offset = 0;
-            continue;
-        }
-        current = Some(chunk.attempt);
-        if !chunk.data.is_empty() {
-            match output::raw(chunk.data.as_bytes()) {
-                Ok(()) => {}
-                // Whoever read our output stopped (`| head`): nothing left to do.
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-                Err(e) => return Err(ClientError::Failed(format!("writing the output: {e}"))),
-            }
-        }
-        let moved = chunk.next_offset != offset || !chunk.data.is_empty();
-        offset = chunk.next_offset;
-        if moved {
-            interval = POLL_FIRST;
-            continue;
-        }
-        if !follow || chunk.done {
-            return Ok(());
-        }
-        pause(&mut interval).await;
-    }
-}
-
 async fn cancel(id: &str, client: ClientArgs) -> Result<(), ClientError> {
     let api = ApiClient::from_args(&client)?;
     let api = super::locate::locate(api, &format!("job {id}"), &job_path(id)).await?;
@@ -419,6 +291,7 @@ mod tests {
 
     use super::*;
     use crate::cli::{Cli, Command};
+    use coordinator::api::dto::JobState;
 
     fn run_args(argv: &[&str]) -> JobRunArgs {
         let mut full = vec!["meridian", "job", "run"];

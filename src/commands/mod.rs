@@ -5,7 +5,9 @@ mod agent;
 mod audit;
 mod certs;
 mod context;
+pub(crate) mod job_logs;
 mod job_spec;
+pub(crate) mod job_wait;
 mod jobs;
 mod locate;
 mod tables;
@@ -69,12 +71,17 @@ pub enum CommandError {
     /// No node of the fleet could ever run the job (`job run --wait`, `job plan`).
     #[error("{what} cannot run on this fleet: {reason}")]
     JobCannotRun { what: String, reason: String },
+    /// `job run --wait-timeout` ran out while the job was still going (it keeps running).
+    #[error("stopped waiting for job {id}, still {state}")]
+    WaitTimedOut { id: String, state: String },
 }
 
 /// The exit code of `job run --wait` when the job failed, was cancelled or was lost.
 pub const JOB_DID_NOT_SUCCEED: i32 = 7;
 /// The exit code of `job run --wait` and `job plan` when no node of the fleet could ever run the job.
 pub const JOB_CANNOT_RUN: i32 = 8;
+/// The exit code of `job run --wait-timeout` when the limit ran out before the job ended.
+pub const WAIT_TIMED_OUT: i32 = 9;
 
 impl CommandError {
     pub fn exit_code(&self) -> i32 {
@@ -84,6 +91,7 @@ impl CommandError {
             CommandError::Exit(code) => *code,
             CommandError::JobDidNotSucceed { .. } => JOB_DID_NOT_SUCCEED,
             CommandError::JobCannotRun { .. } => JOB_CANNOT_RUN,
+            CommandError::WaitTimedOut { .. } => WAIT_TIMED_OUT,
         }
     }
 
@@ -95,6 +103,7 @@ impl CommandError {
             CommandError::Exit(_) => "exit",
             CommandError::JobDidNotSucceed { .. } => "job_did_not_succeed",
             CommandError::JobCannotRun { .. } => "job_cannot_run",
+            CommandError::WaitTimedOut { .. } => "wait_timed_out",
         }
     }
 }

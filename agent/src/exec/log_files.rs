@@ -23,6 +23,8 @@ use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tokio_util::sync::CancellationToken;
 
+use super::launcher::unix_ms;
+use super::output_index::SharedIndex;
 use super::ExecError;
 
 /// Default size at which a log file is rotated.
@@ -84,8 +86,13 @@ impl LogStream {
     }
 
     fn sibling(self, suffix: &str) -> String {
-        format!("{}.{suffix}", self.file_name())
+        sibling(self.file_name(), suffix)
     }
+}
+
+/// `<name>.<suffix>`: a rotated file, the base or the closed marker of the file `name`.
+fn sibling(name: &str, suffix: &str) -> String {
+    format!("{name}.{suffix}")
 }
 
 /// Bytes read from a log and where to continue.
@@ -110,9 +117,9 @@ struct Segment {
     path: PathBuf,
 }
 
-/// Rotated files of `stream`, oldest first. A missing directory has none.
-fn rotated_segments(dir: &Path, stream: LogStream) -> io::Result<Vec<Segment>> {
-    let prefix = format!("{}.", stream.file_name());
+/// Rotated files of the rotating file `name`, oldest first. A missing directory has none.
+fn rotated_segments(dir: &Path, name: &str) -> io::Result<Vec<Segment>> {
+    let prefix = format!("{name}.");
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -149,14 +156,23 @@ fn rotated_segments(dir: &Path, stream: LogStream) -> io::Result<Vec<Segment>> {
 
 /// Logical offset of the first byte of the current file: the recorded base, or the end of the newest
 /// rotated file when a rotation was interrupted before recording it.
-fn current_base(dir: &Path, stream: LogStream, segments: &[Segment]) -> io::Result<u64> {
-    let recorded = match fs::read_to_string(dir.join(stream.sibling("base"))) {
+fn current_base(dir: &Path, name: &str, segments: &[Segment]) -> io::Result<u64> {
+    let recorded = match fs::read_to_string(dir.join(sibling(name, "base"))) {
         Ok(text) => text.trim().parse::<u64>().unwrap_or(0),
         Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
         Err(e) => return Err(e),
     };
     let rotated_end = segments.last().map_or(0, |s| s.start + s.len);
     Ok(recorded.max(rotated_end))
+}
+
+/// Logical offset of the oldest byte the rotating file `name` still keeps (its end when it keeps none).
+pub(crate) fn oldest_kept(dir: &Path, name: &str) -> io::Result<u64> {
+    let segments = rotated_segments(dir, name)?;
+    match segments.first() {
+        Some(s) => Ok(s.start),
+        None => current_base(dir, name, &segments),
+    }
 }
 
 fn closed_marker(dir: &Path, stream: LogStream) -> PathBuf {
@@ -185,10 +201,11 @@ pub(crate) fn mark_closed(dir: &Path, stream: LogStream) -> io::Result<()> {
     File::create(closed_marker(dir, stream)).map(drop)
 }
 
-/// Appends to one stream's files, rotating by size.
+/// Appends to one rotating file (a stream's log, or the output index), rotating by size.
 pub(crate) struct RotatingLog {
     dir: PathBuf,
-    stream: LogStream,
+    /// Name of the current file.
+    name: &'static str,
     max_bytes: u64,
     keep: usize,
     file: File,
@@ -201,25 +218,35 @@ pub(crate) struct RotatingLog {
 impl RotatingLog {
     /// Opens (or continues) the stream's files in `options.dir`.
     pub(crate) fn open(options: &LogOptions, stream: LogStream) -> io::Result<Self> {
+        Self::open_named(options, stream.file_name())
+    }
+
+    /// Opens (or continues) the rotating file `name` in `options.dir`.
+    pub(crate) fn open_named(options: &LogOptions, name: &'static str) -> io::Result<Self> {
         fs::create_dir_all(&options.dir)?;
-        let segments = rotated_segments(&options.dir, stream)?;
-        let base = current_base(&options.dir, stream, &segments)?;
+        let segments = rotated_segments(&options.dir, name)?;
+        let base = current_base(&options.dir, name, &segments)?;
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .custom_flags(libc::O_NOFOLLOW)
             .mode(0o600)
-            .open(options.dir.join(stream.file_name()))?;
+            .open(options.dir.join(name))?;
         let len = file.metadata()?.len();
         Ok(RotatingLog {
             dir: options.dir.clone(),
-            stream,
+            name,
             max_bytes: options.max_bytes,
             keep: usize::try_from(options.keep).unwrap_or(usize::MAX),
             file,
             len,
             base,
         })
+    }
+
+    /// Logical offset just after the last byte written: where the next append starts.
+    pub(crate) fn end(&self) -> u64 {
+        self.base + self.len
     }
 
     /// Appends `data`, rotating whenever the current file reaches `max_bytes`.
@@ -243,14 +270,14 @@ impl RotatingLog {
     }
 
     fn rotate(&mut self) -> io::Result<()> {
-        let current = self.dir.join(self.stream.file_name());
+        let current = self.dir.join(self.name);
         let rotated = self
             .dir
-            .join(self.stream.sibling(&format!("{:020}", self.base)));
+            .join(sibling(self.name, &format!("{:020}", self.base)));
         fs::rename(&current, &rotated)?;
         let new_base = self.base + self.len;
-        let base_file = self.dir.join(self.stream.sibling("base"));
-        let tmp = self.dir.join(self.stream.sibling("base.tmp"));
+        let base_file = self.dir.join(sibling(self.name, "base"));
+        let tmp = self.dir.join(sibling(self.name, "base.tmp"));
         fs::write(&tmp, new_base.to_string())?;
         fs::rename(&tmp, &base_file)?;
         self.file = OpenOptions::new()
@@ -261,7 +288,7 @@ impl RotatingLog {
             .open(&current)?;
         self.base = new_base;
         self.len = 0;
-        let segments = rotated_segments(&self.dir, self.stream)?;
+        let segments = rotated_segments(&self.dir, self.name)?;
         let excess = segments.len().saturating_sub(self.keep);
         for old in &segments[..excess] {
             match fs::remove_file(&old.path) {
@@ -275,17 +302,26 @@ impl RotatingLog {
 
 /// Copies one stream from the job's FIFO into its log files until every writer closed it (the job and
 /// all its processes ended), `finish` fires (then the stream is marked ended), or `detach` fires (the agent
-/// stops supervising; the stream is not marked ended). The FIFO is drained even when the files cannot be
-/// written, so that the job never blocks on its output.
+/// stops supervising; the stream is not marked ended). Each chunk is recorded in the attempt's output
+/// `index` (shared with the other stream's pump) with the time it was read; opening indexes what an
+/// earlier pump wrote without recording it. The FIFO is drained even when the files cannot be written, so
+/// that the job never blocks on its output.
 pub(crate) async fn pump(
     mut fifo: pipe::Receiver,
     options: LogOptions,
     stream: LogStream,
+    index: SharedIndex,
     detach: CancellationToken,
     finish: CancellationToken,
 ) {
     let dir = options.dir.clone();
-    let opened = tokio::task::spawn_blocking(move || RotatingLog::open(&options, stream)).await;
+    let cover = index.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        let log = RotatingLog::open(&options, stream)?;
+        cover.cover(stream, log.end(), unix_ms(std::time::SystemTime::now()));
+        Ok::<_, io::Error>(log)
+    })
+    .await;
     let log = match opened {
         Ok(Ok(log)) => Some(log),
         Ok(Err(e)) => {
@@ -299,6 +335,7 @@ pub(crate) async fn pump(
     };
     let mut sink = LogSink {
         log,
+        index,
         dir: dir.clone(),
         stream,
         failed: false,
@@ -354,6 +391,7 @@ fn read_now(fifo: &pipe::Receiver, buf: &mut [u8]) -> io::Result<usize> {
 /// Where the pump puts what it read.
 struct LogSink {
     log: Option<RotatingLog>,
+    index: SharedIndex,
     dir: PathBuf,
     stream: LogStream,
     failed: bool,
@@ -362,12 +400,19 @@ struct LogSink {
 impl LogSink {
     /// Appends `data` (file I/O off the runtime's threads); failures are logged once and the data dropped.
     async fn store(&mut self, data: &[u8]) {
+        let at_ms = unix_ms(std::time::SystemTime::now());
         let Some(mut log) = self.log.take() else {
             return;
         };
         let data = data.to_vec();
+        let index = self.index.clone();
+        let stream = self.stream;
         let written = tokio::task::spawn_blocking(move || {
-            let result = log.append(&data);
+            let result = index.write_indexed(stream, at_ms, || {
+                let start = log.end();
+                let result = log.append(&data);
+                (start, log.end(), result)
+            });
             (log, result)
         })
         .await;
@@ -395,9 +440,19 @@ pub fn read_logs(
     offset: u64,
     max: usize,
 ) -> Result<LogChunk, ExecError> {
+    read_named(dir, stream.file_name(), offset, max)
+}
+
+/// [`read_logs`] of the rotating file `name` (a stream's log or the output index).
+pub(crate) fn read_named(
+    dir: &Path,
+    name: &str,
+    offset: u64,
+    max: usize,
+) -> Result<LogChunk, ExecError> {
     let mut offset = offset;
     for _ in 0..READ_RETRIES {
-        match try_read(dir, stream, offset, max).map_err(ExecError::io("reading logs in", dir))? {
+        match try_read(dir, name, offset, max).map_err(ExecError::io("reading logs in", dir))? {
             Attempt::Done(chunk) => return Ok(chunk),
             Attempt::SkipTo(later) => offset = later,
             // A rotation is in progress; it takes a few syscalls.
@@ -416,11 +471,11 @@ enum Attempt {
     Raced,
 }
 
-fn try_read(dir: &Path, stream: LogStream, offset: u64, max: usize) -> io::Result<Attempt> {
-    let segments = rotated_segments(dir, stream)?;
-    let base = current_base(dir, stream, &segments)?;
+fn try_read(dir: &Path, name: &str, offset: u64, max: usize) -> io::Result<Attempt> {
+    let segments = rotated_segments(dir, name)?;
+    let base = current_base(dir, name, &segments)?;
     if offset >= base {
-        let mut file = match open_no_follow(&dir.join(stream.file_name())) {
+        let mut file = match open_no_follow(&dir.join(name)) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if segments.is_empty() && base == 0 {
@@ -435,8 +490,8 @@ fn try_read(dir: &Path, stream: LogStream, offset: u64, max: usize) -> io::Resul
             Err(e) => return Err(e),
         };
         // The file we opened belongs to `base` only if no rotation completed meanwhile.
-        let after = rotated_segments(dir, stream)?;
-        if current_base(dir, stream, &after)? != base {
+        let after = rotated_segments(dir, name)?;
+        if current_base(dir, name, &after)? != base {
             return Ok(Attempt::Raced);
         }
         return read_at(&mut file, base, offset, max).map(Attempt::Done);
@@ -575,7 +630,7 @@ mod tests {
         log.append(&all[3..25]).expect("append");
         log.append(&all[25..]).expect("append");
         // 45 bytes in files of 10: [0,10) [10,20) [20,30) [30,40) rotated, [40,45) current; keep 2.
-        let segments = rotated_segments(&dir, LogStream::Stdout).expect("list");
+        let segments = rotated_segments(&dir, LogStream::Stdout.file_name()).expect("list");
         let starts: Vec<u64> = segments.iter().map(|s| s.start).collect();
         assert_eq!(starts, vec![20, 30]);
         assert_eq!(
@@ -631,7 +686,7 @@ mod tests {
         let dir = tmp.path();
         let mut log = RotatingLog::open(&options(dir, 4, 0), LogStream::Stdout).expect("open");
         log.append(b"aaaabbbbcc").expect("append");
-        assert!(rotated_segments(dir, LogStream::Stdout)
+        assert!(rotated_segments(dir, LogStream::Stdout.file_name())
             .expect("list")
             .is_empty());
         let chunk = read_logs(dir, LogStream::Stdout, 0, 100).expect("read");
@@ -645,7 +700,7 @@ mod tests {
         let mut log =
             RotatingLog::open(&options(tmp.path(), 0, 1), LogStream::Stdout).expect("open");
         log.append(&[7u8; 10_000]).expect("append");
-        assert!(rotated_segments(tmp.path(), LogStream::Stdout)
+        assert!(rotated_segments(tmp.path(), LogStream::Stdout.file_name())
             .expect("list")
             .is_empty());
         assert_eq!(read_all(tmp.path(), LogStream::Stdout, 0).1, 10_000);

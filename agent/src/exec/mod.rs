@@ -30,6 +30,8 @@
 //! LogOptions::new(dir)                                   // default rotation: 16 MiB, 4 kept
 //! read_logs(dir, LogStream, offset, max) -> Result<LogChunk, ExecError>   // blocking file reads
 //! follow_logs(dir, LogStream, offset, poll) -> impl Stream<Item = Result<LogChunk, ExecError>>
+//! read_records(dir, &RecordsQuery) -> Result<RecordsChunk, ExecError>   // both streams in read order,
+//!                                                  // or one, with times; from an offset, a time, the last lines
 //! ```
 //!
 //! # How a job runs
@@ -104,6 +106,7 @@ mod job_cgroup;
 mod launcher;
 mod limit_mode;
 mod log_files;
+mod output_index;
 mod proc_stat;
 mod running_job;
 pub mod sandbox;
@@ -119,6 +122,7 @@ pub use log_files::{
     follow_logs, read_logs, LogChunk, LogOptions, LogStream, DEFAULT_LOG_KEEP,
     DEFAULT_LOG_MAX_BYTES,
 };
+pub use output_index::{read_records, OutputRecord, RecordsChunk, RecordsQuery};
 pub use running_job::RunningJob;
 pub use sandbox::netfilter::DenyRule;
 pub use sandbox::{NetworkPolicy, SandboxOptions};

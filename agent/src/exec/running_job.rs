@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use super::launcher::EXIT_STATUS_FILE;
 use super::log_files::{self, LogStream};
+use super::output_index::SharedIndex;
 use super::sandbox::UidLease;
 use super::{job_cgroup, proc_stat, ExitReport, ProcessHandle};
 
@@ -69,6 +70,7 @@ impl RunningJob {
         let detach = CancellationToken::new();
         let finish = CancellationToken::new();
         let mut pumps = Vec::new();
+        let index = SharedIndex::new(handle.log.clone());
         for (stream, fifo) in fifos {
             match fifo {
                 Some(fifo) => pumps.push(tokio::spawn(
@@ -76,6 +78,7 @@ impl RunningJob {
                         fifo,
                         handle.log.clone(),
                         stream,
+                        index.clone(),
                         detach.clone(),
                         finish.clone(),
                     )

@@ -4,7 +4,9 @@
 //! Owns the answer to a log read: only processes this node's store knows are served, each named by
 //! (job id, attempt, replica) with logs of its own (anything else is NOT_FOUND, so no caller-supplied
 //! path is ever opened), the stream name is checked, and one answer carries at most
-//! [`MAX_READ_BYTES`]. An attempt forgotten after its retention period is NOT_FOUND too, with a message
+//! [`MAX_READ_BYTES`] (besides one record larger than that, which a record never is). A read with
+//! `records` answers from the attempt's output index: both streams merged in the order they were read, or
+//! one stream, each chunk with its time, from a time on or from the last lines. An attempt forgotten after its retention period is NOT_FOUND too, with a message
 //! saying its output was removed. Who may call is the RPC layer's authorization table
 //! (`AgentReadLogs`: coordinators only); this service never writes anything.
 
@@ -15,7 +17,7 @@ use futures::future::BoxFuture;
 use protocol::pb;
 use protocol::rpc::{decode_message, encode_message, CallContext, Method, RpcService, RpcStatus};
 
-use crate::exec::{read_logs, LogStream};
+use crate::exec::{read_logs, read_records, LogStream, OutputRecord, RecordsQuery};
 
 use super::store::{JobStore, StoredAttempt};
 use super::AttemptKey;
@@ -62,11 +64,20 @@ impl RpcService for LogService {
     }
 }
 
-fn parse_stream(name: &str) -> Option<LogStream> {
+/// The stream a request names: one of the two, or (`None`) both, which only a records read may ask for.
+fn parse_stream(name: &str, records: bool) -> Option<Option<LogStream>> {
     match name {
-        "stdout" => Some(LogStream::Stdout),
-        "stderr" => Some(LogStream::Stderr),
+        "stdout" => Some(Some(LogStream::Stdout)),
+        "stderr" => Some(Some(LogStream::Stderr)),
+        "all" | "" if records => Some(None),
         _ => None,
+    }
+}
+
+fn stream_name(stream: LogStream) -> &'static str {
+    match stream {
+        LogStream::Stdout => "stdout",
+        LogStream::Stderr => "stderr",
     }
 }
 
@@ -74,9 +85,14 @@ async fn read(
     store: Arc<JobStore>,
     request: pb::ReadLogsRequest,
 ) -> Result<pb::ReadLogsResponse, RpcStatus> {
-    let Some(stream) = parse_stream(&request.stream) else {
+    let Some(selected) = parse_stream(&request.stream, request.records) else {
+        let expected = if request.records {
+            "\"all\", \"stdout\" or \"stderr\""
+        } else {
+            "\"stdout\" or \"stderr\""
+        };
         return Err(RpcStatus::invalid_argument(format!(
-            "stream {:?}: expected \"stdout\" or \"stderr\"",
+            "stream {:?}: expected {expected}",
             request.stream.chars().take(64).collect::<String>()
         )));
     };
@@ -115,21 +131,45 @@ async fn read(
         };
         let Some(dir) = record.log_dir() else {
             // Never started (launch failed, or cancelled first): no output.
-            return Ok(pb::ReadLogsResponse {
-                start_offset: 0,
-                data: Vec::new(),
-                next_offset: 0,
-            });
+            return Ok(pb::ReadLogsResponse::default());
         };
+        if request.records {
+            let query = RecordsQuery {
+                stream: selected,
+                offset,
+                max_bytes: max as usize,
+                since_ms: request.since_ms,
+                tail_lines: request.tail_lines,
+            };
+            let chunk =
+                read_records(dir, &query).map_err(|e| RpcStatus::internal(e.to_string()))?;
+            return Ok(pb::ReadLogsResponse {
+                start_offset: chunk.start_offset,
+                next_offset: chunk.next_offset,
+                data: Vec::new(),
+                records: chunk.records.into_iter().map(output_record).collect(),
+            });
+        }
+        // Not a records read: `parse_stream` named one stream.
+        let stream = selected.unwrap_or(LogStream::Stdout);
         let chunk = read_logs(dir, stream, offset, max as usize)
             .map_err(|e| RpcStatus::internal(e.to_string()))?;
         Ok(pb::ReadLogsResponse {
             start_offset: chunk.start_offset(),
             next_offset: chunk.next_offset,
             data: chunk.data,
+            records: Vec::new(),
         })
     })
     .await
     .map_err(|e| RpcStatus::internal(format!("reading logs: {e}")))?;
     answer
+}
+
+fn output_record(r: OutputRecord) -> pb::OutputRecord {
+    pb::OutputRecord {
+        stream: stream_name(r.stream).to_owned(),
+        at_ms: r.at_ms,
+        data: r.data,
+    }
 }

@@ -41,8 +41,9 @@ pub mod dto {
         NodeView,
     };
     pub use super::jobs::{
-        AttemptView, ConstraintsBody, JobLogsView, JobPlanView, JobView, LocalityBody, LogStream,
-        PlannedReplica, ResourcesBody, RetryBody, SubmitJobRequest,
+        AttemptView, ConstraintsBody, JobLogRecordView, JobLogsView, JobPlanView, JobView,
+        LocalityBody, LogCursor, LogStream, PlannedReplica, ResourcesBody, RetryBody,
+        SubmitJobRequest,
     };
     pub use super::secrets::{PutSecretRequest, RewrapResult, SecretResource};
     pub use super::service::ListPage;

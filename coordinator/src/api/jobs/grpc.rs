@@ -95,20 +95,13 @@ impl pb::job_service_server::JobService for GrpcAdmin {
             max_bytes: (r.max_bytes > 0).then_some(u64::from(r.max_bytes)),
             attempt: (r.attempt > 0).then_some(u64::from(r.attempt)),
             replica: Some(u64::from(r.replica)),
+            since: non_empty(r.since),
+            tail: r.tail.map(u64::from),
+            records: r.records.then(|| "true".to_owned()),
         };
         answer(
             self.service.read_job_logs(&scope, &r.id, &query).await,
-            |c| pb::ReadJobLogsResponse {
-                attempt: c.attempt,
-                replica: c.replica,
-                node: c.node,
-                stream: c.stream.as_str().to_owned(),
-                start_offset: c.start_offset,
-                next_offset: c.next_offset,
-                data: c.data,
-                job_state: c.job_state.as_str().to_owned(),
-                done: c.job_state.is_terminal(),
-            },
+            super::logs::grpc_reply,
         )
     }
 }

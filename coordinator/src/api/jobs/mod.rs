@@ -8,9 +8,12 @@
 //! connection to an agent beyond one log read, and never return another project's job or output.
 
 pub(super) mod grpc;
+mod logs;
 mod plan;
 pub(super) mod rest;
 
+pub(crate) use logs::LogsQuery;
+pub use logs::{JobLogRecordView, JobLogsView, LogCursor, LogStream};
 pub use plan::{JobPlanView, PlannedReplica};
 
 use std::collections::BTreeMap;
@@ -31,7 +34,6 @@ use crate::state::{
 use super::auth::RequestScope;
 use super::error::{ErrorKind, ServiceError};
 use super::service::{query_u64, unexpected, AdminService, ListPage, PageParams};
-use protocol::pb;
 use protocol::units::{parse_byte_size, parse_cpu_millis, parse_instant_ms, UnitError};
 
 /// Most GPUs one job may ask for.
@@ -46,9 +48,6 @@ const MAX_TIMEOUT_SECS: u64 = 365 * 86_400;
 const MAX_CANCEL_GRACE_SECS: u64 = 3_600;
 /// Most constraint labels.
 const MAX_LABELS: usize = 64;
-/// A log read's default and largest size.
-const DEFAULT_LOG_BYTES: u64 = 64 * 1024;
-const MAX_LOG_BYTES: u64 = 1 << 20;
 /// The default usage window.
 const DEFAULT_USAGE_WINDOW_MS: u64 = 24 * 3_600 * 1_000;
 /// Variables the agent sets from the job's GPUs; a job may not override them.
@@ -219,22 +218,6 @@ pub(crate) struct JobListQuery {
     pub(crate) page_token: Option<String>,
 }
 
-/// Query of `GET /v1/jobs/{id}/logs`.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub(crate) struct LogsQuery {
-    #[serde(default)]
-    pub(crate) stream: Option<String>,
-    #[serde(default, deserialize_with = "query_u64")]
-    pub(crate) offset: Option<u64>,
-    #[serde(default, deserialize_with = "query_u64")]
-    pub(crate) max_bytes: Option<u64>,
-    #[serde(default, deserialize_with = "query_u64")]
-    pub(crate) attempt: Option<u64>,
-    /// Which replica of a gang job (default 0).
-    #[serde(default, deserialize_with = "query_u64")]
-    pub(crate) replica: Option<u64>,
-}
-
 /// Query of `GET /v1/usage`: Unix milliseconds or RFC 3339.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub(crate) struct UsageQuery {
@@ -393,107 +376,6 @@ impl From<&JobRecord> for JobView {
             finished_at: j.finished_at,
         }
     }
-}
-
-/// A chunk of one attempt's output, as read from its agent.
-#[derive(Debug, Clone)]
-pub(crate) struct LogChunk {
-    pub(crate) attempt: u32,
-    pub(crate) replica: u32,
-    pub(crate) node: String,
-    pub(crate) stream: LogStream,
-    pub(crate) start_offset: u64,
-    pub(crate) next_offset: u64,
-    pub(crate) data: Vec<u8>,
-    pub(crate) job_state: JobState,
-}
-
-/// `GET /v1/jobs/{id}/logs`: the chunk as text.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[schema(as = JobLogs)]
-pub struct JobLogsView {
-    pub attempt: u32,
-    pub replica: u32,
-    pub node: String,
-    pub stream: LogStream,
-    pub start_offset: u64,
-    pub next_offset: u64,
-    /// The bytes as UTF-8 (invalid sequences replaced).
-    pub data: String,
-    pub job_state: JobState,
-    /// The job is in a terminal state: once a read returns no data, there is no more.
-    pub done: bool,
-}
-
-impl From<LogChunk> for JobLogsView {
-    /// A multi-byte character cut at the end of the chunk is left for the next read (the offset stops
-    /// before it), so following a stream chunk by chunk never garbles text.
-    fn from(c: LogChunk) -> Self {
-        let held_back = match incomplete_utf8_tail(&c.data) {
-            // Only the incomplete bytes: hand them out (lossy) so a reader always moves forward.
-            Some(n) if n < c.data.len() => n,
-            _ => 0,
-        };
-        let keep = c.data.len() - held_back;
-        JobLogsView {
-            attempt: c.attempt,
-            replica: c.replica,
-            node: c.node,
-            stream: c.stream,
-            start_offset: c.start_offset,
-            next_offset: c.next_offset.saturating_sub(held_back as u64),
-            data: String::from_utf8_lossy(&c.data[..keep]).into_owned(),
-            job_state: c.job_state,
-            done: c.job_state.is_terminal(),
-        }
-    }
-}
-
-/// What a failed log read from the agent of `node` tells the caller about `what` (`2 of job j`): the agent's
-/// NOT_FOUND (with its reason, e.g. the output was removed after the retention period) is a 404, anything
-/// else means the agent could not be reached (503).
-fn log_read_error(e: protocol::rpc::RpcError, what: &str, node: &str) -> ServiceError {
-    match e {
-        protocol::rpc::RpcError::Remote(status)
-            if status.code == protocol::rpc::StatusCode::NotFound =>
-        {
-            let mut not_found =
-                ServiceError::not_found("output of attempt", &format!("{what} on node {node}"));
-            if !status.message.is_empty() {
-                not_found.message = format!("{}: {}", not_found.message, status.message);
-            }
-            not_found
-        }
-        // The transport's own words name the agent's internal address (and the agent's, its paths): they go
-        // to the coordinator's log, never to the caller.
-        other => {
-            tracing::warn!(node, error = %other, "reading a job's output from its agent failed");
-            ServiceError::unavailable(format!(
-                "the agent of node {node} could not be reached for the output; try again (the coordinator's log has the details)"
-            ))
-        }
-    }
-}
-
-/// The length of an incomplete (so far well-formed) UTF-8 sequence at the end of `data`, if there is one.
-fn incomplete_utf8_tail(data: &[u8]) -> Option<usize> {
-    let start = data.len().saturating_sub(3);
-    for i in (start..data.len()).rev() {
-        let b = data[i];
-        if b & 0b1100_0000 == 0b1000_0000 {
-            // A continuation byte: the lead byte is further back.
-            continue;
-        }
-        let needed = match b {
-            0xC2..=0xDF => 2,
-            0xE0..=0xEF => 3,
-            0xF0..=0xF4 => 4,
-            _ => return None,
-        };
-        let have = data.len() - i;
-        return (have < needed).then_some(have);
-    }
-    None
 }
 
 // ---- validation -------------------------------------------------------------------------------------------
@@ -820,36 +702,6 @@ pub(crate) fn job_spec(req: SubmitJobRequest) -> Result<JobSpec, ServiceError> {
     Ok(spec)
 }
 
-/// One of an attempt's output streams.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum LogStream {
-    Stdout,
-    Stderr,
-}
-
-impl LogStream {
-    /// The name `stream` takes and the agent reads.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogStream::Stdout => "stdout",
-            LogStream::Stderr => "stderr",
-        }
-    }
-}
-
-/// The stream a `stream` query names; stdout when it names none.
-fn log_stream(s: Option<&str>) -> Result<LogStream, ServiceError> {
-    match s.map(str::trim) {
-        None | Some("") | Some("stdout") => Ok(LogStream::Stdout),
-        Some("stderr") => Ok(LogStream::Stderr),
-        Some(name) => Err(invalid(
-            "stream",
-            format!("{name:?} is not stdout or stderr"),
-        )),
-    }
-}
-
 fn job_state(s: Option<&str>) -> Result<Option<JobState>, ServiceError> {
     match s.map(str::trim) {
         None | Some("") => Ok(None),
@@ -1016,108 +868,6 @@ impl AdminService {
         }
     }
 
-    pub(crate) async fn read_job_logs(
-        &self,
-        scope: &RequestScope,
-        id: &str,
-        query: &LogsQuery,
-    ) -> Result<LogChunk, ServiceError> {
-        let stream = log_stream(query.stream.as_deref())?;
-        let max_bytes = match query.max_bytes {
-            None | Some(0) => DEFAULT_LOG_BYTES,
-            Some(n) => n.min(MAX_LOG_BYTES),
-        };
-        let wanted = match query.attempt {
-            None | Some(0) => None,
-            Some(n) => {
-                Some(u32::try_from(n).map_err(|_| invalid("attempt", "no such attempt number"))?)
-            }
-        };
-        let replica = match query.replica {
-            None => 0,
-            Some(n) => u32::try_from(n)
-                .ok()
-                .filter(|r| *r < MAX_REPLICAS)
-                .ok_or_else(|| invalid("replica", format!("must be 0-{}", MAX_REPLICAS - 1)))?,
-        };
-        let job = self.scoped_job(scope, id).await?;
-        if replica >= job.spec.replicas {
-            return Err(invalid(
-                "replica",
-                format!(
-                    "job {id} has {} replica(s), numbered from 0",
-                    job.spec.replicas
-                ),
-            ));
-        }
-        let attempt = match wanted {
-            Some(n) => job
-                .attempts
-                .iter()
-                .find(|a| a.attempt == n && a.replica == replica)
-                .ok_or_else(|| {
-                    ServiceError::new(
-                        ErrorKind::NotFound,
-                        format!("job {id} has no attempt {n}"),
-                    )
-                })?,
-            None => job
-                .attempts
-                .iter()
-                .rev()
-                .find(|a| a.replica == replica && !a.node.is_empty())
-                .ok_or_else(|| {
-                    let why = match &job.pending_reason {
-                        Some(r) if job.state == JobState::Pending => format!(" ({r})"),
-                        _ => String::new(),
-                    };
-                    ServiceError::conflict(format!(
-                        "job {id} has not run on any node yet: it is {}{why}, so there is no output to read",
-                        job.state.as_str()
-                    ))
-                })?,
-        };
-        let node = attempt.node.clone();
-        let rpc_addr = self
-            .handle()
-            .read(|s| s.node(&node).map(|n| n.rpc_addr.clone()))
-            .filter(|a| !a.is_empty())
-            .ok_or_else(|| {
-                ServiceError::unavailable(format!(
-                    "node {node} has no known agent address; its output cannot be read now"
-                ))
-            })?;
-        let request = pb::ReadLogsRequest {
-            job_id: id.to_owned(),
-            attempt: attempt.attempt,
-            replica: attempt.replica,
-            stream: stream.as_str().to_owned(),
-            offset: query.offset.unwrap_or(0),
-            // Bounded by MAX_LOG_BYTES.
-            max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX),
-        };
-        let resp = self
-            .handle()
-            .read_job_logs(&rpc_addr, &request)
-            .await
-            .map_err(|e| log_read_error(e, &format!("{} of job {id}", attempt.attempt), &node))?;
-        // The job may have moved on while we read; report its state as of now.
-        let job_state = self
-            .handle()
-            .read(|s| s.job(&scope.project_id, id).map(|j| j.state))
-            .unwrap_or(job.state);
-        Ok(LogChunk {
-            attempt: attempt.attempt,
-            replica: attempt.replica,
-            node,
-            stream,
-            start_offset: resp.start_offset,
-            next_offset: resp.next_offset,
-            data: resp.data,
-            job_state,
-        })
-    }
-
     pub(crate) async fn usage(
         &self,
         scope: &RequestScope,
@@ -1193,28 +943,6 @@ mod tests {
             policy.pointer("/properties/preemption_ceiling/maximum"),
             Some(&serde_json::json!(crate::state::MAX_PREEMPTION_CEILING))
         );
-    }
-
-    #[test]
-    fn a_failed_log_read_does_not_tell_the_caller_the_agents_address() {
-        use protocol::rpc::{RpcError, RpcStatus};
-        for e in [
-            RpcError::Transport("connecting to 10.20.30.40:7300: connection refused".into()),
-            RpcError::Remote(RpcStatus::internal(
-                "reading /var/lib/meridian/agent/jobs/j1/1/stdout.log at 10.20.30.40",
-            )),
-            RpcError::Refused("peer 10.20.30.40:7300 presented a wrong identity".into()),
-        ] {
-            let answer = log_read_error(e, "1 of job j1", "eu/eu1/n1");
-            assert_eq!(answer.kind, ErrorKind::Unavailable);
-            assert!(
-                !answer.message.contains("10.20.30.40"),
-                "{}",
-                answer.message
-            );
-            assert!(!answer.message.contains("/var/lib"), "{}", answer.message);
-            assert!(answer.message.contains("eu/eu1/n1"), "{}", answer.message);
-        }
     }
 
     #[test]
@@ -1376,50 +1104,6 @@ mod tests {
     }
 
     #[test]
-    fn a_log_read_the_agent_refused_says_why() {
-        use protocol::rpc::{RpcError, RpcStatus, StatusCode};
-        let gone = RpcError::Remote(RpcStatus::new(
-            StatusCode::NotFound,
-            "removed after the retention period",
-        ));
-        let e = log_read_error(gone, "2 of job j", "eu/eu1/a1");
-        assert_eq!(e.kind, ErrorKind::NotFound);
-        assert_eq!(
-            e.message,
-            "output of attempt 2 of job j on node eu/eu1/a1 not found: removed after the retention period"
-        );
-        let e = log_read_error(RpcError::Timeout, "2 of job j", "eu/eu1/a1");
-        assert_eq!(e.kind, ErrorKind::Unavailable);
-        assert!(e.message.contains("eu/eu1/a1"), "{}", e.message);
-    }
-
-    #[test]
-    fn log_chunks_never_end_inside_a_character() {
-        let chunk = |data: &[u8]| LogChunk {
-            attempt: 1,
-            replica: 0,
-            node: "eu/eu1/a1".into(),
-            stream: LogStream::Stdout,
-            start_offset: 10,
-            next_offset: 10 + data.len() as u64,
-            data: data.to_vec(),
-            job_state: JobState::Running,
-        };
-        let whole = JobLogsView::from(chunk("héllo".as_bytes()));
-        assert_eq!((whole.data.as_str(), whole.next_offset), ("héllo", 16));
-        // "aé" cut after the first byte of "é": the byte is read again next time.
-        let cut = JobLogsView::from(chunk(&[b'a', 0xC3]));
-        assert_eq!((cut.data.as_str(), cut.next_offset), ("a", 11));
-        // Only the incomplete bytes: hand them out (lossy) so a reader always moves forward.
-        let alone = JobLogsView::from(chunk(&[0xE2, 0x82]));
-        assert_eq!(alone.next_offset, 12);
-        assert!(!alone.data.is_empty());
-        let invalid = JobLogsView::from(chunk(&[b'a', 0xFF]));
-        assert_eq!(invalid.next_offset, 12);
-        assert!(!JobLogsView::from(chunk(b"")).done);
-    }
-
-    #[test]
     fn usage_ranges_default_to_a_day_and_must_be_ordered() {
         let now = 1_700_000_000_000;
         let q = |since: Option<&str>, until: Option<&str>| UsageQuery {
@@ -1441,12 +1125,9 @@ mod tests {
     }
 
     #[test]
-    fn states_and_streams_parse_or_name_the_field() {
+    fn states_parse_or_name_the_field() {
         assert_eq!(job_state(Some("Pending")), Ok(Some(JobState::Pending)));
         assert_eq!(job_state(Some("")), Ok(None));
         assert!(job_state(Some("done")).is_err_and(|e| e.message.starts_with("state: ")));
-        assert_eq!(log_stream(None), Ok(LogStream::Stdout));
-        assert_eq!(log_stream(Some("stderr")), Ok(LogStream::Stderr));
-        assert!(log_stream(Some("both")).is_err_and(|e| e.message.starts_with("stream: ")));
     }
 }

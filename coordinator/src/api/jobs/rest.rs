@@ -24,7 +24,10 @@ const JOB_LIST_QUERY: &[(&str, &str)] = &[
     ("page_token", "The next_page_token of the previous page."),
 ];
 const JOB_LOGS_QUERY: &[(&str, &str)] = &[
-    ("stream", "stdout (default) or stderr."),
+    (
+        "stream",
+        "all (default: both streams merged in the order the agent read them), stdout or stderr.",
+    ),
     (
         "offset",
         "Logical offset to read from (the next_offset of the previous read; default 0).",
@@ -38,6 +41,18 @@ const JOB_LOGS_QUERY: &[(&str, &str)] = &[
         "Attempt number (default: the last attempt that was placed on a node).",
     ),
     ("replica", "Replica of a gang job, 0-based (default 0)."),
+    (
+        "since",
+        "Only output written at or after this time: Unix milliseconds or RFC 3339.",
+    ),
+    (
+        "tail",
+        "Start at the last N lines (of what stream and since select) instead of at offset.",
+    ),
+    (
+        "records",
+        "true: answer in records with their times, offsets counting the output index, also for stdout or stderr (implied by stream=all, since and tail).",
+    ),
 ];
 const USAGE_QUERY: &[(&str, &str)] = &[
     (
@@ -96,7 +111,7 @@ pub(crate) static ROUTES: &[Route] = &[
         method: HttpMethod::Get,
         path: "/v1/jobs/{id}/logs",
         op: &op::JOB_LOGS,
-        summary: "Read a job attempt's stdout or stderr from the agent that ran it, from an offset",
+        summary: "Read a job attempt's output from the agent that ran it: merged, or stdout or stderr, from an offset, a time or the last lines",
         request: None,
         query: JOB_LOGS_QUERY,
         reply: ok(schema::<JobLogsView>),

@@ -520,6 +520,32 @@ fn samples() -> Vec<Sample> {
             data: s("hello"),
             job_state: JobState::Succeeded,
             done: true,
+            cursor: crate::api::jobs::LogCursor::Bytes,
+            records: vec![],
+        }),
+        reply(JobLogsView {
+            attempt: 1,
+            replica: 0,
+            node: s("eu/eu1/a-1"),
+            stream: crate::api::jobs::LogStream::All,
+            start_offset: 0,
+            next_offset: 48,
+            data: s("out\nerr\n"),
+            job_state: JobState::Running,
+            done: false,
+            cursor: crate::api::jobs::LogCursor::Records,
+            records: vec![
+                crate::api::jobs::JobLogRecordView {
+                    stream: crate::api::jobs::LogStream::Stdout,
+                    at_ms: 1_790_000_000_000,
+                    data: s("out\n"),
+                },
+                crate::api::jobs::JobLogRecordView {
+                    stream: crate::api::jobs::LogStream::Stderr,
+                    at_ms: 1_790_000_000_001,
+                    data: s("err\n"),
+                },
+            ],
         }),
         reply(UsageReport {
             project_id: s("p1"),
