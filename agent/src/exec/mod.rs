@@ -30,6 +30,9 @@
 //! LogOptions::new(dir)                                   // default rotation: 16 MiB, 4 kept
 //! read_logs(dir, LogStream, offset, max) -> Result<LogChunk, ExecError>   // blocking file reads
 //! follow_logs(dir, LogStream, offset, poll) -> impl Stream<Item = Result<LogChunk, ExecError>>
+//!
+//! exec_in_job(&JobEntry, &ExecInput) -> Result<ExecOutput, EnterError>   // blocking; see `enter`
+//! read_job_file(workdir, uid, path, offset, max) -> Result<FileChunk, JobFileError>   // blocking
 //! ```
 //!
 //! # How a job runs
@@ -100,7 +103,9 @@
 //! `<job>-<attempt>` for replica 0 and `<job>-<attempt>-r<replica>` for the others, like the state
 //! directory.
 
+mod enter;
 mod job_cgroup;
+mod job_file;
 mod launcher;
 mod limit_mode;
 mod log_files;
@@ -113,6 +118,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use enter::{exec_in_job, EnterError, ExecInput, ExecOutput, JobEntry};
+pub use job_file::{read_job_file, FileChunk, JobFileError};
+pub(crate) use launcher::job_environment;
 pub use launcher::{Isolation, JobDefaults, Launcher, LauncherOptions};
 pub use limit_mode::LimitMode;
 pub use log_files::{
