@@ -39,6 +39,7 @@ pub mod dto {
         AllowIdentityRequest, ClusterPolicyRequest, ClusterPolicyView, DenyIdentityRequest,
         NodeView,
     };
+    pub use super::jobs::exec::{ExecJobRequest, ExecJobView};
     pub use super::jobs::{
         AttemptView, ConstraintsBody, JobLogsView, JobView, LocalityBody, LogStream, ResourcesBody,
         RetryBody, SubmitJobRequest,
