@@ -893,6 +893,18 @@ closer together than the agent reads may come in either order. Times are the age
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Run a command inside a running job's sandbox (its user, namespaces, cgroup and working directory);
+    /// prints its output and exits with its exit code. Not interactive: --stdin sends stdin whole.
+    #[command(after_help = "Examples:\n  meridian job exec job_3kq9x2 -- ls -la\n  \
+meridian job exec --replica 1 job_3kq9x2 -- nvidia-smi\n  \
+echo data | meridian job exec -i job_3kq9x2 -- sh -c 'cat > input.txt'")]
+    Exec(Box<crate::commands::job_exec::JobExecArgs>),
+    /// Copy a regular file out of a running job's working directory (read with the job's rights).
+    #[command(
+        after_help = "Examples:\n  meridian job cp job_3kq9x2:out/metrics.json .\n  \
+meridian job cp job_3kq9x2:model.pt /tmp/model.pt\n  meridian job cp job_3kq9x2:log.txt -   # to stdout"
+    )]
+    Cp(Box<crate::commands::job_exec::JobCpArgs>),
 }
 
 const JOB_RUN_HELP: &str = "\

@@ -32,6 +32,9 @@ fn main() {
     };
     let result = runtime.block_on(meridian::commands::run(cli));
     if let Err(e) = result {
+        if let meridian::commands::CommandError::JobCommandExit(code) = e {
+            std::process::exit(code);
+        }
         if json_errors {
             // Scripts that asked for JSON get their error as JSON too, on stderr: stdout only ever
             // carries results.

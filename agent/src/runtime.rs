@@ -25,7 +25,7 @@ use crate::exec::sandbox::netfilter;
 use crate::exec::{ExecError, JobDefaults, Launcher, LauncherOptions, SandboxOptions};
 use crate::inventory::{self, GpuProbe, InventoryOptions, NodeInventory};
 use crate::jobs::supervisor::Supervisor;
-use crate::jobs::{self, JobStore, LogService, StoreError};
+use crate::jobs::{self, ExecService, JobStore, StoreError};
 use crate::link::{pause_unless_shutdown, Backoff, CallError, Link, NodeName};
 use crate::metrics::{self, AgentMetrics, CallResult, MetricsListener};
 
@@ -187,12 +187,12 @@ pub async fn run(mut opts: AgentOptions, shutdown: CancellationToken) -> Result<
         .await
         .map_err(|e| RuntimeError::Task(e.to_string()))??;
     let store = Arc::new(store);
-    // Coordinators on the mesh deny-list are refused by the log server and by the link.
+    // Coordinators on the mesh deny-list are refused by the agent's server and by the link.
     let gate = Arc::new(DenyListGate::default());
     let server = RpcServer::bind_gated(
         opts.listen,
         &opts.tls,
-        Arc::new(LogService::new(store.clone())),
+        Arc::new(ExecService::new(store.clone())),
         ServerOptions::default(),
         gate.clone(),
     )

@@ -968,6 +968,25 @@ impl Handle {
             .await
     }
 
+    /// Calls `method` on the agent at `rpc_addr` with a deadline of `timeout` (a command run in a job, a
+    /// file read out of one).
+    pub async fn call_agent<Req, Resp>(
+        &self,
+        rpc_addr: &str,
+        method: Method,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, protocol::rpc::RpcError>
+    where
+        Req: prost::Message,
+        Resp: prost::Message + Default,
+    {
+        self.inner
+            .agent_client
+            .call_message(rpc_addr, method, request, timeout)
+            .await
+    }
+
     pub(crate) fn downgrade(&self) -> WeakHandle {
         WeakHandle {
             inner: Arc::downgrade(&self.inner),

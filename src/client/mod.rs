@@ -196,19 +196,66 @@ impl ApiClient {
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
-        self.send(Method::GET, path, None).await
+        self.send(Method::GET, path, None, None).await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Result<Value, ClientError> {
-        self.send(Method::POST, path, Some(body)).await
+        self.send(Method::POST, path, Some(body), None).await
+    }
+
+    /// `POST path` whose answer may take up to `timeout` (a command run in a job), instead of the usual 30 s.
+    pub async fn post_waiting(
+        &self,
+        path: &str,
+        body: Value,
+        timeout: Duration,
+    ) -> Result<Value, ClientError> {
+        self.send(Method::POST, path, Some(body), Some(timeout))
+            .await
     }
 
     pub async fn put(&self, path: &str, body: Value) -> Result<Value, ClientError> {
-        self.send(Method::PUT, path, Some(body)).await
+        self.send(Method::PUT, path, Some(body), None).await
     }
 
     pub async fn delete(&self, path: &str) -> Result<Value, ClientError> {
-        self.send(Method::DELETE, path, None).await
+        self.send(Method::DELETE, path, None, None).await
+    }
+
+    /// `GET path` answered with bytes rather than JSON (a file copied out of a job): the response, its body
+    /// still to be read, once an address answered with success; errors as for every other call.
+    pub async fn download(&self, path: &str) -> Result<reqwest::Response, ClientError> {
+        let Some(token) = &self.token else {
+            return Err(ClientError::Usage(
+                "no API key: set MERIDIAN_TOKEN or --token".into(),
+            ));
+        };
+        let first = self.preferred.load(Ordering::Relaxed) % self.bases.len();
+        let mut failures: Vec<String> = Vec::new();
+        for i in 0..self.bases.len() {
+            let base = &self.bases[(first + i) % self.bases.len()];
+            let mut req = self
+                .http
+                .get(format!("{base}{path}"))
+                .bearer_auth(token)
+                // The body streams for as long as the file takes; the connection itself is bounded.
+                .timeout(Duration::from_secs(3600));
+            if let Some(p) = &self.project {
+                req = req.header("x-meridian-project", p);
+            }
+            match req.send().await {
+                Ok(resp) if resp.status().is_success() => return Ok(resp),
+                Ok(resp) => {
+                    // Not a success, so `answer` says which error it is.
+                    return Err(match answer(resp, base).await {
+                        Err(e) => e,
+                        Ok(_) => ClientError::Failed(format!("GET {path}: an unexpected answer")),
+                    });
+                }
+                Err(e) => failures.push(Cause::of(&e).describe(base)),
+            }
+        }
+        Err(ClientError::Unavailable(failures.join("; ")))
     }
 
     /// Follows `next_page_token` until the list is complete.
@@ -239,6 +286,7 @@ impl ApiClient {
         method: Method,
         path: &str,
         body: Option<Value>,
+        timeout: Option<Duration>,
     ) -> Result<Value, ClientError> {
         let Some(token) = &self.token else {
             return Err(ClientError::Usage(
@@ -261,6 +309,9 @@ impl ApiClient {
             }
             if let Some(b) = &body {
                 req = req.json(b);
+            }
+            if let Some(t) = timeout {
+                req = req.timeout(t);
             }
             match req.send().await {
                 Ok(resp) => {

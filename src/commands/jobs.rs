@@ -52,6 +52,8 @@ pub async fn run(cmd: JobCommand) -> Result<(), CommandError> {
                 .map_err(Into::into)
         }
         JobCommand::Cancel { id, client } => cancel(&id, client).await.map_err(Into::into),
+        JobCommand::Exec(args) => super::job_exec::exec(*args).await,
+        JobCommand::Cp(args) => super::job_exec::cp(*args).await,
     }
 }
 

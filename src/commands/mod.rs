@@ -5,6 +5,7 @@ mod agent;
 mod audit;
 mod certs;
 mod context;
+pub mod job_exec;
 pub(crate) mod job_logs;
 mod job_spec;
 pub(crate) mod job_wait;
@@ -65,6 +66,10 @@ pub enum CommandError {
     /// A command run on the user's behalf ended with this exit code.
     #[error("the command exited with code {0}")]
     Exit(i32),
+    /// A command run in a job (`job exec`) ended with this code; its own stderr, already printed, is the
+    /// whole story, so the CLI exits with the code and says nothing more.
+    #[error("the command in the job exited with code {0}")]
+    JobCommandExit(i32),
     /// A job waited for (`job run --wait`) ended in a state other than `succeeded`.
     #[error("job {id} ended {state}")]
     JobDidNotSucceed { id: String, state: String },
@@ -88,7 +93,7 @@ impl CommandError {
         match self {
             CommandError::Client(e) => e.exit_code(),
             CommandError::Fatal(_) => 1,
-            CommandError::Exit(code) => *code,
+            CommandError::Exit(code) | CommandError::JobCommandExit(code) => *code,
             CommandError::JobDidNotSucceed { .. } => JOB_DID_NOT_SUCCEED,
             CommandError::JobCannotRun { .. } => JOB_CANNOT_RUN,
             CommandError::WaitTimedOut { .. } => WAIT_TIMED_OUT,
@@ -100,7 +105,7 @@ impl CommandError {
         match self {
             CommandError::Client(e) => e.kind(),
             CommandError::Fatal(_) => "failed",
-            CommandError::Exit(_) => "exit",
+            CommandError::Exit(_) | CommandError::JobCommandExit(_) => "exit",
             CommandError::JobDidNotSucceed { .. } => "job_did_not_succeed",
             CommandError::JobCannotRun { .. } => "job_cannot_run",
             CommandError::WaitTimedOut { .. } => "wait_timed_out",

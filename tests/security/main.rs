@@ -9,12 +9,15 @@
 //! - `amplification` — floods of denied requests, existence oracles, unbounded tenants.
 //! - `identity` — removed, revoked, expired or over-reporting identities on the mesh.
 //! - `hygiene` — key files, key material and error messages.
+//! - `exec` — `job exec` and `job cp` used by a viewer, across projects, on a finished job, out of the
+//!   working directory, or to see other jobs.
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod amplification;
 mod escalation;
+mod exec;
 mod hygiene;
 mod identity;
 mod preemption;

@@ -32,6 +32,9 @@
 //! follow_logs(dir, LogStream, offset, poll) -> impl Stream<Item = Result<LogChunk, ExecError>>
 //! read_records(dir, &RecordsQuery) -> Result<RecordsChunk, ExecError>   // both streams in read order,
 //!                                                  // or one, with times; from an offset, a time, the last lines
+//!
+//! exec_in_job(&JobEntry, &ExecInput) -> Result<ExecOutput, EnterError>   // blocking; see `enter`
+//! read_job_file(workdir, uid, path, offset, max) -> Result<FileChunk, JobFileError>   // blocking
 //! ```
 //!
 //! # How a job runs
@@ -102,7 +105,9 @@
 //! `<job>-<attempt>` for replica 0 and `<job>-<attempt>-r<replica>` for the others, like the state
 //! directory.
 
+mod enter;
 mod job_cgroup;
+mod job_file;
 mod launcher;
 mod limit_mode;
 mod log_files;
@@ -116,6 +121,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use enter::{exec_in_job, EnterError, ExecInput, ExecOutput, JobEntry};
+pub use job_file::{read_job_file, FileChunk, JobFileError};
+pub(crate) use launcher::job_environment;
 pub use launcher::{Isolation, JobDefaults, Launcher, LauncherOptions};
 pub use limit_mode::LimitMode;
 pub use log_files::{

@@ -1,4 +1,4 @@
-//! `/proc/<pid>/stat`: the few fields that identify a job's process (start time, process group) and say
+//! `/proc/<pid>/stat`: the few fields that identify a job's process (start time, parent, process group) and say
 //! whether it is still alive.
 //!
 //! Reads only; never signals or waits for anything.
@@ -8,6 +8,8 @@
 pub(crate) struct ProcStat {
     /// Field 3: `R`, `S`, `D`, `Z` (zombie), `X` (dead), …
     pub(crate) state: char,
+    /// Field 4: the parent's pid.
+    pub(crate) ppid: i32,
     /// Field 5.
     pub(crate) pgrp: i32,
     /// Field 22: clock ticks after boot.
@@ -29,10 +31,12 @@ pub(crate) fn parse_stat(text: &str) -> Option<ProcStat> {
     // `rest[0]` is field 3.
     let field = |n: usize| rest.get(n - 3).copied();
     let state = field(3)?.chars().next()?;
+    let ppid = field(4)?.parse().ok()?;
     let pgrp = field(5)?.parse().ok()?;
     let start_time = field(22)?.parse().ok()?;
     Some(ProcStat {
         state,
+        ppid,
         pgrp,
         start_time,
     })
@@ -57,6 +61,7 @@ mod tests {
                     8192000 200 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
         let stat = parse_stat(line).expect("a well-formed line parses");
         assert_eq!(stat.state, 'S');
+        assert_eq!(stat.ppid, 4240);
         assert_eq!(stat.pgrp, 4242);
         assert_eq!(stat.start_time, 987654);
         assert!(!stat.has_exited());

@@ -9,6 +9,8 @@
 //! - `reporter` — sends queued events in order with `AgentReport`, removes them once answered.
 //! - `retention` — which finished attempts to forget (pure) and removing their state directories.
 //! - [`log_service`] — the agent's RPC service: `AgentReadLogs` for attempts this node knows.
+//! - [`exec_service`] — the agent's RPC service as served: `AgentExecInJob` and `AgentReadJobFile` for
+//!   attempts running here, everything else passed to the log service.
 //!
 //! One process is named by (job id, attempt, replica) — an [`AttemptKey`]: a gang job of N replicas runs
 //! one process per replica, possibly several of one attempt on this node, and each is recorded,
@@ -22,6 +24,7 @@
 //! removed, and a log read of it answers NOT_FOUND. Tombstones go after four more retention periods.
 //! Nothing outside `<data_dir>/jobs/` is ever removed (a user's `working_dir` included).
 
+pub mod exec_service;
 pub mod log_service;
 pub mod reconcile;
 pub(crate) mod reporter;
@@ -39,6 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::exec::{LogOptions, NetworkPolicy, ProcessSpec, Replica, SecretValues};
 
+pub use exec_service::ExecService;
 pub use log_service::LogService;
 pub use reconcile::{exit_summary, next_timeout, reconcile, Action, LocalAttempt, LocalState};
 pub use store::{

@@ -40,6 +40,7 @@ pub mod dto {
         AllowIdentityRequest, ClusterPolicyRequest, ClusterPolicyView, DenyIdentityRequest,
         NodeView,
     };
+    pub use super::jobs::exec::{ExecJobRequest, ExecJobView};
     pub use super::jobs::{
         AttemptView, ConstraintsBody, JobLogRecordView, JobLogsView, JobPlanView, JobView,
         LocalityBody, LogCursor, LogStream, PlannedReplica, ResourcesBody, RetryBody,

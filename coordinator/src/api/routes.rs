@@ -117,6 +117,9 @@ pub(crate) mod op {
     pub(crate) static JOB_CANCEL: Operation = needs("job.cancel", RunJobs);
     pub(crate) static JOB_LOGS: Operation = needs("job.logs", ReadProject);
     pub(crate) static JOB_PLAN: Operation = needs("job.plan", RunJobs);
+    // Entering a running job needs the right to run one (see `jobs/exec`).
+    pub(crate) static JOB_EXEC: Operation = needs("job.exec", RunJobs);
+    pub(crate) static JOB_COPY: Operation = needs("job.cp", RunJobs);
 
     pub(crate) static USAGE_GET: Operation = needs("usage.get", ReadProject);
 }
@@ -282,6 +285,11 @@ static DOMAINS: &[Domain] = &[
         routes: jobs::rest::ROUTES,
         grpc_methods: jobs::grpc::METHODS,
         grpc_services: jobs::grpc::services,
+    },
+    Domain {
+        routes: jobs::exec::rest::ROUTES,
+        grpc_methods: jobs::exec::grpc::METHODS,
+        grpc_services: jobs::exec::grpc::services,
     },
 ];
 
@@ -574,6 +582,10 @@ mod tests {
         assert_eq!(policy(HttpMethod::Get, "/v1/jobs/{id}"), read);
         assert_eq!(policy(HttpMethod::Get, "/v1/jobs/{id}/logs"), read);
         assert_eq!(policy(HttpMethod::Get, "/v1/usage"), read);
+        // Entering a running job runs code as it: never a viewer's right.
+        assert_eq!(policy(HttpMethod::Post, "/v1/jobs/{id}:exec"), run);
+        assert_eq!(policy(HttpMethod::Get, "/v1/jobs/{id}/files"), run);
+        assert!(!crate::authz::Role::Viewer.allows(Action::RunJobs));
         assert_eq!(router_path("/v1/jobs/{id}:cancel"), "/v1/jobs/{id}/:cancel");
     }
 

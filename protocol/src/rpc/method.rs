@@ -37,6 +37,10 @@ pub enum Method {
     AgentSync = 33,
     /// A coordinator reads a job's output from the agent that ran it.
     AgentReadLogs = 40,
+    /// A coordinator runs a command inside a running job's sandbox on the agent that runs it.
+    AgentExecInJob = 41,
+    /// A coordinator reads a file from a running job's working directory on the agent that runs it.
+    AgentReadJobFile = 42,
 }
 
 /// A method id this build does not know.
@@ -46,7 +50,7 @@ pub struct UnknownMethod(pub u32);
 
 impl Method {
     /// Every method, in id order.
-    pub const ALL: [Method; 12] = [
+    pub const ALL: [Method; 14] = [
         Method::Ping,
         Method::RaftAppendEntries,
         Method::RaftVote,
@@ -59,6 +63,8 @@ impl Method {
         Method::AgentReport,
         Method::AgentSync,
         Method::AgentReadLogs,
+        Method::AgentExecInJob,
+        Method::AgentReadJobFile,
     ];
 
     /// The id on the wire.
@@ -81,6 +87,8 @@ impl Method {
             Method::AgentReport => "AgentReport",
             Method::AgentSync => "AgentSync",
             Method::AgentReadLogs => "AgentReadLogs",
+            Method::AgentExecInJob => "AgentExecInJob",
+            Method::AgentReadJobFile => "AgentReadJobFile",
         }
     }
 }
@@ -114,8 +122,8 @@ const AGENTS: &[Role] = &[Role::Agent];
 
 /// The roles whose identities may call `method`.
 ///
-/// Ping: every role. Raft traffic, forwarded writes, read-index, membership changes and reading logs from
-/// an agent: coordinators only. Agent methods: agents only — and the handler must still check that the
+/// Ping: every role. Raft traffic, forwarded writes, read-index, membership changes, and reading logs or
+/// files from an agent or running a command in a job there: coordinators only. Agent methods: agents only — and the handler must still check that the
 /// agent speaks for its own node ([`ensure_speaks_for_node`]).
 pub fn allowed_roles(method: Method) -> &'static [Role] {
     match method {
@@ -126,7 +134,9 @@ pub fn allowed_roles(method: Method) -> &'static [Role] {
         | Method::ForwardWrite
         | Method::ReadIndex
         | Method::ChangeMembership
-        | Method::AgentReadLogs => COORDINATORS,
+        | Method::AgentReadLogs
+        | Method::AgentExecInJob
+        | Method::AgentReadJobFile => COORDINATORS,
         Method::AgentRegister
         | Method::AgentHeartbeat
         | Method::AgentReport
@@ -200,11 +210,14 @@ mod tests {
     #[test]
     fn ids_are_stable_and_round_trip() {
         let ids: Vec<u32> = Method::ALL.iter().map(|m| m.id()).collect();
-        assert_eq!(ids, vec![1, 10, 11, 12, 20, 21, 22, 30, 31, 32, 33, 40]);
+        assert_eq!(
+            ids,
+            vec![1, 10, 11, 12, 20, 21, 22, 30, 31, 32, 33, 40, 41, 42]
+        );
         for method in Method::ALL {
             assert_eq!(Method::try_from(method.id()), Ok(method));
         }
-        for unknown in [0, 2, 13, 34, 41, u32::MAX] {
+        for unknown in [0, 2, 13, 34, 43, u32::MAX] {
             assert_eq!(Method::try_from(unknown), Err(UnknownMethod(unknown)));
         }
     }

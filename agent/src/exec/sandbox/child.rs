@@ -53,7 +53,7 @@ impl Failure {
         }
     }
 
-    fn encode(self) -> [u8; 8] {
+    pub(crate) fn encode(self) -> [u8; 8] {
         let mut out = [0u8; 8];
         out[..4].copy_from_slice(&self.step.to_ne_bytes());
         out[4..].copy_from_slice(&self.errno.to_ne_bytes());
@@ -165,7 +165,7 @@ extern "C" fn forward(signal: c_int) {
 ///
 /// # Safety
 /// The child must only make async-signal-safe calls and must end with `_exit` or `execve`.
-unsafe fn raw_clone(flags: c_int) -> libc::pid_t {
+pub(crate) unsafe fn raw_clone(flags: c_int) -> libc::pid_t {
     // The argument order differs between architectures, but with no new stack and no thread-id pointers
     // the remaining arguments are all zero.
     let pid = libc::syscall(
@@ -179,7 +179,7 @@ unsafe fn raw_clone(flags: c_int) -> libc::pid_t {
     libc::pid_t::try_from(pid).unwrap_or(-1)
 }
 
-fn errno() -> i32 {
+pub(crate) fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
@@ -187,7 +187,7 @@ fn errno() -> i32 {
 ///
 /// # Safety
 /// Only from the processes of a launch (after fork).
-unsafe fn fail(pipe: RawFd, step: u32, errno: i32) -> ! {
+pub(crate) unsafe fn fail(pipe: RawFd, step: u32, errno: i32) -> ! {
     let bytes = Failure { step, errno }.encode();
     libc::write(pipe, bytes.as_ptr().cast(), bytes.len());
     libc::_exit(127)
@@ -255,7 +255,7 @@ pub(crate) unsafe fn shim(launch: &Launch) -> ! {
 }
 
 /// The shell's convention: the exit code, or 128 + the signal that ended the process.
-fn exit_code(status: c_int) -> c_int {
+pub(crate) fn exit_code(status: c_int) -> c_int {
     if libc::WIFEXITED(status) {
         libc::WEXITSTATUS(status)
     } else if libc::WIFSIGNALED(status) {
@@ -294,7 +294,11 @@ unsafe fn close_all_but(launch: &Launch) {
     close_range(next, u32::MAX);
 }
 
-unsafe fn close_range(first: u32, last: u32) {
+/// Closes descriptors `first..=last` (one by one where the system call is missing).
+///
+/// # Safety
+/// After fork only: descriptors other threads use are closed under them.
+pub(crate) unsafe fn close_range(first: u32, last: u32) {
     if libc::syscall(libc::SYS_close_range, first, last, 0) == 0 {
         return;
     }

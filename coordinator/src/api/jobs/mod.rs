@@ -7,6 +7,7 @@
 //! and the attempt is audited. Asking for preemption needs `preempt-jobs` besides `run-jobs`. Must never decide a job's state itself (that is `apply`'s), never hold a
 //! connection to an agent beyond one log read, and never return another project's job or output.
 
+pub(super) mod exec;
 pub(super) mod grpc;
 mod logs;
 mod plan;

@@ -23,6 +23,7 @@ use crate::api::error::{ErrorKind, ServiceError};
 use crate::api::fleet::{
     AllowIdentityRequest, ClusterPolicyRequest, ClusterPolicyView, DenyIdentityRequest, NodeView,
 };
+use crate::api::jobs::exec::{ExecJobRequest, ExecJobView};
 use crate::api::jobs::{
     AttemptView, ConstraintsBody, JobLogsView, JobPlanView, JobView, LocalityBody, PlannedReplica,
     ResourcesBody, RetryBody, SubmitJobRequest,
@@ -630,6 +631,40 @@ fn samples() -> Vec<Sample> {
         request(SubmitJobRequest {
             command: Some(s("true")),
             ..SubmitJobRequest::default()
+        }),
+        request(ExecJobRequest {
+            command: vec![s("cat"), s("out/result.txt")],
+            replica: Some(1),
+            stdin: Some(s("aGVsbG8=")),
+            timeout_secs: Some(30),
+        }),
+        request(ExecJobRequest {
+            command: vec![s("ls")],
+            ..ExecJobRequest::default()
+        }),
+        reply(ExecJobView {
+            exit_code: Some(0),
+            signal: None,
+            stdout: s("aGVsbG8="),
+            stderr: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            timed_out: false,
+            attempt: 1,
+            replica: 0,
+            node: s("eu/eu1/a-1"),
+        }),
+        reply(ExecJobView {
+            exit_code: None,
+            signal: Some(9),
+            stdout: String::new(),
+            stderr: String::new(),
+            stdout_truncated: true,
+            stderr_truncated: true,
+            timed_out: true,
+            attempt: 2,
+            replica: 1,
+            node: s("eu/eu1/a-2"),
         }),
     ]
 }

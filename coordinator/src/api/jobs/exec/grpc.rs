@@ -1,0 +1,117 @@
+//! The gRPC face of entering a running job: `JobExecService` (`ExecJob`, and `CopyFromJob`, which
+//! streams the file as `FileChunk`s, the first carrying its size and mode), adapters over the same
+//! operations as REST, and their rows of the gRPC method table.
+
+use std::pin::Pin;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use futures::{Stream, StreamExt};
+use protocol::pb;
+use tonic::service::RoutesBuilder;
+use tonic::{Request, Response, Status};
+
+use crate::api::grpc::{answer, non_empty, scope_of, GrpcAdmin, GrpcResult};
+use crate::api::routes::{grpc, op, GrpcMethod};
+
+use super::{CopyQuery, ExecJobRequest, ExecJobView};
+
+/// The gRPC methods into and out of a running job.
+pub(crate) static METHODS: &[GrpcMethod] = &[
+    grpc("/meridian.v1.JobExecService/ExecJob", &op::JOB_EXEC),
+    grpc("/meridian.v1.JobExecService/CopyFromJob", &op::JOB_COPY),
+];
+
+/// Adds `JobExecService`, decoding messages up to `max_message_bytes`.
+pub(crate) fn services(routes: &mut RoutesBuilder, admin: &GrpcAdmin, max_message_bytes: usize) {
+    use pb::job_exec_service_server::JobExecServiceServer;
+    routes.add_service(
+        JobExecServiceServer::new(admin.clone()).max_decoding_message_size(max_message_bytes),
+    );
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::FileChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::job_exec_service_server::JobExecService for GrpcAdmin {
+    async fn exec_job(
+        &self,
+        request: Request<pb::ExecJobRequest>,
+    ) -> GrpcResult<pb::ExecJobResponse> {
+        let scope = scope_of(&request)?;
+        let pb::ExecJobRequest {
+            id,
+            command,
+            replica,
+            stdin,
+            timeout_secs,
+        } = request.into_inner();
+        let req = ExecJobRequest {
+            command,
+            replica: Some(u64::from(replica)),
+            stdin: (!stdin.is_empty()).then(|| STANDARD.encode(&stdin)),
+            timeout_secs: (timeout_secs > 0).then_some(u64::from(timeout_secs)),
+        };
+        answer(self.service.exec_job(&scope, &id, req).await, exec_result)
+    }
+
+    type CopyFromJobStream = ChunkStream;
+
+    async fn copy_from_job(
+        &self,
+        request: Request<pb::CopyFromJobRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let scope = scope_of(&request)?;
+        let pb::CopyFromJobRequest { id, path, replica } = request.into_inner();
+        let query = CopyQuery {
+            path: non_empty(path),
+            replica: Some(u64::from(replica)),
+        };
+        let download = self
+            .service
+            .copy_from_job(&scope, &id, &query)
+            .await
+            .map_err(|e| e.into_status())?;
+        let (size, mode) = (download.size, download.mode);
+        let mut first = true;
+        let chunks = download.chunks.map(move |piece| {
+            let header = std::mem::take(&mut first);
+            piece
+                .map(|data| pb::FileChunk {
+                    data: data.to_vec(),
+                    size: if header { size } else { 0 },
+                    mode: if header { mode } else { 0 },
+                })
+                .map_err(|e| e.into_status())
+        });
+        Ok(Response::new(Box::pin(chunks)))
+    }
+}
+
+fn exec_result(v: ExecJobView) -> pb::ExecJobResponse {
+    let ExecJobView {
+        exit_code,
+        signal,
+        stdout,
+        stderr,
+        stdout_truncated,
+        stderr_truncated,
+        timed_out,
+        attempt,
+        replica,
+        node,
+    } = v;
+    // The view carries the bytes as base64 for JSON; gRPC carries them as they are.
+    pb::ExecJobResponse {
+        exit_code,
+        signal,
+        stdout: STANDARD.decode(stdout).unwrap_or_default(),
+        stderr: STANDARD.decode(stderr).unwrap_or_default(),
+        stdout_truncated,
+        stderr_truncated,
+        timed_out,
+        attempt,
+        replica,
+        node,
+    }
+}

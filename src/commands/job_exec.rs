@@ -1,0 +1,286 @@
+//! `meridian job exec` (a command run inside a running job's sandbox, its output printed and its exit
+//! code made the CLI's) and `meridian job cp JOB:PATH DEST` (a file copied out of a running job's working
+//! directory, byte for byte, with its permission bits).
+//!
+//! Both speak to the admin API only (`POST /v1/jobs/{id}:exec`, `GET /v1/jobs/{id}/files`); never to an
+//! agent. Non-interactive: stdin is read whole (with `--stdin`, at most 1 MiB) and sent with the command.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use clap::Args;
+use coordinator::api::dto::{ExecJobRequest, ExecJobView};
+
+use crate::cli::ClientArgs;
+use crate::client::{segment, ApiClient, ClientError};
+use crate::output;
+
+use super::CommandError;
+
+/// The most bytes `--stdin` sends.
+const MAX_STDIN: u64 = 1024 * 1024;
+
+/// `meridian job exec`.
+#[derive(Debug, Clone, Args)]
+pub struct JobExecArgs {
+    /// The job.
+    pub id: String,
+    /// Which replica of a gang job (default 0).
+    #[arg(long, default_value_t = 0)]
+    pub replica: u32,
+    /// Seconds before the command is killed (default 60, at most 3600).
+    #[arg(long)]
+    pub timeout: Option<u64>,
+    /// Send this command's standard input (read to its end, at most 1 MiB) to the command.
+    #[arg(short = 'i', long)]
+    pub stdin: bool,
+    /// The program and its arguments, after `--`.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `meridian job cp`.
+#[derive(Debug, Clone, Args)]
+pub struct JobCpArgs {
+    /// `JOB:PATH`, the path relative to the job's working directory.
+    pub source: String,
+    /// A file to write, a directory to write into (under the file's name), or `-` for stdout.
+    pub dest: PathBuf,
+    /// Which replica of a gang job (default 0).
+    #[arg(long, default_value_t = 0)]
+    pub replica: u32,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Runs the command in the job; the CLI then exits with its exit code (128 + the signal when one ended
+/// it, as a shell reports it).
+pub async fn exec(args: JobExecArgs) -> Result<(), CommandError> {
+    let api = ApiClient::from_args(&args.client)?;
+    let stdin = if args.stdin {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .take(MAX_STDIN + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| ClientError::Usage(format!("reading stdin: {e}")))?;
+        if bytes.len() as u64 > MAX_STDIN {
+            return Err(ClientError::Usage("--stdin sends at most 1 MiB".into()).into());
+        }
+        Some(STANDARD.encode(bytes))
+    } else {
+        None
+    };
+    let request = ExecJobRequest {
+        command: args.command,
+        replica: Some(u64::from(args.replica)),
+        stdin,
+        timeout_secs: args.timeout,
+    };
+    let body = serde_json::to_value(&request)
+        .map_err(|e| ClientError::Failed(format!("encoding the request: {e}")))?;
+    let wait = Duration::from_secs(args.timeout.unwrap_or(60).saturating_add(30));
+    let path = format!("/v1/jobs/{}:exec", segment(&args.id));
+    let reply = api.post_waiting(&path, body, wait).await?;
+    let result: ExecJobView = serde_json::from_value(reply).map_err(|e| {
+        ClientError::Failed(format!("POST {path}: an answer that does not fit: {e}"))
+    })?;
+    let decode = |text: &str| {
+        STANDARD
+            .decode(text)
+            .map_err(|_| ClientError::Failed(format!("POST {path}: output that is not base64")))
+    };
+    output::raw(&decode(&result.stdout)?)
+        .map_err(|e| ClientError::Failed(format!("writing the output: {e}")))?;
+    let stderr = decode(&result.stderr)?;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(&stderr);
+    let _ = err.flush();
+    if result.stdout_truncated || result.stderr_truncated {
+        output::note("(output beyond 1 MiB per stream was dropped)");
+    }
+    if result.timed_out {
+        output::note("the command ran past its timeout and was killed");
+    }
+    let code = match (result.exit_code, result.signal) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        (None, None) => 1,
+    };
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(CommandError::JobCommandExit(code))
+    }
+}
+
+/// Copies `JOB:PATH` to the destination, through a temporary file renamed into place once every byte
+/// arrived.
+pub async fn cp(args: JobCpArgs) -> Result<(), CommandError> {
+    let Some((id, path)) = args
+        .source
+        .split_once(':')
+        .filter(|(j, p)| !j.is_empty() && !p.is_empty())
+    else {
+        return Err(ClientError::Usage(format!(
+            "{:?}: expected JOB:PATH, the path relative to the job's working directory",
+            args.source
+        ))
+        .into());
+    };
+    let api = ApiClient::from_args(&args.client)?;
+    let query: String = url_query(&[("path", path), ("replica", &args.replica.to_string())]);
+    let url = format!("/v1/jobs/{}/files?{query}", segment(id));
+    let mut resp = api.download(&url).await?;
+    let expected = resp.content_length();
+    let mode = resp
+        .headers()
+        .get("x-meridian-file-mode")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| u32::from_str_radix(v, 8).ok())
+        .unwrap_or(0o644);
+    let failed =
+        |e: std::io::Error| ClientError::Failed(format!("writing {}: {e}", args.dest.display()));
+    let mut sink: Box<dyn Write> = if args.dest == Path::new("-") {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(PendingFile::create(&destination(&args.dest, path), mode).map_err(failed)?)
+    };
+    let mut written: u64 = 0;
+    loop {
+        let chunk = resp.chunk().await.map_err(|e| {
+            ClientError::Unavailable(format!(
+                "the copy of {path:?} broke off after {written} bytes: {e}"
+            ))
+        })?;
+        let Some(chunk) = chunk else { break };
+        sink.write_all(&chunk).map_err(failed)?;
+        written += chunk.len() as u64;
+    }
+    if expected.is_some_and(|n| n != written) {
+        return Err(ClientError::Unavailable(format!(
+            "the copy of {path:?} broke off after {written} bytes"
+        ))
+        .into());
+    }
+    sink.flush().map_err(failed)?;
+    drop(sink);
+    if args.dest != Path::new("-") {
+        output::note(&format!("copied {} ({written} bytes)", path));
+    }
+    Ok(())
+}
+
+/// Where the file goes: into `dest` under the file's own name when `dest` is a directory.
+fn destination(dest: &Path, path: &str) -> PathBuf {
+    if dest.is_dir() {
+        let name = Path::new(path)
+            .file_name()
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        dest.join(name)
+    } else {
+        dest.to_path_buf()
+    }
+}
+
+fn url_query(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={}", segment(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// A file written under a temporary name beside its destination and renamed into place when complete
+/// (`finish` on flush at the end); removed if the copy fails.
+struct PendingFile {
+    file: std::fs::File,
+    temporary: PathBuf,
+    target: PathBuf,
+    done: bool,
+}
+
+impl PendingFile {
+    fn create(target: &Path, mode: u32) -> std::io::Result<PendingFile> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let temporary = target.with_file_name(format!(".{name}.meridian-cp"));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode & 0o777)
+            .open(&temporary)?;
+        Ok(PendingFile {
+            file,
+            temporary,
+            target: target.to_path_buf(),
+            done: false,
+        })
+    }
+}
+
+impl Write for PendingFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write(buf)
+    }
+
+    /// Completes the file: synced and renamed into place.
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.sync_all()?;
+        std::fs::rename(&self.temporary, &self.target)?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.temporary);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_destination_takes_the_files_name() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        assert_eq!(
+            destination(tmp.path(), "out/result.txt"),
+            tmp.path().join("result.txt")
+        );
+        let file = tmp.path().join("copy.txt");
+        assert_eq!(destination(&file, "out/result.txt"), file);
+        assert_eq!(
+            url_query(&[("path", "a b/c"), ("replica", "0")]),
+            "path=a%20b%2Fc&replica=0"
+        );
+    }
+
+    #[test]
+    fn a_copy_that_breaks_off_leaves_nothing_behind() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let target = tmp.path().join("x");
+        {
+            let mut f = PendingFile::create(&target, 0o600).expect("create");
+            f.write_all(b"partial").expect("write");
+        }
+        assert_eq!(std::fs::read_dir(tmp.path()).expect("ls").count(), 0);
+        let mut f = PendingFile::create(&target, 0o640).expect("create");
+        f.write_all(b"whole").expect("write");
+        f.flush().expect("flush");
+        drop(f);
+        assert_eq!(std::fs::read(&target).expect("read"), b"whole");
+    }
+}

@@ -1,0 +1,157 @@
+//! `meridian job exec` and `meridian job cp` as a user runs them, against a real `meridian dev`: a running
+//! job's file read through a command in the job, the command's exit code and input carried, and the file
+//! copied out byte for byte.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::dev::DevProcess;
+use common::{cli, meridian_bin, wait_for};
+use serde_json::Value;
+
+/// What the job writes to its working directory: text, a NUL and bytes that are not UTF-8.
+const CONTENT: &[u8] = b"line one\nbinary\x00\x01\xfe\xffend";
+
+fn started_job(env: &[(&str, &str)]) -> String {
+    let script =
+        "printf 'line one\\nbinary\\000\\001\\376\\377end' > data.bin; echo ready; sleep 60";
+    let out = cli(&["job", "run", "-o", "json", "--", "sh", "-c", script], env);
+    let job: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("job run: {e}: {}", String::from_utf8_lossy(&out.stderr));
+    });
+    let id = job["id"].as_str().expect("id").to_owned();
+    wait_for("the job to be ready", Duration::from_secs(60), || {
+        let logs = cli(&["job", "logs", &id], env);
+        String::from_utf8_lossy(&logs.stdout)
+            .contains("ready")
+            .then_some(())
+    });
+    id
+}
+
+#[test]
+fn exec_reads_the_jobs_file_and_returns_its_exit_code_and_cp_copies_it_byte_for_byte() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dev = DevProcess::start(&tmp.path().join("dev"), &[]);
+    let addr = dev.addr();
+    let env = dev.env_for(&addr, &dev.token);
+    let id = started_job(&env);
+
+    let out = cli(&["job", "exec", &id, "--", "cat", "data.bin"], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, CONTENT);
+
+    let out = cli(
+        &[
+            "job",
+            "exec",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "echo to-stderr >&2; exit 3",
+        ],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert!(out.stdout.is_empty());
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "to-stderr\n");
+
+    // Input travels with --stdin; the command can write into the working directory.
+    let mut child = Command::new(meridian_bin())
+        .args([
+            "job",
+            "exec",
+            "-i",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "cat > from-cli.txt; wc -c < from-cli.txt",
+        ])
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(b"twelve bytes").expect("write");
+    }
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "12");
+
+    // A program that does not exist: the shell's 127.
+    let out = cli(&["job", "exec", &id, "--", "no-such-program"], &env);
+    assert_eq!(out.status.code(), Some(127));
+
+    let dest = tmp.path().join("copy.bin");
+    let out = cli(
+        &[
+            "job",
+            "cp",
+            &format!("{id}:data.bin"),
+            dest.to_str().expect("utf-8"),
+        ],
+        &env,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&dest).expect("copied"), CONTENT);
+
+    let into_dir = tmp.path().join("dir");
+    std::fs::create_dir(&into_dir).expect("mkdir");
+    let out = cli(
+        &[
+            "job",
+            "cp",
+            &format!("{id}:from-cli.txt"),
+            into_dir.to_str().expect("utf-8"),
+        ],
+        &env,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(into_dir.join("from-cli.txt")).expect("copied"),
+        b"twelve bytes"
+    );
+
+    let out = cli(&["job", "cp", &format!("{id}:data.bin"), "-"], &env);
+    assert!(out.status.success());
+    assert_eq!(out.stdout, CONTENT);
+
+    // A file that is not there: not found, and nothing written.
+    let missing = tmp.path().join("missing.bin");
+    let out = cli(
+        &[
+            "job",
+            "cp",
+            &format!("{id}:nope.bin"),
+            missing.to_str().expect("utf-8"),
+        ],
+        &env,
+    );
+    assert!(!out.status.success());
+    assert!(!missing.exists());
+    let _ = cli(&["job", "cancel", &id], &env);
+}
