@@ -286,3 +286,66 @@ fn exec_runs_as_the_jobs_user_and_sees_only_its_own_job() {
     let status: Value = serde_json::from_slice(&status.stdout).expect("status");
     assert_eq!(status["state"], "running", "{status}");
 }
+
+#[test]
+fn a_job_holding_secrets_is_entered_only_by_its_own_principal() {
+    let (_tmp, dev) = start();
+    let addr = dev.addr();
+    let env = dev.env_for(&addr, &dev.token);
+    // A secret bound to the bootstrap principal, given to a job it runs.
+    let (status, me) = dev.request("GET", "/v1/whoami", Some(&dev.token), None, None);
+    assert_eq!(status, 200, "{me}");
+    let principal = me["principal"]["id"].as_str().expect("principal id");
+    let bind = format!("principal:{principal}");
+    let out = cli(
+        &[
+            "secret", "put", "db-pass", "--value", "hunter2", "--bind", &bind,
+        ],
+        &env,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(
+        &[
+            "job",
+            "run",
+            "-o",
+            "json",
+            "--secret",
+            "DB=db-pass",
+            "--",
+            "sh",
+            "-c",
+            "echo ready; sleep 60",
+        ],
+        &env,
+    );
+    let job: Value = serde_json::from_slice(&out.stdout).expect("job object");
+    let id = job["id"].as_str().expect("id").to_owned();
+    wait_for("the job to be ready", Duration::from_secs(60), || {
+        let logs = cli(&["job", "logs", &id], &env);
+        String::from_utf8_lossy(&logs.stdout)
+            .contains("ready")
+            .then_some(())
+    });
+
+    // An editor of the same project may run jobs, but not enter one that holds someone else's secrets.
+    let editor = new_key(&dev, "default", "editor");
+    let (status, body) = exec(&dev, &editor, None, &id, &["cat", "/run/secrets/DB"]);
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("holds secrets")),
+        "{body}"
+    );
+    assert!(!body.to_string().contains("hunter2"));
+
+    // Its own principal may.
+    let (status, body) = exec(&dev, &dev.token, None, &id, &["true"]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["exit_code"], 0, "{body}");
+}

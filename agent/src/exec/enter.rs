@@ -5,7 +5,7 @@
 //! Before the fork the agent finds the job's init — the one child of the job's shim, whose start time
 //! is checked — and opens what the entry needs: init's namespace files (`/proc/<init>/ns/{ipc,uts,net,
 //! pid,mnt}`, those that differ from the agent's own), the `cgroup.procs` of the job's groups, and
-//! init's resource limits (`prlimit`). Init's parent is checked again once its namespaces are open, so a
+//! init's resource limits (read from `/proc/<init>/limits`). Init's parent is checked again once its namespaces are open, so a
 //! pid reused in between is never entered. The forked *entry* process then, with raw system calls only
 //! (it is a copy of a multi-threaded agent, see `sandbox::child`): leads a session of its own, writes
 //! itself into the job's cgroups, enters the namespaces with `setns`, sets the limits, becomes the job's
