@@ -60,6 +60,18 @@ pub async fn start(
     }
     let keyring = Arc::new(load_keyring(cfg)?);
 
+    // The admin listener is bound first, so the address this member advertises (and records in a new
+    // cluster's membership) is the one it serves on, also when the configuration asks for port 0.
+    let admin_listener = std::net::TcpListener::bind(cfg.admin.listen)
+        .with_context(|| format!("binding the admin API on {}", cfg.admin.listen))?;
+    let admin_bound = admin_listener
+        .local_addr()
+        .with_context(|| format!("binding the admin API on {}", cfg.admin.listen))?;
+    let admin_advertise = cfg
+        .admin
+        .advertise
+        .clone()
+        .unwrap_or_else(|| admin_bound.to_string());
     let bootstrap = if cfg.bootstrap.init {
         Some(
             cfg.bootstrap
@@ -71,7 +83,14 @@ pub async fn start(
                         MemberNode {
                             name: m.name.clone(),
                             raft_addr: m.raft_addr.clone(),
-                            admin_addr: m.admin_addr.clone(),
+                            // This member's own entry names where it actually listens.
+                            admin_addr: if m.id == cfg.node_id
+                                && m.admin_addr == cfg.admin.listen.to_string()
+                            {
+                                admin_advertise.clone()
+                            } else {
+                                m.admin_addr.clone()
+                            },
                         },
                     )
                 })
@@ -88,7 +107,7 @@ pub async fn start(
         advertise: MemberNode {
             name: cfg.name.clone(),
             raft_addr: cfg.raft_advertise(),
-            admin_addr: cfg.admin_advertise(),
+            admin_addr: admin_advertise.clone(),
         },
         tls: tls.clone(),
         timings: RaftTimings {
@@ -113,6 +132,7 @@ pub async fn start(
 
     let api = AdminApi::bind(AdminApiOptions {
         listen: cfg.admin.listen,
+        listener: Some(admin_listener),
         tls: if cfg.admin.tls { Some(tls) } else { None },
         handle: handle.clone(),
         keyring: keyring.clone(),

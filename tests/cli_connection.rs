@@ -171,6 +171,15 @@ fn several_addresses_fail_over_and_errors_are_json_under_o_json() {
     let project: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(project["name"], "failover");
 
+    // The member table names the address the coordinator serves on (it was asked for port 0).
+    let status = cli(&["cluster", "status", "-o", "json"], &env);
+    let status: Value = serde_json::from_slice(&status.stdout).expect("json");
+    assert_eq!(
+        status["members"][0]["admin_addr"],
+        dev.admin.as_str(),
+        "{status}"
+    );
+
     // Every address dead: each is named.
     let dead2 = format!("http://127.0.0.1:{}", free_tcp_port());
     let all_dead = format!("{dead},{dead2}");

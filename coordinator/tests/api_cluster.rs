@@ -70,6 +70,7 @@ async fn start_member(
     .await?;
     let api = AdminApi::bind(AdminApiOptions {
         listen: "127.0.0.1:0".parse()?,
+        listener: None,
         tls: None,
         handle: handle.clone(),
         keyring: keyring.clone(),

@@ -366,6 +366,7 @@ async fn grpc_and_rest_share_one_tls_listener() -> anyhow::Result<()> {
     // Plain HTTP is refused off loopback.
     let refused = coordinator::api::AdminApi::bind(coordinator::api::AdminApiOptions {
         listen: "0.0.0.0:0".parse()?,
+        listener: None,
         tls: None,
         handle: api.handle.clone(),
         keyring: api.keyring.clone(),

@@ -136,6 +136,9 @@ impl Default for ApiLimits {
 pub struct AdminApiOptions {
     /// TCP address to listen on (port 0 picks one; see [`AdminApi::local_addr`]).
     pub listen: SocketAddr,
+    /// A listener already bound to `listen` (so its address can be advertised before the API starts);
+    /// `None` binds `listen` here.
+    pub listener: Option<std::net::TcpListener>,
     /// Server certificate; `None` serves plain HTTP, which is refused unless `listen` is loopback.
     pub tls: Option<certs::TlsIdentity>,
     /// The running coordinator.
@@ -176,12 +179,16 @@ impl AdminApi {
         if opts.tls.is_none() && !opts.listen.ip().is_loopback() {
             return Err(ApiError::PlainHttpOffLoopback(opts.listen));
         }
-        let listener = TcpListener::bind(opts.listen)
-            .await
-            .map_err(|source| ApiError::Bind {
-                addr: opts.listen,
-                source,
-            })?;
+        let bound = match opts.listener {
+            Some(listener) => listener
+                .set_nonblocking(true)
+                .and_then(|()| TcpListener::from_std(listener)),
+            None => TcpListener::bind(opts.listen).await,
+        };
+        let listener = bound.map_err(|source| ApiError::Bind {
+            addr: opts.listen,
+            source,
+        })?;
         let local_addr = listener.local_addr().map_err(|source| ApiError::Bind {
             addr: opts.listen,
             source,

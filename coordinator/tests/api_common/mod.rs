@@ -125,6 +125,7 @@ pub async fn start_with(setup: Setup) -> anyhow::Result<TestApi> {
 
     let api = AdminApi::bind(AdminApiOptions {
         listen: "127.0.0.1:0".parse()?,
+        listener: None,
         tls: setup.tls.then(|| tls.clone()),
         handle: handle.clone(),
         keyring: keyring.clone(),
