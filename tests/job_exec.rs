@@ -153,5 +153,45 @@ fn exec_reads_the_jobs_file_and_returns_its_exit_code_and_cp_copies_it_byte_for_
     );
     assert!(!out.status.success());
     assert!(!missing.exists());
+
+    // A directory, with -r: its files byte for byte, its subdirectories, into an existing directory under
+    // the directory's own name; without -r a directory is not a file.
+    let out = cli(
+        &[
+            "job",
+            "exec",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "mkdir -p out/sub && cp data.bin out/a.bin && printf deep > out/sub/b.txt",
+        ],
+        &env,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trees = tmp.path().join("trees");
+    std::fs::create_dir(&trees).expect("mkdir");
+    let trees_s = trees.to_str().expect("utf-8");
+    let out = cli(&["job", "cp", &format!("{id}:out"), trees_s], &env);
+    assert!(!out.status.success(), "a directory without -r");
+    let out = cli(&["job", "cp", "-r", &format!("{id}:out"), trees_s], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(trees.join("out/a.bin")).expect("copied"),
+        CONTENT
+    );
+    assert_eq!(
+        std::fs::read(trees.join("out/sub/b.txt")).expect("copied"),
+        b"deep"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("copied 2 files"));
     let _ = cli(&["job", "cancel", &id], &env);
 }

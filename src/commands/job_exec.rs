@@ -1,9 +1,11 @@
 //! `meridian job exec` (a command run inside a running job's sandbox, its output printed and its exit
 //! code made the CLI's) and `meridian job cp JOB:PATH DEST` (a file copied out of a running job's working
-//! directory, byte for byte, with its permission bits).
+//! directory, byte for byte, with its permission bits; with `-r` a directory, file by file, its links and
+//! special files named and left out).
 //!
-//! Both speak to the admin API only (`POST /v1/jobs/{id}:exec`, `GET /v1/jobs/{id}/files`); never to an
-//! agent. Non-interactive: stdin is read whole (with `--stdin`, at most 1 MiB) and sent with the command.
+//! Both speak to the admin API only (`POST /v1/jobs/{id}:exec`, `GET /v1/jobs/{id}/files`,
+//! `GET /v1/jobs/{id}/dir`); never to an agent. Non-interactive: stdin is read whole (with `--stdin`, at
+//! most 1 MiB) and sent with the command.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -12,13 +14,17 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use clap::Args;
-use coordinator::api::dto::{ExecJobRequest, ExecJobView};
+use coordinator::api::dto::{ExecJobRequest, ExecJobView, JobDirView, JobFileKind};
 
 use crate::cli::ClientArgs;
 use crate::client::{segment, ApiClient, ClientError};
 use crate::output;
 
-use super::CommandError;
+use super::{get_as, CommandError};
+
+/// The most files `job cp -r` copies, and how deep it goes.
+const MAX_TREE_FILES: usize = 10_000;
+const MAX_TREE_DEPTH: usize = 64;
 
 /// The most bytes `--stdin` sends.
 const MAX_STDIN: u64 = 1024 * 1024;
@@ -54,6 +60,9 @@ pub struct JobCpArgs {
     /// Which replica of a gang job (default 0).
     #[arg(long, default_value_t = 0)]
     pub replica: u32,
+    /// Copy a directory and everything beneath it (links and special files are named and left out).
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -133,7 +142,30 @@ pub async fn cp(args: JobCpArgs) -> Result<(), CommandError> {
         .into());
     };
     let api = ApiClient::from_args(&args.client)?;
-    let query: String = url_query(&[("path", path), ("replica", &args.replica.to_string())]);
+    if args.recursive {
+        return copy_tree(&api, id, path, &args).await;
+    }
+    let target = if args.dest == Path::new("-") {
+        None
+    } else {
+        Some(destination(&args.dest, path))
+    };
+    let written = copy_file(&api, id, path, args.replica, target.as_deref()).await?;
+    if target.is_some() {
+        output::note(&format!("copied {} ({written} bytes)", path));
+    }
+    Ok(())
+}
+
+/// Copies one file of the job to `target` (stdout when `None`); the bytes written.
+async fn copy_file(
+    api: &ApiClient,
+    id: &str,
+    path: &str,
+    replica: u32,
+    target: Option<&Path>,
+) -> Result<u64, ClientError> {
+    let query: String = url_query(&[("path", path), ("replica", &replica.to_string())]);
     let url = format!("/v1/jobs/{}/files?{query}", segment(id));
     let mut resp = api.download(&url).await?;
     let expected = resp.content_length();
@@ -143,12 +175,11 @@ pub async fn cp(args: JobCpArgs) -> Result<(), CommandError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| u32::from_str_radix(v, 8).ok())
         .unwrap_or(0o644);
-    let failed =
-        |e: std::io::Error| ClientError::Failed(format!("writing {}: {e}", args.dest.display()));
-    let mut sink: Box<dyn Write> = if args.dest == Path::new("-") {
-        Box::new(std::io::stdout().lock())
-    } else {
-        Box::new(PendingFile::create(&destination(&args.dest, path), mode).map_err(failed)?)
+    let shown = target.map_or_else(|| "stdout".to_owned(), |t| t.display().to_string());
+    let failed = |e: std::io::Error| ClientError::Failed(format!("writing {shown}: {e}"));
+    let mut sink: Box<dyn Write> = match target {
+        None => Box::new(std::io::stdout().lock()),
+        Some(target) => Box::new(PendingFile::create(target, mode).map_err(failed)?),
     };
     let mut written: u64 = 0;
     loop {
@@ -164,14 +195,87 @@ pub async fn cp(args: JobCpArgs) -> Result<(), CommandError> {
     if expected.is_some_and(|n| n != written) {
         return Err(ClientError::Unavailable(format!(
             "the copy of {path:?} broke off after {written} bytes"
-        ))
-        .into());
+        )));
     }
     sink.flush().map_err(failed)?;
-    drop(sink);
-    if args.dest != Path::new("-") {
-        output::note(&format!("copied {} ({written} bytes)", path));
+    Ok(written)
+}
+
+/// `job cp -r`: the directory `path` of the job into `dest` (into `dest/<name>` when `dest` is an
+/// existing directory), listing each directory and copying its regular files one by one.
+async fn copy_tree(
+    api: &ApiClient,
+    id: &str,
+    path: &str,
+    args: &JobCpArgs,
+) -> Result<(), CommandError> {
+    if args.dest == Path::new("-") {
+        return Err(ClientError::Usage("-r copies into a directory, not to stdout".into()).into());
     }
+    let root = if args.dest.is_dir() {
+        match Path::new(path).file_name() {
+            Some(name) => args.dest.join(name),
+            None => args.dest.clone(),
+        }
+    } else {
+        args.dest.clone()
+    };
+    let failed = |at: &Path, e: std::io::Error| {
+        ClientError::Failed(format!("creating {}: {e}", at.display()))
+    };
+    let mut pending = vec![(path.trim_end_matches('/').to_owned(), root, 0usize)];
+    let (mut files, mut bytes, mut skipped) = (0usize, 0u64, 0usize);
+    while let Some((remote, local, depth)) = pending.pop() {
+        if depth > MAX_TREE_DEPTH {
+            return Err(ClientError::Failed(format!(
+                "{remote:?} is more than {MAX_TREE_DEPTH} directories deep"
+            ))
+            .into());
+        }
+        std::fs::create_dir_all(&local).map_err(|e| failed(&local, e))?;
+        let query = url_query(&[("path", &remote), ("replica", &args.replica.to_string())]);
+        let listing: JobDirView =
+            get_as(api, &format!("/v1/jobs/{}/dir?{query}", segment(id))).await?;
+        for entry in listing.entries {
+            // Names come from the job: never one that could climb out of `local`.
+            if entry.name.is_empty() || entry.name.contains('/') || entry.name == ".." {
+                skipped += 1;
+                continue;
+            }
+            let child = if remote.is_empty() || remote == "." {
+                entry.name.clone()
+            } else {
+                format!("{remote}/{}", entry.name)
+            };
+            match entry.kind {
+                JobFileKind::File => {
+                    if files >= MAX_TREE_FILES {
+                        return Err(ClientError::Failed(format!(
+                            "stopped after {MAX_TREE_FILES} files"
+                        ))
+                        .into());
+                    }
+                    let target = local.join(&entry.name);
+                    bytes += copy_file(api, id, &child, args.replica, Some(&target)).await?;
+                    files += 1;
+                }
+                JobFileKind::Dir => pending.push((child, local.join(&entry.name), depth + 1)),
+                JobFileKind::Link | JobFileKind::Other => {
+                    output::note(&format!(
+                        "left out {child:?}: a {} is not copied",
+                        entry.kind.as_str()
+                    ));
+                    skipped += 1;
+                }
+            }
+        }
+    }
+    let left_out = if skipped > 0 {
+        format!(", {skipped} left out")
+    } else {
+        String::new()
+    };
+    output::note(&format!("copied {files} files ({bytes} bytes){left_out}"));
     Ok(())
 }
 

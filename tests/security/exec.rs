@@ -231,6 +231,59 @@ fn cp_refuses_climbing_absolute_paths_and_links_the_job_planted() {
     );
     assert!(!out.status.success());
     assert!(!dest.exists());
+
+    // Listing a directory goes no further: a planted link to `/` is refused, the working directory's
+    // listing names the links as links, and `cp -r` copies the files and leaves every link out.
+    let list = |path: &str| {
+        dev.request(
+            "GET",
+            &format!("/v1/jobs/{id}/dir?path={path}"),
+            Some(&dev.token),
+            None,
+            None,
+        )
+    };
+    let (status, answer) = list("root-link");
+    assert_eq!(status, 403, "{answer}");
+    let (status, answer) = list("..");
+    assert_eq!(status, 400, "{answer}");
+    let (status, answer) = list("");
+    assert_eq!(status, 200, "{answer}");
+    let kind_of = |name: &str| {
+        answer["entries"]
+            .as_array()
+            .and_then(|e| e.iter().find(|x| x["name"] == name))
+            .map(|x| x["kind"].clone())
+    };
+    assert_eq!(kind_of("shadow-link"), Some(json!("link")));
+    assert_eq!(kind_of("root-link"), Some(json!("link")));
+    assert_eq!(kind_of("sub"), Some(json!("dir")));
+    let tree = _tmp.path().join("tree");
+    let out = cli(
+        &[
+            "job",
+            "cp",
+            "-r",
+            &format!("{id}:."),
+            tree.to_str().expect("utf-8"),
+        ],
+        &env,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(tree.join("fine.txt")).expect("copied"),
+        "fine\n"
+    );
+    for link in ["shadow-link", "root-link", "sub/inner-link"] {
+        assert!(
+            std::fs::symlink_metadata(tree.join(link)).is_err(),
+            "{link} was left out"
+        );
+    }
 }
 
 #[test]

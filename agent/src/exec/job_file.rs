@@ -25,6 +25,38 @@ use std::path::{Component, Path, PathBuf};
 
 /// The longest path accepted.
 const MAX_PATH: usize = 4096;
+/// The most entries one directory listing answers.
+pub const MAX_DIR_ENTRIES: usize = 10_000;
+
+/// What a directory entry is, as it is (a link is never followed to say what it points at).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Link,
+    Other,
+}
+
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::File => "file",
+            EntryKind::Dir => "dir",
+            EntryKind::Link => "link",
+            EntryKind::Other => "other",
+        }
+    }
+}
+
+/// One entry of a directory in a job's working directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: String,
+    pub kind: EntryKind,
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+}
 
 /// One chunk of a job's file and the file's identity when it was read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +83,8 @@ pub enum JobFileError {
     PermissionDenied(String),
     #[error("{0:?} is not a regular file")]
     NotAFile(String),
+    #[error("{0:?} is not a directory")]
+    NotADirectory(String),
     #[error("{context} {path:?}: {source}")]
     Io {
         context: &'static str,
@@ -101,6 +135,174 @@ pub fn read_job_file(
             source: io::Error::other("the reader thread panicked"),
         })
     })
+}
+
+/// Lists the directory `path` (relative to `workdir`; empty or `.` for the working directory itself) as
+/// `uid`, like [`read_job_file`]: resolved beneath the working directory without following links, read with
+/// the job's filesystem identity. Entries are described as they are (`lstat`), sorted by name, at most
+/// [`MAX_DIR_ENTRIES`]; names that are not UTF-8 are left out. Blocking.
+pub fn list_job_dir(
+    workdir: &Path,
+    uid: Option<u32>,
+    path: &str,
+) -> Result<Vec<DirEntry>, JobFileError> {
+    let whole = path.is_empty() || Path::new(path).components().all(|c| c == Component::CurDir);
+    let relative = if whole {
+        None
+    } else {
+        Some(checked_path(path)?)
+    };
+    let dir = File::open(workdir).map_err(|source| JobFileError::Io {
+        context: "opening the job's working directory",
+        path: workdir.display().to_string(),
+        source,
+    })?;
+    let path = path.to_owned();
+    let lister = std::thread::Builder::new()
+        .name("job-dir".into())
+        .spawn(move || {
+            if let Some(uid) = uid {
+                become_user(uid).map_err(|source| JobFileError::Io {
+                    context: "taking the job's identity to list",
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+            let target = match &relative {
+                // Opened again under the job's identity, so its permissions apply to the listing too.
+                None => open_beneath_or_self(&dir, &path)?,
+                Some(relative) => open_beneath(&dir, relative, &path)?,
+            };
+            read_dir_entries(&target, &path)
+        })
+        .map_err(|source| JobFileError::Io {
+            context: "starting a lister for",
+            path: String::new(),
+            source,
+        })?;
+    lister.join().unwrap_or_else(|_| {
+        Err(JobFileError::Io {
+            context: "listing",
+            path: String::new(),
+            source: io::Error::other("the lister thread panicked"),
+        })
+    })
+}
+
+/// The working directory itself, opened again (`.`) with the calling thread's identity.
+fn open_beneath_or_self(dir: &File, shown: &str) -> Result<File, JobFileError> {
+    let dot =
+        CString::new(".").map_err(|_| JobFileError::BadPath(shown.into(), "holds a NUL byte"))?;
+    // SAFETY: openat on a descriptor we hold, with a NUL-terminated name.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            dot.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        return Err(classify(errno, shown, "opening"));
+    }
+    // SAFETY: a descriptor openat just returned, owned by nothing else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// The entries of the open directory `dir`, each `lstat`ed relative to it.
+fn read_dir_entries(dir: &File, shown: &str) -> Result<Vec<DirEntry>, JobFileError> {
+    let meta = dir.metadata().map_err(|source| JobFileError::Io {
+        context: "reading the metadata of",
+        path: shown.to_owned(),
+        source,
+    })?;
+    if !meta.is_dir() {
+        return Err(JobFileError::NotADirectory(
+            shown.chars().take(256).collect(),
+        ));
+    }
+    let io_error = |context| {
+        let path = shown.to_owned();
+        move |source| JobFileError::Io {
+            context,
+            path,
+            source,
+        }
+    };
+    // fdopendir takes over a descriptor of its own, closed by closedir.
+    // SAFETY: dup of a descriptor we hold.
+    let copy = unsafe { libc::fcntl(dir.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if copy < 0 {
+        return Err(io_error("listing")(io::Error::last_os_error()));
+    }
+    // SAFETY: `copy` is a directory descriptor we own; on success the stream owns it.
+    let stream = unsafe { libc::fdopendir(copy) };
+    if stream.is_null() {
+        let e = io::Error::last_os_error();
+        // SAFETY: fdopendir failed, so `copy` is still ours to close.
+        unsafe { libc::close(copy) };
+        return Err(io_error("listing")(e));
+    }
+    let mut entries = Vec::new();
+    let mut failure = None;
+    loop {
+        // readdir reports an error only through errno, which must be cleared first.
+        // SAFETY: the thread's errno location is always valid.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: `stream` is an open directory stream used by this thread only.
+        let entry = unsafe { libc::readdir(stream) };
+        if entry.is_null() {
+            let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            if errno != 0 {
+                failure = Some(io::Error::from_raw_os_error(errno));
+            }
+            break;
+        }
+        // SAFETY: readdir returned an entry whose d_name is NUL-terminated and valid until the next call.
+        let name = unsafe { std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()) };
+        let bytes = name.to_bytes();
+        if bytes == b"." || bytes == b".." {
+            continue;
+        }
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            continue;
+        };
+        // SAFETY: fstatat on a descriptor we hold, with a NUL-terminated name, into a stat buffer that
+        // outlives the call; the link itself is described, never its target.
+        let st = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            (libc::fstatat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            ) == 0)
+                .then_some(st)
+        };
+        let Some(st) = st else { continue };
+        let kind = match st.st_mode & libc::S_IFMT {
+            libc::S_IFREG => EntryKind::File,
+            libc::S_IFDIR => EntryKind::Dir,
+            libc::S_IFLNK => EntryKind::Link,
+            _ => EntryKind::Other,
+        };
+        entries.push(DirEntry {
+            name: text.to_owned(),
+            kind,
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            mode: st.st_mode & 0o7777,
+        });
+        if entries.len() >= MAX_DIR_ENTRIES {
+            break;
+        }
+    }
+    // SAFETY: the stream is open and closed once, here.
+    unsafe { libc::closedir(stream) };
+    if let Some(e) = failure {
+        return Err(io_error("listing")(e));
+    }
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(entries)
 }
 
 /// The path's components, refused when it is empty, absolute, too long, holds a NUL or names `..`.
@@ -289,6 +491,52 @@ fn read_chunk(file: &File, path: &str, offset: u64, max: usize) -> Result<FileCh
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn a_listing_describes_links_without_following_them_and_never_climbs() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let outside = tempfile::tempdir().expect("tempdir");
+        std::fs::write(outside.path().join("secret"), b"s3cret").expect("write");
+        std::fs::create_dir(tmp.path().join("out")).expect("mkdir");
+        std::fs::write(tmp.path().join("out/model.bin"), b"0123").expect("write");
+        std::fs::create_dir(tmp.path().join("out/logs")).expect("mkdir");
+        symlink(outside.path(), tmp.path().join("out/elsewhere")).expect("symlink");
+        symlink(outside.path(), tmp.path().join("dirlink")).expect("symlink");
+
+        let listed = list_job_dir(tmp.path(), None, "out").expect("list");
+        let seen: Vec<(&str, EntryKind, u64)> = listed
+            .iter()
+            .map(|e| (e.name.as_str(), e.kind, e.size))
+            .collect();
+        assert_eq!(seen[0], ("elsewhere", EntryKind::Link, seen[0].2));
+        assert_eq!(seen[1].0, "logs");
+        assert_eq!(seen[1].1, EntryKind::Dir);
+        assert_eq!(seen[2], ("model.bin", EntryKind::File, 4));
+        assert_eq!(seen.len(), 3);
+
+        let top = list_job_dir(tmp.path(), None, "").expect("the working directory");
+        assert!(top
+            .iter()
+            .any(|e| e.name == "out" && e.kind == EntryKind::Dir));
+        assert_eq!(list_job_dir(tmp.path(), None, ".").expect("dot"), top);
+        // A link to a directory is listed as a link and never entered; climbing is refused.
+        assert!(matches!(
+            list_job_dir(tmp.path(), None, "dirlink"),
+            Err(JobFileError::Escapes(_))
+        ));
+        assert!(matches!(
+            list_job_dir(tmp.path(), None, "out/elsewhere"),
+            Err(JobFileError::Escapes(_))
+        ));
+        assert!(matches!(
+            list_job_dir(tmp.path(), None, "../"),
+            Err(JobFileError::BadPath(..))
+        ));
+        assert!(matches!(
+            list_job_dir(tmp.path(), None, "out/model.bin"),
+            Err(JobFileError::NotADirectory(_))
+        ));
+    }
 
     #[test]
     fn paths_that_name_outside_or_nothing_are_refused_before_any_open() {

@@ -122,7 +122,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use enter::{exec_in_job, EnterError, ExecInput, ExecOutput, JobEntry};
-pub use job_file::{read_job_file, FileChunk, JobFileError};
+pub use job_file::{list_job_dir, read_job_file, DirEntry, EntryKind, FileChunk, JobFileError};
 pub(crate) use launcher::job_environment;
 pub use launcher::{Isolation, JobDefaults, Launcher, LauncherOptions};
 pub use limit_mode::LimitMode;

@@ -21,7 +21,8 @@ use protocol::rpc::{decode_message, encode_message, CallContext, Method, RpcServ
 use tokio::sync::Semaphore;
 
 use crate::exec::{
-    exec_in_job, job_environment, read_job_file, EnterError, ExecInput, JobEntry, JobFileError,
+    exec_in_job, job_environment, list_job_dir, read_job_file, EnterError, ExecInput, JobEntry,
+    JobFileError,
 };
 
 use super::store::{AttemptPhase, AttemptRecord, JobStore, StoredAttempt};
@@ -245,17 +246,23 @@ async fn read_file(
                 "the attempt has no working directory",
             ));
         };
+        if request.list {
+            let entries = list_job_dir(&dir, handle.uid, &path).map_err(file_status)?;
+            return Ok(pb::ReadJobFileResponse {
+                entries: entries
+                    .into_iter()
+                    .map(|e| pb::JobDirEntry {
+                        name: e.name,
+                        kind: e.kind.as_str().to_owned(),
+                        size: e.size,
+                        mode: e.mode,
+                    })
+                    .collect(),
+                ..Default::default()
+            });
+        }
         let chunk =
-            read_job_file(&dir, handle.uid, &path, offset, max as usize).map_err(|e| match e {
-                JobFileError::NotFound(_) => RpcStatus::not_found(e.to_string()),
-                JobFileError::BadPath(..) | JobFileError::NotAFile(_) => {
-                    RpcStatus::invalid_argument(e.to_string())
-                }
-                JobFileError::Escapes(_) | JobFileError::PermissionDenied(_) => {
-                    RpcStatus::permission_denied(e.to_string())
-                }
-                JobFileError::Io { .. } => RpcStatus::internal(e.to_string()),
-            })?;
+            read_job_file(&dir, handle.uid, &path, offset, max as usize).map_err(file_status)?;
         Ok(pb::ReadJobFileResponse {
             data: chunk.data,
             size: chunk.size,
@@ -263,10 +270,25 @@ async fn read_file(
             device: chunk.device,
             inode: chunk.inode,
             modified_ns: chunk.modified_ns,
+            entries: Vec::new(),
         })
     })
     .await
     .map_err(|e| RpcStatus::internal(format!("reading a job's file: {e}")))?
+}
+
+/// A refused read or listing as the RPC status the coordinator maps to its answer.
+fn file_status(e: JobFileError) -> RpcStatus {
+    match e {
+        JobFileError::NotFound(_) => RpcStatus::not_found(e.to_string()),
+        JobFileError::BadPath(..) | JobFileError::NotAFile(_) | JobFileError::NotADirectory(_) => {
+            RpcStatus::invalid_argument(e.to_string())
+        }
+        JobFileError::Escapes(_) | JobFileError::PermissionDenied(_) => {
+            RpcStatus::permission_denied(e.to_string())
+        }
+        JobFileError::Io { .. } => RpcStatus::internal(e.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -40,7 +40,9 @@ pub mod dto {
         AllowIdentityRequest, ClusterPolicyRequest, ClusterPolicyView, DenyIdentityRequest,
         NodeView,
     };
-    pub use super::jobs::exec::{ExecJobRequest, ExecJobView};
+    pub use super::jobs::exec::{
+        ExecJobRequest, ExecJobView, JobDirEntryView, JobDirView, JobFileKind,
+    };
     pub use super::jobs::{
         AttemptView, ConstraintsBody, JobLogRecordView, JobLogsView, JobPlanView, JobView,
         LocalityBody, LogCursor, LogStream, PlannedReplica, ResourcesBody, RetryBody,

@@ -120,6 +120,7 @@ pub(crate) mod op {
     // Entering a running job needs the right to run one (see `jobs/exec`).
     pub(crate) static JOB_EXEC: Operation = needs("job.exec", RunJobs);
     pub(crate) static JOB_COPY: Operation = needs("job.cp", RunJobs);
+    pub(crate) static JOB_LIST_DIR: Operation = needs("job.ls", RunJobs);
 
     pub(crate) static USAGE_GET: Operation = needs("usage.get", ReadProject);
 }

@@ -14,12 +14,13 @@ use tonic::{Request, Response, Status};
 use crate::api::grpc::{answer, non_empty, scope_of, GrpcAdmin, GrpcResult};
 use crate::api::routes::{grpc, op, GrpcMethod};
 
-use super::{CopyQuery, ExecJobRequest, ExecJobView};
+use super::{CopyQuery, ExecJobRequest, ExecJobView, JobDirEntryView, JobDirView};
 
 /// The gRPC methods into and out of a running job.
 pub(crate) static METHODS: &[GrpcMethod] = &[
     grpc("/meridian.v1.JobExecService/ExecJob", &op::JOB_EXEC),
     grpc("/meridian.v1.JobExecService/CopyFromJob", &op::JOB_COPY),
+    grpc("/meridian.v1.JobExecService/ListJobDir", &op::JOB_LIST_DIR),
 ];
 
 /// Adds `JobExecService`, decoding messages up to `max_message_bytes`.
@@ -56,6 +57,22 @@ impl pb::job_exec_service_server::JobExecService for GrpcAdmin {
     }
 
     type CopyFromJobStream = ChunkStream;
+
+    async fn list_job_dir(
+        &self,
+        request: Request<pb::CopyFromJobRequest>,
+    ) -> GrpcResult<pb::JobDirListing> {
+        let scope = scope_of(&request)?;
+        let pb::CopyFromJobRequest { id, path, replica } = request.into_inner();
+        let query = CopyQuery {
+            path: non_empty(path),
+            replica: Some(u64::from(replica)),
+        };
+        answer(
+            self.service.list_job_dir(&scope, &id, &query).await,
+            listing,
+        )
+    }
 
     async fn copy_from_job(
         &self,
@@ -113,5 +130,29 @@ fn exec_result(v: ExecJobView) -> pb::ExecJobResponse {
         attempt,
         replica,
         node,
+    }
+}
+
+fn listing(l: JobDirView) -> pb::JobDirListing {
+    let JobDirView { path, entries } = l;
+    pb::JobDirListing {
+        path,
+        entries: entries
+            .into_iter()
+            .map(|e| {
+                let JobDirEntryView {
+                    name,
+                    kind,
+                    size,
+                    mode,
+                } = e;
+                pb::JobFileEntry {
+                    name,
+                    kind: kind.as_str().to_owned(),
+                    size,
+                    mode,
+                }
+            })
+            .collect(),
     }
 }

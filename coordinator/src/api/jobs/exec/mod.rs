@@ -1,7 +1,8 @@
 //! Into and out of a running job, shared by REST and gRPC: `POST /v1/jobs/{id}:exec` runs a command
 //! inside a running job's sandbox and answers its exit status and capped output; `GET
 //! /v1/jobs/{id}/files?path=P` copies a regular file out of the job's working directory, a chunk at a
-//! time from the agent, streamed to the caller. The REST handlers and route rows are in `rest.rs`, the
+//! time from the agent, streamed to the caller; `GET /v1/jobs/{id}/dir?path=P` lists a directory there
+//! (for `job cp -r`), checked and audited like a copy. The REST handlers and route rows are in `rest.rs`, the
 //! gRPC adapters and method rows in `grpc.rs`.
 //!
 //! Both need `run-jobs` in the job's project (viewers never enter a job): a caller who may run jobs may
@@ -104,6 +105,57 @@ pub(crate) struct CopyQuery {
     pub(crate) path: Option<String>,
     #[serde(default, deserialize_with = "query_u64")]
     pub(crate) replica: Option<u64>,
+}
+
+/// What a directory entry is, as it is: a link is named, never followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobFileKind {
+    File,
+    Dir,
+    Link,
+    Other,
+}
+
+impl JobFileKind {
+    fn parse(kind: &str) -> JobFileKind {
+        match kind {
+            "file" => JobFileKind::File,
+            "dir" => JobFileKind::Dir,
+            "link" => JobFileKind::Link,
+            _ => JobFileKind::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobFileKind::File => "file",
+            JobFileKind::Dir => "dir",
+            JobFileKind::Link => "link",
+            JobFileKind::Other => "other",
+        }
+    }
+}
+
+/// One entry of a listed directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = JobDirEntry)]
+pub struct JobDirEntryView {
+    pub name: String,
+    pub kind: JobFileKind,
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+/// `GET /v1/jobs/{id}/dir`: a directory of a running job's working directory, read with the job's
+/// rights; at most 10,000 entries, by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = JobDirListing)]
+pub struct JobDirView {
+    /// The directory, relative to the working directory (empty: the working directory itself).
+    pub path: String,
+    pub entries: Vec<JobDirEntryView>,
 }
 
 /// A file being copied out of a job: its size and mode, then its bytes in order. A piece that cannot be
@@ -383,6 +435,56 @@ impl AdminService {
         })
     }
 
+    /// Lists a directory of a running job's working directory (empty path: the directory itself),
+    /// checked and audited like a copy.
+    pub(crate) async fn list_job_dir(
+        &self,
+        scope: &RequestScope,
+        id: &str,
+        query: &CopyQuery,
+    ) -> Result<JobDirView, ServiceError> {
+        let replica = replica_of(query.replica)?;
+        let path = match query.path.as_deref().unwrap_or_default() {
+            "" | "." => String::new(),
+            other => checked_path(Some(other))?.to_owned(),
+        };
+        let target = self.running_target(scope, id, replica).await?;
+        self.audit_entry(scope, id, &target, format!("list {path:?}"))
+            .await?;
+        let request = pb::ReadJobFileRequest {
+            job_id: id.to_owned(),
+            attempt: target.attempt,
+            replica: target.replica,
+            path: path.clone(),
+            offset: 0,
+            max_bytes: 0,
+            list: true,
+        };
+        let listed: pb::ReadJobFileResponse = self
+            .handle()
+            .call_agent(
+                &target.rpc_addr,
+                Method::AgentReadJobFile,
+                &request,
+                AGENT_CHUNK_TIMEOUT,
+            )
+            .await
+            .map_err(|e| agent_error(e, &target.node))?;
+        Ok(JobDirView {
+            path,
+            entries: listed
+                .entries
+                .into_iter()
+                .map(|e| JobDirEntryView {
+                    name: e.name,
+                    kind: JobFileKind::parse(&e.kind),
+                    size: e.size,
+                    mode: e.mode,
+                })
+                .collect(),
+        })
+    }
+
     pub(crate) async fn copy_from_job(
         &self,
         scope: &RequestScope,
@@ -402,6 +504,7 @@ impl AdminService {
             path: path.clone(),
             offset,
             max_bytes: COPY_CHUNK_BYTES,
+            list: false,
         };
         let first: pb::ReadJobFileResponse = handle
             .call_agent(

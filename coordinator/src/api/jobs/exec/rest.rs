@@ -15,7 +15,7 @@ use crate::api::rest::{Answer, Scoped};
 use crate::api::routes::{endpoint, ok, op, HttpMethod, Reply, Route};
 use crate::api::service::AdminService;
 
-use super::{CopyQuery, ExecJobRequest, ExecJobView};
+use super::{CopyQuery, ExecJobRequest, ExecJobView, JobDirView};
 
 /// The header naming a copied file's permission bits, in octal.
 pub(crate) const FILE_MODE_HEADER: &str = "x-meridian-file-mode";
@@ -57,7 +57,26 @@ pub(crate) static ROUTES: &[Route] = &[
         reply: FILE,
         endpoint: endpoint!(copy_from_job),
     },
+    Route {
+        method: HttpMethod::Get,
+        path: "/v1/jobs/{id}/dir",
+        op: &op::JOB_LIST_DIR,
+        summary: "List a directory of a running job's working directory (empty path: the directory itself), read with the job's rights; links are named, never followed",
+        request: None,
+        query: COPY_QUERY,
+        reply: ok(schema::<JobDirView>),
+        endpoint: endpoint!(list_job_dir),
+    },
 ];
+
+async fn list_job_dir(
+    State(service): State<AdminService>,
+    Scoped(scope): Scoped,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<CopyQuery>,
+) -> Answer<JobDirView> {
+    service.list_job_dir(&scope, &id, &query).await.map(Json)
+}
 
 async fn exec_job(
     State(service): State<AdminService>,

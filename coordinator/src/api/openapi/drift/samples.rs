@@ -15,7 +15,9 @@ use crate::api::error::{ErrorKind, ServiceError};
 use crate::api::fleet::{
     AllowIdentityRequest, ClusterPolicyRequest, ClusterPolicyView, DenyIdentityRequest, NodeView,
 };
-use crate::api::jobs::exec::{ExecJobRequest, ExecJobView};
+use crate::api::jobs::exec::{
+    ExecJobRequest, ExecJobView, JobDirEntryView, JobDirView, JobFileKind,
+};
 use crate::api::jobs::{
     AttemptView, ConstraintsBody, JobLogsView, JobPlanView, JobView, LocalityBody, PlannedReplica,
     ResourcesBody, RetryBody, SubmitJobRequest,
@@ -580,6 +582,23 @@ pub(super) fn samples() -> Vec<Sample> {
         request(ExecJobRequest {
             command: vec![s("ls")],
             ..ExecJobRequest::default()
+        }),
+        reply(JobDirView {
+            path: s("out"),
+            entries: [
+                ("model.bin", JobFileKind::File),
+                ("logs", JobFileKind::Dir),
+                ("latest", JobFileKind::Link),
+                ("pipe", JobFileKind::Other),
+            ]
+            .into_iter()
+            .map(|(name, kind)| JobDirEntryView {
+                name: s(name),
+                kind,
+                size: 4096,
+                mode: 0o644,
+            })
+            .collect(),
         }),
         reply(ExecJobView {
             exit_code: Some(0),
