@@ -103,32 +103,49 @@ pub fn read_job_file(
     max: usize,
 ) -> Result<FileChunk, JobFileError> {
     let relative = checked_path(path)?;
-    let dir = File::open(workdir).map_err(|source| JobFileError::Io {
+    let dir = open_workdir(workdir)?;
+    let shown = path.to_owned();
+    as_job_user(uid, path, move || {
+        let file = open_beneath(&dir, &relative, &shown)?;
+        read_chunk(&file, &shown, offset, max)
+    })
+}
+
+/// The job's working directory, opened by the agent.
+fn open_workdir(workdir: &Path) -> Result<File, JobFileError> {
+    File::open(workdir).map_err(|source| JobFileError::Io {
         context: "opening the job's working directory",
         path: workdir.display().to_string(),
         source,
-    })?;
-    let path = path.to_owned();
-    // A thread of its own: its filesystem identity changes, and it ends with the read.
-    let reader = std::thread::Builder::new()
+    })
+}
+
+/// Runs `work` on a thread of its own that first takes `uid` as its filesystem identity (`None`: the
+/// agent's); the identity ends with the thread. Blocking.
+fn as_job_user<T: Send + 'static>(
+    uid: Option<u32>,
+    path: &str,
+    work: impl FnOnce() -> Result<T, JobFileError> + Send + 'static,
+) -> Result<T, JobFileError> {
+    let shown = path.to_owned();
+    let worker = std::thread::Builder::new()
         .name("job-file".into())
         .spawn(move || {
             if let Some(uid) = uid {
                 become_user(uid).map_err(|source| JobFileError::Io {
-                    context: "taking the job's identity to read",
-                    path: path.clone(),
+                    context: "taking the job's identity for",
+                    path: shown,
                     source,
                 })?;
             }
-            let file = open_beneath(&dir, &relative, &path)?;
-            read_chunk(&file, &path, offset, max)
+            work()
         })
         .map_err(|source| JobFileError::Io {
             context: "starting a reader for",
-            path: String::new(),
+            path: path.to_owned(),
             source,
         })?;
-    reader.join().unwrap_or_else(|_| {
+    worker.join().unwrap_or_else(|_| {
         Err(JobFileError::Io {
             context: "reading",
             path: String::new(),
@@ -152,40 +169,15 @@ pub fn list_job_dir(
     } else {
         Some(checked_path(path)?)
     };
-    let dir = File::open(workdir).map_err(|source| JobFileError::Io {
-        context: "opening the job's working directory",
-        path: workdir.display().to_string(),
-        source,
-    })?;
-    let path = path.to_owned();
-    let lister = std::thread::Builder::new()
-        .name("job-dir".into())
-        .spawn(move || {
-            if let Some(uid) = uid {
-                become_user(uid).map_err(|source| JobFileError::Io {
-                    context: "taking the job's identity to list",
-                    path: path.clone(),
-                    source,
-                })?;
-            }
-            let target = match &relative {
-                // Opened again under the job's identity, so its permissions apply to the listing too.
-                None => open_beneath_or_self(&dir, &path)?,
-                Some(relative) => open_beneath(&dir, relative, &path)?,
-            };
-            read_dir_entries(&target, &path)
-        })
-        .map_err(|source| JobFileError::Io {
-            context: "starting a lister for",
-            path: String::new(),
-            source,
-        })?;
-    lister.join().unwrap_or_else(|_| {
-        Err(JobFileError::Io {
-            context: "listing",
-            path: String::new(),
-            source: io::Error::other("the lister thread panicked"),
-        })
+    let dir = open_workdir(workdir)?;
+    let shown = path.to_owned();
+    as_job_user(uid, path, move || {
+        let target = match &relative {
+            // Opened again under the job's identity, so its permissions apply to the listing too.
+            None => open_beneath_or_self(&dir, &shown)?,
+            Some(relative) => open_beneath(&dir, relative, &shown)?,
+        };
+        read_dir_entries(&target, &shown)
     })
 }
 
