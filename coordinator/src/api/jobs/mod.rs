@@ -361,7 +361,7 @@ impl From<&JobRecord> for JobView {
             attempt_count: last_no,
             attempts: j.attempts.iter().map(AttemptView::from).collect(),
             pending_reason: j.pending_reason.clone(),
-            // Needs the fleet: set by `plan::judged`.
+            // Needs the fleet: set by `plan::Judge`.
             unsatisfiable: None,
             cancel_requested: j.cancel_requested,
             exit_code: j
@@ -807,7 +807,7 @@ impl AdminService {
         });
         match self.write(scope, op).await? {
             Outcome::Jobs(JobOutcome::Job { job }) => {
-                Ok(self.handle().read(|s| plan::judged_in(s, &job)))
+                Ok(self.handle().read(|s| plan::Judge::new(s).view(&job)))
             }
             other => Err(unexpected(other)),
         }
@@ -826,9 +826,9 @@ impl AdminService {
         .request()?;
         self.consistent().await?;
         let page = self.handle().read(|s| {
-            let feasibility = plan::Feasibility::new(s);
+            let judge = plan::Judge::new(s);
             s.job_page(&scope.project_id, state, &req)
-                .map(|j| plan::judged(&feasibility, &j))
+                .map(|j| judge.view(&j))
         });
         Ok(page.into())
     }
@@ -839,7 +839,7 @@ impl AdminService {
         id: &str,
     ) -> Result<JobView, ServiceError> {
         let job = self.scoped_job(scope, id).await?;
-        Ok(self.handle().read(|s| plan::judged_in(s, &job)))
+        Ok(self.handle().read(|s| plan::Judge::new(s).view(&job)))
     }
 
     pub(crate) async fn cancel_job(

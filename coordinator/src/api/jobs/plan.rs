@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use meridian_registry::controllers::dispatch::plan_job;
-pub(crate) use meridian_registry::controllers::dispatch::Feasibility;
+use meridian_registry::controllers::dispatch::Feasibility;
 
 use crate::api::auth::RequestScope;
 use crate::api::error::ServiceError;
@@ -62,16 +62,30 @@ fn site_of(node: &str) -> (String, String) {
     (region, cluster)
 }
 
-/// A job's view with the scheduler's verdict on whether it could ever run.
-pub(crate) fn judged(feasibility: &Feasibility, job: &JobRecord) -> JobView {
-    let mut view = JobView::from(job);
-    view.unsatisfiable = feasibility.never_placeable(job);
-    view
+/// Jobs' views with the scheduler's verdict on whether each could ever run. The fleet is indexed once, and
+/// only when a pending job needs it: reading a running or finished job costs nothing more than its view.
+pub(crate) struct Judge<'s> {
+    state: &'s RegistryState,
+    fleet: std::cell::OnceCell<Feasibility>,
 }
 
-/// [`judged`] for one job, indexing the fleet of `state`.
-pub(crate) fn judged_in(state: &RegistryState, job: &JobRecord) -> JobView {
-    judged(&Feasibility::new(state), job)
+impl<'s> Judge<'s> {
+    pub(crate) fn new(state: &'s RegistryState) -> Self {
+        Self {
+            state,
+            fleet: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// `job`'s view, with `unsatisfiable` set when it is pending and no node could ever run it.
+    pub(crate) fn view(&self, job: &JobRecord) -> JobView {
+        let mut view = JobView::from(job);
+        if job.state == crate::state::JobState::Pending {
+            let fleet = self.fleet.get_or_init(|| Feasibility::new(self.state));
+            view.unsatisfiable = fleet.never_placeable(job);
+        }
+        view
+    }
 }
 
 impl AdminService {
