@@ -150,3 +150,27 @@ fn ids_resolve_across_projects_and_refusals_name_roles() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_command_line_that_does_not_parse_is_a_json_error_under_o_json() {
+    let out = cli(
+        &["job", "run", "--gpu", "1", "-o", "json", "--", "true"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let err: serde_json::Value = serde_json::from_slice(&out.stderr).expect("one JSON object");
+    assert_eq!(err["error"]["kind"], "usage");
+    assert_eq!(err["error"]["exit_code"], 2);
+    let message = err["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("'--gpu'") && message.contains("'--gpus'"),
+        "the refusal and its suggestion: {message}"
+    );
+    // Without -o json clap's own text; help is help either way.
+    let out = cli(&["job", "run", "--gpu", "1", "--", "true"], &[]);
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: "));
+    let out = cli(&["job", "--help", "-o", "json"], &[]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage:"));
+}
