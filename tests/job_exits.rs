@@ -76,4 +76,14 @@ fn a_job_killed_at_its_memory_limit_is_reported_out_of_memory() {
     let out = cli(&["job", "status", &id], &env);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("out of memory"), "{text}");
+    assert!(text.contains("CPU") && text.contains("PEAK-MEM"), "{text}");
+    // Twice on the attempt's line: the peak the agent measured, and the limit in the detail.
+    let mib = text
+        .lines()
+        .find(|l| l.contains("out of memory"))
+        .map_or(0, |l| l.matches("MiB").count());
+    assert!(
+        mib >= 2,
+        "the peak memory the agent measured is shown: {text}"
+    );
 }

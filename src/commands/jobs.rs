@@ -17,7 +17,7 @@ use crate::cli::{ClientArgs, JobCommand, JobRunArgs, ListOptions, OutputFormat, 
 use crate::client::{segment, ApiClient, ClientError};
 use crate::output;
 
-use super::{get_as, list_all_as, newest_first, post_as, watching, CommandError};
+use super::{list_all_as, newest_first, post_as, watching, CommandError};
 
 /// First and longest pause between two polls of a job's state or output.
 pub(super) const POLL_FIRST: Duration = Duration::from_millis(200);
@@ -257,8 +257,8 @@ async fn list(
 
 async fn status(id: &str, client: ClientArgs) -> Result<(), ClientError> {
     let api = ApiClient::from_args(&client)?;
-    let api = super::locate::locate(api, &format!("job {id}"), &job_path(id)).await?;
-    let job: JobView = get_as(&api, &job_path(id)).await?;
+    let (_, found) = super::locate::locate_read(api, &format!("job {id}"), &job_path(id)).await?;
+    let job: JobView = super::decode(&format!("GET {}", job_path(id)), found)?;
     output::show(client.output, &job);
     if client.output == OutputFormat::Table && !job.attempts.is_empty() {
         output::line("");

@@ -9,6 +9,7 @@
 //! Several (names are per project, e.g. secrets): the error names them. None: the original "not found".
 
 use coordinator::api::dto::ProjectView;
+use serde_json::Value;
 
 use crate::client::{ApiClient, ClientError};
 use crate::output;
@@ -25,8 +26,17 @@ pub(crate) async fn locate(
     what: &str,
     lookup: &str,
 ) -> Result<ApiClient, ClientError> {
+    locate_read(api, what, lookup).await.map(|(api, _)| api)
+}
+
+/// [`locate`], with the object as the lookup read it (for a command that only shows it).
+pub(crate) async fn locate_read(
+    api: ApiClient,
+    what: &str,
+    lookup: &str,
+) -> Result<(ApiClient, Value), ClientError> {
     let missing = match api.get(lookup).await {
-        Ok(_) => return Ok(api),
+        Ok(found) => return Ok((api, found)),
         Err(ClientError::NotFound(message)) if api.project().is_none() => message,
         Err(e) => return Err(e),
     };
@@ -36,11 +46,11 @@ pub(crate) async fn locate(
             "{missing} (in your key's project; pass --project to look in another)"
         )));
     }
-    let mut holders: Vec<(String, ApiClient)> = Vec::new();
+    let mut holders: Vec<(String, ApiClient, Value)> = Vec::new();
     for project in projects {
         let scoped = api.in_project(&project.id);
         match scoped.get(lookup).await {
-            Ok(_) => holders.push((project.name, scoped)),
+            Ok(found) => holders.push((project.name, scoped, found)),
             Err(ClientError::NotFound(_) | ClientError::Denied(_)) => {}
             Err(e) => return Err(e),
         }
@@ -48,12 +58,12 @@ pub(crate) async fn locate(
     match holders.len() {
         0 => Err(ClientError::NotFound(missing)),
         1 => {
-            let (name, scoped) = holders.remove(0);
+            let (name, scoped, found) = holders.remove(0);
             output::note(&format!("({what} is in project {name})"));
-            Ok(scoped)
+            Ok((scoped, found))
         }
         _ => {
-            let mut names: Vec<&str> = holders.iter().map(|(n, _)| n.as_str()).collect();
+            let mut names: Vec<&str> = holders.iter().map(|(n, ..)| n.as_str()).collect();
             names.sort_unstable();
             Err(ClientError::Usage(format!(
                 "{what} exists in projects {}: pass --project NAME to pick one",

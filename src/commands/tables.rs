@@ -323,7 +323,7 @@ impl Fields for JobView {
 impl Row for AttemptView {
     const HEADERS: &'static [&'static str] = &[
         "ATTEMPT", "REPLICA", "NODE", "GPUS", "STARTED", "ENDED", "OUTCOME", "EXIT", "SIGNAL",
-        "DETAIL",
+        "CPU", "PEAK-MEM", "DETAIL",
     ];
     fn row(&self, _now: u64) -> Vec<String> {
         vec![
@@ -337,6 +337,13 @@ impl Row for AttemptView {
                 .map_or_else(|| "-".to_owned(), |o| o.as_str().to_owned()),
             opt_num(self.exit_code),
             opt_num(self.signal),
+            // As the agent measured them: CPU time of the job's processes, the largest resident set.
+            self.cpu_time_ms.map_or_else(
+                || "-".to_owned(),
+                |ms| format!("{:.2}s", ms as f64 / 1000.0),
+            ),
+            self.max_rss_bytes
+                .map_or_else(|| "-".to_owned(), output::bytes),
             text(&self.detail),
         ]
     }

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use super::proc_stat::read_stat;
 use super::sandbox::child::{
-    close_range, errno, exit_code, fail, raw_clone, Failure, PHASE_CGROUP, PHASE_CHDIR,
+    close_range, errno, exec_first, exit_code, fail, raw_clone, Failure, PHASE_CGROUP, PHASE_CHDIR,
     PHASE_CLONE_JOB, PHASE_CREDENTIALS, PHASE_EXEC, PHASE_NO_NEW_PRIVS, PHASE_RLIMIT,
     PHASE_SESSION,
 };
@@ -565,18 +565,7 @@ unsafe fn run_command(p: &Prepared, report: RawFd) -> ! {
     if libc::chdir(p.workdir.as_ptr()) != 0 {
         fail(report, PHASE_CHDIR, errno());
     }
-    let mut last = libc::ENOENT;
-    for program in &p.programs {
-        libc::execve(program.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr());
-        match errno() {
-            libc::ENOENT | libc::ENOTDIR => {}
-            libc::EACCES => last = libc::EACCES,
-            other => {
-                last = other;
-                break;
-            }
-        }
-    }
+    let last = exec_first(&p.programs, &p.argv, &p.envp);
     fail(report, PHASE_EXEC, last)
 }
 

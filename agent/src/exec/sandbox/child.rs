@@ -583,11 +583,25 @@ unsafe fn run_job(launch: &Launch, sandboxed: bool) -> ! {
     if libc::chdir(launch.workdir.as_ptr()) != 0 {
         fail(pipe, PHASE_CHDIR, errno());
     }
-    // Like execvp: a candidate that is missing lets the search go on; one that exists but may not be
-    // executed is remembered; anything else ends it.
+    let last = exec_first(&launch.programs, &launch.argv, &launch.envp);
+    fail(pipe, PHASE_EXEC, last)
+}
+
+/// Executes the first of `programs` that can be (returns only when none could, with the errno to
+/// report). Like execvp: a candidate that is missing lets the search go on; one that exists but may not
+/// be executed is remembered; anything else ends it. Allocation-free.
+///
+/// # Safety
+/// `argv` and `envp` are NULL-terminated arrays of pointers into strings that outlive the call; called
+/// only where `execve` may replace the process (after a fork).
+pub(crate) unsafe fn exec_first(
+    programs: &[std::ffi::CString],
+    argv: &[*const c_char],
+    envp: &[*const c_char],
+) -> i32 {
     let mut last = libc::ENOENT;
-    for program in &launch.programs {
-        libc::execve(program.as_ptr(), launch.argv.as_ptr(), launch.envp.as_ptr());
+    for program in programs {
+        libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr());
         match errno() {
             libc::ENOENT | libc::ENOTDIR => {}
             libc::EACCES => last = libc::EACCES,
@@ -597,7 +611,7 @@ unsafe fn run_job(launch: &Launch, sandboxed: bool) -> ! {
             }
         }
     }
-    fail(pipe, PHASE_EXEC, last)
+    last
 }
 
 /// A fixed buffer for the exit record, formatted without allocating.
