@@ -17,6 +17,7 @@ use tracing::debug;
 use super::envelope::{decode_response, encode_request};
 use super::faults::{Fault, LinkFaults};
 use super::peer::{self, AdmitAll, PeerCertificate, PeerGate};
+use super::session::{SessionReceiver, SessionSender};
 use super::transport::{self, SetupError, TransportSettings};
 use super::{
     encode_message, Method, RpcError, CLOSE_CLIENT_DONE, CLOSE_REVOKED, CLOSE_UNAUTHENTICATED,
@@ -202,6 +203,61 @@ impl RpcClient {
                 }
                 Err(RpcError::Timeout)
             }
+        }
+    }
+
+    /// Opens a session call ([`Method::is_session`]) of `method` on the server at `addr`: sends the
+    /// request and waits, at most `timeout` (connecting included), for the server to accept it. The
+    /// session itself has no deadline here: the two halves live until either side finishes.
+    pub async fn open_session(
+        &self,
+        addr: &str,
+        method: Method,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<(SessionSender, SessionReceiver), RpcError> {
+        if !method.is_session() {
+            return Err(RpcError::Decode(format!(
+                "{} is not a session method",
+                method.name()
+            )));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        match self.fault(addr, method) {
+            Fault::Deliver | Fault::LoseAnswer => {}
+            Fault::Cut => return Err(RpcError::Transport(format!("link to {addr} is cut"))),
+            Fault::Delay(pause) => {
+                tokio::time::sleep_until((tokio::time::Instant::now() + pause).min(deadline)).await;
+            }
+        }
+        let cached = self.connection_by(addr, deadline).await?;
+        self.still_admitted(addr, &cached)?;
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let request = encode_request(method, remaining, body);
+        if request.len() > self.inner.max_frame {
+            return Err(RpcError::Decode(format!(
+                "request of {} bytes exceeds the maximum frame of {} bytes",
+                request.len(),
+                self.inner.max_frame
+            )));
+        }
+        let opening = async {
+            let (mut send, mut recv) = cached.conn.open_bi().await?;
+            frame::write_frame(&mut send, &request)
+                .await
+                .map_err(frame_error)?;
+            let payload = frame::read_frame(&mut recv, self.inner.max_frame)
+                .await
+                .map_err(frame_error)?
+                .ok_or_else(|| {
+                    RpcError::Transport("stream closed without an answer".to_string())
+                })?;
+            decode_response(Bytes::from(payload))?;
+            Ok(super::session::halves(send, recv))
+        };
+        match tokio::time::timeout_at(deadline, opening).await {
+            Ok(result) => result,
+            Err(_) => Err(RpcError::Timeout),
         }
     }
 

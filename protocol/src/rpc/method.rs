@@ -41,6 +41,9 @@ pub enum Method {
     AgentExecInJob = 41,
     /// A coordinator reads a file from a running job's working directory on the agent that runs it.
     AgentReadJobFile = 42,
+    /// A coordinator opens an interactive terminal session inside a running job on the agent that runs
+    /// it: a session call (see [`Method::is_session`]).
+    AgentAttachJob = 43,
 }
 
 /// A method id this build does not know.
@@ -50,7 +53,7 @@ pub struct UnknownMethod(pub u32);
 
 impl Method {
     /// Every method, in id order.
-    pub const ALL: [Method; 14] = [
+    pub const ALL: [Method; 15] = [
         Method::Ping,
         Method::RaftAppendEntries,
         Method::RaftVote,
@@ -65,6 +68,7 @@ impl Method {
         Method::AgentReadLogs,
         Method::AgentExecInJob,
         Method::AgentReadJobFile,
+        Method::AgentAttachJob,
     ];
 
     /// The id on the wire.
@@ -89,7 +93,14 @@ impl Method {
             Method::AgentReadLogs => "AgentReadLogs",
             Method::AgentExecInJob => "AgentExecInJob",
             Method::AgentReadJobFile => "AgentReadJobFile",
+            Method::AgentAttachJob => "AgentAttachJob",
         }
+    }
+
+    /// Whether the method is a session: after the request and its acceptance both sides keep the stream
+    /// open and exchange frames until one finishes (see `RpcClient::open_session`).
+    pub fn is_session(self) -> bool {
+        matches!(self, Method::AgentAttachJob)
     }
 }
 
@@ -136,7 +147,8 @@ pub fn allowed_roles(method: Method) -> &'static [Role] {
         | Method::ChangeMembership
         | Method::AgentReadLogs
         | Method::AgentExecInJob
-        | Method::AgentReadJobFile => COORDINATORS,
+        | Method::AgentReadJobFile
+        | Method::AgentAttachJob => COORDINATORS,
         Method::AgentRegister
         | Method::AgentHeartbeat
         | Method::AgentReport
@@ -212,12 +224,12 @@ mod tests {
         let ids: Vec<u32> = Method::ALL.iter().map(|m| m.id()).collect();
         assert_eq!(
             ids,
-            vec![1, 10, 11, 12, 20, 21, 22, 30, 31, 32, 33, 40, 41, 42]
+            vec![1, 10, 11, 12, 20, 21, 22, 30, 31, 32, 33, 40, 41, 42, 43]
         );
         for method in Method::ALL {
             assert_eq!(Method::try_from(method.id()), Ok(method));
         }
-        for unknown in [0, 2, 13, 34, 43, u32::MAX] {
+        for unknown in [0, 2, 13, 34, 44, u32::MAX] {
             assert_eq!(Method::try_from(unknown), Err(UnknownMethod(unknown)));
         }
     }

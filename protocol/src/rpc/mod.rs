@@ -2,7 +2,8 @@
 //! call.
 //!
 //! A call is one `RpcRequest` frame from the caller, who then finishes its send side, and one
-//! `RpcResponse` frame back. The callee identifies the caller from its certificate, checks the
+//! `RpcResponse` frame back; a session call ([`Method::is_session`], see [`session`]) keeps the stream
+//! open after that answer and carries frames both ways. The callee identifies the caller from its certificate, checks the
 //! authorization table ([`authorize`]) and runs the [`RpcService`] under the call's deadline. This module
 //! owns the envelope, deadlines and authorization; it must never interpret a method's body, and nothing a
 //! peer sends may panic it, stall other streams or connections, or stop a server.
@@ -13,6 +14,7 @@ mod faults;
 mod method;
 mod peer;
 mod server;
+pub mod session;
 mod status;
 mod transport;
 
@@ -28,6 +30,7 @@ pub use faults::{Fault, LinkFaults, Partitions};
 pub use method::{allowed_roles, authorize, ensure_speaks_for_node, Method, UnknownMethod};
 pub use peer::{AdmitAll, PeerCertificate, PeerGate, PeerTable};
 pub use server::{RpcServer, ServerOptions};
+pub use session::{SessionReceiver, SessionRunner, SessionSender, SESSION_MAX_FRAME};
 pub use status::{status_code_name, RpcError, RpcStatus, StatusCode};
 pub use transport::SetupError;
 
@@ -90,6 +93,25 @@ pub trait RpcService: Send + Sync + 'static {
         method: Method,
         body: Bytes,
     ) -> BoxFuture<'static, Result<Bytes, RpcStatus>>;
+
+    /// Opens a session call ([`Method::is_session`]): checks the request and answers with what runs the
+    /// accepted session, or a refusal the caller receives as the call's error. Only the opening is
+    /// bounded by the call's deadline; the runner must bound the session itself. By default no method
+    /// is a session.
+    fn session(
+        &self,
+        ctx: CallContext,
+        method: Method,
+        body: Bytes,
+    ) -> BoxFuture<'static, Result<SessionRunner, RpcStatus>> {
+        let _ = (ctx, body);
+        Box::pin(async move {
+            Err(RpcStatus::unimplemented(format!(
+                "{} is not served here",
+                method.name()
+            )))
+        })
+    }
 }
 
 /// Decodes a method's message from a call body; failure is `INVALID_ARGUMENT`.

@@ -411,6 +411,23 @@ async fn serve_stream(
         t.min(options.max_call_timeout)
     });
     let deadline = Instant::now() + budget;
+    if let Ok(method) = request.method.as_ref().copied() {
+        if method.is_session() {
+            drop(_reserved);
+            return serve_session(
+                conn,
+                &admitted,
+                send,
+                recv,
+                &shared,
+                stop,
+                method,
+                request.body,
+                deadline,
+            )
+            .await;
+        }
+    }
     let result = match request.method {
         Err(UnknownMethod(id)) => {
             debug!(method_id = id, "unknown method");
@@ -453,6 +470,51 @@ async fn serve_stream(
         other => other,
     };
     respond(&mut send, result).await;
+}
+
+/// Serves a session call: opens it under the call's deadline, answers the opening, then hands the stream
+/// to the service's runner for as long as it runs.
+#[allow(clippy::too_many_arguments)]
+async fn serve_session(
+    conn: quinn::Connection,
+    admitted: &Admitted,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    shared: &Shared,
+    stop: CancellationToken,
+    method: super::Method,
+    body: Bytes,
+    deadline: Instant,
+) {
+    if let Err(status) = admit_call(&conn, admitted, &shared.peers, method) {
+        return refuse_stream(send, recv, status).await;
+    }
+    let ctx = CallContext {
+        peer: admitted.peer.identity.clone(),
+        peer_serial: admitted.peer.serial.clone(),
+        remote: conn.remote_address(),
+        deadline,
+        stopping: stop,
+    };
+    let opened =
+        match tokio::time::timeout_at(deadline, shared.service.session(ctx, method, body)).await {
+            Ok(opened) => opened,
+            Err(_) => Err(RpcStatus::deadline_exceeded(format!(
+                "{} was not opened in time",
+                method.name()
+            ))),
+        };
+    let runner = match opened {
+        Ok(runner) => runner,
+        Err(status) => return refuse_stream(send, recv, status).await,
+    };
+    let accepted = encode_response(Ok(Bytes::new()));
+    if let Err(e) = frame::write_frame(&mut send, &accepted).await {
+        debug!(error = %e, "could not accept the session");
+        return;
+    }
+    let (sender, receiver) = super::session::halves(send, recv);
+    runner(sender, receiver).await;
 }
 
 /// Why a request could not be read.
