@@ -5,36 +5,10 @@
 
 mod exec_common;
 
-use std::collections::BTreeMap;
-use std::fs;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::time::Duration;
 
-use agent::exec::{
-    exec_in_job, EnterError, ExecInput, ExecOutput, JobDefaults, JobEntry, Launcher,
-    LauncherOptions, LogStream, RunningJob, SandboxOptions,
-};
-use exec_common::{eventually, read_all, rlimit_launcher, shell_spec};
-
-fn is_root() -> bool {
-    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
-fn entry_of(job: &RunningJob) -> JobEntry {
-    let handle = job.handle();
-    let mut env = BTreeMap::new();
-    env.insert("PATH".to_owned(), "/usr/bin:/bin".to_owned());
-    env.insert("MARKER".to_owned(), "from-the-job".to_owned());
-    JobEntry {
-        pid: handle.pid,
-        start_time: handle.start_time,
-        cgroups: handle.cgroups.clone(),
-        uid: handle.uid,
-        workdir: handle.state_dir.join("work"),
-        env,
-    }
-}
+use agent::exec::{exec_in_job, EnterError, ExecInput, ExecOutput, JobEntry, SandboxOptions};
+use exec_common::{entry_of, rlimit_launcher, sandboxed, started};
 
 fn input(command: &[&str]) -> ExecInput {
     ExecInput {
@@ -60,18 +34,6 @@ async fn sh(entry: &JobEntry, script: &str) -> ExecOutput {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Starts `script` and waits until it printed `ready`.
-async fn started(launcher: &Launcher, root: &Path, name: &str, script: &str) -> RunningJob {
-    let spec = shell_spec(root, name, script);
-    let job = launcher.launch(&spec).expect("launch");
-    let dir = spec.log.dir.clone();
-    eventually("the job to be ready", || {
-        read_all(&dir, LogStream::Stdout).contains("ready")
-    })
-    .await;
-    job
 }
 
 #[tokio::test]
@@ -132,18 +94,9 @@ async fn without_a_sandbox_the_command_runs_in_the_jobs_directory_with_its_exit_
 #[tokio::test]
 async fn in_a_sandbox_the_command_is_the_jobs_user_in_its_namespaces_and_cgroup() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    if !is_root() {
-        eprintln!("SKIPPED: the job sandbox needs root");
+    let Some(launcher) = sandboxed(tmp.path(), SandboxOptions::default()) else {
         return;
-    }
-    let launcher = Launcher::new(LauncherOptions {
-        data_dir: tmp.path().join("data"),
-        cgroup_root: None,
-        sandbox: Some(SandboxOptions::default()),
-        defaults: JobDefaults::default(),
-    })
-    .expect("launcher");
-    assert!(launcher.isolation().complete(), "root, yet no full sandbox");
+    };
     let job = started(
         &launcher,
         tmp.path(),

@@ -9,36 +9,8 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use agent::exec::{
-    ExecError, JobDefaults, Launcher, LauncherOptions, LogStream, NetworkPolicy, SandboxOptions,
-    SecretValues,
-};
-use exec_common::{field, read_all, shell_spec};
-
-fn is_root() -> bool {
-    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
-/// A sandboxed launcher on this host's cgroups, or `None` (and a loud skip) where that cannot be.
-fn sandboxed(root: &Path, options: SandboxOptions) -> Option<Launcher> {
-    if !is_root() {
-        eprintln!("SKIPPED: the job sandbox needs root");
-        return None;
-    }
-    let launcher = Launcher::new(LauncherOptions {
-        data_dir: root.join("data"),
-        cgroup_root: None,
-        sandbox: Some(options),
-        defaults: JobDefaults::default(),
-    })
-    .expect("launcher");
-    let isolation = launcher.isolation();
-    assert!(
-        isolation.complete(),
-        "root, yet no full sandbox: {isolation:?}"
-    );
-    Some(launcher)
-}
+use agent::exec::{ExecError, JobDefaults, LogStream, NetworkPolicy, SandboxOptions, SecretValues};
+use exec_common::{field, is_root, read_all, sandboxed, shell_spec};
 
 #[tokio::test]
 async fn a_job_without_network_has_loopback_only() {

@@ -34,6 +34,14 @@
 //!                                                  // or one, with times; from an offset, a time, the last lines
 //!
 //! exec_in_job(&JobEntry, &ExecInput) -> Result<ExecOutput, EnterError>   // blocking; see `enter`
+//! open_terminal(&JobEntry, &[String], TerminalSize, term, timeout) -> Result<JobTerminal, EnterError>
+//!                                     // blocking, inside a Tokio runtime (spawn_blocking); see `terminal`
+//! JobTerminal::read(&self, &mut [u8]).await -> io::Result<usize>   // 0: the terminal closed; cancel-safe
+//! JobTerminal::write_all(&self, &[u8]).await -> io::Result<()>     // beside `read`
+//! JobTerminal::resize(&self, TerminalSize) -> io::Result<()>
+//! JobTerminal::wait(&self).await -> Result<TerminalExit, EnterError>   // exit code / signal / timed out
+//! JobTerminal::kill(&self)                   // ends it now; dropping it does too
+//! valid_term(&str) -> bool                   // a TERM value the agent accepts; DEFAULT_TERM = "xterm"
 //! read_job_file(workdir, uid, path, offset, max) -> Result<FileChunk, JobFileError>   // blocking
 //! ```
 //!
@@ -106,6 +114,7 @@
 //! directory.
 
 mod enter;
+mod entry;
 mod job_cgroup;
 mod job_file;
 mod launcher;
@@ -115,6 +124,7 @@ mod output_index;
 mod proc_stat;
 mod running_job;
 pub mod sandbox;
+mod terminal;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -134,6 +144,9 @@ pub use output_index::{read_records, OutputRecord, RecordsChunk, RecordsQuery};
 pub use running_job::RunningJob;
 pub use sandbox::netfilter::DenyRule;
 pub use sandbox::{NetworkPolicy, SandboxOptions};
+pub use terminal::{
+    open_terminal, valid_term, JobTerminal, TerminalExit, TerminalSize, DEFAULT_TERM,
+};
 
 /// Secret values for a job: kept in memory only (never serialized), redacted in `Debug`.
 #[derive(Clone, Default, PartialEq, Eq)]

@@ -1,5 +1,5 @@
-//! Shared helpers of the `exec_*` tests: specs, unique job ids, launchers without real cgroups, reading
-//! logs back, and waiting on conditions with a deadline.
+//! Shared helpers of the `exec_*` tests: specs, unique job ids, launchers without real cgroups, jobs
+//! started and ready, how to enter them, reading logs back, and waiting on conditions with a deadline.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use agent::exec::{read_logs, Launcher, LauncherOptions, LogOptions, LogStream, ProcessSpec};
+use agent::exec::{
+    read_logs, JobEntry, Launcher, LauncherOptions, LogOptions, LogStream, ProcessSpec, RunningJob,
+};
 
 /// How long any awaited condition may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -58,6 +60,27 @@ pub fn rlimit_launcher(root: &Path) -> Launcher {
     .expect("launcher")
 }
 
+/// A sandboxed launcher on this host's cgroups, or `None` (and a loud skip) where that cannot be.
+pub fn sandboxed(root: &Path, options: agent::exec::SandboxOptions) -> Option<Launcher> {
+    if !is_root() {
+        eprintln!("SKIPPED: the job sandbox needs root");
+        return None;
+    }
+    let launcher = Launcher::new(LauncherOptions {
+        data_dir: root.join("data"),
+        cgroup_root: None,
+        sandbox: Some(options),
+        defaults: agent::exec::JobDefaults::default(),
+    })
+    .expect("launcher");
+    let isolation = launcher.isolation();
+    assert!(
+        isolation.complete(),
+        "root, yet no full sandbox: {isolation:?}"
+    );
+    Some(launcher)
+}
+
 /// Everything of `stream` from offset 0, read in small pieces.
 pub fn read_all(dir: &Path, stream: LogStream) -> String {
     let mut out = Vec::new();
@@ -100,4 +123,39 @@ pub fn alive(pid: i32) -> bool {
 /// Creates `path` so that a job waiting for it goes on.
 pub fn touch(path: &PathBuf) {
     std::fs::write(path, b"").expect("touch");
+}
+
+/// Whether the tests run as root (the job sandbox needs it).
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// How to enter `job`, with `PATH`, `MARKER=from-the-job` and `TERM=dumb` as its environment.
+pub fn entry_of(job: &RunningJob) -> JobEntry {
+    let handle = job.handle();
+    let mut env = BTreeMap::new();
+    env.insert("PATH".to_owned(), "/usr/bin:/bin".to_owned());
+    env.insert("MARKER".to_owned(), "from-the-job".to_owned());
+    env.insert("TERM".to_owned(), "dumb".to_owned());
+    JobEntry {
+        pid: handle.pid,
+        start_time: handle.start_time,
+        cgroups: handle.cgroups.clone(),
+        uid: handle.uid,
+        workdir: handle.state_dir.join("work"),
+        env,
+    }
+}
+
+/// Starts `script` and waits until it printed `ready`.
+pub async fn started(launcher: &Launcher, root: &Path, name: &str, script: &str) -> RunningJob {
+    let spec = shell_spec(root, name, script);
+    let job = launcher.launch(&spec).expect("launch");
+    let dir = spec.log.dir.clone();
+    eventually("the job to be ready", || {
+        read_all(&dir, LogStream::Stdout).contains("ready")
+    })
+    .await;
+    job
 }

@@ -254,6 +254,28 @@ pub(crate) unsafe fn shim(launch: &Launch) -> ! {
     libc::_exit(code)
 }
 
+/// Becomes the job's user and group (when given) with no supplementary groups, sets `no_new_privs`
+/// and makes the process undumpable: it is a copy of the agent's memory, never readable or traceable by
+/// the job, which runs as the same user (changing user already clears the flag; it is said here so it
+/// cannot be lost). A failure is reported on `pipe` and ends the process.
+///
+/// # Safety
+/// After fork only.
+pub(crate) unsafe fn become_user(pipe: RawFd, credentials: Option<(u32, u32)>) {
+    if let Some((uid, gid)) = credentials {
+        if libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setresgid(gid, gid, gid) != 0
+            || libc::setresuid(uid, uid, uid) != 0
+        {
+            fail(pipe, PHASE_CREDENTIALS, errno());
+        }
+    }
+    if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+        fail(pipe, PHASE_NO_NEW_PRIVS, errno());
+    }
+    libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+}
+
 /// The shell's convention: the exit code, or 128 + the signal that ended the process.
 pub(crate) fn exit_code(status: c_int) -> c_int {
     if libc::WIFEXITED(status) {
@@ -281,7 +303,14 @@ unsafe fn close_all_but(launch: &Launch) {
             n += 1;
         }
     }
-    let keep = &mut keep[..n];
+    close_all_except(&mut keep[..n]);
+}
+
+/// Closes every descriptor above 2 except those in `keep` (which it sorts). Allocation-free.
+///
+/// # Safety
+/// After fork only: descriptors other threads use are closed under them.
+pub(crate) unsafe fn close_all_except(keep: &mut [RawFd]) {
     keep.sort_unstable();
     let mut next: u32 = 3;
     for &fd in keep.iter() {
@@ -341,20 +370,7 @@ unsafe fn run_init(launch: &Launch) -> ! {
             fail(pipe, PHASE_RLIMIT, errno());
         }
     }
-    if let Some((uid, gid)) = launch.credentials {
-        if libc::setgroups(0, std::ptr::null()) != 0
-            || libc::setresgid(gid, gid, gid) != 0
-            || libc::setresuid(uid, uid, uid) != 0
-        {
-            fail(pipe, PHASE_CREDENTIALS, errno());
-        }
-    }
-    if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-        fail(pipe, PHASE_NO_NEW_PRIVS, errno());
-    }
-    // Init is a copy of the agent's memory: never readable or traceable by the job, which runs as the
-    // same user (changing user already clears this; it is said here so it cannot be lost).
-    libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    become_user(pipe, launch.credentials);
 
     // Block the forwarded signals until the job's group is known, so none is lost in between.
     let mut forwarded: libc::sigset_t = std::mem::zeroed();
