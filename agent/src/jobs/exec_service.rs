@@ -1,14 +1,17 @@
 //! The agent's RPC service for getting into and out of a running job: `AgentExecInJob` runs a command
 //! inside an attempt's sandbox (`exec::enter`), `AgentReadJobFile` reads a chunk of a file from its
-//! working directory (`exec::job_file`); everything else goes to the [`LogService`].
+//! working directory (`exec::job_file`), and the session call `AgentAttachJob` runs one on a terminal
+//! and streams it (`exec::terminal`, pumped by [`terminal_session`](super::terminal_session));
+//! everything else goes to the [`LogService`].
 //!
 //! Owns the checks between a coordinator's request and the process: only an attempt this node's store
 //! records as running, with a process handle and not being stopped, is entered or read (anything else
 //! is NOT_FOUND or FAILED_PRECONDITION, so no caller-supplied pid or path outside the working directory
 //! is ever used); the command, its input, its timeout and its output are bounded; and at most
-//! [`MAX_CONCURRENT`] commands run at once on the node (RESOURCE_EXHAUSTED beyond). The command's
-//! environment is the job's as launched, without its secrets. Who may call is the RPC layer's table
-//! (both methods: coordinators only); who may ask a coordinator is its admin API's.
+//! [`MAX_CONCURRENT`] commands and terminal sessions run at once on the node (RESOURCE_EXHAUSTED
+//! beyond; a session holds its place until it ends). The command's environment is the job's as
+//! launched, without its secrets. Who may call is the RPC layer's table (all three methods:
+//! coordinators only); who may ask a coordinator is its admin API's.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,15 +20,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use protocol::pb;
-use protocol::rpc::{decode_message, encode_message, CallContext, Method, RpcService, RpcStatus};
+use protocol::rpc::{
+    decode_message, encode_message, CallContext, Method, RpcService, RpcStatus, SessionRunner,
+};
 use tokio::sync::Semaphore;
 
 use crate::exec::{
-    exec_in_job, job_environment, list_job_dir, read_job_file, EnterError, ExecInput, JobEntry,
-    JobFileError,
+    exec_in_job, job_environment, list_job_dir, open_terminal, read_job_file, EnterError,
+    ExecInput, JobEntry, JobFileError,
 };
 
 use super::store::{AttemptPhase, AttemptRecord, JobStore, StoredAttempt};
+use super::terminal_session::{attach_input, run_session, SESSION_IDLE_LIMIT};
 use super::{AttemptKey, LogService};
 
 /// Commands running in jobs at once on this node.
@@ -42,12 +48,13 @@ pub const MAX_COMMAND_BYTES: usize = 128 * 1024;
 /// The most bytes one file read answers.
 pub const MAX_FILE_CHUNK: u32 = 1024 * 1024;
 
-/// Serves `AgentExecInJob` and `AgentReadJobFile`, and the log service's methods.
+/// Serves `AgentExecInJob`, `AgentReadJobFile` and `AgentAttachJob`, and the log service's methods.
 #[derive(Debug, Clone)]
 pub struct ExecService {
     store: Arc<JobStore>,
     logs: LogService,
     running: Arc<Semaphore>,
+    idle_limit: Duration,
 }
 
 impl ExecService {
@@ -56,6 +63,16 @@ impl ExecService {
             logs: LogService::new(store.clone()),
             store,
             running: Arc::new(Semaphore::new(MAX_CONCURRENT)),
+            idle_limit: SESSION_IDLE_LIMIT,
+        }
+    }
+
+    /// The same with terminal sessions killed after `limit` without input or output instead of
+    /// [`SESSION_IDLE_LIMIT`](super::terminal_session::SESSION_IDLE_LIMIT).
+    pub fn with_idle_limit(self, limit: Duration) -> ExecService {
+        ExecService {
+            idle_limit: limit,
+            ..self
         }
     }
 }
@@ -83,6 +100,21 @@ impl RpcService for ExecService {
                 })
             }
             other => self.logs.call(ctx, other, body),
+        }
+    }
+
+    fn session(
+        &self,
+        ctx: CallContext,
+        method: Method,
+        body: Bytes,
+    ) -> BoxFuture<'static, Result<SessionRunner, RpcStatus>> {
+        match method {
+            Method::AgentAttachJob => {
+                let this = self.clone();
+                Box::pin(async move { this.attach(ctx, body).await })
+            }
+            other => self.logs.session(ctx, other, body),
         }
     }
 }
@@ -150,9 +182,8 @@ fn entry(record: &AttemptRecord) -> Option<JobEntry> {
     })
 }
 
-/// The request's command and bounds, checked.
-fn exec_input(request: &mut pb::ExecInJobRequest) -> Result<ExecInput, RpcStatus> {
-    let command = std::mem::take(&mut request.command);
+/// A command for a job, checked: a program named, bounded, no NUL byte.
+pub(super) fn check_command(command: &[String]) -> Result<(), RpcStatus> {
     if command.first().is_none_or(|p| p.is_empty()) {
         return Err(RpcStatus::invalid_argument("the command names no program"));
     }
@@ -165,6 +196,13 @@ fn exec_input(request: &mut pb::ExecInJobRequest) -> Result<ExecInput, RpcStatus
     if command.iter().any(|a| a.contains('\0')) {
         return Err(RpcStatus::invalid_argument("the command holds a NUL byte"));
     }
+    Ok(())
+}
+
+/// The request's command and bounds, checked.
+fn exec_input(request: &mut pb::ExecInJobRequest) -> Result<ExecInput, RpcStatus> {
+    let command = std::mem::take(&mut request.command);
+    check_command(&command)?;
     if request.stdin.len() > MAX_STDIN_BYTES {
         return Err(RpcStatus::invalid_argument(format!(
             "stdin is larger than {MAX_STDIN_BYTES} bytes"
@@ -208,11 +246,7 @@ impl ExecService {
             })?;
             tracing::info!(job = %key.job_id, attempt = key.attempt, replica = key.replica,
                 program = %input.command[0].chars().take(128).collect::<String>(), "running a command in a job");
-            exec_in_job(&entry, &input).map_err(|e| match e {
-                EnterError::NotRunning => RpcStatus::failed_precondition(e.to_string()),
-                EnterError::InvalidCommand(_) => RpcStatus::invalid_argument(e.to_string()),
-                EnterError::Io { .. } | EnterError::Step { .. } => RpcStatus::internal(e.to_string()),
-            })
+            exec_in_job(&entry, &input).map_err(enter_status)
         })
         .await
         .map_err(|e| RpcStatus::internal(format!("running the command in job {job}: {e}")))??;
@@ -225,6 +259,64 @@ impl ExecService {
             stderr_truncated: outcome.stderr_truncated,
             timed_out: outcome.timed_out,
         })
+    }
+}
+
+/// A command that could not be started in a job as the RPC status the coordinator maps to its answer.
+fn enter_status(e: EnterError) -> RpcStatus {
+    match e {
+        EnterError::NotRunning => RpcStatus::failed_precondition(e.to_string()),
+        EnterError::InvalidCommand(_) => RpcStatus::invalid_argument(e.to_string()),
+        EnterError::Io { .. } | EnterError::Step { .. } => RpcStatus::internal(e.to_string()),
+    }
+}
+
+impl ExecService {
+    /// Opens a terminal session in a running attempt (see `terminal_session`).
+    async fn attach(&self, ctx: CallContext, body: Bytes) -> Result<SessionRunner, RpcStatus> {
+        let mut request: pb::AttachJobRequest = decode_message(&body)?;
+        let input = attach_input(&mut request)?;
+        let Ok(permit) = self.running.clone().try_acquire_owned() else {
+            return Err(RpcStatus::resource_exhausted(format!(
+                "{MAX_CONCURRENT} commands or terminals already run in jobs on this node; try again"
+            )));
+        };
+        let key = AttemptKey::new(request.job_id, request.attempt, request.replica);
+        let program: String = input.command[0].chars().take(128).collect();
+        let store = self.store.clone();
+        let opening = key.clone();
+        let terminal = tokio::task::spawn_blocking(move || {
+            let record = running_attempt(&store, &opening)?;
+            let entry = entry(&record).ok_or_else(|| {
+                RpcStatus::failed_precondition("the attempt has no process to enter")
+            })?;
+            open_terminal(
+                &entry,
+                &input.command,
+                input.size,
+                &input.term,
+                input.timeout,
+            )
+            .map_err(enter_status)
+        })
+        .await
+        .map_err(|e| {
+            RpcStatus::internal(format!("opening a terminal in job {}: {e}", key.job_id))
+        })??;
+        tracing::info!(job = %key.job_id, attempt = key.attempt, replica = key.replica,
+            program = %program, "a terminal session started in a job");
+        let idle_limit = self.idle_limit;
+        let runner: SessionRunner = Box::new(move |tx, rx| {
+            Box::pin(async move {
+                let end = run_session(terminal, tx, rx, ctx.stopping, idle_limit).await;
+                drop(permit);
+                tracing::info!(job = %key.job_id, attempt = key.attempt, replica = key.replica,
+                    program = %program, exit_code = ?end.exit_code, signal = ?end.signal,
+                    timed_out = end.timed_out, idle = end.idle, error = %end.error,
+                    "a terminal session in a job ended");
+            })
+        });
+        Ok(runner)
     }
 }
 

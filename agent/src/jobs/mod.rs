@@ -9,8 +9,11 @@
 //! - `reporter` — sends queued events in order with `AgentReport`, removes them once answered.
 //! - `retention` — which finished attempts to forget (pure) and removing their state directories.
 //! - [`log_service`] — the agent's RPC service: `AgentReadLogs` for attempts this node knows.
-//! - [`exec_service`] — the agent's RPC service as served: `AgentExecInJob` and `AgentReadJobFile` for
-//!   attempts running here, everything else passed to the log service.
+//! - [`exec_service`] — the agent's RPC service as served: `AgentExecInJob`, `AgentReadJobFile` and the
+//!   terminal session `AgentAttachJob` for attempts running here, everything else passed to the log
+//!   service.
+//! - [`terminal_session`] — checks an `AgentAttachJob` request and pumps its session: input and
+//!   resizes into the job's terminal, output and the end back, idle limit and shutdown.
 //!
 //! One process is named by (job id, attempt, replica) — an [`AttemptKey`]: a gang job of N replicas runs
 //! one process per replica, possibly several of one attempt on this node, and each is recorded,
@@ -32,6 +35,7 @@ pub(crate) mod retention;
 pub mod store;
 pub(crate) mod supervisor;
 pub(crate) mod sync;
+pub mod terminal_session;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
