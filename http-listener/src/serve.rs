@@ -1,5 +1,5 @@
 //! The accept loop and the life of one connection: admission under the caps, the TLS handshake, hyper's
-//! HTTP/1.1 and HTTP/2 connection with its header timeout, and the graceful stop.
+//! HTTP/1.1 (with upgrades) and HTTP/2 connection with its header timeout, and the graceful stop.
 //!
 //! Owns the connections' tasks and the drain on shutdown. Must never let a failed accept, a failed
 //! handshake or a connection's error reach anything but that connection.
@@ -225,7 +225,9 @@ async fn serve_http<I, S, B>(
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
     builder.http2().timer(TokioTimer::new());
-    let conn = builder.serve_connection(io, TowerToHyperService::new(service));
+    // With upgrades: a WebSocket (an interactive terminal session) takes the connection over once its
+    // handler answered 101; the connection's task then ends and the handler's task owns the socket.
+    let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
     tokio::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => {

@@ -6,6 +6,7 @@
 //! a request that may have reached a server is repeated elsewhere only when it is safe to repeat.
 
 mod unreachable;
+mod upgrade;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -76,6 +77,8 @@ pub struct ApiClient {
     token: Option<String>,
     project: Option<String>,
     http: reqwest::Client,
+    /// HTTP/1.1 only, for requests that upgrade the connection (a WebSocket).
+    http1: reqwest::Client,
 }
 
 /// Where `meridian dev` leaves its admin token by default.
@@ -124,9 +127,12 @@ impl ApiClient {
             .cacert
             .clone()
             .or_else(|| ctx.as_ref().and_then(|c| c.cacert.clone()));
-        let mut builder = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(5));
+        let builder = || {
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .connect_timeout(Duration::from_secs(5))
+        };
+        let (mut builder, mut builder1) = (builder(), builder().http1_only());
         if bases.iter().any(|b| b.starts_with("https://")) {
             let tls = match &cacert {
                 Some(path) => {
@@ -140,11 +146,14 @@ impl ApiClient {
                     ))
                 }
             };
+            builder1 = builder1.use_preconfigured_tls(tls.clone());
             builder = builder.use_preconfigured_tls(tls);
         }
-        let http = builder
-            .build()
-            .map_err(|e| ClientError::Failed(format!("building HTTP client: {e}")))?;
+        let build = |b: reqwest::ClientBuilder| {
+            b.build()
+                .map_err(|e| ClientError::Failed(format!("building HTTP client: {e}")))
+        };
+        let (http, http1) = (build(builder)?, build(builder1)?);
         let token = match (
             &args.token,
             ctx.as_ref().and_then(|c| c.token_file.as_ref()),
@@ -176,6 +185,7 @@ impl ApiClient {
             token,
             project,
             http,
+            http1,
         })
     }
 
@@ -192,6 +202,7 @@ impl ApiClient {
             token: self.token.clone(),
             project: Some(project.to_owned()),
             http: self.http.clone(),
+            http1: self.http1.clone(),
         }
     }
 

@@ -4,8 +4,9 @@
 //! special files named and left out).
 //!
 //! Both speak to the admin API only (`POST /v1/jobs/{id}:exec`, `GET /v1/jobs/{id}/files`,
-//! `GET /v1/jobs/{id}/dir`); never to an agent. Non-interactive: stdin is read whole (with `--stdin`, at
-//! most 1 MiB) and sent with the command.
+//! `GET /v1/jobs/{id}/dir`); never to an agent. Without `-t`, non-interactive: stdin is read whole (with
+//! `-i`, at most 1 MiB) and sent with the command; with `-t` the command gets a terminal and the session
+//! is interactive (`job_terminal`).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -37,12 +38,18 @@ pub struct JobExecArgs {
     /// Which replica of a gang job (default 0).
     #[arg(long, default_value_t = 0)]
     pub replica: u32,
-    /// Seconds before the command is killed (default 60, at most 3600).
+    /// Seconds before the command is killed (default 60, at most 3600; with -t the session's limit,
+    /// default 28800, at most 86400).
     #[arg(long)]
     pub timeout: Option<u64>,
-    /// Send this command's standard input (read to its end, at most 1 MiB) to the command.
+    /// Send this command's standard input to the command: read to its end (at most 1 MiB), or with -t
+    /// typed into its terminal as the session goes.
     #[arg(short = 'i', long)]
     pub stdin: bool,
+    /// Run the command on a terminal, interactively (`-it` for a shell): its output appears as it comes
+    /// and, with -i, what is typed here reaches it.
+    #[arg(short = 't', long)]
+    pub tty: bool,
     /// The program and its arguments, after `--`.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -70,6 +77,9 @@ pub struct JobCpArgs {
 /// Runs the command in the job; the CLI then exits with its exit code (128 + the signal when one ended
 /// it, as a shell reports it).
 pub async fn exec(args: JobExecArgs) -> Result<(), CommandError> {
+    if args.tty {
+        return super::job_terminal::attach(args).await;
+    }
     let api = ApiClient::from_args(&args.client)?;
     let stdin = if args.stdin {
         let mut bytes = Vec::new();
@@ -115,7 +125,16 @@ pub async fn exec(args: JobExecArgs) -> Result<(), CommandError> {
     if result.timed_out {
         output::note("the command ran past its timeout and was killed");
     }
-    let code = match (result.exit_code, result.signal) {
+    command_exit(result.exit_code, result.signal)
+}
+
+/// The CLI's ending for a command that ended in a job: its exit code, or 128 + the signal that ended it
+/// (as a shell reports it), or 1 when neither is known.
+pub(super) fn command_exit(
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+) -> Result<(), CommandError> {
+    let code = match (exit_code, signal) {
         (Some(code), _) => code,
         (None, Some(signal)) => 128 + signal,
         (None, None) => 1,

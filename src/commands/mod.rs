@@ -8,6 +8,7 @@ mod context;
 pub mod job_exec;
 pub(crate) mod job_logs;
 mod job_spec;
+pub mod job_terminal;
 pub(crate) mod job_wait;
 mod jobs;
 mod locate;

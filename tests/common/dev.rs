@@ -100,6 +100,24 @@ impl DevProcess {
         http_json(&self.admin, method, path, token, project, body)
     }
 
+    /// Whether the audit log holds a successful `action` on `target` whose detail contains `detail`.
+    pub fn audited(&self, action: &str, target: &str, detail: &str) -> bool {
+        let (status, audit) = self.request(
+            "GET",
+            "/v1/audit?page_size=1000",
+            Some(&self.token),
+            None,
+            None,
+        );
+        assert_eq!(status, 200, "{audit}");
+        audit["items"].as_array().into_iter().flatten().any(|r| {
+            r["action"] == action
+                && r["target"] == target
+                && r["outcome"] == "success"
+                && r["detail"].as_str().is_some_and(|d| d.contains(detail))
+        })
+    }
+
     /// The OS pid of the `meridian dev` process.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -13,14 +13,14 @@ use serde_json::{json, Value};
 use crate::common::dev::DevProcess;
 use crate::common::{cli, is_root, wait_for};
 
-fn start() -> (tempfile::TempDir, DevProcess) {
+pub(crate) fn start() -> (tempfile::TempDir, DevProcess) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dev = DevProcess::start(&tmp.path().join("dev"), &[]);
     (tmp, dev)
 }
 
 /// Starts `script` (which prints `ready` once set up) and waits for it.
-fn running_job(dev: &DevProcess, script: &str) -> String {
+pub(crate) fn running_job(dev: &DevProcess, script: &str) -> String {
     let addr = dev.addr();
     let env = dev.env_for(&addr, &dev.token);
     let out = cli(
@@ -80,7 +80,7 @@ fn copy(dev: &DevProcess, id: &str, path: &str) -> (u16, Value) {
     )
 }
 
-fn new_key(dev: &DevProcess, project: &str, role: &str) -> String {
+pub(crate) fn new_key(dev: &DevProcess, project: &str, role: &str) -> String {
     let (status, body) = dev.request(
         "POST",
         "/v1/keys",
@@ -143,24 +143,9 @@ fn a_viewer_cannot_enter_a_job_and_another_projects_job_answers_like_a_missing_o
     let (status, answer) = exec(&dev, &dev.token, None, &id, &["cat", "mine.txt"]);
     assert_eq!(status, 200, "{answer}");
     assert_eq!(stdout_of(&answer), "private\n");
-    let (status, audit) = dev.request(
-        "GET",
-        "/v1/audit?page_size=1000",
-        Some(&dev.token),
-        None,
-        None,
-    );
-    assert_eq!(status, 200);
-    let recorded = audit["items"].as_array().into_iter().flatten().any(|r| {
-        r["action"] == "job.exec"
-            && r["target"] == id.as_str()
-            && r["detail"]
-                .as_str()
-                .is_some_and(|d| d.contains("cat mine.txt"))
-    });
     assert!(
-        recorded,
-        "no job.exec record with the command line: {audit}"
+        dev.audited("job.exec", &id, "cat mine.txt"),
+        "no job.exec record with the command line"
     );
 }
 
@@ -340,12 +325,11 @@ fn exec_runs_as_the_jobs_user_and_sees_only_its_own_job() {
     assert_eq!(status["state"], "running", "{status}");
 }
 
-#[test]
-fn a_job_holding_secrets_is_entered_only_by_its_own_principal() {
-    let (_tmp, dev) = start();
+/// Starts a job of the bootstrap principal holding secret `DB` (value `hunter2`, bound to that principal)
+/// and waits for it to run.
+pub(crate) fn job_holding_a_secret(dev: &DevProcess) -> String {
     let addr = dev.addr();
     let env = dev.env_for(&addr, &dev.token);
-    // A secret bound to the bootstrap principal, given to a job it runs.
     let (status, me) = dev.request("GET", "/v1/whoami", Some(&dev.token), None, None);
     assert_eq!(status, 200, "{me}");
     let principal = me["principal"]["id"].as_str().expect("principal id");
@@ -384,6 +368,13 @@ fn a_job_holding_secrets_is_entered_only_by_its_own_principal() {
             .contains("ready")
             .then_some(())
     });
+    id
+}
+
+#[test]
+fn a_job_holding_secrets_is_entered_only_by_its_own_principal() {
+    let (_tmp, dev) = start();
+    let id = job_holding_a_secret(&dev);
 
     // An editor of the same project may run jobs, but not enter one that holds someone else's secrets.
     let editor = new_key(&dev, "default", "editor");

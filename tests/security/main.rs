@@ -11,6 +11,8 @@
 //! - `hygiene` — key files, key material and error messages.
 //! - `exec` — `job exec` and `job cp` used by a viewer, across projects, on a finished job, out of the
 //!   working directory, or to see other jobs.
+//! - `terminal` — `job exec -it`'s terminal sessions used the same ways, and with frames that break the
+//!   protocol.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -23,3 +25,4 @@ mod identity;
 mod preemption;
 mod sandbox;
 mod secrets;
+mod terminal;

@@ -40,6 +40,10 @@ pub mod dto {
         AllowIdentityRequest, ClusterPolicyRequest, ClusterPolicyView, DenyIdentityRequest,
         NodeView,
     };
+    pub use super::jobs::exec::attach::{
+        AttachJobRequest, TerminalClientFrame, TerminalEndView, TerminalServerFrame,
+        MAX_INPUT_FRAME, TERMINAL_PROTOCOL,
+    };
     pub use super::jobs::exec::{
         ExecJobRequest, ExecJobView, JobDirEntryView, JobDirView, JobFileKind,
     };

@@ -121,6 +121,7 @@ pub(crate) mod op {
     pub(crate) static JOB_EXEC: Operation = needs("job.exec", RunJobs);
     pub(crate) static JOB_COPY: Operation = needs("job.cp", RunJobs);
     pub(crate) static JOB_LIST_DIR: Operation = needs("job.ls", RunJobs);
+    pub(crate) static JOB_ATTACH: Operation = needs("job.attach", RunJobs);
 
     pub(crate) static USAGE_GET: Operation = needs("usage.get", ReadProject);
 }

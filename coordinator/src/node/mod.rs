@@ -40,6 +40,7 @@ use crate::rpc_service::CoordinatorService;
 use crate::state::{Command, CommandOutcome, DomainError, Outcome, RegistryState};
 use crate::store::{self, SharedState, StoreClosed};
 
+mod agents;
 mod status;
 
 pub use status::{ClusterStatus, LogStatus, MemberStatus, WaitError};
@@ -787,37 +788,6 @@ impl Handle {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         f(&state)
-    }
-
-    /// Reads a job attempt's output from the agent that ran it, at the QUIC address the agent registered.
-    pub async fn read_job_logs(
-        &self,
-        rpc_addr: &str,
-        request: &pb::ReadLogsRequest,
-    ) -> Result<pb::ReadLogsResponse, protocol::rpc::RpcError> {
-        self.inner
-            .agent_client
-            .call_message(rpc_addr, Method::AgentReadLogs, request, AGENT_CALL_TIMEOUT)
-            .await
-    }
-
-    /// Calls `method` on the agent at `rpc_addr` with a deadline of `timeout` (a command run in a job, a
-    /// file read out of one).
-    pub async fn call_agent<Req, Resp>(
-        &self,
-        rpc_addr: &str,
-        method: Method,
-        request: &Req,
-        timeout: Duration,
-    ) -> Result<Resp, protocol::rpc::RpcError>
-    where
-        Req: prost::Message,
-        Resp: prost::Message + Default,
-    {
-        self.inner
-            .agent_client
-            .call_message(rpc_addr, method, request, timeout)
-            .await
     }
 
     pub(crate) fn downgrade(&self) -> WeakHandle {

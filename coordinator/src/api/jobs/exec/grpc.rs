@@ -1,6 +1,7 @@
-//! The gRPC face of entering a running job: `JobExecService` (`ExecJob`, and `CopyFromJob`, which
-//! streams the file as `FileChunk`s, the first carrying its size and mode), adapters over the same
-//! operations as REST, and their rows of the gRPC method table.
+//! The gRPC face of entering a running job: `JobExecService` (`ExecJob`; `CopyFromJob`, which
+//! streams the file as `FileChunk`s, the first carrying its size and mode; `ListJobDir`; and `AttachJob`,
+//! an interactive terminal session as a stream each way, opened by its first message), adapters over the
+//! same operations as REST, and their rows of the gRPC method table.
 
 use std::pin::Pin;
 
@@ -9,18 +10,23 @@ use base64::Engine as _;
 use futures::{Stream, StreamExt};
 use protocol::pb;
 use tonic::service::RoutesBuilder;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::grpc::{answer, non_empty, scope_of, GrpcAdmin, GrpcResult};
 use crate::api::routes::{grpc, op, GrpcMethod};
 
-use super::{CopyQuery, ExecJobRequest, ExecJobView, JobDirEntryView, JobDirView};
+use super::attach::{
+    caller_channels, AttachJobRequest, TerminalClientFrame, TerminalEndView, TerminalServerFrame,
+    MAX_INPUT_FRAME,
+};
+use super::{invalid, CopyQuery, ExecJobRequest, ExecJobView, JobDirEntryView, JobDirView};
 
 /// The gRPC methods into and out of a running job.
 pub(crate) static METHODS: &[GrpcMethod] = &[
     grpc("/meridian.v1.JobExecService/ExecJob", &op::JOB_EXEC),
     grpc("/meridian.v1.JobExecService/CopyFromJob", &op::JOB_COPY),
     grpc("/meridian.v1.JobExecService/ListJobDir", &op::JOB_LIST_DIR),
+    grpc("/meridian.v1.JobExecService/AttachJob", &op::JOB_ATTACH),
 ];
 
 /// Adds `JobExecService`, decoding messages up to `max_message_bytes`.
@@ -32,6 +38,7 @@ pub(crate) fn services(routes: &mut RoutesBuilder, admin: &GrpcAdmin, max_messag
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::FileChunk, Status>> + Send>>;
+type TerminalStream = Pin<Box<dyn Stream<Item = Result<pb::TerminalOutput, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::job_exec_service_server::JobExecService for GrpcAdmin {
@@ -57,6 +64,65 @@ impl pb::job_exec_service_server::JobExecService for GrpcAdmin {
     }
 
     type CopyFromJobStream = ChunkStream;
+    type AttachJobStream = TerminalStream;
+
+    async fn attach_job(
+        &self,
+        request: Request<Streaming<pb::AttachJobInput>>,
+    ) -> Result<Response<TerminalStream>, Status> {
+        use pb::attach_job_input::Input;
+        let scope = scope_of(&request)?;
+        let mut inputs = request.into_inner();
+        let Some(Input::Open(open)) = inputs.message().await?.and_then(|m| m.input) else {
+            return Err(invalid("open", "the first message must open the session").into_status());
+        };
+        let pb::AttachJobOpen {
+            id,
+            command,
+            replica,
+            size,
+            timeout_secs,
+            term,
+        } = open;
+        let req = AttachJobRequest {
+            command,
+            replica: Some(u64::from(replica)),
+            cols: size.map(|s| u64::from(s.cols)),
+            rows: size.map(|s| u64::from(s.rows)),
+            timeout_secs: (timeout_secs > 0).then_some(u64::from(timeout_secs)),
+            term: non_empty(term),
+        };
+        let relay = self
+            .service
+            .attach_job(&scope, &id, req)
+            .await
+            .map_err(|e| e.into_status())?;
+        let (input, output, ends) = caller_channels();
+        tokio::spawn(relay.run(ends));
+        tokio::spawn(async move {
+            // A message that is not input or a resize, or a stream error, ends the session.
+            while let Ok(Some(message)) = inputs.message().await {
+                let frame = match message.input {
+                    Some(Input::Data(bytes)) if bytes.len() <= MAX_INPUT_FRAME => {
+                        TerminalClientFrame::Input(bytes)
+                    }
+                    Some(Input::Resize(size)) => TerminalClientFrame::Resize {
+                        cols: u16::try_from(size.cols).unwrap_or(u16::MAX),
+                        rows: u16::try_from(size.rows).unwrap_or(u16::MAX),
+                    },
+                    _ => break,
+                };
+                if input.send(frame).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let outputs = futures::stream::unfold(output, |mut output| async move {
+            let frame = output.recv().await?;
+            Some((Ok(terminal_output(frame)), output))
+        });
+        Ok(Response::new(Box::pin(outputs)))
+    }
 
     async fn list_job_dir(
         &self,
@@ -102,6 +168,32 @@ impl pb::job_exec_service_server::JobExecService for GrpcAdmin {
                 .map_err(|e| e.into_status())
         });
         Ok(Response::new(Box::pin(chunks)))
+    }
+}
+
+fn terminal_output(frame: TerminalServerFrame) -> pb::TerminalOutput {
+    use pb::terminal_output::Output;
+    let output = match frame {
+        TerminalServerFrame::Output(bytes) => Output::Data(bytes),
+        TerminalServerFrame::End(end) => {
+            let TerminalEndView {
+                exit_code,
+                signal,
+                timed_out,
+                idle,
+                error,
+            } = end;
+            Output::End(pb::TerminalEnd {
+                exit_code,
+                signal,
+                timed_out,
+                idle,
+                error: error.unwrap_or_default(),
+            })
+        }
+    };
+    pb::TerminalOutput {
+        output: Some(output),
     }
 }
 

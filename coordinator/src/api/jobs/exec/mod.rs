@@ -2,7 +2,8 @@
 //! inside a running job's sandbox and answers its exit status and capped output; `GET
 //! /v1/jobs/{id}/files?path=P` copies a regular file out of the job's working directory, a chunk at a
 //! time from the agent, streamed to the caller; `GET /v1/jobs/{id}/dir?path=P` lists a directory there
-//! (for `job cp -r`), checked and audited like a copy. The REST handlers and route rows are in `rest.rs`, the
+//! (for `job cp -r`), checked and audited like a copy; `GET /v1/jobs/{id}:attach` (a WebSocket) opens an
+//! interactive terminal session in it (`attach.rs`). The REST handlers and route rows are in `rest.rs`, the
 //! gRPC adapters and method rows in `grpc.rs`.
 //!
 //! Both need `run-jobs` in the job's project (viewers never enter a job): a caller who may run jobs may
@@ -14,11 +15,13 @@
 //! command and copy is recorded in the audit log (`job.exec` with the command line, `job.cp` with the
 //! path) before it reaches the agent: no record, no command.
 //!
-//! The coordinator reaches the job's agent only over the mesh RPC (`AgentExecInJob`, `AgentReadJobFile`),
+//! The coordinator reaches the job's agent only over the mesh RPC (`AgentExecInJob`, `AgentReadJobFile`,
+//! the session call `AgentAttachJob`),
 //! at the address the agent registered; nothing here opens a port on an agent. Must never decide what a
 //! path means (the agent resolves it beneath the working directory), never buffer a whole file, and
 //! never answer with another project's job or output.
 
+pub(in crate::api) mod attach;
 pub(in crate::api) mod grpc;
 pub(in crate::api) mod rest;
 
@@ -212,6 +215,20 @@ fn checked_path(path: Option<&str>) -> Result<&str, ServiceError> {
     Ok(path)
 }
 
+/// A command as the agent takes it: a program named, at most 1024 words and 128 KiB, no NUL byte.
+fn validate_command(command: &[String]) -> Result<(), ServiceError> {
+    if command.first().is_none_or(|p| p.is_empty()) {
+        return Err(invalid("command", "name the program to run"));
+    }
+    if command.len() > 1024 || command.iter().map(String::len).sum::<usize>() > 128 * 1024 {
+        return Err(invalid("command", "at most 1024 words and 128 KiB"));
+    }
+    if command.iter().any(|w| w.contains('\0')) {
+        return Err(invalid("command", "holds a NUL byte"));
+    }
+    Ok(())
+}
+
 /// The command line as the audit log records it: each word quoted when it needs to be, at most 900 bytes.
 fn command_line(command: &[String]) -> String {
     let words: Vec<String> = command
@@ -374,17 +391,7 @@ impl AdminService {
         req: ExecJobRequest,
     ) -> Result<ExecJobView, ServiceError> {
         let replica = replica_of(req.replica)?;
-        if req.command.first().is_none_or(|p| p.is_empty()) {
-            return Err(invalid("command", "name the program to run"));
-        }
-        if req.command.len() > 1024
-            || req.command.iter().map(String::len).sum::<usize>() > 128 * 1024
-        {
-            return Err(invalid("command", "at most 1024 words and 128 KiB"));
-        }
-        if req.command.iter().any(|w| w.contains('\0')) {
-            return Err(invalid("command", "holds a NUL byte"));
-        }
+        validate_command(&req.command)?;
         let stdin = match &req.stdin {
             None => Vec::new(),
             Some(text) => STANDARD

@@ -1,20 +1,30 @@
 //! The REST face of entering a running job: `POST /v1/jobs/{id}:exec` (a command's exit status and
-//! output as JSON) and `GET /v1/jobs/{id}/files?path=P` (the file's bytes, streamed as
-//! `application/octet-stream` with its length and `X-Meridian-File-Mode`), and their route rows.
+//! output as JSON), `GET /v1/jobs/{id}/files?path=P` (the file's bytes, streamed as
+//! `application/octet-stream` with its length and `X-Meridian-File-Mode`), `GET /v1/jobs/{id}/dir`, and
+//! `GET /v1/jobs/{id}:attach` (an interactive terminal session as a WebSocket: every check, the audit
+//! record and the agent's acceptance happen before the upgrade is answered, so a refusal is an ordinary
+//! JSON error), and their route rows.
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures::TryStreamExt;
+use futures::{SinkExt, StreamExt, TryStreamExt};
 use http::{header, HeaderValue};
 
+use crate::api::error::ServiceError;
 use crate::api::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::api::openapi::schema;
 use crate::api::rest::{Answer, Scoped};
 use crate::api::routes::{endpoint, ok, op, HttpMethod, Reply, Route};
 use crate::api::service::AdminService;
 
+use super::attach::{
+    caller_channels, AttachJobRequest, TerminalClientFrame, TerminalRelay, TerminalServerFrame,
+    ATTACH_QUERY, MAX_INPUT_FRAME, TERMINAL_PROTOCOL,
+};
 use super::{CopyQuery, ExecJobRequest, ExecJobView, JobDirView};
 
 /// The header naming a copied file's permission bits, in octal.
@@ -31,6 +41,13 @@ const COPY_QUERY: &[(&str, &str)] = &[
 /// A file's bytes.
 const FILE: Reply = Reply {
     status: 200,
+    schema: None,
+    media: "application/octet-stream",
+};
+
+/// A WebSocket accepted: the session's frames follow on the connection.
+const SWITCHING: Reply = Reply {
+    status: 101,
     schema: None,
     media: "application/octet-stream",
 };
@@ -67,7 +84,104 @@ pub(crate) static ROUTES: &[Route] = &[
         reply: ok(schema::<JobDirView>),
         endpoint: endpoint!(list_job_dir),
     },
+    Route {
+        method: HttpMethod::Get,
+        path: "/v1/jobs/{id}:attach",
+        op: &op::JOB_ATTACH,
+        summary: "Open an interactive terminal session inside a running job's sandbox: a WebSocket (subprotocol meridian.terminal.v1) whose binary messages are 0x00+input or 0x01+cols,rows (u16 BE) from the caller, and 0x10+output or, last, 0x11+TerminalEnd JSON to it",
+        request: None,
+        query: ATTACH_QUERY,
+        reply: SWITCHING,
+        endpoint: endpoint!(attach_job),
+    },
 ];
+
+async fn attach_job(
+    State(service): State<AdminService>,
+    Scoped(scope): Scoped,
+    ApiPath(id): ApiPath<String>,
+    RawQuery(query): RawQuery,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Ok(upgrade) = upgrade else {
+        return ServiceError::invalid(
+            "upgrade",
+            "a terminal session is a WebSocket: send `Connection: upgrade` and `Upgrade: websocket` over HTTP/1.1",
+        )
+        .into_response();
+    };
+    let opened = match AttachJobRequest::from_query(query.as_deref().unwrap_or_default()) {
+        Ok(req) => service.attach_job(&scope, &id, req).await,
+        Err(e) => Err(e),
+    };
+    match opened {
+        Ok(relay) => upgrade
+            .protocols([TERMINAL_PROTOCOL])
+            .max_message_size(MAX_INPUT_FRAME + 16)
+            .on_upgrade(move |socket| relay_socket(socket, relay)),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Carries a session over its WebSocket: the caller's binary messages to the relay, the relay's frames
+/// back, and a normal close after the last one. A message that is not a terminal frame ends the session.
+async fn relay_socket(socket: WebSocket, relay: TerminalRelay) {
+    let (input, mut output, ends) = caller_channels();
+    let (mut sink, mut stream) = socket.split();
+    let reader = async move {
+        while let Some(Ok(message)) = stream.next().await {
+            let frame = match message {
+                Message::Binary(bytes) => TerminalClientFrame::decode(&bytes),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                Message::Close(_) => break,
+                Message::Text(_) => {
+                    tracing::debug!("a text message on a terminal session; ending it");
+                    break;
+                }
+            };
+            match frame {
+                Ok(frame) => {
+                    if input.send(frame).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "ending a terminal session");
+                    break;
+                }
+            }
+        }
+        // Dropping `input` tells the relay the caller left.
+    };
+    let writer = async move {
+        while let Some(frame) = output.recv().await {
+            let last = matches!(frame, TerminalServerFrame::End(_));
+            if sink
+                .send(Message::Binary(frame.encode().into()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            if last {
+                let close = CloseFrame {
+                    code: 1000,
+                    reason: "session ended".into(),
+                };
+                let _ = sink.send(Message::Close(Some(close))).await;
+                return;
+            }
+        }
+    };
+    let session = async move {
+        tokio::join!(relay.run(ends), writer);
+    };
+    tokio::pin!(session, reader);
+    tokio::select! {
+        () = &mut session => {}
+        () = &mut reader => session.await,
+    }
+}
 
 async fn list_job_dir(
     State(service): State<AdminService>,

@@ -1,0 +1,541 @@
+//! Interactive terminal sessions inside a running job (`meridian job exec -it`), shared by REST and gRPC:
+//! the request and its checks, the frames a caller exchanges with the session, and the relay between the
+//! caller and the job's agent.
+//!
+//! A session is opened like a command is run (`mod.rs`): `run-jobs` in the job's project, another
+//! project's job 404, a job holding secrets entered only by its own principal or a `manage-secrets`
+//! holder, only a running replica, and a `job.attach` audit record with the command line before the
+//! agent is asked. The agent is reached over the mesh with the session call `AgentAttachJob`, which runs
+//! the command on a new pseudo-terminal in the job's sandbox; it bounds the session (its longest run, an
+//! idle limit) and reports how it ended.
+//!
+//! The relay copies frames as they come, never buffering more than a few frames either way: QUIC's flow
+//! control slows an agent whose caller reads slowly, and a caller that types faster than the command reads
+//! waits for the agent. A caller that leaves ends the session (the agent kills the command).
+//!
+//! On REST the session is a WebSocket (`GET /v1/jobs/{id}:attach?command=sh&command=-c&...`, subprotocol
+//! [`TERMINAL_PROTOCOL`]) whose binary messages are [`TerminalClientFrame`]s and
+//! [`TerminalServerFrame`]s; on gRPC it is `JobExecService.AttachJob`, a stream each way.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message as _;
+use protocol::pb;
+use protocol::rpc::{Method, SessionReceiver, SessionSender};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use utoipa::ToSchema;
+
+use crate::api::auth::RequestScope;
+use crate::api::error::ServiceError;
+use crate::api::service::AdminService;
+
+use super::{agent_error, command_line, invalid, replica_of, validate_command};
+
+/// The WebSocket subprotocol of a terminal session.
+pub const TERMINAL_PROTOCOL: &str = "meridian.terminal.v1";
+/// A session's default and longest run.
+pub(crate) const DEFAULT_ATTACH_TIMEOUT_SECS: u32 = 8 * 3600;
+pub(crate) const MAX_ATTACH_TIMEOUT_SECS: u32 = 86_400;
+/// The largest terminal a caller may describe.
+const MAX_TERMINAL_SIDE: u64 = 1000;
+/// The most bytes of input one frame carries.
+pub const MAX_INPUT_FRAME: usize = 64 * 1024;
+/// How long the agent has to start the session.
+const AGENT_OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the relay waits for the agent's last word once the caller left.
+const AGENT_END_WAIT: Duration = Duration::from_secs(10);
+/// Frames in flight between the relay's halves.
+const RELAY_DEPTH: usize = 16;
+
+/// `GET /v1/jobs/{id}:attach`'s query: `command` once per word, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttachJobRequest {
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    /// Which replica of a gang job (default 0).
+    pub replica: Option<u64>,
+    /// The caller's terminal size (default 80x24).
+    pub cols: Option<u64>,
+    pub rows: Option<u64>,
+    /// Seconds before the session is ended (default 8 hours, at most 24).
+    pub timeout_secs: Option<u64>,
+    /// The caller's terminal type, given to the command as `TERM` (default `xterm`).
+    pub term: Option<String>,
+}
+
+/// The query parameters of `GET /v1/jobs/{id}:attach`, for the OpenAPI document.
+pub(crate) const ATTACH_QUERY: &[(&str, &str)] = &[
+    (
+        "command",
+        "The program and its arguments, one `command` parameter per word, in order.",
+    ),
+    ("replica", "Replica of a gang job, 0-based (default 0)."),
+    (
+        "cols",
+        "The terminal's width in columns, 1-1000 (default 80).",
+    ),
+    (
+        "rows",
+        "The terminal's height in rows, 1-1000 (default 24).",
+    ),
+    (
+        "timeout_secs",
+        "Seconds before the session is ended, 1-86400 (default 28800).",
+    ),
+    (
+        "term",
+        "The terminal type given to the command as TERM (default xterm).",
+    ),
+];
+
+impl AttachJobRequest {
+    /// Reads the query string of `GET /v1/jobs/{id}:attach`; a parameter it does not know is refused.
+    pub(crate) fn from_query(query: &str) -> Result<AttachJobRequest, ServiceError> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+            .map_err(|e| invalid("query", format!("not a query string: {e}")))?;
+        let mut req = AttachJobRequest::default();
+        let number = |field: &str, value: &str| {
+            value
+                .parse::<u64>()
+                .map_err(|_| invalid(field, "must be a whole number"))
+        };
+        for (key, value) in pairs {
+            match key.as_str() {
+                "command" => req.command.push(value),
+                "replica" => req.replica = Some(number("replica", &value)?),
+                "cols" => req.cols = Some(number("cols", &value)?),
+                "rows" => req.rows = Some(number("rows", &value)?),
+                "timeout_secs" => req.timeout_secs = Some(number("timeout_secs", &value)?),
+                "term" => req.term = Some(value),
+                other => {
+                    return Err(invalid(
+                        other,
+                        "unknown parameter (command, replica, cols, rows, timeout_secs, term)",
+                    ))
+                }
+            }
+        }
+        Ok(req)
+    }
+
+    /// The query string that [`from_query`](Self::from_query) reads back.
+    pub fn to_query(&self) -> String {
+        let mut pairs: Vec<(&str, String)> = self
+            .command
+            .iter()
+            .map(|w| ("command", w.clone()))
+            .collect();
+        let numbers = [
+            ("replica", self.replica),
+            ("cols", self.cols),
+            ("rows", self.rows),
+            ("timeout_secs", self.timeout_secs),
+        ];
+        pairs.extend(
+            numbers
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k, v.to_string()))),
+        );
+        if let Some(term) = &self.term {
+            pairs.push(("term", term.clone()));
+        }
+        serde_urlencoded::to_string(&pairs).unwrap_or_default()
+    }
+}
+
+/// A terminal size, each side 1-1000.
+fn side(field: &str, value: Option<u64>, default: u32) -> Result<u32, ServiceError> {
+    match value {
+        None => Ok(default),
+        Some(n) if (1..=MAX_TERMINAL_SIDE).contains(&n) => Ok(n as u32),
+        Some(_) => Err(invalid(field, format!("must be 1-{MAX_TERMINAL_SIDE}"))),
+    }
+}
+
+/// A terminal type as `TERM` may hold it: 1-64 of `[A-Za-z0-9._+-]`.
+fn checked_term(term: Option<&str>) -> Result<String, ServiceError> {
+    match term {
+        None | Some("") => Ok("xterm".to_owned()),
+        Some(t)
+            if t.len() <= 64
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b)) =>
+        {
+            Ok(t.to_owned())
+        }
+        Some(_) => Err(invalid(
+            "term",
+            "1-64 letters, digits, `.`, `_`, `+` or `-`",
+        )),
+    }
+}
+
+// ---- the frames a caller exchanges ----------------------------------------------------------------------
+
+/// What a caller sends during a session (a binary WebSocket message each): `0x00` then the bytes typed,
+/// or `0x01` then the terminal's new width and height as two big-endian `u16`s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TerminalClientFrame {
+    Input(Vec<u8>),
+    Resize { cols: u16, rows: u16 },
+}
+
+/// What a caller receives during a session (a binary WebSocket message each): `0x10` then bytes the
+/// command wrote to the terminal, or, last, `0x11` then a JSON [`TerminalEndView`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TerminalServerFrame {
+    Output(Vec<u8>),
+    End(TerminalEndView),
+}
+
+const TAG_INPUT: u8 = 0x00;
+const TAG_RESIZE: u8 = 0x01;
+const TAG_OUTPUT: u8 = 0x10;
+const TAG_END: u8 = 0x11;
+
+/// How a terminal session ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = TerminalEnd)]
+pub struct TerminalEndView {
+    /// The command's exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, when one did.
+    pub signal: Option<i32>,
+    /// It ran past the session's `timeout_secs` and was killed.
+    #[serde(default)]
+    pub timed_out: bool,
+    /// It sat without input or output past the idle limit and was killed.
+    #[serde(default)]
+    pub idle: bool,
+    /// Why the session failed, when it did rather than the command ending.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad terminal frame: {0}")]
+pub struct FrameError(String);
+
+impl TerminalClientFrame {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            TerminalClientFrame::Input(bytes) => {
+                let mut out = Vec::with_capacity(bytes.len() + 1);
+                out.push(TAG_INPUT);
+                out.extend_from_slice(bytes);
+                out
+            }
+            TerminalClientFrame::Resize { cols, rows } => {
+                let mut out = vec![TAG_RESIZE];
+                out.extend_from_slice(&cols.to_be_bytes());
+                out.extend_from_slice(&rows.to_be_bytes());
+                out
+            }
+        }
+    }
+
+    pub fn decode(frame: &[u8]) -> Result<TerminalClientFrame, FrameError> {
+        match frame.split_first() {
+            Some((&TAG_INPUT, bytes)) if bytes.len() <= MAX_INPUT_FRAME => {
+                Ok(TerminalClientFrame::Input(bytes.to_vec()))
+            }
+            Some((&TAG_INPUT, _)) => Err(FrameError(format!(
+                "input frames carry at most {MAX_INPUT_FRAME} bytes"
+            ))),
+            Some((&TAG_RESIZE, &[c0, c1, r0, r1])) => Ok(TerminalClientFrame::Resize {
+                cols: u16::from_be_bytes([c0, c1]),
+                rows: u16::from_be_bytes([r0, r1]),
+            }),
+            Some((&TAG_RESIZE, _)) => Err(FrameError(
+                "a resize frame is 0x01 then two big-endian u16s".into(),
+            )),
+            Some((tag, _)) => Err(FrameError(format!("unknown frame type {tag:#04x}"))),
+            None => Err(FrameError("an empty frame".into())),
+        }
+    }
+}
+
+impl TerminalServerFrame {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            TerminalServerFrame::Output(bytes) => {
+                let mut out = Vec::with_capacity(bytes.len() + 1);
+                out.push(TAG_OUTPUT);
+                out.extend_from_slice(bytes);
+                out
+            }
+            TerminalServerFrame::End(end) => {
+                let mut out = vec![TAG_END];
+                // Serializing plain fields cannot fail.
+                out.extend(serde_json::to_vec(end).unwrap_or_default());
+                out
+            }
+        }
+    }
+
+    pub fn decode(frame: &[u8]) -> Result<TerminalServerFrame, FrameError> {
+        match frame.split_first() {
+            Some((&TAG_OUTPUT, bytes)) => Ok(TerminalServerFrame::Output(bytes.to_vec())),
+            Some((&TAG_END, json)) => serde_json::from_slice(json)
+                .map(TerminalServerFrame::End)
+                .map_err(|e| FrameError(format!("an end frame that is not its JSON: {e}"))),
+            Some((tag, _)) => Err(FrameError(format!("unknown frame type {tag:#04x}"))),
+            None => Err(FrameError("an empty frame".into())),
+        }
+    }
+}
+
+/// The caller's view of the agent's end message.
+pub(crate) fn end_view(end: pb::TerminalEnd) -> TerminalEndView {
+    TerminalEndView {
+        exit_code: end.exit_code,
+        signal: end.signal,
+        timed_out: end.timed_out,
+        idle: end.idle,
+        error: (!end.error.is_empty()).then_some(end.error),
+    }
+}
+
+// ---- opening and relaying ----------------------------------------------------------------------------------
+
+/// An open session with the job's agent, ready to be relayed.
+pub(crate) struct TerminalRelay {
+    to_agent: SessionSender,
+    from_agent: SessionReceiver,
+    node: String,
+}
+
+impl AdminService {
+    /// Opens a terminal session in job `id` after every check of entering a job, audited before the
+    /// agent is asked.
+    pub(crate) async fn attach_job(
+        &self,
+        scope: &RequestScope,
+        id: &str,
+        req: AttachJobRequest,
+    ) -> Result<TerminalRelay, ServiceError> {
+        let replica = replica_of(req.replica)?;
+        validate_command(&req.command)?;
+        let cols = side("cols", req.cols, 80)?;
+        let rows = side("rows", req.rows, 24)?;
+        let term = checked_term(req.term.as_deref())?;
+        let timeout_secs = match req.timeout_secs {
+            None => DEFAULT_ATTACH_TIMEOUT_SECS,
+            Some(n) => u32::try_from(n)
+                .ok()
+                .filter(|n| (1..=MAX_ATTACH_TIMEOUT_SECS).contains(n))
+                .ok_or_else(|| {
+                    invalid(
+                        "timeout_secs",
+                        format!("must be 1-{MAX_ATTACH_TIMEOUT_SECS}"),
+                    )
+                })?,
+        };
+        let target = self.running_target(scope, id, replica).await?;
+        self.audit_entry(
+            scope,
+            id,
+            &target,
+            format!("terminal: {}", command_line(&req.command)),
+        )
+        .await?;
+        let request = pb::AttachJobRequest {
+            job_id: id.to_owned(),
+            attempt: target.attempt,
+            replica: target.replica,
+            command: req.command,
+            size: Some(pb::TerminalSize { cols, rows }),
+            timeout_secs,
+            term,
+        };
+        let (to_agent, from_agent) = self
+            .handle()
+            .open_agent_session(
+                &target.rpc_addr,
+                Method::AgentAttachJob,
+                Bytes::from(request.encode_to_vec()),
+                AGENT_OPEN_TIMEOUT,
+            )
+            .await
+            .map_err(|e| agent_error(e, &target.node))?;
+        Ok(TerminalRelay {
+            to_agent,
+            from_agent,
+            node: target.node,
+        })
+    }
+}
+
+/// The two ends a transport (WebSocket, gRPC) gives the relay: the caller's frames in, frames for the
+/// caller out. The caller's end of `input` closing means it left.
+pub(crate) struct CallerEnds {
+    pub(crate) input: mpsc::Receiver<TerminalClientFrame>,
+    pub(crate) output: mpsc::Sender<TerminalServerFrame>,
+}
+
+/// Channels for a transport to feed and drain, and the [`CallerEnds`] to hand the relay.
+pub(crate) fn caller_channels() -> (
+    mpsc::Sender<TerminalClientFrame>,
+    mpsc::Receiver<TerminalServerFrame>,
+    CallerEnds,
+) {
+    let (input_tx, input) = mpsc::channel(RELAY_DEPTH);
+    let (output, output_rx) = mpsc::channel(RELAY_DEPTH);
+    (input_tx, output_rx, CallerEnds { input, output })
+}
+
+impl TerminalRelay {
+    /// Copies frames between the caller and the agent until the session ends; the caller's last frame
+    /// is always an end (the agent's, or one saying the session was lost).
+    pub(crate) async fn run(self, caller: CallerEnds) {
+        let TerminalRelay {
+            mut to_agent,
+            mut from_agent,
+            node,
+        } = self;
+        let CallerEnds { mut input, output } = caller;
+        let downstream = async {
+            loop {
+                let frame = match from_agent.recv().await {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) | Err(_) => break,
+                };
+                let Ok(message) = pb::TerminalOutput::decode(frame) else {
+                    tracing::warn!(node, "an undecodable terminal frame from an agent");
+                    break;
+                };
+                let frame = match message.output {
+                    Some(pb::terminal_output::Output::Data(bytes)) => {
+                        TerminalServerFrame::Output(bytes)
+                    }
+                    Some(pb::terminal_output::Output::End(end)) => {
+                        let _ = output.send(TerminalServerFrame::End(end_view(end))).await;
+                        return;
+                    }
+                    None => continue,
+                };
+                if output.send(frame).await.is_err() {
+                    // The caller left; the upstream half tells the agent.
+                    return;
+                }
+            }
+            let lost = TerminalEndView {
+                error: Some(format!(
+                    "the session with node {node} ended without the command's exit status"
+                )),
+                ..TerminalEndView::default()
+            };
+            let _ = output.send(TerminalServerFrame::End(lost)).await;
+        };
+        let upstream = async {
+            while let Some(frame) = input.recv().await {
+                let message = match frame {
+                    TerminalClientFrame::Input(bytes) => pb::terminal_input::Input::Data(bytes),
+                    TerminalClientFrame::Resize { cols, rows } => {
+                        // The agent takes sides of 1-1000 cells.
+                        let clamp = |n: u16| u32::from(n).clamp(1, MAX_TERMINAL_SIDE as u32);
+                        pb::terminal_input::Input::Resize(pb::TerminalSize {
+                            cols: clamp(cols),
+                            rows: clamp(rows),
+                        })
+                    }
+                };
+                let message = pb::TerminalInput {
+                    input: Some(message),
+                };
+                if to_agent.send(&message.encode_to_vec()).await.is_err() {
+                    return;
+                }
+            }
+            // The caller left: the agent ends the command when our side finishes.
+            to_agent.finish();
+        };
+        tokio::pin!(downstream);
+        tokio::select! {
+            () = &mut downstream => {}
+            () = upstream => {
+                // The caller left (or the agent's stream failed): wait a moment for the agent's last word.
+                let _ = tokio::time::timeout(AGENT_END_WAIT, &mut downstream).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::error::ErrorKind;
+
+    #[test]
+    fn the_query_round_trips_and_keeps_the_words_in_order() {
+        let req = AttachJobRequest {
+            command: vec!["sh".into(), "-c".into(), "echo a&b=c; ls".into()],
+            replica: Some(2),
+            cols: Some(132),
+            rows: Some(43),
+            timeout_secs: None,
+            term: Some("xterm-256color".into()),
+        };
+        let query = req.to_query();
+        assert!(
+            query.starts_with("command=sh&command=-c&command="),
+            "{query}"
+        );
+        assert_eq!(AttachJobRequest::from_query(&query).ok(), Some(req));
+        let e = AttachJobRequest::from_query("command=sh&rows=ten").expect_err("refused");
+        assert!(e.message.starts_with("rows:"), "{}", e.message);
+        let e = AttachJobRequest::from_query("command=sh&shell=bash").expect_err("refused");
+        assert!(e.message.starts_with("shell:"), "{}", e.message);
+    }
+
+    #[test]
+    fn sizes_and_terminal_types_are_bounded() {
+        assert_eq!(side("cols", None, 80).ok(), Some(80));
+        assert_eq!(side("cols", Some(1000), 80).ok(), Some(1000));
+        for bad in [0, 1001, u64::MAX] {
+            assert_eq!(
+                side("cols", Some(bad), 80).map_err(|e| e.kind).err(),
+                Some(ErrorKind::InvalidArgument)
+            );
+        }
+        assert_eq!(checked_term(None).ok().as_deref(), Some("xterm"));
+        assert_eq!(
+            checked_term(Some("screen.xterm-256color")).ok().as_deref(),
+            Some("screen.xterm-256color")
+        );
+        for bad in ["x\nPATH=/tmp", "a b", &"x".repeat(65)] {
+            assert!(checked_term(Some(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_and_malformed_ones_are_refused() {
+        for frame in [
+            TerminalClientFrame::Input(b"ls\r".to_vec()),
+            TerminalClientFrame::Input(Vec::new()),
+            TerminalClientFrame::Resize {
+                cols: 300,
+                rows: 70,
+            },
+        ] {
+            assert_eq!(TerminalClientFrame::decode(&frame.encode()), Ok(frame));
+        }
+        for frame in [
+            TerminalServerFrame::Output(b"\x1b[31mred".to_vec()),
+            TerminalServerFrame::End(TerminalEndView {
+                exit_code: Some(3),
+                ..TerminalEndView::default()
+            }),
+        ] {
+            assert_eq!(TerminalServerFrame::decode(&frame.encode()), Ok(frame));
+        }
+        let too_much = [vec![TAG_INPUT], vec![0; MAX_INPUT_FRAME + 1]].concat();
+        for bad in [&[][..], &[0x01, 0, 80][..], &[0x7f, 1][..], &too_much[..]] {
+            assert!(TerminalClientFrame::decode(bad).is_err(), "{bad:?}");
+        }
+        assert!(TerminalServerFrame::decode(&[TAG_END, b'{']).is_err());
+    }
+}
