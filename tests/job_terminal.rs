@@ -217,6 +217,11 @@ fn a_shell_inside_a_job_is_interactive_and_its_exit_code_is_the_clis() {
         dev.audited("job.attach", &id, "terminal: sh"),
         "no job.attach record"
     );
+    // And its end, once the relay has closed it.
+    wait_for("the end of the session in the audit log", PATIENCE, || {
+        dev.audited("job.attach.end", &id, "exit code 7 after")
+            .then_some(())
+    });
 }
 
 #[test]

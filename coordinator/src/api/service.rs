@@ -179,6 +179,8 @@ pub(super) struct Inner {
     pub(super) project_defaults: ProjectPolicy,
     /// Lifetime of a key created without an explicit one, in milliseconds.
     pub(super) default_key_ttl_ms: u64,
+    /// Terminal sessions open through this coordinator.
+    pub(super) terminals: super::jobs::exec::attach::OpenSessions,
 }
 
 /// The admin API's operations over one coordinator; cheap to clone.
@@ -203,6 +205,7 @@ impl AdminService {
                 denials: Denials::new(denial_limits),
                 project_defaults,
                 default_key_ttl_ms: u64::try_from(default_key_ttl.as_millis()).unwrap_or(u64::MAX),
+                terminals: Default::default(),
             }),
         }
     }
@@ -210,6 +213,11 @@ impl AdminService {
     /// The rate limit and coalescing buffer of refused requests.
     pub(crate) fn denials(&self) -> &Denials {
         &self.inner.denials
+    }
+
+    /// The terminal sessions open through this coordinator.
+    pub(crate) fn terminals(&self) -> &super::jobs::exec::attach::OpenSessions {
+        &self.inner.terminals
     }
 
     pub(crate) fn handle(&self) -> &Handle {

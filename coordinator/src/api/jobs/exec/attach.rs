@@ -11,13 +11,17 @@
 //!
 //! The relay copies frames as they come, never buffering more than a few frames either way: QUIC's flow
 //! control slows an agent whose caller reads slowly, and a caller that types faster than the command reads
-//! waits for the agent. A caller that leaves ends the session (the agent kills the command).
+//! waits for the agent. A caller that leaves ends the session (the agent kills the command). A principal
+//! holds at most [`MAX_SESSIONS_PER_PRINCIPAL`] sessions through one coordinator at once (429 beyond), and
+//! the end of every session is audited too (`job.attach.end`: how it ended and how long it lasted).
 //!
 //! On REST the session is a WebSocket (`GET /v1/jobs/{id}:attach?command=sh&command=-c&...`, subprotocol
 //! [`TERMINAL_PROTOCOL`]) whose binary messages are [`TerminalClientFrame`]s and
 //! [`TerminalServerFrame`]s; on gRPC it is `JobExecService.AttachJob`, a stream each way.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message as _;
@@ -28,8 +32,9 @@ use tokio::sync::mpsc;
 use utoipa::ToSchema;
 
 use crate::api::auth::RequestScope;
-use crate::api::error::ServiceError;
+use crate::api::error::{ErrorKind, ServiceError};
 use crate::api::service::AdminService;
+use crate::state::{AuditOp, AuditOutcome, Op};
 
 use super::{agent_error, command_line, invalid, replica_of, validate_command};
 
@@ -48,6 +53,49 @@ const AGENT_OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 const AGENT_END_WAIT: Duration = Duration::from_secs(10);
 /// Frames in flight between the relay's halves.
 const RELAY_DEPTH: usize = 16;
+/// Sessions one principal may hold open through one coordinator at once.
+pub(crate) const MAX_SESSIONS_PER_PRINCIPAL: usize = 16;
+
+/// The sessions open through this coordinator, counted per principal.
+#[derive(Debug, Default)]
+pub(crate) struct OpenSessions {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One principal's claim on a session; released when dropped.
+#[derive(Debug)]
+pub(crate) struct SessionClaim {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    principal: String,
+}
+
+impl OpenSessions {
+    /// A claim for one more session of `principal`, unless it already holds as many as it may.
+    pub(crate) fn claim(&self, principal: &str) -> Option<SessionClaim> {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = counts.entry(principal.to_owned()).or_default();
+        if *held >= MAX_SESSIONS_PER_PRINCIPAL {
+            return None;
+        }
+        *held += 1;
+        Some(SessionClaim {
+            counts: self.counts.clone(),
+            principal: principal.to_owned(),
+        })
+    }
+}
+
+impl Drop for SessionClaim {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = counts.get_mut(&self.principal) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                counts.remove(&self.principal);
+            }
+        }
+    }
+}
 
 /// `GET /v1/jobs/{id}:attach`'s query: `command` once per word, in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -306,6 +354,12 @@ pub(crate) struct TerminalRelay {
     to_agent: SessionSender,
     from_agent: SessionReceiver,
     node: String,
+    /// What the end of the session is audited with.
+    service: AdminService,
+    scope: RequestScope,
+    job: String,
+    opened: Instant,
+    _claim: SessionClaim,
 }
 
 impl AdminService {
@@ -335,6 +389,18 @@ impl AdminService {
                 })?,
         };
         let target = self.running_target(scope, id, replica).await?;
+        let claim = self
+            .terminals()
+            .claim(&scope.caller.principal_id)
+            .ok_or_else(|| {
+                ServiceError::new(
+                    ErrorKind::QuotaExceeded,
+                    format!(
+                        "you already hold {MAX_SESSIONS_PER_PRINCIPAL} terminal sessions through this \
+                         coordinator; end one first"
+                    ),
+                )
+            })?;
         self.audit_entry(
             scope,
             id,
@@ -365,6 +431,11 @@ impl AdminService {
             to_agent,
             from_agent,
             node: target.node,
+            service: self.clone(),
+            scope: scope.clone(),
+            job: id.to_owned(),
+            opened: Instant::now(),
+            _claim: claim,
         })
     }
 }
@@ -389,78 +460,124 @@ pub(crate) fn caller_channels() -> (
 
 impl TerminalRelay {
     /// Copies frames between the caller and the agent until the session ends; the caller's last frame
-    /// is always an end (the agent's, or one saying the session was lost).
+    /// is always an end (the agent's, or one saying the session was lost). Then audits how it ended.
     pub(crate) async fn run(self, caller: CallerEnds) {
         let TerminalRelay {
             mut to_agent,
             mut from_agent,
             node,
+            service,
+            scope,
+            job,
+            opened,
+            _claim,
         } = self;
         let CallerEnds { mut input, output } = caller;
-        let downstream = async {
-            loop {
-                let frame = match from_agent.recv().await {
-                    Ok(Some(frame)) => frame,
-                    Ok(None) | Err(_) => break,
-                };
-                let Ok(message) = pb::TerminalOutput::decode(frame) else {
-                    tracing::warn!(node, "an undecodable terminal frame from an agent");
-                    break;
-                };
-                let frame = match message.output {
-                    Some(pb::terminal_output::Output::Data(bytes)) => {
-                        TerminalServerFrame::Output(bytes)
+        let end = {
+            let downstream = async {
+                loop {
+                    let frame = match from_agent.recv().await {
+                        Ok(Some(frame)) => frame,
+                        Ok(None) | Err(_) => break,
+                    };
+                    let Ok(message) = pb::TerminalOutput::decode(frame) else {
+                        tracing::warn!(node, "an undecodable terminal frame from an agent");
+                        break;
+                    };
+                    let frame = match message.output {
+                        Some(pb::terminal_output::Output::Data(bytes)) => {
+                            TerminalServerFrame::Output(bytes)
+                        }
+                        Some(pb::terminal_output::Output::End(end)) => {
+                            let end = end_view(end);
+                            let _ = output.send(TerminalServerFrame::End(end.clone())).await;
+                            return Some(end);
+                        }
+                        None => continue,
+                    };
+                    if output.send(frame).await.is_err() {
+                        // The caller left; the upstream half tells the agent.
+                        return None;
                     }
-                    Some(pb::terminal_output::Output::End(end)) => {
-                        let _ = output.send(TerminalServerFrame::End(end_view(end))).await;
+                }
+                let lost = TerminalEndView {
+                    error: Some(format!(
+                        "the session with node {node} ended without the command's exit status"
+                    )),
+                    ..TerminalEndView::default()
+                };
+                let _ = output.send(TerminalServerFrame::End(lost.clone())).await;
+                Some(lost)
+            };
+            let upstream = async {
+                while let Some(frame) = input.recv().await {
+                    let message = match frame {
+                        TerminalClientFrame::Input(bytes) => pb::terminal_input::Input::Data(bytes),
+                        TerminalClientFrame::Resize { cols, rows } => {
+                            // The agent takes sides of 1-1000 cells.
+                            let clamp = |n: u16| u32::from(n).clamp(1, MAX_TERMINAL_SIDE as u32);
+                            pb::terminal_input::Input::Resize(pb::TerminalSize {
+                                cols: clamp(cols),
+                                rows: clamp(rows),
+                            })
+                        }
+                    };
+                    let message = pb::TerminalInput {
+                        input: Some(message),
+                    };
+                    if to_agent.send(&message.encode_to_vec()).await.is_err() {
                         return;
                     }
-                    None => continue,
-                };
-                if output.send(frame).await.is_err() {
-                    // The caller left; the upstream half tells the agent.
-                    return;
                 }
-            }
-            let lost = TerminalEndView {
-                error: Some(format!(
-                    "the session with node {node} ended without the command's exit status"
-                )),
-                ..TerminalEndView::default()
+                // The caller left: the agent ends the command when our side finishes.
+                to_agent.finish();
             };
-            let _ = output.send(TerminalServerFrame::End(lost)).await;
-        };
-        let upstream = async {
-            while let Some(frame) = input.recv().await {
-                let message = match frame {
-                    TerminalClientFrame::Input(bytes) => pb::terminal_input::Input::Data(bytes),
-                    TerminalClientFrame::Resize { cols, rows } => {
-                        // The agent takes sides of 1-1000 cells.
-                        let clamp = |n: u16| u32::from(n).clamp(1, MAX_TERMINAL_SIDE as u32);
-                        pb::terminal_input::Input::Resize(pb::TerminalSize {
-                            cols: clamp(cols),
-                            rows: clamp(rows),
-                        })
-                    }
-                };
-                let message = pb::TerminalInput {
-                    input: Some(message),
-                };
-                if to_agent.send(&message.encode_to_vec()).await.is_err() {
-                    return;
+            tokio::pin!(downstream);
+            tokio::select! {
+                end = &mut downstream => end,
+                () = upstream => {
+                    // The caller left (or the agent's stream failed): wait a moment for the agent's last word.
+                    tokio::time::timeout(AGENT_END_WAIT, &mut downstream).await.ok().flatten()
                 }
             }
-            // The caller left: the agent ends the command when our side finishes.
-            to_agent.finish();
         };
-        tokio::pin!(downstream);
-        tokio::select! {
-            () = &mut downstream => {}
-            () = upstream => {
-                // The caller left (or the agent's stream failed): wait a moment for the agent's last word.
-                let _ = tokio::time::timeout(AGENT_END_WAIT, &mut downstream).await;
-            }
+        // The caller's stream ends now; the audit record follows.
+        drop((output, input, to_agent, from_agent));
+        let detail = format!(
+            "on node {node}: {} after {} s",
+            how_it_ended(end.as_ref()),
+            opened.elapsed().as_secs()
+        );
+        let op = Op::Audit(AuditOp::RecordAudit {
+            action: "job.attach.end".to_owned(),
+            project: Some(scope.project_id.clone()),
+            target: job.chars().take(256).collect(),
+            outcome: AuditOutcome::Success,
+            detail: detail.chars().take(1024).collect(),
+        });
+        if let Err(e) = service.write(&scope, op).await {
+            tracing::warn!(job, error = %e.message, "the end of a terminal session could not be audited");
         }
+    }
+}
+
+/// How a session ended, as its audit record says it.
+fn how_it_ended(end: Option<&TerminalEndView>) -> String {
+    let Some(end) = end else {
+        return "the caller left".to_owned();
+    };
+    if let Some(error) = &end.error {
+        return format!("failed: {error}");
+    }
+    let status = match (end.exit_code, end.signal) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => "no exit status".to_owned(),
+    };
+    match (end.timed_out, end.idle) {
+        (true, _) => format!("{status} (ran past its timeout)"),
+        (_, true) => format!("{status} (idle too long)"),
+        _ => status,
     }
 }
 
@@ -509,6 +626,40 @@ mod tests {
         for bad in ["x\nPATH=/tmp", "a b", &"x".repeat(65)] {
             assert!(checked_term(Some(bad)).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_principal_holds_a_bounded_number_of_sessions_and_gets_them_back() {
+        let open = OpenSessions::default();
+        let mut claims: Vec<SessionClaim> = (0..MAX_SESSIONS_PER_PRINCIPAL)
+            .map(|_| open.claim("alice").expect("within the cap"))
+            .collect();
+        assert!(open.claim("alice").is_none());
+        assert!(open.claim("bob").is_some(), "the cap is per principal");
+        claims.pop();
+        assert!(open.claim("alice").is_some());
+        drop(claims);
+        let counts = open.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        assert!(!counts.contains_key("alice"), "{counts:?}");
+    }
+
+    #[test]
+    fn the_end_of_a_session_reads_plainly() {
+        assert_eq!(how_it_ended(None), "the caller left");
+        let end = |exit_code, signal, idle| TerminalEndView {
+            exit_code,
+            signal,
+            idle,
+            ..TerminalEndView::default()
+        };
+        assert_eq!(
+            how_it_ended(Some(&end(Some(0), None, false))),
+            "exit code 0"
+        );
+        assert_eq!(
+            how_it_ended(Some(&end(None, Some(9), true))),
+            "killed by signal 9 (idle too long)"
+        );
     }
 
     #[test]
