@@ -65,9 +65,16 @@ struct AtATerminal {
 impl AtATerminal {
     fn start(command: &str, env: &[(&str, &str)], cols: u16, rows: u16) -> AtATerminal {
         // `stty` sets the size of script's terminal before the CLI reads it.
-        let line = format!("stty cols {cols} rows {rows}; exec {command}");
+        AtATerminal::shell(
+            &format!("stty cols {cols} rows {rows}; exec {command}"),
+            env,
+        )
+    }
+
+    /// Runs a shell line on the terminal.
+    fn shell(line: &str, env: &[(&str, &str)]) -> AtATerminal {
         let mut child = Command::new("script")
-            .args(["-qfec", &line, "/dev/null"])
+            .args(["-qfec", line, "/dev/null"])
             .envs(env.iter().copied())
             .env("MERIDIAN_CONFIG", "/nonexistent/meridian-tests/config.toml")
             .env("TERM", "xterm-256color")
@@ -366,4 +373,49 @@ fn the_same_session_over_grpc() {
         assert!(seen.contains("G9RPC 20 70"), "{seen:?}");
         assert_eq!(end.and_then(|e| e.exit_code), Some(5), "{seen:?}");
     });
+}
+
+#[test]
+fn a_cli_told_to_stop_ends_the_session_and_gives_the_terminal_back() {
+    if !have_script() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dev = DevProcess::start(&tmp.path().join("dev"), &[]);
+    let addr = dev.addr();
+    let env = dev.env_for(&addr, &dev.token);
+    let id = started_job(&env);
+    let line = format!(
+        "{} job exec -it {id} -- sh; echo EXIT=$?; stty -a | tr ' ' '\\n' | grep -x -- '-*icanon'",
+        meridian_bin()
+    );
+    let mut term = AtATerminal::shell(&line, &env);
+    term.type_in(b"echo IN$((3+4))SIDE\r");
+    term.expect("IN7SIDE");
+    let cli_pid = wait_for("the CLI's pid", PATIENCE, || {
+        let out = Command::new("pgrep")
+            // Anchored: `script` and its shell carry the same words later in their command lines.
+            .args(["-f", &format!("^{} job exec -it {id}", meridian_bin())])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .map(str::to_owned)
+    });
+    let killed = Command::new("kill")
+        .args(["-TERM", &cli_pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    term.expect("EXIT=143");
+    // The terminal is back in canonical mode ("icanon", not "-icanon").
+    let after = term.expect("icanon");
+    assert!(!after.ends_with('-'), "{after:?}");
+    let (code, stderr) = term.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    // The job goes on.
+    let out = cli(&["job", "status", &id, "-o", "json"], &env);
+    let job: Value = serde_json::from_slice(&out.stdout).expect("job");
+    assert_eq!(job["state"], "running", "{job}");
 }

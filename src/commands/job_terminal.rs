@@ -5,7 +5,8 @@
 //! Speaks to the admin API only (`GET /v1/jobs/{id}:attach`, a WebSocket whose frames are the server's
 //! own [`TerminalClientFrame`]/[`TerminalServerFrame`]). With `-i` this terminal is put in raw mode for
 //! the session — every key, Ctrl-C included, goes to the command — and restored however the session
-//! ends. The CLI exits with the command's exit code (128 + the signal when one ended it).
+//! ends, SIGTERM and SIGHUP to the CLI included (which end the session). The CLI exits with the command's
+//! exit code (128 + the signal when one ended it).
 
 use std::io::{Read, Write};
 use std::os::fd::RawFd;
@@ -79,8 +80,14 @@ pub async fn attach(args: JobExecArgs) -> Result<(), CommandError> {
         drop(typed_tx);
         None
     };
-    let mut resized = signal(SignalKind::window_change())
-        .map_err(|e| ClientError::Failed(format!("watching the terminal's size: {e}")))?;
+    let watch = |kind: SignalKind| {
+        signal(kind).map_err(|e| ClientError::Failed(format!("watching for signals: {e}")))
+    };
+    let mut resized = watch(SignalKind::window_change())?;
+    // Asked to stop, or the terminal went away: end the session and give the terminal back first.
+    let mut terminated = watch(SignalKind::terminate())?;
+    let mut hung_up = watch(SignalKind::hangup())?;
+    let mut stopped_by = None;
 
     let mut out = std::io::stdout();
     let ended: Result<Option<TerminalEndView>, ClientError> = loop {
@@ -107,6 +114,14 @@ pub async fn attach(args: JobExecArgs) -> Result<(), CommandError> {
                     break Ok(None);
                 }
             }
+            _ = terminated.recv() => {
+                stopped_by = Some(libc::SIGTERM);
+                break Ok(None);
+            }
+            _ = hung_up.recv() => {
+                stopped_by = Some(libc::SIGHUP);
+                break Ok(None);
+            }
             _ = resized.recv() => {
                 if let Some((cols, rows)) = window_size(1).or_else(|| window_size(0)) {
                     let frame = TerminalClientFrame::Resize { cols, rows }.encode();
@@ -120,6 +135,10 @@ pub async fn attach(args: JobExecArgs) -> Result<(), CommandError> {
     // Give the terminal back before saying anything.
     drop(raw);
     let _ = sink.send(Message::Close(None)).await;
+    if let Some(signal) = stopped_by {
+        // Leaving ends the session: the command is killed in the job, which goes on.
+        return Err(CommandError::JobCommandExit(128 + signal));
+    }
     let Some(end) = ended? else {
         return Err(ClientError::Unavailable(
             "the connection closed before the session ended; the command may still be running in the job"
