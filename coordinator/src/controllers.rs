@@ -75,6 +75,11 @@ pub(crate) fn register_all(runner: &Runner, handle: &Handle, config: ControllerC
             tick: AUDIT_ARCHIVE_TICK,
         },
     );
+    // Not a leader's controller: every coordinator copies the archived audit segments it lacks.
+    runner.spawn_task(crate::audit_repair::repair_loop(
+        handle.downgrade(),
+        runner.stop.clone(),
+    ));
     let versions = Arc::new(MemberVersions::default());
     runner.spawn_task(probe_members(
         handle.downgrade(),

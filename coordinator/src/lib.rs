@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod audit_archive;
+pub(crate) mod audit_repair;
 pub mod bootstrap;
 pub mod clock;
 pub(crate) mod controllers;

@@ -1,5 +1,6 @@
 //! The coordinator's side of the QUIC RPCs: from other coordinators Raft traffic, forwarded writes,
-//! read-index, membership changes and ping; from agents registration and heartbeats (handled by `fleet`).
+//! read-index, membership changes, archived audit segments (`audit_repair`) and ping; from agents
+//! registration and heartbeats (handled by `fleet`).
 //!
 //! Owns decoding each method's body, handing it to openraft (or to the leader-only operations of `node`) and
 //! encoding the answer. A leader-only method on a node that is not the leader answers `FAILED_PRECONDITION`
@@ -18,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::audit_archive::AuditArchive;
 use crate::fleet::Fleet;
 use crate::membership::{change_membership_as_leader, member_change_from};
 use crate::node::{LeaderOnlyError, NodeId, Raft};
@@ -34,6 +36,8 @@ pub(crate) struct CoordinatorService {
     membership_timeout: Duration,
     /// Agent registration and heartbeats.
     fleet: Arc<Fleet>,
+    /// The archived audit segments other coordinators may copy.
+    audit_archive: AuditArchive,
 }
 
 impl CoordinatorService {
@@ -43,6 +47,7 @@ impl CoordinatorService {
         proposer: Proposer,
         membership_timeout: Duration,
         fleet: Arc<Fleet>,
+        audit_archive: AuditArchive,
     ) -> Self {
         Self {
             node_id,
@@ -50,6 +55,7 @@ impl CoordinatorService {
             proposer,
             membership_timeout,
             fleet,
+            audit_archive,
         }
     }
 }
@@ -65,6 +71,7 @@ impl RpcService for CoordinatorService {
         let proposer = self.proposer.clone();
         let node_id = self.node_id;
         let fleet = self.fleet.clone();
+        let audit_archive = self.audit_archive.clone();
         let membership_deadline = ctx.deadline.min(Instant::now() + self.membership_timeout);
         Box::pin(async move {
             match method {
@@ -78,6 +85,7 @@ impl RpcService for CoordinatorService {
                 Method::ChangeMembership => {
                     change_membership(&raft, &body, membership_deadline).await
                 }
+                Method::ReadAuditArchive => crate::audit_repair::serve(audit_archive, &body).await,
                 Method::AgentRegister => fleet.register(ctx, body).await,
                 Method::AgentHeartbeat => fleet.heartbeat(ctx, body).await,
                 Method::AgentSync => fleet.sync(ctx, body).await,

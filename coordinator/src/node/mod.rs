@@ -350,6 +350,7 @@ impl Coordinator {
             proposer.clone(),
             deadlines.membership,
             fleet.clone(),
+            audit_archive.clone(),
         ));
         let gate = Arc::new(MeshGate::new(state.clone(), raft.clone()));
         let server = match RpcServer::bind_gated(

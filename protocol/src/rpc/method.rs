@@ -27,6 +27,8 @@ pub enum Method {
     ReadIndex = 21,
     /// Adds or removes a coordinator.
     ChangeMembership = 22,
+    /// A coordinator reads archived audit segments from another coordinator.
+    ReadAuditArchive = 23,
     /// An agent registers its node.
     AgentRegister = 30,
     /// An agent's periodic heartbeat.
@@ -53,7 +55,7 @@ pub struct UnknownMethod(pub u32);
 
 impl Method {
     /// Every method, in id order.
-    pub const ALL: [Method; 15] = [
+    pub const ALL: [Method; 16] = [
         Method::Ping,
         Method::RaftAppendEntries,
         Method::RaftVote,
@@ -61,6 +63,7 @@ impl Method {
         Method::ForwardWrite,
         Method::ReadIndex,
         Method::ChangeMembership,
+        Method::ReadAuditArchive,
         Method::AgentRegister,
         Method::AgentHeartbeat,
         Method::AgentReport,
@@ -86,6 +89,7 @@ impl Method {
             Method::ForwardWrite => "ForwardWrite",
             Method::ReadIndex => "ReadIndex",
             Method::ChangeMembership => "ChangeMembership",
+            Method::ReadAuditArchive => "ReadAuditArchive",
             Method::AgentRegister => "AgentRegister",
             Method::AgentHeartbeat => "AgentHeartbeat",
             Method::AgentReport => "AgentReport",
@@ -133,9 +137,10 @@ const AGENTS: &[Role] = &[Role::Agent];
 
 /// The roles whose identities may call `method`.
 ///
-/// Ping: every role. Raft traffic, forwarded writes, read-index, membership changes, and reading logs or
-/// files from an agent or running a command in a job there: coordinators only. Agent methods: agents only — and the handler must still check that the
-/// agent speaks for its own node ([`ensure_speaks_for_node`]).
+/// Ping: every role. Raft traffic, forwarded writes, read-index, membership changes, archived audit
+/// segments, and reading logs or files from an agent or running a command or terminal in a job there:
+/// coordinators only. Agent methods: agents only — and the handler must still check that the agent speaks
+/// for its own node ([`ensure_speaks_for_node`]).
 pub fn allowed_roles(method: Method) -> &'static [Role] {
     match method {
         Method::Ping => EVERY_ROLE,
@@ -145,6 +150,7 @@ pub fn allowed_roles(method: Method) -> &'static [Role] {
         | Method::ForwardWrite
         | Method::ReadIndex
         | Method::ChangeMembership
+        | Method::ReadAuditArchive
         | Method::AgentReadLogs
         | Method::AgentExecInJob
         | Method::AgentReadJobFile
@@ -224,12 +230,12 @@ mod tests {
         let ids: Vec<u32> = Method::ALL.iter().map(|m| m.id()).collect();
         assert_eq!(
             ids,
-            vec![1, 10, 11, 12, 20, 21, 22, 30, 31, 32, 33, 40, 41, 42, 43]
+            vec![1, 10, 11, 12, 20, 21, 22, 23, 30, 31, 32, 33, 40, 41, 42, 43]
         );
         for method in Method::ALL {
             assert_eq!(Method::try_from(method.id()), Ok(method));
         }
-        for unknown in [0, 2, 13, 34, 44, u32::MAX] {
+        for unknown in [0, 2, 13, 24, 34, 44, u32::MAX] {
             assert_eq!(Method::try_from(unknown), Err(UnknownMethod(unknown)));
         }
     }
