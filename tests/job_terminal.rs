@@ -253,6 +253,10 @@ fn the_job_keeps_running_after_the_session_and_a_missing_program_exits_127() {
     term.type_in(b"echo U$((40+2))P\r");
     term.expect("U42P");
     drop(term);
+    wait_for("the session's end in the audit log", PATIENCE, || {
+        dev.audited("job.attach.end", &id, "the caller left")
+            .then_some(())
+    });
     let out = cli(&["job", "status", &id, "-o", "json"], &env);
     let job: Value = serde_json::from_slice(&out.stdout).expect("job");
     assert_eq!(job["state"], "running", "{job}");
@@ -352,14 +356,15 @@ fn the_same_session_over_grpc() {
             .expect("send");
         let mut seen = String::new();
         let end = tokio::time::timeout(PATIENCE, async {
-            let mut asked_to_exit = false;
+            let mut typing = Some(tx);
             while let Some(message) = outputs.message().await.expect("a message") {
                 match message.output {
                     Some(Output::Data(bytes)) => {
                         seen.push_str(&String::from_utf8_lossy(&bytes));
-                        if !asked_to_exit && seen.contains("G9RPC 20 70") {
-                            asked_to_exit = true;
-                            tx.send(data(b"exit 5\r")).await.expect("send");
+                        if let Some(tx) = typing.take_if(|_| seen.contains("G9RPC 20 70")) {
+                            tx.send(data(b"sleep 0.2; exit 5\r")).await.expect("send");
+                            // Dropped here: closing our side (nothing more to type) leaves the
+                            // session running until the shell exits.
                         }
                     }
                     Some(Output::End(end)) => return Some(end),

@@ -473,7 +473,7 @@ impl TerminalRelay {
             _claim,
         } = self;
         let CallerEnds { mut input, output } = caller;
-        let end = {
+        let (end, caller_left) = {
             let downstream = async {
                 loop {
                     let frame = match from_agent.recv().await {
@@ -534,10 +534,11 @@ impl TerminalRelay {
             };
             tokio::pin!(downstream);
             tokio::select! {
-                end = &mut downstream => end,
+                end = &mut downstream => (end, false),
                 () = upstream => {
                     // The caller left (or the agent's stream failed): wait a moment for the agent's last word.
-                    tokio::time::timeout(AGENT_END_WAIT, &mut downstream).await.ok().flatten()
+                    let end = tokio::time::timeout(AGENT_END_WAIT, &mut downstream).await.ok().flatten();
+                    (end, true)
                 }
             }
         };
@@ -545,7 +546,7 @@ impl TerminalRelay {
         drop((output, input, to_agent, from_agent));
         let detail = format!(
             "on node {node}: {} after {} s",
-            how_it_ended(end.as_ref()),
+            how_it_ended(end.as_ref().filter(|_| !caller_left)),
             opened.elapsed().as_secs()
         );
         let op = Op::Audit(AuditOp::RecordAudit {
@@ -561,10 +562,11 @@ impl TerminalRelay {
     }
 }
 
-/// How a session ended, as its audit record says it.
+/// How a session ended, as its audit record says it (`None`: the caller left, and the command was ended
+/// for it).
 fn how_it_ended(end: Option<&TerminalEndView>) -> String {
     let Some(end) = end else {
-        return "the caller left".to_owned();
+        return "the caller left (its command was ended)".to_owned();
     };
     if let Some(error) = &end.error {
         return format!("failed: {error}");
@@ -645,7 +647,10 @@ mod tests {
 
     #[test]
     fn the_end_of_a_session_reads_plainly() {
-        assert_eq!(how_it_ended(None), "the caller left");
+        assert_eq!(
+            how_it_ended(None),
+            "the caller left (its command was ended)"
+        );
         let end = |exit_code, signal, idle| TerminalEndView {
             exit_code,
             signal,

@@ -100,8 +100,18 @@ impl pb::job_exec_service_server::JobExecService for GrpcAdmin {
         let (input, output, ends) = caller_channels();
         tokio::spawn(relay.run(ends));
         tokio::spawn(async move {
-            // A message that is not input or a resize, or a stream error, ends the session.
-            while let Ok(Some(message)) = inputs.message().await {
+            // A message that is not input or a resize, or a stream error, ends the session. The caller
+            // closing its side only means it has nothing more to type: the session goes on until the
+            // command ends or the caller drops the call.
+            loop {
+                let message = match inputs.message().await {
+                    Ok(Some(message)) => message,
+                    Ok(None) => {
+                        input.closed().await;
+                        return;
+                    }
+                    Err(_) => return,
+                };
                 let frame = match message.input {
                     Some(Input::Data(bytes)) if bytes.len() <= MAX_INPUT_FRAME => {
                         TerminalClientFrame::Input(bytes)
@@ -110,10 +120,10 @@ impl pb::job_exec_service_server::JobExecService for GrpcAdmin {
                         cols: u16::try_from(size.cols).unwrap_or(u16::MAX),
                         rows: u16::try_from(size.rows).unwrap_or(u16::MAX),
                     },
-                    _ => break,
+                    _ => return,
                 };
                 if input.send(frame).await.is_err() {
-                    break;
+                    return;
                 }
             }
         });
