@@ -275,6 +275,12 @@ fn agent_error(e: RpcError, node: &str) -> ServiceError {
             StatusCode::ResourceExhausted => ServiceError::unavailable(format!(
                 "node {node} runs as many commands in jobs as it allows; try again"
             )),
+            StatusCode::Unimplemented => ServiceError::new(
+                ErrorKind::FailedPrecondition,
+                format!(
+                    "the agent of node {node} runs an older build that cannot do this; upgrade it"
+                ),
+            ),
             _ => {
                 tracing::warn!(node, error = %status.message, "a command or copy in a job failed on its agent");
                 ServiceError::unavailable(format!(
@@ -643,6 +649,12 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::PermissionDenied);
         let e = agent_error(remote(StatusCode::FailedPrecondition, "x"), "n1");
         assert_eq!(e.kind, ErrorKind::Conflict);
+        let e = agent_error(
+            remote(StatusCode::Unimplemented, "unknown method id 43"),
+            "n1",
+        );
+        assert_eq!(e.kind, ErrorKind::FailedPrecondition);
+        assert!(e.message.contains("older build"), "{}", e.message);
         let e = agent_error(
             remote(StatusCode::Internal, "/var/lib/meridian/agent.db: broken"),
             "n1",
