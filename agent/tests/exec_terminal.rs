@@ -1,7 +1,8 @@
 //! An interactive terminal inside a running job (`exec::open_terminal`) with real processes: a shell
 //! sees a terminal of the requested size that follows resizes, typed input is echoed and runs, Ctrl-C
 //! interrupts the foreground command and not the shell, the exit code and a missing program are
-//! reported, and killing the session leaves none of its processes. The sandboxed half (the job's user,
+//! reported, a session past its timeout is ended and says so, and killing the session leaves none of
+//! its processes. The sandboxed half (the job's user,
 //! its pid namespace, its cgroup) needs root and skips loudly elsewhere.
 
 mod exec_common;
@@ -13,16 +14,19 @@ use agent::exec::{open_terminal, JobEntry, JobTerminal, SandboxOptions, Terminal
 use exec_common::{entry_of, eventually, rlimit_launcher, sandboxed, started, DEADLINE};
 
 async fn open(entry: &JobEntry, command: &[&str], size: TerminalSize) -> JobTerminal {
+    open_for(entry, command, size, Duration::from_secs(60)).await
+}
+
+async fn open_for(
+    entry: &JobEntry,
+    command: &[&str],
+    size: TerminalSize,
+    timeout: Duration,
+) -> JobTerminal {
     let entry = entry.clone();
     let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
     tokio::task::spawn_blocking(move || {
-        open_terminal(
-            &entry,
-            &command,
-            size,
-            "xterm-256color",
-            Duration::from_secs(60),
-        )
+        open_terminal(&entry, &command, size, "xterm-256color", timeout)
     })
     .await
     .expect("join")
@@ -195,6 +199,27 @@ async fn killing_a_session_ends_its_command_and_what_runs_in_its_foreground() {
     assert_eq!(exit.signal, Some(libc::SIGKILL), "{exit:?}");
     eventually("the foreground sleep to end", || {
         processes(&["sleep", "1002"]).is_empty()
+    })
+    .await;
+    assert!(job.try_report().is_none(), "the job itself goes on");
+    job.cancel(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_past_its_timeout_is_ended_and_says_so() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let launcher = rlimit_launcher(tmp.path());
+    let job = started(&launcher, tmp.path(), "tty-timeout", "echo ready; sleep 60").await;
+    let entry = entry_of(&job);
+    let terminal = open_for(&entry, &["sleep", "1003"], SIZE, Duration::from_secs(1)).await;
+    let exit = tokio::time::timeout(DEADLINE, terminal.wait())
+        .await
+        .expect("the session ends at its timeout")
+        .expect("wait");
+    assert!(exit.timed_out, "{exit:?}");
+    assert_eq!(exit.signal, Some(libc::SIGKILL), "{exit:?}");
+    eventually("the command to be gone", || {
+        processes(&["sleep", "1003"]).is_empty()
     })
     .await;
     assert!(job.try_report().is_none(), "the job itself goes on");
