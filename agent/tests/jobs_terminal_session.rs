@@ -1,7 +1,8 @@
 //! `AgentAttachJob` end to end: a coordinator opens a terminal session in a real running attempt over
 //! real QUIC with mutual TLS, types into it and reads it to its end with the exit code; a bad request
 //! is INVALID_ARGUMENT and an attempt the node does not know NOT_FOUND; a session with no traffic is
-//! ended as idle; one running when the agent stops ends with an error saying so.
+//! ended as idle; one running when the agent stops ends with an error saying so; a node holds at most
+//! its bound of sessions (RESOURCE_EXHAUSTED beyond) and frees a place when one ends.
 
 mod exec_common;
 mod jobs_common;
@@ -226,6 +227,38 @@ async fn a_session_without_input_or_output_is_ended_as_idle() {
     let (_, end) = read_to_end(&mut rx).await;
     assert!(end.idle, "{end:?}");
     assert_eq!(end.signal, Some(libc::SIGKILL), "{end:?}");
+    mesh.stop().await;
+    job.cancel(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_holds_a_bounded_number_of_sessions_and_frees_a_place_when_one_ends() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (store, job, job_id) = running_attempt(tmp.path()).await;
+    let mesh = Mesh::start(ExecService::new(store));
+    let mut open = Vec::new();
+    for _ in 0..agent::jobs::exec_service::MAX_CONCURRENT {
+        open.push(
+            mesh.attach(&attach_request(&job_id, &["sh"]))
+                .await
+                .expect("within the bound"),
+        );
+    }
+    assert_eq!(
+        refusal(mesh.attach(&attach_request(&job_id, &["sh"])).await),
+        StatusCode::ResourceExhausted
+    );
+    // One session ends: its place is free again.
+    let (mut tx, mut rx) = open.pop().expect("a session");
+    type_in(&mut tx, "exit 0\n").await;
+    let (_, end) = read_to_end(&mut rx).await;
+    assert_eq!(end.exit_code, Some(0), "{end:?}");
+    let again = testkit::eventually_async("a place to free up", DEADLINE, || async {
+        mesh.attach(&attach_request(&job_id, &["sh"])).await.ok()
+    })
+    .await;
+    assert!(again.is_ok(), "no place freed up");
+    drop((open, again));
     mesh.stop().await;
     job.cancel(Duration::from_secs(1)).await;
 }
