@@ -1,6 +1,6 @@
 //! The CLI's output for people and scripts, as a real process against `meridian dev`: lists newest first,
 //! `--limit`, an AGE column, no Unix milliseconds and no raw JSON in any table, RFC 3339 times in `-o json`,
-//! `--watch` printing a new table each interval; and a reply that does not fit the API's types failing
+//! `--watch` printing a new table each interval (and `job status --watch` ending with the job); and a reply that does not fit the API's types failing
 //! cleanly instead of panicking.
 
 mod common;
@@ -376,4 +376,84 @@ fn a_reply_that_does_not_fit_fails_with_a_clear_error_not_a_panic() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
         assert!(out.stdout.is_empty(), "{args:?} printed a result");
     }
+}
+
+#[test]
+fn job_status_watch_redraws_until_the_job_ends_then_exits() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dev = DevProcess::start(&tmp.path().join("state"), &[]);
+    let addr = dev.addr();
+    let env = dev.env_for(&addr, &dev.token);
+    let id = table(
+        &[
+            "job",
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "echo ready; while [ ! -e go ]; do sleep 0.1; done",
+        ],
+        &env,
+    )
+    .trim()
+    .to_owned();
+    wait_for("the job to run", Duration::from_secs(60), || {
+        let logs = cli(&["job", "logs", &id], &env);
+        String::from_utf8_lossy(&logs.stdout)
+            .contains("ready")
+            .then_some(())
+    });
+
+    let mut watch = Command::new(meridian_bin())
+        .args(["job", "status", &id, "--watch", "--interval", "200ms"])
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start job status --watch");
+    let stdout = watch.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut lines: Vec<String> = Vec::new();
+    let mut released = false;
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => lines.push(line),
+            // The watch ended by itself: its output is complete.
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(e) => panic!("waiting for the watch ({e}); got {lines:?}"),
+        }
+        if !released && lines.iter().any(|l| l.contains("running")) {
+            // Seen running: let the job end.
+            let out = cli(&["job", "exec", &id, "--", "touch", "go"], &env);
+            assert!(out.status.success(), "{out:?}");
+            released = true;
+        }
+    }
+    let status = watch.wait().expect("the watch exits");
+    assert!(status.success(), "{status:?}: {lines:?}");
+    // Each frame opens with the job's `id` row: more than one was drawn, the first running, the last ended.
+    let starts: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("id "))
+        .collect();
+    assert!(starts.len() >= 2, "{lines:?}");
+    let state_in = |frame: &[String]| {
+        frame
+            .iter()
+            .find_map(|l| l.strip_prefix("state").map(|v| v.trim().to_owned()))
+    };
+    assert_eq!(
+        state_in(&lines[starts[0]..starts[1]]).as_deref(),
+        Some("running")
+    );
+    let last = &lines[starts[starts.len() - 1]..];
+    assert_eq!(state_in(last).as_deref(), Some("succeeded"), "{lines:?}");
 }

@@ -42,10 +42,13 @@ meridian job list --watch           # redraw every 2 s until Ctrl-C"
     },
     /// Show a job: state, node and region, attempts, why it is pending, exit code.
     #[command(
-        after_help = "Examples:\n  meridian job status job_3kq9x2\n  meridian job status job_3kq9x2 -o json"
+        after_help = "Examples:\n  meridian job status job_3kq9x2\n  meridian job status job_3kq9x2 -o json\n  \
+meridian job status -w job_3kq9x2   # redraw every 2 s until the job ends"
     )]
     Status {
         id: String,
+        #[command(flatten)]
+        watch: WatchOptions,
         #[command(flatten)]
         client: ClientArgs,
     },

@@ -37,7 +37,9 @@ pub async fn run(cmd: JobCommand) -> Result<(), CommandError> {
         } => list(state, options, watch, client)
             .await
             .map_err(Into::into),
-        JobCommand::Status { id, client } => status(&id, client).await.map_err(Into::into),
+        JobCommand::Status { id, watch, client } => {
+            status(&id, watch, client).await.map_err(Into::into)
+        }
         JobCommand::Logs {
             id,
             follow,
@@ -255,16 +257,41 @@ async fn list(
     .await
 }
 
-async fn status(id: &str, client: ClientArgs) -> Result<(), ClientError> {
+async fn status(id: &str, watch: WatchOptions, client: ClientArgs) -> Result<(), ClientError> {
     let api = ApiClient::from_args(&client)?;
-    let (_, found) = super::locate::locate_read(api, &format!("job {id}"), &job_path(id)).await?;
-    let job: JobView = super::decode(&format!("GET {}", job_path(id)), found)?;
-    output::show(client.output, &job);
-    if client.output == OutputFormat::Table && !job.attempts.is_empty() {
-        output::line("");
-        output::rows(OutputFormat::Table, &job.attempts);
+    let path = job_path(id);
+    let (api, found) = super::locate::locate_read(api, &format!("job {id}"), &path).await?;
+    let first: JobView = super::decode(&format!("GET {path}"), found)?;
+    let render = |job: &JobView| {
+        output::show(client.output, job);
+        if client.output == OutputFormat::Table && !job.attempts.is_empty() {
+            output::line("");
+            output::rows(OutputFormat::Table, &job.attempts);
+        }
+    };
+    if !watch.watch {
+        render(&first);
+        return Ok(());
     }
-    Ok(())
+    let mut first = Some(first);
+    super::watching_until(
+        watch,
+        &format!("job {id}"),
+        || {
+            let ready = first.take();
+            let api = &api;
+            let path = &path;
+            async move {
+                match ready {
+                    Some(job) => Ok(job),
+                    None => super::get_as::<JobView>(api, path).await,
+                }
+            }
+        },
+        render,
+        |job| job.state.is_terminal(),
+    )
+    .await
 }
 
 async fn cancel(id: &str, client: ClientArgs) -> Result<(), ClientError> {

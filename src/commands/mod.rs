@@ -205,8 +205,23 @@ pub(crate) fn newest_first<T>(
 pub(crate) async fn watching<T, F, Fut>(
     watch: WatchOptions,
     title: &str,
+    fetch: F,
+    render: impl Fn(&T),
+) -> Result<(), ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ClientError>>,
+{
+    watching_until(watch, title, fetch, render, |_| false).await
+}
+
+/// [`watching`] that also stops, after drawing it, at the first answer `done` accepts (a job that ended).
+pub(crate) async fn watching_until<T, F, Fut>(
+    watch: WatchOptions,
+    title: &str,
     mut fetch: F,
     render: impl Fn(&T),
+    done: impl Fn(&T) -> bool,
 ) -> Result<(), ClientError>
 where
     F: FnMut() -> Fut,
@@ -235,6 +250,9 @@ where
                     output::watch_frame(first, &title);
                     render(&answer);
                     first = false;
+                    if done(&answer) {
+                        return Ok(());
+                    }
                 }
                 Err(ClientError::Unavailable(m)) => output::note(&format!("unavailable: {m}")),
                 Err(e) => return Err(e),
