@@ -173,6 +173,35 @@ fn jobs_survive_agents_regions_and_coordinators_failing() {
     // `--wait` exits 0 only on success.
     let waited = cluster.cli_raw(1, &["job", "run", "--wait", "--", "true"]);
     assert!(waited.status.success(), "{waited:?}");
+
+    // A terminal session into a job in the other region, through a coordinator's TLS admin API (the
+    // WebSocket over HTTPS with the cluster's CA) and the mesh to that region's agent.
+    let far = run(
+        &cluster,
+        &["--region", "us"],
+        &["sh", "-c", "echo ready; sleep 120"],
+    );
+    wait_state(&cluster, &far, "a job in us to run", &["running"]);
+    let session = cluster.cli_raw(
+        1,
+        &[
+            "job",
+            "exec",
+            "-t",
+            &far,
+            "--",
+            "sh",
+            "-c",
+            "echo T$((1+1))LS; exit 4",
+        ],
+    );
+    assert_eq!(session.status.code(), Some(4), "{session:?}");
+    assert!(
+        String::from_utf8_lossy(&session.stdout).contains("T2LS"),
+        "{session:?}"
+    );
+    let cancelled = cluster.cli_raw(1, &["job", "cancel", &far]);
+    assert!(cancelled.status.success(), "{cancelled:?}");
     let waited = cluster.cli_raw(1, &["job", "run", "--wait", "--", "false"]);
     assert!(!waited.status.success(), "{waited:?}");
 
