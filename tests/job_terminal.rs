@@ -397,22 +397,21 @@ fn a_cli_told_to_stop_ends_the_session_and_gives_the_terminal_back() {
     let mut term = AtATerminal::shell(&line, &env);
     term.type_in(b"echo IN$((3+4))SIDE\r");
     term.expect("IN7SIDE");
-    let cli_pid = wait_for("the CLI's pid", PATIENCE, || {
-        let out = Command::new("pgrep")
-            // Anchored: `script` and its shell carry the same words later in their command lines.
-            .args(["-f", &format!("^{} job exec -it {id}", meridian_bin())])
-            .output()
-            .ok()?;
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .map(str::to_owned)
+    // The CLI's own process: its command line is exactly these words (`script` and its shell carry them
+    // inside a longer one).
+    let words = [meridian_bin(), "job", "exec", "-it", &id, "--", "sh"];
+    let wanted: Vec<u8> = words
+        .iter()
+        .flat_map(|w| [w.as_bytes(), b"\0"].concat())
+        .collect();
+    let cli_pid: i32 = wait_for("the CLI's pid", PATIENCE, || {
+        std::fs::read_dir("/proc")
+            .ok()?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .find(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted))
     });
-    let killed = Command::new("kill")
-        .args(["-TERM", &cli_pid])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    // SAFETY: kill(2) with a pid and a signal number; no memory is involved.
+    assert_eq!(unsafe { libc::kill(cli_pid, libc::SIGTERM) }, 0);
     term.expect("EXIT=143");
     // The terminal is back in canonical mode ("icanon", not "-icanon").
     let after = term.expect("icanon");
