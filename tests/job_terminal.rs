@@ -1,9 +1,9 @@
 //! `meridian job exec -it` as a user runs it, at a terminal, against a real `meridian dev`: a shell inside a
-//! running job answers what is typed, sees a terminal of this terminal's size, Ctrl-C interrupts its
-//! foreground command without ending it, and the CLI exits with the shell's exit code. The CLI runs under
-//! `script`, which gives it a pseudo-terminal; the test types into it and reads what it draws. Skips,
-//! saying why, where `script` (util-linux) is missing. The same session over gRPC (`AttachJob`) closes the
-//! file.
+//! running job answers what is typed, sees a terminal of this terminal's size and follows it when it is
+//! resized, Ctrl-C interrupts its foreground command without ending it, and the CLI exits with the shell's
+//! exit code; a CLI told to stop gives the terminal back. The CLI runs under `script`, which gives it a
+//! pseudo-terminal; the test types into it and reads what it draws. Skips, saying why, where `script`
+//! (util-linux) is missing. The same session over gRPC (`AttachJob`) closes the file.
 
 mod common;
 
@@ -187,6 +187,47 @@ impl Drop for AtATerminal {
     }
 }
 
+/// The pid of `meridian job exec -it ID -- sh` itself: its command line is exactly these words (`script`
+/// and its shell carry them inside a longer one).
+fn cli_pid(id: &str) -> i32 {
+    let words = [meridian_bin(), "job", "exec", "-it", id, "--", "sh"];
+    let wanted: Vec<u8> = words
+        .iter()
+        .flat_map(|w| [w.as_bytes(), b"\0"].concat())
+        .collect();
+    wait_for("the CLI's pid", PATIENCE, || {
+        std::fs::read_dir("/proc")
+            .ok()?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .find(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted))
+    })
+}
+
+/// Resizes the terminal the CLI with `pid` runs on (its stdin), as a user resizing a window would: the
+/// kernel sends the CLI SIGWINCH.
+fn resize_terminal_of(pid: i32, cols: u16, rows: u16) {
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/{pid}/fd/0"))
+        .expect("the CLI's terminal");
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `winsize`, which outlives the call, on a descriptor we own.
+    let set = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&tty),
+            libc::TIOCSWINSZ,
+            &size,
+        )
+    };
+    assert_eq!(set, 0, "resizing the terminal");
+}
+
 #[test]
 fn a_shell_inside_a_job_is_interactive_and_its_exit_code_is_the_clis() {
     if !have_script() {
@@ -209,6 +250,9 @@ fn a_shell_inside_a_job_is_interactive_and_its_exit_code_is_the_clis() {
     term.expect("S37 101E");
     term.expect("Txterm-256colorE");
     term.expect("I2TTY");
+    // Resizing this terminal resizes the job's (each nudge asks again until the resize has gone through).
+    resize_terminal_of(cli_pid(&id), 50, 10);
+    term.expect_nudging("W10 50E", b"echo W$(stty size)E\r");
     // Ctrl-C interrupts the foreground command, not the shell.
     // (A ^C also drops what was typed ahead, so each nudge types the next line again.)
     term.type_in(b"echo R$((1+1))UN; sleep 100; echo after-$((1+1))sleep\r");
@@ -397,19 +441,7 @@ fn a_cli_told_to_stop_ends_the_session_and_gives_the_terminal_back() {
     let mut term = AtATerminal::shell(&line, &env);
     term.type_in(b"echo IN$((3+4))SIDE\r");
     term.expect("IN7SIDE");
-    // The CLI's own process: its command line is exactly these words (`script` and its shell carry them
-    // inside a longer one).
-    let words = [meridian_bin(), "job", "exec", "-it", &id, "--", "sh"];
-    let wanted: Vec<u8> = words
-        .iter()
-        .flat_map(|w| [w.as_bytes(), b"\0"].concat())
-        .collect();
-    let cli_pid: i32 = wait_for("the CLI's pid", PATIENCE, || {
-        std::fs::read_dir("/proc")
-            .ok()?
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-            .find(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted))
-    });
+    let cli_pid = cli_pid(&id);
     // SAFETY: kill(2) with a pid and a signal number; no memory is involved.
     assert_eq!(unsafe { libc::kill(cli_pid, libc::SIGTERM) }, 0);
     term.expect("EXIT=143");
