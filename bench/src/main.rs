@@ -6,6 +6,7 @@
 //! `tracing`. It never writes anywhere but stdout, stderr and its own temporary directories.
 
 mod coordinator;
+mod exec;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -27,6 +28,9 @@ enum Command {
         after_help = "Example:\n  meridian-bench coordinator --seconds 10 --clients 1,16,64 --failover-rounds 5"
     )]
     Coordinator(coordinator::CoordinatorArgs),
+    /// Getting into a running job (`job exec`, a `job exec -it` key's echo) against doing the same here.
+    #[command(after_help = "Example:\n  meridian-bench exec --commands 200 --keys 1000")]
+    Exec(exec::ExecArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +56,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Coordinator(args) => runtime.block_on(coordinator_main(args, command_line)),
+        Command::Exec(args) => runtime.block_on(exec_main(args, command_line)),
     }
 }
 
@@ -91,6 +96,48 @@ async fn coordinator_main(args: coordinator::CoordinatorArgs, command_line: Stri
     }
     if report.systems.iter().any(|s| !s.errors.is_empty()) {
         tracing::error!("some measurements failed; see the report");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+async fn exec_main(args: exec::ExecArgs, command_line: String) -> ExitCode {
+    if args.keys > exec::MAX_KEYS {
+        tracing::error!(
+            "--keys: at most {} (one line of a terminal)",
+            exec::MAX_KEYS
+        );
+        return ExitCode::FAILURE;
+    }
+    let json = args.json;
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(std::time::Duration::from_secs(600), exec::run(args, command_line)) => match r {
+            Ok(r) => r,
+            Err(_) => Err(anyhow::anyhow!("the benchmark did not finish within 10 minutes")),
+        },
+        s = stop_signal() => Err(anyhow::anyhow!("interrupted by {s}")),
+    };
+    let report = match outcome {
+        Ok(report) => report,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let text = if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("encoding the report: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        report.markdown()
+    };
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+        tracing::error!("writing the report: {e}");
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS

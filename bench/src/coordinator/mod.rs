@@ -11,10 +11,10 @@ mod failover;
 mod grpc;
 mod http;
 mod load;
-mod meridian;
+pub(crate) mod meridian;
 mod process;
 mod report;
-mod stats;
+pub(crate) mod stats;
 mod system;
 mod workdir;
 
