@@ -174,29 +174,6 @@ impl AuditArchive {
     }
 }
 
-/// The archived seqs up to `checkpoint_seq` that no segment in `segments` (sorted by first seq) holds,
-/// judged by the segments' names alone: what a coordinator has to copy from another.
-pub fn gaps(segments: &[SegmentFile], checkpoint_seq: u64) -> Vec<MissingRange> {
-    let mut missing = Vec::new();
-    let mut next = 1u64;
-    for s in segments.iter().filter(|s| s.first <= checkpoint_seq) {
-        if s.first > next {
-            missing.push(MissingRange {
-                from_seq: next,
-                to_seq: s.first - 1,
-            });
-        }
-        next = next.max(s.last.saturating_add(1));
-    }
-    if next <= checkpoint_seq {
-        missing.push(MissingRange {
-            from_seq: next,
-            to_seq: checkpoint_seq,
-        });
-    }
-    missing
-}
-
 /// `<first>-<last>.jsonl` → (first, last), with `1 <= first <= last`.
 fn parse_segment_name(name: &str) -> Option<(u64, u64)> {
     let (first, last) = name.strip_suffix(".jsonl")?.split_once('-')?;
@@ -426,49 +403,6 @@ pub(crate) mod tests {
 
     fn all(_: &AuditRecord) -> bool {
         true
-    }
-
-    #[test]
-    fn gaps_are_read_from_the_segments_names() {
-        let seg = |first, last| SegmentFile {
-            first,
-            last,
-            path: PathBuf::from(format!("{first}-{last}.jsonl")),
-        };
-        assert_eq!(gaps(&[], 0), vec![]);
-        assert_eq!(
-            gaps(&[], 8),
-            vec![MissingRange {
-                from_seq: 1,
-                to_seq: 8
-            }]
-        );
-        let segments = [seg(1, 4), seg(9, 12), seg(17, 20), seg(21, 24)];
-        assert_eq!(
-            gaps(&segments, 30),
-            vec![
-                MissingRange {
-                    from_seq: 5,
-                    to_seq: 8
-                },
-                MissingRange {
-                    from_seq: 13,
-                    to_seq: 16
-                },
-                MissingRange {
-                    from_seq: 25,
-                    to_seq: 30
-                },
-            ]
-        );
-        // Segments past the checkpoint (an archive not applied yet) change nothing.
-        assert_eq!(
-            gaps(&segments, 12),
-            vec![MissingRange {
-                from_seq: 5,
-                to_seq: 8
-            }]
-        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use protocol::pb;
 use protocol::rpc::{decode_message, encode_message, Method, RpcStatus};
 use tokio_util::sync::CancellationToken;
 
-use crate::audit_archive::{gaps, ArchiveError, AuditArchive, MissingRange};
+use crate::audit_archive::{ArchiveError, AuditArchive, MissingRange, SegmentFile};
 use crate::node::{Handle, WeakHandle};
 use crate::state::{AuditRecord, ChainVerifier, GENESIS_HASH};
 
@@ -85,6 +85,29 @@ pub(crate) async fn serve(archive: AuditArchive, body: &[u8]) -> Result<bytes::B
 fn internal(e: ArchiveError) -> RpcStatus {
     tracing::warn!(error = %e, "serving the audit archive failed");
     RpcStatus::internal("the audit archive could not be read here")
+}
+
+/// The archived seqs up to `checkpoint_seq` that no segment in `segments` (sorted by first seq) holds,
+/// judged by the segments' names alone: what a coordinator has to copy from another.
+pub fn gaps(segments: &[SegmentFile], checkpoint_seq: u64) -> Vec<MissingRange> {
+    let mut missing = Vec::new();
+    let mut next = 1u64;
+    for s in segments.iter().filter(|s| s.first <= checkpoint_seq) {
+        if s.first > next {
+            missing.push(MissingRange {
+                from_seq: next,
+                to_seq: s.first - 1,
+            });
+        }
+        next = next.max(s.last.saturating_add(1));
+    }
+    if next <= checkpoint_seq {
+        missing.push(MissingRange {
+            from_seq: next,
+            to_seq: checkpoint_seq,
+        });
+    }
+    missing
 }
 
 /// Checks a copied segment `first`-`last` before it is trusted: one record per line, seqs `first..=last`
@@ -333,6 +356,8 @@ async fn blocking<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
+
     use crate::audit_archive::tests::chain;
 
     fn lines(records: &[AuditRecord]) -> Vec<u8> {
@@ -342,6 +367,49 @@ mod tests {
             out.push(b'\n');
         }
         out
+    }
+
+    #[test]
+    fn gaps_are_read_from_the_segments_names() {
+        let seg = |first, last| SegmentFile {
+            first,
+            last,
+            path: PathBuf::from(format!("{first}-{last}.jsonl")),
+        };
+        assert_eq!(gaps(&[], 0), vec![]);
+        assert_eq!(
+            gaps(&[], 8),
+            vec![MissingRange {
+                from_seq: 1,
+                to_seq: 8
+            }]
+        );
+        let segments = [seg(1, 4), seg(9, 12), seg(17, 20), seg(21, 24)];
+        assert_eq!(
+            gaps(&segments, 30),
+            vec![
+                MissingRange {
+                    from_seq: 5,
+                    to_seq: 8
+                },
+                MissingRange {
+                    from_seq: 13,
+                    to_seq: 16
+                },
+                MissingRange {
+                    from_seq: 25,
+                    to_seq: 30
+                },
+            ]
+        );
+        // Segments past the checkpoint (an archive not applied yet) change nothing.
+        assert_eq!(
+            gaps(&segments, 12),
+            vec![MissingRange {
+                from_seq: 5,
+                to_seq: 8
+            }]
+        );
     }
 
     #[test]

@@ -40,9 +40,9 @@ pub mod dto {
         AllowIdentityRequest, ClusterPolicyRequest, ClusterPolicyView, DenyIdentityRequest,
         NodeView,
     };
-    pub use super::jobs::exec::attach::{
-        AttachJobRequest, TerminalClientFrame, TerminalEndView, TerminalServerFrame,
-        MAX_INPUT_FRAME, TERMINAL_PROTOCOL,
+    pub use super::jobs::exec::attach::{AttachJobRequest, TERMINAL_PROTOCOL};
+    pub use super::jobs::exec::terminal_frames::{
+        TerminalClientFrame, TerminalEndView, TerminalServerFrame, MAX_INPUT_FRAME,
     };
     pub use super::jobs::exec::{
         ExecJobRequest, ExecJobView, JobDirEntryView, JobDirView, JobFileKind,

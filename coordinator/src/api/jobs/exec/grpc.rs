@@ -15,9 +15,9 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::api::grpc::{answer, non_empty, scope_of, GrpcAdmin, GrpcResult};
 use crate::api::routes::{grpc, op, GrpcMethod};
 
-use super::attach::{
-    caller_channels, AttachJobRequest, TerminalClientFrame, TerminalEndView, TerminalServerFrame,
-    MAX_INPUT_FRAME,
+use super::attach::{caller_channels, AttachJobRequest};
+use super::terminal_frames::{
+    TerminalClientFrame, TerminalEndView, TerminalServerFrame, MAX_INPUT_FRAME,
 };
 use super::{invalid, CopyQuery, ExecJobRequest, ExecJobView, JobDirEntryView, JobDirView};
 

@@ -24,6 +24,7 @@
 pub(in crate::api) mod attach;
 pub(in crate::api) mod grpc;
 pub(in crate::api) mod rest;
+pub(in crate::api) mod terminal_frames;
 
 use std::pin::Pin;
 use std::time::Duration;

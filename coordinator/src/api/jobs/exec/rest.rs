@@ -22,9 +22,9 @@ use crate::api::routes::{endpoint, ok, op, HttpMethod, Reply, Route};
 use crate::api::service::AdminService;
 
 use super::attach::{
-    caller_channels, AttachJobRequest, TerminalClientFrame, TerminalRelay, TerminalServerFrame,
-    ATTACH_QUERY, MAX_INPUT_FRAME, TERMINAL_PROTOCOL,
+    caller_channels, AttachJobRequest, TerminalRelay, ATTACH_QUERY, TERMINAL_PROTOCOL,
 };
+use super::terminal_frames::{TerminalClientFrame, TerminalServerFrame, MAX_INPUT_FRAME};
 use super::{CopyQuery, ExecJobRequest, ExecJobView, JobDirView};
 
 /// The header naming a copied file's permission bits, in octal.
