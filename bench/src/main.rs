@@ -63,35 +63,10 @@ fn main() -> ExitCode {
 async fn coordinator_main(args: coordinator::CoordinatorArgs, command_line: String) -> ExitCode {
     let json = args.json;
     let limit = args.max_duration();
-    let outcome = tokio::select! {
-        r = tokio::time::timeout(limit, coordinator::run(args, command_line)) => match r {
-            Ok(r) => r,
-            Err(_) => Err(anyhow::anyhow!("the benchmark did not finish within {limit:?}")),
-        },
-        s = stop_signal() => Err(anyhow::anyhow!("interrupted by {s}")),
+    let Some(report) = finished(limit, coordinator::run(args, command_line)).await else {
+        return ExitCode::FAILURE;
     };
-    // The benchmark future has been dropped or has returned by now: every process it started is gone.
-    let report = match outcome {
-        Ok(report) => report,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let text = if json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("encoding the report: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    } else {
-        report.markdown()
-    };
-    let mut stdout = std::io::stdout().lock();
-    if let Err(e) = writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
-        tracing::error!("writing the report: {e}");
+    if !print(json, &report, report.markdown()) {
         return ExitCode::FAILURE;
     }
     if report.systems.iter().any(|s| !s.errors.is_empty()) {
@@ -110,37 +85,49 @@ async fn exec_main(args: exec::ExecArgs, command_line: String) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let json = args.json;
+    let limit = std::time::Duration::from_secs(600);
+    match finished(limit, exec::run(args, command_line)).await {
+        Some(report) if print(json, &report, report.markdown()) => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    }
+}
+
+/// Runs a benchmark to its report within `limit`, or logs why it has none (an error, the limit, Ctrl-C or
+/// SIGTERM). When this returns, the benchmark's future has been dropped or has returned: every process it
+/// started is gone.
+async fn finished<R>(
+    limit: std::time::Duration,
+    run: impl std::future::Future<Output = anyhow::Result<R>>,
+) -> Option<R> {
     let outcome = tokio::select! {
-        r = tokio::time::timeout(std::time::Duration::from_secs(600), exec::run(args, command_line)) => match r {
+        r = tokio::time::timeout(limit, run) => match r {
             Ok(r) => r,
-            Err(_) => Err(anyhow::anyhow!("the benchmark did not finish within 10 minutes")),
+            Err(_) => Err(anyhow::anyhow!("the benchmark did not finish within {limit:?}")),
         },
         s = stop_signal() => Err(anyhow::anyhow!("interrupted by {s}")),
     };
-    let report = match outcome {
-        Ok(report) => report,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
+    outcome.map_err(|e| tracing::error!("{e:#}")).ok()
+}
+
+/// Writes the report to stdout, as JSON or as `markdown`; `false` (logged) when it could not.
+fn print(json: bool, report: &impl serde::Serialize, markdown: String) -> bool {
     let text = if json {
-        match serde_json::to_string_pretty(&report) {
+        match serde_json::to_string_pretty(report) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!("encoding the report: {e}");
-                return ExitCode::FAILURE;
+                return false;
             }
         }
     } else {
-        report.markdown()
+        markdown
     };
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
         tracing::error!("writing the report: {e}");
-        return ExitCode::FAILURE;
+        return false;
     }
-    ExitCode::SUCCESS
+    true
 }
 
 /// Resolves on Ctrl-C or SIGTERM with the signal's name.
