@@ -384,25 +384,11 @@ fn job_status_watch_redraws_until_the_job_ends_then_exits() {
     let dev = DevProcess::start(&tmp.path().join("state"), &[]);
     let addr = dev.addr();
     let env = dev.env_for(&addr, &dev.token);
-    let id = table(
-        &[
-            "job",
-            "run",
-            "--",
-            "sh",
-            "-c",
-            "echo ready; while [ ! -e go ]; do sleep 0.1; done",
-        ],
+    let id = ready_job(
         &env,
-    )
-    .trim()
-    .to_owned();
-    wait_for("the job to run", Duration::from_secs(60), || {
-        let logs = cli(&["job", "logs", &id], &env);
-        String::from_utf8_lossy(&logs.stdout)
-            .contains("ready")
-            .then_some(())
-    });
+        &[],
+        "echo ready; while [ ! -e go ]; do sleep 0.1; done",
+    );
 
     let mut watch = Command::new(meridian_bin())
         .args(["job", "status", &id, "--watch", "--interval", "200ms"])

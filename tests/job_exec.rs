@@ -5,30 +5,19 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use common::dev::DevProcess;
-use common::{cli, meridian_bin, wait_for};
-use serde_json::Value;
+use common::{cli, meridian_bin, ready_job};
 
 /// What the job writes to its working directory: text, a NUL and bytes that are not UTF-8.
 const CONTENT: &[u8] = b"line one\nbinary\x00\x01\xfe\xffend";
 
 fn started_job(env: &[(&str, &str)]) -> String {
-    let script =
-        "printf 'line one\\nbinary\\000\\001\\376\\377end' > data.bin; echo ready; sleep 60";
-    let out = cli(&["job", "run", "-o", "json", "--", "sh", "-c", script], env);
-    let job: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("job run: {e}: {}", String::from_utf8_lossy(&out.stderr));
-    });
-    let id = job["id"].as_str().expect("id").to_owned();
-    wait_for("the job to be ready", Duration::from_secs(60), || {
-        let logs = cli(&["job", "logs", &id], env);
-        String::from_utf8_lossy(&logs.stdout)
-            .contains("ready")
-            .then_some(())
-    });
-    id
+    ready_job(
+        env,
+        &[],
+        "printf 'line one\\nbinary\\000\\001\\376\\377end' > data.bin; echo ready; sleep 60",
+    )
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::dev::DevProcess;
-use common::{cli, meridian_bin, wait_for};
+use common::{cli, meridian_bin, ready_job, wait_for};
 use serde_json::Value;
 
 /// How long any one thing the test waits for may take.
@@ -28,30 +28,11 @@ fn have_script() -> bool {
 }
 
 fn started_job(env: &[(&str, &str)]) -> String {
-    let out = cli(
-        &[
-            "job",
-            "run",
-            "-o",
-            "json",
-            "--",
-            "sh",
-            "-c",
-            "echo job-state > state.txt; echo ready; sleep 300",
-        ],
+    ready_job(
         env,
-    );
-    let job: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("job run: {e}: {}", String::from_utf8_lossy(&out.stderr));
-    });
-    let id = job["id"].as_str().expect("id").to_owned();
-    wait_for("the job to be ready", Duration::from_secs(60), || {
-        let logs = cli(&["job", "logs", &id], env);
-        String::from_utf8_lossy(&logs.stdout)
-            .contains("ready")
-            .then_some(())
-    });
-    id
+        &[],
+        "echo job-state > state.txt; echo ready; sleep 300",
+    )
 }
 
 /// A command running under `script` on a pseudo-terminal of a given size, typed into and read from.

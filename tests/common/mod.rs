@@ -122,6 +122,23 @@ pub fn cli_json(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
     })
 }
 
+/// Submits `sh -c SCRIPT` through the CLI (with `flags` before `--`), waits until the job's output says
+/// `ready`, and returns its id.
+pub fn ready_job(env: &[(&str, &str)], flags: &[&str], script: &str) -> String {
+    let mut args = vec!["job", "run", "-o", "json"];
+    args.extend_from_slice(flags);
+    args.extend(["--", "sh", "-c", script]);
+    let job = cli_json(&args, env);
+    let id = job["id"].as_str().expect("the job has an id").to_owned();
+    wait_for("the job to be ready", Duration::from_secs(60), || {
+        let logs = cli(&["job", "logs", &id], env);
+        String::from_utf8_lossy(&logs.stdout)
+            .contains("ready")
+            .then_some(())
+    });
+    id
+}
+
 /// Reads a file, trimmed; `None` while it does not exist or is empty.
 pub fn read_trimmed(path: &Path) -> Option<String> {
     std::fs::read_to_string(path)

@@ -6,12 +6,10 @@
 //! of the sandbox itself (the job's user, its pid namespace, its mounts) need root and skip loudly
 //! elsewhere, like `sandbox.rs`.
 
-use std::time::Duration;
-
 use serde_json::{json, Value};
 
 use crate::common::dev::DevProcess;
-use crate::common::{cli, is_root, wait_for};
+use crate::common::{cli, is_root, ready_job};
 
 pub(crate) fn start() -> (tempfile::TempDir, DevProcess) {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -22,20 +20,7 @@ pub(crate) fn start() -> (tempfile::TempDir, DevProcess) {
 /// Starts `script` (which prints `ready` once set up) and waits for it.
 pub(crate) fn running_job(dev: &DevProcess, script: &str) -> String {
     let addr = dev.addr();
-    let env = dev.env_for(&addr, &dev.token);
-    let out = cli(
-        &["job", "run", "-o", "json", "--", "sh", "-c", script],
-        &env,
-    );
-    let job: Value = serde_json::from_slice(&out.stdout).expect("job object");
-    let id = job["id"].as_str().expect("id").to_owned();
-    wait_for("the job to be ready", Duration::from_secs(60), || {
-        let logs = cli(&["job", "logs", &id], &env);
-        String::from_utf8_lossy(&logs.stdout)
-            .contains("ready")
-            .then_some(())
-    });
-    id
+    ready_job(&dev.env_for(&addr, &dev.token), &[], script)
 }
 
 fn exec(
@@ -345,30 +330,7 @@ pub(crate) fn job_holding_a_secret(dev: &DevProcess) -> String {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = cli(
-        &[
-            "job",
-            "run",
-            "-o",
-            "json",
-            "--secret",
-            "DB=db-pass",
-            "--",
-            "sh",
-            "-c",
-            "echo ready; sleep 60",
-        ],
-        &env,
-    );
-    let job: Value = serde_json::from_slice(&out.stdout).expect("job object");
-    let id = job["id"].as_str().expect("id").to_owned();
-    wait_for("the job to be ready", Duration::from_secs(60), || {
-        let logs = cli(&["job", "logs", &id], &env);
-        String::from_utf8_lossy(&logs.stdout)
-            .contains("ready")
-            .then_some(())
-    });
-    id
+    ready_job(&env, &["--secret", "DB=db-pass"], "echo ready; sleep 60")
 }
 
 #[test]
