@@ -50,13 +50,14 @@ pub(crate) async fn serve(archive: AuditArchive, body: &[u8]) -> Result<bytes::B
             let segments = archive.segments().map_err(internal)?;
             let segments = segments
                 .into_iter()
-                .map(|s| {
-                    let size = std::fs::metadata(&s.path).map(|m| m.len()).unwrap_or(0);
-                    pb::AuditSegmentInfo {
+                // A segment whose size cannot be read is left out of the list, not offered as empty.
+                .filter_map(|s| {
+                    let size = std::fs::metadata(&s.path).ok()?.len();
+                    Some(pb::AuditSegmentInfo {
                         first_seq: s.first,
                         last_seq: s.last,
                         size,
-                    }
+                    })
                 })
                 .collect();
             return Ok(pb::ReadAuditArchiveResponse {
@@ -242,9 +243,13 @@ pub(crate) async fn repair_once(handle: &Handle) -> Result<(), String> {
 
 /// The `prev_hash` of the first record of a segment this coordinator holds.
 fn first_prev_hash(archive: &AuditArchive, first: u64, last: u64) -> Result<String, ArchiveError> {
-    let (head, _) = archive
-        .read_chunk(first, last, 0, 64 * 1024)?
-        .unwrap_or_default();
+    // A record's line is a few KiB at most (its target and detail are bounded).
+    let Some((head, _)) = archive.read_chunk(first, last, 0, 64 * 1024)? else {
+        return Err(ArchiveError::Io {
+            path: archive.dir().join(format!("{first}-{last}.jsonl")),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "the segment is gone"),
+        });
+    };
     let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
     let record: AuditRecord = serde_json::from_slice(line)?;
     Ok(record.prev_hash)

@@ -189,6 +189,16 @@ impl ApiClient {
         })
     }
 
+    /// The API key every request carries.
+    fn token(&self) -> Result<&str, ClientError> {
+        self.token.as_deref().ok_or_else(|| {
+            ClientError::Usage(
+                "no API key: set MERIDIAN_TOKEN or --token (meridian dev writes one to .meridian/admin.token)"
+                    .into(),
+            )
+        })
+    }
+
     /// The project requests act in, when one was chosen (flag, environment or context).
     pub fn project(&self) -> Option<&str> {
         self.project.as_deref()
@@ -236,11 +246,7 @@ impl ApiClient {
     /// `GET path` answered with bytes rather than JSON (a file copied out of a job): the response, its body
     /// still to be read, once an address answered with success; errors as for every other call.
     pub async fn download(&self, path: &str) -> Result<reqwest::Response, ClientError> {
-        let Some(token) = &self.token else {
-            return Err(ClientError::Usage(
-                "no API key: set MERIDIAN_TOKEN or --token".into(),
-            ));
-        };
+        let token = self.token()?;
         let first = self.preferred.load(Ordering::Relaxed) % self.bases.len();
         let mut failures: Vec<String> = Vec::new();
         for i in 0..self.bases.len() {
@@ -299,12 +305,7 @@ impl ApiClient {
         body: Option<Value>,
         timeout: Option<Duration>,
     ) -> Result<Value, ClientError> {
-        let Some(token) = &self.token else {
-            return Err(ClientError::Usage(
-                "no API key: set MERIDIAN_TOKEN or --token (meridian dev writes one to .meridian/admin.token)"
-                    .into(),
-            ));
-        };
+        let token = self.token()?;
         let repeatable = matches!(method, Method::GET | Method::PUT | Method::DELETE);
         let first = self.preferred.load(Ordering::Relaxed) % self.bases.len();
         let mut failures: Vec<String> = Vec::new();

@@ -32,11 +32,7 @@ impl ApiClient {
         protocol: &str,
         max_message: usize,
     ) -> Result<Socket, ClientError> {
-        let Some(token) = &self.token else {
-            return Err(ClientError::Usage(
-                "no API key: set MERIDIAN_TOKEN or --token".into(),
-            ));
-        };
+        let token = self.token()?;
         let first = self.preferred.load(Ordering::Relaxed) % self.bases.len();
         let mut failures: Vec<String> = Vec::new();
         for i in 0..self.bases.len() {

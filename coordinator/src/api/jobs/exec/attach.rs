@@ -186,6 +186,7 @@ impl AttachJobRequest {
         if let Some(term) = &self.term {
             pairs.push(("term", term.clone()));
         }
+        // Pairs of strings always encode; the empty string would only stand for an empty request.
         serde_urlencoded::to_string(&pairs).unwrap_or_default()
     }
 }
