@@ -198,22 +198,45 @@ fn frames_that_break_the_protocol_end_the_session_not_the_coordinator() {
     let id = running_job(&dev, "echo ready; sleep 120");
     let rt = runtime();
     rt.block_on(async {
-        for bad in [
-            Message::Text("ls".into()),
-            Message::Binary(vec![0x7f, 1, 2].into()),
-            Message::Binary(vec![0x01, 0, 80].into()),
-            Message::Binary(vec![0u8; 256 * 1024].into()),
+        // (frame, what the caller is told, when the server can still tell it)
+        for (bad, told) in [
+            (Message::Text("ls".into()), Some("binary frames")),
+            (
+                Message::Binary(vec![0x7f, 1, 2].into()),
+                Some("unknown frame type"),
+            ),
+            (
+                Message::Binary(vec![0x01, 0, 80].into()),
+                Some("resize frame"),
+            ),
+            // Past the message size limit the WebSocket itself fails: the connection closes.
+            (Message::Binary(vec![0u8; 256 * 1024].into()), None),
         ] {
             let mut socket = open(&dev, &dev.token, None, &id).await.expect("opened");
             type_in(&mut socket, "echo O$((5+5))K\r").await;
             read_until(&mut socket, "O10K").await;
             let _ = socket.send(bad.clone()).await;
-            // The session ends: its end frame (the command killed) or the connection closing.
+            // The session ends: its end frame or the connection closing.
             let drained = tokio::time::timeout(PATIENCE, async {
-                while let Some(Ok(_)) = socket.next().await {}
+                let mut end = None;
+                while let Some(Ok(message)) = socket.next().await {
+                    if let Message::Binary(bytes) = message {
+                        if let Ok(TerminalServerFrame::End(e)) = TerminalServerFrame::decode(&bytes)
+                        {
+                            end = Some(e);
+                        }
+                    }
+                }
+                end
             })
             .await;
-            assert!(drained.is_ok(), "the session outlived {bad:?}");
+            let Ok(end) = drained else {
+                panic!("the session outlived {bad:?}");
+            };
+            if let Some(told) = told {
+                let error = end.and_then(|e| e.error).unwrap_or_default();
+                assert!(error.contains(told), "{bad:?}: {error:?}");
+            }
         }
     });
     // The coordinator serves on, and the job still runs.

@@ -318,15 +318,40 @@ pub(crate) struct CallerEnds {
     pub(crate) output: mpsc::Sender<TerminalServerFrame>,
 }
 
-/// Channels for a transport to feed and drain, and the [`CallerEnds`] to hand the relay.
-pub(crate) fn caller_channels() -> (
-    mpsc::Sender<TerminalClientFrame>,
-    mpsc::Receiver<TerminalServerFrame>,
-    CallerEnds,
-) {
+/// What a transport holds of a session: the caller's frames go into `input` (dropping it means the caller
+/// left), the relay's come out of `output`, and `refuse` ends the session over a frame the caller should not
+/// have sent, telling it why.
+pub(crate) struct CallerSide {
+    pub(crate) input: mpsc::Sender<TerminalClientFrame>,
+    pub(crate) output: mpsc::Receiver<TerminalServerFrame>,
+    pub(crate) refuse: Refusal,
+}
+
+/// Ends a session over what its caller sent: the caller's last frame says why (the relay's own end, which
+/// follows once the command is killed, goes nowhere: a transport stops at the first end).
+pub(crate) struct Refusal(mpsc::Sender<TerminalServerFrame>);
+
+impl Refusal {
+    pub(crate) async fn because(self, why: impl Into<String>) {
+        let end = TerminalEndView {
+            error: Some(why.into()),
+            ..TerminalEndView::default()
+        };
+        let _ = self.0.send(TerminalServerFrame::End(end)).await;
+    }
+}
+
+/// The channels between a transport and the relay: the transport's [`CallerSide`], the relay's
+/// [`CallerEnds`].
+pub(crate) fn caller_channels() -> (CallerSide, CallerEnds) {
     let (input_tx, input) = mpsc::channel(RELAY_DEPTH);
     let (output, output_rx) = mpsc::channel(RELAY_DEPTH);
-    (input_tx, output_rx, CallerEnds { input, output })
+    let side = CallerSide {
+        input: input_tx,
+        output: output_rx,
+        refuse: Refusal(output.clone()),
+    };
+    (side, CallerEnds { input, output })
 }
 
 impl TerminalRelay {

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::api::grpc::{answer, non_empty, scope_of, GrpcAdmin, GrpcResult};
 use crate::api::routes::{grpc, op, GrpcMethod};
 
-use super::attach::{caller_channels, AttachJobRequest};
+use super::attach::{caller_channels, AttachJobRequest, CallerSide};
 use super::terminal_frames::{
     TerminalClientFrame, TerminalEndView, TerminalServerFrame, MAX_INPUT_FRAME,
 };
@@ -97,13 +97,18 @@ impl pb::job_exec_service_server::JobExecService for GrpcAdmin {
             .attach_job(&scope, &id, req)
             .await
             .map_err(|e| e.into_status())?;
-        let (input, output, ends) = caller_channels();
+        let (side, ends) = caller_channels();
+        let CallerSide {
+            input,
+            output,
+            refuse,
+        } = side;
         tokio::spawn(relay.run(ends));
         tokio::spawn(async move {
-            // A message that is not input or a resize, or a stream error, ends the session. The caller
-            // closing its side only means it has nothing more to type: the session goes on until the
-            // command ends or the caller drops the call.
-            loop {
+            // A message that is not input or a resize ends the session, saying so; a broken stream ends
+            // it too. The caller closing its side only means it has nothing more to type: the session goes
+            // on until the command ends or the caller drops the call.
+            let why = loop {
                 let message = match inputs.message().await {
                     Ok(Some(message)) => message,
                     Ok(None) => {
@@ -116,20 +121,28 @@ impl pb::job_exec_service_server::JobExecService for GrpcAdmin {
                     Some(Input::Data(bytes)) if bytes.len() <= MAX_INPUT_FRAME => {
                         TerminalClientFrame::Input(bytes)
                     }
+                    Some(Input::Data(_)) => {
+                        break format!("data: at most {MAX_INPUT_FRAME} bytes per message")
+                    }
                     Some(Input::Resize(size)) => TerminalClientFrame::Resize {
                         cols: u16::try_from(size.cols).unwrap_or(u16::MAX),
                         rows: u16::try_from(size.rows).unwrap_or(u16::MAX),
                     },
-                    _ => return,
+                    Some(Input::Open(_)) => break "open: the session is open already".to_owned(),
+                    None => break "input: a message carries data or a resize".to_owned(),
                 };
                 if input.send(frame).await.is_err() {
                     return;
                 }
-            }
+            };
+            refuse.because(why).await;
         });
-        let outputs = futures::stream::unfold(output, |mut output| async move {
+        // The first end is the last message.
+        let outputs = futures::stream::unfold(Some(output), |output| async move {
+            let mut output = output?;
             let frame = output.recv().await?;
-            Some((Ok(terminal_output(frame)), output))
+            let last = matches!(frame, TerminalServerFrame::End(_));
+            Some((Ok(terminal_output(frame)), (!last).then_some(output)))
         });
         Ok(Response::new(Box::pin(outputs)))
     }

@@ -22,7 +22,7 @@ use crate::api::routes::{endpoint, ok, op, HttpMethod, Reply, Route};
 use crate::api::service::AdminService;
 
 use super::attach::{
-    caller_channels, AttachJobRequest, TerminalRelay, ATTACH_QUERY, TERMINAL_PROTOCOL,
+    caller_channels, AttachJobRequest, CallerSide, TerminalRelay, ATTACH_QUERY, TERMINAL_PROTOCOL,
 };
 use super::terminal_frames::{TerminalClientFrame, TerminalServerFrame, MAX_INPUT_FRAME};
 use super::{CopyQuery, ExecJobRequest, ExecJobView, JobDirView};
@@ -126,30 +126,41 @@ async fn attach_job(
 /// Carries a session over its WebSocket: the caller's binary messages to the relay, the relay's frames
 /// back, and a normal close after the last one. A message that is not a terminal frame ends the session.
 async fn relay_socket(socket: WebSocket, relay: TerminalRelay) {
-    let (input, mut output, ends) = caller_channels();
+    let (side, ends) = caller_channels();
+    let CallerSide {
+        input,
+        mut output,
+        refuse,
+    } = side;
     let (mut sink, mut stream) = socket.split();
     let reader = async move {
-        while let Some(Ok(message)) = stream.next().await {
+        // Why the caller's frames stopped, when it sent one it should not have.
+        let refused = loop {
+            let Some(Ok(message)) = stream.next().await else {
+                break None;
+            };
             let frame = match message {
                 Message::Binary(bytes) => TerminalClientFrame::decode(&bytes),
                 Message::Ping(_) | Message::Pong(_) => continue,
-                Message::Close(_) => break,
+                Message::Close(_) => break None,
                 Message::Text(_) => {
-                    tracing::debug!("a text message on a terminal session; ending it");
-                    break;
+                    break Some(
+                        "a terminal session takes binary frames; a text message ends it".to_owned(),
+                    )
                 }
             };
             match frame {
                 Ok(frame) => {
                     if input.send(frame).await.is_err() {
-                        break;
+                        break None;
                     }
                 }
-                Err(e) => {
-                    tracing::debug!(error = %e, "ending a terminal session");
-                    break;
-                }
+                Err(e) => break Some(e.to_string()),
             }
+        };
+        if let Some(why) = refused {
+            tracing::debug!(why, "ending a terminal session");
+            refuse.because(why).await;
         }
         // Dropping `input` tells the relay the caller left.
     };
